@@ -1,0 +1,64 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-packages
+PKGS := protocol modem hal daemon broker viewer
+# Debian packages the tests use as real peers (coturn: turnutils_stunclient and a STUN server to compare with).
+DEBS := coturn iproute2
+
+.PHONY: all venv system-packages test pytest lint typecheck demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs the Debian packages when running as root; otherwise says which are missing.
+$(SYSSTAMP): | $(STAMP)
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else \
+	  echo "not root: tests that need coturn are skipped unless it is installed ($(DEBS))"; \
+	fi
+	touch $(SYSSTAMP)
+
+system-packages: $(SYSSTAMP)
+
+# mypy resolves dvrlink.* through a tree of links, because the packages live in top-level folders.
+.typecheck/dvrlink:
+	mkdir -p .typecheck/dvrlink
+	for p in $(PKGS); do ln -sfn ../../$$p .typecheck/dvrlink/$$p; done
+
+typecheck: $(STAMP) .typecheck/dvrlink
+	cd .typecheck && ../$(VENV)/bin/mypy --strict --config-file ../pyproject.toml -p dvrlink
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PKGS) tests bench hil
+	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil
+
+pytest: $(STAMP) $(SYSSTAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(PY) -m hil.demo
+
+bench: $(STAMP) $(SYSSTAMP)
+	$(PY) -m bench.presence_load
+	$(PY) -m bench.cellular_cost
+	$(PY) -m bench.daemon_footprint
+
+clean:
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

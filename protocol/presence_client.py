@@ -1,0 +1,518 @@
+"""Device side of the presence protocol: register, keep alive, answer invites. Sans-I/O.
+
+Feed it datagrams from the broker and the current time; take datagrams to send, events and the
+next timer deadline. It never raises on bad input from the network: malformed, forged or
+replayed datagrams are counted in ``stats`` and dropped. States and transitions are in
+``TRANSITIONS``; docs/protocol.md has the diagram.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import construct as c
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from dvrlink.protocol.identity import ed25519_public_bytes, validate_serial, x25519_public_bytes
+from dvrlink.protocol.presence_crypto import (
+    BROKER_TO_DEVICE,
+    DEVICE_TO_BROKER,
+    ReplayWindow,
+    Sealer,
+    derive_session_key,
+    x25519,
+)
+from dvrlink.protocol.presence_events import (
+    Address,
+    ClientEvent,
+    ConnectionLost,
+    InviteReceived,
+    KeepaliveAcknowledged,
+    ReflexiveAddressChanged,
+    Registered,
+    RegistrationRefused,
+)
+from dvrlink.protocol.presence_wire import (
+    COOKIE,
+    ECHO_STRUCT,
+    EPHEMERAL_HEADER_SIZE,
+    HEADER_STRUCT,
+    HELLO_SIZE,
+    INVITE_PLAIN,
+    INVITE_REPLY_PLAIN,
+    KEY_SIZE,
+    MAX_INVITE_BODY,
+    NONCE_SIZE,
+    REFUSED_PLAIN,
+    REGISTER_BODY,
+    REGISTER_SIGNING_LABEL,
+    REGISTERED_PLAIN,
+    SEALED_HEADER_SIZE,
+    UNKNOWN_SESSION,
+    VERSION,
+    MessageType,
+    decode_address,
+)
+
+REPLIED_INVITES_KEPT = 32
+MAX_COUNTER = 0xFFFFFFFF
+
+
+class ClientState(enum.Enum):
+    """Where the device is in its relation with the broker."""
+
+    IDLE = "idle"
+    COOKIE_WAIT = "cookie-wait"
+    REGISTER_WAIT = "register-wait"
+    ONLINE = "online"
+    BACKOFF = "backoff"
+
+
+# Every transition the client makes, with its cause. ``_enter`` refuses anything else.
+TRANSITIONS: dict[tuple[ClientState, ClientState], str] = {
+    (ClientState.IDLE, ClientState.COOKIE_WAIT): "start: HELLO sent",
+    (ClientState.COOKIE_WAIT, ClientState.REGISTER_WAIT): "COOKIE received: REGISTER sent",
+    (ClientState.COOKIE_WAIT, ClientState.BACKOFF): "no COOKIE after all retries",
+    (ClientState.COOKIE_WAIT, ClientState.COOKIE_WAIT): "network changed: new HELLO",
+    (ClientState.REGISTER_WAIT, ClientState.ONLINE): "REGISTERED received",
+    (ClientState.REGISTER_WAIT, ClientState.BACKOFF): "REFUSED, or no answer after all retries",
+    (ClientState.REGISTER_WAIT, ClientState.COOKIE_WAIT): "network changed: new HELLO",
+    (ClientState.ONLINE, ClientState.COOKIE_WAIT): (
+        "keepalive lost, UNKNOWN_SESSION, reflexive address or network changed"
+    ),
+    (ClientState.BACKOFF, ClientState.COOKIE_WAIT): "backoff over, or network changed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Presence settings of one device. Times are in seconds."""
+
+    serial: str
+    broker_public_key: bytes
+    keepalive_interval: float = 25.0
+    reply_timeout: float = 3.0
+    retries: int = 2
+    backoff_initial: float = 1.0
+    backoff_max: float | None = None
+
+    def __post_init__(self) -> None:
+        validate_serial(self.serial)
+        if len(self.broker_public_key) != KEY_SIZE:
+            raise ValueError(f"broker public key must be {KEY_SIZE} bytes")
+        if not 0.05 <= self.keepalive_interval <= 3600:
+            raise ValueError(
+                f"keepalive interval {self.keepalive_interval} s is out of range: use 0.05-3600 s"
+            )
+        if self.reply_timeout <= 0 or self.retries < 0 or self.backoff_initial <= 0:
+            raise ValueError("reply_timeout and backoff_initial must be > 0, retries >= 0")
+
+
+class PresenceClient:
+    """The device's presence state machine (see module docstring)."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        device_key: Ed25519PrivateKey,
+        rng: Callable[[int], bytes] = os.urandom,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._config = config
+        self._device_key = device_key
+        self._device_public = ed25519_public_bytes(device_key)
+        self._rng = rng
+        self._jitter = jitter
+        self._state = ClientState.IDLE
+        self._outbox: list[bytes] = []
+        self._events: deque[ClientEvent] = deque()
+        self._timer: float | None = None
+        self._tries = 0
+        self._failures = 0
+        # registration attempt
+        self._nonce = b""
+        self._ephemeral: X25519PrivateKey | None = None
+        self._register_datagram = b""
+        # session
+        self._session_id: int | None = None
+        self._sealer: Sealer | None = None
+        self._send_counter = 0
+        self._replay = ReplayWindow()
+        self._reflexive: Address | None = None
+        self._interval = config.keepalive_interval
+        self._awaiting_echo: int | None = None
+        self._keepalive_sent_at = 0.0
+        self._first_send_at = 0.0
+        self._last_ack_at: float | None = None
+        self._registered_at: float | None = None
+        self._rtt: float | None = None
+        self._pending_invites: set[int] = set()
+        self._replied: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0}
+
+    # -- public properties --------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """Current state."""
+        return self._state
+
+    @property
+    def session_id(self) -> int | None:
+        """Session id given by the broker while online."""
+        return self._session_id if self._state is ClientState.ONLINE else None
+
+    @property
+    def reflexive_address(self) -> Address | None:
+        """The device's address as the broker last saw it."""
+        return self._reflexive
+
+    @property
+    def last_keepalive_at(self) -> float | None:
+        """Time of the last acknowledged keepalive or registration."""
+        return self._last_ack_at
+
+    @property
+    def registered_at(self) -> float | None:
+        """Time the current session was registered."""
+        return self._registered_at
+
+    @property
+    def rtt(self) -> float | None:
+        """Last measured round-trip time to the broker."""
+        return self._rtt
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Interval granted by the broker (or the configured one before registration)."""
+        return self._interval
+
+    # -- sans-I/O interface -------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin registering.
+
+        Raises:
+            RuntimeError: already started.
+        """
+        if self._state is not ClientState.IDLE:
+            raise RuntimeError("PresenceClient.start() called twice")
+        self._send_hello(now)
+
+    def network_changed(self, now: float) -> None:
+        """The local address or uplink changed: register again at once."""
+        if self._state is ClientState.IDLE:
+            return
+        if self._state is ClientState.ONLINE:
+            self._events.append(ConnectionLost("local network changed"))
+        self._send_hello(now)
+
+    def stop(self, now: float) -> None:
+        """Say GOODBYE so the broker shows the device offline at once; the client goes idle."""
+        if self._state is ClientState.ONLINE:
+            self._outbox.append(self._seal(MessageType.GOODBYE, b""))
+        self._reset_session()
+        self._state = ClientState.IDLE
+        self._timer = None
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """Datagrams for the broker address, oldest first; the list is drained."""
+        out, self._outbox = self._outbox, []
+        self.stats["sent"] += len(out)
+        return out
+
+    def next_event(self) -> ClientEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must be called next (absolute time), or None."""
+        return self._timer
+
+    def handle_timer(self, now: float) -> None:
+        """Act on an expired timer; calling it early does nothing."""
+        if self._timer is None or now < self._timer:
+            return
+        state = self._state
+        if state is ClientState.COOKIE_WAIT:
+            if self._tries <= self._config.retries:
+                self._tries += 1
+                self._outbox.append(self._hello_datagram())
+                self._timer = now + self._config.reply_timeout
+            else:
+                self._backoff(now, 0.0)
+        elif state is ClientState.REGISTER_WAIT:
+            if self._tries <= self._config.retries:
+                self._tries += 1
+                self._outbox.append(self._register_datagram)
+                self._timer = now + self._config.reply_timeout
+            else:
+                self._backoff(now, 0.0)
+        elif state is ClientState.BACKOFF:
+            self._send_hello(now)
+        elif state is ClientState.ONLINE:
+            self._keepalive_timer(now)
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Handle one datagram from the broker; bad ones are dropped and counted."""
+        self.stats["received"] += 1
+        try:
+            handled = self._dispatch(data, now)
+        except (c.ConstructError, ValueError, UnicodeDecodeError):
+            handled = False
+        if not handled:
+            self.stats["dropped"] += 1
+
+    def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None:
+        """Answer an ``InviteReceived``. The reply is sent again if the broker repeats the invite.
+
+        Raises:
+            ValueError: ``body`` is larger than the protocol allows or status is not 0-255.
+        """
+        if len(body) > MAX_INVITE_BODY or not 0 <= status <= 0xFF:
+            raise ValueError(f"invite reply too large ({len(body)} bytes) or bad status {status}")
+        self._pending_invites.discard(invite_id)
+        self._replied[invite_id] = (status, body)
+        while len(self._replied) > REPLIED_INVITES_KEPT:
+            self._replied.popitem(last=False)
+        self._send_invite_reply(invite_id, status, body)
+
+    # -- registration -------------------------------------------------------------------------
+
+    def _enter(self, state: ClientState) -> None:
+        if (self._state, state) not in TRANSITIONS:
+            raise AssertionError(f"no transition {self._state} -> {state}")
+        self._state = state
+
+    def _hello_datagram(self) -> bytes:
+        head = bytes([MessageType.HELLO, VERSION]) + self._nonce
+        return head + bytes(HELLO_SIZE - len(head))
+
+    def _send_hello(self, now: float) -> None:
+        self._enter(ClientState.COOKIE_WAIT)
+        self._reset_session()
+        self._nonce = self._rng(NONCE_SIZE)
+        self._tries = 1
+        self._outbox.append(self._hello_datagram())
+        self._timer = now + self._config.reply_timeout
+
+    def _reset_session(self) -> None:
+        self._session_id = None
+        self._sealer = None
+        self._awaiting_echo = None
+        self._pending_invites.clear()
+        self._replied.clear()
+
+    def _backoff(self, now: float, at_least: float) -> None:
+        self._enter(ClientState.BACKOFF)
+        cap = self._config.backoff_max or self._config.keepalive_interval
+        delay = min(cap, self._config.backoff_initial * (2**self._failures))
+        self._failures = min(self._failures + 1, 30)
+        delay *= 0.5 + 0.5 * self._jitter()
+        self._timer = now + max(delay, at_least)
+
+    def _on_cookie(self, data: bytes, now: float) -> bool:
+        if self._state is not ClientState.COOKIE_WAIT:
+            return False
+        msg = COOKIE.parse(data)
+        if msg.version != VERSION or msg.nonce != self._nonce:
+            return False
+        self._ephemeral = X25519PrivateKey.from_private_bytes(self._rng(32))
+        body = REGISTER_BODY.build(
+            {
+                "version": VERSION,
+                "cookie": msg.cookie,
+                "nonce": self._nonce,
+                "device_key": self._device_public,
+                "ephemeral_key": x25519_public_bytes(self._ephemeral),
+                "keepalive_ms": round(self._config.keepalive_interval * 1000),
+                "serial": self._config.serial,
+            }
+        )
+        signature = self._device_key.sign(REGISTER_SIGNING_LABEL + body)
+        self._register_datagram = bytes(body) + signature
+        self._enter(ClientState.REGISTER_WAIT)
+        self._tries = 1
+        self._first_send_at = now
+        self._outbox.append(self._register_datagram)
+        self._timer = now + self._config.reply_timeout
+        return True
+
+    def _handshake_sealer(self, data: bytes) -> tuple[Sealer, int, int, bytes] | None:
+        """Derive the session key from a REGISTERED/REFUSED and open it."""
+        if self._state is not ClientState.REGISTER_WAIT or self._ephemeral is None:
+            return None
+        if len(data) < EPHEMERAL_HEADER_SIZE:
+            return None
+        _type, version, session_id, counter = HEADER_STRUCT.unpack_from(data)
+        if version != VERSION:
+            return None
+        broker_ephemeral = data[SEALED_HEADER_SIZE:EPHEMERAL_HEADER_SIZE]
+        key = derive_session_key(
+            x25519(self._ephemeral, self._config.broker_public_key),
+            x25519(self._ephemeral, broker_ephemeral),
+            self._nonce,
+            self._config.serial,
+            self._device_public,
+            x25519_public_bytes(self._ephemeral),
+            broker_ephemeral,
+            self._config.broker_public_key,
+        )
+        sealer = Sealer(key)
+        head = data[:EPHEMERAL_HEADER_SIZE]
+        plain = sealer.open(BROKER_TO_DEVICE, counter, head, data[EPHEMERAL_HEADER_SIZE:])
+        if plain is None:
+            return None
+        return sealer, session_id, counter, plain
+
+    def _on_registered(self, data: bytes, now: float) -> bool:
+        opened = self._handshake_sealer(data)
+        if opened is None:
+            return False
+        sealer, session_id, counter, plain = opened
+        msg = REGISTERED_PLAIN.parse(plain)
+        address = decode_address(msg.address)
+        self._sealer = sealer
+        self._session_id = session_id
+        self._replay = ReplayWindow()
+        self._replay.commit(counter)
+        self._send_counter = 0
+        self._interval = max(0.05, msg.keepalive_ms / 1000)
+        self._reflexive = address
+        self._registered_at = now
+        self._last_ack_at = now
+        self._failures = 0
+        self._rtt = now - self._first_send_at if self._tries == 1 else self._rtt
+        self._enter(ClientState.ONLINE)
+        self._awaiting_echo = None
+        self._timer = now + self._interval
+        self._events.append(Registered(session_id, address, self._interval))
+        return True
+
+    def _on_refused(self, data: bytes, now: float) -> bool:
+        opened = self._handshake_sealer(data)
+        if opened is None:
+            return False
+        msg = REFUSED_PLAIN.parse(opened[3])
+        self._events.append(RegistrationRefused(msg.reason, msg.message, float(msg.retry_after_s)))
+        self._backoff(now, float(msg.retry_after_s))
+        return True
+
+    # -- online -------------------------------------------------------------------------------
+
+    def _seal(self, mtype: MessageType, plaintext: bytes) -> bytes:
+        assert self._sealer is not None and self._session_id is not None
+        self._send_counter += 1
+        header = HEADER_STRUCT.pack(mtype, VERSION, self._session_id, self._send_counter)
+        return self._sealer.seal(DEVICE_TO_BROKER, self._send_counter, header, plaintext)
+
+    def _keepalive_timer(self, now: float) -> None:
+        if self._send_counter >= MAX_COUNTER - 16:
+            self._lose(now, "counter space used up")
+            return
+        if self._awaiting_echo is None:
+            self._tries = 1
+            self._first_send_at = now
+        elif self._tries <= self._config.retries:
+            self._tries += 1
+        else:
+            self._lose(now, f"no keepalive reply after {self._tries} tries")
+            return
+        self._outbox.append(self._seal(MessageType.KEEPALIVE, b""))
+        self._awaiting_echo = self._send_counter & 0xFFFF
+        self._keepalive_sent_at = now
+        self._timer = now + self._config.reply_timeout
+
+    def _lose(self, now: float, reason: str) -> None:
+        self._events.append(ConnectionLost(reason))
+        self._send_hello(now)
+
+    def _open_sealed(self, data: bytes) -> tuple[int, bytes] | None:
+        """Authenticate a sealed message of the current session: (type, plaintext) or None."""
+        if self._state is not ClientState.ONLINE or self._sealer is None:
+            return None
+        if len(data) < SEALED_HEADER_SIZE:
+            return None
+        mtype, version, session_id, counter = HEADER_STRUCT.unpack_from(data)
+        if version != VERSION or session_id != self._session_id or not self._replay.check(counter):
+            return None
+        plain = self._sealer.open(
+            BROKER_TO_DEVICE, counter, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:]
+        )
+        if plain is None:
+            return None
+        self._replay.commit(counter)
+        return mtype, plain
+
+    def _on_keepalive_ack(self, plain: bytes, now: float) -> bool:
+        (echo,) = ECHO_STRUCT.unpack_from(plain)
+        address = decode_address(plain[ECHO_STRUCT.size :])
+        if echo != self._awaiting_echo:
+            return True  # a late ack of an earlier try: authentic but not the one awaited
+        if self._tries == 1:
+            self._rtt = now - self._first_send_at
+        self._awaiting_echo = None
+        self._last_ack_at = now
+        self._timer = self._first_send_at + self._interval
+        if self._timer <= now:
+            self._timer = now + self._interval
+        if address != self._reflexive:
+            old = self._reflexive
+            self._reflexive = address
+            if old is not None:
+                self._events.append(ReflexiveAddressChanged(old, address))
+                self._send_hello(now)
+                return True
+        self._events.append(KeepaliveAcknowledged(address, self._rtt or 0.0))
+        return True
+
+    def _on_invite(self, plain: bytes) -> bool:
+        msg = INVITE_PLAIN.parse(plain)
+        invite_id = msg.invite_id
+        if invite_id in self._replied:
+            status, body = self._replied[invite_id]
+            self._send_invite_reply(invite_id, status, body)
+        elif invite_id not in self._pending_invites:
+            self._pending_invites.add(invite_id)
+            self._events.append(InviteReceived(invite_id, msg.kind, bytes(msg.body)))
+        return True
+
+    def _send_invite_reply(self, invite_id: int, status: int, body: bytes) -> None:
+        if self._state is not ClientState.ONLINE:
+            return
+        plain = INVITE_REPLY_PLAIN.build({"invite_id": invite_id, "status": status, "body": body})
+        self._outbox.append(self._seal(MessageType.INVITE_REPLY, bytes(plain)))
+
+    def _on_unknown_session(self, data: bytes, now: float) -> bool:
+        msg = UNKNOWN_SESSION.parse(data)
+        if self._state is not ClientState.ONLINE or msg.session_id != self._session_id:
+            return False
+        self._lose(now, "the broker does not know the session (restarted?)")
+        return True
+
+    def _dispatch(self, data: bytes, now: float) -> bool:
+        if len(data) < 2:
+            return False
+        mtype = data[0]
+        if mtype == MessageType.COOKIE:
+            return self._on_cookie(data, now)
+        if mtype == MessageType.REGISTERED:
+            return self._on_registered(data, now)
+        if mtype == MessageType.REFUSED:
+            return self._on_refused(data, now)
+        if mtype == MessageType.UNKNOWN_SESSION:
+            return self._on_unknown_session(data, now)
+        opened = self._open_sealed(data)
+        if opened is None:
+            return False
+        sealed_type, plain = opened
+        if sealed_type == MessageType.KEEPALIVE_ACK:
+            return self._on_keepalive_ack(plain, now)
+        if sealed_type == MessageType.INVITE:
+            return self._on_invite(plain)
+        return False

@@ -1,0 +1,152 @@
+"""Presence cryptography: session key derivation, sealing with counters, replay window, cookies.
+
+- Registration: the device sends an ephemeral X25519 key; the broker answers with its own. The
+  session key is HKDF-SHA256 over X25519(broker static, device ephemeral) ‖ X25519(broker
+  ephemeral, device ephemeral): only the holder of the pinned static key can derive it, and a
+  later leak of that key does not open recorded sessions.
+- Sealing: ChaCha20-Poly1305, one key per session, a 12-byte nonce made of the direction (4 bytes)
+  and the sender's counter (8 bytes), the clear header as associated data.
+- Cookies: stateless, ``time ‖ HMAC(secret, time ‖ address ‖ nonce)[:16]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from dvrlink.protocol.presence_events import Address
+from dvrlink.protocol.presence_wire import COOKIE_SIZE
+
+DEVICE_TO_BROKER = 0
+BROKER_TO_DEVICE = 1
+_NONCE = struct.Struct(">IQ")
+HKDF_INFO = b"dvrlink presence v1"
+REPLAY_WINDOW = 64
+
+
+def derive_session_key(
+    static_shared: bytes,
+    ephemeral_shared: bytes,
+    nonce: bytes,
+    serial: str,
+    device_key: bytes,
+    device_ephemeral: bytes,
+    broker_ephemeral: bytes,
+    broker_static: bytes,
+) -> bytes:
+    """HKDF-SHA256 of both X25519 results, bound to every public value of the handshake."""
+    info = b"".join(
+        [
+            HKDF_INFO,
+            len(serial).to_bytes(1, "big"),
+            serial.encode("ascii"),
+            device_key,
+            device_ephemeral,
+            broker_ephemeral,
+            broker_static,
+        ]
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=nonce, info=info).derive(
+        static_shared + ephemeral_shared
+    )
+
+
+def x25519(private: X25519PrivateKey, public: bytes) -> bytes:
+    """X25519 shared secret.
+
+    Raises:
+        ValueError: ``public`` is not a valid 32-byte key or the result is all zeros.
+    """
+    shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+    if shared == bytes(32):
+        raise ValueError("X25519 produced the all-zero secret (low-order point)")
+    return shared
+
+
+class Sealer:
+    """Seals and opens the messages of one session."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = ChaCha20Poly1305(key)
+
+    def seal(self, direction: int, counter: int, header: bytes, plaintext: bytes) -> bytes:
+        """Return ``header ‖ ciphertext ‖ tag``."""
+        return header + self._aead.encrypt(_NONCE.pack(direction, counter), plaintext, header)
+
+    def open(self, direction: int, counter: int, header: bytes, sealed: bytes) -> bytes | None:
+        """Return the plaintext, or None if the tag does not verify (forged, corrupt or wrong key)."""
+        try:
+            return self._aead.decrypt(_NONCE.pack(direction, counter), sealed, header)
+        except InvalidTag:
+            return None
+
+
+class ReplayWindow:
+    """Sliding-window replay check over 32-bit counters (RFC 6479 style, 64 entries).
+
+    Call ``check`` before trusting a counter and ``commit`` only after its tag verified, so a
+    forged packet cannot move the window.
+    """
+
+    __slots__ = ("_bitmap", "_highest")
+
+    def __init__(self) -> None:
+        self._highest = -1
+        self._bitmap = 0
+
+    def check(self, counter: int) -> bool:
+        """True if ``counter`` was not seen and is not too old."""
+        if counter > self._highest:
+            return True
+        offset = self._highest - counter
+        if offset >= REPLAY_WINDOW:
+            return False
+        return not (self._bitmap >> offset) & 1
+
+    def commit(self, counter: int) -> None:
+        """Mark ``counter`` as seen."""
+        if counter > self._highest:
+            shift = counter - self._highest
+            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._highest = counter
+        else:
+            self._bitmap |= 1 << (self._highest - counter)
+
+
+class CookieJar:
+    """Stateless cookies that bind a HELLO nonce to a source address for ``lifetime`` seconds."""
+
+    __slots__ = ("_lifetime", "_secret")
+
+    def __init__(self, secret: bytes, lifetime: float) -> None:
+        self._secret = secret
+        self._lifetime = lifetime
+
+    def _mac(self, stamp: int, address: Address, nonce: bytes) -> bytes:
+        ip = ipaddress.ip_address(address[0].split("%", 1)[0]).packed
+        msg = stamp.to_bytes(4, "big") + ip + address[1].to_bytes(2, "big") + nonce
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()[: COOKIE_SIZE - 4]
+
+    def make(self, address: Address, nonce: bytes, now: float) -> bytes:
+        """A cookie for ``nonce`` from ``address`` at time ``now``."""
+        stamp = int(now) & 0xFFFFFFFF
+        return stamp.to_bytes(4, "big") + self._mac(stamp, address, nonce)
+
+    def verify(self, cookie: bytes, address: Address, nonce: bytes, now: float) -> bool:
+        """True if the cookie was made by this jar for this address and nonce and has not expired."""
+        if len(cookie) != COOKIE_SIZE:
+            return False
+        stamp = int.from_bytes(cookie[:4], "big")
+        age = int(now) - stamp
+        if age < 0 or age > self._lifetime:
+            return False
+        return hmac.compare_digest(cookie[4:], self._mac(stamp, address, nonce))

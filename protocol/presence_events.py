@@ -1,0 +1,130 @@
+"""Typed, past-tense events of the presence protocol, for both ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Address = tuple[str, int]
+"""A transport address: (IP literal, port)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    """Base of the events a ``PresenceClient`` (device side) emits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(ClientEvent):
+    """The broker accepted the registration; the device is online."""
+
+    session_id: int
+    reflexive_address: Address
+    keepalive_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused(ClientEvent):
+    """The broker refused the registration (authenticated refusal); the client retries later."""
+
+    reason: int
+    message: str
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveAcknowledged(ClientEvent):
+    """A keepalive round trip completed."""
+
+    reflexive_address: Address
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReflexiveAddressChanged(ClientEvent):
+    """The address the broker sees changed (NAT rebinding or a new uplink); re-registering."""
+
+    old: Address
+    new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost(ClientEvent):
+    """The broker stopped answering or forgot the session; re-registering with backoff."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InviteReceived(ClientEvent):
+    """The broker pushed an invite; answer with ``PresenceClient.reply_invite``.
+
+    A retransmitted invite whose reply was already given is answered by the core itself and
+    is not emitted twice.
+    """
+
+    invite_id: int
+    kind: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """Base of the events a ``PresenceServer`` (broker side) emits."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequested(ServerEvent):
+    """A device proved possession of ``public_key`` for ``serial``.
+
+    The application checks the serial binding and then calls ``PresenceServer.accept`` or
+    ``PresenceServer.refuse`` with ``handle``.
+    """
+
+    handle: int
+    serial: str
+    public_key: bytes
+    address: Address
+    keepalive_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOnline(ServerEvent):
+    """A device registered (first time or again)."""
+
+    serial: str
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMoved(ServerEvent):
+    """An authenticated keepalive came from a new address."""
+
+    serial: str
+    old: Address
+    new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOffline(ServerEvent):
+    """No keepalive within the grace time, or a newer registration replaced the session."""
+
+    serial: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InviteAnswered(ServerEvent):
+    """The device answered an invite."""
+
+    invite_id: int
+    serial: str
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InviteExpired(ServerEvent):
+    """The device did not answer an invite before its deadline."""
+
+    invite_id: int
+    serial: str

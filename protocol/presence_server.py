@@ -1,0 +1,550 @@
+"""Broker side of the presence protocol: cookies, registrations, keepalives, invites. Sans-I/O.
+
+Feed it datagrams with their source address and the current time; take datagrams to send
+(with destinations), events and the next timer deadline. It never raises on bad input from
+the network, and it never answers an unauthenticated datagram with more bytes than it received,
+except a valid STUN Binding request (see ``dvrlink.protocol.stun``).
+
+The application decides who may register: the core emits ``RegistrationRequested`` after the
+cookie and the signature check out, and the application calls ``accept`` or ``refuse``.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import construct as c
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from dvrlink.protocol.identity import ed25519_verify, x25519_public_bytes
+from dvrlink.protocol.presence_crypto import (
+    BROKER_TO_DEVICE,
+    DEVICE_TO_BROKER,
+    CookieJar,
+    ReplayWindow,
+    Sealer,
+    derive_session_key,
+    x25519,
+)
+from dvrlink.protocol.presence_events import (
+    Address,
+    DeviceMoved,
+    DeviceOffline,
+    DeviceOnline,
+    InviteAnswered,
+    InviteExpired,
+    RegistrationRequested,
+    ServerEvent,
+)
+from dvrlink.protocol.presence_wire import (
+    COOKIE,
+    ECHO_STRUCT,
+    HEADER_STRUCT,
+    HELLO,
+    HELLO_SIZE,
+    INVITE_PLAIN,
+    INVITE_REPLY_PLAIN,
+    MAX_DATAGRAM,
+    MAX_INVITE_BODY,
+    REFUSED_PLAIN,
+    REGISTER,
+    REGISTER_SIGNING_LABEL,
+    REGISTERED_PLAIN,
+    SEALED_HEADER_SIZE,
+    VERSION,
+    MessageType,
+    encode_address,
+)
+from dvrlink.protocol.stun import binding_response
+
+PENDING_REGISTRATION_TTL = 30.0
+INVITE_RETRANSMIT_MAX = 8.0
+MAX_COUNTER = 0xFFFFFFFF
+
+
+class NotOnlineError(LookupError):
+    """``send_invite`` was called for a device that is not online."""
+
+
+class RefuseReason(enum.IntEnum):
+    """Why a registration was refused (sent to the device, authenticated)."""
+
+    KEY_MISMATCH = 1
+    NOT_IN_MANIFEST = 2
+    BLOCKED = 3
+    BUSY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Presence settings of the broker. Times are in seconds."""
+
+    cookie_lifetime: float = 120.0
+    min_keepalive_interval: float = 1.0
+    max_keepalive_interval: float = 3600.0
+    offline_after_intervals: float = 2.5
+    invite_retransmit: float = 1.0
+    refuse_retry_after: float = 300.0
+    sweep_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceInfo:
+    """What the broker knows about a device's presence (times are core time)."""
+
+    serial: str
+    online: bool
+    address: Address | None
+    last_seen: float | None
+    registered_at: float | None
+    keepalive_interval: float | None
+
+
+class _Session:
+    """One registered device; kept small: the broker holds one per online device."""
+
+    __slots__ = (
+        "address",
+        "address_bytes",
+        "interval",
+        "last_seen",
+        "online",
+        "registered_at",
+        "replay",
+        "sealer",
+        "send_counter",
+        "serial",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        serial: str,
+        session_id: int,
+        sealer: Sealer,
+        address: Address,
+        interval: float,
+        now: float,
+    ) -> None:
+        self.serial = serial
+        self.session_id = session_id
+        self.sealer = sealer
+        self.address = address
+        self.address_bytes = encode_address(address)
+        self.interval = interval
+        self.last_seen = now
+        self.registered_at = now
+        self.online = True
+        self.replay = ReplayWindow()
+        self.send_counter = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A registration that passed the checks and waits for the application's verdict."""
+
+    serial: str
+    public_key: bytes
+    nonce: bytes
+    ephemeral: bytes
+    address: Address
+    interval: float
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Invite:
+    invite_id: int
+    serial: str
+    session_id: int
+    kind: int
+    body: bytes
+    deadline: float
+    next_send: float
+    rto: float
+
+
+class PresenceServer:
+    """The broker's presence state machine (see module docstring)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        static_key: X25519PrivateKey,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._config = config
+        self._static = static_key
+        self._static_public = x25519_public_bytes(static_key)
+        self._rng = rng
+        self._cookies = CookieJar(rng(32), config.cookie_lifetime)
+        self._by_sid: dict[int, _Session] = {}
+        self._by_serial: dict[str, _Session] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._pending_by_nonce: dict[bytes, int] = {}
+        self._next_handle = 1
+        self._invites: dict[int, _Invite] = {}
+        self._invite_heap: list[tuple[float, int]] = []
+        self._next_invite = int.from_bytes(rng(4), "big") & 0x7FFFFFFF
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: deque[ServerEvent] = deque()
+        self._next_sweep: float | None = None
+        self.stats: dict[str, int] = {
+            "datagrams": 0,
+            "dropped": 0,
+            "stun": 0,
+            "keepalives": 0,
+            "registrations": 0,
+            "refused": 0,
+        }
+
+    # -- sans-I/O interface -------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        """The broker's static X25519 public key, to pin in device configs."""
+        return self._static_public
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """(datagram, destination) pairs, oldest first; the list is drained."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> ServerEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must be called next (absolute time), or None."""
+        times = []
+        if self._next_sweep is not None:
+            times.append(self._next_sweep)
+        if self._invite_heap:
+            times.append(self._invite_heap[0][0])
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit and expire invites, mark silent devices offline, drop stale registrations."""
+        while self._invite_heap and self._invite_heap[0][0] <= now:
+            _, invite_id = heapq.heappop(self._invite_heap)
+            invite = self._invites.get(invite_id)
+            if invite is None:
+                continue
+            if now >= invite.deadline:
+                del self._invites[invite_id]
+                self._events.append(InviteExpired(invite_id, invite.serial))
+                continue
+            self._transmit_invite(invite, now)
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self._sweep(now)
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        """Handle one datagram from ``address``; bad ones are dropped and counted."""
+        self.stats["datagrams"] += 1
+        if not data or len(data) > MAX_DATAGRAM:
+            self.stats["dropped"] += 1
+            return
+        first = data[0]
+        try:
+            if first == MessageType.KEEPALIVE:
+                handled = self._on_keepalive(data, address, now)
+            elif first < 4:
+                handled = self._on_stun(data, address)
+            elif first == MessageType.HELLO:
+                handled = self._on_hello(data, address, now)
+            elif first == MessageType.REGISTER:
+                handled = self._on_register(data, address, now)
+            elif first in (MessageType.INVITE_REPLY, MessageType.GOODBYE):
+                handled = self._on_sealed(data, address, now)
+            else:
+                handled = False
+        except (c.ConstructError, ValueError, UnicodeDecodeError, IndexError):
+            handled = False
+        if not handled:
+            self.stats["dropped"] += 1
+
+    def accept(self, handle: int, now: float) -> None:
+        """Accept a ``RegistrationRequested``: create the session and answer REGISTERED.
+
+        Raises:
+            KeyError: ``handle`` is unknown or expired.
+        """
+        pending = self._take_pending(handle)
+        broker_ephemeral, sealer = self._handshake(pending)
+        session_id = self._new_session_id()
+        old = self._by_serial.get(pending.serial)
+        if old is not None:
+            self._by_sid.pop(old.session_id, None)
+        session = _Session(pending.serial, session_id, sealer, pending.address, pending.interval, now)
+        self._by_sid[session_id] = session
+        self._by_serial[pending.serial] = session
+        session.send_counter = 1
+        header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session_id, 1) + broker_ephemeral
+        plain = REGISTERED_PLAIN.build(
+            {"keepalive_ms": round(pending.interval * 1000), "address": session.address_bytes}
+        )
+        self._outbox.append((sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain)), pending.address))
+        self.stats["registrations"] += 1
+        self._events.append(DeviceOnline(pending.serial, pending.address))
+        if self._next_sweep is None:
+            self._next_sweep = now + self._config.sweep_interval
+
+    def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None:
+        """Refuse a ``RegistrationRequested`` with an authenticated REFUSED.
+
+        Raises:
+            KeyError: ``handle`` is unknown or expired.
+        """
+        pending = self._take_pending(handle)
+        broker_ephemeral, sealer = self._handshake(pending)
+        header = HEADER_STRUCT.pack(MessageType.REFUSED, VERSION, 0, 1) + broker_ephemeral
+        text = message.encode("utf-8")[:300].decode("utf-8", "ignore")
+        plain = REFUSED_PLAIN.build(
+            {
+                "reason": int(reason),
+                "retry_after_s": int(self._config.refuse_retry_after),
+                "message": text,
+            }
+        )
+        self._outbox.append((sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain)), pending.address))
+        self.stats["refused"] += 1
+
+    def send_invite(self, serial: str, kind: int, body: bytes, now: float, ttl: float = 30.0) -> int:
+        """Push an invite to an online device; retransmitted until answered or ``ttl`` passes.
+
+        Returns the invite id that ``InviteAnswered``/``InviteExpired`` will carry.
+
+        Raises:
+            NotOnlineError: the device is not online.
+            ValueError: ``body`` is larger than the protocol allows or ``kind`` is not 0-255.
+        """
+        if len(body) > MAX_INVITE_BODY or not 0 <= kind <= 0xFF:
+            raise ValueError(f"invite body too large ({len(body)} bytes) or bad kind {kind}")
+        session = self._by_serial.get(serial)
+        if session is None or not session.online:
+            raise NotOnlineError(f"device {serial} is not online")
+        self._next_invite = (self._next_invite + 1) & 0xFFFFFFFF
+        invite = _Invite(
+            self._next_invite,
+            serial,
+            session.session_id,
+            kind,
+            body,
+            now + ttl,
+            now,
+            self._config.invite_retransmit,
+        )
+        self._invites[invite.invite_id] = invite
+        self._transmit_invite(invite, now)
+        return invite.invite_id
+
+    def presence(self, serial: str) -> PresenceInfo | None:
+        """Presence of ``serial``, or None if it has not registered since the broker started."""
+        session = self._by_serial.get(serial)
+        if session is None:
+            return None
+        return PresenceInfo(
+            serial,
+            session.online,
+            session.address,
+            session.last_seen,
+            session.registered_at,
+            session.interval,
+        )
+
+    def online_serials(self) -> list[str]:
+        """Serials of every online device."""
+        return [s.serial for s in self._by_sid.values()]
+
+    @property
+    def online_count(self) -> int:
+        """Number of online devices."""
+        return len(self._by_sid)
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    def _on_stun(self, data: bytes, address: Address) -> bool:
+        reply = binding_response(data, address)
+        if reply is None:
+            return False
+        self.stats["stun"] += 1
+        self._outbox.append((reply, address))
+        return True
+
+    def _on_hello(self, data: bytes, address: Address, now: float) -> bool:
+        if len(data) < HELLO_SIZE:
+            return False
+        msg = HELLO.parse(data)
+        if msg.version != VERSION:
+            return False
+        cookie = self._cookies.make(address, msg.nonce, now)
+        reply = COOKIE.build({"version": VERSION, "nonce": msg.nonce, "cookie": cookie})
+        self._outbox.append((bytes(reply), address))
+        return True
+
+    def _on_register(self, data: bytes, address: Address, now: float) -> bool:
+        msg = REGISTER.parse(data)
+        body = msg.body.value
+        if body.version != VERSION:
+            return False
+        nonce = bytes(body.nonce)
+        if nonce in self._pending_by_nonce:
+            return True  # a retransmission while the application decides
+        if not self._cookies.verify(bytes(body.cookie), address, nonce, now):
+            return False
+        if not ed25519_verify(
+            bytes(body.device_key), bytes(msg.signature), REGISTER_SIGNING_LABEL + msg.body.data
+        ):
+            return False
+        interval = min(
+            max(body.keepalive_ms / 1000, self._config.min_keepalive_interval),
+            self._config.max_keepalive_interval,
+        )
+        handle = self._next_handle
+        self._next_handle += 1
+        self._pending[handle] = _Pending(
+            str(body.serial),
+            bytes(body.device_key),
+            nonce,
+            bytes(body.ephemeral_key),
+            address,
+            interval,
+            now + PENDING_REGISTRATION_TTL,
+        )
+        self._pending_by_nonce[nonce] = handle
+        if self._next_sweep is None:
+            self._next_sweep = now + self._config.sweep_interval
+        self._events.append(
+            RegistrationRequested(handle, str(body.serial), bytes(body.device_key), address, interval)
+        )
+        return True
+
+    def _on_keepalive(self, data: bytes, address: Address, now: float) -> bool:
+        if len(data) < SEALED_HEADER_SIZE:
+            return False
+        _type, version, session_id, counter = HEADER_STRUCT.unpack_from(data)
+        session = self._by_sid.get(session_id)
+        if session is None:
+            if version != VERSION:
+                return False
+            # Smaller than the request (6 < 26 bytes): tells a device the broker restarted.
+            self._outbox.append((bytes([MessageType.UNKNOWN_SESSION, VERSION]) + data[2:6], address))
+            return True
+        if not session.replay.check(counter):
+            return False
+        header = data[:SEALED_HEADER_SIZE]
+        if session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:]) is None:
+            return False
+        session.replay.commit(counter)
+        self._touch(session, address, now)
+        session.send_counter += 1
+        out = session.send_counter
+        ack_header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)
+        plain = ECHO_STRUCT.pack(counter & 0xFFFF) + session.address_bytes
+        self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, ack_header, plain), address))
+        self.stats["keepalives"] += 1
+        return True
+
+    def _on_sealed(self, data: bytes, address: Address, now: float) -> bool:
+        if len(data) < SEALED_HEADER_SIZE:
+            return False
+        mtype, version, session_id, counter = HEADER_STRUCT.unpack_from(data)
+        session = self._by_sid.get(session_id)
+        if session is None or version != VERSION or not session.replay.check(counter):
+            return False
+        plain = session.sealer.open(
+            DEVICE_TO_BROKER, counter, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:]
+        )
+        if plain is None:
+            return False
+        session.replay.commit(counter)
+        if mtype == MessageType.GOODBYE:
+            self._go_offline(session, "device said goodbye")
+            return True
+        self._touch(session, address, now)
+        msg = INVITE_REPLY_PLAIN.parse(plain)
+        invite = self._invites.pop(msg.invite_id, None)
+        if invite is not None and invite.serial == session.serial:
+            self._events.append(InviteAnswered(invite.invite_id, invite.serial, msg.status, bytes(msg.body)))
+        elif invite is not None:
+            self._invites[invite.invite_id] = invite
+        return True
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _touch(self, session: _Session, address: Address, now: float) -> None:
+        session.last_seen = now
+        if address != session.address:
+            old = session.address
+            session.address = address
+            session.address_bytes = encode_address(address)
+            self._events.append(DeviceMoved(session.serial, old, address))
+
+    def _take_pending(self, handle: int) -> _Pending:
+        pending = self._pending.pop(handle)
+        self._pending_by_nonce.pop(pending.nonce, None)
+        return pending
+
+    def _handshake(self, pending: _Pending) -> tuple[bytes, Sealer]:
+        ephemeral = X25519PrivateKey.from_private_bytes(self._rng(32))
+        ephemeral_public = x25519_public_bytes(ephemeral)
+        key = derive_session_key(
+            x25519(self._static, pending.ephemeral),
+            x25519(ephemeral, pending.ephemeral),
+            pending.nonce,
+            pending.serial,
+            pending.public_key,
+            pending.ephemeral,
+            ephemeral_public,
+            self._static_public,
+        )
+        return ephemeral_public, Sealer(key)
+
+    def _new_session_id(self) -> int:
+        while True:
+            session_id = int.from_bytes(self._rng(4), "big")
+            if session_id and session_id not in self._by_sid:
+                return session_id
+
+    def _transmit_invite(self, invite: _Invite, now: float) -> None:
+        session = self._by_sid.get(invite.session_id)
+        if session is None:
+            # The device re-registered or went offline; the invite follows the serial.
+            current = self._by_serial.get(invite.serial)
+            if current is None or not current.online:
+                heapq.heappush(self._invite_heap, (invite.deadline, invite.invite_id))
+                return
+            session = current
+            invite.session_id = current.session_id
+        if session.send_counter >= MAX_COUNTER:
+            return
+        session.send_counter += 1
+        out = session.send_counter
+        header = HEADER_STRUCT.pack(MessageType.INVITE, VERSION, session.session_id, out)
+        plain = INVITE_PLAIN.build({"invite_id": invite.invite_id, "kind": invite.kind, "body": invite.body})
+        self._outbox.append(
+            (session.sealer.seal(BROKER_TO_DEVICE, out, header, bytes(plain)), session.address)
+        )
+        invite.next_send = min(now + invite.rto, invite.deadline)
+        invite.rto = min(invite.rto * 2, INVITE_RETRANSMIT_MAX)
+        heapq.heappush(self._invite_heap, (invite.next_send, invite.invite_id))
+
+    def _go_offline(self, session: _Session, reason: str) -> None:
+        if self._by_sid.pop(session.session_id, None) is not None:
+            session.online = False
+            self._events.append(DeviceOffline(session.serial, reason))
+
+    def _sweep(self, now: float) -> None:
+        factor = self._config.offline_after_intervals
+        silent = [s for s in self._by_sid.values() if now - s.last_seen > s.interval * factor]
+        for session in silent:
+            self._go_offline(session, f"no keepalive for {now - session.last_seen:.0f} s")
+        stale = [h for h, p in self._pending.items() if p.deadline <= now]
+        for handle in stale:
+            self._take_pending(handle)
+        busy = self._by_sid or self._pending
+        self._next_sweep = now + self._config.sweep_interval if busy else None

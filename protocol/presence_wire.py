@@ -1,0 +1,205 @@
+"""Presence protocol wire formats (device ⇄ broker), declared with ``construct``.
+
+Every datagram starts with a message-type byte in 0x04–0x0F, a range that RFC 9443 leaves unused,
+so it can never be taken for STUN (0–3), TURN ChannelData (64–79) or QUIC (64–255). The second
+byte is the protocol version. See docs/protocol.md for the full specification.
+
+Sealed messages share a 10-byte header (type, version, session id, counter) that is also the
+AEAD associated data. The hot path (keepalive and its acknowledgement) is parsed with a
+precompiled ``struct`` that a test checks against the ``construct`` declaration.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+import construct as c
+from dvrlink.protocol.presence_events import Address
+
+VERSION = 1
+FIRST_TYPE = 0x04
+LAST_TYPE = 0x0F
+
+NONCE_SIZE = 16
+COOKIE_SIZE = 20
+KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+TAG_SIZE = 16
+HELLO_SIZE = 48  # a HELLO is padded to this size so the COOKIE reply (38 bytes) is always smaller
+MAX_DATAGRAM = 1200
+MAX_INVITE_BODY = 1024
+
+INVITE_KIND_PAIR = 1
+INVITE_OK = 0
+INVITE_UNSUPPORTED = 1
+INVITE_MALFORMED = 2
+
+
+class MessageType(enum.IntEnum):
+    """First byte of every presence datagram."""
+
+    HELLO = 0x04
+    COOKIE = 0x05
+    REGISTER = 0x06
+    REGISTERED = 0x07
+    REFUSED = 0x08
+    KEEPALIVE = 0x09
+    KEEPALIVE_ACK = 0x0A
+    UNKNOWN_SESSION = 0x0B
+    INVITE = 0x0C
+    INVITE_REPLY = 0x0D
+    GOODBYE = 0x0E
+
+
+def is_presence(first_byte: int) -> bool:
+    """True if a datagram's first byte is in the presence range (RFC 7983/9443 demultiplexing)."""
+    return FIRST_TYPE <= first_byte <= LAST_TYPE
+
+
+# -- unsealed messages ---------------------------------------------------------------------------
+
+HELLO = c.Struct(
+    "type" / c.Const(MessageType.HELLO, c.Int8ub),
+    "version" / c.Int8ub,
+    "nonce" / c.Bytes(NONCE_SIZE),
+    "padding" / c.GreedyBytes,
+)
+
+COOKIE = c.Struct(
+    "type" / c.Const(MessageType.COOKIE, c.Int8ub),
+    "version" / c.Int8ub,
+    "nonce" / c.Bytes(NONCE_SIZE),
+    "cookie" / c.Bytes(COOKIE_SIZE),
+    c.Terminated,
+)
+
+# The signature covers every byte before it, prefixed by REGISTER_SIGNING_LABEL.
+REGISTER_BODY = c.Struct(
+    "type" / c.Const(MessageType.REGISTER, c.Int8ub),
+    "version" / c.Int8ub,
+    "cookie" / c.Bytes(COOKIE_SIZE),
+    "nonce" / c.Bytes(NONCE_SIZE),
+    "device_key" / c.Bytes(KEY_SIZE),
+    "ephemeral_key" / c.Bytes(KEY_SIZE),
+    "keepalive_ms" / c.Int32ub,
+    "serial" / c.PascalString(c.Int8ub, "ascii"),
+)
+REGISTER = c.Struct(
+    "body" / c.RawCopy(REGISTER_BODY),
+    "signature" / c.Bytes(SIGNATURE_SIZE),
+    c.Terminated,
+)
+REGISTER_SIGNING_LABEL = b"dvrlink register v1\x00"
+
+UNKNOWN_SESSION = c.Struct(
+    "type" / c.Const(MessageType.UNKNOWN_SESSION, c.Int8ub),
+    "version" / c.Int8ub,
+    "session_id" / c.Int32ub,
+    c.Terminated,
+)
+
+# -- sealed messages -----------------------------------------------------------------------------
+
+SEALED_HEADER = c.Struct(
+    "type" / c.Int8ub,
+    "version" / c.Int8ub,
+    "session_id" / c.Int32ub,
+    "counter" / c.Int32ub,
+)
+SEALED_HEADER_SIZE = SEALED_HEADER.sizeof()
+HEADER_STRUCT = struct.Struct(">BBII")  # the hot-path twin of SEALED_HEADER
+assert HEADER_STRUCT.size == SEALED_HEADER_SIZE
+
+# REGISTERED and REFUSED carry the broker's ephemeral key in clear after the header; both the
+# header and that key are associated data.
+EPHEMERAL_HEADER = c.Struct(
+    "header" / SEALED_HEADER,
+    "ephemeral_key" / c.Bytes(KEY_SIZE),
+)
+EPHEMERAL_HEADER_SIZE = EPHEMERAL_HEADER.sizeof()
+
+REGISTERED_PLAIN = c.Struct(
+    "keepalive_ms" / c.Int32ub,
+    "address" / c.GreedyBytes,
+)
+REFUSED_PLAIN = c.Struct(
+    "reason" / c.Int8ub,
+    "retry_after_s" / c.Int32ub,
+    "message" / c.PascalString(c.Int16ub, "utf8"),
+    c.Terminated,
+)
+KEEPALIVE_ACK_PLAIN = c.Struct(
+    "echo" / c.Int16ub,  # low 16 bits of the acknowledged keepalive's counter
+    "address" / c.GreedyBytes,
+)
+ECHO_STRUCT = struct.Struct(">H")
+INVITE_PLAIN = c.Struct(
+    "invite_id" / c.Int32ub,
+    "kind" / c.Int8ub,
+    "body" / c.GreedyBytes,
+)
+INVITE_REPLY_PLAIN = c.Struct(
+    "invite_id" / c.Int32ub,
+    "status" / c.Int8ub,
+    "body" / c.GreedyBytes,
+)
+
+
+# -- addresses -----------------------------------------------------------------------------------
+
+
+def encode_address(address: Address) -> bytes:
+    """Pack (ip, port) as family nibble (4 or 6) + port + raw IP.
+
+    Raises:
+        ValueError: the IP is not an IPv4 or IPv6 literal, or the port is out of range.
+    """
+    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+    port = address[1]
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is out of range")
+    return bytes([ip.version]) + port.to_bytes(2, "big") + ip.packed
+
+
+def decode_address(data: bytes) -> Address:
+    """Unpack ``encode_address``.
+
+    Raises:
+        ValueError: unknown family or wrong length.
+    """
+    if len(data) < 3:
+        raise ValueError("address too short")
+    family = data[0] & 0x0F
+    port = int.from_bytes(data[1:3], "big")
+    raw = data[3:]
+    if family == 4 and len(raw) == 4:
+        return (str(ipaddress.IPv4Address(raw)), port)
+    if family == 6 and len(raw) == 16:
+        ip6 = ipaddress.IPv6Address(raw)
+        mapped = ip6.ipv4_mapped
+        return (str(mapped) if mapped else str(ip6), port)
+    raise ValueError(f"bad address family {family} with {len(raw)} address bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SealedHeader:
+    """The clear part of a sealed message."""
+
+    type: int
+    version: int
+    session_id: int
+    counter: int
+
+    def pack(self) -> bytes:
+        """Serialize the 10 header bytes."""
+        return HEADER_STRUCT.pack(self.type, self.version, self.session_id, self.counter)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> SealedHeader:
+        """Parse the first 10 bytes. Raises ValueError if ``data`` is shorter."""
+        if len(data) < SEALED_HEADER_SIZE:
+            raise ValueError("sealed header truncated")
+        return cls(*HEADER_STRUCT.unpack_from(data))

@@ -1,0 +1,139 @@
+"""A device core and a broker core joined by a fake link with made-up time."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
+from dvrlink.protocol.presence_events import (
+    Address,
+    ClientEvent,
+    RegistrationRequested,
+    ServerEvent,
+)
+from dvrlink.protocol.presence_server import PresenceServer, RefuseReason, ServerConfig
+
+BROKER: Address = ("198.51.100.1", 3478)
+
+
+def seeded_rng(seed: int) -> Callable[[int], bytes]:
+    counter = itertools.count()
+
+    def rng(n: int) -> bytes:
+        import hashlib
+
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(f"{seed}:{next(counter)}".encode()).digest()
+        return out[:n]
+
+    return rng
+
+
+@dataclass
+class Device:
+    client: PresenceClient
+    address: Address
+    key: Ed25519PrivateKey
+    events: list[ClientEvent] = field(default_factory=list)
+
+
+class Lab:
+    """Delivers datagrams between devices and a broker; a filter may drop or keep them."""
+
+    def __init__(self, interval: float = 20.0, server_config: ServerConfig | None = None) -> None:
+        self.now = 0.0
+        self.interval = interval
+        self.static = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+        self.server_config = server_config or ServerConfig()
+        self.server = PresenceServer(self.server_config, self.static, rng=seeded_rng(1))
+        self.server_events: list[ServerEvent] = []
+        self.devices: list[Device] = []
+        self.bindings: dict[str, bytes] = {}
+        self.auto_accept = True
+        self.broker_up = True
+        # A filter gets (direction, datagram, device) and returns False to drop.
+        self.filter: Callable[[str, bytes, Device], bool] = lambda d, b, dev: True
+        self.wire: list[tuple[str, bytes, Device]] = []
+        self.held: list[tuple[str, bytes, Device]] = []
+
+    def add_device(self, serial: str, seed: int = 7, address: Address | None = None) -> Device:
+        key = Ed25519PrivateKey.from_private_bytes(seeded_rng(seed)(32))
+        config = ClientConfig(
+            serial=serial,
+            broker_public_key=self.server.public_key,
+            keepalive_interval=self.interval,
+            reply_timeout=2.0,
+            retries=2,
+        )
+        jitter_values = itertools.cycle([0.3, 0.9, 0.6])
+        client = PresenceClient(config, key, rng=seeded_rng(seed + 100), jitter=lambda: next(jitter_values))
+        device = Device(client, address or ("203.0.113.5", 40000 + len(self.devices)), key)
+        self.devices.append(device)
+        return device
+
+    def restart_broker(self) -> None:
+        self.server = PresenceServer(self.server_config, self.static, rng=seeded_rng(int(self.now) + 99))
+
+    def pump(self) -> None:
+        """Move datagrams and events until nothing moves."""
+        for _ in range(1000):
+            moved = False
+            for device in self.devices:
+                for datagram in device.client.datagrams_to_send():
+                    moved = True
+                    self.wire.append(("up", datagram, device))
+                    if self.broker_up and self.filter("up", datagram, device):
+                        self.server.receive_datagram(datagram, device.address, self.now)
+                while (event := device.client.next_event()) is not None:
+                    device.events.append(event)
+            while (sevent := self.server.next_event()) is not None:
+                moved = True
+                self.server_events.append(sevent)
+                if isinstance(sevent, RegistrationRequested) and self.auto_accept:
+                    self.decide(sevent)
+            for datagram, address in self.server.datagrams_to_send():
+                moved = True
+                for device in self.devices:
+                    if device.address == address:
+                        self.wire.append(("down", datagram, device))
+                        if self.filter("down", datagram, device):
+                            device.client.receive_datagram(datagram, self.now)
+            if not moved:
+                return
+        raise AssertionError("the link did not settle")
+
+    def decide(self, request: RegistrationRequested) -> None:
+        bound = self.bindings.setdefault(request.serial, request.public_key)
+        if bound == request.public_key:
+            self.server.accept(request.handle, self.now)
+        else:
+            self.server.refuse(
+                request.handle, RefuseReason.KEY_MISMATCH, "serial bound to another key", self.now
+            )
+
+    def advance(self, until: float) -> None:
+        """Run timers in order up to ``until``."""
+        for _ in range(100000):
+            timers = [d.client.get_timer() for d in self.devices] + [self.server.get_timer()]
+            due = [t for t in timers if t is not None and t <= until]
+            if not due:
+                break
+            self.now = max(self.now, min(due))
+            for device in self.devices:
+                device.client.handle_timer(self.now)
+            self.server.handle_timer(self.now)
+            self.pump()
+        else:
+            raise AssertionError("timers did not settle")
+        self.now = until
+        self.pump()
+
+    def start_all(self) -> None:
+        for device in self.devices:
+            device.client.start(self.now)
+        self.pump()
