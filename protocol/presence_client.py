@@ -86,6 +86,10 @@ TRANSITIONS: dict[tuple[ClientState, ClientState], str] = {
         "keepalive lost, UNKNOWN_SESSION, reflexive address or network changed"
     ),
     (ClientState.BACKOFF, ClientState.COOKIE_WAIT): "backoff over, or network changed",
+    (ClientState.ONLINE, ClientState.IDLE): "stop: GOODBYE sent",
+    (ClientState.COOKIE_WAIT, ClientState.IDLE): "stop",
+    (ClientState.REGISTER_WAIT, ClientState.IDLE): "stop",
+    (ClientState.BACKOFF, ClientState.IDLE): "stop",
 }
 
 
@@ -217,7 +221,8 @@ class PresenceClient:
         if self._state is ClientState.ONLINE:
             self._outbox.append(self._seal(MessageType.GOODBYE, b""))
         self._reset_session()
-        self._state = ClientState.IDLE
+        if self._state is not ClientState.IDLE:
+            self._enter(ClientState.IDLE)
         self._timer = None
 
     def datagrams_to_send(self) -> list[bytes]:
@@ -516,3 +521,15 @@ class PresenceClient:
         if sealed_type == MessageType.INVITE:
             return self._on_invite(plain)
         return False
+
+
+def state_diagram() -> str:
+    """The client state machine as a Mermaid diagram, generated from ``TRANSITIONS``."""
+    lines = ["stateDiagram-v2", "    [*] --> idle"]
+    for (src, dst), cause in TRANSITIONS.items():
+        lines.append(f"    {src.value} --> {dst.value}: {cause}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(state_diagram())

@@ -350,3 +350,12 @@ def test_message_types_stay_out_of_stun_and_quic_ranges() -> None:
 @pytest.mark.parametrize("address", [("192.0.2.1", 1), ("2001:db8::1", 65535), ("10.1.2.3", 0)])
 def test_address_round_trip(address: tuple[str, int]) -> None:
     assert decode_address(encode_address(address)) == address
+
+
+def test_protocol_doc_shows_the_state_machine_of_the_code() -> None:
+    from pathlib import Path
+
+    from dvrlink.protocol.presence_client import state_diagram
+
+    doc = Path(__file__).parent.parent.joinpath("docs", "protocol.md").read_text()
+    assert state_diagram() in doc, "regenerate the diagram in docs/protocol.md"
