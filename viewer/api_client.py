@@ -1,0 +1,465 @@
+"""A small async client for the broker's HTTPS/JSON API (contract v1).
+
+Every failure becomes one ``ViewerError`` whose message says what to do: the broker cannot be
+reached, its certificate is not trusted, the login expired, the device is offline, and so on.
+Each request is bounded by a total timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import yarl
+from dvrlink.protocol.identity import b64encode_key, validate_serial
+from dvrlink.viewer.api_types import (
+    Device,
+    DeviceIdentity,
+    PairAnswer,
+    Token,
+    parse_device,
+    parse_devices,
+    parse_identity,
+    parse_pair_answer,
+    parse_token,
+)
+from dvrlink.viewer.errors import EXIT_USAGE, ViewerError
+from dvrlink.viewer.render import format_ago
+
+_T = TypeVar("_T")
+
+REQUEST_TIMEOUT = 20.0  # s, total per request
+# The broker holds a pairing request until the device answers its invite or the invite's time to
+# live (30 s by default) runs out, so a pairing request gets more time than the others.
+PAIR_TIMEOUT = 45.0  # s
+MAX_BODY = 1 << 20  # bytes; a longer answer is refused
+NOT_LOGGED_IN = "you are not logged in: run `dvrlink login --broker URL --user NAME` first"
+LOGIN_EXPIRED = "your login has expired: run `dvrlink login`"
+
+
+def check_broker_url(text: str) -> str:
+    """Return the broker base URL without a trailing slash.
+
+    ``https://`` is required, except ``http://`` to a loopback address (a local broker or a
+    TLS-terminating proxy on the same machine).
+
+    Raises:
+        ViewerError: (exit code 2) the URL is not an https URL with a host.
+    """
+    try:
+        url = yarl.URL(text.strip())
+    except (ValueError, TypeError) as exc:
+        raise ViewerError(f"broker URL {text!r} is not valid ({exc})", EXIT_USAGE) from exc
+    if url.scheme not in ("https", "http") or not url.host:
+        raise ViewerError(
+            f"broker URL {text!r} is not valid: give it as https://HOST[:PORT], "
+            "for example https://broker.example.net:8443",
+            EXIT_USAGE,
+        )
+    if url.scheme == "http" and not _is_loopback(url.host):
+        raise ViewerError(
+            f"broker URL {text!r} uses plain http, which would send your password and token in "
+            "clear: use https://",
+            EXIT_USAGE,
+        )
+    if url.query_string or url.fragment:
+        raise ViewerError(f"broker URL {text!r} must not have a query or fragment", EXIT_USAGE)
+    return str(url).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_ssl_context(cacert: str | None) -> ssl.SSLContext:
+    """A verifying TLS context: trusts ``cacert`` if given, else the system store.
+
+    Raises:
+        ViewerError: ``cacert`` cannot be read or holds no PEM certificate.
+    """
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except FileNotFoundError as exc:
+        raise ViewerError(
+            f"CA file {cacert} does not exist: pass --cacert with the broker's certificate "
+            "(the broker writes it to its state directory)"
+        ) from exc
+    except ssl.SSLError as exc:  # before OSError, of which it is a subclass
+        raise ViewerError(
+            f"CA file {cacert} holds no usable PEM certificate ({str(exc.reason or exc).lower()}): "
+            "pass the broker's certificate file to --cacert"
+        ) from exc
+    except OSError as exc:
+        raise ViewerError(f"cannot read CA file {cacert}: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    body: Any  # decoded JSON, or None when the answer was not JSON
+    raw: bytes
+    retry_after: str | None
+    location: str | None
+
+
+class BrokerClient:
+    """Talks to one broker; use as ``async with BrokerClient(url, ...) as client:``.
+
+    ``clock`` gives unix seconds (for "last seen" in error messages). All request methods raise
+    ``ViewerError``; none raises anything else for network or broker failures.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        cacert: str | None = None,
+        token: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        pair_timeout: float = PAIR_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Raises ViewerError for a bad URL or an unusable CA file."""
+        self.broker_url = check_broker_url(broker_url)
+        self._ssl = make_ssl_context(cacert)
+        self._token = token
+        self._timeout = timeout
+        self._pair_timeout = pair_timeout
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> BrokerClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            headers={"Accept": "application/json", "User-Agent": "dvrlink-viewer/1"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connections. Never raises."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # -- the contract -------------------------------------------------------------------------
+
+    async def login(self, username: str, password: str) -> Token:
+        """``POST /v1/tokens``. Raises ViewerError (bad credentials, rate limited, ...)."""
+        path = "/v1/tokens"
+        resp = await self._request("POST", path, {"username": username, "password": password}, auth=False)
+        if resp.status != 200:
+            raise self._error(resp, "POST", path, serial=None, username=username)
+        return self._parse(parse_token, resp, "POST", path)
+
+    async def devices(self) -> list[Device]:
+        """``GET /v1/devices``: the devices paired to this account. Raises ViewerError."""
+        path = "/v1/devices"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=None)
+        return self._parse(parse_devices, resp, "GET", path)
+
+    async def device(self, serial: str) -> Device:
+        """``GET /v1/devices/{serial}``. Raises ViewerError (not paired, unknown device, ...)."""
+        path = f"/v1/devices/{_serial(serial)}"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=serial)
+        return self._parse(lambda body: parse_device(body, serial), resp, "GET", path)
+
+    async def identity(self, serial: str) -> DeviceIdentity:
+        """``GET /v1/devices/{serial}/identity``: the key bound to the serial. Raises ViewerError."""
+        path = f"/v1/devices/{_serial(serial)}/identity"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=serial)
+        return self._parse(lambda body: parse_identity(body, serial), resp, "GET", path)
+
+    async def pair(self, serial: str, viewer_key: bytes, nonce: bytes, proof: bytes) -> PairAnswer:
+        """``POST /v1/devices/{serial}/pairings``.
+
+        Returns the answer for 200 ``paired`` and for 403 ``wrong_code`` with a ``result`` (the
+        caller verifies the device's signed result in both cases).
+
+        Raises:
+            ViewerError: offline, unknown device, rate limited, device timeout, malformed answer, ...
+        """
+        path = f"/v1/devices/{_serial(serial)}/pairings"
+        body = {
+            "viewer_public_key": b64encode_key(viewer_key),
+            "nonce": b64encode_key(nonce),
+            "proof": b64encode_key(proof),
+        }
+        resp = await self._request("POST", path, body, timeout=self._pair_timeout)
+        if resp.status == 200:
+            return self._parse(lambda b: parse_pair_answer(b, paired=True), resp, "POST", path)
+        if resp.status == 403 and _error_code(resp.body) == "wrong_code" and "result" in resp.body:
+            return self._parse(lambda b: parse_pair_answer(b, paired=False), resp, "POST", path)
+        raise self._error(resp, "POST", path, serial=serial)
+
+    # -- transport ----------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> _Response:
+        if self._session is None:
+            raise RuntimeError("use BrokerClient in `async with`")
+        headers = {}
+        if auth:
+            if not self._token:
+                raise ViewerError(NOT_LOGGED_IN)
+            headers["Authorization"] = f"Bearer {self._token}"
+        limit = timeout if timeout is not None else self._timeout
+        url = self.broker_url + path
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=limit),
+            ) as resp:
+                raw = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    raw += chunk
+                    if len(raw) > MAX_BODY:
+                        raise ViewerError(
+                            f"the broker at {self.broker_url} sent more than {MAX_BODY} bytes for "
+                            f"{method} {path}: check that this URL is a dvrlink broker, or report it"
+                        )
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ViewerError(
+                f"cannot reach the broker at {self.broker_url} securely: the broker's certificate "
+                f"is not trusted ({_cert_reason(exc)}): pass --cacert FILE to dvrlink login"
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise ViewerError(
+                f"TLS with the broker at {self.broker_url} failed ({_os_reason(exc)}): check that "
+                "the URL points at the broker's HTTPS port"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise self._unreachable(_os_reason(exc)) from exc
+        except TimeoutError as exc:
+            raise self._unreachable(f"no answer within {limit:g} s") from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise self._unreachable("it closed the connection without an answer") from exc
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(str(exc) or type(exc).__name__) from exc
+        data = bytes(raw)
+        try:
+            decoded: Any = json.loads(data) if data else None
+        except (ValueError, UnicodeDecodeError):
+            decoded = None
+        return _Response(status, decoded, data, retry_after, location)
+
+    def _unreachable(self, reason: str) -> ViewerError:
+        return ViewerError(
+            f"cannot reach the broker at {self.broker_url} ({reason}): check the address and your "
+            "network, or whether the broker is running"
+        )
+
+    def _parse(self, parser: Callable[[Any], _T], resp: _Response, method: str, path: str) -> _T:
+        if resp.body is None:
+            raise self._malformed(method, path, "not JSON")
+        try:
+            return parser(resp.body)
+        except ValueError as exc:
+            raise self._malformed(method, path, str(exc)) from exc
+
+    def _malformed(self, method: str, path: str, what: str) -> ViewerError:
+        return ViewerError(
+            f"the broker at {self.broker_url} sent a malformed answer to {method} {path} ({what}): "
+            "check that this URL is a dvrlink broker of a matching version, or report it"
+        )
+
+    def _error(
+        self, resp: _Response, method: str, path: str, *, serial: str | None, username: str | None = None
+    ) -> ViewerError:
+        return error_for_status(
+            broker=self.broker_url,
+            method=method,
+            path=path,
+            status=resp.status,
+            body=resp.body,
+            serial=serial,
+            username=username,
+            retry_after=resp.retry_after,
+            location=resp.location,
+            now=self._clock(),
+        )
+
+
+def _serial(serial: str) -> str:
+    try:
+        return validate_serial(serial)
+    except ValueError as exc:
+        raise ViewerError(str(exc), EXIT_USAGE) from exc
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return None
+
+
+def _os_reason(exc: aiohttp.ClientConnectorError | aiohttp.ClientSSLError) -> str:
+    os_error = exc.os_error
+    if isinstance(os_error, ssl.SSLError):
+        return str(os_error.reason or os_error).lower().replace("_", " ")
+    if isinstance(os_error, socket.gaierror):  # name lookup: errno is a resolver code
+        return f"cannot resolve {exc.host}: {str(os_error.strerror or os_error).lower()}"
+    if os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    return str(os_error.strerror or os_error) or type(os_error).__name__
+
+
+def _cert_reason(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    cert_error = exc.certificate_error
+    reason = getattr(cert_error, "verify_message", None) or str(cert_error)
+    return str(reason)
+
+
+def _wait_hint(retry_after: str | None, default: str) -> str:
+    if retry_after and retry_after.isdigit():
+        seconds = int(retry_after)
+        return f"wait {seconds // 60 + 1} min" if seconds >= 60 else f"wait {seconds} s"
+    return default
+
+
+def error_for_status(
+    *,
+    broker: str,
+    method: str,
+    path: str,
+    status: int,
+    body: Any,
+    serial: str | None,
+    username: str | None,
+    retry_after: str | None,
+    location: str | None,
+    now: float,
+) -> ViewerError:
+    """Map a non-success answer of the broker to a ViewerError that says what to do.
+
+    ``body`` is the decoded JSON (``{"error": code, "message": text}`` per the contract) or None.
+    Pure: never raises, returns the error.
+    """
+    code = _error_code(body)
+    broker_message = ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        broker_message = str(body["message"])
+    device = f"device {serial}" if serial else "the device"
+    if 300 <= status < 400:
+        return ViewerError(
+            f"the broker at {broker} redirects {method} {path} to {location or 'another address'}: "
+            "run `dvrlink login` with the broker's real address"
+        )
+    if code == "token_expired":
+        return ViewerError(LOGIN_EXPIRED)
+    if code == "unauthorized" or (status == 401 and code != "bad_credentials"):
+        return ViewerError(f"the broker at {broker} did not accept your login token: run `dvrlink login`")
+    if code == "bad_credentials":
+        who = f"user {username}" if username else "this user"
+        return ViewerError(
+            f"the broker at {broker} refused the password of {who}: check the user name and password, "
+            "then run `dvrlink login` again"
+        )
+    if code == "not_paired":
+        return ViewerError(
+            f"you have not paired {serial}: run `dvrlink pair {serial} CODE` "
+            "with the code on the device label"
+        )
+    if code == "unknown_device":
+        return ViewerError(
+            f"the broker at {broker} does not know {device}: check the serial on the device label "
+            "(a device is known once it has registered with this broker)"
+        )
+    if code == "device_offline":
+        last_seen = body.get("last_seen") if isinstance(body, dict) else None
+        seen = (
+            format_ago(float(last_seen), now)
+            if isinstance(last_seen, int | float) and not isinstance(last_seen, bool)
+            else "unknown"
+        )
+        return ViewerError(f"{device} is offline (last seen {seen}): check its power and network, then retry")
+    if code == "wrong_code":
+        return ViewerError(
+            f"{device} refused the pairing code: check the code on the device label and retry "
+            "(after 5 wrong codes within an hour, the device refuses pairing for up to an hour)"
+        )
+    if code == "rate_limited" or status == 429:
+        if path.endswith("/pairings"):
+            if isinstance(body, dict) and "result" in body:  # the device's own verdict
+                return ViewerError(
+                    f"{device} refuses pairing for now after too many wrong codes: "
+                    f"{_wait_hint(retry_after, 'wait up to an hour')}, "
+                    "then retry with the code on the device label"
+                )
+            why = f" ({broker_message})" if broker_message else " (too many wrong codes)"
+            return ViewerError(
+                f"the broker refuses pairing with {device} for now{why}: "
+                f"{_wait_hint(retry_after, 'wait up to an hour')}, "
+                "then retry with the code on the device label"
+            )
+        return ViewerError(
+            f"the broker at {broker} is refusing requests for now (too many tries): "
+            f"{_wait_hint(retry_after, 'wait a few minutes')} and retry"
+        )
+    if code == "device_timeout":
+        return ViewerError(
+            f"{device} did not answer the broker in time (its link may be slow or just lost): "
+            "retry in a minute"
+        )
+    if code == "device_error":
+        return ViewerError(
+            f"{device} gave the broker an answer it could not use"
+            f"{f' ({broker_message})' if broker_message else ''}: check that the device runs a "
+            "current dvrlinkd, then retry"
+        )
+    if code == "bad_request":
+        return ViewerError(
+            f"the broker at {broker} rejected {method} {path} as malformed"
+            f"{f' ({broker_message})' if broker_message else ''}: this dvrlink may not match the "
+            "broker's version; update it, or report the problem"
+        )
+    detail = f"{code}: {broker_message}" if code else "no dvrlink error in the body"
+    advice = (
+        "retry later, or tell the broker's operator"
+        if status >= 500
+        else "check that this URL is a dvrlink broker, or report the problem"
+    )
+    return ViewerError(
+        f"the broker at {broker} answered HTTP {status} to {method} {path} ({detail}): {advice}"
+    )

@@ -1,0 +1,144 @@
+"""Text and JSON renderings of devices for the ``dvrlink`` command.
+
+Pure functions: the current time comes in as ``now`` (unix seconds), so output is testable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Mapping, Sequence
+
+from dvrlink.protocol.identity import format_fingerprint
+from dvrlink.viewer.api_types import Device
+from dvrlink.viewer.home import Pin
+
+
+class PinStatus(enum.Enum):
+    """How the key the broker reports for a device compares with the one pinned at pairing."""
+
+    OK = "ok"  # same fingerprint
+    MISMATCH = "MISMATCH"  # the broker reports another key than the one pinned at pairing
+    NOT_PINNED = "-"  # not paired from this computer (or its pins.json was lost)
+
+
+def format_ago(timestamp: float | None, now: float) -> str:
+    """``"never"`` for None, else ``"3s ago"``, ``"5m ago"``, ``"2h ago"`` or ``"4d ago"``.
+
+    A time slightly in the future (clock skew between broker and viewer) reads ``"0s ago"``.
+    """
+    if timestamp is None:
+        return "never"
+    age = max(0, int(now - timestamp))
+    if age < 60:
+        return f"{age}s ago"
+    if age < 3600:
+        return f"{age // 60}m ago"
+    if age < 86400:
+        return f"{age // 3600}h ago"
+    return f"{age // 86400}d ago"
+
+
+def format_time(timestamp: float | None, now: float) -> str:
+    """``"never"`` for None, else ``"2024-05-01 12:00:00 UTC (3h ago)"``."""
+    if timestamp is None:
+        return "never"
+    when = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC ({format_ago(timestamp, now)})"
+
+
+def format_interval(seconds: float | None) -> str:
+    """``"-"`` for None, else ``"25s"`` (or ``"2.5s"``)."""
+    if seconds is None:
+        return "-"
+    return f"{seconds:g}s"
+
+
+def pin_status(device: Device, pin: Pin | None) -> PinStatus:
+    """Compare the fingerprint the broker reports with the pinned one."""
+    if pin is None:
+        return PinStatus.NOT_PINNED
+    return PinStatus.OK if pin.fingerprint == device.fingerprint else PinStatus.MISMATCH
+
+
+def mismatch_warning(device: Device, pin: Pin) -> str:
+    """The stderr warning for a device whose reported key differs from the pinned one."""
+    return (
+        f"warning: for {device.serial}, the broker reports another key than the one pinned at "
+        f"pairing (broker {format_fingerprint(device.fingerprint)}, pinned "
+        f"{format_fingerprint(pin.fingerprint)}): do not trust it; if the device was reset or "
+        f"replaced, pair it again with the code on its label"
+    )
+
+
+def mismatch_warnings(devices: Sequence[Device], pins: Mapping[str, Pin]) -> list[str]:
+    """One warning per device whose pin status is MISMATCH."""
+    out = []
+    for device in devices:
+        pin = pins.get(device.serial)
+        if pin is not None and pin_status(device, pin) is PinStatus.MISMATCH:
+            out.append(mismatch_warning(device, pin))
+    return out
+
+
+def render_devices(devices: Sequence[Device], pins: Mapping[str, Pin], now: float) -> str:
+    """The ``dvrlink devices`` table, one line per device sorted by serial, ending in a newline.
+
+    Columns: SERIAL, ONLINE (yes/no), LAST SEEN, ADDRESS (reflexive ip:port or -), PINNED
+    (ok, MISMATCH, or - when this computer holds no pin for the device).
+    """
+    if not devices:
+        return "no devices are paired to this account: pair one with `dvrlink pair SERIAL CODE`\n"
+    rows = [("SERIAL", "ONLINE", "LAST SEEN", "ADDRESS", "PINNED")]
+    for device in sorted(devices, key=lambda d: d.serial):
+        rows.append(
+            (
+                device.serial,
+                "yes" if device.online else "no",
+                format_ago(device.last_seen, now),
+                device.reflexive_address or "-",
+                pin_status(device, pins.get(device.serial)).value,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def device_json(device: Device, pin: Pin | None) -> dict[str, object]:
+    """A device as the contract's JSON object plus ``pinned_fingerprint`` and ``pin_status``."""
+    return {
+        "serial": device.serial,
+        "online": device.online,
+        "last_seen": device.last_seen,
+        "reflexive_address": device.reflexive_address,
+        "registered_at": device.registered_at,
+        "keepalive_interval": device.keepalive_interval,
+        "fingerprint": device.fingerprint,
+        "paired_at": device.paired_at,
+        "pinned_fingerprint": pin.fingerprint if pin is not None else None,
+        "pin_status": {PinStatus.OK: "ok", PinStatus.MISMATCH: "mismatch", PinStatus.NOT_PINNED: "none"}[
+            pin_status(device, pin)
+        ],
+    }
+
+
+def render_status(device: Device, pin: Pin | None, now: float) -> str:
+    """The ``dvrlink status SERIAL`` report: one ``name: value`` line per field, ending in a newline."""
+    status = pin_status(device, pin)
+    pinned = format_fingerprint(pin.fingerprint) if pin is not None else "- (not paired from this computer)"
+    if status is PinStatus.MISMATCH:
+        pinned += "  MISMATCH"
+    fields = [
+        ("serial", device.serial),
+        ("online", "yes" if device.online else "no"),
+        ("last seen", format_time(device.last_seen, now)),
+        ("address", device.reflexive_address or "-"),
+        ("registered at", format_time(device.registered_at, now)),
+        ("keepalive interval", format_interval(device.keepalive_interval)),
+        ("paired at", format_time(device.paired_at, now)),
+        ("fingerprint", format_fingerprint(device.fingerprint)),
+        ("pinned fingerprint", pinned),
+    ]
+    width = max(len(name) for name, _ in fields) + 1
+    return "".join(f"{(name + ':').ljust(width)} {value}\n" for name, value in fields)
