@@ -1,0 +1,1 @@
+"""dvrlinkd: the device daemon (wiring, config, cloud link, pairing, status, systemd notify)."""

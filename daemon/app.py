@@ -1,0 +1,227 @@
+"""dvrlinkd wiring: config -> state -> presence core -> cloud link -> events -> status, systemd, pairing.
+
+The protocol core gets the event loop's clock (``loop.time()``); wall time (``time.time()``)
+is used only for timestamps that are stored or shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from dvrlink.daemon.cloud_link import CloudLink
+from dvrlink.daemon.config import DaemonConfig, describe
+from dvrlink.daemon.notify import Notifier
+from dvrlink.daemon.pairing import InviteHandler
+from dvrlink.daemon.state import DeviceState
+from dvrlink.daemon.status import DaemonStatus, StatusFile
+from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
+from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
+from dvrlink.protocol.presence_events import (
+    Address,
+    ClientEvent,
+    ConnectionLost,
+    InviteReceived,
+    KeepaliveAcknowledged,
+    ReflexiveAddressChanged,
+    Registered,
+    RegistrationRefused,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def run_daemon(
+    config: DaemonConfig, stop: asyncio.Event, environ: Mapping[str, str] | None = None
+) -> None:
+    """Run until ``stop`` is set; ``environ`` holds the service manager's variables.
+
+    Raises:
+        StateError: the state directory or a state file cannot be used.
+    """
+    loop = asyncio.get_running_loop()
+    state = DeviceState(config.device.state_dir)
+    device_key = state.device_key()
+    invites = InviteHandler(config.device.serial, device_key, state.pairing_secret(), state, config.pairing)
+    client = PresenceClient(
+        ClientConfig(
+            serial=config.device.serial,
+            broker_public_key=config.broker.public_key,
+            keepalive_interval=config.presence.keepalive_interval_s,
+            reply_timeout=config.presence.reply_timeout_s,
+            retries=config.presence.retries,
+        ),
+        device_key,
+    )
+    notifier = Notifier(environ)
+    events = DeviceEvents(config, client, notifier, StatusFile(config.device.runtime_dir), invites, loop.time)
+    link = CloudLink(client, events, config.broker.host, config.broker.port)
+    watchdog = _Watchdog(notifier, loop)
+
+    log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
+    notifier.status(f"registering with {config.broker.address}")
+    try:
+        await link.start()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        notifier.stopping()
+        watchdog.cancel()
+        link.close()
+        events.status_file.remove()
+        notifier.close()
+
+
+class PresenceView(Protocol):
+    """What ``DeviceEvents`` reads from ``PresenceClient``, and the invite reply it makes."""
+
+    @property
+    def state(self) -> ClientState: ...
+    @property
+    def session_id(self) -> int | None: ...
+    @property
+    def reflexive_address(self) -> Address | None: ...
+    @property
+    def rtt(self) -> float | None: ...
+    def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None: ...
+
+
+class DeviceEvents:
+    """What the daemon does on each presence event (the ``EventHandler`` of the cloud link).
+
+    ``core_clock`` is the presence core's clock (``loop.time``), for invite replies.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        client: PresenceView,
+        notifier: Notifier,
+        status_file: StatusFile,
+        invites: InviteHandler,
+        core_clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._core_clock = core_clock
+        self._notifier = notifier
+        self.status_file = status_file
+        self._invites = invites
+        self._started_at = time.time()
+        self._ready_sent = False
+        self._registered_at: float | None = None
+        self._last_keepalive: float | None = None
+        self._message = ""
+        self._written_state: str | None = None
+        self._write_failed = False
+        try:
+            status_file.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create %s (%s): `dvrlinkd status` will not work", status_file.path.parent, exc)
+
+    def on_event(self, event: ClientEvent) -> None:
+        """Log, update the status file, then tell systemd; answer invites."""
+        if isinstance(event, InviteReceived):
+            self._invites.handle(event, self._client, self._core_clock())
+            return
+        broker = self._config.broker.address
+        ready = False
+        systemd_status: str | None = None
+        if isinstance(event, Registered):
+            self._registered_at = self._last_keepalive = time.time()
+            systemd_status = (
+                f"online via {broker} as {_addr(event.reflexive_address)}, session {event.session_id:#010x}"
+            )
+            log.info("registered: %s, keepalive every %g s", systemd_status, event.keepalive_interval)
+            self._message = "registered"
+            ready, self._ready_sent = not self._ready_sent, True
+        elif isinstance(event, KeepaliveAcknowledged):
+            self._last_keepalive = time.time()
+            log.debug("keepalive acknowledged, rtt %.0f ms", event.rtt * 1000)
+        elif isinstance(event, RegistrationRefused):
+            log.error(
+                "the broker %s refused the registration (reason %d): %s; retrying in %g s",
+                broker,
+                event.reason,
+                event.message,
+                event.retry_after,
+            )
+            self._message = systemd_status = f"refused by the broker: {event.message}"
+        elif isinstance(event, ConnectionLost):
+            log.warning("connection to the broker %s lost: %s; registering again", broker, event.reason)
+            self._message = f"connection lost: {event.reason}"
+            systemd_status = f"{self._message}; registering again with {broker}"
+        elif isinstance(event, ReflexiveAddressChanged):
+            log.warning(
+                "address seen by the broker changed %s -> %s; registering again",
+                *map(_addr, (event.old, event.new)),
+            )
+            self._message = f"reflexive address changed to {_addr(event.new)}"
+            systemd_status = f"{self._message}; registering again"
+        # The status file first, so `dvrlinkd status` agrees with systemd once READY is seen.
+        self._write_status()
+        if ready:
+            self._notifier.ready(systemd_status)
+        elif systemd_status is not None:
+            self._notifier.status(systemd_status)
+
+    def after_step(self) -> None:
+        """Rewrite the status file when the presence state changed without an event."""
+        if self._client.state.value != self._written_state:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        reflexive = self._client.reflexive_address
+        status = DaemonStatus(
+            state=self._client.state.value,
+            serial=self._config.device.serial,
+            broker=self._config.broker.address,
+            reflexive_address=_addr(reflexive) if reflexive else None,
+            session_id=self._client.session_id,
+            registered_at=self._registered_at,
+            last_keepalive=self._last_keepalive,
+            rtt=self._client.rtt,
+            pid=os.getpid(),
+            started_at=self._started_at,
+            message=self._message,
+        )
+        try:
+            self.status_file.write(status)
+        except OSError as exc:
+            if not self._write_failed:  # say it once, not on every keepalive
+                log.error("cannot write the status file: %s", exc)
+            self._write_failed = True
+            return
+        self._write_failed = False
+        self._written_state = status.state
+
+
+class _Watchdog:
+    """Pings the systemd watchdog from the event loop, so pings stop if the loop hangs."""
+
+    def __init__(self, notifier: Notifier, loop: asyncio.AbstractEventLoop) -> None:
+        self._notifier = notifier
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        if notifier.watchdog_period is not None:
+            log.info("watchdog: pinging every %g s", notifier.watchdog_period)
+            self._ping()
+
+    def _ping(self) -> None:
+        assert self._notifier.watchdog_period is not None
+        self._notifier.watchdog()
+        self._handle = self._loop.call_later(self._notifier.watchdog_period, self._ping)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def _addr(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

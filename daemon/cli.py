@@ -1,0 +1,145 @@
+"""``dvrlinkd``: the device daemon's command line.
+
+    dvrlinkd [run] [--config FILE]             run the daemon (until SIGTERM/SIGINT)
+    dvrlinkd --check-config [--config FILE]    check the config file and exit
+    dvrlinkd status [--config FILE] [--json]   show the running daemon's status
+    dvrlinkd pairing-code [--config FILE]      print the pairing code, fingerprint and QR string
+
+The config file is --config, else $DVRLINKD_CONFIG, else /etc/dvrlink/dvrlinkd.toml.
+Exit codes: 0 ok, 1 runtime error (or daemon not running, for status), 2 config or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from dvrlink.daemon.app import run_daemon
+from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, DaemonConfig, describe, load_config
+from dvrlink.daemon.state import DeviceState, StateError
+from dvrlink.daemon.status import StatusUnavailable, format_status, read_status
+from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.pairing import PairingUri, format_code
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("dvrlink.daemon")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dvrlinkd`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    environ = os.environ
+    config_path = Path(args.config or environ.get("DVRLINKD_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"dvrlinkd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"config OK: {describe(config)}")
+        return EXIT_OK
+    command = args.command or "run"
+    if command == "status":
+        return _status(config, as_json=args.json)
+    if command == "pairing-code":
+        return _pairing_code(config)
+    return _run(config, environ)
+
+
+def _parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: $DVRLINKD_CONFIG or {DEFAULT_CONFIG_PATH})"
+    parser = argparse.ArgumentParser(
+        prog="dvrlinkd",
+        description="dvrlink device daemon: keeps the device reachable through the broker by its serial.",
+    )
+    parser.add_argument("--config", metavar="FILE", help=config_help)
+    parser.add_argument(
+        "--check-config", action="store_true", help="check the config file, print a summary and exit"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{run,status,pairing-code}")
+    # Each command accepts --config too; SUPPRESS keeps a value given before the command.
+    for name, text in (
+        ("run", "run the daemon (the default)"),
+        ("status", "show the running daemon's status"),
+        ("pairing-code", "print the pairing code, key fingerprint and pairing URI (creates them if missing)"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print the status as JSON")
+    return parser
+
+
+def _run(config: DaemonConfig, environ: Mapping[str, str]) -> int:
+    # Under systemd the journal adds timestamps.
+    stamp = "" if "JOURNAL_STREAM" in environ else "%(asctime)s "
+    logging.basicConfig(level=config.log.level, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(config, environ))
+    except StateError as exc:
+        log.error("%s", exc)
+        return EXIT_RUNTIME
+    except OSError as exc:
+        log.error("%s; check the paths in %s and the network, then restart", exc, config.source)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+async def _serve(config: DaemonConfig, environ: Mapping[str, str]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("SIGHUP: reloading is not supported yet; restart the service")
+    )
+    await run_daemon(config, stop, environ)
+
+
+def _status(config: DaemonConfig, *, as_json: bool) -> int:
+    try:
+        status = read_status(config.device.runtime_dir)
+    except StatusUnavailable as exc:
+        if as_json:
+            print(json.dumps({"running": False, "message": str(exc)}))
+        print(f"dvrlinkd status: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if as_json:
+        print(json.dumps({"running": True, **asdict(status)}, indent=1))
+    else:
+        print(format_status(status, time.time()))
+    return EXIT_OK
+
+
+def _pairing_code(config: DaemonConfig) -> int:
+    state = DeviceState(config.device.state_dir)
+    try:
+        key = state.device_key()
+        secret = state.pairing_secret()
+    except StateError as exc:
+        print(f"dvrlinkd pairing-code: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    fp = fingerprint(ed25519_public_bytes(key))
+    serial = config.device.serial
+    print(f"serial:       {serial}")
+    print(f"pairing code: {format_code(secret)}")
+    print(f"fingerprint:  {format_fingerprint(fp)}")
+    print(f"pairing URI:  {PairingUri(serial, secret, fp).format()}")
+    print("Anyone with the serial and this code can pair a viewer: show it only to the owner.")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

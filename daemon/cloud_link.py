@@ -1,0 +1,296 @@
+"""The thin asyncio link between the presence core and one UDP socket connected to the broker.
+
+It moves bytes between the OS and ``PresenceClient``, passes the core's events to a handler and
+re-arms one timer. Network trouble never stops it:
+
+- ``ECONNREFUSED`` (the broker host answered ICMP port unreachable) is logged and ignored; the
+  core retries with its own backoff.
+- Other socket errors (no route, address gone, network down) several times in a row, or a
+  ``ConnectionLost`` while the route to the broker now leaves from another local IP, make the
+  link resolve the broker again and open a new socket. When the socket's local address differs
+  from the old one, the core is told with ``network_changed`` so it registers again at once.
+- If the socket cannot be opened (no DNS or no uplink yet), it tries again every
+  ``reopen_delay_s``; the core's datagrams are dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from typing import Any, Protocol, cast
+
+from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost
+
+log = logging.getLogger(__name__)
+
+
+class PresenceCore(Protocol):
+    """What the link needs of ``PresenceClient``."""
+
+    def start(self, now: float) -> None: ...
+    def stop(self, now: float) -> None: ...
+    def receive_datagram(self, data: bytes, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[bytes]: ...
+    def next_event(self) -> ClientEvent | None: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def network_changed(self, now: float) -> None: ...
+
+
+class EventHandler(Protocol):
+    """Receives the core's events (the daemon's application logic)."""
+
+    def on_event(self, event: ClientEvent) -> None:
+        """Handle one event; may call back into the core (e.g. ``reply_invite``)."""
+
+    def after_step(self) -> None:
+        """Called after each input or timer once events are drained (state may have changed)."""
+
+
+class CloudLink:
+    """Drives ``core`` over UDP to ``host``:``port``. Use ``await start()``, then ``close()``."""
+
+    def __init__(
+        self,
+        core: PresenceCore,
+        handler: EventHandler,
+        host: str,
+        port: int,
+        *,
+        rebind_after_errors: int = 3,
+        reopen_delay_s: float = 5.0,
+    ) -> None:
+        self._core = core
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._rebind_after = rebind_after_errors
+        self._reopen_delay = reopen_delay_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._local: Address | None = None
+        self._remote: Address | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._reopen: asyncio.Task[None] | None = None
+        self._errors = 0
+        self._started = False
+        self._closed = False
+        self.dropped = 0
+        """Datagrams the core wanted to send while no socket was open."""
+
+    @property
+    def local_address(self) -> Address | None:
+        """The socket's local (ip, port), or None while no socket is open."""
+        return self._local
+
+    async def start(self) -> None:
+        """Open the socket and start the core. Network errors are logged and retried, not raised.
+
+        Raises:
+            RuntimeError: called twice.
+        """
+        if self._loop is not None:
+            raise RuntimeError("CloudLink.start() called twice")
+        self._loop = asyncio.get_running_loop()
+        await self._open()
+        self._started = True
+        self._core.start(self._loop.time())
+        self._step()
+
+    def close(self) -> None:
+        """Stop the core (it says goodbye if online), send what it queued, close the socket."""
+        if self._closed or self._loop is None:
+            return
+        self._closed = True
+        if self._started:
+            self._core.stop(self._loop.time())
+            self._send(self._core.datagrams_to_send())
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._reopen is not None:
+            self._reopen.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # --- socket ------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """(Re)resolve the broker and open a new connected socket; on failure retry later."""
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
+            transport, remote = await self._connect_first(infos)
+        except OSError as exc:
+            log.warning(
+                "cannot open a UDP socket to the broker %s:%d (%s); retrying in %g s",
+                self._host,
+                self._port,
+                exc,
+                self._reopen_delay,
+            )
+            self._schedule_reopen(self._reopen_delay)
+            return
+        if self._closed:
+            transport.close()
+            return
+        old_transport, old_local = self._transport, self._local
+        sockname = transport.get_extra_info("sockname")
+        self._transport = transport
+        self._local = (str(sockname[0]), int(sockname[1]))
+        self._remote = remote
+        self._errors = 0
+        if old_transport is not None:
+            old_transport.close()
+        log.info("UDP socket %s:%d -> broker %s:%d", *self._local, *remote)
+        if self._started and self._local != old_local:
+            self._core.network_changed(loop.time())
+            self._step()
+
+    async def _connect_first(
+        self, infos: list[tuple[Any, Any, Any, Any, Any]]
+    ) -> tuple[asyncio.DatagramTransport, Address]:
+        """A socket connected to the first resolved address that has a route (IPv6 may have none).
+
+        Raises:
+            OSError: none of them could be used (the last error).
+        """
+        assert self._loop is not None
+        error: OSError = OSError(f"{self._host} has no address")
+        for family, _, _, _, sockaddr in infos:
+            remote = (str(sockaddr[0]), int(sockaddr[1]))
+            try:
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: _Endpoint(self), remote_addr=remote, family=family
+                )
+            except OSError as exc:
+                error = exc
+                continue
+            return transport, remote
+        raise error
+
+    def _schedule_reopen(self, delay: float) -> None:
+        assert self._loop is not None
+        if self._closed or (self._reopen is not None and not self._reopen.done()):
+            return
+
+        async def reopen() -> None:
+            await asyncio.sleep(delay)
+            await self._open()
+
+        self._reopen = self._loop.create_task(reopen())
+
+    def _route_source_changed(self) -> bool:
+        """True if the kernel would now send to the broker from another local IP than ours."""
+        if self._remote is None or self._local is None:
+            return False
+        family = socket.AF_INET6 if ":" in self._remote[0] else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect(self._remote)  # picks a route and source address; sends nothing
+                source = str(probe.getsockname()[0])
+        except OSError:
+            return True  # no route now: reopen and wait for one
+        return source != self._local[0]
+
+    # --- callbacks from the endpoint ---------------------------------------------------------
+
+    def _datagram_received(self, endpoint: _Endpoint, data: bytes) -> None:
+        if endpoint.transport is not self._transport or self._loop is None:
+            return
+        self._errors = 0
+        self._core.receive_datagram(data, self._loop.time())
+        self._step()
+
+    def _error_received(self, endpoint: _Endpoint, exc: Exception) -> None:
+        if endpoint.transport is not self._transport:
+            return
+        if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+            log.debug("broker %s:%d refused a datagram (port unreachable)", self._host, self._port)
+            return
+        self._errors += 1
+        log.warning("socket error towards the broker %s:%d: %s", self._host, self._port, exc)
+        if self._errors >= self._rebind_after:
+            log.warning("%d socket errors in a row: opening a new socket", self._errors)
+            self._errors = 0
+            self._schedule_reopen(0.0)
+
+    def _connection_lost(self, endpoint: _Endpoint, exc: Exception | None) -> None:
+        if endpoint.transport is self._transport and not self._closed:
+            log.warning("the UDP socket closed (%s); opening a new one", exc)
+            self._transport = None
+            self._schedule_reopen(0.0)
+
+    # --- the core ----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Drain events and datagrams from the core, then re-arm its timer."""
+        if self._closed:
+            return
+        while (event := self._core.next_event()) is not None:
+            if isinstance(event, ConnectionLost) and self._route_source_changed():
+                log.warning("the route to the broker now uses another local address: new socket")
+                self._schedule_reopen(0.0)
+            try:
+                self._handler.on_event(event)
+            except Exception:
+                log.exception("event handler failed on %r; carrying on", event)
+        self._send(self._core.datagrams_to_send())
+        try:
+            self._handler.after_step()
+        except Exception:
+            log.exception("event handler failed after a step; carrying on")
+        self._arm_timer()
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        for data in datagrams:
+            if self._transport is None:
+                self.dropped += 1
+            else:
+                self._transport.sendto(data)
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        when = self._core.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None and self._timer_at is not None
+        self._timer = None
+        # The loop may run a callback up to one clock tick early; the core ignores early calls.
+        now = max(self._loop.time(), self._timer_at)
+        self._timer_at = None
+        self._core.handle_timer(now)
+        self._step()
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """asyncio callbacks of one socket, forwarded to the link with the socket they came from."""
+
+    def __init__(self, link: CloudLink) -> None:
+        self._link = link
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not an isinstance check: the selector loop's UDP transport does not subclass it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self._link._datagram_received(self, data)
+
+    def error_received(self, exc: Exception) -> None:
+        self._link._error_received(self, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._connection_lost(self, exc)

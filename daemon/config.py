@@ -1,0 +1,299 @@
+"""dvrlinkd configuration: one frozen dataclass per TOML section, checked once at start.
+
+Every field carries its unit in its name (``_s`` = seconds) and a default unless it is
+required. Unknown sections and keys are errors, so a typo never passes silently. The commented
+example is ``dvrlinkd.example.toml`` next to this module.
+
+Relative paths (``state_dir``, ``runtime_dir``) are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dvrlink.protocol.identity import b64decode_key, validate_serial
+
+DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_PLACEHOLDER_KEY = bytes(32)
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or has a bad value; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """``[device]``: who this device is and where it keeps its files."""
+
+    serial: str
+    """Serial number the device registers under (required), e.g. ``DL-0001-0002``."""
+    state_dir: Path = Path("/var/lib/dvrlink")
+    """Persistent state: device key, pairing secret, paired viewers."""
+    runtime_dir: Path = Path("/run/dvrlink")
+    """Volatile state (tmpfs): the status file read by ``dvrlinkd status``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``[broker]``: the cloud broker's presence endpoint and its pinned key."""
+
+    host: str
+    """Host name or IP literal of the broker (required)."""
+    public_key: bytes
+    """Broker's static X25519 public key, raw 32 bytes (base64 in the file; required, pinned)."""
+    port: int = 3478
+    """UDP port of the broker's presence service."""
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for logs and status (IPv6 literals in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    """``[presence]``: keepalive timing; the keepalive keeps the NAT mapping open."""
+
+    keepalive_interval_s: float = 25.0
+    """Seconds between keepalives; keep it below the uplink NAT's UDP timeout (30 s on some carriers)."""
+    reply_timeout_s: float = 3.0
+    """Seconds to wait for a broker reply before retransmitting."""
+    retries: int = 2
+    """Retransmissions before a keepalive or registration counts as lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class PairingConfig:
+    """``[pairing]``: limits on wrong pairing codes."""
+
+    max_failures: int = 5
+    """Wrong codes allowed per window; further tries are refused, even with the right code."""
+    window_s: float = 3600.0
+    """Sliding window in seconds over which wrong codes are counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: logging."""
+
+    level: str = "INFO"
+    """One of DEBUG, INFO, WARNING, ERROR."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """The whole dvrlinkd configuration."""
+
+    device: DeviceConfig
+    broker: BrokerConfig
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path = DEFAULT_CONFIG_PATH
+    """The file this was loaded from (for messages)."""
+
+
+def load_config(path: Path) -> DaemonConfig:
+    """Read and check the TOML config file at ``path``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not TOML, or a section/key is unknown,
+            missing or has a bad value; the message names the file, the key, what was seen and
+            what to do.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; create it from dvrlinkd.example.toml "
+            "or pass another file with --config (or $DVRLINKD_CONFIG)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({exc.strerror}); check its permissions"
+        ) from exc
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax there") from exc
+    return parse_config(document, path)
+
+
+def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
+    """Check a parsed TOML document; ``source`` names it in messages and anchors relative paths.
+
+    Raises:
+        ConfigError: as for ``load_config``.
+    """
+    sections = ("device", "broker", "presence", "pairing", "log")
+    _reject_unknown(source, "", document.keys(), sections)
+    base = source.parent.absolute()
+
+    dev = _Table(source, "device", document, DeviceConfig)
+    device = DeviceConfig(
+        serial=dev.serial("serial"),
+        state_dir=dev.path("state_dir", base),
+        runtime_dir=dev.path("runtime_dir", base),
+    )
+
+    brk = _Table(source, "broker", document, BrokerConfig)
+    broker = BrokerConfig(
+        host=brk.host("host"),
+        port=brk.integer("port", 1, 65535),
+        public_key=brk.key("public_key"),
+    )
+
+    pre = _Table(source, "presence", document, PresenceConfig)
+    presence = PresenceConfig(
+        keepalive_interval_s=pre.number("keepalive_interval_s", 1.0, 3600.0),
+        reply_timeout_s=pre.number("reply_timeout_s", 0.1, 60.0),
+        retries=pre.integer("retries", 0, 10),
+    )
+    if presence.reply_timeout_s * (presence.retries + 1) >= presence.keepalive_interval_s:
+        raise ConfigError(
+            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s} with retries = "
+            f"{presence.retries} waits {presence.reply_timeout_s * (presence.retries + 1):g} s, not less "
+            f"than keepalive_interval_s = {presence.keepalive_interval_s}; lower reply_timeout_s or "
+            "retries, or raise keepalive_interval_s"
+        )
+
+    pai = _Table(source, "pairing", document, PairingConfig)
+    pairing = PairingConfig(
+        max_failures=pai.integer("max_failures", 1, 1000),
+        window_s=pai.number("window_s", 1.0, 30 * 86400.0),
+    )
+
+    lg = _Table(source, "log", document, LogConfig)
+    log = LogConfig(level=lg.choice("level", LOG_LEVELS))
+
+    return DaemonConfig(device, broker, presence, pairing, log, source)
+
+
+def _reject_unknown(source: Path, where: str, keys: Iterable[str], known: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            what = f"unknown key {key!r} in [{where}]" if where else f"unknown section [{key}]"
+            raise ConfigError(
+                f"{source}: {what}; {hint}known {'keys' if where else 'sections'}: {', '.join(known)}"
+            )
+
+
+_REQUIRED: Any = object()
+
+
+class _Table:
+    """One TOML section being read: rejects unknown keys, then typed getters with defaults."""
+
+    def __init__(self, source: Path, name: str, document: Mapping[str, object], schema: type) -> None:
+        # Defaults come from the dataclass (a slotted class hides them from attribute access).
+        self._defaults: dict[str, Any] = {
+            f.name: _REQUIRED if f.default is MISSING else f.default for f in fields(schema)
+        }
+        self._source = source
+        self._name = name
+        raw = document.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"{source}: {name} must be a section [{name}], got {raw!r}; write it as [{name}]"
+            )
+        # Unknown keys first, so a typo in a required key is reported as the typo.
+        _reject_unknown(source, name, raw, tuple(self._defaults))
+        self._data: dict[str, object] = raw
+
+    def _error(self, key: str, seen: object, problem: str) -> ConfigError:
+        return ConfigError(f"{self._source}: [{self._name}] {key} = {seen!r}: {problem}")
+
+    def _get(self, key: str) -> object:
+        if key in self._data:
+            return self._data[key]
+        default = self._defaults[key]
+        if default is _REQUIRED:
+            raise ConfigError(
+                f"{self._source}: [{self._name}] {key} is missing; add it (see dvrlinkd.example.toml)"
+            )
+        return default
+
+    def string(self, key: str) -> str:
+        value = self._get(key)
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self._error(key, value, "expected a string in double quotes")
+        return value
+
+    def serial(self, key: str) -> str:
+        value = self.string(key)
+        try:
+            return validate_serial(value)
+        except ValueError as exc:
+            raise self._error(key, value, f"{exc}; copy it from the device label") from None
+
+    def host(self, key: str) -> str:
+        value = self.string(key).strip()
+        if not value or any(ch.isspace() or ch in "/[]" for ch in value):
+            raise self._error(key, value, "expected a host name or IP address without scheme, port or path")
+        return value
+
+    def path(self, key: str, base: Path) -> Path:
+        value = self.string(key)
+        if not value:
+            raise self._error(key, value, "expected a folder path")
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+
+    def key(self, key: str) -> bytes:
+        value = self.string(key)
+        try:
+            raw = b64decode_key(value.strip(), "the key")
+        except ValueError as exc:
+            raise self._error(
+                key, value, f"{exc}; copy the broker's base64 X25519 public key (dvrlink-broker prints it)"
+            ) from None
+        if raw == _PLACEHOLDER_KEY:
+            raise self._error(
+                key, value, "this is the example's placeholder; put your broker's public key here"
+            )
+        return raw
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._error(key, value, f"expected a whole number from {low} to {high}")
+        if not low <= value <= high:
+            raise self._error(key, value, f"out of range; use a value from {low} to {high}")
+        return value
+
+    def number(self, key: str, low: float, high: float) -> float:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._error(key, value, f"expected a number of seconds from {low:g} to {high:g}")
+        if not low <= value <= high:
+            raise self._error(key, value, f"out of range; use a value from {low:g} to {high:g}")
+        return float(value)
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key)
+        if value.upper() not in choices:
+            raise self._error(key, value, f"expected one of {', '.join(choices)}")
+        return value.upper()
+
+
+def describe(config: DaemonConfig) -> str:
+    """One line for ``--check-config`` and the start-up log."""
+    return (
+        f"{config.source}: serial {config.device.serial}, broker {config.broker.address}, "
+        f"state {config.device.state_dir}, runtime {config.device.runtime_dir}, "
+        f"keepalive {config.presence.keepalive_interval_s:g} s"
+    )

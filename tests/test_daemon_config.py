@@ -1,0 +1,195 @@
+"""dvrlinkd config: a good file, each kind of bad file, and --check-config as a real process."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dvrlink.daemon.config import ConfigError, DaemonConfig, load_config
+
+KEY = bytes(range(1, 33))
+KEY_B64 = base64.b64encode(KEY).decode()
+EXAMPLE = Path(__file__).resolve().parent.parent / "daemon" / "dvrlinkd.example.toml"
+DVRLINKD = Path(sys.executable).with_name("dvrlinkd")
+
+GOOD = f"""
+[device]
+serial = "DL-0001-0002"
+state_dir = "state"
+runtime_dir = "/run/dvrlink-test"
+
+[broker]
+host = "broker.example.net"
+port = 3479
+public_key = "{KEY_B64}"
+
+[presence]
+keepalive_interval_s = 20
+reply_timeout_s = 2.5
+retries = 3
+
+[pairing]
+max_failures = 4
+window_s = 600
+
+[log]
+level = "debug"
+"""
+
+MINIMAL = f"""
+[device]
+serial = "DL-0001-0002"
+[broker]
+host = "127.0.0.1"
+public_key = "{KEY_B64}"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dvrlinkd.toml"
+    path.write_text(text)
+    return path
+
+
+def load_text(tmp_path: Path, text: str) -> DaemonConfig:
+    return load_config(write(tmp_path, text))
+
+
+def test_good_file(tmp_path: Path) -> None:
+    config = load_text(tmp_path, GOOD)
+    assert config.device.serial == "DL-0001-0002"
+    assert config.device.state_dir == tmp_path / "state"  # relative to the config file
+    assert config.device.runtime_dir == Path("/run/dvrlink-test")
+    assert (config.broker.host, config.broker.port, config.broker.public_key) == (
+        "broker.example.net",
+        3479,
+        KEY,
+    )
+    assert config.broker.address == "broker.example.net:3479"
+    assert config.presence.keepalive_interval_s == 20.0
+    assert isinstance(config.presence.keepalive_interval_s, float)
+    assert config.presence.reply_timeout_s == 2.5
+    assert config.presence.retries == 3
+    assert (config.pairing.max_failures, config.pairing.window_s) == (4, 600.0)
+    assert config.log.level == "DEBUG"
+    assert config.source == tmp_path / "dvrlinkd.toml"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL)
+    assert config.device.state_dir == Path("/var/lib/dvrlink")
+    assert config.device.runtime_dir == Path("/run/dvrlink")
+    assert config.broker.port == 3478
+    assert config.presence.keepalive_interval_s == 25.0
+    assert config.presence.reply_timeout_s == 3.0
+    assert config.presence.retries == 2
+    assert config.pairing.max_failures == 5
+    assert config.pairing.window_s == 3600.0
+    assert config.log.level == "INFO"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL)
+    with pytest.raises(AttributeError):
+        config.broker.port = 1  # type: ignore[misc]
+
+
+def test_example_file_is_complete_but_needs_the_broker_key(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_text(tmp_path, text)
+    config = load_text(tmp_path, text.replace("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", KEY_B64))
+    assert config.device.serial == "DL-0001-0002"
+    assert config.broker.port == 3478
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # typo in a key: named, with a suggestion
+        ('serial = "DL', 'serail = "DL', r"unknown key 'serail' in \[device\]; did you mean 'serial'"),
+        ("retries = 3", "retry = 3", r"unknown key 'retry' in \[presence\]; did you mean 'retries'"),
+        ("[log]", "[logging]", r"unknown section \[logging\]; did you mean 'log'"),
+        # bad values: file, key, what was seen, what to do
+        (
+            f'public_key = "{KEY_B64}"',
+            'public_key = "not base64!"',
+            r"\[broker\] public_key = 'not base64!'.*base64",
+        ),
+        (
+            f'public_key = "{KEY_B64}"',
+            f'public_key = "{base64.b64encode(bytes(16)).decode()}"',
+            r"\[broker\] public_key = .*32 bytes, got 16",
+        ),
+        ('serial = "DL-0001-0002"', 'serial = "dl 1"', r"\[device\] serial = 'dl 1'.*label"),
+        (
+            "port = 3479",
+            "port = 70000",
+            r"\[broker\] port = 70000: out of range; use a value from 1 to 65535",
+        ),
+        ("port = 3479", 'port = "3479"', r"\[broker\] port = '3479': expected a whole number"),
+        ("retries = 3", "retries = true", r"\[presence\] retries = True: expected a whole number"),
+        ("keepalive_interval_s = 20", "keepalive_interval_s = 0", r"keepalive_interval_s = 0: out of range"),
+        ('level = "debug"', 'level = "loud"', r"\[log\] level = 'loud': expected one of DEBUG"),
+        ('host = "broker.example.net"', 'host = "https://broker"', r"\[broker\] host = .*without scheme"),
+        (
+            "reply_timeout_s = 2.5",
+            "reply_timeout_s = 10",
+            r"reply_timeout_s = 10.0 with retries = 3 waits 40 s",
+        ),
+        ("[device]", "[[device]]", r"device must be a section"),
+    ],
+)
+def test_bad_values(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_text(tmp_path, GOOD.replace(old, new, 1))
+    assert str(tmp_path / "dvrlinkd.toml") in str(info.value)
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[broker\] public_key is missing; add it"):
+        load_text(tmp_path, MINIMAL.replace(f'public_key = "{KEY_B64}"', ""))
+    with pytest.raises(ConfigError, match=r"\[device\] serial is missing"):
+        load_text(tmp_path, MINIMAL.replace("[device]\nserial", "[device]\n#serial"))
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid TOML \(.*line 3"):
+        load_text(tmp_path, "[device]\nserial = 'x'\nthis is not toml\n")
+    with pytest.raises(ConfigError, match=r"config file not found; create it from dvrlinkd.example.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def run_dvrlinkd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert DVRLINKD.exists(), f"{DVRLINKD} missing: install the package with `make venv`"
+    return subprocess.run(
+        [str(DVRLINKD), *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+def test_check_config_process(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD)
+    ok = run_dvrlinkd("--check-config", "--config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"config OK: {good}: serial DL-0001-0002, broker broker.example.net:3479")
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace(f'public_key = "{KEY_B64}"', 'public_key = "xyz"'))
+    result = run_dvrlinkd("--check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{bad}: [broker] public_key = 'xyz'" in result.stderr
+    assert "dvrlink-broker prints it" in result.stderr  # says what to do
+
+
+def test_check_config_uses_environment_variable(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD)
+    result = run_dvrlinkd("--check-config", env={"DVRLINKD_CONFIG": str(good), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    missing = run_dvrlinkd("--check-config", "--config", str(tmp_path / "none.toml"))
+    assert missing.returncode == 2
+    assert "config file not found" in missing.stderr
