@@ -25,10 +25,13 @@ class PinStatus(enum.Enum):
 def format_ago(timestamp: float | None, now: float) -> str:
     """``"never"`` for None, else ``"3s ago"``, ``"5m ago"``, ``"2h ago"`` or ``"4d ago"``.
 
-    A time slightly in the future (clock skew between broker and viewer) reads ``"0s ago"``.
+    A time slightly in the future (clock skew between broker and viewer) reads ``"0s ago"``;
+    one more than a minute ahead reads ``"in 30d"``.
     """
     if timestamp is None:
         return "never"
+    if timestamp - now > 60:
+        return "in " + format_ago(now, timestamp).removesuffix(" ago")
     age = max(0, int(now - timestamp))
     if age < 60:
         return f"{age}s ago"

@@ -1,0 +1,110 @@
+"""`make demo`: a broker and two simulated recorders on loopback; a viewer pairs one and lists them.
+
+Everything runs as real processes in a fresh temporary directory and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hil.loopback import BIN, Broker, Daemon, Viewer, add_user, make_daemon, start_broker, stop_all, wait_for
+
+
+def step(text: str) -> None:
+    """Print a step heading."""
+    print(f"\n== {text}", flush=True)
+
+
+def show(text: str) -> None:
+    """Print a command's output, indented."""
+    for line in text.rstrip().splitlines():
+        print(f"   {line}")
+
+
+def run(root: Path) -> int:
+    """Run the demo in ``root``; returns the exit code."""
+    processes: list[Daemon | Broker] = []
+    try:
+        step("starting dvrlink-broker on 127.0.0.1 (UDP presence + STUN, HTTPS API)")
+        broker = start_broker(root / "broker")
+        processes.append(broker)
+        print(f"   presence/STUN udp://127.0.0.1:{broker.udp_port}   API {broker.url}")
+        print(f"   broker key (pinned by devices): {broker.public_key}")
+        add_user(broker.state_dir, "demo", "demo-password")
+        print("   created viewer account 'demo'")
+
+        step("starting two simulated recorders (dvrlinkd)")
+        recorders = [make_daemon(root / "devices", s, broker) for s in ("DL-DEMO-0001", "DL-DEMO-0002")]
+        for recorder in recorders:
+            recorder.start()
+            processes.append(recorder)
+        for recorder in recorders:
+            wait_for(f"{recorder.serial} registered", recorder.online, 30)
+            status = recorder.status() or {}
+            print(f"   {recorder.serial}: {status.get('state')} as {status.get('reflexive_address')}")
+
+        step(f"owner reads the pairing code of {recorders[0].serial} (dvrlinkd pairing-code)")
+        uri = recorders[0].pairing_uri()
+        print(f"   {uri}")
+
+        viewer = Viewer(root / "viewer")
+        step("viewer logs in (dvrlink login)")
+        show(
+            viewer.run(
+                "login",
+                "--broker",
+                broker.url,
+                "--user",
+                "demo",
+                "--password-stdin",
+                "--cacert",
+                str(broker.cert),
+                stdin="demo-password\n",
+            ).stdout
+        )
+
+        step(f"viewer pairs {recorders[0].serial} (dvrlink pair)")
+        show(viewer.run("pair", uri).stdout)
+
+        step("viewer lists its devices (dvrlink devices)")
+        show(viewer.run("devices").stdout)
+
+        step(f"viewer asks for {recorders[1].serial}, which it has not paired (dvrlink status)")
+        refused = viewer.run("status", recorders[1].serial, check=False)
+        show(refused.stderr)
+
+        step(f"device status (dvrlinkd status) of {recorders[0].serial}")
+
+        show(
+            subprocess.run(
+                [str(BIN / "dvrlinkd"), "status", "--config", str(recorders[0].config)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
+        )
+        step("done: stopping everything")
+        return 0
+    finally:
+        stop_all(list(reversed(processes)))
+
+
+def main() -> int:
+    """Entry point of ``python -m hil.demo``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", type=Path, help="run in this directory and keep it")
+    args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return run(args.keep)
+    with tempfile.TemporaryDirectory(prefix="dvrlink-demo-") as tmp:
+        return run(Path(tmp))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

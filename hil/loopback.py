@@ -1,0 +1,273 @@
+"""Loopback rig: real broker, daemon and viewer processes on 127.0.0.1, for tests and the demo.
+
+Every wait is bounded: ``wait_for`` polls a condition until a deadline and raises ``TimeoutError``
+with a message that names what did not happen (and the process's last output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+POLL = 0.05
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float) -> Any:
+    """Return the first truthy value of ``condition()`` within ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: the condition stayed false; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(POLL)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+@dataclass
+class Broker:
+    """A running ``dvrlink-broker serve`` process."""
+
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    udp_port: int
+    https_port: int
+    public_key: str
+    cert: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the viewer API."""
+        return f"https://127.0.0.1:{self.https_port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the process and wait for it; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health with the broker's own certificate as CA."""
+        context = ssl.create_default_context(cafile=str(self.cert))
+        with urllib.request.urlopen(f"{self.url}/v1/health", context=context, timeout=5) as reply:
+            body: dict[str, Any] = json.loads(reply.read())
+            return body
+
+
+def broker_command(*args: str) -> list[str]:
+    """The ``dvrlink-broker`` command line with ``args``."""
+    return [str(BIN / "dvrlink-broker"), *args]
+
+
+def start_broker(state_dir: Path, udp_port: int = 0, https_port: int = 0, timeout: float = 30.0) -> Broker:
+    """Start a broker and wait until it published its ports in ``broker.json``.
+
+    Raises:
+        TimeoutError: it did not become ready; the message has its last log lines.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    info_file = state_dir / "broker.json"
+    log = state_dir / "broker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            broker_command(
+                "serve",
+                "--state-dir",
+                str(state_dir),
+                "--udp-port",
+                str(udp_port),
+                "--https-port",
+                str(https_port),
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dvrlink-broker exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            info: dict[str, Any] = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == proc.pid else None
+
+    try:
+        info = wait_for("dvrlink-broker ready", ready, timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        raise TimeoutError(f"{exc}\n{_tail(log)}") from None
+    return Broker(
+        state_dir,
+        proc,
+        int(info["udp_port"]),
+        int(info["https_port"]),
+        str(info["public_key"]),
+        Path(info["cert"]),
+        log,
+    )
+
+
+@dataclass
+class Daemon:
+    """A ``dvrlinkd`` process and its files."""
+
+    serial: str
+    home: Path
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.home / "dvrlinkd.log"
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start the process (output to ``dvrlinkd.log``)."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "dvrlinkd"), "run", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+
+    def status(self) -> dict[str, Any] | None:
+        """The status file's contents, or None if there is none yet."""
+        try:
+            status: dict[str, Any] = json.loads((self.home / "run" / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return status
+
+    def online(self) -> bool:
+        """True if the daemon's status file says it is registered."""
+        status = self.status()
+        return bool(status and status.get("state") == "online")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; returns the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def pairing_uri(self) -> str:
+        """The QR-ready string printed by ``dvrlinkd pairing-code``."""
+        out = subprocess.run(
+            [str(BIN / "dvrlinkd"), "pairing-code", "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        return next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "dvrlink://" in line)
+
+
+def make_daemon(
+    root: Path,
+    serial: str,
+    broker: Broker,
+    keepalive_interval: float = 2.0,
+    reply_timeout: float = 0.4,
+    retries: int = 2,
+) -> Daemon:
+    """Write a daemon config under ``root/serial`` pointing at ``broker``."""
+    home = root / serial
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dvrlinkd.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[device]",
+                f'serial = "{serial}"',
+                'state_dir = "state"',
+                'runtime_dir = "run"',
+                "[broker]",
+                'host = "127.0.0.1"',
+                f"port = {broker.udp_port}",
+                f'public_key = "{broker.public_key}"',
+                "[presence]",
+                f"keepalive_interval_s = {keepalive_interval}",
+                f"reply_timeout_s = {reply_timeout}",
+                f"retries = {retries}",
+                "",
+            ]
+        )
+    )
+    return Daemon(serial, home, config)
+
+
+@dataclass
+class Viewer:
+    """Runs the ``dvrlink`` CLI with its own home directory."""
+
+    home: Path
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``dvrlink --home HOME args``; raises CalledProcessError on failure if ``check``."""
+        result = subprocess.run(
+            [str(BIN / "dvrlink"), "--home", str(self.home), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+
+def add_user(broker_state: Path, name: str, password: str) -> None:
+    """Create a viewer account with the broker's admin command."""
+    subprocess.run(
+        broker_command("user", "add", name, "--password-stdin", "--state-dir", str(broker_state)),
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def stop_all(processes: Sequence[Daemon | Broker]) -> None:
+    """Stop every process, killing those that do not exit in time."""
+    for item in processes:
+        proc = item.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+    for item in processes:
+        proc = item.proc
+        if proc is None:
+            continue
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
