@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import construct as c
+
 from dvrlink.protocol.identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import construct as c
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from dvrlink.protocol.identity import ed25519_public_bytes, validate_serial, x25519_public_bytes
 from dvrlink.protocol.presence_crypto import (
     BROKER_TO_DEVICE,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import construct as c
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from dvrlink.protocol.identity import ed25519_verify, x25519_public_bytes
 from dvrlink.protocol.presence_crypto import (
     BROKER_TO_DEVICE,

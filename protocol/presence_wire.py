@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 import construct as c
+
 from dvrlink.protocol.presence_events import Address
 
 VERSION = 1

@@ -9,6 +9,7 @@ every STUN server; everything else is dropped.
 from __future__ import annotations
 
 from aioice import stun
+
 from dvrlink.protocol.presence_events import Address
 
 HEADER_LENGTH = 20

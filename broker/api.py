@@ -1,0 +1,451 @@
+"""The viewer API (HTTPS/JSON, v1): tokens, devices, identities, pairing. See ``openapi.py``.
+
+Errors are ``{"error": code, "message": what happened and what to do}`` with an HTTP status.
+Request bodies are limited to ``MAX_BODY`` bytes and checked field by field; nothing a client
+sends makes a handler raise past the error middleware. Pairing proofs are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from dvrlink.broker.config import BrokerConfig
+from dvrlink.broker.openapi import openapi_document
+from dvrlink.broker.registry import (
+    USERNAME_MAX,
+    DeviceRecord,
+    PairingRecord,
+    Registry,
+    TokenProblem,
+    format_address,
+    verify_password,
+)
+from dvrlink.protocol.identity import ed25519_verify, fingerprint
+from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
+from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
+from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
+from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK
+
+MAX_BODY = 64 * 1024
+PASSWORD_MAX = 1024
+HASHING_CONCURRENCY = 4  # password checks at once (each takes ~16 MiB and tens of ms)
+INVITE_GRACE_S = 5.0  # extra wait beyond the invite ttl before answering 504 anyway
+LIMITER_MAX_KEYS = 100_000
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class PresenceView(Protocol):
+    """What the API needs from the presence side (``PresenceGateway`` implements it)."""
+
+    def presence(self, serial: str) -> PresenceInfo | None: ...
+
+    @property
+    def online_count(self) -> int: ...
+
+    def wall_time(self, core_time: float) -> float: ...
+
+    async def invite(
+        self, serial: str, kind: int, body: bytes, ttl: float
+    ) -> InviteAnswered | InviteExpired: ...
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` with ``{"error": code, "message": message, **extra}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        extra: Mapping[str, Any] | None = None,
+        retry_after: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = dict(extra or {})
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        """The JSON response for this error."""
+        body = {"error": self.code, "message": self.message, **self.extra}
+        headers = {"Cache-Control": "no-store"}
+        if self.retry_after:
+            headers["Retry-After"] = str(self.retry_after)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="dvrlink"'
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+class FailureLimiter:
+    """Sliding-window failure counter per key (e.g. (username, client address)); in memory."""
+
+    def __init__(self, max_failures: int, window_s: float, max_keys: int = LIMITER_MAX_KEYS) -> None:
+        self._max = max_failures
+        self._window = window_s
+        self._max_keys = max_keys
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def retry_after(self, key: tuple[str, str], now: float) -> float:
+        """Seconds until ``key`` may try again; 0 if it may try now."""
+        times = self._failures.get(key)
+        if times is None:
+            return 0.0
+        while times and now - times[0] >= self._window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return 0.0
+        if len(times) < self._max:
+            return 0.0
+        return times[0] + self._window - now
+
+    def failed(self, key: tuple[str, str], now: float) -> None:
+        """Count a failure of ``key`` at ``now``."""
+        if key not in self._failures and len(self._failures) >= self._max_keys:
+            self._prune(now)
+        self._failures.setdefault(key, deque(maxlen=self._max)).append(now)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        """Forget the failures of ``key``."""
+        self._failures.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        stale = [k for k, t in self._failures.items() if not t or now - t[-1] >= self._window]
+        for k in stale:
+            del self._failures[k]
+        while len(self._failures) >= self._max_keys:  # still full: forget the oldest keys
+            del self._failures[next(iter(self._failures))]
+
+
+def _b64_field(body: Mapping[str, Any], name: str, size: int) -> bytes:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ApiError(
+            400, "bad_request", f"field {name!r} is missing or not a string; send base64 of {size} bytes"
+        )
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_request", f"field {name!r} is not valid base64") from None
+    if len(raw) != size:
+        raise ApiError(400, "bad_request", f"field {name!r} must decode to {size} bytes, got {len(raw)}")
+    return raw
+
+
+def _str_field(body: Mapping[str, Any], name: str, max_len: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "bad_request", f"field {name!r} is missing or not a non-empty string")
+    if len(value) > max_len:
+        raise ApiError(400, "bad_request", f"field {name!r} is longer than {max_len} characters")
+    return value
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(
+            413,
+            "body_too_large",
+            f"the request body is larger than {MAX_BODY} bytes; send only the documented fields",
+        ) from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "bad_request", "the request body is not valid UTF-8 JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the request body must be a JSON object")
+    return body
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = f"{exc.reason}: {request.method} {request.path}; see /openapi.json for the routes"
+        return ApiError(exc.status, code, message).response()
+    except Exception:
+        log.exception("request %s %s failed", request.method, request.path)
+        return ApiError(
+            500, "internal_error", "the broker failed on this request; it is logged, retry later"
+        ).response()
+
+
+class BrokerApi:
+    """Request handlers bound to the registry, the presence view and the configuration."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        presence: PresenceView,
+        config: BrokerConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._presence = presence
+        self._config = config
+        self._clock = clock
+        self._logins = FailureLimiter(config.login_max_failures, config.login_window_s)
+        self._hashing = asyncio.Semaphore(HASHING_CONCURRENCY)
+        self._pairing_in_flight: set[str] = set()
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application with every route of the API."""
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_middleware])
+        app.router.add_get("/openapi.json", self.openapi, allow_head=False)
+        app.router.add_get("/v1/health", self.health, allow_head=False)
+        app.router.add_post("/v1/tokens", self.create_token)
+        app.router.add_get("/v1/devices", self.list_devices, allow_head=False)
+        app.router.add_get("/v1/devices/{serial}", self.get_device, allow_head=False)
+        app.router.add_get("/v1/devices/{serial}/identity", self.device_identity, allow_head=False)
+        app.router.add_post("/v1/devices/{serial}/pairings", self.pair_device)
+        return app
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _user(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401, "unauthorized", "send 'Authorization: Bearer <token>'; get a token from POST /v1/tokens"
+            )
+        found = self._registry.token_user(token.strip(), self._clock())
+        if found is TokenProblem.EXPIRED:
+            raise ApiError(401, "token_expired", "the token has expired; log in again (POST /v1/tokens)")
+        if isinstance(found, TokenProblem):
+            raise ApiError(401, "unauthorized", "the token is not valid; log in again (POST /v1/tokens)")
+        return found
+
+    def _known_device(self, serial: str) -> DeviceRecord:
+        device = self._registry.device(serial)
+        if device is None:
+            raise ApiError(
+                404,
+                "unknown_device",
+                f"no device {serial!r} has registered with this broker; check the serial and that the "
+                "device is configured for this broker",
+            )
+        return device
+
+    def _device_json(self, device: DeviceRecord, pairing: PairingRecord) -> dict[str, Any]:
+        info = self._presence.presence(device.serial)
+        online = info is not None and info.online
+        if info is not None:
+            last_seen = None if info.last_seen is None else round(self._presence.wall_time(info.last_seen), 3)
+            registered_at = (
+                None if info.registered_at is None else round(self._presence.wall_time(info.registered_at), 3)
+            )
+            address = None if info.address is None else format_address(info.address)
+        else:  # not seen since the broker started: what the registry remembers
+            last_seen = registered_at = device.last_registered_at
+            address = device.last_address
+        return {
+            "serial": device.serial,
+            "online": online,
+            "last_seen": last_seen,
+            "reflexive_address": address,
+            "registered_at": registered_at,
+            "keepalive_interval": info.keepalive_interval if info is not None and online else None,
+            "fingerprint": fingerprint(device.public_key),
+            "paired_at": pairing.paired_at,
+        }
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """GET /openapi.json."""
+        return web.json_response(openapi_document())
+
+    async def health(self, request: web.Request) -> web.Response:
+        """GET /v1/health."""
+        return web.json_response({"status": "ok", "online": self._presence.online_count})
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        """POST /v1/tokens: log in."""
+        body = await _json_body(request)
+        username = _str_field(body, "username", USERNAME_MAX * 4)
+        password = _str_field(body, "password", PASSWORD_MAX)
+        key = (username, request.remote or "")
+        wait = self._logins.retry_after(key, self._clock())
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many failed logins for {username!r} from this address; wait {wait:.0f} s",
+                retry_after=int(wait) + 1,
+            )
+        record = self._registry.password_record(username)
+        async with self._hashing:
+            ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, record, password)
+        now = self._clock()
+        if not ok:
+            self._logins.failed(key, now)
+            log.info("login failed for %r from %s", username, request.remote)
+            raise ApiError(401, "bad_credentials", "wrong username or password")
+        self._logins.succeeded(key)
+        lifetime = self._config.token_lifetime_s
+        token = self._registry.issue_token(username, now, lifetime)
+        return web.json_response(
+            {"token": token, "expires_at": round(now + lifetime, 3), "username": username},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def list_devices(self, request: web.Request) -> web.Response:
+        """GET /v1/devices: devices paired to the caller."""
+        user = self._user(request)
+        devices = []
+        for pairing in self._registry.pairings_for(user):
+            device = self._registry.device(pairing.serial)
+            if device is not None:
+                devices.append(self._device_json(device, pairing))
+        return web.json_response({"devices": devices})
+
+    async def get_device(self, request: web.Request) -> web.Response:
+        """GET /v1/devices/{serial}."""
+        user = self._user(request)
+        serial = request.match_info["serial"]
+        device = self._known_device(serial)
+        pairing = self._registry.pairing(user, serial)
+        if pairing is None:
+            raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
+        return web.json_response(self._device_json(device, pairing))
+
+    async def device_identity(self, request: web.Request) -> web.Response:
+        """GET /v1/devices/{serial}/identity: the key to check before pairing."""
+        self._user(request)
+        device = self._known_device(request.match_info["serial"])
+        info = self._presence.presence(device.serial)
+        return web.json_response(
+            {
+                "serial": device.serial,
+                "public_key": base64.b64encode(device.public_key).decode("ascii"),
+                "fingerprint": fingerprint(device.public_key),
+                "online": info is not None and info.online,
+            }
+        )
+
+    async def pair_device(self, request: web.Request) -> web.Response:
+        """POST /v1/devices/{serial}/pairings: relay a pairing proof to the device."""
+        user = self._user(request)
+        serial = request.match_info["serial"]
+        body = await _json_body(request)
+        viewer_key = _b64_field(body, "viewer_public_key", 32)
+        nonce = _b64_field(body, "nonce", NONCE_SIZE)
+        proof = _b64_field(body, "proof", MAC_SIZE)
+        device = self._known_device(serial)
+        info = self._presence.presence(serial)
+        if info is None or not info.online:
+            raise ApiError(
+                409,
+                "device_offline",
+                f"device {serial} is offline; power it and check its network, then retry",
+            )
+        now = self._clock()
+        window = self._config.pairing_window_s
+        if self._registry.pair_failures_since(serial, now - window) >= self._config.pairing_max_failures:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many wrong pairing codes for {serial} in the last {window:.0f} s; wait, then check the "
+                "code on the device",
+                retry_after=int(window),
+            )
+        if serial in self._pairing_in_flight:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"another pairing attempt for {serial} is in progress; retry in a few seconds",
+                retry_after=int(self._config.invite_ttl_s),
+            )
+        request_body = PairRequest(viewer_key, nonce, proof, account=user).encode()
+        ttl = self._config.invite_ttl_s
+        self._pairing_in_flight.add(serial)
+        try:
+            outcome = await asyncio.wait_for(
+                self._presence.invite(serial, INVITE_KIND_PAIR, request_body, ttl), ttl + INVITE_GRACE_S
+            )
+        except NotOnlineError:
+            raise ApiError(
+                409, "device_offline", f"device {serial} went offline; retry when it is back"
+            ) from None
+        except TimeoutError:
+            outcome = InviteExpired(0, serial)
+        finally:
+            self._pairing_in_flight.discard(serial)
+        if isinstance(outcome, InviteExpired):
+            raise ApiError(
+                504,
+                "device_timeout",
+                f"device {serial} did not answer within {ttl:.0f} s; check its network and retry",
+            )
+        result = self._check_result(device, outcome, viewer_key, nonce)
+        result_b64 = base64.b64encode(outcome.body).decode("ascii")
+        extra = {"result": result_b64}
+        log.info("pairing of %s for %r: %s", serial, user, result.status.name)
+        if result.status is PairStatus.PAIRED:
+            self._registry.record_pairing(user, serial, viewer_key, self._clock())
+            return web.json_response({"status": "paired", "result": result_b64})
+        if result.status is PairStatus.WRONG_CODE:
+            self._registry.record_pair_failure(serial, self._clock())
+            raise ApiError(
+                403, "wrong_code", "the device says the pairing code is wrong; check it and retry", extra
+            )
+        if result.status is PairStatus.RATE_LIMITED:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "the device refuses pairing for now after too many wrong codes; wait and retry",
+                extra,
+                retry_after=int(window),
+            )
+        raise ApiError(400, "bad_request", "the device found the pairing request malformed", extra)
+
+    def _check_result(
+        self, device: DeviceRecord, answer: InviteAnswered, viewer_key: bytes, nonce: bytes
+    ) -> PairResult:
+        serial = device.serial
+        if answer.status != INVITE_OK:
+            raise ApiError(
+                502,
+                "device_error",
+                f"device {serial} cannot handle pairing (invite status {answer.status}); update it",
+            )
+        try:
+            result = PairResult.decode(answer.body)
+        except ValueError:
+            raise ApiError(502, "device_error", f"device {serial} sent a malformed pairing result") from None
+        signed = result_message(serial, viewer_key, nonce, result.status)
+        if result.device_key != device.public_key or not ed25519_verify(
+            result.device_key, result.signature, signed
+        ):
+            log.warning("device %s sent a pairing result not signed by its bound key", serial)
+            raise ApiError(
+                502, "device_error", f"device {serial} sent a pairing result not signed by its key"
+            )
+        return result

@@ -1,0 +1,145 @@
+"""What the broker does with presence events: bind serials, admit or refuse, note registrations.
+
+``RegistrationRequested`` is checked against the registry (first use binds the serial; a
+different key, or a serial missing from the manifest in manifest-only mode, is refused with a
+message that tells the device what to do, logged and recorded in the audit table). Invite
+outcomes go to the gateway that waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Protocol
+
+from dvrlink.broker.registry import BindingVerdict, Registry, format_address
+from dvrlink.protocol.identity import fingerprint
+from dvrlink.protocol.presence_events import (
+    DeviceMoved,
+    DeviceOffline,
+    DeviceOnline,
+    InviteAnswered,
+    InviteExpired,
+    RegistrationRequested,
+    ServerEvent,
+)
+from dvrlink.protocol.presence_server import RefuseReason
+
+REFUSAL_LOG_INTERVAL_S = 60.0  # one warning and audit row per (serial, key) per interval
+REFUSAL_MEMORY = 10_000
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionCore(Protocol):
+    """The calls the handler makes on the presence core (``PresenceServer``)."""
+
+    def accept(self, handle: int, now: float) -> None: ...
+    def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None: ...
+
+
+class DeviceEventHandler:
+    """Callable for ``PresenceLink``'s ``on_event``.
+
+    ``core_clock`` is the presence core's clock (the event loop's); ``wall_clock`` gives Unix
+    seconds for the registry. ``on_invite_event`` receives invite outcomes.
+    """
+
+    def __init__(
+        self,
+        core: AdmissionCore,
+        registry: Registry,
+        manifest_only: bool,
+        core_clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        on_invite_event: Callable[[ServerEvent], None],
+    ) -> None:
+        self._core = core
+        self._registry = registry
+        self._manifest_only = manifest_only
+        self._core_clock = core_clock
+        self._wall_clock = wall_clock
+        self._on_invite_event = on_invite_event
+        self._refusals: dict[tuple[str, bytes], tuple[float, int]] = {}
+
+    def __call__(self, event: ServerEvent) -> None:
+        if isinstance(event, RegistrationRequested):
+            self._admit(event)
+        elif isinstance(event, DeviceOnline):
+            self._registry.record_registration(event.serial, event.address, self._wall_clock())
+            log.debug("device %s online from %s", event.serial, format_address(event.address))
+        elif isinstance(event, InviteAnswered | InviteExpired):
+            self._on_invite_event(event)
+        elif isinstance(event, DeviceOffline):
+            log.debug("device %s offline: %s", event.serial, event.reason)
+        elif isinstance(event, DeviceMoved):
+            log.debug(
+                "device %s moved from %s to %s",
+                event.serial,
+                format_address(event.old),
+                format_address(event.new),
+            )
+
+    def _admit(self, event: RegistrationRequested) -> None:
+        wall = self._wall_clock()
+        try:
+            verdict = self._registry.check_binding(event.serial, event.public_key, wall, self._manifest_only)
+        except sqlite3.Error:
+            log.exception("registry failed while checking %s; telling the device to retry", event.serial)
+            self._core.refuse(
+                event.handle,
+                RefuseReason.BUSY,
+                "the broker cannot check registrations right now; retry later",
+                self._core_clock(),
+            )
+            return
+        if verdict is BindingVerdict.BOUND_NOW:
+            log.info(
+                "serial %s bound to key %s on first registration from %s",
+                event.serial,
+                fingerprint(event.public_key),
+                format_address(event.address),
+            )
+        if verdict in (BindingVerdict.BOUND_NOW, BindingVerdict.MATCHES):
+            self._core.accept(event.handle, self._core_clock())
+            return
+        reason, message = self._refusal(event, verdict)
+        self._core.refuse(event.handle, reason, message, self._core_clock())
+        self._audit(event, verdict, wall)
+
+    def _refusal(self, event: RegistrationRequested, verdict: BindingVerdict) -> tuple[RefuseReason, str]:
+        serial = event.serial
+        if verdict is BindingVerdict.KEY_MISMATCH:
+            return RefuseReason.KEY_MISMATCH, (
+                f"serial {serial} is bound to another device key on this broker; if this device was "
+                "reset or replaced, ask the operator to run `dvrlink-broker device release` for it, "
+                "else check the serial in the device config"
+            )
+        return RefuseReason.NOT_IN_MANIFEST, (
+            f"serial {serial} is not in this broker's factory manifest; ask the operator to load "
+            "the manifest entry for this device, or check the serial in the device config"
+        )
+
+    def _audit(self, event: RegistrationRequested, verdict: BindingVerdict, wall: float) -> None:
+        key = (event.serial, event.public_key)
+        last = self._refusals.get(key)
+        if last is not None and wall - last[0] < REFUSAL_LOG_INTERVAL_S:
+            self._refusals[key] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last is not None else 0
+        if len(self._refusals) >= REFUSAL_MEMORY:
+            self._refusals.clear()
+        self._refusals[key] = (wall, 0)
+        bound = self._registry.device(event.serial)
+        bound_fp = fingerprint(bound.public_key) if bound is not None else "none"
+        log.warning(
+            "refused registration of serial %s from %s: %s (presented key %s, bound key %s)%s",
+            event.serial,
+            format_address(event.address),
+            verdict.value,
+            fingerprint(event.public_key),
+            bound_fp,
+            f"; {suppressed} more refusals since the last warning" if suppressed else "",
+        )
+        self._registry.record_refusal(event.serial, event.public_key, event.address, wall, verdict.value)

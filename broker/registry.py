@@ -1,0 +1,571 @@
+"""The broker's durable state in one SQLite file: device bindings, accounts, tokens, pairings.
+
+Every method that changes something commits before it returns, so an answer the broker gave
+(a token, a binding, a pairing) survives ``kill -9``. The database runs in WAL mode with
+``synchronous=NORMAL``: a committed transaction survives a crash of the process; only a power
+cut may lose the last few (never corrupt the file). Admin commands open the same file while
+the broker runs; WAL lets them read and write next to it.
+
+The schema is a list of migration steps; ``PRAGMA user_version`` counts the steps applied.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvrlink.protocol.identity import PUBLIC_KEY_SIZE, fingerprint, validate_serial
+from dvrlink.protocol.presence_events import Address
+
+BUSY_TIMEOUT_S = 5.0
+EXPIRED_TOKEN_MEMORY_S = 7 * 86400.0  # expired tokens are kept this long to answer "token_expired"
+PAIR_FAILURE_MEMORY_S = 7 * 86400.0  # pairing failures older than this are deleted
+USERNAME_MAX = 64
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema
+    (
+        """CREATE TABLE devices (
+            serial TEXT PRIMARY KEY,
+            public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+            source TEXT NOT NULL CHECK (source IN ('first-use', 'manifest')),
+            bound_at REAL NOT NULL,
+            last_registered_at REAL,
+            last_address TEXT
+        ) WITHOUT ROWID""",
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            password_hash BLOB NOT NULL,
+            salt BLOB NOT NULL,
+            scrypt_n INTEGER NOT NULL,
+            scrypt_r INTEGER NOT NULL,
+            scrypt_p INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE tokens (
+            token_hash BLOB PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX tokens_by_expiry ON tokens (expires_at)",
+        """CREATE TABLE pairings (
+            username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+            serial TEXT NOT NULL REFERENCES devices (serial) ON DELETE CASCADE,
+            viewer_key BLOB NOT NULL,
+            paired_at REAL NOT NULL,
+            PRIMARY KEY (username, serial)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX pairings_by_serial ON pairings (serial)",
+        "CREATE TABLE pair_failures (serial TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX pair_failures_by_serial ON pair_failures (serial, at)",
+        """CREATE TABLE refusals (
+            id INTEGER PRIMARY KEY,
+            serial TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            address TEXT,
+            at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        "CREATE INDEX refusals_by_serial ON refusals (serial, at)",
+    ),
+)
+
+
+class RegistryError(RuntimeError):
+    """The registry file cannot be opened or migrated; the message names the file and what to do."""
+
+
+class UserExistsError(ValueError):
+    """``create_user`` was given a name that already has an account."""
+
+
+class BindingVerdict(enum.Enum):
+    """What :meth:`Registry.check_binding` decided about a registering (serial, key)."""
+
+    BOUND_NOW = "bound-now"  # first use: the serial is now bound to this key
+    MATCHES = "matches"  # the serial is bound to this key
+    KEY_MISMATCH = "key-mismatch"  # the serial is bound to another key: refuse
+    NOT_IN_MANIFEST = "not-in-manifest"  # manifest-only broker and the serial is not in it: refuse
+
+
+class TokenProblem(enum.Enum):
+    """Why :meth:`Registry.token_user` did not return a username."""
+
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ScryptParams:
+    """Cost of password hashing (RFC 7914): ``n`` CPU/memory cost, ``r`` block size, ``p`` lanes.
+
+    The default takes about 16 MiB and tens of milliseconds; the parameters are stored per user,
+    so raising them later only affects new passwords.
+    """
+
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordRecord:
+    """A stored password hash with its salt and cost."""
+
+    password_hash: bytes
+    salt: bytes
+    params: ScryptParams
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A row of ``devices``: one bound serial."""
+
+    serial: str
+    public_key: bytes
+    source: str  # "first-use" or "manifest"
+    bound_at: float
+    last_registered_at: float | None
+    last_address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PairingRecord:
+    """A row of ``pairings``: ``username`` may see and open ``serial``."""
+
+    username: str
+    serial: str
+    viewer_key: bytes
+    paired_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalRecord:
+    """A row of the ``refusals`` audit log."""
+
+    serial: str
+    public_key: bytes
+    address: str | None
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestConflict:
+    """A manifest entry whose serial is already bound to another key (left as it was)."""
+
+    serial: str
+    bound_key: bytes
+    manifest_key: bytes
+    source: str
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        return (
+            f"{self.serial}: bound ({self.source}) to key {fingerprint(self.bound_key)}, manifest says "
+            f"{fingerprint(self.manifest_key)}; left unchanged (check the manifest, or the device "
+            "that registered first under this serial)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestReport:
+    """Outcome of :meth:`Registry.load_manifest`."""
+
+    added: tuple[str, ...]  # new serials
+    confirmed: tuple[str, ...]  # bound on first use to the same key; now marked as manifest
+    unchanged: tuple[str, ...]  # already in the manifest with the same key
+    conflicts: tuple[ManifestConflict, ...]
+
+
+def format_address(address: Address) -> str:
+    """``ip:port``, or ``[ip]:port`` for IPv6."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def validate_username(username: str) -> str:
+    """Return ``username`` if it is a valid account name.
+
+    Raises:
+        ValueError: not 1-64 characters of letters, digits and ``.``, ``_``, ``-``, ``@``.
+    """
+    ok = 0 < len(username) <= USERNAME_MAX and all(
+        ch.isascii() and (ch.isalnum() or ch in "._-@") for ch in username
+    )
+    if not ok:
+        raise ValueError(
+            f"username {username!r} is not valid: use 1-{USERNAME_MAX} characters of letters, digits "
+            "and . _ - @"
+        )
+    return username
+
+
+def hash_password(password: str, salt: bytes, params: ScryptParams) -> bytes:
+    """scrypt of ``password`` (UTF-8) with ``salt``; 32 bytes."""
+    return hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=params.n,
+        r=params.r,
+        p=params.p,
+        maxmem=256 * params.n * params.r * params.p + (1 << 20),
+        dklen=32,
+    )
+
+
+def verify_password(record: PasswordRecord | None, password: str) -> bool:
+    """True if ``password`` matches ``record``. With no record it spends the same work and
+    returns False, so timing does not tell which usernames exist. CPU-heavy: the API runs it
+    in a worker thread."""
+    if record is None:
+        hash_password(password, b"\0" * 16, ScryptParams())
+        return False
+    candidate = hash_password(password, record.salt, record.params)
+    return hmac.compare_digest(candidate, record.password_hash)
+
+
+def token_hash(token: str) -> bytes:
+    """What the registry stores for a token: its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class Registry:
+    """The broker's SQLite registry. Not thread-safe: use one object per thread.
+
+    Times (``now``, ``since``) are Unix seconds.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        migrations: Sequence[Sequence[str]] = MIGRATIONS,
+        password_params: ScryptParams | None = None,
+    ) -> None:
+        """Open (creating and migrating as needed) the registry at ``path``.
+
+        Raises:
+            RegistryError: the file cannot be opened, is not a registry, or was written by a
+                newer broker (its schema version is higher than this program knows).
+        """
+        self.path = Path(path)
+        self._password_params = password_params or ScryptParams()
+        if not self.path.parent.is_dir():
+            raise RegistryError(
+                f"cannot open {self.path}: directory {self.path.parent} does not exist; create it "
+                "or point state_dir at an existing directory"
+            )
+        try:
+            # Password and token hashes live here: owner-only (SQLite gives -wal/-shm the same mode).
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot open {self.path}: {exc.strerror}; check permissions of the state directory"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise RegistryError(
+                f"cannot open {self.path}: {exc}; check permissions of the state directory"
+            ) from exc
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RegistryError(
+                    f"{self.path}: SQLite refused WAL mode (got {mode}); put state_dir on a local file system"
+                )
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(migrations)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RegistryError(
+                f"{self.path} is not a usable registry ({exc}); restore it from a backup or move it "
+                "away to start with an empty registry"
+            ) from exc
+        except RegistryError:
+            self._db.close()
+            raise
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database (everything is already committed)."""
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        """Number of migration steps applied (``PRAGMA user_version``)."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
+        target = len(migrations)
+        if self.schema_version == target:
+            return
+        with self._transaction() as db:
+            current = self.schema_version  # again, under the write lock
+            if current > target:
+                raise RegistryError(
+                    f"{self.path} has schema version {current}, newer than this broker knows ({target}); "
+                    "run the newer dvrlink-broker, or restore a backup made by this version"
+                )
+            for step in migrations[current:]:
+                for statement in step:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {int(target)}")
+
+    # -- devices -----------------------------------------------------------------------------
+
+    def check_binding(
+        self, serial: str, public_key: bytes, now: float, manifest_only: bool
+    ) -> BindingVerdict:
+        """Judge a registration of ``serial`` with ``public_key``; on first use, bind it.
+
+        With ``manifest_only`` only serials loaded by :meth:`load_manifest` are accepted (a
+        serial bound on first use earlier does not count).
+        """
+        row = self._db.execute(
+            "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
+        ).fetchone()
+        if row is None:
+            if manifest_only:
+                return BindingVerdict.NOT_IN_MANIFEST
+            cur = self._db.execute(
+                "INSERT INTO devices (serial, public_key, source, bound_at) VALUES (?, ?, 'first-use', ?) "
+                "ON CONFLICT (serial) DO NOTHING",
+                (serial, public_key, now),
+            )
+            if cur.rowcount == 1:
+                return BindingVerdict.BOUND_NOW
+            row = self._db.execute(
+                "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
+            ).fetchone()
+        bound_key, source = bytes(row[0]), str(row[1])
+        if manifest_only and source != "manifest":
+            return BindingVerdict.NOT_IN_MANIFEST
+        if hmac.compare_digest(bound_key, public_key):
+            return BindingVerdict.MATCHES
+        return BindingVerdict.KEY_MISMATCH
+
+    def record_registration(self, serial: str, address: Address, now: float) -> None:
+        """Note that ``serial`` registered from ``address`` at ``now`` (no-op for unknown serials)."""
+        self._db.execute(
+            "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
+            (now, format_address(address), serial),
+        )
+
+    def record_refusal(
+        self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
+    ) -> None:
+        """Append a refused registration to the audit log."""
+        self._db.execute(
+            "INSERT INTO refusals (serial, public_key, address, at, reason) VALUES (?, ?, ?, ?, ?)",
+            (serial, public_key, format_address(address) if address else None, now, reason),
+        )
+
+    def refusals(self, serial: str | None = None, limit: int = 100) -> list[RefusalRecord]:
+        """The newest refusals (of ``serial``, or of all serials), newest first."""
+        if serial is None:
+            rows = self._db.execute(
+                "SELECT serial, public_key, address, at, reason FROM refusals ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT serial, public_key, address, at, reason FROM refusals WHERE serial = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (serial, limit),
+            )
+        return [RefusalRecord(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def device(self, serial: str) -> DeviceRecord | None:
+        """The binding of ``serial``, or None if it never registered and is not in the manifest."""
+        row = self._db.execute(
+            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address FROM devices "
+            "WHERE serial = ?",
+            (serial,),
+        ).fetchone()
+        if row is None:
+            return None
+        return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+    def release_device(self, serial: str) -> bool:
+        """Forget the binding of ``serial`` (and its pairings), so the next registering key binds it.
+
+        For a device that was reset or replaced. Returns False if the serial was not bound.
+        """
+        with self._transaction() as db:
+            db.execute("DELETE FROM pair_failures WHERE serial = ?", (serial,))
+            return db.execute("DELETE FROM devices WHERE serial = ?", (serial,)).rowcount == 1
+
+    def load_manifest(self, entries: Mapping[str, bytes], now: float) -> ManifestReport:
+        """Bind the serials of a factory manifest (serial -> raw Ed25519 public key).
+
+        An existing binding to another key is reported in ``conflicts`` and left unchanged;
+        a first-use binding to the same key is marked as coming from the manifest. All entries
+        are applied in one transaction.
+
+        Raises:
+            ValueError: a serial is invalid or a key is not 32 bytes (nothing is applied); the
+                message names the entry.
+        """
+        for serial, key in entries.items():
+            validate_serial(serial)
+            if len(key) != PUBLIC_KEY_SIZE:
+                raise ValueError(
+                    f"manifest entry {serial}: public key is {len(key)} bytes, expected {PUBLIC_KEY_SIZE}"
+                )
+        added: list[str] = []
+        confirmed: list[str] = []
+        unchanged: list[str] = []
+        conflicts: list[ManifestConflict] = []
+        with self._transaction() as db:
+            for serial, key in entries.items():
+                row = db.execute(
+                    "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO devices (serial, public_key, source, bound_at) "
+                        "VALUES (?, ?, 'manifest', ?)",
+                        (serial, key, now),
+                    )
+                    added.append(serial)
+                elif bytes(row[0]) != key:
+                    conflicts.append(ManifestConflict(serial, bytes(row[0]), key, row[1]))
+                elif row[1] == "manifest":
+                    unchanged.append(serial)
+                else:
+                    db.execute("UPDATE devices SET source = 'manifest' WHERE serial = ?", (serial,))
+                    confirmed.append(serial)
+        return ManifestReport(tuple(added), tuple(confirmed), tuple(unchanged), tuple(conflicts))
+
+    # -- users and tokens ----------------------------------------------------------------------
+
+    def create_user(self, username: str, password: str, now: float) -> None:
+        """Create an account.
+
+        Raises:
+            ValueError: the username is not valid or the password is empty.
+            UserExistsError: the username is taken.
+        """
+        validate_username(username)
+        if not password:
+            raise ValueError("the password is empty; choose one of at least 8 characters")
+        salt = secrets.token_bytes(16)
+        params = self._password_params
+        digest = hash_password(password, salt, params)
+        try:
+            self._db.execute(
+                "INSERT INTO users (username, password_hash, salt, scrypt_n, scrypt_r, scrypt_p, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (username, digest, salt, params.n, params.r, params.p, now),
+            )
+        except sqlite3.IntegrityError:
+            raise UserExistsError(
+                f"user {username!r} exists; choose another name (passwords are not changed by 'user add')"
+            ) from None
+
+    def password_record(self, username: str) -> PasswordRecord | None:
+        """The stored hash of ``username``, or None if there is no such account."""
+        row = self._db.execute(
+            "SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM users WHERE username = ?",
+            (username,),
+        ).fetchone()
+        if row is None:
+            return None
+        return PasswordRecord(bytes(row[0]), bytes(row[1]), ScryptParams(row[2], row[3], row[4]))
+
+    def authenticate(self, username: str, password: str) -> bool:
+        """True if ``password`` is the password of ``username`` (CPU-heavy, see ``verify_password``)."""
+        return verify_password(self.password_record(username), password)
+
+    def issue_token(self, username: str, now: float, lifetime: float) -> str:
+        """Create a bearer token for ``username`` valid until ``now + lifetime``; only its hash is stored.
+
+        Raises:
+            LookupError: there is no such user.
+        """
+        token = secrets.token_urlsafe(32)
+        with self._transaction() as db:
+            db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_TOKEN_MEMORY_S,))
+            try:
+                db.execute(
+                    "INSERT INTO tokens (token_hash, username, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+                    (token_hash(token), username, now, now + lifetime),
+                )
+            except sqlite3.IntegrityError:
+                raise LookupError(f"no user {username!r}; create it with `dvrlink-broker user add`") from None
+        return token
+
+    def token_user(self, token: str, now: float) -> str | TokenProblem:
+        """The username a token belongs to, or why it is not valid (expired or unknown)."""
+        row = self._db.execute(
+            "SELECT username, expires_at FROM tokens WHERE token_hash = ?", (token_hash(token),)
+        ).fetchone()
+        if row is None:
+            return TokenProblem.UNKNOWN
+        if now >= row[1]:
+            return TokenProblem.EXPIRED
+        return str(row[0])
+
+    # -- pairings ------------------------------------------------------------------------------
+
+    def record_pairing(self, username: str, serial: str, viewer_key: bytes, now: float) -> None:
+        """Record that ``username`` paired ``serial`` with ``viewer_key`` (pairing again replaces it)."""
+        self._db.execute(
+            "INSERT INTO pairings (username, serial, viewer_key, paired_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (username, serial) DO UPDATE SET viewer_key = excluded.viewer_key, "
+            "paired_at = excluded.paired_at",
+            (username, serial, viewer_key, now),
+        )
+
+    def pairings_for(self, username: str) -> list[PairingRecord]:
+        """All devices paired to ``username``, by serial."""
+        rows = self._db.execute(
+            "SELECT username, serial, viewer_key, paired_at FROM pairings WHERE username = ? ORDER BY serial",
+            (username,),
+        )
+        return [PairingRecord(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+
+    def pairing(self, username: str, serial: str) -> PairingRecord | None:
+        """The pairing of ``serial`` to ``username``, if any."""
+        row = self._db.execute(
+            "SELECT username, serial, viewer_key, paired_at FROM pairings WHERE username = ? AND serial = ?",
+            (username, serial),
+        ).fetchone()
+        return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3])
+
+    def record_pair_failure(self, serial: str, now: float) -> None:
+        """Count a wrong pairing code the device reported (old entries are pruned)."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM pair_failures WHERE serial = ? AND at < ?", (serial, now - PAIR_FAILURE_MEMORY_S)
+            )
+            db.execute("INSERT INTO pair_failures (serial, at) VALUES (?, ?)", (serial, now))
+
+    def pair_failures_since(self, serial: str, since: float) -> int:
+        """Number of wrong pairing codes for ``serial`` at or after ``since``."""
+        row = self._db.execute(
+            "SELECT count(*) FROM pair_failures WHERE serial = ? AND at >= ?", (serial, since)
+        ).fetchone()
+        return int(row[0])
