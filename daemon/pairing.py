@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dvrlink.daemon.config import PairingConfig
 from dvrlink.daemon.state import DeviceState, StateError
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import (
     Address,

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from dvrlink.daemon.app import DeviceEvents, run_daemon
 from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.notify import Notifier

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dvrlink.daemon.cli import main
 from dvrlink.daemon.state import DeviceState
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint

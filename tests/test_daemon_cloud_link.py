@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any
 
 import pytest
+
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.protocol.presence_events import ClientEvent, ConnectionLost, InviteReceived
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dvrlink.daemon.config import ConfigError, DaemonConfig, load_config
 
 KEY = bytes(range(1, 33))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dvrlink.daemon.config import PairingConfig
 from dvrlink.daemon.pairing import InviteHandler
 from dvrlink.daemon.state import DeviceState

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from dvrlink.daemon.state import (
     DEVICE_KEY_FILE,
     PAIRING_FAILURES_FILE,
@@ -50,6 +51,7 @@ def test_corrupt_key_is_an_error_and_untouched(tmp_path: Path, content: bytes) -
 
 def test_key_of_the_wrong_type_is_an_error(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     from dvrlink.protocol.identity import private_key_to_pem
 
     pem = private_key_to_pem(X25519PrivateKey.generate())

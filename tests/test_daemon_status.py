@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dvrlink.daemon.cli import main
 from dvrlink.daemon.status import (
     STATUS_FILE,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from presence_harness import Lab
+
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import (
     ConnectionLost,
@@ -27,7 +29,6 @@ from dvrlink.protocol.presence_wire import (
     encode_address,
     is_presence,
 )
-from presence_harness import Lab
 
 IPV4_UDP_HEADERS = 28
 
@@ -274,6 +275,7 @@ def test_forged_registered_from_a_broker_without_the_pinned_key_is_ignored() -> 
     lab = Lab()
     dev = lab.add_device("DL-0001-0001")
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
 
     impostor = PresenceServer(ServerConfig(), X25519PrivateKey.generate())

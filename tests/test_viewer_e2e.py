@@ -21,6 +21,7 @@ from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dvrlink.protocol.identity import b64decode_key, ed25519_public_bytes, fingerprint, format_fingerprint
 from dvrlink.protocol.pairing import (
     MAC_SIZE,

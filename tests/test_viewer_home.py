@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes, fingerprint
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.home import Login, Pin, ViewerHome, resolve_home

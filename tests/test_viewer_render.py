@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
 from dvrlink.viewer.api_types import (
     Device,

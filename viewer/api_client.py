@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import yarl
+
 from dvrlink.protocol.identity import b64encode_key, validate_serial
 from dvrlink.viewer.api_types import (
     Device,
