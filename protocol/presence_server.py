@@ -438,7 +438,8 @@ class PresenceServer:
         if not session.replay.check(counter):
             return False
         header = data[:SEALED_HEADER_SIZE]
-        if session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:]) is None:
+        cipher = session.sealer.cipher()
+        if session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:], cipher) is None:
             return False
         session.replay.commit(counter)
         self._touch(session, address, now)
@@ -446,7 +447,7 @@ class PresenceServer:
         out = session.send_counter
         ack_header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)
         plain = ECHO_STRUCT.pack(counter & 0xFFFF) + session.address_bytes
-        self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, ack_header, plain), address))
+        self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, ack_header, plain, cipher), address))
         self.stats["keepalives"] += 1
         return True
 
