@@ -1,0 +1,36 @@
+"""Run every benchmark in turn: ``python -m bench [--quick]`` (what ``make bench`` runs, in one command).
+
+The in-process profile of the presence core (``python -m bench.presence_profile``) is not part of
+this run; it is a tool for finding where time and memory go.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from bench import cellular_cost, daemon_footprint, presence_load
+from bench.common import parse_args
+
+BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
+    ("presence_load", presence_load.main),
+    ("cellular_cost", cellular_cost.main),
+    ("daemon_footprint", daemon_footprint.main),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks; the exit status is the first non-zero one (0 if all ran)."""
+    args = parse_args("run every dvrlink benchmark", argv)
+    forwarded = ["--quick"] if args.quick else []
+    status = 0
+    for name, bench_main in BENCHMARKS:
+        print(f"== bench.{name} {' '.join(forwarded)}".rstrip(), flush=True)
+        result = bench_main(forwarded)
+        sys.stdout.flush()
+        status = status or result
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

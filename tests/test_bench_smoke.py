@@ -1,0 +1,95 @@
+"""Smoke runs of the benchmarks: each ``python -m bench.<name> --quick`` exits 0 and prints its figures.
+
+Nothing here judges speed or memory: the figures of a quick run mean little and the machine may
+be busy. The tests only check that each benchmark ran and printed plausible positive numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 120.0
+
+
+def run_bench(name: str) -> str:
+    """Run ``python -m bench.<name> --quick`` from the repository root; return its stdout."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}", "--quick"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"bench.{name} --quick did not finish within {RUN_TIMEOUT_S:g} s:\n{exc.stdout!r}")
+    assert done.returncode == 0, (
+        f"bench.{name} --quick exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
+    return done.stdout
+
+
+def numbers(pattern: str, text: str) -> list[float]:
+    """The first group of every match of ``pattern`` in ``text``, as numbers (commas dropped)."""
+    found = [float(m.group(1).replace(",", "")) for m in re.finditer(pattern, text, re.MULTILINE)]
+    assert found, f"no line matches {pattern!r} in:\n{text}"
+    return found
+
+
+def test_cellular_cost_prints_bytes_per_day() -> None:
+    out = run_bench("cellular_cost")
+    rows = re.findall(r"^\s+(\d+)s\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s", out, re.MULTILINE)
+    assert [int(row[0]) for row in rows] == [25, 60, 120], out
+    per_day = [int(row[2].replace(",", "")) for row in rows]
+    assert all(value > 0 for value in per_day), out
+    assert per_day == sorted(per_day, reverse=True), "a longer keepalive interval must cost fewer bytes"
+    assert numbers(r"keepalive round trip: (\d+) B", out)[0] > 0
+
+
+def test_presence_profile_prints_costs() -> None:
+    out = run_bench("presence_profile")
+    assert numbers(r"VmRSS growth: ([\d,]+) B per session", out)[0] > 0
+    assert numbers(r"([\d.]+) µs per keepalive", out)[0] > 0
+    assert numbers(r"REGISTERED ([\d.]+) µs", out)[0] > 0
+
+
+@pytest.fixture(scope="module")
+def presence_load_output() -> str:
+    return run_bench("presence_load")
+
+
+@pytest.mark.slow
+def test_presence_load_prints_keepalives_and_memory(presence_load_output: str) -> None:
+    out = presence_load_output
+    assert len(numbers(r"keepalives per core: ([\d,]+)/s", out)) == 2, "one figure per fleet size"
+    assert all(rate > 0 for rate in numbers(r"keepalives per core: ([\d,]+)/s", out))
+    assert all(size > 0 for size in numbers(r"memory per online device: ([\d,]+) B", out))
+    assert all(rate > 0 for rate in numbers(r"registrations: ([\d,]+)/s", out))
+    assert numbers(r"dvrlink-broker STUN responder: ([\d,]+)/s", out)[0] > 0
+    assert set(numbers(r"checked: [\d,]+ ok, ([\d,]+) bad", out)) == {0}, "a sampled answer did not check out"
+
+
+@pytest.mark.slow
+def test_presence_load_compares_with_coturn(presence_load_output: str) -> None:
+    if shutil.which("turnserver") is None:
+        assert "coturn: not installed" in presence_load_output
+        pytest.skip("turnserver (Debian package coturn) is not installed: no STUN comparison")
+    out = presence_load_output
+    assert numbers(r"coturn \(stun-only, 1 relay thread\): ([\d,]+)/s", out)[0] > 0
+    assert numbers(r"ratio to coturn STUN per core: broker keepalives ([\d.]+)", out)[0] > 0
+
+
+@pytest.mark.slow
+def test_daemon_footprint_prints_rss_and_cpu() -> None:
+    out = run_bench("daemon_footprint")
+    assert numbers(r"VmRSS ([\d.]+) MB at the start", out)[0] > 0
+    assert numbers(r"CPU \(utime\+stime, 10 ms ticks\) ([\d.]+) s", out)[0] >= 0
+    assert "registered" in out
