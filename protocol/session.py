@@ -1,0 +1,797 @@
+"""End-to-end encrypted viewer ⇄ device sessions: sans-I/O wrappers around aioquic's QuicConnection.
+
+The device is the QUIC server (``DeviceSession``), the viewer the client (``ViewerSession``).
+Both are plain objects: datagrams and ``now`` (seconds, any monotonic clock) in; events,
+datagrams and a timer deadline out. The caller (the daemon's or the viewer's session link, fed
+by ICE) runs the usual loop::
+
+    session.receive_datagram(data, addr, now)       # or session.handle_timer(now)
+    while (event := session.next_event()) is not None: ...
+    for data, addr in session.datagrams_to_send(now): send(data, addr)
+    rearm(session.get_timer())
+
+Identity (see ``session_tls``): the device presents a certificate for its Ed25519 device key and
+the viewer accepts it only if the key's fingerprint equals the one pinned at pairing
+(``PinMismatch`` otherwise, before anything else is sent); the viewer presents a TLS client
+certificate for its Ed25519 key and the device accepts it only if its own ``authorised``
+callable says so (``ViewerRefused`` otherwise). ALPN is ``dvrlink/1``.
+
+Streams: every bidirectional stream starts with a stream-open header naming a service and a
+target (``encode_stream_header``); the side that did not open it gets ``StreamOpened`` once the
+header is complete, then ``StreamData``, then ``StreamEnded``. Services (forward, RPC) are layered
+on top by the caller. Unidirectional streams are not used and are stopped.
+
+Paths: every datagram is QUIC with the fixed bit set, so its first byte is 64–127 (short
+header) or 192–255 (long header) and one socket can demultiplex it from STUN/TURN and presence
+(RFC 9443). The viewer may move its datagrams to a new path at any time (``switch_path``: relay to
+direct); the device's QUIC validates the new path and follows it (``PeerMoved``), and streams
+carry on, since QUIC retransmits whatever was lost on the old path.
+
+Session states (one table, ``TRANSITIONS``)::
+
+    handshake --> established   pin verified (viewer) / viewer authorised (device)
+    handshake --> closed        pin mismatch, viewer refused, TLS failure, timeout, close()
+    established --> closed      peer closed, idle timeout, close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import construct as c
+from aioquic._buffer import Buffer  # aioquic.buffer re-exports it implicitly only
+from aioquic.quic import events as quic_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
+from dvrlink.protocol.session_tls import (
+    ALPN,
+    certificate_ed25519_key,
+    current_peer_address,
+    peer_certificate,
+    request_client_certificate,
+)
+
+QUIC_FIXED_BIT = 0x40
+MIN_INITIAL_SIZE = 1200
+MAX_TARGET_LENGTH = 255
+MAX_REMEMBERED_PATHS = 4
+
+
+class Service(enum.IntEnum):
+    """What a stream is for; the first byte of its stream-open header."""
+
+    FORWARD = 1
+    RPC = 2
+
+
+class CloseCode(enum.IntEnum):
+    """Application error codes of a session's CONNECTION_CLOSE."""
+
+    NORMAL = 0x0
+    VIEWER_NOT_AUTHORISED = 0x100
+    PIN_MISMATCH = 0x101
+    WRONG_PROTOCOL = 0x102
+
+
+class StreamErrorCode(enum.IntEnum):
+    """Application error codes of RESET_STREAM / STOP_SENDING."""
+
+    BAD_HEADER = 0x1
+    REFUSED = 0x2
+    CANCELLED = 0x3
+
+
+class SessionState(enum.Enum):
+    """Where a session is; transitions in ``TRANSITIONS``."""
+
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+TRANSITIONS: frozenset[tuple[SessionState, SessionState]] = frozenset(
+    {
+        (SessionState.HANDSHAKE, SessionState.ESTABLISHED),
+        (SessionState.HANDSHAKE, SessionState.CLOSED),
+        (SessionState.ESTABLISHED, SessionState.CLOSED),
+    }
+)
+
+
+# --- stream-open header ---
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardTarget:
+    """A TCP port forward to ``host:port`` on the device's side (checked against its allow-list)."""
+
+    host: str
+    port: int
+
+    @property
+    def service(self) -> Service:
+        """Always ``Service.FORWARD``."""
+        return Service.FORWARD
+
+
+@dataclass(frozen=True, slots=True)
+class RpcTarget:
+    """An RPC call by method name, e.g. ``ping`` or ``info``."""
+
+    method: str
+
+    @property
+    def service(self) -> Service:
+        """Always ``Service.RPC``."""
+        return Service.RPC
+
+
+StreamTarget = ForwardTarget | RpcTarget
+
+# service (1) ‖ port (2, 0 for RPC) ‖ target (1 + n, UTF-8: forward host or RPC method)
+_STREAM_HEADER = c.Struct(
+    "service" / c.Int8ub,
+    "port" / c.Int16ub,
+    "target" / c.PascalString(c.Int8ub, "utf8"),
+)
+_HEADER_FIXED = 4
+
+
+def encode_stream_header(target: StreamTarget) -> bytes:
+    """Return the stream-open header for ``target``.
+
+    Raises:
+        ValueError: an empty or over-long (255 bytes of UTF-8) host or method, or a port
+            outside 1-65535.
+    """
+    if isinstance(target, ForwardTarget):
+        text, port = target.host, target.port
+        if not 1 <= port <= 65535:
+            raise ValueError(f"forward port {port} is out of range: use 1-65535")
+    else:
+        text, port = target.method, 0
+    raw = text.encode("utf8")
+    if not 1 <= len(raw) <= MAX_TARGET_LENGTH:
+        raise ValueError(f"stream target {text!r} must be 1-{MAX_TARGET_LENGTH} bytes of UTF-8")
+    return bytes(_STREAM_HEADER.build({"service": int(target.service), "port": port, "target": text}))
+
+
+def decode_stream_header(data: bytes) -> tuple[StreamTarget, int] | None:
+    """Parse a stream-open header at the start of ``data``.
+
+    Returns:
+        ``(target, header_length)``, or None if ``data`` does not hold the whole header yet.
+
+    Raises:
+        ValueError: the header is malformed: unknown service, bad port, empty or non-UTF-8 target.
+    """
+    if len(data) < _HEADER_FIXED or len(data) < _HEADER_FIXED + data[3]:
+        return None
+    length = _HEADER_FIXED + data[3]
+    try:
+        v = _STREAM_HEADER.parse(data[:length])
+    except (c.ConstructError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed stream header: {exc}") from exc
+    text = str(v.target)
+    if not text:
+        raise ValueError("malformed stream header: empty target")
+    if v.service == Service.FORWARD:
+        if v.port == 0:
+            raise ValueError("malformed stream header: forward to port 0")
+        return ForwardTarget(text, int(v.port)), length
+    if v.service == Service.RPC:
+        if v.port != 0:
+            raise ValueError("malformed stream header: RPC with a port")
+        return RpcTarget(text), length
+    raise ValueError(f"malformed stream header: unknown service {v.service}")
+
+
+# --- events ---
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Base of the events both session sides emit."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEstablished(SessionEvent):
+    """The peer is who it must be; streams may be opened. ``peer_fingerprint`` names its key."""
+
+    peer_fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinMismatch(SessionEvent):
+    """Viewer: the device's key is not the one pinned at pairing; the session is being closed."""
+
+    expected: str
+    seen: str | None
+    """Fingerprint of the key presented, or None if it was not an Ed25519 key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerRefused(SessionEvent):
+    """Device: the viewer's key is not authorised here (or it sent none); the session is closing."""
+
+    fingerprint: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened(SessionEvent):
+    """The peer opened a stream for ``service`` and ``target``."""
+
+    stream_id: int
+    service: Service
+    target: StreamTarget
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData(SessionEvent):
+    """Bytes arrived on a stream (in order)."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded(SessionEvent):
+    """The peer finished sending on a stream (``error_code`` None) or reset it (its code)."""
+
+    stream_id: int
+    error_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMoved(SessionEvent):
+    """Device: the viewer's datagrams now come from (and replies go to) ``address``."""
+
+    address: NetworkAddress
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(SessionEvent):
+    """The session is over; ``reason`` says why and what to do. No more events follow.
+
+    Keep calling ``datagrams_to_send`` once more so a CONNECTION_CLOSE reaches the peer.
+    """
+
+    reason: str
+    error_code: int
+
+
+# --- configuration ---
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Transport settings shared by both sides."""
+
+    idle_timeout_s: float = 60.0
+    """Close the session after this long without a datagram from the peer."""
+    keepalive_s: float | None = 15.0
+    """Send a PING after this long without sending, to keep NAT and TURN mappings open; None: never."""
+    max_datagram_size: int = 1200
+    """Largest QUIC datagram sent, in bytes (UDP payload); 1200 is safe on every path."""
+    max_data: int = 4 * 1024 * 1024
+    """Connection flow-control window, in bytes."""
+    max_stream_data: int = 1024 * 1024
+    """Per-stream flow-control window, in bytes."""
+
+    def quic_configuration(self, is_client: bool) -> QuicConfiguration:
+        """Return the aioquic configuration for one side."""
+        return QuicConfiguration(
+            alpn_protocols=[ALPN],
+            is_client=is_client,
+            idle_timeout=self.idle_timeout_s,
+            max_datagram_size=self.max_datagram_size,
+            max_data=self.max_data,
+            max_stream_data=self.max_stream_data,
+            verify_mode=ssl.CERT_NONE,
+        )
+
+
+class SessionStateError(RuntimeError):
+    """A local misuse: an operation that the session's current state does not allow."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    header: bytearray | None  # peer-opened, header not complete yet
+    refused: bool = False
+
+
+def _check_key_matches(key: Ed25519PrivateKey, certificate: x509.Certificate, who: str) -> None:
+    if certificate_ed25519_key(certificate) != ed25519_public_bytes(key):
+        raise ValueError(f"the {who} certificate is not for the {who} key: build it with the same key")
+
+
+def _close_reason(event: quic_events.ConnectionTerminated) -> str:
+    if event.frame_type is None:
+        if event.error_code == CloseCode.VIEWER_NOT_AUTHORISED:
+            return (
+                "the device refused this viewer: its key is not authorised there; "
+                "pair again with the code from the device"
+            )
+        if event.error_code == CloseCode.PIN_MISMATCH:
+            return "the viewer closed the session: this device's key is not the one it paired with"
+        what = event.reason_phrase or "no reason given"
+        return f"closed by the peer: {what} (application code 0x{event.error_code:x})"
+    what = event.reason_phrase or "no reason given"
+    return f"QUIC connection ended: {what} (transport code 0x{event.error_code:x})"
+
+
+class _Session:
+    """What both sides share: event queue, streams, keepalive, close."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self._config = config
+        self._quic: QuicConnection | None = None
+        self._events: deque[SessionEvent] = deque()
+        self._state = SessionState.HANDSHAKE
+        self._streams: dict[int, _Stream] = {}
+        self._last_sent: float | None = None
+        self._ping_uid = 0
+        self._peer_fingerprint: str | None = None
+
+    # -- public --
+
+    @property
+    def state(self) -> SessionState:
+        """The session's state."""
+        return self._state
+
+    @property
+    def peer_fingerprint(self) -> str | None:
+        """Fingerprint of the authenticated peer key once established, else None."""
+        return self._peer_fingerprint
+
+    def next_event(self) -> SessionEvent | None:
+        """Pop the next event, or None when there is none."""
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Return the datagrams to send now, with their destination addresses."""
+        if self._quic is None:
+            return []
+        out = self._quic.datagrams_to_send(now)
+        if out:
+            self._last_sent = now
+        return [(data, self._destination(addr)) for data, addr in out]
+
+    def get_timer(self) -> float | None:
+        """The time at which ``handle_timer`` must be called, or None."""
+        if self._quic is None:
+            return None
+        timer = self._quic.get_timer()
+        keepalive = self._keepalive_at()
+        if keepalive is not None and (timer is None or keepalive < timer):
+            return keepalive
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``: retransmissions, keepalive, idle timeout. Never raises."""
+        if self._quic is None:
+            return
+        keepalive = self._keepalive_at()
+        if keepalive is not None and now >= keepalive:
+            self._ping_uid += 1
+            self._quic.send_ping(self._ping_uid)
+            self._last_sent = now
+        timer = self._quic.get_timer()
+        if timer is not None and now >= timer:
+            self._quic.handle_timer(now)
+        self._drain()
+
+    def open_stream(self, target: StreamTarget) -> int:
+        """Open a bidirectional stream for ``target`` and send its header; return the stream id.
+
+        Raises:
+            SessionStateError: the session is not established.
+            ValueError: ``target`` cannot be encoded (see ``encode_stream_header``).
+        """
+        quic = self._require_established("open a stream")
+        header = encode_stream_header(target)
+        stream_id = quic.get_next_available_stream_id()
+        quic.send_stream_data(stream_id, header)
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on a stream; ``end_stream`` finishes our direction (FIN).
+
+        aioquic buffers without limit and sends as flow and congestion control allow.
+
+        Raises:
+            SessionStateError: the session is not established.
+            ValueError: the stream cannot be sent on (unknown, peer unidirectional, already finished).
+        """
+        quic = self._require_established("send")
+        try:
+            quic.send_stream_data(stream_id, data, end_stream)
+        except (ValueError, AssertionError) as exc:
+            raise ValueError(f"cannot send on stream {stream_id}: {exc}") from exc
+
+    def reset_stream(self, stream_id: int, error_code: int = StreamErrorCode.CANCELLED) -> None:
+        """Abort a stream both ways (RESET_STREAM and STOP_SENDING), e.g. to refuse a target.
+
+        Raises:
+            SessionStateError: the session is not established.
+        """
+        quic = self._require_established("reset a stream")
+        self._abort_stream(quic, stream_id, error_code)
+
+    def close(self, reason: str = "closed by the user", error_code: int = CloseCode.NORMAL) -> None:
+        """Close the session; emits ``SessionClosed`` unless it already closed. Never raises."""
+        if self._quic is not None:
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+        self._closed(reason, error_code)
+
+    # -- shared internals --
+
+    def _destination(self, addr: NetworkAddress) -> NetworkAddress:
+        return addr
+
+    def _keepalive_at(self) -> float | None:
+        if (
+            self._config.keepalive_s is None
+            or self._state is not SessionState.ESTABLISHED
+            or self._last_sent is None
+        ):
+            return None
+        return self._last_sent + self._config.keepalive_s
+
+    def _require_established(self, what: str) -> QuicConnection:
+        if self._state is not SessionState.ESTABLISHED or self._quic is None:
+            raise SessionStateError(f"cannot {what}: the session is {self._state.value}, not established")
+        return self._quic
+
+    def _set_state(self, new: SessionState) -> None:
+        if (self._state, new) not in TRANSITIONS:
+            raise AssertionError(f"session transition {self._state.value} -> {new.value} is not in the table")
+        self._state = new
+
+    def _closed(self, reason: str, error_code: int) -> None:
+        if self._state is SessionState.CLOSED:
+            return
+        self._set_state(SessionState.CLOSED)
+        self._streams.clear()
+        self._events.append(SessionClosed(reason, int(error_code)))
+
+    def _is_local_stream(self, stream_id: int) -> bool:
+        raise NotImplementedError
+
+    def _on_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        quic = self._quic
+        if quic is None:
+            return
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, quic_events.ConnectionTerminated):
+                self._closed(_close_reason(event), event.error_code)
+            elif self._state is SessionState.CLOSED:
+                continue
+            elif isinstance(event, quic_events.HandshakeCompleted):
+                self._on_handshake_completed(event)
+            elif self._state is not SessionState.ESTABLISHED:
+                continue  # nothing from an unauthenticated peer reaches the application
+            elif isinstance(event, quic_events.StreamDataReceived):
+                self._on_stream_data(quic, event)
+            elif isinstance(event, quic_events.StreamReset):
+                self._on_stream_reset(event)
+
+    def _on_stream_data(self, quic: QuicConnection, event: quic_events.StreamDataReceived) -> None:
+        stream_id = event.stream_id
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_local_stream(stream_id):
+                stream = self._streams[stream_id] = _Stream(header=None)
+            elif stream_id & 2:  # unidirectional: not part of this protocol
+                self._abort_stream(quic, stream_id, StreamErrorCode.BAD_HEADER)
+                return
+            else:
+                stream = self._streams[stream_id] = _Stream(header=bytearray())
+        if stream.refused:
+            if event.end_stream:
+                del self._streams[stream_id]
+            return
+        data = event.data
+        if stream.header is not None:
+            stream.header += data
+            try:
+                parsed = decode_stream_header(bytes(stream.header))
+            except ValueError:
+                parsed = None
+                stream.refused = True
+            if parsed is None and event.end_stream:
+                stream.refused = True
+            if stream.refused:
+                self._abort_stream(quic, stream_id, StreamErrorCode.BAD_HEADER)
+                if event.end_stream:
+                    del self._streams[stream_id]
+                return
+            if parsed is None:
+                return
+            target, length = parsed
+            data = bytes(stream.header[length:])
+            stream.header = None
+            self._events.append(StreamOpened(stream_id, target.service, target))
+        if data:
+            self._events.append(StreamData(stream_id, data))
+        if event.end_stream:
+            del self._streams[stream_id]
+            self._events.append(StreamEnded(stream_id, None))
+
+    def _on_stream_reset(self, event: quic_events.StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        if stream is None and not self._is_local_stream(event.stream_id):
+            return  # never opened (no complete header): nothing to tell
+        if stream is not None and (stream.refused or stream.header is not None):
+            return
+        self._events.append(StreamEnded(event.stream_id, event.error_code))
+
+    def _abort_stream(self, quic: QuicConnection, stream_id: int, error_code: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.refused = True
+        # ValueError: our own unidirectional stream or an unknown one (nothing to stop), or the
+        # peer's unidirectional stream (nothing of ours to reset).
+        with contextlib.suppress(ValueError):
+            quic.stop_stream(stream_id, error_code)
+        with contextlib.suppress(ValueError):
+            quic.reset_stream(stream_id, error_code)
+
+
+class _DeviceQuicConnection(QuicConnection):
+    """A server connection whose TLS context asks the client for a certificate."""
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        request_client_certificate(self)
+
+
+class DeviceSession(_Session):
+    """The device's side of one session (QUIC server), fed with the datagrams of one ICE pair.
+
+    ``authorised`` gets the raw 32-byte Ed25519 key of the viewer's client certificate and
+    returns whether this device authorised it (at pairing). It is the only authority.
+    """
+
+    def __init__(
+        self,
+        device_key: Ed25519PrivateKey,
+        certificate: x509.Certificate,
+        authorised: Callable[[bytes], bool],
+        config: SessionConfig | None = None,
+    ) -> None:
+        """Raises ValueError if ``certificate`` is not for ``device_key``."""
+        super().__init__(config or SessionConfig())
+        _check_key_matches(device_key, certificate, "device")
+        self._key = device_key
+        self._certificate = certificate
+        self._authorised = authorised
+        self._peer_address: NetworkAddress | None = None
+        self._pending: list[tuple[bytes, NetworkAddress]] = []
+
+    @property
+    def peer_address(self) -> NetworkAddress | None:
+        """The viewer's current address (where replies go), or None before the first Initial."""
+        return self._peer_address
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed one datagram from ``addr``. Never raises on bad bytes; they are dropped."""
+        if not data or not data[0] & QUIC_FIXED_BIT:
+            return
+        if self._quic is None:
+            self._accept_initial(data, addr, now)
+        else:
+            self._quic.receive_datagram(data, addr, now)
+        self._drain()
+        self._track_peer_address()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Return the datagrams to send now, with their destination addresses."""
+        pending, self._pending = self._pending, []
+        return pending + super().datagrams_to_send(now)
+
+    def _accept_initial(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        # Only a well-formed client Initial of QUIC v1/v2, padded to 1200 bytes, creates the
+        # connection; and only if aioquic answers it (it decrypted), so garbage leaves no state.
+        if len(data) < MIN_INITIAL_SIZE:
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data))
+        except ValueError:  # aioquic's BufferReadError is a ValueError
+            return
+        if header.packet_type != QuicPacketType.INITIAL or header.version not in (
+            QuicProtocolVersion.VERSION_1,
+            QuicProtocolVersion.VERSION_2,
+        ):
+            return
+        quic = _DeviceQuicConnection(
+            configuration=self._server_configuration(),
+            original_destination_connection_id=header.destination_cid,
+        )
+        quic.receive_datagram(data, addr, now)
+        answer = quic.datagrams_to_send(now)
+        if not answer:
+            return
+        self._quic = quic
+        self._pending = answer
+        self._last_sent = now
+
+    def _server_configuration(self) -> QuicConfiguration:
+        configuration = self._config.quic_configuration(is_client=False)
+        configuration.certificate = self._certificate
+        configuration.private_key = self._key
+        return configuration
+
+    def _track_peer_address(self) -> None:
+        if self._quic is None:
+            return
+        address = current_peer_address(self._quic)
+        if address is None or address == self._peer_address:
+            return
+        first = self._peer_address is None
+        self._peer_address = address
+        if not first and self._state is SessionState.ESTABLISHED:
+            self._events.append(PeerMoved(address))
+
+    def _is_local_stream(self, stream_id: int) -> bool:
+        return stream_id & 1 == 1
+
+    def _on_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
+        assert self._quic is not None
+        cert = peer_certificate(self._quic)
+        raw = certificate_ed25519_key(cert) if cert is not None else None
+        if raw is None:
+            what = "no client certificate" if cert is None else "a certificate for a key other than Ed25519"
+            self._refuse(None, f"the viewer sent {what}", CloseCode.VIEWER_NOT_AUTHORISED)
+            return
+        fp = fingerprint(raw)
+        if event.alpn_protocol != ALPN:
+            self._refuse(fp, f"the viewer does not speak {ALPN}", CloseCode.WRONG_PROTOCOL)
+        elif not self._authorised(raw):
+            self._refuse(
+                fp, "the viewer key is not authorised on this device", CloseCode.VIEWER_NOT_AUTHORISED
+            )
+        else:
+            self._peer_fingerprint = fp
+            self._set_state(SessionState.ESTABLISHED)
+            self._events.append(SessionEstablished(fp))
+
+    def _refuse(self, fp: str | None, reason: str, code: CloseCode) -> None:
+        self._events.append(ViewerRefused(fp, reason))
+        self.close(reason, code)
+
+
+class ViewerSession(_Session):
+    """The viewer's side of one session (QUIC client).
+
+    QUIC itself always talks to the first address given to ``connect``; the session maps it to
+    the current path's address, so ``switch_path`` can move datagrams (relay → direct) while the
+    device's QUIC sees a client migration and validates the new path.
+    """
+
+    def __init__(
+        self,
+        viewer_key: Ed25519PrivateKey,
+        certificate: x509.Certificate,
+        pinned_fingerprint: str,
+        config: SessionConfig | None = None,
+    ) -> None:
+        """Raises ValueError if ``certificate`` is not for ``viewer_key`` or the pin is malformed."""
+        super().__init__(config or SessionConfig())
+        _check_key_matches(viewer_key, certificate, "viewer")
+        self._key = viewer_key
+        self._certificate = certificate
+        self._pin = normalize_fingerprint(pinned_fingerprint)
+        self._pin_checked = False
+        self._quic_addr: NetworkAddress | None = None
+        self._path: NetworkAddress | None = None
+        self._known_paths: deque[NetworkAddress] = deque(maxlen=MAX_REMEMBERED_PATHS)
+
+    @property
+    def path(self) -> NetworkAddress | None:
+        """The address datagrams currently go to."""
+        return self._path
+
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        """Start the handshake towards the device at ``addr``.
+
+        Raises:
+            SessionStateError: already connected.
+        """
+        if self._quic is not None:
+            raise SessionStateError("connect() was already called on this session")
+        configuration = self._config.quic_configuration(is_client=True)
+        configuration.certificate = self._certificate
+        configuration.private_key = self._key
+        self._quic = QuicConnection(configuration=configuration)
+        self._quic_addr = self._path = addr
+        self._known_paths.append(addr)
+        self._quic.connect(addr, now)
+
+    def switch_path(self, addr: NetworkAddress, now: float) -> None:
+        """Send from now on to ``addr`` (a new ICE pair), keeping every stream.
+
+        Uses a fresh connection ID on the new path (RFC 9000 §9.5) and sends a PING at once so
+        the device validates the path without waiting for data. Datagrams from the earlier
+        paths are still accepted, so nothing in flight is lost.
+
+        Raises:
+            SessionStateError: the session is not established.
+        """
+        quic = self._require_established("switch path")
+        if addr == self._path:
+            return
+        self._path = addr
+        if addr not in self._known_paths:
+            self._known_paths.append(addr)
+        quic.change_connection_id()
+        self._ping_uid += 1
+        quic.send_ping(self._ping_uid)
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed one datagram from ``addr``. Never raises on bad bytes; they are dropped.
+
+        Datagrams from an address this session never sent to are dropped (RFC 9000 §9).
+        """
+        if self._quic is None or self._quic_addr is None or addr not in self._known_paths:
+            return
+        if not data or not data[0] & QUIC_FIXED_BIT:
+            return
+        self._quic.receive_datagram(data, self._quic_addr, now)
+        if not self._pin_checked and self._state is SessionState.HANDSHAKE:
+            self._check_pin()
+        self._drain()
+
+    def _destination(self, addr: NetworkAddress) -> NetworkAddress:
+        return self._path if self._path is not None else addr
+
+    def _check_pin(self) -> None:
+        # Runs before the next datagrams_to_send, so on a mismatch only CONNECTION_CLOSE leaves:
+        # not our certificate, not our Finished, no application data.
+        assert self._quic is not None
+        cert = peer_certificate(self._quic)
+        if cert is None:
+            return
+        self._pin_checked = True
+        raw = certificate_ed25519_key(cert)
+        seen = fingerprint(raw) if raw is not None else None
+        if seen != self._pin:
+            self._events.append(PinMismatch(self._pin, seen))
+            self.close(
+                f"the device presented key {seen or 'of another type'}, not the pinned {self._pin}: "
+                "someone may be impersonating it; if it was reset, pair it again",
+                CloseCode.PIN_MISMATCH,
+            )
+
+    def _is_local_stream(self, stream_id: int) -> bool:
+        return stream_id & 1 == 0
+
+    def _on_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
+        if not self._pin_checked:
+            self._check_pin()
+        if self._state is not SessionState.HANDSHAKE:
+            return
+        if not self._pin_checked:
+            self.close("the device sent no certificate", CloseCode.PIN_MISMATCH)
+        elif event.alpn_protocol != ALPN:
+            self.close(f"the device does not speak {ALPN}", CloseCode.WRONG_PROTOCOL)
+        else:
+            self._peer_fingerprint = self._pin
+            self._set_state(SessionState.ESTABLISHED)
+            self._events.append(SessionEstablished(self._pin))

@@ -1,0 +1,88 @@
+"""Certificates for session identities, and the aioquic internals the session layer relies on."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from aioquic import tls
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID
+from test_session_harness import SERIAL, WALL_CLOCK, established_link
+
+from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
+from dvrlink.protocol.session_tls import (
+    certificate_ed25519_key,
+    certificate_fingerprint,
+    current_peer_address,
+    device_certificate,
+    peer_certificate,
+    viewer_certificate,
+)
+
+
+def test_device_certificate_is_self_signed_for_the_device_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    cert = device_certificate(key, SERIAL, WALL_CLOCK)
+    assert isinstance(cert.public_key(), Ed25519PublicKey)
+    assert certificate_ed25519_key(cert) == ed25519_public_bytes(key)
+    assert certificate_fingerprint(cert) == fingerprint(ed25519_public_bytes(key))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == SERIAL
+    assert cert.issuer == cert.subject
+    cert.verify_directly_issued_by(cert)
+    assert cert.not_valid_before_utc <= WALL_CLOCK <= cert.not_valid_after_utc
+    assert device_certificate(key, SERIAL, WALL_CLOCK) == cert  # pure
+
+
+def test_viewer_certificate_names_its_fingerprint() -> None:
+    key = Ed25519PrivateKey.generate()
+    cert = viewer_certificate(key, WALL_CLOCK)
+    fp = fingerprint(ed25519_public_bytes(key))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == fp
+
+
+def test_naive_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        device_certificate(Ed25519PrivateKey.generate(), SERIAL, datetime.datetime(2025, 1, 1))
+
+
+def test_non_ed25519_certificate_has_no_fingerprint() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(WALL_CLOCK)
+        .not_valid_after(WALL_CLOCK + datetime.timedelta(days=1))
+        .sign(key, algorithm=hashes.SHA256())
+    )
+    assert certificate_ed25519_key(cert) is None
+    assert certificate_fingerprint(cert) is None
+
+
+def test_aioquic_internals_we_rely_on_still_exist() -> None:
+    # If one of these fails after an aioquic upgrade, session_tls must be adapted: sessions would
+    # otherwise refuse every viewer (they fail closed).
+    context = tls.Context(is_client=False)
+    assert context._request_client_certificate is False
+    assert context._peer_certificate is None
+    assert tls.SignatureAlgorithm.ED25519 in context._signature_algorithms
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    client.connect(("192.0.2.1", 1), now=0.0)
+    assert current_peer_address(client) == ("192.0.2.1", 1)
+    assert peer_certificate(client) is None
+    link = established_link()
+    assert link.viewer._quic is not None and link.device._quic is not None
+    device_cert = peer_certificate(link.viewer._quic)
+    viewer_cert = peer_certificate(link.device._quic)
+    assert device_cert is not None and viewer_cert is not None
+    assert certificate_fingerprint(device_cert) == link.viewer.peer_fingerprint
+    assert certificate_fingerprint(viewer_cert) == link.device.peer_fingerprint
