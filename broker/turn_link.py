@@ -1,0 +1,484 @@
+"""The thin asyncio links around the TURN core: a UDP and a TCP listener for clients, and one UDP
+relay socket per allocation.
+
+Client datagrams, TCP frames and peer datagrams go into the :class:`TurnServer`; after each
+input the link sends what the core queued, hands out its events and re-arms one timer. TCP
+streams carry STUN messages and ChannelData frames back to back (RFC 8656 section 12.5, frames
+padded to 4 bytes); the link reassembles them across reads and closes a stream that carries
+anything else. Relay sockets are plain non-blocking sockets watched with ``add_reader``, so
+opening one is synchronous, as the core's :class:`RelayPorts` needs.
+
+Start it with :func:`start_turn_link`; the core's ``now`` is unix time (``time.time``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from dvrlink.broker.turn_server import (
+    Address,
+    ToPeer,
+    Transport,
+    TurnConfig,
+    TurnEvent,
+    TurnServer,
+)
+
+SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
+RELAY_READS_PER_WAKEUP = 64
+RELAY_BIND_TRIES = 64
+MAX_UDP_PAYLOAD = 65535
+TCP_LIMIT = 1 << 20  # a TCP client this far behind loses relayed data instead of memory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLinkConfig:
+    """Where the TURN relay listens and relays.
+
+    Raises (on construction):
+        ValueError: an address is not an IP literal, a port is out of range, or the relay binds
+            a wildcard address without ``relay_public_host``.
+    """
+
+    host: str = "0.0.0.0"
+    """IP literal the client UDP and TCP listeners bind to."""
+    udp_port: int = 3479
+    """Client UDP port; 0 picks a free one (see ``TurnLink.udp_address``)."""
+    tcp_port: int | None = 3479
+    """Client TCP port; 0 picks a free one; None: no TCP listener."""
+    relay_host: str = "0.0.0.0"
+    """IP literal relay sockets bind to."""
+    relay_public_host: str | None = None
+    """IP sent to clients as XOR-RELAYED-ADDRESS; default ``relay_host`` (required if that is a
+    wildcard)."""
+    relay_port_min: int = 49152
+    """Lowest relay port; with ``relay_port_max`` 0 and 0 the kernel picks ephemeral ports."""
+    relay_port_max: int = 65535
+    """Highest relay port."""
+    max_tcp_connections: int = 1024
+    """Client TCP connections at once; more are closed on accept."""
+
+    def __post_init__(self) -> None:
+        for name in ("host", "relay_host"):
+            try:
+                ipaddress.ip_address(getattr(self, name))
+            except ValueError as exc:
+                value = getattr(self, name)
+                raise ValueError(f"TurnLinkConfig.{name}: {value!r} is not an IP literal") from exc
+        relay = ipaddress.ip_address(self.relay_host)
+        if self.relay_public_host is not None:
+            public = ipaddress.ip_address(self.relay_public_host)
+            if public.version != relay.version:
+                raise ValueError("TurnLinkConfig.relay_public_host and relay_host differ in IP version")
+        elif relay.is_unspecified:
+            raise ValueError(
+                f"TurnLinkConfig.relay_host is {self.relay_host}; set relay_public_host to the address "
+                "peers reach the relay at, or bind relay_host to that address"
+            )
+        for name in ("udp_port", "tcp_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"TurnLinkConfig.{name} must be 0..65535, got {port}")
+        if (self.relay_port_min, self.relay_port_max) != (0, 0) and not (
+            1 <= self.relay_port_min <= self.relay_port_max <= 65535
+        ):
+            raise ValueError(
+                f"TurnLinkConfig relay ports {self.relay_port_min}..{self.relay_port_max}: need "
+                "1 <= min <= max <= 65535, or 0 and 0 for ephemeral ports"
+            )
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+def _short(address: Any) -> Address:
+    return (str(address[0]), int(address[1]))
+
+
+class _RelaySockets:
+    """The core's :class:`RelayPorts`: one bound, non-blocking UDP socket per allocation."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: TurnLinkConfig) -> None:
+        self._loop = loop
+        self._config = config
+        self._sockets: dict[int, socket.socket] = {}
+        self._random = random.Random(os.urandom(16))
+        self.link: TurnLink | None = None
+
+    def open(self, allocation_id: int, even: bool) -> Address | None:
+        config = self._config
+        if config.relay_port_min == 0:
+            candidates = [0] * RELAY_BIND_TRIES  # the kernel picks; retried until even if asked
+        else:
+            span = config.relay_port_max - config.relay_port_min + 1
+            start = self._random.randrange(span)
+            candidates = [config.relay_port_min + (start + i * 7919) % span for i in range(span)]
+            if even:
+                candidates = [port for port in candidates if port % 2 == 0]
+            candidates = candidates[:RELAY_BIND_TRIES]
+        rejected: list[socket.socket] = []  # odd kernel-picked ports, held so they are not picked again
+        try:
+            for port in candidates:
+                sock = socket.socket(_family(config.relay_host), socket.SOCK_DGRAM)
+                try:
+                    sock.setblocking(False)
+                    sock.bind((config.relay_host, port))
+                except OSError:
+                    sock.close()
+                    continue
+                bound_port = int(sock.getsockname()[1])
+                if even and bound_port % 2:
+                    rejected.append(sock)
+                    continue
+                for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, option, 1 << 18)
+                self._sockets[allocation_id] = sock
+                self._loop.add_reader(sock.fileno(), self._readable, allocation_id, sock)
+                return (config.relay_public_host or config.relay_host, bound_port)
+        finally:
+            for sock in rejected:
+                sock.close()
+        log.warning(
+            "no free relay port in %s:%d-%d after %d tries; widen the range or lower the quotas",
+            config.relay_host,
+            config.relay_port_min,
+            config.relay_port_max,
+            len(candidates),
+        )
+        return None
+
+    def close(self, allocation_id: int) -> None:
+        sock = self._sockets.pop(allocation_id, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def send(self, allocation_id: int, data: bytes, peer: Address) -> bool:
+        sock = self._sockets.get(allocation_id)
+        if sock is None:
+            return False
+        try:
+            sock.sendto(data, peer)
+        except OSError:
+            return False
+        return True
+
+    def close_all(self) -> None:
+        for allocation_id in list(self._sockets):
+            self.close(allocation_id)
+
+    def _readable(self, allocation_id: int, sock: socket.socket) -> None:
+        link = self.link
+        if link is None:
+            return
+        core = link.core
+        now = link.clock()
+        for _ in range(RELAY_READS_PER_WAKEUP):
+            try:
+                data, peer = sock.recvfrom(MAX_UDP_PAYLOAD)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                link.send_errors += 1
+                break
+            try:
+                core.receive_from_peer(allocation_id, data, _short(peer), now)
+            except Exception:
+                link.log_error("TURN core failed on a peer datagram")
+            if allocation_id not in self._sockets:  # the allocation went while handling it
+                break
+        link.flush()
+
+
+class _ClientUdp(asyncio.DatagramProtocol):
+    def __init__(self, link: TurnLink) -> None:
+        self._link = link
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        link = self._link
+        try:
+            link.core.receive_datagram(data, _short(addr), link.clock(), Transport.UDP)
+        except Exception:
+            link.log_error("TURN core failed on a client datagram")
+        link.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        self._link.send_errors += 1
+
+
+class _ClientTcp(asyncio.Protocol):
+    """One client TCP connection: splits the stream into STUN messages and ChannelData frames."""
+
+    def __init__(self, link: TurnLink) -> None:
+        self._link = link
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._address: Address | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        link = self._link
+        self._transport = cast(asyncio.Transport, transport)
+        self._address = _short(transport.get_extra_info("peername"))
+        if len(link.tcp_clients) >= link.config.max_tcp_connections:
+            log.warning(
+                "TURN TCP connection from %s refused: %d connections open",
+                self._address,
+                len(link.tcp_clients),
+            )
+            self._transport.close()
+            self._address = None
+            return
+        link.tcp_clients[self._address] = self._transport
+
+    def data_received(self, data: bytes) -> None:
+        address = self._address
+        if address is None:
+            return
+        buffer = self._buffer
+        buffer += data
+        link = self._link
+        now = link.clock()
+        offset = 0
+        while len(buffer) - offset >= 4:
+            first = buffer[offset]
+            length = int.from_bytes(buffer[offset + 2 : offset + 4], "big")
+            if first < 0x40:
+                size = 20 + length
+            elif first < 0x80:
+                size = 4 + length + (-length % 4)
+            else:
+                log.info("TURN TCP client %s sent a frame starting 0x%02x; closing", address, first)
+                buffer.clear()
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            if len(buffer) - offset < size:
+                break
+            frame = bytes(buffer[offset : offset + size])
+            offset += size
+            try:
+                link.core.receive_datagram(frame, address, now, Transport.TCP)
+            except Exception:
+                link.log_error("TURN core failed on a TCP frame")
+        del buffer[:offset]
+        link.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        address = self._address
+        if address is None:
+            return
+        self._address = None
+        link = self._link
+        link.tcp_clients.pop(address, None)
+        try:
+            link.core.client_disconnected(Transport.TCP, address, link.clock())
+        except Exception:
+            link.log_error("TURN core failed on a TCP disconnect")
+        link.flush()
+
+
+class TurnLink:
+    """A running TURN relay: the core, its sockets and its timer. Build it with
+    :func:`start_turn_link`; stop it with :meth:`close` (then ``await wait_closed()``)."""
+
+    def __init__(
+        self,
+        core: TurnServer,
+        relays: _RelaySockets,
+        config: TurnLinkConfig,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[TurnEvent], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.core = core
+        self.config = config
+        self.clock = clock
+        self._relays = relays
+        self._loop = loop
+        self._on_event = on_event
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self.tcp_clients: dict[Address, asyncio.Transport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._busy = False
+        self._again = False
+        self.errors = 0
+        self.send_errors = 0
+        self.dropped_tcp = 0
+
+    @property
+    def udp_address(self) -> Address:
+        """The bound client UDP (host, port).
+
+        Raises:
+            RuntimeError: the link is closed.
+        """
+        if self._udp is None:
+            raise RuntimeError("the TURN link is closed")
+        return _short(self._udp.get_extra_info("sockname"))
+
+    @property
+    def tcp_address(self) -> Address | None:
+        """The bound client TCP (host, port), or None without a TCP listener."""
+        if self._tcp_server is None or not self._tcp_server.sockets:
+            return None
+        return _short(self._tcp_server.sockets[0].getsockname())
+
+    def flush(self) -> None:
+        """Hand out events, send what the core queued and re-arm the timer. Re-entrant."""
+        if self._busy:
+            self._again = True
+            return
+        self._busy = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._pass()
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        """Stop the timer, delete every allocation and close every socket."""
+        self._cancel_timer()
+        with contextlib.suppress(Exception):
+            self.core.close()
+            while self.core.next_event() is not None:
+                pass
+        self._relays.close_all()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for transport in list(self.tcp_clients.values()):
+            transport.abort()
+        self.tcp_clients.clear()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP listener has shut down (after :meth:`close`)."""
+        if self._tcp_server is not None:
+            await self._tcp_server.wait_closed()
+            self._tcp_server = None
+
+    def log_error(self, what: str) -> None:
+        self.errors += 1
+        if self.errors <= 10 or self.errors % 1000 == 0:
+            log.exception("%s (%d errors so far); continuing", what, self.errors)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _pass(self) -> None:
+        core = self.core
+        try:
+            event = core.next_event()
+            while event is not None:
+                if self._on_event is not None:
+                    try:
+                        self._on_event(event)
+                    except Exception:
+                        self.log_error(f"handling {type(event).__name__} failed")
+                event = core.next_event()
+            for data, destination, via in core.datagrams_to_send():
+                if isinstance(via, ToPeer):
+                    if not self._relays.send(via.allocation_id, data, destination):
+                        self.send_errors += 1
+                elif via.transport is Transport.UDP:
+                    if self._udp is not None:
+                        self._udp.sendto(data, destination)
+                else:
+                    stream = self.tcp_clients.get(destination)
+                    if stream is None or stream.is_closing() or stream.get_write_buffer_size() > TCP_LIMIT:
+                        self.dropped_tcp += 1
+                    else:
+                        stream.write(data)
+            deadline = core.get_timer()
+        except Exception:
+            self.log_error("TURN core failed")
+            return
+        if deadline != self._timer_at:
+            self._cancel_timer()
+            if deadline is not None:
+                self._timer_at = deadline
+                self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.core.handle_timer(self.clock())
+        except Exception:
+            self.log_error("TURN core failed in its timer")
+        self.flush()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+
+
+async def start_turn_link(
+    config: TurnConfig,
+    link_config: TurnLinkConfig,
+    *,
+    on_event: Callable[[TurnEvent], None] | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+    clock: Callable[[], float] = time.time,
+) -> TurnLink:
+    """Build a :class:`TurnServer`, bind its client UDP (and TCP) listeners and return the link.
+
+    ``on_event`` gets every :class:`TurnEvent` (allocations created and deleted) for logging.
+
+    Raises:
+        OSError: a listening address cannot be bound; the message names it.
+    """
+    loop = asyncio.get_running_loop()
+    relays = _RelaySockets(loop, link_config)
+    core = TurnServer(config, relays, rng)
+    link = TurnLink(core, relays, link_config, loop, on_event, clock)
+    relays.link = link
+    sock = socket.socket(_family(link_config.host), socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        sock.bind((link_config.host, link_config.udp_port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno,
+            f"cannot bind TURN UDP {link_config.host}:{link_config.udp_port}: {exc.strerror}; another "
+            "process (coturn?) may hold the port; pick another turn port or 0 for a free one",
+        ) from exc
+    transport, _ = await loop.create_datagram_endpoint(lambda: _ClientUdp(link), sock=sock)
+    link._udp = transport
+    if link_config.tcp_port is not None:
+        try:
+            link._tcp_server = await loop.create_server(
+                lambda: _ClientTcp(link), link_config.host, link_config.tcp_port, reuse_address=True
+            )
+        except OSError as exc:
+            link.close()
+            raise OSError(
+                exc.errno,
+                f"cannot bind TURN TCP {link_config.host}:{link_config.tcp_port}: {exc.strerror}; "
+                "another process may hold the port; pick another or 0 for a free one",
+            ) from exc
+    return link
