@@ -1,0 +1,194 @@
+"""Session signalling bodies: the offer the broker pushes to a device and the device's answer.
+
+They travel as the body of an invite of kind ``INVITE_KIND_SESSION`` (presence protocol) and its
+reply, so they are compact: the broker relays them and cannot read the QUIC session that follows
+(the device checks the viewer's key itself, in the QUIC handshake).
+
+ICE candidates are carried as SDP ``candidate`` attribute values (RFC 8839 §5.1), the form
+``aioice.Candidate.to_sdp()`` writes and ``aioice.Candidate.from_sdp()`` reads.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import construct as c
+
+from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
+
+INVITE_KIND_SESSION = 2
+SESSION_ID_SIZE = 16
+
+
+class PathPolicy(enum.IntEnum):
+    """Which paths a session may use; ``RELAY_ONLY`` and ``DIRECT_ONLY`` exist for tests and for
+    operators who must avoid one of them."""
+
+    ALL = 0
+    RELAY_ONLY = 1
+    DIRECT_ONLY = 2
+
+
+class AnswerStatus(enum.IntEnum):
+    """The device's verdict on an offer."""
+
+    ACCEPTED = 0
+    BUSY = 1
+    NO_RELAY = 2
+    REFUSED = 3
+
+
+_TURN = c.Struct(
+    "host" / c.PascalString(c.Int8ub, "utf8"),
+    "port" / c.Int16ub,
+    "transport" / c.Enum(c.Int8ub, udp=0, tcp=1),
+    "username" / c.PascalString(c.Int8ub, "utf8"),
+    "password" / c.PascalString(c.Int8ub, "utf8"),
+)
+_CANDIDATES = c.PrefixedArray(c.Int8ub, c.PascalString(c.Int8ub, "utf8"))
+_OFFER = c.Struct(
+    "session_id" / c.Bytes(SESSION_ID_SIZE),
+    "viewer_key" / c.Bytes(32),
+    "policy" / c.Int8ub,
+    "ice_ufrag" / c.PascalString(c.Int8ub, "utf8"),
+    "ice_pwd" / c.PascalString(c.Int8ub, "utf8"),
+    "candidates" / _CANDIDATES,
+    "turn" / c.PrefixedArray(c.Int8ub, _TURN),
+    c.Terminated,
+)
+_ANSWER = c.Struct(
+    "status" / c.Int8ub,
+    "ice_ufrag" / c.PascalString(c.Int8ub, "utf8"),
+    "ice_pwd" / c.PascalString(c.Int8ub, "utf8"),
+    "candidates" / _CANDIDATES,
+    "message" / c.PascalString(c.Int8ub, "utf8"),
+    c.Terminated,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnServer:
+    """A TURN server and time-limited REST credentials for it."""
+
+    host: str
+    port: int
+    transport: str  # "udp" or "tcp"
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOffer:
+    """Broker → device: a paired viewer wants a session."""
+
+    session_id: bytes
+    viewer_key: bytes
+    policy: PathPolicy
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: tuple[str, ...]
+    turn: tuple[TurnServer, ...]
+
+    def encode(self) -> bytes:
+        """Serialize.
+
+        Raises:
+            ValueError: a field is out of range or the result exceeds an invite body.
+        """
+        try:
+            data = bytes(
+                _OFFER.build(
+                    {
+                        "session_id": self.session_id,
+                        "viewer_key": self.viewer_key,
+                        "policy": int(self.policy),
+                        "ice_ufrag": self.ice_ufrag,
+                        "ice_pwd": self.ice_pwd,
+                        "candidates": list(self.candidates),
+                        "turn": [
+                            {
+                                "host": t.host,
+                                "port": t.port,
+                                "transport": t.transport,
+                                "username": t.username,
+                                "password": t.password,
+                            }
+                            for t in self.turn
+                        ],
+                    }
+                )
+            )
+        except (c.ConstructError, UnicodeEncodeError) as exc:
+            raise ValueError(f"cannot encode session offer: {exc}") from exc
+        if len(data) > MAX_INVITE_BODY:
+            raise ValueError(f"session offer is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionOffer:
+        """Parse. Raises ValueError on malformed bytes."""
+        try:
+            v = _OFFER.parse(data)
+            policy = PathPolicy(v.policy)
+        except (c.ConstructError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"malformed session offer: {exc}") from exc
+        return cls(
+            session_id=bytes(v.session_id),
+            viewer_key=bytes(v.viewer_key),
+            policy=policy,
+            ice_ufrag=str(v.ice_ufrag),
+            ice_pwd=str(v.ice_pwd),
+            candidates=tuple(str(x) for x in v.candidates),
+            turn=tuple(
+                TurnServer(str(t.host), int(t.port), str(t.transport), str(t.username), str(t.password))
+                for t in v.turn
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAnswer:
+    """Device → broker → viewer: the device's ICE parameters and candidates, or why not."""
+
+    status: AnswerStatus
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: tuple[str, ...]
+    message: str = ""
+
+    def encode(self) -> bytes:
+        """Serialize.
+
+        Raises:
+            ValueError: a field is out of range or the result exceeds an invite body.
+        """
+        try:
+            data = bytes(
+                _ANSWER.build(
+                    {
+                        "status": int(self.status),
+                        "ice_ufrag": self.ice_ufrag,
+                        "ice_pwd": self.ice_pwd,
+                        "candidates": list(self.candidates),
+                        "message": self.message[:200],
+                    }
+                )
+            )
+        except (c.ConstructError, UnicodeEncodeError) as exc:
+            raise ValueError(f"cannot encode session answer: {exc}") from exc
+        if len(data) > MAX_INVITE_BODY:
+            raise ValueError(f"session answer is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionAnswer:
+        """Parse. Raises ValueError on malformed bytes."""
+        try:
+            v = _ANSWER.parse(data)
+            status = AnswerStatus(v.status)
+        except (c.ConstructError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"malformed session answer: {exc}") from exc
+        return cls(
+            status, str(v.ice_ufrag), str(v.ice_pwd), tuple(str(x) for x in v.candidates), str(v.message)
+        )
