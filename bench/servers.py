@@ -60,6 +60,8 @@ def write_broker_config(state_dir: Path, log_level: str = "INFO") -> Path:
         "udp_port = 0\n"
         f'https_host = "{LOOPBACK}"\n'
         "https_port = 0\n"
+        "turn_udp_port = 0\n"
+        "turn_tcp_port = 0\n"
         f'log_level = "{log_level}"\n'
     )
     return path

@@ -1,4 +1,5 @@
-"""The viewer API (HTTPS/JSON, v1): tokens, devices, identities, pairing. See ``openapi.py``.
+"""The viewer API (HTTPS/JSON, v1): tokens, devices, identities, pairing, session signalling.
+See ``openapi.py``.
 
 Errors are ``{"error": code, "message": what happened and what to do}`` with an HTTP status.
 Request bodies are limited to ``MAX_BODY`` bytes and checked field by field; nothing a client
@@ -15,11 +16,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from aioice.candidate import Candidate
 
-from dvrlink.broker.config import BrokerConfig
+from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.registry import (
     USERNAME_MAX,
@@ -30,17 +33,34 @@ from dvrlink.broker.registry import (
     format_address,
     verify_password,
 )
+from dvrlink.broker.sessions import SessionRecord, SessionState, SessionTable, TooManySessionsError
+from dvrlink.broker.turn_credentials import make_credentials
 from dvrlink.protocol.identity import ed25519_verify, fingerprint
 from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
 from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
 from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK
+from dvrlink.protocol.signalling import (
+    INVITE_KIND_SESSION,
+    SESSION_ID_SIZE,
+    AnswerStatus,
+    PathPolicy,
+    SessionAnswer,
+    SessionOffer,
+)
+from dvrlink.protocol.signalling import TurnServer as TurnGrant
 
 MAX_BODY = 64 * 1024
 PASSWORD_MAX = 1024
 HASHING_CONCURRENCY = 4  # password checks at once (each takes ~16 MiB and tens of ms)
 INVITE_GRACE_S = 5.0  # extra wait beyond the invite ttl before answering 504 anyway
 LIMITER_MAX_KEYS = 100_000
+ICE_UFRAG_LEN = (4, 256)  # RFC 8445 section 5.3, in ice-chars
+ICE_PWD_LEN = (22, 256)
+MAX_CANDIDATES = 32
+MAX_CANDIDATE_BYTES = 255
+POLICIES = {"all": PathPolicy.ALL, "relay_only": PathPolicy.RELAY_ONLY, "direct_only": PathPolicy.DIRECT_ONLY}
+POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +80,30 @@ class PresenceView(Protocol):
     async def invite(
         self, serial: str, kind: int, body: bytes, ttl: float
     ) -> InviteAnswered | InviteExpired: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDirectory:
+    """The STUN and TURN servers the API hands to both ends of a session, and the REST secret
+    their credentials are made with."""
+
+    secret: str
+    """TURN REST secret (shared with the built-in relay or a coturn fleet)."""
+    credential_ttl_s: float
+    """Seconds handed-out credentials stay valid."""
+    turn: tuple[ExternalTurnServer, ...] = ()
+    """TURN servers, built-in first."""
+    stun: tuple[str, int] | None = None
+    """(host, port) of the broker's STUN responder."""
+
+    def grants(self, name: str, now: float) -> tuple[TurnGrant, ...]:
+        """Every TURN server with credentials for ``name`` (an account or a serial) from ``now``.
+
+        Raises:
+            ValueError: ``name`` makes a username too long for TURN.
+        """
+        username, password = make_credentials(self.secret, name, now, self.credential_ttl_s)
+        return tuple(TurnGrant(t.host, t.port, t.transport, username, password) for t in self.turn)
 
 
 class ApiError(Exception):
@@ -205,11 +249,14 @@ class BrokerApi:
         presence: PresenceView,
         config: BrokerConfig,
         clock: Callable[[], float] = time.time,
+        relays: RelayDirectory | None = None,
     ) -> None:
         self._registry = registry
         self._presence = presence
         self._config = config
         self._clock = clock
+        self._relays = relays
+        self._sessions = SessionTable(config.session_ttl_s, config.session_max_per_account)
         self._logins = FailureLimiter(config.login_max_failures, config.login_window_s)
         self._hashing = asyncio.Semaphore(HASHING_CONCURRENCY)
         self._pairing_in_flight: set[str] = set()
@@ -224,6 +271,9 @@ class BrokerApi:
         app.router.add_get("/v1/devices/{serial}", self.get_device, allow_head=False)
         app.router.add_get("/v1/devices/{serial}/identity", self.device_identity, allow_head=False)
         app.router.add_post("/v1/devices/{serial}/pairings", self.pair_device)
+        app.router.add_post("/v1/sessions", self.create_session)
+        app.router.add_get("/v1/sessions", self.list_sessions, allow_head=False)
+        app.router.add_post("/v1/sessions/{session_id}/offer", self.offer_session)
         return app
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -252,6 +302,34 @@ class BrokerApi:
                 "device is configured for this broker",
             )
         return device
+
+    def _paired_and_online(self, user: str, serial: str) -> DeviceRecord:
+        device = self._known_device(serial)
+        if self._registry.pairing(user, serial) is None:
+            raise ApiError(
+                403,
+                "not_paired",
+                f"device {serial} is not paired to {user!r}; pair it first with the code on its label "
+                "(dvrlink pair)",
+            )
+        info = self._presence.presence(serial)
+        if info is None or not info.online:
+            raise ApiError(
+                409,
+                "device_offline",
+                f"device {serial} is offline; power it and check its network, then retry",
+            )
+        return device
+
+    def _session_json(self, record: SessionRecord) -> dict[str, Any]:
+        return {
+            "session_id": record.session_id.hex(),
+            "serial": record.serial,
+            "policy": POLICY_NAMES[record.policy],
+            "state": record.state.value,
+            "created_at": round(record.created_at, 3),
+            "expires_at": round(record.expires_at, 3),
+        }
 
     def _device_json(self, device: DeviceRecord, pairing: PairingRecord) -> dict[str, Any]:
         info = self._presence.presence(device.serial)
@@ -449,3 +527,251 @@ class BrokerApi:
                 502, "device_error", f"device {serial} sent a pairing result not signed by its key"
             )
         return result
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        """POST /v1/sessions: start a session with a paired, online device; hands out TURN
+        credentials for the viewer."""
+        user = self._user(request)
+        body = await _json_body(request)
+        serial = _str_field(body, "serial", 64)
+        policy_name = body.get("policy", "all")
+        if policy_name not in POLICIES:
+            raise ApiError(
+                400, "bad_request", f"field 'policy' is {policy_name!r}; use one of {', '.join(POLICIES)}"
+            )
+        self._paired_and_online(user, serial)
+        now = self._clock()
+        self._sessions.prune(now)
+        try:
+            record = self._sessions.create(user, serial, POLICIES[policy_name], now)
+        except TooManySessionsError:
+            limit = self._config.session_max_per_account
+            raise ApiError(
+                429,
+                "too_many_sessions",
+                f"{user!r} already has {limit} sessions; close one or wait until the oldest expires "
+                "(GET /v1/sessions)",
+                retry_after=60,
+            ) from None
+        turn, expires = self._turn_json(user, now)
+        stun = self._relays.stun if self._relays is not None else None
+        log.info("session %s: %r asked for %s (%s)", record.session_id.hex(), user, serial, policy_name)
+        return web.json_response(
+            {
+                **self._session_json(record),
+                "turn": turn,
+                "turn_expires_at": expires,
+                "stun": None if stun is None else {"host": stun[0], "port": stun[1]},
+            },
+            status=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        """GET /v1/sessions: the caller's live sessions."""
+        user = self._user(request)
+        records = self._sessions.for_account(user, self._clock())
+        return web.json_response({"sessions": [self._session_json(r) for r in records]})
+
+    async def offer_session(self, request: web.Request) -> web.Response:
+        """POST /v1/sessions/{session_id}/offer: push the viewer's ICE offer to the device and
+        return its answer."""
+        user = self._user(request)
+        record = self._own_session(user, request.match_info["session_id"])
+        body = await _json_body(request)
+        ufrag = _ice_field(body, "ice_ufrag", *ICE_UFRAG_LEN)
+        pwd = _ice_field(body, "ice_pwd", *ICE_PWD_LEN)
+        candidates = _candidates_field(body)
+        viewer_key = _b64_field(body, "viewer_public_key", 32)
+        if record.state is not SessionState.CREATED:
+            raise ApiError(
+                409,
+                "session_used",
+                f"session {record.session_id.hex()} already has an offer ({record.state.value}); "
+                "create a new session (POST /v1/sessions)",
+            )
+        serial = record.serial
+        self._paired_and_online(user, serial)
+        now = self._clock()
+        turn = self._relays.grants(serial, now) if self._relays is not None else ()
+        offer = SessionOffer(record.session_id, viewer_key, record.policy, ufrag, pwd, candidates, turn)
+        try:
+            offer_body = offer.encode()
+        except ValueError:
+            raise ApiError(
+                400,
+                "offer_too_large",
+                f"the offer does not fit a device invite with {len(candidates)} candidates; send fewer "
+                "(relay and server-reflexive first)",
+            ) from None
+        record.move(SessionState.OFFERED)
+        ttl = self._config.session_answer_timeout_s
+        try:
+            outcome = await asyncio.wait_for(
+                self._presence.invite(serial, INVITE_KIND_SESSION, offer_body, ttl), ttl + INVITE_GRACE_S
+            )
+        except NotOnlineError:
+            record.move(SessionState.FAILED)
+            raise ApiError(
+                409, "device_offline", f"device {serial} went offline; retry when it is back"
+            ) from None
+        except TimeoutError:
+            outcome = InviteExpired(0, serial)
+        except BaseException:
+            record.move(SessionState.FAILED)
+            raise
+        try:
+            answer = self._session_answer(serial, outcome, ttl)
+        except ApiError:
+            record.move(SessionState.FAILED)
+            raise
+        record.move(SessionState.ANSWERED)
+        log.info(
+            "session %s: %s accepted with %d candidates",
+            record.session_id.hex(),
+            serial,
+            len(answer.candidates),
+        )
+        return web.json_response(
+            {
+                "status": "accepted",
+                "session_id": record.session_id.hex(),
+                "ice_ufrag": answer.ice_ufrag,
+                "ice_pwd": answer.ice_pwd,
+                "candidates": list(answer.candidates),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def _own_session(self, user: str, session_hex: str) -> SessionRecord:
+        try:
+            session_id = bytes.fromhex(session_hex)
+        except ValueError:
+            session_id = b""
+        record = None
+        if len(session_id) == SESSION_ID_SIZE:
+            record = self._sessions.get(user, session_id, self._clock())
+        if record is None:
+            raise ApiError(
+                404,
+                "unknown_session",
+                f"no session {session_hex[:64]!r} for {user!r} (sessions expire after "
+                f"{self._config.session_ttl_s:.0f} s); create one with POST /v1/sessions",
+            )
+        return record
+
+    def _turn_json(self, user: str, now: float) -> tuple[list[dict[str, Any]], float | None]:
+        if self._relays is None or not self._relays.turn:
+            return [], None
+        try:
+            grants = self._relays.grants(user, now)
+        except ValueError:
+            log.warning("no TURN credentials for %r: the name is too long for a TURN username", user)
+            return [], None
+        expires = float(grants[0].username.partition(":")[0])
+        turn = [
+            {
+                "host": g.host,
+                "port": g.port,
+                "transport": g.transport,
+                "username": g.username,
+                "password": g.password,
+            }
+            for g in grants
+        ]
+        return turn, expires
+
+    def _session_answer(
+        self, serial: str, outcome: InviteAnswered | InviteExpired, ttl: float
+    ) -> SessionAnswer:
+        if isinstance(outcome, InviteExpired):
+            raise ApiError(
+                504,
+                "device_timeout",
+                f"device {serial} did not answer the session offer within {ttl:.0f} s; check its network "
+                "and retry",
+            )
+        if outcome.status != INVITE_OK:
+            raise ApiError(
+                502,
+                "device_error",
+                f"device {serial} cannot handle sessions (invite status {outcome.status}); update its "
+                "dvrlinkd",
+            )
+        try:
+            answer = SessionAnswer.decode(outcome.body)
+        except ValueError:
+            raise ApiError(502, "device_error", f"device {serial} sent a malformed session answer") from None
+        said = f" ({answer.message})" if answer.message else ""
+        if answer.status is AnswerStatus.ACCEPTED:
+            return answer
+        if answer.status is AnswerStatus.REFUSED:
+            raise ApiError(
+                403,
+                "refused",
+                f"device {serial} refused the session{said}; it only accepts viewers it paired with, "
+                "so pair this viewer again",
+                {"status": "refused", "device_message": answer.message},
+            )
+        if answer.status is AnswerStatus.BUSY:
+            raise ApiError(
+                403,
+                "refused",
+                f"device {serial} is busy{said}; close another session to it and retry",
+                {"status": "busy", "device_message": answer.message},
+                retry_after=5,
+            )
+        raise ApiError(
+            502,
+            "no_relay",
+            f"device {serial} could not reach a TURN relay{said}; check the broker's TURN ports and "
+            "the device's network",
+            {"status": "no_relay", "device_message": answer.message},
+        )
+
+
+def _ice_field(body: Mapping[str, Any], name: str, low: int, high: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise ApiError(
+            400, "bad_request", f"field {name!r} must be a string of {low} to {high} ICE characters"
+        )
+    if not all(ch.isascii() and (ch.isalnum() or ch in "+/") for ch in value):
+        raise ApiError(400, "bad_request", f"field {name!r} may hold only letters, digits, '+' and '/'")
+    return value
+
+
+def _candidates_field(body: Mapping[str, Any]) -> tuple[str, ...]:
+    value = body.get("candidates")
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"field 'candidates' must be a list of at most {MAX_CANDIDATES} SDP candidate strings "
+            "(aioice Candidate.to_sdp())",
+        )
+    candidates = []
+    for index, item in enumerate(value):
+        if (
+            not isinstance(item, str)
+            or not item.isprintable()
+            or len(item.encode("utf-8")) > MAX_CANDIDATE_BYTES
+        ):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"candidates[{index}] must be an SDP candidate string of at most {MAX_CANDIDATE_BYTES} bytes",
+            )
+        try:
+            Candidate.from_sdp(item)
+        except (ValueError, IndexError):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"candidates[{index}] is not an SDP candidate such as "
+                "'1 1 udp 2130706431 192.0.2.1 50000 typ host'",
+            ) from None
+        candidates.append(item)
+    return tuple(candidates)

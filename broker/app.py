@@ -1,7 +1,8 @@
-"""dvrlink-broker wiring: registry, presence core on UDP, viewer API on HTTPS.
+"""dvrlink-broker wiring: registry, presence core on UDP, viewer API on HTTPS, TURN relay.
 
     config ─► registry (SQLite) ─┬─► DeviceEventHandler ◄── events ── PresenceServer ◄─► PresenceLink ◄─► UDP
                                  └─► BrokerApi (aiohttp, TLS) ──► PresenceGateway (invites) ──┘
+                                     └─ RelayDirectory (REST credentials) ··· TurnLink ◄─► UDP/TCP + relays
 
 ``start_broker`` returns once both sockets are bound and ``broker.json`` is written;
 ``serve`` runs until SIGTERM or SIGINT.
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -22,8 +25,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dvrlink.broker.api import BrokerApi
-from dvrlink.broker.config import BrokerConfig
+from dvrlink.broker.api import BrokerApi, RelayDirectory
+from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.device_events import DeviceEventHandler
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
@@ -34,10 +37,13 @@ from dvrlink.broker.state import (
     BrokerInfo,
     ensure_state_dir,
     load_or_create_static_key,
+    load_or_create_turn_secret,
     remove_info,
     write_info,
 )
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
+from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
+from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
 from dvrlink.protocol.identity import x25519_public_bytes
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
 
@@ -57,6 +63,8 @@ class RunningBroker:
     link: PresenceLink
     app: web.Application
     _stack: AsyncExitStack
+    turn: TurnLink | None = None
+    """The built-in TURN relay (None when ``turn_enabled`` is false)."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -73,6 +81,64 @@ def _lock_state_dir(state_dir: Path) -> int:
             f"another dvrlink-broker is using {state_dir}; stop it first, or give this one its own state_dir"
         ) from None
     return fd
+
+
+def _default_route_address(ipv6: bool) -> str | None:
+    """The local address of the interface with the default route (no packet is sent)."""
+    family, probe = (socket.AF_INET6, "2001:db8::1") if ipv6 else (socket.AF_INET, "192.0.2.1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
+def relay_public_address(config: BrokerConfig) -> str | None:
+    """The IP peers reach relay sockets at: ``turn_relay_public_host``, else None when the relay
+    host is a specific address, else the default-route address (127.0.0.1 / ::1 without one)."""
+    if config.turn_relay_public_host is not None:
+        return config.turn_relay_public_host
+    relay = ipaddress.ip_address(config.turn_relay_bind_host)
+    if not relay.is_unspecified:
+        return None
+    found = _default_route_address(relay.version == 6)
+    if found is None:
+        found = "::1" if relay.version == 6 else "127.0.0.1"
+        log.warning(
+            "no default route: the TURN relay announces %s; set turn_relay_public_host to the address "
+            "peers reach this host at",
+            found,
+        )
+    else:
+        log.info(
+            "TURN relay announces %s (default-route address); set turn_relay_public_host if peers reach "
+            "this host at another address",
+            found,
+        )
+    return found
+
+
+def _log_turn_event(event: TurnEvent) -> None:
+    if isinstance(event, AllocationCreated):
+        log.debug("TURN allocation %s", event)
+    else:
+        log.debug("TURN %s", event)
+
+
+async def _start_turn(config: BrokerConfig, secret: str, public: str | None) -> TurnLink:
+    denied = () if config.turn_allow_loopback_peers else DEFAULT_DENIED_PEER_NETWORKS
+    turn_config = TurnConfig(secret=secret, realm=config.turn_realm, denied_peer_networks=denied)
+    link_config = TurnLinkConfig(
+        host=config.udp_host,
+        udp_port=config.turn_udp_port,
+        tcp_port=config.turn_tcp_port,
+        relay_host=config.turn_relay_bind_host,
+        relay_public_host=public,
+        relay_port_min=config.turn_relay_port_min,
+        relay_port_max=config.turn_relay_port_max,
+    )
+    return await start_turn_link(turn_config, link_config, on_event=_log_turn_event)
 
 
 async def start_broker(config: BrokerConfig, server_config: ServerConfig | None = None) -> RunningBroker:
@@ -101,11 +167,32 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         )
         link = await start_presence_link(server, on_event, config.udp_host, config.udp_port)
         stack.callback(link.close)
+        udp_port = link.local_address[1]
+        turn: TurnLink | None = None
+        relays: RelayDirectory | None = None
+        public = relay_public_address(config)
+        advertised = config.udp_host  # where clients reach STUN and the built-in TURN server
+        if ipaddress.ip_address(advertised).is_unspecified:
+            advertised = public or config.turn_relay_bind_host
+        if config.turn_enabled or config.turn_servers:
+            secret = load_or_create_turn_secret(config.turn_secret_path)
+            servers: list[ExternalTurnServer] = []
+            if config.turn_enabled:
+                turn = await _start_turn(config, secret, public)
+                stack.push_async_callback(turn.wait_closed)
+                stack.callback(turn.close)
+                servers.append(ExternalTurnServer(advertised, turn.udp_address[1], "udp"))
+                if turn.tcp_address is not None:
+                    servers.append(ExternalTurnServer(advertised, turn.tcp_address[1], "tcp"))
+            servers.extend(config.turn_servers)
+            relays = RelayDirectory(
+                secret, config.turn_credential_ttl_s, tuple(servers), (advertised, udp_port)
+            )
         if config.tls_cert is not None and config.tls_key is not None:
             certs = CertificatePaths(config.tls_cert, config.tls_key)
         else:
             certs = ensure_self_signed(state, config.server_names, datetime.datetime.now(datetime.UTC))
-        app = BrokerApi(registry, gateway, config).build_app()
+        app = BrokerApi(registry, gateway, config, relays=relays).build_app()
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -113,19 +200,27 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         await web.TCPSite(
             runner, config.https_host, config.https_port, ssl_context=server_context(certs)
         ).start()
-        udp_port = link.local_address[1]
         https_port = int(runner.addresses[0][1])
-        info = BrokerInfo(udp_port, https_port, x25519_public_bytes(static_key), os.getpid(), certs.cert)
+        info = BrokerInfo(
+            udp_port,
+            https_port,
+            x25519_public_bytes(static_key),
+            os.getpid(),
+            certs.cert,
+            turn_udp_port=None if turn is None else turn.udp_address[1],
+            turn_tcp_port=None if turn is None or turn.tcp_address is None else turn.tcp_address[1],
+        )
         write_info(state, info)
         stack.callback(remove_info, state, info.pid)
         log.info(
-            "dvrlink-broker ready udp=%s:%d https=%s:%d",
+            "dvrlink-broker ready udp=%s:%d https=%s:%d turn=%s",
             config.udp_host,
             udp_port,
             config.https_host,
             https_port,
+            "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
-        return RunningBroker(info, config, registry, server, link, app, stack)
+        return RunningBroker(info, config, registry, server, link, app, stack, turn)
     except BaseException:
         await stack.aclose()
         raise

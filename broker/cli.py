@@ -1,6 +1,6 @@
 """``dvrlink-broker``: run the broker, check its config, and administer its registry.
 
-    dvrlink-broker serve --config broker.toml        (or --state-dir DIR, with --udp-port/--https-port)
+    dvrlink-broker serve --config broker.toml   (or --state-dir DIR; --udp-port/--https-port/--turn-port)
     dvrlink-broker --check-config --config broker.toml
     dvrlink-broker user add NAME [--password-stdin]
     dvrlink-broker manifest load FILE                (CSV "serial,public_key_b64" lines, or a JSON object)
@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[where], help="run the broker")
     p.add_argument("--udp-port", type=int, default=None, help="presence/STUN UDP port (0 = free port)")
     p.add_argument("--https-port", type=int, default=None, help="viewer API port (0 = free port)")
+    p.add_argument(
+        "--turn-port", type=int, default=None, help="built-in TURN relay UDP and TCP port (0 = free ports)"
+    )
+    p.add_argument(
+        "--turn-allow-loopback-peers",
+        action="store_true",
+        default=None,
+        help="let relays reach loopback and link-local peers (loopback tests and demos only)",
+    )
     sub.add_parser("check-config", parents=[where], help="check the configuration and exit")
 
     user = sub.add_parser("user", help="manage viewer accounts").add_subparsers(
@@ -102,6 +111,11 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    turn_port = getattr(args, "turn_port", None)
+    if turn_port is not None:
+        overrides["turn_udp_port"] = overrides["turn_tcp_port"] = turn_port
+    if getattr(args, "turn_allow_loopback_peers", None):
+        overrides["turn_allow_loopback_peers"] = True
     config_file = getattr(args, "config", None)
     if config_file is not None:
         return load_config(config_file, overrides)
@@ -233,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             print(
                 f"configuration OK: state_dir={config.state_dir} udp={config.udp_host}:{config.udp_port} "
-                f"https={config.https_host}:{config.https_port}"
+                f"https={config.https_host}:{config.https_port} "
+                + (
+                    f"turn={config.udp_host}:{config.turn_udp_port}/udp,{config.turn_tcp_port}/tcp"
+                    if config.turn_enabled
+                    else "turn=off"
+                )
             )
             return 0
         if command == "serve":

@@ -18,6 +18,21 @@ from the directory that holds the file)::
     invite_ttl_s = 15                       # how long a pairing request waits for the device
     login_max_failures = 10                 # wrong passwords per username and address ...
     login_window_s = 300                    # ... before logins are refused for a while
+    session_ttl_s = 600                     # how long a session's signalling state is kept
+    session_max_per_account = 16            # sessions at once per account
+    session_answer_timeout_s = 10           # how long an offer waits for the device's answer
+    turn_enabled = true                     # built-in TURN relay (RFC 8656)
+    turn_udp_port = 3479                    # 0 = free port (see broker.json)
+    turn_tcp_port = 3479                    # 0 = free port
+    # turn_relay_host = "203.0.113.10"      # relay sockets bind here; default udp_host
+    # turn_relay_public_host = "203.0.113.10"  # address peers reach relays at (behind 1:1 NAT)
+    turn_relay_port_min = 49152             # relay ports; 0 and 0 = kernel-picked
+    turn_relay_port_max = 65535
+    turn_realm = "dvrlink"
+    # turn_secret_file = "/etc/dvrlink/turn_secret"  # default state_dir/turn_secret (made 0600)
+    turn_credential_ttl_s = 3600            # lifetime of TURN REST credentials handed out
+    turn_allow_loopback_peers = false       # true only for loopback tests and the demo
+    # turn_servers = [{host = "turn1.example.net", port = 3478, transport = "udp"}]  # coturn fleet
     log_level = "INFO"
 """
 
@@ -32,11 +47,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TURN_TRANSPORTS = ("udp", "tcp")
+TURN_SECRET_FILE = "turn_secret"  # noqa: S105 (a file name, not a secret)
 
 
 class ConfigError(ValueError):
     """A configuration file or value is unusable; the message names the file, the key, what was
     seen and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalTurnServer:
+    """A TURN server the broker does not run (e.g. coturn with ``use-auth-secret`` and
+    ``static-auth-secret`` = the content of ``turn_secret_file``); the API hands out credentials
+    for it."""
+
+    host: str
+    """Host name or IP literal clients connect to."""
+    port: int = 3478
+    """Port, 1..65535."""
+    transport: str = "udp"
+    """"udp" or "tcp"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +105,56 @@ class BrokerConfig:
     """Wrong passwords per (username, client address) within ``login_window_s`` before 429."""
     login_window_s: float = 300.0
     """Seconds of the sliding window for ``login_max_failures``."""
+    session_ttl_s: float = 600.0
+    """Seconds the broker keeps a session's signalling state (``GET /v1/sessions``)."""
+    session_max_per_account: int = 16
+    """Sessions one account may hold at once (429 above)."""
+    session_answer_timeout_s: float = 10.0
+    """Seconds an offer waits for the device's answer before 504."""
+    turn_enabled: bool = True
+    """Run the built-in TURN relay (UDP and TCP) and hand out credentials for it."""
+    turn_udp_port: int = 3479
+    """Built-in TURN UDP port, on ``udp_host``; 0 picks a free port (written to broker.json)."""
+    turn_tcp_port: int = 3479
+    """Built-in TURN TCP port, on ``udp_host``; 0 picks a free port (written to broker.json)."""
+    turn_relay_host: str | None = None
+    """IP literal relay sockets bind to; None = ``udp_host``."""
+    turn_relay_public_host: str | None = None
+    """IP literal peers reach relay sockets at (XOR-RELAYED-ADDRESS) and clients reach the TURN
+    server at; None = the relay host, or if that is a wildcard the address of the interface
+    with the default route (found at start)."""
+    turn_relay_port_min: int = 49152
+    """Lowest relay port; ``turn_relay_port_min`` = ``turn_relay_port_max`` = 0: kernel-picked."""
+    turn_relay_port_max: int = 65535
+    """Highest relay port."""
+    turn_realm: str = "dvrlink"
+    """TURN REALM."""
+    turn_secret_file: Path | None = None
+    """File holding the TURN REST secret; None = ``state_dir/turn_secret``. Made (mode 0600) with
+    a random secret if missing; coturn shares it with ``use-auth-secret`` and
+    ``static-auth-secret=<its content>``."""
+    turn_credential_ttl_s: float = 3600.0
+    """Seconds the TURN credentials the API hands out stay valid."""
+    turn_allow_loopback_peers: bool = False
+    """True: relays may reach loopback, link-local and other private-use addresses (loopback
+    tests and the demo); False: those peers are refused."""
+    turn_servers: tuple[ExternalTurnServer, ...] = ()
+    """External TURN servers (a coturn fleet) handed out after the built-in one, or instead of it
+    when ``turn_enabled`` is false."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+
+    @property
+    def turn_secret_path(self) -> Path:
+        """Where the TURN REST secret lives."""
+        return (
+            self.turn_secret_file if self.turn_secret_file is not None else self.state_dir / TURN_SECRET_FILE
+        )
+
+    @property
+    def turn_relay_bind_host(self) -> str:
+        """The IP literal relay sockets bind to."""
+        return self.turn_relay_host if self.turn_relay_host is not None else self.udp_host
 
     @property
     def log_level_number(self) -> int:
@@ -89,12 +168,20 @@ _INT_LIMITS = {
     "https_port": (0, 65535),
     "pairing_max_failures": (1, 1_000_000),
     "login_max_failures": (1, 1_000_000),
+    "session_max_per_account": (1, 10_000),
+    "turn_udp_port": (0, 65535),
+    "turn_tcp_port": (0, 65535),
+    "turn_relay_port_min": (0, 65535),
+    "turn_relay_port_max": (0, 65535),
 }
 _DURATION_LIMITS = {
     "token_lifetime_s": (60.0, 10 * 365 * 86400.0),
     "pairing_window_s": (1.0, 30 * 86400.0),
     "invite_ttl_s": (1.0, 300.0),
     "login_window_s": (1.0, 86400.0),
+    "session_ttl_s": (10.0, 86400.0),
+    "session_answer_timeout_s": (1.0, 120.0),
+    "turn_credential_ttl_s": (60.0, 7 * 86400.0),
 }
 
 
@@ -155,17 +242,40 @@ def config_from_mapping(
             f"{source}: 'tls_cert' and 'tls_key' go together; set both, or neither to use a "
             "self-signed certificate in state_dir"
         )
+    _check_turn(values, source)
     return BrokerConfig(**values)  # type: ignore[arg-type]
+
+
+def _check_turn(values: Mapping[str, object], source: str) -> None:
+    low = values.get("turn_relay_port_min", 49152)
+    high = values.get("turn_relay_port_max", 65535)
+    assert isinstance(low, int) and isinstance(high, int)
+    if (low, high) != (0, 0) and not 1 <= low <= high:
+        raise ConfigError(
+            f"{source}: turn_relay_port_min..turn_relay_port_max is {low}..{high}; use 1 <= min <= max, "
+            "or 0 and 0 to let the kernel pick relay ports"
+        )
+    relay = values.get("turn_relay_host", values.get("udp_host", "0.0.0.0"))
+    public = values.get("turn_relay_public_host")
+    if (
+        public is not None
+        and relay is not None
+        and ipaddress.ip_address(str(public)).version != ipaddress.ip_address(str(relay)).version
+    ):
+        raise ConfigError(
+            f"{source}: turn_relay_public_host {public} and the relay host {relay} differ in IP "
+            "version; use addresses of one family"
+        )
 
 
 def _check(name: str, raw: object, source: str, base: Path) -> object:
     where = f"{source}: key {name!r}"
-    if name in ("state_dir", "tls_cert", "tls_key"):
+    if name in ("state_dir", "tls_cert", "tls_key", "turn_secret_file"):
         if not isinstance(raw, str | Path) or not str(raw):
             raise ConfigError(f"{where} must be a path string, got {raw!r}")
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (base / p)
-    if name in ("udp_host", "https_host"):
+    if name in ("udp_host", "https_host", "turn_relay_host", "turn_relay_public_host"):
         if not isinstance(raw, str):
             raise ConfigError(f'{where} must be an IP literal string such as "0.0.0.0" or "::", got {raw!r}')
         try:
@@ -190,7 +300,7 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
         if not lo_f <= raw <= hi_f:
             raise ConfigError(f"{where} is {raw} s, out of range; use {lo_f:g} to {hi_f:g} seconds")
         return float(raw)
-    if name == "manifest_only":
+    if name in ("manifest_only", "turn_enabled", "turn_allow_loopback_peers"):
         if not isinstance(raw, bool):
             raise ConfigError(f"{where} must be true or false, got {raw!r}")
         return raw
@@ -201,8 +311,49 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
                 f'e.g. ["broker.example.net"], got {raw!r}'
             )
         return tuple(raw)
+    if name == "turn_realm":
+        if not isinstance(raw, str) or not raw or len(raw.encode("utf-8")) > 127 or not raw.isprintable():
+            raise ConfigError(
+                f'{where} must be 1 to 127 bytes of printable text, e.g. "dvrlink", got {raw!r}'
+            )
+        return raw
+    if name == "turn_servers":
+        return _turn_servers(raw, where)
     if name == "log_level":
         if not isinstance(raw, str) or raw.upper() not in LOG_LEVELS:
             raise ConfigError(f"{where} is {raw!r}; use one of {', '.join(LOG_LEVELS)}")
         return raw.upper()
     raise AssertionError(f"no check for configuration key {name}")  # pragma: no cover
+
+
+def _turn_servers(raw: object, where: str) -> tuple[ExternalTurnServer, ...]:
+    example = '[{host = "turn1.example.net", port = 3478, transport = "udp"}]'
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(f"{where} must be a list of tables such as {example}, got {raw!r}")
+    servers = []
+    for index, entry in enumerate(raw):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at} must be a table such as {example}, got {entry!r}")
+        unknown = sorted(set(entry) - {"host", "port", "transport"})
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {unknown[0]!r}; use host, port and transport")
+        host = entry.get("host")
+        if not isinstance(host, str) or not _is_host(host):
+            raise ConfigError(f"{at}: host must be a host name or an IP literal, got {host!r}")
+        port = entry.get("port", 3478)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{at}: port must be an integer from 1 to 65535, got {port!r}")
+        transport = entry.get("transport", "udp")
+        if transport not in TURN_TRANSPORTS:
+            raise ConfigError(f'{at}: transport must be "udp" or "tcp", got {transport!r}')
+        servers.append(ExternalTurnServer(host, port, str(transport)))
+    return tuple(servers)
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return 0 < len(text) <= 253 and all(ch.isalnum() or ch in "-." for ch in text) and text.isascii()
+    return True

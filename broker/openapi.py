@@ -34,6 +34,41 @@ _SERIAL = {
 }
 _B64 = {"type": "string", "contentEncoding": "base64"}
 _UNIX_TIME = {"type": ["number", "null"], "description": "Unix seconds"}
+_SESSION_ID = {
+    "name": "session_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "description": "Session id from POST /v1/sessions (32 hex digits)",
+}
+_POLICY = {
+    "enum": ["all", "relay_only", "direct_only"],
+    "description": "Paths the session may use; `all` opens on the relay and moves to a direct path",
+}
+_SESSION_FIELDS: dict[str, Any] = {
+    "session_id": {"type": "string", "description": "32 hex digits"},
+    "serial": {"type": "string"},
+    "policy": _POLICY,
+    "state": {
+        "enum": ["created", "offered", "answered", "failed"],
+        "description": "How far signalling got: no offer yet, waiting for the device, answered, failed",
+    },
+    "created_at": {"type": "number", "description": "Unix seconds"},
+    "expires_at": {"type": "number", "description": "Unix seconds; the broker forgets the session then"},
+}
+_CANDIDATES = {
+    "type": "array",
+    "maxItems": 32,
+    "items": {"type": "string", "maxLength": 255},
+    "description": "ICE candidates as SDP candidate attribute values (aioice `Candidate.to_sdp()`)",
+}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -44,7 +79,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "dvrlink broker API",
             "version": API_VERSION,
             "description": (
-                "Accounts, devices and pairing for dvrlink viewers. Errors are "
+                "Accounts, devices, pairing and session signalling for dvrlink viewers. Errors are "
                 '`{"error": code, "message": text}`; `message` says what to do.'
             ),
         },
@@ -61,6 +96,11 @@ def openapi_document() -> dict[str, Any]:
                             **_B64,
                             "description": "PairResult bytes (pairing errors from the device)",
                         },
+                        "status": {
+                            "enum": ["refused", "busy", "no_relay"],
+                            "description": "The device's verdict (session offers it did not accept)",
+                        },
+                        "device_message": {"type": "string", "description": "The device's own words"},
                     },
                 },
                 "Health": {
@@ -135,6 +175,76 @@ def openapi_document() -> dict[str, Any]:
                         "viewer_public_key": {**_B64, "description": "Raw viewer public key (32 bytes)"},
                         "nonce": {**_B64, "description": "16 random bytes"},
                         "proof": {**_B64, "description": "HMAC-SHA256 over the pairing code (32 bytes)"},
+                    },
+                },
+                "SessionRequest": {
+                    "type": "object",
+                    "required": ["serial"],
+                    "properties": {"serial": {"type": "string"}, "policy": {**_POLICY, "default": "all"}},
+                },
+                "TurnServer": {
+                    "type": "object",
+                    "required": ["host", "port", "transport", "username", "password"],
+                    "properties": {
+                        "host": {"type": "string"},
+                        "port": {"type": "integer"},
+                        "transport": {"enum": ["udp", "tcp"]},
+                        "username": {"type": "string", "description": "`<expiry unix seconds>:<account>`"},
+                        "password": {"type": "string", "description": "base64(HMAC-SHA1(secret, username))"},
+                    },
+                },
+                "Session": {
+                    "type": "object",
+                    "required": list(_SESSION_FIELDS),
+                    "properties": _SESSION_FIELDS,
+                },
+                "SessionCreated": {
+                    "type": "object",
+                    "required": [*_SESSION_FIELDS, "turn", "turn_expires_at", "stun"],
+                    "properties": {
+                        **_SESSION_FIELDS,
+                        "turn": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/TurnServer"},
+                            "description": "TURN servers with credentials for this account; allocate first",
+                        },
+                        "turn_expires_at": {**_UNIX_TIME, "description": "Unix seconds the credentials end"},
+                        "stun": {
+                            "type": ["object", "null"],
+                            "required": ["host", "port"],
+                            "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                        },
+                    },
+                },
+                "SessionList": {
+                    "type": "object",
+                    "required": ["sessions"],
+                    "properties": {
+                        "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}
+                    },
+                },
+                "Offer": {
+                    "type": "object",
+                    "required": ["ice_ufrag", "ice_pwd", "candidates", "viewer_public_key"],
+                    "properties": {
+                        "ice_ufrag": {"type": "string", "minLength": 4, "maxLength": 256},
+                        "ice_pwd": {"type": "string", "minLength": 22, "maxLength": 256},
+                        "candidates": _CANDIDATES,
+                        "viewer_public_key": {
+                            **_B64,
+                            "description": "Raw viewer public key (32 bytes); the device checks it",
+                        },
+                    },
+                },
+                "Answer": {
+                    "type": "object",
+                    "required": ["status", "session_id", "ice_ufrag", "ice_pwd", "candidates"],
+                    "properties": {
+                        "status": {"const": "accepted"},
+                        "session_id": {"type": "string"},
+                        "ice_ufrag": {"type": "string"},
+                        "ice_pwd": {"type": "string"},
+                        "candidates": _CANDIDATES,
                     },
                 },
                 "Pairing": {
@@ -246,6 +356,67 @@ def openapi_document() -> dict[str, Any]:
                             "Too many wrong codes for this device, or a pairing in progress (`rate_limited`)"
                         ),
                         "502": _error("The device's answer was not a valid pairing result (`device_error`)"),
+                        "504": _error("The device did not answer in time (`device_timeout`)"),
+                    },
+                }
+            },
+            "/v1/sessions": {
+                "post": {
+                    "summary": "Start a session with a paired, online device; returns TURN credentials",
+                    "operationId": "createSession",
+                    "security": [{"bearer": []}],
+                    "requestBody": _body("SessionRequest"),
+                    "responses": {
+                        "201": _json(
+                            "Session created; gather candidates, then POST its offer", "SessionCreated"
+                        ),
+                        "400": _error("Malformed body (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired to this account (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                        "409": _error("Device offline (`device_offline`)"),
+                        "413": _error("Body larger than 64 KiB (`body_too_large`)"),
+                        "429": _error("The account holds too many sessions (`too_many_sessions`)"),
+                    },
+                },
+                "get": {
+                    "summary": "The caller's sessions that the broker still remembers",
+                    "operationId": "listSessions",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json("Sessions, oldest first", "SessionList"),
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+            },
+            "/v1/sessions/{session_id}/offer": {
+                "post": {
+                    "summary": "Send the viewer's ICE offer to the device and wait for its answer",
+                    "operationId": "offerSession",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SESSION_ID],
+                    "requestBody": _body("Offer"),
+                    "responses": {
+                        "200": _json("The device accepted; its ICE parameters and candidates", "Answer"),
+                        "400": _error(
+                            "Malformed body, or an offer too large for an invite (`bad_request`, "
+                            "`offer_too_large`)"
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "403": _error(
+                            "Not paired (`not_paired`), or the device refused or is busy (`refused`, with "
+                            "`status` and `device_message`)"
+                        ),
+                        "404": _error("No such session for this account, or it expired (`unknown_session`)"),
+                        "409": _error(
+                            "Device offline (`device_offline`), or the session already has an offer "
+                            "(`session_used`)"
+                        ),
+                        "413": _error("Body larger than 64 KiB (`body_too_large`)"),
+                        "502": _error(
+                            "The device cannot handle sessions or answered badly (`device_error`), or it "
+                            "reaches no relay (`no_relay`)"
+                        ),
                         "504": _error("The device did not answer in time (`device_timeout`)"),
                     },
                 }

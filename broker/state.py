@@ -4,13 +4,17 @@
 ports (the config may say 0), the key devices must pin, and which certificate to trust::
 
     {"udp_port": 3478, "https_port": 8443, "public_key": "<base64 X25519>", "pid": 1234,
-     "cert": "/var/lib/dvrlink-broker/tls_cert.pem"}
+     "cert": "/var/lib/dvrlink-broker/tls_cert.pem", "turn_udp_port": 3479, "turn_tcp_port": 3479}
+
+(the TURN ports are null when the built-in relay is off). The TURN REST secret lives in
+``turn_secret`` (mode 0600) unless the configuration names another file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,8 @@ class BrokerInfo:
     public_key: bytes  # raw X25519 static key devices pin
     pid: int
     cert: Path  # the certificate a viewer should trust for the API
+    turn_udp_port: int | None = None  # built-in TURN relay, None when it is off
+    turn_tcp_port: int | None = None
 
     def to_json(self) -> bytes:
         """The file's content."""
@@ -48,6 +54,8 @@ class BrokerInfo:
             "public_key": b64encode_key(self.public_key),
             "pid": self.pid,
             "cert": str(self.cert),
+            "turn_udp_port": self.turn_udp_port,
+            "turn_tcp_port": self.turn_tcp_port,
         }
         return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
@@ -79,20 +87,7 @@ def load_or_create_static_key(state_dir: Path) -> X25519PrivateKey:
     """
     path = state_dir / KEY_FILE
     if not path.exists():
-        key = X25519PrivateKey.generate()
-        tmp = state_dir / f".{KEY_FILE}.{os.getpid()}.new"
-        atomic_write(tmp, private_key_to_pem(key), mode=0o600)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _create_exclusive(path, private_key_to_pem(X25519PrivateKey.generate()))
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -106,6 +101,59 @@ def load_or_create_static_key(state_dir: Path) -> X25519PrivateKey:
             f"{exc}; restore it from a backup (devices pin its public key), or move it away to make a new "
             "one and reconfigure every device with `dvrlink-broker show-key`"
         ) from exc
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600) with ``data`` unless it exists; a concurrent creator wins."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.new"
+    atomic_write(tmp, data, mode=0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_turn_secret(path: Path) -> str:
+    """The TURN REST secret in ``path`` (surrounding whitespace dropped); a random one is written
+    (mode 0600, atomically) if the file is missing.
+
+    Raises:
+        OSError: the file cannot be read or created; the message names it.
+        ValueError: the file is empty or not UTF-8 text.
+    """
+    try:
+        if not path.exists():
+            _create_exclusive(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot read or create TURN secret {path}: {exc.strerror}; check its folder and mode"
+        ) from exc
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        secret = ""
+    if not secret:
+        raise ValueError(
+            f"TURN secret file {path} is empty or not UTF-8 text; put the shared secret in it "
+            "(coturn: static-auth-secret), or remove it to have a random one made"
+        )
+    return secret
+
+
+def _optional_port(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"not a port: {value!r}")
+    return value
 
 
 def static_public_key(state_dir: Path) -> bytes:
@@ -146,6 +194,8 @@ def read_info(state_dir: Path) -> BrokerInfo:
             public_key=b64decode_key(str(doc["public_key"]), f"{path}: public_key"),
             pid=int(doc["pid"]),
             cert=Path(doc["cert"]),
+            turn_udp_port=_optional_port(doc.get("turn_udp_port")),
+            turn_tcp_port=_optional_port(doc.get("turn_tcp_port")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a broker info file ({exc!r})") from exc

@@ -54,6 +54,7 @@ class Broker:
     proc: subprocess.Popen[bytes]
     udp_port: int
     https_port: int
+    turn_port: int
     public_key: str
     cert: Path
     log: Path
@@ -82,8 +83,12 @@ def broker_command(*args: str) -> list[str]:
     return [str(BIN / "dvrlink-broker"), *args]
 
 
-def start_broker(state_dir: Path, udp_port: int = 0, https_port: int = 0, timeout: float = 30.0) -> Broker:
+def start_broker(
+    state_dir: Path, udp_port: int = 0, https_port: int = 0, turn_port: int = 0, timeout: float = 30.0
+) -> Broker:
     """Start a broker and wait until it published its ports in ``broker.json``.
+
+    Its TURN relay may relay to loopback peers, since everything in the rig is on 127.0.0.1.
 
     Raises:
         TimeoutError: it did not become ready; the message has its last log lines.
@@ -101,6 +106,9 @@ def start_broker(state_dir: Path, udp_port: int = 0, https_port: int = 0, timeou
                 str(udp_port),
                 "--https-port",
                 str(https_port),
+                "--turn-port",
+                str(turn_port),
+                "--turn-allow-loopback-peers",
             ),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -125,6 +133,7 @@ def start_broker(state_dir: Path, udp_port: int = 0, https_port: int = 0, timeou
         proc,
         int(info["udp_port"]),
         int(info["https_port"]),
+        int(info.get("turn_udp_port") or 0),
         str(info["public_key"]),
         Path(info["cert"]),
         log,

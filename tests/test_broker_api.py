@@ -181,6 +181,10 @@ async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
         "udp_port": 0,
         "https_host": "127.0.0.1",
         "https_port": 0,
+        "turn_udp_port": 0,
+        "turn_tcp_port": 0,
+        "turn_relay_port_min": 0,
+        "turn_relay_port_max": 0,
         **settings,
     }
     broker = await start_broker(config_from_mapping(values, source="test"))

@@ -116,6 +116,8 @@ def test_serve_as_a_process_until_sigterm(tmp_path: Path) -> None:
             "0",
             "--https-port",
             "0",
+            "--turn-port",
+            "0",
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
@@ -130,6 +132,9 @@ def test_serve_as_a_process_until_sigterm(tmp_path: Path) -> None:
             info = read_info(state)
             assert info.pid == proc.pid
             assert f"https=0.0.0.0:{info.https_port}" in line and f"udp=0.0.0.0:{info.udp_port}" in line
+            assert info.turn_udp_port and info.turn_tcp_port
+            assert f"turn=0.0.0.0:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp" in line
+            assert (state / "turn_secret").stat().st_mode & 0o777 == 0o600
             added = await asyncio.create_subprocess_exec(
                 str(BROKER), "user", "add", "alice", "--password-stdin", "--state-dir", str(state),
                 stdin=asyncio.subprocess.PIPE,
@@ -170,13 +175,24 @@ def test_a_second_broker_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
                 "udp_port": 0,
                 "https_host": "127.0.0.1",
                 "https_port": 0,
+                "turn_udp_port": 0,
+                "turn_tcp_port": 0,
             },
             source="test",
         )
         running = await start_broker(config)
         try:
             done = await asyncio.to_thread(
-                broker, "serve", "--state-dir", str(state), "--udp-port", "0", "--https-port", "0"
+                broker,
+                "serve",
+                "--state-dir",
+                str(state),
+                "--udp-port",
+                "0",
+                "--https-port",
+                "0",
+                "--turn-port",
+                "0",
             )
             assert done.returncode == 1
             assert "another dvrlink-broker is using" in done.stderr
@@ -185,3 +201,15 @@ def test_a_second_broker_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
             await running.close()
 
     asyncio.run(main())
+
+
+def test_turn_flags_of_serve(tmp_path: Path) -> None:
+    from dvrlink.broker.cli import _config, _parser
+
+    args = _parser().parse_args(
+        ["serve", "--state-dir", str(tmp_path), "--turn-port", "0", "--turn-allow-loopback-peers"]
+    )
+    config = _config(args)
+    assert (config.turn_udp_port, config.turn_tcp_port, config.turn_allow_loopback_peers) == (0, 0, True)
+    config = _config(_parser().parse_args(["serve", "--state-dir", str(tmp_path)]))
+    assert (config.turn_udp_port, config.turn_allow_loopback_peers) == (3479, False)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.broker.config import BrokerConfig, ConfigError, config_from_mapping, load_config
+from dvrlink.broker.config import (
+    BrokerConfig,
+    ConfigError,
+    ExternalTurnServer,
+    config_from_mapping,
+    load_config,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -105,3 +111,48 @@ def test_the_example_file_is_valid_and_shows_the_defaults() -> None:
     example = Path(__file__).parent.parent / "broker" / "dvrlink-broker.example.toml"
     config = load_config(example)
     assert config == BrokerConfig(state_dir=Path("/var/lib/dvrlink-broker"))
+
+
+def test_turn_keys_defaults_and_checks(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'state_dir = "state"\n'))
+    assert config.turn_enabled and (config.turn_udp_port, config.turn_tcp_port) == (3479, 3479)
+    assert config.turn_secret_path == tmp_path / "state" / "turn_secret"
+    assert config.turn_relay_bind_host == "0.0.0.0"
+    assert (config.turn_credential_ttl_s, config.turn_allow_loopback_peers) == (3600.0, False)
+    config = load_config(
+        write(
+            tmp_path,
+            'state_dir = "state"\nudp_host = "127.0.0.1"\nturn_secret_file = "secret"\n'
+            "turn_relay_port_min = 0\nturn_relay_port_max = 0\n"
+            'turn_servers = [{host = "turn1.example.net", transport = "tcp"},\n'
+            '  {host = "192.0.2.9", port = 5349}]\n',
+        )
+    )
+    assert config.turn_secret_path == tmp_path / "secret"
+    assert config.turn_relay_bind_host == "127.0.0.1"
+    assert config.turn_servers == (
+        ExternalTurnServer("turn1.example.net", 3478, "tcp"),
+        ExternalTurnServer("192.0.2.9", 5349, "udp"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("turn_udp_port = 65536\n", r"key 'turn_udp_port' is 65536, out of range"),
+        ("turn_relay_port_min = 6000\nturn_relay_port_max = 5000\n", r"6000\.\.5000; use 1 <= min <= max"),
+        ('turn_relay_host = "relay.example"\n', r"key 'turn_relay_host' is 'relay.example', not an IP"),
+        ('turn_relay_host = "0.0.0.0"\nturn_relay_public_host = "::1"\n', r"differ in IP version"),
+        ('turn_realm = ""\n', r"key 'turn_realm' must be 1 to 127 bytes"),
+        ("turn_enabled = 1\n", r"key 'turn_enabled' must be true or false"),
+        ("turn_credential_ttl_s = 5\n", r"key 'turn_credential_ttl_s' is 5 s, out of range"),
+        ('turn_servers = "turn.example"\n', r"key 'turn_servers' must be a list of tables"),
+        ('turn_servers = [{host = "a b"}]\n', r"turn_servers'\[0\]: host must be a host name"),
+        ('turn_servers = [{host = "t.example", port = 0}]\n', r"port must be an integer from 1 to 65535"),
+        ('turn_servers = [{host = "t.example", transport = "tls"}]\n', r'transport must be "udp" or "tcp"'),
+        ('turn_servers = [{host = "t.example", secret = "x"}]\n', r"unknown key 'secret'"),
+    ],
+)
+def test_bad_turn_keys_are_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, 'state_dir = "s"\n' + text))

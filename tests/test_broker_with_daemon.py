@@ -95,7 +95,7 @@ def test_daemon_registers_and_pairs_through_the_broker(tmp_path: Path) -> None:
     async def main() -> None:
         broker = await Program.start(
             str(BIN / "dvrlink-broker"), "serve", "--state-dir", str(broker_state), "--udp-port", "0",
-            "--https-port", "0",
+            "--https-port", "0", "--turn-port", "0",
         )  # fmt: skip
         daemon: Program | None = None
         try:

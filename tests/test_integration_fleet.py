@@ -55,7 +55,9 @@ def test_fleet_survives_a_broker_crash(tmp_path: Path, processes: list[Daemon | 
     # Crash the broker (no clean shutdown) and bring it back on the same ports.
     assert broker.stop(signal.SIGKILL) == -signal.SIGKILL
     processes.remove(broker)
-    restarted = start_broker(broker.state_dir, udp_port=broker.udp_port, https_port=broker.https_port)
+    restarted = start_broker(
+        broker.state_dir, udp_port=broker.udp_port, https_port=broker.https_port, turn_port=broker.turn_port
+    )
     processes.append(restarted)
     back_at = time.monotonic()
     wait_for("50 daemons back online", lambda: restarted.health().get("online") == FLEET, 60)

@@ -71,7 +71,18 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     )
     assert add.returncode == 0, add.stderr
     proc = subprocess.Popen(
-        [BROKER_BIN, "serve", "--state-dir", state, "--udp-port", "0", "--https-port", "0"],
+        [
+            BROKER_BIN,
+            "serve",
+            "--state-dir",
+            state,
+            "--udp-port",
+            "0",
+            "--https-port",
+            "0",
+            "--turn-port",
+            "0",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
