@@ -1,0 +1,613 @@
+"""The device's session services: TCP port forwards to allow-listed targets, and ``ping``/``info`` RPC.
+
+A session hands every stream the viewer opens to ``SessionServices.serve`` (or ``start``) with
+the target from the stream-open header. What the viewer sees:
+
+- ``ForwardTarget(host, port)``: if ``host:port`` is in ``[services] forward`` the device
+  connects to it (``connect_timeout_s``) and then copies bytes both ways until both directions
+  have ended, with backpressure and half-close. Otherwise, or if the connection fails, the
+  stream is reset with a ``ServiceErrorCode`` that the viewer turns into a message. A target
+  that is not allowed is never connected to.
+- ``RpcTarget("ping")``: the request (everything up to the viewer's end of stream) is sent back,
+  then the stream ends.
+- ``RpcTarget("info")``: a JSON object ``{serial, version, uptime_s, forward, sessions}``, then
+  the end of the stream.
+- any other method: reset with ``UNKNOWN_METHOD``.
+
+Nothing a stream does (a peer reset, a TCP error, a bad request, a failing info provider) raises
+out of ``serve``/``serve_stream``: each ends as a reset stream and a log line. Only cancellation
+propagates, after the stream is reset and the TCP connection aborted.
+
+The stream is anything with the ``StreamLike`` shape; a reset by the peer shows up as ``read``
+raising an exception whose ``error_code`` attribute (an int) is the peer's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import enum
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from dvrlink.daemon.config import ConfigError
+from dvrlink.protocol.session import ForwardTarget, StreamErrorCode, StreamTarget
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+"""Bytes read from a stream or a socket at a time."""
+RESET_GRACE_S = 1.0
+"""After a failed send on a stream, how long to wait for its read side to report the peer's reset code."""
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ServiceErrorCode(enum.IntEnum):
+    """Stream reset codes the device's services use (beside ``StreamErrorCode``' 1-3)."""
+
+    NOT_ALLOWED = 0x10
+    """The forward target is not in ``[services] forward``; no connection was attempted."""
+    CONNECT_REFUSED = 0x11
+    """Nothing listens on the target (the connection was refused)."""
+    CONNECT_TIMEOUT = 0x12
+    """The target did not answer within ``connect_timeout_s``."""
+    CONNECT_FAILED = 0x13
+    """Any other connection failure (no route, name not resolved, ...)."""
+    UNKNOWN_METHOD = 0x14
+    """No RPC by that name."""
+    BAD_REQUEST = 0x15
+    """The RPC request is larger than the device accepts."""
+    TOO_MANY_STREAMS = 0x16
+    """The session already has ``max_streams_per_session`` streams open."""
+    INTERNAL = 0x17
+    """A bug on the device; its log says more."""
+
+
+# --- the stream shape (the session runner provides it) ---
+
+
+class StreamLike(Protocol):
+    """One bidirectional session stream, as the session runner exposes it."""
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; ``b""`` once the peer ended its direction.
+
+        Raises an exception with an int ``error_code`` attribute if the peer reset the stream, or
+        some exception if the session closed.
+        """
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes to send; may raise if the stream or session is gone."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below its limit; may raise if the stream is gone."""
+        ...
+
+    def write_eof(self) -> None:
+        """End our direction (FIN)."""
+        ...
+
+    def reset(self, code: int) -> None:
+        """Abort both directions with ``code``."""
+        ...
+
+
+def reset_code(exc: BaseException) -> int | None:
+    """The peer's reset code carried by ``exc`` (its ``error_code`` attribute), else None."""
+    code = getattr(exc, "error_code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def reset_quietly(stream: StreamLike, code: int) -> None:
+    """Reset ``stream`` with ``code``; ignores any error (the stream or session may be gone)."""
+    with contextlib.suppress(Exception):
+        stream.reset(code)
+
+
+# --- the byte pump, shared with the viewer's forwards ---
+
+
+@dataclass(slots=True)
+class TrafficCounters:
+    """Bytes copied by one or more pumps; updated live while they run."""
+
+    to_tcp: int = 0
+    """Bytes read from the stream and written to the TCP socket."""
+    from_tcp: int = 0
+    """Bytes read from the TCP socket and written to the stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class PumpResult:
+    """How a pump ended. ``clean`` means both directions ended with an end of stream."""
+
+    clean: bool
+    stream_error_code: int | None = None
+    """The peer reset the stream with this code (or None)."""
+    error: str | None = None
+    """What went wrong, for logs, if not clean."""
+
+
+class _StreamFailed(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"stream ended abnormally: {cause!r}")
+        self.code = reset_code(cause)
+
+
+class _TcpFailed(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"TCP connection failed: {getattr(cause, 'strerror', None) or cause!r}")
+
+
+async def _stream_to_tcp(
+    stream: StreamLike, writer: asyncio.StreamWriter, counters: Sequence[TrafficCounters]
+) -> bool:
+    """Copy until the stream ends; returns True if the TCP side stopped taking bytes before that."""
+    write_failed = False
+    while True:
+        try:
+            data = await stream.read(CHUNK_SIZE)
+        except Exception as exc:
+            raise _StreamFailed(exc) from exc
+        if write_failed:
+            if not data:
+                return True
+            continue
+        try:
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return False
+            writer.write(data)
+            for c in counters:
+                c.to_tcp += len(data)
+            await writer.drain()
+        except OSError:
+            # The TCP peer closed or reset. Its reply may still be in flight towards the stream,
+            # and a reset now could discard it: let the other direction find out how the TCP
+            # side ended (EOF: finish cleanly; reset: abort), and swallow the rest meanwhile.
+            write_failed = True
+
+
+async def _tcp_to_stream(
+    stream: StreamLike,
+    reader: asyncio.StreamReader,
+    counters: Sequence[TrafficCounters],
+) -> None:
+    while True:
+        try:
+            data = await reader.read(CHUNK_SIZE)
+        except OSError as exc:
+            raise _TcpFailed(exc) from exc
+        try:
+            if not data:
+                stream.write_eof()
+                return
+            stream.write(data)
+            for c in counters:
+                c.from_tcp += len(data)
+            await stream.drain()
+        except Exception as exc:
+            raise _StreamFailed(exc) from exc
+
+
+async def pump(
+    stream: StreamLike,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    counters: Sequence[TrafficCounters] = (),
+) -> PumpResult:
+    """Copy bytes between ``stream`` and a TCP connection until both directions have ended.
+
+    Each direction waits for its receiver (``drain``) before reading more, so a slow side slows
+    the other down instead of filling memory. An end of stream on one side becomes a half-close
+    (``write_eof``) on the other, and the other direction carries on. If the TCP side stops
+    taking bytes, the rest of the stream is read and dropped while the TCP side's reply finishes.
+    On any other failure (a reset on either side, the session gone) the TCP connection is aborted
+    and the stream reset (``CANCELLED``). The writer is closed in every case. Never raises,
+    except ``CancelledError`` (after the same clean-up).
+    """
+    up = asyncio.ensure_future(_stream_to_tcp(stream, writer, counters))
+    down = asyncio.ensure_future(_tcp_to_stream(stream, reader, counters))
+    failure: BaseException | None = None
+    try:
+        await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
+        if down.done() and isinstance(down.exception(), _StreamFailed) and not up.done():
+            # Sending failed; the reason (the peer's reset code) surfaces on the reading side.
+            await asyncio.wait((up,), timeout=RESET_GRACE_S)
+        failures = [t.exception() for t in (up, down) if t.done() and t.exception() is not None]
+        coded = [f for f in failures if isinstance(f, _StreamFailed) and f.code is not None]
+        failure = coded[0] if coded else (failures[0] if failures else None)
+    except asyncio.CancelledError:
+        failure = asyncio.CancelledError()
+    finally:
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+        if failure is None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        else:
+            writer.transport.abort()
+            # The peer may have reset the stream already; a second reset is harmless.
+            reset_quietly(stream, StreamErrorCode.CANCELLED)
+    if isinstance(failure, asyncio.CancelledError):
+        raise failure
+    if failure is not None:
+        code = failure.code if isinstance(failure, _StreamFailed) else None
+        return PumpResult(clean=False, stream_error_code=code, error=str(failure))
+    if up.result():
+        return PumpResult(
+            clean=False, error="the TCP side closed before the stream's end; the rest was dropped"
+        )
+    return PumpResult(clean=True)
+
+
+# --- configuration ---
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedTarget:
+    """One ``host:port`` the device forwards to; ``host`` is normalised (see ``parse_allowed_target``)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicesConfig:
+    """``[services]``: what viewers may reach through the device.
+
+    The allow-list is empty by default: a device forwards nothing until its config names each
+    target, e.g. ``forward = ["127.0.0.1:554", "127.0.0.1:80"]``. ``ping`` and ``info`` are always
+    served (``info`` reveals the serial, version, uptime, allow-list and session count, which a
+    paired viewer may know).
+    """
+
+    forward_allow: tuple[AllowedTarget, ...] = ()
+    """Targets a viewer may forward to (``forward`` in the file)."""
+    connect_timeout_s: float = 5.0
+    """Seconds to wait for a forward target to accept the TCP connection."""
+    max_streams_per_session: int = 32
+    """Streams one session may have open at once; more are reset with ``TOO_MANY_STREAMS``."""
+    max_rpc_request_bytes: int = 64 * 1024
+    """Largest RPC request (e.g. a ping payload) the device reads; larger ones get ``BAD_REQUEST``."""
+
+    def allows(self, host: str, port: int) -> bool:
+        """True if ``host:port`` is on the allow-list (host compared after normalising)."""
+        try:
+            wanted = AllowedTarget(_normalize_host(host), port)
+        except ValueError:
+            return False
+        return wanted in self.forward_allow
+
+
+def _normalize_host(host: str) -> str:
+    """An IP literal in its canonical form, or a lower-case DNS name.
+
+    Raises:
+        ValueError: not an IP address or host name, or an unspecified address (0.0.0.0, ::).
+    """
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        name = text.lower().rstrip(".")
+        if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+            raise ValueError(f"{host!r} is not an IP address or host name") from None
+        return name
+    if ip.is_unspecified:
+        raise ValueError(f"{host!r} is the unspecified address; write 127.0.0.1 for the device itself")
+    return str(ip)
+
+
+def parse_allowed_target(value: object) -> AllowedTarget:
+    """Parse one ``forward`` entry: ``"HOST:PORT"``, ``"[IPV6]:PORT"``, or a bare port (127.0.0.1).
+
+    Raises:
+        ValueError: malformed; the message says what was wrong (without naming the file).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        host, port_text = "127.0.0.1", str(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            host, port_text = "127.0.0.1", text
+        elif text.startswith("["):
+            end = text.find("]")
+            if end < 0 or text[end + 1 : end + 2] != ":":
+                raise ValueError("an IPv6 target is written [ADDRESS]:PORT")
+            host, port_text = text[1:end], text[end + 2 :]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError("expected HOST:PORT (IPv6 in brackets: [::1]:554)")
+    else:
+        raise ValueError('expected a string "HOST:PORT" or a port number')
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
+    return AllowedTarget(_normalize_host(host), int(port_text))
+
+
+_SERVICES_KEYS = ("forward", "connect_timeout_s", "max_streams_per_session")
+
+
+def parse_services(document: Mapping[str, object], source: Path) -> ServicesConfig:
+    """Read the ``[services]`` section of a parsed dvrlinkd TOML document (absent: defaults).
+
+    Raises:
+        ConfigError: the section is not a table, has an unknown key, or a bad value; the message
+            names the file, the key, the value and what to write.
+    """
+    raw = document.get("services", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: services must be a section [services], got {raw!r}")
+    for key in raw:
+        if key not in _SERVICES_KEYS:
+            close = difflib.get_close_matches(str(key), _SERVICES_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in [services]; {hint}known keys: {', '.join(_SERVICES_KEYS)}"
+            )
+    defaults = ServicesConfig()
+
+    forward = raw.get("forward", [])
+    example = 'write it as forward = ["127.0.0.1:554", "127.0.0.1:80"]'
+    if not isinstance(forward, list):
+        raise ConfigError(f"{source}: [services] forward = {forward!r}: expected a list; {example}")
+    allowed: list[AllowedTarget] = []
+    for entry in forward:
+        try:
+            target = parse_allowed_target(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [services] forward entry {entry!r}: {exc}; {example}") from None
+        if target in allowed:
+            raise ConfigError(
+                f"{source}: [services] forward lists {target} twice (as {entry!r}); remove one of them"
+            )
+        allowed.append(target)
+
+    timeout = raw.get("connect_timeout_s", defaults.connect_timeout_s)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 120:
+        raise ConfigError(
+            f"{source}: [services] connect_timeout_s = {timeout!r}: expected seconds from 0.1 to 120"
+        )
+    streams = raw.get("max_streams_per_session", defaults.max_streams_per_session)
+    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 1024:
+        raise ConfigError(
+            f"{source}: [services] max_streams_per_session = {streams!r}: expected a whole number "
+            "from 1 to 1024"
+        )
+    return ServicesConfig(
+        forward_allow=tuple(allowed), connect_timeout_s=float(timeout), max_streams_per_session=streams
+    )
+
+
+# --- serving streams ---
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What ``info`` reports besides the allow-list; the daemon builds it on each call."""
+
+    serial: str
+    version: str
+    uptime_s: float
+    sessions: int
+    """Sessions open now."""
+
+
+InfoProvider = Callable[[], DeviceInfo]
+TcpConnector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port, limit=CHUNK_SIZE)
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Counters across all sessions of one daemon (for status and logs)."""
+
+    streams_total: int = 0
+    streams_open: int = 0
+    forwards_refused: int = 0
+    """Forwards reset before any byte: not allowed, connection refused, timeout, failure."""
+    traffic: TrafficCounters = field(default_factory=TrafficCounters)
+    """Forwarded bytes: ``to_tcp`` from viewers to local services, ``from_tcp`` back."""
+
+
+async def serve_stream(
+    stream: StreamLike,
+    target: StreamTarget,
+    config: ServicesConfig,
+    info_provider: InfoProvider,
+    *,
+    stats: ServiceStats | None = None,
+    connect: TcpConnector = _open_tcp,
+    label: str = "session",
+) -> None:
+    """Serve one stream the viewer opened for ``target`` until it is over (see the module doc).
+
+    ``label`` names the session in log lines. Never raises, except ``CancelledError`` after the
+    stream is reset.
+    """
+    stats = stats if stats is not None else ServiceStats()
+    try:
+        if isinstance(target, ForwardTarget):
+            await _serve_forward(stream, target, config, stats, connect, label)
+        elif target.method == "ping":
+            request = await _read_request(stream, config.max_rpc_request_bytes, label)
+            if request is not None:
+                stream.write(request)
+                stream.write_eof()
+                await stream.drain()
+        elif target.method == "info":
+            if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
+                stream.write(_info_json(info_provider(), config))
+                stream.write_eof()
+                await stream.drain()
+        else:
+            log.info("%s: unknown RPC method %r: stream reset", label, target.method)
+            reset_quietly(stream, ServiceErrorCode.UNKNOWN_METHOD)
+    except asyncio.CancelledError:
+        reset_quietly(stream, StreamErrorCode.CANCELLED)
+        raise
+    except Exception as exc:
+        if reset_code(exc) is not None:
+            log.debug("%s: the viewer reset the %s stream (code 0x%x)", label, target, reset_code(exc))
+        else:
+            log.exception("%s: serving %s failed; stream reset", label, target)
+            reset_quietly(stream, ServiceErrorCode.INTERNAL)
+
+
+async def _read_request(stream: StreamLike, limit: int, label: str) -> bytes | None:
+    """The whole request up to the viewer's end of stream, or None (stream reset) if over ``limit``."""
+    request = bytearray()
+    while data := await stream.read(min(CHUNK_SIZE, limit + 1 - len(request))):
+        request += data
+        if len(request) > limit:
+            log.info("%s: RPC request over %d bytes: stream reset", label, limit)
+            reset_quietly(stream, ServiceErrorCode.BAD_REQUEST)
+            return None
+    return bytes(request)
+
+
+def _info_json(info: DeviceInfo, config: ServicesConfig) -> bytes:
+    body = {
+        "serial": info.serial,
+        "version": info.version,
+        "uptime_s": round(info.uptime_s, 1),
+        "forward": [str(t) for t in config.forward_allow],
+        "sessions": info.sessions,
+    }
+    return json.dumps(body).encode("utf-8")
+
+
+async def _serve_forward(
+    stream: StreamLike,
+    target: ForwardTarget,
+    config: ServicesConfig,
+    stats: ServiceStats,
+    connect: TcpConnector,
+    label: str,
+) -> None:
+    where = str(AllowedTarget(target.host, target.port))
+    if not config.allows(target.host, target.port):
+        stats.forwards_refused += 1
+        log.warning(
+            "%s: forward to %s refused: not in [services] forward; add it there to allow it", label, where
+        )
+        reset_quietly(stream, ServiceErrorCode.NOT_ALLOWED)
+        return
+    try:
+        async with asyncio.timeout(config.connect_timeout_s):
+            reader, writer = await connect(target.host, target.port)
+    except TimeoutError:
+        code, why = ServiceErrorCode.CONNECT_TIMEOUT, f"no answer within {config.connect_timeout_s:g} s"
+    except ConnectionRefusedError:
+        code, why = ServiceErrorCode.CONNECT_REFUSED, "connection refused: nothing listens there"
+    except OSError as exc:
+        code, why = ServiceErrorCode.CONNECT_FAILED, exc.strerror or str(exc)
+    else:
+        log.info("%s: forward to %s open", label, where)
+        result = await pump(stream, reader, writer, (stats.traffic,))
+        if result.clean:
+            log.info("%s: forward to %s done", label, where)
+        else:
+            log.info("%s: forward to %s aborted: %s", label, where, result.error)
+        return
+    stats.forwards_refused += 1
+    log.warning("%s: forward to %s failed: %s", label, where, why)
+    reset_quietly(stream, code)
+
+
+class SessionServices:
+    """The services of one session: enforces ``max_streams_per_session`` and owns its stream tasks."""
+
+    def __init__(
+        self,
+        config: ServicesConfig,
+        info_provider: InfoProvider,
+        *,
+        stats: ServiceStats | None = None,
+        connect: TcpConnector = _open_tcp,
+        label: str = "session",
+    ) -> None:
+        self._config = config
+        self._info = info_provider
+        self._stats = stats if stats is not None else ServiceStats()
+        self._connect = connect
+        self._label = label
+        self._open = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def open_streams(self) -> int:
+        """Streams being served now."""
+        return self._open
+
+    async def serve(self, stream: StreamLike, target: StreamTarget) -> None:
+        """Serve one stream (see ``serve_stream``); resets it if the session is at its limit.
+
+        Never raises, except ``CancelledError``.
+        """
+        if self._open >= self._config.max_streams_per_session:
+            log.warning(
+                "%s: stream for %s refused: %d streams open (max_streams_per_session)",
+                self._label,
+                target,
+                self._open,
+            )
+            reset_quietly(stream, ServiceErrorCode.TOO_MANY_STREAMS)
+            return
+        self._open += 1
+        self._stats.streams_open += 1
+        self._stats.streams_total += 1
+        try:
+            await serve_stream(
+                stream,
+                target,
+                self._config,
+                self._info,
+                stats=self._stats,
+                connect=self._connect,
+                label=self._label,
+            )
+        finally:
+            self._open -= 1
+            self._stats.streams_open -= 1
+
+    def start(self, stream: StreamLike, target: StreamTarget) -> asyncio.Task[None]:
+        """Serve a stream in a task of its own (for a runner's synchronous ``on_stream`` callback).
+
+        Needs a running event loop; ``aclose`` cancels what is still running.
+        """
+        task = asyncio.get_running_loop().create_task(self.serve(stream, target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Cancel the streams still being served (the session is over) and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

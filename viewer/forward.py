@@ -1,0 +1,473 @@
+"""The viewer's side of a session's services: local port forwards, ``ping`` and ``info``.
+
+``dvrlink forward SERIAL 8554:554`` listens on 127.0.0.1:8554; every connection accepted there
+becomes one session stream to ``ForwardTarget("127.0.0.1", 554)`` on the device, with bytes
+copied both ways (backpressure, half-close) by the same pump the device uses. If the device
+resets the stream (the port is not allowed, nothing listens there, ...), the local connection is
+aborted and a ``ForwardRefused`` event carries a message that says what to do.
+
+Streams come from anything with the ``StreamOpener`` shape (the session runner); nothing here
+knows about QUIC or ICE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dvrlink.daemon.services import (
+    CHUNK_SIZE,
+    ServiceErrorCode,
+    StreamLike,
+    TrafficCounters,
+    pump,
+    reset_code,
+    reset_quietly,
+)
+from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
+from dvrlink.viewer.errors import ViewerError
+
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_REMOTE_HOST = "127.0.0.1"
+MAX_PING_PAYLOAD = 64 * 1024
+MAX_INFO_BYTES = 64 * 1024
+_EXAMPLES = "e.g. 8554:554, 0.0.0.0:8080:80 or 8000:192.168.1.64:8000"
+
+
+class StreamOpener(Protocol):
+    """Opens streams on an established session (the viewer's session runner)."""
+
+    async def open_stream(self, target: StreamTarget) -> StreamLike:
+        """A new stream to ``target``; raises if the session cannot open one (closed, ...)."""
+        ...
+
+
+# --- forward specs ---
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSpec:
+    """``-L``: listen on ``bind_host:local_port``; reach ``remote_host:remote_port`` from the device."""
+
+    bind_host: str
+    local_port: int
+    """0: any free port (the listener reports the one it got)."""
+    remote_host: str
+    """Host as the device sees it; 127.0.0.1 is the device itself."""
+    remote_port: int
+
+    def __str__(self) -> str:
+        return (
+            f"{_bracket(self.bind_host)}:{self.local_port} -> {_bracket(self.remote_host)}:{self.remote_port}"
+        )
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _split_spec(text: str) -> list[str]:
+    """Split on ':' outside brackets; bracketed parts lose their brackets."""
+    parts: list[str] = []
+    rest = text
+    while True:
+        if rest.startswith("["):
+            end = rest.find("]")
+            if end < 0:
+                raise ValueError("an opening '[' has no closing ']'")
+            parts.append(rest[1:end])
+            rest = rest[end + 1 :]
+            if not rest:
+                return parts
+            if not rest.startswith(":"):
+                raise ValueError("a ']' must be followed by ':'")
+            rest = rest[1:]
+        else:
+            head, sep, rest = rest.partition(":")
+            parts.append(head)
+            if not sep:
+                return parts
+
+
+def _port(text: str, what: str, low: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= 65535:
+        raise ValueError(f"{what} {text!r} must be a number from {low} to 65535")
+    return int(text)
+
+
+def _host(text: str, what: str) -> str:
+    if not text or any(ch.isspace() or ch in "/[]" for ch in text):
+        raise ValueError(f"{what} {text!r} must be a host name or IP address")
+    return text
+
+
+def parse_forward_spec(text: str) -> ForwardSpec:
+    """Parse ``[bind:]local:remote`` or ``[bind:]local:host:remote`` (IPv6 in brackets).
+
+    With three parts, a first part made of digits is the local port (``local:host:remote``),
+    anything else the bind address (``bind:local:remote``). The bind address defaults to
+    127.0.0.1 and the remote host to 127.0.0.1, the device itself. A local port of 0 picks a
+    free port.
+
+    Raises:
+        ValueError: malformed; the message quotes the spec, says what is wrong and shows examples.
+    """
+    try:
+        parts = _split_spec(text.strip())
+        if len(parts) == 2:
+            bind, local, host, remote = DEFAULT_BIND, parts[0], DEFAULT_REMOTE_HOST, parts[1]
+        elif len(parts) == 3 and parts[0].isdigit():
+            bind, local, host, remote = DEFAULT_BIND, parts[0], parts[1], parts[2]
+        elif len(parts) == 3:
+            bind, local, host, remote = parts[0], parts[1], DEFAULT_REMOTE_HOST, parts[2]
+        elif len(parts) == 4:
+            bind, local, host, remote = parts
+        else:
+            raise ValueError("expected [BIND:]LOCAL:REMOTE or [BIND:]LOCAL:HOST:REMOTE")
+        return ForwardSpec(
+            bind_host=_host(bind, "bind address"),
+            local_port=_port(local, "local port", 0),
+            remote_host=_host(host, "device-side host"),
+            remote_port=_port(remote, "remote port", 1),
+        )
+    except ValueError as exc:
+        raise ValueError(f"bad forward {text!r}: {exc} ({_EXAMPLES})") from None
+
+
+# --- what the device's reset codes mean ---
+
+
+def describe_reset(code: int | None, target: StreamTarget) -> str:
+    """A one-line message for a stream the device reset with ``code`` (None: the session ended)."""
+    if isinstance(target, ForwardTarget):
+        where = f"{_bracket(target.host)}:{target.port}"
+        if code == ServiceErrorCode.NOT_ALLOWED:
+            return (
+                f"the device refuses port {target.port} on {target.host}: "
+                f'add "{where}" to [services] forward in dvrlinkd.toml on the device'
+            )
+        if code == ServiceErrorCode.CONNECT_REFUSED:
+            return (
+                f"nothing listens on {where} on the device: check that the recorder's service is "
+                "running and the port is right"
+            )
+        if code == ServiceErrorCode.CONNECT_TIMEOUT:
+            return f"the device got no answer from {where} in time: check the address and that the host is up"
+        if code == ServiceErrorCode.CONNECT_FAILED:
+            return f"the device cannot connect to {where}: check the address (its log says more)"
+    else:
+        if code == ServiceErrorCode.UNKNOWN_METHOD:
+            return f"the device does not know the {target.method!r} request: update dvrlinkd on it"
+        if code == ServiceErrorCode.BAD_REQUEST:
+            return f"the device refused the {target.method!r} request as too large"
+    if code == ServiceErrorCode.TOO_MANY_STREAMS:
+        return "the device has too many streams open on this session: close some connections and retry"
+    if code == ServiceErrorCode.INTERNAL:
+        return "the device failed to serve the stream (a bug there; its log says more)"
+    if code is None:
+        return "the session to the device ended"
+    if code == StreamErrorCode.CANCELLED:
+        return "the device closed the connection abruptly"
+    return f"the device reset the stream (code 0x{code:x})"
+
+
+REFUSAL_CODES = frozenset(
+    {
+        ServiceErrorCode.NOT_ALLOWED,
+        ServiceErrorCode.CONNECT_REFUSED,
+        ServiceErrorCode.CONNECT_TIMEOUT,
+        ServiceErrorCode.CONNECT_FAILED,
+        ServiceErrorCode.TOO_MANY_STREAMS,
+    }
+)
+"""Codes with which the device turns a forward down before any byte passes."""
+
+
+# --- forward events and counters ---
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardEvent:
+    """Base of what a forward reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardListening(ForwardEvent):
+    """The local listener is up on ``address`` (host, port)."""
+
+    spec: ForwardSpec
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAccepted(ForwardEvent):
+    """A local client connected from ``peer``."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRefused(ForwardEvent):
+    """The device turned the connection down (``REFUSAL_CODES``); ``message`` says what to do."""
+
+    peer: str
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(ForwardEvent):
+    """A local connection is over; ``error`` is None if both directions ended normally."""
+
+    peer: str
+    bytes_out: int
+    """Bytes from the local client to the device."""
+    bytes_in: int
+    """Bytes from the device to the local client."""
+    error: str | None
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """Live counters of one forward, for a status line; updated while connections run."""
+
+    connections_total: int = 0
+    connections_open: int = 0
+    refused: int = 0
+    traffic: TrafficCounters = field(default_factory=TrafficCounters)
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes from local clients to the device."""
+        return self.traffic.from_tcp
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes from the device to local clients."""
+        return self.traffic.to_tcp
+
+
+class Forwarder:
+    """One local listener whose connections become streams to one target on the device."""
+
+    def __init__(
+        self,
+        opener: StreamOpener,
+        spec: ForwardSpec,
+        on_event: Callable[[ForwardEvent], None] | None = None,
+    ) -> None:
+        self._opener = opener
+        self._spec = spec
+        self._on_event = on_event or (lambda event: None)
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.stats = ForwardStats()
+        """Live counters; read them any time."""
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on the spec's bind address and port; returns the address really bound.
+
+        Raises:
+            ViewerError: the address cannot be bound (in use, not local, no permission).
+        """
+        spec = self._spec
+        try:
+            self._server = await asyncio.start_server(
+                self._accepted, spec.bind_host, spec.local_port, limit=CHUNK_SIZE
+            )
+        except OSError as exc:
+            raise ViewerError(
+                f"cannot listen on {_bracket(spec.bind_host)}:{spec.local_port} "
+                f"({exc.strerror or exc}): pick another local port or bind address"
+            ) from exc
+        sockname = self._server.sockets[0].getsockname()
+        address = (str(sockname[0]), int(sockname[1]))
+        self._on_event(ForwardListening(spec, address))
+        return address
+
+    async def aclose(self) -> None:
+        """Stop listening and abort the connections still open; waits until they are gone."""
+        if self._server is not None:
+            self._server.close()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{_bracket(str(peername[0]))}:{peername[1]}" if peername else "?"
+        stats = self.stats
+        stats.connections_total += 1
+        stats.connections_open += 1
+        self._on_event(ConnectionAccepted(peer))
+        mine = TrafficCounters()
+        error: str | None = None
+        target = ForwardTarget(self._spec.remote_host, self._spec.remote_port)
+        try:
+            try:
+                stream = await self._opener.open_stream(target)
+            except Exception as exc:
+                writer.transport.abort()
+                error = f"cannot open a stream to the device: {exc}"
+                return
+            result = await pump(stream, reader, writer, (mine, stats.traffic))
+            if not result.clean:
+                code = result.stream_error_code
+                if code is not None and code in REFUSAL_CODES and mine.to_tcp == 0:
+                    stats.refused += 1
+                    error = describe_reset(code, target)
+                    self._on_event(ForwardRefused(peer, code, error))
+                elif code is not None:
+                    error = describe_reset(code, target)
+                else:
+                    error = result.error
+        except asyncio.CancelledError:
+            error = "the forward was closed"
+            raise
+        except Exception as exc:  # a bug: keep serving other connections
+            writer.transport.abort()
+            error = f"internal error ({type(exc).__name__}: {exc})"
+        finally:
+            stats.connections_open -= 1
+            self._on_event(ConnectionClosed(peer, mine.from_tcp, mine.to_tcp, error))
+
+
+async def run_forward(
+    opener: StreamOpener,
+    spec: ForwardSpec,
+    on_event: Callable[[ForwardEvent], None] | None = None,
+    stats: ForwardStats | None = None,
+) -> None:
+    """Serve ``spec`` until cancelled; then close the listener and its connections.
+
+    ``stats``, if given, is updated live (connections, refusals, bytes).
+
+    Raises:
+        ViewerError: the local address cannot be bound.
+    """
+    forwarder = Forwarder(opener, spec, on_event)
+    if stats is not None:
+        forwarder.stats = stats
+    await forwarder.start()
+    try:
+        await asyncio.get_running_loop().create_future()  # until cancelled
+    finally:
+        await forwarder.aclose()
+
+
+# --- RPC ---
+
+
+async def _call(opener: StreamOpener, method: str, request: bytes, limit: int) -> bytes:
+    """Send ``request`` to RPC ``method`` and read the whole reply (at most ``limit`` bytes).
+
+    Raises:
+        ViewerError: no stream could be opened, the device reset it, or the reply is too long.
+    """
+    target = RpcTarget(method)
+    try:
+        stream = await opener.open_stream(target)
+    except Exception as exc:
+        raise ViewerError(f"cannot open a {method} request to the device: {exc}") from exc
+    send_error: Exception | None = None
+    try:
+        if request:
+            stream.write(request)
+        stream.write_eof()
+        await stream.drain()
+    except Exception as exc:  # the reason (the device's reset code) surfaces on the read side
+        send_error = exc
+    try:
+        reply = bytearray()
+        while data := await stream.read(CHUNK_SIZE):
+            reply += data
+            if len(reply) > limit:
+                reset_quietly(stream, StreamErrorCode.CANCELLED)
+                raise ViewerError(f"the device's {method} reply is over {limit} bytes: is it a dvrlinkd?")
+        if send_error is not None:
+            raise send_error
+        return bytes(reply)
+    except asyncio.CancelledError:
+        reset_quietly(stream, StreamErrorCode.CANCELLED)
+        raise
+    except ViewerError:
+        raise
+    except Exception as exc:
+        raise ViewerError(describe_reset(reset_code(exc), target)) from exc
+
+
+async def ping(
+    opener: StreamOpener,
+    count: int = 4,
+    payload_size: int = 32,
+    *,
+    timeout_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> list[float]:
+    """Send ``count`` pings of ``payload_size`` random bytes one after the other; returns their RTTs (s).
+
+    Each RTT runs from opening the stream to the end of the echoed reply (``clock`` seconds).
+
+    Raises:
+        ValueError: ``count`` < 1 or ``payload_size`` outside 0-65536.
+        ViewerError: a ping got no reply within ``timeout_s``, a wrong echo, or a reset.
+    """
+    if count < 1:
+        raise ValueError(f"ping count {count} must be at least 1")
+    if not 0 <= payload_size <= MAX_PING_PAYLOAD:
+        raise ValueError(f"ping payload {payload_size} must be 0-{MAX_PING_PAYLOAD} bytes")
+    rtts: list[float] = []
+    for n in range(1, count + 1):
+        payload = rng(payload_size)
+        start = clock()
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await _call(opener, "ping", payload, MAX_PING_PAYLOAD)
+        except TimeoutError:
+            raise ViewerError(
+                f"ping {n}: no reply from the device within {timeout_s:g} s: check `dvrlink status`"
+            ) from None
+        if reply != payload:
+            raise ViewerError(
+                f"ping {n}: the device echoed {len(reply)} bytes that differ from the {len(payload)} sent"
+            )
+        rtts.append(clock() - start)
+    return rtts
+
+
+async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[str, object]:
+    """The device's ``info`` reply: ``serial``, ``version``, ``uptime_s``, ``forward``, ``sessions``.
+
+    Raises:
+        ViewerError: no reply in time, a reset, or a reply that is not a JSON object.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, "info", b"", MAX_INFO_BYTES)
+    except TimeoutError:
+        raise ViewerError(f"no info reply from the device within {timeout_s:g} s") from None
+    with contextlib.suppress(ValueError):
+        body = json.loads(reply)
+        if isinstance(body, dict):
+            return body
+    raise ViewerError("the device's info reply is not a JSON object: is it a dvrlinkd?")
