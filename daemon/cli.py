@@ -24,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dvrlink.daemon.app import run_daemon
-from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, ConfigError, DaemonConfig, describe, load_config
+from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, DaemonConfig, describe, load_config
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.state import DeviceState, StateError
 from dvrlink.daemon.status import StatusUnavailable, format_status, read_status
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint

@@ -16,15 +16,13 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dvrlink.daemon.errors import ConfigError
+from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 
 DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PLACEHOLDER_KEY = bytes(32)
-
-
-class ConfigError(Exception):
-    """The config file is missing, unreadable or has a bad value; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +94,7 @@ class DaemonConfig:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -135,7 +134,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     Raises:
         ConfigError: as for ``load_config``.
     """
-    sections = ("device", "broker", "presence", "pairing", "log")
+    sections = ("device", "broker", "presence", "pairing", "log", "services")
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
 
@@ -176,7 +175,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     lg = _Table(source, "log", document, LogConfig)
     log = LogConfig(level=lg.choice("level", LOG_LEVELS))
 
-    return DaemonConfig(device, broker, presence, pairing, log, source)
+    services = parse_services(document, source)
+    return DaemonConfig(device, broker, presence, pairing, log, services, source)
 
 
 def _reject_unknown(source: Path, where: str, keys: Iterable[str], known: tuple[str, ...]) -> None:
@@ -295,5 +295,6 @@ def describe(config: DaemonConfig) -> str:
     return (
         f"{config.source}: serial {config.device.serial}, broker {config.broker.address}, "
         f"state {config.device.state_dir}, runtime {config.device.runtime_dir}, "
-        f"keepalive {config.presence.keepalive_interval_s:g} s"
+        f"keepalive {config.presence.keepalive_interval_s:g} s, "
+        f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}"
     )

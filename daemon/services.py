@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from dvrlink.daemon.config import ConfigError
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.protocol.session import ForwardTarget, StreamErrorCode, StreamTarget
 
 log = logging.getLogger(__name__)

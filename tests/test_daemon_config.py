@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.daemon.config import ConfigError, DaemonConfig, load_config
+from dvrlink.daemon.config import DaemonConfig, load_config
+from dvrlink.daemon.errors import ConfigError
 
 KEY = bytes(range(1, 33))
 KEY_B64 = base64.b64encode(KEY).decode()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.daemon.config import ConfigError
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.services import AllowedTarget, ServicesConfig, parse_allowed_target, parse_services
 from dvrlink.viewer.forward import ForwardSpec, parse_forward_spec
 

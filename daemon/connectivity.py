@@ -1,0 +1,561 @@
+"""The path layer of one session, on either side: a TURN relay path at once, a direct one when ICE finds it.
+
+``Connectivity`` moves QUIC datagrams between a session core and the network over up to two
+paths, named by labels that the cores take as opaque addresses:
+
+- ``RELAY`` (``("relay", 0)``): our TURN allocation (aioice's TURN client, UDP or TCP to the
+  server) to the peer's relay candidate. It is usable as soon as ``start`` has the peer's
+  candidates: ``start`` binds a channel (which installs the permission) towards the peer's
+  relayed address, so the peer's datagrams pass our relay, and marks the path ready without
+  waiting for anything (RFC 8656 queues our first datagrams behind the binding).
+- ``LAN`` (``("lan", 0)``) or ``DIRECT`` (``("direct", 0)``): the pair an ``aioice.Connection``
+  nominates among host and server-reflexive candidates (no TURN inside aioice). ``LAN`` when both
+  candidates are host candidates, ``DIRECT`` otherwise. The checks run in the background; nothing
+  waits for them, and a failure only leaves the relay in use.
+
+Lifecycle, either side::
+
+    conn = await Connectivity.prepare(controlling, stun_server, turn, policy)   # allocate + gather
+    send conn.local_ufrag, conn.local_pwd, conn.local_candidates() to the peer
+    conn.on_datagram = ...; conn.on_path_ready = ...; conn.on_failed = ...
+    await conn.start(remote_ufrag, remote_pwd, remote_candidates)
+    conn.send(data, conn.best_path) ...
+    await conn.close()
+
+Datagrams that arrive on the ICE sockets before this side has nominated its pair (the peer may
+finish its checks first) are held, a few at most, and handed over with the nominated label once
+it is known, so a path label always means one pair. Only datagrams whose first byte is QUIC's
+(RFC 9443: 64-127 or 192-255) are handed over; the TURN channel primer (an empty datagram) and
+anything else is dropped.
+
+aioice internals are confined to the functions at the end of this module and each fails closed
+(no direct path, never a wrong one); ``tests/test_connectivity_paths.py`` asserts they still exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aioice
+from aioice import stun
+from aioice.candidate import Candidate
+from aioice.turn import TurnTransport, create_turn_endpoint
+from aioice.utils import random_string
+
+from dvrlink.protocol.signalling import PathPolicy, TurnServer
+
+Path = tuple[str, int]
+"""A path label, passed to the session cores as the peer's address."""
+
+RELAY: Path = ("relay", 0)
+DIRECT: Path = ("direct", 0)
+LAN: Path = ("lan", 0)
+PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
+"""Preference: lan over direct over relay."""
+
+TURN_TIMEOUT_S = 5.0
+"""How long an Allocate (with its 401 round) may take per TURN server."""
+ICE_TIMEOUT_S = 30.0
+"""How long the background ICE checks may run before the direct path is given up."""
+CLOSE_TIMEOUT_S = 2.0
+"""How long ``close`` waits for the TURN server to confirm the allocation's deletion."""
+MAX_EARLY_ICE_DATAGRAMS = 64
+"""Datagrams held from the ICE sockets until this side has nominated its pair."""
+
+log = logging.getLogger(__name__)
+
+
+class ConnectivityError(Exception):
+    """No path could be prepared or found; the message says why and what to do."""
+
+
+def is_quic(data: bytes) -> bool:
+    """RFC 9443: a QUIC datagram starts with 64-127 (short header) or 192-255 (long header)."""
+    return bool(data) and bool(data[0] & 0x40)
+
+
+def _turn_error(server: TurnServer, exc: BaseException) -> str:
+    where = f"TURN server {server.host}:{server.port} ({server.transport})"
+    if isinstance(exc, stun.TransactionFailed):
+        code = exc.response.error_code
+        if code == 401:
+            return (
+                f"TURN credentials rejected by {where} (401 Unauthorized): they may have expired or "
+                "come from another broker; ask the broker for a new session"
+            )
+        if code == 486:
+            return f"{where} refused the allocation: quota reached (486); close other sessions first"
+        return f"{where} refused the allocation: {exc}"
+    if isinstance(exc, (stun.TransactionTimeout, TimeoutError)):
+        return f"no answer from {where}: check that the broker's TURN port is reachable"
+    return f"cannot reach {where}: {exc}"
+
+
+class _RelayReceiver(asyncio.DatagramProtocol):
+    """What aioice's TURN transport delivers to: relayed datagrams and send errors."""
+
+    def __init__(self, owner: Connectivity) -> None:
+        self._owner = owner
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._owner._relay_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self._owner._relay_error(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._owner._relay_lost()
+
+
+class _IceConnection(aioice.Connection):
+    """An aioice connection that hands data to its owner at once and may gather on chosen addresses."""
+
+    def __init__(self, owner: Connectivity, host_addresses: Sequence[str] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owner = owner
+        self._host_addresses = None if host_addresses is None else list(host_addresses)
+
+    def data_received(self, data: bytes, component: int) -> None:
+        self._owner._ice_datagram(data)
+
+    async def gather_candidates(self) -> None:
+        if self._host_addresses is None:
+            await super().gather_candidates()
+        else:
+            await _gather_on(self, self._host_addresses)
+
+
+class Connectivity:
+    """One session's paths (see the module docstring). Build it with :meth:`prepare`."""
+
+    def __init__(self, controlling: bool, policy: PathPolicy) -> None:
+        """Use :meth:`prepare`; this only sets up empty state."""
+        self.controlling = controlling
+        self.policy = policy
+        self.on_datagram: Callable[[bytes, Path], None] = lambda data, path: None
+        """Called with each QUIC datagram received and the path it came on."""
+        self.on_path_ready: Callable[[Path], None] = lambda path: None
+        """Called once per path when it can carry datagrams both ways."""
+        self.on_failed: Callable[[str], None] = lambda reason: None
+        """Called once if every path this side could use has failed; ``reason`` says why."""
+        self.bytes_in: dict[Path, int] = {}
+        self.bytes_out: dict[Path, int] = {}
+        self.dropped = 0
+        """Datagrams dropped: not QUIC, from an unexpected peer, or sent on a path not ready."""
+        self.errors: list[str] = []
+        """What went wrong so far, newest last (TURN refusals, failed ICE), for status output."""
+        self._ufrag = random_string(8)
+        self._pwd = random_string(24)
+        self._ready: list[Path] = []
+        self._turn: TurnTransport | None = None
+        self._turn_server: TurnServer | None = None
+        self._relay_receiver: _RelayReceiver | None = None
+        self._relayed_address: tuple[str, int] | None = None
+        self._related_address: tuple[str, int] | None = None
+        self._remote_relay: tuple[str, int] | None = None
+        self._ice: _IceConnection | None = None
+        self._ice_task: asyncio.Task[None] | None = None
+        self._ice_path: Path | None = None
+        self._ice_pending: deque[bytes] = deque(maxlen=MAX_EARLY_ICE_DATAGRAMS)
+        self._ice_done = False
+        self._relay_done = False
+        self._started = False
+        self._remote_end = False
+        self._closed = False
+        self._failed = False
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    @classmethod
+    async def prepare(
+        cls,
+        controlling: bool,
+        stun_server: tuple[str, int] | None,
+        turn: Sequence[TurnServer],
+        policy: PathPolicy,
+        *,
+        host_addresses: Sequence[str] | None = None,
+    ) -> Connectivity:
+        """Allocate a TURN relay (unless ``DIRECT_ONLY``) and gather host and server-reflexive
+        candidates (unless ``RELAY_ONLY``).
+
+        ``turn`` servers are tried in order; the first allocation that succeeds is used.
+        ``host_addresses`` limits host candidates to these IP literals (default: every address
+        of every interface but loopback, as aioice gathers them).
+
+        Raises:
+            ConnectivityError: no TURN allocation could be made under ``RELAY_ONLY`` (the message
+                names the server and the cause, e.g. rejected credentials), or no candidate at all
+                could be gathered.
+        """
+        self = cls(controlling, policy)
+        try:
+            if policy is not PathPolicy.DIRECT_ONLY:
+                await self._allocate(turn)
+            if policy is not PathPolicy.RELAY_ONLY:
+                self._ice = _IceConnection(
+                    self,
+                    host_addresses,
+                    ice_controlling=controlling,
+                    stun_server=stun_server,
+                    local_username=self._ufrag,
+                    local_password=self._pwd,
+                )
+                await self._ice.gather_candidates()
+            if not self.local_candidates():
+                reasons = "; ".join(self.errors) or "no network address to gather candidates on"
+                raise ConnectivityError(f"no ICE candidate could be gathered: {reasons}")
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _allocate(self, servers: Sequence[TurnServer]) -> None:
+        for server in servers:
+            try:
+                receiver: _RelayReceiver | None = None
+
+                def factory() -> _RelayReceiver:
+                    nonlocal receiver
+                    receiver = _RelayReceiver(self)
+                    return receiver
+
+                transport, _ = await asyncio.wait_for(
+                    create_turn_endpoint(
+                        factory,
+                        (server.host, server.port),
+                        server.username,
+                        server.password,
+                        transport=server.transport,
+                    ),
+                    TURN_TIMEOUT_S,
+                )
+            except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
+                message = _turn_error(server, exc)
+                log.warning("%s", message)
+                self.errors.append(message)
+                continue
+            self._turn = transport
+            self._turn_server = server
+            self._relay_receiver = receiver
+            self._relayed_address = transport.get_extra_info("sockname")
+            self._related_address = transport.get_extra_info("related_address")
+            return
+        if not servers:
+            self.errors.append("no TURN server was given")
+        if self.policy is PathPolicy.RELAY_ONLY:
+            raise ConnectivityError(
+                "relay-only session without a relay: " + "; ".join(self.errors[-len(servers) or -1 :])
+            )
+
+    # -- local parameters ---------------------------------------------------------------------------
+
+    @property
+    def local_ufrag(self) -> str:
+        """Our ICE username fragment (also sent under ``RELAY_ONLY``, where it is unused)."""
+        return self._ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        """Our ICE password."""
+        return self._pwd
+
+    def local_candidates(self) -> list[str]:
+        """Our candidates as SDP ``candidate`` values: host and server-reflexive ones (a
+        server-reflexive one equal to its base is left out, RFC 8445 section 5.1.3), then the
+        relay candidate (the TURN relayed address, type relay)."""
+        out: list[str] = []
+        if self._ice is not None:
+            for candidate in self._ice.local_candidates:
+                if candidate.type == "srflx" and (candidate.host, candidate.port) == (
+                    candidate.related_address,
+                    candidate.related_port,
+                ):
+                    continue
+                out.append(candidate.to_sdp())
+        if self._relayed_address is not None:
+            host, port = self._relayed_address
+            related = self._related_address or ("0.0.0.0", 9)
+            out.append(
+                Candidate(
+                    foundation=aioice.candidate.candidate_foundation("relay", "udp", host),
+                    component=1,
+                    transport="udp",
+                    priority=aioice.candidate.candidate_priority(1, "relay"),
+                    host=host,
+                    port=port,
+                    type="relay",
+                    related_address=related[0],
+                    related_port=related[1],
+                ).to_sdp()
+            )
+        return out
+
+    @property
+    def relayed_address(self) -> tuple[str, int] | None:
+        """Our TURN relayed address, or None without an allocation."""
+        return self._relayed_address
+
+    # -- start -------------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        remote_ufrag: str,
+        remote_pwd: str,
+        remote_candidates: Sequence[str],
+        *,
+        end_of_candidates: bool = True,
+    ) -> None:
+        """Open the relay path as soon as the peer's relay candidate is known and start ICE checks
+        in the background; returns at once.
+
+        Pass ``end_of_candidates=False`` to trickle more with :meth:`add_remote_candidates`.
+        Malformed remote candidates are skipped. If no path can come (no relay candidate from the
+        peer or no allocation here, and the ICE checks failed), ``on_failed`` is called.
+
+        Raises:
+            RuntimeError: called twice, or after ``close``.
+        """
+        if self._started or self._closed:
+            raise RuntimeError("Connectivity.start() may be called once, before close()")
+        self._started = True
+        if self._turn is None:
+            self._relay_done = True
+        ice = self._ice
+        if ice is None:
+            self._ice_done = True
+        else:
+            ice.remote_username = remote_ufrag
+            ice.remote_password = remote_pwd
+            self._ice_task = asyncio.create_task(self._run_ice(ice))
+        await self.add_remote_candidates(remote_candidates, end=end_of_candidates)
+        self._check_failed()
+
+    async def add_remote_candidates(self, candidates: Sequence[str], *, end: bool = False) -> None:
+        """Add trickled peer candidates (SDP strings); ``end``: the peer has no more.
+
+        Raises:
+            RuntimeError: before ``start`` or after end-of-candidates.
+        """
+        if not self._started or self._remote_end:
+            raise RuntimeError("remote candidates are added after start() and before their end")
+        if self._closed:
+            return
+        ice = self._ice
+        for sdp in candidates:
+            try:
+                candidate = Candidate.from_sdp(sdp)
+            except (ValueError, IndexError):
+                log.info("skipping malformed remote candidate %r", sdp)
+                continue
+            if candidate.type == "relay":
+                if self._turn is not None and self._remote_relay is None:
+                    self._open_relay((candidate.host, candidate.port))
+            elif candidate.type in ("host", "srflx") and ice is not None:
+                await ice.add_remote_candidate(candidate)
+        if end:
+            self._remote_end = True
+            if ice is not None:
+                await ice.add_remote_candidate(None)
+            if self._turn is not None and self._remote_relay is None:
+                self.errors.append("the peer offered no relay candidate; only a direct path can work")
+                self._relay_done = True
+            self._check_failed()
+
+    def _open_relay(self, remote: tuple[str, int]) -> None:
+        assert self._turn is not None
+        self._remote_relay = remote
+        # An empty datagram makes aioice bind a channel (and so a permission) to the peer's relay
+        # now, so the peer's first datagrams pass our relay; the peer drops it as not QUIC.
+        self._turn.sendto(b"", remote)
+        self._mark_ready(RELAY)
+
+    async def _run_ice(self, ice: _IceConnection) -> None:
+        try:
+            await asyncio.wait_for(ice.connect(), ICE_TIMEOUT_S)
+        except (ConnectionError, TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else "failed"
+            self.errors.append(f"no direct path: ICE checks {what} ({exc or ICE_TIMEOUT_S})")
+            log.info("%s", self.errors[-1])
+            self._ice_done = True
+            self._ice_pending.clear()
+            self._check_failed()
+            return
+        pair = _selected_pair(ice)
+        if pair is None:
+            self.errors.append("no direct path: aioice nominated no usable pair")
+            self._ice_done = True
+            self._check_failed()
+            return
+        local, remote = pair
+        path = LAN if local.type == "host" and remote.type == "host" else DIRECT
+        self._ice_path = path
+        self._mark_ready(path)
+        pending = list(self._ice_pending)
+        self._ice_pending.clear()
+        for data in pending:
+            self._deliver(data, path)
+
+    # -- datagrams ---------------------------------------------------------------------------------
+
+    @property
+    def paths(self) -> list[Path]:
+        """The paths ready, in the order they became ready."""
+        return list(self._ready)
+
+    @property
+    def best_path(self) -> Path | None:
+        """The preferred ready path (lan > direct > relay), or None while none is ready."""
+        if not self._ready:
+            return None
+        return max(self._ready, key=lambda p: PATH_RANK[p])
+
+    def send(self, data: bytes, path: Path) -> None:
+        """Send one datagram on ``path``; dropped (and counted) if that path is not ready.
+
+        Never raises: a datagram network is lossy and QUIC recovers.
+        """
+        if self._closed or path not in self._ready:
+            self.dropped += 1
+            return
+        if path == RELAY:
+            assert self._turn is not None and self._remote_relay is not None
+            self._turn.sendto(data, self._remote_relay)
+        else:
+            pair = _selected_transport(self._ice) if self._ice is not None else None
+            if pair is None:
+                self.dropped += 1
+                return
+            transport, address = pair
+            transport.sendto(data, address)
+        self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
+
+    async def close(self) -> None:
+        """Delete the TURN allocation (waiting up to ``CLOSE_TIMEOUT_S``) and close ICE. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.clear()
+        if self._ice_task is not None:
+            self._ice_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ice_task
+        if self._ice is not None:
+            await self._ice.close()
+        if self._turn is not None:
+            self._turn.close()
+            if self._relay_receiver is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._relay_receiver.closed), CLOSE_TIMEOUT_S)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _mark_ready(self, path: Path) -> None:
+        if self._closed or path in self._ready:
+            return
+        self._ready.append(path)
+        log.info("path %s ready", path[0])
+        self.on_path_ready(path)
+
+    def _deliver(self, data: bytes, path: Path) -> None:
+        if not is_quic(data):
+            self.dropped += 1
+            return
+        self.bytes_in[path] = self.bytes_in.get(path, 0) + len(data)
+        self.on_datagram(data, path)
+
+    def _relay_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed or addr != self._remote_relay:
+            self.dropped += 1
+            return
+        self._deliver(data, RELAY)
+
+    def _ice_datagram(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._ice_path is None:
+            if not self._ice_done and is_quic(data):
+                self._ice_pending.append(data)
+            else:
+                self.dropped += 1
+            return
+        self._deliver(data, self._ice_path)
+
+    def _relay_error(self, exc: Exception) -> None:
+        server = self._turn_server
+        where = f"TURN server {server.host}:{server.port}" if server is not None else "TURN server"
+        if isinstance(exc, stun.TransactionFailed) and exc.response.error_code == 403:
+            message = (
+                f"{where} refused to relay to the peer's relay address {self._remote_relay} (403): "
+                "its denied_peer_networks may cover it"
+            )
+        else:
+            message = f"relay path through {where} failed: {exc}"
+        log.warning("%s", message)
+        self.errors.append(message)
+        if RELAY in self._ready:
+            self._ready.remove(RELAY)
+        self._relay_done = True
+        self._check_failed()
+
+    def _relay_lost(self) -> None:
+        if self._closed:
+            return
+        if RELAY in self._ready:
+            self._ready.remove(RELAY)
+            self.errors.append("the TURN allocation was lost (refresh failed or connection closed)")
+        self._relay_done = True
+        self._check_failed()
+
+    def _check_failed(self) -> None:
+        if self._failed or self._closed or not self._started or self._ready:
+            return
+        if self._relay_done and self._ice_done:
+            self._failed = True
+            reason = "no path to the peer: " + ("; ".join(self.errors) or "no candidates to try")
+            self.on_failed(reason)
+
+
+# --- aioice internals (see the module docstring); each one fails closed. ---
+
+
+async def _gather_on(ice: aioice.Connection, addresses: list[str]) -> None:
+    """``Connection.gather_candidates`` restricted to ``addresses`` (aioice always takes every
+    interface but loopback)."""
+    if getattr(ice, "_local_candidates_start", True) or not hasattr(ice, "_local_candidates"):
+        return
+    ice._local_candidates_start = True
+    ice._local_candidates += await ice.get_component_candidates(component=1, addresses=addresses)
+    ice._local_candidates_end = True
+
+
+def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) candidates of the nominated pair of component 1, or None."""
+    pair = getattr(ice, "_nominated", {}).get(1)
+    if pair is None:
+        return None
+    local = getattr(pair, "local_candidate", None)
+    remote = getattr(pair, "remote_candidate", None)
+    if not isinstance(local, Candidate) or not isinstance(remote, Candidate):
+        return None
+    return local, remote
+
+
+def _selected_transport(ice: aioice.Connection) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:
+    """The socket and remote address of the nominated pair of component 1, or None."""
+    pair = getattr(ice, "_nominated", {}).get(1)
+    if pair is None:
+        return None
+    transport = getattr(getattr(pair, "protocol", None), "transport", None)
+    address = getattr(pair, "remote_addr", None)
+    if transport is None or transport.is_closing() or not isinstance(address, tuple):
+        return None
+    return transport, address

@@ -1,0 +1,591 @@
+"""Asyncio driver of one sans-I/O session core (``DeviceSession`` or ``ViewerSession``) over a
+``Connectivity``, with asyncio stream objects on top of the core's stream events.
+
+The runner is a thin link in the house sense: datagrams from the connectivity layer go into the
+core with ``loop.time()``; after each batch of input (one ``call_soon`` pass) it hands out the
+core's events, sends ``datagrams_to_send(now)`` on the path each one names, and re-arms one timer
+from ``get_timer()``. Path labels (``connectivity.RELAY`` / ``DIRECT`` / ``LAN``) are the
+addresses the core sees.
+
+The viewer runner connects on the first path that becomes ready (the relay, within one TURN round
+trip of ``Connectivity.start``) and moves the session to a better path (lan > direct > relay)
+as soon as one is ready and the session is established (``ViewerSession.switch_path``); QUIC
+keeps every stream across the move. The device runner answers on whatever path the viewer uses
+(the core follows the viewer's migration).
+
+Streams: ``SessionStream.read`` / ``write`` / ``drain`` / ``write_eof`` / ``reset``. ``drain``
+waits while more than ``buffer_limit`` bytes written on the stream are not yet acknowledged by
+the peer (read from aioquic's send buffer, see the end of the module; if that is unavailable,
+``drain`` does not wait). Received data is buffered until read; QUIC flow control does not
+push back on a slow reader (the core credits the window as it delivers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dvrlink.daemon.connectivity import PATH_RANK, Connectivity, Path
+from dvrlink.protocol.session import (
+    DeviceSession,
+    PeerMoved,
+    PinMismatch,
+    SessionClosed,
+    SessionEstablished,
+    SessionEvent,
+    SessionState,
+    SessionStateError,
+    StreamData,
+    StreamEnded,
+    StreamErrorCode,
+    StreamOpened,
+    StreamTarget,
+    ViewerRefused,
+    ViewerSession,
+)
+
+DEFAULT_BUFFER_LIMIT = 1 << 20
+"""Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
+
+log = logging.getLogger(__name__)
+
+
+class SessionError(Exception):
+    """Base of the session runner's errors; the message says what happened and what to do."""
+
+
+class PinMismatchError(SessionError):
+    """The device presented a key other than the one pinned at pairing."""
+
+
+class ViewerRefusedError(SessionError):
+    """The device refused the viewer's key (raised on the device side, and on the viewer's as the
+    close reason it got)."""
+
+
+class SessionClosedError(SessionError):
+    """The session is closed (by either side, an idle timeout, or for lack of a path)."""
+
+
+class StreamResetError(SessionError):
+    """The peer reset the stream; ``code`` is its application error code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Core = DeviceSession | ViewerSession
+StreamCallback = Callable[["SessionStream", StreamTarget], Awaitable[None] | None]
+
+
+class SessionStream:
+    """One bidirectional QUIC stream of a session, as asyncio reads and writes."""
+
+    def __init__(self, runner: _Runner, stream_id: int, target: StreamTarget) -> None:
+        self._runner = runner
+        self.stream_id = stream_id
+        self.target = target
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: SessionError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_closed = False
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        """Return up to ``n`` bytes (all buffered if ``n`` < 0), waiting for at least one;
+        ``b""`` once the peer finished its direction.
+
+        Raises:
+            StreamResetError: the peer reset the stream (after the bytes before it were read).
+            SessionClosedError, PinMismatchError, ViewerRefusedError: the session ended first.
+        """
+        while not self._buffer and not self._eof and self._error is None:
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if self._buffer:
+            size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self.bytes_read += size
+            return data
+        if self._error is not None:
+            raise self._error
+        return b""
+
+    async def readexactly(self, n: int) -> bytes:
+        """Return exactly ``n`` bytes.
+
+        Raises:
+            asyncio.IncompleteReadError: the stream ended before ``n`` bytes.
+            StreamResetError, SessionClosedError: as ``read``.
+        """
+        out = bytearray()
+        while len(out) < n:
+            chunk = await self.read(n - len(out))
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(out), n)
+            out += chunk
+        return bytes(out)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the peer; ``drain`` to wait for room.
+
+        Raises:
+            RuntimeError: ``write_eof`` or ``reset`` was called.
+            SessionClosedError: the session ended (or the stream was reset, see ``read``).
+        """
+        if self._write_closed:
+            raise RuntimeError(f"stream {self.stream_id} is closed for writing")
+        self._runner._send(self.stream_id, data, end_stream=False)
+        self.bytes_written += len(data)
+
+    async def drain(self) -> None:
+        """Wait until at most ``buffer_limit`` bytes written on this stream are unacknowledged.
+
+        Raises:
+            SessionClosedError (or the session's error): the session ended meanwhile.
+        """
+        runner = self._runner
+        while runner._backlog(self.stream_id) > runner.buffer_limit:
+            if runner._error is not None:
+                raise runner._error
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if runner._error is not None:
+            raise runner._error
+
+    def write_eof(self) -> None:
+        """Finish our direction (FIN); reads go on. Idempotent.
+
+        Raises:
+            SessionClosedError: the session ended.
+        """
+        if self._write_closed:
+            return
+        self._write_closed = True
+        self._runner._send(self.stream_id, b"", end_stream=True)
+
+    def reset(self, code: int = StreamErrorCode.CANCELLED) -> None:
+        """Abort the stream both ways with ``code``; later reads return what was buffered, then
+        ``b""``. Never raises."""
+        self._write_closed = True
+        self._eof = True
+        self._runner._reset(self.stream_id, code)
+        self._wake()
+
+    @property
+    def at_eof(self) -> bool:
+        """True once everything the peer sent was read and it finished (or the stream is done)."""
+        return not self._buffer and (self._eof or self._error is not None)
+
+    # -- runner side --
+
+    def _feed(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+
+    def _ended(self, error_code: int | None) -> None:
+        if error_code is None:
+            self._eof = True
+        else:
+            self._error = StreamResetError(
+                f"the peer reset stream {self.stream_id} ({self.target}) with code {error_code}", error_code
+            )
+            self._write_closed = True
+        self._wake()
+
+    def _fail(self, error: SessionError) -> None:
+        if not self._eof and self._error is None:
+            self._error = error
+        self._write_closed = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _wake(self) -> None:
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(None)
+
+
+class _Runner:
+    """What both runners share: pump, timer, streams, errors."""
+
+    def __init__(self, core: Core, connectivity: Connectivity, buffer_limit: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._core = core
+        self._connectivity = connectivity
+        self.buffer_limit = buffer_limit
+        self._streams: dict[int, SessionStream] = {}
+        self._established: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[str] = self._loop.create_future()
+        self._error: SessionError | None = None
+        self._pending_error: SessionError | None = None
+        self._pump_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_stream: StreamCallback | None = None
+        self._shut = False
+        # Nobody may await these (a refused device session): keep asyncio quiet about them.
+        self._established.add_done_callback(_consume)
+        connectivity.on_datagram = self._on_datagram
+        connectivity.on_path_ready = self._on_path_ready
+        connectivity.on_failed = self._on_failed
+
+    # -- public --
+
+    @property
+    def state(self) -> SessionState:
+        """The core's state."""
+        return self._core.state
+
+    @property
+    def path(self) -> Path | None:
+        """The path the session's datagrams go on now, or None before the first one."""
+        raise NotImplementedError
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed round-trip time in seconds, or None before the first sample."""
+        return _smoothed_rtt(self._core)
+
+    @property
+    def bytes_in(self) -> int:
+        """Datagram bytes received, all paths."""
+        return sum(self._connectivity.bytes_in.values())
+
+    @property
+    def bytes_out(self) -> int:
+        """Datagram bytes sent, all paths."""
+        return sum(self._connectivity.bytes_out.values())
+
+    @property
+    def connectivity(self) -> Connectivity:
+        """The path layer this runner drives (per-path counters, errors)."""
+        return self._connectivity
+
+    def on_stream(self, callback: StreamCallback) -> None:
+        """Call ``callback(stream, target)`` for each stream the peer opens; if it returns an
+        awaitable, it runs as a task that ``close`` cancels. Without a callback, peer streams are
+        refused."""
+        self._on_stream = callback
+
+    async def established(self) -> None:
+        """Wait until the peer is authenticated.
+
+        Raises:
+            PinMismatchError: (viewer) the device's key is not the pinned one.
+            ViewerRefusedError: the device refused the viewer's key.
+            SessionClosedError: closed first (no path, timeout, peer closed); the message says why.
+        """
+        await asyncio.shield(self._established)
+
+    async def open_stream(self, target: StreamTarget) -> SessionStream:
+        """Wait until established, then open a stream for ``target``.
+
+        Raises:
+            ValueError: ``target`` cannot be encoded.
+            SessionError: as ``established``, or the session closed.
+        """
+        await self.established()
+        try:
+            stream_id = self._core.open_stream(target)
+        except SessionStateError as exc:
+            raise self._error or SessionClosedError(str(exc)) from exc
+        stream = self._streams[stream_id] = SessionStream(self, stream_id, target)
+        self._schedule()
+        return stream
+
+    async def wait_closed(self) -> str:
+        """Wait until the session is over; return the reason."""
+        return await asyncio.shield(self._closed)
+
+    async def close(self, reason: str = "closed by the user") -> None:
+        """Close the session (CONNECTION_CLOSE to the peer), stop stream tasks, then the paths.
+        Idempotent; never raises."""
+        if self._shut:
+            return
+        self._shut = True
+        self._core.close(reason)
+        self._pump()
+        self._cancel_timer()
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        await self._connectivity.close()
+
+    # -- link --
+
+    def _on_datagram(self, data: bytes, path: Path) -> None:
+        if self._shut:
+            return
+        self._core.receive_datagram(data, path, self._loop.time())
+        self._schedule()
+
+    def _on_path_ready(self, path: Path) -> None:
+        pass
+
+    def _on_failed(self, reason: str) -> None:
+        if self._core.state is not SessionState.CLOSED:
+            self._core.close(reason)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pump_handle is None and not self._shut:
+            self._pump_handle = self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_handle = None
+        core = self._core
+        while (event := core.next_event()) is not None:
+            self._handle(event)
+        for data, addr in core.datagrams_to_send(self._loop.time()):
+            self._connectivity.send(data, addr)
+        self._rearm(core.get_timer())
+        self._wake_drainers()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._core.handle_timer(self._loop.time())
+        self._pump()
+
+    def _rearm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        self._cancel_timer()
+        if self._shut:
+            return
+        if deadline is not None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+
+    def _wake_drainers(self) -> None:
+        for stream in self._streams.values():
+            waiter = stream._drain_waiter
+            if (
+                waiter is not None
+                and not waiter.done()
+                and self._backlog(stream.stream_id) <= self.buffer_limit
+            ):
+                waiter.set_result(None)
+
+    # -- events --
+
+    def _handle(self, event: SessionEvent) -> None:
+        if isinstance(event, StreamData):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._feed(event.data)
+        elif isinstance(event, StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._ended(event.error_code)
+        elif isinstance(event, StreamOpened):
+            self._peer_stream(event)
+        elif isinstance(event, SessionEstablished):
+            log.info("session established with %s on %s", event.peer_fingerprint, self.path)
+            if not self._established.done():
+                self._established.set_result(None)
+            self._on_established()
+        elif isinstance(event, PinMismatch):
+            self._pending_error = PinMismatchError(
+                f"the device presented key {event.seen or '(not Ed25519)'}, not the pinned "
+                f"{event.expected}: someone may be impersonating it; if it was reset, pair it again"
+            )
+        elif isinstance(event, ViewerRefused):
+            self._pending_error = ViewerRefusedError(
+                f"viewer {event.fingerprint or '(no key)'} refused: {event.reason}"
+            )
+            log.warning("%s", self._pending_error)
+        elif isinstance(event, PeerMoved):
+            log.info("viewer moved to path %s", event.address)
+        elif isinstance(event, SessionClosed):
+            self._session_closed(event)
+
+    def _on_established(self) -> None:
+        pass
+
+    def _peer_stream(self, event: StreamOpened) -> None:
+        callback = self._on_stream
+        if callback is None:
+            self._core.reset_stream(event.stream_id, StreamErrorCode.REFUSED)
+            return
+        stream = self._streams[event.stream_id] = SessionStream(self, event.stream_id, event.target)
+        try:
+            result = callback(stream, event.target)
+        except Exception:
+            log.exception("stream handler for %s failed; resetting stream %d", event.target, event.stream_id)
+            stream.reset(StreamErrorCode.REFUSED)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stream handler failed", exc_info=task.exception())
+
+    def _session_closed(self, event: SessionClosed) -> None:
+        error: SessionError
+        if self._pending_error is not None:
+            error = self._pending_error
+        elif "refused this viewer" in event.reason:
+            error = ViewerRefusedError(event.reason)
+        else:
+            error = SessionClosedError(f"session closed: {event.reason}")
+        self._error = error
+        log.info("session closed: %s", event.reason)
+        if not self._established.done():
+            self._established.set_exception(error)
+        for stream in self._streams.values():
+            stream._fail(error)
+        if not self._closed.done():
+            self._closed.set_result(event.reason)
+
+    # -- stream side --
+
+    def _send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._core.send(stream_id, data, end_stream)
+        except SessionStateError as exc:
+            raise self._error or SessionClosedError(str(exc)) from exc
+        self._schedule()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        with contextlib.suppress(SessionStateError):
+            self._core.reset_stream(stream_id, code)
+        self._schedule()
+
+    def _backlog(self, stream_id: int) -> int:
+        return _unacknowledged(self._core, stream_id)
+
+
+class DeviceRunner(_Runner):
+    """Drives a ``DeviceSession``: answers on whatever path the viewer's datagrams come on."""
+
+    def __init__(
+        self,
+        core: DeviceSession,
+        connectivity: Connectivity,
+        *,
+        on_stream: StreamCallback | None = None,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    ) -> None:
+        """Take over ``connectivity``'s callbacks; call before ``connectivity.start``."""
+        super().__init__(core, connectivity, buffer_limit)
+        self._device = core
+        self._on_stream = on_stream
+
+    @property
+    def path(self) -> Path | None:
+        """The path the viewer is reached on now (where the core sends), or None."""
+        address = self._device.peer_address
+        return None if address is None else (str(address[0]), int(address[1]))
+
+
+class ViewerRunner(_Runner):
+    """Drives a ``ViewerSession``: connects on the first ready path, then moves to better ones."""
+
+    def __init__(
+        self,
+        core: ViewerSession,
+        connectivity: Connectivity,
+        *,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    ) -> None:
+        """Take over ``connectivity``'s callbacks; paths already ready are used at once."""
+        super().__init__(core, connectivity, buffer_limit)
+        self._viewer = core
+        self.path_changes: list[Path] = []
+        """Every path the session moved to, in order (the first is where it connected)."""
+        for path in connectivity.paths:
+            self._on_path_ready(path)
+
+    @property
+    def path(self) -> Path | None:
+        """The path the session's datagrams go on now, or None before connecting."""
+        address = self._viewer.path
+        return None if address is None else (str(address[0]), int(address[1]))
+
+    def _on_path_ready(self, path: Path) -> None:
+        core = self._viewer
+        now = self._loop.time()
+        if self._shut:
+            return
+        if core.path is None:
+            core.connect(path, now)
+            self.path_changes.append(path)
+            self._schedule()
+        elif core.state is SessionState.ESTABLISHED:
+            self._maybe_switch()
+
+    def _on_established(self) -> None:
+        self._maybe_switch()
+
+    def _maybe_switch(self) -> None:
+        best = self._connectivity.best_path
+        current = self.path
+        if best is None or current is None or PATH_RANK[best] <= PATH_RANK.get(current, 0):
+            return
+        log.info("moving session from %s to %s", current[0], best[0])
+        self._viewer.switch_path(best, self._loop.time())
+        self.path_changes.append(best)
+        self._schedule()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# --- aioquic internals read through the core; each falls back to "unknown". ---
+
+
+def _unacknowledged(core: Core, stream_id: int) -> int:
+    """Bytes written on ``stream_id`` that the peer has not acknowledged yet (0 if unknown)."""
+    quic = getattr(core, "_quic", None)
+    stream = getattr(quic, "_streams", {}).get(stream_id)
+    sender = getattr(stream, "sender", None)
+    start = getattr(sender, "_buffer_start", None)
+    stop = getattr(sender, "_buffer_stop", None)
+    if not isinstance(start, int) or not isinstance(stop, int):
+        return 0
+    return stop - start
+
+
+def _smoothed_rtt(core: Core) -> float | None:
+    """aioquic's smoothed RTT of the session, in seconds, or None."""
+    loss = getattr(getattr(core, "_quic", None), "_loss", None)
+    if loss is None or not getattr(loss, "_rtt_initialized", False):
+        return None
+    rtt = getattr(loss, "_rtt_smoothed", None)
+    return float(rtt) if isinstance(rtt, (int, float)) else None
