@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
 PKGS := protocol modem hal daemon broker viewer
-# Debian packages the tests use as real peers (coturn: turnutils_stunclient and a STUN server to compare with).
-DEBS := coturn iproute2
+# Debian packages the tests use as real peers: coturn (turnutils_*, a STUN/TURN server to compare
+# with), ffmpeg (ffprobe as RTSP client), GStreamer's RTSP server under the system Python (the
+# recorder's RTSP service in end-to-end tests).
+DEBS := coturn iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
 
 .PHONY: all venv system-packages test pytest lint typecheck demo bench clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Installs the Debian packages when running as root; otherwise says which are missing.
-$(SYSSTAMP): | $(STAMP)
+$(SYSSTAMP): Makefile | $(STAMP)
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \

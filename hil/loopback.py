@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import ssl
 import subprocess
@@ -203,8 +204,9 @@ def make_daemon(
     keepalive_interval: float = 2.0,
     reply_timeout: float = 0.4,
     retries: int = 2,
+    extra_toml: str = "",
 ) -> Daemon:
-    """Write a daemon config under ``root/serial`` pointing at ``broker``."""
+    """Write a daemon config under ``root/serial`` pointing at ``broker``; ``extra_toml`` is appended."""
     home = root / serial
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dvrlinkd.toml"
@@ -223,6 +225,7 @@ def make_daemon(
                 f"keepalive_interval_s = {keepalive_interval}",
                 f"reply_timeout_s = {reply_timeout}",
                 f"retries = {retries}",
+                extra_toml,
                 "",
             ]
         )
@@ -280,3 +283,52 @@ def stop_all(processes: Sequence[Daemon | Broker]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@dataclass
+class RtspServer:
+    """A real RTSP server with a live test pattern (see hil/rtsp_test_server.py)."""
+
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Its stream URL."""
+        return f"rtsp://127.0.0.1:{self.port}/live"
+
+    def stop(self) -> None:
+        """Kill it and wait."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def start_rtsp_server(timeout: float = 30.0) -> RtspServer:
+    """Start the RTSP test server under the system Python and wait for its "ready PORT" line.
+
+    Raises:
+        RuntimeError: it could not start (GStreamer's RTSP server or python3-gi missing).
+    """
+    script = Path(__file__).with_name("rtsp_test_server.py")
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, str(script), "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    line = ""
+    deadline = time.monotonic() + timeout
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and not line.startswith("ready"):
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+    if not line.startswith("ready"):
+        proc.kill()
+        raise RuntimeError(f"the RTSP test server did not start: {line.strip() or 'no output'}")
+    return RtspServer(proc, int(line.split()[1]))
