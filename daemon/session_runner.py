@@ -72,11 +72,17 @@ class SessionClosedError(SessionError):
 
 
 class StreamResetError(SessionError):
-    """The peer reset the stream; ``code`` is its application error code."""
+    """The peer reset the stream; ``code`` (also ``error_code``, which services read) is its
+    application error code."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+    @property
+    def error_code(self) -> int:
+        """The same as ``code``, under the name ``dvrlink.daemon.services.reset_code`` reads."""
+        return self.code
 
 
 Core = DeviceSession | ViewerSession

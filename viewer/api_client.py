@@ -14,7 +14,7 @@ import socket
 import ssl
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,15 +22,22 @@ import aiohttp
 import yarl
 
 from dvrlink.protocol.identity import b64encode_key, validate_serial
+from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.viewer.api_types import (
     Device,
     DeviceIdentity,
+    OfferAnswer,
     PairAnswer,
+    SessionGrant,
+    SessionInfo,
     Token,
     parse_device,
     parse_devices,
     parse_identity,
+    parse_offer_answer,
     parse_pair_answer,
+    parse_session_grant,
+    parse_sessions,
     parse_token,
 )
 from dvrlink.viewer.errors import EXIT_USAGE, ViewerError
@@ -42,6 +49,13 @@ REQUEST_TIMEOUT = 20.0  # s, total per request
 # The broker holds a pairing request until the device answers its invite or the invite's time to
 # live (30 s by default) runs out, so a pairing request gets more time than the others.
 PAIR_TIMEOUT = 45.0  # s
+# Likewise the broker holds a session offer until the device answers (10 s by default, plus 5 s).
+OFFER_TIMEOUT = 30.0  # s
+POLICY_NAMES = {
+    PathPolicy.ALL: "all",
+    PathPolicy.RELAY_ONLY: "relay_only",
+    PathPolicy.DIRECT_ONLY: "direct_only",
+}
 MAX_BODY = 1 << 20  # bytes; a longer answer is refused
 NOT_LOGGED_IN = "you are not logged in: run `dvrlink login --broker URL --user NAME` first"
 LOGIN_EXPIRED = "your login has expired: run `dvrlink login`"
@@ -132,6 +146,7 @@ class BrokerClient:
         token: str | None = None,
         timeout: float = REQUEST_TIMEOUT,
         pair_timeout: float = PAIR_TIMEOUT,
+        offer_timeout: float = OFFER_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Raises ViewerError for a bad URL or an unusable CA file."""
@@ -140,6 +155,7 @@ class BrokerClient:
         self._token = token
         self._timeout = timeout
         self._pair_timeout = pair_timeout
+        self._offer_timeout = offer_timeout
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
@@ -219,6 +235,62 @@ class BrokerClient:
         if resp.status == 403 and _error_code(resp.body) == "wrong_code" and "result" in resp.body:
             return self._parse(lambda b: parse_pair_answer(b, paired=False), resp, "POST", path)
         raise self._error(resp, "POST", path, serial=serial)
+
+    async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
+        """``POST /v1/sessions``: a session id plus TURN credentials and the STUN server to gather with.
+
+        Raises:
+            ViewerError: not paired, device offline, too many sessions, malformed answer, ...
+        """
+        path = "/v1/sessions"
+        body = {"serial": _serial(serial), "policy": POLICY_NAMES[policy]}
+        resp = await self._request("POST", path, body)
+        if resp.status not in (200, 201):
+            raise self._error(resp, "POST", path, serial=serial)
+        grant = self._parse(parse_session_grant, resp, "POST", path)
+        if grant.serial != serial:
+            raise self._malformed("POST", path, f"it is about serial {grant.serial}, not {serial}")
+        return grant
+
+    async def send_offer(
+        self,
+        session_id: str,
+        ice_ufrag: str,
+        ice_pwd: str,
+        candidates: Sequence[str],
+        viewer_public_key: bytes,
+        *,
+        serial: str | None = None,
+    ) -> OfferAnswer:
+        """``POST /v1/sessions/{id}/offer``: hand the viewer's ICE offer to the device; returns its answer.
+
+        ``serial`` only names the device in error messages.
+
+        Raises:
+            ViewerError: device offline, no answer in time, refused (with the device's words),
+                no relay on the device's side, unknown or used session, malformed answer, ...
+        """
+        if len(session_id) != 32 or any(ch not in "0123456789abcdef" for ch in session_id):
+            raise ValueError(f"session id {session_id!r} is not 32 lower-case hex digits")
+        path = f"/v1/sessions/{session_id}/offer"
+        body = {
+            "ice_ufrag": ice_ufrag,
+            "ice_pwd": ice_pwd,
+            "candidates": list(candidates),
+            "viewer_public_key": b64encode_key(viewer_public_key),
+        }
+        resp = await self._request("POST", path, body, timeout=self._offer_timeout)
+        if resp.status != 200:
+            raise self._error(resp, "POST", path, serial=serial)
+        return self._parse(parse_offer_answer, resp, "POST", path)
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        """``GET /v1/sessions``: this account's sessions the broker still remembers. Raises ViewerError."""
+        path = "/v1/sessions"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=None)
+        return self._parse(parse_sessions, resp, "GET", path)
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -410,11 +482,49 @@ def error_for_status(
     if code == "device_offline":
         last_seen = body.get("last_seen") if isinstance(body, dict) else None
         seen = (
-            format_ago(float(last_seen), now)
+            f" (last seen {format_ago(float(last_seen), now)})"
             if isinstance(last_seen, int | float) and not isinstance(last_seen, bool)
-            else "unknown"
+            else ""
         )
-        return ViewerError(f"{device} is offline (last seen {seen}): check its power and network, then retry")
+        return ViewerError(f"{device} is offline{seen}: check its power and network, then retry")
+    device_said = ""
+    if isinstance(body, dict) and isinstance(body.get("device_message"), str) and body["device_message"]:
+        device_said = f" (it says: {body['device_message']})"
+    if code == "refused":
+        if isinstance(body, dict) and body.get("status") == "busy":
+            return ViewerError(
+                f"{device} is busy{device_said}: close another session to it "
+                f"(see `dvrlink sessions`), {_wait_hint(retry_after, 'wait a few seconds')} and retry"
+            )
+        return ViewerError(
+            f"{device} refused the session{device_said}: it accepts only viewers it paired with; "
+            f"if this computer was paired with it, pair again: `dvrlink pair {serial or 'SERIAL'} CODE`"
+        )
+    if code == "no_relay":
+        return ViewerError(
+            f"{device} could not reach the broker's TURN relay{device_said}: check the broker's TURN "
+            "ports and the device's network, or retry with --direct-only"
+        )
+    if code == "too_many_sessions":
+        return ViewerError(
+            f"the broker at {broker} refuses more sessions for your account (the limit is reached): "
+            "stop another `dvrlink forward` or `dvrlink ping`, or "
+            f"{_wait_hint(retry_after, 'wait a minute')} until the oldest expires (see `dvrlink sessions`)"
+        )
+    if code == "unknown_session":
+        return ViewerError(
+            f"the broker at {broker} no longer knows this session (it expired or the broker restarted): "
+            "run the command again"
+        )
+    if code == "session_used":
+        return ViewerError(
+            f"the broker at {broker} already has an offer for this session: run the command again"
+        )
+    if code == "offer_too_large":
+        return ViewerError(
+            f"the offer to {device} holds too many ICE candidates to fit the device's invite: "
+            "limit them with --host-address IP, or use --relay-only"
+        )
     if code == "wrong_code":
         return ViewerError(
             f"{device} refused the pairing code: check the code on the device label and retry "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dvrlink.protocol.identity import b64decode_key, fingerprint, validate_serial
+from dvrlink.protocol.signalling import TurnServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +172,128 @@ def parse_pair_answer(data: Any, paired: bool) -> PairAnswer:
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"field 'result' is not base64: {exc}") from exc
     return PairAnswer(paired, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionGrant:
+    """``POST /v1/sessions`` answer: the session id and the relays this viewer may use."""
+
+    session_id: str  # 32 hex digits
+    serial: str
+    turn: tuple[TurnServer, ...]
+    stun: tuple[str, int] | None
+    expires_at: float  # unix s; the broker forgets the session then
+
+
+@dataclass(frozen=True, slots=True)
+class OfferAnswer:
+    """``POST /v1/sessions/{id}/offer`` answer: the device's ICE parameters and candidates."""
+
+    session_id: str
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One entry of ``GET /v1/sessions``: how far the broker saw a session's signalling go."""
+
+    session_id: str
+    serial: str
+    policy: str
+    state: str  # created, offered, answered, failed
+    created_at: float  # unix s
+    expires_at: float  # unix s
+
+
+def _session_id(body: Mapping[str, Any]) -> str:
+    value = _string(body, "session_id")
+    if len(value) != 32 or any(ch not in "0123456789abcdef" for ch in value):
+        raise ValueError("field 'session_id' is not 32 lower-case hex digits")
+    return value
+
+
+def _port(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"field {name!r} is not a port number")
+    return value
+
+
+def _candidates(body: Mapping[str, Any]) -> tuple[str, ...]:
+    items = body.get("candidates")
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError("field 'candidates' is missing or not a list of strings")
+    return tuple(items)
+
+
+def parse_session_grant(data: Any) -> SessionGrant:
+    """Check a ``POST /v1/sessions`` answer. Raises ValueError naming the bad field."""
+    body = _object(data)
+    turn_items = body.get("turn")
+    if not isinstance(turn_items, list):
+        raise ValueError("field 'turn' is missing or not a list")
+    turn = []
+    for index, item in enumerate(turn_items):
+        try:
+            entry = _object(item)
+            transport = _string(entry, "transport")
+            if transport not in ("udp", "tcp"):
+                raise ValueError(f"field 'transport' is {transport!r}, not udp or tcp")
+            turn.append(
+                TurnServer(
+                    _string(entry, "host"),
+                    _port(entry.get("port"), "port"),
+                    transport,
+                    _string(entry, "username"),
+                    _string(entry, "password"),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"turn[{index}]: {exc}") from exc
+    stun_item = body.get("stun")
+    stun: tuple[str, int] | None = None
+    if stun_item is not None:
+        entry = _object(stun_item)
+        stun = (_string(entry, "host"), _port(entry.get("port"), "stun.port"))
+    expires_at = _number(body, "expires_at", nullable=False)
+    assert expires_at is not None
+    return SessionGrant(_session_id(body), _serial(body, None), tuple(turn), stun, expires_at)
+
+
+def parse_offer_answer(data: Any) -> OfferAnswer:
+    """Check an accepted offer answer. Raises ValueError naming the bad field."""
+    body = _object(data)
+    if body.get("status") != "accepted":
+        raise ValueError(f"field 'status' is {body.get('status')!r}, not 'accepted'")
+    return OfferAnswer(
+        _session_id(body), _string(body, "ice_ufrag"), _string(body, "ice_pwd"), _candidates(body)
+    )
+
+
+def parse_sessions(data: Any) -> list[SessionInfo]:
+    """Check a ``{"sessions": [...]}`` answer. Raises ValueError naming the bad entry."""
+    body = _object(data)
+    items = body.get("sessions")
+    if not isinstance(items, list):
+        raise ValueError("field 'sessions' is missing or not a list")
+    out = []
+    for index, item in enumerate(items):
+        try:
+            entry = _object(item)
+            created = _number(entry, "created_at", nullable=False)
+            expires = _number(entry, "expires_at", nullable=False)
+            assert created is not None and expires is not None
+            out.append(
+                SessionInfo(
+                    _session_id(entry),
+                    _serial(entry, None),
+                    _string(entry, "policy"),
+                    _string(entry, "state"),
+                    created,
+                    expires,
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"session #{index + 1}: {exc}") from exc
+    return out

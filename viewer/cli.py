@@ -1,4 +1,5 @@
-"""``dvrlink``: log in to a broker, pair devices, list them and show their status.
+"""``dvrlink``: log in to a broker, pair devices, list them and show their status; open sessions
+to them: ``forward`` local ports, ``ping``, and list ``sessions``.
 
 Exit codes: 0 success, 1 runtime error (one or two lines on stderr), 2 bad usage. Results go to
 stdout, warnings and errors to stderr; no traceback reaches the user.
@@ -8,22 +9,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dvrlink.daemon.session_runner import ViewerRunner
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.viewer.api_client import LOGIN_EXPIRED, NOT_LOGGED_IN, BrokerClient, check_broker_url
+from dvrlink.viewer.api_types import SessionInfo
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError
+from dvrlink.viewer.forward import (
+    Forwarder,
+    ForwardEvent,
+    ForwardRefused,
+    ForwardSpec,
+    ForwardStats,
+    parse_forward_spec,
+    ping,
+)
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
 from dvrlink.viewer.render import (
     PinStatus,
     device_json,
+    format_ago,
     format_time,
     mismatch_warning,
     mismatch_warnings,
@@ -31,8 +47,12 @@ from dvrlink.viewer.render import (
     render_devices,
     render_status,
 )
+from dvrlink.viewer.session_client import open_session, path_name
 
 PROG = "dvrlink"
+STATUS_INTERVAL_S = 1.0
+"""How often ``dvrlink forward`` refreshes its status line."""
+FIRST = asyncio.FIRST_COMPLETED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +100,50 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="show one device's details")
     status.add_argument("serial", metavar="SERIAL")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    session = argparse.ArgumentParser(add_help=False)
+    paths = session.add_mutually_exclusive_group()
+    paths.add_argument(
+        "--relay-only", action="store_true", help="use only the broker's TURN relay (no direct path)"
+    )
+    paths.add_argument(
+        "--direct-only", action="store_true", help="use only a direct path (fails if none is found)"
+    )
+    session.add_argument(
+        "--host-address",
+        metavar="IP",
+        action="append",
+        help="advanced: offer ICE host candidates only on this local address (repeatable; "
+        "default: every address but loopback)",
+    )
+
+    forward = sub.add_parser(
+        "forward",
+        parents=[common, session],
+        help="forward local TCP ports to ports on or behind a device",
+        description="Forward local TCP ports through an end-to-end encrypted session: "
+        "`dvrlink forward SERIAL 8554:554` listens on 127.0.0.1:8554 and connects each client to "
+        "port 554 of the device. SPEC is [BIND:]LOCAL:REMOTE or [BIND:]LOCAL:HOST:REMOTE "
+        "(HOST as the device sees it; IPv6 in brackets). Runs until Ctrl-C.",
+    )
+    forward.add_argument("serial", metavar="SERIAL")
+    forward.add_argument("spec", metavar="SPEC", nargs="?", help="a forward, e.g. 8554:554")
+    forward.add_argument(
+        "-L",
+        dest="more_specs",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="another forward (repeatable)",
+    )
+
+    ping = sub.add_parser(
+        "ping", parents=[common, session], help="measure the round trip to a device through a session"
+    )
+    ping.add_argument("serial", metavar="SERIAL")
+    ping.add_argument("-c", dest="count", metavar="N", type=int, default=4, help="pings to send (default 4)")
+
+    sub.add_parser("sessions", parents=[common], help="list your sessions the broker remembers")
     return parser
 
 
@@ -125,6 +189,12 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _devices(args, home)
     if command == "status":
         return await _status(args, home)
+    if command == "forward":
+        return await _forward(args, home)
+    if command == "ping":
+        return await _ping(args, home)
+    if command == "sessions":
+        return await _sessions(home)
     raise ViewerError(f"unknown command {command!r}: see `dvrlink --help`", EXIT_USAGE)
 
 
@@ -249,4 +319,219 @@ async def _status(args: argparse.Namespace, home: ViewerHome) -> int:
         sys.stdout.write(render_status(device, pin, now))
     if pin is not None and pin_status(device, pin) is PinStatus.MISMATCH:
         _warn(mismatch_warning(device, pin))
+    return EXIT_OK
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+
+
+def session_policy(args: argparse.Namespace) -> PathPolicy:
+    """The path policy the ``--relay-only`` / ``--direct-only`` flags ask for."""
+    if args.relay_only:
+        return PathPolicy.RELAY_ONLY
+    if args.direct_only:
+        return PathPolicy.DIRECT_ONLY
+    return PathPolicy.ALL
+
+
+def forward_specs(args: argparse.Namespace) -> list[ForwardSpec]:
+    """The forwards of ``dvrlink forward`` (SPEC, then each -L) in order.
+
+    Raises:
+        ViewerError: (exit code 2) none given, or one is malformed.
+    """
+    texts = ([args.spec] if args.spec else []) + list(args.more_specs)
+    if not texts:
+        raise ViewerError(
+            f"no forward given: run `dvrlink forward {args.serial} LOCAL:REMOTE`, e.g. 8554:554", EXIT_USAGE
+        )
+    try:
+        return [parse_forward_spec(text) for text in texts]
+    except ValueError as exc:
+        raise ViewerError(str(exc), EXIT_USAGE) from exc
+
+
+def _serial_arg(text: str) -> str:
+    try:
+        return normalize_serial(text)
+    except ValueError as exc:
+        raise ViewerError(str(exc), EXIT_USAGE) from exc
+
+
+async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
+    login = _require_login(home, time.time())
+    async with _client(login) as client:  # the broker is only needed until the session is up
+        return await open_session(client, home, serial, session_policy(args), args.host_address)
+
+
+def format_bytes(count: int) -> str:
+    """``"512 B"``, ``"1.5 kB"``, ``"3.2 MB"``, ``"1.1 GB"`` (powers of 1000)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_rtt(rtt: float | None) -> str:
+    """``"12.3 ms"``, or ``"-"`` before the first sample."""
+    return "-" if rtt is None else f"{rtt * 1000:.1f} ms"
+
+
+def status_line(runner: ViewerRunner, stats: Sequence[ForwardStats]) -> str:
+    """The live status of a forward: path, RTT, forwarded bytes and connections."""
+    received = sum(s.bytes_in for s in stats)
+    sent = sum(s.bytes_out for s in stats)
+    open_now = sum(s.connections_open for s in stats)
+    total = sum(s.connections_total for s in stats)
+    return (
+        f"path {path_name(runner)}  rtt {format_rtt(runner.rtt)}  in {format_bytes(received)}  "
+        f"out {format_bytes(sent)}  connections {open_now} open, {total} total"
+    )
+
+
+class _StatusOutput:
+    """A status line rewritten in place on a terminal; plain lines (on path change) otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self._shown = False
+
+    def clear(self) -> None:
+        if self.tty and self._shown:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+            self._shown = False
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\x1b[K" + line)
+            self._shown = True
+        else:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def message(self, text: str) -> None:
+        self.clear()
+        _warn(text)
+
+
+async def _forward(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    specs = forward_specs(args)
+    runner = await _open(args, home, serial)
+    out = _StatusOutput(sys.stdout.isatty())
+
+    def on_event(event: ForwardEvent) -> None:
+        if isinstance(event, ForwardRefused):
+            out.message(event.message)
+
+    opener = runner
+    forwarders = [Forwarder(opener, spec, on_event) for spec in specs]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+        bound = [await forwarder.start() for forwarder in forwarders]
+        for spec, address in zip(specs, bound, strict=True):  # all listen now: scripts may go on
+            print(f"forwarding {forward_line(spec, address, serial)} via {path_name(runner)}", flush=True)
+        reason = await _watch(runner, [f.stats for f in forwarders], stop, out)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        for forwarder in forwarders:
+            await forwarder.aclose()
+        await runner.close()
+        out.clear()
+    if reason is None:
+        return EXIT_OK
+    _error(f"the session to {serial} closed: {reason}")
+    return EXIT_RUNTIME
+
+
+def forward_line(spec: ForwardSpec, bound: tuple[str, int], serial: str) -> str:
+    """``127.0.0.1:8554 -> DL-XXXX-XXXX:554`` (or ``... -> DL-XXXX-XXXX -> 192.168.1.64:80`` when the
+    target is another host the device reaches)."""
+    local = f"{_bracket(bound[0])}:{bound[1]}"
+    if spec.remote_host in ("127.0.0.1", "localhost"):
+        return f"{local} -> {serial}:{spec.remote_port}"
+    return f"{local} -> {serial} -> {_bracket(spec.remote_host)}:{spec.remote_port}"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _watch(
+    runner: ViewerRunner, stats: Sequence[ForwardStats], stop: asyncio.Event, out: _StatusOutput
+) -> str | None:
+    """Show the status until ``stop`` is set (returns None) or the session closes (its reason)."""
+    closed = asyncio.ensure_future(runner.wait_closed())
+    stopped = asyncio.ensure_future(stop.wait())
+    last_path = path_name(runner)
+    try:
+        while True:
+            done, _ = await asyncio.wait({closed, stopped}, timeout=STATUS_INTERVAL_S, return_when=FIRST)
+            if closed in done:
+                out.clear()
+                return closed.result()
+            if stopped in done:
+                return None
+            path = path_name(runner)
+            if out.tty or path != last_path:
+                out.show(status_line(runner, stats))
+            last_path = path
+    finally:
+        for task in (closed, stopped):
+            task.cancel()
+        await asyncio.gather(closed, stopped, return_exceptions=True)
+
+
+async def _ping(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    if args.count < 1:
+        raise ViewerError(f"-c {args.count}: give at least 1 ping", EXIT_USAGE)
+    runner = await _open(args, home, serial)
+    rtts: list[float] = []
+    try:
+        print(f"session to {serial} via {path_name(runner)}", flush=True)
+        for seq in range(1, args.count + 1):
+            (rtt,) = await ping(runner, count=1)
+            rtts.append(rtt)
+            print(f"ping {serial}: seq={seq} time={rtt * 1000:.1f} ms path={path_name(runner)}", flush=True)
+    finally:
+        await runner.close()
+    low, high = min(rtts), max(rtts)
+    mean = sum(rtts) / len(rtts)
+    print(
+        f"{len(rtts)} pings to {serial}: min/avg/max {low * 1000:.1f}/{mean * 1000:.1f}/{high * 1000:.1f} ms"
+    )
+    return EXIT_OK
+
+
+def render_sessions(sessions: Sequence[SessionInfo], now: float) -> str:
+    """The ``dvrlink sessions`` table (oldest first), ending in a newline."""
+    if not sessions:
+        return "no sessions: the broker remembers none for your account\n"
+    rows = [("SESSION", "SERIAL", "POLICY", "STATE", "CREATED")]
+    for entry in sorted(sessions, key=lambda s: s.created_at):
+        rows.append(
+            (entry.session_id, entry.serial, entry.policy, entry.state, format_ago(entry.created_at, now))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+async def _sessions(home: ViewerHome) -> int:
+    now = time.time()
+    login = _require_login(home, now)
+    async with _client(login) as client:
+        sessions = await client.list_sessions()
+    sys.stdout.write(render_sessions(sessions, now))
     return EXIT_OK

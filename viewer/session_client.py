@@ -1,0 +1,189 @@
+"""Open an end-to-end encrypted session to a paired device: signalling through the broker, then
+paths and QUIC on this computer.
+
+``open_session`` runs the viewer's half of the flow in ``docs`` / issue 3::
+
+    POST /v1/sessions                      -> session id, TURN credentials, STUN server
+    Connectivity.prepare(controlling=True) -> TURN allocation + host / server-reflexive candidates
+    POST /v1/sessions/{id}/offer           -> the device's ICE parameters and candidates
+    Connectivity.start(answer)             -> relay path at once, direct checks in the background
+    ViewerSession + ViewerRunner           -> QUIC handshake; the device's key must be the pinned one
+
+and returns the runner once the device is authenticated (``established``), so callers open
+streams on it (``viewer.forward``). Every failure becomes one ``ViewerError`` that says what to do;
+whatever was set up before the failure (the TURN allocation, the ICE sockets) is closed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from dvrlink.daemon.connectivity import Connectivity, ConnectivityError
+from dvrlink.daemon.session_runner import (
+    PinMismatchError,
+    SessionError,
+    StreamResetError,
+    ViewerRefusedError,
+    ViewerRunner,
+)
+from dvrlink.protocol.identity import ed25519_public_bytes, format_fingerprint
+from dvrlink.protocol.session import RpcTarget, SessionConfig, ViewerSession
+from dvrlink.protocol.session_tls import viewer_certificate
+from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.viewer.api_types import OfferAnswer, SessionGrant
+from dvrlink.viewer.errors import ViewerError
+from dvrlink.viewer.home import ViewerHome
+
+ESTABLISH_TIMEOUT_S = 20.0
+"""How long the QUIC handshake (over the first path that opens) may take after the answer."""
+
+PIN_MISMATCH = (
+    "the device's key does not match the one pinned at pairing: do not trust this session; "
+    "re-pair only if the device was replaced"
+)
+NOT_RECOGNISED = "the device does not recognise this viewer: pair again"
+
+
+class SessionBroker(Protocol):
+    """The broker calls a session needs (``BrokerClient``)."""
+
+    async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
+        """Raises ViewerError."""
+        ...
+
+    async def send_offer(
+        self,
+        session_id: str,
+        ice_ufrag: str,
+        ice_pwd: str,
+        candidates: Sequence[str],
+        viewer_public_key: bytes,
+        *,
+        serial: str | None = None,
+    ) -> OfferAnswer:
+        """Raises ViewerError."""
+        ...
+
+
+def path_name(runner: ViewerRunner) -> str:
+    """``lan``, ``direct`` or ``relay``: the path the session uses now (``-`` before the first)."""
+    path = runner.path
+    return "-" if path is None else path[0]
+
+
+async def open_session(
+    client: SessionBroker,
+    home: ViewerHome,
+    serial: str,
+    policy: PathPolicy,
+    host_addresses: Sequence[str] | None = None,
+    *,
+    timeout_s: float = ESTABLISH_TIMEOUT_S,
+    config: SessionConfig | None = None,
+    wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+) -> ViewerRunner:
+    """Open a session to ``serial`` and return its runner once the device proved its pinned key.
+
+    ``host_addresses`` limits ICE host candidates to these IP literals (aioice skips loopback
+    addresses, so tests on 127.0.0.1 must name it). The caller closes the runner.
+
+    Raises:
+        ViewerError: no pin or viewer key on this computer (pair first / log in first), any
+            broker refusal (not paired, offline, no answer, refused, too many sessions, ...),
+            no path found, the device's key is not the pinned one, or the device does not
+            recognise this viewer.
+    """
+    pin = home.load_pins().get(serial)
+    if pin is None:
+        raise ViewerError(
+            f"{serial} is not paired from this computer (no pin for it in {home.pins_path}): "
+            f"pair first with `dvrlink pair {serial} CODE`"
+        )
+    key = home.load_key()
+    if key is None:
+        raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login`, then pair {serial} again")
+    grant = await client.create_session(serial, policy)
+    try:
+        conn = await Connectivity.prepare(True, grant.stun, grant.turn, policy, host_addresses=host_addresses)
+    except ConnectivityError as exc:
+        raise ViewerError(f"cannot open a session to {serial}: {exc}") from exc
+    try:
+        answer = await client.send_offer(
+            grant.session_id,
+            conn.local_ufrag,
+            conn.local_pwd,
+            conn.local_candidates(),
+            ed25519_public_bytes(key),
+            serial=serial,
+        )
+        core = ViewerSession(key, viewer_certificate(key, wall_clock()), pin.fingerprint, config)
+        runner = ViewerRunner(core, conn)
+    except BaseException:
+        await conn.close()
+        raise
+    try:
+        await conn.start(answer.ice_ufrag, answer.ice_pwd, answer.candidates)
+        async with asyncio.timeout(timeout_s):
+            await runner.established()
+            await _confirm(runner)
+    except PinMismatchError as exc:
+        await runner.close("pin mismatch")
+        raise ViewerError(f"{PIN_MISMATCH} ({serial}, pinned {format_fingerprint(pin.fingerprint)})") from exc
+    except ViewerRefusedError as exc:
+        await runner.close("refused")
+        raise ViewerError(f"{NOT_RECOGNISED}: `dvrlink pair {serial} CODE` ({serial} said: {exc})") from exc
+    except SessionError as exc:
+        await runner.close("failed")
+        reason = str(exc).removeprefix("session closed: ")
+        if "no path" in reason:
+            raise ViewerError(_no_path(serial, reason, conn)) from exc
+        raise ViewerError(
+            f"the session to {serial} closed before it was set up ({reason}): retry, and check the "
+            "device's log if it happens again"
+        ) from exc
+    except TimeoutError as exc:
+        errors = conn.errors
+        await runner.close("timed out")
+        raise ViewerError(
+            _no_path(
+                serial,
+                f"no session within {timeout_s:g} s on path {path_name(runner)}"
+                + (f" ({'; '.join(errors)})" if errors else ""),
+                conn,
+            )
+        ) from exc
+    except BaseException:
+        await runner.close("interrupted")
+        raise
+    return runner
+
+
+async def _confirm(runner: ViewerRunner) -> None:
+    """One empty ``ping`` round trip: proof that the device accepted this viewer.
+
+    In TLS 1.3 the client's handshake completes before the server has checked the client
+    certificate, so ``established`` alone does not tell whether the device authorised us; a
+    refusing device closes the session instead of answering (``ViewerRefusedError``).
+
+    Raises:
+        SessionError: the session closed first (refused, pin, no path).
+    """
+    stream = await runner.open_stream(RpcTarget("ping"))
+    stream.write_eof()
+    try:
+        while await stream.read(65536):
+            pass
+    except StreamResetError:
+        pass  # the device answered (it does not serve ping): it accepted this viewer
+
+
+def _no_path(serial: str, what: str, conn: Connectivity) -> str:
+    hint = (
+        "check that UDP to the broker's TURN port is open here and on the device"
+        if conn.policy is not PathPolicy.DIRECT_ONLY
+        else "a direct path needs one side reachable; retry without --direct-only to use the relay"
+    )
+    return f"no working path to {serial}: {what}: {hint}"
