@@ -1,4 +1,5 @@
-"""dvrlinkd wiring: config -> state -> presence core -> cloud link -> events -> status, systemd, pairing.
+"""dvrlinkd wiring: config -> state -> presence core -> cloud link -> events -> status, systemd,
+invites: pairing (kind 1) to ``InviteHandler``, session offers (kind 2) to ``SessionServer``.
 
 The protocol core gets the event loop's clock (``loop.time()``); wall time (``time.time()``)
 is used only for timestamps that are stored or shown.
@@ -17,8 +18,9 @@ from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
+from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState
-from dvrlink.daemon.status import DaemonStatus, StatusFile
+from dvrlink.daemon.status import DaemonStatus, SessionStatus, StatusFile
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -31,6 +33,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationRefused,
 )
+from dvrlink.protocol.signalling import INVITE_KIND_SESSION
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,22 @@ async def run_daemon(
         ),
         device_key,
     )
+    sessions = SessionServer(
+        config.device.serial,
+        device_key,
+        state,
+        config.sessions,
+        config.services,
+        (config.broker.host, config.broker.port),  # the presence port answers STUN
+        client,
+        loop.time,
+    )
     notifier = Notifier(environ)
-    events = DeviceEvents(config, client, notifier, StatusFile(config.device.runtime_dir), invites, loop.time)
+    status_file = StatusFile(config.device.runtime_dir)
+    events = DeviceEvents(config, client, notifier, status_file, invites, loop.time, sessions=sessions)
     link = CloudLink(client, events, config.broker.host, config.broker.port)
+    sessions.on_reply = link.flush
+    sessions.on_change = events.sessions_changed
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -71,6 +87,7 @@ async def run_daemon(
     finally:
         notifier.stopping()
         watchdog.cancel()
+        await sessions.close()
         link.close()
         events.status_file.remove()
         notifier.close()
@@ -90,10 +107,18 @@ class PresenceView(Protocol):
     def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None: ...
 
 
+class SessionRouter(Protocol):
+    """What ``DeviceEvents`` needs of ``SessionServer``: session offers in, the list out."""
+
+    def handle(self, invite: InviteReceived, now: float) -> None: ...
+    def snapshot(self) -> tuple[SessionStatus, ...]: ...
+
+
 class DeviceEvents:
     """What the daemon does on each presence event (the ``EventHandler`` of the cloud link).
 
-    ``core_clock`` is the presence core's clock (``loop.time``), for invite replies.
+    ``core_clock`` is the presence core's clock (``loop.time``), for invite replies. Session
+    offers go to ``sessions`` (without one they get the pairing handler's "unsupported").
     """
 
     def __init__(
@@ -104,8 +129,11 @@ class DeviceEvents:
         status_file: StatusFile,
         invites: InviteHandler,
         core_clock: Callable[[], float],
+        *,
+        sessions: SessionRouter | None = None,
     ) -> None:
         self._config = config
+        self._sessions = sessions
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -126,7 +154,10 @@ class DeviceEvents:
     def on_event(self, event: ClientEvent) -> None:
         """Log, update the status file, then tell systemd; answer invites."""
         if isinstance(event, InviteReceived):
-            self._invites.handle(event, self._client, self._core_clock())
+            if event.kind == INVITE_KIND_SESSION and self._sessions is not None:
+                self._sessions.handle(event, self._core_clock())
+            else:
+                self._invites.handle(event, self._client, self._core_clock())
             return
         broker = self._config.broker.address
         ready = False
@@ -174,6 +205,10 @@ class DeviceEvents:
         if self._client.state.value != self._written_state:
             self._write_status()
 
+    def sessions_changed(self) -> None:
+        """Rewrite the status file: a session was added, authenticated or removed."""
+        self._write_status()
+
     def _write_status(self) -> None:
         reflexive = self._client.reflexive_address
         status = DaemonStatus(
@@ -188,6 +223,7 @@ class DeviceEvents:
             pid=os.getpid(),
             started_at=self._started_at,
             message=self._message,
+            sessions=self._sessions.snapshot() if self._sessions is not None else (),
         )
         try:
             self.status_file.write(status)

@@ -227,6 +227,10 @@ class CloudLink:
 
     # --- the core ----------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Send what the core has queued after a call made outside the link (an async invite reply)."""
+        self._step()
+
     def _step(self) -> None:
         """Drain events and datagrams from the core, then re-arm its timer."""
         if self._closed:

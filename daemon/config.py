@@ -10,6 +10,7 @@ Relative paths (``state_dir``, ``runtime_dir``) are taken relative to the config
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -19,9 +20,16 @@ from typing import Any
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.protocol.identity import b64decode_key, validate_serial
+from dvrlink.protocol.signalling import PathPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PATH_POLICIES = {
+    "all": PathPolicy.ALL,
+    "relay_only": PathPolicy.RELAY_ONLY,
+    "direct_only": PathPolicy.DIRECT_ONLY,
+}
+"""``[sessions] policy`` values (as the viewer API spells them)."""
 _PLACEHOLDER_KEY = bytes(32)
 
 
@@ -78,6 +86,22 @@ class PairingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    """``[sessions]``: viewer sessions the device serves (QUIC over a TURN relay or a direct path)."""
+
+    max_sessions: int = 8
+    """Sessions open at once, counting those being set up; further offers are answered BUSY."""
+    host_addresses: tuple[str, ...] = ()
+    """IP literals offered as ICE host candidates; empty: every interface's addresses but loopback
+    (aioice never offers loopback, so a loopback-only test or demo lists ``"127.0.0.1"`` here)."""
+    policy: PathPolicy = PathPolicy.ALL
+    """Paths this device allows (``"all"``, ``"relay_only"``, ``"direct_only"`` in the file); the
+    stricter of this and the viewer's policy is used, and opposite ones refuse the session."""
+    handshake_timeout_s: float = 30.0
+    """Seconds an accepted session may take until the viewer is authenticated; then it is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``: logging."""
 
@@ -95,6 +119,7 @@ class DaemonConfig:
     pairing: PairingConfig = field(default_factory=PairingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -134,7 +159,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     Raises:
         ConfigError: as for ``load_config``.
     """
-    sections = ("device", "broker", "presence", "pairing", "log", "services")
+    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions")
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
 
@@ -176,7 +201,15 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     log = LogConfig(level=lg.choice("level", LOG_LEVELS))
 
     services = parse_services(document, source)
-    return DaemonConfig(device, broker, presence, pairing, log, services, source)
+
+    ses = _Table(source, "sessions", document, SessionsConfig)
+    sessions = SessionsConfig(
+        max_sessions=ses.integer("max_sessions", 1, 256),
+        host_addresses=ses.ip_list("host_addresses"),
+        policy=ses.policy("policy"),
+        handshake_timeout_s=ses.number("handshake_timeout_s", 1.0, 600.0),
+    )
+    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, source)
 
 
 def _reject_unknown(source: Path, where: str, keys: Iterable[str], known: tuple[str, ...]) -> None:
@@ -283,6 +316,31 @@ class _Table:
             raise self._error(key, value, f"out of range; use a value from {low:g} to {high:g}")
         return float(value)
 
+    def ip_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        example = 'expected a list of IP addresses, e.g. ["192.168.1.20"]'
+        if not isinstance(value, (list, tuple)):
+            raise self._error(key, value, example)
+        out: list[str] = []
+        for item in value:
+            try:
+                ip = ipaddress.ip_address(item.strip() if isinstance(item, str) else item)
+            except ValueError:
+                raise self._error(key, value, f"{item!r} is not an IP address; {example}") from None
+            if ip.is_unspecified or ip.is_multicast:
+                problem = f"{item} cannot be a host candidate; name an interface's address"
+                raise self._error(key, value, problem)
+            out.append(str(ip))
+        return tuple(out)
+
+    def policy(self, key: str) -> PathPolicy:
+        value = self._get(key)
+        if isinstance(value, PathPolicy):
+            return value
+        if not isinstance(value, str) or value.strip().lower() not in PATH_POLICIES:
+            raise self._error(key, value, f"expected one of {', '.join(PATH_POLICIES)}")
+        return PATH_POLICIES[value.strip().lower()]
+
     def choice(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.string(key)
         if value.upper() not in choices:
@@ -296,5 +354,6 @@ def describe(config: DaemonConfig) -> str:
         f"{config.source}: serial {config.device.serial}, broker {config.broker.address}, "
         f"state {config.device.state_dir}, runtime {config.device.runtime_dir}, "
         f"keepalive {config.presence.keepalive_interval_s:g} s, "
-        f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}"
+        f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}, "
+        f"sessions at most {config.sessions.max_sessions} ({config.sessions.policy.name.lower()} paths)"
     )

@@ -1,4 +1,6 @@
-"""Answers the broker's invites; today only pairing (``INVITE_KIND_PAIR``).
+"""Answers the broker's pairing invites (``INVITE_KIND_PAIR``). Session offers
+(``INVITE_KIND_SESSION``) are routed to ``SessionServer`` by ``app.py``; any other kind that
+reaches this handler is answered ``INVITE_UNSUPPORTED``.
 
 The decision is ``PairingGuard``'s (protocol/pairing.py); this file adds the device's side
 effects: wrong tries are persisted so a restart does not reset the rate limit, and a paired

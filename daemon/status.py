@@ -2,7 +2,9 @@
 
 The daemon rewrites the file atomically on every state change and keepalive acknowledgement
 (the runtime directory is on tmpfs, so this costs no flash writes) and removes it on a clean
-stop. Times in the file are unix times (wall clock); ``rtt`` is in seconds.
+stop. Times in the file are unix times (wall clock); ``rtt`` is in seconds. The sessions listed
+are those open when the file was written (it is rewritten as sessions open, authenticate and
+close, and on every keepalive), so their byte counts may be up to a keepalive interval old.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from dvrlink.daemon.files import atomic_write
@@ -20,6 +22,45 @@ STATUS_FILE = "status.json"
 
 class StatusUnavailable(Exception):
     """The daemon is not running or its status cannot be read; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatus:
+    """One viewer session, as listed in the status file."""
+
+    id: str
+    """Session id (hex), as the broker and the viewer name it."""
+    viewer: str | None
+    """Fingerprint of the authenticated viewer key; None during set-up and the handshake."""
+    path: str | None
+    """``relay``, ``direct`` or ``lan``: where the viewer's datagrams come from now; None before any."""
+    rtt: float | None
+    """Smoothed QUIC round-trip time to the viewer, seconds."""
+    bytes_in: int
+    """Datagram bytes received from the viewer, all paths."""
+    bytes_out: int
+    """Datagram bytes sent to the viewer, all paths."""
+
+    @classmethod
+    def from_mapping(cls, item: object) -> SessionStatus:
+        """Parse one entry of the file's ``sessions`` list.
+
+        Raises:
+            ValueError: not a session entry.
+        """
+        if not isinstance(item, dict):
+            raise ValueError("a session entry is not an object")
+        try:
+            return cls(
+                id=str(item["id"]),
+                viewer=None if item.get("viewer") is None else str(item["viewer"]),
+                path=None if item.get("path") is None else str(item["path"]),
+                rtt=None if item.get("rtt") is None else float(item["rtt"]),
+                bytes_in=int(item.get("bytes_in", 0)),
+                bytes_out=int(item.get("bytes_out", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad session entry: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +86,8 @@ class DaemonStatus:
     """Unix time the daemon started."""
     message: str = ""
     """Last noteworthy event in words (e.g. the broker's refusal message)."""
+    sessions: tuple[SessionStatus, ...] = field(default=())
+    """Viewer sessions open (or being set up) when the file was written."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -62,7 +105,12 @@ class DaemonStatus:
             names = {f.name for f in fields(cls)}
             if not isinstance(obj, dict) or not {"state", "serial", "pid"} <= obj.keys():
                 raise ValueError("not a status document")
-            return cls(**{k: v for k, v in obj.items() if k in names})
+            values = {k: v for k, v in obj.items() if k in names}
+            sessions = values.get("sessions", [])
+            if not isinstance(sessions, list):
+                raise ValueError("not a status document: sessions is not a list")
+            values["sessions"] = tuple(SessionStatus.from_mapping(item) for item in sessions)
+            return cls(**values)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a status document: {exc}") from exc
 
@@ -152,8 +200,31 @@ def format_status(status: DaemonStatus, now: float) -> str:
     ]
     if status.message:
         rows.append(("last event", status.message))
+    rows.append(("sessions", str(len(status.sessions)) if status.sessions else "none"))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows)
+    lines = [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
+    lines += [f"  {format_session(session)}" for session in status.sessions]
+    return "\n".join(lines)
+
+
+def format_session(session: SessionStatus) -> str:
+    """One line per session: id, viewer, path, RTT and bytes each way."""
+    viewer = session.viewer or "(handshake)"
+    path = session.path or "-"
+    rtt = f"{session.rtt * 1000:.0f} ms" if session.rtt is not None else "-"
+    return (
+        f"{session.id[:12]}  viewer {viewer}  path {path}  rtt {rtt}  "
+        f"in {_size(session.bytes_in)}  out {_size(session.bytes_out)}"
+    )
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
 
 
 def _ago(seconds: float) -> str:

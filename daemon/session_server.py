@@ -1,0 +1,392 @@
+"""The device side of viewer sessions: answers session offers (invites of kind
+``INVITE_KIND_SESSION``) and runs each accepted session until it ends.
+
+For each offer the broker pushes:
+
+1. ``handle`` (inside the cloud link's step) decodes the ``SessionOffer``; a malformed one is
+   answered ``INVITE_MALFORMED``, one over ``max_sessions`` ``BUSY``, and one whose path policy
+   contradicts the device's (``[sessions] policy``) ``REFUSED``. Otherwise a task takes over.
+2. The task prepares the paths (``Connectivity.prepare``: a TURN allocation with the offer's
+   credentials, host and server-reflexive candidates with the broker's presence port as STUN
+   server), builds the session core and its runner, starts the paths towards the viewer's
+   candidates (so the relay permission is in place before the viewer hears from us) and only
+   then answers ``ACCEPTED`` with our ICE parameters and candidates. A failure to prepare is
+   answered ``NO_RELAY`` (relay-only without a relay) or ``REFUSED``, with the reason. The
+   answer is sent outside the link's step, so ``on_reply`` (the link's ``flush``) follows it.
+3. The viewer connects over QUIC. The device, not the broker, decides who gets in: the key in
+   the viewer's TLS client certificate must be in this device's paired viewers
+   (``viewers.json``, read again at each handshake, so a pairing made while the daemon runs
+   counts). The offer's ``viewer_key`` is what the broker claims and is only logged.
+4. Streams go to ``SessionServices`` (allow-listed forwards, ping, info) until the session
+   closes; then its paths are released and it leaves the table.
+
+Answers never exceed an invite body (1024 bytes): when our candidates do not fit, the relay
+candidate is kept first (it is the path that works at once), then the others by ICE priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import importlib.metadata
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aioice.candidate import Candidate
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dvrlink.daemon.config import SessionsConfig
+from dvrlink.daemon.connectivity import Connectivity, ConnectivityError
+from dvrlink.daemon.pairing import InviteReplier
+from dvrlink.daemon.services import DeviceInfo, ServicesConfig, ServiceStats, SessionServices
+from dvrlink.daemon.session_runner import DeviceRunner, SessionError
+from dvrlink.daemon.state import StateError, Viewer
+from dvrlink.daemon.status import SessionStatus
+from dvrlink.protocol.identity import fingerprint
+from dvrlink.protocol.presence_events import InviteReceived
+from dvrlink.protocol.presence_wire import INVITE_MALFORMED, INVITE_OK, MAX_INVITE_BODY
+from dvrlink.protocol.session import DeviceSession, SessionState
+from dvrlink.protocol.session_tls import device_certificate
+from dvrlink.protocol.signalling import (
+    INVITE_KIND_SESSION,
+    AnswerStatus,
+    PathPolicy,
+    SessionAnswer,
+    SessionOffer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ViewerStore(Protocol):
+    """Where the device's paired viewers are read from (``DeviceState``)."""
+
+    def viewers(self) -> list[Viewer]:
+        """The paired viewers. Raises ``StateError`` if they cannot be read."""
+        ...
+
+
+def combine_policies(viewer: PathPolicy, device: PathPolicy) -> PathPolicy | None:
+    """The stricter of the viewer's and the device's policy, or None if they exclude each other
+    (one relay-only, the other direct-only)."""
+    if device is PathPolicy.ALL or viewer is device:
+        return viewer
+    if viewer is PathPolicy.ALL:
+        return device
+    return None
+
+
+def fit_answer(
+    status: AnswerStatus, ufrag: str, pwd: str, candidates: Sequence[str], message: str = ""
+) -> SessionAnswer:
+    """An answer that encodes within an invite body, with as many ``candidates`` as fit: the relay
+    candidate first, then the others by ICE priority (highest first). Candidates that cannot be
+    parsed, or are longer than the layout allows, are left out."""
+    ranked: list[tuple[tuple[int, int], str]] = []
+    for sdp in candidates:
+        try:
+            candidate = Candidate.from_sdp(sdp)
+        except (ValueError, IndexError):
+            continue
+        if len(sdp.encode()) > 255:
+            continue
+        ranked.append(((0 if candidate.type == "relay" else 1, -candidate.priority), sdp))
+    ranked.sort(key=lambda item: item[0])
+    kept: list[str] = []
+    for _, sdp in ranked:
+        trial = SessionAnswer(status, ufrag, pwd, (*kept, sdp), message)
+        try:
+            trial.encode()
+        except ValueError:
+            break
+        kept.append(sdp)
+    answer = SessionAnswer(status, ufrag, pwd, tuple(kept), message)
+    if len(kept) < len(candidates):
+        log.info(
+            "answer carries %d of %d candidates (%d bytes at most)",
+            len(kept),
+            len(candidates),
+            MAX_INVITE_BODY,
+        )
+    return answer
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One session in the table, from the offer until its paths are released."""
+
+    session_id: str
+    label: str
+    task: asyncio.Task[None] | None = None
+    core: DeviceSession | None = None
+    runner: DeviceRunner | None = None
+
+    def status(self) -> SessionStatus:
+        runner, core = self.runner, self.core
+        if runner is None or core is None:
+            return SessionStatus(self.session_id, None, None, None, 0, 0)
+        path = runner.path
+        return SessionStatus(
+            id=self.session_id,
+            viewer=core.peer_fingerprint,
+            path=None if path is None else path[0],
+            rtt=runner.rtt,
+            bytes_in=runner.bytes_in,
+            bytes_out=runner.bytes_out,
+        )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dvrlink")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class SessionServer:
+    """Answers session offers for one device and runs its sessions (see the module docstring).
+
+    ``presence`` is the presence core (``reply_invite``); ``core_clock`` its clock
+    (``loop.time``); ``stun_server`` the broker's presence address (it answers STUN Binding).
+    Set ``on_reply`` to the cloud link's ``flush`` so an answer made in a task is sent at once,
+    and ``on_change`` to what rewrites the status file. ``close`` ends every session.
+    """
+
+    def __init__(
+        self,
+        serial: str,
+        device_key: Ed25519PrivateKey,
+        viewers: ViewerStore,
+        config: SessionsConfig,
+        services: ServicesConfig,
+        stun_server: tuple[str, int],
+        presence: InviteReplier,
+        core_clock: Callable[[], float],
+        *,
+        wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self._serial = serial
+        self._key = device_key
+        self._viewers = viewers
+        self._config = config
+        self._services = services
+        self._stun = stun_server
+        self._presence = presence
+        self._clock = core_clock
+        self._wall_clock = wall_clock
+        self._started = time.monotonic()
+        self._version = _version()
+        self._sessions: dict[str, _Entry] = {}
+        self._closing = False
+        self.stats = ServiceStats()
+        """Stream and byte counters of every session served so far."""
+        self.on_reply: Callable[[], None] = lambda: None
+        """Called after an answer sent from a task (outside the cloud link's step)."""
+        self.on_change: Callable[[], None] = lambda: None
+        """Called when a session is added, authenticated or removed."""
+
+    # -- public --
+
+    @property
+    def count(self) -> int:
+        """Sessions in the table, counting those being set up."""
+        return len(self._sessions)
+
+    def snapshot(self) -> tuple[SessionStatus, ...]:
+        """The sessions now, for the status file."""
+        return tuple(entry.status() for entry in self._sessions.values())
+
+    def info(self) -> DeviceInfo:
+        """What the ``info`` RPC reports besides the allow-list."""
+        return DeviceInfo(
+            serial=self._serial,
+            version=self._version,
+            uptime_s=time.monotonic() - self._started,
+            sessions=len(self._sessions),
+        )
+
+    def handle(self, invite: InviteReceived, now: float) -> None:
+        """Answer or take on a session invite; ``now`` is the presence core's clock.
+
+        Called from the cloud link's step (the answers made here go out with it).
+
+        Raises:
+            ValueError: ``invite`` is not of kind ``INVITE_KIND_SESSION`` (route only those here).
+        """
+        if invite.kind != INVITE_KIND_SESSION:
+            raise ValueError(f"invite kind {invite.kind} is not a session offer")
+        try:
+            offer = SessionOffer.decode(invite.body)
+        except ValueError as exc:
+            log.info("invite %d: %s (%d bytes)", invite.invite_id, exc, len(invite.body))
+            self._presence.reply_invite(invite.invite_id, INVITE_MALFORMED, b"", now)
+            return
+        session_id = offer.session_id.hex()
+        label = f"session {session_id[:8]}"
+        claimed = fingerprint(offer.viewer_key)
+        log.info(
+            "%s: offer for viewer %s (as the broker says; the handshake checks it), policy %s, "
+            "%d candidates, %d TURN servers",
+            label,
+            claimed,
+            offer.policy.name.lower(),
+            len(offer.candidates),
+            len(offer.turn),
+        )
+        refusal: tuple[AnswerStatus, str] | None = None
+        policy = combine_policies(offer.policy, self._config.policy)
+        if self._closing:
+            refusal = AnswerStatus.BUSY, "the device is shutting down; retry in a minute"
+        elif session_id in self._sessions:
+            refusal = AnswerStatus.REFUSED, f"session {session_id} is already open on the device"
+        elif len(self._sessions) >= self._config.max_sessions:
+            refusal = (
+                AnswerStatus.BUSY,
+                f"{len(self._sessions)} sessions open, the device's maximum ([sessions] max_sessions)",
+            )
+        elif policy is None:
+            refusal = (
+                AnswerStatus.REFUSED,
+                f"the viewer asked for {offer.policy.name.lower()} paths but the device allows "
+                f"{self._config.policy.name.lower()} only",
+            )
+        if refusal is not None:
+            log.warning("%s: refused: %s", label, refusal[1])
+            self._answer(invite.invite_id, SessionAnswer(refusal[0], "", "", (), refusal[1]), now)
+            return
+        assert policy is not None
+        if not self._is_authorised(offer.viewer_key):
+            log.warning(
+                "%s: viewer %s is not paired with this device; the handshake will refuse it", label, claimed
+            )
+        entry = self._sessions[session_id] = _Entry(session_id, label)
+        task = asyncio.get_running_loop().create_task(self._serve(entry, invite.invite_id, offer, policy))
+        task.add_done_callback(self._task_done)
+        entry.task = task
+        self._changed()
+
+    async def close(self) -> None:
+        """Close every session (CONNECTION_CLOSE to its viewer), release its paths and wait for
+        its task. New offers are answered BUSY from now on. Never raises."""
+        self._closing = True
+        entries = list(self._sessions.values())
+        for entry in entries:
+            if entry.runner is not None:
+                await entry.runner.close("the device is shutting down")
+        tasks = [entry.task for entry in entries if entry.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one session --
+
+    async def _serve(self, entry: _Entry, invite_id: int, offer: SessionOffer, policy: PathPolicy) -> None:
+        label = entry.label
+        try:
+            try:
+                conn = await Connectivity.prepare(
+                    False,
+                    self._stun,
+                    offer.turn,
+                    policy,
+                    host_addresses=self._config.host_addresses or None,
+                )
+            except ConnectivityError as exc:
+                status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED
+                log.warning("%s: no paths: %s", label, exc)
+                self._answer_later(invite_id, SessionAnswer(status, "", "", (), str(exc)))
+                return
+            except Exception as exc:
+                log.exception("%s: preparing the paths failed", label)
+                self._answer_later(
+                    invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), f"cannot prepare paths: {exc}")
+                )
+                return
+            await self._run(entry, invite_id, offer, conn)
+        finally:
+            self._sessions.pop(entry.session_id, None)
+            self._changed()
+            log.info("%s: released; %d sessions open", label, len(self._sessions))
+
+    async def _run(self, entry: _Entry, invite_id: int, offer: SessionOffer, conn: Connectivity) -> None:
+        label = entry.label
+        core = DeviceSession(
+            self._key, device_certificate(self._key, self._serial, self._wall_clock()), self._is_authorised
+        )
+        services = SessionServices(self._services, self.info, stats=self.stats, label=label)
+        runner = DeviceRunner(core, conn, on_stream=services.start)
+        entry.core, entry.runner = core, runner
+        try:
+            # Start first: the relay permission towards the viewer is then in place when its
+            # first datagrams arrive, right after it gets the answer.
+            await conn.start(offer.ice_ufrag, offer.ice_pwd, offer.candidates)
+            if core.state is SessionState.CLOSED:
+                reason = "; ".join(conn.errors) or "no path to the viewer"
+                log.warning("%s: no path to the viewer: %s", label, reason)
+                self._answer_later(invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), reason))
+                return
+            self._answer_later(
+                invite_id,
+                fit_answer(AnswerStatus.ACCEPTED, conn.local_ufrag, conn.local_pwd, conn.local_candidates()),
+            )
+            log.info("%s: accepted; waiting for the viewer's handshake", label)
+            try:
+                async with asyncio.timeout(self._config.handshake_timeout_s):
+                    await runner.established()
+            except TimeoutError:
+                log.warning(
+                    "%s: the viewer did not complete its handshake within %g s; dropped (paths: %s)",
+                    label,
+                    self._config.handshake_timeout_s,
+                    "; ".join(conn.errors) or "no datagram from the viewer",
+                )
+                return
+            except SessionError as exc:
+                log.info("%s: ended before it was established: %s", label, exc)
+                return
+            log.info("%s: viewer %s authenticated on %s", label, core.peer_fingerprint, _label(runner))
+            self._changed()
+            reason = await runner.wait_closed()
+            log.info("%s: closed (%s); %d bytes in, %d out", label, reason, runner.bytes_in, runner.bytes_out)
+        finally:
+            await runner.close("the device closed the session")
+            await services.aclose()
+
+    # -- helpers --
+
+    def _is_authorised(self, raw: bytes) -> bool:
+        """The device's own verdict on a viewer key (called by the session core)."""
+        try:
+            viewers = self._viewers.viewers()
+        except StateError as exc:
+            log.error("cannot read the paired viewers, refusing the viewer: %s", exc)
+            return False
+        return any(viewer.public_key == raw for viewer in viewers)
+
+    def _answer(self, invite_id: int, answer: SessionAnswer, now: float) -> None:
+        try:
+            self._presence.reply_invite(invite_id, INVITE_OK, answer.encode(), now)
+        except ValueError as exc:  # a bug: fit_answer keeps answers within the limit
+            log.error("invite %d: cannot send the session answer: %s", invite_id, exc)
+
+    def _answer_later(self, invite_id: int, answer: SessionAnswer) -> None:
+        self._answer(invite_id, answer, self._clock())
+        self.on_reply()
+
+    def _changed(self) -> None:
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("session status update failed; carrying on")
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a session task failed", exc_info=task.exception())
+
+
+def _label(runner: DeviceRunner) -> str:
+    path = runner.path
+    return "no path yet" if path is None else f"the {path[0]} path"

@@ -1,0 +1,333 @@
+"""Sessions end to end on 127.0.0.1: the broker in-process (API, presence, TURN), the real daemon
+(``run_daemon``) with ``[sessions]`` and ``[services]``, and a viewer driven by the test.
+
+The viewer pairs through the broker API with the device's code, asks for a session, gathers its
+own candidates, posts the offer, and runs QUIC over the paths it gets, the way ``dvrlink
+forward`` does. Every wait is bounded; readiness comes from the daemon's log lines, not sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_broker_api import Lab, lab
+from test_connectivity_harness import payload, read_digest, run, sha, write_all
+
+from dvrlink.daemon.app import run_daemon
+from dvrlink.daemon.config import DaemonConfig, load_config
+from dvrlink.daemon.connectivity import LAN, RELAY, Connectivity
+from dvrlink.daemon.services import ServiceErrorCode
+from dvrlink.daemon.session_runner import StreamResetError, ViewerRefusedError, ViewerRunner
+from dvrlink.daemon.state import DeviceState
+from dvrlink.daemon.status import read_status
+from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes, fingerprint
+from dvrlink.protocol.pairing import PairResult, PairStatus, pair_proof
+from dvrlink.protocol.session import ForwardTarget, RpcTarget, ViewerSession
+from dvrlink.protocol.session_tls import viewer_certificate
+from dvrlink.protocol.signalling import PathPolicy, TurnServer
+from dvrlink.viewer.forward import describe_reset
+
+SERIAL = "DL-0007-0001"
+LOOPBACK = "127.0.0.1"
+WAIT = 15.0
+POLICIES = {"all": PathPolicy.ALL, "relay_only": PathPolicy.RELAY_ONLY, "direct_only": PathPolicy.DIRECT_ONLY}
+
+
+class LogWatch(logging.Handler):
+    """Collects the daemon's log lines; ``wait_for`` waits (bounded) for one matching a pattern."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def wait_for(self, pattern: str, after: int = 0) -> str:
+        async def scan() -> str:
+            seen = after
+            while True:
+                for line in self.lines[seen:]:
+                    if re.search(pattern, line):
+                        return line
+                seen = len(self.lines)
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), WAIT)
+        except TimeoutError:
+            raise AssertionError(f"no log line {pattern!r}:\n" + "\n".join(self.lines[-30:])) from None
+
+
+@dataclass
+class Connections:
+    """A local TCP service on the device's side: echoes, and counts connections."""
+
+    accepted: int = 0
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@dataclass
+class Rig:
+    t: Lab
+    config: DaemonConfig
+    watch: LogWatch
+    echo_port: int
+    echo: Connections
+    other_port: int
+    other: Connections
+    stop: asyncio.Event
+    daemon: asyncio.Task[None]
+    runners: list[ViewerRunner] = field(default_factory=list)
+
+    async def stop_daemon(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.shield(self.daemon), WAIT)
+
+    async def pair(self, username: str = "alice") -> tuple[dict[str, str], Ed25519PrivateKey, str]:
+        """Pair a new viewer key through the broker API with the device's code: (auth, key, device pin)."""
+        auth = await self.t.login(username)
+        status, identity = await self.t.call("GET", f"/v1/devices/{SERIAL}/identity", auth)
+        assert status == 200, identity
+        device_key = base64.b64decode(identity["public_key"])
+        code = DeviceState(self.config.device.state_dir).pairing_secret()
+        key = Ed25519PrivateKey.generate()
+        viewer_public, nonce = ed25519_public_bytes(key), os.urandom(16)
+        body = {
+            "viewer_public_key": b64encode_key(viewer_public),
+            "nonce": base64.b64encode(nonce).decode(),
+            "proof": base64.b64encode(pair_proof(code, SERIAL, device_key, viewer_public, nonce)).decode(),
+        }
+        status, answer = await self.t.call("POST", f"/v1/devices/{SERIAL}/pairings", auth, json=body)
+        assert status == 200, answer
+        assert PairResult.decode(base64.b64decode(answer["result"])).status is PairStatus.PAIRED
+        return auth, key, fingerprint(device_key)
+
+    async def offer(
+        self, auth: dict[str, str], key: Ed25519PrivateKey, policy: str = "all"
+    ) -> tuple[int, dict[str, Any], Connectivity, str]:
+        """Ask for a session and post an offer: (status, answer body, our paths, session id)."""
+        status, created = await self.t.call(
+            "POST", "/v1/sessions", auth, json={"serial": SERIAL, "policy": policy}
+        )
+        assert status == 201, created
+        turn = [
+            TurnServer(s["host"], s["port"], s["transport"], s["username"], s["password"])
+            for s in created["turn"]
+        ]
+        stun = (created["stun"]["host"], created["stun"]["port"])
+        conn = await Connectivity.prepare(True, stun, turn, POLICIES[policy], host_addresses=[LOOPBACK])
+        body = {
+            "ice_ufrag": conn.local_ufrag,
+            "ice_pwd": conn.local_pwd,
+            "candidates": conn.local_candidates(),
+            "viewer_public_key": b64encode_key(ed25519_public_bytes(key)),
+        }
+        path = f"/v1/sessions/{created['session_id']}/offer"
+        status, answer = await self.t.call("POST", path, auth, json=body)
+        if status != 200:
+            await conn.close()
+        return status, answer, conn, created["session_id"]
+
+    async def session(
+        self, auth: dict[str, str], key: Ed25519PrivateKey, pin: str, policy: str = "all"
+    ) -> tuple[ViewerRunner, str]:
+        """A viewer session the device accepted (not yet established): (runner, session id)."""
+        status, answer, conn, session_id = await self.offer(auth, key, policy)
+        assert status == 200, answer
+        now = datetime.datetime.now(datetime.UTC)
+        runner = ViewerRunner(ViewerSession(key, viewer_certificate(key, now), pin), conn)
+        self.runners.append(runner)
+        await conn.start(answer["ice_ufrag"], answer["ice_pwd"], answer["candidates"])
+        return runner, session_id
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path, policy: str = "all", max_sessions: int = 8) -> AsyncIterator[Rig]:
+    watch = LogWatch()
+    logger = logging.getLogger("dvrlink")
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    echo, other = Connections(), Connections()
+    echo_server = await asyncio.start_server(echo.echo, LOOPBACK, 0)
+    other_server = await asyncio.start_server(other.echo, LOOPBACK, 0)
+    echo_port = echo_server.sockets[0].getsockname()[1]
+    other_port = other_server.sockets[0].getsockname()[1]
+    try:
+        async with lab(tmp_path, turn_allow_loopback_peers=True) as t:
+            config_file = tmp_path / "dvrlinkd.toml"
+            config_file.write_text(
+                f'[device]\nserial = "{SERIAL}"\nstate_dir = "{tmp_path / "device"}"\n'
+                f'runtime_dir = "{tmp_path / "run"}"\n'
+                f'[broker]\nhost = "{LOOPBACK}"\nport = {t.broker.info.udp_port}\n'
+                f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
+                f'[services]\nforward = ["{LOOPBACK}:{echo_port}"]\n'
+                f'[sessions]\nhost_addresses = ["{LOOPBACK}"]\npolicy = "{policy}"\n'
+                f"max_sessions = {max_sessions}\n"
+            )
+            config = load_config(config_file)
+            stop = asyncio.Event()
+            daemon = asyncio.create_task(run_daemon(config, stop, {}))
+            the_rig = Rig(t, config, watch, echo_port, echo, other_port, other, stop, daemon)
+            try:
+                await watch.wait_for(r"^registered: ")
+                yield the_rig
+            finally:
+                for runner in the_rig.runners:
+                    await runner.close()
+                await the_rig.stop_daemon()
+    finally:
+        for server in (echo_server, other_server):
+            server.close()
+            await server.wait_closed()
+        logger.removeHandler(watch)
+        logger.setLevel(old_level)
+
+
+async def echo_through(runner: ViewerRunner, port: int, size: int, seed: int) -> None:
+    stream = await asyncio.wait_for(runner.open_stream(ForwardTarget(LOOPBACK, port)), WAIT)
+    data = payload(size, seed)
+    _, (digest, total) = await asyncio.wait_for(
+        asyncio.gather(write_all(stream, data), read_digest(stream)), WAIT
+    )
+    assert (digest, total) == (sha(data), size)
+
+
+@pytest.mark.parametrize("policy", ["relay_only", "direct_only", "all"])
+def test_a_paired_viewer_forwards_through_the_daemon(tmp_path: Path, policy: str) -> None:
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            auth, key, pin = await r.pair()
+            runner, session_id = await r.session(auth, key, pin, policy)
+            await asyncio.wait_for(runner.established(), WAIT)
+            await echo_through(runner, r.echo_port, 300_000, seed=1)
+            assert r.echo.accepted == 1
+            first = runner.path_changes[0]
+            assert first == {"relay_only": RELAY, "direct_only": LAN, "all": RELAY}[policy]
+            if policy != "all":
+                assert runner.path_changes == [first]
+            assert runner.connectivity.paths == (
+                [RELAY] if policy == "relay_only" else runner.connectivity.paths
+            )
+
+            # The device lists the session with the viewer it authenticated.
+            [listed] = read_status(r.config.device.runtime_dir).sessions
+            assert (listed.id, listed.viewer) == (session_id, fingerprint(ed25519_public_bytes(key)))
+            assert listed.path in ("relay", "lan", "direct")
+            await r.watch.wait_for(rf"session {session_id[:8]}: viewer \S+ authenticated")
+
+            # A second stream on the same session, with RPC beside it.
+            ping = await runner.open_stream(RpcTarget("ping"))
+            ping.write(b"are you there")
+            ping.write_eof()
+            assert await asyncio.wait_for(ping.read(), WAIT) == b"are you there"
+            await echo_through(runner, r.echo_port, 10_000, seed=2)
+
+            # The daemon stopping closes the session on the viewer's side too.
+            await r.stop_daemon()
+            reason = await asyncio.wait_for(runner.wait_closed(), WAIT)
+            assert "shutting down" in reason
+
+    run(main)
+
+
+def test_the_device_refuses_a_viewer_it_never_authorised(tmp_path: Path) -> None:
+    """A broker that invites a viewer the device never authorised: the device refuses it."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            _, _, pin = await r.pair("alice")  # the device has one paired viewer
+            auth = await r.t.login("mallory")
+            mallory = Ed25519PrivateKey.generate()
+            r.t.broker.registry.record_pairing("mallory", SERIAL, ed25519_public_bytes(mallory), time.time())
+            # The broker believes the pairing and the device answers the offer...
+            runner, session_id = await r.session(auth, mallory, pin, "relay_only")
+            await r.watch.wait_for(rf"session {session_id[:8]}: viewer \S+ is not paired with this device")
+            # ... but the handshake is where the device decides. (TLS 1.3: the viewer may see
+            # "established" for a moment before the device has checked its certificate.)
+            reason = await asyncio.wait_for(runner.wait_closed(), WAIT)
+            assert "refused this viewer" in reason
+            with pytest.raises(ViewerRefusedError, match="refused this viewer"):
+                await runner.open_stream(ForwardTarget(LOOPBACK, r.echo_port))
+            await r.watch.wait_for(rf"session {session_id[:8]}: ended before it was established")
+            await r.watch.wait_for(rf"session {session_id[:8]}: released; 0 sessions open")
+            assert r.echo.accepted == 0
+            assert read_status(r.config.device.runtime_dir).sessions == ()
+
+    run(main)
+
+
+def test_a_port_not_allow_listed_is_refused_with_a_clear_reset(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            auth, key, pin = await r.pair()
+            runner, _ = await r.session(auth, key, pin, "relay_only")
+            target = ForwardTarget(LOOPBACK, r.other_port)
+            stream = await asyncio.wait_for(runner.open_stream(target), WAIT)
+            stream.write(b"GET / HTTP/1.0\r\n\r\n")
+            with pytest.raises(StreamResetError) as refused:
+                await asyncio.wait_for(stream.read(), WAIT)
+            assert refused.value.code == ServiceErrorCode.NOT_ALLOWED
+            message = describe_reset(refused.value.code, target)
+            assert f'add "{LOOPBACK}:{r.other_port}" to [services] forward' in message
+            assert r.other.accepted == 0  # never connected to
+            await r.watch.wait_for(
+                rf"forward to {LOOPBACK}:{r.other_port} refused: not in \[services\] forward"
+            )
+            # The session carries on: the allowed port still works.
+            await echo_through(runner, r.echo_port, 5_000, seed=3)
+
+    run(main)
+
+
+def test_busy_device_and_device_path_policy(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rig(tmp_path, policy="relay_only", max_sessions=1) as r:
+            auth, key, pin = await r.pair()
+            # The viewer allows every path; the device's relay_only is stricter and wins.
+            runner, session_id = await r.session(auth, key, pin, "all")
+            await echo_through(runner, r.echo_port, 20_000, seed=4)
+            assert runner.path_changes == [RELAY]
+
+            status, body, _, _ = await r.offer(auth, key)
+            assert (status, body["error"], body["status"]) == (403, "refused", "busy")
+            assert "max_sessions" in body["device_message"]
+
+            mark = len(r.watch.lines)
+            await runner.close()
+            await r.watch.wait_for(rf"session {session_id[:8]}: released; 0 sessions open", after=mark)
+            status, body, _, _ = await r.offer(auth, key, "direct_only")
+            assert (status, body["error"], body["status"]) == (403, "refused", "refused")
+            assert (
+                body["device_message"]
+                == "the viewer asked for direct_only paths but the device allows relay_only only"
+            )
+
+    run(main)
