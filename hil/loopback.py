@@ -317,18 +317,83 @@ def start_rtsp_server(timeout: float = 30.0) -> RtspServer:
         [SYSTEM_PYTHON, str(script), "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    line = ""
-    deadline = time.monotonic() + timeout
+    try:
+        line = read_line_until(proc.stdout, "ready", timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        raise RuntimeError(f"the RTSP test server did not start: {exc}") from None
+    return RtspServer(proc, int(line.split()[1]))
 
+
+@dataclass
+class Forward:
+    """A running ``dvrlink forward`` process and the local port it listens on."""
+
+    proc: subprocess.Popen[str]
+    local_port: int
+    path: str
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGINT (as Ctrl-C) and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+
+def read_line_until(stream: Any, prefix: str, timeout: float) -> str:
+    """Read lines from ``stream`` until one starts with ``prefix``; returns it.
+
+    Raises:
+        TimeoutError: no such line within ``timeout`` (or the stream ended); the message has what was read.
+    """
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline and not line.startswith("ready"):
+        sel.register(stream, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
             if not sel.select(max(0.0, deadline - time.monotonic())):
                 break
-            line = proc.stdout.readline()
+            line = stream.readline()
             if not line:
                 break
-    if not line.startswith("ready"):
+            if line.startswith(prefix):
+                return str(line)
+            seen.append(line)
+    raise TimeoutError(
+        f"no line starting with {prefix!r} within {timeout:.0f} s; got: {''.join(seen)[-2000:]}"
+    )
+
+
+def start_forward(
+    viewer: Viewer, serial: str, remote_port: int, *flags: str, timeout: float = 60.0
+) -> Forward:
+    """Run ``dvrlink forward SERIAL 0:REMOTE`` and wait for its "forwarding" line.
+
+    Raises:
+        TimeoutError: the forward did not come up; the message has its output.
+    """
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dvrlink"),
+            "--home",
+            str(viewer.home),
+            "forward",
+            serial,
+            f"0:{remote_port}",
+            "--host-address",
+            "127.0.0.1",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        line = read_line_until(proc.stdout, "forwarding", timeout)
+    except TimeoutError:
         proc.kill()
-        raise RuntimeError(f"the RTSP test server did not start: {line.strip() or 'no output'}")
-    return RtspServer(proc, int(line.split()[1]))
+        raise
+    # "forwarding 127.0.0.1:PORT -> SERIAL:REMOTE via PATH"
+    local = line.split()[1]
+    return Forward(proc, int(local.rsplit(":", 1)[1]), line.split()[-1])

@@ -1,0 +1,152 @@
+"""End to end with real processes: dvrlink forward carries RTSP from a recorder to ffprobe.
+
+broker + dvrlinkd + `dvrlink forward` as processes on loopback; the recorder's RTSP service is
+GStreamer's RTSP server with a live test pattern; ffprobe on the viewer side counts frames
+through the forward. Relay-only and direct-only run the same test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hil.loopback import (
+    SYSTEM_PYTHON,
+    Broker,
+    Daemon,
+    RtspServer,
+    Viewer,
+    add_user,
+    make_daemon,
+    start_broker,
+    start_forward,
+    start_rtsp_server,
+    stop_all,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SERIAL = "DL-E2E-0001"
+
+
+def rtsp_server_available() -> bool:
+    if shutil.which("ffprobe") is None or not Path(SYSTEM_PYTHON).exists():
+        return False
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+needs_rtsp = pytest.mark.skipif(
+    not rtsp_server_available(),
+    reason="needs ffprobe (Debian ffmpeg) and GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0)",
+)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Viewer, RtspServer]]:
+    root = tmp_path_factory.mktemp("e2e")
+    started: list[Daemon | Broker] = []
+    rtsp = start_rtsp_server()
+    try:
+        broker = start_broker(root / "broker")
+        started.append(broker)
+        add_user(broker.state_dir, "owner", "pass phrase")
+        daemon = make_daemon(
+            root,
+            SERIAL,
+            broker,
+            keepalive_interval=2.0,
+            extra_toml=(
+                '[sessions]\nhost_addresses = ["127.0.0.1"]\n'
+                f'[services]\nforward = ["127.0.0.1:{rtsp.port}"]\n'
+            ),
+        )
+        daemon.start()
+        started.append(daemon)
+        wait_for("device online", daemon.online, 30)
+        viewer = Viewer(root / "viewer")
+        viewer.run(
+            "login",
+            "--broker",
+            broker.url,
+            "--user",
+            "owner",
+            "--password-stdin",
+            "--cacert",
+            str(broker.cert),
+            stdin="pass phrase\n",
+        )
+        viewer.run("pair", daemon.pairing_uri())
+        yield daemon, viewer, rtsp
+    finally:
+        stop_all(list(reversed(started)))
+        rtsp.stop()
+
+
+def count_frames(url: str, seconds: int) -> int:
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-count_frames",
+            "-read_intervals",
+            f"%+{seconds}",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return int(out.strip().splitlines()[0])
+
+
+@needs_rtsp
+@pytest.mark.parametrize(
+    ("flag", "paths"), [("--relay-only", {"relay"}), ("--direct-only", {"lan", "direct"})]
+)
+def test_ffprobe_reads_rtsp_frames_through_dvrlink_forward(
+    rig: tuple[Daemon, Viewer, RtspServer], flag: str, paths: set[str]
+) -> None:
+    _daemon, viewer, rtsp = rig
+    forward = start_forward(viewer, SERIAL, rtsp.port, flag)
+    try:
+        assert forward.path in paths, forward.path
+        frames = count_frames(f"rtsp://127.0.0.1:{forward.local_port}/live", seconds=4)
+        print(f"{flag}: ffprobe read {frames} frames via {forward.path}")
+        assert frames >= 50
+    finally:
+        assert forward.stop() == 0
+
+
+@needs_rtsp
+def test_a_port_the_device_does_not_allow_is_refused(rig: tuple[Daemon, Viewer, RtspServer]) -> None:
+    _, viewer, _ = rig
+    forward = start_forward(viewer, SERIAL, 80, "--relay-only")
+    try:
+        with pytest.raises(subprocess.CalledProcessError):
+            count_frames(f"rtsp://127.0.0.1:{forward.local_port}/live", seconds=1)
+    finally:
+        assert forward.stop() == 0
+    assert forward.proc.stdout is not None
+    output = forward.proc.stdout.read()
+    assert "refuses port 80" in output, output
