@@ -6,12 +6,27 @@ Everything runs as real processes in a fresh temporary directory and is stopped 
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 from pathlib import Path
 
-from hil.loopback import BIN, Broker, Daemon, Viewer, add_user, make_daemon, start_broker, stop_all, wait_for
+from hil.loopback import (
+    BIN,
+    Broker,
+    Daemon,
+    Viewer,
+    add_user,
+    make_daemon,
+    start_broker,
+    start_forward,
+    stop_all,
+    wait_for,
+)
 
 
 def step(text: str) -> None:
@@ -25,9 +40,31 @@ def show(text: str) -> None:
         print(f"   {line}")
 
 
+def start_web_ui(root: Path) -> http.server.ThreadingHTTPServer:
+    """A small HTTP server standing in for the recorder's web page, on a free loopback port."""
+    site = root / "recorder-web"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "index.html").write_text(
+        "<html><body><h1>Recorder DL-DEMO-0001</h1><p>4 channels, all recording.</p></body></html>\n"
+    )
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, name="recorder-web", daemon=True).start()
+    return server
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Stay quiet."""
+
+
 def run(root: Path) -> int:
     """Run the demo in ``root``; returns the exit code."""
     processes: list[Daemon | Broker] = []
+    web = start_web_ui(root)
+    web_port = web.server_address[1]
     try:
         step("starting dvrlink-broker on 127.0.0.1 (UDP presence + STUN, HTTPS API)")
         broker = start_broker(root / "broker")
@@ -38,7 +75,14 @@ def run(root: Path) -> int:
         print("   created viewer account 'demo'")
 
         step("starting two simulated recorders (dvrlinkd)")
-        recorders = [make_daemon(root / "devices", s, broker) for s in ("DL-DEMO-0001", "DL-DEMO-0002")]
+        services = (
+            f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = ["127.0.0.1:{web_port}"]\n'
+        )
+        recorders = [
+            make_daemon(root / "devices", s, broker, extra_toml=services)
+            for s in ("DL-DEMO-0001", "DL-DEMO-0002")
+        ]
+        print(f"   each recorder serves its web page on 127.0.0.1:{web_port} and allows forwards to it")
         for recorder in recorders:
             recorder.start()
             processes.append(recorder)
@@ -88,10 +132,26 @@ def run(root: Path) -> int:
                 timeout=30,
             ).stdout
         )
+        step(
+            f"viewer forwards a local port to the recorder web page "
+            f"(dvrlink forward {recorders[0].serial} 0:{web_port})"
+        )
+        forward = start_forward(viewer, recorders[0].serial, web_port)
+        try:
+            print(f"   listening on 127.0.0.1:{forward.local_port}, session path: {forward.path}")
+            url = f"http://127.0.0.1:{forward.local_port}/"
+            with urllib.request.urlopen(url, timeout=20) as reply:
+                page = reply.read().decode()
+            print(f"   GET {url} -> {reply.status}")
+            show(page)
+        finally:
+            forward.stop()
+
         step("done: stopping everything")
         return 0
     finally:
         stop_all(list(reversed(processes)))
+        web.shutdown()
 
 
 def main() -> int:
