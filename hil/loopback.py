@@ -85,11 +85,17 @@ def broker_command(*args: str) -> list[str]:
 
 
 def start_broker(
-    state_dir: Path, udp_port: int = 0, https_port: int = 0, turn_port: int = 0, timeout: float = 30.0
+    state_dir: Path,
+    udp_port: int = 0,
+    https_port: int = 0,
+    turn_port: int = 0,
+    timeout: float = 30.0,
+    config: Path | None = None,
 ) -> Broker:
     """Start a broker and wait until it published its ports in ``broker.json``.
 
     Its TURN relay may relay to loopback peers, since everything in the rig is on 127.0.0.1.
+    With ``config`` the broker reads that TOML file instead (its state_dir must be ``state_dir``).
 
     Raises:
         TimeoutError: it did not become ready; the message has its last log lines.
@@ -98,8 +104,10 @@ def start_broker(
     info_file = state_dir / "broker.json"
     log = state_dir / "broker.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen(
-            broker_command(
+        args = (
+            ["serve", "--config", str(config)]
+            if config is not None
+            else [
                 "serve",
                 "--state-dir",
                 str(state_dir),
@@ -110,7 +118,10 @@ def start_broker(
                 "--turn-port",
                 str(turn_port),
                 "--turn-allow-loopback-peers",
-            ),
+            ]
+        )
+        proc = subprocess.Popen(
+            broker_command(*args),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
