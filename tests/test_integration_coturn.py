@@ -133,7 +133,8 @@ def test_viewer_and_daemon_relay_through_coturn(tmp_path: Path, coturn: tuple[in
             "DL-COT-0001",
             broker,
             extra_toml=(
-                f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = ["127.0.0.1:{echo.port}"]\n'
+                '[sessions]\nhost_addresses = ["127.0.0.1"]\n'
+                f'[services]\nforward = ["127.0.0.1:{echo.port}"]\n'
             ),
         )
         daemon.start()
