@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,22 @@ def test_a_port_the_device_does_not_allow_is_refused(rig: tuple[Daemon, Viewer, 
     assert forward.proc.stdout is not None
     output = forward.proc.stdout.read()
     assert "refuses port 80" in output, output
+
+
+@needs_rtsp
+def test_two_sessions_at_once_each_with_two_streams(rig: tuple[Daemon, Viewer, RtspServer]) -> None:
+    daemon, viewer, rtsp = rig
+    relayed = start_forward(viewer, SERIAL, rtsp.port, "--relay-only")
+    direct = start_forward(viewer, SERIAL, rtsp.port, "--direct-only")
+    try:
+        wait_for(
+            "two sessions on the device", lambda: len((daemon.status() or {}).get("sessions", [])) == 2, 15
+        )
+        urls = [f"rtsp://127.0.0.1:{f.local_port}/live" for f in (relayed, direct) for _ in range(2)]
+        with ThreadPoolExecutor(len(urls)) as pool:
+            frames = list(pool.map(lambda url: count_frames(url, seconds=3), urls))
+        print(f"4 streams over 2 sessions: {frames} frames")
+        assert all(n >= 50 for n in frames), frames
+    finally:
+        assert relayed.stop() == 0
+        assert direct.stop() == 0
