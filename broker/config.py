@@ -136,8 +136,10 @@ class BrokerConfig:
     turn_credential_ttl_s: float = 3600.0
     """Seconds the TURN credentials the API hands out stay valid."""
     turn_allow_loopback_peers: bool = False
-    """True: relays may reach loopback, link-local and other private-use addresses (loopback
-    tests and the demo); False: those peers are refused."""
+    """True: relays may reach loopback, link-local, multicast and broadcast peers (loopback tests
+    and the demo); False: those peers are refused. Private-use (RFC 1918) peers are allowed
+    either way, since relayed addresses may be private; firewall the relay host if it must not
+    reach its own network."""
     turn_servers: tuple[ExternalTurnServer, ...] = ()
     """External TURN servers (a coturn fleet) handed out after the built-in one, or instead of it
     when ``turn_enabled`` is false."""
