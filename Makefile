@@ -59,9 +59,7 @@ demo: $(STAMP)
 	$(PY) -m hil.demo
 
 bench: $(STAMP) $(SYSSTAMP)
-	$(PY) -m bench.presence_load
-	$(PY) -m bench.cellular_cost
-	$(PY) -m bench.daemon_footprint
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

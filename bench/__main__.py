@@ -9,13 +9,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import cellular_cost, daemon_footprint, presence_load
+from bench import (
+    cellular_cost,
+    daemon_footprint,
+    daemon_streaming,
+    presence_load,
+    relay_pps,
+    session_setup,
+    tunnel_throughput,
+)
 from bench.common import parse_args
 
 BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("presence_load", presence_load.main),
     ("cellular_cost", cellular_cost.main),
     ("daemon_footprint", daemon_footprint.main),
+    ("session_setup", session_setup.main),
+    ("tunnel_throughput", tunnel_throughput.main),
+    ("relay_pps", relay_pps.main),
+    ("daemon_streaming", daemon_streaming.main),
 )
 
 

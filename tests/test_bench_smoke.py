@@ -93,3 +93,43 @@ def test_daemon_footprint_prints_rss_and_cpu() -> None:
     assert numbers(r"VmRSS ([\d.]+) MB at the start", out)[0] > 0
     assert numbers(r"CPU \(utime\+stime, 10 ms ticks\) ([\d.]+) s", out)[0] >= 0
     assert "registered" in out
+
+
+@pytest.mark.slow
+def test_session_setup_prints_median_and_p95() -> None:
+    out = run_bench("session_setup")
+    for mode in ("relay", "direct"):
+        first = numbers(rf"^  {mode}-only \(\w+ path\), \d+ sessions: first byte median ([\d,]+) ms", out)
+        assert first[0] > 0
+        assert numbers(rf"^  {mode}-only .* p95 ([\d,]+) ms", out)[0] > 0
+        assert numbers(rf"^  {mode}-only via the in-process viewer API .* median ([\d.]+) ms", out)[0] > 0
+
+
+@pytest.mark.slow
+def test_tunnel_throughput_prints_rates_and_ratios() -> None:
+    out = run_bench("tunnel_throughput")
+    assert numbers(r"plain loopback TCP copy: ([\d,]+) Mbit/s", out)[0] > 0
+    for mode in ("direct", "relay"):
+        assert all(rate > 0 for rate in numbers(rf"^  {mode} \(\w+ path\) \S+: ([\d,.]+) Mbit/s", out))
+        assert all(ratio > 0 for ratio in numbers(rf"^  {mode} .* ratio to plain TCP ([\d.]+)", out))
+    assert re.search(r"direct throughput: [\d,.]+ Mbit/s .*(PASS|FAIL)", out), out
+
+
+@pytest.mark.slow
+def test_relay_pps_prints_rate_and_coturn_ratio() -> None:
+    out = run_bench("relay_pps")
+    assert numbers(r"dvrlink-broker TURN: ([\d,]+) packets/s", out)[0] > 0
+    if shutil.which("turnserver") is None:
+        assert "coturn: not installed" in out
+        pytest.skip("turnserver (Debian package coturn) is not installed: no comparison")
+    assert numbers(r"coturn .*: ([\d,]+) packets/s", out)[0] > 0
+    assert numbers(r"ratio to coturn per core: ([\d.]+)", out)[0] > 0
+
+
+@pytest.mark.slow
+def test_daemon_streaming_prints_rss_and_cpu() -> None:
+    out = run_bench("daemon_streaming")
+    rates = numbers(r"\S+: ([\d.]+) Mbit/s arrived", out)
+    assert len(rates) == 4 and all(rate > 0 for rate in rates), out
+    assert all(cpu >= 0 for cpu in numbers(r"dvrlinkd CPU ([\d.]+) % of a core", out))
+    assert all(rss > 0 for rss in numbers(r"max ([\d.]+) MB \(\d+ samples\)", out))
