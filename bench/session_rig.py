@@ -13,7 +13,6 @@ gets core 1; the broker, the ``dvrlink forward`` process and the benchmark's own
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import statistics
@@ -23,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.common import (
     GENERATOR_CORE,
@@ -32,7 +30,6 @@ from bench.common import (
     BenchError,
     log_tail,
     online_cores,
-    venv_script,
 )
 from hil.loopback import (
     Broker,
@@ -41,6 +38,7 @@ from hil.loopback import (
     Viewer,
     add_user,
     make_daemon,
+    start_broker,
     start_forward,
     stop_all,
     wait_for,
@@ -114,40 +112,10 @@ def start_bench_broker(state_dir: Path, timeout: float = START_TIMEOUT_S) -> Bro
         "session_max_per_account = 10000\n"
         'log_level = "WARNING"\n'
     )
-    log = state_dir / "broker.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [venv_script("dvrlink-broker"), "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    info_file = state_dir / "broker.json"
-
-    def ready() -> dict[str, Any] | None:
-        if proc.poll() is not None:
-            raise BenchError(f"dvrlink-broker exited with {proc.returncode}:\n{log_tail(log)}")
-        try:
-            info: dict[str, Any] = json.loads(info_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return info if info.get("pid") == proc.pid else None
-
     try:
-        info = wait_for("dvrlink-broker ready", ready, timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        proc.wait(10)
-        raise BenchError(f"{exc}\n{log_tail(log)}") from None
-    return Broker(
-        state_dir,
-        proc,
-        int(info["udp_port"]),
-        int(info["https_port"]),
-        int(info.get("turn_udp_port") or 0),
-        str(info["public_key"]),
-        Path(info["cert"]),
-        log,
-    )
+        return start_broker(state_dir, timeout=timeout, config=config)
+    except (TimeoutError, RuntimeError) as exc:
+        raise BenchError(str(exc)) from None
 
 
 # --- the rig ---
