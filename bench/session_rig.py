@@ -195,17 +195,7 @@ def session_rig(work: Path, forward_ports: Sequence[int], broker_core: int = GEN
             raise BenchError(f"{exc}:\n{log_tail(daemon.log)}") from None
         viewer = Viewer(work / "viewer")
         try:
-            viewer.run(
-                "login",
-                "--broker",
-                broker.url,
-                "--user",
-                USER,
-                "--password-stdin",
-                "--cacert",
-                str(broker.cert),
-                stdin=PASSWORD + "\n",
-            )
+            viewer.login(broker, USER, PASSWORD)
             viewer.run("pair", daemon.pairing_uri())
         except subprocess.CalledProcessError as exc:
             raise BenchError(f"viewer login/pair failed: {exc.stderr or exc.stdout}") from None

@@ -21,6 +21,7 @@ from hil.loopback import (
     Daemon,
     Viewer,
     add_user,
+    loopback_services_toml,
     make_daemon,
     start_broker,
     start_forward,
@@ -75,9 +76,7 @@ def run(root: Path) -> int:
         print("   created viewer account 'demo'")
 
         step("starting two simulated recorders (dvrlinkd)")
-        services = (
-            f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = ["127.0.0.1:{web_port}"]\n'
-        )
+        services = loopback_services_toml(web_port)
         recorders = [
             make_daemon(root / "devices", s, broker, extra_toml=services)
             for s in ("DL-DEMO-0001", "DL-DEMO-0002")
@@ -97,19 +96,7 @@ def run(root: Path) -> int:
 
         viewer = Viewer(root / "viewer")
         step("viewer logs in (dvrlink login)")
-        show(
-            viewer.run(
-                "login",
-                "--broker",
-                broker.url,
-                "--user",
-                "demo",
-                "--password-stdin",
-                "--cacert",
-                str(broker.cert),
-                stdin="demo-password\n",
-            ).stdout
-        )
+        show(viewer.login(broker, "demo", "demo-password").stdout)
 
         step(f"viewer pairs {recorders[0].serial} (dvrlink pair)")
         show(viewer.run("pair", uri).stdout)

@@ -266,6 +266,26 @@ class Viewer:
             raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
+    def login(self, broker: Broker, user: str, password: str) -> subprocess.CompletedProcess[str]:
+        """``dvrlink login`` to ``broker`` with its own certificate as CA; raises CalledProcessError."""
+        return self.run(
+            "login",
+            "--broker",
+            broker.url,
+            "--user",
+            user,
+            "--password-stdin",
+            "--cacert",
+            str(broker.cert),
+            stdin=password + "\n",
+        )
+
+
+def loopback_services_toml(forward_port: int) -> str:
+    """Daemon config lines for sessions on loopback (ICE host candidate 127.0.0.1) that allow
+    forwards to ``127.0.0.1:forward_port``."""
+    return f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = ["127.0.0.1:{forward_port}"]\n'
+
 
 def add_user(broker_state: Path, name: str, password: str) -> None:
     """Create a viewer account with the broker's admin command."""

@@ -22,6 +22,7 @@ from hil.loopback import (
     Daemon,
     Viewer,
     add_user,
+    loopback_services_toml,
     make_daemon,
     start_broker,
     start_forward,
@@ -132,26 +133,13 @@ def test_viewer_and_daemon_relay_through_coturn(tmp_path: Path, coturn: tuple[in
             tmp_path,
             "DL-COT-0001",
             broker,
-            extra_toml=(
-                '[sessions]\nhost_addresses = ["127.0.0.1"]\n'
-                f'[services]\nforward = ["127.0.0.1:{echo.port}"]\n'
-            ),
+            extra_toml=loopback_services_toml(echo.port),
         )
         daemon.start()
         started.append(daemon)
         wait_for("device online", daemon.online, 30)
         viewer = Viewer(tmp_path / "viewer")
-        viewer.run(
-            "login",
-            "--broker",
-            broker.url,
-            "--user",
-            "owner",
-            "--password-stdin",
-            "--cacert",
-            str(broker.cert),
-            stdin="pass phrase\n",
-        )
+        viewer.login(broker, "owner", "pass phrase")
         viewer.run("pair", daemon.pairing_uri())
         forward = start_forward(viewer, "DL-COT-0001", echo.port, "--relay-only")
         try:

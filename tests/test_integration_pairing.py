@@ -31,17 +31,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[Broker, list[Daemon], Viewer]]:
         for daemon in daemons:
             wait_for(f"{daemon.serial} online", daemon.online, 30)
         viewer = Viewer(tmp_path / "viewer")
-        viewer.run(
-            "login",
-            "--broker",
-            broker.url,
-            "--user",
-            "alice",
-            "--password-stdin",
-            "--cacert",
-            str(broker.cert),
-            stdin="correct horse\n",
-        )
+        viewer.login(broker, "alice", "correct horse")
         yield broker, daemons, viewer
     finally:
         stop_all(list(reversed(started)))

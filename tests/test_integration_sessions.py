@@ -22,6 +22,7 @@ from hil.loopback import (
     RtspServer,
     Viewer,
     add_user,
+    loopback_services_toml,
     make_daemon,
     start_broker,
     start_forward,
@@ -67,26 +68,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, View
             SERIAL,
             broker,
             keepalive_interval=2.0,
-            extra_toml=(
-                '[sessions]\nhost_addresses = ["127.0.0.1"]\n'
-                f'[services]\nforward = ["127.0.0.1:{rtsp.port}"]\n'
-            ),
+            extra_toml=loopback_services_toml(rtsp.port),
         )
         daemon.start()
         started.append(daemon)
         wait_for("device online", daemon.online, 30)
         viewer = Viewer(root / "viewer")
-        viewer.run(
-            "login",
-            "--broker",
-            broker.url,
-            "--user",
-            "owner",
-            "--password-stdin",
-            "--cacert",
-            str(broker.cert),
-            stdin="pass phrase\n",
-        )
+        viewer.login(broker, "owner", "pass phrase")
         viewer.run("pair", daemon.pairing_uri())
         yield daemon, viewer, rtsp
     finally:
