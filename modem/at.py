@@ -1,0 +1,887 @@
+"""The AT command engine of one modem port: commands in, bytes out, replies matched, URCs routed.
+
+Sans-I/O: feed it the bytes read from the port and the current time; take the bytes to write,
+the events, and the next deadline. It never raises on bad input from the modem: noise, overlong
+lines, late replies and stray results become ``LineDiscarded`` events and are counted in ``stats``.
+
+How a line is classified, in this order:
+
+1. the body line of a two-line URC (``+CMT:``, ``+CDS:``) or of a two-line reply (``+CMGR:``);
+2. a restart marker (``RDY``): the modem rebooted, the pending command is aborted;
+3. the echo of the pending command (a line equal to the text just sent), whatever ``ATE`` says;
+4. a final result of the pending command (``OK``, ``ERROR``, ``+CME ERROR: 10``, ``+CME ERROR: SIM
+   busy``, ``+CMS ERROR: 330``, and for dial commands ``CONNECT``, ``NO CARRIER``, ``BUSY``,
+   ``NO DIALTONE``, ``NO ANSWER``);
+5. a reply line the pending command's spec expects (prefix, shape, bare text);
+6. anything else is unsolicited: a URC, or a stray result that is dropped.
+
+Only one command is on the wire at a time; the others wait in a queue. When a command gets no
+final result in time, the engine resynchronises: it writes ``AT`` probes and counts final results,
+so a late ``OK`` of the timed-out command is dropped and never taken for the answer of the next
+command. States and transitions are in ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from dvrlink.modem.at_specs import CommandSpec, spec_for
+
+CTRL_Z = b"\x1a"
+ESC = b"\x1b"
+_TERMINATOR = re.compile(rb"[\r\n]")
+
+STANDARD_URCS: tuple[str, ...] = (
+    "RING",
+    "+CRING:",
+    "+CLIP:",
+    "+CCWA:",
+    "+CREG:",
+    "+CGREG:",
+    "+CEREG:",
+    "+C5GREG:",
+    "+CMTI:",
+    "+CMT:",
+    "+CDS:",
+    "+CDSI:",
+    "+CBM:",
+    "+CBMI:",
+    "+CUSD:",
+    "+CGEV:",
+    "+CPIN:",
+    "+CFUN:",
+    "+CTZV:",
+    "+CTZE:",
+    "+CIEV:",
+    "NO CARRIER",
+)
+"""Unsolicited result codes of 3GPP TS 27.007 and 27.005 that any modem may send."""
+
+TWO_LINE_URCS: tuple[str, ...] = ("+CMT:", "+CDS:", "+CBM:")
+"""URCs followed by a body line (the PDU, or the text in text mode)."""
+
+# 3GPP TS 27.007 section 9.2 and TS 27.005 section 3.2.5: verbose texts of the error codes the
+# engine and the modem state machine act on, lower case.
+CME_TEXTS: dict[str, int] = {
+    "phone failure": 0,
+    "no connection to phone": 1,
+    "operation not allowed": 3,
+    "operation not supported": 4,
+    "ph-sim pin required": 5,
+    "sim not inserted": 10,
+    "sim pin required": 11,
+    "sim puk required": 12,
+    "sim failure": 13,
+    "sim busy": 14,
+    "sim wrong": 15,
+    "incorrect password": 16,
+    "sim pin2 required": 17,
+    "sim puk2 required": 18,
+    "memory full": 20,
+    "invalid index": 21,
+    "not found": 22,
+    "memory failure": 23,
+    "text string too long": 24,
+    "invalid characters in text string": 25,
+    "dial string too long": 26,
+    "invalid characters in dial string": 27,
+    "no network service": 30,
+    "network timeout": 31,
+    "network not allowed - emergency calls only": 32,
+    "unknown": 100,
+    "please wait, init or command processing in progress": 515,
+}
+CMS_TEXTS: dict[str, int] = {
+    "me failure": 300,
+    "sms service of me reserved": 301,
+    "operation not allowed": 302,
+    "operation not supported": 303,
+    "invalid pdu mode parameter": 304,
+    "invalid text mode parameter": 305,
+    "sim not inserted": 310,
+    "sim pin required": 311,
+    "sim failure": 313,
+    "sim busy": 314,
+    "sim wrong": 315,
+    "memory failure": 320,
+    "invalid memory index": 321,
+    "memory full": 322,
+    "smsc address unknown": 330,
+    "no network service": 331,
+    "network timeout": 332,
+    "no +cnma acknowledgement expected": 340,
+    "unknown error": 500,
+}
+
+
+class FinalKind(enum.Enum):
+    """The final result codes of V.250 and 3GPP TS 27.007/27.005."""
+
+    OK = "OK"
+    ERROR = "ERROR"
+    CME_ERROR = "+CME ERROR"
+    CMS_ERROR = "+CMS ERROR"
+    CONNECT = "CONNECT"
+    NO_CARRIER = "NO CARRIER"
+    BUSY = "BUSY"
+    NO_DIALTONE = "NO DIALTONE"
+    NO_ANSWER = "NO ANSWER"
+
+
+CALL_RESULTS = frozenset(
+    {FinalKind.CONNECT, FinalKind.NO_CARRIER, FinalKind.BUSY, FinalKind.NO_DIALTONE, FinalKind.NO_ANSWER}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalResult:
+    """The line that ended a command.
+
+    ``code`` is the numeric ``+CME``/``+CMS`` error (taken from the verbose text when the modem
+    uses ``+CMEE=2``; None for a text the tables do not know); ``detail`` is what follows the
+    keyword: the verbose error text, or the rate after ``CONNECT``.
+    """
+
+    kind: FinalKind
+    line: str
+    code: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True for ``OK`` and ``CONNECT``."""
+        return self.kind in (FinalKind.OK, FinalKind.CONNECT)
+
+
+def parse_final(line: str) -> FinalResult | None:
+    """The final result a line is, or None. Never raises."""
+    text = line.strip()
+    upper = text.upper()
+    for kind in (FinalKind.CME_ERROR, FinalKind.CMS_ERROR):
+        if upper.startswith(kind.value):
+            rest = text[len(kind.value) :].lstrip()
+            if rest.startswith(":"):
+                rest = rest[1:].strip()
+            elif rest:
+                return None
+            table = CME_TEXTS if kind is FinalKind.CME_ERROR else CMS_TEXTS
+            numeric = rest.isascii() and rest.isdigit() and len(rest) <= 6
+            code = int(rest) if numeric else table.get(rest.lower())
+            return FinalResult(kind, text, code, rest)
+    if upper == "CONNECT" or upper.startswith("CONNECT "):
+        return FinalResult(FinalKind.CONNECT, text, None, text[len("CONNECT") :].strip())
+    if upper == "NO DIAL TONE":
+        return FinalResult(FinalKind.NO_DIALTONE, text)
+    for kind in (
+        FinalKind.OK,
+        FinalKind.ERROR,
+        FinalKind.NO_CARRIER,
+        FinalKind.BUSY,
+        FinalKind.NO_DIALTONE,
+        FinalKind.NO_ANSWER,
+    ):
+        if upper == kind.value:
+            return FinalResult(kind, text)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AtConfig:
+    """Settings of one AT port. Times are in seconds.
+
+    ``urc_prefixes``: lines known to be unsolicited (3GPP ones plus the profile's). A line that
+    starts with one of them is never taken for a bare-text reply (``+CGSN``, ``ATI``).
+    ``two_line_urcs``: URCs whose next line is their body. ``restart_markers``: lines a modem
+    prints when it has (re)booted. ``max_line``: longer lines are dropped, in bytes.
+    ``resync_timeout``: how long one ``AT`` probe may go unanswered. ``resync_settle``: after a
+    probe's answer, how long to wait for another final result when it is unclear whether the
+    timed-out command's late result is still to come.
+    """
+
+    urc_prefixes: tuple[str, ...] = STANDARD_URCS
+    two_line_urcs: tuple[str, ...] = TWO_LINE_URCS
+    restart_markers: tuple[str, ...] = ("RDY",)
+    max_line: int = 4096
+    resync_timeout: float = 3.0
+    resync_settle: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.max_line <= 1 << 20:
+            raise ValueError(f"max_line {self.max_line} bytes is out of range: use 64-1048576")
+        if self.resync_timeout <= 0 or self.resync_settle <= 0:
+            raise ValueError(
+                f"resync_timeout ({self.resync_timeout} s) and resync_settle "
+                f"({self.resync_settle} s) must be > 0"
+            )
+        for prefix in (*self.urc_prefixes, *self.two_line_urcs, *self.restart_markers):
+            if not prefix or prefix != prefix.strip():
+                raise ValueError(f"URC prefix {prefix!r} must be non-empty text without surrounding blanks")
+
+    def with_urcs(self, extra: Iterable[str]) -> AtConfig:
+        """A copy that also knows the URC prefixes ``extra``."""
+        return replace(self, urc_prefixes=tuple(dict.fromkeys((*self.urc_prefixes, *extra))))
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command line, without its CR. ``payload`` answers a ``> `` prompt (then Ctrl-Z)."""
+
+    text: str
+    spec: CommandSpec
+    payload: bytes | None = None
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AtEvent:
+    """Base of the events an ``AtEngine`` emits."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEvent(AtEvent):
+    """Base of the events about one submitted command."""
+
+    command_id: int
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandCompleted(CommandEvent):
+    """The command ended with ``OK`` or ``CONNECT``; ``lines`` are its information lines."""
+
+    lines: tuple[str, ...]
+    result: FinalResult
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed(CommandEvent):
+    """The command ended with an error result (after the retries its spec allows)."""
+
+    lines: tuple[str, ...]
+    result: FinalResult
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTimedOut(CommandEvent):
+    """No final result came within the command's timeout; the engine resynchronises."""
+
+    lines: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAborted(CommandEvent):
+    """The command was given up: cancelled, the modem restarted, or the port was reset."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRetrying(CommandEvent):
+    """The modem said busy (``+CME ERROR: 14``/``515``); the command is written again later."""
+
+    result: FinalResult
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class PromptAnswered(CommandEvent):
+    """The modem asked with ``> ``; the engine wrote the payload and Ctrl-Z, or ESC to abort."""
+
+    aborted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UrcReceived(AtEvent):
+    """An unsolicited line; ``body`` is the second line of a two-line URC (``+CMT:``).
+
+    ``name`` is the part before the colon (``+CREG``), or the whole line (``RING``).
+    """
+
+    name: str
+    line: str
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModemRestarted(AtEvent):
+    """The modem printed a restart marker (``RDY``): it rebooted, and forgot its settings."""
+
+    marker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resynced(AtEvent):
+    """After a timeout the port answers ``AT`` with ``OK`` again; queued commands go on."""
+
+    probes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncFailed(AtEvent):
+    """``probes`` ``AT`` probes went unanswered so far; the engine keeps probing."""
+
+    probes: int
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class LineDiscarded(AtEvent):
+    """A line that belongs to nobody: noise, a late reply, a stray result, an overlong line."""
+
+    line: str
+    reason: str
+
+
+class EngineState(enum.Enum):
+    """What the port is doing."""
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    BACKOFF = "backoff"
+    RESYNC = "resync"
+    DATA = "data"
+
+
+S = EngineState
+# Every transition the engine makes, with its cause. ``_enter`` refuses anything else.
+TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
+    (S.IDLE, S.WAITING): "command written",
+    (S.WAITING, S.WAITING): "final result; next queued command written",
+    (S.WAITING, S.IDLE): "final result; queue empty",
+    (S.WAITING, S.BACKOFF): "SIM busy or please wait: retry after a backoff",
+    (S.BACKOFF, S.WAITING): "backoff over (or cancelled): command written",
+    (S.BACKOFF, S.IDLE): "cancelled or modem restarted; queue empty",
+    (S.WAITING, S.RESYNC): "no final result in time, or resync requested: AT probe written",
+    (S.IDLE, S.RESYNC): "resync requested: AT probe written",
+    (S.BACKOFF, S.RESYNC): "resync requested: AT probe written",
+    (S.RESYNC, S.RESYNC): "probe unanswered: another probe written",
+    (S.RESYNC, S.IDLE): "in sync; queue empty",
+    (S.RESYNC, S.WAITING): "in sync; next queued command written",
+    (S.WAITING, S.DATA): "CONNECT: the port carries data now",
+    (S.DATA, S.IDLE): "NO CARRIER or modem restarted; queue empty",
+    (S.DATA, S.WAITING): "NO CARRIER or modem restarted; next queued command written",
+    (S.DATA, S.RESYNC): "data mode left by the caller: AT probe written",
+}
+# abort_all() may go from anywhere to IDLE.
+for _state in EngineState:
+    TRANSITIONS.setdefault((_state, S.IDLE), "aborted: port reset")
+del _state
+
+
+@dataclass(slots=True)
+class _Pending:
+    id: int
+    command: Command
+    attempt: int = 1
+    lines: list[str] = field(default_factory=list)
+    replies: int = 0
+    echo_seen: bool = False
+    prompt_served: bool = False
+    cancelled: bool = False
+
+
+class AtEngine:
+    """The AT engine of one port (see module docstring).
+
+    ``spec_for`` gives the spec of a command submitted as text; the default is
+    ``dvrlink.modem.at_specs.spec_for``.
+    """
+
+    def __init__(
+        self,
+        config: AtConfig | None = None,
+        spec_for: Callable[[str], CommandSpec] = spec_for,
+    ) -> None:
+        self._config = config or AtConfig()
+        self._spec_for = spec_for
+        self._state = EngineState.IDLE
+        self._queue: deque[_Pending] = deque()
+        self._pending: _Pending | None = None
+        self._deadline: float | None = None
+        self._events: deque[AtEvent] = deque()
+        self._outbox = bytearray()
+        self._buf = bytearray()
+        self._scanned = 0
+        self._skipping = False
+        self._next_id = 1
+        self._urc_head: str | None = None
+        self._body_expected = False
+        # resync bookkeeping
+        self._late: Command | None = None
+        self._probes = 0
+        self._finals = 0
+        self._probe_sent_at = 0.0
+        self._resync_started_at = 0.0
+        self._settle: float | None = None
+        self.stats: dict[str, int] = {
+            "lines": 0,
+            "urcs": 0,
+            "discarded": 0,
+            "noise": 0,
+            "data_bytes": 0,
+            "commands": 0,
+        }
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        """Current state."""
+        return self._state
+
+    @property
+    def config(self) -> AtConfig:
+        """The settings this engine runs with."""
+        return self._config
+
+    @property
+    def pending_id(self) -> int | None:
+        """Id of the command on the wire (or waiting to be retried), if any."""
+        return self._pending.id if self._pending is not None else None
+
+    @property
+    def queued(self) -> int:
+        """Number of commands waiting behind the pending one."""
+        return len(self._queue)
+
+    # -- sans-I/O interface ---------------------------------------------------------------------
+
+    def submit(self, command: str | Command, now: float, payload: bytes | str | None = None) -> int:
+        """Queue a command; it is written at once when the port is free. Returns its id.
+
+        ``command`` is a line such as ``AT+CSQ`` (its spec comes from ``spec_for``) or a
+        ``Command``. ``payload`` is what to write at the ``> `` prompt (a PDU in hex, or text);
+        Ctrl-Z is added by the engine.
+
+        Raises:
+            ValueError: the line is empty, does not start with ``AT``, or holds CR, LF, Ctrl-Z
+                or ESC; or the payload holds Ctrl-Z or ESC.
+        """
+        if isinstance(command, str):
+            data = payload.encode("ascii") if isinstance(payload, str) else payload
+            command = Command(command.strip(), self._spec_for(command), data)
+        elif payload is not None:
+            raise ValueError("give the payload inside the Command, not as a separate argument")
+        text = command.text
+        if text[:2].upper() != "AT" or any(ch in text for ch in "\r\n\x1a\x1b"):
+            raise ValueError(
+                f"AT command {text!r} must start with AT and hold no CR, LF, Ctrl-Z or ESC: "
+                "the engine adds the CR"
+            )
+        if command.payload is not None and (CTRL_Z in command.payload or ESC in command.payload):
+            raise ValueError("the prompt payload must not hold Ctrl-Z or ESC: the engine adds Ctrl-Z")
+        entry = _Pending(self._next_id, command)
+        self._next_id += 1
+        self._queue.append(entry)
+        self.stats["commands"] += 1
+        if self._state is EngineState.IDLE:
+            self._send_next(now)
+        return entry.id
+
+    def cancel(self, command_id: int, now: float) -> bool:
+        """Give up a command. Returns False when it is unknown or already finished.
+
+        A queued command is dropped at once. The command on the wire still runs to its final
+        result (then ``CommandAborted``); at a ``> `` prompt the engine writes ESC instead of
+        the payload. A command waiting to be retried is dropped at once.
+        """
+        for entry in self._queue:
+            if entry.id == command_id:
+                self._queue.remove(entry)
+                self._emit(CommandAborted(entry.id, entry.command.text, "cancelled"))
+                return True
+        pending = self._pending
+        if pending is None or pending.id != command_id or pending.cancelled:
+            return False
+        if self._state is EngineState.BACKOFF:
+            self._pending = None
+            self._emit(CommandAborted(pending.id, pending.command.text, "cancelled"))
+            self._send_next(now)
+        else:
+            pending.cancelled = True
+        return True
+
+    def resync(self, now: float) -> None:
+        """Write ``AT`` probes until the modem answers, first giving up the pending command.
+
+        The first step of the recovery ladder. In data mode it means the caller knows the port
+        is back in command mode (the PPP peer hung up, DTR dropped).
+        """
+        late: Command | None = None
+        if self._pending is not None:
+            pending = self._pending
+            self._pending = None
+            self._emit(CommandAborted(pending.id, pending.command.text, "resync requested"))
+            if self._state is EngineState.WAITING:
+                late = pending.command
+        if self._state is EngineState.RESYNC:
+            return
+        self._start_resync(late, now)
+
+    def abort_all(self, reason: str, now: float) -> None:
+        """Give up every command (the port was closed or reopened) and forget partial input."""
+        del now
+        entries = ([self._pending] if self._pending is not None else []) + list(self._queue)
+        self._pending = None
+        self._queue.clear()
+        for entry in entries:
+            self._emit(CommandAborted(entry.id, entry.command.text, reason))
+        self._buf.clear()
+        self._scanned = 0
+        self._skipping = False
+        self._urc_head = None
+        self._body_expected = False
+        self._late = None
+        self._settle = None
+        self._deadline = None
+        self._outbox.clear()
+        if self._state is not EngineState.IDLE:
+            self._enter(EngineState.IDLE)
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Take bytes read from the port. Never raises on their content."""
+        if not data:
+            return
+        self._buf += data
+        while True:
+            match = _TERMINATOR.search(self._buf, self._scanned)
+            if match is None:
+                break
+            end = match.start()
+            raw = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            self._scanned = 0
+            if self._skipping:
+                self._skipping = False
+                continue
+            self._raw_line(raw, now)
+        self._scanned = len(self._buf)
+        if self._buf and not self._skipping:
+            self._partial(now)
+        if len(self._buf) > self._config.max_line and self._state is EngineState.DATA:
+            self.stats["data_bytes"] += len(self._buf)
+            self._buf.clear()
+            self._scanned = 0
+        elif len(self._buf) > self._config.max_line:
+            preview = bytes(self._buf[:40]).decode("utf-8", "replace")
+            self._discard(preview, f"line longer than {self._config.max_line} bytes: dropped up to its end")
+            self._buf.clear()
+            self._scanned = 0
+            self._skipping = True
+
+    def tick(self, now: float) -> None:
+        """Act on expired deadlines; calling it early does nothing."""
+        state = self._state
+        if state is EngineState.WAITING and self._deadline is not None and now >= self._deadline:
+            pending = self._pending
+            assert pending is not None
+            self._pending = None
+            self._emit(
+                CommandTimedOut(
+                    pending.id, pending.command.text, tuple(pending.lines), pending.command.spec.timeout
+                )
+            )
+            self._start_resync(pending.command, now)
+        elif state is EngineState.BACKOFF and self._deadline is not None and now >= self._deadline:
+            pending = self._pending
+            assert pending is not None
+            pending.attempt += 1
+            self._write_command(pending, now)
+        elif state is EngineState.RESYNC:
+            if self._settle is not None and now >= self._settle:
+                self._resynced(now)
+            elif self._deadline is not None and now >= self._deadline:
+                self._emit(ResyncFailed(self._probes, now - self._resync_started_at))
+                self._send_probe(now)
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must be called next (absolute time), or None."""
+        if self._state is EngineState.RESYNC and self._settle is not None:
+            return min(self._settle, self._deadline) if self._deadline is not None else self._settle
+        if self._state in (EngineState.WAITING, EngineState.BACKOFF, EngineState.RESYNC):
+            return self._deadline
+        return None
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the port, oldest first; the buffer is drained."""
+        out = bytes(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def next_event(self) -> AtEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    # -- line handling --------------------------------------------------------------------------
+
+    def _raw_line(self, raw: bytes, now: float) -> None:
+        if self._state is EngineState.DATA:
+            self.stats["data_bytes"] += len(raw) + 1
+            text = raw.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+            if text == "NO CARRIER":
+                self._emit(UrcReceived("NO CARRIER", text))
+                self._send_next(now)
+            elif text in self._config.restart_markers:
+                self._emit(ModemRestarted(text))
+                self._send_next(now)
+            return
+        text = raw.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+        if not text:
+            return
+        self.stats["lines"] += 1
+        self._line(text, now)
+
+    def _line(self, line: str, now: float) -> None:
+        if self._urc_head is not None:
+            head, self._urc_head = self._urc_head, None
+            self._urc(head, line)
+            return
+        pending = self._pending
+        if self._body_expected and pending is not None and self._state is EngineState.WAITING:
+            self._body_expected = False
+            pending.lines.append(line)
+            return
+        self._body_expected = False
+        if any(ch < " " and ch not in "\t\x1a" for ch in line) or "\ufffd" in line:
+            self.stats["noise"] += 1
+            self._discard(line, "noise: control or undecodable bytes")
+            return
+        if line in self._config.restart_markers:
+            self._restarted(line, now)
+            return
+        if self._state is EngineState.RESYNC:
+            self._resync_line(line, now)
+            return
+        if (
+            self._state is EngineState.WAITING
+            and pending is not None
+            and self._pending_line(pending, line, now)
+        ):
+            return
+        final = parse_final(line)
+        if final is not None:
+            if final.kind is FinalKind.NO_CARRIER:
+                self._urc(line)
+            else:
+                self._discard(line, "final result with no command waiting for it")
+            return
+        self._unsolicited(line)
+
+    def _pending_line(self, pending: _Pending, line: str, now: float) -> bool:
+        """Handle a line while ``pending`` is on the wire; False when it is not the command's."""
+        spec = pending.command.spec
+        if not pending.echo_seen and line.upper() == pending.command.text.upper():
+            pending.echo_seen = True
+            return True
+        if spec.prompt and pending.prompt_served and pending.command.payload is not None:
+            echoed = line.rstrip("\x1a").strip()
+            if echoed == pending.command.payload.decode("ascii", "replace").strip():
+                return True
+        if spec.prompt and not pending.prompt_served and line in (">", "> "):
+            self._answer_prompt(pending)
+            return True
+        final = parse_final(line)
+        if final is not None and (final.kind not in CALL_RESULTS or spec.call_results):
+            self._on_final(pending, final, now)
+            return True
+        if final is not None:
+            return False
+        if self._is_reply(pending, line):
+            pending.lines.append(line)
+            pending.replies += 1
+            if spec.two_line_reply and spec.prefixes and line.startswith(spec.prefixes):
+                self._body_expected = True
+            return True
+        return False
+
+    def _is_reply(self, pending: _Pending, line: str) -> bool:
+        spec = pending.command.spec
+        if pending.replies >= 1 and not spec.multiline:
+            return False
+        if spec.prefixes and line.startswith(spec.prefixes):
+            return spec.reply_pattern is None or re.match(spec.reply_pattern, line) is not None
+        return spec.text_reply and not self._looks_unsolicited(line)
+
+    def _looks_unsolicited(self, line: str) -> bool:
+        return line.startswith(("+", "^")) or line.startswith(self._config.urc_prefixes)
+
+    def _unsolicited(self, line: str) -> None:
+        if line.startswith(self._config.two_line_urcs):
+            self._urc_head = line
+            return
+        self._urc(line)
+
+    def _urc(self, line: str, body: str | None = None) -> None:
+        name = line.split(":", 1)[0].strip() if ":" in line else line
+        self.stats["urcs"] += 1
+        self._emit(UrcReceived(name, line, body))
+
+    def _partial(self, now: float) -> None:
+        """A prompt arrives without CR/LF: look at the unterminated tail."""
+        del now
+        pending = self._pending
+        if (
+            self._state is EngineState.WAITING
+            and pending is not None
+            and pending.command.spec.prompt
+            and not pending.prompt_served
+            and self._urc_head is None
+            and bytes(self._buf) in (b">", b"> ")
+        ):
+            self._buf.clear()
+            self._scanned = 0
+            self._answer_prompt(pending)
+
+    def _answer_prompt(self, pending: _Pending) -> None:
+        pending.prompt_served = True
+        payload = pending.command.payload
+        if pending.cancelled or payload is None:
+            self._outbox += ESC
+            self._emit(PromptAnswered(pending.id, pending.command.text, aborted=True))
+        else:
+            self._outbox += payload + CTRL_Z
+            self._emit(PromptAnswered(pending.id, pending.command.text, aborted=False))
+
+    def _on_final(self, pending: _Pending, final: FinalResult, now: float) -> None:
+        spec = pending.command.spec
+        busy = (final.kind is FinalKind.CME_ERROR and final.code in spec.retry_cme) or (
+            final.kind is FinalKind.CMS_ERROR and final.code in spec.retry_cms
+        )
+        if busy and not pending.cancelled and pending.attempt <= spec.max_retries:
+            delay = spec.backoff(pending.attempt)
+            self._emit(CommandRetrying(pending.id, pending.command.text, final, pending.attempt, delay))
+            pending.lines.clear()
+            pending.replies = 0
+            pending.echo_seen = False
+            pending.prompt_served = False
+            self._deadline = now + delay
+            self._enter(EngineState.BACKOFF)
+            return
+        self._pending = None
+        lines = tuple(pending.lines)
+        if pending.cancelled:
+            self._emit(CommandAborted(pending.id, pending.command.text, "cancelled"))
+        elif final.ok:
+            self._emit(CommandCompleted(pending.id, pending.command.text, lines, final))
+        else:
+            self._emit(CommandFailed(pending.id, pending.command.text, lines, final, pending.attempt))
+        if final.kind is FinalKind.CONNECT:
+            self._deadline = None
+            self._enter(EngineState.DATA)
+        else:
+            self._send_next(now)
+
+    def _restarted(self, marker: str, now: float) -> None:
+        self._emit(ModemRestarted(marker))
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._emit(
+                CommandAborted(
+                    pending.id,
+                    pending.command.text,
+                    f"modem restarted ({marker}) before the final result",
+                )
+            )
+        if self._state is EngineState.RESYNC:
+            # a rebooted modem owes no late results: it is in sync
+            self._resynced(now)
+        elif self._state is not EngineState.IDLE:
+            self._send_next(now)
+
+    # -- resync ---------------------------------------------------------------------------------
+
+    def _start_resync(self, late: Command | None, now: float) -> None:
+        self._late = late
+        self._probes = 0
+        self._finals = 0
+        self._settle = None
+        self._resync_started_at = now
+        self._body_expected = False
+        self._send_probe(now)
+
+    def _send_probe(self, now: float) -> None:
+        self._probes += 1
+        self._outbox += b"AT\r"
+        self._probe_sent_at = now
+        self._deadline = now + self._config.resync_timeout
+        self._enter(EngineState.RESYNC)
+
+    def _resync_line(self, line: str, now: float) -> None:
+        upper = line.upper()
+        late = self._late
+        if upper == "AT" or (late is not None and upper == late.text.upper()):
+            return
+        final = parse_final(line)
+        if final is not None:
+            self._finals += 1
+            owed = self._probes + (1 if late is not None else 0)
+            if self._finals >= owed:
+                self._resynced(now)
+            else:
+                # either the late result of the timed-out command (a probe's answer follows at
+                # once) or the probe's own answer (the command was lost): wait a little to see
+                self._discard(line, "result during resync: late result or probe answer")
+                self._settle = now + self._config.resync_settle
+            return
+        if late is not None and self._late_reply(late, line):
+            self._discard(line, f"late reply to timed-out {late.text}")
+            return
+        self._unsolicited(line)
+
+    def _late_reply(self, late: Command, line: str) -> bool:
+        spec = late.spec
+        if spec.prefixes and line.startswith(spec.prefixes):
+            return spec.reply_pattern is None or re.match(spec.reply_pattern, line) is not None
+        return spec.text_reply and not self._looks_unsolicited(line)
+
+    def _resynced(self, now: float) -> None:
+        self._emit(Resynced(self._probes))
+        self._late = None
+        self._settle = None
+        self._send_next(now)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _send_next(self, now: float) -> None:
+        self._deadline = None
+        self._body_expected = False
+        if self._pending is not None:
+            # a command waiting to be retried keeps its place at the head
+            self._write_command(self._pending, now)
+            return
+        if not self._queue:
+            self._enter(EngineState.IDLE)
+            return
+        self._write_command(self._queue.popleft(), now)
+
+    def _write_command(self, entry: _Pending, now: float) -> None:
+        self._pending = entry
+        entry.echo_seen = False
+        entry.prompt_served = False
+        self._outbox += entry.command.text.encode("ascii", "replace") + b"\r"
+        self._deadline = now + entry.command.spec.timeout
+        self._enter(EngineState.WAITING)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _discard(self, line: str, reason: str) -> None:
+        self.stats["discarded"] += 1
+        self._emit(LineDiscarded(line, reason))
+
+    def _emit(self, event: AtEvent) -> None:
+        self._events.append(event)
+
+    def _enter(self, state: EngineState) -> None:
+        if (self._state, state) not in TRANSITIONS:
+            raise RuntimeError(f"AT engine bug: no transition {self._state.value} -> {state.value}")
+        self._state = state
