@@ -2,11 +2,18 @@
 relay socket per allocation.
 
 Client datagrams, TCP frames and peer datagrams go into the :class:`TurnServer`; after each
-input the link sends what the core queued, hands out its events and re-arms one timer. TCP
-streams carry STUN messages and ChannelData frames back to back (RFC 8656 section 12.5, frames
-padded to 4 bytes); the link reassembles them across reads and closes a stream that carries
-anything else. Relay sockets are plain non-blocking sockets watched with ``add_reader``, so
-opening one is synchronous, as the core's :class:`RelayPorts` needs.
+batch of input the link sends what the core queued, hands out its events and re-arms one timer.
+TCP streams carry STUN messages and ChannelData frames back to back (RFC 8656 section 12.5,
+frames padded to 4 bytes); the link reassembles them across reads and closes a stream that
+carries anything else.
+
+The client UDP listener and the relay sockets are plain non-blocking sockets watched with
+``add_reader``: opening a relay socket is then synchronous, as the core's :class:`RelayPorts`
+needs, and each wake-up reads up to ``READS_PER_WAKEUP`` datagrams. Relayed data takes the core's
+hot paths (:meth:`TurnServer.receive_udp`, :meth:`TurnServer.relay_from_peer`), which hand back
+the datagram to forward; the link sends it at once with ``sendto`` and only goes through the
+outbox, the events and the timer after a datagram that queued something there. A datagram that
+does not fit a full send buffer is dropped and counted in ``send_errors``, as UDP allows.
 
 Start it with :func:`start_turn_link`; the core's ``now`` is unix time (``time.time``).
 """
@@ -35,7 +42,7 @@ from dvrlink.broker.turn_server import (
 )
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
-RELAY_READS_PER_WAKEUP = 64
+READS_PER_WAKEUP = 64
 RELAY_BIND_TRIES = 64
 MAX_UDP_PAYLOAD = 65535
 TCP_LIMIT = 1 << 20  # a TCP client this far behind loses relayed data instead of memory
@@ -108,13 +115,24 @@ def _short(address: Any) -> Address:
     return (str(address[0]), int(address[1]))
 
 
+def _as_is(address: Any) -> Address:
+    return address  # type: ignore[no-any-return]  # an AF_INET recvfrom address is (str, int)
+
+
+def _address_reader(sock: socket.socket) -> Callable[[Any], Address]:
+    """How to turn this socket's recvfrom addresses into an :data:`Address`: AF_INET ones already
+    are (host, port); AF_INET6 ones carry flow info and scope id too."""
+    return _as_is if sock.family == socket.AF_INET else _short
+
+
 class _RelaySockets:
     """The core's :class:`RelayPorts`: one bound, non-blocking UDP socket per allocation."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: TurnLinkConfig) -> None:
         self._loop = loop
         self._config = config
-        self._sockets: dict[int, socket.socket] = {}
+        self.sockets: dict[int, socket.socket] = {}
+        """The open relay socket of each allocation id (the link sends from these directly)."""
         self._random = random.Random(os.urandom(16))
         self.link: TurnLink | None = None
 
@@ -146,7 +164,7 @@ class _RelaySockets:
                 for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     with contextlib.suppress(OSError):
                         sock.setsockopt(socket.SOL_SOCKET, option, 1 << 18)
-                self._sockets[allocation_id] = sock
+                self.sockets[allocation_id] = sock
                 self._loop.add_reader(sock.fileno(), self._readable, allocation_id, sock)
                 return (config.relay_public_host or config.relay_host, bound_port)
         finally:
@@ -162,13 +180,13 @@ class _RelaySockets:
         return None
 
     def close(self, allocation_id: int) -> None:
-        sock = self._sockets.pop(allocation_id, None)
+        sock = self.sockets.pop(allocation_id, None)
         if sock is not None:
             self._loop.remove_reader(sock.fileno())
             sock.close()
 
     def send(self, allocation_id: int, data: bytes, peer: Address) -> bool:
-        sock = self._sockets.get(allocation_id)
+        sock = self.sockets.get(allocation_id)
         if sock is None:
             return False
         try:
@@ -178,46 +196,14 @@ class _RelaySockets:
         return True
 
     def close_all(self) -> None:
-        for allocation_id in list(self._sockets):
+        for allocation_id in list(self.sockets):
             self.close(allocation_id)
 
     def _readable(self, allocation_id: int, sock: socket.socket) -> None:
         link = self.link
         if link is None:
             return
-        core = link.core
-        now = link.clock()
-        for _ in range(RELAY_READS_PER_WAKEUP):
-            try:
-                data, peer = sock.recvfrom(MAX_UDP_PAYLOAD)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                link.send_errors += 1
-                break
-            try:
-                core.receive_from_peer(allocation_id, data, _short(peer), now)
-            except Exception:
-                link.log_error("TURN core failed on a peer datagram")
-            if allocation_id not in self._sockets:  # the allocation went while handling it
-                break
-        link.flush()
-
-
-class _ClientUdp(asyncio.DatagramProtocol):
-    def __init__(self, link: TurnLink) -> None:
-        self._link = link
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        link = self._link
-        try:
-            link.core.receive_datagram(data, _short(addr), link.clock(), Transport.UDP)
-        except Exception:
-            link.log_error("TURN core failed on a client datagram")
-        link.flush()
-
-    def error_received(self, exc: Exception) -> None:
-        self._link.send_errors += 1
+        link.relay_readable(allocation_id, sock)
 
 
 class _ClientTcp(asyncio.Protocol):
@@ -310,7 +296,8 @@ class TurnLink:
         self._relays = relays
         self._loop = loop
         self._on_event = on_event
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
+        self._udp_address: Callable[[Any], Address] = _short
         self._tcp_server: asyncio.Server | None = None
         self.tcp_clients: dict[Address, asyncio.Transport] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -330,7 +317,7 @@ class TurnLink:
         """
         if self._udp is None:
             raise RuntimeError("the TURN link is closed")
-        return _short(self._udp.get_extra_info("sockname"))
+        return _short(self._udp.getsockname())
 
     @property
     def tcp_address(self) -> Address | None:
@@ -362,6 +349,7 @@ class TurnLink:
                 pass
         self._relays.close_all()
         if self._udp is not None:
+            self._loop.remove_reader(self._udp.fileno())
             self._udp.close()
             self._udp = None
         if self._tcp_server is not None:
@@ -381,7 +369,98 @@ class TurnLink:
         if self.errors <= 10 or self.errors % 1000 == 0:
             log.exception("%s (%d errors so far); continuing", what, self.errors)
 
+    def attach_udp(self, sock: socket.socket) -> None:
+        """Serve clients on ``sock``, a bound, non-blocking UDP socket the link now owns."""
+        self._udp = sock
+        self._udp_address = _address_reader(sock)
+        self._loop.add_reader(sock.fileno(), self._client_readable, sock)
+
+    def relay_readable(self, allocation_id: int, sock: socket.socket) -> None:
+        """Read up to ``READS_PER_WAKEUP`` peer datagrams from the relay socket of ``allocation_id``."""
+        core = self.core
+        relay = core.relay_from_peer
+        address_of = _address_reader(sock)
+        client_udp = self._udp
+        sockets = self._relays.sockets
+        now = self.clock()
+        queued = False
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, peer = sock.recvfrom(MAX_UDP_PAYLOAD)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.send_errors += 1
+                break
+            try:
+                routed = relay(allocation_id, data, address_of(peer), now)
+            except Exception:
+                self.log_error("TURN core failed on a peer datagram")
+                queued = True
+                continue
+            if routed is None:
+                queued = True  # maybe something for a TCP client in the outbox; flushed below
+            elif client_udp is not None:
+                if queued:
+                    self.flush()  # keep the order of what goes to the client
+                    queued = False
+                try:
+                    client_udp.sendto(routed[0], routed[1])
+                except OSError:
+                    self.send_errors += 1
+            if allocation_id not in sockets:  # the allocation went while handling it
+                break
+        if queued:
+            self.flush()
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _client_readable(self, sock: socket.socket) -> None:
+        """Read up to ``READS_PER_WAKEUP`` datagrams from the client UDP listener."""
+        receive = self.core.receive_udp
+        address_of = self._udp_address
+        sockets = self._relays.sockets
+        now = self.clock()
+        queued = False
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, address = sock.recvfrom(MAX_UDP_PAYLOAD)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.send_errors += 1  # an ICMP error reported on the socket
+                break
+            try:
+                routed = receive(data, address_of(address), now)
+            except Exception:
+                self.log_error("TURN core failed on a client datagram")
+                queued = True
+                continue
+            if routed is None:
+                queued = True  # a reply, an event or a queued datagram may be waiting
+                continue
+            if queued:
+                self.flush()  # keep the order of what goes to the peer
+                queued = False
+            relay = sockets.get(routed[0])
+            if relay is None:
+                self.send_errors += 1
+                continue
+            try:
+                relay.sendto(routed[1], routed[2])
+            except OSError:
+                self.send_errors += 1
+        if queued:
+            self.flush()
+
+    def _send_udp(self, data: bytes, destination: Address) -> None:
+        sock = self._udp
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, destination)
+        except OSError:
+            self.send_errors += 1
 
     def _pass(self) -> None:
         core = self.core
@@ -399,8 +478,7 @@ class TurnLink:
                     if not self._relays.send(via.allocation_id, data, destination):
                         self.send_errors += 1
                 elif via.transport is Transport.UDP:
-                    if self._udp is not None:
-                        self._udp.sendto(data, destination)
+                    self._send_udp(data, destination)
                 else:
                     stream = self.tcp_clients.get(destination)
                     if stream is None or stream.is_closing() or stream.get_write_buffer_size() > TCP_LIMIT:
@@ -467,8 +545,7 @@ async def start_turn_link(
             f"cannot bind TURN UDP {link_config.host}:{link_config.udp_port}: {exc.strerror}; another "
             "process (coturn?) may hold the port; pick another turn port or 0 for a free one",
         ) from exc
-    transport, _ = await loop.create_datagram_endpoint(lambda: _ClientUdp(link), sock=sock)
-    link._udp = transport
+    link.attach_udp(sock)
     if link_config.tcp_port is not None:
         try:
             link._tcp_server = await loop.create_server(
