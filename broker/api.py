@@ -33,7 +33,13 @@ from dvrlink.broker.registry import (
     format_address,
     verify_password,
 )
-from dvrlink.broker.sessions import SessionRecord, SessionState, SessionTable, TooManySessionsError
+from dvrlink.broker.sessions import (
+    MAX_UPDATES,
+    SessionRecord,
+    SessionState,
+    SessionTable,
+    TooManySessionsError,
+)
 from dvrlink.broker.turn_credentials import make_credentials
 from dvrlink.protocol.identity import ed25519_verify, fingerprint
 from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
@@ -41,9 +47,12 @@ from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
 from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK
 from dvrlink.protocol.signalling import (
+    INVITE_GONE,
+    INVITE_KIND_CANDIDATES,
     INVITE_KIND_SESSION,
     SESSION_ID_SIZE,
     AnswerStatus,
+    CandidateUpdate,
     PathPolicy,
     SessionAnswer,
     SessionOffer,
@@ -274,6 +283,7 @@ class BrokerApi:
         app.router.add_post("/v1/sessions", self.create_session)
         app.router.add_get("/v1/sessions", self.list_sessions, allow_head=False)
         app.router.add_post("/v1/sessions/{session_id}/offer", self.offer_session)
+        app.router.add_post("/v1/sessions/{session_id}/candidates", self.trickle_candidates)
         return app
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -585,6 +595,7 @@ class BrokerApi:
         pwd = _ice_field(body, "ice_pwd", *ICE_PWD_LEN)
         candidates = _candidates_field(body)
         viewer_key = _b64_field(body, "viewer_public_key", 32)
+        end = _bool_field(body, "end_of_candidates", default=True)
         if record.state is not SessionState.CREATED:
             raise ApiError(
                 409,
@@ -596,7 +607,9 @@ class BrokerApi:
         self._paired_and_online(user, serial)
         now = self._clock()
         turn = self._relays.grants(serial, now) if self._relays is not None else ()
-        offer = SessionOffer(record.session_id, viewer_key, record.policy, ufrag, pwd, candidates, turn)
+        offer = SessionOffer(
+            record.session_id, viewer_key, record.policy, ufrag, pwd, candidates, turn, end_of_candidates=end
+        )
         try:
             offer_body = offer.encode()
         except ValueError:
@@ -641,7 +654,89 @@ class BrokerApi:
                 "ice_ufrag": answer.ice_ufrag,
                 "ice_pwd": answer.ice_pwd,
                 "candidates": list(answer.candidates),
+                "end_of_candidates": answer.end_of_candidates,
             },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def trickle_candidates(self, request: web.Request) -> web.Response:
+        """POST /v1/sessions/{session_id}/candidates: pass the viewer's new candidates to the device
+        (invite kind ``INVITE_KIND_CANDIDATES``) and return the device's new ones."""
+        user = self._user(request)
+        record = self._own_session(user, request.match_info["session_id"])
+        body = await _json_body(request)
+        candidates = _candidates_field(body)
+        end = _bool_field(body, "end_of_candidates", default=False)
+        session_hex = record.session_id.hex()
+        if record.state is not SessionState.ANSWERED:
+            raise ApiError(
+                409,
+                "session_not_answered",
+                f"session {session_hex} has no accepted answer ({record.state.value}): send the offer "
+                "first (POST .../offer), or create a new session if it failed",
+            )
+        if record.updates >= MAX_UPDATES:
+            raise ApiError(
+                429,
+                "too_many_updates",
+                f"session {session_hex} already sent {MAX_UPDATES} candidate updates; open a new session",
+            )
+        try:
+            update_body = CandidateUpdate(record.session_id, candidates, end).encode()
+        except ValueError:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"{len(candidates)} candidates do not fit one device invite; send them in several updates",
+            ) from None
+        serial = record.serial
+        self._paired_and_online(user, serial)
+        record.updates += 1
+        ttl = self._config.session_answer_timeout_s
+        try:
+            outcome = await asyncio.wait_for(
+                self._presence.invite(serial, INVITE_KIND_CANDIDATES, update_body, ttl), ttl + INVITE_GRACE_S
+            )
+        except NotOnlineError:
+            raise ApiError(
+                409, "device_offline", f"device {serial} went offline; retry when it is back"
+            ) from None
+        except TimeoutError:
+            outcome = InviteExpired(0, serial)
+        if isinstance(outcome, InviteExpired):
+            raise ApiError(
+                504,
+                "device_timeout",
+                f"device {serial} did not answer a candidate update within {ttl:.0f} s; the session may "
+                "still work over the paths it has",
+            )
+        if outcome.status == INVITE_GONE:
+            raise ApiError(
+                410, "session_gone", f"device {serial} has closed session {session_hex}; open a new session"
+            )
+        try:
+            if outcome.status != INVITE_OK:
+                raise ValueError(f"invite status {outcome.status}")
+            reply = CandidateUpdate.decode(outcome.body)
+            if reply.session_id != record.session_id:
+                raise ValueError("the reply names another session")
+        except ValueError as exc:
+            raise ApiError(
+                502,
+                "device_error",
+                f"device {serial} answered a candidate update badly ({exc}); update its dvrlinkd",
+            ) from None
+        log.info(
+            "session %s: %d candidates to %s%s, %d back%s",
+            session_hex,
+            len(candidates),
+            serial,
+            " (end)" if end else "",
+            len(reply.candidates),
+            " (end)" if reply.end_of_candidates else "",
+        )
+        return web.json_response(
+            {"candidates": list(reply.candidates), "end_of_candidates": reply.end_of_candidates},
             headers={"Cache-Control": "no-store"},
         )
 
@@ -740,6 +835,13 @@ def _ice_field(body: Mapping[str, Any], name: str, low: int, high: int) -> str:
         )
     if not all(ch.isascii() and (ch.isalnum() or ch in "+/") for ch in value):
         raise ApiError(400, "bad_request", f"field {name!r} may hold only letters, digits, '+' and '/'")
+    return value
+
+
+def _bool_field(body: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, "bad_request", f"field {name!r} must be true or false")
     return value
 
 

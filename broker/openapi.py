@@ -234,6 +234,11 @@ def openapi_document() -> dict[str, Any]:
                             **_B64,
                             "description": "Raw viewer public key (32 bytes); the device checks it",
                         },
+                        "end_of_candidates": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "False: more candidates follow (POST .../candidates)",
+                        },
                     },
                 },
                 "Answer": {
@@ -245,6 +250,18 @@ def openapi_document() -> dict[str, Any]:
                         "ice_ufrag": {"type": "string"},
                         "ice_pwd": {"type": "string"},
                         "candidates": _CANDIDATES,
+                        "end_of_candidates": {
+                            "type": "boolean",
+                            "description": "False: the device trickles more (POST .../candidates returns it)",
+                        },
+                    },
+                },
+                "CandidateUpdate": {
+                    "type": "object",
+                    "required": ["candidates"],
+                    "properties": {
+                        "candidates": _CANDIDATES,
+                        "end_of_candidates": {"type": "boolean", "default": False},
                     },
                 },
                 "Pairing": {
@@ -417,6 +434,38 @@ def openapi_document() -> dict[str, Any]:
                             "The device cannot handle sessions or answered badly (`device_error`), or it "
                             "reaches no relay (`no_relay`)"
                         ),
+                        "504": _error("The device did not answer in time (`device_timeout`)"),
+                    },
+                }
+            },
+            "/v1/sessions/{session_id}/candidates": {
+                "post": {
+                    "summary": (
+                        "Trickle the viewer's new ICE candidates to the device; returns the device's new "
+                        "ones (held up to a few seconds while it has none, so an empty update polls)"
+                    ),
+                    "operationId": "trickleCandidates",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SESSION_ID],
+                    "requestBody": _body("CandidateUpdate"),
+                    "responses": {
+                        "200": _json(
+                            "The device's candidates found since its last answer", "CandidateUpdate"
+                        ),
+                        "400": _error(
+                            "Malformed body, or too many candidates for one update (`bad_request`)"
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("No such session for this account, or it expired (`unknown_session`)"),
+                        "409": _error(
+                            "Device offline (`device_offline`), or the session has no answer yet "
+                            "(`session_not_answered`)"
+                        ),
+                        "410": _error("The device closed the session (`session_gone`)"),
+                        "413": _error("Body larger than 64 KiB (`body_too_large`)"),
+                        "429": _error("Too many updates for one session (`too_many_updates`)"),
+                        "502": _error("The device answered badly (`device_error`)"),
                         "504": _error("The device did not answer in time (`device_timeout`)"),
                     },
                 }

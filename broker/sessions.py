@@ -35,6 +35,10 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
+MAX_UPDATES = 64
+"""Candidate updates one session may send (a viewer needs a handful; the rest is abuse)."""
+
+
 class TooManySessionsError(Exception):
     """The account already holds ``max_per_account`` live sessions."""
 
@@ -50,6 +54,8 @@ class SessionRecord:
     created_at: float
     expires_at: float
     state: SessionState = SessionState.CREATED
+    updates: int = 0
+    """Candidate updates (trickle requests) relayed so far; bounded by ``MAX_UPDATES``."""
 
     def move(self, state: SessionState) -> None:
         """Advance to ``state``.

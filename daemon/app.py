@@ -33,7 +33,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationRefused,
 )
-from dvrlink.protocol.signalling import INVITE_KIND_SESSION
+from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class DeviceEvents:
     def on_event(self, event: ClientEvent) -> None:
         """Log, update the status file, then tell systemd; answer invites."""
         if isinstance(event, InviteReceived):
-            if event.kind == INVITE_KIND_SESSION and self._sessions is not None:
+            if event.kind in (INVITE_KIND_SESSION, INVITE_KIND_CANDIDATES) and self._sessions is not None:
                 self._sessions.handle(event, self._core_clock())
             else:
                 self._invites.handle(event, self._client, self._core_clock())

@@ -15,12 +15,18 @@ paths, named by labels that the cores take as opaque addresses:
 
 Lifecycle, either side::
 
-    conn = await Connectivity.prepare(controlling, stun_server, turn, policy)   # allocate + gather
+    conn = await Connectivity.prepare(controlling, stun_server, turn, policy)   # relay + host
     send conn.local_ufrag, conn.local_pwd, conn.local_candidates() to the peer
     conn.on_datagram = ...; conn.on_path_ready = ...; conn.on_failed = ...
-    await conn.start(remote_ufrag, remote_pwd, remote_candidates)
+    await conn.start(remote_ufrag, remote_pwd, remote_candidates, end_of_candidates=...)
+    trickle: await conn.wait_local_candidates(t); send the new conn.local_candidates() (and
+             conn.local_gathering_done as end-of-candidates); conn.add_remote_candidates(...)
     conn.send(data, conn.best_path) ...
     await conn.close()
+
+``prepare`` returns once the TURN allocation and the host candidates are ready (made at the
+same time); server-reflexive candidates need a STUN round trip, or a timeout where UDP is
+blocked, so they come later and are trickled (RFC 8838) rather than waited for.
 
 Datagrams that arrive on the ICE sockets before this side has nominated its pair (the peer may
 finish its checks first) are held, a few at most, and handed over with the nominated label once
@@ -38,10 +44,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aioice
+import aioice.ice
 from aioice import stun
 from aioice.candidate import Candidate
 from aioice.turn import TurnTransport, create_turn_endpoint
@@ -60,6 +67,8 @@ PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
 
 TURN_TIMEOUT_S = 5.0
 """How long an Allocate (with its 401 round) may take per TURN server."""
+SRFLX_TIMEOUT_S = 5.0
+"""How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
 ICE_TIMEOUT_S = 30.0
 """How long the background ICE checks may run before the direct path is given up."""
 CLOSE_TIMEOUT_S = 2.0
@@ -116,21 +125,15 @@ class _RelayReceiver(asyncio.DatagramProtocol):
 
 
 class _IceConnection(aioice.Connection):
-    """An aioice connection that hands data to its owner at once and may gather on chosen addresses."""
+    """An aioice connection that hands data to its owner at once. ``Connectivity`` gathers its
+    candidates (host ones at once, server-reflexive ones trickled), not aioice."""
 
-    def __init__(self, owner: Connectivity, host_addresses: Sequence[str] | None, **kwargs: Any) -> None:
+    def __init__(self, owner: Connectivity, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._owner = owner
-        self._host_addresses = None if host_addresses is None else list(host_addresses)
 
     def data_received(self, data: bytes, component: int) -> None:
         self._owner._ice_datagram(data)
-
-    async def gather_candidates(self) -> None:
-        if self._host_addresses is None:
-            await super().gather_candidates()
-        else:
-            await _gather_on(self, self._host_addresses)
 
 
 class Connectivity:
@@ -162,6 +165,10 @@ class Connectivity:
         self._related_address: tuple[str, int] | None = None
         self._remote_relay: tuple[str, int] | None = None
         self._ice: _IceConnection | None = None
+        self._srflx: list[Candidate] = []
+        self._srflx_task: asyncio.Task[None] | None = None
+        self._local_end = False
+        self._local_changed = asyncio.Event()
         self._ice_task: asyncio.Task[None] | None = None
         self._ice_path: Path | None = None
         self._ice_pending: deque[bytes] = deque(maxlen=MAX_EARLY_ICE_DATAGRAMS)
@@ -198,18 +205,31 @@ class Connectivity:
         """
         self = cls(controlling, policy)
         try:
+            # The relay allocation (two round trips to the TURN server) and the host candidates
+            # (local sockets, no round trip) are made together; server-reflexive candidates take a
+            # STUN round trip, or a timeout where UDP is blocked, so they are trickled: see
+            # ``local_gathering_done`` and ``wait_local_candidates``.
+            steps: list[Coroutine[Any, Any, None]] = []
             if policy is not PathPolicy.DIRECT_ONLY:
-                await self._allocate(turn)
+                steps.append(self._allocate(turn))
             if policy is not PathPolicy.RELAY_ONLY:
                 self._ice = _IceConnection(
                     self,
-                    host_addresses,
                     ice_controlling=controlling,
-                    stun_server=stun_server,
                     local_username=self._ufrag,
                     local_password=self._pwd,
                 )
-                await self._ice.gather_candidates()
+                steps.append(self._gather_host(self._ice, host_addresses))
+            results = await asyncio.gather(*steps, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            if self._ice is not None and stun_server is not None:
+                self._srflx_task = asyncio.create_task(self._gather_srflx(self._ice, stun_server))
+            else:
+                self._local_end = True
+            if not self.local_candidates() and self._srflx_task is not None:
+                await self.wait_local_candidates(SRFLX_TIMEOUT_S + 1)
             if not self.local_candidates():
                 reasons = "; ".join(self.errors) or "no network address to gather candidates on"
                 raise ConnectivityError(f"no ICE candidate could be gathered: {reasons}")
@@ -217,6 +237,48 @@ class Connectivity:
             await self.close()
             raise
         return self
+
+    async def _gather_host(self, ice: _IceConnection, addresses: Sequence[str] | None) -> None:
+        await _gather_host(ice, list(addresses) if addresses is not None else None)
+
+    async def _gather_srflx(self, ice: _IceConnection, stun_server: tuple[str, int]) -> None:
+        """Ask the STUN server for each host socket's mapped address, adding each answer as it
+        comes; a socket without an answer within ``SRFLX_TIMEOUT_S`` gets no srflx candidate."""
+
+        async def one(protocol: Any) -> None:
+            try:
+                candidate = await asyncio.wait_for(_srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
+            except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
+                log.info("no server-reflexive candidate from %s: %r", stun_server, exc)
+                return
+            if candidate is not None and not self._closed:
+                self._srflx.append(candidate)
+                self._local_changed.set()
+
+        try:
+            await asyncio.gather(*(one(p) for p in _host_protocols(ice)))
+        finally:
+            self._local_end = True
+            self._local_changed.set()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed
+
+    @property
+    def local_gathering_done(self) -> bool:
+        """True once every local candidate is known (``local_candidates`` will not grow)."""
+        return self._local_end
+
+    async def wait_local_candidates(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a new local candidate or the end of gathering;
+        returns at once if gathering is done. Never raises on timeout."""
+        if self._local_end:
+            return
+        self._local_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._local_changed.wait(), timeout)
 
     async def _allocate(self, servers: Sequence[TurnServer]) -> None:
         for server in servers:
@@ -274,7 +336,7 @@ class Connectivity:
         relay candidate (the TURN relayed address, type relay)."""
         out: list[str] = []
         if self._ice is not None:
-            for candidate in self._ice.local_candidates:
+            for candidate in [*self._ice.local_candidates, *self._srflx]:
                 if candidate.type == "srflx" and (candidate.host, candidate.port) == (
                     candidate.related_address,
                     candidate.related_port,
@@ -444,6 +506,10 @@ class Connectivity:
             return
         self._closed = True
         self._ready.clear()
+        if self._srflx_task is not None:
+            self._srflx_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._srflx_task
         if self._ice_task is not None:
             self._ice_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -527,14 +593,32 @@ class Connectivity:
 # --- aioice internals (see the module docstring); each one fails closed. ---
 
 
-async def _gather_on(ice: aioice.Connection, addresses: list[str]) -> None:
-    """``Connection.gather_candidates`` restricted to ``addresses`` (aioice always takes every
-    interface but loopback)."""
+async def _gather_host(ice: aioice.Connection, addresses: list[str] | None) -> None:
+    """Host candidates only, on ``addresses`` (default: every interface address but loopback, as
+    aioice picks them), and mark gathering done so ``connect`` may run: aioice's own
+    ``gather_candidates`` waits for server-reflexive answers first."""
     if getattr(ice, "_local_candidates_start", True) or not hasattr(ice, "_local_candidates"):
         return
+    if addresses is None:
+        addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
     ice._local_candidates_start = True
     ice._local_candidates += await ice.get_component_candidates(component=1, addresses=addresses)
     ice._local_candidates_end = True
+
+
+def _host_protocols(ice: aioice.Connection) -> list[Any]:
+    """aioice's per-socket protocols (each has ``local_candidate`` and ``request``)."""
+    protocols = getattr(ice, "_protocols", [])
+    return [p for p in protocols if getattr(getattr(p, "local_candidate", None), "type", None) == "host"]
+
+
+async def _srflx_candidate(protocol: Any, stun_server: tuple[str, int]) -> Candidate | None:
+    """A server-reflexive candidate for one host socket (IPv4 only, as aioice), or None."""
+    base = protocol.local_candidate
+    if ":" in base.host:
+        return None
+    candidate, _ = await aioice.ice.server_reflexive_candidate(protocol, stun_server)
+    return candidate
 
 
 def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dvrlink.daemon.connectivity import PATH_RANK, Connectivity, Path
@@ -315,6 +315,19 @@ class _Runner:
         stream = self._streams[stream_id] = SessionStream(self, stream_id, target)
         self._schedule()
         return stream
+
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` as a task of this session: cancelled by ``close``; a failure is logged
+        (naming ``what``), never raised."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", what, exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     async def wait_closed(self) -> str:
         """Wait until the session is over; return the reason."""

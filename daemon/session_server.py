@@ -17,7 +17,12 @@ For each offer the broker pushes:
    the viewer's TLS client certificate must be in this device's paired viewers
    (``viewers.json``, read again at each handshake, so a pairing made while the daemon runs
    counts). The offer's ``viewer_key`` is what the broker claims and is only logged.
-4. Streams go to ``SessionServices`` (allow-listed forwards, ping, info) until the session
+4. Candidates found after the answer (server-reflexive ones need a STUN round trip) are
+   trickled: the viewer sends its own in invites of kind ``INVITE_KIND_CANDIDATES``, and the
+   reply carries ours found since the last one, held back up to ``TRICKLE_HOLD_S`` when there
+   is nothing new yet (the viewer's request is also its long poll for ours). An invite for a
+   session not in the table is answered ``INVITE_GONE``.
+5. Streams go to ``SessionServices`` (allow-listed forwards, ping, info) until the session
    closes; then its paths are released and it leaves the table.
 
 Answers never exceed an invite body (1024 bytes): when our candidates do not fit, the relay
@@ -32,7 +37,7 @@ import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aioice.candidate import Candidate
@@ -51,14 +56,23 @@ from dvrlink.protocol.presence_wire import INVITE_MALFORMED, INVITE_OK, MAX_INVI
 from dvrlink.protocol.session import DeviceSession, SessionState
 from dvrlink.protocol.session_tls import device_certificate
 from dvrlink.protocol.signalling import (
+    INVITE_GONE,
+    INVITE_KIND_CANDIDATES,
     INVITE_KIND_SESSION,
+    UPDATE_OVERHEAD,
     AnswerStatus,
+    CandidateUpdate,
     PathPolicy,
     SessionAnswer,
     SessionOffer,
+    fit_candidates,
 )
 
 log = logging.getLogger(__name__)
+
+TRICKLE_HOLD_S = 3.0
+"""How long a reply to a candidate invite waits for a new local candidate when there is none yet
+(below the broker's wait for it, ``session_trickle_timeout_s``)."""
 
 
 class ViewerStore(Protocol):
@@ -80,11 +94,18 @@ def combine_policies(viewer: PathPolicy, device: PathPolicy) -> PathPolicy | Non
 
 
 def fit_answer(
-    status: AnswerStatus, ufrag: str, pwd: str, candidates: Sequence[str], message: str = ""
+    status: AnswerStatus,
+    ufrag: str,
+    pwd: str,
+    candidates: Sequence[str],
+    message: str = "",
+    *,
+    end_of_candidates: bool = True,
 ) -> SessionAnswer:
     """An answer that encodes within an invite body, with as many ``candidates`` as fit: the relay
     candidate first, then the others by ICE priority (highest first). Candidates that cannot be
-    parsed, or are longer than the layout allows, are left out."""
+    parsed, or are longer than the layout allows, are left out. ``end_of_candidates`` is kept
+    only if every candidate fits (the rest can then still be trickled)."""
     ranked: list[tuple[tuple[int, int], str]] = []
     for sdp in candidates:
         try:
@@ -103,7 +124,8 @@ def fit_answer(
         except ValueError:
             break
         kept.append(sdp)
-    answer = SessionAnswer(status, ufrag, pwd, tuple(kept), message)
+    end = end_of_candidates and len(kept) == len(candidates)
+    answer = SessionAnswer(status, ufrag, pwd, tuple(kept), message, end_of_candidates=end)
     if len(kept) < len(candidates):
         log.info(
             "answer carries %d of %d candidates (%d bytes at most)",
@@ -123,6 +145,14 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     core: DeviceSession | None = None
     runner: DeviceRunner | None = None
+    conn: Connectivity | None = None
+    started: bool = False
+    """The paths were started towards the viewer's candidates: trickled ones may be added."""
+    sent: set[str] = field(default_factory=set)
+    """Our candidates the viewer has been sent (in the answer or a trickle reply)."""
+    sent_end: bool = False
+    received_end: bool = False
+    """The viewer sent end-of-candidates (in its offer or an update)."""
 
     def status(self) -> SessionStatus:
         runner, core = self.runner, self.core
@@ -214,8 +244,12 @@ class SessionServer:
         Called from the cloud link's step (the answers made here go out with it).
 
         Raises:
-            ValueError: ``invite`` is not of kind ``INVITE_KIND_SESSION`` (route only those here).
+            ValueError: ``invite`` is neither of kind ``INVITE_KIND_SESSION`` nor
+                ``INVITE_KIND_CANDIDATES`` (route only those here).
         """
+        if invite.kind == INVITE_KIND_CANDIDATES:
+            self._handle_candidates(invite, now)
+            return
         if invite.kind != INVITE_KIND_SESSION:
             raise ValueError(f"invite kind {invite.kind} is not a session offer")
         try:
@@ -229,11 +263,12 @@ class SessionServer:
         claimed = fingerprint(offer.viewer_key)
         log.info(
             "%s: offer for viewer %s (as the broker says; the handshake checks it), policy %s, "
-            "%d candidates, %d TURN servers",
+            "%d candidates%s, %d TURN servers",
             label,
             claimed,
             offer.policy.name.lower(),
             len(offer.candidates),
+            "" if offer.end_of_candidates else " (more to come)",
             len(offer.turn),
         )
         refusal: tuple[AnswerStatus, str] | None = None
@@ -305,6 +340,7 @@ class SessionServer:
                     invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), f"cannot prepare paths: {exc}")
                 )
                 return
+            entry.conn = conn
             await self._run(entry, invite_id, offer, conn)
         finally:
             self._sessions.pop(entry.session_id, None)
@@ -322,16 +358,26 @@ class SessionServer:
         try:
             # Start first: the relay permission towards the viewer is then in place when its
             # first datagrams arrive, right after it gets the answer.
-            await conn.start(offer.ice_ufrag, offer.ice_pwd, offer.candidates)
+            await conn.start(
+                offer.ice_ufrag, offer.ice_pwd, offer.candidates, end_of_candidates=offer.end_of_candidates
+            )
+            entry.started = True
+            entry.received_end = offer.end_of_candidates
             if core.state is SessionState.CLOSED:
                 reason = "; ".join(conn.errors) or "no path to the viewer"
                 log.warning("%s: no path to the viewer: %s", label, reason)
                 self._answer_later(invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), reason))
                 return
-            self._answer_later(
-                invite_id,
-                fit_answer(AnswerStatus.ACCEPTED, conn.local_ufrag, conn.local_pwd, conn.local_candidates()),
+            answer = fit_answer(
+                AnswerStatus.ACCEPTED,
+                conn.local_ufrag,
+                conn.local_pwd,
+                conn.local_candidates(),
+                end_of_candidates=conn.local_gathering_done,
             )
+            entry.sent.update(answer.candidates)
+            entry.sent_end = answer.end_of_candidates
+            self._answer_later(invite_id, answer)
             log.info("%s: accepted; waiting for the viewer's handshake", label)
             try:
                 async with asyncio.timeout(self._config.handshake_timeout_s):
@@ -354,6 +400,65 @@ class SessionServer:
         finally:
             await runner.close("the device closed the session")
             await services.aclose()
+
+    # -- trickle --
+
+    def _handle_candidates(self, invite: InviteReceived, now: float) -> None:
+        try:
+            update = CandidateUpdate.decode(invite.body)
+        except ValueError as exc:
+            log.info("invite %d: %s (%d bytes)", invite.invite_id, exc, len(invite.body))
+            self._presence.reply_invite(invite.invite_id, INVITE_MALFORMED, b"", now)
+            return
+        entry = self._sessions.get(update.session_id.hex())
+        if entry is None or entry.conn is None or not entry.started:
+            log.info(
+                "invite %d: candidates for session %s, which is not open here",
+                invite.invite_id,
+                update.session_id.hex()[:8],
+            )
+            self._presence.reply_invite(invite.invite_id, INVITE_GONE, b"", now)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._trickle(entry, entry.conn, invite.invite_id, update)
+        )
+        task.add_done_callback(self._task_done)
+
+    async def _trickle(
+        self, entry: _Entry, conn: Connectivity, invite_id: int, update: CandidateUpdate
+    ) -> None:
+        """Add the viewer's candidates, then reply with ours not yet sent (waiting up to
+        ``TRICKLE_HOLD_S`` for one when there is none and gathering goes on)."""
+        if not entry.received_end and (update.candidates or update.end_of_candidates):
+            entry.received_end = update.end_of_candidates
+            log.info(
+                "%s: %d trickled candidates from the viewer%s",
+                entry.label,
+                len(update.candidates),
+                ", end of candidates" if update.end_of_candidates else "",
+            )
+            try:
+                await conn.add_remote_candidates(update.candidates, end=update.end_of_candidates)
+            except RuntimeError:
+                log.info("%s: candidates after the viewer's end-of-candidates ignored", entry.label)
+
+        def unsent() -> list[str]:
+            return [sdp for sdp in conn.local_candidates() if sdp not in entry.sent]
+
+        if not unsent() and not entry.sent_end:
+            await conn.wait_local_candidates(TRICKLE_HOLD_S)
+        fresh = unsent()
+        kept = fit_candidates(fresh, MAX_INVITE_BODY - UPDATE_OVERHEAD)
+        end = conn.local_gathering_done and len(kept) == len(fresh)
+        entry.sent.update(kept)
+        entry.sent_end = entry.sent_end or end
+        reply = CandidateUpdate(update.session_id, kept, end)
+        try:
+            self._presence.reply_invite(invite_id, INVITE_OK, reply.encode(), self._clock())
+        except ValueError as exc:  # a bug: fit_candidates keeps the reply within the limit
+            log.error("invite %d: cannot send trickled candidates: %s", invite_id, exc)
+            return
+        self.on_reply()
 
     # -- helpers --
 

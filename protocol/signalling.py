@@ -1,7 +1,11 @@
-"""Session signalling bodies: the offer the broker pushes to a device and the device's answer.
+"""Session signalling bodies: the offer the broker pushes to a device, the device's answer, and the
+candidates both sides trickle afterwards.
 
-They travel as the body of an invite of kind ``INVITE_KIND_SESSION`` (presence protocol) and its
-reply, so they are compact: the broker relays them and cannot read the QUIC session that follows
+The offer and answer travel as the body of an invite of kind ``INVITE_KIND_SESSION`` (presence
+protocol) and its reply; trickled candidates as the body of an invite of kind
+``INVITE_KIND_CANDIDATES`` (the viewer's) and its reply (the device's, held back by the device
+until it has new ones or a short time has passed, so the viewer's request doubles as a long
+poll). They are compact: the broker relays them and cannot read the QUIC session that follows
 (the device checks the viewer's key itself, in the QUIC handshake).
 
 ICE candidates are carried as SDP ``candidate`` attribute values (RFC 8839 §5.1), the form
@@ -11,6 +15,7 @@ ICE candidates are carried as SDP ``candidate`` attribute values (RFC 8839 §5.1
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import construct as c
@@ -18,7 +23,11 @@ import construct as c
 from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
 
 INVITE_KIND_SESSION = 2
+INVITE_KIND_CANDIDATES = 3
+INVITE_GONE = 3
+"""Invite reply status: the device has no session with the id the invite names (closed, expired)."""
 SESSION_ID_SIZE = 16
+_FLAG_END = 0x01
 
 
 class PathPolicy(enum.IntEnum):
@@ -51,6 +60,7 @@ _OFFER = c.Struct(
     "session_id" / c.Bytes(SESSION_ID_SIZE),
     "viewer_key" / c.Bytes(32),
     "policy" / c.Int8ub,
+    "flags" / c.Int8ub,
     "ice_ufrag" / c.PascalString(c.Int8ub, "utf8"),
     "ice_pwd" / c.PascalString(c.Int8ub, "utf8"),
     "candidates" / _CANDIDATES,
@@ -59,10 +69,17 @@ _OFFER = c.Struct(
 )
 _ANSWER = c.Struct(
     "status" / c.Int8ub,
+    "flags" / c.Int8ub,
     "ice_ufrag" / c.PascalString(c.Int8ub, "utf8"),
     "ice_pwd" / c.PascalString(c.Int8ub, "utf8"),
     "candidates" / _CANDIDATES,
     "message" / c.PascalString(c.Int8ub, "utf8"),
+    c.Terminated,
+)
+_UPDATE = c.Struct(
+    "session_id" / c.Bytes(SESSION_ID_SIZE),
+    "flags" / c.Int8ub,
+    "candidates" / _CANDIDATES,
     c.Terminated,
 )
 
@@ -89,6 +106,8 @@ class SessionOffer:
     ice_pwd: str
     candidates: tuple[str, ...]
     turn: tuple[TurnServer, ...]
+    end_of_candidates: bool = True
+    """False: the viewer trickles more candidates later (``CandidateUpdate``)."""
 
     def encode(self) -> bytes:
         """Serialize.
@@ -103,6 +122,7 @@ class SessionOffer:
                         "session_id": self.session_id,
                         "viewer_key": self.viewer_key,
                         "policy": int(self.policy),
+                        "flags": _FLAG_END if self.end_of_candidates else 0,
                         "ice_ufrag": self.ice_ufrag,
                         "ice_pwd": self.ice_pwd,
                         "candidates": list(self.candidates),
@@ -144,6 +164,7 @@ class SessionOffer:
                 TurnServer(str(t.host), int(t.port), str(t.transport), str(t.username), str(t.password))
                 for t in v.turn
             ),
+            end_of_candidates=bool(v.flags & _FLAG_END),
         )
 
 
@@ -156,6 +177,8 @@ class SessionAnswer:
     ice_pwd: str
     candidates: tuple[str, ...]
     message: str = ""
+    end_of_candidates: bool = True
+    """False: the device trickles more candidates in its replies to ``CandidateUpdate`` invites."""
 
     def encode(self) -> bytes:
         """Serialize.
@@ -168,6 +191,7 @@ class SessionAnswer:
                 _ANSWER.build(
                     {
                         "status": int(self.status),
+                        "flags": _FLAG_END if self.end_of_candidates else 0,
                         "ice_ufrag": self.ice_ufrag,
                         "ice_pwd": self.ice_pwd,
                         "candidates": list(self.candidates),
@@ -190,5 +214,77 @@ class SessionAnswer:
         except (c.ConstructError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"malformed session answer: {exc}") from exc
         return cls(
-            status, str(v.ice_ufrag), str(v.ice_pwd), tuple(str(x) for x in v.candidates), str(v.message)
+            status,
+            str(v.ice_ufrag),
+            str(v.ice_pwd),
+            tuple(str(x) for x in v.candidates),
+            str(v.message),
+            end_of_candidates=bool(v.flags & _FLAG_END),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateUpdate:
+    """Trickled ICE candidates of one session, either way: the viewer's as the body of an invite of
+    kind ``INVITE_KIND_CANDIDATES``, the device's as the body of its reply.
+
+    ``end_of_candidates``: the sender has gathered all it will (RFC 8838 end-of-candidates).
+    An update may carry no candidates: a viewer that has nothing new asks for the device's.
+    """
+
+    session_id: bytes
+    candidates: tuple[str, ...]
+    end_of_candidates: bool = False
+
+    def encode(self) -> bytes:
+        """Serialize.
+
+        Raises:
+            ValueError: a field is out of range or the result exceeds an invite body.
+        """
+        try:
+            data = bytes(
+                _UPDATE.build(
+                    {
+                        "session_id": self.session_id,
+                        "flags": _FLAG_END if self.end_of_candidates else 0,
+                        "candidates": list(self.candidates),
+                    }
+                )
+            )
+        except (c.ConstructError, UnicodeEncodeError) as exc:
+            raise ValueError(f"cannot encode candidate update: {exc}") from exc
+        if len(data) > MAX_INVITE_BODY:
+            raise ValueError(
+                f"candidate update is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite"
+            )
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> CandidateUpdate:
+        """Parse. Raises ValueError on malformed bytes."""
+        try:
+            v = _UPDATE.parse(data)
+        except (c.ConstructError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"malformed candidate update: {exc}") from exc
+        return cls(bytes(v.session_id), tuple(str(x) for x in v.candidates), bool(v.flags & _FLAG_END))
+
+
+def fit_candidates(candidates: Sequence[str], room: int) -> tuple[str, ...]:
+    """As many of ``candidates`` as fit in ``room`` bytes of encoded candidate list, in order;
+    candidates longer than the layout allows (255 bytes) are left out."""
+    kept: list[str] = []
+    used = 1
+    for sdp in candidates:
+        size = len(sdp.encode())
+        if size > 255:
+            continue
+        if used + 1 + size > room or len(kept) == 255:
+            break
+        kept.append(sdp)
+        used += 1 + size
+    return tuple(kept)
+
+
+UPDATE_OVERHEAD = SESSION_ID_SIZE + 1
+"""Bytes of a ``CandidateUpdate`` besides its candidate list."""

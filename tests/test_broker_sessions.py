@@ -154,6 +154,7 @@ def test_paired_viewer_gets_turn_credentials_and_the_device_answer(tmp_path: Pat
                 "ice_ufrag": DEVICE_UFRAG,
                 "ice_pwd": DEVICE_PWD,
                 "candidates": list(DEVICE_CANDIDATES),
+                "end_of_candidates": True,
             }
             [offer] = device.offers
             assert offer.session_id.hex() == created["session_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aioice.ice
 import pytest
 from aioice import Connection
 from test_connectivity_harness import (
@@ -24,7 +25,8 @@ from dvrlink.daemon.connectivity import (
     RELAY,
     Connectivity,
     ConnectivityError,
-    _gather_on,
+    _gather_host,
+    _host_protocols,
     _selected_pair,
     _selected_transport,
 )
@@ -198,8 +200,11 @@ def test_aioice_internals_still_exist() -> None:
         ice = Connection(ice_controlling=True)
         assert hasattr(ice, "_local_candidates_start") and hasattr(ice, "_local_candidates_end")
         assert hasattr(ice, "_nominated")
-        await _gather_on(ice, [LOOPBACK])
+        await _gather_host(ice, [LOOPBACK])
         assert [c.host for c in ice.local_candidates] == [LOOPBACK]
+        protocols = _host_protocols(ice)
+        assert len(protocols) == 1 and hasattr(protocols[0], "request")
+        assert callable(aioice.ice.server_reflexive_candidate) and callable(aioice.ice.get_host_addresses)
         assert _selected_pair(ice) is None and _selected_transport(ice) is None
         await ice.close()
 

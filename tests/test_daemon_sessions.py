@@ -15,11 +15,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,7 +38,10 @@ from dvrlink.protocol.pairing import PairResult, PairStatus, pair_proof
 from dvrlink.protocol.session import ForwardTarget, RpcTarget, ViewerSession
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
+from dvrlink.viewer.api_types import CandidateBatch, parse_candidate_batch
+from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.forward import describe_reset
+from dvrlink.viewer.session_client import SessionBroker, trickle
 
 SERIAL = "DL-0007-0001"
 LOOPBACK = "127.0.0.1"
@@ -329,5 +332,105 @@ def test_busy_device_and_device_path_policy(tmp_path: Path) -> None:
                 body["device_message"]
                 == "the viewer asked for direct_only paths but the device allows relay_only only"
             )
+
+    run(main)
+
+
+class RigBroker:
+    """The trickle half of ``BrokerClient`` over the in-process broker's API, for ``trickle``."""
+
+    def __init__(self, t: Lab, auth: dict[str, str]) -> None:
+        self.t, self.auth = t, auth
+        self.sent: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+
+    async def send_candidates(
+        self,
+        session_id: str,
+        candidates: Sequence[str],
+        end_of_candidates: bool,
+        *,
+        serial: str | None = None,
+    ) -> CandidateBatch:
+        body = {"candidates": list(candidates), "end_of_candidates": end_of_candidates}
+        self.sent.append(body)
+        status, answer = await self.t.call(
+            "POST", f"/v1/sessions/{session_id}/candidates", self.auth, json=body
+        )
+        if status != 200:
+            raise ViewerError(f"{status}: {answer}")
+        self.answers.append(answer)
+        return parse_candidate_batch(answer)
+
+
+def test_trickle_ice_both_ways_through_the_broker(tmp_path: Path) -> None:
+    """The viewer offers no candidate at all and trickles its host candidate afterwards; the
+    broker relays it to the device (invite kind 3) and the device's reply back; the direct path
+    is found, and a session the device closed answers 410."""
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            auth, key, pin = await r.pair()
+            status, created = await r.t.call(
+                "POST", "/v1/sessions", auth, json={"serial": SERIAL, "policy": "direct_only"}
+            )
+            assert status == 201, created
+            session_id = created["session_id"]
+            trickle_path = f"/v1/sessions/{session_id}/candidates"
+            status, early = await r.t.call("POST", trickle_path, auth, json={"candidates": []})
+            assert (status, early["error"]) == (409, "session_not_answered"), early
+
+            stun = (created["stun"]["host"], created["stun"]["port"])
+            conn = await Connectivity.prepare(
+                True, stun, [], PathPolicy.DIRECT_ONLY, host_addresses=[LOOPBACK]
+            )
+            [host] = [c for c in conn.local_candidates() if " typ host" in c]
+            body = {
+                "ice_ufrag": conn.local_ufrag,
+                "ice_pwd": conn.local_pwd,
+                "candidates": [],
+                "viewer_public_key": b64encode_key(ed25519_public_bytes(key)),
+                "end_of_candidates": False,
+            }
+            status, answer = await r.t.call("POST", f"/v1/sessions/{session_id}/offer", auth, json=body)
+            assert status == 200, answer
+            await r.watch.wait_for(rf"session {session_id[:8]}: offer .* 0 candidates \(more to come\)")
+            now = datetime.datetime.now(datetime.UTC)
+            runner = ViewerRunner(ViewerSession(key, viewer_certificate(key, now), pin), conn)
+            r.runners.append(runner)
+            await conn.start(
+                answer["ice_ufrag"],
+                answer["ice_pwd"],
+                answer["candidates"],
+                end_of_candidates=answer["end_of_candidates"],
+            )
+            broker = RigBroker(r.t, auth)
+            await asyncio.wait_for(
+                trickle(
+                    cast(SessionBroker, broker),
+                    session_id,
+                    conn,
+                    sent=set(),
+                    sent_end=False,
+                    received_end=answer["end_of_candidates"],
+                    serial=SERIAL,
+                ),
+                WAIT,
+            )
+            # Our host candidate went out once, with end-of-candidates (at once, or in a later update).
+            assert [c for b in broker.sent for c in b["candidates"]] == [host]
+            assert broker.sent[-1]["end_of_candidates"] is True
+            await r.watch.wait_for(rf"session {session_id[:8]}: 1 trickled candidates from the viewer")
+            # The device's end-of-candidates came back, in the answer or a reply.
+            assert answer["end_of_candidates"] or broker.answers[-1]["end_of_candidates"] is True
+
+            await asyncio.wait_for(runner.established(), WAIT)
+            await echo_through(runner, r.echo_port, 100_000, seed=7)
+            assert runner.path_changes == [LAN]
+
+            await runner.close()
+            await r.watch.wait_for(rf"session {session_id[:8]}: released")
+            status, gone = await r.t.call("POST", trickle_path, auth, json={"candidates": []})
+            assert (status, gone["error"]) == (410, "session_gone"), gone
 
     run(main)

@@ -24,6 +24,7 @@ import yarl
 from dvrlink.protocol.identity import b64encode_key, validate_serial
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.viewer.api_types import (
+    CandidateBatch,
     Device,
     DeviceIdentity,
     OfferAnswer,
@@ -31,6 +32,7 @@ from dvrlink.viewer.api_types import (
     SessionGrant,
     SessionInfo,
     Token,
+    parse_candidate_batch,
     parse_device,
     parse_devices,
     parse_identity,
@@ -261,10 +263,12 @@ class BrokerClient:
         viewer_public_key: bytes,
         *,
         serial: str | None = None,
+        end_of_candidates: bool = True,
     ) -> OfferAnswer:
         """``POST /v1/sessions/{id}/offer``: hand the viewer's ICE offer to the device; returns its answer.
 
-        ``serial`` only names the device in error messages.
+        ``serial`` only names the device in error messages. ``end_of_candidates=False``: more
+        candidates follow with :meth:`send_candidates`.
 
         Raises:
             ViewerError: device offline, no answer in time, refused (with the device's words),
@@ -278,11 +282,35 @@ class BrokerClient:
             "ice_pwd": ice_pwd,
             "candidates": list(candidates),
             "viewer_public_key": b64encode_key(viewer_public_key),
+            "end_of_candidates": end_of_candidates,
         }
         resp = await self._request("POST", path, body, timeout=self._offer_timeout)
         if resp.status != 200:
             raise self._error(resp, "POST", path, serial=serial)
         return self._parse(parse_offer_answer, resp, "POST", path)
+
+    async def send_candidates(
+        self,
+        session_id: str,
+        candidates: Sequence[str],
+        end_of_candidates: bool,
+        *,
+        serial: str | None = None,
+    ) -> CandidateBatch:
+        """``POST /v1/sessions/{id}/candidates``: trickle new candidates to the device; returns the
+        device's new ones (the broker holds the request a few seconds while the device has none).
+
+        Raises:
+            ViewerError: the session is gone or unknown, the device is offline or did not answer, ...
+        """
+        if len(session_id) != 32 or any(ch not in "0123456789abcdef" for ch in session_id):
+            raise ValueError(f"session id {session_id!r} is not 32 lower-case hex digits")
+        path = f"/v1/sessions/{session_id}/candidates"
+        body = {"candidates": list(candidates), "end_of_candidates": end_of_candidates}
+        resp = await self._request("POST", path, body, timeout=self._offer_timeout)
+        if resp.status != 200:
+            raise self._error(resp, "POST", path, serial=serial)
+        return self._parse(parse_candidate_batch, resp, "POST", path)
 
     async def list_sessions(self) -> list[SessionInfo]:
         """``GET /v1/sessions``: this account's sessions the broker still remembers. Raises ViewerError."""

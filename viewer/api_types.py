@@ -193,6 +193,16 @@ class OfferAnswer:
     ice_ufrag: str
     ice_pwd: str
     candidates: tuple[str, ...]
+    end_of_candidates: bool = True
+    """False: the device trickles more (``BrokerClient.send_candidates`` returns them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBatch:
+    """``POST /v1/sessions/{id}/candidates`` answer: the device's candidates found since its last."""
+
+    candidates: tuple[str, ...]
+    end_of_candidates: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +277,25 @@ def parse_offer_answer(data: Any) -> OfferAnswer:
     if body.get("status") != "accepted":
         raise ValueError(f"field 'status' is {body.get('status')!r}, not 'accepted'")
     return OfferAnswer(
-        _session_id(body), _string(body, "ice_ufrag"), _string(body, "ice_pwd"), _candidates(body)
+        _session_id(body),
+        _string(body, "ice_ufrag"),
+        _string(body, "ice_pwd"),
+        _candidates(body),
+        _flag(body, "end_of_candidates", default=True),
     )
+
+
+def parse_candidate_batch(data: Any) -> CandidateBatch:
+    """Check a candidate update answer. Raises ValueError naming the bad field."""
+    body = _object(data)
+    return CandidateBatch(_candidates(body), _flag(body, "end_of_candidates", default=False))
+
+
+def _flag(body: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"field {name!r} is {value!r}, not true or false")
+    return value
 
 
 def parse_sessions(data: Any) -> list[SessionInfo]:

@@ -4,10 +4,11 @@ paths and QUIC on this computer.
 ``open_session`` runs the viewer's half of the flow in ``docs`` / issue 3::
 
     POST /v1/sessions                      -> session id, TURN credentials, STUN server
-    Connectivity.prepare(controlling=True) -> TURN allocation + host / server-reflexive candidates
-    POST /v1/sessions/{id}/offer           -> the device's ICE parameters and candidates
+    Connectivity.prepare(controlling=True) -> TURN allocation + host candidates (together)
+    POST /v1/sessions/{id}/offer           -> the device's ICE parameters and first candidates
     Connectivity.start(answer)             -> relay path at once, direct checks in the background
     ViewerSession + ViewerRunner           -> QUIC handshake; the device's key must be the pinned one
+    POST /v1/sessions/{id}/candidates ...  -> trickle ICE both ways, in the background (``trickle``)
 
 and returns the runner once the device is authenticated (``established``), so callers open
 streams on it (``viewer.forward``). Every failure becomes one ``ViewerError`` that says what to do;
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dvrlink.daemon.connectivity import Connectivity, ConnectivityError
+from dvrlink.daemon.connectivity import ICE_TIMEOUT_S, Connectivity, ConnectivityError
 from dvrlink.daemon.session_runner import (
     PinMismatchError,
     SessionError,
@@ -30,12 +32,15 @@ from dvrlink.daemon.session_runner import (
     ViewerRunner,
 )
 from dvrlink.protocol.identity import ed25519_public_bytes, format_fingerprint
+from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
 from dvrlink.protocol.session import RpcTarget, SessionConfig, ViewerSession
 from dvrlink.protocol.session_tls import viewer_certificate
-from dvrlink.protocol.signalling import PathPolicy
-from dvrlink.viewer.api_types import OfferAnswer, SessionGrant
+from dvrlink.protocol.signalling import UPDATE_OVERHEAD, PathPolicy, fit_candidates
+from dvrlink.viewer.api_types import CandidateBatch, OfferAnswer, SessionGrant
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.home import ViewerHome
+
+log = logging.getLogger(__name__)
 
 ESTABLISH_TIMEOUT_S = 20.0
 """How long the QUIC handshake (over the first path that opens) may take after the answer."""
@@ -45,6 +50,8 @@ PIN_MISMATCH = (
     "re-pair only if the device was replaced"
 )
 NOT_RECOGNISED = "the device does not recognise this viewer: pair again"
+TRICKLE_MAX_UPDATES = 32
+"""Candidate updates one session sends at most (the broker allows 64)."""
 
 
 class SessionBroker(Protocol):
@@ -63,7 +70,19 @@ class SessionBroker(Protocol):
         viewer_public_key: bytes,
         *,
         serial: str | None = None,
+        end_of_candidates: bool = True,
     ) -> OfferAnswer:
+        """Raises ViewerError."""
+        ...
+
+    async def send_candidates(
+        self,
+        session_id: str,
+        candidates: Sequence[str],
+        end_of_candidates: bool,
+        *,
+        serial: str | None = None,
+    ) -> CandidateBatch:
         """Raises ViewerError."""
         ...
 
@@ -111,13 +130,16 @@ async def open_session(
     except ConnectivityError as exc:
         raise ViewerError(f"cannot open a session to {serial}: {exc}") from exc
     try:
+        offered = conn.local_candidates()
+        offered_end = conn.local_gathering_done
         answer = await client.send_offer(
             grant.session_id,
             conn.local_ufrag,
             conn.local_pwd,
-            conn.local_candidates(),
+            offered,
             ed25519_public_bytes(key),
             serial=serial,
+            end_of_candidates=offered_end,
         )
         core = ViewerSession(key, viewer_certificate(key, wall_clock()), pin.fingerprint, config)
         runner = ViewerRunner(core, conn)
@@ -125,7 +147,22 @@ async def open_session(
         await conn.close()
         raise
     try:
-        await conn.start(answer.ice_ufrag, answer.ice_pwd, answer.candidates)
+        await conn.start(
+            answer.ice_ufrag, answer.ice_pwd, answer.candidates, end_of_candidates=answer.end_of_candidates
+        )
+        if not (offered_end and answer.end_of_candidates):
+            runner.spawn(
+                trickle(
+                    client,
+                    grant.session_id,
+                    conn,
+                    sent=set(offered),
+                    sent_end=offered_end,
+                    received_end=answer.end_of_candidates,
+                    serial=serial,
+                ),
+                f"trickling candidates to {serial}",
+            )
         async with asyncio.timeout(timeout_s):
             await runner.established()
             await _confirm(runner)
@@ -159,6 +196,57 @@ async def open_session(
         await runner.close("interrupted")
         raise
     return runner
+
+
+async def trickle(
+    client: SessionBroker,
+    session_id: str,
+    conn: Connectivity,
+    *,
+    sent: set[str],
+    sent_end: bool,
+    received_end: bool,
+    serial: str,
+    max_updates: int = TRICKLE_MAX_UPDATES,
+    duration_s: float = ICE_TIMEOUT_S,
+) -> None:
+    """Trickle ICE (RFC 8838) through the broker until both sides have sent end-of-candidates.
+
+    Each ``send_candidates`` carries our candidates not yet ``sent`` (none is fine: it then polls
+    for the device's, which the device holds back a few seconds while it has none) and returns
+    the device's new ones, added to ``conn``. When only ours remain, it waits for our gathering
+    instead. Bounded by ``max_updates`` requests and ``duration_s``; on a broker error or at the
+    bound the device's candidates are taken as ended, so the direct checks can conclude (the
+    relay path is unaffected). Never raises but on cancellation.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+    room = MAX_INVITE_BODY - UPDATE_OVERHEAD
+    updates = 0
+    try:
+        while not (sent_end and received_end) and not conn.closed:
+            left = deadline - loop.time()
+            if left <= 0 or updates >= max_updates:
+                log.info("trickle to %s stopped after %d updates", serial, updates)
+                break
+            if received_end:
+                await conn.wait_local_candidates(left)
+            fresh = [sdp for sdp in conn.local_candidates() if sdp not in sent]
+            kept = fit_candidates(fresh, room)
+            end = conn.local_gathering_done and len(kept) == len(fresh)
+            if received_end and not kept and not end:
+                continue
+            batch = await client.send_candidates(session_id, kept, end, serial=serial)
+            updates += 1
+            sent.update(kept)
+            sent_end = sent_end or end
+            if not received_end and not conn.closed:
+                await conn.add_remote_candidates(batch.candidates, end=batch.end_of_candidates)
+                received_end = batch.end_of_candidates
+    except ViewerError as exc:
+        log.info("trickle to %s stopped: %s", serial, exc)
+    if not received_end and not conn.closed:
+        await conn.add_remote_candidates((), end=True)
 
 
 async def _confirm(runner: ViewerRunner) -> None:
