@@ -563,20 +563,20 @@ class AtEngine:
             if self._skipping:
                 self._skipping = False
                 continue
+            if len(raw) > self._config.max_line:
+                self._overlong(raw)
+                continue
             self._raw_line(raw, now)
-        self._scanned = len(self._buf)
-        if self._buf and not self._skipping:
-            self._partial(now)
-        if len(self._buf) > self._config.max_line and self._state is EngineState.DATA:
-            self.stats["data_bytes"] += len(self._buf)
+        if self._skipping:
+            # still inside an overlong line: drop what came of it
             self._buf.clear()
-            self._scanned = 0
         elif len(self._buf) > self._config.max_line:
-            preview = bytes(self._buf[:40]).decode("utf-8", "replace")
-            self._discard(preview, f"line longer than {self._config.max_line} bytes: dropped up to its end")
+            self._overlong(bytes(self._buf))
             self._buf.clear()
-            self._scanned = 0
             self._skipping = True
+        elif self._buf:
+            self._partial(now)
+        self._scanned = len(self._buf)
 
     def tick(self, now: float) -> None:
         """Act on expired deadlines; calling it early does nothing."""
@@ -622,6 +622,13 @@ class AtEngine:
         return self._events.popleft() if self._events else None
 
     # -- line handling --------------------------------------------------------------------------
+
+    def _overlong(self, raw: bytes) -> None:
+        if self._state is EngineState.DATA:
+            self.stats["data_bytes"] += len(raw)
+            return
+        preview = raw[:40].decode("utf-8", "replace")
+        self._discard(preview, f"line longer than {self._config.max_line} bytes: dropped")
 
     def _raw_line(self, raw: bytes, now: float) -> None:
         if self._state is EngineState.DATA:
