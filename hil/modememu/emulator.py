@@ -1,0 +1,406 @@
+"""The PTY side of the modem emulator: a thread that moves bytes and runs timers, plus the fault API.
+
+Use it as a context manager in tests::
+
+    with ModemEmulator("quectel-ec25", SimCard.for_network("26201")) as emu:
+        fd = os.open(emu.path, os.O_RDWR | os.O_NOCTTY)
+        ...
+
+Every public method is thread-safe and returns at once; the waits (:meth:`wait_for_command`,
+:meth:`wait_for_path_change`) take a timeout and raise TimeoutError when it passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+import tty
+from collections.abc import Callable
+
+from hil.modememu.model import (
+    STAT_DENIED,
+    STAT_HOME,
+    STAT_NOT_REGISTERED,
+    STAT_ROAMING,
+    STAT_SEARCHING,
+    DataPath,
+    ModemModel,
+    SimCard,
+)
+from hil.modememu.profiles import EmuProfile, get_profile
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_OUTPUT = 1 << 20
+REGISTRATION_NAMES = {
+    "home": STAT_HOME,
+    "roaming": STAT_ROAMING,
+    "denied": STAT_DENIED,
+    "searching": STAT_SEARCHING,
+    "none": STAT_NOT_REGISTERED,
+}
+DEFAULT_GARBAGE = b"\x00\xff\xfe~\x7f\x80\x1b[0m\xc3(garbage\r\n\x00"
+
+
+class ModemEmulator:
+    """An emulated modem behind a pseudo-terminal, with scriptable faults.
+
+    ``profile`` is a name from :data:`~hil.modememu.profiles.PROFILE_NAMES` or a profile object;
+    ``sim`` the inserted SIM (None: no SIM). ``boot_delay_s`` is how long a reset keeps the modem
+    silent; ``split_gap_s`` the pause between bytes in split-write mode.
+    """
+
+    def __init__(
+        self,
+        profile: str | EmuProfile = "generic",
+        sim: SimCard | None = None,
+        *,
+        no_sim: bool = False,
+        boot_delay_s: float = 0.05,
+        split_gap_s: float = 0.003,
+        extra_ok: tuple[str, ...] = (),
+        data_path: DataPath | None = None,
+    ) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.split_gap_s = split_gap_s
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self.model = ModemModel(
+            self.profile,
+            None if no_sim else (sim or SimCard()),
+            self._enqueue,
+            self._schedule,
+            boot_delay_s=boot_delay_s,
+            extra_ok=extra_ok,
+            data_path=data_path,
+        )
+        self.model.on_command = self._command_seen
+        self._out = bytearray()
+        self._split = False
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._master = -1
+        self._slave = -1
+        self._path = ""
+        self._generation = 0
+        self._wake_r, self._wake_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._write_pending = False
+        self.on_path_change: Callable[[str], None] | None = None
+        """Called (from the emulator thread) with the new path after the port came back."""
+
+    # --------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Open the PTY and start the thread; returns the path to open (``/dev/pts/N``)."""
+        with self._lock:
+            if self._running:
+                return self._path
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._open_pty()
+            self._running = True
+        self._thread = threading.Thread(target=self._run, name=f"modememu-{self.profile.name}", daemon=True)
+        self._thread.start()
+        return self._path
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and close the PTY. Raises RuntimeError if the thread does not end."""
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"modem emulator thread did not stop within {timeout} s")
+        with self._lock:
+            self._close_pty()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> ModemEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def path(self) -> str:
+        """The PTY path to open; empty while the port has vanished."""
+        with self._lock:
+            return self._path
+
+    @property
+    def commands(self) -> list[str]:
+        """Command lines received so far (a copy)."""
+        with self._lock:
+            return list(self.model.commands)
+
+    # ---------------------------------------------------------------------------------- waiting
+
+    def wait_for_command(self, prefix: str, timeout: float = 5.0, *, after: int = 0) -> str:
+        """The first command line at index ``after`` or later starting with ``prefix`` (case-insensitive).
+
+        Raises TimeoutError naming the commands seen when none arrives within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        want = prefix.upper()
+        with self._changed:
+            while True:
+                for line in self.model.commands[after:]:
+                    if line.upper().startswith(want):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no command starting with {prefix!r} within {timeout} s; "
+                        f"seen: {self.model.commands[after:][-10:]}"
+                    )
+                self._changed.wait(remaining)
+
+    def wait_for_path_change(self, old: str, timeout: float = 5.0) -> str:
+        """The new PTY path once the port came back under a path other than ``old``.
+
+        Raises TimeoutError when it does not within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._path or self._path == old:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the emulated port did not come back within {timeout} s")
+                self._changed.wait(remaining)
+            return self._path
+
+    # ----------------------------------------------------------------------------------- faults
+
+    def hang(self, on: bool = True) -> None:
+        """Stop answering (input is read and dropped, nothing is written) until ``hang(False)``."""
+        with self._lock:
+            self.model.faults.hung = on
+            if on:
+                self._out.clear()
+
+    def inject_garbage(self, data: bytes = DEFAULT_GARBAGE) -> None:
+        """Write ``data`` (line noise) to the host now."""
+        with self._lock:
+            self._enqueue(data)
+
+    def split_writes(self, on: bool = True) -> None:
+        """Write one byte at a time, ``split_gap_s`` apart."""
+        with self._lock:
+            self._split = on
+
+    def set_echo(self, on: bool) -> None:
+        """Turn command echo on or off behind the host's back."""
+        with self._lock:
+            self.model.settings.echo = on
+
+    def urc_storm(self, count: int = 200, line: str | None = None) -> None:
+        """Send ``count`` copies of ``line`` (default: the family's frequent URC) at once."""
+        with self._lock:
+            urc = line or self.profile.signal_urc
+            for _ in range(count):
+                self.model.send_urc(urc)
+
+    def send_urc(self, line: str) -> None:
+        with self._lock:
+            self.model.send_urc(line)
+
+    def late_reply(self, delay_s: float) -> None:
+        """Hold back the whole reply to the next command for ``delay_s`` (later commands answer
+        normally, so the late reply arrives after theirs)."""
+        with self._lock:
+            self.model.faults.late_reply_s = delay_s
+
+    def reboot(self, *, mid_command: bool = False) -> None:
+        """Reboot now (silence, then boot URCs such as ``RDY``), or at the next command instead of
+        answering it when ``mid_command``."""
+        with self._lock:
+            if mid_command:
+                self.model.faults.reboot_next = True
+            else:
+                self.model.reboot()
+
+    def remove_sim(self) -> None:
+        """Pull the SIM (vendor hot-swap URC, registration lost)."""
+        with self._lock:
+            self.model.remove_sim()
+
+    def insert_sim(self, sim: SimCard | None = None) -> None:
+        """Insert ``sim`` (default: a fresh default SIM); a SIM still inside is removed first."""
+        with self._lock:
+            self.model.insert_sim(sim or SimCard())
+
+    def swap_sim(self, sim: SimCard) -> None:
+        """Removal then insertion URCs, the new SIM's ICCID from then on."""
+        with self._lock:
+            self.model.remove_sim()
+            self.model.insert_sim(sim)
+
+    def set_registration(self, stat: int | str) -> None:
+        """The network's answer: 1/home, 5/roaming, 3/denied, 2/searching, 0/none (URCs follow)."""
+        value = REGISTRATION_NAMES[stat] if isinstance(stat, str) else stat
+        with self._lock:
+            self.model.network_stat = value
+            self.model.update_registration()
+
+    def set_signal(self, rssi: int, ber: int = 99) -> None:
+        """``+CSQ`` values from now on (99,99: no signal)."""
+        with self._lock:
+            self.model.rssi, self.model.ber = rssi, ber
+
+    def lose_signal(self) -> None:
+        """``+CSQ: 99,99`` and registration back to searching."""
+        self.set_signal(99, 99)
+        self.set_registration(STAT_SEARCHING)
+
+    def fail_dials(self, count: int = 1) -> None:
+        """The next ``count`` dials (PPP or ECM) fail with NO CARRIER/error; -1: all, 0: none."""
+        with self._lock:
+            self.model.faults.dial_failures = count
+
+    def drop_carrier(self) -> None:
+        """End a PPP call from the network side (``NO CARRIER``)."""
+        with self._lock:
+            self.model.drop_carrier()
+
+    def vanish(self, reappear_after: float | None = None, *, reboot: bool = True) -> None:
+        """Close the PTY as a USB unplug does. With ``reappear_after``, a new PTY (new path)
+        appears that much later, the modem in power-on state when ``reboot``."""
+        with self._lock:
+            self._close_pty()
+            self._out.clear()
+            self._changed.notify_all()
+            if reappear_after is not None:
+
+                def reappear() -> None:
+                    self._open_pty()
+                    if reboot:
+                        self.model.reset_silently()
+                    self._changed.notify_all()
+                    if self.on_path_change is not None:
+                        self.on_path_change(self._path)
+
+                self._schedule(reappear_after, reappear)
+
+    # ---------------------------------------------------------------------------------- plumbing
+
+    def _command_seen(self, line: str) -> None:
+        self._changed.notify_all()
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self._path = os.ttyname(slave)
+        self._generation += 1
+
+    def _close_pty(self) -> None:
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+        self._path = ""
+
+    def _enqueue(self, data: bytes) -> None:
+        if self._master < 0 or self.model.faults.hung:
+            return
+        self._out += data
+        if len(self._out) > MAX_PENDING_OUTPUT:
+            del self._out[: len(self._out) - MAX_PENDING_OUTPUT]
+        self._wake()
+
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        registered = -1
+        generation = 0
+        next_write = 0.0
+        try:
+            while True:
+                with self._lock:
+                    if not self._running:
+                        return
+                    if generation != self._generation or (registered >= 0 and self._master < 0):
+                        if registered >= 0:
+                            sel.unregister(registered)
+                            registered = -1
+                        if self._master >= 0:
+                            sel.register(self._master, selectors.EVENT_READ, "pty")
+                            registered = self._master
+                        generation = self._generation
+                    now = time.monotonic()
+                    timeout = 0.5
+                    if self._timers:
+                        timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+                    if self._out and self._master >= 0:
+                        timeout = min(timeout, max(0.0, next_write - now))
+                for key, _ in sel.select(timeout):
+                    if key.data == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    else:
+                        self._read(key.fd)
+                with self._lock:
+                    now = time.monotonic()
+                    while self._timers and self._timers[0][0] <= now:
+                        _, _, fn = heapq.heappop(self._timers)
+                        try:
+                            fn()
+                        except Exception:
+                            log.exception("modem emulator timer failed")
+                    if self._out and self._master >= 0 and now >= next_write:
+                        next_write = self._flush(now)
+        finally:
+            sel.close()
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EBADF):
+                return
+            raise
+        with self._lock:
+            if fd == self._master and data:
+                self.model.feed(data)
+
+    def _flush(self, now: float) -> float:
+        """Write pending output; returns when to write next."""
+        chunk = bytes(self._out[:1]) if self._split else bytes(self._out)
+        try:
+            written = os.write(self._master, chunk)
+        except BlockingIOError:
+            return now + 0.005
+        except OSError as exc:
+            log.debug("modem emulator write failed: %s", exc)
+            self._out.clear()
+            return now
+        del self._out[:written]
+        return now + self.split_gap_s if self._split else now
