@@ -657,7 +657,8 @@ class AtEngine:
             self._body_expected = False
             pending.lines.append(line)
             return
-        self._body_expected = False
+        if self._state is not EngineState.RESYNC:
+            self._body_expected = False
         if any(ch < " " and ch not in "\t\x1a" for ch in line) or "\ufffd" in line:
             self.stats["noise"] += 1
             self._discard(line, "noise: control or undecodable bytes")
@@ -813,7 +814,8 @@ class AtEngine:
         self._finals = 0
         self._settle = None
         self._resync_started_at = now
-        self._body_expected = False
+        # a two-line reply cut by the timeout: its body is still to come, and is late
+        self._body_expected = self._body_expected and late is not None
         self._send_probe(now)
 
     def _send_probe(self, now: float) -> None:
@@ -840,7 +842,10 @@ class AtEngine:
                 self._discard(line, "result during resync: late result or probe answer")
                 self._settle = now + self._config.resync_settle
             return
-        if late is not None and self._late_reply(late, line):
+        if late is not None and (self._body_expected or self._late_reply(late, line)):
+            self._body_expected = (
+                not self._body_expected and late.spec.two_line_reply and line.startswith(late.spec.prefixes)
+            )
             self._discard(line, f"late reply to timed-out {late.text}")
             return
         self._unsolicited(line)
