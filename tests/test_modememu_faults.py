@@ -245,3 +245,16 @@ def test_wait_for_command_is_bounded(open_emu: Open) -> None:
     assert emu.wait_for_command("at+csq", timeout=3) == "AT+CSQ"
     with pytest.raises(TimeoutError, match="AT\\+COPS"):
         emu.wait_for_command("AT+COPS", timeout=0.2)
+
+
+def test_cops_deregister_and_automatic_again(open_emu: Open) -> None:
+    emu, port = open_emu("huawei-e173")
+    port.command("AT+CGREG=1")
+    port.send("AT+COPS=2")
+    assert lines(port.read_until(b"+CGREG: 0\r\n")) == ["OK", "+CGREG: 0"]
+    port.send("AT+COPS=0")
+    assert lines(port.read_until(b"+CGREG: 1\r\n")) == ["OK", "+CGREG: 1"]
+    emu.set_registration("denied")
+    port.read_until(b"+CGREG: 3\r\n")
+    port.send("AT+COPS=0")
+    assert lines(port.read_until(b"+CME ERROR: 30\r\n")) == ["+CME ERROR: 30"]
