@@ -43,6 +43,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -75,6 +78,11 @@ CLOSE_TIMEOUT_S = 2.0
 """How long ``close`` waits for the TURN server to confirm the allocation's deletion."""
 MAX_EARLY_ICE_DATAGRAMS = 64
 """Datagrams held from the ICE sockets until this side has nominated its pair."""
+READ_BATCH = 64
+"""Datagrams read from one socket per event-loop wake-up."""
+RECV_SIZE = 65536
+RECV_BUFFER = 2 * 1024 * 1024
+"""SO_RCVBUF asked for on the session's UDP sockets."""
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +174,7 @@ class Connectivity:
         self._remote_relay: tuple[str, int] | None = None
         self._ice: _IceConnection | None = None
         self._srflx: list[Candidate] = []
+        self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
         self._srflx_task: asyncio.Task[None] | None = None
         self._local_end = False
         self._local_changed = asyncio.Event()
@@ -240,6 +249,8 @@ class Connectivity:
 
     async def _gather_host(self, ice: _IceConnection, addresses: Sequence[str] | None) -> None:
         await _gather_host(ice, list(addresses) if addresses is not None else None)
+        for protocol in _host_protocols(ice):
+            _batch_reads(protocol.transport, protocol)
 
     async def _gather_srflx(self, ice: _IceConnection, stun_server: tuple[str, int]) -> None:
         """Ask the STUN server for each host socket's mapped address, adding each answer as it
@@ -307,6 +318,9 @@ class Connectivity:
                 continue
             self._turn = transport
             self._turn_server = server
+            inner = _turn_client(transport)
+            if inner is not None and server.transport == "udp":
+                _batch_reads(getattr(inner, "transport", None), inner)
             self._relay_receiver = receiver
             self._relayed_address = transport.get_extra_info("sockname")
             self._related_address = transport.get_extra_info("related_address")
@@ -490,14 +504,16 @@ class Connectivity:
             return
         if path == RELAY:
             assert self._turn is not None and self._remote_relay is not None
-            self._turn.sendto(data, self._remote_relay)
+            if not _channel_send(self._turn, data, self._remote_relay):
+                self._turn.sendto(data, self._remote_relay)
         else:
-            pair = _selected_transport(self._ice) if self._ice is not None else None
-            if pair is None:
+            route = self._ice_route
+            if route is None or route[0].is_closing():
+                route = self._ice_route = _selected_transport(self._ice) if self._ice is not None else None
+            if route is None:
                 self.dropped += 1
                 return
-            transport, address = pair
-            transport.sendto(data, address)
+            route[0].sendto(data, route[1])
         self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
 
     async def close(self) -> None:
@@ -619,6 +635,60 @@ async def _srflx_candidate(protocol: Any, stun_server: tuple[str, int]) -> Candi
         return None
     candidate, _ = await aioice.ice.server_reflexive_candidate(protocol, stun_server)
     return candidate
+
+
+def _batch_reads(transport: Any, protocol: asyncio.DatagramProtocol) -> bool:
+    """Have the event loop read up to ``READ_BATCH`` datagrams per wake-up from ``transport``'s
+    socket, handing each to ``protocol.datagram_received`` as asyncio's own reader does (which
+    reads one per wake-up). The session then runs once per batch rather than per datagram, and
+    a forward writes bigger TCP chunks. Returns False (asyncio's reader stays) if the loop or
+    the transport is not the selector kind this relies on."""
+    sock = getattr(transport, "_sock", None)
+    add_reader = getattr(asyncio.get_running_loop(), "_add_reader", None)
+    if not isinstance(sock, socket.socket) or add_reader is None or transport.is_closing():
+        return False
+    with contextlib.suppress(OSError):
+        # Room for a burst while this process waits for a core (the kernel caps it at rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+
+    def ready() -> None:
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            protocol.datagram_received(data, addr)
+            if transport.is_closing():
+                return
+
+    add_reader(sock.fileno(), ready)
+    return True
+
+
+def _turn_client(turn: TurnTransport) -> Any:
+    """aioice's TURN client protocol behind a ``TurnTransport`` (channels, its socket), or None."""
+    inner = getattr(turn, "_TurnTransport__inner_protocol", None)
+    if inner is None or not hasattr(inner, "peer_to_channel") or not hasattr(inner, "_send"):
+        return None
+    return inner
+
+
+def _channel_send(turn: TurnTransport, data: bytes, peer: tuple[str, int]) -> bool:
+    """Send ``data`` to ``peer`` as ChannelData at once when its channel is bound and needs no
+    refresh; False otherwise (``TurnTransport.sendto`` then binds or refreshes, in a task per
+    datagram, which is what this avoids on the hot path)."""
+    inner = _turn_client(turn)
+    if inner is None:
+        return False
+    channel = inner.peer_to_channel.get(peer)
+    refresh_at = getattr(inner, "channel_refresh_at", {}).get(channel)
+    if channel is None or refresh_at is None or time.time() > refresh_at or inner.transport.is_closing():
+        return False
+    inner._send(struct.pack("!HH", channel, len(data)) + data)
+    return True
 
 
 def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None:

@@ -49,6 +49,8 @@ from dvrlink.protocol.session import (
 )
 
 DEFAULT_BUFFER_LIMIT = 1 << 20
+TIMER_RESOLUTION_S = 0.001
+"""Deadlines nearer than this are polled on each event-loop pass instead of slept for."""
 """Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
 
 log = logging.getLogger(__name__)
@@ -241,7 +243,7 @@ class _Runner:
         self._error: SessionError | None = None
         self._pending_error: SessionError | None = None
         self._pump_handle: asyncio.Handle | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_stream: StreamCallback | None = None
@@ -395,7 +397,19 @@ class _Runner:
             return
         if deadline is not None:
             self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            if deadline - self._loop.time() < TIMER_RESOLUTION_S:
+                self._timer = self._loop.call_soon(self._poll_timer)
+            else:
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _poll_timer(self) -> None:
+        """A deadline closer than the event loop can sleep (QUIC's pacer spaces datagrams tens of
+        microseconds apart; epoll sleeps whole milliseconds): check it on each loop pass, so a
+        fast transfer is not held to one pacing burst per millisecond."""
+        if self._timer_at is not None and self._loop.time() < self._timer_at:
+            self._timer = self._loop.call_soon(self._poll_timer)
+            return
+        self._on_timer()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
