@@ -25,10 +25,13 @@ from dvrlink.daemon.connectivity import (
     RELAY,
     Connectivity,
     ConnectivityError,
+    _batch_reads,
+    _channel_send,
     _gather_host,
     _host_protocols,
     _selected_pair,
     _selected_transport,
+    _turn_client,
 )
 from dvrlink.daemon.session_runner import (
     PinMismatchError,
@@ -71,6 +74,11 @@ def test_relay_only_establishes_over_the_relay(transport: str) -> None:
             assert s.viewer.rtt is not None
             assert s.viewer.bytes_out > len(data) and s.viewer.bytes_in > len(data)
             assert the_lab.turn is not None and the_lab.turn.core.stats["to_peer"] > 0
+            # The hot path (ChannelData straight on aioice's TURN socket) is what carried it.
+            conn = s.viewer.connectivity
+            assert conn._turn is not None and conn._remote_relay is not None
+            assert _turn_client(conn._turn) is not None
+            assert _channel_send(conn._turn, b"\x40not-quic-the-peer-drops-it", conn._remote_relay)
 
     run(main)
 
@@ -204,6 +212,7 @@ def test_aioice_internals_still_exist() -> None:
         assert [c.host for c in ice.local_candidates] == [LOOPBACK]
         protocols = _host_protocols(ice)
         assert len(protocols) == 1 and hasattr(protocols[0], "request")
+        assert _batch_reads(protocols[0].transport, protocols[0])
         assert callable(aioice.ice.server_reflexive_candidate) and callable(aioice.ice.get_host_addresses)
         assert _selected_pair(ice) is None and _selected_transport(ice) is None
         await ice.close()
