@@ -19,8 +19,10 @@ from dvrlink.broker.turn_credentials import (
 from dvrlink.broker.turn_server import (
     AllocationCreated,
     AllocationDeleted,
+    ToClient,
     Transport,
     TurnConfig,
+    TurnServer,
 )
 
 # -- credentials ----------------------------------------------------------------------------------
@@ -510,3 +512,156 @@ def test_rfc5766_channel_numbers_are_optional() -> None:
     assert reply.error_code == 400
     assert bob.channel_data(0x5000, b"x") == []
     assert strict.to_peers == []
+
+
+# -- the link's hot paths: receive_udp and relay_from_peer ------------------------------------------
+
+
+def bound(lab: Lab, transport: Transport = Transport.UDP) -> tuple[Client, int]:
+    """alice (over ``transport``) with an allocation and channel 0x4001 bound to PEER."""
+    alice = lab.client(transport=transport)
+    assert alice.allocate(lifetime=3600).message_class == stun.Class.RESPONSE
+    allocation = lab.server.allocation_for(transport, alice.address)
+    assert allocation is not None
+    reply = alice.authed(stun.Method.CHANNEL_BIND, {"CHANNEL-NUMBER": 0x4001, "XOR-PEER-ADDRESS": PEER})
+    assert reply.message_class == stun.Class.RESPONSE
+    lab.drain()
+    lab.events()
+    lab.to_clients.clear()
+    lab.to_peers.clear()
+    return alice, allocation
+
+
+def test_receive_udp_returns_bound_channel_data_and_queues_nothing() -> None:
+    lab = Lab()
+    alice, allocation = bound(lab)
+    before = dict(lab.server.stats)
+    frame = struct.pack("!HH", 0x4001, 5) + b"hello" + b"\x00\x00\x00"  # padding is allowed
+    assert lab.server.receive_udp(frame, alice.address, lab.now) == (allocation, b"hello", PEER)
+    assert lab.server.datagrams_to_send() == []
+    assert lab.server.next_event() is None
+    assert lab.server.stats["to_peer"] == before["to_peer"] + 1
+    assert lab.server.stats["datagrams"] == before["datagrams"] + 1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        struct.pack("!HH", 0x4002, 2) + b"no",  # channel number not bound
+        struct.pack("!HH", 0x4001, 9) + b"short",  # length beyond the datagram
+        struct.pack("!HH", 0x7FFF, 2) + b"no",  # outside every channel range
+        b"\x40\x01\x00",  # shorter than a ChannelData header
+    ],
+)
+def test_receive_udp_drops_what_receive_datagram_drops(frame: bytes) -> None:
+    lab = Lab()
+    alice, _ = bound(lab)
+    dropped = lab.server.stats["dropped"]
+    assert lab.server.receive_udp(frame, alice.address, lab.now) is None
+    assert lab.server.datagrams_to_send() == []
+    assert lab.server.stats["dropped"] == dropped + 1
+
+
+def test_receive_udp_drops_channel_data_from_another_address_or_after_expiry() -> None:
+    lab = Lab()
+    alice, _ = bound(lab)
+    frame = struct.pack("!HH", 0x4001, 2) + b"hi"
+    assert lab.server.receive_udp(frame, ("192.0.2.99", alice.address[1]), lab.now) is None
+    assert lab.server.receive_udp(frame, alice.address, T0 + 600) is None  # channel lifetime 600 s
+    assert lab.server.datagrams_to_send() == []
+    assert lab.server.stats["dropped"] == 2
+
+
+def test_receive_udp_passes_stun_to_the_general_path() -> None:
+    lab = Lab()
+    alice, _ = bound(lab)
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    assert lab.server.receive_udp(bytes(request), alice.address, lab.now) is None
+    lab.drain()
+    (reply, destination, transport) = lab.to_clients[0]
+    assert (destination, transport) == (alice.address, Transport.UDP)
+    assert stun.parse_message(reply).transaction_id == request.transaction_id
+    # a Send indication takes the general path too, and is relayed from the outbox
+    alice.send_indication(PEER, b"via outbox")
+    assert lab.to_peers[-1][0] == b"via outbox"
+
+
+def test_receive_udp_ignores_tcp_allocations_of_the_same_address() -> None:
+    lab = Lab()
+    alice, _ = bound(lab, Transport.TCP)
+    frame = struct.pack("!HH", 0x4001, 4) + b"data"
+    assert lab.server.receive_udp(frame, alice.address, lab.now) is None
+    assert lab.server.datagrams_to_send() == []
+
+
+def test_relay_from_peer_checks_the_permission_and_frames_for_udp_clients() -> None:
+    lab = Lab()
+    alice, allocation = bound(lab)
+    server = lab.server
+    assert server.relay_from_peer(allocation, b"back", PEER, lab.now) == (
+        struct.pack("!HH", 0x4001, 4) + b"back",
+        alice.address,
+    )
+    # no permission for this IP: dropped
+    assert server.relay_from_peer(allocation, b"x", PEER2, lab.now) is None
+    # unknown allocation: dropped
+    assert server.relay_from_peer(allocation + 100, b"x", PEER, lab.now) is None
+    assert server.stats["peer_dropped"] == 2
+    # permitted IP, no channel for this port: a Data indication
+    routed = server.relay_from_peer(allocation, b"side", (PEER[0], 1), lab.now)
+    assert routed is not None and routed[1] == alice.address
+    indication = stun.parse_message(routed[0])
+    assert (indication.message_method, indication.message_class) == (stun.Method.DATA, stun.Class.INDICATION)
+    assert indication.attributes["XOR-PEER-ADDRESS"] == (PEER[0], 1)
+    assert indication.attributes["DATA"] == b"side"
+    # permission gone (300 s), channel still bound: dropped
+    assert server.relay_from_peer(allocation, b"late", PEER, T0 + 300) is None
+    assert server.datagrams_to_send() == []
+    assert server.next_event() is None
+
+
+def test_relay_from_peer_queues_frames_for_tcp_clients() -> None:
+    lab = Lab()
+    alice, allocation = bound(lab, Transport.TCP)
+    assert lab.server.relay_from_peer(allocation, b"xyz", PEER, lab.now) is None
+    assert lab.server.datagrams_to_send() == [
+        (struct.pack("!HH", 0x4001, 3) + b"xyz\x00", alice.address, ToClient(Transport.TCP))
+    ]
+
+
+@pytest.mark.parametrize("payload", [b"", b"a", b"abcd", b"odd length!", bytes(1200)])
+@pytest.mark.parametrize("peer", [("203.0.113.5", 9), ("2001:db8::5", 443)])
+def test_data_indication_is_what_aioice_builds(payload: bytes, peer: tuple[str, int]) -> None:
+    lab = Lab()
+    data = lab.server._data_indication(payload, peer)
+    indication = stun.parse_message(data)
+    expected = stun.Message(
+        message_method=stun.Method.DATA,
+        message_class=stun.Class.INDICATION,
+        transaction_id=indication.transaction_id,
+    )
+    expected.attributes["XOR-PEER-ADDRESS"] = peer
+    expected.attributes["DATA"] = payload
+    assert data == bytes(expected)
+
+
+def test_data_indication_transaction_ids_differ() -> None:
+    lab = Lab(relays=FakeRelays())
+    lab.server = TurnServer(lab.config, lab.relays)  # os.urandom, as in service
+    ids = {lab.server._data_indication(b"x", PEER)[8:20] for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_channel_data_after_the_allocation_expired_is_dropped_before_the_timer_runs() -> None:
+    lab = Lab()
+    alice, allocation = bound(lab)  # allocation until T0 + 3600
+    lab.now = T0 + 3500
+    alice.authed(stun.Method.CHANNEL_BIND, {"CHANNEL-NUMBER": 0x4001, "XOR-PEER-ADDRESS": PEER})
+    lab.to_peers.clear()
+    frame = struct.pack("!HH", 0x4001, 2) + b"hi"
+    assert lab.server.receive_udp(frame, alice.address, T0 + 3599) == (allocation, b"hi", PEER)
+    # the channel would last until T0 + 4100, but the allocation is over (its timer not yet run)
+    assert lab.server.receive_udp(frame, alice.address, T0 + 3600) is None
+    lab.server.receive_datagram(frame, alice.address, T0 + 3600)
+    assert lab.server.datagrams_to_send() == []
+    assert lab.server.relay_from_peer(allocation, b"late", PEER, T0 + 3600) is None

@@ -3,6 +3,7 @@ no unauthenticated reply is much larger than its request."""
 
 from __future__ import annotations
 
+import copy
 import struct
 
 from aioice import stun
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from turn_harness import PEER, REALM, UDP_TRANSPORT, Lab
 
-from dvrlink.broker.turn_server import ToClient, Transport
+from dvrlink.broker.turn_server import ToClient, ToPeer, Transport
 
 ALICE = ("192.0.2.10", 5000)
 MALLORY = ("192.0.2.66", 6666)
@@ -175,3 +176,90 @@ def test_peer_datagrams_never_raise_and_unpermitted_ones_are_dropped(
             assert destination == ALICE
             assert peer[0] == PEER[0] and target == allocation
     alice_still_served(lab, allocation)
+
+
+# -- the link's hot paths decide exactly as the general inputs ------------------------------------------
+
+channel_like = st.builds(
+    lambda number, payload, skew, padding: (
+        struct.pack("!HH", number, max(0, len(payload) + skew)) + payload + bytes(padding)
+    ),
+    st.sampled_from([0x4000, 0x4001, 0x4002, 0x4FFF, 0x5000, 0x7FFF]) | st.integers(0x4000, 0x7FFF),
+    st.binary(max_size=24),
+    st.just(0) | st.integers(-3, 3),
+    st.integers(0, 3),
+)
+# around the lifetimes of ready_lab: permission 300 s, channel 600 s, allocation 3600 s
+later = st.sampled_from([0, 1, 299, 300, 301, 599, 600, 601, 3599, 3600]) | st.integers(0, 4000)
+
+
+def without_transaction_id(frame: bytes) -> bytes:
+    """A Data indication's transaction id is random: compare the rest."""
+    return frame[:8] + frame[20:] if frame and frame[0] < 0x40 else frame
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=st.lists(
+        st.tuples(st.one_of(channel_like, datagrams), st.sampled_from([ALICE, MALLORY]), later),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_receive_udp_relays_and_drops_as_receive_datagram_does(
+    inputs: list[tuple[bytes, tuple[str, int], int]],
+) -> None:
+    fast, allocation = ready_lab()
+    general = copy.deepcopy(fast)
+    for data, source, offset in inputs:
+        now = fast.now + offset
+        routed = fast.server.receive_udp(data, source, now)
+        general.server.receive_datagram(data, source, now, Transport.UDP)
+        expected = general.server.datagrams_to_send()
+        queued = fast.server.datagrams_to_send()
+        if routed is not None:
+            assert routed[0] == allocation and source == ALICE
+            assert expected == [(routed[1], routed[2], ToPeer(allocation))]
+            assert queued == []
+        else:
+            assert [(without_transaction_id(d), a, v) for d, a, v in queued] == [
+                (without_transaction_id(d), a, v) for d, a, v in expected
+            ]
+        assert fast.server.stats == general.server.stats
+    assert fast.server.allocation_for(Transport.UDP, ALICE) == allocation
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.binary(max_size=64),
+            st.sampled_from(
+                [PEER, (PEER[0], 1), ("203.0.113.99", 1), ("::1", 5), (f"{PEER[0]}%lo", PEER[1])]
+            ),
+            st.integers(0, 3),
+            later,
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_relay_from_peer_forwards_and_drops_as_receive_from_peer_does(
+    packets: list[tuple[bytes, tuple[str, int], int, int]],
+) -> None:
+    fast, allocation = ready_lab()
+    general = copy.deepcopy(fast)
+    for data, peer, target, offset in packets:
+        now = fast.now + offset
+        routed = fast.server.relay_from_peer(target, data, peer, now)
+        general.server.receive_from_peer(target, data, peer, now)
+        expected = general.server.datagrams_to_send()
+        assert fast.server.datagrams_to_send() == []  # alice is on UDP: nothing is queued
+        if routed is None:
+            assert expected == []
+        else:
+            assert target == allocation and peer[0].startswith(PEER[0])
+            assert [(without_transaction_id(d), a, v) for d, a, v in expected] == [
+                (without_transaction_id(routed[0]), routed[1], ToClient(Transport.UDP))
+            ]
+        assert fast.server.stats == general.server.stats

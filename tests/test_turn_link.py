@@ -17,7 +17,7 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from dvrlink.broker.turn_credentials import make_credentials
+from dvrlink.broker.turn_credentials import long_term_key, make_credentials
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import AllocationCreated, AllocationDeleted, TurnConfig, TurnEvent
 
@@ -156,6 +156,95 @@ def test_tcp_stream_is_reassembled_across_reads_and_garbage_closes_it() -> None:
                 assert stun.parse_message(answer).transaction_id == requests[0].transaction_id
             finally:
                 sock.close()
+
+    run(main)
+
+
+class RawClient:
+    """A TURN client on a bare non-blocking UDP socket, so a test can send any frame it likes."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.connect(server)
+        self.username, self.password = make_credentials(SECRET, "raw", time.time(), 600)
+        self.key = b""
+        self.nonce = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def receive(self) -> bytes:
+        return await asyncio.wait_for(self.loop.sock_recv(self.sock, 2048), WAIT)
+
+    async def request(self, method: stun.Method, attributes: dict[str, Any]) -> stun.Message:
+        message = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
+        message.attributes.update(attributes)
+        if self.key:
+            message.attributes.update({"USERNAME": self.username, "REALM": "dvrlink", "NONCE": self.nonce})
+            message.add_message_integrity(self.key)
+        await self.send(bytes(message))
+        reply = stun.parse_message(await self.receive())
+        assert reply.transaction_id == message.transaction_id
+        return reply
+
+    async def allocate(self) -> tuple[str, int]:
+        challenge = await self.request(stun.Method.ALLOCATE, {"REQUESTED-TRANSPORT": 0x11000000})
+        self.nonce = challenge.attributes["NONCE"]
+        self.key = long_term_key(self.username, "dvrlink", self.password)
+        reply = await self.request(stun.Method.ALLOCATE, {"REQUESTED-TRANSPORT": 0x11000000})
+        assert reply.message_class == stun.Class.RESPONSE, reply
+        relayed = reply.attributes["XOR-RELAYED-ADDRESS"]
+        return (str(relayed[0]), int(relayed[1]))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_hot_paths_drop_unbound_channels_and_unpermitted_peers() -> None:
+    async def main() -> None:
+        async with turn_relay() as (link, _):
+            loop = asyncio.get_running_loop()
+            peer_transport, peer = await loop.create_datagram_endpoint(Inbox, local_addr=(LOOPBACK, 0))
+            stranger_transport, _ = await loop.create_datagram_endpoint(Inbox, local_addr=("127.0.0.2", 0))
+            side_transport, _ = await loop.create_datagram_endpoint(Inbox, local_addr=(LOOPBACK, 0))
+            peer_address = peer_transport.get_extra_info("sockname")[:2]
+            client = RawClient(link.udp_address)
+            try:
+                relayed = await client.allocate()
+                reply = await client.request(
+                    stun.Method.CHANNEL_BIND, {"CHANNEL-NUMBER": 0x4001, "XOR-PEER-ADDRESS": peer_address}
+                )
+                assert reply.message_class == stun.Class.RESPONSE, reply
+                # client -> peer: a channel that is not bound is dropped, the bound one relays; more
+                # frames than one wake-up reads arrive all and in order
+                await client.send(struct.pack("!HH", 0x4002, 7) + b"unbound\x00")
+                frames = [b"frame %03d" % i for i in range(150)]
+                for frame in frames:
+                    await client.send(struct.pack("!HH", 0x4001, len(frame)) + frame)
+                for frame in frames:
+                    data, source = await asyncio.wait_for(peer.queue.get(), WAIT)
+                    assert (data, source) == (frame, relayed)
+                # peer -> client: an IP without a permission is dropped; the bound peer comes as
+                # ChannelData, another port of its IP as a Data indication
+                stranger_transport.sendto(b"intruder", relayed)
+                peer_transport.sendto(b"answer", relayed)
+                side_transport.sendto(b"aside", relayed)
+                assert await client.receive() == struct.pack("!HH", 0x4001, 6) + b"answer"
+                indication = stun.parse_message(await client.receive())
+                assert indication.message_method == stun.Method.DATA
+                assert indication.attributes["DATA"] == b"aside"
+                assert indication.attributes["XOR-PEER-ADDRESS"] == side_transport.get_extra_info("sockname")
+                stats = link.core.stats
+                assert (stats["dropped"], stats["peer_dropped"]) == (1, 1)
+                assert (stats["to_peer"], stats["from_peer"]) == (150, 2)
+                assert link.errors == 0
+            finally:
+                client.close()
+                for transport in (peer_transport, stranger_transport, side_transport):
+                    transport.close()
 
     run(main)
 
