@@ -126,6 +126,7 @@ class SessionStream:
             data = bytes(self._buffer[:size])
             del self._buffer[:size]
             self.bytes_read += size
+            self._runner._consumed(self.stream_id, size)
             return data
         if self._error is not None:
             raise self._error
@@ -434,6 +435,8 @@ class _Runner:
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream._feed(event.data)
+            else:
+                self._core.consumed(event.stream_id, len(event.data))  # dropped: no window held
         elif isinstance(event, StreamEnded):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
@@ -479,6 +482,12 @@ class _Runner:
             task = asyncio.ensure_future(result)
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
+
+    def _consumed(self, stream_id: int, size: int) -> None:
+        """A stream's reader took ``size`` bytes: the peer may send that much more."""
+        if not self._shut:
+            self._core.consumed(stream_id, size)
+            self._schedule()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

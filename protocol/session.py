@@ -42,13 +42,14 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import construct as c
 from aioquic._buffer import Buffer  # aioquic.buffer re-exports it implicitly only
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
-from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -337,7 +338,7 @@ class _Session:
 
     def __init__(self, config: SessionConfig) -> None:
         self._config = config
-        self._quic: QuicConnection | None = None
+        self._quic: _WindowedQuicConnection | None = None
         self._events: deque[SessionEvent] = deque()
         self._state = SessionState.HANDSHAKE
         self._streams: dict[int, _Stream] = {}
@@ -422,6 +423,13 @@ class _Session:
         except (ValueError, AssertionError) as exc:
             raise ValueError(f"cannot send on stream {stream_id}: {exc}") from exc
 
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application has read (or dropped) ``size`` bytes of ``StreamData`` on ``stream_id``:
+        the peer may send that much more. Until it is called, a stream takes at most
+        ``SessionConfig.max_stream_data`` bytes beyond what was consumed."""
+        if self._quic is not None and size > 0:
+            self._quic.credit(stream_id, size)
+
     def reset_stream(self, stream_id: int, error_code: int = StreamErrorCode.CANCELLED) -> None:
         """Abort a stream both ways (RESET_STREAM and STOP_SENDING), e.g. to refuse a target.
 
@@ -492,7 +500,7 @@ class _Session:
             elif isinstance(event, quic_events.StreamReset):
                 self._on_stream_reset(event)
 
-    def _on_stream_data(self, quic: QuicConnection, event: quic_events.StreamDataReceived) -> None:
+    def _on_stream_data(self, quic: _WindowedQuicConnection, event: quic_events.StreamDataReceived) -> None:
         stream_id = event.stream_id
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -504,8 +512,10 @@ class _Session:
             else:
                 stream = self._streams[stream_id] = _Stream(header=bytearray())
         if stream.refused:
+            quic.credit(stream_id, len(event.data))
             if event.end_stream:
                 del self._streams[stream_id]
+                quic.forget(stream_id)
             return
         data = event.data
         if stream.header is not None:
@@ -525,6 +535,7 @@ class _Session:
             if parsed is None:
                 return
             target, length = parsed
+            quic.credit(stream_id, length)
             data = bytes(stream.header[length:])
             stream.header = None
             self._events.append(StreamOpened(stream_id, target.service, target))
@@ -532,9 +543,12 @@ class _Session:
             self._events.append(StreamData(stream_id, data))
         if event.end_stream:
             del self._streams[stream_id]
+            quic.forget(stream_id)
             self._events.append(StreamEnded(stream_id, None))
 
     def _on_stream_reset(self, event: quic_events.StreamReset) -> None:
+        if self._quic is not None:
+            self._quic.forget(event.stream_id)
         stream = self._streams.pop(event.stream_id, None)
         if stream is None and not self._is_local_stream(event.stream_id):
             return  # never opened (no complete header): nothing to tell
@@ -554,7 +568,50 @@ class _Session:
             quic.reset_stream(stream_id, error_code)
 
 
-class _DeviceQuicConnection(QuicConnection):
+class _WindowedQuicConnection(QuicConnection):
+    """A QuicConnection whose per-stream receive windows move with what the application has
+    read (``credit``), not with what has arrived.
+
+    aioquic doubles a stream's window whenever more than half of it has arrived, so a reader
+    slower than the network (a recorder's local service, a phone on a slow link) would buffer
+    without bound. Here the peer may send at most ``max_stream_data`` bytes beyond what was
+    read; MAX_STREAM_DATA goes out once a quarter of the window was read. This overrides one
+    aioquic internal (``_write_stream_limits``), guarded by ``tests/test_session_flow.py``.
+    """
+
+    def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        self._stream_window = int(configuration.max_stream_data)
+        self._credited: dict[int, int] = {}
+
+    def credit(self, stream_id: int, size: int) -> None:
+        """``size`` more bytes of ``stream_id`` were read (or discarded) by the application."""
+        self._credited[stream_id] = self._credited.get(stream_id, 0) + size
+
+    def forget(self, stream_id: int) -> None:
+        """The stream is over: drop its count."""
+        self._credited.pop(stream_id, None)
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        if not stream.max_stream_data_local:  # our own unidirectional streams receive nothing
+            return
+        target = self._credited.get(stream.stream_id, 0) + self._stream_window
+        if target - stream.max_stream_data_local >= self._stream_window // 4:
+            stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent == stream.max_stream_data_local:
+            return
+        frame = builder.start_frame(
+            QuicFrameType.MAX_STREAM_DATA,
+            capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+            handler=self._on_max_stream_data_delivery,
+            handler_args=(stream,),
+        )
+        frame.push_uint_var(stream.stream_id)
+        frame.push_uint_var(stream.max_stream_data_local)
+        stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+class _DeviceQuicConnection(_WindowedQuicConnection):
     """A server connection whose TLS context asks the client for a certificate."""
 
     def _initialize(self, peer_cid: bytes) -> None:
@@ -719,7 +776,7 @@ class ViewerSession(_Session):
         configuration = self._config.quic_configuration(is_client=True)
         configuration.certificate = self._certificate
         configuration.private_key = self._key
-        self._quic = QuicConnection(configuration=configuration)
+        self._quic = _WindowedQuicConnection(configuration=configuration)
         self._quic_addr = self._path = addr
         self._known_paths.append(addr)
         self._quic.connect(addr, now)
