@@ -159,6 +159,10 @@ class Connectivity:
         """Called once if every path this side could use has failed; ``reason`` says why."""
         self.bytes_in: dict[Path, int] = {}
         self.bytes_out: dict[Path, int] = {}
+        self.last_in: dict[Path, float] = {}
+        """``time.monotonic()`` of the last datagram received on each path."""
+        self.retired: list[Path] = []
+        """Paths given up on after they stopped carrying datagrams (see ``retire``)."""
         self.dropped = 0
         """Datagrams dropped: not QUIC, from an unexpected peer, or sent on a path not ready."""
         self.errors: list[str] = []
@@ -516,6 +520,19 @@ class Connectivity:
             route[0].sendto(data, route[1])
         self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
 
+    def retire(self, path: Path, reason: str) -> None:
+        """Stop using ``path`` for the rest of the session (it stopped carrying datagrams: a NAT
+        mapping or an interface went away); ``best_path`` no longer offers it. The relay
+        cannot be retired this way. Idempotent."""
+        if path == RELAY or path not in self._ready:
+            return
+        self._ready.remove(path)
+        self.retired.append(path)
+        message = f"{path[0]} path given up: {reason}"
+        self.errors.append(message)
+        log.warning("%s", message)
+        self._check_failed()
+
     async def close(self) -> None:
         """Delete the TURN allocation (waiting up to ``CLOSE_TIMEOUT_S``) and close ICE. Idempotent."""
         if self._closed:
@@ -552,6 +569,7 @@ class Connectivity:
             self.dropped += 1
             return
         self.bytes_in[path] = self.bytes_in.get(path, 0) + len(data)
+        self.last_in[path] = time.monotonic()
         self.on_datagram(data, path)
 
     def _relay_datagram(self, data: bytes, addr: tuple[str, int]) -> None:

@@ -26,10 +26,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dvrlink.daemon.connectivity import PATH_RANK, Connectivity, Path
+from dvrlink.daemon.connectivity import PATH_RANK, RELAY, Connectivity, Path
 from dvrlink.protocol.session import (
     DeviceSession,
     PeerMoved,
@@ -49,6 +50,13 @@ from dvrlink.protocol.session import (
 )
 
 DEFAULT_BUFFER_LIMIT = 1 << 20
+DEAD_PATH_S = 2.0
+"""A lan or direct path that has been silent this long while QUIC's probe timeout fired at least
+``DEAD_PATH_PTOS`` times in a row (data in flight, no acknowledgement) is given up, and the
+session moves back to the relay."""
+DEAD_PATH_PTOS = 2
+PATH_CHECK_S = 1.0
+"""How often the viewer checks its path for that."""
 TIMER_RESOLUTION_S = 0.001
 """Deadlines nearer than this are polled on each event-loop pass instead of slept for."""
 """Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
@@ -569,6 +577,7 @@ class ViewerRunner(_Runner):
         self._viewer = core
         self.path_changes: list[Path] = []
         """Every path the session moved to, in order (the first is where it connected)."""
+        self._path_check: asyncio.TimerHandle | None = None
         for path in connectivity.paths:
             self._on_path_ready(path)
 
@@ -596,12 +605,47 @@ class ViewerRunner(_Runner):
     def _maybe_switch(self) -> None:
         best = self._connectivity.best_path
         current = self.path
-        if best is None or current is None or PATH_RANK[best] <= PATH_RANK.get(current, 0):
+        if best is None or current is None:
+            return
+        if current in self._connectivity.paths and PATH_RANK[best] <= PATH_RANK.get(current, 0):
+            return
+        if best == current:
             return
         log.info("moving session from %s to %s", current[0], best[0])
         self._viewer.switch_path(best, self._loop.time())
         self.path_changes.append(best)
         self._schedule()
+        self._watch_path()
+
+    def _watch_path(self) -> None:
+        """While on a lan or direct path with the relay in reserve, check every ``PATH_CHECK_S``
+        that the path still answers; if it has been silent for ``DEAD_PATH_S`` while we sent,
+        give it up and move back to the relay (QUIC migrates the session; streams carry on)."""
+        if self._path_check is not None or self._shut:
+            return
+        self._path_check = self._loop.call_later(PATH_CHECK_S, self._check_path)
+
+    def _check_path(self) -> None:
+        self._path_check = None
+        conn, current = self._connectivity, self.path
+        if self._shut or current is None or current == RELAY or RELAY not in conn.paths:
+            return
+        silent = time.monotonic() - conn.last_in.get(current, 0.0)
+        ptos = _probe_timeouts(self._core)
+        if ptos >= DEAD_PATH_PTOS and silent > DEAD_PATH_S:
+            conn.retire(
+                current, f"silent for {silent:.1f} s with data unacknowledged ({ptos} probe timeouts)"
+            )
+            self._maybe_switch()
+            return
+        self._watch_path()
+
+    async def close(self, reason: str = "closed by the user") -> None:
+        """As ``_Runner.close``; also stops the path check."""
+        if self._path_check is not None:
+            self._path_check.cancel()
+            self._path_check = None
+        await super().close(reason)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -622,6 +666,12 @@ def _unacknowledged(core: Core, stream_id: int) -> int:
     if not isinstance(start, int) or not isinstance(stop, int):
         return 0
     return stop - start
+
+
+def _probe_timeouts(core: Core) -> int:
+    """aioquic's count of probe timeouts in a row (reset by any acknowledgement), or 0."""
+    count = getattr(getattr(getattr(core, "_quic", None), "_loss", None), "_pto_count", 0)
+    return count if isinstance(count, int) else 0
 
 
 def _smoothed_rtt(core: Core) -> float | None:

@@ -11,7 +11,9 @@ from aioice import Connection
 from test_connectivity_harness import (
     LOOPBACK,
     WAIT,
+    Session,
     lab,
+    payload,
     read_digest,
     run,
     session,
@@ -123,6 +125,62 @@ def test_all_connects_on_the_relay_then_moves_to_lan() -> None:
                 conn.on_path_ready = ready_hook
                 await asyncio.wait_for(ready, WAIT)
             assert s.viewer.path_changes == [RELAY, LAN]
+
+    run(main)
+
+
+async def wait_for_lan(s: Session) -> None:
+    """Until the viewer is on the lan path (ICE may still be checking): bounded, no sleep."""
+    if s.viewer.path == LAN:
+        return
+    ready = asyncio.get_running_loop().create_future()
+    conn = s.viewer.connectivity
+    previous = conn.on_path_ready
+
+    def ready_hook(path: tuple[str, int]) -> None:
+        previous(path)
+        if path == LAN and not ready.done():
+            ready.set_result(None)
+
+    conn.on_path_ready = ready_hook
+    await asyncio.wait_for(ready, WAIT)
+
+
+def test_a_dead_lan_path_falls_back_to_the_relay_mid_transfer() -> None:
+    """The lan path turns into a black hole both ways (a NAT mapping or Wi-Fi gone) in the middle
+    of a 4 MB echo: the viewer gives it up and the session carries on over the relay, losing
+    nothing."""
+
+    async def main() -> None:
+        async with lab() as the_lab, session(the_lab, PathPolicy.ALL, on_stream=echo) as s:
+            await asyncio.wait_for(s.viewer.established(), WAIT)
+            await wait_for_lan(s)
+            device = s.device.connectivity
+            forward = device.send
+            cut = False
+
+            def black_hole_send(data: bytes, path: tuple[str, int]) -> None:
+                if not (cut and path == LAN):
+                    forward(data, path)
+
+            device.send = black_hole_send  # type: ignore[method-assign]
+            deliver = device._ice_datagram
+            device._ice_datagram = lambda data: None if cut else deliver(data)  # type: ignore[method-assign]
+
+            async def cut_midway() -> None:
+                nonlocal cut
+                cut = True
+
+            stream = await s.viewer.open_stream(RpcTarget("echo"))
+            data = payload(4 * 1024 * 1024, seed=11)
+            writer = asyncio.create_task(write_all(stream, data, midway=cut_midway))
+            digest, size = await asyncio.wait_for(read_digest(stream), 3 * WAIT)
+            await writer
+            assert cut and (digest, size) == (sha(data), len(data))
+            assert s.viewer.path_changes == [RELAY, LAN, RELAY]
+            assert s.viewer.connectivity.retired == [LAN]
+            assert s.viewer.connectivity.best_path == RELAY
+            assert any("lan path given up" in e for e in s.viewer.connectivity.errors)
 
     run(main)
 
