@@ -10,6 +10,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -281,10 +282,29 @@ class Viewer:
         )
 
 
-def loopback_services_toml(forward_port: int) -> str:
+def loopback_services_toml(*forward_ports: int) -> str:
     """Daemon config lines for sessions on loopback (ICE host candidate 127.0.0.1) that allow
-    forwards to ``127.0.0.1:forward_port``."""
-    return f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = ["127.0.0.1:{forward_port}"]\n'
+    forwards to ``127.0.0.1:port`` for each of ``forward_ports``."""
+    targets = ", ".join(f'"127.0.0.1:{port}"' for port in forward_ports)
+    return f'[sessions]\nhost_addresses = ["127.0.0.1"]\n[services]\nforward = [{targets}]\n'
+
+
+def unused_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server started later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tcp_listening(port: int) -> bool:
+    """True if something listens on TCP ``port`` (IPv4), read from /proc without connecting,
+    for servers that accept a single connection."""
+    wanted = f":{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1].endswith(wanted) and f[3] == "0A" for f in (line.split() for line in lines))
 
 
 def add_user(broker_state: Path, name: str, password: str) -> None:

@@ -3,6 +3,11 @@
 broker + dvrlinkd + `dvrlink forward` as processes on loopback; the recorder's RTSP service is
 GStreamer's RTSP server with a live test pattern; ffprobe on the viewer side counts frames
 through the forward. Relay-only and direct-only run the same test.
+
+ffmpeg's own ``-rtsp_flags listen`` is an input option: a listening ffmpeg receives a stream that
+a client publishes (ANNOUNCE/RECORD) and cannot serve one to ffprobe. So the served-stream tests
+use GStreamer, and one more test runs ffmpeg exactly as named: listening on the recorder's side
+while an ffmpeg on the viewer's side publishes ``lavfi testsrc`` to it through the forward.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from hil.loopback import (
     start_forward,
     start_rtsp_server,
     stop_all,
+    tcp_listening,
+    unused_tcp_port,
     wait_for,
 )
 
@@ -54,6 +61,10 @@ needs_rtsp = pytest.mark.skipif(
 )
 
 
+LISTEN_PORT = unused_tcp_port()
+"""Where the recorder-side ``ffmpeg -rtsp_flags listen`` listens (allowed in the daemon's forward list)."""
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Viewer, RtspServer]]:
     root = tmp_path_factory.mktemp("e2e")
@@ -68,7 +79,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, View
             SERIAL,
             broker,
             keepalive_interval=2.0,
-            extra_toml=loopback_services_toml(rtsp.port),
+            extra_toml=loopback_services_toml(rtsp.port, LISTEN_PORT),
         )
         daemon.start()
         started.append(daemon)
@@ -158,3 +169,48 @@ def test_two_sessions_at_once_each_with_two_streams(rig: tuple[Daemon, Viewer, R
     finally:
         assert relayed.stop() == 0
         assert direct.stop() == 0
+
+
+@needs_rtsp
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (Debian ffmpeg)")
+def test_ffmpeg_listening_on_the_recorder_side_receives_testsrc_through_the_forward(
+    rig: tuple[Daemon, Viewer, RtspServer],
+) -> None:
+    _, viewer, _ = rig
+    recorder = subprocess.Popen(
+        [
+            "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error",
+            "-rtsp_flags", "listen", "-rtsp_transport", "tcp",
+            "-i", f"rtsp://127.0.0.1:{LISTEN_PORT}/live",
+            "-f", "null", "-progress", "pipe:1", "-",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    forward = None
+    try:
+        wait_for("ffmpeg listening", lambda: tcp_listening(LISTEN_PORT), 15)
+        forward = start_forward(viewer, SERIAL, LISTEN_PORT, "--relay-only")
+        subprocess.run(
+            [
+                "ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+                "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4",
+                "-c:v", "mpeg4", "-f", "rtsp", "-rtsp_transport", "tcp",
+                f"rtsp://127.0.0.1:{forward.local_port}/live",
+            ],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )  # fmt: skip
+        out, err = recorder.communicate(timeout=30)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait(timeout=10)
+        if forward is not None:
+            assert forward.stop() == 0
+    frames = [int(line.split("=", 1)[1]) for line in out.splitlines() if line.startswith("frame=")]
+    print(f"ffmpeg -rtsp_flags listen received {frames[-1] if frames else 0} frames via the relay")
+    assert recorder.returncode == 0, err
+    assert frames and frames[-1] >= 50, (out[-500:], err)
