@@ -7,6 +7,8 @@ project's venv cannot import ``gi``) from the handwritten device descriptions in
 The code under test, ``UdevModemWatcher`` with real pyudev and libudev, runs in
 ``hil/umockdev/watch.py``, a child process started under ``umockdev-wrapper`` with ``UMOCKDEV_DIR``
 set: the preload library must be in place when a process starts, so it cannot be this one.
+umockdev 0.17 aborts its testbed when a uevent burst overflows the watcher's datagram queue, so the
+watcher runs in a private network namespace with a longer queue (see ``_roomy_queue_prefix``).
 Every wait is bounded; the watcher settles for 0.2 s instead of 1 s to keep the test short.
 """
 
@@ -75,9 +77,9 @@ class Child:
         try:
             line = self.lines.get(timeout=WAIT_S)
         except queue.Empty:
-            raise AssertionError(f"{self.proc.args[2:]} printed nothing within {WAIT_S} s") from None
+            raise AssertionError(f"{self.proc.args} printed nothing within {WAIT_S} s") from None
         if line is None:
-            raise AssertionError(f"{self.proc.args[2:]} exited with {self.proc.wait()}")
+            raise AssertionError(f"{self.proc.args} exited with {self.proc.wait()}")
         return line
 
     def send(self, text: str) -> None:
@@ -117,13 +119,45 @@ class UmockdevBed(Child):
         self.command(f"remove {usb_path}")
 
 
+def _roomy_queue_prefix() -> list[str]:
+    """A private network namespace whose datagram queues hold more than 10 messages.
+
+    umockdev delivers uevents over a Unix datagram socket and aborts the testbed when the
+    receiver's queue is full (``uevent_sender sendmsg_one: sendmsg failed: Resource temporarily
+    unavailable``); the queue length is ``net.unix.max_dgram_qlen``, 10 by default, and one
+    SIM7600 sends 18 uevents in a burst. The namespace is the watcher's own, so this machine's
+    settings stay as they are. Where user namespaces are not allowed the watcher runs as it is.
+    """
+    probe = [
+        "unshare",
+        "--net",
+        "--map-root-user",
+        "sh",
+        "-c",
+        'echo 4096 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"',
+        "sh",
+    ]
+    if shutil.which("unshare") and subprocess.run([*probe, "true"], check=False, timeout=30).returncode == 0:
+        return probe
+    return []
+
+
 class Watcher(Child):
     """hil/umockdev/watch.py under umockdev-wrapper: detection events as JSON."""
 
     def __init__(self, testbed: UmockdevBed) -> None:
         env = {**os.environ, "UMOCKDEV_DIR": testbed.root}
         super().__init__(
-            ["umockdev-wrapper", sys.executable, "-m", "hil.umockdev.watch", "--settle", "0.2"], env=env
+            [
+                *_roomy_queue_prefix(),
+                "umockdev-wrapper",
+                sys.executable,
+                "-m",
+                "hil.umockdev.watch",
+                "--settle",
+                "0.2",
+            ],
+            env=env,
         )
         self.seen: list[dict[str, object]] = []
         assert self.event()["event"] == "ready"
