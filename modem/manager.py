@@ -1,0 +1,1664 @@
+"""The modem state machine: probe → SIM → identify → register → connect → online, and back.
+
+Sans-I/O. The driver (``modem/runner.py``) feeds it what happened and carries out what it asks:
+
+- inputs: :meth:`ModemManager.port_opened`, :meth:`~ModemManager.port_closed`,
+  :meth:`~ModemManager.at_submitted` (the engine's id of the command it asked for),
+  :meth:`~ModemManager.at_event` (every ``AtEngine`` event), :meth:`~ModemManager.data_result`,
+  :meth:`~ModemManager.probe_result`, :meth:`~ModemManager.recover` (a ladder step to run),
+  :meth:`~ModemManager.tick` at :meth:`~ModemManager.next_deadline`; ``now`` is a monotonic time
+  in seconds passed to each.
+- outputs: requests from :meth:`~ModemManager.next_action` (:class:`SendAt`, :class:`StartData`,
+  :class:`StopData`, :class:`ProbeData`, :class:`ResyncPort`, :class:`ReopenPort`) and typed,
+  past-tense events from :meth:`~ModemManager.next_event`; :meth:`~ModemManager.status` is a
+  frozen snapshot.
+
+At most one AT command of the manager is on the wire; the others wait in its own queue. Every
+state change starts a new generation: results of commands sent under an older one are ignored,
+so a SIM swap or a modem reboot in the middle of a script never lets a stale reply steer the
+new state. The states and every transition are in :data:`TRANSITIONS`.
+
+Faults the manager cannot fix on its own (the modem stops answering, the port goes away, no
+service for too long, the data path probe fails while registered) become :class:`FaultDetected`
+events; the driver asks the recovery ladder (``modem/ladder.py``) which step to take and tells
+the manager with :meth:`~ModemManager.recover` or by reopening the port. Everything else (a
+rebooted modem, a swapped SIM, a denied registration, a lost signal, a failing APN) the manager
+handles itself, without the ladder.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dvrlink.modem.apn import (
+    ApnCandidate,
+    ApnChooser,
+    ApnConfig,
+    ApnFailure,
+    ApnMemory,
+    ApnSelected,
+    ApnSettings,
+    ApnsExhausted,
+    ProviderIndex,
+    mnc_length_from_ef_ad,
+    rank_apns,
+)
+from dvrlink.modem.at import (
+    AtEvent,
+    CommandAborted,
+    CommandCompleted,
+    CommandEvent,
+    CommandFailed,
+    CommandTimedOut,
+    FinalKind,
+    ModemRestarted,
+    Resynced,
+    ResyncFailed,
+    UrcReceived,
+)
+from dvrlink.modem.ladder import Fault, FaultKind, Step
+from dvrlink.modem.profiles import DialMethod, ModemProfile
+
+log = logging.getLogger(__name__)
+
+CME_SIM_NOT_INSERTED = 10
+CME_SIM_PIN = 11
+CME_SIM_PUK = 12
+CME_SIM_FAILURE = 13
+CME_WRONG_PASSWORD = 16
+CME_NO_NETWORK = 30
+SIM_ABSENT_CODES = frozenset({CME_SIM_NOT_INSERTED, CME_SIM_FAILURE})
+
+STAT_NOT_REGISTERED = 0
+STAT_HOME = 1
+STAT_SEARCHING = 2
+STAT_DENIED = 3
+STAT_UNKNOWN = 4
+STAT_ROAMING = 5
+REGISTERED_STATS = frozenset({STAT_HOME, STAT_ROAMING})
+
+# 3GPP TS 27.007 <AcT> values, as a short radio technology name.
+ACT_NAMES: dict[int, str] = {
+    0: "GSM",
+    1: "GSM",
+    2: "UMTS",
+    3: "EDGE",
+    4: "HSDPA",
+    5: "HSUPA",
+    6: "HSPA",
+    7: "LTE",
+    8: "EC-GSM-IoT",
+    9: "NB-IoT",
+    10: "LTE",
+    11: "NR",
+    12: "NR",
+    13: "LTE",
+}
+
+# The vendor command that reads the ICCID, by profile name; every SIM also answers a read of
+# EF_ICCID with +CRSM, which is the fallback.
+ICCID_COMMANDS: dict[str, str] = {
+    "quectel-uc20": "AT+QCCID",
+    "quectel-ec25": "AT+QCCID",
+    "simcom-sim800": "AT+CCID",
+    "simcom-sim7600": "AT+CICCID",
+    "huawei-e173": "AT^ICCID?",
+    "huawei-mu709": "AT^ICCID?",
+}
+DEFAULT_ICCID_COMMAND = "AT+CCID"
+EF_ICCID_READ = "AT+CRSM=176,12258,0,0,10"
+EF_AD_READ = "AT+CRSM=176,28589,0,0,4"
+# Huawei ECM calls answer OK at once and report the outcome with this URC.
+NDIS_STATUS_URC = "^NDISSTAT"
+
+_ICCID = re.compile(r"^[0-9]{18,20}F?$")
+_PIN = re.compile(r"^[0-9]{4,8}$")
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class ModemConfig:
+    """Settings of the modem state machine. Times are in seconds.
+
+    ``pin``: the SIM PIN, sent once when the SIM asks; a PIN the SIM refuses is not sent again
+    (three wrong tries lock the SIM) until the SIM changes. ``allow_roaming``: go online while
+    registered on a visited network. ``cid``: the PDP context to define and dial;
+    ``pdp_type``: ``IP``, ``IPV6`` or ``IPV4V6``.
+    """
+
+    profile: ModemProfile
+    apn: ApnConfig = field(default_factory=ApnConfig)
+    pin: str | None = field(default=None, repr=False)
+    allow_roaming: bool = False
+    cid: int = 1
+    pdp_type: str = "IP"
+    sim_poll_s: float = 10.0
+    """While no SIM is ready: how often to ask ``+CPIN?``."""
+    sim_debounce_s: float = 1.0
+    """After a SIM hot-swap URC: wait this long for the tray to settle before reading the SIM."""
+    iccid_check_s: float = 60.0
+    """While registered or online: how often to read the ICCID (a swap without URCs)."""
+    registration_poll_s: float = 10.0
+    """While registering and online: how often to read registration, operator and signal."""
+    registration_timeout_s: float = 300.0
+    """No registration this long with a ready SIM: a fault for the recovery ladder."""
+    registration_backoff_s: float = 30.0
+    """After a denied registration: first wait before asking again (doubles up to the max)."""
+    registration_backoff_max_s: float = 600.0
+    signal_poll_s: float = 30.0
+    probe_interval_s: float = 60.0
+    """While online: how often to probe the data path."""
+    probe_failures: int = 2
+    """Consecutive failed probes that make a fault."""
+    data_backoff_s: float = 30.0
+    """After every APN failed: wait this long before the next round."""
+    data_rounds_before_fault: int = 2
+    """Rounds of failed APNs while registered before the recovery ladder is asked."""
+    dial_attempts_per_apn: int = 2
+    """Tries of one APN when the call failed without a rejection (NO CARRIER, timeout)."""
+    at_unresponsive_s: float = 15.0
+    """The engine has probed with ``AT`` this long without an answer: a fault (ladder)."""
+    reset_wait_s: float = 60.0
+    """After the reset command: wait this long for ``RDY`` or the port to come back."""
+    ecm_result_timeout_s: float = 30.0
+    """Huawei ECM call: wait this long for ``^NDISSTAT``."""
+
+    def __post_init__(self) -> None:
+        if self.pin is not None and not _PIN.match(self.pin):
+            raise ValueError("SIM PIN must be 4 to 8 digits: fix modem.pin in the config")
+        if not 1 <= self.cid <= 24:
+            raise ValueError(f"PDP context id {self.cid} out of range: use 1-24")
+        if self.pdp_type not in ("IP", "IPV6", "IPV4V6"):
+            raise ValueError(f"pdp_type {self.pdp_type!r}: use IP, IPV6 or IPV4V6")
+        times = (
+            self.sim_poll_s,
+            self.sim_debounce_s,
+            self.iccid_check_s,
+            self.registration_poll_s,
+            self.registration_timeout_s,
+            self.registration_backoff_s,
+            self.signal_poll_s,
+            self.probe_interval_s,
+            self.data_backoff_s,
+            self.at_unresponsive_s,
+            self.reset_wait_s,
+            self.ecm_result_timeout_s,
+        )
+        if any(t <= 0 for t in times):
+            raise ValueError("every modem timer must be > 0 seconds")
+        if self.registration_backoff_max_s < self.registration_backoff_s:
+            raise ValueError("registration_backoff_max_s must be >= registration_backoff_s")
+        if self.probe_failures < 1 or self.data_rounds_before_fault < 1 or self.dial_attempts_per_apn < 1:
+            raise ValueError(
+                "probe_failures, data_rounds_before_fault and dial_attempts_per_apn must be >= 1"
+            )
+
+    @property
+    def iccid_command(self) -> str:
+        return ICCID_COMMANDS.get(self.profile.name, DEFAULT_ICCID_COMMAND)
+
+
+# --------------------------------------------------------------------------------- data link
+
+
+class DataFailure(enum.Enum):
+    """Why a data link did not come up."""
+
+    NO_CARRIER = "no-carrier"
+    """The dial ended with NO CARRIER/BUSY/NO ANSWER, or the call dropped at once."""
+    REJECTED = "rejected"
+    """The network refused the context (activation error, unknown APN)."""
+    AUTH = "auth"
+    """PAP/CHAP authentication failed."""
+    LCP = "lcp"
+    """PPP link negotiation failed (before authentication)."""
+    IPCP = "ipcp"
+    """No IP address was negotiated (PPP IPCP, or no DHCP lease on the network interface)."""
+    TIMEOUT = "timeout"
+    """The link did not come up in time."""
+    NO_DEVICE = "no-device"
+    """The data port or network interface is missing."""
+    OTHER = "other"
+
+
+_APN_FAILURE: dict[DataFailure, ApnFailure] = {
+    DataFailure.NO_CARRIER: ApnFailure.DIAL_FAILED,
+    DataFailure.REJECTED: ApnFailure.ACTIVATION_REJECTED,
+    DataFailure.AUTH: ApnFailure.PPP_FAILED,
+    DataFailure.LCP: ApnFailure.PPP_FAILED,
+    DataFailure.IPCP: ApnFailure.IPCP_FAILED,
+    DataFailure.TIMEOUT: ApnFailure.DIAL_FAILED,
+    DataFailure.NO_DEVICE: ApnFailure.DIAL_FAILED,
+    DataFailure.OTHER: ApnFailure.DIAL_FAILED,
+}
+_RETRY_SAME_APN = frozenset({DataFailure.NO_CARRIER, DataFailure.TIMEOUT, DataFailure.OTHER})
+
+
+@dataclass(frozen=True, slots=True)
+class DataRequest:
+    """What the data link needs to bring the call up.
+
+    For ``DialMethod.PPP`` the data link dials ``dial`` on the modem's PPP port and runs pppd
+    (the context ``cid`` is already defined with the APN; ``apn`` carries the credentials).
+    For ``DialMethod.ECM`` the manager has already started the call over the AT port with the
+    profile's command; the data link brings the network interface up (DHCP).
+    """
+
+    apn: ApnSettings
+    cid: int
+    method: DialMethod
+    dial: str
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataUp:
+    """The data link is up. ``interface``: the network interface (``ppp0``, ``usb0``)."""
+
+    interface: str = ""
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DataFailed:
+    """The data link did not come up; ``detail`` is for the log (pppd exit code, DHCP error)."""
+
+    reason: DataFailure
+    detail: str = ""
+
+
+class DataLink(Protocol):
+    """The data path behind the modem: pppd supervision (``modem/ppp.py``) or ECM/DHCP
+    (``modem/ecm.py``). One call at a time; the runner serialises them.
+
+    ``up`` never raises for a failure of the link: it returns :class:`DataFailed`.
+    ``probe`` is a health check of the data path (reaching the broker), not "the interface is up".
+    ``counters`` are the link's cumulative received and sent bytes since it came up (0, 0 when
+    down), for data accounting.
+    """
+
+    async def up(self, request: DataRequest) -> DataUp | DataFailed: ...
+
+    async def down(self) -> None: ...
+
+    async def probe(self) -> bool: ...
+
+    def counters(self) -> tuple[int, int]: ...
+
+
+# ----------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerAction:
+    """Base of what the manager asks its driver to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendAt(ManagerAction):
+    """Submit ``command`` to the AT engine and report its id with ``at_submitted``."""
+
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartData(ManagerAction):
+    """Call ``DataLink.up(request)`` and report with ``data_result``."""
+
+    request: DataRequest
+    generation: int
+    """Pass it back with ``data_result``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopData(ManagerAction):
+    """Call ``DataLink.down()`` (after a running ``up`` ends)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeData(ManagerAction):
+    """Call ``DataLink.probe()`` and report with ``probe_result``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncPort(ManagerAction):
+    """Ask the AT engine to resynchronise (ladder step 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenPort(ManagerAction):
+    """Close the port, wait until it is back, open it again (after a reset the port re-enumerates)."""
+
+    reason: str
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerEvent:
+    """Base of the modem manager's events."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(ManagerEvent):
+    old: ModemState
+    new: ModemState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModemIdentified(ManagerEvent):
+    vendor: str
+    model: str
+    revision: str
+    imei: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimAbsent(ManagerEvent):
+    """No SIM is inserted (or it cannot be read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimLocked(ManagerEvent):
+    """The SIM needs a PIN or PUK the manager will not send; ``detail`` says what to do."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimIdentified(ManagerEvent):
+    """A ready SIM was read. ``iccid`` in full: log it with :func:`redact_iccid`."""
+
+    iccid: str
+    mcc: str
+    mnc: str
+    spn: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimChanged(ManagerEvent):
+    """Another SIM is in the tray (``old`` None: the first one since the SIM was absent)."""
+
+    old: str | None
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimRemoved(ManagerEvent):
+    iccid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationChanged(ManagerEvent):
+    """The effective packet-domain registration status changed (3GPP ``<stat>``)."""
+
+    stat: int
+    rat: str
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused(ManagerEvent):
+    """Denied, or roaming while roaming is not allowed; the manager retries after ``retry_in``."""
+
+    reason: str
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalChanged(ManagerEvent):
+    dbm: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApnTrying(ManagerEvent):
+    candidate: ApnCandidate
+    attempt: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApnFailed(ManagerEvent):
+    candidate: ApnCandidate
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApnRemembered(ManagerEvent):
+    """``settings`` worked for ``iccid`` and the memory changed: save it (``ApnMemoryFile``)."""
+
+    iccid: str
+    settings: ApnSettings
+
+
+@dataclass(frozen=True, slots=True)
+class CameOnline(ManagerEvent):
+    apn: str
+    interface: str
+
+
+@dataclass(frozen=True, slots=True)
+class WentOffline(ManagerEvent):
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDetected(ManagerEvent):
+    """A fault for the recovery ladder; the manager waits in ``RECOVERING`` for a step."""
+
+    fault: Fault
+
+
+@dataclass(frozen=True, slots=True)
+class AtRecovered(ManagerEvent):
+    """The AT port answers again after a timeout (ladder step 1 worked)."""
+
+    probes: int
+
+
+# ------------------------------------------------------------------------------------ states
+
+
+class ModemState(enum.Enum):
+    PORT_CLOSED = "port-closed"
+    PROBING = "probing"
+    SIM_ABSENT = "sim-absent"
+    SIM_LOCKED = "sim-locked"
+    SIM_IDENTIFYING = "sim-identifying"
+    REGISTERING = "registering"
+    REG_BACKOFF = "registration-backoff"
+    CONNECTING = "connecting"
+    DATA_BACKOFF = "data-backoff"
+    ONLINE = "online"
+    RECOVERING = "recovering"
+    RESETTING = "resetting"
+
+
+class SimState(enum.Enum):
+    UNKNOWN = "unknown"
+    ABSENT = "absent"
+    LOCKED = "locked"
+    READY = "ready"
+    IDENTIFIED = "identified"
+
+
+M = ModemState
+# Every transition the manager makes, with its cause; ``_enter`` refuses any other.
+TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
+    (M.PORT_CLOSED, M.PROBING): "port opened",
+    (M.PROBING, M.SIM_ABSENT): "no SIM",
+    (M.PROBING, M.SIM_LOCKED): "SIM needs a PIN/PUK that cannot be sent",
+    (M.PROBING, M.SIM_IDENTIFYING): "SIM ready",
+    (M.PROBING, M.PROBING): "modem restarted during the probe",
+    (M.SIM_ABSENT, M.SIM_IDENTIFYING): "SIM inserted and ready",
+    (M.SIM_ABSENT, M.SIM_LOCKED): "SIM inserted, locked",
+    (M.SIM_ABSENT, M.SIM_ABSENT): "still no SIM",
+    (M.SIM_LOCKED, M.SIM_IDENTIFYING): "SIM ready (another SIM, or unlocked)",
+    (M.SIM_LOCKED, M.SIM_ABSENT): "SIM removed",
+    (M.SIM_IDENTIFYING, M.REGISTERING): "SIM identified",
+    (M.SIM_IDENTIFYING, M.SIM_ABSENT): "SIM gone while reading it",
+    (M.SIM_IDENTIFYING, M.SIM_IDENTIFYING): "SIM swapped while reading it",
+    (M.REGISTERING, M.CONNECTING): "registered",
+    (M.REGISTERING, M.REG_BACKOFF): "registration denied, or roaming not allowed",
+    (M.REG_BACKOFF, M.REGISTERING): "backoff over",
+    (M.REG_BACKOFF, M.CONNECTING): "registered during the backoff",
+    (M.CONNECTING, M.ONLINE): "data link up",
+    (M.CONNECTING, M.DATA_BACKOFF): "every APN failed",
+    (M.CONNECTING, M.REGISTERING): "registration lost, or no network service for the call",
+    (M.DATA_BACKOFF, M.CONNECTING): "backoff over",
+    (M.DATA_BACKOFF, M.REGISTERING): "registration lost",
+    (M.ONLINE, M.REGISTERING): "registration lost",
+    (M.ONLINE, M.CONNECTING): "data link lost while registered",
+    (M.RECOVERING, M.ONLINE): "AT port answers again; the data link stayed up",
+    (M.RECOVERING, M.PROBING): "recovery step done: probe again",
+    (M.RECOVERING, M.REGISTERING): "re-attached: register again",
+    (M.RECOVERING, M.RESETTING): "reset command sent",
+    (M.RESETTING, M.PROBING): "modem restarted (or the wait is over)",
+}
+_SIM_STATES = (M.SIM_IDENTIFYING, M.REGISTERING, M.REG_BACKOFF, M.CONNECTING, M.DATA_BACKOFF, M.ONLINE)
+for _s in ModemState:
+    TRANSITIONS.setdefault((_s, M.PORT_CLOSED), "port closed")
+    TRANSITIONS.setdefault((_s, M.RECOVERING), "fault: waiting for a recovery step")
+    if _s is not M.PORT_CLOSED:
+        TRANSITIONS.setdefault((_s, M.PROBING), "modem restarted: probe again")
+for _s in _SIM_STATES:
+    TRANSITIONS.setdefault((_s, M.SIM_ABSENT), "SIM removed")
+    TRANSITIONS.setdefault((_s, M.SIM_LOCKED), "SIM locked")
+    TRANSITIONS.setdefault((_s, M.SIM_IDENTIFYING), "another SIM inserted")
+del _s
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+def redact_iccid(iccid: str | None) -> str:
+    """The ICCID with all but its first 6 and last 4 digits hidden (``894902**********7890``)."""
+    if not iccid:
+        return ""
+    if len(iccid) <= 10:
+        return "*" * len(iccid)
+    return iccid[:6] + "*" * (len(iccid) - 10) + iccid[-4:]
+
+
+@dataclass(frozen=True, slots=True)
+class ModemStatus:
+    """A snapshot for ``dvrlinkd status`` and the broker report. ``str()`` and :meth:`as_dict`
+    show the ICCID redacted; the full one is in ``iccid`` (not in ``repr``)."""
+
+    state: ModemState
+    vendor: str = ""
+    model: str = ""
+    revision: str = ""
+    imei: str = field(default="", repr=False)
+    sim: SimState = SimState.UNKNOWN
+    iccid: str = field(default="", repr=False)
+    operator: str = ""
+    roaming: bool = False
+    rat: str = ""
+    signal_dbm: int | None = None
+    apn: str | None = None
+    interface: str = ""
+    ladder_step: int = 0
+    data_used_bytes: int | None = None
+    detail: str = ""
+
+    @property
+    def online(self) -> bool:
+        return self.state is ModemState.ONLINE
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "modem": " ".join(x for x in (self.vendor, self.model) if x),
+            "revision": self.revision,
+            "sim": self.sim.value,
+            "iccid": redact_iccid(self.iccid),
+            "operator": self.operator,
+            "roaming": self.roaming,
+            "rat": self.rat,
+            "signal_dbm": self.signal_dbm,
+            "apn": self.apn,
+            "interface": self.interface,
+            "ladder_step": self.ladder_step,
+            "data_used_bytes": self.data_used_bytes,
+            "detail": self.detail,
+        }
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.as_dict().items() if v not in ("", None)]
+        return "modem " + " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+
+def _fields(line: str) -> list[str]:
+    body = line.split(":", 1)[1] if ":" in line else line
+    return [f.strip().strip('"') for f in body.split(",")]
+
+
+@dataclass(frozen=True, slots=True)
+class RegInfo:
+    stat: int
+    act: int | None = None
+
+
+def parse_registration(line: str, *, reply: bool) -> RegInfo | None:
+    """``+CREG: [<n>,]<stat>[,<lac>,<ci>[,<AcT>]]`` → stat and AcT; None when malformed.
+
+    ``reply``: the line answers ``+CREG?`` and starts with ``<n>``. For ``+CEREG`` the area
+    field is ``<tac>``; some modems add ``<rac>`` to ``+CGREG`` before ``<AcT>`` (then the
+    4th field is not a number and the next one is taken).
+    """
+    fields = _fields(line)
+    if reply:
+        fields = fields[1:]
+    if not fields or not fields[0].isdigit():
+        return None
+    act: int | None = None
+    for candidate in fields[3:5]:
+        if candidate.isdigit():
+            act = int(candidate)
+            break
+    return RegInfo(int(fields[0]), act)
+
+
+def csq_to_dbm(line: str) -> int | None:
+    """``+CSQ: <rssi>,<ber>`` → dBm (−113 + 2·rssi), None for 99 or a malformed line."""
+    fields = _fields(line)
+    if not fields or not fields[0].isdigit():
+        return None
+    rssi = int(fields[0])
+    if rssi > 31:
+        return None
+    return -113 + 2 * rssi
+
+
+def cesq_to_dbm(line: str) -> int | None:
+    """``+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`` → the best-known power in dBm:
+    RSRP (LTE), else RSCP (UMTS), else RXLEV (GSM); None when none is known."""
+    fields = _fields(line)
+    if len(fields) < 6 or not all(f.isdigit() for f in fields[:6]):
+        return None
+    rxlev, rscp, rsrp = int(fields[0]), int(fields[2]), int(fields[5])
+    if rsrp <= 97:
+        return -141 + rsrp
+    if rscp <= 96:
+        return -121 + rscp
+    if rxlev <= 63:
+        return -111 + rxlev
+    return None
+
+
+def parse_cops(line: str) -> tuple[str, int | None]:
+    """``+COPS: <mode>[,<format>,<oper>[,<AcT>]]`` → operator and AcT ("" when none)."""
+    fields = _fields(line)
+    operator = fields[2] if len(fields) > 2 else ""
+    act = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+    return operator, act
+
+
+def parse_iccid(lines: tuple[str, ...]) -> str | None:
+    """The ICCID in a vendor reply (``+QCCID: 8949...``, ``^ICCID: ...``, bare digits)."""
+    for line in lines:
+        value = line.split(":", 1)[1] if ":" in line else line
+        value = value.strip().strip('"').upper()
+        if _ICCID.match(value):
+            return value.rstrip("F")
+    return None
+
+
+def parse_ef_iccid(lines: tuple[str, ...]) -> str | None:
+    """The ICCID from ``+CRSM: 144,0,"<EF_ICCID>"`` (BCD with swapped nibbles)."""
+    for line in lines:
+        fields = _fields(line)
+        if len(fields) >= 3 and fields[0] == "144":
+            data = fields[2].upper()
+            digits = "".join(data[i + 1] + data[i] for i in range(0, len(data) - 1, 2))
+            digits = digits.rstrip("F")
+            if _ICCID.match(digits):
+                return digits
+    return None
+
+
+def parse_ef_ad(lines: tuple[str, ...]) -> tuple[bool, int | None]:
+    """``(read, mnc_length)`` from ``+CRSM`` reading EF_AD: read False when the SIM refused."""
+    for line in lines:
+        fields = _fields(line)
+        if len(fields) >= 2 and fields[0] == "144":
+            data = fields[2] if len(fields) > 2 else ""
+            try:
+                return True, mnc_length_from_ef_ad(data)
+            except ValueError:
+                return True, None
+    return False, None
+
+
+def parse_cspn(lines: tuple[str, ...]) -> str:
+    for line in lines:
+        if line.startswith("+CSPN:"):
+            return _fields(line)[0]
+    return ""
+
+
+def strip_identity(lines: tuple[str, ...]) -> str:
+    """The value of an identity reply (``+CGSN: 86...`` or the bare text)."""
+    for line in lines:
+        text = line.split(":", 1)[1].strip() if line.startswith("+") and ":" in line else line.strip()
+        if text:
+            return text.strip('"')
+    return ""
+
+
+SIM_REMOVED_HINTS = ("NOT READY", "NOT INSERTED", "NOT AVAILABLE", "REMOVED")
+
+
+# ----------------------------------------------------------------------------------- manager
+
+Handler = Callable[[CommandCompleted | CommandFailed, float], None]
+
+
+@dataclass(slots=True)
+class _Cmd:
+    text: str | None
+    handler: Handler | None = None
+    then: Callable[[float], None] | None = None
+    """For a continuation (``text`` None): called when the queue reaches it."""
+
+
+@dataclass(slots=True)
+class _Timers:
+    poll: float | None = None
+    signal: float | None = None
+    iccid: float | None = None
+    probe: float | None = None
+    sim_check: float | None = None
+    state: float | None = None
+    """The current state's own timeout (backoff end, registration timeout, reset wait, ...)."""
+    unresponsive: float | None = None
+
+
+class ModemManager:
+    """The modem state machine of one modem (see module docstring).
+
+    ``index``: the provider database index; ``memory``: the APNs that worked per ICCID (the
+    manager updates it and emits :class:`ApnRemembered`; the driver saves it).
+    """
+
+    def __init__(self, config: ModemConfig, index: ProviderIndex, memory: ApnMemory) -> None:
+        self.config = config
+        self._index = index
+        self._memory = memory
+        self._state = ModemState.PORT_CLOSED
+        self._gen = 0
+        self._queue: deque[_Cmd] = deque()
+        self._inflight: _Cmd | None = None
+        self._inflight_gen = -1
+        self._inflight_id: int | None = None
+        self._awaiting_id = False
+        self._actions: deque[ManagerAction] = deque()
+        self._events: deque[ManagerEvent] = deque()
+        self._t = _Timers()
+        self._at_stalled = False
+        self._stalled_since: float | None = None
+        # identity and SIM
+        self._vendor = self._model = self._revision = self._imei = ""
+        self._sim = SimState.UNKNOWN
+        self._iccid: str | None = None
+        self._imsi = ""
+        self._mnc_length: int | None = None
+        self._spn = ""
+        self._pin_refused = False
+        self._pin_sent = False
+        self._detail = ""
+        self._has_cereg = False
+        # network
+        self._reg: dict[str, int] = {}
+        self._effective_stat = STAT_UNKNOWN
+        self._act: int | None = None
+        self._operator = ""
+        self._dbm: int | None = None
+        self._reg_backoff = config.registration_backoff_s
+        # data
+        self._chooser: ApnChooser | None = None
+        self._candidate: ApnCandidate | None = None
+        self._candidate_tries = 0
+        self._data_rounds = 0
+        self._data_pending = False
+        self._data_up = False
+        self._interface = ""
+        self._apn_online: str | None = None
+        self._probe_pending = False
+        self._probe_fails = 0
+        self._ndis_wait = False
+
+    # ----------------------------------------------------------------------------- properties
+
+    @property
+    def state(self) -> ModemState:
+        return self._state
+
+    @property
+    def iccid(self) -> str | None:
+        return self._iccid
+
+    @property
+    def data_up(self) -> bool:
+        return self._data_up
+
+    def status(self, *, ladder_step: int = 0, data_used_bytes: int | None = None) -> ModemStatus:
+        """A snapshot; the driver adds the ladder step and the data used this cycle."""
+        rat = ACT_NAMES.get(self._act, "") if self._act is not None else ""
+        return ModemStatus(
+            state=self._state,
+            vendor=self._vendor,
+            model=self._model,
+            revision=self._revision,
+            imei=self._imei,
+            sim=self._sim,
+            iccid=self._iccid or "",
+            operator=self._operator,
+            roaming=self._effective_stat == STAT_ROAMING,
+            rat=rat,
+            signal_dbm=self._dbm,
+            apn=self._apn_online,
+            interface=self._interface,
+            ladder_step=ladder_step,
+            data_used_bytes=data_used_bytes,
+            detail=self._detail,
+        )
+
+    # ------------------------------------------------------------------------ driver interface
+
+    def next_action(self) -> ManagerAction | None:
+        return self._actions.popleft() if self._actions else None
+
+    def next_event(self) -> ManagerEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` must be called next (the ``now`` clock), or None."""
+        t = self._t
+        times = [
+            x
+            for x in (t.poll, t.signal, t.iccid, t.probe, t.sim_check, t.state, t.unresponsive)
+            if x is not None
+        ]
+        return min(times) if times else None
+
+    def port_opened(self, now: float) -> None:
+        """The AT port is open: probe the modem."""
+        self._forget_inflight()
+        self._at_stalled = False
+        self._stalled_since = None
+        self._t.unresponsive = None
+        self._probe(now, "port opened")
+
+    def port_closed(self, reason: str, now: float, *, expected: bool = False) -> None:
+        """The AT port closed. ``expected``: the driver closed it (a ladder step); otherwise it is
+        a :data:`FaultKind.PORT_LOST` fault, or, while waiting for a reset, the modem
+        re-enumerating (then the driver is asked to reopen it)."""
+        was = self._state
+        self._forget_inflight()
+        self._stop_data(f"AT port closed: {reason}")
+        self._enter(ModemState.PORT_CLOSED, reason)
+        if expected:
+            return
+        if was is ModemState.RESETTING:
+            self._actions.append(ReopenPort("the modem re-enumerates after its reset"))
+            return
+        self._fault(FaultKind.PORT_LOST, reason, at_alive=False, now=now)
+
+    def _forget_inflight(self) -> None:
+        self._inflight = None
+        self._inflight_id = None
+        self._awaiting_id = False
+        self._queue.clear()
+
+    def at_submitted(self, command_id: int | None) -> None:
+        """The engine's id of the command of the last :class:`SendAt`; None when it could not be
+        submitted (the port is closed: the manager waits for ``port_closed``)."""
+        if not self._awaiting_id:
+            raise RuntimeError("at_submitted() without a SendAt waiting for its id")
+        self._awaiting_id = False
+        self._inflight_id = command_id
+        if command_id is None:
+            # the port is gone; the driver reports it with port_closed()
+            self._inflight = None
+            self._queue.clear()
+
+    def at_event(self, event: AtEvent, now: float) -> None:
+        """Any event of the AT engine. Never raises for what the modem says."""
+        if isinstance(event, CommandEvent):
+            if event.command_id == self._inflight_id and self._inflight is not None:
+                self._command_done(event, now)
+            return
+        if isinstance(event, UrcReceived):
+            self._urc(event, now)
+        elif isinstance(event, ModemRestarted):
+            self._restarted(event.marker, now)
+        elif isinstance(event, Resynced):
+            self._resynced(event.probes, now)
+        elif isinstance(event, ResyncFailed) and self._stalled_since is None:
+            self._stalled_since = now - event.waited
+            self._t.unresponsive = self._stalled_since + self.config.at_unresponsive_s
+        self._pump(now)
+
+    def data_result(self, result: DataUp | DataFailed, now: float, *, generation: int) -> None:
+        """How a :class:`StartData` ended; ``generation`` is the action's (a result for an older
+        generation is stale: the modem state changed meanwhile, so the link is taken down)."""
+        self._data_pending = False
+        if generation != self._gen or self._state is not ModemState.CONNECTING:
+            if isinstance(result, DataUp):
+                self._actions.append(StopData("the modem state changed while the link came up"))
+            return
+        if isinstance(result, DataUp):
+            self._data_up = True
+            self._interface = result.interface
+            self._online(now)
+        else:
+            self._apn_failed(result.reason, result.detail, now)
+        self._pump(now)
+
+    def probe_result(self, ok: bool, now: float) -> None:
+        """How a :class:`ProbeData` ended."""
+        self._probe_pending = False
+        if self._state is not ModemState.ONLINE:
+            return
+        if ok:
+            self._probe_fails = 0
+            return
+        self._probe_fails += 1
+        log.warning("modem data path probe failed (%d in a row)", self._probe_fails)
+        if self._probe_fails < self.config.probe_failures:
+            self._t.probe = now
+            return
+        self._probe_fails = 0
+        if self._effective_stat in REGISTERED_STATS:
+            self._fault(
+                FaultKind.DATA_PATH,
+                f"data path probe failed {self.config.probe_failures} times while registered",
+                at_alive=not self._at_stalled,
+                now=now,
+            )
+        else:
+            self._stop_data("data path probe failed and not registered")
+            self._enter(ModemState.REGISTERING, "data path lost: not registered")
+            self._registering(now)
+        self._pump(now)
+
+    def recover(self, step: Step, now: float) -> None:
+        """Run an AT-level ladder step: ``RESYNC``, ``REATTACH``, ``CFUN_CYCLE`` or ``MODEM_RESET``.
+        The other steps are the driver's (port, USB, GPIO, board); it then reopens the port.
+
+        Raises:
+            ValueError: ``step`` is not one the manager runs.
+        """
+        if step is Step.RESYNC:
+            self._enter(ModemState.RECOVERING, "ladder: AT resync")
+            self._actions.append(ResyncPort())
+            if self._stalled_since is None:
+                self._stalled_since = now
+                self._t.unresponsive = now + self.config.at_unresponsive_s
+            return
+        if step is Step.REATTACH:
+            self._stop_data("ladder: re-attach")
+            self._enter(ModemState.RECOVERING, "ladder: re-attach")
+            self._send("AT+CGATT=0", self._ignore)
+            self._send("AT+CGATT=1", self._reattached)
+        elif step is Step.CFUN_CYCLE:
+            self._stop_data("ladder: radio off and on")
+            self._enter(ModemState.RECOVERING, "ladder: radio off and on")
+            self._send("AT+CFUN=0", self._ignore)
+            self._send("AT+CFUN=1", self._ignore)
+            self._then(lambda t: self._probe(t, "radio back on"))
+        elif step is Step.MODEM_RESET:
+            self._stop_data("ladder: modem reset")
+            self._enter(ModemState.RECOVERING, "ladder: modem reset")
+            self._send(self.config.profile.reset_command, self._reset_sent)
+        else:
+            raise ValueError(f"ladder step {step.label} is run by the driver, not by the modem manager")
+        self._pump(now)
+
+    def tick(self, now: float) -> None:
+        """Act on expired timers; calling it early does nothing."""
+        t = self._t
+        if t.unresponsive is not None and now >= t.unresponsive:
+            t.unresponsive = None
+            waited = now - (self._stalled_since or now)
+            self._fault(
+                FaultKind.AT_UNRESPONSIVE,
+                f"the modem has not answered AT for {waited:.1f} s",
+                at_alive=False,
+                now=now,
+            )
+        if t.state is not None and now >= t.state:
+            t.state = None
+            self._state_timeout(now)
+        if t.sim_check is not None and now >= t.sim_check:
+            t.sim_check = None
+            self._sim_check(now)
+        if t.poll is not None and now >= t.poll:
+            t.poll = now + self.config.registration_poll_s
+            self._poll_registration()
+        if t.signal is not None and now >= t.signal:
+            t.signal = now + self.config.signal_poll_s
+            self._poll_signal()
+        if t.iccid is not None and now >= t.iccid:
+            t.iccid = now + self.config.iccid_check_s
+            self._sim_check(now, periodic=True)
+        if t.probe is not None and now >= t.probe:
+            t.probe = now + self.config.probe_interval_s
+            if self._state is ModemState.ONLINE and not self._probe_pending:
+                self._probe_pending = True
+                self._actions.append(ProbeData())
+        self._pump(now)
+
+    # ------------------------------------------------------------------------ command plumbing
+
+    def _send(self, text: str, handler: Handler) -> None:
+        self._queue.append(_Cmd(text, handler))
+
+    def _then(self, fn: Callable[[float], None]) -> None:
+        self._queue.append(_Cmd(None, then=fn))
+
+    def _ignore(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            log.debug("modem: %s failed (%s), going on", outcome.command, outcome.result.line)
+
+    def _pump(self, now: float) -> None:
+        while self._inflight is None and self._queue and not self._at_stalled:
+            if self._state in (ModemState.PORT_CLOSED, ModemState.RESETTING):
+                self._queue.clear()
+                return
+            cmd = self._queue.popleft()
+            if cmd.text is None:
+                assert cmd.then is not None
+                cmd.then(now)
+                continue
+            self._inflight = cmd
+            self._inflight_gen = self._gen
+            self._inflight_id = None
+            self._awaiting_id = True
+            self._actions.append(SendAt(cmd.text))
+
+    def _command_done(self, event: CommandEvent, now: float) -> None:
+        cmd, gen = self._inflight, self._inflight_gen
+        self._inflight = None
+        self._inflight_id = None
+        if isinstance(event, CommandTimedOut):
+            self._at_timeout(event, now)
+            return
+        if isinstance(event, CommandAborted) or gen != self._gen:
+            return
+        if isinstance(event, CommandCompleted | CommandFailed) and cmd is not None and cmd.handler:
+            cmd.handler(event, now)
+
+    def _at_timeout(self, event: CommandTimedOut, now: float) -> None:
+        self._at_stalled = True
+        self._queue.clear()
+        if self._stalled_since is None:
+            self._stalled_since = now
+            self._t.unresponsive = now + self.config.at_unresponsive_s
+        if self._state is ModemState.RESETTING:
+            return  # a reset command may go unanswered; the reset wait runs on
+        self._fault(
+            FaultKind.AT_TIMEOUT,
+            f"no final result to {event.command} within {event.timeout:g} s",
+            at_alive=False,
+            now=now,
+        )
+
+    def _resynced(self, probes: int, now: float) -> None:
+        if not self._at_stalled and self._stalled_since is None:
+            return
+        self._at_stalled = False
+        self._stalled_since = None
+        self._t.unresponsive = None
+        self._events.append(AtRecovered(probes))
+        if self._state is ModemState.RECOVERING:
+            if self._data_up and self._effective_stat in REGISTERED_STATS:
+                self._enter(ModemState.ONLINE, "AT port answers again; the data link stayed up")
+                self._online_timers(now)
+            else:
+                self._probe(now, "AT port answers again")
+
+    # ------------------------------------------------------------------------- state handling
+
+    def _enter(self, state: ModemState, reason: str) -> None:
+        old = self._state
+        if (old, state) not in TRANSITIONS:
+            raise RuntimeError(f"modem manager bug: no transition {old.value} -> {state.value}")
+        self._gen += 1
+        self._queue.clear()
+        self._t = _Timers(unresponsive=self._t.unresponsive, sim_check=self._t.sim_check)
+        self._ndis_wait = False
+        if old is not state:
+            if old is ModemState.ONLINE:
+                self._apn_online = None
+                self._events.append(WentOffline(reason))
+            self._events.append(StateChanged(old, state, reason))
+            log.info("modem: %s -> %s (%s)", old.value, state.value, reason)
+        self._state = state
+        if state in (ModemState.ONLINE, ModemState.CONNECTING, ModemState.DATA_BACKOFF):
+            self._detail = ""
+
+    def _fault(self, kind: FaultKind, reason: str, *, at_alive: bool, now: float) -> None:
+        if self._state is ModemState.RECOVERING and kind is FaultKind.AT_TIMEOUT:
+            return  # already waiting for a step
+        if self._state is not ModemState.PORT_CLOSED:
+            self._enter(ModemState.RECOVERING, reason)
+        self._detail = reason
+        self._events.append(FaultDetected(Fault(kind, reason, at_alive)))
+
+    def _state_timeout(self, now: float) -> None:
+        state = self._state
+        if state is ModemState.SIM_ABSENT or state is ModemState.SIM_LOCKED:
+            self._t.state = now + self.config.sim_poll_s
+            self._sim_check(now)
+        elif state is ModemState.REGISTERING:
+            self._fault(
+                FaultKind.NO_SERVICE,
+                f"not registered after {self.config.registration_timeout_s:g} s with a ready SIM",
+                at_alive=True,
+                now=now,
+            )
+        elif state is ModemState.REG_BACKOFF:
+            self._enter(ModemState.REGISTERING, "registration backoff over")
+            self._send("AT+COPS=0", self._ignore)
+            self._registering(now)
+        elif state is ModemState.DATA_BACKOFF:
+            self._connect(now)
+        elif state is ModemState.CONNECTING and self._ndis_wait:
+            self._apn_failed(DataFailure.TIMEOUT, f"no {NDIS_STATUS_URC} within the wait", now)
+        elif state is ModemState.RESETTING:
+            self._probe(now, "reset wait over")
+
+    def _restarted(self, marker: str, now: float) -> None:
+        if self._state is ModemState.PORT_CLOSED:
+            return
+        self._at_stalled = False
+        self._stalled_since = None
+        self._t.unresponsive = None
+        self._forget_inflight()
+        self._stop_data(f"modem restarted ({marker})")
+        self._probe(now, f"modem restarted ({marker})")
+
+    # ---------------------------------------------------------------------------------- probe
+
+    def _probe(self, now: float, reason: str) -> None:
+        self._enter(ModemState.PROBING, reason)
+        self._sim = SimState.UNKNOWN
+        self._reg.clear()
+        self._effective_stat = STAT_UNKNOWN
+        self._pin_sent = False
+        self._send("ATE0 V1 +CMEE=1", self._probe_basic)
+        for command in ("AT+CGMI", "AT+CGMM", "AT+CGMR", "AT+CGSN"):
+            self._send(command, self._identity)
+        for command in (*self.config.profile.init_commands, *self.config.profile.sim_hotswap_setup):
+            self._send(command, self._ignore)
+        self._send("AT+COPS=3,0", self._ignore)
+        self._send("AT+CREG=2", self._ignore)
+        self._send("AT+CGREG=2", self._ignore)
+        self._send("AT+CEREG=2", self._cereg_enabled)
+        self._then(self._identified_modem)
+        self._send("AT+CPIN?", self._cpin)
+
+    def _probe_basic(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            # some firmwares refuse the chained form: set each alone
+            self._queue.extendleft(reversed([_Cmd(c, self._ignore) for c in ("ATE0", "ATV1", "AT+CMEE=1")]))
+
+    def _identity(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            return
+        value = strip_identity(outcome.lines)
+        name = outcome.command.upper()
+        if name == "AT+CGMI":
+            self._vendor = value
+        elif name == "AT+CGMM":
+            self._model = value
+        elif name == "AT+CGMR":
+            self._revision = value.removeprefix("Revision:").strip()
+        elif name == "AT+CGSN":
+            self._imei = value
+
+    def _cereg_enabled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        self._has_cereg = isinstance(outcome, CommandCompleted)
+
+    def _identified_modem(self, now: float) -> None:
+        self._events.append(ModemIdentified(self._vendor, self._model, self._revision, self._imei))
+
+    # ------------------------------------------------------------------------------------ SIM
+
+    def _cpin(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            code = outcome.result.code
+            if outcome.result.kind is FinalKind.CME_ERROR and code == CME_SIM_PIN:
+                self._sim_locked_pin(now)
+            elif outcome.result.kind is FinalKind.CME_ERROR and code == CME_SIM_PUK:
+                self._sim_locked(now, "the SIM is PUK-locked: unlock it with its PUK in a phone")
+            else:
+                self._sim_absent(now)
+            return
+        status = _fields(outcome.lines[0])[0].upper() if outcome.lines else ""
+        if status == "READY":
+            self._sim_ready(now)
+        elif status == "SIM PIN":
+            self._sim_locked_pin(now)
+        elif status in ("SIM PUK", "SIM PIN2", "SIM PUK2", "PH-SIM PIN"):
+            self._sim_locked(now, f"the SIM asks for {status}: unlock it in a phone, then reinsert it")
+        else:
+            self._sim_absent(now)
+
+    def _sim_locked_pin(self, now: float) -> None:
+        pin = self.config.pin
+        if pin is None:
+            self._sim_locked(now, "the SIM asks for its PIN: set modem.pin in the config, or remove the PIN")
+            return
+        if self._pin_refused or self._pin_sent:
+            self._sim_locked(
+                now,
+                "the SIM refused the PIN from the config; it is not sent again (3 wrong tries lock "
+                "the SIM): fix modem.pin and reinsert the SIM",
+            )
+            return
+        self._pin_sent = True
+        self._send(f'AT+CPIN="{pin}"', self._pin_answer)
+
+    def _pin_answer(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            self._pin_refused = True
+            self._sim_locked(
+                now,
+                f"the SIM refused the PIN from the config ({outcome.result.line}); it is not sent "
+                "again: fix modem.pin and reinsert the SIM",
+            )
+            return
+        # the SIM needs a moment after the PIN; ask again
+        self._send("AT+CPIN?", self._cpin)
+
+    def _sim_locked(self, now: float, detail: str) -> None:
+        self._sim = SimState.LOCKED
+        self._detail = detail
+        if self._state is not ModemState.SIM_LOCKED:
+            self._stop_data("SIM locked")
+            self._enter(ModemState.SIM_LOCKED, "SIM locked")
+            self._events.append(SimLocked(detail))
+            log.error("modem: %s", detail)
+        self._t.state = now + self.config.sim_poll_s
+
+    def _sim_absent(self, now: float) -> None:
+        old = self._iccid
+        self._sim = SimState.ABSENT
+        self._pin_refused = False
+        self._detail = "no SIM: insert one"
+        if self._state is not ModemState.SIM_ABSENT:
+            self._stop_data("SIM removed")
+            self._enter(ModemState.SIM_ABSENT, "no SIM")
+            if old is not None:
+                self._events.append(SimRemoved(old))
+            self._events.append(SimAbsent())
+        self._t.state = now + self.config.sim_poll_s
+
+    def _sim_ready(self, now: float) -> None:
+        self._sim = SimState.READY
+        self._detail = ""
+        if self._state is not ModemState.SIM_IDENTIFYING:
+            self._stop_data("SIM state changed")
+            self._enter(ModemState.SIM_IDENTIFYING, "SIM ready")
+        self._send(self.config.iccid_command, self._iccid_read)
+
+    def _iccid_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        iccid = parse_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
+        if iccid is None:
+            self._queue.appendleft(_Cmd(EF_ICCID_READ, self._ef_iccid_read))
+            return
+        self._identify(iccid)
+
+    def _ef_iccid_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        iccid = parse_ef_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
+        self._identify(iccid or "")
+
+    def _identify(self, iccid: str) -> None:
+        old = self._iccid
+        if iccid and iccid != old:
+            self._events.append(SimChanged(old, iccid))
+            if old is not None:
+                log.info("modem: SIM changed from %s to %s", redact_iccid(old), redact_iccid(iccid))
+            self._chooser = None
+            self._data_rounds = 0
+        self._iccid = iccid or old
+        self._send("AT+CIMI", self._imsi_read)
+        self._send(EF_AD_READ, self._ef_ad_read)
+        self._send("AT+CSPN?", self._spn_read)
+        self._then(self._sim_identified)
+
+    def _imsi_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandCompleted):
+            value = strip_identity(outcome.lines)
+            self._imsi = value if value.isdigit() else ""
+
+    def _ef_ad_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        self._mnc_length = None
+        if isinstance(outcome, CommandCompleted):
+            _, self._mnc_length = parse_ef_ad(outcome.lines)
+
+    def _spn_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        self._spn = parse_cspn(outcome.lines) if isinstance(outcome, CommandCompleted) else ""
+
+    def _sim_identified(self, now: float) -> None:
+        self._sim = SimState.IDENTIFIED
+        mcc = mnc = ""
+        if len(self._imsi) >= 5:
+            try:
+                mcc, mnc, _ = self._index.lookup_imsi(self._imsi, self._mnc_length)
+            except ValueError:
+                mcc, mnc = self._imsi[:3], self._imsi[3:5]
+        self._events.append(SimIdentified(self._iccid or "", mcc, mnc, self._spn))
+        self._enter(ModemState.REGISTERING, "SIM identified")
+        self._reg_backoff = self.config.registration_backoff_s
+        self._registering(now)
+
+    def _sim_check(self, now: float, *, periodic: bool = False) -> None:
+        """Read the SIM state and ICCID (after a hot-swap URC, or periodically)."""
+        state = self._state
+        if state in (ModemState.PORT_CLOSED, ModemState.PROBING, ModemState.RECOVERING, ModemState.RESETTING):
+            return
+        if state in (ModemState.SIM_ABSENT, ModemState.SIM_LOCKED):
+            self._pin_sent = False
+            self._send("AT+CPIN?", self._cpin)
+            return
+        if any(c.text == "AT+CPIN?" for c in self._queue):
+            return
+        self._send("AT+CPIN?", self._check_cpin)
+
+    def _check_cpin(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        ready = (
+            isinstance(outcome, CommandCompleted)
+            and bool(outcome.lines)
+            and _fields(outcome.lines[0])[0].upper() == "READY"
+        )
+        if not ready:
+            self._cpin(outcome, now)
+            return
+        self._send(self.config.iccid_command, self._check_iccid)
+
+    def _check_iccid(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        iccid = parse_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
+        if iccid is None or iccid == self._iccid:
+            return
+        self._stop_data("SIM swapped")
+        self._enter(ModemState.SIM_IDENTIFYING, "another SIM inserted")
+        self._sim = SimState.READY
+        self._identify(iccid)
+
+    # --------------------------------------------------------------------------- registration
+
+    def _registering(self, now: float) -> None:
+        self._t.state = now + self.config.registration_timeout_s
+        self._t.poll = now + self.config.registration_poll_s
+        self._t.signal = now + self.config.signal_poll_s
+        self._t.iccid = now + self.config.iccid_check_s
+        self._poll_registration()
+        self._poll_signal()
+
+    def _poll_registration(self) -> None:
+        if self._state in (ModemState.PORT_CLOSED, ModemState.RECOVERING, ModemState.RESETTING):
+            return
+        names = ["+CREG", "+CGREG"] + (["+CEREG"] if self._has_cereg else [])
+        for name in names:
+            self._send(f"AT{name}?", self._reg_reply)
+        self._send("AT+COPS?", self._cops_reply)
+
+    def _poll_signal(self) -> None:
+        if self._state in (ModemState.PORT_CLOSED, ModemState.RECOVERING, ModemState.RESETTING):
+            return
+        self._send("AT+CSQ", self._csq_reply)
+        if self._has_cereg:
+            self._send("AT+CESQ", self._cesq_reply)
+
+    def _reg_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed) or not outcome.lines:
+            return
+        info = parse_registration(outcome.lines[0], reply=True)
+        if info is not None:
+            self._reg_update(outcome.lines[0].split(":", 1)[0], info, now)
+
+    def _cops_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed) or not outcome.lines:
+            return
+        operator, act = parse_cops(outcome.lines[0])
+        self._operator = operator
+        if act is not None:
+            self._act = act
+
+    def _csq_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandCompleted) and outcome.lines:
+            dbm = csq_to_dbm(outcome.lines[0])
+            if not (self._has_cereg and self._dbm is not None and dbm is not None):
+                self._set_signal(dbm)
+
+    def _cesq_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandCompleted) and outcome.lines:
+            dbm = cesq_to_dbm(outcome.lines[0])
+            if dbm is not None:
+                self._set_signal(dbm)
+
+    def _set_signal(self, dbm: int | None) -> None:
+        if dbm != self._dbm:
+            self._dbm = dbm
+            self._events.append(SignalChanged(dbm))
+
+    def _reg_update(self, name: str, info: RegInfo, now: float) -> None:
+        self._reg[name] = info.stat
+        if info.act is not None and info.stat in REGISTERED_STATS:
+            self._act = info.act
+        ps = [self._reg[n] for n in ("+CGREG", "+CEREG") if n in self._reg]
+        stats = ps or [self._reg.get("+CREG", STAT_UNKNOWN)]
+        if STAT_HOME in stats:
+            stat = STAT_HOME
+        elif STAT_ROAMING in stats:
+            stat = STAT_ROAMING
+        elif STAT_DENIED in stats or self._reg.get("+CREG") == STAT_DENIED:
+            stat = STAT_DENIED
+        else:
+            stat = max(stats) if stats else STAT_UNKNOWN
+            stat = STAT_SEARCHING if stat == STAT_SEARCHING else STAT_NOT_REGISTERED
+        if stat != self._effective_stat:
+            self._effective_stat = stat
+            rat = ACT_NAMES.get(self._act, "") if self._act is not None else ""
+            self._events.append(RegistrationChanged(stat, rat, self._operator))
+            if stat in REGISTERED_STATS:
+                self._send("AT+COPS?", self._cops_reply)
+        self._evaluate_registration(now)
+
+    def _evaluate_registration(self, now: float) -> None:
+        stat = self._effective_stat
+        state = self._state
+        registered = stat == STAT_HOME or (stat == STAT_ROAMING and self.config.allow_roaming)
+        if state in (ModemState.REGISTERING, ModemState.REG_BACKOFF):
+            if registered:
+                self._reg_backoff = self.config.registration_backoff_s
+                self._connect(now)
+            elif stat in (STAT_DENIED, STAT_ROAMING):
+                why = "registration denied" if stat == STAT_DENIED else "roaming, and roaming is not allowed"
+                if state is ModemState.REGISTERING:
+                    self._refused(why, now)
+        elif state in (ModemState.CONNECTING, ModemState.DATA_BACKOFF, ModemState.ONLINE) and not registered:
+            why = "registration lost" if stat != STAT_ROAMING else "roaming, not allowed"
+            self._stop_data(why)
+            self._enter(ModemState.REGISTERING, why)
+            self._registering(now)
+            if stat in (STAT_DENIED, STAT_ROAMING):
+                self._refused(why, now)
+
+    def _refused(self, why: str, now: float) -> None:
+        delay = self._reg_backoff
+        self._reg_backoff = min(self._reg_backoff * 2, self.config.registration_backoff_max_s)
+        self._enter(ModemState.REG_BACKOFF, why)
+        self._detail = f"{why}: retrying in {delay:g} s"
+        self._events.append(RegistrationRefused(why, delay))
+        self._t.state = now + delay
+        self._t.iccid = now + self.config.iccid_check_s
+
+    # ------------------------------------------------------------------------------ data calls
+
+    def _connect(self, now: float) -> None:
+        if self._state is not ModemState.CONNECTING:
+            self._enter(ModemState.CONNECTING, "registered")
+        self._t.poll = now + self.config.registration_poll_s
+        self._t.iccid = now + self.config.iccid_check_s
+        iccid = self._iccid or ""
+        self._chooser = self._new_chooser(iccid)
+        event = self._chooser.start()
+        self._try(event, now)
+
+    def _new_chooser(self, iccid: str) -> ApnChooser:
+        apn = self.config.apn
+        try:
+            return ApnChooser.for_sim(
+                iccid=iccid,
+                imsi=self._imsi,
+                mnc_length=self._mnc_length,
+                index=self._index,
+                memory=self._memory,
+                config=apn,
+                spn=self._spn,
+            )
+        except ValueError as exc:
+            log.warning("modem: IMSI not usable for the APN lookup (%s): trying config and network APNs", exc)
+            candidates = rank_apns(
+                override=apn.override,
+                last_worked=self._memory.last_worked(iccid),
+                provider_apns=(),
+                allow_network_apn=apn.allow_network_apn,
+            )
+            return ApnChooser(iccid, candidates, self._memory)
+
+    def _try(self, event: ApnSelected | ApnsExhausted, now: float) -> None:
+        if isinstance(event, ApnsExhausted):
+            self._data_rounds += 1
+            tried = ", ".join(f"{c.settings.apn or '(network)'}: {r.value}" for c, r in event.tried)
+            self._detail = f"no APN worked ({tried or 'no candidates'})"
+            log.warning("modem: %s", self._detail)
+            if self._data_rounds >= self.config.data_rounds_before_fault:
+                self._data_rounds = 0
+                self._fault(FaultKind.DATA_SETUP, self._detail, at_alive=True, now=now)
+                return
+            self._enter(ModemState.DATA_BACKOFF, "every APN failed")
+            self._detail = f"no APN worked: retrying in {self.config.data_backoff_s:g} s"
+            self._t.state = now + self.config.data_backoff_s
+            self._t.poll = now + self.config.registration_poll_s
+            return
+        self._candidate = event.candidate
+        self._candidate_tries = 1
+        self._events.append(ApnTrying(event.candidate, event.attempt, event.total))
+        self._dial(now)
+
+    def _dial(self, now: float) -> None:
+        candidate = self._candidate
+        assert candidate is not None
+        apn = candidate.settings.apn
+        cid = self.config.cid
+        profile = self.config.profile
+        self._send(f'AT+CGDCONT={cid},"{self.config.pdp_type}","{apn}"', self._context_defined)
+        if profile.dial_method is DialMethod.ECM:
+            try:
+                command = profile.connect_command(cid, apn)
+            except ValueError as exc:
+                self._queue.clear()
+                self._apn_failed(DataFailure.REJECTED, str(exc), now)
+                return
+            self._send(command, self._ecm_dialled)
+        else:
+            self._then(self._start_data)
+
+    def _context_defined(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            self._queue.clear()
+            self._apn_failed(DataFailure.REJECTED, f"+CGDCONT: {outcome.result.line}", now)
+
+    def _ecm_dialled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            if outcome.result.code == CME_NO_NETWORK:
+                self._enter(ModemState.REGISTERING, "no network service for the call")
+                self._registering(now)
+                return
+            self._apn_failed(DataFailure.REJECTED, outcome.result.line, now)
+            return
+        if outcome.command.upper().startswith("AT^NDISDUP"):
+            self._ndis_wait = True
+            self._t.state = now + self.config.ecm_result_timeout_s
+            return
+        self._start_data(now)
+
+    def _start_data(self, now: float) -> None:
+        candidate = self._candidate
+        assert candidate is not None
+        profile = self.config.profile
+        cid = self.config.cid
+        dial = f"ATD*99***{cid}#" if profile.ppp_dial == "ATD*99#" else profile.ppp_dial
+        request = DataRequest(candidate.settings, cid, profile.dial_method, dial, profile.name)
+        self._data_pending = True
+        self._actions.append(StartData(request, self._gen))
+
+    def _apn_failed(self, reason: DataFailure, detail: str, now: float) -> None:
+        candidate = self._candidate
+        chooser = self._chooser
+        if candidate is None or chooser is None or chooser.current is None:
+            return
+        self._ndis_wait = False
+        self._t.state = None
+        self._events.append(ApnFailed(candidate, f"{reason.value}: {detail}".rstrip(": ")))
+        log.info("modem: APN %r failed: %s %s", candidate.settings.apn, reason.value, detail)
+        if reason in _RETRY_SAME_APN and self._candidate_tries < self.config.dial_attempts_per_apn:
+            self._candidate_tries += 1
+            self._dial(now)
+            return
+        self._try(chooser.failed(_APN_FAILURE[reason]), now)
+
+    def _online(self, now: float) -> None:
+        chooser = self._chooser
+        candidate = self._candidate
+        assert chooser is not None and candidate is not None
+        worked = chooser.worked()
+        if worked.memory_changed:
+            self._events.append(ApnRemembered(worked.iccid, candidate.settings))
+        self._data_rounds = 0
+        self._enter(ModemState.ONLINE, "data link up")
+        self._events.append(CameOnline(candidate.settings.apn, self._interface))
+        self._online_timers(now)
+
+    def _online_timers(self, now: float) -> None:
+        self._probe_fails = 0
+        self._probe_pending = False
+        self._t.poll = now + self.config.registration_poll_s
+        self._t.signal = now + self.config.signal_poll_s
+        self._t.iccid = now + self.config.iccid_check_s
+        self._t.probe = now + self.config.probe_interval_s
+        if self._candidate is not None:
+            self._apn_online = self._candidate.settings.apn
+
+    def _stop_data(self, reason: str) -> None:
+        if self._data_up or self._data_pending:
+            self._actions.append(StopData(reason))
+        self._data_up = False
+        self._data_pending = False
+        self._interface = ""
+
+    def _reattached(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            # no packet attach: deregister and register again instead
+            self._send("AT+COPS=2", self._ignore)
+            self._send("AT+COPS=0", self._ignore)
+        self._then(self._after_reattach)
+
+    def _after_reattach(self, now: float) -> None:
+        self._enter(ModemState.REGISTERING, "re-attached")
+        self._reg.clear()
+        self._effective_stat = STAT_UNKNOWN
+        self._registering(now)
+
+    def _reset_sent(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        self._enter(ModemState.RESETTING, "reset command sent")
+        self._t.state = now + self.config.reset_wait_s
+
+    # ----------------------------------------------------------------------------------- URCs
+
+    def _urc(self, event: UrcReceived, now: float) -> None:
+        name = event.name
+        line = event.line
+        if name in ("+CREG", "+CGREG", "+CEREG"):
+            info = parse_registration(line, reply=False)
+            if info is not None and self._state not in (ModemState.PORT_CLOSED, ModemState.PROBING):
+                self._reg_update(name, info, now)
+            return
+        if name == NDIS_STATUS_URC:
+            if self._state is ModemState.CONNECTING and self._ndis_wait:
+                self._ndis_wait = False
+                self._t.state = None
+                if _fields(line)[0] == "1":
+                    self._start_data(now)
+                else:
+                    self._apn_failed(DataFailure.REJECTED, line, now)
+            return
+        hotswap = self.config.profile.sim_hotswap_urcs
+        if line.startswith(hotswap) or name == "+CPIN":
+            if self._state in (ModemState.PORT_CLOSED, ModemState.PROBING, ModemState.RESETTING):
+                return
+            if any(hint in line.upper() for hint in SIM_REMOVED_HINTS):
+                log.info("modem: SIM hot-swap URC %r", line)
+            self._t.sim_check = now + self.config.sim_debounce_s
