@@ -34,14 +34,15 @@ import os
 import shlex
 import signal
 import stat
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvrlink.daemon.files import atomic_write
 from dvrlink.modem.apn import ApnSettings
+from dvrlink.modem.manager import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,23 @@ class LinkFailed:
     action: FailureAction
     reason: str
     exit_code: int | None = None
+    failure: DataFailure = DataFailure.OTHER
+    """The manager's class of this failure (``DataFailed.reason``)."""
+
+    def to_data_failed(self) -> DataFailed:
+        """The manager's :class:`~dvrlink.modem.manager.DataFailed` for this failure."""
+        return DataFailed(self.failure, f"{self.action.value}: {self.reason}")
+
+
+def to_data_result(result: LinkUp | LinkFailed) -> DataUp | DataFailed:
+    """A data link result in the manager's terms."""
+    if isinstance(result, LinkUp):
+        return DataUp(result.interface, result.local_ip)
+    return result.to_data_failed()
+
+
+PathProbe = Callable[[LinkUp], Awaitable[bool]]
+"""A data-path health check of an established link (see :mod:`dvrlink.modem.netprobe`)."""
 
 
 # ---------------------------------------------------------------------------------- config
@@ -236,8 +254,9 @@ def _chat_word(value: str) -> str:
     return f"'{value}'"
 
 
-def build_chat(config: PppConfig, apn: ApnSettings, dial: str = "ATD*99#") -> str:
-    """The chat script: reset, set the PDP context of ``config.cid`` to the APN, dial.
+def build_chat(config: PppConfig, apn: ApnSettings, dial: str = "ATD*99#", cid: int | None = None) -> str:
+    """The chat script: ``AT``, set the PDP context ``cid`` (default ``config.cid``) to the APN
+    (the manager has usually done so already; setting it again is harmless), dial.
 
     Raises:
         ValueError: the APN or dial string holds a quote or line break.
@@ -245,7 +264,7 @@ def build_chat(config: PppConfig, apn: ApnSettings, dial: str = "ATD*99#") -> st
     if any(ch in apn.apn for ch in "\"'\r\n"):
         raise ValueError(f"APN {apn.apn!r} holds a quote or line break: fix the APN setting")
     lines = [f"ABORT {_chat_word(text)}" for text in ABORT_STRINGS]
-    context = f'AT+CGDCONT={config.cid},"IP","{apn.apn}"'
+    context = f'AT+CGDCONT={config.cid if cid is None else cid},"IP","{apn.apn}"'
     lines += [
         f"TIMEOUT {config.chat_timeout_s}",
         "'' AT",
@@ -300,55 +319,78 @@ def parse_status_line(line: str) -> tuple[str, LinkUp] | None:
 
 # ------------------------------------------------------------------------ exit statuses (pure)
 
-PPPD_EXIT: Mapping[int, tuple[FailureAction, str]] = MappingProxyType(
+PPPD_EXIT: Mapping[int, tuple[FailureAction, DataFailure, str]] = MappingProxyType(
     {
-        0: (FailureAction.RETRY, "pppd ended the link normally"),
-        1: (FailureAction.CONFIG, "pppd hit a fatal error (see its log)"),
+        0: (FailureAction.RETRY, DataFailure.OTHER, "pppd ended the link normally"),
+        1: (FailureAction.CONFIG, DataFailure.OTHER, "pppd hit a fatal error (see its log)"),
         2: (
             FailureAction.CONFIG,
+            DataFailure.OTHER,
             "pppd rejected an option: check the extra PPP options and the pppd version",
         ),
-        3: (FailureAction.CONFIG, "pppd is not setuid root and needs to be: run the daemon as root"),
+        3: (
+            FailureAction.CONFIG,
+            DataFailure.OTHER,
+            "pppd is not setuid root and needs to be: run the daemon as root",
+        ),
         4: (
             FailureAction.CONFIG,
+            DataFailure.OTHER,
             "the kernel has no PPP support: enable CONFIG_PPP and CONFIG_PPP_ASYNC (or load ppp_async)",
         ),
-        5: (FailureAction.STOPPED, "pppd was stopped by SIGINT, SIGTERM or SIGHUP"),
+        5: (FailureAction.STOPPED, DataFailure.OTHER, "pppd was stopped by SIGINT, SIGTERM or SIGHUP"),
         6: (
             FailureAction.RECOVER,
+            DataFailure.NO_DEVICE,
             "the serial port is locked by another process: stop it, or the ladder reopens",
         ),
-        7: (FailureAction.RECOVER, "pppd could not open the modem's data port: check the modem is attached"),
-        8: (FailureAction.RETRY, "the connect script failed"),
-        9: (FailureAction.CONFIG, "the pty command failed: check the pty option"),
-        10: (FailureAction.NEXT_APN, "PPP negotiation failed (LCP or IPCP): the network refused this APN"),
+        7: (
+            FailureAction.RECOVER,
+            DataFailure.NO_DEVICE,
+            "pppd could not open the modem's data port: check the modem is attached",
+        ),
+        8: (FailureAction.RETRY, DataFailure.OTHER, "the connect script failed"),
+        9: (FailureAction.CONFIG, DataFailure.OTHER, "the pty command failed: check the pty option"),
+        10: (
+            FailureAction.NEXT_APN,
+            DataFailure.IPCP,
+            "PPP negotiation failed (LCP or IPCP): the network refused this APN",
+        ),
         11: (
             FailureAction.NEXT_APN,
+            DataFailure.AUTH,
             "the peer failed to authenticate to us: noauth is missing from the options",
         ),
-        12: (FailureAction.RETRY, "the link was idle too long"),
-        13: (FailureAction.RETRY, "the connect time limit was reached"),
-        14: (FailureAction.RETRY, "callback negotiated (not used)"),
-        15: (FailureAction.RETRY, "the peer stopped answering LCP echo requests"),
-        16: (FailureAction.RETRY, "the modem hung up (NO CARRIER)"),
-        17: (FailureAction.RECOVER, "loopback detected: the modem echoes our frames, it is in command mode"),
-        18: (FailureAction.RECOVER, "the init script failed"),
+        12: (FailureAction.RETRY, DataFailure.OTHER, "the link was idle too long"),
+        13: (FailureAction.RETRY, DataFailure.OTHER, "the connect time limit was reached"),
+        14: (FailureAction.RETRY, DataFailure.OTHER, "callback negotiated (not used)"),
+        15: (FailureAction.RETRY, DataFailure.NO_CARRIER, "the peer stopped answering LCP echo requests"),
+        16: (FailureAction.RETRY, DataFailure.NO_CARRIER, "the modem hung up (NO CARRIER)"),
+        17: (
+            FailureAction.RECOVER,
+            DataFailure.OTHER,
+            "loopback detected: the modem echoes our frames, it is in command mode",
+        ),
+        18: (FailureAction.RECOVER, DataFailure.OTHER, "the init script failed"),
         19: (
             FailureAction.NEXT_APN,
+            DataFailure.AUTH,
             "we failed to authenticate to the network: check the APN user name and password",
         ),
     }
 )
-"""pppd(8) EXIT STATUS → the manager's action and what it means."""
+"""pppd(8) EXIT STATUS → what to do, the manager's class of failure, and what it means."""
 
-_CHAT_ABORT_ACTIONS: Mapping[str, FailureAction] = MappingProxyType(
+_CHAT_ABORTS: Mapping[str, tuple[FailureAction, DataFailure]] = MappingProxyType(
     {
-        "NO CARRIER": FailureAction.NEXT_APN,
-        "NO DIALTONE": FailureAction.RETRY,
-        "BUSY": FailureAction.RETRY,
-        "NO ANSWER": FailureAction.RETRY,
-        "+CME ERROR": FailureAction.NEXT_APN,
-        "ERROR": FailureAction.NEXT_APN,
+        # NO CARRIER to ATD is how most modems say the context did not activate, but also how they
+        # say there is no coverage: the manager retries the APN, then moves on.
+        "NO CARRIER": (FailureAction.RETRY, DataFailure.NO_CARRIER),
+        "NO DIALTONE": (FailureAction.RETRY, DataFailure.NO_CARRIER),
+        "BUSY": (FailureAction.RETRY, DataFailure.NO_CARRIER),
+        "NO ANSWER": (FailureAction.RETRY, DataFailure.NO_CARRIER),
+        "+CME ERROR": (FailureAction.NEXT_APN, DataFailure.REJECTED),
+        "ERROR": (FailureAction.NEXT_APN, DataFailure.REJECTED),
     }
 )
 
@@ -357,17 +399,20 @@ def outcome_for_chat(status: int | None, device: str) -> LinkFailed:
     """A connect-script failure (pppd exit 8) by chat's own exit status, None when unknown."""
     if status is not None and 4 <= status < 4 + len(ABORT_STRINGS):
         seen = ABORT_STRINGS[status - 4]
-        action = _CHAT_ABORT_ACTIONS[seen]
+        action, failure = _CHAT_ABORTS[seen]
         hint = (
-            "the network refused the APN or the call" if action is FailureAction.NEXT_APN else "retry later"
+            "the network refused the APN"
+            if action is FailureAction.NEXT_APN
+            else "no call (coverage, or the APN did not activate)"
         )
-        return LinkFailed(action, f"dial on {device} answered {seen}: {hint}", 8)
+        return LinkFailed(action, f"dial on {device} answered {seen}: {hint}", 8, failure)
     if status == 3:
         return LinkFailed(
             FailureAction.RECOVER,
             f"no reply from the modem on {device} during the dial (chat timed out): check that this is its "
             "modem port and that it is in command mode",
             8,
+            DataFailure.TIMEOUT,
         )
     if status in (1, 2):
         return LinkFailed(
@@ -391,11 +436,15 @@ def outcome_for_exit(code: int, device: str, chat_status: int | None = None) -> 
         return LinkFailed(FailureAction.RETRY, f"pppd on {device} was killed by {name}", code)
     if code == 8:
         return outcome_for_chat(chat_status, device)
-    action, meaning = PPPD_EXIT.get(code, (FailureAction.RETRY, "unknown pppd exit status"))
-    return LinkFailed(action, f"pppd on {device} exited with {code}: {meaning}", code)
+    action, failure, meaning = PPPD_EXIT.get(
+        code, (FailureAction.RETRY, DataFailure.OTHER, "unknown pppd exit status")
+    )
+    return LinkFailed(action, f"pppd on {device} exited with {code}: {meaning}", code, failure)
 
 
-def write_files(config: PppConfig, device: str, apn: ApnSettings, dial: str = "ATD*99#") -> PppFiles:
+def write_files(
+    config: PppConfig, device: str, apn: ApnSettings, dial: str = "ATD*99#", cid: int | None = None
+) -> PppFiles:
     """Write the options (0600), chat script, connect and hook scripts (0700) and make the FIFO.
 
     Raises:
@@ -404,7 +453,7 @@ def write_files(config: PppConfig, device: str, apn: ApnSettings, dial: str = "A
     """
     files = PppFiles(config.run_dir)
     options = build_options(config, device, apn, files)
-    chat = build_chat(config, apn, dial)
+    chat = build_chat(config, apn, dial, cid)
     config.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     atomic_write(files.options, options.encode(), mode=0o600)
     atomic_write(files.chat, chat.encode(), mode=0o600)
@@ -424,12 +473,25 @@ def write_files(config: PppConfig, device: str, apn: ApnSettings, dial: str = "A
 
 
 class PppLink:
-    """Runs pppd for one modem data port (see module docstring)."""
+    """Runs pppd for one modem data port (see module docstring); a ``DataLink`` of the manager.
 
-    def __init__(self, config: PppConfig, device: str, *, dial: str = "ATD*99#") -> None:
+    ``path_probe`` judges the data path of an established link (``probe()``); without one, a
+    running pppd with an address counts as healthy. ``sysfs_net`` is where ``counters()`` reads the
+    interface's byte counters.
+    """
+
+    def __init__(
+        self,
+        config: PppConfig,
+        device: str,
+        *,
+        path_probe: PathProbe | None = None,
+        sysfs_net: Path = Path("/sys/class/net"),
+    ) -> None:
         self._config = config
         self._device = device
-        self._dial = dial
+        self._path_probe = path_probe
+        self._sysfs_net = sysfs_net
         self._proc: asyncio.subprocess.Process | None = None
         self._fifo_fd = -1
         self._fifo_buffer = b""
@@ -449,23 +511,71 @@ class PppLink:
         """pppd's process id while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
-    def probe(self) -> bool:
+    @property
+    def alive(self) -> bool:
         """True while pppd runs and the link has an address (not a data-path check)."""
         return self._up is not None and self.pid is not None
 
-    async def up(self, apn: ApnSettings) -> LinkUp | LinkFailed:
-        """Dial with ``apn`` and wait for IPCP to finish.
+    @property
+    def last_up(self) -> LinkUp | None:
+        """The addresses of the link while it is up (DNS servers included), else None."""
+        return self._up if self.alive else None
+
+    async def up(self, request: DataRequest) -> DataUp | DataFailed:
+        """The manager's ``DataLink.up``: :meth:`start` with the request's APN, dial and context.
+
+        Raises:
+            RuntimeError: pppd is still running; call ``down()`` first.
+            OSError: the run directory cannot be written.
+            ValueError: the APN or credentials cannot be written safely.
+        """
+        return to_data_result(await self.start(request.apn, request.dial, request.cid))
+
+    async def down(self) -> None:
+        """The manager's ``DataLink.down``: :meth:`stop`."""
+        await self.stop()
+
+    async def probe(self) -> bool:
+        """The manager's ``DataLink.probe``: False at once when pppd has ended or has no address,
+        else the data-path probe's verdict."""
+        up = self.last_up
+        if up is None:
+            return False
+        if self._path_probe is None:
+            return True
+        return await self._path_probe(up)
+
+    def counters(self) -> tuple[int, int]:
+        """Bytes received and sent on the PPP interface since it came up; (0, 0) when down or when
+        the kernel's counters cannot be read."""
+        up = self.last_up
+        if up is None:
+            return 0, 0
+        statistics = self._sysfs_net / up.interface / "statistics"
+        try:
+            rx = int((statistics / "rx_bytes").read_text())
+            tx = int((statistics / "tx_bytes").read_text())
+        except (OSError, ValueError):
+            return 0, 0
+        return rx, tx
+
+    async def start(
+        self, apn: ApnSettings, dial: str = "ATD*99#", cid: int | None = None
+    ) -> LinkUp | LinkFailed:
+        """Dial ``dial`` with ``apn`` on context ``cid`` and wait for IPCP to finish.
 
         Returns the addresses, or how it failed (never raises for a network or pppd failure).
 
         Raises:
-            RuntimeError: the link is already running; call ``down()`` first.
+            RuntimeError: pppd is still running; call ``stop()`` first.
             OSError: the run directory cannot be written.
             ValueError: the APN or credentials cannot be written safely.
         """
-        if self._proc is not None:
+        if self.pid is not None:
             raise RuntimeError(f"PPP link on {self._device} is already running: call down() first")
-        files = write_files(self._config, self._device, apn, self._dial)
+        if self._proc is not None:  # the last pppd ended by itself
+            await self._cleanup()
+        files = write_files(self._config, self._device, apn, dial, cid)
         loop = asyncio.get_running_loop()
         self._stopping = False
         self._up = None
@@ -489,6 +599,7 @@ class PppLink:
             return LinkFailed(
                 FailureAction.CONFIG,
                 f"cannot run {self._config.pppd_command[0]}: {exc}: install pppd or fix pppd_command",
+                failure=DataFailure.NO_DEVICE,
             )
         self._ended = loop.create_future()
         self._tasks = [loop.create_task(self._log_output()), loop.create_task(self._watch_exit(files))]
@@ -516,10 +627,11 @@ class PppLink:
             failed = self._ended.result()
             await self._cleanup()
             return failed
-        await self.down()
+        await self.stop()
         return LinkFailed(
             FailureAction.RETRY,
             f"PPP on {self._device} got no address within {self._config.up_timeout_s:g} s: pppd stopped",
+            failure=DataFailure.TIMEOUT,
         )
 
     async def wait_down(self) -> LinkFailed:
@@ -532,7 +644,7 @@ class PppLink:
             raise RuntimeError(f"PPP link on {self._device} was never started")
         return await asyncio.shield(self._ended)
 
-    async def down(self) -> LinkFailed | None:
+    async def stop(self) -> LinkFailed | None:
         """Stop pppd (SIGTERM, then SIGKILL after ``stop_timeout_s``); returns how it ended, or None
         when it was not running. Safe to call twice."""
         proc = self._proc
@@ -618,3 +730,7 @@ class PppLink:
             os.close(self._fifo_fd)
             self._fifo_fd = -1
             self._fifo_buffer = b""
+
+
+if TYPE_CHECKING:  # PppLink is a DataLink of the manager; mypy checks it here
+    _: DataLink = PppLink(PppConfig(), "/dev/null")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.modem.apn import ApnSettings
+from dvrlink.modem.manager import DataFailed, DataFailure
 from dvrlink.modem.ppp import (
     ABORT_STRINGS,
     PPPD_EXIT,
@@ -121,34 +122,39 @@ def test_status_line_from_the_hook() -> None:
     assert parse_status_line("up\tlocal=1.2.3.4") is None
 
 
+A, F = FailureAction, DataFailure
+
+
 @pytest.mark.parametrize(
-    ("code", "action"),
+    ("code", "action", "failure"),
     [
-        (0, FailureAction.RETRY),
-        (1, FailureAction.CONFIG),
-        (2, FailureAction.CONFIG),
-        (3, FailureAction.CONFIG),
-        (4, FailureAction.CONFIG),
-        (5, FailureAction.STOPPED),
-        (6, FailureAction.RECOVER),
-        (7, FailureAction.RECOVER),
-        (9, FailureAction.CONFIG),
-        (10, FailureAction.NEXT_APN),
-        (11, FailureAction.NEXT_APN),
-        (12, FailureAction.RETRY),
-        (13, FailureAction.RETRY),
-        (14, FailureAction.RETRY),
-        (15, FailureAction.RETRY),
-        (16, FailureAction.RETRY),
-        (17, FailureAction.RECOVER),
-        (18, FailureAction.RECOVER),
-        (19, FailureAction.NEXT_APN),
-        (99, FailureAction.RETRY),
+        (0, A.RETRY, F.OTHER),
+        (1, A.CONFIG, F.OTHER),
+        (2, A.CONFIG, F.OTHER),
+        (3, A.CONFIG, F.OTHER),
+        (4, A.CONFIG, F.OTHER),
+        (5, A.STOPPED, F.OTHER),
+        (6, A.RECOVER, F.NO_DEVICE),
+        (7, A.RECOVER, F.NO_DEVICE),
+        (9, A.CONFIG, F.OTHER),
+        (10, A.NEXT_APN, F.IPCP),
+        (11, A.NEXT_APN, F.AUTH),
+        (12, A.RETRY, F.OTHER),
+        (13, A.RETRY, F.OTHER),
+        (14, A.RETRY, F.OTHER),
+        (15, A.RETRY, F.NO_CARRIER),
+        (16, A.RETRY, F.NO_CARRIER),
+        (17, A.RECOVER, F.OTHER),
+        (18, A.RECOVER, F.OTHER),
+        (19, A.NEXT_APN, F.AUTH),
+        (99, A.RETRY, F.OTHER),
     ],
 )
-def test_every_pppd_exit_status_has_an_action(code: int, action: FailureAction) -> None:
+def test_every_pppd_exit_status_has_an_action(code: int, action: FailureAction, failure: DataFailure) -> None:
     failed = outcome_for_exit(code, DEVICE)
     assert failed.action is action
+    assert failed.failure is failure
+    assert failed.to_data_failed() == DataFailed(failure, f"{action.value}: {failed.reason}")
     assert failed.exit_code == code
     assert DEVICE in failed.reason and str(code) in failed.reason
 
@@ -160,21 +166,23 @@ def test_exit_table_covers_pppd_statuses_and_config_errors_say_what_to_do() -> N
 
 
 @pytest.mark.parametrize(
-    ("chat_status", "action", "seen"),
+    ("chat_status", "action", "failure", "seen"),
     [
-        (4, FailureAction.NEXT_APN, "NO CARRIER"),
-        (5, FailureAction.RETRY, "NO DIALTONE"),
-        (6, FailureAction.RETRY, "BUSY"),
-        (8, FailureAction.NEXT_APN, "+CME ERROR"),
-        (9, FailureAction.NEXT_APN, "ERROR"),
-        (3, FailureAction.RECOVER, "timed out"),
-        (2, FailureAction.CONFIG, "status 2"),
-        (None, FailureAction.RETRY, "status None"),
+        (4, FailureAction.RETRY, DataFailure.NO_CARRIER, "NO CARRIER"),
+        (5, FailureAction.RETRY, DataFailure.NO_CARRIER, "NO DIALTONE"),
+        (6, FailureAction.RETRY, DataFailure.NO_CARRIER, "BUSY"),
+        (8, FailureAction.NEXT_APN, DataFailure.REJECTED, "+CME ERROR"),
+        (9, FailureAction.NEXT_APN, DataFailure.REJECTED, "ERROR"),
+        (3, FailureAction.RECOVER, DataFailure.TIMEOUT, "timed out"),
+        (2, FailureAction.CONFIG, DataFailure.OTHER, "status 2"),
+        (None, FailureAction.RETRY, DataFailure.OTHER, "status None"),
     ],
 )
-def test_connect_failures_by_chat_status(chat_status: int | None, action: FailureAction, seen: str) -> None:
+def test_connect_failures_by_chat_status(
+    chat_status: int | None, action: FailureAction, failure: DataFailure, seen: str
+) -> None:
     failed = outcome_for_exit(8, DEVICE, chat_status)
-    assert (failed.action, failed.exit_code) == (action, 8)
+    assert (failed.action, failed.failure, failed.exit_code) == (action, failure, 8)
     assert seen in failed.reason
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from dvrlink.modem.apn import ApnSettings
+from dvrlink.modem.manager import DataFailed, DataFailure, DataRequest, DataUp
 from dvrlink.modem.ppp import FailureAction, LinkFailed, LinkUp, PppConfig, PppLink
+from dvrlink.modem.profiles import DialMethod
 from hil.modememu import ModemEmulator, SimCard
 
 FAKE = str(Path(__file__).resolve().parent.parent / "hil" / "fake_pppd.py")
@@ -56,10 +58,10 @@ def test_up_reports_interface_and_addresses_then_down_sends_sigterm(
 ) -> None:
     async def run() -> tuple[LinkUp | LinkFailed, bool, LinkFailed | None, bool]:
         link = PppLink(config(tmp_path, FAKE_PPPD_LOCAL="100.70.1.2"), emulator.path)
-        result = await link.up(ApnSettings(WORKING_APN))
-        alive = link.probe()
-        stopped = await link.down()
-        return result, alive, stopped, link.probe()
+        result = await link.start(ApnSettings(WORKING_APN))
+        alive = link.alive
+        stopped = await link.stop()
+        return result, alive, stopped, link.alive
 
     result, alive, stopped, alive_after = asyncio.run(run())
     assert result == LinkUp("ppp0", "100.70.1.2", "10.64.64.1", ("10.11.12.13", "10.11.12.14"))
@@ -70,19 +72,17 @@ def test_up_reports_interface_and_addresses_then_down_sends_sigterm(
     assert "ATD*99#" in emulator.commands
 
 
-def test_rejected_apn_no_carrier_means_next_apn_and_the_next_one_works(
-    tmp_path: Path, emulator: ModemEmulator
-) -> None:
+def test_rejected_apn_no_carrier_and_the_next_one_works(tmp_path: Path, emulator: ModemEmulator) -> None:
     async def run() -> tuple[LinkUp | LinkFailed, LinkUp | LinkFailed]:
         link = PppLink(config(tmp_path), emulator.path)
-        first = await link.up(ApnSettings("wrong.apn"))
-        second = await link.up(ApnSettings(WORKING_APN))
-        await link.down()
+        first = await link.start(ApnSettings("wrong.apn"))
+        second = await link.start(ApnSettings(WORKING_APN))
+        await link.stop()
         return first, second
 
     first, second = asyncio.run(run())
     assert isinstance(first, LinkFailed)
-    assert (first.action, first.exit_code) == (FailureAction.NEXT_APN, 8)
+    assert (first.action, first.failure, first.exit_code) == (FailureAction.RETRY, DataFailure.NO_CARRIER, 8)
     assert "NO CARRIER" in first.reason
     assert isinstance(second, LinkUp) and second.interface == "ppp0"
 
@@ -98,7 +98,7 @@ def test_negotiation_failures(
     tmp_path: Path, emulator: ModemEmulator, negotiation: str, code: int, action: FailureAction
 ) -> None:
     link = PppLink(config(tmp_path, FAKE_PPPD_NEGOTIATION=negotiation), emulator.path)
-    result = asyncio.run(link.up(ApnSettings(WORKING_APN)))
+    result = asyncio.run(link.start(ApnSettings(WORKING_APN)))
     assert isinstance(result, LinkFailed)
     assert (result.action, result.exit_code) == (action, code)
 
@@ -116,7 +116,7 @@ def test_negotiation_failures(
 )
 def test_exit_statuses_before_the_link_is_up(tmp_path: Path, code: int, action: FailureAction) -> None:
     link = PppLink(config(tmp_path, FAKE_PPPD_EXIT=str(code)), "/dev/null")
-    result = asyncio.run(link.up(ApnSettings("any")))
+    result = asyncio.run(link.start(ApnSettings("any")))
     assert isinstance(result, LinkFailed)
     assert (result.action, result.exit_code) == (action, code)
 
@@ -125,7 +125,7 @@ def test_unknown_option_is_pppds_options_error(tmp_path: Path) -> None:
     link = PppLink(
         PppConfig(**{**_fields(config(tmp_path)), "extra_options": ("no-such-option",)}), "/dev/null"
     )
-    result = asyncio.run(link.up(ApnSettings("any")))
+    result = asyncio.run(link.start(ApnSettings("any")))
     assert isinstance(result, LinkFailed)
     assert (result.action, result.exit_code) == (FailureAction.CONFIG, 2)
     assert "option" in result.reason
@@ -139,7 +139,7 @@ def test_missing_pppd_is_a_config_error(tmp_path: Path) -> None:
     link = PppLink(
         PppConfig(pppd_command=(str(tmp_path / "no-pppd"),), run_dir=tmp_path / "ppp"), "/dev/null"
     )
-    result = asyncio.run(link.up(ApnSettings("any")))
+    result = asyncio.run(link.start(ApnSettings("any")))
     assert isinstance(result, LinkFailed) and result.action is FailureAction.CONFIG
     assert "install pppd" in result.reason
 
@@ -147,7 +147,7 @@ def test_missing_pppd_is_a_config_error(tmp_path: Path) -> None:
 def test_modem_hangup_after_up_is_retry(tmp_path: Path, emulator: ModemEmulator) -> None:
     async def run() -> LinkFailed:
         link = PppLink(config(tmp_path), emulator.path)
-        assert isinstance(await link.up(ApnSettings(WORKING_APN)), LinkUp)
+        assert isinstance(await link.start(ApnSettings(WORKING_APN)), LinkUp)
         emulator.drop_carrier()  # the network ends the call: NO CARRIER on the data port
         return await asyncio.wait_for(link.wait_down(), 20)
 
@@ -159,7 +159,7 @@ def test_modem_hangup_after_up_is_retry(tmp_path: Path, emulator: ModemEmulator)
 def test_echo_timeout_after_up_is_retry(tmp_path: Path, emulator: ModemEmulator) -> None:
     async def run() -> LinkFailed:
         link = PppLink(config(tmp_path, FAKE_PPPD_NEGOTIATION="echo-timeout"), emulator.path)
-        assert isinstance(await link.up(ApnSettings(WORKING_APN)), LinkUp)
+        assert isinstance(await link.start(ApnSettings(WORKING_APN)), LinkUp)
         return await asyncio.wait_for(link.wait_down(), 20)
 
     ended = asyncio.run(run())
@@ -169,11 +169,11 @@ def test_echo_timeout_after_up_is_retry(tmp_path: Path, emulator: ModemEmulator)
 def test_pppd_killed_is_reported(tmp_path: Path, emulator: ModemEmulator) -> None:
     async def run() -> tuple[LinkFailed, bool]:
         link = PppLink(config(tmp_path), emulator.path)
-        assert isinstance(await link.up(ApnSettings(WORKING_APN)), LinkUp)
+        assert isinstance(await link.start(ApnSettings(WORKING_APN)), LinkUp)
         assert link.pid is not None
         os.kill(link.pid, signal.SIGKILL)
         ended = await asyncio.wait_for(link.wait_down(), 20)
-        return ended, link.probe()
+        return ended, link.alive
 
     ended, alive = asyncio.run(run())
     assert (ended.action, ended.exit_code) == (FailureAction.RETRY, -signal.SIGKILL)
@@ -185,8 +185,8 @@ def test_pppd_ignoring_sigterm_is_killed(tmp_path: Path, emulator: ModemEmulator
     async def run() -> LinkFailed | None:
         cfg = PppConfig(**{**_fields(config(tmp_path, FAKE_PPPD_IGNORE_TERM="1")), "stop_timeout_s": 0.5})
         link = PppLink(cfg, emulator.path)
-        assert isinstance(await link.up(ApnSettings(WORKING_APN)), LinkUp)
-        return await link.down()
+        assert isinstance(await link.start(ApnSettings(WORKING_APN)), LinkUp)
+        return await link.stop()
 
     stopped = asyncio.run(run())
     assert stopped is not None
@@ -200,11 +200,11 @@ def test_secrets_never_reach_the_log(
 
     async def run() -> None:
         link = PppLink(config(tmp_path), emulator.path)
-        result = await link.up(
+        result = await link.start(
             ApnSettings(WORKING_APN, username="carrier-user", password="s3cret-pw", auth="chap")
         )
         assert isinstance(result, LinkUp)
-        await link.down()
+        await link.stop()
 
     asyncio.run(run())
     assert "pppd[" in caplog.text  # pppd's output is logged...
@@ -215,11 +215,50 @@ def test_secrets_never_reach_the_log(
 def test_up_twice_is_a_caller_error(tmp_path: Path, emulator: ModemEmulator) -> None:
     async def run() -> None:
         link = PppLink(config(tmp_path), emulator.path)
-        assert isinstance(await link.up(ApnSettings(WORKING_APN)), LinkUp)
+        assert isinstance(await link.start(ApnSettings(WORKING_APN)), LinkUp)
         try:
             with pytest.raises(RuntimeError, match="already running"):
-                await link.up(ApnSettings(WORKING_APN))
+                await link.start(ApnSettings(WORKING_APN))
         finally:
-            await link.down()
+            await link.stop()
 
     asyncio.run(run())
+
+
+def test_the_managers_data_link_calls(tmp_path: Path, emulator: ModemEmulator) -> None:
+    """up(request)/probe()/counters()/down() as the modem runner calls them."""
+    sysfs = tmp_path / "net"
+    (sysfs / "ppp0" / "statistics").mkdir(parents=True)
+    (sysfs / "ppp0" / "statistics" / "rx_bytes").write_text("1234\n")
+    (sysfs / "ppp0" / "statistics" / "tx_bytes").write_text("567\n")
+    probed: list[LinkUp] = []
+
+    async def path_probe(up: LinkUp) -> bool:
+        probed.append(up)
+        return True
+
+    def request(apn: str) -> DataRequest:
+        return DataRequest(ApnSettings(apn), 1, DialMethod.PPP, "ATD*99#", "quectel-ec25")
+
+    async def run() -> list[object]:
+        link = PppLink(config(tmp_path), emulator.path, path_probe=path_probe, sysfs_net=sysfs)
+        seen: list[object] = [await link.up(request("wrong.apn"))]
+        seen.append(await link.probe())
+        seen.append(await link.up(request(WORKING_APN)))
+        seen += [await link.probe(), link.counters()]
+        emulator.drop_carrier()
+        await asyncio.wait_for(link.wait_down(), 20)
+        seen += [await link.probe(), link.counters()]
+        await link.down()
+        seen.append(await link.up(request(WORKING_APN)))  # again after the drop
+        await link.down()
+        return seen
+
+    failed, probe_down, up, probe_up, counters_up, probe_after, counters_after, again = asyncio.run(run())
+    assert isinstance(failed, DataFailed) and failed.reason is DataFailure.NO_CARRIER
+    assert probe_down is False
+    assert up == DataUp("ppp0", "10.64.64.64")
+    assert (probe_up, counters_up) == (True, (1234, 567))
+    assert [p.interface for p in probed] == ["ppp0"]
+    assert (probe_after, counters_after) == (False, (0, 0))  # pppd ended: no probe needed to tell
+    assert again == DataUp("ppp0", "10.64.64.64")
