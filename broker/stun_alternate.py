@@ -1,0 +1,165 @@
+"""The broker's RFC 5780 sockets: NAT behaviour discovery next to the presence port.
+
+With ``stun_alternate_host`` (a second address of the broker host) configured, the broker
+answers STUN Binding requests on four transport addresses (``dvrlink.protocol.stun_behaviour``):
+the presence socket (primary IP, primary port) and three sockets this module opens::
+
+    ALTERNATE_PORT  udp_host:stun_alternate_port
+    ALTERNATE_IP    stun_alternate_host:udp_port
+    ALTERNATE_BOTH  stun_alternate_host:stun_alternate_port
+
+The presence core keeps answering STUN on its own socket, through :meth:`StunAlternate.answer_on_primary`
+(its ``stun`` hook); a request with CHANGE-REQUEST is answered from one of the alternate sockets
+instead. A request on an alternate socket whose reply must come from the primary address goes
+through ``send_from_primary`` (the presence link). The alternate sockets carry nothing but STUN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from dvrlink.broker.presence_link import open_udp_socket
+from dvrlink.protocol.presence_events import Address
+from dvrlink.protocol.stun import binding_response
+from dvrlink.protocol.stun_behaviour import Origin, Rfc5780Addresses, StunReply, answer_binding
+
+log = logging.getLogger(__name__)
+
+SendFunction = Callable[[bytes, Address], None]
+
+
+class _AlternateSocket(asyncio.DatagramProtocol):
+    """One alternate socket: every datagram goes to the owner with this socket's origin."""
+
+    def __init__(self, owner: StunAlternate, origin: Origin) -> None:
+        self._owner = owner
+        self.origin = origin
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._owner.receive(data, (str(addr[0]), int(addr[1])), self.origin)
+
+    def error_received(self, exc: Exception) -> None:
+        self._owner.stats["send_errors"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class StunAlternate:
+    """RFC 5780 responder over the presence socket and three alternate sockets.
+
+    Build it before the presence core (which takes :meth:`answer_on_primary` as its STUN hook),
+    then :meth:`start` it once the presence socket is bound. Until then, and after
+    :meth:`close`, the hook answers like a plain STUN server (no RFC 5780 attributes).
+    """
+
+    def __init__(self, alternate_host: str, alternate_port: int) -> None:
+        self._alternate_host = alternate_host
+        self._alternate_port = alternate_port
+        self._addresses: Rfc5780Addresses | None = None
+        self._sockets: dict[Origin, _AlternateSocket] = {}
+        self._send_from_primary: SendFunction | None = None
+        self.stats: dict[str, int] = {"requests": 0, "changed": 0, "dropped": 0, "send_errors": 0}
+
+    @property
+    def addresses(self) -> Rfc5780Addresses | None:
+        """The four addresses once started, else None."""
+        return self._addresses
+
+    def answer_on_primary(self, data: bytes, source: Address) -> bytes | None:
+        """The presence core's STUN hook: the reply to send from the presence socket, ``b""``
+        when the reply went out from an alternate socket, or None if ``data`` is not a Binding
+        request. Never raises on bad input."""
+        if self._addresses is None:
+            return binding_response(data, source)
+        reply = answer_binding(data, source, Origin.PRIMARY, self._addresses)
+        if reply is None:
+            return None
+        self.stats["requests"] += 1
+        if reply.origin is Origin.PRIMARY:
+            return reply.data
+        self._send(reply)
+        return b""
+
+    def receive(self, data: bytes, source: Address, origin: Origin) -> None:
+        """A datagram arrived on the alternate socket of ``origin``; answer it if it is a
+        Binding request, else drop it."""
+        if self._addresses is None:
+            return
+        reply = answer_binding(data, source, origin, self._addresses)
+        if reply is None:
+            self.stats["dropped"] += 1
+            return
+        self.stats["requests"] += 1
+        self._send(reply)
+
+    def _send(self, reply: StunReply) -> None:
+        if reply.origin is Origin.PRIMARY:
+            if self._send_from_primary is not None:
+                self._send_from_primary(reply.data, reply.destination)
+            return
+        self.stats["changed"] += 1
+        sock = self._sockets.get(reply.origin)
+        if sock is None or sock.transport is None:
+            self.stats["dropped"] += 1
+            return
+        sock.transport.sendto(reply.data, reply.destination)
+
+    async def start(self, primary: Address, send_from_primary: SendFunction) -> Rfc5780Addresses:
+        """Open the three alternate sockets next to the bound presence socket ``primary``.
+
+        ``send_from_primary(data, destination)`` sends from the presence socket. A configured
+        alternate port of 0 takes a free port (the same on both IPs).
+
+        Raises:
+            ValueError: the addresses cannot serve RFC 5780 (e.g. the presence socket is bound
+                to a wildcard); the message says what to set.
+            OSError: an alternate socket cannot be bound; the message names the address.
+        """
+        loop = asyncio.get_running_loop()
+        primary_host, primary_port = primary
+        # Check the addresses before binding anything (a stand-in port while the real one is 0).
+        Rfc5780Addresses(
+            primary_host, primary_port, self._alternate_host, self._alternate_port or 1 + primary_port % 65535
+        )
+        self._send_from_primary = send_from_primary
+        try:
+            port = self._alternate_port
+            # Bound in this order so that a kernel-picked alternate port is known for the last one.
+            for origin in (Origin.ALTERNATE_PORT, Origin.ALTERNATE_IP, Origin.ALTERNATE_BOTH):
+                host = self._alternate_host if origin.alternate_ip else primary_host
+                sock = open_udp_socket(host, port if origin.alternate_port else primary_port)
+                if origin is Origin.ALTERNATE_PORT:
+                    port = int(sock.getsockname()[1])
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda o=origin: _AlternateSocket(self, o),  # type: ignore[misc]
+                    sock=sock,
+                )
+                self._sockets[origin] = protocol
+            self._addresses = Rfc5780Addresses(primary_host, primary_port, self._alternate_host, port)
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "RFC 5780 STUN: primary %s:%d, alternate %s:%d",
+            primary_host,
+            primary_port,
+            self._alternate_host,
+            port,
+        )
+        return self._addresses
+
+    def close(self) -> None:
+        """Close the alternate sockets; the hook falls back to plain STUN answers."""
+        self._addresses = None
+        for sock in self._sockets.values():
+            if sock.transport is not None:
+                sock.transport.close()
+        self._sockets.clear()
