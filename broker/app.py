@@ -41,11 +41,13 @@ from dvrlink.broker.state import (
     remove_info,
     write_info,
 )
+from dvrlink.broker.stun_alternate import StunAlternate
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
 from dvrlink.protocol.identity import x25519_public_bytes
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
+from dvrlink.protocol.stun import binding_response
 
 LOCK_FILE = "broker.lock"
 
@@ -160,7 +162,13 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         registry = Registry(state / REGISTRY_FILE)
         stack.callback(registry.close)
         static_key = load_or_create_static_key(state)
-        server = PresenceServer(server_config or ServerConfig(), static_key)
+        alternate = (  # RFC 5780 STUN on a second address and port, when configured
+            None
+            if config.stun_alternate_host is None
+            else StunAlternate(config.stun_alternate_host, config.stun_alternate_port)
+        )
+        stun = binding_response if alternate is None else alternate.answer_on_primary
+        server = PresenceServer(server_config or ServerConfig(), static_key, stun=stun)
         gateway = PresenceGateway(server, loop, flush=lambda: link.flush())  # noqa: PLW0108 (link is bound below)
         on_event = DeviceEventHandler(
             server, registry, config.manifest_only, loop.time, time.time, gateway.on_event
@@ -168,6 +176,14 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         link = await start_presence_link(server, on_event, config.udp_host, config.udp_port)
         stack.callback(link.close)
         udp_port = link.local_address[1]
+        if alternate is not None:
+
+            def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
+                server.queue_datagram(data, address)
+                link.flush()
+
+            await alternate.start(link.local_address, send_from_primary)
+            stack.callback(alternate.close)
         turn: TurnLink | None = None
         relays: RelayDirectory | None = None
         public = relay_public_address(config)

@@ -33,6 +33,8 @@ from the directory that holds the file)::
     turn_credential_ttl_s = 3600            # lifetime of TURN REST credentials handed out
     turn_allow_loopback_peers = false       # true only for loopback tests and the demo
     # turn_servers = [{host = "turn1.example.net", port = 3478, transport = "udp"}]  # coturn fleet
+    # stun_alternate_host = "203.0.113.11"  # RFC 5780 NAT discovery: a second local address
+    stun_alternate_port = 3480              # ... and a second port (udp_host must be specific)
     log_level = "INFO"
 """
 
@@ -143,6 +145,13 @@ class BrokerConfig:
     turn_servers: tuple[ExternalTurnServer, ...] = ()
     """External TURN servers (a coturn fleet) handed out after the built-in one, or instead of it
     when ``turn_enabled`` is false."""
+    stun_alternate_host: str | None = None
+    """IP literal of a second address of this host: with it, STUN on the presence port gains
+    RFC 5780 (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST), so clients can classify their NAT.
+    Needs a specific ``udp_host`` of the same IP family. None = plain STUN."""
+    stun_alternate_port: int = 3480
+    """Second STUN port for RFC 5780, bound on ``udp_host`` and on ``stun_alternate_host``; 0 = a
+    free port. Only used with ``stun_alternate_host``."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
 
@@ -175,6 +184,7 @@ _INT_LIMITS = {
     "turn_tcp_port": (0, 65535),
     "turn_relay_port_min": (0, 65535),
     "turn_relay_port_max": (0, 65535),
+    "stun_alternate_port": (0, 65535),
 }
 _DURATION_LIMITS = {
     "token_lifetime_s": (60.0, 10 * 365 * 86400.0),
@@ -245,6 +255,7 @@ def config_from_mapping(
             "self-signed certificate in state_dir"
         )
     _check_turn(values, source)
+    _check_stun(values, source)
     return BrokerConfig(**values)  # type: ignore[arg-type]
 
 
@@ -270,6 +281,29 @@ def _check_turn(values: Mapping[str, object], source: str) -> None:
         )
 
 
+def _check_stun(values: Mapping[str, object], source: str) -> None:
+    alternate = values.get("stun_alternate_host")
+    if alternate is None:
+        return
+    primary = ipaddress.ip_address(str(values.get("udp_host", "0.0.0.0")))
+    other = ipaddress.ip_address(str(alternate))
+    if primary.is_unspecified or other.is_unspecified or primary.version != other.version or primary == other:
+        raise ConfigError(
+            f"{source}: stun_alternate_host {other} with udp_host {primary}: RFC 5780 needs two "
+            "different specific addresses of one IP family; set udp_host to the primary address "
+            "(not a wildcard) and stun_alternate_host to a second address of this host"
+        )
+    port = values.get("stun_alternate_port", 3480)
+    taken = {"udp_port": values.get("udp_port", 3478)}
+    if values.get("turn_enabled", True):
+        taken["turn_udp_port"] = values.get("turn_udp_port", 3479)
+    for key, used in taken.items():
+        if port != 0 and port == used:
+            raise ConfigError(
+                f"{source}: stun_alternate_port {port} is also {key}; give the RFC 5780 port its own number"
+            )
+
+
 def _check(name: str, raw: object, source: str, base: Path) -> object:
     where = f"{source}: key {name!r}"
     if name in ("state_dir", "tls_cert", "tls_key", "turn_secret_file"):
@@ -277,7 +311,7 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
             raise ConfigError(f"{where} must be a path string, got {raw!r}")
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (base / p)
-    if name in ("udp_host", "https_host", "turn_relay_host", "turn_relay_public_host"):
+    if name in ("udp_host", "https_host", "turn_relay_host", "turn_relay_public_host", "stun_alternate_host"):
         if not isinstance(raw, str):
             raise ConfigError(f'{where} must be an IP literal string such as "0.0.0.0" or "::", got {raw!r}')
         try:

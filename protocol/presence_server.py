@@ -3,7 +3,8 @@
 Feed it datagrams with their source address and the current time; take datagrams to send
 (with destinations), events and the next timer deadline. It never raises on bad input from
 the network, and it never answers an unauthenticated datagram with more bytes than it received,
-except a valid STUN Binding request (see ``dvrlink.protocol.stun``).
+except a valid STUN Binding request (see ``dvrlink.protocol.stun``; the ``stun`` hook can replace
+that responder, e.g. with the RFC 5780 one of ``dvrlink.broker.stun_alternate``).
 
 The application decides who may register: the core emits ``RegistrationRequested`` after the
 cookie and the signature check out, and the application calls ``accept`` or ``refuse``.
@@ -61,6 +62,10 @@ from dvrlink.protocol.presence_wire import (
     encode_address,
 )
 from dvrlink.protocol.stun import binding_response
+
+StunHook = Callable[[bytes, Address], bytes | None]
+"""Answers a STUN datagram from an address: the reply to send from the presence socket, ``b""`` if
+it was answered elsewhere (another socket), or None if it is not a Binding request."""
 
 PENDING_REGISTRATION_TTL = 30.0
 INVITE_RETRANSMIT_MAX = 8.0
@@ -177,8 +182,10 @@ class PresenceServer:
         config: ServerConfig,
         static_key: X25519PrivateKey,
         rng: Callable[[int], bytes] = os.urandom,
+        stun: StunHook = binding_response,
     ) -> None:
         self._config = config
+        self._stun = stun
         self._static = static_key
         self._static_public = x25519_public_bytes(static_key)
         self._rng = rng
@@ -214,6 +221,12 @@ class PresenceServer:
         """(datagram, destination) pairs, oldest first; the list is drained."""
         out, self._outbox = self._outbox, []
         return out
+
+    def queue_datagram(self, data: bytes, address: Address) -> None:
+        """Queue a datagram to send from the presence socket (the RFC 5780 responder answers a
+        CHANGE-REQUEST that arrived on another socket this way); the link sends it on its next
+        pass (call its ``flush``)."""
+        self._outbox.append((data, address))
 
     def next_event(self) -> ServerEvent | None:
         """The next event, or None."""
@@ -369,11 +382,12 @@ class PresenceServer:
     # -- handlers -----------------------------------------------------------------------------
 
     def _on_stun(self, data: bytes, address: Address) -> bool:
-        reply = binding_response(data, address)
+        reply = self._stun(data, address)
         if reply is None:
             return False
         self.stats["stun"] += 1
-        self._outbox.append((reply, address))
+        if reply:
+            self._outbox.append((reply, address))
         return True
 
     def _on_hello(self, data: bytes, address: Address, now: float) -> bool:
