@@ -98,6 +98,15 @@ def to_data_result(result: LinkUp | LinkFailed) -> DataUp | DataFailed:
     return result.to_data_failed()
 
 
+def interface_counters(sysfs_net: Path, interface: str) -> tuple[int, int]:
+    """The kernel's received and sent byte counters of ``interface``; (0, 0) when unreadable."""
+    statistics = sysfs_net / interface / "statistics"
+    try:
+        return int((statistics / "rx_bytes").read_text()), int((statistics / "tx_bytes").read_text())
+    except (OSError, ValueError):
+        return 0, 0
+
+
 PathProbe = Callable[[LinkUp], Awaitable[bool]]
 """A data-path health check of an established link (see :mod:`dvrlink.modem.netprobe`)."""
 
@@ -549,15 +558,7 @@ class PppLink:
         """Bytes received and sent on the PPP interface since it came up; (0, 0) when down or when
         the kernel's counters cannot be read."""
         up = self.last_up
-        if up is None:
-            return 0, 0
-        statistics = self._sysfs_net / up.interface / "statistics"
-        try:
-            rx = int((statistics / "rx_bytes").read_text())
-            tx = int((statistics / "tx_bytes").read_text())
-        except (OSError, ValueError):
-            return 0, 0
-        return rx, tx
+        return (0, 0) if up is None else interface_counters(self._sysfs_net, up.interface)
 
     async def start(
         self, apn: ApnSettings, dial: str = "ATD*99#", cid: int | None = None
