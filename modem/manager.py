@@ -865,6 +865,7 @@ class ModemManager:
         self._stalled_since = None
         self._t.unresponsive = None
         self._probe(now, "port opened")
+        self._pump(now)
 
     def port_closed(self, reason: str, now: float, *, expected: bool = False) -> None:
         """The AT port closed. ``expected``: the driver closed it (a ladder step); otherwise it is
@@ -1609,6 +1610,8 @@ class ModemManager:
         self._t.signal = now + self.config.signal_poll_s
         self._t.iccid = now + self.config.iccid_check_s
         self._t.probe = now + self.config.probe_interval_s
+        self._send("AT+COPS?", self._cops_reply)
+        self._poll_signal()
         if self._candidate is not None:
             self._apn_online = self._candidate.settings.apn
 

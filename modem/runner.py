@@ -224,12 +224,12 @@ class ModemRunner:
                 self._fault(Fault(FaultKind.PORT_LOST, "the AT port did not appear", at_alive=False))
             while True:
                 self._drain()
+                self._wake.clear()  # callbacks set it when they change a deadline
                 timeout = self._timeout(loop.time())
                 if timeout is None or timeout > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(timeout):
                             await self._wake.wait()
-                self._wake.clear()
                 self._on_timers()
         finally:
             await self._shutdown()
