@@ -148,6 +148,8 @@ class PppConfig:
     """Seconds from start to ip-up before the attempt is given up."""
     stop_timeout_s: float = 5.0
     """Seconds pppd gets after SIGTERM before SIGKILL."""
+    hook_timeout_s: int = 5
+    """Seconds the ip-up/ip-down hook waits for the daemon to read its status line."""
     extra_options: tuple[str, ...] = ()
     """More pppd options, one per line (e.g. ``novj``, ``mtu 1400``)."""
     environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -298,19 +300,25 @@ def build_connect(config: PppConfig, files: PppFiles) -> str:
     )
 
 
-def build_hook(files: PppFiles, kind: str) -> str:
+def build_hook(files: PppFiles, kind: str, timeout_s: int = 5) -> str:
     """The ip-up (``kind`` "up") or ip-down ("down") script: one status line into the FIFO.
 
     pppd runs it as ``<script> interface tty speed local-IP remote-IP ipparam`` with DNS1/DNS2 set
-    under ``usepeerdns``.
+    under ``usepeerdns``. Opening a FIFO blocks until it has a reader, so where ``timeout`` exists
+    (coreutils, BusyBox) the write gives up after ``timeout_s`` instead of hanging when the daemon is
+    gone.
     """
     fifo = shlex.quote(str(files.events))
     return (
         "#!/bin/sh\n"
         f"# Written by dvrlinkd: tells the daemon that the link is {kind}.\n"
         f"[ -p {fifo} ] || exit 0\n"
-        f"printf '{kind}\\tiface=%s\\ttty=%s\\tlocal=%s\\tremote=%s\\tdns1=%s\\tdns2=%s\\tipparam=%s\\n' "
-        f'"$1" "$2" "$4" "$5" "${{DNS1:-}}" "${{DNS2:-}}" "$6" > {fifo}\n'
+        f"line=$(printf '{kind}\\tiface=%s\\ttty=%s\\tlocal=%s\\tremote=%s\\tdns1=%s\\tdns2=%s\\tipparam=%s' "
+        '"$1" "$2" "$4" "$5" "${DNS1:-}" "${DNS2:-}" "$6")\n'
+        "if command -v timeout >/dev/null 2>&1; then\n"
+        f'    exec timeout {timeout_s} sh -c \'printf "%s\\\\n" "$1" > "$2"\' hook "$line" {fifo}\n'
+        "fi\n"
+        f"printf '%s\\n' \"$line\" > {fifo}\n"
     )
 
 
@@ -467,8 +475,8 @@ def write_files(
     atomic_write(files.options, options.encode(), mode=0o600)
     atomic_write(files.chat, chat.encode(), mode=0o600)
     atomic_write(files.connect, build_connect(config, files).encode(), mode=0o700)
-    atomic_write(files.ip_up, build_hook(files, "up").encode(), mode=0o700)
-    atomic_write(files.ip_down, build_hook(files, "down").encode(), mode=0o700)
+    atomic_write(files.ip_up, build_hook(files, "up", config.hook_timeout_s).encode(), mode=0o700)
+    atomic_write(files.ip_down, build_hook(files, "down", config.hook_timeout_s).encode(), mode=0o700)
     files.connect_status.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISFIFO(files.events.lstat().st_mode):

@@ -6,8 +6,11 @@ because pppd cannot run here: there is no /dev/ppp).
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -190,3 +193,24 @@ def test_killed_pppd() -> None:
     failed = outcome_for_exit(-signal.SIGKILL, DEVICE)
     assert failed.action is FailureAction.RETRY
     assert "SIGKILL" in failed.reason
+
+
+def test_hook_reports_pppds_arguments_and_gives_up_without_a_reader(tmp_path: Path) -> None:
+    """The ip-up script run as pppd runs it; then again with nobody reading the FIFO."""
+    files = write_files(PppConfig(run_dir=tmp_path, hook_timeout_s=1), DEVICE, ApnSettings("web"))
+    env = {**os.environ, "DNS1": "192.0.2.53", "DNS2": "192.0.2.54"}
+    args = [str(files.ip_up), "ppp0", DEVICE, "115200", "100.64.1.2", "10.64.64.1", "dvrlink"]
+    reader = os.open(files.events, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        subprocess.run(args, env=env, check=True, timeout=30)
+        line = os.read(reader, 4096).decode()
+    finally:
+        os.close(reader)
+    assert parse_status_line(line) == (
+        "up",
+        LinkUp("ppp0", "100.64.1.2", "10.64.64.1", ("192.0.2.53", "192.0.2.54")),
+    )
+    if shutil.which("timeout"):
+        # no reader: opening the FIFO would block for ever; the hook gives up after 1 s
+        done = subprocess.run(args, env=env, check=False, timeout=30)
+        assert done.returncode != 0
