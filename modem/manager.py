@@ -905,6 +905,7 @@ class ModemManager:
         if isinstance(event, CommandEvent):
             if event.command_id == self._inflight_id and self._inflight is not None:
                 self._command_done(event, now)
+                self._pump(now)
             return
         if isinstance(event, UrcReceived):
             self._urc(event, now)

@@ -1,0 +1,236 @@
+"""The modem state machine without I/O (a scripted modem and made-up time), its parsers and its
+status snapshot; and, over the emulator, SIM swaps keeping data accounting apart per ICCID."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_modem_manager_rig import needs_database, provider_index, run, running
+
+from dvrlink.modem.apn import ApnMemory
+from dvrlink.modem.at import (
+    CommandCompleted,
+    CommandFailed,
+    CommandTimedOut,
+    FinalResult,
+    Resynced,
+    parse_final,
+)
+from dvrlink.modem.ladder import FaultKind, Step
+from dvrlink.modem.manager import (
+    TRANSITIONS,
+    DataUp,
+    FaultDetected,
+    ModemConfig,
+    ModemManager,
+    ModemState,
+    ModemStatus,
+    SendAt,
+    StartData,
+    cesq_to_dbm,
+    csq_to_dbm,
+    parse_ef_iccid,
+    parse_iccid,
+    parse_registration,
+    redact_iccid,
+)
+from dvrlink.modem.profiles import profile_by_name
+from hil.modememu import SimCard
+
+ICCID = "89490200001234567890"
+
+
+def test_parsers() -> None:
+    assert parse_registration('+CREG: 2,1,"1A2B","01C3D4E5",7', reply=True).stat == 1  # type: ignore[union-attr]
+    assert parse_registration('+CEREG: 5,"2B3C","01C3D4E5",7', reply=False) == parse_registration(
+        '+CEREG: 2,5,"2B3C","01C3D4E5",7', reply=True
+    )
+    info = parse_registration('+CGREG: 1,"1A2B","01C3D4E5",2', reply=False)
+    assert info is not None and (info.stat, info.act) == (1, 2)
+    assert parse_registration("+CREG: x", reply=False) is None
+    assert (csq_to_dbm("+CSQ: 0,99"), csq_to_dbm("+CSQ: 31,0"), csq_to_dbm("+CSQ: 99,99")) == (
+        -113,
+        -51,
+        None,
+    )
+    assert cesq_to_dbm("+CESQ: 99,99,255,255,20,60") == -81
+    assert cesq_to_dbm("+CESQ: 99,99,40,10,255,255") == -81
+    assert cesq_to_dbm("+CESQ: 99,99,255,255,255,255") is None
+    assert parse_iccid(("+QCCID: 89490200001234567890",)) == ICCID
+    assert parse_iccid(("^ICCID: 8949020000123456789F",)) == "8949020000123456789"
+    assert parse_iccid(("garbage",)) is None
+    assert parse_ef_iccid(('+CRSM: 144,0,"98942000002143658709"',)) == ICCID
+
+
+def test_iccid_is_redacted_in_status_text_and_dict() -> None:
+    status = ModemStatus(ModemState.ONLINE, iccid=ICCID, imei="866425031234567")
+    assert redact_iccid(ICCID) == "894902**********7890"
+    assert ICCID not in str(status) and ICCID not in repr(status)
+    assert status.as_dict()["iccid"] == "894902**********7890"
+    assert "866425031234567" not in repr(status)
+
+
+def test_every_state_is_reachable_in_the_transition_table() -> None:
+    targets = {new for (_, new) in TRANSITIONS}
+    assert targets == set(ModemState)
+
+
+def test_config_errors_say_what_to_fix() -> None:
+    profile = profile_by_name("generic")
+    with pytest.raises(ValueError, match=r"modem\.pin"):
+        ModemConfig(profile=profile, pin="12a4")
+    with pytest.raises(ValueError, match="1-24"):
+        ModemConfig(profile=profile, cid=0)
+
+
+class ScriptedModem:
+    """Answers the manager's commands from a table; made-up command ids and time."""
+
+    def __init__(self, manager: ModemManager, answers: dict[str, tuple[str, ...]]) -> None:
+        self.manager = manager
+        self.answers = answers
+        self.sent: list[str] = []
+        self.next_id = 1
+        self.hang = False
+        self.events: list[object] = []
+
+    def step(self, now: float) -> None:
+        """Answer every SendAt and start every data link, until the manager is quiet."""
+        while True:
+            action = self.manager.next_action()
+            while (event := self.manager.next_event()) is not None:
+                self.events.append(event)
+            if action is None:
+                return
+            if isinstance(action, StartData):
+                self.manager.data_result(DataUp("usb0"), now, generation=action.generation)
+            elif isinstance(action, SendAt):
+                command_id = self.next_id
+                self.next_id += 1
+                self.sent.append(action.command)
+                self.manager.at_submitted(command_id)
+                if self.hang:
+                    continue
+                lines = ()
+                final = "OK"
+                for prefix, reply in self.answers.items():
+                    if action.command.startswith(prefix):
+                        *lines, final = reply  # type: ignore[assignment]
+                        break
+                result = parse_final(final)
+                assert result is not None
+                event: CommandCompleted | CommandFailed
+                if result.ok:
+                    event = CommandCompleted(command_id, action.command, tuple(lines), result)
+                else:
+                    event = CommandFailed(command_id, action.command, tuple(lines), result, 1)
+                self.manager.at_event(event, now)
+
+
+ANSWERS = {
+    "AT+CPIN?": ("+CPIN: READY", "OK"),
+    "AT+QCCID": (f"+QCCID: {ICCID}", "OK"),
+    "AT+CIMI": ("262011234567890", "OK"),
+    "AT+CRSM=176,28589": ('+CRSM: 144,0,"00000002"', "OK"),
+    "AT+CSPN?": ('+CSPN: "Telekom.de",0', "OK"),
+    "AT+CREG?": ('+CREG: 2,1,"1A2B","01C3D4E5",7', "OK"),
+    "AT+CGREG?": ('+CGREG: 2,1,"1A2B","01C3D4E5",7', "OK"),
+    "AT+CEREG?": ('+CEREG: 2,1,"2B3C","01C3D4E5",7', "OK"),
+    "AT+COPS?": ('+COPS: 0,0,"Telekom.de",7', "OK"),
+    "AT+CSQ": ("+CSQ: 25,99", "OK"),
+    "AT+CESQ": ("+CESQ: 99,99,255,255,255,255", "OK"),
+}
+
+
+@needs_database
+def test_made_up_time_online_then_a_timeout_is_a_fault_and_a_resync_puts_it_back() -> None:
+    config = ModemConfig(
+        profile=profile_by_name("quectel-ec25"), at_unresponsive_s=10.0, probe_interval_s=30.0
+    )
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, ANSWERS)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.ONLINE
+    status = manager.status()
+    assert (status.apn, status.operator, status.rat, status.signal_dbm) == (
+        "internet.t-d1.de",
+        "Telekom.de",
+        "LTE",
+        -63,
+    )
+    assert modem.sent[:2] == ["ATE0 V1 +CMEE=1", "AT+CGMI"]
+    assert "AT+CRSM=176,28589,0,0,4" in modem.sent
+    assert 'AT+CGDCONT=1,"IP","internet.t-d1.de"' in modem.sent
+    # the next poll goes unanswered: a fault for the ladder, the data link stays up meanwhile
+    deadline = manager.next_deadline()
+    assert deadline is not None and deadline <= 30.0
+    modem.hang = True
+    manager.tick(deadline)
+    modem.step(deadline)
+    polled = modem.sent[-1]
+    command_id = modem.next_id - 1
+    manager.at_event(CommandTimedOut(command_id, polled, (), 3.0), deadline + 3)
+    modem.step(deadline + 3)
+    faults = [e for e in modem.events if isinstance(e, FaultDetected)]
+    assert [f.fault.kind for f in faults] == [FaultKind.AT_TIMEOUT]
+    assert manager.state is ModemState.RECOVERING and manager.data_up
+    manager.recover(Step.RESYNC, deadline + 3)
+    modem.step(deadline + 3)
+    # no answer for at_unresponsive_s: the next fault says the modem is dead to AT
+    manager.tick(deadline + 13.5)
+    modem.step(deadline + 13.5)
+    faults = [e for e in modem.events if isinstance(e, FaultDetected)]
+    assert faults[-1].fault.kind is FaultKind.AT_UNRESPONSIVE and not faults[-1].fault.at_alive
+    # the engine gets an answer at last: back online without a re-dial
+    modem.hang = False
+    manager.at_event(Resynced(4), deadline + 14)
+    modem.step(deadline + 14)
+    assert manager.state is ModemState.ONLINE
+
+
+def test_a_stale_data_result_is_taken_down() -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-uc20"))
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    manager.port_opened(0.0)
+    # a result for a generation that is long gone (the state changed meanwhile)
+    manager.data_result(DataUp("ppp0"), 1.0, generation=-5)
+    actions = []
+    while (action := manager.next_action()) is not None:
+        actions.append(type(action).__name__)
+    assert "StopData" in actions
+    assert not manager.data_up
+    assert FinalResult  # imported for the scripted modem's types
+
+
+@needs_database
+def test_sim_swap_keeps_accounting_apart_per_iccid(tmp_path: Path) -> None:
+    first = SimCard.for_network(
+        "26201", iccid="89490200001234500011", working_apns=frozenset({"internet.telekom"})
+    )
+    second = SimCard.for_network(
+        "310410", iccid="89014103211118510720", working_apns=frozenset({"broadband"})
+    )
+
+    async def main() -> None:
+        async with running("quectel-ec25", first, tmp_path) as rig:
+            await rig.online()
+            await rig.wait(lambda s: (s.data_used_bytes or 0) >= 3000)
+            rig.emu.swap_sim(second)
+            status = await rig.wait(lambda s: s.online and s.iccid == second.iccid)
+            assert status.apn == "broadband"
+            await rig.wait(lambda s: (s.data_used_bytes or 0) >= 2000)
+            usage = rig.ledger.core
+            one, two = usage.usage(first.iccid), usage.usage(second.iccid)
+            assert one is not None and two is not None
+            assert one.rx >= 3000 and two.rx >= 2000
+            # the first SIM's counter stopped at the swap
+            frozen = one.rx
+            await rig.wait(lambda s: (s.data_used_bytes or 0) >= two.total + 2000)
+            assert usage.usage(first.iccid).rx == frozen  # type: ignore[union-attr]
+        saved = json.loads((tmp_path / "accounting.json").read_bytes())
+        assert set(saved["sims"]) == {first.iccid, second.iccid}
+
+    run(main)
