@@ -65,6 +65,7 @@ NO_ARG = {
     "+ipv6",
     "updetach",
     "replacedefaultroute",
+    "lcp-echo-adaptive",
 }
 ONE_ARG = {
     "linkname",

@@ -140,6 +140,9 @@ class PppConfig:
     """Seconds between LCP echo requests; 0 turns echoes off."""
     lcp_echo_failure: int = 4
     """Unanswered echoes before pppd ends the link (exit status 15)."""
+    lcp_echo_adaptive: bool = True
+    """Send echoes only when nothing came from the peer since the last one (pppd's
+    ``lcp-echo-adaptive``): no echo bytes on a busy metered link."""
     chat_timeout_s: int = 10
     """chat's timeout for each AT reply before the dial."""
     dial_timeout_s: int = 60
@@ -248,6 +251,8 @@ def build_options(config: PppConfig, device: str, apn: ApnSettings, files: PppFi
             f"lcp-echo-interval {config.lcp_echo_interval_s}",
             f"lcp-echo-failure {config.lcp_echo_failure}",
         ]
+        if config.lcp_echo_adaptive:
+            lines.append("lcp-echo-adaptive")
     if apn.username or apn.password:
         lines.append(f"user {_option_value(apn.username, 'APN user name')}")
         lines.append(f"password {_option_value(apn.password, 'APN password')}")

@@ -53,6 +53,7 @@ def test_options_let_the_daemon_own_retries() -> None:
         "ipparam dvrlink",
         "lcp-echo-interval 10",
         "lcp-echo-failure 4",
+        "lcp-echo-adaptive",
         'ip-up-script "/run/x/ip-up"',
         'ip-down-script "/run/x/ip-down"',
         'connect "/run/x/connect"',
