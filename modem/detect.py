@@ -42,6 +42,7 @@ _USB_DEVICE_NAME = re.compile(r"\d+-\d+(?:\.\d+)*")
 _USB_INTERFACE_NAME = re.compile(r"\d+-\d+(?:\.\d+)*:\d+\.(\d+)")
 SUBSYSTEMS = ("usb", "tty", "net")
 """The uevent subsystems the watcher listens to."""
+MAX_UEVENTS_PER_WAKEUP = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,10 +425,10 @@ class UdevModemWatcher:
         monitor, loop = self._monitor, self._loop
         if monitor is None or loop is None:
             return
-        while True:
+        for _ in range(MAX_UEVENTS_PER_WAKEUP):  # bounded, so a socket that keeps failing cannot spin
             try:
                 device = monitor.poll(timeout=0)
-            except (OSError, ValueError) as exc:  # a malformed message: keep serving
+            except (OSError, ValueError) as exc:  # a message libudev could not read: keep serving
                 log.debug("udev monitor: %s", exc)
                 continue
             if device is None:
