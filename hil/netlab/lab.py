@@ -1,0 +1,673 @@
+"""Build, change and tear down NAT topologies in network namespaces (needs root).
+
+Layout (addresses are documentation ranges; nothing leaves the namespaces)::
+
+    <p>broker  eth0 203.0.113.10 + .11 (RFC 5780 alternate) ─┐
+    <p>turn    eth0 192.0.2.10 (optional, for coturn) ───────┤
+                                                   <p>inet (router: to-broker, to-turn, to-dev, to-view)
+    <p>dev ── lan0 <p>dev-nat wan0 198.51.100.2 ────────────┤  (cgnat: <p>dev-nat ── <p>dev-cgn)
+    <p>view ─ lan0 <p>view-nat wan0 198.51.100.66 ──────────┘
+
+Device side: WAN 198.51.100.0/26, LAN 192.168.1.0/24 (public: 198.51.100.128/26, CGN link
+100.64.1.0/24). Viewer side: WAN 198.51.100.64/26, LAN 192.168.2.0/24 (public:
+198.51.100.192/26, CGN link 100.64.2.0/24). Hairpin: one NAT ``<p>nat`` whose LAN bridge holds
+the device (192.168.1.2) and the viewer (192.168.1.3).
+
+Every name starts with the lab's prefix (``dl-`` by hand, ``dlt<random>-`` in tests), so parallel
+or crashed runs never collide and :func:`down` finds leftovers by prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.netlab.nat import (
+    ADF_CHAIN,
+    BLOCK_CHAIN,
+    HAIRPIN_DEVICE_PORTS,
+    HAIRPIN_VIEWER_PORTS,
+    LOSS_CHAIN,
+    NatSite,
+    NatType,
+    adf_rule,
+    rules,
+)
+from hil.netlab.profiles import LinkProfile, profile
+
+REPO = Path(__file__).resolve().parents[2]
+HAND_PREFIX = "dl-"
+PREFIX_PATTERN = re.compile(r"^dl(t[0-9a-f]{6})?-")
+SIDES = ("device", "viewer")
+BROKER_ADDRS = ("203.0.113.10", "203.0.113.11")
+TURN_ADDR = "192.0.2.10"
+SKIP_MESSAGE = "needs root and iptables: run as root, e.g. in CI"
+TOOLS = ("ip", "iptables", "iptables-restore", "conntrack", "tc", "sysctl")
+
+
+class NetlabError(RuntimeError):
+    """A lab command failed; the message has the command and its output."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the lab cannot run here (for ``pytest.skip``), or None if it can."""
+    if os.geteuid() != 0:
+        return f"{SKIP_MESSAGE} (not root)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"{SKIP_MESSAGE} (missing: {', '.join(missing)}; Debian packages iproute2, iptables, conntrack)"
+        )
+    return None
+
+
+def new_prefix() -> str:
+    """A fresh prefix for a test lab: ``dlt`` + 6 hex digits + ``-``."""
+    return f"dlt{secrets.token_hex(3)}-"
+
+
+def _run(argv: Sequence[str], input_text: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(
+        list(argv), input=input_text, capture_output=True, text=True, timeout=30, check=False
+    )
+    if check and proc.returncode != 0:
+        raise NetlabError(
+            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc.stdout
+
+
+def namespaces() -> list[str]:
+    """Every network namespace name on the host."""
+    out = _run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def lab_prefixes() -> list[str]:
+    """Prefixes of the labs whose namespaces exist (by hand and leftovers of test runs)."""
+    found = {m.group(0) for name in namespaces() if (m := PREFIX_PATTERN.match(name))}
+    return sorted(found)
+
+
+def down(prefix: str) -> list[str]:
+    """Remove every namespace named ``prefix*`` after killing the processes inside (ones a lab
+    started: brokers, daemons, classifiers). Returns the removed names.
+
+    Raises:
+        ValueError: ``prefix`` is not a lab prefix (``dl-`` or ``dlt<6 hex>-``).
+    """
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise ValueError(f"{prefix!r} is not a lab prefix; use dl- or dlt<6 hex digits>-")
+    names = [name for name in namespaces() if name.startswith(prefix)]
+    for name in names:
+        pids = [int(p) for p in _run(["ip", "netns", "pids", name], check=False).split()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for name in names:
+        _run(["ip", "netns", "del", name], check=False)
+    return names
+
+
+@dataclass
+class Side:
+    """One side (device or viewer): a host namespace behind one or more gateway namespaces."""
+
+    name: str
+    nat: NatType
+    host_ns: str
+    host_addr: str
+    gateways: tuple[str, ...]
+    """Gateway (NAT or router) namespaces from the host outwards; the last one has the WAN."""
+    wan_addr: str
+    router_if: str
+    """The internet router's interface towards this side."""
+    profile: LinkProfile
+
+
+@dataclass
+class Lab:
+    """A built topology. Make one with :func:`topology` (or :meth:`build`); :meth:`close` removes it.
+
+    Sides are named ``"device"`` and ``"viewer"``.
+    """
+
+    prefix: str
+    device_nat: NatType
+    viewer_nat: NatType
+    profile_name: str = "lan"
+    udp_timeout: int | None = None
+    udp_stream_timeout: int | None = None
+    tcp_timeout: int | None = None
+    with_turn: bool = False
+    sides: dict[str, Side] = field(default_factory=dict)
+    netem: bool | None = None
+    """Whether the kernel has ``sch_netem`` (found at build). Without it, profiles get their rate
+    from ``tbf`` and their loss from ``-m statistic`` drops, but no delay."""
+    _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    _owned: list[str] = field(default_factory=list)
+
+    # -- names and addresses -----------------------------------------------------------------------
+
+    @property
+    def inet_ns(self) -> str:
+        """The internet router's namespace."""
+        return f"{self.prefix}inet"
+
+    @property
+    def broker_ns(self) -> str:
+        """The broker's namespace."""
+        return f"{self.prefix}broker"
+
+    @property
+    def broker_addrs(self) -> tuple[str, str]:
+        """The broker's primary and alternate (RFC 5780) addresses."""
+        return BROKER_ADDRS
+
+    @property
+    def turn_ns(self) -> str | None:
+        """The namespace for coturn (with ``with_turn``), else None."""
+        return f"{self.prefix}turn" if self.with_turn else None
+
+    @property
+    def turn_addr(self) -> str | None:
+        """coturn's address (with ``with_turn``), else None."""
+        return TURN_ADDR if self.with_turn else None
+
+    @property
+    def device_ns(self) -> str:
+        """The device host's namespace."""
+        return self.sides["device"].host_ns
+
+    @property
+    def viewer_ns(self) -> str:
+        """The viewer host's namespace."""
+        return self.sides["viewer"].host_ns
+
+    def side(self, name: str) -> Side:
+        """The side called ``name``.
+
+        Raises:
+            ValueError: not ``device`` or ``viewer``.
+        """
+        if name not in self.sides:
+            raise ValueError(f"unknown side {name!r}; use device or viewer")
+        return self.sides[name]
+
+    def host_addr(self, side: str) -> str:
+        """The host's own address on its LAN."""
+        return self.side(side).host_addr
+
+    def wan_addr(self, side: str) -> str:
+        """The public address of the side's outermost gateway."""
+        return self.side(side).wan_addr
+
+    def nat_ns(self, side: str) -> str:
+        """The side's outermost gateway namespace (the NAT facing the internet)."""
+        return self.side(side).gateways[-1]
+
+    def nat_namespaces(self, side: str) -> tuple[str, ...]:
+        """Every gateway namespace of the side, from the host outwards (two for cgnat)."""
+        return self.side(side).gateways
+
+    # -- running things inside -----------------------------------------------------------------------
+
+    def command(self, ns: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run inside ``ns`` (``ip netns exec``)."""
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def run(
+        self, ns: str, argv: Sequence[str], check: bool = True, timeout: float = 60.0, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``ns`` and wait (text output captured unless ``stdout``/``stderr`` given).
+
+        Raises:
+            subprocess.CalledProcessError: it failed and ``check`` is true.
+            subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds.
+        """
+        kwargs.setdefault("capture_output", "stdout" not in kwargs and "stderr" not in kwargs)
+        return subprocess.run(self.command(ns, argv), check=check, timeout=timeout, text=True, **kwargs)
+
+    def popen(self, ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in ``ns``; the lab kills it at :meth:`close` if it still runs."""
+        proc: subprocess.Popen[Any] = subprocess.Popen(self.command(ns, argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def python(self, ns: str, args: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run this Python with ``args`` in ``ns``, from the repository (so ``-m hil...`` works)."""
+        return self.run(ns, [sys.executable, *args], timeout=timeout, cwd=REPO, check=False)
+
+    # -- changing things at run time ----------------------------------------------------------------
+
+    def set_udp_timeout(self, side: str, seconds: int, stream_seconds: int | None = None) -> None:
+        """Set the UDP mapping lifetime of every NAT layer of ``side``: ``nf_conntrack_udp_timeout``
+        (flows without a reply yet, or short ones) and ``_stream`` (replied flows older than a few
+        seconds; keepalive flows), both ``seconds`` unless ``stream_seconds`` is given. Existing
+        mappings keep their current deadline until their next packet."""
+        stream = stream_seconds if stream_seconds is not None else seconds
+        for ns in self.nat_namespaces(side):
+            _sysctl(
+                ns,
+                {
+                    "net.netfilter.nf_conntrack_udp_timeout": seconds,
+                    "net.netfilter.nf_conntrack_udp_timeout_stream": stream,
+                },
+            )
+            if self.side(side).nat is NatType.RESTRICTED_CONE:
+                self._set_adf(ns, max(seconds, stream))
+
+    def set_tcp_timeout(self, side: str, seconds: int) -> None:
+        """Set ``nf_conntrack_tcp_timeout_established`` on every NAT layer of ``side``."""
+        for ns in self.nat_namespaces(side):
+            _sysctl(ns, {"net.netfilter.nf_conntrack_tcp_timeout_established": seconds})
+
+    def udp_timeouts(self, side: str) -> tuple[int, int]:
+        """(udp_timeout, udp_timeout_stream) of the side's outermost NAT."""
+        ns = self.nat_ns(side)
+        out = _run(
+            ["ip", "netns", "exec", ns, "sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout",
+             "net.netfilter.nf_conntrack_udp_timeout_stream"]
+        )  # fmt: skip
+        first, second = out.split()
+        return int(first), int(second)
+
+    def flush_conntrack(self, side: str) -> None:
+        """Forget every mapping of the side's NATs (``conntrack -F``), as a NAT rebinding does.
+        Port-preserving NATs (the cone types) map the next packet to the same port again."""
+        for ns in self.nat_namespaces(side):
+            _run(["ip", "netns", "exec", ns, "conntrack", "-F"], check=False)  # exits 1 if empty
+
+    def conntrack(self, side: str) -> str:
+        """``conntrack -L`` of the side's outermost NAT."""
+        return _run(["ip", "netns", "exec", self.nat_ns(side), "conntrack", "-L"], check=False)
+
+    def block_udp(self, side: str, on: bool = True) -> None:
+        """Drop (``on``) or pass again all UDP through the side's outermost gateway."""
+        ns = self.nat_ns(side)
+        _iptables(ns, ["-F", BLOCK_CHAIN])
+        if on:
+            _iptables(ns, ["-A", BLOCK_CHAIN, "-p", "udp", "-j", "DROP"])
+
+    def set_profile(self, side: str, name: str) -> None:
+        """Put link profile ``name`` (lan, 3g, edge, gprs) on the side's uplink, both directions.
+
+        Raises:
+            ValueError: unknown profile.
+        """
+        chosen = profile(name)
+        s = self.side(side)
+        s.profile = chosen
+        for ns, dev, direction in ((s.gateways[-1], "wan0", "up"), (self.inet_ns, s.router_if, "down")):
+            args = chosen.netem_args(direction) if self.netem else chosen.tbf_args(direction)
+            if args:
+                _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *args])
+            else:
+                _run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
+        if not self.netem:
+            _iptables(s.gateways[-1], ["-F", LOSS_CHAIN])
+            if chosen.loss_percent:
+                probability = f"{chosen.loss_percent / 100:.4f}"
+                for flag in ("-i", "-o"):  # each direction
+                    _iptables(
+                        s.gateways[-1],
+                        ["-A", LOSS_CHAIN, flag, "wan0", "-m", "statistic", "--mode", "random",
+                         "--probability", probability, "-j", "DROP"],
+                    )  # fmt: skip
+
+    def qdisc(self, side: str) -> str:
+        """``tc qdisc show`` of the side's uplink (NAT side)."""
+        return _run(["tc", "-n", self.nat_ns(side), "qdisc", "show", "dev", "wan0"])
+
+    def reconfigure(self, device_nat: NatType | str, viewer_nat: NatType | str) -> None:
+        """Rebuild both sides with other NAT types; the internet, broker and their processes stay.
+        Processes started inside the old side namespaces are killed."""
+        self._remove_sides()
+        self.device_nat, self.viewer_nat = _nat(device_nat), _nat(viewer_nat)
+        _check_pair(self.device_nat, self.viewer_nat)
+        self._build_sides()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def build(self) -> Lab:
+        """Create every namespace, link, address, route, rule and qdisc.
+
+        Raises:
+            NetlabError: a command failed (the message has its output); what was built is removed.
+        """
+        _check_pair(self.device_nat, self.viewer_nat)
+        try:
+            for ns in (self.inet_ns, self.broker_ns, *([self.turn_ns] if self.turn_ns else [])):
+                self._add_ns(ns)
+            _sysctl(self.inet_ns, {"net.ipv4.ip_forward": 1})
+            if self.netem is None:
+                probe = ["tc", "-n", self.inet_ns, "qdisc", "add", "dev", "lo", "root", "netem"]
+                self.netem = (
+                    subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0
+                )
+                _run(["tc", "-n", self.inet_ns, "qdisc", "del", "dev", "lo", "root"], check=False)
+            _veth(self.inet_ns, "to-broker", self.broker_ns, "eth0")
+            _batch(self.inet_ns, ["addr add 203.0.113.1/24 dev to-broker", "link set to-broker up"])
+            _batch(
+                self.broker_ns,
+                [f"addr add {a}/24 dev eth0" for a in BROKER_ADDRS]
+                + ["link set eth0 up", "route add default via 203.0.113.1"],
+            )
+            if self.turn_ns:
+                _veth(self.inet_ns, "to-turn", self.turn_ns, "eth0")
+                _batch(self.inet_ns, ["addr add 192.0.2.1/24 dev to-turn", "link set to-turn up"])
+                _batch(self.turn_ns, [f"addr add {TURN_ADDR}/24 dev eth0", "link set eth0 up",
+                                      "route add default via 192.0.2.1"])  # fmt: skip
+            self._build_sides()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def release_processes(self) -> None:
+        """Let the processes started so far outlive :meth:`close` (for ``up --broker``)."""
+        self._procs.clear()
+
+    def close(self) -> None:
+        """Kill the processes the lab started and remove every namespace it made. Idempotent."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        self._procs.clear()
+        down_names = [ns for ns in self._owned if ns in set(namespaces())]
+        for ns in down_names:
+            for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _run(["ip", "netns", "del", ns], check=False)
+        self._owned.clear()
+        self.sides.clear()
+
+    def describe(self) -> str:
+        """What ``up`` prints: namespaces, addresses, and how to run a command inside."""
+        lines = [
+            f"lab {self.prefix} (device {self.device_nat.value}, viewer {self.viewer_nat.value})",
+            f"  internet router  {self.inet_ns}",
+            f"  broker           {self.broker_ns}  {BROKER_ADDRS[0]} (alternate {BROKER_ADDRS[1]})",
+        ]
+        if self.turn_ns:
+            lines.append(f"  coturn           {self.turn_ns}  {TURN_ADDR}")
+        for s in self.sides.values():
+            lines.append(
+                f"  {s.name:<8} {s.nat.value:<21} host {s.host_ns} {s.host_addr}  "
+                f"via {' -> '.join(s.gateways)} (public {s.wan_addr}, profile {s.profile.name})"
+            )
+        if not self.netem:
+            lines.append(
+                "  note: this kernel has no netem (CONFIG_NET_SCH_NETEM): profiles limit rate (tbf) "
+                "and drop packets, but add no delay"
+            )
+        lines += [
+            "run a command inside:   ip netns exec " + self.device_ns + " <command>",
+            f"classify the device NAT: ip netns exec {self.device_ns} {sys.executable} -m hil.netlab "
+            f"classify --server {BROKER_ADDRS[0]}:3478   (needs the broker: up ... --broker)",
+            f"remove it:               python -m hil.netlab down --prefix {self.prefix}",
+        ]
+        return "\n".join(lines)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _add_ns(self, ns: str) -> None:
+        if ns in namespaces():
+            raise NetlabError(
+                f"namespace {ns} exists already; remove it with: "
+                f"python -m hil.netlab down --prefix {self.prefix}"
+            )
+        _run(["ip", "netns", "add", ns])
+        self._owned.append(ns)
+        _batch(ns, ["link set lo up"])
+
+    def _remove_sides(self) -> None:
+        gone = {ns for s in self.sides.values() for ns in (s.host_ns, *s.gateways)}
+        # A deleted namespace is destroyed in the background, and its veths with it; delete the
+        # router's ends now so the names are free for the new sides.
+        for router_if in {s.router_if for s in self.sides.values()}:
+            _run(["ip", "-n", self.inet_ns, "link", "del", router_if], check=False)
+        for ns in gone:
+            for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _run(["ip", "netns", "del", ns], check=False)
+        self._owned = [ns for ns in self._owned if ns not in gone]
+        # The router's side of each veth went with its peer; drop the routes to public hosts.
+        for net in ("198.51.100.128/26", "198.51.100.192/26"):
+            _run(["ip", "-n", self.inet_ns, "route", "del", net], check=False)
+        self.sides.clear()
+
+    def _build_sides(self) -> None:
+        link = profile(self.profile_name)
+        if self.device_nat is NatType.HAIRPIN:
+            self._build_hairpin(link)
+        else:
+            for index, name in enumerate(SIDES):
+                nat = self.device_nat if name == "device" else self.viewer_nat
+                self._build_side(index, name, nat, link)
+        for name in SIDES:
+            s = self.sides[name]
+            if name == "viewer" and s.router_if == self.sides["device"].router_if:
+                continue  # hairpin: one uplink
+            self.set_profile(name, link.name)
+            if self.udp_timeout is not None or self.udp_stream_timeout is not None:
+                self.set_udp_timeout(
+                    name, self.udp_timeout or 30, self.udp_stream_timeout or self.udp_timeout or 120
+                )
+            if self.tcp_timeout is not None:
+                self.set_tcp_timeout(name, self.tcp_timeout)
+
+    def _build_side(self, index: int, name: str, nat: NatType, link: LinkProfile) -> None:
+        short = "dev" if name == "device" else "view"
+        host = f"{self.prefix}{short}"
+        gw = f"{self.prefix}{short}-nat"
+        router_if = f"to-{short}"
+        base = 64 * index
+        wan = f"198.51.100.{base + 2}"
+        for ns in (host, gw):
+            self._add_ns(ns)
+        gateways = [gw]
+        outer = gw
+        if nat is NatType.CGNAT:
+            outer = f"{self.prefix}{short}-cgn"
+            self._add_ns(outer)
+            gateways.append(outer)
+        _veth(self.inet_ns, router_if, outer, "wan0")
+        _batch(
+            self.inet_ns, [f"addr add 198.51.100.{base + 1}/26 dev {router_if}", f"link set {router_if} up"]
+        )
+        _batch(
+            outer,
+            [
+                f"addr add {wan}/26 dev wan0",
+                "link set wan0 up",
+                f"route add default via 198.51.100.{base + 1}",
+            ],
+        )
+        _veth(gw, "lan0", host, "eth0")
+        if nat is NatType.PUBLIC:
+            public_net = f"198.51.100.{base + 128}"
+            gw_lan, host_addr, prefix_len = f"198.51.100.{base + 129}", f"198.51.100.{base + 130}", 26
+            _run(["ip", "-n", self.inet_ns, "route", "replace", f"{public_net}/26", "via", wan])
+        else:
+            gw_lan, host_addr, prefix_len = f"192.168.{index + 1}.1", f"192.168.{index + 1}.2", 24
+        _batch(gw, [f"addr add {gw_lan}/{prefix_len} dev lan0", "link set lan0 up"])
+        _batch(
+            host,
+            [
+                f"addr add {host_addr}/{prefix_len} dev eth0",
+                "link set eth0 up",
+                f"route add default via {gw_lan}",
+            ],
+        )
+        if nat is NatType.CGNAT:
+            carrier_lan, home_wan = f"100.64.{index + 1}.1", f"100.64.{index + 1}.2"
+            _veth(gw, "wan0", outer, "lan0")
+            _batch(
+                gw,
+                [
+                    f"addr add {home_wan}/24 dev wan0",
+                    "link set wan0 up",
+                    f"route add default via {carrier_lan}",
+                ],
+            )
+            _batch(outer, [f"addr add {carrier_lan}/24 dev lan0", "link set lan0 up"])
+            self._configure_nat(
+                gw, NatType.PORT_RESTRICTED_CONE, NatSite(home_wan, (host_addr,), f"192.168.{index + 1}.0/24")
+            )
+            self._configure_nat(
+                outer, NatType.PORT_RESTRICTED_CONE, NatSite(wan, (home_wan,), f"100.64.{index + 1}.0/24")
+            )
+        else:
+            self._configure_nat(gw, nat, NatSite(wan, (host_addr,), f"192.168.{index + 1}.0/24"))
+        self.sides[name] = Side(name, nat, host, host_addr, tuple(gateways), wan, router_if, link)
+
+    def _build_hairpin(self, link: LinkProfile) -> None:
+        gw = f"{self.prefix}nat"
+        hosts = {"device": f"{self.prefix}dev", "viewer": f"{self.prefix}view"}
+        for ns in (gw, *hosts.values()):
+            self._add_ns(ns)
+        wan = "198.51.100.2"
+        _veth(self.inet_ns, "to-dev", gw, "wan0")
+        _batch(self.inet_ns, ["addr add 198.51.100.1/26 dev to-dev", "link set to-dev up"])
+        _batch(
+            gw,
+            [
+                f"addr add {wan}/26 dev wan0",
+                "link set wan0 up",
+                "route add default via 198.51.100.1",
+                "link add lan0 type bridge",
+                "addr add 192.168.1.1/24 dev lan0",
+                "link set lan0 up",
+            ],
+        )
+        addrs = {"device": "192.168.1.2", "viewer": "192.168.1.3"}
+        ranges = {"device": HAIRPIN_DEVICE_PORTS, "viewer": HAIRPIN_VIEWER_PORTS}
+        for name, host in hosts.items():
+            port = f"lan-{name[:4]}"
+            _veth(gw, port, host, "eth0")
+            _batch(gw, [f"link set {port} master lan0", f"link set {port} up"])
+            _batch(
+                host,
+                [
+                    f"addr add {addrs[name]}/24 dev eth0",
+                    "link set eth0 up",
+                    "route add default via 192.168.1.1",
+                ],
+            )
+            low, high = ranges[name]
+            # Each host's ephemeral ports are set apart, so an outer port names its inner host.
+            _sysctl(host, {"net.ipv4.ip_local_port_range": f"{low} {high}"})
+        # br_netfilter (per namespace) would bridge the hairpinned packet straight back out of
+        # the port it came in on, where the bridge drops it: route it instead.
+        _sysctl(gw, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")})
+        self._configure_nat(
+            gw, NatType.HAIRPIN, NatSite(wan, (addrs["device"], addrs["viewer"]), "192.168.1.0/24")
+        )
+        for name, host in hosts.items():
+            self.sides[name] = Side(name, NatType.HAIRPIN, host, addrs[name], (gw,), wan, "to-dev", link)
+
+    def _configure_nat(self, ns: str, nat: NatType, site: NatSite) -> None:
+        _sysctl(ns, {"net.ipv4.ip_forward": 1})
+        seconds = max(self.udp_timeout or 30, self.udp_stream_timeout or 120)
+        _run(
+            ["ip", "netns", "exec", ns, "iptables-restore"], input_text=rules(nat, site, adf_seconds=seconds)
+        )
+
+    def _set_adf(self, ns: str, seconds: int) -> None:
+        _iptables(ns, ["-F", ADF_CHAIN])
+        _iptables(ns, adf_rule(seconds).split())
+
+
+def _nat(value: NatType | str) -> NatType:
+    return value if isinstance(value, NatType) else NatType.parse(value)
+
+
+def _check_pair(device: NatType, viewer: NatType) -> None:
+    if (device is NatType.HAIRPIN) != (viewer is NatType.HAIRPIN):
+        raise ValueError("hairpin puts the device and the viewer behind one NAT: give hairpin for both sides")
+
+
+def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+    # Created directly inside the namespaces: the host's own interface names are never touched.
+    _run(["ip", "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b])
+
+
+def _batch(ns: str, lines: Sequence[str]) -> None:
+    _run(["ip", "-n", ns, "-batch", "-"], input_text="\n".join(lines) + "\n")
+
+
+def _sysctl(ns: str, values: dict[str, object]) -> None:
+    _run(["ip", "netns", "exec", ns, "sysctl", "-qw", *(f"{k}={v}" for k, v in values.items())])
+
+
+def _iptables(ns: str, args: Sequence[str]) -> None:
+    _run(["ip", "netns", "exec", ns, "iptables", *args])
+
+
+@contextlib.contextmanager
+def topology(
+    device_nat: NatType | str = NatType.PUBLIC,
+    viewer_nat: NatType | str = NatType.PUBLIC,
+    profile: str = "lan",
+    udp_timeout: int | None = None,
+    udp_stream_timeout: int | None = None,
+    tcp_timeout: int | None = None,
+    with_turn: bool = False,
+    prefix: str | None = None,
+) -> Iterator[Lab]:
+    """Build a lab, yield it, and remove it afterwards (also on errors).
+
+    ``udp_timeout`` sets both UDP conntrack timeouts unless ``udp_stream_timeout`` is given;
+    None keeps the kernel's (30 s and 120 s).
+
+    Raises:
+        ValueError: an unknown NAT type or profile, or hairpin on one side only.
+        NetlabError: building failed (not root, a tool missing, a name taken ...).
+    """
+    lab = Lab(
+        prefix or new_prefix(),
+        _nat(device_nat),
+        _nat(viewer_nat),
+        profile,
+        udp_timeout,
+        udp_stream_timeout,
+        tcp_timeout,
+        with_turn,
+    )
+    lab.build()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def wait_until(what: str, condition: Any, timeout: float, poll: float = 0.05) -> Any:
+    """The first truthy ``condition()`` within ``timeout`` seconds.
+
+    Raises:
+        TimeoutError: it stayed false; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(poll)

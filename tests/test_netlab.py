@@ -1,0 +1,188 @@
+"""NAT lab (needs root): every NAT type is classified as what the lab claims it built.
+
+The broker is the real ``dvrlink-broker serve`` process in the lab's broker namespace, with
+``stun_alternate_host`` set (RFC 5780); the classifier is ``python -m hil.netlab classify`` run
+inside the device namespace. One broker serves every NAT type: ``Lab.reconfigure`` rebuilds the
+device and viewer sides between tests while the internet and the broker stay up.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil import netlab
+from hil.netlab.lab import REPO, namespaces
+
+REASON = netlab.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+CLASSIFY_TIMEOUT = "2.0"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.Lab]:
+    with netlab.topology("public", "public") as built:
+        netlab.start_lab_broker(built, tmp_path_factory.mktemp("broker"))
+        yield built
+
+
+def classify(lab: netlab.Lab, side: str = "device") -> dict[str, Any]:
+    ns = lab.device_ns if side == "device" else lab.viewer_ns
+    server = f"{lab.broker_addrs[0]}:3478"
+    proc = lab.python(
+        ns, ["-m", "hil.netlab", "classify", "--server", server, "--timeout", CLASSIFY_TIMEOUT, "--json"]
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.parametrize("nat", list(netlab.NatType), ids=lambda n: n.value)
+def test_each_nat_type_is_classified_as_built(lab: netlab.Lab, nat: netlab.NatType) -> None:
+    lab.reconfigure(nat, nat if nat is netlab.NatType.HAIRPIN else netlab.NatType.PUBLIC)
+    result = classify(lab)
+    print(f"{nat.value:<22} -> {result['describe']}")
+    assert result["name"] == nat.expected_classification, result["describe"]
+    if nat is netlab.NatType.PUBLIC:
+        assert result["mapped"][0] == lab.host_addr("device") and result["nat"] is False
+    elif nat is not netlab.NatType.UDP_BLOCKED:
+        assert result["mapped"][0] == lab.wan_addr("device")
+        assert result["other_address"] == [lab.broker_addrs[1], 3480]
+        assert result["hairpin"] is (nat is netlab.NatType.HAIRPIN)
+    if nat is netlab.NatType.SYMMETRIC:
+        assert result["mapping"] == "APDM" and result["port_delta"] is None
+    if nat is netlab.NatType.SEQUENTIAL_SYMMETRIC:
+        assert result["mapping"] == "APDM" and result["port_delta"] == 1
+    if nat is netlab.NatType.CGNAT:
+        assert len(lab.nat_namespaces("device")) == 2
+
+
+def test_the_viewer_side_is_built_too(lab: netlab.Lab) -> None:
+    lab.reconfigure("public", "restricted_cone")
+    assert classify(lab, "viewer")["name"] == "restricted_cone"
+    assert lab.wan_addr("viewer") != lab.wan_addr("device")
+
+
+def test_udp_lifetime_is_per_nat_and_settable_at_run_time(lab: netlab.Lab) -> None:
+    lab.reconfigure("port_restricted_cone", "restricted_cone")
+    root = Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").read_text()
+    for seconds in (30, 60, 120):
+        lab.set_udp_timeout("device", seconds)
+        assert lab.udp_timeouts("device") == (seconds, seconds)
+    lab.set_udp_timeout("device", 45, stream_seconds=90)
+    assert lab.udp_timeouts("device") == (45, 90)
+    lab.set_udp_timeout("viewer", 30)  # the restricted cone's address filter follows
+    rules = lab.run(lab.nat_ns("viewer"), ["iptables", "-S", "DL-ADF"]).stdout
+    assert "--seconds 30" in rules
+    lab.set_tcp_timeout("device", 1800)
+    out = lab.run(
+        lab.nat_ns("device"), ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_timeout_established"]
+    )
+    assert out.stdout.strip() == "1800"
+    assert Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").read_text() == root  # host untouched
+
+
+def test_flush_conntrack_forgets_the_mappings(lab: netlab.Lab) -> None:
+    lab.reconfigure("port_restricted_cone", "public")
+    assert classify(lab)["name"] == "port_restricted_cone"
+    assert lab.broker_addrs[0] in lab.conntrack("device")
+    lab.flush_conntrack("device")
+    assert lab.broker_addrs[0] not in lab.conntrack("device")
+
+
+def test_block_udp_at_run_time(lab: netlab.Lab) -> None:
+    lab.reconfigure("full_cone", "public")
+    lab.block_udp("device", True)
+    assert classify(lab)["name"] == "udp_blocked"
+    lab.block_udp("device", False)
+    assert classify(lab)["name"] == "full_cone"
+
+
+def test_udp_blocked_still_lets_tcp_443_out(lab: netlab.Lab) -> None:
+    lab.reconfigure("udp_blocked", "public")
+    probe = (
+        "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); s.close()"
+    )
+    assert lab.python(lab.device_ns, ["-c", probe, lab.broker_addrs[0], "443"]).returncode == 0
+    assert lab.python(lab.device_ns, ["-c", probe, lab.broker_addrs[0], "3479"]).returncode != 0
+
+
+def test_link_profiles_put_netem_on_the_uplink(lab: netlab.Lab) -> None:
+    lab.reconfigure("port_restricted_cone", "public")
+    lab.set_profile("device", "gprs")
+    qdisc = lab.qdisc("device")
+    down_link = lab.run(lab.inet_ns, ["tc", "qdisc", "show", "dev", "to-dev"]).stdout
+    assert "rate 40Kbit" in qdisc and "rate 80Kbit" in down_link
+    loss = lab.run(lab.nat_ns("device"), ["iptables", "-S", "DL-LOSS"]).stdout
+    if lab.netem:
+        assert "netem" in qdisc and "delay 300ms" in qdisc and "loss 1%" in qdisc
+    else:  # this kernel lacks sch_netem: rate from tbf, loss from iptables, no delay
+        assert "tbf" in qdisc and loss.count("--probability 0.0099") == 2
+    lab.set_profile("device", "lan")
+    assert "netem" not in lab.qdisc("device") and "tbf" not in lab.qdisc("device")
+    assert "--probability" not in lab.run(lab.nat_ns("device"), ["iptables", "-S", "DL-LOSS"]).stdout
+    with pytest.raises(ValueError, match="use one of: lan, 3g, edge, gprs"):
+        lab.set_profile("device", "5g")
+
+
+def test_names_are_prefixed_and_everything_is_removed() -> None:
+    with netlab.topology("cgnat", "symmetric", profile="3g", udp_timeout=60, with_turn=True) as lab:
+        mine = [n for n in namespaces() if n.startswith(lab.prefix)]
+        assert len(mine) == 8 and lab.turn_ns in mine
+        assert lab.udp_timeouts("device") == (60, 60)
+        assert "rate 1Mbit" in lab.qdisc("viewer")
+        listen = (
+            "import socket,sys; s=socket.create_server((sys.argv[1], 9000)); "
+            "print('ready', flush=True); s.accept()[0].close()"
+        )
+        server = lab.popen(lab.broker_ns, [sys.executable, "-c", listen, lab.broker_addrs[1]],
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        connect = "import socket,sys; socket.create_connection((sys.argv[1], 9000), timeout=5).close()"
+        assert lab.python(lab.turn_ns or "", ["-c", connect, lab.broker_addrs[1]]).returncode == 0
+        sleeper = lab.popen(lab.device_ns, ["sleep", "60"])
+    assert sleeper.poll() is not None
+    assert not [n for n in namespaces() if n.startswith(lab.prefix)]
+
+
+def test_down_removes_a_crashed_lab_by_prefix() -> None:
+    lab = netlab.Lab(netlab.new_prefix(), netlab.NatType.SYMMETRIC, netlab.NatType.PUBLIC).build()
+    lab.release_processes()
+    assert lab.prefix in netlab.lab_prefixes()
+    removed = netlab.down(lab.prefix)
+    assert len(removed) == 6 and lab.prefix not in netlab.lab_prefixes()
+    with pytest.raises(ValueError, match="not a lab prefix"):
+        netlab.down("eth")
+
+
+def test_the_cli_brings_a_lab_up_lists_it_and_takes_it_down() -> None:
+    prefix = netlab.new_prefix()
+    cli = [sys.executable, "-m", "hil.netlab"]
+    try:
+        up = subprocess.run([*cli, "up", "hairpin", "--prefix", prefix, "--profile", "edge"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert f"ip netns exec {prefix}dev" in up.stdout and "hairpin" in up.stdout
+        listed = subprocess.run(
+            [*cli, "list"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        )
+        assert f"{prefix}nat" in listed.stdout
+    finally:
+        subprocess.run(
+            [*cli, "down", "--prefix", prefix], cwd=REPO, capture_output=True, timeout=60, check=False
+        )
+    assert prefix not in netlab.lab_prefixes()
+
+
+def test_bad_requests_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="give hairpin for both sides"):
+        netlab.Lab(netlab.new_prefix(), netlab.NatType.HAIRPIN, netlab.NatType.PUBLIC).build()
+    with pytest.raises(ValueError, match="use one of: public, full_cone"):
+        netlab.NatType.parse("cone")
