@@ -13,6 +13,7 @@ from bench import (
     cellular_cost,
     daemon_footprint,
     daemon_streaming,
+    modem_online,
     presence_load,
     relay_pps,
     session_setup,
@@ -28,6 +29,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("tunnel_throughput", tunnel_throughput.main),
     ("relay_pps", relay_pps.main),
     ("daemon_streaming", daemon_streaming.main),
+    ("modem_online", modem_online.main),
 )
 
 

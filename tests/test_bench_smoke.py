@@ -133,3 +133,10 @@ def test_daemon_streaming_prints_rss_and_cpu() -> None:
     assert len(rates) == 4 and all(rate > 0 for rate in rates), out
     assert all(cpu >= 0 for cpu in numbers(r"dvrlinkd CPU ([\d.]+) % of a core", out))
     assert all(rss > 0 for rss in numbers(r"max ([\d.]+) MB \(\d+ samples\)", out))
+
+
+def test_modem_online_prints_time_to_online_and_recoveries() -> None:
+    out = run_bench("modem_online")
+    assert numbers(r"median ([\d.]+) ms", out)[0] > 0
+    assert "firmware hang" in out and "ladder: resync" in out
+    assert numbers(r"idle .*: ([\d.]+) % of a core", out)[0] >= 0
