@@ -38,6 +38,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationRefused,
 )
+from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.protocol.presence_wire import (
     COOKIE,
     ECHO_STRUCT,
@@ -158,7 +159,9 @@ class PresenceClient:
         self._rtt: float | None = None
         self._pending_invites: set[int] = set()
         self._replied: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0}
+        self._report: bytes | None = None
+        self._report_sent: bytes | None = None
+        self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0, "reports": 0}
 
     # -- public properties --------------------------------------------------------------------
 
@@ -287,6 +290,20 @@ class PresenceClient:
         while len(self._replied) > REPLIED_INVITES_KEPT:
             self._replied.popitem(last=False)
         self._send_invite_reply(invite_id, status, body)
+
+    def report(self, report: DeviceReport, now: float, *, send_now: bool = False) -> None:
+        """Have ``report`` ride on the next keepalive (retried with it until acknowledged); a
+        newer report replaces one not yet acknowledged. ``send_now``: send that keepalive now
+        rather than at its time (for a change the operator should see at once; costs one round
+        trip on a cellular link)."""
+        self._report = report.encode()
+        if send_now and self._state is ClientState.ONLINE and self._awaiting_echo is None:
+            self._keepalive_timer(now)
+
+    @property
+    def report_pending(self) -> bool:
+        """True while a report waits for the broker's acknowledgement."""
+        return self._report is not None
 
     # -- registration -------------------------------------------------------------------------
 
@@ -429,7 +446,9 @@ class PresenceClient:
         else:
             self._lose(now, f"no keepalive reply after {self._tries} tries")
             return
-        self._outbox.append(self._seal(MessageType.KEEPALIVE, b""))
+        report = self._report
+        self._report_sent = report
+        self._outbox.append(self._seal(MessageType.KEEPALIVE, report or b""))
         self._awaiting_echo = self._send_counter & 0xFFFF
         self._keepalive_sent_at = now
         self._timer = now + self._config.reply_timeout
@@ -462,6 +481,10 @@ class PresenceClient:
             return True  # a late ack of an earlier try: authentic but not the one awaited
         if self._tries == 1:
             self._rtt = now - self._first_send_at
+        if self._report_sent is not None and self._report is self._report_sent:
+            self._report = None
+            self.stats["reports"] += 1
+        self._report_sent = None
         self._awaiting_echo = None
         self._last_ack_at = now
         self._timer = self._first_send_at + self._interval

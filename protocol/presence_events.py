@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dvrlink.protocol.presence_report import DeviceReport
+
 Address = tuple[str, int]
 """A transport address: (IP literal, port)."""
 
@@ -102,6 +104,14 @@ class DeviceMoved(ServerEvent):
     serial: str
     old: Address
     new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReported(ServerEvent):
+    """An authenticated keepalive carried a report (``presence_report.DeviceReport``)."""
+
+    serial: str
+    report: DeviceReport
 
 
 @dataclass(frozen=True, slots=True)

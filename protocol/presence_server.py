@@ -37,11 +37,13 @@ from dvrlink.protocol.presence_events import (
     DeviceMoved,
     DeviceOffline,
     DeviceOnline,
+    DeviceReported,
     InviteAnswered,
     InviteExpired,
     RegistrationRequested,
     ServerEvent,
 )
+from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.protocol.presence_wire import (
     COOKIE,
     ECHO_STRUCT,
@@ -208,6 +210,8 @@ class PresenceServer:
             "keepalives": 0,
             "registrations": 0,
             "refused": 0,
+            "reports": 0,
+            "bad_reports": 0,
         }
 
     # -- sans-I/O interface -------------------------------------------------------------------
@@ -453,10 +457,17 @@ class PresenceServer:
             return False
         header = data[:SEALED_HEADER_SIZE]
         cipher = session.sealer.cipher()
-        if session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:], cipher) is None:
+        plain = session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:], cipher)
+        if plain is None:
             return False
         session.replay.commit(counter)
         self._touch(session, address, now)
+        if plain:
+            try:
+                self._events.append(DeviceReported(session.serial, DeviceReport.decode(plain)))
+                self.stats["reports"] += 1
+            except ValueError:
+                self.stats["bad_reports"] += 1  # still a live device: acknowledged below
         session.send_counter += 1
         out = session.send_counter
         ack_header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)

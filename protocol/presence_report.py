@@ -1,0 +1,120 @@
+"""What a device tells its broker about itself at a low rate: cellular signal and network, data
+used, its learned keepalive. Carried in the plaintext of a KEEPALIVE (empty otherwise), so it costs
+no datagram of its own and is retried, like the keepalive, until the broker acknowledges it.
+
+The body is a list of items, each ``type (1) ‖ length (1) ‖ value``; a receiver skips types it
+does not know, so later versions can add items. At most ``MAX_REPORT`` bytes.
+
+| type | name | value |
+|---|---|---|
+| 1 | signal_dbm | signed 8-bit, dBm |
+| 2 | rat | UTF-8: gsm, gprs, edge, umts, hspa, lte, nr, ... |
+| 3 | data_used | unsigned 64-bit: bytes used in the current billing cycle |
+| 4 | modem_state | UTF-8: the modem manager's state (online, searching, no-sim, ...) |
+| 5 | operator | UTF-8: the network's name |
+| 6 | keepalive_s | unsigned 32-bit: the keepalive interval the device uses |
+| 7 | nat_lifetime_s | unsigned 32-bit: the NAT mapping lifetime it measured (0: not known) |
+| 8 | presence_transport | UTF-8: udp or tcp |
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from typing import Any
+
+MAX_REPORT = 192
+MAX_TEXT = 32
+
+_SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT = range(1, 9)
+_TEXT_ITEMS = {_RAT: "rat", _STATE: "modem_state", _OPERATOR: "operator", _TRANSPORT: "presence_transport"}
+_U32_ITEMS = {_KEEPALIVE: "keepalive_s", _NAT: "nat_lifetime_s"}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """A device's report; None fields are not sent (and were not reported)."""
+
+    signal_dbm: int | None = None
+    rat: str | None = None
+    data_used: int | None = None
+    modem_state: str | None = None
+    operator: str | None = None
+    keepalive_s: int | None = None
+    nat_lifetime_s: int | None = None
+    presence_transport: str | None = None
+
+    def encode(self) -> bytes:
+        """Serialize; text is cut to ``MAX_TEXT`` bytes (on a character boundary) and numbers
+        are clamped to their item's range, so any report fits ``MAX_REPORT``."""
+        out = bytearray()
+        if self.signal_dbm is not None:
+            out += struct.pack(">BBb", _SIGNAL, 1, max(-128, min(127, self.signal_dbm)))
+        if self.data_used is not None:
+            out += struct.pack(">BBQ", _DATA, 8, max(0, min(2**64 - 1, self.data_used)))
+        for item, name in _U32_ITEMS.items():
+            value = getattr(self, name)
+            if value is not None:
+                out += struct.pack(">BBI", item, 4, max(0, min(2**32 - 1, value)))
+        for item, name in _TEXT_ITEMS.items():
+            value = getattr(self, name)
+            if value is not None:
+                raw = value.encode("utf-8")[:MAX_TEXT].decode("utf-8", "ignore").encode("utf-8")
+                out += bytes([item, len(raw)]) + raw
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeviceReport:
+        """Parse, skipping unknown item types.
+
+        Raises:
+            ValueError: longer than ``MAX_REPORT``, an item runs past the end, a known item has
+                the wrong length, or text is not UTF-8.
+        """
+        if len(data) > MAX_REPORT:
+            raise ValueError(f"report of {len(data)} bytes; at most {MAX_REPORT}")
+        values: dict[str, Any] = {}
+        offset = 0
+        while offset < len(data):
+            if offset + 2 > len(data):
+                raise ValueError("report item header truncated")
+            item, length = data[offset], data[offset + 1]
+            value = data[offset + 2 : offset + 2 + length]
+            if len(value) != length:
+                raise ValueError(f"report item {item} runs past the end")
+            offset += 2 + length
+            if item == _SIGNAL:
+                values["signal_dbm"] = _fixed(">b", value, item)
+            elif item == _DATA:
+                values["data_used"] = _fixed(">Q", value, item)
+            elif item in _U32_ITEMS:
+                values[_U32_ITEMS[item]] = _fixed(">I", value, item)
+            elif item in _TEXT_ITEMS:
+                try:
+                    values[_TEXT_ITEMS[item]] = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"report item {item} is not UTF-8") from None
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The reported fields only, for JSON."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceReport:
+        """Inverse of ``as_dict``, ignoring unknown keys and values of the wrong type."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            numeric = f.name in ("signal_dbm", "data_used", "keepalive_s", "nat_lifetime_s")
+            if (numeric and isinstance(value, int) and not isinstance(value, bool)) or (
+                not numeric and isinstance(value, str)
+            ):
+                values[f.name] = value
+        return cls(**values)
+
+
+def _fixed(fmt: str, value: bytes, item: int) -> int:
+    if len(value) != struct.calcsize(fmt):
+        raise ValueError(f"report item {item} has {len(value)} bytes, not {struct.calcsize(fmt)}")
+    return int(struct.unpack(fmt, value)[0])

@@ -1,0 +1,131 @@
+"""Device reports riding on keepalives: the layout, and delivery through the sans-I/O cores
+(made-up time, a fake link that can lose datagrams)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from presence_harness import Lab
+
+from dvrlink.protocol.presence_events import DeviceReported
+from dvrlink.protocol.presence_report import MAX_REPORT, MAX_TEXT, DeviceReport
+from dvrlink.protocol.presence_wire import MessageType
+
+FULL = DeviceReport(
+    signal_dbm=-87,
+    rat="lte",
+    data_used=123_456_789_012,
+    modem_state="online",
+    operator="Telekom.de",
+    keepalive_s=105,
+    nat_lifetime_s=150,
+    presence_transport="udp",
+)
+
+
+def test_layout_round_trips_and_skips_unknown_items() -> None:
+    assert DeviceReport.decode(FULL.encode()) == FULL
+    assert DeviceReport.decode(b"") == DeviceReport()
+    assert DeviceReport.decode(bytes([200, 3, 1, 2, 3]) + DeviceReport(rat="gprs").encode()) == DeviceReport(
+        rat="gprs"
+    )
+    assert DeviceReport.from_dict(FULL.as_dict()) == FULL
+    assert DeviceReport.from_dict({"signal_dbm": "loud", "rat": 5, "other": 1}) == DeviceReport()
+
+
+def test_values_are_clamped_and_text_cut_so_every_report_fits() -> None:
+    big = DeviceReport(
+        signal_dbm=-500,
+        rat="é" * 40,
+        data_used=-1,
+        modem_state="x" * 100,
+        operator="y" * 100,
+        keepalive_s=2**40,
+        nat_lifetime_s=-3,
+        presence_transport="z" * 100,
+    )
+    data = big.encode()
+    assert len(data) <= MAX_REPORT
+    back = DeviceReport.decode(data)
+    assert back.signal_dbm == -128 and back.data_used == 0 and back.keepalive_s == 2**32 - 1
+    assert back.rat is not None and len(back.rat.encode()) <= MAX_TEXT and set(back.rat) == {"é"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [bytes([1]), bytes([1, 2, 0]), bytes([3, 4, 0, 0, 0, 0]), bytes([2, 1, 0xFF]), bytes(MAX_REPORT + 1)],
+)
+def test_malformed_reports_are_value_errors(data: bytes) -> None:
+    with pytest.raises(ValueError, match="report"):
+        DeviceReport.decode(data)
+
+
+@given(st.binary(max_size=MAX_REPORT + 8))
+def test_garbage_is_a_report_or_a_value_error(data: bytes) -> None:
+    try:
+        report = DeviceReport.decode(data)
+    except ValueError:
+        return
+    assert DeviceReport.decode(report.encode()) == report
+
+
+def test_a_report_rides_on_the_next_keepalive_and_is_retried_until_acknowledged() -> None:
+    lab = Lab()
+    dev = lab.add_device("DL-0001-0001")
+    lab.start_all()
+    dev.client.report(FULL, lab.now)
+    assert dev.client.report_pending
+    # Nothing extra is sent for it: it waits for the keepalive's time.
+    lab.wire.clear()
+    lab.advance(lab.now + 1.0)
+    assert lab.wire == []
+
+    # The first keepalive carrying it is lost on the way up; the retry carries it again.
+    lost: list[bytes] = []
+
+    def lose_first(direction: str, data: bytes, device: object) -> bool:
+        if direction == "up" and data[0] == MessageType.KEEPALIVE and not lost:
+            lost.append(data)
+            return False
+        return True
+
+    lab.filter = lose_first
+    lab.advance(lab.interval + 5.0)
+    reports = [e for e in lab.server_events if isinstance(e, DeviceReported)]
+    assert lost and reports == [DeviceReported("DL-0001-0001", FULL)]
+    assert not dev.client.report_pending
+    assert lab.server.stats["reports"] == 1
+
+    # Later keepalives are empty again: the 117-byte round trip is back.
+    lab.wire.clear()
+    lab.advance(lab.now + lab.interval + 0.5)
+    assert [len(b) for d, b, _ in lab.wire if d == "up"] == [26]
+    assert [e for e in lab.server_events if isinstance(e, DeviceReported)] == reports
+
+
+def test_send_now_sends_at_once_and_a_newer_report_replaces_an_unacknowledged_one() -> None:
+    lab = Lab()
+    dev = lab.add_device("DL-0001-0002")
+    lab.start_all()
+    lab.filter = lambda direction, data, device: direction != "down"  # acks lost for now
+    dev.client.report(DeviceReport(signal_dbm=-100), lab.now, send_now=True)
+    lab.pump()
+    dev.client.report(DeviceReport(signal_dbm=-70, rat="umts"), lab.now)
+    lab.filter = lambda direction, data, device: True
+    lab.advance(lab.now + 10.0)
+    got = [e.report for e in lab.server_events if isinstance(e, DeviceReported)]
+    assert got[0] == DeviceReport(signal_dbm=-100)
+    assert got[-1] == DeviceReport(signal_dbm=-70, rat="umts")
+    assert not dev.client.report_pending
+
+
+def test_a_bad_report_is_counted_and_the_keepalive_still_acknowledged() -> None:
+    lab = Lab()
+    dev = lab.add_device("DL-0001-0003")
+    lab.start_all()
+    dev.client._report = bytes([1, 5, 0])  # a signal item with a wrong length
+    lab.advance(lab.interval + 0.5)
+    assert lab.server.stats["bad_reports"] == 1
+    assert not any(isinstance(e, DeviceReported) for e in lab.server_events)
+    assert not dev.client.report_pending
