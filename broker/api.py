@@ -362,6 +362,8 @@ class BrokerApi:
             "keepalive_interval": info.keepalive_interval if info is not None and online else None,
             "fingerprint": fingerprint(device.public_key),
             "paired_at": pairing.paired_at,
+            "report": device.report,
+            "reported_at": device.reported_at,
         }
 
     # -- handlers --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dvrlink.protocol.presence_events import (
     DeviceMoved,
     DeviceOffline,
     DeviceOnline,
+    DeviceReported,
     InviteAnswered,
     InviteExpired,
     RegistrationRequested,
@@ -71,6 +72,13 @@ class DeviceEventHandler:
             log.debug("device %s online from %s", event.serial, format_address(event.address))
         elif isinstance(event, InviteAnswered | InviteExpired):
             self._on_invite_event(event)
+        elif isinstance(event, DeviceReported):
+            try:
+                self._registry.record_report(event.serial, event.report.as_dict(), self._wall_clock())
+            except sqlite3.Error:
+                log.exception(
+                    "registry failed while keeping the report of %s; the next one will do", event.serial
+                )
         elif isinstance(event, DeviceOffline):
             log.debug("device %s offline: %s", event.serial, event.reason)
         elif isinstance(event, DeviceMoved):

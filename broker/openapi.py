@@ -149,6 +149,15 @@ def openapi_document() -> dict[str, Any]:
                         "keepalive_interval": {"type": ["number", "null"], "description": "Seconds"},
                         "fingerprint": {"type": "string", "description": "Device key fingerprint (base32)"},
                         "paired_at": {"type": "number", "description": "Unix seconds"},
+                        "report": {
+                            "type": ["object", "null"],
+                            "description": (
+                                "What the device last reported about itself (any of signal_dbm, rat, "
+                                "data_used, modem_state, operator, keepalive_s, nat_lifetime_s, "
+                                "presence_transport); null before its first report"
+                            ),
+                        },
+                        "reported_at": _UNIX_TIME,
                     },
                 },
                 "DeviceList": {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dvrlink.protocol.identity import PUBLIC_KEY_SIZE, fingerprint, validate_serial
 from dvrlink.protocol.presence_events import Address
@@ -76,6 +78,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             reason TEXT NOT NULL
         )""",
         "CREATE INDEX refusals_by_serial ON refusals (serial, at)",
+    ),
+    # 2: what each device last reported about itself (JSON of protocol.presence_report fields)
+    (
+        "ALTER TABLE devices ADD COLUMN report TEXT",
+        "ALTER TABLE devices ADD COLUMN reported_at REAL",
     ),
 )
 
@@ -136,6 +143,9 @@ class DeviceRecord:
     bound_at: float
     last_registered_at: float | None
     last_address: str | None
+    report: dict[str, Any] | None = None
+    """The device's last report (``DeviceReport.as_dict()``), or None."""
+    reported_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,13 +410,28 @@ class Registry:
     def device(self, serial: str) -> DeviceRecord | None:
         """The binding of ``serial``, or None if it never registered and is not in the manifest."""
         row = self._db.execute(
-            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address FROM devices "
-            "WHERE serial = ?",
+            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
+            "reported_at FROM devices WHERE serial = ?",
             (serial,),
         ).fetchone()
         if row is None:
             return None
-        return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+        report = None
+        if row[6] is not None:
+            try:
+                loaded = json.loads(row[6])
+            except ValueError:
+                loaded = None
+            report = loaded if isinstance(loaded, dict) else None
+        return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7])
+
+    def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None:
+        """Keep the last report of a bound ``serial`` (``DeviceReport.as_dict()``)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE devices SET report = ?, reported_at = ? WHERE serial = ?",
+                (json.dumps(dict(report), sort_keys=True), now, serial),
+            )
 
     def release_device(self, serial: str) -> bool:
         """Forget the binding of ``serial`` (and its pairings), so the next registering key binds it.

@@ -252,3 +252,32 @@ def test_admin_connection_writes_while_another_is_open(tmp_path: Path) -> None:
     admin.close()
     assert broker.authenticate("carol", "pw123456")
     assert broker.check_binding("DL-0009", KEY_A, T0, manifest_only=True) is BindingVerdict.MATCHES
+
+
+def test_reports_are_kept_per_device_and_survive_a_reopen(tmp_path: Path) -> None:
+    reg = open_registry(tmp_path)
+    reg.check_binding("DL-0001", KEY_A, T0, manifest_only=False)
+    record = reg.device("DL-0001")
+    assert record is not None and record.report is None and record.reported_at is None
+    reg.record_report("DL-0001", {"signal_dbm": -87, "rat": "lte"}, T0 + 5)
+    reg.record_report("DL-9999", {"rat": "gsm"}, T0 + 5)  # not bound: nothing to update
+    reg.close()
+    again = open_registry(tmp_path)
+    record = again.device("DL-0001")
+    assert record is not None and record.report == {"signal_dbm": -87, "rat": "lte"}
+    assert record.reported_at == T0 + 5
+    assert again.device("DL-9999") is None
+    again.close()
+
+
+def test_a_version_1_registry_gains_the_report_columns(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    old = Registry(path, migrations=MIGRATIONS[:1])
+    old.check_binding("DL-0001", KEY_A, T0, manifest_only=False)
+    old.close()
+    reg = Registry(path)
+    assert reg.schema_version == len(MIGRATIONS) >= 2
+    reg.record_report("DL-0001", {"keepalive_s": 25}, T0)
+    record = reg.device("DL-0001")
+    assert record is not None and record.report == {"keepalive_s": 25}
+    reg.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.viewer.api_types import (
     Device,
     parse_device,
@@ -206,3 +209,39 @@ def test_parse_token_and_pair_answer() -> None:
     assert (answer.paired, answer.result) == (True, b"abc")
     with pytest.raises(ValueError, match="not base64"):
         parse_pair_answer({"result": "&&&"}, True)
+
+
+def test_devices_table_shows_reports_when_any_device_reported() -> None:
+    cellular = dataclasses.replace(
+        ONLINE,
+        report=DeviceReport(
+            signal_dbm=-87,
+            rat="lte",
+            operator="Telekom.de",
+            data_used=12_345_678,
+            keepalive_s=105,
+            nat_lifetime_s=150,
+            presence_transport="udp",
+        ),
+    )
+    wired = dataclasses.replace(OFFLINE, report=DeviceReport(keepalive_s=25, presence_transport="udp"))
+    table = render_devices([cellular, wired, NEVER], {}, NOW)
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "SERIAL", "ONLINE", "LAST", "SEEN", "ADDRESS", "PINNED", "SIGNAL", "NETWORK", "DATA", "KEEPALIVE",
+    ]  # fmt: skip
+    cells = [re.split(r"\s{2,}", line) for line in lines[1:]]
+    assert cells[0][-4:] == ["-87 dBm", "lte Telekom.de", "12.3 MB", "105 s udp (NAT 150 s)"]
+    assert cells[1][-4:] == ["-", "-", "-", "25 s udp"]
+    assert cells[2][-4:] == ["-", "-", "-", "-"]
+
+
+def test_parse_device_reads_the_report() -> None:
+    body = _device_body(report={"signal_dbm": -90, "rat": "edge", "unknown": 1}, reported_at=NOW - 60)
+    device = parse_device(body)
+    assert device.report == DeviceReport(signal_dbm=-90, rat="edge")
+    assert device.reported_at == NOW - 60
+    assert parse_device(_device_body()).report is None
+    with pytest.raises(ValueError, match="report"):
+        parse_device(_device_body(report=[1, 2]))
+    assert device_json(device, None)["report"] == {"signal_dbm": -90, "rat": "edge"}

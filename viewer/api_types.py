@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dvrlink.protocol.identity import b64decode_key, fingerprint, validate_serial
+from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.protocol.signalling import TurnServer
 
 
@@ -38,6 +39,9 @@ class Device:
     keepalive_interval: float | None  # s
     fingerprint: str
     paired_at: float  # unix s
+    report: DeviceReport | None = None
+    """What the device last reported (signal, network, data used, keepalive), or None."""
+    reported_at: float | None = None  # unix s
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,18 @@ def parse_device(data: Any, expected_serial: str | None = None) -> Device:
         keepalive_interval=_number(body, "keepalive_interval", nullable=True),
         fingerprint=fp,
         paired_at=paired_at,
+        report=_report(body),
+        reported_at=_number(body, "reported_at", nullable=True) if "reported_at" in body else None,
     )
+
+
+def _report(body: Mapping[str, Any]) -> DeviceReport | None:
+    value = body.get("report")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("field 'report' is not an object or null")
+    return DeviceReport.from_dict(value)
 
 
 def parse_devices(data: Any) -> list[Device]:

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Mapping, Sequence
 
 from dvrlink.protocol.identity import format_fingerprint
+from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.viewer.api_types import Device
 from dvrlink.viewer.home import Pin
 
@@ -88,24 +89,58 @@ def render_devices(devices: Sequence[Device], pins: Mapping[str, Pin], now: floa
     """The ``dvrlink devices`` table, one line per device sorted by serial, ending in a newline.
 
     Columns: SERIAL, ONLINE (yes/no), LAST SEEN, ADDRESS (reflexive ip:port or -), PINNED
-    (ok, MISMATCH, or - when this computer holds no pin for the device).
+    (ok, MISMATCH, or - when this computer holds no pin for the device); when any device has
+    reported, also SIGNAL (dBm), NETWORK (radio technology and operator), DATA (used this billing
+    cycle) and KEEPALIVE (the interval it uses, and the NAT lifetime it measured).
     """
     if not devices:
         return "no devices are paired to this account: pair one with `dvrlink pair SERIAL CODE`\n"
-    rows = [("SERIAL", "ONLINE", "LAST SEEN", "ADDRESS", "PINNED")]
+    reports = any(device.report is not None for device in devices)
+    header: tuple[str, ...] = ("SERIAL", "ONLINE", "LAST SEEN", "ADDRESS", "PINNED")
+    if reports:
+        header += ("SIGNAL", "NETWORK", "DATA", "KEEPALIVE")
+    rows = [header]
     for device in sorted(devices, key=lambda d: d.serial):
-        rows.append(
-            (
-                device.serial,
-                "yes" if device.online else "no",
-                format_ago(device.last_seen, now),
-                device.reflexive_address or "-",
-                pin_status(device, pins.get(device.serial)).value,
-            )
+        row: tuple[str, ...] = (
+            device.serial,
+            "yes" if device.online else "no",
+            format_ago(device.last_seen, now),
+            device.reflexive_address or "-",
+            pin_status(device, pins.get(device.serial)).value,
         )
+        if reports:
+            row += report_cells(device.report)
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def report_cells(report: DeviceReport | None) -> tuple[str, str, str, str]:
+    """SIGNAL, NETWORK, DATA and KEEPALIVE cells of a device's report (``-`` where unknown)."""
+    if report is None:
+        return ("-", "-", "-", "-")
+    signal = "-" if report.signal_dbm is None else f"{report.signal_dbm} dBm"
+    network = " ".join(x for x in (report.rat, report.operator) if x) or "-"
+    data = "-" if report.data_used is None else format_size(report.data_used)
+    keepalive = "-"
+    if report.keepalive_s is not None:
+        keepalive = f"{report.keepalive_s} s"
+        if report.presence_transport:
+            keepalive += f" {report.presence_transport}"
+        if report.nat_lifetime_s:
+            keepalive += f" (NAT {report.nat_lifetime_s} s)"
+    return (signal, network, data, keepalive)
+
+
+def format_size(size: int) -> str:
+    """Bytes in B, kB, MB or GB (powers of 1000), one decimal from kB up."""
+    if size < 1000:
+        return f"{size} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def device_json(device: Device, pin: Pin | None) -> dict[str, object]:
@@ -119,6 +154,8 @@ def device_json(device: Device, pin: Pin | None) -> dict[str, object]:
         "keepalive_interval": device.keepalive_interval,
         "fingerprint": device.fingerprint,
         "paired_at": device.paired_at,
+        "report": None if device.report is None else device.report.as_dict(),
+        "reported_at": device.reported_at,
         "pinned_fingerprint": pin.fingerprint if pin is not None else None,
         "pin_status": {PinStatus.OK: "ok", PinStatus.MISMATCH: "mismatch", PinStatus.NOT_PINNED: "none"}[
             pin_status(device, pin)
