@@ -104,19 +104,34 @@ async def lab(with_turn: bool = True, marker: bytes | None = None) -> AsyncItera
             ),
         )
         core = turn.core
+
+        def saw(data: bytes) -> None:
+            relayed.datagrams += 1
+            relayed.bytes += len(data)
+            if marker is not None and marker in data:
+                relayed.marker_hits += 1
+
+        # Relayed data leaves the core two ways: queued (TCP clients, Send indications) and
+        # handed straight back to the link by the UDP hot path (ChannelData on a bound channel).
         original = core.datagrams_to_send
 
         def watched() -> list[Any]:
             out = original()
             for data, _, via in out:
                 if isinstance(via, ToPeer):
-                    relayed.datagrams += 1
-                    relayed.bytes += len(data)
-                    if marker is not None and marker in data:
-                        relayed.marker_hits += 1
+                    saw(data)
             return out
 
+        fast = core.receive_udp
+
+        def watched_fast(data: bytes, address: Any, now: float) -> Any:
+            result = fast(data, address, now)
+            if result is not None:
+                saw(result[1])
+            return result
+
         core.datagrams_to_send = watched  # type: ignore[method-assign]
+        core.receive_udp = watched_fast  # type: ignore[method-assign]
     try:
         yield Lab((str(stun_address[0]), int(stun_address[1])), turn, responder, relayed)
     finally:
@@ -247,6 +262,8 @@ def test_lab_sets_up_and_tears_down() -> None:
                 True, the_lab.stun, the_lab.turn_servers("a"), PathPolicy.ALL, host_addresses=[LOOPBACK]
             )
             try:
+                while not conn.local_gathering_done:  # the srflx query is trickled, not waited for
+                    await asyncio.wait_for(conn.wait_local_candidates(WAIT), WAIT)
                 types = candidate_types(conn.local_candidates())
                 assert types == ["host", "relay"]  # the srflx equals its base on loopback: left out
                 assert conn.relayed_address is not None
