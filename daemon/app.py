@@ -16,11 +16,12 @@ from typing import Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.config import DaemonConfig, describe
+from dvrlink.daemon.modem_service import ModemOptions, ModemService
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState
-from dvrlink.daemon.status import DaemonStatus, SessionStatus, StatusFile
+from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -39,9 +40,14 @@ log = logging.getLogger(__name__)
 
 
 async def run_daemon(
-    config: DaemonConfig, stop: asyncio.Event, environ: Mapping[str, str] | None = None
+    config: DaemonConfig,
+    stop: asyncio.Event,
+    environ: Mapping[str, str] | None = None,
+    *,
+    modem_options: ModemOptions | None = None,
 ) -> None:
-    """Run until ``stop`` is set; ``environ`` holds the service manager's variables.
+    """Run until ``stop`` is set; ``environ`` holds the service manager's variables;
+    ``modem_options`` the modem's timers and test seams (defaults: a real modem).
 
     Raises:
         StateError: the state directory or a state file cannot be used.
@@ -72,7 +78,10 @@ async def run_daemon(
     )
     notifier = Notifier(environ)
     status_file = StatusFile(config.device.runtime_dir)
-    events = DeviceEvents(config, client, notifier, status_file, invites, loop.time, sessions=sessions)
+    modem = _modem_service(config, modem_options)
+    events = DeviceEvents(
+        config, client, notifier, status_file, invites, loop.time, sessions=sessions, modem=modem
+    )
     link = CloudLink(client, events, config.broker.host, config.broker.port)
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
@@ -80,6 +89,10 @@ async def run_daemon(
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
     notifier.status(f"registering with {config.broker.address}")
+    modem_task = None
+    if modem is not None:
+        modem.on_change = events.modem_changed
+        modem_task = loop.create_task(modem.run(), name="modem")
     try:
         await link.start()
         await stop.wait()
@@ -87,10 +100,26 @@ async def run_daemon(
     finally:
         notifier.stopping()
         watchdog.cancel()
+        if modem_task is not None:
+            modem_task.cancel()
+            await asyncio.gather(modem_task, return_exceptions=True)
         await sessions.close()
         link.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemService | None:
+    """The cellular modem service when ``[modem] enabled``; the broker is its default probe target."""
+    if not config.modem.enabled:
+        return None
+    return ModemService(
+        config.modem,
+        state_dir=config.device.state_dir,
+        runtime_dir=config.device.runtime_dir,
+        broker=(config.broker.host, config.broker.port),
+        options=options,
+    )
 
 
 class PresenceView(Protocol):
@@ -114,6 +143,12 @@ class SessionRouter(Protocol):
     def snapshot(self) -> tuple[SessionStatus, ...]: ...
 
 
+class ModemView(Protocol):
+    """What ``DeviceEvents`` reads of ``ModemService``: the status file's modem block."""
+
+    def snapshot(self) -> ModemBlock: ...
+
+
 class DeviceEvents:
     """What the daemon does on each presence event (the ``EventHandler`` of the cloud link).
 
@@ -131,9 +166,11 @@ class DeviceEvents:
         core_clock: Callable[[], float],
         *,
         sessions: SessionRouter | None = None,
+        modem: ModemView | None = None,
     ) -> None:
         self._config = config
         self._sessions = sessions
+        self._modem = modem
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -209,6 +246,10 @@ class DeviceEvents:
         """Rewrite the status file: a session was added, authenticated or removed."""
         self._write_status()
 
+    def modem_changed(self) -> None:
+        """Rewrite the status file: the modem's state, signal or data changed."""
+        self._write_status()
+
     def _write_status(self) -> None:
         reflexive = self._client.reflexive_address
         status = DaemonStatus(
@@ -224,6 +265,7 @@ class DeviceEvents:
             started_at=self._started_at,
             message=self._message,
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
+            modem=self._modem.snapshot() if self._modem is not None else None,
         )
         try:
             self.status_file.write(status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -19,6 +20,8 @@ from typing import Any
 
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.services import ServicesConfig, parse_services
+from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE
+from dvrlink.modem.profiles import PROFILES
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.signalling import PathPolicy
 
@@ -109,6 +112,71 @@ class LogConfig:
     """One of DEBUG, INFO, WARNING, ERROR."""
 
 
+DATA_LINKS = ("auto", "ppp", "ecm")
+"""``[modem] data_link`` values: the profile's dial method, or PPP/ECM forced."""
+DEFAULT_DHCP_COMMAND = ("udhcpc", "-f", "-i", "{iface}", "-t", "5", "-T", "3", "-n", "-R")
+"""BusyBox udhcpc in the foreground on the modem's interface (the Buildroot image's client)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModemSettings:
+    """``[modem]``: the cellular modem. Off unless ``enabled``; everything else has a default that
+    suits a recorder with one USB modem, so a SIM and ``enabled = true`` are enough."""
+
+    enabled: bool = False
+    """Manage the cellular modem."""
+    profile: str = "auto"
+    """``"auto"``: find the modem by its USB ID (udev); or a profile name (``quectel-ec25``, ...)."""
+    port: str = ""
+    """AT port device path; overrides detection (a UART modem, or the emulator's PTY). Empty: detect."""
+    data_port: str = ""
+    """PPP port when ``port`` is given; empty: the AT port itself (one-port modems)."""
+    net_interface: str = ""
+    """ECM network interface when ``port`` is given (``usb0``, ``wwan0``); detection finds it otherwise."""
+    pin: str = field(default="", repr=False)
+    """SIM PIN (4-8 digits); empty: none. A PIN the SIM refuses is not sent again."""
+    apn: str = ""
+    """APN tried before the provider database's; empty: automatic."""
+    apn_username: str = ""
+    apn_password: str = field(default="", repr=False)
+    apn_auth: str = ""
+    """``"pap"``, ``"chap"`` or empty (whatever the network offers)."""
+    allow_roaming: bool = False
+    """Go online while registered on a visited network (roaming charges)."""
+    provider_database: Path = DEFAULT_DATABASE
+    """mobile-broadband-provider-info's serviceproviders.xml (Debian and Buildroot path)."""
+    billing_cycle_day: int = 1
+    """Day of month (1-31) the SIM's billing cycle starts."""
+    monthly_cap_mb: int = 0
+    """Data included per billing cycle, megabytes (10^6 bytes); 0: no cap policy."""
+    cap_warn_percent: int = 80
+    """Share of the cap that logs a warning and shows ``warn`` in status."""
+    cap_stop_percent: int = 100
+    """Share of the cap at which optional traffic stops (presence and control go on)."""
+    data_link: str = "auto"
+    """``"auto"`` (the profile's dial method), ``"ppp"`` or ``"ecm"``."""
+    pppd: tuple[str, ...] = ("/usr/sbin/pppd",)
+    """pppd program (a path, or a list: program and leading arguments)."""
+    chat: tuple[str, ...] = ("/usr/sbin/chat",)
+    """chat program, as ``pppd``."""
+    dhcp_command: tuple[str, ...] = DEFAULT_DHCP_COMMAND
+    """DHCP client for ECM modems; ``{iface}`` becomes the interface name."""
+    reboots_per_day: int = 2
+    """Board reboots the recovery ladder may take in any 24 h (only with ``board_reboot``)."""
+    usb_reset: bool = True
+    """Recovery may reset the modem's USB device (sysfs ``authorized`` 0 then 1)."""
+    power_cycle_command: tuple[str, ...] = ()
+    """Board hook that power-cycles the modem through its GPIO; empty: that step is off."""
+    board_reboot: bool = False
+    """Recovery may reboot the board (the last step, at most ``reboots_per_day``)."""
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    """How the board is rebooted when ``board_reboot`` is on."""
+    probe_host: str = ""
+    """Data-path health probe target (STUN); empty: the broker's host."""
+    probe_port: int = 0
+    """Its UDP port; 0: the broker's presence port (which answers STUN)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """The whole dvrlinkd configuration."""
@@ -120,6 +188,7 @@ class DaemonConfig:
     log: LogConfig = field(default_factory=LogConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    modem: ModemSettings = field(default_factory=ModemSettings)
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -159,7 +228,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     Raises:
         ConfigError: as for ``load_config``.
     """
-    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions")
+    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions", "modem")
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
 
@@ -209,7 +278,89 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         policy=ses.policy("policy"),
         handshake_timeout_s=ses.number("handshake_timeout_s", 1.0, 600.0),
     )
-    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, source)
+    modem = _parse_modem(_Table(source, "modem", document, ModemSettings), base)
+    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, source)
+
+
+def _parse_modem(mod: _Table, base: Path) -> ModemSettings:
+    """The ``[modem]`` section; each bad value names the key and what to write."""
+    profile = mod.string("profile").strip().lower()
+    if profile != "auto" and profile not in PROFILES:
+        raise mod.error("profile", profile, f'expected "auto" or one of {", ".join(sorted(PROFILES))}')
+    pin = mod.string("pin").strip()
+    if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
+        raise mod.error("pin", "****", "a SIM PIN is 4 to 8 digits; leave it empty if the SIM has none")
+    auth = mod.string("apn_auth").strip().lower()
+    if auth not in AUTH_METHODS:
+        raise mod.error("apn_auth", auth, 'expected "pap", "chap" or "" (whatever the network offers)')
+    apn = mod.string("apn").strip()
+    for key, value in (("apn", apn), ("apn_username", mod.string("apn_username"))):
+        if any(ch in value for ch in '"\r\n'):
+            raise mod.error(key, value, "must not hold quotes or line breaks; copy it from the carrier")
+    if (mod.string("apn_username") or mod.string("apn_password")) and not apn:
+        raise mod.error("apn_username", mod.string("apn_username"), "credentials need an APN: set apn too")
+    port = mod.string("port").strip()
+    data_port = mod.string("data_port").strip()
+    for key, value in (("port", port), ("data_port", data_port)):
+        if value and not value.startswith("/"):
+            raise mod.error(key, value, "expected an absolute device path such as /dev/ttyUSB2")
+    if data_port and not port:
+        raise mod.error("data_port", data_port, "needs port as well (or leave both empty to detect)")
+    net_interface = mod.string("net_interface").strip()
+    if net_interface and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", net_interface):
+        raise mod.error("net_interface", net_interface, "expected a network interface name such as usb0")
+    if port and profile == "auto":
+        raise mod.error(
+            "port", port, 'with an explicit port, set profile too (e.g. "generic" or "quectel-ec25")'
+        )
+    data_link = mod.string("data_link").strip().lower()
+    if data_link not in DATA_LINKS:
+        raise mod.error("data_link", data_link, f"expected one of {', '.join(DATA_LINKS)}")
+    if data_link == "ecm" and profile != "auto" and PROFILES[profile].ecm_connect is None:
+        raise mod.error(
+            "data_link", data_link, f'profile {profile} has no ECM call command: use "ppp" or "auto"'
+        )
+    dhcp_command = mod.command("dhcp_command")
+    if not any("{iface}" in word for word in dhcp_command):
+        raise mod.error(
+            "dhcp_command", list(dhcp_command), 'pass the interface as "{iface}", e.g. "-i", "{iface}"'
+        )
+    warn = mod.integer("cap_warn_percent", 1, 100)
+    stop = mod.integer("cap_stop_percent", 1, 100)
+    if warn > stop:
+        raise mod.error("cap_warn_percent", warn, f"must not be above cap_stop_percent ({stop})")
+    probe_host = mod.string("probe_host").strip()
+    if probe_host:
+        probe_host = mod.host("probe_host")
+    return ModemSettings(
+        enabled=mod.boolean("enabled"),
+        profile=profile,
+        port=port,
+        data_port=data_port,
+        net_interface=net_interface,
+        pin=pin,
+        apn=apn,
+        apn_username=mod.string("apn_username"),
+        apn_password=mod.string("apn_password"),
+        apn_auth=auth,
+        allow_roaming=mod.boolean("allow_roaming"),
+        provider_database=mod.file_path("provider_database", base),
+        billing_cycle_day=mod.integer("billing_cycle_day", 1, 31),
+        monthly_cap_mb=mod.integer("monthly_cap_mb", 0, 10_000_000),
+        cap_warn_percent=warn,
+        cap_stop_percent=stop,
+        data_link=data_link,
+        pppd=mod.command("pppd"),
+        chat=mod.command("chat"),
+        dhcp_command=dhcp_command,
+        reboots_per_day=mod.integer("reboots_per_day", 0, 24),
+        usb_reset=mod.boolean("usb_reset"),
+        power_cycle_command=mod.command("power_cycle_command", allow_empty=True),
+        board_reboot=mod.boolean("board_reboot"),
+        reboot_command=mod.command("reboot_command"),
+        probe_host=probe_host,
+        probe_port=mod.integer("probe_port", 0, 65535),
+    )
 
 
 def _reject_unknown(source: Path, where: str, keys: Iterable[str], known: tuple[str, ...]) -> None:
@@ -248,6 +399,10 @@ class _Table:
     def _error(self, key: str, seen: object, problem: str) -> ConfigError:
         return ConfigError(f"{self._source}: [{self._name}] {key} = {seen!r}: {problem}")
 
+    def error(self, key: str, seen: object, problem: str) -> ConfigError:
+        """A ConfigError naming this section's ``key``, what was seen and what to do."""
+        return self._error(key, seen, problem)
+
     def _get(self, key: str) -> object:
         if key in self._data:
             return self._data[key]
@@ -285,6 +440,32 @@ class _Table:
             raise self._error(key, value, "expected a folder path")
         path = Path(value)
         return path if path.is_absolute() else base / path
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise self._error(key, value, "expected true or false (without quotes)")
+        return value
+
+    def file_path(self, key: str, base: Path) -> Path:
+        value = self.string(key).strip()
+        if not value:
+            raise self._error(key, value, "expected a file path")
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+
+    def command(self, key: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+        value = self._get(key)
+        example = (
+            'expected a program path, or a list of strings (program and arguments), e.g. ["/usr/sbin/pppd"]'
+        )
+        if isinstance(value, str):
+            value = [value] if value.strip() else []
+        if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) and w for w in value):
+            raise self._error(key, value, example)
+        if not value and not allow_empty:
+            raise self._error(key, value, example)
+        return tuple(value)
 
     def key(self, key: str) -> bytes:
         value = self.string(key)
@@ -355,5 +536,13 @@ def describe(config: DaemonConfig) -> str:
         f"state {config.device.state_dir}, runtime {config.device.runtime_dir}, "
         f"keepalive {config.presence.keepalive_interval_s:g} s, "
         f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}, "
-        f"sessions at most {config.sessions.max_sessions} ({config.sessions.policy.name.lower()} paths)"
+        f"sessions at most {config.sessions.max_sessions} ({config.sessions.policy.name.lower()} paths), "
+        f"modem {_describe_modem(config.modem)}"
     )
+
+
+def _describe_modem(modem: ModemSettings) -> str:
+    if not modem.enabled:
+        return "off"
+    where = modem.port or "detected by USB ID"
+    return f"{modem.profile} on {where}, data link {modem.data_link}, APN {modem.apn or 'automatic'}"

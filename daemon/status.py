@@ -64,6 +64,54 @@ class SessionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ModemBlock:
+    """The cellular modem, as listed in the status file (``modem``; absent when the modem is off)."""
+
+    state: str
+    """Modem state: port-closed, probing, sim-absent, sim-locked, registering, connecting, online, ..."""
+    modem: str = ""
+    """Vendor and model, as the modem names itself."""
+    sim: str = "unknown"
+    """SIM state: unknown, absent, locked, ready, identified."""
+    iccid: str = ""
+    """The SIM's ICCID with all but its first 6 and last 4 digits hidden."""
+    operator: str = ""
+    roaming: bool = False
+    rat: str = ""
+    """Radio technology: GSM, EDGE, UMTS, HSPA, LTE, ..."""
+    signal_dbm: int | None = None
+    apn: str | None = None
+    """The APN of the data link while online."""
+    interface: str = ""
+    ladder_step: int = 0
+    """Highest recovery step taken in the open episode (0: none); names in ``ladder_step_name``."""
+    ladder_step_name: str = ""
+    data_used_bytes: int | None = None
+    """Bytes this billing cycle for this SIM (received + sent)."""
+    data_cap_bytes: int | None = None
+    """The cap at which optional traffic stops; None: no cap."""
+    cap_level: str = "normal"
+    """normal, warn or stop."""
+    detail: str = ""
+    """When not online: what is wrong and what to do."""
+
+    @classmethod
+    def from_mapping(cls, item: object) -> ModemBlock:
+        """Parse the file's ``modem`` object.
+
+        Raises:
+            ValueError: not a modem block.
+        """
+        if not isinstance(item, dict) or not isinstance(item.get("state"), str):
+            raise ValueError("the modem entry is not an object with a state")
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in item.items() if k in names})
+        except TypeError as exc:
+            raise ValueError(f"bad modem entry: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonStatus:
     """One snapshot of the daemon, as written to the status file."""
 
@@ -88,6 +136,8 @@ class DaemonStatus:
     """Last noteworthy event in words (e.g. the broker's refusal message)."""
     sessions: tuple[SessionStatus, ...] = field(default=())
     """Viewer sessions open (or being set up) when the file was written."""
+    modem: ModemBlock | None = None
+    """The cellular modem; None when ``[modem]`` is off."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -110,6 +160,8 @@ class DaemonStatus:
             if not isinstance(sessions, list):
                 raise ValueError("not a status document: sessions is not a list")
             values["sessions"] = tuple(SessionStatus.from_mapping(item) for item in sessions)
+            if values.get("modem") is not None:
+                values["modem"] = ModemBlock.from_mapping(values["modem"])
             return cls(**values)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a status document: {exc}") from exc
@@ -204,7 +256,43 @@ def format_status(status: DaemonStatus, now: float) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
     lines += [f"  {format_session(session)}" for session in status.sessions]
+    if status.modem is not None:
+        lines += format_modem(status.modem)
     return "\n".join(lines)
+
+
+def format_modem(modem: ModemBlock) -> list[str]:
+    """The modem lines of ``dvrlinkd status``: identity, SIM, network, data, and what to do."""
+    signal = f"{modem.signal_dbm} dBm" if modem.signal_dbm is not None else "-"
+    network = " ".join(x for x in (modem.operator, modem.rat) if x) or "-"
+    if modem.roaming:
+        network += " (roaming)"
+    used = _size(modem.data_used_bytes) if modem.data_used_bytes is not None else "-"
+    if modem.data_cap_bytes is not None:
+        used += f" of {_size(modem.data_cap_bytes)} cap"
+        if modem.cap_level != "normal":
+            used += f" ({modem.cap_level})"
+    ladder = "-"
+    if modem.ladder_step:
+        ladder = (
+            f"{modem.ladder_step} ({modem.ladder_step_name})"
+            if modem.ladder_step_name
+            else str(modem.ladder_step)
+        )
+    rows = [
+        ("modem", modem.state),
+        ("  device", modem.modem or "-"),
+        ("  SIM", f"{modem.sim} {modem.iccid}".strip()),
+        ("  network", network),
+        ("  signal", signal),
+        ("  APN", modem.apn if modem.apn is not None else "-"),
+        ("  recovery step", ladder),
+        ("  data this cycle", used),
+    ]
+    if modem.detail:
+        rows.append(("  to do" if modem.state != "online" else "  note", modem.detail))
+    width = max(len(name) for name, _ in rows)
+    return [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
 
 
 def format_session(session: SessionStatus) -> str:
