@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import os
 import random
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationRefused,
 )
-from dvrlink.protocol.presence_report import DeviceReport
+from dvrlink.protocol.presence_report import DeviceReport, encode_controls
 from dvrlink.protocol.presence_wire import (
     COOKIE,
     ECHO_STRUCT,
@@ -161,6 +162,10 @@ class PresenceClient:
         self._replied: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._report: bytes | None = None
         self._report_sent: bytes | None = None
+        self._new_interval: float | None = None
+        self._preferred_interval = config.keepalive_interval
+        """What REGISTER asks for: the configured interval, or the one set and acknowledged since."""
+        self._interval_sent: float | None = None
         self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0, "reports": 0}
 
     # -- public properties --------------------------------------------------------------------
@@ -300,6 +305,41 @@ class PresenceClient:
         if send_now and self._state is ClientState.ONLINE and self._awaiting_echo is None:
             self._keepalive_timer(now)
 
+    def set_keepalive_interval(self, interval: float, now: float) -> None:
+        """Use ``interval`` seconds between keepalives from now on (a learned NAT lifetime). The
+        next keepalive tells the broker, which then judges this device offline by it; the
+        client switches once the broker has acknowledged that keepalive (until then, and after
+        a re-registration, the old interval holds, so the broker never expects more often than
+        it gets).
+
+        Raises:
+            ValueError: ``interval`` is outside 0.05-3600 s.
+        """
+        if not 0.05 <= interval <= 3600:
+            raise ValueError(f"keepalive interval {interval} s is out of range: use 0.05-3600 s")
+        self._new_interval = interval
+
+    def probe_datagram(self, delay: float) -> tuple[bytes, int] | None:
+        """A NAT lifetime probe to send from a second socket: a keepalive asking the broker to
+        answer ``delay`` seconds later, to that socket's address. Returns (datagram, echo) —
+        ``probe_reply`` gives the echo of the answer — or None while not registered."""
+        if self._state is not ClientState.ONLINE or self._send_counter >= MAX_COUNTER - 16:
+            return None
+        datagram = self._seal(MessageType.KEEPALIVE, encode_controls(probe_delay_ms=round(delay * 1000)))
+        return datagram, self._send_counter & 0xFFFF
+
+    def probe_reply(self, data: bytes) -> int | None:
+        """The echo of a probe's answer received on a probe socket, or None if ``data`` is not
+        an authentic KEEPALIVE_ACK of the current session. It does not count as a keepalive."""
+        try:
+            opened = self._open_sealed(data)
+            if opened is None or opened[0] != MessageType.KEEPALIVE_ACK:
+                return None
+            (echo,) = ECHO_STRUCT.unpack_from(opened[1])
+        except (ValueError, struct.error):
+            return None
+        return int(echo)
+
     @property
     def report_pending(self) -> bool:
         """True while a report waits for the broker's acknowledgement."""
@@ -353,7 +393,7 @@ class PresenceClient:
                 "nonce": self._nonce,
                 "device_key": self._device_public,
                 "ephemeral_key": x25519_public_bytes(self._ephemeral),
-                "keepalive_ms": round(self._config.keepalive_interval * 1000),
+                "keepalive_ms": round(self._preferred_interval * 1000),
                 "serial": self._config.serial,
             }
         )
@@ -448,7 +488,11 @@ class PresenceClient:
             return
         report = self._report
         self._report_sent = report
-        self._outbox.append(self._seal(MessageType.KEEPALIVE, report or b""))
+        self._interval_sent = self._new_interval
+        controls = b""
+        if self._new_interval is not None:
+            controls = encode_controls(interval_ms=round(self._new_interval * 1000))
+        self._outbox.append(self._seal(MessageType.KEEPALIVE, (report or b"") + controls))
         self._awaiting_echo = self._send_counter & 0xFFFF
         self._keepalive_sent_at = now
         self._timer = now + self._config.reply_timeout
@@ -485,6 +529,11 @@ class PresenceClient:
             self._report = None
             self.stats["reports"] += 1
         self._report_sent = None
+        if self._interval_sent is not None:
+            self._interval = self._preferred_interval = self._interval_sent
+            if self._new_interval == self._interval_sent:
+                self._new_interval = None
+            self._interval_sent = None
         self._awaiting_echo = None
         self._last_ack_at = now
         self._timer = self._first_send_at + self._interval

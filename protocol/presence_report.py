@@ -15,6 +15,18 @@ does not know, so later versions can add items. At most ``MAX_REPORT`` bytes.
 | 6 | keepalive_s | unsigned 32-bit: the keepalive interval the device uses |
 | 7 | nat_lifetime_s | unsigned 32-bit: the NAT mapping lifetime it measured (0: not known) |
 | 8 | presence_transport | UTF-8: udp or tcp |
+
+Items 16 and up are **controls** for the broker's presence core, not part of the report:
+
+| type | name | value |
+|---|---|---|
+| 16 | probe_delay_ms | unsigned 32-bit: a NAT lifetime probe; answer after this long (see below) |
+| 17 | interval_ms | unsigned 32-bit: the keepalive interval the device uses from now on |
+
+A keepalive with ``probe_delay_ms`` comes from a second socket of the device (a mapping of its
+own): the broker does not take its address as the device's, does not answer at once, and sends
+the KEEPALIVE_ACK to that address after the delay. If the NAT still holds the idle mapping, the
+device hears it. ``interval_ms`` lets the broker judge the device offline by the new interval.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ from typing import Any
 
 MAX_REPORT = 192
 MAX_TEXT = 32
+PROBE_DELAY = 16
+INTERVAL = 17
 
 _SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT = range(1, 9)
 _TEXT_ITEMS = {_RAT: "rat", _STATE: "modem_state", _OPERATOR: "operator", _TRANSPORT: "presence_transport"}
@@ -112,6 +126,37 @@ class DeviceReport:
             ):
                 values[f.name] = value
         return cls(**values)
+
+
+def encode_controls(*, probe_delay_ms: int | None = None, interval_ms: int | None = None) -> bytes:
+    """Control items for a keepalive (after any report items)."""
+    out = b""
+    if probe_delay_ms is not None:
+        out += struct.pack(">BBI", PROBE_DELAY, 4, max(0, min(2**32 - 1, probe_delay_ms)))
+    if interval_ms is not None:
+        out += struct.pack(">BBI", INTERVAL, 4, max(0, min(2**32 - 1, interval_ms)))
+    return out
+
+
+def read_controls(data: bytes) -> dict[int, int]:
+    """The control items of a keepalive plaintext, by type; report items are skipped.
+
+    Raises:
+        ValueError: the items are malformed (as ``DeviceReport.decode`` would say).
+    """
+    controls: dict[int, int] = {}
+    offset = 0
+    while offset < len(data):
+        if offset + 2 > len(data):
+            raise ValueError("report item header truncated")
+        item, length = data[offset], data[offset + 1]
+        value = data[offset + 2 : offset + 2 + length]
+        if len(value) != length:
+            raise ValueError(f"report item {item} runs past the end")
+        offset += 2 + length
+        if item in (PROBE_DELAY, INTERVAL):
+            controls[item] = _fixed(">I", value, item)
+    return controls
 
 
 def _fixed(fmt: str, value: bytes, item: int) -> int:

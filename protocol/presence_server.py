@@ -43,7 +43,7 @@ from dvrlink.protocol.presence_events import (
     RegistrationRequested,
     ServerEvent,
 )
-from dvrlink.protocol.presence_report import DeviceReport
+from dvrlink.protocol.presence_report import INTERVAL, PROBE_DELAY, DeviceReport, read_controls
 from dvrlink.protocol.presence_wire import (
     COOKIE,
     ECHO_STRUCT,
@@ -98,6 +98,10 @@ class ServerConfig:
     invite_retransmit: float = 1.0
     refuse_retry_after: float = 300.0
     sweep_interval: float = 1.0
+    max_probe_delay: float = 3600.0
+    """Longest NAT lifetime probe a device may ask for (longer ones are answered at this delay)."""
+    max_probes_per_device: int = 4
+    """NAT lifetime probes one device may have waiting at once; more are dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,7 @@ class _Session:
         "interval",
         "last_seen",
         "online",
+        "probes",
         "registered_at",
         "replay",
         "sealer",
@@ -149,6 +154,7 @@ class _Session:
         self.online = True
         self.replay = ReplayWindow()
         self.send_counter = 0
+        self.probes = 0
 
 
 @dataclass(slots=True)
@@ -198,6 +204,8 @@ class PresenceServer:
         self._pending_by_nonce: dict[bytes, int] = {}
         self._next_handle = 1
         self._invites: dict[int, _Invite] = {}
+        self._probe_heap: list[tuple[float, int, int, Address, int]] = []
+        self._probe_seq = 0
         self._invite_heap: list[tuple[float, int]] = []
         self._next_invite = int.from_bytes(rng(4), "big") & 0x7FFFFFFF
         self._outbox: list[tuple[bytes, Address]] = []
@@ -212,6 +220,8 @@ class PresenceServer:
             "refused": 0,
             "reports": 0,
             "bad_reports": 0,
+            "probes": 0,
+            "probes_dropped": 0,
         }
 
     # -- sans-I/O interface -------------------------------------------------------------------
@@ -243,6 +253,8 @@ class PresenceServer:
             times.append(self._next_sweep)
         if self._invite_heap:
             times.append(self._invite_heap[0][0])
+        if self._probe_heap:
+            times.append(self._probe_heap[0][0])
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -257,6 +269,8 @@ class PresenceServer:
                 self._events.append(InviteExpired(invite_id, invite.serial))
                 continue
             self._transmit_invite(invite, now)
+        if self._probe_heap and self._probe_heap[0][0] <= now:
+            self._answer_probes(now)
         if self._next_sweep is not None and now >= self._next_sweep:
             self._sweep(now)
 
@@ -461,13 +475,29 @@ class PresenceServer:
         if plain is None:
             return False
         session.replay.commit(counter)
-        self._touch(session, address, now)
         if plain:
             try:
-                self._events.append(DeviceReported(session.serial, DeviceReport.decode(plain)))
-                self.stats["reports"] += 1
+                controls = read_controls(plain)
+                report = DeviceReport.decode(plain)
             except ValueError:
                 self.stats["bad_reports"] += 1  # still a live device: acknowledged below
+                controls, report = {}, DeviceReport()
+            probe = controls.get(PROBE_DELAY)
+            if probe is not None:
+                # From the device's probe socket: alive, but not its address; answer later.
+                session.last_seen = now
+                self._schedule_probe(session, address, counter, probe / 1000, now)
+                return True
+            interval = controls.get(INTERVAL)
+            if interval is not None:
+                session.interval = min(
+                    max(interval / 1000, self._config.min_keepalive_interval),
+                    self._config.max_keepalive_interval,
+                )
+            if report != DeviceReport():
+                self._events.append(DeviceReported(session.serial, report))
+                self.stats["reports"] += 1
+        self._touch(session, address, now)
         session.send_counter += 1
         out = session.send_counter
         ack_header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)
@@ -475,6 +505,33 @@ class PresenceServer:
         self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, ack_header, plain, cipher), address))
         self.stats["keepalives"] += 1
         return True
+
+    def _schedule_probe(
+        self, session: _Session, address: Address, counter: int, delay: float, now: float
+    ) -> None:
+        if session.probes >= self._config.max_probes_per_device:
+            self.stats["probes_dropped"] += 1
+            return
+        session.probes += 1
+        self._probe_seq += 1
+        due = now + min(max(delay, 0.0), self._config.max_probe_delay)
+        heapq.heappush(
+            self._probe_heap, (due, self._probe_seq, session.session_id, address, counter & 0xFFFF)
+        )
+        self.stats["probes"] += 1
+
+    def _answer_probes(self, now: float) -> None:
+        while self._probe_heap and self._probe_heap[0][0] <= now:
+            _, _, session_id, address, echo = heapq.heappop(self._probe_heap)
+            session = self._by_sid.get(session_id)
+            if session is None:
+                continue
+            session.probes -= 1
+            session.send_counter += 1
+            out = session.send_counter
+            header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)
+            plain = ECHO_STRUCT.pack(echo) + encode_address(address)
+            self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, header, plain), address))
 
     def _on_sealed(self, data: bytes, address: Address, now: float) -> bool:
         if len(data) < SEALED_HEADER_SIZE:

@@ -61,6 +61,8 @@ class Lab:
         self.filter: Callable[[str, bytes, Device], bool] = lambda d, b, dev: True
         self.wire: list[tuple[str, bytes, Device]] = []
         self.held: list[tuple[str, bytes, Device]] = []
+        self.strays: list[tuple[bytes, Address, float]] = []
+        """Broker datagrams to addresses of no device (e.g. a probe socket), with the time sent."""
 
     def add_device(self, serial: str, seed: int = 7, address: Address | None = None) -> Device:
         key = Ed25519PrivateKey.from_private_bytes(seeded_rng(seed)(32))
@@ -99,11 +101,15 @@ class Lab:
                     self.decide(sevent)
             for datagram, address in self.server.datagrams_to_send():
                 moved = True
+                matched = False
                 for device in self.devices:
                     if device.address == address:
+                        matched = True
                         self.wire.append(("down", datagram, device))
                         if self.filter("down", datagram, device):
                             device.client.receive_datagram(datagram, self.now)
+                if not matched:
+                    self.strays.append((datagram, address, self.now))
             if not moved:
                 return
         raise AssertionError("the link did not settle")

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from presence_harness import Lab
 
-from dvrlink.protocol.presence_events import DeviceReported
+from dvrlink.protocol.presence_client import ClientState
+from dvrlink.protocol.presence_events import DeviceMoved, DeviceReported
 from dvrlink.protocol.presence_report import MAX_REPORT, MAX_TEXT, DeviceReport
 from dvrlink.protocol.presence_wire import MessageType
 
@@ -129,3 +130,76 @@ def test_a_bad_report_is_counted_and_the_keepalive_still_acknowledged() -> None:
     assert lab.server.stats["bad_reports"] == 1
     assert not any(isinstance(e, DeviceReported) for e in lab.server_events)
     assert not dev.client.report_pending
+
+
+PROBE_SOCKET = ("203.0.113.5", 50999)
+
+
+def test_a_probe_from_a_second_socket_is_answered_there_after_its_delay() -> None:
+    lab = Lab()
+    dev = lab.add_device("DL-0001-0004")
+    lab.start_all()
+    main_address = dev.address
+    made = dev.client.probe_datagram(40.0)
+    assert made is not None
+    datagram, echo = made
+    lab.server.receive_datagram(datagram, PROBE_SOCKET, lab.now)
+    lab.pump()
+    assert lab.strays == []  # no answer yet
+    lab.advance(lab.now + 39.0)
+    assert lab.strays == []
+    lab.advance(lab.now + 2.0)
+    [(answer, to, at)] = lab.strays
+    assert to == PROBE_SOCKET and 40.0 <= at <= 41.0
+    assert dev.client.probe_reply(answer) == echo
+    assert dev.client.probe_reply(answer) is None  # a replay
+    assert dev.client.probe_reply(b"\x0a" + bytes(40)) is None
+    # The probe socket never became the device's address; the main socket keeps working.
+    info = lab.server.presence("DL-0001-0004")
+    assert info is not None and info.address == main_address and info.online
+    assert not any(isinstance(e, DeviceMoved) for e in lab.server_events)
+    assert dev.client.state is ClientState.ONLINE
+
+
+def test_probes_per_device_are_bounded_and_dropped_with_the_session() -> None:
+    lab = Lab()
+    dev = lab.add_device("DL-0001-0005")
+    lab.start_all()
+    for _ in range(6):
+        made = dev.client.probe_datagram(30.0)
+        assert made is not None
+        lab.server.receive_datagram(made[0], PROBE_SOCKET, lab.now)
+    assert lab.server.stats["probes"] == 4 and lab.server.stats["probes_dropped"] == 2
+    lab.advance(lab.now + 31.0)
+    assert len(lab.strays) == 4
+    # A probe outstanding when the session ends gets no answer.
+    made = dev.client.probe_datagram(30.0)
+    assert made is not None
+    lab.server.receive_datagram(made[0], PROBE_SOCKET, lab.now)
+    lab.restart_broker()
+    lab.advance(lab.now + 31.0)
+    assert len(lab.strays) == 4
+
+
+def test_a_new_keepalive_interval_is_announced_then_used() -> None:
+    lab = Lab(interval=20.0)
+    dev = lab.add_device("DL-0001-0006")
+    lab.start_all()
+    dev.client.set_keepalive_interval(90.0, lab.now)
+    assert dev.client.keepalive_interval == 20.0  # not before the broker knows
+    lab.advance(lab.now + 20.5)
+    assert dev.client.keepalive_interval == 90.0
+    info = lab.server.presence("DL-0001-0006")
+    assert info is not None and info.keepalive_interval == 90.0
+    # 2.5 old intervals of silence no longer make it offline; the next keepalive is 90 s on.
+    lab.wire.clear()
+    lab.advance(lab.now + 85.0)
+    assert lab.wire == [] and lab.server.presence("DL-0001-0006").online  # type: ignore[union-attr]
+    lab.advance(lab.now + 6.0)
+    assert [d for d, _, _ in lab.wire] == ["up", "down"]
+    # After the broker restarts, registration asks for the learned interval at once.
+    lab.restart_broker()
+    lab.advance(lab.now + 95.0)
+    assert dev.client.state is ClientState.ONLINE and dev.client.keepalive_interval == 90.0
+    with pytest.raises(ValueError, match="out of range"):
+        dev.client.set_keepalive_interval(0.0, lab.now)

@@ -1,0 +1,280 @@
+"""Learning how long the device's NAT keeps an idle UDP mapping, to keep alive no more often than
+it must. Sans-I/O; time passed in; ``daemon/nat_probe.py`` does the I/O.
+
+A probe is one fresh UDP socket (a mapping of its own) that asks the broker to answer after a
+delay (``PresenceClient.probe_datagram``); if the answer arrives, the NAT kept the mapping idle
+that long. Probes run ``parallel`` at a time, in rounds:
+
+1. The first round tries the configured interval times 0.5, 1, 2 and 4.
+2. While no probe has failed, each round doubles on from the longest success (up to
+   ``max_probe_s``). Once one failed, each round spreads its probes evenly over the interval
+   between the longest success (``low``) and the shortest failure (``high``). A probe at or above
+   a known failure is moot and its result ignored; a round ends when the rest have answered or
+   were lost.
+3. The bracket is narrow enough when ``high - low`` is at most ``resolution`` of ``low`` (or
+   ``min_resolution_s``), or when ``low`` reached ``max_probe_s``. The keepalive interval is then
+   ``safety`` times ``low``, within ``min_interval_s`` and ``max_interval_s``.
+
+While measuring, the interval stays at the configured one, unless a probe at or below it failed:
+then it drops at once to a safe fraction of the longest success (reachability first). A change of
+path (another reflexive address, another network) starts over from the configured interval. A
+settled measurement is repeated after ``remeasure_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class LearnerState(enum.Enum):
+    """Where the learner is."""
+
+    IDLE = "idle"
+    MEASURING = "measuring"
+    SETTLED = "settled"
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerConfig:
+    """How the NAT lifetime is measured and turned into an interval (seconds)."""
+
+    parallel: int = 4
+    max_probe_s: float = 1800.0
+    min_interval_s: float = 10.0
+    max_interval_s: float = 1800.0
+    safety: float = 0.9
+    resolution: float = 0.1
+    min_resolution_s: float = 2.0
+    remeasure_s: float = 86400.0
+    retry_s: float = 60.0
+    """Wait before a round whose probes could not be sent (not registered) is tried again."""
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1 or not 0 < self.safety < 1 or self.min_interval_s > self.max_interval_s:
+            raise ValueError(
+                "learner config: parallel >= 1, 0 < safety < 1 and min_interval_s <= max_interval_s"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One probe to send now: ask for an answer after ``delay`` seconds."""
+
+    probe_id: int
+    delay: float
+
+
+class LearnerEvent:
+    """Base of what the learner reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalChanged(LearnerEvent):
+    """Use ``interval`` seconds between keepalives from now on."""
+
+    interval: float
+    low: float | None
+    high: float | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementDone(LearnerEvent):
+    """The NAT kept an idle mapping at least ``low`` seconds (``high``: and lost it by then)."""
+
+    low: float
+    high: float | None
+
+
+@dataclass(slots=True)
+class _Round:
+    probes: dict[int, float] = field(default_factory=dict)  # outstanding: id -> delay
+
+
+class LifetimeLearner:
+    """See the module docstring."""
+
+    def __init__(self, config: LearnerConfig, configured_interval: float) -> None:
+        self._config = config
+        self._configured = configured_interval
+        self._interval = configured_interval
+        self._state = LearnerState.IDLE
+        self._low: float | None = None
+        self._high: float | None = None
+        self._round: _Round | None = None
+        self._rounds = 0
+        self._next_id = 1
+        self._to_send: list[Probe] = []
+        self._timer: float | None = None
+        self._events: deque[LearnerEvent] = deque()
+
+    # -- read ----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LearnerState:
+        """Idle, measuring or settled."""
+        return self._state
+
+    @property
+    def interval(self) -> float:
+        """The keepalive interval to use now."""
+        return self._interval
+
+    @property
+    def bracket(self) -> tuple[float | None, float | None]:
+        """(longest idle time the mapping survived, shortest it did not), as far as known."""
+        return self._low, self._high
+
+    def next_event(self) -> LearnerEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must be called next, or None."""
+        return self._timer
+
+    # -- drive ---------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin a measurement (again), from the configured interval."""
+        self._low = self._high = None
+        self._round = None
+        self._rounds = 0
+        self._state = LearnerState.MEASURING
+        self._timer = None
+        self._set_interval(self._configured, "measuring the NAT's mapping lifetime")
+        self._next_round(now)
+
+    def path_changed(self, now: float, reason: str) -> None:
+        """The device's path to the broker changed: what was learned no longer holds."""
+        self._set_interval(self._configured, f"path changed ({reason}): measuring again")
+        self.start(now)
+
+    def probes_to_send(self) -> list[Probe]:
+        """Probes to start now; the list is drained."""
+        out, self._to_send = self._to_send, []
+        return out
+
+    def probe_unsent(self, probe_id: int, now: float) -> None:
+        """A probe could not be sent (not registered): the round is tried again later."""
+        if self._round is not None and probe_id in self._round.probes:
+            self._round = None
+            self._to_send = []
+            self._rounds = max(0, self._rounds - 1)
+            self._timer = now + self._config.retry_s
+
+    def probe_answered(self, probe_id: int, now: float) -> None:
+        """The broker's answer to the probe arrived: the mapping survived its delay."""
+        delay = self._take(probe_id)
+        if delay is None:
+            return
+        if self._high is None or delay < self._high:
+            self._low = max(self._low or 0.0, delay)
+        self._after_result(now)
+
+    def probe_lost(self, probe_id: int, now: float) -> None:
+        """No answer in time: the mapping did not survive the probe's delay (or it was lost)."""
+        delay = self._take(probe_id)
+        if delay is None:
+            return
+        if self._low is None or delay > self._low:
+            self._high = delay if self._high is None else min(self._high, delay)
+        if delay <= self._interval:
+            safe = self._clamp(self._config.safety * (self._low or 0.0))
+            if safe < self._interval:
+                self._set_interval(safe, f"an idle mapping did not last {delay:g} s")
+        assert self._round is not None
+        high = self._high
+        if high is not None:
+            for moot in [pid for pid, d in self._round.probes.items() if d >= high]:
+                del self._round.probes[moot]
+        self._after_result(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Start the retry or the periodic re-measurement that is due."""
+        if self._timer is None or now < self._timer:
+            return
+        self._timer = None
+        if self._state is LearnerState.SETTLED:
+            self.start(now)
+        elif self._state is LearnerState.MEASURING and self._round is None:
+            self._next_round(now)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _take(self, probe_id: int) -> float | None:
+        if self._round is None:
+            return None
+        return self._round.probes.pop(probe_id, None)
+
+    def _after_result(self, now: float) -> None:
+        assert self._round is not None
+        if self._round.probes:
+            return
+        self._round = None
+        if self._converged():
+            self._settle(now)
+        else:
+            self._next_round(now)
+
+    def _converged(self) -> bool:
+        low, high, config = self._low, self._high, self._config
+        if high is None:
+            return low is not None and low >= config.max_probe_s
+        width = high - (low or 0.0)
+        return width <= max(config.min_resolution_s, config.resolution * (low or 0.0))
+
+    def _delays(self) -> list[float]:
+        config, low, high = self._config, self._low, self._high
+        if self._rounds == 0:
+            base = [self._configured * f for f in (0.5, 1.0, 2.0, 4.0)]
+            delays = [base[i % len(base)] * (2 ** (i // len(base))) for i in range(config.parallel)]
+        elif high is None:
+            start = low or self._configured
+            delays = [start * 2 ** (i + 1) for i in range(config.parallel)]
+        else:
+            bottom = low or 0.0
+            step = (high - bottom) / (config.parallel + 1)
+            delays = [bottom + step * (i + 1) for i in range(config.parallel)]
+        out = sorted({round(min(d, config.max_probe_s), 1) for d in delays if d > 0})
+        return [d for d in out if (low is None or d > low) and (high is None or d < high)]
+
+    def _next_round(self, now: float) -> None:
+        delays = self._delays()
+        if not delays:
+            self._settle(now)
+            return
+        self._rounds += 1
+        self._round = _Round()
+        for delay in delays:
+            probe = Probe(self._next_id, delay)
+            self._next_id += 1
+            self._round.probes[probe.probe_id] = delay
+            self._to_send.append(probe)
+
+    def _settle(self, now: float) -> None:
+        self._state = LearnerState.SETTLED
+        low = self._low
+        if low is None:
+            interval = self._config.min_interval_s
+            reason = "no idle mapping lasted the shortest probe"
+        else:
+            interval = self._clamp(self._config.safety * low)
+            reason = f"the NAT keeps an idle mapping {low:g} s" + (
+                f" (not {self._high:g} s)" if self._high is not None else " or more"
+            )
+        self._events.append(MeasurementDone(low or 0.0, self._high))
+        self._set_interval(interval, reason)
+        self._timer = now + self._config.remeasure_s
+
+    def _set_interval(self, interval: float, reason: str) -> None:
+        if not math.isclose(interval, self._interval):
+            self._interval = interval
+            self._events.append(IntervalChanged(interval, self._low, self._high, reason))
+
+    def _clamp(self, interval: float) -> float:
+        config = self._config
+        return round(min(max(interval, config.min_interval_s), config.max_interval_s), 1)
