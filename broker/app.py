@@ -1,6 +1,7 @@
 """dvrlink-broker wiring: registry, presence core on UDP, viewer API on HTTPS, TURN relay.
 
     config ─► registry (SQLite) ─┬─► DeviceEventHandler ◄── events ── PresenceServer ◄─► PresenceLink ◄─► UDP
+                                 │                 (by address: TransportRouter) └─► PresenceTcpServer ◄─► TLS
                                  └─► BrokerApi (aiohttp, TLS) ──► PresenceGateway (invites) ──┘
                                      └─ RelayDirectory (REST credentials) ··· TurnLink ◄─► UDP/TCP + relays
 
@@ -30,6 +31,12 @@ from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.device_events import DeviceEventHandler
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
+from dvrlink.broker.presence_tcp import (
+    PresenceTcpConfig,
+    PresenceTcpServer,
+    TransportRouter,
+    start_presence_tcp,
+)
 from dvrlink.broker.registry import Registry
 from dvrlink.broker.state import (
     INFO_FILE,
@@ -67,6 +74,8 @@ class RunningBroker:
     _stack: AsyncExitStack
     turn: TurnLink | None = None
     """The built-in TURN relay (None when ``turn_enabled`` is false)."""
+    presence_tcp: PresenceTcpServer | None = None
+    """Presence over TCP/TLS (None when its default port could not be bound)."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -143,6 +152,28 @@ async def _start_turn(config: BrokerConfig, secret: str, public: str | None) -> 
     return await start_turn_link(turn_config, link_config, on_event=_log_turn_event)
 
 
+async def _start_presence_tcp(
+    config: BrokerConfig, router: TransportRouter, link: PresenceLink, certs: CertificatePaths
+) -> PresenceTcpServer | None:
+    """Presence over TCP/TLS with the API's certificate. The default port (443) is skipped with a
+    warning when it cannot be bound; a configured one must bind.
+
+    Raises:
+        OSError: a configured ``presence_tcp_port`` cannot be bound (the message says what to do).
+    """
+    host = config.presence_tcp_host or config.udp_host
+    port = 443 if config.presence_tcp_port is None else config.presence_tcp_port
+    try:
+        return await start_presence_tcp(
+            router, link.flush, PresenceTcpConfig(host, port), server_context(certs)
+        )
+    except OSError as exc:
+        if config.presence_tcp_port is not None:
+            raise
+        log.warning("%s; devices behind UDP-blocking networks cannot register until this is fixed", exc)
+        return None
+
+
 async def start_broker(config: BrokerConfig, server_config: ServerConfig | None = None) -> RunningBroker:
     """Start a broker in the running event loop.
 
@@ -173,7 +204,8 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         on_event = DeviceEventHandler(
             server, registry, config.manifest_only, loop.time, time.time, gateway.on_event
         )
-        link = await start_presence_link(server, on_event, config.udp_host, config.udp_port)
+        router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
+        link = await start_presence_link(router, on_event, config.udp_host, config.udp_port)
         stack.callback(link.close)
         udp_port = link.local_address[1]
         if alternate is not None:
@@ -208,6 +240,10 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             certs = CertificatePaths(config.tls_cert, config.tls_key)
         else:
             certs = ensure_self_signed(state, config.server_names, datetime.datetime.now(datetime.UTC))
+        presence_tcp = await _start_presence_tcp(config, router, link, certs)
+        if presence_tcp is not None:
+            stack.push_async_callback(presence_tcp.wait_closed)
+            stack.callback(presence_tcp.close)
         app = BrokerApi(registry, gateway, config, relays=relays).build_app()
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()
@@ -229,14 +265,15 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         write_info(state, info)
         stack.callback(remove_info, state, info.pid)
         log.info(
-            "dvrlink-broker ready udp=%s:%d https=%s:%d turn=%s",
+            "dvrlink-broker ready udp=%s:%d presence-tcp=%s https=%s:%d turn=%s",
             config.udp_host,
             udp_port,
+            "off" if presence_tcp is None else "{}:{}".format(*presence_tcp.address),
             config.https_host,
             https_port,
             "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
-        return RunningBroker(info, config, registry, server, link, app, stack, turn)
+        return RunningBroker(info, config, registry, server, link, app, stack, turn, presence_tcp)
     except BaseException:
         await stack.aclose()
         raise

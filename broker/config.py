@@ -6,6 +6,8 @@ from the directory that holds the file)::
     state_dir = "/var/lib/dvrlink-broker"   # registry, keys, self-signed certificate, broker.json
     udp_host = "0.0.0.0"                    # presence and STUN
     udp_port = 3478                         # 0 = pick a free port (see broker.json)
+    # presence_tcp_host = "203.0.113.11"    # presence over TCP/TLS where UDP is blocked; default udp_host
+    # presence_tcp_port = 443               # default 443 (skipped with a warning if it cannot be bound)
     https_host = "0.0.0.0"                  # viewer API
     https_port = 8443                       # 0 = pick a free port
     # tls_cert = "/etc/dvrlink/broker.crt"  # both or neither; default: self-signed in state_dir
@@ -82,6 +84,13 @@ class BrokerConfig:
     """IP literal to bind the presence/STUN UDP socket to."""
     udp_port: int = 3478
     """UDP port; 0 picks a free port (written to broker.json)."""
+    presence_tcp_host: str | None = None
+    """IP literal to listen on for presence over TCP/TLS (devices whose network blocks UDP); None =
+    ``udp_host``. Give it its own address when the HTTPS API or TURN over TCP also use port 443."""
+    presence_tcp_port: int | None = None
+    """TCP port for presence over TCP/TLS; 0 picks a free port. None = 443, and if 443 cannot be
+    bound there (no privilege, or another service holds it) the broker warns and serves presence
+    over UDP only; a port given here must bind or the broker does not start."""
     https_host: str = "0.0.0.0"
     """IP literal to bind the HTTPS viewer API to."""
     https_port: int = 8443
@@ -176,6 +185,7 @@ class BrokerConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(BrokerConfig)}
 _INT_LIMITS = {
     "udp_port": (0, 65535),
+    "presence_tcp_port": (0, 65535),
     "https_port": (0, 65535),
     "pairing_max_failures": (1, 1_000_000),
     "login_max_failures": (1, 1_000_000),
@@ -311,7 +321,14 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
             raise ConfigError(f"{where} must be a path string, got {raw!r}")
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (base / p)
-    if name in ("udp_host", "https_host", "turn_relay_host", "turn_relay_public_host", "stun_alternate_host"):
+    if name in (
+        "udp_host",
+        "presence_tcp_host",
+        "https_host",
+        "turn_relay_host",
+        "turn_relay_public_host",
+        "stun_alternate_host",
+    ):
         if not isinstance(raw, str):
             raise ConfigError(f'{where} must be an IP literal string such as "0.0.0.0" or "::", got {raw!r}')
         try:
