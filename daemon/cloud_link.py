@@ -86,8 +86,10 @@ class CloudLink:
         """The socket's local (ip, port), or None while no socket is open."""
         return self._local
 
-    async def start(self) -> None:
+    async def start(self, *, resume: bool = False) -> None:
         """Open the socket and start the core. Network errors are logged and retried, not raised.
+        ``resume``: the core runs already (presence moves here from another transport), so it is
+        told the network changed instead, and registers again over this socket.
 
         Raises:
             RuntimeError: called twice.
@@ -97,17 +99,27 @@ class CloudLink:
         self._loop = asyncio.get_running_loop()
         await self._open()
         self._started = True
-        self._core.start(self._loop.time())
+        if resume:
+            self._core.network_changed(self._loop.time())
+        else:
+            self._core.start(self._loop.time())
         self._step()
 
     def close(self) -> None:
         """Stop the core (it says goodbye if online), send what it queued, close the socket."""
         if self._closed or self._loop is None:
             return
-        self._closed = True
         if self._started:
             self._core.stop(self._loop.time())
             self._send(self._core.datagrams_to_send())
+        self.detach()
+
+    def detach(self) -> None:
+        """Close the socket and stop driving the core, which keeps its state (presence moves to
+        another transport; no GOODBYE)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         if self._reopen is not None:

@@ -1,0 +1,737 @@
+"""Which transport presence uses (UDP, or TCP/TLS where UDP is blocked), and the TCP link.
+
+One presence core (``PresenceClient``) serves both transports: it speaks datagrams, and
+:class:`TcpLink` carries them as length-prefixed frames over TLS to the broker's presence TCP
+endpoint (``protocol/presence_stream.py``). :class:`PresenceTransport` owns the link under the
+core and swaps it when :class:`TransportPolicy` says so. A switch never stops the core: the old
+link closes its socket without a GOODBYE, the new one opens and tells the core the network
+changed, so the device registers again over the new transport and the broker replaces the old
+session with the new one (the device never shows offline).
+
+Policy (``[presence] transport``; ``auto`` by default), all with time passed in:
+
+- ``udp`` / ``tcp``: that transport only.
+- ``auto`` starts on UDP. After ``fallback_after_failures`` registration attempts in a row that
+  got no reply at all, or ``fallback_after_s`` seconds of trying without any reply, it moves to
+  the other transport (so also from TCP back to UDP when the TCP endpoint is the one that fails).
+  A refusal or any other authentic reply is an answer: the broker is reachable, no switch.
+- While on TCP in ``auto``, every ``udp_probe_interval_s`` (times a jitter factor in
+  [0.8, 1.2)) it sends a STUN Binding request to the broker's presence UDP port (20 bytes, a few
+  retransmissions). An answer means UDP works again: presence moves back to UDP (and if UDP
+  registration then fails, the rule above brings it back to TCP).
+
+TLS on the presence connection is for getting through middleboxes on port 443 and hiding the
+protocol, not for trust: the device pins the broker by its presence key inside the protocol, so
+the certificate is not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from dvrlink.modem.netprobe import ProbeVerdict, StunProbe
+from dvrlink.protocol.presence_client import ClientState
+from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost
+from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class Transport(enum.Enum):
+    """What carries presence messages."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+    @property
+    def other(self) -> Transport:
+        """The other transport."""
+        return Transport.TCP if self is Transport.UDP else Transport.UDP
+
+
+class TransportMode(enum.Enum):
+    """``[presence] transport``."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Settings of :class:`TransportPolicy`. Times are in seconds."""
+
+    mode: TransportMode = TransportMode.AUTO
+    fallback_after_failures: int = 2
+    """Registration attempts in a row without any reply before ``auto`` switches transport."""
+    fallback_after_s: float = 30.0
+    """Seconds of registering without any reply before ``auto`` switches transport."""
+    udp_probe_interval_s: float = 600.0
+    """While on TCP in ``auto``: how often UDP is tried again."""
+    udp_probe_jitter: float = 0.2
+    """The probe interval is multiplied by a factor in [1 - jitter, 1 + jitter)."""
+
+    def __post_init__(self) -> None:
+        if self.fallback_after_failures < 1 or self.fallback_after_s <= 0 or self.udp_probe_interval_s <= 0:
+            raise ValueError("fallback_after_failures >= 1, fallback_after_s and udp_probe_interval_s > 0")
+        if not 0 <= self.udp_probe_jitter < 1:
+            raise ValueError("udp_probe_jitter must be in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class TransportEvent:
+    """Base of what :class:`TransportPolicy` asks its driver to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRequested(TransportEvent):
+    """Carry presence over ``transport`` from now on."""
+
+    transport: Transport
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UdpProbeRequested(TransportEvent):
+    """Check whether UDP reaches the broker again; report with ``probe_finished``."""
+
+
+class TransportPolicy:
+    """Decides the presence transport from what the core does (sans-I/O; see module docstring).
+
+    Feed it the active core's progress (``attempt_started``, ``heard``, ``attempt_failed``,
+    ``registered``) and probe outcomes; take events with ``next_event``; call ``handle_timer`` at
+    ``get_timer``.
+    """
+
+    def __init__(self, config: PolicyConfig, jitter: Callable[[], float] = random.random) -> None:
+        self._config = config
+        self._jitter = jitter
+        self._transport = Transport.TCP if config.mode is TransportMode.TCP else Transport.UDP
+        self._events: list[TransportEvent] = []
+        self._failures = 0
+        self._unanswered_since: float | None = None
+        self._attempt_heard = True
+        self._next_probe: float | None = None
+        self._probing = False
+
+    @property
+    def transport(self) -> Transport:
+        """The transport presence should use now."""
+        return self._transport
+
+    @property
+    def probing(self) -> bool:
+        """True while a UDP probe is out."""
+        return self._probing
+
+    @property
+    def next_probe_at(self) -> float | None:
+        """When the next UDP probe is due (only on TCP in ``auto``)."""
+        return self._next_probe
+
+    def start(self, now: float) -> None:
+        """The core starts on :attr:`transport`."""
+        self._schedule_probe(now)
+
+    def attempt_started(self, now: float) -> None:
+        """The core sent the first HELLO of a registration attempt."""
+        self._attempt_heard = False
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+
+    def heard(self, now: float) -> None:
+        """The core accepted a message from the broker (any authentic reply)."""
+        self._attempt_heard = True
+        self._failures = 0
+        self._unanswered_since = None
+
+    def registered(self, now: float) -> None:
+        """The core is online."""
+        self.heard(now)
+
+    def attempt_failed(self, now: float) -> None:
+        """A registration attempt ended without success (the core backs off)."""
+        if self._attempt_heard:
+            return
+        self._attempt_heard = True  # count each attempt once
+        self._failures += 1
+        if self._auto and self._failures >= self._config.fallback_after_failures:
+            self._switch(
+                self._transport.other,
+                f"{self._failures} registration attempts over {self._transport.value} got no reply",
+                now,
+            )
+
+    def probe_finished(self, reached: bool, now: float) -> None:
+        """The UDP probe asked for with ``UdpProbeRequested`` is over."""
+        if not self._probing:
+            return
+        self._probing = False
+        if reached and self._transport is Transport.TCP:
+            self._switch(Transport.UDP, "the broker answers over UDP again", now)
+        else:
+            self._schedule_probe(now)
+
+    def next_event(self) -> TransportEvent | None:
+        """The next thing to do, or None."""
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` is due, or None."""
+        times = []
+        if self._auto and self._unanswered_since is not None:
+            times.append(self._unanswered_since + self._config.fallback_after_s)
+        if self._next_probe is not None and not self._probing:
+            times.append(self._next_probe)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Switch after too long without a reply; ask for a due UDP probe. Early calls do nothing."""
+        since = self._unanswered_since
+        if self._auto and since is not None and now >= since + self._config.fallback_after_s:
+            self._switch(
+                self._transport.other,
+                f"no reply over {self._transport.value} for {now - since:.0f} s",
+                now,
+            )
+            return
+        if self._next_probe is not None and not self._probing and now >= self._next_probe:
+            self._next_probe = None
+            self._probing = True
+            self._events.append(UdpProbeRequested())
+
+    @property
+    def _auto(self) -> bool:
+        return self._config.mode is TransportMode.AUTO
+
+    def _switch(self, transport: Transport, reason: str, now: float) -> None:
+        self._transport = transport
+        self._failures = 0
+        self._unanswered_since = None
+        self._attempt_heard = True
+        self._probing = False
+        self._next_probe = None
+        self._schedule_probe(now)
+        self._events.append(SwitchRequested(transport, reason))
+
+    def _schedule_probe(self, now: float) -> None:
+        if self._auto and self._transport is Transport.TCP and not self._probing:
+            spread = self._config.udp_probe_jitter
+            factor = 1 - spread + 2 * spread * self._jitter()
+            self._next_probe = now + self._config.udp_probe_interval_s * factor
+
+
+# -- the links ----------------------------------------------------------------------------------
+
+
+class PresenceCore(Protocol):
+    """What the transport layer needs of ``PresenceClient``."""
+
+    @property
+    def state(self) -> ClientState: ...
+    @property
+    def keepalive_interval(self) -> float: ...
+
+    stats: dict[str, int]
+
+    def start(self, now: float) -> None: ...
+    def stop(self, now: float) -> None: ...
+    def receive_datagram(self, data: bytes, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[bytes]: ...
+    def next_event(self) -> ClientEvent | None: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def network_changed(self, now: float) -> None: ...
+    def set_keepalive_interval(self, interval: float, now: float) -> None: ...
+
+
+class EventHandler(Protocol):
+    """Receives the core's events (``DeviceEvents``)."""
+
+    def on_event(self, event: ClientEvent) -> None: ...
+    def after_step(self) -> None: ...
+
+
+class Link(Protocol):
+    """A link that moves the core's datagrams (``CloudLink`` for UDP, :class:`TcpLink`)."""
+
+    @property
+    def local_address(self) -> Address | None: ...
+    async def start(self, *, resume: bool = False) -> None: ...
+    def close(self) -> None: ...
+    def detach(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+def presence_tls_context() -> ssl.SSLContext:
+    """TLS client context for presence over TCP: no certificate check (the broker is pinned by its
+    presence key inside the protocol; TLS only gets the stream through middleboxes on 443)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # deliberate: authentication is the pinned presence key
+    return ctx
+
+
+class TcpLink:
+    """Drives ``core`` over one TLS connection to ``host``:``port`` at a time, reconnecting.
+
+    Each (re)connection tells a started core that the network changed, so it registers again at
+    once. A ``ConnectionLost`` from the core (keepalives unanswered) drops the connection and opens
+    a new one: TCP retransmits by itself, so a stream whose keepalives go unanswered is dead.
+    Messages the core sends while no connection is up are dropped (counted in ``dropped``); its
+    own retries cover them.
+    """
+
+    def __init__(
+        self,
+        core: PresenceCore,
+        handler: EventHandler,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None,
+        connect_timeout_s: float = 10.0,
+        reconnect_delay_s: float = 1.0,
+        reconnect_delay_max_s: float = 30.0,
+    ) -> None:
+        self._core = core
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._connect_timeout = connect_timeout_s
+        self._delay_initial = reconnect_delay_s
+        self._delay_max = reconnect_delay_max_s
+        self._delay = reconnect_delay_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._local: Address | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._started = False
+        self._closed = False
+        self.dropped = 0
+        """Messages the core wanted to send while no connection was up."""
+        self.connections = 0
+        """Connections made so far."""
+
+    @property
+    def local_address(self) -> Address | None:
+        """The connection's local (ip, port), or None while none is up."""
+        return self._local
+
+    async def start(self, *, resume: bool = False) -> None:
+        """Start connecting; start the core unless ``resume`` (it runs already: a transport switch).
+
+        Raises:
+            RuntimeError: called twice.
+        """
+        if self._loop is not None:
+            raise RuntimeError("TcpLink.start() called twice")
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        if not resume:
+            self._core.start(self._loop.time())
+        self._connect_soon(0.0)
+        self._step()
+
+    def close(self) -> None:
+        """Stop the core (GOODBYE if online, sent if connected) and close the connection."""
+        if self._closed or self._loop is None:
+            return
+        self._core.stop(self._loop.time())
+        self._send(self._core.datagrams_to_send())
+        self.detach()
+
+    def detach(self) -> None:
+        """Close the connection and stop driving the core, which keeps its state (a switch)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connector is not None:
+            self._connector.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._local = None
+
+    def flush(self) -> None:
+        """Send what the core queued after a call made outside the link (an invite reply)."""
+        self._step()
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect_soon(self, delay: float) -> None:
+        assert self._loop is not None
+        if self._closed or (self._connector is not None and not self._connector.done()):
+            return
+        self._connector = self._loop.create_task(self._connect(delay))
+
+    async def _connect(self, delay: float) -> None:
+        assert self._loop is not None
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            transport, _ = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: _TcpEndpoint(self),
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls is not None else None,
+                ),
+                self._connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning(
+                "cannot connect to the broker's presence TCP endpoint %s:%d (%s); retrying in %g s",
+                self._host,
+                self._port,
+                exc or type(exc).__name__,
+                self._delay,
+            )
+            delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)
+            self._connector = None
+            self._connect_soon(delay)
+            return
+        if self._closed:
+            transport.close()
+            return
+        self._transport = transport
+        sockname = transport.get_extra_info("sockname")
+        self._local = (str(sockname[0]), int(sockname[1])) if sockname else None
+        self._delay = self._delay_initial
+        self.connections += 1
+        log.info("presence over TCP/TLS to %s:%d from %s", self._host, self._port, self._local)
+        self._core.network_changed(self._loop.time())
+        self._step(reconnect_on_loss=False)  # its ConnectionLost is about the old path, not this one
+
+    def _lost(self, endpoint: _TcpEndpoint, exc: Exception | None) -> None:
+        if endpoint.transport is not self._transport or self._closed:
+            return
+        log.warning("presence TCP connection to %s:%d closed (%s); reconnecting", self._host, self._port, exc)
+        self._transport = None
+        self._local = None
+        self._connect_soon(self._delay)
+
+    def _received(self, endpoint: _TcpEndpoint, message: bytes) -> None:
+        if endpoint.transport is not self._transport or self._loop is None or self._closed:
+            return
+        self._core.receive_datagram(message, self._loop.time())
+
+    # -- the core --------------------------------------------------------------------------------
+
+    def _step(self, *, reconnect_on_loss: bool = True) -> None:
+        if self._closed or self._loop is None:
+            return
+        while (event := self._core.next_event()) is not None:
+            if isinstance(event, ConnectionLost) and reconnect_on_loss and self._transport is not None:
+                log.warning("presence over TCP: %s; opening a new connection", event.reason)
+                self._transport.close()
+                self._transport = None
+                self._local = None
+                self._connect_soon(0.0)
+            try:
+                self._handler.on_event(event)
+            except Exception:
+                log.exception("event handler failed on %r; carrying on", event)
+        self._send(self._core.datagrams_to_send())
+        try:
+            self._handler.after_step()
+        except Exception:
+            log.exception("event handler failed after a step; carrying on")
+        if not self._closed:
+            self._arm_timer()
+
+    def _send(self, messages: list[bytes]) -> None:
+        for data in messages:
+            if self._transport is None or self._transport.is_closing():
+                self.dropped += 1
+            else:
+                self._transport.write(encode_frame(data))
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        when = self._core.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None and self._timer_at is not None
+        self._timer = None
+        now = max(self._loop.time(), self._timer_at)
+        self._timer_at = None
+        if self._closed:
+            return
+        self._core.handle_timer(now)
+        self._step()
+
+
+class _TcpEndpoint(asyncio.Protocol):
+    """asyncio callbacks of one connection, deframed and forwarded to the link."""
+
+    def __init__(self, link: TcpLink) -> None:
+        self._link = link
+        self._deframer = StreamDeframer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._deframer.receive_data(data)
+        while (message := self._deframer.next_message()) is not None:
+            self._link._received(self, message)
+        if self._deframer.error is not None and self.transport is not None:
+            log.warning("bad presence stream from the broker (%s); reconnecting", self._deframer.error)
+            self.transport.close()
+        self._link.flush()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._lost(self, exc)
+
+
+# -- the switch ---------------------------------------------------------------------------------
+
+LinkFactory = Callable[[Transport, EventHandler], Link]
+
+
+class PresenceTransport:
+    """The daemon's presence link: UDP or TCP under one core, switched by a :class:`TransportPolicy`.
+
+    It has the face of a single link (``start``, ``close``, ``flush``) and hands the core's events
+    to ``handler`` whichever transport carries them. ``make_link(transport, handler)`` builds a
+    link (tests pass fakes); ``probe_udp()`` answers whether the broker's UDP port answers STUN.
+    On TCP the core keeps alive every ``tcp_keepalive_interval_s``; back on UDP it returns to the
+    interval it had before.
+    """
+
+    def __init__(
+        self,
+        core: PresenceCore,
+        handler: EventHandler,
+        policy: TransportPolicy,
+        make_link: LinkFactory,
+        probe_udp: Callable[[], Any],
+        *,
+        tcp_keepalive_interval_s: float,
+    ) -> None:
+        self._core = core
+        self._handler = handler
+        self._policy = policy
+        self._make_link = make_link
+        self._probe_udp = probe_udp
+        self._tcp_interval = tcp_keepalive_interval_s
+        self._udp_interval: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: Link | None = None
+        self._transport = policy.transport
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_state: ClientState | None = None
+        self._accepted = 0
+        self._closed = False
+        self.switches = 0
+        """Transport switches so far."""
+        self.on_switch: Callable[[Transport], None] | None = None
+        """Called after each switch (status, reports)."""
+
+    @property
+    def transport(self) -> Transport:
+        """The transport presence uses now."""
+        return self._transport
+
+    @property
+    def local_address(self) -> Address | None:
+        """The current link's local address."""
+        return None if self._link is None else self._link.local_address
+
+    async def start(self) -> None:
+        """Open the first link and start the core.
+
+        Raises:
+            RuntimeError: called twice.
+        """
+        if self._loop is not None:
+            raise RuntimeError("PresenceTransport.start() called twice")
+        self._loop = asyncio.get_running_loop()
+        self._policy.start(self._loop.time())
+        if self._transport is Transport.TCP:
+            self._udp_interval = self._core.keepalive_interval
+            self._core.set_keepalive_interval(self._tcp_interval, self._loop.time())
+        self._link = self._make_link(self._transport, self)
+        await self._link.start()
+        self._run_policy()
+
+    def close(self) -> None:
+        """Stop the core (GOODBYE over the current link) and close everything."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self._link is not None:
+            self._link.close()
+
+    def flush(self) -> None:
+        """Send what the core queued after a call made outside the link."""
+        if self._link is not None:
+            self._link.flush()
+
+    # -- EventHandler, for the links -----------------------------------------------------------
+
+    def on_event(self, event: ClientEvent) -> None:
+        """Pass a core event on to the daemon."""
+        self._handler.on_event(event)
+
+    def after_step(self) -> None:
+        """Tell the policy what the core did in this step, then the daemon."""
+        if self._loop is not None and not self._closed:
+            now = self._loop.time()
+            accepted = self._core.stats.get("received", 0) - self._core.stats.get("dropped", 0)
+            if accepted > self._accepted:
+                self._policy.heard(now)
+            self._accepted = accepted
+            state = self._core.state
+            if state is not self._last_state:
+                self._last_state = state
+                if state is ClientState.COOKIE_WAIT:
+                    self._policy.attempt_started(now)
+                elif state is ClientState.BACKOFF:
+                    self._policy.attempt_failed(now)
+                elif state is ClientState.ONLINE:
+                    self._policy.registered(now)
+            self._loop.call_soon(self._run_policy)  # never switch links from inside a link's step
+        self._handler.after_step()
+
+    # -- policy ---------------------------------------------------------------------------------
+
+    def _run_policy(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        while (event := self._policy.next_event()) is not None:
+            if isinstance(event, SwitchRequested):
+                self._spawn(self._switch(event))
+            elif isinstance(event, UdpProbeRequested):
+                self._spawn(self._probe())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self._policy.get_timer()
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._policy.handle_timer(self._loop.time())
+        self._run_policy()
+
+    def _spawn(self, work: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self) -> None:
+        assert self._loop is not None
+        try:
+            reached = bool(await self._probe_udp())
+        except Exception:
+            log.exception("the UDP probe failed unexpectedly; counting it as no answer")
+            reached = False
+        log.info("UDP probe of the broker: %s", "answered" if reached else "no answer")
+        self._policy.probe_finished(reached, self._loop.time())
+        self._run_policy()
+
+    async def _switch(self, event: SwitchRequested) -> None:
+        assert self._loop is not None
+        if self._closed or event.transport is self._transport:
+            return
+        log.warning("presence moves to %s: %s", event.transport.value, event.reason)
+        old = self._link
+        if old is not None:
+            old.detach()
+        now = self._loop.time()
+        if event.transport is Transport.TCP:
+            self._udp_interval = self._core.keepalive_interval
+            self._core.set_keepalive_interval(self._tcp_interval, now)
+        elif self._udp_interval is not None:
+            self._core.set_keepalive_interval(self._udp_interval, now)
+        self._transport = event.transport
+        self.switches += 1
+        self._last_state = None
+        self._link = self._make_link(event.transport, self)
+        await self._link.start(resume=True)
+        if self.on_switch is not None:
+            try:
+                self.on_switch(event.transport)
+            except Exception:
+                log.exception("on_switch failed; carrying on")
+
+
+async def stun_reaches(host: str, port: int, *, timeout_s: float = 5.0, initial_rto_s: float = 0.5) -> bool:
+    """True if a STUN Binding request to ``host``:``port`` over UDP is answered within ``timeout_s``
+    (the broker's presence port answers STUN). Network errors count as no answer."""
+    loop = asyncio.get_running_loop()
+    probe = StunProbe(os.urandom(12), timeout_s=timeout_s, initial_rto_s=initial_rto_s)
+    changed = asyncio.Event()
+
+    class _Inbox(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            probe.datagram_received(data, loop.time())
+            changed.set()
+
+        def error_received(self, exc: Exception) -> None:
+            probe.unreachable()
+            changed.set()
+
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        transport, _ = await loop.create_datagram_endpoint(
+            _Inbox, remote_addr=(str(sockaddr[0]), int(sockaddr[1])), family=family
+        )
+    except (OSError, IndexError) as exc:
+        log.debug("UDP probe of %s:%d: %s", host, port, exc)
+        return False
+    try:
+        probe.start(loop.time())
+        while probe.verdict is ProbeVerdict.PENDING:
+            for data in probe.datagrams_to_send():
+                transport.sendto(data)
+            deadline = probe.get_timer()
+            if deadline is None:
+                break
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                probe.handle_timer(loop.time())
+        return probe.verdict is ProbeVerdict.REACHED
+    finally:
+        transport.close()
