@@ -27,6 +27,8 @@ from dvrlink.protocol.signalling import PathPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PRESENCE_TRANSPORTS = ("udp", "tcp", "auto")
+"""``[presence] transport`` values."""
 PATH_POLICIES = {
     "all": PathPolicy.ALL,
     "relay_only": PathPolicy.RELAY_ONLY,
@@ -58,6 +60,10 @@ class BrokerConfig:
     """Broker's static X25519 public key, raw 32 bytes (base64 in the file; required, pinned)."""
     port: int = 3478
     """UDP port of the broker's presence service."""
+    tcp_host: str = ""
+    """Host of the broker's presence over TCP/TLS, used where UDP is blocked; empty: ``host``."""
+    tcp_port: int = 443
+    """TCP port of the broker's presence over TCP/TLS."""
 
     @property
     def address(self) -> str:
@@ -65,11 +71,27 @@ class BrokerConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """Where presence over TCP/TLS goes: (``tcp_host`` or ``host``, ``tcp_port``)."""
+        return (self.tcp_host or self.host, self.tcp_port)
+
 
 @dataclass(frozen=True, slots=True)
 class PresenceConfig:
     """``[presence]``: keepalive timing; the keepalive keeps the NAT mapping open."""
 
+    transport: str = "auto"
+    """``"udp"``, ``"tcp"`` (TLS to ``[broker] tcp_host``:``tcp_port``) or ``"auto"``: UDP, moving
+    to TCP when registrations over UDP go unanswered, and back when UDP answers again."""
+    fallback_after_failures: int = 2
+    """``auto``: registration attempts in a row without any reply before switching transport."""
+    fallback_after_s: float = 30.0
+    """``auto``: seconds of registering without any reply before switching transport."""
+    udp_probe_interval_s: float = 600.0
+    """``auto`` on TCP: how often UDP is tried again (a STUN request; jittered by 20 %)."""
+    tcp_keepalive_interval_s: float = 300.0
+    """Seconds between keepalives over TCP (carrier TCP mappings last minutes to an hour)."""
     keepalive_interval_s: float = 25.0
     """Seconds between keepalives; keep it below the uplink NAT's UDP timeout (30 s on some carriers)."""
     reply_timeout_s: float = 3.0
@@ -243,11 +265,18 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     broker = BrokerConfig(
         host=brk.host("host"),
         port=brk.integer("port", 1, 65535),
+        tcp_host=brk.host("tcp_host") if brk.string("tcp_host").strip() else "",
+        tcp_port=brk.integer("tcp_port", 1, 65535),
         public_key=brk.key("public_key"),
     )
 
     pre = _Table(source, "presence", document, PresenceConfig)
     presence = PresenceConfig(
+        transport=pre.choice_lower("transport", PRESENCE_TRANSPORTS),
+        fallback_after_failures=pre.integer("fallback_after_failures", 1, 100),
+        fallback_after_s=pre.number("fallback_after_s", 1.0, 3600.0),
+        udp_probe_interval_s=pre.number("udp_probe_interval_s", 1.0, 86400.0),
+        tcp_keepalive_interval_s=pre.number("tcp_keepalive_interval_s", 1.0, 3600.0),
         keepalive_interval_s=pre.number("keepalive_interval_s", 1.0, 3600.0),
         reply_timeout_s=pre.number("reply_timeout_s", 0.1, 60.0),
         retries=pre.integer("retries", 0, 10),
@@ -259,6 +288,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
             f"than keepalive_interval_s = {presence.keepalive_interval_s}; lower reply_timeout_s or "
             "retries, or raise keepalive_interval_s"
         )
+
+    _check_tcp_keepalive(presence, source)
 
     pai = _Table(source, "pairing", document, PairingConfig)
     pairing = PairingConfig(
@@ -280,6 +311,16 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
     modem = _parse_modem(_Table(source, "modem", document, ModemSettings), base)
     return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, source)
+
+
+def _check_tcp_keepalive(presence: PresenceConfig, source: Path) -> None:
+    wait = presence.reply_timeout_s * (presence.retries + 1)
+    if presence.transport != "udp" and wait >= presence.tcp_keepalive_interval_s:
+        raise ConfigError(
+            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s} with retries = "
+            f"{presence.retries} waits {wait:g} s, not less than tcp_keepalive_interval_s = "
+            f"{presence.tcp_keepalive_interval_s}; raise tcp_keepalive_interval_s"
+        )
 
 
 def _parse_modem(mod: _Table, base: Path) -> ModemSettings:
@@ -521,6 +562,12 @@ class _Table:
         if not isinstance(value, str) or value.strip().lower() not in PATH_POLICIES:
             raise self._error(key, value, f"expected one of {', '.join(PATH_POLICIES)}")
         return PATH_POLICIES[value.strip().lower()]
+
+    def choice_lower(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key).strip().lower()
+        if value not in choices:
+            raise self._error(key, value, f"expected one of {', '.join(choices)}")
+        return value
 
     def choice(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.string(key)
