@@ -138,6 +138,8 @@ class DaemonStatus:
     """Viewer sessions open (or being set up) when the file was written."""
     modem: ModemBlock | None = None
     """The cellular modem; None when ``[modem]`` is off."""
+    transport: str = "udp"
+    """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -242,6 +244,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
         ("state", status.state),
         ("serial", status.serial),
         ("broker", status.broker),
+        ("transport", status.transport),
         ("reflexive address", status.reflexive_address or "-"),
         ("session", f"{status.session_id:#010x}" if status.session_id is not None else "-"),
         ("registered", when(status.registered_at)),
