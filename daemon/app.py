@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink
@@ -19,6 +19,18 @@ from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.modem_service import ModemOptions, ModemService
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
+from dvrlink.daemon.presence_transport import (
+    EventHandler,
+    Link,
+    PolicyConfig,
+    PresenceTransport,
+    TcpLink,
+    Transport,
+    TransportMode,
+    TransportPolicy,
+    presence_tls_context,
+    stun_reaches,
+)
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
@@ -82,7 +94,8 @@ async def run_daemon(
     events = DeviceEvents(
         config, client, notifier, status_file, invites, loop.time, sessions=sessions, modem=modem
     )
-    link = CloudLink(client, events, config.broker.host, config.broker.port)
+    link = _presence_link(config, client, events)
+    events.presence_transport = lambda: link.transport.value
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
     watchdog = _Watchdog(notifier, loop)
@@ -119,6 +132,39 @@ def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemS
         runtime_dir=config.device.runtime_dir,
         broker=(config.broker.host, config.broker.port),
         options=options,
+    )
+
+
+def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceEvents) -> PresenceTransport:
+    """Presence over UDP, or TCP/TLS where UDP is blocked, as ``[presence] transport`` says."""
+    presence, broker = config.presence, config.broker
+    policy = TransportPolicy(
+        PolicyConfig(
+            mode=TransportMode(presence.transport),
+            fallback_after_failures=presence.fallback_after_failures,
+            fallback_after_s=presence.fallback_after_s,
+            udp_probe_interval_s=presence.udp_probe_interval_s,
+        )
+    )
+    tls = presence_tls_context()
+
+    def make_link(transport: Transport, handler: EventHandler) -> Link:
+        if transport is Transport.UDP:
+            return CloudLink(client, handler, broker.host, broker.port)
+        return TcpLink(client, handler, *broker.tcp_address, tls=tls)
+
+    def probe_udp() -> Awaitable[bool]:
+        return stun_reaches(
+            broker.host, broker.port, timeout_s=presence.reply_timeout_s * (presence.retries + 1)
+        )
+
+    return PresenceTransport(
+        client,
+        events,
+        policy,
+        make_link,
+        probe_udp,
+        tcp_keepalive_interval_s=presence.tcp_keepalive_interval_s,
     )
 
 
@@ -176,6 +222,8 @@ class DeviceEvents:
         self._notifier = notifier
         self.status_file = status_file
         self._invites = invites
+        self.presence_transport: Callable[[], str] = lambda: "udp"
+        """What carries presence now (set by ``run_daemon``)."""
         self._started_at = time.time()
         self._ready_sent = False
         self._registered_at: float | None = None
@@ -266,6 +314,7 @@ class DeviceEvents:
             message=self._message,
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
+            transport=self.presence_transport(),
         )
         try:
             self.status_file.write(status)
