@@ -776,7 +776,7 @@ class BrokerApi:
                 "username": g.username,
                 "password": g.password,
             }
-            for g in grants
+            for g in sorted(grants, key=lambda g: g.transport != "udp")  # UDP first; TCP where UDP is blocked
         ]
         return turn, expires
 

@@ -70,6 +70,8 @@ PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
 
 TURN_TIMEOUT_S = 5.0
 """How long an Allocate (with its 401 round) may take per TURN server."""
+TURN_UDP_TIMEOUT_S = 2.5
+"""How long an Allocate over UDP may take while a TCP server is left to try (UDP may be blocked)."""
 SRFLX_TIMEOUT_S = 5.0
 """How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
 ICE_TIMEOUT_S = 30.0
@@ -296,7 +298,15 @@ class Connectivity:
             await asyncio.wait_for(self._local_changed.wait(), timeout)
 
     async def _allocate(self, servers: Sequence[TurnServer]) -> None:
-        for server in servers:
+        """Allocate on the first server that answers, in the broker's order (UDP ones first). A
+        UDP server gets only ``TURN_UDP_TIMEOUT_S`` while a TCP server is still to try; once one
+        UDP server did not answer at all (UDP blocked), the TCP servers are tried before the
+        remaining UDP ones."""
+        queue = list(servers)
+        while queue:
+            server = queue.pop(0)
+            tcp_left = any(s.transport == "tcp" for s in queue)
+            timeout = TURN_UDP_TIMEOUT_S if server.transport == "udp" and tcp_left else TURN_TIMEOUT_S
             try:
                 receiver: _RelayReceiver | None = None
 
@@ -313,12 +323,14 @@ class Connectivity:
                         server.password,
                         transport=server.transport,
                     ),
-                    TURN_TIMEOUT_S,
+                    timeout,
                 )
             except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
                 message = _turn_error(server, exc)
                 log.warning("%s", message)
                 self.errors.append(message)
+                if server.transport == "udp" and isinstance(exc, (stun.TransactionTimeout, TimeoutError)):
+                    queue.sort(key=lambda s: s.transport != "tcp")  # stable: TCP ones next
                 continue
             self._turn = transport
             self._turn_server = server
