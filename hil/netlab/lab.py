@@ -300,6 +300,15 @@ class Lab:
         if on:
             _iptables(ns, ["-A", BLOCK_CHAIN, "-p", "udp", "-j", "DROP"])
 
+    def allow_udp(self, side: str, on: bool = True) -> None:
+        """Let UDP out through the side's outermost gateway (``on``) even where its NAT type drops
+        it, so a ``udp_blocked`` side behaves as a port-restricted cone until ``allow_udp(side,
+        False)``; replies come back as conntrack allows. Replaces any ``block_udp``."""
+        ns = self.nat_ns(side)
+        _iptables(ns, ["-F", BLOCK_CHAIN])
+        if on:
+            _iptables(ns, ["-A", BLOCK_CHAIN, "-i", "lan0", "-o", "wan0", "-p", "udp", "-j", "ACCEPT"])
+
     def set_profile(self, side: str, name: str) -> None:
         """Put link profile ``name`` (lan, 3g, edge, gprs) on the side's uplink, both directions.
 
