@@ -85,6 +85,7 @@ def write_daemon_config(work: Path, udp_port: int, public_key: bytes, interval: 
         f"keepalive_interval_s = {interval:g}\n"
         f"reply_timeout_s = {reply_timeout:g}\n"
         "retries = 2\n"
+        "learn_keepalive = false\n"  # the fixed interval this benchmark names
     )
     return path
 

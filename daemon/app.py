@@ -17,6 +17,8 @@ from typing import Protocol
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.modem_service import ModemOptions, ModemService
+from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner
+from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
 from dvrlink.daemon.presence_transport import (
@@ -31,6 +33,8 @@ from dvrlink.daemon.presence_transport import (
     presence_tls_context,
     stun_reaches,
 )
+from dvrlink.daemon.presence_tuning import PresenceTuning
+from dvrlink.daemon.reporting import Reporter, ReportPolicy
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
@@ -96,6 +100,9 @@ async def run_daemon(
     )
     link = _presence_link(config, client, events)
     events.presence_transport = lambda: link.transport.value
+    tuning = events.tuning = _presence_tuning(config, client, loop, modem)
+    tuning.flush = link.flush
+    tuning.transport = lambda: link.transport.value
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
     watchdog = _Watchdog(notifier, loop)
@@ -117,9 +124,38 @@ async def run_daemon(
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
         await sessions.close()
+        if events.tuning is not None and events.tuning.prober is not None:
+            await events.tuning.prober.close()
         link.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _presence_tuning(
+    config: DaemonConfig, client: PresenceClient, loop: asyncio.AbstractEventLoop, modem: ModemService | None
+) -> PresenceTuning:
+    """Reports to the broker, and the learned keepalive when ``[presence] learn_keepalive``."""
+    presence = config.presence
+    tuning = PresenceTuning(
+        client,
+        loop.time,
+        interval=presence.keepalive_interval_s,
+        modem=modem,
+        reporter=Reporter(ReportPolicy(min_interval_s=presence.report_min_interval_s)),
+    )
+    if presence.learn_keepalive:
+        learner = LifetimeLearner(
+            LearnerConfig(
+                min_interval_s=min(10.0, presence.keepalive_interval_s),
+                max_interval_s=presence.max_keepalive_interval_s,
+                max_probe_s=presence.max_keepalive_interval_s / LearnerConfig().safety,
+            ),
+            presence.keepalive_interval_s,
+        )
+        tuning.prober = NatProber(
+            learner, client, (config.broker.host, config.broker.port), on_event=tuning.on_learner_event
+        )
+    return tuning
 
 
 def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemService | None:
@@ -217,6 +253,8 @@ class DeviceEvents:
         self._config = config
         self._sessions = sessions
         self._modem = modem
+        self.tuning: PresenceTuning | None = None
+        """Learned keepalive and reports (set by ``run_daemon``)."""
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -238,6 +276,8 @@ class DeviceEvents:
 
     def on_event(self, event: ClientEvent) -> None:
         """Log, update the status file, then tell systemd; answer invites."""
+        if self.tuning is not None:
+            self.tuning.on_event(event)
         if isinstance(event, InviteReceived):
             if event.kind in (INVITE_KIND_SESSION, INVITE_KIND_CANDIDATES) and self._sessions is not None:
                 self._sessions.handle(event, self._core_clock())
@@ -286,7 +326,10 @@ class DeviceEvents:
             self._notifier.status(systemd_status)
 
     def after_step(self) -> None:
-        """Rewrite the status file when the presence state changed without an event."""
+        """Rewrite the status file when the presence state changed without an event; let the
+        tuning hand over a report."""
+        if self.tuning is not None:
+            self.tuning.after_step()
         if self._client.state.value != self._written_state:
             self._write_status()
 

@@ -98,6 +98,15 @@ class PresenceConfig:
     """Seconds to wait for a broker reply before retransmitting."""
     retries: int = 2
     """Retransmissions before a keepalive or registration counts as lost."""
+    learn_keepalive: bool = True
+    """Measure how long the NAT keeps an idle UDP mapping (with probes from extra sockets) and
+    keep alive just under it, starting from ``keepalive_interval_s``: the least cellular data that
+    keeps the device reachable. False: always ``keepalive_interval_s``."""
+    max_keepalive_interval_s: float = 1800.0
+    """The longest interval learning may reach."""
+    report_min_interval_s: float = 60.0
+    """Shortest time between two reports to the broker (signal, network, data used, keepalive);
+    a change of the modem's state goes at once. Reports ride on keepalives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +289,9 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         keepalive_interval_s=pre.number("keepalive_interval_s", 1.0, 3600.0),
         reply_timeout_s=pre.number("reply_timeout_s", 0.1, 60.0),
         retries=pre.integer("retries", 0, 10),
+        learn_keepalive=pre.boolean("learn_keepalive"),
+        max_keepalive_interval_s=pre.number("max_keepalive_interval_s", 10.0, 3600.0),
+        report_min_interval_s=pre.number("report_min_interval_s", 1.0, 86400.0),
     )
     if presence.reply_timeout_s * (presence.retries + 1) >= presence.keepalive_interval_s:
         raise ConfigError(

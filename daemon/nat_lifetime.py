@@ -49,7 +49,7 @@ class LearnerConfig:
     resolution: float = 0.1
     min_resolution_s: float = 2.0
     remeasure_s: float = 86400.0
-    retry_s: float = 60.0
+    retry_s: float = 300.0
     """Wait before a round whose probes could not be sent (not registered) is tried again."""
 
     def __post_init__(self) -> None:

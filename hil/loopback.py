@@ -217,8 +217,13 @@ def make_daemon(
     reply_timeout: float = 0.4,
     retries: int = 2,
     extra_toml: str = "",
+    learn_keepalive: bool = False,
 ) -> Daemon:
-    """Write a daemon config under ``root/serial`` pointing at ``broker``; ``extra_toml`` is appended."""
+    """Write a daemon config under ``root/serial`` pointing at ``broker``; ``extra_toml`` is appended.
+
+    Learning the keepalive is off by default here: on loopback there is no NAT, so it would climb
+    to the longest interval, and rigs that restart the broker expect devices back within a few
+    short intervals."""
     home = root / serial
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dvrlinkd.toml"
@@ -237,6 +242,7 @@ def make_daemon(
                 f"keepalive_interval_s = {keepalive_interval}",
                 f"reply_timeout_s = {reply_timeout}",
                 f"retries = {retries}",
+                f"learn_keepalive = {'true' if learn_keepalive else 'false'}",
                 extra_toml,
                 "",
             ]

@@ -1,0 +1,224 @@
+"""The I/O of NAT lifetime probes: one short-lived UDP socket per probe, driven by the learner
+(``daemon/nat_lifetime.py``) and sealed by the presence client (``probe_datagram``).
+
+Each probe:
+
+1. opens a UDP socket towards the broker's presence port (a NAT mapping of its own);
+2. primes the mapping with a STUN Binding round trip and waits ``prime_wait_s``: a Linux NAT
+   (conntrack) keeps a UDP flow that has seen a reply and is older than 2 s for its "stream"
+   lifetime, as it does the presence socket's flow; the probe must measure that lifetime, not the
+   shorter one of a flow that never got an answer;
+3. sends the probe keepalive (the broker answers only after the delay) and stays idle;
+4. waits for the answer until ``delay + grace``: answered (the mapping lived that long), else
+   lost. A probe that could not be primed or sealed (not registered) counts as unsent and the
+   learner retries its round later.
+
+What the learner decides (``IntervalChanged``, ``MeasurementDone``) goes to the callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aioice import stun
+
+from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LifetimeLearner, MeasurementDone, Probe
+
+log = logging.getLogger(__name__)
+
+
+class ProbeCore(Protocol):
+    """What probes need of ``PresenceClient``."""
+
+    def probe_datagram(self, delay: float) -> tuple[bytes, int] | None: ...
+    def probe_reply(self, data: bytes) -> int | None: ...
+    @property
+    def rtt(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTiming:
+    """Waits of one probe, in seconds."""
+
+    prime_timeout_s: float = 3.0
+    prime_wait_s: float = 2.5
+    grace_s: float = 3.0
+    """How long after its delay an answer may still come (plus three round trips)."""
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(data)
+
+
+class NatProber:
+    """Runs the learner's probes (see the module docstring). ``close`` stops them all."""
+
+    def __init__(
+        self,
+        learner: LifetimeLearner,
+        core: ProbeCore,
+        broker: tuple[str, int],
+        *,
+        on_event: Callable[[LearnerEvent], None],
+        timing: ProbeTiming | None = None,
+    ) -> None:
+        self._learner = learner
+        self._core = core
+        self._broker = broker
+        self._on_event = on_event
+        self._timing = timing or ProbeTiming()
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._stopped = False
+        self.answered = 0
+        self.lost = 0
+
+    @property
+    def learner(self) -> LifetimeLearner:
+        """The learner this prober drives."""
+        return self._learner
+
+    def start(self) -> None:
+        """Begin measuring (again)."""
+        self._stopped = False
+        self._cancel_probes()
+        self._learner.start(self._loop.time())
+        self._pump()
+
+    def path_changed(self, reason: str) -> None:
+        """The path to the broker changed: drop running probes and measure again."""
+        self._cancel_probes()
+        self._learner.path_changed(self._loop.time(), reason)
+        self._pump()
+
+    def stop(self) -> None:
+        """Stop probing until ``start`` (the presence link left UDP)."""
+        self._cancel_probes()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._stopped = True
+
+    async def close(self) -> None:
+        """Stop every probe and the timer. Idempotent."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = list(self._tasks)
+        self._cancel_probes()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _cancel_probes(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+
+    def _pump(self) -> None:
+        if self._closed or self._stopped:
+            return
+        learner = self._learner
+        for probe in learner.probes_to_send():
+            task = self._loop.create_task(self._run(probe), name=f"nat probe {probe.delay:g} s")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        while (event := learner.next_event()) is not None:
+            if isinstance(event, IntervalChanged):
+                log.info("keepalive interval %g s: %s", event.interval, event.reason)
+            elif isinstance(event, MeasurementDone):
+                log.info(
+                    "NAT keeps an idle UDP mapping at least %g s%s",
+                    event.low,
+                    "" if event.high is None else f", not {event.high:g} s",
+                )
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("handling %s failed; carrying on", event)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = learner.get_timer()
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._learner.handle_timer(self._loop.time())
+        self._pump()
+
+    async def _run(self, probe: Probe) -> None:
+        outcome = "unsent"
+        try:
+            outcome = await self._probe(probe)
+        finally:
+            if not (self._closed or self._stopped):
+                now = self._loop.time()
+                if outcome == "answered":
+                    self.answered += 1
+                    self._learner.probe_answered(probe.probe_id, now)
+                elif outcome == "lost":
+                    self.lost += 1
+                    self._learner.probe_lost(probe.probe_id, now)
+                else:
+                    self._learner.probe_unsent(probe.probe_id, now)
+                self._pump()
+
+    async def _probe(self, probe: Probe) -> str:
+        timing = self._timing
+        try:
+            transport, inbox = await self._loop.create_datagram_endpoint(_Inbox, remote_addr=self._broker)
+        except OSError as exc:
+            log.info("NAT probe: cannot open a socket to %s: %s", self._broker, exc)
+            return "unsent"
+        try:
+            if not await self._prime(transport, inbox):
+                log.info("NAT probe: no STUN answer from %s to prime the mapping", self._broker)
+                return "unsent"
+            await asyncio.sleep(timing.prime_wait_s)
+            made = self._core.probe_datagram(probe.delay)
+            if made is None:
+                return "unsent"
+            datagram, echo = made
+            transport.sendto(datagram)
+            grace = timing.grace_s + 3 * (self._core.rtt or 0.0)
+            deadline = self._loop.time() + probe.delay + grace
+            while (left := deadline - self._loop.time()) > 0:
+                try:
+                    data = await asyncio.wait_for(inbox.queue.get(), left)
+                except TimeoutError:
+                    break
+                if self._core.probe_reply(data) == echo:
+                    return "answered"
+            return "lost"
+        finally:
+            transport.close()
+
+    async def _prime(self, transport: asyncio.DatagramTransport, inbox: _Inbox) -> bool:
+        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        deadline = self._loop.time() + self._timing.prime_timeout_s
+        transport.sendto(bytes(request))
+        while (left := deadline - self._loop.time()) > 0:
+            try:
+                data = await asyncio.wait_for(inbox.queue.get(), left)
+            except TimeoutError:
+                return False
+            with contextlib.suppress(ValueError, KeyError, IndexError):
+                answer = stun.parse_message(data)
+                if answer.transaction_id == request.transaction_id:
+                    return True
+        return False

@@ -1,0 +1,124 @@
+"""What the daemon adds to presence besides registering: the learned keepalive interval and the
+reports to the broker. Hooked into ``DeviceEvents`` (presence events, after each link step).
+
+- On the first registration the NAT lifetime measurement starts (``NatProber``); a new
+  reflexive address (another NAT mapping, another network) restarts it from the configured
+  interval. Each interval the learner picks goes to the presence client
+  (``set_keepalive_interval``) and into the report.
+- After every link step the report is brought up to date (the modem's signal, network, data
+  used and state; the keepalive interval, the NAT lifetime, the transport) and, when the report
+  policy says so (``daemon/reporting.py``), handed to the presence client to ride on the next
+  keepalive; an urgent one (the modem's state changed) is sent at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, MeasurementDone
+from dvrlink.daemon.nat_probe import NatProber
+from dvrlink.daemon.reporting import Reporter
+from dvrlink.protocol.presence_events import Address, ClientEvent, ReflexiveAddressChanged, Registered
+from dvrlink.protocol.presence_report import DeviceReport
+
+log = logging.getLogger(__name__)
+
+
+class ReportingClient(Protocol):
+    """What tuning needs of ``PresenceClient``."""
+
+    def report(self, report: DeviceReport, now: float, *, send_now: bool = False) -> None: ...
+    def set_keepalive_interval(self, interval: float, now: float) -> None: ...
+
+
+class ModemFacts(Protocol):
+    """What tuning reads of the modem (``ModemService.report``)."""
+
+    def report(self) -> object: ...
+
+
+class PresenceTuning:
+    """See the module docstring. ``flush`` sends what the client queued (the link's ``flush``)."""
+
+    def __init__(
+        self,
+        client: ReportingClient,
+        clock: Callable[[], float],
+        *,
+        interval: float,
+        transport: str = "udp",
+        prober: NatProber | None = None,
+        modem: ModemFacts | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self.prober = prober
+        self._modem = modem
+        self.reporter = reporter or Reporter()
+        self.reporter.update(keepalive_s=round(interval), presence_transport=transport)
+        self._measured_from: Address | None = None
+        self.flush: Callable[[], None] = lambda: None
+        """Sends what the client queued (the presence link's ``flush``)."""
+        self.transport: Callable[[], str] = lambda: transport
+        """The presence transport in use ("udp" or "tcp"); NAT probes run only over UDP."""
+
+    def on_event(self, event: ClientEvent) -> None:
+        """Start or restart the measurement on registration and address changes."""
+        prober = self.prober
+        if prober is None:
+            return
+        if isinstance(event, Registered) and self.transport() != "udp":
+            # Over TCP the UDP mapping is not what keeps the device reachable; measure again
+            # once back on UDP.
+            prober.stop()
+            self._measured_from = None
+            return
+        if isinstance(event, Registered):
+            if self._measured_from is None:
+                self._measured_from = event.reflexive_address
+                prober.start()
+            elif event.reflexive_address != self._measured_from:
+                old, self._measured_from = self._measured_from, event.reflexive_address
+                prober.path_changed(f"registered from {event.reflexive_address}, was {old}")
+        elif isinstance(event, ReflexiveAddressChanged) and self._measured_from is not None:
+            self._measured_from = event.new
+            prober.path_changed(f"reflexive address changed to {event.new}")
+
+    def on_learner_event(self, event: LearnerEvent) -> None:
+        """What the learner decided: a new interval for the client and the report."""
+        if isinstance(event, IntervalChanged):
+            if self.transport() != "udp":
+                return
+            try:
+                self._client.set_keepalive_interval(event.interval, self._clock())
+            except ValueError:
+                log.exception("the learner chose an interval the client refuses; keeping the old one")
+                return
+            self.reporter.update(keepalive_s=round(event.interval))
+        elif isinstance(event, MeasurementDone):
+            self.reporter.update(nat_lifetime_s=int(event.low))
+
+    def after_step(self) -> None:
+        """Refresh the report from the modem and hand it over when due."""
+        modem = self._modem
+        if modem is not None:
+            facts = modem.report()
+            self.reporter.update(
+                signal_dbm=getattr(facts, "signal_dbm", None),
+                rat=getattr(facts, "rat", None) or None,
+                data_used=getattr(facts, "data_used_bytes", None),
+                modem_state=getattr(facts, "state", None) or None,
+            )
+        self.reporter.update(presence_transport=self.transport())
+        now = self._clock()
+        due = self.reporter.due(now)
+        if due is None:
+            return
+        self._client.report(due.report, now, send_now=due.urgent)
+        self.reporter.sent(due.report, now)
+        if due.urgent:
+            asyncio.get_running_loop().call_soon(self.flush)
