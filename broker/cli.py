@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--udp-port", type=int, default=None, help="presence/STUN UDP port (0 = free port)")
     p.add_argument("--https-port", type=int, default=None, help="viewer API port (0 = free port)")
     p.add_argument(
+        "--presence-tcp-port",
+        type=int,
+        default=None,
+        help="presence over TCP/TLS port, for devices where UDP is blocked (0 = free port; default 443)",
+    )
+    p.add_argument(
         "--turn-port", type=int, default=None, help="built-in TURN relay UDP and TCP port (0 = free ports)"
     )
     p.add_argument(
@@ -107,7 +113,7 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     state_dir = getattr(args, "state_dir", None)
     if state_dir is not None:
         overrides["state_dir"] = str(state_dir.resolve())
-    for name in ("udp_port", "https_port"):
+    for name in ("udp_port", "https_port", "presence_tcp_port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
