@@ -45,7 +45,7 @@ from dvrlink.protocol.identity import ed25519_verify, fingerprint
 from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
 from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
 from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
-from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK
+from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_KIND_PING, INVITE_OK
 from dvrlink.protocol.signalling import (
     INVITE_GONE,
     INVITE_KIND_CANDIDATES,
@@ -280,6 +280,7 @@ class BrokerApi:
         app.router.add_get("/v1/devices/{serial}", self.get_device, allow_head=False)
         app.router.add_get("/v1/devices/{serial}/identity", self.device_identity, allow_head=False)
         app.router.add_post("/v1/devices/{serial}/pairings", self.pair_device)
+        app.router.add_post("/v1/devices/{serial}/ping", self.ping_device)
         app.router.add_post("/v1/sessions", self.create_session)
         app.router.add_get("/v1/sessions", self.list_sessions, allow_head=False)
         app.router.add_post("/v1/sessions/{session_id}/offer", self.offer_session)
@@ -439,6 +440,43 @@ class BrokerApi:
                 "online": info is not None and info.online,
             }
         )
+
+    async def ping_device(self, request: web.Request) -> web.Response:
+        """POST /v1/devices/{serial}/ping: an empty invite the device answers at once, proof that
+        it can be reached now (no session, no relay); returns the round trip in ms."""
+        user = self._user(request)
+        serial = request.match_info["serial"]
+        self._known_device(serial)
+        if self._registry.pairing(user, serial) is None:
+            raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
+        info = self._presence.presence(serial)
+        if info is None or not info.online:
+            raise ApiError(
+                409, "device_offline", f"device {serial} is offline; power it and check its network"
+            )
+        ttl = self._config.invite_ttl_s
+        started = time.monotonic()
+        try:
+            outcome = await asyncio.wait_for(
+                self._presence.invite(serial, INVITE_KIND_PING, b"", ttl), ttl + INVITE_GRACE_S
+            )
+        except NotOnlineError:
+            raise ApiError(
+                409, "device_offline", f"device {serial} went offline; retry when it is back"
+            ) from None
+        except TimeoutError:
+            outcome = InviteExpired(0, serial)
+        if isinstance(outcome, InviteExpired):
+            raise ApiError(
+                504,
+                "device_timeout",
+                f"device {serial} is registered but did not answer within {ttl:.0f} s: its NAT may have "
+                "dropped the mapping; it is reachable again after its next keepalive",
+            )
+        if outcome.status != INVITE_OK:
+            raise ApiError(502, "device_error", f"device {serial} cannot answer pings; update its dvrlinkd")
+        rtt_ms = round((time.monotonic() - started) * 1000, 1)
+        return web.json_response({"serial": serial, "rtt_ms": rtt_ms}, headers={"Cache-Control": "no-store"})
 
     async def pair_device(self, request: web.Request) -> web.Response:
         """POST /v1/devices/{serial}/pairings: relay a pairing proof to the device."""

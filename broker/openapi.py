@@ -265,6 +265,14 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Ping": {
+                    "type": "object",
+                    "required": ["serial", "rtt_ms"],
+                    "properties": {
+                        "serial": {"type": "string"},
+                        "rtt_ms": {"type": "number", "description": "Broker to device and back, ms"},
+                    },
+                },
                 "CandidateUpdate": {
                     "type": "object",
                     "required": ["candidates"],
@@ -353,6 +361,26 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json("The device key", "Identity"),
                         "401": _UNAUTHORIZED,
                         "404": _error("Never registered and not in the manifest (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/ping": {
+                "post": {
+                    "summary": (
+                        "Ask the device to answer through its presence channel (no session): proof that "
+                        "it is reachable now, with the round trip"
+                    ),
+                    "operationId": "pingDevice",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL],
+                    "responses": {
+                        "200": _json("The device answered", "Ping"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                        "409": _error("Device offline (`device_offline`)"),
+                        "502": _error("The device cannot answer pings (`device_error`)"),
+                        "504": _error("Registered but no answer in time (`device_timeout`)"),
                     },
                 }
             },

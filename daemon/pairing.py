@@ -31,6 +31,7 @@ from dvrlink.protocol.pairing import (
 from dvrlink.protocol.presence_events import InviteReceived
 from dvrlink.protocol.presence_wire import (
     INVITE_KIND_PAIR,
+    INVITE_KIND_PING,
     INVITE_MALFORMED,
     INVITE_OK,
     INVITE_UNSUPPORTED,
@@ -85,6 +86,10 @@ class InviteHandler:
         A viewer that cannot be recorded is not told PAIRED: the invite stays unanswered (the
         broker reports a timeout) and the error is logged.
         """
+        if invite.kind == INVITE_KIND_PING:
+            log.debug("invite %d: ping", invite.invite_id)
+            replier.reply_invite(invite.invite_id, INVITE_OK, b"", now)
+            return
         if invite.kind != INVITE_KIND_PAIR:
             log.info("invite %d: unsupported kind %d", invite.invite_id, invite.kind)
             replier.reply_invite(invite.invite_id, INVITE_UNSUPPORTED, b"", now)

@@ -34,6 +34,8 @@ MAX_DATAGRAM = 1200
 MAX_INVITE_BODY = 1024
 
 INVITE_KIND_PAIR = 1
+INVITE_KIND_PING = 4
+"""An empty invite the device answers at once: proof that it is reachable now."""
 INVITE_OK = 0
 INVITE_UNSUPPORTED = 1
 INVITE_MALFORMED = 2

@@ -46,7 +46,7 @@ from dvrlink.protocol.presence_events import (
     RegistrationRefused,
 )
 from dvrlink.protocol.presence_server import RefuseReason
-from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK, INVITE_UNSUPPORTED
+from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_KIND_PING, INVITE_OK, INVITE_UNSUPPORTED
 
 CODE = "ABCDEFGHIJKLMNOP"
 PASSWORD = "correct horse battery"
@@ -113,6 +113,9 @@ class SimulatedDevice(asyncio.DatagramProtocol):
         self.flush()
 
     def answer(self, invite: InviteReceived) -> None:
+        if invite.kind == INVITE_KIND_PING:
+            self.client.reply_invite(invite.invite_id, INVITE_OK, b"", self.loop.time())
+            return
         if invite.kind != INVITE_KIND_PAIR:
             self.client.reply_invite(invite.invite_id, INVITE_UNSUPPORTED, b"", self.loop.time())
             return
@@ -522,5 +525,27 @@ def test_a_failed_start_releases_everything(tmp_path: Path) -> None:
         assert not (tmp_path / "state" / "broker.json").exists()
         async with lab(tmp_path) as t:  # the state directory is free again
             assert (await t.call("GET", "/v1/health"))[0] == 200
+
+    run(main)
+
+
+def test_ping_reaches_a_paired_device_through_presence(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with lab(tmp_path, invite_ttl_s=1.0) as t:
+            alice = await t.login("alice")
+            device = await t.device("DL-0001")
+            status, answer = await t.call("POST", "/v1/devices/DL-0001/ping", alice)
+            assert (status, answer["error"]) == (403, "not_paired")
+            body, _ = pairing_body(device)
+            status, _ = await t.call("POST", "/v1/devices/DL-0001/pairings", alice, json=body)
+            assert status == 200
+            status, answer = await t.call("POST", "/v1/devices/DL-0001/ping", alice)
+            assert status == 200 and answer["serial"] == "DL-0001" and answer["rtt_ms"] >= 0, answer
+            assert device.invites[-1].kind == INVITE_KIND_PING
+            device.answer_invites = False  # registered, but its answers never come
+            status, answer = await t.call("POST", "/v1/devices/DL-0001/ping", alice)
+            assert (status, answer["error"]) == (504, "device_timeout"), answer
+            status, answer = await t.call("POST", "/v1/devices/DL-9999/ping", alice)
+            assert status == 404
 
     run(main)

@@ -15,7 +15,13 @@ from dvrlink.daemon.state import DeviceState
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.pairing import PairRequest, PairResult, PairStatus, pair_proof
 from dvrlink.protocol.presence_events import InviteReceived
-from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_MALFORMED, INVITE_OK, INVITE_UNSUPPORTED
+from dvrlink.protocol.presence_wire import (
+    INVITE_KIND_PAIR,
+    INVITE_KIND_PING,
+    INVITE_MALFORMED,
+    INVITE_OK,
+    INVITE_UNSUPPORTED,
+)
 
 SERIAL = "DL-0001-0002"
 SECRET = "ABCDEFGHIJKLMNOP"
@@ -119,6 +125,12 @@ def test_malformed_body_and_unknown_kind(device: Device) -> None:
     device.handler.handle(InviteReceived(7, INVITE_KIND_PAIR, b"\x00" * 10), device.replies, 1.0)
     device.handler.handle(InviteReceived(8, 99, b""), device.replies, 2.0)
     assert device.replies.sent == [(7, INVITE_MALFORMED, b"", 1.0), (8, INVITE_UNSUPPORTED, b"", 2.0)]
+    assert device.state.pairing_failures() == []
+
+
+def test_a_ping_is_answered_at_once_and_changes_nothing(device: Device) -> None:
+    device.handler.handle(InviteReceived(9, INVITE_KIND_PING, b""), device.replies, 3.0)
+    assert device.replies.sent == [(9, INVITE_OK, b"", 3.0)]
     assert device.state.pairing_failures() == []
 
 
