@@ -1,0 +1,189 @@
+"""The cells of the connectivity matrix, what NAT behaviour predicts for each, and the issue's targets.
+
+Terms are RFC 4787's: mapping EIM (endpoint-independent) or APDM (address and port dependent),
+filtering EIF, ADF or APDF. This file holds no I/O: it names cells and judges records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hil.netlab import NatType
+
+SIDE_TYPES: tuple[NatType, ...] = (
+    NatType.PUBLIC,
+    NatType.FULL_CONE,
+    NatType.RESTRICTED_CONE,
+    NatType.PORT_RESTRICTED_CONE,
+    NatType.CGNAT,
+    NatType.SYMMETRIC,
+    NatType.SEQUENTIAL_SYMMETRIC,
+    NatType.UDP_BLOCKED,
+)
+"""Rows (device) and columns (viewer). Hairpin is one extra cell: both behind the same NAT."""
+
+EIF = frozenset({NatType.PUBLIC, NatType.FULL_CONE})
+"""Endpoint-independent filtering: anyone may send to the mapped address."""
+EIM = frozenset(
+    {
+        NatType.PUBLIC,
+        NatType.FULL_CONE,
+        NatType.RESTRICTED_CONE,
+        NatType.PORT_RESTRICTED_CONE,
+        NatType.CGNAT,
+        NatType.HAIRPIN,
+    }
+)
+"""Endpoint-independent mapping (the same outer port for every remote)."""
+APDM = frozenset({NatType.SYMMETRIC, NatType.SEQUENTIAL_SYMMETRIC})
+"""Address-and-port-dependent mapping (a new outer port per remote)."""
+APDF_EIM = frozenset({NatType.PORT_RESTRICTED_CONE, NatType.CGNAT, NatType.HAIRPIN})
+"""EIM with address-and-port-dependent filtering."""
+
+DIRECT_PATHS = frozenset({"lan", "direct"})
+FIRST_BYTE_TARGET_S = 2.0
+
+PROFILE_SUBSET: tuple[tuple[NatType, NatType], ...] = (
+    (NatType.CGNAT, NatType.FULL_CONE),
+    (NatType.CGNAT, NatType.PORT_RESTRICTED_CONE),
+    (NatType.CGNAT, NatType.SYMMETRIC),
+    (NatType.SYMMETRIC, NatType.FULL_CONE),
+    (NatType.SYMMETRIC, NatType.PORT_RESTRICTED_CONE),
+    (NatType.SYMMETRIC, NatType.SYMMETRIC),
+)
+"""The cells also run on the 3G and GPRS profiles (the profile on the device's uplink; the viewer
+stays on LAN). A recorder on a SIM sits behind its carrier's NAT, which is a carrier-grade NAT
+(EIM/APDF) or, for about a third of carriers, symmetric; the viewer is at home or in an office
+behind a full cone, a port-restricted router, or itself symmetric. The six cells cover the three
+outcomes on a slow lossy link: a punch towards an open viewer, a punch between two filtering
+NATs, and the relay."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One device NAT × viewer NAT pair on one link profile."""
+
+    device: NatType
+    viewer: NatType
+    profile: str = "lan"
+
+    @property
+    def key(self) -> str:
+        """``device/viewer/profile``."""
+        return f"{self.device.value}/{self.viewer.value}/{self.profile}"
+
+    @property
+    def udp_blocked(self) -> bool:
+        """Either side can send no UDP."""
+        return NatType.UDP_BLOCKED in (self.device, self.viewer)
+
+    @property
+    def both_apdm(self) -> bool:
+        """Both sides map per remote (symmetric × symmetric, sequential or random)."""
+        return self.device in APDM and self.viewer in APDM
+
+    @property
+    def one_eif(self) -> bool:
+        """At least one side filters nothing (public or full cone) and no side blocks UDP."""
+        return not self.udp_blocked and (self.device in EIF or self.viewer in EIF)
+
+    @property
+    def one_eim(self) -> bool:
+        """At least one side maps endpoint-independently and no side blocks UDP."""
+        return not self.udp_blocked and (self.device in EIM or self.viewer in EIM)
+
+    @property
+    def target_path(self) -> str:
+        """The path the issue's targets ask for: ``relay`` for symmetric × symmetric and
+        UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM, else ``any``."""
+        if self.udp_blocked or self.both_apdm:
+            return "relay"
+        if self.one_eim:
+            return "direct"
+        return "any"
+
+    @property
+    def predicted_path(self) -> str:
+        """What NAT behaviour allows without port prediction: ``relay`` when one side maps per
+        remote and the other filters per address and port (no check can reach the other side's
+        fresh mapping) or both map per remote, else ``direct``; ``none`` where UDP is blocked (no
+        presence or TURN over TCP 443 yet)."""
+        if self.udp_blocked:
+            return "none"
+        if self.both_apdm:
+            return "relay"
+        apdm = self.device in APDM or self.viewer in APDM
+        apdf = self.device in APDF_EIM or self.viewer in APDF_EIM
+        if apdm and apdf:
+            return "relay"
+        return "direct"
+
+    @property
+    def why_not_direct(self) -> str:
+        """Why this cell cannot be punched (empty when it can)."""
+        if self.udp_blocked:
+            return (
+                "UDP is blocked: needs presence over TCP/TLS and TURN over TCP 443, not built yet "
+                "(another engineer is building presence over TCP)"
+            )
+        if self.both_apdm:
+            return "both sides map per remote: only the relay works"
+        if self.predicted_path == "relay":
+            return (
+                "a per-remote (symmetric) mapping meets address-and-port filtering: the filtering "
+                "side only admits the port it sent to, and the symmetric side's port towards it is "
+                "new and unknown; needs port prediction (sequential) or a birthday-paradox search (random)"
+            )
+        return ""
+
+
+def lan_cells() -> list[Cell]:
+    """Every device × viewer cell on LAN, then the hairpin cell."""
+    cells = [Cell(d, v) for d in SIDE_TYPES for v in SIDE_TYPES]
+    cells.append(Cell(NatType.HAIRPIN, NatType.HAIRPIN))
+    return cells
+
+
+def profile_cells(profiles: tuple[str, ...] = ("3g", "gprs")) -> list[Cell]:
+    """The subset on the slow profiles."""
+    return [Cell(d, v, p) for p in profiles for d, v in PROFILE_SUBSET]
+
+
+ICE_GIVES_UP_S = 30.0
+"""The session's ICE checks run at most this long (``ICE_TIMEOUT_S`` in daemon/connectivity.py)."""
+SETTLE_S = ICE_GIVES_UP_S + 15.0
+FORWARD_S = 45.0
+"""The viewer's own bounds (TURN 5 s per server, answer, 20 s to establish) add up to about this."""
+
+
+@dataclass(frozen=True, slots=True)
+class CellPlan:
+    """How one cell is run: timed runs, and how long each wait may take (seconds)."""
+
+    cell: Cell
+    runs: int = 1
+    wait_for_ice: bool = True
+    """Wait for the device's ICE checks to give up before calling the relay final."""
+    settle_s: float = SETTLE_S
+    """After the first byte: how long to wait for the final path."""
+    forward_s: float = FORWARD_S
+    """``dvrlink forward`` start to its "forwarding" line."""
+
+
+def full_plan(cell: Cell, runs: int) -> CellPlan:
+    """``make matrix``: ``runs`` timed runs, every path waited for until it is final."""
+    return CellPlan(cell, runs=runs)
+
+
+def quick_plan(cell: Cell) -> CellPlan:
+    """``make test``: one run; the path is waited for until final only in symmetric × symmetric
+    (a hard invariant). Elsewhere the wait is 10 s for a direct path where NAT behaviour allows
+    one and 2 s where it does not (the record then says the path was not final). A viewer behind
+    a UDP-blocking NAT gets 6 s to open a session instead of 45 (after 5 s its TURN over UDP has
+    failed; TURN over TCP 443 does not exist yet)."""
+    strict = cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
+    if strict:
+        return CellPlan(cell)
+    settle = 10.0 if cell.predicted_path == "direct" else 2.0
+    forward = 6.0 if cell.viewer is NatType.UDP_BLOCKED else FORWARD_S
+    return CellPlan(cell, wait_for_ice=False, settle_s=settle, forward_s=forward)

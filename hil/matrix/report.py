@@ -1,0 +1,285 @@
+"""Judge matrix records against the issue's targets and the hard invariants, and render
+``docs/connectivity.md`` and ``docs/connectivity.json``. No I/O but the two writes in ``write``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.matrix.cells import (
+    DIRECT_PATHS,
+    FIRST_BYTE_TARGET_S,
+    PROFILE_SUBSET,
+    SIDE_TYPES,
+    Cell,
+)
+from hil.matrix.rig import CellRecord
+from hil.netlab import NatType
+
+NO_NETEM = "no netem: rate/loss only"
+
+
+def cell_of(record: CellRecord) -> Cell:
+    """The cell a record belongs to."""
+    return Cell(NatType.parse(record.device_nat), NatType.parse(record.viewer_nat), record.profile)
+
+
+def cell_text(record: CellRecord | None) -> str:
+    """``direct 0.42 s``, ``relay 0.61 s``, ``FAIL``; ``relay? ...`` when the path was not final;
+    ``-`` when the cell was not run."""
+    if record is None:
+        return "-"
+    if not record.connected:
+        return "FAIL"
+    mark = "" if record.settled else "?"
+    seconds = f" {record.first_byte_s:.2f} s" if record.first_byte_s is not None else ""
+    return f"{record.path or '-'}{mark}{seconds}"
+
+
+@dataclass
+class Verdict:
+    """One target or invariant: PASS or FAIL, and the cells that miss it with why."""
+
+    name: str
+    passed: bool
+    misses: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values."""
+        return {"name": self.name, "passed": self.passed, "misses": self.misses, "note": self.note}
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell.device.value} × {cell.viewer.value}"
+
+
+def _miss(record: CellRecord, what: str) -> str:
+    cell = cell_of(record)
+    why = cell.why_not_direct
+    return f"{_label(cell)}: {what}" + (f" ({why})" if why else "")
+
+
+def targets(records: Sequence[CellRecord]) -> list[Verdict]:
+    """The issue's four targets, judged on the LAN records."""
+    lan = [r for r in records if r.profile == "lan"]
+    connect = Verdict("100% of cells connect", all(r.connected for r in lan))
+    connect.misses = [_miss(r, f"did not connect: {first_line(r.error)}") for r in lan if not r.connected]
+
+    direct = Verdict("cells with endpoint-independent mapping on one side end on a direct path", True)
+    relay = Verdict("symmetric × symmetric and UDP-blocked cells end on the relay", True)
+    for r in lan:
+        cell = cell_of(r)
+        if cell.target_path == "direct" and not (r.connected and r.settled and r.path in DIRECT_PATHS):
+            direct.misses.append(_miss(r, describe_path(r)))
+        if cell.target_path == "relay" and not (r.connected and r.settled and r.path == "relay"):
+            relay.misses.append(_miss(r, describe_path(r)))
+    direct.passed = not direct.misses
+    relay.passed = not relay.misses
+    direct.note = "lan (host-to-host candidates) counts as direct"
+
+    fast = Verdict(f"first byte within {FIRST_BYTE_TARGET_S:.0f} s on LAN in every cell", True)
+    for r in lan:
+        if not r.connected:
+            fast.misses.append(f"{_label(cell_of(r))}: no first byte (did not connect)")
+        elif r.first_byte_s is None or r.first_byte_s > FIRST_BYTE_TARGET_S:
+            fast.misses.append(f"{_label(cell_of(r))}: first byte after {r.first_byte_s} s")
+    fast.passed = not fast.misses
+    return [connect, direct, relay, fast]
+
+
+def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
+    """What ``make test`` asserts on LAN: every cell without UDP blocking connects; both sides
+    symmetric ends on the relay; a side with endpoint-independent filtering ends direct."""
+    lan = [r for r in records if r.profile == "lan"]
+    connect = Verdict("every LAN cell without UDP blocking connects", True)
+    relay = Verdict("symmetric × symmetric ends on the relay", True)
+    direct = Verdict("a cell with EIF (public, full cone) on one side ends direct", True)
+    for r in lan:
+        cell = cell_of(r)
+        if not cell.udp_blocked and not r.connected:
+            connect.misses.append(f"{_label(cell)}: {first_line(r.error)}")
+        if cell.both_apdm and r.path != "relay":
+            relay.misses.append(f"{_label(cell)}: {describe_path(r)}")
+        strict = cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
+        if strict and not r.settled:
+            relay.misses.append(f"{_label(cell)}: path not final ({r.settle_note})")
+        if cell.one_eif and r.path not in DIRECT_PATHS:
+            direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
+    for verdict in (connect, relay, direct):
+        verdict.passed = not verdict.misses
+    return [connect, relay, direct]
+
+
+def describe_path(record: CellRecord) -> str:
+    """``ended on relay``, ``did not connect: ...``, ``on relay, not final (...)``."""
+    if not record.connected:
+        return f"did not connect: {first_line(record.error)}"
+    if not record.settled:
+        return f"on {record.path}, not final ({record.settle_note})"
+    return f"ended on {record.path}"
+
+
+def first_line(text: str | None) -> str:
+    """The last non-empty line of an error (the viewer's final message), cut to 200 characters."""
+    if not text:
+        return "no error recorded"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:200]
+
+
+def table(records: Sequence[CellRecord], profile: str) -> str:
+    """The Markdown table for ``profile``: rows device NAT, columns viewer NAT (only the rows
+    and columns that have records, in the matrix order)."""
+    found = {(r.device_nat, r.viewer_nat): r for r in records if r.profile == profile}
+    rows = [t for t in SIDE_TYPES if any(d == t.value for d, _ in found)]
+    cols = [t for t in SIDE_TYPES if any(v == t.value for _, v in found)]
+    lines = [
+        "| device ↓ / viewer → | " + " | ".join(c.value for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for row in rows:
+        cells = [cell_text(found.get((row.value, col.value))) for col in cols]
+        lines.append(f"| **{row.value}** | " + " | ".join(cells) + " |")
+    hairpin = found.get((NatType.HAIRPIN.value, NatType.HAIRPIN.value))
+    if hairpin is not None:
+        lines += ["", f"Hairpin (device and viewer behind one NAT): **{cell_text(hairpin)}**"]
+    return "\n".join(lines)
+
+
+def relay_table(records: Sequence[CellRecord], profile: str) -> str:
+    """Bytes the relay carried per LAN cell (kB clients sent to the TURN port, first run)."""
+    found = {(r.device_nat, r.viewer_nat): r for r in records if r.profile == profile}
+    cols = [t for t in SIDE_TYPES if any(v == t.value for _, v in found)]
+    rows = [t for t in SIDE_TYPES if any(d == t.value for d, _ in found)]
+    lines = [
+        "| device ↓ / viewer → | " + " | ".join(c.value for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+
+    def kb(record: CellRecord | None) -> str:
+        if record is None or record.relay_in_bytes is None:
+            return "-"
+        return f"{record.relay_in_bytes / 1000:.1f}"
+
+    for row in rows:
+        lines.append(
+            f"| **{row.value}** | " + " | ".join(kb(found.get((row.value, c.value))) for c in cols) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
+    lines: list[str] = []
+    for v in verdicts:
+        lines.append(f"- **{'PASS' if v.passed else 'FAIL'}**: {v.name}" + (f" ({v.note})" if v.note else ""))
+        lines += [f"  - {miss}" for miss in v.misses]
+    return lines
+
+
+def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
+    """The whole ``docs/connectivity.md``."""
+    netem = bool(meta.get("netem"))
+    profiles = [p for p in ("3g", "gprs") if any(r.profile == p for r in records)]
+    subset = ", ".join(f"{d.value} × {v.value}" for d, v in PROFILE_SUBSET)
+    out = [
+        "# Connectivity matrix",
+        "",
+        "Generated by `make matrix` (`python -m hil.matrix --full`); do not edit by hand. Every cell "
+        "runs the real `dvrlink-broker serve`, `dvrlinkd run` and `dvrlink forward` processes in the NAT "
+        "lab (`hil/netlab`, see [netlab.md](netlab.md)); the code is in `hil/matrix/`, and "
+        "[connectivity.json](connectivity.json) has every cell's record.",
+        "",
+        f"- date: {meta.get('date')}; kernel {meta.get('kernel')}; {meta.get('cpus')} CPUs; "
+        f"netem: {'yes' if netem else 'no (' + NO_NETEM + ')'}",
+        f"- runs per cell: {meta.get('runs')} (time to first byte is their median); "
+        f"matrix wall time {meta.get('runtime_s', 0) / 60:.1f} min",
+        "",
+        "A cell reads **path time**: the path the session ended on, as the forward's live status line "
+        "shows it (`lan`: host-to-host candidates; `direct`: a punched path through the NATs; "
+        "`relay`: the broker's TURN relay), and the time from starting `dvrlink forward` to the first "
+        "byte of the device's service through the forward (so it includes the interpreter's start). "
+        "`FAIL`: no session. `?`: the path was not final when the wait ended (ICE still checking).",
+        "",
+        "## LAN",
+        "",
+        table(records, "lan"),
+        "",
+    ]
+    for profile in profiles:
+        out += [
+            f"## {profile.upper()}" + ("" if netem else f" ({NO_NETEM})"),
+            "",
+            f"The subset {subset}, with the profile on the device's uplink (the recorder on a SIM) and "
+            "the viewer on LAN: a carrier puts the recorder behind a carrier-grade NAT (EIM/APDF) or "
+            "a symmetric one, and the viewer sits behind a full cone, a port-restricted router, or a "
+            "symmetric NAT. The six cells cover a punch towards an open viewer, a punch between two "
+            "filtering NATs, and the relay, on a slow, lossy link."
+            + (
+                ""
+                if netem
+                else " This kernel has no netem: the profile limits the rate and drops packets but adds "
+                "no delay, so these times are not what a real 3G/GPRS round trip gives."
+            ),
+            "",
+            table(records, profile),
+            "",
+        ]
+    out += ["## Targets (issue 4)", ""]
+    out += _verdict_lines(targets(records))
+    out += ["", "## Hard invariants (asserted by `make test`)", ""]
+    out += _verdict_lines(invariants(records))
+    out += [
+        "",
+        "## Bytes through the relay (LAN, kB clients sent to the TURN port during the first session)",
+        "",
+        "Read from iptables counters on the broker's TURN port in the lab's broker namespace (the "
+        "broker's TURN core counts datagrams only and exposes no counters). Every session opens on "
+        "the relay and moves to a direct path once ICE finds one, so direct cells show the QUIC "
+        "handshake and TURN control (about 5 kB); the service sends one byte.",
+        "",
+        relay_table(records, "lan"),
+        "",
+        "## Notes",
+        "",
+        "- **Why symmetric × port-restricted cannot be punched.** The symmetric side gets a new port "
+        "for each remote, so the port it uses towards the other side is not the one the broker saw; "
+        "the port-restricted side only admits the exact address and port it sent to. Without port "
+        "prediction (possible for `sequential_symmetric`, not implemented) or a birthday-paradox "
+        "search (for random ports) those cells stay on the relay. The same holds for carrier-grade "
+        "NAT (EIM/APDF overall) and symmetric × symmetric.",
+        "- **UDP blocked.** Only TCP 443 leaves; presence over TCP/TLS and TURN over TCP 443 are not "
+        "built yet (presence over TCP is in progress), so the device cannot register and the viewer "
+        "cannot allocate a relay: those cells are expected to FAIL until that lands.",
+        "- **`lan` across the lab internet.** The product labels a pair of host candidates `lan`. A "
+        "public host offers its public address as a host candidate, so public × public is `lan`, and "
+        "so is a cell where the viewer's host candidate reached the public device (seen as peer "
+        "reflexive). Hairpin is `lan` as well: both hosts sit on the NAT's LAN bridge, and their host "
+        "candidates reach each other before the hairpinned server-reflexive ones.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def document(records: Sequence[CellRecord], meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document: meta, targets, invariants and every record."""
+    return {
+        **meta,
+        "no_netem_note": None if meta.get("netem") else NO_NETEM,
+        "targets": [v.as_dict() for v in targets(records)],
+        "invariants": [v.as_dict() for v in invariants(records)],
+        "cells": [r.as_dict() for r in records],
+    }
+
+
+def write(records: Sequence[CellRecord], meta: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write ``connectivity.md`` and ``connectivity.json`` into ``folder``; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / "connectivity.md"
+    js = folder / "connectivity.json"
+    md.write_text(markdown(records, meta))
+    js.write_text(json.dumps(document(records, meta), indent=1) + "\n")
+    return md, js

@@ -1,0 +1,168 @@
+"""The connectivity matrix's judging and rendering, without the lab (no root needed): which path
+each cell should end on, how targets and invariants are judged, and what the docs look like."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hil.matrix.__main__ import parse_cell
+from hil.matrix.cells import Cell, full_plan, lan_cells, profile_cells, quick_plan
+from hil.matrix.report import cell_text, invariants, markdown, table, targets, write
+from hil.matrix.rig import CellRecord, device_path, parse_counters
+from hil.netlab import NatType as N
+
+META = {
+    "date": "2026-01-01 00:00 UTC",
+    "kernel": "6.1",
+    "cpus": 2,
+    "netem": False,
+    "runs": 1,
+    "runtime_s": 60,
+}
+
+
+def record(cell: Cell, path: str | None = "direct", seconds: float = 0.4, settled: bool = True) -> CellRecord:
+    connected = path is not None
+    return CellRecord(
+        cell.device.value,
+        cell.viewer.value,
+        cell.profile,
+        netem=False,
+        registered=connected,
+        connected=connected,
+        path=path,
+        settled=settled,
+        first_byte_s=seconds if connected else None,
+        relay_in_bytes=5000,
+        error=None if connected else "dvrlink: device DL-MATRIX-0001 is offline",
+    )
+
+
+def physical(cell: Cell) -> CellRecord:
+    """What a correct product gives today: the predicted path, UDP-blocked cells failing."""
+    predicted = cell.predicted_path
+    return record(cell, None if predicted == "none" else predicted)
+
+
+def test_the_lan_matrix_has_every_pair_and_one_hairpin_cell() -> None:
+    cells = lan_cells()
+    assert len(cells) == 8 * 8 + 1
+    assert cells[0] == Cell(N.PUBLIC, N.PUBLIC)  # pairs the viewer first
+    assert cells[-1] == Cell(N.HAIRPIN, N.HAIRPIN)
+    assert len({c.key for c in cells}) == len(cells)
+    assert {c.profile for c in profile_cells()} == {"3g", "gprs"} and len(profile_cells()) == 12
+
+
+@pytest.mark.parametrize(
+    ("device", "viewer", "target", "predicted"),
+    [
+        (N.PUBLIC, N.SYMMETRIC, "direct", "direct"),
+        (N.PORT_RESTRICTED_CONE, N.PORT_RESTRICTED_CONE, "direct", "direct"),
+        (N.RESTRICTED_CONE, N.SYMMETRIC, "direct", "direct"),
+        (N.PORT_RESTRICTED_CONE, N.SYMMETRIC, "direct", "relay"),
+        (N.SEQUENTIAL_SYMMETRIC, N.CGNAT, "direct", "relay"),
+        (N.SYMMETRIC, N.SEQUENTIAL_SYMMETRIC, "relay", "relay"),
+        (N.UDP_BLOCKED, N.PUBLIC, "relay", "none"),
+        (N.HAIRPIN, N.HAIRPIN, "direct", "direct"),
+    ],
+)
+def test_targets_and_predictions_per_cell(device: N, viewer: N, target: str, predicted: str) -> None:
+    cell = Cell(device, viewer)
+    assert cell.target_path == target
+    assert cell.predicted_path == predicted
+    assert bool(cell.why_not_direct) is (predicted != "direct")
+
+
+def test_quick_plans_wait_for_the_final_path_only_in_symmetric_by_symmetric() -> None:
+    plans = {p.cell: p for p in map(quick_plan, lan_cells())}
+    assert [c for c, p in plans.items() if p.wait_for_ice] == [Cell(N.SYMMETRIC, N.SYMMETRIC)]
+    assert plans[Cell(N.FULL_CONE, N.CGNAT)].settle_s > plans[Cell(N.CGNAT, N.SYMMETRIC)].settle_s
+    assert plans[Cell(N.PUBLIC, N.UDP_BLOCKED)].forward_s < plans[Cell(N.UDP_BLOCKED, N.PUBLIC)].forward_s
+    full = full_plan(Cell(N.CGNAT, N.SYMMETRIC, "gprs"), runs=5)
+    assert full.wait_for_ice and full.runs == 5
+
+
+def test_cell_text() -> None:
+    cell = Cell(N.SYMMETRIC, N.FULL_CONE)
+    assert cell_text(record(cell, "direct", 0.4213)) == "direct 0.42 s"
+    assert cell_text(record(cell, "relay", 0.61, settled=False)) == "relay? 0.61 s"
+    assert cell_text(record(cell, None)) == "FAIL"
+    assert cell_text(None) == "-"
+
+
+def test_physics_today_meets_the_invariants_but_not_every_target() -> None:
+    records = [physical(c) for c in lan_cells()]
+    assert all(v.passed for v in invariants(records))
+    connect, direct, relay, fast = targets(records)
+    assert not connect.passed and len(connect.misses) == 15  # the UDP-blocked row and column
+    assert not direct.passed and len(direct.misses) == 8  # symmetric × port-restricted/cgnat, both ways
+    assert all("port prediction" in miss for miss in direct.misses)
+    assert not relay.passed and len(relay.misses) == 15  # UDP blocked; symmetric pairs pass
+    assert not fast.passed and all("did not connect" in miss for miss in fast.misses)
+
+
+def test_invariants_catch_a_missed_punch_a_direct_symmetric_pair_and_a_failure() -> None:
+    records = [physical(c) for c in lan_cells()]
+    by_key = {r.device_nat + "/" + r.viewer_nat: r for r in records}
+    by_key["full_cone/cgnat"].path = "relay"
+    by_key["symmetric/symmetric"].settled = False
+    by_key["cgnat/cgnat"].connected = False
+    connect, relay, direct = invariants(records)
+    assert [m.split(":")[0] for m in connect.misses] == ["cgnat × cgnat"]
+    assert [m.split(":")[0] for m in relay.misses] == ["symmetric × symmetric"]
+    assert [m.split(":")[0] for m in direct.misses] == ["full_cone × cgnat"]
+
+
+def test_a_slow_first_byte_fails_the_two_second_target_only() -> None:
+    records = [record(c, "relay" if c.target_path == "relay" else "direct") for c in lan_cells()]
+    records[3].first_byte_s = 2.5
+    _, _, _, fast = targets(records)
+    assert fast.misses == ["public × port_restricted_cone: first byte after 2.5 s"]
+
+
+def test_markdown_and_json(tmp_path: Path) -> None:
+    records = [physical(c) for c in lan_cells() + profile_cells()]
+    text = markdown(records, META)
+    assert "| device ↓ / viewer → | public | full_cone |" in text
+    assert "Hairpin (device and viewer behind one NAT): **direct 0.40 s**" in text
+    assert "## GPRS (no netem: rate/loss only)" in text
+    assert "- **FAIL**: 100% of cells connect" in text
+    assert "- **PASS**: symmetric × symmetric ends on the relay" in text
+    gprs = table(records, "gprs")
+    assert gprs.count("\n") == 3 and "udp_blocked" not in gprs  # two rows, three columns
+    md, js = write(records, META, tmp_path)
+    document = json.loads(js.read_text())
+    assert len(document["cells"]) == 65 + 12 and document["no_netem_note"] == "no netem: rate/loss only"
+    assert md.read_text() == text
+
+
+def test_parse_counters_sums_the_commented_rules() -> None:
+    listing = """Chain DLM-TURN (2 references)
+    pkts      bytes target     prot opt in     out     source               destination
+      12     5229 RETURN     17   --  eth0   *       0.0.0.0/0  0.0.0.0/0  udp dpt:3479 /* in */
+       0        0 RETURN     17   --  *      eth0    0.0.0.0/0  0.0.0.0/0  udp spt:3479 /* out */
+       2      120 RETURN     6    --  eth0   *       0.0.0.0/0  0.0.0.0/0  tcp dpt:3479 /* in */
+      10     4917 RETURN     6    --  *      eth0    0.0.0.0/0  0.0.0.0/0  tcp spt:3479 /* out */
+"""
+    assert parse_counters(listing) == (5349, 4917)
+    assert parse_counters("") == (0, 0)
+
+
+def test_device_path_takes_the_last_path_the_log_names() -> None:
+    log = (
+        "INFO dvrlink.daemon.session_server: session 1a2b: viewer ab:cd authenticated on the relay path\n"
+        "INFO dvrlink.daemon.session_runner: viewer moved to path ('direct', 0)\n"
+    )
+    assert device_path(log) == "direct"
+    assert device_path("nothing") is None
+
+
+def test_parse_cell() -> None:
+    assert parse_cell("symmetric:full-cone:gprs") == Cell(N.SYMMETRIC, N.FULL_CONE, "gprs")
+    with pytest.raises(ValueError, match="DEVICE:VIEWER"):
+        parse_cell("symmetric")
+    with pytest.raises(ValueError, match="use one of"):
+        parse_cell("public:public:5g")
