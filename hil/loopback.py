@@ -118,6 +118,8 @@ def start_broker(
                 str(https_port),
                 "--turn-port",
                 str(turn_port),
+                "--presence-tcp-port",
+                "0",  # any free port: rigs run side by side, and 443 may be taken or need root
                 "--turn-allow-loopback-peers",
             ]
         )
