@@ -103,6 +103,9 @@ async def run_daemon(
     tuning = events.tuning = _presence_tuning(config, client, loop, modem)
     tuning.flush = link.flush
     tuning.transport = lambda: link.transport.value
+    if link.auto:
+        tuning.tcp_interval = link.tcp_keepalive_interval
+        tuning.prefer_tcp = lambda reason: link.prefer(Transport.TCP, reason)
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
     watchdog = _Watchdog(notifier, loop)

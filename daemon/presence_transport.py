@@ -15,7 +15,10 @@ Policy (``[presence] transport``; ``auto`` by default), all with time passed in:
   got no reply at all, or ``fallback_after_s`` seconds of trying without any reply, it moves to
   the other transport (so also from TCP back to UDP when the TCP endpoint is the one that fails).
   A refusal or any other authentic reply is an answer: the broker is reachable, no switch.
-- While on TCP in ``auto``, every ``udp_probe_interval_s`` (times a jitter factor in
+- ``auto`` also moves to TCP when that is cheaper (``prefer``: the learned UDP keepalive costs
+  more bytes a day than TCP's, see ``daemon/keepalive_cost.py``). Chosen for cost, TCP stays
+  until it fails (then the rule above brings presence back to UDP); no UDP probes meanwhile.
+- While on TCP in ``auto`` after a fallback, every ``udp_probe_interval_s`` (times a jitter factor in
   [0.8, 1.2)) it sends a STUN Binding request to the broker's presence UDP port (20 bytes, a few
   retransmissions). An answer means UDP works again: presence moves back to UDP (and if UDP
   registration then fails, the rule above brings it back to TCP).
@@ -123,6 +126,7 @@ class TransportPolicy:
         self._attempt_heard = True
         self._next_probe: float | None = None
         self._probing = False
+        self._for_cost = False
 
     @property
     def transport(self) -> Transport:
@@ -172,6 +176,17 @@ class TransportPolicy:
                 now,
             )
 
+    def prefer(self, transport: Transport, reason: str, now: float) -> None:
+        """In ``auto``: use ``transport`` because it is cheaper (UDP works); ignored otherwise."""
+        if not self._auto or transport is self._transport:
+            return
+        self._switch(transport, reason, now, for_cost=True)
+
+    @property
+    def chosen_for_cost(self) -> bool:
+        """True while the transport in use was chosen by ``prefer``, not by a fallback."""
+        return self._for_cost
+
     def probe_finished(self, reached: bool, now: float) -> None:
         """The UDP probe asked for with ``UdpProbeRequested`` is over."""
         if not self._probing:
@@ -211,10 +226,16 @@ class TransportPolicy:
             self._events.append(UdpProbeRequested())
 
     @property
-    def _auto(self) -> bool:
+    def auto(self) -> bool:
+        """True in ``auto`` mode (the policy may switch)."""
         return self._config.mode is TransportMode.AUTO
 
-    def _switch(self, transport: Transport, reason: str, now: float) -> None:
+    @property
+    def _auto(self) -> bool:
+        return self.auto
+
+    def _switch(self, transport: Transport, reason: str, now: float, *, for_cost: bool = False) -> None:
+        self._for_cost = for_cost
         self._transport = transport
         self._failures = 0
         self._unanswered_since = None
@@ -225,7 +246,7 @@ class TransportPolicy:
         self._events.append(SwitchRequested(transport, reason))
 
     def _schedule_probe(self, now: float) -> None:
-        if self._auto and self._transport is Transport.TCP and not self._probing:
+        if self._auto and self._transport is Transport.TCP and not self._probing and not self._for_cost:
             spread = self._config.udp_probe_jitter
             factor = 1 - spread + 2 * spread * self._jitter()
             self._next_probe = now + self._config.udp_probe_interval_s * factor
@@ -567,6 +588,23 @@ class PresenceTransport:
     def local_address(self) -> Address | None:
         """The current link's local address."""
         return None if self._link is None else self._link.local_address
+
+    def prefer(self, transport: Transport, reason: str) -> None:
+        """Move presence to ``transport`` because it is cheaper (``auto`` only)."""
+        if self._loop is None or self._closed:
+            return
+        self._policy.prefer(transport, reason, self._loop.time())
+        self._run_policy()
+
+    @property
+    def tcp_keepalive_interval(self) -> float:
+        """The keepalive interval presence uses over TCP."""
+        return self._tcp_interval
+
+    @property
+    def auto(self) -> bool:
+        """True when the policy may choose the transport."""
+        return self._policy.auto
 
     async def start(self) -> None:
         """Open the first link and start the core.

@@ -5,6 +5,9 @@ reports to the broker. Hooked into ``DeviceEvents`` (presence events, after each
   reflexive address (another NAT mapping, another network) restarts it from the configured
   interval. Each interval the learner picks goes to the presence client
   (``set_keepalive_interval``) and into the report.
+- Once the UDP lifetime is known, presence in ``auto`` moves to TCP when keeping alive there
+  costs clearly fewer bytes a day (``daemon/keepalive_cost.py``): carriers keep idle TCP mappings
+  far longer than UDP ones.
 - After every link step the report is brought up to date (the modem's signal, network, data
   used and state; the keepalive interval, the NAT lifetime, the transport) and, when the report
   policy says so (``daemon/reporting.py``), handed to the presence client to ride on the next
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from dvrlink.daemon.keepalive_cost import Costs, compare
 from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, MeasurementDone
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.reporting import Reporter
@@ -65,6 +69,13 @@ class PresenceTuning:
         """Sends what the client queued (the presence link's ``flush``)."""
         self.transport: Callable[[], str] = lambda: transport
         """The presence transport in use ("udp" or "tcp"); NAT probes run only over UDP."""
+        self.prefer_tcp: Callable[[str], None] | None = None
+        """Moves presence to TCP for cost (``PresenceTransport.prefer``); None: not allowed (not
+        ``auto``)."""
+        self.tcp_interval: float | None = None
+        """The keepalive interval over TCP, to compare costs with."""
+        self.costs: Costs | None = None
+        """The last cost comparison, once the UDP lifetime is known."""
 
     def on_event(self, event: ClientEvent) -> None:
         """Start or restart the measurement on registration and address changes."""
@@ -101,6 +112,17 @@ class PresenceTuning:
             self.reporter.update(keepalive_s=round(event.interval))
         elif isinstance(event, MeasurementDone):
             self.reporter.update(nat_lifetime_s=int(event.low))
+            self._choose_transport()
+
+    def _choose_transport(self) -> None:
+        """With the UDP interval learned, compare with TCP's cost; move to TCP if much cheaper."""
+        prober, tcp_interval = self.prober, self.tcp_interval
+        if prober is None or tcp_interval is None:
+            return
+        self.costs = costs = compare(prober.learner.interval, tcp_interval)
+        log.info("presence cost: %s", costs.describe())
+        if costs.cheaper == "tcp" and self.prefer_tcp is not None and self.transport() == "udp":
+            self.prefer_tcp(f"cheaper: {costs.describe()}")
 
     def after_step(self) -> None:
         """Refresh the report from the modem and hand it over when due."""
