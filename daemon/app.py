@@ -149,7 +149,7 @@ def _presence_tuning(
     if presence.learn_keepalive:
         learner = LifetimeLearner(
             LearnerConfig(
-                min_interval_s=min(10.0, presence.keepalive_interval_s),
+                min_interval_s=min(10.0, presence.keepalive_interval_s / 2),
                 max_interval_s=presence.max_keepalive_interval_s,
                 max_probe_s=presence.max_keepalive_interval_s / LearnerConfig().safety,
             ),

@@ -3,9 +3,9 @@ it must. Sans-I/O; time passed in; ``daemon/nat_probe.py`` does the I/O.
 
 A probe is one fresh UDP socket (a mapping of its own) that asks the broker to answer after a
 delay (``PresenceClient.probe_datagram``); if the answer arrives, the NAT kept the mapping idle
-that long. Probes run ``parallel`` at a time, in rounds:
+that long. Probes run ``parallel`` (6) at a time, in rounds:
 
-1. The first round tries the configured interval times 0.5, 1, 2 and 4.
+1. The first round tries the configured interval times 0.5, 1, 2, 4, ... (``parallel`` probes).
 2. While no probe has failed, each round doubles on from the longest success (up to
    ``max_probe_s``). Once one failed, each round spreads its probes evenly over the interval
    between the longest success (``low``) and the shortest failure (``high``). A probe at or above
@@ -41,7 +41,7 @@ class LearnerState(enum.Enum):
 class LearnerConfig:
     """How the NAT lifetime is measured and turned into an interval (seconds)."""
 
-    parallel: int = 4
+    parallel: int = 6
     max_probe_s: float = 1800.0
     min_interval_s: float = 10.0
     max_interval_s: float = 1800.0
@@ -230,8 +230,7 @@ class LifetimeLearner:
     def _delays(self) -> list[float]:
         config, low, high = self._config, self._low, self._high
         if self._rounds == 0:
-            base = [self._configured * f for f in (0.5, 1.0, 2.0, 4.0)]
-            delays = [base[i % len(base)] * (2 ** (i // len(base))) for i in range(config.parallel)]
+            delays = [self._configured * 2 ** (i - 1) for i in range(config.parallel)]
         elif high is None:
             start = low or self._configured
             delays = [start * 2 ** (i + 1) for i in range(config.parallel)]

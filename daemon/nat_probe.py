@@ -141,9 +141,10 @@ class NatProber:
                 log.info("keepalive interval %g s: %s", event.interval, event.reason)
             elif isinstance(event, MeasurementDone):
                 log.info(
-                    "NAT keeps an idle UDP mapping at least %g s%s",
+                    "NAT keeps an idle UDP mapping at least %g s%s; keepalive every %g s",
                     event.low,
                     "" if event.high is None else f", not {event.high:g} s",
+                    learner.interval,
                 )
             try:
                 self._on_event(event)

@@ -100,7 +100,7 @@ class ServerConfig:
     sweep_interval: float = 1.0
     max_probe_delay: float = 3600.0
     """Longest NAT lifetime probe a device may ask for (longer ones are answered at this delay)."""
-    max_probes_per_device: int = 4
+    max_probes_per_device: int = 8
     """NAT lifetime probes one device may have waiting at once; more are dropped."""
 
 

@@ -69,13 +69,13 @@ def test_a_short_lifetime_lowers_the_interval_as_soon_as_a_probe_fails() -> None
     learner = LifetimeLearner(LearnerConfig(), CONFIGURED)
     learner.start(0.0)
     probes = {p.delay: p.probe_id for p in learner.probes_to_send()}
-    assert sorted(probes) == [12.5, 25.0, 50.0, 100.0]
+    assert sorted(probes) == [12.5, 25.0, 50.0, 100.0, 200.0, 400.0]
     learner.probe_answered(probes[12.5], 12.5)
     learner.probe_lost(probes[25.0], 28.0)  # the configured interval is too long for this NAT
     assert learner.interval == pytest.approx(11.2)  # 0.9 x 12.5, before the measurement ends
     changed = [e for e in iter(learner.next_event, None) if isinstance(e, IntervalChanged)]
     assert changed and changed[-1].interval == learner.interval
-    # The moot probes (50, 100 s) are ignored; the next round goes between 12.5 and 25 s.
+    # The moot probes (50 s and up) are ignored; the next round goes between 12.5 and 25 s.
     learner.probe_answered(probes[50.0], 50.0)
     assert learner.bracket == (12.5, 25.0)
     assert all(12.5 < p.delay < 25.0 for p in learner.probes_to_send())

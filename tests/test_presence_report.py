@@ -165,20 +165,21 @@ def test_probes_per_device_are_bounded_and_dropped_with_the_session() -> None:
     lab = Lab()
     dev = lab.add_device("DL-0001-0005")
     lab.start_all()
-    for _ in range(6):
+    limit = lab.server_config.max_probes_per_device
+    for _ in range(limit + 2):
         made = dev.client.probe_datagram(30.0)
         assert made is not None
         lab.server.receive_datagram(made[0], PROBE_SOCKET, lab.now)
-    assert lab.server.stats["probes"] == 4 and lab.server.stats["probes_dropped"] == 2
+    assert lab.server.stats["probes"] == limit and lab.server.stats["probes_dropped"] == 2
     lab.advance(lab.now + 31.0)
-    assert len(lab.strays) == 4
+    assert len(lab.strays) == limit
     # A probe outstanding when the session ends gets no answer.
     made = dev.client.probe_datagram(30.0)
     assert made is not None
     lab.server.receive_datagram(made[0], PROBE_SOCKET, lab.now)
     lab.restart_broker()
     lab.advance(lab.now + 31.0)
-    assert len(lab.strays) == 4
+    assert len(lab.strays) == limit
 
 
 def test_a_new_keepalive_interval_is_announced_then_used() -> None:
