@@ -218,6 +218,8 @@ class PresenceView(Protocol):
     def reflexive_address(self) -> Address | None: ...
     @property
     def rtt(self) -> float | None: ...
+    @property
+    def keepalive_interval(self) -> float: ...
     def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None: ...
 
 
@@ -361,6 +363,8 @@ class DeviceEvents:
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
             transport=self.presence_transport(),
+            keepalive_s=self._client.keepalive_interval,
+            **(self.tuning.status() if self.tuning is not None else {}),
         )
         try:
             self.status_file.write(status)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from dvrlink.daemon.keepalive_cost import Costs, compare
-from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, MeasurementDone
+from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LearnerState, MeasurementDone
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.reporting import Reporter
 from dvrlink.protocol.presence_events import Address, ClientEvent, ReflexiveAddressChanged, Registered
@@ -76,6 +76,18 @@ class PresenceTuning:
         """The keepalive interval over TCP, to compare costs with."""
         self.costs: Costs | None = None
         """The last cost comparison, once the UDP lifetime is known."""
+
+    def status(self) -> dict[str, Any]:
+        """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
+        prober = self.prober
+        if prober is None:
+            return {"keepalive_learning": "off"}
+        learner = prober.learner
+        low = learner.bracket[0] if learner.state is LearnerState.SETTLED else None
+        return {
+            "keepalive_learning": learner.state.value if learner.state.value != "idle" else "measuring",
+            "nat_lifetime_s": low,
+        }
 
     def on_event(self, event: ClientEvent) -> None:
         """Start or restart the measurement on registration and address changes."""

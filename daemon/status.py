@@ -140,6 +140,12 @@ class DaemonStatus:
     """The cellular modem; None when ``[modem]`` is off."""
     transport: str = "udp"
     """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
+    keepalive_s: float | None = None
+    """The keepalive interval in use, seconds."""
+    keepalive_learning: str = "off"
+    """``off`` (fixed interval), ``measuring`` the NAT, or ``settled``."""
+    nat_lifetime_s: float | None = None
+    """The longest idle time the NAT kept a UDP mapping in the last measurement."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -248,6 +254,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
         ("reflexive address", status.reflexive_address or "-"),
         ("session", f"{status.session_id:#010x}" if status.session_id is not None else "-"),
         ("registered", when(status.registered_at)),
+        ("keepalive", format_keepalive(status)),
         ("last keepalive", when(status.last_keepalive)),
         ("rtt", f"{status.rtt * 1000:.0f} ms" if status.rtt is not None else "-"),
         ("pid", str(status.pid)),
@@ -262,6 +269,18 @@ def format_status(status: DaemonStatus, now: float) -> str:
     if status.modem is not None:
         lines += format_modem(status.modem)
     return "\n".join(lines)
+
+
+def format_keepalive(status: DaemonStatus) -> str:
+    """``every 26.6 s (learned: ...)`` and the like."""
+    if status.keepalive_s is None:
+        return "-"
+    every = f"every {status.keepalive_s:g} s"
+    if status.keepalive_learning == "measuring":
+        return f"{every} (measuring how long the NAT keeps an idle UDP mapping)"
+    if status.keepalive_learning == "settled" and status.nat_lifetime_s is not None:
+        return f"{every} (learned: the NAT keeps an idle UDP mapping at least {status.nat_lifetime_s:g} s)"
+    return f"{every} (fixed)"
 
 
 def format_modem(modem: ModemBlock) -> list[str]:

@@ -287,6 +287,7 @@ class StubClient:
     session_id: int | None = None
     reflexive_address: tuple[str, int] | None = None
     rtt: float | None = None
+    keepalive_interval: float = 25.0
     replies: list[tuple[int, int, bytes, float]] = field(default_factory=list)
 
     def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import stat
@@ -18,6 +19,7 @@ from dvrlink.daemon.status import (
     DaemonStatus,
     StatusFile,
     StatusUnavailable,
+    format_keepalive,
     format_status,
     read_status,
 )
@@ -121,3 +123,19 @@ def test_status_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     captured = capsys.readouterr()
     assert json.loads(captured.out)["running"] is False
     assert "which has exited" in captured.err
+
+
+def test_keepalive_line_says_fixed_measuring_or_learned() -> None:
+    now = 1_700_000_000.0
+    base = DaemonStatus("online", "DL-0001-0002", "192.0.2.1:3478", None, 7, now, now, 0.01, 1, now)
+    assert format_keepalive(base) == "-"
+    fixed = dataclasses.replace(base, keepalive_s=25.0)
+    assert format_keepalive(fixed) == "every 25 s (fixed)"
+    measuring = dataclasses.replace(fixed, keepalive_learning="measuring")
+    assert "measuring how long the NAT keeps" in format_keepalive(measuring)
+    learned = dataclasses.replace(base, keepalive_s=26.6, keepalive_learning="settled", nat_lifetime_s=29.6)
+    assert format_keepalive(learned) == (
+        "every 26.6 s (learned: the NAT keeps an idle UDP mapping at least 29.6 s)"
+    )
+    assert "keepalive:" in format_status(learned, now)
+    assert DaemonStatus.from_json(learned.to_json()) == learned

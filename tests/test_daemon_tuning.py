@@ -16,6 +16,7 @@ from test_daemon_sessions import LogWatch
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import load_config
+from dvrlink.daemon.status import format_status, read_status
 from dvrlink.protocol.identity import b64encode_key
 
 SERIAL = "DL-0009-0001"
@@ -54,7 +55,8 @@ def test_the_daemon_learns_its_interval_and_the_broker_keeps_its_report(tmp_path
                     f'[broker]\nhost = "127.0.0.1"\nport = {t.broker.info.udp_port}\n'
                     f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
                     "[presence]\nkeepalive_interval_s = 5\nreply_timeout_s = 1\nretries = 1\n"
-                    "learn_keepalive = true\nmax_keepalive_interval_s = 10\nreport_min_interval_s = 1\ntransport = \"udp\"\n"
+                    "learn_keepalive = true\nmax_keepalive_interval_s = 10\n"
+                    'report_min_interval_s = 1\ntransport = "udp"\n'
                 )
                 stop = asyncio.Event()
                 daemon = asyncio.create_task(run_daemon(load_config(config_file), stop, {}))
@@ -85,6 +87,12 @@ def test_the_daemon_learns_its_interval_and_the_broker_keeps_its_report(tmp_path
                     assert record.report["presence_transport"] == "udp"
                     assert record.report["nat_lifetime_s"] == 11
                     assert t.broker.server.stats["probes"] >= 4
+                    status = read_status(tmp_path / "run")
+                    assert (status.keepalive_learning, status.nat_lifetime_s) == ("settled", 11.1)
+                    assert status.keepalive_s == 10.0
+                    assert "learned: the NAT keeps an idle UDP mapping at least 11.1 s" in format_status(
+                        status, status.started_at
+                    )
                 finally:
                     stop.set()
                     await asyncio.wait_for(daemon, WAIT)
