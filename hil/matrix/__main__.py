@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hil.matrix.cells import Cell, full_plan, lan_cells, profile_cells, quick_plan
-from hil.matrix.report import invariants, table, targets, write
+from hil.matrix.report import invariants, load, table, targets, write
 from hil.matrix.rig import MatrixError, matrix_rig
 from hil.matrix.runner import meta, run_plans
 from hil.netlab import PROFILES, NatType
@@ -63,7 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="keep the processes' logs here (default: a temporary directory)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only render DIR/connectivity.md again from DIR/connectivity.json (no lab, no root)",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        try:
+            records, info = load(args.render / "connectivity.json")
+        except (OSError, ValueError) as exc:
+            print(f"matrix: {exc}", file=sys.stderr)
+            return 2
+        for path in write(records, info, args.render):
+            print(f"wrote {path}")
+        return 0
     runs = args.runs if args.runs is not None else (5 if args.full else 1)
     if not 1 <= runs <= 50:
         parser.error("--runs must be 1-50")

@@ -104,13 +104,11 @@ class Cell:
 
     @property
     def predicted_path(self) -> str:
-        """What NAT behaviour allows without port prediction: ``relay`` when one side maps per
-        remote and the other filters per address and port (no check can reach the other side's
-        fresh mapping) or both map per remote, else ``direct``; ``none`` where UDP is blocked (no
-        presence or TURN over TCP 443 yet)."""
-        if self.udp_blocked:
-            return "none"
-        if self.both_apdm:
+        """What NAT behaviour allows without port prediction: ``relay`` where UDP is blocked (TURN
+        over TCP 443), where one side maps per remote and the other filters per address and port
+        (no check can reach the other side's fresh mapping), or where both map per remote; else
+        ``direct``."""
+        if self.udp_blocked or self.both_apdm:
             return "relay"
         apdm = self.device in APDM or self.viewer in APDM
         apdf = self.device in APDF_EIM or self.viewer in APDF_EIM
@@ -122,10 +120,7 @@ class Cell:
     def why_not_direct(self) -> str:
         """Why this cell cannot be punched (empty when it can)."""
         if self.udp_blocked:
-            return (
-                "UDP is blocked: needs presence over TCP/TLS and TURN over TCP 443, not built yet "
-                "(another engineer is building presence over TCP)"
-            )
+            return "UDP is blocked: only presence over TCP/TLS and TURN over TCP on 443 get through"
         if self.both_apdm:
             return "both sides map per remote: only the relay works"
         if self.predicted_path == "relay":
@@ -178,12 +173,8 @@ def full_plan(cell: Cell, runs: int) -> CellPlan:
 def quick_plan(cell: Cell) -> CellPlan:
     """``make test``: one run; the path is waited for until final only in symmetric × symmetric
     (a hard invariant). Elsewhere the wait is 10 s for a direct path where NAT behaviour allows
-    one and 2 s where it does not (the record then says the path was not final). A viewer behind
-    a UDP-blocking NAT gets 6 s to open a session instead of 45 (after 5 s its TURN over UDP has
-    failed; TURN over TCP 443 does not exist yet)."""
-    strict = cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
-    if strict:
+    one, and 1 s where it does not (the record then says the path was not final)."""
+    if cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC:
         return CellPlan(cell)
-    settle = 10.0 if cell.predicted_path == "direct" else 2.0
-    forward = 6.0 if cell.viewer is NatType.UDP_BLOCKED else FORWARD_S
-    return CellPlan(cell, wait_for_ice=False, settle_s=settle, forward_s=forward)
+    settle = 10.0 if cell.predicted_path == "direct" else 1.0
+    return CellPlan(cell, wait_for_ice=False, settle_s=settle)

@@ -275,6 +275,24 @@ def document(records: Sequence[CellRecord], meta: dict[str, Any]) -> dict[str, A
     }
 
 
+def load(path: Path) -> tuple[list[CellRecord], dict[str, Any]]:
+    """Records and meta back from a ``connectivity.json`` (to render the Markdown again).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not such a document.
+    """
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
+        raise ValueError(f"{path} is not a connectivity document (no cells list)")
+    try:
+        records = [CellRecord(**cell) for cell in document["cells"]]
+    except TypeError as exc:
+        raise ValueError(f"{path}: a cell record does not fit: {exc}") from None
+    skip = {"cells", "targets", "invariants", "no_netem_note"}
+    return records, {k: v for k, v in document.items() if k not in skip}
+
+
 def write(records: Sequence[CellRecord], meta: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     """Write ``connectivity.md`` and ``connectivity.json`` into ``folder``; returns both paths."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ counted.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import statistics
@@ -52,8 +53,9 @@ SERIAL = "DL-MATRIX-0001"
 USER = "matrix"
 PASSWORD = "matrix-password-1"
 SERVICE_PORT = 5540
-TURN_PORT = 3479
-TCP_PRESENCE_PORT = 443
+TURN_UDP_PORT = 3479
+TCP_443 = 443
+API_ADDR = "203.0.113.12"
 COUNTER_CHAIN = "DLM-TURN"
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.02
@@ -100,6 +102,8 @@ class CellRecord:
     profile: str
     netem: bool
     registered: bool = False
+    presence: str | None = None
+    """The daemon's presence transport once registered: udp or tcp."""
     connected: bool = False
     path: str | None = None
     """Final path as the viewer's forward shows it: lan, direct or relay."""
@@ -198,10 +202,11 @@ class TurnCounters:
         # INPUT sees what clients send to the TURN port, OUTPUT what it sends them; each rule
         # only counts (RETURN), and only the ones for its direction ever match.
         self._ipt(["-N", COUNTER_CHAIN])
-        for proto in ("udp", "tcp"):
-            self._ipt(["-A", COUNTER_CHAIN, "-i", "eth0", "-p", proto, "--dport", str(TURN_PORT),
+        turn = lab.broker_addrs[0]
+        for proto, port in (("udp", TURN_UDP_PORT), ("tcp", TCP_443)):
+            self._ipt(["-A", COUNTER_CHAIN, "-i", "eth0", "-d", turn, "-p", proto, "--dport", str(port),
                        "-m", "comment", "--comment", "in", "-j", "RETURN"])  # fmt: skip
-            self._ipt(["-A", COUNTER_CHAIN, "-o", "eth0", "-p", proto, "--sport", str(TURN_PORT),
+            self._ipt(["-A", COUNTER_CHAIN, "-o", "eth0", "-s", turn, "-p", proto, "--sport", str(port),
                        "-m", "comment", "--comment", "out", "-j", "RETURN"])  # fmt: skip
         self._ipt(["-I", "INPUT", "-j", COUNTER_CHAIN])
         self._ipt(["-I", "OUTPUT", "-j", COUNTER_CHAIN])
@@ -234,15 +239,22 @@ class MatrixRig:
         self.lab = lab
         self.work = work
         self.timeouts = timeouts or Timeouts()
-        # Presence over TCP/TLS listens on 443 like the HTTPS API, so it gets the broker's second
-        # address: a UDP-blocked side reaches both (only TCP 443 leaves it).
+        # A UDP-blocking NAT lets only TCP to port 443 out, and three services must be reachable
+        # there: presence over TCP/TLS (the device), TURN over TCP (both sides) and the HTTPS API
+        # (the viewer). Each gets its own address on 443: TURN shares udp_host with STUN and
+        # presence (the broker binds TURN there), presence over TCP takes the RFC 5780 alternate,
+        # and the API a third address this rig adds to the broker's interface.
+        lab.run(lab.broker_ns, ["ip", "addr", "add", f"{API_ADDR}/24", "dev", "eth0"])
         self.broker = netlab.start_lab_broker(
             lab,
             work / "broker",
             session_max_per_account=10000,
             log_level="INFO",
+            https_host=API_ADDR,
+            server_names=[API_ADDR],
+            turn_tcp_port=TCP_443,
             presence_tcp_host=lab.broker_addrs[1],
-            presence_tcp_port=TCP_PRESENCE_PORT,
+            presence_tcp_port=TCP_443,
         )
         add_user(self.broker.state_dir, USER, PASSWORD)
         self.counters = TurnCounters(lab)
@@ -250,7 +262,7 @@ class MatrixRig:
         self.device_home = work / "device"
         self.device_home.mkdir(parents=True, exist_ok=True)
         self.cert = str(self.broker.info["cert"])
-        self.url = f"https://{lab.broker_addrs[0]}:{self.broker.info['https_port']}"
+        self.url = f"https://{API_ADDR}:{self.broker.info['https_port']}"
         self._paired = False
 
     # -- processes ----------------------------------------------------------------------------------
@@ -271,6 +283,8 @@ class MatrixRig:
                     f'host = "{self.lab.broker_addrs[0]}"',
                     f"port = {self.broker.primary[1]}",
                     f'public_key = "{self.broker.info["public_key"]}"',
+                    f'tcp_host = "{self.lab.broker_addrs[1]}"',
+                    f"tcp_port = {TCP_443}",
                     "[presence]",
                     "keepalive_interval_s = 20",
                     f"reply_timeout_s = {reply_timeout}",
@@ -296,14 +310,18 @@ class MatrixRig:
                 stderr=subprocess.STDOUT,
             )
 
+    def daemon_status(self) -> dict[str, Any]:
+        """The daemon's status file, or {} before it wrote one (or while it is being replaced)."""
+        try:
+            status = json.loads((self.device_home / "run" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
     def daemon_state(self) -> str | None:
         """The presence state in the daemon's status file, or None before it wrote one."""
-        try:
-            text = (self.device_home / "run" / "status.json").read_text()
-        except OSError:
-            return None
-        found = re.search(r'"state":\s*"([^"]+)"', text)
-        return found.group(1) if found else None
+        state = self.daemon_status().get("state")
+        return state if isinstance(state, str) else None
 
     def viewer(self, *args: str, stdin: str | None = None, timeout: float = 60.0) -> str:
         """Run ``dvrlink --home VIEWER args`` in the viewer namespace; returns its stdout.
@@ -370,17 +388,18 @@ class MatrixRig:
         service = ByteService(self.lab.device_ns, SERVICE_PORT)
         daemon = self.start_daemon(daemon_log, cell.profile)
         try:
-            state = wait(lambda: self.daemon_state() in ("online", "backoff") or daemon.poll() is not None,
-                         self.timeouts.register)  # fmt: skip
+            online = wait(lambda: self.daemon_state() == "online" or daemon.poll() is not None,
+                          self.timeouts.register)  # fmt: skip
             record.registered = self.daemon_state() == "online"
+            record.presence = self.daemon_status().get("transport") if record.registered else None
             if daemon.poll() is not None:
                 record.error = (
                     f"dvrlinkd exited ({daemon.returncode}) before registering:\n{_tail(daemon_log)}"
                 )
-            elif not state:
+            elif not online:
                 record.error = (
-                    f"dvrlinkd neither registered nor gave up within {self.timeouts.register:.0f} s:\n"
-                    f"{_tail(daemon_log)}"
+                    f"dvrlinkd did not register within {self.timeouts.register:.0f} s "
+                    f"(state {self.daemon_state()}):\n{_tail(daemon_log)}"
                 )
             if record.registered and not self._paired:
                 self.pair()
