@@ -14,7 +14,7 @@ DEBS := coturn iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-s
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack
 
-.PHONY: all venv system-packages test pytest lint typecheck demo bench clean
+.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix clean
 
 all: test
 
@@ -63,6 +63,11 @@ demo: $(STAMP)
 
 bench: $(STAMP) $(SYSSTAMP)
 	$(PY) -m bench
+
+# Connectivity matrix (needs root): every device NAT x viewer NAT cell on LAN plus the 3G/GPRS
+# subset, median of 5 runs per cell; rewrites docs/connectivity.md and docs/connectivity.json.
+matrix: $(STAMP) $(SYSSTAMP)
+	$(PY) -m hil.matrix --full --docs docs
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info
