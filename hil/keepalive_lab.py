@@ -149,6 +149,83 @@ def run_lifetime(
     return result
 
 
+@dataclass
+class RebindResult:
+    """A NAT rebinding: what the device was reached at before and after, and the ping between."""
+
+    nat: str
+    interval_s: float
+    address_before: str | None = None
+    address_after: str | None = None
+    ping: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def line(self) -> str:
+        """One line for the report."""
+        if self.error:
+            return f"rebinding behind {self.nat}: ERROR {self.error}"
+        return (
+            f"rebinding behind {self.nat} (keepalive every {self.interval_s:g} s): mapping "
+            f"{self.address_before} -> {self.address_after}; ping right after the flush: "
+            f"{self.ping.get('status')} in {self.ping.get('rtt_ms')} ms"
+        )
+
+
+def run_rebinding(work: Path, interval: float = 3.0, nat: str = "symmetric") -> RebindResult:
+    """Flush the device NAT's conntrack table (its mappings are gone; a symmetric NAT gives the
+    next packet another port) and ping the device at once through a broker whose invites live
+    only ``interval + 2`` s: the ping succeeds only if the device is reachable again within about
+    one keepalive interval."""
+    result = RebindResult(nat, interval)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with netlab.topology(device_nat=nat, viewer_nat="public") as lab:
+            broker = netlab.start_lab_broker(
+                lab,
+                work / "broker",
+                log_level="INFO",
+                presence_tcp_host=lab.broker_addrs[1],
+                presence_tcp_port=443,
+                invite_ttl_s=int(interval + 2),
+            )
+            add_user(broker.state_dir, USER, PASSWORD)
+            config = _daemon_config(lab, broker, work / "device", interval / 25, learn=False)
+            log = work / "dvrlinkd.log"
+            log.touch()
+            tail = LogTail(log)
+            with log.open("ab") as out:
+                lab.popen(
+                    lab.device_ns,
+                    [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            first = netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+            found = re.search(r" as (\S+?),", first[1])
+            result.address_before = found.group(1) if found else None
+            _pair(lab, broker, config, work / "viewer")
+            lab.flush_conntrack("device")
+            pinger = lab.python(
+                lab.viewer_ns,
+                [
+                    "-m", "hil.keepalive_lab", "ping",
+                    "--url", broker.https_url, "--cacert", str(broker.info["cert"]),
+                    "--user", USER, "--password", PASSWORD, "--serial", SERIAL,
+                    "--count", "1", "--window", "0",
+                ],
+                timeout=60,
+            )  # fmt: skip
+            pings = [json.loads(line) for line in pinger.stdout.splitlines() if line.startswith("{")]
+            result.ping = pings[0] if pings else {"error": pinger.stderr[-300:]}
+            moved = [line for _, line in list(tail.lines) if "registered: " in line]
+            found = re.search(r" as (\S+?),", moved[-1]) if moved else None
+            result.address_after = found.group(1) if found else None
+            tail.close()
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
 def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 20) -> list[LifetimeResult]:
     """Each lifetime in its own lab, in parallel threads."""
     results: list[LifetimeResult | None] = [None] * len(lifetimes)
@@ -164,7 +241,9 @@ def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 2
     return [r for r in results if r is not None]
 
 
-def _daemon_config(lab: netlab.Lab, broker: netlab.LabBroker, home: Path, scale: float) -> Path:
+def _daemon_config(
+    lab: netlab.Lab, broker: netlab.LabBroker, home: Path, scale: float, *, learn: bool = True
+) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     interval = max(1.0, round(25 * scale, 1))
     config = home / "dvrlinkd.toml"
@@ -183,7 +262,7 @@ def _daemon_config(lab: netlab.Lab, broker: netlab.LabBroker, home: Path, scale:
                 f"keepalive_interval_s = {interval:g}",
                 f"reply_timeout_s = {min(1.0, interval / 4):g}",
                 "retries = 2",
-                "learn_keepalive = true",
+                f"learn_keepalive = {'true' if learn else 'false'}",
                 f"max_keepalive_interval_s = {max(10.0, 1800 * scale):g}",
                 "report_min_interval_s = 1",
                 'transport = "udp"',

@@ -33,3 +33,15 @@ def test_the_interval_settles_near_each_lifetime_and_every_ping_is_answered(tmp_
         assert 0.7 * result.lifetime_s <= result.interval_s < result.lifetime_s, result.line()
         assert len(result.pings) == 20, result.pings
         assert all(p["status"] == 200 for p in result.pings), result.pings
+
+
+def test_a_nat_rebinding_is_noticed_and_the_device_reachable_again_within_one_interval(
+    tmp_path: Path,
+) -> None:
+    """conntrack flushed on a symmetric NAT: the next keepalive leaves from another port; the
+    broker's invite (alive only interval + 2 s) still reaches the device."""
+    result = keepalive_lab.run_rebinding(tmp_path, interval=3.0, nat="symmetric")
+    print(result.line())
+    assert result.error is None, result.line()
+    assert result.address_before and result.address_after and result.address_before != result.address_after
+    assert result.ping.get("status") == 200, result.ping
