@@ -205,18 +205,7 @@ def run_rebinding(work: Path, interval: float = 3.0, nat: str = "symmetric") -> 
             result.address_before = found.group(1) if found else None
             _pair(lab, broker, config, work / "viewer")
             lab.flush_conntrack("device")
-            pinger = lab.python(
-                lab.viewer_ns,
-                [
-                    "-m", "hil.keepalive_lab", "ping",
-                    "--url", broker.https_url, "--cacert", str(broker.info["cert"]),
-                    "--user", USER, "--password", PASSWORD, "--serial", SERIAL,
-                    "--count", "1", "--window", "0",
-                ],
-                timeout=60,
-            )  # fmt: skip
-            pings = [json.loads(line) for line in pinger.stdout.splitlines() if line.startswith("{")]
-            result.ping = pings[0] if pings else {"error": pinger.stderr[-300:]}
+            result.ping = _ping_once(lab, broker)
             moved = [line for _, line in list(tail.lines) if "registered: " in line]
             found = re.search(r" as (\S+?),", moved[-1]) if moved else None
             result.address_after = found.group(1) if found else None
@@ -224,6 +213,125 @@ def run_rebinding(work: Path, interval: float = 3.0, nat: str = "symmetric") -> 
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
+
+
+@dataclass
+class WireBytes:
+    """Bytes on the wire (IPv4 headers included) per keepalive round trip, as the NAT counted."""
+
+    transport: str
+    keepalives: int
+    bytes_total: int
+
+    @property
+    def per_keepalive(self) -> float:
+        """Bytes per keepalive round trip."""
+        return self.bytes_total / self.keepalives if self.keepalives else 0.0
+
+
+def measure_keepalive_bytes(work: Path, transport: str, interval: float = 2.0, count: int = 5) -> WireBytes:
+    """Run an idle ``dvrlinkd`` on ``transport`` (learning off) behind a port-restricted NAT and
+    read the NAT's conntrack byte counters of its flows to the broker over ``count`` keepalives
+    after registration: what a SIM would be billed for."""
+    work.mkdir(parents=True, exist_ok=True)
+    with netlab.topology(device_nat="port_restricted_cone", viewer_nat="public") as lab:
+        nat = lab.nat_ns("device")
+        lab.run(nat, ["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"])
+        broker = netlab.start_lab_broker(
+            lab, work / "broker", presence_tcp_host=lab.broker_addrs[1], presence_tcp_port=443
+        )
+        config = _daemon_config(
+            lab,
+            broker,
+            work / "device",
+            interval / 25,
+            learn=False,
+            transport=transport,
+            tcp_interval=interval,
+        )
+        log = work / "dvrlinkd.log"
+        log.touch()
+        tail = LogTail(log)
+        with log.open("ab") as out:
+            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
+                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        time.sleep(interval / 2)  # a scheduled moment: between two keepalives
+        before = _flow_bytes(lab.conntrack("device"), broker)
+        time.sleep(interval * count)  # exactly ``count`` keepalive periods
+        after = _flow_bytes(lab.conntrack("device"), broker)
+        tail.close()
+    return WireBytes(transport, count, after - before)
+
+
+def _ping_once(lab: netlab.Lab, broker: netlab.LabBroker) -> dict[str, Any]:
+    """One ping of the device through the broker, from the viewer's namespace."""
+    pinger = lab.python(
+        lab.viewer_ns,
+        [
+            "-m", "hil.keepalive_lab", "ping",
+            "--url", broker.https_url, "--cacert", str(broker.info["cert"]),
+            "--user", USER, "--password", PASSWORD, "--serial", SERIAL,
+            "--count", "1", "--window", "0",
+        ],
+        timeout=60,
+    )  # fmt: skip
+    pings = [json.loads(line) for line in pinger.stdout.splitlines() if line.startswith("{")]
+    return pings[0] if pings else {"error": pinger.stderr[-300:]}
+
+
+def _flow_bytes(listing: str, broker: netlab.LabBroker) -> int:
+    """Sum of both directions' bytes of the flows to the broker's presence endpoints."""
+    total = 0
+    for line in listing.splitlines():
+        if broker.primary[0] not in line and broker.alternate[0] not in line:
+            continue
+        if not (f"dport={broker.primary[1]} " in line or "dport=443 " in line):
+            continue
+        total += sum(int(b) for b in re.findall(r"bytes=(\d+)", line))
+    return total
+
+
+def run_auto_choice(work: Path, scale: float = 0.2) -> dict[str, Any]:
+    """Presence ``auto`` behind a NAT with a 30 s UDP lifetime and a 30 min TCP lifetime (both
+    scaled): the daemon learns UDP, compares costs and moves to TCP; a ping still reaches it."""
+    udp_lifetime = max(1, round(30 * scale))
+    outcome: dict[str, Any] = {"udp_lifetime_s": udp_lifetime, "tcp_lifetime_s": round(1800 * scale)}
+    with netlab.topology(
+        device_nat="port_restricted_cone", viewer_nat="public", udp_timeout=udp_lifetime,
+        tcp_timeout=round(1800 * scale),
+    ) as lab:  # fmt: skip
+        broker = netlab.start_lab_broker(
+            lab,
+            work / "broker",
+            log_level="INFO",
+            presence_tcp_host=lab.broker_addrs[1],
+            presence_tcp_port=443,
+        )
+        add_user(broker.state_dir, USER, PASSWORD)
+        config = _daemon_config(
+            lab, broker, work / "device", scale, transport="auto", tcp_interval=round(300 * scale)
+        )
+        log = work / "dvrlinkd.log"
+        log.touch()
+        tail = LogTail(log)
+        with log.open("ab") as out:
+            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
+                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        _pair(lab, broker, config, work / "viewer")
+        cost = netlab.wait_until("a cost comparison", lambda: tail.first("presence cost: "), 600 * scale + 60)
+        outcome["cost_line"] = cost[1].split("presence cost: ", 1)[1]
+        moved = netlab.wait_until("presence over TCP", lambda: tail.first("presence moves to tcp"), 60)
+        outcome["moved"] = moved[1]
+        netlab.wait_until(
+            "registered over TCP", lambda: [ln for _, ln in list(tail.lines) if "registered: " in ln][1:], 60
+        )
+        outcome["ping"] = _ping_once(lab, broker)
+        status = json.loads((work / "device" / "run" / "status.json").read_text())
+        outcome["transport"] = status.get("transport")
+        tail.close()
+    return outcome
 
 
 def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 20) -> list[LifetimeResult]:
@@ -242,7 +350,14 @@ def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 2
 
 
 def _daemon_config(
-    lab: netlab.Lab, broker: netlab.LabBroker, home: Path, scale: float, *, learn: bool = True
+    lab: netlab.Lab,
+    broker: netlab.LabBroker,
+    home: Path,
+    scale: float,
+    *,
+    learn: bool = True,
+    transport: str = "udp",
+    tcp_interval: float | None = None,
 ) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     interval = max(1.0, round(25 * scale, 1))
@@ -258,6 +373,8 @@ def _daemon_config(
                 f'host = "{broker.primary[0]}"',
                 f"port = {broker.primary[1]}",
                 f'public_key = "{broker.info["public_key"]}"',
+                f'tcp_host = "{lab.broker_addrs[1]}"',
+                "tcp_port = 443",
                 "[presence]",
                 f"keepalive_interval_s = {interval:g}",
                 f"reply_timeout_s = {min(1.0, interval / 4):g}",
@@ -265,7 +382,8 @@ def _daemon_config(
                 f"learn_keepalive = {'true' if learn else 'false'}",
                 f"max_keepalive_interval_s = {max(10.0, 1800 * scale):g}",
                 "report_min_interval_s = 1",
-                'transport = "udp"',
+                f'transport = "{transport}"',
+                f"tcp_keepalive_interval_s = {tcp_interval or 300:g}",
                 "[log]",
                 'level = "INFO"',
                 "",
