@@ -12,11 +12,10 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.config import DaemonConfig, describe
-from dvrlink.daemon.modem_service import ModemOptions, ModemService
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.notify import Notifier
@@ -51,6 +50,9 @@ from dvrlink.protocol.presence_events import (
     RegistrationRefused,
 )
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
+
+if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
+    from dvrlink.daemon.modem_service import ModemOptions, ModemService
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,8 @@ def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemS
     """The cellular modem service when ``[modem] enabled``; the broker is its default probe target."""
     if not config.modem.enabled:
         return None
+    from dvrlink.daemon.modem_service import ModemService  # noqa: PLC0415  (about 3 MB; only with a modem)
+
     return ModemService(
         config.modem,
         state_dir=config.device.state_dir,
