@@ -108,6 +108,9 @@ async def run_daemon(
     if link.auto:
         tuning.tcp_interval = link.tcp_keepalive_interval
         tuning.prefer_tcp = lambda reason: link.prefer(Transport.TCP, reason)
+        if config.presence.learn_keepalive:
+            tuning.tcp_prober = _tcp_prober(config, client, tuning)
+            tuning.set_tcp_interval = link.set_tcp_keepalive_interval
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
     watchdog = _Watchdog(notifier, loop)
@@ -129,8 +132,10 @@ async def run_daemon(
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
         await sessions.close()
-        if events.tuning is not None and events.tuning.prober is not None:
-            await events.tuning.prober.close()
+        if events.tuning is not None:
+            for prober in (events.tuning.prober, events.tuning.tcp_prober):
+                if prober is not None:
+                    await prober.close()
         link.close()
         events.status_file.remove()
         notifier.close()
@@ -161,6 +166,30 @@ def _presence_tuning(
             learner, client, (config.broker.host, config.broker.port), on_event=tuning.on_learner_event
         )
     return tuning
+
+
+def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTuning) -> NatProber:
+    """Learns how long the NAT keeps an idle TCP connection, starting from
+    ``tcp_keepalive_interval_s``: probes over fresh TLS connections to the presence TCP endpoint,
+    up to an hour each, repeated weekly (each costs a TLS handshake)."""
+    start = config.presence.tcp_keepalive_interval_s
+    learner = LifetimeLearner(
+        LearnerConfig(
+            min_interval_s=min(60.0, start / 2),
+            max_interval_s=3600.0,
+            max_probe_s=3600.0,
+            remeasure_s=7 * 86400.0,
+        ),
+        start,
+    )
+    return NatProber(
+        learner,
+        client,
+        config.broker.tcp_address,
+        on_event=tuning.on_tcp_learner_event,
+        transport="tcp",
+        tls=presence_tls_context(),
+    )
 
 
 def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemService | None:

@@ -51,6 +51,9 @@ class LearnerConfig:
     remeasure_s: float = 86400.0
     retry_s: float = 300.0
     """Wait before a round whose probes could not be sent (not registered) is tried again."""
+    max_unsent_rounds: int = 3
+    """Rounds in a row that could not be sent (an endpoint that does not answer) before the
+    measurement is given up until ``start``; the interval stays as it is."""
 
     def __post_init__(self) -> None:
         if self.parallel < 1 or not 0 < self.safety < 1 or self.min_interval_s > self.max_interval_s:
@@ -106,6 +109,7 @@ class LifetimeLearner:
         self._high: float | None = None
         self._round: _Round | None = None
         self._rounds = 0
+        self._unsent_rounds = 0
         self._next_id = 1
         self._to_send: list[Probe] = []
         self._timer: float | None = None
@@ -143,6 +147,7 @@ class LifetimeLearner:
         self._low = self._high = None
         self._round = None
         self._rounds = 0
+        self._unsent_rounds = 0
         self._state = LearnerState.MEASURING
         self._timer = None
         self._set_interval(self._configured, "measuring the NAT's mapping lifetime")
@@ -164,6 +169,11 @@ class LifetimeLearner:
             self._round = None
             self._to_send = []
             self._rounds = max(0, self._rounds - 1)
+            self._unsent_rounds += 1
+            if self._unsent_rounds >= self._config.max_unsent_rounds:
+                self._state = LearnerState.IDLE
+                self._timer = None
+                return
             self._timer = now + self._config.retry_s
 
     def probe_answered(self, probe_id: int, now: float) -> None:
@@ -208,7 +218,10 @@ class LifetimeLearner:
     def _take(self, probe_id: int) -> float | None:
         if self._round is None:
             return None
-        return self._round.probes.pop(probe_id, None)
+        delay = self._round.probes.pop(probe_id, None)
+        if delay is not None:
+            self._unsent_rounds = 0
+        return delay
 
     def _after_result(self, now: float) -> None:
         assert self._round is not None

@@ -13,6 +13,13 @@ Each probe:
    lost. A probe that could not be primed or sealed (not registered) counts as unsent and the
    learner retries its round later.
 
+Over TCP (``transport="tcp"``, the broker's presence TCP/TLS endpoint) a probe is one fresh
+TLS connection carrying the same probe keepalive in a frame; it needs no priming (an
+established TCP flow has its established lifetime at once), and the answer comes back on that
+connection if the NAT still holds its mapping. Carriers keep idle TCP mappings for minutes to an
+hour, so these probes are long; each costs a TLS handshake (a few kB), so they are repeated
+rarely (``LearnerConfig.remeasure_s``).
+
 What the learner decides (``IntervalChanged``, ``MeasurementDone``) goes to the callbacks.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +36,7 @@ from typing import Any, Protocol
 from aioice import stun
 
 from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LifetimeLearner, MeasurementDone, Probe
+from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,24 @@ class _Inbox(asyncio.DatagramProtocol):
             self.queue.put_nowait(data)
 
 
+class _StreamInbox(asyncio.Protocol):
+    """Whole presence messages from a TCP probe connection; ``b""`` once it closed."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        self._deframer = StreamDeframer()
+
+    def data_received(self, data: bytes) -> None:
+        self._deframer.receive_data(data)
+        while (message := self._deframer.next_message()) is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(b"")
+
+
 class NatProber:
     """Runs the learner's probes (see the module docstring). ``close`` stops them all."""
 
@@ -71,12 +98,16 @@ class NatProber:
         *,
         on_event: Callable[[LearnerEvent], None],
         timing: ProbeTiming | None = None,
+        transport: str = "udp",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._learner = learner
         self._core = core
         self._broker = broker
         self._on_event = on_event
         self._timing = timing or ProbeTiming()
+        self._transport = transport
+        self._tls = tls
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -138,10 +169,11 @@ class NatProber:
             task.add_done_callback(self._tasks.discard)
         while (event := learner.next_event()) is not None:
             if isinstance(event, IntervalChanged):
-                log.info("keepalive interval %g s: %s", event.interval, event.reason)
+                log.info("%s keepalive interval %g s: %s", self._transport.upper(), event.interval, event.reason)
             elif isinstance(event, MeasurementDone):
                 log.info(
-                    "NAT keeps an idle UDP mapping at least %g s%s; keepalive every %g s",
+                    "NAT keeps an idle %s mapping at least %g s%s; keepalive every %g s",
+                    self._transport.upper(),
                     event.low,
                     "" if event.high is None else f", not {event.high:g} s",
                     learner.interval,
@@ -180,6 +212,8 @@ class NatProber:
                 self._pump()
 
     async def _probe(self, probe: Probe) -> str:
+        if self._transport == "tcp":
+            return await self._probe_tcp(probe)
         timing = self._timing
         try:
             transport, inbox = await self._loop.create_datagram_endpoint(_Inbox, remote_addr=self._broker)
@@ -202,6 +236,39 @@ class NatProber:
                 try:
                     data = await asyncio.wait_for(inbox.queue.get(), left)
                 except TimeoutError:
+                    break
+                if self._core.probe_reply(data) == echo:
+                    return "answered"
+            return "lost"
+        finally:
+            transport.close()
+
+    async def _probe_tcp(self, probe: Probe) -> str:
+        host, port = self._broker
+        try:
+            transport, inbox = await asyncio.wait_for(
+                self._loop.create_connection(
+                    _StreamInbox, host, port, ssl=self._tls, server_hostname=host if self._tls else None
+                ),
+                self._timing.prime_timeout_s * 3,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.info("NAT probe: cannot connect to %s:%d over TCP: %s", host, port, exc or type(exc).__name__)
+            return "unsent"
+        try:
+            made = self._core.probe_datagram(probe.delay)
+            if made is None:
+                return "unsent"
+            datagram, echo = made
+            transport.write(encode_frame(datagram))
+            grace = self._timing.grace_s + 3 * (self._core.rtt or 0.0)
+            deadline = self._loop.time() + probe.delay + grace
+            while (left := deadline - self._loop.time()) > 0:
+                try:
+                    data = await asyncio.wait_for(inbox.queue.get(), left)
+                except TimeoutError:
+                    break
+                if not data:  # the connection closed: the NAT or the broker dropped it
                     break
                 if self._core.probe_reply(data) == echo:
                     return "answered"

@@ -596,6 +596,16 @@ class PresenceTransport:
         self._policy.prefer(transport, reason, self._loop.time())
         self._run_policy()
 
+    def set_tcp_keepalive_interval(self, interval: float) -> None:
+        """Keep alive every ``interval`` over TCP from now on (a learned TCP lifetime); applied at
+        once when presence is on TCP."""
+        self._tcp_interval = interval
+        if self._transport is Transport.TCP and self._loop is not None and not self._closed:
+            try:
+                self._core.set_keepalive_interval(interval, self._loop.time())
+            except ValueError:
+                log.exception("the TCP keepalive interval %g s is refused; keeping the old one", interval)
+
     @property
     def tcp_keepalive_interval(self) -> float:
         """The keepalive interval presence uses over TCP."""

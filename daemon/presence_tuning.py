@@ -76,6 +76,11 @@ class PresenceTuning:
         """The keepalive interval over TCP, to compare costs with."""
         self.costs: Costs | None = None
         """The last cost comparison, once the UDP lifetime is known."""
+        self.tcp_prober: NatProber | None = None
+        """Learns the NAT's idle TCP lifetime (``auto`` with learning on), else None."""
+        self.set_tcp_interval: Callable[[float], None] = lambda interval: None
+        """Gives the presence transport a learned TCP keepalive interval."""
+        self.tcp_lifetime: float | None = None
 
     def status(self) -> dict[str, Any]:
         """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
@@ -91,6 +96,12 @@ class PresenceTuning:
 
     def on_event(self, event: ClientEvent) -> None:
         """Start or restart the measurement on registration and address changes."""
+        tcp_prober = self.tcp_prober
+        if tcp_prober is not None and isinstance(event, Registered | ReflexiveAddressChanged):
+            if tcp_prober.learner.state is LearnerState.IDLE and isinstance(event, Registered):
+                tcp_prober.start()
+            elif isinstance(event, ReflexiveAddressChanged):
+                tcp_prober.path_changed(f"reflexive address changed to {event.new}")
         prober = self.prober
         if prober is None:
             return
@@ -125,6 +136,16 @@ class PresenceTuning:
         elif isinstance(event, MeasurementDone):
             self.reporter.update(nat_lifetime_s=int(event.low))
             self._choose_transport()
+
+    def on_tcp_learner_event(self, event: LearnerEvent) -> None:
+        """What the TCP lifetime learner decided: the TCP keepalive interval, then the costs."""
+        if isinstance(event, IntervalChanged):
+            self.tcp_interval = event.interval
+            self.set_tcp_interval(event.interval)
+        elif isinstance(event, MeasurementDone):
+            self.tcp_lifetime = event.low
+            if self.prober is not None and self.prober.learner.state is LearnerState.SETTLED:
+                self._choose_transport()
 
     def _choose_transport(self) -> None:
         """With the UDP interval learned, compare with TCP's cost; move to TCP if much cheaper."""

@@ -334,6 +334,36 @@ def run_auto_choice(work: Path, scale: float = 0.2) -> dict[str, Any]:
     return outcome
 
 
+def run_tcp_learning(work: Path, tcp_lifetime: int = 20, start: float = 15.0) -> dict[str, Any]:
+    """Presence ``auto`` behind a NAT that keeps idle TCP connections ``tcp_lifetime`` s (and UDP
+    ones long enough to stay on UDP): the daemon learns the TCP lifetime with probes over fresh
+    TLS connections, starting from ``tcp_keepalive_interval_s = start``."""
+    outcome: dict[str, Any] = {"tcp_lifetime_s": tcp_lifetime}
+    with netlab.topology(
+        device_nat="port_restricted_cone", viewer_nat="public", udp_timeout=600, tcp_timeout=tcp_lifetime
+    ) as lab:
+        broker = netlab.start_lab_broker(
+            lab, work / "broker", presence_tcp_host=lab.broker_addrs[1], presence_tcp_port=443
+        )
+        config = _daemon_config(lab, broker, work / "device", 0.2, transport="auto", tcp_interval=start)
+        log = work / "dvrlinkd.log"
+        log.touch()
+        tail = LogTail(log)
+        with log.open("ab") as out:
+            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
+                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        done = netlab.wait_until(
+            "the TCP lifetime learned", lambda: tail.first("NAT keeps an idle TCP mapping"), 20 * tcp_lifetime
+        )
+        outcome["line"] = done[1]
+        found = re.search(r"at least ([\d.]+) s.*keepalive every ([\d.]+) s", done[1])
+        if found:
+            outcome["measured_s"], outcome["interval_s"] = float(found.group(1)), float(found.group(2))
+        tail.close()
+    return outcome
+
+
 def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 20) -> list[LifetimeResult]:
     """Each lifetime in its own lab, in parallel threads."""
     results: list[LifetimeResult | None] = [None] * len(lifetimes)

@@ -13,7 +13,7 @@ from dvrlink.daemon.keepalive_cost import (
     compare,
     daily_bytes,
 )
-from dvrlink.daemon.nat_lifetime import MeasurementDone
+from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerState, MeasurementDone
 from dvrlink.daemon.presence_transport import (
     PolicyConfig,
     SwitchRequested,
@@ -98,3 +98,24 @@ def test_tuning_moves_to_tcp_once_the_udp_lifetime_shows_it_is_cheaper(
     tuning.on_learner_event(MeasurementDone(udp_interval / 0.9, None))
     assert moved == expected
     assert tuning.costs is not None and tuning.costs.udp_interval_s == udp_interval
+
+
+def test_a_learned_tcp_lifetime_sets_the_tcp_interval_and_compares_again() -> None:
+    class SettledLearner(FakeLearner):
+        state = LearnerState.SETTLED
+
+    client = FakeClient()
+    tuning = PresenceTuning(client, lambda: 0.0, interval=25.0, prober=FakeProber(SettledLearner(200.0)))  # type: ignore[arg-type]
+    given: list[float] = []
+    moved: list[str] = []
+    tuning.tcp_interval = 300.0
+    tuning.set_tcp_interval = given.append
+    tuning.prefer_tcp = moved.append
+    # UDP every 200 s (51 kB/day) against TCP every 300 s (76 kB/day): UDP stays.
+    tuning._choose_transport()
+    assert moved == []
+    # The NAT keeps idle TCP connections 30 minutes: TCP every 1620 s wins.
+    tuning.on_tcp_learner_event(IntervalChanged(1620.0, 1800.0, None, "learned"))
+    tuning.on_tcp_learner_event(MeasurementDone(1800.0, None))
+    assert given == [1620.0] and tuning.tcp_interval == 1620.0
+    assert len(moved) == 1 and "TCP every 1620 s" in moved[0]

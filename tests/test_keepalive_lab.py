@@ -11,7 +11,8 @@ settling took and the pings' round trips are printed; the full-scale run with th
 
 The other experiments run beside it, each in its own lab: a NAT rebinding, the wire bytes of a
 keepalive over UDP and TCP (the cost model's figures), and presence ``auto`` moving to TCP when
-that is cheaper (a 30 s UDP lifetime against 30 min for TCP, scaled).
+that is cheaper (a 30 s UDP lifetime against 30 min for TCP, scaled), and the TCP lifetime learned
+with probes over fresh TLS connections (a NAT keeping idle TCP connections 20 s).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "udp_bytes": lambda: keepalive_lab.measure_keepalive_bytes(work / "udp-bytes", "udp", count=6),
         "tcp_bytes": lambda: keepalive_lab.measure_keepalive_bytes(work / "tcp-bytes", "tcp", count=6),
         "auto": lambda: keepalive_lab.run_auto_choice(work / "auto", SCALE),
+        "tcp": lambda: keepalive_lab.run_tcp_learning(work / "tcp", tcp_lifetime=20, start=15.0),
     }
     results: dict[str, Any] = {}
 
@@ -104,3 +106,11 @@ def test_auto_moves_presence_to_tcp_when_that_is_cheaper_and_stays_reachable(run
     assert outcome["transport"] == "tcp", outcome
     assert "cheaper" in outcome["moved"], outcome
     assert outcome["ping"].get("status") == 200, outcome
+
+
+def test_the_tcp_lifetime_is_learned_too(runs: dict[str, Any]) -> None:
+    outcome = get(runs, "tcp")
+    print(f"TCP: {outcome.get('line')}")
+    lifetime = outcome["tcp_lifetime_s"]
+    assert 0.7 * lifetime <= outcome["interval_s"] < lifetime, outcome
+    assert outcome["measured_s"] < lifetime, outcome

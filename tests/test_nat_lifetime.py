@@ -120,3 +120,17 @@ def test_unsent_probes_retry_later_and_settled_results_are_remeasured() -> None:
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="safety"):
         LearnerConfig(safety=1.5)
+
+
+def test_an_endpoint_that_never_answers_is_given_up_after_three_rounds() -> None:
+    learner = LifetimeLearner(LearnerConfig(retry_s=10.0, max_unsent_rounds=3), 300.0)
+    learner.start(0.0)
+    now = 0.0
+    for _ in range(3):
+        probe = learner.probes_to_send()[0]
+        learner.probe_unsent(probe.probe_id, now)
+        if learner.get_timer() is not None:
+            now = learner.get_timer() or now
+            learner.handle_timer(now)
+    assert learner.state is LearnerState.IDLE and learner.get_timer() is None
+    assert learner.interval == 300.0 and learner.probes_to_send() == []
