@@ -456,23 +456,14 @@ class BrokerApi:
             )
         ttl = self._config.invite_ttl_s
         started = time.monotonic()
-        try:
-            outcome = await asyncio.wait_for(
-                self._presence.invite(serial, INVITE_KIND_PING, b"", ttl), ttl + INVITE_GRACE_S
-            )
-        except NotOnlineError:
-            raise ApiError(
-                409, "device_offline", f"device {serial} went offline; retry when it is back"
-            ) from None
-        except TimeoutError:
-            outcome = InviteExpired(0, serial)
-        if isinstance(outcome, InviteExpired):
-            raise ApiError(
-                504,
-                "device_timeout",
-                f"device {serial} is registered but did not answer within {ttl:.0f} s: its NAT may have "
-                "dropped the mapping; it is reachable again after its next keepalive",
-            )
+        outcome = await self._answered_invite(
+            serial,
+            INVITE_KIND_PING,
+            b"",
+            ttl,
+            f"device {serial} is registered but did not answer within {ttl:.0f} s: its NAT may have "
+            "dropped the mapping; it is reachable again after its next keepalive",
+        )
         if outcome.status != INVITE_OK:
             raise ApiError(502, "device_error", f"device {serial} cannot answer pings; update its dvrlinkd")
         rtt_ms = round((time.monotonic() - started) * 1000, 1)
@@ -733,23 +724,14 @@ class BrokerApi:
         self._paired_and_online(user, serial)
         record.updates += 1
         ttl = self._config.session_answer_timeout_s
-        try:
-            outcome = await asyncio.wait_for(
-                self._presence.invite(serial, INVITE_KIND_CANDIDATES, update_body, ttl), ttl + INVITE_GRACE_S
-            )
-        except NotOnlineError:
-            raise ApiError(
-                409, "device_offline", f"device {serial} went offline; retry when it is back"
-            ) from None
-        except TimeoutError:
-            outcome = InviteExpired(0, serial)
-        if isinstance(outcome, InviteExpired):
-            raise ApiError(
-                504,
-                "device_timeout",
-                f"device {serial} did not answer a candidate update within {ttl:.0f} s; the session may "
-                "still work over the paths it has",
-            )
+        outcome = await self._answered_invite(
+            serial,
+            INVITE_KIND_CANDIDATES,
+            update_body,
+            ttl,
+            f"device {serial} did not answer a candidate update within {ttl:.0f} s; the session may "
+            "still work over the paths it has",
+        )
         if outcome.status == INVITE_GONE:
             raise ApiError(
                 410, "session_gone", f"device {serial} has closed session {session_hex}; open a new session"
@@ -779,6 +761,29 @@ class BrokerApi:
             {"candidates": list(reply.candidates), "end_of_candidates": reply.end_of_candidates},
             headers={"Cache-Control": "no-store"},
         )
+
+    async def _answered_invite(
+        self, serial: str, kind: int, body: bytes, ttl: float, timeout_message: str
+    ) -> InviteAnswered:
+        """Push an invite and wait for the device's reply.
+
+        Raises:
+            ApiError: 409 ``device_offline`` (it went offline meanwhile), 504 ``device_timeout``
+                with ``timeout_message`` (no reply within ``ttl``).
+        """
+        try:
+            outcome = await asyncio.wait_for(
+                self._presence.invite(serial, kind, body, ttl), ttl + INVITE_GRACE_S
+            )
+        except NotOnlineError:
+            raise ApiError(
+                409, "device_offline", f"device {serial} went offline; retry when it is back"
+            ) from None
+        except TimeoutError:
+            outcome = InviteExpired(0, serial)
+        if isinstance(outcome, InviteExpired):
+            raise ApiError(504, "device_timeout", timeout_message)
+        return outcome
 
     def _own_session(self, user: str, session_hex: str) -> SessionRecord:
         try:

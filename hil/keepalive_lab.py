@@ -103,17 +103,7 @@ def run_lifetime(
             )
             add_user(broker.state_dir, USER, PASSWORD)
             config = _daemon_config(lab, broker, work / "device", scale)
-            log = work / "dvrlinkd.log"
-            log.touch()
-            tail = LogTail(log)
-            with log.open("ab") as out:
-                daemon = lab.popen(
-                    lab.device_ns,
-                    [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            registered = netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+            daemon, tail, registered = _start_daemon(lab, config, work)
             started = registered[0]
             _pair(lab, broker, config, work / "viewer")
             window = WINDOW_S * scale
@@ -190,17 +180,7 @@ def run_rebinding(work: Path, interval: float = 3.0, nat: str = "symmetric") -> 
             )
             add_user(broker.state_dir, USER, PASSWORD)
             config = _daemon_config(lab, broker, work / "device", interval / 25, learn=False)
-            log = work / "dvrlinkd.log"
-            log.touch()
-            tail = LogTail(log)
-            with log.open("ab") as out:
-                lab.popen(
-                    lab.device_ns,
-                    [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            first = netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+            _, tail, first = _start_daemon(lab, config, work)
             found = re.search(r" as (\S+?),", first[1])
             result.address_before = found.group(1) if found else None
             _pair(lab, broker, config, work / "viewer")
@@ -249,13 +229,7 @@ def measure_keepalive_bytes(work: Path, transport: str, interval: float = 2.0, c
             transport=transport,
             tcp_interval=interval,
         )
-        log = work / "dvrlinkd.log"
-        log.touch()
-        tail = LogTail(log)
-        with log.open("ab") as out:
-            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
-                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        _, tail, _ = _start_daemon(lab, config, work)
         time.sleep(interval / 2)  # a scheduled moment: between two keepalives
         before = _flow_bytes(lab.conntrack("device"), broker)
         time.sleep(interval * count)  # exactly ``count`` keepalive periods
@@ -312,13 +286,7 @@ def run_auto_choice(work: Path, scale: float = 0.2) -> dict[str, Any]:
         config = _daemon_config(
             lab, broker, work / "device", scale, transport="auto", tcp_interval=round(300 * scale)
         )
-        log = work / "dvrlinkd.log"
-        log.touch()
-        tail = LogTail(log)
-        with log.open("ab") as out:
-            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
-                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        _, tail, _ = _start_daemon(lab, config, work)
         _pair(lab, broker, config, work / "viewer")
         cost = netlab.wait_until("a cost comparison", lambda: tail.first("presence cost: "), 600 * scale + 60)
         outcome["cost_line"] = cost[1].split("presence cost: ", 1)[1]
@@ -346,13 +314,7 @@ def run_tcp_learning(work: Path, tcp_lifetime: int = 20, start: float = 15.0) ->
             lab, work / "broker", presence_tcp_host=lab.broker_addrs[1], presence_tcp_port=443
         )
         config = _daemon_config(lab, broker, work / "device", 0.2, transport="auto", tcp_interval=start)
-        log = work / "dvrlinkd.log"
-        log.touch()
-        tail = LogTail(log)
-        with log.open("ab") as out:
-            lab.popen(lab.device_ns, [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
-                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+        _, tail, _ = _start_daemon(lab, config, work)
         done = netlab.wait_until(
             "the TCP lifetime learned", lambda: tail.first("NAT keeps an idle TCP mapping"), 20 * tcp_lifetime
         )
@@ -377,6 +339,26 @@ def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 2
     for thread in threads:
         thread.join()
     return [r for r in results if r is not None]
+
+
+def _start_daemon(
+    lab: netlab.Lab, config: Path, work: Path
+) -> tuple[subprocess.Popen[bytes], LogTail, tuple[float, str]]:
+    """``dvrlinkd run`` in the device namespace, its log followed; waits for the registration.
+
+    Returns the process, the log tail and (when, line) of the first "registered" line."""
+    log = work / "dvrlinkd.log"
+    log.touch()
+    tail = LogTail(log)
+    with log.open("ab") as out:
+        daemon = lab.popen(
+            lab.device_ns,
+            [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    registered = netlab.wait_until("dvrlinkd registered", lambda: tail.first("registered: "), 60)
+    return daemon, tail, registered
 
 
 def _daemon_config(

@@ -32,6 +32,7 @@ device hears it. ``interval_ms`` lets the broker judge the device offline by the
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -88,15 +89,7 @@ class DeviceReport:
         if len(data) > MAX_REPORT:
             raise ValueError(f"report of {len(data)} bytes; at most {MAX_REPORT}")
         values: dict[str, Any] = {}
-        offset = 0
-        while offset < len(data):
-            if offset + 2 > len(data):
-                raise ValueError("report item header truncated")
-            item, length = data[offset], data[offset + 1]
-            value = data[offset + 2 : offset + 2 + length]
-            if len(value) != length:
-                raise ValueError(f"report item {item} runs past the end")
-            offset += 2 + length
+        for item, value in _items(data):
             if item == _SIGNAL:
                 values["signal_dbm"] = _fixed(">b", value, item)
             elif item == _DATA:
@@ -145,6 +138,18 @@ def read_controls(data: bytes) -> dict[int, int]:
         ValueError: the items are malformed (as ``DeviceReport.decode`` would say).
     """
     controls: dict[int, int] = {}
+    for item, value in _items(data):
+        if item in (PROBE_DELAY, INTERVAL):
+            controls[item] = _fixed(">I", value, item)
+    return controls
+
+
+def _items(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of each item.
+
+    Raises:
+        ValueError: an item's header or value runs past the end.
+    """
     offset = 0
     while offset < len(data):
         if offset + 2 > len(data):
@@ -154,9 +159,7 @@ def read_controls(data: bytes) -> dict[int, int]:
         if len(value) != length:
             raise ValueError(f"report item {item} runs past the end")
         offset += 2 + length
-        if item in (PROBE_DELAY, INTERVAL):
-            controls[item] = _fixed(">I", value, item)
-    return controls
+        yield item, value
 
 
 def _fixed(fmt: str, value: bytes, item: int) -> int:

@@ -112,18 +112,7 @@ def test_all_connects_on_the_relay_then_moves_to_lan() -> None:
             stream = await s.viewer.open_stream(RpcTarget("echo"))
             data = b"y" * 200_000
             assert await round_trip(stream, data) == bytes.fromhex(sha(data))
-            if s.viewer.path != LAN:  # ICE may still be checking: wait for its path, no sleep
-                ready = asyncio.get_running_loop().create_future()
-                conn = s.viewer.connectivity
-                previous = conn.on_path_ready
-
-                def ready_hook(path: tuple[str, int]) -> None:
-                    previous(path)
-                    if path == LAN and not ready.done():
-                        ready.set_result(None)
-
-                conn.on_path_ready = ready_hook
-                await asyncio.wait_for(ready, WAIT)
+            await wait_for_lan(s)  # ICE may still be checking: wait for its path, no sleep
             assert s.viewer.path_changes == [RELAY, LAN]
 
     run(main)
