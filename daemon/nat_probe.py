@@ -169,7 +169,9 @@ class NatProber:
             task.add_done_callback(self._tasks.discard)
         while (event := learner.next_event()) is not None:
             if isinstance(event, IntervalChanged):
-                log.info("%s keepalive interval %g s: %s", self._transport.upper(), event.interval, event.reason)
+                log.info(
+                    "%s keepalive interval %g s: %s", self._transport.upper(), event.interval, event.reason
+                )
             elif isinstance(event, MeasurementDone):
                 log.info(
                     "NAT keeps an idle %s mapping at least %g s%s; keepalive every %g s",
