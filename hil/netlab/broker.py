@@ -83,6 +83,9 @@ def start_lab_broker(lab: Lab, state_dir: Path, timeout: float = 30.0, **extra: 
         "turn_tcp_port": TURN_PORT,
         "stun_alternate_host": alternate,
         "stun_alternate_port": STUN_ALTERNATE_PORT,
+        # Presence over TCP/TLS also wants 443, which the HTTPS API holds on the primary address.
+        "presence_tcp_host": alternate,
+        "presence_tcp_port": HTTPS_PORT,
         **extra,
     }
     config.write_text(_toml(values))
