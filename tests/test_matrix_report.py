@@ -98,7 +98,7 @@ def test_physics_meets_the_invariants_but_not_every_target() -> None:
     connect, direct, relay, fast = targets(records)
     assert connect.passed and relay.passed and fast.passed
     assert not direct.passed and len(direct.misses) == 8  # symmetric × port-restricted/cgnat, both ways
-    assert all("port prediction" in miss for miss in direct.misses)
+    assert all("without port prediction" in miss for miss in direct.misses)
 
 
 def test_cells_that_fail_to_connect_miss_every_target_they_touch() -> None:
@@ -127,8 +127,12 @@ def test_invariants_catch_a_missed_punch_a_direct_symmetric_pair_and_a_failure()
 def test_a_slow_first_byte_fails_the_two_second_target_only() -> None:
     records = [record(c, "relay" if c.target_path == "relay" else "direct") for c in lan_cells()]
     records[3].first_byte_s = 2.5
+    records[7].first_byte_s = 3.01
     _, _, _, fast = targets(records)
-    assert fast.misses == ["public × port_restricted_cone: first byte after 2.5 s"]
+    assert fast.misses == [
+        "public × port_restricted_cone: first byte after 2.50 s",
+        "public × udp_blocked: first byte after 3.01 s (TURN over UDP tried for 2.5 s before TCP)",
+    ]
 
 
 def test_markdown_and_json(tmp_path: Path) -> None:

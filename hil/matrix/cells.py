@@ -125,9 +125,8 @@ class Cell:
             return "both sides map per remote: only the relay works"
         if self.predicted_path == "relay":
             return (
-                "a per-remote (symmetric) mapping meets address-and-port filtering: the filtering "
-                "side only admits the port it sent to, and the symmetric side's port towards it is "
-                "new and unknown; needs port prediction (sequential) or a birthday-paradox search (random)"
+                "symmetric mapping against address-and-port filtering: not punchable without port "
+                "prediction or a birthday-paradox search"
             )
         return ""
 

@@ -86,9 +86,16 @@ def targets(records: Sequence[CellRecord]) -> list[Verdict]:
         if not r.connected:
             fast.misses.append(f"{_label(cell_of(r))}: no first byte (did not connect)")
         elif r.first_byte_s is None or r.first_byte_s > FIRST_BYTE_TARGET_S:
-            fast.misses.append(f"{_label(cell_of(r))}: first byte after {r.first_byte_s} s")
+            seconds = "none" if r.first_byte_s is None else f"{r.first_byte_s:.2f} s"
+            fast.misses.append(f"{_label(cell_of(r))}: first byte after {seconds}" + _why_slow(r))
     fast.passed = not fast.misses
     return [connect, direct, relay, fast]
+
+
+def _why_slow(record: CellRecord) -> str:
+    if cell_of(record).udp_blocked:
+        return " (TURN over UDP tried for 2.5 s before TCP)"
+    return ""
 
 
 def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
@@ -194,7 +201,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "[connectivity.json](connectivity.json) has every cell's record.",
         "",
         f"- date: {meta.get('date')}; kernel {meta.get('kernel')}; {meta.get('cpus')} CPUs; "
-        f"netem: {'yes' if netem else 'no (' + NO_NETEM + ')'}",
+        f"netem: {'yes' if netem else 'no, so the link profiles apply rate and loss but no delay'}",
         f"- runs per cell: {meta.get('runs')} (time to first byte is their median); "
         f"matrix wall time {meta.get('runtime_s', 0) / 60:.1f} min",
         "",
@@ -217,7 +224,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
             "the viewer on LAN: a carrier puts the recorder behind a carrier-grade NAT (EIM/APDF) or "
             "a symmetric one, and the viewer sits behind a full cone, a port-restricted router, or a "
             "symmetric NAT. The six cells cover a punch towards an open viewer, a punch between two "
-            "filtering NATs, and the relay, on a slow, lossy link."
+            "filtering NATs, and the relay, on a slow link (lossy on GPRS)."
             + (
                 ""
                 if netem
@@ -251,14 +258,24 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "prediction (possible for `sequential_symmetric`, not implemented) or a birthday-paradox "
         "search (for random ports) those cells stay on the relay. The same holds for carrier-grade "
         "NAT (EIM/APDF overall) and symmetric × symmetric.",
-        "- **UDP blocked.** Only TCP 443 leaves; presence over TCP/TLS and TURN over TCP 443 are not "
-        "built yet (presence over TCP is in progress), so the device cannot register and the viewer "
-        "cannot allocate a relay: those cells are expected to FAIL until that lands.",
-        "- **`lan` across the lab internet.** The product labels a pair of host candidates `lan`. A "
-        "public host offers its public address as a host candidate, so public × public is `lan`, and "
-        "so is a cell where the viewer's host candidate reached the public device (seen as peer "
-        "reflexive). Hairpin is `lan` as well: both hosts sit on the NAT's LAN bridge, and their host "
-        "candidates reach each other before the hairpinned server-reflexive ones.",
+        "- **UDP blocked.** Only TCP to port 443 leaves. The device's presence falls back to TCP/TLS "
+        "(`[presence] transport = auto`, after two unanswered registrations over UDP) and each blocked "
+        "side allocates its relay over TCP; the relay then forwards between the two allocations as "
+        "usual. In this lab the broker serves three things on port 443, each on its own address: TURN "
+        "over TCP on its main address (`turn_tcp_port = 443`; the default 3479 is not reachable from "
+        "such a network), presence over TCP/TLS on the second (`presence_tcp_host`) and the HTTPS API "
+        "on a third the rig adds. A blocked side first tries TURN over UDP for 2.5 s "
+        "(`TURN_UDP_TIMEOUT_S` in daemon/connectivity.py) before it tries TCP, which is why these "
+        "cells miss the 2 s first-byte target (about 3 s with one side blocked, 5.5 s with both).",
+        "- **`lan` across the lab internet.** The viewer names the path after the pair ICE "
+        "nominated: `lan` when both candidates are host candidates (daemon/connectivity.py), "
+        "wherever the packets go. A public device offers its public address as a host candidate, "
+        "and the viewer's host candidate reaches it through the viewer's NAT (the device sees a "
+        "peer-reflexive address), so the public row reads `lan` although the path crosses the "
+        "viewer's NAT; a NATed device with a public viewer reads `direct`. Hairpin reads `lan` "
+        "because both hosts sit on the NAT's LAN bridge and their host candidates reach each other; "
+        "the hairpinned server-reflexive pair is not what ICE nominates there.",
+        "- **Sequential symmetric** behaves as random symmetric: port prediction is not implemented.",
         "",
     ]
     return "\n".join(out)
