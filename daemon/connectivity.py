@@ -10,7 +10,8 @@ paths, named by labels that the cores take as opaque addresses:
   waiting for anything (RFC 8656 queues our first datagrams behind the binding).
 - ``LAN`` (``("lan", 0)``) or ``DIRECT`` (``("direct", 0)``): the pair an ``aioice.Connection``
   nominates among host and server-reflexive candidates (no TURN inside aioice). ``LAN`` when both
-  candidates are host candidates, ``DIRECT`` otherwise. The checks run in the background; nothing
+  candidates are host candidates and the peer's is a private, link-local or loopback address,
+  ``DIRECT`` otherwise. The checks run in the background; nothing
   waits for them, and a failure only leaves the relay in use.
 
 Lifecycle, either side::
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
@@ -70,8 +72,8 @@ PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
 
 TURN_TIMEOUT_S = 5.0
 """How long an Allocate (with its 401 round) may take per TURN server."""
-TURN_UDP_TIMEOUT_S = 2.5
-"""How long an Allocate over UDP may take while a TCP server is left to try (UDP may be blocked)."""
+TURN_HEAD_START_S = 0.3
+"""How long an Allocate may go unanswered before one over the other transport starts beside it."""
 SRFLX_TIMEOUT_S = 5.0
 """How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
 ICE_TIMEOUT_S = 30.0
@@ -182,6 +184,8 @@ class Connectivity:
         self._srflx: list[Candidate] = []
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
         self._srflx_task: asyncio.Task[None] | None = None
+        self._stragglers: set[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]] = set()
+        """Allocation attempts that lost the race and still run (released when they finish)."""
         self._local_end = False
         self._local_changed = asyncio.Event()
         self._ice_task: asyncio.Task[None] | None = None
@@ -298,55 +302,95 @@ class Connectivity:
             await asyncio.wait_for(self._local_changed.wait(), timeout)
 
     async def _allocate(self, servers: Sequence[TurnServer]) -> None:
-        """Allocate on the first server that answers, in the broker's order (UDP ones first). A
-        UDP server gets only ``TURN_UDP_TIMEOUT_S`` while a TCP server is still to try; once one
-        UDP server did not answer at all (UDP blocked), the TCP servers are tried before the
-        remaining UDP ones."""
-        queue = list(servers)
-        while queue:
-            server = queue.pop(0)
-            tcp_left = any(s.transport == "tcp" for s in queue)
-            timeout = TURN_UDP_TIMEOUT_S if server.transport == "udp" and tcp_left else TURN_TIMEOUT_S
-            try:
-                receiver: _RelayReceiver | None = None
+        """Allocate on the first server that answers. Servers are tried in the broker's order
+        (UDP ones first), but not one after the other: when an attempt has not succeeded within
+        ``TURN_HEAD_START_S``, the next server of the *other* transport starts beside it (UDP may
+        be blocked, TCP may be slow), and a failed attempt starts the next server at once. The
+        first allocation wins; one that succeeds later is released in the background."""
+        pending = list(servers)
+        attempts: dict[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]], TurnServer] = {}
 
-                def factory() -> _RelayReceiver:
-                    nonlocal receiver
-                    receiver = _RelayReceiver(self)
-                    return receiver
+        def launch(transport: str | None = None) -> bool:
+            for index, server in enumerate(pending):
+                if transport is None or server.transport == transport:
+                    del pending[index]
+                    attempts[asyncio.ensure_future(self._open_turn(server))] = server
+                    return True
+            return False
 
-                transport, _ = await asyncio.wait_for(
-                    create_turn_endpoint(
-                        factory,
-                        (server.host, server.port),
-                        server.username,
-                        server.password,
-                        transport=server.transport,
-                    ),
-                    timeout,
-                )
-            except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
-                message = _turn_error(server, exc)
-                log.warning("%s", message)
-                self.errors.append(message)
-                if server.transport == "udp" and isinstance(exc, (stun.TransactionTimeout, TimeoutError)):
-                    queue.sort(key=lambda s: s.transport != "tcp")  # stable: TCP ones next
+        launch()
+        while attempts:
+            done, _ = await asyncio.wait(
+                attempts, timeout=TURN_HEAD_START_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # nothing yet: give the other transport its chance beside it
+                running = {server.transport for server in attempts.values()}
+                other = "tcp" if running == {"udp"} else "udp" if running == {"tcp"} else None
+                if other is not None:
+                    launch(other)
                 continue
-            self._turn = transport
-            self._turn_server = server
-            inner = _turn_client(transport)
-            if inner is not None and server.transport == "udp":
-                _batch_reads(getattr(inner, "transport", None), inner)
-            self._relay_receiver = receiver
-            self._relayed_address = transport.get_extra_info("sockname")
-            self._related_address = transport.get_extra_info("related_address")
-            return
+            for task in done:
+                server = attempts.pop(task)
+                exc = task.exception()
+                if exc is not None:
+                    message = _turn_error(server, exc)
+                    log.warning("%s", message)
+                    self.errors.append(message)
+                    if not attempts:
+                        launch()
+                    continue
+                if self._turn is None:
+                    transport, receiver = task.result()
+                    self._adopt(server, transport, receiver)
+                else:
+                    task.result()[0].close()  # a second success: not needed
+            if self._turn is not None:
+                for task in attempts:
+                    task.add_done_callback(_release_turn)
+                    self._stragglers.add(task)
+                    task.add_done_callback(self._stragglers.discard)
+                return
         if not servers:
             self.errors.append("no TURN server was given")
         if self.policy is PathPolicy.RELAY_ONLY:
             raise ConnectivityError(
                 "relay-only session without a relay: " + "; ".join(self.errors[-len(servers) or -1 :])
             )
+
+    async def _open_turn(self, server: TurnServer) -> tuple[TurnTransport, _RelayReceiver | None]:
+        """One allocation attempt (with its 401 round), bounded by ``TURN_TIMEOUT_S``.
+
+        Raises:
+            OSError, ConnectionError, stun.TransactionError, TimeoutError: it failed.
+        """
+        receiver: _RelayReceiver | None = None
+
+        def factory() -> _RelayReceiver:
+            nonlocal receiver
+            receiver = _RelayReceiver(self)
+            return receiver
+
+        transport, _ = await asyncio.wait_for(
+            create_turn_endpoint(
+                factory,
+                (server.host, server.port),
+                server.username,
+                server.password,
+                transport=server.transport,
+            ),
+            TURN_TIMEOUT_S,
+        )
+        return transport, receiver
+
+    def _adopt(self, server: TurnServer, transport: TurnTransport, receiver: _RelayReceiver | None) -> None:
+        self._turn = transport
+        self._turn_server = server
+        inner = _turn_client(transport)
+        if inner is not None and server.transport == "udp":
+            _batch_reads(getattr(inner, "transport", None), inner)
+        self._relay_receiver = receiver
+        self._relayed_address = transport.get_extra_info("sockname")
+        self._related_address = transport.get_extra_info("related_address")
 
     # -- local parameters ---------------------------------------------------------------------------
 
@@ -488,7 +532,7 @@ class Connectivity:
             self._check_failed()
             return
         local, remote = pair
-        path = LAN if local.type == "host" and remote.type == "host" else DIRECT
+        path = LAN if local.type == "host" and remote.type == "host" and _private(remote.host) else DIRECT
         self._ice_path = path
         self._mark_ready(path)
         pending = list(self._ice_pending)
@@ -551,6 +595,10 @@ class Connectivity:
             return
         self._closed = True
         self._ready.clear()
+        for straggler in list(self._stragglers):
+            straggler.cancel()
+        if self._stragglers:
+            await asyncio.gather(*self._stragglers, return_exceptions=True)
         if self._srflx_task is not None:
             self._srflx_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -665,6 +713,22 @@ async def _srflx_candidate(protocol: Any, stun_server: tuple[str, int]) -> Candi
         return None
     candidate, _ = await aioice.ice.server_reflexive_candidate(protocol, stun_server)
     return candidate
+
+
+def _private(host: str) -> bool:
+    """A private, link-local or loopback address: a host pair to one is a lan path; a host pair
+    to a public address crosses the internet (a public device seen from behind a NAT)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_private or address.is_link_local or address.is_loopback
+
+
+def _release_turn(task: asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]) -> None:
+    """An allocation attempt that lost the race: release it if it succeeded after all."""
+    if not task.cancelled() and task.exception() is None:
+        task.result()[0].close()
 
 
 def _batch_reads(transport: Any, protocol: asyncio.DatagramProtocol) -> bool:

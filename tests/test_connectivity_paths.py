@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aioice.ice
@@ -286,3 +287,27 @@ async def sink(stream: SessionStream, target: StreamTarget) -> None:
     while await stream.read():
         pass
     stream.write_eof()
+
+
+def test_a_silent_udp_turn_server_does_not_hold_up_the_tcp_one() -> None:
+    """UDP blocked: the UDP allocation gets no answer at all. The TCP one starts beside it after
+    a short head start and wins, before the UDP attempt even times out (no error recorded yet)."""
+
+    async def main() -> None:
+        async with lab() as the_lab:
+            silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+            silent.bind((LOOPBACK, 0))
+            try:
+                [tcp] = the_lab.turn_servers("account-1", "tcp")
+                udp = TurnServer(LOOPBACK, silent.getsockname()[1], "udp", tcp.username, tcp.password)
+                conn = await Connectivity.prepare(True, None, [udp, tcp], PathPolicy.RELAY_ONLY)
+                try:
+                    assert conn.relayed_address is not None
+                    assert conn._turn_server == tcp
+                    assert conn.errors == []  # the UDP attempt was still pending, not given up
+                finally:
+                    await conn.close()
+            finally:
+                silent.close()
+
+    run(main)
