@@ -323,6 +323,9 @@ class DeviceEvents:
                 self._invites.handle(event, self._client, self._core_clock())
             return
         broker = self._config.broker.address
+        if self.presence_transport() == "tcp":
+            host, port = self._config.broker.tcp_address
+            broker = f"{host}:{port} over TCP/TLS"
         ready = False
         systemd_status: str | None = None
         if isinstance(event, Registered):
