@@ -70,6 +70,12 @@ LAN: Path = ("lan", 0)
 PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
 """Preference: lan over direct over relay."""
 
+LAN_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8",
+                "fc00::/7", "fe80::/10", "::1/128")
+)  # fmt: skip
+"""Where a host candidate makes a lan path (see ``_private``)."""
 TURN_TIMEOUT_S = 5.0
 """How long an Allocate (with its 401 round) may take per TURN server."""
 TURN_HEAD_START_S = 0.3
@@ -716,13 +722,15 @@ async def _srflx_candidate(protocol: Any, stun_server: tuple[str, int]) -> Candi
 
 
 def _private(host: str) -> bool:
-    """A private, link-local or loopback address: a host pair to one is a lan path; a host pair
-    to a public address crosses the internet (a public device seen from behind a NAT)."""
+    """A private (RFC 1918, RFC 4193), link-local or loopback address: a host pair to one is a lan
+    path; a host pair to any other address crosses networks (a public device seen from behind a
+    NAT). Python's ``is_private`` is not used: it also counts documentation and other reserved
+    ranges."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
-    return address.is_private or address.is_link_local or address.is_loopback
+    return any(address in network for network in LAN_NETWORKS if network.version == address.version)
 
 
 def _release_turn(task: asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]) -> None:

@@ -32,6 +32,7 @@ from dvrlink.daemon.connectivity import (
     _channel_send,
     _gather_host,
     _host_protocols,
+    _private,
     _selected_pair,
     _selected_transport,
     _turn_client,
@@ -311,3 +312,24 @@ def test_a_silent_udp_turn_server_does_not_hold_up_the_tcp_one() -> None:
                 silent.close()
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    ("host", "lan"),
+    [
+        ("10.1.2.3", True),
+        ("172.20.0.9", True),
+        ("192.168.1.5", True),
+        ("169.254.7.7", True),
+        ("127.0.0.1", True),
+        ("fe80::1%eth0", True),
+        ("fd12::5", True),
+        ("203.0.113.10", False),  # documentation ranges stand for public addresses
+        ("100.64.1.1", False),  # carrier-grade NAT space: not the viewer's lan
+        ("8.8.8.8", False),
+        ("2001:db8::1", False),
+        ("not-an-address", False),
+    ],
+)
+def test_a_host_pair_is_lan_only_towards_a_private_address(host: str, lan: bool) -> None:
+    assert _private(host) is lan
