@@ -264,17 +264,15 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "usual. In this lab the broker serves three things on port 443, each on its own address: TURN "
         "over TCP on its main address (`turn_tcp_port = 443`; the default 3479 is not reachable from "
         "such a network), presence over TCP/TLS on the second (`presence_tcp_host`) and the HTTPS API "
-        "on a third the rig adds. A blocked side first tries TURN over UDP for 2.5 s "
-        "(`TURN_UDP_TIMEOUT_S` in daemon/connectivity.py) before it tries TCP, which is why these "
-        "cells miss the 2 s first-byte target (about 3 s with one side blocked, 5.5 s with both).",
-        "- **`lan` across the lab internet.** The viewer names the path after the pair ICE "
-        "nominated: `lan` when both candidates are host candidates (daemon/connectivity.py), "
-        "wherever the packets go. A public device offers its public address as a host candidate, "
-        "and the viewer's host candidate reaches it through the viewer's NAT (the device sees a "
-        "peer-reflexive address), so the public row reads `lan` although the path crosses the "
-        "viewer's NAT; a NATed device with a public viewer reads `direct`. Hairpin reads `lan` "
-        "because both hosts sit on the NAT's LAN bridge and their host candidates reach each other; "
-        "the hairpinned server-reflexive pair is not what ICE nominates there.",
+        "on a third the rig adds. A session starts its TURN allocation over UDP and, if that has not "
+        "succeeded 0.3 s later, over TCP beside it (`TURN_HEAD_START_S` in daemon/connectivity.py); "
+        "the first allocation wins.",
+        "- **`lan` and `direct`.** A pair of host candidates is `lan` when the peer's address is "
+        "private (RFC 1918, RFC 4193), link-local or loopback, else `direct` (daemon/connectivity.py): "
+        "the lab's public addresses are documentation ranges, so a public device reads `direct`. "
+        "Hairpin reads `lan` because both hosts sit on the NAT's LAN bridge and their host "
+        "candidates reach each other; the hairpinned server-reflexive pair is not what ICE "
+        "nominates there.",
         "- **Sequential symmetric** behaves as random symmetric: port prediction is not implemented.",
         "",
     ]
