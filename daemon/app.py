@@ -133,6 +133,7 @@ async def run_daemon(
             await asyncio.gather(modem_task, return_exceptions=True)
         await sessions.close()
         if events.tuning is not None:
+            events.tuning.cancel()
             for prober in (events.tuning.prober, events.tuning.tcp_prober):
                 if prober is not None:
                     await prober.close()
@@ -153,6 +154,7 @@ def _presence_tuning(
         modem=modem,
         reporter=Reporter(ReportPolicy(min_interval_s=presence.report_min_interval_s)),
     )
+    tuning.learn_after_s = presence.learn_after_s
     if presence.learn_keepalive:
         learner = LifetimeLearner(
             LearnerConfig(

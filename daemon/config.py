@@ -104,6 +104,9 @@ class PresenceConfig:
     keeps the device reachable. False: always ``keepalive_interval_s``."""
     max_keepalive_interval_s: float = 1800.0
     """The longest interval learning may reach."""
+    learn_after_s: float = 60.0
+    """Seconds after the first registration before learning starts, so its probes do not
+    compete with what a device does first (a viewer's session on a slow uplink)."""
     report_min_interval_s: float = 60.0
     """Shortest time between two reports to the broker (signal, network, data used, keepalive);
     a change of the modem's state goes at once. Reports ride on keepalives."""
@@ -291,6 +294,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         retries=pre.integer("retries", 0, 10),
         learn_keepalive=pre.boolean("learn_keepalive"),
         max_keepalive_interval_s=pre.number("max_keepalive_interval_s", 10.0, 3600.0),
+        learn_after_s=pre.number("learn_after_s", 0.0, 86400.0),
         report_min_interval_s=pre.number("report_min_interval_s", 1.0, 86400.0),
     )
     if presence.reply_timeout_s * (presence.retries + 1) >= presence.keepalive_interval_s:

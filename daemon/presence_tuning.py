@@ -81,6 +81,9 @@ class PresenceTuning:
         self.set_tcp_interval: Callable[[float], None] = lambda interval: None
         """Gives the presence transport a learned TCP keepalive interval."""
         self.tcp_lifetime: float | None = None
+        self.learn_after_s = 0.0
+        """Seconds after the first registration before NAT lifetime probes start."""
+        self._starting: dict[NatProber, asyncio.TimerHandle] = {}
 
     def status(self) -> dict[str, Any]:
         """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
@@ -99,7 +102,7 @@ class PresenceTuning:
         tcp_prober = self.tcp_prober
         if tcp_prober is not None and isinstance(event, Registered | ReflexiveAddressChanged):
             if tcp_prober.learner.state is LearnerState.IDLE and isinstance(event, Registered):
-                tcp_prober.start()
+                self._start_later(tcp_prober)
             elif isinstance(event, ReflexiveAddressChanged):
                 tcp_prober.path_changed(f"reflexive address changed to {event.new}")
         prober = self.prober
@@ -114,13 +117,34 @@ class PresenceTuning:
         if isinstance(event, Registered):
             if self._measured_from is None:
                 self._measured_from = event.reflexive_address
-                prober.start()
+                self._start_later(prober)
             elif event.reflexive_address != self._measured_from:
                 old, self._measured_from = self._measured_from, event.reflexive_address
                 prober.path_changed(f"registered from {event.reflexive_address}, was {old}")
         elif isinstance(event, ReflexiveAddressChanged) and self._measured_from is not None:
             self._measured_from = event.new
             prober.path_changed(f"reflexive address changed to {event.new}")
+
+    def _start_later(self, prober: NatProber) -> None:
+        """Start ``prober`` ``learn_after_s`` after registering, so its probes do not compete
+        with what a device does first (on a GPRS uplink, a viewer's session)."""
+        if prober in self._starting:
+            return
+        if self.learn_after_s <= 0:
+            prober.start()
+            return
+
+        def start() -> None:
+            self._starting.pop(prober, None)
+            prober.start()
+
+        self._starting[prober] = asyncio.get_running_loop().call_later(self.learn_after_s, start)
+
+    def cancel(self) -> None:
+        """Drop measurements that have not started yet (shutdown)."""
+        for handle in self._starting.values():
+            handle.cancel()
+        self._starting.clear()
 
     def on_learner_event(self, event: LearnerEvent) -> None:
         """What the learner decided: a new interval for the client and the report."""

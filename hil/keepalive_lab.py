@@ -392,6 +392,7 @@ def _daemon_config(
                 f"reply_timeout_s = {min(1.0, interval / 4):g}",
                 "retries = 2",
                 f"learn_keepalive = {'true' if learn else 'false'}",
+                "learn_after_s = 0",
                 f"max_keepalive_interval_s = {max(10.0, 1800 * scale):g}",
                 "report_min_interval_s = 1",
                 f'transport = "{transport}"',

@@ -55,7 +55,7 @@ def test_the_daemon_learns_its_interval_and_the_broker_keeps_its_report(tmp_path
                     f'[broker]\nhost = "127.0.0.1"\nport = {t.broker.info.udp_port}\n'
                     f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
                     "[presence]\nkeepalive_interval_s = 5\nreply_timeout_s = 1\nretries = 1\n"
-                    "learn_keepalive = true\nmax_keepalive_interval_s = 10\n"
+                    "learn_keepalive = true\nmax_keepalive_interval_s = 10\nlearn_after_s = 0\n"
                     'report_min_interval_s = 1\ntransport = "udp"\n'
                 )
                 stop = asyncio.Event()
