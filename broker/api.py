@@ -506,23 +506,15 @@ class BrokerApi:
         ttl = self._config.invite_ttl_s
         self._pairing_in_flight.add(serial)
         try:
-            outcome = await asyncio.wait_for(
-                self._presence.invite(serial, INVITE_KIND_PAIR, request_body, ttl), ttl + INVITE_GRACE_S
-            )
-        except NotOnlineError:
-            raise ApiError(
-                409, "device_offline", f"device {serial} went offline; retry when it is back"
-            ) from None
-        except TimeoutError:
-            outcome = InviteExpired(0, serial)
-        finally:
-            self._pairing_in_flight.discard(serial)
-        if isinstance(outcome, InviteExpired):
-            raise ApiError(
-                504,
-                "device_timeout",
+            outcome = await self._answered_invite(
+                serial,
+                INVITE_KIND_PAIR,
+                request_body,
+                ttl,
                 f"device {serial} did not answer within {ttl:.0f} s; check its network and retry",
             )
+        finally:
+            self._pairing_in_flight.discard(serial)
         result = self._check_result(device, outcome, viewer_key, nonce)
         result_b64 = base64.b64encode(outcome.body).decode("ascii")
         extra = {"result": result_b64}

@@ -232,16 +232,7 @@ class NatProber:
                 return "unsent"
             datagram, echo = made
             transport.sendto(datagram)
-            grace = timing.grace_s + 3 * (self._core.rtt or 0.0)
-            deadline = self._loop.time() + probe.delay + grace
-            while (left := deadline - self._loop.time()) > 0:
-                try:
-                    data = await asyncio.wait_for(inbox.queue.get(), left)
-                except TimeoutError:
-                    break
-                if self._core.probe_reply(data) == echo:
-                    return "answered"
-            return "lost"
+            return await self._answer(inbox.queue, echo, probe.delay)
         finally:
             transport.close()
 
@@ -263,20 +254,25 @@ class NatProber:
                 return "unsent"
             datagram, echo = made
             transport.write(encode_frame(datagram))
-            grace = self._timing.grace_s + 3 * (self._core.rtt or 0.0)
-            deadline = self._loop.time() + probe.delay + grace
-            while (left := deadline - self._loop.time()) > 0:
-                try:
-                    data = await asyncio.wait_for(inbox.queue.get(), left)
-                except TimeoutError:
-                    break
-                if not data:  # the connection closed: the NAT or the broker dropped it
-                    break
-                if self._core.probe_reply(data) == echo:
-                    return "answered"
-            return "lost"
+            return await self._answer(inbox.queue, echo, probe.delay)
         finally:
             transport.close()
+
+    async def _answer(self, queue: asyncio.Queue[bytes], echo: int, delay: float) -> str:
+        """ "answered" if the probe's answer arrives within ``delay`` plus the grace, else "lost"
+        (also when a TCP probe's connection closes: ``b""`` in the queue)."""
+        grace = self._timing.grace_s + 3 * (self._core.rtt or 0.0)
+        deadline = self._loop.time() + delay + grace
+        while (left := deadline - self._loop.time()) > 0:
+            try:
+                data = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
+            if not data:  # the connection closed: the NAT or the broker dropped it
+                break
+            if self._core.probe_reply(data) == echo:
+                return "answered"
+        return "lost"
 
     async def _prime(self, transport: asyncio.DatagramTransport, inbox: _Inbox) -> bool:
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)

@@ -84,6 +84,21 @@ _UPDATE = c.Struct(
 )
 
 
+def _encode_body(layout: c.Construct, values: dict[str, object], what: str) -> bytes:
+    """``layout`` built from ``values``, checked to fit an invite body.
+
+    Raises:
+        ValueError: a field is out of range, or the result exceeds an invite body.
+    """
+    try:
+        data = bytes(layout.build(values))
+    except (c.ConstructError, UnicodeEncodeError) as exc:
+        raise ValueError(f"cannot encode {what}: {exc}") from exc
+    if len(data) > MAX_INVITE_BODY:
+        raise ValueError(f"{what} is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite")
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class TurnServer:
     """A TURN server and time-limited REST credentials for it."""
@@ -115,35 +130,29 @@ class SessionOffer:
         Raises:
             ValueError: a field is out of range or the result exceeds an invite body.
         """
-        try:
-            data = bytes(
-                _OFFER.build(
+        return _encode_body(
+            _OFFER,
+            {
+                "session_id": self.session_id,
+                "viewer_key": self.viewer_key,
+                "policy": int(self.policy),
+                "flags": _FLAG_END if self.end_of_candidates else 0,
+                "ice_ufrag": self.ice_ufrag,
+                "ice_pwd": self.ice_pwd,
+                "candidates": list(self.candidates),
+                "turn": [
                     {
-                        "session_id": self.session_id,
-                        "viewer_key": self.viewer_key,
-                        "policy": int(self.policy),
-                        "flags": _FLAG_END if self.end_of_candidates else 0,
-                        "ice_ufrag": self.ice_ufrag,
-                        "ice_pwd": self.ice_pwd,
-                        "candidates": list(self.candidates),
-                        "turn": [
-                            {
-                                "host": t.host,
-                                "port": t.port,
-                                "transport": t.transport,
-                                "username": t.username,
-                                "password": t.password,
-                            }
-                            for t in self.turn
-                        ],
+                        "host": t.host,
+                        "port": t.port,
+                        "transport": t.transport,
+                        "username": t.username,
+                        "password": t.password,
                     }
-                )
-            )
-        except (c.ConstructError, UnicodeEncodeError) as exc:
-            raise ValueError(f"cannot encode session offer: {exc}") from exc
-        if len(data) > MAX_INVITE_BODY:
-            raise ValueError(f"session offer is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite")
-        return data
+                    for t in self.turn
+                ],
+            },
+            "session offer",
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SessionOffer:
@@ -186,24 +195,18 @@ class SessionAnswer:
         Raises:
             ValueError: a field is out of range or the result exceeds an invite body.
         """
-        try:
-            data = bytes(
-                _ANSWER.build(
-                    {
-                        "status": int(self.status),
-                        "flags": _FLAG_END if self.end_of_candidates else 0,
-                        "ice_ufrag": self.ice_ufrag,
-                        "ice_pwd": self.ice_pwd,
-                        "candidates": list(self.candidates),
-                        "message": self.message[:200],
-                    }
-                )
-            )
-        except (c.ConstructError, UnicodeEncodeError) as exc:
-            raise ValueError(f"cannot encode session answer: {exc}") from exc
-        if len(data) > MAX_INVITE_BODY:
-            raise ValueError(f"session answer is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite")
-        return data
+        return _encode_body(
+            _ANSWER,
+            {
+                "status": int(self.status),
+                "flags": _FLAG_END if self.end_of_candidates else 0,
+                "ice_ufrag": self.ice_ufrag,
+                "ice_pwd": self.ice_pwd,
+                "candidates": list(self.candidates),
+                "message": self.message[:200],
+            },
+            "session answer",
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SessionAnswer:
@@ -242,23 +245,15 @@ class CandidateUpdate:
         Raises:
             ValueError: a field is out of range or the result exceeds an invite body.
         """
-        try:
-            data = bytes(
-                _UPDATE.build(
-                    {
-                        "session_id": self.session_id,
-                        "flags": _FLAG_END if self.end_of_candidates else 0,
-                        "candidates": list(self.candidates),
-                    }
-                )
-            )
-        except (c.ConstructError, UnicodeEncodeError) as exc:
-            raise ValueError(f"cannot encode candidate update: {exc}") from exc
-        if len(data) > MAX_INVITE_BODY:
-            raise ValueError(
-                f"candidate update is {len(data)} bytes; at most {MAX_INVITE_BODY} fit an invite"
-            )
-        return data
+        return _encode_body(
+            _UPDATE,
+            {
+                "session_id": self.session_id,
+                "flags": _FLAG_END if self.end_of_candidates else 0,
+                "candidates": list(self.candidates),
+            },
+            "candidate update",
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> CandidateUpdate:
