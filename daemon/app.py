@@ -120,6 +120,9 @@ async def run_daemon(
     modem_task = None
     if modem is not None:
         modem.on_change = events.modem_changed
+        # The data cap stops optional traffic: new sessions and NAT lifetime probes.
+        sessions.admission = modem.optional_traffic_refusal
+        modem.on_cap = tuning.pause_probes
         modem_task = loop.create_task(modem.run(), name="modem")
     try:
         await link.start()

@@ -15,7 +15,11 @@
 - never lets the modem take the daemon down: an unexpected error is logged, shown in status, and
   the runner is built again after a backoff;
 - offers a snapshot for the status file (:meth:`ModemService.snapshot`) and a small report for the
-  broker (:meth:`ModemService.report`).
+  broker (:meth:`ModemService.report`);
+- applies the data cap of the SIM in the tray: at ``cap_warn_percent`` a warning (log, status); at
+  ``cap_stop_percent`` optional traffic stops (:meth:`ModemService.optional_traffic_refusal` says
+  why, ``on_cap`` is told) until a new billing cycle or another SIM clears it. Presence, its
+  keepalives and the control of the device go on.
 
 Timer settings the config file does not expose are in :class:`ModemTuning`; the defaults suit a
 real modem, rigs scale them down. :class:`ModemOptions` holds those and the seams tests use
@@ -38,7 +42,7 @@ from typing import Any, Protocol
 
 from dvrlink.daemon.config import ModemSettings
 from dvrlink.daemon.status import ModemBlock
-from dvrlink.modem.accounting import AccountingConfig, AccountingLedger, CapLevel
+from dvrlink.modem.accounting import AccountingConfig, AccountingLedger, CapLevel, next_cycle_start
 from dvrlink.modem.apn import (
     ApnConfig,
     ApnDatabaseError,
@@ -366,6 +370,9 @@ class ModemService:
         self.settings = settings
         self.options = options or ModemOptions()
         self.on_change = on_change
+        self.on_cap: Callable[[str], None] | None = None
+        """Called when optional traffic stops (with :meth:`optional_traffic_refusal`'s reason) and
+        when it may resume (with ``""``): the daemon pauses NAT lifetime probes."""
         self._tuning = self.options.tuning
         self._dir = Path(state_dir) / MODEM_DIR
         self._runtime_dir = Path(runtime_dir)
@@ -389,6 +396,7 @@ class ModemService:
         self._modem_changed: asyncio.Event | None = None
         self._change_pending = False
         self._cap_level = CapLevel.NORMAL
+        self._last_iccid = ""
         self.restarts = 0
         """How many times the runner was built again after an unexpected error."""
 
@@ -398,6 +406,25 @@ class ModemService:
         """Signal, radio technology, data used this cycle and state, for the broker."""
         status = self._current()
         return ModemReport(status.state.value, status.signal_dbm, status.rat, status.data_used_bytes)
+
+    def optional_traffic_refusal(self) -> str:
+        """Why optional traffic (new viewer sessions, NAT lifetime probes) must not run now: the
+        SIM in the tray reached its data cap this billing cycle. Empty when it may run."""
+        status = self._current()
+        if self._level(status) is not CapLevel.STOP:
+            return ""
+        assert self._ledger is not None
+        usage = self._ledger.core.usage(self._last_iccid)
+        cap = cap_bytes(self.settings) or 0
+        used = usage.total if usage is not None else cap
+        resume = ""
+        if usage is not None:
+            day = next_cycle_start(usage.cycle_start, self.settings.billing_cycle_day)
+            resume = f" on {day.isoformat()}"
+        return (
+            f"cellular data cap reached ({used / MB:.1f} of {cap / MB:.1f} MB this billing cycle): "
+            f"live view resumes with the next cycle{resume}, or raise [modem] monthly_cap_mb"
+        )
 
     def snapshot(self) -> ModemBlock:
         """The status file's modem block (ICCID redacted; the detail says what to do)."""
@@ -472,9 +499,11 @@ class ModemService:
         return self._status
 
     def _level(self, status: ModemStatus) -> CapLevel:
-        if self._ledger is None or not status.iccid:
+        # While the modem recovers or re-reads its SIM, the last SIM seen keeps its level.
+        self._last_iccid = status.iccid or self._last_iccid
+        if self._ledger is None or not self._last_iccid:
             return CapLevel.NORMAL
-        return self._ledger.core.cap_level(status.iccid)
+        return self._ledger.core.cap_level(self._last_iccid)
 
     def _changed(self) -> None:
         if self._change_pending:
@@ -504,8 +533,14 @@ class ModemService:
                     cap,
                 )
             else:
-                log.info("modem data cap cleared: a new billing cycle began")
+                log.info("modem data cap cleared: a new billing cycle began, or another SIM is in")
+            stopped = (self._cap_level is CapLevel.STOP) != (level is CapLevel.STOP)
             self._cap_level = level
+            if stopped and self.on_cap is not None:
+                try:
+                    self.on_cap(self.optional_traffic_refusal())
+                except Exception:
+                    log.exception("applying the data cap failed")
         for listener in (self.on_change, self._status_listener):
             if listener is not None:
                 try:

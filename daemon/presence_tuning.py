@@ -12,6 +12,9 @@ reports to the broker. Hooked into ``DeviceEvents`` (presence events, after each
   used and state; the keepalive interval, the NAT lifetime, the transport) and, when the report
   policy says so (``daemon/reporting.py``), handed to the presence client to ride on the next
   keepalive; an urgent one (the modem's state changed) is sent at once.
+- While the cellular data cap is reached (``pause_probes``), the NAT lifetime probes are optional
+  traffic: they stop, the keepalive interval in use stays, and the measurement starts again when
+  the cap clears. Presence itself goes on.
 """
 
 from __future__ import annotations
@@ -84,12 +87,18 @@ class PresenceTuning:
         self.learn_after_s = 0.0
         """Seconds after the first registration before NAT lifetime probes start."""
         self._starting: dict[NatProber, asyncio.TimerHandle] = {}
+        self.paused = ""
+        """Why the NAT lifetime probes are paused (the data cap); empty while they may run."""
+        self._held: set[NatProber] = set()
+        """Probers stopped or kept from starting by the pause, to start when it ends."""
 
     def status(self) -> dict[str, Any]:
         """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
         prober = self.prober
         if prober is None:
             return {"keepalive_learning": "off"}
+        if self.paused:
+            return {"keepalive_learning": "paused"}
         learner = prober.learner
         low = learner.bracket[0] if learner.state is LearnerState.SETTLED else None
         return {
@@ -130,6 +139,9 @@ class PresenceTuning:
         with what a device does first (on a GPRS uplink, a viewer's session)."""
         if prober in self._starting:
             return
+        if self.paused:
+            self._held.add(prober)
+            return
         if self.learn_after_s <= 0:
             prober.start()
             return
@@ -139,6 +151,31 @@ class PresenceTuning:
             prober.start()
 
         self._starting[prober] = asyncio.get_running_loop().call_later(self.learn_after_s, start)
+
+    def pause_probes(self, reason: str) -> None:
+        """Stop the NAT lifetime probes while ``reason`` holds (the data cap is reached); an empty
+        ``reason`` lets them run again: the ones stopped or held back start measuring afresh."""
+        if reason and not self.paused:
+            log.warning("NAT lifetime probes paused: %s; keepalives go on", reason)
+            for prober in (self.prober, self.tcp_prober):
+                if prober is None:
+                    continue
+                handle = self._starting.pop(prober, None)
+                if handle is not None:
+                    handle.cancel()
+                    self._held.add(prober)
+                elif prober.learner.state is not LearnerState.IDLE:
+                    self._held.add(prober)
+                prober.stop()
+        elif not reason and self.paused:
+            log.info("NAT lifetime probes resume")
+        self.paused = reason
+        if not reason:
+            held, self._held = self._held, set()
+            for prober in held:
+                if prober is self.prober and self.transport() != "udp":
+                    continue  # measured again once presence is back on UDP
+                prober.start()
 
     def cancel(self) -> None:
         """Drop measurements that have not started yet (shutdown)."""

@@ -4,8 +4,9 @@
 For each offer the broker pushes:
 
 1. ``handle`` (inside the cloud link's step) decodes the ``SessionOffer``; a malformed one is
-   answered ``INVITE_MALFORMED``, one over ``max_sessions`` ``BUSY``, and one whose path policy
-   contradicts the device's (``[sessions] policy``) ``REFUSED``. Otherwise a task takes over.
+   answered ``INVITE_MALFORMED``, one over ``max_sessions`` ``BUSY``, one whose path policy
+   contradicts the device's (``[sessions] policy``) ``REFUSED``, and so is one that ``admission``
+   holds back (the cellular data cap is reached), with its reason. Otherwise a task takes over.
 2. The task prepares the paths (``Connectivity.prepare``: a TURN allocation with the offer's
    credentials, host and server-reflexive candidates with the broker's presence port as STUN
    server), builds the session core and its runner, starts the paths towards the viewer's
@@ -217,6 +218,9 @@ class SessionServer:
         """Called after an answer sent from a task (outside the cloud link's step)."""
         self.on_change: Callable[[], None] = lambda: None
         """Called when a session is added, authenticated or removed."""
+        self.admission: Callable[[], str] = lambda: ""
+        """Why new sessions are refused now (the cellular data cap), told to the viewer; empty:
+        they are admitted."""
 
     # -- public --
 
@@ -275,6 +279,8 @@ class SessionServer:
         policy = combine_policies(offer.policy, self._config.policy)
         if self._closing:
             refusal = AnswerStatus.BUSY, "the device is shutting down; retry in a minute"
+        elif held_back := self.admission():
+            refusal = AnswerStatus.REFUSED, held_back
         elif session_id in self._sessions:
             refusal = AnswerStatus.REFUSED, f"session {session_id} is already open on the device"
         elif len(self._sessions) >= self._config.max_sessions:

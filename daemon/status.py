@@ -143,7 +143,8 @@ class DaemonStatus:
     keepalive_s: float | None = None
     """The keepalive interval in use, seconds."""
     keepalive_learning: str = "off"
-    """``off`` (fixed interval), ``measuring`` the NAT, or ``settled``."""
+    """``off`` (fixed interval), ``measuring`` the NAT, ``settled``, or ``paused`` (the cellular
+    data cap is reached: the NAT lifetime probes wait for the next billing cycle)."""
     nat_lifetime_s: float | None = None
     """The longest idle time the NAT kept a UDP mapping in the last measurement."""
 
@@ -278,6 +279,8 @@ def format_keepalive(status: DaemonStatus) -> str:
     every = f"every {status.keepalive_s:g} s"
     if status.keepalive_learning == "measuring":
         return f"{every} (measuring how long the NAT keeps an idle UDP mapping)"
+    if status.keepalive_learning == "paused":
+        return f"{every} (NAT lifetime probes paused: the cellular data cap is reached)"
     if status.keepalive_learning == "settled" and status.nat_lifetime_s is not None:
         return f"{every} (learned: the NAT keeps an idle UDP mapping at least {status.nat_lifetime_s:g} s)"
     return f"{every} (fixed)"

@@ -6,7 +6,8 @@ It owns the AT port (an ``AtLink`` with a fresh ``AtEngine`` per opening), carri
 ``Ladder`` what to do about each fault and runs the step (AT-level steps through the manager,
 port/USB/GPIO/board steps itself), saves the APN memory and the ladder state, and counts the data
 link's bytes per ICCID in the accounting ledger. The manager's clock is the loop's; the ladder's
-is the wall clock, because its state outlives the process.
+is the wall clock, because its state outlives the process; the accounting's is ``calendar`` (an
+aware ``datetime``: the billing cycle follows the calendar).
 
 Use::
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from dvrlink.modem.accounting import AccountingLedger
+from dvrlink.modem.accounting import AccountingEvent, AccountingLedger
 from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ProviderIndex
 from dvrlink.modem.at import AtConfig, AtEngine, AtEvent
 from dvrlink.modem.at_specs import CommandSpec, spec_for
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 PortFinder = Callable[[], str | None]
 """Returns the AT port's current device path, or None while the modem is not there (the
 detection layer finds it by USB ID and interface, so the path may change after a reset)."""
-RunnerEvent = ManagerEvent | LadderEntry
+RunnerEvent = ManagerEvent | LadderEntry | AccountingEvent
 AT_STEPS = frozenset({Step.RESYNC, Step.REATTACH, Step.CFUN_CYCLE, Step.MODEM_RESET})
 HOOK_STEPS = frozenset({Step.USB_RESET, Step.POWER_CYCLE, Step.BOARD_REBOOT})
 
@@ -118,8 +119,9 @@ class RunnerConfig:
 
 
 class ModemRunner:
-    """Runs one modem (see module docstring). ``on_event`` gets every manager event and every
-    ladder step taken, in order, from the event loop."""
+    """Runs one modem (see module docstring). ``on_event`` gets every manager event, every
+    ladder step taken and every accounting event (cycle started, cap warning/reached/cleared), in
+    order, from the event loop."""
 
     def __init__(
         self,
@@ -134,6 +136,7 @@ class ModemRunner:
         hooks: RecoveryHooks | None = None,
         ledger: AccountingLedger | None = None,
         wall_clock: Callable[[], float] = time.time,
+        calendar: Callable[[], datetime] = lambda: datetime.now().astimezone(),
         on_event: Callable[[RunnerEvent], None] | None = None,
     ) -> None:
         self.config = config
@@ -145,6 +148,7 @@ class ModemRunner:
         self._hooks = hooks
         self._ledger = ledger
         self._wall = wall_clock
+        self._calendar = calendar
         self._on_event = on_event
         memory = apn_memory_file.load() if apn_memory_file is not None else ApnMemory()
         self._memory = memory
@@ -344,6 +348,7 @@ class ModemRunner:
             self._acct_iccid = self.manager.iccid
             self._acct_last = (0, 0)
             self._acct_next = self._now() + self.config.accounting_interval_s
+            self._account()  # the cap level of this SIM applies from the start
             self.ladder.online(self._wall())
             self._save_ladder()
         elif isinstance(event, WentOffline):
@@ -426,8 +431,10 @@ class ModemRunner:
         drx = rx - last_rx if rx >= last_rx else rx
         dtx = tx - last_tx if tx >= last_tx else tx
         self._acct_last = (rx, tx)
-        if drx or dtx:
-            self._ledger.record(iccid, drx, dtx, datetime.now().astimezone())
+        # Recorded even without new bytes: the billing cycle rolls over (and the cap clears) on
+        # the calendar, and after a restart the first record re-raises the cap level reached.
+        for event in self._ledger.record(iccid, drx, dtx, self._calendar()):
+            self._emit(event)
 
     # --------------------------------------------------------------------------------- port
 
@@ -565,5 +572,5 @@ class ModemRunner:
                     await self._data_link.down()
         self._account()
         if self._ledger is not None:
-            self._ledger.close(datetime.now().astimezone())
+            self._ledger.close(self._calendar())
         self._save_ladder()

@@ -176,7 +176,13 @@ async def running(
     *,
     runner_factory: Callable[..., Any] | None = None,
     extra_modem: str = "",
+    extra_config: str = "",
+    runner_keywords: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    lab_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
+    """The daemon with the emulated modem against a loopback broker. ``extra_modem`` goes into
+    ``[modem]``, ``extra_config`` after it (other sections); ``runner_keywords`` rewrites the
+    service's keywords to ``ModemRunner`` (to add a test calendar, to meter the data link)."""
     monkeypatch.setenv("FAKE_DHCP_IP", "127.0.0.1")
     monkeypatch.setenv("FAKE_DHCP_ROUTER", "127.0.0.1")
     sim = SimCard.for_network("26201", iccid=ICCID, working_apns=frozenset({WORKING_APN}))
@@ -184,7 +190,7 @@ async def running(
         port = tmp_path / "ttyMODEM"
         follow(port, emu.path)
         emu.on_path_change = lambda path: follow(port, path)
-        async with lab(tmp_path) as t:
+        async with lab(tmp_path, **(lab_settings or {})) as t:
             argv = (sys.executable, str(FAKE_UDHCPC), "-f", "-i", "{iface}", "-n")
             dhcp = ", ".join(f'"{word}"' for word in argv)
             config_file = tmp_path / "dvrlinkd.toml"
@@ -194,7 +200,7 @@ async def running(
                 f'[broker]\nhost = "127.0.0.1"\nport = {t.broker.info.udp_port}\n'
                 f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
                 f'[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{port}"\n'
-                f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n{extra_modem}'
+                f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n{extra_modem}\n{extra_config}'
             )
             config = load_config(config_file)
             runners: list[ModemRunner] = []
@@ -202,6 +208,8 @@ async def running(
             def make_runner(*args: Any, **kwargs: Any) -> Any:
                 if runner_factory is not None:
                     return runner_factory(*args, **kwargs)
+                if runner_keywords is not None:
+                    kwargs = runner_keywords(kwargs)
                 runners.append(ModemRunner(*args, **kwargs))
                 return runners[-1]
 

@@ -1,0 +1,157 @@
+"""The cellular data cap inside dvrlinkd: a warning at ``cap_warn_percent``, then optional traffic
+stops at ``cap_stop_percent`` (a viewer's new session is refused with the reason, the NAT lifetime
+probes pause) while presence stays registered, and everything resumes when a new billing cycle
+starts.
+
+The daemon runs as in ``test_daemon_modem.py`` (the emulated EC25, the stand-in udhcpc on ``lo``,
+a loopback broker with its TURN relay). Two seams make the cap reachable without moving real
+bytes: the data link's byte counters are metered by the test (the link itself is the daemon's
+real one), and the accounting's calendar is the test's, so "next month" is a step of the test.
+Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_daemon_sessions
+from test_daemon_modem import SERIAL, Rig, running, status_rows
+from test_daemon_sessions import Connections, LogWatch
+from test_daemon_sessions import Rig as SessionRig
+
+from dvrlink.daemon.status import format_status, read_status
+from dvrlink.modem.manager import DataFailed, DataLink, DataRequest, DataUp
+
+pytestmark = pytest.mark.timeout(90)
+
+CAP_CONFIG = "monthly_cap_mb = 1\ncap_warn_percent = 50\nbilling_cycle_day = 1\n"
+OTHER_SECTIONS = '[sessions]\nhost_addresses = ["127.0.0.1"]\n[presence]\nlearn_after_s = 0\n'
+
+
+class MeteredLink:
+    """The daemon's data link, with byte counters the test sets (``lo`` counts every process)."""
+
+    def __init__(self, link: DataLink) -> None:
+        self._link = link
+        self.rx = 0
+        self.tx = 0
+
+    async def up(self, request: DataRequest) -> DataUp | DataFailed:
+        return await self._link.up(request)
+
+    async def down(self) -> None:
+        await self._link.down()
+
+    async def probe(self) -> bool:
+        return await self._link.probe()
+
+    def counters(self) -> tuple[int, int]:
+        return self.rx, self.tx
+
+
+class Calendar:
+    """The accounting's clock: the test turns the page to the next billing cycle."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@contextlib.contextmanager
+def daemon_log() -> Iterator[LogWatch]:
+    """The daemon's INFO lines while the block runs."""
+    watch, logger = LogWatch(), logging.getLogger("dvrlink")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+
+
+def test_the_data_cap_warns_then_stops_optional_traffic_until_the_next_cycle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    links: list[MeteredLink] = []
+    calendar = Calendar()
+
+    def meter(keywords: dict[str, Any]) -> dict[str, Any]:
+        links.append(MeteredLink(keywords["data_link"]))
+        return {**keywords, "data_link": links[-1], "calendar": calendar}
+
+    # the session rig's pairing and offers, aimed at this daemon's serial
+    monkeypatch.setattr(test_daemon_sessions, "SERIAL", SERIAL)
+
+    async def main() -> None:
+        with daemon_log() as watch:
+            async with running(
+                tmp_path,
+                monkeypatch,
+                extra_modem=CAP_CONFIG,
+                extra_config=OTHER_SECTIONS,
+                runner_keywords=meter,
+                lab_settings={"turn_allow_loopback_peers": True},
+            ) as rig:
+                await scenario(rig, watch, links, calendar)
+
+    async def bounded() -> None:
+        async with asyncio.timeout(80):
+            await main()
+
+    asyncio.run(bounded())
+
+
+async def scenario(rig: Rig, watch: LogWatch, links: list[MeteredLink], calendar: Calendar) -> None:
+    run_dir = rig.config.device.runtime_dir
+    await rig.watch.until(lambda b: b.state == "online" and b.cap_level == "normal", "online under the cap")
+    await watch.wait_for(r"^registered: ")
+    session = SessionRig(rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon)
+    auth, key, _pin = await session.pair()
+    link = links[-1]
+
+    # 60 % of the cap: a warning in the log and in `dvrlinkd status`; sessions still open
+    link.rx, link.tx = 400_000, 200_000
+    block = await rig.watch.until(lambda b: b.cap_level == "warn", "the cap warning")
+    assert block.data_used_bytes == 600_000 and block.data_cap_bytes == 1_000_000
+    await watch.wait_for(r"modem data at 50% of the cap: 600000 of 1000000 bytes")
+    rows = status_rows(format_status(read_status(run_dir), 0.0))
+    assert rows["data this cycle"].endswith("(warn)"), rows
+
+    # over the cap: new sessions are refused with the reason, probes pause, presence goes on
+    mark = len(watch.lines)
+    link.rx = 900_000
+    await rig.watch.until(lambda b: b.cap_level == "stop", "the cap reached")
+    await watch.wait_for(r"NAT lifetime probes paused: cellular data cap reached", after=mark)
+    status = read_status(run_dir)
+    assert status.keepalive_learning == "paused"
+    assert "probes paused" in status_rows(format_status(status, 0.0))["keepalive"]
+    code, body, conn, _ = await session.offer(auth, key)
+    assert (code, body["status"]) == (403, "refused"), body
+    message = body["device_message"]
+    assert "cellular data cap reached (1.1 of 1.0 MB this billing cycle)" in message
+    assert "next cycle on 2026-12-01" in message and "monthly_cap_mb" in message
+    await watch.wait_for(r"refused: cellular data cap reached", after=mark)
+    assert rig.registered() and status.state == "online"
+
+    # the next billing cycle: the cap clears, probes measure again, sessions are accepted
+    mark = len(watch.lines)
+    calendar.now += timedelta(days=12)
+    await rig.watch.until(lambda b: b.cap_level == "normal", "the cap cleared by a new cycle")
+    await watch.wait_for(r"modem data cap cleared", after=mark)
+    await watch.wait_for(r"NAT lifetime probes resume", after=mark)
+    assert read_status(run_dir).keepalive_learning != "paused"
+    code, body, conn, _ = await session.offer(auth, key)
+    await conn.close()
+    assert code == 200, body
+    assert rig.registered()
