@@ -114,11 +114,14 @@ class ModemEmulator:
         return self._path
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread and close the PTY. Raises RuntimeError if the thread does not end."""
+        """Stop the thread and close the PTY; a data call ends, as at power-off.
+
+        Raises RuntimeError if the thread does not end."""
         with self._lock:
             if not self._running:
                 return
             self._running = False
+            self.model.end_calls()
             self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -274,14 +277,17 @@ class ModemEmulator:
             self.model.faults.dial_failures = count
 
     def drop_carrier(self) -> None:
-        """End a PPP call from the network side (``NO CARRIER``)."""
+        """End the data call from the network side (PPP: ``NO CARRIER``; ECM: the call ends,
+        with the family's URC if it has one)."""
         with self._lock:
             self.model.drop_carrier()
 
     def vanish(self, reappear_after: float | None = None, *, reboot: bool = True) -> None:
         """Close the PTY as a USB unplug does. With ``reappear_after``, a new PTY (new path)
-        appears that much later, the modem in power-on state when ``reboot``."""
+        appears that much later, the modem in power-on state when ``reboot``. A data call ends
+        (the USB device took its network function with it)."""
         with self._lock:
+            self.model.end_calls()
             self._close_pty()
             self._out.clear()
             self._changed.notify_all()

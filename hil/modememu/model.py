@@ -82,7 +82,11 @@ class DataPath(Protocol):
 
     ``connected`` is called after ``CONNECT`` (mode ``"ppp"``, bytes from the host then arrive in
     ``received`` and ``send`` writes to the host) or after a successful ECM dial (mode ``"ecm"``,
-    no bytes over the PTY). Called from the emulator's thread with its lock held: return quickly.
+    no bytes over the PTY; called before the dial's reply is written, so a network interface the
+    hook makes exists when the host sees ``OK``). ``disconnected`` follows once per call, whatever
+    ended it: a hang-up or disconnect command, the network (``drop``), lost registration or
+    signal, SIM removal, ``CFUN``/``CGATT``/``CGACT`` turning the context off, a reboot or the
+    port vanishing. Called from the emulator's thread with its lock held: return quickly.
     """
 
     def connected(self, apn: str, mode: str, send: Callable[[bytes], None]) -> None: ...
@@ -165,6 +169,8 @@ class ModemModel:
         self._booting = False
         self.network_stat = STAT_HOME
         self.rssi, self.ber = 20, 99
+        self.ecm_call: int | None = None
+        """The context id of the ECM call the data path was told of (None: no call)."""
         self._power_on_state()
 
     # ----------------------------------------------------------------------------- state helpers
@@ -180,6 +186,7 @@ class ModemModel:
         self.detached = False
         self.data_mode = False
         self._reported_stat = self.registration_stat()
+        self._check_ecm_call()
 
     def sim_ready(self) -> bool:
         return self.sim is not None and self.pin_ok
@@ -285,6 +292,7 @@ class ModemModel:
                     break
         except _CmdError as exc:
             reply.final = self._error(exc.code)
+        self._check_ecm_call()  # CGACT=0, CGATT=0, CFUN=0/4, ATH or the disconnect command
         return reply
 
     def _one(self, cmd: str, reply: _Reply) -> None:
@@ -348,6 +356,7 @@ class ModemModel:
         self._reported_stat = stat
         if not self.registered():
             self.active.clear()
+            self._check_ecm_call()
         for name, n in (
             ("+CREG", self.settings.creg_n),
             ("+CGREG", self.settings.cgreg_n),
@@ -369,8 +378,7 @@ class ModemModel:
 
     def reboot(self) -> None:
         """Go silent for ``boot_delay_s``, then come back with power-on state and boot URCs."""
-        if self.data_mode:
-            self._hang_up()
+        self.end_calls()
         self._booting = True
         self._line.clear()
 
@@ -385,8 +393,7 @@ class ModemModel:
         """Power-on state without URCs (the port re-enumerated while nobody listened)."""
         self._booting = False
         self._line.clear()
-        if self.data_mode:
-            self._hang_up()
+        self.end_calls()
         self._power_on_state()
 
     def send_boot_urcs(self) -> None:
@@ -412,7 +419,7 @@ class ModemModel:
         self.last_sim = self.sim
         self.sim = None
         self.pin_ok = True
-        self.active.clear()
+        self.end_calls()
         for line in self.profile.sim_removed_urcs:
             self.send_urc(line)
         self.update_registration()
@@ -466,10 +473,31 @@ class ModemModel:
             self.data_path.disconnected()
 
     def drop_carrier(self) -> None:
-        """The network ended the data call: ``NO CARRIER`` and back to command mode."""
+        """The network ended the data call: a PPP call sends ``NO CARRIER`` and returns to
+        command mode; an ECM call ends (with the family's URC, if it has one)."""
         if self.data_mode:
             self._hang_up()
             self.send_urc("NO CARRIER")
+        elif self.ecm_call is not None:
+            self.active.discard(self.ecm_call)
+            self._check_ecm_call()
+            if self.profile.ecm_ended_urc is not None:
+                self.send_urc(self.profile.ecm_ended_urc)
+
+    def end_calls(self) -> None:
+        """Every data call ends at once (reset, SIM removal, the port vanishing): no URCs."""
+        if self.data_mode:
+            self._hang_up()
+        self.active.clear()
+        self._check_ecm_call()
+
+    def _check_ecm_call(self) -> None:
+        """Tell the data path the ECM call ended once its context is no longer active."""
+        cid = self.ecm_call
+        if cid is not None and cid not in self.active:
+            self.ecm_call = None
+            if self.data_path is not None:
+                self.data_path.disconnected()
 
     def _ecm_dial(self, up: str, cmd: str, reply: _Reply) -> None:
         args = _split_args(up.split("=", 1)[1]) if "=" in up else []
@@ -485,9 +513,7 @@ class ModemModel:
             connect = bool(args) and args[0] == "1"
             cid = int(args[1]) if len(args) > 1 and args[1].isdigit() else 1
         if not connect:
-            self.active.discard(cid)
-            if self.data_path is not None:
-                self.data_path.disconnected()
+            self.active.discard(cid)  # the data path hears of it in _check_ecm_call
             return
         self._need_sim()
         assert self.sim is not None
@@ -505,8 +531,10 @@ class ModemModel:
             reply.info.extend(self.profile.ecm_dial_reply)
         if ok:
             self.active.add(cid)
-            if self.data_path is not None:
-                self.data_path.connected(apn, "ecm", self._write)
+            if self.ecm_call is None:  # dialling again during a call keeps it
+                self.ecm_call = cid
+                if self.data_path is not None:
+                    self.data_path.connected(apn, "ecm", self._write)
 
     # ------------------------------------------------------------------------ command handlers
 

@@ -57,6 +57,11 @@ class EmuProfile:
     """Information lines of a successful ECM dial, before ``OK``."""
     ecm_connected_urc: str | None = None
     """URC sent after a successful ECM dial (Huawei ``^NDISSTAT``)."""
+    ecm_ended_urc: str | None = None
+    """URC sent when the network ends an ECM call (Huawei ``^NDISSTAT: 0``)."""
+    net_interface: str | None = None
+    """The host's name for the modem's network function (``usb0`` for cdc_ether, ``wwan0`` for
+    qmi_wwan and huawei_cdc_ncm); None: no network function. A data path names its interface so."""
     default_cmee: int = 0
     extra_ok: tuple[str, ...] = ()
     """Vendor set commands (prefixes, upper case) answered ``OK`` without effect (init strings)."""
@@ -121,6 +126,7 @@ PROFILES: dict[str, EmuProfile] = {
         lte=True,
         act=7,
         ecm_dial="AT+QNETDEVCTL=",
+        net_interface="usb0",
         default_cmee=1,
         extra_ok=(*_COMMON_OK, "AT+QSIMSTAT=", "AT+QSIMDET=", "AT+QURCCFG=", "AT+QINDCFG=", "AT+QCFG="),
     ),
@@ -167,6 +173,7 @@ PROFILES: dict[str, EmuProfile] = {
         act=7,
         ecm_dial="AT$QCRMCALL=",
         ecm_dial_reply=("$QCRMCALL: 1,V4",),
+        net_interface="wwan0",
         extra_ok=(*_COMMON_OK, "AT+UIMHOTSWAPON=", "AT+UIMHOTSWAPLEVEL=", "AT+CUSBPIDSWITCH="),
     ),
     "huawei-e173": EmuProfile(
@@ -187,6 +194,8 @@ PROFILES: dict[str, EmuProfile] = {
         act=2,
         ecm_dial="AT^NDISDUP=",
         ecm_connected_urc='^NDISSTAT: 1,,,"IPV4"',
+        ecm_ended_urc='^NDISSTAT: 0,,,"IPV4"',
+        net_interface="wwan0",
         extra_ok=(*_COMMON_OK, "AT^CURC=", "AT^SYSCFG=", "AT^PORTSEL="),
     ),
     "huawei-mu709": EmuProfile(
@@ -212,6 +221,8 @@ PROFILES: dict[str, EmuProfile] = {
         act=2,
         ecm_dial="AT^NDISDUP=",
         ecm_connected_urc='^NDISSTAT: 1,,,"IPV4"',
+        ecm_ended_urc='^NDISSTAT: 0,,,"IPV4"',
+        net_interface="wwan0",
         extra_ok=(*_COMMON_OK, "AT^CURC=", "AT^SYSCFG=", "AT^SYSCFGEX="),
     ),
 }
