@@ -317,6 +317,11 @@ def advice(status: ModemStatus, settings: ModemSettings) -> str:
     state = status.state
     if state is ModemState.ONLINE:
         return ""
+    if status.setup_problem and state in (ModemState.CONNECTING, ModemState.DATA_BACKOFF):
+        return (
+            f"the data link cannot run on this system ({status.setup_problem}); it is tried again "
+            "every few minutes, no restart needed once fixed"
+        )
     if state is ModemState.PORT_CLOSED:
         where = settings.port or "the modem's AT port"
         return detail or f"waiting for {where}: check that the modem is plugged in and powered"

@@ -7,7 +7,9 @@ pppd's exit status 2, opens the modem device, runs the ``connect`` command on it
 environment (``IFNAME``, ``IPLOCAL``, ``IPREMOTE``, ``DEVICE``, ``LINKNAME``, ``PPPD_PID`` and, with
 ``usepeerdns``, ``DNS1``/``DNS2``). It exits with pppd's statuses: 5 on SIGTERM/SIGINT/SIGHUP (after
 running ``ip-down-script``), 8 when the connect script fails, 16 when the modem hangs up (``NO
-CARRIER`` or the port closing), 2 for a bad option. No PPP frames are exchanged.
+CARRIER`` or the port closing), 2 for a bad option, 3 when it would not be root, 4 when the kernel
+has no PPP support (both as pppd checks them: after the options, before the device, with pppd's
+messages). No PPP frames are exchanged.
 
 Run as ``fake_pppd.py --as-chat [-v] [-s] [-S] -f SCRIPT`` it stands in for chat(8): it plays a chat
 script (``ABORT``, ``TIMEOUT``, ``REPORT``, ``SAY``, expect/send pairs) on stdin/stdout and exits as
@@ -16,6 +18,9 @@ chat does: 0, 3 on a timeout, 4 + n when the n-th ABORT string (from 0) arrives.
 Behaviour switches, from the environment:
 
     FAKE_PPPD_EXIT=N            exit with N right after parsing the options (before the device)
+    FAKE_PPPD_NOT_ROOT=1        act as a pppd that is not setuid root, run by a user: exit 3
+    FAKE_PPPD_DEV_PPP=PATH      the kernel's PPP device to look for (pppd's is /dev/ppp): exit 4
+                                when it is missing (there is none on this machine)
     FAKE_PPPD_NEGOTIATION=...   after CONNECT: ok (default), ipcp-fail (10), auth-fail (19),
                                 peer-auth-fail (11), echo-timeout (up, then 15 after FAKE_PPPD_ECHO_S)
     FAKE_PPPD_LOCAL / _REMOTE / _DNS1 / _DNS2 / _IFNAME   the addresses ip-up reports
@@ -202,6 +207,16 @@ def pppd_main(argv: list[str]) -> int:
         return 2
     if "FAKE_PPPD_EXIT" in os.environ:
         return int(os.environ["FAKE_PPPD_EXIT"])
+    if os.environ.get("FAKE_PPPD_NOT_ROOT"):
+        say("pppd: must be root to run pppd, since it is not setuid-root")
+        return 3
+    dev_ppp = os.environ.get("FAKE_PPPD_DEV_PPP")
+    if dev_ppp and not os.path.exists(dev_ppp):
+        say(
+            "pppd: This system lacks kernel support for PPP.  This could be because the PPP kernel "
+            "module could not be loaded, or because PPP was not included in the kernel configuration."
+        )
+        return 4
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:

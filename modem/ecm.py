@@ -184,8 +184,8 @@ class EcmLink:
         except OSError as exc:
             return LinkFailed(
                 FailureAction.CONFIG,
-                f"cannot run DHCP client {argv[0]}: {exc}: install it or fix dhcp_command",
-                failure=DataFailure.OTHER,
+                f"cannot run DHCP client {argv[0]}: {exc}: install it or fix [modem] dhcp_command",
+                failure=DataFailure.CONFIG,
             )
         self._lease = loop.create_future()
         self._reader = loop.create_task(self._read_output())

@@ -160,6 +160,9 @@ class ModemConfig:
     """Consecutive failed probes that make a fault."""
     data_backoff_s: float = 30.0
     """After every APN failed: wait this long before the next round."""
+    config_backoff_s: float = 300.0
+    """After the system refused to run the data link (:attr:`DataFailure.CONFIG`): wait this long
+    before trying again, so a fix (a package, a permission, a kernel module) needs no restart."""
     data_rounds_before_fault: int = 2
     """Rounds of failed APNs while registered before the recovery ladder is asked."""
     dial_attempts_per_apn: int = 2
@@ -188,6 +191,7 @@ class ModemConfig:
             self.signal_poll_s,
             self.probe_interval_s,
             self.data_backoff_s,
+            self.config_backoff_s,
             self.at_unresponsive_s,
             self.reset_wait_s,
             self.ecm_result_timeout_s,
@@ -226,6 +230,10 @@ class DataFailure(enum.Enum):
     """The link did not come up in time."""
     NO_DEVICE = "no-device"
     """The data port or network interface is missing."""
+    CONFIG = "config"
+    """This system cannot run the data link (pppd's options, its privileges, the kernel's PPP
+    support, a missing program): no APN and no modem recovery step fixes it. The detail says what
+    to fix; the link is tried again after ``config_backoff_s``, without advancing the APNs."""
     OTHER = "other"
 
 
@@ -238,6 +246,7 @@ _APN_FAILURE: dict[DataFailure, ApnFailure] = {
     DataFailure.TIMEOUT: ApnFailure.DIAL_FAILED,
     DataFailure.NO_DEVICE: ApnFailure.DIAL_FAILED,
     DataFailure.OTHER: ApnFailure.DIAL_FAILED,
+    DataFailure.CONFIG: ApnFailure.DIAL_FAILED,  # not used: data_result handles it without the APN
 }
 _RETRY_SAME_APN = frozenset({DataFailure.NO_CARRIER, DataFailure.TIMEOUT, DataFailure.OTHER})
 
@@ -515,7 +524,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     (M.REG_BACKOFF, M.REGISTERING): "backoff over",
     (M.REG_BACKOFF, M.CONNECTING): "registered during the backoff",
     (M.CONNECTING, M.ONLINE): "data link up",
-    (M.CONNECTING, M.DATA_BACKOFF): "every APN failed",
+    (M.CONNECTING, M.DATA_BACKOFF): "every APN failed, or the system cannot run the data link",
     (M.CONNECTING, M.REGISTERING): "registration lost, or no network service for the call",
     (M.DATA_BACKOFF, M.CONNECTING): "backoff over",
     (M.DATA_BACKOFF, M.REGISTERING): "registration lost",
@@ -573,6 +582,9 @@ class ModemStatus:
     ladder_step: int = 0
     data_used_bytes: int | None = None
     detail: str = ""
+    setup_problem: str = ""
+    """What in this system keeps the data link from running (:attr:`DataFailure.CONFIG`) and how
+    to fix it; empty when nothing does. Kept until the link comes up or fails for another reason."""
 
     @property
     def online(self) -> bool:
@@ -594,6 +606,7 @@ class ModemStatus:
             "ladder_step": self.ladder_step,
             "data_used_bytes": self.data_used_bytes,
             "detail": self.detail,
+            "setup_problem": self.setup_problem,
         }
 
     def __str__(self) -> str:
@@ -773,6 +786,7 @@ class ModemManager:
         self._t = _Timers()
         self._at_stalled = False
         self._stalled_since: float | None = None
+        self._setup_problem = ""
         # identity and SIM
         self._vendor = self._model = self._revision = self._imei = ""
         self._sim = SimState.UNKNOWN
@@ -838,6 +852,7 @@ class ModemManager:
             ladder_step=ladder_step,
             data_used_bytes=data_used_bytes,
             detail=self._detail,
+            setup_problem=self._setup_problem,
         )
 
     # ------------------------------------------------------------------------ driver interface
@@ -929,8 +944,12 @@ class ModemManager:
         if isinstance(result, DataUp):
             self._data_up = True
             self._interface = result.interface
+            self._setup_problem = ""
             self._online(now)
+        elif result.reason is DataFailure.CONFIG:
+            self._cannot_run_data(result.detail, now)
         else:
+            self._setup_problem = ""
             self._apn_failed(result.reason, result.detail, now)
         self._pump(now)
 
@@ -1576,6 +1595,22 @@ class ModemManager:
         request = DataRequest(candidate.settings, cid, profile.dial_method, dial, profile.name)
         self._data_pending = True
         self._actions.append(StartData(request, self._gen))
+
+    def _cannot_run_data(self, detail: str, now: float) -> None:
+        """The system cannot run the data link: neither the APN nor the modem is at fault, so the
+        APN ranking stays and the recovery ladder is not asked; try again after a long wait."""
+        backoff = self.config.config_backoff_s
+        self._setup_problem = detail
+        log.error(
+            "modem: the data link cannot run on this system: %s; trying again in %g s (no restart "
+            "needed once fixed)",
+            detail,
+            backoff,
+        )
+        self._enter(ModemState.DATA_BACKOFF, "the system cannot run the data link")
+        self._detail = f"{detail} (trying again in {backoff:g} s)"
+        self._t.state = now + backoff
+        self._t.poll = now + self.config.registration_poll_s
 
     def _apn_failed(self, reason: DataFailure, detail: str, now: float) -> None:
         candidate = self._candidate

@@ -87,8 +87,10 @@ class LinkFailed:
     """The manager's class of this failure (``DataFailed.reason``)."""
 
     def to_data_failed(self) -> DataFailed:
-        """The manager's :class:`~dvrlink.modem.manager.DataFailed` for this failure."""
-        return DataFailed(self.failure, f"{self.action.value}: {self.reason}")
+        """The manager's :class:`~dvrlink.modem.manager.DataFailed` for this failure: a
+        configuration failure is always ``DataFailure.CONFIG`` (no APN or modem step fixes it)."""
+        failure = DataFailure.CONFIG if self.action is FailureAction.CONFIG else self.failure
+        return DataFailed(failure, f"{self.action.value}: {self.reason}")
 
 
 def to_data_result(result: LinkUp | LinkFailed) -> DataUp | DataFailed:
@@ -344,21 +346,24 @@ def parse_status_line(line: str) -> tuple[str, LinkUp] | None:
 PPPD_EXIT: Mapping[int, tuple[FailureAction, DataFailure, str]] = MappingProxyType(
     {
         0: (FailureAction.RETRY, DataFailure.OTHER, "pppd ended the link normally"),
-        1: (FailureAction.CONFIG, DataFailure.OTHER, "pppd hit a fatal error (see its log)"),
+        1: (FailureAction.CONFIG, DataFailure.CONFIG, "pppd hit a fatal error (see its log)"),
         2: (
             FailureAction.CONFIG,
-            DataFailure.OTHER,
-            "pppd rejected an option: check the extra PPP options and the pppd version",
+            DataFailure.CONFIG,
+            "pppd rejected an option (options error): check [modem] pppd's arguments and the pppd "
+            "version, pppd's log says which option",
         ),
         3: (
             FailureAction.CONFIG,
-            DataFailure.OTHER,
-            "pppd is not setuid root and needs to be: run the daemon as root",
+            DataFailure.CONFIG,
+            "pppd is not setuid root and the daemon is not root: install pppd setuid root "
+            "(chmod u+s on it) and allow it in the unit (docs/operating.md, Permissions)",
         ),
         4: (
             FailureAction.CONFIG,
-            DataFailure.OTHER,
-            "the kernel has no PPP support: enable CONFIG_PPP and CONFIG_PPP_ASYNC (or load ppp_async)",
+            DataFailure.CONFIG,
+            "the kernel has no PPP support (no /dev/ppp): enable CONFIG_PPP and CONFIG_PPP_ASYNC in "
+            "the kernel, or load ppp_generic and ppp_async",
         ),
         5: (FailureAction.STOPPED, DataFailure.OTHER, "pppd was stopped by SIGINT, SIGTERM or SIGHUP"),
         6: (
@@ -372,7 +377,7 @@ PPPD_EXIT: Mapping[int, tuple[FailureAction, DataFailure, str]] = MappingProxyTy
             "pppd could not open the modem's data port: check the modem is attached",
         ),
         8: (FailureAction.RETRY, DataFailure.OTHER, "the connect script failed"),
-        9: (FailureAction.CONFIG, DataFailure.OTHER, "the pty command failed: check the pty option"),
+        9: (FailureAction.CONFIG, DataFailure.CONFIG, "the pty command failed: check the pty option"),
         10: (
             FailureAction.NEXT_APN,
             DataFailure.IPCP,
@@ -441,6 +446,7 @@ def outcome_for_chat(status: int | None, device: str) -> LinkFailed:
             FailureAction.CONFIG,
             f"chat failed on {device} with status {status} (bad script or I/O error): check the chat program",
             8,
+            DataFailure.CONFIG,
         )
     return LinkFailed(FailureAction.RETRY, f"the connect script on {device} failed (status {status})", 8)
 
@@ -612,8 +618,8 @@ class PppLink:
             self._close_fifo()
             return LinkFailed(
                 FailureAction.CONFIG,
-                f"cannot run {self._config.pppd_command[0]}: {exc}: install pppd or fix pppd_command",
-                failure=DataFailure.NO_DEVICE,
+                f"cannot run {self._config.pppd_command[0]}: {exc}: install pppd or fix [modem] pppd",
+                failure=DataFailure.CONFIG,
             )
         self._ended = loop.create_future()
         self._tasks = [loop.create_task(self._log_output()), loop.create_task(self._watch_exit(files))]

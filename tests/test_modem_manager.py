@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from test_modem_manager_rig import needs_database, provider_index, run, running
 
+from dvrlink.daemon.config import ModemSettings
+from dvrlink.daemon.modem_service import advice
 from dvrlink.modem.apn import ApnMemory
 from dvrlink.modem.at import (
     CommandCompleted,
@@ -21,6 +23,9 @@ from dvrlink.modem.at import (
 from dvrlink.modem.ladder import FaultKind, Step
 from dvrlink.modem.manager import (
     TRANSITIONS,
+    ApnFailed,
+    DataFailed,
+    DataFailure,
     DataUp,
     FaultDetected,
     ModemConfig,
@@ -95,6 +100,9 @@ class ScriptedModem:
         self.next_id = 1
         self.hang = False
         self.events: list[object] = []
+        self.data: list[DataUp | DataFailed] = []
+        """Results for the next data link starts, in order; then ``DataUp("usb0")``."""
+        self.starts: list[StartData] = []
 
     def step(self, now: float) -> None:
         """Answer every SendAt and start every data link, until the manager is quiet."""
@@ -105,7 +113,9 @@ class ScriptedModem:
             if action is None:
                 return
             if isinstance(action, StartData):
-                self.manager.data_result(DataUp("usb0"), now, generation=action.generation)
+                self.starts.append(action)
+                result = self.data.pop(0) if self.data else DataUp("usb0")
+                self.manager.data_result(result, now, generation=action.generation)
             elif isinstance(action, SendAt):
                 command_id = self.next_id
                 self.next_id += 1
@@ -189,6 +199,37 @@ def test_made_up_time_online_then_a_timeout_is_a_fault_and_a_resync_puts_it_back
     manager.at_event(Resynced(4), deadline + 14)
     modem.step(deadline + 14)
     assert manager.state is ModemState.ONLINE
+
+
+@needs_database
+def test_a_system_that_cannot_run_pppd_keeps_the_apn_and_never_asks_the_ladder() -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-uc20"), config_backoff_s=300.0)
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, ANSWERS)
+    cannot = "config: pppd on /dev/ttyUSB3 exited with 3: pppd is not setuid root"
+    modem.data = [DataFailed(DataFailure.CONFIG, cannot) for _ in range(4)]
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    now = 0.0
+    for attempt in range(1, 5):
+        assert manager.state is ModemState.DATA_BACKOFF, attempt
+        status = manager.status()
+        assert status.setup_problem == cannot and "trying again in 300 s" in status.detail
+        assert advice(status, ModemSettings(enabled=True)).startswith(
+            f"the data link cannot run on this system ({cannot})"
+        )
+        # registration polls go on meanwhile; the data link waits out the backoff
+        now = 300.0 * attempt
+        while (deadline := manager.next_deadline()) is not None and deadline < now:
+            manager.tick(deadline)
+            modem.step(deadline)
+        manager.tick(now)
+        modem.step(now)
+    # the fifth start works: online, with the first APN of the ranking every time
+    assert manager.state is ModemState.ONLINE and manager.status().setup_problem == ""
+    assert len(modem.starts) == 5
+    assert {start.request.apn.apn for start in modem.starts} == {"internet.t-d1.de"}
+    assert not [e for e in modem.events if isinstance(e, FaultDetected | ApnFailed)]
 
 
 def test_a_stale_data_result_is_taken_down() -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +263,48 @@ def test_the_managers_data_link_calls(tmp_path: Path, emulator: ModemEmulator) -
     assert [p.interface for p in probed] == ["ppp0"]
     assert (probe_after, counters_after) == (False, (0, 0))  # pppd ended: no probe needed to tell
     assert again == DataUp("ppp0", "10.64.64.64")
+
+
+@pytest.mark.parametrize(
+    ("environment", "extra", "code", "says", "pppd_says"),
+    [
+        ({}, ("no-such-option",), 2, "options error", "unrecognized option 'no-such-option'"),
+        ({"FAKE_PPPD_NOT_ROOT": "1"}, (), 3, "install pppd setuid root", "must be root to run pppd"),
+        (
+            {"FAKE_PPPD_DEV_PPP": "/nonexistent/ppp"},
+            (),
+            4,
+            "CONFIG_PPP_ASYNC",
+            "lacks kernel support for PPP",
+        ),
+    ],
+)
+def test_a_system_that_cannot_run_pppd_is_a_config_failure_that_says_what_to_fix(
+    tmp_path: Path, environment: dict[str, str], extra: tuple[str, ...], code: int, says: str, pppd_says: str
+) -> None:
+    """pppd's options error (2), not root (3) and no kernel PPP (4), as the stand-in reproduces them
+    (with pppd's own messages): the manager gets ``DataFailure.CONFIG`` (no APN or modem step fixes
+    these), and the reason names what to fix."""
+    cfg = PppConfig(**{**_fields(config(tmp_path, **environment)), "extra_options": extra})
+    link = PppLink(cfg, "/dev/null")
+    result = asyncio.run(link.start(ApnSettings("any")))
+    assert isinstance(result, LinkFailed)
+    assert (result.action, result.exit_code, result.failure) == (
+        FailureAction.CONFIG,
+        code,
+        DataFailure.CONFIG,
+    )
+    assert says in result.reason
+    failed = result.to_data_failed()
+    assert failed.reason is DataFailure.CONFIG and says in failed.detail
+    # the stand-in itself: pppd's status and words, from the options file the daemon wrote
+    options = next((tmp_path / "ppp").glob("*options*"))
+    ran = subprocess.run(
+        [sys.executable, FAKE, "file", str(options)],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert ran.returncode == code and pppd_says in ran.stdout
