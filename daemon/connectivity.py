@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 import struct
 import time
@@ -59,6 +60,18 @@ from aioice.candidate import Candidate
 from aioice.turn import TurnTransport, create_turn_endpoint
 from aioice.utils import random_string
 
+from dvrlink.daemon import birthday
+from dvrlink.protocol.port_prediction import (
+    BIRTHDAY_PROBES,
+    BIRTHDAY_SOCKETS,
+    BirthdayRole,
+    Mapping,
+    birthday_role,
+    mapping_of,
+    predict,
+    probe_ports,
+    with_mapping,
+)
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 
 Path = tuple[str, int]
@@ -82,6 +95,15 @@ TURN_HEAD_START_S = 0.3
 """How long an Allocate may go unanswered before one over the other transport starts beside it."""
 SRFLX_TIMEOUT_S = 5.0
 """How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
+PREDICTION_TIMEOUT_S = 1.5
+"""How long the two RFC 5780 Bindings for port prediction may take (then nothing is predicted)."""
+BIRTHDAY_DELAY_S = 1.0
+"""How long ICE may run on its own before a birthday search starts beside it (a peer that filters
+nothing is reached by the plain checks in well under this, and then no search runs)."""
+BIRTHDAY_ROUNDS = 3
+"""Rounds of probes the endpoint-independent side sends while no check has come through."""
+BIRTHDAY_ROUND_S = 1.0
+"""How long a round of probes waits for ICE to nominate a pair before the next round."""
 ICE_TIMEOUT_S = 30.0
 """How long the background ICE checks may run before the direct path is given up."""
 CLOSE_TIMEOUT_S = 2.0
@@ -188,10 +210,21 @@ class Connectivity:
         self._remote_relay: tuple[str, int] | None = None
         self._ice: _IceConnection | None = None
         self._srflx: list[Candidate] = []
+        self._mappings: dict[tuple[str, int], Mapping] = {}
+        """Our NAT's mapping behaviour per server-reflexive address (sent as an attribute)."""
+        self._bases: list[tuple[Any, Candidate, Mapping]] = []
+        """(aioice protocol, its server-reflexive candidate, its NAT's mapping) per socket."""
+        self._remote_mappings: list[tuple[Candidate, Mapping]] = []
+        """The peer's server-reflexive candidates that name their NAT's mapping."""
+        self._birthday_task: asyncio.Task[None] | None = None
+        self._birthday_sockets: list[Any] = []
+        self._ice_over = asyncio.Event()
+        """Set when the ICE checks have nominated a pair or given up."""
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
         self._srflx_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
+        self._stragglers_misc: set[asyncio.Task[None]] = set()
         self._local_end = False
         self._local_changed = asyncio.Event()
         self._ice_task: asyncio.Task[None] | None = None
@@ -274,13 +307,28 @@ class Connectivity:
 
         async def one(protocol: Any) -> None:
             try:
-                candidate = await asyncio.wait_for(_srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
+                found = await asyncio.wait_for(_srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
             except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
                 log.info("no server-reflexive candidate from %s: %r", stun_server, exc)
                 return
-            if candidate is not None and not self._closed:
+            if found is None or self._closed:
+                return
+            candidate, server, other = found
+            if other is None:
                 self._srflx.append(candidate)
                 self._local_changed.set()
+                return
+            # The candidate waits for the prediction (one more round trip) so that its first
+            # signalling already names the mapping the peer may need for a birthday search.
+            mapping, predicted = await _predicted_candidates(protocol, server, other, candidate)
+            if self.closed:
+                return
+            if mapping is not None:
+                self._mappings[(candidate.host, candidate.port)] = mapping
+                self._bases.append((protocol, candidate, mapping))
+            self._srflx += [candidate, *predicted]
+            self._local_changed.set()
+            self._maybe_birthday()
 
         try:
             await asyncio.gather(*(one(p) for p in _host_protocols(ice)))
@@ -422,7 +470,10 @@ class Connectivity:
                     candidate.related_port,
                 ):
                     continue
-                out.append(candidate.to_sdp())
+                sdp = candidate.to_sdp()
+                mapping = self._mappings.get((candidate.host, candidate.port))
+                marked = mapping is not None and candidate.type == "srflx"
+                out.append(with_mapping(sdp, mapping) if marked and mapping is not None else sdp)
         if self._relayed_address is not None:
             host, port = self._relayed_address
             related = self._related_address or ("0.0.0.0", 9)
@@ -503,6 +554,10 @@ class Connectivity:
                     self._open_relay((candidate.host, candidate.port))
             elif candidate.type in ("host", "srflx") and ice is not None:
                 await ice.add_remote_candidate(candidate)
+                mapping = mapping_of(sdp)
+                if candidate.type == "srflx" and mapping is not None:
+                    self._remote_mappings.append((candidate, mapping))
+        self._maybe_birthday()
         if end:
             self._remote_end = True
             if ice is not None:
@@ -522,8 +577,15 @@ class Connectivity:
 
     async def _run_ice(self, ice: _IceConnection) -> None:
         try:
+            await self._check_ice(ice)
+        finally:
+            self._ice_over.set()
+
+    async def _check_ice(self, ice: _IceConnection) -> None:
+        try:
             await asyncio.wait_for(ice.connect(), ICE_TIMEOUT_S)
         except (ConnectionError, TimeoutError) as exc:
+            self._end_birthday(None)
             what = "timed out" if isinstance(exc, TimeoutError) else "failed"
             self.errors.append(f"no direct path: ICE checks {what} ({exc or ICE_TIMEOUT_S})")
             log.info("%s", self.errors[-1])
@@ -531,6 +593,7 @@ class Connectivity:
             self._ice_pending.clear()
             self._check_failed()
             return
+        self._end_birthday(_nominated_protocol(ice))
         pair = _selected_pair(ice)
         if pair is None:
             self.errors.append("no direct path: aioice nominated no usable pair")
@@ -613,8 +676,16 @@ class Connectivity:
             self._ice_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ice_task
+        if self._birthday_task is not None:
+            self._birthday_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._birthday_task
         if self._ice is not None:
             await self._ice.close()
+        await birthday.close_sockets(self._birthday_sockets)
+        self._birthday_sockets.clear()
+        if self._stragglers_misc:
+            await asyncio.gather(*self._stragglers_misc, return_exceptions=True)
         if self._turn is not None:
             self._turn.close()
             if self._relay_receiver is not None:
@@ -622,6 +693,65 @@ class Connectivity:
                     await asyncio.wait_for(asyncio.shield(self._relay_receiver.closed), CLOSE_TIMEOUT_S)
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _maybe_birthday(self) -> None:
+        """Start a birthday search (at most one per session) once a local socket's mapping and
+        a peer candidate's mapping call for one (``birthday_role``)."""
+        if self._birthday_task is not None or not self._started or self._closed or self._ice is None:
+            return
+        if self._ice_settled():
+            return
+        for protocol, _, local in self._bases:
+            for remote, mapping in self._remote_mappings:
+                role = birthday_role(local, mapping)
+                if role is not None:
+                    self._birthday_task = asyncio.create_task(self._birthday(role, protocol, remote))
+                    return
+
+    async def _birthday(self, role: BirthdayRole, protocol: Any, remote: Candidate) -> None:
+        await asyncio.sleep(BIRTHDAY_DELAY_S)
+        ice = self._ice
+        if ice is None or self._closed or self._ice_settled():
+            return
+        target = (remote.host, remote.port)
+        if role is BirthdayRole.OPEN:
+            log.info("birthday search: %d sockets towards %s:%d (our NAT maps each remote to a random "
+                     "port)", BIRTHDAY_SOCKETS, *target)  # fmt: skip
+            await birthday.open_sockets(
+                ice, protocol.local_candidate, target, BIRTHDAY_SOCKETS, self._birthday_sockets
+            )
+            if self.closed or self._ice_settled():
+                self._end_birthday(None)
+        else:
+            log.info("birthday search: %d probes to random ports of %s (its NAT maps each remote to a "
+                     "random port)", BIRTHDAY_PROBES, remote.host)  # fmt: skip
+            # Rounds of fresh ports while nothing has answered: each round alone succeeds 98 %
+            # of the time, so a second one is rare and a third rarer still.
+            ports = probe_ports(BIRTHDAY_PROBES * BIRTHDAY_ROUNDS, random.Random())
+            for round_ in range(BIRTHDAY_ROUNDS):
+                chunk = ports[round_ * BIRTHDAY_PROBES : (round_ + 1) * BIRTHDAY_PROBES]
+                await birthday.probe_ports(ice, protocol, remote.host, chunk)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ice_over.wait(), BIRTHDAY_ROUND_S)
+                if self.closed or self._ice_settled():
+                    break
+
+    def _ice_settled(self) -> bool:
+        """ICE has nominated a pair or given up."""
+        return self._ice_done or self._ice_path is not None
+
+    def _end_birthday(self, keep: Any) -> None:
+        """ICE is over: close the search's sockets but ``keep`` (the nominated one)."""
+        if self._birthday_task is not None and not self._birthday_task.done():
+            self._birthday_task.cancel()
+        losers = [p for p in self._birthday_sockets if p is not keep]
+        self._birthday_sockets[:] = [p for p in self._birthday_sockets if p is keep]
+        if self._birthday_sockets:  # the nominated pair is one of ours: read it in batches too
+            _batch_reads(keep.transport, keep)
+        if losers:
+            task = asyncio.create_task(birthday.close_sockets(losers))
+            self._stragglers_misc.add(task)
+            task.add_done_callback(self._stragglers_misc.discard)
 
     def _mark_ready(self, path: Path) -> None:
         if self._closed or path in self._ready:
@@ -712,13 +842,75 @@ def _host_protocols(ice: aioice.Connection) -> list[Any]:
     return [p for p in protocols if getattr(getattr(p, "local_candidate", None), "type", None) == "host"]
 
 
-async def _srflx_candidate(protocol: Any, stun_server: tuple[str, int]) -> Candidate | None:
-    """A server-reflexive candidate for one host socket (IPv4 only, as aioice), or None."""
+async def _srflx_candidate(
+    protocol: Any, stun_server: tuple[str, int]
+) -> tuple[Candidate, tuple[str, int], tuple[str, int] | None] | None:
+    """The server-reflexive candidate of one host socket (IPv4 only, as aioice), the STUN server's
+    resolved address and its RFC 5780 OTHER-ADDRESS (None when it names none); None for IPv6."""
     base = protocol.local_candidate
     if ":" in base.host:
         return None
-    candidate, _ = await aioice.ice.server_reflexive_candidate(protocol, stun_server)
-    return candidate
+    loop = asyncio.get_running_loop()
+    server = (await loop.run_in_executor(None, socket.gethostbyname, stun_server[0]), stun_server[1])
+    response, _ = await protocol.request(_binding_request(), server)
+    host, port = response.attributes["XOR-MAPPED-ADDRESS"]
+    other = response.attributes.get("OTHER-ADDRESS")
+    if other is not None and (other[0] == server[0] or other[1] == server[1]):
+        other = None  # not two addresses and two ports: no RFC 5780 probes
+    return _reflexive(base, host, port), server, other
+
+
+async def _predicted_candidates(
+    protocol: Any, server: tuple[str, int], other: tuple[str, int], srflx: Candidate
+) -> tuple[Mapping | None, list[Candidate]]:
+    """Predicted server-reflexive candidates of ``srflx``'s socket when its NAT maps each remote
+    to the next port (``port_prediction``); empty for any other NAT or when a probe goes
+    unanswered within ``PREDICTION_TIMEOUT_S``.
+
+    Two Bindings go out back to back, to the server's alternate port and to its alternate
+    address, so that nothing else of ours takes a port between them; with the first mapping they
+    show whether and by how much the NAT steps. A NAT that maps endpoint-independently answers the
+    same port thrice and nothing is predicted.
+    """
+    targets = [(server[0], int(other[1])), (str(other[0]), server[1])]
+    try:
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(protocol.request(_binding_request(), target) for target in targets)),
+            PREDICTION_TIMEOUT_S,
+        )
+    except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
+        log.info("no port prediction (RFC 5780 probes unanswered: %r)", exc)
+        return None, []
+    mapped = [answer.attributes.get("XOR-MAPPED-ADDRESS") for answer, _ in answers]
+    ports = [srflx.port, *(m[1] for m in mapped if m is not None and m[0] == srflx.host)]
+    prediction = predict(ports)
+    if prediction.ports:
+        log.info("the NAT maps each remote to a new port, in steps of %d: offering %s:%s",
+                 prediction.stride, srflx.host, ",".join(map(str, prediction.ports)))  # fmt: skip
+    base = protocol.local_candidate
+    return prediction.mapping, [
+        _reflexive(base, srflx.host, port, local_pref=65535 - rank)
+        for rank, port in enumerate(prediction.ports, start=1)
+    ]
+
+
+def _binding_request() -> stun.Message:
+    return stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+
+
+def _reflexive(base: Candidate, host: str, port: int, local_pref: int = 65535) -> Candidate:
+    """A server-reflexive candidate of ``base`` at ``host:port`` (predicted ones rank lower)."""
+    return Candidate(
+        foundation=aioice.candidate.candidate_foundation("srflx", "udp", base.host),
+        component=base.component,
+        transport=base.transport,
+        priority=aioice.candidate.candidate_priority(base.component, "srflx", local_pref),
+        host=host,
+        port=port,
+        type="srflx",
+        related_address=base.host,
+        related_port=base.port,
+    )
 
 
 def _private(host: str) -> bool:
@@ -803,6 +995,12 @@ def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None
     if not isinstance(local, Candidate) or not isinstance(remote, Candidate):
         return None
     return local, remote
+
+
+def _nominated_protocol(ice: aioice.Connection) -> Any:
+    """The aioice protocol (socket) of the nominated pair of component 1, or None."""
+    pair = getattr(ice, "_nominated", {}).get(1)
+    return getattr(pair, "protocol", None)
 
 
 def _selected_transport(ice: aioice.Connection) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:

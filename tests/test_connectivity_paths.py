@@ -32,6 +32,7 @@ from dvrlink.daemon.connectivity import (
     _channel_send,
     _gather_host,
     _host_protocols,
+    _nominated_protocol,
     _private,
     _selected_pair,
     _selected_transport,
@@ -262,8 +263,12 @@ def test_aioice_internals_still_exist() -> None:
         protocols = _host_protocols(ice)
         assert len(protocols) == 1 and hasattr(protocols[0], "request")
         assert _batch_reads(protocols[0].transport, protocols[0])
-        assert callable(aioice.ice.server_reflexive_candidate) and callable(aioice.ice.get_host_addresses)
+        assert callable(aioice.ice.get_host_addresses)
         assert _selected_pair(ice) is None and _selected_transport(ice) is None
+        # daemon/birthday.py: its sockets are aioice protocols, its checks carry the tie-breaker.
+        assert callable(aioice.ice.StunProtocol) and isinstance(ice._tie_breaker, int)
+        assert hasattr(protocols[0], "local_candidate") and callable(protocols[0].send_stun)
+        assert _nominated_protocol(ice) is None
         await ice.close()
 
     run(main)

@@ -68,10 +68,12 @@ def test_cell(rig: MatrixRig, records: dict[str, CellRecord], cell: Cell) -> Non
         assert record.path == "relay", f"two per-remote mappings cannot be punched: {record.settle_note}"
     if cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC:
         assert record.settled, f"the relay must be final in symmetric × symmetric: {record.settle_note}"
-    if cell.one_eif:
+    if cell.one_eim:
+        how = cell.punch or "plain ICE checks"
         assert record.path in DIRECT_PATHS, (
-            f"one side filters nothing ({cell.device.value} × {cell.viewer.value}), yet the session "
-            f"stayed on {record.path}: {record.settle_note}"
+            f"one side maps endpoint-independently ({cell.device.value} × {cell.viewer.value}), so "
+            f"{how} should have found a direct path, yet the session stayed on {record.path}: "
+            f"{record.settle_note}"
         )
 
 

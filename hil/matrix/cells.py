@@ -104,17 +104,29 @@ class Cell:
 
     @property
     def predicted_path(self) -> str:
-        """What NAT behaviour allows without port prediction: ``relay`` where UDP is blocked (TURN
-        over TCP 443), where one side maps per remote and the other filters per address and port
-        (no check can reach the other side's fresh mapping), or where both map per remote; else
-        ``direct``."""
+        """What NAT behaviour allows: ``relay`` where UDP is blocked (TURN over TCP 443) or where
+        both sides map per remote; else ``direct``. Where one side maps per remote and the other
+        filters per address and port, plain checks cannot meet: it takes port prediction (a
+        sequential NAT) or a birthday search (a random one), see ``punch``."""
         if self.udp_blocked or self.both_apdm:
             return "relay"
-        apdm = self.device in APDM or self.viewer in APDM
-        apdf = self.device in APDF_EIM or self.viewer in APDF_EIM
-        if apdm and apdf:
-            return "relay"
         return "direct"
+
+    @property
+    def punch(self) -> str:
+        """What finds the direct path beyond plain ICE checks: ``port prediction`` (sequential
+        mapping against address-and-port filtering), ``birthday search`` (random mapping against
+        it), or empty."""
+        if self.udp_blocked or self.both_apdm:
+            return ""
+        sides = {self.device, self.viewer}
+        if not sides & APDF_EIM:
+            return ""
+        if NatType.SEQUENTIAL_SYMMETRIC in sides:
+            return "port prediction"
+        if NatType.SYMMETRIC in sides:
+            return "birthday search"
+        return ""
 
     @property
     def why_not_direct(self) -> str:
@@ -123,11 +135,6 @@ class Cell:
             return "UDP is blocked: only presence over TCP/TLS and TURN over TCP on 443 get through"
         if self.both_apdm:
             return "both sides map per remote: only the relay works"
-        if self.predicted_path == "relay":
-            return (
-                "symmetric mapping against address-and-port filtering: not punchable without port "
-                "prediction or a birthday-paradox search"
-            )
         return ""
 
 
@@ -172,7 +179,8 @@ def full_plan(cell: Cell, runs: int) -> CellPlan:
 def quick_plan(cell: Cell) -> CellPlan:
     """``make test``: one run; the path is waited for until final only in symmetric × symmetric
     (a hard invariant). Elsewhere the wait is 10 s for a direct path where NAT behaviour allows
-    one, and 1 s where it does not (the record then says the path was not final)."""
+    one (a birthday search starts 1 s into ICE), and 1 s where it does not (the record then says
+    the path was not final)."""
     if cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC:
         return CellPlan(cell)
     settle = 10.0 if cell.predicted_path == "direct" else 1.0

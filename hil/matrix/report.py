@@ -100,11 +100,12 @@ def _why_slow(record: CellRecord) -> str:
 
 def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
     """What ``make test`` asserts on LAN: every cell without UDP blocking connects; both sides
-    symmetric ends on the relay; a side with endpoint-independent filtering ends direct."""
+    symmetric ends on the relay; a side with endpoint-independent mapping ends direct (by plain
+    checks, port prediction or a birthday search)."""
     lan = [r for r in records if r.profile == "lan"]
     connect = Verdict("every LAN cell without UDP blocking connects", True)
     relay = Verdict("symmetric × symmetric ends on the relay", True)
-    direct = Verdict("a cell with EIF (public, full cone) on one side ends direct", True)
+    direct = Verdict("a cell with endpoint-independent mapping on one side ends direct", True)
     for r in lan:
         cell = cell_of(r)
         if not cell.udp_blocked and not r.connected:
@@ -114,7 +115,7 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
         strict = cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
         if strict and not r.settled:
             relay.misses.append(f"{_label(cell)}: path not final ({r.settle_note})")
-        if cell.one_eif and r.path not in DIRECT_PATHS:
+        if cell.one_eim and r.path not in DIRECT_PATHS:
             direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
     for verdict in (connect, relay, direct):
         verdict.passed = not verdict.misses
@@ -252,12 +253,21 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "",
         "## Notes",
         "",
-        "- **Why symmetric × port-restricted cannot be punched.** The symmetric side gets a new port "
-        "for each remote, so the port it uses towards the other side is not the one the broker saw; "
-        "the port-restricted side only admits the exact address and port it sent to. Without port "
-        "prediction (possible for `sequential_symmetric`, not implemented) or a birthday-paradox "
-        "search (for random ports) those cells stay on the relay. The same holds for carrier-grade "
-        "NAT (EIM/APDF overall) and symmetric × symmetric.",
+        "- **Symmetric × port-restricted (or CGNAT).** The symmetric side gets a new port for "
+        "each remote, so the port it uses towards the other side is not the one the broker saw, "
+        "and the port-restricted side only admits the exact address and port it sent to. Plain "
+        "ICE checks cannot meet there; two searches find the port (`protocol/port_prediction.py`, "
+        "`daemon/birthday.py`). Each side maps its socket to the broker's three RFC 5780 "
+        "addresses: equal ports mean endpoint-independent mapping, small steps a sequential NAT, "
+        "anything else a random one, and the server-reflexive candidate says which "
+        "(`mapping eim|sequential|random`). **Port prediction** (`sequential_symmetric`): the "
+        "sequential side also offers the 8 ports after the last one it saw; the other side's "
+        "checks to them open its filter, and one of them is the port of our check. **Birthday "
+        "search** (`symmetric`): 1 s into ICE, the random side opens 256 sockets, each sending a "
+        "check towards the other side, and the endpoint-independent side sends checks to 1,024 "
+        "random ports of the random side's address (up to 3 rounds while nothing answers); a port "
+        "in both sets is a path, 98 % of the time in the first round. Both sides mapping per "
+        "remote (symmetric × symmetric, sequential or not) stay on the relay.",
         "- **UDP blocked.** Only TCP to port 443 leaves. The device's presence falls back to TCP/TLS "
         "(`[presence] transport = auto`, after two unanswered registrations over UDP) and each blocked "
         "side allocates its relay over TCP; the relay then forwards between the two allocations as "
@@ -273,7 +283,6 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "Hairpin reads `lan` because both hosts sit on the NAT's LAN bridge and their host "
         "candidates reach each other; the hairpinned server-reflexive pair is not what ICE "
         "nominates there.",
-        "- **Sequential symmetric** behaves as random symmetric: port prediction is not implemented.",
         "",
     ]
     return "\n".join(out)
