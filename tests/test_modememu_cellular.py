@@ -298,3 +298,65 @@ def test_a_call_is_a_link_behind_carrier_grade_nat(
         assert "inet " not in addresses, "deconfig on exit flushes the address"
     assert path.errors == []
     assert links(cell) == ["lo"], "stopping the emulator ends the call"
+
+
+# -------------------------------------------------------------------------------------- by hand
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hand_run(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hil.modememu", "--profile", "quectel-ec25", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_hand_run_data_path_needs_a_lab_and_a_network_function() -> None:
+    proc = hand_run("--data-path", "dlt000000-")
+    out, _ = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2 and "python -m hil.netlab up cgnat" in out, out
+    proc = hand_run("--data-path", "dlt000000-", "--profile", "simcom-sim800")
+    out, _ = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2 and "no network function" in out, out
+
+
+@needs_lab
+@pytest.mark.timeout(60)
+def test_hand_run_data_path_builds_the_carrier_and_removes_it(tmp_path: Path) -> None:
+    with netlab.topology("cgnat", "public") as lab:
+        proc = hand_run("--data-path", lab.prefix, "--lease-dir", str(tmp_path))
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            printed = [proc.stdout.readline()]  # bounded by the test timeout
+            while not printed[-1].startswith("profile quectel-ec25"):
+                printed.append(proc.stdout.readline())
+                assert printed[-1], f"the emulator exited: {printed}"
+            pty = next(line.split()[1] for line in printed if line.startswith("PTY /dev/"))
+            assert f"carrier {lab.prefix}carrier behind {lab.nat_ns('device')}" in printed[0], printed
+            assert f"ip netns exec {lab.prefix}cell dvrlinkd run" in "".join(printed), printed
+            with RawPort(pty) as port:
+                port.command("ATE0")
+                port.command("AT+QNETDEVCTL=1,1,1")
+                assert links(f"{lab.prefix}cell") == ["lo", "usb0"]
+                assert json.loads(lease_file(tmp_path, "usb0").read_text())["router"] == "100.64.128.1"
+                proc.stdin.write("status\n")
+                proc.stdin.flush()
+                assert "call=ecm:1" in proc.stdout.readline()
+                proc.stdin.write("drop\nquit\n")
+                proc.stdin.flush()
+                assert proc.wait(timeout=WAIT) == 0
+            left = [
+                ns for ns in netlab.lab.namespaces() if ns in (f"{lab.prefix}carrier", f"{lab.prefix}cell")
+            ]
+            assert left == [], "the emulator removes what it built"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+                netlab.down(lab.prefix)  # what the killed emulator could not remove

@@ -3,19 +3,34 @@
 Prints ``PTY /dev/pts/N`` (and again when the port comes back after ``vanish``), then reads fault
 commands from stdin (``help`` lists them). Point a terminal (``picocom /dev/pts/N``) or the daemon
 at the path.
+
+With ``--data-path PREFIX`` (root; a NAT lab built first, e.g. ``python -m hil.netlab up cgnat
+--broker``) each ECM call brings up a real link: the profile's network interface (``usb0``,
+``wwan0``) appears in the namespace ``<PREFIX>cell``, behind a carrier namespace ``<PREFIX>carrier``
+hung off the lab's carrier-grade NAT, and the lease is written for the stand-in udhcpc. Both
+namespaces are removed when the emulator exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+from hil.modememu.cellular import CarrierDataPath
 from hil.modememu.control import ControlError, apply_command
 from hil.modememu.emulator import ModemEmulator
 from hil.modememu.model import SimCard
-from hil.modememu.profiles import PROFILE_NAMES
+from hil.modememu.profiles import PROFILE_NAMES, get_profile
+from hil.netlab.carrier import Carrier
+from hil.netlab.lab import NetlabError
+
+FAKE_UDHCPC = Path(__file__).resolve().parents[1] / "fake_udhcpc.py"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--boot-delay", type=float, default=0.5, help="seconds a reset keeps the modem silent"
     )
+    parser.add_argument(
+        "--data-path",
+        metavar="PREFIX",
+        default=None,
+        help="ECM calls bring up a link into namespace PREFIXcell behind a carrier in the NAT lab "
+        "PREFIX (e.g. dl-; root; build the lab first: python -m hil.netlab up cgnat --broker)",
+    )
+    parser.add_argument(
+        "--lease-dir",
+        type=Path,
+        default=None,
+        help="with --data-path: where each call's lease is written for the stand-in udhcpc "
+        "(default: a temporary directory)",
+    )
     args = parser.parse_args(argv)
     try:
         sim = SimCard.for_network(
@@ -46,7 +75,52 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    emu = ModemEmulator(args.profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay)
+    with contextlib.ExitStack() as stack:
+        data_path = None
+        if args.data_path is not None:
+            try:
+                data_path = stack.enter_context(_data_path(args.profile, args.data_path, args.lease_dir))
+            except (ValueError, NetlabError, OSError) as exc:
+                parser.error(f"--data-path: {exc}")
+        return _serve(args, sim, data_path)
+
+
+@contextlib.contextmanager
+def _data_path(profile: str, prefix: str, lease_dir: Path | None) -> Iterator[CarrierDataPath]:
+    """The carrier and device namespaces of lab ``prefix`` for the emulator's calls; removed after.
+
+    Raises:
+        ValueError: the profile has no network function, or ``prefix`` is not a lab prefix.
+        NetlabError: no such lab, or building failed (the message says what to do).
+    """
+    interface = get_profile(profile).net_interface
+    if interface is None:
+        raise ValueError(
+            f"profile {profile} has no network function (PPP only): use quectel-ec25, simcom-sim7600, "
+            "huawei-e173 or huawei-mu709"
+        )
+    with contextlib.ExitStack() as stack:
+        carrier = stack.enter_context(Carrier.for_prefix(prefix).build())
+        cell = carrier.add_subscriber_ns()
+        leases = lease_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="modememu-leases-"))
+        )
+        print(carrier.describe(), flush=True)
+        print(
+            f"each ECM call: {interface} in namespace {cell}, lease in {leases}/{interface}.json\n"
+            f'run the daemon there with [modem] port = the PTY, net_interface = "{interface}", '
+            f'dhcp_command = ["{sys.executable}", "{FAKE_UDHCPC}", "-f", "-i", "{{iface}}", "-n", "-R"]:\n'
+            f"  FAKE_DHCP_CONFIGURE=1 FAKE_DHCP_LEASE_DIR={leases} "
+            f"ip netns exec {cell} dvrlinkd run --config FILE",
+            flush=True,
+        )
+        yield CarrierDataPath(carrier, cell, interface, leases)
+
+
+def _serve(args: argparse.Namespace, sim: SimCard, data_path: CarrierDataPath | None) -> int:
+    emu = ModemEmulator(
+        args.profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path
+    )
     emu.on_path_change = lambda path: print(f"PTY {path}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

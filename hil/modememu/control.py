@@ -21,7 +21,7 @@ commands (one per line):
   reg home|roaming|denied|searching|none|<0-5>
   signal RSSI [BER] | signal lost
   dialfail [N]                  next N dials fail (default 1; -1 all; 0 none)
-  drop                          end a PPP call from the network (NO CARRIER)
+  drop                          end the data call from the network (PPP: NO CARRIER; ECM: its link goes)
   vanish [SECONDS]              close the port; it comes back as a new PTY after SECONDS
   status                        path, SIM, registration, signal
   quit"""
@@ -112,10 +112,11 @@ def _dispatch(emu: ModemEmulator, cmd: str, args: list[str]) -> str:
     if cmd == "status":
         model = emu.model
         sim = model.sim
+        call = "ppp" if model.data_mode else f"ecm:{model.ecm_call}" if model.ecm_call is not None else "-"
         return (
             f"path={emu.path or '-'} profile={emu.profile.name} "
             f"sim={sim.iccid if sim else 'absent'} imsi={sim.imsi if sim else '-'} "
-            f"reg={model.registration_stat()} csq={model.rssi},{model.ber} cfun={model.cfun}"
+            f"reg={model.registration_stat()} csq={model.rssi},{model.ber} cfun={model.cfun} call={call}"
         )
     raise ValueError(f"unknown command {cmd!r}")
 

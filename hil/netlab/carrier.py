@@ -23,12 +23,10 @@ import contextlib
 import ipaddress
 import os
 import signal
-import subprocess
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hil.netlab.lab import PREFIX_PATTERN, Lab, NetlabError, namespaces
+from hil.netlab.lab import PREFIX_PATTERN, Lab, NetlabError, _batch, _run, _sysctl, _veth, namespaces
 from hil.netlab.nat import NatType
 
 UPLINK_NET = ipaddress.IPv4Network("100.64.127.0/30")
@@ -148,13 +146,12 @@ class Carrier:
         nat_end, carrier_end = (str(a) for a in UPLINK_NET.hosts())
         try:
             self._add_ns(self.ns)
-            _run(["ip", "link", "add", "pgw0", "netns", self.uplink_ns, "type", "veth",
-                  "peer", "name", "up0", "netns", self.ns])  # fmt: skip
+            _veth(self.uplink_ns, "pgw0", self.ns, "up0")
             _batch(self.uplink_ns, [f"addr add {nat_end}/{UPLINK_NET.prefixlen} dev pgw0", "link set pgw0 up",
                                     f"route add {POOL} via {carrier_end} dev pgw0"])  # fmt: skip
             _batch(self.ns, [f"addr add {carrier_end}/{UPLINK_NET.prefixlen} dev up0", "link set up0 up",
                              f"route add default via {nat_end}"])  # fmt: skip
-            _run(["ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            _sysctl(self.ns, {"net.ipv4.ip_forward": 1})
         except BaseException:
             self.close()
             raise
@@ -189,8 +186,7 @@ class Carrier:
             subnet = ipaddress.IPv4Network((int(POOL.network_address) + offset, 30))
             router, address = (str(a) for a in subnet.hosts())
             carrier_if = f"pdp{index}"
-            _run(["ip", "link", "add", interface, "netns", device_ns, "type", "veth",
-                  "peer", "name", carrier_if, "netns", self.ns])  # fmt: skip
+            _veth(device_ns, interface, self.ns, carrier_if)
             try:
                 _batch(self.ns, [f"addr add {router}/30 dev {carrier_if}", f"link set {carrier_if} up"])
             except NetlabError:
@@ -251,18 +247,3 @@ class Carrier:
         _run(["ip", "netns", "add", ns])
         self._owned.append(ns)
         _batch(ns, ["link set lo up"])
-
-
-def _run(argv: Sequence[str], check: bool = True, input_text: str | None = None) -> str:
-    proc = subprocess.run(
-        list(argv), input=input_text, capture_output=True, text=True, timeout=30, check=False
-    )
-    if check and proc.returncode != 0:
-        raise NetlabError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc.stdout
-
-
-def _batch(ns: str, lines: Sequence[str]) -> None:
-    _run(["ip", "-n", ns, "-batch", "-"], input_text="\n".join(lines) + "\n")
