@@ -23,10 +23,12 @@ from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE
 from dvrlink.modem.profiles import PROFILES
 from dvrlink.protocol.identity import b64decode_key, validate_serial
+from dvrlink.protocol.port_prediction import SearchBudget
 from dvrlink.protocol.signalling import PathPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PORT_SEARCH_CHOICES = ("auto", "full", "light", "off")
 PRESENCE_TRANSPORTS = ("udp", "tcp", "auto")
 """``[presence] transport`` values."""
 PATH_POLICIES = {
@@ -136,6 +138,10 @@ class SessionsConfig:
     stricter of this and the viewer's policy is used, and opposite ones refuse the session."""
     handshake_timeout_s: float = 30.0
     """Seconds an accepted session may take until the viewer is authenticated; then it is dropped."""
+    port_search: SearchBudget = SearchBudget.FULL
+    """This device's part in a birthday search for a direct path through a NAT with random ports
+    (``"auto"``, ``"full"``, ``"light"``, ``"off"`` in the file). ``auto``: ``light`` (only the
+    ~31 kB part, never the ~123 kB probes) when ``[modem] enabled``, else ``full``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,14 +324,15 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
 
     services = parse_services(document, source)
 
+    modem = _parse_modem(_Table(source, "modem", document, ModemSettings), base)
     ses = _Table(source, "sessions", document, SessionsConfig)
     sessions = SessionsConfig(
         max_sessions=ses.integer("max_sessions", 1, 256),
         host_addresses=ses.ip_list("host_addresses"),
         policy=ses.policy("policy"),
         handshake_timeout_s=ses.number("handshake_timeout_s", 1.0, 600.0),
+        port_search=ses.search_budget("port_search", metered=modem.enabled),
     )
-    modem = _parse_modem(_Table(source, "modem", document, ModemSettings), base)
     return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, source)
 
 
@@ -578,6 +585,16 @@ class _Table:
         if not isinstance(value, str) or value.strip().lower() not in PATH_POLICIES:
             raise self._error(key, value, f"expected one of {', '.join(PATH_POLICIES)}")
         return PATH_POLICIES[value.strip().lower()]
+
+    def search_budget(self, key: str, metered: bool) -> SearchBudget:
+        """``auto`` (also when absent): ``light`` on a metered link, else ``full``."""
+        value = self._get(key)
+        text = "auto" if isinstance(value, SearchBudget) else str(value).strip().lower()
+        if text not in PORT_SEARCH_CHOICES:
+            raise self._error(key, value, f"expected one of {', '.join(PORT_SEARCH_CHOICES)}")
+        if text == "auto":
+            return SearchBudget.LIGHT if metered else SearchBudget.FULL
+        return SearchBudget(text)
 
     def choice_lower(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.string(key).strip().lower()

@@ -66,6 +66,7 @@ from dvrlink.protocol.port_prediction import (
     BIRTHDAY_SOCKETS,
     BirthdayRole,
     Mapping,
+    SearchBudget,
     birthday_role,
     mapping_of,
     predict,
@@ -179,10 +180,14 @@ class _IceConnection(aioice.Connection):
 class Connectivity:
     """One session's paths (see the module docstring). Build it with :meth:`prepare`."""
 
-    def __init__(self, controlling: bool, policy: PathPolicy) -> None:
+    def __init__(
+        self, controlling: bool, policy: PathPolicy, search: SearchBudget = SearchBudget.FULL
+    ) -> None:
         """Use :meth:`prepare`; this only sets up empty state."""
         self.controlling = controlling
         self.policy = policy
+        self.search = search
+        """What this side may spend on a birthday search (``port_prediction.SearchBudget``)."""
         self.on_datagram: Callable[[bytes, Path], None] = lambda data, path: None
         """Called with each QUIC datagram received and the path it came on."""
         self.on_path_ready: Callable[[Path], None] = lambda path: None
@@ -248,20 +253,22 @@ class Connectivity:
         policy: PathPolicy,
         *,
         host_addresses: Sequence[str] | None = None,
+        search: SearchBudget = SearchBudget.FULL,
     ) -> Connectivity:
         """Allocate a TURN relay (unless ``DIRECT_ONLY``) and gather host and server-reflexive
         candidates (unless ``RELAY_ONLY``).
 
         ``turn`` servers are tried in order; the first allocation that succeeds is used.
         ``host_addresses`` limits host candidates to these IP literals (default: every address
-        of every interface but loopback, as aioice gathers them).
+        of every interface but loopback, as aioice gathers them). ``search`` bounds this side's
+        part in a birthday search (``LIGHT`` on a metered link).
 
         Raises:
             ConnectivityError: no TURN allocation could be made under ``RELAY_ONLY`` (the message
                 names the server and the cause, e.g. rejected credentials), or no candidate at all
                 could be gathered.
         """
-        self = cls(controlling, policy)
+        self = cls(controlling, policy, search)
         try:
             # The relay allocation (two round trips to the TURN server) and the host candidates
             # (local sockets, no round trip) are made together; server-reflexive candidates take a
@@ -703,7 +710,7 @@ class Connectivity:
             return
         for protocol, _, local in self._bases:
             for remote, mapping in self._remote_mappings:
-                role = birthday_role(local, mapping)
+                role = birthday_role(local, mapping, self.search)
                 if role is not None:
                     self._birthday_task = asyncio.create_task(self._birthday(role, protocol, remote))
                     return

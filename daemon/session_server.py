@@ -334,6 +334,7 @@ class SessionServer:
                     offer.turn,
                     policy,
                     host_addresses=self._config.host_addresses or None,
+                    search=self._config.port_search,
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED

@@ -62,6 +62,17 @@ class Mapping(enum.Enum):
     """A new port per remote with no pattern: only a birthday search can punch it."""
 
 
+class SearchBudget(enum.Enum):
+    """How much of a birthday search this side may spend (``[sessions] port_search``)."""
+
+    FULL = "full"
+    """Either part: opening sockets (about 31 kB) or probing (about 123 kB per round)."""
+    LIGHT = "light"
+    """Only the opening part; on a metered link (a recorder on a SIM) the probes cost too much."""
+    OFF = "off"
+    """No birthday search (port prediction still runs: it costs two STUN round trips)."""
+
+
 class BirthdayRole(enum.Enum):
     """This side's part in a birthday search (``birthday_role``)."""
 
@@ -135,13 +146,18 @@ def classify(mapped: Sequence[int], max_stride: int = MAX_STRIDE) -> Mapping | N
     return Mapping.RANDOM
 
 
-def birthday_role(local: Mapping | None, remote: Mapping | None) -> BirthdayRole | None:
+def birthday_role(
+    local: Mapping | None, remote: Mapping | None, budget: SearchBudget = SearchBudget.FULL
+) -> BirthdayRole | None:
     """This side's part in a birthday search, or None when there is none to do: only a random
-    mapping against an endpoint-independent one needs (and allows) it. Two random sides would
-    need both sets of ports to meet in the middle: no search, the relay serves."""
+    mapping against an endpoint-independent one needs (and allows) it, and ``budget`` may rule a
+    part out. Two random sides would need both sets of ports to meet in the middle: no search,
+    the relay serves."""
+    if budget is SearchBudget.OFF:
+        return None
     if local is Mapping.RANDOM and remote is Mapping.EIM:
         return BirthdayRole.OPEN
-    if local is Mapping.EIM and remote is Mapping.RANDOM:
+    if local is Mapping.EIM and remote is Mapping.RANDOM and budget is SearchBudget.FULL:
         return BirthdayRole.PROBE
     return None
 

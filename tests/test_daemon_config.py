@@ -11,6 +11,7 @@ import pytest
 
 from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.errors import ConfigError
+from dvrlink.protocol.port_prediction import SearchBudget
 
 KEY = bytes(range(1, 33))
 KEY_B64 = base64.b64encode(KEY).decode()
@@ -195,3 +196,15 @@ def test_check_config_uses_environment_variable(tmp_path: Path) -> None:
     missing = run_dvrlinkd("--check-config", "--config", str(tmp_path / "none.toml"))
     assert missing.returncode == 2
     assert "config file not found" in missing.stderr
+
+
+def test_port_search_is_light_on_a_metered_link_unless_set(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).sessions.port_search is SearchBudget.FULL
+    modem = MINIMAL + "[modem]\nenabled = true\n"
+    assert load_text(tmp_path, modem).sessions.port_search is SearchBudget.LIGHT
+    chosen = modem + '[sessions]\nport_search = "Full"\n'
+    assert load_text(tmp_path, chosen).sessions.port_search is SearchBudget.FULL
+    off = MINIMAL + '[sessions]\nport_search = "off"\n'
+    assert load_text(tmp_path, off).sessions.port_search is SearchBudget.OFF
+    with pytest.raises(ConfigError, match=r"\[sessions\] port_search = 'always': expected one of auto, full"):
+        load_text(tmp_path, MINIMAL + '[sessions]\nport_search = "always"\n')

@@ -24,6 +24,7 @@ from dvrlink.protocol.port_prediction import (
     WINDOW,
     BirthdayRole,
     Mapping,
+    SearchBudget,
     birthday_role,
     birthday_success,
     classify,
@@ -169,3 +170,10 @@ def test_no_check_before_the_peer_credentials_are_known() -> None:
         await ice.close()
 
     run(main)
+
+
+def test_a_light_budget_only_opens_and_off_does_nothing() -> None:
+    light, off = SearchBudget.LIGHT, SearchBudget.OFF
+    assert birthday_role(Mapping.RANDOM, Mapping.EIM, light) is BirthdayRole.OPEN
+    assert birthday_role(Mapping.EIM, Mapping.RANDOM, light) is None
+    assert birthday_role(Mapping.RANDOM, Mapping.EIM, off) is None
