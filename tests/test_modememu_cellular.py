@@ -197,11 +197,19 @@ def test_a_link_that_cannot_be_made_is_recorded_not_raised(tmp_path: Path) -> No
 # ------------------------------------------------------------------------------- in the NAT lab
 
 REASON = netlab.unavailable_reason()
-needs_lab = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+CarrierLab = tuple[netlab.Lab, Carrier, str]
+
+
+def lab_test(test: Callable[..., None]) -> Callable[..., None]:
+    """Needs root and the lab tools (skipped with the reason otherwise); bounded to 60 s."""
+    marked: Callable[..., None] = pytest.mark.skipif(REASON is not None, reason=REASON or "")(
+        pytest.mark.timeout(60)(test)
+    )
+    return marked
 
 
 @pytest.fixture
-def carrier_lab() -> Iterator[tuple[netlab.Lab, Carrier, str]]:
+def carrier_lab() -> Iterator[CarrierLab]:
     with netlab.topology("cgnat", "public") as lab:
         carrier = Carrier.for_lab(lab).build()
         try:
@@ -215,9 +223,11 @@ def links(ns: str) -> list[str]:
     return [line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()]
 
 
-def udhcpc(lab: netlab.Lab, ns: str, lease_dir: Path, *args: str) -> subprocess.Popen[str]:
+def udhcpc(
+    lab: netlab.Lab, ns: str, lease_dir: Path, *args: str, interface: str = "usb0"
+) -> subprocess.Popen[str]:
     env = dict(os.environ, FAKE_DHCP_CONFIGURE="1", FAKE_DHCP_LEASE_DIR=str(lease_dir))
-    argv = [sys.executable, str(FAKE_UDHCPC), "-f", "-i", "usb0", "-t", "2", "-T", "0.5", "-n", *args]
+    argv = [sys.executable, str(FAKE_UDHCPC), "-f", "-i", interface, "-t", "2", "-T", "0.5", "-n", *args]
     return lab.popen(ns, argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -247,11 +257,8 @@ def wait_line(proc: subprocess.Popen[str], text: str) -> list[str]:
     raise AssertionError(f"the client ended without {text!r}: {seen}")
 
 
-@needs_lab
-@pytest.mark.timeout(60)
-def test_a_call_is_a_link_behind_carrier_grade_nat(
-    carrier_lab: tuple[netlab.Lab, Carrier, str], tmp_path: Path
-) -> None:
+@lab_test
+def test_a_call_is_a_link_behind_carrier_grade_nat(carrier_lab: CarrierLab, tmp_path: Path) -> None:
     lab, carrier, cell = carrier_lab
     assert links(cell) == ["lo"]
     path = CarrierDataPath(carrier, cell, "usb0", tmp_path)
@@ -300,6 +307,49 @@ def test_a_call_is_a_link_behind_carrier_grade_nat(
     assert links(cell) == ["lo"], "stopping the emulator ends the call"
 
 
+PROBE = """
+import asyncio, sys
+from dvrlink.modem.netprobe import DataPathProbe, ProbeConfig
+from dvrlink.modem.ppp import LinkUp
+probe = DataPathProbe(ProbeConfig(sys.argv[1], timeout_s=2.0, initial_rto_s=0.2))
+print(asyncio.run(probe(LinkUp(sys.argv[2], sys.argv[3]))))
+"""
+
+
+def data_path_probe(lab: netlab.Lab, cell: str, lease: Lease) -> str:
+    """The daemon's data-path probe (STUN to the broker through the interface), run in ``cell``."""
+    args = ["-c", PROBE, lab.broker_addrs[0], lease.interface, lease.address]
+    return lab.python(cell, args, timeout=WAIT).stdout.strip()
+
+
+@lab_test
+def test_the_daemons_probe_sees_the_path_and_its_loss_at_a_hang_up(
+    carrier_lab: CarrierLab, tmp_path: Path
+) -> None:
+    lab, carrier, cell = carrier_lab
+    netlab.start_lab_broker(lab, tmp_path / "broker")
+    interface = get_profile("huawei-mu709").net_interface
+    assert interface == "wwan0"
+    path = CarrierDataPath(carrier, cell, interface, tmp_path / "leases")
+    with ModemEmulator("huawei-mu709", SimCard(), data_path=path) as emu, RawPort(emu.path) as port:
+        port.command("ATE0")
+        port.command('AT^NDISDUP=1,1,"internet"')
+        port.read_until(b'^NDISSTAT: 1,,,"IPV4"\r\n')
+        lease = path.lease
+        assert lease is not None and lease.interface == interface
+        client = udhcpc(lab, cell, path.lease_dir, interface=interface)
+        wait_line(client, "obtained")
+        netlab.wait_until("the default route via the modem", lambda: default_route(lab, cell), WAIT)
+        assert data_path_probe(lab, cell, lease) == "True"
+        emu.drop_carrier()  # the network ends the call: the interface goes, the client stays
+        port.read_until(b'^NDISSTAT: 0,,,"IPV4"\r\n')
+        assert links(cell) == ["lo"] and client.poll() is None
+        assert data_path_probe(lab, cell, lease) == "False"
+        client.terminate()
+        assert client.wait(WAIT) == 0
+    assert path.errors == []
+
+
 # -------------------------------------------------------------------------------------- by hand
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,8 +376,7 @@ def test_hand_run_data_path_needs_a_lab_and_a_network_function() -> None:
     assert proc.returncode == 2 and "no network function" in out, out
 
 
-@needs_lab
-@pytest.mark.timeout(60)
+@lab_test
 def test_hand_run_data_path_builds_the_carrier_and_removes_it(tmp_path: Path) -> None:
     with netlab.topology("cgnat", "public") as lab:
         proc = hand_run("--data-path", lab.prefix, "--lease-dir", str(tmp_path))
