@@ -126,6 +126,20 @@ def test_an_ecm_call_ends_once_whatever_ends_it(ending: str) -> None:
     assert m.path.events == ["connected web ecm", "disconnected"], "a call ends once"
 
 
+@pytest.mark.parametrize("how", ["vanish", "stop"])
+def test_the_port_vanishing_or_the_emulator_stopping_ends_the_call(how: str) -> None:
+    path = RecordingPath()
+    emu = ModemEmulator("quectel-ec25", SimCard(), data_path=path)
+    with emu, RawPort(emu.path) as port:
+        port.command("ATE0")
+        port.command("AT+QNETDEVCTL=1,1,1")
+        assert path.events == ["connected  ecm"]
+        if how == "vanish":
+            emu.vanish()
+            assert path.events == ["connected  ecm", "disconnected"]
+    assert path.events == ["connected  ecm", "disconnected"]
+
+
 def test_a_disconnect_without_a_call_tells_the_path_nothing() -> None:
     m = Model("simcom-sim7600")
     assert m.at("AT$QCRMCALL=0,1").endswith("OK\r\n")
