@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.skipif(
         not DEFAULT_DATABASE.exists(), reason="Debian package mobile-broadband-provider-info not installed"
     ),
-    pytest.mark.timeout(90),
+    pytest.mark.timeout(60),
 ]
 
 BIN = Path(sys.executable).parent
