@@ -26,7 +26,17 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from hil.netlab.lab import PREFIX_PATTERN, Lab, NetlabError, _batch, _run, _sysctl, _veth, namespaces
+from hil.netlab.lab import (
+    PREFIX_PATTERN,
+    Lab,
+    NetlabError,
+    _batch,
+    _run,
+    _sysctl,
+    _veth,
+    add_namespace,
+    namespaces,
+)
 from hil.netlab.nat import NatType
 
 UPLINK_NET = ipaddress.IPv4Network("100.64.127.0/30")
@@ -239,11 +249,5 @@ class Carrier:
         self.close()
 
     def _add_ns(self, ns: str) -> None:
-        if ns in namespaces():
-            raise NetlabError(
-                f"namespace {ns} exists already; remove it with: "
-                f"python -m hil.netlab down --prefix {self.prefix}"
-            )
-        _run(["ip", "netns", "add", ns])
+        add_namespace(ns, self.prefix)
         self._owned.append(ns)
-        _batch(ns, ["link set lo up"])

@@ -94,6 +94,20 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def add_namespace(ns: str, prefix: str) -> None:
+    """Create namespace ``ns`` (a lab's, named with ``prefix``) with its loopback up.
+
+    Raises:
+        NetlabError: it exists already (the message says how to remove the lab it belongs to).
+    """
+    if ns in namespaces():
+        raise NetlabError(
+            f"namespace {ns} exists already; remove it with: python -m hil.netlab down --prefix {prefix}"
+        )
+    _run(["ip", "netns", "add", ns])
+    _batch(ns, ["link set lo up"])
+
+
 def lab_prefixes() -> list[str]:
     """Prefixes of the labs whose namespaces exist (by hand and leftovers of test runs)."""
     found = {m.group(0) for name in namespaces() if (m := PREFIX_PATTERN.match(name))}
@@ -435,14 +449,8 @@ class Lab:
     # -- internals -------------------------------------------------------------------------------------
 
     def _add_ns(self, ns: str) -> None:
-        if ns in namespaces():
-            raise NetlabError(
-                f"namespace {ns} exists already; remove it with: "
-                f"python -m hil.netlab down --prefix {self.prefix}"
-            )
-        _run(["ip", "netns", "add", ns])
+        add_namespace(ns, self.prefix)
         self._owned.append(ns)
-        _batch(ns, ["link set lo up"])
 
     def _remove_sides(self) -> None:
         gone = {ns for s in self.sides.values() for ns in (s.host_ns, *s.gateways)}
