@@ -64,7 +64,6 @@ from dvrlink.modem.ladder import LadderFile, Step
 from dvrlink.modem.manager import (
     DataFailed,
     DataFailure,
-    DataLink,
     DataRequest,
     DataUp,
     ModemConfig,
@@ -73,7 +72,7 @@ from dvrlink.modem.manager import (
     redact_iccid,
 )
 from dvrlink.modem.netprobe import DataPathProbe, ProbeConfig
-from dvrlink.modem.ppp import PppConfig, PppLink
+from dvrlink.modem.ppp import LinkFailed, PppConfig, PppLink
 from dvrlink.modem.profiles import DialMethod, ModemProfile, profile_by_name
 from dvrlink.modem.runner import ModemRunner, RecoveryHooks, RunnerConfig, RunnerEvent
 
@@ -285,7 +284,9 @@ class CurrentPortLink:
             device = ports.data_port if ports is not None else None
             if not device:
                 return DataFailed(DataFailure.NO_DEVICE, "no PPP port: the modem is not attached")
-            self._link = PppLink(self._ppp, device, path_probe=self._probe)
+            # on the AT port of a UART modem, hang up over the port when pppd ends (DTR may be unwired)
+            config = dataclasses.replace(self._ppp, hang_up=self.on_at_port())
+            self._link = PppLink(config, device, path_probe=self._probe)
         else:
             iface = ports.net_iface if ports is not None else None
             if not iface:
@@ -306,6 +307,25 @@ class CurrentPortLink:
 
     def counters(self) -> tuple[int, int]:
         return self._link.counters() if self._link is not None else (0, 0)
+
+    async def wait_down(self) -> LinkFailed:
+        """After an ``up`` that worked: wait until pppd ends, and say how (the runner then takes
+        the AT port back when PPP ran on it).
+
+        Raises:
+            RuntimeError: the last ``up`` was not a PPP link.
+        """
+        link = self._link
+        if not isinstance(link, PppLink):
+            raise RuntimeError("only a PPP data link can be waited on")
+        return await link.wait_down()
+
+    def on_at_port(self) -> bool:
+        """True when PPP runs on the AT port itself (a UART modem such as the SIM800)."""
+        ports = self._ports()
+        if self.method is not DialMethod.PPP or ports is None or not ports.at_port or not ports.data_port:
+            return False
+        return os.path.realpath(ports.at_port) == os.path.realpath(ports.data_port)
 
 
 # ------------------------------------------------------------------------------------ advice
@@ -724,7 +744,7 @@ class ModemService:
             cid=modem.cid,
         )
         ecm = EcmConfig(dhcp_command=settings.dhcp_command)
-        data_link: DataLink = CurrentPortLink(method, lambda: self._ports, ppp, ecm, probe)
+        data_link = CurrentPortLink(method, lambda: self._ports, ppp, ecm, probe)
         hooks = self.options.hooks or BoardHooks(settings, tuning, self._usb_device)
         log.info(
             "modem: profile %s, %s data link, APN %s",
@@ -742,6 +762,7 @@ class ModemService:
             ladder_file=LadderFile(self._dir / LADDER_FILE),
             hooks=hooks,
             ledger=self._ledger,
+            data_on_at_port=data_link.on_at_port,
             on_event=self._on_runner_event,
         )
 

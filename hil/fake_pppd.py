@@ -12,8 +12,11 @@ has no PPP support (both as pppd checks them: after the options, before the devi
 messages). No PPP frames are exchanged.
 
 Run as ``fake_pppd.py --as-chat [-v] [-s] [-S] -f SCRIPT`` it stands in for chat(8): it plays a chat
-script (``ABORT``, ``TIMEOUT``, ``REPORT``, ``SAY``, expect/send pairs) on stdin/stdout and exits as
-chat does: 0, 3 on a timeout, 4 + n when the n-th ABORT string (from 0) arrives.
+script (``ABORT``, ``TIMEOUT``, ``REPORT``, ``SAY``, expect/send pairs, the send escapes ``\\d``,
+``\\p``, ``\\c``, ``\\r``, ``\\n``) on stdin/stdout and exits as chat does: 0, 3 on a timeout, 4 + n
+when the n-th ABORT string (from 0) arrives. With a ``disconnect`` option it runs that script on the
+device when the link ends, unless the modem hung up (as pppd); without one it writes ``+++``
+instead of dropping DTR, which a PTY cannot carry.
 
 Behaviour switches, from the environment:
 
@@ -34,6 +37,7 @@ import os
 import select
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -152,11 +156,19 @@ def parse(argv: list[str], options: dict[str, object]) -> None:
                 options[word] = value
         elif word.isdigit():
             options["speed"] = word
-        elif word.startswith("/dev/"):
+        elif word.startswith("/dev/") or is_char_device(word):
+            # pppd takes a word naming a character device (a by-id symlink, a PTY) as the device
             options["device"] = word
         else:
             raise OptionError(f"unrecognized option '{word}'")
         i += 1
+
+
+def is_char_device(path: str) -> bool:
+    try:
+        return path.startswith("/") and stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def say(text: str) -> None:
@@ -287,7 +299,12 @@ def pppd_main(argv: list[str]) -> int:
             code = 16
             break
     run_hook(options, "down", ifname, local, remote)
-    if code != 16:
+    disconnect = options.get("disconnect")
+    if code != 16 and isinstance(disconnect, str):
+        # as pppd: the disconnect script runs on the device unless the modem hung up itself
+        status = subprocess.run(["/bin/sh", "-c", disconnect], stdin=fd, stdout=fd, check=False).returncode
+        say("Disconnect script failed" if status else "Serial link disconnected.")
+    elif code != 16:
         # A real pppd hangs up by dropping DTR, which a PTY cannot carry: the escape sequence puts
         # an emulated modem back into command mode instead.
         time.sleep(0.05)
@@ -299,6 +316,31 @@ def pppd_main(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------- chat
+
+
+def send_chat(token: str) -> None:
+    """Send a chat send-string with chat's escapes: \\d one second, \\p a tenth, \\c no CR at
+    the end, \\r, \\n, \\\\ (the rest as written)."""
+    out = b""
+    cr = True
+    i = 0
+    while i < len(token):
+        ch = token[i]
+        if ch == "\\" and i + 1 < len(token):
+            i += 1
+            escape = token[i]
+            if escape in "dp":
+                os.write(1, out)
+                out = b""
+                time.sleep(1.0 if escape == "d" else 0.1)
+            elif escape == "c" and i == len(token) - 1:
+                cr = False
+            else:
+                out += {"r": b"\r", "n": b"\n", "\\": b"\\"}.get(escape, ("\\" + escape).encode())
+        else:
+            out += ch.encode()
+        i += 1
+    os.write(1, out + (b"\r" if cr else b""))
 
 
 def chat_main(argv: list[str]) -> int:
@@ -371,7 +413,7 @@ def chat_main(argv: list[str]) -> int:
                 pending = pending[pending.index(token.encode()) + len(token) :]
         else:
             log(f"send ({token})")
-            os.write(1, token.encode() + b"\r")
+            send_chat(token)
         expecting = not expecting
         i += 1
     return 0

@@ -528,7 +528,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     (M.CONNECTING, M.REGISTERING): "registration lost, or no network service for the call",
     (M.DATA_BACKOFF, M.CONNECTING): "backoff over",
     (M.DATA_BACKOFF, M.REGISTERING): "registration lost",
-    (M.ONLINE, M.REGISTERING): "registration lost",
+    (M.ONLINE, M.REGISTERING): "registration lost, or the data link on the AT port ended",
     (M.ONLINE, M.CONNECTING): "data link lost while registered",
     (M.RECOVERING, M.ONLINE): "AT port answers again; the data link stayed up",
     (M.RECOVERING, M.PROBING): "recovery step done: probe again",
@@ -787,6 +787,8 @@ class ModemManager:
         self._at_stalled = False
         self._stalled_since: float | None = None
         self._setup_problem = ""
+        self._port_lent = False
+        """The AT port is the data link's (PPP on the AT port itself): no command goes out."""
         # identity and SIM
         self._vendor = self._model = self._revision = self._imei = ""
         self._sim = SimState.UNKNOWN
@@ -875,6 +877,7 @@ class ModemManager:
 
     def port_opened(self, now: float) -> None:
         """The AT port is open: probe the modem."""
+        self._port_lent = False
         self._forget_inflight()
         self._at_stalled = False
         self._stalled_since = None
@@ -887,6 +890,7 @@ class ModemManager:
         a :data:`FaultKind.PORT_LOST` fault, or, while waiting for a reset, the modem
         re-enumerating (then the driver is asked to reopen it)."""
         was = self._state
+        self._port_lent = False
         self._forget_inflight()
         self._stop_data(f"AT port closed: {reason}")
         self._enter(ModemState.PORT_CLOSED, reason)
@@ -896,6 +900,30 @@ class ModemManager:
             self._actions.append(ReopenPort("the modem re-enumerates after its reset"))
             return
         self._fault(FaultKind.PORT_LOST, reason, at_alive=False, now=now)
+
+    @property
+    def port_lent(self) -> bool:
+        """True between :meth:`lend_port` and :meth:`port_returned`."""
+        return self._port_lent
+
+    def lend_port(self, now: float) -> None:
+        """The driver hands the AT port to the data link (a modem with PPP on its only port, such
+        as the SIM800 on a UART): no AT command is sent until :meth:`port_returned`. Registration,
+        signal and SIM polls pause; the data-path probes go on."""
+        self._port_lent = True
+
+    def port_returned(self, now: float, *, data_ended: str = "") -> None:
+        """The AT port is the driver's again. ``data_ended``: why the data link is no longer up
+        (it ended by itself, or was taken down for recovery), empty when it never came up. Online,
+        the modem is asked for its registration again before the next dial."""
+        self._port_lent = False
+        if data_ended and self._data_up:
+            self._data_up = False
+            self._interface = ""
+            if self._state is ModemState.ONLINE:
+                self._enter(ModemState.REGISTERING, f"data link ended: {data_ended}")
+                self._registering(now)
+        self._pump(now)
 
     def _forget_inflight(self) -> None:
         self._inflight = None
@@ -1028,18 +1056,23 @@ class ModemManager:
         if t.state is not None and now >= t.state:
             t.state = None
             self._state_timeout(now)
+        lent = self._port_lent  # no AT polls while the data link holds the port
         if t.sim_check is not None and now >= t.sim_check:
             t.sim_check = None
-            self._sim_check(now)
+            if not lent:
+                self._sim_check(now)
         if t.poll is not None and now >= t.poll:
             t.poll = now + self.config.registration_poll_s
-            self._poll_registration()
+            if not lent:
+                self._poll_registration()
         if t.signal is not None and now >= t.signal:
             t.signal = now + self.config.signal_poll_s
-            self._poll_signal()
+            if not lent:
+                self._poll_signal()
         if t.iccid is not None and now >= t.iccid:
             t.iccid = now + self.config.iccid_check_s
-            self._sim_check(now, periodic=True)
+            if not lent:
+                self._sim_check(now, periodic=True)
         if t.probe is not None and now >= t.probe:
             t.probe = now + self.config.probe_interval_s
             if self._state is ModemState.ONLINE and not self._probe_pending:
@@ -1060,7 +1093,7 @@ class ModemManager:
             log.debug("modem: %s failed (%s), going on", outcome.command, outcome.result.line)
 
     def _pump(self, now: float) -> None:
-        while self._inflight is None and self._queue and not self._at_stalled:
+        while self._inflight is None and self._queue and not self._at_stalled and not self._port_lent:
             if self._state in (ModemState.PORT_CLOSED, ModemState.RESETTING):
                 self._queue.clear()
                 return

@@ -155,6 +155,10 @@ class PppConfig:
     """Seconds pppd gets after SIGTERM before SIGKILL."""
     hook_timeout_s: int = 5
     """Seconds the ip-up/ip-down hook waits for the daemon to read its status line."""
+    hang_up: bool = False
+    """When pppd ends the link, hang the modem up over the port (``+++`` with a second's guard time
+    either side, then ``ATH``) with a ``disconnect`` script: for PPP on the AT port of a UART
+    modem whose DTR line may not be wired (the SIM800), so the port comes back in command mode."""
     extra_options: tuple[str, ...] = ()
     """More pppd options, one per line (e.g. ``novj``, ``mtu 1400``)."""
     environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -201,6 +205,14 @@ class PppFiles:
         return self.run_dir / "connect"
 
     @property
+    def hangup_chat(self) -> Path:
+        return self.run_dir / "hangup-chat"
+
+    @property
+    def disconnect(self) -> Path:
+        return self.run_dir / "disconnect"
+
+    @property
     def connect_status(self) -> Path:
         return self.run_dir / "connect-status"
 
@@ -245,6 +257,8 @@ def build_options(config: PppConfig, device: str, apn: ApnSettings, files: PppFi
         f"ip-up-script {_option_value(str(files.ip_up), 'ip-up path')}",
         f"ip-down-script {_option_value(str(files.ip_down), 'ip-down path')}",
     ]
+    if config.hang_up:
+        lines.append(f"disconnect {_option_value(str(files.disconnect), 'disconnect script path')}")
     if config.usepeerdns:
         lines.append("usepeerdns")
     lines.append("defaultroute" if config.defaultroute else "nodefaultroute")
@@ -304,6 +318,21 @@ def build_connect(config: PppConfig, files: PppFiles) -> str:
         "status=$?\n"
         f'echo "$status" > {shlex.quote(str(files.connect_status))}\n'
         'exit "$status"\n'
+    )
+
+
+HANGUP_CHAT = "TIMEOUT 3\n'' '\\d+++\\d\\c'\nOK ATH\nOK\n"
+"""The chat script of the ``disconnect`` script (``hang_up``): the escape sequence with its guard
+times (``\\d``: a second; ``\\c``: no carriage return), then ``ATH``."""
+
+
+def build_disconnect(config: PppConfig, files: PppFiles) -> str:
+    """The disconnect script pppd runs after the link ends (not after the modem hung up itself)."""
+    chat = " ".join(shlex.quote(word) for word in config.chat_command)
+    return (
+        "#!/bin/sh\n"
+        "# Written by dvrlinkd: pppd runs this with the modem's port on stdin and stdout.\n"
+        f"exec {chat} -v -s -S -f {shlex.quote(str(files.hangup_chat))}\n"
     )
 
 
@@ -486,6 +515,9 @@ def write_files(
     atomic_write(files.options, options.encode(), mode=0o600)
     atomic_write(files.chat, chat.encode(), mode=0o600)
     atomic_write(files.connect, build_connect(config, files).encode(), mode=0o700)
+    if config.hang_up:
+        atomic_write(files.hangup_chat, HANGUP_CHAT.encode(), mode=0o600)
+        atomic_write(files.disconnect, build_disconnect(config, files).encode(), mode=0o700)
     atomic_write(files.ip_up, build_hook(files, "up", config.hook_timeout_s).encode(), mode=0o700)
     atomic_write(files.ip_down, build_hook(files, "down", config.hook_timeout_s).encode(), mode=0o700)
     files.connect_status.unlink(missing_ok=True)

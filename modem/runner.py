@@ -121,7 +121,14 @@ class RunnerConfig:
 class ModemRunner:
     """Runs one modem (see module docstring). ``on_event`` gets every manager event, every
     ladder step taken and every accounting event (cycle started, cap warning/reached/cleared), in
-    order, from the event loop."""
+    order, from the event loop.
+
+    ``data_on_at_port`` says whether the data link runs on the AT port itself (PPP on a UART modem
+    such as the SIM800). Then the runner closes the AT port before the link comes up and sends no
+    AT command while it is up (the manager pauses its polls; the data-path probes go on); it takes
+    the port back once the link failed, ended by itself (``wait_down`` of the data link, when it has
+    one) or was taken down, including before a recovery step.
+    """
 
     def __init__(
         self,
@@ -137,6 +144,7 @@ class ModemRunner:
         ledger: AccountingLedger | None = None,
         wall_clock: Callable[[], float] = time.time,
         calendar: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        data_on_at_port: Callable[[], bool] = lambda: False,
         on_event: Callable[[RunnerEvent], None] | None = None,
     ) -> None:
         self.config = config
@@ -149,6 +157,8 @@ class ModemRunner:
         self._ledger = ledger
         self._wall = wall_clock
         self._calendar = calendar
+        self._data_on_at_port = data_on_at_port
+        self._stopping_data = False
         self._on_event = on_event
         memory = apn_memory_file.load() if apn_memory_file is not None else ApnMemory()
         self._memory = memory
@@ -342,7 +352,9 @@ class ModemRunner:
 
     def _handle_event(self, event: ManagerEvent) -> None:
         self._emit(event)
-        if isinstance(event, FaultDetected):
+        if isinstance(event, FaultDetected) and self.manager.port_lent:
+            self._spawn(self._reclaim(event.fault), "modem-reclaim-port")
+        elif isinstance(event, FaultDetected):
             self._fault(event.fault)
         elif isinstance(event, CameOnline):
             self._acct_iccid = self.manager.iccid
@@ -383,6 +395,9 @@ class ModemRunner:
     async def _data_up(self, action: StartData) -> None:
         assert self._data_lock is not None
         async with self._data_lock:
+            lend = self._link is not None and self._data_on_at_port()
+            if lend:
+                self._lend_port()
             try:
                 result: DataUp | DataFailed = await self._data_link.up(action.request)
             except asyncio.CancelledError:
@@ -390,14 +405,19 @@ class ModemRunner:
             except Exception as exc:
                 log.exception("modem: data link up() raised")
                 result = DataFailed(DataFailure.OTHER, f"data link error: {exc}")
+            if lend and not isinstance(result, DataUp):
+                await self._return_port("")
         self.manager.data_result(result, self._now(), generation=action.generation)
         self._drain()
+        if lend and self.manager.data_up and self.manager.port_lent:
+            self._spawn(self._watch_data(), "modem-data-watch")
 
     async def _data_down(self, reason: str) -> None:
         assert self._data_lock is not None
         self._account()
         async with self._data_lock:
             log.info("modem: data link down: %s", reason)
+            self._stopping_data = True
             try:
                 async with asyncio.timeout(self.config.data_down_timeout_s):
                     await self._data_link.down()
@@ -405,6 +425,61 @@ class ModemRunner:
                 raise
             except Exception:
                 log.exception("modem: data link down() failed")
+            finally:
+                self._stopping_data = False
+            if self.manager.port_lent:
+                await self._return_port(reason)
+        self._drain()
+
+    # ------------------------------------------------------------------- PPP on the AT port
+
+    def _lend_port(self) -> None:
+        """Close the AT port for the data link (without telling the manager it was lost)."""
+        link, self._link = self._link, None  # _watch sees a link closed on purpose
+        if link is not None:
+            link.close("handed to the data link")
+            log.info("modem: AT port %s handed to the data link until it ends", link.path)
+        self.manager.lend_port(self._now())
+
+    async def _return_port(self, data_ended: str) -> None:
+        """Open the AT port again after the data link let it go; a port that does not come back
+        is a fault."""
+        if not await self._open_port("back from the data link", data_ended=data_ended):
+            self._fault(
+                Fault(
+                    FaultKind.PORT_LOST,
+                    f"the AT port did not come back from the data link within {self.config.port_wait_s:g} s",
+                    at_alive=False,
+                )
+            )
+
+    async def _watch_data(self) -> None:
+        """Take the AT port back when the data link on it ends by itself (the modem hung up)."""
+        wait_down = getattr(self._data_link, "wait_down", None)
+        if wait_down is None:
+            return
+        try:
+            ended = await wait_down()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("modem: waiting for the data link to end failed")
+            return
+        assert self._data_lock is not None
+        async with self._data_lock:
+            if self._stopping_data or not self.manager.port_lent:
+                return  # taken down on purpose; _data_down returns the port
+            reason = str(getattr(ended, "reason", ended))
+            log.warning("modem: the data link on the AT port ended: %s", reason)
+            self._account()
+            await self._return_port(reason)
+        self._drain()
+
+    async def _reclaim(self, fault: Fault) -> None:
+        """A fault while the data link holds the AT port: take the link down (the port comes
+        back), then climb the ladder."""
+        await self._data_down(f"recovering from {fault.kind.value}")
+        self._fault(fault)
 
     async def _probe(self) -> None:
         try:
@@ -443,8 +518,9 @@ class ModemRunner:
         cap = self.config.command_timeout_cap_s
         return dataclasses.replace(spec, timeout=min(spec.timeout, cap)) if cap is not None else spec
 
-    async def _open_port(self, why: str) -> bool:
-        """Wait up to ``port_wait_s`` for the port and open it; True when open."""
+    async def _open_port(self, why: str, *, data_ended: str | None = None) -> bool:
+        """Wait up to ``port_wait_s`` for the port and open it; True when open. ``data_ended``
+        not None: the port comes back from the data link (the manager goes on where it was)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.port_wait_s
         last = "not found"
@@ -461,7 +537,10 @@ class ModemRunner:
                     self._link = link
                     self._spawn(self._watch(link), "modem-port-watch")
                     log.info("modem: AT port %s open (%s)", path, why)
-                    self.manager.port_opened(loop.time())
+                    if data_ended is None:
+                        self.manager.port_opened(loop.time())
+                    else:
+                        self.manager.port_returned(loop.time(), data_ended=data_ended)
                     self._drain()
                     return True
             if loop.time() >= deadline:

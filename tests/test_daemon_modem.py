@@ -39,7 +39,7 @@ from dvrlink.modem.ladder import LadderConfig
 from dvrlink.modem.manager import ModemState, ModemStatus
 from dvrlink.modem.runner import ModemRunner, RunnerConfig
 from dvrlink.protocol.identity import b64encode_key
-from hil.modememu import ModemEmulator, SimCard
+from hil.modememu import DataPath, ModemEmulator, SimCard
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -84,7 +84,7 @@ def fast_tuning(**overrides: Any) -> ModemTuning:
         port_poll_s=0.02,
         port_wait_s=3.0,
         accounting_interval_s=0.1,
-        data_down_timeout_s=2.0,
+        data_down_timeout_s=6.0,  # a hang-up over the port (PPP on the AT port) takes 2 s of guard time
     )
     values: dict[str, Any] = {
         "modem": FAST_MODEM,
@@ -179,14 +179,18 @@ async def running(
     extra_config: str = "",
     runner_keywords: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     lab_settings: dict[str, Any] | None = None,
+    profile: str = "quectel-ec25",
+    data_path: DataPath | None = None,
 ) -> AsyncIterator[Rig]:
     """The daemon with the emulated modem against a loopback broker. ``extra_modem`` goes into
     ``[modem]``, ``extra_config`` after it (other sections); ``runner_keywords`` rewrites the
-    service's keywords to ``ModemRunner`` (to add a test calendar, to meter the data link)."""
+    service's keywords to ``ModemRunner`` (to add a test calendar, to meter the data link).
+    ``profile`` is the emulated modem family and the daemon's ``[modem] profile``; ``data_path``
+    sees what the host sends while the emulator is in data mode."""
     monkeypatch.setenv("FAKE_DHCP_IP", "127.0.0.1")
     monkeypatch.setenv("FAKE_DHCP_ROUTER", "127.0.0.1")
     sim = SimCard.for_network("26201", iccid=ICCID, working_apns=frozenset({WORKING_APN}))
-    with ModemEmulator("quectel-ec25", sim, boot_delay_s=0.05) as emu:
+    with ModemEmulator(profile, sim, boot_delay_s=0.05, data_path=data_path) as emu:
         port = tmp_path / "ttyMODEM"
         follow(port, emu.path)
         emu.on_path_change = lambda path: follow(port, path)
@@ -199,7 +203,7 @@ async def running(
                 f'runtime_dir = "{tmp_path / "run"}"\n'
                 f'[broker]\nhost = "127.0.0.1"\nport = {t.broker.info.udp_port}\n'
                 f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
-                f'[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{port}"\n'
+                f'[modem]\nenabled = true\nprofile = "{profile}"\nport = "{port}"\n'
                 f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n{extra_modem}\n{extra_config}'
             )
             config = load_config(config_file)

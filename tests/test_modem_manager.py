@@ -32,6 +32,7 @@ from dvrlink.modem.manager import (
     ModemManager,
     ModemState,
     ModemStatus,
+    ProbeData,
     SendAt,
     StartData,
     cesq_to_dbm,
@@ -230,6 +231,40 @@ def test_a_system_that_cannot_run_pppd_keeps_the_apn_and_never_asks_the_ladder()
     assert len(modem.starts) == 5
     assert {start.request.apn.apn for start in modem.starts} == {"internet.t-d1.de"}
     assert not [e for e in modem.events if isinstance(e, FaultDetected | ApnFailed)]
+
+
+@needs_database
+def test_while_the_data_link_holds_the_at_port_no_command_is_sent_and_probes_go_on() -> None:
+    config = ModemConfig(
+        profile=profile_by_name("simcom-sim800"), registration_poll_s=5.0, probe_interval_s=7.0
+    )
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, {**ANSWERS, "AT+CCID": (ICCID, "OK")})
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.ONLINE
+    manager.lend_port(0.0)  # the runner does so before the data link comes up; here after, alike
+    sent = len(modem.sent)
+    probes = 0
+    now = 0.0
+    while now < 60.0:
+        deadline = manager.next_deadline()
+        assert deadline is not None and deadline > now  # no timer left due: no busy loop
+        now = deadline
+        manager.tick(now)
+        while (action := manager.next_action()) is not None:
+            assert not isinstance(action, SendAt), action
+            if isinstance(action, ProbeData):
+                probes += 1
+                manager.probe_result(True, now)
+    assert len(modem.sent) == sent and probes >= 7
+    assert manager.state is ModemState.ONLINE
+    # pppd ended by itself: the port is back, registration is asked before the next dial
+    manager.port_returned(now, data_ended="the modem hung up (NO CARRIER)")
+    assert manager.state is ModemState.REGISTERING and not manager.data_up
+    modem.step(now)
+    assert any(command.startswith("AT+CREG?") for command in modem.sent[sent:])
+    assert manager.state is ModemState.ONLINE
 
 
 def test_a_stale_data_result_is_taken_down() -> None:

@@ -215,3 +215,14 @@ def test_hook_reports_pppds_arguments_and_gives_up_without_a_reader(tmp_path: Pa
         # no reader: opening the FIFO would block for ever; the hook gives up after 1 s
         done = subprocess.run(args, env=env, check=False, timeout=30)
         assert done.returncode != 0
+
+
+def test_hang_up_adds_a_disconnect_script_with_guard_times(tmp_path: Path) -> None:
+    config = PppConfig(run_dir=tmp_path / "ppp", hang_up=True, chat_command=("/usr/sbin/chat",))
+    files = write_files(config, "/dev/ttyS2", ApnSettings("internet"))
+    assert f'disconnect "{files.disconnect}"' in files.options.read_text()
+    assert "\\d+++\\d\\c" in files.hangup_chat.read_text() and "OK ATH" in files.hangup_chat.read_text()
+    assert str(files.hangup_chat) in files.disconnect.read_text()
+    plain = PppConfig(run_dir=tmp_path / "plain")
+    options = write_files(plain, "/dev/ttyUSB3", ApnSettings("internet")).options.read_text()
+    assert "\ndisconnect " not in options
