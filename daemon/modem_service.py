@@ -466,6 +466,7 @@ class ModemService:
             operator=status.operator,
             roaming=status.roaming,
             rat=status.rat,
+            band=status.band,
             signal_dbm=status.signal_dbm,
             apn=status.apn,
             interface=status.interface,

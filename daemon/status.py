@@ -79,6 +79,8 @@ class ModemBlock:
     roaming: bool = False
     rat: str = ""
     """Radio technology: GSM, EDGE, UMTS, HSPA, LTE, ..."""
+    band: str = ""
+    """The serving cell's band, when the modem names it (``LTE BAND 3``)."""
     signal_dbm: int | None = None
     apn: str | None = None
     """The APN of the data link while online."""
@@ -290,6 +292,8 @@ def format_modem(modem: ModemBlock) -> list[str]:
     """The modem lines of ``dvrlinkd status``: identity, SIM, network, data, and what to do."""
     signal = f"{modem.signal_dbm} dBm" if modem.signal_dbm is not None else "-"
     network = " ".join(x for x in (modem.operator, modem.rat) if x) or "-"
+    if modem.band:
+        network += f", {modem.band}"
     if modem.roaming:
         network += " (roaming)"
     used = _size(modem.data_used_bytes) if modem.data_used_bytes is not None else "-"

@@ -64,6 +64,7 @@ from dvrlink.modem.at import (
 )
 from dvrlink.modem.ladder import Fault, FaultKind, Step
 from dvrlink.modem.profiles import DialMethod, ModemProfile
+from dvrlink.modem.radio import RadioInfo, parse_radio_info
 
 log = logging.getLogger(__name__)
 
@@ -577,6 +578,8 @@ class ModemStatus:
     roaming: bool = False
     rat: str = ""
     signal_dbm: int | None = None
+    band: str = ""
+    """The serving cell's band as the modem names it (vendor radio info), empty when unknown."""
     apn: str | None = None
     interface: str = ""
     ladder_step: int = 0
@@ -600,6 +603,7 @@ class ModemStatus:
             "operator": self.operator,
             "roaming": self.roaming,
             "rat": self.rat,
+            "band": self.band,
             "signal_dbm": self.signal_dbm,
             "apn": self.apn,
             "interface": self.interface,
@@ -787,6 +791,8 @@ class ModemManager:
         self._at_stalled = False
         self._stalled_since: float | None = None
         self._setup_problem = ""
+        self._radio: RadioInfo | None = None
+        """The serving cell from the profile's vendor radio info command, if it answered."""
         self._port_lent = False
         """The AT port is the data link's (PPP on the AT port itself): no command goes out."""
         # identity and SIM
@@ -837,6 +843,7 @@ class ModemManager:
     def status(self, *, ladder_step: int = 0, data_used_bytes: int | None = None) -> ModemStatus:
         """A snapshot; the driver adds the ladder step and the data used this cycle."""
         rat = ACT_NAMES.get(self._act, "") if self._act is not None else ""
+        radio = self._radio
         return ModemStatus(
             state=self._state,
             vendor=self._vendor,
@@ -845,9 +852,10 @@ class ModemManager:
             imei=self._imei,
             sim=self._sim,
             iccid=self._iccid or "",
-            operator=self._operator,
+            operator=self._operator or (radio.network if radio is not None else ""),
             roaming=self._effective_stat == STAT_ROAMING,
-            rat=rat,
+            rat=radio.rat if radio is not None and radio.rat else rat,
+            band=radio.band if radio is not None else "",
             signal_dbm=self._dbm,
             apn=self._apn_online,
             interface=self._interface,
@@ -1440,6 +1448,8 @@ class ModemManager:
     def _poll_signal(self) -> None:
         if self._state in (ModemState.PORT_CLOSED, ModemState.RECOVERING, ModemState.RESETTING):
             return
+        if self.config.profile.radio_info_command:
+            self._send(self.config.profile.radio_info_command, self._radio_reply)
         self._send("AT+CSQ", self._csq_reply)
         if self._has_cereg:
             self._send("AT+CESQ", self._cesq_reply)
@@ -1458,6 +1468,14 @@ class ModemManager:
         self._operator = operator
         if act is not None:
             self._act = act
+
+    def _radio_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            return  # firmware without it: the 3GPP answers stand
+        radio = parse_radio_info(outcome.command, outcome.lines)
+        if radio != self._radio:
+            self._radio = radio
+            self._events.append(SignalChanged(self._dbm))
 
     def _csq_reply(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandCompleted) and outcome.lines:

@@ -17,7 +17,10 @@ the data link its dial method. Facts come from the vendors' AT manuals and Linux
   ``AT$QCRMCALL=1,<cid>`` starts the call.
 - Huawei E173 (12d1:1436 after mode switch, or 12d1:1001) and MU709: the PCUI port speaks AT,
   the modem port PPP; ``^SIMST:`` reports the SIM state, ``^RSSI``/``^MODE``/``^BOOT`` are
-  periodic URCs; ``AT^NDISDUP=<cid>,1,"<apn>"`` starts an NDIS/ECM call; ``AT^RESET`` resets.
+  periodic URCs (``^BOOT`` is no restart); ``^SYSSTART`` is printed once the module has started;
+  ``AT^NDISDUP=<cid>,1,"<apn>"`` starts an NDIS/ECM call; ``AT^RESET`` resets; ``AT^SYSINFOEX``
+  names the technology. Quectel's ``AT+QNWINFO`` and SIMCom's ``AT+CPSI?`` also name the network
+  and band (``modem/radio.py``).
   Huawei assigns product IDs and the port layout per USB configuration (``AT^SETPORT``), so for the
   MU709 the AT port is found by probing rather than by number.
 """
@@ -88,6 +91,9 @@ class ModemProfile:
     sim_hotswap_urcs: tuple[str, ...] = ("+CPIN:",)
     restart_markers: tuple[str, ...] = ("RDY",)
     boot_urcs: tuple[str, ...] = ()
+    radio_info_command: str | None = None
+    """The vendor command that names the serving cell's technology, network and band
+    (``modem/radio.py``), polled with the signal; None: the 3GPP commands only."""
 
     def __post_init__(self) -> None:
         if self.dial_method is DialMethod.ECM and (self.ecm_connect is None or self.ecm_disconnect is None):
@@ -123,6 +129,9 @@ class ModemProfile:
 
 _QUECTEL_URCS = ("+QIND:", "+QUSIM:", "+QIURC:", "POWERED DOWN")
 _QUECTEL_BOOT = ("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE")
+HUAWEI_STARTED = "^SYSSTART"
+"""What a Huawei module prints once it has started (after power-on or a reset): its ``RDY``."""
+
 _HUAWEI_URCS = (
     "^RSSI:",
     "^HCSQ:",
@@ -162,6 +171,7 @@ def _build() -> dict[str, ModemProfile]:
             dial_method=DialMethod.PPP,
             sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
             boot_urcs=_QUECTEL_BOOT,
+            radio_info_command="AT+QNWINFO",
         ),
         ModemProfile(
             name="quectel-ec25",
@@ -175,6 +185,7 @@ def _build() -> dict[str, ModemProfile]:
             ecm_disconnect="AT+QNETDEVCTL=0,{cid},0",
             sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
             boot_urcs=_QUECTEL_BOOT,
+            radio_info_command="AT+QNWINFO",
         ),
         ModemProfile(
             name="simcom-sim800",
@@ -209,6 +220,7 @@ def _build() -> dict[str, ModemProfile]:
             sim_hotswap_setup=("AT+UIMHOTSWAPON=1",),
             sim_hotswap_urcs=("+SIMCARD:", "+CPIN:"),
             boot_urcs=("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
+            radio_info_command="AT+CPSI?",
         ),
         ModemProfile(
             name="huawei-e173",
@@ -224,8 +236,10 @@ def _build() -> dict[str, ModemProfile]:
             ecm_connect='AT^NDISDUP={cid},1,"{apn}"',
             ecm_disconnect="AT^NDISDUP={cid},0",
             sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
-            # Huawei modules print no RDY; a reset shows as the USB device leaving and returning
-            restart_markers=(),
+            # Huawei modules print no RDY but ^SYSSTART once started (a reset also shows as the
+            # USB device leaving and returning); ^BOOT is a periodic report, not a restart
+            restart_markers=(HUAWEI_STARTED,),
+            radio_info_command="AT^SYSINFOEX",
         ),
         ModemProfile(
             name="huawei-mu709",
@@ -241,7 +255,8 @@ def _build() -> dict[str, ModemProfile]:
             ecm_connect='AT^NDISDUP={cid},1,"{apn}"',
             ecm_disconnect="AT^NDISDUP={cid},0",
             sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
-            restart_markers=(),
+            restart_markers=(HUAWEI_STARTED,),
+            radio_info_command="AT^SYSINFOEX",
         ),
     )
     return {profile.name: profile for profile in profiles}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvrlink.modem.at import AtEngine, CommandCompleted, UrcReceived
+from dvrlink.modem.at import AtEngine, CommandCompleted, ModemRestarted, UrcReceived
 from dvrlink.modem.at_specs import NETWORK_TIMEOUT, SIM_TIMEOUT, command_name, spec_for
 from dvrlink.modem.profiles import PROFILES, DialMethod, profile_by_name, profile_for_usb
 
@@ -66,8 +66,15 @@ def test_profile_urcs_reach_the_engine() -> None:
     first, second = engine.next_event(), engine.next_event()
     assert isinstance(first, UrcReceived) and first.name == "^RSSI"
     assert isinstance(second, CommandCompleted) and second.lines == ("867123456789012",)
-    # Huawei modules print no RDY; SIM800 boot URCs are known
-    assert profile_by_name("huawei-e173").at_config().restart_markers == ()
+    # Huawei modules print no RDY but ^SYSSTART, which is a restart; ^BOOT is a periodic URC
+    huawei = profile_by_name("huawei-e173").at_config()
+    assert huawei.restart_markers == ("^SYSSTART",)
+    engine = AtEngine(huawei)
+    engine.feed(b"\r\n^BOOT:20952171,0,0,0,75\r\n\r\n^SYSSTART\r\n", 1.0)
+    boot, started = engine.next_event(), engine.next_event()
+    assert isinstance(boot, UrcReceived) and boot.name == "^BOOT"
+    assert isinstance(started, ModemRestarted) and started.marker == "^SYSSTART"
+    # SIM800 boot URCs are known
     sim800 = profile_by_name("simcom-sim800").at_config()
     assert "SMS Ready" in sim800.urc_prefixes and "+CSMINS:" in sim800.urc_prefixes
 

@@ -166,6 +166,8 @@ CASES: dict[str, Case] = {
     "urc-storm": Case(urc_storm, ()),
     "late-ok": Case(late_ok, (Step.RESYNC,)),
     "reboot-mid-command": Case(reboot_mid_command, ()),
+    # Huawei prints no RDY: ^SYSSTART tells the reboot (^BOOT, a periodic report, must not)
+    "reboot-mid-command-huawei": Case(reboot_mid_command, (), profile="huawei-mu709"),
     "sim-removed-inserted": Case(sim_removed_and_put_back, ()),
     "sim-swapped": Case(sim_swapped, ()),
     "registration-denied": Case(registration_denied, ()),

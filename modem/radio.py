@@ -1,0 +1,131 @@
+"""Vendor radio information: the serving cell's radio technology, network (MCC-MNC) and band, from
+the one command each family answers with all three. Pure parsers; the manager polls the command
+of the modem's profile (``ModemProfile.radio_info_command``) with the signal.
+
+- Quectel (UC20, EC25): ``AT+QNWINFO`` → ``+QNWINFO: "FDD LTE","26201","LTE BAND 3",1300``
+  (``No Service`` without a cell).
+- Huawei (E173, MU709): ``AT^SYSINFOEX`` → ``^SYSINFOEX: 2,3,0,1,,3,"WCDMA",46,"DC-HSPA+"``
+  (service status, domain, roaming, SIM state, lock, system mode and its name, submode and its
+  name; system mode 0 is no service). It names no network and no band.
+- SIMCom SIM7600: ``AT+CPSI?`` → ``+CPSI: LTE,Online,262-01,0x1A2B,...,EUTRAN-BAND3,1300,...``
+  or ``+CPSI: GSM,Online,262-01,0x1a2b,1234,12 EGSM 900,...`` (``NO SERVICE`` without a cell).
+
+The technology is given in the words ``ModemStatus.rat`` uses elsewhere: GSM, GPRS, EDGE, UMTS,
+HSDPA, HSUPA, HSPA, HSPA+, LTE, NR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class RadioInfo:
+    """The serving cell as the modem's vendor command reports it; empty strings where not told."""
+
+    rat: str
+    network: str = ""
+    """MCC-MNC of the serving network, ``262-01``."""
+    band: str = ""
+    """As the modem names it: ``LTE BAND 3``, ``EGSM 900``, ``WCDMA 2100``."""
+
+
+_RAT_WORDS: tuple[tuple[str, str], ...] = (
+    ("NR", "NR"),
+    ("LTE", "LTE"),
+    ("CAT-M", "LTE"),
+    ("HSPA+", "HSPA+"),
+    ("HSPA", "HSPA"),
+    ("HSUPA", "HSUPA"),
+    ("HSDPA", "HSDPA"),
+    ("WCDMA", "UMTS"),
+    ("UMTS", "UMTS"),
+    ("TDSCDMA", "UMTS"),
+    ("TD-SCDMA", "UMTS"),
+    ("EDGE", "EDGE"),
+    ("GPRS", "GPRS"),
+    ("GSM", "GSM"),
+)
+
+
+def _rat(text: str) -> str:
+    """A vendor's technology name in the status's words; empty when not recognised."""
+    upper = text.upper().replace(" ", "")
+    for word, rat in _RAT_WORDS:
+        if word.replace(" ", "") in upper:
+            return rat
+    return ""
+
+
+def _fields(line: str, prefix: str) -> list[str] | None:
+    if not line.startswith(prefix):
+        return None
+    return [field.strip().strip('"') for field in line[len(prefix) :].split(",")]
+
+
+def _network(plmn: str) -> str:
+    digits = plmn.replace("-", "")
+    if not re.fullmatch(r"\d{5,6}", digits):
+        return ""
+    return f"{digits[:3]}-{digits[3:]}"
+
+
+def parse_qnwinfo(lines: Sequence[str]) -> RadioInfo | None:
+    """Quectel ``+QNWINFO``; None without service or for anything else."""
+    for line in lines:
+        fields = _fields(line, "+QNWINFO:")
+        if fields is None:
+            continue
+        if len(fields) < 3 or not (rat := _rat(fields[0])):
+            return None
+        return RadioInfo(rat, _network(fields[1]), fields[2])
+    return None
+
+
+def parse_sysinfoex(lines: Sequence[str]) -> RadioInfo | None:
+    """Huawei ``^SYSINFOEX`` (the submode names the technology best); None without service."""
+    for line in lines:
+        fields = _fields(line, "^SYSINFOEX:")
+        if fields is None:
+            continue
+        if len(fields) < 7 or fields[0] not in ("1", "2") or fields[5] in ("", "0"):
+            return None
+        rat = _rat(fields[8] if len(fields) > 8 else "") or _rat(fields[6])
+        return RadioInfo(rat) if rat else None
+    return None
+
+
+def parse_cpsi(lines: Sequence[str]) -> RadioInfo | None:
+    """SIMCom ``+CPSI``; None without service."""
+    for line in lines:
+        fields = _fields(line, "+CPSI:")
+        if fields is None:
+            continue
+        if len(fields) < 3 or not (rat := _rat(fields[0])):
+            return None
+        if rat == "GSM" and len(fields) > 5:
+            band = re.sub(r"^\d+\s+", "", fields[5])  # "<arfcn> EGSM 900"
+        else:
+            band = next((f for f in fields[3:] if "BAND" in f.upper()), "")
+        return RadioInfo(rat, _network(fields[2]), band)
+    return None
+
+
+_PARSERS: Mapping[str, Callable[[Sequence[str]], RadioInfo | None]] = MappingProxyType(
+    {"AT+QNWINFO": parse_qnwinfo, "AT^SYSINFOEX": parse_sysinfoex, "AT+CPSI?": parse_cpsi}
+)
+
+
+def parse_radio_info(command: str, lines: Sequence[str]) -> RadioInfo | None:
+    """The reply ``lines`` of ``command`` (one of the profiles' radio info commands); None when
+    the modem reports no service or the command is not one of them."""
+    parser = _PARSERS.get(command.upper())
+    return parser(lines) if parser is not None else None
+
+
+def radio_info_commands() -> tuple[str, ...]:
+    """The commands :func:`parse_radio_info` understands."""
+    return tuple(_PARSERS)
