@@ -2,7 +2,8 @@
 is our own cost): time from SIM insertion to data online, recovery time per fault class, and the
 runner's CPU while online and idle.
 
-``python -m bench.modem_online [--quick]``. Prints figures; asserts nothing.
+``python -m bench.modem_online [--quick] [--daemon [--window S]]``. Prints figures; asserts
+nothing.
 
 - insertion → online: the emulator starts with the SIM inside (boot URCs as a power-on gives), a
   fresh runner opens the port; the clock runs from the runner's start to ``CameOnline``. The SIM's
@@ -14,14 +15,25 @@ runner's CPU while online and idle.
   show the ladder's own overhead, not production timeouts.
 - CPU: process CPU time (user+system) over 10 s while online with the production polling
   intervals (registration 10 s, signal 30 s, probe 60 s), as a percentage of one core.
+- with ``--daemon`` instead: the whole ``dvrlinkd run`` as a real process (pinned to core 1) with
+  ``[modem] enabled``, the emulated EC25 on its PTY (a thread of this process, so its CPU is not
+  counted), the stand-in udhcpc on ``lo`` as the ECM data link (so the data-path probe is a real
+  STUN request to the broker) and a loopback dvrlink-broker (core 0). Once presence and the modem
+  are online: the daemon's CPU (utime+stime, and schedstat in ns) and VmRSS over an idle window
+  of 30 s (``--window``; 5 s with ``--quick``), with the production modem timers and keepalive
+  (25 s; the NAT lifetime learning is off so no probe falls in the window), and the AT commands
+  the modem received meanwhile.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +41,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import parse_args, run_main, verdict
+from bench.common import (
+    GENERATOR_CORE,
+    SERVER_CORE,
+    BenchError,
+    child_process,
+    describe_pinning,
+    log_tail,
+    run_main,
+    venv_script,
+    verdict,
+    wait_until,
+)
+from bench.daemon_footprint import measure, read_status, write_daemon_config
+from bench.servers import broker_process
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
 from dvrlink.modem.at import AtConfig, CommandCompleted, CommandFailed, FinalKind
 from dvrlink.modem.ladder import LadderConfig, LadderFile
@@ -321,12 +346,88 @@ async def bench(quick: bool) -> None:
     )
 
 
+FAKE_UDHCPC = Path(__file__).resolve().parent.parent / "hil" / "fake_udhcpc.py"
+DAEMON_KEEPALIVE_S = 25.0
+DAEMON_ONLINE_TIMEOUT_S = 60.0
+
+
+def daemon_idle(window: float, step: float) -> None:
+    """dvrlinkd with the emulated modem, online and idle: CPU and RSS (see module docstring)."""
+    if not DEFAULT_DATABASE.exists():
+        print(f"provider database {DEFAULT_DATABASE} missing: install mobile-broadband-provider-info")
+        return
+    print(
+        f"dvrlinkd online and idle with the modem attached (Quectel EC25 emulator, ECM over the "
+        f"stand-in udhcpc on lo): keepalive {DAEMON_KEEPALIVE_S:g} s, window {window:g} s"
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="dvrlink-bench-") as tmp,
+        ModemEmulator("quectel-ec25", SIM, boot_delay_s=0.05) as emu,
+    ):
+        work = Path(tmp)
+        with broker_process(work, core=GENERATOR_CORE) as broker:
+            config = write_daemon_config(work, broker.udp[1], broker.public_key, DAEMON_KEEPALIVE_S)
+            dhcp = ", ".join(
+                f'"{w}"' for w in (sys.executable, str(FAKE_UDHCPC), "-f", "-i", "{iface}", "-n")
+            )
+            with config.open("a") as handle:
+                handle.write(
+                    f'\n[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{emu.path}"\n'
+                    f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n'
+                )
+            env = {**os.environ, "FAKE_DHCP_IP": "127.0.0.1", "FAKE_DHCP_ROUTER": "127.0.0.1"}
+            log = work / "dvrlinkd.log"
+            argv = [venv_script("dvrlinkd"), "run", "--config", str(config)]
+            runtime_dir = work / "daemon-run"
+            started = time.monotonic()
+            with child_process(argv, log, core=SERVER_CORE, env=env) as proc:
+                wait_until(
+                    lambda: _all_online(proc, log, runtime_dir),
+                    DAEMON_ONLINE_TIMEOUT_S,
+                    f"dvrlinkd and its modem online ({runtime_dir})",
+                )
+                print(
+                    f"  presence and modem online {time.monotonic() - started:.2f} s after start; "
+                    f"{describe_pinning('dvrlinkd', proc.pid, SERVER_CORE)}"
+                )
+                time.sleep(min(1.0, step))
+                commands = len(emu.commands)
+                measure(proc.pid, runtime_dir, window, step)
+                print(f"  {len(emu.commands) - commands} AT commands reached the modem during the window")
+                if not _all_online(proc, log, runtime_dir):
+                    raise BenchError(f"dvrlinkd or its modem left online during the window:\n{log_tail(log)}")
+
+
+def _all_online(proc: subprocess.Popen[bytes], log: Path, runtime_dir: Path) -> bool:
+    """Presence and the modem online in dvrlinkd's status.json.
+
+    Raises:
+        BenchError: dvrlinkd has exited.
+    """
+    if proc.poll() is not None:
+        raise BenchError(f"dvrlinkd exited with status {proc.returncode}:\n{log_tail(log)}")
+    status = read_status(runtime_dir) or {}
+    modem = status.get("modem")
+    return status.get("state") == "online" and isinstance(modem, dict) and modem.get("state") == "online"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("modem manager: SIM to online, recovery per fault, idle CPU", argv)
+    parser = argparse.ArgumentParser(description="modem manager: SIM to online, recovery per fault, idle CPU")
+    parser.add_argument("--quick", action="store_true", help="fewer runs, shorter windows")
+    parser.add_argument(
+        "--daemon", action="store_true", help="measure the whole dvrlinkd process online and idle instead"
+    )
+    parser.add_argument("--window", type=float, default=30.0, help="--daemon: idle window in seconds")
+    args = parser.parse_args(argv)
+    if not 1.0 <= args.window <= 3600.0:
+        parser.error("--window must be 1-3600 s")
     logging.basicConfig(level=logging.ERROR)
 
     def body() -> None:
-        asyncio.run(bench(args.quick))
+        if args.daemon:
+            daemon_idle(5.0 if args.quick else args.window, 0.5 if args.quick else 1.0)
+        else:
+            asyncio.run(bench(args.quick))
 
     return run_main(body)
 
