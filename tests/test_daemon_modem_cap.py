@@ -26,8 +26,11 @@ from test_daemon_modem import SERIAL, Rig, running, status_rows
 from test_daemon_sessions import Connections, LogWatch
 from test_daemon_sessions import Rig as SessionRig
 
+from dvrlink.daemon.nat_lifetime import LearnerState
+from dvrlink.daemon.presence_tuning import PresenceTuning
 from dvrlink.daemon.status import format_status, read_status
 from dvrlink.modem.manager import DataFailed, DataLink, DataRequest, DataUp
+from dvrlink.protocol.presence_events import Registered
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -155,3 +158,65 @@ async def scenario(rig: Rig, watch: LogWatch, links: list[MeteredLink], calendar
     await conn.close()
     assert code == 200, body
     assert rig.registered()
+
+
+class FakeLearner:
+    def __init__(self) -> None:
+        self.state = LearnerState.IDLE
+
+
+class FakeProber:
+    """What ``PresenceTuning`` calls on a ``NatProber``: start, stop, its learner's state."""
+
+    def __init__(self) -> None:
+        self.learner = FakeLearner()
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+        self.learner.state = LearnerState.MEASURING
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def path_changed(self, reason: str) -> None:
+        self.calls.append("path-changed")
+
+
+class NullClient:
+    def report(self, report: object, now: float, *, send_now: bool = False) -> None: ...
+    def set_keepalive_interval(self, interval: float, now: float) -> None: ...
+
+
+def test_probes_pause_at_the_cap_and_start_afresh_when_it_clears() -> None:
+    """Unit view of ``PresenceTuning.pause_probes``: probes not started yet (``learn_after_s``)
+    are held, running ones stopped; on resume each starts afresh, except the UDP one while
+    presence runs over TCP (it measures again once back on UDP)."""
+
+    async def main() -> None:
+        udp, tcp = FakeProber(), FakeProber()
+        transport = ["udp"]
+        tuning = PresenceTuning(NullClient(), asyncio.get_running_loop().time, interval=25.0)
+        tuning.prober, tuning.tcp_prober = udp, tcp  # type: ignore[assignment]
+        tuning.transport = lambda: transport[0]
+        tuning.learn_after_s = 3600.0  # held back: still pending when the cap is reached
+        tuning.on_event(Registered(1, ("192.0.2.1", 40000), 25.0))
+        assert udp.calls == tcp.calls == []
+        tuning.pause_probes("cellular data cap reached")
+        assert tuning.status() == {"keepalive_learning": "paused"}
+        assert udp.calls == tcp.calls == ["stop"]
+        tuning.learn_after_s = 0.0
+        tuning.on_event(Registered(2, ("192.0.2.1", 40000), 25.0))  # registering again while paused
+        assert tcp.calls == ["stop"]
+        tuning.pause_probes("")
+        assert udp.calls == tcp.calls == ["stop", "start"]
+        assert tuning.status()["keepalive_learning"] == "measuring"
+        # measuring when the cap is reached again; presence moved to TCP meanwhile
+        tuning.pause_probes("cellular data cap reached")
+        transport[0] = "tcp"
+        tuning.pause_probes("")
+        assert udp.calls == ["stop", "start", "stop"]
+        assert tcp.calls == ["stop", "start", "stop", "start"]
+        tuning.cancel()
+
+    asyncio.run(main())
