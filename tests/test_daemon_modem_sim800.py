@@ -1,6 +1,7 @@
 """A SIM800 on a UART: PPP runs on the AT port itself. dvrlinkd hands the port to pppd while the link
 is up (no AT command reaches the modem in data mode), takes it back when pppd ends (the network
-hung up, or the daemon stops) and dials again, without a restart.
+hung up, or the daemon stops) and dials again, and before a recovery step when the data path
+breaks under a running pppd; all without a restart.
 
 The modem is the PTY emulator's SIM800 profile (one port, as on a UART); pppd and chat are the
 stand-in ``hil/fake_pppd.py`` (pppd cannot run here: there is no /dev/ppp). The stand-in plays
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from test_daemon_modem import WAIT, WORKING_APN, Rig, run, running
 
+from dvrlink.modem.ladder import Step
 from dvrlink.modem.manager import DataFailed, DataRequest, DataUp, ModemState
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,6 +57,8 @@ class CountedProbes:
     def __init__(self, link: Any) -> None:
         self._link = link
         self.probes = 0
+        self.healthy = True
+        """False: every probe fails (the data path broke while the link stays up)."""
         self._probed = asyncio.Event()
 
     async def up(self, request: DataRequest) -> DataUp | DataFailed:
@@ -64,7 +68,7 @@ class CountedProbes:
         await self._link.down()
 
     async def probe(self) -> bool:
-        ok: bool = await self._link.probe()
+        ok: bool = await self._link.probe() and self.healthy
         self.probes += 1
         self._probed.set()
         return ok
@@ -137,6 +141,17 @@ def test_sim800_ppp_on_the_at_port_online_hangup_and_back(
             assert after[-1] == "ATD*99***1#"
             assert rig.hooks.calls == [] and len(rig.runners) == 1
             assert runner.steps_taken == []  # no recovery step for a hang-up
+
+            # the data path breaks while pppd holds the port: the link is taken down so the port
+            # comes back, and the ladder's step for it (re-attach) runs over the AT port
+            mark = len(rig.emu.commands)
+            links[-1].healthy = False
+            await rig.modem(lambda s: s.state is ModemState.RECOVERING)
+            links[-1].healthy = True
+            await online(rig)
+            assert [entry.step for entry in runner.steps_taken] == [Step.REATTACH]
+            assert "AT+CGATT=1" in rig.emu.commands[mark:] and rig.emu.commands[-1] == "ATD*99***1#"
+            assert runner.manager.port_lent and rig.hooks.calls == []
         # the daemon stopped: pppd got SIGTERM and its disconnect script hung the modem up over
         # the port (+++, then ATH), as on a UART without DTR
         assert data.ended == len(data.calls)
