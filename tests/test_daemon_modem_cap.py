@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 import test_daemon_sessions
-from test_daemon_modem import SERIAL, Rig, running, status_rows
+from test_daemon_modem import ICCID, SERIAL, Rig, running, status_rows
 from test_daemon_sessions import Connections, LogWatch
 from test_daemon_sessions import Rig as SessionRig
 
@@ -158,6 +159,51 @@ async def scenario(rig: Rig, watch: LogWatch, links: list[MeteredLink], calendar
     await conn.close()
     assert code == 200, body
     assert rig.registered()
+
+
+def test_a_cap_reached_before_a_restart_applies_as_soon_as_the_modem_is_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap level is not stored, the bytes are: after a restart the first count (with no new
+    bytes) finds the SIM over its cap, and sessions are refused from the start."""
+    state = tmp_path / "device" / "modem"
+    state.mkdir(parents=True)
+    saved = {"current": {"cycle_start": "2026-11-01", "rx": 900_000, "tx": 200_000}, "history": []}
+    (state / "accounting.json").write_text(json.dumps({"version": 1, "sims": {ICCID: saved}}))
+    calendar = Calendar()
+    monkeypatch.setattr(test_daemon_sessions, "SERIAL", SERIAL)
+
+    def meter(keywords: dict[str, Any]) -> dict[str, Any]:
+        return {**keywords, "data_link": MeteredLink(keywords["data_link"]), "calendar": calendar}
+
+    async def main() -> None:
+        with daemon_log() as watch:
+            async with running(
+                tmp_path,
+                monkeypatch,
+                extra_modem=CAP_CONFIG,
+                extra_config=OTHER_SECTIONS,
+                runner_keywords=meter,
+                lab_settings={"turn_allow_loopback_peers": True},
+            ) as rig:
+                block = await rig.watch.until(
+                    lambda b: b.state == "online" and b.cap_level == "stop", "the cap"
+                )
+                assert block.data_used_bytes == 1_100_000
+                await watch.wait_for(r"^registered: ")
+                session = SessionRig(
+                    rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon
+                )
+                auth, key, _pin = await session.pair()
+                code, body, _, _ = await session.offer(auth, key)
+                assert (code, body["status"]) == (403, "refused")
+                assert "cellular data cap reached" in body["device_message"]
+
+    async def bounded() -> None:
+        async with asyncio.timeout(80):
+            await main()
+
+    asyncio.run(bounded())
 
 
 class FakeLearner:
