@@ -8,6 +8,7 @@ is used only for timestamps that are stored or shown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -120,9 +121,9 @@ async def run_daemon(
     modem_task = None
     if modem is not None:
         modem.on_change = events.modem_changed
-        # The data cap stops optional traffic: new sessions and NAT lifetime probes.
+        # The data cap stops optional traffic: sessions (open and new) and NAT lifetime probes.
         sessions.admission = modem.optional_traffic_refusal
-        modem.on_cap = tuning.pause_probes
+        modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
         modem_task = loop.create_task(modem.run(), name="modem")
     try:
         await link.start()
@@ -171,6 +172,12 @@ def _presence_tuning(
             learner, client, (config.broker.host, config.broker.port), on_event=tuning.on_learner_event
         )
     return tuning
+
+
+def _stop_optional_traffic(tuning: PresenceTuning, sessions: SessionServer, reason: str) -> None:
+    """The cellular data cap was reached: pause the NAT lifetime probes and end open sessions."""
+    tuning.pause_probes(reason)
+    sessions.end_all(reason)
 
 
 def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTuning) -> NatProber:

@@ -433,7 +433,7 @@ class ModemService:
         return ModemReport(status.state.value, status.signal_dbm, status.rat, status.data_used_bytes)
 
     def optional_traffic_refusal(self) -> str:
-        """Why optional traffic (new viewer sessions, NAT lifetime probes) must not run now: the
+        """Why optional traffic (viewer sessions, NAT lifetime probes) must not run now: the
         SIM in the tray reached its data cap this billing cycle. Empty when it may run."""
         status = self._current()
         if self._level(status) is not CapLevel.STOP:

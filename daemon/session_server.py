@@ -221,6 +221,7 @@ class SessionServer:
         self.admission: Callable[[], str] = lambda: ""
         """Why new sessions are refused now (the cellular data cap), told to the viewer; empty:
         they are admitted."""
+        self._closers: set[asyncio.Task[None]] = set()
 
     # -- public --
 
@@ -308,6 +309,22 @@ class SessionServer:
         task.add_done_callback(self._task_done)
         entry.task = task
         self._changed()
+
+    def end_all(self, reason: str) -> int:
+        """Close every open session now, telling its viewer ``reason`` (CONNECTION_CLOSE); a
+        session still being set up is abandoned. Offers keep being judged as before (see
+        ``admission``). Returns how many sessions were ended. Never raises."""
+        entries = list(self._sessions.values())
+        if entries:
+            log.warning("ending %d session(s): %s", len(entries), reason)
+        for entry in entries:
+            if entry.runner is not None:
+                task = asyncio.get_running_loop().create_task(entry.runner.close(reason))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+            elif entry.task is not None:
+                entry.task.cancel()
+        return len(entries)
 
     async def close(self) -> None:
         """Close every session (CONNECTION_CLOSE to its viewer), release its paths and wait for

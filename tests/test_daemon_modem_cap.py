@@ -131,11 +131,18 @@ async def scenario(rig: Rig, watch: LogWatch, links: list[MeteredLink], calendar
     await watch.wait_for(r"modem data at 50% of the cap: 600000 of 1000000 bytes")
     rows = status_rows(format_status(read_status(run_dir), 0.0))
     assert rows["data this cycle"].endswith("(warn)"), rows
+    code, body, open_conn, _ = await session.offer(auth, key)  # a live view under the warning
+    assert code == 200, body
+    assert len(read_status(run_dir).sessions) == 1
 
-    # over the cap: new sessions are refused with the reason, probes pause, presence goes on
+    # over the cap: the open session ends, new ones are refused with the reason, probes pause,
+    # presence goes on
     mark = len(watch.lines)
     link.rx = 900_000
     await rig.watch.until(lambda b: b.cap_level == "stop", "the cap reached")
+    await watch.wait_for(r"ending 1 session\(s\): cellular data cap reached", after=mark)
+    await watch.wait_for(r"released; 0 sessions open", after=mark)
+    await open_conn.close()
     await watch.wait_for(r"NAT lifetime probes paused: cellular data cap reached", after=mark)
     status = read_status(run_dir)
     assert status.keepalive_learning == "paused"
