@@ -840,11 +840,17 @@ class BrokerApi:
         if answer.status is AnswerStatus.ACCEPTED:
             return answer
         if answer.status is AnswerStatus.REFUSED:
+            # The device's own reason says what to do (its data cap, its path policy); without one,
+            # the likeliest cause is a viewer it does not know.
+            advice = (
+                f": {answer.message}"
+                if answer.message
+                else "; it only accepts viewers it paired with, so pair this viewer again"
+            )
             raise ApiError(
                 403,
                 "refused",
-                f"device {serial} refused the session{said}; it only accepts viewers it paired with, "
-                "so pair this viewer again",
+                f"device {serial} refused the session{advice}",
                 {"status": "refused", "device_message": answer.message},
             )
         if answer.status is AnswerStatus.BUSY:

@@ -206,6 +206,10 @@ def test_offline_silent_refusing_and_old_devices(tmp_path: Path) -> None:
             status, body = await offer()
             assert (status, body["error"], body["status"]) == (403, "refused", "refused")
             assert body["device_message"] == "viewer key not authorised"
+            assert body["message"] == "device DL-0001 refused the session: viewer key not authorised"
+            device.answer_with = SessionAnswer(AnswerStatus.REFUSED, "", "", ())
+            status, body = await offer()
+            assert (status, body["error"], body["device_message"]) == (403, "refused", "")
             assert "pair this viewer again" in body["message"]
 
             device.answer_with = SessionAnswer(AnswerStatus.BUSY, "", "", ())
@@ -222,7 +226,7 @@ def test_offline_silent_refusing_and_old_devices(tmp_path: Path) -> None:
             assert "update" in body["message"]
 
             status, listing = await t.call("GET", "/v1/sessions", alice)
-            assert [s["state"] for s in listing["sessions"]] == ["failed"] * 5
+            assert [s["state"] for s in listing["sessions"]] == ["failed"] * 6
 
     run(main)
 

@@ -159,6 +159,7 @@ class FakeSessionBroker:
             "REFUSE-1": lambda: self.error(
                 403, "refused", "refused", status="refused", device_message="viewer not authorised"
             ),
+            "REFUSE-2": lambda: self.error(403, "refused", "refused", status="refused", device_message=""),
             "BUSY-1": lambda: self.error(
                 403,
                 "refused",
@@ -323,9 +324,12 @@ def _failure(action: Callable[[], Awaitable[Any]]) -> str:
         ("SLOW-1", "device SLOW-1 did not answer the broker in time"),
         (
             "REFUSE-1",
-            "device REFUSE-1 refused the session (it says: viewer not authorised): it accepts only "
-            "viewers it paired with; if this computer was paired with it, pair again: "
-            "`dvrlink pair REFUSE-1 CODE`",
+            "device REFUSE-1 refused the session: viewer not authorised",
+        ),
+        (
+            "REFUSE-2",
+            "device REFUSE-2 refused the session: it accepts only viewers it paired with; if this "
+            "computer was paired with it, pair again: `dvrlink pair REFUSE-2 CODE`",
         ),
         ("BUSY-1", "device BUSY-1 is busy (it says: 4 sessions): close another session to it"),
         ("NORELAY-1", "device NORELAY-1 could not reach the broker's TURN relay (it says: 401)"),

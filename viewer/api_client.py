@@ -524,8 +524,10 @@ def error_for_status(
                 f"{device} is busy{device_said}: close another session to it "
                 f"(see `dvrlink sessions`), {_wait_hint(retry_after, 'wait a few seconds')} and retry"
             )
+        if device_said:  # the device's reason says what to do (its data cap, its path policy)
+            return ViewerError(f"{device} refused the session: {body['device_message']}")
         return ViewerError(
-            f"{device} refused the session{device_said}: it accepts only viewers it paired with; "
+            f"{device} refused the session: it accepts only viewers it paired with; "
             f"if this computer was paired with it, pair again: `dvrlink pair {serial or 'SERIAL'} CODE`"
         )
     if code == "no_relay":
