@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,23 @@ def daemon_log() -> Iterator[LogWatch]:
         logger.setLevel(level)
 
 
+@contextlib.asynccontextmanager
+async def capped_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meter: Callable[[dict[str, Any]], dict[str, Any]]
+) -> AsyncIterator[tuple[Rig, LogWatch]]:
+    """The daemon with a 1 MB cap (warn at 50 %), its data link metered by ``meter``."""
+    with daemon_log() as watch:
+        async with running(
+            tmp_path,
+            monkeypatch,
+            extra_modem=CAP_CONFIG,
+            extra_config=OTHER_SECTIONS,
+            runner_keywords=meter,
+            lab_settings={"turn_allow_loopback_peers": True},
+        ) as rig:
+            yield rig, watch
+
+
 def test_the_data_cap_warns_then_stops_optional_traffic_until_the_next_cycle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,16 +115,8 @@ def test_the_data_cap_warns_then_stops_optional_traffic_until_the_next_cycle(
     monkeypatch.setattr(test_daemon_sessions, "SERIAL", SERIAL)
 
     async def main() -> None:
-        with daemon_log() as watch:
-            async with running(
-                tmp_path,
-                monkeypatch,
-                extra_modem=CAP_CONFIG,
-                extra_config=OTHER_SECTIONS,
-                runner_keywords=meter,
-                lab_settings={"turn_allow_loopback_peers": True},
-            ) as rig:
-                await scenario(rig, watch, links, calendar)
+        async with capped_daemon(tmp_path, monkeypatch, meter) as (rig, watch):
+            await scenario(rig, watch, links, calendar)
 
     async def bounded() -> None:
         async with asyncio.timeout(80):
@@ -184,27 +193,17 @@ def test_a_cap_reached_before_a_restart_applies_as_soon_as_the_modem_is_online(
         return {**keywords, "data_link": MeteredLink(keywords["data_link"]), "calendar": calendar}
 
     async def main() -> None:
-        with daemon_log() as watch:
-            async with running(
-                tmp_path,
-                monkeypatch,
-                extra_modem=CAP_CONFIG,
-                extra_config=OTHER_SECTIONS,
-                runner_keywords=meter,
-                lab_settings={"turn_allow_loopback_peers": True},
-            ) as rig:
-                block = await rig.watch.until(
-                    lambda b: b.state == "online" and b.cap_level == "stop", "the cap"
-                )
-                assert block.data_used_bytes == 1_100_000
-                await watch.wait_for(r"^registered: ")
-                session = SessionRig(
-                    rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon
-                )
-                auth, key, _pin = await session.pair()
-                code, body, _, _ = await session.offer(auth, key)
-                assert (code, body["status"]) == (403, "refused")
-                assert "cellular data cap reached" in body["device_message"]
+        async with capped_daemon(tmp_path, monkeypatch, meter) as (rig, watch):
+            block = await rig.watch.until(lambda b: b.state == "online" and b.cap_level == "stop", "the cap")
+            assert block.data_used_bytes == 1_100_000
+            await watch.wait_for(r"^registered: ")
+            session = SessionRig(
+                rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon
+            )
+            auth, key, _pin = await session.pair()
+            code, body, _, _ = await session.offer(auth, key)
+            assert (code, body["status"]) == (403, "refused")
+            assert "cellular data cap reached" in body["device_message"]
 
     async def bounded() -> None:
         async with asyncio.timeout(80):
