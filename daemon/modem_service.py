@@ -23,7 +23,7 @@
 
 Timer settings the config file does not expose are in :class:`ModemTuning`; the defaults suit a
 real modem, rigs scale them down. :class:`ModemOptions` holds those and the seams tests use
-(replacement board hooks, a runner factory).
+(replacement board hooks, a runner factory, a watcher factory).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from dvrlink.modem.apn import (
 )
 from dvrlink.modem.detect import (
     DetectConfig,
+    DetectionEvent,
     ModemAdded,
     ModemIncomplete,
     ModemRemoved,
@@ -128,6 +129,20 @@ RunnerFactory = Callable[..., RunnerLike]
 """Called like ``ModemRunner(runner_config, modem_config, **keywords)``."""
 
 
+class WatcherLike(Protocol):
+    """What the service needs of a ``UdevModemWatcher``: its hot-plug events."""
+
+    async def start(self) -> None: ...
+
+    async def next_event(self) -> DetectionEvent: ...
+
+    def close(self) -> None: ...
+
+
+WatcherFactory = Callable[[DetectConfig], WatcherLike]
+"""Called like ``UdevModemWatcher(tuning.detect)`` when no ``[modem] port`` is set."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModemOptions:
     """How ``run_daemon`` builds the modem service beyond the config file (rigs and tests)."""
@@ -136,6 +151,8 @@ class ModemOptions:
     hooks: RecoveryHooks | None = None
     """Board hooks to use instead of :class:`BoardHooks` (a test must never reboot its host)."""
     runner_factory: RunnerFactory = ModemRunner
+    watcher_factory: WatcherFactory = UdevModemWatcher
+    """Builds the modem watcher (udev); a test gives one that replays hot-plug events."""
     on_status: Callable[[ModemBlock], None] | None = None
     """Called with each new snapshot, after the daemon has rewritten its status file."""
 
@@ -615,7 +632,7 @@ class ModemService:
         if self.settings.port:
             await self._run_runner(profile_by_name(self.settings.profile), index)
             return
-        watcher = UdevModemWatcher(self._tuning.detect)
+        watcher = self.options.watcher_factory(self._tuning.detect)
         try:
             await watcher.start()
         except OSError as exc:
@@ -649,7 +666,7 @@ class ModemService:
         self._problem = ""
         return self._detected_profile
 
-    async def _watch(self, watcher: UdevModemWatcher) -> None:
+    async def _watch(self, watcher: WatcherLike) -> None:
         assert self._modem_changed is not None
         wanted = self.settings.profile
         while True:
