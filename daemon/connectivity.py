@@ -225,6 +225,8 @@ class Connectivity:
         self._birthday_sockets: list[Any] = []
         self._ice_over = asyncio.Event()
         """Set when the ICE checks have nominated a pair or given up."""
+        self._search_allowed = asyncio.Event()
+        """Set by ``allow_search``: the session is established, a birthday search may start."""
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
         self._srflx_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]] = set()
@@ -717,6 +719,7 @@ class Connectivity:
 
     async def _birthday(self, role: BirthdayRole, protocol: Any, remote: Candidate) -> None:
         await asyncio.sleep(BIRTHDAY_DELAY_S)
+        await self._search_allowed.wait()
         ice = self._ice
         if ice is None or self._closed or self._ice_settled():
             return
@@ -742,6 +745,12 @@ class Connectivity:
                     await asyncio.wait_for(self._ice_over.wait(), BIRTHDAY_ROUND_S)
                 if self.closed or self._ice_settled():
                     break
+
+    def allow_search(self) -> None:
+        """The session is established (on the relay): a birthday search may start now. Until
+        then it waits, so that its hundreds of checks do not queue ahead of the handshake on a
+        slow uplink (a GPRS modem sends 31 kB in about 4 s)."""
+        self._search_allowed.set()
 
     def _ice_settled(self) -> bool:
         """ICE has nominated a pair or given up."""

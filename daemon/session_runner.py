@@ -455,6 +455,7 @@ class _Runner:
             log.info("session established with %s on %s", event.peer_fingerprint, self.path)
             if not self._established.done():
                 self._established.set_result(None)
+            self._connectivity.allow_search()
             self._on_established()
         elif isinstance(event, PinMismatch):
             self._pending_error = PinMismatchError(
