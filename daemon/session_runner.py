@@ -579,6 +579,8 @@ class ViewerRunner(_Runner):
         self.path_changes: list[Path] = []
         """Every path the session moved to, in order (the first is where it connected)."""
         self._path_check: asyncio.TimerHandle | None = None
+        self._switched_at = time.monotonic()
+        """``time.monotonic()`` of the last move to another path."""
         for path in connectivity.paths:
             self._on_path_ready(path)
 
@@ -614,6 +616,7 @@ class ViewerRunner(_Runner):
             return
         log.info("moving session from %s to %s", current[0], best[0])
         self._viewer.switch_path(best, self._loop.time())
+        self._switched_at = time.monotonic()
         self.path_changes.append(best)
         self._schedule()
         self._watch_path()
@@ -631,9 +634,10 @@ class ViewerRunner(_Runner):
         conn, current = self._connectivity, self.path
         if self._shut or current is None or current == RELAY or RELAY not in conn.paths:
             return
-        silent = time.monotonic() - conn.last_in.get(current, 0.0)
+        now = time.monotonic()
         ptos = _probe_timeouts(self._core)
-        if ptos >= DEAD_PATH_PTOS and silent > DEAD_PATH_S:
+        if path_is_dead(now, conn.last_in.get(current), self._switched_at, ptos):
+            silent = now - max(conn.last_in.get(current, 0.0), self._switched_at)
             conn.retire(
                 current, f"silent for {silent:.1f} s with data unacknowledged ({ptos} probe timeouts)"
             )
@@ -647,6 +651,16 @@ class ViewerRunner(_Runner):
             self._path_check.cancel()
             self._path_check = None
         await super().close(reason)
+
+
+def path_is_dead(now: float, last_in: float | None, switched_at: float, probe_timeouts: int) -> bool:
+    """Whether the path the session moved to at ``switched_at`` is to be given up at ``now``: QUIC's
+    probe timeout fired ``DEAD_PATH_PTOS`` times in a row and nothing came in on the path for
+    ``DEAD_PATH_S``, counting from the move when it has carried nothing yet (``last_in`` None or
+    older): a path just moved to is not silent, whatever timed out before the move on a slow
+    link."""
+    silent = now - max(last_in if last_in is not None else switched_at, switched_at)
+    return probe_timeouts >= DEAD_PATH_PTOS and silent > DEAD_PATH_S
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -43,6 +43,7 @@ from dvrlink.daemon.session_runner import (
     SessionClosedError,
     SessionStream,
     ViewerRefusedError,
+    path_is_dead,
 )
 from dvrlink.protocol.session import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
@@ -338,3 +339,18 @@ def test_a_silent_udp_turn_server_does_not_hold_up_the_tcp_one() -> None:
 )
 def test_a_host_pair_is_lan_only_towards_a_private_address(host: str, lan: bool) -> None:
     assert _private(host) is lan
+
+
+def test_a_path_just_moved_to_is_not_dead_for_what_timed_out_before() -> None:
+    """On a slow link QUIC's probe timeout may have fired twice on the relay already; the direct
+    path that ICE just found has carried nothing yet. Silence counts from the move."""
+    moved = 100.0
+    assert not path_is_dead(moved + 0.9, None, moved, probe_timeouts=2)
+    assert not path_is_dead(moved + 1.9, None, moved, probe_timeouts=5)
+    assert path_is_dead(moved + 2.1, None, moved, probe_timeouts=2)
+    # an old datagram from before the move does not make the path look silent either
+    assert not path_is_dead(moved + 1.0, moved - 30.0, moved, probe_timeouts=3)
+    # a path that carried data and then went quiet while QUIC kept timing out is dead
+    assert path_is_dead(moved + 10.0, moved + 7.5, moved, probe_timeouts=2)
+    assert not path_is_dead(moved + 10.0, moved + 7.5, moved, probe_timeouts=1)
+    assert not path_is_dead(moved + 10.0, moved + 8.5, moved, probe_timeouts=4)
