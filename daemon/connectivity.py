@@ -215,10 +215,9 @@ class Connectivity:
         self._remote_relay: tuple[str, int] | None = None
         self._ice: _IceConnection | None = None
         self._srflx: list[Candidate] = []
-        self._mappings: dict[tuple[str, int], Mapping] = {}
-        """Our NAT's mapping behaviour per server-reflexive address (sent as an attribute)."""
         self._bases: list[tuple[Any, Candidate, Mapping]] = []
-        """(aioice protocol, its server-reflexive candidate, its NAT's mapping) per socket."""
+        """(aioice protocol, its server-reflexive candidate, its NAT's mapping) per socket whose
+        mapping is known; the mapping goes out as an attribute of that candidate."""
         self._remote_mappings: list[tuple[Candidate, Mapping]] = []
         """The peer's server-reflexive candidates that name their NAT's mapping."""
         self._birthday_task: asyncio.Task[None] | None = None
@@ -231,7 +230,8 @@ class Connectivity:
         self._srflx_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
-        self._stragglers_misc: set[asyncio.Task[None]] = set()
+        self._closers: set[asyncio.Task[None]] = set()
+        """Closing the search's unused sockets (awaited by ``close``)."""
         self._local_end = False
         self._local_changed = asyncio.Event()
         self._ice_task: asyncio.Task[None] | None = None
@@ -333,7 +333,6 @@ class Connectivity:
             if self.closed:
                 return
             if mapping is not None:
-                self._mappings[(candidate.host, candidate.port)] = mapping
                 self._bases.append((protocol, candidate, mapping))
             self._srflx += [candidate, *predicted]
             self._local_changed.set()
@@ -472,6 +471,7 @@ class Connectivity:
         server-reflexive one equal to its base is left out, RFC 8445 section 5.1.3), then the
         relay candidate (the TURN relayed address, type relay)."""
         out: list[str] = []
+        mappings = {(c.host, c.port): mapping for _, c, mapping in self._bases}
         if self._ice is not None:
             for candidate in [*self._ice.local_candidates, *self._srflx]:
                 if candidate.type == "srflx" and (candidate.host, candidate.port) == (
@@ -480,9 +480,10 @@ class Connectivity:
                 ):
                     continue
                 sdp = candidate.to_sdp()
-                mapping = self._mappings.get((candidate.host, candidate.port))
-                marked = mapping is not None and candidate.type == "srflx"
-                out.append(with_mapping(sdp, mapping) if marked and mapping is not None else sdp)
+                mapping = mappings.get((candidate.host, candidate.port))
+                if candidate.type == "srflx" and mapping is not None:
+                    sdp = with_mapping(sdp, mapping)
+                out.append(sdp)
         if self._relayed_address is not None:
             host, port = self._relayed_address
             related = self._related_address or ("0.0.0.0", 9)
@@ -693,8 +694,8 @@ class Connectivity:
             await self._ice.close()
         await birthday.close_sockets(self._birthday_sockets)
         self._birthday_sockets.clear()
-        if self._stragglers_misc:
-            await asyncio.gather(*self._stragglers_misc, return_exceptions=True)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
         if self._turn is not None:
             self._turn.close()
             if self._relay_receiver is not None:
@@ -727,11 +728,10 @@ class Connectivity:
         if role is BirthdayRole.OPEN:
             log.info("birthday search: %d sockets towards %s:%d (our NAT maps each remote to a random "
                      "port)", BIRTHDAY_SOCKETS, *target)  # fmt: skip
+            # Cancelled by ``_end_birthday`` when ICE ends; ``close`` closes what it opened.
             await birthday.open_sockets(
                 ice, protocol.local_candidate, target, BIRTHDAY_SOCKETS, self._birthday_sockets
             )
-            if self.closed or self._ice_settled():
-                self._end_birthday(None)
         else:
             log.info("birthday search: %d probes to random ports of %s (its NAT maps each remote to a "
                      "random port)", BIRTHDAY_PROBES, remote.host)  # fmt: skip
@@ -766,8 +766,8 @@ class Connectivity:
             _batch_reads(keep.transport, keep)
         if losers:
             task = asyncio.create_task(birthday.close_sockets(losers))
-            self._stragglers_misc.add(task)
-            task.add_done_callback(self._stragglers_misc.discard)
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
 
     def _mark_ready(self, path: Path) -> None:
         if self._closed or path in self._ready:

@@ -189,6 +189,13 @@ def parse_final(line: str) -> FinalResult | None:
     return None
 
 
+def reply_fields(line: str) -> list[str]:
+    """The comma-separated fields of an information line after its ``+NAME:`` prefix (the whole
+    line without one), stripped and unquoted: ``+CPIN: "READY"`` → ``["READY"]``."""
+    body = line.split(":", 1)[1] if ":" in line else line
+    return [field.strip().strip('"') for field in body.split(",")]
+
+
 @dataclass(frozen=True, slots=True)
 class AtConfig:
     """Settings of one AT port. Times are in seconds.

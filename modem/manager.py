@@ -61,6 +61,7 @@ from dvrlink.modem.at import (
     Resynced,
     ResyncFailed,
     UrcReceived,
+    reply_fields,
 )
 from dvrlink.modem.ladder import Fault, FaultKind, Step
 from dvrlink.modem.profiles import DialMethod, ModemProfile
@@ -621,11 +622,6 @@ class ModemStatus:
 # ----------------------------------------------------------------------------------- parsing
 
 
-def _fields(line: str) -> list[str]:
-    body = line.split(":", 1)[1] if ":" in line else line
-    return [f.strip().strip('"') for f in body.split(",")]
-
-
 @dataclass(frozen=True, slots=True)
 class RegInfo:
     stat: int
@@ -639,7 +635,7 @@ def parse_registration(line: str, *, reply: bool) -> RegInfo | None:
     field is ``<tac>``; some modems add ``<rac>`` to ``+CGREG`` before ``<AcT>`` (then the
     4th field is not a number and the next one is taken).
     """
-    fields = _fields(line)
+    fields = reply_fields(line)
     if reply:
         fields = fields[1:]
     if not fields or not fields[0].isdigit():
@@ -654,7 +650,7 @@ def parse_registration(line: str, *, reply: bool) -> RegInfo | None:
 
 def csq_to_dbm(line: str) -> int | None:
     """``+CSQ: <rssi>,<ber>`` → dBm (−113 + 2·rssi), None for 99 or a malformed line."""
-    fields = _fields(line)
+    fields = reply_fields(line)
     if not fields or not fields[0].isdigit():
         return None
     rssi = int(fields[0])
@@ -666,7 +662,7 @@ def csq_to_dbm(line: str) -> int | None:
 def cesq_to_dbm(line: str) -> int | None:
     """``+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`` → the best-known power in dBm:
     RSRP (LTE), else RSCP (UMTS), else RXLEV (GSM); None when none is known."""
-    fields = _fields(line)
+    fields = reply_fields(line)
     if len(fields) < 6 or not all(f.isdigit() for f in fields[:6]):
         return None
     rxlev, rscp, rsrp = int(fields[0]), int(fields[2]), int(fields[5])
@@ -681,7 +677,7 @@ def cesq_to_dbm(line: str) -> int | None:
 
 def parse_cops(line: str) -> tuple[str, int | None]:
     """``+COPS: <mode>[,<format>,<oper>[,<AcT>]]`` → operator and AcT ("" when none)."""
-    fields = _fields(line)
+    fields = reply_fields(line)
     operator = fields[2] if len(fields) > 2 else ""
     act = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
     return operator, act
@@ -700,7 +696,7 @@ def parse_iccid(lines: tuple[str, ...]) -> str | None:
 def parse_ef_iccid(lines: tuple[str, ...]) -> str | None:
     """The ICCID from ``+CRSM: 144,0,"<EF_ICCID>"`` (BCD with swapped nibbles)."""
     for line in lines:
-        fields = _fields(line)
+        fields = reply_fields(line)
         if len(fields) >= 3 and fields[0] == "144":
             data = fields[2].upper()
             digits = "".join(data[i + 1] + data[i] for i in range(0, len(data) - 1, 2))
@@ -713,7 +709,7 @@ def parse_ef_iccid(lines: tuple[str, ...]) -> str | None:
 def parse_ef_ad(lines: tuple[str, ...]) -> tuple[bool, int | None]:
     """``(read, mnc_length)`` from ``+CRSM`` reading EF_AD: read False when the SIM refused."""
     for line in lines:
-        fields = _fields(line)
+        fields = reply_fields(line)
         if len(fields) >= 2 and fields[0] == "144":
             data = fields[2] if len(fields) > 2 else ""
             try:
@@ -726,7 +722,7 @@ def parse_ef_ad(lines: tuple[str, ...]) -> tuple[bool, int | None]:
 def parse_cspn(lines: tuple[str, ...]) -> str:
     for line in lines:
         if line.startswith("+CSPN:"):
-            return _fields(line)[0]
+            return reply_fields(line)[0]
     return ""
 
 
@@ -1275,7 +1271,7 @@ class ModemManager:
             else:
                 self._sim_absent(now)
             return
-        status = _fields(outcome.lines[0])[0].upper() if outcome.lines else ""
+        status = reply_fields(outcome.lines[0])[0].upper() if outcome.lines else ""
         if status == "READY":
             self._sim_ready(now)
         elif status == "SIM PIN":
@@ -1411,7 +1407,7 @@ class ModemManager:
         ready = (
             isinstance(outcome, CommandCompleted)
             and bool(outcome.lines)
-            and _fields(outcome.lines[0])[0].upper() == "READY"
+            and reply_fields(outcome.lines[0])[0].upper() == "READY"
         )
         if not ready:
             self._cpin(outcome, now)
@@ -1740,7 +1736,7 @@ class ModemManager:
             if self._state is ModemState.CONNECTING and self._ndis_wait:
                 self._ndis_wait = False
                 self._t.state = None
-                if _fields(line)[0] == "1":
+                if reply_fields(line)[0] == "1":
                     self._start_data(now)
                 else:
                     self._apn_failed(DataFailure.REJECTED, line, now)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from dvrlink.modem.at import reply_fields
+
 
 @dataclass(frozen=True, slots=True)
 class RadioInfo:
@@ -54,16 +56,13 @@ _RAT_WORDS: tuple[tuple[str, str], ...] = (
 def _rat(text: str) -> str:
     """A vendor's technology name in the status's words; empty when not recognised."""
     upper = text.upper().replace(" ", "")
-    for word, rat in _RAT_WORDS:
-        if word.replace(" ", "") in upper:
-            return rat
-    return ""
+    return next((rat for word, rat in _RAT_WORDS if word in upper), "")
 
 
-def _fields(line: str, prefix: str) -> list[str] | None:
-    if not line.startswith(prefix):
-        return None
-    return [field.strip().strip('"') for field in line[len(prefix) :].split(",")]
+def _fields(lines: Sequence[str], prefix: str) -> list[str] | None:
+    """The comma-separated fields of the first line starting with ``prefix``, unquoted; None
+    without one."""
+    return next((reply_fields(line) for line in lines if line.startswith(prefix)), None)
 
 
 def _network(plmn: str) -> str:
@@ -75,43 +74,31 @@ def _network(plmn: str) -> str:
 
 def parse_qnwinfo(lines: Sequence[str]) -> RadioInfo | None:
     """Quectel ``+QNWINFO``; None without service or for anything else."""
-    for line in lines:
-        fields = _fields(line, "+QNWINFO:")
-        if fields is None:
-            continue
-        if len(fields) < 3 or not (rat := _rat(fields[0])):
-            return None
-        return RadioInfo(rat, _network(fields[1]), fields[2])
-    return None
+    fields = _fields(lines, "+QNWINFO:")
+    if fields is None or len(fields) < 3 or not (rat := _rat(fields[0])):
+        return None
+    return RadioInfo(rat, _network(fields[1]), fields[2])
 
 
 def parse_sysinfoex(lines: Sequence[str]) -> RadioInfo | None:
     """Huawei ``^SYSINFOEX`` (the submode names the technology best); None without service."""
-    for line in lines:
-        fields = _fields(line, "^SYSINFOEX:")
-        if fields is None:
-            continue
-        if len(fields) < 7 or fields[0] not in ("1", "2") or fields[5] in ("", "0"):
-            return None
-        rat = _rat(fields[8] if len(fields) > 8 else "") or _rat(fields[6])
-        return RadioInfo(rat) if rat else None
-    return None
+    fields = _fields(lines, "^SYSINFOEX:")
+    if fields is None or len(fields) < 7 or fields[0] not in ("1", "2") or fields[5] in ("", "0"):
+        return None
+    rat = _rat(fields[8] if len(fields) > 8 else "") or _rat(fields[6])
+    return RadioInfo(rat) if rat else None
 
 
 def parse_cpsi(lines: Sequence[str]) -> RadioInfo | None:
     """SIMCom ``+CPSI``; None without service."""
-    for line in lines:
-        fields = _fields(line, "+CPSI:")
-        if fields is None:
-            continue
-        if len(fields) < 3 or not (rat := _rat(fields[0])):
-            return None
-        if rat == "GSM" and len(fields) > 5:
-            band = re.sub(r"^\d+\s+", "", fields[5])  # "<arfcn> EGSM 900"
-        else:
-            band = next((f for f in fields[3:] if "BAND" in f.upper()), "")
-        return RadioInfo(rat, _network(fields[2]), band)
-    return None
+    fields = _fields(lines, "+CPSI:")
+    if fields is None or len(fields) < 3 or not (rat := _rat(fields[0])):
+        return None
+    if rat == "GSM" and len(fields) > 5:
+        band = re.sub(r"^\d+\s+", "", fields[5])  # "<arfcn> EGSM 900"
+    else:
+        band = next((f for f in fields[3:] if "BAND" in f.upper()), "")
+    return RadioInfo(rat, _network(fields[2]), band)
 
 
 _PARSERS: Mapping[str, Callable[[Sequence[str]], RadioInfo | None]] = MappingProxyType(
