@@ -39,7 +39,7 @@ from dvrlink.daemon.services import (
 from dvrlink.daemon.session_runner import DeviceRunner
 from dvrlink.protocol.identity import b64decode_key, ed25519_public_bytes, fingerprint
 from dvrlink.protocol.signalling import PathPolicy
-from dvrlink.viewer.api_client import BrokerClient
+from dvrlink.viewer.api_client import BrokerClient, cleartext_warning
 from dvrlink.viewer.cli import (
     build_parser,
     format_bytes,
@@ -301,7 +301,7 @@ def _run(coro: Awaitable[T]) -> T:
 
 
 def _client(url: str) -> BrokerClient:
-    return BrokerClient(url, token=TOKEN)
+    return BrokerClient(url, token=TOKEN, allow_http=True)
 
 
 def _failure(action: Callable[[], Awaitable[Any]]) -> str:
@@ -471,10 +471,10 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
 
 
 def test_ping_and_sessions_commands(url: str, home: ViewerHome, capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["--home", str(home.path)]
+    base = ["--home", str(home.path), "--insecure-http"]  # the stand-in broker speaks plain http
     code = main([*base, "ping", SERIAL.lower(), "-c", "2", "--relay-only", "--host-address", LOOPBACK])
     out, err = capsys.readouterr()
-    assert (code, err) == (0, "")
+    assert code == 0 and err == f"dvrlink: {cleartext_warning(url)}\n", err
     lines = out.splitlines()
     assert lines[0] == f"session to {SERIAL} via relay"
     assert lines[1].startswith(f"ping {SERIAL}: seq=1 time=") and lines[1].endswith(" ms path=relay")
@@ -490,12 +490,14 @@ def test_ping_and_sessions_commands(url: str, home: ViewerHome, capsys: pytest.C
 def test_forward_command_until_sigint(url: str, home: ViewerHome, fake: FakeSessionBroker) -> None:
     async def go() -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            VIEWER_BIN, "--home", str(home.path), "forward", SERIAL, f"0:{fake.echo_port}", "-L", "0:9",
-            "--relay-only", "--host-address", LOOPBACK,
+            VIEWER_BIN, "--home", str(home.path), "--insecure-http",
+            "forward", SERIAL, f"0:{fake.echo_port}", "-L", "0:9", "--relay-only", "--host-address", LOOPBACK,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert proc.stdout is not None and proc.stderr is not None
         try:
+            warning = await asyncio.wait_for(proc.stderr.readline(), BOUND)
+            assert warning.decode() == f"dvrlink: {cleartext_warning(url)}\n"
             lines = [await asyncio.wait_for(proc.stdout.readline(), BOUND) for _ in range(2)]
             allowed, refused = (line.decode() for line in lines)
             assert allowed.startswith("forwarding 127.0.0.1:") and allowed.endswith(

@@ -7,7 +7,6 @@ Each request is bounded by a total timeout.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -63,14 +62,19 @@ NOT_LOGGED_IN = "you are not logged in: run `dvrlink login --broker URL --user N
 LOGIN_EXPIRED = "your login has expired: run `dvrlink login`"
 
 
-def check_broker_url(text: str) -> str:
+INSECURE_HTTP_FLAG = "--insecure-http"
+
+
+def check_broker_url(text: str, *, allow_http: bool = False) -> str:
     """Return the broker base URL without a trailing slash.
 
-    ``https://`` is required, except ``http://`` to a loopback address (a local broker or a
-    TLS-terminating proxy on the same machine).
+    ``https://`` is required: every request but the health check carries a password or a token.
+    ``allow_http`` (the ``--insecure-http`` flag, for a lab broker) lets ``http://`` through;
+    the caller warns about it.
 
     Raises:
-        ViewerError: (exit code 2) the URL is not an https URL with a host.
+        ViewerError: (exit code 2) the URL is not an https URL with a host, or it is http and
+            ``allow_http`` is false.
     """
     try:
         url = yarl.URL(text.strip())
@@ -82,10 +86,10 @@ def check_broker_url(text: str) -> str:
             "for example https://broker.example.net:8443",
             EXIT_USAGE,
         )
-    if url.scheme == "http" and not _is_loopback(url.host):
+    if url.scheme == "http" and not allow_http:
         raise ViewerError(
             f"broker URL {text!r} uses plain http, which would send your password and token in "
-            "clear: use https://",
+            f"clear: use https:// (for a lab broker only, {INSECURE_HTTP_FLAG} allows it)",
             EXIT_USAGE,
         )
     if url.query_string or url.fragment:
@@ -93,13 +97,17 @@ def check_broker_url(text: str) -> str:
     return str(url).rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def is_plain_http(url: str) -> bool:
+    """True if ``url`` (as ``check_broker_url`` returned it) is plain http."""
+    return url.startswith("http://")
+
+
+def cleartext_warning(url: str) -> str:
+    """The warning printed each time a command talks to a plain-http broker."""
+    return (
+        f"warning: {INSECURE_HTTP_FLAG}: talking to the broker at {url} without TLS; passwords and "
+        "tokens cross the network in clear (use https:// outside a lab)"
+    )
 
 
 def make_ssl_context(cacert: str | None) -> ssl.SSLContext:
@@ -150,9 +158,13 @@ class BrokerClient:
         pair_timeout: float = PAIR_TIMEOUT,
         offer_timeout: float = OFFER_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        allow_http: bool = False,
     ) -> None:
-        """Raises ViewerError for a bad URL or an unusable CA file."""
-        self.broker_url = check_broker_url(broker_url)
+        """``allow_http``: accept an ``http://`` URL (see ``check_broker_url``).
+
+        Raises ViewerError for a bad URL (plain http unless allowed) or an unusable CA file.
+        """
+        self.broker_url = check_broker_url(broker_url, allow_http=allow_http)
         self._ssl = make_ssl_context(cacert)
         self._token = token
         self._timeout = timeout

@@ -22,7 +22,15 @@ from pathlib import Path
 from dvrlink.daemon.session_runner import ViewerRunner
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
 from dvrlink.protocol.signalling import PathPolicy
-from dvrlink.viewer.api_client import LOGIN_EXPIRED, NOT_LOGGED_IN, BrokerClient, check_broker_url
+from dvrlink.viewer.api_client import (
+    INSECURE_HTTP_FLAG,
+    LOGIN_EXPIRED,
+    NOT_LOGGED_IN,
+    BrokerClient,
+    check_broker_url,
+    cleartext_warning,
+    is_plain_http,
+)
 from dvrlink.viewer.api_types import SessionInfo
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError
 from dvrlink.viewer.forward import (
@@ -64,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="home directory for the login, viewer key and pins "
         "(default: $DVRLINK_HOME, else ~/.config/dvrlink)",
+    )
+    common.add_argument(
+        INSECURE_HTTP_FLAG,
+        dest="insecure_http",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="lab use only: allow a plain http:// broker URL (the password and token then cross "
+        "the network in clear; a warning is printed each time)",
     )
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -194,7 +210,7 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
     if command == "ping":
         return await _ping(args, home)
     if command == "sessions":
-        return await _sessions(home)
+        return await _sessions(args, home)
     raise ViewerError(f"unknown command {command!r}: see `dvrlink --help`", EXIT_USAGE)
 
 
@@ -207,8 +223,23 @@ def _require_login(home: ViewerHome, now: float) -> Login:
     return login
 
 
-def _client(login: Login) -> BrokerClient:
-    return BrokerClient(login.broker, cacert=login.cacert, token=login.token)
+def _broker_client(
+    args: argparse.Namespace, url: str, cacert: str | None, token: str | None = None
+) -> BrokerClient:
+    """A client for ``url``; plain http only with ``--insecure-http``, and then with a warning.
+
+    Raises:
+        ViewerError: (exit code 2) http without the flag; or an unusable CA file.
+    """
+    insecure = bool(getattr(args, "insecure_http", False))
+    client = BrokerClient(url, cacert=cacert, token=token, allow_http=insecure)
+    if is_plain_http(client.broker_url):
+        _warn(cleartext_warning(client.broker_url))
+    return client
+
+
+def _client(args: argparse.Namespace, login: Login) -> BrokerClient:
+    return _broker_client(args, login.broker, login.cacert, login.token)
 
 
 def _read_password(args: argparse.Namespace, user: str, broker: str) -> str:
@@ -237,14 +268,14 @@ async def _login(args: argparse.Namespace, home: ViewerHome) -> int:
         raise ViewerError(
             "no stored login to reuse: run `dvrlink login --broker URL --user NAME`", EXIT_USAGE
         )
-    broker = check_broker_url(broker_arg)
+    broker = check_broker_url(broker_arg, allow_http=bool(getattr(args, "insecure_http", False)))
     if args.cacert:
         cacert: str | None = str(Path(args.cacert).expanduser().resolve())
     elif stored is not None and stored.broker == broker:
         cacert = stored.cacert
     else:
         cacert = None
-    client = BrokerClient(broker, cacert=cacert)  # checks the CA file before the password prompt
+    client = _broker_client(args, broker, cacert)  # checks the CA file before the password prompt
     password = _read_password(args, user, broker)
     async with client:
         token = await client.login(user, password)
@@ -270,7 +301,7 @@ async def _pair(args: argparse.Namespace, home: ViewerHome) -> int:
     if key is None:
         raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login` first (it creates one)")
     pins = home.load_pins()  # a malformed pins.json stops here, before the device is asked
-    async with _client(login) as client:
+    async with _client(args, login) as client:
         paired = await pair_device(
             client, target, ed25519_public_bytes(key), pins.get(target.serial), os.urandom, now
         )
@@ -290,7 +321,7 @@ async def _devices(args: argparse.Namespace, home: ViewerHome) -> int:
     now = time.time()
     login = _require_login(home, now)
     pins = home.load_pins()
-    async with _client(login) as client:
+    async with _client(args, login) as client:
         devices = await client.devices()
     if args.json:
         body = [device_json(d, pins.get(d.serial)) for d in sorted(devices, key=lambda d: d.serial)]
@@ -310,7 +341,7 @@ async def _status(args: argparse.Namespace, home: ViewerHome) -> int:
     now = time.time()
     login = _require_login(home, now)
     pins = home.load_pins()
-    async with _client(login) as client:
+    async with _client(args, login) as client:
         device = await client.device(serial)
     pin = pins.get(device.serial)
     if args.json:
@@ -360,7 +391,7 @@ def _serial_arg(text: str) -> str:
 
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
     login = _require_login(home, time.time())
-    async with _client(login) as client:  # the broker is only needed until the session is up
+    async with _client(args, login) as client:  # the broker is only needed until the session is up
         return await open_session(client, home, serial, session_policy(args), args.host_address)
 
 
@@ -528,10 +559,10 @@ def render_sessions(sessions: Sequence[SessionInfo], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _sessions(home: ViewerHome) -> int:
+async def _sessions(args: argparse.Namespace, home: ViewerHome) -> int:
     now = time.time()
     login = _require_login(home, now)
-    async with _client(login) as client:
+    async with _client(args, login) as client:
         sessions = await client.list_sessions()
     sys.stdout.write(render_sessions(sessions, now))
     return EXIT_OK
