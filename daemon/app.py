@@ -36,7 +36,7 @@ from dvrlink.daemon.presence_transport import (
 from dvrlink.daemon.presence_tuning import PresenceTuning
 from dvrlink.daemon.reporting import Reporter, ReportPolicy
 from dvrlink.daemon.session_server import SessionServer
-from dvrlink.daemon.state import DeviceState
+from dvrlink.daemon.state import DeviceState, check_state_files
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
@@ -68,11 +68,36 @@ async def run_daemon(
     """Run until ``stop`` is set; ``environ`` holds the service manager's variables;
     ``modem_options`` the modem's timers and test seams (defaults: a real modem).
 
+    The state directory is locked for the whole run (a second daemon on it gets
+    ``AlreadyRunning``), and every state file is checked before anything else
+    (``check_state_files``): a corrupt one stops the start, or is moved aside where losing it
+    is safe, with a warning.
+
     Raises:
+        AlreadyRunning: another dvrlinkd holds the state directory.
         StateError: the state directory or a state file cannot be used.
     """
-    loop = asyncio.get_running_loop()
     state = DeviceState(config.device.state_dir)
+    with state.running_lock():
+        for moved in check_state_files(config.device.state_dir, time.time()):
+            log.warning(
+                "%s; moved it aside to %s and starting without it: %s",
+                moved.problem,
+                moved.aside,
+                moved.if_lost,
+            )
+        await _run_locked(config, state, stop, environ, modem_options)
+
+
+async def _run_locked(
+    config: DaemonConfig,
+    state: DeviceState,
+    stop: asyncio.Event,
+    environ: Mapping[str, str] | None,
+    modem_options: ModemOptions | None,
+) -> None:
+    """``run_daemon`` once the state directory is locked and its files are checked."""
+    loop = asyncio.get_running_loop()
     device_key = state.device_key()
     invites = InviteHandler(config.device.serial, device_key, state.pairing_secret(), state, config.pairing)
     client = PresenceClient(

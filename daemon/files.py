@@ -1,9 +1,58 @@
-"""Atomic writes for state files: a crash or power cut leaves the old file or the new one, never half."""
+"""State files: atomic writes (a crash or power cut leaves the old file or the new one, never half),
+and a lock file that keeps a second process off a state directory."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+
+
+class DirectoryLocked(Exception):
+    """Another process holds the lock on a state directory; ``pid`` is its process id (None when
+    it could not be read)."""
+
+    def __init__(self, lock_file: Path, pid: int | None) -> None:
+        super().__init__(f"{lock_file} is locked by pid {pid if pid is not None else 'unknown'}")
+        self.lock_file = lock_file
+        self.pid = pid
+
+
+def lock_exclusive(lock_file: Path) -> int:
+    """Take an exclusive ``flock`` on ``lock_file`` (created 0600 if missing) without waiting, and
+    write this process's id into it. Returns the open descriptor: the lock lasts until it is
+    closed, or the process ends (also by SIGKILL or a crash, so a stale lock cannot exist).
+
+    Raises:
+        DirectoryLocked: another process holds the lock; it names that process's id.
+        OSError: the file cannot be opened (its directory is missing or not writable).
+    """
+    lock_file = Path(lock_file)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise DirectoryLocked(lock_file, pid) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

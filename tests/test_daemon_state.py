@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from dvrlink.daemon import modem_service
 from dvrlink.daemon.state import (
     DEVICE_KEY_FILE,
+    LOCK_FILE,
     PAIRING_FAILURES_FILE,
     PAIRING_SECRET_FILE,
+    STATE_FILES,
     VIEWERS_FILE,
+    AlreadyRunning,
     DeviceState,
+    NotCreated,
+    OnCorrupt,
     StateError,
+    StateFile,
     Viewer,
+    check_state_files,
 )
+from dvrlink.modem.accounting import AccountingConfig, AccountingLedger
+from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ApnSettings
+from dvrlink.modem.ladder import LadderFile, LadderState
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.pairing import normalize_code
 
@@ -136,3 +148,118 @@ def test_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StateError, match=r"cannot create the state directory .*set \[device\] state_dir"):
         DeviceState(blocker / "state").device_key()
+
+
+# --- every state file checked at start, one way for each (issue 10, defect 7) ------------------
+
+NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+STAMP = "20260101T000000Z"
+
+
+def full_state_dir(path: Path) -> Path:
+    """A state directory with every file the daemon keeps, each written by its own code."""
+    state = DeviceState(path)
+    state.device_key()
+    state.pairing_secret()
+    state.add_viewer(b"\x01" * 32, "alice", 1.0)
+    state.save_pairing_failures([NOW - 10])
+    modem = path / modem_service.MODEM_DIR
+    modem.mkdir()
+    ApnMemoryFile(modem / modem_service.APN_MEMORY_FILE).save(
+        ApnMemory({"8944": ApnSettings("internet", "", "", "")})
+    )
+    LadderFile(modem / modem_service.LADDER_FILE).save(LadderState())
+    ledger = AccountingLedger(modem / modem_service.ACCOUNTING_FILE, AccountingConfig())
+    ledger.path.write_bytes(ledger.core.to_bytes())
+    return path
+
+
+def test_the_check_knows_every_file_the_daemon_writes(tmp_path: Path) -> None:
+    names = {spec.name for spec in STATE_FILES}
+    written = {str(p.relative_to(tmp_path)) for p in full_state_dir(tmp_path).rglob("*") if p.is_file()}
+    assert written == names, (
+        f"written but not checked: {written - names}; checked, never written: {names - written}"
+    )
+    assert check_state_files(tmp_path, NOW) == ()
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == names
+
+
+@pytest.mark.parametrize("spec", STATE_FILES, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_corrupt_state_file_stops_or_is_moved_aside(tmp_path: Path, spec: StateFile, damage: str) -> None:
+    full_state_dir(tmp_path)
+    path = tmp_path / spec.name
+    good = path.read_bytes()
+    bad = good[: len(good) // 2] if damage == "truncated" else b""
+    path.write_bytes(bad)
+    if spec.on_corrupt is OnCorrupt.STOP:
+        with pytest.raises(StateError) as caught:
+            check_state_files(tmp_path, NOW)
+        message = str(caught.value)
+        assert str(path) in message, message
+        assert "restore it from a backup" in message, message
+        assert path.read_bytes() == bad  # left as it was, for the operator
+        assert not list(tmp_path.rglob("*.corrupt-*"))
+    else:
+        (moved,) = check_state_files(tmp_path, NOW)
+        assert (moved.path, moved.aside) == (path, path.with_name(f"{path.name}.corrupt-{STAMP}"))
+        assert str(path) in moved.problem and moved.if_lost
+        assert not path.exists()
+        assert moved.aside.read_bytes() == bad
+        assert check_state_files(tmp_path, NOW) == ()  # the next start is clean
+
+
+def test_viewers_file_with_the_wrong_shape_stops_the_start(tmp_path: Path) -> None:
+    full_state_dir(tmp_path)
+    (tmp_path / VIEWERS_FILE).write_text('{"viewers": []}')
+    with pytest.raises(StateError, match=r"viewers\.json is valid JSON but not a list.*pair again"):
+        check_state_files(tmp_path, NOW)
+
+
+def test_nothing_is_moved_aside_when_the_start_stops(tmp_path: Path) -> None:
+    full_state_dir(tmp_path)
+    (tmp_path / VIEWERS_FILE).write_text("[")
+    (tmp_path / PAIRING_SECRET_FILE).write_text("short")
+    (tmp_path / PAIRING_FAILURES_FILE).write_text("[")
+    with pytest.raises(StateError) as caught:
+        check_state_files(tmp_path, NOW)
+    assert "pairing_secret" in str(caught.value) and "viewers.json" in str(caught.value)
+    assert (tmp_path / PAIRING_FAILURES_FILE).read_text() == "["
+
+
+def test_an_unreadable_state_file_stops_the_start(tmp_path: Path) -> None:
+    full_state_dir(tmp_path)
+    (tmp_path / PAIRING_FAILURES_FILE).unlink()
+    (tmp_path / PAIRING_FAILURES_FILE).mkdir()  # unreadable as a file, also for root
+    with pytest.raises(StateError, match=r"cannot read .*pairing_failures.json"):
+        check_state_files(tmp_path, NOW)
+
+
+def test_a_second_corrupt_copy_gets_its_own_name(tmp_path: Path) -> None:
+    path = tmp_path / PAIRING_FAILURES_FILE
+    for expected in (f"{path.name}.corrupt-{STAMP}", f"{path.name}.corrupt-{STAMP}-2"):
+        path.write_text("[")
+        (moved,) = check_state_files(tmp_path, NOW)
+        assert moved.aside.name == expected
+
+
+def test_read_only_reads_create_nothing(tmp_path: Path) -> None:
+    state = DeviceState(tmp_path / "state")
+    with pytest.raises(NotCreated, match=r"no device key yet.*pairing-code --create"):
+        state.device_key(create=False)
+    with pytest.raises(NotCreated, match="no pairing code yet"):
+        state.pairing_secret(create=False)
+    assert not (tmp_path / "state").exists()
+    key = state.device_key()
+    assert ed25519_public_bytes(state.device_key(create=False)) == ed25519_public_bytes(key)
+
+
+def test_running_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
+    state = DeviceState(tmp_path / "state")
+    with state.running_lock():
+        assert (tmp_path / "state" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        second = DeviceState(tmp_path / "state").running_lock()
+        with pytest.raises(AlreadyRunning, match=rf"already running \(pid {os.getpid()}\)"), second:
+            pass
+    with state.running_lock():  # released on exit
+        pass
