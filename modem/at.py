@@ -16,9 +16,12 @@ How a line is classified, in this order:
 6. anything else is unsolicited: a URC, or a stray result that is dropped.
 
 Only one command is on the wire at a time; the others wait in a queue. When a command gets no
-final result in time, the engine resynchronises: it writes ``AT`` probes and counts final results,
-so a late ``OK`` of the timed-out command is dropped and never taken for the answer of the next
-command. States and transitions are in ``TRANSITIONS``.
+final result in time, the engine resynchronises: it writes a probe whose answer cannot be stale
+(``AT+CMEE?``: its ``+CMEE:`` line is unlike any bare ``OK``) and waits for that line and the final
+result after it. Results before it (the timed-out command's late ``OK``, however late) are dropped
+and never taken for the answer of the next command. A modem that answers the probe without its
+line (an ``ERROR``) falls back to counting final results and a quiet period. States and transitions
+are in ``TRANSITIONS``.
 """
 
 from __future__ import annotations
@@ -204,9 +207,12 @@ class AtConfig:
     starts with one of them is never taken for a bare-text reply (``+CGSN``, ``ATI``).
     ``two_line_urcs``: URCs whose next line is their body. ``restart_markers``: lines a modem
     prints when it has (re)booted. ``max_line``: longer lines are dropped, in bytes.
-    ``resync_timeout``: how long one ``AT`` probe may go unanswered. ``resync_settle``: after a
-    probe's answer, how long to wait for another final result when it is unclear whether the
-    timed-out command's late result is still to come.
+    ``resync_probes``: the probes written to resynchronise, as (command, the prefix of its unique
+    reply line), in turn (those the timed-out command also answers with are left out), so that
+    the answer to the latest probe is told from a slow answer to the one before.
+    ``resync_timeout``: how long one probe may go unanswered. ``resync_settle``: a quiet period, the
+    time with no line from the modem after which a resync that could not see a probe's unique line
+    (the modem answered it with an error, or a probe was lost) is taken as done.
     """
 
     urc_prefixes: tuple[str, ...] = STANDARD_URCS
@@ -215,8 +221,20 @@ class AtConfig:
     max_line: int = 4096
     resync_timeout: float = 3.0
     resync_settle: float = 0.3
+    resync_probes: tuple[tuple[str, str], ...] = (
+        ("AT+CMEE?", "+CMEE:"),
+        ("AT+CSCS?", "+CSCS:"),
+        ("AT+CMGF?", "+CMGF:"),
+    )
 
     def __post_init__(self) -> None:
+        if not self.resync_probes or any(
+            not command.upper().startswith("AT") or not prefix for command, prefix in self.resync_probes
+        ):
+            raise ValueError(
+                f"resync_probes {self.resync_probes!r}: give one or more (AT command, reply prefix) pairs, "
+                'e.g. (("AT+CMEE?", "+CMEE:"),)'
+            )
         if not 64 <= self.max_line <= 1 << 20:
             raise ValueError(f"max_line {self.max_line} bytes is out of range: use 64-1048576")
         if self.resync_timeout <= 0 or self.resync_settle <= 0:
@@ -334,7 +352,7 @@ class Resynced(AtEvent):
 
 @dataclass(frozen=True, slots=True)
 class ResyncFailed(AtEvent):
-    """``probes`` ``AT`` probes went unanswered so far; the engine keeps probing."""
+    """``probes`` probes went unanswered so far; the engine keeps probing."""
 
     probes: int
     waited: float
@@ -367,16 +385,16 @@ TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
     (S.WAITING, S.BACKOFF): "SIM busy or please wait: retry after a backoff",
     (S.BACKOFF, S.WAITING): "backoff over (or cancelled): command written",
     (S.BACKOFF, S.IDLE): "cancelled or modem restarted; queue empty",
-    (S.WAITING, S.RESYNC): "no final result in time, or resync requested: AT probe written",
-    (S.IDLE, S.RESYNC): "resync requested: AT probe written",
-    (S.BACKOFF, S.RESYNC): "resync requested: AT probe written",
+    (S.WAITING, S.RESYNC): "no final result in time, or resync requested: probe written",
+    (S.IDLE, S.RESYNC): "resync requested: probe written",
+    (S.BACKOFF, S.RESYNC): "resync requested: probe written",
     (S.RESYNC, S.RESYNC): "probe unanswered: another probe written",
     (S.RESYNC, S.IDLE): "in sync; queue empty",
     (S.RESYNC, S.WAITING): "in sync; next queued command written",
     (S.WAITING, S.DATA): "CONNECT: the port carries data now",
     (S.DATA, S.IDLE): "NO CARRIER or modem restarted; queue empty",
     (S.DATA, S.WAITING): "NO CARRIER or modem restarted; next queued command written",
-    (S.DATA, S.RESYNC): "data mode left by the caller: AT probe written",
+    (S.DATA, S.RESYNC): "data mode left by the caller: probe written",
 }
 # abort_all() may go from anywhere to IDLE.
 for _state in EngineState:
@@ -429,6 +447,10 @@ class AtEngine:
         self._probe_sent_at = 0.0
         self._resync_started_at = 0.0
         self._settle: float | None = None
+        self._probe: tuple[str, str] = self._config.resync_probes[0]
+        self._probe_cycle: tuple[tuple[str, str], ...] = self._config.resync_probes
+        self._probe_replies = 0  # unique probe reply lines seen in this resync
+        self._probe_final_due = False  # a unique reply line came: the next final result is the probe's
         self.stats: dict[str, int] = {
             "lines": 0,
             "urcs": 0,
@@ -518,7 +540,7 @@ class AtEngine:
         return True
 
     def resync(self, now: float) -> None:
-        """Write ``AT`` probes until the modem answers, first giving up the pending command.
+        """Write probes until the modem answers, first giving up the pending command.
 
         The first step of the recovery ladder. In data mode it means the caller knows the port
         is back in command mode (the PPP peer hung up, DTR dropped).
@@ -819,15 +841,28 @@ class AtEngine:
         self._late = late
         self._probes = 0
         self._finals = 0
+        self._probe_replies = 0
+        self._probe_final_due = False
         self._settle = None
         self._resync_started_at = now
+        late_prefixes = late.spec.prefixes if late is not None else ()
+        eligible = tuple(
+            probe
+            for probe in self._config.resync_probes
+            if not any(probe[1].startswith(p) or p.startswith(probe[1]) for p in late_prefixes)
+        )
+        self._probe_cycle = eligible or self._config.resync_probes[-1:]
         # a two-line reply cut by the timeout: its body is still to come, and is late
         self._body_expected = self._body_expected and late is not None
         self._send_probe(now)
 
     def _send_probe(self, now: float) -> None:
+        # successive probes differ, so the answer to the latest one is told from a slow answer to
+        # the one before it
+        self._probe = self._probe_cycle[self._probes % len(self._probe_cycle)]
         self._probes += 1
-        self._outbox += b"AT\r"
+        self._probe_final_due = False
+        self._outbox += self._probe[0].encode("ascii") + b"\r"
         self._probe_sent_at = now
         self._deadline = now + self._config.resync_timeout
         self._enter(EngineState.RESYNC)
@@ -835,18 +870,35 @@ class AtEngine:
     def _resync_line(self, line: str, now: float) -> None:
         upper = line.upper()
         late = self._late
-        if upper == "AT" or (late is not None and upper == late.text.upper()):
+        probe, unique = self._probe
+        if self._settle is not None:
+            # a quiet period is measured from the last line the modem sent
+            self._settle = now + self._config.resync_settle
+        if upper == "AT" or any(upper == p.upper() for p, _ in self._probe_cycle):
+            return  # echo of a probe
+        if late is not None and upper == late.text.upper():
+            return  # echo of the timed-out command
+        if line.startswith(unique):
+            # the latest probe's own reply: everything the modem owed before it has come
+            self._probe_replies += 1
+            self._probe_final_due = True
+            self._body_expected = False
+            return
+        if line.startswith(tuple(prefix for _, prefix in self._probe_cycle)):
+            self._probe_replies += 1
+            self._discard(line, f"answer to an earlier probe; waiting for the answer to {probe}")
             return
         final = parse_final(line)
         if final is not None:
             self._finals += 1
-            owed = self._probes + (1 if late is not None else 0)
-            if self._finals >= owed:
+            if self._probe_final_due:
                 self._resynced(now)
-            else:
-                # either the late result of the timed-out command (a probe's answer follows at
-                # once) or the probe's own answer (the command was lost): wait a little to see
-                self._discard(line, "result during resync: late result or probe answer")
+                return
+            owed = self._probes + (1 if late is not None else 0)
+            self._discard(line, f"result during resync before the answer to {probe}: late result")
+            if self._finals >= owed and self._probe_replies == 0:
+                # the modem answers the probes without their line (an error): fall back to a
+                # quiet period
                 self._settle = now + self._config.resync_settle
             return
         if late is not None and (self._body_expected or self._late_reply(late, line)):
@@ -867,6 +919,7 @@ class AtEngine:
         self._emit(Resynced(self._probes))
         self._late = None
         self._settle = None
+        self._probe_final_due = False
         self._send_next(now)
 
     # -- writing --------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ class AtLink:
         return found
 
     def resync(self) -> None:
-        """Resynchronise the port with ``AT`` probes (see ``AtEngine.resync``)."""
+        """Resynchronise the port with probes (see ``AtEngine.resync``)."""
         loop = self._require_open()
         self._engine.resync(loop.time())
         self._pump()

@@ -85,7 +85,7 @@ def test_link_runs_commands_urcs_prompt_and_resync_over_a_pty() -> None:
                 b"AT+CSQ": [b"AT+CSQ\r\r\n+CREG: 1\r\n\r\n+CSQ: 20,99\r\n\r\nOK\r\n"],
                 b"AT+CMGS=5": [b"\r\n> "],
                 b"00AABBCCDD": [b"\r\n+CMGS: 7\r\n\r\nOK\r\n"],
-                b"AT": [b"\r\nOK\r\n"],
+                b"AT+CMEE?": [b"\r\n+CMEE: 1\r\n\r\nOK\r\n"],
                 b"AT+CGSN": [b"\r\n867123456789012\r\n\r\nOK\r\n"],
             },
         )
@@ -106,7 +106,7 @@ def test_link_runs_commands_urcs_prompt_and_resync_over_a_pty() -> None:
             assert isinstance(outcome, CommandCompleted)
             assert outcome.lines == ("+CMGS: 7",)
 
-            # no answer: the engine's timer fires through the link, then the AT probe resyncs
+            # no answer: the engine's timer fires through the link, then the probe resyncs
             silent = Command("AT+SILENT", CommandSpec(timeout=0.2))
             outcome = await link.command(silent)
             assert isinstance(outcome, CommandTimedOut)
@@ -120,7 +120,7 @@ def test_link_runs_commands_urcs_prompt_and_resync_over_a_pty() -> None:
                 b"AT+CMGS=5",
                 b"00AABBCCDD",
                 b"AT+SILENT",
-                b"AT",
+                b"AT+CMEE?",
                 b"AT+CGSN",
             ]
         finally:

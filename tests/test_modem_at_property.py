@@ -157,8 +157,9 @@ def test_replies_attributed_and_urcs_delivered_once(script: list[Plan], data: st
             now += exchange_timeout(engine, exchange) + 0.01
             engine.tick(now)
             written = engine.data_to_send()
-            assert written == b"AT\r"
-            units.append(("AT",) if plan.echo else ())
+            assert written == b"AT+CMEE?\r"
+            units.append(("AT+CMEE?",) if plan.echo else ())
+            units.append(("+CMEE: 1",))
             units.append(("OK",))
         units = [unit for unit in units if unit]
         stream = place(units, plan.urc_slots)

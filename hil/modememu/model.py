@@ -107,6 +107,8 @@ class _Settings:
     cgreg_n: int = 0
     cereg_n: int = 0
     cops_format: int = 0
+    cscs: str = "IRA"
+    cmgf: int = 0
 
 
 @dataclass(slots=True)
@@ -546,6 +548,26 @@ class ModemModel:
         elif op != "=?":
             raise _CmdError(None)
 
+    def _cscs(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "?":
+            reply.info.append(f'+CSCS: "{self.settings.cscs}"')
+        elif op == "=?":
+            reply.info.append('+CSCS: ("IRA","GSM","UCS2")')
+        elif op == "=" and args and args[0].strip('"') in ("IRA", "GSM", "UCS2"):
+            self.settings.cscs = args[0].strip('"')
+        else:
+            raise _CmdError(None)
+
+    def _cmgf(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "?":
+            reply.info.append(f"+CMGF: {self.settings.cmgf}")
+        elif op == "=?":
+            reply.info.append("+CMGF: (0,1)")
+        elif op == "=" and args and args[0] in ("0", "1"):
+            self.settings.cmgf = int(args[0])
+        else:
+            raise _CmdError(None)
+
     def _cpin(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
         if self.sim is None:
             raise _CmdError(10)
@@ -755,6 +777,8 @@ def _reg_handler(name: str) -> Callable[[ModemModel, str, list[str], _Reply, str
 
 _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] = {
     "+CMEE": ModemModel._cmee,
+    "+CSCS": ModemModel._cscs,
+    "+CMGF": ModemModel._cmgf,
     "+CGMI": _ident_handler("manufacturer"),
     "+GMI": _ident_handler("manufacturer"),
     "+CGMM": _ident_handler("model"),
