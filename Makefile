@@ -10,9 +10,10 @@ PKGS := protocol modem hal daemon broker viewer
 # recorder's RTSP service in end-to-end tests); the mobile provider database the modem manager
 # indexes for its APNs; umockdev, which fakes the USB tree and uevents for the modem hot-plug tests;
 # iptables and conntrack, which build and flush the NAT lab's network namespaces.
+# systemd: systemd-analyze verifies the units against a staged install tree.
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack
+	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd
 
 .PHONY: all venv system-packages test pytest lint typecheck demo bench matrix clean
 
