@@ -6,7 +6,9 @@
   later leak of that key does not open recorded sessions.
 - Sealing: ChaCha20-Poly1305, one key per session, a 12-byte nonce made of the direction (4 bytes)
   and the sender's counter (8 bytes), the clear header as associated data.
-- Cookies: stateless, ``time ‖ HMAC(secret, time ‖ address ‖ nonce)[:16]``.
+- Cookies: stateless, ``time_us (7) ‖ HMAC(secret, time_us ‖ address ‖ nonce)[:13]``. The
+  broker's time stamp also orders registrations: a REGISTER whose cookie is not newer than the
+  one that opened the serial's current session is a replay (see ``presence_server``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ BROKER_TO_DEVICE = 1
 _NONCE = struct.Struct(">IQ")
 HKDF_INFO = b"dvrlink presence v1"
 REPLAY_WINDOW = 64
+COOKIE_STAMP_SIZE = 7
+COOKIE_STAMP_MAX = (1 << (8 * COOKIE_STAMP_SIZE)) - 1
 
 
 def derive_session_key(
@@ -149,30 +153,43 @@ class ReplayWindow:
 
 
 class CookieJar:
-    """Stateless cookies that bind a HELLO nonce to a source address for ``lifetime`` seconds."""
+    """Stateless cookies that bind a HELLO nonce to a source address for ``lifetime`` seconds.
 
-    __slots__ = ("_lifetime", "_secret")
+    A cookie starts with the time it was made, in microseconds of the broker's clock (7 bytes:
+    it does not wrap). Stamps are unique: a cookie made in the same microsecond as the one
+    before gets the next one. So the broker can order the registrations of a device strictly.
+    The jar keeps that one number, nothing per source.
+    """
+
+    __slots__ = ("_last", "_lifetime", "_secret")
 
     def __init__(self, secret: bytes, lifetime: float) -> None:
         self._secret = secret
-        self._lifetime = lifetime
+        self._lifetime = round(lifetime * 1_000_000)
+        self._last = -1
 
     def _mac(self, stamp: int, address: Address, nonce: bytes) -> bytes:
         ip = ipaddress.ip_address(address[0].split("%", 1)[0]).packed
-        msg = stamp.to_bytes(4, "big") + ip + address[1].to_bytes(2, "big") + nonce
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()[: COOKIE_SIZE - 4]
+        msg = stamp.to_bytes(COOKIE_STAMP_SIZE, "big") + ip + address[1].to_bytes(2, "big") + nonce
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()[: COOKIE_SIZE - COOKIE_STAMP_SIZE]
 
     def make(self, address: Address, nonce: bytes, now: float) -> bytes:
-        """A cookie for ``nonce`` from ``address`` at time ``now``."""
-        stamp = int(now) & 0xFFFFFFFF
-        return stamp.to_bytes(4, "big") + self._mac(stamp, address, nonce)
+        """A cookie for ``nonce`` from ``address`` at time ``now`` (seconds, >= 0)."""
+        stamp = max(int(now * 1_000_000), self._last + 1) & COOKIE_STAMP_MAX
+        self._last = stamp
+        return stamp.to_bytes(COOKIE_STAMP_SIZE, "big") + self._mac(stamp, address, nonce)
+
+    @staticmethod
+    def stamp(cookie: bytes) -> int:
+        """When a cookie was made, in microseconds of the broker's clock (not verified: call
+        ``verify`` first)."""
+        return int.from_bytes(cookie[:COOKIE_STAMP_SIZE], "big")
 
     def verify(self, cookie: bytes, address: Address, nonce: bytes, now: float) -> bool:
         """True if the cookie was made by this jar for this address and nonce and has not expired."""
         if len(cookie) != COOKIE_SIZE:
             return False
-        stamp = int.from_bytes(cookie[:4], "big")
-        age = int(now) - stamp
-        if age < 0 or age > self._lifetime:
+        stamp = self.stamp(cookie)
+        if stamp > self._last or int(now * 1_000_000) - stamp > self._lifetime:
             return False
-        return hmac.compare_digest(cookie[4:], self._mac(stamp, address, nonce))
+        return hmac.compare_digest(cookie[COOKIE_STAMP_SIZE:], self._mac(stamp, address, nonce))

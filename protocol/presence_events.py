@@ -98,6 +98,18 @@ class DeviceOnline(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrationUnconfirmed(ServerEvent):
+    """A device registered again without ever using the session it had (no keepalive, no reply
+    in it): it most likely could not open REGISTERED, i.e. it pins another broker key, or the
+    broker's replies do not reach it. Emitted before the new session's ``DeviceOnline``."""
+
+    serial: str
+    address: Address
+    unused_for: float
+    """Seconds between the unused registration and this one."""
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceMoved(ServerEvent):
     """An authenticated keepalive came from a new address."""
 

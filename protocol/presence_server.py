@@ -41,6 +41,7 @@ from dvrlink.protocol.presence_events import (
     InviteAnswered,
     InviteExpired,
     RegistrationRequested,
+    RegistrationUnconfirmed,
     ServerEvent,
 )
 from dvrlink.protocol.presence_report import INTERVAL, PROBE_DELAY, DeviceReport, read_controls
@@ -122,10 +123,14 @@ class _Session:
     __slots__ = (
         "address",
         "address_bytes",
+        "cookie_us",
+        "device_key",
         "interval",
         "last_seen",
+        "nonce",
         "online",
         "probes",
+        "registered",
         "registered_at",
         "replay",
         "sealer",
@@ -142,6 +147,9 @@ class _Session:
         address: Address,
         interval: float,
         now: float,
+        device_key: bytes,
+        nonce: bytes,
+        cookie_us: int,
     ) -> None:
         self.serial = serial
         self.session_id = session_id
@@ -155,6 +163,14 @@ class _Session:
         self.replay = ReplayWindow()
         self.send_counter = 0
         self.probes = 0
+        self.device_key = device_key
+        self.nonce = nonce
+        """The HELLO nonce of the REGISTER that opened the session."""
+        self.cookie_us = cookie_us
+        """When the broker made that REGISTER's cookie (µs, unique): older ones are replays."""
+        self.registered: bytes | None = None
+        """The REGISTERED datagram, sent again if the device repeats its REGISTER, until the device
+        uses the session (its REGISTERED arrived)."""
 
 
 @dataclass(slots=True)
@@ -168,6 +184,7 @@ class _Pending:
     address: Address
     interval: float
     deadline: float
+    cookie_us: int
 
 
 @dataclass(slots=True)
@@ -222,6 +239,7 @@ class PresenceServer:
             "bad_reports": 0,
             "probes": 0,
             "probes_dropped": 0,
+            "replayed": 0,
         }
 
     # -- sans-I/O interface -------------------------------------------------------------------
@@ -306,12 +324,30 @@ class PresenceServer:
             KeyError: ``handle`` is unknown or expired.
         """
         pending = self._take_pending(handle)
+        old = self._by_serial.get(pending.serial)
+        if old is not None and not _newer(pending.public_key, pending.nonce, pending.cookie_us, old):
+            # Another registration of this device won while this one waited: it is stale.
+            self.stats["replayed"] += 1
+            return
         broker_ephemeral, sealer = self._handshake(pending)
         session_id = self._new_session_id()
-        old = self._by_serial.get(pending.serial)
         if old is not None:
             self._by_sid.pop(old.session_id, None)
-        session = _Session(pending.serial, session_id, sealer, pending.address, pending.interval, now)
+            if old.online and old.registered is not None:
+                self._events.append(
+                    RegistrationUnconfirmed(pending.serial, pending.address, now - old.registered_at)
+                )
+        session = _Session(
+            pending.serial,
+            session_id,
+            sealer,
+            pending.address,
+            pending.interval,
+            now,
+            pending.public_key,
+            pending.nonce,
+            pending.cookie_us,
+        )
         self._by_sid[session_id] = session
         self._by_serial[pending.serial] = session
         session.send_counter = 1
@@ -319,7 +355,8 @@ class PresenceServer:
         plain = REGISTERED_PLAIN.build(
             {"keepalive_ms": round(pending.interval * 1000), "address": session.address_bytes}
         )
-        self._outbox.append((sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain)), pending.address))
+        session.registered = sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain))
+        self._outbox.append((session.registered, pending.address))
         self.stats["registrations"] += 1
         self._events.append(DeviceOnline(pending.serial, pending.address))
         if self._next_sweep is None:
@@ -433,6 +470,17 @@ class PresenceServer:
             bytes(body.device_key), bytes(msg.signature), REGISTER_SIGNING_LABEL + msg.body.data
         ):
             return False
+        serial = str(body.serial)
+        cookie_us = CookieJar.stamp(bytes(body.cookie))
+        current = self._by_serial.get(serial)
+        device_key = bytes(body.device_key)
+        if current is not None and not _newer(device_key, nonce, cookie_us, current):
+            if nonce == current.nonce and current.online and current.registered is not None:
+                # The device repeats its REGISTER: REGISTERED was lost. Same answer, same session.
+                self._outbox.append((current.registered, current.address))
+                return True
+            self.stats["replayed"] += 1
+            return False
         interval = min(
             max(body.keepalive_ms / 1000, self._config.min_keepalive_interval),
             self._config.max_keepalive_interval,
@@ -440,20 +488,19 @@ class PresenceServer:
         handle = self._next_handle
         self._next_handle += 1
         self._pending[handle] = _Pending(
-            str(body.serial),
+            serial,
             bytes(body.device_key),
             nonce,
             bytes(body.ephemeral_key),
             address,
             interval,
             now + PENDING_REGISTRATION_TTL,
+            cookie_us,
         )
         self._pending_by_nonce[nonce] = handle
         if self._next_sweep is None:
             self._next_sweep = now + self._config.sweep_interval
-        self._events.append(
-            RegistrationRequested(handle, str(body.serial), bytes(body.device_key), address, interval)
-        )
+        self._events.append(RegistrationRequested(handle, serial, bytes(body.device_key), address, interval))
         return True
 
     def _on_keepalive(self, data: bytes, address: Address, now: float) -> bool:
@@ -475,6 +522,7 @@ class PresenceServer:
         if plain is None:
             return False
         session.replay.commit(counter)
+        session.registered = None  # the device has the session: a repeated REGISTER is a replay
         if plain:
             try:
                 controls = read_controls(plain)
@@ -546,6 +594,7 @@ class PresenceServer:
         if plain is None:
             return False
         session.replay.commit(counter)
+        session.registered = None
         if mtype == MessageType.GOODBYE:
             self._go_offline(session, "device said goodbye")
             return True
@@ -620,6 +669,7 @@ class PresenceServer:
     def _go_offline(self, session: _Session, reason: str) -> None:
         if self._by_sid.pop(session.session_id, None) is not None:
             session.online = False
+            session.registered = None
             self._events.append(DeviceOffline(session.serial, reason))
 
     def _sweep(self, now: float) -> None:
@@ -632,3 +682,12 @@ class PresenceServer:
             self._take_pending(handle)
         busy = self._by_sid or self._pending
         self._next_sweep = now + self._config.sweep_interval if busy else None
+
+
+def _newer(device_key: bytes, nonce: bytes, cookie_us: int, session: _Session) -> bool:
+    """True unless a registration by the session's own key is the one that opened ``session``
+    or an older one (by its cookie's time stamp): such a REGISTER is a repeat or a replay, and
+    never replaces the session. Another key is for the application to judge."""
+    if device_key != session.device_key:
+        return True
+    return nonce != session.nonce and cookie_us > session.cookie_us

@@ -144,3 +144,18 @@ class Lab:
         for device in self.devices:
             device.client.start(self.now)
         self.pump()
+
+
+def spoof_udp(source: Address, destination: Address, payload: bytes) -> None:
+    """Send ``payload`` to ``destination`` as if from ``source`` (an IPv4 raw socket: needs root).
+
+    The kernel adds the IP header with the socket's bound address; the UDP checksum is 0 (none),
+    which IPv4 allows.
+    """
+    import socket
+    import struct
+
+    header = struct.pack(">HHHH", source[1], destination[1], 8 + len(payload), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+        raw.bind((source[0], 0))
+        raw.sendto(header + payload, (destination[0], 0))
