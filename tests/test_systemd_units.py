@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 UNITS = {"dvrlinkd.service": 2.2, "dvrlink-broker.service": 1.6}  # exposure scores to keep
 HOST_UNITS = Path("/lib/systemd/system")
+UNIT_DIR = "usr/lib/systemd/system"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None or not HOST_UNITS.is_dir(),
@@ -67,7 +68,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", "--man=no", str(root / "usr/lib/systemd/system" / unit)],
+        ["systemd-analyze", "verify", f"--root={root}", "--man=no", str(root / UNIT_DIR / unit)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -107,5 +108,6 @@ def test_unit_keeps_its_exposure_score(stage: Path, unit: str, limit: float) -> 
         check=False,
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout + result.stderr)
-    assert found, f"no exposure level in the output of systemd-analyze security:\n{result.stdout}{result.stderr}"
+    output = result.stdout + result.stderr
+    assert found, f"no exposure level in the output of systemd-analyze security:\n{output}"
     assert float(found.group(1)) <= limit, f"{unit}: exposure {found.group(1)} is worse than {limit}"
