@@ -37,7 +37,7 @@ from dvrlink.broker.presence_tcp import (
     TransportRouter,
     start_presence_tcp,
 )
-from dvrlink.broker.registry import Registry
+from dvrlink.broker.registry import Registry, format_address
 from dvrlink.broker.state import (
     INFO_FILE,
     REGISTRY_FILE,
@@ -52,7 +52,7 @@ from dvrlink.broker.stun_alternate import StunAlternate
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
-from dvrlink.protocol.identity import x25519_public_bytes
+from dvrlink.protocol.identity import b64encode_key, x25519_public_bytes
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
 from dvrlink.protocol.stun import binding_response
 
@@ -192,6 +192,8 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         (state / INFO_FILE).unlink(missing_ok=True)  # a stale one from a crash
         registry = Registry(state / REGISTRY_FILE)
         stack.callback(registry.close)
+        if registry.created:
+            log.info("created a new registry %s (no accounts, no device bindings yet)", registry.path)
         static_key = load_or_create_static_key(state)
         alternate = (  # RFC 5780 STUN on a second address and port, when configured
             None
@@ -208,14 +210,23 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         link = await start_presence_link(router, on_event, config.udp_host, config.udp_port)
         stack.callback(link.close)
         udp_port = link.local_address[1]
+        listening = [("presence+stun/udp", format_address(link.local_address))]
         if alternate is not None:
 
             def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
                 server.queue_datagram(data, address)
                 link.flush()
 
-            await alternate.start(link.local_address, send_from_primary)
+            rfc5780 = await alternate.start(link.local_address, send_from_primary)
             stack.callback(alternate.close)
+            listening += [
+                ("stun-alternate-port/udp", format_address((rfc5780.primary_host, rfc5780.alternate_port))),
+                (
+                    "stun-alternate-address/udp",
+                    format_address((rfc5780.alternate_host, rfc5780.primary_port)),
+                ),
+                ("stun-alternate-both/udp", format_address((rfc5780.alternate_host, rfc5780.alternate_port))),
+            ]
         turn: TurnLink | None = None
         relays: RelayDirectory | None = None
         public = relay_public_address(config)
@@ -229,6 +240,9 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                 turn = await _start_turn(config, secret, public)
                 stack.push_async_callback(turn.wait_closed)
                 stack.callback(turn.close)
+                listening.append(("turn/udp", format_address(turn.udp_address)))
+                if turn.tcp_address is not None:
+                    listening.append(("turn/tcp", format_address(turn.tcp_address)))
                 servers.append(ExternalTurnServer(advertised, turn.udp_address[1], "udp"))
                 if turn.tcp_address is not None:
                     servers.append(ExternalTurnServer(advertised, turn.tcp_address[1], "tcp"))
@@ -244,6 +258,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         if presence_tcp is not None:
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
+            listening.append(("presence/tcp", format_address(presence_tcp.address)))
         app = BrokerApi(registry, gateway, config, relays=relays).build_app()
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()
@@ -253,6 +268,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             runner, config.https_host, config.https_port, ssl_context=server_context(certs)
         ).start()
         https_port = int(runner.addresses[0][1])
+        listening.append(("https", format_address((config.https_host, https_port))))
         info = BrokerInfo(
             udp_port,
             https_port,
@@ -261,9 +277,13 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             certs.cert,
             turn_udp_port=None if turn is None else turn.udp_address[1],
             turn_tcp_port=None if turn is None or turn.tcp_address is None else turn.tcp_address[1],
+            listening=tuple(listening),
         )
         write_info(state, info)
         stack.callback(remove_info, state, info.pid)
+        log.info("public key (devices pin it as [broker] public_key): %s", b64encode_key(info.public_key))
+        for what, address in listening:
+            log.info("listening: %s on %s", what, address)
         log.info(
             "dvrlink-broker ready udp=%s:%d presence-tcp=%s https=%s:%d turn=%s",
             config.udp_host,

@@ -2,41 +2,73 @@
 
     dvrlink-broker serve --config broker.toml   (or --state-dir DIR; --udp-port/--https-port/--turn-port)
     dvrlink-broker --check-config --config broker.toml
-    dvrlink-broker user add NAME [--password-stdin]
+    dvrlink-broker user add|passwd NAME [--password-stdin]
+    dvrlink-broker user list | user delete NAME
     dvrlink-broker manifest load FILE                (CSV "serial,public_key_b64" lines, or a JSON object)
     dvrlink-broker device release SERIAL            (forget a binding: the next key to register binds it)
     dvrlink-broker show-key                          (the X25519 key devices pin)
 
-Admin commands work on the registry file directly, also while the broker runs.
-Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error.
+Admin commands work on the registry file directly, also while the broker runs. Only ``serve``,
+``user add`` and ``manifest load`` create state (the directory, the registry); every other
+command refuses a state directory or registry that is not there.
+Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error (also: a state directory,
+registry or key that is missing, empty or from a newer version).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import getpass
+import importlib.util
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from dvrlink.broker.app import serve
 from dvrlink.broker.config import BrokerConfig, ConfigError, config_from_mapping, load_config
-from dvrlink.broker.registry import Registry, RegistryError, UserExistsError
-from dvrlink.broker.state import REGISTRY_FILE, ensure_state_dir, static_public_key
+from dvrlink.broker.registry import Registry, RegistryError, RegistryUnusableError, UserExistsError
+from dvrlink.broker.state import (
+    REGISTRY_FILE,
+    MissingStateError,
+    ensure_state_dir,
+    read_static_public_key,
+    require_state_dir,
+)
 from dvrlink.broker.tls import CertificatePaths, server_context
 from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_serial
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 78
 MIN_PASSWORD = 8
+NO_AIOHTTP = (
+    "dvrlink-broker: aiohttp is not installed, and the broker's HTTPS API needs it; install the "
+    "broker extra: pip install 'dvrlink[broker]'"
+)
+MANIFEST_FORMAT = """\
+file format: either CSV lines "serial,public_key_base64"
+  # factory batch 7                (blank lines and # comments are skipped)
+  serial,public_key                (an optional header)
+  DL-0001,AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
+or one JSON object {"DL-0001": "AAECAwQF...Hh8=", ...}.
+Each key is base64 of a device's raw 32-byte Ed25519 public key.
+A malformed file loads nothing; a serial bound to another key is reported as a conflict (exit 1).
+"""
 
 
 class CommandError(Exception):
     """A command failed in a way the user can fix; the message says how."""
+
+
+def _version() -> str:
+    try:
+        return version("dvrlink")
+    except PackageNotFoundError:  # pragma: no cover (run from a source tree without installing)
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,10 +88,28 @@ def _parser() -> argparse.ArgumentParser:
         description="dvrlink broker: device registry, presence, and the viewer API.",
         epilog="Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error.",
     )
+    parser.add_argument("--version", action="version", version=f"dvrlink-broker {_version()}")
     parser.add_argument("--check-config", action="store_true", help="check the configuration and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("serve", parents=[where], help="run the broker")
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        text: str,
+        *,
+        state: bool = True,
+        epilog: str | None = None,
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(
+            name,
+            parents=[where] if state else [],
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command(sub, "serve", "run the broker until SIGTERM or SIGINT (creates its state at first start)")
     p.add_argument("--udp-port", type=int, default=None, help="presence/STUN UDP port (0 = free port)")
     p.add_argument("--https-port", type=int, default=None, help="viewer API port (0 = free port)")
     p.add_argument(
@@ -77,34 +127,38 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="let relays reach loopback and link-local peers (loopback tests and demos only)",
     )
-    sub.add_parser("check-config", parents=[where], help="check the configuration and exit")
+    command(sub, "check-config", "check the configuration and exit")
 
-    user = sub.add_parser("user", help="manage viewer accounts").add_subparsers(
+    user = command(sub, "user", "manage viewer accounts", state=False).add_subparsers(
         dest="user_command", metavar="ACTION"
     )
-    add = user.add_parser("add", parents=[where], help="create an account")
+    add = command(user, "add", "create an account (creates the registry if there is none)")
     add.add_argument("name")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
+    command(user, "list", "list the accounts, with how many devices each has paired")
+    delete = command(user, "delete", "delete an account, its tokens and its pairings")
+    delete.add_argument("name")
+    passwd = command(user, "passwd", "set a new password for an account (its viewers must log in again)")
+    passwd.add_argument("name")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
 
-    manifest = sub.add_parser("manifest", help="factory manifest").add_subparsers(
+    manifest = command(sub, "manifest", "factory manifest", state=False).add_subparsers(
         dest="manifest_command", metavar="ACTION"
     )
-    load = manifest.add_parser("load", parents=[where], help="bind serials to keys from a manifest file")
-    load.add_argument("file", type=Path)
+    load = command(manifest, "load", "bind serials to keys from a manifest file", epilog=MANIFEST_FORMAT)
+    load.add_argument("file", type=Path, help="the manifest (format below)")
 
-    device = sub.add_parser("device", help="device bindings").add_subparsers(
+    device = command(sub, "device", "device bindings", state=False).add_subparsers(
         dest="device_command", metavar="ACTION"
     )
-    release = device.add_parser(
-        "release", parents=[where], help="forget a serial's key and pairings (device reset or replaced)"
-    )
+    release = command(device, "release", "forget a serial's key and pairings (device reset or replaced)")
     release.add_argument("serial")
 
-    sub.add_parser(
-        "show-key", parents=[where], help="print the broker's public X25519 key (base64) for devices"
-    )
+    command(sub, "show-key", "print the broker's public X25519 key (base64) that devices pin")
     return parser
 
 
@@ -130,17 +184,39 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     return config_from_mapping(overrides, source="command line")
 
 
-def _open_registry(config: BrokerConfig) -> Registry:
-    ensure_state_dir(config.state_dir)
-    return Registry(config.state_dir / REGISTRY_FILE)
+def _open_registry(config: BrokerConfig, *, create: bool = False) -> Registry:
+    """The registry; only with ``create`` are a missing state directory and registry made.
+
+    Raises:
+        MissingStateError: without ``create``, the state directory does not exist.
+        RegistryUnusableError: the registry is missing (without ``create``), empty, or newer.
+    """
+    if create:
+        ensure_state_dir(config.state_dir)
+    else:
+        require_state_dir(config.state_dir)
+    registry = Registry(config.state_dir / REGISTRY_FILE, create=create)
+    if registry.created:
+        print(f"dvrlink-broker: created a new registry {registry.path}", file=sys.stderr)
+    return registry
 
 
 def _read_password(name: str, from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"password for {name}: ")
-        if getpass.getpass("again: ") != password:
+        if not sys.stdin.isatty():
+            raise CommandError(
+                "stdin is not a terminal, so the password cannot be asked for; pass it on stdin with "
+                f"--password-stdin, e.g. printf '%s\\n' \"$PASSWORD\" | dvrlink-broker user ... {name} "
+                "--password-stdin"
+            )
+        try:
+            password = getpass.getpass(f"password for {name}: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            raise CommandError("no password given (end of input); nothing was changed") from None
+        if again != password:
             raise CommandError("the two passwords differ; run the command again")
     if len(password) < MIN_PASSWORD:
         raise CommandError(f"the password is shorter than {MIN_PASSWORD} characters; choose a longer one")
@@ -149,7 +225,7 @@ def _read_password(name: str, from_stdin: bool) -> str:
 
 def _user_add(config: BrokerConfig, name: str, from_stdin: bool) -> None:
     password = _read_password(name, from_stdin)
-    registry = _open_registry(config)
+    registry = _open_registry(config, create=True)
     try:
         registry.create_user(name, password, time.time())
     except (ValueError, UserExistsError) as exc:
@@ -157,6 +233,43 @@ def _user_add(config: BrokerConfig, name: str, from_stdin: bool) -> None:
     finally:
         registry.close()
     print(f"user {name} created")
+
+
+def _user_list(config: BrokerConfig) -> None:
+    registry = _open_registry(config)
+    try:
+        users = registry.users()
+    finally:
+        registry.close()
+    for user in users:
+        created = datetime.datetime.fromtimestamp(user.created_at, datetime.UTC).strftime("%Y-%m-%d")
+        print(f"{user.username}  created {created}  {user.paired_devices} paired devices")
+    if not users:
+        print("dvrlink-broker: no accounts; create one with `dvrlink-broker user add NAME`", file=sys.stderr)
+
+
+def _user_delete(config: BrokerConfig, name: str) -> None:
+    registry = _open_registry(config)
+    try:
+        deleted = registry.delete_user(name)
+    finally:
+        registry.close()
+    if not deleted:
+        raise CommandError(f"no account {name!r}; see `dvrlink-broker user list`")
+    print(f"user {name} deleted, with its tokens and pairings")
+
+
+def _user_passwd(config: BrokerConfig, name: str, from_stdin: bool) -> None:
+    registry = _open_registry(config)
+    try:
+        if registry.password_record(name) is None:
+            raise CommandError(f"no account {name!r}; see `dvrlink-broker user list`, or `user add` it")
+        changed = registry.set_password(name, _read_password(name, from_stdin))
+    finally:
+        registry.close()
+    if not changed:
+        raise CommandError(f"account {name!r} was deleted meanwhile; nothing was changed")
+    print(f"password of {name} changed; its viewers must log in again")
 
 
 def parse_manifest(text: str, source: str) -> dict[str, bytes]:
@@ -206,7 +319,7 @@ def _manifest_load(config: BrokerConfig, path: Path) -> int:
         entries = parse_manifest(text, str(path))
     except ValueError as exc:
         raise CommandError(f"{exc}; nothing was loaded") from exc
-    registry = _open_registry(config)
+    registry = _open_registry(config, create=True)
     try:
         report = registry.load_manifest(entries, time.time())
     finally:
@@ -235,6 +348,9 @@ def _device_release(config: BrokerConfig, serial: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dvrlink-broker``; returns the exit status."""
+    if importlib.util.find_spec("aiohttp") is None:
+        print(NO_AIOHTTP, file=sys.stderr)
+        return EXIT_FAILED
     parser = _parser()
     args = parser.parse_args(argv)
     command = "check-config" if args.check_config else args.command
@@ -262,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if command == "serve":
+            from dvrlink.broker.app import serve  # noqa: PLC0415 (aiohttp is checked above)
+
             logging.basicConfig(
                 level=config.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
             )
@@ -270,14 +388,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "user" and args.user_command == "add":
             _user_add(config, args.name, args.password_stdin)
             return 0
+        if command == "user" and args.user_command == "list":
+            _user_list(config)
+            return 0
+        if command == "user" and args.user_command == "delete":
+            _user_delete(config, args.name)
+            return 0
+        if command == "user" and args.user_command == "passwd":
+            _user_passwd(config, args.name, args.password_stdin)
+            return 0
         if command == "manifest" and args.manifest_command == "load":
             return _manifest_load(config, args.file)
         if command == "device" and args.device_command == "release":
             return _device_release(config, args.serial)
         if command == "show-key":
-            ensure_state_dir(config.state_dir)
-            print(b64encode_key(static_public_key(config.state_dir)))
+            print(b64encode_key(read_static_public_key(config.state_dir)))
             return 0
+    except (MissingStateError, RegistryUnusableError) as exc:
+        print(f"dvrlink-broker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (CommandError, RegistryError, OSError, ValueError, RuntimeError) as exc:
         print(f"dvrlink-broker: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -18,8 +18,9 @@ import json
 import os
 import secrets
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ class RegistryError(RuntimeError):
     """The registry file cannot be opened or migrated; the message names the file and what to do."""
 
 
+class RegistryUnusableError(RegistryError):
+    """The registry file is missing where it must exist, empty, not a registry, or newer than this
+    program: the broker must not start on it (exit 78); the message says what to do."""
+
+
 class UserExistsError(ValueError):
     """``create_user`` was given a name that already has an account."""
 
@@ -146,6 +152,15 @@ class DeviceRecord:
     report: dict[str, Any] | None = None
     """The device's last report (``DeviceReport.as_dict()``), or None."""
     reported_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """An account as ``dvrlink-broker user list`` shows it."""
+
+    username: str
+    created_at: float
+    paired_devices: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +259,17 @@ def verify_password(record: PasswordRecord | None, password: str) -> bool:
     return hmac.compare_digest(candidate, record.password_hash)
 
 
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def token_hash(token: str) -> bytes:
     """What the registry stores for a token: its SHA-256."""
     return hashlib.sha256(token.encode("utf-8")).digest()
@@ -259,36 +285,41 @@ class Registry:
         self,
         path: Path,
         *,
+        create: bool = True,
         migrations: Sequence[Sequence[str]] = MIGRATIONS,
         password_params: ScryptParams | None = None,
     ) -> None:
-        """Open (creating and migrating as needed) the registry at ``path``.
+        """Open the registry at ``path``, migrating it to this program's schema.
+
+        Only a missing file is a new registry: with ``create`` one is made (complete, then
+        moved into place, so a crash never leaves an empty file behind) and ``created`` is
+        True. A file that exists is never initialised over: an empty file or one without the
+        schema is refused, since taking it for a new registry would drop every binding.
 
         Raises:
-            RegistryError: the file cannot be opened, is not a registry, or was written by a
-                newer broker (its schema version is higher than this program knows).
+            RegistryUnusableError: the file is missing (and ``create`` is false), empty, not a
+                registry, or written by a newer broker; the message says what to do.
+            RegistryError: the file cannot be opened (permissions, a missing directory).
         """
         self.path = Path(path)
         self._password_params = password_params or ScryptParams()
+        self.created = False
         if not self.path.parent.is_dir():
             raise RegistryError(
                 f"cannot open {self.path}: directory {self.path.parent} does not exist; create it "
                 "or point state_dir at an existing directory"
             )
-        try:
-            # Password and token hashes live here: owner-only (SQLite gives -wal/-shm the same mode).
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except OSError as exc:
-            raise RegistryError(
-                f"cannot open {self.path}: {exc.strerror}; check permissions of the state directory"
-            ) from exc
-        except sqlite3.Error as exc:
-            raise RegistryError(
-                f"cannot open {self.path}: {exc}; check permissions of the state directory"
-            ) from exc
+        if not self.path.exists():
+            if not create:
+                raise RegistryUnusableError(
+                    f"no registry {self.path}: check state_dir (or --state-dir); the broker makes a new "
+                    "registry at its first start, or restore this file from a backup"
+                )
+            self.created = self._create_new(migrations)
+        self._db = self._connect(self.path)
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
+            self._check_existing(len(migrations))
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RegistryError(
@@ -298,13 +329,86 @@ class Registry:
             self._migrate(migrations)
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise RegistryError(
-                f"{self.path} is not a usable registry ({exc}); restore it from a backup or move it "
-                "away to start with an empty registry"
+            raise RegistryUnusableError(
+                f"{self.path} is not a usable registry ({exc}); restore it from a backup, or move it "
+                "away to start with an empty registry (every device binding and account is then lost)"
             ) from exc
         except RegistryError:
             self._db.close()
             raise
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        """Open an existing file (never creating it: ``mode=rw``)."""
+        try:
+            return sqlite3.connect(
+                f"file:{urllib.parse.quote(str(path))}?mode=rw",
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError(
+                f"cannot open {path}: {exc}; check permissions of the state directory and the file"
+            ) from exc
+
+    def _create_new(self, migrations: Sequence[Sequence[str]]) -> bool:
+        """Build a complete registry beside ``path`` and link it into place; False if another
+        process made ``path`` first (then that one is used)."""
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.new"
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        try:
+            # Password and token hashes live here: owner-only (SQLite gives -wal/-shm the same mode).
+            os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            db = self._connect(tmp)
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                with _transaction(db):
+                    for step in migrations:
+                        for statement in step:
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {len(migrations)}")
+            finally:
+                db.close()  # the last connection: the WAL is checkpointed into the file
+            try:
+                os.link(tmp, self.path)
+                made = True
+            except FileExistsError:
+                made = False
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot create {self.path}: {exc.strerror}; check permissions of the state directory"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise RegistryError(
+                f"cannot create {self.path}: {exc}; check free space in the state directory"
+            ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return made
+
+    def _check_existing(self, known: int) -> None:
+        """Refuse a file that exists but is not a registry this program may open."""
+        version = self.schema_version
+        if version == 0:
+            size = self.path.stat().st_size
+            tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            raise RegistryUnusableError(
+                f"{self.path} exists but holds no registry ({size} bytes, {tables} tables, no schema "
+                "version): it may be a failed copy or was written on a full disk. Restore it from a "
+                "backup; only if there is none, move it away so the broker makes a new, empty registry "
+                "(every device binding and account is then lost)"
+            )
+        if version > known:
+            raise RegistryUnusableError(
+                f"{self.path} has schema version {version}, newer than this broker knows ({known}); "
+                "run the newer dvrlink-broker, or restore a backup made by this version"
+            )
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -317,15 +421,8 @@ class Registry:
         """Number of migration steps applied (``PRAGMA user_version``)."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _transaction(self._db)
 
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         target = len(migrations)
@@ -519,6 +616,41 @@ class Registry:
         if row is None:
             return None
         return PasswordRecord(bytes(row[0]), bytes(row[1]), ScryptParams(row[2], row[3], row[4]))
+
+    def users(self) -> list[UserRecord]:
+        """Every account, by name, with its number of paired devices."""
+        rows = self._db.execute(
+            "SELECT u.username, u.created_at, "
+            "(SELECT count(*) FROM pairings p WHERE p.username = u.username) "
+            "FROM users u ORDER BY u.username"
+        )
+        return [UserRecord(r[0], r[1], r[2]) for r in rows]
+
+    def delete_user(self, username: str) -> bool:
+        """Delete an account with its tokens and pairings; False if there is no such account."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
+
+    def set_password(self, username: str, password: str) -> bool:
+        """Replace the password of ``username`` and revoke its tokens (every viewer logs in again);
+        False if there is no such account.
+
+        Raises:
+            ValueError: the password is empty.
+        """
+        if not password:
+            raise ValueError("the password is empty; choose one of at least 8 characters")
+        salt = secrets.token_bytes(16)
+        params = self._password_params
+        digest = hash_password(password, salt, params)
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE users SET password_hash = ?, salt = ?, scrypt_n = ?, scrypt_r = ?, scrypt_p = ? "
+                "WHERE username = ?",
+                (digest, salt, params.n, params.r, params.p, username),
+            ).rowcount
+            db.execute("DELETE FROM tokens WHERE username = ?", (username,))
+        return changed == 1
 
     def authenticate(self, username: str, password: str) -> bool:
         """True if ``password`` is the password of ``username`` (CPU-heavy, see ``verify_password``)."""

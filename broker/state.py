@@ -4,9 +4,12 @@
 ports (the config may say 0), the key devices must pin, and which certificate to trust::
 
     {"udp_port": 3478, "https_port": 8443, "public_key": "<base64 X25519>", "pid": 1234,
-     "cert": "/var/lib/dvrlink-broker/tls_cert.pem", "turn_udp_port": 3479, "turn_tcp_port": 3479}
+     "cert": "/var/lib/dvrlink-broker/tls_cert.pem", "turn_udp_port": 3479, "turn_tcp_port": 3479,
+     "listening": {"presence+stun/udp": "0.0.0.0:3478", "presence/tcp": "0.0.0.0:443",
+                   "https": "0.0.0.0:8443", "turn/udp": "0.0.0.0:3479", "turn/tcp": "0.0.0.0:3479"}}
 
-(the TURN ports are null when the built-in relay is off). The TURN REST secret lives in
+(the TURN ports are null when the built-in relay is off; ``listening`` names every socket the
+broker accepts on, including the RFC 5780 alternates). The TURN REST secret lives in
 ``turn_secret`` (mode 0600) unless the configuration names another file.
 """
 
@@ -45,6 +48,8 @@ class BrokerInfo:
     cert: Path  # the certificate a viewer should trust for the API
     turn_udp_port: int | None = None  # built-in TURN relay, None when it is off
     turn_tcp_port: int | None = None
+    listening: tuple[tuple[str, str], ...] = ()
+    """(what, "host:port") of every listening socket, in the order they were bound."""
 
     def to_json(self) -> bytes:
         """The file's content."""
@@ -56,8 +61,45 @@ class BrokerInfo:
             "cert": str(self.cert),
             "turn_udp_port": self.turn_udp_port,
             "turn_tcp_port": self.turn_tcp_port,
+            "listening": dict(self.listening),
         }
         return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+class MissingStateError(Exception):
+    """A command that only reads the broker's state found none where it looked (a mistyped
+    ``--state-dir``, or a broker that never ran); the message names the path and what to do."""
+
+
+def require_state_dir(state_dir: Path) -> None:
+    """Check that ``state_dir`` exists, creating nothing.
+
+    Raises:
+        MissingStateError: it does not exist (or is not a directory).
+    """
+    if not state_dir.is_dir():
+        raise MissingStateError(
+            f"state directory {state_dir} does not exist: check --state-dir (or state_dir in the "
+            "configuration); `dvrlink-broker serve` creates it at its first start"
+        )
+
+
+def read_static_public_key(state_dir: Path) -> bytes:
+    """Raw public half of the broker's static key, read from ``state_dir``; nothing is created.
+
+    Raises:
+        MissingStateError: the directory or the key file does not exist.
+        ValueError: the file is not an X25519 PEM key (the message names it).
+        OSError: the file cannot be read.
+    """
+    require_state_dir(state_dir)
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        raise MissingStateError(
+            f"no broker key {path}: the broker makes it at its first start (`dvrlink-broker serve`); "
+            "check --state-dir, or restore the file from a backup (devices pin its public key)"
+        )
+    return x25519_public_bytes(load_or_create_static_key(state_dir))
 
 
 def ensure_state_dir(state_dir: Path) -> None:
@@ -196,6 +238,7 @@ def read_info(state_dir: Path) -> BrokerInfo:
             cert=Path(doc["cert"]),
             turn_udp_port=_optional_port(doc.get("turn_udp_port")),
             turn_tcp_port=_optional_port(doc.get("turn_tcp_port")),
+            listening=tuple((str(k), str(v)) for k, v in dict(doc.get("listening", {})).items()),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a broker info file ({exc!r})") from exc

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from dvrlink.broker.registry import Registry
-from dvrlink.broker.state import read_info
+from dvrlink.broker.state import load_or_create_static_key, read_info
 from dvrlink.broker.tls import client_context
 
 BROKER = Path(sys.executable).with_name("dvrlink-broker")
@@ -66,6 +66,7 @@ def test_user_add_and_show_key(tmp_path: Path) -> None:
     assert registry.password_record("bob") is None
     registry.close()
 
+    load_or_create_static_key(state)  # what the broker's first start does
     first = broker("show-key", "--state-dir", str(state))
     assert first.returncode == 0, first.stderr
     assert len(base64.b64decode(first.stdout.strip(), validate=True)) == 32

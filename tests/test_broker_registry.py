@@ -65,9 +65,13 @@ def test_failed_migration_step_is_rolled_back(tmp_path: Path) -> None:
     broken = (*MIGRATIONS, ("CREATE TABLE notes (text TEXT)", "THIS IS NOT SQL"))
     with pytest.raises(RegistryError):
         Registry(path, migrations=broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # a failed creation leaves nothing behind
+    Registry(path).close()
+    with pytest.raises(RegistryError):
+        Registry(path, migrations=broken)
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'devices'").fetchone()[0] == 0
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'notes'").fetchone()[0] == 0
     db.close()
     assert Registry(path).schema_version == len(MIGRATIONS)
 
