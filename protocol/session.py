@@ -31,7 +31,7 @@ Session states (one table, ``TRANSITIONS``)::
 
     handshake --> established   pin verified (viewer) / viewer authorised (device)
     handshake --> closed        pin mismatch, viewer refused, TLS failure, timeout, close()
-    established --> closed      peer closed, idle timeout, close()
+    established --> closed      peer closed, peer silent (liveness), idle timeout, close()
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ from dvrlink.protocol.session_tls import (
     certificate_ed25519_key,
     current_peer_address,
     peer_certificate,
+    probe_timeout,
+    received_marker,
     request_client_certificate,
 )
 
@@ -82,6 +84,8 @@ class CloseCode(enum.IntEnum):
     VIEWER_NOT_AUTHORISED = 0x100
     PIN_MISMATCH = 0x101
     WRONG_PROTOCOL = 0x102
+    PEER_SILENT = 0x103
+    """The peer stopped answering (see ``SessionConfig.liveness_min_s``)."""
 
 
 class StreamErrorCode(enum.IntEnum):
@@ -283,6 +287,15 @@ class SessionConfig:
     """Close the session after this long without a datagram from the peer."""
     keepalive_s: float | None = 15.0
     """Send a PING after this long without sending, to keep NAT and TURN mappings open; None: never."""
+    liveness_min_s: float | None = 4.0
+    """Once established, declare the peer dead (close with ``CloseCode.PEER_SILENT``) after this
+    long without a packet from it, or ``liveness_ptos`` probe timeouts of the measured RTT if that
+    is longer; while silent, PING it every quarter of that. The device waits twice as long, so
+    that a viewer moving back to the relay from a dead direct path is not dropped. None: only
+    the idle timeout."""
+    liveness_ptos: int = 8
+    """Probe timeouts (QUIC's PTO: smoothed RTT + 4 x its variance + ack delay) of silence after
+    which the peer is dead, when that is longer than ``liveness_min_s`` (a slow cellular link)."""
     max_datagram_size: int = 1200
     """Largest QUIC datagram sent, in bytes (UDP payload); 1200 is safe on every path."""
     max_data: int = 4 * 1024 * 1024
@@ -345,6 +358,10 @@ class _Session:
         self._last_sent: float | None = None
         self._ping_uid = 0
         self._peer_fingerprint: str | None = None
+        self._last_heard: float | None = None
+        self._heard_marker: tuple[int, ...] = ()
+        self._last_probe: float | None = None
+        self._probes = 0
 
     # -- public --
 
@@ -375,15 +392,26 @@ class _Session:
         """The time at which ``handle_timer`` must be called, or None."""
         if self._quic is None:
             return None
-        timer = self._quic.get_timer()
-        keepalive = self._keepalive_at()
-        if keepalive is not None and (timer is None or keepalive < timer):
-            return keepalive
-        return timer
+        deadlines = [self._quic.get_timer(), self._keepalive_at(), *self._liveness_deadlines()]
+        due = [t for t in deadlines if t is not None]
+        return min(due) if due else None
+
+    @property
+    def silent_for_limit(self) -> float | None:
+        """Seconds of silence after which the peer is declared dead now (from the RTT measured
+        so far), or None when liveness is off."""
+        floor = self._liveness_floor()
+        if floor is None or self._quic is None:
+            return None
+        pto = probe_timeout(self._quic)
+        return floor if pto is None else max(floor, self._config.liveness_ptos * pto)
 
     def handle_timer(self, now: float) -> None:
-        """Run what is due at ``now``: retransmissions, keepalive, idle timeout. Never raises."""
+        """Run what is due at ``now``: retransmissions, keepalive, liveness probes and deadline,
+        idle timeout. Never raises."""
         if self._quic is None:
+            return
+        if self._check_liveness(now):
             return
         keepalive = self._keepalive_at()
         if keepalive is not None and now >= keepalive:
@@ -449,6 +477,51 @@ class _Session:
 
     def _destination(self, addr: NetworkAddress) -> NetworkAddress:
         return addr
+
+    def _liveness_floor(self) -> float | None:
+        return self._config.liveness_min_s
+
+    def _peer_noun(self) -> str:
+        raise NotImplementedError
+
+    def _heard(self, now: float) -> None:
+        """Note ``now`` as the last time the peer was heard if a new packet of its decrypted."""
+        if self._quic is None:
+            return
+        marker = received_marker(self._quic)
+        if marker != self._heard_marker:
+            self._heard_marker = marker
+            self._last_heard = now
+            self._probes = 0
+
+    def _liveness_deadlines(self) -> tuple[float | None, float | None]:
+        """(when to probe next, when the peer is dead), or Nones while liveness does not apply."""
+        limit = self.silent_for_limit
+        if limit is None or self._state is not SessionState.ESTABLISHED or self._last_heard is None:
+            return None, None
+        interval = limit / 4
+        probe = max(self._last_heard, self._last_probe or self._last_heard) + interval
+        return probe, self._last_heard + limit
+
+    def _check_liveness(self, now: float) -> bool:
+        """Probe a silent peer, or close the session if it is silent past the limit; True if closed."""
+        probe_at, dead_at = self._liveness_deadlines()
+        if dead_at is not None and now >= dead_at and self._last_heard is not None and self._quic is not None:
+            pto = probe_timeout(self._quic)
+            rtt = "" if pto is None else f", probe timeout {pto * 1000:.0f} ms"
+            self.close(
+                f"the {self._peer_noun()} stopped answering: nothing heard for "
+                f"{now - self._last_heard:.1f} s ({self._probes} probes unanswered{rtt})",
+                CloseCode.PEER_SILENT,
+            )
+            return True
+        if probe_at is not None and now >= probe_at and self._quic is not None:
+            self._ping_uid += 1
+            self._probes += 1
+            self._quic.send_ping(self._ping_uid)
+            self._last_probe = now
+            self._last_sent = now
+        return False
 
     def _keepalive_at(self) -> float | None:
         if (
@@ -655,6 +728,7 @@ class DeviceSession(_Session):
             self._accept_initial(data, addr, now)
         else:
             self._quic.receive_datagram(data, addr, now)
+        self._heard(now)
         self._drain()
         self._track_peer_address()
 
@@ -708,6 +782,13 @@ class DeviceSession(_Session):
 
     def _is_local_stream(self, stream_id: int) -> bool:
         return stream_id & 1 == 1
+
+    def _liveness_floor(self) -> float | None:
+        floor = self._config.liveness_min_s
+        return None if floor is None else 2 * floor
+
+    def _peer_noun(self) -> str:
+        return "viewer"
 
     def _on_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
         assert self._quic is not None
@@ -811,6 +892,7 @@ class ViewerSession(_Session):
         if not data or not data[0] & QUIC_FIXED_BIT:
             return
         self._quic.receive_datagram(data, self._quic_addr, now)
+        self._heard(now)
         if not self._pin_checked and self._state is SessionState.HANDSHAKE:
             self._check_pin()
         self._drain()
@@ -838,6 +920,9 @@ class ViewerSession(_Session):
 
     def _is_local_stream(self, stream_id: int) -> bool:
         return stream_id & 1 == 0
+
+    def _peer_noun(self) -> str:
+        return "device"
 
     def _on_handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
         if not self._pin_checked:

@@ -138,3 +138,27 @@ def current_peer_address(quic: QuicConnection) -> NetworkAddress | None:
         return None
     addr = getattr(paths[0], "addr", None)
     return addr if isinstance(addr, tuple) else None
+
+
+def probe_timeout(quic: QuicConnection) -> float | None:
+    """aioquic's probe timeout (PTO: smoothed RTT + 4 x variance + the peer's ack delay) in
+    seconds, from the RTT measured so far; None before the first sample or if unavailable."""
+    loss = getattr(quic, "_loss", None)
+    if loss is None or not getattr(loss, "_rtt_initialized", False):
+        return None
+    get = getattr(loss, "get_probe_timeout", None)
+    if get is None:
+        return None
+    value = get()
+    return float(value) if isinstance(value, int | float) else None
+
+
+def received_marker(quic: QuicConnection) -> tuple[int, ...]:
+    """The largest packet number received in each packet number space: it changes exactly when
+    a packet from the peer decrypted (a forged or replayed datagram leaves it alone). Empty if
+    unavailable."""
+    spaces = getattr(quic, "_spaces", None)
+    if not isinstance(spaces, dict):
+        return ()
+    marks = [getattr(space, "largest_received_packet", None) for space in spaces.values()]
+    return tuple(mark for mark in marks if isinstance(mark, int))

@@ -47,7 +47,7 @@ from dvrlink.protocol.session import (
     decode_stream_header,
     encode_stream_header,
 )
-from dvrlink.protocol.session_tls import device_certificate, peer_certificate
+from dvrlink.protocol.session_tls import device_certificate, peer_certificate, probe_timeout, received_marker
 
 T = TypeVar("T")
 
@@ -372,13 +372,52 @@ def test_idle_session_sends_keepalives_and_stays_up() -> None:
 
 
 def test_dead_link_ends_in_idle_timeout() -> None:
-    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=20.0))
+    config = SessionConfig(keepalive_s=None, idle_timeout_s=20.0, liveness_min_s=None)
+    link = established_link(config=config)
     link.paths = {}  # every datagram from now on is lost
     link.viewer_source = ("0.0.0.0", 0)
     link.run(lambda: link.device.state is SessionState.CLOSED and link.viewer.state is SessionState.CLOSED)
     for events in (link.device_events, link.viewer_events):
         closed = of_type(events, SessionClosed)
         assert len(closed) == 1 and "Idle timeout" in closed[0].reason
+
+
+def test_a_silent_peer_is_declared_dead_within_the_liveness_limit() -> None:
+    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=60.0))
+    cut = link.now
+    link.paths = {}  # the peer is gone: every datagram from now on is lost
+    link.viewer_source = ("0.0.0.0", 0)
+    link.run(lambda: link.device.state is SessionState.CLOSED and link.viewer.state is SessionState.CLOSED)
+    closed_at = {side: float(t) for side, t in link.closed_at.items()}
+    # The viewer waits liveness_min_s (4 s on a fast link), the device twice as long.
+    assert 4.0 <= closed_at["viewer"] - cut < 4.5, closed_at
+    assert 8.0 <= closed_at["device"] - cut < 8.5, closed_at
+    for side, events in (("device", link.viewer_events), ("viewer", link.device_events)):
+        (closed,) = of_type(events, SessionClosed)
+        peer = "device" if side == "device" else "viewer"
+        assert closed.reason.startswith(f"the {peer} stopped answering: nothing heard for "), closed.reason
+        assert closed.error_code == CloseCode.PEER_SILENT
+
+
+def test_an_idle_live_session_is_kept_up_by_probes_and_not_declared_dead() -> None:
+    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=30.0))
+    sent_before = len(link.wire)
+    link.run_for(120.0)
+    assert link.viewer.state is SessionState.ESTABLISHED and link.device.state is SessionState.ESTABLISHED
+    viewer_sends = sum(1 for side, _, _ in link.wire[sent_before:] if side == "viewer")
+    # A probe a second (a quarter of the 4 s limit) while nothing else is heard; the answers to
+    # them keep the device's own probes quiet. Bounded: no storm.
+    assert 100 <= viewer_sends <= 130, viewer_sends
+
+
+def test_the_liveness_limit_grows_with_a_slow_link() -> None:
+    # 600 ms round trip, as on GPRS: 8 probe timeouts of it are longer than the 4 s floor.
+    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=120.0), delay=0.3)
+    link.run_for(5.0)  # RTT samples from the probes
+    limit = link.viewer.silent_for_limit
+    assert limit is not None and limit > 8 * 0.6, limit
+    link.run_for(60.0)
+    assert link.viewer.state is SessionState.ESTABLISHED and link.device.state is SessionState.ESTABLISHED
 
 
 def test_local_close_reaches_the_peer() -> None:
@@ -392,3 +431,19 @@ def test_local_close_reaches_the_peer() -> None:
     assert len(device_closed) == 1 and "user pressed ctrl-c" in device_closed[0].reason
     with pytest.raises(SessionStateError):
         link.device.send(0, b"x")
+
+
+def test_the_aioquic_internals_liveness_reads_are_still_there() -> None:
+    """Guard: ``probe_timeout`` and ``received_marker`` read aioquic private names; if a new
+    aioquic renames them, liveness would silently fall back to the floor and stop noticing."""
+    link = established_link(delay=0.01)
+    link.run_for(2.0)
+    quic = link.viewer._quic
+    assert quic is not None
+    pto = probe_timeout(quic)
+    assert pto is not None and 0.02 < pto < 1.0, pto
+    before = received_marker(quic)
+    assert before, "no packet number spaces found"
+    link.device.send(link.device.open_stream(RpcTarget("ping")), b"x")
+    link.run_for(0.5)
+    assert received_marker(quic) != before

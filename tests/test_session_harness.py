@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.session import (
     DeviceSession,
+    SessionClosed,
     SessionConfig,
     SessionEvent,
     ViewerSession,
@@ -77,6 +78,8 @@ class Link:
     viewer_events: list[SessionEvent] = field(default_factory=list)
     wire: list[tuple[str, bytes, Address]] = field(default_factory=list)
     dropped: int = 0
+    closed_at: dict[str, float] = field(default_factory=dict)
+    """Made-up time at which each side ("device", "viewer") emitted ``SessionClosed``."""
     delay: float = 0.0
     """One-way delay of every path, in seconds."""
     # (deliver at, sequence, sender, data, (source, destination)); the device's source is not modelled
@@ -116,8 +119,12 @@ class Link:
     def collect(self) -> None:
         while (event := self.device.next_event()) is not None:
             self.device_events.append(event)
+            if isinstance(event, SessionClosed):
+                self.closed_at.setdefault("device", self.now)
         while (event := self.viewer.next_event()) is not None:
             self.viewer_events.append(event)
+            if isinstance(event, SessionClosed):
+                self.closed_at.setdefault("viewer", self.now)
 
     def tick(self) -> None:
         """Advance made-up time to the earliest timer and run it."""

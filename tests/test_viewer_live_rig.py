@@ -1,0 +1,185 @@
+"""The viewer against real processes on loopback: ``dvrlink-broker``, ``dvrlinkd`` and ``dvrlink``.
+
+A TCP echo server in the test stands for the recorder's service; the daemon allows forwards to
+it only. Each daemon gets a serial of its own, so a test that kills one leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hil.loopback import (
+    Broker,
+    Daemon,
+    Forward,
+    Viewer,
+    add_user,
+    loopback_services_toml,
+    make_daemon,
+    start_broker,
+    start_forward,
+    stop_all,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BOUND = 30.0  # s, the longest any one step may take (the machine is shared)
+USER, PASSWORD = "owner", "pass phrase"
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class Rig:
+    root: Path
+    broker: Broker
+    viewer: Viewer
+    echo_port: int
+    started: list[Daemon | Broker] = field(default_factory=list)
+
+    def device(self, serial: str) -> Daemon:
+        """A running daemon for ``serial``, online and paired with the viewer."""
+        daemon = make_daemon(
+            self.root, serial, self.broker, extra_toml=loopback_services_toml(self.echo_port)
+        )
+        daemon.start()
+        self.started.append(daemon)
+        wait_for(f"{serial} online", daemon.online, BOUND)
+        self.viewer.run("pair", daemon.pairing_uri())
+        return daemon
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    root = tmp_path_factory.mktemp("live")
+    echo = _EchoServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=echo.serve_forever, name="echo", daemon=True)
+    thread.start()
+    broker = start_broker(root / "broker")
+    rig = Rig(root, broker, Viewer(root / "viewer"), echo.server_address[1], [broker])
+    try:
+        add_user(broker.state_dir, USER, PASSWORD)
+        rig.viewer.login(broker, USER, PASSWORD)
+        yield rig
+    finally:
+        stop_all(list(reversed(rig.started)))
+        echo.shutdown()
+        echo.server_close()
+        thread.join(BOUND)
+
+
+class Lines:
+    """Collects a process's output lines (with their ``time.monotonic()``) in a thread."""
+
+    def __init__(self, forward: Forward) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(forward,), daemon=True)
+        self._thread.start()
+
+    def _read(self, forward: Forward) -> None:
+        assert forward.proc.stdout is not None
+        for line in forward.proc.stdout:
+            with self._changed:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._changed.notify_all()
+
+    def wait(self, what: str, text: str, timeout: float = BOUND) -> tuple[float, str]:
+        """The first line containing ``text``; fails with everything read if none comes in time."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for when, line in self.lines:
+                    if text in line:
+                        return when, line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = "\n".join(line for _, line in self.lines)
+                    pytest.fail(f"{what}: no line with {text!r} within {timeout:.0f} s; output:\n{seen}")
+                self._changed.wait(left)
+
+    def join(self) -> None:
+        self._thread.join(BOUND)
+
+
+def _echo_once(port: int, payload: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        assert chunk, f"the forward closed after {got!r}"
+        got += chunk
+    assert got == payload
+    return sock
+
+
+def _closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the peer closed ``sock`` (EOF or reset), or None if it stayed open."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except (ConnectionResetError, BrokenPipeError):
+        return time.monotonic() - start
+    except TimeoutError:
+        return None
+    assert data == b"", f"unexpected bytes {data!r}"
+    return time.monotonic() - start
+
+
+def test_a_killed_device_is_declared_dead_and_new_connections_are_refused(
+    rig: Rig, record_property: pytest.RecordProperty
+) -> None:
+    serial = "DL-LIVE-0010"
+    daemon = rig.device(serial)
+    forward = start_forward(rig.viewer, serial, rig.echo_port, "--relay-only")
+    lines = Lines(forward)
+    try:
+        held = _echo_once(forward.local_port, b"before the kill")
+        assert daemon.proc is not None
+        daemon.proc.kill()  # SIGKILL: no CONNECTION_CLOSE reaches the viewer
+        killed_at = time.monotonic()
+        daemon.proc.wait(BOUND)
+        dead_at, line = lines.wait("the viewer declaring the session dead", f"the session to {serial} closed")
+        time_to_dead = dead_at - killed_at
+        record_property("time_to_dead_s", round(time_to_dead, 2))
+        print(f"time to dead: {time_to_dead:.2f} s ({line})")
+        assert "stopped answering" in line, line
+        assert _closed_within(held, BOUND) is not None, "the open connection was left hanging"
+        start = time.monotonic()
+        try:
+            fresh = socket.create_connection(("127.0.0.1", forward.local_port), timeout=BOUND)
+        except ConnectionRefusedError:
+            closed: float | None = time.monotonic() - start
+        else:
+            with fresh:
+                closed = _closed_within(fresh, BOUND)
+        assert closed is not None and closed < 5.0, f"a new connection was held {closed} s"
+        assert forward.proc.wait(BOUND) == 1
+    finally:
+        if forward.proc.poll() is None:
+            forward.proc.kill()
+            forward.proc.wait(BOUND)
+        lines.join()
+        with contextlib.suppress(OSError):
+            held.close()
