@@ -1,12 +1,15 @@
 """``dvrlinkd``: the device daemon's command line.
 
-    dvrlinkd [run] [--config FILE]             run the daemon (until SIGTERM/SIGINT)
-    dvrlinkd --check-config [--config FILE]    check the config file and exit
-    dvrlinkd status [--config FILE] [--json]   show the running daemon's status
-    dvrlinkd pairing-code [--config FILE]      print the pairing code, fingerprint and QR string
+    dvrlinkd [run] [--config FILE]                  run the daemon (until SIGTERM/SIGINT)
+    dvrlinkd check-config [--config FILE]           check the config file and exit (or --check-config)
+    dvrlinkd status [--config FILE] [--json]        show the running daemon's status
+    dvrlinkd pairing-code [--config FILE] [--create] print the pairing code, fingerprint and QR string
+    dvrlinkd --version
 
-The config file is --config, else $DVRLINKD_CONFIG, else /etc/dvrlink/dvrlinkd.toml.
-Exit codes: 0 ok, 1 runtime error (or daemon not running, for status), 2 config or usage error.
+The config file is --config (before or after the command), else $DVRLINKD_CONFIG, else
+/etc/dvrlink/dvrlinkd.toml; ``status`` and ``pairing-code`` read the directories that file names.
+They are read-only: they never create a directory or a file (``pairing-code --create`` makes the
+key and code before the first start, for the label).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from dvrlink.daemon.app import run_daemon
@@ -33,7 +37,22 @@ from dvrlink.protocol.pairing import PairingUri, format_code
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
-EXIT_CONFIG = 2
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+"""EX_CONFIG (sysexits.h), as dvrlink-broker and dvrlink use; the service unit does not restart on it."""
+EXIT_CODES = (
+    "Exit status: 0 ok, 1 runtime error (already running, a bad state file; for status: not "
+    "running; for pairing-code: no code yet), 2 usage error, 78 configuration error."
+)
+COMMANDS = {
+    "run": "run the daemon until SIGTERM or SIGINT (the default command)",
+    "check-config": "check the config file, print a one-line summary and exit",
+    "status": "show the running daemon's state, broker, address, sessions and modem (read-only)",
+    "pairing-code": (
+        "print the serial, pairing code, key fingerprint and pairing URI for the label (read-only; "
+        "--create makes the key and code if the daemon has not yet)"
+    ),
+}
 
 log = logging.getLogger("dvrlink.daemon")
 
@@ -48,15 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dvrlinkd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.check_config:
+    command = "check-config" if args.check_config else (args.command or "run")
+    if command == "check-config":
         print(f"config OK: {describe(config)}")
         return EXIT_OK
-    command = args.command or "run"
     if command == "status":
         return _status(config, as_json=args.json)
     if command == "pairing-code":
-        return _pairing_code(config)
+        return _pairing_code(config, create=args.create)
     return _run(config, environ)
+
+
+def _version() -> str:
+    try:
+        return version("dvrlink")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,22 +90,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dvrlinkd",
         description="dvrlink device daemon: keeps the device reachable through the broker by its serial.",
+        epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"dvrlinkd {_version()}")
     parser.add_argument("--config", metavar="FILE", help=config_help)
     parser.add_argument(
         "--check-config", action="store_true", help="check the config file, print a summary and exit"
     )
-    commands = parser.add_subparsers(dest="command", metavar="{run,status,pairing-code}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each command accepts --config too; SUPPRESS keeps a value given before the command.
-    for name, text in (
-        ("run", "run the daemon (the default)"),
-        ("status", "show the running daemon's status"),
-        ("pairing-code", "print the pairing code, key fingerprint and pairing URI (creates them if missing)"),
-    ):
-        sub = commands.add_parser(name, help=text, description=text)
+    for name, text in COMMANDS.items():
+        sub = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES)
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name == "pairing-code":
+            sub.add_argument(
+                "--create",
+                action="store_true",
+                help="make the device key and pairing code if missing (before the first start; run "
+                "as root or as the daemon's user)",
+            )
     return parser
 
 
@@ -124,11 +155,11 @@ def _status(config: DaemonConfig, *, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _pairing_code(config: DaemonConfig) -> int:
+def _pairing_code(config: DaemonConfig, *, create: bool) -> int:
     state = DeviceState(config.device.state_dir)
     try:
-        key = state.device_key()
-        secret = state.pairing_secret()
+        key = state.device_key(create=create)
+        secret = state.pairing_secret(create=create)
     except StateError as exc:
         print(f"dvrlinkd pairing-code: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

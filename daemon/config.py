@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dvrlink.daemon.errors import ConfigError
+from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE
 from dvrlink.modem.profiles import PROFILES
@@ -305,9 +305,9 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
     if presence.reply_timeout_s * (presence.retries + 1) >= presence.keepalive_interval_s:
         raise ConfigError(
-            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s} with retries = "
+            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s:g} with retries = "
             f"{presence.retries} waits {presence.reply_timeout_s * (presence.retries + 1):g} s, not less "
-            f"than keepalive_interval_s = {presence.keepalive_interval_s}; lower reply_timeout_s or "
+            f"than keepalive_interval_s = {presence.keepalive_interval_s:g}; lower reply_timeout_s or "
             "retries, or raise keepalive_interval_s"
         )
 
@@ -340,9 +340,9 @@ def _check_tcp_keepalive(presence: PresenceConfig, source: Path) -> None:
     wait = presence.reply_timeout_s * (presence.retries + 1)
     if presence.transport != "udp" and wait >= presence.tcp_keepalive_interval_s:
         raise ConfigError(
-            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s} with retries = "
+            f"{source}: [presence] reply_timeout_s = {presence.reply_timeout_s:g} with retries = "
             f"{presence.retries} waits {wait:g} s, not less than tcp_keepalive_interval_s = "
-            f"{presence.tcp_keepalive_interval_s}; raise tcp_keepalive_interval_s"
+            f"{presence.tcp_keepalive_interval_s:g}; raise tcp_keepalive_interval_s"
         )
 
 
@@ -431,8 +431,11 @@ def _reject_unknown(source: Path, where: str, keys: Iterable[str], known: tuple[
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            what = f"unknown key {key!r} in [{where}]" if where else f"unknown section [{key}]"
+            if close:
+                hint = f"did you mean {close[0]}? " if where else f"did you mean [{close[0]}]? "
+            else:
+                hint = ""
+            what = f"unknown key {toml_key(key)} in [{where}]" if where else f"unknown section [{key}]"
             raise ConfigError(
                 f"{source}: {what}; {hint}known {'keys' if where else 'sections'}: {', '.join(known)}"
             )
@@ -454,14 +457,14 @@ class _Table:
         raw = document.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(
-                f"{source}: {name} must be a section [{name}], got {raw!r}; write it as [{name}]"
+                f"{source}: {name} must be a section [{name}], got {toml_value(raw)}; write it as [{name}]"
             )
         # Unknown keys first, so a typo in a required key is reported as the typo.
         _reject_unknown(source, name, raw, tuple(self._defaults))
         self._data: dict[str, object] = raw
 
     def _error(self, key: str, seen: object, problem: str) -> ConfigError:
-        return ConfigError(f"{self._source}: [{self._name}] {key} = {seen!r}: {problem}")
+        return ConfigError(f"{self._source}: [{self._name}] {key} = {toml_value(seen)}: {problem}")
 
     def error(self, key: str, seen: object, problem: str) -> ConfigError:
         """A ConfigError naming this section's ``key``, what was seen and what to do."""
@@ -571,7 +574,7 @@ class _Table:
             try:
                 ip = ipaddress.ip_address(item.strip() if isinstance(item, str) else item)
             except ValueError:
-                raise self._error(key, value, f"{item!r} is not an IP address; {example}") from None
+                raise self._error(key, value, f"{toml_value(item)} is not an IP address; {example}") from None
             if ip.is_unspecified or ip.is_multicast:
                 problem = f"{item} cannot be a host candidate; name an interface's address"
                 raise self._error(key, value, problem)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from dvrlink.daemon.errors import ConfigError
+from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
 from dvrlink.protocol.session import ForwardTarget, StreamErrorCode, StreamTarget
 
 log = logging.getLogger(__name__)
@@ -311,10 +311,12 @@ def _normalize_host(host: str) -> str:
     except ValueError:
         name = text.lower().rstrip(".")
         if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
-            raise ValueError(f"{host!r} is not an IP address or host name") from None
+            raise ValueError(f"{toml_value(host)} is not an IP address or host name") from None
         return name
     if ip.is_unspecified:
-        raise ValueError(f"{host!r} is the unspecified address; write 127.0.0.1 for the device itself")
+        raise ValueError(
+            f"{toml_value(host)} is the unspecified address; write 127.0.0.1 for the device itself"
+        )
     return str(ip)
 
 
@@ -342,7 +344,7 @@ def parse_allowed_target(value: object) -> AllowedTarget:
     else:
         raise ValueError('expected a string "HOST:PORT" or a port number')
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
+        raise ValueError(f"port {toml_value(port_text)} must be a number from 1 to 65535")
     return AllowedTarget(_normalize_host(host), int(port_text))
 
 
@@ -358,41 +360,46 @@ def parse_services(document: Mapping[str, object], source: Path) -> ServicesConf
     """
     raw = document.get("services", {})
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: services must be a section [services], got {raw!r}")
+        raise ConfigError(f"{source}: services must be a section [services], got {toml_value(raw)}")
     for key in raw:
         if key not in _SERVICES_KEYS:
             close = difflib.get_close_matches(str(key), _SERVICES_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(
-                f"{source}: unknown key {key!r} in [services]; {hint}known keys: {', '.join(_SERVICES_KEYS)}"
+                f"{source}: unknown key {toml_key(key)} in [services]; {hint}known keys: "
+                f"{', '.join(_SERVICES_KEYS)}"
             )
     defaults = ServicesConfig()
 
     forward = raw.get("forward", [])
     example = 'write it as forward = ["127.0.0.1:554", "127.0.0.1:80"]'
     if not isinstance(forward, list):
-        raise ConfigError(f"{source}: [services] forward = {forward!r}: expected a list; {example}")
+        raise ConfigError(f"{source}: [services] forward = {toml_value(forward)}: expected a list; {example}")
     allowed: list[AllowedTarget] = []
     for entry in forward:
         try:
             target = parse_allowed_target(entry)
         except ValueError as exc:
-            raise ConfigError(f"{source}: [services] forward entry {entry!r}: {exc}; {example}") from None
+            raise ConfigError(
+                f"{source}: [services] forward entry {toml_value(entry)}: {exc}; {example}"
+            ) from None
         if target in allowed:
             raise ConfigError(
-                f"{source}: [services] forward lists {target} twice (as {entry!r}); remove one of them"
+                f"{source}: [services] forward lists {target} twice (as {toml_value(entry)}); "
+                "remove one of them"
             )
         allowed.append(target)
 
     timeout = raw.get("connect_timeout_s", defaults.connect_timeout_s)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 120:
         raise ConfigError(
-            f"{source}: [services] connect_timeout_s = {timeout!r}: expected seconds from 0.1 to 120"
+            f"{source}: [services] connect_timeout_s = {toml_value(timeout)}: expected seconds "
+            "from 0.1 to 120"
         )
     streams = raw.get("max_streams_per_session", defaults.max_streams_per_session)
     if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 1024:
         raise ConfigError(
-            f"{source}: [services] max_streams_per_session = {streams!r}: expected a whole number "
+            f"{source}: [services] max_streams_per_session = {toml_value(streams)}: expected a whole number "
             "from 1 to 1024"
         )
     return ServicesConfig(

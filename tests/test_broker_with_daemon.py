@@ -108,7 +108,7 @@ def test_daemon_registers_and_pairs_through_the_broker(tmp_path: Path) -> None:
                 f'[broker]\nhost = "127.0.0.1"\nport = {info.udp_port}\n'
                 f'public_key = "{b64encode_key(info.public_key)}"\n'
             )
-            label = await _run(str(BIN / "dvrlinkd"), "pairing-code", "--config", str(config))
+            label = await _run(str(BIN / "dvrlinkd"), "pairing-code", "--create", "--config", str(config))
             code = normalize_code(re.search(r"pairing code:\s*(\S+)", label).group(1))  # type: ignore[union-attr]
             fp = normalize_fingerprint(re.search(r"fingerprint:\s*(.+)", label).group(1))  # type: ignore[union-attr]
 

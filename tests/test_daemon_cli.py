@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.daemon.cli import EXIT_RUNTIME, main
+from dvrlink.daemon.cli import EXIT_CONFIG, EXIT_RUNTIME, main
 from dvrlink.daemon.state import DeviceState
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.pairing import PairingUri, normalize_code
@@ -39,7 +39,7 @@ def test_pairing_code_process_output_parses_back(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     assert DVRLINKD.exists(), f"{DVRLINKD} missing: install the package with `make venv`"
     first = subprocess.run(
-        [str(DVRLINKD), "pairing-code", "--config", str(config)],
+        [str(DVRLINKD), "pairing-code", "--create", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -49,8 +49,8 @@ def test_pairing_code_process_output_parses_back(tmp_path: Path) -> None:
     shown = fields(first.stdout)
 
     state = DeviceState(tmp_path / "state")  # created by the command
-    secret = state.pairing_secret()
-    fp = fingerprint(ed25519_public_bytes(state.device_key()))
+    secret = state.pairing_secret(create=False)
+    fp = fingerprint(ed25519_public_bytes(state.device_key(create=False)))
     assert shown["serial"] == "DL-0001-0002"
     assert normalize_code(shown["pairing code"]) == secret
     assert shown["pairing code"].count("-") == 3
@@ -61,12 +61,13 @@ def test_pairing_code_process_output_parses_back(tmp_path: Path) -> None:
     assert uri == PairingUri("DL-0001-0002", secret, fp)
 
     second = subprocess.run(
-        [str(DVRLINKD), "pairing-code", "--config", str(config)],
+        [str(DVRLINKD), "--config", str(config), "pairing-code"],  # --config before the command too
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+    assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout  # the same device keeps its code and key
 
 
@@ -81,9 +82,64 @@ def test_pairing_code_with_a_corrupt_key(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_config_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["pairing-code", "--config", str(tmp_path / "missing.toml")]) == 2
-    assert "config file not found" in capsys.readouterr().err
-    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    for command in ("pairing-code", "run", "status", "check-config"):
+        assert main([command, "--config", str(tmp_path / "missing.toml")]) == EXIT_CONFIG == 78, command
+        assert "config file not found" in capsys.readouterr().err
+    assert main(["--check-config", "--config", str(tmp_path / "missing.toml")]) == 78
+
+
+# --- the command line (issue 10, friction) ------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    assert DVRLINKD.exists(), f"{DVRLINKD} missing: install the package with `make venv`"
+    return subprocess.run([str(DVRLINKD), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_read_only_commands_with_a_config_outside_etc_create_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for args in (
+        ("status", "--config", str(config)),
+        ("--config", str(config), "status", "--json"),
+        ("pairing-code", "--config", str(config)),
+        ("--config", str(config), "pairing-code"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == EXIT_RUNTIME, (args, result.returncode, result.stderr)
+        assert str(tmp_path) in result.stderr, (args, result.stderr)  # the config's dirs, not /etc's
+        assert "Traceback" not in result.stderr, result.stderr
+    assert sorted(tmp_path.rglob("*")) == before, "a read-only command created files"
+    assert "no device key yet" in result.stderr and "pairing-code --create" in result.stderr, result.stderr
+
+
+def test_check_config_is_a_command_too(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    for args in (("check-config", "--config", str(config)), ("--config", str(config), "check-config")):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"config OK: {config}: serial DL-0001-0002"), result.stdout
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nprot = 1'))
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 78, result
+    assert "unknown key prot in [broker]; did you mean port?" in result.stderr, result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_version_and_a_description_on_every_command() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("dvrlinkd "), result.stdout
+    assert result.stdout.split()[1][0].isdigit(), result.stdout
+    top = run_cli("--help").stdout
+    for command in ("run", "status", "pairing-code", "check-config"):
+        line = next((line for line in top.splitlines() if line.strip().startswith(command + " ")), "")
+        assert len(line.split()) > 2, f"no description for {command} in --help:\n{top}"
+        page = run_cli(command, "--help")
+        assert page.returncode == 0, page.stderr
+        description = page.stdout.split("\n\n")[1].strip()
+        assert description and not description.startswith("options"), (command, page.stdout)
+    assert "78" in top  # the exit codes are documented
 
 
 def test_daemon_stays_light() -> None:

@@ -113,35 +113,35 @@ def test_example_file_is_complete_but_needs_the_broker_key(tmp_path: Path) -> No
     ("old", "new", "expected"),
     [
         # typo in a key: named, with a suggestion
-        ('serial = "DL', 'serail = "DL', r"unknown key 'serail' in \[device\]; did you mean 'serial'"),
-        ("retries = 3", "retry = 3", r"unknown key 'retry' in \[presence\]; did you mean 'retries'"),
-        ("[log]", "[logging]", r"unknown section \[logging\]; did you mean 'log'"),
+        ('serial = "DL', 'serail = "DL', r"unknown key serail in \[device\]; did you mean serial\?"),
+        ("retries = 3", "retry = 3", r"unknown key retry in \[presence\]; did you mean retries\?"),
+        ("[log]", "[logging]", r"unknown section \[logging\]; did you mean \[log\]\?"),
         # bad values: file, key, what was seen, what to do
         (
             f'public_key = "{KEY_B64}"',
             'public_key = "not base64!"',
-            r"\[broker\] public_key = 'not base64!'.*base64",
+            r"\[broker\] public_key = \"not base64!\".*base64",
         ),
         (
             f'public_key = "{KEY_B64}"',
             f'public_key = "{base64.b64encode(bytes(16)).decode()}"',
             r"\[broker\] public_key = .*32 bytes, got 16",
         ),
-        ('serial = "DL-0001-0002"', 'serial = "dl 1"', r"\[device\] serial = 'dl 1'.*label"),
+        ('serial = "DL-0001-0002"', 'serial = "dl 1"', r"\[device\] serial = \"dl 1\".*label"),
         (
             "port = 3479",
             "port = 70000",
             r"\[broker\] port = 70000: out of range; use a value from 1 to 65535",
         ),
-        ("port = 3479", 'port = "3479"', r"\[broker\] port = '3479': expected a whole number"),
-        ("retries = 3", "retries = true", r"\[presence\] retries = True: expected a whole number"),
+        ("port = 3479", 'port = "3479"', r"\[broker\] port = \"3479\": expected a whole number"),
+        ("retries = 3", "retries = true", r"\[presence\] retries = true: expected a whole number"),
         ("keepalive_interval_s = 20", "keepalive_interval_s = 0", r"keepalive_interval_s = 0: out of range"),
-        ('level = "debug"', 'level = "loud"', r"\[log\] level = 'loud': expected one of DEBUG"),
+        ('level = "debug"', 'level = "loud"', r"\[log\] level = \"loud\": expected one of DEBUG"),
         ('host = "broker.example.net"', 'host = "https://broker"', r"\[broker\] host = .*without scheme"),
         (
             "reply_timeout_s = 2.5",
             "reply_timeout_s = 10",
-            r"reply_timeout_s = 10.0 with retries = 3 waits 40 s",
+            r"reply_timeout_s = 10 with retries = 3 waits 40 s",
         ),
         ("[device]", "[[device]]", r"device must be a section"),
     ],
@@ -183,9 +183,9 @@ def test_check_config_process(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace(f'public_key = "{KEY_B64}"', 'public_key = "xyz"'))
     result = run_dvrlinkd("--check-config", "--config", str(bad))
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert result.stdout == ""
-    assert f"{bad}: [broker] public_key = 'xyz'" in result.stderr
+    assert f'{bad}: [broker] public_key = "xyz"' in result.stderr
     assert "dvrlink-broker prints it" in result.stderr  # says what to do
 
 
@@ -194,7 +194,7 @@ def test_check_config_uses_environment_variable(tmp_path: Path) -> None:
     result = run_dvrlinkd("--check-config", env={"DVRLINKD_CONFIG": str(good), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     missing = run_dvrlinkd("--check-config", "--config", str(tmp_path / "none.toml"))
-    assert missing.returncode == 2
+    assert missing.returncode == 78
     assert "config file not found" in missing.stderr
 
 
@@ -206,5 +206,46 @@ def test_port_search_is_light_on_a_metered_link_unless_set(tmp_path: Path) -> No
     assert load_text(tmp_path, chosen).sessions.port_search is SearchBudget.FULL
     off = MINIMAL + '[sessions]\nport_search = "off"\n'
     assert load_text(tmp_path, off).sessions.port_search is SearchBudget.OFF
-    with pytest.raises(ConfigError, match=r"\[sessions\] port_search = 'always': expected one of auto, full"):
+    with pytest.raises(ConfigError, match=r'\[sessions\] port_search = "always": expected one of auto, full'):
         load_text(tmp_path, MINIMAL + '[sessions]\nport_search = "always"\n')
+
+
+# --- values shown as the file spells them (issue 10, friction) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "shown"),
+    [
+        ("[presence]", "learn_keepalive = 1", "[presence] learn_keepalive = 1: expected true or false"),
+        ("[presence]", 'learn_keepalive = "yes"', '[presence] learn_keepalive = "yes": expected true'),
+        ("[presence]", "keepalive_interval_s = true", "[presence] keepalive_interval_s = true: expected a"),
+        ("[presence]", "retries = false", "[presence] retries = false: expected a whole number"),
+        ("[presence]", 'transport = "quic"', '[presence] transport = "quic": expected one of udp, tcp, auto'),
+        ("[log]", 'level = "25"', '[log] level = "25": expected one of'),
+        ("[modem]", 'enabled = "true"', '[modem] enabled = "true": expected true or false'),
+        ("[modem]", 'dhcp_command = ["udhcpc"]', '[modem] dhcp_command = ["udhcpc"]: pass the interface'),
+        ("[modem]", 'pin = "12ab"', '[modem] pin = "****": a SIM PIN'),
+        (
+            "[sessions]",
+            'host_addresses = ["10.0.0.1", "x"]',
+            '[sessions] host_addresses = ["10.0.0.1", "x"]: "x" is not an IP address',
+        ),
+        ("[sessions]", "host_addresses = [1.5]", "[sessions] host_addresses = [1.5]: 1.5 is not an IP"),
+        ("[sessions]", "policy = {a = true}", "[sessions] policy = {a = true}: expected one of all"),
+    ],
+)
+def test_values_are_shown_as_the_file_spells_them(
+    tmp_path: Path, section: str, line: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, f"{MINIMAL}{section}\n{line}\n")
+    message = str(info.value)
+    assert shown in message, message
+    for python_spelling in ("'", "True", "False"):
+        assert python_spelling not in message, message
+
+
+def test_a_section_given_as_a_value_is_shown_as_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, 'log = "DEBUG"\n' + MINIMAL)
+    assert 'log must be a section [log], got "DEBUG"' in str(info.value), info.value

@@ -142,10 +142,10 @@ def test_sessions_config_section(tmp_path: Path) -> None:
     for bad, message in [
         ("max_sessions = 0", "max_sessions = 0: out of range; use a value from 1 to 256"),
         ('host_addresses = "127.0.0.1"', "expected a list of IP addresses"),
-        ('host_addresses = ["eth0"]', "'eth0' is not an IP address"),
+        ('host_addresses = ["eth0"]', '"eth0" is not an IP address'),
         ('host_addresses = ["0.0.0.0"]', "0.0.0.0 cannot be a host candidate"),
-        ('policy = "relay"', "policy = 'relay': expected one of all, relay_only, direct_only"),
-        ("max_session = 3", "unknown key 'max_session' in [sessions]; did you mean 'max_sessions'?"),
+        ('policy = "relay"', 'policy = "relay": expected one of all, relay_only, direct_only'),
+        ("max_session = 3", "unknown key max_session in [sessions]; did you mean max_sessions?"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(write(tmp_path, f"[sessions]\n{bad}\n"))

@@ -53,24 +53,24 @@ max_streams_per_session = 8
 @pytest.mark.parametrize(
     ("section", "expected"),
     [
-        ('forward = "127.0.0.1:554"', "forward = '127.0.0.1:554': expected a list; write it as forward = ["),
-        ('forward = ["127.0.0.1"]', "forward entry '127.0.0.1': expected HOST:PORT"),
-        ('forward = ["127.0.0.1:0"]', "port '0' must be a number from 1 to 65535"),
-        ('forward = ["127.0.0.1:rtsp"]', "port 'rtsp' must be a number from 1 to 65535"),
+        ('forward = "127.0.0.1:554"', 'forward = "127.0.0.1:554": expected a list; write it as forward = ['),
+        ('forward = ["127.0.0.1"]', 'forward entry "127.0.0.1": expected HOST:PORT'),
+        ('forward = ["127.0.0.1:0"]', 'port "0" must be a number from 1 to 65535'),
+        ('forward = ["127.0.0.1:rtsp"]', 'port "rtsp" must be a number from 1 to 65535'),
         ('forward = ["::1:554"]', "IPv6 in brackets: [::1]:554"),
         ('forward = ["[::1]554"]', "an IPv6 target is written [ADDRESS]:PORT"),
         ('forward = ["0.0.0.0:554"]', "write 127.0.0.1 for the device itself"),
-        ('forward = ["bad_host!:80"]', "'bad_host!' is not an IP address or host name"),
+        ('forward = ["bad_host!:80"]', '"bad_host!" is not an IP address or host name'),
         ("forward = [1.5]", 'expected a string "HOST:PORT" or a port number'),
         ('forward = ["127.0.0.1:554", 554]', "lists 127.0.0.1:554 twice (as 554); remove one"),
         ("connect_timeout_s = 0", "connect_timeout_s = 0: expected seconds from 0.1 to 120"),
-        ('connect_timeout_s = "5"', "connect_timeout_s = '5': expected seconds"),
+        ('connect_timeout_s = "5"', 'connect_timeout_s = "5": expected seconds'),
         (
             "max_streams_per_session = 0",
             "max_streams_per_session = 0: expected a whole number from 1 to 1024",
         ),
-        ("max_streams_per_session = true", "max_streams_per_session = True"),
-        ("forwards = []", "unknown key 'forwards' in [services]; did you mean 'forward'?"),
+        ("max_streams_per_session = true", "max_streams_per_session = true"),
+        ("forwards = []", "unknown key forwards in [services]; did you mean forward?"),
     ],
 )
 def test_bad_values(section: str, expected: str) -> None:
