@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dvrlink.broker.registry import BindingVerdict, Registry, format_address
-from dvrlink.protocol.identity import fingerprint
+from dvrlink.protocol.identity import b64encode_key, fingerprint
 from dvrlink.protocol.presence_events import (
     DeviceMoved,
     DeviceOffline,
@@ -23,12 +23,14 @@ from dvrlink.protocol.presence_events import (
     InviteAnswered,
     InviteExpired,
     RegistrationRequested,
+    RegistrationUnconfirmed,
     ServerEvent,
 )
 from dvrlink.protocol.presence_server import RefuseReason
 
 REFUSAL_LOG_INTERVAL_S = 60.0  # one warning and audit row per (serial, key) per interval
 REFUSAL_MEMORY = 10_000
+UNCONFIRMED_LOG_INTERVAL_S = 300.0  # one line per serial per interval: a device never using its sessions
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 class AdmissionCore(Protocol):
     """The calls the handler makes on the presence core (``PresenceServer``)."""
 
+    @property
+    def public_key(self) -> bytes: ...
     def accept(self, handle: int, now: float) -> None: ...
     def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None: ...
 
@@ -63,6 +67,7 @@ class DeviceEventHandler:
         self._wall_clock = wall_clock
         self._on_invite_event = on_invite_event
         self._refusals: dict[tuple[str, bytes], tuple[float, int]] = {}
+        self._unconfirmed: dict[str, tuple[float, int]] = {}
 
     def __call__(self, event: ServerEvent) -> None:
         if isinstance(event, RegistrationRequested):
@@ -79,6 +84,8 @@ class DeviceEventHandler:
                 log.exception(
                     "registry failed while keeping the report of %s; the next one will do", event.serial
                 )
+        elif isinstance(event, RegistrationUnconfirmed):
+            self._note_unconfirmed(event)
         elif isinstance(event, DeviceOffline):
             log.debug("device %s offline: %s", event.serial, event.reason)
         elif isinstance(event, DeviceMoved):
@@ -127,6 +134,30 @@ class DeviceEventHandler:
         return RefuseReason.NOT_IN_MANIFEST, (
             f"serial {serial} is not in this broker's factory manifest; ask the operator to load "
             "the manifest entry for this device, or check the serial in the device config"
+        )
+
+    def _note_unconfirmed(self, event: RegistrationUnconfirmed) -> None:
+        """One quiet line per serial per ``UNCONFIRMED_LOG_INTERVAL_S``: the broker cannot open
+        such a device's handshake from its side, but a device that keeps registering without
+        ever using a session almost always pins another broker key."""
+        wall = self._wall_clock()
+        last = self._unconfirmed.get(event.serial)
+        if last is not None and wall - last[0] < UNCONFIRMED_LOG_INTERVAL_S:
+            self._unconfirmed[event.serial] = (last[0], last[1] + 1)
+            return
+        if len(self._unconfirmed) >= REFUSAL_MEMORY:
+            self._unconfirmed.clear()
+        self._unconfirmed[event.serial] = (wall, 0)
+        more = last[1] if last is not None else 0
+        log.warning(
+            "device %s at %s registered again but never used its session of %.0f s before: it most "
+            "likely pins another broker key than this one (%s; [broker] public_key in its config), "
+            "or this broker's replies do not reach it%s",
+            event.serial,
+            format_address(event.address),
+            event.unused_for,
+            b64encode_key(self._core.public_key),
+            f"; {more} more since the last such line" if more else "",
         )
 
     def _audit(self, event: RegistrationRequested, verdict: BindingVerdict, wall: float) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from dvrlink.daemon.cloud_link import CloudLink
+from dvrlink.daemon.cloud_link import CloudLink, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner
 from dvrlink.daemon.nat_probe import NatProber
@@ -44,6 +44,7 @@ from dvrlink.protocol.presence_events import (
     Address,
     ClientEvent,
     ConnectionLost,
+    HandshakeUnanswered,
     InviteReceived,
     KeepaliveAcknowledged,
     ReflexiveAddressChanged,
@@ -396,6 +397,12 @@ class DeviceEvents:
             )
             self._message = f"reflexive address changed to {_addr(event.new)}"
             systemd_status = f"{self._message}; registering again"
+        elif isinstance(event, HandshakeUnanswered):
+            problem = handshake_problem(event, broker)
+            # Each failed attempt repeats it: a warning when the diagnosis changes, else debug.
+            seen_before = self._message.split(" (", 1)[0] == problem.split(" (", 1)[0]
+            log.log(logging.DEBUG if seen_before else logging.WARNING, "%s; trying again", problem)
+            self._message = systemd_status = problem
         # The status file first, so `dvrlinkd status` agrees with systemd once READY is seen.
         self._write_status()
         if ready:

@@ -21,7 +21,7 @@ import logging
 import socket
 from typing import Any, Protocol, cast
 
-from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost
+from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,30 @@ class CloudLink:
         self._timer_at = None
         self._core.handle_timer(now)
         self._step()
+
+
+def handshake_problem(event: HandshakeUnanswered, broker: str) -> str:
+    """What a failed registration attempt most likely means, for the log and ``dvrlinkd status``:
+    what was seen, the likely cause, and what to check. ``broker`` names the endpoint tried."""
+    tries = f"{event.tries} tries in {event.waited:.0f} s"
+    if event.stage == "hello":
+        return (
+            f"the broker {broker} did not answer the handshake (no reply to HELLO after {tries}): "
+            "check host and port in [broker] (nothing answers on a wrong port), that "
+            "dvrlink-broker runs there, and that the network lets the datagrams through"
+        )
+    if event.unverified:
+        return (
+            f"the broker {broker} did not complete the handshake: its {event.unverified} replies to "
+            f"REGISTER ({tries}) do not verify with public_key in [broker], so the broker holds "
+            "another key; the configured broker key is most likely wrong (or the port is another "
+            "broker's): set it to what `dvrlink-broker show-key` prints on the broker"
+        )
+    return (
+        f"the broker {broker} answered HELLO but not the registration ({tries}): the configured "
+        "public_key in [broker] may be wrong (check it against `dvrlink-broker show-key`), or its "
+        "replies are lost on the way back"
+    )
 
 
 class _Endpoint(asyncio.DatagramProtocol):

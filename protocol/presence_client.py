@@ -33,6 +33,7 @@ from dvrlink.protocol.presence_events import (
     Address,
     ClientEvent,
     ConnectionLost,
+    HandshakeUnanswered,
     InviteReceived,
     KeepaliveAcknowledged,
     ReflexiveAddressChanged,
@@ -145,6 +146,9 @@ class PresenceClient:
         self._nonce = b""
         self._ephemeral: X25519PrivateKey | None = None
         self._register_datagram = b""
+        self._stage_started = 0.0
+        self._unverified = 0
+        """Replies to this attempt's REGISTER that did not open with the pinned broker key."""
         # session
         self._session_id: int | None = None
         self._sealer: Sealer | None = None
@@ -259,6 +263,7 @@ class PresenceClient:
                 self._outbox.append(self._hello_datagram())
                 self._timer = now + self._config.reply_timeout
             else:
+                self._unanswered("hello", now)
                 self._backoff(now, 0.0)
         elif state is ClientState.REGISTER_WAIT:
             if self._tries <= self._config.retries:
@@ -266,6 +271,7 @@ class PresenceClient:
                 self._outbox.append(self._register_datagram)
                 self._timer = now + self._config.reply_timeout
             else:
+                self._unanswered("register", now)
                 self._backoff(now, 0.0)
         elif state is ClientState.BACKOFF:
             self._send_hello(now)
@@ -361,6 +367,8 @@ class PresenceClient:
         self._reset_session()
         self._nonce = self._rng(NONCE_SIZE)
         self._tries = 1
+        self._stage_started = now
+        self._unverified = 0
         self._outbox.append(self._hello_datagram())
         self._timer = now + self._config.reply_timeout
 
@@ -370,6 +378,10 @@ class PresenceClient:
         self._awaiting_echo = None
         self._pending_invites.clear()
         self._replied.clear()
+
+    def _unanswered(self, stage: str, now: float) -> None:
+        waited = now - self._stage_started
+        self._events.append(HandshakeUnanswered(stage, self._tries, waited, self._unverified))
 
     def _backoff(self, now: float, at_least: float) -> None:
         self._enter(ClientState.BACKOFF)
@@ -401,7 +413,7 @@ class PresenceClient:
         self._register_datagram = bytes(body) + signature
         self._enter(ClientState.REGISTER_WAIT)
         self._tries = 1
-        self._first_send_at = now
+        self._first_send_at = self._stage_started = now
         self._outbox.append(self._register_datagram)
         self._timer = now + self._config.reply_timeout
         return True
@@ -430,6 +442,7 @@ class PresenceClient:
         head = data[:EPHEMERAL_HEADER_SIZE]
         plain = sealer.open(BROKER_TO_DEVICE, counter, head, data[EPHEMERAL_HEADER_SIZE:])
         if plain is None:
+            self._unverified += 1  # not from a holder of the pinned key (or corrupt)
             return None
         return sealer, session_id, counter, plain
 

@@ -50,6 +50,25 @@ class ReflexiveAddressChanged(ClientEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class HandshakeUnanswered(ClientEvent):
+    """A registration attempt ended without an answer the device could use; the client backs off
+    and tries again (one event per failed attempt).
+
+    ``stage`` says how far it got: ``"hello"``, no COOKIE came back (nothing answers at the
+    broker's address and port, or the path drops the datagrams); ``"register"``, a COOKIE came
+    but no REGISTERED or REFUSED that opens with the pinned broker key. ``unverified`` counts
+    replies to REGISTER that did not open with that key: a broker that holds another key
+    answered, so the pinned key is most likely wrong.
+    """
+
+    stage: str
+    tries: int
+    waited: float
+    """Seconds from the first try of that stage to giving up."""
+    unverified: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionLost(ClientEvent):
     """The broker stopped answering or forgot the session; re-registering with backoff."""
 

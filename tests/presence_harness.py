@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,11 +67,14 @@ class Lab:
         self.strays: list[tuple[bytes, Address, float]] = []
         """Broker datagrams to addresses of no device (e.g. a probe socket), with the time sent."""
 
-    def add_device(self, serial: str, seed: int = 7, address: Address | None = None) -> Device:
+    def add_device(
+        self, serial: str, seed: int = 7, address: Address | None = None, broker_key: bytes | None = None
+    ) -> Device:
+        """A device pinning ``broker_key`` (default: the broker's own key)."""
         key = Ed25519PrivateKey.from_private_bytes(seeded_rng(seed)(32))
         config = ClientConfig(
             serial=serial,
-            broker_public_key=self.server.public_key,
+            broker_public_key=broker_key or self.server.public_key,
             keepalive_interval=self.interval,
             reply_timeout=2.0,
             retries=2,
@@ -159,3 +165,61 @@ def spoof_udp(source: Address, destination: Address, payload: bytes) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
         raw.bind((source[0], 0))
         raw.sendto(header + payload, (destination[0], 0))
+
+
+class Program:
+    """A child process whose stderr lines are collected; ``wait_for_line`` waits for a pattern."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, bound: float) -> None:
+        self.proc = proc
+        self.bound = bound
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, *args: str, bound: float = 30.0, env: dict[str, str] | None = None) -> Program:
+        proc = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE, env=env)
+        return cls(proc, bound)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.lines.append(line.decode(errors="replace"))
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for_line(self, pattern: str, bound: float | None = None) -> str:
+        """The first line (already seen or to come) matching ``pattern``; fails after ``bound`` s."""
+
+        async def scan() -> str:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if re.search(pattern, line):
+                        return line
+                seen = len(self.lines)
+                if self._reader.done():
+                    raise AssertionError(f"exited before {pattern!r}:\n" + "".join(self.lines))
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), bound or self.bound)
+        except TimeoutError:
+            raise AssertionError(
+                f"no line matching {pattern!r} within {bound or self.bound} s:\n" + "".join(self.lines)
+            ) from None
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit code (SIGKILL if it does not exit within the bound)."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), self.bound)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            await self._reader
+        return code
