@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hil.loopback import (
+    BIN,
     Broker,
     Daemon,
     Forward,
@@ -121,6 +123,17 @@ class Lines:
         self._thread.join(BOUND)
 
 
+def start_forward_process(viewer: Viewer, serial: str, *specs: str) -> subprocess.Popen[str]:
+    """``dvrlink forward SERIAL SPECS...`` on loopback, stdout and stderr apart."""
+    return subprocess.Popen(
+        [str(BIN / "dvrlink"), "--home", str(viewer.home), "forward", serial, *specs,
+         "--relay-only", "--host-address", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
 def _echo_once(port: int, payload: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
     sock.sendall(payload)
@@ -183,3 +196,41 @@ def test_a_killed_device_is_declared_dead_and_new_connections_are_refused(
         lines.join()
         with contextlib.suppress(OSError):
             held.close()
+
+
+@pytest.fixture(scope="module")
+def device(rig: Rig) -> Daemon:
+    """A device that stays up for the tests that do not kill it."""
+    return rig.device("DL-LIVE-0001")
+
+
+def test_a_forward_to_a_port_the_device_does_not_allow_is_refused_at_start(rig: Rig, device: Daemon) -> None:
+    with socket.socket() as spare:  # a port nobody allowed (nor listens on)
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    forward = start_forward_process(rig.viewer, device.serial, f"0:{port}", f"-L0:{rig.echo_port}")
+    try:
+        out, err = forward.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        forward.kill()
+        out, err = forward.communicate()
+        pytest.fail(f"the forward to port {port} kept running; stdout: {out!r} stderr: {err!r}")
+    assert forward.returncode == 1, (forward.returncode, out, err)
+    assert "forwarding" not in out, out
+    assert f"the device refuses port {port} on 127.0.0.1" in err, err
+    assert f'"127.0.0.1:{port}"' in err and "[services] forward" in err, err
+    assert "127.0.0.1:" + str(rig.echo_port) in err, "the message should name what the device allows"
+
+
+def test_without_a_tty_each_connection_is_a_status_line(rig: Rig, device: Daemon) -> None:
+    forward = start_forward(rig.viewer, device.serial, rig.echo_port, "--relay-only")
+    lines = Lines(forward)
+    try:
+        with _echo_once(forward.local_port, b"one line per change") as sock:
+            peer = f"127.0.0.1:{sock.getsockname()[1]}"
+            lines.wait("a line for the new connection", f"connection from {peer} opened")
+        _, closed = lines.wait("a line for the closed connection", f"connection from {peer} closed")
+        assert "19 B out, 19 B in" in closed, closed
+    finally:
+        forward.stop(BOUND)
+        lines.join()

@@ -12,7 +12,6 @@ an echo server. The viewer runs in the test's thread (its own loop) or as the in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -488,46 +487,54 @@ def test_ping_and_sessions_commands(url: str, home: ViewerHome, capsys: pytest.C
 
 @pytest.mark.skipif(not VIEWER_BIN.exists(), reason="the dvrlink script is not installed (run `make venv`)")
 def test_forward_command_until_sigint(url: str, home: ViewerHome, fake: FakeSessionBroker) -> None:
-    async def go() -> tuple[int, str]:
+    async def go() -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             VIEWER_BIN, "--home", str(home.path), "--insecure-http",
-            "forward", SERIAL, f"0:{fake.echo_port}", "-L", "0:9", "--relay-only", "--host-address", LOOPBACK,
+            "forward", SERIAL, f"0:{fake.echo_port}", "--relay-only", "--host-address", LOOPBACK,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert proc.stdout is not None and proc.stderr is not None
         try:
             warning = await asyncio.wait_for(proc.stderr.readline(), BOUND)
             assert warning.decode() == f"dvrlink: {cleartext_warning(url)}\n"
-            lines = [await asyncio.wait_for(proc.stdout.readline(), BOUND) for _ in range(2)]
-            allowed, refused = (line.decode() for line in lines)
+            allowed = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
             assert allowed.startswith("forwarding 127.0.0.1:") and allowed.endswith(
                 f" -> {SERIAL}:{fake.echo_port} via relay\n"
             )
-            assert refused.endswith(f" -> {SERIAL}:9 via relay\n")
             port = int(allowed.split()[1].rsplit(":", 1)[1])
             reader, writer = await asyncio.open_connection(LOOPBACK, port)
             writer.write(b"hello through the relay")
             writer.write_eof()
             assert await asyncio.wait_for(reader.read(), BOUND) == b"hello through the relay"
             writer.close()
-            port = int(refused.split()[1].rsplit(":", 1)[1])
-            reader, writer = await asyncio.open_connection(LOOPBACK, port)
-            with contextlib.suppress(ConnectionResetError):  # the forward aborts the connection
-                assert await asyncio.wait_for(reader.read(), BOUND) == b""
-            writer.close()
-            message = await asyncio.wait_for(proc.stderr.readline(), BOUND)
-            assert b"the device refuses port 9 on 127.0.0.1: add" in message
             proc.send_signal(signal.SIGINT)
             code = await asyncio.wait_for(proc.wait(), BOUND)
-            rest = await proc.stderr.read()
-            return code, rest.decode()
+            return code, (await proc.stdout.read()).decode(), (await proc.stderr.read()).decode()
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
 
-    code, err = _run(go())
+    code, out, err = _run(go())
     assert (code, err) == (0, "")
+    opened, closed = out.splitlines()  # no TTY: one status line per change
+    assert opened.startswith("connection from 127.0.0.1:") and opened.endswith(
+        f" opened, to {SERIAL}:{fake.echo_port} (1 open)"
+    )
+    assert closed.endswith(" closed: 23 B out, 23 B in (0 open)"), closed
+
+
+def test_forward_to_a_port_the_device_does_not_allow_stops_before_listening(
+    url: str, home: ViewerHome, fake: FakeSessionBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(home.path), "--insecure-http", "forward", SERIAL, f"0:{fake.echo_port}"]
+    code = main([*argv, "-L", "0:9", "--relay-only", "--host-address", LOOPBACK])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == (
+        'dvrlink: the device refuses port 9 on 127.0.0.1: add "127.0.0.1:9" to [services] forward in '
+        f"dvrlinkd.toml on the device (it allows 127.0.0.1:{fake.echo_port})"
+    )
 
 
 def test_status_formatting() -> None:

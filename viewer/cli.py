@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -34,13 +35,17 @@ from dvrlink.viewer.api_client import (
 from dvrlink.viewer.api_types import SessionInfo
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError
 from dvrlink.viewer.forward import (
+    ConnectionAccepted,
+    ConnectionClosed,
     Forwarder,
     ForwardEvent,
     ForwardRefused,
     ForwardSpec,
     ForwardStats,
+    device_info,
     parse_forward_spec,
     ping,
+    refused_forwards,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
@@ -453,17 +458,38 @@ async def _forward(args: argparse.Namespace, home: ViewerHome) -> int:
     specs = forward_specs(args)
     runner = await _open(args, home, serial)
     out = _StatusOutput(sys.stdout.isatty())
+    forwarders: list[Forwarder] = []
+    refused_peers: set[str] = set()
 
-    def on_event(event: ForwardEvent) -> None:
+    def open_now() -> int:
+        return sum(f.stats.connections_open for f in forwarders)
+
+    def on_event(spec: ForwardSpec, event: ForwardEvent) -> None:
         if isinstance(event, ForwardRefused):
+            refused_peers.add(event.peer)
             out.message(event.message)
+        elif isinstance(event, ConnectionAccepted) and not out.tty:
+            target = forward_target(spec, serial)
+            out.show(f"connection from {event.peer} opened, to {target} ({open_now()} open)")
+        elif isinstance(event, ConnectionClosed):
+            if event.error is None:
+                what = f"{format_bytes(event.bytes_out)} out, {format_bytes(event.bytes_in)} in"
+            else:
+                what = event.error
+            line = f"connection from {event.peer} closed: {what} ({open_now()} open)"
+            if not out.tty:
+                out.show(line)
+            elif event.error is not None and event.peer not in refused_peers:
+                out.message(line)
+            refused_peers.discard(event.peer)
 
-    opener = runner
-    forwarders = [Forwarder(opener, spec, on_event) for spec in specs]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handled: list[signal.Signals] = []
     try:
+        await _check_allowed(runner, specs)
+        for spec in specs:
+            forwarders.append(Forwarder(runner, spec, functools.partial(on_event, spec)))
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
@@ -485,13 +511,33 @@ async def _forward(args: argparse.Namespace, home: ViewerHome) -> int:
     return EXIT_RUNTIME
 
 
+async def _check_allowed(runner: ViewerRunner, specs: Sequence[ForwardSpec]) -> None:
+    """Ask the device (``info``) which forwards it allows; refuse the others before listening.
+
+    Raises:
+        ViewerError: a forward the device does not allow (the message says what to add where).
+    """
+    try:
+        info = await device_info(runner)
+    except ViewerError as exc:  # the device decides at each connection instead
+        _warn(f"warning: cannot ask the device which forwards it allows ({exc}); going on")
+        return
+    refusals = refused_forwards(specs, info)
+    if refusals:
+        raise ViewerError("; ".join(refusals))
+
+
+def forward_target(spec: ForwardSpec, serial: str) -> str:
+    """``DL-XXXX-XXXX:554``, or ``DL-XXXX-XXXX -> 192.168.1.64:80`` for another host."""
+    if spec.remote_host in ("127.0.0.1", "localhost"):
+        return f"{serial}:{spec.remote_port}"
+    return f"{serial} -> {_bracket(spec.remote_host)}:{spec.remote_port}"
+
+
 def forward_line(spec: ForwardSpec, bound: tuple[str, int], serial: str) -> str:
     """``127.0.0.1:8554 -> DL-XXXX-XXXX:554`` (or ``... -> DL-XXXX-XXXX -> 192.168.1.64:80`` when the
     target is another host the device reaches)."""
-    local = f"{_bracket(bound[0])}:{bound[1]}"
-    if spec.remote_host in ("127.0.0.1", "localhost"):
-        return f"{local} -> {serial}:{spec.remote_port}"
-    return f"{local} -> {serial} -> {_bracket(spec.remote_host)}:{spec.remote_port}"
+    return f"{_bracket(bound[0])}:{bound[1]} -> {forward_target(spec, serial)}"
 
 
 def _bracket(host: str) -> str:

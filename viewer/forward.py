@@ -17,15 +17,17 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dvrlink.daemon.services import (
     CHUNK_SIZE,
     ServiceErrorCode,
+    ServicesConfig,
     StreamLike,
     TrafficCounters,
+    parse_allowed_target,
     pump,
     reset_code,
     reset_quietly,
@@ -471,3 +473,24 @@ async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[
         if isinstance(body, dict):
             return body
     raise ViewerError("the device's info reply is not a JSON object: is it a dvrlinkd?")
+
+
+def refused_forwards(specs: Sequence[ForwardSpec], info: Mapping[str, object]) -> list[str]:
+    """Messages for each of ``specs`` that the device's ``info`` reply (its ``forward`` list)
+    does not allow, compared as the device compares them; empty if all are allowed, or if the
+    reply has no usable list (the device then decides at each connection)."""
+    listed = info.get("forward")
+    if not isinstance(listed, list):
+        return []
+    try:
+        allowed = ServicesConfig(forward_allow=tuple(parse_allowed_target(entry) for entry in listed))
+    except ValueError:
+        return []
+    shown = ", ".join(str(t) for t in allowed.forward_allow) or "nothing"
+    messages = []
+    for spec in specs:
+        if not allowed.allows(spec.remote_host, spec.remote_port):
+            target = ForwardTarget(spec.remote_host, spec.remote_port)
+            reason = describe_reset(ServiceErrorCode.NOT_ALLOWED, target)
+            messages.append(f"{reason} (it allows {shown})")
+    return messages
