@@ -62,6 +62,7 @@ def write_broker_config(state_dir: Path, log_level: str = "INFO") -> Path:
         "https_port = 0\n"
         "turn_udp_port = 0\n"
         "turn_tcp_port = 0\n"
+        "stun_rate_per_s = 0\n"  # the STUN benchmark measures the responder, not the rate limit
         f'log_level = "{log_level}"\n'
     )
     return path

@@ -48,13 +48,13 @@ from dvrlink.broker.state import (
     remove_info,
     write_info,
 )
-from dvrlink.broker.stun_alternate import StunAlternate
+from dvrlink.broker.stun_alternate import StunResponder
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
 from dvrlink.protocol.identity import b64encode_key, x25519_public_bytes
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
-from dvrlink.protocol.stun import binding_response
+from dvrlink.protocol.stun import StunRateLimiter
 
 LOCK_FILE = "broker.lock"
 
@@ -139,7 +139,14 @@ def _log_turn_event(event: TurnEvent) -> None:
 
 async def _start_turn(config: BrokerConfig, secret: str, public: str | None) -> TurnLink:
     denied = () if config.turn_allow_loopback_peers else DEFAULT_DENIED_PEER_NETWORKS
-    turn_config = TurnConfig(secret=secret, realm=config.turn_realm, denied_peer_networks=denied)
+    turn_config = TurnConfig(
+        secret=secret,
+        realm=config.turn_realm,
+        denied_peer_networks=denied,
+        max_allocations_per_user=config.turn_max_allocations_per_name,
+        stun_rate_per_s=config.stun_rate_per_s,
+        stun_rate_burst=config.stun_rate_burst,
+    )
     link_config = TurnLinkConfig(
         host=config.udp_host,
         udp_port=config.turn_udp_port,
@@ -195,13 +202,15 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         if registry.created:
             log.info("created a new registry %s (no accounts, no device bindings yet)", registry.path)
         static_key = load_or_create_static_key(state)
-        alternate = (  # RFC 5780 STUN on a second address and port, when configured
-            None
-            if config.stun_alternate_host is None
-            else StunAlternate(config.stun_alternate_host, config.stun_alternate_port)
+        alternate = StunResponder(  # RFC 5780 on a second address and port, when configured
+            config.stun_alternate_host,
+            config.stun_alternate_port,
+            StunRateLimiter(config.stun_rate_per_s, config.stun_rate_burst)
+            if config.stun_rate_per_s
+            else None,
+            loop.time,
         )
-        stun = binding_response if alternate is None else alternate.answer_on_primary
-        server = PresenceServer(server_config or ServerConfig(), static_key, stun=stun)
+        server = PresenceServer(server_config or ServerConfig(), static_key, stun=alternate.answer_on_primary)
         gateway = PresenceGateway(server, loop, flush=lambda: link.flush())  # noqa: PLW0108 (link is bound below)
         on_event = DeviceEventHandler(
             server, registry, config.manifest_only, loop.time, time.time, gateway.on_event
@@ -211,7 +220,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         stack.callback(link.close)
         udp_port = link.local_address[1]
         listening = [("presence+stun/udp", format_address(link.local_address))]
-        if alternate is not None:
+        if config.stun_alternate_host is not None:
 
             def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
                 server.queue_datagram(data, address)

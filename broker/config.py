@@ -161,6 +161,13 @@ class BrokerConfig:
     stun_alternate_port: int = 3480
     """Second STUN port for RFC 5780, bound on ``udp_host`` and on ``stun_alternate_host``; 0 = a
     free port. Only used with ``stun_alternate_host``."""
+    stun_rate_per_s: int = 50
+    """STUN Binding requests answered per second per source IP (presence port, alternate sockets
+    and TURN port alike), after a burst of ``stun_rate_burst``; more are dropped. 0 = no limit."""
+    stun_rate_burst: int = 100
+    """STUN Binding requests one source IP may send at once before ``stun_rate_per_s`` applies."""
+    turn_max_allocations_per_name: int = 10
+    """Built-in TURN relay: allocations at once per REST name (account or serial); 486 above."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
 
@@ -195,6 +202,9 @@ _INT_LIMITS = {
     "turn_relay_port_min": (0, 65535),
     "turn_relay_port_max": (0, 65535),
     "stun_alternate_port": (0, 65535),
+    "stun_rate_per_s": (0, 1_000_000),
+    "stun_rate_burst": (1, 1_000_000),
+    "turn_max_allocations_per_name": (1, 100_000),
 }
 _DURATION_LIMITS = {
     "token_lifetime_s": (60.0, 10 * 365 * 86400.0),

@@ -8,22 +8,26 @@ the presence socket (primary IP, primary port) and three sockets this module ope
     ALTERNATE_IP    stun_alternate_host:udp_port
     ALTERNATE_BOTH  stun_alternate_host:stun_alternate_port
 
-The presence core keeps answering STUN on its own socket, through :meth:`StunAlternate.answer_on_primary`
+The presence core keeps answering STUN on its own socket, through :meth:`StunResponder.answer_on_primary`
 (its ``stun`` hook); a request with CHANGE-REQUEST is answered from one of the alternate sockets
-instead. A request on an alternate socket whose reply must come from the primary address goes
-through ``send_from_primary`` (the presence link). The alternate sockets carry nothing but STUN.
+instead. A request on an alternate socket whose reply must come from the primary address, and a
+request on the primary socket with RESPONSE-PORT, go through ``send_from_primary`` (the presence
+link). The alternate sockets carry nothing but STUN. Without ``stun_alternate_host`` the same
+responder answers plain STUN (``dvrlink.protocol.stun``). Either way, a per-source-IP rate limit
+(``stun_rate_per_s``, ``stun_rate_burst``) decides which requests are answered at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from dvrlink.broker.presence_link import open_udp_socket
 from dvrlink.protocol.presence_events import Address
-from dvrlink.protocol.stun import binding_response
+from dvrlink.protocol.stun import StunRateLimiter, binding_response
 from dvrlink.protocol.stun_behaviour import Origin, Rfc5780Addresses, StunReply, answer_binding
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ SendFunction = Callable[[bytes, Address], None]
 class _AlternateSocket(asyncio.DatagramProtocol):
     """One alternate socket: every datagram goes to the owner with this socket's origin."""
 
-    def __init__(self, owner: StunAlternate, origin: Origin) -> None:
+    def __init__(self, owner: StunResponder, origin: Origin) -> None:
         self._owner = owner
         self.origin = origin
         self.transport: asyncio.DatagramTransport | None = None
@@ -52,49 +56,77 @@ class _AlternateSocket(asyncio.DatagramProtocol):
         self.transport = None
 
 
-class StunAlternate:
-    """RFC 5780 responder over the presence socket and three alternate sockets.
+class StunResponder:
+    """The broker's STUN Binding responder: plain (``alternate_host`` None) or RFC 5780 over the
+    presence socket and three alternate sockets, with a per-source rate limit.
 
-    Build it before the presence core (which takes :meth:`answer_on_primary` as its STUN hook),
-    then :meth:`start` it once the presence socket is bound. Until then, and after
-    :meth:`close`, the hook answers like a plain STUN server (no RFC 5780 attributes).
+    Build it before the presence core (which takes :meth:`answer_on_primary` as its STUN hook);
+    with an alternate host, :meth:`start` it once the presence socket is bound. Until then, and
+    after :meth:`close`, the hook answers like a plain STUN server (no RFC 5780 attributes).
+    ``limiter`` (None: no limit) decides, per source IP, which requests are answered at all;
+    ``clock`` gives it a monotonic ``now`` in seconds.
     """
 
-    def __init__(self, alternate_host: str, alternate_port: int) -> None:
+    def __init__(
+        self,
+        alternate_host: str | None,
+        alternate_port: int,
+        limiter: StunRateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._alternate_host = alternate_host
         self._alternate_port = alternate_port
+        self._limiter = limiter
+        self._clock = clock
         self._addresses: Rfc5780Addresses | None = None
         self._sockets: dict[Origin, _AlternateSocket] = {}
         self._send_from_primary: SendFunction | None = None
-        self.stats: dict[str, int] = {"requests": 0, "changed": 0, "dropped": 0, "send_errors": 0}
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "changed": 0,
+            "dropped": 0,
+            "send_errors": 0,
+            "rate_limited": 0,
+        }
 
     @property
     def addresses(self) -> Rfc5780Addresses | None:
         """The four addresses once started, else None."""
         return self._addresses
 
+    def _allowed(self, source: Address) -> bool:
+        if self._limiter is None or self._limiter.allow(source[0], self._clock()):
+            return True
+        self.stats["rate_limited"] += 1
+        return False
+
     def answer_on_primary(self, data: bytes, source: Address) -> bytes | None:
         """The presence core's STUN hook: the reply to send from the presence socket, ``b""``
-        when the reply went out from an alternate socket, or None if ``data`` is not a Binding
-        request. Never raises on bad input."""
+        when the reply went out from another socket (or to another port) or the source is over
+        its rate, or None if ``data`` is not a Binding request. Never raises on bad input."""
         if self._addresses is None:
-            return binding_response(data, source)
+            reply_data = binding_response(data, source)
+            if reply_data is None:
+                return None
+            return reply_data if self._allowed(source) else b""
         reply = answer_binding(data, source, Origin.PRIMARY, self._addresses)
         if reply is None:
             return None
+        if not self._allowed(source):
+            return b""
         self.stats["requests"] += 1
-        if reply.origin is Origin.PRIMARY:
+        if reply.origin is Origin.PRIMARY and reply.destination == source:
             return reply.data
         self._send(reply)
         return b""
 
     def receive(self, data: bytes, source: Address, origin: Origin) -> None:
         """A datagram arrived on the alternate socket of ``origin``; answer it if it is a
-        Binding request, else drop it."""
+        Binding request (and the source is within its rate), else drop it."""
         if self._addresses is None:
             return
         reply = answer_binding(data, source, origin, self._addresses)
-        if reply is None:
+        if reply is None or not self._allowed(source):
             self.stats["dropped"] += 1
             return
         self.stats["requests"] += 1
@@ -123,18 +155,23 @@ class StunAlternate:
                 to a wildcard); the message says what to set.
             OSError: an alternate socket cannot be bound; the message names the address.
         """
+        if self._alternate_host is None:
+            raise ValueError(
+                "the STUN responder has no alternate host; set stun_alternate_host to serve RFC 5780"
+            )
+        alternate_host = self._alternate_host
         loop = asyncio.get_running_loop()
         primary_host, primary_port = primary
         # Check the addresses before binding anything (a stand-in port while the real one is 0).
         Rfc5780Addresses(
-            primary_host, primary_port, self._alternate_host, self._alternate_port or 1 + primary_port % 65535
+            primary_host, primary_port, alternate_host, self._alternate_port or 1 + primary_port % 65535
         )
         self._send_from_primary = send_from_primary
         try:
             port = self._alternate_port
             # Bound in this order so that a kernel-picked alternate port is known for the last one.
             for origin in (Origin.ALTERNATE_PORT, Origin.ALTERNATE_IP, Origin.ALTERNATE_BOTH):
-                host = self._alternate_host if origin.alternate_ip else primary_host
+                host = alternate_host if origin.alternate_ip else primary_host
                 sock = open_udp_socket(host, port if origin.alternate_port else primary_port)
                 if origin is Origin.ALTERNATE_PORT:
                     port = int(sock.getsockname()[1])
@@ -143,7 +180,7 @@ class StunAlternate:
                     sock=sock,
                 )
                 self._sockets[origin] = protocol
-            self._addresses = Rfc5780Addresses(primary_host, primary_port, self._alternate_host, port)
+            self._addresses = Rfc5780Addresses(primary_host, primary_port, alternate_host, port)
         except BaseException:
             self.close()
             raise
@@ -151,7 +188,7 @@ class StunAlternate:
             "RFC 5780 STUN: primary %s:%d, alternate %s:%d",
             primary_host,
             primary_port,
-            self._alternate_host,
+            alternate_host,
             port,
         )
         return self._addresses

@@ -62,7 +62,7 @@ from dvrlink.broker.turn_credentials import (
     long_term_key,
     rest_password,
 )
-from dvrlink.protocol.stun import binding_response
+from dvrlink.protocol.stun import StunRateLimiter, binding_response
 
 Address = tuple[str, int]
 
@@ -154,6 +154,11 @@ class TurnConfig:
     rfc5766_channel_numbers: bool = True
     """Also accept channel numbers 0x5000-0x7FFE, the RFC 5766 range that coturn and its
     ``turnutils_uclient`` still use; False: only RFC 8656's 0x4000-0x4FFF."""
+    stun_rate_per_s: float = 50.0
+    """STUN Binding requests answered per second per client IP, after ``stun_rate_burst``;
+    0 = no limit."""
+    stun_rate_burst: int = 100
+    """STUN Binding requests one client IP may send at once."""
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -176,6 +181,11 @@ class TurnConfig:
             raise ValueError(
                 f"TurnConfig.max_lifetime_s ({self.max_lifetime_s}) is below default_lifetime_s "
                 f"({self.default_lifetime_s}); raise it"
+            )
+        if self.stun_rate_per_s < 0 or self.stun_rate_burst < 1:
+            raise ValueError(
+                f"TurnConfig.stun_rate_per_s ({self.stun_rate_per_s}) must be >= 0 and stun_rate_burst "
+                f"({self.stun_rate_burst}) >= 1"
             )
         for network in self.denied_peer_networks:
             try:
@@ -375,6 +385,11 @@ class TurnServer:
         self._nonce_key = rng(32)
         self._denied = tuple(ipaddress.ip_network(n, strict=False) for n in config.denied_peer_networks)
         self._channel_max = CHANNEL_MAX_RFC5766 if config.rfc5766_channel_numbers else CHANNEL_MAX
+        self._stun_limiter = (
+            StunRateLimiter(config.stun_rate_per_s, config.stun_rate_burst)
+            if config.stun_rate_per_s
+            else None
+        )
         self._by_client: dict[tuple[Transport, Address], _Allocation] = {}
         self._udp_clients: dict[Address, _Allocation] = {}  # the UDP part of _by_client, by address
         self._tid_pool = b""
@@ -389,6 +404,7 @@ class TurnServer:
             "datagrams": 0,
             "dropped": 0,
             "binding": 0,
+            "binding_limited": 0,
             "unauthenticated": 0,
             "auth_failed": 0,
             "stale_nonce": 0,
@@ -618,6 +634,9 @@ class TurnServer:
     # -- client side: STUN ----------------------------------------------------------------------------
 
     def _client_stun(self, data: bytes, client: tuple[Transport, Address], now: float) -> None:
+        if data[:2] == b"\x00\x01":  # a Binding request, RFC 3489 ones (no magic cookie) too
+            self._binding(data, client, now)
+            return
         if (
             len(data) < HEADER_LENGTH
             or data[4:8] != MAGIC_COOKIE
@@ -636,12 +655,6 @@ class TurnServer:
             return
         method = message.message_method
         kind = message.message_class
-        if method == stun.Method.BINDING and kind == stun.Class.REQUEST:
-            reply = binding_response(data, client[1])
-            if reply is not None:
-                self.stats["binding"] += 1
-                self._outbox.append((reply, client[1], ToClient(client[0])))
-            return
         if method == stun.Method.SEND and kind == stun.Class.INDICATION:
             self._send_indication(message, raw, client, now)
             return
@@ -664,6 +677,20 @@ class TurnServer:
             return
         if attributes is not None:
             self._reply_success(message, attributes, client, auth.key)
+
+    def _binding(self, data: bytes, client: tuple[Transport, Address], now: float) -> None:
+        """A plain STUN responder (``dvrlink.protocol.stun``): this port has no alternate address,
+        so CHANGE-REQUEST with a flag set and RESPONSE-PORT get 420."""
+        reply = binding_response(data, client[1])
+        if reply is None:
+            self.stats["dropped"] += 1
+            return
+        limiter = self._stun_limiter
+        if limiter is not None and not limiter.allow(client[1][0], now):
+            self.stats["binding_limited"] += 1
+            return
+        self.stats["binding"] += 1
+        self._outbox.append((reply, client[1], ToClient(client[0])))
 
     def _send_indication(
         self,

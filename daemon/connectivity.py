@@ -868,7 +868,7 @@ async def _srflx_candidate(
         return None
     loop = asyncio.get_running_loop()
     server = (await loop.run_in_executor(None, socket.gethostbyname, stun_server[0]), stun_server[1])
-    response, _ = await protocol.request(_binding_request(), server)
+    response, _ = await protocol.request(_binding_request(rfc5780=True), server)
     host, port = response.attributes["XOR-MAPPED-ADDRESS"]
     other = response.attributes.get("OTHER-ADDRESS")
     if other is not None and (other[0] == server[0] or other[1] == server[1]):
@@ -910,8 +910,13 @@ async def _predicted_candidates(
     ]
 
 
-def _binding_request() -> stun.Message:
-    return stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+def _binding_request(rfc5780: bool = False) -> stun.Message:
+    """A Binding request; with ``rfc5780`` it carries CHANGE-REQUEST 0 (no change), which asks the
+    broker for its OTHER-ADDRESS (it sends it only to clients that signal RFC 5780)."""
+    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    if rfc5780:
+        message.attributes["CHANGE-REQUEST"] = 0
+    return message
 
 
 def _reflexive(base: Candidate, host: str, port: int, local_pref: int = 65535) -> Candidate:

@@ -326,8 +326,9 @@ class NatClassifier:
             message_class=stun.Class.REQUEST,
             transaction_id=transaction_id,
         )
-        if change:
-            request.attributes["CHANGE-REQUEST"] = change
+        # Always present, 0 when no change is asked: it tells the server this is an RFC 5780
+        # client, which the broker answers with OTHER-ADDRESS and RESPONSE-ORIGIN.
+        request.attributes["CHANGE-REQUEST"] = change
         request.add_fingerprint()
         data = bytes(request)
         test = _Test(

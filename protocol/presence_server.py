@@ -295,7 +295,7 @@ class PresenceServer:
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
         """Handle one datagram from ``address``; bad ones are dropped and counted."""
         self.stats["datagrams"] += 1
-        if not data or len(data) > MAX_DATAGRAM:
+        if not data or (len(data) > MAX_DATAGRAM and data[0] >= 4):  # STUN may carry PADDING
             self.stats["dropped"] += 1
             return
         first = data[0]

@@ -8,18 +8,24 @@ the combinations of two IP addresses and two ports::
     ALTERNATE_IP    alternate IP, primary port
     ALTERNATE_BOTH  alternate IP, alternate port
 
-A Binding success response carries XOR-MAPPED-ADDRESS (the request's source), RESPONSE-ORIGIN
-(the address the response is sent from) and OTHER-ADDRESS (the address that differs from the
-receiving one in both IP and port: where a "change IP and port" reply would come from). A
-CHANGE-REQUEST attribute with the change-IP (0x04) and/or change-port (0x02) flag asks for the
-response to be sent from the address that differs from the receiving one in IP and/or port; the
-client uses that to learn its NAT's filtering behaviour. FINGERPRINT is added when the request
-had one. Everything that is not a well-formed Binding request is dropped (None).
+A Binding success response carries XOR-MAPPED-ADDRESS (the request's source). When the client
+signals that it does RFC 5780 (its request has CHANGE-REQUEST, even with no flag set, or
+RESPONSE-PORT), the response also carries RESPONSE-ORIGIN (the address the response is sent from)
+and OTHER-ADDRESS (the address that differs from the receiving one in both IP and port: where a
+"change IP and port" reply would come from); a plain Binding does not, to keep the reply small.
+A CHANGE-REQUEST with the change-IP (0x04) and/or change-port (0x02) flag asks for the response
+to be sent from the address that differs from the receiving one in IP and/or port; the client
+uses that to learn its NAT's filtering behaviour. RESPONSE-PORT sends the response to that port
+of the source IP. PADDING is understood and not echoed; any other unknown comprehension-required
+attribute gets 420. Classic RFC 3489 requests get the RFC 3489 attribute names (MAPPED-ADDRESS,
+SOURCE-ADDRESS, CHANGED-ADDRESS; see ``dvrlink.protocol.stun``). FINGERPRINT is added when the
+request had one. Everything that is not a well-formed Binding request is dropped (None).
 
-Like every STUN server, this answers an unauthenticated request with a larger response: at most
-56 bytes (IPv4; 92 for IPv6) plus the FINGERPRINT the client asked for. A CHANGE-REQUEST reply
-goes to the request's source address only, from another of the server's own addresses, so it
-cannot be pointed at a third party.
+Sizes (IPv4; IPv6 adds 12 bytes per address): a 20-byte Binding gets 32 bytes; an RFC 5780
+request (28 bytes with CHANGE-REQUEST) gets 56, plus the FINGERPRINT the client asked for. A
+CHANGE-REQUEST or RESPONSE-PORT reply goes to the request's source IP only, from another of the
+server's own addresses, so it cannot be pointed at a third party; the broker limits how often one
+source is answered (``StunRateLimiter``).
 
 :func:`answer_binding` is the whole core; ``broker/stun_alternate.py`` is its I/O.
 """
@@ -33,13 +39,30 @@ from dataclasses import dataclass
 from aioice import stun
 
 from dvrlink.protocol.presence_events import Address
+from dvrlink.protocol.stun import (
+    ATTR_CHANGE_REQUEST,
+    ATTR_RESPONSE_PORT,
+    CHANGE_IP,
+    CHANGE_PORT,
+    HEADER_LENGTH,
+    MAGIC_COOKIE,
+    encode_success,
+    encode_unknown_attributes,
+    mapped_address,
+    parse_binding,
+)
 
-HEADER_LENGTH = 20
-MAGIC_COOKIE = b"\x21\x12\xa4\x42"
-CHANGE_IP = 0x04
-"""CHANGE-REQUEST flag: answer from the other IP address."""
-CHANGE_PORT = 0x02
-"""CHANGE-REQUEST flag: answer from the other port."""
+__all__ = [
+    "CHANGE_IP",
+    "CHANGE_PORT",
+    "HEADER_LENGTH",
+    "MAGIC_COOKIE",
+    "Origin",
+    "Rfc5780Addresses",
+    "StunReply",
+    "answer_binding",
+    "parse_binding_request",
+]
 
 
 class Origin(enum.Enum):
@@ -130,7 +153,7 @@ class StunReply:
 
 
 def parse_binding_request(data: bytes) -> stun.Message | None:
-    """The Binding request in ``data``, or None if ``data`` is not a well-formed one."""
+    """The Binding request in ``data`` (RFC 5389 form), or None if ``data`` is not a well-formed one."""
     if len(data) < HEADER_LENGTH or data[4:8] != MAGIC_COOKIE or len(data) % 4:
         return None
     try:
@@ -146,32 +169,39 @@ def answer_binding(
     data: bytes, source: Address, received_on: Origin, addresses: Rfc5780Addresses
 ) -> StunReply | None:
     """The reply to ``data`` received from ``source`` on the socket of ``received_on``, or None if
-    ``data`` is not a well-formed Binding request (or its CHANGE-REQUEST is malformed).
+    ``data`` is not a well-formed Binding request (see ``dvrlink.protocol.stun.parse_binding``).
+
+    A request with an attribute this server does not understand gets 420 from the receiving
+    address. Otherwise the success response comes from the address CHANGE-REQUEST asks for and
+    goes to the source IP at RESPONSE-PORT (or the source port). RESPONSE-ORIGIN and
+    OTHER-ADDRESS (SOURCE-ADDRESS and CHANGED-ADDRESS for an RFC 3489 client) are included only
+    when the client signalled RFC 5780 with CHANGE-REQUEST or RESPONSE-PORT.
 
     Never raises on bad input.
     """
-    request = parse_binding_request(data)
+    request = parse_binding(data)
     if request is None:
         return None
-    flags = request.attributes.get("CHANGE-REQUEST", 0)
-    if not isinstance(flags, int):
-        return None
-    origin = received_on.changed(bool(flags & CHANGE_IP), bool(flags & CHANGE_PORT))
-    response = stun.Message(
-        message_method=stun.Method.BINDING,
-        message_class=stun.Class.RESPONSE,
-        transaction_id=request.transaction_id,
-    )
-    host = source[0].split("%", 1)[0]
+    host, port = mapped_address(source)
     try:
         family = ipaddress.ip_address(host).version
     except ValueError:
         return None
     if family != ipaddress.ip_address(addresses.primary_host).version:
         return None  # an IPv4-mapped or foreign-family source cannot get a coherent answer
-    response.attributes["XOR-MAPPED-ADDRESS"] = (host, source[1])
-    response.attributes["RESPONSE-ORIGIN"] = addresses.address(origin)
-    response.attributes["OTHER-ADDRESS"] = addresses.address(received_on.changed(True, True))
-    if "FINGERPRINT" in request.attributes:
-        response.add_fingerprint()
-    return StunReply(bytes(response), (host, source[1]), origin)
+    refused = tuple(kind for kind in request.unknown if kind not in (ATTR_CHANGE_REQUEST, ATTR_RESPONSE_PORT))
+    if refused:
+        return StunReply(encode_unknown_attributes(request, refused), (host, port), received_on)
+    flags = request.change or 0
+    origin = received_on.changed(bool(flags & CHANGE_IP), bool(flags & CHANGE_PORT))
+    destination = (host, port if request.response_port is None else request.response_port)
+    if request.rfc5780:
+        data = encode_success(
+            request,
+            (host, port),
+            addresses.address(origin),
+            addresses.address(received_on.changed(True, True)),
+        )
+    else:
+        data = encode_success(request, (host, port))
+    return StunReply(data, destination, origin)

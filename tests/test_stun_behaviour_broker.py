@@ -19,8 +19,7 @@ Address = tuple[str, int]
 
 def _request(change: int = 0) -> tuple[bytes, bytes]:
     message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    if change:
-        message.attributes["CHANGE-REQUEST"] = change
+    message.attributes["CHANGE-REQUEST"] = change  # 0 too: an RFC 5780 client says so
     message.add_fingerprint()
     return bytes(message), message.transaction_id
 
@@ -98,7 +97,10 @@ def test_without_an_alternate_stun_stays_plain(tmp_path: Path) -> None:
         broker = await start_broker(config_from_mapping(_config(tmp_path), "test"))
         try:
             response, source = await _ask(broker.link.local_address, CHANGE_IP | CHANGE_PORT)
+            # No alternate address: a change cannot be honoured, and the broker says so (420).
             assert source == broker.link.local_address
+            assert response.message_class == stun.Class.ERROR and response.error_code == 420, response
+            response, source = await _ask(broker.link.local_address, 0)
             assert "OTHER-ADDRESS" not in response.attributes
             assert "XOR-MAPPED-ADDRESS" in response.attributes
         finally:
