@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
-from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner
+from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
@@ -132,6 +132,7 @@ async def _run_locked(
     tuning = events.tuning = _presence_tuning(config, client, loop, modem)
     tuning.flush = link.flush
     tuning.transport = lambda: link.transport.value
+    tuning.local_address = lambda: link.local_address
     if link.auto:
         tuning.tcp_interval = link.tcp_keepalive_interval
         tuning.prefer_tcp = lambda reason: link.prefer(Transport.TCP, reason)
@@ -193,6 +194,7 @@ def _presence_tuning(
                 max_probe_s=presence.max_keepalive_interval_s / LearnerConfig().safety,
             ),
             presence.keepalive_interval_s,
+            ProbeBudget(),  # shared with the TCP learner: the broker holds 8 probes per device
         )
         tuning.prober = NatProber(
             learner, client, (config.broker.host, config.broker.port), on_event=tuning.on_learner_event
@@ -213,12 +215,14 @@ def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTu
     start = config.presence.tcp_keepalive_interval_s
     learner = LifetimeLearner(
         LearnerConfig(
+            parallel=2,  # hour-long probes: leave the UDP learner most of the broker's probe slots
             min_interval_s=min(60.0, start / 2),
             max_interval_s=3600.0,
             max_probe_s=3600.0,
             remeasure_s=7 * 86400.0,
         ),
         start,
+        tuning.prober.learner.budget if tuning.prober is not None else ProbeBudget(),
     )
     return NatProber(
         learner,

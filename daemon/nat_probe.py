@@ -20,7 +20,10 @@ connection if the NAT still holds its mapping. Carriers keep idle TCP mappings f
 hour, so these probes are long; each costs a TLS handshake (a few kB), so they are repeated
 rarely (``LearnerConfig.remeasure_s``).
 
-What the learner decides (``IntervalChanged``, ``MeasurementDone``) goes to the callbacks.
+What the learner decides (``IntervalChanged``, ``MeasurementDone``) goes to the callbacks. The
+presence session's keepalives are the learner's control (``broker_answered``, ``session_lost``):
+a probe lost while the broker was not answering proves nothing. Probers of one device share the
+learner's ``ProbeBudget``; when another prober frees a slot, this one sends what waited for it.
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ class NatProber:
         self._stopped = False
         self.answered = 0
         self.lost = 0
+        budget = learner.budget
+        if budget is not None:
+            budget.on_release(self._slot_freed)
 
     @property
     def learner(self) -> LifetimeLearner:
@@ -141,6 +147,18 @@ class NatProber:
             self._timer.cancel()
             self._timer = None
         self._stopped = True
+        self._learner.stop()
+
+    def broker_answered(self) -> None:
+        """A presence keepalive was answered: the broker is up (the learner's control)."""
+        self._learner.broker_answered(self._loop.time())
+        self._pump()
+
+    def session_lost(self) -> None:
+        """The presence session ended: the probes out prove nothing; measure again later."""
+        self._cancel_probes()
+        self._learner.session_lost(self._loop.time())
+        self._pump()
 
     async def close(self) -> None:
         """Stop every probe and the timer. Idempotent."""
@@ -190,6 +208,10 @@ class NatProber:
         deadline = learner.get_timer()
         if deadline is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _slot_freed(self) -> None:
+        if not (self._closed or self._stopped):
+            self._loop.call_soon(self._pump)  # never inside another learner's call
 
     def _on_timer(self) -> None:
         self._timer = None

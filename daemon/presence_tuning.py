@@ -5,6 +5,12 @@ reports to the broker. Hooked into ``DeviceEvents`` (presence events, after each
   reflexive address (another NAT mapping, another network) restarts it from the configured
   interval. Each interval the learner picks goes to the presence client
   (``set_keepalive_interval``) and into the report.
+- The presence session is the learners' control: an answered keepalive confirms probes lost
+  before it as expired mappings; a lost session (a broker outage or restart, a new
+  registration) voids the probes out (``daemon/nat_lifetime.py``).
+- A device the broker sees at its own address (the link's local address: a public or loopback
+  address, no NAT) has no mapping lifetime to learn: no probes, the configured interval, and no
+  move to TCP on that account.
 - Once the UDP lifetime is known, presence in ``auto`` moves to TCP when keeping alive there
   costs clearly fewer bytes a day (``daemon/keepalive_cost.py``): carriers keep idle TCP mappings
   far longer than UDP ones.
@@ -25,10 +31,23 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dvrlink.daemon.keepalive_cost import Costs, compare
-from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LearnerState, MeasurementDone
+from dvrlink.daemon.nat_lifetime import (
+    IntervalChanged,
+    LearnerEvent,
+    LearnerState,
+    MeasurementDone,
+    behind_nat,
+)
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.reporting import Reporter
-from dvrlink.protocol.presence_events import Address, ClientEvent, ReflexiveAddressChanged, Registered
+from dvrlink.protocol.presence_events import (
+    Address,
+    ClientEvent,
+    ConnectionLost,
+    KeepaliveAcknowledged,
+    ReflexiveAddressChanged,
+    Registered,
+)
 from dvrlink.protocol.presence_report import DeviceReport
 
 log = logging.getLogger(__name__)
@@ -91,12 +110,18 @@ class PresenceTuning:
         """Why the NAT lifetime probes are paused (the data cap); empty while they may run."""
         self._held: set[NatProber] = set()
         """Probers stopped or kept from starting by the pause, to start when it ends."""
+        self.local_address: Callable[[], Address | None] = lambda: None
+        """The presence link's local address (``PresenceTransport.local_address``)."""
+        self.no_nat: Address | None = None
+        """Set while the broker sees the device at its own local address: no NAT to learn."""
 
     def status(self) -> dict[str, Any]:
         """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
         prober = self.prober
         if prober is None:
             return {"keepalive_learning": "off"}
+        if self.no_nat is not None:
+            return {"keepalive_learning": "no-nat"}
         if self.paused:
             return {"keepalive_learning": "paused"}
         learner = prober.learner
@@ -107,7 +132,18 @@ class PresenceTuning:
         }
 
     def on_event(self, event: ClientEvent) -> None:
-        """Start or restart the measurement on registration and address changes."""
+        """Start or restart the measurement on registration and address changes; give the
+        learners their control (keepalives answered, the session lost)."""
+        probers = [p for p in (self.prober, self.tcp_prober) if p is not None]
+        if isinstance(event, KeepaliveAcknowledged):
+            for each in probers:
+                each.broker_answered()
+            return
+        if isinstance(event, ConnectionLost | Registered):
+            for each in probers:
+                each.session_lost()
+        if isinstance(event, Registered) and not self._nat_between(event.reflexive_address):
+            return
         tcp_prober = self.tcp_prober
         if tcp_prober is not None and isinstance(event, Registered | ReflexiveAddressChanged):
             if tcp_prober.learner.state is LearnerState.IDLE and isinstance(event, Registered):
@@ -133,6 +169,33 @@ class PresenceTuning:
         elif isinstance(event, ReflexiveAddressChanged) and self._measured_from is not None:
             self._measured_from = event.new
             prober.path_changed(f"reflexive address changed to {event.new}")
+
+    def _nat_between(self, reflexive: Address) -> bool:
+        """False (and the learners stopped) while the broker sees the device at its own address."""
+        local = self.local_address()
+        if behind_nat(local, reflexive):
+            if self.no_nat is not None:
+                log.info("the broker now sees this device at %s, not its own address: a NAT", reflexive)
+            self.no_nat = None
+            return True
+        if self.no_nat is None:
+            log.info(
+                "no NAT between this device and the broker (it sees the device at its own address "
+                "%s:%d): no mapping lifetime to learn; the keepalive interval stays as configured",
+                *reflexive,
+            )
+        self.no_nat = reflexive
+        for prober in (self.prober, self.tcp_prober):
+            if prober is None:
+                continue
+            handle = self._starting.pop(prober, None)
+            if handle is not None:
+                handle.cancel()
+            self._held.discard(prober)
+            if prober.learner.state is not LearnerState.IDLE:
+                prober.stop()
+        self._measured_from = None
+        return False
 
     def _start_later(self, prober: NatProber) -> None:
         """Start ``prober`` ``learn_after_s`` after registering, so its probes do not compete
@@ -173,6 +236,8 @@ class PresenceTuning:
         if not reason:
             held, self._held = self._held, set()
             for prober in held:
+                if self.no_nat is not None:
+                    continue
                 if prober is self.prober and self.transport() != "udp":
                     continue  # measured again once presence is back on UDP
                 prober.start()
@@ -211,7 +276,7 @@ class PresenceTuning:
     def _choose_transport(self) -> None:
         """With the UDP interval learned, compare with TCP's cost; move to TCP if much cheaper."""
         prober, tcp_interval = self.prober, self.tcp_interval
-        if prober is None or tcp_interval is None:
+        if prober is None or tcp_interval is None or self.no_nat is not None:
             return
         self.costs = costs = compare(prober.learner.interval, tcp_interval)
         log.info("presence cost: %s", costs.describe())

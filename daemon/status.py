@@ -145,8 +145,9 @@ class DaemonStatus:
     keepalive_s: float | None = None
     """The keepalive interval in use, seconds."""
     keepalive_learning: str = "off"
-    """``off`` (fixed interval), ``measuring`` the NAT, ``settled``, or ``paused`` (the cellular
-    data cap is reached: the NAT lifetime probes wait for the next billing cycle)."""
+    """``off`` (fixed interval), ``measuring`` the NAT, ``settled``, ``paused`` (the cellular
+    data cap is reached: the NAT lifetime probes wait for the next billing cycle), or ``no-nat``
+    (the broker sees the device at its own address: nothing to learn)."""
     nat_lifetime_s: float | None = None
     """The longest idle time the NAT kept a UDP mapping in the last measurement."""
 
@@ -281,6 +282,8 @@ def format_keepalive(status: DaemonStatus) -> str:
     every = f"every {status.keepalive_s:g} s"
     if status.keepalive_learning == "measuring":
         return f"{every} (measuring how long the NAT keeps an idle UDP mapping)"
+    if status.keepalive_learning == "no-nat":
+        return f"{every} (fixed: no NAT, the broker sees this device at its own address)"
     if status.keepalive_learning == "paused":
         return f"{every} (NAT lifetime probes paused: the cellular data cap is reached)"
     if status.keepalive_learning == "settled" and status.nat_lifetime_s is not None:

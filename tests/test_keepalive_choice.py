@@ -13,7 +13,13 @@ from dvrlink.daemon.keepalive_cost import (
     compare,
     daily_bytes,
 )
-from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerState, MeasurementDone
+from dvrlink.daemon.nat_lifetime import (
+    IntervalChanged,
+    LearnerConfig,
+    LearnerState,
+    LifetimeLearner,
+    MeasurementDone,
+)
 from dvrlink.daemon.presence_transport import (
     PolicyConfig,
     SwitchRequested,
@@ -23,6 +29,7 @@ from dvrlink.daemon.presence_transport import (
     UdpProbeRequested,
 )
 from dvrlink.daemon.presence_tuning import PresenceTuning
+from dvrlink.protocol.presence_events import Registered
 from dvrlink.protocol.presence_report import DeviceReport
 
 
@@ -119,3 +126,61 @@ def test_a_learned_tcp_lifetime_sets_the_tcp_interval_and_compares_again() -> No
     tuning.on_tcp_learner_event(MeasurementDone(1800.0, None))
     assert given == [1620.0] and tuning.tcp_interval == 1620.0
     assert len(moved) == 1 and "TCP every 1620 s" in moved[0]
+
+
+@dataclass(eq=False)
+class RecordingProber:
+    """Stands in for ``NatProber`` (which would open sockets): a real learner, calls recorded."""
+
+    learner: LifetimeLearner
+    calls: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def path_changed(self, reason: str) -> None:
+        self.calls.append("path_changed")
+
+    def broker_answered(self) -> None:
+        self.calls.append("broker_answered")
+
+    def session_lost(self) -> None:
+        self.calls.append("session_lost")
+
+
+@pytest.mark.parametrize(
+    ("local", "seen", "learns"),
+    [
+        (("127.0.0.1", 40000), ("127.0.0.1", 40000), False),  # loopback: no NAT
+        (("198.51.100.7", 40000), ("198.51.100.7", 40000), False),  # a public address
+        (("::ffff:198.51.100.7", 40000), ("198.51.100.7", 40000), False),
+        (("10.0.0.2", 40000), ("198.51.100.7", 61000), True),  # behind a NAT
+    ],
+)
+def test_a_device_seen_at_its_own_address_has_no_nat_to_learn(
+    local: tuple[str, int], seen: tuple[str, int], learns: bool
+) -> None:
+    """The issue's loopback run learned "33 s" and moved to TCP. With no NAT between device and
+    broker there is no mapping lifetime: no probes, and no move to TCP on that account."""
+    client = FakeClient()
+    udp = RecordingProber(LifetimeLearner(LearnerConfig(), 25.0))
+    tcp = RecordingProber(LifetimeLearner(LearnerConfig(), 300.0))
+    tuning = PresenceTuning(client, lambda: 0.0, interval=25.0, prober=udp)  # type: ignore[arg-type]
+    tuning.tcp_prober = tcp  # type: ignore[assignment]
+    tuning.tcp_interval = 300.0
+    moved: list[str] = []
+    tuning.prefer_tcp = moved.append
+    tuning.local_address = lambda: local
+    tuning.on_event(Registered(1, seen, 25.0))
+    started = [name for name, prober in (("udp", udp), ("tcp", tcp)) if "start" in prober.calls]
+    if learns:
+        assert started == ["udp", "tcp"], started
+        return
+    assert started == [], f"a device seen at its own address {seen} starts learning: {started}"
+    assert tuning.status()["keepalive_learning"] == "no-nat", tuning.status()
+    # Even a measurement that somehow ended short must not move presence to TCP.
+    tuning.on_learner_event(MeasurementDone(33.1, 33.6))
+    assert moved == []

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
+from presence_harness import Device, Lab
 
 from dvrlink.daemon.nat_lifetime import (
     IntervalChanged,
@@ -12,7 +16,9 @@ from dvrlink.daemon.nat_lifetime import (
     LearnerState,
     LifetimeLearner,
     MeasurementDone,
+    ProbeBudget,
 )
+from dvrlink.protocol.presence_events import Address, ConnectionLost, KeepaliveAcknowledged, Registered
 
 GRACE = 3.0
 CONFIGURED = 25.0
@@ -22,25 +28,30 @@ def simulate(
     lifetime: float, config: LearnerConfig | None = None, limit: float = 7200.0
 ) -> tuple[LifetimeLearner, float, list[object]]:
     """Run a measurement against a NAT that keeps idle mappings ``lifetime`` s: a probe's answer
-    arrives at its delay if shorter, else it is declared lost ``GRACE`` s after it. Returns the
-    learner, the time it settled and its events."""
+    arrives at its delay if shorter, else it is declared lost ``GRACE`` s after it. The broker
+    answers the presence keepalives (the control) every ``CONFIGURED`` s. Returns the learner,
+    the time it settled and its events."""
     learner = LifetimeLearner(config or LearnerConfig(), CONFIGURED)
     now = 0.0
     learner.start(now)
-    pending: list[tuple[float, int, bool]] = []
+    pending: list[tuple[float, int, str]] = []
     events: list[object] = []
+    control = CONFIGURED
     while learner.state is LearnerState.MEASURING:
         for probe in learner.probes_to_send():
             answered = probe.delay < lifetime
-            heapq.heappush(
-                pending, (now + probe.delay + (0 if answered else GRACE), probe.probe_id, answered)
-            )
+            outcome = "answered" if answered else "lost"
+            heapq.heappush(pending, (now + probe.delay + (0 if answered else GRACE), probe.probe_id, outcome))
         while (event := learner.next_event()) is not None:
             events.append(event)
-        assert pending, "measuring with no probe out"
-        now, probe_id, answered = heapq.heappop(pending)
+        if not pending or pending[0][0] >= control:  # lost probes wait for the control
+            now, control = control, control + CONFIGURED
+            assert now <= limit, "no result in time"
+            learner.broker_answered(now)
+            continue
+        now, probe_id, outcome = heapq.heappop(pending)
         assert now <= limit, "no result in time"
-        if answered:
+        if outcome == "answered":
             learner.probe_answered(probe_id, now)
         else:
             learner.probe_lost(probe_id, now)
@@ -72,6 +83,8 @@ def test_a_short_lifetime_lowers_the_interval_as_soon_as_a_probe_fails() -> None
     assert sorted(probes) == [12.5, 25.0, 50.0, 100.0, 200.0, 400.0]
     learner.probe_answered(probes[12.5], 12.5)
     learner.probe_lost(probes[25.0], 28.0)  # the configured interval is too long for this NAT
+    assert learner.interval == CONFIGURED  # not before the broker is seen answering
+    learner.broker_answered(30.0)  # the presence keepalive is answered: the broker is up
     assert learner.interval == pytest.approx(11.2)  # 0.9 x 12.5, before the measurement ends
     changed = [e for e in iter(learner.next_event, None) if isinstance(e, IntervalChanged)]
     assert changed and changed[-1].interval == learner.interval
@@ -134,3 +147,139 @@ def test_an_endpoint_that_never_answers_is_given_up_after_three_rounds() -> None
             learner.handle_timer(now)
     assert learner.state is LearnerState.IDLE and learner.get_timer() is None
     assert learner.interval == 300.0 and learner.probes_to_send() == []
+
+
+# -- the learner next to a real broker core (made-up time) ------------------------------------
+
+UDP_START_S = 60.0
+"""``learn_after_s``: the measurement starts a minute after the first registration."""
+
+
+def daemon_learners() -> tuple[LifetimeLearner, LifetimeLearner]:
+    """The UDP and TCP learners as ``run_daemon`` builds them for the default config."""
+    budget = ProbeBudget()
+    udp = LifetimeLearner(
+        LearnerConfig(min_interval_s=10.0, max_interval_s=1800.0, max_probe_s=2000.0), 25.0, budget
+    )
+    tcp = LifetimeLearner(
+        LearnerConfig(
+            min_interval_s=60.0, max_interval_s=3600.0, max_probe_s=3600.0, remeasure_s=7 * 86400.0
+        ),
+        300.0,
+        budget,
+    )
+    return udp, tcp
+
+
+@dataclass
+class _Out:
+    learner: LifetimeLearner
+    probe_id: int
+    echo: int
+    delay: float
+    deadline: float
+
+
+class ProbeRig:
+    """Drives learners the way ``NatProber`` does, against the broker core of ``presence_harness.Lab``:
+    each probe is a keepalive from a fresh source port (its own mapping), answered to that port
+    after its delay, or lost ``GRACE`` s after it. The presence session's keepalives are the
+    control: their answers and losses go to every learner (``PresenceTuning`` does the same)."""
+
+    def __init__(self, lab: Lab, device: Device, learners: list[LifetimeLearner]) -> None:
+        self.lab, self.device, self.learners = lab, device, learners
+        self.out: dict[Address, _Out] = {}
+        self.ports = itertools.count(50000)
+        self.seen_events = 0
+        self.seen_strays = 0
+        self.lost: list[float] = []
+        """Delays of the probes reported lost to a learner."""
+
+    def run(self, until: float, step: float = 0.5, tick: Callable[[float], None] | None = None) -> None:
+        lab = self.lab
+        while lab.now < until:
+            lab.advance(lab.now + step)
+            if tick is not None:
+                tick(lab.now)
+            now = lab.now
+            for event in self.device.events[self.seen_events :]:
+                for learner in self.learners:
+                    if isinstance(event, KeepaliveAcknowledged):
+                        learner.broker_answered(now)
+                    elif isinstance(event, ConnectionLost | Registered):
+                        learner.session_lost(now)
+            self.seen_events = len(self.device.events)
+            for data, address, _ in lab.strays[self.seen_strays :]:
+                entry = self.out.get(address)
+                if entry is not None and self.device.client.probe_reply(data) == entry.echo:
+                    del self.out[address]
+                    entry.learner.probe_answered(entry.probe_id, now)
+            self.seen_strays = len(lab.strays)
+            for address, entry in list(self.out.items()):
+                if now >= entry.deadline:
+                    del self.out[address]
+                    self.lost.append(entry.delay)
+                    entry.learner.probe_lost(entry.probe_id, now)
+            for learner in self.learners:
+                timer = learner.get_timer()
+                if timer is not None and timer <= now:
+                    learner.handle_timer(now)
+                for probe in learner.probes_to_send():
+                    made = self.device.client.probe_datagram(probe.delay)
+                    if made is None:
+                        learner.probe_unsent(probe.probe_id, now)
+                        continue
+                    source = (self.device.address[0], next(self.ports))
+                    if lab.broker_up:
+                        lab.server.receive_datagram(made[0], source, now)
+                    self.out[source] = _Out(
+                        learner, probe.probe_id, made[1], probe.delay, now + probe.delay + GRACE
+                    )
+            lab.pump()
+
+
+def test_without_a_nat_every_probe_is_answered_even_with_the_tcp_learner_running() -> None:
+    """The issue's loopback run: no NAT, the UDP and TCP learners of the default config start
+    together. The broker holds ``max_probes_per_device`` probes per device and silently drops
+    more; a dropped probe must not pass for a NAT expiry ("measured 33 s", then TCP)."""
+    lab = Lab(interval=25.0)
+    device = lab.add_device("DL-NAT-0001")
+    lab.start_all()
+    udp, tcp = daemon_learners()
+    rig = ProbeRig(lab, device, [tcp, udp])  # the daemon starts the TCP learner first
+    rig.run(UDP_START_S)
+    tcp.start(lab.now)
+    udp.start(lab.now)
+    rig.run(4 * 3600.0)
+    assert udp.bracket[1] is None and udp.interval >= 25.0, (
+        f"learned {udp.bracket} with no NAT (interval {udp.interval:g} s); lost probes {rig.lost}"
+    )
+    assert rig.lost == [], f"probes taken as lost on a path with no NAT: {rig.lost}"
+    assert lab.server.stats["probes_dropped"] == 0, lab.server.stats
+
+
+@pytest.mark.parametrize("outage", ["restart", "down 40 s"])
+def test_probes_lost_to_a_broker_outage_are_no_nat_expiry(outage: str) -> None:
+    """The broker restarts (or stops answering) while probes are out: they are lost, but the
+    broker was not answering the control keepalives either, so nothing is learned from them."""
+    lab = Lab(interval=25.0)
+    device = lab.add_device("DL-NAT-0002")
+    lab.start_all()
+    udp, _ = daemon_learners()
+    rig = ProbeRig(lab, device, [udp])
+    rig.run(UDP_START_S)
+    udp.start(lab.now)
+    rig.run(UDP_START_S + 30.0)  # 12.5 and 25 s answered; 50 s and longer out
+
+    def outage_at(now: float) -> None:
+        if outage == "restart" and not hasattr(outage_at, "done"):
+            outage_at.done = True  # type: ignore[attr-defined]
+            lab.restart_broker()
+        elif outage != "restart":
+            lab.broker_up = not UDP_START_S + 30.0 <= now < UDP_START_S + 70.0
+
+    rig.run(3 * 3600.0, tick=outage_at)
+    assert any(isinstance(e, ConnectionLost) for e in device.events), "the outage was not noticed"
+    assert rig.lost, "no probe was lost to the outage: the test does not test anything"
+    assert udp.bracket[1] is None, f"an outage taken for a NAT expiry: bracket {udp.bracket}, lost {rig.lost}"
+    assert udp.interval >= 25.0, udp.interval
