@@ -280,6 +280,7 @@ class BrokerApi:
         app.router.add_get("/v1/devices/{serial}", self.get_device, allow_head=False)
         app.router.add_get("/v1/devices/{serial}/identity", self.device_identity, allow_head=False)
         app.router.add_post("/v1/devices/{serial}/pairings", self.pair_device)
+        app.router.add_delete("/v1/devices/{serial}/pairings", self.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", self.ping_device)
         app.router.add_post("/v1/sessions", self.create_session)
         app.router.add_get("/v1/sessions", self.list_sessions, allow_head=False)
@@ -468,6 +469,17 @@ class BrokerApi:
             raise ApiError(502, "device_error", f"device {serial} cannot answer pings; update its dvrlinkd")
         rtt_ms = round((time.monotonic() - started) * 1000, 1)
         return web.json_response({"serial": serial, "rtt_ms": rtt_ms}, headers={"Cache-Control": "no-store"})
+
+    async def unpair_device(self, request: web.Request) -> web.Response:
+        """DELETE /v1/devices/{serial}/pairings: forget the caller's pairing of the device (the
+        device's own list of viewers is the viewer's to change, over a session)."""
+        user = self._user(request)
+        serial = request.match_info["serial"]
+        device = self._known_device(serial)
+        if not self._registry.remove_pairing(user, device.serial):
+            raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}")
+        log.info("%s unpaired %s", user, device.serial)
+        return web.json_response({"serial": device.serial, "unpaired": True})
 
     async def pair_device(self, request: web.Request) -> web.Response:
         """POST /v1/devices/{serial}/pairings: relay a pairing proof to the device."""

@@ -289,6 +289,11 @@ def openapi_document() -> dict[str, Any]:
                         "result": {**_B64, "description": "PairResult bytes signed by the device"},
                     },
                 },
+                "Unpairing": {
+                    "type": "object",
+                    "required": ["serial", "unpaired"],
+                    "properties": {"serial": {"type": "string"}, "unpaired": {"const": True}},
+                },
             },
         },
         "paths": {
@@ -412,7 +417,22 @@ def openapi_document() -> dict[str, Any]:
                         "502": _error("The device's answer was not a valid pairing result (`device_error`)"),
                         "504": _error("The device did not answer in time (`device_timeout`)"),
                     },
-                }
+                },
+                "delete": {
+                    "summary": (
+                        "Forget the caller's pairing of the device (the device's own list of viewers is "
+                        "changed by the viewer over a session, with the `unpair` request)"
+                    ),
+                    "operationId": "unpairDevice",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL],
+                    "responses": {
+                        "200": _json("Unpaired", "Unpairing"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired to this account (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                },
             },
             "/v1/sessions": {
                 "post": {

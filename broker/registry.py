@@ -696,6 +696,14 @@ class Registry:
             (username, serial, viewer_key, now),
         )
 
+    def remove_pairing(self, username: str, serial: str) -> bool:
+        """Forget the pairing of ``serial`` to ``username`` (``dvrlink unpair``); False if there
+        was none. The device keeps its own list of viewers: the viewer asks it separately."""
+        cursor = self._db.execute(
+            "DELETE FROM pairings WHERE username = ? AND serial = ?", (username, serial)
+        )
+        return cursor.rowcount > 0
+
     def pairings_for(self, username: str) -> list[PairingRecord]:
         """All devices paired to ``username``, by serial."""
         rows = self._db.execute(

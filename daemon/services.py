@@ -12,6 +12,9 @@ the target from the stream-open header. What the viewer sees:
   then the stream ends.
 - ``RpcTarget("info")``: a JSON object ``{serial, version, uptime_s, forward, sessions}``, then
   the end of the stream.
+- ``RpcTarget("unpair")``: the device forgets this session's viewer (``dvrlink unpair``) and
+  answers ``{"revoked": true}`` (``false`` if it was already forgotten), then the stream ends.
+  New sessions from that viewer are refused from then on; this one ends when the viewer closes it.
 - any other method: reset with ``UNKNOWN_METHOD``.
 
 Nothing a stream does (a peer reset, a TCP error, a bad request, a failing info provider) raises
@@ -422,6 +425,8 @@ class DeviceInfo:
 
 
 InfoProvider = Callable[[], DeviceInfo]
+Revoker = Callable[[], bool]
+"""Forgets the session's viewer; True if it was paired. May raise (logged, stream reset)."""
 TcpConnector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -450,8 +455,11 @@ async def serve_stream(
     stats: ServiceStats | None = None,
     connect: TcpConnector = _open_tcp,
     label: str = "session",
+    revoke: Revoker | None = None,
 ) -> None:
     """Serve one stream the viewer opened for ``target`` until it is over (see the module doc).
+
+    ``revoke`` serves ``unpair``; without it, ``unpair`` is an unknown method.
 
     ``label`` names the session in log lines. Never raises, except ``CancelledError`` after the
     stream is reset.
@@ -469,6 +477,15 @@ async def serve_stream(
         elif target.method == "info":
             if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
                 stream.write(_info_json(info_provider(), config))
+                stream.write_eof()
+                await stream.drain()
+        elif target.method == "unpair" and revoke is not None:
+            if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
+                revoked = revoke()
+                log.warning(
+                    "%s: the viewer unpaired itself: %s", label, "forgotten" if revoked else "was not paired"
+                )
+                stream.write(json.dumps({"revoked": revoked}).encode("utf-8"))
                 stream.write_eof()
                 await stream.drain()
         else:
@@ -557,9 +574,11 @@ class SessionServices:
         stats: ServiceStats | None = None,
         connect: TcpConnector = _open_tcp,
         label: str = "session",
+        revoke: Revoker | None = None,
     ) -> None:
         self._config = config
         self._info = info_provider
+        self._revoke = revoke
         self._stats = stats if stats is not None else ServiceStats()
         self._connect = connect
         self._label = label
@@ -597,6 +616,7 @@ class SessionServices:
                 stats=self._stats,
                 connect=self._connect,
                 label=self._label,
+                revoke=self._revoke,
             )
         finally:
             self._open -= 1

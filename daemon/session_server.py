@@ -23,7 +23,7 @@ For each offer the broker pushes:
    reply carries ours found since the last one, held back up to ``TRICKLE_HOLD_S`` when there
    is nothing new yet (the viewer's request is also its long poll for ours). An invite for a
    session not in the table is answered ``INVITE_GONE``.
-5. Streams go to ``SessionServices`` (allow-listed forwards, ping, info) until the session
+5. Streams go to ``SessionServices`` (allow-listed forwards, ping, info, unpair) until the session
    closes; then its paths are released and it leaves the table.
 
 Answers never exceed an invite body (1024 bytes): when our candidates do not fit, the relay
@@ -81,6 +81,10 @@ class ViewerStore(Protocol):
 
     def viewers(self) -> list[Viewer]:
         """The paired viewers. Raises ``StateError`` if they cannot be read."""
+        ...
+
+    def remove_viewer(self, public_key: bytes) -> bool:
+        """Forget a paired viewer; False if it was not there. Raises ``StateError``."""
         ...
 
 
@@ -376,7 +380,9 @@ class SessionServer:
         core = DeviceSession(
             self._key, device_certificate(self._key, self._serial, self._wall_clock()), self._is_authorised
         )
-        services = SessionServices(self._services, self.info, stats=self.stats, label=label)
+        services = SessionServices(
+            self._services, self.info, stats=self.stats, label=label, revoke=lambda: self._revoke(core)
+        )
         runner = DeviceRunner(core, conn, on_stream=services.start)
         entry.core, entry.runner = core, runner
         try:
@@ -485,6 +491,17 @@ class SessionServer:
         self.on_reply()
 
     # -- helpers --
+
+    def _revoke(self, core: DeviceSession) -> bool:
+        """Forget the viewer authenticated on ``core`` (its ``unpair`` request).
+
+        Raises:
+            StateError: ``viewers.json`` cannot be read or written (the stream is reset).
+        """
+        key = core.peer_public_key
+        if key is None:
+            return False
+        return self._viewers.remove_viewer(key)
 
     def _is_authorised(self, raw: bytes) -> bool:
         """The device's own verdict on a viewer key (called by the session core)."""

@@ -194,6 +194,24 @@ class DeviceState:
         self._write(self.state_dir / VIEWERS_FILE, _json_bytes(items))
         return True
 
+    def remove_viewer(self, public_key: bytes) -> bool:
+        """Forget a paired viewer (``dvrlink unpair``); returns False (and changes nothing) if
+        the key is not there.
+
+        Raises:
+            StateError: the file is malformed or cannot be written.
+        """
+        viewers = self.viewers()
+        kept = [v for v in viewers if v.public_key != public_key]
+        if len(kept) == len(viewers):
+            return False
+        items = [
+            {"public_key": b64encode_key(v.public_key), "account": v.account, "paired_at": v.paired_at}
+            for v in kept
+        ]
+        self._write(self.state_dir / VIEWERS_FILE, _json_bytes(items))
+        return True
+
     # --- pairing failures --------------------------------------------------------------------
 
     def pairing_failures(self) -> list[float]:

@@ -358,6 +358,7 @@ class _Session:
         self._last_sent: float | None = None
         self._ping_uid = 0
         self._peer_fingerprint: str | None = None
+        self._peer_key: bytes | None = None
         self._last_heard: float | None = None
         self._heard_marker: tuple[int, ...] = ()
         self._last_probe: float | None = None
@@ -374,6 +375,11 @@ class _Session:
     def peer_fingerprint(self) -> str | None:
         """Fingerprint of the authenticated peer key once established, else None."""
         return self._peer_fingerprint
+
+    @property
+    def peer_public_key(self) -> bytes | None:
+        """The authenticated peer's raw Ed25519 key once established, else None."""
+        return self._peer_key
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
@@ -807,6 +813,7 @@ class DeviceSession(_Session):
             )
         else:
             self._peer_fingerprint = fp
+            self._peer_key = raw
             self._set_state(SessionState.ESTABLISHED)
             self._events.append(SessionEstablished(fp))
 

@@ -46,6 +46,9 @@ class NoViewers:
     def viewers(self) -> list[Viewer]:
         return []
 
+    def remove_viewer(self, public_key: bytes) -> bool:
+        return False
+
 
 def server(replies: Replies, config: SessionsConfig | None = None) -> SessionServer:
     return SessionServer(

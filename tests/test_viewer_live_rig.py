@@ -7,6 +7,7 @@ it only. Each daemon gets a serial of its own, so a test that kills one leaves t
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import socketserver
 import subprocess
@@ -234,3 +235,48 @@ def test_without_a_tty_each_connection_is_a_status_line(rig: Rig, device: Daemon
     finally:
         forward.stop(BOUND)
         lines.join()
+
+
+def _paired_keys(daemon: Daemon) -> list[str]:
+    viewers = json.loads((daemon.home / "state" / "viewers.json").read_text())
+    return [v["public_key"] for v in viewers]
+
+
+def test_unpair_revokes_the_viewer_on_the_device_and_at_the_broker(rig: Rig) -> None:
+    serial = "DL-LIVE-0020"
+    daemon = rig.device(serial)
+    assert len(_paired_keys(daemon)) == 1
+    done = rig.viewer.run("unpair", serial, check=False)
+    assert done.returncode == 0, done
+    assert f"{serial} revoked this viewer" in done.stdout, done.stdout
+    assert _paired_keys(daemon) == [], "the device still holds the viewer's key"
+    assert serial not in rig.viewer.run("devices").stdout
+    pins = json.loads((rig.viewer.home / "pins.json").read_text())
+    assert serial not in pins
+    again = rig.viewer.run("forward", serial, "0:1", check=False)
+    assert again.returncode == 1 and "not paired" in again.stderr, again
+
+
+def test_unpair_of_an_offline_device_does_the_broker_part_and_says_so(rig: Rig) -> None:
+    serial = "DL-LIVE-0021"
+    daemon = rig.device(serial)
+    assert daemon.stop(BOUND) == 0
+    done = rig.viewer.run("unpair", serial, check=False)
+    assert done.returncode == 0, done
+    assert "offline" in done.stderr and "still holds this viewer's key" in done.stderr, done.stderr
+    assert serial not in rig.viewer.run("devices").stdout
+    assert len(_paired_keys(daemon)) == 1  # the device could not be told
+
+
+def test_logout_forgets_the_token_and_keeps_the_key(rig: Rig, tmp_path: Path) -> None:
+    viewer = Viewer(tmp_path / "viewer")
+    viewer.login(rig.broker, USER, PASSWORD)
+    done = viewer.run("logout", check=False)
+    assert done.returncode == 0, done
+    assert "logged out" in done.stdout, done.stdout
+    assert not (viewer.home / "viewer.json").exists()
+    assert (viewer.home / "viewer_key.pem").exists()
+    after = viewer.run("devices", check=False)
+    assert after.returncode == 1 and "not logged in" in after.stderr, after
+    again = viewer.run("logout", check=False)
+    assert again.returncode == 0 and "not logged in" in again.stdout, again

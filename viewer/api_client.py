@@ -250,6 +250,21 @@ class BrokerClient:
             return self._parse(lambda b: parse_pair_answer(b, paired=False), resp, "POST", path)
         raise self._error(resp, "POST", path, serial=serial)
 
+    async def unpair(self, serial: str) -> bool:
+        """``DELETE /v1/devices/{serial}/pairings``: forget this account's pairing of the device;
+        False if the broker had none.
+
+        Raises:
+            ViewerError: unknown device, bad login, the broker cannot be reached, ...
+        """
+        path = f"/v1/devices/{_serial(serial)}/pairings"
+        resp = await self._request("DELETE", path)
+        if resp.status == 200:
+            return True
+        if resp.status == 403 and _error_code(resp.body) == "not_paired":
+            return False
+        raise self._error(resp, "DELETE", path, serial=serial)
+
     async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
         """``POST /v1/sessions``: a session id plus TURN credentials and the STUN server to gather with.
 

@@ -46,6 +46,7 @@ from dvrlink.viewer.forward import (
     parse_forward_spec,
     ping,
     refused_forwards,
+    unpair_self,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("target", metavar="SERIAL|URI", help="device serial, or a dvrlink://pair?... URI")
     pair.add_argument("code", metavar="CODE", nargs="?", help="pairing code from the device label")
 
+    sub.add_parser(
+        "logout",
+        parents=[common],
+        help="forget the stored login token (the viewer key and pins stay)",
+        description="Remove the stored broker login (viewer.json). The viewer key and the device "
+        "keys pinned at pairing stay, so `dvrlink login` again is all it takes to come back.",
+    )
+
     devices = sub.add_parser("devices", parents=[common], help="list the devices paired to your account")
     devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -165,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("-c", dest="count", metavar="N", type=int, default=4, help="pings to send (default 4)")
 
     sub.add_parser("sessions", parents=[common], help="list your sessions the broker remembers")
+
+    unpair = sub.add_parser(
+        "unpair",
+        parents=[common, session],
+        help="unpair a device: it forgets this viewer, the broker forgets the pairing",
+        description="Unpair a device: open a session and ask the device itself to forget this "
+        "viewer's key, then remove the pairing at the broker and the pinned key here. If the "
+        "device cannot be reached, only the broker and local parts are done (and it says so).",
+    )
+    unpair.add_argument("serial", metavar="SERIAL")
     return parser
 
 
@@ -216,6 +235,10 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _ping(args, home)
     if command == "sessions":
         return await _sessions(args, home)
+    if command == "logout":
+        return _logout(home)
+    if command == "unpair":
+        return await _unpair(args, home)
     raise ViewerError(f"unknown command {command!r}: see `dvrlink --help`", EXIT_USAGE)
 
 
@@ -611,4 +634,55 @@ async def _sessions(args: argparse.Namespace, home: ViewerHome) -> int:
     async with _client(args, login) as client:
         sessions = await client.list_sessions()
     sys.stdout.write(render_sessions(sessions, now))
+    return EXIT_OK
+
+
+def _logout(home: ViewerHome) -> int:
+    login = home.forget_login()
+    if login is None:
+        print(f"not logged in (no {home.login_path}): nothing to do")
+        return EXIT_OK
+    print(
+        f"logged out of {login.broker} as {login.username}: the token is forgotten here "
+        f"({home.login_path} removed; the viewer key and pins stay)"
+    )
+    return EXIT_OK
+
+
+async def _unpair(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    login = _require_login(home, time.time())
+    pins = home.load_pins()  # a malformed pins.json stops here, before anything changes
+    device_problem: str | None = None
+    revoked = False
+    async with _client(args, login) as client:
+        if serial not in pins:
+            device_problem = (
+                f"no key of {serial} is pinned on this computer, so no session to it can be opened"
+            )
+        else:
+            try:
+                runner = await open_session(client, home, serial, session_policy(args), args.host_address)
+            except ViewerError as exc:
+                device_problem = exc.message
+            else:
+                try:
+                    revoked = await unpair_self(runner)
+                except ViewerError as exc:
+                    device_problem = exc.message
+                finally:
+                    await runner.close()
+        at_broker = await client.unpair(serial)
+    unpinned = home.remove_pin(serial)
+    if device_problem is None:
+        print(f"{serial} revoked this viewer" if revoked else f"{serial} had already forgotten this viewer")
+    else:
+        _warn(
+            f"warning: {serial} could not be told ({device_problem}); it still holds this viewer's "
+            "key: pair and unpair again once it is online, or remove the key from viewers.json on it"
+        )
+    print(
+        f"the broker {'forgot' if at_broker else 'had no'} pairing of {serial} for {login.username}; "
+        f"{'removed' if unpinned else 'there was no'} pinned key for it here"
+    )
     return EXIT_OK

@@ -494,3 +494,23 @@ def refused_forwards(specs: Sequence[ForwardSpec], info: Mapping[str, object]) -
             reason = describe_reset(ServiceErrorCode.NOT_ALLOWED, target)
             messages.append(f"{reason} (it allows {shown})")
     return messages
+
+
+async def unpair_self(opener: StreamOpener, *, timeout_s: float = 10.0) -> bool:
+    """Ask the device to forget this viewer (``unpair``); True if it did, False if it had
+    already forgotten it.
+
+    Raises:
+        ViewerError: no reply in time, a reset (an older dvrlinkd does not know ``unpair``), or
+            a reply that is not ``{"revoked": bool}``.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, "unpair", b"", MAX_INFO_BYTES)
+    except TimeoutError:
+        raise ViewerError(f"no unpair reply from the device within {timeout_s:g} s") from None
+    with contextlib.suppress(ValueError):
+        body = json.loads(reply)
+        if isinstance(body, dict) and isinstance(body.get("revoked"), bool):
+            return bool(body["revoked"])
+    raise ViewerError('the device\'s unpair reply is not {"revoked": true|false}: is it a dvrlinkd?')

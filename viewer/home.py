@@ -137,6 +137,24 @@ class ViewerHome:
         }
         self._write(self.login_path, _dump(body))
 
+    def forget_login(self) -> Login | None:
+        """Remove ``viewer.json`` (``dvrlink logout``); returns what it held, or None if there was
+        no login. The viewer key and the pins stay.
+
+        Raises:
+            ViewerError: the file is malformed (left alone), or cannot be removed.
+        """
+        login = self.load_login()
+        if login is None:
+            return None
+        try:
+            self.login_path.unlink()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ViewerError(f"cannot remove {self.login_path}: {exc.strerror or exc}") from exc
+        return login
+
     # -- viewer_key.pem ---------------------------------------------------------------------------
 
     def load_key(self) -> Ed25519PrivateKey | None:
@@ -221,6 +239,9 @@ class ViewerHome:
         """
         pins = self.load_pins()
         pins[serial] = pin
+        self._write_pins(pins)
+
+    def _write_pins(self, pins: Mapping[str, Pin]) -> None:
         body = {
             s: {
                 "public_key": b64encode_key(p.public_key),
@@ -230,6 +251,19 @@ class ViewerHome:
             for s, p in sorted(pins.items())
         }
         self._write(self.pins_path, _dump(body))
+
+    def remove_pin(self, serial: str) -> bool:
+        """Forget the pin of ``serial`` (``dvrlink unpair``); False if there was none.
+
+        Raises:
+            ViewerError: the existing file is unreadable or malformed (it is left alone), or the
+                new file cannot be written.
+        """
+        pins = self.load_pins()
+        if pins.pop(serial, None) is None:
+            return False
+        self._write_pins(pins)
+        return True
 
     # -- helpers ----------------------------------------------------------------------------------
 
