@@ -11,6 +11,9 @@ helpers ignore everything after ``%``, so:
   broker sees it: true, shown in ``dvrlinkd status``, but no use for UDP hole punching;
 - ``DeviceMoved`` over TCP means the device's session now arrives on another connection (it
   reconnected); replies and invites follow to the new one;
+- when the connection a session is reached over closes, the core is told
+  (``connection_closed``) and the device is offline at once: nothing can reach it there, and
+  waiting for 2.5 of its (long, TCP) keepalive intervals would list a dead device as online;
 - the cookie round trip still binds a registration to the connection's peer address; the
   amplification rules are moot over TCP, so the limits here are per connection instead:
   connections per IP and in all, a first message within ``first_message_timeout_s``, an idle
@@ -64,6 +67,7 @@ class ServerCore(Protocol):
     def next_event(self) -> ServerEvent | None: ...
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
+    def connection_closed(self, address: Address, now: float) -> None: ...
 
 
 class TransportRouter:
@@ -121,6 +125,10 @@ class TransportRouter:
         self._core.handle_timer(now)
 
     # -- for the TCP link ----------------------------------------------------------------------
+
+    def stream_closed(self, address: Address, now: float) -> None:
+        """A TCP connection closed: a device reached over it goes offline at once."""
+        self._core.connection_closed(address, now)
 
     def receive_stream(self, data: bytes, address: Address, now: float) -> bool:
         """A message from a TCP connection; True if the core accepted it (did not count it dropped)."""
@@ -285,6 +293,11 @@ class PresenceTcpServer:
             self._per_ip[conn.peer_ip] = left
         else:
             self._per_ip.pop(conn.peer_ip, None)
+        try:
+            self._router.stream_closed(conn.address, self._loop.time())
+        except Exception:  # a bug must not kill the link
+            log.exception("presence core failed on the close of %s", conn.address[0])
+        self._flush()
 
     def message(self, data: bytes, address: Address) -> bool:
         try:

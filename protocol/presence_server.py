@@ -217,6 +217,8 @@ class PresenceServer:
         self._cookies = CookieJar(rng(32), config.cookie_lifetime)
         self._by_sid: dict[int, _Session] = {}
         self._by_serial: dict[str, _Session] = {}
+        self._by_connection: dict[Address, int] = {}
+        """Session id by connection address (a host with a ``%`` suffix: a TCP link's stream)."""
         self._pending: dict[int, _Pending] = {}
         self._pending_by_nonce: dict[bytes, int] = {}
         self._next_handle = 1
@@ -333,6 +335,7 @@ class PresenceServer:
         session_id = self._new_session_id()
         if old is not None:
             self._by_sid.pop(old.session_id, None)
+            self._unindex(old)
             if old.online and old.registered is not None:
                 self._events.append(
                     RegistrationUnconfirmed(pending.serial, pending.address, now - old.registered_at)
@@ -350,6 +353,7 @@ class PresenceServer:
         )
         self._by_sid[session_id] = session
         self._by_serial[pending.serial] = session
+        self._index(session)
         session.send_counter = 1
         header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session_id, 1) + broker_ephemeral
         plain = REGISTERED_PLAIN.build(
@@ -410,6 +414,14 @@ class PresenceServer:
         self._invites[invite.invite_id] = invite
         self._transmit_invite(invite, now)
         return invite.invite_id
+
+    def connection_closed(self, address: Address, now: float) -> None:
+        """The connection at ``address`` (a stream address of the TCP link) closed. A device whose
+        session was reached there cannot be reached until it registers again: it goes offline at
+        once (``DeviceOffline``), instead of after its keepalive intervals of silence."""
+        session = self._by_sid.get(self._by_connection.pop(address, 0))
+        if session is not None and session.address == address:
+            self._go_offline(session, "its presence connection closed")
 
     def presence(self, serial: str) -> PresenceInfo | None:
         """Presence of ``serial``, or None if it has not registered since the broker started."""
@@ -613,9 +625,19 @@ class PresenceServer:
         session.last_seen = now
         if address != session.address:
             old = session.address
+            self._unindex(session)
             session.address = address
             session.address_bytes = encode_address(address)
+            self._index(session)
             self._events.append(DeviceMoved(session.serial, old, address))
+
+    def _index(self, session: _Session) -> None:
+        if "%" in session.address[0]:
+            self._by_connection[session.address] = session.session_id
+
+    def _unindex(self, session: _Session) -> None:
+        if self._by_connection.get(session.address) == session.session_id:
+            del self._by_connection[session.address]
 
     def _take_pending(self, handle: int) -> _Pending:
         pending = self._pending.pop(handle)
@@ -668,6 +690,7 @@ class PresenceServer:
 
     def _go_offline(self, session: _Session, reason: str) -> None:
         if self._by_sid.pop(session.session_id, None) is not None:
+            self._unindex(session)
             session.online = False
             session.registered = None
             self._events.append(DeviceOffline(session.serial, reason))
