@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "status":
         return _status(config, as_json=args.json)
     if command == "pairing-code":
-        return _pairing_code(config, create=args.create)
+        return _pairing_code(config, create=args.create, uri_only=args.uri)
     return _run(config, environ)
 
 
@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="make the device key and pairing code if missing (before the first start; run "
                 "as root or as the daemon's user)",
+            )
+            sub.add_argument(
+                "--uri",
+                action="store_true",
+                help='print only the pairing URI (for a QR code generator, or `dvrlink pair "$(...)"`)',
             )
     return parser
 
@@ -155,7 +160,7 @@ def _status(config: DaemonConfig, *, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _pairing_code(config: DaemonConfig, *, create: bool) -> int:
+def _pairing_code(config: DaemonConfig, *, create: bool, uri_only: bool = False) -> int:
     state = DeviceState(config.device.state_dir)
     try:
         key = state.device_key(create=create)
@@ -165,10 +170,14 @@ def _pairing_code(config: DaemonConfig, *, create: bool) -> int:
         return EXIT_RUNTIME
     fp = fingerprint(ed25519_public_bytes(key))
     serial = config.device.serial
+    uri = PairingUri(serial, secret, fp).format()
+    if uri_only:
+        print(uri)
+        return EXIT_OK
     print(f"serial:       {serial}")
     print(f"pairing code: {format_code(secret)}")
     print(f"fingerprint:  {format_fingerprint(fp)}")
-    print(f"pairing URI:  {PairingUri(serial, secret, fp).format()}")
+    print(f"pairing URI:  {uri}")
     print("Anyone with the serial and this code can pair a viewer: show it only to the owner.")
     return EXIT_OK
 

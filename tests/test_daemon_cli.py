@@ -70,6 +70,16 @@ def test_pairing_code_process_output_parses_back(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout  # the same device keeps its code and key
 
+    only = subprocess.run(
+        [str(DVRLINKD), "pairing-code", "--uri", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert only.returncode == 0, only.stderr
+    assert only.stdout.splitlines() == [uri.format()], only.stdout  # the URI alone, for scripts
+
 
 def test_pairing_code_with_a_corrupt_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
