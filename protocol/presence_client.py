@@ -221,12 +221,13 @@ class PresenceClient:
             raise RuntimeError("PresenceClient.start() called twice")
         self._send_hello(now)
 
-    def network_changed(self, now: float) -> None:
-        """The local address or uplink changed: register again at once."""
+    def network_changed(self, now: float, reason: str = "local network changed") -> None:
+        """The local address or uplink changed, or the link under the session went (``reason``
+        says which, for the ``ConnectionLost`` of an online session): register again at once."""
         if self._state is ClientState.IDLE:
             return
         if self._state is ClientState.ONLINE:
-            self._events.append(ConnectionLost("local network changed"))
+            self._events.append(ConnectionLost(reason))
         self._send_hello(now)
 
     def stop(self, now: float) -> None:
