@@ -3,6 +3,7 @@ that name the value and say what to write."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -117,12 +118,12 @@ def test_forward_specs(text: str, spec: ForwardSpec) -> None:
         ("554", "expected [BIND:]LOCAL:REMOTE or [BIND:]LOCAL:HOST:REMOTE"),
         ("", "expected [BIND:]LOCAL:REMOTE"),
         ("a:b:c:d:e", "expected [BIND:]LOCAL:REMOTE"),
-        ("8554:rtsp", "remote port 'rtsp' must be a number from 1 to 65535"),
-        ("8554:0", "remote port '0' must be a number from 1 to 65535"),
-        ("70000:554", "local port '70000' must be a number from 0 to 65535"),
-        ("-1:554", "local port '-1'"),
-        (":8554:554", "bind address '' must be a host name or IP address"),
-        ("8554::554", "device-side host '' must be a host name or IP address"),
+        ("8554:rtsp", 'remote port "rtsp" must be a number from 1 to 65535'),
+        ("8554:0", 'remote port "0" must be a number from 1 to 65535'),
+        ("70000:554", 'local port "70000" must be a number from 0 to 65535'),
+        ("-1:554", 'local port "-1"'),
+        (":8554:554", 'bind address "" must be a host name or IP address'),
+        ("8554::554", 'device-side host "" must be a host name or IP address'),
         ("[::1:8554:554", "an opening '[' has no closing ']'"),
         ("[::1]8554:554", "a ']' must be followed by ':'"),
         ("8554:554 ", None),
@@ -135,6 +136,6 @@ def test_bad_forward_specs(text: str, expected: str | None) -> None:
     with pytest.raises(ValueError) as info:
         parse_forward_spec(text)
     message = str(info.value)
-    assert message.startswith(f"bad forward {text!r}: ")
+    assert message.startswith(f"bad forward {json.dumps(text)}: ")
     assert expected in message
     assert "e.g. 8554:554" in message

@@ -690,7 +690,7 @@ def test_malformed_home_file_is_reported_not_overwritten(cli: Cli, url: str) -> 
     cli.home.mkdir()
     (cli.home / "viewer.json").write_text("{oops")
     code, _, err = cli("login", "--broker", url, "--user", "alice", "--password-stdin", stdin="pw\n")
-    assert code == 1
+    assert code == 78  # EX_CONFIG, as the other two programs
     assert str(cli.home / "viewer.json") in err and "is malformed" in err
     assert (cli.home / "viewer.json").read_text() == "{oops"
 

@@ -82,10 +82,10 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "not a JSON object"),
-        ('{"broker": "https://b", "username": "a", "token": "t"}', "'expires_at'"),
-        ('{"broker": "https://b", "username": "a", "token": 5, "expires_at": 1}', "'token'"),
-        ('{"broker": "https://b", "username": "a", "token": "t", "expires_at": "x"}', "'expires_at'"),
-        ('{"broker": "https://b", "username": "a", "token": "t", "expires_at": 1, "cacert": 3}', "'cacert'"),
+        ('{"broker": "https://b", "username": "a", "token": "t"}', '"expires_at"'),
+        ('{"broker": "https://b", "username": "a", "token": 5, "expires_at": 1}', '"token"'),
+        ('{"broker": "https://b", "username": "a", "token": "t", "expires_at": "x"}', '"expires_at"'),
+        ('{"broker": "https://b", "username": "a", "token": "t", "expires_at": 1, "cacert": 3}', '"cacert"'),
     ],
 )
 def test_malformed_login_file_is_named_and_never_overwritten(tmp_path: Path, content: str, what: str) -> None:
@@ -167,8 +167,8 @@ def _pins_text(**changes: object) -> str:
         (_pins_text(public_key="!!"), "public_key of DL-0001"),
         (_pins_text(public_key=b64encode_key(b"x" * 31)), "32 bytes"),
         (_pins_text(fingerprint=_pin(2).fingerprint), "does not match its public key"),
-        (_pins_text(paired_at=None), "'paired_at'"),
-        (_pins_text(paired_at=True), "'paired_at'"),
+        (_pins_text(paired_at=None), '"paired_at"'),
+        (_pins_text(paired_at=True), '"paired_at"'),
     ],
 )
 def test_malformed_pins_are_named_and_never_overwritten(tmp_path: Path, content: str, what: str) -> None:

@@ -166,13 +166,13 @@ def test_parse_device_accepts_the_contract_shape() -> None:
     ("body", "what"),
     [
         ([], "not a JSON object"),
-        (_device_body(online="yes"), "'online'"),
-        (_device_body(last_seen="x"), "'last_seen'"),
-        (_device_body(paired_at=None), "'paired_at'"),
-        (_device_body(reflexive_address=5), "'reflexive_address'"),
+        (_device_body(online="yes"), '"online"'),
+        (_device_body(last_seen="x"), '"last_seen"'),
+        (_device_body(paired_at=None), '"paired_at"'),
+        (_device_body(reflexive_address=5), '"reflexive_address"'),
         (_device_body(serial="bad serial"), "not valid"),
         (_device_body(serial="DL-0009"), "not DL-0001"),
-        ({k: v for k, v in _device_body().items() if k != "last_seen"}, "'last_seen' is missing"),
+        ({k: v for k, v in _device_body().items() if k != "last_seen"}, '"last_seen" is missing'),
     ],
 )
 def test_parse_device_rejects_bad_fields(body: Any, what: str) -> None:
@@ -183,7 +183,7 @@ def test_parse_device_rejects_bad_fields(body: Any, what: str) -> None:
 def test_parse_devices_names_the_bad_entry() -> None:
     with pytest.raises(ValueError, match="device #2"):
         parse_devices({"devices": [_device_body(), _device_body(online=None)]})
-    with pytest.raises(ValueError, match="'devices'"):
+    with pytest.raises(ValueError, match='"devices"'):
         parse_devices({"items": []})
 
 
@@ -203,7 +203,7 @@ def test_parse_identity_checks_fingerprint_against_key() -> None:
 def test_parse_token_and_pair_answer() -> None:
     token = parse_token({"token": "t", "expires_at": 5, "username": "alice"})
     assert (token.token, token.expires_at, token.username) == ("t", 5.0, "alice")
-    with pytest.raises(ValueError, match="'expires_at'"):
+    with pytest.raises(ValueError, match='"expires_at"'):
         parse_token({"token": "t", "username": "alice"})
     answer = parse_pair_answer({"status": "paired", "result": base64.b64encode(b"abc").decode()}, True)
     assert (answer.paired, answer.result) == (True, b"abc")

@@ -453,7 +453,7 @@ def test_forward_arguments() -> None:
     assert err.value.exit_code == EXIT_USAGE and "no forward given" in err.value.message
     with pytest.raises(ViewerError) as err:
         forward_specs(parser.parse_args(["forward", SERIAL, "8554"]))
-    assert err.value.exit_code == EXIT_USAGE and "bad forward '8554'" in err.value.message
+    assert err.value.exit_code == EXIT_USAGE and 'bad forward "8554"' in err.value.message
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from dvrlink.viewer.api_types import (
     parse_sessions,
     parse_token,
 )
-from dvrlink.viewer.errors import EXIT_USAGE, ViewerError
+from dvrlink.viewer.errors import EXIT_USAGE, ViewerError, toml_value
 from dvrlink.viewer.render import format_ago
 
 _T = TypeVar("_T")
@@ -79,21 +79,21 @@ def check_broker_url(text: str, *, allow_http: bool = False) -> str:
     try:
         url = yarl.URL(text.strip())
     except (ValueError, TypeError) as exc:
-        raise ViewerError(f"broker URL {text!r} is not valid ({exc})", EXIT_USAGE) from exc
+        raise ViewerError(f"broker URL {toml_value(text)} is not valid ({exc})", EXIT_USAGE) from exc
     if url.scheme not in ("https", "http") or not url.host:
         raise ViewerError(
-            f"broker URL {text!r} is not valid: give it as https://HOST[:PORT], "
+            f"broker URL {toml_value(text)} is not valid: give it as https://HOST[:PORT], "
             "for example https://broker.example.net:8443",
             EXIT_USAGE,
         )
     if url.scheme == "http" and not allow_http:
         raise ViewerError(
-            f"broker URL {text!r} uses plain http, which would send your password and token in "
+            f"broker URL {toml_value(text)} uses plain http, which would send your password and token in "
             f"clear: use https:// (for a lab broker only, {INSECURE_HTTP_FLAG} allows it)",
             EXIT_USAGE,
         )
     if url.query_string or url.fragment:
-        raise ViewerError(f"broker URL {text!r} must not have a query or fragment", EXIT_USAGE)
+        raise ViewerError(f"broker URL {toml_value(text)} must not have a query or fragment", EXIT_USAGE)
     return str(url).rstrip("/")
 
 
@@ -302,7 +302,7 @@ class BrokerClient:
                 no relay on the device's side, unknown or used session, malformed answer, ...
         """
         if len(session_id) != 32 or any(ch not in "0123456789abcdef" for ch in session_id):
-            raise ValueError(f"session id {session_id!r} is not 32 lower-case hex digits")
+            raise ValueError(f"session id {toml_value(session_id)} is not 32 lower-case hex digits")
         path = f"/v1/sessions/{session_id}/offer"
         body = {
             "ice_ufrag": ice_ufrag,
@@ -331,7 +331,7 @@ class BrokerClient:
             ViewerError: the session is gone or unknown, the device is offline or did not answer, ...
         """
         if len(session_id) != 32 or any(ch not in "0123456789abcdef" for ch in session_id):
-            raise ValueError(f"session id {session_id!r} is not 32 lower-case hex digits")
+            raise ValueError(f"session id {toml_value(session_id)} is not 32 lower-case hex digits")
         path = f"/v1/sessions/{session_id}/candidates"
         body = {"candidates": list(candidates), "end_of_candidates": end_of_candidates}
         resp = await self._request("POST", path, body, timeout=self._offer_timeout)

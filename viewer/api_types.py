@@ -16,6 +16,7 @@ from typing import Any
 from dvrlink.protocol.identity import b64decode_key, fingerprint, validate_serial
 from dvrlink.protocol.presence_report import DeviceReport
 from dvrlink.protocol.signalling import TurnServer
+from dvrlink.viewer.errors import toml_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +76,25 @@ def _object(data: Any) -> Mapping[str, Any]:
 def _string(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"field {name!r} is missing or not a string")
+        raise ValueError(f"field {toml_value(name)} is missing or not a string")
     return value
 
 
 def _bool(data: Mapping[str, Any], name: str) -> bool:
     value = data.get(name)
     if not isinstance(value, bool):
-        raise ValueError(f"field {name!r} is missing or not true/false")
+        raise ValueError(f"field {toml_value(name)} is missing or not true/false")
     return value
 
 
 def _number(data: Mapping[str, Any], name: str, nullable: bool) -> float | None:
     if name not in data:
-        raise ValueError(f"field {name!r} is missing")
+        raise ValueError(f"field {toml_value(name)} is missing")
     value = data[name]
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"field {name!r} is not a number{' or null' if nullable else ''}")
+        raise ValueError(f"field {toml_value(name)} is not a number{' or null' if nullable else ''}")
     return float(value)
 
 
@@ -118,7 +119,7 @@ def parse_device(data: Any, expected_serial: str | None = None) -> Device:
     body = _object(data)
     address = body.get("reflexive_address")
     if address is not None and (not isinstance(address, str) or ":" not in address):
-        raise ValueError("field 'reflexive_address' is not 'ip:port' or null")
+        raise ValueError('field "reflexive_address" is not "IP:PORT" or null')
     paired_at = _number(body, "paired_at", nullable=False)
     assert paired_at is not None
     fp = _string(body, "fingerprint")
@@ -141,7 +142,7 @@ def _report(body: Mapping[str, Any]) -> DeviceReport | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ValueError("field 'report' is not an object or null")
+        raise ValueError('field "report" is not an object or null')
     return DeviceReport.from_dict(value)
 
 
@@ -150,7 +151,7 @@ def parse_devices(data: Any) -> list[Device]:
     body = _object(data)
     items = body.get("devices")
     if not isinstance(items, list):
-        raise ValueError("field 'devices' is missing or not a list")
+        raise ValueError('field "devices" is missing or not a list')
     devices = []
     for index, item in enumerate(items):
         try:
@@ -167,10 +168,10 @@ def parse_identity(data: Any, expected_serial: str) -> DeviceIdentity:
         ValueError: a field is missing or wrong, or the fingerprint does not match the key.
     """
     body = _object(data)
-    key = b64decode_key(_string(body, "public_key"), "field 'public_key'")
+    key = b64decode_key(_string(body, "public_key"), 'field "public_key"')
     fp = _string(body, "fingerprint")
     if fp != fingerprint(key):
-        raise ValueError("field 'fingerprint' is not the fingerprint of 'public_key'")
+        raise ValueError('field "fingerprint" is not the fingerprint of "public_key"')
     return DeviceIdentity(_serial(body, expected_serial), key, fp, _bool(body, "online"))
 
 
@@ -185,7 +186,7 @@ def parse_pair_answer(data: Any, paired: bool) -> PairAnswer:
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"field 'result' is not base64: {exc}") from exc
+        raise ValueError(f'field "result" is not base64: {exc}') from exc
     return PairAnswer(paired, raw)
 
 
@@ -235,20 +236,20 @@ class SessionInfo:
 def _session_id(body: Mapping[str, Any]) -> str:
     value = _string(body, "session_id")
     if len(value) != 32 or any(ch not in "0123456789abcdef" for ch in value):
-        raise ValueError("field 'session_id' is not 32 lower-case hex digits")
+        raise ValueError('field "session_id" is not 32 lower-case hex digits')
     return value
 
 
 def _port(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"field {name!r} is not a port number")
+        raise ValueError(f"field {toml_value(name)} is not a port number")
     return value
 
 
 def _candidates(body: Mapping[str, Any]) -> tuple[str, ...]:
     items = body.get("candidates")
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise ValueError("field 'candidates' is missing or not a list of strings")
+        raise ValueError('field "candidates" is missing or not a list of strings')
     return tuple(items)
 
 
@@ -257,14 +258,14 @@ def parse_session_grant(data: Any) -> SessionGrant:
     body = _object(data)
     turn_items = body.get("turn")
     if not isinstance(turn_items, list):
-        raise ValueError("field 'turn' is missing or not a list")
+        raise ValueError('field "turn" is missing or not a list')
     turn = []
     for index, item in enumerate(turn_items):
         try:
             entry = _object(item)
             transport = _string(entry, "transport")
             if transport not in ("udp", "tcp"):
-                raise ValueError(f"field 'transport' is {transport!r}, not udp or tcp")
+                raise ValueError(f'field "transport" is {toml_value(transport)}, not "udp" or "tcp"')
             turn.append(
                 TurnServer(
                     _string(entry, "host"),
@@ -290,7 +291,7 @@ def parse_offer_answer(data: Any) -> OfferAnswer:
     """Check an accepted offer answer. Raises ValueError naming the bad field."""
     body = _object(data)
     if body.get("status") != "accepted":
-        raise ValueError(f"field 'status' is {body.get('status')!r}, not 'accepted'")
+        raise ValueError(f'field "status" is {toml_value(body.get("status"))}, not "accepted"')
     return OfferAnswer(
         _session_id(body),
         _string(body, "ice_ufrag"),
@@ -309,7 +310,7 @@ def parse_candidate_batch(data: Any) -> CandidateBatch:
 def _flag(body: Mapping[str, Any], name: str, *, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
-        raise ValueError(f"field {name!r} is {value!r}, not true or false")
+        raise ValueError(f"field {toml_value(name)} is {toml_value(value)}, not true or false")
     return value
 
 
@@ -318,7 +319,7 @@ def parse_sessions(data: Any) -> list[SessionInfo]:
     body = _object(data)
     items = body.get("sessions")
     if not isinstance(items, list):
-        raise ValueError("field 'sessions' is missing or not a list")
+        raise ValueError('field "sessions" is missing or not a list')
     out = []
     for index, item in enumerate(items):
         try:

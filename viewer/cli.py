@@ -1,7 +1,8 @@
 """``dvrlink``: log in to a broker, pair devices, list them and show their status; open sessions
 to them: ``forward`` local ports, ``ping``, and list ``sessions``.
 
-Exit codes: 0 success, 1 runtime error (one or two lines on stderr), 2 bad usage. Results go to
+Exit codes: 0 success, 1 runtime error (one or two lines on stderr), 2 bad usage, 78 (EX_CONFIG,
+as dvrlinkd and dvrlink-broker) a file in the home directory that cannot be used. Results go to
 stdout, warnings and errors to stderr; no traceback reaches the user.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import importlib.metadata
 import json
 import os
 import signal
@@ -33,7 +35,7 @@ from dvrlink.viewer.api_client import (
     is_plain_http,
 )
 from dvrlink.viewer.api_types import SessionInfo
-from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError
+from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError, toml_value
 from dvrlink.viewer.forward import (
     ConnectionAccepted,
     ConnectionClosed,
@@ -92,9 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reach recorders and gateways by serial number through a dvrlink broker.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    login = sub.add_parser("login", parents=[common], help="log in to a broker and store the token")
+    login = sub.add_parser(
+        "login",
+        parents=[common],
+        help="log in to a broker and store the token",
+        description="Log in to a broker over https and store its token in the home directory "
+        "(viewer.json, mode 0600); the first login also creates this computer's viewer key.",
+    )
     login.add_argument(
         "--broker", metavar="URL", help="broker URL, https://HOST[:PORT] (default: the stored one)"
     )
@@ -124,10 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
         "keys pinned at pairing stay, so `dvrlink login` again is all it takes to come back.",
     )
 
-    devices = sub.add_parser("devices", parents=[common], help="list the devices paired to your account")
+    devices = sub.add_parser(
+        "devices",
+        parents=[common],
+        help="list the devices paired to your account",
+        description="List the devices paired to your account: online or not, when last seen, their "
+        "address, and whether their key matches the one pinned here at pairing.",
+    )
     devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    status = sub.add_parser("status", parents=[common], help="show one device's details")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show one device's details",
+        description="Show what the broker knows of one paired device (presence, address, keepalive, "
+        "NAT, its last report) and the key pinned here.",
+    )
     status.add_argument("serial", metavar="SERIAL")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -168,12 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ping = sub.add_parser(
-        "ping", parents=[common, session], help="measure the round trip to a device through a session"
+        "ping",
+        parents=[common, session],
+        help="measure the round trip to a device through a session",
+        description="Open an end-to-end session to a device and time echo requests through it, "
+        "like ping(8): the round trip a forward's bytes take.",
     )
     ping.add_argument("serial", metavar="SERIAL")
     ping.add_argument("-c", dest="count", metavar="N", type=int, default=4, help="pings to send (default 4)")
 
-    sub.add_parser("sessions", parents=[common], help="list your sessions the broker remembers")
+    sub.add_parser(
+        "sessions",
+        parents=[common],
+        help="list your sessions the broker remembers",
+        description="List the sessions of your account that the broker still remembers, oldest "
+        "first (it sees their signalling only, never their contents).",
+    )
 
     unpair = sub.add_parser(
         "unpair",
@@ -185,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unpair.add_argument("serial", metavar="SERIAL")
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dvrlink")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +277,7 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return _logout(home)
     if command == "unpair":
         return await _unpair(args, home)
-    raise ViewerError(f"unknown command {command!r}: see `dvrlink --help`", EXIT_USAGE)
+    raise ViewerError(f"unknown command {toml_value(command)}: see `dvrlink --help`", EXIT_USAGE)
 
 
 def _require_login(home: ViewerHome, now: float) -> Login:

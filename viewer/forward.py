@@ -33,7 +33,7 @@ from dvrlink.daemon.services import (
     reset_quietly,
 )
 from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
-from dvrlink.viewer.errors import ViewerError
+from dvrlink.viewer.errors import ViewerError, toml_value
 
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_REMOTE_HOST = "127.0.0.1"
@@ -99,13 +99,13 @@ def _split_spec(text: str) -> list[str]:
 
 def _port(text: str, what: str, low: int) -> int:
     if not text.isdigit() or not low <= int(text) <= 65535:
-        raise ValueError(f"{what} {text!r} must be a number from {low} to 65535")
+        raise ValueError(f"{what} {toml_value(text)} must be a number from {low} to 65535")
     return int(text)
 
 
 def _host(text: str, what: str) -> str:
     if not text or any(ch.isspace() or ch in "/[]" for ch in text):
-        raise ValueError(f"{what} {text!r} must be a host name or IP address")
+        raise ValueError(f"{what} {toml_value(text)} must be a host name or IP address")
     return text
 
 
@@ -139,7 +139,7 @@ def parse_forward_spec(text: str) -> ForwardSpec:
             remote_port=_port(remote, "remote port", 1),
         )
     except ValueError as exc:
-        raise ValueError(f"bad forward {text!r}: {exc} ({_EXAMPLES})") from None
+        raise ValueError(f"bad forward {toml_value(text)}: {exc} ({_EXAMPLES})") from None
 
 
 # --- what the device's reset codes mean ---
@@ -165,9 +165,9 @@ def describe_reset(code: int | None, target: StreamTarget) -> str:
             return f"the device cannot connect to {where}: check the address (its log says more)"
     else:
         if code == ServiceErrorCode.UNKNOWN_METHOD:
-            return f"the device does not know the {target.method!r} request: update dvrlinkd on it"
+            return f"the device does not know the {toml_value(target.method)} request: update dvrlinkd on it"
         if code == ServiceErrorCode.BAD_REQUEST:
-            return f"the device refused the {target.method!r} request as too large"
+            return f"the device refused the {toml_value(target.method)} request as too large"
     if code == ServiceErrorCode.TOO_MANY_STREAMS:
         return "the device has too many streams open on this session: close some connections and retry"
     if code == ServiceErrorCode.INTERNAL:

@@ -31,7 +31,7 @@ from dvrlink.protocol.identity import (
     private_key_to_pem,
     validate_serial,
 )
-from dvrlink.viewer.errors import ViewerError
+from dvrlink.viewer.errors import EXIT_CONFIG, ViewerError, toml_value
 
 _T = TypeVar("_T")
 
@@ -78,8 +78,9 @@ class Pin:
 class ViewerHome:
     """Reads and writes the files in one home directory.
 
-    Every method raises ``ViewerError`` (exit code 1) for an unreadable, unwritable or malformed
-    file; the message names the file and what to do.
+    Every method raises ``ViewerError`` for an unreadable or malformed file (exit code 78,
+    EX_CONFIG) or one that cannot be written (exit code 1); the message names the file and what
+    to do.
     """
 
     def __init__(self, path: Path) -> None:
@@ -114,7 +115,7 @@ class ViewerHome:
         broker = _field(data, "broker", str, path, _LOGIN_FIX)
         cacert = data.get("cacert")
         if cacert is not None and not isinstance(cacert, str):
-            raise _malformed(path, "field 'cacert' is not a string or null", _LOGIN_FIX)
+            raise _malformed(path, 'field "cacert" is not a string or null', _LOGIN_FIX)
         username = _field(data, "username", str, path, _LOGIN_FIX)
         token = _field(data, "token", str, path, _LOGIN_FIX)
         expires_at = _number(data, "expires_at", path, _LOGIN_FIX)
@@ -176,7 +177,8 @@ class ViewerHome:
             raise ViewerError(
                 f"{self.key_path} is not a readable Ed25519 key ({_key_problem(exc)}): restore it "
                 "from a backup, or remove it and run `dvrlink login` to make a new one "
-                "(devices paired with the old key must then be paired again)"
+                "(devices paired with the old key must then be paired again)",
+                EXIT_CONFIG,
             ) from exc
 
     def load_or_create_key(self) -> tuple[Ed25519PrivateKey, bool]:
@@ -271,7 +273,8 @@ class ViewerHome:
         if self.path.exists() and not self.path.is_dir():
             raise ViewerError(
                 f"the dvrlink home {self.path} is not a directory: choose another with --home DIR "
-                "or $DVRLINK_HOME"
+                "or $DVRLINK_HOME",
+                EXIT_CONFIG,
             )
 
     def _read_json(self, path: Path, fix: str) -> Any:
@@ -313,11 +316,11 @@ def _dump(body: object) -> bytes:
 
 
 def _malformed(path: Path, what: str, fix: str) -> ViewerError:
-    return ViewerError(f"{path} is malformed ({what}): {fix}")
+    return ViewerError(f"{path} is malformed ({what}): {fix}", EXIT_CONFIG)
 
 
 def _unreadable(path: Path, exc: OSError) -> ViewerError:
-    return ViewerError(f"cannot read {path}: {exc.strerror or exc}; check its permissions")
+    return ViewerError(f"cannot read {path}: {exc.strerror or exc}; check its permissions", EXIT_CONFIG)
 
 
 def _key_problem(exc: ValueError) -> str:
@@ -330,12 +333,12 @@ def _key_problem(exc: ValueError) -> str:
 def _field(data: Mapping[str, Any], name: str, kind: type[_T], path: Path, fix: str) -> _T:
     value = data.get(name)
     if not isinstance(value, kind) or value == "":
-        raise _malformed(path, f"field {name!r} is missing or not a {kind.__name__}", fix)
+        raise _malformed(path, f"field {toml_value(name)} is missing or not a {kind.__name__}", fix)
     return value
 
 
 def _number(data: Mapping[str, Any], name: str, path: Path, fix: str) -> float:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _malformed(path, f"field {name!r} is missing or not a number", fix)
+        raise _malformed(path, f"field {toml_value(name)} is missing or not a number", fix)
     return float(value)
