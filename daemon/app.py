@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
@@ -129,6 +129,7 @@ async def _run_locked(
     )
     link = _presence_link(config, client, events)
     events.presence_transport = lambda: link.transport.value
+    events.link_status = link.status
     tuning = events.tuning = _presence_tuning(config, client, loop, modem)
     tuning.flush = link.flush
     tuning.transport = lambda: link.transport.value
@@ -279,6 +280,10 @@ def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceE
         make_link,
         probe_udp,
         tcp_keepalive_interval_s=presence.tcp_keepalive_interval_s,
+        endpoints={
+            Transport.UDP: _addr((broker.host, broker.port)),
+            Transport.TCP: _addr(broker.tcp_address),
+        },
     )
 
 
@@ -341,6 +346,9 @@ class DeviceEvents:
         self.status_file = status_file
         self._invites = invites
         self.presence_transport: Callable[[], str] = lambda: "udp"
+        self.link_status: Callable[[], dict[str, Any]] = dict
+        """The presence link's endpoint, state and why (``PresenceTransport.status``)."""
+        self._written_link: dict[str, Any] | None = None
         """What carries presence now (set by ``run_daemon``)."""
         self._started_at = time.time()
         self._ready_sent = False
@@ -419,7 +427,7 @@ class DeviceEvents:
         tuning hand over a report."""
         if self.tuning is not None:
             self.tuning.after_step()
-        if self._client.state.value != self._written_state:
+        if self._client.state.value != self._written_state or self.link_status() != self._written_link:
             self._write_status()
 
     def sessions_changed(self) -> None:
@@ -447,6 +455,7 @@ class DeviceEvents:
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
             transport=self.presence_transport(),
+            **self.link_status(),
             keepalive_s=self._client.keepalive_interval,
             **(self.tuning.status() if self.tuning is not None else {}),
         )
@@ -459,6 +468,7 @@ class DeviceEvents:
             return
         self._write_failed = False
         self._written_state = status.state
+        self._written_link = self.link_status()
 
 
 class _Watchdog:

@@ -36,7 +36,7 @@ class PresenceCore(Protocol):
     def next_event(self) -> ClientEvent | None: ...
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
-    def network_changed(self, now: float) -> None: ...
+    def network_changed(self, now: float, reason: str = ...) -> None: ...
 
 
 class EventHandler(Protocol):
@@ -80,6 +80,9 @@ class CloudLink:
         self._closed = False
         self.dropped = 0
         """Datagrams the core wanted to send while no socket was open."""
+        self.problem = ""
+        """Why no socket is open (the broker's name does not resolve, no route), for
+        ``dvrlinkd status``; empty while one is."""
 
     @property
     def local_address(self) -> Address | None:
@@ -100,7 +103,7 @@ class CloudLink:
         await self._open()
         self._started = True
         if resume:
-            self._core.network_changed(self._loop.time())
+            self._core.network_changed(self._loop.time(), f"presence moved to UDP {self._host}:{self._port}")
         else:
             self._core.start(self._loop.time())
         self._step()
@@ -138,6 +141,11 @@ class CloudLink:
             infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
             transport, remote = await self._connect_first(infos)
         except OSError as exc:
+            self.problem = (
+                f"cannot resolve the broker's name {self._host} ({exc.strerror or exc})"
+                if isinstance(exc, socket.gaierror)
+                else f"cannot open a UDP socket to the broker {self._host}:{self._port} ({exc})"
+            )
             log.warning(
                 "cannot open a UDP socket to the broker %s:%d (%s); retrying in %g s",
                 self._host,
@@ -156,6 +164,7 @@ class CloudLink:
         self._local = (str(sockname[0]), int(sockname[1]))
         self._remote = remote
         self._errors = 0
+        self.problem = ""
         if old_transport is not None:
             old_transport.close()
         log.info("UDP socket %s:%d -> broker %s:%d", *self._local, *remote)

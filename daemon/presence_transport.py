@@ -23,6 +23,13 @@ Policy (``[presence] transport``; ``auto`` by default), all with time passed in:
   retransmissions). An answer means UDP works again: presence moves back to UDP (and if UDP
   registration then fails, the rule above brings it back to TCP).
 
+What ``dvrlinkd status`` shows of it (:meth:`PresenceTransport.status`): the endpoint in use (the
+TCP one over TCP), whether the link is up (a TCP connection: ``connected``, ``connecting``,
+``reconnecting``; UDP: ``open``, or ``no socket`` while the broker's name does not resolve), since
+when and why not, and why presence is on this transport (``UDP to host:port got no answer``). A
+TCP connection that closes ends the presence session on it at once (the core registers again),
+so status never says ``online`` over a connection that is gone.
+
 TLS on the presence connection is for getting through middleboxes on port 443 and hiding the
 protocol, not for trust: the device pins the broker by its presence key inside the protocol, so
 the certificate is not checked.
@@ -37,13 +44,14 @@ import os
 import random
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from dvrlink.modem.netprobe import ProbeVerdict, StunProbe
 from dvrlink.protocol.presence_client import ClientState
-from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost
+from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,8 @@ class SwitchRequested(TransportEvent):
 
     transport: Transport
     reason: str
+    fallback: bool = False
+    """The transport left got no answer (not a move for cost, nor back to UDP once it answers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,7 @@ class TransportPolicy:
                 self._transport.other,
                 f"{self._failures} registration attempts over {self._transport.value} got no reply",
                 now,
+                fallback=True,
             )
 
     def prefer(self, transport: Transport, reason: str, now: float) -> None:
@@ -218,6 +229,7 @@ class TransportPolicy:
                 self._transport.other,
                 f"no reply over {self._transport.value} for {now - since:.0f} s",
                 now,
+                fallback=True,
             )
             return
         if self._next_probe is not None and not self._probing and now >= self._next_probe:
@@ -234,7 +246,9 @@ class TransportPolicy:
     def _auto(self) -> bool:
         return self.auto
 
-    def _switch(self, transport: Transport, reason: str, now: float, *, for_cost: bool = False) -> None:
+    def _switch(
+        self, transport: Transport, reason: str, now: float, *, for_cost: bool = False, fallback: bool = False
+    ) -> None:
         self._for_cost = for_cost
         self._transport = transport
         self._failures = 0
@@ -243,7 +257,7 @@ class TransportPolicy:
         self._probing = False
         self._next_probe = None
         self._schedule_probe(now)
-        self._events.append(SwitchRequested(transport, reason))
+        self._events.append(SwitchRequested(transport, reason, fallback))
 
     def _schedule_probe(self, now: float) -> None:
         if self._auto and self._transport is Transport.TCP and not self._probing and not self._for_cost:
@@ -272,7 +286,7 @@ class PresenceCore(Protocol):
     def next_event(self) -> ClientEvent | None: ...
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
-    def network_changed(self, now: float) -> None: ...
+    def network_changed(self, now: float, reason: str = ...) -> None: ...
     def set_keepalive_interval(self, interval: float, now: float) -> None: ...
 
 
@@ -288,6 +302,10 @@ class Link(Protocol):
 
     @property
     def local_address(self) -> Address | None: ...
+
+    problem: str
+    """Why the link has no socket or connection now (for ``dvrlinkd status``); empty while up."""
+
     async def start(self, *, resume: bool = False) -> None: ...
     def close(self) -> None: ...
     def detach(self) -> None: ...
@@ -347,6 +365,13 @@ class TcpLink:
         """Messages the core wanted to send while no connection was up."""
         self.connections = 0
         """Connections made so far."""
+        self.state = "connecting"
+        """``connecting`` (none made yet), ``connected`` or ``reconnecting``."""
+        self.since = time.time()
+        """Unix time ``state`` was entered."""
+        self.problem = ""
+        """Why no connection is up (the last connect error, or how the last one ended)."""
+        self._resumed = False
 
     @property
     def local_address(self) -> Address | None:
@@ -363,6 +388,7 @@ class TcpLink:
             raise RuntimeError("TcpLink.start() called twice")
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self._resumed = resume
         if not resume:
             self._core.start(self._loop.time())
         self._connect_soon(0.0)
@@ -417,6 +443,11 @@ class TcpLink:
                 self._connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self.problem = (
+                f"cannot resolve the broker's name {self._host} ({exc.strerror or exc})"
+                if isinstance(exc, socket.gaierror)
+                else f"cannot connect to {self._host}:{self._port} ({exc or type(exc).__name__})"
+            )
             log.warning(
                 "cannot connect to the broker's presence TCP endpoint %s:%d (%s); retrying in %g s",
                 self._host,
@@ -436,17 +467,39 @@ class TcpLink:
         self._local = (str(sockname[0]), int(sockname[1])) if sockname else None
         self._delay = self._delay_initial
         self.connections += 1
+        self.state, self.since, self.problem = "connected", time.time(), ""
         log.info("presence over TCP/TLS to %s:%d from %s", self._host, self._port, self._local)
-        self._core.network_changed(self._loop.time())
+        endpoint = f"{self._host}:{self._port}"
+        reason = (
+            f"presence moved to TCP {endpoint}"
+            if self._resumed and self.connections == 1
+            else f"a new TCP connection to the broker {endpoint}"
+        )
+        self._core.network_changed(self._loop.time(), reason)
         self._step(reconnect_on_loss=False)  # its ConnectionLost is about the old path, not this one
 
     def _lost(self, endpoint: _TcpEndpoint, exc: Exception | None) -> None:
-        if endpoint.transport is not self._transport or self._closed:
+        if endpoint.transport is not self._transport or self._closed or self._loop is None:
             return
-        log.warning("presence TCP connection to %s:%d closed (%s); reconnecting", self._host, self._port, exc)
+        where = f"{self._host}:{self._port}"
+        reason = (
+            f"the broker {where} closed the presence TCP connection"
+            if exc is None
+            else f"the presence TCP connection to the broker {where} broke ({exc})"
+        )
+        log.warning("%s; reconnecting", reason)
         self._transport = None
         self._local = None
+        self._down(reason)
+        # The session lived on that connection: the core registers again (over the next one).
+        self._core.network_changed(self._loop.time(), reason)
+        self._step(reconnect_on_loss=False)
         self._connect_soon(self._delay)
+
+    def _down(self, problem: str) -> None:
+        if self.state == "connected":
+            self.state, self.since = "reconnecting", time.time()
+        self.problem = problem
 
     def _received(self, endpoint: _TcpEndpoint, message: bytes) -> None:
         if endpoint.transport is not self._transport or self._loop is None or self._closed:
@@ -464,6 +517,7 @@ class TcpLink:
                 self._transport.close()
                 self._transport = None
                 self._local = None
+                self._down(event.reason)
                 self._connect_soon(0.0)
             try:
                 self._handler.on_event(event)
@@ -558,8 +612,12 @@ class PresenceTransport:
         probe_udp: Callable[[], Any],
         *,
         tcp_keepalive_interval_s: float,
+        endpoints: Mapping[Transport, str] | None = None,
     ) -> None:
         self._core = core
+        self._endpoints = dict(endpoints or {})
+        self._reason = ""
+        self._link_since = time.time()
         self._handler = handler
         self._policy = policy
         self._make_link = make_link
@@ -588,6 +646,25 @@ class PresenceTransport:
     def local_address(self) -> Address | None:
         """The current link's local address."""
         return None if self._link is None else self._link.local_address
+
+    def status(self) -> dict[str, Any]:
+        """What ``dvrlinkd status`` shows of presence's link (``DaemonStatus`` fields): the
+        endpoint in use, the link's state, since when (unix time) and why it is down, and why
+        presence is on this transport."""
+        link = self._link
+        if isinstance(link, TcpLink):
+            state, since, detail = link.state, link.since, link.problem
+        elif link is not None and link.local_address is None:
+            state, since, detail = "no socket", self._link_since, link.problem
+        else:
+            state, since, detail = "open", self._link_since, ""
+        return {
+            "endpoint": self._endpoints.get(self._transport, ""),
+            "link": state,
+            "link_since": since,
+            "link_detail": detail,
+            "transport_reason": self._reason,
+        }
 
     def prefer(self, transport: Transport, reason: str) -> None:
         """Move presence to ``transport`` because it is cheaper (``auto`` only)."""
@@ -653,7 +730,12 @@ class PresenceTransport:
     # -- EventHandler, for the links -----------------------------------------------------------
 
     def on_event(self, event: ClientEvent) -> None:
-        """Pass a core event on to the daemon."""
+        """Pass a core event on to the daemon; a handshake the link could not carry (no socket
+        or connection: ``status`` says why) is no sign of a wrong key or port, and is dropped."""
+        link = self._link
+        if isinstance(event, HandshakeUnanswered) and link is not None and link.local_address is None:
+            log.debug("registration attempt without a link (%s); not a handshake problem", link.problem)
+            return
         self._handler.on_event(event)
 
     def after_step(self) -> None:
@@ -721,6 +803,16 @@ class PresenceTransport:
         if self._closed or event.transport is self._transport:
             return
         log.warning("presence moves to %s: %s", event.transport.value, event.reason)
+        left = self._transport
+        if event.fallback:
+            where = self._endpoints.get(left)
+            tried = f"{left.value.upper()} to {where}" if where else left.value.upper()
+            self._reason = f"{tried} got no answer: {event.reason}"
+        elif self._policy.chosen_for_cost:
+            self._reason = event.reason
+        else:
+            self._reason = ""
+        self._link_since = time.time()
         old = self._link
         if old is not None:
             old.detach()

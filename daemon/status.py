@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -150,6 +151,18 @@ class DaemonStatus:
     (the broker sees the device at its own address: nothing to learn)."""
     nat_lifetime_s: float | None = None
     """The longest idle time the NAT kept a UDP mapping in the last measurement."""
+    endpoint: str = ""
+    """``host:port`` presence uses now: the TCP/TLS endpoint over TCP (empty: ``broker``)."""
+    link: str = ""
+    """The link under presence: over TCP ``connecting``, ``connected`` or ``reconnecting``; over
+    UDP ``open``, or ``no socket`` (the broker's name does not resolve, no route)."""
+    link_since: float | None = None
+    """Unix time the link entered ``link``."""
+    link_detail: str = ""
+    """Why the link is not up (the last connect error, how the connection ended)."""
+    transport_reason: str = ""
+    """Why presence is on ``transport``: ``UDP to host:port got no answer: ...`` after a
+    fallback, the costs after a move for cost; empty when it is the configured one."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -250,11 +263,18 @@ def format_status(status: DaemonStatus, now: float) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
         return f"{stamp} ({_ago(now - t)})"
 
+    broker = status.endpoint or status.broker
+    if status.transport == "tcp":
+        broker += " (TCP/TLS)"
+    transport = status.transport
+    if status.transport_reason:
+        transport += f" ({status.transport_reason})"
     rows = [
         ("state", status.state),
         ("serial", status.serial),
-        ("broker", status.broker),
-        ("transport", status.transport),
+        ("broker", broker),
+        ("transport", transport),
+        *([("link", format_link(status, when))] if status.link else []),
         ("reflexive address", status.reflexive_address or "-"),
         ("session", f"{status.session_id:#010x}" if status.session_id is not None else "-"),
         ("registered", when(status.registered_at)),
@@ -273,6 +293,16 @@ def format_status(status: DaemonStatus, now: float) -> str:
     if status.modem is not None:
         lines += format_modem(status.modem)
     return "\n".join(lines)
+
+
+def format_link(status: DaemonStatus, when: Callable[[float | None], str]) -> str:
+    """``connected since ...``, ``reconnecting since ...: why`` and the like."""
+    text = status.link
+    if status.link_since is not None:
+        text += f" since {when(status.link_since)}"
+    if status.link_detail and status.link not in ("connected", "open"):
+        text += f": {status.link_detail}"
+    return text
 
 
 def format_keepalive(status: DaemonStatus) -> str:

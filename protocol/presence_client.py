@@ -584,7 +584,7 @@ class PresenceClient:
         msg = UNKNOWN_SESSION.parse(data)
         if self._state is not ClientState.ONLINE or msg.session_id != self._session_id:
             return False
-        self._lose(now, "the broker does not know the session (restarted?)")
+        self._lose(now, "the broker answered UNKNOWN_SESSION: it no longer knows this session (restarted?)")
         return True
 
     def _dispatch(self, data: bytes, now: float) -> bool:

@@ -6,6 +6,8 @@ import base64
 import dataclasses
 import json
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from dvrlink.daemon.status import (
     format_status,
     read_status,
 )
+from hil.loopback import BIN, Broker, Daemon, start_broker, stop_all, wait_for
 
 NOW = 1_700_000_000.0
 
@@ -42,6 +45,13 @@ def status(pid: int | None = None, **changes: object) -> DaemonStatus:
         **changes,
     }
     return DaemonStatus(**values)  # type: ignore[arg-type]
+
+
+def unused_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def dead_pid() -> int:
@@ -139,3 +149,143 @@ def test_keepalive_line_says_fixed_measuring_or_learned() -> None:
     )
     assert "keepalive:" in format_status(learned, now)
     assert DaemonStatus.from_json(learned.to_json()) == learned
+
+
+# -- a real daemon and a real broker on loopback ------------------------------------------------
+
+
+def presence_tcp_port(broker: Broker) -> int:
+    """The broker's presence TCP/TLS port, from its ``broker.json``."""
+    info = json.loads((broker.state_dir / "broker.json").read_text())
+    return int(info["listening"]["presence/tcp"].rsplit(":", 1)[1])
+
+
+def daemon_config(
+    root: Path, serial: str, host: str, udp_port: int, tcp_port: int, key: str, presence: str
+) -> Daemon:
+    """A daemon config under ``root/serial``: short timers, ``presence`` lines added to [presence]."""
+    home = root / serial
+    home.mkdir(parents=True)
+    config = home / "dvrlinkd.toml"
+    config.write_text(
+        f'[device]\nserial = "{serial}"\nstate_dir = "state"\nruntime_dir = "run"\n'
+        f'[broker]\nhost = "{host}"\nport = {udp_port}\ntcp_port = {tcp_port}\npublic_key = "{key}"\n'
+        "[presence]\nkeepalive_interval_s = 2\nreply_timeout_s = 0.5\nretries = 1\nlearn_keepalive = false\n"
+        f"{presence}\n"
+    )
+    return Daemon(serial, home, config)
+
+
+def shown(daemon: Daemon) -> str:
+    """What `dvrlinkd status` prints for ``daemon`` (its exit code is not checked)."""
+    return subprocess.run(
+        [str(BIN / "dvrlinkd"), "status", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+
+
+def row(text: str, name: str) -> str:
+    """The value of the ``name:`` row of `dvrlinkd status`, or '' if there is none."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def log_tail(daemon: Daemon) -> str:
+    return "\n".join(daemon.log.read_text(errors="replace").splitlines()[-15:])
+
+
+def test_over_tcp_status_stops_saying_online_when_the_broker_dies(tmp_path: Path) -> None:
+    """The issue: over TCP, `dvrlinkd status` said `online` 37 s after the broker died (the log
+    said it was reconnecting), and showed the UDP port while the TCP link used another."""
+    broker = start_broker(tmp_path / "broker")
+    tcp_port = presence_tcp_port(broker)
+    daemon = daemon_config(
+        tmp_path,
+        "DL-0009-0010",
+        "127.0.0.1",
+        broker.udp_port,
+        tcp_port,
+        broker.public_key,
+        'transport = "tcp"\ntcp_keepalive_interval_s = 60',
+    )
+    daemon.start()
+    try:
+        try:
+            wait_for("daemon online over TCP", daemon.online, 30)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{log_tail(daemon)}") from None
+        before = shown(daemon)
+        assert row(before, "broker").startswith(f"127.0.0.1:{tcp_port}"), before
+        assert f":{broker.udp_port}" not in row(before, "broker"), before
+        assert row(before, "transport").startswith("tcp"), before
+        assert row(before, "link").startswith("connected since"), before
+
+        # the keepalive interval over TCP (60 s) is in use, so only the link can tell
+        wait_for("the TCP keepalive interval in use", lambda: (daemon.status() or {}).get("keepalive_s") == 60, 20)
+        broker.stop(signal.SIGKILL)
+        try:
+            wait_for("status no longer online", lambda: not daemon.online(), 10)
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}: `dvrlinkd status` shows\n{shown(daemon)}\n--- log\n{log_tail(daemon)}"
+            ) from None
+        after = shown(daemon)
+        assert row(after, "state") != "online", after
+        assert row(after, "link").startswith("reconnecting since"), after
+        assert row(after, "broker").startswith(f"127.0.0.1:{tcp_port}"), after
+        log = daemon.log.read_text()
+        assert "local network changed" not in log, log_tail(daemon)
+    finally:
+        stop_all([daemon, broker])
+
+
+def test_a_udp_port_that_got_no_answer_shows_in_status(tmp_path: Path) -> None:
+    """A wrong UDP port: `auto` falls back to TCP, and status says why."""
+    broker = start_broker(tmp_path / "broker")
+    wrong = unused_udp_port()
+    daemon = daemon_config(
+        tmp_path,
+        "DL-0009-0011",
+        "127.0.0.1",
+        wrong,
+        presence_tcp_port(broker),
+        broker.public_key,
+        'transport = "auto"\nfallback_after_failures = 2\ntcp_keepalive_interval_s = 60',
+    )
+    daemon.start()
+    try:
+        try:
+            wait_for("daemon online over TCP", daemon.online, 40)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{log_tail(daemon)}") from None
+        text = shown(daemon)
+        transport = row(text, "transport")
+        assert transport.startswith("tcp") and f"UDP to 127.0.0.1:{wrong} got no answer" in transport, text
+    finally:
+        stop_all([daemon, broker])
+
+
+def test_an_unresolvable_broker_name_shows_in_status(tmp_path: Path) -> None:
+    key = base64.b64encode(bytes(range(32))).decode()
+    daemon = daemon_config(
+        tmp_path, "DL-0009-0012", "no-such-broker.invalid", 3478, 443, key, 'transport = "udp"'
+    )
+    daemon.start()
+    try:
+        text = wait_for(
+            "a status that names the broker's name",
+            lambda: "no-such-broker.invalid" in (s := shown(daemon)) and s,
+            30,
+        )
+        assert "cannot resolve" in text and "no-such-broker.invalid" in row(text, "link"), text
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"{exc}: `dvrlinkd status` shows\n{shown(daemon)}\n--- log\n{log_tail(daemon)}"
+        ) from None
+    finally:
+        stop_all([daemon])
