@@ -280,3 +280,29 @@ def test_logout_forgets_the_token_and_keeps_the_key(rig: Rig, tmp_path: Path) ->
     assert after.returncode == 1 and "not logged in" in after.stderr, after
     again = viewer.run("logout", check=False)
     assert again.returncode == 0 and "not logged in" in again.stdout, again
+
+
+def test_the_device_drops_the_session_of_a_killed_viewer(
+    rig: Rig, device: Daemon, record_property: pytest.RecordProperty
+) -> None:
+    def sessions() -> list[object]:
+        return list((device.status() or {}).get("sessions", []))
+
+    wait_for("no session left on the device from earlier tests", lambda: not sessions(), BOUND)
+    forward = start_forward(rig.viewer, device.serial, rig.echo_port, "--relay-only")
+    try:
+        _echo_once(forward.local_port, b"before the kill").close()
+        wait_for("the session in the device's status", sessions, BOUND)
+        forward.proc.kill()  # SIGKILL: no CONNECTION_CLOSE reaches the device
+        killed_at = time.monotonic()
+        forward.proc.wait(BOUND)
+        wait_for("the device dropping the dead viewer's session", lambda: not sessions(), BOUND)
+        dropped = time.monotonic() - killed_at
+    finally:
+        if forward.proc.poll() is None:
+            forward.proc.kill()
+            forward.proc.wait(BOUND)
+    record_property("device_time_to_drop_s", round(dropped, 2))
+    print(f"device dropped the session {dropped:.2f} s after the viewer was killed")
+    log = device.log.read_text(errors="replace")
+    assert "the viewer stopped answering" in log, log[-3000:]
