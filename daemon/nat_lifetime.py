@@ -240,9 +240,11 @@ class LifetimeLearner:
         self.start(now)
 
     def stop(self) -> None:
-        """Drop the measurement under way (its probes were cancelled); idle until ``start``."""
+        """Drop the measurement under way (its probes were cancelled) and the re-measurement; a
+        settled result stays known, an unfinished one is forgotten (idle) until ``start``."""
         self._drop_round()
-        self._state = LearnerState.IDLE
+        if self._state is LearnerState.MEASURING:
+            self._state = LearnerState.IDLE
         self._timer = None
 
     def probes_to_send(self) -> list[Probe]:

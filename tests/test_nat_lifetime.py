@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from presence_harness import Device, Lab
+from pytest_mock import MockerFixture
 
 from dvrlink.daemon.nat_lifetime import (
     IntervalChanged,
@@ -18,6 +21,7 @@ from dvrlink.daemon.nat_lifetime import (
     MeasurementDone,
     ProbeBudget,
 )
+from dvrlink.daemon.nat_probe import NatProber, ProbeTiming
 from dvrlink.protocol.presence_events import Address, ConnectionLost, KeepaliveAcknowledged, Registered
 
 GRACE = 3.0
@@ -283,3 +287,52 @@ def test_probes_lost_to_a_broker_outage_are_no_nat_expiry(outage: str) -> None:
     assert rig.lost, "no probe was lost to the outage: the test does not test anything"
     assert udp.bracket[1] is None, f"an outage taken for a NAT expiry: bracket {udp.bracket}, lost {rig.lost}"
     assert udp.interval >= 25.0, udp.interval
+
+
+def test_probers_sharing_a_budget_wait_for_each_others_slots(mocker: MockerFixture) -> None:
+    """Two probers (UDP and TCP in the daemon) share the broker's probe slots: the second sends
+    only once the first frees its slot, and is woken by it (real sockets to a closed port)."""
+
+    class NotRegistered:
+        rtt = None
+
+        def probe_datagram(self, delay: float) -> tuple[bytes, int] | None:
+            return None
+
+        def probe_reply(self, data: bytes) -> int | None:
+            return None
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spare:
+        spare.bind(("127.0.0.1", 0))
+        closed = spare.getsockname()  # nothing listens there once the socket is closed
+
+    async def main() -> None:
+        budget = ProbeBudget(limit=1)
+        timing = ProbeTiming(prime_timeout_s=0.2, prime_wait_s=0.0, grace_s=0.1)
+        probers = [
+            NatProber(
+                LifetimeLearner(LearnerConfig(parallel=1), 25.0, budget),
+                NotRegistered(),
+                closed,
+                on_event=lambda event: None,
+                timing=timing,
+            )
+            for _ in range(2)
+        ]
+        first, second = probers
+        waited = mocker.spy(second.learner, "probe_unsent")
+        try:
+            first.start()
+            second.start()
+            assert budget.in_use == 1 and not second._tasks, "the second prober did not wait for a slot"
+            for _ in range(200):  # up to 10 s
+                if waited.call_count:
+                    break
+                await asyncio.sleep(0.05)
+            assert waited.call_count == 1, "the second prober's probe never ran once the slot was free"
+            assert budget.in_use == 0
+        finally:
+            for prober in probers:
+                await prober.close()
+
+    asyncio.run(main())
