@@ -125,6 +125,11 @@ def test_presence_over_tcp_a_forward_over_turn_tcp_and_back_to_udp(lab: netlab.L
         raise AssertionError(f"{exc}\n{tail(daemon_log)}\n--- broker\n{tail(broker.log)}") from None
     shown = lab.run(lab.device_ns, [str(BIN / "dvrlinkd"), "status", "--config", str(config)]).stdout
     assert "transport:" in shown and "tcp" in shown.split("transport:", 1)[1].splitlines()[0]
+    # the endpoint in use is the TCP one, and status says why presence is there
+    rows = dict(line.split(":", 1) for line in shown.splitlines() if ":" in line and not line.startswith(" "))
+    assert rows["broker"].strip() == f"{alternate}:443 (TCP/TLS)", shown
+    assert f"(UDP to {primary}:3478 got no answer" in rows["transport"], shown
+    assert rows["link"].strip().startswith("connected since"), shown
 
     # the viewer logs in, pairs, and forwards a local port to the device's web server
     viewer = tmp_path / "viewer"
