@@ -281,6 +281,15 @@ class _Runner:
         return _smoothed_rtt(self._core)
 
     @property
+    def silent_s(self) -> float:
+        """Seconds since the peer was last heard while established (0 otherwise): the session is
+        declared dead when this passes the core's ``silent_for_limit``."""
+        heard = self._core.last_heard
+        if heard is None or self._core.state is not SessionState.ESTABLISHED:
+            return 0.0
+        return max(0.0, self._loop.time() - heard)
+
+    @property
     def bytes_in(self) -> int:
         """Datagram bytes received, all paths."""
         return sum(self._connectivity.bytes_in.values())

@@ -377,6 +377,11 @@ class _Session:
         return self._peer_fingerprint
 
     @property
+    def last_heard(self) -> float | None:
+        """When a packet of the peer last decrypted (the clock of ``receive_datagram``), or None."""
+        return self._last_heard
+
+    @property
     def peer_public_key(self) -> bytes | None:
         """The authenticated peer's raw Ed25519 key once established, else None."""
         return self._peer_key

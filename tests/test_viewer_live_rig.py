@@ -179,6 +179,8 @@ def test_a_killed_device_is_declared_dead_and_new_connections_are_refused(
         record_property("time_to_dead_s", round(time_to_dead, 2))
         print(f"time to dead: {time_to_dead:.2f} s ({line})")
         assert "stopped answering" in line, line
+        quiet_at, quiet = lines.wait("a status line noting the silence", "no answer for")
+        assert quiet_at <= dead_at and quiet.startswith("path relay"), quiet
         assert _closed_within(held, BOUND) is not None, "the open connection was left hanging"
         start = time.monotonic()
         try:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -48,9 +49,10 @@ from dvrlink.viewer.cli import (
     main,
     render_sessions,
     session_policy,
+    status_line,
 )
 from dvrlink.viewer.errors import EXIT_USAGE, ViewerError
-from dvrlink.viewer.forward import ForwardSpec, ping
+from dvrlink.viewer.forward import ForwardSpec, ForwardStats, ping
 from dvrlink.viewer.home import Login, Pin, ViewerHome
 from dvrlink.viewer.session_client import open_session
 
@@ -550,3 +552,11 @@ def test_status_formatting() -> None:
     assert forward_line(spec, ("127.0.0.1", 8554), SERIAL) == f"127.0.0.1:8554 -> {SERIAL}:554"
     other = ForwardSpec("::1", 0, "192.168.1.64", 80)
     assert forward_line(other, ("::1", 4000), SERIAL) == f"[::1]:4000 -> {SERIAL} -> 192.168.1.64:80"
+
+
+def test_the_status_line_says_when_the_device_stops_answering() -> None:
+    runner = types.SimpleNamespace(path=("relay", 0), rtt=0.0022, silent_s=2.34)
+    line = status_line(runner, [ForwardStats()])  # type: ignore[arg-type]  # a stand-in runner
+    assert line.startswith("path relay  rtt 2.2 ms  no answer for 2.3 s  in 0 B"), line
+    runner.silent_s = 0.2  # a probe is answered within the second: nothing to say
+    assert "no answer" not in status_line(runner, [ForwardStats()])  # type: ignore[arg-type]

@@ -68,6 +68,9 @@ from dvrlink.viewer.session_client import open_session, path_name
 PROG = "dvrlink"
 STATUS_INTERVAL_S = 1.0
 """How often ``dvrlink forward`` refreshes its status line."""
+SILENT_SHOWN_S = 1.0
+"""The status line says "no answer for N s" once the device has been silent this long (it is
+probed every second or so while silent, so a live one answers well within it)."""
 FIRST = asyncio.FIRST_COMPLETED
 
 
@@ -482,8 +485,10 @@ def status_line(runner: ViewerRunner, stats: Sequence[ForwardStats]) -> str:
     sent = sum(s.bytes_out for s in stats)
     open_now = sum(s.connections_open for s in stats)
     total = sum(s.connections_total for s in stats)
+    silent = runner.silent_s
+    quiet = f"  no answer for {silent:.1f} s" if silent >= SILENT_SHOWN_S else ""
     return (
-        f"path {path_name(runner)}  rtt {format_rtt(runner.rtt)}  in {format_bytes(received)}  "
+        f"path {path_name(runner)}  rtt {format_rtt(runner.rtt)}{quiet}  in {format_bytes(received)}  "
         f"out {format_bytes(sent)}  connections {open_now} open, {total} total"
     )
 
@@ -612,6 +617,7 @@ async def _watch(
     closed = asyncio.ensure_future(runner.wait_closed())
     stopped = asyncio.ensure_future(stop.wait())
     last_path = path_name(runner)
+    last_quiet = False
     try:
         while True:
             done, _ = await asyncio.wait({closed, stopped}, timeout=STATUS_INTERVAL_S, return_when=FIRST)
@@ -621,9 +627,10 @@ async def _watch(
             if stopped in done:
                 return None
             path = path_name(runner)
-            if out.tty or path != last_path:
+            quiet = runner.silent_s >= SILENT_SHOWN_S
+            if out.tty or path != last_path or quiet != last_quiet:  # without a TTY: on change only
                 out.show(status_line(runner, stats))
-            last_path = path
+            last_path, last_quiet = path, quiet
     finally:
         for task in (closed, stopped):
             task.cancel()
