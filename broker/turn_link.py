@@ -133,51 +133,103 @@ class _RelaySockets:
         self._config = config
         self.sockets: dict[int, socket.socket] = {}
         """The open relay socket of each allocation id (the link sends from these directly)."""
+        self.held: dict[int, socket.socket] = {}
+        """Ports held for a reservation (EVEN-PORT with the R bit), by reservation id; not read."""
         self._random = random.Random(os.urandom(16))
         self.link: TurnLink | None = None
 
-    def open(self, allocation_id: int, even: bool) -> Address | None:
+    def _candidates(self, even: bool, pair: bool = False) -> list[int]:
+        """Ports to try binding, in a random order; [0, ...] when the kernel picks."""
         config = self._config
         if config.relay_port_min == 0:
-            candidates = [0] * RELAY_BIND_TRIES  # the kernel picks; retried until even if asked
-        else:
-            span = config.relay_port_max - config.relay_port_min + 1
-            start = self._random.randrange(span)
-            candidates = [config.relay_port_min + (start + i * 7919) % span for i in range(span)]
-            if even:
-                candidates = [port for port in candidates if port % 2 == 0]
-            candidates = candidates[:RELAY_BIND_TRIES]
-        rejected: list[socket.socket] = []  # odd kernel-picked ports, held so they are not picked again
+            return [0] * RELAY_BIND_TRIES  # the kernel picks; retried until even if asked
+        high = config.relay_port_max - (1 if pair else 0)
+        span = high - config.relay_port_min + 1
+        if span < 1:
+            return []
+        start = self._random.randrange(span)
+        candidates = [config.relay_port_min + (start + i * 7919) % span for i in range(span)]
+        if even:
+            candidates = [port for port in candidates if port % 2 == 0]
+        return candidates[:RELAY_BIND_TRIES]
+
+    def _bind(self, port: int) -> socket.socket | None:
+        sock = socket.socket(_family(self._config.relay_host), socket.SOCK_DGRAM)
         try:
-            for port in candidates:
-                sock = socket.socket(_family(config.relay_host), socket.SOCK_DGRAM)
-                try:
-                    sock.setblocking(False)
-                    sock.bind((config.relay_host, port))
-                except OSError:
-                    sock.close()
-                    continue
-                bound_port = int(sock.getsockname()[1])
-                if even and bound_port % 2:
-                    rejected.append(sock)
-                    continue
-                for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, option, 1 << 18)
-                self.sockets[allocation_id] = sock
-                self._loop.add_reader(sock.fileno(), self._readable, allocation_id, sock)
-                return (config.relay_public_host or config.relay_host, bound_port)
-        finally:
-            for sock in rejected:
-                sock.close()
+            sock.setblocking(False)
+            sock.bind((self._config.relay_host, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def _serve(self, allocation_id: int, sock: socket.socket) -> Address:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, 1 << 18)
+        self.sockets[allocation_id] = sock
+        self._loop.add_reader(sock.fileno(), self._readable, allocation_id, sock)
+        config = self._config
+        return (config.relay_public_host or config.relay_host, int(sock.getsockname()[1]))
+
+    def _no_port(self, what: str, tries: int) -> None:
+        config = self._config
         log.warning(
-            "no free relay port in %s:%d-%d after %d tries; widen the range or lower the quotas",
+            "no free relay %s in %s:%d-%d after %d tries; widen the range or lower the quotas",
+            what,
             config.relay_host,
             config.relay_port_min,
             config.relay_port_max,
-            len(candidates),
+            tries,
         )
+
+    def open(self, allocation_id: int, even: bool) -> Address | None:
+        candidates = self._candidates(even)
+        rejected: list[socket.socket] = []  # odd kernel-picked ports, held so they are not picked again
+        try:
+            for port in candidates:
+                sock = self._bind(port)
+                if sock is None:
+                    continue
+                if even and int(sock.getsockname()[1]) % 2:
+                    rejected.append(sock)
+                    continue
+                return self._serve(allocation_id, sock)
+        finally:
+            for sock in rejected:
+                sock.close()
+        self._no_port("port", len(candidates))
         return None
+
+    def open_pair(self, allocation_id: int, reservation_id: int) -> Address | None:
+        candidates = self._candidates(even=True, pair=True)
+        rejected: list[socket.socket] = []  # kernel-picked ports that did not start a free pair
+        try:
+            for port in candidates:
+                sock = self._bind(port)
+                if sock is None:
+                    continue
+                bound = int(sock.getsockname()[1])
+                following = self._bind(bound + 1) if bound % 2 == 0 and bound < 65535 else None
+                if following is None:
+                    rejected.append(sock)
+                    continue
+                self.held[reservation_id] = following
+                return self._serve(allocation_id, sock)
+        finally:
+            for sock in rejected:
+                sock.close()
+        self._no_port("port pair", len(candidates))
+        return None
+
+    def claim(self, reservation_id: int, allocation_id: int) -> Address | None:
+        sock = self.held.pop(reservation_id, None)
+        return None if sock is None else self._serve(allocation_id, sock)
+
+    def release(self, reservation_id: int) -> None:
+        sock = self.held.pop(reservation_id, None)
+        if sock is not None:
+            sock.close()
 
     def close(self, allocation_id: int) -> None:
         sock = self.sockets.pop(allocation_id, None)
@@ -198,6 +250,8 @@ class _RelaySockets:
     def close_all(self) -> None:
         for allocation_id in list(self.sockets):
             self.close(allocation_id)
+        for reservation_id in list(self.held):
+            self.release(reservation_id)
 
     def _readable(self, allocation_id: int, sock: socket.socket) -> None:
         link = self.link

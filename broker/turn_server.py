@@ -29,8 +29,16 @@ Outputs: :meth:`datagrams_to_send` gives ``(bytes, destination, via)`` where ``v
 
 ``now`` is unix time in seconds (REST credentials carry a unix expiry); timers use the same clock.
 
-Scope: UDP relaying of IPv4 peers. EVEN-PORT without the R bit gets an even port; port-pair
-reservations (EVEN-PORT with R, RESERVATION-TOKEN) get 508, IPv6 relays 440, DONT-FRAGMENT 420.
+Scope: UDP relaying of IPv4 peers. EVEN-PORT gets an even port; with the R bit the next port is
+held for ``reservation_lifetime_s`` under a RESERVATION-TOKEN that a later Allocate of the same
+REST name may claim (RFC 8656 sections 7.2, 14.6 and 14.9; RTP/RTCP pairs). IPv6 relays get 440,
+DONT-FRAGMENT 420.
+
+Quota: ``max_allocations_per_user`` counts a name's allocations and open reservations. When a
+client goes over it (486), the allocations and reservations that name holds from the same client
+IP are released with the refusal: a client that aborts on 486 (as coturn's ``turnutils_uclient``
+does) leaves nothing behind to block its next run until the allocations expire. Allocations of
+the same name from other IPs (the account's other hosts) are kept.
 
 Authentication is the long-term mechanism of RFC 8489 section 9.2 with REST usernames (see
 ``turn_credentials``): a request without MESSAGE-INTEGRITY gets 401 with REALM and a NONCE; the
@@ -154,6 +162,8 @@ class TurnConfig:
     rfc5766_channel_numbers: bool = True
     """Also accept channel numbers 0x5000-0x7FFE, the RFC 5766 range that coturn and its
     ``turnutils_uclient`` still use; False: only RFC 8656's 0x4000-0x4FFF."""
+    reservation_lifetime_s: int = 30
+    """How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN."""
     stun_rate_per_s: float = 50.0
     """STUN Binding requests answered per second per client IP, after ``stun_rate_burst``;
     0 = no limit."""
@@ -174,6 +184,7 @@ class TurnConfig:
             "max_allocations_per_user",
             "max_allocations",
             "max_permissions_per_allocation",
+            "reservation_lifetime_s",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TurnConfig.{name} must be at least 1, got {getattr(self, name)}")
@@ -204,6 +215,20 @@ class RelayPorts(Protocol):
 
     def close(self, allocation_id: int) -> None:
         """Close the relay socket of ``allocation_id``; no more ``receive_from_peer`` for it."""
+        ...
+
+    def open_pair(self, allocation_id: int, reservation_id: int) -> Address | None:
+        """Open a relay socket for ``allocation_id`` on an even port P and hold P + 1 for
+        ``reservation_id`` (nothing is relayed on it yet); the (ip, P), or None if no pair is free."""
+        ...
+
+    def claim(self, reservation_id: int, allocation_id: int) -> Address | None:
+        """The port held for ``reservation_id`` becomes the relay socket of ``allocation_id``;
+        its (ip, port), or None if it is no longer held."""
+        ...
+
+    def release(self, reservation_id: int) -> None:
+        """Close the port held for ``reservation_id`` (unclaimed in time, or at shutdown)."""
         ...
 
 
@@ -253,7 +278,8 @@ class AllocationDeleted(TurnEvent):
     allocation_id: int
     username: str
     reason: str
-    """``refresh`` (the client deleted it), ``expired``, ``disconnected`` or ``shutdown``."""
+    """``refresh`` (the client deleted it), ``expired``, ``disconnected``, ``over-quota`` (released
+    when a client at the same IP went over the name's quota) or ``shutdown``."""
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -327,6 +353,17 @@ class _Allocation:
 
 
 @dataclass(frozen=True, slots=True)
+class _Reservation:
+    """A port held by EVEN-PORT with the R bit, for the Allocate that brings its token."""
+
+    id: int
+    token: bytes
+    name: str
+    client_host: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Auth:
     username: str
     name: str
@@ -367,6 +404,19 @@ def _family(host: str) -> int:
     return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
+def _signed(data: bytes, key: bytes) -> bytes:
+    """``data`` (a STUN message whose last attributes were appended raw) padded, with its length
+    fixed, then MESSAGE-INTEGRITY and FINGERPRINT added with aioice's functions."""
+    data += bytes(-len(data) % 4)
+    data = stun.set_body_length(data, len(data) - HEADER_LENGTH)
+    integrity = stun.message_integrity(data, key)
+    data = stun.set_body_length(data, len(data) - HEADER_LENGTH + stun.INTEGRITY_LENGTH)
+    data += struct.pack("!HH", ATTR_MESSAGE_INTEGRITY, len(integrity)) + integrity
+    fingerprint = stun.message_fingerprint(data)
+    data = stun.set_body_length(data, len(data) - HEADER_LENGTH + stun.FINGERPRINT_LENGTH)
+    return data + struct.pack("!HHI", ATTR_FINGERPRINT, 4, fingerprint)
+
+
 # -- the core -----------------------------------------------------------------------------------------
 
 
@@ -397,6 +447,8 @@ class TurnServer:
         self._by_id: dict[int, _Allocation] = {}
         self._per_name: dict[str, int] = {}
         self._next_id = 1
+        self._reservations: dict[bytes, _Reservation] = {}  # by token, oldest first (one lifetime)
+        self._next_reservation = 1
         self._heap: list[tuple[float, int]] = []
         self._outbox: list[tuple[bytes, Address, Via]] = []
         self._events: deque[TurnEvent] = deque()
@@ -553,7 +605,13 @@ class TurnServer:
             self._delete(allocation, "disconnected")
 
     def handle_timer(self, now: float) -> None:
-        """Expire permissions, channels and allocations due at ``now``."""
+        """Expire port reservations, permissions, channels and allocations due at ``now``."""
+        reservations = self._reservations
+        while reservations:
+            reservation = next(iter(reservations.values()))
+            if reservation.expires > now:
+                break
+            self._drop_reservation(reservation)
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, allocation_id = heapq.heappop(heap)
@@ -568,9 +626,11 @@ class TurnServer:
             self._schedule(allocation, allocation.next_deadline())
 
     def close(self) -> None:
-        """Delete every allocation (closing its relay port), e.g. at shutdown."""
+        """Delete every allocation and reservation (closing their relay ports), e.g. at shutdown."""
         for allocation in list(self._by_id.values()):
             self._delete(allocation, "shutdown")
+        for reservation in list(self._reservations.values()):
+            self._drop_reservation(reservation)
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -585,14 +645,16 @@ class TurnServer:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` is next due, or None."""
+        reservations = self._reservations
+        first = next(iter(reservations.values())).expires if reservations else None
         heap = self._heap
         while heap:
             deadline, allocation_id = heap[0]
             allocation = self._by_id.get(allocation_id)
             if allocation is not None and allocation.scheduled == deadline:
-                return deadline
+                return deadline if first is None else min(first, deadline)
             heapq.heappop(heap)
-        return None
+        return first
 
     # -- introspection ------------------------------------------------------------------------------
 
@@ -810,11 +872,17 @@ class TurnServer:
         attributes: dict[str, Any],
         client: tuple[Transport, Address],
         key: bytes,
+        extra: bytes = b"",
     ) -> bytes:
+        """Send a signed success response; ``extra`` is raw attributes aioice cannot encode
+        (RESERVATION-TOKEN), placed before MESSAGE-INTEGRITY."""
         response = self._response(request, stun.Class.RESPONSE)
         response.attributes.update(attributes)
-        response.add_message_integrity(key)
-        data = bytes(response)
+        if extra:
+            data = _signed(bytes(response) + extra, key)
+        else:
+            response.add_message_integrity(key)
+            data = bytes(response)
         self._send_to_client(data, client)
         return data
 
@@ -832,15 +900,7 @@ class TurnServer:
         response.attributes["ERROR-CODE"] = (420, "Unknown Attribute")
         value = b"".join(struct.pack("!H", t) for t in dict.fromkeys(unknown))
         data = bytes(response) + struct.pack("!HH", ATTR_UNKNOWN_ATTRIBUTES, len(value)) + value
-        data += bytes(-len(data) % 4)
-        data = stun.set_body_length(data, len(data) - HEADER_LENGTH)
-        integrity = stun.message_integrity(data, key)
-        data = stun.set_body_length(data, len(data) - HEADER_LENGTH + stun.INTEGRITY_LENGTH)
-        data += struct.pack("!HH", ATTR_MESSAGE_INTEGRITY, len(integrity)) + integrity
-        fingerprint = stun.message_fingerprint(data)
-        data = stun.set_body_length(data, len(data) - HEADER_LENGTH + stun.FINGERPRINT_LENGTH)
-        data += struct.pack("!HHI", ATTR_FINGERPRINT, 4, fingerprint)
-        self._send_to_client(data, client)
+        self._send_to_client(_signed(data, key), client)
 
     # -- requests (each returns the success attributes, or raises _Rejected) ----------------------
 
@@ -879,30 +939,59 @@ class TurnServer:
             raise _Rejected(442, "Unsupported Transport Protocol: only UDP relaying")
         types = {t: v for t, v in raw}
         even_port = types.get(ATTR_EVEN_PORT)
-        if ATTR_RESERVATION_TOKEN in types:
-            if ATTR_REQUESTED_ADDRESS_FAMILY in types or even_port is not None:
-                raise _Rejected(400, "Bad Request: RESERVATION-TOKEN with EVEN-PORT or an address family")
-            raise _Rejected(508, "Insufficient Capacity: no such reservation")
-        if even_port is not None:
-            if len(even_port) != 1:
-                raise _Rejected(400, "Bad Request: EVEN-PORT")
-            if even_port[0] & EVEN_PORT_RESERVE:
-                raise _Rejected(508, "Insufficient Capacity: this server reserves no port pairs")
+        token = types.get(ATTR_RESERVATION_TOKEN)
         family = types.get(ATTR_REQUESTED_ADDRESS_FAMILY)
+        if token is not None and (family is not None or even_port is not None):
+            raise _Rejected(400, "Bad Request: RESERVATION-TOKEN with EVEN-PORT or an address family")
+        if even_port is not None and len(even_port) != 1:
+            raise _Rejected(400, "Bad Request: EVEN-PORT")
+        if token is not None and len(token) != 8:
+            raise _Rejected(400, "Bad Request: RESERVATION-TOKEN")
         if family is not None:
             if len(family) != 4 or family[0] not in (FAMILY_IPV4, FAMILY_IPV6):
                 raise _Rejected(400, "Bad Request: REQUESTED-ADDRESS-FAMILY")
             if family[0] != FAMILY_IPV4:
                 raise _Rejected(440, "Address Family not Supported: IPv4 relays only")
         config = self._config
-        if self._per_name.get(auth.name, 0) >= config.max_allocations_per_user:
-            raise _Rejected(486, "Allocation Quota Reached")
-        if len(self._by_id) >= config.max_allocations:
-            raise _Rejected(508, "Insufficient Capacity: server allocation limit")
+        reserve = even_port is not None and bool(even_port[0] & EVEN_PORT_RESERVE)
+        reservation = None
+        if token is not None:
+            reservation = self._reservations.get(token)
+            if reservation is None or reservation.name != auth.name or reservation.expires <= now:
+                raise _Rejected(508, "Insufficient Capacity: no such reservation (expired or used)")
+        else:
+            needed = 2 if reserve else 1  # a reservation holds a port of the name's quota too
+            if self._per_name.get(auth.name, 0) + needed > config.max_allocations_per_user:
+                self._release_over_quota(auth.name, client[1][0])
+                raise _Rejected(486, "Allocation Quota Reached")
+            if len(self._by_id) + len(self._reservations) + needed > config.max_allocations:
+                raise _Rejected(508, "Insufficient Capacity: server allocation limit")
         allocation_id = self._next_id
-        relayed = self._relays.open(allocation_id, even_port is not None)
-        if relayed is None:
-            raise _Rejected(508, "Insufficient Capacity: no relay port free")
+        extra = b""
+        if reservation is not None:
+            del self._reservations[reservation.token]
+            self._per_name[auth.name] = self._per_name.get(auth.name, 1) - 1  # counted again below
+            relayed = self._relays.claim(reservation.id, allocation_id)
+            if relayed is None:
+                raise _Rejected(508, "Insufficient Capacity: the reserved port is gone")
+        elif reserve:
+            reservation_id = self._next_reservation
+            relayed = self._relays.open_pair(allocation_id, reservation_id)
+            if relayed is None:
+                raise _Rejected(508, "Insufficient Capacity: no relay port pair free")
+            self._next_reservation += 1
+            new_token = self._rng(8)
+            while new_token in self._reservations:
+                new_token = self._rng(8)
+            self._reservations[new_token] = _Reservation(
+                reservation_id, new_token, auth.name, client[1][0], now + config.reservation_lifetime_s
+            )
+            self._per_name[auth.name] = self._per_name.get(auth.name, 0) + 1
+            extra = struct.pack("!HH", ATTR_RESERVATION_TOKEN, 8) + new_token
+        else:
+            relayed = self._relays.open(allocation_id, even_port is not None)
+            if relayed is None:
+                raise _Rejected(508, "Insufficient Capacity: no relay port free")
         self._next_id += 1
         lifetime = self._lifetime(message.attributes.get("LIFETIME"))
         allocation = _Allocation(
@@ -925,6 +1014,7 @@ class TurnServer:
             },
             client,
             auth.key,
+            extra,
         )
         self._events.append(
             AllocationCreated(allocation_id, auth.username, client[0], client[1], relayed, lifetime)
@@ -1036,17 +1126,34 @@ class TurnServer:
             allocation.scheduled = deadline
             heapq.heappush(self._heap, (deadline, allocation.id))
 
+    def _uncount(self, name: str) -> None:
+        left = self._per_name.get(name, 1) - 1
+        if left > 0:
+            self._per_name[name] = left
+        else:
+            self._per_name.pop(name, None)
+
+    def _drop_reservation(self, reservation: _Reservation) -> None:
+        if self._reservations.pop(reservation.token, None) is not None:
+            self._uncount(reservation.name)
+            self._relays.release(reservation.id)
+
+    def _release_over_quota(self, name: str, host: str) -> None:
+        """Free what ``name`` holds from the client IP ``host``: its allocations and port
+        reservations (see the module docstring)."""
+        for allocation in [a for a in self._by_id.values() if a.name == name and a.client[0] == host]:
+            self._delete(allocation, "over-quota")
+        for reservation in list(self._reservations.values()):
+            if reservation.name == name and reservation.client_host == host:
+                self._drop_reservation(reservation)
+
     def _delete(self, allocation: _Allocation, reason: str) -> None:
         if self._by_id.pop(allocation.id, None) is None:
             return
         self._by_client.pop((allocation.transport, allocation.client), None)
         if allocation.transport is Transport.UDP:
             self._udp_clients.pop(allocation.client, None)
-        left = self._per_name.get(allocation.name, 1) - 1
-        if left > 0:
-            self._per_name[allocation.name] = left
-        else:
-            self._per_name.pop(allocation.name, None)
+        self._uncount(allocation.name)
         allocation.scheduled = None
         self._relays.close(allocation.id)
         self._events.append(AllocationDeleted(allocation.id, allocation.username, reason))

@@ -36,6 +36,8 @@ class FakeRelays:
         self.capacity = capacity
         self.open_ids: set[int] = set()
         self.closed: list[int] = []
+        self.held: dict[int, int] = {}
+        self.released: list[int] = []
 
     def open(self, allocation_id: int, even: bool) -> Address | None:
         if len(self.open_ids) >= self.capacity:
@@ -46,6 +48,26 @@ class FakeRelays:
     def close(self, allocation_id: int) -> None:
         self.open_ids.discard(allocation_id)
         self.closed.append(allocation_id)
+
+    def open_pair(self, allocation_id: int, reservation_id: int) -> Address | None:
+        """An even port for ``allocation_id``; the next one held for ``reservation_id``."""
+        if len(self.open_ids) + len(self.held) + 2 > self.capacity:
+            return None
+        self.open_ids.add(allocation_id)
+        port = 60000 + 2 * allocation_id
+        self.held[reservation_id] = port + 1
+        return (RELAY_IP, port)
+
+    def claim(self, reservation_id: int, allocation_id: int) -> Address | None:
+        port = self.held.pop(reservation_id, None)
+        if port is None:
+            return None
+        self.open_ids.add(allocation_id)
+        return (RELAY_IP, port)
+
+    def release(self, reservation_id: int) -> None:
+        self.held.pop(reservation_id, None)
+        self.released.append(reservation_id)
 
 
 def counter_rng() -> Any:
