@@ -11,6 +11,7 @@ import socket
 import struct
 
 import pytest
+from pytest_mock import MockerFixture
 from services_harness import (
     BUFFER_LIMIT,
     INFO,
@@ -28,7 +29,7 @@ from services_harness import (
     tcp_server,
 )
 
-from dvrlink.daemon.services import CHUNK_SIZE, DeviceInfo, ServiceErrorCode, SessionServices
+from dvrlink.daemon.services import CHUNK_SIZE, DeviceInfo, ServiceErrorCode, ServicesConfig, SessionServices
 from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamErrorCode
 
 MB5 = 5 * 1024 * 1024
@@ -303,6 +304,39 @@ def test_unknown_method_and_failing_info_are_resets_not_exceptions() -> None:
             viewer, device = stream_pair()
             viewer.write_eof()
             await asyncio.wait_for(svc.serve(device, RpcTarget(method)), WAIT)  # returns, no raise
+            assert await reset_code_of(viewer) == code
+
+    run(main)
+
+
+def test_unpair_asks_the_session_to_forget_its_viewer(mocker: MockerFixture) -> None:
+    paired = {"viewer"}
+
+    def revoke() -> bool:
+        if "viewer" not in paired:
+            return False
+        paired.discard("viewer")
+        return True
+
+    def failing() -> bool:
+        raise OSError("read-only file system")
+
+    async def main() -> None:
+        spy = mocker.Mock(side_effect=revoke)
+        svc = SessionServices(ServicesConfig(), lambda: INFO, revoke=spy)
+        for expected in (True, False):  # the second time it was already forgotten
+            viewer, device = stream_pair()
+            task = svc.start(device, RpcTarget("unpair"))
+            viewer.write_eof()
+            assert json.loads(await asyncio.wait_for(viewer.read_all(), WAIT)) == {"revoked": expected}
+            await asyncio.wait_for(task, WAIT)
+        assert spy.call_count == 2 and paired == set()
+        broken = SessionServices(ServicesConfig(), lambda: INFO, revoke=failing)
+        without = SessionServices(ServicesConfig(), lambda: INFO)  # no revoker: not a known method
+        for svc_, code in ((broken, ServiceErrorCode.INTERNAL), (without, ServiceErrorCode.UNKNOWN_METHOD)):
+            viewer, device = stream_pair()
+            viewer.write_eof()
+            await asyncio.wait_for(svc_.serve(device, RpcTarget("unpair")), WAIT)
             assert await reset_code_of(viewer) == code
 
     run(main)
