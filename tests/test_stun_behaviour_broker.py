@@ -12,6 +12,7 @@ from aioice import stun
 
 from dvrlink.broker.app import start_broker
 from dvrlink.broker.config import ConfigError, config_from_mapping
+from dvrlink.daemon.connectivity import _binding_request
 from dvrlink.protocol.stun_behaviour import CHANGE_IP, CHANGE_PORT, Origin
 
 Address = tuple[str, int]
@@ -134,3 +135,39 @@ def test_alternate_defaults(tmp_path: Path) -> None:
     assert (config.stun_alternate_host, config.stun_alternate_port) == (None, 3480)
     config = config_from_mapping(_config(tmp_path, stun_alternate_host="127.0.0.2"), "test")
     assert config.stun_alternate_host == "127.0.0.2"
+
+
+def test_the_daemons_gathering_request_still_gets_other_address(tmp_path: Path) -> None:
+    # Port prediction (daemon/connectivity.py) needs the broker's OTHER-ADDRESS; the broker sends
+    # it only to clients that signal RFC 5780, which the daemon's gathering request does.
+    async def main() -> None:
+        config = config_from_mapping(
+            _config(tmp_path, stun_alternate_host="127.0.0.2", stun_alternate_port=0), "test"
+        )
+        broker = await start_broker(config)
+        try:
+            primary = broker.link.local_address
+            for rfc5780, expect_other in ((True, True), (False, False)):
+                request = _binding_request(rfc5780=rfc5780)
+                answer = await _send(bytes(request), primary)
+                response = stun.parse_message(answer)
+                assert response.transaction_id == request.transaction_id
+                assert ("OTHER-ADDRESS" in response.attributes) is expect_other, (rfc5780, response)
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+async def _send(data: bytes, destination: Address) -> bytes:
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        for _ in range(5):  # bounded: 5 tries of 1 s
+            sock.sendto(data, destination)
+            try:
+                return await asyncio.wait_for(loop.sock_recv(sock, 2048), 1.0)
+            except TimeoutError:
+                continue
+    raise AssertionError(f"no STUN answer from {destination}")
