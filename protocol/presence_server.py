@@ -8,6 +8,10 @@ that responder, e.g. with the RFC 5780 one of ``dvrlink.broker.stun_alternate``)
 
 The application decides who may register: the core emits ``RegistrationRequested`` after the
 cookie and the signature check out, and the application calls ``accept`` or ``refuse``.
+
+A REGISTER cannot be replayed: the unique time stamp in its cookie, which the device signs,
+orders a device's registrations; a repeat of the one that opened the session gets the same
+REGISTERED (until the device uses the session), an older one is dropped (``stats["replayed"]``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from dvrlink.protocol.identity import ed25519_verify, x25519_public_bytes
 from dvrlink.protocol.presence_crypto import (
     BROKER_TO_DEVICE,
+    COOKIE_STAMP_SIZE,
     DEVICE_TO_BROKER,
     CookieJar,
     ReplayWindow,
@@ -123,14 +128,11 @@ class _Session:
     __slots__ = (
         "address",
         "address_bytes",
-        "cookie_us",
-        "device_key",
         "interval",
         "last_seen",
-        "nonce",
         "online",
+        "origin",
         "probes",
-        "registered",
         "registered_at",
         "replay",
         "sealer",
@@ -147,9 +149,7 @@ class _Session:
         address: Address,
         interval: float,
         now: float,
-        device_key: bytes,
-        nonce: bytes,
-        cookie_us: int,
+        origin: bytes,
     ) -> None:
         self.serial = serial
         self.session_id = session_id
@@ -163,14 +163,20 @@ class _Session:
         self.replay = ReplayWindow()
         self.send_counter = 0
         self.probes = 0
-        self.device_key = device_key
-        self.nonce = nonce
-        """The HELLO nonce of the REGISTER that opened the session."""
-        self.cookie_us = cookie_us
-        """When the broker made that REGISTER's cookie (µs, unique): older ones are replays."""
-        self.registered: bytes | None = None
-        """The REGISTERED datagram, sent again if the device repeats its REGISTER, until the device
-        uses the session (its REGISTERED arrived)."""
+        self.origin = origin
+        """What orders this device's registrations (see ``_origin``): the cookie stamp of the
+        REGISTER that opened the session and its key's first bytes, then the broker's ephemeral
+        key until the device first uses the session (to answer a repeated REGISTER)."""
+
+    @property
+    def unused(self) -> bool:
+        """True until the device has sent an authenticated message in this session."""
+        return len(self.origin) > _ORIGIN_SIZE
+
+    def used(self) -> None:
+        """The device has the session: forget what answering a repeated REGISTER needs."""
+        if len(self.origin) > _ORIGIN_SIZE:
+            self.origin = self.origin[:_ORIGIN_SIZE]
 
 
 @dataclass(slots=True)
@@ -327,7 +333,7 @@ class PresenceServer:
         """
         pending = self._take_pending(handle)
         old = self._by_serial.get(pending.serial)
-        if old is not None and not _newer(pending.public_key, pending.nonce, pending.cookie_us, old):
+        if old is not None and not _newer(pending.public_key, pending.cookie_us, old):
             # Another registration of this device won while this one waited: it is stale.
             self.stats["replayed"] += 1
             return
@@ -336,7 +342,7 @@ class PresenceServer:
         if old is not None:
             self._by_sid.pop(old.session_id, None)
             self._unindex(old)
-            if old.online and old.registered is not None:
+            if old.online and old.unused:
                 self._events.append(
                     RegistrationUnconfirmed(pending.serial, pending.address, now - old.registered_at)
                 )
@@ -347,20 +353,13 @@ class PresenceServer:
             pending.address,
             pending.interval,
             now,
-            pending.public_key,
-            pending.nonce,
-            pending.cookie_us,
+            _origin(pending.cookie_us, pending.public_key) + broker_ephemeral,
         )
         self._by_sid[session_id] = session
         self._by_serial[pending.serial] = session
         self._index(session)
         session.send_counter = 1
-        header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session_id, 1) + broker_ephemeral
-        plain = REGISTERED_PLAIN.build(
-            {"keepalive_ms": round(pending.interval * 1000), "address": session.address_bytes}
-        )
-        session.registered = sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain))
-        self._outbox.append((session.registered, pending.address))
+        self._outbox.append((_registered(session), pending.address))
         self.stats["registrations"] += 1
         self._events.append(DeviceOnline(pending.serial, pending.address))
         if self._next_sweep is None:
@@ -486,10 +485,10 @@ class PresenceServer:
         cookie_us = CookieJar.stamp(bytes(body.cookie))
         current = self._by_serial.get(serial)
         device_key = bytes(body.device_key)
-        if current is not None and not _newer(device_key, nonce, cookie_us, current):
-            if nonce == current.nonce and current.online and current.registered is not None:
+        if current is not None and not _newer(device_key, cookie_us, current):
+            if cookie_us == _stamp(current) and current.online and current.unused:
                 # The device repeats its REGISTER: REGISTERED was lost. Same answer, same session.
-                self._outbox.append((current.registered, current.address))
+                self._outbox.append((_registered(current), current.address))
                 return True
             self.stats["replayed"] += 1
             return False
@@ -534,7 +533,7 @@ class PresenceServer:
         if plain is None:
             return False
         session.replay.commit(counter)
-        session.registered = None  # the device has the session: a repeated REGISTER is a replay
+        session.used()  # the device has the session: a repeated REGISTER is a replay now
         if plain:
             try:
                 controls = read_controls(plain)
@@ -606,7 +605,7 @@ class PresenceServer:
         if plain is None:
             return False
         session.replay.commit(counter)
-        session.registered = None
+        session.used()
         if mtype == MessageType.GOODBYE:
             self._go_offline(session, "device said goodbye")
             return True
@@ -692,7 +691,7 @@ class PresenceServer:
         if self._by_sid.pop(session.session_id, None) is not None:
             self._unindex(session)
             session.online = False
-            session.registered = None
+            session.used()
             self._events.append(DeviceOffline(session.serial, reason))
 
     def _sweep(self, now: float) -> None:
@@ -707,10 +706,39 @@ class PresenceServer:
         self._next_sweep = now + self._config.sweep_interval if busy else None
 
 
-def _newer(device_key: bytes, nonce: bytes, cookie_us: int, session: _Session) -> bool:
+_STAMP_SIZE = COOKIE_STAMP_SIZE
+_KEY_PREFIX = 8
+_ORIGIN_SIZE = _STAMP_SIZE + _KEY_PREFIX
+
+
+def _origin(cookie_us: int, device_key: bytes) -> bytes:
+    """Cookie stamp (7 bytes) ‖ the device key's first 8 bytes: 15 bytes per session.
+
+    Cookie stamps are unique, so a stamp names one HELLO and thus one REGISTER: the same stamp
+    is a repeat of the REGISTER that opened the session, an older one a replay. The key prefix
+    tells the device's own registrations from another key's (which the application judges)."""
+    return cookie_us.to_bytes(_STAMP_SIZE, "big") + device_key[:_KEY_PREFIX]
+
+
+def _stamp(session: _Session) -> int:
+    return int.from_bytes(session.origin[:_STAMP_SIZE], "big")
+
+
+def _newer(device_key: bytes, cookie_us: int, session: _Session) -> bool:
     """True unless a registration by the session's own key is the one that opened ``session``
     or an older one (by its cookie's time stamp): such a REGISTER is a repeat or a replay, and
     never replaces the session. Another key is for the application to judge."""
-    if device_key != session.device_key:
+    if device_key[:_KEY_PREFIX] != session.origin[_STAMP_SIZE:_ORIGIN_SIZE]:
         return True
-    return nonce != session.nonce and cookie_us > session.cookie_us
+    return cookie_us > _stamp(session)
+
+
+def _registered(session: _Session) -> bytes:
+    """The session's REGISTERED, built again byte for byte from what an unused session keeps
+    (the AEAD is deterministic for the same key, counter and plaintext)."""
+    broker_ephemeral = session.origin[_ORIGIN_SIZE:]
+    header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session.session_id, 1) + broker_ephemeral
+    plain = REGISTERED_PLAIN.build(
+        {"keepalive_ms": round(session.interval * 1000), "address": session.address_bytes}
+    )
+    return session.sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain))
