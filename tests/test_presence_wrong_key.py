@@ -70,7 +70,8 @@ def test_a_wrong_broker_key_is_named_in_the_daemon_log_its_status_and_the_broker
             assert "show-key" in line, line
             status = await _status(config)
             assert "key is most likely wrong" in status, status
-            assert "register" in status or "backoff" in status, status
+            state = next(line for line in status.splitlines() if line.startswith("state:"))
+            assert state.split()[1] in ("cookie-wait", "register-wait", "backoff"), status
             quiet = await broker.wait_for_line(f"{SERIAL}.*never used", bound=BOUND)
             assert "key" in quiet, quiet
             assert "Traceback" not in "".join(broker.lines + daemon.lines)
