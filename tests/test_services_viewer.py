@@ -265,7 +265,7 @@ class ResettingOpener:
 
 def test_ping_failures_become_viewer_errors() -> None:
     async def main() -> None:
-        with pytest.raises(ViewerError, match="does not know the 'ping' request: update dvrlinkd"):
+        with pytest.raises(ViewerError, match='does not know the "ping" request: update dvrlinkd'):
             await ping(ResettingOpener(ServiceErrorCode.UNKNOWN_METHOD), count=1)
         with pytest.raises(ViewerError, match=r"ping 1: no reply from the device within 0.05 s"):
             await ping(ResettingOpener(None), count=1, timeout_s=0.05)
@@ -314,7 +314,7 @@ def test_info_that_is_not_json_is_an_error() -> None:
         ),
         (ServiceErrorCode.CONNECT_FAILED, ForwardTarget("::1", 80), "cannot connect to [::1]:80"),
         (ServiceErrorCode.TOO_MANY_STREAMS, RpcTarget("ping"), "too many streams open"),
-        (ServiceErrorCode.BAD_REQUEST, RpcTarget("ping"), "refused the 'ping' request as too large"),
+        (ServiceErrorCode.BAD_REQUEST, RpcTarget("ping"), 'refused the "ping" request as too large'),
         (None, RpcTarget("ping"), "the session to the device ended"),
         (0x99, ForwardTarget("127.0.0.1", 80), "reset the stream (code 0x99)"),
     ],
