@@ -216,7 +216,7 @@ def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTu
     start = config.presence.tcp_keepalive_interval_s
     learner = LifetimeLearner(
         LearnerConfig(
-            parallel=2,  # hour-long probes: leave the UDP learner most of the broker's probe slots
+            parallel=3,  # hour-long probes: the UDP learner keeps most of the broker's 8 probe slots
             min_interval_s=min(60.0, start / 2),
             max_interval_s=3600.0,
             max_probe_s=3600.0,
