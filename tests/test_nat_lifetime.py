@@ -23,6 +23,7 @@ from dvrlink.daemon.nat_lifetime import (
 )
 from dvrlink.daemon.nat_probe import NatProber, ProbeTiming
 from dvrlink.protocol.presence_events import Address, ConnectionLost, KeepaliveAcknowledged, Registered
+from dvrlink.protocol.presence_server import ServerConfig
 
 GRACE = 3.0
 CONFIGURED = 25.0
@@ -336,3 +337,9 @@ def test_probers_sharing_a_budget_wait_for_each_others_slots(mocker: MockerFixtu
                 await prober.close()
 
     asyncio.run(main())
+
+
+def test_the_probe_budget_is_what_the_broker_holds_per_device() -> None:
+    assert ProbeBudget().limit == ServerConfig().max_probes_per_device
+    with pytest.raises(ValueError, match="at least 1"):
+        ProbeBudget(0)
