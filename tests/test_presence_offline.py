@@ -22,6 +22,7 @@ from dvrlink.broker.config import config_from_mapping
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_tcp import stream_address
 from dvrlink.broker.registry import Registry
+from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.presence_transport import TcpLink, presence_tls_context
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
@@ -255,6 +256,56 @@ def test_a_running_broker_shows_a_tcp_device_offline_when_its_connection_drops(t
                 timeout=5.0,
             )
             assert not of_type(events.events, KeepaliveAcknowledged)
+        finally:
+            await running.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30.0))
+
+
+def test_a_running_broker_shows_a_silent_udp_device_offline_after_its_intervals(tmp_path: Path) -> None:
+    async def main() -> None:
+        config = config_from_mapping(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "udp_host": "127.0.0.1",
+                "udp_port": 0,
+                "presence_tcp_port": 0,
+                "https_host": "127.0.0.1",
+                "https_port": 0,
+                "turn_enabled": False,
+            },
+            source="test",
+        )
+        running = await start_broker(config)
+        loop = asyncio.get_running_loop()
+        try:
+            core = PresenceClient(
+                ClientConfig(
+                    serial=SERIAL,
+                    broker_public_key=running.info.public_key,
+                    keepalive_interval=1.0,  # the broker's shortest
+                    reply_timeout=0.2,
+                    retries=1,
+                ),
+                Ed25519PrivateKey.generate(),
+            )
+            events = Events()
+            link = CloudLink(core, events, *running.link.local_address)
+            await link.start()
+            try:
+                await until("a keepalive acknowledged", lambda: of_type(events.events, KeepaliveAcknowledged))
+            finally:
+                link.detach()  # the daemon dies: no GOODBYE
+            stopped = loop.time()
+            await until(
+                "offline after its keepalives stopped",
+                lambda: not running.server.presence(SERIAL).online,  # type: ignore[union-attr]
+                timeout=10.0,
+            )
+            silent = loop.time() - stopped
+            # 2.5 intervals after the last keepalive, seen by a sweep that runs every second, and
+            # half a second of slack for a loaded machine: under 3 intervals and a half in all
+            assert silent <= 2.5 * 1.0 + 1.0 + 0.5, f"offline {silent:.1f} s after its keepalives stopped"
         finally:
             await running.close()
 
