@@ -25,7 +25,7 @@ from dvrlink.daemon.status import (
     format_status,
     read_status,
 )
-from hil.loopback import BIN, Broker, Daemon, start_broker, stop_all, wait_for
+from hil.loopback import BIN, Broker, Daemon, start_broker, stop_all, unused_tcp_port, wait_for
 
 NOW = 1_700_000_000.0
 
@@ -226,7 +226,9 @@ def test_over_tcp_status_stops_saying_online_when_the_broker_dies(tmp_path: Path
         assert row(before, "link").startswith("connected since"), before
 
         # the keepalive interval over TCP (60 s) is in use, so only the link can tell
-        wait_for("the TCP keepalive interval in use", lambda: (daemon.status() or {}).get("keepalive_s") == 60, 20)
+        wait_for(
+            "the TCP keepalive interval in use", lambda: (daemon.status() or {}).get("keepalive_s") == 60, 20
+        )
         broker.stop(signal.SIGKILL)
         try:
             wait_for("status no longer online", lambda: not daemon.online(), 10)
@@ -289,3 +291,44 @@ def test_an_unresolvable_broker_name_shows_in_status(tmp_path: Path) -> None:
         ) from None
     finally:
         stop_all([daemon])
+
+
+def test_a_broker_restart_over_tcp_is_logged_as_what_was_seen(tmp_path: Path) -> None:
+    """The issue: a broker restart was logged as "local network changed"."""
+    state = tmp_path / "broker"
+    config = tmp_path / "broker.toml"
+    udp_port, tcp_port = unused_udp_port(), unused_tcp_port()
+    config.write_text(
+        f'state_dir = "{state}"\nudp_host = "127.0.0.1"\nudp_port = {udp_port}\nhttps_host = "127.0.0.1"\n'
+        f"https_port = 0\npresence_tcp_port = {tcp_port}\nturn_enabled = false\n"
+    )
+    broker = start_broker(state, config=config)
+    daemon = daemon_config(
+        tmp_path,
+        "DL-0009-0013",
+        "127.0.0.1",
+        udp_port,
+        tcp_port,
+        broker.public_key,
+        'transport = "tcp"\ntcp_keepalive_interval_s = 60',
+    )
+    daemon.start()
+    try:
+        wait_for("daemon online over TCP", daemon.online, 30)
+        session = (daemon.status() or {}).get("session_id")
+        broker.stop(signal.SIGKILL)
+        broker = start_broker(state, config=config)
+        try:
+            wait_for(
+                "online again in a new session",
+                lambda: (daemon.status() or {}).get("session_id") not in (None, session) and daemon.online(),
+                40,
+            )
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{log_tail(daemon)}") from None
+        lost = [line for line in daemon.log.read_text().splitlines() if "lost:" in line]
+        assert lost, log_tail(daemon)
+        assert "local network changed" not in lost[0], lost
+        assert f"the broker 127.0.0.1:{tcp_port} closed the presence TCP connection" in lost[0], lost
+    finally:
+        stop_all([daemon, broker])
