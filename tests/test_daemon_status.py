@@ -332,3 +332,31 @@ def test_a_broker_restart_over_tcp_is_logged_as_what_was_seen(tmp_path: Path) ->
         assert f"the broker 127.0.0.1:{tcp_port} closed the presence TCP connection" in lost[0], lost
     finally:
         stop_all([daemon, broker])
+
+
+def test_the_link_rows_show_endpoint_state_since_and_why() -> None:
+    down = status(
+        state="backoff",
+        transport="tcp",
+        endpoint="broker.example.net:443",
+        link="reconnecting",
+        link_since=NOW - 12,
+        link_detail="cannot connect to broker.example.net:443 (connection refused)",
+        transport_reason=(
+            "UDP to broker.example.net:3478 got no answer: 2 registration attempts over udp got no reply"
+        ),
+    )
+    text = format_status(down, NOW)
+    assert row(text, "broker") == "broker.example.net:443 (TCP/TLS)", text
+    assert row(text, "transport") == (
+        "tcp (UDP to broker.example.net:3478 got no answer: 2 registration attempts over udp got no reply)"
+    ), text
+    link = row(text, "link")
+    assert link.startswith("reconnecting since ") and "(12 s ago)" in link, text
+    assert link.endswith(": cannot connect to broker.example.net:443 (connection refused)"), text
+    up = dataclasses.replace(down, state="online", link="connected", link_detail="")
+    assert row(format_status(up, NOW), "link").startswith("connected since"), format_status(up, NOW)
+    assert DaemonStatus.from_json(down.to_json()) == down
+    # a status file from before these fields: the configured broker, no link row
+    assert row(format_status(status(), NOW), "broker") == "broker.example.net:3478"
+    assert row(format_status(status(), NOW), "link") == ""

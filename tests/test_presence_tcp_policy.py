@@ -44,6 +44,7 @@ def test_two_unanswered_registrations_move_auto_to_tcp() -> None:
     (event,) = events(p)
     assert isinstance(event, SwitchRequested) and event.transport is Transport.TCP
     assert "2 registration attempts over udp got no reply" in event.reason
+    assert event.fallback  # `dvrlinkd status` says UDP got no answer
     assert p.transport is Transport.TCP
 
 
@@ -96,6 +97,7 @@ def test_on_tcp_udp_is_probed_on_a_jittered_interval_and_a_success_returns() -> 
     p.probe_finished(True, 985.0)
     (event,) = events(p)
     assert isinstance(event, SwitchRequested) and event.transport is Transport.UDP
+    assert not event.fallback  # back because UDP answers: nothing to explain in status
     assert p.transport is Transport.UDP and p.get_timer() is None
 
 
