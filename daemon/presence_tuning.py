@@ -144,6 +144,8 @@ class PresenceTuning:
                 each.session_lost()
         if isinstance(event, Registered) and not self._nat_between(event.reflexive_address):
             return
+        if isinstance(event, ReflexiveAddressChanged) and self.no_nat is not None:
+            return  # the registration that follows tells whether there is a NAT now
         tcp_prober = self.tcp_prober
         if tcp_prober is not None and isinstance(event, Registered | ReflexiveAddressChanged):
             if tcp_prober.learner.state is LearnerState.IDLE and isinstance(event, Registered):

@@ -29,7 +29,7 @@ from dvrlink.daemon.presence_transport import (
     UdpProbeRequested,
 )
 from dvrlink.daemon.presence_tuning import PresenceTuning
-from dvrlink.protocol.presence_events import Registered
+from dvrlink.protocol.presence_events import ReflexiveAddressChanged, Registered
 from dvrlink.protocol.presence_report import DeviceReport
 
 
@@ -184,3 +184,6 @@ def test_a_device_seen_at_its_own_address_has_no_nat_to_learn(
     # Even a measurement that somehow ended short must not move presence to TCP.
     tuning.on_learner_event(MeasurementDone(33.1, 33.6))
     assert moved == []
+    # A new reflexive address: the registration that follows decides, not the change itself.
+    tuning.on_event(ReflexiveAddressChanged(seen, (seen[0], seen[1] + 1)))
+    assert "path_changed" not in udp.calls + tcp.calls and "start" not in udp.calls + tcp.calls
