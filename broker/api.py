@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import json
 import logging
 import time
@@ -61,7 +62,8 @@ from dvrlink.protocol.signalling import TurnServer as TurnGrant
 
 MAX_BODY = 64 * 1024
 PASSWORD_MAX = 1024
-HASHING_CONCURRENCY = 4  # password checks at once (each takes ~16 MiB and tens of ms)
+HASHING_CONCURRENCY = 2  # password checks at once, each in the hashing pool (~16 MiB, tens of ms)
+HASHING_QUEUE_MAX = 32  # logins that may wait for the pool; more are answered 429 at once
 INVITE_GRACE_S = 5.0  # extra wait beyond the invite ttl before answering 504 anyway
 LIMITER_MAX_KEYS = 100_000
 ICE_UFRAG_LEN = (4, 256)  # RFC 8445 section 5.3, in ice-chars
@@ -125,6 +127,8 @@ class ApiError(Exception):
         message: str,
         extra: Mapping[str, Any] | None = None,
         retry_after: int = 0,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -132,6 +136,8 @@ class ApiError(Exception):
         self.message = message
         self.extra = dict(extra or {})
         self.retry_after = retry_after
+        self.close = close
+        """Close the connection after the answer (the request was not read to its end)."""
 
     def response(self) -> web.Response:
         """The JSON response for this error."""
@@ -141,7 +147,10 @@ class ApiError(Exception):
             headers["Retry-After"] = str(self.retry_after)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="dvrlink"'
-        return web.json_response(body, status=self.status, headers=headers)
+        response = web.json_response(body, status=self.status, headers=headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 class FailureLimiter:
@@ -167,11 +176,31 @@ class FailureLimiter:
             return 0.0
         return times[0] + self._window - now
 
+    def begin(self, key: tuple[str, str], now: float) -> float:
+        """Start an attempt of ``key``: 0 if it may go on, counted as a failure until
+        :meth:`succeeded` forgets it; else the seconds until it may try (nothing is counted).
+
+        Counting before the work (a password hash) means concurrent attempts cannot get past
+        the limit: in one event loop, this check and the count are one step.
+        """
+        wait = self.retry_after(key, now)
+        if wait <= 0:
+            self.failed(key, now)
+        return wait
+
     def failed(self, key: tuple[str, str], now: float) -> None:
         """Count a failure of ``key`` at ``now``."""
         if key not in self._failures and len(self._failures) >= self._max_keys:
             self._prune(now)
         self._failures.setdefault(key, deque(maxlen=self._max)).append(now)
+
+    def undo(self, key: tuple[str, str]) -> None:
+        """Take back the newest count of ``key`` (an attempt :meth:`begin` counted that was not made)."""
+        times = self._failures.get(key)
+        if times:
+            times.pop()
+            if not times:
+                del self._failures[key]
 
     def succeeded(self, key: tuple[str, str]) -> None:
         """Forget the failures of ``key``."""
@@ -209,15 +238,35 @@ def _str_field(body: Mapping[str, Any], name: str, max_len: int) -> str:
     return value
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+class ClientGoneError(Exception):
+    """The client closed the connection before its request was read: nothing to answer."""
+
+
+async def _json_body(request: web.Request, timeout_s: float) -> dict[str, Any]:
+    """The request body as a JSON object, read within ``timeout_s``.
+
+    Raises:
+        ApiError: 408 (the body did not arrive in time; the connection is closed), 413, 400.
+        ClientGoneError: the client closed the connection before sending its body.
+    """
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(
             413,
             "body_too_large",
             f"the request body is larger than {MAX_BODY} bytes; send only the documented fields",
         ) from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout_s:g} s; send it with the headers",
+            close=True,
+        ) from None
+    except ConnectionError:
+        raise ClientGoneError from None
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -236,6 +285,16 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except ClientGoneError:
+        # One quiet line: a client that goes away is not the broker's failure. The status (as
+        # nginx logs it) is for the access log; nobody is left to read the answer.
+        log.info(
+            "client %s closed the connection before its request body arrived (%s %s)",
+            request.remote,
+            request.method,
+            request.path,
+        )
+        return web.Response(status=499, reason="Client Closed Request")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -267,8 +326,18 @@ class BrokerApi:
         self._relays = relays
         self._sessions = SessionTable(config.session_ttl_s, config.session_max_per_account)
         self._logins = FailureLimiter(config.login_max_failures, config.login_window_s)
-        self._hashing = asyncio.Semaphore(HASHING_CONCURRENCY)
+        # Password hashes run in their own small pool: a burst of logins waits for it (or is
+        # refused when too many wait) instead of filling the default executor's threads, each
+        # of which would keep its own ~16 MiB of scrypt memory.
+        self._hashing = concurrent.futures.ThreadPoolExecutor(
+            HASHING_CONCURRENCY, thread_name_prefix="password-hash"
+        )
+        self._hash_waiting = 0
         self._pairing_in_flight: set[str] = set()
+
+    def close(self) -> None:
+        """Stop the hashing pool (after the server stopped taking requests)."""
+        self._hashing.shutdown(wait=True, cancel_futures=True)
 
     def build_app(self) -> web.Application:
         """The aiohttp application with every route of the API."""
@@ -380,11 +449,11 @@ class BrokerApi:
 
     async def create_token(self, request: web.Request) -> web.Response:
         """POST /v1/tokens: log in."""
-        body = await _json_body(request)
+        body = await _json_body(request, self._config.http_body_timeout_s)
         username = _str_field(body, "username", USERNAME_MAX * 4)
         password = _str_field(body, "password", PASSWORD_MAX)
         key = (username, request.remote or "")
-        wait = self._logins.retry_after(key, self._clock())
+        wait = self._logins.begin(key, self._clock())  # counted as a failure until it succeeds
         if wait > 0:
             raise ApiError(
                 429,
@@ -392,12 +461,24 @@ class BrokerApi:
                 f"too many failed logins for {username!r} from this address; wait {wait:.0f} s",
                 retry_after=int(wait) + 1,
             )
+        if self._hash_waiting >= HASHING_QUEUE_MAX:
+            self._logins.undo(key)
+            raise ApiError(
+                429,
+                "busy",
+                "the broker is checking too many logins at once; retry in a second",
+                retry_after=1,
+            )
         record = self._registry.password_record(username)
-        async with self._hashing:
-            ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, record, password)
+        self._hash_waiting += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._hashing, verify_password, record, password
+            )
+        finally:
+            self._hash_waiting -= 1
         now = self._clock()
         if not ok:
-            self._logins.failed(key, now)
             log.info("login failed for %r from %s", username, request.remote)
             raise ApiError(401, "bad_credentials", "wrong username or password")
         self._logins.succeeded(key)
@@ -485,7 +566,7 @@ class BrokerApi:
         """POST /v1/devices/{serial}/pairings: relay a pairing proof to the device."""
         user = self._user(request)
         serial = request.match_info["serial"]
-        body = await _json_body(request)
+        body = await _json_body(request, self._config.http_body_timeout_s)
         viewer_key = _b64_field(body, "viewer_public_key", 32)
         nonce = _b64_field(body, "nonce", NONCE_SIZE)
         proof = _b64_field(body, "proof", MAC_SIZE)
@@ -579,7 +660,7 @@ class BrokerApi:
         """POST /v1/sessions: start a session with a paired, online device; hands out TURN
         credentials for the viewer."""
         user = self._user(request)
-        body = await _json_body(request)
+        body = await _json_body(request, self._config.http_body_timeout_s)
         serial = _str_field(body, "serial", 64)
         policy_name = body.get("policy", "all")
         if policy_name not in POLICIES:
@@ -625,7 +706,7 @@ class BrokerApi:
         return its answer."""
         user = self._user(request)
         record = self._own_session(user, request.match_info["session_id"])
-        body = await _json_body(request)
+        body = await _json_body(request, self._config.http_body_timeout_s)
         ufrag = _ice_field(body, "ice_ufrag", *ICE_UFRAG_LEN)
         pwd = _ice_field(body, "ice_pwd", *ICE_PWD_LEN)
         candidates = _candidates_field(body)
@@ -699,7 +780,7 @@ class BrokerApi:
         (invite kind ``INVITE_KIND_CANDIDATES``) and return the device's new ones."""
         user = self._user(request)
         record = self._own_session(user, request.match_info["session_id"])
-        body = await _json_body(request)
+        body = await _json_body(request, self._config.http_body_timeout_s)
         candidates = _candidates_field(body)
         end = _bool_field(body, "end_of_candidates", default=False)
         session_hex = record.session_id.hex()

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from dvrlink.broker.api import BrokerApi, RelayDirectory
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
+from dvrlink.broker.connection_gate import AddressGate
 from dvrlink.broker.device_events import DeviceEventHandler
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
@@ -268,15 +269,25 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
             listening.append(("presence/tcp", format_address(presence_tcp.address)))
-        app = BrokerApi(registry, gateway, config, relays=relays).build_app()
-        runner = web.AppRunner(app, shutdown_timeout=2.0)
+        api = BrokerApi(registry, gateway, config, relays=relays)
+        stack.callback(api.close)
+        app = api.build_app()
+        runner = web.AppRunner(app, shutdown_timeout=2.0, keepalive_timeout=config.http_idle_timeout_s)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(gateway.cancel_all)
-        await web.TCPSite(
-            runner, config.https_host, config.https_port, ssl_context=server_context(certs)
-        ).start()
-        https_port = int(runner.addresses[0][1])
+        # TLS is started by the gate, after the per-address connection cap let a connection in.
+        gate = AddressGate(
+            config.http_max_connections_per_address, server_context(certs), config.http_body_timeout_s
+        )
+        handlers = runner.server  # makes one aiohttp request handler per connection
+        assert handlers is not None  # set by setup()
+        http_server = await loop.create_server(
+            lambda: gate.protocol(handlers()), config.https_host, config.https_port, reuse_address=True
+        )
+        stack.callback(gate.close)
+        stack.callback(http_server.close)
+        https_port = int(http_server.sockets[0].getsockname()[1])
         listening.append(("https", format_address((config.https_host, https_port))))
         info = BrokerInfo(
             udp_port,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import datetime
 import getpass
 import importlib.util
@@ -160,6 +161,29 @@ def _parser() -> argparse.ArgumentParser:
 
     command(sub, "show-key", "print the broker's public X25519 key (base64) that devices pin")
     return parser
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _return_large_blocks_to_the_os() -> None:
+    """Fix glibc's mmap threshold at its default (128 KiB) for the broker process.
+
+    glibc raises the threshold to the size of the largest block freed, so after one password
+    hash (scrypt, 16 MiB) every later large block (asyncio's 256 KiB TLS buffers, the next
+    hashes) comes from the heap and stays in the process after it is freed: RSS climbed by
+    ~34 MiB after the first logins and ~20 MiB more after a burst of connections. With the
+    threshold fixed, those blocks are mapped and unmapped. A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _config(args: argparse.Namespace) -> BrokerConfig:
@@ -383,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 level=config.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
             )
+            _return_large_blocks_to_the_os()
             asyncio.run(serve(config))
             return 0
         if command == "user" and args.user_command == "add":

@@ -15,14 +15,19 @@ from the directory that holds the file)::
     server_names = ["broker.example.net"]   # added to the self-signed certificate
     token_lifetime_s = 2592000              # 30 days
     manifest_only = false                   # true: only serials from the factory manifest register
-    pairing_max_failures = 5                # wrong pairing codes per device and window ...
-    pairing_window_s = 3600                 # ... before the broker stops forwarding attempts
+    pairing_max_failures = 3                # wrong pairing codes per account and device and window ...
+    pairing_window_s = 3600                 # ... before the broker stops forwarding that account's tries
+    pairing_device_max_failures = 10        # wrong codes per device from all accounts and window ...
+    pairing_device_window_s = 86400         # ... before the broker stops forwarding any try
     invite_ttl_s = 15                       # how long a pairing request waits for the device
     login_max_failures = 10                 # wrong passwords per username and address ...
     login_window_s = 300                    # ... before logins are refused for a while
     session_ttl_s = 600                     # how long a session's signalling state is kept
     session_max_per_account = 16            # sessions at once per account
     session_answer_timeout_s = 10           # how long an offer waits for the device's answer
+    http_body_timeout_s = 10                # a request body must arrive within this (else 408)
+    http_idle_timeout_s = 75                # an API connection with no request is closed after this
+    http_max_connections_per_address = 64   # API connections at once from one client address
     turn_enabled = true                     # built-in TURN relay (RFC 8656)
     turn_udp_port = 3479                    # 0 = free port (see broker.json)
     turn_tcp_port = 3479                    # 0 = free port
@@ -106,10 +111,18 @@ class BrokerConfig:
     manifest_only: bool = False
     """False: a serial is bound to the key of its first registration. True: only serials loaded
     from the factory manifest may register."""
-    pairing_max_failures: int = 5
-    """Wrong pairing codes per device within ``pairing_window_s`` before attempts are refused."""
+    pairing_max_failures: int = 3
+    """Wrong pairing codes one account may send one device within ``pairing_window_s`` before
+    its attempts on that device are refused (429). Keep it below the device's own limit (5 per
+    hour), so that one account cannot make the device lock out its owner."""
     pairing_window_s: float = 3600.0
     """Seconds of the sliding window for ``pairing_max_failures``."""
+    pairing_device_max_failures: int = 10
+    """Wrong pairing codes one device may receive from all accounts within
+    ``pairing_device_window_s`` before every attempt on it is refused (429): the slower cap that
+    bounds guessing with many accounts."""
+    pairing_device_window_s: float = 86400.0
+    """Seconds of the sliding window for ``pairing_device_max_failures``."""
     invite_ttl_s: float = 15.0
     """Seconds a pairing request waits for the device's answer before 504."""
     login_max_failures: int = 10
@@ -122,6 +135,14 @@ class BrokerConfig:
     """Sessions one account may hold at once (429 above)."""
     session_answer_timeout_s: float = 10.0
     """Seconds an offer waits for the device's answer before 504."""
+    http_body_timeout_s: float = 10.0
+    """Seconds a viewer API request body may take to arrive; then 408 and the connection closes."""
+    http_idle_timeout_s: float = 75.0
+    """Seconds an API connection may stay open without a request (before its first and between
+    requests); then it is closed."""
+    http_max_connections_per_address: int = 64
+    """API connections one client address may hold at once; further ones are closed as soon as
+    they are accepted (and logged once per burst)."""
     turn_enabled: bool = True
     """Run the built-in TURN relay (UDP and TCP) and hand out credentials for it."""
     turn_udp_port: int = 3479
@@ -166,8 +187,10 @@ class BrokerConfig:
     and TURN port alike), after a burst of ``stun_rate_burst``; more are dropped. 0 = no limit."""
     stun_rate_burst: int = 100
     """STUN Binding requests one source IP may send at once before ``stun_rate_per_s`` applies."""
-    turn_max_allocations_per_name: int = 10
-    """Built-in TURN relay: allocations at once per REST name (account or serial); 486 above."""
+    turn_max_allocations_per_name: int = 40
+    """Built-in TURN relay: allocations at once per REST name (account or serial); 486 above. The
+    default covers an account's 16 sessions (``session_max_per_account``) with room, and the
+    standard client's ``turnutils_uclient -m 10 -y`` (RTP and RTCP for 10 pairs: 40)."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
 
@@ -195,6 +218,8 @@ _INT_LIMITS = {
     "presence_tcp_port": (0, 65535),
     "https_port": (0, 65535),
     "pairing_max_failures": (1, 1_000_000),
+    "pairing_device_max_failures": (1, 1_000_000),
+    "http_max_connections_per_address": (1, 1_000_000),
     "login_max_failures": (1, 1_000_000),
     "session_max_per_account": (1, 10_000),
     "turn_udp_port": (0, 65535),
@@ -209,6 +234,9 @@ _INT_LIMITS = {
 _DURATION_LIMITS = {
     "token_lifetime_s": (60.0, 10 * 365 * 86400.0),
     "pairing_window_s": (1.0, 30 * 86400.0),
+    "pairing_device_window_s": (1.0, 30 * 86400.0),
+    "http_body_timeout_s": (1.0, 300.0),
+    "http_idle_timeout_s": (1.0, 86400.0),
     "invite_ttl_s": (1.0, 300.0),
     "login_window_s": (1.0, 86400.0),
     "session_ttl_s": (10.0, 86400.0),

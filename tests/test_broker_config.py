@@ -26,7 +26,9 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
     assert config == BrokerConfig(state_dir=tmp_path / "state")
     assert (config.udp_port, config.https_port) == (3478, 8443)
     assert config.token_lifetime_s == 30 * 86400
-    assert (config.pairing_max_failures, config.pairing_window_s, config.invite_ttl_s) == (5, 3600, 15)
+    assert (config.pairing_max_failures, config.pairing_window_s, config.invite_ttl_s) == (3, 3600, 15)
+    assert (config.pairing_device_max_failures, config.pairing_device_window_s) == (10, 86400)
+    assert (config.http_body_timeout_s, config.http_max_connections_per_address) == (10, 64)
     assert not config.manifest_only
     assert config.log_level_number == 20
 
