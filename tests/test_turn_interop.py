@@ -3,9 +3,9 @@ with REST credentials made from the broker's TURN secret (the scheme of ``turn_c
 
 The issue's command, ``-e 127.0.0.1 -n 1000 -m 10 -l 170 -y``: 10 client pairs relaying to each
 other, each with an RTP allocation that asks for EVEN-PORT with the R bit and an RTCP one that
-claims the reserved port with RESERVATION-TOKEN: 40 allocations under one name, so this broker's
-``turn_max_allocations_per_name`` is 40 (the default, 10, answers 486 by design). And a run
-refused over the quota must not block the next one.
+claims the reserved port with RESERVATION-TOKEN: 40 allocations under one name, which the default
+``turn_max_allocations_per_name`` (40) holds. And a run refused over the quota (here set to 10)
+must not block the next one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _uclient(broker: Broker, name: str, *flags: str) -> tuple[int, str]:
 
 
 def test_the_standard_uclient_command_relays_through_the_broker(tmp_path: Path) -> None:
-    broker = _broker(tmp_path, quota=40)
+    broker = _broker(tmp_path, quota=None)  # the default quota
     try:
         code, out = _uclient(
             broker, "uclient", "-e", "127.0.0.1", "-n", "1000", "-m", "10", "-l", "170", "-y"
@@ -72,7 +72,7 @@ def test_the_standard_uclient_command_relays_through_the_broker(tmp_path: Path) 
 
 
 def test_a_run_refused_over_quota_does_not_block_the_next(tmp_path: Path) -> None:
-    broker = _broker(tmp_path, quota=None)  # the default quota, 10 allocations per name
+    broker = _broker(tmp_path, quota=10)
     try:
         # -c -m 10 -y: 20 allocations, over the quota; the client gives up on 486.
         code, out = _uclient(
