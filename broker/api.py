@@ -580,14 +580,7 @@ class BrokerApi:
             )
         now = self._clock()
         window = self._config.pairing_window_s
-        if self._registry.pair_failures_since(serial, now - window) >= self._config.pairing_max_failures:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"too many wrong pairing codes for {serial} in the last {window:.0f} s; wait, then check the "
-                "code on the device",
-                retry_after=int(window),
-            )
+        self._check_pairing_limits(user, serial, now)
         if serial in self._pairing_in_flight:
             raise ApiError(
                 429,
@@ -616,7 +609,7 @@ class BrokerApi:
             self._registry.record_pairing(user, serial, viewer_key, self._clock())
             return web.json_response({"status": "paired", "result": result_b64})
         if result.status is PairStatus.WRONG_CODE:
-            self._registry.record_pair_failure(serial, self._clock())
+            self._registry.record_pair_failure(serial, self._clock(), user)
             raise ApiError(
                 403, "wrong_code", "the device says the pairing code is wrong; check it and retry", extra
             )
@@ -629,6 +622,37 @@ class BrokerApi:
                 retry_after=int(window),
             )
         raise ApiError(400, "bad_request", "the device found the pairing request malformed", extra)
+
+    def _check_pairing_limits(self, user: str, serial: str, now: float) -> None:
+        """Refuse a pairing attempt over the limits on wrong codes: per account and device, so one
+        account cannot spend the owner's tries (nor reach the device's own limit); and the slower
+        cap per device over all accounts, which bounds guessing with many accounts. They live
+        here, in the cloud API: pairing over the device's serial console is not subject to them.
+
+        Raises:
+            ApiError: 429 ``rate_limited`` with Retry-After.
+        """
+        window = self._config.pairing_window_s
+        mine = self._registry.pair_failures_since(serial, now - window, user)
+        if mine >= self._config.pairing_max_failures:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many wrong pairing codes from {user!r} for {serial} in the last {window:.0f} s; wait, "
+                "then check the code on the device's label",
+                retry_after=int(window),
+            )
+        device_window = self._config.pairing_device_window_s
+        device_max = self._config.pairing_device_max_failures
+        if self._registry.pair_failures_since(serial, now - device_window) >= device_max:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"{serial} had {device_max} wrong pairing codes from all accounts in the last "
+                f"{device_window:.0f} s, so the broker stops forwarding attempts for a while; wait, or pair "
+                "over the device's serial console",
+                retry_after=int(device_window),
+            )
 
     def _check_result(
         self, device: DeviceRecord, answer: InviteAnswered, viewer_key: bytes, nonce: bytes

@@ -85,6 +85,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE devices ADD COLUMN report TEXT",
         "ALTER TABLE devices ADD COLUMN reported_at REAL",
     ),
+    # 3: who sent each wrong pairing code (the limit is per account and device, with a cap per device)
+    (
+        "ALTER TABLE pair_failures ADD COLUMN username TEXT",
+        "CREATE INDEX pair_failures_by_account ON pair_failures (serial, username, at)",
+    ),
 )
 
 
@@ -720,17 +725,27 @@ class Registry:
         ).fetchone()
         return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3])
 
-    def record_pair_failure(self, serial: str, now: float) -> None:
-        """Count a wrong pairing code the device reported (old entries are pruned)."""
+    def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None:
+        """Count a wrong pairing code the device reported for ``username``'s attempt (old entries
+        are pruned)."""
         with self._transaction() as db:
             db.execute(
                 "DELETE FROM pair_failures WHERE serial = ? AND at < ?", (serial, now - PAIR_FAILURE_MEMORY_S)
             )
-            db.execute("INSERT INTO pair_failures (serial, at) VALUES (?, ?)", (serial, now))
+            db.execute(
+                "INSERT INTO pair_failures (serial, at, username) VALUES (?, ?, ?)", (serial, now, username)
+            )
 
-    def pair_failures_since(self, serial: str, since: float) -> int:
-        """Number of wrong pairing codes for ``serial`` at or after ``since``."""
-        row = self._db.execute(
-            "SELECT count(*) FROM pair_failures WHERE serial = ? AND at >= ?", (serial, since)
-        ).fetchone()
+    def pair_failures_since(self, serial: str, since: float, username: str | None = None) -> int:
+        """Number of wrong pairing codes for ``serial`` at or after ``since``: from every account,
+        or with ``username`` from that account only."""
+        if username is None:
+            row = self._db.execute(
+                "SELECT count(*) FROM pair_failures WHERE serial = ? AND at >= ?", (serial, since)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT count(*) FROM pair_failures WHERE serial = ? AND username = ? AND at >= ?",
+                (serial, username, since),
+            ).fetchone()
         return int(row[0])

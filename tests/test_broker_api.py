@@ -432,6 +432,65 @@ def test_broker_refuses_pairing_after_too_many_wrong_codes_without_forwarding(tm
     run(main)
 
 
+def test_an_attacker_account_cannot_lock_the_owner_out_of_pairing(tmp_path: Path) -> None:
+    """Wrong codes are limited per account and device: an account that knows the serial spends its
+    own tries, not the owner's (and not the device's own limit either)."""
+
+    async def main() -> None:
+        async with lab(tmp_path) as t:  # defaults
+            mallory = await t.login("mallory")
+            alice = await t.login("alice")
+            device = await t.device("DL-0001")
+            outcomes = []
+            for _ in range(10):  # bounded: until the broker stops forwarding mallory's tries
+                body, _ = pairing_body(device, code="ZZZZZZZZZZZZZZZZ")
+                status, answer = await t.call("POST", "/v1/devices/DL-0001/pairings", mallory, json=body)
+                outcomes.append((status, answer["error"]))
+                if status == 429:
+                    break
+            limit = t.broker.config.pairing_max_failures
+            assert outcomes == [(403, "wrong_code")] * limit + [(429, "rate_limited")], outcomes
+            assert len(device.invites) == limit < 5  # below the device's own limit
+            body, viewer_key = pairing_body(device)
+            status, answer = await t.call("POST", "/v1/devices/DL-0001/pairings", alice, json=body)
+            assert (status, answer.get("status")) == (200, "paired"), answer
+            pairing = t.broker.registry.pairing("alice", "DL-0001")
+            assert pairing is not None and pairing.viewer_key == viewer_key
+            body, _ = pairing_body(device)  # mallory stays limited, even with the right code
+            status, answer = await t.call("POST", "/v1/devices/DL-0001/pairings", mallory, json=body)
+            assert (status, answer["error"]) == (429, "rate_limited"), answer
+
+    run(main)
+
+
+def test_a_slower_cap_per_device_holds_over_many_accounts(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with lab(tmp_path, pairing_max_failures=2, pairing_device_max_failures=3) as t:
+            device = await t.device("DL-0001")
+            wrong: list[tuple[int, str]] = []
+            for name in ("m1", "m2", "m3"):
+                headers = await t.login(name)
+                for _ in range(3):
+                    body, _ = pairing_body(device, code="ZZZZZZZZZZZZZZZZ")
+                    status, answer = await t.call("POST", "/v1/devices/DL-0001/pairings", headers, json=body)
+                    wrong.append((status, answer["error"]))
+            assert (
+                wrong
+                == [(403, "wrong_code")] * 2
+                + [(429, "rate_limited")]
+                + [(403, "wrong_code")]
+                + [(429, "rate_limited")] * 5
+            ), wrong
+            assert len(device.invites) == 3
+            status, answer = await t.call(
+                "POST", "/v1/devices/DL-0001/pairings", await t.login("alice"), json=pairing_body(device)[0]
+            )
+            assert (status, answer["error"]) == (429, "rate_limited")
+            assert "all accounts" in answer["message"], answer
+
+    run(main)
+
+
 def test_device_side_rate_limit_is_passed_on(tmp_path: Path) -> None:
     async def main() -> None:
         async with lab(tmp_path) as t:
