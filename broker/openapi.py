@@ -327,9 +327,14 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json("Token issued", "Token"),
                         "400": _error("Malformed body (`bad_request`)"),
                         "401": _error("Wrong username or password (`bad_credentials`)"),
+                        "408": _error(
+                            "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
+                            "connection is closed"
+                        ),
                         "413": _error("Body larger than 64 KiB (`body_too_large`)"),
                         "429": _error(
-                            "Too many failed logins for this username and address (`rate_limited`)"
+                            "Too many failed logins for this username and address (`rate_limited`), or "
+                            "too many logins being checked at once (`busy`, retry after a second)"
                         ),
                     },
                 }
@@ -410,9 +415,14 @@ def openapi_document() -> dict[str, Any]:
                         "403": _error("The device says the code is wrong (`wrong_code`, with `result`)"),
                         "404": _error("Unknown device (`unknown_device`)"),
                         "409": _error("Device offline (`device_offline`)"),
+                        "408": _error(
+                            "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
+                            "connection is closed"
+                        ),
                         "413": _error("Body larger than 64 KiB (`body_too_large`)"),
                         "429": _error(
-                            "Too many wrong codes for this device, or a pairing in progress (`rate_limited`)"
+                            "Too many wrong codes from this account for this device, or from all accounts "
+                            "for it (the slower cap), or a pairing in progress (`rate_limited`)"
                         ),
                         "502": _error("The device's answer was not a valid pairing result (`device_error`)"),
                         "504": _error("The device did not answer in time (`device_timeout`)"),
@@ -449,6 +459,10 @@ def openapi_document() -> dict[str, Any]:
                         "403": _error("Not paired to this account (`not_paired`)"),
                         "404": _error("Unknown device (`unknown_device`)"),
                         "409": _error("Device offline (`device_offline`)"),
+                        "408": _error(
+                            "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
+                            "connection is closed"
+                        ),
                         "413": _error("Body larger than 64 KiB (`body_too_large`)"),
                         "429": _error("The account holds too many sessions (`too_many_sessions`)"),
                     },
@@ -486,6 +500,10 @@ def openapi_document() -> dict[str, Any]:
                             "Device offline (`device_offline`), or the session already has an offer "
                             "(`session_used`)"
                         ),
+                        "408": _error(
+                            "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
+                            "connection is closed"
+                        ),
                         "413": _error("Body larger than 64 KiB (`body_too_large`)"),
                         "502": _error(
                             "The device cannot handle sessions or answered badly (`device_error`), or it "
@@ -520,6 +538,10 @@ def openapi_document() -> dict[str, Any]:
                             "(`session_not_answered`)"
                         ),
                         "410": _error("The device closed the session (`session_gone`)"),
+                        "408": _error(
+                            "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
+                            "connection is closed"
+                        ),
                         "413": _error("Body larger than 64 KiB (`body_too_large`)"),
                         "429": _error("Too many updates for one session (`too_many_updates`)"),
                         "502": _error("The device answered badly (`device_error`)"),
