@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="dvrlink-broker",
         parents=[where],
         description="dvrlink broker: device registry, presence, and the viewer API.",
-        epilog="Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error.",
+        epilog=(
+            "Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error (also a state "
+            "directory, registry or key that is missing, empty or from a newer version)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"dvrlink-broker {_version()}")
     parser.add_argument("--check-config", action="store_true", help="check the configuration and exit")
@@ -130,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     command(sub, "check-config", "check the configuration and exit")
 
-    user = command(sub, "user", "manage viewer accounts", state=False).add_subparsers(
+    user = command(sub, "user", "viewer accounts: add, list, delete, passwd", state=False).add_subparsers(
         dest="user_command", metavar="ACTION"
     )
     add = command(user, "add", "create an account (creates the registry if there is none)")
@@ -147,13 +150,14 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
 
-    manifest = command(sub, "manifest", "factory manifest", state=False).add_subparsers(
+    manifest_text = "factory manifest: load serial to device key bindings"
+    manifest = command(sub, "manifest", manifest_text, state=False).add_subparsers(
         dest="manifest_command", metavar="ACTION"
     )
     load = command(manifest, "load", "bind serials to keys from a manifest file", epilog=MANIFEST_FORMAT)
     load.add_argument("file", type=Path, help="the manifest (format below)")
 
-    device = command(sub, "device", "device bindings", state=False).add_subparsers(
+    device = command(sub, "device", "device bindings: release a serial", state=False).add_subparsers(
         dest="device_command", metavar="ACTION"
     )
     release = command(device, "release", "forget a serial's key and pairings (device reset or replaced)")
