@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from dvrlink.broker.state import BrokerInfo, read_info
 from dvrlink.broker.tls import client_context
@@ -126,10 +127,11 @@ async def _wrong_logins(info: BrokerInfo, username: str, count: int) -> collecti
     return outcomes
 
 
+@pytest.mark.parametrize("cap", [64, 2000], ids=["default-connection-cap", "every-connection-admitted"])
 def test_a_burst_of_concurrent_wrong_logins_is_held_to_the_limit_and_memory_stays_flat(
-    tmp_path: Path,
+    tmp_path: Path, cap: int
 ) -> None:
-    with running_broker(tmp_path) as broker:
+    with running_broker(tmp_path, f"http_max_connections_per_address = {cap}\n") as broker:
         started = broker.rss_kib()
         warm = asyncio.run(_wrong_logins(broker.info, "warm-up", 4))  # the hashing pool's first use
         assert warm["401"] == 4, warm
@@ -138,14 +140,18 @@ def test_a_burst_of_concurrent_wrong_logins_is_held_to_the_limit_and_memory_stay
         after = broker.rss_kib()
         print(
             f"broker RSS: {started / 1024:.1f} MiB at start, {before / 1024:.1f} MiB after the warm-up, "
-            f"{after / 1024:.1f} MiB after 1000 concurrent wrong logins "
+            f"{after / 1024:.1f} MiB after 1000 concurrent wrong logins with a cap of {cap} connections "
             f"({(after - before) / 1024:+.1f} MiB); "
             f"outcomes {dict(burst)}"
         )
         assert burst["401"] <= 10, f"the limit is 10 wrong passwords, the burst got {dict(burst)}"
         assert burst["200"] == 0 and sum(burst.values()) == 1000, burst
         assert burst["429"] > 0, burst
-        assert after - started <= 20 * 1024, f"RSS grew from {started} KiB to {after} KiB"
+        # With the default cap the target holds (about +7 MiB measured). With every connection
+        # admitted, 1000 TLS connections at once leave about +40 MiB of native memory (no Python
+        # objects: tracemalloc shows none kept), so that variant checks the limit and a looser bound.
+        bound_mib = 20 if cap == 64 else 80
+        assert after - started <= bound_mib * 1024, f"RSS grew from {started} KiB to {after} KiB"
         assert broker.proc.poll() is None
         # the real password is refused too while the limit holds
         again = asyncio.run(_wrong_logins(broker.info, "alice", 1))
