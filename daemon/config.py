@@ -118,8 +118,11 @@ class PresenceConfig:
 class PairingConfig:
     """``[pairing]``: limits on wrong pairing codes."""
 
-    max_failures: int = 5
-    """Wrong codes allowed per window; further tries are refused, even with the right code."""
+    max_failures: int = 10
+    """Wrong codes allowed per window; further tries are refused, even with the right code. The
+    device's own guard, against a broker that forwards guesses: the broker's limits (3 per account
+    and hour, 10 per device and day) bind first, so other accounts' wrong codes cannot make the
+    device refuse its owner."""
     window_s: float = 3600.0
     """Sliding window in seconds over which wrong codes are counted."""
 

@@ -89,7 +89,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.presence.keepalive_interval_s == 25.0
     assert config.presence.reply_timeout_s == 3.0
     assert config.presence.retries == 2
-    assert config.pairing.max_failures == 5
+    assert config.pairing.max_failures == 10
     assert config.pairing.window_s == 3600.0
     assert config.log.level == "INFO"
 

@@ -84,3 +84,29 @@ def test_errors_say_what_to_do(rig: tuple[Broker, list[Daemon], Viewer]) -> None
     broker.stop()
     unreachable = viewer.run("devices", check=False)
     assert unreachable.returncode != 0 and "cannot reach the broker" in unreachable.stderr
+
+
+def test_other_accounts_wrong_codes_do_not_lock_the_owner_out(
+    rig: tuple[Broker, list[Daemon], Viewer], tmp_path: Path
+) -> None:
+    """Two accounts that know the serial spend their own tries (3 each at the broker), six wrong
+    codes in all reach the device, and the owner still pairs with the right code: the device's
+    own limit sits above what the broker lets through."""
+    broker, (_, device), owner = rig
+    code = PairingUri.parse(device.pairing_uri()).code
+    for name in ("mallory", "trudy"):
+        add_user(broker.state_dir, name, "guessing all day")
+        attacker = Viewer(tmp_path / name)
+        attacker.login(broker, name, "guessing all day")
+        refusals = []
+        for _ in range(4):  # bounded: the broker refuses this account after 3 wrong codes
+            result = attacker.run("pair", device.serial, wrong(code), check=False)
+            assert result.returncode != 0
+            refusals.append(result.stderr.strip().splitlines()[-1])
+        assert all("wrong" in line.lower() for line in refusals[:3]), refusals
+        assert "too many" in refusals[3].lower() or "rate" in refusals[3].lower(), refusals
+    paired = owner.run("pair", device.serial, code, check=False)
+    assert paired.returncode == 0 and f"paired {device.serial}" in paired.stdout, (
+        f"the owner was locked out by other accounts' wrong codes:\n{paired.stdout}{paired.stderr}"
+    )
+    assert len(authorised_viewers(device)) == 1
