@@ -40,6 +40,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "--quiet",
             "--no-deps",
+            "--ignore-installed",  # stage a copy: never uninstall the running environment's dvrlink
             "--no-warn-script-location",
             "--root",
             str(root),
@@ -54,6 +55,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=build,
     )
     assert result.returncode == 0, f"staged install failed:\n{result.stdout}\n{result.stderr}"
+    own = Path(sys.executable).parent / "dvrlinkd"
+    assert own.exists(), f"staging the install removed {own} from the environment running the tests"
     units = root / "usr/lib/systemd/system"
     units.mkdir(parents=True, exist_ok=True)
     for target in HOST_UNITS.glob("*.target"):
