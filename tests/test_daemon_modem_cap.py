@@ -27,6 +27,7 @@ from test_daemon_modem import ICCID, SERIAL, Rig, running, status_rows
 from test_daemon_sessions import Connections, LogWatch
 from test_daemon_sessions import Rig as SessionRig
 
+from dvrlink.daemon import presence_tuning
 from dvrlink.daemon.nat_lifetime import LearnerState
 from dvrlink.daemon.presence_tuning import PresenceTuning
 from dvrlink.daemon.status import format_status, read_status
@@ -88,7 +89,13 @@ def daemon_log() -> Iterator[LogWatch]:
 async def capped_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meter: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> AsyncIterator[tuple[Rig, LogWatch]]:
-    """The daemon with a 1 MB cap (warn at 50 %), its data link metered by ``meter``."""
+    """The daemon with a 1 MB cap (warn at 50 %), its data link metered by ``meter``.
+
+    Loopback has no NAT, and a daemon the broker sees at its own address learns nothing (no
+    probes to pause). The cap's pause is about probes, so here the daemon is told its reflexive
+    address is behind a NAT, the one thing loopback cannot give it.
+    """
+    monkeypatch.setattr(presence_tuning, "behind_nat", lambda local, reflexive: True)
     with daemon_log() as watch:
         async with running(
             tmp_path,
@@ -233,6 +240,12 @@ class FakeProber:
 
     def path_changed(self, reason: str) -> None:
         self.calls.append("path-changed")
+
+    def broker_answered(self) -> None:
+        """The learner's control (a keepalive answered): no start or stop, not recorded."""
+
+    def session_lost(self) -> None:
+        """The learner's control (the session ended): no start or stop, not recorded."""
 
 
 class NullClient:
