@@ -13,6 +13,7 @@ from bench import (
     cellular_cost,
     daemon_footprint,
     daemon_streaming,
+    login_burst,
     modem_online,
     presence_load,
     relay_pps,
@@ -30,6 +31,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("relay_pps", relay_pps.main),
     ("daemon_streaming", daemon_streaming.main),
     ("modem_online", modem_online.main),
+    ("login_burst", login_burst.main),
 )
 
 

@@ -140,3 +140,9 @@ def test_modem_online_prints_time_to_online_and_recoveries() -> None:
     assert numbers(r"median ([\d.]+) ms", out)[0] > 0
     assert "firmware hang" in out and "ladder: resync" in out
     assert numbers(r"idle .*: ([\d.]+) % of a core", out)[0] >= 0
+
+
+def test_login_burst_prints_outcomes_and_rss() -> None:
+    out = run_bench("login_burst")
+    assert numbers(r"'401': (\d+)", out)[0] > 0, out
+    assert numbers(r"RSS growth over \d+ burst\(s\): ([\d.-]+) MB", out), out
