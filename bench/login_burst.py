@@ -77,8 +77,9 @@ def run(quick: bool) -> None:
                 outcomes = asyncio.run(wrong_logins(broker, f"alice{index}", count))
                 after = rss_kib(pid)
                 held = held and outcomes["401"] <= LIMIT and outcomes["200"] == 0
+                seen = dict(sorted(outcomes.items()))
                 print(
-                    f"burst {index + 1}: {count} concurrent wrong logins -> {dict(sorted(outcomes.items()))}; "
+                    f"burst {index + 1}: {count} concurrent wrong logins -> {seen}; "
                     f"RSS {after / 1024:.1f} MiB ({(after - started) / 1024:+.1f} MiB since start)"
                 )
             grown_mb = (after - started) * 1024 / 1e6
