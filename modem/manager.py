@@ -83,7 +83,38 @@ STAT_SEARCHING = 2
 STAT_DENIED = 3
 STAT_UNKNOWN = 4
 STAT_ROAMING = 5
-REGISTERED_STATS = frozenset({STAT_HOME, STAT_ROAMING})
+STAT_HOME_SMS_ONLY = 6
+STAT_ROAMING_SMS_ONLY = 7
+STAT_EMERGENCY_ONLY = 8
+STAT_HOME_CSFB_NOT_PREFERRED = 9
+STAT_ROAMING_CSFB_NOT_PREFERRED = 10
+STAT_RLOS = 11
+"""Attached for access to restricted local operator services only: no data."""
+HOME_STATS = frozenset({STAT_HOME, STAT_HOME_CSFB_NOT_PREFERRED})
+ROAMING_STATS = frozenset({STAT_ROAMING, STAT_ROAMING_CSFB_NOT_PREFERRED})
+REGISTERED_STATS = HOME_STATS | ROAMING_STATS
+"""Registered for data (on a packet-domain line: +CGREG, +CEREG, +C5GREG)."""
+SMS_STATS = REGISTERED_STATS | {STAT_HOME_SMS_ONLY, STAT_ROAMING_SMS_ONLY}
+"""Registered for SMS (on +CREG, or any registration line)."""
+PS_REG_NAMES = ("+CGREG", "+CEREG", "+C5GREG")
+REG_NAMES = ("+CREG", *PS_REG_NAMES)
+LIMITED_REGISTRATION: dict[int, str] = {
+    STAT_RLOS: (
+        "attached for restricted local operator services only (3GPP status 11), which carry no"
+        " data: waiting for a full registration; check the SIM's subscription and the coverage"
+    ),
+    STAT_EMERGENCY_ONLY: (
+        "attached for emergency services only (3GPP status 8): waiting for a full registration;"
+        " check the SIM's subscription and the coverage"
+    ),
+    STAT_HOME_SMS_ONLY: (
+        "registered for SMS only (3GPP status 6): waiting for a packet-domain registration for data"
+    ),
+    STAT_ROAMING_SMS_ONLY: (
+        "registered for SMS only, roaming (3GPP status 7): waiting for a packet-domain registration for data"
+    ),
+}
+"""Attached, but not for data: what ``status().detail`` says while registering."""
 
 # 3GPP TS 27.007 <AcT> values, as a short radio technology name.
 ACT_NAMES: dict[int, str] = {
@@ -119,7 +150,10 @@ EF_AD_READ = "AT+CRSM=176,28589,0,0,4"
 # Huawei ECM calls answer OK at once and report the outcome with this URC.
 NDIS_STATUS_URC = "^NDISSTAT"
 
-_ICCID = re.compile(r"^[0-9]{18,20}F?$")
+# ICCID rules as ModemManager's mm_3gpp_parse_iccid: 19 or 20 characters, digits, and hex digits
+# only in the operator's account part (CMCC and others use them), from the 7th character on.
+_ICCID = re.compile(r"^[0-9]{6}[0-9A-F]{13,14}$")
+_IMEI = re.compile(r"^[0-9]{15}$")
 _PIN = re.compile(r"^[0-9]{4,8}$")
 
 
@@ -631,21 +665,51 @@ class RegInfo:
 def parse_registration(line: str, *, reply: bool) -> RegInfo | None:
     """``+CREG: [<n>,]<stat>[,<lac>,<ci>[,<AcT>]]`` → stat and AcT; None when malformed.
 
-    ``reply``: the line answers ``+CREG?`` and starts with ``<n>``. For ``+CEREG`` the area
-    field is ``<tac>``; some modems add ``<rac>`` to ``+CGREG`` before ``<AcT>`` (then the
-    4th field is not a number and the next one is taken).
+    Whether ``<n>`` leads is told from the field count and from the second field, as
+    ModemManager does: a ``<stat>`` is a short bare number (0-11), a ``<lac>``/``<tac>`` is
+    quoted, hexadecimal or longer. Some modems send ``<n>`` in URCs too
+    (``+CGREG: 2,1, 81ED, 1A9CEB``), some answer ``+CREG?`` with zero-padded fields
+    (``+CREG:002,001,"18d8","ffff"``). ``reply`` (the line answers a ``?`` query) decides only
+    what the fields cannot: a zero-padded second field such as ``0001``. Extra fields are known:
+    ``<rac>`` after ``<AcT>`` in ``+CGREG``, ``<rac>`` before ``<ci>`` in ``+CEREG``, and the
+    NSSAI after ``+C5GREG``'s ``<AcT>``. A ``<stat>`` above 11 reads as 4 (unknown).
     """
-    fields = reply_fields(line)
-    if reply:
-        fields = fields[1:]
-    if not fields or not fields[0].isdigit():
+    if ":" not in line:
         return None
-    act: int | None = None
-    for candidate in fields[3:5]:
-        if candidate.isdigit():
-            act = int(candidate)
-            break
-    return RegInfo(int(fields[0]), act)
+    name, body = line.split(":", 1)
+    raw = [field.strip() for field in body.split(",")]
+    count = len(raw)
+    if count <= 2:
+        has_n = count == 2
+    elif count == 3:
+        has_n = False
+    else:
+        has_n = _registration_has_n(raw[1], reply=reply)
+    stat = _reg_number(raw[1] if has_n else raw[0])
+    if stat is None or (has_n and _reg_number(raw[0]) is None):
+        return None
+    rest = raw[2:] if has_n else raw[1:]
+    act_index = 2
+    if name.strip().upper() == "+CEREG" and count == (6 if has_n else 5):
+        act_index = 3  # <tac>,<rac>,<ci>,<AcT>
+    act = _reg_number(rest[act_index]) if len(rest) > act_index else None
+    return RegInfo(stat if stat <= STAT_RLOS else STAT_UNKNOWN, act)
+
+
+def _reg_number(field: str) -> int | None:
+    """A bare decimal field (``001`` → 1); None when quoted, empty or not a number."""
+    field = field.strip()
+    return int(field) if field.isdigit() else None
+
+
+def _registration_has_n(second: str, *, reply: bool) -> bool:
+    """Whether the second field of a registration line is its ``<stat>`` (then ``<n>`` leads)."""
+    value = _reg_number(second)
+    if value is None or value > STAT_RLOS:
+        return False  # quoted, hexadecimal or too large: a <lac>/<tac>
+    if len(second.strip()) <= 2:
+        return True
+    return reply  # "001" or "0001": a zero-padded <stat> in a reply, a <lac> in a URC
 
 
 def csq_to_dbm(line: str) -> int | None:
@@ -683,27 +747,70 @@ def parse_cops(line: str) -> tuple[str, int | None]:
     return operator, act
 
 
+def luhn_valid(digits: str) -> bool:
+    """Whether the last digit of ``digits`` is its Luhn check digit (ICCID, IMEI); False for non-digits."""
+    if not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if i % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def normalize_iccid(raw: str) -> str | None:
+    """The ICCID in one reply value, or None when it is not one (ModemManager's rules).
+
+    Quotes and spaces are dropped and hex digits upper-cased. It must start with the telecom
+    industry identifier 89; a value starting with 98 is the raw, nibble-swapped EF_ICCID and is
+    swapped back (only 20 characters long, like every +CRSM read). A trailing ``F`` filler of a
+    19-digit ICCID is dropped. The Luhn digit is not checked here: see :func:`luhn_valid`.
+    """
+    value = raw.strip().strip('"').strip().upper()
+    if not _ICCID.match(value):
+        return None
+    if value.startswith("98"):
+        if len(value) != 20:
+            return None
+        value = "".join(value[i + 1] + value[i] for i in range(0, 20, 2))
+    elif not value.startswith("89"):
+        return None
+    if value.endswith("F"):
+        value = value[:-1]
+    return value
+
+
 def parse_iccid(lines: tuple[str, ...]) -> str | None:
-    """The ICCID in a vendor reply (``+QCCID: 8949...``, ``^ICCID: ...``, bare digits)."""
+    """The ICCID in a vendor reply (``+QCCID: 8949...``, ``^ICCID: ...``, bare digits), or None."""
     for line in lines:
         value = line.split(":", 1)[1] if ":" in line else line
-        value = value.strip().strip('"').upper()
-        if _ICCID.match(value):
-            return value.rstrip("F")
+        iccid = normalize_iccid(value)
+        if iccid is not None:
+            return iccid
     return None
 
 
 def parse_ef_iccid(lines: tuple[str, ...]) -> str | None:
-    """The ICCID from ``+CRSM: 144,0,"<EF_ICCID>"`` (BCD with swapped nibbles)."""
+    """The ICCID from ``+CRSM: 144,0,"<EF_ICCID>"`` (BCD with swapped nibbles), or None."""
     for line in lines:
         fields = reply_fields(line)
         if len(fields) >= 3 and fields[0] == "144":
-            data = fields[2].upper()
-            digits = "".join(data[i + 1] + data[i] for i in range(0, len(data) - 1, 2))
-            digits = digits.rstrip("F")
-            if _ICCID.match(digits):
-                return digits
+            iccid = normalize_iccid(fields[2])
+            if iccid is not None:
+                return iccid
     return None
+
+
+def parse_imei(lines: tuple[str, ...]) -> str:
+    """The IMEI in a ``+CGSN`` reply (``86...``, ``+CGSN: "86..."``), or "" when there is none.
+
+    An IMEI is 15 digits; some modems append their serial number (``356936001568843,NL2A62Z0N5``),
+    which is dropped. CDMA ESN/MEID replies and text that is not an IMEI give "". The Luhn digit is
+    not checked here (the manager logs a bad one): see :func:`luhn_valid`.
+    """
+    value = strip_identity(lines)
+    first = value.split(",", 1)[0].strip().strip('"')
+    return first if _IMEI.match(first) else ""
 
 
 def parse_ef_ad(lines: tuple[str, ...]) -> tuple[bool, int | None]:
@@ -849,7 +956,7 @@ class ModemManager:
             sim=self._sim,
             iccid=self._iccid or "",
             operator=self._operator or (radio.network if radio is not None else ""),
-            roaming=self._effective_stat == STAT_ROAMING,
+            roaming=self._effective_stat in ROAMING_STATS,
             rat=radio.rat if radio is not None and radio.rat else rat,
             band=radio.band if radio is not None else "",
             signal_dbm=self._dbm,
@@ -1251,7 +1358,11 @@ class ModemManager:
         elif name == "AT+CGMR":
             self._revision = value.removeprefix("Revision:").strip()
         elif name == "AT+CGSN":
-            self._imei = value
+            self._imei = parse_imei(outcome.lines)
+            if not self._imei:
+                log.warning("modem: +CGSN gave no IMEI (%r): the modem is identified without one", value[:40])
+            elif not luhn_valid(self._imei):
+                log.warning("modem: IMEI %s has a bad check digit; kept as the modem reports it", self._imei)
 
     def _cereg_enabled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         self._has_cereg = isinstance(outcome, CommandCompleted)
@@ -1353,6 +1464,9 @@ class ModemManager:
     def _identify(self, iccid: str) -> None:
         old = self._iccid
         if iccid and iccid != old:
+            if iccid.isdigit() and not luhn_valid(iccid):
+                # kept: the accounting and APN memory key on it, and some issuers get this digit wrong
+                log.warning("modem: ICCID %s has a bad check digit; kept as is", redact_iccid(iccid))
             self._events.append(SimChanged(old, iccid))
             if old is not None:
                 log.info("modem: SIM changed from %s to %s", redact_iccid(old), redact_iccid(iccid))
@@ -1494,17 +1608,7 @@ class ModemManager:
         self._reg[name] = info.stat
         if info.act is not None and info.stat in REGISTERED_STATS:
             self._act = info.act
-        ps = [self._reg[n] for n in ("+CGREG", "+CEREG") if n in self._reg]
-        stats = ps or [self._reg.get("+CREG", STAT_UNKNOWN)]
-        if STAT_HOME in stats:
-            stat = STAT_HOME
-        elif STAT_ROAMING in stats:
-            stat = STAT_ROAMING
-        elif STAT_DENIED in stats or self._reg.get("+CREG") == STAT_DENIED:
-            stat = STAT_DENIED
-        else:
-            stat = max(stats) if stats else STAT_UNKNOWN
-            stat = STAT_SEARCHING if stat == STAT_SEARCHING else STAT_NOT_REGISTERED
+        stat = self._data_stat()
         if stat != self._effective_stat:
             self._effective_stat = stat
             rat = ACT_NAMES.get(self._act, "") if self._act is not None else ""
@@ -1513,25 +1617,60 @@ class ModemManager:
                 self._send("AT+COPS?", self._cops_reply)
         self._evaluate_registration(now)
 
+    def _data_stat(self) -> int:
+        """The packet-domain status the manager acts on, from every registration line read.
+
+        ``+CREG`` speaks for data only while no packet-domain line (``+CGREG``, ``+CEREG``,
+        ``+C5GREG``) has been read, and its SMS-only statuses (6, 7) never do: those need a
+        packet-domain registration beside them. Registered wins over denied, denied over the
+        limited attaches (11, 8, 6, 7), and those over searching.
+        """
+        ps = [self._reg[n] for n in PS_REG_NAMES if n in self._reg]
+        cs = self._reg.get("+CREG")
+        stats = ps or ([cs] if cs is not None else [STAT_UNKNOWN])
+        for wanted in (HOME_STATS, ROAMING_STATS):
+            found = [s for s in stats if s in wanted]
+            if found:
+                return found[0]
+        if STAT_DENIED in stats or cs == STAT_DENIED:
+            return STAT_DENIED
+        for limited in (STAT_RLOS, STAT_EMERGENCY_ONLY, STAT_HOME_SMS_ONLY, STAT_ROAMING_SMS_ONLY):
+            if limited in stats:
+                return limited
+        return STAT_SEARCHING if max(stats) == STAT_SEARCHING else STAT_NOT_REGISTERED
+
+    @property
+    def sms_registered(self) -> bool:
+        """Whether any registration line read says the modem can send and receive SMS."""
+        return any(stat in SMS_STATS for stat in self._reg.values())
+
     def _evaluate_registration(self, now: float) -> None:
         stat = self._effective_stat
         state = self._state
-        registered = stat == STAT_HOME or (stat == STAT_ROAMING and self.config.allow_roaming)
+        registered = stat in HOME_STATS or (stat in ROAMING_STATS and self.config.allow_roaming)
+        refused = stat == STAT_DENIED or stat in ROAMING_STATS
+        limited = LIMITED_REGISTRATION.get(stat, "")
         if state in (ModemState.REGISTERING, ModemState.REG_BACKOFF):
             if registered:
                 self._reg_backoff = self.config.registration_backoff_s
                 self._connect(now)
-            elif stat in (STAT_DENIED, STAT_ROAMING):
+            elif refused:
                 why = "registration denied" if stat == STAT_DENIED else "roaming, and roaming is not allowed"
                 if state is ModemState.REGISTERING:
                     self._refused(why, now)
+            elif limited and state is ModemState.REGISTERING:
+                self._detail = limited
         elif state in (ModemState.CONNECTING, ModemState.DATA_BACKOFF, ModemState.ONLINE) and not registered:
-            why = "registration lost" if stat != STAT_ROAMING else "roaming, not allowed"
+            why = "registration lost" if stat not in ROAMING_STATS else "roaming, not allowed"
+            if limited:
+                why = f"registration lost: {limited}"
             self._stop_data(why)
             self._enter(ModemState.REGISTERING, why)
             self._registering(now)
-            if stat in (STAT_DENIED, STAT_ROAMING):
+            if refused:
                 self._refused(why, now)
+            elif limited:
+                self._detail = limited
 
     def _refused(self, why: str, now: float) -> None:
         delay = self._reg_backoff
@@ -1727,7 +1866,7 @@ class ModemManager:
     def _urc(self, event: UrcReceived, now: float) -> None:
         name = event.name
         line = event.line
-        if name in ("+CREG", "+CGREG", "+CEREG"):
+        if name in REG_NAMES:
             info = parse_registration(line, reply=False)
             if info is not None and self._state not in (ModemState.PORT_CLOSED, ModemState.PROBING):
                 self._reg_update(name, info, now)

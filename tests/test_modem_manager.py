@@ -18,6 +18,7 @@ from dvrlink.modem.at import (
     CommandTimedOut,
     FinalResult,
     Resynced,
+    UrcReceived,
     parse_final,
 )
 from dvrlink.modem.ladder import FaultKind, Step
@@ -35,6 +36,7 @@ from dvrlink.modem.manager import (
     ProbeData,
     SendAt,
     StartData,
+    StopData,
     cesq_to_dbm,
     csq_to_dbm,
     parse_ef_iccid,
@@ -104,6 +106,8 @@ class ScriptedModem:
         self.data: list[DataUp | DataFailed] = []
         """Results for the next data link starts, in order; then ``DataUp("usb0")``."""
         self.starts: list[StartData] = []
+        self.actions: list[object] = []
+        """Every action the manager asked for, in order."""
 
     def step(self, now: float) -> None:
         """Answer every SendAt and start every data link, until the manager is quiet."""
@@ -113,6 +117,7 @@ class ScriptedModem:
                 self.events.append(event)
             if action is None:
                 return
+            self.actions.append(action)
             if isinstance(action, StartData):
                 self.starts.append(action)
                 result = self.data.pop(0) if self.data else DataUp("usb0")
@@ -310,3 +315,90 @@ def test_sim_swap_keeps_accounting_apart_per_iccid(tmp_path: Path) -> None:
         assert set(saved["sims"]) == {first.iccid, second.iccid}
 
     run(main)
+
+
+# Unsolicited registration lines that carry a leading <n> (issue 11, finding 1), each from
+# ModemManager's src/tests/test-modem-helpers.c; the last is the issue's status-11 variant, which
+# is not usable for data and so is checked apart below.
+URCS_WITH_N = [
+    ("+CREG", '+CREG: 2,5,"0502","0404736D"'),  # test_creg2_md400_unsolicited
+    ("+CGREG", "+CGREG: 2,1, 81ED, 1A9CEB"),  # test_cgreg2_x220_unsolicited
+    ("+CREG", "+CREG: 2,1,000B,2816, B, C2816"),  # test_creg2_s8500_wave_unsolicited
+    ("+CEREG", '+CEREG: 2,10,"8d83","671f98a",7'),  # issue 11: roaming, CSFB not preferred
+]
+
+
+@needs_database
+@pytest.mark.parametrize(("name", "line"), URCS_WITH_N)
+def test_online_modem_stays_online_on_registration_urcs_with_n(name: str, line: str) -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"), allow_roaming=True)
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, ANSWERS)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.ONLINE
+    manager.at_event(UrcReceived(name, line), 1.0)
+    modem.step(1.0)
+    assert manager.state is ModemState.ONLINE, manager.status().detail
+    assert not [a for a in modem.actions if isinstance(a, StopData)]
+
+
+@needs_database
+def test_online_modem_on_restricted_local_services_goes_back_to_registering_and_says_why() -> None:
+    # dvrlink differs from ModemManager here on purpose: ModemManager reports status 11
+    # (attached for restricted local operator services) as its own state; it carries no data,
+    # so the manager takes the link down and waits for a full registration, and says why
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"))
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, ANSWERS)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.ONLINE
+    modem.answers = {**ANSWERS, "AT+CGREG?": ("+CGREG: 2,11", "OK"), "AT+CEREG?": ("+CEREG: 2,11", "OK")}
+    manager.at_event(UrcReceived("+CEREG", '+CEREG: 11,"8d83","671f98a",7'), 1.0)
+    manager.at_event(UrcReceived("+CGREG", "+CGREG: 11"), 1.0)
+    modem.step(1.0)
+    assert manager.state is ModemState.REGISTERING
+    assert [a for a in modem.actions if isinstance(a, StopData)]
+    detail = manager.status().detail
+    assert "restricted local operator services" in detail and "status 11" in detail
+
+
+@needs_database
+@pytest.mark.parametrize("stat", [9, 10])
+def test_lte_modem_registered_with_csfb_not_preferred_dials(stat: int) -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"), allow_roaming=True)
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    answers = {
+        **ANSWERS,
+        "AT+CREG?": ("+CREG: 2,0", "OK"),
+        "AT+CGREG?": ("+CGREG: 2,0", "OK"),
+        "AT+CEREG?": (f'+CEREG: 2,{stat},"8d83","671f98a",7', "OK"),
+    }
+    modem = ScriptedModem(manager, answers)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert modem.starts, manager.status().detail
+    assert manager.state is ModemState.ONLINE
+    assert manager.status().roaming is (stat == 10)
+
+
+@needs_database
+@pytest.mark.parametrize(
+    ("ps", "dials"),
+    [("+CEREG: 2,1", True), ("+CEREG: 2,4", False)],
+)
+def test_sms_only_cs_registration_dials_only_with_a_ps_registration(ps: str, dials: bool) -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"), allow_roaming=True)
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    answers = {
+        **ANSWERS,
+        "AT+CREG?": ('+CREG: 2,6,"8B37","0A265185",7', "OK"),  # test_creg2_ublox_solicited
+        "AT+CGREG?": ("+CGREG: 2,4", "OK"),
+        "AT+CEREG?": (ps, "OK"),
+    }
+    modem = ScriptedModem(manager, answers)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert bool(modem.starts) is dials
+    assert manager.sms_registered
