@@ -402,3 +402,23 @@ def test_sms_only_cs_registration_dials_only_with_a_ps_registration(ps: str, dia
     modem.step(0.0)
     assert bool(modem.starts) is dials
     assert manager.sms_registered
+
+
+@needs_database
+def test_a_5g_registration_urc_dials() -> None:
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"))
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    answers = {
+        **ANSWERS,
+        "AT+CREG?": ("+CREG: 2,2", "OK"),
+        "AT+CGREG?": ("+CGREG: 2,2", "OK"),
+        "AT+CEREG?": ("+CEREG: 2,2", "OK"),
+    }
+    modem = ScriptedModem(manager, answers)
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.REGISTERING and not modem.starts
+    # test_c5greg2_unsolicited (ModemManager's src/tests/test-modem-helpers.c)
+    manager.at_event(UrcReceived("+C5GREG", "+C5GREG: 1,1F00,79D903,11,6,ABCDEF"), 1.0)
+    modem.step(1.0)
+    assert manager.state is ModemState.ONLINE and modem.starts
