@@ -844,6 +844,47 @@ def strip_identity(lines: tuple[str, ...]) -> str:
 
 SIM_REMOVED_HINTS = ("NOT READY", "NOT INSERTED", "NOT AVAILABLE", "REMOVED")
 
+# +CME ERROR codes that answer +CPIN? with a SIM state (3GPP TS 27.007 9.2.1), as the +CPIN text.
+# Any other error (100 unknown, 14 SIM busy, 3 not allowed, a plain ERROR) says nothing about the
+# SIM: it is asked again.
+CME_SIM_STATES: dict[int, str] = {
+    10: "NO SIM",  # SIM not inserted
+    13: "NO SIM",  # SIM failure
+    15: "NO SIM",  # SIM wrong
+    11: "SIM PIN",
+    12: "SIM PUK",
+    17: "SIM PIN2",
+    18: "SIM PUK2",
+    5: "PH-SIM PIN",  # PH-SIM PIN required
+    40: "PH-NET PIN",
+    41: "PH-NET PUK",
+    42: "PH-NETSUB PIN",
+    43: "PH-NETSUB PUK",
+    44: "PH-SP PIN",
+    45: "PH-SP PUK",
+    46: "PH-CORP PIN",
+    47: "PH-CORP PUK",
+}
+
+# +CPIN states in which the SIM serves registration and data. PIN2/PUK2 guard only a few SIM
+# services (fixed dialling, charges); 27.007 asks for them after a command that needs them failed.
+SIM_READY_STATES = ("READY", "SIM PIN2", "SIM PUK2")
+_UNLOCK = "enter its unlock code from the seller or operator (in a phone or the vendor's tool)"
+# Personalisation locks of the modem itself (3GPP TS 22.022), by +CPIN text: what it means, what to do.
+MODEM_LOCKS: dict[str, str] = {
+    "PH-NET PIN": f"the modem is network-locked: it takes only its operator's SIMs; {_UNLOCK}",
+    "PH-NET PUK": f"the modem is network-locked and its unlock code was entered wrong too often; {_UNLOCK}",
+    "PH-NETSUB PIN": f"the modem is network-subset-locked: it takes only some of a network's SIMs; {_UNLOCK}",
+    "PH-NETSUB PUK": f"the modem is network-subset-locked and blocked after wrong codes; {_UNLOCK}",
+    "PH-SP PIN": f"the modem is locked to a service provider: it takes only that provider's SIMs; {_UNLOCK}",
+    "PH-SP PUK": f"the modem is locked to a service provider and blocked after wrong codes; {_UNLOCK}",
+    "PH-CORP PIN": f"the modem is locked to a corporate SIM group; {_UNLOCK} (the company's IT)",
+    "PH-CORP PUK": f"the modem is locked to a corporate SIM group and blocked after wrong codes; {_UNLOCK}",
+    "PH-SIM PIN": f"the modem is locked to one SIM (phone-to-SIM lock): put that SIM back, or {_UNLOCK}",
+    "PH-FSIM PIN": f"the modem is locked to the first SIM inserted in it: put it back, or {_UNLOCK}",
+    "PH-FSIM PUK": f"the modem is locked to its first SIM and blocked after wrong codes; {_UNLOCK}",
+}
+
 
 # ----------------------------------------------------------------------------------- manager
 
@@ -907,6 +948,8 @@ class ModemManager:
         self._spn = ""
         self._pin_refused = False
         self._pin_sent = False
+        self._cpin_retry = False
+        """The probe's +CPIN? named no SIM state: ask again when the ``sim_check`` timer is due."""
         self._detail = ""
         self._has_cereg = False
         # network
@@ -1329,6 +1372,7 @@ class ModemManager:
         self._reg.clear()
         self._effective_stat = STAT_UNKNOWN
         self._pin_sent = False
+        self._cpin_retry = False
         self._send("ATE0 V1 +CMEE=1", self._probe_basic)
         for command in ("AT+CGMI", "AT+CGMM", "AT+CGMR", "AT+CGSN"):
             self._send(command, self._identity)
@@ -1374,23 +1418,39 @@ class ModemManager:
 
     def _cpin(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
-            code = outcome.result.code
-            if outcome.result.kind is FinalKind.CME_ERROR and code == CME_SIM_PIN:
-                self._sim_locked_pin(now)
-            elif outcome.result.kind is FinalKind.CME_ERROR and code == CME_SIM_PUK:
-                self._sim_locked(now, "the SIM is PUK-locked: unlock it with its PUK in a phone")
-            else:
-                self._sim_absent(now)
-            return
-        status = reply_fields(outcome.lines[0])[0].upper() if outcome.lines else ""
-        if status == "READY":
+            code = outcome.result.code if outcome.result.kind is FinalKind.CME_ERROR else None
+            status = CME_SIM_STATES.get(code) if code is not None else None
+            if status is None:
+                self._sim_unknown(now, outcome.result.line)
+                return
+        else:
+            status = reply_fields(outcome.lines[0])[0].upper() if outcome.lines else ""
+        self._sim_status(status, now)
+
+    def _sim_status(self, status: str, now: float) -> None:
+        """Act on a +CPIN state (3GPP TS 27.007 8.3), from its text or its +CME ERROR code."""
+        if status in SIM_READY_STATES:
             self._sim_ready(now)
         elif status == "SIM PIN":
             self._sim_locked_pin(now)
-        elif status in ("SIM PUK", "SIM PIN2", "SIM PUK2", "PH-SIM PIN"):
-            self._sim_locked(now, f"the SIM asks for {status}: unlock it in a phone, then reinsert it")
-        else:
+        elif status == "SIM PUK":
+            self._sim_locked(now, "the SIM is PUK-locked (+CPIN: SIM PUK): unlock it with its PUK in a phone")
+        elif status in MODEM_LOCKS:
+            self._sim_locked(now, f"{MODEM_LOCKS[status]} (+CPIN: {status})")
+        elif status == "NO SIM" or any(hint in status for hint in SIM_REMOVED_HINTS):
             self._sim_absent(now)
+        else:
+            self._sim_unknown(now, f"+CPIN: {status}" if status else "an empty +CPIN reply")
+
+    def _sim_unknown(self, now: float, seen: str) -> None:
+        """A +CPIN? reply that names no SIM state: keep the state, and ask again in sim_poll_s."""
+        log.warning("modem: SIM state unknown (%s): asking again in %g s", seen, self.config.sim_poll_s)
+        if self._state in (ModemState.PROBING, ModemState.SIM_ABSENT, ModemState.SIM_LOCKED):
+            self._sim = SimState.UNKNOWN
+            self._detail = f"the SIM state is unknown ({seen}): asking again in {self.config.sim_poll_s:g} s"
+            self._cpin_retry = self._state is ModemState.PROBING
+        due = now + self.config.sim_poll_s
+        self._t.sim_check = due if self._t.sim_check is None else min(self._t.sim_check, due)
 
     def _sim_locked_pin(self, now: float) -> None:
         pin = self.config.pin
@@ -1507,6 +1567,10 @@ class ModemManager:
     def _sim_check(self, now: float, *, periodic: bool = False) -> None:
         """Read the SIM state and ICCID (after a hot-swap URC, or periodically)."""
         state = self._state
+        if state is ModemState.PROBING and self._cpin_retry and not periodic:
+            self._cpin_retry = False
+            self._send("AT+CPIN?", self._cpin)
+            return
         if state in (ModemState.PORT_CLOSED, ModemState.PROBING, ModemState.RECOVERING, ModemState.RESETTING):
             return
         if state in (ModemState.SIM_ABSENT, ModemState.SIM_LOCKED):
@@ -1521,7 +1585,7 @@ class ModemManager:
         ready = (
             isinstance(outcome, CommandCompleted)
             and bool(outcome.lines)
-            and reply_fields(outcome.lines[0])[0].upper() == "READY"
+            and reply_fields(outcome.lines[0])[0].upper() in SIM_READY_STATES
         )
         if not ready:
             self._cpin(outcome, now)
