@@ -159,7 +159,7 @@ def _started(cpin: tuple[str, ...]) -> tuple[ModemManager, _Modem]:
 
 
 # 3GPP TS 27.007 8.3 (+CPIN) and 9.2 (+CME ERROR codes). ModemManager's own +CPIN table
-# (mm-broadband-modem.c, CPIN_UNLOCK_*) maps the same texts to its MMModemLock values.
+# (mm-broadband-modem.c, unlock_results) maps the same texts to its MMModemLock values.
 LOCKS: list[tuple[tuple[str, ...], str]] = [
     (("+CPIN: PH-NET PIN", "OK"), "network-locked"),
     (("+CPIN: PH-NET PUK", "OK"), "network-locked"),
