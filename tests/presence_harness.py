@@ -8,10 +8,12 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from dvrlink.broker.config import BrokerConfig, config_from_mapping
 from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import (
     Address,
@@ -22,6 +24,36 @@ from dvrlink.protocol.presence_events import (
 from dvrlink.protocol.presence_server import PresenceServer, RefuseReason, ServerConfig
 
 BROKER: Address = ("198.51.100.1", 3478)
+
+
+def of_type(events: list[object], kind: type) -> list[object]:
+    """The events of one kind, in order."""
+    return [e for e in events if isinstance(e, kind)]
+
+
+async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the running loop; fail naming ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+def loopback_broker_config(state_dir: Path, **extra: object) -> BrokerConfig:
+    """A broker on 127.0.0.1 with free ports and no TURN relay, for in-process presence tests."""
+    values: dict[str, object] = {
+        "state_dir": str(state_dir),
+        "udp_host": "127.0.0.1",
+        "udp_port": 0,
+        "presence_tcp_port": 0,
+        "https_host": "127.0.0.1",
+        "https_port": 0,
+        "turn_enabled": False,
+        **extra,
+    }
+    return config_from_mapping(values, source="test")
 
 
 def seeded_rng(seed: int) -> Callable[[int], bytes]:

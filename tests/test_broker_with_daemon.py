@@ -10,12 +10,12 @@ import asyncio
 import base64
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+from presence_harness import Program
 
 from dvrlink.broker.state import read_info
 from dvrlink.broker.tls import client_context
@@ -27,55 +27,6 @@ SERIAL = "DL-0042-0001"
 BOUND = 30.0
 
 pytestmark = pytest.mark.integration
-
-
-class Program:
-    """A child process whose stderr lines are collected; ``wait_for_line`` waits for a pattern."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    @classmethod
-    async def start(cls, *args: str) -> Program:
-        proc = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
-        return cls(proc)
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.lines.append(line.decode(errors="replace"))
-            self._changed.set()
-        self._changed.set()
-
-    async def wait_for_line(self, pattern: str) -> str:
-        async def scan() -> str:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if re.search(pattern, line):
-                        return line
-                seen = len(self.lines)
-                if self._reader.done():
-                    raise AssertionError(f"exited before {pattern!r}:\n" + "".join(self.lines))
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(scan(), BOUND)
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), BOUND)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-            await self._reader
-        return code
 
 
 async def _run(*args: str, stdin: bytes = b"") -> str:
@@ -121,7 +72,7 @@ def test_daemon_registers_and_pairs_through_the_broker(tmp_path: Path) -> None:
                 stderr=asyncio.subprocess.PIPE,
                 env=env_free,
             )
-            daemon = Program(proc)
+            daemon = Program(proc, BOUND)
             await daemon.wait_for_line("registered")
             await _run(
                 str(BIN / "dvrlink-broker"), "user", "add", "alice", "--password-stdin", "--state-dir",

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from presence_harness import Device, Lab
+from presence_harness import Device, Lab, loopback_broker_config, of_type, until
 
 from dvrlink.broker.api import BrokerApi
 from dvrlink.broker.app import start_broker
@@ -32,10 +32,6 @@ SERIAL = "DL-0010-0001"
 LEARNED = 600.0
 WALL = 1_800_000_000.0  # the made-up wall clock at core time 0
 PASSWORD = "correct horse battery"
-
-
-def of_type(events: list[object], kind: type) -> list[object]:
-    return [e for e in events if isinstance(e, kind)]
 
 
 def learned_device(lab: Lab, interval: float = LEARNED) -> Device:
@@ -204,30 +200,9 @@ class Events:
         pass
 
 
-async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 def test_a_running_broker_shows_a_tcp_device_offline_when_its_connection_drops(tmp_path: Path) -> None:
     async def main() -> None:
-        config = config_from_mapping(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "udp_host": "127.0.0.1",
-                "udp_port": 0,
-                "presence_tcp_host": "127.0.0.1",
-                "presence_tcp_port": 0,
-                "https_host": "127.0.0.1",
-                "https_port": 0,
-                "turn_enabled": False,
-            },
-            source="test",
-        )
+        config = loopback_broker_config(tmp_path / "state", presence_tcp_host="127.0.0.1")
         running = await start_broker(config)
         try:
             core = PresenceClient(
@@ -264,18 +239,7 @@ def test_a_running_broker_shows_a_tcp_device_offline_when_its_connection_drops(t
 
 def test_a_running_broker_shows_a_silent_udp_device_offline_after_its_intervals(tmp_path: Path) -> None:
     async def main() -> None:
-        config = config_from_mapping(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "udp_host": "127.0.0.1",
-                "udp_port": 0,
-                "presence_tcp_port": 0,
-                "https_host": "127.0.0.1",
-                "https_port": 0,
-                "turn_enabled": False,
-            },
-            source="test",
-        )
+        config = loopback_broker_config(tmp_path / "state")
         running = await start_broker(config)
         loop = asyncio.get_running_loop()
         try:

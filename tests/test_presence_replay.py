@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from presence_harness import Device, Lab, spoof_udp
+from presence_harness import Device, Lab, loopback_broker_config, of_type, spoof_udp, until
 from pytest_mock import MockerFixture
 
 from dvrlink.broker.app import start_broker
-from dvrlink.broker.config import config_from_mapping
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -38,10 +37,6 @@ SERIAL = "DL-0001-0001"
 
 def registers(lab: Lab) -> list[bytes]:
     return [b for d, b, _ in lab.wire if d == "up" and b[0] == MessageType.REGISTER]
-
-
-def of_type(events: list[object], kind: type) -> list[object]:
-    return [e for e in events if isinstance(e, kind)]
 
 
 def assert_session_intact(lab: Lab, dev: Device, session_id: int | None) -> None:
@@ -171,32 +166,12 @@ class Collector:
         return sum(isinstance(e, kind) for e in self.events)
 
 
-async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="spoofing the device's address needs a raw socket (root)")
 def test_a_spoofed_replay_to_a_running_broker_leaves_the_device_online(
     tmp_path: Path, mocker: MockerFixture
 ) -> None:
     async def main() -> None:
-        config = config_from_mapping(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "udp_host": "127.0.0.1",
-                "udp_port": 0,
-                "presence_tcp_port": 0,
-                "https_host": "127.0.0.1",
-                "https_port": 0,
-                "turn_enabled": False,
-            },
-            source="test",
-        )
+        config = loopback_broker_config(tmp_path / "state")
         running = await start_broker(config)
         loop = asyncio.get_running_loop()
         client = PresenceClient(

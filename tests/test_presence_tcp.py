@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from presence_harness import loopback_broker_config, until
 
 from dvrlink.broker.app import RunningBroker, start_broker
-from dvrlink.broker.config import config_from_mapping
 from dvrlink.broker.presence_tcp import TransportRouter, is_stream_address, stream_address
 from dvrlink.daemon.cloud_link import CloudLink
 from dvrlink.daemon.presence_transport import (
@@ -41,28 +41,9 @@ def run(main: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
     asyncio.run(bounded())
 
 
-async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll ``condition`` on the running loop; fail naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def broker(tmp_path: Path) -> AsyncIterator[RunningBroker]:
-    values: dict[str, object] = {
-        "state_dir": str(tmp_path / "state"),
-        "udp_host": "127.0.0.1",
-        "udp_port": 0,
-        "presence_tcp_port": 0,
-        "https_host": "127.0.0.1",
-        "https_port": 0,
-        "turn_enabled": False,
-    }
-    running = await start_broker(config_from_mapping(values, source="test"))
+    running = await start_broker(loopback_broker_config(tmp_path / "state"))
     try:
         yield running
     finally:
