@@ -64,6 +64,14 @@ from dvrlink.modem.at import (
     reply_fields,
 )
 from dvrlink.modem.ladder import Fault, FaultKind, Step
+from dvrlink.modem.pdp import (
+    RadioPower,
+    apn_matches,
+    parse_cfun,
+    parse_cgact_read,
+    parse_cgdcont_read,
+    parse_cgev,
+)
 from dvrlink.modem.profiles import DialMethod, ModemProfile
 from dvrlink.modem.radio import RadioInfo, parse_radio_info
 
@@ -504,6 +512,23 @@ class FaultDetected(ManagerEvent):
     """A fault for the recovery ladder; the manager waits in ``RECOVERING`` for a step."""
 
     fault: Fault
+
+
+@dataclass(frozen=True, slots=True)
+class RadioSwitchedOn(ManagerEvent):
+    """``+CFUN?`` found the radio off or in flight mode at the probe; the manager turned it on."""
+
+    fun: int
+    """What ``+CFUN?`` said: 0 (minimum), 4 (flight mode) or a vendor mode."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataContextEnded(ManagerEvent):
+    """A ``+CGEV`` report said the data context ended (the network or the modem deactivated it,
+    or detached) while the data link was up or coming up; the manager takes the link down and
+    dials again."""
+
+    report: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -952,6 +977,7 @@ class ModemManager:
         """The probe's +CPIN? named no SIM state: ask again when the ``sim_check`` timer is due."""
         self._detail = ""
         self._has_cereg = False
+        self._has_c5greg = False
         # network
         self._reg: dict[str, int] = {}
         self._effective_stat = STAT_UNKNOWN
@@ -1382,7 +1408,12 @@ class ModemManager:
         self._send("AT+CREG=2", self._ignore)
         self._send("AT+CGREG=2", self._ignore)
         self._send("AT+CEREG=2", self._cereg_enabled)
+        self._send("AT+C5GREG=2", self._c5greg_enabled)
+        # packet-domain event reports (+CGEV): how an ECM/NDIS modem says the network ended the
+        # data context, where no NO CARRIER comes; buffered while the port is busy
+        self._send("AT+CGEREP=2,1", self._ignore)
         self._then(self._identified_modem)
+        self._send("AT+CFUN?", self._cfun_read)
         self._send("AT+CPIN?", self._cpin)
 
     def _probe_basic(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
@@ -1410,6 +1441,34 @@ class ModemManager:
 
     def _cereg_enabled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         self._has_cereg = isinstance(outcome, CommandCompleted)
+
+    def _c5greg_enabled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        self._has_c5greg = isinstance(outcome, CommandCompleted)
+
+    def _cfun_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        """A radio left off (``+CFUN: 0``) or in flight mode (``+CFUN: 4``) never registers:
+        turn it on before anything else. Some modems keep the SIM off at ``+CFUN: 0`` too, so
+        this runs before ``+CPIN?``."""
+        if isinstance(outcome, CommandFailed):
+            return
+        level = parse_cfun(outcome.lines)
+        if level is None or level.power is RadioPower.ON:
+            return
+        log.warning(
+            "modem: the radio was %s (+CFUN: %d) and would never register: switching it on (AT+CFUN=1)",
+            level.power.value,
+            level.fun,
+        )
+        self._events.append(RadioSwitchedOn(level.fun))
+        self._queue.appendleft(_Cmd("AT+CFUN=1", self._cfun_set))
+
+    def _cfun_set(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        if isinstance(outcome, CommandFailed):
+            log.error(
+                "modem: AT+CFUN=1 was refused (%s): the radio stays off; the recovery ladder's "
+                "radio cycle or a modem reset will try again",
+                outcome.result.line,
+            )
 
     def _identified_modem(self, now: float) -> None:
         self._events.append(ModemIdentified(self._vendor, self._model, self._revision, self._imei))
@@ -1615,6 +1674,7 @@ class ModemManager:
         if self._state in (ModemState.PORT_CLOSED, ModemState.RECOVERING, ModemState.RESETTING):
             return
         names = ["+CREG", "+CGREG"] + (["+CEREG"] if self._has_cereg else [])
+        names += ["+C5GREG"] if self._has_c5greg else []
         for name in names:
             self._send(f"AT{name}?", self._reg_reply)
         self._send("AT+COPS?", self._cops_reply)
@@ -1821,6 +1881,27 @@ class ModemManager:
         if isinstance(outcome, CommandFailed):
             self._queue.clear()
             self._apn_failed(DataFailure.REJECTED, f"+CGDCONT: {outcome.result.line}", now)
+            return
+        self._queue.appendleft(_Cmd("AT+CGDCONT?", self._context_read))
+
+    def _context_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        """Check the modem kept the context as set: some firmwares answer ``OK`` to
+        ``+CGDCONT=`` and keep an APN of their own (an operator-locked profile), and the call
+        would then go out on it. A modem that lists no such context is believed."""
+        candidate = self._candidate
+        if isinstance(outcome, CommandFailed) or candidate is None:
+            return
+        cid = self.config.cid
+        context = next((c for c in parse_cgdcont_read(outcome.lines) if c.cid == cid), None)
+        if context is None or apn_matches(candidate.settings.apn, context.apn):
+            return
+        self._queue.clear()
+        self._apn_failed(
+            DataFailure.REJECTED,
+            f"the modem kept APN {context.apn!r} for context {cid} after AT+CGDCONT set "
+            f"{candidate.settings.apn!r} (an operator-locked profile?)",
+            now,
+        )
 
     def _ecm_dialled(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
@@ -1834,7 +1915,23 @@ class ModemManager:
             self._ndis_wait = True
             self._t.state = now + self.config.ecm_result_timeout_s
             return
-        self._start_data(now)
+        self._send("AT+CGACT?", self._context_activated)
+
+    def _context_activated(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
+        """After a vendor dial's ``OK``, whether ``+CGACT?`` shows the context active: a dial
+        that the network refused later leaves it inactive, and the interface would carry
+        nothing. A modem that does not answer, or lists no such context, is believed."""
+        if self._state is not ModemState.CONNECTING:
+            return
+        active = parse_cgact_read(outcome.lines) if isinstance(outcome, CommandCompleted) else {}
+        if active.get(self.config.cid, True):
+            self._start_data(now)
+            return
+        self._apn_failed(
+            DataFailure.REJECTED,
+            f"the dial answered OK but +CGACT? shows context {self.config.cid} inactive",
+            now,
+        )
 
     def _start_data(self, now: float) -> None:
         candidate = self._candidate
@@ -1927,6 +2024,27 @@ class ModemManager:
 
     # ----------------------------------------------------------------------------------- URCs
 
+    def _packet_domain_event(self, line: str, now: float) -> None:
+        """A ``+CGEV`` report: the end of our data context takes the link down and dials again
+        (an ECM/NDIS modem sends no ``NO CARRIER``; without this the link probe would notice
+        only after ``probe_failures`` probes)."""
+        event = parse_cgev(line)
+        if event is None:
+            log.debug("modem: unreadable +CGEV report %r, ignored", line[:80])
+            return
+        if not event.ends_context or not event.concerns(self.config.cid):
+            return
+        if self._state is not ModemState.ONLINE and not (
+            self._state is ModemState.CONNECTING and (self._data_pending or self._data_up)
+        ):
+            return
+        why = f"the data context ended ({line.strip()})"
+        log.warning("modem: %s: taking the link down and dialling again", why)
+        self._events.append(DataContextEnded(line.strip()))
+        self._stop_data(why)
+        self._enter(ModemState.REGISTERING, why)
+        self._registering(now)
+
     def _urc(self, event: UrcReceived, now: float) -> None:
         name = event.name
         line = event.line
@@ -1934,6 +2052,9 @@ class ModemManager:
             info = parse_registration(line, reply=False)
             if info is not None and self._state not in (ModemState.PORT_CLOSED, ModemState.PROBING):
                 self._reg_update(name, info, now)
+            return
+        if name == "+CGEV":
+            self._packet_domain_event(line, now)
             return
         if name == NDIS_STATUS_URC:
             if self._state is ModemState.CONNECTING and self._ndis_wait:

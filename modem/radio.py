@@ -6,7 +6,8 @@ of the modem's profile (``ModemProfile.radio_info_command``) with the signal.
   (``No Service`` without a cell).
 - Huawei (E173, MU709): ``AT^SYSINFOEX`` → ``^SYSINFOEX: 2,3,0,1,,3,"WCDMA",46,"DC-HSPA+"``
   (service status, domain, roaming, SIM state, lock, system mode and its name, submode and its
-  name; system mode 0 is no service). It names no network and no band.
+  name; system mode 0 is no service). The numbers name the technology; the names are a hint
+  only (see :func:`parse_sysinfoex`). It names no network and no band.
 - SIMCom SIM7600: ``AT+CPSI?`` → ``+CPSI: LTE,Online,262-01,0x1A2B,...,EUTRAN-BAND3,1300,...``
   or ``+CPSI: GSM,Online,262-01,0x1a2b,1234,12 EGSM 900,...`` (``NO SERVICE`` without a cell).
 
@@ -80,12 +81,37 @@ def parse_qnwinfo(lines: Sequence[str]) -> RadioInfo | None:
     return RadioInfo(rat, _network(fields[1]), fields[2])
 
 
+_SYSINFOEX_SUBMODES: Mapping[int, str] = MappingProxyType(
+    {1: "GSM", 2: "GPRS", 3: "EDGE", 41: "UMTS", 42: "HSDPA", 43: "HSUPA", 44: "HSPA", 45: "HSPA+"}
+    | {46: "HSPA+", 61: "UMTS", 62: "HSDPA", 63: "HSUPA", 64: "HSPA", 65: "HSPA+", 101: "LTE"}
+)
+"""``^SYSINFOEX``'s ``<submode>`` numbers (Huawei's AT interface specification; 46 is DC-HSPA+,
+61-65 the TD-SCDMA family, read as its WCDMA counterparts). The CDMA submodes (21-30) and WiMAX
+(81) are not cellular technologies a recorder's status names."""
+
+_SYSINFOEX_MODES: Mapping[int, str] = MappingProxyType({1: "GSM", 3: "UMTS", 4: "UMTS", 6: "LTE", 7: "LTE"})
+"""``^SYSINFOEX``'s ``<sysmode>``: 1 GSM, 3 WCDMA, 4 TD-SCDMA, 6 LTE, 7 LTE (some firmwares); 2 CDMA
+and 5 WiMAX are left out."""
+
+
 def parse_sysinfoex(lines: Sequence[str]) -> RadioInfo | None:
-    """Huawei ``^SYSINFOEX`` (the submode names the technology best); None without service."""
+    """Huawei ``^SYSINFOEX``; None without service.
+
+    The numbers decide, as in ModemManager: ``<submode>`` first, then ``<sysmode>``. The names
+    after them are only a hint, read when neither number is known: firmwares print names that
+    disagree with the numbers (a reply in ModemManager's tests, ``...,3,WCDMA,41,HSPA+``, names
+    HSPA+ for submode 41, plain WCDMA), and some (the E303) leave the names unquoted.
+    """
     fields = _fields(lines, "^SYSINFOEX:")
-    if fields is None or len(fields) < 7 or fields[0] not in ("1", "2") or fields[5] in ("", "0"):
+    if fields is None or len(fields) < 6 or fields[0] not in ("1", "2") or fields[5] in ("", "0"):
         return None
-    rat = _rat(fields[8] if len(fields) > 8 else "") or _rat(fields[6])
+    submode = int(fields[7]) if len(fields) > 7 and fields[7].isdigit() and len(fields[7]) < 4 else None
+    sysmode = int(fields[5]) if fields[5].isdigit() and len(fields[5]) < 4 else None
+    rat = (_SYSINFOEX_SUBMODES.get(submode, "") if submode is not None else "") or (
+        _SYSINFOEX_MODES.get(sysmode, "") if sysmode is not None else ""
+    )
+    if not rat:
+        rat = _rat(fields[8] if len(fields) > 8 else "") or (_rat(fields[6]) if len(fields) > 6 else "")
     return RadioInfo(rat) if rat else None
 
 

@@ -25,6 +25,7 @@ from dvrlink.modem.ladder import FaultKind, Step
 from dvrlink.modem.manager import (
     TRANSITIONS,
     ApnFailed,
+    DataContextEnded,
     DataFailed,
     DataFailure,
     DataUp,
@@ -34,6 +35,7 @@ from dvrlink.modem.manager import (
     ModemState,
     ModemStatus,
     ProbeData,
+    RadioSwitchedOn,
     SendAt,
     StartData,
     StopData,
@@ -422,3 +424,103 @@ def test_a_5g_registration_urc_dials() -> None:
     manager.at_event(UrcReceived("+C5GREG", "+C5GREG: 1,1F00,79D903,11,6,ABCDEF"), 1.0)
     modem.step(1.0)
     assert manager.state is ModemState.ONLINE and modem.starts
+
+
+# ------------------------------------------------------- +CGEV, +CFUN?, +CGDCONT? and +CGACT?
+
+
+def online_ec25(answers: dict[str, tuple[str, ...]] | None = None) -> tuple[ModemManager, ScriptedModem]:
+    config = ModemConfig(profile=profile_by_name("quectel-ec25"))
+    manager = ModemManager(config, provider_index(), ApnMemory())
+    modem = ScriptedModem(manager, {**ANSWERS, **(answers or {})})
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    return manager, modem
+
+
+@needs_database
+@pytest.mark.parametrize(
+    "line",
+    [
+        "+CGEV: NW PDN DEACT 1",  # Release 8 and later
+        "+CGEV: NW DEACT IP, 10.64.0.2, 1",  # earlier releases, with the optional <cid>
+        "+CGEV: NW DEACT IP, 10.64.0.2",  # and without it
+        "+CGEV: ME PDN DEACT 1",
+        "+CGEV: NW DETACH",
+    ],
+)
+def test_the_network_ending_the_data_context_takes_the_link_down_and_dials_again(line: str) -> None:
+    manager, modem = online_ec25()
+    assert manager.state is ModemState.ONLINE and len(modem.starts) == 1
+    manager.at_event(UrcReceived("+CGEV", line), 5.0)
+    modem.step(5.0)
+    stops = [a for a in modem.actions if isinstance(a, StopData)]
+    assert stops and "the data context ended" in stops[0].reason, modem.actions
+    assert [e for e in modem.events if isinstance(e, DataContextEnded) and e.report == line]
+    assert len(modem.starts) == 2, "no new dial after the context ended"
+    assert manager.state is ModemState.ONLINE
+
+
+@needs_database
+@pytest.mark.parametrize(
+    "line",
+    [
+        "+CGEV: NW PDN DEACT 3",
+        "+CGEV: NW DEACT 1, 2, 0",
+        "+CGEV: NW PDN ACT 1",
+        "+CGEV: NW CLASS B",
+        "+CGEV: ??",
+    ],
+)
+def test_reports_about_other_contexts_or_not_ending_one_leave_the_link_up(line: str) -> None:
+    manager, modem = online_ec25()
+    manager.at_event(UrcReceived("+CGEV", line), 5.0)
+    modem.step(5.0)
+    assert manager.state is ModemState.ONLINE
+    assert not [a for a in modem.actions if isinstance(a, StopData)], line
+
+
+@needs_database
+@pytest.mark.parametrize(("reply", "fun"), [("+CFUN: 4", 4), ("+CFUN: 0,0", 0)])
+def test_a_radio_left_off_is_switched_on_before_the_sim_is_asked(reply: str, fun: int) -> None:
+    manager, modem = online_ec25({"AT+CFUN?": (reply, "OK")})
+    assert "AT+CFUN=1" in modem.sent, modem.sent
+    assert modem.sent.index("AT+CFUN?") < modem.sent.index("AT+CFUN=1") < modem.sent.index("AT+CPIN?")
+    assert [e for e in modem.events if isinstance(e, RadioSwitchedOn) and e.fun == fun]
+    assert manager.state is ModemState.ONLINE
+
+
+@needs_database
+def test_a_radio_that_is_on_is_left_alone() -> None:
+    _, modem = online_ec25({"AT+CFUN?": ("+CFUN: 1", "OK")})
+    assert "AT+CFUN?" in modem.sent and "AT+CFUN=1" not in modem.sent
+    assert not [e for e in modem.events if isinstance(e, RadioSwitchedOn)]
+
+
+@needs_database
+def test_a_modem_that_keeps_an_apn_of_its_own_fails_that_apn_and_never_starts_the_link() -> None:
+    manager, modem = online_ec25({"AT+CGDCONT?": ('+CGDCONT: 1,"IP","locked.operator","0.0.0.0",0,0', "OK")})
+    failed = [e for e in modem.events if isinstance(e, ApnFailed)]
+    assert failed and "kept APN 'locked.operator' for context 1" in failed[0].reason, modem.events
+    assert not modem.starts
+    assert manager.state is not ModemState.ONLINE
+
+
+@needs_database
+def test_the_operator_identifier_the_network_appends_to_the_apn_is_the_same_apn() -> None:
+    manager, modem = online_ec25()
+    [dial] = [c for c in modem.sent if c.startswith("AT+CGDCONT=1,")]
+    apn = dial.split(",")[2].strip('"')
+    manager, modem = online_ec25(
+        {"AT+CGDCONT?": (f'+CGDCONT: 1,"IP","{apn}.mnc001.mcc262.gprs","0.0.0.0",0,0', "OK")}
+    )
+    assert manager.state is ModemState.ONLINE, manager.status().detail
+    assert "AT+CGDCONT?" in modem.sent
+
+
+@needs_database
+def test_a_dial_answered_ok_with_the_context_inactive_fails_the_apn() -> None:
+    _, modem = online_ec25({"AT+CGACT?": ("+CGACT: 1,0", "OK")})
+    failed = [e for e in modem.events if isinstance(e, ApnFailed)]
+    assert failed and "+CGACT? shows context 1 inactive" in failed[0].reason, modem.events
+    assert not modem.starts

@@ -271,6 +271,19 @@ class ModemEmulator:
         self.set_signal(99, 99)
         self.set_registration(STAT_SEARCHING)
 
+    def urcs_with_n(self, on: bool = True) -> None:
+        """Registration URCs carry the leading ``<n>`` field, as some modems send them."""
+        with self._lock:
+            self.model.urc_with_n = on
+
+    def power_on_in_flight_mode(self, fun: int = 4) -> None:
+        """From now on, and after each reboot, the radio starts at ``+CFUN: <fun>`` (4: flight
+        mode, 0: minimum) until ``AT+CFUN=1``."""
+        with self._lock:
+            self.model.power_on_cfun = fun
+            self.model.cfun = fun
+            self.model.update_registration()
+
     def fail_dials(self, count: int = 1) -> None:
         """The next ``count`` dials (PPP or ECM) fail with NO CARRIER/error; -1: all, 0: none."""
         with self._lock:

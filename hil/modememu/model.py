@@ -109,6 +109,8 @@ class _Settings:
     cops_format: int = 0
     cscs: str = "IRA"
     cmgf: int = 0
+    cgerep: int = 0
+    """``+CGEREP`` mode: 0 no ``+CGEV`` reports, 1 or 2 reported (no data mode here to buffer in)."""
 
 
 @dataclass(slots=True)
@@ -173,13 +175,18 @@ class ModemModel:
         self.rssi, self.ber = 20, 99
         self.ecm_call: int | None = None
         """The context id of the ECM call the data path was told of (None: no call)."""
+        self.power_on_cfun = 1
+        """``+CFUN`` after a power-on: 4 stands for a modem whose firmware was left in flight mode."""
+        self.urc_with_n = False
+        """Registration URCs carry the leading ``<n>`` as in the query's reply (``+CREG: 2,1,...``),
+        as some modems send them (ModemManager's test_cgreg2_x220_unsolicited, _md400_)."""
         self._power_on_state()
 
     # ----------------------------------------------------------------------------- state helpers
 
     def _power_on_state(self) -> None:
         self.settings = _Settings(cmee=self.profile.default_cmee)
-        self.cfun = 1
+        self.cfun = self.power_on_cfun
         self.pin_ok = self.sim is None or self.sim.pin is None
         self.pin_tries = 3
         self.cops_mode = 0
@@ -368,7 +375,7 @@ class ModemModel:
                 self.send_urc(self._reg_line(name, n, stat, urc=True))
 
     def _reg_line(self, name: str, n: int, stat: int, *, urc: bool) -> str:
-        fields = [str(stat)] if urc else [str(n), str(stat)]
+        fields = [str(stat)] if urc and not self.urc_with_n else [str(n), str(stat)]
         if n >= 2 and stat in (STAT_HOME, STAT_ROAMING):
             area = '"1A2B"' if name != "+CEREG" else '"2B3C"'
             fields += [area, '"01C3D4E5"']
@@ -481,10 +488,13 @@ class ModemModel:
             self._hang_up()
             self.send_urc("NO CARRIER")
         elif self.ecm_call is not None:
-            self.active.discard(self.ecm_call)
+            cid = self.ecm_call
+            self.active.discard(cid)
             self._check_ecm_call()
             if self.profile.ecm_ended_urc is not None:
                 self.send_urc(self.profile.ecm_ended_urc)
+            if self.settings.cgerep:
+                self.send_urc(f"+CGEV: NW PDN DEACT {cid}")
 
     def end_calls(self) -> None:
         """Every data call ends at once (reset, SIM removal, the port vanishing): no URCs."""
@@ -755,6 +765,16 @@ class ModemModel:
         elif op != "=?":
             raise _CmdError(None)
 
+    def _cgerep(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "?":
+            reply.info.append(f"+CGEREP: {self.settings.cgerep},0")
+        elif op == "=?":
+            reply.info.append("+CGEREP: (0-2),(0,1)")
+        elif op == "=" and args and args[0] in ("0", "1", "2") and all(a in ("0", "1") for a in args[1:2]):
+            self.settings.cgerep = int(args[0])
+        else:
+            raise _CmdError(None)
+
     def _gcap(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
         reply.info.append("+GCAP: +CGSM")
 
@@ -803,6 +823,7 @@ _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] 
     "+CGACT": ModemModel._cgact,
     "+CGPADDR": ModemModel._cgpaddr,
     "+CFUN": ModemModel._cfun,
+    "+CGEREP": ModemModel._cgerep,
 }
 
 
