@@ -67,6 +67,10 @@ STANDARD_URCS: tuple[str, ...] = (
 TWO_LINE_URCS: tuple[str, ...] = ("+CMT:", "+CDS:", "+CBM:")
 """URCs followed by a body line (the PDU, or the text in text mode)."""
 
+_ONE_LINE_CDS = re.compile(r"^\+CDS:\s*\d+\s*,")
+"""A text-mode ``+CDS`` (27.005 3.4.1: ``<fo>,<mr>,...`` on one line, no body); PDU mode's is
+``+CDS: <length>`` and the PDU on the next line."""
+
 # 3GPP TS 27.007 section 9.2 and TS 27.005 section 3.2.5: verbose texts of the error codes the
 # engine and the modem state machine act on, lower case.
 CME_TEXTS: dict[str, int] = {
@@ -402,6 +406,13 @@ for _state in EngineState:
 del _state
 
 
+def _has_body(spec: CommandSpec, line: str) -> bool:
+    """A reply line of a two-line reply that a body line follows (see ``CommandSpec``)."""
+    if not (spec.two_line_reply and spec.prefixes and line.startswith(spec.prefixes)):
+        return False
+    return spec.bodiless_pattern is None or re.match(spec.bodiless_pattern, line) is None
+
+
 @dataclass(slots=True)
 class _Pending:
     id: int
@@ -412,6 +423,8 @@ class _Pending:
     echo_seen: bool = False
     prompt_served: bool = False
     cancelled: bool = False
+    in_body: bool = False
+    """A two-line reply's body has begun: bare lines after it continue it (text mode)."""
 
 
 class AtEngine:
@@ -685,6 +698,7 @@ class AtEngine:
         if self._body_expected and pending is not None and self._state is EngineState.WAITING:
             self._body_expected = False
             pending.lines.append(line)
+            pending.in_body = True
             return
         if self._state is not EngineState.RESYNC:
             self._body_expected = False
@@ -735,8 +749,11 @@ class AtEngine:
         if self._is_reply(pending, line):
             pending.lines.append(line)
             pending.replies += 1
-            if spec.two_line_reply and spec.prefixes and line.startswith(spec.prefixes):
-                self._body_expected = True
+            pending.in_body = False
+            self._body_expected = _has_body(spec, line)
+            return True
+        if spec.two_line_reply and pending.in_body and not self._looks_unsolicited(line):
+            pending.lines.append(line)  # a text-mode body goes on over several lines
             return True
         return False
 
@@ -752,7 +769,7 @@ class AtEngine:
         return line.startswith(("+", "^")) or line.startswith(self._config.urc_prefixes)
 
     def _unsolicited(self, line: str) -> None:
-        if line.startswith(self._config.two_line_urcs):
+        if line.startswith(self._config.two_line_urcs) and _ONE_LINE_CDS.match(line) is None:
             self._urc_head = line
             return
         self._urc(line)
@@ -800,6 +817,7 @@ class AtEngine:
             pending.replies = 0
             pending.echo_seen = False
             pending.prompt_served = False
+            pending.in_body = False
             self._deadline = now + delay
             self._enter(EngineState.BACKOFF)
             return
@@ -902,9 +920,7 @@ class AtEngine:
                 self._settle = now + self._config.resync_settle
             return
         if late is not None and (self._body_expected or self._late_reply(late, line)):
-            self._body_expected = (
-                not self._body_expected and late.spec.two_line_reply and line.startswith(late.spec.prefixes)
-            )
+            self._body_expected = not self._body_expected and _has_body(late.spec, line)
             self._discard(line, f"late reply to timed-out {late.text}")
             return
         self._unsolicited(line)

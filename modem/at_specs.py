@@ -44,7 +44,10 @@ class CommandSpec:
     line is routed as a URC.
     ``text_reply``: bare lines (no ``+``/``^`` lead, not a known URC) are reply lines (``ATI``,
     ``+CGSN``, ``+CIMI``).
-    ``two_line_reply``: each prefixed reply line is followed by a body line (``+CMGR``, ``+CMGL``).
+    ``two_line_reply``: each prefixed reply line is followed by a body line (``+CMGR``, ``+CMGL``);
+    in text mode the body may go on over more lines: bare lines after it belong to it.
+    ``bodiless_pattern``: with ``two_line_reply``, a prefixed reply line that matches it has no
+    body line after it (a PDU on the header line itself, a text-mode status report).
     ``prompt``: the modem asks for a payload with ``> `` (``+CMGS``, ``+CMGW``).
     ``call_results``: ``CONNECT``, ``NO CARRIER``, ``BUSY``, ``NO DIALTONE``, ``NO ANSWER`` end this
     command; for other commands ``NO CARRIER`` is a URC.
@@ -58,6 +61,7 @@ class CommandSpec:
     text_reply: bool = False
     reply_pattern: str | None = None
     two_line_reply: bool = False
+    bodiless_pattern: str | None = None
     prompt: bool = False
     call_results: bool = False
     retry_cme: frozenset[int] = frozenset({CME_SIM_BUSY, CME_PLEASE_WAIT})
@@ -74,11 +78,16 @@ class CommandSpec:
                 "retry settings need max_retries >= 0 and 0 < backoff_initial <= backoff_max, "
                 f"got {self.max_retries}, {self.backoff_initial}, {self.backoff_max}"
             )
-        if self.reply_pattern is not None:
+        for name, pattern in (
+            ("reply_pattern", self.reply_pattern),
+            ("bodiless_pattern", self.bodiless_pattern),
+        ):
+            if pattern is None:
+                continue
             try:
-                re.compile(self.reply_pattern)
+                re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"reply_pattern {self.reply_pattern!r} is not a valid regex: {exc}") from exc
+                raise ValueError(f"{name} {pattern!r} is not a valid regex: {exc}") from exc
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
@@ -102,6 +111,20 @@ def _registration(name: str) -> CommandSpec:
     # Reply: +CREG: <n>,<stat>[,...]; URC: +CREG: <stat>[,"<lac>",...]. The reply's second
     # field is a bare number, a URC's is absent or a quoted area code.
     return CommandSpec(prefixes=(f"{name}:",), reply_pattern=rf"^\{name}: *\d+ *, *\d+")
+
+
+def _stored_sms(name: str, multiline: bool) -> CommandSpec:
+    # 27.005 3.4.2/3.4.3: a header line, then the PDU (PDU mode) or the text (text mode). No body
+    # follows a header that carries the PDU after a blank (ModemManager's
+    # test_cmgr_response_generic), nor a text-mode status report (<stat> then a bare <fo>).
+    bodiless = rf'^\{name}:(?:.*,\s*\d+\s+[0-9A-Fa-f]+\s*$|\s*(?:\d+\s*,\s*)?"[^"]*"\s*,\s*\d+\s*,)'
+    return CommandSpec(
+        prefixes=(f"{name}:",),
+        two_line_reply=True,
+        bodiless_pattern=bodiless,
+        multiline=multiline,
+        timeout=SIM_TIMEOUT,
+    )
 
 
 def _build() -> dict[tuple[str, str], CommandSpec]:
@@ -135,13 +158,14 @@ def _build() -> dict[tuple[str, str], CommandSpec]:
         ("+CMGS", "="): CommandSpec(prefixes=("+CMGS:",), prompt=True, timeout=NETWORK_TIMEOUT),
         ("+CMGW", "="): CommandSpec(prefixes=("+CMGW:",), prompt=True, timeout=SIM_TIMEOUT),
         ("+CMGW", ""): CommandSpec(prefixes=("+CMGW:",), prompt=True, timeout=SIM_TIMEOUT),
-        ("+CMGR", "="): CommandSpec(prefixes=("+CMGR:",), two_line_reply=True, timeout=SIM_TIMEOUT),
-        ("+CMGL", "="): CommandSpec(
-            prefixes=("+CMGL:",), two_line_reply=True, multiline=True, timeout=SIM_TIMEOUT
-        ),
-        ("+CMGL", ""): CommandSpec(
-            prefixes=("+CMGL:",), two_line_reply=True, multiline=True, timeout=SIM_TIMEOUT
-        ),
+        ("+CMGR", "="): _stored_sms("+CMGR", multiline=False),
+        ("+CMGL", "="): _stored_sms("+CMGL", multiline=True),
+        ("+CMGL", ""): _stored_sms("+CMGL", multiline=True),
+        # SMS storage and character sets (27.005 3.2.2, 27.007 5.5): the SIM is asked
+        ("+CPMS", "?"): CommandSpec(prefixes=("+CPMS:",), timeout=SIM_TIMEOUT),
+        ("+CPMS", "=?"): CommandSpec(prefixes=("+CPMS:",), timeout=SIM_TIMEOUT),
+        ("+CPMS", "="): CommandSpec(prefixes=("+CPMS:",), timeout=SIM_TIMEOUT),
+        ("+CSCS", "=?"): CommandSpec(prefixes=("+CSCS:",)),
         ("+CMGD", "="): sim,
         # vendor dials and resets (Quectel, SIMCom, Huawei manuals)
         ("+QNETDEVCTL", "="): CommandSpec(prefixes=("+QNETDEVCTL:",), timeout=NETWORK_TIMEOUT),

@@ -715,6 +715,7 @@ class StorageIndication:
 
 
 _TIMESTAMP = re.compile(r"^(\d{2})/(\d{2})/(\d{2}),\s*(\d{2}):(\d{2}):(\d{2})\s*(?:([+-])\s*(\d{1,2}))?$")
+_DIGITS = re.compile(r"[0-9]+\Z")
 _INLINE_PDU = re.compile(r"^(\d+)\s+([0-9A-Fa-f]+)$")
 
 
@@ -754,7 +755,7 @@ def _quoted(field: str) -> bool:
 
 def _int(field: str) -> int | None:
     field = _unquote(field).strip()
-    return int(field) if field.isdigit() and len(field) <= 9 else None
+    return int(field) if _DIGITS.match(field) is not None and len(field) <= 9 else None
 
 
 def _after_prefix(line: str, prefix: str) -> str | None:
@@ -782,7 +783,7 @@ def parse_text_timestamp(text: str) -> datetime | None:
 
 
 def _status(field: str) -> MessageStatus | None:
-    if _quoted(field) or not field.isdigit():
+    if _quoted(field) or _DIGITS.match(field) is None:
         return TEXT_STATUS.get(_unquote(field).strip().upper())
     value = _int(field)
     return MessageStatus(value) if value is not None and value <= 4 else None
@@ -840,16 +841,16 @@ def _entry(header: str, prefix: str, body: list[str], indexed: bool) -> Entry:
             if not body:
                 return Unparsed(header, "no PDU line after the header")
             length, pdu = _int(last) or 0, body[0].strip()
-        alpha = _unquote(fields[1]) if len(fields) > 2 and fields[1] else None
+        alpha = (_unquote(fields[1]) or None) if len(fields) > 2 else None
         return PduMessage(index, status, alpha, length, pdu)
-    if len(fields) > 1 and fields[1].isdigit():
+    if len(fields) > 1 and _DIGITS.match(fields[1]) is not None:
         return _text_report(header, fields[1:], index, status)
     if len(fields) < 2:
         return Unparsed(header, "no address field")
     timestamp = next(
         (stamp for field in fields[2:] if (stamp := parse_text_timestamp(field)) is not None), None
     )
-    alpha = _unquote(fields[2]) if len(fields) > 2 and fields[2] else None
+    alpha = (_unquote(fields[2]) or None) if len(fields) > 2 else None
     return TextMessage(index, status, _unquote(fields[1]), alpha, timestamp, "\n".join(body))
 
 
@@ -894,9 +895,9 @@ def parse_cmt(line: str, body: str | None) -> PduMessage | TextMessage | Unparse
         return Unparsed(line, "+CMT without its body line")
     length = _int(fields[-1]) if not _quoted(fields[-1]) else None
     if length is not None and len(fields) <= 2:
-        alpha = _unquote(fields[0]) if len(fields) == 2 and fields[0] else None
+        alpha = (_unquote(fields[0]) or None) if len(fields) == 2 else None
         return PduMessage(None, None, alpha, length, body.strip())
-    alpha = _unquote(fields[1]) if len(fields) > 1 and fields[1] else None
+    alpha = (_unquote(fields[1]) or None) if len(fields) > 1 else None
     timestamp = next(
         (stamp for field in fields[1:] if (stamp := parse_text_timestamp(field)) is not None), None
     )
