@@ -12,11 +12,13 @@ from collections import Counter
 import test_modem_identity_vectors as identity
 import test_modem_pdp_vectors as pdp
 import test_modem_registration_vectors as registration
+import test_modem_sms_vectors as sms
 
 SOURCES: dict[str, list[str]] = {
     "test_modem_registration_vectors": [row[0] for row in registration.VECTORS],
     "test_modem_identity_vectors": [row[0] for row in identity.ICCID_VECTORS + identity.IMEI_VECTORS],
     "test_modem_pdp_vectors": [row[0] for row in pdp.VECTORS],
+    "test_modem_sms_vectors": [row[0] for row in sms.VECTORS],
 }
 MINIMUM = 120
 
