@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,9 +66,15 @@ async def run_daemon(
     environ: Mapping[str, str] | None = None,
     *,
     modem_options: ModemOptions | None = None,
+    reboot: Callable[[], None] | None = None,
 ) -> None:
     """Run until ``stop`` is set; ``environ`` holds the service manager's variables;
-    ``modem_options`` the modem's timers and test seams (defaults: a real modem).
+    ``modem_options`` the modem's timers and test seams (defaults: a real modem); ``reboot``
+    what the console's ``reboot`` calls (default: ``[modem] reboot_command``).
+
+    With ``[console] port``, the serial console runs for the whole run. Settings it saves are
+    applied by stopping the links (presence, sessions, modem) and starting them again with the
+    new config, in this process: no reboot, no restart by the service manager.
 
     The state directory is locked for the whole run (a second daemon on it gets
     ``AlreadyRunning``), and every state file is checked before anything else
@@ -87,7 +94,72 @@ async def run_daemon(
                 moved.aside,
                 moved.if_lost,
             )
-        await _run_locked(config, state, stop, environ, modem_options)
+        live = LiveConfig(config)
+        console = _start_console(live, state, reboot)
+        try:
+            while True:
+                await _run_locked(live.config, state, stop, environ, modem_options, live.changed)
+                if stop.is_set():
+                    break
+                live.changed.clear()
+                log.info("restarting the links with the new settings: %s", describe(live.config))
+        finally:
+            if console is not None:
+                console.cancel()
+                await asyncio.gather(console, return_exceptions=True)
+
+
+class LiveConfig:
+    """The config in force, and the event that asks ``run_daemon`` to restart its links with a
+    newer one (the console's ``set`` and ``reset-pairing``)."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.changed = asyncio.Event()
+
+    def apply(self, config: DaemonConfig) -> None:
+        """Use ``config`` from now on: the links restart with it."""
+        self.config = config
+        self.changed.set()
+
+
+def _start_console(
+    live: LiveConfig, state: DeviceState, reboot: Callable[[], None] | None
+) -> asyncio.Task[None] | None:
+    """The serial console's task when ``[console] port`` is set."""
+    settings = live.config.console
+    if not settings.port:
+        return None
+    # pyserial loads only with a console or a modem
+    from dvrlink.daemon.console import Console, ConsoleOptions, parse_pin_hash, verify_pin  # noqa: PLC0415
+    from dvrlink.daemon.console_link import ConsoleLink, ConsoleService  # noqa: PLC0415
+
+    check_pin = None
+    if settings.pin_hash:
+        stored = parse_pin_hash(settings.pin_hash)
+        check_pin = functools.partial(verify_pin, stored=stored)
+    options = ConsoleOptions(
+        serial=live.config.device.serial,
+        baud=settings.baud,
+        pin_required=bool(settings.pin_hash),
+        pin_max_failures=settings.pin_max_failures,
+        pin_window_s=settings.pin_window_s,
+        idle_lock_s=settings.idle_lock_s,
+    )
+    service = ConsoleService(
+        lambda: live.config,
+        state,
+        fingerprint(ed25519_public_bytes(state.device_key())),
+        live.apply,
+        reboot or functools.partial(_reboot_board, live),
+    )
+    link = ConsoleLink(settings.port, settings.baud, Console(options, check_pin), service)
+    return asyncio.get_running_loop().create_task(link.run(), name="console")
+
+
+def _reboot_board(live: LiveConfig) -> None:
+    """Run ``[modem] reboot_command`` (the board's reboot), without waiting for it."""
+    subprocess.Popen(live.config.modem.reboot_command, start_new_session=True)
 
 
 async def _run_locked(
@@ -96,8 +168,10 @@ async def _run_locked(
     stop: asyncio.Event,
     environ: Mapping[str, str] | None,
     modem_options: ModemOptions | None,
+    restart: asyncio.Event | None = None,
 ) -> None:
-    """``run_daemon`` once the state directory is locked and its files are checked."""
+    """``run_daemon`` once the state directory is locked and its files are checked; returns
+    when ``stop`` is set, or ``restart`` (new settings: the caller runs it again)."""
     loop = asyncio.get_running_loop()
     device_key = state.device_key()
     invites = InviteHandler(config.device.serial, device_key, state.pairing_secret(), state, config.pairing)
@@ -155,10 +229,11 @@ async def _run_locked(
         modem_task = loop.create_task(modem.run(), name="modem")
     try:
         await link.start()
-        await stop.wait()
-        log.info("stopping")
+        await _first_of(stop, restart)
+        log.info("stopping" if stop.is_set() else "stopping the links to apply new settings")
     finally:
-        notifier.stopping()
+        if restart is None or not restart.is_set() or stop.is_set():
+            notifier.stopping()
         watchdog.cancel()
         if modem_task is not None:
             modem_task.cancel()
@@ -172,6 +247,17 @@ async def _run_locked(
         link.close()
         events.status_file.remove()
         notifier.close()
+
+
+async def _first_of(stop: asyncio.Event, restart: asyncio.Event | None) -> None:
+    """Wait until ``stop`` or ``restart`` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in (stop, restart) if event is not None]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 def _presence_tuning(

@@ -4,6 +4,7 @@
     dvrlinkd check-config [--config FILE]           check the config file and exit (or --check-config)
     dvrlinkd status [--config FILE] [--json]        show the running daemon's status
     dvrlinkd pairing-code [--config FILE] [--create] print the pairing code, fingerprint and QR string
+    dvrlinkd hash-pin                               read an installer PIN, print its [console] pin_hash line
     dvrlinkd --version
 
 The config file is --config (before or after the command), else $DVRLINKD_CONFIG, else
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, DaemonConfig, describe, load_config
+from dvrlink.daemon.console import hash_pin
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.state import DeviceState, StateError
 from dvrlink.daemon.status import StatusUnavailable, format_status, read_status
@@ -52,6 +55,10 @@ COMMANDS = {
         "print the serial, pairing code, key fingerprint and pairing URI for the label (read-only; "
         "--create makes the key and code if the daemon has not yet)"
     ),
+    "hash-pin": (
+        "read an installer PIN for the serial console (prompted, or the first line of stdin) and "
+        "print the [console] pin_hash line to paste into the config (needs no config file)"
+    ),
 }
 
 log = logging.getLogger("dvrlink.daemon")
@@ -60,6 +67,8 @@ log = logging.getLogger("dvrlink.daemon")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dvrlinkd`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "hash-pin":
+        return _hash_pin()
     environ = os.environ
     config_path = Path(args.config or environ.get("DVRLINKD_CONFIG") or DEFAULT_CONFIG_PATH)
     try:
@@ -157,6 +166,23 @@ def _status(config: DaemonConfig, *, as_json: bool) -> int:
         print(json.dumps({"running": True, **asdict(status)}, indent=1))
     else:
         print(format_status(status, time.time()))
+    return EXIT_OK
+
+
+def _hash_pin() -> int:
+    if sys.stdin.isatty():
+        pin = getpass.getpass("installer PIN (4-12 digits): ")
+        if getpass.getpass("the same PIN again: ") != pin:
+            print("dvrlinkd hash-pin: the two PINs differ; nothing printed", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        pin = sys.stdin.readline().strip()
+    try:
+        line = hash_pin(pin, os.urandom(16))
+    except ValueError as exc:
+        print(f"dvrlinkd hash-pin: {exc}; nothing printed", file=sys.stderr)
+        return EXIT_USAGE
+    print(f'pin_hash = "{line}"')
     return EXIT_OK
 
 

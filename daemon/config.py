@@ -18,6 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dvrlink.daemon.console import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE
@@ -220,6 +221,30 @@ class ModemSettings:
     """Its UDP port; 0: the broker's presence port (which answers STUN)."""
 
 
+CONSOLE_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1500000)
+"""``[console] baud`` values."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """``[console]``: the installer's serial console (docs/console.md). Off unless ``port``."""
+
+    port: str = ""
+    """TTY the console answers on, e.g. ``/dev/ttyS1`` (a UART no getty or kernel console uses);
+    empty: no console."""
+    baud: int = 115200
+    """Its speed (8N1)."""
+    pin_hash: str = field(default="", repr=False)
+    """The installer PIN's scrypt hash, as ``dvrlinkd hash-pin`` prints it (never the PIN);
+    empty: no PIN, the console is open to whoever holds the cable."""
+    pin_max_failures: int = 5
+    """Wrong PINs allowed per ``pin_window_s``; then no PIN is checked until the oldest leaves it."""
+    pin_window_s: float = 300.0
+    """Sliding window in seconds over which wrong PINs are counted."""
+    idle_lock_s: float = 600.0
+    """With a PIN: seconds without input after which the console locks again."""
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """The whole dvrlinkd configuration."""
@@ -232,6 +257,7 @@ class DaemonConfig:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     modem: ModemSettings = field(default_factory=ModemSettings)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -271,7 +297,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     Raises:
         ConfigError: as for ``load_config``.
     """
-    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions", "modem")
+    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions", "modem", "console")
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
 
@@ -336,7 +362,38 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         handshake_timeout_s=ses.number("handshake_timeout_s", 1.0, 600.0),
         port_search=ses.search_budget("port_search", metered=modem.enabled),
     )
-    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, source)
+    console = _parse_console(_Table(source, "console", document, ConsoleConfig))
+    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, console, source)
+
+
+def _parse_console(con: _Table) -> ConsoleConfig:
+    """The ``[console]`` section; a bad PIN hash is reported without showing it."""
+    port = con.string("port").strip()
+    if port and not port.startswith("/"):
+        raise con.error(
+            "port", port, "expected an absolute device path such as /dev/ttyS1 (or empty: no console)"
+        )
+    baud = con.integer("baud", 1200, 1500000)
+    if baud not in CONSOLE_BAUDS:
+        raise con.error("baud", baud, f"expected one of {', '.join(map(str, CONSOLE_BAUDS))}")
+    pin_hash = con.string("pin_hash").strip()
+    if pin_hash:
+        try:
+            parse_pin_hash(pin_hash)
+        except ValueError as exc:
+            raise con.error(
+                "pin_hash",
+                "(hidden)",
+                f"{exc}; make it with `dvrlinkd hash-pin` (it prints the line to paste)",
+            ) from None
+    return ConsoleConfig(
+        port=port,
+        baud=baud,
+        pin_hash=pin_hash,
+        pin_max_failures=con.integer("pin_max_failures", 1, 100),
+        pin_window_s=con.number("pin_window_s", 1.0, 86400.0),
+        idle_lock_s=con.number("idle_lock_s", 10.0, 86400.0),
+    )
 
 
 def _check_tcp_keepalive(presence: PresenceConfig, source: Path) -> None:
@@ -623,8 +680,15 @@ def describe(config: DaemonConfig) -> str:
         f"keepalive {config.presence.keepalive_interval_s:g} s, "
         f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}, "
         f"sessions at most {config.sessions.max_sessions} ({config.sessions.policy.name.lower()} paths), "
-        f"modem {_describe_modem(config.modem)}"
+        f"modem {_describe_modem(config.modem)}, "
+        f"console {_describe_console(config.console)}"
     )
+
+
+def _describe_console(console: ConsoleConfig) -> str:
+    if not console.port:
+        return "off"
+    return f"on {console.port} at {console.baud} baud{', PIN' if console.pin_hash else ''}"
 
 
 def _describe_modem(modem: ModemSettings) -> str:

@@ -21,9 +21,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dvrlink.daemon.session_runner import ViewerRunner
+from dvrlink.protocol.console_wire import split_host_port
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.pairing import PairingUri
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.viewer.api_client import (
     INSECURE_HTTP_FLAG,
@@ -35,6 +38,7 @@ from dvrlink.viewer.api_client import (
     is_plain_http,
 )
 from dvrlink.viewer.api_types import SessionInfo
+from dvrlink.viewer.console_client import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, ConsoleClient
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError, toml_value
 from dvrlink.viewer.forward import (
     ConnectionAccepted,
@@ -125,8 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pair a device: `dvrlink pair SERIAL CODE`, or `dvrlink pair 'dvrlink://pair?...'` "
         "with the URI from the device's QR code (it also checks the device's key fingerprint).",
     )
-    pair.add_argument("target", metavar="SERIAL|URI", help="device serial, or a dvrlink://pair?... URI")
+    pair.add_argument(
+        "target", metavar="SERIAL|URI", nargs="?", help="device serial, or a dvrlink://pair?... URI"
+    )
     pair.add_argument("code", metavar="CODE", nargs="?", help="pairing code from the device label")
+    pair.add_argument(
+        "--port",
+        metavar="DEVICE",
+        help="read the serial, code and key fingerprint from the recorder's serial console instead "
+        "(a USB-UART adapter such as /dev/ttyUSB0, or a socket:// URL)",
+    )
+    _console_options(pair)
+
+    provision = sub.add_parser(
+        "provision",
+        parents=[common],
+        help="show a recorder's status and set its broker and APN over its serial console",
+        description="Talk to a recorder's serial console through a USB-UART cable: show its status "
+        "and, with --broker or --apn, save those settings on it (checked first, written atomically, "
+        "applied at once). Needs no login.",
+    )
+    provision.add_argument(
+        "--port",
+        metavar="DEVICE",
+        required=True,
+        help="the serial device, e.g. /dev/ttyUSB0 (or a socket:// URL)",
+    )
+    _console_options(provision)
+    provision.add_argument(
+        "--broker", metavar="HOST[:PORT]", help="the broker's presence host and UDP port ([IPV6]:PORT)"
+    )
+    provision.add_argument(
+        "--broker-key",
+        metavar="KEY",
+        help="the broker's public key (base64), as dvrlink-broker show-key prints it",
+    )
+    provision.add_argument("--apn", metavar="NAME", help='the cellular APN; "auto" for automatic')
+    provision.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sub.add_parser(
         "logout",
@@ -221,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baud", metavar="N", type=int, default=DEFAULT_BAUD, help=f"serial speed (default {DEFAULT_BAUD})"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the console is locked: ask for the installer PIN (or read it from the first line of stdin)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("dvrlink")
@@ -280,6 +337,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return _logout(home)
     if command == "unpair":
         return await _unpair(args, home)
+    if command == "provision":
+        return _provision(args)
     raise ViewerError(f"unknown command {toml_value(command)}: see `dvrlink --help`", EXIT_USAGE)
 
 
@@ -363,13 +422,24 @@ async def _login(args: argparse.Namespace, home: ViewerHome) -> int:
 
 
 async def _pair(args: argparse.Namespace, home: ViewerHome) -> int:
-    target = parse_pairing_target(args.target, args.code)
+    if args.port is not None:
+        if args.target is not None or args.code is not None:
+            raise ViewerError("give either --port or SERIAL CODE (or a URI), not both", EXIT_USAGE)
+    elif args.target is None:
+        raise ViewerError(
+            "nothing to pair: give SERIAL CODE, the dvrlink://pair?... URI, or --port DEVICE", EXIT_USAGE
+        )
+    target = parse_pairing_target(str(args.target), args.code) if args.port is None else None
     now = time.time()
     login = _require_login(home, now)
     key = home.load_key()
     if key is None:
         raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login` first (it creates one)")
     pins = home.load_pins()  # a malformed pins.json stops here, before the device is asked
+    if target is None:
+        pin = _read_pin() if args.pin else None
+        target = await asyncio.to_thread(_console_pairing_target, args, pin)
+        print(f"read the pairing code of {target.serial} from {args.port}", flush=True)
     async with _client(args, login) as client:
         paired = await pair_device(
             client, target, ed25519_public_bytes(key), pins.get(target.serial), os.urandom, now
@@ -383,6 +453,92 @@ async def _pair(args: argparse.Namespace, home: ViewerHome) -> int:
         )
     home.save_pin(paired.serial, paired.pin)
     print(f"paired {paired.serial} (fingerprint {format_fingerprint(paired.pin.fingerprint)})")
+    return EXIT_OK
+
+
+# -- the recorder's serial console ------------------------------------------------------------------
+
+
+def _read_pin() -> str:
+    if sys.stdin.isatty():
+        try:
+            pin = getpass.getpass("installer PIN: ")
+        except EOFError:
+            pin = ""
+    else:
+        pin = sys.stdin.readline().strip()
+    if not pin:
+        raise ViewerError("no installer PIN given: type it at the prompt, or pipe it on stdin", EXIT_USAGE)
+    return pin
+
+
+def _open_console(args: argparse.Namespace, client: ConsoleClient, pin: str | None) -> dict[str, Any]:
+    """Greet the recorder and unlock its console; returns ``hello``'s result."""
+    hello = client.hello()
+    if hello.get("locked"):
+        if pin is None:
+            raise ViewerError(
+                f"the console of {client.serial_number or 'the recorder'} on {args.port} is locked: run "
+                "again with --pin and give the installer PIN"
+            )
+        client.unlock(pin)
+    return hello
+
+
+def _console_client(args: argparse.Namespace) -> ConsoleClient:
+    if args.baud <= 0 or args.timeout <= 0:
+        raise ViewerError("--baud and --timeout must be above 0", EXIT_USAGE)
+    return ConsoleClient(args.port, args.baud, timeout_s=args.timeout)
+
+
+def _console_pairing_target(args: argparse.Namespace, pin: str | None) -> PairingUri:
+    with _console_client(args) as client:
+        _open_console(args, client, pin)
+        return client.pairing_target()
+
+
+def provision_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings ``dvrlink provision`` asks for, by ``console_wire.SETTING_KEYS`` name.
+
+    Raises:
+        ViewerError: (exit code 2) a malformed ``--broker``.
+    """
+    settings: dict[str, Any] = {}
+    if args.broker is not None:
+        try:
+            host, port = split_host_port(args.broker.strip())
+        except ValueError as exc:
+            raise ViewerError(str(exc), EXIT_USAGE) from None
+        settings["broker_host"] = host
+        if port is not None:
+            settings["broker_port"] = port
+    if args.broker_key is not None:
+        settings["broker_public_key"] = args.broker_key.strip()
+    if args.apn is not None:
+        settings["apn"] = "" if args.apn.strip().lower() == "auto" else args.apn.strip()
+    return settings
+
+
+def _provision(args: argparse.Namespace) -> int:
+    settings = provision_settings(args)
+    pin = _read_pin() if args.pin else None
+    with _console_client(args) as client:
+        _open_console(args, client, pin)
+        saved = client.set(settings) if settings else None
+        status = client.status()
+    if args.json:
+        print(json.dumps({"saved": saved, "status": status}, indent=2))
+        return EXIT_OK
+    if saved is not None:
+        changed = saved.get("changed") or {}
+        what = ", ".join(f"{k} = {toml_value(v)}" for k, v in changed.items()) or "nothing new"
+        print(f"saved on {client.serial_number} ({saved.get('file', 'its config')}): {what}")
+        for note in saved.get("notes") or []:
+            print(f"note: {note}")
+    width = max((len(k) for k in status), default=0) + 2
+    for key, value in status.items():
+        shown = "-" if value is None else value
+        print(f"{(key.replace('_', ' ') + ':').ljust(width)}{shown}")
     return EXIT_OK
 
 
