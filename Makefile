@@ -11,11 +11,14 @@ PKGS := protocol modem hal daemon broker viewer
 # indexes for its APNs; umockdev, which fakes the USB tree and uevents for the modem hot-plug tests;
 # iptables and conntrack, which build and flush the NAT lab's network namespaces.
 # systemd: systemd-analyze verifies the units against a staged install tree.
+# busybox and shellcheck: the image's init script runs under a real BusyBox sh, and its scripts
+# are checked as POSIX sh (tests/test_buildroot_*.py).
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd
+	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
+	busybox shellcheck
 
-.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix clean
+.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix buildroot-check clean
 
 all: test
 
@@ -51,8 +54,8 @@ typecheck: $(STAMP) .typecheck/dvrlink
 	cd .typecheck && ../$(VENV)/bin/mypy --strict --config-file ../pyproject.toml -p dvrlink
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check $(PKGS) tests bench hil
-	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil
+	$(VENV)/bin/ruff check $(PKGS) tests bench hil buildroot/tools
+	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil buildroot/tools
 
 pytest: $(STAMP) $(SYSSTAMP)
 	$(VENV)/bin/pytest -q
@@ -69,6 +72,19 @@ bench: $(STAMP) $(SYSSTAMP)
 # subset, median of 5 runs per cell; rewrites docs/connectivity.md and docs/connectivity.json.
 matrix: $(STAMP) $(SYSSTAMP)
 	$(PY) -m hil.matrix --full --docs docs
+
+# Buildroot's own style checks (utils/check-package) over buildroot/, given a Buildroot checkout:
+#   make buildroot-check BUILDROOT=/path/to/buildroot
+# check-package needs Python's magic module (python3-magic), shellcheck and flake8; pick the Python
+# that has them with BUILDROOT_PYTHON. The tree's structure checks run in `make test`.
+BUILDROOT_PYTHON ?= python3
+buildroot-check:
+	@if [ -z "$(BUILDROOT)" ] || [ ! -x "$(BUILDROOT)/utils/check-package" ]; then \
+	  echo "pass a Buildroot checkout: make buildroot-check BUILDROOT=/path/to/buildroot" \
+	    "(git clone https://gitlab.com/buildroot.org/buildroot.git)"; exit 2; \
+	fi
+	cd buildroot && find . -type f ! -path '*/__pycache__/*' | sort | \
+	  xargs $(BUILDROOT_PYTHON) $(abspath $(BUILDROOT))/utils/check-package -b
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info
