@@ -146,15 +146,19 @@ def _start_console(
         pin_window_s=settings.pin_window_s,
         idle_lock_s=settings.idle_lock_s,
     )
+    loop = asyncio.get_running_loop()
     service = ConsoleService(
         lambda: live.config,
         state,
         fingerprint(ed25519_public_bytes(state.device_key())),
         live.apply,
         reboot or functools.partial(_reboot_board, live),
+        clock=loop.time,
     )
-    link = ConsoleLink(settings.port, settings.baud, Console(options, check_pin), service)
-    return asyncio.get_running_loop().create_task(link.run(), name="console")
+    failures = service.saved_pin_failures(settings.pin_window_s) if check_pin else []
+    console = Console(options, check_pin, pin_failures=failures)
+    link = ConsoleLink(settings.port, settings.baud, console, service)
+    return loop.create_task(link.run(), name="console")
 
 
 def _reboot_board(live: LiveConfig) -> None:

@@ -27,7 +27,7 @@ import hmac
 import math
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -274,15 +274,26 @@ class Console:
     """One console session on one port (see the module docstring).
 
     ``check_pin`` says whether a PIN is right; it is only called when ``options.pin_required``.
+    ``pin_failures`` are the times (on the clock ``now`` uses) of wrong PINs from before, such
+    as those the owner kept over a reboot; ``pin_failures`` tells the current ones to keep.
+
+    Raises (constructor):
+        ValueError: ``pin_required`` without ``check_pin``.
     """
 
-    def __init__(self, options: ConsoleOptions, check_pin: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        options: ConsoleOptions,
+        check_pin: Callable[[str], bool] | None = None,
+        *,
+        pin_failures: Sequence[float] = (),
+    ) -> None:
         if options.pin_required and check_pin is None:
             raise ValueError("a console with pin_required needs check_pin")
         self.options = options
         self._check_pin = check_pin
         self._locked = options.pin_required
-        self._failures: collections.deque[float] = collections.deque()
+        self._failures: collections.deque[float] = collections.deque(sorted(pin_failures))
         self._out = bytearray()
         self._events: collections.deque[ConsoleEvent] = collections.deque()
         self._pending: dict[int, _Pending] = {}
@@ -302,6 +313,11 @@ class Console:
     def locked(self) -> bool:
         """True while an installer PIN is needed."""
         return self._locked
+
+    @property
+    def pin_failures(self) -> tuple[float, ...]:
+        """Times of the wrong PINs that still count (oldest first)."""
+        return tuple(self._failures)
 
     # --- the owner's side ---------------------------------------------------------------------
 

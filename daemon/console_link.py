@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,9 @@ class ConsoleService:
         device_fingerprint: str,
         apply: Callable[[DaemonConfig], None],
         reboot: Callable[[], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._current = current
         self._state = state
@@ -73,6 +77,35 @@ class ConsoleService:
         self._apply = apply
         self._reboot = reboot
         self._reboot_pending = False
+        self._clock = clock
+        """The console core's clock (the loop's)."""
+        self._wall_clock = wall_clock
+        """Unix time, for the wrong-PIN times kept in the state directory."""
+        self._saved_failures: tuple[float, ...] | None = None
+
+    def saved_pin_failures(self, window_s: float) -> list[float]:
+        """The wrong installer PINs recorded before (a reboot), on the core's clock, those
+        still inside ``window_s``; none when the file cannot be read (logged)."""
+        try:
+            saved = self._state.console_pin_failures()
+        except StateError as exc:
+            log.error("console: cannot read the wrong-PIN record, starting without it: %s", exc)
+            return []
+        now, wall = self._clock(), self._wall_clock()
+        # A time in the future (the clock was set back) counts as now.
+        return [now - max(0.0, wall - t) for t in saved if wall - t < window_s]
+
+    def _save_pin_failures(self, console: Console) -> None:
+        failures = console.pin_failures
+        if failures == self._saved_failures:
+            return
+        now, wall = self._clock(), self._wall_clock()
+        try:
+            self._state.save_console_pin_failures([wall - (now - t) for t in failures])
+        except StateError as exc:  # the limit still holds in memory until a reboot
+            log.error("console: cannot record wrong installer PINs: %s", exc)
+            return
+        self._saved_failures = failures
 
     def handle(self, console: Console, event: ConsoleEvent) -> None:
         """Answer a ``CommandReceived``; log the other events."""
@@ -86,6 +119,7 @@ class ConsoleService:
                 )
         elif isinstance(event, Unlocked):
             log.info("console: unlocked with the installer PIN")
+            self._save_pin_failures(console)
         elif isinstance(event, Relocked):
             log.info("console: locked (%s)", event.reason)
         elif isinstance(event, PinRefused):
@@ -94,6 +128,7 @@ class ConsoleService:
                 event.failures,
                 f", none checked for {event.retry_after_s:g} s" if event.retry_after_s else "",
             )
+            self._save_pin_failures(console)
         elif isinstance(event, InputRejected):
             log.debug("console: input rejected (%s, %d bytes)", event.reason, event.size)
 

@@ -6,6 +6,8 @@ Files (all mode 0600, written atomically):
 - ``pairing_secret``: the pairing code (16 base32 characters), created on first start.
 - ``viewers.json``: viewers paired to this device, ``[{"public_key", "account", "paired_at"}]``.
 - ``pairing_failures.json``: unix times of recent wrong pairing codes.
+- ``console_pin_failures.json``: unix times of recent wrong installer PINs on the serial console
+  (``daemon/console_link.py``), so a reboot does not give more tries.
 - ``modem/apn_memory.json``, ``modem/ladder.json``, ``modem/accounting.json``: the cellular
   modem's APN memory, recovery ladder and data accounting (``daemon/modem_service.py``).
 - ``dvrlinkd.lock``: locked (``flock``) by the running daemon, holds its pid; a second daemon on
@@ -52,6 +54,7 @@ DEVICE_KEY_FILE = "device_key.pem"
 PAIRING_SECRET_FILE = "pairing_secret"  # noqa: S105 (a file name)
 VIEWERS_FILE = "viewers.json"
 PAIRING_FAILURES_FILE = "pairing_failures.json"
+CONSOLE_PIN_FAILURES_FILE = "console_pin_failures.json"
 LOCK_FILE = "dvrlinkd.lock"
 MODEM_DIR = "modem"
 """Where ``daemon/modem_service.py`` keeps the modem's files."""
@@ -231,6 +234,26 @@ class DeviceState:
             StateError: the file cannot be written.
         """
         self._write(self.state_dir / PAIRING_FAILURES_FILE, _json_bytes(list(failures)))
+
+    # --- wrong installer PINs on the serial console --------------------------------------------
+
+    def console_pin_failures(self) -> list[float]:
+        """Unix times of recorded wrong installer PINs (empty when there is no file yet).
+
+        Raises:
+            StateError: the file is unreadable or malformed; it is left as it is.
+        """
+        path = self.state_dir / CONSOLE_PIN_FAILURES_FILE
+        data = self._read_json_file(path)
+        return [] if data is None else parse_pairing_failures(path, data)
+
+    def save_console_pin_failures(self, failures: Sequence[float]) -> None:
+        """Replace the recorded wrong-PIN times.
+
+        Raises:
+            StateError: the file cannot be written.
+        """
+        self._write(self.state_dir / CONSOLE_PIN_FAILURES_FILE, _json_bytes(list(failures)))
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -423,6 +446,12 @@ STATE_FILES: tuple[StateFile, ...] = (
         parse_pairing_failures,
         OnCorrupt.MOVE_ASIDE,
         "the count of recent wrong pairing codes restarts from zero",
+    ),
+    StateFile(
+        CONSOLE_PIN_FAILURES_FILE,
+        parse_pairing_failures,
+        OnCorrupt.MOVE_ASIDE,
+        "the count of recent wrong installer PINs on the serial console restarts from zero",
     ),
     StateFile(
         f"{MODEM_DIR}/apn_memory.json",

@@ -1,4 +1,5 @@
-"""Settings from the console into the config file, and the ``[console]`` section itself.
+"""Settings from the console into the config file, the ``[console]`` section itself, and the
+wrong-PIN record the console keeps in the state directory.
 
 A value the daemon would refuse changes nothing (byte for byte); a good one is written with
 ``atomic_write`` and only its line changes; ``[console]`` errors exit 78; ``dvrlinkd hash-pin``
@@ -19,8 +20,10 @@ from pytest_mock import MockerFixture
 from dvrlink.daemon import console_settings
 from dvrlink.daemon.cli import main as dvrlinkd_main
 from dvrlink.daemon.config import load_config
-from dvrlink.daemon.console import SettingChanges, parse_pin_hash, verify_pin
+from dvrlink.daemon.console import Console, ConsoleOptions, SettingChanges, parse_pin_hash, verify_pin
+from dvrlink.daemon.console_link import ConsoleService
 from dvrlink.daemon.console_settings import SettingsRefused, save_settings, set_key
+from dvrlink.daemon.state import DeviceState
 
 KEY = base64.b64encode(bytes(range(1, 33))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(2, 34))).decode()
@@ -213,3 +216,75 @@ def test_hash_pin_prints_a_hash_that_checks_and_never_the_pin(tmp_path: Path) ->
         [str(DVRLINKD), "hash-pin"], input="12\n", capture_output=True, text=True, timeout=60, check=False
     )
     assert bad.returncode == 2 and "4 to 12 digits" in bad.stderr, bad
+
+
+# --- wrong installer PINs survive a reboot ------------------------------------------------------
+
+
+class Clocks:
+    """The loop's clock restarts at 0 on each boot; wall time goes on."""
+
+    def __init__(self, wall: float) -> None:
+        self.mono = 0.0
+        self.wall = wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+    def reboot(self, took_s: float) -> None:
+        self.wall += took_s
+        self.mono = 0.0
+
+
+def _boot(state_dir: Path, clocks: Clocks) -> tuple[Console, ConsoleService]:
+    state = DeviceState(state_dir)
+    config = load_config(_write(state_dir.parent))
+    service = ConsoleService(
+        lambda: config,
+        state,
+        "f" * 16,
+        lambda c: None,
+        lambda: None,
+        clock=lambda: clocks.mono,
+        wall_clock=lambda: clocks.wall,
+    )
+    options = ConsoleOptions(serial="DL-0001-0002", pin_required=True, pin_max_failures=3, pin_window_s=300.0)
+    console = Console(options, lambda pin: pin == "4711", pin_failures=service.saved_pin_failures(300.0))
+    return console, service
+
+
+def _write(folder: Path) -> Path:
+    path = folder / "dvrlinkd.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def _unlock(console: Console, service: ConsoleService, pin: str, clocks: Clocks) -> bytes:
+    console.receive_data(f"unlock {pin}\r".encode(), clocks.mono)
+    while (event := console.next_event()) is not None:
+        service.handle(console, event)
+    return console.data_to_send()
+
+
+def test_wrong_pins_are_kept_over_a_reboot_and_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clocks = Clocks(wall=1_767_225_600.0)
+    state_dir = tmp_path / "state"
+    console, service = _boot(state_dir, clocks)
+    for _ in range(3):
+        clocks.advance(10)
+        assert b"wrong PIN" in _unlock(console, service, "0000", clocks)
+    assert len(DeviceState(state_dir).console_pin_failures()) == 3
+    clocks.reboot(took_s=60)  # power-cycle the board to get fresh tries
+    console, service = _boot(state_dir, clocks)
+    clocks.advance(5)
+    out = _unlock(console, service, "4711", clocks)
+    assert b"too many wrong PINs" in out and console.locked, out
+    clocks.advance(300)  # the first wrong PIN has left the window
+    out = _unlock(console, service, "4711", clocks)
+    assert b"unlocked" in out and not console.locked, out
+    assert DeviceState(state_dir).console_pin_failures() == []
+    assert "0000" not in caplog.text and "4711" not in caplog.text
+    assert "wrong installer PIN" in caplog.text

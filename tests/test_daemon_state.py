@@ -163,6 +163,7 @@ def full_state_dir(path: Path) -> Path:
     state.pairing_secret()
     state.add_viewer(b"\x01" * 32, "alice", 1.0)
     state.save_pairing_failures([NOW - 10])
+    state.save_console_pin_failures([NOW - 20])
     modem = path / modem_service.MODEM_DIR
     modem.mkdir()
     ApnMemoryFile(modem / modem_service.APN_MEMORY_FILE).save(
