@@ -729,9 +729,12 @@ def _render(name: str, result: Mapping[str, Any]) -> str:
         )
     if name == "set":
         changed = result.get("changed", {})
-        what = ", ".join(f"{k} = {_shown(v)}" for k, v in changed.items()) if changed else "nothing new"
+        where = result.get("file", "the config file")
         notes = [str(n) for n in result.get("notes", [])]
-        return "\n".join([f"saved to {result.get('file', 'the config file')}: {what}; applied now", *notes])
+        if not changed:
+            return "\n".join([f"nothing to change: {where} already holds these values", *notes])
+        what = ", ".join(f"{k} = {_shown(v)}" for k, v in changed.items())
+        return "\n".join([f"saved to {where}: {what}; applied now", *notes])
     if name == "reset-pairing":
         count = result.get("viewers_removed", 0)
         return f"forgot {count} paired viewer{'s' if count != 1 else ''}; the pairing code is unchanged"

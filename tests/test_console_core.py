@@ -140,6 +140,9 @@ def test_replies_are_rendered_for_a_person() -> None:
     console.reply(commands(evs)[0].ticket, result)
     text = console.data_to_send()
     assert b"saved to /etc/x.toml: apn = internet; applied now" in text and b"the modem is off" in text
+    _, evs = send(console, b"set apn internet\r")
+    console.reply(commands(evs)[0].ticket, {"file": "/etc/x.toml", "changed": {}, "notes": []})
+    assert b"nothing to change: /etc/x.toml already holds these values" in console.data_to_send()
     _, evs = send(console, b"reset-pairing confirm\r")
     console.reply(commands(evs)[0].ticket, {"viewers_removed": 1})
     assert b"forgot 1 paired viewer;" in console.data_to_send()

@@ -28,6 +28,7 @@ from console_harness import PtyCable
 from cryptography.hazmat.primitives import serialization
 from pytest_mock import MockerFixture
 
+from dvrlink.daemon import console_link
 from dvrlink.daemon.app import LiveConfig
 from dvrlink.daemon.config import load_config
 from dvrlink.daemon.console import Console, ConsoleOptions, hash_pin, parse_pin_hash, verify_pin
@@ -231,7 +232,6 @@ def test_a_line_cut_off_mid_write_changes_nothing(
             before = rec.config_file.read_bytes()
             line = json.dumps({"v": 1, "id": 1, "cmd": "set", "settings": {"apn": "half"}}).encode()
             rec.cable.inject(line[: len(line) // 2])
-            await asyncio.sleep(0)  # nothing to wait for: the recorder must not act
             assert rec.config_file.read_bytes() == before
             port = rec.cable.laptop_path
             code, _, err = await laptop(lambda: provision(capsys, "--port", port, "--apn", "whole"))
@@ -455,7 +455,9 @@ def test_reboot_calls_only_the_injected_reboot_once_after_the_reply(
     run(main)
 
 
-def test_a_missing_port_is_retried_and_served_once_it_appears(tmp_path: Path, mocker: MockerFixture) -> None:
+def test_a_missing_port_is_retried_and_served_once_it_appears(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         config_file = tmp_path / "dvrlinkd.toml"
         config_file.write_text(CONFIG)
@@ -471,10 +473,17 @@ def test_a_missing_port_is_retried_and_served_once_it_appears(tmp_path: Path, mo
                 service,
                 reopen_s=0.05,
             )
-            error = mocker.spy(link, "_serve")
+            serve = mocker.spy(link, "_serve")
+            opens = mocker.spy(console_link.serial, "Serial")
             task = asyncio.create_task(link.run())
-            await asyncio.sleep(0.2)  # it keeps trying a port that does not exist
-            assert error.call_count == 0 and not task.done()
+            for _ in range(int(WAIT / 0.01)):  # bounded: until it has failed to open three times
+                if opens.call_count >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert opens.call_count >= 3 and serve.call_count == 0 and not task.done()
+            errors = [r for r in caplog.records if "cannot open" in r.getMessage()]
+            assert len(errors) == 1, "the same problem is logged once, not at every retry"
+            assert str(tmp_path / "ttyS9") in errors[0].getMessage()
             os.symlink(cable.device_path, tmp_path / "ttyS9")
             await asyncio.wait_for(link.opened.wait(), WAIT)
             rec_out = await asyncio.to_thread(cable.wait_for_device_output, SERIAL.encode())

@@ -531,8 +531,12 @@ def _provision(args: argparse.Namespace) -> int:
         return EXIT_OK
     if saved is not None:
         changed = saved.get("changed") or {}
-        what = ", ".join(f"{k} = {toml_value(v)}" for k, v in changed.items()) or "nothing new"
-        print(f"saved on {client.serial_number} ({saved.get('file', 'its config')}): {what}")
+        where = f"{client.serial_number} ({saved.get('file', 'its config')})"
+        if changed:
+            what = ", ".join(f"{k} = {toml_value(v)}" for k, v in changed.items())
+            print(f"saved on {where}: {what}; the recorder applies it now")
+        else:
+            print(f"nothing to change on {where}: it already holds these values")
         for note in saved.get("notes") or []:
             print(f"note: {note}")
     width = max((len(k) for k in status), default=0) + 2
