@@ -492,3 +492,21 @@ def test_a_missing_port_is_retried_and_served_once_it_appears(
             await asyncio.gather(task, return_exceptions=True)
 
     run(main)
+
+
+def test_viewer_usage_and_port_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(tmp_path / "home")]
+    assert viewer_cli.main([*home, "pair"]) == 2
+    assert (
+        "nothing to pair: give SERIAL CODE, the dvrlink://pair?... URI, or --port DEVICE"
+        in capsys.readouterr().err
+    )
+    assert viewer_cli.main([*home, "pair", SERIAL, "ABCDEFGHIJKLMNOP", "--port", "/dev/ttyUSB0"]) == 2
+    assert "give either --port or SERIAL CODE" in capsys.readouterr().err
+    assert viewer_cli.main([*home, "provision"]) == 2  # --port is required
+    capsys.readouterr()
+    missing = str(tmp_path / "ttyUSB7")
+    assert viewer_cli.main([*home, "provision", "--port", missing]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot open the serial port {missing}" in err and "USB-UART cable" in err, err
+    assert not (tmp_path / "home").exists(), "provision needs no login and writes nothing in the home"
