@@ -114,9 +114,10 @@ class ConsoleService:
                 self._command(console, event)
             except Exception as exc:  # a bug: the console still answers and goes on
                 log.exception("console: %s failed", type(event.command).__name__)
-                console.refuse(
-                    event.ticket, wire.UNAVAILABLE, f"internal error ({type(exc).__name__}): see the log"
-                )
+                with contextlib.suppress(KeyError):  # unless it was answered before the failure
+                    console.refuse(
+                        event.ticket, wire.UNAVAILABLE, f"internal error ({type(exc).__name__}): see the log"
+                    )
         elif isinstance(event, Unlocked):
             log.info("console: unlocked with the installer PIN")
             self._save_pin_failures(console)
@@ -289,7 +290,11 @@ class ConsoleLink:
                 continue
             last_problem = ""
             log.info("console: serving %s at %d baud", self.path, self._baud)
-            reason = await self._serve(loop, port)
+            try:
+                reason = await self._serve(loop, port)
+            except Exception as exc:  # a bug: the daemon goes on, and so does the console
+                log.exception("console: serving %s failed", self.path)
+                reason = f"internal error ({type(exc).__name__})"
             log.warning("console: %s lost (%s); reopening in %g s", self.path, reason, self._reopen_s)
             await asyncio.sleep(self._reopen_s)
 

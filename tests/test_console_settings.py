@@ -288,3 +288,23 @@ def test_wrong_pins_are_kept_over_a_reboot_and_never_logged(
     assert DeviceState(state_dir).console_pin_failures() == []
     assert "0000" not in caplog.text and "4711" not in caplog.text
     assert "wrong installer PIN" in caplog.text
+
+
+def test_a_failing_command_is_answered_and_the_console_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(ConsoleService):
+        def status(self) -> dict[str, object]:
+            raise RuntimeError("a bug")
+
+    config = load_config(_write(tmp_path))
+    service = Broken(lambda: config, DeviceState(tmp_path / "state"), "f" * 16, lambda c: None, lambda: None)
+    console = Console(ConsoleOptions(serial="DL-0001-0002"))
+    for line in (b"status\r", b'{"v":1,"id":5,"cmd":"status"}\n', b"help\r"):
+        console.receive_data(line, 1.0)
+        while (event := console.next_event()) is not None:
+            service.handle(console, event)
+    out = console.data_to_send()
+    assert out.count(b"internal error (RuntimeError): see the log") == 2, out
+    assert b'"id":5,"ok":false' in out and b"commands:" in out
+    assert "console: ShowStatus failed" in caplog.text
