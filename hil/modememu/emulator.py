@@ -96,6 +96,7 @@ class ModemEmulator:
         self._write_pending = False
         self.on_path_change: Callable[[str], None] | None = None
         """Called (from the emulator thread) with the new path after the port came back."""
+        self._readers: dict[int, Callable[[], None]] = {}
 
     # --------------------------------------------------------------------------------- lifecycle
 
@@ -316,6 +317,33 @@ class ModemEmulator:
 
                 self._schedule(reappear_after, reappear)
 
+    # ------------------------------------------------------------------- hooks for data paths
+
+    @property
+    def sim(self) -> SimCard | None:
+        """The SIM inside now (None: none)."""
+        with self._lock:
+            return self.model.sim
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the emulator's thread with its lock held, ``delay_s`` from now (a data
+        path's timers). Thread-safe; there is no cancelling: ``fn`` checks whether it is still due."""
+        with self._lock:
+            self._schedule(delay_s, fn)
+
+    def add_reader(self, fd: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the emulator's thread, lock held, whenever ``fd`` is readable, until
+        :meth:`remove_reader` (a data path's TUN device). ``fd`` should be non-blocking."""
+        with self._lock:
+            self._readers[fd] = fn
+            self._wake()
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it)."""
+        with self._lock:
+            self._readers.pop(fd, None)
+            self._wake()
+
     # ---------------------------------------------------------------------------------- plumbing
 
     def _command_seen(self, line: str) -> None:
@@ -359,11 +387,14 @@ class ModemEmulator:
         registered = -1
         generation = 0
         next_write = 0.0
+        readers: dict[int, Callable[[], None]] = {}
         try:
             while True:
                 with self._lock:
                     if not self._running:
                         return
+                    if readers != self._readers:
+                        self._sync_readers(sel, readers)
                     if generation != self._generation or (registered >= 0 and self._master < 0):
                         if registered >= 0:
                             sel.unregister(registered)
@@ -382,8 +413,10 @@ class ModemEmulator:
                     if key.data == "wake":
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
-                    else:
+                    elif key.data == "pty":
                         self._read(key.fd)
+                    else:
+                        self._call_reader(key.fd, key.data)
                 with self._lock:
                     now = time.monotonic()
                     while self._timers and self._timers[0][0] <= now:
@@ -396,6 +429,31 @@ class ModemEmulator:
                         next_write = self._flush(now)
         finally:
             sel.close()
+
+    def _sync_readers(self, sel: selectors.BaseSelector, readers: dict[int, Callable[[], None]]) -> None:
+        """Bring the selector's extra readers in line with ``_readers`` (lock held)."""
+        for fd, fn in list(readers.items()):
+            if self._readers.get(fd) is not fn:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    sel.unregister(fd)
+                del readers[fd]
+        for fd, fn in self._readers.items():
+            if fd not in readers:
+                try:
+                    sel.register(fd, selectors.EVENT_READ, fn)
+                except (KeyError, ValueError, OSError) as exc:
+                    log.error("modem emulator cannot watch fd %d: %s", fd, exc)
+                    continue
+                readers[fd] = fn
+
+    def _call_reader(self, fd: int, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._readers.get(fd) is not fn:
+                return  # removed since the select
+            try:
+                fn()
+            except Exception:
+                log.exception("modem emulator reader for fd %d failed", fd)
 
     def _read(self, fd: int) -> None:
         try:

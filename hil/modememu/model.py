@@ -60,6 +60,9 @@ class SimCard:
     """APNs that give a data link; None: any APN, including an empty one."""
     operator: str = "Emulated Net"
     """Home network name in ``+COPS?``."""
+    apn_credentials: tuple[tuple[str, str, str], ...] = ()
+    """(APN, user name, password) the network checks on a PPP call to that APN (the PPP data
+    path's ``credentials="sim"``); an APN not listed takes any credentials."""
 
     @classmethod
     def for_network(cls, mcc_mnc: str, **kwargs: object) -> SimCard:
@@ -156,6 +159,7 @@ class ModemModel:
         data_path: DataPath | None = None,
     ) -> None:
         self.profile = profile
+        self._plus = 0
         self.sim = sim
         self.last_sim = sim or SimCard()
         """The SIM inside, or the one last removed (what a hand-run ``sim insert`` puts back)."""
@@ -237,7 +241,7 @@ class ModemModel:
         if self.faults.hung or self._booting:
             return
         if self.data_mode:
-            if b"+++" in data:
+            if self._escape_seen(data):
                 self._hang_up()
                 self._write(self._format_reply(_Reply()))
             elif self.data_path is not None:
@@ -257,6 +261,20 @@ class ModemModel:
                 self._line.append(byte)
                 if len(self._line) > 1024:
                     self._line.clear()
+
+    def _escape_seen(self, data: bytes) -> bool:
+        """``+++`` written on its own (the pluses may come one write each, as chat(8) sends them).
+        This stands in for V.250's guard times: "+++" inside a write of PPP frames is data."""
+        if data and data.count(b"+") == len(data):
+            self._plus += len(data)
+            if self._plus == 3:
+                self._plus = 0
+                return True
+            if self._plus > 3:
+                self._plus = 0
+            return False
+        self._plus = 0
+        return False
 
     def _in_command_mode(self) -> bool:
         return not (self.data_mode or self._booting or self.faults.hung)
@@ -468,6 +486,7 @@ class ModemModel:
 
         def enter_data() -> None:
             self.data_mode = True
+            self._plus = 0
             self.active.add(cid)
             if self.data_path is not None:
                 self.data_path.connected(apn, "ppp", self._write)
