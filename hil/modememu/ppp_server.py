@@ -376,7 +376,8 @@ class _ControlProtocol:
                 self.server.counters.malformed += 1
                 return
             self._req_id = -1
-            self.event(Event.RCN, now)
+            if self.server._pending.close is None:  # else Close follows, not another request
+                self.event(Event.RCN, now)
         elif code == TERM_REQ:
             if self.protocol == PROTO_LCP:
                 server = self.server
