@@ -6,13 +6,16 @@ written apart from the server (its own FCS, stuffing and a scripted sequence; sc
 
 Without root the call's IP side is a datagram socket pair (the test plays the network). With root
 it is a TUN device in a network namespace the test creates: the kernel there answers the ping
-and a UDP echo server there answers the datagram, through PPP both ways.
+and a UDP echo server there answers the datagram, through PPP both ways; and, with the NAT lab's
+tools, the TUN sits in the lab's carrier namespace and a datagram reaches the broker's namespace
+through the carrier-grade NAT and is answered.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +25,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 
 from hil import netlab
+from hil.matrix.netns import socket_in
 from hil.modememu import ModemEmulator, SimCard
 from hil.modememu.ppp_client import PppClient, PppClientError
 from hil.modememu.ppp_link import PppDataPath, SocketPairCarrier, TunCarrier
@@ -34,6 +38,7 @@ from hil.modememu.ppp_server import (
     PppServerConfig,
 )
 from hil.modememu.wire import RawPort
+from hil.netlab.carrier import Carrier
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -266,3 +271,37 @@ def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+LAB_SKIP = netlab.unavailable_reason()
+
+
+@pytest.mark.skipif(LAB_SKIP is not None, reason=LAB_SKIP or "")
+def test_a_ppp_subscriber_reaches_the_broker_behind_the_labs_carrier_grade_nat() -> None:
+    """The NAT lab's carrier: PPP -> TUN in <p>carrier -> CGN -> internet -> the broker's namespace,
+    which sees the carrier's public address, and its answer comes back over PPP."""
+    with netlab.topology("cgnat", "public") as lab:
+        carrier = Carrier.for_lab(lab).build()
+        path = PppDataPath(CONFIG, TunCarrier(carrier.ns), credentials="sim")
+        emu = start(path)
+        try:
+            with socket_in(lab.broker_ns, socket.SOCK_DGRAM) as broker, RawPort(emu.path) as port:
+                broker.bind((lab.broker_addrs[0], 9999))
+                broker.settimeout(WAIT)
+                client = dial(port)
+                got = client.negotiate(WAIT)
+                out = IP(src=got.address, dst=lab.broker_addrs[0]) / UDP(sport=5060, dport=9999) / b"register"
+                client.send_ip(bytes(out))
+                data, source = broker.recvfrom(2048)
+                assert data == b"register" and source[0] == carrier.public_addr, source
+                broker.sendto(b"welcome", source)
+                answer = IP(wait_for_ip(client, lambda p: UDP in p))
+                assert bytes(answer[UDP].payload) == b"welcome"
+                assert (answer.src, answer.dst, answer[UDP].dport) == (lab.broker_addrs[0], got.address, 5060)
+                emu.drop_carrier()
+                client.wait_text(b"NO CARRIER", WAIT)
+                path.wait_for_hang_up(1, WAIT)
+        finally:
+            emu.stop()
+            carrier.close()
+    assert path.errors == []

@@ -9,7 +9,8 @@ in udhcpc's names (``ip``, ``subnet``, ``router``, ``lease``, ...), where the st
 network drop, lost signal or registration, SIM removal, reset, the port vanishing) the lease file
 is removed and the link goes away, so traffic over the interface stops as it does on a real modem.
 
-PPP calls get no network path here: pppd needs ``/dev/ppp``; use an ECM profile.
+PPP calls get no network path here; :class:`hil.modememu.ppp_link.PppDataPath` answers them
+(a PPP server, and a TUN device in the carrier namespace).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class CarrierDataPath:
     def connected(self, apn: str, mode: str, send: Callable[[bytes], None]) -> None:
         """A call started: bring up the link and write its lease (ECM only)."""
         if mode != "ecm":
-            log.warning("PPP call on APN %r: no network path behind it (pppd needs /dev/ppp)", apn)
+            log.warning("PPP call on APN %r: no network path behind it (use ppp_link.PppDataPath)", apn)
             return
         try:
             lease = self.carrier.connect(self.device_ns, self.interface)
