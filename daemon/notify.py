@@ -4,6 +4,11 @@ The service manager passes a unix datagram socket in ``$NOTIFY_SOCKET`` (a path,
 socket name starting with '@'). Each notification is one datagram of ``KEY=value`` lines. Without
 ``$NOTIFY_SOCKET`` (BusyBox init, a shell) every call does nothing, so the daemon code never
 needs to know how it was started.
+
+Without systemd, a supervisor can ask for the watchdog pings as a file instead: with
+``$DVRLINKD_HEARTBEAT_FILE`` (an absolute path) and ``$WATCHDOG_USEC`` set, each ping rewrites that
+file with a new line (``<pid> <count>``), so the supervisor sees the event loop turning by the line
+changing (the image's BusyBox init script ``S95dvrlinkd`` feeds the hardware watchdog by it).
 """
 
 from __future__ import annotations
@@ -12,8 +17,14 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
+
+from dvrlink.daemon.files import atomic_write
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_FILE_ENV = "DVRLINKD_HEARTBEAT_FILE"
+"""Names the file each watchdog ping rewrites, for a supervisor other than systemd."""
 
 
 class Notifier:
@@ -30,7 +41,13 @@ class Notifier:
         elif address:
             log.warning("ignoring NOTIFY_SOCKET=%r: neither a path nor an abstract socket name", address)
         self._socket: socket.socket | None = None
-        self.watchdog_period = _watchdog_period(env) if self._address else None
+        heartbeat = env.get(HEARTBEAT_FILE_ENV, "")
+        self._heartbeat = Path(heartbeat) if heartbeat.startswith("/") else None
+        if heartbeat and self._heartbeat is None:
+            log.warning("ignoring %s=%r: not an absolute path", HEARTBEAT_FILE_ENV, heartbeat)
+        self._beats = 0
+        self._beat_failed = False
+        self.watchdog_period = _watchdog_period(env) if self._address or self._heartbeat else None
         """Seconds between ``watchdog()`` calls (half of ``$WATCHDOG_USEC``), or None for no watchdog."""
 
     @property
@@ -64,8 +81,30 @@ class Notifier:
         return self.notify(f"STATUS={_one_line(text)}")
 
     def watchdog(self) -> bool:
-        """Tell the watchdog the daemon is alive (``WATCHDOG=1``)."""
-        return self.notify("WATCHDOG=1")
+        """Tell the watchdog the daemon is alive (``WATCHDOG=1``, and the heartbeat file if one is
+        named); returns False if neither was delivered."""
+        beat = self._beat()
+        return self.notify("WATCHDOG=1") or beat
+
+    def _beat(self) -> bool:
+        """Rewrite the heartbeat file with a new line; a failure is logged once, never raised."""
+        if self._heartbeat is None:
+            return False
+        self._beats += 1
+        try:
+            atomic_write(self._heartbeat, f"{os.getpid()} {self._beats}\n".encode(), mode=0o644)
+        except OSError as exc:
+            if not self._beat_failed:
+                log.warning(
+                    "cannot write the heartbeat file %s (%s): the supervisor will count the daemon "
+                    "as hung; check that its folder exists and is writable",
+                    self._heartbeat,
+                    exc.strerror or exc,
+                )
+            self._beat_failed = True
+            return False
+        self._beat_failed = False
+        return True
 
     def stopping(self) -> bool:
         """The daemon is shutting down (``STOPPING=1``)."""
