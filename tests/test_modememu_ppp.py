@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -116,7 +116,7 @@ def magic_option(value: int = PEER_MAGIC) -> object:
     return PPP_LCP_Magic_Number_Option(magic_number=value)
 
 
-def lcp_conf(code: int, ident: int, options: list[object]) -> bytes:
+def lcp_conf(code: int, ident: int, options: Sequence[object]) -> bytes:
     return bytes(PPP_LCP_Configure(code=code, id=ident, options=options))
 
 
@@ -124,7 +124,7 @@ def ack_of(request: bytes) -> bytes:
     return bytes((2,)) + request[1:]
 
 
-def ipcp_conf(code: int, ident: int, options: list[object]) -> bytes:
+def ipcp_conf(code: int, ident: int, options: Sequence[object]) -> bytes:
     return bytes(PPP_IPCP(code=code, id=ident, options=options))
 
 
