@@ -277,6 +277,18 @@ def test_lcp_naks_a_tiny_mru_and_a_looped_back_magic() -> None:
     assert naked[1].magic_number not in (0, server_magic)
 
 
+def test_a_nak_of_our_mru_is_taken_within_what_the_server_can_receive() -> None:
+    peer = Peer(mru=1400)
+    request = peer.start()[0][1]
+    assert PPP_LCP_Configure(request).options[0].max_recv_unit == 1400
+    nak = lcp_conf(3, request[1], [PPP_LCP_MRU_Option(max_recv_unit=1200)])
+    ((_proto, again),) = peer.send(LCP, nak)
+    assert PPP_LCP_Configure(again).options[0].max_recv_unit == 1200
+    too_big = lcp_conf(3, again[1], [PPP_LCP_MRU_Option(max_recv_unit=9000)])
+    ((_proto, third),) = peer.send(LCP, too_big)
+    assert PPP_LCP_Configure(third).options[0].max_recv_unit == 1200
+
+
 def test_a_nak_of_chap_suggesting_pap_switches_to_pap() -> None:
     peer = Peer(auth=(AuthMethod.CHAP_MD5, AuthMethod.PAP))
     request = peer.start()[0][1]

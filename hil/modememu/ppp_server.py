@@ -457,7 +457,8 @@ class _Lcp(_ControlProtocol):
     def __init__(self, server: PppServer) -> None:
         super().__init__(server)
         self.magic = server._random_magic()
-        self.request_mru = self.config.mru != DEFAULT_MRU
+        self.mru = self.config.mru
+        self.request_mru = self.mru != DEFAULT_MRU
         self.request_accm = True
         self.request_magic = True
         self.auth_choices = list(self.config.auth)
@@ -469,7 +470,7 @@ class _Lcp(_ControlProtocol):
     def build_request(self) -> bytes:
         options: list[Any] = []
         if self.request_mru:
-            options.append(PPP_LCP_MRU_Option(max_recv_unit=self.config.mru))
+            options.append(PPP_LCP_MRU_Option(max_recv_unit=self.mru))
         if self.request_accm:
             options.append(PPP_LCP_ACCM_Option(accm=self.accm))
         if self.auth is AuthMethod.PAP:
@@ -512,7 +513,9 @@ class _Lcp(_ControlProtocol):
         for kind, raw in options:
             if kind == LCP_MRU and len(raw) == 4:
                 value = int(PPP_LCP_MRU_Option(raw).max_recv_unit)
-                self.request_mru = value != DEFAULT_MRU
+                if MIN_MRU <= value <= max(self.config.mru, DEFAULT_MRU):  # what the deframer takes
+                    self.mru = value
+                self.request_mru = self.mru != DEFAULT_MRU
             elif kind == LCP_ACCM and len(raw) == 6:
                 self.accm |= int(PPP_LCP_ACCM_Option(raw).accm)
             elif kind == LCP_MAGIC:
