@@ -1,7 +1,9 @@
 """A PTY modem emulator with per-family profiles and scriptable faults (see hil/README.md).
 
 From tests: ``with ModemEmulator("quectel-ec25", SimCard.for_network("26201")) as emu: ...``;
-by hand: ``python -m hil.modememu --profile quectel-ec25``.
+by hand: ``python -m hil.modememu --profile quectel-ec25``. Data paths behind a dial:
+``hil.modememu.cellular`` (ECM calls as veth links) and ``hil.modememu.ppp_link`` (a PPP server
+for ``ATD*99#`` with a TUN device per call; imported on its own, since it loads scapy).
 """
 
 from hil.modememu.emulator import REGISTRATION_NAMES, ModemEmulator
