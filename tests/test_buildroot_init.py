@@ -9,10 +9,13 @@ a bound.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -271,3 +274,59 @@ def test_heartbeat_needs_an_absolute_path_and_a_period(tmp_path: Path) -> None:
     unwritable = Notifier({HEARTBEAT_FILE_ENV: str(tmp_path / "missing/h"), "WATCHDOG_USEC": "2000000"})
     assert unwritable.watchdog_period == 1.0
     assert not unwritable.watchdog()  # logged, not raised
+
+
+OVERLAY_CONFIG = SCRIPT.parent / "rootfs-overlay/etc/dvrlink/dvrlinkd.toml"
+
+
+def test_the_real_dvrlinkd_under_the_script(rig: Rig) -> None:
+    """The image's config (provisioned, with test paths), the real daemon and the real script:
+    healthy while its event loop turns, unfed while SIGSTOPped, healthy again on SIGCONT."""
+    run_dir = rig.root / "run"
+    text = OVERLAY_CONFIG.read_text()
+    replacements = {
+        f'public_key = "{"A" * 43}="': f'public_key = "{base64.b64encode(bytes(range(1, 33))).decode()}"',
+        'host = "broker.example.net"': 'host = "127.0.0.1"',
+        "port = 3478": "port = 9",  # discard: nothing answers, the daemon keeps registering
+        'state_dir = "/var/lib/dvrlink"': f'state_dir = "{rig.root / "state"}"',
+        'runtime_dir = "/run/dvrlink"': f'runtime_dir = "{run_dir}"',
+        "enabled = true": "enabled = false",
+    }
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"the image config no longer holds {old!r}: update the test"
+        text = text.replace(old, new)
+    config = rig.root / "dvrlinkd.toml"
+    config.write_text(text)
+    rig.env.update(
+        DVRLINKD_BIN=str(Path(sys.executable).parent / "dvrlinkd"),
+        DVRLINKD_CONFIG=str(config),
+        DVRLINKD_HEALTH_TIMEOUT="4",
+        DVRLINKD_TICK="0.2",
+    )
+    assert rig.run("start").returncode == 0
+    rig.wait_log("is healthy")
+    wait_until("feeds", lambda: len(rig.feeds()) >= 3)
+    match = re.search(r"started \S+ \(pid (\d+)\)", rig.log_text())
+    assert match is not None, rig.log_text()
+    daemon = int(match.group(1))
+    assert (run_dir / "heartbeat").read_text().startswith(f"{daemon} ")
+
+    unfed = rig.log_text().count("not feeding the watchdog")
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        rig.wait_log("not feeding the watchdog", count=unfed + 1)
+        fed = rig.feeds()
+        deadline = time.monotonic() + 8
+        wait_until("time passing", lambda: time.monotonic() > deadline)
+        assert rig.feeds() == fed, "fed the watchdog while dvrlinkd was stopped"
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    healthy = rig.log_text().count("is healthy")
+    rig.wait_log("is healthy", count=healthy + 1)
+    wait_until("feeds after SIGCONT", lambda: len(rig.feeds()) > len(fed))
+
+    assert rig.run("stop").returncode == 0
+    assert f"dvrlinkd (pid {daemon}) stopped with status 0" in rig.log_text(), rig.log_text()
+    assert not pid_alive(daemon)
+    assert rig.feeds().endswith("V")
+    assert not (run_dir / "status.json").exists()  # removed on the clean stop

@@ -44,6 +44,15 @@ define DVRLINK_INSTALL_CONFIG
 endef
 DVRLINK_POST_INSTALL_TARGET_HOOKS += DVRLINK_INSTALL_CONFIG
 
+# The recorder runs dvrlinkd only: the broker and the viewer's CLI (which need
+# aiohttp) stay out of the image.
+define DVRLINK_REMOVE_CLOUD_PROGRAMS
+	rm -rf $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/dvrlink/broker \
+		$(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/dvrlink/viewer
+	rm -f $(TARGET_DIR)/usr/bin/dvrlink-broker $(TARGET_DIR)/usr/bin/dvrlink
+endef
+DVRLINK_POST_INSTALL_TARGET_HOOKS += DVRLINK_REMOVE_CLOUD_PROGRAMS
+
 define DVRLINK_INSTALL_INIT_SYSTEMD
 	$(INSTALL) -D -m 0644 $(@D)/systemd/dvrlinkd.service \
 		$(TARGET_DIR)/usr/lib/systemd/system/dvrlinkd.service
