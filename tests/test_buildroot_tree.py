@@ -266,3 +266,67 @@ def test_buildroot_check_says_what_to_pass() -> None:
     )
     assert result.returncode != 0, result
     assert "BUILDROOT=" in result.stdout + result.stderr, result
+
+
+def post_build(tmp_path: Path, target: Path) -> subprocess.CompletedProcess[str]:
+    host = tmp_path / "host/bin"
+    host.mkdir(parents=True, exist_ok=True)
+    if not (host / "python3").exists():
+        (host / "python3").symlink_to(sys.executable)
+    return subprocess.run(
+        ["sh", str(TREE / "board/dvrlink/post-build.sh"), str(target), "arm-vexpress"],
+        env={"PATH": "/usr/bin:/bin", "HOST_DIR": str(tmp_path / "host")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def fake_target(tmp_path: Path, init: str) -> Path:
+    target = tmp_path / "target"
+    (target / "etc/dvrlink").mkdir(parents=True)
+    shutil.copy(OVERLAY_CONFIG, target / "etc/dvrlink/dvrlinkd.toml")
+    site = target / "usr/lib/python3.14/site-packages/dvrlink-0.1.0.dist-info"
+    site.mkdir(parents=True)
+    (site / "METADATA").write_text("Metadata-Version: 2.4\nName: dvrlink\nVersion: 0.1.0\n")
+    if init == "busybox":
+        (target / "etc/init.d").mkdir(parents=True)
+        (target / "etc/init.d/S95dvrlinkd").write_text("#!/bin/sh\n")
+        (target / "etc/init.d/S95dvrlinkd").chmod(0o755)
+    else:
+        (target / "usr/lib/systemd/system").mkdir(parents=True)
+        (target / "usr/lib/systemd/systemd").write_text("")
+        (target / "usr/lib/systemd/systemd").chmod(0o755)
+        (target / "usr/lib/systemd/system/dvrlinkd.service").write_text("")
+    return target
+
+
+def test_post_build_on_a_busybox_target(tmp_path: Path) -> None:
+    target = fake_target(tmp_path, "busybox")
+    result = post_build(tmp_path, target)
+    assert result.returncode == 0, result.stderr
+    release = (target / "etc/dvrlink/image-release").read_text()
+    assert release == "BOARD=arm-vexpress\nDVRLINK_VERSION=0.1.0\n"
+    assert not (target / "etc/systemd").exists()
+    # BusyBox's own watchdog daemon would feed the watchdog whatever dvrlinkd does.
+    (target / "etc/init.d/S15watchdog").write_text("#!/bin/sh\n")
+    result = post_build(tmp_path, target)
+    assert result.returncode == 1 and "disable BR2_PACKAGE_BUSYBOX_WATCHDOG" in result.stderr, result
+
+
+def test_post_build_on_a_systemd_target(tmp_path: Path) -> None:
+    target = fake_target(tmp_path, "systemd")
+    result = post_build(tmp_path, target)
+    assert result.returncode == 0, result.stderr
+    conf = (target / "etc/systemd/system.conf.d/50-dvrlink-watchdog.conf").read_text()
+    assert "RuntimeWatchdogSec=30s" in conf
+    (target / "usr/lib/systemd/system/dvrlinkd.service").unlink()
+    result = post_build(tmp_path, target)
+    assert result.returncode == 1 and "without dvrlinkd.service" in result.stderr, result
+
+
+def test_post_build_refuses_a_config_that_is_not_toml(tmp_path: Path) -> None:
+    target = fake_target(tmp_path, "busybox")
+    (target / "etc/dvrlink/dvrlinkd.toml").write_text("[device\nserial = 1\n")
+    result = post_build(tmp_path, target)
+    assert result.returncode == 1 and "is not valid TOML" in result.stderr, result

@@ -53,4 +53,6 @@ exec qemu-system-arm -M vexpress-a9 -smp 1 -m 128 -nographic \
 RUN
 	;;
 esac
+# Buildroot's own QEMU (BR2_PACKAGE_HOST_QEMU) first, then the system's.
+sed -i "2i PATH=\"${HOST_DIR:-/nonexistent}/bin:\$PATH\"" "$run"
 chmod +x "$run"
