@@ -330,3 +330,22 @@ def test_the_real_dvrlinkd_under_the_script(rig: Rig) -> None:
     assert not pid_alive(daemon)
     assert rig.feeds().endswith("V")
     assert not (run_dir / "status.json").exists()  # removed on the clean stop
+
+
+def test_default_log_goes_to_syslog_through_logger(rig: Rig) -> None:
+    """Without DVRLINKD_LOG, the daemon's output and the supervisor's lines reach ``logger``."""
+    tools = rig.root / "tools"
+    tools.mkdir()
+    syslog = rig.root / "syslog"
+    logger = tools / "logger"
+    # Stand-in for BusyBox logger: tag and each line read from stdin, into a file.
+    logger.write_text(f'#!{BUSYBOX} sh\nwhile read -r line; do echo "$2: $line" >>"{syslog}"; done\n')
+    logger.chmod(0o755)
+    del rig.env["DVRLINKD_LOG"]
+    rig.env["PATH"] = f"{tools}:{rig.env['PATH']}"
+    assert rig.run("start").returncode == 0
+    wait_until("the healthy line in syslog", lambda: syslog.exists() and "is healthy" in syslog.read_text())
+    assert "dvrlinkd: S95dvrlinkd: supervising " in syslog.read_text()
+    assert not (rig.root / "run/.dvrlinkd.log").exists()  # the FIFO's name is gone once both ends are open
+    assert rig.run("stop").returncode == 0
+    assert "dvrlinkd: S95dvrlinkd: supervisor stopped" in syslog.read_text()
