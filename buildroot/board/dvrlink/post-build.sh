@@ -27,6 +27,7 @@ fi
 
 if [ -x "$TARGET_DIR/usr/lib/systemd/systemd" ] || [ -x "$TARGET_DIR/lib/systemd/systemd" ]; then
 	[ -e "$TARGET_DIR/usr/lib/systemd/system/dvrlinkd.service" ] ||
+		[ -e "$TARGET_DIR/etc/systemd/system/dvrlinkd.service" ] ||
 		fail "systemd image without dvrlinkd.service"
 	# systemd feeds the hardware watchdog itself and restarts dvrlinkd when its
 	# WatchdogSec= pings stop.
@@ -47,7 +48,8 @@ fi
 
 # What the image holds, for `cat /etc/dvrlink/image-release` on a board.
 version="unknown"
-for meta in "$TARGET_DIR"/usr/lib/python3*/site-packages/dvrlink-*.dist-info/METADATA; do
+# site-packages in Buildroot, dist-packages in a Debian-based root filesystem.
+for meta in "$TARGET_DIR"/usr/lib/python3*/*-packages/dvrlink-*.dist-info/METADATA; do
 	[ -r "$meta" ] || continue
 	version="$(sed -n 's/^Version: //p' "$meta")"
 done
