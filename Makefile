@@ -18,7 +18,7 @@ DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
 	busybox shellcheck
 
-.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix buildroot-check clean
+.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix buildroot-check hil clean
 
 all: test
 
@@ -85,6 +85,19 @@ buildroot-check:
 	fi
 	cd buildroot && find . -type f ! -path '*/__pycache__/*' | sort | \
 	  xargs $(BUILDROOT_PYTHON) $(abspath $(BUILDROOT))/utils/check-package -b
+
+# The QEMU rig (docs/hil.md, needs root): the Debian packages the image build and boot use, the
+# arm64 image (cached by a hash of its inputs; about 5 min on a cold cache, seconds after), then
+# the scenarios in tests/hil, which the default pytest run does not collect.
+HIL_DEBS := debootstrap qemu-user-static qemu-system-arm binfmt-support e2fsprogs
+hil: $(STAMP) $(SYSSTAMP)
+	@missing=""; for p in $(HIL_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) -m hil.qemu build --arch arm64
+	$(VENV)/bin/pytest -q tests/hil
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

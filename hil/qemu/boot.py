@@ -5,8 +5,8 @@ The guest gets Debian's kernel and the image's initrd, the root disk as a virtio
 virtio NIC on QEMU's user network (the host is 10.0.2.2 from the guest), an i6300esb watchdog, a
 virtio RNG, and the board console (the PL011 UART, ttyAMA0) on stdio or a unix socket.
 
-Why TCG: with KVM on this class of host the guest hangs early in boot, so the rig always
-emulates (``-accel tcg``).
+Why TCG: an x86-64 host's KVM cannot run an ARM guest, and where KVM is present guests hung on
+it in a trial, so the rig always emulates (``-accel tcg``).
 """
 
 from __future__ import annotations

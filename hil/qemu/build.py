@@ -55,6 +55,7 @@ BASE_PACKAGES = (
     "python3",
     "busybox",  # httpd: a local service for forwards; the armhf image's init
     "ppp",  # the guest's own pppd dials the modem emulator (later)
+    "mobile-broadband-provider-info",  # the board config's [modem] provider_database
     "initramfs-tools",
 )
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
@@ -543,6 +544,7 @@ def install_site(site: Path, root: Path) -> list[str]:
     """
     dest = root / SITE
     dest.mkdir(parents=True, exist_ok=True)
+    (root / SITE_PTH).parent.mkdir(parents=True, exist_ok=True)
     (root / SITE_PTH).write_text(f"/{SITE}\n")
     scripts: list[str] = []
     for entry in site.iterdir():

@@ -1,10 +1,12 @@
 """Boot to registered: the arm64 image in QEMU, dvrlinkd under systemd, a real broker on the host.
 
 The broker runs on the host from the virtualenv; the guest reaches it as 10.0.2.2 over QEMU's user
-network, with the broker's port and key in a dvrlinkd.toml handed in through fw_cfg. The test
+network. The guest's config is the image's own dvrlinkd.toml (the board overlay's) with the serial
+and the broker's address and key set, handed in through fw_cfg. The test
 waits for the broker's "bound ... on first registration" line, then checks on the guest's console
 that systemd runs dvrlinkd from the image's own unit (Type=notify, WatchdogSec), that the unit and
-the config are the ones the test expects, and that ``dvrlinkd status`` says it is online. It
+the config are the ones the test expects, that systemd feeds the emulated watchdog, and that
+``dvrlinkd status`` says it is online. It
 prints the figures it saw (boot to registered, dvrlinkd's RSS).
 """
 
@@ -24,6 +26,7 @@ from dvrlink.broker.state import read_info
 from dvrlink.protocol.identity import b64encode_key
 from hil.qemu.boot import BootOptions, Guest
 from hil.qemu.build import REPO, Image
+from hil.qemu.rigconfig import image_config_path, with_values
 from hil.qemu.targets import Target
 
 # A cold cache builds the image first (about 5 min), then the boot takes minutes under TCG.
@@ -37,10 +40,13 @@ BOOT_BOUND = 900.0
 
 
 def guest_config(udp_port: int, public_key: bytes) -> str:
-    return (
-        f'[device]\nserial = "{SERIAL}"\nstate_dir = "/var/lib/dvrlink"\nruntime_dir = "/run/dvrlink"\n'
-        f'[broker]\nhost = "{HOST_FROM_GUEST}"\nport = {udp_port}\n'
-        f'public_key = "{b64encode_key(public_key)}"\n'
+    """The image's own dvrlinkd.toml with this test's serial and the host's broker."""
+    return with_values(
+        image_config_path().read_text(),
+        {
+            "device": {"serial": SERIAL},
+            "broker": {"host": HOST_FROM_GUEST, "port": udp_port, "public_key": b64encode_key(public_key)},
+        },
     )
 
 
@@ -101,8 +107,19 @@ def test_boot_to_registered(arm64: Target, arm64_image: Image, tmp_path: Path) -
             assert unit_sum.split()[0] == expected, (
                 f"the guest's unit is not systemd/dvrlinkd.service: {unit_sum}"
             )
-            guest_config_text = await asyncio.to_thread(run, "cat /etc/dvrlink/dvrlinkd.toml")
-            assert f'serial = "{SERIAL}"' in guest_config_text, guest_config_text
+            config_sum = await asyncio.to_thread(run, "sha256sum /etc/dvrlink/dvrlinkd.toml")
+            sent = hashlib.sha256(config.read_bytes()).hexdigest()
+            assert config_sum.split()[0] == sent, f"the guest's config is not the one handed in: {config_sum}"
+            owner = await asyncio.to_thread(run, "stat -c '%U:%G %a' /etc/dvrlink/dvrlinkd.toml")
+            assert owner == "root:dvrlink 640", f"the config's owner and mode: {owner!r}"
+
+            # post-build.sh has systemd feed the board's watchdog (the emulated i6300esb).
+            manager = systemd_properties(
+                await asyncio.to_thread(run, "systemctl show -p RuntimeWatchdogUSec -p WatchdogDevice")
+            )
+            assert manager.get("RuntimeWatchdogUSec") == "30s", manager
+            wdt = await asyncio.to_thread(run, "cat /sys/class/watchdog/watchdog0/state")
+            assert wdt == "active", f"/sys/class/watchdog/watchdog0/state: {wdt!r} ({manager})"
 
             status_text = await asyncio.to_thread(run, "dvrlinkd status --json")
             status = json.loads(status_text)

@@ -1,0 +1,138 @@
+"""The QEMU rig's build steps that need neither root nor emulation (the boot is in tests/hil).
+
+Mirror discovery from apt sources in both formats, the layer keys, the install of a ``pip
+--target`` tree into a guest root, the overlay copy, and the config a rig hands the guest.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hil.qemu import build
+from hil.qemu.build import BuildError, apply_overlay, host_mirror, install_site
+from hil.qemu.rigconfig import image_config_path, with_values
+from hil.qemu.targets import target
+
+
+def test_mirror_from_deb822_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(build.MIRROR_ENV, raising=False)
+    sources = tmp_path / "debian.sources"
+    sources.write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n"
+    )
+    assert host_mirror([sources]) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(build.MIRROR_ENV, raising=False)
+    other = tmp_path / "other.list"
+    other.write_text("deb https://vendor.example/apt stable main\n")
+    listing = tmp_path / "sources.list"
+    listing.write_text(
+        "# deb http://old.example/debian bookworm main\n"
+        "deb [signed-by=/usr/share/keyrings/k.gpg] http://mirror.example/debian bookworm main\n"
+    )
+    assert host_mirror([other, listing]) == "http://mirror.example/debian"
+
+
+def test_mirror_missing_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(build.MIRROR_ENV, raising=False)
+    listing = tmp_path / "sources.list"
+    listing.write_text("deb http://mirror.example/debian bullseye main\n")
+    with pytest.raises(BuildError, match=build.MIRROR_ENV):
+        host_mirror([listing, tmp_path / "absent.list"])
+    monkeypatch.setenv(build.MIRROR_ENV, "http://set.example/debian")
+    assert host_mirror([listing]) == "http://set.example/debian"
+
+
+def test_keys_are_stable_and_follow_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    arm64 = target("arm64")
+    first, again = build.keys(arm64), build.keys(arm64)
+    assert first == again
+    monkeypatch.setattr(build, "BASE_PACKAGES", (*build.BASE_PACKAGES, "vim-tiny"))
+    changed = build.keys(arm64)
+    assert changed.base != first.base and changed.image != first.image
+    assert (changed.deps, changed.dvrlink) == (first.deps, first.dvrlink), (
+        "only the base layer's inputs changed"
+    )
+
+
+def test_tree_digest_sees_content_and_mode(tmp_path: Path) -> None:
+    script = tmp_path / "post-build.sh"
+    script.write_text("#!/bin/sh\n")
+    before = build._tree_digest([script], tmp_path)
+    script.chmod(0o755)
+    after_mode = build._tree_digest([script], tmp_path)
+    script.write_text("#!/bin/sh\nexit 0\n")
+    after_text = build._tree_digest([script], tmp_path)
+    assert len({before, after_mode, after_text}) == 3
+
+
+def test_install_site_places_packages_and_rewrites_scripts(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "dvrlink/daemon").mkdir(parents=True)
+    (site / "dvrlink/daemon/cli.py").write_text("def main(): pass\n")
+    (site / "dvrlink-0.1.0.dist-info").mkdir()
+    (site / "bin").mkdir()
+    (site / "bin/dvrlinkd").write_text(
+        "#!/host/venv/bin/python\nimport sys\nfrom dvrlink.daemon.cli import main\n"
+    )
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    assert install_site(site, root) == ["dvrlinkd"]
+    assert (root / build.SITE / "dvrlink/daemon/cli.py").is_file()
+    assert (root / build.SITE / "dvrlink-0.1.0.dist-info").is_dir()
+    script = (root / "usr/bin/dvrlinkd").read_text()
+    assert script.startswith("#!/usr/bin/python3\nimport sys\n"), script
+    assert (root / "usr/bin/dvrlinkd").stat().st_mode & 0o111
+    assert (root / build.SITE_PTH).read_text() == f"/{build.SITE}\n"
+    assert not (root / build.SITE / "bin").exists()
+
+
+def test_overlay_replaces_files_and_keeps_links(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / "etc/dvrlink").mkdir(parents=True)
+    (overlay / "etc/dvrlink/dvrlinkd.toml").write_text("[device]\n")
+    (overlay / "etc/localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    root = tmp_path / "root"
+    (root / "etc/dvrlink").mkdir(parents=True)
+    (root / "etc/dvrlink/dvrlinkd.toml").write_text("old\n")
+    (root / "etc/localtime").write_text("a file before\n")
+    assert apply_overlay(root, overlay) == ["/etc/dvrlink/dvrlinkd.toml", "/etc/localtime"]
+    assert (root / "etc/dvrlink/dvrlinkd.toml").read_text() == "[device]\n"
+    assert (root / "etc/localtime").is_symlink()
+    assert apply_overlay(root, tmp_path / "absent") == []
+
+
+def test_rig_config_sets_keys_in_their_sections_only() -> None:
+    text = (
+        '# comment\n[device]\nserial = "UNPROVISIONED"  # label\n\n[broker]\nhost = "broker.example.net"\n'
+        '[modem]\nport = "/dev/ttyS2"\n'
+    )
+    out = with_values(
+        text, {"device": {"serial": "DL-QEMU-0001"}, "broker": {"host": "10.0.2.2", "port": 4000}}
+    )
+    parsed = tomllib.loads(out)
+    assert parsed["device"]["serial"] == "DL-QEMU-0001"
+    assert parsed["broker"] == {"host": "10.0.2.2", "port": 4000}
+    assert parsed["modem"]["port"] == "/dev/ttyS2", "a key of the same name in another section stays"
+    assert out.startswith("# comment\n[device]\n")
+
+
+def test_rig_config_refuses_a_missing_section() -> None:
+    with pytest.raises(ValueError, match=r"no \[broker\] section"):
+        with_values("[device]\n", {"broker": {"host": "10.0.2.2"}})
+
+
+def test_rig_config_from_the_image_config_reads_back() -> None:
+    out = with_values(
+        image_config_path().read_text(),
+        {"device": {"serial": "DL-QEMU-0001"}, "broker": {"host": "10.0.2.2", "port": 4000}},
+    )
+    assert tomllib.loads(out)["broker"]["port"] == 4000
