@@ -879,7 +879,8 @@ class ViewerSession(_Session):
 
         Uses a fresh connection ID on the new path (RFC 9000 §9.5) and sends a PING at once so
         the device validates the path without waiting for data. Datagrams from the earlier
-        paths are still accepted, so nothing in flight is lost.
+        paths are still accepted, so nothing in flight is lost. The liveness limit counts from
+        the move.
 
         Raises:
             SessionStateError: the session is not established.
@@ -890,6 +891,12 @@ class ViewerSession(_Session):
         self._path = addr
         if addr not in self._known_paths:
             self._known_paths.append(addr)
+        # The liveness clock starts again on the new path: the silence so far was the old
+        # path's (that is why it was left), and the peer has had no chance to answer on this one.
+        # A peer that is really gone is still declared dead, one liveness limit after the move.
+        if self._last_heard is not None:
+            self._last_heard = max(self._last_heard, now)
+            self._probes = 0
         quic.change_connection_id()
         self._ping_uid += 1
         quic.send_ping(self._ping_uid)

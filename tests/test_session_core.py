@@ -344,6 +344,38 @@ def test_path_switch_mid_transfer_loses_no_bytes(keep_old: bool) -> None:
     assert not of_type(link.viewer_events, SessionClosed)
 
 
+def test_moving_off_a_dead_path_gives_the_peer_a_full_liveness_limit_on_the_new_one() -> None:
+    # The viewer leaves a path that went silent 3 s ago; a busy device takes 2 s more to answer
+    # on the new one. The silence was the old path's: the session must not be declared dead 1 s
+    # after the move (4 s after the cut), as it was when the liveness clock ran on across it.
+    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=60.0))
+    cut = link.now
+    link.paths = {}
+    link.viewer_source = ("0.0.0.0", 0)
+    link.run_for(3.0)
+    assert link.viewer.state is SessionState.ESTABLISHED
+    link.switch_path(VIEWER_DIRECT, DEVICE_DIRECT, keep_old=False)
+    moved = link.now
+    link.paths = {}  # the device does not answer on the new path yet
+    link.run_for(2.0)
+    assert link.viewer.state is SessionState.ESTABLISHED, of_type(link.viewer_events, SessionClosed)
+    assert link.now - cut > 4.5
+    link.paths[VIEWER_DIRECT] = DEVICE_DIRECT
+    link.run(lambda: of_type(link.device_events, PeerMoved) == [PeerMoved(VIEWER_DIRECT)])
+    link.run_for(10.0)
+    assert link.viewer.state is SessionState.ESTABLISHED and link.device.state is SessionState.ESTABLISHED
+    # and a peer that never answers on the new path is declared dead one limit after the move
+    link = established_link(config=SessionConfig(keepalive_s=None, idle_timeout_s=60.0))
+    link.paths = {}
+    link.viewer_source = ("0.0.0.0", 0)
+    link.run_for(3.0)
+    link.switch_path(VIEWER_DIRECT, DEVICE_DIRECT, keep_old=False)
+    moved = link.now
+    link.paths = {}
+    link.run(lambda: link.viewer.state is SessionState.CLOSED)
+    assert 4.0 <= float(link.closed_at["viewer"]) - moved < 4.5, link.closed_at
+
+
 def test_viewer_drops_datagrams_from_unknown_addresses() -> None:
     link = established_link()
     sid = link.viewer.open_stream(RpcTarget("ping"))
