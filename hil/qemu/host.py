@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from dvrlink.broker.state import BrokerInfo, read_info
+
+BIN = Path(sys.executable).parent
+"""Where this environment's dvrlink programs are."""
 
 
 class LoggedProcess:
@@ -69,3 +76,48 @@ class LoggedProcess:
             code = self.proc.wait(timeout)
         self._thread.join(timeout)
         return code
+
+
+@dataclass(frozen=True)
+class HostBroker:
+    """dvrlink-broker running on the host: its process (log lines), ports and key, state."""
+
+    process: LoggedProcess
+    info: BrokerInfo
+    state_dir: Path
+
+    @classmethod
+    def start(cls, state_dir: Path, timeout: float = 60.0) -> HostBroker:
+        """Start ``dvrlink-broker serve`` on all addresses with free ports; wait until it is ready.
+
+        Its TURN relay may relay to loopback peers: QEMU's user network hands the guest's packets
+        to the host's loopback, so a guest's relayed peer address is 127.0.0.1.
+
+        Raises:
+            TimeoutError: it did not report ready within ``timeout`` s (it is stopped).
+        """
+        argv = [
+            str(BIN / "dvrlink-broker"),
+            "serve",
+            "--state-dir",
+            str(state_dir),
+            "--turn-allow-loopback-peers",
+        ]
+        for option in ("--udp-port", "--https-port", "--turn-port", "--presence-tcp-port"):
+            argv += [option, "0"]
+        process = LoggedProcess(argv, state_dir / "broker.log")
+        try:
+            process.wait_for("dvrlink-broker ready", timeout)
+        except TimeoutError:
+            process.stop()
+            raise
+        return cls(process, read_info(state_dir), state_dir)
+
+    @property
+    def url(self) -> str:
+        """The viewer API's base URL on the host."""
+        return f"https://127.0.0.1:{self.info.https_port}"
+
+    def stop(self) -> int:
+        """SIGTERM and the exit code."""
+        return self.process.stop()

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from dvrlink.broker.state import BrokerInfo, read_info
 from hil.qemu.build import Image, build
-from hil.qemu.host import LoggedProcess
+from hil.qemu.host import HostBroker
 from hil.qemu.targets import Target, target
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +30,11 @@ def arm64_image(arm64: Target) -> Image:
 
 
 @pytest.fixture(scope="module")
-def host_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoggedProcess, BrokerInfo]]:
+def host_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
     """dvrlink-broker on the host (all addresses, free ports); the guest reaches it as 10.0.2.2."""
-    state = tmp_path_factory.mktemp("broker")
-    argv = [str(BIN / "dvrlink-broker"), "serve", "--state-dir", str(state)]
-    for option in ("--udp-port", "--https-port", "--turn-port", "--presence-tcp-port"):
-        argv += [option, "0"]
-    broker = LoggedProcess(argv, state / "broker.log")
+    broker = HostBroker.start(tmp_path_factory.mktemp("broker"))
     try:
-        broker.wait_for("dvrlink-broker ready", 60)
-        yield broker, read_info(state)
+        yield broker
     finally:
         code = broker.stop()
-    assert code == 0, f"dvrlink-broker exited with {code}:\n" + "".join(broker.lines[-20:])
+    assert code == 0, f"dvrlink-broker exited with {code}:\n" + "".join(broker.process.lines[-20:])
