@@ -6,6 +6,7 @@ Mirror discovery from apt sources in both formats, the layer keys, the install o
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -136,3 +137,42 @@ def test_rig_config_from_the_image_config_reads_back() -> None:
         {"device": {"serial": "DL-QEMU-0001"}, "broker": {"host": "10.0.2.2", "port": 4000}},
     )
     assert tomllib.loads(out)["broker"]["port"] == 4000
+
+
+def _mk_paths(text: str) -> str:
+    """dvrlink.mk with continuation lines joined."""
+    return re.sub(r"\\\n\s*", " ", text)
+
+
+def test_the_image_gets_what_dvrlink_mk_installs_for_systemd() -> None:
+    mk = _mk_paths((build.PACKAGE_DIR / "dvrlink.mk").read_text())
+    names = {
+        "$(@D)": str(build.REPO),
+        "$(DVRLINK_PKGDIR)": str(build.PACKAGE_DIR),
+        "$(BR2_EXTERNAL_DVRLINK_PATH)": str(build.REPO / "buildroot"),
+    }
+    installs: set[tuple[str, str, int]] = set()
+    for block in re.finditer(r"define (\w+)\n(.*?)\nendef", mk, re.S):
+        if block.group(1) == "DVRLINK_INSTALL_INIT_SYSV":
+            continue  # the BusyBox image's init script
+        for mode, source, dest in re.findall(
+            r"\$\(INSTALL\) -D -m (\d+)\s+(\S+)\s+([^\s;]+)", block.group(2)
+        ):
+            resolved = source
+            for name, value in names.items():
+                resolved = resolved.replace(name, value)
+            installs.add((resolved, dest.removeprefix("$(TARGET_DIR)/"), int(mode, 8)))
+    assert installs, "no $(INSTALL) lines found in dvrlink.mk: the parser needs updating"
+    table = {(str(source), dest, mode) for source, dest, mode in build.PACKAGE_INSTALLS}
+    assert table == installs, f"hil.qemu.build.PACKAGE_INSTALLS differs from dvrlink.mk: {table ^ installs}"
+
+
+def test_the_image_drops_what_dvrlink_mk_removes() -> None:
+    mk = _mk_paths((build.PACKAGE_DIR / "dvrlink.mk").read_text())
+    removed = {
+        path.removeprefix("$(TARGET_DIR)/").replace("$(PYTHON3_VERSION_MAJOR)", build.GUEST_PYTHON)
+        for command in re.findall(r"^\s*rm -r?f (.+)$", mk, re.M)
+        for path in command.split()
+    }
+    assert removed, "no rm lines found in dvrlink.mk: the parser needs updating"
+    assert removed == set(build.REMOVED_FROM_IMAGE), removed ^ set(build.REMOVED_FROM_IMAGE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mem_mb=args.mem or board.default_mem_mb, config=args.config, console_socket=args.console_socket
         )
         if args.print:
-            print(" ".join(qemu_command(board, image_found, options, Path("RUN_DIR"))))
+            print(shlex.join(qemu_command(board, image_found, options, Path("RUN_DIR"))))
             return 0
         return run_interactive(board, image_found, options)
     except (BuildError, BootError) as exc:

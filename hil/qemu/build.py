@@ -42,7 +42,7 @@ GUEST_PYTHON = "3.11"
 BASE_RECIPE = 1
 """Bump when the base recipe changes in a way its package list does not show."""
 DEPS_RECIPE = 1
-IMAGE_RECIPE = 1
+IMAGE_RECIPE = 2
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -80,6 +80,24 @@ PACKAGE_DIR = REPO / "buildroot/package/dvrlink"
 SITE = f"usr/lib/python{GUEST_PYTHON}/site-packages"
 """Where Buildroot's python-package infrastructure installs; Debian's python3 learns it from SITE_PTH."""
 SITE_PTH = "usr/lib/python3/dist-packages/dvrlink-hil-site.pth"
+
+
+PACKAGE_INSTALLS: tuple[tuple[Path, str, int], ...] = (
+    (REPO / "systemd/dvrlinkd.service", "usr/lib/systemd/system/dvrlinkd.service", 0o644),
+    (REPO / "systemd/dvrlink.sysusers.conf", "usr/lib/sysusers.d/dvrlink.conf", 0o644),
+    (PACKAGE_DIR / "50-dvrlink.preset", "usr/lib/systemd/system-preset/50-dvrlink.preset", 0o644),
+    (REPO / "daemon/dvrlinkd.example.toml", "usr/share/dvrlink/dvrlinkd.example.toml", 0o644),
+    (REPO / "daemon/dvrlinkd.example.toml", "etc/dvrlink/dvrlinkd.toml", 0o644),
+)
+"""The files dvrlink.mk installs in a systemd image (source, path in the image, mode);
+tests/test_hil_qemu.py checks this table against the .mk file."""
+REMOVED_FROM_IMAGE = (
+    f"{SITE}/dvrlink/broker",
+    f"{SITE}/dvrlink/viewer",
+    "usr/bin/dvrlink-broker",
+    "usr/bin/dvrlink",
+)
+"""What dvrlink.mk removes after the install: the broker and the viewer's CLI (they need aiohttp)."""
 
 
 class BuildError(Exception):
@@ -586,19 +604,19 @@ def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
 def install_product_files(root: Path, progress: Progress) -> None:
     """What Buildroot's dvrlink package (buildroot/package/dvrlink/dvrlink.mk) puts in an image.
 
-    The unit, the sysusers file and the preset; the example config, also as the default config;
+    The broker and the viewer's CLI removed; the unit, the sysusers file and the preset; the
+    example config, also as the default config;
     the ``dvrlink`` account in group dialout (its users table), made here with systemd-sysusers;
     the permissions of its state directory and config; then ``systemctl preset`` as Buildroot's
     preset-all would for this unit.
     """
-    package = PACKAGE_DIR
-    for source, dest, mode in (
-        (REPO / "systemd/dvrlinkd.service", "usr/lib/systemd/system/dvrlinkd.service", 0o644),
-        (REPO / "systemd/dvrlink.sysusers.conf", "usr/lib/sysusers.d/dvrlink.conf", 0o644),
-        (package / "50-dvrlink.preset", "usr/lib/systemd/system-preset/50-dvrlink.preset", 0o644),
-        (REPO / "daemon/dvrlinkd.example.toml", "usr/share/dvrlink/dvrlinkd.example.toml", 0o644),
-        (REPO / "daemon/dvrlinkd.example.toml", "etc/dvrlink/dvrlinkd.toml", 0o644),
-    ):
+    for path in REMOVED_FROM_IMAGE:
+        target = root / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    for source, dest, mode in PACKAGE_INSTALLS:
         if not source.is_file():
             raise BuildError(f"{source} is missing: the image takes it from this tree")
         (root / dest).parent.mkdir(parents=True, exist_ok=True)
