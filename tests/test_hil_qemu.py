@@ -7,12 +7,15 @@ Mirror discovery from apt sources in both formats, the layer keys, the install o
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from hil.qemu import build
+from hil.qemu.boot import BootError, Console, _plain
 from hil.qemu.build import BuildError, apply_overlay, host_mirror, install_site
 from hil.qemu.rigconfig import image_config_path, with_values
 from hil.qemu.targets import target
@@ -176,3 +179,73 @@ def test_the_image_drops_what_dvrlink_mk_removes() -> None:
     }
     assert removed, "no rm lines found in dvrlink.mk: the parser needs updating"
     assert removed == set(build.REMOVED_FROM_IMAGE), removed ^ set(build.REMOVED_FROM_IMAGE)
+
+
+def test_console_text_loses_escapes_even_split_across_reads() -> None:
+    link = "\x1b]8;;file://dvrlink/x\x1b\\dvrlinkd\x1b]8;;\x1b\\"  # an OSC 8 hyperlink, as systemctl prints
+    raw = f"\x1b[0;32m  OK  \x1b[0m] Started {link}\r\n\x1b[?2004hroot# "
+    whole, carry = _plain(raw, final=True)
+    assert (whole, carry) == ("  OK  ] Started dvrlinkd\nroot# ", "")
+    pieces, carry = [], ""
+    for char in raw:
+        text, carry = _plain(carry + char, final=False)
+        pieces.append(text)
+    assert "".join(pieces) + carry == whole, "byte-by-byte reads give other text than one read"
+
+
+class FakeShell:
+    """QEMU's console socket with a root shell behind it that answers the rig's framed commands,
+    one byte per write, with kernel noise and colour escapes."""
+
+    def __init__(self, path: Path, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _send(self, conn: socket.socket, text: str) -> None:
+        for byte in text.encode():
+            conn.sendall(bytes([byte]))
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            self._send(conn, "[   1.0] noise\r\n\x1b[0;1;39mroot@dvrlink\x1b[0m:~# ")
+            buffer = b""
+            while data := conn.recv(4096):
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    text = line.decode()
+                    framed = re.fullmatch(r"echo @@B(\w+); (.*); echo @@E\1:\$\?", text)
+                    assert framed, text
+                    tag, command = framed.groups()
+                    reply = self.answers.get(command, "")
+                    self._send(
+                        conn,
+                        f"{text}\r\n@@B{tag}\r\n\x1b[1m{reply}\x1b[0m\r\n@@E{tag}:0\r\nroot@dvrlink:~# ",
+                    )
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_console_runs_framed_commands_over_the_socket(tmp_path: Path) -> None:
+    shell = FakeShell(tmp_path / "console.sock", {"systemctl is-active dvrlinkd": "active"})
+    console = Console(tmp_path / "console.sock", tmp_path / "console.text")
+    try:
+        console.connect(timeout=10)
+        console.wait_for(r"root@dvrlink:\S*# ", timeout=10)
+        assert console.run("systemctl is-active dvrlinkd", timeout=10) == "active"
+        assert console.run("true", timeout=10) == ""
+        with pytest.raises(BootError, match="no console output matching 'never'") as failed:
+            console.wait_for("never", timeout=0.2)
+        assert "@@E" in str(failed.value), "the error quotes the console's last lines"
+    finally:
+        console.close()
+        shell.close()
+    assert "\x1b" in (tmp_path / "console.text").read_text(), "the log keeps the raw bytes"

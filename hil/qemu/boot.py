@@ -123,14 +123,15 @@ def run_interactive(target: Target, image: Image, options: BootOptions) -> int:
         return subprocess.run(argv, check=False).returncode
 
 
-_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
-_PARTIAL_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*)?$")
+_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\^_])")
+"""CSI sequences (colours, bracketed paste), OSC strings (hyperlinks, titles), two-byte escapes."""
+_PARTIAL_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*|\][^\x07\x1b]*\x1b?)?$")
 
 
 def _plain(text: str, *, final: bool) -> tuple[str, str]:
     """Console text without terminal escapes and CRs, and an unfinished escape to carry over."""
     carry = ""
-    if not final and (partial := _PARTIAL_ESCAPE.search(text)):
+    if not final and (partial := _PARTIAL_ESCAPE.search(text)) and len(text) - partial.start() < 4096:
         text, carry = text[: partial.start()], text[partial.start() :]
     return _ESCAPE.sub("", text).replace("\r", ""), carry
 
