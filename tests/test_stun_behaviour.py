@@ -89,6 +89,9 @@ def test_the_answer_is_bounded() -> None:
         bytes(stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST)),  # not a Binding
         request()[0][:-4],  # truncated
     ],
+    # named, not by their bytes: the messages carry random transaction IDs, and parallel test
+    # workers must collect the same names
+    ids=["empty", "length-past-the-end", "a-response", "not-a-binding", "truncated"],
 )
 def test_anything_but_a_binding_request_is_dropped(data: bytes) -> None:
     assert answer_binding(data, CLIENT, Origin.PRIMARY, ADDRESSES) is None
