@@ -115,9 +115,10 @@ def count_frames(url: str, seconds: int) -> int:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
-    ).stdout
-    return int(out.strip().splitlines()[0])
+        check=False,
+    )
+    assert out.returncode == 0, f"ffprobe {url} exited {out.returncode}: {out.stderr.strip()[-600:]}"
+    return int(out.stdout.strip().splitlines()[0])
 
 
 @needs_rtsp
