@@ -57,15 +57,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PKGS) tests bench hil buildroot/tools
 	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil buildroot/tools
 
-# Test files run on PYTEST_WORKERS workers, each file whole on one worker (--dist loadfile: the
-# matrix report and the module-scoped labs need their file's tests together). Most tests wait on
-# real processes, networks and timers, so 4 workers on 2 cores take the suite from about 15 min
-# to about 6; PYTEST_WORKERS=0 runs it in one process.
-PYTEST_WORKERS ?= 4
+# PYTEST_WORKERS=N runs the test files on N workers, each file whole on one (--dist loadfile: the
+# matrix report and the module-scoped labs need their file's tests together): 5.5-6 min instead
+# of 15-18 here with 4. Not the default yet: two tests (a TCP presence fallback and four ffprobe
+# reads through two forwards at once) failed under 4 workers, so make test runs in one process.
+PYTEST_WORKERS ?= 0
 pytest: $(STAMP) $(SYSSTAMP)
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
-test: lint typecheck pytest hil-arm64
+test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(PY) -m hil.demo
