@@ -354,8 +354,15 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
                     "back on UDP and registered",
                     lambda: switch.transport is Transport.UDP and core.state is ClientState.ONLINE,
                 )
-                info = running.server.presence(SERIAL)
-                assert info is not None and info.online and not is_stream_address(info.address or ("", 0))
+
+                # The broker may have taken a last registration over the closing TCP connection
+                # after the UDP one (both in flight at the switch): the device's next UDP
+                # keepalive puts it right, so wait for the broker to see it on UDP.
+                def on_udp() -> bool:
+                    info = running.server.presence(SERIAL)
+                    return info is not None and info.online and not is_stream_address(info.address or ("", 0))
+
+                await until("the broker sees the device on UDP", on_udp)
                 assert switch.switches == 2
             finally:
                 switch.close()
