@@ -185,8 +185,28 @@ class UserData:
     concatenation: Concatenation | None
 
 
+class _Message:
+    """What a message with user data offers beside its fields (Deliver, Submit)."""
+
+    __slots__ = ()
+    user_data: UserData
+    coding: DataCoding
+
+    @property
+    def text(self) -> str | None:
+        return self.user_data.text
+
+    @property
+    def concatenation(self) -> Concatenation | None:
+        return self.user_data.concatenation
+
+    @property
+    def message_class(self) -> int | None:
+        return self.coding.message_class
+
+
 @dataclass(frozen=True, slots=True)
-class Deliver:
+class Deliver(_Message):
     """An SMS-DELIVER: a message received from ``sender``."""
 
     smsc: Address | None
@@ -200,21 +220,9 @@ class Deliver:
     reply_path: bool
     status_report_indication: bool
 
-    @property
-    def text(self) -> str | None:
-        return self.user_data.text
-
-    @property
-    def concatenation(self) -> Concatenation | None:
-        return self.user_data.concatenation
-
-    @property
-    def message_class(self) -> int | None:
-        return self.coding.message_class
-
 
 @dataclass(frozen=True, slots=True)
-class Submit:
+class Submit(_Message):
     """An SMS-SUBMIT: a message we stored or sent, to ``recipient``."""
 
     smsc: Address | None
@@ -227,18 +235,6 @@ class Submit:
     user_data: UserData
     status_report_requested: bool
     reject_duplicates: bool
-
-    @property
-    def text(self) -> str | None:
-        return self.user_data.text
-
-    @property
-    def concatenation(self) -> Concatenation | None:
-        return self.user_data.concatenation
-
-    @property
-    def message_class(self) -> int | None:
-        return self.coding.message_class
 
 
 @dataclass(frozen=True, slots=True)

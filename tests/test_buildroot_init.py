@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.daemon.notify import HEARTBEAT_FILE_ENV, Notifier
+from hil.loopback import wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "buildroot/board/dvrlink/S95dvrlinkd"
 BUSYBOX = shutil.which("busybox")
@@ -54,11 +55,7 @@ done
 
 def wait_until(what: str, condition: Callable[[], object], timeout: float = BOUND) -> None:
     """Poll ``condition``; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
+    wait_for(what, condition, timeout)
 
 
 def pid_alive(pid: int) -> bool:

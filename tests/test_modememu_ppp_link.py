@@ -25,6 +25,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 
 from hil import netlab
+from hil.loopback import wait_for
 from hil.matrix.netns import socket_in
 from hil.modememu import ModemEmulator, SimCard
 from hil.modememu.ppp_client import PppClient, PppClientError
@@ -240,7 +241,7 @@ def test_a_ppp_call_reaches_a_carrier_namespace_through_a_tun_device(carrier_ns:
             client.terminate(WAIT)
             client.wait_text(b"NO CARRIER", WAIT)
             path.wait_for_hang_up(1, WAIT)
-            assert wait_until(lambda: "ppp0" not in ns_links(carrier_ns)), ns_links(carrier_ns)
+            wait_for("ppp0 gone from the carrier namespace", lambda: "ppp0" not in ns_links(carrier_ns), WAIT)
     finally:
         emu.stop()
         server.kill()
@@ -262,15 +263,6 @@ def wait_for_ip(client: PppClient, want: Callable[[IP], bool], timeout: float = 
 
 def ns_links(ns: str) -> str:
     return subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=False).stdout
-
-
-def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 LAB_SKIP = netlab.unavailable_reason()
