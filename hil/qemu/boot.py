@@ -12,6 +12,7 @@ it in a trial, so the rig always emulates (``-accel tcg``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ class BootOptions:
     console_socket: Path | None = None
     smp: int = 1
     extra_cmdline: str = ""
+    extra_args: tuple[str, ...] = ()
+    """More QEMU arguments, appended as given (a modem's serial port, a second NIC, a console)."""
 
 
 def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Path) -> list[str]:
@@ -103,7 +106,7 @@ def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Pa
     ]
     if options.config is not None:
         argv += ["-fw_cfg", f"name={FW_CFG_CONFIG},file={options.config}"]
-    return argv
+    return [*argv, *options.extra_args]
 
 
 def _check_tools(target: Target) -> None:
@@ -262,13 +265,7 @@ class Guest:
         self.target = target
         self.image = image
         self.run_dir = run_dir
-        self.options = BootOptions(
-            mem_mb=options.mem_mb,
-            config=options.config,
-            console_socket=run_dir / "console.sock",
-            smp=options.smp,
-            extra_cmdline=options.extra_cmdline,
-        )
+        self.options = dataclasses.replace(options, console_socket=run_dir / "console.sock")
         self.console = Console(run_dir / "console.sock", run_dir / "console.text")
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
