@@ -644,6 +644,8 @@ def set_permissions(root: Path) -> None:
     os.chown(state, uid, gid)
     state.chmod(0o700)
     config = root / "etc/dvrlink/dvrlinkd.toml"
+    os.chown(config.parent, 0, gid)
+    config.parent.chmod(0o770)
     os.chown(config, 0, gid)
     config.chmod(0o640)
 

@@ -28,9 +28,11 @@ define DVRLINK_USERS
 endef
 
 # The config may hold a SIM PIN and APN credentials: readable by the daemon's
-# group only.
+# group only. Its folder is writable by that group: the installer console saves
+# settings with a new file beside the config and a rename.
 define DVRLINK_PERMISSIONS
 	/var/lib/dvrlink d 700 dvrlink dvrlink - - - - -
+	/etc/dvrlink d 770 root dvrlink - - - - -
 	/etc/dvrlink/dvrlinkd.toml f 640 root dvrlink - - - - -
 endef
 
