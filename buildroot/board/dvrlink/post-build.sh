@@ -46,6 +46,9 @@ else
 		fail "S15watchdog is installed: disable BR2_PACKAGE_BUSYBOX_WATCHDOG, S95dvrlinkd feeds the watchdog"
 fi
 
+# Python: remove what dvrlinkd never imports (python-prune.txt says what and why).
+sh "$(dirname "$0")/prune-python.sh" "$TARGET_DIR" || fail "pruning the image's Python failed"
+
 # What the image holds, for `cat /etc/dvrlink/image-release` on a board.
 version="unknown"
 # site-packages in Buildroot, dist-packages in a Debian-based root filesystem.
