@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -30,7 +31,23 @@ from hil.qemu.targets import Target
 
 FW_CFG_CONFIG = "opt/dvrlink/dvrlinkd.toml"
 """fw_cfg entry the rig's dvrlink-hil-config.service copies to /etc/dvrlink/dvrlinkd.toml."""
+CONFIG_DISK_SERIAL = "dvrlink-config"
+"""Serial of the read-only virtio disk that hands a config in where the kernel has no fw_cfg
+driver (Debian's armmp): a tar archive holding ``dvrlinkd.toml``."""
 PROMPT = "root@dvrlink"
+
+
+def config_disk(config: Path, run_dir: Path) -> Path:
+    """A tar archive in ``run_dir`` holding ``config`` as ``dvrlinkd.toml``: the config disk."""
+    disk = run_dir / "config-disk.tar"
+    with tarfile.open(disk, "w", format=tarfile.USTAR_FORMAT) as archive:
+        info = archive.gettarinfo(str(config), arcname="dvrlinkd.toml")
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode = 0o640
+        with config.open("rb") as f:
+            archive.addfile(info, f)
+    return disk
 
 
 class BootError(Exception):
@@ -64,7 +81,7 @@ def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Pa
         console = ["-serial", "mon:stdio"]
     cmdline = (
         f"console={target.console} root=/dev/vda rw rootwait panic=10 "
-        f"systemd.show_status=1 {options.extra_cmdline}"
+        f"systemd.show_status=1 {target.kernel_args} {options.extra_cmdline}"
     ).strip()
     argv = [
         target.qemu_system,
@@ -104,7 +121,15 @@ def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Pa
         f"unix:{run_dir / 'monitor.sock'},server=on,wait=off",
         *console,
     ]
-    if options.config is not None:
+    if options.config is not None and target.config_disk:
+        disk = config_disk(options.config, run_dir)
+        argv += [
+            "-drive",
+            f"file={disk},format=raw,if=none,id=config,readonly=on",
+            "-device",
+            f"virtio-blk-pci,drive=config,serial={CONFIG_DISK_SERIAL}",
+        ]
+    elif options.config is not None:
         argv += ["-fw_cfg", f"name={FW_CFG_CONFIG},file={options.config}"]
     return [*argv, *options.extra_args]
 

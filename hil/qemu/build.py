@@ -42,6 +42,8 @@ GUEST_PYTHON = "3.11"
 BASE_RECIPE = 1
 """Bump when the base recipe changes in a way its package list does not show."""
 DEPS_RECIPE = 1
+DEPS_SOURCE_RECIPE = 1
+"""Bump when the build chroot's recipe (for ``Target.source_wheels``) changes."""
 IMAGE_RECIPE = 2
 BASE_PACKAGES = (
     "systemd",
@@ -58,6 +60,24 @@ BASE_PACKAGES = (
     "mobile-broadband-provider-info",  # the board config's [modem] provider_database
     "initramfs-tools",
 )
+"""The systemd image's (arm64) base packages."""
+BUSYBOX_BASE_PACKAGES = (
+    "busybox",  # init, syslogd, udhcpc, ifup, httpd: BusyBox as on the Buildroot image
+    "udhcpc",  # the lease script busybox's udhcpc runs (/etc/udhcpc/default.script)
+    "udev",  # the Buildroot image's eudev: module autoloading, the overlay's modem rules
+    "kmod",
+    "iproute2",
+    "netbase",
+    "python3",
+    "ppp",
+    "mobile-broadband-provider-info",
+    "initramfs-tools",
+)
+"""The BusyBox-init image's (armhf) base packages: no systemd."""
+BUILD_PACKAGES = ("gcc", "libc6-dev", "python3-dev", "python3-pip", "libssl-dev", "libffi-dev", "pkg-config")
+"""The build chroot's extra packages, for the dependencies compiled from source."""
+BUILD_WHEEL_BACKENDS = ("setuptools", "wheel")
+"""Build backends the sdists need, handed to the build chroot as wheels (it has no network)."""
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
 """What the initrd needs to mount the root disk; everything else loads from the root filesystem."""
 CACHE_ENV = "DVRLINK_HIL_CACHE"
@@ -82,6 +102,11 @@ SITE = f"usr/lib/python{GUEST_PYTHON}/site-packages"
 SITE_PTH = "usr/lib/python3/dist-packages/dvrlink-hil-site.pth"
 
 
+def base_packages(target: Target) -> tuple[str, ...]:
+    """The Debian packages debootstrap installs for ``target``'s init system."""
+    return BUSYBOX_BASE_PACKAGES if target.init == "busybox" else BASE_PACKAGES
+
+
 PACKAGE_INSTALLS: tuple[tuple[Path, str, int], ...] = (
     (REPO / "systemd/dvrlinkd.service", "usr/lib/systemd/system/dvrlinkd.service", 0o644),
     (REPO / "systemd/dvrlink.sysusers.conf", "usr/lib/sysusers.d/dvrlink.conf", 0o644),
@@ -91,6 +116,12 @@ PACKAGE_INSTALLS: tuple[tuple[Path, str, int], ...] = (
 )
 """The files dvrlink.mk installs in a systemd image (source, path in the image, mode);
 tests/test_hil_qemu.py checks this table against the .mk file."""
+PACKAGE_INSTALLS_SYSV: tuple[tuple[Path, str, int], ...] = (
+    (BOARD_DIR / "S95dvrlinkd", "etc/init.d/S95dvrlinkd", 0o755),
+    (REPO / "daemon/dvrlinkd.example.toml", "usr/share/dvrlink/dvrlinkd.example.toml", 0o644),
+    (REPO / "daemon/dvrlinkd.example.toml", "etc/dvrlink/dvrlinkd.toml", 0o644),
+)
+"""The files dvrlink.mk installs in a BusyBox-init image (tests/test_hil_qemu_armhf.py checks it)."""
 REMOVED_FROM_IMAGE = (
     f"{SITE}/dvrlink/broker",
     f"{SITE}/dvrlink/viewer",
@@ -205,12 +236,27 @@ class Keys:
     image: str
 
 
+def guest_files(target: Target) -> list[Path]:
+    """The rig's own files for ``target`` (its folders of hil/qemu/guest)."""
+    return [f for d in target.guest_dirs for f in _files_under(GUEST_FILES / d)]
+
+
 def keys(target: Target) -> Keys:
     """The layer keys for ``target`` from the inputs as they are now (hashes files only)."""
     base = _key(
-        BASE_RECIPE, RELEASE, target.debian_arch, BASE_PACKAGES, target.kernel_package, INITRD_MODULES
+        BASE_RECIPE,
+        RELEASE,
+        target.debian_arch,
+        base_packages(target),
+        target.kernel_package,
+        INITRD_MODULES,
     )
     deps = _key(DEPS_RECIPE, GUEST_PYTHON, target.wheel_platforms, dependencies())
+    if target.source_wheels:
+        # Compiled in a chroot made from the base: its packages are inputs too.
+        deps = _key(
+            deps, DEPS_SOURCE_RECIPE, base, BUILD_PACKAGES, BUILD_WHEEL_BACKENDS, target.source_wheels
+        )
     sources = [p for d in package_dirs() for p in _files_under(d)] + [REPO / "pyproject.toml"]
     dvrlink = _key(_tree_digest(sources, REPO))
     image = _key(
@@ -219,7 +265,7 @@ def keys(target: Target) -> Keys:
         deps,
         dvrlink,
         _tree_digest(product_files(), REPO),
-        _tree_digest(_files_under(GUEST_FILES), GUEST_FILES),
+        _tree_digest(guest_files(target), GUEST_FILES),
     )
     return Keys(base, deps, dvrlink, image)
 
@@ -413,7 +459,7 @@ def build_base(target: Target, key: str, arch_dir: Path, progress: Progress) -> 
             "debootstrap",
             f"--arch={target.debian_arch}",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
+            f"--include={','.join(base_packages(target))}",
             RELEASE,
             str(root),
             mirror,
@@ -462,7 +508,7 @@ def build_base(target: Target, key: str, arch_dir: Path, progress: Progress) -> 
             "release": RELEASE,
             "arch": target.debian_arch,
             "mirror": mirror,
-            "packages": list(BASE_PACKAGES),
+            "packages": list(base_packages(target)),
             "kernel": kernels[-1].name.removeprefix("vmlinuz-"),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -477,18 +523,109 @@ def _pip_target_args(target: Target) -> list[str]:
     return args
 
 
-def build_deps(target: Target, key: str, arch_dir: Path, progress: Progress) -> Path:
-    """Download the dependencies' wheels for the guest's platform and install them into ``site``."""
+def source_requirements(names: Sequence[str], wanted: Sequence[str]) -> list[str]:
+    """Requirements for the sdists of ``names``: dvrlink's own specifier where it names one.
+
+    A name dvrlink does not require directly (a dependency's dependency) is taken bare, so pip
+    picks its newest release, as the resolver would for the wheels.
+    """
+    declared = {re.split(r"[<>=!~;\[ ]", w, maxsplit=1)[0].lower().replace("_", "-"): w for w in wanted}
+    return [declared.get(n.lower().replace("_", "-"), n) for n in names]
+
+
+def build_source_wheels(
+    target: Target, base: Path, work: Path, progress: Progress, wanted: Sequence[str]
+) -> Path:
+    """Compile ``target.source_wheels`` from their sdists in a build chroot under qemu-user.
+
+    The chroot is the base root filesystem plus ``BUILD_PACKAGES``; the sdists and the build
+    backends' wheels are downloaded on the host, so pip in the chroot runs without network
+    (``--no-index``) and sees none of the host's pip or CA settings. Only the wheels are kept;
+    the chroot is removed. Returns the folder of the built wheels.
+    """
+    pip = [sys.executable, "-m", "pip"]
+    src = work / "src"
+    sources = source_requirements(target.source_wheels, wanted)
+    progress.say(f"deps: sdists of {', '.join(sources)} and build backends (host pip)")
+    progress.run(
+        [*pip, "download", "-q", "--no-deps", "--no-binary=:all:", "-d", str(src), *sources],
+        what=f"downloading the sdists of {', '.join(sources)}",
+        timeout=900,
+    )
+    progress.run(
+        [*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(src), *BUILD_WHEEL_BACKENDS],
+        what="downloading the build backends' wheels",
+        timeout=900,
+    )
+    root = work / "root"
+    root.mkdir()
+    progress.say(f"deps: build chroot from the base, with {' '.join(BUILD_PACKAGES)} (under qemu-user)")
+    progress.run(
+        ["tar", "--numeric-owner", "-C", str(root), "-xf", str(base / "rootfs.tar")],
+        what="unpacking the base for the build chroot",
+    )
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    shutil.copytree(src, root / "tmp/src")
+    sdists = sorted(p.name for p in src.iterdir() if not p.name.endswith(".whl"))
+    with _chroot_mounts(root):
+        progress.run(
+            _in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES),
+            show=r"^Setting up (gcc-\d+ |python3-dev|libssl-dev)",
+            what=f"installing the build packages in the {target.debian_arch} build chroot",
+        )
+        progress.say(f"deps: compiling {', '.join(sdists)} (under qemu-user: minutes)")
+        progress.run(
+            _in_chroot(
+                root,
+                "python3",
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-index",
+                "--no-cache-dir",
+                "--find-links=/tmp/src",
+                "-w",
+                "/tmp/out",
+                *(f"/tmp/src/{name}" for name in sdists),
+            ),
+            show=r"(Building wheel for|Created wheel for)",
+            what=f"compiling {', '.join(sdists)} in the {target.debian_arch} build chroot",
+        )
+    built = work / "built"
+    shutil.copytree(root / "tmp/out", built)
+    shutil.rmtree(root)
+    return built
+
+
+def build_deps(
+    target: Target, key: str, arch_dir: Path, progress: Progress, base: Path | None = None
+) -> Path:
+    """Download the dependencies' wheels for the guest's platform and install them into ``site``.
+
+    ``target.source_wheels`` are compiled first in a build chroot made from ``base``; the
+    download then takes them from there and the rest from the index.
+    """
     final = arch_dir / f"deps-{key}"
     if (final / "manifest.json").is_file():
         progress.say(f"deps {key}: cached")
         return final
     work = _fresh(final)
     wanted = dependencies()
-    progress.say(f"deps {key}: wheels for {target.wheel_platforms[0]}: {', '.join(wanted)}")
     pip = [sys.executable, "-m", "pip"]
+    compiled: list[str] = []
+    find_links: list[str] = []
+    if target.source_wheels:
+        if base is None:
+            raise BuildError(f"the {target.name} dependencies are compiled in a chroot made from the base")
+        built = build_source_wheels(target, base, work, progress, wanted)
+        compiled = sorted(p.name for p in built.glob("*.whl"))
+        find_links = [f"--find-links={built}"]
+    progress.say(f"deps {key}: wheels for {target.wheel_platforms[0]}: {', '.join(wanted)}")
     progress.run(
-        [*pip, "download", "-q", *_pip_target_args(target), "-d", str(work / "wheels"), *wanted],
+        [*pip, "download", "-q", *_pip_target_args(target), *find_links, "-d", str(work / "wheels"), *wanted],
         what=f"downloading wheels for {target.name}",
         timeout=900,
     )
@@ -514,6 +651,7 @@ def build_deps(target: Target, key: str, arch_dir: Path, progress: Progress) -> 
             "layer": "deps",
             "requirements": wanted,
             "wheels": sorted(p.name for p in (work / "wheels").iterdir()),
+            "compiled": compiled,
         },
     )
     return final
@@ -601,7 +739,43 @@ def _ids(root: Path, user: str, group: str) -> tuple[int, int]:
     return lookup("passwd", user), lookup("group", group)
 
 
-def install_product_files(root: Path, progress: Progress) -> None:
+def mk_users(mk_text: str) -> list[str]:
+    """systemd-sysusers lines for the accounts of a ``<PKG>_USERS`` block (Buildroot's makeusers
+    format: ``name uid group gid password home shell groups comment``) in a package's .mk file.
+
+    ``-1`` ids are allocated; a shell of ``-`` is ``/bin/false``, as makeusers has it.
+
+    Raises:
+        BuildError: the block is missing or a line has too few fields.
+    """
+    block = re.search(r"^define \w+_USERS\n(.*?)\nendef", mk_text, re.S | re.M)
+    if block is None:
+        raise BuildError(
+            "no <PKG>_USERS block in the package's .mk file: the image has no account for dvrlinkd"
+        )
+    lines: list[str] = []
+    for raw in block.group(1).splitlines():
+        fields = raw.split(None, 8)
+        if not fields:
+            continue
+        if len(fields) < 8:
+            raise BuildError(
+                f"a {block.group(0).split()[1]} line has {len(fields)} fields, makeusers wants 9: {raw!r}"
+            )
+        name, uid, group, gid, _password, home, shell, groups = fields[:8]
+        comment = fields[8] if len(fields) > 8 else ""
+        lines.append(f"g {group} {'-' if gid == '-1' else gid}")
+        user_id = "-" if uid == "-1" else uid
+        lines.append(
+            f'u {name} {user_id}:{group} "{comment}" {"-" if home == "-" else home} '
+            f"{'/bin/false' if shell == '-' else shell}"
+        )
+        if groups != "-":
+            lines += [f"m {name} {extra}" for extra in groups.split(",")]
+    return lines
+
+
+def install_product_files(root: Path, progress: Progress, init: str = "systemd") -> None:
     """What Buildroot's dvrlink package (buildroot/package/dvrlink/dvrlink.mk) puts in an image.
 
     The broker and the viewer's CLI removed; the unit, the sysusers file and the preset; the
@@ -609,6 +783,9 @@ def install_product_files(root: Path, progress: Progress) -> None:
     the ``dvrlink`` account in group dialout (its users table), made here with systemd-sysusers;
     the permissions of its state directory and config; then ``systemctl preset`` as Buildroot's
     preset-all would for this unit.
+
+    For a BusyBox-init image (``init="busybox"``): S95dvrlinkd instead of the unit files, and the
+    account from the package's ``DVRLINK_USERS`` (Buildroot's makeusers), with no preset.
     """
     for path in REMOVED_FROM_IMAGE:
         target = root / path
@@ -616,13 +793,21 @@ def install_product_files(root: Path, progress: Progress) -> None:
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
-    for source, dest, mode in PACKAGE_INSTALLS:
+    for source, dest, mode in PACKAGE_INSTALLS_SYSV if init == "busybox" else PACKAGE_INSTALLS:
         if not source.is_file():
             raise BuildError(f"{source} is missing: the image takes it from this tree")
         (root / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, root / dest)
         (root / dest).chmod(mode)
     env = _clean_env()
+    if init == "busybox":
+        users = mk_users((PACKAGE_DIR / "dvrlink.mk").read_text())
+        progress.run(
+            ["systemd-sysusers", f"--root={root}", "--inline", *users],
+            env=env,
+            what="the accounts of DVRLINK_USERS for the image",
+        )
+        return
     progress.run(["systemd-sysusers", f"--root={root}"], env=env, what="systemd-sysusers for the image")
     progress.run(
         ["systemd-sysusers", f"--root={root}", "--inline", "m dvrlink dialout"],
@@ -698,12 +883,23 @@ def apply_board(root: Path, target: Target, progress: Progress, board: Path = BO
     return copied
 
 
-def install_rig_files(root: Path) -> list[str]:
+def install_rig_files(root: Path, target: Target) -> list[str]:
     """The rig's own files (hil/qemu/guest): networking, config from fw_cfg, console autologin.
 
-    These are the only files the rig adds to what the image ships; docs/hil.md lists them.
+    These are the only files the rig adds to what the image ships; docs/hil.md lists them. A
+    BusyBox-init board also gets its init (/sbin/init is busybox) and inittab and rcS, which
+    Buildroot's skeleton would give it.
     """
-    copied = apply_overlay(root, GUEST_FILES / "rootfs")
+    copied: list[str] = []
+    for folder in target.guest_dirs:
+        copied += apply_overlay(root, GUEST_FILES / folder)
+    if target.init == "busybox":
+        init = root / "sbin/init"
+        if init.is_symlink() or init.exists():
+            init.unlink()
+        init.symlink_to("/bin/busybox")
+        copied.append("/sbin/init -> /bin/busybox")
+        return copied
     for unit, wanted_by in (
         ("systemd-networkd.service", "multi-user.target"),
         ("systemd-networkd.socket", "sockets.target"),
@@ -739,7 +935,7 @@ def build(target: Target, *, cache: Path | None = None, out: TextIO = sys.stdout
         return image
     check_host(target)
     base = build_base(target, layer_keys.base, arch_dir, progress)
-    deps = build_deps(target, layer_keys.deps, arch_dir, progress)
+    deps = build_deps(target, layer_keys.deps, arch_dir, progress, base)
     dvrlink = build_dvrlink(target, layer_keys.dvrlink, arch_dir, progress)
     work = _fresh(final)
     root = work / "root"
@@ -753,10 +949,10 @@ def build(target: Target, *, cache: Path | None = None, out: TextIO = sys.stdout
     )
     install_site(deps / "site", root)
     scripts = install_site(dvrlink / "site", root)
-    install_product_files(root, progress)
+    install_product_files(root, progress, target.init)
     board = apply_board(root, target, progress)
     set_permissions(root)
-    rig = install_rig_files(root)
+    rig = install_rig_files(root, target)
     size = _image_size(root)
     progress.say(f"image {layer_keys.image}: mkfs.ext4 ({size // 2**20} MiB, sparse)")
     progress.run(
