@@ -1,21 +1,67 @@
-"""The QEMU rig's fixtures: the cached arm64 image (built here if the tree changed) and a broker
-on the host.
+"""The HIL suite's fixtures: the rig (``--rig FILE``, default rigs/qemu-arm64.toml), a broker on
+the host, and the board switched on and registered with it.
 
-These tests boot an emulated board for minutes, so the default run (``pytest``, ``make test``)
-does not collect this folder (``norecursedirs`` in pyproject.toml). Run them with
-``pytest tests/hil`` (or ``make hil``) as root; the first run builds the image (docs/hil.md).
+``board`` is one board for the whole session: the scenarios of test_qemu_boot.py and
+test_qemu_console.py share one boot. On a QEMU rig it builds the image (cached), boots it with the
+rig's config through fw_cfg and the installer console on a host PTY; on a bench rig it power-cycles
+the board, writes the broker's settings over the installer console and opens the shell UART.
+Tests marked ``hil_core`` are the set ``make hil-arm64`` runs; ``hil_last`` ones (the watchdog)
+run after all others, since they restart the daemon.
+
+These tests take minutes and need root, so the default run (``pytest``, ``make test``) does not
+collect this folder (``norecursedirs`` in pyproject.toml). Run ``pytest tests/hil`` or ``make hil``
+as root; the first run builds the image (docs/hil.md).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from hil.qemu.build import Image, build
+from hil.board import Board, ask_on_terminal, guest_config, start_bench_board, start_qemu_board
+from hil.loopback import Viewer, add_user
+from hil.qemu.build import REPO, Image, build
 from hil.qemu.host import HostBroker
+from hil.qemu.rigconfig import image_config_path
 from hil.qemu.targets import Target, target
+from hil.rig import Rig, RigError, load_rig
+
+DEFAULT_RIG = REPO / "rigs/qemu-arm64.toml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--rig",
+        default=str(DEFAULT_RIG),
+        help="the rig file the HIL scenarios run on (rigs/*.toml; default: rigs/qemu-arm64.toml)",
+    )
+
+
+RIG_KEY = pytest.StashKey[Rig]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hil_core: the QEMU arm64 rig's core scenarios (make hil-arm64)")
+    config.addinivalue_line("markers", "hil_last: runs after the other scenarios (it restarts the daemon)")
+    try:  # a bad rig file stops the run at once, naming the key
+        config.stash[RIG_KEY] = load_rig(Path(str(config.getoption("--rig"))))
+    except RigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("hil_last") is not None)  # stable
+
+
+@pytest.fixture(scope="session")
+def rig(pytestconfig: pytest.Config) -> Rig:
+    """The rig file named by ``--rig``, checked when the run started."""
+    return pytestconfig.stash[RIG_KEY]
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +75,109 @@ def arm64_image(arm64: Target) -> Image:
     return build(arm64, out=sys.stderr)
 
 
-@pytest.fixture(scope="module")
-def host_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
-    """dvrlink-broker on the host (all addresses, free ports); the guest reaches it as 10.0.2.2."""
-    broker = HostBroker.start(tmp_path_factory.mktemp("broker"))
+def _broker(state_dir: Path) -> Iterator[HostBroker]:
+    broker = HostBroker.start(state_dir)
     try:
         yield broker
     finally:
         code = broker.stop()
     assert code == 0, f"dvrlink-broker exited with {code}:\n" + "".join(broker.process.lines[-20:])
+
+
+@pytest.fixture(scope="module")
+def host_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
+    """dvrlink-broker on the host (all addresses, free ports); a QEMU guest reaches it as 10.0.2.2."""
+    yield from _broker(tmp_path_factory.mktemp("broker"))
+
+
+@pytest.fixture(scope="session")
+def rig_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
+    """The broker the rig's board registers with, for the whole session."""
+    yield from _broker(tmp_path_factory.mktemp("rig-broker"))
+
+
+def registered_pattern(serial: str) -> str:
+    """The broker's log line for a serial's first registration (a fresh broker: every run)."""
+    return rf"serial {serial} bound to key .* on first registration from "
+
+
+def daemon_report(board: Board) -> str:
+    """What the board's shell says about dvrlinkd, for a failure message (best effort)."""
+    try:
+        board.ready(120.0)
+        return board.run(
+            "systemctl status --no-pager dvrlinkd | head -5;"
+            " journalctl -u dvrlinkd --no-pager -o cat | tail -20",
+            timeout=120,
+        )
+    except Exception as exc:  # the report must not hide the failure it explains
+        return f"(the shell did not answer: {exc})"
+
+
+@pytest.fixture(scope="session")
+def board(rig: Rig, rig_broker: HostBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
+    """The rig's board, switched on, registered with ``rig_broker``, its root shell up.
+
+    ``board.registered_s`` (set here) is the time from power on to the registration."""
+    info = rig_broker.info
+    run_dir = tmp_path_factory.mktemp(f"board-{rig.name}")
+    if rig.emulated:
+        if rig.network.kind != "qemu-user" or rig.modem.kind == "emulator":
+            pytest.fail(
+                f"{rig.source}: this suite boots QEMU boards on [network] kind = 'qemu-user' with "
+                "[modem] kind = 'none' so far (tests/hil/test_qemu_modem.py wires the emulator itself)"
+            )
+        board_target = target(rig.board.arch)
+        image = build(board_target, out=sys.stderr)
+        config = guest_config(
+            image_config_path().read_text(), rig, rig.network.host_address, info.udp_port, info.public_key
+        )
+        started = start_qemu_board(rig, board_target, image, config, run_dir)
+    else:
+        if rig.network.kind == "namespace":
+            pytest.fail(f"{rig.source}: [network] kind = 'namespace' is not wired into this suite yet")
+        env = {**os.environ, "HOME": str(run_dir / "home")}
+        started = start_bench_board(rig, info, run_dir, env, ask_on_terminal)
+    try:
+        try:
+            rig_broker.process.wait_for(registered_pattern(rig.serial), rig.board.boot_timeout_s)
+        except TimeoutError as exc:
+            where = started.guest.exit_report() if started.guest is not None else ""
+            raise AssertionError(
+                f"{rig.name}: the board did not register: {exc}{where}\n"
+                f"on the board:\n{daemon_report(started)}"
+            ) from None
+        registered_s = time.monotonic() - started.powered_at
+        started.ready(300.0)
+        started.registered_s = registered_s
+        yield started
+    finally:
+        started.close()
+
+
+WEB_ROOT = "/tmp/www"
+"""Where BusyBox httpd on the board serves from."""
+
+
+@pytest.fixture(scope="session")
+def board_httpd(board: Board) -> str:
+    """BusyBox httpd on the board's 127.0.0.1:80 (an allowed forward target); its web root."""
+    served = board.run(f"mkdir -p {WEB_ROOT} && busybox httpd -p 127.0.0.1:80 -h {WEB_ROOT} && echo serving")
+    assert served == "serving", f"busybox httpd on the board: {served}"
+    return WEB_ROOT
+
+
+@pytest.fixture
+def logged_in_viewer(rig_broker: HostBroker, tmp_path: Path) -> Callable[[str], Viewer]:
+    """A factory: a new account ``name`` at the rig's broker and a viewer on the host logged in to it."""
+
+    def make(name: str) -> Viewer:
+        add_user(rig_broker.state_dir, name, "pass phrase")
+        viewer = Viewer(tmp_path / f"viewer-{name}")
+        viewer.run(
+            "login", "--broker", rig_broker.url, "--user", name, "--password-stdin",
+            "--cacert", str(rig_broker.info.cert), stdin="pass phrase\n",
+        )  # fmt: skip
+        return viewer
+
+    return make

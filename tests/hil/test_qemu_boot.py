@@ -1,116 +1,60 @@
-"""Boot to registered, and the watchdog: the arm64 image in QEMU, dvrlinkd under systemd, a real
-broker on the host.
+"""Boot to registered, a forward into the board, and the watchdog: on the rig's board (``--rig``;
+default: the arm64 image in QEMU, dvrlinkd under systemd), with a real broker on the host.
 
-The broker runs on the host from the virtualenv; the guest reaches it as 10.0.2.2 over QEMU's user
-network. The guest's config is the image's own dvrlinkd.toml (the board overlay's) with the serial
-and the broker's address and key set, handed in through fw_cfg. One guest boots per module: the
-first test checks what the registration proves and what the image holds; then a viewer on the
-host pairs with the code the guest prints and fetches a page from BusyBox httpd in the guest
-through ``dvrlink forward`` (direct, then relayed); last the daemon is stopped and systemd's
-watchdog restarts it. Each prints the figures it saw.
+The broker runs on the host from the virtualenv; a QEMU guest reaches it as 10.0.2.2 over QEMU's
+user network, a bench board at its rig's ``[network] host_address``. The ``board`` fixture
+(conftest.py) switches the board on once for the session: a QEMU guest gets the image's own
+dvrlinkd.toml with the serial and the broker set through fw_cfg; a bench board gets the broker
+over its installer console. The first test checks what the registration proves and what the
+image holds; then a viewer on the host pairs with the code the board prints and fetches a page
+from BusyBox httpd on the board through ``dvrlink forward`` (direct, then relayed); last (after the
+console scenarios too) the daemon is stopped and systemd's watchdog restarts it. Each prints the
+figures it saw.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from dvrlink.protocol.identity import b64encode_key
-from hil.loopback import Viewer, add_user, start_forward
-from hil.qemu.boot import BootOptions, Guest
-from hil.qemu.build import REPO, Image
+from hil.board import Board
+from hil.loopback import Viewer, start_forward
+from hil.qemu.build import REPO
 from hil.qemu.host import HostBroker
-from hil.qemu.rigconfig import image_config_path, with_values
-from hil.qemu.targets import Target
 
 # A cold cache builds the image first (about 5 min), then the boot takes minutes under TCG.
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(3600)]
-
-SERIAL = "DL-QEMU-0001"
-HOST_FROM_GUEST = "10.0.2.2"
-BOOT_BOUND = 900.0
-"""Boot to registered under TCG on a busy 2-core host took 97-116 s; generous on purpose."""
-CONSOLE_BOUND = 120.0
-WEB_ROOT = "/tmp/www"
-
-
-def guest_config(udp_port: int, public_key: bytes) -> str:
-    """The image's own dvrlinkd.toml with this test's serial and the host's broker."""
-    return with_values(
-        image_config_path().read_text(),
-        {
-            "device": {"serial": SERIAL},
-            "broker": {"host": HOST_FROM_GUEST, "port": udp_port, "public_key": b64encode_key(public_key)},
-        },
-    )
 
 
 def systemd_properties(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-@dataclass
-class Booted:
-    guest: Guest
-    broker: HostBroker
-    config: Path
-    registered_s: float
-
-    def run(self, command: str, timeout: float = CONSOLE_BOUND) -> str:
-        return self.guest.console.run(command, timeout=timeout)
-
-    def unit(self, *names: str) -> dict[str, str]:
-        return systemd_properties(self.run(f"systemctl show -p {','.join(names)} dvrlinkd"))
-
-    def status(self) -> dict[str, object]:
-        text = self.run("dvrlinkd status --json")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
-        assert isinstance(doc, dict), text
-        return doc
+def unit(board: Board, *names: str) -> dict[str, str]:
+    return systemd_properties(board.run(f"systemctl show -p {','.join(names)} dvrlinkd"))
 
 
-@pytest.fixture(scope="module")
-def booted(
-    arm64: Target,
-    arm64_image: Image,
-    host_broker: HostBroker,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Booted]:
-    """The guest booted with the host broker's config, once dvrlinkd registered and the shell is up."""
-    info = host_broker.info
-    run_dir = tmp_path_factory.mktemp("qemu")
-    config = run_dir / "dvrlinkd.toml"
-    config.write_text(guest_config(info.udp_port, info.public_key))
-    guest = Guest(arm64, arm64_image, BootOptions(mem_mb=arm64.default_mem_mb, config=config), run_dir)
-    guest.start()
-    try:
-        host_broker.process.wait_for(
-            rf"serial {SERIAL} bound to key .* on first registration from 127\.0\.0\.1:", BOOT_BOUND
-        )
-        registered_s = time.monotonic() - guest.started
-        guest.login(300.0)
-        yield Booted(guest, host_broker, config, registered_s)
-    finally:
-        guest.stop()
+def needs_systemd(board: Board) -> None:
+    if board.rig.board.init != "systemd":
+        pytest.skip(f"{board.rig.name} runs {board.rig.board.init} init: this scenario checks systemd's unit")
 
 
-def test_dvrlinkd_registers_under_systemd_from_the_image_files(booted: Booted, arm64_image: Image) -> None:
-    active = booted.run("systemctl is-active dvrlinkd")
+@pytest.mark.hil_core
+def test_dvrlinkd_registers_under_systemd_from_the_image_files(board: Board, rig_broker: HostBroker) -> None:
+    needs_systemd(board)
+    if board.rig.network.kind == "qemu-user":  # QEMU's user network hands the guest's packets to lo
+        line = rig_broker.process.wait_for(f"serial {board.serial} bound to key", 1.0)
+        assert " from 127.0.0.1:" in line, line
+    active = board.run("systemctl is-active dvrlinkd")
     assert active == "active", f"systemctl is-active dvrlinkd: {active!r}"
-    props = booted.unit("Type", "WatchdogUSec", "NotifyAccess", "MainPID", "FragmentPath", "User")
+    props = unit(board, "Type", "WatchdogUSec", "NotifyAccess", "MainPID", "FragmentPath", "User")
     assert props.get("Type") == "notify", props
     assert props.get("WatchdogUSec") == "1min", props
     assert props.get("NotifyAccess") == "main", props
@@ -121,66 +65,58 @@ def test_dvrlinkd_registers_under_systemd_from_the_image_files(booted: Booted, a
         "/lib/systemd/system/dvrlinkd.service",
     ), props
 
-    unit_sum = booted.run("sha256sum /usr/lib/systemd/system/dvrlinkd.service")
+    unit_sum = board.run("sha256sum /usr/lib/systemd/system/dvrlinkd.service")
     expected = hashlib.sha256((REPO / "systemd/dvrlinkd.service").read_bytes()).hexdigest()
-    assert unit_sum.split()[0] == expected, f"the guest's unit is not systemd/dvrlinkd.service: {unit_sum}"
-    config_sum = booted.run("sha256sum /etc/dvrlink/dvrlinkd.toml")
-    sent = hashlib.sha256(booted.config.read_bytes()).hexdigest()
-    assert config_sum.split()[0] == sent, f"the guest's config is not the one handed in: {config_sum}"
-    owner = booted.run("stat -c '%U:%G %a' /etc/dvrlink/dvrlinkd.toml")
-    assert owner == "root:dvrlink 640", f"the config's owner and mode: {owner!r}"
+    assert unit_sum.split()[0] == expected, f"the board's unit is not systemd/dvrlinkd.service: {unit_sum}"
+    owner = board.run("stat -c '%U:%G %a' /etc/dvrlink/dvrlinkd.toml")
+    if board.delivered_config is not None:  # the whole file handed in at boot (QEMU's fw_cfg)
+        config_sum = board.run("sha256sum /etc/dvrlink/dvrlinkd.toml")
+        sent = hashlib.sha256(board.delivered_config).hexdigest()
+        assert config_sum.split()[0] == sent, f"the board's config is not the one handed in: {config_sum}"
+        assert owner == "root:dvrlink 640", f"the config's owner and mode: {owner!r}"
+    else:  # written by dvrlinkd itself, at the installer console's `set`
+        assert owner.endswith(":dvrlink 640"), f"the config's owner and mode: {owner!r}"
 
     # post-build.sh has systemd feed the board's watchdog (the emulated i6300esb).
-    manager = systemd_properties(booted.run("systemctl show -p RuntimeWatchdogUSec -p WatchdogDevice"))
+    manager = systemd_properties(board.run("systemctl show -p RuntimeWatchdogUSec -p WatchdogDevice"))
     assert manager.get("RuntimeWatchdogUSec") == "30s", manager
-    wdt = booted.run("cat /sys/class/watchdog/watchdog0/state")
+    wdt = board.run("cat /sys/class/watchdog/watchdog0/state")
     assert wdt == "active", f"/sys/class/watchdog/watchdog0/state: {wdt!r} ({manager})"
 
-    status = booted.status()
+    status = board.status()
     assert status["state"] == "online", status
-    assert status["broker"] == f"{HOST_FROM_GUEST}:{booted.broker.info.udp_port}", status
+    assert status["broker"] == f"{board.broker_host}:{rig_broker.info.udp_port}", status
     assert status["transport"] == "udp", status
-    rss = booted.run(f"grep VmRSS /proc/{props['MainPID']}/status")
+    rss = board.run(f"grep VmRSS /proc/{props['MainPID']}/status")
+    kernel = board.run("uname -r")
     print(
-        f"\nboot to registered under TCG: {booted.registered_s:.1f} s; dvrlinkd {rss.split(':')[-1].strip()}"
-        f" RSS; kernel {arm64_image.manifest['kernel']}",
+        f"\n{board.rig.name}: power on to registered: {board.registered_s:.1f} s; dvrlinkd"
+        f" {rss.split(':')[-1].strip()} RSS; kernel {kernel}",
         file=sys.stderr,
     )
 
 
-@pytest.fixture(scope="module")
-def guest_httpd(booted: Booted) -> None:
-    """BusyBox httpd in the guest on 127.0.0.1:80 (an allowed forward target), serving WEB_ROOT."""
-    served = booted.run(f"mkdir -p {WEB_ROOT} && busybox httpd -p 127.0.0.1:80 -h {WEB_ROOT} && echo serving")
-    assert served == "serving", served
-
-
+@pytest.mark.hil_core
 @pytest.mark.parametrize("path", ["direct", "relay"])
-@pytest.mark.usefixtures("guest_httpd")
-def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_guest(
-    booted: Booted, path: str, tmp_path: Path
+def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_board(
+    board: Board, board_httpd: str, logged_in_viewer: Callable[[str], Viewer], path: str
 ) -> None:
-    """Pairing with the code the guest's console prints, then ``dvrlink forward`` to BusyBox httpd
-    on the guest's 127.0.0.1:80, which the image's config allows."""
+    """Pairing with the code the board's shell prints, then ``dvrlink forward`` to BusyBox httpd
+    on the board's 127.0.0.1:80, which the image's config allows."""
     page = f"dvrlink-hil {os.urandom(8).hex()}\n"
-    written = booted.run(f"echo '{page.strip()}' > {WEB_ROOT}/{path}.html && echo written")
+    written = board.run(f"echo '{page.strip()}' > {board_httpd}/{path}.html && echo written")
     assert written == "written", written
-    label = booted.run("dvrlinkd pairing-code")
+    label = board.run("dvrlinkd pairing-code")
     uri = next((line.split(": ", 1)[1] for line in label.splitlines() if "dvrlink://" in line), None)
-    assert uri is not None, f"no pairing URI in the guest's dvrlinkd pairing-code output:\n{label}"
+    assert uri is not None, f"no pairing URI in the board's dvrlinkd pairing-code output:\n{label}"
     assert "private" not in label.lower(), label
 
-    add_user(booted.broker.state_dir, f"owner-{path}", "pass phrase")
-    viewer = Viewer(tmp_path / "viewer")
-    viewer.run(
-        "login", "--broker", booted.broker.url, "--user", f"owner-{path}", "--password-stdin",
-        "--cacert", str(booted.broker.info.cert), stdin="pass phrase\n",
-    )  # fmt: skip
+    viewer = logged_in_viewer(f"owner-{path}")
     paired = viewer.run("pair", uri.strip())
-    assert f"paired {SERIAL}" in paired.stdout, paired.stdout + paired.stderr
+    assert f"paired {board.serial}" in paired.stdout, paired.stdout + paired.stderr
 
     started = time.monotonic()
-    forward = start_forward(viewer, SERIAL, 80, f"--{path}-only", timeout=120)
+    forward = start_forward(viewer, board.serial, 80, f"--{path}-only", timeout=120)
     try:
         assert forward.path == path, forward
         url = f"http://127.0.0.1:{forward.local_port}/{path}.html"
@@ -188,11 +124,11 @@ def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_guest(
             with urllib.request.urlopen(url, timeout=120) as reply:
                 body = reply.read().decode()
         except urllib.error.HTTPError as exc:
-            inside = booted.run(
-                f"ls -la {WEB_ROOT}; busybox wget -q -O- http://127.0.0.1/{path}.html; echo rc=$?"
+            inside = board.run(
+                f"ls -la {board_httpd}; busybox wget -q -O- http://127.0.0.1/{path}.html; echo rc=$?"
             )
             raise AssertionError(
-                f"{url} through the {path} forward: {exc}; in the guest:\n{inside}"
+                f"{url} through the {path} forward: {exc}; on the board:\n{inside}"
             ) from None
         fetched_s = time.monotonic() - started
     finally:
@@ -202,28 +138,31 @@ def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_guest(
     print(f"\nforward {path}: command to page {fetched_s:.1f} s", file=sys.stderr)
 
 
-def test_systemd_restarts_a_stopped_dvrlinkd(booted: Booted) -> None:
-    before = booted.unit("MainPID", "NRestarts")
-    registered_before = booted.status()["registered_at"]
+@pytest.mark.hil_core
+@pytest.mark.hil_last
+def test_systemd_restarts_a_stopped_dvrlinkd(board: Board) -> None:
+    needs_systemd(board)
+    before = unit(board, "MainPID", "NRestarts")
+    registered_before = board.status()["registered_at"]
     assert isinstance(registered_before, float), registered_before
     stopped = time.monotonic()
-    booted.run(f"kill -STOP {before['MainPID']}")
+    board.run(f"kill -STOP {before['MainPID']}")
     # WatchdogSec=60: systemd aborts the silent daemon, restarts it after RestartSec=5, and the
     # unit is active again only after the new process's READY=1 (its first registration).
     restarts = int(before["NRestarts"]) + 1
-    waited = booted.run(
+    waited = board.run(
         f'timeout 600 sh -c \'until [ "$(systemctl show -p NRestarts --value dvrlinkd)" -ge {restarts} ]'
         " && systemctl is-active -q dvrlinkd; do sleep 1; done'; echo waited=$?",
         timeout=660,
     )
     back_s = time.monotonic() - stopped
     assert waited.endswith("waited=0"), f"dvrlinkd was not restarted and active within 600 s: {waited}"
-    after = booted.unit("MainPID", "NRestarts", "ActiveState")
+    after = unit(board, "MainPID", "NRestarts", "ActiveState")
     assert after["MainPID"] != before["MainPID"], (before, after)
     assert after["ActiveState"] == "active", after
-    journal = booted.run("journalctl -u dvrlinkd --no-pager -o cat | grep -i watchdog")
+    journal = board.run("journalctl -u dvrlinkd --no-pager -o cat | grep -i watchdog")
     assert "Watchdog timeout" in journal, f"no watchdog timeout in dvrlinkd's journal:\n{journal}"
-    status = booted.status()
+    status = board.status()
     assert status["state"] == "online", status
     registered_after = status["registered_at"]
     assert isinstance(registered_after, float) and registered_after > registered_before, status
