@@ -9,6 +9,7 @@ commands run, and a failing one is reported with its output.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import termios
@@ -210,7 +211,7 @@ def bench_shell(tmp_path: Path) -> Iterator[tuple[PtyCable, subprocess.Popen[byt
         try:
             yield cable, shell
         finally:
-            shell.kill()
+            os.killpg(shell.pid, signal.SIGKILL)  # the shell and what it still runs (the sleep)
             shell.wait(10)
 
 
