@@ -1,0 +1,424 @@
+"""The modem emulator wired to a QEMU guest: a UART modem on ``pci-serial``, PPP into a carrier.
+
+What a recorder with a SIM800 (one UART, PPP on the AT port) or an ECM modem (a USB network
+function) sees, built on the host around a guest from :mod:`hil.qemu.boot`::
+
+    guest ttyS0 (pci-serial) ── QEMU tty chardev ── emulator PTY ── PppServer ── TUN ppp<N> ──┐
+    guest enp0s16 (virtio-net) ── QEMU tap ── tap <prefix>ecm ── udhcpd ─────────────────────┤
+                                         <prefix>carrier (forwards) ── inet0 ── <prefix>inet ┘
+                                                                     broker on 192.0.2.10
+
+- :class:`CarrierNamespace`: two network namespaces named with a NAT lab prefix (so ``python -m
+  hil.netlab down --prefix`` removes a leftover): the carrier, where calls land, and behind it
+  the broker's. The host's own namespace has no route to the broker's address, so a
+  registration the broker sees can only have come over the modem.
+- :class:`EcmNic`: a second guest NIC on a tap device that is moved into the carrier namespace
+  after QEMU opened it, with BusyBox ``udhcpd`` there; :class:`EcmLinkPath` is the emulator's
+  data path for ECM calls and raises or drops that NIC's link through QEMU's monitor
+  (``set_link``) as calls start and end, as a USB modem's network function comes and goes.
+- :class:`GuestModem`: the emulator (its PTY is the guest's ``pci-serial`` port, a
+  ``-chardev serial``), the PPP server into a TUN device in the carrier namespace, and the ECM NIC.
+
+The guest itself needs a few things its image does not have yet: :data:`GUEST_SETUP` (pppd as
+root, the DHCP client's script) and :func:`guest_cmdline` (no LAN: the user-network NIC stays
+unconfigured, so the modem is the only way out). Needs root.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import json
+import logging
+import subprocess
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dvrlink.broker.state import read_info
+from hil.modememu.emulator import ModemEmulator
+from hil.modememu.model import SimCard
+from hil.modememu.ppp_link import PppDataPath, TunCarrier
+from hil.modememu.ppp_server import PppServerConfig
+from hil.netlab.lab import NetlabError, _batch, _run, _sysctl, _veth, add_namespace, down, new_prefix
+from hil.qemu.host import BIN, HostBroker, LoggedProcess
+from hil.qemu.rigconfig import Value, with_values
+
+log = logging.getLogger(__name__)
+
+BROKER_ADDRESS = "192.0.2.10"
+"""The broker, in a namespace behind the carrier (TEST-NET-1: nothing on the host routes it)."""
+ECM_NET = ipaddress.IPv4Network("198.51.100.0/24")
+"""The ECM NIC's subnet in the carrier (TEST-NET-2): the carrier .1, the guest .2."""
+ECM_NETDEV = "ecm0"
+"""QEMU's id of the ECM NIC's backend (``set_link ecm0 on|off``)."""
+ECM_PCI_SLOT = 0x10
+"""The ECM NIC's PCI slot: systemd names it ``enp0s16`` in the guest."""
+ECM_GUEST_INTERFACE = f"enp0s{ECM_PCI_SLOT}"
+ECM_MAC = "52:54:00:d1:ec:01"
+MODEM_PCI_SLOT = 0x11
+GUEST_MODEM_PORT = "/dev/ttyS0"
+"""The ``pci-serial`` port in the arm64 guest: the first 8250 port (the board console is the PL011)."""
+GUEST_UDHCPC_SCRIPT = "/etc/dvrlink-hil/udhcpc.script"
+DROP_IN_PATH = "/etc/systemd/system/dvrlinkd.service.d/hil-pppd.conf"
+
+PPPD_DROP_IN = """\
+# dvrlink QEMU rig: pppd runs as root. A setuid pppd started by the unprivileged daemon reads the
+# daemon's options file as the user's, and refuses its privileged options (noauth).
+[Service]
+User=root
+Group=root
+NoNewPrivileges=no
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE
+CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_KILL CAP_SYS_TTY_CONFIG
+SystemCallFilter=
+ReadWritePaths=/run /var/lock
+# systemd mounts /run noexec; pppd runs the daemon's connect and ip-up scripts from /run/dvrlink/ppp.
+ExecPaths=/run/dvrlink
+"""
+"""The systemd drop-in the guest needs for pppd (docs/operating.md, "Permissions")."""
+
+UDHCPC_SCRIPT = """\
+#!/bin/sh
+# dvrlink QEMU rig: what BusyBox's default udhcpc script does, minus resolv.conf.
+case "$1" in
+deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+  ip -4 addr flush dev "$interface"
+  ip addr add "$ip/${mask:-24}" dev "$interface"
+  for r in $router; do ip route replace default via "$r" dev "$interface"; break; done ;;
+esac
+exit 0
+"""
+
+
+def guest_setup(*, pppd_as_root: bool = True) -> str:
+    """One shell line (for the guest's root console) that gives the guest's dvrlinkd what its
+    image lacks for a modem: pppd runnable (``pppd_as_root``) and a udhcpc script. Restart the
+    daemon afterwards (``systemctl restart --no-block dvrlinkd``: a plain restart waits for its
+    first registration)."""
+    files = {GUEST_UDHCPC_SCRIPT: UDHCPC_SCRIPT}
+    if pppd_as_root:
+        files[DROP_IN_PATH] = PPPD_DROP_IN
+    steps = []
+    for path, text in files.items():
+        data = base64.b64encode(text.encode()).decode()
+        steps.append(f"mkdir -p {Path(path).parent} && echo {data} | base64 -d > {path}")
+    steps.append(f"chmod 0755 {GUEST_UDHCPC_SCRIPT}")
+    steps.append("systemctl daemon-reload")
+    return " && ".join(steps)
+
+
+def guest_cmdline() -> str:
+    """Kernel arguments: no networkd, so the user-network NIC stays down and the modem is the
+    guest's only way out."""
+    return (
+        "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket "
+        "systemd.mask=systemd-networkd-wait-online.service"
+    )
+
+
+def modem_config(
+    base: str,
+    *,
+    serial: str,
+    broker_port: int,
+    broker_key_b64: str,
+    profile: str,
+    data_link: str,
+    extra: dict[str, Value] | None = None,
+) -> str:
+    """The image's dvrlinkd.toml (``base``) with the serial, the broker in the carrier, and a
+    ``[modem]`` on the guest's ``pci-serial`` port.
+
+    pppd gets ``nocrtscts``: Debian's ``/etc/ppp/options`` asks for hardware flow control, and
+    QEMU's tty backend reports a PTY's modem lines as all low, so CTS would hold back every byte.
+    """
+    modem: dict[str, Value] = {
+        "enabled": True,
+        "profile": profile,
+        "port": GUEST_MODEM_PORT,
+        "data_link": data_link,
+        "pppd": "@PPPD@",
+        "dhcp_command": "@DHCP@",
+    }
+    if data_link == "ecm":
+        modem["net_interface"] = ECM_GUEST_INTERFACE
+    modem.update(extra or {})
+    text = with_values(
+        base,
+        {
+            "device": {"serial": serial},
+            "broker": {"host": BROKER_ADDRESS, "port": broker_port, "public_key": broker_key_b64},
+            "modem": modem,
+        },
+    )
+    dhcp = ["busybox", "udhcpc", "-f", "-i", "{iface}", "-t", "5", "-T", "3", "-n", "-R"]
+    text = text.replace('"@PPPD@"', json.dumps(["/usr/sbin/pppd", "nocrtscts"]))
+    text = text.replace('"@DHCP@"', json.dumps([*dhcp, "-s", GUEST_UDHCPC_SCRIPT]))
+    tomllib.loads(text)
+    return text
+
+
+class CarrierNamespace:
+    """The carrier namespace ``<prefix>carrier`` (where the modem's calls land; it forwards) and
+    behind it ``<prefix>inet``, whose only address is the broker's: the broker's replies leave
+    from the address the device sent to, whichever call they go back over."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or new_prefix()
+        self.name = f"{self.prefix}carrier"
+        self.inet = f"{self.prefix}inet"
+
+    def create(self) -> None:
+        """Raises NetlabError (not root, ``ip`` missing, a name taken)."""
+        gateway = ipaddress.IPv4Address(BROKER_ADDRESS) - 9
+        add_namespace(self.name, self.prefix)
+        add_namespace(self.inet, self.prefix)
+        _veth(self.name, "inet0", self.inet, "eth0")
+        _batch(self.name, [f"addr add {gateway}/24 dev inet0", "link set inet0 up"])
+        _batch(self.inet, [f"addr add {BROKER_ADDRESS}/24 dev eth0", "link set eth0 up",
+                           f"route add default via {gateway}"])  # fmt: skip
+        _sysctl(self.name, {"net.ipv4.ip_forward": 1})
+
+    def close(self) -> None:
+        """Remove both namespaces, killing what runs inside."""
+        down(self.prefix)
+
+    def run(self, argv: Sequence[str], namespace: str | None = None) -> str:
+        """Run a command in the carrier (or ``namespace``); its stdout. Raises NetlabError."""
+        return _run(["ip", "netns", "exec", namespace or self.name, *argv])
+
+    def start_broker(self, state_dir: Path, timeout: float = 120.0) -> HostBroker:
+        """``dvrlink-broker serve`` in the inet namespace (all addresses, free ports), ready.
+
+        Raises:
+            TimeoutError: it did not say it is ready within ``timeout`` s (it is stopped).
+        """
+        argv = ["ip", "netns", "exec", self.inet, str(BIN / "dvrlink-broker"), "serve"]
+        argv += ["--state-dir", str(state_dir)]
+        for option in ("--udp-port", "--https-port", "--turn-port", "--presence-tcp-port"):
+            argv += [option, "0"]
+        process = LoggedProcess(argv, state_dir / "broker.log")
+        try:
+            process.wait_for("dvrlink-broker ready", timeout)
+        except TimeoutError:
+            process.stop()
+            raise
+        return HostBroker(process, read_info(state_dir), state_dir)
+
+
+class EcmNic:
+    """The ECM modem's network function: a tap device QEMU opens, then moved into the carrier
+    namespace with ``udhcpd`` serving the guest's DHCP client on it."""
+
+    def __init__(self, carrier: CarrierNamespace, run_dir: Path) -> None:
+        self.carrier = carrier
+        self.run_dir = run_dir
+        self.tap = f"{carrier.prefix}ecm"[:15]
+        self.dhcpd: subprocess.Popen[bytes] | None = None
+
+    def create(self) -> None:
+        """The tap in the host's namespace, for QEMU to open by name. Raises NetlabError."""
+        _run(["ip", "tuntap", "add", "dev", self.tap, "mode", "tap"])
+
+    def qemu_args(self) -> list[str]:
+        return [
+            "-netdev",
+            f"tap,id={ECM_NETDEV},ifname={self.tap},script=no,downscript=no",
+            "-device",
+            f"virtio-net-pci,netdev={ECM_NETDEV},mac={ECM_MAC},addr={ECM_PCI_SLOT:#x},romfile=",
+        ]
+
+    def into_carrier(self) -> None:
+        """After QEMU opened the tap: move it into the carrier and serve DHCP on it.
+
+        Raises:
+            NetlabError: an ``ip`` command failed; OSError: busybox is missing.
+        """
+        _run(["ip", "link", "set", self.tap, "netns", self.carrier.name])
+        carrier_addr = ECM_NET.network_address + 1
+        _batch(
+            self.carrier.name,
+            [f"addr add {carrier_addr}/{ECM_NET.prefixlen} dev {self.tap}", f"link set {self.tap} up"],
+        )
+        guest = ECM_NET.network_address + 2
+        conf = self.run_dir / "udhcpd.conf"
+        conf.write_text(
+            f"interface {self.tap}\nstart {guest}\nend {guest}\nmax_leases 1\n"
+            f"lease_file {self.run_dir / 'udhcpd.leases'}\npidfile {self.run_dir / 'udhcpd.pid'}\n"
+            f"option subnet {ECM_NET.netmask}\noption router {carrier_addr}\noption lease 3600\n"
+        )
+        (self.run_dir / "udhcpd.leases").touch()
+        log_file = (self.run_dir / "udhcpd.log").open("wb")
+        self.dhcpd = subprocess.Popen(
+            ["ip", "netns", "exec", self.carrier.name, "busybox", "udhcpd", "-f", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+
+    def close(self) -> None:
+        if self.dhcpd is not None:
+            self.dhcpd.terminate()
+            try:
+                self.dhcpd.wait(10)
+            except subprocess.TimeoutExpired:
+                self.dhcpd.kill()
+                self.dhcpd.wait(10)
+        _run(["ip", "link", "del", self.tap], check=False)
+
+
+@dataclass
+class EcmLinkPath:
+    """The emulator's data path for ECM calls: ``set_link`` on the guest's ECM NIC as calls start
+    and end. ``monitor`` runs one QEMU monitor command (``Guest.monitor``); ``links`` records
+    each change (True: up), ``errors`` what failed (the emulator's thread must not raise)."""
+
+    monitor: Callable[[str], str] | None = None
+    links: list[bool] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    up: bool = False
+
+    def set_link(self, on: bool) -> None:
+        if self.monitor is None:
+            self.errors.append("ECM link change before the guest's monitor was attached")
+            return
+        try:
+            reply = self.monitor(f"set_link {ECM_NETDEV} {'on' if on else 'off'}")
+        except OSError as exc:
+            self.errors.append(f"set_link {ECM_NETDEV}: {exc}")
+            return
+        if "rror" in reply or "not found" in reply:
+            self.errors.append(f"set_link {ECM_NETDEV}: {reply.strip()}")
+            return
+        self.up = on
+        self.links.append(on)
+        log.info("ECM NIC link %s", "up" if on else "down")
+
+    def connected(self, apn: str, mode: str, send: Callable[[bytes], None]) -> None:
+        if mode == "ecm":
+            self.set_link(True)
+
+    def received(self, data: bytes) -> None:
+        """PPP bytes: not this path's."""
+
+    def disconnected(self) -> None:
+        if self.up:
+            self.set_link(False)
+
+
+@dataclass
+class DataPaths:
+    """One emulator, both kinds of call: PPP calls to ``ppp``, ECM calls to ``ecm``."""
+
+    ppp: PppDataPath
+    ecm: EcmLinkPath
+
+    def connected(self, apn: str, mode: str, send: Callable[[bytes], None]) -> None:
+        (self.ppp if mode == "ppp" else self.ecm).connected(apn, mode, send)
+
+    def received(self, data: bytes) -> None:
+        self.ppp.received(data)
+
+    def disconnected(self) -> None:
+        self.ppp.disconnected()
+        self.ecm.disconnected()
+
+
+class GuestModem:
+    """The emulated modem of one guest, its carrier namespace, the broker there, the ECM NIC.
+
+    Use as a context manager around the guest's boot::
+
+        with GuestModem(run_dir, "simcom-sim800", SimCard()) as rig:
+            guest = Guest(..., BootOptions(..., extra_args=tuple(rig.qemu_args()),
+                                            extra_cmdline=guest_cmdline()), run_dir)
+            guest.start()
+            rig.guest_started(guest.monitor)
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        profile: str,
+        sim: SimCard | None,
+        *,
+        ecm: bool = False,
+        ppp_config: PppServerConfig | None = None,
+        boot_delay_s: float = 0.5,
+    ) -> None:
+        self.run_dir = run_dir
+        self.carrier = CarrierNamespace()
+        self.ppp = PppDataPath(ppp_config or PppServerConfig(), TunCarrier(self.carrier.name))
+        self.ecm_path = EcmLinkPath()
+        self.emulator = ModemEmulator(
+            profile,
+            sim,
+            no_sim=sim is None,
+            boot_delay_s=boot_delay_s,
+            data_path=DataPaths(self.ppp, self.ecm_path),
+        )
+        self.ppp.attach(self.emulator)
+        self.nic = EcmNic(self.carrier, run_dir) if ecm else None
+        self.broker: HostBroker | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> GuestModem:
+        try:
+            self.carrier.create()
+            self._stack.callback(self.carrier.close)
+            state = self.run_dir / "broker"
+            state.mkdir(exist_ok=True)
+            self.broker = self.carrier.start_broker(state)
+            self._stack.callback(self.broker.stop)
+            self.emulator.start()
+            self._stack.callback(self.emulator.stop)
+            if self.nic is not None:
+                self.nic.create()
+                self._stack.callback(self.nic.close)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def qemu_args(self) -> list[str]:
+        """The modem's serial port on the emulator's PTY, and the ECM NIC if asked for."""
+        args = [
+            "-chardev",
+            f"serial,id=modem,path={self.emulator.path}",
+            "-device",
+            f"pci-serial,chardev=modem,addr={MODEM_PCI_SLOT:#x}",
+        ]
+        return args + (self.nic.qemu_args() if self.nic is not None else [])
+
+    def guest_started(self, monitor: Callable[[str], str]) -> None:
+        """QEMU runs: the ECM NIC starts with its link down (no call yet) and joins the carrier.
+
+        Raises:
+            NetlabError: the tap could not be moved or configured.
+        """
+        self.ecm_path.monitor = monitor
+        if self.nic is not None:
+            self.ecm_path.set_link(False)
+            self.ecm_path.links.clear()
+            if self.ecm_path.errors:
+                raise NetlabError(f"ECM NIC: {self.ecm_path.errors}")
+            self.nic.into_carrier()
+
+    def carrier_routes(self) -> str:
+        """``ip route`` in the carrier namespace (for failure messages)."""
+        return self.carrier.run(["ip", "-4", "route"])
+
+
+@contextlib.contextmanager
+def guest_modem(run_dir: Path, profile: str, sim: SimCard | None, **kwargs: object) -> Iterator[GuestModem]:
+    """:class:`GuestModem` as a context manager function."""
+    with GuestModem(run_dir, profile, sim, **kwargs) as rig:  # type: ignore[arg-type]
+        yield rig

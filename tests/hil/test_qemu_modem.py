@@ -1,0 +1,308 @@
+"""The guest's dvrlinkd on an emulated modem: its real pppd over the pci-serial port, an ECM NIC,
+a SIM inserted late, and modem faults.
+
+The modem emulator runs on the host; its PTY is the guest's ``pci-serial`` port (``/dev/ttyS0``).
+Behind ``ATD*99#`` the emulator's PPP server talks to the guest's own pppd and moves the IP
+packets through a TUN device into a carrier namespace; the broker sits in a namespace behind it
+(192.0.2.10), which nothing on the host routes to, and the guest's user-network NIC stays
+unconfigured. So a registration can only have come over the modem, and the broker sees it from
+the call's address. The ECM guest gets a second NIC whose link the emulator raises and drops
+through QEMU's monitor as calls start and end (``hil.qemu.modem``).
+
+Each class boots one guest (class-scoped fixtures, so two guests never run at once). The PPP
+guest boots without a SIM: its first test inserts one and waits for the daemon to go online.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dvrlink.protocol.identity import b64encode_key
+from hil.modememu.model import SimCard
+from hil.modememu.ppp_link import PPP_POOL
+from hil.modememu.ppp_server import Authenticated, LinkOpened, NetworkOpened
+from hil.qemu.boot import BootOptions, Guest
+from hil.qemu.build import Image
+from hil.qemu.modem import (
+    BROKER_ADDRESS,
+    ECM_GUEST_INTERFACE,
+    ECM_NET,
+    GuestModem,
+    guest_cmdline,
+    guest_setup,
+    modem_config,
+)
+from hil.qemu.rigconfig import image_config_path
+from hil.qemu.targets import Target
+
+pytestmark = [pytest.mark.hil, pytest.mark.timeout(3600)]
+
+SERIAL = "DL-QEMU-MODEM"
+BOOT_BOUND = 600.0
+"""QEMU start to the console's shell: about 90 s under TCG on a busy 2-core host."""
+ONLINE_BOUND = 600.0
+"""Daemon (re)start to registered over the modem; a redial or a recovery step to registered again."""
+CONSOLE_BOUND = 120.0
+SIM = SimCard.for_network("26201")
+
+
+@dataclass
+class ModemGuest:
+    guest: Guest
+    rig: GuestModem
+    restarted: float
+    """When the daemon was restarted with the modem's setup (monotonic)."""
+
+    def run(self, command: str, timeout: float = CONSOLE_BOUND) -> str:
+        return self.guest.console.run(command, timeout=timeout)
+
+    def status(self) -> dict[str, object]:
+        text = self.run("dvrlinkd status --json")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
+        assert isinstance(doc, dict), text
+        return doc
+
+    def modem(self) -> dict[str, object]:
+        block = self.status().get("modem")
+        assert isinstance(block, dict), f"no modem in dvrlinkd status: {self.status()}"
+        return block
+
+    def wait_in_guest(self, condition: str, what: str, timeout: float = ONLINE_BOUND) -> None:
+        """Until the shell ``condition`` holds in the guest (checked each second, bounded)."""
+        script = base64.b64encode(f"until {condition}; do sleep 1; done\n".encode()).decode()
+        waited = self.run(
+            f"echo {script} | base64 -d > /tmp/wait.sh; timeout {int(timeout)} sh /tmp/wait.sh;"
+            " echo waited=$?",
+            timeout=timeout + 60,
+        )
+        if not waited.endswith("waited=0"):
+            journal = self.run("journalctl -u dvrlinkd --no-pager -o cat | tail -25")
+            raise AssertionError(f"{what}: not within {timeout:.0f} s; dvrlinkd's journal:\n{journal}")
+
+    def wait_registered_after(self, before: float, timeout: float = ONLINE_BOUND) -> dict[str, object]:
+        """dvrlinkd status once ``registered_at`` is later than ``before`` and the state online."""
+        self.wait_in_guest(
+            'dvrlinkd status --json | python3 -c "import json,sys; d=json.load(sys.stdin); '
+            f"sys.exit(not (d.get('state') == 'online' and (d.get('registered_at') or 0) > {before}))\"",
+            f"dvrlinkd registered again after {before}",
+            timeout,
+        )
+        return self.status()
+
+    def journal_since_restart(self, pattern: str) -> list[str]:
+        text = self.run("journalctl -u dvrlinkd --no-pager -o cat")
+        return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def boot_modem_guest(
+    arm64: Target, image: Image, run_dir: Path, rig: GuestModem, *, data_link: str, profile: str
+) -> ModemGuest:
+    """Boot with the modem on pci-serial, then give dvrlinkd the modem setup and restart it."""
+    assert rig.broker is not None
+    info = rig.broker.info
+    config = run_dir / "dvrlinkd.toml"
+    config.write_text(
+        modem_config(
+            image_config_path().read_text(),
+            serial=SERIAL,
+            broker_port=info.udp_port,
+            broker_key_b64=b64encode_key(info.public_key),
+            profile=profile,
+            data_link=data_link,
+        )
+    )
+    options = BootOptions(
+        mem_mb=arm64.default_mem_mb,
+        config=config,
+        extra_args=tuple(rig.qemu_args()),
+        extra_cmdline=guest_cmdline(),
+    )
+    guest = Guest(arm64, image, options, run_dir)
+    guest.start()
+    try:
+        rig.guest_started(guest.monitor)
+        guest.login(BOOT_BOUND)
+        setup = guest_setup(pppd_as_root=data_link == "ppp")
+        done = guest.console.run(f"{setup} && systemctl restart --no-block dvrlinkd && echo set-up", 180)
+        assert done.endswith("set-up"), f"the guest's modem setup failed:\n{done}"
+        return ModemGuest(guest, rig, time.monotonic())
+    except BaseException:
+        guest.stop()
+        raise
+
+
+@pytest.fixture(scope="class")
+def ppp_guest(
+    arm64: Target, arm64_image: Image, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModemGuest]:
+    run_dir = tmp_path_factory.mktemp("qemu-ppp")
+    with GuestModem(run_dir, "simcom-sim800", None) as rig:
+        booted = boot_modem_guest(arm64, arm64_image, run_dir, rig, data_link="ppp", profile="simcom-sim800")
+        try:
+            yield booted
+        finally:
+            booted.guest.stop()
+
+
+class TestPppGuest:
+    """SIM800-class: one UART, PPP on the AT port, the guest's own pppd."""
+
+    def test_sim_insert_to_online(self, ppp_guest: ModemGuest) -> None:
+        """Booted without a SIM: dvrlinkd says so; a SIM goes in and it comes online over PPP."""
+        ppp_guest.wait_in_guest(
+            'dvrlinkd status --json | grep -q \'"state": "sim-absent"\'',
+            "dvrlinkd reporting the SIM absent",
+        )
+        absent = ppp_guest.modem()
+        assert absent["state"] == "sim-absent", absent
+        assert not ppp_guest.rig.ppp.servers, "a PPP call without a SIM"
+        inserted = time.monotonic()
+        ppp_guest.rig.emulator.insert_sim(SIM)
+        line = ppp_guest.rig.broker.process.wait_for(  # type: ignore[union-attr]
+            rf"serial {SERIAL} bound to key .* on first registration from ", ONLINE_BOUND
+        )
+        online_s = time.monotonic() - inserted
+        source = ipaddress.IPv4Address(line.rsplit("from ", 1)[1].rsplit(":", 1)[0])
+        assert source in PPP_POOL, f"the broker saw the device from {source}, not the PPP pool: {line}"
+        status = ppp_guest.wait_registered_after(0.0)
+        modem = status["modem"]
+        assert isinstance(modem, dict) and modem["state"] == "online", status
+        assert modem["sim"] == "identified", modem
+        print(f"\nSIM inserted to registered over PPP: {online_s:.1f} s", file=sys.stderr)
+
+    def test_registration_went_over_the_guests_pppd(self, ppp_guest: ModemGuest) -> None:
+        rig = ppp_guest.rig
+        opened = rig.ppp.wait_for(LinkOpened, 10)
+        auth = rig.ppp.wait_for(Authenticated, 10)
+        network = rig.ppp.wait_for(NetworkOpened, 10)
+        dial = rig.emulator.wait_for_command("ATD", 10)
+        assert re.fullmatch(r"ATD\*99(\*\*\*\d+)?#", dial.upper()), dial
+        assert opened.auth is not None, opened
+
+        status = ppp_guest.status()
+        assert status["state"] == "online", status
+        assert status["broker"] == f"{BROKER_ADDRESS}:{rig.broker.info.udp_port}", status  # type: ignore[union-attr]
+        reflexive = str(status["reflexive_address"]).rsplit(":", 1)[0]
+        assert reflexive == network.peer_address, (status, network)
+        modem = status["modem"]
+        assert isinstance(modem, dict) and modem["interface"] == "ppp0", modem
+
+        route = ppp_guest.run("ip -4 route show default")
+        assert re.fullmatch(r"default dev ppp0 .*", route), f"the guest's default route: {route!r}"
+        ppp0 = ppp_guest.run("ip -4 -br addr show dev ppp0")
+        assert network.peer_address in ppp0, f"ppp0 in the guest: {ppp0!r} (IPCP gave {network})"
+        lan = ppp_guest.run("ip -br addr show dev enp0s2")
+        assert not re.search(r"\d+\.\d+\.\d+\.\d+", lan), f"the user-network NIC has IPv4: {lan!r}"
+        pppd = ppp_guest.journal_since_restart(r"pppd [0-9.]+ started by root")
+        assert pppd, "no 'pppd ... started by root' line in dvrlinkd's journal: not the guest's pppd"
+        counters = rig.ppp.servers[-1].counters
+        assert counters.ip_in > 0 and counters.ip_out > 0, counters
+        print(
+            f"\nPPP: LCP auth {opened.auth.value}, user {auth.username!r}, guest {network.peer_address},"
+            f" {counters.ip_in} packets in / {counters.ip_out} out",
+            file=sys.stderr,
+        )
+
+    def test_no_carrier_mid_session_redials_and_registers_again(self, ppp_guest: ModemGuest) -> None:
+        rig = ppp_guest.rig
+        before = ppp_guest.status()
+        calls = len(rig.ppp.servers)
+        commands = len(rig.emulator.commands)
+        dropped = time.monotonic()
+        rig.emulator.drop_carrier()
+        rig.emulator.wait_for_command("ATD", ONLINE_BOUND, after=commands)
+        status = ppp_guest.wait_registered_after(float(before["registered_at"]))  # type: ignore[arg-type]
+        back_s = time.monotonic() - dropped
+        assert len(rig.ppp.servers) > calls, f"no new PPP call after NO CARRIER ({rig.ppp.servers})"
+        new_peer = rig.ppp.servers[-1].peer_address
+        assert str(status["reflexive_address"]).startswith(f"{new_peer}:"), (status, new_peer)
+        assert status["reflexive_address"] != before["reflexive_address"], (before, status)
+        print(f"\nNO CARRIER to registered again over a new call: {back_s:.1f} s", file=sys.stderr)
+
+    def test_a_modem_that_stops_answering_is_recovered(self, ppp_guest: ModemGuest) -> None:
+        """The modem goes silent (the call dies with it, so pppd's LCP echoes fail and the daemon
+        takes the port back to AT commands nobody answers); it answers again a while later."""
+        rig = ppp_guest.rig
+        before = ppp_guest.status()
+        seen = len(ppp_guest.journal_since_restart(r"modem recovery step \d"))
+        commands = len(rig.emulator.commands)
+        rig.emulator.hang(True)
+        rig.emulator.drop_carrier()  # no NO CARRIER: a hung modem says nothing
+        try:
+            ppp_guest.wait_in_guest(
+                "[ $(journalctl -u dvrlinkd --no-pager -o cat | grep -c 'modem recovery step [0-9]')"
+                f" -gt {seen} ]",
+                "a recovery step while the modem is silent",
+            )
+        finally:
+            rig.emulator.hang(False)
+        steps = ppp_guest.journal_since_restart(r"modem recovery step \d")[seen:]
+        status = ppp_guest.wait_registered_after(float(before["registered_at"]))  # type: ignore[arg-type]
+        assert status["modem"]["state"] == "online", status  # type: ignore[index]
+        assert len(rig.emulator.commands) > commands, "no AT command after the modem answered again"
+        print(f"\nrecovery steps seen: {[s.split('modem recovery step', 1)[1][:60] for s in steps]}")
+
+
+@pytest.fixture(scope="class")
+def ecm_guest(
+    arm64: Target, arm64_image: Image, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModemGuest]:
+    run_dir = tmp_path_factory.mktemp("qemu-ecm")
+    with GuestModem(run_dir, "quectel-ec25", SIM, ecm=True) as rig:
+        booted = boot_modem_guest(arm64, arm64_image, run_dir, rig, data_link="ecm", profile="quectel-ec25")
+        try:
+            yield booted
+        finally:
+            booted.guest.stop()
+
+
+class TestEcmGuest:
+    """An ECM modem: AT on pci-serial, data over a second NIC whose link follows the calls."""
+
+    def test_dvrlinkd_comes_online_through_the_ecm_nic(self, ecm_guest: ModemGuest) -> None:
+        rig = ecm_guest.rig
+        line = rig.broker.process.wait_for(  # type: ignore[union-attr]
+            rf"serial {SERIAL} bound to key .* on first registration from ", ONLINE_BOUND
+        )
+        online_s = time.monotonic() - ecm_guest.restarted
+        source = ipaddress.IPv4Address(line.rsplit("from ", 1)[1].rsplit(":", 1)[0])
+        assert source in ECM_NET, f"the broker saw the device from {source}, not the ECM subnet: {line}"
+        assert rig.ecm_path.links[:1] == [True], f"ECM NIC link changes: {rig.ecm_path.links}"
+        assert not rig.ecm_path.errors, rig.ecm_path.errors
+        dial = rig.emulator.wait_for_command("AT+QNETDEVCTL=", 10)
+        status = ecm_guest.wait_registered_after(0.0)
+        modem = status["modem"]
+        assert isinstance(modem, dict) and modem["interface"] == ECM_GUEST_INTERFACE, status
+        route = ecm_guest.run("ip -4 route show default")
+        assert f"dev {ECM_GUEST_INTERFACE}" in route, f"the guest's default route: {route!r}"
+        print(f"\nECM ({dial}): daemon restart to registered {online_s:.1f} s", file=sys.stderr)
+
+    def test_a_call_dropped_by_the_network_takes_the_link_down_and_a_new_call_up(
+        self, ecm_guest: ModemGuest
+    ) -> None:
+        rig = ecm_guest.rig
+        before = ecm_guest.status()
+        links = len(rig.ecm_path.links)
+        commands = len(rig.emulator.commands)
+        rig.emulator.drop_carrier()
+        assert rig.ecm_path.links[links : links + 1] == [False], rig.ecm_path.links
+        rig.emulator.wait_for_command("AT+QNETDEVCTL=", ONLINE_BOUND, after=commands)
+        status = ecm_guest.wait_registered_after(float(before["registered_at"]))  # type: ignore[arg-type]
+        assert rig.ecm_path.links[-1] is True, f"ECM NIC link changes: {rig.ecm_path.links}"
+        assert status["modem"]["state"] == "online", status  # type: ignore[index]
+        assert not rig.ecm_path.errors, rig.ecm_path.errors
+        carrier = ecm_guest.run(f"ip -br link show dev {ECM_GUEST_INTERFACE}")
+        assert "LOWER_UP" in carrier, carrier
