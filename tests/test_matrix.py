@@ -3,8 +3,8 @@ viewer NAT cell of the NAT lab, once each, with the hard invariants asserted per
 
 One lab and one broker serve every cell (``Lab.reconfigure``); each cell starts its own
 ``dvrlinkd`` and ``dvrlink forward``. The waits are bounded per cell (``hil.matrix.quick_plan``):
-only symmetric × symmetric waits until the device's ICE checks give up, so that its relay is
-known to be final. ``make matrix`` runs the full set (LAN and the 3G/GPRS subset, every path
+cells where a direct path is predicted, and symmetric × symmetric, wait until the path is final
+(direct, or the device's ICE checks gave up); the others look 1 s after the first byte. ``make matrix`` runs the full set (LAN and the 3G/GPRS subset, every path
 waited for, median of 5) and rewrites ``docs/connectivity.md``; this suite writes its report
 to a temporary directory and prints the table.
 
