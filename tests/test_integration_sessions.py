@@ -24,6 +24,7 @@ from hil.loopback import (
     SYSTEM_PYTHON,
     Broker,
     Daemon,
+    Forward,
     RtspServer,
     Viewer,
     add_user,
@@ -121,6 +122,13 @@ def count_frames(url: str, seconds: int) -> int:
     return int(out.stdout.strip().splitlines()[0])
 
 
+def _stop_and_read(forward: Forward) -> str:
+    """Stop a forward and return what it printed after its "forwarding" line."""
+    forward.stop()
+    assert forward.proc.stdout is not None
+    return forward.proc.stdout.read()[-1500:]
+
+
 @needs_rtsp
 @pytest.mark.parametrize(
     ("flag", "paths"), [("--relay-only", {"relay"}), ("--direct-only", {"lan", "direct"})]
@@ -160,7 +168,13 @@ def test_two_sessions_at_once_each_with_two_streams(rig: tuple[Daemon, Viewer, R
         )
         urls = [f"rtsp://127.0.0.1:{f.local_port}/live" for f in (relayed, direct) for _ in range(2)]
         with ThreadPoolExecutor(len(urls)) as pool:
-            frames = list(pool.map(lambda url: count_frames(url, seconds=3), urls))
+            try:
+                frames = list(pool.map(lambda url: count_frames(url, seconds=3), urls))
+            except AssertionError as exc:
+                # What the forwards said about their streams (a refused or failed stream open).
+                said = {f.path: _stop_and_read(f) for f in (relayed, direct)}
+                status = daemon.status()
+                raise AssertionError(f"{exc}\nthe forwards printed: {said}\ndevice: {status}") from None
         print(f"4 streams over 2 sessions: {frames} frames")
         assert all(n >= 50 for n in frames), frames
     finally:
