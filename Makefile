@@ -115,6 +115,7 @@ hil-arm64:
 
 hil: hil-packages
 	$(PY) -m hil.qemu build --arch arm64
+	$(PY) -m hil.qemu build --arch armhf
 	$(VENV)/bin/pytest -q tests/hil
 
 clean:
