@@ -51,6 +51,12 @@ REPO = Path(__file__).resolve().parents[1]
 WEB_ROOT = "/tmp/www"
 MEMFREE_TARGET_KB = 32 * 1024
 MEMAVAILABLE_TARGET_KB = 64 * 1024
+TOP_RSS = (
+    "for d in /proc/[0-9]*; do r=$(sed -n 's/^VmRSS:[[:space:]]*//p' $d/status 2>/dev/null); "
+    "[ -n \"$r\" ] && echo \"${r% kB} $(tr '\\0' ' ' < $d/cmdline | cut -c1-40)\"; "
+    "done | sort -rn | head -6"
+)
+"""The guest's six largest processes: VmRSS in kB and the start of the command line."""
 PY_AEAD = (
     "import os, time\n"
     "from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305\n"
@@ -255,6 +261,22 @@ def boot(args: argparse.Namespace, run_dir: Path) -> Figures:
             f"{free_kb / 1024:.1f} / {avail_kb / 1024:.1f} MB"
             + (f" (target ≥ 32 / ≥ 64 MB: {verdict(passed)})" if judged else ""),
         )
+        parts = (
+            "Cached",
+            "Buffers",
+            "AnonPages",
+            "Shmem",
+            "SReclaimable",
+            "SUnreclaim",
+            "KernelStack",
+            "PageTables",
+        )
+        figures.add(
+            "where the memory is (/proc/meminfo)",
+            ", ".join(f"{name} {mem1.get(name, 0) / 1024:.1f}" for name in parts) + " MB",
+        )
+        biggest = board.run(TOP_RSS)
+        figures.add("largest processes (VmRSS kB, command)", "; ".join(biggest.splitlines()))
         stream_ms = stream(args, board, broker, pid, hz, figures, run_dir) if args.stream_mbytes else None
         rate, text = openssl_speed(board, args.openssl, rig.network.host_address)
         if rate is not None:
