@@ -171,7 +171,8 @@ class Wire:
     def reply(self, request: dict[str, object]) -> dict[str, object]:
         start = len(self.seen)
         self.send(json.dumps(request).encode() + b"\r\n")
-        line = self.wait_for(rf'^\{{.*"id": ?{json.dumps(request["id"])}.*\}}\r?$', start).group(0)
+        # Not anchored: a reply may follow a human-mode prompt on the same line.
+        line = self.wait_for(rf'(\{{.*"id": ?{json.dumps(request["id"])}.*\}})\r?$', start).group(1)
         doc = json.loads(line)
         assert isinstance(doc, dict), line
         return doc
