@@ -362,6 +362,8 @@ def provision_broker(
             assert isinstance(doc, dict), done.stdout
             return doc
         last = (done.stderr or done.stdout).strip()
+        # A port that is not there yet (a USB adapter re-enumerating) fails at once: pace the retries.
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     raise BoardError(
         f"dvrlink provision --port {port} did not succeed within {timeout} s; last answer: {last}; "
         "check [console] host_port and board_port and that dvrlinkd runs on the board"
