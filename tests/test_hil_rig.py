@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import termios
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,15 +236,30 @@ def test_the_bench_shell_refuses_a_login_prompt(tmp_path: Path) -> None:
     with PtyCable() as cable:
         shell = SerialShell(ShellSpec("serial", port=cable.laptop_path), tmp_path / "shell.log")
         fd = board_end(cable)
-        try:
+
+        def getty() -> None:
+            """Answer the shell's first line end with a login prompt, as a getty does (pyserial
+            drops what arrived before it opened the port)."""
+            seen = b""
+            while b"\n" not in seen:
+                chunk = os.read(fd, 64)
+                if not chunk:
+                    return
+                seen += chunk
             os.write(fd, b"\r\ndvrlink login: ")
+
+        answering = threading.Thread(target=getty, daemon=True)
+        answering.start()
+        try:
             with pytest.raises(
                 BoardError, match="shows a login prompt: give the board's image a root autologin"
             ):
                 shell.open(timeout=30)
         finally:
-            os.close(fd)
             shell.close()
+            answering.join(10)
+            os.close(fd)
+        assert not answering.is_alive()
 
 
 def test_the_bench_shell_names_a_port_it_cannot_open(tmp_path: Path) -> None:
