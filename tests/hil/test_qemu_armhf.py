@@ -47,6 +47,7 @@ CONSOLE_BOUND = 180.0
 RESET_BOUND = 1500.0
 """SIGSTOP to registered again: 60 s health timeout, the watchdog's 60 s, then a whole boot."""
 WEB_ROOT = "/tmp/www"
+FORWARD_ATTEMPTS = 3
 SHELL_SETUP = "dmesg -n 1; stty -echo; bind 'set enable-bracketed-paste off'"
 
 
@@ -114,7 +115,7 @@ class Booted:
         """Wait in the guest until ``dvrlinkd status`` says online (bounded by ``timeout``)."""
         until = "until dvrlinkd status --json 2>/dev/null | grep -q 'state.: .online'"  # "state": "online"
         waited = self.run(
-            f'timeout {int(timeout)} sh -c "{until}; do sleep 2; done"; echo waited=$?',
+            f'timeout {int(timeout)} sh -c "{until}; do sleep 10; done"; echo waited=$?',
             timeout=timeout + 60,
         )
         assert waited.endswith("waited=0"), f"dvrlinkd not online within {timeout} s: {waited}"
@@ -220,8 +221,20 @@ def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_guest(booted: Bo
     paired = viewer.run("pair", uri.strip())
     assert f"paired {SERIAL}" in paired.stdout, paired.stdout + paired.stderr
 
+    # The viewer gives each path 20 s to open a session; a 128 MB cortex-a7 under TCG on a busy
+    # host can miss that once, so up to FORWARD_ATTEMPTS tries, each reported.
+    failures: list[str] = []
     started = time.monotonic()
-    forward = start_forward(viewer, SERIAL, 80, timeout=180)
+    while True:
+        try:
+            forward = start_forward(viewer, SERIAL, 80, timeout=180)
+            break
+        except TimeoutError as exc:
+            failures.append(str(exc))
+            if len(failures) == FORWARD_ATTEMPTS:
+                raise AssertionError(
+                    f"dvrlink forward failed {len(failures)} times:\n" + "\n".join(failures)
+                ) from None
     try:
         url = f"http://127.0.0.1:{forward.local_port}/index.html"
         try:
@@ -235,7 +248,11 @@ def test_a_viewer_on_the_host_pairs_and_fetches_a_page_from_the_guest(booted: Bo
         code = forward.stop()
     assert body == page, f"the page through the forward: {body!r}"
     assert code == 0, f"dvrlink forward exited with {code}"
-    print(f"\narmhf forward ({forward.path}): command to page {fetched_s:.1f} s", file=sys.stderr)
+    print(
+        f"\narmhf forward ({forward.path}): command to page {fetched_s:.1f} s"
+        f" ({len(failures)} failed tries before: {failures})",
+        file=sys.stderr,
+    )
 
 
 def test_the_hardware_watchdog_resets_a_board_whose_dvrlinkd_hangs(booted: Booted) -> None:
@@ -248,7 +265,7 @@ def test_the_hardware_watchdog_resets_a_board_whose_dvrlinkd_hangs(booted: Boote
     # lines (softdog's last words) reach the console, which the login set to emergencies only.
     booted.run("sync; dmesg -n 3")
     mark = console.mark()
-    stopped = time.monotonic()
+    stopped, stopped_wall = time.monotonic(), time.time()
     booted.run(f"kill -STOP {pid}")
 
     # S95dvrlinkd stops feeding after 60 s without a heartbeat; the watchdog's 60 s then run out
@@ -271,6 +288,9 @@ def test_the_hardware_watchdog_resets_a_board_whose_dvrlinkd_hangs(booted: Boote
     status = booted.status()
     registered_after = status["registered_at"]
     assert isinstance(registered_after, float) and registered_after > registered_before, status
+    # The guest's clock is the host's (the PL031 RTC), so this is the time to the registration
+    # itself, not to when the test's polling (each a Python start in the guest) saw it.
+    registered_s = registered_after - stopped_wall
     # The reason, as S95dvrlinkd logged it before the reset (on the snapshot disk, which a reset
     # keeps), and the broker's view: the same device key, no refusal.
     log = booted.run("grep S95dvrlinkd /var/log/messages")
@@ -279,7 +299,8 @@ def test_the_hardware_watchdog_resets_a_board_whose_dvrlinkd_hangs(booted: Boote
     assert not refused, refused
     new_pid = booted.daemon_pid()
     print(
-        f"\narmhf SIGSTOP to board reset: {reset_s:.1f} s; to registered again: {back_s:.1f} s"
+        f"\narmhf SIGSTOP to board reset: {reset_s:.1f} s; to registered again: {registered_s:.1f} s"
+        f" (seen by the test after {back_s:.1f} s)"
         f" (uptime {uptime:.0f} s, dvrlinkd pid {pid} -> {new_pid})",
         file=sys.stderr,
     )
