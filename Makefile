@@ -97,7 +97,7 @@ buildroot-check:
 # arm64 rig's core scenarios (marker hil_core: boot to registered, pair over the installer
 # console, forward, watchdog recovery) on one boot, about 5 min with a warm cache; `make hil`
 # runs every scenario, the armhf rig's too. Another rig: pytest tests/hil --rig rigs/FILE.toml.
-HIL_DEBS := debootstrap qemu-user-static qemu-system-arm binfmt-support e2fsprogs
+HIL_DEBS := debootstrap qemu-user-static qemu-system-arm binfmt-support e2fsprogs squashfs-tools
 hil-packages: $(STAMP) $(SYSSTAMP)
 	@missing=""; for p in $(HIL_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
