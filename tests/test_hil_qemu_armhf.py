@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hil.qemu import build
-from hil.qemu.boot import CONFIG_DISK_SERIAL, BootOptions, qemu_command
+from hil.qemu.boot import CONFIG_DISK_SERIAL, BootOptions, qemu_command, write_config_disk
 from hil.qemu.build import BuildError, Image, mk_users, source_requirements
 from hil.qemu.targets import target
 
@@ -167,7 +167,11 @@ def test_armhf_config_comes_on_a_tar_disk(tmp_path: Path) -> None:
     config = tmp_path / "mine.toml"
     config.write_text('[device]\nserial = "X"\n')
     image = Image(tmp_path, tmp_path / "rootfs.ext4", tmp_path / "vmlinuz", tmp_path / "initrd.img", {})
-    argv = qemu_command(armhf, image, BootOptions(mem_mb=128, config=config), tmp_path)
+    options = BootOptions(mem_mb=128, config=config)
+    argv = qemu_command(armhf, image, options, tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists(), "the command line alone writes nothing (boot --print)"
+    write_config_disk(armhf, options, tmp_path)
+    argv = qemu_command(armhf, image, options, tmp_path)
     assert "-fw_cfg" not in argv, "armmp has no fw_cfg driver"
     drive = next(a for a in argv if a.startswith("file=") and "id=config" in a)
     assert "readonly=on" in drive

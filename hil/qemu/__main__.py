@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--cache", type=Path, help=f"cache directory (default {cache_root()})")
     boot = sub.choices["boot"]
     boot.add_argument("--mem", type=int, help="guest RAM in MiB (default: the target's)")
-    boot.add_argument("--config", type=Path, help="a dvrlinkd.toml to hand the guest through fw_cfg")
+    boot.add_argument("--config", type=Path, help="a dvrlinkd.toml for the guest (fw_cfg; armhf: a disk)")
     boot.add_argument("--console-socket", type=Path, help="put the console on this unix socket instead")
     boot.add_argument("--print", action="store_true", help="print the QEMU command line and exit")
     return parser

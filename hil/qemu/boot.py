@@ -37,9 +37,18 @@ driver (Debian's armmp): a tar archive holding ``dvrlinkd.toml``."""
 PROMPT = "root@dvrlink"
 
 
-def config_disk(config: Path, run_dir: Path) -> Path:
-    """A tar archive in ``run_dir`` holding ``config`` as ``dvrlinkd.toml``: the config disk."""
-    disk = run_dir / "config-disk.tar"
+CONFIG_DISK = "config-disk.tar"
+"""The config disk's file in the run directory."""
+
+
+def write_config_disk(target: Target, options: BootOptions, run_dir: Path) -> None:
+    """Write the config disk into ``run_dir`` if ``target`` takes its config that way."""
+    if options.config is not None and target.config_disk:
+        config_disk(options.config, run_dir / CONFIG_DISK)
+
+
+def config_disk(config: Path, disk: Path) -> Path:
+    """Write ``disk``: a tar archive holding ``config`` as ``dvrlinkd.toml``; returns ``disk``."""
     with tarfile.open(disk, "w", format=tarfile.USTAR_FORMAT) as archive:
         info = archive.gettarinfo(str(config), arcname="dvrlinkd.toml")
         info.uid = info.gid = 0
@@ -122,7 +131,7 @@ def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Pa
         *console,
     ]
     if options.config is not None and target.config_disk:
-        disk = config_disk(options.config, run_dir)
+        disk = run_dir / CONFIG_DISK  # written by write_config_disk before QEMU starts
         argv += [
             "-drive",
             f"file={disk},format=raw,if=none,id=config,readonly=on",
@@ -146,6 +155,7 @@ def run_interactive(target: Target, image: Image, options: BootOptions) -> int:
     _check_tools(target)
     with tempfile.TemporaryDirectory(prefix="dvrlink-qemu-") as run_dir:
         argv = qemu_command(target, image, options, Path(run_dir))
+        write_config_disk(target, options, Path(run_dir))
         if options.console_socket is not None:
             print(f"console on {options.console_socket} (e.g. socat - UNIX-CONNECT:{options.console_socket})")
         return subprocess.run(argv, check=False).returncode
@@ -303,6 +313,7 @@ class Guest:
         """
         _check_tools(self.target)
         argv = qemu_command(self.target, self.image, self.options, self.run_dir)
+        write_config_disk(self.target, self.options, self.run_dir)
         (self.run_dir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self.started = time.monotonic()
         stderr = (self.run_dir / "qemu.stderr").open("wb")
