@@ -55,7 +55,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("hil_last") is not None)  # stable
+    """``hil_last`` tests go right after the last other test on the rig's board (not after other
+    files' guests), so the board can be switched off before those boot."""
+    last = [item for item in items if item.get_closest_marker("hil_last")]
+    rest = [item for item in items if not item.get_closest_marker("hil_last")]
+    on_board = [n for n, item in enumerate(rest) if "board" in getattr(item, "fixturenames", ())]
+    at = on_board[-1] + 1 if on_board else len(rest)
+    items[:] = rest[:at] + last + rest[at:]
+
+
+BOARD_KEY = pytest.StashKey[Board]()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Switch the board off after the last test that uses it: other files boot their own guests,
+    and two TCG guests on a 2-core host slow each other down."""
+    board = item.config.stash.get(BOARD_KEY, None)
+    if board is None or "board" not in getattr(item, "fixturenames", ()):
+        return
+    later = item.session.items[item.session.items.index(item) + 1 :]
+    if not any("board" in getattr(other, "fixturenames", ()) for other in later):
+        board.close()
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +135,9 @@ def daemon_report(board: Board) -> str:
 
 
 @pytest.fixture(scope="session")
-def board(rig: Rig, rig_broker: HostBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
+def board(
+    rig: Rig, rig_broker: HostBroker, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Board]:
     """The rig's board, switched on, registered with ``rig_broker``, its root shell up.
 
     ``board.registered_s`` (set here) is the time from power on to the registration."""
@@ -150,6 +172,7 @@ def board(rig: Rig, rig_broker: HostBroker, tmp_path_factory: pytest.TempPathFac
         registered_s = time.monotonic() - started.powered_at
         started.ready(300.0)
         started.registered_s = registered_s
+        pytestconfig.stash[BOARD_KEY] = started
         yield started
     finally:
         started.close()
