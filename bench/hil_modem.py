@@ -138,6 +138,15 @@ def pppd_to_registered(events: list[tuple[float, str]], after: float = 0.0) -> t
     return None if up is None or done is None else (up - start, done - start)
 
 
+def guest_time(guest: Guest) -> float:
+    """The guest's clock (a systemd status line may share the console with the answer)."""
+    out = guest.console.run("date +%s.%N", 60)
+    found = re.findall(r"^\d+\.\d+$", out, re.M)
+    if not found:
+        raise ValueError(f"no time in the guest's answer to date: {out!r}")
+    return float(found[-1])
+
+
 def wait_registered(guest: Guest, after: float, timeout: float) -> None:
     script = base64.b64encode(
         (
@@ -198,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 first = pppd_to_registered(journal_times(guest))
                 print(f"guest: pppd start to registered over PPP, first call: {seconds(first)}", flush=True)
 
-                now = float(guest.console.run("date +%s.%N", 60).splitlines()[-1])
+                now = guest_time(guest)
                 rig.emulator.drop_carrier()
                 wait_registered(guest, now, BOUND)
                 again = pppd_to_registered(journal_times(guest), now)

@@ -302,7 +302,9 @@ class TestEcmGuest:
         rig.emulator.drop_carrier()
         assert rig.ecm_path.links[links:] == [False], f"ECM NIC link changes: {rig.ecm_path.links}"
         rig.emulator.wait_for_command("AT+QNETDEVCTL=1", ONLINE_BOUND, after=commands)
-        redialled = float(ecm_guest.run("date +%s.%N").splitlines()[-1])
+        stamps = re.findall(r"^\d+\.\d+$", ecm_guest.run("date +%s.%N"), re.M)
+        assert stamps, "no time in the guest's answer to date"
+        redialled = float(stamps[-1])
         assert rig.ecm_path.links[links:] == [False, True], f"ECM NIC link changes: {rig.ecm_path.links}"
         ecm_guest.wait_in_guest(
             'dvrlinkd status --json | python3 -c "import json,sys; d=json.load(sys.stdin); '
