@@ -57,15 +57,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PKGS) tests bench hil buildroot/tools
 	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil buildroot/tools
 
-# PYTEST_WORKERS=N runs the test files on N workers, each file whole on one (--dist loadfile: the
-# matrix report and the module-scoped labs need their file's tests together): 5.5-6 min instead
-# of 15-18 here with 4. Not the default yet: two tests (a TCP presence fallback and four ffprobe
-# reads through two forwards at once) failed under 4 workers, so make test runs in one process.
-PYTEST_WORKERS ?= 0
+# The suite runs its test files on PYTEST_WORKERS workers, each file whole on one (--dist
+# loadfile: the matrix report and the module-scoped labs need their file's tests together). Most
+# tests wait on processes and networks, so 3 workers on 2 cores take about 6-7 min instead of
+# 15-18 in one process; PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 3
 pytest: $(STAMP) $(SYSSTAMP)
 	$(VENV)/bin/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
-test: lint typecheck pytest
+# make test: lint, types, the suite, then the QEMU arm64 rig's core scenarios (hil-arm64, below).
+test: lint typecheck pytest hil-arm64
 
 demo: $(STAMP)
 	$(PY) -m hil.demo
