@@ -4,9 +4,10 @@ viewer NAT cell of the NAT lab, once each, with the hard invariants asserted per
 One lab and one broker serve every cell (``Lab.reconfigure``); each cell starts its own
 ``dvrlinkd`` and ``dvrlink forward``. The waits are bounded per cell (``hil.matrix.quick_plan``):
 cells where a direct path is predicted, and symmetric × symmetric, wait until the path is final
-(direct, or the device's ICE checks gave up); the others look 1 s after the first byte. ``make matrix`` runs the full set (LAN and the 3G/GPRS subset, every path
-waited for, median of 5) and rewrites ``docs/connectivity.md``; this suite writes its report
-to a temporary directory and prints the table.
+(direct, or the device's ICE checks gave up); the others look 1 s after the first byte.
+``make matrix`` runs the full set (LAN and the 3G/GPRS subset, every path waited for, median
+of 5) and rewrites ``docs/connectivity.md``; this suite writes its report to a temporary
+directory and prints the table.
 
 No assertion here is about time: the "first byte within 2 s on LAN" target is judged in the report.
 """
