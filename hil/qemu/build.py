@@ -110,6 +110,7 @@ def base_packages(target: Target) -> tuple[str, ...]:
 PACKAGE_INSTALLS: tuple[tuple[Path, str, int], ...] = (
     (REPO / "systemd/dvrlinkd.service", "usr/lib/systemd/system/dvrlinkd.service", 0o644),
     (REPO / "systemd/dvrlink.sysusers.conf", "usr/lib/sysusers.d/dvrlink.conf", 0o644),
+    (REPO / "systemd/dvrlinkd-pppd.conf", "usr/share/dvrlink/dvrlinkd-pppd.conf", 0o644),
     (PACKAGE_DIR / "50-dvrlink.preset", "usr/lib/systemd/system-preset/50-dvrlink.preset", 0o644),
     (REPO / "daemon/dvrlinkd.example.toml", "usr/share/dvrlink/dvrlinkd.example.toml", 0o644),
     (REPO / "daemon/dvrlinkd.example.toml", "etc/dvrlink/dvrlinkd.toml", 0o644),
@@ -221,6 +222,7 @@ def product_files() -> list[Path]:
     files = [
         REPO / "systemd/dvrlinkd.service",
         REPO / "systemd/dvrlink.sysusers.conf",
+        REPO / "systemd/dvrlinkd-pppd.conf",
         REPO / "daemon/dvrlinkd.example.toml",
     ]
     return [f for f in files if f.is_file()] + _files_under(BOARD_DIR) + _files_under(PACKAGE_DIR)

@@ -62,23 +62,11 @@ MODEM_PCI_SLOT = 0x11
 GUEST_MODEM_PORT = "/dev/ttyS0"
 """The ``pci-serial`` port in the arm64 guest: the first 8250 port (the board console is the PL011)."""
 GUEST_UDHCPC_SCRIPT = "/etc/dvrlink-hil/udhcpc.script"
-DROP_IN_PATH = "/etc/systemd/system/dvrlinkd.service.d/hil-pppd.conf"
+DROP_IN_PATH = "/etc/systemd/system/dvrlinkd.service.d/pppd.conf"
 
-PPPD_DROP_IN = """\
-# dvrlink QEMU rig: pppd runs as root. A setuid pppd started by the unprivileged daemon reads the
-# daemon's options file as the user's, and refuses its privileged options (noauth).
-[Service]
-User=root
-Group=root
-NoNewPrivileges=no
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE
-CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_KILL CAP_SYS_TTY_CONFIG
-SystemCallFilter=
-ReadWritePaths=/run /var/lock
-# systemd mounts /run noexec; pppd runs the daemon's connect and ip-up scripts from /run/dvrlink/ppp.
-ExecPaths=/run/dvrlink
-"""
-"""The systemd drop-in the guest needs for pppd (docs/operating.md, "Permissions")."""
+IMAGE_DROP_IN = "/usr/share/dvrlink/dvrlinkd-pppd.conf"
+"""Where the image holds the product's drop-in for a PPP modem (systemd/dvrlinkd-pppd.conf;
+docs/operating.md, "Permissions"); the rig installs it on the guest's console."""
 
 UDHCPC_SCRIPT = """\
 #!/bin/sh
@@ -100,12 +88,13 @@ def guest_setup(*, pppd_as_root: bool = True) -> str:
     daemon afterwards (``systemctl restart --no-block dvrlinkd``: a plain restart waits for its
     first registration)."""
     files = {GUEST_UDHCPC_SCRIPT: UDHCPC_SCRIPT}
-    if pppd_as_root:
-        files[DROP_IN_PATH] = PPPD_DROP_IN
     steps = []
     for path, text in files.items():
         data = base64.b64encode(text.encode()).decode()
         steps.append(f"mkdir -p {Path(path).parent} && echo {data} | base64 -d > {path}")
+    if pppd_as_root:
+        # The image's own copy of the product's drop-in, installed as the docs tell an installer.
+        steps.append(f"install -D -m 0644 {IMAGE_DROP_IN} {DROP_IN_PATH}")
     steps.append(f"chmod 0755 {GUEST_UDHCPC_SCRIPT}")
     steps.append("systemctl daemon-reload")
     return " && ".join(steps)

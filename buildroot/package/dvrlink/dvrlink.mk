@@ -60,6 +60,8 @@ define DVRLINK_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/dvrlinkd.service
 	$(INSTALL) -D -m 0644 $(@D)/systemd/dvrlink.sysusers.conf \
 		$(TARGET_DIR)/usr/lib/sysusers.d/dvrlink.conf
+	$(INSTALL) -D -m 0644 $(@D)/systemd/dvrlinkd-pppd.conf \
+		$(TARGET_DIR)/usr/share/dvrlink/dvrlinkd-pppd.conf
 	$(INSTALL) -D -m 0644 $(DVRLINK_PKGDIR)/50-dvrlink.preset \
 		$(TARGET_DIR)/usr/lib/systemd/system-preset/50-dvrlink.preset
 endef
