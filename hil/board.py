@@ -221,6 +221,21 @@ class SerialShell:
                 port.close()
 
 
+def status_document(text: str) -> dict[str, object]:
+    """What ``dvrlinkd status --json`` printed on a board's shell, as a JSON object.
+
+    Raises:
+        AssertionError: it printed no JSON object (quoted).
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
+    if not isinstance(doc, dict):
+        raise AssertionError(f"dvrlinkd status --json printed no object:\n{text}")
+    return doc
+
+
 @dataclass
 class Board:
     """A switched-on board: see the module docstring."""
@@ -265,14 +280,7 @@ class Board:
         Raises:
             AssertionError: it printed no JSON object (quoted).
         """
-        text = self.run("dvrlinkd status --json")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
-        if not isinstance(doc, dict):
-            raise AssertionError(f"dvrlinkd status --json printed no object:\n{text}")
-        return doc
+        return status_document(self.run("dvrlinkd status --json"))
 
     def close(self) -> None:
         """Stop what the rig started (QEMU, open ports); a bench board stays on."""

@@ -87,22 +87,28 @@ class HostBroker:
     state_dir: Path
 
     @classmethod
-    def start(cls, state_dir: Path, timeout: float = 60.0) -> HostBroker:
-        """Start ``dvrlink-broker serve`` on all addresses with free ports; wait until it is ready.
+    def start(
+        cls,
+        state_dir: Path,
+        timeout: float = 60.0,
+        *,
+        netns: str | None = None,
+        loopback_peers: bool = True,
+    ) -> HostBroker:
+        """Start ``dvrlink-broker serve`` on all addresses with free ports (inside network
+        namespace ``netns`` when given); wait until it is ready.
 
-        Its TURN relay may relay to loopback peers: QEMU's user network hands the guest's packets
-        to the host's loopback, so a guest's relayed peer address is 127.0.0.1.
+        With ``loopback_peers`` its TURN relay may relay to loopback peers: QEMU's user network
+        hands the guest's packets to the host's loopback, so a guest's relayed peer address is
+        127.0.0.1.
 
         Raises:
             TimeoutError: it did not report ready within ``timeout`` s (it is stopped).
         """
-        argv = [
-            str(BIN / "dvrlink-broker"),
-            "serve",
-            "--state-dir",
-            str(state_dir),
-            "--turn-allow-loopback-peers",
-        ]
+        argv = ["ip", "netns", "exec", netns] if netns is not None else []
+        argv += [str(BIN / "dvrlink-broker"), "serve", "--state-dir", str(state_dir)]
+        if loopback_peers:
+            argv.append("--turn-allow-loopback-peers")
         for option in ("--udp-port", "--https-port", "--turn-port", "--presence-tcp-port"):
             argv += [option, "0"]
         process = LoggedProcess(argv, state_dir / "broker.log")

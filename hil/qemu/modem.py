@@ -37,13 +37,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvrlink.broker.state import read_info
 from hil.modememu.emulator import ModemEmulator
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PppDataPath, TunCarrier
 from hil.modememu.ppp_server import PppServerConfig
 from hil.netlab.lab import NetlabError, _batch, _run, _sysctl, _veth, add_namespace, down, new_prefix
-from hil.qemu.host import BIN, HostBroker, LoggedProcess
+from hil.qemu.host import HostBroker
 from hil.qemu.rigconfig import Value, with_values
 
 log = logging.getLogger(__name__)
@@ -186,17 +185,7 @@ class CarrierNamespace:
         Raises:
             TimeoutError: it did not say it is ready within ``timeout`` s (it is stopped).
         """
-        argv = ["ip", "netns", "exec", self.inet, str(BIN / "dvrlink-broker"), "serve"]
-        argv += ["--state-dir", str(state_dir)]
-        for option in ("--udp-port", "--https-port", "--turn-port", "--presence-tcp-port"):
-            argv += [option, "0"]
-        process = LoggedProcess(argv, state_dir / "broker.log")
-        try:
-            process.wait_for("dvrlink-broker ready", timeout)
-        except TimeoutError:
-            process.stop()
-            raise
-        return HostBroker(process, read_info(state_dir), state_dir)
+        return HostBroker.start(state_dir, timeout, netns=self.inet, loopback_peers=False)
 
 
 class EcmNic:

@@ -15,7 +15,6 @@ registered.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.protocol.identity import b64encode_key
+from hil.board import status_document
 from hil.loopback import Viewer, add_user, start_forward
 from hil.qemu.boot import PROMPT, BootOptions, Guest
 from hil.qemu.build import BOARD_DIR, Image, build
@@ -89,13 +89,7 @@ class Booted:
         return self.guest.console.run(command, timeout=timeout)
 
     def status(self) -> dict[str, object]:
-        text = self.run("dvrlinkd status --json")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
-        assert isinstance(doc, dict), text
-        return doc
+        return status_document(self.run("dvrlinkd status --json"))
 
     def daemon_pid(self) -> str:
         """dvrlinkd's pid, which must be a child of the S95dvrlinkd supervisor."""

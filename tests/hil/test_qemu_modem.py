@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import re
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.protocol.identity import b64encode_key
+from hil.board import status_document
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PPP_POOL
 from hil.modememu.ppp_server import Authenticated, LinkOpened, NetworkOpened
@@ -67,13 +67,7 @@ class ModemGuest:
         return self.guest.console.run(command, timeout=timeout)
 
     def status(self) -> dict[str, object]:
-        text = self.run("dvrlinkd status --json")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise AssertionError(f"dvrlinkd status --json printed no JSON:\n{text}") from None
-        assert isinstance(doc, dict), text
-        return doc
+        return status_document(self.run("dvrlinkd status --json"))
 
     def modem(self) -> dict[str, object]:
         block = self.status().get("modem")
