@@ -47,7 +47,7 @@ from hil.modememu.ppp_server import (
     PppServer,
     PppServerConfig,
 )
-from hil.netlab.lab import NetlabError, _batch, _run
+from hil.netlab.lab import NetlabError, ip_batch, run_command
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,9 @@ class TunCarrier:
             answer = fcntl.ioctl(fd, TUNSETIFF, request)
             made = answer[:16].rstrip(b"\0").decode()
             name = f"{self.name_prefix}{index}"[:15]
-            _run(["ip", "link", "set", made, "netns", self.namespace])
+            run_command(["ip", "link", "set", made, "netns", self.namespace])
             setup = [f"link set {made} name {name}", f"addr add {local} peer {peer}/32 dev {name}"]
-            _batch(self.namespace, [*setup, f"link set {name} up"])
+            ip_batch(self.namespace, [*setup, f"link set {name} up"])
         except BaseException:
             os.close(fd)
             raise

@@ -30,12 +30,12 @@ from hil.netlab.lab import (
     PREFIX_PATTERN,
     Lab,
     NetlabError,
-    _batch,
-    _run,
-    _sysctl,
-    _veth,
     add_namespace,
+    add_veth,
+    ip_batch,
     namespaces,
+    run_command,
+    set_sysctl,
 )
 from hil.netlab.nat import NatType
 
@@ -143,7 +143,7 @@ class Carrier:
                 f"no lab with prefix {prefix!r} (namespace {prefix}dev-cgn or {prefix}dev-nat): "
                 f"build one first, e.g. python -m hil.netlab up cgnat --broker"
             )
-        out = _run(["ip", "-n", uplink, "-4", "-o", "addr", "show", "dev", "wan0"])
+        out = run_command(["ip", "-n", uplink, "-4", "-o", "addr", "show", "dev", "wan0"])
         public = out.split()[3].split("/")[0] if len(out.split()) > 3 else "?"
         return cls(prefix, uplink, public)
 
@@ -156,12 +156,13 @@ class Carrier:
         nat_end, carrier_end = (str(a) for a in UPLINK_NET.hosts())
         try:
             self._add_ns(self.ns)
-            _veth(self.uplink_ns, "pgw0", self.ns, "up0")
-            _batch(self.uplink_ns, [f"addr add {nat_end}/{UPLINK_NET.prefixlen} dev pgw0", "link set pgw0 up",
-                                    f"route add {POOL} via {carrier_end} dev pgw0"])  # fmt: skip
-            _batch(self.ns, [f"addr add {carrier_end}/{UPLINK_NET.prefixlen} dev up0", "link set up0 up",
-                             f"route add default via {nat_end}"])  # fmt: skip
-            _sysctl(self.ns, {"net.ipv4.ip_forward": 1})
+            add_veth(self.uplink_ns, "pgw0", self.ns, "up0")
+            prefix = UPLINK_NET.prefixlen
+            ip_batch(self.uplink_ns, [f"addr add {nat_end}/{prefix} dev pgw0", "link set pgw0 up",
+                                      f"route add {POOL} via {carrier_end} dev pgw0"])  # fmt: skip
+            ip_batch(self.ns, [f"addr add {carrier_end}/{prefix} dev up0", "link set up0 up",
+                               f"route add default via {nat_end}"])  # fmt: skip
+            set_sysctl(self.ns, {"net.ipv4.ip_forward": 1})
         except BaseException:
             self.close()
             raise
@@ -196,11 +197,11 @@ class Carrier:
             subnet = ipaddress.IPv4Network((int(POOL.network_address) + offset, 30))
             router, address = (str(a) for a in subnet.hosts())
             carrier_if = f"pdp{index}"
-            _veth(device_ns, interface, self.ns, carrier_if)
+            add_veth(device_ns, interface, self.ns, carrier_if)
             try:
-                _batch(self.ns, [f"addr add {router}/30 dev {carrier_if}", f"link set {carrier_if} up"])
+                ip_batch(self.ns, [f"addr add {router}/30 dev {carrier_if}", f"link set {carrier_if} up"])
             except NetlabError:
-                _run(["ip", "-n", self.ns, "link", "del", carrier_if], check=False)
+                run_command(["ip", "-n", self.ns, "link", "del", carrier_if], check=False)
                 raise
             lease = Lease(interface, address, router, 30)
             self._calls[(device_ns, interface)] = _Call(carrier_if, lease)
@@ -212,7 +213,7 @@ class Carrier:
             call = self._calls.pop((device_ns, interface), None)
             if call is None:
                 return False
-            _run(["ip", "-n", self.ns, "link", "del", call.carrier_if], check=False)
+            run_command(["ip", "-n", self.ns, "link", "del", call.carrier_if], check=False)
             return True
 
     def calls(self) -> dict[tuple[str, str], Lease]:
@@ -236,10 +237,10 @@ class Carrier:
             for ns in reversed(self._owned):
                 if ns not in present:
                     continue
-                for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+                for pid in run_command(["ip", "netns", "pids", ns], check=False).split():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-                _run(["ip", "netns", "del", ns], check=False)
+                run_command(["ip", "netns", "del", ns], check=False)
             self._owned.clear()
 
     def __enter__(self) -> Carrier:

@@ -77,7 +77,7 @@ def new_prefix() -> str:
     return f"dlt{secrets.token_hex(3)}-"
 
 
-def _run(argv: Sequence[str], input_text: str | None = None, check: bool = True) -> str:
+def run_command(argv: Sequence[str], input_text: str | None = None, check: bool = True) -> str:
     proc = subprocess.run(
         list(argv), input=input_text, capture_output=True, text=True, timeout=30, check=False
     )
@@ -90,7 +90,7 @@ def _run(argv: Sequence[str], input_text: str | None = None, check: bool = True)
 
 def namespaces() -> list[str]:
     """Every network namespace name on the host."""
-    out = _run(["ip", "netns", "list"], check=False)
+    out = run_command(["ip", "netns", "list"], check=False)
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -104,8 +104,8 @@ def add_namespace(ns: str, prefix: str) -> None:
         raise NetlabError(
             f"namespace {ns} exists already; remove it with: python -m hil.netlab down --prefix {prefix}"
         )
-    _run(["ip", "netns", "add", ns])
-    _batch(ns, ["link set lo up"])
+    run_command(["ip", "netns", "add", ns])
+    ip_batch(ns, ["link set lo up"])
 
 
 def lab_prefixes() -> list[str]:
@@ -125,12 +125,12 @@ def down(prefix: str) -> list[str]:
         raise ValueError(f"{prefix!r} is not a lab prefix; use dl- or dlt<6 hex digits>-")
     names = [name for name in namespaces() if name.startswith(prefix)]
     for name in names:
-        pids = [int(p) for p in _run(["ip", "netns", "pids", name], check=False).split()]
+        pids = [int(p) for p in run_command(["ip", "netns", "pids", name], check=False).split()]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for name in names:
-        _run(["ip", "netns", "del", name], check=False)
+        run_command(["ip", "netns", "del", name], check=False)
     return names
 
 
@@ -272,7 +272,7 @@ class Lab:
         mappings keep their current deadline until their next packet."""
         stream = stream_seconds if stream_seconds is not None else seconds
         for ns in self.nat_namespaces(side):
-            _sysctl(
+            set_sysctl(
                 ns,
                 {
                     "net.netfilter.nf_conntrack_udp_timeout": seconds,
@@ -285,12 +285,12 @@ class Lab:
     def set_tcp_timeout(self, side: str, seconds: int) -> None:
         """Set ``nf_conntrack_tcp_timeout_established`` on every NAT layer of ``side``."""
         for ns in self.nat_namespaces(side):
-            _sysctl(ns, {"net.netfilter.nf_conntrack_tcp_timeout_established": seconds})
+            set_sysctl(ns, {"net.netfilter.nf_conntrack_tcp_timeout_established": seconds})
 
     def udp_timeouts(self, side: str) -> tuple[int, int]:
         """(udp_timeout, udp_timeout_stream) of the side's outermost NAT."""
         ns = self.nat_ns(side)
-        out = _run(
+        out = run_command(
             ["ip", "netns", "exec", ns, "sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout",
              "net.netfilter.nf_conntrack_udp_timeout_stream"]
         )  # fmt: skip
@@ -301,11 +301,11 @@ class Lab:
         """Forget every mapping of the side's NATs (``conntrack -F``), as a NAT rebinding does.
         Port-preserving NATs (the cone types) map the next packet to the same port again."""
         for ns in self.nat_namespaces(side):
-            _run(["ip", "netns", "exec", ns, "conntrack", "-F"], check=False)  # exits 1 if empty
+            run_command(["ip", "netns", "exec", ns, "conntrack", "-F"], check=False)  # exits 1 if empty
 
     def conntrack(self, side: str) -> str:
         """``conntrack -L`` of the side's outermost NAT."""
-        return _run(["ip", "netns", "exec", self.nat_ns(side), "conntrack", "-L"], check=False)
+        return run_command(["ip", "netns", "exec", self.nat_ns(side), "conntrack", "-L"], check=False)
 
     def block_udp(self, side: str, on: bool = True) -> None:
         """Drop (``on``) or pass again all UDP through the side's outermost gateway."""
@@ -335,9 +335,9 @@ class Lab:
         for ns, dev, direction in ((s.gateways[-1], "wan0", "up"), (self.inet_ns, s.router_if, "down")):
             args = chosen.netem_args(direction) if self.netem else chosen.tbf_args(direction)
             if args:
-                _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *args])
+                run_command(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *args])
             else:
-                _run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
+                run_command(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
         if not self.netem:
             _iptables(s.gateways[-1], ["-F", LOSS_CHAIN])
             if chosen.loss_percent:
@@ -351,7 +351,7 @@ class Lab:
 
     def qdisc(self, side: str) -> str:
         """``tc qdisc show`` of the side's uplink (NAT side)."""
-        return _run(["tc", "-n", self.nat_ns(side), "qdisc", "show", "dev", "wan0"])
+        return run_command(["tc", "-n", self.nat_ns(side), "qdisc", "show", "dev", "wan0"])
 
     def reconfigure(self, device_nat: NatType | str, viewer_nat: NatType | str) -> None:
         """Rebuild both sides with other NAT types; the internet, broker and their processes stay.
@@ -373,24 +373,24 @@ class Lab:
         try:
             for ns in (self.inet_ns, self.broker_ns, *([self.turn_ns] if self.turn_ns else [])):
                 self._add_ns(ns)
-            _sysctl(self.inet_ns, {"net.ipv4.ip_forward": 1})
+            set_sysctl(self.inet_ns, {"net.ipv4.ip_forward": 1})
             if self.netem is None:
                 probe = ["tc", "-n", self.inet_ns, "qdisc", "add", "dev", "lo", "root", "netem"]
                 self.netem = (
                     subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0
                 )
-                _run(["tc", "-n", self.inet_ns, "qdisc", "del", "dev", "lo", "root"], check=False)
-            _veth(self.inet_ns, "to-broker", self.broker_ns, "eth0")
-            _batch(self.inet_ns, ["addr add 203.0.113.1/24 dev to-broker", "link set to-broker up"])
-            _batch(
+                run_command(["tc", "-n", self.inet_ns, "qdisc", "del", "dev", "lo", "root"], check=False)
+            add_veth(self.inet_ns, "to-broker", self.broker_ns, "eth0")
+            ip_batch(self.inet_ns, ["addr add 203.0.113.1/24 dev to-broker", "link set to-broker up"])
+            ip_batch(
                 self.broker_ns,
                 [f"addr add {a}/24 dev eth0" for a in BROKER_ADDRS]
                 + ["link set eth0 up", "route add default via 203.0.113.1"],
             )
             if self.turn_ns:
-                _veth(self.inet_ns, "to-turn", self.turn_ns, "eth0")
-                _batch(self.inet_ns, ["addr add 192.0.2.1/24 dev to-turn", "link set to-turn up"])
-                _batch(self.turn_ns, [f"addr add {TURN_ADDR}/24 dev eth0", "link set eth0 up",
+                add_veth(self.inet_ns, "to-turn", self.turn_ns, "eth0")
+                ip_batch(self.inet_ns, ["addr add 192.0.2.1/24 dev to-turn", "link set to-turn up"])
+                ip_batch(self.turn_ns, [f"addr add {TURN_ADDR}/24 dev eth0", "link set eth0 up",
                                       "route add default via 192.0.2.1"])  # fmt: skip
             self._build_sides()
         except BaseException:
@@ -412,10 +412,10 @@ class Lab:
         self._procs.clear()
         down_names = [ns for ns in self._owned if ns in set(namespaces())]
         for ns in down_names:
-            for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+            for pid in run_command(["ip", "netns", "pids", ns], check=False).split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-            _run(["ip", "netns", "del", ns], check=False)
+            run_command(["ip", "netns", "del", ns], check=False)
         self._owned.clear()
         self.sides.clear()
 
@@ -457,16 +457,16 @@ class Lab:
         # A deleted namespace is destroyed in the background, and its veths with it; delete the
         # router's ends now so the names are free for the new sides.
         for router_if in {s.router_if for s in self.sides.values()}:
-            _run(["ip", "-n", self.inet_ns, "link", "del", router_if], check=False)
+            run_command(["ip", "-n", self.inet_ns, "link", "del", router_if], check=False)
         for ns in gone:
-            for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+            for pid in run_command(["ip", "netns", "pids", ns], check=False).split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-            _run(["ip", "netns", "del", ns], check=False)
+            run_command(["ip", "netns", "del", ns], check=False)
         self._owned = [ns for ns in self._owned if ns not in gone]
         # The router's side of each veth went with its peer; drop the routes to public hosts.
         for net in ("198.51.100.128/26", "198.51.100.192/26"):
-            _run(["ip", "-n", self.inet_ns, "route", "del", net], check=False)
+            run_command(["ip", "-n", self.inet_ns, "route", "del", net], check=False)
         self.sides.clear()
 
     def _build_sides(self) -> None:
@@ -504,11 +504,11 @@ class Lab:
             outer = f"{self.prefix}{short}-cgn"
             self._add_ns(outer)
             gateways.append(outer)
-        _veth(self.inet_ns, router_if, outer, "wan0")
-        _batch(
+        add_veth(self.inet_ns, router_if, outer, "wan0")
+        ip_batch(
             self.inet_ns, [f"addr add 198.51.100.{base + 1}/26 dev {router_if}", f"link set {router_if} up"]
         )
-        _batch(
+        ip_batch(
             outer,
             [
                 f"addr add {wan}/26 dev wan0",
@@ -516,15 +516,15 @@ class Lab:
                 f"route add default via 198.51.100.{base + 1}",
             ],
         )
-        _veth(gw, "lan0", host, "eth0")
+        add_veth(gw, "lan0", host, "eth0")
         if nat is NatType.PUBLIC:
             public_net = f"198.51.100.{base + 128}"
             gw_lan, host_addr, prefix_len = f"198.51.100.{base + 129}", f"198.51.100.{base + 130}", 26
-            _run(["ip", "-n", self.inet_ns, "route", "replace", f"{public_net}/26", "via", wan])
+            run_command(["ip", "-n", self.inet_ns, "route", "replace", f"{public_net}/26", "via", wan])
         else:
             gw_lan, host_addr, prefix_len = f"192.168.{index + 1}.1", f"192.168.{index + 1}.2", 24
-        _batch(gw, [f"addr add {gw_lan}/{prefix_len} dev lan0", "link set lan0 up"])
-        _batch(
+        ip_batch(gw, [f"addr add {gw_lan}/{prefix_len} dev lan0", "link set lan0 up"])
+        ip_batch(
             host,
             [
                 f"addr add {host_addr}/{prefix_len} dev eth0",
@@ -534,8 +534,8 @@ class Lab:
         )
         if nat is NatType.CGNAT:
             carrier_lan, home_wan = f"100.64.{index + 1}.1", f"100.64.{index + 1}.2"
-            _veth(gw, "wan0", outer, "lan0")
-            _batch(
+            add_veth(gw, "wan0", outer, "lan0")
+            ip_batch(
                 gw,
                 [
                     f"addr add {home_wan}/24 dev wan0",
@@ -543,7 +543,7 @@ class Lab:
                     f"route add default via {carrier_lan}",
                 ],
             )
-            _batch(outer, [f"addr add {carrier_lan}/24 dev lan0", "link set lan0 up"])
+            ip_batch(outer, [f"addr add {carrier_lan}/24 dev lan0", "link set lan0 up"])
             self._configure_nat(
                 gw, NatType.PORT_RESTRICTED_CONE, NatSite(home_wan, (host_addr,), f"192.168.{index + 1}.0/24")
             )
@@ -560,9 +560,9 @@ class Lab:
         for ns in (gw, *hosts.values()):
             self._add_ns(ns)
         wan = "198.51.100.2"
-        _veth(self.inet_ns, "to-dev", gw, "wan0")
-        _batch(self.inet_ns, ["addr add 198.51.100.1/26 dev to-dev", "link set to-dev up"])
-        _batch(
+        add_veth(self.inet_ns, "to-dev", gw, "wan0")
+        ip_batch(self.inet_ns, ["addr add 198.51.100.1/26 dev to-dev", "link set to-dev up"])
+        ip_batch(
             gw,
             [
                 f"addr add {wan}/26 dev wan0",
@@ -577,9 +577,9 @@ class Lab:
         ranges = {"device": HAIRPIN_DEVICE_PORTS, "viewer": HAIRPIN_VIEWER_PORTS}
         for name, host in hosts.items():
             port = f"lan-{name[:4]}"
-            _veth(gw, port, host, "eth0")
-            _batch(gw, [f"link set {port} master lan0", f"link set {port} up"])
-            _batch(
+            add_veth(gw, port, host, "eth0")
+            ip_batch(gw, [f"link set {port} master lan0", f"link set {port} up"])
+            ip_batch(
                 host,
                 [
                     f"addr add {addrs[name]}/24 dev eth0",
@@ -589,10 +589,10 @@ class Lab:
             )
             low, high = ranges[name]
             # Each host's ephemeral ports are set apart, so an outer port names its inner host.
-            _sysctl(host, {"net.ipv4.ip_local_port_range": f"{low} {high}"})
+            set_sysctl(host, {"net.ipv4.ip_local_port_range": f"{low} {high}"})
         # br_netfilter (per namespace) would bridge the hairpinned packet straight back out of
         # the port it came in on, where the bridge drops it: route it instead.
-        _sysctl(gw, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")})
+        set_sysctl(gw, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")})
         self._configure_nat(
             gw, NatType.HAIRPIN, NatSite(wan, (addrs["device"], addrs["viewer"]), "192.168.1.0/24")
         )
@@ -600,9 +600,9 @@ class Lab:
             self.sides[name] = Side(name, NatType.HAIRPIN, host, addrs[name], (gw,), wan, "to-dev", link)
 
     def _configure_nat(self, ns: str, nat: NatType, site: NatSite) -> None:
-        _sysctl(ns, {"net.ipv4.ip_forward": 1})
+        set_sysctl(ns, {"net.ipv4.ip_forward": 1})
         seconds = max(self.udp_timeout or 30, self.udp_stream_timeout or 120)
-        _run(
+        run_command(
             ["ip", "netns", "exec", ns, "iptables-restore"], input_text=rules(nat, site, adf_seconds=seconds)
         )
 
@@ -620,21 +620,23 @@ def _check_pair(device: NatType, viewer: NatType) -> None:
         raise ValueError("hairpin puts the device and the viewer behind one NAT: give hairpin for both sides")
 
 
-def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+def add_veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
     # Created directly inside the namespaces: the host's own interface names are never touched.
-    _run(["ip", "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b])
+    run_command(
+        ["ip", "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b]
+    )
 
 
-def _batch(ns: str, lines: Sequence[str]) -> None:
-    _run(["ip", "-n", ns, "-batch", "-"], input_text="\n".join(lines) + "\n")
+def ip_batch(ns: str, lines: Sequence[str]) -> None:
+    run_command(["ip", "-n", ns, "-batch", "-"], input_text="\n".join(lines) + "\n")
 
 
-def _sysctl(ns: str, values: dict[str, object]) -> None:
-    _run(["ip", "netns", "exec", ns, "sysctl", "-qw", *(f"{k}={v}" for k, v in values.items())])
+def set_sysctl(ns: str, values: dict[str, object]) -> None:
+    run_command(["ip", "netns", "exec", ns, "sysctl", "-qw", *(f"{k}={v}" for k, v in values.items())])
 
 
 def _iptables(ns: str, args: Sequence[str]) -> None:
-    _run(["ip", "netns", "exec", ns, "iptables", *args])
+    run_command(["ip", "netns", "exec", ns, "iptables", *args])
 
 
 @contextlib.contextmanager

@@ -41,7 +41,16 @@ from hil.modememu.emulator import ModemEmulator
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PppDataPath, TunCarrier
 from hil.modememu.ppp_server import PppServerConfig
-from hil.netlab.lab import NetlabError, _batch, _run, _sysctl, _veth, add_namespace, down, new_prefix
+from hil.netlab.lab import (
+    NetlabError,
+    add_namespace,
+    add_veth,
+    down,
+    ip_batch,
+    new_prefix,
+    run_command,
+    set_sysctl,
+)
 from hil.qemu.host import HostBroker
 from hil.qemu.rigconfig import Value, with_values
 
@@ -165,11 +174,11 @@ class CarrierNamespace:
         gateway = ipaddress.IPv4Address(BROKER_ADDRESS) - 9
         add_namespace(self.name, self.prefix)
         add_namespace(self.inet, self.prefix)
-        _veth(self.name, "inet0", self.inet, "eth0")
-        _batch(self.name, [f"addr add {gateway}/24 dev inet0", "link set inet0 up"])
-        _batch(self.inet, [f"addr add {BROKER_ADDRESS}/24 dev eth0", "link set eth0 up",
+        add_veth(self.name, "inet0", self.inet, "eth0")
+        ip_batch(self.name, [f"addr add {gateway}/24 dev inet0", "link set inet0 up"])
+        ip_batch(self.inet, [f"addr add {BROKER_ADDRESS}/24 dev eth0", "link set eth0 up",
                            f"route add default via {gateway}"])  # fmt: skip
-        _sysctl(self.name, {"net.ipv4.ip_forward": 1})
+        set_sysctl(self.name, {"net.ipv4.ip_forward": 1})
 
     def close(self) -> None:
         """Remove both namespaces, killing what runs inside."""
@@ -177,7 +186,7 @@ class CarrierNamespace:
 
     def run(self, argv: Sequence[str], namespace: str | None = None) -> str:
         """Run a command in the carrier (or ``namespace``); its stdout. Raises NetlabError."""
-        return _run(["ip", "netns", "exec", namespace or self.name, *argv])
+        return run_command(["ip", "netns", "exec", namespace or self.name, *argv])
 
     def start_broker(self, state_dir: Path, timeout: float = 120.0) -> HostBroker:
         """``dvrlink-broker serve`` in the inet namespace (all addresses, free ports), ready.
@@ -200,7 +209,7 @@ class EcmNic:
 
     def create(self) -> None:
         """The tap in the host's namespace, for QEMU to open by name. Raises NetlabError."""
-        _run(["ip", "tuntap", "add", "dev", self.tap, "mode", "tap"])
+        run_command(["ip", "tuntap", "add", "dev", self.tap, "mode", "tap"])
 
     def qemu_args(self) -> list[str]:
         return [
@@ -216,9 +225,9 @@ class EcmNic:
         Raises:
             NetlabError: an ``ip`` command failed; OSError: busybox is missing.
         """
-        _run(["ip", "link", "set", self.tap, "netns", self.carrier.name])
+        run_command(["ip", "link", "set", self.tap, "netns", self.carrier.name])
         carrier_addr = ECM_NET.network_address + 1
-        _batch(
+        ip_batch(
             self.carrier.name,
             [f"addr add {carrier_addr}/{ECM_NET.prefixlen} dev {self.tap}", f"link set {self.tap} up"],
         )
@@ -247,7 +256,7 @@ class EcmNic:
             except subprocess.TimeoutExpired:
                 self.dhcpd.kill()
                 self.dhcpd.wait(10)
-        _run(["ip", "link", "del", self.tap], check=False)
+        run_command(["ip", "link", "del", self.tap], check=False)
 
 
 @dataclass
