@@ -30,13 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from dvrlink.protocol.identity import b64encode_key
 from hil.modememu.emulator import ModemEmulator
 from hil.modememu.model import SimCard
-from hil.qemu.boot import BootOptions, Guest
+from hil.qemu.boot import Guest
 from hil.qemu.build import build
-from hil.qemu.modem import GUEST_MODEM_PORT, GuestModem, guest_cmdline, guest_setup, modem_config
-from hil.qemu.rigconfig import image_config_path
+from hil.qemu.modem import GUEST_MODEM_PORT, GuestModem, boot_modem_guest
 from hil.qemu.targets import target
 
 SERIAL = "DL-QEMU-BENCH"
@@ -179,30 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = Path(tmp)
         with GuestModem(run_dir, PROFILE, SIM) as rig:
             assert rig.broker is not None
-            info = rig.broker.info
-            config = run_dir / "dvrlinkd.toml"
-            config.write_text(
-                modem_config(
-                    image_config_path().read_text(),
-                    serial=SERIAL,
-                    broker_port=info.udp_port,
-                    broker_key_b64=b64encode_key(info.public_key),
-                    profile=PROFILE,
-                    data_link="ppp",
-                )
+            guest = boot_modem_guest(
+                arm64,
+                image,
+                run_dir,
+                rig,
+                serial=SERIAL,
+                profile=PROFILE,
+                data_link="ppp",
+                boot_timeout=BOUND,
             )
-            options = BootOptions(
-                mem_mb=arm64.default_mem_mb,
-                config=config,
-                extra_args=tuple(rig.qemu_args()),
-                extra_cmdline=guest_cmdline(),
-            )
-            guest = Guest(arm64, image, options, run_dir)
-            guest.start()
             try:
-                rig.guest_started(guest.monitor)
-                guest.login(BOUND)
-                guest.console.run(f"{guest_setup()} && systemctl restart --no-block dvrlinkd", 180)
                 rig.broker.process.wait_for(rf"serial {SERIAL} bound to key .* on first registration", BOUND)
                 first = pppd_to_registered(journal_times(guest))
                 print(f"guest: pppd start to registered over PPP, first call: {seconds(first)}", flush=True)

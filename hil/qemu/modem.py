@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dvrlink.protocol.identity import b64encode_key
 from hil.modememu.emulator import ModemEmulator
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PppDataPath, TunCarrier
@@ -51,8 +52,11 @@ from hil.netlab.lab import (
     run_command,
     set_sysctl,
 )
+from hil.qemu.boot import BootError, BootOptions, Guest
+from hil.qemu.build import Image
 from hil.qemu.host import HostBroker
-from hil.qemu.rigconfig import Value, with_values
+from hil.qemu.rigconfig import Value, image_config_path, with_values
+from hil.qemu.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +406,59 @@ class GuestModem:
     def carrier_routes(self) -> str:
         """``ip route`` in the carrier namespace (for failure messages)."""
         return self.carrier.run(["ip", "-4", "route"])
+
+
+def boot_modem_guest(
+    target: Target,
+    image: Image,
+    run_dir: Path,
+    rig: GuestModem,
+    *,
+    serial: str,
+    profile: str,
+    data_link: str,
+    boot_timeout: float,
+) -> Guest:
+    """Boot ``image`` with ``rig``'s modem on pci-serial and the image's own config for it, then
+    give dvrlinkd the modem setup (:func:`guest_setup`) and restart it without waiting for its
+    registration. The caller stops the guest.
+
+    Raises:
+        BootError: the guest did not boot, or the setup on its console failed (its output quoted).
+    """
+    if rig.broker is None:
+        raise BootError("the modem rig has no broker: boot the guest inside `with GuestModem(...)`")
+    info = rig.broker.info
+    config = run_dir / "dvrlinkd.toml"
+    config.write_text(
+        modem_config(
+            image_config_path().read_text(),
+            serial=serial,
+            broker_port=info.udp_port,
+            broker_key_b64=b64encode_key(info.public_key),
+            profile=profile,
+            data_link=data_link,
+        )
+    )
+    options = BootOptions(
+        mem_mb=target.default_mem_mb,
+        config=config,
+        extra_args=tuple(rig.qemu_args()),
+        extra_cmdline=guest_cmdline(),
+    )
+    guest = Guest(target, image, options, run_dir)
+    guest.start()
+    try:
+        rig.guest_started(guest.monitor)
+        guest.login(boot_timeout)
+        setup = guest_setup(pppd_as_root=data_link == "ppp")
+        done = guest.console.run(f"{setup} && systemctl restart --no-block dvrlinkd && echo set-up", 180)
+        if not done.endswith("set-up"):
+            raise BootError(f"the guest's modem setup failed:\n{done}")
+        return guest
+    except BaseException:
+        guest.stop()
+        raise
 
 
 @contextlib.contextmanager

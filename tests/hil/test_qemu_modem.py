@@ -26,23 +26,19 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.protocol.identity import b64encode_key
 from hil.board import status_document
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PPP_POOL
 from hil.modememu.ppp_server import Authenticated, LinkOpened, NetworkOpened
-from hil.qemu.boot import BootOptions, Guest
+from hil.qemu.boot import Guest
 from hil.qemu.build import Image
 from hil.qemu.modem import (
     BROKER_ADDRESS,
     ECM_GUEST_INTERFACE,
     ECM_NET,
     GuestModem,
-    guest_cmdline,
-    guest_setup,
-    modem_config,
+    boot_modem_guest,
 )
-from hil.qemu.rigconfig import image_config_path
 from hil.qemu.targets import Target
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(3600)]
@@ -101,41 +97,21 @@ class ModemGuest:
         return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
-def boot_modem_guest(
+def booted_with_modem(
     arm64: Target, image: Image, run_dir: Path, rig: GuestModem, *, data_link: str, profile: str
 ) -> ModemGuest:
     """Boot with the modem on pci-serial, then give dvrlinkd the modem setup and restart it."""
-    assert rig.broker is not None
-    info = rig.broker.info
-    config = run_dir / "dvrlinkd.toml"
-    config.write_text(
-        modem_config(
-            image_config_path().read_text(),
-            serial=SERIAL,
-            broker_port=info.udp_port,
-            broker_key_b64=b64encode_key(info.public_key),
-            profile=profile,
-            data_link=data_link,
-        )
+    guest = boot_modem_guest(
+        arm64,
+        image,
+        run_dir,
+        rig,
+        serial=SERIAL,
+        profile=profile,
+        data_link=data_link,
+        boot_timeout=BOOT_BOUND,
     )
-    options = BootOptions(
-        mem_mb=arm64.default_mem_mb,
-        config=config,
-        extra_args=tuple(rig.qemu_args()),
-        extra_cmdline=guest_cmdline(),
-    )
-    guest = Guest(arm64, image, options, run_dir)
-    guest.start()
-    try:
-        rig.guest_started(guest.monitor)
-        guest.login(BOOT_BOUND)
-        setup = guest_setup(pppd_as_root=data_link == "ppp")
-        done = guest.console.run(f"{setup} && systemctl restart --no-block dvrlinkd && echo set-up", 180)
-        assert done.endswith("set-up"), f"the guest's modem setup failed:\n{done}"
-        return ModemGuest(guest, rig, time.monotonic())
-    except BaseException:
-        guest.stop()
-        raise
+    return ModemGuest(guest, rig, time.monotonic())
 
 
 @pytest.fixture(scope="class")
@@ -144,7 +120,7 @@ def ppp_guest(
 ) -> Iterator[ModemGuest]:
     run_dir = tmp_path_factory.mktemp("qemu-ppp")
     with GuestModem(run_dir, "simcom-sim800", None) as rig:
-        booted = boot_modem_guest(arm64, arm64_image, run_dir, rig, data_link="ppp", profile="simcom-sim800")
+        booted = booted_with_modem(arm64, arm64_image, run_dir, rig, data_link="ppp", profile="simcom-sim800")
         try:
             yield booted
         finally:
@@ -256,7 +232,7 @@ def ecm_guest(
 ) -> Iterator[ModemGuest]:
     run_dir = tmp_path_factory.mktemp("qemu-ecm")
     with GuestModem(run_dir, "quectel-ec25", SIM, ecm=True) as rig:
-        booted = boot_modem_guest(arm64, arm64_image, run_dir, rig, data_link="ecm", profile="quectel-ec25")
+        booted = booted_with_modem(arm64, arm64_image, run_dir, rig, data_link="ecm", profile="quectel-ec25")
         try:
             yield booted
         finally:
