@@ -40,7 +40,7 @@ from bench.session_rig import (
     percentile,
     session_rig,
 )
-from dvrlink.protocol.session import ForwardTarget
+from dvrlink.protocol.session_streams import ForwardTarget
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.viewer.api_client import BrokerClient
 from dvrlink.viewer.home import ViewerHome

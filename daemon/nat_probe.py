@@ -36,8 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aioice import stun
-
 from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LifetimeLearner, MeasurementDone, Probe
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
 
@@ -297,6 +295,9 @@ class NatProber:
         return "lost"
 
     async def _prime(self, transport: asyncio.DatagramTransport, inbox: _Inbox) -> bool:
+        # aioice (and dnspython, which its package imports) loads with the first UDP probe.
+        from aioice import stun  # noqa: PLC0415
+
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
         deadline = self._loop.time() + self._timing.prime_timeout_s
         transport.sendto(bytes(request))

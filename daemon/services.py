@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
-from dvrlink.protocol.session import ForwardTarget, StreamErrorCode, StreamTarget
+from dvrlink.protocol.session_streams import ForwardTarget, StreamErrorCode, StreamTarget
 
 log = logging.getLogger(__name__)
 

@@ -42,12 +42,11 @@ from dvrlink.protocol.session import (
     SessionStateError,
     StreamData,
     StreamEnded,
-    StreamErrorCode,
     StreamOpened,
-    StreamTarget,
     ViewerRefused,
     ViewerSession,
 )
+from dvrlink.protocol.session_streams import StreamErrorCode, StreamTarget
 
 DEFAULT_BUFFER_LIMIT = 1 << 20
 DEAD_PATH_S = 2.0

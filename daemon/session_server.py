@@ -39,23 +39,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aioice.candidate import Candidate
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.daemon.config import SessionsConfig
-from dvrlink.daemon.connectivity import Connectivity, ConnectivityError
 from dvrlink.daemon.pairing import InviteReplier
 from dvrlink.daemon.services import DeviceInfo, ServicesConfig, ServiceStats, SessionServices
-from dvrlink.daemon.session_runner import DeviceRunner, SessionError
 from dvrlink.daemon.state import StateError, Viewer
 from dvrlink.daemon.status import SessionStatus
 from dvrlink.protocol.identity import fingerprint
 from dvrlink.protocol.presence_events import InviteReceived
 from dvrlink.protocol.presence_wire import INVITE_MALFORMED, INVITE_OK, MAX_INVITE_BODY
-from dvrlink.protocol.session import DeviceSession, SessionState
-from dvrlink.protocol.session_tls import device_certificate
 from dvrlink.protocol.signalling import (
     INVITE_GONE,
     INVITE_KIND_CANDIDATES,
@@ -68,6 +63,13 @@ from dvrlink.protocol.signalling import (
     SessionOffer,
     fit_candidates,
 )
+
+if TYPE_CHECKING:
+    # The session stack (aioquic, aioice, the connectivity layer) loads with the first session
+    # offer, not at start: an idle recorder never needs it (docs/benchmarks.md, idle footprint).
+    from dvrlink.daemon.connectivity import Connectivity
+    from dvrlink.daemon.session_runner import DeviceRunner
+    from dvrlink.protocol.session import DeviceSession
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ def fit_answer(
     candidate first, then the others by ICE priority (highest first). Candidates that cannot be
     parsed, or are longer than the layout allows, are left out. ``end_of_candidates`` is kept
     only if every candidate fits (the rest can then still be trickled)."""
+    from aioice.candidate import Candidate  # noqa: PLC0415  (the session stack loads with a session)
+
     ranked: list[tuple[tuple[int, int], str]] = []
     for sdp in candidates:
         try:
@@ -346,6 +350,8 @@ class SessionServer:
     # -- one session --
 
     async def _serve(self, entry: _Entry, invite_id: int, offer: SessionOffer, policy: PathPolicy) -> None:
+        from dvrlink.daemon.connectivity import Connectivity, ConnectivityError  # noqa: PLC0415
+
         label = entry.label
         try:
             try:
@@ -376,6 +382,10 @@ class SessionServer:
             log.info("%s: released; %d sessions open", label, len(self._sessions))
 
     async def _run(self, entry: _Entry, invite_id: int, offer: SessionOffer, conn: Connectivity) -> None:
+        from dvrlink.daemon.session_runner import DeviceRunner, SessionError  # noqa: PLC0415
+        from dvrlink.protocol.session import DeviceSession, SessionState  # noqa: PLC0415
+        from dvrlink.protocol.session_tls import device_certificate  # noqa: PLC0415
+
         label = entry.label
         core = DeviceSession(
             self._key, device_certificate(self._key, self._serial, self._wall_clock()), self._is_authorised

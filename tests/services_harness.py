@@ -17,7 +17,7 @@ from dvrlink.daemon.services import (
     TcpConnector,
     parse_allowed_target,
 )
-from dvrlink.protocol.session import StreamTarget, encode_stream_header
+from dvrlink.protocol.session_streams import StreamTarget, encode_stream_header
 
 LOOPBACK = "127.0.0.1"
 WAIT = 10.0

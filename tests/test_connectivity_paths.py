@@ -45,7 +45,7 @@ from dvrlink.daemon.session_runner import (
     ViewerRefusedError,
     path_is_dead,
 )
-from dvrlink.protocol.session import RpcTarget, StreamTarget
+from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 
 

@@ -22,7 +22,7 @@ from test_connectivity_harness import (
 
 from dvrlink.daemon.connectivity import LAN, RELAY
 from dvrlink.daemon.session_runner import SessionStream
-from dvrlink.protocol.session import RpcTarget, StreamTarget
+from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy
 
 MARKER = b"DVRLINK-PLAINTEXT-MARKER:"

@@ -35,7 +35,8 @@ from dvrlink.daemon.state import DeviceState
 from dvrlink.daemon.status import read_status
 from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes, fingerprint
 from dvrlink.protocol.pairing import PairResult, PairStatus, pair_proof
-from dvrlink.protocol.session import ForwardTarget, RpcTarget, ViewerSession
+from dvrlink.protocol.session import ViewerSession
+from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 from dvrlink.viewer.api_types import CandidateBatch, parse_candidate_batch

@@ -30,7 +30,7 @@ from services_harness import (
 )
 
 from dvrlink.daemon.services import CHUNK_SIZE, DeviceInfo, ServiceErrorCode, ServicesConfig, SessionServices
-from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamErrorCode
+from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode
 
 MB5 = 5 * 1024 * 1024
 

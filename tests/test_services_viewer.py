@@ -23,7 +23,7 @@ from services_harness import (
 )
 
 from dvrlink.daemon.services import ServiceErrorCode, StreamLike
-from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamTarget
+from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamTarget
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.forward import (
     ConnectionAccepted,

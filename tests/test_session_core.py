@@ -28,11 +28,8 @@ from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.session import (
     CloseCode,
     DeviceSession,
-    ForwardTarget,
     PeerMoved,
     PinMismatch,
-    RpcTarget,
-    Service,
     SessionClosed,
     SessionConfig,
     SessionEstablished,
@@ -41,9 +38,14 @@ from dvrlink.protocol.session import (
     SessionStateError,
     StreamData,
     StreamEnded,
-    StreamErrorCode,
     StreamOpened,
     ViewerRefused,
+)
+from dvrlink.protocol.session_streams import (
+    ForwardTarget,
+    RpcTarget,
+    Service,
+    StreamErrorCode,
     decode_stream_header,
     encode_stream_header,
 )

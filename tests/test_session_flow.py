@@ -15,7 +15,8 @@ from aioquic.quic.connection import QuicConnection
 from test_connectivity_harness import lab, payload, run, session, sha, write_all
 
 from dvrlink.daemon.session_runner import SessionStream
-from dvrlink.protocol.session import RpcTarget, SessionConfig, StreamTarget
+from dvrlink.protocol.session import SessionConfig
+from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy
 
 WAIT = 20.0

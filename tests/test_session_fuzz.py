@@ -13,7 +13,8 @@ from test_session_harness import (
     make_viewer,
 )
 
-from dvrlink.protocol.session import RpcTarget, SessionState, StreamData, StreamEnded
+from dvrlink.protocol.session import SessionState, StreamData, StreamEnded
+from dvrlink.protocol.session_streams import RpcTarget
 
 # Bytes that look like QUIC: long headers of v1 with plausible lengths, short headers, and anything.
 long_header = st.builds(

@@ -32,7 +32,7 @@ from dvrlink.daemon.services import (
     reset_code,
     reset_quietly,
 )
-from dvrlink.protocol.session import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
+from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
 from dvrlink.viewer.errors import ViewerError, toml_value
 
 DEFAULT_BIND = "127.0.0.1"

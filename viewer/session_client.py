@@ -33,7 +33,8 @@ from dvrlink.daemon.session_runner import (
 )
 from dvrlink.protocol.identity import ed25519_public_bytes, format_fingerprint
 from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
-from dvrlink.protocol.session import RpcTarget, SessionConfig, ViewerSession
+from dvrlink.protocol.session import SessionConfig, ViewerSession
+from dvrlink.protocol.session_streams import RpcTarget
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import UPDATE_OVERHEAD, PathPolicy, fit_candidates
 from dvrlink.viewer.api_types import CandidateBatch, OfferAnswer, SessionGrant
