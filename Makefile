@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
-PKGS := protocol modem hal daemon broker viewer
+PKGS := store protocol modem hal daemon broker viewer
 # Debian packages the tests use as real peers: coturn (turnutils_*, a STUN/TURN server to compare
 # with), ffmpeg (ffprobe as RTSP client), GStreamer's RTSP server under the system Python (the
 # recorder's RTSP service in end-to-end tests); the mobile provider database the modem manager
@@ -45,12 +45,11 @@ $(SYSSTAMP): Makefile | $(STAMP)
 
 system-packages: $(SYSSTAMP)
 
-# mypy resolves dvrlink.* through a tree of links, because the packages live in top-level folders.
-.typecheck/dvrlink:
+# mypy resolves dvrlink.* through a tree of links, because the packages live in top-level folders;
+# the links are made on every run, so a package added to PKGS is checked at once.
+typecheck: $(STAMP)
 	mkdir -p .typecheck/dvrlink
 	for p in $(PKGS); do ln -sfn ../../$$p .typecheck/dvrlink/$$p; done
-
-typecheck: $(STAMP) .typecheck/dvrlink
 	cd .typecheck && ../$(VENV)/bin/mypy --strict --config-file ../pyproject.toml -p dvrlink
 
 lint: $(STAMP)

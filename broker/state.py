@@ -23,7 +23,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from dvrlink.daemon.files import atomic_write
 from dvrlink.protocol.identity import (
     b64decode_key,
     b64encode_key,
@@ -31,6 +30,7 @@ from dvrlink.protocol.identity import (
     x25519_private_from_pem,
     x25519_public_bytes,
 )
+from dvrlink.store.files import atomic_write
 
 KEY_FILE = "broker_key.pem"
 INFO_FILE = "broker.json"

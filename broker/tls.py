@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write
 
 CERT_FILE = "tls_cert.pem"
 KEY_FILE = "tls_key.pem"

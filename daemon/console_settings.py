@@ -17,7 +17,7 @@ from pathlib import Path
 from dvrlink.daemon.config import DaemonConfig, parse_config
 from dvrlink.daemon.console import SettingChanges
 from dvrlink.daemon.errors import ConfigError, toml_value
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write
 
 PLACES = {
     "broker_host": ("broker", "host"),

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write
 
 log = logging.getLogger(__name__)
 

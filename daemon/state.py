@@ -41,7 +41,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dvrlink.daemon.files import DirectoryLocked, atomic_write, lock_exclusive
 from dvrlink.protocol.identity import (
     b64decode_key,
     b64encode_key,
@@ -49,6 +48,7 @@ from dvrlink.protocol.identity import (
     private_key_to_pem,
 )
 from dvrlink.protocol.pairing import generate_pairing_secret, normalize_code
+from dvrlink.store.files import DirectoryLocked, atomic_write, lock_exclusive
 
 DEVICE_KEY_FILE = "device_key.pem"
 PAIRING_SECRET_FILE = "pairing_secret"  # noqa: S105 (a file name)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write
 
 STATUS_FILE = "status.json"
 

@@ -19,13 +19,12 @@ import calendar
 import enum
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write, move_corrupt_aside
 
 log = logging.getLogger(__name__)
 
@@ -305,17 +304,13 @@ class AccountingLedger:
         try:
             self.core.load_bytes(data)
         except ValueError as exc:
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = self.path
-            log.error(
-                "data accounting file %s is corrupt (%s): kept it as %s and counting this cycle from "
-                "zero, so usage shown is low by what the file held; inspect it and delete it when done",
+            move_corrupt_aside(
                 self.path,
-                exc,
-                aside,
+                str(exc),
+                what="data accounting file",
+                instead="counting this cycle from zero, so usage shown is low by what the file held; "
+                "inspect it and delete it when done",
+                log=log,
             )
 
     def record(self, iccid: str, rx: int, tx: int, now: datetime) -> list[AccountingEvent]:

@@ -26,14 +26,15 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write, move_corrupt_aside
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,8 @@ class ProviderIndex:
         Raises:
             ApnDatabaseError: the file is missing, unreadable, not XML, or not the expected format.
         """
+        import xml.etree.ElementTree as ET  # noqa: PLC0415  (only when the database is parsed)
+
         path = Path(path)
         providers: list[_Provider] = []
         try:
@@ -305,6 +308,8 @@ def _text(elem: ET.Element | None) -> str:
 
 
 def _parse_providers(stream: BinaryIO, path: Path) -> list[_Provider]:
+    import xml.etree.ElementTree as ET  # noqa: PLC0415  (only when the database is parsed)
+
     providers: list[_Provider] = []
     root_seen = False
     # The database is a packaged system file, not peer input; expat (>= 2.4.1, which CPython 3.11
@@ -509,16 +514,13 @@ class ApnMemoryFile:
         try:
             return ApnMemory.from_bytes(data)
         except ValueError as exc:
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = self.path
-            log.warning(
-                "APN memory %s is corrupt (%s); kept it as %s and starting without remembered APNs",
+            move_corrupt_aside(
                 self.path,
-                exc,
-                aside,
+                str(exc),
+                what="APN memory",
+                instead="starting without remembered APNs",
+                log=log,
+                level=logging.WARNING,
             )
             return ApnMemory()
 

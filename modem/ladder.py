@@ -34,12 +34,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvrlink.daemon.files import atomic_write
+from dvrlink.store.files import atomic_write, move_corrupt_aside
 
 log = logging.getLogger(__name__)
 
@@ -338,16 +337,8 @@ class LadderFile:
         try:
             state = LadderState.from_bytes(data)
         except ValueError as exc:
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = self.path
-            log.error(
-                "recovery ladder state %s is corrupt (%s); kept it as %s and starting at the bottom",
-                self.path,
-                exc,
-                aside,
+            move_corrupt_aside(
+                self.path, str(exc), what="recovery ladder state", instead="starting at the bottom", log=log
             )
             return LadderState()
         return state

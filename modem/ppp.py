@@ -40,9 +40,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from dvrlink.daemon.files import atomic_write
 from dvrlink.modem.apn import ApnSettings
 from dvrlink.modem.manager import DataFailed, DataFailure, DataLink, DataRequest, DataUp
+from dvrlink.store.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -124,7 +124,7 @@ def test_a_failed_write_leaves_the_file_as_it_was(config_file: Path, mocker: Moc
     """The disk fails under the write (as a power cut would stop it): the old file stays whole,
     and no temporary file is left behind."""
     before = config_file.read_bytes()
-    mocker.patch("dvrlink.daemon.files.os.fsync", side_effect=OSError(errno.EIO, "Input/output error"))
+    mocker.patch("dvrlink.store.files.os.fsync", side_effect=OSError(errno.EIO, "Input/output error"))
     with pytest.raises(SettingsRefused) as err:
         save_settings(config_file, SettingChanges(apn="iot"))
     assert err.value.code == "write_failed" and "nothing was changed" in err.value.message, err.value.message

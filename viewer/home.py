@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dvrlink.daemon.files import atomic_write
 from dvrlink.protocol.identity import (
     b64decode_key,
     b64encode_key,
@@ -31,6 +30,7 @@ from dvrlink.protocol.identity import (
     private_key_to_pem,
     validate_serial,
 )
+from dvrlink.store.files import atomic_write
 from dvrlink.viewer.errors import EXIT_CONFIG, ViewerError, toml_value
 
 _T = TypeVar("_T")

@@ -1,11 +1,17 @@
 """State files: atomic writes (a crash or power cut leaves the old file or the new one, never half),
-and a lock file that keeps a second process off a state directory."""
+a lock file that keeps a second process off a state directory, and setting aside a file that no
+longer parses so its owner can start clean (:func:`move_corrupt_aside`)."""
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+CORRUPT_SUFFIX = ".corrupt"
+"""Appended to a corrupt file's name when it is set aside (an older one of that name is replaced)."""
 
 
 class DirectoryLocked(Exception):
@@ -88,3 +94,48 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptFileSetAside:
+    """A state file that did not parse was set aside (past tense: the rename was tried)."""
+
+    path: Path
+    """The file's own name, which is now free for a fresh file."""
+    aside: Path | None
+    """Where the old content is now; None when the rename failed and it is still at ``path``."""
+    problem: str
+    """What the parser said was wrong."""
+
+
+def move_corrupt_aside(
+    path: Path, problem: str, *, what: str, instead: str, log: logging.Logger, level: int = logging.ERROR
+) -> CorruptFileSetAside:
+    """Rename the corrupt file ``path`` to ``<name>.corrupt`` (replacing an older one) so that its
+    owner can start clean and an operator can still read what it held, and log at ``level`` on
+    ``log`` (the owner's logger) one line naming ``what`` the file is, the path, ``problem``,
+    where the content went and ``instead`` (what the owner does without it).
+
+    Never raises: when the rename fails the file stays where it is, the log line says so and how
+    to clear it, and ``aside`` is None (the owner starts clean all the same; its next save
+    replaces the file).
+    """
+    path = Path(path)
+    aside = path.with_name(path.name + CORRUPT_SUFFIX)
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        log.log(
+            level,
+            "%s %s is corrupt (%s) and cannot be moved aside to %s (%s); %s, and the next save "
+            "replaces it: make the directory writable to keep a copy",
+            what,
+            path,
+            problem,
+            aside,
+            exc.strerror or exc,
+            instead,
+        )
+        return CorruptFileSetAside(path, None, problem)
+    log.log(level, "%s %s is corrupt (%s): kept it as %s and %s", what, path, problem, aside, instead)
+    return CorruptFileSetAside(path, aside, problem)
