@@ -26,8 +26,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, DaemonConfig, describe, load_config
@@ -88,10 +88,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _version() -> str:
+    # importlib.metadata pulls in the email package (about 1 MB resident): only for --version.
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
     try:
         return version("dvrlink")
     except PackageNotFoundError:  # run from a source tree without installing
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"dvrlinkd {_version()}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         description="dvrlink device daemon: keeps the device reachable through the broker by its serial.",
         epilog=EXIT_CODES,
     )
-    parser.add_argument("--version", action="version", version=f"dvrlinkd {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     parser.add_argument("--config", metavar="FILE", help=config_help)
     parser.add_argument(
         "--check-config", action="store_true", help="check the config file, print a summary and exit"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from dvrlink.daemon.nat_lifetime import IntervalChanged, LearnerEvent, LifetimeLearner, MeasurementDone, Probe
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
+from dvrlink.protocol.stun_probe import binding_request, is_binding_response
 
 log = logging.getLogger(__name__)
 
@@ -295,19 +297,14 @@ class NatProber:
         return "lost"
 
     async def _prime(self, transport: asyncio.DatagramTransport, inbox: _Inbox) -> bool:
-        # aioice (and dnspython, which its package imports) loads with the first UDP probe.
-        from aioice import stun  # noqa: PLC0415
-
-        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        transaction_id = os.urandom(12)
         deadline = self._loop.time() + self._timing.prime_timeout_s
-        transport.sendto(bytes(request))
+        transport.sendto(binding_request(transaction_id))
         while (left := deadline - self._loop.time()) > 0:
             try:
                 data = await asyncio.wait_for(inbox.queue.get(), left)
             except TimeoutError:
                 return False
-            with contextlib.suppress(ValueError, KeyError, IndexError):
-                answer = stun.parse_message(data)
-                if answer.transaction_id == request.transaction_id:
-                    return True
+            if is_binding_response(data, transaction_id):
+                return True
         return False

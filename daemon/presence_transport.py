@@ -49,10 +49,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from dvrlink.modem.netprobe import ProbeVerdict, StunProbe
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
+from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -179,6 +178,8 @@ class _Entry:
 
 
 def _version() -> str:
+    import importlib.metadata  # noqa: PLC0415  (it pulls in the email package: only with a session)
+
     try:
         return importlib.metadata.version("dvrlink")
     except importlib.metadata.PackageNotFoundError:

@@ -24,18 +24,12 @@ import errno
 import logging
 import os
 import socket
-import struct
 from dataclasses import dataclass
 
 from dvrlink.modem.ppp import LinkUp
+from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
 
 log = logging.getLogger(__name__)
-
-STUN_MAGIC_COOKIE = 0x2112A442
-BINDING_REQUEST = 0x0001
-BINDING_SUCCESS = 0x0101
-BINDING_ERROR = 0x0111
-_HEADER = struct.Struct("!HHI12s")
 
 
 class ProbeTransport(enum.Enum):
@@ -70,110 +64,6 @@ class ProbeConfig:
             raise ValueError(f"probe port {self.port} is not 1-65535")
         if not (self.timeout_s > 0 and self.initial_rto_s > 0):
             raise ValueError("probe timeout_s and initial_rto_s must be positive seconds")
-
-
-# --------------------------------------------------------------------------------- STUN (pure)
-
-
-def binding_request(transaction_id: bytes) -> bytes:
-    """A STUN Binding Request without attributes (20 bytes).
-
-    Raises:
-        ValueError: the transaction id is not 12 bytes.
-    """
-    if len(transaction_id) != 12:
-        raise ValueError("a STUN transaction id is 12 bytes")
-    return _HEADER.pack(BINDING_REQUEST, 0, STUN_MAGIC_COOKIE, transaction_id)
-
-
-def is_binding_response(data: bytes, transaction_id: bytes) -> bool:
-    """True when ``data`` is a STUN Binding success or error response to ``transaction_id``.
-
-    Anything else (short, another transaction, not STUN) is False; it never raises.
-    """
-    if len(data) < _HEADER.size:
-        return False
-    kind, length, cookie, tid = _HEADER.unpack_from(data)
-    return (
-        kind in (BINDING_SUCCESS, BINDING_ERROR)
-        and cookie == STUN_MAGIC_COOKIE
-        and tid == transaction_id
-        and length % 4 == 0
-        and len(data) >= _HEADER.size + length
-    )
-
-
-class ProbeVerdict(enum.Enum):
-    """The state of one probe."""
-
-    PENDING = "pending"
-    REACHED = "reached"
-    FAILED = "failed"
-
-
-class StunProbe:
-    """One UDP probe, sans-I/O: ``start(now)`` → datagram; then ``datagram_received`` and
-    ``handle_timer`` until ``verdict`` is no longer pending. ``datagrams_to_send()`` drains what to
-    send (the request, then its retransmissions)."""
-
-    def __init__(self, transaction_id: bytes, *, timeout_s: float, initial_rto_s: float) -> None:
-        self._request = binding_request(transaction_id)
-        self._tid = transaction_id
-        self._timeout_s = timeout_s
-        self._rto = initial_rto_s
-        self._outbox: list[bytes] = []
-        self._deadline: float | None = None
-        self._retransmit_at: float | None = None
-        self.verdict = ProbeVerdict.PENDING
-        self.sent = 0
-
-    def start(self, now: float) -> None:
-        """Send the first request.
-
-        Raises:
-            RuntimeError: already started.
-        """
-        if self._deadline is not None:
-            raise RuntimeError("STUN probe already started")
-        self._deadline = now + self._timeout_s
-        self._send(now)
-
-    def datagrams_to_send(self) -> list[bytes]:
-        """The datagrams to send now."""
-        out, self._outbox = self._outbox, []
-        return out
-
-    def datagram_received(self, data: bytes, now: float) -> None:
-        """A datagram arrived; a matching response decides the probe."""
-        if self.verdict is ProbeVerdict.PENDING and is_binding_response(data, self._tid):
-            self.verdict = ProbeVerdict.REACHED
-
-    def unreachable(self) -> None:
-        """The network said no (ICMP unreachable): the probe fails now."""
-        if self.verdict is ProbeVerdict.PENDING:
-            self.verdict = ProbeVerdict.FAILED
-
-    def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` is due, or None once decided."""
-        if self.verdict is not ProbeVerdict.PENDING or self._deadline is None:
-            return None
-        assert self._retransmit_at is not None
-        return min(self._deadline, self._retransmit_at)
-
-    def handle_timer(self, now: float) -> None:
-        """Retransmit, or fail after the timeout."""
-        if self.verdict is not ProbeVerdict.PENDING or self._deadline is None:
-            return
-        if now >= self._deadline:
-            self.verdict = ProbeVerdict.FAILED
-        elif self._retransmit_at is not None and now >= self._retransmit_at:
-            self._rto *= 2
-            self._send(now)
-
-    def _send(self, now: float) -> None:
-        self._outbox.append(self._request)
-        self.sent += 1
-        self._retransmit_at = now + self._rto
 
 
 # ------------------------------------------------------------------------------------ asyncio I/O

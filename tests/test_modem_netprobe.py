@@ -14,19 +14,17 @@ from typing import cast
 
 import pytest
 
-from dvrlink.modem.netprobe import (
+from dvrlink.modem.netprobe import DataPathProbe, ProbeConfig, ProbeTransport
+from dvrlink.modem.ppp import LinkUp
+from dvrlink.protocol.stun_probe import (
     BINDING_ERROR,
     BINDING_SUCCESS,
     STUN_MAGIC_COOKIE,
-    DataPathProbe,
-    ProbeConfig,
-    ProbeTransport,
     ProbeVerdict,
     StunProbe,
     binding_request,
     is_binding_response,
 )
-from dvrlink.modem.ppp import LinkUp
 
 TID = bytes(range(12))
 LO = LinkUp("lo", "127.0.0.1")
