@@ -277,7 +277,7 @@ class _Runner:
     @property
     def rtt(self) -> float | None:
         """The smoothed round-trip time in seconds, or None before the first sample."""
-        return _smoothed_rtt(self._core)
+        return self._core.smoothed_rtt()
 
     @property
     def silent_s(self) -> float:
@@ -643,7 +643,7 @@ class ViewerRunner(_Runner):
         if self._shut or current is None or current == RELAY or RELAY not in conn.paths:
             return
         now = time.monotonic()
-        ptos = _probe_timeouts(self._core)
+        ptos = self._core.probe_timeouts()
         if path_is_dead(now, conn.last_in.get(current), self._switched_at, ptos):
             silent = now - max(conn.last_in.get(current, 0.0), self._switched_at)
             conn.retire(
@@ -676,7 +676,7 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-# --- aioquic internals read through the core; each falls back to "unknown". ---
+# --- aioquic internals read through the core (drain's fallback: see the module docstring). ---
 
 
 def _unacknowledged(core: Core, stream_id: int) -> int:
@@ -689,18 +689,3 @@ def _unacknowledged(core: Core, stream_id: int) -> int:
     if not isinstance(start, int) or not isinstance(stop, int):
         return 0
     return stop - start
-
-
-def _probe_timeouts(core: Core) -> int:
-    """aioquic's count of probe timeouts in a row (reset by any acknowledgement), or 0."""
-    count = getattr(getattr(getattr(core, "_quic", None), "_loss", None), "_pto_count", 0)
-    return count if isinstance(count, int) else 0
-
-
-def _smoothed_rtt(core: Core) -> float | None:
-    """aioquic's smoothed RTT of the session, in seconds, or None."""
-    loss = getattr(getattr(core, "_quic", None), "_loss", None)
-    if loss is None or not getattr(loss, "_rtt_initialized", False):
-        return None
-    rtt = getattr(loss, "_rtt_smoothed", None)
-    return float(rtt) if isinstance(rtt, (int, float)) else None

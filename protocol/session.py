@@ -52,6 +52,7 @@ from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersi
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dvrlink.compat import aioquic_compat
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.session_streams import (
     Service,
@@ -287,6 +288,23 @@ class _Session:
     def peer_public_key(self) -> bytes | None:
         """The authenticated peer's raw Ed25519 key once established, else None."""
         return self._peer_key
+
+    def probe_timeouts(self) -> int:
+        """How many times in a row QUIC's probe timeout fired with data unacknowledged (0 before
+        the connection exists; any acknowledgement resets it).
+
+        Raises:
+            InternalsMoved: the installed aioquic no longer has what this reads.
+        """
+        return 0 if self._quic is None else aioquic_compat.probe_timeout_count(self._quic)
+
+    def smoothed_rtt(self) -> float | None:
+        """QUIC's smoothed round-trip time in seconds, or None before the first sample.
+
+        Raises:
+            InternalsMoved: the installed aioquic no longer has what this reads.
+        """
+        return None if self._quic is None else aioquic_compat.smoothed_rtt(self._quic)
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
