@@ -15,8 +15,8 @@ keeps every stream across the move. The device runner answers on whatever path t
 
 Streams: ``SessionStream.read`` / ``write`` / ``drain`` / ``write_eof`` / ``reset``. ``drain``
 waits while more than ``buffer_limit`` bytes written on the stream are not yet acknowledged by
-the peer (read from aioquic's send buffer, see the end of the module; if that is unavailable,
-``drain`` does not wait). Received data is buffered until read; QUIC flow control does not
+the peer (read from aioquic's send buffer through ``dvrlink.compat.aioquic_compat``, which fails
+loudly if an aioquic upgrade moved it). Received data is buffered until read; QUIC flow control does not
 push back on a slow reader (the core credits the window as it delivers).
 """
 
@@ -545,7 +545,7 @@ class _Runner:
         self._schedule()
 
     def _backlog(self, stream_id: int) -> int:
-        return _unacknowledged(self._core, stream_id)
+        return self._core.unacknowledged(stream_id)
 
 
 class DeviceRunner(_Runner):
@@ -674,18 +674,3 @@ def path_is_dead(now: float, last_in: float | None, switched_at: float, probe_ti
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-# --- aioquic internals read through the core (drain's fallback: see the module docstring). ---
-
-
-def _unacknowledged(core: Core, stream_id: int) -> int:
-    """Bytes written on ``stream_id`` that the peer has not acknowledged yet (0 if unknown)."""
-    quic = getattr(core, "_quic", None)
-    stream = getattr(quic, "_streams", {}).get(stream_id)
-    sender = getattr(stream, "sender", None)
-    start = getattr(sender, "_buffer_start", None)
-    stop = getattr(sender, "_buffer_stop", None)
-    if not isinstance(start, int) or not isinstance(stop, int):
-        return 0
-    return stop - start

@@ -44,15 +44,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic._buffer import Buffer  # aioquic.buffer re-exports it implicitly only
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, NetworkAddress, QuicConnection
-from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.compat import aioquic_compat
+from dvrlink.compat.aioquic_compat import (
+    Buffer,
+    HookedQuicConnection,
+    peer_certificate,
+    probe_timeout,
+    received_marker,
+    request_client_certificate,
+)
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.session_streams import (
     Service,
@@ -61,15 +68,7 @@ from dvrlink.protocol.session_streams import (
     decode_stream_header,
     encode_stream_header,
 )
-from dvrlink.protocol.session_tls import (
-    ALPN,
-    certificate_ed25519_key,
-    current_peer_address,
-    peer_certificate,
-    probe_timeout,
-    received_marker,
-    request_client_certificate,
-)
+from dvrlink.protocol.session_tls import ALPN, certificate_ed25519_key
 
 QUIC_FIXED_BIT = 0x40
 MIN_INITIAL_SIZE = 1200
@@ -305,6 +304,15 @@ class _Session:
             InternalsMoved: the installed aioquic no longer has what this reads.
         """
         return None if self._quic is None else aioquic_compat.smoothed_rtt(self._quic)
+
+    def unacknowledged(self, stream_id: int) -> int:
+        """Bytes written on ``stream_id`` that the peer has not acknowledged yet (0 for a stream
+        that is over or unknown).
+
+        Raises:
+            InternalsMoved: the installed aioquic no longer has what this reads.
+        """
+        return 0 if self._quic is None else aioquic_compat.unacknowledged_bytes(self._quic, stream_id)
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
@@ -572,15 +580,15 @@ class _Session:
             quic.reset_stream(stream_id, error_code)
 
 
-class _WindowedQuicConnection(QuicConnection):
+class _WindowedQuicConnection(HookedQuicConnection):
     """A QuicConnection whose per-stream receive windows move with what the application has
     read (``credit``), not with what has arrived.
 
     aioquic doubles a stream's window whenever more than half of it has arrived, so a reader
     slower than the network (a recorder's local service, a phone on a slow link) would buffer
     without bound. Here the peer may send at most ``max_stream_data`` bytes beyond what was
-    read; MAX_STREAM_DATA goes out once a quarter of the window was read. This overrides one
-    aioquic internal (``_write_stream_limits``), guarded by ``tests/test_session_flow.py``.
+    read; MAX_STREAM_DATA goes out once a quarter of the window was read (through the hook
+    ``dvrlink.compat.aioquic_compat`` provides, since aioquic has no public one).
     """
 
     def __init__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> None:
@@ -596,30 +604,15 @@ class _WindowedQuicConnection(QuicConnection):
         """The stream is over: drop its count."""
         self._credited.pop(stream_id, None)
 
-    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        if not stream.max_stream_data_local:  # our own unidirectional streams receive nothing
-            return
-        target = self._credited.get(stream.stream_id, 0) + self._stream_window
-        if target - stream.max_stream_data_local >= self._stream_window // 4:
-            stream.max_stream_data_local = target
-        if stream.max_stream_data_local_sent == stream.max_stream_data_local:
-            return
-        frame = builder.start_frame(
-            QuicFrameType.MAX_STREAM_DATA,
-            capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-            handler=self._on_max_stream_data_delivery,
-            handler_args=(stream,),
-        )
-        frame.push_uint_var(stream.stream_id)
-        frame.push_uint_var(stream.max_stream_data_local)
-        stream.max_stream_data_local_sent = stream.max_stream_data_local
+    def stream_receive_limit(self, stream_id: int, limit: int) -> int:
+        target = self._credited.get(stream_id, 0) + self._stream_window
+        return target if target - limit >= self._stream_window // 4 else limit
 
 
 class _DeviceQuicConnection(_WindowedQuicConnection):
     """A server connection whose TLS context asks the client for a certificate."""
 
-    def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
+    def tls_context_created(self) -> None:
         request_client_certificate(self)
 
 
@@ -703,7 +696,7 @@ class DeviceSession(_Session):
     def _track_peer_address(self) -> None:
         if self._quic is None:
             return
-        address = current_peer_address(self._quic)
+        address = self._quic.get_peer_address()
         if address is None or address == self._peer_address:
             return
         first = self._peer_address is None

@@ -21,16 +21,15 @@ application-level proof:
   client certificate's key. That binds the viewer key to this very handshake (no relay or replay
   of a proof), costs no extra round trip, and needs no protocol of our own. aioquic has no TLS
   exporter, so an application-level proof would have had to invent its own channel binding.
-- The server only sends a CertificateRequest when ``tls.Context._request_client_certificate``
-  is set (not exposed by ``QuicConfiguration``); ``request_client_certificate`` sets it right
+- aioquic's server only sends a CertificateRequest when a flag of its TLS context is set (not
+  exposed by ``QuicConfiguration``); ``aioquic_compat.request_client_certificate`` sets it right
   after aioquic creates the TLS context. The device then decides itself, from the raw key in the
   client certificate, whether the viewer is authorised (the broker has no say).
 
-The aioquic internals used are confined to the three functions at the end of this module
-(``request_client_certificate``, ``peer_certificate``, ``current_peer_address``) and each one
-fails closed: if a later aioquic renames them, no CertificateRequest is sent or no certificate is
-found, and every session is refused rather than accepted. ``tests/test_session_tls.py`` asserts
-they still exist, so an upgrade breaks a test first.
+The aioquic internals this needs (the CertificateRequest flag, the peer's certificate) are read
+and set in ``dvrlink.compat.aioquic_compat`` (``request_client_certificate``,
+``peer_certificate``), which raises rather than guessing when an aioquic upgrade moved them;
+``tests/test_compat_aioquic.py`` guards them. This module only builds and reads certificates.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 
-from aioquic.quic.connection import NetworkAddress, QuicConnection
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -109,56 +107,3 @@ def certificate_fingerprint(cert: x509.Certificate) -> str | None:
     """Return ``identity.fingerprint`` of the certificate's Ed25519 key, or None if it has none."""
     raw = certificate_ed25519_key(cert)
     return None if raw is None else fingerprint(raw)
-
-
-# --- aioquic internals (see the module docstring); each one fails closed. ---
-
-
-def request_client_certificate(quic: QuicConnection) -> None:
-    """Make a server connection's TLS context send a CertificateRequest.
-
-    Call it right after aioquic created the context (``QuicConnection._initialize``), before the
-    ClientHello is handled.
-    """
-    tls_context = getattr(quic, "tls", None)
-    if tls_context is not None:
-        tls_context._request_client_certificate = True
-
-
-def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
-    """The certificate the peer presented in this handshake, or None (none yet, or none sent)."""
-    cert = getattr(getattr(quic, "tls", None), "_peer_certificate", None)
-    return cert if isinstance(cert, x509.Certificate) else None
-
-
-def current_peer_address(quic: QuicConnection) -> NetworkAddress | None:
-    """The address the connection currently sends to (its active network path), or None."""
-    paths = getattr(quic, "_network_paths", None)
-    if not paths:
-        return None
-    addr = getattr(paths[0], "addr", None)
-    return addr if isinstance(addr, tuple) else None
-
-
-def probe_timeout(quic: QuicConnection) -> float | None:
-    """aioquic's probe timeout (PTO: smoothed RTT + 4 x variance + the peer's ack delay) in
-    seconds, from the RTT measured so far; None before the first sample or if unavailable."""
-    loss = getattr(quic, "_loss", None)
-    if loss is None or not getattr(loss, "_rtt_initialized", False):
-        return None
-    get = getattr(loss, "get_probe_timeout", None)
-    if get is None:
-        return None
-    value = get()
-    return float(value) if isinstance(value, int | float) else None
-
-
-def received_marker(quic: QuicConnection) -> tuple[int, ...]:
-    """The largest packet number received in each packet number space: it changes exactly when
-    a packet from the peer decrypted (a forged or replayed datagram leaves it alone). Empty if
-    unavailable."""
-    spaces = getattr(quic, "_spaces", None)
-    if not isinstance(spaces, dict):
-        return ()
-    marks = [getattr(space, "largest_received_packet", None) for space in spaces.values()]
-    return tuple(mark for mark in marks if isinstance(mark, int))

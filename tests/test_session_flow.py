@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from aioquic.quic.connection import QuicConnection
 from test_connectivity_harness import lab, payload, run, session, sha, write_all
 
 from dvrlink.daemon.session_runner import SessionStream
@@ -73,9 +72,3 @@ def test_a_stalled_reader_holds_one_window_then_gets_everything() -> None:
             assert (total, digest.hexdigest()) == (SENT, sha(data))
 
     run(main)
-
-
-def test_the_aioquic_internal_the_window_relies_on_still_exists() -> None:
-    """``_WindowedQuicConnection`` overrides this method; an aioquic upgrade must break this first."""
-    assert callable(getattr(QuicConnection, "_write_stream_limits", None))
-    assert callable(getattr(QuicConnection, "_on_max_stream_data_delivery", None))

@@ -1,27 +1,22 @@
-"""Certificates for session identities, and the aioquic internals the session layer relies on."""
+"""Certificates for session identities (the aioquic internals that read them: test_compat_aioquic.py)."""
 
 from __future__ import annotations
 
 import datetime
 
 import pytest
-from aioquic import tls
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
-from test_session_harness import SERIAL, WALL_CLOCK, established_link
+from test_session_harness import SERIAL, WALL_CLOCK
 
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.session_tls import (
     certificate_ed25519_key,
     certificate_fingerprint,
-    current_peer_address,
     device_certificate,
-    peer_certificate,
     viewer_certificate,
 )
 
@@ -66,23 +61,3 @@ def test_non_ed25519_certificate_has_no_fingerprint() -> None:
     )
     assert certificate_ed25519_key(cert) is None
     assert certificate_fingerprint(cert) is None
-
-
-def test_aioquic_internals_we_rely_on_still_exist() -> None:
-    # If one of these fails after an aioquic upgrade, session_tls must be adapted: sessions would
-    # otherwise refuse every viewer (they fail closed).
-    context = tls.Context(is_client=False)
-    assert context._request_client_certificate is False
-    assert context._peer_certificate is None
-    assert tls.SignatureAlgorithm.ED25519 in context._signature_algorithms
-    client = QuicConnection(configuration=QuicConfiguration(is_client=True))
-    client.connect(("192.0.2.1", 1), now=0.0)
-    assert current_peer_address(client) == ("192.0.2.1", 1)
-    assert peer_certificate(client) is None
-    link = established_link()
-    assert link.viewer._quic is not None and link.device._quic is not None
-    device_cert = peer_certificate(link.viewer._quic)
-    viewer_cert = peer_certificate(link.device._quic)
-    assert device_cert is not None and viewer_cert is not None
-    assert certificate_fingerprint(device_cert) == link.viewer.peer_fingerprint
-    assert certificate_fingerprint(viewer_cert) == link.device.peer_fingerprint
