@@ -658,8 +658,10 @@ class ModemService:
                 self._changed()
             self._modem_changed.clear()
             changed = asyncio.ensure_future(self._modem_changed.wait())
-            await asyncio.wait({changed, watch}, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
+            try:
+                await asyncio.wait({changed, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()  # also when this task is cancelled while waiting
             if watch.done():
                 watch.result()  # raises what stopped detection
                 raise RuntimeError("modem detection stopped")
@@ -804,8 +806,10 @@ class ModemService:
                 waiters: set[asyncio.Future[Any]] = {task, changed}
                 if watch is not None:
                     waiters.add(watch)
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()  # also when this task is cancelled while waiting
                 if task.done():
                     task.result()  # raises the runner's error
                     raise RuntimeError("the modem runner stopped by itself")
