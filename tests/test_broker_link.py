@@ -5,19 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+
+from support.aio import run
 
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
 from dvrlink.protocol.presence_events import Address, DeviceOffline, ServerEvent
 
 STEP = 10.0
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), 30.0)
-
-    asyncio.run(bounded())
 
 
 class EchoCore:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from aioice.turn import create_turn_endpoint
-from test_broker_api import STEP, Lab, SimulatedDevice, lab, run
+from support.aio import run
+from support.broker import STEP, Lab, SimulatedDevice, lab
 
 from dvrlink.broker.sessions import SessionState, SessionTable, TooManySessionsError
 from dvrlink.broker.state import load_or_create_turn_secret, read_info

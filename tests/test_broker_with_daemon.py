@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from presence_harness import Program
+from support.presence import Program
 
 from dvrlink.broker.state import read_info
 from dvrlink.broker.tls import client_context

@@ -17,14 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from dvrlink.daemon.notify import HEARTBEAT_FILE_ENV, Notifier
-from hil.loopback import wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "buildroot/board/dvrlink/S95dvrlinkd"
 BUSYBOX = shutil.which("busybox")
@@ -51,11 +51,6 @@ while :; do
 	sleep 0.05
 done
 """
-
-
-def wait_until(what: str, condition: Callable[[], object], timeout: float = BOUND) -> None:
-    """Poll ``condition``; fail naming ``what`` after ``timeout`` seconds."""
-    wait_for(what, condition, timeout)
 
 
 def pid_alive(pid: int) -> bool:
@@ -113,7 +108,9 @@ class Rig:
         return [int(line.split()[0]) for line in self.starts()]
 
     def wait_log(self, text: str, count: int = 1) -> None:
-        wait_until(f"{count} x {text!r} in the log", lambda: self.log_text().count(text) >= count)
+        wait_until(
+            f"{count} x {text!r} in the log", lambda: self.log_text().count(text) >= count, timeout=BOUND
+        )
 
     def supervisor_pid(self) -> int | None:
         try:
@@ -164,7 +161,7 @@ def test_feeds_only_while_healthy_and_restarts_a_dead_daemon(rig: Rig) -> None:
 
     # Healthy: the watchdog is opened and fed.
     rig.wait_log("is healthy")
-    wait_until("three feeds", lambda: len(rig.feeds()) >= 3)
+    wait_until("three feeds", lambda: len(rig.feeds()) >= 3, timeout=BOUND)
     first = rig.starts()[0].split()
     assert first[1:] == ["run", "--config", rig.env["DVRLINKD_CONFIG"], "WATCHDOG_USEC=2000000"], first
     assert (rig.root / "run/heartbeat").read_text().startswith(first[0] + " ")
@@ -177,7 +174,7 @@ def test_feeds_only_while_healthy_and_restarts_a_dead_daemon(rig: Rig) -> None:
     # again; the supervisor ticks every 0.1 s meanwhile.
     beat = (rig.root / "run/heartbeat").read_text()
     deadline = time.monotonic() + 4 * float(rig.env["DVRLINKD_HEALTH_TIMEOUT"])
-    wait_until("time passing", lambda: time.monotonic() > deadline)
+    wait_until("time passing", lambda: time.monotonic() > deadline, timeout=BOUND)
     assert rig.feeds() == fed_when_unhealthy, "fed the watchdog while dvrlinkd was hung"
     assert (rig.root / "run/heartbeat").read_text() == beat
     assert len(rig.starts()) == 1, "a hung daemon was restarted although the watchdog is open"
@@ -186,17 +183,17 @@ def test_feeds_only_while_healthy_and_restarts_a_dead_daemon(rig: Rig) -> None:
     # Beating again: healthy again, fed again.
     (rig.fake / "hang").unlink()
     rig.wait_log("is healthy", count=2)
-    wait_until("feeds after recovery", lambda: len(rig.feeds()) > len(fed_when_unhealthy))
+    wait_until("feeds after recovery", lambda: len(rig.feeds()) > len(fed_when_unhealthy), timeout=BOUND)
 
     # Dead: started again after the back-off, healthy and fed again.
     first_pid = rig.daemon_pids()[0]
     (rig.fake / "exit").write_text("1\n")
     rig.wait_log("exited with status 1: starting it again in 1 s")
-    wait_until("a second start", lambda: len(rig.starts()) == 2)
+    wait_until("a second start", lambda: len(rig.starts()) == 2, timeout=BOUND)
     assert not pid_alive(first_pid)
     rig.wait_log("is healthy", count=3)
     fed = len(rig.feeds())
-    wait_until("feeds after the restart", lambda: len(rig.feeds()) > fed)
+    wait_until("feeds after the restart", lambda: len(rig.feeds()) > fed, timeout=BOUND)
 
     # Stop: daemon and supervisor end, the watchdog gets its magic close.
     stopped = rig.run("stop")
@@ -214,10 +211,10 @@ def test_a_config_error_is_not_restarted_and_closes_the_watchdog(rig: Rig) -> No
     supervisor = rig.supervisor_pid()
     assert supervisor is not None
     rig.wait_log("is healthy")
-    wait_until("a feed", lambda: len(rig.feeds()) >= 1)
+    wait_until("a feed", lambda: len(rig.feeds()) >= 1, timeout=BOUND)
     (rig.fake / "exit").write_text("78\n")
     rig.wait_log("supervisor stopped")
-    wait_until("the supervisor's exit", lambda: not pid_alive(supervisor))
+    wait_until("the supervisor's exit", lambda: not pid_alive(supervisor), timeout=BOUND)
     assert "exited with status 78 (usage or config error): not starting it again" in rig.log_text()
     assert len(rig.starts()) == 1
     assert rig.feeds().endswith("V"), rig.feeds()
@@ -232,7 +229,7 @@ def test_without_a_watchdog_a_hung_daemon_is_killed_and_started_again(rig: Rig) 
     (rig.fake / "hang").touch()
     rig.wait_log("is hung (no heartbeat for 2 s) and no watchdog is open: killing it")
     (rig.fake / "hang").unlink()
-    wait_until("a second start", lambda: len(rig.starts()) == 2)
+    wait_until("a second start", lambda: len(rig.starts()) == 2, timeout=BOUND)
     rig.wait_log("is healthy", count=2)
     assert not rig.watchdog.exists()
     assert "exited with status 137" in rig.log_text()  # SIGKILL
@@ -302,7 +299,7 @@ def test_the_real_dvrlinkd_under_the_script(rig: Rig) -> None:
     )
     assert rig.run("start").returncode == 0
     rig.wait_log("is healthy")
-    wait_until("feeds", lambda: len(rig.feeds()) >= 3)
+    wait_until("feeds", lambda: len(rig.feeds()) >= 3, timeout=BOUND)
     match = re.search(r"started \S+ \(pid (\d+)\)", rig.log_text())
     assert match is not None, rig.log_text()
     daemon = int(match.group(1))
@@ -314,13 +311,13 @@ def test_the_real_dvrlinkd_under_the_script(rig: Rig) -> None:
         rig.wait_log("not feeding the watchdog", count=unfed + 1)
         fed = rig.feeds()
         deadline = time.monotonic() + 8
-        wait_until("time passing", lambda: time.monotonic() > deadline)
+        wait_until("time passing", lambda: time.monotonic() > deadline, timeout=BOUND)
         assert rig.feeds() == fed, "fed the watchdog while dvrlinkd was stopped"
     finally:
         os.kill(daemon, signal.SIGCONT)
     healthy = rig.log_text().count("is healthy")
     rig.wait_log("is healthy", count=healthy + 1)
-    wait_until("feeds after SIGCONT", lambda: len(rig.feeds()) > len(fed))
+    wait_until("feeds after SIGCONT", lambda: len(rig.feeds()) > len(fed), timeout=BOUND)
 
     assert rig.run("stop").returncode == 0
     assert f"dvrlinkd (pid {daemon}) stopped with status 0" in rig.log_text(), rig.log_text()
@@ -341,7 +338,11 @@ def test_default_log_goes_to_syslog_through_logger(rig: Rig) -> None:
     del rig.env["DVRLINKD_LOG"]
     rig.env["PATH"] = f"{tools}:{rig.env['PATH']}"
     assert rig.run("start").returncode == 0
-    wait_until("the healthy line in syslog", lambda: syslog.exists() and "is healthy" in syslog.read_text())
+    wait_until(
+        "the healthy line in syslog",
+        lambda: syslog.exists() and "is healthy" in syslog.read_text(),
+        timeout=BOUND,
+    )
     assert "dvrlinkd: S95dvrlinkd: supervising " in syslog.read_text()
     assert not (rig.root / "run/.dvrlinkd.log").exists()  # the FIFO's name is gone once both ends are open
     assert rig.run("stop").returncode == 0

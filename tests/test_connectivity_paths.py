@@ -9,19 +9,19 @@ import time
 import aioice.ice
 import pytest
 from aioice import Connection
-from test_connectivity_harness import (
+from support.aio import run
+from support.connectivity import (
     LOOPBACK,
     WAIT,
     Session,
     lab,
     payload,
     read_digest,
-    run,
     session,
     sha,
     write_all,
 )
-from test_session_harness import Keys
+from support.session import Keys
 
 from dvrlink.daemon.connectivity import (
     LAN,

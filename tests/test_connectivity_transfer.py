@@ -8,12 +8,12 @@ import os
 import time
 
 import pytest
-from test_connectivity_harness import (
+from support.aio import run
+from support.connectivity import (
     WAIT,
     lab,
     payload,
     read_digest,
-    run,
     session,
     sha,
     trade_direct_candidates,

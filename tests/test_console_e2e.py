@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_harness import PtyCable
+from support.console import PtyCable
 
 from hil.loopback import BIN, Broker, Daemon, Viewer, add_user, make_daemon, start_broker, stop_all, wait_for
 

@@ -1,5 +1,5 @@
 """The real console (``ConsoleLink`` + ``ConsoleService`` + the core) on a PTY, driven by the
-real laptop client and ``dvrlink provision``/``pair`` through a PTY cable (tests/console_harness.py).
+real laptop client and ``dvrlink provision``/``pair`` through a PTY cable (tests/support/console.py).
 
 The recorder's side runs on this test's event loop; the laptop's blocking client runs in a worker
 thread. Only the board's reboot is stubbed. A fake recorder on a PTY plays the parts a real one
@@ -24,9 +24,11 @@ from typing import Any
 from unittest.mock import Mock
 
 import pytest
-from console_harness import PtyCable
 from cryptography.hazmat.primitives import serialization
 from pytest_mock import MockerFixture
+from support.aio import run
+from support.console import PtyCable
+from support.waiting import wait_until_async
 
 from dvrlink.daemon import console_link
 from dvrlink.daemon.app import LiveConfig
@@ -55,16 +57,6 @@ runtime_dir = "run"
 host = "broker-a.example.net"
 public_key = "{KEY}"
 """
-
-
-def run(main: Callable[[], Any], bound: float = 120.0) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), bound)
-        current = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        assert not left, f"tasks left behind: {left}"
-
-    asyncio.run(bounded())
 
 
 @dataclass
@@ -443,10 +435,7 @@ def test_reboot_calls_only_the_injected_reboot_once_after_the_reply(
         async with recorder(tmp_path, mocker) as rec:
             rec.cable.inject(b"reboot\r")
             await asyncio.to_thread(rec.cable.wait_for_device_output, b"rebooting now")
-            for _ in range(100):  # bounded: the call follows the write in the same callback
-                if rec.reboot.call_count:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async("the reboot call", lambda: rec.reboot.call_count)
             assert rec.reboot.call_count == 1
             rec.cable.inject(b"status\r")
             await asyncio.to_thread(rec.cable.wait_for_device_output, b"paired viewers")
@@ -476,11 +465,13 @@ def test_a_missing_port_is_retried_and_served_once_it_appears(
             serve = mocker.spy(link, "_serve")
             opens = mocker.spy(console_link.serial, "Serial")
             task = asyncio.create_task(link.run())
-            for _ in range(int(WAIT / 0.01)):  # bounded: until it has failed to open three times
-                if opens.call_count >= 3:
-                    break
-                await asyncio.sleep(0.01)
-            assert opens.call_count >= 3 and serve.call_count == 0 and not task.done()
+            await wait_until_async(
+                "three failed opens",
+                lambda: opens.call_count >= 3,
+                timeout=WAIT,
+                seen=lambda: opens.call_count,
+            )
+            assert serve.call_count == 0 and not task.done()
             errors = [r for r in caplog.records if "cannot open" in r.getMessage()]
             assert len(errors) == 1, "the same problem is logged once, not at every retry"
             assert str(tmp_path / "ttyS9") in errors[0].getMessage()

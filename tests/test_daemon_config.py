@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.daemon_config import KEY, KEY_B64, MINIMAL, load_text, run_dvrlinkd, write
 
-from dvrlink.daemon.config import DaemonConfig, load_config
+from dvrlink.daemon.config import load_config
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.protocol.port_prediction import SearchBudget
 
-KEY = bytes(range(1, 33))
-KEY_B64 = base64.b64encode(KEY).decode()
 EXAMPLE = Path(__file__).resolve().parent.parent / "daemon" / "dvrlinkd.example.toml"
-DVRLINKD = Path(sys.executable).with_name("dvrlinkd")
 
 GOOD = f"""
 [device]
@@ -41,24 +37,6 @@ window_s = 600
 [log]
 level = "debug"
 """
-
-MINIMAL = f"""
-[device]
-serial = "DL-0001-0002"
-[broker]
-host = "127.0.0.1"
-public_key = "{KEY_B64}"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "dvrlinkd.toml"
-    path.write_text(text)
-    return path
-
-
-def load_text(tmp_path: Path, text: str) -> DaemonConfig:
-    return load_config(write(tmp_path, text))
 
 
 def test_good_file(tmp_path: Path) -> None:
@@ -165,13 +143,6 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_text(tmp_path, "[device]\nserial = 'x'\nthis is not toml\n")
     with pytest.raises(ConfigError, match=r"config file not found; create it from dvrlinkd.example.toml"):
         load_config(tmp_path / "nope.toml")
-
-
-def run_dvrlinkd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    assert DVRLINKD.exists(), f"{DVRLINKD} missing: install the package with `make venv`"
-    return subprocess.run(
-        [str(DVRLINKD), *args], capture_output=True, text=True, timeout=60, check=False, env=env
-    )
 
 
 def test_check_config_process(tmp_path: Path) -> None:

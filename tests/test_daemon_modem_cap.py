@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_daemon_sessions
-from test_daemon_modem import ICCID, SERIAL, Rig, running, status_rows
-from test_daemon_sessions import Connections, LogWatch
-from test_daemon_sessions import Rig as SessionRig
+from support.daemon_modem import ICCID, SERIAL, Rig, running, status_rows
+from support.daemon_sessions import Connections, LogWatch
+from support.daemon_sessions import Rig as SessionRig
+from support.keepalive import FakeProber
 
 from dvrlink.daemon import presence_tuning
-from dvrlink.daemon.nat_lifetime import LearnerState
 from dvrlink.daemon.presence_tuning import PresenceTuning
 from dvrlink.daemon.status import format_status, read_status
 from dvrlink.modem.manager import DataFailed, DataLink, DataRequest, DataUp
@@ -118,9 +117,6 @@ def test_the_data_cap_warns_then_stops_optional_traffic_until_the_next_cycle(
         links.append(MeteredLink(keywords["data_link"]))
         return {**keywords, "data_link": links[-1], "calendar": calendar}
 
-    # the session rig's pairing and offers, aimed at this daemon's serial
-    monkeypatch.setattr(test_daemon_sessions, "SERIAL", SERIAL)
-
     async def main() -> None:
         async with capped_daemon(tmp_path, monkeypatch, meter) as (rig, watch):
             await scenario(rig, watch, links, calendar)
@@ -136,7 +132,9 @@ async def scenario(rig: Rig, watch: LogWatch, links: list[MeteredLink], calendar
     run_dir = rig.config.device.runtime_dir
     await rig.watch.until(lambda b: b.state == "online" and b.cap_level == "normal", "online under the cap")
     await watch.wait_for(r"^registered: ")
-    session = SessionRig(rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon)
+    session = SessionRig(
+        rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon, serial=SERIAL
+    )
     auth, key, _pin = await session.pair()
     link = links[-1]
 
@@ -194,7 +192,6 @@ def test_a_cap_reached_before_a_restart_applies_as_soon_as_the_modem_is_online(
     saved = {"current": {"cycle_start": "2026-11-01", "rx": 900_000, "tx": 200_000}, "history": []}
     (state / "accounting.json").write_text(json.dumps({"version": 1, "sims": {ICCID: saved}}))
     calendar = Calendar()
-    monkeypatch.setattr(test_daemon_sessions, "SERIAL", SERIAL)
 
     def meter(keywords: dict[str, Any]) -> dict[str, Any]:
         return {**keywords, "data_link": MeteredLink(keywords["data_link"]), "calendar": calendar}
@@ -205,7 +202,16 @@ def test_a_cap_reached_before_a_restart_applies_as_soon_as_the_modem_is_online(
             assert block.data_used_bytes == 1_100_000
             await watch.wait_for(r"^registered: ")
             session = SessionRig(
-                rig.lab, rig.config, watch, 0, Connections(), 0, Connections(), rig.stop, rig.daemon
+                rig.lab,
+                rig.config,
+                watch,
+                0,
+                Connections(),
+                0,
+                Connections(),
+                rig.stop,
+                rig.daemon,
+                serial=SERIAL,
             )
             auth, key, _pin = await session.pair()
             code, body, _, _ = await session.offer(auth, key)
@@ -217,35 +223,6 @@ def test_a_cap_reached_before_a_restart_applies_as_soon_as_the_modem_is_online(
             await main()
 
     asyncio.run(bounded())
-
-
-class FakeLearner:
-    def __init__(self) -> None:
-        self.state = LearnerState.IDLE
-
-
-class FakeProber:
-    """What ``PresenceTuning`` calls on a ``NatProber``: start, stop, its learner's state."""
-
-    def __init__(self) -> None:
-        self.learner = FakeLearner()
-        self.calls: list[str] = []
-
-    def start(self) -> None:
-        self.calls.append("start")
-        self.learner.state = LearnerState.MEASURING
-
-    def stop(self) -> None:
-        self.calls.append("stop")
-
-    def path_changed(self, reason: str) -> None:
-        self.calls.append("path-changed")
-
-    def broker_answered(self) -> None:
-        """The learner's control (a keepalive answered): no start or stop, not recorded."""
-
-    def session_lost(self) -> None:
-        """The learner's control (the session ended): no start or stop, not recorded."""
 
 
 class NullClient:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon_config import KEY_B64, MINIMAL, load_text, run_dvrlinkd, write
+from support.daemon_config import KEY_B64, MINIMAL, load_text, run_dvrlinkd, write
 
 from dvrlink.daemon.config import DEFAULT_DHCP_COMMAND, ModemSettings
 from dvrlink.daemon.errors import ConfigError

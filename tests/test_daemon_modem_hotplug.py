@@ -31,8 +31,9 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from test_broker_api import lab
-from test_daemon_modem import (
+from support.aio import run
+from support.broker import lab
+from support.daemon_modem import (
     FAKE_UDHCPC,
     ICCID,
     SERIAL,
@@ -42,7 +43,6 @@ from test_daemon_modem import (
     FakeHooks,
     StatusWatch,
     fast_tuning,
-    run,
 )
 
 from dvrlink.daemon.app import run_daemon

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon_modem import WAIT, WORKING_APN, Rig, run, running
+from support.aio import run
+from support.daemon_modem import WAIT, WORKING_APN, Rig, running
 
 from dvrlink.modem.ladder import Step
 from dvrlink.modem.manager import DataFailed, DataRequest, DataUp, ModemState

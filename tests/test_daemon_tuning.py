@@ -1,5 +1,5 @@
 """The daemon's keepalive tuning and its reports to the broker, on 127.0.0.1: the broker
-in-process (``test_broker_api.lab``), the real ``run_daemon``. Loopback has no NAT (the broker
+in-process (``support.broker.lab``), the real ``run_daemon``. Loopback has no NAT (the broker
 sees the device at its own address), so there is no mapping lifetime to learn: no probes, the
 configured interval, UDP kept. Real NAT lifetimes are learned in the NAT lab
 (``test_keepalive_lab.py``). Every wait is bounded; progress is read from the daemon's log.
@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
-from test_broker_api import lab
-from test_connectivity_harness import run
-from test_daemon_sessions import LogWatch
+from support.aio import run
+from support.broker import lab
+from support.daemon_sessions import LogWatch
+from support.waiting import wait_until_async
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import load_config
@@ -22,22 +24,6 @@ from dvrlink.protocol.identity import b64encode_key
 
 SERIAL = "DL-0009-0001"
 WAIT = 60.0
-
-
-async def logged(watch: LogWatch, text: str) -> str:
-    """The first log line containing ``text``, waiting up to ``WAIT`` s."""
-
-    async def scan() -> str:
-        while True:
-            for line in watch.lines:
-                if text in line:
-                    return line
-            await asyncio.sleep(0.05)
-
-    try:
-        return await asyncio.wait_for(scan(), WAIT)
-    except TimeoutError:
-        raise AssertionError(f"no log line with {text!r}:\n" + "\n".join(watch.lines[-30:])) from None
 
 
 def test_on_loopback_there_is_no_nat_to_learn_and_the_broker_keeps_the_report(tmp_path: Path) -> None:
@@ -65,18 +51,19 @@ def test_on_loopback_there_is_no_nat_to_learn_and_the_broker_keeps_the_report(tm
                 daemon = asyncio.create_task(run_daemon(load_config(config_file), stop, {}))
                 try:
                     await watch.wait_for(r"^registered: ")
-                    line = await logged(watch, "no NAT between this device and the broker")
+                    line = await watch.wait_for("no NAT between this device and the broker", timeout=WAIT)
                     assert "127.0.0.1:" in line, line
 
-                    async def broker_has_the_report() -> None:
-                        while True:
-                            record = t.broker.registry.device(SERIAL)
-                            report = record.report if record is not None else None
-                            if report is not None and report.get("keepalive_s") == 5:
-                                return
-                            await asyncio.sleep(0.05)
+                    def the_report() -> dict[str, Any] | None:
+                        record = t.broker.registry.device(SERIAL)
+                        return record.report if record is not None else None
 
-                    await asyncio.wait_for(broker_has_the_report(), WAIT)
+                    await wait_until_async(
+                        "the broker has the report with keepalive_s 5",
+                        lambda: (the_report() or {}).get("keepalive_s") == 5,
+                        timeout=WAIT,
+                        seen=the_report,
+                    )
                     record = t.broker.registry.device(SERIAL)
                     assert record is not None and record.report is not None
                     assert record.report["presence_transport"] == "udp"

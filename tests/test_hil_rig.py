@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from console_harness import PtyCable
+from support.console import PtyCable
 
 from hil.board import (
     BoardError,

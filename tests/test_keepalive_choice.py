@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from support.keepalive import FakeLearner, FakeProber
 
 from dvrlink.daemon.keepalive_cost import (
     TCP_KEEPALIVE_BYTES,
@@ -72,16 +73,6 @@ def test_prefer_is_ignored_unless_auto() -> None:
 
 
 @dataclass
-class FakeLearner:
-    interval: float
-
-
-@dataclass
-class FakeProber:
-    learner: FakeLearner
-
-
-@dataclass
 class FakeClient:
     reports: list[DeviceReport] = field(default_factory=list)
     intervals: list[float] = field(default_factory=list)
@@ -108,11 +99,10 @@ def test_tuning_moves_to_tcp_once_the_udp_lifetime_shows_it_is_cheaper(
 
 
 def test_a_learned_tcp_lifetime_sets_the_tcp_interval_and_compares_again() -> None:
-    class SettledLearner(FakeLearner):
-        state = LearnerState.SETTLED
-
     client = FakeClient()
-    tuning = PresenceTuning(client, lambda: 0.0, interval=25.0, prober=FakeProber(SettledLearner(200.0)))  # type: ignore[arg-type]
+    tuning = PresenceTuning(
+        client, lambda: 0.0, interval=25.0, prober=FakeProber(FakeLearner(200.0, LearnerState.SETTLED))
+    )  # type: ignore[arg-type]
     given: list[float] = []
     moved: list[str] = []
     tuning.tcp_interval = 300.0

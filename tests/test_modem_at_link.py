@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
 
 import pytest
+from support.aio import run
 
 from dvrlink.modem.at import (
     AtEngine,
@@ -22,13 +22,6 @@ from dvrlink.modem.at_specs import CommandSpec
 from dvrlink.modem.link import AtLink, PortError
 
 BOUND = 10.0
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), BOUND)
-
-    asyncio.run(bounded())
 
 
 class ScriptedModem:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_modem_manager_rig import Rig, needs_database, run, running
+from support.aio import run
+from support.modem_rig import Rig, needs_database, running
 
 from dvrlink.modem.ladder import Step
 from dvrlink.modem.manager import (

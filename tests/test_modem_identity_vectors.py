@@ -7,6 +7,7 @@ and the values are theirs; the code under test is ours.
 from __future__ import annotations
 
 import pytest
+from support.vectors import check_census
 
 from dvrlink.modem.apn import ApnMemory, ProviderIndex
 from dvrlink.modem.at import CommandCompleted, CommandFailed, parse_final
@@ -215,3 +216,7 @@ def test_no_sim_is_still_no_sim(cpin: tuple[str, ...]) -> None:
     manager, _ = _started(cpin)
     assert manager.state is ModemState.SIM_ABSENT
     assert "insert one" in manager.status().detail
+
+
+def test_census_of_modemmanager_vectors() -> None:
+    check_census("test_modem_identity_vectors", [row[0] for row in ICCID_VECTORS + IMEI_VECTORS])

@@ -7,19 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from test_modem_manager_rig import needs_database, provider_index, run, running
+from support.aio import run
+from support.modem_rig import needs_database, provider_index, running
+from support.modem_script import ANSWERS, ICCID, ScriptedModem
 
 from dvrlink.daemon.config import ModemSettings
 from dvrlink.daemon.modem_service import advice
 from dvrlink.modem.apn import ApnMemory
 from dvrlink.modem.at import (
-    CommandCompleted,
-    CommandFailed,
     CommandTimedOut,
     FinalResult,
     Resynced,
     UrcReceived,
-    parse_final,
 )
 from dvrlink.modem.ladder import FaultKind, Step
 from dvrlink.modem.manager import (
@@ -37,7 +36,6 @@ from dvrlink.modem.manager import (
     ProbeData,
     RadioSwitchedOn,
     SendAt,
-    StartData,
     StopData,
     cesq_to_dbm,
     csq_to_dbm,
@@ -48,8 +46,6 @@ from dvrlink.modem.manager import (
 )
 from dvrlink.modem.profiles import profile_by_name
 from hil.modememu import SimCard
-
-ICCID = "89490200001234567890"
 
 
 def test_parsers() -> None:
@@ -93,73 +89,6 @@ def test_config_errors_say_what_to_fix() -> None:
         ModemConfig(profile=profile, pin="12a4")
     with pytest.raises(ValueError, match="1-24"):
         ModemConfig(profile=profile, cid=0)
-
-
-class ScriptedModem:
-    """Answers the manager's commands from a table; made-up command ids and time."""
-
-    def __init__(self, manager: ModemManager, answers: dict[str, tuple[str, ...]]) -> None:
-        self.manager = manager
-        self.answers = answers
-        self.sent: list[str] = []
-        self.next_id = 1
-        self.hang = False
-        self.events: list[object] = []
-        self.data: list[DataUp | DataFailed] = []
-        """Results for the next data link starts, in order; then ``DataUp("usb0")``."""
-        self.starts: list[StartData] = []
-        self.actions: list[object] = []
-        """Every action the manager asked for, in order."""
-
-    def step(self, now: float) -> None:
-        """Answer every SendAt and start every data link, until the manager is quiet."""
-        while True:
-            action = self.manager.next_action()
-            while (event := self.manager.next_event()) is not None:
-                self.events.append(event)
-            if action is None:
-                return
-            self.actions.append(action)
-            if isinstance(action, StartData):
-                self.starts.append(action)
-                result = self.data.pop(0) if self.data else DataUp("usb0")
-                self.manager.data_result(result, now, generation=action.generation)
-            elif isinstance(action, SendAt):
-                command_id = self.next_id
-                self.next_id += 1
-                self.sent.append(action.command)
-                self.manager.at_submitted(command_id)
-                if self.hang:
-                    continue
-                lines = ()
-                final = "OK"
-                for prefix, reply in self.answers.items():
-                    if action.command.startswith(prefix):
-                        *lines, final = reply  # type: ignore[assignment]
-                        break
-                result = parse_final(final)
-                assert result is not None
-                event: CommandCompleted | CommandFailed
-                if result.ok:
-                    event = CommandCompleted(command_id, action.command, tuple(lines), result)
-                else:
-                    event = CommandFailed(command_id, action.command, tuple(lines), result, 1)
-                self.manager.at_event(event, now)
-
-
-ANSWERS = {
-    "AT+CPIN?": ("+CPIN: READY", "OK"),
-    "AT+QCCID": (f"+QCCID: {ICCID}", "OK"),
-    "AT+CIMI": ("262011234567890", "OK"),
-    "AT+CRSM=176,28589": ('+CRSM: 144,0,"00000002"', "OK"),
-    "AT+CSPN?": ('+CSPN: "Telekom.de",0', "OK"),
-    "AT+CREG?": ('+CREG: 2,1,"1A2B","01C3D4E5",7', "OK"),
-    "AT+CGREG?": ('+CGREG: 2,1,"1A2B","01C3D4E5",7', "OK"),
-    "AT+CEREG?": ('+CEREG: 2,1,"2B3C","01C3D4E5",7', "OK"),
-    "AT+COPS?": ('+COPS: 0,0,"Telekom.de",7', "OK"),
-    "AT+CSQ": ("+CSQ: 25,99", "OK"),
-    "AT+CESQ": ("+CESQ: 99,99,255,255,255,255", "OK"),
-}
 
 
 @needs_database

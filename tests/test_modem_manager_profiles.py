@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_modem_manager_rig import needs_database, run, running
+from support.aio import run
+from support.modem_rig import needs_database, running
 
 from dvrlink.modem.apn import ApnMemoryFile
 from dvrlink.modem.manager import ApnFailed, ApnRemembered, ModemState

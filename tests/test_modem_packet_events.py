@@ -2,14 +2,15 @@
 deactivated, a radio left in flight mode is switched on, and registration URCs that carry the
 leading ``<n>`` (as some modems send them) keep an online modem online.
 
-The data link is the rig's fake (pppd and DHCP cannot run here): see test_modem_manager_rig.
+The data link is the rig's fake (pppd and DHCP cannot run here): see support.modem_rig.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from test_modem_manager_rig import needs_database, run, running
+from support.aio import run
+from support.modem_rig import needs_database, running
 
 from dvrlink.modem.manager import DataContextEnded, ModemState, RadioSwitchedOn
 from hil.modememu import ModemEmulator, SimCard

@@ -12,6 +12,7 @@ URCs, then through the parser the manager uses.
 from __future__ import annotations
 
 import pytest
+from support.vectors import check_census
 
 from dvrlink.modem.at import AtConfig, AtEngine, CommandCompleted, UrcReceived
 from dvrlink.modem.manager import cesq_to_dbm, parse_cops
@@ -458,3 +459,7 @@ VECTORS: list[tuple[str, ...]] = [
     *((v[0], v[1]) for v in SYSINFOEX),
 ]
 """Every ModemManager vector of this module, as (source test function, input), for the census."""
+
+
+def test_census_of_modemmanager_vectors() -> None:
+    check_census("test_modem_pdp_vectors", [row[0] for row in VECTORS])

@@ -5,8 +5,8 @@ and the manager putting them into the status (with made-up time and a scripted m
 from __future__ import annotations
 
 import pytest
-from test_modem_manager import ANSWERS, ScriptedModem
-from test_modem_manager_rig import needs_database, provider_index
+from support.modem_rig import needs_database, provider_index
+from support.modem_script import ANSWERS, ScriptedModem
 
 from dvrlink.daemon.status import ModemBlock, format_modem
 from dvrlink.modem.apn import ApnMemory

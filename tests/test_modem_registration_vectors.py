@@ -11,6 +11,7 @@ a solicited line is the reply to its query, an unsolicited one a URC.
 from __future__ import annotations
 
 import pytest
+from support.vectors import check_census
 
 from dvrlink.modem.at import AtConfig, AtEngine, CommandCompleted, UrcReceived
 from dvrlink.modem.manager import parse_registration
@@ -107,3 +108,7 @@ def test_registration_vector(source: str, line: str, solicited: bool, stat: int,
 def test_malformed_registration_is_none_and_never_raises(line: str) -> None:
     assert parse_registration(line, reply=False) is None or line.endswith("9")
     parse_registration(line, reply=True)
+
+
+def test_census_of_modemmanager_vectors() -> None:
+    check_census("test_modem_registration_vectors", [row[0] for row in VECTORS])

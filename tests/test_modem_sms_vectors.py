@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from support.vectors import check_census
 
 from dvrlink.modem.at import AtConfig, AtEngine, AtEvent, CommandCompleted, UrcReceived
 from dvrlink.modem.sms import (
@@ -564,3 +565,7 @@ def test_cmti_vector(source: str, data: bytes, expected: tuple[str, int]) -> Non
 def test_vectors_cite_modemmanager_tests() -> None:
     assert len(VECTORS) >= 30, len(VECTORS)
     assert all(row[0].startswith(("test_", "at_serial_")) for row in VECTORS), [row[0] for row in VECTORS]
+
+
+def test_census_of_modemmanager_vectors() -> None:
+    check_census("test_modem_sms_vectors", [row[0] for row in VECTORS])

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from presence_harness import Device, Lab
 from pytest_mock import MockerFixture
+from support.presence import Device, Lab
+from support.waiting import wait_until_async
 
 from dvrlink.daemon.nat_lifetime import (
     IntervalChanged,
@@ -186,7 +187,7 @@ class _Out:
 
 
 class ProbeRig:
-    """Drives learners the way ``NatProber`` does, against the broker core of ``presence_harness.Lab``:
+    """Drives learners the way ``NatProber`` does, against the broker core of ``support.presence.Lab``:
     each probe is a keepalive from a fresh source port (its own mapping), answered to that port
     after its delay, or lost ``GRACE`` s after it. The presence session's keepalives are the
     control: their answers and losses go to every learner (``PresenceTuning`` does the same)."""
@@ -326,11 +327,12 @@ def test_probers_sharing_a_budget_wait_for_each_others_slots(mocker: MockerFixtu
             first.start()
             second.start()
             assert budget.in_use == 1 and not second._tasks, "the second prober did not wait for a slot"
-            for _ in range(200):  # up to 10 s
-                if waited.call_count:
-                    break
-                await asyncio.sleep(0.05)
-            assert waited.call_count == 1, "the second prober's probe never ran once the slot was free"
+            await wait_until_async(
+                "the second prober's probe to run once the slot was free",
+                lambda: waited.call_count,
+                seen=lambda: f"{waited.call_count} probes, {budget.in_use} slots in use",
+            )
+            assert waited.call_count == 1, "the second prober's probe ran more than once"
             assert budget.in_use == 0
         finally:
             for prober in probers:

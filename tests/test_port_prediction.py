@@ -13,7 +13,8 @@ from aioice import Connection
 from aioice.candidate import Candidate
 from hypothesis import given
 from hypothesis import strategies as st
-from test_connectivity_harness import LOOPBACK, WAIT, run
+from support.aio import run
+from support.connectivity import LOOPBACK, WAIT
 
 from dvrlink.daemon import birthday
 from dvrlink.daemon.connectivity import _gather_host, _host_protocols, _nominated_protocol

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from presence_harness import Lab
+from support.presence import Lab
 
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from presence_harness import Lab
+from support.presence import Lab
 
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_wire import MAX_DATAGRAM, MessageType

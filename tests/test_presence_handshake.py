@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from presence_harness import Lab
+from support.presence import Lab
 
 from dvrlink.broker.device_events import UNCONFIRMED_LOG_INTERVAL_S, DeviceEventHandler
 from dvrlink.broker.registry import Registry

@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from presence_harness import Device, Lab, loopback_broker_config, of_type, until
+from support.presence import Device, Lab, loopback_broker_config, of_type
+from support.waiting import wait_until_async
 
 from dvrlink.broker.api import BrokerApi
 from dvrlink.broker.app import start_broker
@@ -221,11 +222,11 @@ def test_a_running_broker_shows_a_tcp_device_offline_when_its_connection_drops(t
             link = TcpLink(core, events, host, port, tls=presence_tls_context())
             await link.start()
             try:
-                await until("registered over TCP", lambda: core.state is ClientState.ONLINE)
+                await wait_until_async("registered over TCP", lambda: core.state is ClientState.ONLINE)
                 assert running.server.presence(SERIAL).online  # type: ignore[union-attr]
             finally:
                 link.detach()  # the daemon dies: its connection closes, no GOODBYE
-            await until(
+            await wait_until_async(
                 "offline after the connection closed (the keepalive interval is 60 s)",
                 lambda: not running.server.presence(SERIAL).online,  # type: ignore[union-attr]
                 timeout=5.0,
@@ -257,11 +258,13 @@ def test_a_running_broker_shows_a_silent_udp_device_offline_after_its_intervals(
             link = CloudLink(core, events, *running.link.local_address)
             await link.start()
             try:
-                await until("a keepalive acknowledged", lambda: of_type(events.events, KeepaliveAcknowledged))
+                await wait_until_async(
+                    "a keepalive acknowledged", lambda: of_type(events.events, KeepaliveAcknowledged)
+                )
             finally:
                 link.detach()  # the daemon dies: no GOODBYE
             stopped = loop.time()
-            await until(
+            await wait_until_async(
                 "offline after its keepalives stopped",
                 lambda: not running.server.presence(SERIAL).online,  # type: ignore[union-attr]
                 timeout=10.0,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from presence_harness import Device, Lab, loopback_broker_config, of_type, spoof_udp, until
 from pytest_mock import MockerFixture
+from support.presence import Device, Lab, loopback_broker_config, of_type, spoof_udp
+from support.waiting import wait_until_async
 
 from dvrlink.broker.app import start_broker
 from dvrlink.daemon.cloud_link import CloudLink
@@ -190,7 +191,9 @@ def test_a_spoofed_replay_to_a_running_broker_leaves_the_device_online(
         link = CloudLink(client, events, *broker_address)
         try:
             await link.start()
-            await until("first keepalive acknowledged", lambda: events.count(KeepaliveAcknowledged) >= 1)
+            await wait_until_async(
+                "first keepalive acknowledged", lambda: events.count(KeepaliveAcknowledged) >= 1
+            )
             captured = [d for batch in sent.spy_return_list for d in batch if d[0] == MessageType.REGISTER]
             assert len(captured) == 1, captured
             before = running.server.presence(SERIAL)
@@ -200,7 +203,7 @@ def test_a_spoofed_replay_to_a_running_broker_leaves_the_device_online(
             acks = events.count(KeepaliveAcknowledged)
             spoof_udp(device_address, broker_address, captured[0])
             # Two more keepalives (one may have been on its way already), or the session lost.
-            await until(
+            await wait_until_async(
                 "two more keepalives answered, or the session lost",
                 lambda: events.count(KeepaliveAcknowledged) > acks + 1 or events.count(ConnectionLost),
             )
@@ -212,7 +215,7 @@ def test_a_spoofed_replay_to_a_running_broker_leaves_the_device_online(
             assert running.server.stats["replayed"] == 1
             running.server.send_invite(SERIAL, INVITE_KIND_PING, b"", loop.time())
             running.link.flush()
-            await until("the ping reached the device", lambda: events.count(InviteReceived) == 1)
+            await wait_until_async("the ping reached the device", lambda: events.count(InviteReceived) == 1)
             assert running.server.stats["registrations"] == 1
         finally:
             link.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from presence_harness import Lab
+from support.presence import Lab
 
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceMoved, DeviceReported

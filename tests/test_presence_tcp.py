@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from presence_harness import loopback_broker_config, until
+from support.aio import run
+from support.presence import loopback_broker_config
+from support.waiting import wait_until_async
 
 from dvrlink.broker.app import RunningBroker, start_broker
 from dvrlink.broker.presence_tcp import TransportRouter, is_stream_address, stream_address
@@ -32,13 +34,6 @@ from dvrlink.protocol.presence_events import Address, ClientEvent, InviteReceive
 from dvrlink.protocol.presence_stream import encode_frame
 
 SERIAL = "DL-TCP-0001"
-
-
-def run(main: Callable[[], Awaitable[None]], timeout: float = 30.0) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), timeout)
-
-    asyncio.run(bounded())
 
 
 @contextlib.asynccontextmanager
@@ -144,7 +139,7 @@ def test_a_device_registers_over_tls_and_gets_invites(tmp_path: Path) -> None:
             link = TcpLink(core, events, host, port, tls=presence_tls_context())
             await link.start()
             try:
-                await until("registered over TCP", lambda: core.state is ClientState.ONLINE)
+                await wait_until_async("registered over TCP", lambda: core.state is ClientState.ONLINE)
                 registered = next(e for e in events.events if isinstance(e, Registered))
                 # the reflexive address is the TCP mapping the broker sees: the link's local address
                 assert registered.reflexive_address == link.local_address
@@ -152,17 +147,19 @@ def test_a_device_registers_over_tls_and_gets_invites(tmp_path: Path) -> None:
                 assert info is not None and info.online and is_stream_address(info.address or ("", 0))
                 invite_id = running.server.send_invite(SERIAL, 9, b"hello", asyncio.get_running_loop().time())
                 running.link.flush()
-                await until(
+                await wait_until_async(
                     "invite received", lambda: any(isinstance(e, InviteReceived) for e in events.events)
                 )
                 invite = next(e for e in events.events if isinstance(e, InviteReceived))
                 assert (invite.invite_id, invite.body) == (invite_id, b"hello")
                 # keepalives keep flowing over the stream
                 before = core.stats["received"]
-                await until("a keepalive acknowledged", lambda: core.stats["received"] > before + 1)
+                await wait_until_async(
+                    "a keepalive acknowledged", lambda: core.stats["received"] > before + 1
+                )
             finally:
                 link.close()
-            await until("GOODBYE seen", lambda: not running.server.presence(SERIAL).online)  # type: ignore[union-attr]
+            await wait_until_async("GOODBYE seen", lambda: not running.server.presence(SERIAL).online)  # type: ignore[union-attr]
 
     run(main)
 
@@ -175,11 +172,11 @@ def test_a_dropped_connection_is_reopened_and_the_device_registers_again(tmp_pat
             link = TcpLink(core, Events(), host, port, tls=presence_tls_context(), reconnect_delay_s=0.05)
             await link.start()
             try:
-                await until("registered", lambda: core.state is ClientState.ONLINE)
+                await wait_until_async("registered", lambda: core.state is ClientState.ONLINE)
                 first = core.session_id
                 assert running.presence_tcp is not None
                 running.presence_tcp.disconnect_all()
-                await until("registered again", lambda: core.session_id not in (None, first))
+                await wait_until_async("registered again", lambda: core.session_id not in (None, first))
                 assert link.connections == 2
             finally:
                 link.close()
@@ -219,11 +216,11 @@ def test_garbage_closes_that_connection_and_the_broker_keeps_serving(tmp_path: P
             link = TcpLink(core, Events(), *address, tls=presence_tls_context())
             await link.start()
             try:
-                await until("registered", lambda: core.state is ClientState.ONLINE)
+                await wait_until_async("registered", lambda: core.state is ClientState.ONLINE)
             finally:
                 link.close()
 
-    run(main, timeout=45)
+    run(main, bound=45)
 
 
 def test_a_hello_over_tcp_gets_its_cookie_in_a_frame(tmp_path: Path) -> None:
@@ -252,7 +249,7 @@ def test_connections_per_ip_are_limited(tmp_path: Path) -> None:
             for _ in range(2):
                 _, writer = await raw_tls(tcp_address(running))
                 writers.append(writer)
-            await until("two open", lambda: tcp.connection_count == 2)
+            await wait_until_async("two open", lambda: tcp.connection_count == 2)
             reader, writer = await raw_tls(tcp_address(running))
             assert await asyncio.wait_for(reader.read(), 5) == b""
             assert tcp.refused == 1 and tcp.connection_count == 2
@@ -342,7 +339,7 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
             )
             await switch.start()
             try:
-                await until(
+                await wait_until_async(
                     "fell back to TCP and registered",
                     lambda: switch.transport is Transport.TCP and core.state is ClientState.ONLINE,
                 )
@@ -350,7 +347,7 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
                 info = running.server.presence(SERIAL)
                 assert info is not None and is_stream_address(info.address or ("", 0))
                 gate.open = True
-                await until(
+                await wait_until_async(
                     "back on UDP and registered",
                     lambda: switch.transport is Transport.UDP and core.state is ClientState.ONLINE,
                 )
@@ -362,7 +359,7 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
                     info = running.server.presence(SERIAL)
                     return info is not None and info.online and not is_stream_address(info.address or ("", 0))
 
-                await until("the broker sees the device on UDP", on_udp)
+                await wait_until_async("the broker sees the device on UDP", on_udp)
                 assert switch.switches == 2
             finally:
                 switch.close()

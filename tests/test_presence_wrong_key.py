@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from presence_harness import Program
+from support.presence import Program
 
 from dvrlink.broker.state import read_info
 

@@ -21,12 +21,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -208,16 +208,16 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
         ns.close()
 
 
-def wait_until(what: str, check: Callable[[], bool], ns: Namespace) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if check():
-            return
+def wait_ready_for(what: str, check: Callable[[], bool], ns: Namespace) -> None:
+    """Wait until ``check()`` (bounded); fail at once if a background step has ended."""
+
+    def ready() -> bool:
         for step, process, _ in ns.background:
             if process.poll() is not None:
                 pytest.fail(f"`{step.text}` ended while waiting for {what}\n{ns.logs()}", pytrace=False)
-        time.sleep(0.2)
-    pytest.fail(f"not ready after {READY_TIMEOUT_S:.0f} s: {what}\n{ns.logs()}", pytrace=False)
+        return check()
+
+    wait_until(what, ready, timeout=READY_TIMEOUT_S, poll=0.2, seen=ns.logs)
 
 
 def port_open(ns: Namespace, port: int) -> bool:
@@ -228,21 +228,19 @@ def wait_ready(step: Step, ns: Namespace) -> None:
     words = step.text.split()
     if words[:2] == ["dvrlink-broker", "serve"]:
         state = Path(words[words.index("--state-dir") + 1])
-        wait_until("broker.json in the broker's state directory", (state / "broker.json").exists, ns)
-        wait_until("the broker's API port 8443", lambda: port_open(ns, 8443), ns)
+        wait_ready_for("broker.json in the broker's state directory", (state / "broker.json").exists, ns)
+        wait_ready_for("the broker's API port 8443", lambda: port_open(ns, 8443), ns)
     elif words[:2] == ["dvrlinkd", "run"]:
         status = " ".join(["dvrlinkd", "status", *words[2:]])
-        seen: list[str] = []
 
         def online() -> bool:
             result = ns.run(status, timeout=30)
-            seen[:] = [result.stdout + result.stderr]
             return re.search(r"^state:\s+online", result.stdout, re.MULTILINE) is not None
 
-        wait_until(f"`{status}` to say online (last: {seen})", online, ns)
+        wait_ready_for(f"`{status}` to say online", online, ns)
     elif words[:2] == ["dvrlink", "forward"]:
         local = int(words[3].split(":")[0])
-        wait_until(f"the forward's local port {local}", lambda: port_open(ns, local), ns)
+        wait_ready_for(f"the forward's local port {local}", lambda: port_open(ns, local), ns)
 
 
 def test_readme_by_hand_section_runs_as_written(namespace: Namespace) -> None:

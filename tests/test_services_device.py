@@ -12,7 +12,8 @@ import struct
 
 import pytest
 from pytest_mock import MockerFixture
-from services_harness import (
+from support.aio import run
+from support.services import (
     BUFFER_LIMIT,
     INFO,
     LOOPBACK,
@@ -22,7 +23,6 @@ from services_harness import (
     TcpServer,
     check_stream_like,
     echo,
-    run,
     services,
     sha,
     stream_pair,

@@ -9,13 +9,13 @@ import os
 import socket
 
 import pytest
-from services_harness import (
+from support.aio import run
+from support.services import (
     INFO,
     LOOPBACK,
     WAIT,
     FakeOpener,
     echo,
-    run,
     services,
     sha,
     stream_pair,

@@ -10,7 +10,7 @@ import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_session_harness import (
+from support.session import (
     DEVICE_DIRECT,
     SERIAL,
     VIEWER_DIRECT,

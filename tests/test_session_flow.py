@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from test_connectivity_harness import lab, payload, run, session, sha, write_all
+from support.aio import run
+from support.connectivity import lab, payload, session, sha, write_all
+from support.waiting import wait_until_async
 
 from dvrlink.daemon.session_runner import SessionStream
 from dvrlink.protocol.session import SessionConfig
@@ -42,11 +44,12 @@ def test_a_stalled_reader_holds_one_window_then_gets_everything() -> None:
             writer = asyncio.create_task(write_all(upload, data))
             device_stream = await asyncio.wait_for(held, WAIT)
 
-            async def window_filled() -> None:
-                while len(device_stream._buffer) < WINDOW // 2:
-                    await asyncio.sleep(0.005)
-
-            await asyncio.wait_for(window_filled(), WAIT)
+            await wait_until_async(
+                "half the window buffered on the device's stream",
+                lambda: len(device_stream._buffer) >= WINDOW // 2,
+                timeout=WAIT,
+                seen=lambda: f"{len(device_stream._buffer)} bytes buffered",
+            )
             # Several round trips on another stream: acknowledgements and window updates flow
             # meanwhile, so a window that grows with arrivals would let much more in.
             for i in range(5):

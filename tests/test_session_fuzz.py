@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_session_harness import (
+from support.session import (
     DEVICE_RELAYED,
     VIEWER_RELAYED,
     Keys,

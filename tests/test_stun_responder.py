@@ -10,7 +10,7 @@ import pytest
 from aioice import stun
 from hypothesis import given
 from hypothesis import strategies as st
-from turn_harness import SECRET, Lab
+from support.turn import SECRET, Lab
 
 from dvrlink.broker.turn_server import TurnConfig
 from dvrlink.protocol.stun import StunRateLimiter, binding_response

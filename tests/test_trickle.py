@@ -16,7 +16,9 @@ import pytest
 from aioice import stun
 from aioice.candidate import Candidate
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_connectivity_harness import LOOPBACK, run
+from support.aio import run
+from support.connectivity import LOOPBACK
+from support.waiting import wait_until_async
 
 from dvrlink.daemon.config import SessionsConfig
 from dvrlink.daemon.connectivity import Connectivity
@@ -82,7 +84,9 @@ def test_prepare_returns_before_server_reflexive_candidates_and_trickles_them() 
                 assert not conn.local_gathering_done
                 before = [Candidate.from_sdp(c).type for c in conn.local_candidates()]
                 assert before == ["host"]
-                await asyncio.wait_for(_until(lambda: bool(server.held)), WAIT)
+                await wait_until_async(
+                    "the STUN responder holding a request", lambda: bool(server.held), timeout=WAIT
+                )
                 server.release()
                 while not conn.local_gathering_done:
                     await asyncio.wait_for(conn.wait_local_candidates(WAIT), WAIT)
@@ -112,7 +116,9 @@ def test_a_silent_stun_server_does_not_hold_up_the_session() -> None:
             )
             assert not conn.local_gathering_done
             assert len(conn.local_candidates()) == 1
-            await asyncio.wait_for(_until(lambda: bool(server.held)), WAIT)
+            await wait_until_async(
+                "the STUN responder holding a request", lambda: bool(server.held), timeout=WAIT
+            )
             assert not conn.local_gathering_done
             await conn.close()
             assert conn.closed
@@ -120,11 +126,6 @@ def test_a_silent_stun_server_does_not_hold_up_the_session() -> None:
             transport.close()
 
     run(main)
-
-
-async def _until(check: Any) -> None:
-    while not check():
-        await asyncio.sleep(0.01)
 
 
 # -- layout ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 from aioice import stun
-from turn_harness import PEER, PEER2, REALM, RELAY_IP, SECRET, T0, UDP_TRANSPORT, Client, FakeRelays, Lab
+from support.turn import PEER, PEER2, REALM, RELAY_IP, SECRET, T0, UDP_TRANSPORT, Client, FakeRelays, Lab
 
 from dvrlink.broker.turn_credentials import (
     CredentialStatus,

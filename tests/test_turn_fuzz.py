@@ -9,7 +9,7 @@ import struct
 from aioice import stun
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turn_harness import PEER, REALM, UDP_TRANSPORT, Lab
+from support.turn import PEER, REALM, UDP_TRANSPORT, Lab
 
 from dvrlink.broker.turn_server import ToClient, ToPeer, Transport
 

@@ -9,13 +9,14 @@ import shutil
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
+from support.aio import run
 
 from dvrlink.broker.turn_credentials import long_term_key, make_credentials
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
@@ -24,13 +25,6 @@ from dvrlink.broker.turn_server import AllocationCreated, AllocationDeleted, Tur
 SECRET = "link-secret"
 LOOPBACK = "127.0.0.1"
 WAIT = 10.0
-
-
-def run(main: Callable[[], Awaitable[None]], bound: float = 60.0) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), bound)
-
-    asyncio.run(bounded())
 
 
 @asynccontextmanager
@@ -51,9 +45,15 @@ async def turn_relay(**overrides: Any) -> AsyncIterator[tuple[TurnLink, asyncio.
 class Inbox(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the transport is gone (for a TURN endpoint: after its allocation was deleted)."""
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.queue.put_nowait((data, (addr[0], addr[1])))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 async def next_event(events: asyncio.Queue[TurnEvent], kind: type[TurnEvent]) -> TurnEvent:
@@ -280,13 +280,15 @@ def test_relay_ports_come_from_the_configured_range() -> None:
         try:
             assert link.tcp_address is None
             username, password = make_credentials(SECRET, "viewer-2", time.time(), 600)
-            turn, _ = await asyncio.wait_for(
+            turn, client = await asyncio.wait_for(
                 create_turn_endpoint(Inbox, link.udp_address, username, password), WAIT
             )
             try:
                 assert low <= turn.get_extra_info("sockname")[1] <= high
             finally:
                 turn.close()
+                # the client deletes its allocation before its transport is gone
+                await asyncio.wait_for(client.closed, WAIT)
         finally:
             link.close()
             await link.wait_closed()

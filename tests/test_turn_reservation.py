@@ -7,7 +7,7 @@ import struct
 from typing import Any
 
 from aioice import stun
-from turn_harness import PEER, REALM, SECRET, UDP_TRANSPORT, Client, Lab
+from support.turn import PEER, REALM, SECRET, UDP_TRANSPORT, Client, Lab
 
 from dvrlink.broker.turn_credentials import long_term_key
 from dvrlink.broker.turn_server import AllocationDeleted, TurnConfig

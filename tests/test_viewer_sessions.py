@@ -4,7 +4,7 @@
 A stand-in broker (aiohttp in a thread, 127.0.0.1, port 0) answers the session routes. Special
 serials produce the contract's error answers; for ``SERIAL`` it plays the device in-process the
 way the daemon will: a controlled ``Connectivity`` through the loopback TURN relay of
-``test_connectivity_harness``, a ``DeviceRunner`` and the real ``SessionServices``, forwarding to
+``support.connectivity``, a ``DeviceRunner`` and the real ``SessionServices``, forwarding to
 an echo server. The viewer runs in the test's thread (its own loop) or as the installed
 ``dvrlink`` script. No sleeps; every wait is bounded.
 """
@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_connectivity_harness import Lab, lab
-from test_session_harness import make_device
+from support.connectivity import Lab, lab
+from support.session import make_device
 
 from dvrlink.daemon.connectivity import Connectivity
 from dvrlink.daemon.services import (

@@ -31,16 +31,6 @@ def of_type(events: list[object], kind: type) -> list[object]:
     return [e for e in events if isinstance(e, kind)]
 
 
-async def until(what: str, condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll ``condition`` on the running loop; fail naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 def loopback_broker_config(state_dir: Path, **extra: object) -> BrokerConfig:
     """A broker on 127.0.0.1 with free ports and no TURN relay, for in-process presence tests."""
     values: dict[str, object] = {

@@ -24,18 +24,6 @@ WAIT = 10.0
 BUFFER_LIMIT = 64 * 1024
 
 
-def run(main: Callable[[], Awaitable[None]], bound: float = 60.0) -> None:
-    """Run ``main`` within ``bound`` seconds, then check it left no task behind."""
-
-    async def bounded() -> None:
-        await asyncio.wait_for(main(), bound)
-        current = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        assert not left, f"tasks left behind: {left}"
-
-    asyncio.run(bounded())
-
-
 class StreamReset(Exception):
     """What a fake stream's ``read`` raises once the peer reset it."""
 
