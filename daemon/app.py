@@ -131,8 +131,9 @@ def _start_console(
     if not settings.port:
         return None
     # pyserial loads only with a console or a modem
-    from dvrlink.daemon.console import Console, ConsoleOptions, parse_pin_hash, verify_pin  # noqa: PLC0415
+    from dvrlink.daemon.console import Console, ConsoleOptions  # noqa: PLC0415
     from dvrlink.daemon.console_link import ConsoleLink, ConsoleService  # noqa: PLC0415
+    from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin  # noqa: PLC0415
 
     check_pin = None
     if settings.pin_hash:

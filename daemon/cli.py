@@ -31,7 +31,7 @@ from typing import Any
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DEFAULT_CONFIG_PATH, DaemonConfig, describe, load_config
-from dvrlink.daemon.console import hash_pin
+from dvrlink.daemon.console_pin import hash_pin
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.state import DeviceState, StateError
 from dvrlink.daemon.status import StatusUnavailable, format_status, read_status

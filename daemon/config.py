@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dvrlink.daemon.console import parse_pin_hash
+from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE

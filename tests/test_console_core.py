@@ -30,11 +30,8 @@ from dvrlink.daemon.console import (
     ShowPairingCode,
     ShowStatus,
     Unlocked,
-    check_pin_text,
-    hash_pin,
-    parse_pin_hash,
-    verify_pin,
 )
+from dvrlink.daemon.console_pin import check_pin_text, hash_pin, parse_pin_hash, verify_pin
 from dvrlink.protocol import console_wire as wire
 
 SERIAL = "DL-0001-0002"

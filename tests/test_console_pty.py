@@ -33,8 +33,9 @@ from support.waiting import wait_until_async
 from dvrlink.daemon import console_link
 from dvrlink.daemon.app import LiveConfig
 from dvrlink.daemon.config import load_config
-from dvrlink.daemon.console import Console, ConsoleOptions, hash_pin, parse_pin_hash, verify_pin
+from dvrlink.daemon.console import Console, ConsoleOptions
 from dvrlink.daemon.console_link import ConsoleLink, ConsoleService
+from dvrlink.daemon.console_pin import hash_pin, parse_pin_hash, verify_pin
 from dvrlink.daemon.state import DeviceState
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.pairing import PairingUri

@@ -20,8 +20,9 @@ from pytest_mock import MockerFixture
 from dvrlink.daemon import console_settings
 from dvrlink.daemon.cli import main as dvrlinkd_main
 from dvrlink.daemon.config import load_config
-from dvrlink.daemon.console import Console, ConsoleOptions, SettingChanges, parse_pin_hash, verify_pin
+from dvrlink.daemon.console import Console, ConsoleOptions, SettingChanges
 from dvrlink.daemon.console_link import ConsoleService
+from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
 from dvrlink.daemon.console_settings import SettingsRefused, save_settings, set_key
 from dvrlink.daemon.state import DeviceState
 

@@ -44,7 +44,7 @@ BASE_RECIPE = 1
 DEPS_RECIPE = 1
 DEPS_SOURCE_RECIPE = 1
 """Bump when the build chroot's recipe (for ``Target.source_wheels``) changes."""
-IMAGE_RECIPE = 2
+IMAGE_RECIPE = 3
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -130,6 +130,11 @@ REMOVED_FROM_IMAGE = (
     "usr/bin/dvrlink",
 )
 """What dvrlink.mk removes after the install: the broker and the viewer's CLI (they need aiohttp)."""
+REMOVED_FROM_BUSYBOX_IMAGE = ("usr/lib/udev/hwdb.bin", "etc/udev/hwdb.bin")
+"""What the BusyBox board's defconfig leaves out of Debian's udev: its eudev is built without the
+hardware database (``BR2_PACKAGE_EUDEV_ENABLE_HWDB`` unset in dvrlink_qemu_arm_vexpress_defconfig).
+The modem rules match USB attributes, not hwdb properties; udevd would map the 2.8 MB file and
+keep it in the 128 MB board's page cache."""
 
 
 class BuildError(Exception):
@@ -789,7 +794,7 @@ def install_product_files(root: Path, progress: Progress, init: str = "systemd")
     For a BusyBox-init image (``init="busybox"``): S95dvrlinkd instead of the unit files, and the
     account from the package's ``DVRLINK_USERS`` (Buildroot's makeusers), with no preset.
     """
-    for path in REMOVED_FROM_IMAGE:
+    for path in (*REMOVED_FROM_IMAGE, *(REMOVED_FROM_BUSYBOX_IMAGE if init == "busybox" else ())):
         target = root / path
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
