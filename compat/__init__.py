@@ -28,15 +28,17 @@ class InternalsMoved(RuntimeError):
     """
 
 
-def moved(library: str, name: str, used_for: str) -> InternalsMoved:
-    """Build the ``InternalsMoved`` error for ``name`` of ``library`` (the installed version is
-    looked up now, so the message says which release moved it)."""
-    from importlib import metadata  # noqa: PLC0415 (only on the error path)
+def moved(library: str, name: str, used_for: str, version: str | None = None) -> InternalsMoved:
+    """Build the ``InternalsMoved`` error for ``name`` of ``library``. The installed version is
+    looked up now, so the message says which release moved it; ``version`` overrides that (for
+    asyncio, the Python version)."""
+    if version is None:
+        from importlib import metadata  # noqa: PLC0415 (only on the error path)
 
-    try:
-        version = metadata.version(library)
-    except metadata.PackageNotFoundError:
-        version = "(version unknown)"
+        try:
+            version = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            version = "(version unknown)"
     return InternalsMoved(
         f"{library} {version} has no {name}, which dvrlink uses for {used_for}: this {library} "
         f"release moved it; adapt dvrlink.compat.{library}_compat to it (its guard tests list "

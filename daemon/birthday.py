@@ -14,9 +14,10 @@ any other pair. So a search never makes a path aioice did not check.
 - ``probe_ports`` (endpoint-independent mapping here): checks from the base socket to many ports
   of the peer's address, paced.
 
-aioice internals used (each guarded by ``tests/test_connectivity_paths.py``): ``StunProtocol``,
-its ``local_candidate`` and ``send_stun``, ``Connection._tie_breaker``, ``remote_username``,
-``remote_password``, ``local_username``.
+aioice names used: ``StunProtocol`` and its ``local_candidate``, ``Connection.remote_username``,
+``remote_password`` and ``local_username`` (public, undocumented), and the connection's ICE
+tie-breaker (private: read through ``dvrlink.compat.aioice_compat.tie_breaker``, guarded in
+``tests/test_compat_aioice.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import aioice.ice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
+from dvrlink.compat import aioice_compat
+
 BATCH = 32
 """Checks sent per pacing step."""
 PACE_S = 0.01
@@ -45,14 +48,13 @@ def check_request(ice: aioice.Connection) -> bytes | None:
     the peer's credentials are known."""
     remote_username = getattr(ice, "remote_username", None)
     remote_password = getattr(ice, "remote_password", None)
-    tie_breaker = getattr(ice, "_tie_breaker", None)
-    if remote_username is None or remote_password is None or tie_breaker is None:
+    if remote_username is None or remote_password is None:
         return None
     request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
     request.attributes["USERNAME"] = f"{remote_username}:{ice.local_username}"
     request.attributes["PRIORITY"] = candidate_priority(1, "prflx")
     role = "ICE-CONTROLLING" if ice.ice_controlling else "ICE-CONTROLLED"
-    request.attributes[role] = tie_breaker
+    request.attributes[role] = aioice_compat.tie_breaker(ice)
     request.add_message_integrity(str(remote_password).encode("utf8"))
     request.add_fingerprint()
     return bytes(request)

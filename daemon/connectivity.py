@@ -35,8 +35,9 @@ it is known, so a path label always means one pair. Only datagrams whose first b
 (RFC 9443: 64-127 or 192-255) are handed over; the TURN channel primer (an empty datagram) and
 anything else is dropped.
 
-aioice internals are confined to the functions at the end of this module and each fails closed
-(no direct path, never a wrong one); ``tests/test_connectivity_paths.py`` asserts they still exist.
+aioice's and asyncio's internals are used only through ``dvrlink.compat.aioice_compat`` and
+``dvrlink.compat.asyncio_compat``, which raise when an upgrade moved one (guards:
+``tests/test_compat_aioice.py``, ``tests/test_compat_asyncio.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ import ipaddress
 import logging
 import random
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -60,6 +60,7 @@ from aioice.candidate import Candidate
 from aioice.turn import TurnTransport, create_turn_endpoint
 from aioice.utils import random_string
 
+from dvrlink.compat import aioice_compat, asyncio_compat
 from dvrlink.daemon import birthday
 from dvrlink.protocol.port_prediction import (
     BIRTHDAY_PROBES,
@@ -447,9 +448,9 @@ class Connectivity:
     def _adopt(self, server: TurnServer, transport: TurnTransport, receiver: _RelayReceiver | None) -> None:
         self._turn = transport
         self._turn_server = server
-        inner = _turn_client(transport)
-        if inner is not None and server.transport == "udp":
-            _batch_reads(getattr(inner, "transport", None), inner)
+        if server.transport == "udp":
+            inner = _turn_client(transport)
+            _batch_reads(inner.transport, inner)
         self._relay_receiver = receiver
         self._relayed_address = transport.get_extra_info("sockname")
         self._related_address = transport.get_extra_info("related_address")
@@ -836,25 +837,21 @@ class Connectivity:
             self.on_failed(reason)
 
 
-# --- aioice internals (see the module docstring); each one fails closed. ---
+# --- aioice's sockets and pairs (its internals through dvrlink.compat.aioice_compat) ---
 
 
 async def _gather_host(ice: aioice.Connection, addresses: list[str] | None) -> None:
     """Host candidates only, on ``addresses`` (default: every interface address but loopback, as
     aioice picks them), and mark gathering done so ``connect`` may run: aioice's own
     ``gather_candidates`` waits for server-reflexive answers first."""
-    if getattr(ice, "_local_candidates_start", True) or not hasattr(ice, "_local_candidates"):
-        return
     if addresses is None:
         addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
-    ice._local_candidates_start = True
-    ice._local_candidates += await ice.get_component_candidates(component=1, addresses=addresses)
-    ice._local_candidates_end = True
+    await aioice_compat.gather_host_candidates(ice, addresses)
 
 
 def _host_protocols(ice: aioice.Connection) -> list[Any]:
     """aioice's per-socket protocols (each has ``local_candidate`` and ``request``)."""
-    protocols = getattr(ice, "_protocols", [])
+    protocols = aioice_compat.ice_sockets(ice)
     return [p for p in protocols if getattr(getattr(p, "local_candidate", None), "type", None) == "host"]
 
 
@@ -952,63 +949,30 @@ def _release_turn(task: asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]
         task.result()[0].close()
 
 
-def _batch_reads(transport: Any, protocol: asyncio.DatagramProtocol) -> bool:
+def _batch_reads(transport: asyncio.BaseTransport, protocol: asyncio.DatagramProtocol) -> bool:
     """Have the event loop read up to ``READ_BATCH`` datagrams per wake-up from ``transport``'s
-    socket, handing each to ``protocol.datagram_received`` as asyncio's own reader does (which
-    reads one per wake-up). The session then runs once per batch rather than per datagram, and
-    a forward writes bigger TCP chunks. Returns False (asyncio's reader stays) if the loop or
-    the transport is not the selector kind this relies on."""
-    sock = getattr(transport, "_sock", None)
-    add_reader = getattr(asyncio.get_running_loop(), "_add_reader", None)
-    if not isinstance(sock, socket.socket) or add_reader is None or transport.is_closing():
-        return False
-    with contextlib.suppress(OSError):
-        # Room for a burst while this process waits for a core (the kernel caps it at rmem_max).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-
-    def ready() -> None:
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-                return
-            protocol.datagram_received(data, addr)
-            if transport.is_closing():
-                return
-
-    add_reader(sock.fileno(), ready)
-    return True
+    socket (asyncio's own reader reads one), with a receive buffer with room for a burst while
+    this process waits for a core. The session then runs once per batch rather than per
+    datagram, and a forward writes bigger TCP chunks. Returns False (asyncio's reader stays) if
+    the loop is not the selector kind this relies on."""
+    return asyncio_compat.batch_datagram_reads(transport, protocol, READ_BATCH, RECV_SIZE, RECV_BUFFER)
 
 
 def _turn_client(turn: TurnTransport) -> Any:
-    """aioice's TURN client protocol behind a ``TurnTransport`` (channels, its socket), or None."""
-    inner = getattr(turn, "_TurnTransport__inner_protocol", None)
-    if inner is None or not hasattr(inner, "peer_to_channel") or not hasattr(inner, "_send"):
-        return None
-    return inner
+    """aioice's TURN client protocol behind a ``TurnTransport`` (channels, its socket)."""
+    return aioice_compat.turn_client(turn)
 
 
 def _channel_send(turn: TurnTransport, data: bytes, peer: tuple[str, int]) -> bool:
     """Send ``data`` to ``peer`` as ChannelData at once when its channel is bound and needs no
     refresh; False otherwise (``TurnTransport.sendto`` then binds or refreshes, in a task per
     datagram, which is what this avoids on the hot path)."""
-    inner = _turn_client(turn)
-    if inner is None:
-        return False
-    channel = inner.peer_to_channel.get(peer)
-    refresh_at = getattr(inner, "channel_refresh_at", {}).get(channel)
-    if channel is None or refresh_at is None or time.time() > refresh_at or inner.transport.is_closing():
-        return False
-    inner._send(struct.pack("!HH", channel, len(data)) + data)
-    return True
+    return aioice_compat.send_channel_data(turn, data, peer)
 
 
 def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None:
     """The (local, remote) candidates of the nominated pair of component 1, or None."""
-    pair = getattr(ice, "_nominated", {}).get(1)
+    pair = aioice_compat.nominated_pair(ice)
     if pair is None:
         return None
     local = getattr(pair, "local_candidate", None)
@@ -1020,16 +984,16 @@ def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None
 
 def _nominated_protocol(ice: aioice.Connection) -> Any:
     """The aioice protocol (socket) of the nominated pair of component 1, or None."""
-    pair = getattr(ice, "_nominated", {}).get(1)
-    return getattr(pair, "protocol", None)
+    pair = aioice_compat.nominated_pair(ice)
+    return None if pair is None else pair.protocol
 
 
 def _selected_transport(ice: aioice.Connection) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:
     """The socket and remote address of the nominated pair of component 1, or None."""
-    pair = getattr(ice, "_nominated", {}).get(1)
+    pair = aioice_compat.nominated_pair(ice)
     if pair is None:
         return None
-    transport = getattr(getattr(pair, "protocol", None), "transport", None)
+    transport = getattr(pair.protocol, "transport", None)
     address = getattr(pair, "remote_addr", None)
     if transport is None or transport.is_closing() or not isinstance(address, tuple):
         return None

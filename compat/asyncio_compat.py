@@ -1,0 +1,98 @@
+"""asyncio's private names that dvrlink uses (guards: ``tests/test_compat_asyncio.py``; written
+against CPython 3.11-3.13's selector event loop).
+
+- ``loop._add_reader``: replace a datagram transport's reader, which reads one datagram per
+  event-loop wake-up, by one that reads a batch (``batch_datagram_reads``). The public
+  ``loop.add_reader`` refuses a descriptor a transport owns ("File descriptor is used by
+  transport"). Upstream (CPython) could let a datagram transport read several datagrams per
+  wake-up (``recvmmsg`` where the platform has it).
+- ``transport._sock``: the socket object to ``recvfrom`` on. The public
+  ``transport.get_extra_info("socket")`` is used for everything else (descriptor, buffer size);
+  it returns a ``TransportSocket``, which has no ``recvfrom`` since Python 3.9.
+
+A loop that is not asyncio's selector loop (uvloop, the proactor) keeps its own reader:
+``batch_datagram_reads`` returns False. A selector loop or transport without these names raises
+``dvrlink.compat.InternalsMoved``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import socket
+from asyncio.selector_events import BaseSelectorEventLoop
+from collections.abc import Callable
+
+from dvrlink.compat import moved
+
+__all__ = ["batch_datagram_reads"]
+
+_MISSING = object()
+
+
+def _moved(name: str) -> Exception:
+    version = f"in Python {platform.python_version()}"
+    return moved("asyncio", name, "reading datagrams in batches", version=version)
+
+
+def batch_datagram_reads(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.DatagramProtocol,
+    batch: int,
+    recv_size: int,
+    rcvbuf: int | None = None,
+) -> bool:
+    """Have the running loop read up to ``batch`` datagrams (``recv_size`` bytes at most each)
+    per wake-up from ``transport``'s socket, handing each to ``protocol.datagram_received`` (and
+    an ``OSError`` to ``error_received``), as the transport's own reader does one at a time. With
+    ``rcvbuf``, first ask the kernel for that receive buffer (it caps it at ``rmem_max``).
+
+    Closing the transport removes the reader (the transport removes whatever reader its
+    descriptor has). Returns False, leaving the transport's reader, when the loop is not asyncio's
+    selector loop or the transport is closing.
+
+    Raises:
+        InternalsMoved: the selector loop or its transport no longer has the names this uses.
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, BaseSelectorEventLoop) or transport.is_closing():
+        return False
+    add_reader = getattr(loop, "_add_reader", _MISSING)
+    sock = getattr(transport, "_sock", _MISSING)
+    if not callable(add_reader):
+        raise _moved("BaseSelectorEventLoop._add_reader()")
+    if not isinstance(sock, socket.socket):
+        raise _moved(f"{type(transport).__name__}._sock")
+    public = transport.get_extra_info("socket")
+    if public is None or public.fileno() != sock.fileno():
+        raise _moved(f"{type(transport).__name__}._sock as the transport's own socket")
+    if rcvbuf is not None:
+        with contextlib.suppress(OSError):
+            public.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    ready: Callable[[], None] = _reader(transport, protocol, sock, batch, recv_size)
+    add_reader(public.fileno(), ready)
+    return True
+
+
+def _reader(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.DatagramProtocol,
+    sock: socket.socket,
+    batch: int,
+    recv_size: int,
+) -> Callable[[], None]:
+    def ready() -> None:
+        for _ in range(batch):
+            try:
+                data, addr = sock.recvfrom(recv_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            protocol.datagram_received(data, addr)
+            if transport.is_closing():
+                return
+
+    return ready
