@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from dvrlink.modem.manager import DataFailed, DataFailure, DataLink, DataRequest, DataUp
+from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 from dvrlink.modem.ppp import FailureAction, LinkFailed, LinkUp, PathProbe, interface_counters
 
 log = logging.getLogger(__name__)

@@ -24,17 +24,23 @@ events; the driver asks the recovery ladder (``modem/ladder.py``) which step to 
 the manager with :meth:`~ModemManager.recover` or by reopening the port. Everything else (a
 rebooted modem, a swapped SIM, a denied registration, a lost signal, a failing APN) the manager
 handles itself, without the ladder.
+
+The machine is spread over a few modules, each one seam: ``manager_states.py`` (states, the
+transition table, the diagram), ``manager_events.py`` (actions and events),
+``manager_commands.py`` (its AT command queue), ``reply_parsers.py`` (3GPP TS 27.007 replies),
+``sim_flow.py`` (the SIM: PIN, ICCID, IMSI, swaps) and ``data_link.py`` (the data link's
+contract). This module holds the config, the status snapshot, and the rest of the machine: the
+probe, registration, data calls, recovery and URCs. The names a user of the manager needs are
+importable from here (``__all__``).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from dvrlink.modem.apn import (
     ApnCandidate,
@@ -43,10 +49,8 @@ from dvrlink.modem.apn import (
     ApnFailure,
     ApnMemory,
     ApnSelected,
-    ApnSettings,
     ApnsExhausted,
     ProviderIndex,
-    mnc_length_from_ef_ad,
     rank_apns,
 )
 from dvrlink.modem.at import (
@@ -56,14 +60,45 @@ from dvrlink.modem.at import (
     CommandEvent,
     CommandFailed,
     CommandTimedOut,
-    FinalKind,
     ModemRestarted,
     Resynced,
     ResyncFailed,
     UrcReceived,
     reply_fields,
 )
+from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 from dvrlink.modem.ladder import Fault, FaultKind, Step
+from dvrlink.modem.manager_commands import Handler, QueuedCommand
+from dvrlink.modem.manager_events import (
+    ApnFailed,
+    ApnRemembered,
+    ApnTrying,
+    AtRecovered,
+    CameOnline,
+    DataContextEnded,
+    FaultDetected,
+    ManagerAction,
+    ManagerEvent,
+    ModemIdentified,
+    ProbeData,
+    RadioSwitchedOn,
+    RegistrationChanged,
+    RegistrationRefused,
+    ReopenPort,
+    ResyncPort,
+    SendAt,
+    SignalChanged,
+    SimAbsent,
+    SimChanged,
+    SimIdentified,
+    SimLocked,
+    SimRemoved,
+    StartData,
+    StateChanged,
+    StopData,
+    WentOffline,
+)
+from dvrlink.modem.manager_states import TRANSITIONS, ModemState, SimState, StateTimers
 from dvrlink.modem.pdp import (
     RadioPower,
     apn_matches,
@@ -74,94 +109,94 @@ from dvrlink.modem.pdp import (
 )
 from dvrlink.modem.profiles import DialMethod, ModemProfile
 from dvrlink.modem.radio import RadioInfo, parse_radio_info
+from dvrlink.modem.reply_parsers import (
+    ACT_NAMES,
+    CME_NO_NETWORK,
+    HOME_STATS,
+    LIMITED_REGISTRATION,
+    PS_REG_NAMES,
+    REG_NAMES,
+    REGISTERED_STATS,
+    ROAMING_STATS,
+    SMS_STATS,
+    STAT_DENIED,
+    STAT_EMERGENCY_ONLY,
+    STAT_HOME_SMS_ONLY,
+    STAT_NOT_REGISTERED,
+    STAT_RLOS,
+    STAT_ROAMING_SMS_ONLY,
+    STAT_SEARCHING,
+    STAT_UNKNOWN,
+    RegInfo,
+    cesq_to_dbm,
+    csq_to_dbm,
+    luhn_valid,
+    parse_cops,
+    parse_ef_iccid,
+    parse_iccid,
+    parse_imei,
+    parse_registration,
+    strip_identity,
+)
+from dvrlink.modem.sim_flow import SIM_REMOVED_HINTS, SimFlow, redact_iccid
+
+# The manager's interface (its config, status, states, actions, events and the data link's
+# contract) and the reply parsers the tests run on recorded replies, importable from here.
+__all__ = [
+    "TRANSITIONS",
+    "ApnFailed",
+    "ApnRemembered",
+    "ApnTrying",
+    "AtRecovered",
+    "CameOnline",
+    "DataContextEnded",
+    "DataFailed",
+    "DataFailure",
+    "DataLink",
+    "DataRequest",
+    "DataUp",
+    "FaultDetected",
+    "ManagerAction",
+    "ManagerEvent",
+    "ModemConfig",
+    "ModemIdentified",
+    "ModemManager",
+    "ModemState",
+    "ModemStatus",
+    "ProbeData",
+    "RadioSwitchedOn",
+    "RegistrationChanged",
+    "RegistrationRefused",
+    "ReopenPort",
+    "ResyncPort",
+    "SendAt",
+    "SignalChanged",
+    "SimAbsent",
+    "SimChanged",
+    "SimIdentified",
+    "SimLocked",
+    "SimRemoved",
+    "SimState",
+    "StartData",
+    "StateChanged",
+    "StopData",
+    "WentOffline",
+    "cesq_to_dbm",
+    "csq_to_dbm",
+    "luhn_valid",
+    "parse_cops",
+    "parse_ef_iccid",
+    "parse_iccid",
+    "parse_imei",
+    "parse_registration",
+    "redact_iccid",
+]
 
 log = logging.getLogger(__name__)
 
-CME_SIM_NOT_INSERTED = 10
-CME_SIM_PIN = 11
-CME_SIM_PUK = 12
-CME_SIM_FAILURE = 13
-CME_WRONG_PASSWORD = 16
-CME_NO_NETWORK = 30
-SIM_ABSENT_CODES = frozenset({CME_SIM_NOT_INSERTED, CME_SIM_FAILURE})
-
-STAT_NOT_REGISTERED = 0
-STAT_HOME = 1
-STAT_SEARCHING = 2
-STAT_DENIED = 3
-STAT_UNKNOWN = 4
-STAT_ROAMING = 5
-STAT_HOME_SMS_ONLY = 6
-STAT_ROAMING_SMS_ONLY = 7
-STAT_EMERGENCY_ONLY = 8
-STAT_HOME_CSFB_NOT_PREFERRED = 9
-STAT_ROAMING_CSFB_NOT_PREFERRED = 10
-STAT_RLOS = 11
-"""Attached for access to restricted local operator services only: no data."""
-HOME_STATS = frozenset({STAT_HOME, STAT_HOME_CSFB_NOT_PREFERRED})
-ROAMING_STATS = frozenset({STAT_ROAMING, STAT_ROAMING_CSFB_NOT_PREFERRED})
-REGISTERED_STATS = HOME_STATS | ROAMING_STATS
-"""Registered for data (on a packet-domain line: +CGREG, +CEREG, +C5GREG)."""
-SMS_STATS = REGISTERED_STATS | {STAT_HOME_SMS_ONLY, STAT_ROAMING_SMS_ONLY}
-"""Registered for SMS (on +CREG, or any registration line)."""
-PS_REG_NAMES = ("+CGREG", "+CEREG", "+C5GREG")
-REG_NAMES = ("+CREG", *PS_REG_NAMES)
-LIMITED_REGISTRATION: dict[int, str] = {
-    STAT_RLOS: (
-        "attached for restricted local operator services only (3GPP status 11), which carry no"
-        " data: waiting for a full registration; check the SIM's subscription and the coverage"
-    ),
-    STAT_EMERGENCY_ONLY: (
-        "attached for emergency services only (3GPP status 8): waiting for a full registration;"
-        " check the SIM's subscription and the coverage"
-    ),
-    STAT_HOME_SMS_ONLY: (
-        "registered for SMS only (3GPP status 6): waiting for a packet-domain registration for data"
-    ),
-    STAT_ROAMING_SMS_ONLY: (
-        "registered for SMS only, roaming (3GPP status 7): waiting for a packet-domain registration for data"
-    ),
-}
-"""Attached, but not for data: what ``status().detail`` says while registering."""
-
-# 3GPP TS 27.007 <AcT> values, as a short radio technology name.
-ACT_NAMES: dict[int, str] = {
-    0: "GSM",
-    1: "GSM",
-    2: "UMTS",
-    3: "EDGE",
-    4: "HSDPA",
-    5: "HSUPA",
-    6: "HSPA",
-    7: "LTE",
-    8: "EC-GSM-IoT",
-    9: "NB-IoT",
-    10: "LTE",
-    11: "NR",
-    12: "NR",
-    13: "LTE",
-}
-
-# The vendor command that reads the ICCID, by profile name; every SIM also answers a read of
-# EF_ICCID with +CRSM, which is the fallback.
-ICCID_COMMANDS: dict[str, str] = {
-    "quectel-uc20": "AT+QCCID",
-    "quectel-ec25": "AT+QCCID",
-    "simcom-sim800": "AT+CCID",
-    "simcom-sim7600": "AT+CICCID",
-    "huawei-e173": "AT^ICCID?",
-    "huawei-mu709": "AT^ICCID?",
-}
-DEFAULT_ICCID_COMMAND = "AT+CCID"
-EF_ICCID_READ = "AT+CRSM=176,12258,0,0,10"
-EF_AD_READ = "AT+CRSM=176,28589,0,0,4"
 # Huawei ECM calls answer OK at once and report the outcome with this URC.
 NDIS_STATUS_URC = "^NDISSTAT"
 
-# ICCID rules as ModemManager's mm_3gpp_parse_iccid: 19 or 20 characters, digits, and hex digits
-# only in the operator's account part (CMCC and others use them), from the 7th character on.
-_ICCID = re.compile(r"^[0-9]{6}[0-9A-F]{13,14}$")
-_IMEI = re.compile(r"^[0-9]{15}$")
 _PIN = re.compile(r"^[0-9]{4,8}$")
 
 
@@ -249,37 +284,6 @@ class ModemConfig:
                 "probe_failures, data_rounds_before_fault and dial_attempts_per_apn must be >= 1"
             )
 
-    @property
-    def iccid_command(self) -> str:
-        return ICCID_COMMANDS.get(self.profile.name, DEFAULT_ICCID_COMMAND)
-
-
-# --------------------------------------------------------------------------------- data link
-
-
-class DataFailure(enum.Enum):
-    """Why a data link did not come up."""
-
-    NO_CARRIER = "no-carrier"
-    """The dial ended with NO CARRIER/BUSY/NO ANSWER, or the call dropped at once."""
-    REJECTED = "rejected"
-    """The network refused the context (activation error, unknown APN)."""
-    AUTH = "auth"
-    """PAP/CHAP authentication failed."""
-    LCP = "lcp"
-    """PPP link negotiation failed (before authentication)."""
-    IPCP = "ipcp"
-    """No IP address was negotiated (PPP IPCP, or no DHCP lease on the network interface)."""
-    TIMEOUT = "timeout"
-    """The link did not come up in time."""
-    NO_DEVICE = "no-device"
-    """The data port or network interface is missing."""
-    CONFIG = "config"
-    """This system cannot run the data link (pppd's options, its privileges, the kernel's PPP
-    support, a missing program): no APN and no modem recovery step fixes it. The detail says what
-    to fix; the link is tried again after ``config_backoff_s``, without advancing the APNs."""
-    OTHER = "other"
-
 
 _APN_FAILURE: dict[DataFailure, ApnFailure] = {
     DataFailure.NO_CARRIER: ApnFailure.DIAL_FAILED,
@@ -295,331 +299,7 @@ _APN_FAILURE: dict[DataFailure, ApnFailure] = {
 _RETRY_SAME_APN = frozenset({DataFailure.NO_CARRIER, DataFailure.TIMEOUT, DataFailure.OTHER})
 
 
-@dataclass(frozen=True, slots=True)
-class DataRequest:
-    """What the data link needs to bring the call up.
-
-    For ``DialMethod.PPP`` the data link dials ``dial`` on the modem's PPP port and runs pppd
-    (the context ``cid`` is already defined with the APN; ``apn`` carries the credentials).
-    For ``DialMethod.ECM`` the manager has already started the call over the AT port with the
-    profile's command; the data link brings the network interface up (DHCP).
-    """
-
-    apn: ApnSettings
-    cid: int
-    method: DialMethod
-    dial: str
-    profile: str
-
-
-@dataclass(frozen=True, slots=True)
-class DataUp:
-    """The data link is up. ``interface``: the network interface (``ppp0``, ``usb0``)."""
-
-    interface: str = ""
-    address: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DataFailed:
-    """The data link did not come up; ``detail`` is for the log (pppd exit code, DHCP error)."""
-
-    reason: DataFailure
-    detail: str = ""
-
-
-class DataLink(Protocol):
-    """The data path behind the modem: pppd supervision (``modem/ppp.py``) or ECM/DHCP
-    (``modem/ecm.py``). One call at a time; the runner serialises them.
-
-    ``up`` never raises for a failure of the link: it returns :class:`DataFailed`.
-    ``probe`` is a health check of the data path (reaching the broker), not "the interface is up".
-    ``counters`` are the link's cumulative received and sent bytes since it came up (0, 0 when
-    down), for data accounting.
-    """
-
-    async def up(self, request: DataRequest) -> DataUp | DataFailed: ...
-
-    async def down(self) -> None: ...
-
-    async def probe(self) -> bool: ...
-
-    def counters(self) -> tuple[int, int]: ...
-
-
-# ----------------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class ManagerAction:
-    """Base of what the manager asks its driver to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendAt(ManagerAction):
-    """Submit ``command`` to the AT engine and report its id with ``at_submitted``."""
-
-    command: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartData(ManagerAction):
-    """Call ``DataLink.up(request)`` and report with ``data_result``."""
-
-    request: DataRequest
-    generation: int
-    """Pass it back with ``data_result``."""
-
-
-@dataclass(frozen=True, slots=True)
-class StopData(ManagerAction):
-    """Call ``DataLink.down()`` (after a running ``up`` ends)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeData(ManagerAction):
-    """Call ``DataLink.probe()`` and report with ``probe_result``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncPort(ManagerAction):
-    """Ask the AT engine to resynchronise (ladder step 1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReopenPort(ManagerAction):
-    """Close the port, wait until it is back, open it again (after a reset the port re-enumerates)."""
-
-    reason: str
-
-
-# ------------------------------------------------------------------------------------ events
-
-
-@dataclass(frozen=True, slots=True)
-class ManagerEvent:
-    """Base of the modem manager's events."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged(ManagerEvent):
-    old: ModemState
-    new: ModemState
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ModemIdentified(ManagerEvent):
-    vendor: str
-    model: str
-    revision: str
-    imei: str
-
-
-@dataclass(frozen=True, slots=True)
-class SimAbsent(ManagerEvent):
-    """No SIM is inserted (or it cannot be read)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SimLocked(ManagerEvent):
-    """The SIM needs a PIN or PUK the manager will not send; ``detail`` says what to do."""
-
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class SimIdentified(ManagerEvent):
-    """A ready SIM was read. ``iccid`` in full: log it with :func:`redact_iccid`."""
-
-    iccid: str
-    mcc: str
-    mnc: str
-    spn: str
-
-
-@dataclass(frozen=True, slots=True)
-class SimChanged(ManagerEvent):
-    """Another SIM is in the tray (``old`` None: the first one since the SIM was absent)."""
-
-    old: str | None
-    new: str
-
-
-@dataclass(frozen=True, slots=True)
-class SimRemoved(ManagerEvent):
-    iccid: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationChanged(ManagerEvent):
-    """The effective packet-domain registration status changed (3GPP ``<stat>``)."""
-
-    stat: int
-    rat: str
-    operator: str
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationRefused(ManagerEvent):
-    """Denied, or roaming while roaming is not allowed; the manager retries after ``retry_in``."""
-
-    reason: str
-    retry_in: float
-
-
-@dataclass(frozen=True, slots=True)
-class SignalChanged(ManagerEvent):
-    dbm: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ApnTrying(ManagerEvent):
-    candidate: ApnCandidate
-    attempt: int
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApnFailed(ManagerEvent):
-    candidate: ApnCandidate
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApnRemembered(ManagerEvent):
-    """``settings`` worked for ``iccid`` and the memory changed: save it (``ApnMemoryFile``)."""
-
-    iccid: str
-    settings: ApnSettings
-
-
-@dataclass(frozen=True, slots=True)
-class CameOnline(ManagerEvent):
-    apn: str
-    interface: str
-
-
-@dataclass(frozen=True, slots=True)
-class WentOffline(ManagerEvent):
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class FaultDetected(ManagerEvent):
-    """A fault for the recovery ladder; the manager waits in ``RECOVERING`` for a step."""
-
-    fault: Fault
-
-
-@dataclass(frozen=True, slots=True)
-class RadioSwitchedOn(ManagerEvent):
-    """``+CFUN?`` found the radio off or in flight mode at the probe; the manager turned it on."""
-
-    fun: int
-    """What ``+CFUN?`` said: 0 (minimum), 4 (flight mode) or a vendor mode."""
-
-
-@dataclass(frozen=True, slots=True)
-class DataContextEnded(ManagerEvent):
-    """A ``+CGEV`` report said the data context ended (the network or the modem deactivated it,
-    or detached) while the data link was up or coming up; the manager takes the link down and
-    dials again."""
-
-    report: str
-
-
-@dataclass(frozen=True, slots=True)
-class AtRecovered(ManagerEvent):
-    """The AT port answers again after a timeout (ladder step 1 worked)."""
-
-    probes: int
-
-
-# ------------------------------------------------------------------------------------ states
-
-
-class ModemState(enum.Enum):
-    PORT_CLOSED = "port-closed"
-    PROBING = "probing"
-    SIM_ABSENT = "sim-absent"
-    SIM_LOCKED = "sim-locked"
-    SIM_IDENTIFYING = "sim-identifying"
-    REGISTERING = "registering"
-    REG_BACKOFF = "registration-backoff"
-    CONNECTING = "connecting"
-    DATA_BACKOFF = "data-backoff"
-    ONLINE = "online"
-    RECOVERING = "recovering"
-    RESETTING = "resetting"
-
-
-class SimState(enum.Enum):
-    UNKNOWN = "unknown"
-    ABSENT = "absent"
-    LOCKED = "locked"
-    READY = "ready"
-    IDENTIFIED = "identified"
-
-
-M = ModemState
-# Every transition the manager makes, with its cause; ``_enter`` refuses any other.
-TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
-    (M.PORT_CLOSED, M.PROBING): "port opened",
-    (M.PROBING, M.SIM_ABSENT): "no SIM",
-    (M.PROBING, M.SIM_LOCKED): "SIM needs a PIN/PUK that cannot be sent",
-    (M.PROBING, M.SIM_IDENTIFYING): "SIM ready",
-    (M.PROBING, M.PROBING): "modem restarted during the probe",
-    (M.SIM_ABSENT, M.SIM_IDENTIFYING): "SIM inserted and ready",
-    (M.SIM_ABSENT, M.SIM_LOCKED): "SIM inserted, locked",
-    (M.SIM_ABSENT, M.SIM_ABSENT): "still no SIM",
-    (M.SIM_LOCKED, M.SIM_IDENTIFYING): "SIM ready (another SIM, or unlocked)",
-    (M.SIM_LOCKED, M.SIM_ABSENT): "SIM removed",
-    (M.SIM_IDENTIFYING, M.REGISTERING): "SIM identified",
-    (M.SIM_IDENTIFYING, M.SIM_ABSENT): "SIM gone while reading it",
-    (M.SIM_IDENTIFYING, M.SIM_IDENTIFYING): "SIM swapped while reading it",
-    (M.REGISTERING, M.CONNECTING): "registered",
-    (M.REGISTERING, M.REG_BACKOFF): "registration denied, or roaming not allowed",
-    (M.REG_BACKOFF, M.REGISTERING): "backoff over",
-    (M.REG_BACKOFF, M.CONNECTING): "registered during the backoff",
-    (M.CONNECTING, M.ONLINE): "data link up",
-    (M.CONNECTING, M.DATA_BACKOFF): "every APN failed, or the system cannot run the data link",
-    (M.CONNECTING, M.REGISTERING): "registration lost, or no network service for the call",
-    (M.DATA_BACKOFF, M.CONNECTING): "backoff over",
-    (M.DATA_BACKOFF, M.REGISTERING): "registration lost",
-    (M.ONLINE, M.REGISTERING): "registration lost, or the data link on the AT port ended",
-    (M.ONLINE, M.CONNECTING): "data link lost while registered",
-    (M.RECOVERING, M.ONLINE): "AT port answers again; the data link stayed up",
-    (M.RECOVERING, M.PROBING): "recovery step done: probe again",
-    (M.RECOVERING, M.REGISTERING): "re-attached: register again",
-    (M.RECOVERING, M.RESETTING): "reset command sent",
-    (M.RESETTING, M.PROBING): "modem restarted (or the wait is over)",
-}
-_SIM_STATES = (M.SIM_IDENTIFYING, M.REGISTERING, M.REG_BACKOFF, M.CONNECTING, M.DATA_BACKOFF, M.ONLINE)
-for _s in ModemState:
-    TRANSITIONS.setdefault((_s, M.PORT_CLOSED), "port closed")
-    TRANSITIONS.setdefault((_s, M.RECOVERING), "fault: waiting for a recovery step")
-    if _s is not M.PORT_CLOSED:
-        TRANSITIONS.setdefault((_s, M.PROBING), "modem restarted: probe again")
-for _s in _SIM_STATES:
-    TRANSITIONS.setdefault((_s, M.SIM_ABSENT), "SIM removed")
-    TRANSITIONS.setdefault((_s, M.SIM_LOCKED), "SIM locked")
-    TRANSITIONS.setdefault((_s, M.SIM_IDENTIFYING), "another SIM inserted")
-del _s
-
-
 # ------------------------------------------------------------------------------------ status
-
-
-def redact_iccid(iccid: str | None) -> str:
-    """The ICCID with all but its first 6 and last 4 digits hidden (``894902**********7890``)."""
-    if not iccid:
-        return ""
-    if len(iccid) <= 10:
-        return "*" * len(iccid)
-    return iccid[:6] + "*" * (len(iccid) - 10) + iccid[-4:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,265 +358,10 @@ class ModemStatus:
         return "modem " + " ".join(parts)
 
 
-# ----------------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True, slots=True)
-class RegInfo:
-    stat: int
-    act: int | None = None
-
-
-def parse_registration(line: str, *, reply: bool) -> RegInfo | None:
-    """``+CREG: [<n>,]<stat>[,<lac>,<ci>[,<AcT>]]`` → stat and AcT; None when malformed.
-
-    Whether ``<n>`` leads is told from the field count and from the second field, as
-    ModemManager does: a ``<stat>`` is a short bare number (0-11), a ``<lac>``/``<tac>`` is
-    quoted, hexadecimal or longer. Some modems send ``<n>`` in URCs too
-    (``+CGREG: 2,1, 81ED, 1A9CEB``), some answer ``+CREG?`` with zero-padded fields
-    (``+CREG:002,001,"18d8","ffff"``). ``reply`` (the line answers a ``?`` query) decides only
-    what the fields cannot: a zero-padded second field such as ``0001``. Extra fields are known:
-    ``<rac>`` after ``<AcT>`` in ``+CGREG``, ``<rac>`` before ``<ci>`` in ``+CEREG``, and the
-    NSSAI after ``+C5GREG``'s ``<AcT>``. A ``<stat>`` above 11 reads as 4 (unknown).
-    """
-    if ":" not in line:
-        return None
-    name, body = line.split(":", 1)
-    raw = [field.strip() for field in body.split(",")]
-    count = len(raw)
-    if count <= 2:
-        has_n = count == 2
-    elif count == 3:
-        has_n = False
-    else:
-        has_n = _registration_has_n(raw[1], reply=reply)
-    stat = _reg_number(raw[1] if has_n else raw[0])
-    if stat is None or (has_n and _reg_number(raw[0]) is None):
-        return None
-    rest = raw[2:] if has_n else raw[1:]
-    act_index = 2
-    if name.strip().upper() == "+CEREG" and count == (6 if has_n else 5):
-        act_index = 3  # <tac>,<rac>,<ci>,<AcT>
-    act = _reg_number(rest[act_index]) if len(rest) > act_index else None
-    return RegInfo(stat if stat <= STAT_RLOS else STAT_UNKNOWN, act)
-
-
-def _reg_number(field: str) -> int | None:
-    """A bare decimal field (``001`` → 1); None when quoted, empty or not a number."""
-    field = field.strip()
-    return int(field) if field.isdigit() else None
-
-
-def _registration_has_n(second: str, *, reply: bool) -> bool:
-    """Whether the second field of a registration line is its ``<stat>`` (then ``<n>`` leads)."""
-    value = _reg_number(second)
-    if value is None or value > STAT_RLOS:
-        return False  # quoted, hexadecimal or too large: a <lac>/<tac>
-    if len(second.strip()) <= 2:
-        return True
-    return reply  # "001" or "0001": a zero-padded <stat> in a reply, a <lac> in a URC
-
-
-def csq_to_dbm(line: str) -> int | None:
-    """``+CSQ: <rssi>,<ber>`` → dBm (−113 + 2·rssi), None for 99 or a malformed line."""
-    fields = reply_fields(line)
-    if not fields or not fields[0].isdigit():
-        return None
-    rssi = int(fields[0])
-    if rssi > 31:
-        return None
-    return -113 + 2 * rssi
-
-
-def cesq_to_dbm(line: str) -> int | None:
-    """``+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`` → the best-known power in dBm:
-    RSRP (LTE), else RSCP (UMTS), else RXLEV (GSM); None when none is known."""
-    fields = reply_fields(line)
-    if len(fields) < 6 or not all(f.isdigit() for f in fields[:6]):
-        return None
-    rxlev, rscp, rsrp = int(fields[0]), int(fields[2]), int(fields[5])
-    if rsrp <= 97:
-        return -141 + rsrp
-    if rscp <= 96:
-        return -121 + rscp
-    if rxlev <= 63:
-        return -111 + rxlev
-    return None
-
-
-def parse_cops(line: str) -> tuple[str, int | None]:
-    """``+COPS: <mode>[,<format>,<oper>[,<AcT>]]`` → operator and AcT ("" when none)."""
-    fields = reply_fields(line)
-    operator = fields[2] if len(fields) > 2 else ""
-    act = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
-    return operator, act
-
-
-def luhn_valid(digits: str) -> bool:
-    """Whether the last digit of ``digits`` is its Luhn check digit (ICCID, IMEI); False for non-digits."""
-    if not digits.isascii() or not digits.isdigit():
-        return False
-    total = 0
-    for i, char in enumerate(reversed(digits)):
-        value = int(char) * (2 if i % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
-
-
-def normalize_iccid(raw: str) -> str | None:
-    """The ICCID in one reply value, or None when it is not one (ModemManager's rules).
-
-    Quotes and spaces are dropped and hex digits upper-cased. It must start with the telecom
-    industry identifier 89; a value starting with 98 is the raw, nibble-swapped EF_ICCID and is
-    swapped back (only 20 characters long, like every +CRSM read). A trailing ``F`` filler of a
-    19-digit ICCID is dropped. The Luhn digit is not checked here: see :func:`luhn_valid`.
-    """
-    value = raw.strip().strip('"').strip().upper()
-    if not _ICCID.match(value):
-        return None
-    if value.startswith("98"):
-        if len(value) != 20:
-            return None
-        value = "".join(value[i + 1] + value[i] for i in range(0, 20, 2))
-    elif not value.startswith("89"):
-        return None
-    if value.endswith("F"):
-        value = value[:-1]
-    return value
-
-
-def parse_iccid(lines: tuple[str, ...]) -> str | None:
-    """The ICCID in a vendor reply (``+QCCID: 8949...``, ``^ICCID: ...``, bare digits), or None."""
-    for line in lines:
-        value = line.split(":", 1)[1] if ":" in line else line
-        iccid = normalize_iccid(value)
-        if iccid is not None:
-            return iccid
-    return None
-
-
-def parse_ef_iccid(lines: tuple[str, ...]) -> str | None:
-    """The ICCID from ``+CRSM: 144,0,"<EF_ICCID>"`` (BCD with swapped nibbles), or None."""
-    for line in lines:
-        fields = reply_fields(line)
-        if len(fields) >= 3 and fields[0] == "144":
-            iccid = normalize_iccid(fields[2])
-            if iccid is not None:
-                return iccid
-    return None
-
-
-def parse_imei(lines: tuple[str, ...]) -> str:
-    """The IMEI in a ``+CGSN`` reply (``86...``, ``+CGSN: "86..."``), or "" when there is none.
-
-    An IMEI is 15 digits; some modems append their serial number (``356936001568843,NL2A62Z0N5``),
-    which is dropped. CDMA ESN/MEID replies and text that is not an IMEI give "". The Luhn digit is
-    not checked here (the manager logs a bad one): see :func:`luhn_valid`.
-    """
-    value = strip_identity(lines)
-    first = value.split(",", 1)[0].strip().strip('"')
-    return first if _IMEI.match(first) else ""
-
-
-def parse_ef_ad(lines: tuple[str, ...]) -> tuple[bool, int | None]:
-    """``(read, mnc_length)`` from ``+CRSM`` reading EF_AD: read False when the SIM refused."""
-    for line in lines:
-        fields = reply_fields(line)
-        if len(fields) >= 2 and fields[0] == "144":
-            data = fields[2] if len(fields) > 2 else ""
-            try:
-                return True, mnc_length_from_ef_ad(data)
-            except ValueError:
-                return True, None
-    return False, None
-
-
-def parse_cspn(lines: tuple[str, ...]) -> str:
-    for line in lines:
-        if line.startswith("+CSPN:"):
-            return reply_fields(line)[0]
-    return ""
-
-
-def strip_identity(lines: tuple[str, ...]) -> str:
-    """The value of an identity reply (``+CGSN: 86...`` or the bare text)."""
-    for line in lines:
-        text = line.split(":", 1)[1].strip() if line.startswith("+") and ":" in line else line.strip()
-        if text:
-            return text.strip('"')
-    return ""
-
-
-SIM_REMOVED_HINTS = ("NOT READY", "NOT INSERTED", "NOT AVAILABLE", "REMOVED")
-
-# +CME ERROR codes that answer +CPIN? with a SIM state (3GPP TS 27.007 9.2.1), as the +CPIN text.
-# Any other error (100 unknown, 14 SIM busy, 3 not allowed, a plain ERROR) says nothing about the
-# SIM: it is asked again.
-CME_SIM_STATES: dict[int, str] = {
-    10: "NO SIM",  # SIM not inserted
-    13: "NO SIM",  # SIM failure
-    15: "NO SIM",  # SIM wrong
-    11: "SIM PIN",
-    12: "SIM PUK",
-    17: "SIM PIN2",
-    18: "SIM PUK2",
-    5: "PH-SIM PIN",  # PH-SIM PIN required
-    40: "PH-NET PIN",
-    41: "PH-NET PUK",
-    42: "PH-NETSUB PIN",
-    43: "PH-NETSUB PUK",
-    44: "PH-SP PIN",
-    45: "PH-SP PUK",
-    46: "PH-CORP PIN",
-    47: "PH-CORP PUK",
-}
-
-# +CPIN states in which the SIM serves registration and data. PIN2/PUK2 guard only a few SIM
-# services (fixed dialling, charges); 27.007 asks for them after a command that needs them failed.
-SIM_READY_STATES = ("READY", "SIM PIN2", "SIM PUK2")
-_UNLOCK = "enter its unlock code from the seller or operator (in a phone or the vendor's tool)"
-# Personalisation locks of the modem itself (3GPP TS 22.022), by +CPIN text: what it means, what to do.
-MODEM_LOCKS: dict[str, str] = {
-    "PH-NET PIN": f"the modem is network-locked: it takes only its operator's SIMs; {_UNLOCK}",
-    "PH-NET PUK": f"the modem is network-locked and its unlock code was entered wrong too often; {_UNLOCK}",
-    "PH-NETSUB PIN": f"the modem is network-subset-locked: it takes only some of a network's SIMs; {_UNLOCK}",
-    "PH-NETSUB PUK": f"the modem is network-subset-locked and blocked after wrong codes; {_UNLOCK}",
-    "PH-SP PIN": f"the modem is locked to a service provider: it takes only that provider's SIMs; {_UNLOCK}",
-    "PH-SP PUK": f"the modem is locked to a service provider and blocked after wrong codes; {_UNLOCK}",
-    "PH-CORP PIN": f"the modem is locked to a corporate SIM group; {_UNLOCK} (the company's IT)",
-    "PH-CORP PUK": f"the modem is locked to a corporate SIM group and blocked after wrong codes; {_UNLOCK}",
-    "PH-SIM PIN": f"the modem is locked to one SIM (phone-to-SIM lock): put that SIM back, or {_UNLOCK}",
-    "PH-FSIM PIN": f"the modem is locked to the first SIM inserted in it: put it back, or {_UNLOCK}",
-    "PH-FSIM PUK": f"the modem is locked to its first SIM and blocked after wrong codes; {_UNLOCK}",
-}
-
-
 # ----------------------------------------------------------------------------------- manager
 
-Handler = Callable[[CommandCompleted | CommandFailed, float], None]
 
-
-@dataclass(slots=True)
-class _Cmd:
-    text: str | None
-    handler: Handler | None = None
-    then: Callable[[float], None] | None = None
-    """For a continuation (``text`` None): called when the queue reaches it."""
-
-
-@dataclass(slots=True)
-class _Timers:
-    poll: float | None = None
-    signal: float | None = None
-    iccid: float | None = None
-    probe: float | None = None
-    sim_check: float | None = None
-    state: float | None = None
-    """The current state's own timeout (backoff end, registration timeout, reset wait, ...)."""
-    unresponsive: float | None = None
-
-
-class ModemManager:
+class ModemManager(SimFlow):
     """The modem state machine of one modem (see module docstring).
 
     ``index``: the provider database index; ``memory``: the APNs that worked per ICCID (the
@@ -949,14 +374,14 @@ class ModemManager:
         self._memory = memory
         self._state = ModemState.PORT_CLOSED
         self._gen = 0
-        self._queue: deque[_Cmd] = deque()
-        self._inflight: _Cmd | None = None
+        self._queue: deque[QueuedCommand] = deque()
+        self._inflight: QueuedCommand | None = None
         self._inflight_gen = -1
         self._inflight_id: int | None = None
         self._awaiting_id = False
         self._actions: deque[ManagerAction] = deque()
         self._events: deque[ManagerEvent] = deque()
-        self._t = _Timers()
+        self._t = StateTimers()
         self._at_stalled = False
         self._stalled_since: float | None = None
         self._setup_problem = ""
@@ -966,15 +391,7 @@ class ModemManager:
         """The AT port is the data link's (PPP on the AT port itself): no command goes out."""
         # identity and SIM
         self._vendor = self._model = self._revision = self._imei = ""
-        self._sim = SimState.UNKNOWN
-        self._iccid: str | None = None
-        self._imsi = ""
-        self._mnc_length: int | None = None
-        self._spn = ""
-        self._pin_refused = False
-        self._pin_sent = False
-        self._cpin_retry = False
-        """The probe's +CPIN? named no SIM state: ask again when the ``sim_check`` timer is due."""
+        self._init_sim()
         self._detail = ""
         self._has_cereg = False
         self._has_c5greg = False
@@ -1263,10 +680,10 @@ class ModemManager:
     # ------------------------------------------------------------------------ command plumbing
 
     def _send(self, text: str, handler: Handler) -> None:
-        self._queue.append(_Cmd(text, handler))
+        self._queue.append(QueuedCommand(text, handler))
 
     def _then(self, fn: Callable[[float], None]) -> None:
-        self._queue.append(_Cmd(None, then=fn))
+        self._queue.append(QueuedCommand(None, then=fn))
 
     def _ignore(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
@@ -1337,7 +754,7 @@ class ModemManager:
             raise RuntimeError(f"modem manager bug: no transition {old.value} -> {state.value}")
         self._gen += 1
         self._queue.clear()
-        self._t = _Timers(unresponsive=self._t.unresponsive, sim_check=self._t.sim_check)
+        self._t = StateTimers(unresponsive=self._t.unresponsive, sim_check=self._t.sim_check)
         self._ndis_wait = False
         if old is not state:
             if old is ModemState.ONLINE:
@@ -1419,7 +836,8 @@ class ModemManager:
     def _probe_basic(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
             # some firmwares refuse the chained form: set each alone
-            self._queue.extendleft(reversed([_Cmd(c, self._ignore) for c in ("ATE0", "ATV1", "AT+CMEE=1")]))
+            alone = [QueuedCommand(c, self._ignore) for c in ("ATE0", "ATV1", "AT+CMEE=1")]
+            self._queue.extendleft(reversed(alone))
 
     def _identity(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
@@ -1460,7 +878,7 @@ class ModemManager:
             level.fun,
         )
         self._events.append(RadioSwitchedOn(level.fun))
-        self._queue.appendleft(_Cmd("AT+CFUN=1", self._cfun_set))
+        self._queue.appendleft(QueuedCommand("AT+CFUN=1", self._cfun_set))
 
     def _cfun_set(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         if isinstance(outcome, CommandFailed):
@@ -1472,193 +890,6 @@ class ModemManager:
 
     def _identified_modem(self, now: float) -> None:
         self._events.append(ModemIdentified(self._vendor, self._model, self._revision, self._imei))
-
-    # ------------------------------------------------------------------------------------ SIM
-
-    def _cpin(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        if isinstance(outcome, CommandFailed):
-            code = outcome.result.code if outcome.result.kind is FinalKind.CME_ERROR else None
-            status = CME_SIM_STATES.get(code) if code is not None else None
-            if status is None:
-                self._sim_unknown(now, outcome.result.line)
-                return
-        else:
-            status = reply_fields(outcome.lines[0])[0].upper() if outcome.lines else ""
-        self._sim_status(status, now)
-
-    def _sim_status(self, status: str, now: float) -> None:
-        """Act on a +CPIN state (3GPP TS 27.007 8.3), from its text or its +CME ERROR code."""
-        if status in SIM_READY_STATES:
-            self._sim_ready(now)
-        elif status == "SIM PIN":
-            self._sim_locked_pin(now)
-        elif status == "SIM PUK":
-            self._sim_locked(now, "the SIM is PUK-locked (+CPIN: SIM PUK): unlock it with its PUK in a phone")
-        elif status in MODEM_LOCKS:
-            self._sim_locked(now, f"{MODEM_LOCKS[status]} (+CPIN: {status})")
-        elif status == "NO SIM" or any(hint in status for hint in SIM_REMOVED_HINTS):
-            self._sim_absent(now)
-        else:
-            self._sim_unknown(now, f"+CPIN: {status}" if status else "an empty +CPIN reply")
-
-    def _sim_unknown(self, now: float, seen: str) -> None:
-        """A +CPIN? reply that names no SIM state: keep the state, and ask again in sim_poll_s."""
-        log.warning("modem: SIM state unknown (%s): asking again in %g s", seen, self.config.sim_poll_s)
-        if self._state in (ModemState.PROBING, ModemState.SIM_ABSENT, ModemState.SIM_LOCKED):
-            self._sim = SimState.UNKNOWN
-            self._detail = f"the SIM state is unknown ({seen}): asking again in {self.config.sim_poll_s:g} s"
-            self._cpin_retry = self._state is ModemState.PROBING
-        due = now + self.config.sim_poll_s
-        self._t.sim_check = due if self._t.sim_check is None else min(self._t.sim_check, due)
-
-    def _sim_locked_pin(self, now: float) -> None:
-        pin = self.config.pin
-        if pin is None:
-            self._sim_locked(now, "the SIM asks for its PIN: set modem.pin in the config, or remove the PIN")
-            return
-        if self._pin_refused or self._pin_sent:
-            self._sim_locked(
-                now,
-                "the SIM refused the PIN from the config; it is not sent again (3 wrong tries lock "
-                "the SIM): fix modem.pin and reinsert the SIM",
-            )
-            return
-        self._pin_sent = True
-        self._send(f'AT+CPIN="{pin}"', self._pin_answer)
-
-    def _pin_answer(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        if isinstance(outcome, CommandFailed):
-            self._pin_refused = True
-            self._sim_locked(
-                now,
-                f"the SIM refused the PIN from the config ({outcome.result.line}); it is not sent "
-                "again: fix modem.pin and reinsert the SIM",
-            )
-            return
-        # the SIM needs a moment after the PIN; ask again
-        self._send("AT+CPIN?", self._cpin)
-
-    def _sim_locked(self, now: float, detail: str) -> None:
-        self._sim = SimState.LOCKED
-        self._detail = detail
-        if self._state is not ModemState.SIM_LOCKED:
-            self._stop_data("SIM locked")
-            self._enter(ModemState.SIM_LOCKED, "SIM locked")
-            self._events.append(SimLocked(detail))
-            log.error("modem: %s", detail)
-        self._t.state = now + self.config.sim_poll_s
-
-    def _sim_absent(self, now: float) -> None:
-        old = self._iccid
-        self._sim = SimState.ABSENT
-        self._pin_refused = False
-        self._detail = "no SIM: insert one"
-        if self._state is not ModemState.SIM_ABSENT:
-            self._stop_data("SIM removed")
-            self._enter(ModemState.SIM_ABSENT, "no SIM")
-            if old is not None:
-                self._events.append(SimRemoved(old))
-            self._events.append(SimAbsent())
-        self._t.state = now + self.config.sim_poll_s
-
-    def _sim_ready(self, now: float) -> None:
-        self._sim = SimState.READY
-        self._detail = ""
-        if self._state is not ModemState.SIM_IDENTIFYING:
-            self._stop_data("SIM state changed")
-            self._enter(ModemState.SIM_IDENTIFYING, "SIM ready")
-        self._send(self.config.iccid_command, self._iccid_read)
-
-    def _iccid_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        iccid = parse_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
-        if iccid is None:
-            self._queue.appendleft(_Cmd(EF_ICCID_READ, self._ef_iccid_read))
-            return
-        self._identify(iccid)
-
-    def _ef_iccid_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        iccid = parse_ef_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
-        self._identify(iccid or "")
-
-    def _identify(self, iccid: str) -> None:
-        old = self._iccid
-        if iccid and iccid != old:
-            if iccid.isdigit() and not luhn_valid(iccid):
-                # kept: the accounting and APN memory key on it, and some issuers get this digit wrong
-                log.warning("modem: ICCID %s has a bad check digit; kept as is", redact_iccid(iccid))
-            self._events.append(SimChanged(old, iccid))
-            if old is not None:
-                log.info("modem: SIM changed from %s to %s", redact_iccid(old), redact_iccid(iccid))
-            self._chooser = None
-            self._data_rounds = 0
-        self._iccid = iccid or old
-        self._send("AT+CIMI", self._imsi_read)
-        self._send(EF_AD_READ, self._ef_ad_read)
-        self._send("AT+CSPN?", self._spn_read)
-        self._then(self._sim_identified)
-
-    def _imsi_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        if isinstance(outcome, CommandCompleted):
-            value = strip_identity(outcome.lines)
-            self._imsi = value if value.isdigit() else ""
-
-    def _ef_ad_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        self._mnc_length = None
-        if isinstance(outcome, CommandCompleted):
-            _, self._mnc_length = parse_ef_ad(outcome.lines)
-
-    def _spn_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        self._spn = parse_cspn(outcome.lines) if isinstance(outcome, CommandCompleted) else ""
-
-    def _sim_identified(self, now: float) -> None:
-        self._sim = SimState.IDENTIFIED
-        mcc = mnc = ""
-        if len(self._imsi) >= 5:
-            try:
-                mcc, mnc, _ = self._index.lookup_imsi(self._imsi, self._mnc_length)
-            except ValueError:
-                mcc, mnc = self._imsi[:3], self._imsi[3:5]
-        self._events.append(SimIdentified(self._iccid or "", mcc, mnc, self._spn))
-        self._enter(ModemState.REGISTERING, "SIM identified")
-        self._reg_backoff = self.config.registration_backoff_s
-        self._registering(now)
-
-    def _sim_check(self, now: float, *, periodic: bool = False) -> None:
-        """Read the SIM state and ICCID (after a hot-swap URC, or periodically)."""
-        state = self._state
-        if state is ModemState.PROBING and self._cpin_retry and not periodic:
-            self._cpin_retry = False
-            self._send("AT+CPIN?", self._cpin)
-            return
-        if state in (ModemState.PORT_CLOSED, ModemState.PROBING, ModemState.RECOVERING, ModemState.RESETTING):
-            return
-        if state in (ModemState.SIM_ABSENT, ModemState.SIM_LOCKED):
-            self._pin_sent = False
-            self._send("AT+CPIN?", self._cpin)
-            return
-        if any(c.text == "AT+CPIN?" for c in self._queue):
-            return
-        self._send("AT+CPIN?", self._check_cpin)
-
-    def _check_cpin(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        ready = (
-            isinstance(outcome, CommandCompleted)
-            and bool(outcome.lines)
-            and reply_fields(outcome.lines[0])[0].upper() in SIM_READY_STATES
-        )
-        if not ready:
-            self._cpin(outcome, now)
-            return
-        self._send(self.config.iccid_command, self._check_iccid)
-
-    def _check_iccid(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
-        iccid = parse_iccid(outcome.lines) if isinstance(outcome, CommandCompleted) else None
-        if iccid is None or iccid == self._iccid:
-            return
-        self._stop_data("SIM swapped")
-        self._enter(ModemState.SIM_IDENTIFYING, "another SIM inserted")
-        self._sim = SimState.READY
-        self._identify(iccid)
 
     # --------------------------------------------------------------------------- registration
 
@@ -1882,7 +1113,7 @@ class ModemManager:
             self._queue.clear()
             self._apn_failed(DataFailure.REJECTED, f"+CGDCONT: {outcome.result.line}", now)
             return
-        self._queue.appendleft(_Cmd("AT+CGDCONT?", self._context_read))
+        self._queue.appendleft(QueuedCommand("AT+CGDCONT?", self._context_read))
 
     def _context_read(self, outcome: CommandCompleted | CommandFailed, now: float) -> None:
         """Check the modem kept the context as set: some firmwares answer ``OK`` to

@@ -41,7 +41,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dvrlink.modem.apn import ApnSettings
-from dvrlink.modem.manager import DataFailed, DataFailure, DataLink, DataRequest, DataUp
+from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 from dvrlink.store.files import atomic_write
 
 log = logging.getLogger(__name__)

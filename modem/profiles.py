@@ -94,11 +94,15 @@ class ModemProfile:
     radio_info_command: str | None = None
     """The vendor command that names the serving cell's technology, network and band
     (``modem/radio.py``), polled with the signal; None: the 3GPP commands only."""
+    iccid_command: str = "AT+CCID"
+    """The vendor command that reads the SIM's ICCID. Every SIM also answers a read of EF_ICCID
+    with ``+CRSM``, which the manager falls back to when this one fails or gives no ICCID."""
 
     def __post_init__(self) -> None:
         if self.dial_method is DialMethod.ECM and (self.ecm_connect is None or self.ecm_disconnect is None):
             raise ValueError(f"profile {self.name}: the ECM dial method needs ecm_connect and ecm_disconnect")
-        for command in (*self.init_commands, *self.sim_hotswap_setup, self.reset_command, self.ppp_dial):
+        singles = (self.reset_command, self.ppp_dial, self.iccid_command)
+        for command in (*self.init_commands, *self.sim_hotswap_setup, *singles):
             if not command.upper().startswith("AT"):
                 raise ValueError(f"profile {self.name}: command {command!r} must start with AT")
 
@@ -172,6 +176,7 @@ def _build() -> dict[str, ModemProfile]:
             sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
             boot_urcs=_QUECTEL_BOOT,
             radio_info_command="AT+QNWINFO",
+            iccid_command="AT+QCCID",
         ),
         ModemProfile(
             name="quectel-ec25",
@@ -186,6 +191,7 @@ def _build() -> dict[str, ModemProfile]:
             sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
             boot_urcs=_QUECTEL_BOOT,
             radio_info_command="AT+QNWINFO",
+            iccid_command="AT+QCCID",
         ),
         ModemProfile(
             name="simcom-sim800",
@@ -221,6 +227,7 @@ def _build() -> dict[str, ModemProfile]:
             sim_hotswap_urcs=("+SIMCARD:", "+CPIN:"),
             boot_urcs=("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
             radio_info_command="AT+CPSI?",
+            iccid_command="AT+CICCID",
         ),
         ModemProfile(
             name="huawei-e173",
@@ -240,6 +247,7 @@ def _build() -> dict[str, ModemProfile]:
             # USB device leaving and returning); ^BOOT is a periodic report, not a restart
             restart_markers=(HUAWEI_STARTED,),
             radio_info_command="AT^SYSINFOEX",
+            iccid_command="AT^ICCID?",
         ),
         ModemProfile(
             name="huawei-mu709",
@@ -257,6 +265,7 @@ def _build() -> dict[str, ModemProfile]:
             sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
             restart_markers=(HUAWEI_STARTED,),
             radio_info_command="AT^SYSINFOEX",
+            iccid_command="AT^ICCID?",
         ),
     )
     return {profile.name: profile for profile in profiles}

@@ -36,6 +36,7 @@ from dvrlink.modem.accounting import AccountingEvent, AccountingLedger
 from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ProviderIndex
 from dvrlink.modem.at import AtConfig, AtEngine, AtEvent
 from dvrlink.modem.at_specs import CommandSpec, spec_for
+from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataUp
 from dvrlink.modem.ladder import (
     Fault,
     FaultKind,
@@ -47,19 +48,13 @@ from dvrlink.modem.ladder import (
     Step,
 )
 from dvrlink.modem.link import AtLink, PortError
-from dvrlink.modem.manager import (
+from dvrlink.modem.manager import ModemConfig, ModemManager, ModemStatus
+from dvrlink.modem.manager_events import (
     ApnRemembered,
     CameOnline,
-    DataFailed,
-    DataFailure,
-    DataLink,
-    DataUp,
     FaultDetected,
     ManagerAction,
     ManagerEvent,
-    ModemConfig,
-    ModemManager,
-    ModemStatus,
     ProbeData,
     ReopenPort,
     ResyncPort,
@@ -68,8 +63,8 @@ from dvrlink.modem.manager import (
     StartData,
     StopData,
     WentOffline,
-    redact_iccid,
 )
+from dvrlink.modem.sim_flow import redact_iccid
 
 log = logging.getLogger(__name__)
 
