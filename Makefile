@@ -62,7 +62,7 @@ lint: $(STAMP)
 # 15-18 in one process; PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 3
 pytest: $(STAMP) $(SYSSTAMP)
-	$(VENV)/bin/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+	$(VENV)/bin/pytest -q --durations=15 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 # make test: lint, types, the suite, then the QEMU arm64 rig's core scenarios (hil-arm64, below).
 test: lint typecheck pytest hil-arm64
