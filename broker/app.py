@@ -26,7 +26,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from dvrlink.broker.api import BrokerApi, RelayDirectory
+from dvrlink.broker.api import BrokerApi
+from dvrlink.broker.api_sessions import RelayDirectory
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.connection_gate import AddressGate
 from dvrlink.broker.device_events import DeviceEventHandler
