@@ -16,14 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dvrlink.daemon.cloud_link import CloudLink, handshake_problem
+from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
 from dvrlink.daemon.presence_transport import (
-    EventHandler,
     Link,
     PolicyConfig,
     PresenceTransport,

@@ -26,8 +26,10 @@ from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLos
 log = logging.getLogger(__name__)
 
 
-class PresenceCore(Protocol):
-    """What the link needs of ``PresenceClient``."""
+class LinkCore(Protocol):
+    """What a presence link (``CloudLink`` over UDP, ``presence_transport.TcpLink`` over TCP) needs
+    of ``PresenceClient``: datagrams in and out, its timer, start and stop. What the transport
+    above the links needs besides is ``presence_transport.PresenceCore``."""
 
     def start(self, now: float) -> None: ...
     def stop(self, now: float) -> None: ...
@@ -40,7 +42,8 @@ class PresenceCore(Protocol):
 
 
 class EventHandler(Protocol):
-    """Receives the core's events (the daemon's application logic)."""
+    """Receives the core's events from a link: ``presence_transport.PresenceTransport``, which
+    passes them on to the daemon's ``DeviceEvents`` (an ``EventHandler`` too)."""
 
     def on_event(self, event: ClientEvent) -> None:
         """Handle one event; may call back into the core (e.g. ``reply_invite``)."""
@@ -54,7 +57,7 @@ class CloudLink:
 
     def __init__(
         self,
-        core: PresenceCore,
+        core: LinkCore,
         handler: EventHandler,
         host: str,
         port: int,

@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from dvrlink.daemon.cloud_link import EventHandler, LinkCore
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
@@ -269,8 +270,10 @@ class TransportPolicy:
 # -- the links ----------------------------------------------------------------------------------
 
 
-class PresenceCore(Protocol):
-    """What the transport layer needs of ``PresenceClient``."""
+class PresenceCore(LinkCore, Protocol):
+    """What ``PresenceTransport`` needs of ``PresenceClient``: what each link needs
+    (``cloud_link.LinkCore``), and its state, statistics and keepalive interval, to choose and
+    switch transports."""
 
     @property
     def state(self) -> ClientState: ...
@@ -279,22 +282,7 @@ class PresenceCore(Protocol):
 
     stats: dict[str, int]
 
-    def start(self, now: float) -> None: ...
-    def stop(self, now: float) -> None: ...
-    def receive_datagram(self, data: bytes, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[bytes]: ...
-    def next_event(self) -> ClientEvent | None: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def network_changed(self, now: float, reason: str = ...) -> None: ...
     def set_keepalive_interval(self, interval: float, now: float) -> None: ...
-
-
-class EventHandler(Protocol):
-    """Receives the core's events (``DeviceEvents``)."""
-
-    def on_event(self, event: ClientEvent) -> None: ...
-    def after_step(self) -> None: ...
 
 
 class Link(Protocol):
@@ -334,7 +322,7 @@ class TcpLink:
 
     def __init__(
         self,
-        core: PresenceCore,
+        core: LinkCore,
         handler: EventHandler,
         host: str,
         port: int,

@@ -28,7 +28,6 @@ NONCE_SIZE = 16
 COOKIE_SIZE = 20
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
-TAG_SIZE = 16
 HELLO_SIZE = 48  # a HELLO is padded to this size so the COOKIE reply (38 bytes) is always smaller
 MAX_DATAGRAM = 1200
 MAX_INVITE_BODY = 1024
@@ -134,11 +133,9 @@ REFUSED_PLAIN = c.Struct(
     "message" / c.PascalString(c.Int16ub, "utf8"),
     c.Terminated,
 )
-KEEPALIVE_ACK_PLAIN = c.Struct(
-    "echo" / c.Int16ub,  # low 16 bits of the acknowledged keepalive's counter
-    "address" / c.GreedyBytes,
-)
 ECHO_STRUCT = struct.Struct(">H")
+"""A KEEPALIVE_ACK's plaintext: the low 16 bits of the acknowledged keepalive's counter, then the
+reflexive address (``encode_address``)."""
 INVITE_PLAIN = c.Struct(
     "invite_id" / c.Int32ub,
     "kind" / c.Int8ub,

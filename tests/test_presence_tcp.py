@@ -17,9 +17,8 @@ from support.waiting import wait_until_async
 
 from dvrlink.broker.app import RunningBroker, start_broker
 from dvrlink.broker.presence_tcp import TransportRouter, is_stream_address, stream_address
-from dvrlink.daemon.cloud_link import CloudLink
+from dvrlink.daemon.cloud_link import CloudLink, EventHandler
 from dvrlink.daemon.presence_transport import (
-    EventHandler,
     Link,
     PolicyConfig,
     PresenceTransport,
