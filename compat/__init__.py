@@ -28,10 +28,12 @@ class InternalsMoved(RuntimeError):
     """
 
 
-def moved(library: str, name: str, used_for: str, version: str | None = None) -> InternalsMoved:
+def moved(
+    library: str, name: str, used_for: str, version: str | None = None, remedy: str | None = None
+) -> InternalsMoved:
     """Build the ``InternalsMoved`` error for ``name`` of ``library``. The installed version is
     looked up now, so the message says which release moved it; ``version`` overrides that (for
-    asyncio, the Python version)."""
+    asyncio, the Python version), and ``remedy`` the advice to install the pinned versions."""
     if version is None:
         from importlib import metadata  # noqa: PLC0415 (only on the error path)
 
@@ -42,5 +44,5 @@ def moved(library: str, name: str, used_for: str, version: str | None = None) ->
     return InternalsMoved(
         f"{library} {version} has no {name}, which dvrlink uses for {used_for}: this {library} "
         f"release moved it; adapt dvrlink.compat.{library}_compat to it (its guard tests list "
-        f"every name that moved) or install the {library} versions pyproject.toml pins"
+        f"every name that moved) or {remedy or f'install the {library} versions pyproject.toml pins'}"
     )

@@ -11,15 +11,14 @@ Names, what they are for, and the public API that could replace them upstream:
   ``_rtt_smoothed``, ``_pto_count`` and ``get_probe_timeout()``: the session's liveness probe
   (``probe_timeout``), the viewer's dead-path check (``probe_timeout_count``) and status output
   (``smoothed_rtt``). Upstream could offer a read-only ``QuicConnection.get_rtt_stats()``
-  (smoothed RTT, variance, PTO, consecutive PTO count), as quic-go's ``ConnectionState`` and
-  quiche's ``Connection::stats()``/``path_stats()`` do.
+  (smoothed RTT, variance, PTO, consecutive PTO count), as quiche's path statistics give RTT.
 - ``QuicConnection._spaces`` and each space's ``largest_received_packet``: liveness counts a
   peer as heard only when one of its packets decrypted (``received_marker``). Upstream could
   count received (authenticated) packets in those stats.
 - ``QuicConnection._streams`` and a stream sender's ``_buffer_start``/``_buffer_stop``:
   unacknowledged bytes per stream, for ``SessionStream.drain`` (``unacknowledged_bytes``).
-  Upstream could offer ``get_stream_send_buffer_size(stream_id)``, as quiche's
-  ``stream_capacity()``.
+  Upstream could offer ``get_stream_send_buffer_size(stream_id)`` (bytes written and not yet
+  acknowledged).
 - ``tls.Context._request_client_certificate``, set from an override of
   ``QuicConnection._initialize`` (where aioquic creates the TLS context): the device asks the
   viewer for a client certificate (``request_client_certificate``, ``HookedQuicConnection``).
@@ -32,8 +31,8 @@ Names, what they are for, and the public API that could replace them upstream:
 - An override of ``QuicConnection._write_stream_limits`` (with ``_on_max_stream_data_delivery``
   as the frame's delivery handler): the receive window follows what the application read rather
   than what arrived (``HookedQuicConnection.stream_receive_limit``). Upstream could let the
-  application credit a stream's window itself (auto-tuning off), as quiche's
-  ``stream_recv`` does.
+  application credit a stream's window itself (window growth tied to what it read), as quiche
+  credits what ``stream_recv`` hands out.
 - ``aioquic._buffer.Buffer``: ``aioquic.buffer`` re-exports it without ``__all__``, so a strict
   type checker refuses the import from there; upstream could add ``__all__`` to
   ``aioquic/buffer.py``.

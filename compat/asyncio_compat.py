@@ -33,7 +33,8 @@ _MISSING = object()
 
 def _moved(name: str) -> Exception:
     version = f"in Python {platform.python_version()}"
-    return moved("asyncio", name, "reading datagrams in batches", version=version)
+    remedy = "run dvrlink on the Python version its image ships"
+    return moved("asyncio", name, "reading datagrams in batches", version=version, remedy=remedy)
 
 
 def batch_datagram_reads(
