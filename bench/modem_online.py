@@ -56,7 +56,9 @@ from bench.common import (
 from bench.daemon_footprint import measure, read_status, write_daemon_config
 from bench.servers import broker_process
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at import AtConfig, CommandCompleted, CommandFailed, FinalKind
+from dvrlink.modem.at_engine import AtConfig
+from dvrlink.modem.at_events import CommandCompleted, CommandFailed
+from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.ladder import LadderConfig, LadderFile
 from dvrlink.modem.manager import (
     DataFailed,

@@ -20,10 +20,9 @@ from collections.abc import Callable
 
 import serial
 
-from dvrlink.modem.at import (
-    AtEngine,
+from dvrlink.modem.at_engine import AtEngine, Command
+from dvrlink.modem.at_events import (
     AtEvent,
-    Command,
     CommandAborted,
     CommandCompleted,
     CommandEvent,

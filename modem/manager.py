@@ -53,7 +53,7 @@ from dvrlink.modem.apn import (
     ProviderIndex,
     rank_apns,
 )
-from dvrlink.modem.at import (
+from dvrlink.modem.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
@@ -64,8 +64,8 @@ from dvrlink.modem.at import (
     Resynced,
     ResyncFailed,
     UrcReceived,
-    reply_fields,
 )
+from dvrlink.modem.at_results import reply_fields
 from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 from dvrlink.modem.ladder import Fault, FaultKind, Step
 from dvrlink.modem.manager_commands import Handler, QueuedCommand

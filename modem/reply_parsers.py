@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from dvrlink.modem.apn import mnc_length_from_ef_ad
-from dvrlink.modem.at import reply_fields
+from dvrlink.modem.at_results import reply_fields
 
 CME_SIM_NOT_INSERTED = 10
 CME_SIM_PIN = 11

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 
 from dvrlink.modem.accounting import AccountingEvent, AccountingLedger
 from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at import AtConfig, AtEngine, AtEvent
+from dvrlink.modem.at_engine import AtConfig, AtEngine
+from dvrlink.modem.at_events import AtEvent
 from dvrlink.modem.at_specs import CommandSpec, spec_for
 from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataUp
 from dvrlink.modem.ladder import (

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dvrlink.modem.apn import ApnChooser, ProviderIndex
-from dvrlink.modem.at import CommandCompleted, CommandFailed, FinalKind, reply_fields
+from dvrlink.modem.at_events import CommandCompleted, CommandFailed
+from dvrlink.modem.at_results import FinalKind, reply_fields
 from dvrlink.modem.manager_commands import Handler, QueuedCommand
 from dvrlink.modem.manager_events import (
     ManagerEvent,

@@ -8,10 +8,9 @@ import os
 import pytest
 from support.aio import run
 
-from dvrlink.modem.at import (
-    AtEngine,
+from dvrlink.modem.at_engine import AtEngine, Command
+from dvrlink.modem.at_events import (
     AtEvent,
-    Command,
     CommandAborted,
     CommandCompleted,
     CommandTimedOut,

@@ -15,19 +15,18 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at import (
-    AtEngine,
+from dvrlink.modem.at_engine import AtEngine, EngineState
+from dvrlink.modem.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
     CommandEvent,
     CommandFailed,
     CommandTimedOut,
-    EngineState,
-    FinalKind,
     LineDiscarded,
     UrcReceived,
 )
+from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.profiles import profile_by_name
 
 PDU = "07911326040000F0040B911346610089F60000208062917314080CC8F71D14969741F977FD07"

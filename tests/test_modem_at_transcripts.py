@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.modem.at import (
-    AtEngine,
+from dvrlink.modem.at_engine import AtEngine, EngineState
+from dvrlink.modem.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
     CommandFailed,
     CommandRetrying,
     CommandTimedOut,
-    EngineState,
-    FinalKind,
     LineDiscarded,
     ModemRestarted,
     PromptAnswered,
@@ -25,6 +23,7 @@ from dvrlink.modem.at import (
     ResyncFailed,
     UrcReceived,
 )
+from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.profiles import profile_by_name
 
 DATA = Path(__file__).parent / "data" / "at"

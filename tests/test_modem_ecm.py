@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from dvrlink.modem.apn import ApnSettings
-from dvrlink.modem.at import AtEngine, CommandCompleted
+from dvrlink.modem.at_engine import AtEngine
+from dvrlink.modem.at_events import CommandCompleted
 from dvrlink.modem.ecm import DEFAULT_DHCP_COMMAND, EcmConfig, EcmLink, dhcp_argv
 from dvrlink.modem.link import AtLink
 from dvrlink.modem.manager import DataFailed, DataFailure, DataRequest, DataUp

@@ -10,7 +10,8 @@ import pytest
 from support.vectors import check_census
 
 from dvrlink.modem.apn import ApnMemory, ProviderIndex
-from dvrlink.modem.at import CommandCompleted, CommandFailed, parse_final
+from dvrlink.modem.at_events import CommandCompleted, CommandFailed
+from dvrlink.modem.at_results import parse_final
 from dvrlink.modem.manager import (
     ManagerEvent,
     ModemConfig,

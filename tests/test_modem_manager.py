@@ -14,12 +14,8 @@ from support.modem_script import ANSWERS, ICCID, ScriptedModem
 from dvrlink.daemon.config import ModemSettings
 from dvrlink.daemon.modem_service import advice
 from dvrlink.modem.apn import ApnMemory
-from dvrlink.modem.at import (
-    CommandTimedOut,
-    FinalResult,
-    Resynced,
-    UrcReceived,
-)
+from dvrlink.modem.at_events import CommandTimedOut, Resynced, UrcReceived
+from dvrlink.modem.at_results import FinalResult
 from dvrlink.modem.ladder import FaultKind, Step
 from dvrlink.modem.manager import (
     TRANSITIONS,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 from support.vectors import check_census
 
-from dvrlink.modem.at import AtConfig, AtEngine, CommandCompleted, UrcReceived
+from dvrlink.modem.at_engine import AtConfig, AtEngine
+from dvrlink.modem.at_events import CommandCompleted, UrcReceived
 from dvrlink.modem.manager import parse_registration
 
 # (source test function, line, solicited, stat, act)

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at import AtConfig, AtEngine, AtEvent, CommandCompleted, UrcReceived
+from dvrlink.modem.at_engine import AtConfig, AtEngine
+from dvrlink.modem.at_events import AtEvent, CommandCompleted, UrcReceived
 from dvrlink.modem.sms import (
     Deliver,
     MessageStatus,

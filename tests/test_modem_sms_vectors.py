@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from support.vectors import check_census
 
-from dvrlink.modem.at import AtConfig, AtEngine, AtEvent, CommandCompleted, UrcReceived
+from dvrlink.modem.at_engine import AtConfig, AtEngine
+from dvrlink.modem.at_events import AtEvent, CommandCompleted, UrcReceived
 from dvrlink.modem.sms import (
     KNOWN_STORAGES,
     Deliver,

@@ -22,7 +22,7 @@ from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.modem_service import ModemOptions, ModemTuning
 from dvrlink.daemon.status import ModemBlock
-from dvrlink.modem.at import AtConfig
+from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.ladder import LadderConfig
 from dvrlink.modem.manager import ModemStatus
 from dvrlink.modem.runner import ModemRunner, RunnerConfig

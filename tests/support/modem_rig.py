@@ -22,7 +22,9 @@ import pytest
 
 from dvrlink.modem.accounting import AccountingConfig, AccountingLedger
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at import AtConfig, CommandCompleted, CommandFailed, CommandTimedOut, FinalKind
+from dvrlink.modem.at_engine import AtConfig
+from dvrlink.modem.at_events import CommandCompleted, CommandFailed, CommandTimedOut
+from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.ladder import LadderConfig, LadderFile
 from dvrlink.modem.manager import (
     DataFailed,

@@ -4,11 +4,8 @@ the manager's core driven without a port.
 
 from __future__ import annotations
 
-from dvrlink.modem.at import (
-    CommandCompleted,
-    CommandFailed,
-    parse_final,
-)
+from dvrlink.modem.at_events import CommandCompleted, CommandFailed
+from dvrlink.modem.at_results import parse_final
 from dvrlink.modem.manager import (
     DataFailed,
     DataUp,

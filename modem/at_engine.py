@@ -21,7 +21,8 @@ final result in time, the engine resynchronises: it writes a probe whose answer 
 result after it. Results before it (the timed-out command's late ``OK``, however late) are dropped
 and never taken for the answer of the next command. A modem that answers the probe without its
 line (an ``ERROR``) falls back to counting final results and a quiet period. States and transitions
-are in ``TRANSITIONS``.
+are in ``TRANSITIONS``. Final results are parsed in ``at_results.py``; the events are in
+``at_events.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from dvrlink.modem.at_events import (
+    AtEvent,
+    CommandAborted,
+    CommandCompleted,
+    CommandFailed,
+    CommandRetrying,
+    CommandTimedOut,
+    LineDiscarded,
+    ModemRestarted,
+    PromptAnswered,
+    Resynced,
+    ResyncFailed,
+    UrcReceived,
+)
+from dvrlink.modem.at_results import CALL_RESULTS, FinalKind, FinalResult, parse_final
 from dvrlink.modem.at_specs import CommandSpec, spec_for
 
 CTRL_Z = b"\x1a"
@@ -70,137 +86,6 @@ TWO_LINE_URCS: tuple[str, ...] = ("+CMT:", "+CDS:", "+CBM:")
 _ONE_LINE_CDS = re.compile(r"^\+CDS:\s*\d+\s*,")
 """A text-mode ``+CDS`` (27.005 3.4.1: ``<fo>,<mr>,...`` on one line, no body); PDU mode's is
 ``+CDS: <length>`` and the PDU on the next line."""
-
-# 3GPP TS 27.007 section 9.2 and TS 27.005 section 3.2.5: verbose texts of the error codes the
-# engine and the modem state machine act on, lower case.
-CME_TEXTS: dict[str, int] = {
-    "phone failure": 0,
-    "no connection to phone": 1,
-    "operation not allowed": 3,
-    "operation not supported": 4,
-    "ph-sim pin required": 5,
-    "sim not inserted": 10,
-    "sim pin required": 11,
-    "sim puk required": 12,
-    "sim failure": 13,
-    "sim busy": 14,
-    "sim wrong": 15,
-    "incorrect password": 16,
-    "sim pin2 required": 17,
-    "sim puk2 required": 18,
-    "memory full": 20,
-    "invalid index": 21,
-    "not found": 22,
-    "memory failure": 23,
-    "text string too long": 24,
-    "invalid characters in text string": 25,
-    "dial string too long": 26,
-    "invalid characters in dial string": 27,
-    "no network service": 30,
-    "network timeout": 31,
-    "network not allowed - emergency calls only": 32,
-    "unknown": 100,
-    "please wait, init or command processing in progress": 515,
-}
-CMS_TEXTS: dict[str, int] = {
-    "me failure": 300,
-    "sms service of me reserved": 301,
-    "operation not allowed": 302,
-    "operation not supported": 303,
-    "invalid pdu mode parameter": 304,
-    "invalid text mode parameter": 305,
-    "sim not inserted": 310,
-    "sim pin required": 311,
-    "sim failure": 313,
-    "sim busy": 314,
-    "sim wrong": 315,
-    "memory failure": 320,
-    "invalid memory index": 321,
-    "memory full": 322,
-    "smsc address unknown": 330,
-    "no network service": 331,
-    "network timeout": 332,
-    "no +cnma acknowledgement expected": 340,
-    "unknown error": 500,
-}
-
-
-class FinalKind(enum.Enum):
-    """The final result codes of V.250 and 3GPP TS 27.007/27.005."""
-
-    OK = "OK"
-    ERROR = "ERROR"
-    CME_ERROR = "+CME ERROR"
-    CMS_ERROR = "+CMS ERROR"
-    CONNECT = "CONNECT"
-    NO_CARRIER = "NO CARRIER"
-    BUSY = "BUSY"
-    NO_DIALTONE = "NO DIALTONE"
-    NO_ANSWER = "NO ANSWER"
-
-
-CALL_RESULTS = frozenset(
-    {FinalKind.CONNECT, FinalKind.NO_CARRIER, FinalKind.BUSY, FinalKind.NO_DIALTONE, FinalKind.NO_ANSWER}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class FinalResult:
-    """The line that ended a command.
-
-    ``code`` is the numeric ``+CME``/``+CMS`` error (taken from the verbose text when the modem
-    uses ``+CMEE=2``; None for a text the tables do not know); ``detail`` is what follows the
-    keyword: the verbose error text, or the rate after ``CONNECT``.
-    """
-
-    kind: FinalKind
-    line: str
-    code: int | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True for ``OK`` and ``CONNECT``."""
-        return self.kind in (FinalKind.OK, FinalKind.CONNECT)
-
-
-def parse_final(line: str) -> FinalResult | None:
-    """The final result a line is, or None. Never raises."""
-    text = line.strip()
-    upper = text.upper()
-    for kind in (FinalKind.CME_ERROR, FinalKind.CMS_ERROR):
-        if upper.startswith(kind.value):
-            rest = text[len(kind.value) :].lstrip()
-            if rest.startswith(":"):
-                rest = rest[1:].strip()
-            elif rest:
-                return None
-            table = CME_TEXTS if kind is FinalKind.CME_ERROR else CMS_TEXTS
-            numeric = rest.isascii() and rest.isdigit() and len(rest) <= 6
-            code = int(rest) if numeric else table.get(rest.lower())
-            return FinalResult(kind, text, code, rest)
-    if upper == "CONNECT" or upper.startswith("CONNECT "):
-        return FinalResult(FinalKind.CONNECT, text, None, text[len("CONNECT") :].strip())
-    if upper == "NO DIAL TONE":
-        return FinalResult(FinalKind.NO_DIALTONE, text)
-    for kind in (
-        FinalKind.OK,
-        FinalKind.ERROR,
-        FinalKind.NO_CARRIER,
-        FinalKind.BUSY,
-        FinalKind.NO_DIALTONE,
-        FinalKind.NO_ANSWER,
-    ):
-        if upper == kind.value:
-            return FinalResult(kind, text)
-    return None
-
-
-def reply_fields(line: str) -> list[str]:
-    """The comma-separated fields of an information line after its ``+NAME:`` prefix (the whole
-    line without one), stripped and unquoted: ``+CPIN: "READY"`` → ``["READY"]``."""
-    body = line.split(":", 1)[1] if ":" in line else line
-    return [field.strip().strip('"') for field in body.split(",")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,112 +149,6 @@ class Command:
     payload: bytes | None = None
 
 
-# -- events -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AtEvent:
-    """Base of the events an ``AtEngine`` emits."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommandEvent(AtEvent):
-    """Base of the events about one submitted command."""
-
-    command_id: int
-    command: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommandCompleted(CommandEvent):
-    """The command ended with ``OK`` or ``CONNECT``; ``lines`` are its information lines."""
-
-    lines: tuple[str, ...]
-    result: FinalResult
-
-
-@dataclass(frozen=True, slots=True)
-class CommandFailed(CommandEvent):
-    """The command ended with an error result (after the retries its spec allows)."""
-
-    lines: tuple[str, ...]
-    result: FinalResult
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class CommandTimedOut(CommandEvent):
-    """No final result came within the command's timeout; the engine resynchronises."""
-
-    lines: tuple[str, ...]
-    timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class CommandAborted(CommandEvent):
-    """The command was given up: cancelled, the modem restarted, or the port was reset."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommandRetrying(CommandEvent):
-    """The modem said busy (``+CME ERROR: 14``/``515``); the command is written again later."""
-
-    result: FinalResult
-    attempt: int
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class PromptAnswered(CommandEvent):
-    """The modem asked with ``> ``; the engine wrote the payload and Ctrl-Z, or ESC to abort."""
-
-    aborted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class UrcReceived(AtEvent):
-    """An unsolicited line; ``body`` is the second line of a two-line URC (``+CMT:``).
-
-    ``name`` is the part before the colon (``+CREG``), or the whole line (``RING``).
-    """
-
-    name: str
-    line: str
-    body: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModemRestarted(AtEvent):
-    """The modem printed a restart marker (``RDY``): it rebooted, and forgot its settings."""
-
-    marker: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resynced(AtEvent):
-    """After a timeout the port answers ``AT`` with ``OK`` again; queued commands go on."""
-
-    probes: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncFailed(AtEvent):
-    """``probes`` probes went unanswered so far; the engine keeps probing."""
-
-    probes: int
-    waited: float
-
-
-@dataclass(frozen=True, slots=True)
-class LineDiscarded(AtEvent):
-    """A line that belongs to nobody: noise, a late reply, a stray result, an overlong line."""
-
-    line: str
-    reason: str
-
-
 class EngineState(enum.Enum):
     """What the port is doing."""
 
@@ -381,7 +160,8 @@ class EngineState(enum.Enum):
 
 
 S = EngineState
-# Every transition the engine makes, with its cause. ``_enter`` refuses anything else.
+# Every transition the engine makes, with its cause. ``_enter`` refuses anything else;
+# abort_all() goes from any state to IDLE.
 TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
     (S.IDLE, S.WAITING): "command written",
     (S.WAITING, S.WAITING): "final result; next queued command written",
@@ -399,11 +179,8 @@ TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
     (S.DATA, S.IDLE): "NO CARRIER or modem restarted; queue empty",
     (S.DATA, S.WAITING): "NO CARRIER or modem restarted; next queued command written",
     (S.DATA, S.RESYNC): "data mode left by the caller: probe written",
+    (S.IDLE, S.IDLE): "aborted: port reset",
 }
-# abort_all() may go from anywhere to IDLE.
-for _state in EngineState:
-    TRANSITIONS.setdefault((_state, S.IDLE), "aborted: port reset")
-del _state
 
 
 def _has_body(spec: CommandSpec, line: str) -> bool:
