@@ -178,7 +178,7 @@ class _Entry:
 
 
 def _version() -> str:
-    import importlib.metadata  # noqa: PLC0415  (it pulls in the email package: only with a session)
+    import importlib.metadata  # noqa: PLC0415  (it pulls in email, zipfile and csv: only for the info RPC)
 
     try:
         return importlib.metadata.version("dvrlink")
@@ -218,7 +218,7 @@ class SessionServer:
         self._clock = core_clock
         self._wall_clock = wall_clock
         self._started = time.monotonic()
-        self._version = _version()
+        self._version: str | None = None  # looked up with the first info RPC (see _version)
         self._sessions: dict[str, _Entry] = {}
         self._closing = False
         self.stats = ServiceStats()
@@ -245,6 +245,8 @@ class SessionServer:
 
     def info(self) -> DeviceInfo:
         """What the ``info`` RPC reports besides the allow-list."""
+        if self._version is None:
+            self._version = _version()
         return DeviceInfo(
             serial=self._serial,
             version=self._version,

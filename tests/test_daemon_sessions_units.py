@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.metadata
 import os
 import re
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytest_mock import MockerFixture
 
 from dvrlink.daemon.config import SessionsConfig, load_config
 from dvrlink.daemon.errors import ConfigError
@@ -188,3 +190,13 @@ def test_status_lists_sessions() -> None:
         DaemonStatus.from_json(
             b'{"state": "online", "serial": "x", "pid": 1, "sessions": [{"viewer": null}]}'
         )
+
+
+def test_info_reports_the_installed_version_looked_up_once(mocker: MockerFixture) -> None:
+    sessions = server(Replies())
+    lookup = mocker.spy(importlib.metadata, "version")
+    first, second = sessions.info(), sessions.info()
+    assert first.version == importlib.metadata.distribution("dvrlink").version, first
+    assert second.version == first.version
+    assert lookup.call_count == 1, f"the version was looked up {lookup.call_count} times"
+    assert (first.serial, first.sessions) == ("DL-0001-0002", 0), first
