@@ -59,6 +59,7 @@ from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, Provid
 from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.at_events import CommandCompleted, CommandFailed
 from dvrlink.modem.at_results import FinalKind
+from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
 from dvrlink.modem.ladder import LadderConfig, LadderFile
 from dvrlink.modem.manager import (
     DataFailed,
@@ -69,7 +70,6 @@ from dvrlink.modem.manager import (
     ModemState,
 )
 from dvrlink.modem.profiles import DialMethod, profile_by_name
-from dvrlink.modem.runner import ModemRunner, RunnerConfig, RunnerEvent
 from hil.modememu import ModemEmulator, SimCard
 
 TARGET_ONLINE_S = 2.0
@@ -82,7 +82,7 @@ class EmulatorDataLink:
 
     def __init__(self, emu: ModemEmulator) -> None:
         self.emu = emu
-        self.runner: ModemRunner | None = None
+        self.runner: ModemDriver | None = None
         self.up_apn: str | None = None
 
     async def up(self, request: DataRequest) -> DataUp | DataFailed:
@@ -150,10 +150,10 @@ def modem_config(profile: str, *, fast: bool) -> ModemConfig:
     )
 
 
-def runner_config(*, fast: bool) -> RunnerConfig:
+def runner_config(*, fast: bool) -> DriverConfig:
     if not fast:
-        return RunnerConfig(port_poll_s=0.05)
-    return RunnerConfig(
+        return DriverConfig(port_poll_s=0.05)
+    return DriverConfig(
         at=AtConfig(resync_timeout=0.15, resync_settle=0.05),
         ladder=LadderConfig(min_interval_s=(0.0,) * 8, stable_s=60.0, round_pause_s=0.5),
         command_timeout_cap_s=0.4,
@@ -167,9 +167,9 @@ class Session:
 
     def __init__(self, index: ProviderIndex, workdir: Path, profile: str, *, fast: bool) -> None:
         self.emu = ModemEmulator(profile, SIM, boot_delay_s=0.01)
-        self.events: list[RunnerEvent] = []
+        self.events: list[DriverEvent] = []
         self.data = EmulatorDataLink(self.emu)
-        self.runner = ModemRunner(
+        self.runner = ModemDriver(
             runner_config(fast=fast),
             modem_config(profile, fast=fast),
             find_port=lambda: self.emu.path or None,

@@ -1,4 +1,4 @@
-"""The cellular modem inside dvrlinkd: ``[modem]`` settings -> a supervised ``ModemRunner``.
+"""The cellular modem inside dvrlinkd: ``[modem]`` settings -> a supervised ``ModemDriver``.
 
 :class:`ModemService` is what ``run_daemon`` starts when ``[modem] enabled = true``. It
 
@@ -60,6 +60,7 @@ from dvrlink.modem.detect import (
     UdevModemWatcher,
     usb_device_path,
 )
+from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver, RecoveryHooks
 from dvrlink.modem.ecm import EcmConfig, EcmLink
 from dvrlink.modem.ladder import LadderFile, Step
 from dvrlink.modem.manager import (
@@ -75,7 +76,6 @@ from dvrlink.modem.manager import (
 from dvrlink.modem.netprobe import DataPathProbe, ProbeConfig
 from dvrlink.modem.ppp import LinkFailed, PppConfig, PppLink
 from dvrlink.modem.profiles import DialMethod, ModemProfile, profile_by_name
-from dvrlink.modem.runner import ModemRunner, RecoveryHooks, RunnerConfig, RunnerEvent
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ModemTuning:
 
     modem: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """``ModemConfig`` fields to override (``sim_poll_s``, ``probe_interval_s``, ...)."""
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    runner: DriverConfig = field(default_factory=DriverConfig)
     """The runner's settings; its ladder's intervals are kept, the enabled steps and the reboot cap
     come from ``[modem]``."""
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -118,7 +118,7 @@ class ModemTuning:
 
 
 class RunnerLike(Protocol):
-    """What the service needs of a ``ModemRunner``."""
+    """What the service needs of a ``ModemDriver``."""
 
     async def run(self) -> None: ...
 
@@ -126,7 +126,7 @@ class RunnerLike(Protocol):
 
 
 RunnerFactory = Callable[..., RunnerLike]
-"""Called like ``ModemRunner(runner_config, modem_config, **keywords)``."""
+"""Called like ``ModemDriver(runner_config, modem_config, **keywords)``."""
 
 
 class WatcherLike(Protocol):
@@ -150,7 +150,7 @@ class ModemOptions:
     tuning: ModemTuning = field(default_factory=ModemTuning)
     hooks: RecoveryHooks | None = None
     """Board hooks to use instead of :class:`BoardHooks` (a test must never reboot its host)."""
-    runner_factory: RunnerFactory = ModemRunner
+    runner_factory: RunnerFactory = ModemDriver
     watcher_factory: WatcherFactory = UdevModemWatcher
     """Builds the modem watcher (udev); a test gives one that replays hot-plug events."""
     on_status: Callable[[ModemBlock], None] | None = None
@@ -595,7 +595,7 @@ class ModemService:
         if self.options.on_status is not None:
             self.options.on_status(self.snapshot())
 
-    def _on_runner_event(self, event: RunnerEvent) -> None:
+    def _on_runner_event(self, event: DriverEvent) -> None:
         self._changed()
 
     async def _load_index(self) -> ProviderIndex:

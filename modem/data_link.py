@@ -72,7 +72,7 @@ class DataFailed:
 
 class DataLink(Protocol):
     """The data path behind the modem: pppd supervision (``modem/ppp.py``) or ECM/DHCP
-    (``modem/ecm.py``). One call at a time; the runner serialises them.
+    (``modem/ecm.py``). One call at a time; the driver (``modem/driver.py``) serialises them.
 
     ``up`` never raises for a failure of the link: it returns :class:`DataFailed`.
     ``probe`` is a health check of the data path (reaching the broker), not "the interface is up".

@@ -1,4 +1,11 @@
-"""The asyncio serial link of one AT port: the only modem code that does I/O.
+"""The asyncio serial link of one AT port: the only code that reads and writes the AT port.
+
+The modem's other I/O is in a few modules beside it, each with one job: ``driver.py`` (the
+asyncio loop that runs the state machine, the ladder's steps and its board hooks), ``ppp.py``
+(runs pppd, writes its scripts), ``ecm.py`` (runs the DHCP client, reads the interface's counters
+in sysfs), ``netprobe.py`` (the data-path probe's socket), ``detect.py`` (udev), and the state
+files of ``apn.py`` (also reads the provider database), ``ladder.py`` and ``accounting.py``. The
+AT engine, the state machine and the parsers do none.
 
 It opens the port with pyserial (non-blocking, exclusive), reads it from the event loop with
 ``add_reader``, feeds the bytes to an ``AtEngine``, writes what the engine has to send, and

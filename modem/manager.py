@@ -1,6 +1,6 @@
 """The modem state machine: probe → SIM → identify → register → connect → online, and back.
 
-Sans-I/O. The driver (``modem/runner.py``) feeds it what happened and carries out what it asks:
+Sans-I/O. The driver (``modem/driver.py``) feeds it what happened and carries out what it asks:
 
 - inputs: :meth:`ModemManager.port_opened`, :meth:`~ModemManager.port_closed`,
   :meth:`~ModemManager.at_submitted` (the engine's id of the command it asked for),

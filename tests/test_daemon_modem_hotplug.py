@@ -50,8 +50,8 @@ from dvrlink.daemon.config import parse_config
 from dvrlink.daemon.modem_service import ModemOptions
 from dvrlink.modem.apn import DEFAULT_DATABASE
 from dvrlink.modem.detect import DetectConfig, DetectionEvent, ModemDetector, UsbSnapshot
+from dvrlink.modem.driver import ModemDriver
 from dvrlink.modem.manager import ModemState
-from dvrlink.modem.runner import ModemRunner
 from dvrlink.protocol.identity import b64encode_key
 from hil.modememu import ModemEmulator, SimCard
 
@@ -142,7 +142,7 @@ class Rig:
     watch: StatusWatch
     daemon: asyncio.Task[None]
     caplog: pytest.LogCaptureFixture
-    runners: list[ModemRunner]
+    runners: list[ModemDriver]
     port_finders: list[Callable[[], str | None]]
     """The ``find_port`` the service gave each runner: where it (re)opens the AT port."""
 
@@ -182,12 +182,12 @@ async def hotplug_daemon(
         document = {"device": device, "broker": broker, "modem": modem}
         config = parse_config(document, tmp_path / "dvrlinkd.toml")
         udev, watch = ScriptedUdev(), StatusWatch()
-        runners: list[ModemRunner] = []
+        runners: list[ModemDriver] = []
         port_finders: list[Callable[[], str | None]] = []
 
-        def make_runner(*args: Any, **kwargs: Any) -> ModemRunner:
+        def make_runner(*args: Any, **kwargs: Any) -> ModemDriver:
             port_finders.append(kwargs["find_port"])
-            runners.append(ModemRunner(*args, **kwargs))
+            runners.append(ModemDriver(*args, **kwargs))
             return runners[-1]
 
         options = ModemOptions(

@@ -23,9 +23,9 @@ from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.modem_service import ModemOptions, ModemTuning
 from dvrlink.daemon.status import ModemBlock
 from dvrlink.modem.at_engine import AtConfig
+from dvrlink.modem.driver import DriverConfig, ModemDriver
 from dvrlink.modem.ladder import LadderConfig
 from dvrlink.modem.manager import ModemStatus
-from dvrlink.modem.runner import ModemRunner, RunnerConfig
 from dvrlink.protocol.identity import b64encode_key
 from hil.modememu import DataPath, ModemEmulator, SimCard
 from support.broker import Lab, lab
@@ -59,7 +59,7 @@ FAST_MODEM = {
 
 def fast_tuning(**overrides: Any) -> ModemTuning:
     """The emulator answers at once: timers scaled down so the suite stays fast."""
-    runner = RunnerConfig(
+    runner = DriverConfig(
         at=AtConfig(resync_timeout=0.15, resync_settle=0.05),
         ladder=LadderConfig(min_interval_s=(0.0,) * 8, stable_s=60.0, round_pause_s=0.5),
         command_timeout_cap_s=0.4,
@@ -132,7 +132,7 @@ class Rig:
     stop: asyncio.Event
     watch: StatusWatch
     hooks: FakeHooks
-    runners: list[ModemRunner] = field(default_factory=list)
+    runners: list[ModemDriver] = field(default_factory=list)
 
     async def modem(self, predicate: Callable[[ModemStatus], bool]) -> ModemStatus:
         assert self.runners, "the daemon built no modem runner"
@@ -166,7 +166,7 @@ async def running(
 ) -> AsyncIterator[Rig]:
     """The daemon with the emulated modem against a loopback broker. ``extra_modem`` goes into
     ``[modem]``, ``extra_config`` after it (other sections); ``runner_keywords`` rewrites the
-    service's keywords to ``ModemRunner`` (to add a test calendar, to meter the data link).
+    service's keywords to ``ModemDriver`` (to add a test calendar, to meter the data link).
     ``profile`` is the emulated modem family and the daemon's ``[modem] profile``; ``data_path``
     sees what the host sends while the emulator is in data mode."""
     monkeypatch.setenv("FAKE_DHCP_IP", "127.0.0.1")
@@ -189,14 +189,14 @@ async def running(
                 f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n{extra_modem}\n{extra_config}'
             )
             config = load_config(config_file)
-            runners: list[ModemRunner] = []
+            runners: list[ModemDriver] = []
 
             def make_runner(*args: Any, **kwargs: Any) -> Any:
                 if runner_factory is not None:
                     return runner_factory(*args, **kwargs)
                 if runner_keywords is not None:
                     kwargs = runner_keywords(kwargs)
-                runners.append(ModemRunner(*args, **kwargs))
+                runners.append(ModemDriver(*args, **kwargs))
                 return runners[-1]
 
             watch = StatusWatch()

@@ -25,6 +25,7 @@ from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, Provid
 from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.at_events import CommandCompleted, CommandFailed, CommandTimedOut
 from dvrlink.modem.at_results import FinalKind
+from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
 from dvrlink.modem.ladder import LadderConfig, LadderFile
 from dvrlink.modem.manager import (
     DataFailed,
@@ -36,7 +37,6 @@ from dvrlink.modem.manager import (
     ModemStatus,
 )
 from dvrlink.modem.profiles import DialMethod, profile_by_name
-from dvrlink.modem.runner import ModemRunner, RunnerConfig, RunnerEvent
 from hil.modememu import ModemEmulator, SimCard
 
 needs_database = pytest.mark.skipif(
@@ -78,8 +78,8 @@ def fast_modem_config(profile: str, **overrides: Any) -> ModemConfig:
     return replace(base, **overrides)
 
 
-def fast_runner_config(**overrides: Any) -> RunnerConfig:
-    base = RunnerConfig(
+def fast_runner_config(**overrides: Any) -> DriverConfig:
+    base = DriverConfig(
         at=AtConfig(resync_timeout=0.15, resync_settle=0.05),
         ladder=LadderConfig(min_interval_s=(0.0,) * 8, stable_s=60.0, round_pause_s=0.5),
         command_timeout_cap_s=0.4,
@@ -96,7 +96,7 @@ class FakeDataLink:
 
     def __init__(self, emu: ModemEmulator) -> None:
         self.emu = emu
-        self.runner: ModemRunner | None = None
+        self.runner: ModemDriver | None = None
         self.requests: list[DataRequest] = []
         self.up_apn: str | None = None
         self.method: DialMethod | None = None
@@ -169,12 +169,12 @@ class FakeHooks:
 @dataclass
 class Rig:
     emu: ModemEmulator
-    runner: ModemRunner
+    runner: ModemDriver
     data: FakeDataLink
     hooks: FakeHooks
     tmp_path: Path
     ledger: AccountingLedger
-    events: list[RunnerEvent] = field(default_factory=list)
+    events: list[DriverEvent] = field(default_factory=list)
     on_find_port: Callable[[], None] | None = None
     """Called each time the runner looks for the port (to end a hang "fixed by reopening")."""
 
@@ -207,7 +207,7 @@ async def running(
     runner: dict[str, Any] | None = None,
     before_start: Callable[[ModemEmulator], None] | None = None,
 ) -> AsyncIterator[Rig]:
-    """The emulator and a running ModemRunner on its PTY; both stopped on the way out."""
+    """The emulator and a running ModemDriver on its PTY; both stopped on the way out."""
     with ModemEmulator(profile, sim, no_sim=no_sim, boot_delay_s=0.05) as emu:
         if before_start is not None:
             before_start(emu)
@@ -221,8 +221,8 @@ async def running(
                 rig_box[0].on_find_port()
             return emu.path or None
 
-        events: list[RunnerEvent] = []
-        the_runner = ModemRunner(
+        events: list[DriverEvent] = []
+        the_runner = ModemDriver(
             fast_runner_config(**(runner or {})),
             fast_modem_config(profile, **(modem or {})),
             find_port=find_port,

@@ -11,10 +11,10 @@ aware ``datetime``: the billing cycle follows the calendar).
 
 Use::
 
-    runner = ModemRunner(RunnerConfig(), ModemConfig(profile=...), find_port=..., data_link=...,
+    driver = ModemDriver(DriverConfig(), ModemConfig(profile=...), find_port=..., data_link=...,
                          index=..., apn_memory_file=..., ladder_file=..., hooks=..., ledger=...)
-    task = asyncio.create_task(runner.run())
-    status = await runner.wait_for(lambda s: s.online, timeout=120)
+    task = asyncio.create_task(driver.run())
+    status = await driver.wait_for(lambda s: s.online, timeout=120)
     ...
     task.cancel()
 """
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 PortFinder = Callable[[], str | None]
 """Returns the AT port's current device path, or None while the modem is not there (the
 detection layer finds it by USB ID and interface, so the path may change after a reset)."""
-RunnerEvent = ManagerEvent | LadderEntry | AccountingEvent
+DriverEvent = ManagerEvent | LadderEntry | AccountingEvent
 AT_STEPS = frozenset({Step.RESYNC, Step.REATTACH, Step.CFUN_CYCLE, Step.MODEM_RESET})
 HOOK_STEPS = frozenset({Step.USB_RESET, Step.POWER_CYCLE, Step.BOARD_REBOOT})
 
@@ -88,7 +88,7 @@ class RecoveryHooks(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class RunnerConfig:
+class DriverConfig:
     """Settings of the modem driver. Times in seconds.
 
     ``at``: AT engine settings (the profile adds its URCs). ``command_timeout_cap_s``: cap every
@@ -114,13 +114,13 @@ class RunnerConfig:
             raise ValueError("port_poll_s, port_wait_s and accounting_interval_s must be > 0 seconds")
 
 
-class ModemRunner:
+class ModemDriver:
     """Runs one modem (see module docstring). ``on_event`` gets every manager event, every
     ladder step taken and every accounting event (cycle started, cap warning/reached/cleared), in
     order, from the event loop.
 
     ``data_on_at_port`` says whether the data link runs on the AT port itself (PPP on a UART modem
-    such as the SIM800). Then the runner closes the AT port before the link comes up and sends no
+    such as the SIM800). Then the driver closes the AT port before the link comes up and sends no
     AT command while it is up (the manager pauses its polls; the data-path probes go on); it takes
     the port back once the link failed, ended by itself (``wait_down`` of the data link, when it has
     one) or was taken down, including before a recovery step.
@@ -128,7 +128,7 @@ class ModemRunner:
 
     def __init__(
         self,
-        config: RunnerConfig,
+        config: DriverConfig,
         modem: ModemConfig,
         *,
         find_port: PortFinder,
@@ -141,7 +141,7 @@ class ModemRunner:
         wall_clock: Callable[[], float] = time.time,
         calendar: Callable[[], datetime] = lambda: datetime.now().astimezone(),
         data_on_at_port: Callable[[], bool] = lambda: False,
-        on_event: Callable[[RunnerEvent], None] | None = None,
+        on_event: Callable[[DriverEvent], None] | None = None,
     ) -> None:
         self.config = config
         self.modem_config = modem
@@ -175,9 +175,9 @@ class ModemRunner:
         self._ladder_retry: tuple[float, Fault] | None = None
         self._draining = False
         self._watchers: set[asyncio.Event] = set()
-        self._recent: deque[RunnerEvent] = deque(maxlen=30)
+        self._recent: deque[DriverEvent] = deque(maxlen=30)
         self.steps_taken: list[LadderEntry] = []
-        """Ladder steps taken by this runner, in order (the persisted history is in the ladder)."""
+        """Ladder steps taken by this driver, in order (the persisted history is in the ladder)."""
         self._acct_iccid: str | None = None
         self._acct_last = (0, 0)
         self._acct_next: float | None = None
@@ -264,7 +264,7 @@ class ModemRunner:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("modem runner task %s failed", task.get_name(), exc_info=task.exception())
+            log.error("modem driver task %s failed", task.get_name(), exc_info=task.exception())
         if task is self._recovering:
             self._recovering = None
             if not task.cancelled():
@@ -374,7 +374,7 @@ class ModemRunner:
             except OSError as exc:
                 log.error("modem: cannot save the APN memory: %s; it is kept in memory", exc)
 
-    def _emit(self, event: RunnerEvent) -> None:
+    def _emit(self, event: DriverEvent) -> None:
         self._recent.append(event)
         if self._on_event is not None:
             try:
@@ -640,7 +640,7 @@ class ModemRunner:
                 await task
         link, self._link = self._link, None
         if link is not None:
-            link.close("modem runner stopped")
+            link.close("modem driver stopped")
         if self.manager.data_up:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.config.data_down_timeout_s):
