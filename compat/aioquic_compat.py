@@ -45,12 +45,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic._buffer import Buffer
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
 from cryptography import x509
 
 from dvrlink.compat import moved
+
+try:
+    from aioquic._buffer import Buffer
+except ImportError as exc:  # an aioquic that moved it (guarded)
+    raise moved("aioquic", "aioquic._buffer.Buffer", "parsing QUIC headers") from exc
 
 __all__ = [
     "Buffer",

@@ -6,8 +6,10 @@ pyproject.toml pins."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import re
 import ssl
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -278,3 +280,13 @@ def test_buffer_is_the_class_aioquics_public_module_names() -> None:
     initial = pair.client.datagrams_to_send(pair.now)[0][0]
     header = pull_quic_header(aioquic_compat.Buffer(data=initial))
     assert header.destination_cid == pair.client.original_destination_connection_id
+
+
+def test_a_moved_buffer_module_fails_loudly_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the compat module where ``aioquic._buffer`` is gone names the version (a fresh copy of
+    the module is loaded, so the one in use stays as it is)."""
+    monkeypatch.setitem(sys.modules, "aioquic._buffer", None)  # makes the import fail
+    spec = importlib.util.spec_from_file_location("aioquic_compat_copy", aioquic_compat.__file__)
+    assert spec is not None and spec.loader is not None
+    with pytest.raises(InternalsMoved, match=moved_message("aioquic._buffer.Buffer")):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
