@@ -137,8 +137,3 @@ def parse_radio_info(command: str, lines: Sequence[str]) -> RadioInfo | None:
     the modem reports no service or the command is not one of them."""
     parser = _PARSERS.get(command.upper())
     return parser(lines) if parser is not None else None
-
-
-def radio_info_commands() -> tuple[str, ...]:
-    """The commands :func:`parse_radio_info` understands."""
-    return tuple(_PARSERS)

@@ -12,13 +12,8 @@ from dataclasses import dataclass
 from dvrlink.modem.apn import mnc_length_from_ef_ad
 from dvrlink.modem.at_results import reply_fields
 
-CME_SIM_NOT_INSERTED = 10
-CME_SIM_PIN = 11
-CME_SIM_PUK = 12
-CME_SIM_FAILURE = 13
-CME_WRONG_PASSWORD = 16
 CME_NO_NETWORK = 30
-SIM_ABSENT_CODES = frozenset({CME_SIM_NOT_INSERTED, CME_SIM_FAILURE})
+"""``+CME ERROR: 30`` (no network service) to a dial: register again before the next call."""
 
 STAT_NOT_REGISTERED = 0
 STAT_HOME = 1
