@@ -31,7 +31,7 @@ transition table, the diagram), ``manager_events.py`` (actions and events),
 ``sim_flow.py`` (the SIM: PIN, ICCID, IMSI, swaps) and ``data_link.py`` (the data link's
 contract). This module holds the config, the status snapshot, and the rest of the machine: the
 probe, registration, data calls, recovery and URCs. The names a user of the manager needs are
-importable from here (``__all__``).
+importable from here (``__all__``); the parsers from ``reply_parsers.py``.
 """
 
 from __future__ import annotations
@@ -132,16 +132,14 @@ from dvrlink.modem.reply_parsers import (
     csq_to_dbm,
     luhn_valid,
     parse_cops,
-    parse_ef_iccid,
-    parse_iccid,
     parse_imei,
     parse_registration,
     strip_identity,
 )
 from dvrlink.modem.sim_flow import SIM_REMOVED_HINTS, SimFlow, redact_iccid
 
-# The manager's interface (its config, status, states, actions, events and the data link's
-# contract) and the reply parsers the tests run on recorded replies, importable from here.
+# The manager's interface, importable from here: its config, status, states, actions, events
+# and the data link's contract.
 __all__ = [
     "TRANSITIONS",
     "ApnFailed",
@@ -181,14 +179,6 @@ __all__ = [
     "StateChanged",
     "StopData",
     "WentOffline",
-    "cesq_to_dbm",
-    "csq_to_dbm",
-    "luhn_valid",
-    "parse_cops",
-    "parse_ef_iccid",
-    "parse_iccid",
-    "parse_imei",
-    "parse_registration",
     "redact_iccid",
 ]
 

@@ -21,12 +21,9 @@ from dvrlink.modem.manager import (
     SimAbsent,
     SimLocked,
     SimState,
-    luhn_valid,
-    parse_ef_iccid,
-    parse_iccid,
-    parse_imei,
 )
 from dvrlink.modem.profiles import profile_by_name
+from dvrlink.modem.reply_parsers import luhn_valid, parse_ef_iccid, parse_iccid, parse_imei
 
 # (ModemManager test function, raw reply value, expected ICCID or None for "rejected")
 ICCID_VECTORS: list[tuple[str, str, str | None]] = [

@@ -33,14 +33,16 @@ from dvrlink.modem.manager import (
     RadioSwitchedOn,
     SendAt,
     StopData,
+    redact_iccid,
+)
+from dvrlink.modem.profiles import profile_by_name
+from dvrlink.modem.reply_parsers import (
     cesq_to_dbm,
     csq_to_dbm,
     parse_ef_iccid,
     parse_iccid,
     parse_registration,
-    redact_iccid,
 )
-from dvrlink.modem.profiles import profile_by_name
 from hil.modememu import SimCard
 
 

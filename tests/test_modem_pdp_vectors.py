@@ -16,7 +16,6 @@ from support.vectors import check_census
 
 from dvrlink.modem.at_engine import AtConfig, AtEngine
 from dvrlink.modem.at_events import CommandCompleted, UrcReceived
-from dvrlink.modem.manager import cesq_to_dbm, parse_cops
 from dvrlink.modem.pdp import (
     CgevKind,
     RadioPower,
@@ -28,6 +27,7 @@ from dvrlink.modem.pdp import (
     parse_cgev,
 )
 from dvrlink.modem.radio import parse_radio_info
+from dvrlink.modem.reply_parsers import cesq_to_dbm, parse_cops
 
 
 def reply(command: str, lines: list[str]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from support.vectors import check_census
 
 from dvrlink.modem.at_engine import AtConfig, AtEngine
 from dvrlink.modem.at_events import CommandCompleted, UrcReceived
-from dvrlink.modem.manager import parse_registration
+from dvrlink.modem.reply_parsers import parse_registration
 
 # (source test function, line, solicited, stat, act)
 VECTORS: list[tuple[str, str, bool, int, int | None]] = [
