@@ -157,6 +157,38 @@ _HUAWEI_URCS = (
 
 def _build() -> dict[str, ModemProfile]:
     quectel_init = ('AT+QURCCFG="urcport","usbat"', "AT+QSIMSTAT=1")
+    quectel_uc20 = ModemProfile(
+        name="quectel-uc20",
+        description="Quectel UC20 (UMTS/HSPA)",
+        usb=(UsbPorts(0x05C6, 0x9003, at_interface=2, ppp_interface=3, net_interface=4),),
+        init_commands=quectel_init,
+        urc_prefixes=_QUECTEL_URCS,
+        dial_method=DialMethod.PPP,
+        sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
+        boot_urcs=_QUECTEL_BOOT,
+        radio_info_command="AT+QNWINFO",
+        iccid_command="AT+QCCID",
+    )
+    huawei_e173 = ModemProfile(
+        name="huawei-e173",
+        description="Huawei E173 USB stick (HSPA), modem mode 12d1:1436 or 12d1:1001",
+        usb=(
+            UsbPorts(0x12D1, 0x1436, at_interface=4, ppp_interface=0, net_interface=1),
+            UsbPorts(0x12D1, 0x1001, at_interface=2, ppp_interface=0),
+        ),
+        init_commands=(),
+        urc_prefixes=_HUAWEI_URCS,
+        dial_method=DialMethod.PPP,
+        reset_command="AT^RESET",
+        ecm_connect='AT^NDISDUP={cid},1,"{apn}"',
+        ecm_disconnect="AT^NDISDUP={cid},0",
+        sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
+        # Huawei modules print no RDY but ^SYSSTART once started (a reset also shows as the
+        # USB device leaving and returning); ^BOOT is a periodic report, not a restart
+        restart_markers=(HUAWEI_STARTED,),
+        radio_info_command="AT^SYSINFOEX",
+        iccid_command="AT^ICCID?",
+    )
     profiles = (
         ModemProfile(
             name="generic",
@@ -166,32 +198,16 @@ def _build() -> dict[str, ModemProfile]:
             urc_prefixes=(),
             dial_method=DialMethod.PPP,
         ),
-        ModemProfile(
-            name="quectel-uc20",
-            description="Quectel UC20 (UMTS/HSPA)",
-            usb=(UsbPorts(0x05C6, 0x9003, at_interface=2, ppp_interface=3, net_interface=4),),
-            init_commands=quectel_init,
-            urc_prefixes=_QUECTEL_URCS,
-            dial_method=DialMethod.PPP,
-            sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
-            boot_urcs=_QUECTEL_BOOT,
-            radio_info_command="AT+QNWINFO",
-            iccid_command="AT+QCCID",
-        ),
-        ModemProfile(
+        quectel_uc20,
+        replace(
+            quectel_uc20,
             name="quectel-ec25",
             description='Quectel EC25 (LTE Cat 4); ECM after AT+QCFG="usbnet",1',
             usb=(UsbPorts(0x2C7C, 0x0125, at_interface=2, ppp_interface=3, net_interface=4),),
-            init_commands=quectel_init,
-            urc_prefixes=_QUECTEL_URCS,
             dial_method=DialMethod.ECM,
             # older firmware without +QNETDEVCTL: AT$QCRMCALL=1,{cid}
             ecm_connect="AT+QNETDEVCTL=1,{cid},1",
             ecm_disconnect="AT+QNETDEVCTL=0,{cid},0",
-            sim_hotswap_urcs=("+QSIMSTAT:", "+CPIN:", "+QUSIM:"),
-            boot_urcs=_QUECTEL_BOOT,
-            radio_info_command="AT+QNWINFO",
-            iccid_command="AT+QCCID",
         ),
         ModemProfile(
             name="simcom-sim800",
@@ -229,43 +245,17 @@ def _build() -> dict[str, ModemProfile]:
             radio_info_command="AT+CPSI?",
             iccid_command="AT+CICCID",
         ),
-        ModemProfile(
-            name="huawei-e173",
-            description="Huawei E173 USB stick (HSPA), modem mode 12d1:1436 or 12d1:1001",
-            usb=(
-                UsbPorts(0x12D1, 0x1436, at_interface=4, ppp_interface=0, net_interface=1),
-                UsbPorts(0x12D1, 0x1001, at_interface=2, ppp_interface=0),
-            ),
-            init_commands=(),
-            urc_prefixes=_HUAWEI_URCS,
-            dial_method=DialMethod.PPP,
-            reset_command="AT^RESET",
-            ecm_connect='AT^NDISDUP={cid},1,"{apn}"',
-            ecm_disconnect="AT^NDISDUP={cid},0",
-            sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
-            # Huawei modules print no RDY but ^SYSSTART once started (a reset also shows as the
-            # USB device leaving and returning); ^BOOT is a periodic report, not a restart
-            restart_markers=(HUAWEI_STARTED,),
-            radio_info_command="AT^SYSINFOEX",
-            iccid_command="AT^ICCID?",
-        ),
-        ModemProfile(
+        huawei_e173,
+        # the same family as a module: its ports are found by probing, and it dials NDIS/ECM
+        replace(
+            huawei_e173,
             name="huawei-mu709",
             description="Huawei MU709 (HSPA+ module), NDIS/ECM call with AT^NDISDUP",
             usb=(
                 UsbPorts(0x12D1, 0x1C25, at_interface=None),
                 UsbPorts(0x12D1, 0x1506, at_interface=None),
             ),
-            init_commands=(),
-            urc_prefixes=_HUAWEI_URCS,
             dial_method=DialMethod.ECM,
-            reset_command="AT^RESET",
-            ecm_connect='AT^NDISDUP={cid},1,"{apn}"',
-            ecm_disconnect="AT^NDISDUP={cid},0",
-            sim_hotswap_urcs=("^SIMST:", "+CPIN:"),
-            restart_markers=(HUAWEI_STARTED,),
-            radio_info_command="AT^SYSINFOEX",
-            iccid_command="AT^ICCID?",
         ),
     )
     return {profile.name: profile for profile in profiles}
