@@ -49,6 +49,7 @@ from dvrlink.modem.at_events import (
 )
 from dvrlink.modem.at_results import CALL_RESULTS, FinalKind, FinalResult, parse_final
 from dvrlink.modem.at_specs import CommandSpec, spec_for
+from dvrlink.modem.state_diagram import mermaid_state_diagram
 
 CTRL_Z = b"\x1a"
 ESC = b"\x1b"
@@ -181,6 +182,12 @@ TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
     (S.DATA, S.RESYNC): "data mode left by the caller: probe written",
     (S.IDLE, S.IDLE): "aborted: port reset",
 }
+
+
+def state_diagram() -> str:
+    """The engine's states as a Mermaid diagram, generated from :data:`TRANSITIONS`
+    (``python -m dvrlink.modem.at_engine`` prints it)."""
+    return mermaid_state_diagram(TRANSITIONS, EngineState.IDLE)
 
 
 def _has_body(spec: CommandSpec, line: str) -> bool:
@@ -750,3 +757,7 @@ class AtEngine:
         if (self._state, state) not in TRANSITIONS:
             raise RuntimeError(f"AT engine bug: no transition {self._state.value} -> {state.value}")
         self._state = state
+
+
+if __name__ == "__main__":
+    print(state_diagram())

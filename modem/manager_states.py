@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dvrlink.modem.state_diagram import mermaid_state_diagram
+
 
 class ModemState(enum.Enum):
     PORT_CLOSED = "port-closed"
@@ -146,10 +148,7 @@ class StateTimers:
 
 def state_diagram() -> str:
     """The modem state machine as a Mermaid diagram, generated from :data:`TRANSITIONS`."""
-    lines = ["stateDiagram-v2", f"    [*] --> {ModemState.PORT_CLOSED.value}"]
-    for (src, dst), cause in TRANSITIONS.items():
-        lines.append(f"    {src.value} --> {dst.value}: {cause}")
-    return "\n".join(lines)
+    return mermaid_state_diagram(TRANSITIONS, ModemState.PORT_CLOSED)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""The modem manager's transition table: the diagram in modem/README.md is the one generated from
-it, every state is reachable and can get back to a closed port, and each profile's ICCID command
-is the one the emulator's model of that family answers."""
+"""The transition tables of the modem manager and the AT engine: the diagrams in modem/README.md
+are the ones generated from them; every state of the manager is reachable and can get back to a
+closed port; and each profile's ICCID command is the one the emulator's model of that family
+answers."""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
+
+from dvrlink.modem.at_engine import TRANSITIONS as ENGINE_TRANSITIONS
+from dvrlink.modem.at_engine import state_diagram as engine_diagram
 from dvrlink.modem.manager_states import TRANSITIONS, ModemState, state_diagram
 from dvrlink.modem.profiles import PROFILES
 from hil.modememu.profiles import PROFILES as EMULATED
@@ -13,12 +20,24 @@ from hil.modememu.profiles import PROFILES as EMULATED
 README = Path(__file__).resolve().parent.parent / "modem" / "README.md"
 
 
-def test_the_readme_shows_the_diagram_of_the_table() -> None:
-    diagram = state_diagram()
-    assert diagram.count("\n") == len(TRANSITIONS) + 1, "one line per transition, after the header"
-    assert diagram in README.read_text(), (
-        "modem/README.md does not hold the diagram of TRANSITIONS: regenerate it with "
-        "python -m dvrlink.modem.manager_states"
+@pytest.mark.parametrize(
+    ("module", "diagram", "table"),
+    [
+        ("manager_states", state_diagram, TRANSITIONS),
+        ("at_engine", engine_diagram, ENGINE_TRANSITIONS),
+    ],
+)
+def test_the_readme_shows_the_diagram_of_each_table(
+    module: str, diagram: Callable[[], str], table: Mapping[tuple[enum.Enum, enum.Enum], str]
+) -> None:
+    text = diagram()
+    edges = text.splitlines()[2:]
+    assert len(edges) == len(table), f"{len(edges)} edges drawn for {len(table)} transitions"
+    pairs = zip(edges, table.values(), strict=True)
+    assert all(cause in edge for edge, cause in pairs), "the edges are not in the table's order"
+    assert text in README.read_text(), (
+        f"modem/README.md does not hold the diagram of {module}.TRANSITIONS: regenerate it with "
+        f"python -m dvrlink.modem.{module}"
     )
 
 
