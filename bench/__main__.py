@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from bench import (
     cellular_cost,
     daemon_footprint,
+    daemon_memory,
     daemon_streaming,
     login_burst,
     modem_online,
@@ -26,6 +27,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("presence_load", presence_load.main),
     ("cellular_cost", cellular_cost.main),
     ("daemon_footprint", daemon_footprint.main),
+    ("daemon_memory", daemon_memory.main),
     ("session_setup", session_setup.main),
     ("tunnel_throughput", tunnel_throughput.main),
     ("relay_pps", relay_pps.main),

@@ -93,6 +93,18 @@ def test_daemon_footprint_prints_rss_and_cpu() -> None:
     assert numbers(r"VmRSS ([\d.]+) MB at the start", out)[0] > 0
     assert numbers(r"CPU \(utime\+stime, 10 ms ticks\) ([\d.]+) s", out)[0] >= 0
     assert "registered" in out
+    for phase in ("before any session", "during the session, max", "after the session ended"):
+        assert numbers(rf"VmRSS {phase}: ([\d.]+) MB", out)[0] > 0, out
+
+
+def test_daemon_memory_prints_each_layer() -> None:
+    out = run_bench("daemon_memory")
+    layers = ("interpreter", "asyncio", "cryptography", "construct", "dvrlink idle daemon", "session stack")
+    for layer in layers:
+        row = re.search(rf"^  {layer}.*?\s([\d.]+)\s+[-\d.]+\s+[-\d.]+\s+[-\d.]+\s+(\d+)$", out, re.M)
+        assert row is not None, f"no row for {layer}:\n{out}"
+        assert float(row.group(1)) > 0 and int(row.group(2)) > 0, row.group(0)
+    assert numbers(r"idle daemon's imports in all: VmRSS ([\d.]+) MB", out)[0] > 0
 
 
 @pytest.mark.slow
