@@ -246,6 +246,15 @@ class ApiContext:
                 f"device {serial} is not paired to {user!r}; pair it first with the code on its label "
                 "(dvrlink pair)",
             )
+        self.require_online(serial)
+        return device
+
+    def require_online(self, serial: str) -> None:
+        """Check that ``serial`` is online now.
+
+        Raises:
+            ApiError: 409 ``device_offline``.
+        """
         info = self.presence.presence(serial)
         if info is None or not info.online:
             raise ApiError(
@@ -253,7 +262,6 @@ class ApiContext:
                 "device_offline",
                 f"device {serial} is offline; power it and check its network, then retry",
             )
-        return device
 
     async def answered_invite(
         self, serial: str, kind: int, body: bytes, ttl: float, timeout_message: str

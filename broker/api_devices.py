@@ -114,13 +114,7 @@ class DeviceRoutes:
         nonce = b64_field(body, "nonce", NONCE_SIZE)
         proof = b64_field(body, "proof", MAC_SIZE)
         device = self._ctx.known_device(serial)
-        info = self._presence.presence(serial)
-        if info is None or not info.online:
-            raise ApiError(
-                409,
-                "device_offline",
-                f"device {serial} is offline; power it and check its network, then retry",
-            )
+        self._ctx.require_online(serial)
         now = self._clock()
         window = self._config.pairing_window_s
         self._check_pairing_limits(user, serial, now)

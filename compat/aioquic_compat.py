@@ -94,6 +94,12 @@ def _loss(quic: QuicConnection, used_for: str) -> object:
     return loss
 
 
+def _sampled_loss(quic: QuicConnection, used_for: str) -> object | None:
+    """The connection's ``QuicPacketRecovery`` once it has an RTT sample, else None."""
+    loss = _loss(quic, used_for)
+    return loss if _attribute(loss, "_rtt_initialized", "QuicPacketRecovery", used_for) else None
+
+
 def _attribute(owner: object, name: str, where: str, used_for: str) -> object:
     value = getattr(owner, name, _MISSING)
     if value is _MISSING:
@@ -109,8 +115,8 @@ def probe_timeout(quic: QuicConnection) -> float | None:
         InternalsMoved: aioquic no longer has the names this reads.
     """
     used_for = "the session liveness probe (the probe timeout)"
-    loss = _loss(quic, used_for)
-    if not _attribute(loss, "_rtt_initialized", "QuicPacketRecovery", used_for):
+    loss = _sampled_loss(quic, used_for)
+    if loss is None:
         return None
     get = _attribute(loss, "get_probe_timeout", "QuicPacketRecovery", used_for)
     if not callable(get):
@@ -139,8 +145,8 @@ def smoothed_rtt(quic: QuicConnection) -> float | None:
         InternalsMoved: aioquic no longer has the names this reads.
     """
     used_for = "the session's round-trip time in status output"
-    loss = _loss(quic, used_for)
-    if not _attribute(loss, "_rtt_initialized", "QuicPacketRecovery", used_for):
+    loss = _sampled_loss(quic, used_for)
+    if loss is None:
         return None
     rtt = _attribute(loss, "_rtt_smoothed", "QuicPacketRecovery", used_for)
     if not isinstance(rtt, int | float):
