@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
 
@@ -80,3 +81,36 @@ def test_a_rename_that_fails_leaves_the_file_and_says_so(
     # The owner's next save replaces the corrupt file.
     atomic_write(path, b"{}")
     assert path.read_bytes() == b"{}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dvrlink_imports(folder: str) -> dict[str, set[str]]:
+    """The dvrlink modules each file of ``folder`` imports (absolute imports, also inside functions)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).glob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[f"{folder}/{path.name}"] = {n for n in names if n.startswith("dvrlink.")}
+    return found
+
+
+def test_store_imports_nothing_of_dvrlink() -> None:
+    imports = _dvrlink_imports("store")
+    assert "store/files.py" in imports, f"no store/files.py under {ROOT}"
+    wrong = {path: names for path, names in imports.items() if names}
+    assert not wrong, f"store must sit below every package, but imports: {wrong}"
+
+
+def test_modem_imports_no_program_package() -> None:
+    programs = ("dvrlink.daemon", "dvrlink.broker", "dvrlink.viewer")
+    imports = _dvrlink_imports("modem")
+    assert "modem/manager.py" in imports, f"no modem/manager.py under {ROOT}"
+    wrong = {p: sorted(n for n in names if n.startswith(programs)) for p, names in imports.items()}
+    wrong = {p: names for p, names in wrong.items() if names}
+    assert not wrong, f"modem imports the programs that use it (a package cycle): {wrong}"
