@@ -185,6 +185,7 @@ def _read_until_closed(conn: ssl.SSLSocket) -> bytes:
     return data
 
 
+@pytest.mark.slow  # waits out the broker's 10 s body timeout
 def test_slow_bodies_time_out_and_dropped_clients_log_one_quiet_line(tmp_path: Path) -> None:
     with running_broker(tmp_path) as broker:  # default http_body_timeout_s = 10
         dropped = [_tls_connection(broker.info) for _ in range(10)]

@@ -26,7 +26,11 @@ import pytest
 from dvrlink.daemon.keepalive_cost import TCP_KEEPALIVE_BYTES, UDP_KEEPALIVE_BYTES
 from hil import keepalive_lab, netlab
 
-pytestmark = [pytest.mark.skipif(bool(netlab.unavailable_reason()), reason=netlab.unavailable_reason() or "")]
+# slow: the module's fixture runs every experiment, about 2-3 min
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(netlab.unavailable_reason()), reason=netlab.unavailable_reason() or ""),
+]
 
 SCALE = 0.2
 

@@ -28,7 +28,8 @@ from hil.matrix.report import cell_text, invariants, table, write
 from hil.netlab import NatType
 
 REASON = netlab.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+# slow: a lab, a daemon and a forward per cell; some cells take 20-30 s on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 CELLS = lan_cells()
 

@@ -44,6 +44,7 @@ from hil.netlab.carrier import Carrier
 
 REASON = netlab.unavailable_reason()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(REASON is not None, reason=REASON or ""),
     pytest.mark.skipif(
         not DEFAULT_DATABASE.exists(), reason="Debian package mobile-broadband-provider-info not installed"

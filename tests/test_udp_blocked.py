@@ -24,7 +24,7 @@ from hil import netlab
 from hil.loopback import BIN, add_user, read_line_until, wait_for
 
 REASON = netlab.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 SERIAL = "DL-UDPB-0001"
 WEB_PORT = 8080
