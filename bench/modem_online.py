@@ -343,7 +343,7 @@ async def bench(quick: bool) -> None:
     seconds = 2.0 if quick else 10.0
     cpu, commands = await idle_cpu(index, seconds)
     print(
-        f"runner CPU while online and idle ({seconds:g} s, production polling): {cpu:.2f} % of a core "
+        f"driver CPU while online and idle ({seconds:g} s, production polling): {cpu:.2f} % of a core "
         f"(emulator thread included), {commands} AT commands"
     )
 
