@@ -64,7 +64,10 @@ def test_no_op_without_notify_socket() -> None:
 
 def test_missing_listener_is_logged_not_raised(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
-    assert notifier.ready() is False
+    try:
+        assert notifier.ready() is False
+    finally:
+        notifier.close()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ then carries an echo through coturn.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -59,7 +60,16 @@ class EchoServer:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name="coturn-test-echo", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop accepting (shutdown wakes the blocked accept; close alone does not) and join."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the echo server's thread is still serving a connection"
 
     def _serve(self) -> None:
         while True:
@@ -159,7 +169,7 @@ def test_viewer_and_daemon_relay_through_coturn(tmp_path: Path, coturn: tuple[in
             assert forward.stop() == 0
     finally:
         stop_all(list(reversed(started)))
-        echo.sock.close()
+        echo.close()
     log = turn_log.read_text(errors="replace")
     # Both sides allocated on coturn with REST credentials issued by the broker.
     assert "DL-COT-0001" in log, log[-3000:]

@@ -247,16 +247,19 @@ def _paired_keys(daemon: Daemon) -> list[str]:
 def test_unpair_revokes_the_viewer_on_the_device_and_at_the_broker(rig: Rig) -> None:
     serial = "DL-LIVE-0020"
     daemon = rig.device(serial)
-    assert len(_paired_keys(daemon)) == 1
-    done = rig.viewer.run("unpair", serial, check=False)
-    assert done.returncode == 0, done
-    assert f"{serial} revoked this viewer" in done.stdout, done.stdout
-    assert _paired_keys(daemon) == [], "the device still holds the viewer's key"
-    assert serial not in rig.viewer.run("devices").stdout
-    pins = json.loads((rig.viewer.home / "pins.json").read_text())
-    assert serial not in pins
-    again = rig.viewer.run("forward", serial, "0:1", check=False)
-    assert again.returncode == 1 and "not paired" in again.stderr, again
+    try:
+        assert len(_paired_keys(daemon)) == 1
+        done = rig.viewer.run("unpair", serial, check=False)
+        assert done.returncode == 0, done
+        assert f"{serial} revoked this viewer" in done.stdout, done.stdout
+        assert _paired_keys(daemon) == [], "the device still holds the viewer's key"
+        assert serial not in rig.viewer.run("devices").stdout
+        pins = json.loads((rig.viewer.home / "pins.json").read_text())
+        assert serial not in pins
+        again = rig.viewer.run("forward", serial, "0:1", check=False)
+        assert again.returncode == 1 and "not paired" in again.stderr, again
+    finally:
+        assert daemon.stop(BOUND) == 0
 
 
 def test_unpair_of_an_offline_device_does_the_broker_part_and_says_so(rig: Rig) -> None:
