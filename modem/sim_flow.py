@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from dvrlink.modem.manager import ModemConfig
 
 log = logging.getLogger("dvrlink.modem.manager")
+"""The manager's logger: the SIM lines are part of its story, and log filters keep working."""
 
 EF_ICCID_READ = "AT+CRSM=176,12258,0,0,10"
 EF_AD_READ = "AT+CRSM=176,28589,0,0,4"
