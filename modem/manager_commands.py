@@ -14,6 +14,8 @@ Handler = Callable[[CommandCompleted | CommandFailed, float], None]
 
 @dataclass(slots=True)
 class QueuedCommand:
+    """A command (``text``) and the handler of its outcome, or a continuation (``then``)."""
+
     text: str | None
     handler: Handler | None = None
     then: Callable[[float], None] | None = None

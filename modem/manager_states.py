@@ -14,6 +14,8 @@ from dvrlink.modem.state_diagram import mermaid_state_diagram
 
 
 class ModemState(enum.Enum):
+    """Where the modem is, from a closed port to online; its transitions are :data:`TRANSITIONS`."""
+
     PORT_CLOSED = "port-closed"
     PROBING = "probing"
     SIM_ABSENT = "sim-absent"
@@ -29,6 +31,8 @@ class ModemState(enum.Enum):
 
 
 class SimState(enum.Enum):
+    """What is known of the SIM (shown in ``ModemStatus.sim``)."""
+
     UNKNOWN = "unknown"
     ABSENT = "absent"
     LOCKED = "locked"
