@@ -60,7 +60,7 @@ LAYERS = (
     Layer("dvrlink idle daemon (dvrlink.daemon.cli)", ("dvrlink.daemon.cli",)),
     Layer(
         "session stack (aioquic, aioice, dnspython, connectivity)",
-        ("dvrlink.daemon.connectivity", "dvrlink.daemon.session_runner", "dvrlink.protocol.session"),
+        ("dvrlink.session.connectivity", "dvrlink.session.runner", "dvrlink.protocol.session"),
     ),
     Layer("modem stack (dvrlink.daemon.modem_service)", ("dvrlink.daemon.modem_service",)),
 )

@@ -28,248 +28,30 @@ raising an exception whose ``error_code`` attribute (an int) is the peer's code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
-import enum
-import ipaddress
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.protocol.session_streams import ForwardTarget, StreamErrorCode, StreamTarget
+from dvrlink.session.allow_list import AllowedTarget, allows, parse_allowed_target
+from dvrlink.session.streams import (
+    CHUNK_SIZE,
+    ServiceErrorCode,
+    StreamLike,
+    TrafficCounters,
+    pump,
+    reset_code,
+    reset_quietly,
+)
+from dvrlink.store.toml_text import toml_key, toml_value
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 64 * 1024
-"""Bytes read from a stream or a socket at a time."""
-RESET_GRACE_S = 1.0
-"""After a failed send on a stream, how long to wait for its read side to report the peer's reset code."""
-
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-class ServiceErrorCode(enum.IntEnum):
-    """Stream reset codes the device's services use (beside ``StreamErrorCode``' 1-3)."""
-
-    NOT_ALLOWED = 0x10
-    """The forward target is not in ``[services] forward``; no connection was attempted."""
-    CONNECT_REFUSED = 0x11
-    """Nothing listens on the target (the connection was refused)."""
-    CONNECT_TIMEOUT = 0x12
-    """The target did not answer within ``connect_timeout_s``."""
-    CONNECT_FAILED = 0x13
-    """Any other connection failure (no route, name not resolved, ...)."""
-    UNKNOWN_METHOD = 0x14
-    """No RPC by that name."""
-    BAD_REQUEST = 0x15
-    """The RPC request is larger than the device accepts."""
-    TOO_MANY_STREAMS = 0x16
-    """The session already has ``max_streams_per_session`` streams open."""
-    INTERNAL = 0x17
-    """A bug on the device; its log says more."""
-
-
-# --- the stream shape (the session runner provides it) ---
-
-
-class StreamLike(Protocol):
-    """One bidirectional session stream, as the session runner exposes it."""
-
-    async def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; ``b""`` once the peer ended its direction.
-
-        Raises an exception with an int ``error_code`` attribute if the peer reset the stream, or
-        some exception if the session closed.
-        """
-        ...
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes to send; may raise if the stream or session is gone."""
-        ...
-
-    async def drain(self) -> None:
-        """Wait until the send buffer is below its limit; may raise if the stream is gone."""
-        ...
-
-    def write_eof(self) -> None:
-        """End our direction (FIN)."""
-        ...
-
-    def reset(self, code: int) -> None:
-        """Abort both directions with ``code``."""
-        ...
-
-
-def reset_code(exc: BaseException) -> int | None:
-    """The peer's reset code carried by ``exc`` (its ``error_code`` attribute), else None."""
-    code = getattr(exc, "error_code", None)
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def reset_quietly(stream: StreamLike, code: int) -> None:
-    """Reset ``stream`` with ``code``; ignores any error (the stream or session may be gone)."""
-    with contextlib.suppress(Exception):
-        stream.reset(code)
-
-
-# --- the byte pump, shared with the viewer's forwards ---
-
-
-@dataclass(slots=True)
-class TrafficCounters:
-    """Bytes copied by one or more pumps; updated live while they run."""
-
-    to_tcp: int = 0
-    """Bytes read from the stream and written to the TCP socket."""
-    from_tcp: int = 0
-    """Bytes read from the TCP socket and written to the stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class PumpResult:
-    """How a pump ended. ``clean`` means both directions ended with an end of stream."""
-
-    clean: bool
-    stream_error_code: int | None = None
-    """The peer reset the stream with this code (or None)."""
-    error: str | None = None
-    """What went wrong, for logs, if not clean."""
-
-
-class _StreamFailed(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"stream ended abnormally: {cause!r}")
-        self.code = reset_code(cause)
-
-
-class _TcpFailed(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"TCP connection failed: {getattr(cause, 'strerror', None) or cause!r}")
-
-
-async def _stream_to_tcp(
-    stream: StreamLike, writer: asyncio.StreamWriter, counters: Sequence[TrafficCounters]
-) -> bool:
-    """Copy until the stream ends; returns True if the TCP side stopped taking bytes before that."""
-    write_failed = False
-    while True:
-        try:
-            data = await stream.read(CHUNK_SIZE)
-        except Exception as exc:
-            raise _StreamFailed(exc) from exc
-        if write_failed:
-            if not data:
-                return True
-            continue
-        try:
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return False
-            writer.write(data)
-            for c in counters:
-                c.to_tcp += len(data)
-            await writer.drain()
-        except OSError:
-            # The TCP peer closed or reset. Its reply may still be in flight towards the stream,
-            # and a reset now could discard it: let the other direction find out how the TCP
-            # side ended (EOF: finish cleanly; reset: abort), and swallow the rest meanwhile.
-            write_failed = True
-
-
-async def _tcp_to_stream(
-    stream: StreamLike,
-    reader: asyncio.StreamReader,
-    counters: Sequence[TrafficCounters],
-) -> None:
-    while True:
-        try:
-            data = await reader.read(CHUNK_SIZE)
-        except OSError as exc:
-            raise _TcpFailed(exc) from exc
-        try:
-            if not data:
-                stream.write_eof()
-                return
-            stream.write(data)
-            for c in counters:
-                c.from_tcp += len(data)
-            await stream.drain()
-        except Exception as exc:
-            raise _StreamFailed(exc) from exc
-
-
-async def pump(
-    stream: StreamLike,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    counters: Sequence[TrafficCounters] = (),
-) -> PumpResult:
-    """Copy bytes between ``stream`` and a TCP connection until both directions have ended.
-
-    Each direction waits for its receiver (``drain``) before reading more, so a slow side slows
-    the other down instead of filling memory. An end of stream on one side becomes a half-close
-    (``write_eof``) on the other, and the other direction carries on. If the TCP side stops
-    taking bytes, the rest of the stream is read and dropped while the TCP side's reply finishes.
-    On any other failure (a reset on either side, the session gone) the TCP connection is aborted
-    and the stream reset (``CANCELLED``). The writer is closed in every case. Never raises,
-    except ``CancelledError`` (after the same clean-up).
-    """
-    up = asyncio.ensure_future(_stream_to_tcp(stream, writer, counters))
-    down = asyncio.ensure_future(_tcp_to_stream(stream, reader, counters))
-    failure: BaseException | None = None
-    try:
-        await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
-        if down.done() and isinstance(down.exception(), _StreamFailed) and not up.done():
-            # Sending failed; the reason (the peer's reset code) surfaces on the reading side.
-            await asyncio.wait((up,), timeout=RESET_GRACE_S)
-        failures = [t.exception() for t in (up, down) if t.done() and t.exception() is not None]
-        coded = [f for f in failures if isinstance(f, _StreamFailed) and f.code is not None]
-        failure = coded[0] if coded else (failures[0] if failures else None)
-    except asyncio.CancelledError:
-        failure = asyncio.CancelledError()
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
-        if failure is None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        else:
-            writer.transport.abort()
-            # The peer may have reset the stream already; a second reset is harmless.
-            reset_quietly(stream, StreamErrorCode.CANCELLED)
-    if isinstance(failure, asyncio.CancelledError):
-        raise failure
-    if failure is not None:
-        code = failure.code if isinstance(failure, _StreamFailed) else None
-        return PumpResult(clean=False, stream_error_code=code, error=str(failure))
-    if up.result():
-        return PumpResult(
-            clean=False, error="the TCP side closed before the stream's end; the rest was dropped"
-        )
-    return PumpResult(clean=True)
-
-
 # --- configuration ---
-
-
-@dataclass(frozen=True, slots=True)
-class AllowedTarget:
-    """One ``host:port`` the device forwards to; ``host`` is normalised (see ``parse_allowed_target``)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,62 +75,7 @@ class ServicesConfig:
 
     def allows(self, host: str, port: int) -> bool:
         """True if ``host:port`` is on the allow-list (host compared after normalising)."""
-        try:
-            wanted = AllowedTarget(_normalize_host(host), port)
-        except ValueError:
-            return False
-        return wanted in self.forward_allow
-
-
-def _normalize_host(host: str) -> str:
-    """An IP literal in its canonical form, or a lower-case DNS name.
-
-    Raises:
-        ValueError: not an IP address or host name, or an unspecified address (0.0.0.0, ::).
-    """
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        name = text.lower().rstrip(".")
-        if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
-            raise ValueError(f"{toml_value(host)} is not an IP address or host name") from None
-        return name
-    if ip.is_unspecified:
-        raise ValueError(
-            f"{toml_value(host)} is the unspecified address; write 127.0.0.1 for the device itself"
-        )
-    return str(ip)
-
-
-def parse_allowed_target(value: object) -> AllowedTarget:
-    """Parse one ``forward`` entry: ``"HOST:PORT"``, ``"[IPV6]:PORT"``, or a bare port (127.0.0.1).
-
-    Raises:
-        ValueError: malformed; the message says what was wrong (without naming the file).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        host, port_text = "127.0.0.1", str(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            host, port_text = "127.0.0.1", text
-        elif text.startswith("["):
-            end = text.find("]")
-            if end < 0 or text[end + 1 : end + 2] != ":":
-                raise ValueError("an IPv6 target is written [ADDRESS]:PORT")
-            host, port_text = text[1:end], text[end + 2 :]
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep or ":" in host:
-                raise ValueError("expected HOST:PORT (IPv6 in brackets: [::1]:554)")
-    else:
-        raise ValueError('expected a string "HOST:PORT" or a port number')
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {toml_value(port_text)} must be a number from 1 to 65535")
-    return AllowedTarget(_normalize_host(host), int(port_text))
+        return allows(self.forward_allow, host, port)
 
 
 _SERVICES_KEYS = ("forward", "connect_timeout_s", "max_streams_per_session")

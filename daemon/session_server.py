@@ -66,9 +66,9 @@ from dvrlink.protocol.signalling import (
 if TYPE_CHECKING:
     # The session stack (aioquic, aioice, the connectivity layer) loads with the first session
     # offer, not at start: an idle recorder never needs it (docs/benchmarks.md, idle footprint).
-    from dvrlink.daemon.connectivity import Connectivity
-    from dvrlink.daemon.session_runner import DeviceRunner
     from dvrlink.protocol.session import DeviceSession
+    from dvrlink.session.connectivity import Connectivity
+    from dvrlink.session.runner import DeviceRunner
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class SessionServer:
     # -- one session --
 
     async def _serve(self, entry: _Entry, invite_id: int, offer: SessionOffer, policy: PathPolicy) -> None:
-        from dvrlink.daemon.connectivity import Connectivity, ConnectivityError  # noqa: PLC0415
+        from dvrlink.session.connectivity import Connectivity, ConnectivityError  # noqa: PLC0415
 
         label = entry.label
         try:
@@ -385,9 +385,9 @@ class SessionServer:
             log.info("%s: released; %d sessions open", label, len(self._sessions))
 
     async def _run(self, entry: _Entry, invite_id: int, offer: SessionOffer, conn: Connectivity) -> None:
-        from dvrlink.daemon.session_runner import DeviceRunner, SessionError  # noqa: PLC0415
         from dvrlink.protocol.session import DeviceSession, SessionState  # noqa: PLC0415
         from dvrlink.protocol.session_tls import device_certificate  # noqa: PLC0415
+        from dvrlink.session.runner import DeviceRunner, SessionError  # noqa: PLC0415
 
         label = entry.label
         core = DeviceSession(

@@ -9,8 +9,8 @@ import asyncio
 from support.aio import run
 from support.connectivity import LOOPBACK, WAIT, candidate_types, lab
 
-from dvrlink.daemon.connectivity import Connectivity
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.connectivity import Connectivity
 
 
 def test_lab_sets_up_and_tears_down() -> None:

@@ -23,30 +23,25 @@ from support.connectivity import (
 )
 from support.session import Keys
 
-from dvrlink.daemon.connectivity import (
-    LAN,
-    RELAY,
-    Connectivity,
-    ConnectivityError,
-    _batch_reads,
-    _channel_send,
-    _gather_host,
-    _host_protocols,
-    _nominated_protocol,
-    _private,
-    _selected_pair,
-    _selected_transport,
-    _turn_client,
+from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
+from dvrlink.protocol.signalling import PathPolicy, TurnServer
+from dvrlink.session.connectivity import LAN, RELAY, Connectivity, ConnectivityError, batch_reads
+from dvrlink.session.direct import (
+    gather_host,
+    host_protocols,
+    is_private,
+    nominated_protocol,
+    selected_pair,
+    selected_transport,
 )
-from dvrlink.daemon.session_runner import (
+from dvrlink.session.relay import channel_send, turn_client
+from dvrlink.session.runner import (
     PinMismatchError,
     SessionClosedError,
     SessionStream,
     ViewerRefusedError,
     path_is_dead,
 )
-from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
-from dvrlink.protocol.signalling import PathPolicy, TurnServer
 
 
 async def echo(stream: SessionStream, target: StreamTarget) -> None:
@@ -83,8 +78,8 @@ def test_relay_only_establishes_over_the_relay(transport: str) -> None:
             # The hot path (ChannelData straight on aioice's TURN socket) is what carried it.
             conn = s.viewer.connectivity
             assert conn._turn is not None and conn._remote_relay is not None
-            assert _turn_client(conn._turn) is not None
-            assert _channel_send(conn._turn, b"\x40not-quic-the-peer-drops-it", conn._remote_relay)
+            assert turn_client(conn._turn) is not None
+            assert channel_send(conn._turn, b"\x40not-quic-the-peer-drops-it", conn._remote_relay)
 
     run(main)
 
@@ -258,17 +253,17 @@ def test_the_aioice_helpers_on_a_fresh_connection() -> None:
 
     async def main() -> None:
         ice = Connection(ice_controlling=True)
-        await _gather_host(ice, [LOOPBACK])
+        await gather_host(ice, [LOOPBACK])
         assert [c.host for c in ice.local_candidates] == [LOOPBACK]
-        protocols = _host_protocols(ice)
+        protocols = host_protocols(ice)
         assert len(protocols) == 1 and hasattr(protocols[0], "request")
-        assert _batch_reads(protocols[0].transport, protocols[0])
+        assert batch_reads(protocols[0].transport, protocols[0])
         assert callable(aioice.ice.get_host_addresses)
-        assert _selected_pair(ice) is None and _selected_transport(ice) is None
-        # daemon/birthday.py: its sockets are aioice protocols.
+        assert selected_pair(ice) is None and selected_transport(ice) is None
+        # session/birthday.py: its sockets are aioice protocols.
         assert callable(aioice.ice.StunProtocol)
         assert hasattr(protocols[0], "local_candidate") and callable(protocols[0].send_stun)
-        assert _nominated_protocol(ice) is None
+        assert nominated_protocol(ice) is None
         await ice.close()
 
     run(main)
@@ -337,7 +332,7 @@ def test_a_silent_udp_turn_server_does_not_hold_up_the_tcp_one() -> None:
     ],
 )
 def test_a_host_pair_is_lan_only_towards_a_private_address(host: str, lan: bool) -> None:
-    assert _private(host) is lan
+    assert is_private(host) is lan
 
 
 def test_a_path_just_moved_to_is_not_dead_for_what_timed_out_before() -> None:

@@ -20,10 +20,10 @@ from support.connectivity import (
     write_all,
 )
 
-from dvrlink.daemon.connectivity import LAN, RELAY
-from dvrlink.daemon.session_runner import SessionStream
 from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.connectivity import LAN, RELAY
+from dvrlink.session.runner import SessionStream
 
 MARKER = b"DVRLINK-PLAINTEXT-MARKER:"
 RELAY_SIZE = 5 * 1024 * 1024

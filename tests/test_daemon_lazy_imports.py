@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-SESSION_STACK = ("aioquic", "aioice", "dns", "dvrlink.daemon.connectivity", "dvrlink.protocol.session")
+SESSION_STACK = ("aioquic", "aioice", "dns", "dvrlink.session.connectivity", "dvrlink.protocol.session")
 MODEM_STACK = ("dvrlink.modem.manager", "dvrlink.daemon.modem_service", "dvrlink.modem.ppp")
 ON_DEMAND = ("importlib.metadata", "xml.etree.ElementTree", "dvrlink.daemon.console")
 """Each loads only when used: ``--version`` or the ``info`` RPC, the APN database, a console."""
@@ -47,9 +47,7 @@ def test_the_idle_daemon_imports_no_session_or_modem_stack(entry: str) -> None:
 
 
 def test_the_stacks_load_when_a_session_or_a_modem_needs_them() -> None:
-    loaded = loaded_after(
-        "dvrlink.daemon.cli", "dvrlink.daemon.session_runner", "dvrlink.daemon.modem_service"
-    )
+    loaded = loaded_after("dvrlink.daemon.cli", "dvrlink.session.runner", "dvrlink.daemon.modem_service")
     assert offenders(loaded, ("aioquic",)) and offenders(loaded, ("aioice",)), (
         "the session stack did not load"
     )

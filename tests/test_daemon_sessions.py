@@ -21,15 +21,15 @@ from support.aio import run
 from support.broker import Lab
 from support.daemon_sessions import LOOPBACK, SERIAL, WAIT, echo_through, rig
 
-from dvrlink.daemon.connectivity import LAN, RELAY, Connectivity
-from dvrlink.daemon.services import ServiceErrorCode
-from dvrlink.daemon.session_runner import StreamResetError, ViewerRefusedError, ViewerRunner
 from dvrlink.daemon.status import read_status
 from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes, fingerprint
 from dvrlink.protocol.session import ViewerSession
 from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.connectivity import LAN, RELAY, Connectivity
+from dvrlink.session.runner import StreamResetError, ViewerRefusedError, ViewerRunner
+from dvrlink.session.streams import ServiceErrorCode
 from dvrlink.viewer.api_types import CandidateBatch, parse_candidate_batch
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.forward import describe_reset

@@ -184,7 +184,7 @@ def test_parse_counters_sums_the_commented_rules() -> None:
 def test_device_path_takes_the_last_path_the_log_names() -> None:
     log = (
         "INFO dvrlink.daemon.session_server: session 1a2b: viewer ab:cd authenticated on the relay path\n"
-        "INFO dvrlink.daemon.session_runner: viewer moved to path ('direct', 0)\n"
+        "INFO dvrlink.session.runner: viewer moved to path ('direct', 0)\n"
     )
     assert device_path(log) == "direct"
     assert device_path("nothing") is None

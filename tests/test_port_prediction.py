@@ -1,5 +1,5 @@
 """Port prediction and the birthday search: the pure rules (``protocol/port_prediction.py``) and
-the search's sockets and checks (``daemon/birthday.py``) against real aioice connections on
+the search's sockets and checks (``session/birthday.py``) against real aioice connections on
 loopback. Whether they punch real NATs is asserted by the connectivity matrix
 (``tests/test_matrix.py``: (sequential) symmetric × port-restricted and CGNAT end direct)."""
 
@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from support.aio import run
 from support.connectivity import LOOPBACK, WAIT
 
-from dvrlink.daemon import birthday
-from dvrlink.daemon.connectivity import _gather_host, _host_protocols, _nominated_protocol
 from dvrlink.protocol.port_prediction import (
     BIRTHDAY_PROBES,
     BIRTHDAY_SOCKETS,
@@ -34,6 +32,8 @@ from dvrlink.protocol.port_prediction import (
     probe_ports,
     with_mapping,
 )
+from dvrlink.session import birthday
+from dvrlink.session.direct import gather_host, host_protocols, nominated_protocol
 
 SRFLX = "3464297112 1 udp 1694498815 198.51.100.2 20003 typ srflx raddr 192.168.1.2 rport 40000"
 
@@ -132,14 +132,14 @@ def test_search_sockets_become_the_nominated_pair() -> None:
         prober = Connection(ice_controlling=True)
         try:
             for ice in (opener, prober):
-                await _gather_host(ice, [LOOPBACK])
+                await gather_host(ice, [LOOPBACK])
             opener.remote_username, opener.remote_password = prober.local_username, prober.local_password
             prober.remote_username, prober.remote_password = opener.local_username, opener.local_password
-            prober_socket = _host_protocols(prober)[0]
+            prober_socket = host_protocols(prober)[0]
             target = (LOOPBACK, prober_socket.local_candidate.port)
             connects = [asyncio.ensure_future(ice.connect()) for ice in (opener, prober)]
             sockets: list[object] = []
-            base = _host_protocols(opener)[0].local_candidate
+            base = host_protocols(opener)[0].local_candidate
             await birthday.open_sockets(opener, base, target, 8, sockets)
             assert len(sockets) == 8
             # The prober aims at two of them among ports nobody listens on.
@@ -147,9 +147,9 @@ def test_search_sockets_become_the_nominated_pair() -> None:
             sent = await birthday.probe_ports(prober, prober_socket, LOOPBACK, [*ports, 9, 11])
             assert sent == 4
             await asyncio.wait_for(asyncio.gather(*connects), WAIT)
-            assert _nominated_protocol(opener) in sockets
-            assert _nominated_protocol(prober) is prober_socket
-            await birthday.close_sockets(sockets, keep=_nominated_protocol(opener))
+            assert nominated_protocol(opener) in sockets
+            assert nominated_protocol(prober) is prober_socket
+            await birthday.close_sockets(sockets, keep=nominated_protocol(opener))
             assert sum(not s.transport.is_closing() for s in sockets) == 1  # type: ignore[attr-defined]
             await birthday.close_sockets(sockets)
         finally:
@@ -162,9 +162,9 @@ def test_search_sockets_become_the_nominated_pair() -> None:
 def test_no_check_before_the_peer_credentials_are_known() -> None:
     async def main() -> None:
         ice = Connection(ice_controlling=True)
-        await _gather_host(ice, [LOOPBACK])
+        await gather_host(ice, [LOOPBACK])
         assert birthday.check_request(ice) is None
-        assert await birthday.probe_ports(ice, _host_protocols(ice)[0], LOOPBACK, [9]) == 0
+        assert await birthday.probe_ports(ice, host_protocols(ice)[0], LOOPBACK, [9]) == 0
         ice.remote_username, ice.remote_password = "peer", "p" * 22
         request = birthday.check_request(ice)
         assert request is not None and b"peer:" in request

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dvrlink.daemon.errors import ConfigError
-from dvrlink.daemon.services import AllowedTarget, ServicesConfig, parse_allowed_target, parse_services
+from dvrlink.daemon.services import ServicesConfig, parse_services
+from dvrlink.session.allow_list import AllowedTarget, parse_allowed_target
 from dvrlink.viewer.forward import ForwardSpec, parse_forward_spec
 
 SOURCE = Path("/etc/dvrlink/dvrlinkd.toml")

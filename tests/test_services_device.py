@@ -29,8 +29,9 @@ from support.services import (
     tcp_server,
 )
 
-from dvrlink.daemon.services import CHUNK_SIZE, DeviceInfo, ServiceErrorCode, ServicesConfig, SessionServices
+from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices
 from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode
+from dvrlink.session.streams import CHUNK_SIZE, ServiceErrorCode
 
 MB5 = 5 * 1024 * 1024
 

@@ -22,8 +22,8 @@ from support.services import (
     tcp_server,
 )
 
-from dvrlink.daemon.services import ServiceErrorCode, StreamLike
 from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamTarget
+from dvrlink.session.streams import ServiceErrorCode, StreamLike
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.forward import (
     ConnectionAccepted,

@@ -15,10 +15,10 @@ from support.aio import run
 from support.connectivity import lab, payload, session, sha, write_all
 from support.waiting import wait_until_async
 
-from dvrlink.daemon.session_runner import SessionStream
 from dvrlink.protocol.session import SessionConfig
 from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.runner import SessionStream
 
 WAIT = 20.0
 WINDOW = SessionConfig().max_stream_data

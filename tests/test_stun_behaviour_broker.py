@@ -12,8 +12,8 @@ from aioice import stun
 
 from dvrlink.broker.app import start_broker
 from dvrlink.broker.config import ConfigError, config_from_mapping
-from dvrlink.daemon.connectivity import _binding_request
 from dvrlink.protocol.stun_behaviour import CHANGE_IP, CHANGE_PORT, Origin
+from dvrlink.session.direct import binding_request
 
 Address = tuple[str, int]
 
@@ -138,7 +138,7 @@ def test_alternate_defaults(tmp_path: Path) -> None:
 
 
 def test_the_daemons_gathering_request_still_gets_other_address(tmp_path: Path) -> None:
-    # Port prediction (daemon/connectivity.py) needs the broker's OTHER-ADDRESS; the broker sends
+    # Port prediction (session/direct.py) needs the broker's OTHER-ADDRESS; the broker sends
     # it only to clients that signal RFC 5780, which the daemon's gathering request does.
     async def main() -> None:
         config = config_from_mapping(
@@ -148,7 +148,7 @@ def test_the_daemons_gathering_request_still_gets_other_address(tmp_path: Path) 
         try:
             primary = broker.link.local_address
             for rfc5780, expect_other in ((True, True), (False, False)):
-                request = _binding_request(rfc5780=rfc5780)
+                request = binding_request(rfc5780=rfc5780)
                 answer = await _send(bytes(request), primary)
                 response = stun.parse_message(answer)
                 assert response.transaction_id == request.transaction_id

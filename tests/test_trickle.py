@@ -21,7 +21,6 @@ from support.connectivity import LOOPBACK
 from support.waiting import wait_until_async
 
 from dvrlink.daemon.config import SessionsConfig
-from dvrlink.daemon.connectivity import Connectivity
 from dvrlink.daemon.services import ServicesConfig
 from dvrlink.daemon.session_server import SessionServer, _Entry
 from dvrlink.protocol.presence_events import InviteReceived
@@ -33,6 +32,7 @@ from dvrlink.protocol.signalling import (
     PathPolicy,
     fit_candidates,
 )
+from dvrlink.session.connectivity import Connectivity
 
 WAIT = 10.0
 MAPPED = ("198.51.100.7", 41000)

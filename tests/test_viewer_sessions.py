@@ -29,16 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.connectivity import Lab, lab
 from support.session import make_device
 
-from dvrlink.daemon.connectivity import Connectivity
-from dvrlink.daemon.services import (
-    DeviceInfo,
-    ServicesConfig,
-    SessionServices,
-    parse_allowed_target,
-)
-from dvrlink.daemon.session_runner import DeviceRunner
+from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices
 from dvrlink.protocol.identity import b64decode_key, ed25519_public_bytes, fingerprint
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.allow_list import parse_allowed_target
+from dvrlink.session.connectivity import Connectivity
+from dvrlink.session.runner import DeviceRunner
 from dvrlink.viewer.api_client import BrokerClient, cleartext_warning
 from dvrlink.viewer.cli import (
     build_parser,

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dvrlink.daemon.session_runner import ViewerRunner
 from dvrlink.protocol.console_wire import split_host_port
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
 from dvrlink.protocol.pairing import PairingUri
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.session.runner import ViewerRunner
 from dvrlink.viewer.api_client import (
     INSECURE_HTTP_FLAG,
     LOGIN_EXPIRED,

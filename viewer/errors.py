@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dvrlink.daemon.errors import toml_value
+from dvrlink.store.toml_text import toml_value
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "ViewerError", "toml_value"]
 """``toml_value`` spells values in messages as a file does (``true``, ``"25"``), shared with dvrlinkd."""

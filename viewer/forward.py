@@ -21,18 +21,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dvrlink.daemon.services import (
+from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
+from dvrlink.session.allow_list import allows, parse_allowed_target
+from dvrlink.session.streams import (
     CHUNK_SIZE,
     ServiceErrorCode,
-    ServicesConfig,
     StreamLike,
     TrafficCounters,
-    parse_allowed_target,
     pump,
     reset_code,
     reset_quietly,
 )
-from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
 from dvrlink.viewer.errors import ViewerError, toml_value
 
 DEFAULT_BIND = "127.0.0.1"
@@ -483,13 +482,13 @@ def refused_forwards(specs: Sequence[ForwardSpec], info: Mapping[str, object]) -
     if not isinstance(listed, list):
         return []
     try:
-        allowed = ServicesConfig(forward_allow=tuple(parse_allowed_target(entry) for entry in listed))
+        allowed = tuple(parse_allowed_target(entry) for entry in listed)
     except ValueError:
         return []
-    shown = ", ".join(str(t) for t in allowed.forward_allow) or "nothing"
+    shown = ", ".join(str(t) for t in allowed) or "nothing"
     messages = []
     for spec in specs:
-        if not allowed.allows(spec.remote_host, spec.remote_port):
+        if not allows(allowed, spec.remote_host, spec.remote_port):
             target = ForwardTarget(spec.remote_host, spec.remote_port)
             reason = describe_reset(ServiceErrorCode.NOT_ALLOWED, target)
             messages.append(f"{reason} (it allows {shown})")

@@ -23,20 +23,20 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dvrlink.daemon.connectivity import ICE_TIMEOUT_S, Connectivity, ConnectivityError
-from dvrlink.daemon.session_runner import (
-    PinMismatchError,
-    SessionError,
-    StreamResetError,
-    ViewerRefusedError,
-    ViewerRunner,
-)
 from dvrlink.protocol.identity import ed25519_public_bytes, format_fingerprint
 from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
 from dvrlink.protocol.session import SessionConfig, ViewerSession
 from dvrlink.protocol.session_streams import RpcTarget
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import UPDATE_OVERHEAD, PathPolicy, fit_candidates
+from dvrlink.session.connectivity import ICE_TIMEOUT_S, Connectivity, ConnectivityError
+from dvrlink.session.runner import (
+    PinMismatchError,
+    SessionError,
+    StreamResetError,
+    ViewerRefusedError,
+    ViewerRunner,
+)
 from dvrlink.viewer.api_types import CandidateBatch, OfferAnswer, SessionGrant
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.home import ViewerHome

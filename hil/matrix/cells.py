@@ -151,7 +151,7 @@ def profile_cells(profiles: tuple[str, ...] = ("3g", "gprs")) -> list[Cell]:
 
 
 ICE_GIVES_UP_S = 30.0
-"""The session's ICE checks run at most this long (``ICE_TIMEOUT_S`` in daemon/connectivity.py)."""
+"""The session's ICE checks run at most this long (``ICE_TIMEOUT_S`` in session/connectivity.py)."""
 SETTLE_S = ICE_GIVES_UP_S + 15.0
 FORWARD_S = 45.0
 """The viewer's own bounds (TURN 5 s per server, answer, 20 s to establish) add up to about this."""

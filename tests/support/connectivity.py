@@ -17,10 +17,10 @@ from typing import Any, cast
 from dvrlink.broker.turn_credentials import make_credentials
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import ToPeer, TurnConfig
-from dvrlink.daemon.connectivity import Connectivity
-from dvrlink.daemon.session_runner import DeviceRunner, StreamCallback, ViewerRunner
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 from dvrlink.protocol.stun import binding_response
+from dvrlink.session.connectivity import Connectivity
+from dvrlink.session.runner import DeviceRunner, StreamCallback, ViewerRunner
 from support.session import Keys, make_device, make_viewer
 
 SECRET = "connectivity-secret"

@@ -22,8 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DaemonConfig, load_config
-from dvrlink.daemon.connectivity import Connectivity
-from dvrlink.daemon.session_runner import ViewerRunner
 from dvrlink.daemon.state import DeviceState
 from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes, fingerprint
 from dvrlink.protocol.pairing import PairResult, PairStatus, pair_proof
@@ -31,6 +29,8 @@ from dvrlink.protocol.session import ViewerSession
 from dvrlink.protocol.session_streams import ForwardTarget
 from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
+from dvrlink.session.connectivity import Connectivity
+from dvrlink.session.runner import ViewerRunner
 from support.broker import Lab, lab
 from support.connectivity import payload, read_digest, sha, write_all
 

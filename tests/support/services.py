@@ -9,15 +9,10 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dvrlink.daemon.services import (
-    DeviceInfo,
-    ServicesConfig,
-    SessionServices,
-    StreamLike,
-    TcpConnector,
-    parse_allowed_target,
-)
+from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices, TcpConnector
 from dvrlink.protocol.session_streams import StreamTarget, encode_stream_header
+from dvrlink.session.allow_list import parse_allowed_target
+from dvrlink.session.streams import StreamLike
 
 LOOPBACK = "127.0.0.1"
 WAIT = 10.0

@@ -30,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dvrlink.daemon.connectivity import PATH_RANK, RELAY, Connectivity, Path
 from dvrlink.protocol.session import (
     DeviceSession,
     PeerMoved,
@@ -47,6 +46,7 @@ from dvrlink.protocol.session import (
     ViewerSession,
 )
 from dvrlink.protocol.session_streams import StreamErrorCode, StreamTarget
+from dvrlink.session.connectivity import PATH_RANK, RELAY, Connectivity, Path
 
 DEFAULT_BUFFER_LIMIT = 1 << 20
 DEAD_PATH_S = 2.0
@@ -90,7 +90,7 @@ class StreamResetError(SessionError):
 
     @property
     def error_code(self) -> int:
-        """The same as ``code``, under the name ``dvrlink.daemon.services.reset_code`` reads."""
+        """The same as ``code``, under the name ``dvrlink.session.streams.reset_code`` reads."""
         return self.code
 
 

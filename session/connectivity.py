@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -60,8 +58,7 @@ from aioice.candidate import Candidate
 from aioice.turn import TurnTransport, create_turn_endpoint
 from aioice.utils import random_string
 
-from dvrlink.compat import aioice_compat, asyncio_compat
-from dvrlink.daemon import birthday
+from dvrlink.compat import asyncio_compat
 from dvrlink.protocol.port_prediction import (
     BIRTHDAY_PROBES,
     BIRTHDAY_SOCKETS,
@@ -70,11 +67,22 @@ from dvrlink.protocol.port_prediction import (
     SearchBudget,
     birthday_role,
     mapping_of,
-    predict,
     probe_ports,
     with_mapping,
 )
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
+from dvrlink.session import birthday
+from dvrlink.session.direct import (
+    gather_host,
+    host_protocols,
+    is_private,
+    nominated_protocol,
+    predicted_candidates,
+    selected_pair,
+    selected_transport,
+    srflx_candidate,
+)
+from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
 """A path label, passed to the session cores as the peer's address."""
@@ -85,20 +93,12 @@ LAN: Path = ("lan", 0)
 PATH_RANK: dict[Path, int] = {LAN: 3, DIRECT: 2, RELAY: 1}
 """Preference: lan over direct over relay."""
 
-LAN_NETWORKS = tuple(
-    ipaddress.ip_network(net)
-    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8",
-                "fc00::/7", "fe80::/10", "::1/128")
-)  # fmt: skip
-"""Where a host candidate makes a lan path (see ``_private``)."""
 TURN_TIMEOUT_S = 5.0
 """How long an Allocate (with its 401 round) may take per TURN server."""
 TURN_HEAD_START_S = 0.3
 """How long an Allocate may go unanswered before one over the other transport starts beside it."""
 SRFLX_TIMEOUT_S = 5.0
 """How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
-PREDICTION_TIMEOUT_S = 1.5
-"""How long the two RFC 5780 Bindings for port prediction may take (then nothing is predicted)."""
 BIRTHDAY_DELAY_S = 1.0
 """How long ICE may run on its own before a birthday search starts beside it (a peer that filters
 nothing is reached by the plain checks in well under this, and then no search runs)."""
@@ -128,42 +128,6 @@ class ConnectivityError(Exception):
 def is_quic(data: bytes) -> bool:
     """RFC 9443: a QUIC datagram starts with 64-127 (short header) or 192-255 (long header)."""
     return bool(data) and bool(data[0] & 0x40)
-
-
-def _turn_error(server: TurnServer, exc: BaseException) -> str:
-    where = f"TURN server {server.host}:{server.port} ({server.transport})"
-    if isinstance(exc, stun.TransactionFailed):
-        code = exc.response.error_code
-        if code == 401:
-            return (
-                f"TURN credentials rejected by {where} (401 Unauthorized): they may have expired or "
-                "come from another broker; ask the broker for a new session"
-            )
-        if code == 486:
-            return f"{where} refused the allocation: quota reached (486); close other sessions first"
-        return f"{where} refused the allocation: {exc}"
-    if isinstance(exc, (stun.TransactionTimeout, TimeoutError)):
-        return f"no answer from {where}: check that the broker's TURN port is reachable"
-    return f"cannot reach {where}: {exc}"
-
-
-class _RelayReceiver(asyncio.DatagramProtocol):
-    """What aioice's TURN transport delivers to: relayed datagrams and send errors."""
-
-    def __init__(self, owner: Connectivity) -> None:
-        self._owner = owner
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._owner._relay_datagram(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        self._owner._relay_error(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._owner._relay_lost()
 
 
 class _IceConnection(aioice.Connection):
@@ -210,7 +174,7 @@ class Connectivity:
         self._ready: list[Path] = []
         self._turn: TurnTransport | None = None
         self._turn_server: TurnServer | None = None
-        self._relay_receiver: _RelayReceiver | None = None
+        self._relay_receiver: RelayReceiver | None = None
         self._relayed_address: tuple[str, int] | None = None
         self._related_address: tuple[str, int] | None = None
         self._remote_relay: tuple[str, int] | None = None
@@ -229,7 +193,7 @@ class Connectivity:
         """Set by ``allow_search``: the session is established, a birthday search may start."""
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
         self._srflx_task: asyncio.Task[None] | None = None
-        self._stragglers: set[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]] = set()
+        self._stragglers: set[asyncio.Task[tuple[TurnTransport, RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
         self._closers: set[asyncio.Task[None]] = set()
         """Closing the search's unused sockets (awaited by ``close``)."""
@@ -307,9 +271,9 @@ class Connectivity:
         return self
 
     async def _gather_host(self, ice: _IceConnection, addresses: Sequence[str] | None) -> None:
-        await _gather_host(ice, list(addresses) if addresses is not None else None)
-        for protocol in _host_protocols(ice):
-            _batch_reads(protocol.transport, protocol)
+        await gather_host(ice, list(addresses) if addresses is not None else None)
+        for protocol in host_protocols(ice):
+            batch_reads(protocol.transport, protocol)
 
     async def _gather_srflx(self, ice: _IceConnection, stun_server: tuple[str, int]) -> None:
         """Ask the STUN server for each host socket's mapped address, adding each answer as it
@@ -317,7 +281,7 @@ class Connectivity:
 
         async def one(protocol: Any) -> None:
             try:
-                found = await asyncio.wait_for(_srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
+                found = await asyncio.wait_for(srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
             except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
                 log.info("no server-reflexive candidate from %s: %r", stun_server, exc)
                 return
@@ -330,7 +294,7 @@ class Connectivity:
                 return
             # The candidate waits for the prediction (one more round trip) so that its first
             # signalling already names the mapping the peer may need for a birthday search.
-            mapping, predicted = await _predicted_candidates(protocol, server, other, candidate)
+            mapping, predicted = await predicted_candidates(protocol, server, other, candidate)
             if self.closed:
                 return
             if mapping is not None:
@@ -340,7 +304,7 @@ class Connectivity:
             self._maybe_birthday()
 
         try:
-            await asyncio.gather(*(one(p) for p in _host_protocols(ice)))
+            await asyncio.gather(*(one(p) for p in host_protocols(ice)))
         finally:
             self._local_end = True
             self._local_changed.set()
@@ -371,7 +335,7 @@ class Connectivity:
         be blocked, TCP may be slow), and a failed attempt starts the next server at once. The
         first allocation wins; one that succeeds later is released in the background."""
         pending = list(servers)
-        attempts: dict[asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]], TurnServer] = {}
+        attempts: dict[asyncio.Task[tuple[TurnTransport, RelayReceiver | None]], TurnServer] = {}
 
         def launch(transport: str | None = None) -> bool:
             for index, server in enumerate(pending):
@@ -396,7 +360,7 @@ class Connectivity:
                 server = attempts.pop(task)
                 exc = task.exception()
                 if exc is not None:
-                    message = _turn_error(server, exc)
+                    message = turn_error(server, exc)
                     log.warning("%s", message)
                     self.errors.append(message)
                     if not attempts:
@@ -409,7 +373,7 @@ class Connectivity:
                     task.result()[0].close()  # a second success: not needed
             if self._turn is not None:
                 for task in attempts:
-                    task.add_done_callback(_release_turn)
+                    task.add_done_callback(release_turn)
                     self._stragglers.add(task)
                     task.add_done_callback(self._stragglers.discard)
                 return
@@ -420,17 +384,17 @@ class Connectivity:
                 "relay-only session without a relay: " + "; ".join(self.errors[-len(servers) or -1 :])
             )
 
-    async def _open_turn(self, server: TurnServer) -> tuple[TurnTransport, _RelayReceiver | None]:
+    async def _open_turn(self, server: TurnServer) -> tuple[TurnTransport, RelayReceiver | None]:
         """One allocation attempt (with its 401 round), bounded by ``TURN_TIMEOUT_S``.
 
         Raises:
             OSError, ConnectionError, stun.TransactionError, TimeoutError: it failed.
         """
-        receiver: _RelayReceiver | None = None
+        receiver: RelayReceiver | None = None
 
-        def factory() -> _RelayReceiver:
+        def factory() -> RelayReceiver:
             nonlocal receiver
-            receiver = _RelayReceiver(self)
+            receiver = RelayReceiver(self._relay_datagram, self._relay_error, self._relay_lost)
             return receiver
 
         transport, _ = await asyncio.wait_for(
@@ -445,12 +409,12 @@ class Connectivity:
         )
         return transport, receiver
 
-    def _adopt(self, server: TurnServer, transport: TurnTransport, receiver: _RelayReceiver | None) -> None:
+    def _adopt(self, server: TurnServer, transport: TurnTransport, receiver: RelayReceiver | None) -> None:
         self._turn = transport
         self._turn_server = server
         if server.transport == "udp":
-            inner = _turn_client(transport)
-            _batch_reads(inner.transport, inner)
+            inner = turn_client(transport)
+            batch_reads(inner.transport, inner)
         self._relay_receiver = receiver
         self._relayed_address = transport.get_extra_info("sockname")
         self._related_address = transport.get_extra_info("related_address")
@@ -604,15 +568,15 @@ class Connectivity:
             self._ice_pending.clear()
             self._check_failed()
             return
-        self._end_birthday(_nominated_protocol(ice))
-        pair = _selected_pair(ice)
+        self._end_birthday(nominated_protocol(ice))
+        pair = selected_pair(ice)
         if pair is None:
             self.errors.append("no direct path: aioice nominated no usable pair")
             self._ice_done = True
             self._check_failed()
             return
         local, remote = pair
-        path = LAN if local.type == "host" and remote.type == "host" and _private(remote.host) else DIRECT
+        path = LAN if local.type == "host" and remote.type == "host" and is_private(remote.host) else DIRECT
         self._ice_path = path
         self._mark_ready(path)
         pending = list(self._ice_pending)
@@ -644,12 +608,12 @@ class Connectivity:
             return
         if path == RELAY:
             assert self._turn is not None and self._remote_relay is not None
-            if not _channel_send(self._turn, data, self._remote_relay):
+            if not channel_send(self._turn, data, self._remote_relay):
                 self._turn.sendto(data, self._remote_relay)
         else:
             route = self._ice_route
             if route is None or route[0].is_closing():
-                route = self._ice_route = _selected_transport(self._ice) if self._ice is not None else None
+                route = self._ice_route = selected_transport(self._ice) if self._ice is not None else None
             if route is None:
                 self.dropped += 1
                 return
@@ -764,7 +728,7 @@ class Connectivity:
         losers = [p for p in self._birthday_sockets if p is not keep]
         self._birthday_sockets[:] = [p for p in self._birthday_sockets if p is keep]
         if self._birthday_sockets:  # the nominated pair is one of ours: read it in batches too
-            _batch_reads(keep.transport, keep)
+            batch_reads(keep.transport, keep)
         if losers:
             task = asyncio.create_task(birthday.close_sockets(losers))
             self._closers.add(task)
@@ -840,161 +804,10 @@ class Connectivity:
 # --- aioice's sockets and pairs (its internals through dvrlink.compat.aioice_compat) ---
 
 
-async def _gather_host(ice: aioice.Connection, addresses: list[str] | None) -> None:
-    """Host candidates only, on ``addresses`` (default: every interface address but loopback, as
-    aioice picks them), and mark gathering done so ``connect`` may run: aioice's own
-    ``gather_candidates`` waits for server-reflexive answers first."""
-    if addresses is None:
-        addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
-    await aioice_compat.gather_host_candidates(ice, addresses)
-
-
-def _host_protocols(ice: aioice.Connection) -> list[Any]:
-    """aioice's per-socket protocols (each has ``local_candidate`` and ``request``)."""
-    protocols = aioice_compat.ice_sockets(ice)
-    return [p for p in protocols if getattr(getattr(p, "local_candidate", None), "type", None) == "host"]
-
-
-async def _srflx_candidate(
-    protocol: Any, stun_server: tuple[str, int]
-) -> tuple[Candidate, tuple[str, int], tuple[str, int] | None] | None:
-    """The server-reflexive candidate of one host socket (IPv4 only, as aioice), the STUN server's
-    resolved address and its RFC 5780 OTHER-ADDRESS (None when it names none); None for IPv6."""
-    base = protocol.local_candidate
-    if ":" in base.host:
-        return None
-    loop = asyncio.get_running_loop()
-    server = (await loop.run_in_executor(None, socket.gethostbyname, stun_server[0]), stun_server[1])
-    response, _ = await protocol.request(_binding_request(rfc5780=True), server)
-    host, port = response.attributes["XOR-MAPPED-ADDRESS"]
-    other = response.attributes.get("OTHER-ADDRESS")
-    if other is not None and (other[0] == server[0] or other[1] == server[1]):
-        other = None  # not two addresses and two ports: no RFC 5780 probes
-    return _reflexive(base, host, port), server, other
-
-
-async def _predicted_candidates(
-    protocol: Any, server: tuple[str, int], other: tuple[str, int], srflx: Candidate
-) -> tuple[Mapping | None, list[Candidate]]:
-    """Predicted server-reflexive candidates of ``srflx``'s socket when its NAT maps each remote
-    to the next port (``port_prediction``); empty for any other NAT or when a probe goes
-    unanswered within ``PREDICTION_TIMEOUT_S``.
-
-    Two Bindings go out back to back, to the server's alternate port and to its alternate
-    address, so that nothing else of ours takes a port between them; with the first mapping they
-    show whether and by how much the NAT steps. A NAT that maps endpoint-independently answers the
-    same port thrice and nothing is predicted.
-    """
-    targets = [(server[0], int(other[1])), (str(other[0]), server[1])]
-    try:
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(protocol.request(_binding_request(), target) for target in targets)),
-            PREDICTION_TIMEOUT_S,
-        )
-    except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
-        log.info("no port prediction (RFC 5780 probes unanswered: %r)", exc)
-        return None, []
-    mapped = [answer.attributes.get("XOR-MAPPED-ADDRESS") for answer, _ in answers]
-    ports = [srflx.port, *(m[1] for m in mapped if m is not None and m[0] == srflx.host)]
-    prediction = predict(ports)
-    if prediction.ports:
-        log.info("the NAT maps each remote to a new port, in steps of %d: offering %s:%s",
-                 prediction.stride, srflx.host, ",".join(map(str, prediction.ports)))  # fmt: skip
-    base = protocol.local_candidate
-    return prediction.mapping, [
-        _reflexive(base, srflx.host, port, local_pref=65535 - rank)
-        for rank, port in enumerate(prediction.ports, start=1)
-    ]
-
-
-def _binding_request(rfc5780: bool = False) -> stun.Message:
-    """A Binding request; with ``rfc5780`` it carries CHANGE-REQUEST 0 (no change), which asks the
-    broker for its OTHER-ADDRESS (it sends it only to clients that signal RFC 5780)."""
-    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    if rfc5780:
-        message.attributes["CHANGE-REQUEST"] = 0
-    return message
-
-
-def _reflexive(base: Candidate, host: str, port: int, local_pref: int = 65535) -> Candidate:
-    """A server-reflexive candidate of ``base`` at ``host:port`` (predicted ones rank lower)."""
-    return Candidate(
-        foundation=aioice.candidate.candidate_foundation("srflx", "udp", base.host),
-        component=base.component,
-        transport=base.transport,
-        priority=aioice.candidate.candidate_priority(base.component, "srflx", local_pref),
-        host=host,
-        port=port,
-        type="srflx",
-        related_address=base.host,
-        related_port=base.port,
-    )
-
-
-def _private(host: str) -> bool:
-    """A private (RFC 1918, RFC 4193), link-local or loopback address: a host pair to one is a lan
-    path; a host pair to any other address crosses networks (a public device seen from behind a
-    NAT). Python's ``is_private`` is not used: it also counts documentation and other reserved
-    ranges."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return any(address in network for network in LAN_NETWORKS if network.version == address.version)
-
-
-def _release_turn(task: asyncio.Task[tuple[TurnTransport, _RelayReceiver | None]]) -> None:
-    """An allocation attempt that lost the race: release it if it succeeded after all."""
-    if not task.cancelled() and task.exception() is None:
-        task.result()[0].close()
-
-
-def _batch_reads(transport: asyncio.BaseTransport, protocol: asyncio.DatagramProtocol) -> bool:
+def batch_reads(transport: asyncio.BaseTransport, protocol: asyncio.DatagramProtocol) -> bool:
     """Have the event loop read up to ``READ_BATCH`` datagrams per wake-up from ``transport``'s
     socket (asyncio's own reader reads one), with a receive buffer with room for a burst while
     this process waits for a core. The session then runs once per batch rather than per
     datagram, and a forward writes bigger TCP chunks. Returns False (asyncio's reader stays) if
     the loop is not the selector kind this relies on."""
     return asyncio_compat.batch_datagram_reads(transport, protocol, READ_BATCH, RECV_SIZE, RECV_BUFFER)
-
-
-def _turn_client(turn: TurnTransport) -> Any:
-    """aioice's TURN client protocol behind a ``TurnTransport`` (channels, its socket)."""
-    return aioice_compat.turn_client(turn)
-
-
-def _channel_send(turn: TurnTransport, data: bytes, peer: tuple[str, int]) -> bool:
-    """Send ``data`` to ``peer`` as ChannelData at once when its channel is bound and needs no
-    refresh; False otherwise (``TurnTransport.sendto`` then binds or refreshes, in a task per
-    datagram, which is what this avoids on the hot path)."""
-    return aioice_compat.send_channel_data(turn, data, peer)
-
-
-def _selected_pair(ice: aioice.Connection) -> tuple[Candidate, Candidate] | None:
-    """The (local, remote) candidates of the nominated pair of component 1, or None."""
-    pair = aioice_compat.nominated_pair(ice)
-    if pair is None:
-        return None
-    local = getattr(pair, "local_candidate", None)
-    remote = getattr(pair, "remote_candidate", None)
-    if not isinstance(local, Candidate) or not isinstance(remote, Candidate):
-        return None
-    return local, remote
-
-
-def _nominated_protocol(ice: aioice.Connection) -> Any:
-    """The aioice protocol (socket) of the nominated pair of component 1, or None."""
-    pair = aioice_compat.nominated_pair(ice)
-    return None if pair is None else pair.protocol
-
-
-def _selected_transport(ice: aioice.Connection) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:
-    """The socket and remote address of the nominated pair of component 1, or None."""
-    pair = aioice_compat.nominated_pair(ice)
-    if pair is None:
-        return None
-    transport = getattr(pair.protocol, "transport", None)
-    address = getattr(pair, "remote_addr", None)
-    if transport is None or transport.is_closing() or not isinstance(address, tuple):
-        return None
-    return transport, address
