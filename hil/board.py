@@ -25,6 +25,7 @@ import serial
 
 from dvrlink.broker.state import BrokerInfo
 from dvrlink.protocol.identity import b64encode_key
+from hil.netlab.lab import NetlabError, namespaces, run_command
 from hil.qemu.boot import BootOptions, Guest
 from hil.qemu.build import Image
 from hil.qemu.host import BIN
@@ -55,6 +56,37 @@ class Power(Protocol):
     def cycle(self) -> None:
         """Switch the board off and on again."""
         ...
+
+
+def broker_namespace(rig: Rig) -> str | None:
+    """The network namespace the rig's broker runs in: ``[network] name`` for ``kind =
+    "namespace"`` (the board's cable is there, so is the broker, at ``host_address``); None, this
+    host's own namespace, for QEMU's user network and a bench board on one of this host's NICs."""
+    return rig.network.name if rig.network.kind == "namespace" else None
+
+
+def viewer_reaches_broker(rig: Rig) -> bool:
+    """Whether a viewer on this host reaches the rig's broker (at 127.0.0.1): not when the
+    broker runs inside the board's namespace (a viewer in there is not wired yet)."""
+    return broker_namespace(rig) is None
+
+
+def check_broker_namespace(name: str, listed: Callable[[], list[str]] = namespaces) -> None:
+    """The board's namespace exists; its loopback goes up (the broker's own clients use it).
+
+    Raises:
+        BoardError: no such namespace (says how to make one), or ``ip`` failed.
+    """
+    if name not in listed():
+        raise BoardError(
+            f"[network] name = {name!r}: no such network namespace; create it and move the board's "
+            f"NIC into it (ip netns add {name}; ip link set <nic> netns {name}; give it host_address), "
+            "or use kind = 'interface'"
+        )
+    try:
+        run_command(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+    except NetlabError as exc:
+        raise BoardError(f"namespace {name}: {exc}") from None
 
 
 def installer_console_args(chardev: str = INSTALLER_CHARDEV) -> tuple[str, ...]:

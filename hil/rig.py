@@ -8,7 +8,8 @@ command with a bench board's rig file runs them on real hardware. The file names
 - the root shell the tests drive (``systemctl``, ``kill``): the QEMU board console, or a UART;
 - the installer console ``dvrlinkd`` serves (``[console] port`` on the board) and the host's end
   of the cable that ``dvrlink provision --port`` / ``dvrlink pair --port`` open;
-- the modem: the emulator, the board's own modem, or none;
+- the modem: the emulator (on a QEMU serial port, or on a USB-UART cable to a bench board's
+  modem UART), the board's own modem, or none;
 - the network: QEMU's user network, a namespace, or a real interface of the host, and the
   address the board reaches the host's broker at;
 - power control: the QEMU monitor, a command (a USB relay, a GPIO line), or ``manual`` (the
@@ -92,11 +93,18 @@ class ConsoleSpec:
 
 @dataclass(frozen=True, slots=True)
 class ModemSpec:
-    """``[modem]``: the emulator (hil/modememu on a QEMU serial port), the board's modem, or none."""
+    """``[modem]``: the emulator (hil/modememu on this host, at the far end of the board's modem
+    UART), the board's own modem, or none."""
 
     kind: ModemKind
     port: str = ""
     """board only: the modem's AT port on the board, as its dvrlinkd.toml names it; empty: found by USB ID."""
+    host_port: str = ""
+    """emulator only: this host's end of the board's modem UART, where the emulator answers:
+    ``qemu-pty`` (QEMU: a PTY wired to the guest's ``pci-serial``), or a device or pyserial URL
+    (a bench board: the USB-UART cable to the UART the board's modem would sit on)."""
+    board_port: str = ""
+    """emulator only: that UART on the board, the ``[modem] port`` its dvrlinkd and pppd use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,21 +313,61 @@ def _console(top: _Section, board: BoardSpec) -> ConsoleSpec:
     return ConsoleSpec(board_port=board_port, host_port=host_port, baud=baud)
 
 
+QEMU_MODEM_PORT = "/dev/ttyS0"
+"""The emulator's port in a QEMU modem guest: its ``pci-serial`` UART, the guest's only 8250."""
+
+
 def _modem(top: _Section, board: BoardSpec) -> ModemSpec:
     s = _Section(top.file, "modem", top.get("modem"), required=False)
     kind = s.choice("kind", ("emulator", "board", "none"), default="none")
-    if kind == "emulator" and board.kind != "qemu":
-        raise RigError(
-            f"{s.where('kind')} = 'emulator' needs [board] kind = 'qemu' (the emulator sits on a QEMU "
-            "serial port): a bench board uses kind = 'board' (its own modem) or 'none'"
-        )
+    if kind == "emulator":
+        s.only(("port",), "with kind = 'emulator' (its ports are host_port and board_port)")
+        return _emulator(s, board)
     port = s.text("port", "") if kind == "board" else ""
     if kind != "board":
         s.only(("port",), f"with kind = {kind!r} (only kind = 'board' names the board's modem port)")
+    s.only(("host_port", "board_port"), f"with kind = {kind!r} (they place the emulator: kind = 'emulator')")
     s.done()
-    return ModemSpec(
-        kind="emulator" if kind == "emulator" else "board" if kind == "board" else "none", port=port
-    )
+    return ModemSpec(kind="board" if kind == "board" else "none", port=port)
+
+
+def _emulator(s: _Section, board: BoardSpec) -> ModemSpec:
+    """``[modem] kind = "emulator"``: on QEMU a PTY on the guest's pci-serial; on a bench board
+    this host's end of a USB-UART cable to the board's modem UART."""
+    if board.kind == "qemu":
+        host_port = s.text("host_port", QEMU_PTY)
+        if host_port != QEMU_PTY:
+            raise RigError(
+                f"{s.where('host_port')} = {host_port!r}: a QEMU board's modem is the emulator's PTY on "
+                f"the guest's pci-serial; write host_port = {QEMU_PTY!r} or leave it out"
+            )
+        board_port = s.text("board_port", QEMU_MODEM_PORT)
+        if board_port != QEMU_MODEM_PORT:
+            raise RigError(
+                f"{s.where('board_port')} = {board_port!r}: the QEMU modem guest's pci-serial UART is "
+                f"{QEMU_MODEM_PORT}; write board_port = {QEMU_MODEM_PORT!r} or leave it out"
+            )
+        s.done()
+        return ModemSpec(kind="emulator", host_port=host_port, board_port=board_port)
+    host_port = s.text("host_port")
+    if host_port == QEMU_PTY:
+        raise RigError(
+            f"{s.where('host_port')} = {QEMU_PTY!r} needs [board] kind = 'qemu': give this host's end of "
+            "the cable to the board's modem UART, e.g. '/dev/ttyUSB1'"
+        )
+    if not host_port:
+        raise RigError(
+            f"{s.where('host_port')} is empty: give this host's end of the cable to the board's modem "
+            "UART, e.g. '/dev/ttyUSB1'"
+        )
+    board_port = s.text("board_port")
+    if not board_port.startswith("/dev/"):
+        raise RigError(
+            f"{s.where('board_port')} = {board_port!r}: give the board's device for the modem UART "
+            "(its dvrlinkd's [modem] port), e.g. '/dev/ttyS2'"
+        )
+    s.done()
+    return ModemSpec(kind="emulator", host_port=host_port, board_port=board_port)
 
 
 def _network(top: _Section, board: BoardSpec) -> NetworkSpec:
@@ -335,6 +383,11 @@ def _network(top: _Section, board: BoardSpec) -> NetworkSpec:
         host = s.text("host_address", QEMU_USER_HOST)
         s.done()
         return NetworkSpec(kind="qemu-user", host_address=host)
+    if board.kind == "qemu":
+        raise RigError(
+            f"{s.where('kind')} = {kind!r} needs [board] kind = 'bench' (a board's cable on this host's "
+            "NIC, or moved into a namespace): a QEMU board uses kind = 'qemu-user'"
+        )
     name = s.text("name")
     if not name:
         raise RigError(f"{s.where('name')} is empty: name the {kind} the board's cable is on")
@@ -373,6 +426,23 @@ def _power(top: _Section, board: BoardSpec) -> PowerSpec:
     return PowerSpec(kind="command" if kind == "command" else "manual", on=on, off=off, off_s=off_s)
 
 
+def _distinct_ports(source: Path, shell: ShellSpec, console: ConsoleSpec, modem: ModemSpec) -> None:
+    """The emulator's UART must be a UART of its own, on the board and on this host."""
+    if modem.kind != "emulator" or modem.host_port == QEMU_PTY:
+        return
+    if modem.board_port == console.board_port:
+        raise RigError(
+            f"{source}: [modem] board_port = {modem.board_port!r} is the installer console's UART too "
+            "([console] board_port): the emulator needs a UART of its own on the board"
+        )
+    for key, used in (("[console] host_port", console.host_port), ("[shell] port", shell.port)):
+        if modem.host_port == used:
+            raise RigError(
+                f"{source}: [modem] host_port = {modem.host_port!r} is also {key}: the emulator needs "
+                "its own USB-UART cable to the board's modem UART"
+            )
+
+
 def parse_rig(doc: Mapping[str, object], source: Path) -> Rig:
     """The rig described by ``doc`` (a parsed TOML document) read from ``source``.
 
@@ -392,6 +462,7 @@ def parse_rig(doc: Mapping[str, object], source: Path) -> Rig:
     shell = _shell(top, board)
     console = _console(top, board)
     modem = _modem(top, board)
+    _distinct_ports(source, shell, console, modem)
     network = _network(top, board)
     power = _power(top, board)
     cfg = _Section(source, "config", top.get("config"), required=False)

@@ -9,11 +9,13 @@ commands run, and a failing one is reported with its output.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import termios
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,17 +25,23 @@ from typing import Any
 import pytest
 from support.console import PtyCable
 
+from hil.bench_modem import ecm_refusal, modem_refusal, write_file_commands
 from hil.board import (
     BoardError,
     CommandPower,
     ManualPower,
     SerialShell,
+    broker_namespace,
+    check_broker_namespace,
     guest_config,
     installer_console_args,
     qemu_installer_pty,
+    viewer_reaches_broker,
 )
+from hil.modememu.emulator import ModemEmulator
+from hil.qemu.modem import GuestModem, modem_config
 from hil.qemu.rigconfig import image_config_path
-from hil.rig import PowerSpec, RigError, ShellSpec, load_rig, parse_rig
+from hil.rig import ModemSpec, PowerSpec, RigError, ShellSpec, load_rig, parse_rig
 
 REPO = Path(__file__).resolve().parent.parent
 RIGS = sorted((REPO / "rigs").glob("*.toml"))
@@ -54,6 +62,10 @@ def test_the_rig_files_in_the_tree_load() -> None:
     assert not bench.emulated and bench.config_delivery == "console"
     assert bench.power.kind == "command" and bench.power.on[0] == "usbrelay", bench.power
     assert bench.shell.kind == "serial" and bench.network.kind == "interface"
+    assert arm64.modem == ModemSpec("emulator", host_port="qemu-pty", board_port="/dev/ttyS0"), arm64.modem
+    assert armhf.modem == ModemSpec("none"), armhf.modem
+    assert bench.modem.kind == "emulator" and bench.modem.board_port == "/dev/ttyAMA2", bench.modem
+    assert bench.modem.host_port.startswith("/dev/serial/by-id/"), bench.modem
 
 
 def bench_doc() -> dict[str, Any]:
@@ -96,10 +108,20 @@ BAD_CASES = [
     ("console", "board_port", "ttyS1", "[console] board_port = 'ttyS1': give the board's device"),
     ("console", "host_port", DROP, "[console] host_port is missing"),
     ("console", "host_port", "qemu-pty", "[console] host_port = 'qemu-pty' needs [board] kind = 'qemu'"),
-    ("modem", "kind", "emulator", "[modem] kind = 'emulator' needs [board] kind = 'qemu'"),
-    ("modem", "kind", "none", "[modem] port: not used with kind = 'none'"),
+    ("modem", "kind", "walkie-talkie", "[modem] kind = 'walkie-talkie' is not known: use one of 'emulator'"),
+    ("modem", "host_port", DROP, "[modem] host_port is missing"),
+    ("modem", "host_port", "", "[modem] host_port is empty: give this host's end of the cable"),
+    ("modem", "host_port", "qemu-pty", "[modem] host_port = 'qemu-pty' needs [board] kind = 'qemu'"),
+    ("modem", "board_port", DROP, "[modem] board_port is missing"),
+    ("modem", "board_port", "ttyS2", "[modem] board_port = 'ttyS2': give the board's device for the modem"),
+    ("modem", "board_port", "/dev/ttyAMA1", "[modem] board_port = '/dev/ttyAMA1' is the installer console's"),
+    ("modem", "port", "/dev/ttyUSB2", "[modem] port: not used with kind = 'emulator'"),
+    ("modem", "kind", "none", "[modem] host_port: not used with kind = 'none'"),
+    ("modem", "kind", "board", "[modem] host_port: not used with kind = 'board'"),
     ("network", "kind", "qemu-user", "[network] kind = 'qemu-user' needs [board] kind = 'qemu'"),
     ("network", "host_address", "", "[network] host_address is empty"),
+    ("network", "kind", "tunnel", "[network] kind = 'tunnel' is not known: use one of 'qemu-user', "),
+    ("network", "name", DROP, "[network] name is missing"),
     ("config", "delivery", "fw_cfg", "[config] delivery = 'fw_cfg' needs [board] kind = 'qemu'"),
 ]
 
@@ -139,6 +161,133 @@ def test_a_qemu_rig_refuses_bench_only_settings() -> None:
     doc = tomllib.loads((REPO / "rigs/qemu-arm64.toml").read_text())
     doc["board"]["arch"] = "riscv64"
     assert "[board] arch = 'riscv64' is not known: use one of 'arm64', 'armhf'" in refused(doc)
+
+
+QEMU_CASES = [
+    # (table, key, new value, what the message must say) on the QEMU arm64 rig's file
+    ("network", "kind", "namespace", "[network] kind = 'namespace' needs [board] kind = 'bench'"),
+    ("network", "kind", "interface", "[network] kind = 'interface' needs [board] kind = 'bench'"),
+    ("modem", "host_port", "/dev/ttyUSB1", "[modem] host_port = '/dev/ttyUSB1': a QEMU board's modem is"),
+    ("modem", "board_port", "/dev/ttyS1", "[modem] board_port = '/dev/ttyS1': the QEMU modem guest's"),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "value", "expected"), QEMU_CASES)
+def test_a_qemu_rig_refuses_what_its_wiring_cannot_do(
+    table: str, key: str, value: str, expected: str
+) -> None:
+    doc = tomllib.loads((REPO / "rigs/qemu-arm64.toml").read_text())
+    doc[table][key] = value
+    if key == "kind" and table == "network":
+        doc[table].update(name="dl-bench", host_address="10.9.0.1")
+    assert expected in refused(doc)
+
+
+def test_a_qemu_modem_rig_takes_the_defaults() -> None:
+    doc = tomllib.loads((REPO / "rigs/qemu-arm64.toml").read_text())
+    doc["modem"] = {"kind": "emulator"}
+    rig = parse_rig(doc, Path("rigs/q.toml"))
+    assert rig.modem == ModemSpec("emulator", host_port="qemu-pty", board_port="/dev/ttyS0"), rig.modem
+
+
+def test_the_emulator_needs_its_own_cable_on_the_bench() -> None:
+    doc = bench_doc()
+    doc["modem"]["host_port"] = doc["console"]["host_port"]
+    assert "[modem] host_port = '/dev/serial/by-id/usb-Prolific_PL2303-if00-port0' is also [console]" in (
+        refused(doc)
+    )
+    doc = bench_doc()
+    doc["modem"]["host_port"] = doc["shell"]["port"]
+    assert "is also [shell] port: the emulator needs its own USB-UART cable" in refused(doc)
+
+
+def rig_with(**tables: dict[str, Any]) -> Any:
+    """The example bench board's rig with whole tables replaced."""
+    doc = bench_doc()
+    doc.update(tables)
+    return parse_rig(doc, Path("rigs/bench.toml"))
+
+
+def test_the_broker_runs_in_the_boards_namespace_only_on_a_namespace_rig() -> None:
+    interface = load_rig(REPO / "rigs/example-board.toml")
+    assert broker_namespace(interface) is None and viewer_reaches_broker(interface)
+    qemu = load_rig(REPO / "rigs/qemu-arm64.toml")
+    assert broker_namespace(qemu) is None and viewer_reaches_broker(qemu)
+    namespaced = rig_with(network={"kind": "namespace", "name": "dl-bench", "host_address": "10.9.0.1"})
+    assert broker_namespace(namespaced) == "dl-bench"
+    assert not viewer_reaches_broker(namespaced)
+    assert namespaced.network.host_address == "10.9.0.1"
+
+
+def test_a_missing_namespace_says_how_to_make_one() -> None:
+    with pytest.raises(BoardError, match=r"\[network\] name = 'dl-bench': no such network namespace; "
+                       r"create it .*ip netns add dl-bench"):  # fmt: skip
+        check_broker_namespace("dl-bench", listed=lambda: ["dl-other"])
+
+
+def test_which_rigs_run_the_modem_scenarios() -> None:
+    qemu = load_rig(REPO / "rigs/qemu-arm64.toml")
+    assert modem_refusal(qemu) is None and ecm_refusal(qemu) is None
+    bench = load_rig(REPO / "rigs/example-board.toml")
+    assert modem_refusal(bench) is None
+    assert "a bench board has no such NIC (QEMU rigs only)" in str(ecm_refusal(bench))
+    armhf = load_rig(REPO / "rigs/qemu-armhf.toml")
+    assert "[modem] kind = 'none': no modem scenarios" in str(modem_refusal(armhf))
+    real = rig_with(modem={"kind": "board", "port": "/dev/ttyUSB2"})
+    assert "[modem] kind = 'board' (the board's own modem): these scenarios insert a SIM" in str(
+        modem_refusal(real)
+    )
+    busybox = bench_doc()
+    busybox["board"]["init"] = "busybox"
+    refusal = modem_refusal(parse_rig(busybox, Path("rigs/bench.toml")))
+    assert "runs busybox init: the modem scenarios install the systemd drop-in" in str(refusal)
+
+
+def test_the_modem_config_names_the_boards_uart() -> None:
+    text = modem_config(
+        image_config_path().read_text(), serial="DL-0001-0002", broker_port=3478,
+        broker_key_b64="AAAA", profile="simcom-sim800", data_link="ppp", port="/dev/ttyAMA2",
+    )  # fmt: skip
+    doc = tomllib.loads(text)
+    assert doc["modem"]["port"] == "/dev/ttyAMA2" and doc["modem"]["data_link"] == "ppp", doc["modem"]
+    assert doc["broker"]["host"] == "192.0.2.10" and doc["device"]["serial"] == "DL-0001-0002"
+
+
+def test_an_ecm_modem_on_a_bench_serial_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"an ECM NIC needs QEMU's monitor: no ECM modem on the serial port"):
+        GuestModem(tmp_path, "quectel-ec25", None, ecm=True, port="/dev/ttyUSB1")
+
+
+def test_the_emulator_answers_on_a_serial_port(tmp_path: Path) -> None:
+    """The emulator on this host's end of a cable (pyserial), the board's end opened as a UART."""
+    with (
+        PtyCable() as cable,
+        ModemEmulator("simcom-sim800", boot_delay_s=0.01, port=cable.laptop_path) as emu,
+    ):
+        assert emu.path == cable.laptop_path
+        fd = board_end(cable)
+        try:
+            os.write(fd, b"ATE0\r")
+            emu.wait_for_command("ATE0", 30)
+            os.write(fd, b"AT+CGMM\r")
+            emu.wait_for_command("AT+CGMM", 30)
+            seen = b""
+            deadline = time.monotonic() + 30
+            while seen.count(b"OK\r\n") < 2 and time.monotonic() < deadline:  # ATE0's, AT+CGMM's
+                ready, _, _ = select.select([fd], [], [], 1.0)
+                if ready:
+                    seen += os.read(fd, 1024)
+            assert b"SIM800" in seen and seen.rstrip().endswith(b"OK"), f"the board's end read {seen!r}"
+        finally:
+            os.close(fd)
+    assert not emu.path, "the port is still open after the emulator stopped"
+
+
+def test_the_emulator_names_a_port_it_cannot_open(tmp_path: Path) -> None:
+    emu = ModemEmulator("simcom-sim800", port=str(tmp_path / "ttyUSB9"))
+    with pytest.raises(OSError, match=r"the modem emulator cannot open .*ttyUSB9: .*check the port"):
+        emu.start()
+    emu.stop()  # nothing started: a no-op
 
 
 def test_the_qemu_board_config_gets_the_installer_console() -> None:
@@ -268,3 +417,26 @@ def test_the_bench_shell_names_a_port_it_cannot_open(tmp_path: Path) -> None:
         BoardError, match=r"cannot open the board's shell UART .*ttyUSB9: .*check \[shell\] port"
     ):
         shell.open(timeout=1)
+
+
+def test_a_file_is_written_on_the_board_in_lines_its_tty_takes(
+    bench_shell: tuple[PtyCable, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The bench modem's config goes to the board through its shell: lines under the tty's
+    4095-character limit, the file's contents replaced (not the file: owner and mode stay)."""
+    cable, _ = bench_shell
+    target = tmp_path / "dvrlinkd.toml"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    data = os.urandom(3000) + b"\n[modem]\nport = '/dev/ttyAMA2'\n"
+    lines = write_file_commands(str(target), data, chunk=512)
+    assert len(lines) > 8 and max(map(len, lines)) < 1024, [len(line) for line in lines]
+    shell = SerialShell(ShellSpec("serial", port=cable.laptop_path, prompt=r"# $"), tmp_path / "shell.log")
+    try:
+        shell.open(timeout=30)
+        for line in lines:
+            shell.run(line, timeout=30)
+    finally:
+        shell.close()
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o640

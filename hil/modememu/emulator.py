@@ -1,10 +1,14 @@
-"""The PTY side of the modem emulator: a thread that moves bytes and runs timers, plus the fault API.
+"""The port side of the modem emulator: a thread that moves bytes and runs timers, plus the fault API.
 
 Use it as a context manager in tests::
 
     with ModemEmulator("quectel-ec25", SimCard.for_network("26201")) as emu:
         fd = os.open(emu.path, os.O_RDWR | os.O_NOCTTY)
         ...
+
+By default the emulator answers on a new pseudo-terminal (``path`` is its name). With ``port``
+it answers on a serial device of this host instead (opened with pyserial at ``baud``: the
+host's end of a USB-UART cable to a bench board's modem UART), and ``path`` is that port.
 
 Every public method is thread-safe and returns at once; the waits (:meth:`wait_for_command`,
 :meth:`wait_for_path_change`) take a timeout and raise TimeoutError when it passes.
@@ -23,6 +27,8 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+
+import serial
 
 from hil.modememu.model import (
     STAT_DENIED,
@@ -67,8 +73,14 @@ class ModemEmulator:
         split_gap_s: float = 0.003,
         extra_ok: tuple[str, ...] = (),
         data_path: DataPath | None = None,
+        port: str | None = None,
+        baud: int = 115200,
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.port = port
+        """A serial device (or pyserial URL) to answer on instead of a new PTY; None: a PTY."""
+        self.baud = baud
+        self._serial: serial.SerialBase | None = None
         self.split_gap_s = split_gap_s
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -101,14 +113,24 @@ class ModemEmulator:
     # --------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> str:
-        """Open the PTY and start the thread; returns the path to open (``/dev/pts/N``)."""
+        """Open the PTY (or ``port``) and start the thread; returns the path to open (``/dev/pts/N``).
+
+        Raises:
+            OSError: ``port`` cannot be opened (the message names it).
+        """
         with self._lock:
             if self._running:
                 return self._path
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            self._open_pty()
+            try:
+                self._open_pty()
+            except OSError:
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
+                self._wake_r = self._wake_w = -1
+                raise
             self._running = True
         self._thread = threading.Thread(target=self._run, name=f"modememu-{self.profile.name}", daemon=True)
         self._thread.start()
@@ -299,7 +321,8 @@ class ModemEmulator:
     def vanish(self, reappear_after: float | None = None, *, reboot: bool = True) -> None:
         """Close the PTY as a USB unplug does. With ``reappear_after``, a new PTY (new path)
         appears that much later, the modem in power-on state when ``reboot``. A data call ends
-        (the USB device took its network function with it)."""
+        (the USB device took its network function with it). On a serial ``port`` the emulator
+        goes silent and comes back on the same port (the board's UART does not vanish)."""
         with self._lock:
             self.model.end_calls()
             self._close_pty()
@@ -350,6 +373,9 @@ class ModemEmulator:
         self._changed.notify_all()
 
     def _open_pty(self) -> None:
+        if self.port is not None:
+            self._open_serial(self.port)
+            return
         master, slave = os.openpty()
         tty.setraw(slave)
         os.set_blocking(master, False)
@@ -357,7 +383,34 @@ class ModemEmulator:
         self._path = os.ttyname(slave)
         self._generation += 1
 
+    def _open_serial(self, port: str) -> None:
+        try:
+            opened = serial.serial_for_url(port, baudrate=self.baud, timeout=0, write_timeout=0)
+        except (serial.SerialException, ValueError) as exc:
+            raise OSError(
+                f"the modem emulator cannot open {port}: {exc}; check the port and its cable"
+            ) from None
+        try:
+            fd = opened.fileno()
+        except Exception as exc:  # pyserial's URL handlers without a descriptor raise their own errors
+            opened.close()
+            raise OSError(
+                f"the modem emulator cannot wait on {port} ({exc}): give a serial device or a socket:// URL"
+            ) from None
+        os.set_blocking(fd, False)
+        self._serial = opened
+        self._master, self._slave = fd, -1
+        self._path = port
+        self._generation += 1
+
     def _close_pty(self) -> None:
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                self._serial.close()
+            self._serial = None
+            self._master = self._slave = -1
+            self._path = ""
+            return
         for fd in (self._master, self._slave):
             if fd >= 0:
                 os.close(fd)

@@ -130,9 +130,10 @@ def modem_config(
     profile: str,
     data_link: str,
     extra: dict[str, Value] | None = None,
+    port: str = GUEST_MODEM_PORT,
 ) -> str:
     """The image's dvrlinkd.toml (``base``) with the serial, the broker in the carrier, and a
-    ``[modem]`` on the guest's ``pci-serial`` port.
+    ``[modem]`` on ``port``: the guest's ``pci-serial`` port, or a bench board's modem UART.
 
     pppd gets ``nocrtscts``: Debian's ``/etc/ppp/options`` asks for hardware flow control, and
     QEMU's tty backend reports a PTY's modem lines as all low, so CTS would hold back every byte.
@@ -140,7 +141,7 @@ def modem_config(
     modem: dict[str, Value] = {
         "enabled": True,
         "profile": profile,
-        "port": GUEST_MODEM_PORT,
+        "port": port,
         "data_link": data_link,
         "pppd": "@PPPD@",
         "dhcp_command": "@DHCP@",
@@ -323,6 +324,11 @@ class DataPaths:
 class GuestModem:
     """The emulated modem of one guest, its carrier namespace, the broker there, the ECM NIC.
 
+    The emulator answers on a new PTY for QEMU's ``pci-serial`` (:meth:`qemu_args`), or with
+    ``port`` on a serial device of this host: a USB-UART cable to a bench board's modem UART
+    (no ECM NIC then: its link needs QEMU's monitor). The PPP data path, the carrier and the
+    broker behind it are the same either way.
+
     Use as a context manager around the guest's boot::
 
         with GuestModem(run_dir, "simcom-sim800", SimCard()) as rig:
@@ -341,7 +347,12 @@ class GuestModem:
         ecm: bool = False,
         ppp_config: PppServerConfig | None = None,
         boot_delay_s: float = 0.5,
+        port: str | None = None,
     ) -> None:
+        if ecm and port is not None:
+            raise ValueError(
+                f"an ECM NIC needs QEMU's monitor: no ECM modem on the serial port {port} of a bench board"
+            )
         self.run_dir = run_dir
         self.carrier = CarrierNamespace()
         self.ppp = PppDataPath(ppp_config or PppServerConfig(), TunCarrier(self.carrier.name))
@@ -352,6 +363,7 @@ class GuestModem:
             no_sim=sim is None,
             boot_delay_s=boot_delay_s,
             data_path=DataPaths(self.ppp, self.ecm_path),
+            port=port,
         )
         self.ppp.attach(self.emulator)
         self.nic = EcmNic(self.carrier, run_dir) if ecm else None

@@ -1,10 +1,12 @@
 """The HIL suite's fixtures: the rig (``--rig FILE``, default rigs/qemu-arm64.toml), a broker on
-the host, and the board switched on and registered with it.
+the host (or in the board's namespace, ``[network] kind = "namespace"``), and the board switched
+on and registered with it.
 
 ``board`` is one board for the whole session: the scenarios of test_qemu_boot.py and
-test_qemu_console.py share one boot. On a QEMU rig it builds the image (cached), boots it with the
-rig's config through fw_cfg and the installer console on a host PTY; on a bench rig it power-cycles
-the board, writes the broker's settings over the installer console and opens the shell UART.
+test_qemu_console.py share one boot (test_modem.py starts its own, with the modem emulator). On a
+QEMU rig it builds the image (cached), boots it with the rig's config through fw_cfg and the
+installer console on a host PTY; on a bench rig it power-cycles the board, writes the broker's
+settings over the installer console and opens the shell UART.
 Tests marked ``hil_core`` are the set ``make hil-arm64`` runs; ``hil_last`` ones (the watchdog)
 run after all others, since they restart the daemon.
 
@@ -23,7 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from hil.board import Board, ask_on_terminal, guest_config, start_bench_board, start_qemu_board
+from hil.board import (
+    Board,
+    BoardError,
+    ask_on_terminal,
+    broker_namespace,
+    check_broker_namespace,
+    guest_config,
+    start_bench_board,
+    start_qemu_board,
+    viewer_reaches_broker,
+)
 from hil.loopback import Viewer, add_user
 from hil.qemu.build import REPO, Image, build
 from hil.qemu.host import HostBroker
@@ -95,8 +107,8 @@ def arm64_image(arm64: Target) -> Image:
     return build(arm64, out=sys.stderr)
 
 
-def _broker(state_dir: Path) -> Iterator[HostBroker]:
-    broker = HostBroker.start(state_dir)
+def _broker(state_dir: Path, netns: str | None = None) -> Iterator[HostBroker]:
+    broker = HostBroker.start(state_dir, netns=netns)
     try:
         yield broker
     finally:
@@ -111,9 +123,23 @@ def host_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker
 
 
 @pytest.fixture(scope="session")
-def rig_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
-    """The broker the rig's board registers with, for the whole session."""
-    yield from _broker(tmp_path_factory.mktemp("rig-broker"))
+def broker_netns(rig: Rig) -> str | None:
+    """The namespace a broker for the rig's board runs in (``hil.board.broker_namespace``),
+    checked; None: this host's. A missing namespace fails the test, saying how to make one."""
+    netns = broker_namespace(rig)
+    if netns is not None:
+        try:
+            check_broker_namespace(netns)
+        except BoardError as exc:
+            pytest.fail(f"{rig.source}: {exc}")
+    return netns
+
+
+@pytest.fixture(scope="session")
+def rig_broker(broker_netns: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
+    """The broker the rig's board registers with, for the whole session: on this host, or
+    inside the board's namespace (``[network] kind = "namespace"``)."""
+    yield from _broker(tmp_path_factory.mktemp("rig-broker"), broker_netns)
 
 
 def registered_pattern(serial: str) -> str:
@@ -144,11 +170,8 @@ def board(
     info = rig_broker.info
     run_dir = tmp_path_factory.mktemp(f"board-{rig.name}")
     if rig.emulated:
-        if rig.network.kind != "qemu-user" or rig.modem.kind == "emulator":
-            pytest.fail(
-                f"{rig.source}: this suite boots QEMU boards on [network] kind = 'qemu-user' with "
-                "[modem] kind = 'none' so far (tests/hil/test_qemu_modem.py wires the emulator itself)"
-            )
+        # The modem's scenarios (test_modem.py) boot a guest of their own with the emulator on
+        # pci-serial and no LAN; this board is on QEMU's user network without it.
         board_target = target(rig.board.arch)
         image = build(board_target, out=sys.stderr)
         config = guest_config(
@@ -156,8 +179,6 @@ def board(
         )
         started = start_qemu_board(rig, board_target, image, config, run_dir)
     else:
-        if rig.network.kind == "namespace":
-            pytest.fail(f"{rig.source}: [network] kind = 'namespace' is not wired into this suite yet")
         env = {**os.environ, "HOME": str(run_dir / "home")}
         started = start_bench_board(rig, info, run_dir, env, ask_on_terminal)
     try:
@@ -191,8 +212,15 @@ def board_httpd(board: Board) -> str:
 
 
 @pytest.fixture
-def logged_in_viewer(rig_broker: HostBroker, tmp_path: Path) -> Callable[[str], Viewer]:
-    """A factory: a new account ``name`` at the rig's broker and a viewer on the host logged in to it."""
+def logged_in_viewer(rig: Rig, rig_broker: HostBroker, tmp_path: Path) -> Callable[[str], Viewer]:
+    """A factory: a new account ``name`` at the rig's broker and a viewer on the host logged in to it.
+
+    Skips on a rig whose broker runs in the board's namespace: no viewer on this host reaches it."""
+    if not viewer_reaches_broker(rig):
+        pytest.skip(
+            f"{rig.name}: the broker runs in namespace {rig.network.name!r} with the board; a viewer "
+            "there is not wired yet, so the viewer's scenarios need [network] kind = 'interface'"
+        )
 
     def make(name: str) -> Viewer:
         add_user(rig_broker.state_dir, name, "pass phrase")

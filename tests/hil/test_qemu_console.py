@@ -88,8 +88,9 @@ def test_pair_over_the_console_then_forward(
 
 
 @pytest.fixture
-def second_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
-    broker = HostBroker.start(tmp_path_factory.mktemp("second-broker"))
+def second_broker(broker_netns: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostBroker]:
+    """Another broker where the board reaches it (this host, or the board's namespace)."""
+    broker = HostBroker.start(tmp_path_factory.mktemp("second-broker"), netns=broker_netns)
     try:
         yield broker
     finally:
