@@ -123,6 +123,32 @@ def warm_restart(board: Board, hz: int) -> str:
     return f"{seconds:.1f} s (target ≤ 5 s: {verdict(seconds <= 5.0)})"
 
 
+IMPORT_TIME = (
+    "for i in 1 2 3; do python3 -X importtime -c 'import dvrlink.daemon.cli' 2>&1 | tail -1; done; "
+    "for i in 1 2 3; do s=$(cut -d' ' -f1 /proc/uptime); python3 -c pass; "
+    "e=$(cut -d' ' -f1 /proc/uptime); echo \"interpreter $s $e\"; done"
+)
+"""The daemon's imports, three times (importtime's last line is the top-level module with its
+cumulative microseconds), and a bare interpreter start three times (from /proc/uptime)."""
+
+
+def import_time(board: Board) -> str:
+    """Seconds the guest's python3 takes to import what ``dvrlinkd`` imports at start (the best of
+    three warm runs), and to start a bare interpreter.
+
+    Raises:
+        BenchError: the guest printed no figures.
+    """
+    text = board.run(IMPORT_TIME, timeout=600)
+    imports = [
+        int(m) / 1e6 for m in re.findall(r"import time:\s+\d+ \|\s+(\d+) \| dvrlink\.daemon\.cli", text)
+    ]
+    bare = [float(e) - float(s) for s, e in re.findall(r"interpreter ([\d.]+) ([\d.]+)", text)]
+    if not imports or not bare:
+        raise BenchError(f"no import figures from the guest: {text[-400:]!r}")
+    return f"{min(imports):.2f} s (a bare python3 starts in {min(bare):.2f} s)"
+
+
 def daemon_pid(board: Board) -> int:
     """dvrlinkd's PID in the guest: systemd's MainPID, else the process running /usr/bin/dvrlinkd."""
     script = (
@@ -332,6 +358,7 @@ def boot(args: argparse.Namespace, run_dir: Path) -> Figures:
             f"{found.group(1)}k: {per_mbit(float(found.group(1)))}" if found else f"no figure: {aead}",
         )
         figures.add("warm restart: dvrlinkd process start to registered", warm_restart(board, hz))
+        figures.add("import dvrlink.daemon.cli, warm, guest's python3 (best of 3)", import_time(board))
     finally:
         if board is not None:
             board.close()
