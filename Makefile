@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-packages
-PKGS := compat store protocol modem hal session daemon broker viewer
+PKGS := compat store driver protocol modem hal session daemon broker viewer
 # Debian packages the tests use as real peers: coturn (turnutils_*, a STUN/TURN server to compare
 # with), ffmpeg (ffprobe as RTSP client), GStreamer's RTSP server under the system Python (the
 # recorder's RTSP service in end-to-end tests); the mobile provider database the modem manager

@@ -46,7 +46,7 @@ PRUNE_SCRIPT = BOARD / "prune-python.sh"
 IMPORT_CHECK = Path(__file__).resolve().parent / "import_check.py"
 TARGET_BYTES = 12_000_000
 """Issue 12: Python runtime + dependencies + dvrlink, compiled bytecode, squashfs xz, at most 12 MB."""
-SHIPPED = ("compat", "store", "protocol", "modem", "hal", "daemon", "session")
+SHIPPED = ("compat", "store", "driver", "protocol", "modem", "hal", "daemon", "session")
 """dvrlink's packages in the image; dvrlink.mk removes the broker and the viewer."""
 RUNTIME_LIBS = (
     "./usr/lib/ld-linux-aarch64.so.1",

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-SHIPPED = ("compat", "store", "protocol", "modem", "hal", "daemon", "session")
+SHIPPED = ("compat", "store", "driver", "protocol", "modem", "hal", "daemon", "session")
 """dvrlink's packages in the image (the broker and the viewer stay out); absent ones are skipped."""
 
 UNTAKEN: dict[str, str] = {

@@ -1,9 +1,10 @@
 """The thin asyncio link between a UDP socket and the presence core.
 
-Datagrams in go to ``core.receive_datagram``; after every input (datagram, timer, or a call the
-application made on the core, announced with :meth:`PresenceLink.flush`) the link hands events
-to the application, sends what the core queued, and re-arms its one timer. This is the broker's
-hot path: no logging or allocation per datagram beyond what asyncio and the core need.
+Datagrams in go to ``core.receive_datagram`` through a ``CoreDriver`` (``dvrlink.driver``); after
+every input (datagram, timer, or a call the application made on the core, announced with
+:meth:`PresenceLink.flush`) the driver hands events to the application, has the link send what
+the core queued, and re-arms its one timer. This is the broker's hot path: no logging or
+allocation per datagram beyond what asyncio and the core need.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
+from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.presence_events import Address, ServerEvent
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
@@ -38,7 +40,7 @@ class PresenceLink(asyncio.DatagramProtocol):
 
     ``on_event`` may call into the core (``accept``, ``refuse``); what that queues is sent in the
     same pass. Exceptions from the core or from ``on_event`` are logged (the first few, then
-    every thousandth) and counted in ``errors``; they never reach asyncio.
+    every thousandth) and counted in ``errors``; they never reach asyncio (``CoreDriver``).
     """
 
     def __init__(
@@ -47,17 +49,18 @@ class PresenceLink(asyncio.DatagramProtocol):
         loop: asyncio.AbstractEventLoop,
         on_event: Callable[[ServerEvent], None],
     ) -> None:
-        self._core = core
-        self._loop = loop
-        self._on_event = on_event
+        self._receive = core.receive_datagram
+        self._driver: CoreDriver[ServerEvent, tuple[bytes, Address]] = CoreDriver(
+            core, self._transmit, on_event=on_event, loop=loop, name="presence core", logger=log
+        )
         self._transport: asyncio.DatagramTransport | None = None
         self._ipv6 = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._busy = False
-        self._again = False
-        self.errors = 0
         self.send_errors = 0
+
+    @property
+    def errors(self) -> int:
+        """Exceptions from the core or ``on_event`` so far (each logged, then every thousandth)."""
+        return self._driver.errors
 
     # -- asyncio.DatagramProtocol ---------------------------------------------------------------
 
@@ -68,18 +71,13 @@ class PresenceLink(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self._ipv6:  # (host, port, flowinfo, scope_id) -> (host, port)
             addr = (addr[0], addr[1])
-        try:
-            self._core.receive_datagram(data, addr, self._loop.time())
-        except Exception:
-            self._error("presence core failed on a datagram")
-        self.flush()
+        self._driver.receive_from(self._receive, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable from a vanished device) arrive here; they are normal.
         self.send_errors += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
         self._transport = None
 
     # -- application interface ------------------------------------------------------------------
@@ -102,71 +100,20 @@ class PresenceLink(asyncio.DatagramProtocol):
         Call it after calling the core from outside the link (e.g. ``send_invite``). Re-entrant:
         a call from inside ``on_event`` is folded into the running pass.
         """
-        if self._busy:
-            self._again = True
-            return
-        self._busy = True
-        try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self._pass()
-        finally:
-            self._busy = False
+        self._driver.flush()
 
     def close(self) -> None:
         """Stop the timer and close the socket."""
-        self._cancel_timer()
+        self._driver.close()
         if self._transport is not None:
             self._transport.close()
 
-    # -- internals --------------------------------------------------------------------------------
-
-    def _pass(self) -> None:
-        core = self._core
-        try:
-            event = core.next_event()
-            while event is not None:
-                try:
-                    self._on_event(event)
-                except Exception:
-                    self._error(f"handling {type(event).__name__} failed")
-                event = core.next_event()
-            out = core.datagrams_to_send()
-            transport = self._transport
-            if out and transport is not None:
-                sendto = transport.sendto
-                for data, address in out:
-                    sendto(data, address)
-            deadline = core.get_timer()
-        except Exception:
-            self._error("presence core failed")
-            return
-        if deadline != self._timer_at:
-            self._cancel_timer()
-            if deadline is not None:
-                self._timer_at = deadline
-                self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        try:
-            self._core.handle_timer(self._loop.time())
-        except Exception:
-            self._error("presence core failed in its timer")
-        self.flush()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = None
-
-    def _error(self, what: str) -> None:
-        self.errors += 1
-        if self.errors <= 10 or self.errors % 1000 == 0:
-            log.exception("%s (%d errors so far); continuing", what, self.errors)
+    def _transmit(self, out: Sequence[tuple[bytes, Address]]) -> None:
+        transport = self._transport
+        if transport is not None:
+            sendto = transport.sendto
+            for data, address in out:
+                sendto(data, address)
 
 
 def open_udp_socket(host: str, port: int) -> socket.socket:

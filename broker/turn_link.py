@@ -2,7 +2,8 @@
 relay socket per allocation.
 
 Client datagrams, TCP frames and peer datagrams go into the :class:`TurnServer`; after each
-batch of input the link sends what the core queued, hands out its events and re-arms one timer.
+batch of input a ``CoreDriver`` (``dvrlink.driver``) hands out the core's events, has the link
+send what the core queued, and re-arms one timer.
 TCP streams carry STUN messages and ChannelData frames back to back (RFC 8656 section 12.5,
 frames padded to 4 bytes); the link reassembles them across reads and closes a stream that
 carries anything else.
@@ -28,7 +29,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,7 +40,9 @@ from dvrlink.broker.turn_server import (
     TurnConfig,
     TurnEvent,
     TurnServer,
+    Via,
 )
+from dvrlink.driver.core_driver import CoreDriver
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
 READS_PER_WAKEUP = 64
@@ -349,18 +352,20 @@ class TurnLink:
         self.clock = clock
         self._relays = relays
         self._loop = loop
-        self._on_event = on_event
+        self._driver: CoreDriver[TurnEvent, tuple[bytes, Address, Via]] = CoreDriver(
+            core, self._transmit, on_event=on_event, clock=clock, loop=loop, name="TURN core", logger=log
+        )
         self._udp: socket.socket | None = None
         self._udp_address: Callable[[Any], Address] = _short
         self._tcp_server: asyncio.Server | None = None
         self.tcp_clients: dict[Address, asyncio.Transport] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._busy = False
-        self._again = False
-        self.errors = 0
         self.send_errors = 0
         self.dropped_tcp = 0
+
+    @property
+    def errors(self) -> int:
+        """Exceptions from the core or ``on_event`` so far (each logged, then every thousandth)."""
+        return self._driver.errors
 
     @property
     def udp_address(self) -> Address:
@@ -382,21 +387,11 @@ class TurnLink:
 
     def flush(self) -> None:
         """Hand out events, send what the core queued and re-arm the timer. Re-entrant."""
-        if self._busy:
-            self._again = True
-            return
-        self._busy = True
-        try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self._pass()
-        finally:
-            self._busy = False
+        self._driver.flush()
 
     def close(self) -> None:
         """Stop the timer, delete every allocation and close every socket."""
-        self._cancel_timer()
+        self._driver.close()
         with contextlib.suppress(Exception):
             self.core.close()
             while self.core.next_event() is not None:
@@ -419,9 +414,8 @@ class TurnLink:
             self._tcp_server = None
 
     def log_error(self, what: str) -> None:
-        self.errors += 1
-        if self.errors <= 10 or self.errors % 1000 == 0:
-            log.exception("%s (%d errors so far); continuing", what, self.errors)
+        """Count and log a failure of the core (call it in an ``except`` block)."""
+        self._driver.failed(what)
 
     def attach_udp(self, sock: socket.socket) -> None:
         """Serve clients on ``sock``, a bound, non-blocking UDP socket the link now owns."""
@@ -516,53 +510,19 @@ class TurnLink:
         except OSError:
             self.send_errors += 1
 
-    def _pass(self) -> None:
-        core = self.core
-        try:
-            event = core.next_event()
-            while event is not None:
-                if self._on_event is not None:
-                    try:
-                        self._on_event(event)
-                    except Exception:
-                        self.log_error(f"handling {type(event).__name__} failed")
-                event = core.next_event()
-            for data, destination, via in core.datagrams_to_send():
-                if isinstance(via, ToPeer):
-                    if not self._relays.send(via.allocation_id, data, destination):
-                        self.send_errors += 1
-                elif via.transport is Transport.UDP:
-                    self._send_udp(data, destination)
+    def _transmit(self, out: Sequence[tuple[bytes, Address, Via]]) -> None:
+        for data, destination, via in out:
+            if isinstance(via, ToPeer):
+                if not self._relays.send(via.allocation_id, data, destination):
+                    self.send_errors += 1
+            elif via.transport is Transport.UDP:
+                self._send_udp(data, destination)
+            else:
+                stream = self.tcp_clients.get(destination)
+                if stream is None or stream.is_closing() or stream.get_write_buffer_size() > TCP_LIMIT:
+                    self.dropped_tcp += 1
                 else:
-                    stream = self.tcp_clients.get(destination)
-                    if stream is None or stream.is_closing() or stream.get_write_buffer_size() > TCP_LIMIT:
-                        self.dropped_tcp += 1
-                    else:
-                        stream.write(data)
-            deadline = core.get_timer()
-        except Exception:
-            self.log_error("TURN core failed")
-            return
-        if deadline != self._timer_at:
-            self._cancel_timer()
-            if deadline is not None:
-                self._timer_at = deadline
-                self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        try:
-            self.core.handle_timer(self.clock())
-        except Exception:
-            self.log_error("TURN core failed in its timer")
-        self.flush()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = None
+                    stream.write(data)
 
 
 async def start_turn_link(

@@ -1,7 +1,8 @@
 """The thin asyncio link between the presence core and one UDP socket connected to the broker.
 
-It moves bytes between the OS and ``PresenceClient``, passes the core's events to a handler and
-re-arms one timer. Network trouble never stops it:
+It moves bytes between the OS and ``PresenceClient``; a ``CoreDriver`` (``dvrlink.driver``) passes
+the core's events to a handler, sends what it queued and re-arms its one timer. Network trouble
+never stops it:
 
 - ``ECONNREFUSED`` (the broker host answered ICMP port unreachable) is logged and ignored; the
   core retries with its own backoff.
@@ -19,8 +20,10 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
+from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,26 @@ class EventHandler(Protocol):
         """Called after each input or timer once events are drained (state may have changed)."""
 
 
+def presence_driver(
+    core: LinkCore,
+    handler: EventHandler,
+    send: Callable[[Sequence[bytes]], None],
+    on_event: Callable[[ClientEvent], None],
+    path: str,
+) -> CoreDriver[ClientEvent, bytes]:
+    """The driver of a presence link (``CloudLink``, ``presence_transport.TcpLink``): the link's
+    ``on_event`` (its own reaction, then ``handler``), ``send`` for the core's datagrams, and
+    ``handler.after_step`` after each pass. ``path`` names the link in log lines."""
+    return CoreDriver(
+        core,
+        send,
+        on_event=on_event,
+        after_step=handler.after_step,
+        name=f"presence core (the broker over {path})",
+        logger=log,
+    )
+
+
 class CloudLink:
     """Drives ``core`` over UDP to ``host``:``port``. Use ``await start()``, then ``close()``."""
 
@@ -75,8 +98,7 @@ class CloudLink:
         self._transport: asyncio.DatagramTransport | None = None
         self._local: Address | None = None
         self._remote: Address | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._driver = presence_driver(core, handler, self._send, self._on_event, f"UDP to {host}:{port}")
         self._reopen: asyncio.Task[None] | None = None
         self._errors = 0
         self._started = False
@@ -109,7 +131,7 @@ class CloudLink:
             self._core.network_changed(self._loop.time(), f"presence moved to UDP {self._host}:{self._port}")
         else:
             self._core.start(self._loop.time())
-        self._step()
+        self._driver.flush()
 
     def close(self) -> None:
         """Stop the core (it says goodbye if online), send what it queued, close the socket."""
@@ -126,8 +148,7 @@ class CloudLink:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._driver.close()
         if self._reopen is not None:
             self._reopen.cancel()
         if self._transport is not None:
@@ -173,7 +194,7 @@ class CloudLink:
         log.info("UDP socket %s:%d -> broker %s:%d", *self._local, *remote)
         if self._started and self._local != old_local:
             self._core.network_changed(loop.time())
-            self._step()
+            self._driver.flush()
 
     async def _connect_first(
         self, infos: list[tuple[Any, Any, Any, Any, Any]]
@@ -227,8 +248,7 @@ class CloudLink:
         if endpoint.transport is not self._transport or self._loop is None:
             return
         self._errors = 0
-        self._core.receive_datagram(data, self._loop.time())
-        self._step()
+        self._driver.receive(self._core.receive_datagram, data)
 
     def _error_received(self, endpoint: _Endpoint, exc: Exception) -> None:
         if endpoint.transport is not self._transport:
@@ -253,54 +273,20 @@ class CloudLink:
 
     def flush(self) -> None:
         """Send what the core has queued after a call made outside the link (an async invite reply)."""
-        self._step()
+        self._driver.flush()
 
-    def _step(self) -> None:
-        """Drain events and datagrams from the core, then re-arm its timer."""
-        if self._closed:
-            return
-        while (event := self._core.next_event()) is not None:
-            if isinstance(event, ConnectionLost) and self._route_source_changed():
-                log.warning("the route to the broker now uses another local address: new socket")
-                self._schedule_reopen(0.0)
-            try:
-                self._handler.on_event(event)
-            except Exception:
-                log.exception("event handler failed on %r; carrying on", event)
-        self._send(self._core.datagrams_to_send())
-        try:
-            self._handler.after_step()
-        except Exception:
-            log.exception("event handler failed after a step; carrying on")
-        self._arm_timer()
+    def _on_event(self, event: ClientEvent) -> None:
+        if isinstance(event, ConnectionLost) and self._route_source_changed():
+            log.warning("the route to the broker now uses another local address: new socket")
+            self._schedule_reopen(0.0)
+        self._handler.on_event(event)
 
-    def _send(self, datagrams: list[bytes]) -> None:
+    def _send(self, datagrams: Sequence[bytes]) -> None:
         for data in datagrams:
             if self._transport is None:
                 self.dropped += 1
             else:
                 self._transport.sendto(data)
-
-    def _arm_timer(self) -> None:
-        assert self._loop is not None
-        when = self._core.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self._loop is not None and self._timer_at is not None
-        self._timer = None
-        # The loop may run a callback up to one clock tick early; the core ignores early calls.
-        now = max(self._loop.time(), self._timer_at)
-        self._timer_at = None
-        self._core.handle_timer(now)
-        self._step()
 
 
 def handshake_problem(event: HandshakeUnanswered, broker: str) -> str:

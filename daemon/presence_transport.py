@@ -45,11 +45,11 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from dvrlink.daemon.cloud_link import EventHandler, LinkCore
+from dvrlink.daemon.cloud_link import EventHandler, LinkCore, presence_driver
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
@@ -345,8 +345,8 @@ class TcpLink:
         self._transport: asyncio.Transport | None = None
         self._local: Address | None = None
         self._connector: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._driver = presence_driver(core, handler, self._send, self._on_event, f"TCP to {host}:{port}")
+        self._reconnect_on_loss = True
         self._started = False
         self._closed = False
         self.dropped = 0
@@ -380,7 +380,7 @@ class TcpLink:
         if not resume:
             self._core.start(self._loop.time())
         self._connect_soon(0.0)
-        self._step()
+        self._driver.flush()
 
     def close(self) -> None:
         """Stop the core (GOODBYE if online, sent if connected) and close the connection."""
@@ -393,9 +393,7 @@ class TcpLink:
     def detach(self) -> None:
         """Close the connection and stop driving the core, which keeps its state (a switch)."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._driver.close()
         if self._connector is not None:
             self._connector.cancel()
         if self._transport is not None:
@@ -405,7 +403,7 @@ class TcpLink:
 
     def flush(self) -> None:
         """Send what the core queued after a call made outside the link (an invite reply)."""
-        self._step()
+        self._driver.flush()
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -464,7 +462,7 @@ class TcpLink:
             else f"a new TCP connection to the broker {endpoint}"
         )
         self._core.network_changed(self._loop.time(), reason)
-        self._step(reconnect_on_loss=False)  # its ConnectionLost is about the old path, not this one
+        self._flush_keeping_connection()  # its ConnectionLost is about the old path, not this one
 
     def _lost(self, endpoint: _TcpEndpoint, exc: Exception | None) -> None:
         if endpoint.transport is not self._transport or self._closed or self._loop is None:
@@ -481,7 +479,7 @@ class TcpLink:
         self._down(reason)
         # The session lived on that connection: the core registers again (over the next one).
         self._core.network_changed(self._loop.time(), reason)
-        self._step(reconnect_on_loss=False)
+        self._flush_keeping_connection()
         self._connect_soon(self._delay)
 
     def _down(self, problem: str) -> None:
@@ -490,63 +488,37 @@ class TcpLink:
         self.problem = problem
 
     def _received(self, endpoint: _TcpEndpoint, message: bytes) -> None:
-        if endpoint.transport is not self._transport or self._loop is None or self._closed:
+        if endpoint.transport is not self._transport or self._closed:
             return
-        self._core.receive_datagram(message, self._loop.time())
+        self._driver.receive(self._core.receive_datagram, message)
 
     # -- the core --------------------------------------------------------------------------------
 
-    def _step(self, *, reconnect_on_loss: bool = True) -> None:
-        if self._closed or self._loop is None:
-            return
-        while (event := self._core.next_event()) is not None:
-            if isinstance(event, ConnectionLost) and reconnect_on_loss and self._transport is not None:
-                log.warning("presence over TCP: %s; opening a new connection", event.reason)
-                self._transport.close()
-                self._transport = None
-                self._local = None
-                self._down(event.reason)
-                self._connect_soon(0.0)
-            try:
-                self._handler.on_event(event)
-            except Exception:
-                log.exception("event handler failed on %r; carrying on", event)
-        self._send(self._core.datagrams_to_send())
+    def _flush_keeping_connection(self) -> None:
+        """Flush, but a ``ConnectionLost`` in this pass does not drop the connection: it is about
+        the path the core used before the network change just reported."""
+        self._reconnect_on_loss = False
         try:
-            self._handler.after_step()
-        except Exception:
-            log.exception("event handler failed after a step; carrying on")
-        if not self._closed:
-            self._arm_timer()
+            self._driver.flush()
+        finally:
+            self._reconnect_on_loss = True
 
-    def _send(self, messages: list[bytes]) -> None:
+    def _on_event(self, event: ClientEvent) -> None:
+        if isinstance(event, ConnectionLost) and self._reconnect_on_loss and self._transport is not None:
+            log.warning("presence over TCP: %s; opening a new connection", event.reason)
+            self._transport.close()
+            self._transport = None
+            self._local = None
+            self._down(event.reason)
+            self._connect_soon(0.0)
+        self._handler.on_event(event)
+
+    def _send(self, messages: Sequence[bytes]) -> None:
         for data in messages:
             if self._transport is None or self._transport.is_closing():
                 self.dropped += 1
             else:
                 self._transport.write(encode_frame(data))
-
-    def _arm_timer(self) -> None:
-        assert self._loop is not None
-        when = self._core.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self._loop is not None and self._timer_at is not None
-        self._timer = None
-        now = max(self._loop.time(), self._timer_at)
-        self._timer_at = None
-        if self._closed:
-            return
-        self._core.handle_timer(now)
-        self._step()
 
 
 class _TcpEndpoint(asyncio.Protocol):

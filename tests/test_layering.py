@@ -7,8 +7,9 @@
 
 Nothing imports ``daemon``, ``viewer`` or ``broker`` but themselves (their CLIs, ``hil/``,
 ``bench/`` and the tests may). ``store`` (state files) and ``compat`` (other libraries' private
-names) are neutral homes below everything. Every import counts, also those inside functions (the
-daemon imports its session and modem stacks where they are first needed).
+names) are neutral homes below everything; so is ``driver`` (the loop that runs a sans-I/O core),
+below everything but ``protocol``, which does no I/O. Every import counts, also those inside
+functions (the daemon imports its session and modem stacks where they are first needed).
 
 The checks: each package imports only what the drawing allows; no package cycle; ``protocol``
 imports nothing that does I/O; no module imports another module's private name, and only
@@ -25,17 +26,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("store", "compat", "protocol", "modem", "hal", "session", "daemon", "broker", "viewer")
+PACKAGES = ("store", "compat", "driver", "protocol", "modem", "hal", "session", "daemon", "broker", "viewer")
 ALLOWED: dict[str, frozenset[str]] = {
     "store": frozenset(),
     "compat": frozenset(),
+    "driver": frozenset(),
     "protocol": frozenset({"compat"}),
-    "modem": frozenset({"protocol", "store", "compat"}),
-    "hal": frozenset({"protocol", "store", "compat"}),
-    "session": frozenset({"protocol", "store", "compat"}),
-    "broker": frozenset({"protocol", "store", "compat"}),
-    "daemon": frozenset({"session", "protocol", "modem", "hal", "store", "compat"}),
-    "viewer": frozenset({"session", "protocol", "store", "compat"}),
+    "modem": frozenset({"protocol", "store", "compat", "driver"}),
+    "hal": frozenset({"protocol", "store", "compat", "driver"}),
+    "session": frozenset({"protocol", "store", "compat", "driver"}),
+    "broker": frozenset({"protocol", "store", "compat", "driver"}),
+    "daemon": frozenset({"session", "protocol", "modem", "hal", "store", "compat", "driver"}),
+    "viewer": frozenset({"session", "protocol", "store", "compat", "driver"}),
 }
 """What each package may import besides itself."""
 IO_MODULES = frozenset(
