@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from dvrlink.daemon.cloud_link import EventHandler, LinkCore, presence_driver
+from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
@@ -212,6 +213,11 @@ class TransportPolicy:
     def next_event(self) -> TransportEvent | None:
         """The next thing to do, or None."""
         return self._events.pop(0) if self._events else None
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """Nothing: the policy sends no datagrams itself (it asks for a probe with
+        ``UdpProbeRequested``). Here so that a ``CoreDriver`` runs it like any other core."""
+        return []
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` is due, or None."""
@@ -587,7 +593,9 @@ class PresenceTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: Link | None = None
         self._transport = policy.transport
-        self._timer: asyncio.TimerHandle | None = None
+        self._policy_driver: CoreDriver[TransportEvent, bytes] = CoreDriver(
+            policy, None, on_event=self._on_policy_event, name="the presence transport policy", logger=log
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_state: ClientState | None = None
         self._accepted = 0
@@ -631,7 +639,7 @@ class PresenceTransport:
         if self._loop is None or self._closed:
             return
         self._policy.prefer(transport, reason, self._loop.time())
-        self._run_policy()
+        self._policy_driver.flush()
 
     def set_tcp_keepalive_interval(self, interval: float) -> None:
         """Keep alive every ``interval`` over TCP from now on (a learned TCP lifetime); applied at
@@ -668,15 +676,14 @@ class PresenceTransport:
             self._core.set_keepalive_interval(self._tcp_interval, self._loop.time())
         self._link = self._make_link(self._transport, self)
         await self._link.start()
-        self._run_policy()
+        self._policy_driver.flush()
 
     def close(self) -> None:
         """Stop the core (GOODBYE over the current link) and close everything."""
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._policy_driver.close()
         for task in self._tasks:
             task.cancel()
         if self._link is not None:
@@ -715,31 +722,17 @@ class PresenceTransport:
                     self._policy.attempt_failed(now)
                 elif state is ClientState.ONLINE:
                     self._policy.registered(now)
-            self._loop.call_soon(self._run_policy)  # never switch links from inside a link's step
+            # Never switch links from inside a link's step.
+            self._loop.call_soon(self._policy_driver.flush)
         self._handler.after_step()
 
     # -- policy ---------------------------------------------------------------------------------
 
-    def _run_policy(self) -> None:
-        if self._closed or self._loop is None:
-            return
-        while (event := self._policy.next_event()) is not None:
-            if isinstance(event, SwitchRequested):
-                self._spawn(self._switch(event))
-            elif isinstance(event, UdpProbeRequested):
-                self._spawn(self._probe())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = self._policy.get_timer()
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self._loop is not None
-        self._timer = None
-        self._policy.handle_timer(self._loop.time())
-        self._run_policy()
+    def _on_policy_event(self, event: TransportEvent) -> None:
+        if isinstance(event, SwitchRequested):
+            self._spawn(self._switch(event))
+        elif isinstance(event, UdpProbeRequested):
+            self._spawn(self._probe())
 
     def _spawn(self, work: Any) -> None:
         assert self._loop is not None
@@ -756,7 +749,7 @@ class PresenceTransport:
             reached = False
         log.info("UDP probe of the broker: %s", "answered" if reached else "no answer")
         self._policy.probe_finished(reached, self._loop.time())
-        self._run_policy()
+        self._policy_driver.flush()
 
     async def _switch(self, event: SwitchRequested) -> None:
         assert self._loop is not None

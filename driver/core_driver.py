@@ -70,7 +70,8 @@ class CoreDriver(Generic[EventT, OutT]):
     """Runs ``core`` on the event loop: see the module docstring.
 
     ``transmit`` gets each non-empty batch of the core's datagrams (it owns the sockets, and
-    drops or counts what it cannot send); ``on_event`` gets each event (it may call into the core:
+    drops or counts what it cannot send); None for a core that sends nothing (a policy: a batch it
+    queues anyway counts as a failure); ``on_event`` gets each event (it may call into the core:
     what that queues goes out in the same pass); ``after_step`` runs after each pass's events and
     datagrams. ``name`` names the core in log lines; ``logger`` is the link's logger. ``loop`` is
     the running loop when None (looked up on first use, so a driver can be built before it runs).
@@ -79,7 +80,7 @@ class CoreDriver(Generic[EventT, OutT]):
     def __init__(
         self,
         core: Core[EventT, OutT],
-        transmit: Callable[[Sequence[OutT]], None],
+        transmit: Callable[[Sequence[OutT]], None] | None,
         *,
         on_event: Callable[[EventT], None] | None = None,
         after_step: Callable[[], None] | None = None,
@@ -204,6 +205,8 @@ class CoreDriver(Generic[EventT, OutT]):
             return
         if out:
             try:
+                if self._transmit is None:
+                    raise RuntimeError(f"{len(out)} datagrams queued, but this driver has no transmit")
                 self._transmit(out)
             except Exception:
                 self.failed(f"sending what {self._name} queued failed")
