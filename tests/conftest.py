@@ -8,10 +8,10 @@ what this process holds with what it held before:
 - threads still alive;
 - child processes still running;
 - sockets still open (the ``socket:[inode]`` entries of /proc/self/fd);
-- network namespaces (/run/netns, what ``ip netns list`` lists; as root only). Several pytest
-  workers share one machine, so a namespace cannot be told apart from another worker's: in one
-  process the check runs per test, with workers it runs once over the whole run, in the
-  controller.
+- network namespaces this process's tests made (/run/netns, what ``ip netns list`` lists; as root
+  only). Other workers and other runs on the machine make namespaces too, so only ours count: the
+  labs' (``hil.netlab``, named with a prefix from ``new_prefix``, which this file records) and the
+  README test's (``dvrlink-readme-PID``).
 
 What is still closing gets a short, bounded grace period. The failure names each leftover with what
 identifies it (a task's coroutine, a thread's name, a child's command line, a socket's addresses).
@@ -214,16 +214,44 @@ def wait_for_release(before: Holdings) -> list[str]:
 TASK_LEAKS = pytest.StashKey[list[str]]()
 REPORTED = pytest.StashKey[set[str]]()
 """Leftovers a test's check reported already: its module's check does not name them again."""
-NETNS_AT_START = pytest.StashKey[frozenset[str]]()
+NETNS = pytest.StashKey["NamespaceOwnership"]()
 
 
-def single_process(config: pytest.Config) -> bool:
-    """No other pytest worker shares this machine's namespaces with this run."""
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) <= 1 or not hasattr(config, "workerinput")
+class NamespaceOwnership:
+    """Tells this process's network namespaces from those of other workers and runs: it records
+    the prefixes ``hil.netlab.new_prefix`` hands out here (every lab names its namespaces with
+    one), and knows the README test's name."""
+
+    def __init__(self) -> None:
+        self.prefixes: list[str] = []
+        """In the order they were handed out: a check counts those handed out during its span, so
+        a module's lab that a test reconfigures (new namespaces, same prefix) is the module's."""
+        self.names = {f"dvrlink-readme-{os.getpid()}"}
+
+    def install(self) -> None:
+        """Wrap ``new_prefix`` where the labs and the tests find it (before they import it)."""
+        import hil.netlab
+        from hil.netlab import lab
+
+        original = lab.new_prefix
+
+        def recorded() -> str:
+            prefix = original()
+            self.prefixes.append(prefix)
+            return prefix
+
+        lab.new_prefix = recorded
+        hil.netlab.new_prefix = recorded
+
+    def ours(self, since: int = 0) -> frozenset[str]:
+        """This process's namespaces: the README test's, and the labs' whose prefix was handed
+        out since the ``since``-th."""
+        prefixes = tuple(self.prefixes[since:])
+        return frozenset(name for name in netns_names() if name in self.names or name.startswith(prefixes))
 
 
 def checks_netns() -> bool:
-    return os.geteuid() == 0
+    return os.geteuid() == 0 and NETNS_DIR.parent.is_dir()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -231,51 +259,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TASK_LEAKS] = leaks
     config.stash[REPORTED] = set()
     asyncio.set_event_loop_policy(LeakCheckingPolicy(leaks))
+    if checks_netns():
+        ownership = NamespaceOwnership()
+        ownership.install()
+        config.stash[NETNS] = ownership
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     asyncio.set_event_loop_policy(None)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if checks_netns() and not hasattr(session.config, "workerinput"):
-        session.config.stash[NETNS_AT_START] = netns_names()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The whole run's namespace check, in the controller (or the only process)."""
-    start = session.config.stash.get(NETNS_AT_START, None)
-    if start is None:
-        return
-    left = netns_names() - start
-    deadline = time.monotonic() + GRACE_S
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = netns_names() - start
-    if left:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = (
-            f"network namespaces left behind by this run: {', '.join(sorted(left))} "
-            "(remove each with `ip netns delete NAME`, a lab's with `python -m hil.netlab down --prefix P`)"
-        )
-        if reporter is not None:
-            reporter.ensure_newline()
-            reporter.write_line(message, red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
 def check_around(config: pytest.Config, where: str) -> Iterator[None]:
     """Note what the process holds, run the test (or module), then fail naming what is left."""
     leaks = config.stash[TASK_LEAKS]
     leaks.clear()
-    netns = netns_names() if checks_netns() and single_process(config) else None
+    ownership = config.stash.get(NETNS, None)
+    mark = len(ownership.prefixes) if ownership is not None else 0
+    netns = ownership.ours(mark) if ownership is not None else frozenset()
     before = holdings()
     yield
     left = [*leaks, *wait_for_release(before)]
     leaks.clear()
-    if netns is not None:
-        left += [f"network namespace {name}" for name in sorted(netns_names() - netns)]
+    if ownership is not None:
+        left += [
+            f"network namespace {name} (remove it with `ip netns delete {name}`)"
+            for name in sorted(ownership.ours(mark) - netns)
+        ]
     reported = config.stash[REPORTED]
     left = [item for item in left if item not in reported]
     reported.update(left)
