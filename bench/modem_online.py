@@ -56,11 +56,10 @@ from bench.common import (
 from bench.daemon_footprint import measure, read_status, write_daemon_config
 from bench.servers import broker_process
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.at_events import CommandCompleted, CommandFailed
 from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
-from dvrlink.modem.ladder import LadderConfig, LadderFile
+from dvrlink.modem.ladder import LadderFile
 from dvrlink.modem.manager import (
     DataFailed,
     DataFailure,
@@ -71,6 +70,7 @@ from dvrlink.modem.manager import (
 )
 from dvrlink.modem.profiles import DialMethod, profile_by_name
 from hil.modememu import ModemEmulator, SimCard
+from hil.modememu.timings import emulator_driver_config, emulator_modem_config
 
 TARGET_ONLINE_S = 2.0
 SIM = SimCard.for_network("26201", iccid="89490200001234500001", working_apns=frozenset({"internet.telekom"}))
@@ -129,37 +129,13 @@ class Hooks:
 
 
 def modem_config(profile: str, *, fast: bool) -> ModemConfig:
-    config = ModemConfig(profile=profile_by_name(profile), apn=ApnConfig(database=DEFAULT_DATABASE))
-    if not fast:
-        return config
-    return replace(
-        config,
-        sim_poll_s=0.3,
-        sim_debounce_s=0.05,
-        iccid_check_s=1.0,
-        registration_poll_s=0.5,
-        registration_timeout_s=5.0,
-        registration_backoff_s=0.2,
-        registration_backoff_max_s=0.8,
-        signal_poll_s=0.5,
-        probe_interval_s=0.2,
-        data_backoff_s=0.2,
-        at_unresponsive_s=0.6,
-        reset_wait_s=1.5,
-        ecm_result_timeout_s=1.0,
-    )
+    if fast:
+        return emulator_modem_config(profile)
+    return ModemConfig(profile=profile_by_name(profile), apn=ApnConfig(database=DEFAULT_DATABASE))
 
 
 def runner_config(*, fast: bool) -> DriverConfig:
-    if not fast:
-        return DriverConfig(port_poll_s=0.05)
-    return DriverConfig(
-        at=AtConfig(resync_timeout=0.15, resync_settle=0.05),
-        ladder=LadderConfig(min_interval_s=(0.0,) * 8, stable_s=60.0, round_pause_s=0.5),
-        command_timeout_cap_s=0.4,
-        port_poll_s=0.02,
-        port_wait_s=2.0,
-    )
+    return emulator_driver_config() if fast else DriverConfig(port_poll_s=0.05)
 
 
 class Session:

@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dvrlink.modem.accounting import AccountingConfig, AccountingLedger
-from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_engine import AtConfig
+from dvrlink.modem.apn import DEFAULT_DATABASE, ApnMemoryFile, ProviderIndex
 from dvrlink.modem.at_events import CommandCompleted, CommandFailed, CommandTimedOut
 from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
-from dvrlink.modem.ladder import LadderConfig, LadderFile
+from dvrlink.modem.ladder import LadderFile
 from dvrlink.modem.manager import (
     DataFailed,
     DataFailure,
@@ -36,8 +35,9 @@ from dvrlink.modem.manager import (
     ModemState,
     ModemStatus,
 )
-from dvrlink.modem.profiles import DialMethod, profile_by_name
+from dvrlink.modem.profiles import DialMethod
 from hil.modememu import ModemEmulator, SimCard
+from hil.modememu.timings import emulator_driver_config, emulator_modem_config
 
 needs_database = pytest.mark.skipif(
     not DEFAULT_DATABASE.exists(), reason="Debian package mobile-broadband-provider-info not installed"
@@ -56,39 +56,13 @@ def provider_index() -> ProviderIndex:
 
 
 def fast_modem_config(profile: str, **overrides: Any) -> ModemConfig:
-    """Timers scaled down for the emulator (which answers at once)."""
-    base = ModemConfig(
-        profile=profile_by_name(profile),
-        apn=ApnConfig(database=DEFAULT_DATABASE),
-        sim_poll_s=0.3,
-        sim_debounce_s=0.05,
-        iccid_check_s=1.0,
-        registration_poll_s=0.5,
-        registration_timeout_s=5.0,
-        registration_backoff_s=0.2,
-        registration_backoff_max_s=0.8,
-        signal_poll_s=0.5,
-        probe_interval_s=0.2,
-        probe_failures=2,
-        data_backoff_s=0.2,
-        at_unresponsive_s=0.6,
-        reset_wait_s=1.5,
-        ecm_result_timeout_s=1.0,
-    )
-    return replace(base, **overrides)
+    """The emulator's timers (``hil.modememu.timings``), two failed probes to call the path dead."""
+    return emulator_modem_config(profile, **{"probe_failures": 2, **overrides})
 
 
 def fast_runner_config(**overrides: Any) -> DriverConfig:
-    base = DriverConfig(
-        at=AtConfig(resync_timeout=0.15, resync_settle=0.05),
-        ladder=LadderConfig(min_interval_s=(0.0,) * 8, stable_s=60.0, round_pause_s=0.5),
-        command_timeout_cap_s=0.4,
-        port_poll_s=0.02,
-        port_wait_s=2.0,
-        accounting_interval_s=0.1,
-        data_down_timeout_s=2.0,
-    )
-    return replace(base, **overrides)
+    """The emulator's timers, with quick accounting and data-down waits for the tests."""
+    return emulator_driver_config(**{"accounting_interval_s": 0.1, "data_down_timeout_s": 2.0, **overrides})
 
 
 class FakeDataLink:
