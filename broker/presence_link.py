@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
-from dvrlink.driver.core_driver import CoreDriver
+from dvrlink.driver.core_driver import Core, CoreDriver
 from dvrlink.protocol.presence_events import Address, ServerEvent
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
@@ -25,14 +25,11 @@ SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]m
 log = logging.getLogger(__name__)
 
 
-class DatagramCore(Protocol):
-    """What the link needs of a sans-I/O datagram core (``PresenceServer`` is one)."""
+class DatagramCore(Core[ServerEvent, tuple[bytes, Address]], Protocol):
+    """What the link needs of a sans-I/O datagram core (``PresenceServer`` is one): what its driver
+    needs (events, datagrams out, its timer) and datagrams in from an address."""
 
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]: ...
-    def next_event(self) -> ServerEvent | None: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
 
 
 class PresenceLink(asyncio.DatagramProtocol):

@@ -23,24 +23,21 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
-from dvrlink.driver.core_driver import CoreDriver
+from dvrlink.driver.core_driver import Core, CoreDriver
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
 
 log = logging.getLogger(__name__)
 
 
-class LinkCore(Protocol):
+class LinkCore(Core[ClientEvent, bytes], Protocol):
     """What a presence link (``CloudLink`` over UDP, ``presence_transport.TcpLink`` over TCP) needs
-    of ``PresenceClient``: datagrams in and out, its timer, start and stop. What the transport
-    above the links needs besides is ``presence_transport.PresenceCore``."""
+    of ``PresenceClient``: what its driver needs (events, datagrams out, its timer), datagrams in,
+    start and stop. What the transport above the links needs besides is
+    ``presence_transport.PresenceCore``."""
 
     def start(self, now: float) -> None: ...
     def stop(self, now: float) -> None: ...
     def receive_datagram(self, data: bytes, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[bytes]: ...
-    def next_event(self) -> ClientEvent | None: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
     def network_changed(self, now: float, reason: str = ...) -> None: ...
 
 
