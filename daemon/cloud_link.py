@@ -162,10 +162,8 @@ class CloudLink:
             infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
             transport, remote = await self._connect_first(infos)
         except OSError as exc:
-            self.problem = (
-                f"cannot resolve the broker's name {self._host} ({exc.strerror or exc})"
-                if isinstance(exc, socket.gaierror)
-                else f"cannot open a UDP socket to the broker {self._host}:{self._port} ({exc})"
+            self.problem = unreachable_problem(
+                exc, self._host, f"cannot open a UDP socket to the broker {self._host}:{self._port}"
             )
             log.warning(
                 "cannot open a UDP socket to the broker %s:%d (%s); retrying in %g s",
@@ -284,6 +282,20 @@ class CloudLink:
                 self.dropped += 1
             else:
                 self._transport.sendto(data)
+
+
+def unreachable_problem(exc: BaseException, host: str, failed: str) -> str:
+    """Why a link has no socket or connection to the broker at ``host``, for ``dvrlinkd status``:
+    its name does not resolve, or ``failed`` (what could not be done) with the error, named by
+    its type where it has no message (a timeout)."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's name {host} ({exc.strerror or exc})"
+    return f"{failed} ({exc_text(exc)})"
+
+
+def exc_text(exc: BaseException) -> str:
+    """An exception's message, or its type's name where it has none."""
+    return str(exc) or type(exc).__name__
 
 
 def handshake_problem(event: HandshakeUnanswered, broker: str) -> str:

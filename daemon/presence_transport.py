@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from dvrlink.daemon.cloud_link import EventHandler, LinkCore, presence_driver
+from dvrlink.daemon.cloud_link import EventHandler, LinkCore, exc_text, presence_driver, unreachable_problem
 from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
@@ -435,16 +435,13 @@ class TcpLink:
                 self._connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self.problem = (
-                f"cannot resolve the broker's name {self._host} ({exc.strerror or exc})"
-                if isinstance(exc, socket.gaierror)
-                else f"cannot connect to {self._host}:{self._port} ({exc or type(exc).__name__})"
-            )
+            failed = f"cannot connect to {self._host}:{self._port}"
+            self.problem = unreachable_problem(exc, self._host, failed)
             log.warning(
                 "cannot connect to the broker's presence TCP endpoint %s:%d (%s); retrying in %g s",
                 self._host,
                 self._port,
-                exc or type(exc).__name__,
+                exc_text(exc),
                 self._delay,
             )
             delay, self._delay = self._delay, min(self._delay * 2, self._delay_max)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 from collections import deque
 from typing import Any
 
 import pytest
 
-from dvrlink.daemon.cloud_link import CloudLink
+from dvrlink.daemon.cloud_link import CloudLink, unreachable_problem
 from dvrlink.protocol.presence_events import ClientEvent, ConnectionLost, InviteReceived
 
 WAIT = 10.0  # s, bound on every wait
@@ -216,3 +217,17 @@ def test_connection_lost_with_unchanged_route_keeps_the_socket() -> None:
         peer.transport.close()
 
     asyncio.run(scenario())
+
+
+def test_the_status_says_why_the_broker_is_unreachable() -> None:
+    where = "cannot connect to broker.example.net:443"
+    # A timeout has no message: its type names it (it read "()" before).
+    assert unreachable_problem(TimeoutError(), "broker.example.net", where) == f"{where} (TimeoutError)"
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    assert unreachable_problem(refused, "broker.example.net", where) == (
+        f"{where} ([Errno {errno.ECONNREFUSED}] Connection refused)"
+    )
+    unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert unreachable_problem(unknown, "broker.example.net", where) == (
+        "cannot resolve the broker's name broker.example.net (Name or service not known)"
+    )
