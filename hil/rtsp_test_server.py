@@ -32,7 +32,10 @@ def main() -> None:
     server.set_service(sys.argv[1] if len(sys.argv) > 1 else "0")
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(PIPELINE)
-    factory.set_shared(True)
+    # Each client gets its own pipeline. With one shared pipeline, four clients joining at once on
+    # a loaded machine had one refused (ffprobe: "Operation not permitted", the RTSP reply to a
+    # request the shared media was not in a state to take) while the forward carried it fine.
+    factory.set_shared(False)
     server.get_mount_points().add_factory("/live", factory)
     server.attach(None)
     print(f"ready {server.get_bound_port()}", flush=True)
