@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -21,19 +21,39 @@ FIRST_POLL = 0.005
 """Seconds before the second look; the pause doubles up to ``poll``."""
 
 
-def _pauses(timeout: float, poll: float) -> Iterator[float]:
-    """The pauses between looks: growing from ``FIRST_POLL`` to ``poll``, as many as fit into
-    ``timeout`` (so the loop is bounded in count as well as in time)."""
-    pause, total = min(FIRST_POLL, poll), 0.0
-    while total < timeout:
-        yield pause
-        total += pause
-        pause = min(pause * 2, poll)
+class _Poll(Generic[T]):
+    """The bookkeeping of one wait: the deadline, the pauses, the condition's last value."""
 
+    def __init__(
+        self,
+        what: str,
+        condition: Callable[[], T],
+        timeout: float,
+        poll: float,
+        seen: Callable[[], object] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.what, self.condition, self.timeout, self.poll, self.seen = what, condition, timeout, poll, seen
+        self.clock = clock
+        self.deadline = clock() + timeout
+        self.last = condition()
 
-def _failure(what: str, timeout: float, last: object, seen: Callable[[], object] | None) -> AssertionError:
-    shown = seen() if seen is not None else last
-    return AssertionError(f"{what}: not within {timeout:g} s; last seen: {shown!r}")
+    def pauses(self) -> Iterator[float]:
+        """The pauses to sleep, each followed by a look, while the condition is false and time
+        is left: growing from ``FIRST_POLL`` to ``poll``, as many as fit into ``timeout`` (so the
+        wait is bounded in count as well as in time)."""
+        pause, total = min(FIRST_POLL, self.poll), 0.0
+        while not self.last and total < self.timeout and self.clock() < self.deadline:
+            yield pause
+            self.last = self.condition()
+            total += pause
+            pause = min(pause * 2, self.poll)
+
+    def result(self) -> T:
+        if self.last:
+            return self.last
+        shown = self.seen() if self.seen is not None else self.last
+        raise AssertionError(f"{self.what}: not within {self.timeout:g} s; last seen: {shown!r}")
 
 
 def wait_until(
@@ -50,18 +70,10 @@ def wait_until(
     value (or ``seen()``, where the condition's value says too little). An exception the condition
     raises ends the wait at once (a condition may fail early, say when a process it waits on died).
     """
-    deadline = time.monotonic() + timeout
-    last = condition()
-    for pause in _pauses(timeout, poll):
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            break
+    waiting = _Poll(what, condition, timeout, poll, seen, time.monotonic)
+    for pause in waiting.pauses():
         time.sleep(pause)
-        last = condition()
-    if last:
-        return last
-    raise _failure(what, timeout, last, seen)
+    return waiting.result()
 
 
 async def wait_until_async(
@@ -73,16 +85,7 @@ async def wait_until_async(
     seen: Callable[[], object] | None = None,
 ) -> T:
     """``wait_until`` on the running loop: the loop keeps running between looks."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = condition()
-    for pause in _pauses(timeout, poll):
-        if last:
-            return last
-        if loop.time() >= deadline:
-            break
+    waiting = _Poll(what, condition, timeout, poll, seen, asyncio.get_running_loop().time)
+    for pause in waiting.pauses():
         await asyncio.sleep(pause)
-        last = condition()
-    if last:
-        return last
-    raise _failure(what, timeout, last, seen)
+    return waiting.result()
