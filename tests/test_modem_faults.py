@@ -28,6 +28,7 @@ from dvrlink.modem.manager import (
     StateChanged,
 )
 from hil.modememu import SimCard
+from hil.modememu.timings import COMMAND_CAP_S
 
 pytestmark = needs_database
 
@@ -63,7 +64,7 @@ async def urc_storm(rig: Rig) -> None:
 
 async def late_ok(rig: Rig) -> None:
     since = len(rig.events)
-    rig.emu.late_reply(0.6)  # longer than the 0.4 s command timeout of the test config
+    rig.emu.late_reply(COMMAND_CAP_S * 1.5)  # later than the test config caps a command at
     await rig.wait(lambda _: bool(rig.events_of(AtRecovered, since)))
 
 
