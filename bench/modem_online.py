@@ -70,7 +70,7 @@ from dvrlink.modem.manager import (
 )
 from dvrlink.modem.profiles import DialMethod, profile_by_name
 from hil.modememu import ModemEmulator, SimCard
-from hil.modememu.timings import emulator_driver_config, emulator_modem_config
+from hil.modememu.timings import COMMAND_CAP_S, emulator_driver_config, emulator_modem_config
 
 TARGET_ONLINE_S = 2.0
 SIM = SimCard.for_network("26201", iccid="89490200001234500001", working_apns=frozenset({"internet.telekom"}))
@@ -199,7 +199,7 @@ FaultScript = Callable[[Session], Awaitable[float]]
 
 
 async def f_late_ok(s: Session) -> float:
-    s.emu.late_reply(0.6)
+    s.emu.late_reply(COMMAND_CAP_S * 1.5)  # later than the fast config caps a command at
     return time.perf_counter()
 
 
