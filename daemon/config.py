@@ -16,16 +16,18 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
 from dvrlink.daemon.services import ServicesConfig, parse_services
-from dvrlink.modem.apn import AUTH_METHODS, DEFAULT_DATABASE
-from dvrlink.modem.profiles import PROFILES
+from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.port_prediction import SearchBudget
 from dvrlink.protocol.signalling import PathPolicy
+
+if TYPE_CHECKING:
+    from dvrlink.modem.profiles import ModemProfile
 
 DEFAULT_CONFIG_PATH = Path("/etc/dvrlink/dvrlinkd.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -187,7 +189,7 @@ class ModemSettings:
     """``"pap"``, ``"chap"`` or empty (whatever the network offers)."""
     allow_roaming: bool = False
     """Go online while registered on a visited network (roaming charges)."""
-    provider_database: Path = DEFAULT_DATABASE
+    provider_database: Path = DEFAULT_PROVIDER_DATABASE
     """mobile-broadband-provider-info's serviceproviders.xml (Debian and Buildroot path)."""
     billing_cycle_day: int = 1
     """Day of month (1-31) the SIM's billing cycle starts."""
@@ -406,16 +408,31 @@ def _check_tcp_keepalive(presence: PresenceConfig, source: Path) -> None:
         )
 
 
+def _profiles() -> Mapping[str, ModemProfile]:
+    from dvrlink.modem.profiles import PROFILES  # noqa: PLC0415  (only for a section that names one)
+
+    return PROFILES
+
+
+def _auth_methods() -> frozenset[str]:
+    from dvrlink.modem.apn import AUTH_METHODS  # noqa: PLC0415  (only for a section that sets one)
+
+    return AUTH_METHODS
+
+
 def _parse_modem(mod: _Table, base: Path) -> ModemSettings:
     """The ``[modem]`` section; each bad value names the key and what to write."""
+    # The modem stack's tables load only for a section that names a profile or an auth method:
+    # a daemon without a modem never imports them (docs/benchmarks.md, section 4).
     profile = mod.string("profile").strip().lower()
-    if profile != "auto" and profile not in PROFILES:
-        raise mod.error("profile", profile, f'expected "auto" or one of {", ".join(sorted(PROFILES))}')
+    profiles = _profiles() if profile != "auto" else {}
+    if profile != "auto" and profile not in profiles:
+        raise mod.error("profile", profile, f'expected "auto" or one of {", ".join(sorted(profiles))}')
     pin = mod.string("pin").strip()
     if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
         raise mod.error("pin", "****", "a SIM PIN is 4 to 8 digits; leave it empty if the SIM has none")
     auth = mod.string("apn_auth").strip().lower()
-    if auth not in AUTH_METHODS:
+    if auth and auth not in _auth_methods():
         raise mod.error("apn_auth", auth, 'expected "pap", "chap" or "" (whatever the network offers)')
     apn = mod.string("apn").strip()
     for key, value in (("apn", apn), ("apn_username", mod.string("apn_username"))):
@@ -440,7 +457,7 @@ def _parse_modem(mod: _Table, base: Path) -> ModemSettings:
     data_link = mod.string("data_link").strip().lower()
     if data_link not in DATA_LINKS:
         raise mod.error("data_link", data_link, f"expected one of {', '.join(DATA_LINKS)}")
-    if data_link == "ecm" and profile != "auto" and PROFILES[profile].ecm_connect is None:
+    if data_link == "ecm" and profile != "auto" and profiles[profile].ecm_connect is None:
         raise mod.error(
             "data_link", data_link, f'profile {profile} has no ECM call command: use "ppp" or "auto"'
         )

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.store.files import atomic_write, move_corrupt_aside
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATABASE = Path("/usr/share/mobile-broadband-provider-info/serviceproviders.xml")
+DEFAULT_DATABASE = DEFAULT_PROVIDER_DATABASE
 """Where Debian and Buildroot install the provider database; override it in the config."""
 
 INTERNET_USAGES = frozenset({"internet", "mms-internet-hipri", "mms-internet-hipri-fota"})

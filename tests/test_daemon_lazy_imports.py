@@ -13,7 +13,15 @@ import sys
 import pytest
 
 SESSION_STACK = ("aioquic", "aioice", "dns", "dvrlink.session.connectivity", "dvrlink.protocol.session")
-MODEM_STACK = ("dvrlink.modem.manager", "dvrlink.daemon.modem_service", "dvrlink.modem.ppp")
+MODEM_STACK = (
+    "dvrlink.modem.manager",
+    "dvrlink.modem.profiles",
+    "dvrlink.modem.apn",
+    "dvrlink.modem.at_engine",
+    "dvrlink.daemon.modem_service",
+    "dvrlink.modem.ppp",
+)
+"""The package ``dvrlink.modem`` itself may load (it names the provider database's path)."""
 ON_DEMAND = ("importlib.metadata", "xml.etree.ElementTree", "dvrlink.daemon.console")
 """Each loads only when used: ``--version`` or the ``info`` RPC, the APN database, a console."""
 
