@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvrlink.protocol.identity import b64encode_key
-from hil.board import BoardError, CommandPower, ManualPower, Power, SerialShell
+from hil.board import BoardError, CommandPower, ManualPower, Power, SerialShell, Shell
 from hil.qemu.modem import DROP_IN_PATH, GuestModem, guest_setup, modem_config
 from hil.rig import Rig
 
@@ -87,8 +87,8 @@ def write_file_commands(path: str, data: bytes, chunk: int = CHUNK) -> list[str]
 class BenchModemBoard:
     """A bench board whose dvrlinkd dials the emulator; ``run`` types into its root shell."""
 
-    shell: SerialShell
-    power: Power
+    shell: Shell
+    close_shell: Callable[[], None] = lambda: None
     routes: list[str] = field(default_factory=list)
     """The board's default routes before the scenarios (``ip -4 route show default`` lines)."""
     had_drop_in: bool = True
@@ -119,7 +119,7 @@ class BenchModemBoard:
                 f"routes {self.routes}, and restart dvrlinkd"
             ) from None
         finally:
-            self.shell.close()
+            self.close_shell()
 
 
 def start_bench_modem_board(
@@ -145,7 +145,24 @@ def start_bench_modem_board(
     power.cycle()
     shell = SerialShell(rig.shell, run_dir / "shell.log")
     shell.open(rig.board.boot_timeout_s)
-    board = BenchModemBoard(shell, power)
+    board = BenchModemBoard(shell, shell.close)
+    point_at_modem(board, rig, modem, profile=profile, data_link=data_link)
+    return board
+
+
+def point_at_modem(
+    board: BenchModemBoard, rig: Rig, modem: GuestModem, *, profile: str, data_link: str
+) -> None:
+    """On a running board: keep its config, write one for the modem on ``rig``'s ``board_port``
+    and ``modem``'s broker, install the pppd drop-in, remove the default routes, restart dvrlinkd.
+    On failure the board is restored (:meth:`BenchModemBoard.restore`).
+
+    Raises:
+        BoardError: a step on the board failed (its output quoted). ValueError: the board's config
+        cannot take the modem settings.
+    """
+    if modem.broker is None:
+        raise BoardError("the modem rig has no broker: start the board inside `with GuestModem(...)`")
     try:
         saved = f"{BOARD_CONFIG}{SAVED_SUFFIX}"
         kept = board.run(f"[ -e {saved} ] || cp -p {BOARD_CONFIG} {saved}; base64 {saved}")
@@ -177,7 +194,6 @@ def start_bench_modem_board(
         )
         if not done.endswith("set-up"):
             raise BoardError(f"the board's modem setup failed:\n{done}")
-        return board
     except BaseException:
         board.restore()
         raise

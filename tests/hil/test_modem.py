@@ -25,28 +25,42 @@ import ipaddress
 import re
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.console import PtyCable
 
-from hil.bench_modem import ecm_refusal, modem_refusal, start_bench_modem_board
+from hil.bench_modem import (
+    BOARD_CONFIG,
+    SAVED_SUFFIX,
+    BenchModemBoard,
+    ecm_refusal,
+    modem_refusal,
+    point_at_modem,
+    start_bench_modem_board,
+)
 from hil.board import Shell, ask_on_terminal, status_document
 from hil.modememu.model import SimCard
 from hil.modememu.ppp_link import PPP_POOL
 from hil.modememu.ppp_server import Authenticated, LinkOpened, NetworkOpened
-from hil.qemu.boot import Guest
-from hil.qemu.build import build
+from hil.qemu.boot import BootOptions, Guest
+from hil.qemu.build import REPO, build
 from hil.qemu.modem import (
     BROKER_ADDRESS,
+    DROP_IN_PATH,
     ECM_GUEST_INTERFACE,
     ECM_NET,
+    GUEST_MODEM_PORT,
+    MODEM_PCI_SLOT,
     GuestModem,
     boot_modem_guest,
 )
+from hil.qemu.rigconfig import image_config_path, with_values
 from hil.qemu.targets import target
-from hil.rig import Rig
+from hil.rig import Rig, parse_rig
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(3600)]
 
@@ -56,6 +70,7 @@ ONLINE_BOUND = 600.0
 """Daemon (re)start to registered over the modem; a redial or a recovery step to registered again."""
 CONSOLE_BOUND = 120.0
 SIM = SimCard.for_network("26201")
+BENCH_SERIAL = "DL-BENCH-STANDIN"
 
 
 @dataclass
@@ -315,3 +330,62 @@ class TestEcmModem:
         assert "LOWER_UP" in carrier, carrier
         assert status["modem"]["interface"] == ECM_GUEST_INTERFACE, status  # type: ignore[index]
         print(f"\nECM call dropped to online again over a new call: {back_s:.1f} s", file=sys.stderr)
+
+
+class TestBenchPathOnAQemuStandIn:
+    """The bench board's modem path (``hil.bench_modem``), checked without a board: a QEMU guest
+    stands in for one, its LAN up with a default route as a bench board's is; the emulator runs on
+    pyserial at one end of a serial cable (two PTYs joined, ``support.console.PtyCable``) whose
+    other end is the guest's pci-serial UART; the setup goes over the guest's console."""
+
+    def test_the_board_dials_the_emulator_over_the_cable_and_is_restored(
+        self, modem_rig: Rig, tmp_path: Path
+    ) -> None:
+        if not modem_rig.emulated:
+            pytest.skip(f"{modem_rig.name} is a bench board: TestPppModem runs this path on the board itself")
+        board_target = target(modem_rig.board.arch)
+        image = build(board_target, out=sys.stderr)
+        config = tmp_path / "dvrlinkd.toml"
+        config.write_text(with_values(image_config_path().read_text(), {"device": {"serial": BENCH_SERIAL}}))
+        doc = tomllib.loads((REPO / "rigs/example-board.toml").read_text())
+        with PtyCable() as cable:
+            doc["modem"].update(board_port=GUEST_MODEM_PORT, host_port=cable.laptop_path)
+            doc["serial"] = BENCH_SERIAL
+            bench = parse_rig(doc, Path("stand-in.toml"))
+            with GuestModem(tmp_path, "simcom-sim800", SIM, port=bench.modem.host_port) as modem:
+                cable_args = (
+                    "-chardev", f"serial,id=modem,path={cable.device_path}",
+                    "-device", f"pci-serial,chardev=modem,addr={MODEM_PCI_SLOT:#x}",
+                )  # fmt: skip
+                mem = board_target.default_mem_mb
+                guest = Guest(board_target, image, BootOptions(mem, config, extra_args=cable_args), tmp_path)
+                guest.start()
+                try:
+                    guest.login(BOOT_BOUND)
+                    before = guest.console.run("ip -4 route show default", CONSOLE_BOUND).strip()
+                    assert before.startswith("default via "), f"the stand-in has no LAN route: {before!r}"
+                    board = BenchModemBoard(guest.console)
+                    started = time.monotonic()
+                    point_at_modem(board, bench, modem, profile="simcom-sim800", data_link="ppp")
+                    assert modem.broker is not None
+                    line = modem.broker.process.wait_for(
+                        rf"serial {BENCH_SERIAL} bound to key .* on first registration from ", ONLINE_BOUND
+                    )
+                    online_s = time.monotonic() - started
+                    source = ipaddress.IPv4Address(line.rsplit("from ", 1)[1].rsplit(":", 1)[0])
+                    assert source in PPP_POOL, f"the broker saw the board from {source}: {line}"
+                    assert modem.emulator.path == cable.laptop_path, modem.emulator.path
+                    during = guest.console.run("ip -4 route show default", CONSOLE_BOUND)
+                    assert "via 10.0.2.2" not in during, f"the LAN route stayed: {during!r}"
+                    board.restore()
+                    after = guest.console.run(
+                        f"ip -4 route show default; ls {BOARD_CONFIG}{SAVED_SUFFIX} {DROP_IN_PATH} 2>&1;"
+                        f" grep -c '{GUEST_MODEM_PORT}' {BOARD_CONFIG}",
+                        CONSOLE_BOUND,
+                    )
+                    assert before in after, f"the LAN route is not back: {after!r}"
+                    assert after.count("No such file") == 2, f"the saved config or drop-in stayed: {after!r}"
+                    assert after.rstrip().endswith("\n0"), f"the modem's port stayed in the config: {after!r}"
+                finally:
+                    guest.stop()
+        print(f"\nbench path on a QEMU stand-in: setup to registered {online_s:.1f} s", file=sys.stderr)
