@@ -39,6 +39,8 @@ from hil.board import (
     viewer_reaches_broker,
 )
 from hil.modememu.emulator import ModemEmulator
+from hil.netlab.lab import down, new_prefix, run_command
+from hil.qemu.host import HostBroker
 from hil.qemu.modem import GuestModem, modem_config
 from hil.qemu.rigconfig import image_config_path
 from hil.rig import ModemSpec, PowerSpec, RigError, ShellSpec, load_rig, parse_rig
@@ -440,3 +442,31 @@ def test_a_file_is_written_on_the_board_in_lines_its_tty_takes(
         shell.close()
     assert target.read_bytes() == data
     assert target.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_a_namespace_rigs_broker_listens_inside_the_namespace_only(tmp_path: Path) -> None:
+    """What the suite's rig_broker does on a ``[network] kind = "namespace"`` rig, with a namespace
+    made here (its loopback down, as ``ip netns add`` leaves it) standing in for the board's."""
+    prefix = new_prefix()
+    netns = f"{prefix}bench"
+    run_command(["ip", "netns", "add", netns])
+    try:
+        check_broker_namespace(netns)
+        lo = run_command(["ip", "-n", netns, "-br", "link", "show", "lo"])
+        assert " UNKNOWN " in f"{lo} " or " UP " in f"{lo} ", f"lo in {netns} is not up: {lo!r}"
+        rig = rig_with(network={"kind": "namespace", "name": netns, "host_address": "10.9.0.1"})
+        state = tmp_path / "broker"
+        state.mkdir()
+        broker = HostBroker.start(state, netns=broker_namespace(rig))
+        try:
+            port = f":{broker.info.https_port} "
+            inside = run_command(["ip", "netns", "exec", netns, "ss", "-Hltn"])
+            assert port in inside, f"the broker's HTTPS port {port} is not listening in {netns}:\n{inside}"
+            outside = run_command(["ss", "-Hltn"])
+            assert port not in outside, f"the broker's HTTPS port {port} listens on this host:\n{outside}"
+        finally:
+            code = broker.stop()
+        assert code == 0, "".join(broker.process.lines[-20:])
+    finally:
+        down(prefix)
