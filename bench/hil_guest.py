@@ -98,9 +98,10 @@ RESTART = " ".join(
         "sleep 1; i=$((i+1)); done;",
         "p=$(grep -o '\"pid\": [0-9]*' $f | grep -o '[0-9]*$');",
         "r=$(grep -o '\"registered_at\": [0-9.]*' $f | grep -o '[0-9.]*$');",
+        "a=$(grep -o '\"started_at\": [0-9.]*' $f | grep -o '[0-9.]*$');",
         "b=$(python3 -c 'import time; print(time.time() - float(open(\"/proc/uptime\").read().split()[0]))')",
         ";",
-        "echo \"restarted $r $b $(cut -d' ' -f22 /proc/$p/stat) $i\"",
+        "echo \"restarted $r $b $(cut -d' ' -f22 /proc/$p/stat) $i $a\"",
     )
 )
 """Restart dvrlinkd with the image's init and wait (up to 300 s, looking at status.json once a
@@ -118,15 +119,21 @@ def warm_restart(board: Board, hz: int) -> str:
         BenchError: the guest's answer has no figures, or the daemon did not come back online.
     """
     text = board.run(RESTART, timeout=400)
-    found = re.search(r"restarted ([\d.]+) ([\d.]+) (\d+) (\d+)", text)
+    found = re.search(r"restarted ([\d.]+) ([\d.]+) (\d+) (\d+) ([\d.]+)", text)
     if found is None:
         raise BenchError(f"no figures from the warm restart; the guest said: {text[-400:]!r}")
     registered_at, booted_at = float(found.group(1)), float(found.group(2))
     started_ticks, polls = int(found.group(3)), int(found.group(4))
     if polls >= 300:
         raise BenchError("dvrlinkd was not online again within 300 s of its restart")
-    seconds = registered_at - (booted_at + started_ticks / hz)
-    return f"{seconds:.1f} s (target ≤ 5 s: {verdict(seconds <= 5.0)})"
+    process_start = booted_at + started_ticks / hz
+    seconds = registered_at - process_start
+    running = float(found.group(5))  # status.json's started_at: dvrlinkd's run began, imports done
+    return (
+        f"{seconds:.1f} s (target ≤ 5 s: {verdict(seconds <= 5.0)}): to the daemon's run "
+        f"(interpreter, imports, config) {running - process_start:.1f} s, then to registered "
+        f"{registered_at - running:.1f} s"
+    )
 
 
 IMPORT_TIME = (
