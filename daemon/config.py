@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvrlink.daemon.console_pin import parse_pin_hash
-from dvrlink.daemon.errors import ConfigError, toml_key, toml_value
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.port_prediction import SearchBudget
 from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.store.toml_text import toml_key, toml_value
 
 if TYPE_CHECKING:
     from dvrlink.modem.profiles import ModemProfile

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from dvrlink.daemon.config import DaemonConfig, parse_config
 from dvrlink.daemon.console import SettingChanges
-from dvrlink.daemon.errors import ConfigError, toml_value
+from dvrlink.daemon.errors import ConfigError
 from dvrlink.store.files import atomic_write
+from dvrlink.store.toml_text import toml_value
 
 PLACES = {
     "broker_host": ("broker", "host"),

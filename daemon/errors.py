@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-from dvrlink.store.toml_text import toml_key, toml_value
-
-__all__ = ["ConfigError", "toml_key", "toml_value"]
-
 
 class ConfigError(Exception):
     """The config file is missing, unreadable or has a bad value; the message says what to do."""
