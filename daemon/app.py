@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import os
 import subprocess
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
+from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.notify import Notifier
@@ -125,19 +127,36 @@ class LiveConfig:
 def _start_console(
     live: LiveConfig, state: DeviceState, reboot: Callable[[], None] | None
 ) -> asyncio.Task[None] | None:
-    """The serial console's task when ``[console] port`` is set."""
+    """The serial console's task when ``[console] port`` is set.
+
+    Raises:
+        ConfigError: ``[console] pin_hash`` cannot be read (checked before anything starts).
+    """
     settings = live.config.console
     if not settings.port:
         return None
-    # pyserial loads only with a console or a modem
-    from dvrlink.daemon.console import Console, ConsoleOptions  # noqa: PLC0415
-    from dvrlink.daemon.console_link import ConsoleLink, ConsoleService  # noqa: PLC0415
-    from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin  # noqa: PLC0415
-
     check_pin = None
     if settings.pin_hash:
         stored = parse_pin_hash(settings.pin_hash)
         check_pin = functools.partial(verify_pin, stored=stored)
+    return asyncio.get_running_loop().create_task(
+        _run_console(live, state, reboot, check_pin), name="console"
+    )
+
+
+async def _run_console(
+    live: LiveConfig,
+    state: DeviceState,
+    reboot: Callable[[], None] | None,
+    check_pin: Callable[[str], bool] | None,
+) -> None:
+    """The serial console, until cancelled. Its modules and pyserial are imported in a worker
+    thread first, so that presence starts meanwhile (a quarter of a second on a Cortex-A7)."""
+    await asyncio.to_thread(_import_modules, "dvrlink.daemon.console", "dvrlink.daemon.console_link")
+    from dvrlink.daemon.console import Console, ConsoleOptions  # noqa: PLC0415  (loaded just above)
+    from dvrlink.daemon.console_link import ConsoleLink, ConsoleService  # noqa: PLC0415
+
+    settings = live.config.console
     options = ConsoleOptions(
         serial=live.config.device.serial,
         baud=settings.baud,
@@ -146,19 +165,23 @@ def _start_console(
         pin_window_s=settings.pin_window_s,
         idle_lock_s=settings.idle_lock_s,
     )
-    loop = asyncio.get_running_loop()
     service = ConsoleService(
         lambda: live.config,
         state,
         fingerprint(ed25519_public_bytes(state.device_key())),
         live.apply,
         reboot or functools.partial(_reboot_board, live),
-        clock=loop.time,
+        clock=asyncio.get_running_loop().time,
     )
     failures = service.saved_pin_failures(settings.pin_window_s) if check_pin else []
     console = Console(options, check_pin, pin_failures=failures)
-    link = ConsoleLink(settings.port, settings.baud, console, service)
-    return loop.create_task(link.run(), name="console")
+    await ConsoleLink(settings.port, settings.baud, console, service).run()
+
+
+def _import_modules(*names: str) -> None:
+    """Import ``names`` (run in a worker thread for the stacks that load after presence starts)."""
+    for name in names:
+        importlib.import_module(name)
 
 
 def _reboot_board(live: LiveConfig) -> None:
@@ -201,14 +224,11 @@ async def _run_locked(
     )
     notifier = Notifier(environ)
     status_file = StatusFile(config.device.runtime_dir)
-    modem = _modem_service(config, modem_options)
-    events = DeviceEvents(
-        config, client, notifier, status_file, invites, loop.time, sessions=sessions, modem=modem
-    )
+    events = DeviceEvents(config, client, notifier, status_file, invites, loop.time, sessions=sessions)
     link = _presence_link(config, client, events)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
-    tuning = events.tuning = _presence_tuning(config, client, loop, modem)
+    tuning = events.tuning = _presence_tuning(config, client, loop)
     tuning.flush = link.flush
     tuning.transport = lambda: link.transport.value
     tuning.local_address = lambda: link.local_address
@@ -225,12 +245,11 @@ async def _run_locked(
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
     notifier.status(f"registering with {config.broker.address}")
     modem_task = None
-    if modem is not None:
-        modem.on_change = events.modem_changed
-        # The data cap stops optional traffic: sessions (open and new) and NAT lifetime probes.
-        sessions.admission = modem.optional_traffic_refusal
-        modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
-        modem_task = loop.create_task(modem.run(), name="modem")
+    if config.modem.enabled:
+        modem_task = loop.create_task(
+            _run_modem(config, modem_options, events, tuning, sessions), name="modem"
+        )
+        modem_task.add_done_callback(_modem_ended)
     try:
         await link.start()
         await _first_of(stop, restart)
@@ -265,7 +284,7 @@ async def _first_of(stop: asyncio.Event, restart: asyncio.Event | None) -> None:
 
 
 def _presence_tuning(
-    config: DaemonConfig, client: PresenceClient, loop: asyncio.AbstractEventLoop, modem: ModemService | None
+    config: DaemonConfig, client: PresenceClient, loop: asyncio.AbstractEventLoop
 ) -> PresenceTuning:
     """Reports to the broker, and the learned keepalive when ``[presence] learn_keepalive``."""
     presence = config.presence
@@ -273,7 +292,6 @@ def _presence_tuning(
         client,
         loop.time,
         interval=presence.keepalive_interval_s,
-        modem=modem,
         reporter=Reporter(ReportPolicy(min_interval_s=presence.report_min_interval_s)),
     )
     tuning.learn_after_s = presence.learn_after_s
@@ -325,19 +343,54 @@ def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTu
     )
 
 
-def _modem_service(config: DaemonConfig, options: ModemOptions | None) -> ModemService | None:
-    """The cellular modem service when ``[modem] enabled``; the broker is its default probe target."""
-    if not config.modem.enabled:
-        return None
-    from dvrlink.daemon.modem_service import ModemService  # noqa: PLC0415  (about 3 MB; only with a modem)
+async def _run_modem(
+    config: DaemonConfig,
+    options: ModemOptions | None,
+    events: DeviceEvents,
+    tuning: PresenceTuning,
+    sessions: SessionServer,
+) -> None:
+    """The cellular modem service (``[modem] enabled``), until cancelled; the broker is its
+    default probe target.
 
-    return ModemService(
+    The modem stack (pyudev, pyserial, the AT engine and the manager: over a second of imports
+    on a Cortex-A7) is imported in a worker thread while presence starts on the event loop, so
+    a recorder with a wired uplink registers without waiting for it. Until it is attached, the
+    status file and the reports carry no modem block, as on a board without a modem.
+    """
+    service_class = await asyncio.to_thread(_import_modem_service)
+    modem = service_class(
         config.modem,
         state_dir=config.device.state_dir,
         runtime_dir=config.device.runtime_dir,
         broker=(config.broker.host, config.broker.port),
         options=options,
     )
+    events.attach_modem(modem)
+    tuning.attach_modem(modem)
+    modem.on_change = events.modem_changed
+    # The data cap stops optional traffic: sessions (open and new) and NAT lifetime probes.
+    sessions.admission = modem.optional_traffic_refusal
+    modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
+    await modem.run()
+
+
+def _modem_ended(task: asyncio.Task[None]) -> None:
+    """Log a modem service that stopped on an error (presence goes on without it)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(
+            "the modem service stopped: %s; presence goes on over other links; restart dvrlinkd "
+            "to start the modem again",
+            exc,
+            exc_info=exc,
+        )
+
+
+def _import_modem_service() -> type[ModemService]:
+    """``ModemService``, importing the modem stack (about 3 MB; only with a modem)."""
+    from dvrlink.daemon.modem_service import ModemService  # noqa: PLC0415
+
+    return ModemService
 
 
 def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceEvents) -> PresenceTransport:
@@ -522,6 +575,11 @@ class DeviceEvents:
 
     def sessions_changed(self) -> None:
         """Rewrite the status file: a session was added, authenticated or removed."""
+        self._write_status()
+
+    def attach_modem(self, modem: ModemView) -> None:
+        """The modem service is up (it loads after presence starts): the status file gets its block."""
+        self._modem = modem
         self._write_status()
 
     def modem_changed(self) -> None:

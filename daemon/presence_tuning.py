@@ -115,6 +115,10 @@ class PresenceTuning:
         self.no_nat: Address | None = None
         """Set while the broker sees the device at its own local address: no NAT to learn."""
 
+    def attach_modem(self, modem: ModemFacts) -> None:
+        """The modem service is up (it loads after presence starts): reports carry its facts."""
+        self._modem = modem
+
     def status(self) -> dict[str, Any]:
         """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
         prober = self.prober

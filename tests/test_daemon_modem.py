@@ -18,13 +18,16 @@ Board hooks are fakes: no test may reset USB devices or reboot this machine. Eve
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.aio import run
 from support.daemon_modem import ICCID, SWAPPED_ICCID, WAIT, WORKING_APN, Rig, running, status_rows
+from support.waiting import wait_until_async
 
+from dvrlink.daemon import app as daemon_app
 from dvrlink.daemon.status import format_status, read_status
 from dvrlink.modem.apn import DEFAULT_DATABASE
 from dvrlink.modem.manager import ModemState, ModemStatus
@@ -140,3 +143,37 @@ def test_a_failing_modem_runner_never_stops_the_daemon(
             assert "injected modem failure" in rows["to do"] and "journalctl" in rows["to do"]
 
     run(main)
+
+
+def test_a_wired_recorder_registers_while_the_modem_stack_is_still_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The modem stack is imported in a worker thread while presence starts: here that import is
+    held until the broker has the device online, and only then does the modem service start."""
+    gate = threading.Event()
+    loading: list[str] = []
+    real_import = daemon_app._import_modem_service
+
+    def held_import() -> type[Any]:
+        loading.append(threading.current_thread().name)
+        if not gate.wait(WAIT):
+            raise AssertionError(f"the test never released the modem import within {WAIT} s")
+        return real_import()
+
+    monkeypatch.setattr(daemon_app, "_import_modem_service", held_import)
+
+    async def main() -> None:
+        async with running(tmp_path, monkeypatch) as rig:
+            await wait_until_async("the broker has the device online", rig.registered, seen=lambda: loading)
+            assert loading and loading[0] != threading.main_thread().name, loading
+            status = read_status(tmp_path / "run")
+            assert status.state == "online" and status.modem is None, status
+            assert not rig.runners, "a modem runner was built before the modem stack was loaded"
+            gate.set()
+            block = await rig.watch.until(lambda b: b.state == "online", "the modem online once loaded")
+            assert read_status(tmp_path / "run").modem == block
+
+    try:
+        run(main)
+    finally:
+        gate.set()
