@@ -96,10 +96,11 @@ async def run_daemon(
                 moved.if_lost,
             )
         live = LiveConfig(config)
-        console = _start_console(live, state, reboot)
+        settled = asyncio.Event()  # presence registered or failed once (DeviceEvents.presence_settled)
+        console = _start_console(live, state, reboot, settled)
         try:
             while True:
-                await _run_locked(live.config, state, stop, environ, modem_options, live.changed)
+                await _run_locked(live.config, state, stop, environ, modem_options, live.changed, settled)
                 if stop.is_set():
                     break
                 live.changed.clear()
@@ -125,7 +126,7 @@ class LiveConfig:
 
 
 def _start_console(
-    live: LiveConfig, state: DeviceState, reboot: Callable[[], None] | None
+    live: LiveConfig, state: DeviceState, reboot: Callable[[], None] | None, presence_settled: asyncio.Event
 ) -> asyncio.Task[None] | None:
     """The serial console's task when ``[console] port`` is set.
 
@@ -140,7 +141,7 @@ def _start_console(
         stored = parse_pin_hash(settings.pin_hash)
         check_pin = functools.partial(verify_pin, stored=stored)
     return asyncio.get_running_loop().create_task(
-        _run_console(live, state, reboot, check_pin), name="console"
+        _run_console(live, state, reboot, check_pin, presence_settled), name="console"
     )
 
 
@@ -149,9 +150,12 @@ async def _run_console(
     state: DeviceState,
     reboot: Callable[[], None] | None,
     check_pin: Callable[[str], bool] | None,
+    presence_settled: asyncio.Event,
 ) -> None:
-    """The serial console, until cancelled. Its modules and pyserial are imported in a worker
-    thread first, so that presence starts meanwhile (a quarter of a second on a Cortex-A7)."""
+    """The serial console, until cancelled. Its modules and pyserial (a quarter of a second on a
+    Cortex-A7) are imported once presence has registered or failed once, or after
+    ``[presence] reply_timeout_s``, in a worker thread, as the modem stack is (``_run_modem``)."""
+    await _after_presence_settles(presence_settled, live.config)
     await asyncio.to_thread(_import_modules, "dvrlink.daemon.console", "dvrlink.daemon.console_link")
     from dvrlink.daemon.console import Console, ConsoleOptions  # noqa: PLC0415  (loaded just above)
     from dvrlink.daemon.console_link import ConsoleLink, ConsoleService  # noqa: PLC0415
@@ -196,6 +200,7 @@ async def _run_locked(
     environ: Mapping[str, str] | None,
     modem_options: ModemOptions | None,
     restart: asyncio.Event | None = None,
+    presence_settled: asyncio.Event | None = None,
 ) -> None:
     """``run_daemon`` once the state directory is locked and its files are checked; returns
     when ``stop`` is set, or ``restart`` (new settings: the caller runs it again)."""
@@ -224,7 +229,16 @@ async def _run_locked(
     )
     notifier = Notifier(environ)
     status_file = StatusFile(config.device.runtime_dir)
-    events = DeviceEvents(config, client, notifier, status_file, invites, loop.time, sessions=sessions)
+    events = DeviceEvents(
+        config,
+        client,
+        notifier,
+        status_file,
+        invites,
+        loop.time,
+        sessions=sessions,
+        presence_settled=presence_settled,
+    )
     link = _presence_link(config, client, events)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
@@ -354,10 +368,14 @@ async def _run_modem(
     default probe target.
 
     The modem stack (pyudev, pyserial, the AT engine and the manager: over a second of imports
-    on a Cortex-A7) is imported in a worker thread while presence starts on the event loop, so
-    a recorder with a wired uplink registers without waiting for it. Until it is attached, the
-    status file and the reports carry no modem block, as on a board without a modem.
+    on a Cortex-A7) loads after presence's first registration or first failure, or after
+    ``[presence] reply_timeout_s`` (``_after_presence_settles``), and in a worker thread: a
+    recorder with a wired uplink registers without waiting for it, and one whose only uplink is
+    the modem loses at most that timeout against a cellular attach of tens of seconds. Until the
+    modem is attached, the status file and the reports carry no modem block, as on a board
+    without a modem.
     """
+    await _after_presence_settles(events.presence_settled, config)
     service_class = await asyncio.to_thread(_import_modem_service)
     modem = service_class(
         config.modem,
@@ -373,6 +391,16 @@ async def _run_modem(
     sessions.admission = modem.optional_traffic_refusal
     modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
     await modem.run()
+
+
+async def _after_presence_settles(settled: asyncio.Event, config: DaemonConfig) -> None:
+    """Wait until presence has registered or failed once (``settled``), for at most
+    ``[presence] reply_timeout_s``."""
+    try:
+        async with asyncio.timeout(config.presence.reply_timeout_s):
+            await settled.wait()
+    except TimeoutError:
+        pass
 
 
 def _modem_ended(task: asyncio.Task[None]) -> None:
@@ -477,6 +505,7 @@ class DeviceEvents:
         *,
         sessions: SessionRouter | None = None,
         modem: ModemView | None = None,
+        presence_settled: asyncio.Event | None = None,
     ) -> None:
         self._config = config
         self._sessions = sessions
@@ -494,6 +523,10 @@ class DeviceEvents:
         self._written_link: dict[str, Any] | None = None
         """What carries presence now (set by ``run_daemon``)."""
         self._started_at = time.time()
+        self.presence_settled = presence_settled or asyncio.Event()
+        """Set at presence's first registration or first failure: the modem stack and the console
+        load after it (or after ``[presence] reply_timeout_s``), so that on a one-core board they
+        do not take the CPU from the registration."""
         self._ready_sent = False
         self._registered_at: float | None = None
         self._last_keepalive: float | None = None
@@ -521,6 +554,8 @@ class DeviceEvents:
             broker = f"{host}:{port} over TCP/TLS"
         ready = False
         systemd_status: str | None = None
+        if isinstance(event, (Registered, RegistrationRefused, ConnectionLost, HandshakeUnanswered)):
+            self.presence_settled.set()
         if isinstance(event, Registered):
             self._registered_at = self._last_keepalive = time.time()
             systemd_status = (

@@ -18,6 +18,7 @@ Board hooks are fakes: no test may reset USB devices or reboot this machine. Eve
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,32 @@ def test_a_wired_recorder_registers_while_the_modem_stack_is_still_loading(
         run(main)
     finally:
         gate.set()
+
+
+def test_the_modem_starts_while_the_broker_is_out_of_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder whose only uplink is the modem cannot register before the modem is up: the
+    modem stack must load although presence never registers (its wait is bounded by
+    ``[presence] reply_timeout_s``)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never read: no reply, no ICMP
+    silent.bind(("127.0.0.1", 0))
+
+    async def main() -> None:
+        async with running(
+            tmp_path,
+            monkeypatch,
+            broker_port=silent.getsockname()[1],
+            extra_config="[presence]\nreply_timeout_s = 1.0\nretries = 2\nkeepalive_interval_s = 25\n",
+        ) as rig:
+            await wait_until_async(
+                "a modem runner built", lambda: rig.runners, seen=lambda: rig.watch.blocks[-1:]
+            )
+            await rig.watch.until(lambda b: b.state != "", "a modem block in the status")
+            status = read_status(tmp_path / "run")
+            assert status.state != "online" and status.modem is not None, status
+
+    try:
+        run(main)
+    finally:
+        silent.close()

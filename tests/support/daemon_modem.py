@@ -163,12 +163,15 @@ async def running(
     lab_settings: dict[str, Any] | None = None,
     profile: str = "quectel-ec25",
     data_path: DataPath | None = None,
+    broker_port: int | None = None,
 ) -> AsyncIterator[Rig]:
     """The daemon with the emulated modem against a loopback broker. ``extra_modem`` goes into
     ``[modem]``, ``extra_config`` after it (other sections); ``runner_keywords`` rewrites the
     service's keywords to ``ModemDriver`` (to add a test calendar, to meter the data link).
     ``profile`` is the emulated modem family and the daemon's ``[modem] profile``; ``data_path``
-    sees what the host sends while the emulator is in data mode."""
+    sees what the host sends while the emulator is in data mode; ``broker_port`` replaces the
+    broker's presence port in the daemon's config (a port that never answers: a broker out of
+    reach)."""
     monkeypatch.setenv("FAKE_DHCP_IP", "127.0.0.1")
     monkeypatch.setenv("FAKE_DHCP_ROUTER", "127.0.0.1")
     sim = SimCard.for_network("26201", iccid=ICCID, working_apns=frozenset({WORKING_APN}))
@@ -183,7 +186,7 @@ async def running(
             config_file.write_text(
                 f'[device]\nserial = "{SERIAL}"\nstate_dir = "{tmp_path / "device"}"\n'
                 f'runtime_dir = "{tmp_path / "run"}"\n'
-                f'[broker]\nhost = "127.0.0.1"\nport = {t.broker.info.udp_port}\n'
+                f'[broker]\nhost = "127.0.0.1"\nport = {broker_port or t.broker.info.udp_port}\n'
                 f'public_key = "{b64encode_key(t.broker.info.public_key)}"\n'
                 f'[modem]\nenabled = true\nprofile = "{profile}"\nport = "{port}"\n'
                 f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n{extra_modem}\n{extra_config}'
