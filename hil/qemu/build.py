@@ -59,6 +59,7 @@ BASE_PACKAGES = (
     "ppp",  # the guest's own pppd dials the modem emulator (later)
     "mobile-broadband-provider-info",  # the board config's [modem] provider_database
     "initramfs-tools",
+    "openssl",  # `openssl speed`: bench.data_plane's cipher baseline, as BR2_PACKAGE_LIBOPENSSL_BIN
 )
 """The systemd image's (arm64) base packages."""
 BUSYBOX_BASE_PACKAGES = (
@@ -72,6 +73,7 @@ BUSYBOX_BASE_PACKAGES = (
     "ppp",
     "mobile-broadband-provider-info",
     "initramfs-tools",
+    "openssl",  # `openssl speed` beside the forward (bench.data_plane); the libraries are python3's
 )
 """The BusyBox-init image's (armhf) base packages: no systemd."""
 BUILD_PACKAGES = ("gcc", "libc6-dev", "python3-dev", "python3-pip", "libssl-dev", "libffi-dev", "pkg-config")
