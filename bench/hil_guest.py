@@ -77,6 +77,10 @@ class Figures:
     arch: str
     mem_mb: int
     lines: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    stream_ms_per_mbit: float | None = None
+    """dvrlinkd's CPU ms per Mbit carried over the direct stream (bench.data_plane reads it)."""
+    openssl_kbytes_s: float | None = None
+    """``openssl speed`` ChaCha20-Poly1305 at 1 KB in the guest, in 1000 bytes/s."""
 
     def add(self, what: str, value: str) -> None:
         self.lines.append((what, value))
@@ -354,6 +358,7 @@ def boot(args: argparse.Namespace, run_dir: Path) -> Figures:
         figures.add("largest processes (VmRSS kB, command)", "; ".join(biggest.splitlines()))
         stream_ms = stream(args, board, broker, pid, hz, figures, run_dir) if args.stream_mbytes else None
         rate, text = openssl_speed(board, args.openssl, rig.network.host_address)
+        figures.stream_ms_per_mbit, figures.openssl_kbytes_s = stream_ms, rate
         if rate is not None:
             text += f": {per_mbit(rate)}"
             if stream_ms is not None:
