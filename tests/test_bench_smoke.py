@@ -158,3 +158,33 @@ def test_login_burst_prints_outcomes_and_rss() -> None:
     out = run_bench("login_burst")
     assert numbers(r"'401': (\d+)", out)[0] > 0, out
     assert numbers(r"RSS growth over \d+ burst\(s\): ([\d.-]+) MB", out), out
+
+
+@pytest.mark.slow
+def test_data_plane_prints_each_figure_with_a_verdict() -> None:
+    out = run_bench("data_plane")
+    assert (
+        numbers(
+            r"openssl speed \(openssl speed -elapsed .*: [\d,.]+ MB/s elapsed, ([\d,.]+) MB per CPU", out
+        )[0]
+        > 0
+    )
+    assert numbers(r"= ([\d,.]+) MB forwarded per CPU-second", out)[0] > 0
+    assert numbers(r"^  ratio dvrlinkd / openssl per CPU-second: 1/([\d,]+)", out)[0] >= 1
+    assert numbers(r"dvrlinkd ([\d.]+) % of a core", out)[0] >= 0
+    assert numbers(r"direct throughput, one core per end: ([\d,.]+) Mbit/s", out)[0] > 0
+    rows = re.findall(r"^\| (.+?) \| (.+?) \| (.+?) \| (PASS|FAIL|n/a) \|$", out, re.MULTILINE)
+    assert len(rows) == 5, out
+    assert [row[3] for row in rows][3:] == ["n/a", "n/a"], "--quick must not boot a guest"
+
+
+def test_udp_batching_prints_each_row() -> None:
+    out = run_bench("udp_batching")
+    assert numbers(r"a\. send, one sendto per datagram: ([\d.]+) µs CPU", out)[0] > 0
+    assert numbers(r"c\. receive, one recv_into per datagram: ([\d.]+) µs CPU", out)[0] > 0
+    assert numbers(r"d\. ChaCha20Poly1305\.encrypt of 1173 B \(cryptography\): ([\d.]+) µs CPU", out)[0] > 0
+    found = re.search(r"kernel: GSO (yes|NO) .*; GRO (yes|NO) ", out)
+    assert found is not None, out
+    gso_rows = re.findall(r"b\. sendmsg UDP_SEGMENT, (\d+) segments per send: (not measured|[\d.]+ µs)", out)
+    assert [int(k) for k, _ in gso_rows] == [8, 16, 44], out
+    assert all((value == "not measured") == (found.group(1) == "NO") for _, value in gso_rows), out
