@@ -1,0 +1,1081 @@
+"""The data plane's sans-I/O core: ``DataplaneConnection``, its config, events and stats.
+
+The QUIC session does what it does once (the handshake with the pinned device key, the device's
+authorisation of the viewer, the control stream); the bulk bytes of port forwards travel as lean
+AEAD datagrams on the same path (relay or direct), in the manner of WireGuard's data path: one
+AEAD call per packet, an 11-byte clear header, packet-level acknowledgements, and per-packet work
+kept small enough that the driver can batch it. Wire format: ``dataplane_wire``; keys and replay:
+``dataplane_keys``; loss recovery: ``dataplane_recovery``; congestion and pacing:
+``dataplane_congestion``.
+
+Bytes in, calls in; datagrams, a timer and events out. Time is the ``now`` argument (seconds);
+randomness comes in through ``KeyMaterial``. Nothing a peer sends raises out of
+``receive_datagram``: a datagram that fails a check is dropped and counted in
+``stats.dropped[reason]``; frames that do not parse after a successful open close the connection
+with ``PROTOCOL_ERROR`` (only the peer can have written them).
+
+Hot-path habits: no dataclass per packet (events for stream data are built when ``events()``
+drains, one per stream, from the chunks that arrived), sent-packet records are slotted objects,
+stream data goes from the send buffer into the packet through a memoryview (one copy, then the
+cipher's).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dvrlink.protocol.dataplane_congestion import LedbatController, Pacer
+from dvrlink.protocol.dataplane_keys import (
+    DEVICE_TO_VIEWER,
+    DUPLICATE,
+    OK,
+    RANDOM_SIZE,
+    VIEWER_TO_DEVICE,
+    KeyChain,
+    PacketKey,
+    ReplayWindow,
+    initial_secret,
+)
+from dvrlink.protocol.dataplane_recovery import AckTracker, Recovery, Retransmittable, SentPacket
+from dvrlink.protocol.dataplane_wire import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_DATA,
+    MAX_PACKET_NUMBER,
+    MAX_STREAM_DATA,
+    OVERHEAD,
+    PING,
+    RECEIVE_TAG_SIZE,
+    RESET_STREAM,
+    STOP_SENDING,
+    STREAM,
+    STREAM_FIN,
+    STREAM_LEN,
+    AckFrame,
+    CloseFrame,
+    DatagramFrame,
+    MaxDataFrame,
+    MaxStreamDataFrame,
+    PingFrame,
+    ResetStreamFrame,
+    StopSendingFrame,
+    StreamFrame,
+    encode_ack,
+    encode_frame,
+    encode_varint,
+    parse_frames,
+    varint_size,
+)
+
+NO_ERROR = 0
+PROTOCOL_ERROR = 1
+FLOW_CONTROL_ERROR = 2
+STREAM_STATE_ERROR = 3
+INTERNAL_ERROR = 4
+"""Error codes of CLOSE frames."""
+
+DROP_REASONS = (
+    "short",
+    "not_dataplane",
+    "reserved_bits",
+    "tag",
+    "too_old",
+    "duplicate",
+    "auth",
+    "key_phase",
+    "malformed",
+    "closed",
+)
+PROBE_PACKETS = 2
+KEY_GRACE_PTOS = 3
+PING_RECORD = b""
+"""The retransmit record of a PING: re-sends nothing (an empty control frame)."""
+FRAME_ROOM = 16
+"""Bytes a frame needs beyond its header for it to be worth starting one."""
+BUFFER_TRIM = 1 << 16
+"""Acknowledged bytes at the head of a send buffer before it is trimmed."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneConfig:
+    """Settings of one data plane connection; times in seconds, sizes in bytes.
+
+    Raises ``ValueError`` naming the field for a value that cannot work.
+    """
+
+    role: Literal["viewer", "device"]
+    max_datagram: int = 1200
+    """The largest datagram sent (header and tag included); 1200 fits every path incl. TURN."""
+    stream_window: int = 1 << 20
+    """Receive window per stream: bytes the peer may send beyond what the application consumed."""
+    connection_window: int = 8 << 20
+    """Receive window over all streams."""
+    idle_timeout_s: float = 30.0
+    keepalive_s: float = 10.0
+    """A PING after this long without sending, while streams are open."""
+    max_ack_delay_s: float = 0.025
+    key_update_packets: int = 1 << 24
+    key_update_s: float = 600.0
+    target_delay_s: float = 0.050
+    """LEDBAT's queuing delay target."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ("viewer", "device"):
+            raise ValueError(f"data plane role {self.role!r}: expected 'viewer' or 'device'")
+        if not 100 <= self.max_datagram <= 65507:
+            raise ValueError(f"data plane max_datagram {self.max_datagram} B: expected 100 .. 65507")
+        for name in ("stream_window", "connection_window", "key_update_packets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data plane {name} {getattr(self, name)}: expected at least 1")
+        for name in ("idle_timeout_s", "keepalive_s", "max_ack_delay_s", "key_update_s", "target_delay_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data plane {name} {getattr(self, name)} s: expected more than 0")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """What the two ends exchanged on the QUIC control stream."""
+
+    viewer_random: bytes
+    """32 random bytes from the viewer."""
+    device_random: bytes
+    """32 random bytes from the device."""
+    viewer_tag: bytes
+    """4 bytes the viewer wants in bytes 1-4 of the packets it receives."""
+    device_tag: bytes
+    """4 bytes the device wants in bytes 1-4 of the packets it receives."""
+
+    def __post_init__(self) -> None:
+        for name in ("viewer_random", "device_random"):
+            if len(getattr(self, name)) != RANDOM_SIZE:
+                raise ValueError(
+                    f"data plane {name}: {len(getattr(self, name))} bytes, expected {RANDOM_SIZE}"
+                )
+        for name in ("viewer_tag", "device_tag"):
+            if len(getattr(self, name)) != RECEIVE_TAG_SIZE:
+                raise ValueError(
+                    f"data plane {name}: {len(getattr(self, name))} bytes, expected {RECEIVE_TAG_SIZE}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneEvent:
+    """Base of the data plane's events."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened(DataplaneEvent):
+    """(device) The viewer opened a stream: its first frame arrived."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData(DataplaneEvent):
+    """Bytes of a stream, in order; ``ended``: the peer's FIN came after them."""
+
+    stream_id: int
+    data: bytes
+    ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset(DataplaneEvent):
+    """The peer reset its sending half of a stream."""
+
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopSendingReceived(DataplaneEvent):
+    """The peer asked us to stop sending on a stream."""
+
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived(DataplaneEvent):
+    """An unreliable datagram of ``flow_id``."""
+
+    flow_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeysUpdated(DataplaneEvent):
+    """A direction moved to key generation ``generation`` (``send``: ours, ``receive``: the peer's)."""
+
+    generation: int
+    direction: Literal["send", "receive"]
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneClosed(DataplaneEvent):
+    """The connection is closed; nothing more is sent or accepted."""
+
+    code: int
+    reason: str
+    by_peer: bool
+
+
+@dataclass(slots=True)
+class DataplaneStats:
+    """Counters and gauges, updated in place (read them, do not write them)."""
+
+    cwnd: int = 0
+    bytes_in_flight: int = 0
+    srtt: float = 0.0
+    min_rtt: float = 0.0
+    latest_rtt: float = 0.0
+    queuing_delay: float = 0.0
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    packets_lost: int = 0
+    acks_sent: int = 0
+    datagrams_dropped: int = 0
+    """Unreliable datagrams dropped at ``send_datagram`` because the window was full."""
+    send_generation: int = 0
+    receive_generation: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+
+class _Stream:
+    """Both halves of one stream."""
+
+    __slots__ = (
+        "acked",
+        "acked_prefix",
+        "base",
+        "buf",
+        "conn_counted",
+        "consumed",
+        "delivered",
+        "fin_acked",
+        "fin_offset",
+        "fin_sent",
+        "highest",
+        "max_data",
+        "next_offset",
+        "ooo",
+        "peer_max_data",
+        "recv_ended",
+        "recv_fin",
+        "recv_reset",
+        "retransmit",
+        "send_reset",
+        "serial",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: int, peer_window: int, window: int) -> None:
+        self.stream_id = stream_id
+        # sending half
+        self.buf = bytearray()
+        self.base = 0
+        self.next_offset = 0
+        self.acked_prefix = 0
+        self.acked: list[list[int]] = []
+        self.retransmit: list[list[int]] = []
+        """[start, end, fin] ranges to send again, oldest first."""
+        self.fin_offset: int | None = None
+        self.fin_sent = False
+        self.fin_acked = False
+        self.peer_max_data = peer_window
+        self.send_reset = False
+        # receiving half
+        self.delivered = 0
+        self.highest = 0
+        self.consumed = 0
+        self.max_data = window
+        self.recv_fin: int | None = None
+        self.recv_ended = False
+        self.recv_reset = False
+        self.ooo: list[tuple[int, int, bytes | memoryview]] = []
+        self.serial = 0
+        self.conn_counted = 0
+
+    def send_done(self) -> bool:
+        return self.send_reset or self.fin_acked
+
+    def recv_done(self) -> bool:
+        return self.recv_reset or self.recv_ended
+
+    def has_data(self) -> bool:
+        """Whether there is anything to send (ignoring flow control)."""
+        if self.send_reset:
+            return False
+        return bool(
+            self.retransmit
+            or self.next_offset < self.base + len(self.buf)
+            or (self.fin_offset is not None and not self.fin_sent)
+        )
+
+    def on_acked(self, start: int, end: int, fin: bool) -> None:
+        if fin:
+            self.fin_acked = True
+        if end <= self.acked_prefix:
+            return
+        if start <= self.acked_prefix:
+            self.acked_prefix = end
+            acked = self.acked
+            while acked and acked[0][0] <= end:
+                self.acked_prefix = max(self.acked_prefix, acked[0][1])
+                del acked[0]
+            trim = self.acked_prefix - self.base
+            if trim >= BUFFER_TRIM or trim == len(self.buf):
+                del self.buf[:trim]
+                self.base = self.acked_prefix
+            return
+        acked = self.acked
+        for index, item in enumerate(acked):
+            if end < item[0]:
+                acked.insert(index, [start, end])
+                return
+            if start <= item[1]:
+                item[0] = min(item[0], start)
+                item[1] = max(item[1], end)
+                while index + 1 < len(acked) and acked[index + 1][0] <= item[1]:
+                    item[1] = max(item[1], acked[index + 1][1])
+                    del acked[index + 1]
+                return
+        acked.append([start, end])
+
+    def is_acked(self, start: int, end: int) -> bool:
+        if end <= self.acked_prefix:
+            return True
+        return any(low <= start and end <= high for low, high in self.acked)
+
+
+class DataplaneConnection:
+    """One end of a data plane session. Not thread-safe; one driver owns it.
+
+    Local misuse (a stream id that was never opened, ``open_stream`` on the device, sending after a
+    FIN) raises ``ValueError``; anything from the peer becomes a drop, an event or a close.
+    """
+
+    def __init__(self, config: DataplaneConfig, keys: KeyMaterial, now: float) -> None:
+        self.config = config
+        self.stats = DataplaneStats()
+        viewer = config.role == "viewer"
+        self._viewer = viewer
+        self._my_tag = keys.viewer_tag if viewer else keys.device_tag
+        self._peer_tag = keys.device_tag if viewer else keys.viewer_tag
+        secret = initial_secret(keys.viewer_random, keys.device_random)
+        self._send_direction = VIEWER_TO_DEVICE if viewer else DEVICE_TO_VIEWER
+        self._recv_direction = DEVICE_TO_VIEWER if viewer else VIEWER_TO_DEVICE
+        self._send_chain = KeyChain(secret)
+        self._recv_chain = KeyChain(secret)
+        self._send_key = PacketKey(secret, self._send_direction, 0)
+        self._send_header_first = 0x20
+        self._send_gen_first = 0
+        self._send_gen_start = now
+        self._recv_key = PacketKey(secret, self._recv_direction, 0)
+        self._recv_next: PacketKey | None = None
+        self._recv_prev: PacketKey | None = None
+        self._recv_prev_until = 0.0
+        self._recv_gen_first = 0
+        self._window = ReplayWindow()
+        self._next_pn = 0
+        self._max_payload = config.max_datagram - OVERHEAD
+        self._ack = AckTracker(config.max_ack_delay_s)
+        self._recovery = Recovery(config.max_ack_delay_s)
+        self._cc = LedbatController(config.max_datagram, config.target_delay_s)
+        self._pacer = Pacer(config.max_datagram, now)
+        self._pacer_blocked = False
+        self._streams: dict[int, _Stream] = {}
+        self._sendable: dict[int, None] = {}
+        self._flow_blocked: dict[int, None] = {}
+        self._control: list[bytes] = []
+        self._datagrams: list[tuple[int, bytes]] = []
+        self._events: list[DataplaneEvent | int] = []
+        self._pending_data: dict[int, list[bytes | memoryview]] = {}
+        self._pending_end: set[int] = set()
+        self._probes = 0
+        self._ping = False
+        self._closing: bytes | None = None
+        self._closed = False
+        self._last_receive = now
+        self._last_send = now
+        self._next_stream_id = 0
+        self._highest_peer_stream = -4
+        self._unopened: set[int] = set()
+        self._peer_max_data = config.connection_window
+        self._conn_sent = 0
+        self._max_data = config.connection_window
+        self._conn_highest = 0
+        self._conn_consumed = 0
+        self._serial = 0
+        self._sync_stats()
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open_stream(self) -> int:
+        """(viewer) A new stream id (0, 4, 8, ...). Raises ``ValueError`` on the device."""
+        if not self._viewer:
+            raise ValueError("the device cannot open data plane streams in v1: the viewer opens them")
+        stream_id = self._next_stream_id
+        self._next_stream_id += 4
+        self._streams[stream_id] = self._new_stream(stream_id)
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue ``data`` on a stream (buffered without bound; see ``send_buffered``).
+
+        Raises ``ValueError`` for an unknown stream or one whose sending half has ended.
+        """
+        stream = self._stream_for_api(stream_id)
+        if stream.fin_offset is not None or stream.send_reset:
+            raise ValueError(f"data plane stream {stream_id}: sending half already ended or reset")
+        if data:
+            stream.buf += data
+        if end_stream:
+            stream.fin_offset = stream.base + len(stream.buf)
+        if stream_id not in self._flow_blocked:
+            self._sendable[stream_id] = None
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes queued on a stream and not yet sent once (0 for an unknown stream)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.send_reset:
+            return 0
+        return stream.base + len(stream.buf) - stream.next_offset
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The application has taken ``n`` bytes of a stream's data: the window moves on."""
+        if n <= 0:
+            return
+        self._conn_consumed += n
+        window = self.config.connection_window
+        if self._max_data - self._conn_consumed <= window // 2:
+            self._max_data = self._conn_consumed + window
+            self._control.append(bytes((MAX_DATA,)) + encode_varint(self._max_data))
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.recv_done():
+            return
+        stream.consumed += n
+        swindow = self.config.stream_window
+        if stream.max_data - stream.consumed <= swindow // 2:
+            stream.max_data = stream.consumed + swindow
+            self._control.append(
+                bytes((MAX_STREAM_DATA,)) + encode_varint(stream_id) + encode_varint(stream.max_data)
+            )
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        """Abandon the sending half: RESET_STREAM goes out, queued data is dropped."""
+        stream = self._stream_for_api(stream_id)
+        if stream.send_reset:
+            return
+        stream.send_reset = True
+        final = stream.next_offset
+        stream.buf = bytearray()
+        stream.retransmit.clear()
+        self._sendable.pop(stream_id, None)
+        self._flow_blocked.pop(stream_id, None)
+        self._control.append(
+            bytes((RESET_STREAM,)) + encode_varint(stream_id) + encode_varint(code) + encode_varint(final)
+        )
+        self._maybe_forget(stream)
+
+    def stop_sending(self, stream_id: int, code: int) -> None:
+        """Ask the peer to stop sending on a stream (it answers with a reset)."""
+        self._stream_for_api(stream_id)
+        self._control.append(bytes((STOP_SENDING,)) + encode_varint(stream_id) + encode_varint(code))
+
+    def send_datagram(self, flow_id: int, data: bytes) -> None:
+        """Queue an unreliable datagram; dropped (and counted) if the window is full or it is too
+        large for one packet."""
+        room = self._max_payload - 1 - varint_size(flow_id)
+        if self._recovery.bytes_in_flight >= self._cc.cwnd or len(data) > room or self._closed:
+            self.stats.datagrams_dropped += 1
+            return
+        self._datagrams.append((flow_id, data))
+
+    def set_rate_cap(self, bytes_per_s: float | None) -> None:
+        """Cap the pacing rate (a cellular data budget), or lift the cap with ``None``."""
+        self._pacer.rate_cap = bytes_per_s
+        if self._recovery.rtt.has_sample:
+            self._pacer.update_rate(self._cc.cwnd, self._recovery.rtt.smoothed)
+        elif bytes_per_s is not None:
+            self._pacer.rate = bytes_per_s
+
+    def close(self, code: int, reason: str, now: float) -> None:
+        """Close: one CLOSE frame goes out with the next ``datagrams_to_send``."""
+        if self._closed or self._closing is not None:
+            return
+        out = bytearray()
+        encode_frame(out, CloseFrame(code, reason[:200]))
+        self._closing = bytes(out)
+        self._events.append(DataplaneClosed(code, reason, by_peer=False))
+
+    def events(self) -> list[DataplaneEvent]:
+        """The events since the last call, in order (drains)."""
+        raw = self._events
+        if not raw:
+            return []
+        self._events = []
+        out: list[DataplaneEvent] = []
+        pending = self._pending_data
+        ends = self._pending_end
+        for item in raw:
+            if isinstance(item, int):
+                chunks = pending.pop(item, None)
+                if chunks is None:
+                    continue
+                ended = item in ends
+                if ended:
+                    ends.discard(item)
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                out.append(StreamData(item, bytes(data), ended))
+            else:
+                out.append(item)
+        return out
+
+    def next_timer(self) -> float | None:
+        """When ``handle_timer`` should run next (None: no timer)."""
+        if self._closed:
+            return None
+        config = self.config
+        deadline = self._last_receive + config.idle_timeout_s
+        if self._closing is not None:
+            return deadline
+        ack = self._ack.timer()
+        if ack is not None and ack < deadline:
+            deadline = ack
+        loss = self._recovery.timer()
+        if loss is not None and loss < deadline:
+            deadline = loss
+        if self._pacer_blocked:
+            release = self._pacer.next_release(config.max_datagram)
+            deadline = min(deadline, release)
+        if self._streams:
+            keepalive = self._last_send + config.keepalive_s
+            deadline = min(deadline, keepalive)
+        if self._recv_prev is not None and self._recv_prev_until < deadline:
+            deadline = self._recv_prev_until
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``: idle close, loss detection and probes, keepalive."""
+        if self._closed:
+            return
+        if now >= self._last_receive + self.config.idle_timeout_s:
+            self._closed = True
+            if self._closing is None:
+                self._events.append(DataplaneClosed(NO_ERROR, "idle timeout", by_peer=False))
+            self._closing = None
+            return
+        if self._recv_prev is not None and now >= self._recv_prev_until:
+            self._recv_prev = None
+        lost, probe = self._recovery.on_timeout(now)
+        if lost:
+            self._on_lost(lost, now)
+        if probe:
+            self._probes = PROBE_PACKETS
+        if self._streams and now >= self._last_send + self.config.keepalive_s:
+            self._ping = True
+
+    # ---- receiving --------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """Take one datagram from the path. Never raises for anything in ``data``."""
+        stats = self.stats
+        dropped = stats.dropped
+        size = len(data)
+        if self._closed or self._closing is not None:
+            dropped["closed"] += 1
+            return
+        if size < OVERHEAD:
+            dropped["short"] += 1
+            return
+        first, tag, high, low = HEADER.unpack_from(data)
+        if not 0x20 <= first <= 0x3F:
+            dropped["not_dataplane"] += 1
+            return
+        if first & 0x0F:
+            dropped["reserved_bits"] += 1
+            return
+        if tag != self._my_tag:
+            dropped["tag"] += 1
+            return
+        number = (high << 32) | low
+        window = self._window
+        seen = window.check(number)
+        if seen != OK:
+            dropped["duplicate" if seen == DUPLICATE else "too_old"] += 1
+            return
+        phase = (first >> 4) & 1
+        key = self._recv_key
+        promote = False
+        if phase != key.phase:
+            if number < self._recv_gen_first:
+                prev = self._recv_prev
+                if prev is None or now >= self._recv_prev_until:
+                    self._recv_prev = None
+                    dropped["key_phase"] += 1
+                    return
+                key = prev
+            else:
+                nxt = self._recv_next
+                if nxt is None:
+                    generation = key.generation + 1
+                    nxt = PacketKey(self._recv_chain.secret(generation), self._recv_direction, generation)
+                    self._recv_next = nxt
+                key = nxt
+                promote = True
+        view = memoryview(data)
+        plaintext = key.open(number, view[:HEADER_SIZE], view[HEADER_SIZE:])
+        if plaintext is None:
+            dropped["key_phase" if promote else "auth"] += 1
+            return
+        window.mark(number)
+        if promote:
+            self._recv_prev = self._recv_key
+            self._recv_prev_until = now + KEY_GRACE_PTOS * self._recovery.pto_interval()
+            self._recv_key = key
+            self._recv_next = None
+            self._recv_gen_first = number
+            stats.receive_generation = key.generation
+            self._events.append(KeysUpdated(key.generation, "receive"))
+        self._last_receive = now
+        stats.packets_received += 1
+        stats.bytes_received += size
+        frames = parse_frames(plaintext)
+        if frames is None:
+            dropped["malformed"] += 1
+            self._fail(PROTOCOL_ERROR, f"a frame in packet {number} does not parse")
+            return
+        eliciting = False
+        for frame in frames:
+            kind = type(frame)
+            if kind is StreamFrame:
+                eliciting = True
+                self._on_stream_frame(frame)  # type: ignore[arg-type]
+            elif kind is AckFrame:
+                self._on_ack(frame, now)  # type: ignore[arg-type]
+            elif kind is DatagramFrame:
+                self._events.append(DatagramReceived(frame.flow_id, bytes(frame.data)))  # type: ignore[union-attr]
+            elif kind is PingFrame:
+                eliciting = True
+            else:
+                eliciting = True
+                self._on_control_frame(frame, now)  # type: ignore[arg-type]
+            if self._finished():
+                return
+        self._ack.on_packet(number, eliciting, now)
+
+    def _on_control_frame(
+        self,
+        frame: MaxDataFrame | MaxStreamDataFrame | ResetStreamFrame | StopSendingFrame | CloseFrame,
+        now: float,
+    ) -> None:
+        if isinstance(frame, MaxDataFrame):
+            if frame.maximum > self._peer_max_data:
+                self._peer_max_data = frame.maximum
+                for stream_id in self._flow_blocked:
+                    self._sendable[stream_id] = None
+                self._flow_blocked.clear()
+        elif isinstance(frame, MaxStreamDataFrame):
+            stream = self._stream_for_peer(frame.stream_id)
+            if stream is not None and frame.maximum > stream.peer_max_data:
+                stream.peer_max_data = frame.maximum
+                if frame.stream_id in self._flow_blocked:
+                    del self._flow_blocked[frame.stream_id]
+                    self._sendable[frame.stream_id] = None
+        elif isinstance(frame, ResetStreamFrame):
+            stream = self._stream_for_peer(frame.stream_id)
+            if stream is not None and not stream.recv_done():
+                stream.recv_reset = True
+                stream.ooo.clear()
+                self._events.append(StreamReset(frame.stream_id, frame.error_code))
+                self._maybe_forget(stream)
+        elif isinstance(frame, StopSendingFrame):
+            stream = self._stream_for_peer(frame.stream_id)
+            if stream is not None:
+                self._events.append(StopSendingReceived(frame.stream_id, frame.error_code))
+        else:
+            self._closed = True
+            self._closing = None
+            self._events.append(DataplaneClosed(frame.error_code, frame.reason, by_peer=True))
+
+    def _stream_for_peer(self, stream_id: int) -> _Stream | None:
+        """The stream a peer's frame names: None if closed already; opened on the device for a new
+        viewer id; a protocol error (and None) for an id the peer may not use."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream
+        if stream_id % 4:
+            self._fail(PROTOCOL_ERROR, f"stream id {stream_id} is not a viewer-opened id")
+            return None
+        if self._viewer:
+            if stream_id >= self._next_stream_id:
+                self._fail(
+                    PROTOCOL_ERROR, f"the device named stream {stream_id}, which the viewer never opened"
+                )
+            return None
+        if stream_id > self._highest_peer_stream:
+            self._unopened.update(range(self._highest_peer_stream + 4, stream_id, 4))
+            self._highest_peer_stream = stream_id
+        elif stream_id in self._unopened:
+            self._unopened.discard(stream_id)
+        else:
+            return None
+        stream = self._new_stream(stream_id)
+        self._streams[stream_id] = stream
+        self._events.append(StreamOpened(stream_id))
+        return stream
+
+    def _on_stream_frame(self, frame: StreamFrame) -> None:
+        stream_id, offset, data, fin = frame
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._stream_for_peer(stream_id)
+            if stream is None:
+                return
+        end = offset + len(data)
+        if end > stream.max_data:
+            self._fail(
+                FLOW_CONTROL_ERROR, f"stream {stream_id}: data up to {end} beyond the limit {stream.max_data}"
+            )
+            return
+        if end > stream.highest:
+            self._conn_highest += end - stream.highest
+            stream.highest = end
+            if self._conn_highest > self._max_data:
+                self._fail(
+                    FLOW_CONTROL_ERROR,
+                    f"connection data {self._conn_highest} beyond the limit {self._max_data}",
+                )
+                return
+        if fin:
+            if stream.recv_fin is not None and stream.recv_fin != end:
+                self._fail(
+                    STREAM_STATE_ERROR, f"stream {stream_id}: a second FIN at {end} (was {stream.recv_fin})"
+                )
+                return
+            stream.recv_fin = end
+        if stream.recv_ended or stream.recv_reset:
+            return
+        delivered = stream.delivered
+        if offset <= delivered:
+            if end > delivered:
+                self._deliver(stream, data[delivered - offset :] if offset < delivered else data)
+                if stream.ooo:
+                    self._drain(stream)
+        else:
+            stream.serial += 1
+            heapq.heappush(stream.ooo, (offset, stream.serial, data))
+        if stream.recv_fin is not None and stream.delivered == stream.recv_fin:
+            stream.recv_ended = True
+            stream.ooo.clear()
+            if stream_id not in self._pending_data:
+                self._pending_data[stream_id] = []
+                self._events.append(stream_id)
+            self._pending_end.add(stream_id)
+            self._maybe_forget(stream)
+
+    def _deliver(self, stream: _Stream, data: bytes | memoryview) -> None:
+        chunks = self._pending_data.get(stream.stream_id)
+        if chunks is None:
+            self._pending_data[stream.stream_id] = [data]
+            self._events.append(stream.stream_id)
+        else:
+            chunks.append(data)
+        stream.delivered += len(data)
+
+    def _drain(self, stream: _Stream) -> None:
+        ooo = stream.ooo
+        while ooo and ooo[0][0] <= stream.delivered:
+            offset, _, data = heapq.heappop(ooo)
+            end = offset + len(data)
+            if end > stream.delivered:
+                self._deliver(stream, data[stream.delivered - offset :])
+
+    def _on_ack(self, frame: AckFrame, now: float) -> None:
+        recovery = self._recovery
+        flight = recovery.bytes_in_flight
+        ranges = frame.ranges
+        acked, lost = recovery.on_ack(ranges, frame.ack_delay_us, now)
+        if not acked:
+            return
+        cc = self._cc
+        newest = acked[-1]
+        if newest.packet_number == ranges[0][1]:
+            cc.on_rtt_sample(recovery.rtt.latest, now)
+        acked_bytes = 0
+        streams = self._streams
+        for packet in acked:
+            acked_bytes += packet.size
+            if packet.ack_largest >= 0:
+                self._ack.forget_below(packet.ack_largest)
+            for item in packet.frames:
+                if isinstance(item, tuple):
+                    stream = streams.get(item[0])
+                    if stream is not None and not stream.send_reset:
+                        stream.on_acked(item[1], item[2], item[3])
+                        if item[3]:
+                            self._maybe_forget(stream)
+        cc.on_acked(acked_bytes, flight, newest.time_sent)
+        if lost:
+            self._on_lost(lost, now)
+        self._pacer.update_rate(cc.cwnd, recovery.rtt.smoothed)
+
+    def _on_lost(self, lost: list[SentPacket], now: float) -> None:
+        streams = self._streams
+        newest = 0.0
+        for packet in lost:
+            newest = max(newest, packet.time_sent)
+            for item in packet.frames:
+                if isinstance(item, tuple):
+                    stream_id, start, end, fin = item
+                    stream = streams.get(stream_id)
+                    if stream is None or stream.send_reset or stream.is_acked(start, end):
+                        if stream is not None and fin and not stream.fin_acked and not stream.send_reset:
+                            stream.retransmit.append([end, end, 1])
+                            self._sendable[stream_id] = None
+                        continue
+                    stream.retransmit.append([max(start, stream.acked_prefix), end, 1 if fin else 0])
+                    self._sendable[stream_id] = None
+                elif item:
+                    self._control.append(item)
+        self._cc.on_lost(newest, now)
+        self.stats.packets_lost = self._recovery.lost_packets
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """The datagrams to send at ``now``: what the congestion window and the pacer allow, plus
+        ACKs (which neither limits)."""
+        out: list[bytes] = []
+        if self._closed:
+            return out
+        if self._closing is not None:
+            out.append(self._seal(bytearray(self._closing), now))
+            self._closing = None
+            self._closed = True
+            return out
+        config = self.config
+        if self._next_pn >= self._send_gen_first + config.key_update_packets or (
+            now - self._send_gen_start >= config.key_update_s
+        ):
+            self._maybe_update_send_key(now)
+        recovery = self._recovery
+        cc = self._cc
+        pacer = self._pacer
+        ack = self._ack
+        max_payload = self._max_payload
+        max_datagram = config.max_datagram
+        self._pacer_blocked = False
+        while True:
+            probe = self._probes > 0
+            work = bool(self._control or self._sendable or self._datagrams or self._ping)
+            eliciting = (probe or work) and (probe or recovery.bytes_in_flight + max_datagram <= cc.cwnd)
+            if eliciting and not probe and not pacer.can_send(max_datagram, now):
+                self._pacer_blocked = True
+                eliciting = False
+            if not eliciting and not ack.due(now):
+                break
+            payload = bytearray()
+            ack_largest = -1
+            if ack.pending and ack.ranges:
+                ranges, delay = ack.build(now, recovery.rtt.smoothed if recovery.rtt.has_sample else None)
+                encode_ack(payload, ranges, delay)
+                ack_largest = ranges[0][1]
+                self.stats.acks_sent += 1
+            frames: list[Retransmittable] = []
+            if eliciting:
+                self._fill(payload, frames, max_payload)
+                if not frames and (probe or self._ping):
+                    payload.append(PING)
+                    frames.append(PING_RECORD)
+                self._ping = False
+                eliciting = bool(frames)
+            if not payload:
+                break
+            datagram = self._seal(payload, now)
+            out.append(datagram)
+            if eliciting:
+                recovery.on_sent(SentPacket(self._next_pn - 1, now, len(datagram), frames, ack_largest))
+                pacer.on_sent(len(datagram))
+                if probe:
+                    self._probes -= 1
+            if self._finished():
+                break
+        self._sync_stats()
+        return out
+
+    def _fill(self, payload: bytearray, frames: list[Retransmittable], max_payload: int) -> None:
+        control = self._control
+        while control and len(payload) + len(control[0]) <= max_payload:
+            item = control.pop(0)
+            payload += item
+            frames.append(item)
+        if self._datagrams:
+            flow_id, data = self._datagrams[0]
+            if len(payload) + 1 + varint_size(flow_id) + len(data) <= max_payload:
+                del self._datagrams[0]
+                encode_frame(payload, DatagramFrame(flow_id, data))
+                return
+        sendable = self._sendable
+        streams = self._streams
+        while sendable:
+            room = max_payload - len(payload)
+            if room < FRAME_ROOM:
+                return
+            stream_id = next(iter(sendable))
+            del sendable[stream_id]
+            stream = streams.get(stream_id)
+            if stream is None or stream.send_reset:
+                continue
+            if self._write_stream(payload, frames, stream, room):
+                sendable[stream_id] = None
+
+    def _write_stream(
+        self,
+        payload: bytearray,
+        frames: list[Retransmittable],
+        stream: _Stream,
+        room: int,
+    ) -> bool:
+        """Write one STREAM frame of ``stream`` into ``payload``; whether the stream has more to send
+        (False also when flow control holds it: it then waits in ``_flow_blocked``)."""
+        stream_id = stream.stream_id
+        retransmit = stream.retransmit
+        while retransmit:
+            start, end, fin = retransmit[0]
+            if stream.fin_acked:
+                fin = 0
+            start = max(start, stream.acked_prefix)
+            if (end <= start and not fin) or (start < end and stream.is_acked(start, end)):
+                del retransmit[0]
+                continue
+            head = 1 + varint_size(stream_id) + varint_size(start) + varint_size(room)
+            count = min(end - start, room - head)
+            if count < 0:
+                return True
+            last_frame = count == room - head
+            self._write_frame(
+                payload, stream, start, count, bool(fin) and start + count == end, not last_frame
+            )
+            frames.append((stream_id, start, start + count, bool(fin) and start + count == end))
+            if start + count >= end:
+                del retransmit[0]
+            else:
+                retransmit[0][0] = start + count
+            return True
+        offset = stream.next_offset
+        available = stream.base + len(stream.buf) - offset
+        stream_room = stream.peer_max_data - offset
+        conn_room = self._peer_max_data - self._conn_sent
+        limit = min(available, stream_room, conn_room)
+        fin_due = stream.fin_offset is not None and not stream.fin_sent
+        if limit <= 0 and not (fin_due and available == 0):
+            if available > 0:
+                self._flow_blocked[stream_id] = None
+            return False
+        head = 1 + varint_size(stream_id) + varint_size(offset)
+        count = min(limit, room - head)
+        last_frame = count == room - head
+        if not last_frame:
+            head += varint_size(room)
+            count = min(limit, room - head)
+        if count < 0:
+            return True
+        fin = fin_due and offset + count == stream.fin_offset
+        self._write_frame(payload, stream, offset, count, fin, not last_frame)
+        frames.append((stream_id, offset, offset + count, fin))
+        stream.next_offset = offset + count
+        self._conn_sent += count
+        if fin:
+            stream.fin_sent = True
+        return stream.has_data()
+
+    @staticmethod
+    def _write_frame(
+        payload: bytearray, stream: _Stream, offset: int, count: int, fin: bool, with_length: bool
+    ) -> None:
+        payload.append(STREAM | (STREAM_FIN if fin else 0) | (STREAM_LEN if with_length else 0))
+        payload += encode_varint(stream.stream_id)
+        payload += encode_varint(offset)
+        if with_length:
+            payload += encode_varint(count)
+        start = offset - stream.base
+        with memoryview(stream.buf) as view:
+            payload += view[start : start + count]
+
+    def _seal(self, payload: bytearray, now: float) -> bytes:
+        number = self._next_pn
+        if number >= MAX_PACKET_NUMBER:
+            self._closed = True
+            self._events.append(DataplaneClosed(INTERNAL_ERROR, "packet numbers exhausted", by_peer=False))
+        self._next_pn = number + 1
+        key = self._send_key
+        header = HEADER.pack(self._send_header_first, self._peer_tag, number >> 32, number & 0xFFFFFFFF)
+        datagram = header + key.seal(number, header, payload)
+        self._last_send = now
+        stats = self.stats
+        stats.packets_sent += 1
+        stats.bytes_sent += len(datagram)
+        return datagram
+
+    def _maybe_update_send_key(self, now: float) -> None:
+        """Move to the next send generation, once a packet of the current one was acknowledged
+        (so the peer holds at most one generation ahead, as in QUIC)."""
+        if self._recovery.largest_acked < self._send_gen_first:
+            return
+        generation = self._send_key.generation + 1
+        self._send_key = PacketKey(self._send_chain.secret(generation), self._send_direction, generation)
+        self._send_header_first = 0x20 | (self._send_key.phase << 4)
+        self._send_gen_first = self._next_pn
+        self._send_gen_start = now
+        self.stats.send_generation = generation
+        self._events.append(KeysUpdated(generation, "send"))
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _new_stream(self, stream_id: int) -> _Stream:
+        window = self.config.stream_window
+        return _Stream(stream_id, window, window)
+
+    def _stream_for_api(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise ValueError(
+                f"data plane stream {stream_id} is not open (closed, or never opened: the viewer "
+                "calls open_stream, the device waits for StreamOpened)"
+            )
+        return stream
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        if stream.send_done() and stream.recv_done() and stream.stream_id not in self._sendable:
+            self._streams.pop(stream.stream_id, None)
+            self._flow_blocked.pop(stream.stream_id, None)
+
+    def _finished(self) -> bool:
+        return self._closed or self._closing is not None
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A protocol error by the peer: close with ``code``."""
+        if self._closing is None and not self._closed:
+            self.close(code, reason, self._last_receive)
+
+    def _sync_stats(self) -> None:
+        stats = self.stats
+        recovery = self._recovery
+        rtt = recovery.rtt
+        stats.cwnd = int(self._cc.cwnd)
+        stats.bytes_in_flight = recovery.bytes_in_flight
+        stats.srtt = rtt.smoothed
+        stats.min_rtt = rtt.min_rtt
+        stats.latest_rtt = rtt.latest
+        stats.queuing_delay = self._cc.queuing_delay
+        stats.packets_lost = recovery.lost_packets
