@@ -23,6 +23,7 @@ from the guest's httpd through dvrlinkd over a direct path and runs ``openssl sp
 7. dvrlinkd's CPU for a 4 Mbit/s stream on a 1 GHz Cortex-A7, estimated as
    ``4e6/8 / (ratio x A7's ChaCha20-Poly1305 bytes/s)`` (target at most 10 %). The A7 figure is
    ``A7_CHACHA20_POLY1305_BYTES_S`` below (its sources are there), or ``--a7-bytes-per-s``.
+8. ``bench.udp_batching --quick`` run by the guest's python3 (the driver design's numbers there).
 
 Each figure is printed with the command behind it and a PASS/FAIL against its target. Today's
 path fails them: this is the baseline the new data plane is measured against.
@@ -59,6 +60,7 @@ from bench.common import (
     verdict,
 )
 from bench.session_rig import TcpService, session_rig
+from hil.board import Board
 
 TARGET_RATIO = 1 / 25
 """Issue 14: bytes dvrlinkd forwards per CPU-second over bytes openssl seals per CPU-second."""
@@ -85,6 +87,7 @@ two published per-byte costs above. No published ``openssl speed -evp chacha20-p
 Cortex-A7 was found to quote; at 1 KB the real figure is a little lower (per-call setup), which
 makes the estimate of dvrlinkd's CPU share optimistic, not pessimistic."""
 OPENSSL_SECONDS = 3
+UDP_BATCHING = Path(__file__).resolve().parent / "udp_batching.py"
 OPENSSL_LINE = re.compile(r"for \d+s on 1024 size blocks: (\d+) ChaCha20-Poly1305", re.I)
 OPENSSL_RATE = re.compile(r"^chacha20[-_]poly1305\s+([\d.]+)k", re.M | re.I)
 
@@ -246,6 +249,24 @@ def this_machine(mbytes: float, stream_seconds: float, openssl_seconds: int, sum
         stream_service.close()
 
 
+def udp_batching_in_guest(board: Board, host_address: str) -> None:
+    """Fetch bench/udp_batching.py into the guest from the host over HTTP and run it there with
+    the guest's python3 (``--quick``: TCG is slow); print what it printed."""
+    with hil_guest.serve_file(UDP_BATCHING) as port:
+        got = board.run(
+            f"busybox wget -q -O /tmp/{UDP_BATCHING.name} http://{host_address}:{port}/{UDP_BATCHING.name}"
+            " && echo fetched",
+            timeout=120,
+        )
+    if "fetched" not in got:
+        print(f"  udp_batching in the guest: could not fetch it from the host: {got!r}")
+        return
+    out = board.run(f"python3 /tmp/{UDP_BATCHING.name} --quick 2>&1", timeout=900)
+    print("  bench.udp_batching --quick in the guest:")
+    for line in out.strip().splitlines():
+        print(f"    {line}")
+
+
 def in_guest(arch: str, stream_mbytes: int, a7_bytes_s: float, summary: Summary) -> None:
     """Figures 6-7 in the QEMU guest, through ``bench.hil_guest``'s boot."""
     if os.geteuid() != 0:
@@ -255,7 +276,7 @@ def in_guest(arch: str, stream_mbytes: int, a7_bytes_s: float, summary: Summary)
     )
     with tempfile.TemporaryDirectory(prefix="dvrlink-data-plane-") as tmp:
         print(f"{arch} guest (bench.hil_guest's boot: rigs/qemu-{arch}.toml, TCG):", flush=True)
-        figures = hil_guest.boot(args, Path(tmp))
+        figures = hil_guest.boot(args, Path(tmp), udp_batching_in_guest)
     ms, kbytes_s = figures.stream_ms_per_mbit, figures.openssl_kbytes_s
     if ms is None or kbytes_s is None:
         missing = "the stream" if ms is None else "openssl speed (is openssl in the image?)"

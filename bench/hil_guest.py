@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -266,8 +266,11 @@ def per_mbit(kbytes_s: float) -> str:
     return f"{mbit_s:.1f} Mbit/s = {1000 / mbit_s:.2f} ms per Mbit"
 
 
-def boot(args: argparse.Namespace, run_dir: Path) -> Figures:
-    """Boot, measure, stop; returns the figures."""
+def boot(
+    args: argparse.Namespace, run_dir: Path, extra: Callable[[Board, str], None] | None = None
+) -> Figures:
+    """Boot, measure, stop; returns the figures. ``extra(board, host_address)``, if given, runs
+    in the booted guest after the AEAD figures (bench.data_plane runs bench.udp_batching there)."""
     rig = load_rig(REPO / f"rigs/qemu-{args.arch}.toml")
     if args.mem:
         rig = dataclasses.replace(rig, board=dataclasses.replace(rig.board, mem_mb=args.mem))
@@ -375,6 +378,8 @@ def boot(args: argparse.Namespace, run_dir: Path) -> Figures:
             "Python cryptography ChaCha20Poly1305.encrypt, 1 KB",
             f"{found.group(1)}k: {per_mbit(float(found.group(1)))}" if found else f"no figure: {aead}",
         )
+        if extra is not None:
+            extra(board, rig.network.host_address)
         figures.add("warm restart: dvrlinkd process start to registered", warm_restart(board, hz))
         figures.add("import dvrlink.daemon.cli, warm, guest's python3 (best of 3)", import_time(board))
     finally:
