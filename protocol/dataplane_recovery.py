@@ -158,16 +158,14 @@ class Recovery:
         largest = self.largest_acked
         rtt = self.rtt
         delay = max(TIME_THRESHOLD * max(rtt.smoothed, rtt.latest), GRANULARITY)
-        lost_before = now - delay
         for number, packet in self.sent.items():
             if number > largest:
                 break
-            if largest - number >= PACKET_THRESHOLD or packet.time_sent <= lost_before:
+            when = packet.time_sent + delay
+            if largest - number >= PACKET_THRESHOLD or when <= now:
                 lost.append(packet)
-            else:
-                when = packet.time_sent + delay
-                if self.loss_time is None or when < self.loss_time:
-                    self.loss_time = when
+            elif self.loss_time is None or when < self.loss_time:
+                self.loss_time = when
         for packet in lost:
             del self.sent[packet.packet_number]
             self.bytes_in_flight -= packet.size

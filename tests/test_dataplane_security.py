@@ -1,0 +1,149 @@
+"""Security of the data plane's datagrams: replay, the window, forgery, tags, reordering, and what
+the path (a relay) sees."""
+
+from __future__ import annotations
+
+import os
+
+from support.dataplane_link import key_material, pair
+
+from dvrlink.protocol.dataplane import (
+    PROTOCOL_ERROR,
+    DatagramReceived,
+    DataplaneClosed,
+    DataplaneConnection,
+    KeyMaterial,
+    StreamData,
+)
+from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE, PacketKey, initial_secret
+from dvrlink.protocol.dataplane_wire import HEADER, OVERHEAD
+
+
+def datagrams(count: int) -> tuple[DataplaneConnection, DataplaneConnection, list[bytes]]:
+    """(viewer, device, ``count`` sealed DATAGRAM packets from the viewer, numbers 0 .. count-1)."""
+    viewer, device = pair()
+    for index in range(count):
+        viewer.send_datagram(1, index.to_bytes(4, "big"))
+    sent = viewer.datagrams_to_send(0.0)
+    assert len(sent) == count, f"expected {count} datagrams, got {len(sent)}"
+    return viewer, device, sent
+
+
+def received_payloads(device: DataplaneConnection) -> list[int]:
+    return [int.from_bytes(e.data, "big") for e in device.events() if isinstance(e, DatagramReceived)]
+
+
+def test_a_replayed_packet_is_dropped_as_duplicate() -> None:
+    _, device, sent = datagrams(3)
+    for datagram in [sent[0], sent[1], sent[0], sent[2], sent[1]]:
+        device.receive_datagram(datagram, 0.1)
+    assert received_payloads(device) == [0, 1, 2]
+    assert device.stats.dropped["duplicate"] == 2, device.stats.dropped
+
+
+def test_a_packet_behind_the_window_is_too_old_and_reordering_within_it_is_accepted() -> None:
+    _, device, sent = datagrams(2100)
+    device.receive_datagram(sent[2099], 0.1)
+    for index in range(2098, 2098 - 300, -1):  # 300 packets in reverse order, all inside the window
+        device.receive_datagram(sent[index], 0.1)
+    device.receive_datagram(sent[10], 0.1)  # 2089 behind the highest
+    payloads = received_payloads(device)
+    assert payloads == [2099, *range(2098, 1798, -1)], f"{len(payloads)} accepted"
+    assert device.stats.dropped["too_old"] == 1, device.stats.dropped
+
+
+def test_a_forged_packet_does_not_mark_the_window() -> None:
+    _, device, sent = datagrams(3)
+    flipped = bytearray(sent[1])
+    flipped[OVERHEAD - 16 + 2] ^= 0x01  # a ciphertext bit
+    forged_tag = bytearray(sent[2])
+    forged_tag[-1] ^= 0x80  # the AEAD tag
+    device.receive_datagram(bytes(flipped), 0.1)
+    device.receive_datagram(bytes(forged_tag), 0.1)
+    assert device.stats.dropped["auth"] == 2, device.stats.dropped
+    assert received_payloads(device) == []
+    for datagram in sent:
+        device.receive_datagram(datagram, 0.2)
+    assert received_payloads(device) == [0, 1, 2], "the genuine packets did not open after the forgeries"
+    assert device.stats.dropped["duplicate"] == 0, device.stats.dropped
+
+
+def test_header_checks_drop_by_reason() -> None:
+    _, device, sent = datagrams(1)
+    wrong_tag = bytearray(sent[0])
+    wrong_tag[1] ^= 0xFF
+    reserved = bytearray(sent[0])
+    reserved[0] |= 0x01
+    quic_like = bytearray(sent[0])
+    quic_like[0] = 0x40
+    phase_flipped = bytearray(sent[0])
+    phase_flipped[0] ^= 0x10  # the header is authenticated: a flipped phase cannot open
+    for datagram in (bytes(wrong_tag), bytes(reserved), bytes(quic_like), sent[0][:26], bytes(phase_flipped)):
+        device.receive_datagram(datagram, 0.1)
+    dropped = device.stats.dropped
+    assert (dropped["tag"], dropped["reserved_bits"], dropped["not_dataplane"], dropped["short"]) == (
+        1,
+        1,
+        1,
+        1,
+    ), dropped
+    assert dropped["key_phase"] + dropped["auth"] == 1, dropped
+    device.receive_datagram(sent[0], 0.2)
+    assert received_payloads(device) == [0]
+
+
+def test_a_packet_for_the_other_receiver_fails_its_tag() -> None:
+    keys = key_material()
+    viewer, device = pair(keys)
+    other = DataplaneConnection(
+        device.config,
+        KeyMaterial(keys.viewer_random, keys.device_random, keys.viewer_tag, os.urandom(4)),
+        0.0,
+    )
+    viewer.send_datagram(1, b"x")
+    (datagram,) = viewer.datagrams_to_send(0.0)
+    other.receive_datagram(datagram, 0.1)
+    assert other.stats.dropped["tag"] == 1, other.stats.dropped
+
+
+def test_the_path_sees_no_plaintext_and_sessions_never_share_ciphertext() -> None:
+    marker = b"PLAINTEXT-MARKER-" * 4
+    captures = []
+    for _ in range(2):
+        viewer, _ = pair()  # fresh randoms per session
+        stream = viewer.open_stream()
+        viewer.send(stream, marker * 500)
+        sent = viewer.datagrams_to_send(0.0)
+        assert sent, "nothing was sent"
+        assert not any(b"PLAINTEXT-MARKER" in datagram for datagram in sent), "plaintext on the wire"
+        captures.append([datagram[OVERHEAD - 16 :] for datagram in sent])
+    shared = set(captures[0]) & set(captures[1])
+    assert not shared, f"{len(shared)} identical ciphertexts across two sessions with the same content"
+    assert captures[0][0][:64] != captures[1][0][:64]
+
+
+def test_frames_that_do_not_parse_after_an_open_close_with_a_protocol_error() -> None:
+    keys = key_material()
+    _, device = pair(keys)
+    key = PacketKey(initial_secret(keys.viewer_random, keys.device_random), VIEWER_TO_DEVICE, 0)
+    header = HEADER.pack(0x20, keys.device_tag, 0, 0)
+    device.receive_datagram(header + key.seal(0, header, b"\x3f\x00\x00"), 0.1)
+    assert device.stats.dropped["malformed"] == 1, device.stats.dropped
+    closed = [e for e in device.events() if isinstance(e, DataplaneClosed)]
+    assert closed and closed[0].code == PROTOCOL_ERROR and not closed[0].by_peer, closed
+    assert len(device.datagrams_to_send(0.2)) == 1, "the CLOSE was not sent"
+    assert device.closed
+
+
+def test_stream_data_is_not_delivered_from_a_forged_packet() -> None:
+    viewer, device = pair()
+    stream = viewer.open_stream()
+    viewer.send(stream, b"genuine", end_stream=True)
+    (datagram,) = viewer.datagrams_to_send(0.0)
+    forged = bytearray(datagram)
+    forged[-20] ^= 0x04
+    device.receive_datagram(bytes(forged), 0.1)
+    assert device.events() == []
+    device.receive_datagram(datagram, 0.1)
+    data = [e for e in device.events() if isinstance(e, StreamData)]
+    assert [(e.data, e.ended) for e in data] == [(b"genuine", True)], data

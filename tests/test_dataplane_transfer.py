@@ -1,0 +1,161 @@
+"""Two data plane cores back to back through a simulated link: complete, ordered transfers under
+loss, duplication and reordering; FIN, reset and stop-sending; flow control; idle and keepalive."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from support.dataplane_link import Link, Simulation, key_material, pair
+
+from dvrlink.protocol.dataplane import (
+    DataplaneClosed,
+    DataplaneEvent,
+    StopSendingReceived,
+    StreamData,
+    StreamOpened,
+    StreamReset,
+)
+
+SIZE = 5_000_000
+
+
+def collector(conn_events: list[DataplaneEvent], received: dict[int, bytearray], ended: set[int]) -> None:
+    for event in conn_events:
+        if isinstance(event, StreamData):
+            received.setdefault(event.stream_id, bytearray()).extend(event.data)
+            if event.ended:
+                ended.add(event.stream_id)
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+@pytest.mark.parametrize("loss", [0.0, 0.02, 0.10])
+def test_transfer_arrives_complete_and_in_order(streams: int, loss: float) -> None:
+    rng = random.Random(int(loss * 100) * 10 + streams)
+    viewer, device = pair(key_material(rng))
+    sim = Simulation(
+        viewer,
+        device,
+        Link(rng, delay=0.020, loss=loss, duplicate=0.01, reorder=0.05),
+        Link(rng, delay=0.020, loss=loss, duplicate=0.01, reorder=0.05),
+    )
+    sent: dict[int, bytes] = {}
+    for _ in range(streams):
+        stream = viewer.open_stream()
+        sent[stream] = rng.randbytes(SIZE // streams)
+        viewer.send(stream, sent[stream], end_stream=True)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def done() -> bool:
+        events = device.events()
+        collector(events, received, ended)
+        for event in events:
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+        return ended == set(sent)
+
+    sim.run_until(done, max_steps=3_000_000)
+    for stream, data in sent.items():
+        got = bytes(received.get(stream, b""))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), (
+            f"stream {stream}: {len(got)} of {len(data)} bytes, or not in order"
+        )
+    if loss:
+        assert viewer.stats.packets_lost > 0, "the link lost packets but the sender declared none lost"
+    assert device.stats.dropped["duplicate"] > 0, "the link duplicated datagrams but none was dropped"
+
+
+def test_reset_and_stop_sending_are_delivered() -> None:
+    rng = random.Random(3)
+    viewer, device = pair(key_material(rng))
+    sim = Simulation(viewer, device, Link(rng, loss=0.05), Link(rng, loss=0.05))
+    stream = viewer.open_stream()
+    viewer.send(stream, b"some bytes")
+    seen: list[DataplaneEvent] = []
+    viewer_seen: list[DataplaneEvent] = []
+
+    def opened() -> bool:
+        seen.extend(device.events())
+        return any(isinstance(e, StreamOpened) for e in seen)
+
+    sim.run_until(opened, max_steps=10_000)
+    device.stop_sending(stream, 9)
+    viewer.reset_stream(stream, 7)
+
+    def both() -> bool:
+        seen.extend(device.events())
+        viewer_seen.extend(viewer.events())
+        return any(isinstance(e, StreamReset) for e in seen) and any(
+            isinstance(e, StopSendingReceived) for e in viewer_seen
+        )
+
+    sim.run_until(both, max_steps=10_000)
+    assert [e for e in seen if isinstance(e, StreamReset)] == [StreamReset(stream, 7)], seen
+    assert [e for e in viewer_seen if isinstance(e, StopSendingReceived)] == [StopSendingReceived(stream, 9)]
+
+
+def test_flow_control_stops_the_sender_at_the_window_and_resumes_after_consumed() -> None:
+    rng = random.Random(4)
+    window = 64 * 1024
+    viewer, device = pair(key_material(rng), stream_window=window, connection_window=4 * window)
+    sim = Simulation(viewer, device, Link(rng), Link(rng))
+    stream = viewer.open_stream()
+    data = rng.randbytes(1_000_000)
+    viewer.send(stream, data, end_stream=True)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+    worst = [0]
+
+    def watch(s: Simulation) -> None:
+        collector(device.events(), received, ended)
+        sent_once = len(data) - viewer.send_buffered(stream)
+        worst[0] = max(worst[0], sent_once, len(received.get(stream, b"")))
+
+    sim.on_step = watch
+    sim.run_until(lambda: sim.now > 5.0, max_steps=100_000)
+    got = len(received.get(stream, b""))
+    assert got == window, f"the receiver got {got} bytes without consuming, window {window}"
+    assert worst[0] <= window, f"the sender sent {worst[0]} bytes into a {window}-byte window"
+    device.consumed(stream, got)
+    consumed = [got]
+
+    def consume(s: Simulation) -> None:
+        before = len(received.get(stream, b""))
+        collector(device.events(), received, ended)
+        after = len(received.get(stream, b""))
+        if after > before:
+            device.consumed(stream, after - before)
+            consumed[0] += after - before
+        assert len(data) - viewer.send_buffered(stream) <= consumed[0] + window
+
+    sim.on_step = consume
+    sim.run_until(lambda: stream in ended, max_steps=200_000)
+    assert bytes(received[stream]) == data
+
+
+def test_idle_timeout_closes_both_ends() -> None:
+    rng = random.Random(5)
+    viewer, device = pair(key_material(rng), idle_timeout_s=30.0)
+    sim = Simulation(viewer, device, Link(rng), Link(rng))
+    sim.run_until(lambda: viewer.closed and device.closed, max_steps=1000)
+    for conn in (viewer, device):
+        closed = [e for e in conn.events() if isinstance(e, DataplaneClosed)]
+        assert closed == [DataplaneClosed(0, "idle timeout", by_peer=False)], closed
+    assert 30.0 <= sim.now <= 30.1, f"closed at t={sim.now}"
+
+
+def test_keepalive_pings_keep_an_idle_connection_with_streams_open() -> None:
+    rng = random.Random(6)
+    viewer, device = pair(key_material(rng), idle_timeout_s=30.0, keepalive_s=10.0)
+    sim = Simulation(viewer, device, Link(rng), Link(rng))
+    stream = viewer.open_stream()
+    viewer.send(stream, b"hello")
+    sim.run_until(lambda: sim.now > 300.0, max_steps=10_000)
+    events = viewer.events() + device.events()
+    assert not any(isinstance(e, DataplaneClosed) for e in events), events
+    assert not viewer.closed and not device.closed
+    assert viewer.stats.packets_sent >= 25, (
+        f"{viewer.stats.packets_sent} packets in 300 s: no keepalive PINGs?"
+    )
