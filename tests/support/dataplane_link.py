@@ -33,7 +33,8 @@ class Link:
     busy_until: float = 0.0
     serial: int = 0
     sent: int = 0
-    overflows: int = 0
+    overflows: list[float] = field(default_factory=list)
+    """Times at which a datagram found the bottleneck's queue full."""
     max_queue: int = 0
     queue_delays: list[tuple[float, float]] = field(default_factory=list)
     """(time, queuing delay at the bottleneck) per datagram."""
@@ -50,7 +51,7 @@ class Link:
             start = max(now, self.busy_until)
             queued = (start - now) * self.rate
             if queued + len(datagram) > self.queue_bytes:
-                self.overflows += 1
+                self.overflows.append(now)
                 return
             self.max_queue = max(self.max_queue, int(queued + len(datagram)))
             self.queue_delays.append((now, start - now))
