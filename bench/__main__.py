@@ -14,6 +14,7 @@ from bench import (
     daemon_footprint,
     daemon_memory,
     daemon_streaming,
+    dataplane_core,
     login_burst,
     modem_online,
     presence_load,
@@ -34,6 +35,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("daemon_streaming", daemon_streaming.main),
     ("modem_online", modem_online.main),
     ("login_burst", login_burst.main),
+    ("dataplane_core", dataplane_core.main),
 )
 
 

@@ -27,6 +27,7 @@ BASE_DELAY_BUCKET_S = 10.0
 BASE_DELAY_BUCKETS = 12
 PACING_GAIN = 1.25
 BURST_PACKETS = 10
+WAKE_GRANULARITY_S = 0.001
 TOLERANCE = 0.01
 """Bytes of float rounding the pacer forgives, so a release time it named does release."""
 
@@ -139,6 +140,9 @@ class Pacer:
     def next_release(self, size: int) -> float:
         """When a packet of ``size`` bytes may go (``last`` if it may already)."""
         missing = size - self.tokens
-        if missing <= 0 or self.rate <= 0.0:
+        rate = self.rate
+        if missing <= 0 or rate <= 0.0:
             return self.last
-        return self.last + missing / self.rate
+        # at high rates wake at most once per millisecond (or per half burst, if that is shorter)
+        # and release what has accrued, rather than one packet per wake-up
+        return self.last + max(missing / rate, min(WAKE_GRANULARITY_S, self.burst / 2 / rate))
