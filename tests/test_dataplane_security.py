@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.dataplane_link import key_material, pair
 
 from dvrlink.protocol.dataplane import (
+    FLOW_CONTROL_ERROR,
     PROTOCOL_ERROR,
     DatagramReceived,
     DataplaneClosed,
+    DataplaneConfig,
     DataplaneConnection,
     KeyMaterial,
     StreamData,
 )
-from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE, PacketKey, initial_secret
-from dvrlink.protocol.dataplane_wire import HEADER, OVERHEAD
+from dvrlink.protocol.dataplane_keys import DEVICE_TO_VIEWER, VIEWER_TO_DEVICE, PacketKey, initial_secret
+from dvrlink.protocol.dataplane_wire import HEADER, OVERHEAD, encode_varint
 
 
 def datagrams(count: int) -> tuple[DataplaneConnection, DataplaneConnection, list[bytes]]:
@@ -147,3 +151,53 @@ def test_stream_data_is_not_delivered_from_a_forged_packet() -> None:
     device.receive_datagram(datagram, 0.1)
     data = [e for e in device.events() if isinstance(e, StreamData)]
     assert [(e.data, e.ended) for e in data] == [(b"genuine", True)], data
+
+
+def sealed_from_viewer(keys: KeyMaterial, number: int, payload: bytes) -> bytes:
+    """A packet as the viewer would seal it (the peer's own frames, written by hand)."""
+    key = PacketKey(initial_secret(keys.viewer_random, keys.device_random), VIEWER_TO_DEVICE, 0)
+    header = HEADER.pack(0x20, keys.device_tag, number >> 32, number & 0xFFFFFFFF)
+    return header + key.seal(number, header, payload)
+
+
+def closed_with(conn: DataplaneConnection) -> list[DataplaneClosed]:
+    return [e for e in conn.events() if isinstance(e, DataplaneClosed)]
+
+
+def test_a_stream_id_the_viewer_may_not_use_is_a_protocol_error() -> None:
+    keys = key_material()
+    _, device = pair(keys)
+    device.receive_datagram(sealed_from_viewer(keys, 0, b"\x0b\x01\x00\x01x"), 0.1)  # stream 1: odd
+    closed = closed_with(device)
+    assert [c.code for c in closed] == [PROTOCOL_ERROR], closed
+    assert "stream id 1" in closed[0].reason, closed[0].reason
+
+
+def test_data_beyond_the_granted_window_is_a_flow_control_error() -> None:
+    keys = key_material()
+    _, device = pair(keys, stream_window=1000)
+    frame = b"\x0a\x00" + encode_varint(990) + b"\x14" + b"y" * 20  # ends at 1010 > 1000
+    device.receive_datagram(sealed_from_viewer(keys, 0, frame), 0.1)
+    closed = closed_with(device)
+    assert [c.code for c in closed] == [FLOW_CONTROL_ERROR], closed
+
+
+def test_the_device_naming_a_stream_the_viewer_never_opened_is_a_protocol_error() -> None:
+    keys = key_material()
+    viewer, _ = pair(keys)
+    viewer.open_stream()  # stream 0 only
+    key = PacketKey(initial_secret(keys.viewer_random, keys.device_random), DEVICE_TO_VIEWER, 0)
+    header = HEADER.pack(0x20, keys.viewer_tag, 0, 0)
+    viewer.receive_datagram(header + key.seal(0, header, b"\x09\x08\x00hi"), 0.1)
+    closed = closed_with(viewer)
+    assert [c.code for c in closed] == [PROTOCOL_ERROR], closed
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.booleans())
+def test_garbage_datagrams_never_raise(body: bytes, with_tag: bool) -> None:
+    keys = KeyMaterial(bytes(32), bytes(range(32)), b"vvvv", b"dddd")
+    device = DataplaneConnection(DataplaneConfig("device"), keys, 0.0)
+    datagram = (b"\x20dddd" + body) if with_tag else body
+    device.receive_datagram(datagram, 0.1)
+    assert sum(device.stats.dropped.values()) == 1, device.stats.dropped

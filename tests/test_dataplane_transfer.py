@@ -159,3 +159,94 @@ def test_keepalive_pings_keep_an_idle_connection_with_streams_open() -> None:
     assert viewer.stats.packets_sent >= 25, (
         f"{viewer.stats.packets_sent} packets in 300 s: no keepalive PINGs?"
     )
+
+
+def packet_number(datagram: bytes) -> int:
+    return int.from_bytes(datagram[5:11], "big")
+
+
+def test_a_lost_tail_is_recovered_by_the_probe_timeout() -> None:
+    rng = random.Random(8)
+    first_copies: set[int] = set()
+
+    def lose_tail_once(datagram: bytes) -> bool:
+        number = packet_number(datagram)
+        if 5 <= number <= 9 and number not in first_copies:
+            first_copies.add(number)
+            return True
+        return False
+
+    viewer, device = pair(key_material(rng))
+    sim = Simulation(viewer, device, Link(rng, drop=lose_tail_once), Link(rng))
+    stream = viewer.open_stream()
+    data = rng.randbytes(10 * 1150)  # ten packets: numbers 0-9, the last five lost
+    viewer.send(stream, data, end_stream=True)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def done() -> bool:
+        collector(device.events(), received, ended)
+        return stream in ended
+
+    sim.run_until(done, max_steps=10_000)
+    assert first_copies == {5, 6, 7, 8, 9}, f"the tail was not what the test dropped: {sorted(first_copies)}"
+    assert bytes(received[stream]) == data
+    assert viewer.stats.packets_lost >= 5, f"the sender declared {viewer.stats.packets_lost} lost"
+
+
+def test_rate_cap_limits_the_sending_rate() -> None:
+    rng = random.Random(9)
+    viewer, device = pair(key_material(rng))
+    cap = 50_000.0
+    viewer.set_rate_cap(cap)
+    sim = Simulation(viewer, device, Link(rng, delay=0.02), Link(rng, delay=0.02))
+    stream = viewer.open_stream()
+    viewer.send(stream, rng.randbytes(2_000_000))
+
+    def consume(s: Simulation) -> None:
+        for event in device.events():
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+
+    sim.on_step = consume
+    sim.run_until(lambda: sim.now > 10.0, max_steps=100_000)
+    rate = viewer.stats.bytes_sent / sim.now
+    burst = 10 * 1200
+    assert viewer.stats.bytes_sent <= cap * sim.now + burst, f"{rate:.0f} B/s under a {cap:.0f} B/s cap"
+    assert rate >= 0.8 * cap, f"only {rate:.0f} B/s under a {cap:.0f} B/s cap"
+
+
+@pytest.mark.parametrize(("cap", "most", "least"), [(None, 0.15, 0.05), (200_000.0, 0.6, 0.4)])
+def test_acks_are_decimated_at_high_rates_only(cap: float | None, most: float, least: float) -> None:
+    rng = random.Random(10)
+    viewer, device = pair(key_material(rng))
+    viewer.set_rate_cap(cap)
+    sim = Simulation(viewer, device, Link(rng, delay=0.01), Link(rng, delay=0.01))
+    stream = viewer.open_stream()
+    viewer.send(stream, rng.randbytes(3_000_000))
+
+    def consume(s: Simulation) -> None:
+        for event in device.events():
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+
+    sim.on_step = consume
+    sim.run_until(lambda: sim.now > 5.0 or viewer.send_buffered(stream) == 0, max_steps=200_000)
+    ratio = device.stats.acks_sent / device.stats.packets_received
+    assert least <= ratio <= most, (
+        f"{device.stats.acks_sent} ACKs for {device.stats.packets_received} packets ({ratio:.2f}) "
+        f"at {viewer.stats.bytes_sent / sim.now:.0f} B/s"
+    )
+
+
+def test_config_and_key_material_errors_name_the_field() -> None:
+    from dvrlink.protocol.dataplane import DataplaneConfig, KeyMaterial
+
+    with pytest.raises(ValueError, match="max_datagram"):
+        DataplaneConfig("viewer", max_datagram=50)
+    with pytest.raises(ValueError, match="keepalive_s"):
+        DataplaneConfig("device", keepalive_s=0)
+    with pytest.raises(ValueError, match="viewer_tag"):
+        KeyMaterial(bytes(32), bytes(32), b"abc", b"abcd")
+    with pytest.raises(ValueError, match="device_random"):
+        KeyMaterial(bytes(32), bytes(31), b"abcd", b"abcd")

@@ -120,7 +120,7 @@ def test_garbage_never_raises(data: bytes) -> None:
 @given(st.sampled_from(FRAMES), st.data())
 def test_truncated_frames_never_raise(frame: Frame, data: st.DataObject) -> None:
     encoded = bytearray()
-    encode_frame(encoded, frame, last=False) if not isinstance(frame, DatagramFrame) else encode_frame(
+    encode_frame(encoded, frame, last=isinstance(frame, DatagramFrame))
         encoded, frame
     )
     cut = data.draw(st.integers(0, len(encoded)))
