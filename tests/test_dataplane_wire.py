@@ -121,8 +121,6 @@ def test_garbage_never_raises(data: bytes) -> None:
 def test_truncated_frames_never_raise(frame: Frame, data: st.DataObject) -> None:
     encoded = bytearray()
     encode_frame(encoded, frame, last=isinstance(frame, DatagramFrame))
-        encoded, frame
-    )
     cut = data.draw(st.integers(0, len(encoded)))
     result = parse_frames(bytes(encoded[:cut]))
     assert result is None or isinstance(result, list)
