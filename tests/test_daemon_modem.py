@@ -166,7 +166,9 @@ def test_a_wired_recorder_registers_while_the_modem_stack_is_still_loading(
     async def main() -> None:
         async with running(tmp_path, monkeypatch) as rig:
             await wait_until_async("the broker has the device online", rig.registered, seen=lambda: loading)
-            assert loading and loading[0] != threading.main_thread().name, loading
+            # the import starts once presence has registered, in a worker thread
+            await wait_until_async("the modem import started", lambda: loading)
+            assert loading[0] != threading.main_thread().name, loading
             status = read_status(tmp_path / "run")
             assert status.state == "online" and status.modem is None, status
             assert not rig.runners, "a modem runner was built before the modem stack was loaded"
