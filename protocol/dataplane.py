@@ -94,6 +94,8 @@ PING_RECORD = b""
 """The retransmit record of a PING: re-sends nothing (an empty control frame)."""
 FRAME_ROOM = 16
 """Bytes a frame needs beyond its header for it to be worth starting one."""
+MAX_STREAMS_AHEAD = 1024
+"""How far past the highest stream id seen a new one may jump (each skipped id is remembered)."""
 BUFFER_TRIM = 1 << 16
 """Acknowledged bytes at the head of a send buffer before it is trimmed."""
 
@@ -109,9 +111,11 @@ class DataplaneConfig:
     max_datagram: int = 1200
     """The largest datagram sent (header and tag included); 1200 fits every path incl. TURN."""
     stream_window: int = 1 << 20
-    """Receive window per stream: bytes the peer may send beyond what the application consumed."""
+    """Receive window per stream: bytes the peer may send beyond what the application consumed.
+    It is also the initial send limit assumed for the peer, so both ends must use the same value
+    (the session layer configures both)."""
     connection_window: int = 8 << 20
-    """Receive window over all streams."""
+    """Receive window over all streams (like ``stream_window``, both ends must agree)."""
     idle_timeout_s: float = 30.0
     keepalive_s: float = 10.0
     """A PING after this long without sending, while streams are open."""
@@ -723,6 +727,11 @@ class DataplaneConnection:
                 )
             return None
         if stream_id > self._highest_peer_stream:
+            if stream_id - self._highest_peer_stream > 4 * MAX_STREAMS_AHEAD:
+                self._fail(
+                    PROTOCOL_ERROR, f"stream {stream_id} skips more than {MAX_STREAMS_AHEAD} stream ids"
+                )
+                return None
             self._unopened.update(range(self._highest_peer_stream + 4, stream_id, 4))
             self._highest_peer_stream = stream_id
         elif stream_id in self._unopened:
@@ -804,6 +813,9 @@ class DataplaneConnection:
         recovery = self._recovery
         flight = recovery.bytes_in_flight
         ranges = frame.ranges
+        if ranges[0][1] >= self._next_pn:
+            self._fail(PROTOCOL_ERROR, f"an ACK for packet {ranges[0][1]}, which was never sent")
+            return
         acked, lost = recovery.on_ack(ranges, frame.ack_delay_us, now)
         if not acked:
             return

@@ -201,3 +201,22 @@ def test_garbage_datagrams_never_raise(body: bytes, with_tag: bool) -> None:
     datagram = (b"\x20dddd" + body) if with_tag else body
     device.receive_datagram(datagram, 0.1)
     assert sum(device.stats.dropped.values()) == 1, device.stats.dropped
+
+
+def test_an_ack_for_a_packet_never_sent_is_a_protocol_error() -> None:
+    keys = key_material()
+    _, device = pair(keys)
+    ack = b"\x02" + encode_varint(1 << 40) + b"\x00\x00" + encode_varint(1 << 40)  # acks 0 .. 2**40
+    device.receive_datagram(sealed_from_viewer(keys, 0, ack), 0.1)
+    closed = closed_with(device)
+    assert [c.code for c in closed] == [PROTOCOL_ERROR], closed
+    assert "never sent" in closed[0].reason
+
+
+def test_a_stream_id_far_ahead_is_a_protocol_error() -> None:
+    keys = key_material()
+    _, device = pair(keys)
+    frame = b"\x09" + encode_varint(4 * 10**9) + b"\x00x"
+    device.receive_datagram(sealed_from_viewer(keys, 0, frame), 0.1)
+    closed = closed_with(device)
+    assert [c.code for c in closed] == [PROTOCOL_ERROR], closed
