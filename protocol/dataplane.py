@@ -23,6 +23,7 @@ cipher's).
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,8 +97,6 @@ FRAME_ROOM = 16
 """Bytes a frame needs beyond its header for it to be worth starting one."""
 MAX_STREAMS_AHEAD = 1024
 """How far past the highest stream id seen a new one may jump (each skipped id is remembered)."""
-BUFFER_TRIM = 1 << 16
-"""Acknowledged bytes at the head of a send buffer before it is trimmed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +254,10 @@ class _Stream:
     __slots__ = (
         "acked",
         "acked_prefix",
-        "base",
-        "buf",
-        "conn_counted",
+        "chunks",
         "consumed",
         "delivered",
+        "end",
         "fin_acked",
         "fin_offset",
         "fin_sent",
@@ -274,14 +272,19 @@ class _Stream:
         "retransmit",
         "send_reset",
         "serial",
+        "starts",
         "stream_id",
     )
 
     def __init__(self, stream_id: int, peer_window: int, window: int) -> None:
         self.stream_id = stream_id
         # sending half
-        self.buf = bytearray()
-        self.base = 0
+        self.chunks: list[memoryview] = []
+        """Queued data not yet acknowledged, as the caller's own bytes (no copy)."""
+        self.starts: list[int] = []
+        """The stream offset of each chunk's first byte."""
+        self.end = 0
+        """The offset after the last queued byte."""
         self.next_offset = 0
         self.acked_prefix = 0
         self.acked: list[list[int]] = []
@@ -302,7 +305,6 @@ class _Stream:
         self.recv_reset = False
         self.ooo: list[tuple[int, int, bytes | memoryview]] = []
         self.serial = 0
-        self.conn_counted = 0
 
     def send_done(self) -> bool:
         return self.send_reset or self.fin_acked
@@ -316,7 +318,7 @@ class _Stream:
             return False
         return bool(
             self.retransmit
-            or self.next_offset < self.base + len(self.buf)
+            or self.next_offset < self.end
             or (self.fin_offset is not None and not self.fin_sent)
         )
 
@@ -331,10 +333,15 @@ class _Stream:
             while acked and acked[0][0] <= end:
                 self.acked_prefix = max(self.acked_prefix, acked[0][1])
                 del acked[0]
-            trim = self.acked_prefix - self.base
-            if trim >= BUFFER_TRIM or trim == len(self.buf):
-                del self.buf[:trim]
-                self.base = self.acked_prefix
+            chunks = self.chunks
+            if len(chunks) > 1 and self.starts[1] <= self.acked_prefix:
+                drop = 1
+                while drop + 1 < len(chunks) and self.starts[drop + 1] <= self.acked_prefix:
+                    drop += 1
+                del chunks[:drop], self.starts[:drop]
+            if chunks and self.end <= self.acked_prefix:
+                chunks.clear()
+                self.starts.clear()
             return
         acked = self.acked
         for index, item in enumerate(acked):
@@ -441,9 +448,11 @@ class DataplaneConnection:
         if stream.fin_offset is not None or stream.send_reset:
             raise ValueError(f"data plane stream {stream_id}: sending half already ended or reset")
         if data:
-            stream.buf += data
+            stream.chunks.append(memoryview(data if type(data) is bytes else bytes(data)))
+            stream.starts.append(stream.end)
+            stream.end += len(data)
         if end_stream:
-            stream.fin_offset = stream.base + len(stream.buf)
+            stream.fin_offset = stream.end
         if stream_id not in self._flow_blocked:
             self._sendable[stream_id] = None
 
@@ -452,7 +461,7 @@ class DataplaneConnection:
         stream = self._streams.get(stream_id)
         if stream is None or stream.send_reset:
             return 0
-        return stream.base + len(stream.buf) - stream.next_offset
+        return stream.end - stream.next_offset
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The application has taken ``n`` bytes of a stream's data: the window moves on."""
@@ -481,7 +490,8 @@ class DataplaneConnection:
             return
         stream.send_reset = True
         final = stream.next_offset
-        stream.buf = bytearray()
+        stream.chunks.clear()
+        stream.starts.clear()
         stream.retransmit.clear()
         self._sendable.pop(stream_id, None)
         self._flow_blocked.pop(stream_id, None)
@@ -985,7 +995,7 @@ class DataplaneConnection:
                 retransmit[0][0] = start + count
             return True
         offset = stream.next_offset
-        available = stream.base + len(stream.buf) - offset
+        available = stream.end - offset
         stream_room = stream.peer_max_data - offset
         conn_room = self._peer_max_data - self._conn_sent
         limit = min(available, stream_room, conn_room)
@@ -1020,9 +1030,18 @@ class DataplaneConnection:
         payload += encode_varint(offset)
         if with_length:
             payload += encode_varint(count)
-        start = offset - stream.base
-        with memoryview(stream.buf) as view:
-            payload += view[start : start + count]
+        starts = stream.starts
+        chunks = stream.chunks
+        index = bisect_right(starts, offset) - 1
+        while count > 0:
+            chunk = chunks[index]
+            start = offset - starts[index]
+            take = len(chunk) - start
+            take = min(take, count)
+            payload += chunk[start : start + take]
+            offset += take
+            count -= take
+            index += 1
 
     def _seal(self, payload: bytearray, now: float) -> bytes:
         number = self._next_pn
