@@ -98,6 +98,8 @@ def transfer(name: str, total: int, loss: float, reorder: float, seed: int) -> R
     receiver_cpu = 0.0
     clock = time.process_time
     steps = 0
+    sender_timer: float | None = None
+    receiver_timer: float | None = None
     while not ended:
         steps += 1
         if steps > 50_000_000:
@@ -113,8 +115,8 @@ def transfer(name: str, total: int, loss: float, reorder: float, seed: int) -> R
         start = clock()
         for datagram in acks:
             sender.receive_datagram(datagram, now)
-        timer = sender.next_timer()
-        if timer is not None and timer <= now:
+        # as a driver does: the timer it armed last time says whether handle_timer is due
+        if sender_timer is not None and sender_timer <= now:
             sender.handle_timer(now)
         out = sender.datagrams_to_send(now)
         sender_timer = sender.next_timer()
@@ -125,8 +127,7 @@ def transfer(name: str, total: int, loss: float, reorder: float, seed: int) -> R
         for event in events:
             if isinstance(event, StreamData):
                 receiver.consumed(event.stream_id, len(event.data))
-        timer = receiver.next_timer()
-        if timer is not None and timer <= now:
+        if receiver_timer is not None and receiver_timer <= now:
             receiver.handle_timer(now)
         back = receiver.datagrams_to_send(now)
         receiver_timer = receiver.next_timer()

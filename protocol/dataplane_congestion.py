@@ -15,7 +15,11 @@ cellular uplink's queue does not fill and the presence keepalives that share it 
   of a packet sent before the last reduction does not reduce again).
 
 The pacer is a token bucket: a burst of up to 10 packets, then ``1.25 * cwnd / smoothed_rtt``
-bytes per second (RFC 9002 §7.7), capped by an optional rate limit the driver sets.
+bytes per second (RFC 9002 §7.7; the spec's ``smoothed_rtt / cwnd * 1.25`` per byte read as
+this, since pacing slower than cwnd per RTT would idle the window), capped by an optional rate
+limit the driver sets. At rates above 10 packets per millisecond the burst is one millisecond's
+worth and the pacer wakes at most once per millisecond: a Python driver cannot wake every 10 µs,
+and a batch per wake-up is what UDP GSO sends in one call.
 """
 
 from __future__ import annotations
@@ -105,12 +109,14 @@ class LedbatController:
 
 
 class Pacer:
-    """A token bucket in bytes: a burst of ``BURST_PACKETS``, then the pacing rate."""
+    """A token bucket in bytes: a burst of ``BURST_PACKETS`` (or of ``WAKE_GRANULARITY_S`` at the
+    pacing rate, if that is more), then the pacing rate."""
 
-    __slots__ = ("burst", "last", "rate", "rate_cap", "tokens")
+    __slots__ = ("burst", "last", "minimum_burst", "rate", "rate_cap", "tokens")
 
     def __init__(self, max_datagram: int, now: float) -> None:
-        self.burst = float(BURST_PACKETS * max_datagram)
+        self.minimum_burst = float(BURST_PACKETS * max_datagram)
+        self.burst = self.minimum_burst
         self.tokens = self.burst
         self.last = now
         self.rate = 0.0
@@ -120,7 +126,11 @@ class Pacer:
     def update_rate(self, cwnd: float, smoothed_rtt: float) -> None:
         rate = PACING_GAIN * cwnd / max(smoothed_rtt, 1e-6)
         cap = self.rate_cap
-        self.rate = rate if cap is None or rate < cap else cap
+        if cap is not None and rate > cap:
+            rate = cap
+        self.rate = rate
+        burst = rate * WAKE_GRANULARITY_S
+        self.burst = burst if burst > self.minimum_burst else self.minimum_burst
 
     def can_send(self, size: int, now: float) -> bool:
         """Whether a packet of ``size`` bytes may go at ``now`` (refills the bucket)."""
@@ -138,11 +148,12 @@ class Pacer:
             self.tokens -= size
 
     def next_release(self, size: int) -> float:
-        """When a packet of ``size`` bytes may go (``last`` if it may already)."""
+        """When a packet of ``size`` bytes may go (``last`` if it may already). At high rates the
+        pacer wakes at most once per ``WAKE_GRANULARITY_S`` and releases what accrued, rather than
+        one packet per wake-up (a driver cannot wake every 10 µs, and a batch suits UDP GSO)."""
         missing = size - self.tokens
         rate = self.rate
         if missing <= 0 or rate <= 0.0:
             return self.last
-        # at high rates wake at most once per millisecond (or per half burst, if that is shorter)
-        # and release what has accrued, rather than one packet per wake-up
-        return self.last + max(missing / rate, min(WAKE_GRANULARITY_S, self.burst / 2 / rate))
+        wait = missing / rate
+        return self.last + (wait if wait > WAKE_GRANULARITY_S else WAKE_GRANULARITY_S)
