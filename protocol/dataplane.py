@@ -372,7 +372,7 @@ class DataplaneConnection:
 
     def __init__(self, config: DataplaneConfig, keys: KeyMaterial, now: float) -> None:
         self.config = config
-        self.stats = DataplaneStats()
+        self._stats = DataplaneStats()
         viewer = config.role == "viewer"
         self._viewer = viewer
         self._my_tag = keys.viewer_tag if viewer else keys.device_tag
@@ -422,9 +422,14 @@ class DataplaneConnection:
         self._conn_highest = 0
         self._conn_consumed = 0
         self._serial = 0
-        self._sync_stats()
 
     # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> DataplaneStats:
+        """Counters and gauges (the gauges are brought up to date when this is read)."""
+        self._sync_stats()
+        return self._stats
 
     @property
     def closed(self) -> bool:
@@ -510,7 +515,7 @@ class DataplaneConnection:
         large for one packet."""
         room = self._max_payload - 1 - varint_size(flow_id)
         if self._recovery.bytes_in_flight >= self._cc.cwnd or len(data) > room or self._closed:
-            self.stats.datagrams_dropped += 1
+            self._stats.datagrams_dropped += 1
             return
         self._datagrams.append((flow_id, data))
 
@@ -602,7 +607,7 @@ class DataplaneConnection:
 
     def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
         """Take one datagram from the path. Never raises for anything in ``data``."""
-        stats = self.stats
+        stats = self._stats
         dropped = stats.dropped
         size = len(data)
         if self._closed or self._closing is not None:
@@ -870,7 +875,7 @@ class DataplaneConnection:
                 elif item:
                     self._control.append(item)
         self._cc.on_lost(newest, now)
-        self.stats.packets_lost = self._recovery.lost_packets
+        self._stats.packets_lost = self._recovery.lost_packets
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -912,7 +917,7 @@ class DataplaneConnection:
                 ranges, delay = ack.build(now, recovery.rtt.smoothed if recovery.rtt.has_sample else None)
                 encode_ack(payload, ranges, delay)
                 ack_largest = ranges[0][1]
-                self.stats.acks_sent += 1
+                self._stats.acks_sent += 1
             frames: list[Retransmittable] = []
             if eliciting:
                 self._fill(payload, frames, max_payload)
@@ -932,7 +937,6 @@ class DataplaneConnection:
                     self._probes -= 1
             if self._finished():
                 break
-        self._sync_stats()
         return out
 
     def _fill(self, payload: bytearray, frames: list[Retransmittable], max_payload: int) -> None:
@@ -958,8 +962,11 @@ class DataplaneConnection:
             stream = streams.get(stream_id)
             if stream is None or stream.send_reset:
                 continue
+            before = len(payload)
             if self._write_stream(payload, frames, stream, room):
                 sendable[stream_id] = None
+                if len(payload) == before:
+                    return  # the packet is full for this stream's next frame
 
     def _write_stream(
         self,
@@ -982,8 +989,8 @@ class DataplaneConnection:
                 continue
             head = 1 + varint_size(stream_id) + varint_size(start) + varint_size(room)
             count = min(end - start, room - head)
-            if count < 0:
-                return True
+            if count < 0 or (count == 0 and start < end):
+                return True  # no room in this packet
             last_frame = count == room - head
             self._write_frame(
                 payload, stream, start, count, bool(fin) and start + count == end, not last_frame
@@ -1010,8 +1017,8 @@ class DataplaneConnection:
         if not last_frame:
             head += varint_size(room)
             count = min(limit, room - head)
-        if count < 0:
-            return True
+        if count < 0 or (count == 0 and limit > 0):
+            return True  # no room in this packet
         fin = fin_due and offset + count == stream.fin_offset
         self._write_frame(payload, stream, offset, count, fin, not last_frame)
         frames.append((stream_id, offset, offset + count, fin))
@@ -1053,7 +1060,7 @@ class DataplaneConnection:
         header = HEADER.pack(self._send_header_first, self._peer_tag, number >> 32, number & 0xFFFFFFFF)
         datagram = header + key.seal(number, header, payload)
         self._last_send = now
-        stats = self.stats
+        stats = self._stats
         stats.packets_sent += 1
         stats.bytes_sent += len(datagram)
         return datagram
@@ -1068,7 +1075,7 @@ class DataplaneConnection:
         self._send_header_first = 0x20 | (self._send_key.phase << 4)
         self._send_gen_first = self._next_pn
         self._send_gen_start = now
-        self.stats.send_generation = generation
+        self._stats.send_generation = generation
         self._events.append(KeysUpdated(generation, "send"))
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -1100,7 +1107,7 @@ class DataplaneConnection:
             self.close(code, reason, self._last_receive)
 
     def _sync_stats(self) -> None:
-        stats = self.stats
+        stats = self._stats
         recovery = self._recovery
         rtt = recovery.rtt
         stats.cwnd = int(self._cc.cwnd)
