@@ -30,7 +30,12 @@ GRANULARITY = 0.001
 ACK_EVERY = 2
 ACK_EVERY_HIGH = 10
 MAX_ACK_RANGES = 32
-"""Ranges the receiver remembers (and reports, highest first)."""
+"""Ranges the receiver remembers."""
+MAX_REPORTED_RANGES = 8
+"""Ranges an ACK frame reports, the highest first. A receiver that sends only ACKs never learns
+that its ACKs arrived (ACK-only packets are not acknowledged), so without a limit every ACK would
+repeat every old gap; a gap matters to the sender only until it has declared the packets below it
+lost, one ACK after it first saw it. Eight ranges survive several lost ACKs."""
 DEFAULT_RECEIVER_RTT = 0.100
 
 
@@ -306,7 +311,7 @@ class AckTracker:
         self.immediate = False
         self.deadline = None
         self.last_ack_time = now
-        reported = [(low, high) for low, high in reversed(self.ranges)]
+        reported = [(low, high) for low, high in reversed(self.ranges[-MAX_REPORTED_RANGES:])]
         return reported, max(0, int((now - self.largest_time) * 1e6))
 
     def forget_below(self, number: int) -> None:
