@@ -135,3 +135,27 @@ def test_key_update_both_ends_move_and_late_packets_open_only_within_the_grace()
     assert device.stats.dropped["key_phase"] + device.stats.dropped["auth"] == dropped_before + 1, (
         device.stats.dropped
     )
+
+
+def test_keys_also_update_by_time() -> None:
+    rng = random.Random(8)
+    viewer, device = pair(key_material(rng), key_update_s=1.0)
+    viewer.set_rate_cap(50_000.0)
+    sim = Simulation(viewer, device, Link(rng), Link(rng))
+    stream = viewer.open_stream()
+    viewer.send(stream, rng.randbytes(300_000), end_stream=True)
+    ended = [False]
+
+    def done() -> bool:
+        for event in device.events():
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+                ended[0] = ended[0] or event.ended
+        return ended[0]
+
+    sim.run_until(done, max_steps=100_000)
+    assert sim.now > 5.0, f"the transfer took only {sim.now:.1f} s: too short to see timed updates"
+    assert viewer.stats.send_generation >= int(sim.now) - 1, (
+        f"generation {viewer.stats.send_generation} after {sim.now:.1f} s with key_update_s=1"
+    )
+    assert device.stats.receive_generation == viewer.stats.send_generation
