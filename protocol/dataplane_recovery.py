@@ -25,6 +25,10 @@ from __future__ import annotations
 
 INITIAL_RTT = 0.333
 PACKET_THRESHOLD = 3
+MAX_PACKET_THRESHOLD = 20
+MAX_TIME_THRESHOLD = 2.0
+RECENTLY_LOST = 64
+"""Packets declared lost that are remembered, to notice when one is acknowledged after all."""
 TIME_THRESHOLD = 9 / 8
 GRANULARITY = 0.001
 ACK_EVERY = 2
@@ -98,9 +102,13 @@ class Recovery:
         "loss_time",
         "lost_packets",
         "max_ack_delay",
+        "packet_threshold",
         "pto_count",
+        "recently_lost",
         "rtt",
         "sent",
+        "spurious_losses",
+        "time_threshold",
     )
 
     def __init__(self, max_ack_delay: float) -> None:
@@ -113,6 +121,14 @@ class Recovery:
         self.max_ack_delay = max_ack_delay
         self.rtt = RttEstimator()
         self.lost_packets = 0
+        self.packet_threshold = PACKET_THRESHOLD
+        """Grows when a packet declared lost is acknowledged after all (reordering, not loss),
+        to the reordering distance seen plus one, as RFC 9002 §6.1.1 allows."""
+        self.recently_lost: dict[int, int] = {}
+        """Packet number -> the largest acknowledged when it was declared lost."""
+        self.spurious_losses = 0
+        self.time_threshold = TIME_THRESHOLD
+        """Also grows on a spurious loss (by 1/8 RTT, up to 2 RTT)."""
 
     def on_sent(self, packet: SentPacket) -> None:
         self.sent[packet.packet_number] = packet
@@ -126,6 +142,8 @@ class Recovery:
 
         Numbers that were never sent, or are already acknowledged, are ignored.
         """
+        if self.recently_lost:
+            self._check_spurious(ranges)
         sent = self.sent
         acked: list[SentPacket] = []
         if not sent:
@@ -162,20 +180,34 @@ class Recovery:
         lost: list[SentPacket] = []
         largest = self.largest_acked
         rtt = self.rtt
-        delay = max(TIME_THRESHOLD * max(rtt.smoothed, rtt.latest), GRANULARITY)
+        threshold = self.packet_threshold
+        delay = max(self.time_threshold * max(rtt.smoothed, rtt.latest), GRANULARITY)
         for number, packet in self.sent.items():
             if number > largest:
                 break
             when = packet.time_sent + delay
-            if largest - number >= PACKET_THRESHOLD or when <= now:
+            if largest - number >= threshold or when <= now:
                 lost.append(packet)
             elif self.loss_time is None or when < self.loss_time:
                 self.loss_time = when
+        recently = self.recently_lost
         for packet in lost:
             del self.sent[packet.packet_number]
             self.bytes_in_flight -= packet.size
+            recently[packet.packet_number] = largest
+        while len(recently) > RECENTLY_LOST:
+            del recently[next(iter(recently))]
         self.lost_packets += len(lost)
         return lost
+
+    def _check_spurious(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        recently = self.recently_lost
+        for number in [n for n in recently if any(low <= n <= high for low, high in ranges)]:
+            distance = recently.pop(number) - number
+            self.spurious_losses += 1
+            self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
+            if distance + 1 > self.packet_threshold:
+                self.packet_threshold = min(distance + 1, MAX_PACKET_THRESHOLD)
 
     def pto_interval(self) -> float:
         rtt = self.rtt
