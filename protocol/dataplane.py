@@ -23,6 +23,7 @@ cipher's).
 from __future__ import annotations
 
 import heapq
+import struct
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,6 +64,7 @@ from dvrlink.protocol.dataplane_wire import (
     ResetStreamFrame,
     StopSendingFrame,
     StreamFrame,
+    decode_varint,
     encode_ack,
     encode_frame,
     encode_varint,
@@ -668,6 +670,21 @@ class DataplaneConnection:
         self._last_receive = now
         stats.packets_received += 1
         stats.bytes_received += size
+        head = plaintext[0] if plaintext else -1
+        if head == STREAM or head == STREAM | STREAM_FIN:
+            # the common data packet, one STREAM frame to the end: parsed here, without a frame list
+            try:
+                stream_id, pos = decode_varint(plaintext, 1)
+                offset, pos = decode_varint(plaintext, pos)
+            except (IndexError, struct.error):
+                pass
+            else:
+                self._on_stream_frame(
+                    stream_id, offset, memoryview(plaintext)[pos:], head == STREAM | STREAM_FIN
+                )
+                if not self._finished():
+                    self._ack.on_packet(number, True, now)
+                return
         frames = parse_frames(plaintext)
         if frames is None:
             dropped["malformed"] += 1
@@ -678,7 +695,7 @@ class DataplaneConnection:
             kind = type(frame)
             if kind is StreamFrame:
                 eliciting = True
-                self._on_stream_frame(frame)  # type: ignore[arg-type]
+                self._on_stream_frame(*frame)
             elif kind is AckFrame:
                 self._on_ack(frame, now)  # type: ignore[arg-type]
             elif kind is DatagramFrame:
@@ -758,8 +775,7 @@ class DataplaneConnection:
         self._events.append(StreamOpened(stream_id))
         return stream
 
-    def _on_stream_frame(self, frame: StreamFrame) -> None:
-        stream_id, offset, data, fin = frame
+    def _on_stream_frame(self, stream_id: int, offset: int, data: bytes | memoryview, fin: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             stream = self._stream_for_peer(stream_id)
@@ -1020,13 +1036,39 @@ class DataplaneConnection:
         if count < 0 or (count == 0 and limit > 0):
             return True  # no room in this packet
         fin = fin_due and offset + count == stream.fin_offset
-        self._write_frame(payload, stream, offset, count, fin, not last_frame)
-        frames.append((stream_id, offset, offset + count, fin))
-        stream.next_offset = offset + count
+        end = offset + count
+        frames.append((stream_id, offset, end, fin))
+        # the frame, written here rather than by _write_frame: this is the per-packet path
+        payload.append(STREAM | (STREAM_FIN if fin else 0) | (0 if last_frame else STREAM_LEN))
+        payload += encode_varint(stream_id)
+        payload += encode_varint(offset)
+        if not last_frame:
+            payload += encode_varint(count)
+        starts = stream.starts
+        chunks = stream.chunks
+        index = bisect_right(starts, offset) - 1
+        chunk = chunks[index]
+        start = offset - starts[index]
+        if start + count <= len(chunk):
+            payload += chunk[start : start + count]
+        else:
+            while offset < end:
+                chunk = chunks[index]
+                start = offset - starts[index]
+                take = min(len(chunk) - start, end - offset)
+                payload += chunk[start : start + take]
+                offset += take
+                index += 1
+        stream.next_offset = end
         self._conn_sent += count
         if fin:
             stream.fin_sent = True
-        return stream.has_data()
+            return bool(stream.retransmit)
+        return (
+            end < stream.end
+            or bool(stream.retransmit)
+            or (stream.fin_offset is not None and not stream.fin_sent)
+        )
 
     @staticmethod
     def _write_frame(
