@@ -27,8 +27,9 @@ INITIAL_RTT = 0.333
 PACKET_THRESHOLD = 3
 MAX_PACKET_THRESHOLD = 20
 MAX_TIME_THRESHOLD = 2.0
-RECENTLY_LOST = 64
-"""Packets declared lost that are remembered, to notice when one is acknowledged after all."""
+RECENTLY_LOST = 16
+"""Packets declared lost that are remembered (for at most 2 smoothed RTTs), to notice when one is
+acknowledged after all. Every ACK is checked against them, so the list stays short."""
 TIME_THRESHOLD = 9 / 8
 GRANULARITY = 0.001
 ACK_EVERY = 2
@@ -124,8 +125,8 @@ class Recovery:
         self.packet_threshold = PACKET_THRESHOLD
         """Grows when a packet declared lost is acknowledged after all (reordering, not loss),
         to the reordering distance seen plus one, as RFC 9002 §6.1.1 allows."""
-        self.recently_lost: dict[int, int] = {}
-        """Packet number -> the largest acknowledged when it was declared lost."""
+        self.recently_lost: dict[int, tuple[int, float]] = {}
+        """Packet number -> (the largest acknowledged, the time) when it was declared lost."""
         self.spurious_losses = 0
         self.time_threshold = TIME_THRESHOLD
         """Also grows on a spurious loss (by 1/8 RTT, up to 2 RTT)."""
@@ -143,7 +144,7 @@ class Recovery:
         Numbers that were never sent, or are already acknowledged, are ignored.
         """
         if self.recently_lost:
-            self._check_spurious(ranges)
+            self._check_spurious(ranges, now)
         sent = self.sent
         acked: list[SentPacket] = []
         if not sent:
@@ -194,16 +195,24 @@ class Recovery:
         for packet in lost:
             del self.sent[packet.packet_number]
             self.bytes_in_flight -= packet.size
-            recently[packet.packet_number] = largest
+            recently[packet.packet_number] = (largest, now)
         while len(recently) > RECENTLY_LOST:
             del recently[next(iter(recently))]
         self.lost_packets += len(lost)
         return lost
 
-    def _check_spurious(self, ranges: tuple[tuple[int, int], ...]) -> None:
+    def _check_spurious(self, ranges: tuple[tuple[int, int], ...], now: float) -> None:
         recently = self.recently_lost
-        for number in [n for n in recently if any(low <= n <= high for low, high in ranges)]:
-            distance = recently.pop(number) - number
+        horizon = now - 2 * self.rtt.smoothed
+        while recently:
+            oldest = next(iter(recently))
+            if recently[oldest][1] >= horizon:
+                break
+            del recently[oldest]
+        lowest = ranges[-1][0]
+        found = [n for n in recently if n >= lowest and any(low <= n <= high for low, high in ranges)]
+        for number in found:
+            distance = recently.pop(number)[0] - number
             self.spurious_losses += 1
             self.time_threshold = min(self.time_threshold + 0.125, MAX_TIME_THRESHOLD)
             if distance + 1 > self.packet_threshold:
