@@ -1044,21 +1044,22 @@ class DataplaneConnection:
         payload += encode_varint(offset)
         if not last_frame:
             payload += encode_varint(count)
-        starts = stream.starts
-        chunks = stream.chunks
-        index = bisect_right(starts, offset) - 1
-        chunk = chunks[index]
-        start = offset - starts[index]
-        if start + count <= len(chunk):
-            payload += chunk[start : start + count]
-        else:
-            while offset < end:
-                chunk = chunks[index]
-                start = offset - starts[index]
-                take = min(len(chunk) - start, end - offset)
-                payload += chunk[start : start + take]
-                offset += take
-                index += 1
+        if count:  # (a FIN alone carries no data: the stream's chunks may all be gone)
+            starts = stream.starts
+            chunks = stream.chunks
+            index = bisect_right(starts, offset) - 1
+            chunk = chunks[index]
+            start = offset - starts[index]
+            if start + count <= len(chunk):
+                payload += chunk[start : start + count]
+            else:
+                while offset < end:
+                    chunk = chunks[index]
+                    start = offset - starts[index]
+                    take = min(len(chunk) - start, end - offset)
+                    payload += chunk[start : start + take]
+                    offset += take
+                    index += 1
         stream.next_offset = end
         self._conn_sent += count
         if fin:

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
@@ -60,8 +61,10 @@ from dvrlink.compat.aioquic_compat import (
     received_marker,
     request_client_certificate,
 )
+from dvrlink.protocol import dataplane as dp
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.session_streams import (
+    DataplaneTarget,
     Service,
     StreamErrorCode,
     StreamTarget,
@@ -73,6 +76,15 @@ from dvrlink.protocol.session_tls import ALPN, certificate_ed25519_key
 QUIC_FIXED_BIT = 0x40
 MIN_INITIAL_SIZE = 1200
 MAX_REMEMBERED_PATHS = 4
+DATAPLANE_VERSION = 1
+DATAPLANE_STREAM_BASE = 1 << 62
+"""Session-level id of a data plane stream: this plus the data plane's own id (QUIC's stream ids
+are below 2**62, so the two never meet)."""
+DATAPLANE_HELLO_SIZE = 36
+"""A data plane hello: 32 random bytes, then the 4-byte receive tag its sender chose."""
+DATAPLANE_IDLE_S = float(1 << 30)
+"""The data plane's own idle timeout, in effect never: the session's liveness and QUIC's idle
+timeout end a session whose peer went silent, and the data plane with it."""
 
 
 class CloseCode(enum.IntEnum):
@@ -204,6 +216,10 @@ class SessionConfig:
     """Connection flow-control window, in bytes."""
     max_stream_data: int = 1024 * 1024
     """Per-stream flow-control window, in bytes."""
+    dataplane: bool = True
+    """Carry the viewer's streams on the data plane (``protocol.dataplane``: lean AEAD datagrams
+    keyed from this session) once both ends have exchanged its hello; streams opened before, or
+    with a peer without it, stay on QUIC. The device answers the hello only when this is on."""
 
     def quic_configuration(self, is_client: bool) -> QuicConfiguration:
         """Return the aioquic configuration for one side."""
@@ -226,6 +242,7 @@ class SessionStateError(RuntimeError):
 class _Stream:
     header: bytearray | None  # peer-opened, header not complete yet
     refused: bool = False
+    hello: bytearray | None = None  # the data plane exchange's stream: its bytes so far
 
 
 def _check_key_matches(key: Ed25519PrivateKey, certificate: x509.Certificate, who: str) -> None:
@@ -249,10 +266,18 @@ def _close_reason(event: quic_events.ConnectionTerminated) -> str:
 
 
 class _Session:
-    """What both sides share: event queue, streams, keepalive, close."""
+    """What both sides share: event queue, streams, keepalive, close, the data plane."""
 
-    def __init__(self, config: SessionConfig) -> None:
+    _ROLE: Literal["viewer", "device"]
+
+    def __init__(self, config: SessionConfig, random_bytes: Callable[[int], bytes]) -> None:
         self._config = config
+        self._random_bytes = random_bytes
+        self._dataplane: dp.DataplaneConnection | None = None
+        self._dataplane_hello: bytes | None = None  # ours, once sent
+        self._dataplane_streams: dict[int, _Stream] = {}  # by the data plane's own id
+        self._dataplane_heard = 0
+        self._now = 0.0  # the clock of the latest input: the data plane starts from it
         self._quic: _WindowedQuicConnection | None = None
         self._events: deque[SessionEvent] = deque()
         self._state = SessionState.HANDSHAKE
@@ -307,12 +332,20 @@ class _Session:
 
     def unacknowledged(self, stream_id: int) -> int:
         """Bytes written on ``stream_id`` that the peer has not acknowledged yet (0 for a stream
-        that is over or unknown).
+        that is over or unknown); on a data plane stream, the bytes not yet sent once.
 
         Raises:
             InternalsMoved: the installed aioquic no longer has what this reads.
         """
+        if stream_id >= DATAPLANE_STREAM_BASE:
+            plane = self._dataplane
+            return 0 if plane is None else plane.send_buffered(stream_id - DATAPLANE_STREAM_BASE)
         return 0 if self._quic is None else aioquic_compat.unacknowledged_bytes(self._quic, stream_id)
+
+    @property
+    def dataplane(self) -> dp.DataplaneConnection | None:
+        """The data plane once both hellos are in (its ``stats`` say how it goes), else None."""
+        return self._dataplane
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
@@ -325,13 +358,25 @@ class _Session:
         out = self._quic.datagrams_to_send(now)
         if out:
             self._last_sent = now
-        return [(data, self._destination(addr)) for data, addr in out]
+        sent = [(data, self._destination(addr)) for data, addr in out]
+        plane = self._dataplane
+        if plane is not None and not plane.closed:
+            where = self._dataplane_destination()
+            if where is not None:
+                sent.extend((data, where) for data in plane.datagrams_to_send(now))
+        return sent
 
     def get_timer(self) -> float | None:
         """The time at which ``handle_timer`` must be called, or None."""
         if self._quic is None:
             return None
-        deadlines = [self._quic.get_timer(), self._keepalive_at(), *self._liveness_deadlines()]
+        plane = self._dataplane
+        deadlines = [
+            self._quic.get_timer(),
+            self._keepalive_at(),
+            *self._liveness_deadlines(),
+            None if plane is None else plane.next_timer(),
+        ]
         due = [t for t in deadlines if t is not None]
         return min(due) if due else None
 
@@ -350,6 +395,7 @@ class _Session:
         idle timeout. Never raises."""
         if self._quic is None:
             return
+        self._now = now
         if self._check_liveness(now):
             return
         keepalive = self._keepalive_at()
@@ -361,6 +407,10 @@ class _Session:
         if timer is not None and now >= timer:
             self._quic.handle_timer(now)
         self._drain()
+        plane = self._dataplane
+        if plane is not None and (due := plane.next_timer()) is not None and now >= due:
+            plane.handle_timer(now)
+            self._drain_dataplane(plane)
 
     def open_stream(self, target: StreamTarget) -> int:
         """Open a bidirectional stream for ``target`` and send its header; return the stream id.
@@ -371,6 +421,12 @@ class _Session:
         """
         quic = self._require_established("open a stream")
         header = encode_stream_header(target)
+        plane = self._dataplane
+        if plane is not None and not plane.closed and self._ROLE == "viewer":
+            plane_id = plane.open_stream()
+            self._dataplane_streams[plane_id] = _Stream(header=None)
+            plane.send(plane_id, header)
+            return DATAPLANE_STREAM_BASE + plane_id
         stream_id = quic.get_next_available_stream_id()
         quic.send_stream_data(stream_id, header)
         return stream_id
@@ -385,6 +441,12 @@ class _Session:
             ValueError: the stream cannot be sent on (unknown, peer unidirectional, already finished).
         """
         quic = self._require_established("send")
+        if stream_id >= DATAPLANE_STREAM_BASE:
+            plane = self._dataplane
+            if plane is None:
+                raise ValueError(f"cannot send on stream {stream_id}: this session has no data plane")
+            plane.send(stream_id - DATAPLANE_STREAM_BASE, data, end_stream)  # ValueError as documented
+            return
         try:
             quic.send_stream_data(stream_id, data, end_stream)
         except (ValueError, AssertionError) as exc:
@@ -394,7 +456,10 @@ class _Session:
         """The application has read (or dropped) ``size`` bytes of ``StreamData`` on ``stream_id``:
         the peer may send that much more. Until it is called, a stream takes at most
         ``SessionConfig.max_stream_data`` bytes beyond what was consumed."""
-        if self._quic is not None and size > 0:
+        if stream_id >= DATAPLANE_STREAM_BASE:
+            if self._dataplane is not None and size > 0:
+                self._dataplane.consumed(stream_id - DATAPLANE_STREAM_BASE, size)
+        elif self._quic is not None and size > 0:
             self._quic.credit(stream_id, size)
 
     def reset_stream(self, stream_id: int, error_code: int = StreamErrorCode.CANCELLED) -> None:
@@ -404,18 +469,27 @@ class _Session:
             SessionStateError: the session is not established.
         """
         quic = self._require_established("reset a stream")
-        self._abort_stream(quic, stream_id, error_code)
+        if stream_id >= DATAPLANE_STREAM_BASE:
+            self._abort_dataplane_stream(stream_id - DATAPLANE_STREAM_BASE, error_code)
+        else:
+            self._abort_stream(quic, stream_id, error_code)
 
     def close(self, reason: str = "closed by the user", error_code: int = CloseCode.NORMAL) -> None:
         """Close the session; emits ``SessionClosed`` unless it already closed. Never raises."""
         if self._quic is not None:
             self._quic.close(error_code=error_code, reason_phrase=reason)
+        if self._dataplane is not None and self._last_sent is not None:
+            self._dataplane.close(dp.NO_ERROR, "session closed", self._last_sent)
         self._closed(reason, error_code)
 
     # -- shared internals --
 
     def _destination(self, addr: NetworkAddress) -> NetworkAddress:
         return addr
+
+    def _dataplane_destination(self) -> NetworkAddress | None:
+        """Where data plane datagrams go: the QUIC session's current path."""
+        raise NotImplementedError
 
     def _liveness_floor(self) -> float | None:
         return self._config.liveness_min_s
@@ -430,6 +504,14 @@ class _Session:
         marker = received_marker(self._quic)
         if marker != self._heard_marker:
             self._heard_marker = marker
+            self._last_heard = now
+            self._probes = 0
+
+    def _heard_dataplane(self, plane: dp.DataplaneConnection, now: float) -> None:
+        """A data plane packet of the peer that opened counts as hearing from it."""
+        received = plane.stats.packets_received
+        if received != self._dataplane_heard:
+            self._dataplane_heard = received
             self._last_heard = now
             self._probes = 0
 
@@ -486,6 +568,7 @@ class _Session:
             return
         self._set_state(SessionState.CLOSED)
         self._streams.clear()
+        self._dataplane_streams.clear()
         self._events.append(SessionClosed(reason, int(error_code)))
 
     def _is_local_stream(self, stream_id: int) -> bool:
@@ -529,6 +612,9 @@ class _Session:
                 del self._streams[stream_id]
                 quic.forget(stream_id)
             return
+        if stream.hello is not None:
+            self._on_hello_data(quic, stream_id, stream, event.data, event.end_stream)
+            return
         data = event.data
         if stream.header is not None:
             stream.header += data
@@ -550,6 +636,9 @@ class _Session:
             quic.credit(stream_id, length)
             data = bytes(stream.header[length:])
             stream.header = None
+            if isinstance(target, DataplaneTarget):
+                self._on_hello_offered(quic, stream_id, stream, target, data, event.end_stream)
+                return
             self._events.append(StreamOpened(stream_id, target.service, target))
         if data:
             self._events.append(StreamData(stream_id, data))
@@ -564,9 +653,177 @@ class _Session:
         stream = self._streams.pop(event.stream_id, None)
         if stream is None and not self._is_local_stream(event.stream_id):
             return  # never opened (no complete header): nothing to tell
-        if stream is not None and (stream.refused or stream.header is not None):
-            return
+        if stream is not None and (stream.refused or stream.header is not None or stream.hello is not None):
+            return  # a refused stream, one never opened, or the data plane's exchange (refused: stay on QUIC)
         self._events.append(StreamEnded(event.stream_id, event.error_code))
+
+    # -- the data plane --
+
+    def _hello(self) -> bytes:
+        """Our data plane hello (made once): 32 random bytes, then our 4-byte receive tag."""
+        if self._dataplane_hello is None:
+            self._dataplane_hello = self._random_bytes(DATAPLANE_HELLO_SIZE)
+        return self._dataplane_hello
+
+    def _on_hello_offered(
+        self,
+        quic: _WindowedQuicConnection,
+        stream_id: int,
+        stream: _Stream,
+        target: DataplaneTarget,
+        data: bytes,
+        end_stream: bool,
+    ) -> None:
+        """(device) The viewer opened the data plane's exchange: answer it if we may."""
+        if (
+            self._ROLE != "device"
+            or not self._config.dataplane
+            or target.version != DATAPLANE_VERSION
+            or self._dataplane_hello is not None
+        ):
+            quic.credit(stream_id, len(data))
+            self._abort_stream(quic, stream_id, StreamErrorCode.REFUSED)
+            if end_stream:
+                del self._streams[stream_id]
+                quic.forget(stream_id)
+            return
+        stream.hello = bytearray()
+        self._on_hello_data(quic, stream_id, stream, data, end_stream)
+
+    def _on_hello_data(
+        self, quic: _WindowedQuicConnection, stream_id: int, stream: _Stream, data: bytes, end_stream: bool
+    ) -> None:
+        """Bytes of the data plane's exchange: once the peer's whole hello is in (and on the
+        device, ours is sent back), the data plane starts. A short or long hello leaves the
+        session on QUIC."""
+        assert stream.hello is not None
+        quic.credit(stream_id, len(data))
+        stream.hello += data
+        if len(stream.hello) > DATAPLANE_HELLO_SIZE:
+            self._abort_stream(quic, stream_id, StreamErrorCode.BAD_HEADER)
+        elif len(stream.hello) == DATAPLANE_HELLO_SIZE and self._dataplane is None:
+            peer = bytes(stream.hello)
+            if self._ROLE == "device":
+                quic.send_stream_data(stream_id, self._hello(), end_stream=True)
+                self._start_dataplane(viewer_hello=peer, device_hello=self._hello())
+            elif self._dataplane_hello is not None:
+                self._start_dataplane(viewer_hello=self._dataplane_hello, device_hello=peer)
+        if end_stream:
+            self._streams.pop(stream_id, None)
+            quic.forget(stream_id)
+
+    def _offer_dataplane(self) -> None:
+        """(viewer) Open the data plane's exchange: our hello on a stream of its own."""
+        quic = self._quic
+        if quic is None or not self._config.dataplane:
+            return
+        stream_id = quic.get_next_available_stream_id()
+        self._streams[stream_id] = _Stream(header=None, hello=bytearray())
+        header = encode_stream_header(DataplaneTarget(DATAPLANE_VERSION))
+        quic.send_stream_data(stream_id, header + self._hello(), end_stream=True)
+
+    def _start_dataplane(self, *, viewer_hello: bytes, device_hello: bytes) -> None:
+        keys = dp.KeyMaterial(
+            viewer_random=viewer_hello[:32],
+            device_random=device_hello[:32],
+            viewer_tag=viewer_hello[32:],
+            device_tag=device_hello[32:],
+        )
+        config = dp.DataplaneConfig(
+            role=self._ROLE,
+            max_datagram=self._config.max_datagram_size,
+            stream_window=self._config.max_stream_data,
+            connection_window=self._config.max_data,
+            idle_timeout_s=DATAPLANE_IDLE_S,
+        )
+        self._dataplane = dp.DataplaneConnection(config, keys, self._now)
+
+    def _receive_dataplane(self, data: bytes, now: float) -> None:
+        """A data plane datagram (first byte 0x20-0x3F): only an established session has one."""
+        plane = self._dataplane
+        if plane is None or self._state is not SessionState.ESTABLISHED:
+            return
+        plane.receive_datagram(data, now)
+        self._heard_dataplane(plane, now)
+        self._drain_dataplane(plane)
+
+    def _drain_dataplane(self, plane: dp.DataplaneConnection) -> None:
+        for event in plane.events():
+            if isinstance(event, dp.StreamData):
+                self._on_dataplane_data(plane, event)
+            elif isinstance(event, dp.StreamOpened):
+                self._dataplane_streams.setdefault(event.stream_id, _Stream(header=bytearray()))
+            elif isinstance(event, dp.StreamReset):
+                stream = self._dataplane_streams.pop(event.stream_id, None)
+                if stream is not None and not stream.refused and stream.header is None:
+                    self._events.append(StreamEnded(DATAPLANE_STREAM_BASE + event.stream_id, event.code))
+            elif isinstance(event, dp.StopSendingReceived):
+                with contextlib.suppress(ValueError):
+                    plane.reset_stream(event.stream_id, event.code)
+            elif isinstance(event, dp.DataplaneClosed):
+                for plane_id, stream in self._dataplane_streams.items():
+                    if not stream.refused and stream.header is None:
+                        code = StreamErrorCode.CANCELLED
+                        self._events.append(StreamEnded(DATAPLANE_STREAM_BASE + plane_id, code))
+                self._dataplane_streams.clear()
+
+    def _on_dataplane_data(self, plane: dp.DataplaneConnection, event: dp.StreamData) -> None:
+        plane_id = event.stream_id
+        stream = self._dataplane_streams.get(plane_id)
+        if stream is None:
+            if self._ROLE == "viewer":  # one of ours that is over: nothing to deliver
+                plane.consumed(plane_id, len(event.data))
+                return
+            stream = self._dataplane_streams[plane_id] = _Stream(header=bytearray())
+        session_id = DATAPLANE_STREAM_BASE + plane_id
+        if stream.refused:
+            plane.consumed(plane_id, len(event.data))
+            if event.ended:
+                del self._dataplane_streams[plane_id]
+            return
+        data = event.data
+        if stream.header is not None:
+            stream.header += data
+            try:
+                parsed = decode_stream_header(bytes(stream.header))
+            except ValueError:
+                parsed = None
+                stream.refused = True
+            if (parsed is None and event.ended) or (
+                parsed is not None and isinstance(parsed[0], DataplaneTarget)
+            ):
+                stream.refused = True
+            if stream.refused:
+                plane.consumed(plane_id, len(stream.header))
+                self._abort_dataplane_stream(plane_id, StreamErrorCode.BAD_HEADER)
+                if event.ended:
+                    del self._dataplane_streams[plane_id]
+                return
+            if parsed is None:
+                return
+            target, length = parsed
+            assert not isinstance(target, DataplaneTarget)
+            plane.consumed(plane_id, length)
+            data = bytes(stream.header[length:])
+            stream.header = None
+            self._events.append(StreamOpened(session_id, target.service, target))
+        if data:
+            self._events.append(StreamData(session_id, data))
+        if event.ended:
+            del self._dataplane_streams[plane_id]
+            self._events.append(StreamEnded(session_id, None))
+
+    def _abort_dataplane_stream(self, plane_id: int, error_code: int) -> None:
+        stream = self._dataplane_streams.get(plane_id)
+        if stream is not None:
+            stream.refused = True
+        plane = self._dataplane
+        if plane is None:
+            return
+        with contextlib.suppress(ValueError):  # unknown, or already over on our side
+            plane.stop_sending(plane_id, error_code)
+        with contextlib.suppress(ValueError):
+            plane.reset_stream(plane_id, error_code)
 
     def _abort_stream(self, quic: QuicConnection, stream_id: int, error_code: int) -> None:
         stream = self._streams.get(stream_id)
@@ -623,15 +880,19 @@ class DeviceSession(_Session):
     returns whether this device authorised it (at pairing). It is the only authority.
     """
 
+    _ROLE = "device"
+
     def __init__(
         self,
         device_key: Ed25519PrivateKey,
         certificate: x509.Certificate,
         authorised: Callable[[bytes], bool],
         config: SessionConfig | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        """Raises ValueError if ``certificate`` is not for ``device_key``."""
-        super().__init__(config or SessionConfig())
+        """Raises ValueError if ``certificate`` is not for ``device_key``. ``random_bytes`` makes
+        the data plane's hello."""
+        super().__init__(config or SessionConfig(), random_bytes)
         _check_key_matches(device_key, certificate, "device")
         self._key = device_key
         self._certificate = certificate
@@ -646,6 +907,10 @@ class DeviceSession(_Session):
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         """Feed one datagram from ``addr``. Never raises on bad bytes; they are dropped."""
+        self._now = now
+        if data and 0x20 <= data[0] <= 0x3F:
+            self._receive_dataplane(data, now)
+            return
         if not data or not data[0] & QUIC_FIXED_BIT:
             return
         if self._quic is None:
@@ -707,6 +972,9 @@ class DeviceSession(_Session):
     def _is_local_stream(self, stream_id: int) -> bool:
         return stream_id & 1 == 1
 
+    def _dataplane_destination(self) -> NetworkAddress | None:
+        return self._peer_address
+
     def _liveness_floor(self) -> float | None:
         floor = self._config.liveness_min_s
         return None if floor is None else 2 * floor
@@ -748,15 +1016,19 @@ class ViewerSession(_Session):
     device's QUIC sees a client migration and validates the new path.
     """
 
+    _ROLE = "viewer"
+
     def __init__(
         self,
         viewer_key: Ed25519PrivateKey,
         certificate: x509.Certificate,
         pinned_fingerprint: str,
         config: SessionConfig | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        """Raises ValueError if ``certificate`` is not for ``viewer_key`` or the pin is malformed."""
-        super().__init__(config or SessionConfig())
+        """Raises ValueError if ``certificate`` is not for ``viewer_key`` or the pin is malformed.
+        ``random_bytes`` makes the data plane's hello."""
+        super().__init__(config or SessionConfig(), random_bytes)
         _check_key_matches(viewer_key, certificate, "viewer")
         self._key = viewer_key
         self._certificate = certificate
@@ -821,6 +1093,10 @@ class ViewerSession(_Session):
         """
         if self._quic is None or self._quic_addr is None or addr not in self._known_paths:
             return
+        self._now = now
+        if data and 0x20 <= data[0] <= 0x3F:
+            self._receive_dataplane(data, now)
+            return
         if not data or not data[0] & QUIC_FIXED_BIT:
             return
         self._quic.receive_datagram(data, self._quic_addr, now)
@@ -831,6 +1107,9 @@ class ViewerSession(_Session):
 
     def _destination(self, addr: NetworkAddress) -> NetworkAddress:
         return self._path if self._path is not None else addr
+
+    def _dataplane_destination(self) -> NetworkAddress | None:
+        return self._path
 
     def _check_pin(self) -> None:
         # Runs before the next datagrams_to_send, so on a mismatch only CONNECTION_CLOSE leaves:
@@ -869,3 +1148,4 @@ class ViewerSession(_Session):
             self._peer_fingerprint = self._pin
             self._set_state(SessionState.ESTABLISHED)
             self._events.append(SessionEstablished(self._pin))
+            self._offer_dataplane()

@@ -20,6 +20,8 @@ class Service(enum.IntEnum):
 
     FORWARD = 1
     RPC = 2
+    DATAPLANE = 3
+    """The data plane's key exchange (session-internal: never reaches the application)."""
 
 
 class StreamErrorCode(enum.IntEnum):
@@ -55,7 +57,22 @@ class RpcTarget:
         return Service.RPC
 
 
+@dataclass(frozen=True, slots=True)
+class DataplaneTarget:
+    """The stream on which the two ends of a session exchange the data plane's key material
+    (``protocol.session``); its target text is ``v`` and the data plane's version."""
+
+    version: int = 1
+
+    @property
+    def service(self) -> Service:
+        """Always ``Service.DATAPLANE``."""
+        return Service.DATAPLANE
+
+
 StreamTarget = ForwardTarget | RpcTarget
+"""What the application opens streams for."""
+AnyTarget = StreamTarget | DataplaneTarget
 
 # service (1) ‖ port (2, 0 for RPC) ‖ target (1 + n, UTF-8: forward host or RPC method)
 _STREAM_HEADER = c.Struct(
@@ -66,7 +83,7 @@ _STREAM_HEADER = c.Struct(
 _HEADER_FIXED = 4
 
 
-def encode_stream_header(target: StreamTarget) -> bytes:
+def encode_stream_header(target: AnyTarget) -> bytes:
     """Return the stream-open header for ``target``.
 
     Raises:
@@ -77,6 +94,8 @@ def encode_stream_header(target: StreamTarget) -> bytes:
         text, port = target.host, target.port
         if not 1 <= port <= 65535:
             raise ValueError(f"forward port {port} is out of range: use 1-65535")
+    elif isinstance(target, DataplaneTarget):
+        text, port = f"v{target.version}", 0
     else:
         text, port = target.method, 0
     raw = text.encode("utf8")
@@ -85,7 +104,7 @@ def encode_stream_header(target: StreamTarget) -> bytes:
     return bytes(_STREAM_HEADER.build({"service": int(target.service), "port": port, "target": text}))
 
 
-def decode_stream_header(data: bytes) -> tuple[StreamTarget, int] | None:
+def decode_stream_header(data: bytes) -> tuple[AnyTarget, int] | None:
     """Parse a stream-open header at the start of ``data``.
 
     Returns:
@@ -112,4 +131,8 @@ def decode_stream_header(data: bytes) -> tuple[StreamTarget, int] | None:
         if v.port != 0:
             raise ValueError("malformed stream header: RPC with a port")
         return RpcTarget(text), length
+    if v.service == Service.DATAPLANE:
+        if v.port != 0 or not (text.startswith("v") and text[1:].isdigit() and len(text) <= 4):
+            raise ValueError(f"malformed stream header: data plane version {text!r}")
+        return DataplaneTarget(int(text[1:])), length
     raise ValueError(f"malformed stream header: unknown service {v.service}")

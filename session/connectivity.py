@@ -32,8 +32,8 @@ blocked, so they come later and are trickled (RFC 8838) rather than waited for.
 Datagrams that arrive on the ICE sockets before this side has nominated its pair (the peer may
 finish its checks first) are held, a few at most, and handed over with the nominated label once
 it is known, so a path label always means one pair. Only datagrams whose first byte is QUIC's
-(RFC 9443: 64-127 or 192-255) are handed over; the TURN channel primer (an empty datagram) and
-anything else is dropped.
+(RFC 9443: 64-127 or 192-255) or the data plane's (0x20-0x3F, ``protocol.dataplane_wire``) are
+handed over; the TURN channel primer (an empty datagram) and anything else is dropped.
 
 aioice's and asyncio's internals are used only through ``dvrlink.compat.aioice_compat`` and
 ``dvrlink.compat.asyncio_compat``, which raise when an upgrade moved one (guards:
@@ -59,6 +59,7 @@ from aioice.turn import TurnTransport, create_turn_endpoint
 from aioice.utils import random_string
 
 from dvrlink.compat import asyncio_compat
+from dvrlink.protocol.dataplane_wire import is_dataplane
 from dvrlink.protocol.port_prediction import (
     BIRTHDAY_PROBES,
     BIRTHDAY_SOCKETS,
@@ -125,9 +126,10 @@ class ConnectivityError(Exception):
     """No path could be prepared or found; the message says why and what to do."""
 
 
-def is_quic(data: bytes) -> bool:
-    """RFC 9443: a QUIC datagram starts with 64-127 (short header) or 192-255 (long header)."""
-    return bool(data) and bool(data[0] & 0x40)
+def is_session_datagram(data: bytes) -> bool:
+    """A datagram of the session: QUIC (RFC 9443: 64-127, short header, or 192-255, long
+    header) or the data plane (0x20-0x3F)."""
+    return bool(data) and (bool(data[0] & 0x40) or is_dataplane(data[0]))
 
 
 class _IceConnection(aioice.Connection):
@@ -742,7 +744,7 @@ class Connectivity:
         self.on_path_ready(path)
 
     def _deliver(self, data: bytes, path: Path) -> None:
-        if not is_quic(data):
+        if not is_session_datagram(data):
             self.dropped += 1
             return
         self.bytes_in[path] = self.bytes_in.get(path, 0) + len(data)
@@ -759,7 +761,7 @@ class Connectivity:
         if self._closed:
             return
         if self._ice_path is None:
-            if not self._ice_done and is_quic(data):
+            if not self._ice_done and is_session_datagram(data):
                 self._ice_pending.append(data)
             else:
                 self.dropped += 1

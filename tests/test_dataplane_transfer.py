@@ -250,3 +250,38 @@ def test_config_and_key_material_errors_name_the_field() -> None:
         KeyMaterial(bytes(32), bytes(32), b"abc", b"abcd")
     with pytest.raises(ValueError, match="device_random"):
         KeyMaterial(bytes(32), bytes(31), b"abcd", b"abcd")
+
+
+def test_a_fin_alone_after_all_data_was_acknowledged_ends_the_stream() -> None:
+    """The session layer writes the data first and the end of the stream later (a forward's
+    local socket closes after its last bytes were carried): a STREAM frame with FIN and no data,
+    when the stream's chunks have all been acknowledged and dropped."""
+    rng = random.Random(7)
+    viewer, device = pair(key_material(rng))
+    sim = Simulation(viewer, device, Link(rng, delay=0.010), Link(rng, delay=0.010))
+    stream = viewer.open_stream()
+    data = rng.randbytes(50_000)
+    viewer.send(stream, data)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def collect() -> None:
+        events = device.events()
+        collector(events, received, ended)
+        for event in events:
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+
+    def all_acknowledged() -> bool:
+        collect()
+        return len(received.get(stream, b"")) == len(data) and viewer.stats.bytes_in_flight == 0
+
+    sim.run_until(all_acknowledged, max_steps=100_000)
+    viewer.send(stream, b"", end_stream=True)
+
+    def stream_ended() -> bool:
+        collect()
+        return stream in ended
+
+    sim.run_until(stream_ended, max_steps=100_000)
+    assert bytes(received[stream]) == data

@@ -39,6 +39,11 @@ def is_quic_first_byte(byte: int) -> bool:
     return 64 <= byte <= 127 or 192 <= byte <= 255
 
 
+def is_dataplane_first_byte(byte: int) -> bool:
+    """The data plane's datagrams start with 0x20-0x3F (apart from QUIC, STUN and TURN)."""
+    return 0x20 <= byte <= 0x3F
+
+
 @dataclass
 class Keys:
     device: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
@@ -93,13 +98,13 @@ class Link:
         moved = False
         for data, dst in self.viewer.datagrams_to_send(self.now):
             moved = True
-            assert is_quic_first_byte(data[0]), data[:1]
+            assert is_quic_first_byte(data[0]) or is_dataplane_first_byte(data[0]), data[:1]
             self.wire.append(("viewer", data, dst))
             sent = (self.viewer_source, dst)
             heapq.heappush(self.in_flight, (self.now + self.delay, len(self.wire), "viewer", data, sent))
         for data, dst in self.device.datagrams_to_send(self.now):
             moved = True
-            assert is_quic_first_byte(data[0]), data[:1]
+            assert is_quic_first_byte(data[0]) or is_dataplane_first_byte(data[0]), data[:1]
             self.wire.append(("device", data, dst))
             heapq.heappush(
                 self.in_flight, (self.now + self.delay, len(self.wire), "device", data, (dst, dst))
@@ -175,4 +180,11 @@ def established_link(
     )
     link.start()
     link.run(lambda: link.device.peer_fingerprint is not None and link.viewer.peer_fingerprint is not None)
+    return link
+
+
+def dataplane_link(keys: Keys | None = None, config: SessionConfig | None = None, delay: float = 0.0) -> Link:
+    """An established link whose data plane is up at both ends (the hellos crossed)."""
+    link = established_link(keys, config, delay)
+    link.run(lambda: link.viewer.dataplane is not None and link.device.dataplane is not None)
     return link

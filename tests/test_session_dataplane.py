@@ -1,0 +1,171 @@
+"""Sessions carry their streams on the data plane (``protocol.dataplane``) once the two hellos
+have crossed on the QUIC session: the bytes travel as the data plane's AEAD datagrams, nothing
+on the wire is plaintext, a device without the data plane keeps the session on QUIC, and a
+replayed or forged data plane datagram is dropped and counted.
+
+Two session cores on the made-up link of ``support.session`` (no sockets, made-up time)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from support.session import (
+    DEVICE_DIRECT,
+    VIEWER_DIRECT,
+    Keys,
+    dataplane_link,
+    established_link,
+    is_dataplane_first_byte,
+    is_quic_first_byte,
+)
+
+from dvrlink.protocol.session import (
+    DATAPLANE_STREAM_BASE,
+    SessionClosed,
+    SessionConfig,
+    SessionEvent,
+    StreamData,
+    StreamEnded,
+    StreamOpened,
+)
+from dvrlink.protocol.session_streams import ForwardTarget, Service, StreamErrorCode
+
+MARKER = b"PLAINTEXT-MARKER-dvrlink-"
+
+
+def received(events: list[SessionEvent], stream_id: int) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, StreamData) and e.stream_id == stream_id)
+
+
+def ended(events: list[SessionEvent], stream_id: int) -> bool:
+    return any(isinstance(e, StreamEnded) and e.stream_id == stream_id for e in events)
+
+
+def marked(size: int, seed: int) -> bytes:
+    """``size`` bytes with the marker every 4 kB, so a plaintext leak anywhere would show."""
+    noise = random.Random(seed).randbytes(size)
+    out = bytearray(noise)
+    for at in range(0, size - len(MARKER), 4096):
+        out[at : at + len(MARKER)] = MARKER
+    return bytes(out)
+
+
+def test_streams_ride_the_data_plane_and_the_wire_carries_no_plaintext() -> None:
+    link = dataplane_link()
+    up, down = marked(1_000_000, 1), marked(1_000_000, 2)
+    before = len(link.wire)
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    assert sid >= DATAPLANE_STREAM_BASE, f"stream {sid} opened on QUIC although the data plane is up"
+    link.viewer.send(sid, up, end_stream=True)
+    link.run(lambda: any(isinstance(e, StreamOpened) for e in link.device_events))
+    opened = [e for e in link.device_events if isinstance(e, StreamOpened)]
+    assert opened == [StreamOpened(sid, Service.FORWARD, ForwardTarget("127.0.0.1", 554))]
+    link.device.send(sid, down, end_stream=True)
+    link.run(lambda: ended(link.device_events, sid) and ended(link.viewer_events, sid), limit=200_000)
+
+    assert hashlib.sha256(received(link.device_events, sid)).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(received(link.viewer_events, sid)).digest() == hashlib.sha256(down).digest()
+    wire = link.wire[before:]
+    plane = sum(len(d) for _, d, _ in wire if is_dataplane_first_byte(d[0]))
+    quic = sum(len(d) for _, d, _ in wire if is_quic_first_byte(d[0]))
+    assert plane > 2_000_000, f"only {plane} B of data plane datagrams for 2 MB of streams"
+    assert quic < plane // 50, f"QUIC carried {quic} B beside the data plane's {plane} B"
+    leaks = [side for side, d, _ in link.wire if MARKER[:16] in d]
+    assert not leaks, f"plaintext on the wire in {len(leaks)} datagrams"
+    assert link.device.dataplane is not None and link.device.dataplane.stats.dropped["auth"] == 0
+
+
+def test_a_device_without_the_data_plane_keeps_the_session_on_quic() -> None:
+    keys = Keys()
+    link = established_link(keys, config=SessionConfig(dataplane=False))
+    # the viewer's hello is refused: wait until the device has answered it
+    link.run_for(1.0)
+    assert link.viewer.dataplane is None and link.device.dataplane is None
+    data = marked(200_000, 3)
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 80))
+    assert sid < DATAPLANE_STREAM_BASE
+    link.viewer.send(sid, data, end_stream=True)
+    link.run(lambda: ended(link.device_events, sid))
+    assert received(link.device_events, sid) == data
+    assert not [d for _, d, _ in link.wire if is_dataplane_first_byte(d[0])]
+    assert not [e for e in link.viewer_events if isinstance(e, StreamEnded)], (
+        "the refused hello reached the application"
+    )
+
+
+def test_a_replayed_or_forged_data_plane_datagram_is_dropped_and_counted() -> None:
+    link = dataplane_link()
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    link.viewer.send(sid, b"x" * 50_000, end_stream=True)
+    link.run(lambda: ended(link.device_events, sid))
+    plane = link.device.dataplane
+    assert plane is not None
+    sample = next(d for side, d, _ in link.wire if side == "viewer" and is_dataplane_first_byte(d[0]))
+    events_before = len(link.device_events)
+    dropped = dict(plane.stats.dropped)
+
+    link.device.receive_datagram(sample, link.viewer_source, link.now)  # replayed
+    forged = bytearray(sample)
+    forged[-1] ^= 0x01
+    forged[5:11] = (10**9).to_bytes(6, "big")  # a packet number never used
+    link.device.receive_datagram(bytes(forged), link.viewer_source, link.now)
+    link.collect()
+
+    after = plane.stats.dropped
+    assert after["duplicate"] == dropped["duplicate"] + 1, after
+    assert after["auth"] == dropped["auth"] + 1, after
+    assert len(link.device_events) == events_before
+    assert not any(isinstance(e, SessionClosed) for e in link.device_events)
+
+
+def test_two_sessions_never_share_keys() -> None:
+    first, second = dataplane_link(), dataplane_link()
+    content = b"same content " * 50
+    for link in (first, second):
+        sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+        link.viewer.send(sid, content, end_stream=True)
+        events = link.device_events
+        link.run(lambda: ended(events, sid))  # noqa: B023 (run() returns before the next turn)
+    one = {d[11:] for side, d, _ in first.wire if side == "viewer" and is_dataplane_first_byte(d[0])}
+    two = {d[11:] for side, d, _ in second.wire if side == "viewer" and is_dataplane_first_byte(d[0])}
+    assert one and two and not one & two
+
+
+def test_a_device_refusal_on_a_data_plane_stream_reaches_the_viewer() -> None:
+    link = dataplane_link()
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 23))
+    link.viewer.send(sid, b"hello")
+    link.run(lambda: any(isinstance(e, StreamOpened) for e in link.device_events))
+    link.device.reset_stream(sid, StreamErrorCode.REFUSED)  # port not allow-listed
+    link.run(lambda: ended(link.viewer_events, sid))
+    assert [e for e in link.viewer_events if isinstance(e, StreamEnded)] == [
+        StreamEnded(sid, StreamErrorCode.REFUSED)
+    ]
+
+
+def test_a_path_switch_mid_transfer_loses_no_bytes_on_the_data_plane() -> None:
+    """Relay -> direct while 1 MB moves each way, the old path gone at once: what was in flight on
+    it is lost and the data plane's own loss recovery sends it again on the new path."""
+    link = dataplane_link(delay=0.02)
+    up, down = marked(1_000_000, 5), marked(1_000_000, 6)
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    assert sid >= DATAPLANE_STREAM_BASE
+    link.viewer.send(sid, up, end_stream=True)
+    link.run(lambda: any(isinstance(e, StreamOpened) for e in link.device_events))
+    link.device.send(sid, down, end_stream=True)
+    link.run(
+        lambda: (
+            len(received(link.device_events, sid)) > 300_000
+            and len(received(link.viewer_events, sid)) > 300_000
+        ),
+        limit=200_000,
+    )
+    link.switch_path(VIEWER_DIRECT, DEVICE_DIRECT, keep_old=False)
+    link.run(lambda: ended(link.device_events, sid) and ended(link.viewer_events, sid), limit=400_000)
+
+    assert hashlib.sha256(received(link.device_events, sid)).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(received(link.viewer_events, sid)).digest() == hashlib.sha256(down).digest()
+    assert link.dropped > 0, "nothing was in flight on the old path: the switch tested nothing"
+    assert link.device.peer_address == VIEWER_DIRECT
+    assert not any(isinstance(e, SessionClosed) for e in link.viewer_events + link.device_events)
