@@ -509,7 +509,7 @@ class _Session:
 
     def _heard_dataplane(self, plane: dp.DataplaneConnection, now: float) -> None:
         """A data plane packet of the peer that opened counts as hearing from it."""
-        received = plane.stats.packets_received
+        received = plane.packets_received
         if received != self._dataplane_heard:
             self._dataplane_heard = received
             self._last_heard = now
