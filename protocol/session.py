@@ -277,6 +277,7 @@ class _Session:
         self._dataplane_hello: bytes | None = None  # ours, once sent
         self._dataplane_streams: dict[int, _Stream] = {}  # by the data plane's own id
         self._dataplane_heard = 0
+        self._dataplane_offer: int | None = None  # (viewer) the hello's stream, until answered or refused
         self._now = 0.0  # the clock of the latest input: the data plane starts from it
         self._quic_dirty = True
         """QUIC may have something to send: set by every input to it and every call on it. On a
@@ -350,6 +351,12 @@ class _Session:
     def dataplane(self) -> dp.DataplaneConnection | None:
         """The data plane once both hellos are in (its ``stats`` say how it goes), else None."""
         return self._dataplane
+
+    @property
+    def dataplane_pending(self) -> bool:
+        """(viewer) Our data plane hello went out and neither the device's answer nor its
+        refusal has come yet: a stream opened now would ride QUIC."""
+        return self._dataplane_offer is not None and self._dataplane is None
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
@@ -582,6 +589,7 @@ class _Session:
         self._set_state(SessionState.CLOSED)
         self._streams.clear()
         self._dataplane_streams.clear()
+        self._dataplane_offer = None
         self._events.append(SessionClosed(reason, int(error_code)))
 
     def _is_local_stream(self, stream_id: int) -> bool:
@@ -666,6 +674,8 @@ class _Session:
         stream = self._streams.pop(event.stream_id, None)
         if stream is None and not self._is_local_stream(event.stream_id):
             return  # never opened (no complete header): nothing to tell
+        if stream is not None and stream.hello is not None and event.stream_id == self._dataplane_offer:
+            self._dataplane_offer = None  # the device has no data plane: streams stay on QUIC
         if stream is not None and (stream.refused or stream.header is not None or stream.hello is not None):
             return  # a refused stream, one never opened, or the data plane's exchange (refused: stay on QUIC)
         self._events.append(StreamEnded(event.stream_id, event.error_code))
@@ -724,6 +734,8 @@ class _Session:
         if end_stream:
             self._streams.pop(stream_id, None)
             quic.forget(stream_id)
+            if stream_id == self._dataplane_offer:
+                self._dataplane_offer = None  # answered, or ended without a usable hello
 
     def _offer_dataplane(self) -> None:
         """(viewer) Open the data plane's exchange: our hello on a stream of its own."""
@@ -732,6 +744,7 @@ class _Session:
             return
         stream_id = quic.get_next_available_stream_id()
         self._streams[stream_id] = _Stream(header=None, hello=bytearray())
+        self._dataplane_offer = stream_id
         header = encode_stream_header(DataplaneTarget(DATAPLANE_VERSION))
         quic.send_stream_data(stream_id, header + self._hello(), end_stream=True)
 

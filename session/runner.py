@@ -56,6 +56,10 @@ session moves back to the relay."""
 DEAD_PATH_PTOS = 2
 PATH_CHECK_S = 1.0
 """How often the viewer checks its path for that."""
+DATAPLANE_WAIT_S = 2.0
+"""The viewer's streams wait at most this long for the device to answer the data plane's hello
+(one round trip after the session is established), so that they ride the data plane rather
+than QUIC; after it they open on QUIC."""
 TIMER_RESOLUTION_S = 0.001
 """Deadlines nearer than this are polled on each event-loop pass instead of slept for."""
 """Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
@@ -251,6 +255,8 @@ class _Runner:
         self._error: SessionError | None = None
         self._pending_error: SessionError | None = None
         self._pump_handle: asyncio.Handle | None = None
+        self._dataplane_settled = asyncio.Event()
+        """Set once the viewer's data plane hello was answered or refused (see ``open_stream``)."""
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -320,13 +326,19 @@ class _Runner:
         await asyncio.shield(self._established)
 
     async def open_stream(self, target: StreamTarget) -> SessionStream:
-        """Wait until established, then open a stream for ``target``.
+        """Wait until established (and, on the viewer, at most ``DATAPLANE_WAIT_S`` for the
+        device's answer to the data plane's hello), then open a stream for ``target``: on the
+        data plane when it is up, else on QUIC.
 
         Raises:
             ValueError: ``target`` cannot be encoded.
             SessionError: as ``established``, or the session closed.
         """
         await self.established()
+        if self._core.dataplane_pending:
+            self._dataplane_settled.clear()  # the pump sets it once the hello is answered or refused
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dataplane_settled.wait(), DATAPLANE_WAIT_S)
         try:
             stream_id = self._core.open_stream(target)
         except SessionStateError as exc:
@@ -395,6 +407,8 @@ class _Runner:
         core = self._core
         while (event := core.next_event()) is not None:
             self._handle(event)
+        if not core.dataplane_pending:
+            self._dataplane_settled.set()
         for data, addr in core.datagrams_to_send(self._loop.time()):
             self._connectivity.send(data, addr)
         self._rearm(core.get_timer())

@@ -1,5 +1,5 @@
-"""Bulk transfers through the session runners on loopback: relayed (and ciphertext on the relay),
-and across a relay -> lan path switch in the middle of the transfer."""
+"""Bulk transfers through the session runners on loopback, on the data plane: relayed (and
+ciphertext on the relay), and across a relay -> lan path switch in the middle of the transfer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from support.connectivity import (
     write_all,
 )
 
+from dvrlink.protocol.session import DATAPLANE_STREAM_BASE
 from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.connectivity import LAN, RELAY
@@ -59,6 +60,7 @@ def test_relay_only_moves_5_mb_both_ways_as_ciphertext() -> None:
             await asyncio.wait_for(s.viewer.established(), WAIT)
             started = time.perf_counter()
             stream = await s.viewer.open_stream(RpcTarget("transfer"))
+            assert stream.stream_id >= DATAPLANE_STREAM_BASE, "the stream did not ride the data plane"
             writer = asyncio.create_task(write_all(stream, upload))
             got_download = await asyncio.wait_for(read_digest(stream), 60)
             await writer
@@ -110,6 +112,7 @@ def test_switch_from_relay_to_lan_mid_transfer_keeps_every_byte() -> None:
 
             started = time.perf_counter()
             stream = await s.viewer.open_stream(RpcTarget("transfer"))
+            assert stream.stream_id >= DATAPLANE_STREAM_BASE, "the stream did not ride the data plane"
             writer = asyncio.create_task(write_all(stream, upload, midway=offer_direct))
             got_download = await asyncio.wait_for(read_digest(stream), 120)
             await asyncio.wait_for(writer, 120)

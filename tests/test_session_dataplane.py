@@ -14,12 +14,16 @@ from support.session import (
     DEVICE_DIRECT,
     VIEWER_DIRECT,
     Keys,
+    Link,
     dataplane_link,
     established_link,
     is_dataplane_first_byte,
     is_quic_first_byte,
+    make_device,
+    make_viewer,
 )
 
+from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.session import (
     DATAPLANE_STREAM_BASE,
     SessionClosed,
@@ -78,10 +82,17 @@ def test_streams_ride_the_data_plane_and_the_wire_carries_no_plaintext() -> None
 
 def test_a_device_without_the_data_plane_keeps_the_session_on_quic() -> None:
     keys = Keys()
-    link = established_link(keys, config=SessionConfig(dataplane=False))
-    # the viewer's hello is refused: wait until the device has answered it
-    link.run_for(1.0)
+    viewer_key = ed25519_public_bytes(keys.viewer)
+    link = Link(
+        device=make_device(keys.device, lambda raw: raw == viewer_key, SessionConfig(dataplane=False)),
+        viewer=make_viewer(keys.viewer, keys.device_fp),  # offers the data plane
+    )
+    link.start()
+    link.run(lambda: link.viewer.peer_fingerprint is not None and link.device.peer_fingerprint is not None)
+    assert link.viewer.dataplane_pending
+    link.run(lambda: not link.viewer.dataplane_pending)  # the device refused the hello
     assert link.viewer.dataplane is None and link.device.dataplane is None
+    assert not link.viewer.dataplane_pending, "the viewer still waits for an answer to its hello"
     data = marked(200_000, 3)
     sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 80))
     assert sid < DATAPLANE_STREAM_BASE
@@ -169,3 +180,14 @@ def test_a_path_switch_mid_transfer_loses_no_bytes_on_the_data_plane() -> None:
     assert link.dropped > 0, "nothing was in flight on the old path: the switch tested nothing"
     assert link.device.peer_address == VIEWER_DIRECT
     assert not any(isinstance(e, SessionClosed) for e in link.viewer_events + link.device_events)
+
+
+def test_the_viewer_knows_while_its_hello_is_unanswered() -> None:
+    link = established_link()
+    assert link.viewer.dataplane_pending, "the viewer sent no hello at establishment"
+    assert not link.device.dataplane_pending
+    link.run(lambda: not link.viewer.dataplane_pending)
+    assert link.viewer.dataplane is not None
+
+    refused = established_link(config=SessionConfig(dataplane=False))
+    assert not refused.viewer.dataplane_pending  # with the data plane off it offers nothing
