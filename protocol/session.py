@@ -64,6 +64,7 @@ from dvrlink.compat.aioquic_compat import (
 from dvrlink.protocol import dataplane as dp
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.session_streams import (
+    AnyTarget,
     DataplaneTarget,
     Service,
     StreamErrorCode,
@@ -243,6 +244,32 @@ class _Stream:
     header: bytearray | None  # peer-opened, header not complete yet
     refused: bool = False
     hello: bytearray | None = None  # the data plane exchange's stream: its bytes so far
+
+    def take_header(
+        self, data: bytes, ended: bool
+    ) -> tuple[AnyTarget, int, bytes] | Literal["refused"] | None:
+        """Add ``data`` to the stream-open header being read (QUIC or data plane stream alike).
+
+        Returns ``(target, header length, the bytes after the header)`` once it is complete, None
+        while it is not, and ``"refused"`` (and sets ``refused``) when the header is malformed or
+        the stream ended before it was whole.
+        """
+        assert self.header is not None
+        self.header += data
+        try:
+            parsed = decode_stream_header(bytes(self.header))
+        except ValueError:
+            parsed = None
+            ended = True
+        if parsed is None:
+            if ended:
+                self.refused = True
+                return "refused"
+            return None
+        target, length = parsed
+        rest = bytes(self.header[length:])
+        self.header = None
+        return target, length, rest
 
 
 def _check_key_matches(key: Ed25519PrivateKey, certificate: x509.Certificate, who: str) -> None:
@@ -638,25 +665,16 @@ class _Session:
             return
         data = event.data
         if stream.header is not None:
-            stream.header += data
-            try:
-                parsed = decode_stream_header(bytes(stream.header))
-            except ValueError:
-                parsed = None
-                stream.refused = True
-            if parsed is None and event.end_stream:
-                stream.refused = True
-            if stream.refused:
+            opened = stream.take_header(data, event.end_stream)
+            if opened == "refused":
                 self._abort_stream(quic, stream_id, StreamErrorCode.BAD_HEADER)
                 if event.end_stream:
                     del self._streams[stream_id]
                 return
-            if parsed is None:
+            if opened is None:
                 return
-            target, length = parsed
+            target, length, data = opened
             quic.credit(stream_id, length)
-            data = bytes(stream.header[length:])
-            stream.header = None
             if isinstance(target, DataplaneTarget):
                 self._on_hello_offered(quic, stream_id, stream, target, data, event.end_stream)
                 return
@@ -809,29 +827,22 @@ class _Session:
             return
         data = event.data
         if stream.header is not None:
-            stream.header += data
-            try:
-                parsed = decode_stream_header(bytes(stream.header))
-            except ValueError:
-                parsed = None
-                stream.refused = True
-            if (parsed is None and event.ended) or (
-                parsed is not None and isinstance(parsed[0], DataplaneTarget)
-            ):
-                stream.refused = True
-            if stream.refused:
-                plane.consumed(plane_id, len(stream.header))
+            so_far = len(stream.header) + len(data)
+            opened = stream.take_header(data, event.ended)
+            if opened is not None and opened != "refused" and isinstance(opened[0], DataplaneTarget):
+                stream.refused = True  # no hello on the data plane itself
+                opened = "refused"
+            if opened == "refused":
+                plane.consumed(plane_id, so_far)
                 self._abort_dataplane_stream(plane_id, StreamErrorCode.BAD_HEADER)
                 if event.ended:
                     del self._dataplane_streams[plane_id]
                 return
-            if parsed is None:
+            if opened is None:
                 return
-            target, length = parsed
+            target, length, data = opened
             assert not isinstance(target, DataplaneTarget)
             plane.consumed(plane_id, length)
-            data = bytes(stream.header[length:])
-            stream.header = None
             self._events.append(StreamOpened(session_id, target.service, target))
         if data:
             self._events.append(StreamData(session_id, data))

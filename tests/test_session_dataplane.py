@@ -33,7 +33,13 @@ from dvrlink.protocol.session import (
     StreamEnded,
     StreamOpened,
 )
-from dvrlink.protocol.session_streams import ForwardTarget, Service, StreamErrorCode
+from dvrlink.protocol.session_streams import (
+    DataplaneTarget,
+    ForwardTarget,
+    Service,
+    StreamErrorCode,
+    encode_stream_header,
+)
 
 MARKER = b"PLAINTEXT-MARKER-dvrlink-"
 
@@ -191,3 +197,23 @@ def test_the_viewer_knows_while_its_hello_is_unanswered() -> None:
 
     refused = established_link(config=SessionConfig(dataplane=False))
     assert not refused.viewer.dataplane_pending  # with the data plane off it offers nothing
+
+
+def test_a_malformed_header_or_a_hello_on_a_data_plane_stream_is_refused_without_an_event() -> None:
+    link = dataplane_link()
+    plane = link.viewer.dataplane
+    assert plane is not None
+    bad = plane.open_stream()
+    plane.send(bad, b"\x09\x00\x00\x03abc rest")  # unknown service 9
+    hello = plane.open_stream()
+    plane.send(hello, encode_stream_header(DataplaneTarget(1)) + bytes(36))  # a hello belongs on QUIC
+    device_plane = link.device.dataplane
+    assert device_plane is not None
+    link.run(lambda: device_plane.stats.packets_received >= 2)
+    link.run_for(0.5)
+    assert not [e for e in link.device_events if isinstance(e, (StreamOpened, StreamData))]
+    # the session carries on
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    link.viewer.send(sid, b"still here", end_stream=True)
+    link.run(lambda: ended(link.device_events, sid))
+    assert received(link.device_events, sid) == b"still here"
