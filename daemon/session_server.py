@@ -174,6 +174,7 @@ class _Entry:
             rtt=runner.rtt,
             bytes_in=runner.bytes_in,
             bytes_out=runner.bytes_out,
+            plane=None if core.peer_fingerprint is None else "data plane" if core.dataplane else "quic",
         )
 
 
@@ -397,6 +398,7 @@ class SessionServer:
             self._services, self.info, stats=self.stats, label=label, revoke=lambda: self._revoke(core)
         )
         runner = DeviceRunner(core, conn, on_stream=services.start)
+        runner.on_dataplane = self._changed  # the status file says what carries the streams
         entry.core, entry.runner = core, runner
         try:
             # Start first: the relay permission towards the viewer is then in place when its

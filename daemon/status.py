@@ -41,6 +41,10 @@ class SessionStatus:
     """Datagram bytes received from the viewer, all paths."""
     bytes_out: int
     """Datagram bytes sent to the viewer, all paths."""
+    plane: str | None = None
+    """What carries the session's streams: ``data plane`` once the two ends have exchanged its
+    hello, else ``quic`` (an older viewer, or one that opened its streams before); None during
+    the handshake."""
 
     @classmethod
     def from_mapping(cls, item: object) -> SessionStatus:
@@ -59,6 +63,7 @@ class SessionStatus:
                 rtt=None if item.get("rtt") is None else float(item["rtt"]),
                 bytes_in=int(item.get("bytes_in", 0)),
                 bytes_out=int(item.get("bytes_out", 0)),
+                plane=None if item.get("plane") is None else str(item["plane"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad session entry: {exc}") from exc
@@ -358,9 +363,11 @@ def format_modem(modem: ModemBlock) -> list[str]:
 
 
 def format_session(session: SessionStatus) -> str:
-    """One line per session: id, viewer, path, RTT and bytes each way."""
+    """One line per session: id, viewer, path (and what carries the streams), RTT and bytes each way."""
     viewer = session.viewer or "(handshake)"
     path = session.path or "-"
+    if session.plane:
+        path += f" ({session.plane})"
     rtt = f"{session.rtt * 1000:.0f} ms" if session.rtt is not None else "-"
     return (
         f"{session.id[:12]}  viewer {viewer}  path {path}  rtt {rtt}  "

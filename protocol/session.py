@@ -174,6 +174,11 @@ class StreamEnded(SessionEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class DataplaneStarted(SessionEvent):
+    """Both data plane hellos are in: streams the viewer opens from now on ride the data plane."""
+
+
+@dataclass(frozen=True, slots=True)
 class PeerMoved(SessionEvent):
     """Device: the viewer's datagrams now come from (and replies go to) ``address``."""
 
@@ -781,6 +786,7 @@ class _Session:
             idle_timeout_s=DATAPLANE_IDLE_S,
         )
         self._dataplane = dp.DataplaneConnection(config, keys, self._now)
+        self._events.append(DataplaneStarted())
 
     def _receive_dataplane(self, data: bytes, now: float) -> None:
         """A data plane datagram (first byte 0x20-0x3F): only an established session has one."""

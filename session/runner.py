@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dvrlink.protocol.session import (
+    DataplaneStarted,
     DeviceSession,
     PeerMoved,
     PinMismatch,
@@ -261,6 +262,8 @@ class _Runner:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_stream: StreamCallback | None = None
+        self.on_dataplane: Callable[[], None] = lambda: None
+        """Called once the session's data plane is up (the device rewrites its status file)."""
         self._shut = False
         # Nobody may await these (a refused device session): keep asyncio quiet about them.
         self._established.add_done_callback(_consume)
@@ -491,6 +494,10 @@ class _Runner:
             log.warning("%s", self._pending_error)
         elif isinstance(event, PeerMoved):
             log.info("viewer moved to path %s", event.address)
+        elif isinstance(event, DataplaneStarted):
+            log.debug("the data plane is up")
+            self._dataplane_settled.set()
+            self.on_dataplane()
         elif isinstance(event, SessionClosed):
             self._session_closed(event)
 

@@ -57,6 +57,7 @@ def test_a_paired_viewer_forwards_through_the_daemon(tmp_path: Path, policy: str
             [listed] = read_status(r.config.device.runtime_dir).sessions
             assert (listed.id, listed.viewer) == (session_id, fingerprint(ed25519_public_bytes(key)))
             assert listed.path in ("relay", "lan", "direct")
+            assert listed.plane == "data plane", "the forward did not ride the data plane"
             await r.watch.wait_for(rf"session {session_id[:8]}: viewer \S+ authenticated")
 
             # A second stream on the same session, with RPC beside it.

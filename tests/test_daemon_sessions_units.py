@@ -186,6 +186,12 @@ def test_status_lists_sessions() -> None:
     assert "viewer (handshake)  path -  rtt -" in format_status(
         DaemonStatus("online", "DL-0001-0002", "x", None, None, None, None, None, 1, now, "", (pending,)), now
     )
+    on_plane = SessionStatus("ef" * 16, "viewerfingerprint", "lan", 0.001, 10, 20, plane="data plane")
+    listed = DaemonStatus(
+        "online", "DL-0001-0002", "x", None, None, None, None, None, 1, now, "", (on_plane,)
+    )
+    assert DaemonStatus.from_json(listed.to_json()) == listed
+    assert "path lan (data plane)  rtt 1 ms" in format_status(listed, now)
     with pytest.raises(ValueError, match="bad session entry"):
         DaemonStatus.from_json(
             b'{"state": "online", "serial": "x", "pid": 1, "sessions": [{"viewer": null}]}'

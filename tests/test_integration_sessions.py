@@ -136,6 +136,13 @@ def count_packets(url: str, packets: int = PACKETS) -> int:
     return int(first[0])
 
 
+def assert_on_the_data_plane(daemon: Daemon) -> None:
+    """Every authenticated session the device lists carries its streams on the data plane."""
+    sessions = [s for s in (daemon.status() or {}).get("sessions", []) if s.get("viewer")]
+    assert sessions, "the device lists no authenticated session"
+    assert all(s.get("plane") == "data plane" for s in sessions), sessions
+
+
 def _stop_and_read(forward: Forward) -> str:
     """Stop a forward and return what it printed after its "forwarding" line."""
     forward.stop()
@@ -150,13 +157,14 @@ def _stop_and_read(forward: Forward) -> str:
 def test_ffprobe_reads_rtsp_frames_through_dvrlink_forward(
     rig: tuple[Daemon, Viewer, RtspServer], flag: str, paths: set[str]
 ) -> None:
-    _daemon, viewer, rtsp = rig
+    daemon, viewer, rtsp = rig
     forward = start_forward(viewer, SERIAL, rtsp.port, flag)
     try:
         assert forward.path in paths, forward.path
         read = count_packets(f"rtsp://127.0.0.1:{forward.local_port}/live")
         print(f"{flag}: ffprobe read {read} video packets via {forward.path}")
         assert read == PACKETS
+        assert_on_the_data_plane(daemon)
     finally:
         assert forward.stop() == 0
 
@@ -191,6 +199,7 @@ def test_two_sessions_at_once_each_with_two_streams(rig: tuple[Daemon, Viewer, R
                 raise AssertionError(f"{exc}\nthe forwards printed: {said}\ndevice: {status}") from None
         print(f"4 streams over 2 sessions: {read} video packets")
         assert read == [PACKETS] * 4, read
+        assert_on_the_data_plane(daemon)
     finally:
         assert relayed.stop() == 0
         assert direct.stop() == 0

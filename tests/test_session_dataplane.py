@@ -26,6 +26,7 @@ from support.session import (
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.session import (
     DATAPLANE_STREAM_BASE,
+    DataplaneStarted,
     SessionClosed,
     SessionConfig,
     SessionEvent,
@@ -194,6 +195,9 @@ def test_the_viewer_knows_while_its_hello_is_unanswered() -> None:
     assert not link.device.dataplane_pending
     link.run(lambda: not link.viewer.dataplane_pending)
     assert link.viewer.dataplane is not None
+    link.run(lambda: link.device.dataplane is not None)
+    for side in (link.viewer_events, link.device_events):
+        assert [e for e in side if isinstance(e, DataplaneStarted)] == [DataplaneStarted()], side
 
     refused = established_link(config=SessionConfig(dataplane=False))
     assert not refused.viewer.dataplane_pending  # with the data plane off it offers nothing
