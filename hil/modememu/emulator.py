@@ -509,16 +509,21 @@ class ModemEmulator:
                 log.exception("modem emulator reader for fd %d failed", fd)
 
     def _read(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EIO, errno.EBADF):
-                return
-            raise
+        # Under the lock, and only while ``fd`` is still the master: ``vanish`` (another thread)
+        # may have closed it since the select, and the process may already have reused the number
+        # for something else (a directory being listed gave IsADirectoryError here once).
         with self._lock:
-            if fd == self._master and data:
+            if fd != self._master:
+                return
+            try:
+                data = os.read(fd, 4096)  # non-blocking
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EBADF):
+                    return
+                raise
+            if data:
                 self.model.feed(data)
 
     def _flush(self, now: float) -> float:
