@@ -242,8 +242,10 @@ class SerialShell:
         tag = f"{os.getpid()}{time.monotonic_ns() % 10**9}"
         start = len(self._text)
         self._write(f"echo @@B{tag}; {command}; echo @@E{tag}:$?\n")
-        begin = self._read_until(re.compile(rf"@@B{tag}$", re.M), timeout, start)
-        end = self._read_until(re.compile(rf"^@@E{tag}:(\d+)$", re.M), timeout, begin.end())
+        # Each marker must end its line: ``$`` also matches at the end of the text read so far,
+        # where a partly read echo of the command line or exit status can be (see hil.qemu.boot).
+        begin = self._read_until(re.compile(rf"@@B{tag}\n", re.M), timeout, start)
+        end = self._read_until(re.compile(rf"^@@E{tag}:(\d+)\n", re.M), timeout, begin.end())
         return self._text[begin.end() : end.start()].strip("\n")
 
     def close(self) -> None:

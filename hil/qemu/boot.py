@@ -278,9 +278,11 @@ class Console:
         start = self.mark()
         self.write(f"echo @@B{tag}; {command}; echo @@E{tag}:$?\n")
         # Not anchored at line start: the marker may follow the prompt. The echoed command line
-        # holds "@@B<tag>;" and "@@E<tag>:$?", which these patterns do not match.
-        begin = self.wait_for(rf"@@B{tag}$", timeout, start)
-        end = self.wait_for(rf"^@@E{tag}:(\d+)$", timeout, begin.end())
+        # holds "@@B<tag>;" and "@@E<tag>:$?", which these patterns do not match. Each marker must
+        # end its line: ``$`` alone also matches at the end of the buffer, where a partly arrived
+        # echo of the command line ("... echo @@B<tag>") or exit status ("@@E<tag>:1" of 127) can be.
+        begin = self.wait_for(rf"@@B{tag}\n", timeout, start)
+        end = self.wait_for(rf"^@@E{tag}:(\d+)\n", timeout, begin.end())
         with self._cond:
             return self._buffer[begin.end() : end.start()].strip("\n")
 
