@@ -147,6 +147,7 @@ class ModemDriver:
         self.modem_config = modem
         self._find_port = find_port
         self._data_link = data_link
+        self._data_starting = False
         self._apn_file = apn_memory_file
         self._ladder_file = ladder_file
         self._hooks = hooks
@@ -394,6 +395,7 @@ class ModemDriver:
             lend = self._link is not None and self._data_on_at_port()
             if lend:
                 self._lend_port()
+            self._data_starting = True  # stays set if cancelled here: _shutdown then takes it down
             try:
                 result: DataUp | DataFailed = await self._data_link.up(action.request)
             except asyncio.CancelledError:
@@ -401,6 +403,7 @@ class ModemDriver:
             except Exception as exc:
                 log.exception("modem: data link up() raised")
                 result = DataFailed(DataFailure.OTHER, f"data link error: {exc}")
+            self._data_starting = False
             if lend and not isinstance(result, DataUp):
                 await self._return_port("")
         self.manager.data_result(result, self._now(), generation=action.generation)
@@ -641,7 +644,8 @@ class ModemDriver:
         link, self._link = self._link, None
         if link is not None:
             link.close("modem driver stopped")
-        if self.manager.data_up:
+        if self.manager.data_up or self._data_starting:
+            # also a link cancelled half-way up (a DHCP client or pppd started, no lease yet)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self.config.data_down_timeout_s):
                     await self._data_link.down()

@@ -18,6 +18,7 @@ Board hooks are fakes: no test may reset USB devices or reboot this machine. Eve
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -209,3 +210,34 @@ def test_the_modem_starts_while_the_broker_is_out_of_reach(
         run(main)
     finally:
         silent.close()
+
+
+def _dhcp_children() -> list[int]:
+    """This process's children that are the stand-in DHCP client."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"fake_udhcpc" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_stopping_while_the_dhcp_client_waits_for_a_lease_stops_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon stops while the ECM data link is half-way up (its DHCP client started, no
+    lease yet): the client must not outlive the daemon."""
+    monkeypatch.setenv("FAKE_DHCP_RESULT", "silent")
+
+    async def main() -> None:
+        async with running(tmp_path, monkeypatch):
+            await wait_until_async("the DHCP client started", _dhcp_children)
+        assert not _dhcp_children(), f"DHCP clients left running: {_dhcp_children()}"
+
+    run(main)
