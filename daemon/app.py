@@ -504,12 +504,12 @@ class DeviceEvents:
         core_clock: Callable[[], float],
         *,
         sessions: SessionRouter | None = None,
-        modem: ModemView | None = None,
         presence_settled: asyncio.Event | None = None,
     ) -> None:
         self._config = config
         self._sessions = sessions
-        self._modem = modem
+        self._modem: ModemView | None = None
+        """The modem service once it is loaded (``attach_modem``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self._client = client

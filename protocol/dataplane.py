@@ -44,20 +44,17 @@ from dvrlink.protocol.dataplane_recovery import AckTracker, Recovery, Retransmit
 from dvrlink.protocol.dataplane_wire import (
     HEADER,
     HEADER_SIZE,
-    MAX_DATA,
     MAX_PACKET_NUMBER,
-    MAX_STREAM_DATA,
     OVERHEAD,
     PING,
     RECEIVE_TAG_SIZE,
-    RESET_STREAM,
-    STOP_SENDING,
     STREAM,
     STREAM_FIN,
     STREAM_LEN,
     AckFrame,
     CloseFrame,
     DatagramFrame,
+    Frame,
     MaxDataFrame,
     MaxStreamDataFrame,
     PingFrame,
@@ -484,7 +481,7 @@ class DataplaneConnection:
         window = self.config.connection_window
         if self._max_data - self._conn_consumed <= window // 2:
             self._max_data = self._conn_consumed + window
-            self._control.append(bytes((MAX_DATA,)) + encode_varint(self._max_data))
+            self._control.append(_control_frame(MaxDataFrame(self._max_data)))
         stream = self._streams.get(stream_id)
         if stream is None or stream.recv_done():
             return
@@ -492,9 +489,7 @@ class DataplaneConnection:
         swindow = self.config.stream_window
         if stream.max_data - stream.consumed <= swindow // 2:
             stream.max_data = stream.consumed + swindow
-            self._control.append(
-                bytes((MAX_STREAM_DATA,)) + encode_varint(stream_id) + encode_varint(stream.max_data)
-            )
+            self._control.append(_control_frame(MaxStreamDataFrame(stream_id, stream.max_data)))
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """Abandon the sending half: RESET_STREAM goes out, queued data is dropped."""
@@ -508,15 +503,13 @@ class DataplaneConnection:
         stream.retransmit.clear()
         self._sendable.pop(stream_id, None)
         self._flow_blocked.pop(stream_id, None)
-        self._control.append(
-            bytes((RESET_STREAM,)) + encode_varint(stream_id) + encode_varint(code) + encode_varint(final)
-        )
+        self._control.append(_control_frame(ResetStreamFrame(stream_id, code, final)))
         self._maybe_forget(stream)
 
     def stop_sending(self, stream_id: int, code: int) -> None:
         """Ask the peer to stop sending on a stream (it answers with a reset)."""
         self._stream_for_api(stream_id)
-        self._control.append(bytes((STOP_SENDING,)) + encode_varint(stream_id) + encode_varint(code))
+        self._control.append(_control_frame(StopSendingFrame(stream_id, code)))
 
     def send_datagram(self, flow_id: int, data: bytes) -> None:
         """Queue an unreliable datagram; dropped (and counted) if the window is full or it is too
@@ -1166,3 +1159,10 @@ class DataplaneConnection:
         stats.latest_rtt = rtt.latest
         stats.queuing_delay = self._cc.queuing_delay
         stats.packets_lost = recovery.lost_packets
+
+
+def _control_frame(frame: Frame) -> bytes:
+    """One control frame's bytes (queued, and re-sent as they are if their packet is lost)."""
+    out = bytearray()
+    encode_frame(out, frame)
+    return bytes(out)

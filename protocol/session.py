@@ -62,6 +62,8 @@ from dvrlink.compat.aioquic_compat import (
     request_client_certificate,
 )
 from dvrlink.protocol import dataplane as dp
+from dvrlink.protocol.dataplane_keys import RANDOM_SIZE
+from dvrlink.protocol.dataplane_wire import RECEIVE_TAG_SIZE, is_dataplane
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, normalize_fingerprint
 from dvrlink.protocol.session_streams import (
     AnyTarget,
@@ -81,7 +83,7 @@ DATAPLANE_VERSION = 1
 DATAPLANE_STREAM_BASE = 1 << 62
 """Session-level id of a data plane stream: this plus the data plane's own id (QUIC's stream ids
 are below 2**62, so the two never meet)."""
-DATAPLANE_HELLO_SIZE = 36
+DATAPLANE_HELLO_SIZE = RANDOM_SIZE + RECEIVE_TAG_SIZE
 """A data plane hello: 32 random bytes, then the 4-byte receive tag its sender chose."""
 DATAPLANE_IDLE_S = float(1 << 30)
 """The data plane's own idle timeout, in effect never: the session's liveness and QUIC's idle
@@ -529,8 +531,8 @@ class _Session:
         if self._quic is not None:
             self._quic.close(error_code=error_code, reason_phrase=reason)
             self._quic_dirty = True
-        if self._dataplane is not None and self._last_sent is not None:
-            self._dataplane.close(dp.NO_ERROR, "session closed", self._last_sent)
+        if self._dataplane is not None:
+            self._dataplane.close(dp.NO_ERROR, "session closed", self._now)
         self._closed(reason, error_code)
 
     # -- shared internals --
@@ -773,10 +775,10 @@ class _Session:
 
     def _start_dataplane(self, *, viewer_hello: bytes, device_hello: bytes) -> None:
         keys = dp.KeyMaterial(
-            viewer_random=viewer_hello[:32],
-            device_random=device_hello[:32],
-            viewer_tag=viewer_hello[32:],
-            device_tag=device_hello[32:],
+            viewer_random=viewer_hello[:RANDOM_SIZE],
+            device_random=device_hello[:RANDOM_SIZE],
+            viewer_tag=viewer_hello[RANDOM_SIZE:],
+            device_tag=device_hello[RANDOM_SIZE:],
         )
         config = dp.DataplaneConfig(
             role=self._ROLE,
@@ -951,7 +953,7 @@ class DeviceSession(_Session):
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         """Feed one datagram from ``addr``. Never raises on bad bytes; they are dropped."""
         self._now = now
-        if data and 0x20 <= data[0] <= 0x3F:
+        if data and is_dataplane(data[0]):
             self._receive_dataplane(data, now)
             return
         if not data or not data[0] & QUIC_FIXED_BIT:
@@ -1140,7 +1142,7 @@ class ViewerSession(_Session):
         if self._quic is None or self._quic_addr is None or addr not in self._known_paths:
             return
         self._now = now
-        if data and 0x20 <= data[0] <= 0x3F:
+        if data and is_dataplane(data[0]):
             self._receive_dataplane(data, now)
             return
         if not data or not data[0] & QUIC_FIXED_BIT:

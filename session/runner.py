@@ -496,7 +496,6 @@ class _Runner:
             log.info("viewer moved to path %s", event.address)
         elif isinstance(event, DataplaneStarted):
             log.debug("the data plane is up")
-            self._dataplane_settled.set()
             self.on_dataplane()
         elif isinstance(event, SessionClosed):
             self._session_closed(event)

@@ -23,6 +23,7 @@ from support.session import (
     make_viewer,
 )
 
+from dvrlink.protocol.dataplane_wire import HEADER_SIZE
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.session import (
     DATAPLANE_STREAM_BASE,
@@ -145,8 +146,10 @@ def test_two_sessions_never_share_keys() -> None:
         link.viewer.send(sid, content, end_stream=True)
         events = link.device_events
         link.run(lambda: ended(events, sid))  # noqa: B023 (run() returns before the next turn)
-    one = {d[11:] for side, d, _ in first.wire if side == "viewer" and is_dataplane_first_byte(d[0])}
-    two = {d[11:] for side, d, _ in second.wire if side == "viewer" and is_dataplane_first_byte(d[0])}
+    one = {d[HEADER_SIZE:] for side, d, _ in first.wire if side == "viewer" and is_dataplane_first_byte(d[0])}
+    two = {
+        d[HEADER_SIZE:] for side, d, _ in second.wire if side == "viewer" and is_dataplane_first_byte(d[0])
+    }
     assert one and two and not one & two
 
 
