@@ -6,9 +6,11 @@ against CPython 3.11-3.13's selector event loop).
   ``loop.add_reader`` refuses a descriptor a transport owns ("File descriptor is used by
   transport"). Upstream (CPython) could let a datagram transport read several datagrams per
   wake-up (``recvmmsg`` where the platform has it).
-- ``transport._sock``: the socket object to ``recvfrom`` on. The public
-  ``transport.get_extra_info("socket")`` is used for everything else (descriptor, buffer size);
-  it returns a ``TransportSocket``, which has no ``recvfrom`` since Python 3.9.
+- ``transport._sock``: the socket object to ``recvfrom`` on, and to ``sendmsg`` a run of
+  datagrams with UDP GSO (``datagram_socket``). The public ``transport.get_extra_info("socket")``
+  is used for everything else (descriptor, buffer size); it returns a ``TransportSocket``, which
+  has neither ``recvfrom`` nor ``sendmsg`` since Python 3.9 (``sendmsg`` warned before that).
+  Upstream could let a datagram transport send several datagrams in one call.
 
 A loop that is not asyncio's selector loop (uvloop, the proactor) keeps its own reader:
 ``batch_datagram_reads`` returns False. A selector loop or transport without these names raises
@@ -26,7 +28,7 @@ from collections.abc import Callable
 
 from dvrlink.compat import moved
 
-__all__ = ["batch_datagram_reads"]
+__all__ = ["batch_datagram_reads", "datagram_socket"]
 
 _MISSING = object()
 
@@ -43,11 +45,21 @@ def batch_datagram_reads(
     batch: int,
     recv_size: int,
     rcvbuf: int | None = None,
+    *,
+    first: Callable[[bytes, object], bool] | None = None,
+    before: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
 ) -> bool:
     """Have the running loop read up to ``batch`` datagrams (``recv_size`` bytes at most each)
     per wake-up from ``transport``'s socket, handing each to ``protocol.datagram_received`` (and
     an ``OSError`` to ``error_received``), as the transport's own reader does one at a time. With
     ``rcvbuf``, first ask the kernel for that receive buffer (it caps it at ``rmem_max``).
+
+    ``first(data, addr)``, when given, sees each datagram before the protocol and returns True
+    if it took it (the protocol then never sees it): a fast path for the bulk of the traffic
+    around a protocol that parses every datagram. ``before()`` and ``after()``, when given, are
+    called at the start and the end of each wake-up's reads, so that the datagrams' effects
+    (datagrams to send in answer) can go out together, in the same event-loop pass.
 
     Closing the transport removes the reader (the transport removes whatever reader its
     descriptor has). Returns False, leaving the transport's reader, when the loop is not asyncio's
@@ -71,9 +83,25 @@ def batch_datagram_reads(
     if rcvbuf is not None:
         with contextlib.suppress(OSError):
             public.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    ready: Callable[[], None] = _reader(transport, protocol, sock, batch, recv_size)
+    ready: Callable[[], None] = _reader(transport, protocol, sock, batch, recv_size, first, before, after)
     add_reader(public.fileno(), ready)
     return True
+
+
+def datagram_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """The socket of a selector loop's datagram ``transport``, to ``sendmsg`` on; None when the
+    loop is not asyncio's selector loop (its transports may not have one).
+
+    Raises:
+        InternalsMoved: the selector loop's transport no longer keeps it in ``_sock``.
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, BaseSelectorEventLoop):
+        return None
+    sock = getattr(transport, "_sock", _MISSING)
+    if not isinstance(sock, socket.socket):
+        raise _moved(f"{type(transport).__name__}._sock")
+    return sock
 
 
 def _reader(
@@ -82,18 +110,32 @@ def _reader(
     sock: socket.socket,
     batch: int,
     recv_size: int,
+    first: Callable[[bytes, object], bool] | None,
+    before: Callable[[], None] | None,
+    after: Callable[[], None] | None,
 ) -> Callable[[], None]:
-    def ready() -> None:
+    recvfrom = sock.recvfrom
+    received = protocol.datagram_received
+
+    def read() -> None:
         for _ in range(batch):
             try:
-                data, addr = sock.recvfrom(recv_size)
+                data, addr = recvfrom(recv_size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 protocol.error_received(exc)
                 return
-            protocol.datagram_received(data, addr)
+            if first is None or not first(data, addr):
+                received(data, addr)
             if transport.is_closing():
                 return
+
+    def ready() -> None:
+        if before is not None:
+            before()
+        read()
+        if after is not None:
+            after()
 
     return ready

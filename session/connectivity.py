@@ -83,6 +83,7 @@ from dvrlink.session.direct import (
     selected_transport,
     srflx_candidate,
 )
+from dvrlink.session.gso import GsoSender
 from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
@@ -157,6 +158,10 @@ class Connectivity:
         """What this side may spend on a birthday search (``port_prediction.SearchBudget``)."""
         self.on_datagram: Callable[[bytes, Path], None] = lambda data, path: None
         """Called with each QUIC datagram received and the path it came on."""
+        self.on_batch: Callable[[], None] = lambda: None
+        """Called after one or more ``on_datagram`` calls, before control returns to the event
+        loop: after each batch read from a socket in one wake-up, or after a single datagram
+        that came another way. The place to send what they caused, in the same event-loop pass."""
         self.on_path_ready: Callable[[Path], None] = lambda path: None
         """Called once per path when it can carry datagrams both ways."""
         self.on_failed: Callable[[str], None] = lambda reason: None
@@ -194,6 +199,12 @@ class Connectivity:
         self._search_allowed = asyncio.Event()
         """Set by ``allow_search``: the session is established, a birthday search may start."""
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
+        self._gso: GsoSender | None = None
+        """The nominated pair's sender of datagram runs (made on first use, per socket)."""
+        self._batching = False
+        """A socket's batch of reads is under way: ``on_batch`` waits for its end."""
+        self._batched = False
+        """A datagram of this batch went to ``on_datagram``."""
         self._srflx_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
@@ -275,7 +286,7 @@ class Connectivity:
     async def _gather_host(self, ice: _IceConnection, addresses: Sequence[str] | None) -> None:
         await gather_host(ice, list(addresses) if addresses is not None else None)
         for protocol in host_protocols(ice):
-            batch_reads(protocol.transport, protocol)
+            self._read_ice(protocol)
 
     async def _gather_srflx(self, ice: _IceConnection, stun_server: tuple[str, int]) -> None:
         """Ask the STUN server for each host socket's mapped address, adding each answer as it
@@ -416,7 +427,7 @@ class Connectivity:
         self._turn_server = server
         if server.transport == "udp":
             inner = turn_client(transport)
-            batch_reads(inner.transport, inner)
+            batch_reads(inner.transport, inner, before=self._batch_start, after=self._batch_done)
         self._relay_receiver = receiver
         self._relayed_address = transport.get_extra_info("sockname")
         self._related_address = transport.get_extra_info("related_address")
@@ -580,6 +591,7 @@ class Connectivity:
         local, remote = pair
         path = LAN if local.type == "host" and remote.type == "host" and is_private(remote.host) else DIRECT
         self._ice_path = path
+        self._ice_route = selected_transport(ice)
         self._mark_ready(path)
         pending = list(self._ice_pending)
         self._ice_pending.clear()
@@ -621,6 +633,27 @@ class Connectivity:
                 return
             route[0].sendto(data, route[1])
         self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
+
+    def send_many(self, datagrams: list[bytes], path: Path) -> None:
+        """Send ``datagrams`` on ``path`` in order, as ``send`` each; on a lan or direct path
+        with one ``sendmsg`` per run of equal-sized ones where the kernel has UDP GSO
+        (``session.gso``). Never raises."""
+        if path == RELAY or len(datagrams) < 2 or self._closed or path not in self._ready:
+            for data in datagrams:
+                self.send(data, path)
+            return
+        route = self._ice_route
+        if route is None or route[0].is_closing():
+            route = self._ice_route = selected_transport(self._ice) if self._ice is not None else None
+        if route is None:
+            self.dropped += len(datagrams)
+            return
+        transport, address = route
+        sender = self._gso
+        if sender is None or sender.transport is not transport:
+            sender = self._gso = GsoSender(transport)
+        sender.send(datagrams, address)
+        self.bytes_out[path] = self.bytes_out.get(path, 0) + sum(map(len, datagrams))
 
     def retire(self, path: Path, reason: str) -> None:
         """Stop using ``path`` for the rest of the session (it stopped carrying datagrams: a NAT
@@ -730,7 +763,7 @@ class Connectivity:
         losers = [p for p in self._birthday_sockets if p is not keep]
         self._birthday_sockets[:] = [p for p in self._birthday_sockets if p is keep]
         if self._birthday_sockets:  # the nominated pair is one of ours: read it in batches too
-            batch_reads(keep.transport, keep)
+            self._read_ice(keep)
         if losers:
             task = asyncio.create_task(birthday.close_sockets(losers))
             self._closers.add(task)
@@ -750,6 +783,10 @@ class Connectivity:
         self.bytes_in[path] = self.bytes_in.get(path, 0) + len(data)
         self.last_in[path] = time.monotonic()
         self.on_datagram(data, path)
+        if self._batching:
+            self._batched = True
+        else:
+            self.on_batch()
 
     def _relay_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed or addr != self._remote_relay:
@@ -767,6 +804,40 @@ class Connectivity:
                 self.dropped += 1
             return
         self._deliver(data, self._ice_path)
+
+    def _ice_fast(self, data: bytes, addr: object) -> bool:
+        """The nominated pair's session datagrams, straight to the session: aioice would try
+        each one as STUN first. Anything else (STUN checks and consent, other senders) goes
+        through aioice as before."""
+        route = self._ice_route
+        path = self._ice_path
+        if route is None or path is None or addr != route[1] or not data or self._closed:
+            return False
+        first = data[0]
+        if not (first & 0x40 or is_dataplane(first)):
+            return False
+        self._deliver(data, path)
+        return True
+
+    def _read_ice(self, protocol: Any) -> None:
+        """Read an ICE socket in batches, the nominated pair's datagrams past aioice."""
+        batch_reads(
+            protocol.transport,
+            protocol,
+            first=self._ice_fast,
+            before=self._batch_start,
+            after=self._batch_done,
+        )
+
+    def _batch_start(self) -> None:
+        self._batching = True
+
+    def _batch_done(self) -> None:
+        self._batching = False
+        if self._batched:
+            self._batched = False
+            if not self._closed:
+                self.on_batch()
 
     def _relay_error(self, exc: Exception) -> None:
         server = self._turn_server
@@ -806,10 +877,20 @@ class Connectivity:
 # --- aioice's sockets and pairs (its internals through dvrlink.compat.aioice_compat) ---
 
 
-def batch_reads(transport: asyncio.BaseTransport, protocol: asyncio.DatagramProtocol) -> bool:
+def batch_reads(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.DatagramProtocol,
+    *,
+    first: Callable[[bytes, object], bool] | None = None,
+    before: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
+) -> bool:
     """Have the event loop read up to ``READ_BATCH`` datagrams per wake-up from ``transport``'s
     socket (asyncio's own reader reads one), with a receive buffer with room for a burst while
     this process waits for a core. The session then runs once per batch rather than per
-    datagram, and a forward writes bigger TCP chunks. Returns False (asyncio's reader stays) if
-    the loop is not the selector kind this relies on."""
-    return asyncio_compat.batch_datagram_reads(transport, protocol, READ_BATCH, RECV_SIZE, RECV_BUFFER)
+    datagram, and a forward writes bigger TCP chunks. ``first``, ``before`` and ``after`` as
+    ``asyncio_compat.batch_datagram_reads``. Returns False (asyncio's reader stays) if the loop
+    is not the selector kind this relies on."""
+    return asyncio_compat.batch_datagram_reads(
+        transport, protocol, READ_BATCH, RECV_SIZE, RECV_BUFFER, first=first, before=before, after=after
+    )

@@ -113,3 +113,81 @@ def test_a_missing_transport_socket_fails_loudly() -> None:
             await protocol.lost
 
     run(main)
+
+
+def test_the_datagram_socket_is_the_transports_own() -> None:
+    """``datagram_socket`` (the GSO sender's ``sendmsg``) is ``transport._sock``: the socket the
+    transport itself reads and writes."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=(LOOPBACK, 0))
+        try:
+            sock = asyncio_compat.datagram_socket(transport)
+            assert sock is not None and sock.fileno() == transport.get_extra_info("socket").fileno()
+            sock.sendto(b"to self", transport.get_extra_info("sockname"))
+            for _ in range(1000):  # bounded: a loopback datagram arrives within a few passes
+                if protocol.datagrams:
+                    break
+                await asyncio.sleep(0)
+            assert protocol.datagrams == [b"to self"], protocol.datagrams
+            saved = transport._sock  # type: ignore[attr-defined]
+            del transport._sock  # type: ignore[attr-defined]
+            try:
+                with pytest.raises(InternalsMoved, match=moved_message(f"{type(transport).__name__}._sock")):
+                    asyncio_compat.datagram_socket(transport)
+            finally:
+                transport._sock = saved  # type: ignore[attr-defined]
+        finally:
+            transport.close()
+            await protocol.lost
+
+    run(main)
+
+
+def test_before_and_after_bracket_each_wake_up_and_first_takes_the_fast_ones(mocker: MockerFixture) -> None:
+    """``first`` sees each datagram before the protocol and keeps the ones it takes; ``before``
+    and ``after`` run once around each wake-up's reads, even one that found nothing."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=(LOOPBACK, 0))
+        add_reader = mocker.spy(loop, "_add_reader")
+        taken: list[bytes] = []
+        marks: list[str] = []
+
+        def first(data: bytes, addr: object) -> bool:
+            marks.append("first")
+            if data.startswith(b"fast"):
+                taken.append(data)
+                return True
+            return False
+
+        try:
+            assert asyncio_compat.batch_datagram_reads(
+                transport,
+                protocol,
+                BATCH,
+                RECV_SIZE,
+                first=first,
+                before=lambda: marks.append("before"),
+                after=lambda: marks.append("after"),
+            )
+            ready = add_reader.call_args.args[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                for data in (b"fast 1", b"slow 1", b"fast 2"):
+                    sender.sendto(data, transport.get_extra_info("sockname"))
+                ready()
+            assert taken == [b"fast 1", b"fast 2"] and protocol.datagrams == [b"slow 1"], (
+                taken,
+                protocol.datagrams,
+            )
+            assert marks == ["before", "first", "first", "first", "after"], marks
+            marks.clear()
+            ready()  # nothing queued
+            assert marks == ["before", "after"], marks
+        finally:
+            transport.close()
+            await protocol.lost
+
+    run(main)

@@ -1,0 +1,95 @@
+"""Sending a run of datagrams to one address with one ``sendmsg``: UDP generic segmentation
+offload (``UDP_SEGMENT``, Linux 4.18 and later).
+
+A pump of the data plane hands over the datagrams of a video frame or a window's worth of a
+forward at once, nearly all of them full-sized. The kernel cuts one buffer into equal segments
+(the last may be shorter), so one system call does the work of up to ``MAX_SEGMENTS``
+``sendto`` calls. ``bench.udp_batching`` measured 0.99 µs per datagram with ``sendto`` against
+0.33 µs in runs of 16-44 on x86-64, and 66 against 11-16 µs in the armhf guest.
+
+Where the kernel or the interface refuses (``EIO`` where the device cannot checksum the
+segments, ``EINVAL``/``ENOPROTOOPT`` on an old kernel), the sender says so once in the log
+and sends each datagram on its own from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import sys
+from collections.abc import Callable, Sequence
+
+from dvrlink.compat import asyncio_compat
+
+SOL_UDP = 17
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+"""``linux/udp.h``; Python names it only from 3.12 on some builds."""
+MAX_SEGMENTS = 64
+"""The kernel's ``UDP_MAX_SEGMENTS``."""
+MAX_BYTES = 65_000
+"""Below the 65,507 bytes of one UDP payload, which the whole run must fit."""
+REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+"""What a kernel or device without GSO answers."""
+
+log = logging.getLogger(__name__)
+
+
+class GsoSender:
+    """Sends runs of datagrams on one asyncio datagram transport; see the module docstring."""
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        self.transport = transport
+        """The transport this sends on (a new one needs a new sender)."""
+        self._sock = asyncio_compat.datagram_socket(transport) if sys.platform == "linux" else None
+        self._queued: Callable[[], int] = getattr(transport, "get_write_buffer_size", lambda: 0)
+        """Bytes asyncio's transport holds back (the socket was full); typeshed's
+        ``DatagramTransport`` does not declare the method its selector transport has."""
+        self.enabled = self._sock is not None
+        """False once GSO was refused (or where there is none): every datagram goes alone."""
+        self.sendmsg_calls = 0
+        """``sendmsg`` calls that carried a run (for tests and benchmarks)."""
+
+    def send(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> None:
+        """Send ``datagrams`` to ``addr`` in order: runs of equal size (and a shorter last one)
+        in one call each, the rest alone. Never raises: a datagram network is lossy."""
+        transport = self.transport
+        count = len(datagrams)
+        if count < 2 or not self.enabled or self._queued():
+            # a queue in asyncio's transport (the socket was full) must drain first, in order
+            for data in datagrams:
+                transport.sendto(data, addr)
+            return
+        start = 0
+        while start < count:
+            size = len(datagrams[start])
+            end = start + 1
+            limit = min(count, start + MAX_SEGMENTS, start + MAX_BYTES // max(size, 1))
+            while end < limit and len(datagrams[end]) == size:
+                end += 1
+            if end < limit and len(datagrams[end]) < size:
+                end += 1  # a shorter segment may end the run
+            if end - start == 1 or not self._send_run(datagrams[start:end], size, addr):
+                for data in datagrams[start:end]:
+                    transport.sendto(data, addr)
+            start = end
+
+    def _send_run(self, run: Sequence[bytes], size: int, addr: tuple[str, int]) -> bool:
+        sock = self._sock
+        if sock is None or not self.enabled:
+            return False
+        try:
+            sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
+        except (BlockingIOError, InterruptedError):
+            return False  # asyncio's transport queues them and waits for room
+        except OSError as exc:
+            if exc.errno in REFUSED:
+                self.enabled = False
+                log.info("UDP GSO refused on this socket (%s): sending datagrams one by one", exc)
+                return False
+            log.debug("sendmsg of %d datagrams to %s failed: %s", len(run), addr, exc)
+            return True  # as sendto's errors: lost datagrams, which recovery resends
+        self.sendmsg_calls += 1
+        return True

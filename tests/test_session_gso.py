@@ -1,0 +1,90 @@
+"""``session.gso.GsoSender``: runs of datagrams leave in one ``sendmsg`` with ``UDP_SEGMENT``
+and arrive as the same datagrams, in order, over real loopback sockets; where the kernel refuses
+GSO (here: a socket with ``SO_NO_CHECK``, which Linux will not segment) every datagram still
+arrives, each on its own, and the sender stops trying. Linux only (the daemon's platform)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+from pytest_mock import MockerFixture
+
+from dvrlink.session.gso import MAX_BYTES, MAX_SEGMENTS, GsoSender
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="UDP GSO is Linux's")
+
+LOOPBACK = "127.0.0.1"
+BOUND_S = 30.0
+SO_NO_CHECK = getattr(socket, "SO_NO_CHECK", 11)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), BOUND_S)
+
+    asyncio.run(bounded())
+
+
+def receive(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` datagrams from a blocking socket with a timeout (the sender already sent)."""
+    sock.settimeout(BOUND_S)
+    return [sock.recv(65536) for _ in range(count)]
+
+
+def datagrams(sizes: list[int]) -> list[bytes]:
+    return [bytes([index % 251]) * size for index, size in enumerate(sizes)]
+
+
+async def endpoint() -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(LOOPBACK, 0))
+    return transport
+
+
+def test_runs_of_equal_datagrams_leave_in_one_call_each_and_arrive_in_order(mocker: MockerFixture) -> None:
+    async def main() -> None:
+        transport = await endpoint()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+            receiver.bind((LOOPBACK, 0))
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sender = GsoSender(transport)
+            runs = mocker.spy(sender, "_send_run")
+            # 70 full ones (more than a run may hold) and a short last one, then a lone small one
+            sizes = [1200] * 70 + [300, 80]
+            sent = datagrams(sizes)
+            sender.send(sent, receiver.getsockname())
+            got = receive(receiver, len(sent))
+            transport.close()
+        assert [len(d) for d in got] == sizes, [len(d) for d in got]
+        assert got == sent, "a datagram arrived changed or out of order"
+        assert sender.enabled, "GSO was refused on loopback"
+        lengths = [len(call.args[0]) for call in runs.call_args_list]
+        per_run = min(MAX_SEGMENTS, MAX_BYTES // 1200)
+        assert lengths == [per_run, 70 - per_run + 1], lengths  # the 300-byte one ends run 2
+        assert sender.sendmsg_calls == 2, sender.sendmsg_calls
+
+    run(main)
+
+
+def test_a_refused_gso_send_falls_back_to_one_datagram_at_a_time(mocker: MockerFixture) -> None:
+    async def main() -> None:
+        transport = await endpoint()
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+            receiver.bind((LOOPBACK, 0))
+            sender = GsoSender(transport)
+            sendto = mocker.spy(transport, "sendto")
+            first, second = datagrams([1000] * 5), datagrams([900] * 4)
+            sender.send(first, receiver.getsockname())
+            assert not sender.enabled, "the kernel segmented a SO_NO_CHECK socket's run"
+            sender.send(second, receiver.getsockname())
+            got = receive(receiver, 9)
+            transport.close()
+        assert got == first + second, [len(d) for d in got]
+        assert sendto.call_count == 9 and sender.sendmsg_calls == 0, (sendto.call_count, sender.sendmsg_calls)
+
+    run(main)
