@@ -918,6 +918,14 @@ class DataplaneConnection:
         max_datagram = config.max_datagram
         self._pacer_blocked = False
         while True:
+            if (
+                len(self._sendable) == 1
+                and not ack.pending
+                and not (self._probes or self._control or self._datagrams or self._ping)
+            ):
+                self._send_bulk(out, now)
+                if self._finished() or self._pacer_blocked:
+                    break
             probe = self._probes > 0
             work = bool(self._control or self._sendable or self._datagrams or self._ping)
             eliciting = (probe or work) and (probe or recovery.bytes_in_flight + max_datagram <= cc.cwnd)
@@ -953,6 +961,52 @@ class DataplaneConnection:
             if self._finished():
                 break
         return out
+
+    def _send_bulk(self, out: list[bytes], now: float) -> None:
+        """The bulk of a transfer, one stream's fresh bytes in full packets and nothing else to
+        send (no ACK, control frame, retransmission or probe due): the same packets as the
+        general loop of ``datagrams_to_send`` would build, with a fraction of its per-packet
+        work. Stops where that loop has to take over: a short last packet, the FIN, the
+        windows, the pacer, another frame."""
+        stream_id = next(iter(self._sendable))
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.send_reset or stream.retransmit:
+            return
+        recovery = self._recovery
+        cc = self._cc
+        pacer = self._pacer
+        max_datagram = self.config.max_datagram
+        max_payload = self._max_payload
+        id_bytes = encode_varint(stream_id)
+        fin_offset = stream.fin_offset
+        while True:
+            offset = stream.next_offset
+            prefix = bytearray((STREAM,))
+            prefix += id_bytes
+            prefix += encode_varint(offset)
+            count = max_payload - len(prefix)  # the frame runs to the end of the packet: no length
+            end = offset + count
+            if (
+                end > stream.end
+                or end > stream.peer_max_data
+                or self._conn_sent + count > self._peer_max_data
+                or (fin_offset is not None and end >= fin_offset)
+                or recovery.bytes_in_flight + max_datagram > cc.cwnd
+            ):
+                return
+            if not pacer.can_send(max_datagram, now):
+                self._pacer_blocked = True
+                return
+            _copy_range(prefix, stream, offset, end)
+            datagram = self._seal(prefix, now)
+            out.append(datagram)
+            size = len(datagram)
+            recovery.on_sent(SentPacket(self._next_pn - 1, now, size, [(stream_id, offset, end, False)], -1))
+            pacer.on_sent(size)
+            stream.next_offset = end
+            self._conn_sent += count
+            if self._closed:
+                return
 
     def _fill(self, payload: bytearray, frames: list[Retransmittable], max_payload: int) -> None:
         control = self._control
@@ -1044,21 +1098,7 @@ class DataplaneConnection:
         if not last_frame:
             payload += encode_varint(count)
         if count:  # (a FIN alone carries no data: the stream's chunks may all be gone)
-            starts = stream.starts
-            chunks = stream.chunks
-            index = bisect_right(starts, offset) - 1
-            chunk = chunks[index]
-            start = offset - starts[index]
-            if start + count <= len(chunk):
-                payload += chunk[start : start + count]
-            else:
-                while offset < end:
-                    chunk = chunks[index]
-                    start = offset - starts[index]
-                    take = min(len(chunk) - start, end - offset)
-                    payload += chunk[start : start + take]
-                    offset += take
-                    index += 1
+            _copy_range(payload, stream, offset, end)
         stream.next_offset = end
         self._conn_sent += count
         if fin:
@@ -1166,3 +1206,23 @@ def _control_frame(frame: Frame) -> bytes:
     out = bytearray()
     encode_frame(out, frame)
     return bytes(out)
+
+
+def _copy_range(payload: bytearray, stream: _Stream, offset: int, end: int) -> None:
+    """Append the stream's bytes ``offset`` .. ``end`` (still held: not yet acknowledged)."""
+    starts = stream.starts
+    chunks = stream.chunks
+    index = bisect_right(starts, offset) - 1
+    chunk = chunks[index]
+    start = offset - starts[index]
+    count = end - offset
+    if start + count <= len(chunk):
+        payload += chunk[start : start + count]
+        return
+    while offset < end:
+        chunk = chunks[index]
+        start = offset - starts[index]
+        take = min(len(chunk) - start, end - offset)
+        payload += chunk[start : start + take]
+        offset += take
+        index += 1

@@ -285,3 +285,65 @@ def test_a_fin_alone_after_all_data_was_acknowledged_ends_the_stream() -> None:
 
     sim.run_until(stream_ended, max_steps=100_000)
     assert bytes(received[stream]) == data
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
+    loss: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_send_bulk`` (full packets of one stream's fresh bytes) is a shortcut, not another
+    protocol: the same transfer, with the same keys, losses and clock, puts byte-identical
+    datagrams on the wire with it and without it (the general loop of ``datagrams_to_send``)."""
+
+    by_bulk = [0]
+
+    def transfer(bulk: bool) -> tuple[list[bytes], int]:
+        rng = random.Random(7)
+        viewer, device = pair(key_material(rng))
+        if bulk:
+            send_bulk = viewer._send_bulk
+
+            def counted(out: list[bytes], now: float) -> None:
+                before = len(out)
+                send_bulk(out, now)
+                by_bulk[0] += len(out) - before
+
+            monkeypatch.setattr(viewer, "_send_bulk", counted)
+        else:
+            monkeypatch.setattr(viewer, "_send_bulk", lambda out, now: None)
+            monkeypatch.setattr(device, "_send_bulk", lambda out, now: None)
+        sim = Simulation(viewer, device, Link(rng, delay=0.010, loss=loss), Link(rng, delay=0.010, loss=loss))
+        wire: list[bytes] = []
+        original = viewer.datagrams_to_send
+
+        def recorded(now: float) -> list[bytes]:
+            out = original(now)
+            wire.extend(out)
+            return out
+
+        monkeypatch.setattr(viewer, "datagrams_to_send", recorded)
+        stream = viewer.open_stream()
+        data = rng.randbytes(400_000)
+        viewer.send(stream, data[:150_000])
+        viewer.send(stream, data[150_000:], end_stream=True)
+        received: dict[int, bytearray] = {}
+        ended: set[int] = set()
+
+        def done() -> bool:
+            events = device.events()
+            collector(events, received, ended)
+            for event in events:
+                if isinstance(event, StreamData):
+                    device.consumed(event.stream_id, len(event.data))
+            return stream in ended
+
+        sim.run_until(done, max_steps=500_000)
+        assert bytes(received[stream]) == data
+        return wire, viewer.stats.packets_sent
+
+    bulk_wire, bulk_sent = transfer(bulk=True)
+    general_wire, general_sent = transfer(bulk=False)
+    assert by_bulk[0] > bulk_sent // 2, f"only {by_bulk[0]} of {bulk_sent} packets took the bulk path"
+    assert bulk_sent == general_sent, (bulk_sent, general_sent)
+    differing = [i for i, (a, b) in enumerate(zip(bulk_wire, general_wire, strict=True)) if a != b]
+    assert not differing, f"{len(differing)} of {len(bulk_wire)} datagrams differ, first at {differing[:1]}"
