@@ -267,10 +267,19 @@ class MatrixRig:
 
     # -- processes ----------------------------------------------------------------------------------
 
-    def _daemon_config(self, profile: str = "lan") -> Path:
+    def _daemon_config(self, profile: str = "lan", keepalive_s: float | None = None) -> Path:
         # Registration gives up after reply_timeout_s * (retries + 1): short on LAN, so a device
         # behind a UDP-blocking NAT reaches "backoff" quickly; longer on the slow profiles.
         reply_timeout = 0.5 if profile == "lan" else 2.0
+        presence = ["keepalive_interval_s = 20", f"reply_timeout_s = {reply_timeout}"]
+        if keepalive_s is not None:
+            # A fixed, short interval (no learning), with every retry inside it, as the config
+            # requires: reply_timeout_s * (retries + 1) < keepalive_interval_s.
+            presence = [
+                f"keepalive_interval_s = {keepalive_s}",
+                f"reply_timeout_s = {round(keepalive_s * 0.3, 3)}",
+                "learn_keepalive = false",
+            ]
         config = self.device_home / "dvrlinkd.toml"
         config.write_text(
             "\n".join(
@@ -286,8 +295,7 @@ class MatrixRig:
                     f'tcp_host = "{self.lab.broker_addrs[1]}"',
                     f"tcp_port = {TCP_443}",
                     "[presence]",
-                    "keepalive_interval_s = 20",
-                    f"reply_timeout_s = {reply_timeout}",
+                    *presence,
                     "retries = 2",
                     "[services]",
                     f'forward = ["127.0.0.1:{SERVICE_PORT}"]',
@@ -299,13 +307,17 @@ class MatrixRig:
         )
         return config
 
-    def start_daemon(self, log: Path, profile: str = "lan") -> subprocess.Popen[bytes]:
-        """``dvrlinkd run`` in the device namespace, output to ``log``."""
+    def start_daemon(
+        self, log: Path, profile: str = "lan", keepalive_s: float | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``dvrlinkd run`` in the device namespace, output to ``log``; ``keepalive_s``: a fixed
+        keepalive interval instead of the matrix's 20 s (learning off)."""
         (self.device_home / "run" / "status.json").unlink(missing_ok=True)
+        config = self._daemon_config(profile, keepalive_s)
         with log.open("ab") as out:
             return self.lab.popen(
                 self.lab.device_ns,
-                [str(BIN / "dvrlinkd"), "run", "--config", str(self._daemon_config(profile))],
+                [str(BIN / "dvrlinkd"), "run", "--config", str(config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
