@@ -317,6 +317,10 @@ class _Session:
         """QUIC may have something to send: set by every input to it and every call on it. On a
         pass where only the data plane moved, aioquic's ``datagrams_to_send`` (about 120 µs of
         Python even with nothing to send) is not asked."""
+        self._quic_times: tuple[float | None, float | None] | None = None
+        """aioquic's (timer, probe timeout) as last read, or None once QUIC was used since:
+        reading them costs tens of microseconds per pass, and on a data plane pass QUIC is
+        left alone, so they cannot have moved."""
         self._quic: _WindowedQuicConnection | None = None
         self._events: deque[SessionEvent] = deque()
         self._state = SessionState.HANDSHAKE
@@ -400,7 +404,10 @@ class _Session:
         """Return the datagrams to send now, with their destination addresses."""
         if self._quic is None:
             return []
-        out = self._quic.datagrams_to_send(now) if self._quic_dirty else []
+        out: list[tuple[bytes, NetworkAddress]] = []
+        if self._quic_dirty:
+            out = self._quic.datagrams_to_send(now)
+            self._quic_times = None
         self._quic_dirty = False
         if out:
             self._last_sent = now
@@ -418,7 +425,7 @@ class _Session:
             return None
         plane = self._dataplane
         deadlines = [
-            self._quic.get_timer(),
+            self._quic_timer_and_pto()[0],
             self._keepalive_at(),
             *self._liveness_deadlines(),
             None if plane is None else plane.next_timer(),
@@ -433,8 +440,16 @@ class _Session:
         floor = self._liveness_floor()
         if floor is None or self._quic is None:
             return None
-        pto = probe_timeout(self._quic)
+        pto = self._quic_timer_and_pto()[1]
         return floor if pto is None else max(floor, self._config.liveness_ptos * pto)
+
+    def _quic_timer_and_pto(self) -> tuple[float | None, float | None]:
+        times = self._quic_times
+        if times is None or self._quic_dirty:
+            quic = self._quic
+            times = (None, None) if quic is None else (quic.get_timer(), probe_timeout(quic))
+            self._quic_times = times
+        return times
 
     def handle_timer(self, now: float) -> None:
         """Run what is due at ``now``: retransmissions, keepalive, liveness probes and deadline,
@@ -442,6 +457,7 @@ class _Session:
         if self._quic is None:
             return
         self._now = now
+        self._quic_times = None
         if self._check_liveness(now):
             return
         keepalive = self._keepalive_at()
