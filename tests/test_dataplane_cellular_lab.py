@@ -57,15 +57,16 @@ from dvrlink.protocol.dataplane import DataplaneConfig
 from dvrlink.protocol.dataplane_congestion import MINIMUM_WINDOW_PACKETS
 from hil import netlab
 from hil.matrix import MatrixRig, matrix_rig
-from hil.matrix.congestion import CongestionRecord, TransferPlan, plan_for, run_transfer
+from hil.matrix.congestion import (
+    CongestionRecord,
+    QdiscSample,
+    TransferPlan,
+    parse_qdisc,
+    plan_for,
+    run_transfer,
+)
 
 REASON = netlab.unavailable_reason()
-# slow: a lab, a broker, a daemon and a 20 s transfer per case, about 50 s in all
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
-    pytest.mark.timeout(180),
-]
 
 PLANS = [plan_for("3g"), plan_for("gprs")]
 BURST_ALLOWANCE = 16_000
@@ -96,6 +97,30 @@ def drops_allowed(record: CongestionRecord) -> int:
         expected = sent * netlab.PROFILES[record.profile].loss_percent / 100
         allowed += math.ceil(expected + 4 * math.sqrt(expected))
     return allowed
+
+
+# tc -s -j qdisc show dev a0 (iproute2 6.x) with a 1 Mbit/s tbf under a UDP flood, 2026-12-06.
+TBF_UNDER_LOAD = (
+    '[{"kind":"tbf","handle":"818f:","root":true,"refcnt":3,"options":{"rate":125000,"burst":2500,'
+    '"lat":1180000},"bytes":99360,"packets":80,"drops":0,"overlimits":298,"requeues":0,'
+    '"backlog":77180,"qlen":64}]'
+)
+
+
+def test_the_root_qdisc_counters_are_read_from_tc_json() -> None:
+    sample = parse_qdisc(TBF_UNDER_LOAD, at=12.5)
+    assert sample == QdiscSample(
+        at=12.5,
+        kind="tbf",
+        backlog_bytes=77180,
+        backlog_packets=64,
+        sent_bytes=99360,
+        sent_packets=80,
+        drops=0,
+    )
+    for bad in ("", "{}", "[]", '[{"kind":"tbf","root":false}]', '[{"root":true}]', "Error: no such device"):
+        with pytest.raises(ValueError, match="tc"):
+            parse_qdisc(bad, at=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +189,10 @@ def judge_transfer(record: CongestionRecord) -> None:
     )
 
 
+# slow: a lab, a broker, a daemon and a 20 s transfer per case, about 50 s in all
+@pytest.mark.slow
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.profile)
 def test_a_bulk_forward_neither_fills_the_uplink_queue_nor_starves_the_keepalives(
     rig: MatrixRig, plan: TransferPlan, tmp_path: Path
