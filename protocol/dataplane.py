@@ -91,6 +91,14 @@ DROP_REASONS = (
 PROBE_PACKETS = 2
 KEY_GRACE_PTOS = 3
 PING_RECORD = b""
+MTU_STEPS = (1400, 1280)
+"""Sizes tried below a path's ceiling when the ceiling itself does not pass (largest first)."""
+MTU_PROBE_LOSSES = 2
+"""Probes of one size lost before the next smaller size is tried (RFC 8899's MAX_PROBES is 3;
+a lost probe costs a round trip of waiting, not a retransmission)."""
+BLACK_HOLE_PTOS = 3
+"""Probe timeouts in a row, with datagrams above the base size, after which the path is taken
+to have shrunk (a route or tunnel change): back to the base size, no more probing on it."""
 """The retransmit record of a PING: re-sends nothing (an empty control frame)."""
 FRAME_ROOM = 16
 """Bytes a frame needs beyond its header for it to be worth starting one."""
@@ -107,7 +115,9 @@ class DataplaneConfig:
 
     role: Literal["viewer", "device"]
     max_datagram: int = 1200
-    """The largest datagram sent (header and tag included); 1200 fits every path incl. TURN."""
+    """The datagram size the connection starts with and falls back to (header and tag
+    included); 1200 fits every path incl. TURN. ``set_path`` may allow larger ones, which the
+    connection then probes for (path MTU discovery, RFC 8899)."""
     stream_window: int = 1 << 20
     """Receive window per stream: bytes the peer may send beyond what the application consumed.
     It is also the initial send limit assumed for the peer, so both ends must use the same value
@@ -244,6 +254,9 @@ class DataplaneStats:
     """Unreliable datagrams dropped at ``send_datagram`` because the window was full."""
     send_generation: int = 0
     receive_generation: int = 0
+    max_datagram: int = 0
+    """The datagram size in use now (the base, or what a probe found the path carries)."""
+    mtu_probes_lost: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
 
@@ -392,7 +405,13 @@ class DataplaneConnection:
         self._recv_gen_first = 0
         self._window = ReplayWindow()
         self._next_pn = 0
+        self._max_datagram = config.max_datagram
         self._max_payload = config.max_datagram - OVERHEAD
+        self._mtu_candidates: list[int] = []
+        """Sizes still to probe on this path, largest first."""
+        self._mtu_probe: tuple[int, int] | None = None
+        """(packet number, size) of the probe in flight."""
+        self._mtu_losses = 0
         self._ack = AckTracker(config.max_ack_delay_s)
         self._recovery = Recovery(config.max_ack_delay_s)
         self._cc = LedbatController(config.max_datagram, config.target_delay_s)
@@ -439,6 +458,24 @@ class DataplaneConnection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def max_datagram(self) -> int:
+        """The datagram size in use now (header and tag included)."""
+        return self._max_datagram
+
+    def set_path(self, ceiling: int, now: float) -> None:
+        """The datagrams now go on another path (or the path became known): send at the base
+        size (``config.max_datagram``) again, and probe for larger sizes up to ``ceiling`` (what
+        the path could carry at best; the base or less: no probing). A probe is a PING padded
+        to the size; the first acknowledged one sets the size. A lost probe retransmits nothing
+        and does not count as congestion."""
+        base = self.config.max_datagram
+        self._set_datagram_size(base)
+        sizes = sorted({size for size in (ceiling, *MTU_STEPS) if base < size <= ceiling}, reverse=True)
+        self._mtu_candidates = sizes
+        self._mtu_probe = None
+        self._mtu_losses = 0
 
     def open_stream(self) -> int:
         """(viewer) A new stream id (0, 4, 8, ...). Raises ``ValueError`` on the device."""
@@ -575,7 +612,7 @@ class DataplaneConnection:
         if loss is not None and loss < deadline:
             deadline = loss
         if self._pacer_blocked:
-            release = self._pacer.next_release(config.max_datagram)
+            release = self._pacer.next_release(self._max_datagram)
             deadline = min(deadline, release)
         if self._streams:
             keepalive = self._last_send + config.keepalive_s
@@ -601,6 +638,11 @@ class DataplaneConnection:
             self._on_lost(lost, now)
         if probe:
             self._probes = PROBE_PACKETS
+            if self._max_datagram > self.config.max_datagram and self._recovery.pto_count >= BLACK_HOLE_PTOS:
+                # silence while sending above the base: the path shrank under us
+                self._mtu_candidates = []
+                self._mtu_probe = None
+                self._set_datagram_size(self.config.max_datagram)
         if self._streams and now >= self._last_send + self.config.keepalive_s:
             self._ping = True
 
@@ -867,11 +909,16 @@ class DataplaneConnection:
                         if item[3]:
                             self._maybe_forget(stream)
         cc.on_acked(acked_bytes, flight, newest.time_sent)
+        if self._mtu_probe is not None:
+            self._mtu_probe_acked(acked)
         if lost:
             self._on_lost(lost, now)
         self._pacer.update_rate(cc.cwnd, recovery.rtt.smoothed)
 
     def _on_lost(self, lost: list[SentPacket], now: float) -> None:
+        lost = self._mtu_probe_lost(lost)
+        if not lost:
+            return
         streams = self._streams
         newest = 0.0
         for packet in lost:
@@ -914,8 +961,10 @@ class DataplaneConnection:
         cc = self._cc
         pacer = self._pacer
         ack = self._ack
+        if self._mtu_candidates and self._mtu_probe is None:
+            self._maybe_probe_mtu(out, now)
         max_payload = self._max_payload
-        max_datagram = config.max_datagram
+        max_datagram = self._max_datagram
         self._pacer_blocked = False
         while True:
             if (
@@ -975,7 +1024,7 @@ class DataplaneConnection:
         recovery = self._recovery
         cc = self._cc
         pacer = self._pacer
-        max_datagram = self.config.max_datagram
+        max_datagram = self._max_datagram
         max_payload = self._max_payload
         id_bytes = encode_varint(stream_id)
         fin_offset = stream.fin_offset
@@ -1188,6 +1237,54 @@ class DataplaneConnection:
         if self._closing is None and not self._closed:
             self.close(code, reason, self._last_receive)
 
+    def _set_datagram_size(self, size: int) -> None:
+        self._max_datagram = size
+        self._max_payload = size - OVERHEAD
+        self._cc.set_max_datagram(size)
+        self._pacer.set_max_datagram(size)
+
+    def _maybe_probe_mtu(self, out: list[bytes], now: float) -> None:
+        """Send the next path MTU probe if one is due and the congestion window has room."""
+        size = self._mtu_candidates[0]
+        recovery = self._recovery
+        if not recovery.rtt.has_sample or recovery.bytes_in_flight + size > self._cc.cwnd:
+            return
+        payload = bytearray((PING,))
+        payload += bytes(size - OVERHEAD - 1)  # PADDING frames
+        number = self._next_pn
+        datagram = self._seal(payload, now)
+        out.append(datagram)
+        recovery.on_sent(SentPacket(number, now, len(datagram), [PING_RECORD], -1))
+        self._mtu_probe = (number, size)
+
+    def _mtu_probe_acked(self, acked: list[SentPacket]) -> None:
+        probe = self._mtu_probe
+        if probe is None:
+            return
+        number, size = probe
+        for packet in acked:
+            if packet.packet_number == number:
+                self._mtu_probe = None
+                self._mtu_candidates = []  # largest first: nothing bigger is left to try
+                self._set_datagram_size(size)
+                return
+
+    def _mtu_probe_lost(self, lost: list[SentPacket]) -> list[SentPacket]:
+        """``lost`` without the MTU probe, whose loss says the path is smaller, not congested."""
+        probe = self._mtu_probe
+        if probe is None:
+            return lost
+        number = probe[0]
+        rest = [packet for packet in lost if packet.packet_number != number]
+        if len(rest) < len(lost):
+            self._mtu_probe = None
+            self._stats.mtu_probes_lost += 1
+            self._mtu_losses += 1
+            if self._mtu_losses >= MTU_PROBE_LOSSES:
+                self._mtu_losses = 0
+                del self._mtu_candidates[0]
+        return rest
+
     def _sync_stats(self) -> None:
         stats = self._stats
         recovery = self._recovery
@@ -1199,6 +1296,7 @@ class DataplaneConnection:
         stats.latest_rtt = rtt.latest
         stats.queuing_delay = self._cc.queuing_delay
         stats.packets_lost = recovery.lost_packets
+        stats.max_datagram = self._max_datagram
 
 
 def _control_frame(frame: Frame) -> bytes:

@@ -61,6 +61,13 @@ class LedbatController:
         self.slow_start = True
         self.queuing_delay = 0.0
 
+    def set_max_datagram(self, size: int) -> None:
+        """The datagram size changed (path MTU discovery): the window's floor and its growth
+        per acknowledgement follow it; the window itself stays."""
+        self.max_datagram = size
+        self.minimum = float(MINIMUM_WINDOW_PACKETS * size)
+        self.cwnd = max(self.cwnd, self.minimum)
+
     def base_delay(self) -> float:
         """The minimum RTT over the kept buckets, or 0 before any sample."""
         return min((bucket[1] for bucket in self.base_history), default=0.0)
@@ -122,6 +129,11 @@ class Pacer:
         self.rate = 0.0
         """Bytes per second; 0: not yet known (no limit until the first RTT sample)."""
         self.rate_cap: float | None = None
+
+    def set_max_datagram(self, size: int) -> None:
+        """The datagram size changed: the smallest burst is ``BURST_PACKETS`` of the new size."""
+        self.minimum_burst = float(BURST_PACKETS * size)
+        self.burst = max(self.burst, self.minimum_burst)
 
     def update_rate(self, cwnd: float, smoothed_rtt: float) -> None:
         rate = PACING_GAIN * cwnd / max(smoothed_rtt, 1e-6)

@@ -391,6 +391,19 @@ class _Session:
         return self._dataplane
 
     @property
+    def config(self) -> SessionConfig:
+        """The session's settings."""
+        return self._config
+
+    def set_dataplane_path(self, ceiling: int, now: float) -> None:
+        """The session's datagrams now go on another path, which may carry datagrams up to
+        ``ceiling`` bytes: the data plane starts over at its base size and probes up to that
+        (``DataplaneConnection.set_path``). Nothing before the data plane is up."""
+        plane = self._dataplane
+        if plane is not None and not plane.closed:
+            plane.set_path(ceiling, now)
+
+    @property
     def dataplane_pending(self) -> bool:
         """(viewer) Our data plane hello went out and neither the device's answer nor its
         refusal has come yet: a stream opened now would ride QUIC."""

@@ -83,7 +83,7 @@ from dvrlink.session.direct import (
     selected_transport,
     srflx_candidate,
 )
-from dvrlink.session.gso import GsoSender
+from dvrlink.session.gso import GsoSender, probe_path_mtu
 from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
@@ -199,6 +199,9 @@ class Connectivity:
         self._search_allowed = asyncio.Event()
         """Set by ``allow_search``: the session is established, a birthday search may start."""
         self._ice_route: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
+        self.path_mtu_probing = True
+        """Whether every ICE socket sends with DF set (``gso.probe_path_mtu``): only then may
+        the data plane probe for datagrams above its base size on the lan or direct path."""
         self._gso: GsoSender | None = None
         """The nominated pair's sender of datagram runs (made on first use, per socket)."""
         self._batching = False
@@ -820,7 +823,9 @@ class Connectivity:
         return True
 
     def _read_ice(self, protocol: Any) -> None:
-        """Read an ICE socket in batches, the nominated pair's datagrams past aioice."""
+        """Read an ICE socket in batches, the nominated pair's datagrams past aioice; and have
+        it send with DF set, for the data plane's path MTU probes (``gso.probe_path_mtu``)."""
+        self.path_mtu_probing = probe_path_mtu(protocol.transport) and self.path_mtu_probing
         batch_reads(
             protocol.transport,
             protocol,

@@ -1,5 +1,6 @@
-"""Sending a run of datagrams to one address with one ``sendmsg``: UDP generic segmentation
-offload (``UDP_SEGMENT``, Linux 4.18 and later).
+"""The UDP side of the data plane's fast path: a run of datagrams to one address in one
+``sendmsg`` (UDP generic segmentation offload, ``UDP_SEGMENT``, Linux 4.18 and later), and the
+don't-fragment setting that path MTU probes need (``probe_path_mtu``).
 
 A pump of the data plane hands over the datagrams of a video frame or a window's worth of a
 forward at once, nearly all of them full-sized. The kernel cuts one buffer into equal segments
@@ -34,7 +35,34 @@ MAX_BYTES = 65_000
 REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 """What a kernel or device without GSO answers."""
 
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
+"""``linux/in.h`` / ``linux/in6.h``: set DF, ignore the kernel's path MTU cache."""
+
 log = logging.getLogger(__name__)
+
+
+def probe_path_mtu(transport: asyncio.BaseTransport) -> bool:
+    """Have ``transport``'s UDP socket send every datagram with DF set and never fragment it
+    (``IP_PMTUDISC_PROBE``), so that a data plane probe larger than the path is lost rather
+    than cut in two: the probe then finds what the path carries. Where the option is missing
+    (not Linux), False: the data plane then keeps its base size (the session asks nothing
+    larger of such a socket). Never raises."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sys.platform != "linux":
+        return False
+    six = sock.family == socket.AF_INET6
+    try:
+        sock.setsockopt(
+            socket.IPPROTO_IPV6 if six else socket.IPPROTO_IP,
+            IPV6_MTU_DISCOVER if six else IP_MTU_DISCOVER,
+            PMTUDISC_PROBE,
+        )
+    except OSError as exc:
+        log.info("no don't-fragment on %s (%s): the data plane keeps its base datagram size", sock, exc)
+        return False
+    return True
 
 
 class GsoSender:

@@ -64,6 +64,10 @@ than QUIC; after it they open on QUIC."""
 SEND_NOW_BYTES = 1024
 """A stream write at least this big is pumped out at once, in the writer's event-loop pass;
 smaller ones wait for the end of the pass, so that a few small writes share a datagram."""
+PATH_MTU_CEILING = 1452
+"""The largest datagram the data plane probes for on a lan or direct path: a 1500-byte
+Ethernet MTU less the IPv6 and UDP headers (it also fits PPPoE's 1492 over IPv4). The relay
+path stays at the base size (TURN's own headers, and a server that may fragment)."""
 TIMER_RESOLUTION_S = 0.001
 """Deadlines nearer than this are polled on each event-loop pass instead of slept for."""
 """Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
@@ -271,6 +275,8 @@ class _Runner:
         # Nobody may await these (a refused device session): keep asyncio quiet about them.
         self._established.add_done_callback(_consume)
         self._pumping = False
+        self._plane_path: object = None
+        """The path the data plane was last told about (``set_dataplane_path``)."""
         self._dirty = False
         """Datagrams went into the core since the last pump."""
         connectivity.on_datagram = self._on_datagram
@@ -440,6 +446,14 @@ class _Runner:
                 self._handle(event)
             if not core.dataplane_pending:
                 self._dataplane_settled.set()
+            if core.dataplane is not None:
+                where = self._peer_label()
+                if where != self._plane_path:
+                    self._plane_path = where
+                    base = self._core.config.max_datagram_size
+                    probe = where not in (RELAY, None) and self._connectivity.path_mtu_probing
+                    ceiling = PATH_MTU_CEILING if probe else base
+                    core.set_dataplane_path(ceiling, self._loop.time())
             out = core.datagrams_to_send(self._loop.time())
             if out:
                 self._send_out(out)
@@ -464,6 +478,10 @@ class _Runner:
                 run_path = addr
             run.append(data)
         connectivity.send_many(run, run_path)
+
+    def _peer_label(self) -> object:
+        """The path label the core sends on now, as the core holds it (cheap: no copy)."""
+        raise NotImplementedError
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -641,6 +659,9 @@ class DeviceRunner(_Runner):
         address = self._device.peer_address
         return None if address is None else (str(address[0]), int(address[1]))
 
+    def _peer_label(self) -> object:
+        return self._device.peer_address
+
 
 class ViewerRunner(_Runner):
     """Drives a ``ViewerSession``: connects on the first ready path, then moves to better ones."""
@@ -668,6 +689,9 @@ class ViewerRunner(_Runner):
         """The path the session's datagrams go on now, or None before connecting."""
         address = self._viewer.path
         return None if address is None else (str(address[0]), int(address[1]))
+
+    def _peer_label(self) -> object:
+        return self._viewer.path
 
     def _on_path_ready(self, path: Path) -> None:
         core = self._viewer

@@ -45,6 +45,7 @@ from dvrlink.session.direct import (
 from dvrlink.session.gso import GsoSender
 from dvrlink.session.relay import channel_send, turn_client
 from dvrlink.session.runner import (
+    PATH_MTU_CEILING,
     PinMismatchError,
     SessionClosedError,
     SessionStream,
@@ -143,6 +144,33 @@ def test_on_the_lan_path_session_datagrams_skip_aioice_and_leave_in_gso_runs(moc
                 f"no run of datagrams: {len(sent_in_runs)} calls"
             )
             assert True in runs.spy_return_list, "every sendmsg run was refused on loopback"
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("policy", "size"), [(PathPolicy.DIRECT_ONLY, PATH_MTU_CEILING), (PathPolicy.RELAY_ONLY, 1200)]
+)
+def test_the_data_plane_probes_for_larger_datagrams_on_the_lan_path_only(
+    policy: PathPolicy, size: int
+) -> None:
+    """On the lan path (DF set on its sockets) both ends' data planes find that loopback
+    carries ``PATH_MTU_CEILING``-byte datagrams and send the bulk at that size; over the relay
+    they stay at the base size."""
+
+    async def main() -> None:
+        async with lab() as the_lab, session(the_lab, policy, on_stream=echo) as s:
+            await asyncio.wait_for(s.viewer.established(), WAIT)
+            first = await s.viewer.open_stream(RpcTarget("echo"))
+            data = payload(600_000, seed=8)
+            assert await round_trip(first, data) == bytes.fromhex(sha(data))
+            second = await s.viewer.open_stream(RpcTarget("echo"))  # after the probes
+            assert await round_trip(second, data) == bytes.fromhex(sha(data))
+            for side in (s.viewer, s.device):
+                plane = side._core.dataplane
+                assert plane is not None, "the data plane is not up"
+                assert plane.max_datagram == size, f"{plane.max_datagram} B datagrams on {side.path}"
+            assert s.viewer.connectivity.path_mtu_probing
 
     run(main)
 
