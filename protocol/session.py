@@ -312,6 +312,8 @@ class _Session:
         self._dataplane_streams: dict[int, _Stream] = {}  # by the data plane's own id
         self._dataplane_heard = 0
         self._dataplane_offer: int | None = None  # (viewer) the hello's stream, until answered or refused
+        self._dataplane_undrained = False
+        """Data plane datagrams came in whose events were not taken yet (``next_event``)."""
         self._now = 0.0  # the clock of the latest input: the data plane starts from it
         self._quic_dirty = True
         """QUIC may have something to send: set by every input to it and every call on it. On a
@@ -411,12 +413,25 @@ class _Session:
 
     def next_event(self) -> SessionEvent | None:
         """Pop the next event, or None when there is none."""
+        if self._dataplane_undrained:
+            self._take_dataplane_events()
         return self._events.popleft() if self._events else None
+
+    def _take_dataplane_events(self) -> None:
+        """The data plane's events since the last call, as session events: once per batch of
+        datagrams rather than per datagram, so that a batch's bytes for a stream come as one
+        ``StreamData`` (the data plane joins them)."""
+        self._dataplane_undrained = False
+        plane = self._dataplane
+        if plane is not None:
+            self._drain_dataplane(plane)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """Return the datagrams to send now, with their destination addresses."""
         if self._quic is None:
             return []
+        if self._dataplane_undrained:  # (a refusal or a stop-sending answers with a frame)
+            self._take_dataplane_events()
         out: list[tuple[bytes, NetworkAddress]] = []
         if self._quic_dirty:
             out = self._quic.datagrams_to_send(now)
@@ -826,7 +841,7 @@ class _Session:
             return
         plane.receive_datagram(data, now)
         self._heard_dataplane(plane, now)
-        self._drain_dataplane(plane)
+        self._dataplane_undrained = True  # taken by next_event or datagrams_to_send
 
     def _drain_dataplane(self, plane: dp.DataplaneConnection) -> None:
         for event in plane.events():
