@@ -894,7 +894,8 @@ class DataplaneConnection:
         cc = self._cc
         newest = acked[-1]
         if newest.packet_number == ranges[0][1]:
-            cc.on_rtt_sample(recovery.rtt.latest, now)
+            # the receiver's deliberate ACK delay is not queuing (LEDBAT would back off for it)
+            cc.on_rtt_sample(recovery.rtt.latest_adjusted, now)
         acked_bytes = 0
         streams = self._streams
         for packet in acked:

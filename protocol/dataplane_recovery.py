@@ -69,11 +69,14 @@ class SentPacket:
 class RttEstimator:
     """RFC 9002 §5."""
 
-    __slots__ = ("has_sample", "latest", "min_rtt", "smoothed", "variance")
+    __slots__ = ("has_sample", "latest", "latest_adjusted", "min_rtt", "smoothed", "variance")
 
     def __init__(self) -> None:
         self.has_sample = False
         self.latest = INITIAL_RTT
+        self.latest_adjusted = INITIAL_RTT
+        """The latest sample less the peer's ack delay (as the smoothed RTT takes it): the
+        time the path and its queues took, without the receiver's deliberate wait."""
         self.smoothed = INITIAL_RTT
         self.variance = INITIAL_RTT / 2
         self.min_rtt = INITIAL_RTT
@@ -86,9 +89,12 @@ class RttEstimator:
             self.min_rtt = sample
             self.smoothed = sample
             self.variance = sample / 2
+            self.latest_adjusted = sample
             return
         self.min_rtt = min(self.min_rtt, sample)
         adjusted = sample - ack_delay if sample - ack_delay >= self.min_rtt else sample
+        # never below the minimum: a delay reported to the microsecond, a sample a hair short
+        self.latest_adjusted = max(self.min_rtt, sample - ack_delay)
         self.variance = 0.75 * self.variance + 0.25 * abs(self.smoothed - adjusted)
         self.smoothed = 0.875 * self.smoothed + 0.125 * adjusted
 

@@ -138,3 +138,33 @@ def test_connection_timer_includes_the_pacer_release() -> None:
     sim.on_step = step
     sim.run_until(lambda: sim.now > 3.0, max_steps=200_000)
     assert checked[0] > 10, f"only {checked[0]} paced releases seen"
+
+
+def test_the_receivers_ack_delay_does_not_count_as_queuing() -> None:
+    """A slow stream (one packet every 200 ms) is acknowledged only at the receiver's ACK
+    deadline, 25 ms after each packet; after a burst that measured the path without that delay,
+    LEDBAT must still see no queue: its samples are the RTT less the ack delay the ACK
+    reports (without that it saw about 25 ms of 'queuing', half its target)."""
+    rng = random.Random(5)
+    viewer, device = pair(key_material(rng))
+    sim = Simulation(viewer, device, Link(rng, delay=0.020), Link(rng, delay=0.020))
+    stream = viewer.open_stream()
+    viewer.send(stream, rng.randbytes(200_000))  # a burst: ACKs every 2nd packet, no delay
+    received = [0]
+
+    def taken() -> int:
+        for event in device.events():
+            if isinstance(event, StreamData):
+                device.consumed(event.stream_id, len(event.data))
+                received[0] += len(event.data)
+        return received[0]
+
+    sim.run_until(lambda: taken() >= 200_000)
+    delays: list[float] = []
+    for _ in range(20):
+        until = sim.now + 0.200
+        viewer.send(stream, rng.randbytes(500))
+        sim.run_until(lambda until=until: sim.now >= until)
+        delays.append(viewer.stats.queuing_delay)
+    assert taken() == 200_000 + 20 * 500
+    assert max(delays[5:]) < 0.005, f"queuing delay seen on an empty path: {[round(d, 4) for d in delays]}"
