@@ -119,19 +119,39 @@ class _TcpFailed(Exception):
 
 
 async def _stream_to_tcp(
-    stream: StreamLike, writer: asyncio.StreamWriter, counters: Sequence[TrafficCounters]
+    stream: StreamLike,
+    writer: asyncio.StreamWriter,
+    counters: Sequence[TrafficCounters],
+    tcp_read_done: asyncio.Event,
 ) -> bool:
-    """Copy until the stream ends; returns True if the TCP side stopped taking bytes before that."""
+    """Copy until the stream ends; returns True if the TCP side stopped taking bytes before that
+    (at once if the TCP side has also finished sending, ``tcp_read_done``; else once it has,
+    or the stream ended)."""
     write_failed = False
     while True:
+        if write_failed:
+            # The TCP side is gone for our bytes: wait only for its last ones to reach the
+            # stream (the other direction), not for a peer that may never stop sending.
+            reading = asyncio.ensure_future(stream.read(CHUNK_SIZE))
+            finished = asyncio.ensure_future(tcp_read_done.wait())
+            try:
+                await asyncio.wait((reading, finished), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+            if tcp_read_done.is_set():
+                reading.cancel()
+                return True
+            try:
+                data = reading.result()
+            except Exception as exc:
+                raise _StreamFailed(exc) from exc
+            if not data:
+                return True
+            continue
         try:
             data = await stream.read(CHUNK_SIZE)
         except Exception as exc:
             raise _StreamFailed(exc) from exc
-        if write_failed:
-            if not data:
-                return True
-            continue
         try:
             if not data:
                 if writer.can_write_eof():
@@ -152,6 +172,7 @@ async def _tcp_to_stream(
     stream: StreamLike,
     reader: asyncio.StreamReader,
     counters: Sequence[TrafficCounters],
+    done: asyncio.Event,
 ) -> None:
     while True:
         try:
@@ -161,6 +182,7 @@ async def _tcp_to_stream(
         try:
             if not data:
                 stream.write_eof()
+                done.set()
                 return
             stream.write(data)
             for c in counters:
@@ -182,12 +204,16 @@ async def pump(
     the other down instead of filling memory. An end of stream on one side becomes a half-close
     (``write_eof``) on the other, and the other direction carries on. If the TCP side stops
     taking bytes, the rest of the stream is read and dropped while the TCP side's reply finishes.
-    On any other failure (a reset on either side, the session gone) the TCP connection is aborted
-    and the stream reset (``CANCELLED``). The writer is closed in every case. Never raises,
-    except ``CancelledError`` (after the same clean-up).
+    Once the TCP side has also finished sending, the stream is reset (``CANCELLED``), so that a
+    peer that would go on sending (a camera streaming to a player that quit) stops: over a
+    cellular uplink those bytes cost money. On any other failure (a reset on either side, the
+    session gone) the TCP connection is aborted and the stream reset (``CANCELLED``). The
+    writer is closed in every case. Never raises, except ``CancelledError`` (after the same
+    clean-up).
     """
-    up = asyncio.ensure_future(_stream_to_tcp(stream, writer, counters))
-    down = asyncio.ensure_future(_tcp_to_stream(stream, reader, counters))
+    tcp_read_done = asyncio.Event()
+    up = asyncio.ensure_future(_stream_to_tcp(stream, writer, counters, tcp_read_done))
+    down = asyncio.ensure_future(_tcp_to_stream(stream, reader, counters, tcp_read_done))
     failure: BaseException | None = None
     try:
         await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
@@ -217,7 +243,10 @@ async def pump(
         code = failure.code if isinstance(failure, _StreamFailed) else None
         return PumpResult(clean=False, stream_error_code=code, error=str(failure))
     if up.result():
+        # The peer may still be sending (a camera's stream to a player that quit): tell it to
+        # stop rather than leave the stream open with nobody reading.
+        reset_quietly(stream, StreamErrorCode.CANCELLED)
         return PumpResult(
-            clean=False, error="the TCP side closed before the stream's end; the rest was dropped"
+            clean=False, error="the TCP side closed before the stream's end; the stream was cancelled"
         )
     return PumpResult(clean=True)

@@ -375,3 +375,37 @@ def test_aclose_cancels_open_forwards() -> None:
         await server.close()
 
     run(main)
+
+
+def test_a_server_that_quits_while_the_viewer_still_sends_cancels_the_stream() -> None:
+    """The server closes its connection (FIN, nothing unread) and the viewer then sends on and
+    on (a player that quit while a camera streams, the other way round): the device's writes
+    to the closed socket fail, and with the server's side ended it resets the stream, so the
+    sender stops. Before, the device read and dropped the viewer's bytes for as long as they
+    came."""
+
+    async def close_at_once(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: TcpServer
+    ) -> None:
+        writer.close()
+
+    async def main() -> None:
+        server = await tcp_server(close_at_once)
+        svc = services((f"{LOOPBACK}:{server.port}",))
+        viewer, device = stream_pair()
+        task = svc.start(device, ForwardTarget(LOOPBACK, server.port))
+        assert await asyncio.wait_for(viewer.read_all(), WAIT) == b"", "the server's FIN did not arrive"
+
+        async def endless() -> None:
+            for _ in range(2_000):  # bounded: 100 MB, far more than a closed socket takes
+                viewer.write(bytes(50_000))
+                await viewer.drain()
+
+        sender = asyncio.create_task(endless())
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(sender, WAIT)
+        assert viewer.reset_by_peer == StreamErrorCode.CANCELLED, viewer.reset_by_peer
+        await asyncio.wait_for(task, WAIT)
+        await server.close()
+
+    run(main)
