@@ -309,6 +309,11 @@ class Forwarder:
             self._handlers.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # aclose cancelled it (the forward is stopping). Ended quietly: asyncio's
+            # start_server in Python 3.11 calls exception() on a cancelled connection task and
+            # prints a CancelledError traceback ("Exception in callback"); 3.12 checks first.
+            pass
         finally:
             if task is not None:
                 self._handlers.discard(task)
