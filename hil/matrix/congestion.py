@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from typing import Any
 
 from hil import netlab
 from hil.matrix.cells import Cell
-from hil.matrix.netns import socket_in
+from hil.matrix.netns import listener_in, socket_in
 from hil.matrix.rig import (
     BIN,
     FORWARDING,
@@ -226,11 +225,7 @@ class BulkService:
         self.sent = 0
         self.connections = 0
         self.errors: list[str] = []
-        self._listener = socket_in(ns)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", port))
-        self._listener.listen(4)
-        self._listener.settimeout(0.2)
+        self._listener = listener_in(ns, port, 4)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"bulk-service-{ns}", daemon=True)
         self._thread.start()

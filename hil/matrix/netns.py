@@ -54,6 +54,17 @@ def socket_in(ns: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.s
     return made[0]
 
 
+def listener_in(ns: str, port: int, backlog: int) -> socket.socket:
+    """A TCP listener on ``127.0.0.1:port`` inside ``ns``, accepting with a 0.2 s timeout (so a
+    serving thread can notice its stop event)."""
+    listener = socket_in(ns)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(backlog)
+    listener.settimeout(0.2)
+    return listener
+
+
 class ByteService:
     """A TCP listener on ``127.0.0.1:port`` inside ``ns`` that writes ``payload`` to every
     connection and closes it: the recorder's service at the far end of a forward.
@@ -66,11 +77,7 @@ class ByteService:
         self.payload = payload
         self.errors: list[str] = []
         self.served = 0
-        self._listener = socket_in(ns)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", port))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
+        self._listener = listener_in(ns, port, 8)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"byte-service-{ns}", daemon=True)
         self._thread.start()
