@@ -20,7 +20,7 @@ from dvrlink.protocol.dataplane import (
     StreamData,
 )
 from dvrlink.protocol.dataplane_keys import DEVICE_TO_VIEWER, VIEWER_TO_DEVICE, PacketKey, initial_secret
-from dvrlink.protocol.dataplane_wire import HEADER, OVERHEAD, encode_varint
+from dvrlink.protocol.dataplane_wire import HEADER, MAX_PACKET_NUMBER, OVERHEAD, encode_varint
 
 
 def datagrams(count: int) -> tuple[DataplaneConnection, DataplaneConnection, list[bytes]]:
@@ -220,3 +220,24 @@ def test_a_stream_id_far_ahead_is_a_protocol_error() -> None:
     device.receive_datagram(sealed_from_viewer(keys, 0, frame), 0.1)
     closed = closed_with(device)
     assert [c.code for c in closed] == [PROTOCOL_ERROR], closed
+
+
+def test_packet_numbers_are_never_reused_the_connection_closes_at_the_last_one() -> None:
+    """A nonce is the IV xor the packet number, so a number used twice under one key would
+    break ChaCha20-Poly1305. At the top of the 48-bit space the connection sends the last number
+    and closes (INTERNAL_ERROR, 'packet numbers exhausted'); no number beyond it is ever sealed.
+    (White-box: the counter is set near the end; 2^48 packets do not fit in a test.)"""
+    viewer, device = pair()
+    viewer._next_pn = MAX_PACKET_NUMBER - 3
+    device._window.mark(MAX_PACKET_NUMBER - 4)  # the receiver has seen the packets before
+    stream = viewer.open_stream()
+    viewer.send(stream, os.urandom(20_000))
+    sent = viewer.datagrams_to_send(0.0) + viewer.datagrams_to_send(0.1)
+    numbers = [(high << 32) | low for _, _, high, low in (HEADER.unpack_from(d) for d in sent)]
+    assert numbers == list(range(MAX_PACKET_NUMBER - 3, MAX_PACKET_NUMBER + 1)), numbers
+    closed = [e for e in viewer.events() if isinstance(e, DataplaneClosed)]
+    assert closed and closed[0].reason == "packet numbers exhausted", closed
+    assert viewer.closed and viewer.datagrams_to_send(0.2) == []
+    for datagram in sent:
+        device.receive_datagram(datagram, 0.0)
+    assert device.stats.dropped["auth"] == 0 and device.stats.packets_received == len(sent)
