@@ -159,9 +159,10 @@ class Connectivity:
         self.on_datagram: Callable[[bytes, Path], None] = lambda data, path: None
         """Called with each QUIC datagram received and the path it came on."""
         self.on_batch: Callable[[], None] = lambda: None
-        """Called after one or more ``on_datagram`` calls, before control returns to the event
-        loop: after each batch read from a socket in one wake-up, or after a single datagram
-        that came another way. The place to send what they caused, in the same event-loop pass."""
+        """Called after one or more ``on_datagram`` calls: at the end of each batch read from a
+        socket in one wake-up, before control returns to the event loop; for datagrams that came
+        another way (TURN over TCP), once in the next pass. The place to send what they
+        caused."""
         self.on_path_ready: Callable[[Path], None] = lambda path: None
         """Called once per path when it can carry datagrams both ways."""
         self.on_failed: Callable[[str], None] = lambda reason: None
@@ -207,7 +208,9 @@ class Connectivity:
         self._batching = False
         """A socket's batch of reads is under way: ``on_batch`` waits for its end."""
         self._batched = False
-        """A datagram of this batch went to ``on_datagram``."""
+        """A datagram went to ``on_datagram`` since the last ``on_batch``."""
+        self._flush_handle: asyncio.Handle | None = None
+        """The pass-end ``on_batch`` for datagrams that came outside a batch reader."""
         self._srflx_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
@@ -677,6 +680,9 @@ class Connectivity:
             return
         self._closed = True
         self._ready.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         for straggler in list(self._stragglers):
             straggler.cancel()
         if self._stragglers:
@@ -786,10 +792,11 @@ class Connectivity:
         self.bytes_in[path] = self.bytes_in.get(path, 0) + len(data)
         self.last_in[path] = time.monotonic()
         self.on_datagram(data, path)
-        if self._batching:
-            self._batched = True
-        else:
-            self.on_batch()
+        self._batched = True
+        if not self._batching and self._flush_handle is None:
+            # not from a batch reader (TURN over TCP, held datagrams at nomination, a loop
+            # without the batch reader): the datagrams of this pass share one on_batch
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_later)
 
     def _relay_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed or addr != self._remote_relay:
@@ -836,6 +843,10 @@ class Connectivity:
 
     def _batch_start(self) -> None:
         self._batching = True
+
+    def _flush_later(self) -> None:
+        self._flush_handle = None
+        self._batch_done()
 
     def _batch_done(self) -> None:
         self._batching = False
