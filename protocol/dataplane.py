@@ -32,6 +32,7 @@ from dvrlink.protocol.dataplane_congestion import LedbatController, Pacer
 from dvrlink.protocol.dataplane_keys import (
     DEVICE_TO_VIEWER,
     DUPLICATE,
+    IV_SIZE,
     OK,
     RANDOM_SIZE,
     VIEWER_TO_DEVICE,
@@ -1023,40 +1024,59 @@ class DataplaneConnection:
         if stream is None or stream.send_reset or stream.retransmit:
             return
         recovery = self._recovery
+        in_flight = recovery.sent
         cc = self._cc
         pacer = self._pacer
         max_datagram = self._max_datagram
         max_payload = self._max_payload
-        id_bytes = encode_varint(stream_id)
+        head = bytes((STREAM,)) + encode_varint(stream_id)
         fin_offset = stream.fin_offset
-        while True:
-            offset = stream.next_offset
-            prefix = bytearray((STREAM,))
-            prefix += id_bytes
-            prefix += encode_varint(offset)
-            count = max_payload - len(prefix)  # the frame runs to the end of the packet: no length
-            end = offset + count
-            if (
-                end > stream.end
-                or end > stream.peer_max_data
-                or self._conn_sent + count > self._peer_max_data
-                or (fin_offset is not None and end >= fin_offset)
-                or recovery.bytes_in_flight + max_datagram > cc.cwnd
-            ):
-                return
-            if not pacer.can_send(max_datagram, now):
-                self._pacer_blocked = True
-                return
-            _copy_range(prefix, stream, offset, end)
-            datagram = self._seal(prefix, now)
-            out.append(datagram)
-            size = len(datagram)
-            recovery.on_sent(SentPacket(self._next_pn - 1, now, size, [(stream_id, offset, end, False)], -1))
-            pacer.on_sent(size)
-            stream.next_offset = end
-            self._conn_sent += count
-            if self._closed:
-                return
+        # _seal and Recovery.on_sent, inlined: this loop is most of a transfer's Python
+        key = self._send_key
+        seal = key.aead.encrypt
+        iv = key.iv
+        first = self._send_header_first
+        tag = self._peer_tag
+        pack = HEADER.pack
+        number = self._next_pn
+        sent_bytes = 0
+        try:
+            while number < MAX_PACKET_NUMBER:
+                offset = stream.next_offset
+                payload = bytearray(head)
+                payload += encode_varint(offset)
+                count = max_payload - len(payload)  # the frame runs to the end of the packet: no length
+                end = offset + count
+                if (
+                    end > stream.end
+                    or end > stream.peer_max_data
+                    or self._conn_sent + count > self._peer_max_data
+                    or (fin_offset is not None and end >= fin_offset)
+                    or recovery.bytes_in_flight + max_datagram > cc.cwnd
+                ):
+                    return
+                if not pacer.can_send(max_datagram, now):
+                    self._pacer_blocked = True
+                    return
+                _copy_range(payload, stream, offset, end)
+                header = pack(first, tag, number >> 32, number & 0xFFFFFFFF)
+                datagram = header + seal((iv ^ number).to_bytes(IV_SIZE, "big"), payload, header)
+                out.append(datagram)
+                size = len(datagram)
+                in_flight[number] = SentPacket(number, now, size, [(stream_id, offset, end, False)], -1)
+                recovery.bytes_in_flight += size
+                number += 1
+                sent_bytes += size
+                pacer.on_sent(size)
+                stream.next_offset = end
+                self._conn_sent += count
+        finally:
+            if number != self._next_pn:
+                self._stats.packets_sent += number - self._next_pn
+                self._stats.bytes_sent += sent_bytes
+                self._next_pn = number
+                self._last_send = now
+                recovery.last_ack_eliciting_time = now
 
     def _fill(self, payload: bytearray, frames: list[Retransmittable], max_payload: int) -> None:
         control = self._control
