@@ -898,24 +898,41 @@ class DataplaneConnection:
             # the receiver's deliberate ACK delay is not queuing (LEDBAT would back off for it)
             cc.on_rtt_sample(recovery.rtt.latest_adjusted, now)
         acked_bytes = 0
-        streams = self._streams
+        # Contiguous ranges of one stream (a bulk transfer's packets) are handed over as one.
+        run_id = -1
+        run_start = run_end = 0
         for packet in acked:
             acked_bytes += packet.size
             if packet.ack_largest >= 0:
                 self._ack.forget_below(packet.ack_largest)
             for item in packet.frames:
                 if isinstance(item, tuple):
-                    stream = streams.get(item[0])
-                    if stream is not None and not stream.send_reset:
-                        stream.on_acked(item[1], item[2], item[3])
-                        if item[3]:
-                            self._maybe_forget(stream)
+                    stream_id, start, end, fin = item
+                    if stream_id == run_id and start == run_end and not fin:
+                        run_end = end
+                        continue
+                    if run_id >= 0:
+                        self._stream_acked(run_id, run_start, run_end, False)
+                    if fin:
+                        self._stream_acked(stream_id, start, end, True)
+                        run_id = -1
+                    else:
+                        run_id, run_start, run_end = stream_id, start, end
+        if run_id >= 0:
+            self._stream_acked(run_id, run_start, run_end, False)
         cc.on_acked(acked_bytes, flight, newest.time_sent)
         if self._mtu_probe is not None:
             self._mtu_probe_acked(acked)
         if lost:
             self._on_lost(lost, now)
         self._pacer.update_rate(cc.cwnd, recovery.rtt.smoothed)
+
+    def _stream_acked(self, stream_id: int, start: int, end: int, fin: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.send_reset:
+            stream.on_acked(start, end, fin)
+            if fin:
+                self._maybe_forget(stream)
 
     def _on_lost(self, lost: list[SentPacket], now: float) -> None:
         lost = self._mtu_probe_lost(lost)
