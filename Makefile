@@ -22,10 +22,30 @@ DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.
 
 all: test
 
-$(STAMP): pyproject.toml
+# The data plane's C sealer (setup.py, protocol/_dataplane_seal.c) needs a compiler and
+# libcrypto's headers; installed first when running as root. Without them the package still
+# installs (the extension is optional) and the data plane seals in Python; with them, a
+# failed build is an error here, so that the tests always cover the compiled path.
+BUILD_DEBS := gcc libc6-dev libssl-dev
+
+$(STAMP): pyproject.toml setup.py
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(BUILD_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@if command -v cc >/dev/null && [ -f /usr/include/openssl/evp.h ]; then \
+	  $(PY) -c "import dvrlink.protocol._dataplane_seal" || { \
+	    echo "the data plane's C sealer did not build although cc and libssl's headers are here:" \
+	         "see pip's output above ($(PY) -m pip install -v -e .)"; exit 1; }; \
+	else \
+	  echo "note: no C compiler or libssl headers: the data plane seals in Python (apt-get install $(BUILD_DEBS))"; \
+	fi
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -23,8 +23,10 @@ cipher's).
 from __future__ import annotations
 
 import heapq
+import importlib
 import struct
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -69,6 +71,23 @@ from dvrlink.protocol.dataplane_wire import (
     parse_frames,
     varint_size,
 )
+
+SealRun = Callable[[bytes, bytes, int, bytes, int, bytes, int, memoryview, int, int], list[bytes]]
+"""``_dataplane_seal.seal_stream_run``'s shape."""
+
+
+def _load_compiled_sealer() -> SealRun | None:
+    """The compiled bulk sealer, or None where it was not built (the Python bulk path then does
+    the same, slower)."""
+    try:
+        module = importlib.import_module("dvrlink.protocol._dataplane_seal")
+    except ImportError:
+        return None
+    sealer: SealRun = module.seal_stream_run
+    return sealer
+
+
+_compiled_sealer = _load_compiled_sealer()
 
 NO_ERROR = 0
 PROTOCOL_ERROR = 1
@@ -418,6 +437,8 @@ class DataplaneConnection:
         self._cc = LedbatController(config.max_datagram, config.target_delay_s)
         self._pacer = Pacer(config.max_datagram, now)
         self._pacer_blocked = False
+        self._sealer: SealRun | None = _compiled_sealer
+        """The compiled bulk sealer, or None (the Python bulk path alone)."""
         self._streams: dict[int, _Stream] = {}
         self._sendable: dict[int, None] = {}
         self._flow_blocked: dict[int, None] = {}
@@ -1057,8 +1078,17 @@ class DataplaneConnection:
         pack = HEADER.pack
         number = self._next_pn
         sent_bytes = 0
+        sealer = self._sealer
         try:
             while number < MAX_PACKET_NUMBER:
+                if sealer is not None:
+                    made = self._seal_run_compiled(sealer, stream, head, number, now)
+                    if made:
+                        for datagram in made:
+                            sent_bytes += len(datagram)
+                        number += len(made)
+                        out.extend(made)
+                        continue
                 offset = stream.next_offset
                 payload = bytearray(head)
                 payload += encode_varint(offset)
@@ -1094,6 +1124,67 @@ class DataplaneConnection:
                 self._next_pn = number
                 self._last_send = now
                 recovery.last_ack_eliciting_time = now
+
+    def _seal_run_compiled(
+        self, sealer: SealRun, stream: _Stream, head: bytes, number: int, now: float
+    ) -> list[bytes]:
+        """As many of ``_send_bulk``'s packets as the compiled sealer can make in one call: the
+        same checks, answered for the whole run (all its packets are full, so each takes
+        ``max_datagram`` of the window and the pacer), over the bytes of the chunk that holds
+        the stream's next offset. Records them as sent; [] when none could go this way (the
+        Python loop then looks at the next packet)."""
+        recovery = self._recovery
+        max_datagram = self._max_datagram
+        room = int(self._cc.cwnd) - recovery.bytes_in_flight
+        packets = room // max_datagram if room >= max_datagram else 0
+        pacer = self._pacer
+        if packets and pacer.rate > 0.0:  # (no rate yet: the pacer lets everything go)
+            packets = min(packets, pacer.packets_allowed(max_datagram, now))
+        if packets < 2:
+            return []
+        offset = stream.next_offset
+        limit = min(stream.end, stream.peer_max_data, offset + self._peer_max_data - self._conn_sent)
+        if stream.fin_offset is not None:
+            limit = min(limit, stream.fin_offset - 1)
+        if limit <= offset or not stream.chunks:
+            return []
+        index = bisect_right(stream.starts, offset) - 1
+        chunk = stream.chunks[index]
+        start = offset - stream.starts[index]
+        stop = min(len(chunk), start + limit - offset)
+        if stop <= start:
+            return []
+        key = self._send_key
+        made = sealer(
+            key.key,
+            key.iv_bytes,
+            self._send_header_first,
+            self._peer_tag,
+            number,
+            head,
+            offset,
+            chunk[start:stop],
+            self._max_payload,
+            packets,
+        )
+        if not made:
+            return []
+        in_flight = recovery.sent
+        stream_id = stream.stream_id
+        overhead = OVERHEAD + len(head)
+        total = 0
+        for datagram in made:
+            size = len(datagram)
+            end = offset + size - overhead - varint_size(offset)
+            in_flight[number] = SentPacket(number, now, size, [(stream_id, offset, end, False)], -1)
+            number += 1
+            offset = end
+            total += size
+        recovery.bytes_in_flight += total
+        pacer.on_sent(total)
+        self._conn_sent += offset - stream.next_offset
+        stream.next_offset = offset
+        return made
 
     def _fill(self, payload: bytearray, frames: list[Retransmittable], max_payload: int) -> None:
         control = self._control

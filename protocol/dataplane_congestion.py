@@ -155,6 +155,15 @@ class Pacer:
         self.tokens = tokens if tokens < burst else burst
         return self.tokens >= size - TOLERANCE
 
+    def packets_allowed(self, size: int, now: float) -> int:
+        """How many packets of ``size`` bytes may go at ``now``, one after the other: what
+        ``can_send`` then ``on_sent`` per packet would let through (refills the bucket)."""
+        if not self.can_send(size, now):
+            return 0
+        if self.rate <= 0.0:
+            return 1 << 30
+        return int((self.tokens - size + TOLERANCE) // size) + 1
+
     def on_sent(self, size: int) -> None:
         if self.rate > 0.0:
             self.tokens -= size

@@ -70,14 +70,17 @@ def nonce(iv: bytes, packet_number: int) -> bytes:
 class PacketKey:
     """Seal or open packets of one direction and one generation."""
 
-    __slots__ = ("aead", "generation", "iv", "phase")
+    __slots__ = ("aead", "generation", "iv", "iv_bytes", "key", "phase")
 
     def __init__(self, secret: bytes, direction: bytes, generation: int) -> None:
         self.generation = generation
         self.phase = generation & 1
         key, iv = direction_key_iv(secret, direction, self.phase)
         self.aead = ChaCha20Poly1305(key)
+        self.key = key
+        """The raw key, for the compiled bulk sealer (``_dataplane_seal``)."""
         self.iv = int.from_bytes(iv, "big")
+        self.iv_bytes = iv
 
     def seal(self, packet_number: int, header: bytes, plaintext: bytes | bytearray) -> bytes:
         """The ciphertext and tag of ``plaintext`` under packet number ``packet_number``."""

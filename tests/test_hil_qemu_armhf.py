@@ -91,21 +91,30 @@ def test_the_busybox_image_gets_what_dvrlink_mk_installs_for_sysv() -> None:
     assert table == installs, f"PACKAGE_INSTALLS_SYSV differs from dvrlink.mk: {table ^ installs}"
 
 
-def test_armhf_keys_follow_the_build_chroot_and_leave_arm64_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_armhf_keys_follow_the_build_chroot_and_arm64_only_its_extension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     arm64, armhf = target("arm64"), target("armhf")
     first64, first = build.keys(arm64), build.keys(armhf)
     assert first.base != first64.base and first.deps != first64.deps
     assert first.dvrlink == first64.dvrlink, "the dvrlink wheel is pure Python: one layer key"
+    assert first.ext != first64.ext, "the C extension is compiled per architecture"
 
     monkeypatch.setattr(build, "BUILD_PACKAGES", (*build.BUILD_PACKAGES, "make"))
     changed = build.keys(armhf)
-    assert changed.deps != first.deps and changed.base == first.base
-    assert build.keys(arm64) == first64
+    assert changed.deps != first.deps and changed.base == first.base and changed.ext != first.ext
+    changed64 = build.keys(arm64)
+    assert (changed64.base, changed64.deps, changed64.dvrlink) == (
+        first64.base,
+        first64.deps,
+        first64.dvrlink,
+    )
+    assert changed64.ext != first64.ext, "arm64 compiles the C extension in a build chroot too"
 
     monkeypatch.setattr(build, "BUSYBOX_BASE_PACKAGES", (*build.BUSYBOX_BASE_PACKAGES, "vim-tiny"))
     rebased = build.keys(armhf)
     assert rebased.base != first.base and rebased.deps != changed.deps, "the chroot is made from the base"
-    assert build.keys(arm64) == first64
+    assert build.keys(arm64) == changed64, "the BusyBox image's packages are not arm64's"
 
 
 def test_each_board_keys_only_its_own_rig_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

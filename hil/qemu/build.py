@@ -78,6 +78,11 @@ BUSYBOX_BASE_PACKAGES = (
 """The BusyBox-init image's (armhf) base packages: no systemd."""
 BUILD_PACKAGES = ("gcc", "libc6-dev", "python3-dev", "python3-pip", "libssl-dev", "libffi-dev", "pkg-config")
 """The build chroot's extra packages, for the dependencies compiled from source."""
+EXTENSION_SOURCES = ("protocol/_dataplane_seal.c",)
+"""dvrlink's C extension (setup.py): compiled for the guest in the build chroot, since the
+wheel is built on the host (``DVRLINK_PURE=1``, a pure wheel)."""
+EXTENSION_MODULE = "dvrlink/protocol/_dataplane_seal"
+EXT_RECIPE = 1
 BUILD_WHEEL_BACKENDS = ("setuptools", "wheel")
 """Build backends the sdists need, handed to the build chroot as wheels (it has no network)."""
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
@@ -243,6 +248,8 @@ class Keys:
     deps: str
     dvrlink: str
     image: str
+    ext: str = ""
+    """The compiled extension's layer (``EXTENSION_SOURCES`` built in the build chroot)."""
 
 
 def guest_files(target: Target) -> list[Path]:
@@ -266,17 +273,19 @@ def keys(target: Target) -> Keys:
         deps = _key(
             deps, DEPS_SOURCE_RECIPE, base, BUILD_PACKAGES, BUILD_WHEEL_BACKENDS, target.source_wheels
         )
-    sources = [p for d in package_dirs() for p in _files_under(d)] + [REPO / "pyproject.toml"]
-    dvrlink = _key(_tree_digest(sources, REPO))
+    sources = [p for d in package_dirs() for p in _files_under(d) if p.suffix != ".so"]
+    dvrlink = _key(_tree_digest([*sources, REPO / "pyproject.toml", REPO / "setup.py"], REPO))
+    ext = _key(EXT_RECIPE, base, BUILD_PACKAGES, _tree_digest([REPO / s for s in EXTENSION_SOURCES], REPO))
     image = _key(
         IMAGE_RECIPE,
         base,
         deps,
         dvrlink,
+        ext,
         _tree_digest(product_files(), REPO),
         _tree_digest(guest_files(target), GUEST_FILES),
     )
-    return Keys(base, deps, dvrlink, image)
+    return Keys(base, deps, dvrlink, image, ext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,24 +575,11 @@ def build_source_wheels(
         what="downloading the build backends' wheels",
         timeout=900,
     )
-    root = work / "root"
-    root.mkdir()
-    progress.say(f"deps: build chroot from the base, with {' '.join(BUILD_PACKAGES)} (under qemu-user)")
-    progress.run(
-        ["tar", "--numeric-owner", "-C", str(root), "-xf", str(base / "rootfs.tar")],
-        what="unpacking the base for the build chroot",
-    )
-    policy = root / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\nexit 101\n")
-    policy.chmod(0o755)
+    root = _build_chroot_root(target, base, work, progress, "deps")
     shutil.copytree(src, root / "tmp/src")
     sdists = sorted(p.name for p in src.iterdir() if not p.name.endswith(".whl"))
     with _chroot_mounts(root):
-        progress.run(
-            _in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES),
-            show=r"^Setting up (gcc-\d+ |python3-dev|libssl-dev)",
-            what=f"installing the build packages in the {target.debian_arch} build chroot",
-        )
+        _install_build_packages(root, target, progress)
         progress.say(f"deps: compiling {', '.join(sdists)} (under qemu-user: minutes)")
         progress.run(
             _in_chroot(
@@ -607,6 +603,65 @@ def build_source_wheels(
     shutil.copytree(root / "tmp/out", built)
     shutil.rmtree(root)
     return built
+
+
+def _build_chroot_root(target: Target, base: Path, work: Path, progress: Progress, layer: str) -> Path:
+    """The base root filesystem unpacked under ``work``, with services kept from starting."""
+    root = work / "root"
+    root.mkdir()
+    progress.say(f"{layer}: build chroot from the base, with {' '.join(BUILD_PACKAGES)} (under qemu-user)")
+    progress.run(
+        ["tar", "--numeric-owner", "-C", str(root), "-xf", str(base / "rootfs.tar")],
+        what="unpacking the base for the build chroot",
+    )
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    return root
+
+
+def _install_build_packages(root: Path, target: Target, progress: Progress) -> None:
+    progress.run(
+        _in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *BUILD_PACKAGES),
+        show=r"^Setting up (gcc-\d+ |python3-dev|libssl-dev)",
+        what=f"installing the build packages in the {target.debian_arch} build chroot",
+    )
+
+
+def build_extension(target: Target, key: str, arch_dir: Path, progress: Progress, base: Path) -> Path:
+    """Compile dvrlink's C extension for the guest in a build chroot under qemu-user (the guest's
+    gcc, python3-dev and libssl-dev); keeps only the module, named with the guest's suffix."""
+    final = arch_dir / f"ext-{key}"
+    if (final / "manifest.json").is_file():
+        progress.say(f"ext {key}: cached")
+        return final
+    work = _fresh(final)
+    root = _build_chroot_root(target, base, work, progress, "ext")
+    (root / "tmp/ext").mkdir(parents=True)
+    for source in EXTENSION_SOURCES:
+        shutil.copy2(REPO / source, root / "tmp/ext" / Path(source).name)
+    sources = " ".join(f"/tmp/ext/{Path(source).name}" for source in EXTENSION_SOURCES)
+    name = Path(EXTENSION_MODULE).name
+    script = (
+        "suffix=$(python3 -c \"import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))\") && "
+        f"gcc -O2 -shared -fPIC $(python3-config --includes) {sources} -lcrypto "
+        f'-o "/tmp/ext/{name}$suffix"'
+    )
+    with _chroot_mounts(root):
+        _install_build_packages(root, target, progress)
+        progress.say(f"ext {key}: compiling {', '.join(EXTENSION_SOURCES)} (under qemu-user)")
+        progress.run(_in_chroot(root, "sh", "-c", script), what="compiling dvrlink's C extension")
+    [module] = list((root / "tmp/ext").glob(f"{name}*.so"))
+    shutil.copy2(module, work / module.name)
+    shutil.rmtree(root)
+    _publish(work, final, {"layer": "ext", "module": module.name})
+    return final
+
+
+def install_extension(ext: Path, root: Path) -> None:
+    """Put the compiled module beside the package it belongs to in the guest's site-packages."""
+    [module] = list(ext.glob("*.so"))
+    shutil.copy2(module, root / SITE / Path(EXTENSION_MODULE).parent / module.name)
 
 
 def build_deps(
@@ -678,6 +733,7 @@ def build_dvrlink(target: Target, key: str, arch_dir: Path, progress: Progress) 
     progress.run(
         [*pip, "wheel", "-q", "--no-deps", "-w", str(work / "wheel"), str(REPO)],
         what="building dvrlink's wheel",
+        env={**os.environ, "DVRLINK_PURE": "1"},  # the C extension: build_extension, for the guest
     )
     [wheel] = list((work / "wheel").glob("dvrlink-*.whl"))
     progress.run(
@@ -946,6 +1002,7 @@ def build(target: Target, *, cache: Path | None = None, out: TextIO = sys.stdout
     base = build_base(target, layer_keys.base, arch_dir, progress)
     deps = build_deps(target, layer_keys.deps, arch_dir, progress, base)
     dvrlink = build_dvrlink(target, layer_keys.dvrlink, arch_dir, progress)
+    ext = build_extension(target, layer_keys.ext, arch_dir, progress, base)
     work = _fresh(final)
     root = work / "root"
     root.mkdir()
@@ -958,6 +1015,7 @@ def build(target: Target, *, cache: Path | None = None, out: TextIO = sys.stdout
     )
     install_site(deps / "site", root)
     scripts = install_site(dvrlink / "site", root)
+    install_extension(ext, root)
     install_product_files(root, progress, target.init)
     board = apply_board(root, target, progress)
     set_permissions(root)

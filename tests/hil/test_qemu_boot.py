@@ -87,6 +87,10 @@ def test_dvrlinkd_registers_under_systemd_from_the_image_files(board: Board, rig
     assert status["state"] == "online", status
     assert status["broker"] == f"{board.broker_host}:{rig_broker.info.udp_port}", status
     assert status["transport"] == "udp", status
+    sealer = board.run(
+        "python3 -c 'import dvrlink.protocol.dataplane as d; print(d._compiled_sealer is not None)'"
+    )
+    assert sealer == "True", f"the image's dvrlink has no C sealer (the 'ext' layer): {sealer!r}"
     rss = board.run(f"grep VmRSS /proc/{props['MainPID']}/status")
     kernel = board.run("uname -r")
     print(

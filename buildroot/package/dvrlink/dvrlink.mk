@@ -11,6 +11,9 @@ DVRLINK_VERSION = 0.1.0
 DVRLINK_SITE = $(BR2_EXTERNAL_DVRLINK_PATH)/..
 DVRLINK_SITE_METHOD = local
 DVRLINK_SETUP_TYPE = setuptools
+# setup.py's C extension (protocol/_dataplane_seal.c, the data plane's bulk
+# sealer) links against libcrypto.
+DVRLINK_DEPENDENCIES = openssl
 DVRLINK_LICENSE = Apache-2.0
 # Only what the wheel and the install steps need: not the developer's
 # virtual environment, caches, tests, rigs or this tree itself.

@@ -1,0 +1,167 @@
+/*
+ * dvrlink.protocol._dataplane_seal: the data plane's bulk packets, framed and sealed in C.
+ *
+ * One call builds a run of full data plane packets of one stream (a STREAM frame that runs to
+ * the end of the packet, as protocol/dataplane.py's bulk path builds them) and seals each with
+ * ChaCha20-Poly1305 through OpenSSL's EVP interface, one cipher context per run. The Python
+ * path (DataplaneConnection._send_bulk) stays the reference and the fallback: a test checks
+ * that both put the same bytes on the wire. See docs/protocol.md, "The data plane".
+ *
+ * Packet: first byte, 4-byte receive tag, 48-bit packet number (the 11-byte header, also the
+ * AAD), then the sealed frames and the 16-byte tag. Nonce: the 12-byte IV xor the packet number
+ * (big-endian, right-aligned).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+#define HEADER_SIZE 11
+#define TAG_SIZE 16
+#define KEY_SIZE 32
+#define IV_SIZE 12
+#define RECEIVE_TAG_SIZE 4
+#define MAX_DATAGRAM 65507
+#define MAX_PACKET_NUMBER ((1ULL << 48) - 1)
+#define MAX_VARINT ((1ULL << 62) - 1)
+
+static size_t varint_size(unsigned long long v) {
+    if (v < 64ULL) return 1;
+    if (v < 16384ULL) return 2;
+    if (v < 1073741824ULL) return 4;
+    return 8;
+}
+
+static size_t put_varint(unsigned char *p, unsigned long long v) {
+    size_t size = varint_size(v);
+    static const unsigned char prefix[9] = {0, 0x00, 0x40, 0, 0x80, 0, 0, 0, 0xC0};
+    for (size_t i = 0; i < size; i++) {
+        p[i] = (unsigned char)(v >> (8 * (size - 1 - i)));
+    }
+    p[0] |= prefix[size];
+    return size;
+}
+
+PyDoc_STRVAR(seal_stream_run_doc,
+"seal_stream_run(key, iv, first_byte, receive_tag, packet_number, frame_prefix, offset, data,\n"
+"                max_payload, max_packets) -> list[bytes]\n"
+"\n"
+"Full packets of one stream's bytes ``data`` (which start at stream offset ``offset``), each a\n"
+"STREAM frame to the end of the packet: ``frame_prefix`` (the frame type and the stream id's\n"
+"varint), the offset's varint, then as many bytes as fill ``max_payload``. Stops before a packet\n"
+"that ``data`` cannot fill, after ``max_packets``, or before the packet number passes 2**48 - 1.\n"
+"The packets are numbered from ``packet_number`` and sealed with ChaCha20-Poly1305 (``key``,\n"
+"``iv``). Raises ValueError for arguments out of range, RuntimeError if OpenSSL fails.");
+
+static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer key = {0}, iv = {0}, tag = {0}, prefix = {0}, data = {0};
+    int first = 0;
+    unsigned long long number = 0, offset = 0;
+    Py_ssize_t max_payload = 0, max_packets = 0;
+    PyObject *out = NULL;
+    EVP_CIPHER_CTX *ctx = NULL;
+    unsigned char *plain = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*y*iy*Ky*Ky*nn:seal_stream_run", &key, &iv, &first, &tag, &number,
+                          &prefix, &offset, &data, &max_payload, &max_packets)) {
+        return NULL;
+    }
+    if (key.len != KEY_SIZE || iv.len != IV_SIZE || tag.len != RECEIVE_TAG_SIZE) {
+        PyErr_Format(PyExc_ValueError, "key, iv and receive tag must be %d, %d and %d bytes (got %zd, %zd, %zd)",
+                     KEY_SIZE, IV_SIZE, RECEIVE_TAG_SIZE, key.len, iv.len, tag.len);
+        goto done;
+    }
+    if (first < 0 || first > 255 || prefix.len < 1 || prefix.len > 9) {
+        PyErr_SetString(PyExc_ValueError, "first byte must be 0..255 and the frame prefix 1..9 bytes");
+        goto done;
+    }
+    if (max_payload < prefix.len + 8 + 1 || max_payload > MAX_DATAGRAM - HEADER_SIZE - TAG_SIZE) {
+        PyErr_Format(PyExc_ValueError, "max_payload %zd out of range", max_payload);
+        goto done;
+    }
+    if (offset > MAX_VARINT || max_packets < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset beyond 2**62 - 1, or a negative packet count");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL) goto done;
+    plain = PyMem_Malloc((size_t)max_payload);
+    ctx = EVP_CIPHER_CTX_new();
+    if (plain == NULL || ctx == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
+    if (EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, (const unsigned char *)key.buf, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the ChaCha20-Poly1305 key");
+        Py_CLEAR(out);
+        goto done;
+    }
+    const unsigned char *source = (const unsigned char *)data.buf;
+    Py_ssize_t left = data.len;
+    memcpy(plain, prefix.buf, (size_t)prefix.len);
+    for (Py_ssize_t produced = 0; produced < max_packets && number < MAX_PACKET_NUMBER; produced++) {
+        if (offset > MAX_VARINT) break;
+        size_t head = (size_t)prefix.len + put_varint(plain + prefix.len, offset);
+        Py_ssize_t count = max_payload - (Py_ssize_t)head;
+        if (count > left) break;
+        memcpy(plain + head, source, (size_t)count);
+        PyObject *datagram = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + max_payload + TAG_SIZE);
+        if (datagram == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(datagram);
+        d[0] = (unsigned char)first;
+        memcpy(d + 1, tag.buf, RECEIVE_TAG_SIZE);
+        for (int i = 0; i < 6; i++) d[5 + i] = (unsigned char)(number >> (40 - 8 * i));
+        unsigned char nonce[IV_SIZE];
+        memcpy(nonce, iv.buf, IV_SIZE);
+        for (int i = 0; i < 8; i++) nonce[4 + i] ^= (unsigned char)(number >> (56 - 8 * i));
+        int written = 0, last = 0;
+        if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1
+            || EVP_EncryptUpdate(ctx, NULL, &written, d, HEADER_SIZE) != 1
+            || EVP_EncryptUpdate(ctx, d + HEADER_SIZE, &written, plain, (int)max_payload) != 1
+            || EVP_EncryptFinal_ex(ctx, d + HEADER_SIZE + written, &last) != 1
+            || written + last != max_payload
+            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, d + HEADER_SIZE + max_payload) != 1) {
+            Py_DECREF(datagram);
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal a data plane packet");
+            Py_CLEAR(out);
+            goto done;
+        }
+        if (PyList_Append(out, datagram) != 0) {
+            Py_DECREF(datagram);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(datagram);
+        source += count;
+        left -= count;
+        offset += (unsigned long long)count;
+        number++;
+    }
+done:
+    if (ctx != NULL) EVP_CIPHER_CTX_free(ctx);
+    PyMem_Free(plain);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&tag);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"seal_stream_run", seal_stream_run, METH_VARARGS, seal_stream_run_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_dataplane_seal",
+    "The data plane's bulk packets, framed and sealed in C (see seal_stream_run).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__dataplane_seal(void) { return PyModule_Create(&module); }

@@ -1,0 +1,150 @@
+"""The compiled bulk sealer (``dvrlink.protocol._dataplane_seal``, built from
+``protocol/_dataplane_seal.c`` against OpenSSL's libcrypto) against the Python it replaces: the
+same packets to the byte, the same limits, clear errors for bad arguments. Skipped where the
+extension was not built (no compiler or libcrypto headers); the data plane then seals in Python."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from support.dataplane_link import Link, Simulation, key_material, pair
+
+from dvrlink.protocol.dataplane import StreamData
+from dvrlink.protocol.dataplane_keys import IV_SIZE, PacketKey, initial_secret
+from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE as DIRECTION
+from dvrlink.protocol.dataplane_wire import HEADER, MAX_PACKET_NUMBER, OVERHEAD, STREAM, encode_varint
+
+sealer = pytest.importorskip("dvrlink.protocol._dataplane_seal", reason="the C sealer is not built here")
+seal_stream_run = sealer.seal_stream_run
+
+MAX_PAYLOAD = 1452 - OVERHEAD
+TAG = b"\x01\x02\x03\x04"
+
+
+def python_run(
+    key: PacketKey, number: int, stream_id: int, offset: int, data: bytes, packets: int
+) -> list[bytes]:
+    """The packets the Python bulk path builds, written out plainly."""
+    out = []
+    position = 0
+    while len(out) < packets and number < MAX_PACKET_NUMBER:
+        payload = bytearray((STREAM,)) + encode_varint(stream_id) + encode_varint(offset)
+        count = MAX_PAYLOAD - len(payload)
+        if count > len(data) - position:
+            break
+        payload += data[position : position + count]
+        header = HEADER.pack(0x20, TAG, number >> 32, number & 0xFFFFFFFF)
+        out.append(header + key.aead.encrypt((key.iv ^ number).to_bytes(IV_SIZE, "big"), payload, header))
+        position += count
+        offset += count
+        number += 1
+    return out
+
+
+def compiled_run(
+    key: PacketKey, number: int, stream_id: int, offset: int, data: bytes, packets: int
+) -> list[bytes]:
+    prefix = bytes((STREAM,)) + encode_varint(stream_id)
+    made: list[bytes] = seal_stream_run(
+        key.key, key.iv_bytes, 0x20, TAG, number, prefix, offset, memoryview(data), MAX_PAYLOAD, packets
+    )
+    return made
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "offset"),
+    [(0, 0), (4, 60), (8, 16_000), (64, (1 << 30) - 3_000), (1 << 14, (1 << 40) + 7)],
+)
+def test_the_compiled_packets_are_the_python_packets_across_varint_sizes(stream_id: int, offset: int) -> None:
+    key = PacketKey(initial_secret(KEYS.viewer_random, KEYS.device_random), DIRECTION, 0)
+    data = os.urandom(20 * MAX_PAYLOAD)
+    expected = python_run(key, 1_000, stream_id, offset, data, 100)
+    assert len(expected) >= 18
+    assert compiled_run(key, 1_000, stream_id, offset, data, 100) == expected
+
+
+def test_it_stops_at_the_count_before_a_short_packet_and_below_the_last_packet_number() -> None:
+    key = PacketKey(initial_secret(KEYS.viewer_random, KEYS.device_random), DIRECTION, 0)
+    data = os.urandom(10 * MAX_PAYLOAD)
+    assert len(compiled_run(key, 0, 0, 0, data, 3)) == 3
+    assert len(compiled_run(key, 0, 0, 0, data[: MAX_PAYLOAD - 10], 5)) == 0
+    near_end = compiled_run(key, MAX_PACKET_NUMBER - 2, 0, 0, data, 5)
+    assert len(near_end) == 2, "it sealed the last packet number, which the Python path closes on"
+    assert near_end == python_run(key, MAX_PACKET_NUMBER - 2, 0, 0, data, 5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"key": b"short"}, "key, iv and receive tag"),
+        ({"max_payload": 10}, "max_payload"),
+        ({"max_payload": 70_000}, "max_payload"),
+        ({"packets": -1}, "negative packet count"),
+        ({"offset": 1 << 62}, "offset beyond"),
+    ],
+)
+def test_bad_arguments_are_refused_with_what_is_wrong(change: dict[str, object], message: str) -> None:
+    key = PacketKey(initial_secret(KEYS.viewer_random, KEYS.device_random), DIRECTION, 0)
+    args: dict[str, object] = {
+        "key": key.key,
+        "offset": 0,
+        "max_payload": MAX_PAYLOAD,
+        "packets": 2,
+    }
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        seal_stream_run(
+            args["key"],
+            key.iv_bytes,
+            0x20,
+            TAG,
+            0,
+            b"\x08\x00",
+            args["offset"],
+            bytes(5_000),
+            args["max_payload"],
+            args["packets"],
+        )
+
+
+def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and_without(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole data plane, 1 % loss: the compiled sealer is a shortcut, not another protocol."""
+
+    def transfer(compiled: bool) -> list[bytes]:
+        rng = random.Random(11)
+        viewer, device = pair(key_material(rng))
+        if not compiled:
+            monkeypatch.setattr(viewer, "_sealer", None)
+        assert (viewer._sealer is not None) == compiled
+        sim = Simulation(viewer, device, Link(rng, delay=0.010, loss=0.01), Link(rng, delay=0.010, loss=0.01))
+        sim.record = True
+        stream = viewer.open_stream()
+        data = rng.randbytes(600_000)
+        viewer.send(stream, data[:200_000])
+        viewer.send(stream, data[200_000:], end_stream=True)
+        got = bytearray()
+        ended = [False]
+
+        def done() -> bool:
+            for event in device.events():
+                if isinstance(event, StreamData):
+                    got.extend(event.data)
+                    device.consumed(event.stream_id, len(event.data))
+                    ended[0] = ended[0] or event.ended
+            return ended[0]
+
+        sim.run_until(done, max_steps=500_000)
+        assert bytes(got) == data
+        return sim.sent_a
+
+    compiled, python = transfer(True), transfer(False)
+    assert len(compiled) == len(python), (len(compiled), len(python))
+    differing = [i for i, (a, b) in enumerate(zip(compiled, python, strict=True)) if a != b]
+    assert not differing, f"{len(differing)} of {len(compiled)} datagrams differ, first at {differing[:1]}"
+
+
+KEYS = key_material(random.Random(3))
