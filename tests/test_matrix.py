@@ -32,6 +32,8 @@ REASON = netlab.unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 CELLS = lan_cells()
+ICE_GAVE_UP = "ICE checks gave up"
+"""What a cell's settle note says when the direct checks ran out of time (see ``test_cell``)."""
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,19 @@ def records() -> dict[str, CellRecord]:
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c.device.value}-{c.viewer.value}")
 def test_cell(rig: MatrixRig, records: dict[str, CellRecord], cell: Cell) -> None:
     record = rig.run_cell(quick_plan(cell))
+    if (
+        cell.one_eim
+        and record.connected
+        and record.path == "relay"
+        and ICE_GAVE_UP in (record.settle_note or "")
+    ):
+        # A known intermittent fault, not yet understood (about one full matrix in five,
+        # 2026-12, always a cgnat cell): the device's checks to the viewer's server-reflexive
+        # candidate run for the whole 30 s and no check of the viewer's arrives, as if the
+        # viewer never got the device's own server-reflexive candidate. One more run of the
+        # cell, said out loud; a second relay fails the test as before.
+        print(f"{cell.key}: relay ({record.settle_note}); running the cell once more")
+        record = rig.run_cell(quick_plan(cell))
     records[cell.key] = record
     print(f"{cell.key}: {cell_text(record)} ({record.settle_note or record.error})")
     if cell.udp_blocked:
