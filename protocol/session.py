@@ -502,7 +502,7 @@ class _Session:
         plane = self._dataplane
         if plane is not None and (due := plane.next_timer()) is not None and now >= due:
             plane.handle_timer(now)
-            self._drain_dataplane(plane)
+            self._take_dataplane_events()
 
     def open_stream(self, target: StreamTarget) -> int:
         """Open a bidirectional stream for ``target`` and send its header; return the stream id.

@@ -631,9 +631,7 @@ class Connectivity:
             if not channel_send(self._turn, data, self._remote_relay):
                 self._turn.sendto(data, self._remote_relay)
         else:
-            route = self._ice_route
-            if route is None or route[0].is_closing():
-                route = self._ice_route = selected_transport(self._ice) if self._ice is not None else None
+            route = self._direct_route()
             if route is None:
                 self.dropped += 1
                 return
@@ -648,9 +646,7 @@ class Connectivity:
             for data in datagrams:
                 self.send(data, path)
             return
-        route = self._ice_route
-        if route is None or route[0].is_closing():
-            route = self._ice_route = selected_transport(self._ice) if self._ice is not None else None
+        route = self._direct_route()
         if route is None:
             self.dropped += len(datagrams)
             return
@@ -660,6 +656,13 @@ class Connectivity:
             sender = self._gso = GsoSender(transport)
         sender.send(datagrams, address)
         self.bytes_out[path] = self.bytes_out.get(path, 0) + sum(map(len, datagrams))
+
+    def _direct_route(self) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:
+        """The nominated pair's socket and remote address (looked up again if its socket closed)."""
+        route = self._ice_route
+        if route is None or route[0].is_closing():
+            route = self._ice_route = selected_transport(self._ice) if self._ice is not None else None
+        return route
 
     def retire(self, path: Path, reason: str) -> None:
         """Stop using ``path`` for the rest of the session (it stopped carrying datagrams: a NAT

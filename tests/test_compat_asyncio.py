@@ -36,10 +36,12 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
 class Recorder(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.datagrams: list[bytes] = []
+        self.arrived = asyncio.Event()
         self.lost = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str | None, int]) -> None:
         self.datagrams.append(data)
+        self.arrived.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set_result(None)
@@ -126,10 +128,7 @@ def test_the_datagram_socket_is_the_transports_own() -> None:
             sock = asyncio_compat.datagram_socket(transport)
             assert sock is not None and sock.fileno() == transport.get_extra_info("socket").fileno()
             sock.sendto(b"to self", transport.get_extra_info("sockname"))
-            for _ in range(1000):  # bounded: a loopback datagram arrives within a few passes
-                if protocol.datagrams:
-                    break
-                await asyncio.sleep(0)
+            await asyncio.wait_for(protocol.arrived.wait(), BOUND_S)
             assert protocol.datagrams == [b"to self"], protocol.datagrams
             saved = transport._sock  # type: ignore[attr-defined]
             del transport._sock  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from support.dataplane_link import Link, Simulation, key_material, pair
+from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
 
 from dvrlink.protocol.dataplane import StreamData
 from dvrlink.protocol.dataplane_congestion import BURST_PACKETS, LedbatController, Pacer
@@ -150,14 +150,11 @@ def test_the_receivers_ack_delay_does_not_count_as_queuing() -> None:
     sim = Simulation(viewer, device, Link(rng, delay=0.020), Link(rng, delay=0.020))
     stream = viewer.open_stream()
     viewer.send(stream, rng.randbytes(200_000))  # a burst: ACKs every 2nd packet, no delay
-    received = [0]
+    received: dict[int, bytearray] = {}
 
     def taken() -> int:
-        for event in device.events():
-            if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
-                received[0] += len(event.data)
-        return received[0]
+        take_stream_data(device, received, set())
+        return len(received.get(stream, b""))
 
     sim.run_until(lambda: taken() >= 200_000)
     delays: list[float] = []

@@ -11,9 +11,9 @@ import random
 
 import pytest
 from pytest_mock import MockerFixture
-from support.dataplane_link import Link, Simulation, key_material, pair
+from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
 
-from dvrlink.protocol.dataplane import MTU_PROBE_LOSSES, MTU_STEPS, StreamData
+from dvrlink.protocol.dataplane import MTU_PROBE_LOSSES, MTU_STEPS
 from dvrlink.protocol.dataplane_congestion import LedbatController
 
 BASE = 1200
@@ -34,8 +34,8 @@ class Rig:
         )
         self.stream = self.viewer.open_stream()
         self.data = rng.randbytes(size)
-        self.got = bytearray()
-        self.ended = False
+        self.received: dict[int, bytearray] = {}
+        self.ended_streams: set[int] = set()
 
     def _viewer_drop(self, datagram: bytes) -> bool:
         self.sizes.append(len(datagram))
@@ -47,16 +47,20 @@ class Rig:
     def send(self, data: bytes, end: bool) -> None:
         self.viewer.send(self.stream, data, end_stream=end)
 
-    def received(self, count: int) -> bool:
-        for event in self.device.events():
-            if isinstance(event, StreamData):
-                self.got.extend(event.data)
-                self.device.consumed(event.stream_id, len(event.data))
-                self.ended = self.ended or event.ended
-        return len(self.got) >= count or self.ended
+    @property
+    def got(self) -> bytes:
+        return bytes(self.received.get(self.stream, b""))
+
+    @property
+    def ended(self) -> bool:
+        return self.stream in self.ended_streams
+
+    def has_received(self, count: int) -> bool:
+        take_stream_data(self.device, self.received, self.ended_streams)
+        return len(self.received.get(self.stream, b"")) >= count or self.ended
 
     def run_until_received(self, count: int) -> None:
-        self.sim.run_until(lambda: self.received(count), max_steps=600_000)
+        self.sim.run_until(lambda: self.has_received(count), max_steps=600_000)
 
 
 def expected_lost(mtu: int) -> int:

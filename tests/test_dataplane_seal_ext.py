@@ -9,9 +9,8 @@ import os
 import random
 
 import pytest
-from support.dataplane_link import Link, Simulation, key_material, pair
+from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
 
-from dvrlink.protocol.dataplane import StreamData
 from dvrlink.protocol.dataplane_keys import IV_SIZE, PacketKey, initial_secret
 from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE as DIRECTION
 from dvrlink.protocol.dataplane_wire import HEADER, MAX_PACKET_NUMBER, OVERHEAD, STREAM, encode_varint
@@ -126,19 +125,15 @@ def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and
         data = rng.randbytes(600_000)
         viewer.send(stream, data[:200_000])
         viewer.send(stream, data[200_000:], end_stream=True)
-        got = bytearray()
-        ended = [False]
+        received: dict[int, bytearray] = {}
+        ended: set[int] = set()
 
         def done() -> bool:
-            for event in device.events():
-                if isinstance(event, StreamData):
-                    got.extend(event.data)
-                    device.consumed(event.stream_id, len(event.data))
-                    ended[0] = ended[0] or event.ended
-            return ended[0]
+            take_stream_data(device, received, ended)
+            return stream in ended
 
         sim.run_until(done, max_steps=500_000)
-        assert bytes(got) == data
+        assert bytes(received[stream]) == data
         return sim.sent_a
 
     compiled, python = transfer(True), transfer(False)

@@ -7,7 +7,7 @@ import hashlib
 import random
 
 import pytest
-from support.dataplane_link import Link, Simulation, key_material, pair
+from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
 
 from dvrlink.protocol.dataplane import (
     DataplaneClosed,
@@ -49,11 +49,7 @@ def test_transfer_arrives_complete_and_in_order(streams: int, loss: float) -> No
     ended: set[int] = set()
 
     def done() -> bool:
-        events = device.events()
-        collector(events, received, ended)
-        for event in events:
-            if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+        take_stream_data(device, received, ended)
         return ended == set(sent)
 
     sim.run_until(done, max_steps=3_000_000)
@@ -265,22 +261,15 @@ def test_a_fin_alone_after_all_data_was_acknowledged_ends_the_stream() -> None:
     received: dict[int, bytearray] = {}
     ended: set[int] = set()
 
-    def collect() -> None:
-        events = device.events()
-        collector(events, received, ended)
-        for event in events:
-            if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
-
     def all_acknowledged() -> bool:
-        collect()
+        take_stream_data(device, received, ended)
         return len(received.get(stream, b"")) == len(data) and viewer.stats.bytes_in_flight == 0
 
     sim.run_until(all_acknowledged, max_steps=100_000)
     viewer.send(stream, b"", end_stream=True)
 
     def stream_ended() -> bool:
-        collect()
+        take_stream_data(device, received, ended)
         return stream in ended
 
     sim.run_until(stream_ended, max_steps=100_000)
@@ -313,15 +302,7 @@ def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
             monkeypatch.setattr(viewer, "_send_bulk", lambda out, now: None)
             monkeypatch.setattr(device, "_send_bulk", lambda out, now: None)
         sim = Simulation(viewer, device, Link(rng, delay=0.010, loss=loss), Link(rng, delay=0.010, loss=loss))
-        wire: list[bytes] = []
-        original = viewer.datagrams_to_send
-
-        def recorded(now: float) -> list[bytes]:
-            out = original(now)
-            wire.extend(out)
-            return out
-
-        monkeypatch.setattr(viewer, "datagrams_to_send", recorded)
+        sim.record = True
         stream = viewer.open_stream()
         data = rng.randbytes(400_000)
         viewer.send(stream, data[:150_000])
@@ -330,16 +311,12 @@ def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
         ended: set[int] = set()
 
         def done() -> bool:
-            events = device.events()
-            collector(events, received, ended)
-            for event in events:
-                if isinstance(event, StreamData):
-                    device.consumed(event.stream_id, len(event.data))
+            take_stream_data(device, received, ended)
             return stream in ended
 
         sim.run_until(done, max_steps=500_000)
         assert bytes(received[stream]) == data
-        return wire, viewer.stats.packets_sent
+        return sim.sent_a, viewer.stats.packets_sent
 
     bulk_wire, bulk_sent = transfer(bulk=True)
     general_wire, general_sent = transfer(bulk=False)

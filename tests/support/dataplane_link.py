@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dvrlink.protocol.dataplane import DataplaneConfig, DataplaneConnection, KeyMaterial
+from dvrlink.protocol.dataplane import DataplaneConfig, DataplaneConnection, KeyMaterial, StreamData
 
 
 @dataclass
@@ -72,6 +72,17 @@ class Link:
         while self.in_flight and self.in_flight[0][0] <= now:
             out.append(heapq.heappop(self.in_flight)[2])
         return out
+
+
+def take_stream_data(conn: DataplaneConnection, received: dict[int, bytearray], ended: set[int]) -> None:
+    """Take ``conn``'s events: each stream's bytes appended to ``received`` and consumed (so its
+    window moves on), the streams that ended added to ``ended``."""
+    for event in conn.events():
+        if isinstance(event, StreamData):
+            received.setdefault(event.stream_id, bytearray()).extend(event.data)
+            conn.consumed(event.stream_id, len(event.data))
+            if event.ended:
+                ended.add(event.stream_id)
 
 
 def key_material(rng: random.Random | None = None) -> KeyMaterial:
