@@ -25,6 +25,7 @@ import platform
 import socket
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
+from typing import Any
 
 from dvrlink.compat import moved
 
@@ -49,6 +50,8 @@ def batch_datagram_reads(
     first: Callable[[bytes, object], bool] | None = None,
     before: Callable[[], None] | None = None,
     after: Callable[[], None] | None = None,
+    read_many: Callable[[], tuple[list[bytes], Any]] | None = None,
+    first_many: Callable[[list[bytes], Any], bool] | None = None,
 ) -> bool:
     """Have the running loop read up to ``batch`` datagrams (``recv_size`` bytes at most each)
     per wake-up from ``transport``'s socket, handing each to ``protocol.datagram_received`` (and
@@ -60,6 +63,11 @@ def batch_datagram_reads(
     around a protocol that parses every datagram. ``before()`` and ``after()``, when given, are
     called at the start and the end of each wake-up's reads, so that the datagrams' effects
     (datagrams to send in answer) can go out together, in the same event-loop pass.
+    ``read_many()``, when given, replaces ``recvfrom``: each call returns the datagrams of one
+    read and their sender (``session.gso.GroReceiver``: a coalesced run), and raises as
+    ``recvfrom`` does; ``batch`` then counts reads. ``first_many(datagrams, addr)``, when given
+    with it, sees each read's datagrams together before ``first`` sees them one by one, and
+    returns True if it took them all.
 
     Closing the transport removes the reader (the transport removes whatever reader its
     descriptor has). Returns False, leaving the transport's reader, when the loop is not asyncio's
@@ -83,7 +91,9 @@ def batch_datagram_reads(
     if rcvbuf is not None:
         with contextlib.suppress(OSError):
             public.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    ready: Callable[[], None] = _reader(transport, protocol, sock, batch, recv_size, first, before, after)
+    ready: Callable[[], None] = _reader(
+        transport, protocol, sock, batch, recv_size, first, before, after, read_many, first_many
+    )
     add_reader(public.fileno(), ready)
     return True
 
@@ -113,6 +123,8 @@ def _reader(
     first: Callable[[bytes, object], bool] | None,
     before: Callable[[], None] | None,
     after: Callable[[], None] | None,
+    read_many: Callable[[], tuple[list[bytes], Any]] | None,
+    first_many: Callable[[list[bytes], Any], bool] | None,
 ) -> Callable[[], None]:
     recvfrom = sock.recvfrom
     received = protocol.datagram_received
@@ -131,10 +143,32 @@ def _reader(
             if transport.is_closing():
                 return
 
+    def read_coalesced() -> None:
+        assert read_many is not None
+        for _ in range(batch):
+            try:
+                datagrams, addr = read_many()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            if first_many is not None and first_many(datagrams, addr):
+                if transport.is_closing():
+                    return
+                continue
+            for data in datagrams:
+                if first is None or not first(data, addr):
+                    received(data, addr)
+                if transport.is_closing():
+                    return
+
+    reads = read if read_many is None else read_coalesced
+
     def ready() -> None:
         if before is not None:
             before()
-        read()
+        reads()
         if after is not None:
             after()
 

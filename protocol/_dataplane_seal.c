@@ -1,5 +1,6 @@
 /*
- * dvrlink.protocol._dataplane_seal: the data plane's bulk packets, framed and sealed in C.
+ * dvrlink.protocol._dataplane_seal: the data plane's bulk packets, framed and sealed in C, and
+ * its packets opened in C.
  *
  * One call builds a run of full data plane packets of one stream (a STREAM frame that runs to
  * the end of the packet, as protocol/dataplane.py's bulk path builds them) and seals each with
@@ -10,6 +11,12 @@
  * Packet: first byte, 4-byte receive tag, 48-bit packet number (the 11-byte header, also the
  * AAD), then the sealed frames and the 16-byte tag. Nonce: the 12-byte IV xor the packet number
  * (big-endian, right-aligned).
+ *
+ * Opener: one direction's key, kept in one OpenSSL context, that opens packets one call each
+ * (dataplane_keys.PacketKey.open uses it where the module was built).
+ *
+ * The cipher is fetched once, when the module loads (OpenSSL 3: EVP_CIPHER_fetch; an init with
+ * EVP_chacha20_poly1305() would fetch it again on every call).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,6 +31,8 @@
 #define MAX_DATAGRAM 65507
 #define MAX_PACKET_NUMBER ((1ULL << 48) - 1)
 #define MAX_VARINT ((1ULL << 62) - 1)
+
+static const EVP_CIPHER *cipher(void);
 
 static size_t varint_size(unsigned long long v) {
     if (v < 64ULL) return 1;
@@ -93,7 +102,7 @@ static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
         Py_CLEAR(out);
         goto done;
     }
-    if (EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, (const unsigned char *)key.buf, NULL) != 1) {
+    if (EVP_EncryptInit_ex(ctx, cipher(), NULL, (const unsigned char *)key.buf, NULL) != 1) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the ChaCha20-Poly1305 key");
         Py_CLEAR(out);
         goto done;
@@ -106,6 +115,7 @@ static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
         size_t head = (size_t)prefix.len + put_varint(plain + prefix.len, offset);
         Py_ssize_t count = max_payload - (Py_ssize_t)head;
         if (count > left) break;
+        /* One update over the whole plaintext: two (the head, then the source) cost more. */
         memcpy(plain + head, source, (size_t)count);
         PyObject *datagram = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + max_payload + TAG_SIZE);
         if (datagram == NULL) {
@@ -153,6 +163,131 @@ done:
     return out;
 }
 
+/* --- Opener --- */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *ctx;
+    unsigned char iv[IV_SIZE];
+} OpenerObject;
+
+static int opener_init(PyObject *op, PyObject *args, PyObject *kwds) {
+    OpenerObject *self = (OpenerObject *)op;
+    Py_buffer key = {0}, iv = {0};
+    static char *keywords[] = {"key", "iv", NULL};
+    int result = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*:Opener", keywords, &key, &iv)) return -1;
+    if (key.len != KEY_SIZE || iv.len != IV_SIZE) {
+        PyErr_Format(PyExc_ValueError, "key and iv must be %d and %d bytes (got %zd, %zd)", KEY_SIZE, IV_SIZE,
+                     key.len, iv.len);
+        goto done;
+    }
+    if (self->ctx == NULL) self->ctx = EVP_CIPHER_CTX_new();
+    if (self->ctx == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (EVP_DecryptInit_ex(self->ctx, cipher(), NULL, (const unsigned char *)key.buf, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the ChaCha20-Poly1305 key");
+        goto done;
+    }
+    memcpy(self->iv, iv.buf, IV_SIZE);
+    result = 0;
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    return result;
+}
+
+static void opener_dealloc(PyObject *op) {
+    OpenerObject *self = (OpenerObject *)op;
+    PyTypeObject *type = Py_TYPE(op);
+    if (self->ctx != NULL) EVP_CIPHER_CTX_free(self->ctx);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+PyDoc_STRVAR(opener_open_doc,
+"open(packet_number, header, ciphertext) -> bytes | None\n"
+"\n"
+"The plaintext of ``ciphertext`` (the sealed frames and the 16-byte tag) under ``packet_number``\n"
+"with ``header`` as the associated data, or None if the tag does not verify (or ``ciphertext``\n"
+"is shorter than a tag). Raises RuntimeError if OpenSSL fails otherwise.");
+
+static PyObject *opener_open(PyObject *op, PyObject *args) {
+    OpenerObject *self = (OpenerObject *)op;
+    unsigned long long number = 0;
+    Py_buffer header = {0}, sealed = {0};
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "Ky*y*:open", &number, &header, &sealed)) return NULL;
+    if (sealed.len < TAG_SIZE || sealed.len > MAX_DATAGRAM || header.len > MAX_DATAGRAM) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t size = sealed.len - TAG_SIZE;
+    const unsigned char *in = (const unsigned char *)sealed.buf;
+    unsigned char nonce[IV_SIZE];
+    memcpy(nonce, self->iv, IV_SIZE);
+    for (int i = 0; i < 8; i++) nonce[4 + i] ^= (unsigned char)(number >> (56 - 8 * i));
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL) goto done;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(out);
+    int aad = 0, written = 0, last = 0;
+    if (EVP_DecryptInit_ex(self->ctx, NULL, NULL, NULL, nonce) != 1
+        || EVP_DecryptUpdate(self->ctx, NULL, &aad, (const unsigned char *)header.buf, (int)header.len) != 1
+        || EVP_DecryptUpdate(self->ctx, plain, &written, in, (int)size) != 1
+        || EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG_SIZE, (void *)(in + size)) != 1) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to open a data plane packet");
+        goto done;
+    }
+    if (EVP_DecryptFinal_ex(self->ctx, plain + written, &last) != 1 || written + last != size) {
+        /* The tag did not verify: forged, corrupted, or under another key. */
+        Py_SETREF(out, Py_NewRef(Py_None));
+    }
+done:
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&sealed);
+    return out;
+}
+
+static PyMethodDef opener_methods[] = {
+    {"open", opener_open, METH_VARARGS, opener_open_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(opener_doc,
+"Opener(key, iv)\n"
+"\n"
+"Opens the data plane packets of one direction and generation (ChaCha20-Poly1305, ``key`` 32\n"
+"bytes, ``iv`` 12), in one OpenSSL context kept for its life.");
+
+static PyType_Slot opener_slots[] = {
+    {Py_tp_doc, (void *)opener_doc},
+    {Py_tp_init, (void *)opener_init},
+    {Py_tp_new, (void *)PyType_GenericNew},
+    {Py_tp_dealloc, (void *)opener_dealloc},
+    {Py_tp_methods, opener_methods},
+    {0, NULL},
+};
+
+static PyType_Spec opener_spec = {
+    "dvrlink.protocol._dataplane_seal.Opener", sizeof(OpenerObject), 0, Py_TPFLAGS_DEFAULT, opener_slots,
+};
+
+/* --- the cipher, fetched once --- */
+
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+static EVP_CIPHER *fetched = NULL;
+#endif
+
+static const EVP_CIPHER *cipher(void) {
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    if (fetched != NULL) return fetched;
+#endif
+    return EVP_chacha20_poly1305();
+}
+
 static PyMethodDef methods[] = {
     {"seal_stream_run", seal_stream_run, METH_VARARGS, seal_stream_run_doc},
     {NULL, NULL, 0, NULL},
@@ -164,4 +299,17 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__dataplane_seal(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__dataplane_seal(void) {
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    if (fetched == NULL) fetched = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyObject *type = PyType_FromSpec(&opener_spec);
+    if (type == NULL || PyModule_AddObject(m, "Opener", type) != 0) {
+        Py_XDECREF(type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,4 +1,4 @@
-"""Types of the compiled bulk sealer (``protocol/_dataplane_seal.c``)."""
+"""Types of the compiled bulk sealer and opener (``protocol/_dataplane_seal.c``)."""
 
 def seal_stream_run(
     key: bytes,
@@ -13,3 +13,11 @@ def seal_stream_run(
     max_packets: int,
     /,
 ) -> list[bytes]: ...
+
+class Opener:
+    """One direction's key in one OpenSSL context, opening packets one call each."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None: ...
+    def open(
+        self, packet_number: int, header: bytes | memoryview, ciphertext: bytes | memoryview, /
+    ) -> bytes | None: ...

@@ -5,7 +5,9 @@
 - Per direction d (``b"viewer->device"`` or ``b"device->viewer"``) and generation n, phase
   ``p = n % 2`` as one byte: ``key = HKDF-Expand(secret_n, b"key " + d + p, 32)``,
   ``iv = HKDF-Expand(secret_n, b"iv " + d + p, 12)``.
-- AEAD ChaCha20-Poly1305, one object per key made once; nonce ``iv XOR packet_number`` (12 bytes
+- AEAD ChaCha20-Poly1305, one object per key made once (and, where the compiled module
+  ``_dataplane_seal`` was built, one ``Opener`` that opens in C, keeping its OpenSSL context);
+  nonce ``iv XOR packet_number`` (12 bytes
   big-endian, as TLS 1.3 and QUIC); the 11-byte header is the associated data.
 - Replay window: 2048 packet numbers behind the highest authenticated one, a bitmap in one Python
   int (RFC 6479's idea; WireGuard keeps the same). ``check`` before opening, ``mark`` only after a
@@ -16,6 +18,10 @@ clock or the system's randomness.
 """
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +40,27 @@ OK = 0
 TOO_OLD = 1
 DUPLICATE = 2
 """Results of ``ReplayWindow.check``."""
+
+
+OpenPacket = Callable[[int, bytes | memoryview, bytes | memoryview], bytes | None]
+"""``_dataplane_seal.Opener(key, iv).open``'s shape."""
+
+
+class _Opener(Protocol):
+    open: OpenPacket
+
+
+def _load_compiled_opener() -> Callable[[bytes, bytes], _Opener] | None:
+    """The compiled module's ``Opener`` type, or None where it was not built."""
+    try:
+        module = importlib.import_module("dvrlink.protocol._dataplane_seal")
+    except ImportError:
+        return None
+    opener: Callable[[bytes, bytes], _Opener] | None = getattr(module, "Opener", None)
+    return opener
+
+
+_compiled_opener = _load_compiled_opener()
 
 
 def initial_secret(viewer_random: bytes, device_random: bytes) -> bytes:
@@ -70,9 +97,11 @@ def nonce(iv: bytes, packet_number: int) -> bytes:
 class PacketKey:
     """Seal or open packets of one direction and one generation."""
 
-    __slots__ = ("aead", "generation", "iv", "iv_bytes", "key", "phase")
+    __slots__ = ("_open_compiled", "aead", "generation", "iv", "iv_bytes", "key", "phase")
 
-    def __init__(self, secret: bytes, direction: bytes, generation: int) -> None:
+    def __init__(self, secret: bytes, direction: bytes, generation: int, *, compiled: bool = True) -> None:
+        """``compiled=False`` opens through ``cryptography`` even where the compiled module was
+        built (the tests compare the two)."""
         self.generation = generation
         self.phase = generation & 1
         key, iv = direction_key_iv(secret, direction, self.phase)
@@ -81,6 +110,8 @@ class PacketKey:
         """The raw key, for the compiled bulk sealer (``_dataplane_seal``)."""
         self.iv = int.from_bytes(iv, "big")
         self.iv_bytes = iv
+        opener = _compiled_opener if compiled else None
+        self._open_compiled: OpenPacket | None = opener(key, iv).open if opener else None
 
     def seal(self, packet_number: int, header: bytes, plaintext: bytes | bytearray) -> bytes:
         """The ciphertext and tag of ``plaintext`` under packet number ``packet_number``."""
@@ -90,6 +121,9 @@ class PacketKey:
         self, packet_number: int, header: bytes | memoryview, ciphertext: bytes | memoryview
     ) -> bytes | None:
         """The plaintext, or ``None`` if the tag does not verify."""
+        open_compiled = self._open_compiled
+        if open_compiled is not None:
+            return open_compiled(packet_number, header, ciphertext)
         try:
             return self.aead.decrypt((self.iv ^ packet_number).to_bytes(IV_SIZE, "big"), ciphertext, header)
         except InvalidTag:

@@ -834,6 +834,42 @@ class _Session:
         self._dataplane = dp.DataplaneConnection(config, keys, self._now)
         self._events.append(DataplaneStarted())
 
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed one datagram from ``addr`` (each end's own)."""
+        raise NotImplementedError
+
+    def receive_datagrams(self, datagrams: list[bytes], addr: NetworkAddress, now: float) -> None:
+        """Feed datagrams that arrived together from ``addr`` (one coalesced read), in order: as
+        ``receive_datagram`` each, with the data plane's run in one go. Never raises on bad
+        bytes."""
+        count = len(datagrams)
+        index = 0
+        while index < count:
+            plane = self._dataplane
+            if plane is None or self._state is not SessionState.ESTABLISHED or not self._dataplane_from(addr):
+                for data in datagrams[index:]:
+                    self.receive_datagram(data, addr, now)
+                return
+            self._now = now
+            receive = plane.receive_datagram
+            start = index
+            while index < count:
+                data = datagrams[index]
+                if not data or not is_dataplane(data[0]):
+                    break
+                receive(data, now)
+                index += 1
+            if index > start:
+                self._heard_dataplane(plane, now)
+                self._dataplane_undrained = True  # taken by next_event or datagrams_to_send
+            if index < count:
+                self.receive_datagram(datagrams[index], addr, now)  # QUIC, or nothing
+                index += 1
+
+    def _dataplane_from(self, addr: NetworkAddress) -> bool:
+        """Whether ``receive_datagram`` would hand a data plane datagram from ``addr`` on."""
+        return True
+
     def _receive_dataplane(self, data: bytes, now: float) -> None:
         """A data plane datagram (first byte 0x20-0x3F): only an established session has one."""
         plane = self._dataplane
@@ -1177,6 +1213,9 @@ class ViewerSession(_Session):
         self._ping_uid += 1
         quic.send_ping(self._ping_uid)
         self._quic_dirty = True
+
+    def _dataplane_from(self, addr: NetworkAddress) -> bool:
+        return self._quic is not None and self._quic_addr is not None and addr in self._known_paths
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         """Feed one datagram from ``addr``. Never raises on bad bytes; they are dropped.

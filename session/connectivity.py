@@ -83,7 +83,7 @@ from dvrlink.session.direct import (
     selected_transport,
     srflx_candidate,
 )
-from dvrlink.session.gso import GsoSender, probe_path_mtu
+from dvrlink.session.gso import GsoSender, gro_receiver, probe_path_mtu
 from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
@@ -158,6 +158,9 @@ class Connectivity:
         """What this side may spend on a birthday search (``port_prediction.SearchBudget``)."""
         self.on_datagram: Callable[[bytes, Path], None] = lambda data, path: None
         """Called with each QUIC datagram received and the path it came on."""
+        self.on_datagrams: Callable[[list[bytes], Path], None] = self._each
+        """Called instead with the datagrams of one coalesced read (``gso.GroReceiver``), in
+        order; the default hands each to ``on_datagram``."""
         self.on_batch: Callable[[], None] = lambda: None
         """Called after one or more ``on_datagram`` calls: at the end of each batch read from a
         socket in one wake-up, before control returns to the event loop; for datagrams that came
@@ -788,6 +791,10 @@ class Connectivity:
         log.info("path %s ready", path[0])
         self.on_path_ready(path)
 
+    def _each(self, datagrams: list[bytes], path: Path) -> None:
+        for data in datagrams:
+            self.on_datagram(data, path)
+
     def _deliver(self, data: bytes, path: Path) -> None:
         if not is_session_datagram(data):
             self.dropped += 1
@@ -832,16 +839,36 @@ class Connectivity:
         self._deliver(data, path)
         return True
 
+    def _ice_fast_many(self, datagrams: list[bytes], addr: object) -> bool:
+        """``_ice_fast`` for the datagrams of one coalesced read (one sender, one size): all of
+        them to the session in one call, or False (each then goes its own way)."""
+        route = self._ice_route
+        path = self._ice_path
+        if route is None or path is None or addr != route[1] or self._closed:
+            return False
+        for data in datagrams:
+            if not data or not is_session_datagram(data):
+                return False
+        self.bytes_in[path] = self.bytes_in.get(path, 0) + sum(map(len, datagrams))
+        self.last_in[path] = time.monotonic()
+        self.on_datagrams(datagrams, path)
+        self._batched = True
+        return True
+
     def _read_ice(self, protocol: Any) -> None:
-        """Read an ICE socket in batches, the nominated pair's datagrams past aioice; and have
-        it send with DF set, for the data plane's path MTU probes (``gso.probe_path_mtu``)."""
+        """Read an ICE socket in batches, the nominated pair's datagrams past aioice, a
+        coalesced run per read where the kernel has UDP GRO (``gso.GroReceiver``); and have it
+        send with DF set, for the data plane's path MTU probes (``gso.probe_path_mtu``)."""
         self.path_mtu_probing = probe_path_mtu(protocol.transport) and self.path_mtu_probing
+        receiver = gro_receiver(protocol.transport)
         batch_reads(
             protocol.transport,
             protocol,
             first=self._ice_fast,
             before=self._batch_start,
             after=self._batch_done,
+            read_many=receiver.read if receiver is not None else None,
+            first_many=self._ice_fast_many,
         )
 
     def _batch_start(self) -> None:
@@ -903,13 +930,24 @@ def batch_reads(
     first: Callable[[bytes, object], bool] | None = None,
     before: Callable[[], None] | None = None,
     after: Callable[[], None] | None = None,
+    read_many: Callable[[], tuple[list[bytes], Any]] | None = None,
+    first_many: Callable[[list[bytes], Any], bool] | None = None,
 ) -> bool:
-    """Have the event loop read up to ``READ_BATCH`` datagrams per wake-up from ``transport``'s
+    """Have the event loop read up to ``READ_BATCH`` datagrams (or reads) per wake-up from ``transport``'s
     socket (asyncio's own reader reads one), with a receive buffer with room for a burst while
     this process waits for a core. The session then runs once per batch rather than per
-    datagram, and a forward writes bigger TCP chunks. ``first``, ``before`` and ``after`` as
-    ``asyncio_compat.batch_datagram_reads``. Returns False (asyncio's reader stays) if the loop
-    is not the selector kind this relies on."""
+    datagram, and a forward writes bigger TCP chunks. ``first``, ``before``, ``after``,
+    ``read_many`` and ``first_many`` as ``asyncio_compat.batch_datagram_reads``. Returns False
+    (asyncio's reader stays) if the loop is not the selector kind this relies on."""
     return asyncio_compat.batch_datagram_reads(
-        transport, protocol, READ_BATCH, RECV_SIZE, RECV_BUFFER, first=first, before=before, after=after
+        transport,
+        protocol,
+        READ_BATCH,
+        RECV_SIZE,
+        RECV_BUFFER,
+        first=first,
+        before=before,
+        after=after,
+        read_many=read_many,
+        first_many=first_many,
     )

@@ -280,6 +280,7 @@ class _Runner:
         self._dirty = False
         """Datagrams went into the core since the last pump."""
         connectivity.on_datagram = self._on_datagram
+        connectivity.on_datagrams = self._on_datagrams
         connectivity.on_batch = self._flush
         connectivity.on_path_ready = self._on_path_ready
         connectivity.on_failed = self._on_failed
@@ -405,6 +406,12 @@ class _Runner:
             return
         self._core.receive_datagram(data, path, self._loop.time())
         self._dirty = True  # the connectivity's on_batch (``_flush``) follows before the pass ends
+
+    def _on_datagrams(self, datagrams: list[bytes], path: Path) -> None:
+        if self._shut:
+            return
+        self._core.receive_datagrams(datagrams, path, self._loop.time())
+        self._dirty = True
 
     def _on_path_ready(self, path: Path) -> None:
         pass

@@ -24,6 +24,7 @@ from support.connectivity import (
 )
 from support.session import Keys
 
+from dvrlink.protocol.session import ViewerSession
 from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 from dvrlink.session.connectivity import (
@@ -116,12 +117,14 @@ def test_direct_only_establishes_over_lan() -> None:
 def test_on_the_lan_path_session_datagrams_skip_aioice_and_leave_in_gso_runs(mocker: MockerFixture) -> None:
     """Once the pair is nominated, the session's datagrams go from the socket's batch reader
     straight to the session (aioice would try each as STUN first), and the data plane's bursts
-    leave in ``sendmsg`` runs (``session.gso``); the bytes arrive intact."""
+    leave in ``sendmsg`` runs (``session.gso``) and arrive as coalesced reads (``UDP_GRO``),
+    handed to the session a read at a time; the bytes arrive intact."""
 
     async def main() -> None:
         # spied before the sockets exist: the batch reader holds on to the method it calls
         through_aioice = mocker.spy(aioice.ice.StunProtocol, "datagram_received")
         runs = mocker.spy(GsoSender, "_send_run")
+        coalesced = mocker.spy(ViewerSession, "receive_datagrams")
         async with (
             lab(with_turn=False) as the_lab,
             session(the_lab, PathPolicy.DIRECT_ONLY, on_stream=echo) as s,
@@ -132,6 +135,7 @@ def test_on_the_lan_path_session_datagrams_skip_aioice_and_leave_in_gso_runs(moc
             stream = await s.viewer.open_stream(RpcTarget("echo"))
             through_aioice.reset_mock()  # the checks, and datagrams that came before nomination
             runs.reset_mock()
+            coalesced.reset_mock()
             data = payload(1_000_000, seed=5)
             assert await round_trip(stream, data) == bytes.fromhex(sha(data))
             session_datagrams = [
@@ -144,6 +148,8 @@ def test_on_the_lan_path_session_datagrams_skip_aioice_and_leave_in_gso_runs(moc
                 f"no run of datagrams: {len(sent_in_runs)} calls"
             )
             assert True in runs.spy_return_list, "every sendmsg run was refused on loopback"
+            reads = [len(call.args[1]) for call in coalesced.call_args_list]
+            assert reads and max(reads) > 1, f"no coalesced read reached the viewer's session: {reads[:20]}"
 
     run(main)
 

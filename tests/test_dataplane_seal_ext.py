@@ -1,6 +1,8 @@
-"""The compiled bulk sealer (``dvrlink.protocol._dataplane_seal``, built from
-``protocol/_dataplane_seal.c`` against OpenSSL's libcrypto) against the Python it replaces: the
-same packets to the byte, the same limits, clear errors for bad arguments. Skipped where the
+"""The compiled bulk sealer and opener (``dvrlink.protocol._dataplane_seal``, built from
+``protocol/_dataplane_seal.c`` against OpenSSL's libcrypto) against the Python they replace: the
+same packets to the byte, the same plaintexts, the same refusals of forged packets, the same
+limits, clear errors for bad arguments. (``test_dataplane_security.py`` runs every security test
+with each opener.) Skipped where the
 extension was not built (no compiler or libcrypto headers); the data plane then seals in Python."""
 
 from __future__ import annotations
@@ -143,3 +145,48 @@ def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and
 
 
 KEYS = key_material(random.Random(3))
+
+
+def test_the_opener_opens_what_cryptography_opens_and_refuses_what_it_refuses() -> None:
+    secret = initial_secret(KEYS.viewer_random, KEYS.device_random)
+    compiled = PacketKey(secret, DIRECTION, 3)
+    python = PacketKey(secret, DIRECTION, 3, compiled=False)
+    assert compiled._open_compiled is not None and python._open_compiled is None
+    rng = random.Random(5)
+    for size in (0, 1, 63, 64, 65, 1_173, 1_425, 9_000):
+        number = rng.randrange(MAX_PACKET_NUMBER)
+        header = HEADER.pack(0x30, TAG, number >> 32, number & 0xFFFFFFFF)
+        sealed = python.seal(number, header, rng.randbytes(size))
+        view = memoryview(header + sealed)
+        opened = compiled.open(number, view[: len(header)], view[len(header) :])
+        assert opened is not None and opened == python.open(number, header, sealed), size
+        forgeries = {
+            "a bit of the ciphertext": (number, header, flip(sealed, 0)) if size else None,
+            "a bit of the tag": (number, header, flip(sealed, len(sealed) - 1)),
+            "a bit of the header": (number, flip(header, 3), sealed),
+            "another packet number": (number ^ 1, header, sealed),
+            "no tag": (number, header, sealed[: size // 2] if size < 16 else sealed[:15]),
+            "nothing": (number, header, b""),
+        }
+        for what, forged in forgeries.items():
+            if forged is None:
+                continue
+            assert compiled.open(*forged) is None, f"the compiled opener opened {what} ({size} B)"
+            assert python.open(*forged) is None, f"cryptography opened {what} ({size} B)"
+    other = PacketKey(initial_secret(KEYS.device_random, KEYS.viewer_random), DIRECTION, 3)
+    number = 7
+    header = HEADER.pack(0x30, TAG, 0, number)
+    assert other.open(number, header, python.seal(number, header, b"frames")) is None, "another key opened it"
+
+
+def flip(data: bytes, index: int) -> bytes:
+    changed = bytearray(data)
+    changed[index] ^= 0x10
+    return bytes(changed)
+
+
+def test_an_opener_refuses_a_bad_key_with_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="key and iv must be 32 and 12 bytes"):
+        sealer.Opener(b"short", bytes(IV_SIZE))
+    with pytest.raises(ValueError, match="key and iv must be 32 and 12 bytes"):
+        sealer.Opener(bytes(32), b"")

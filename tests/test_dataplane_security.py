@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.dataplane_link import key_material, pair
 
+from dvrlink.protocol import dataplane_keys
 from dvrlink.protocol.dataplane import (
     FLOW_CONTROL_ERROR,
     PROTOCOL_ERROR,
@@ -21,6 +23,18 @@ from dvrlink.protocol.dataplane import (
 )
 from dvrlink.protocol.dataplane_keys import DEVICE_TO_VIEWER, VIEWER_TO_DEVICE, PacketKey, initial_secret
 from dvrlink.protocol.dataplane_wire import HEADER, MAX_PACKET_NUMBER, OVERHEAD, encode_varint
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: packets opened by the compiled ``Opener`` (skipped where the
+    module was not built) and by ``cryptography`` alone."""
+    mode: str = request.param
+    if mode == "compiled" and dataplane_keys._compiled_opener is None:
+        pytest.skip("the compiled module is not built here")
+    if mode == "python":
+        monkeypatch.setattr(dataplane_keys, "_compiled_opener", None)
+    return mode
 
 
 def datagrams(count: int) -> tuple[DataplaneConnection, DataplaneConnection, list[bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 
+from pytest_mock import MockerFixture
 from support.session import (
     DEVICE_DIRECT,
     VIEWER_DIRECT,
@@ -224,3 +225,53 @@ def test_a_malformed_header_or_a_hello_on_a_data_plane_stream_is_refused_without
     link.viewer.send(sid, b"still here", end_stream=True)
     link.run(lambda: ended(link.device_events, sid))
     assert received(link.device_events, sid) == b"still here"
+
+
+def test_coalesced_reads_carry_the_same_bytes_and_drop_the_same_bad_datagrams(mocker: MockerFixture) -> None:
+    """``receive_datagrams`` (one coalesced read, as ``gso.GroReceiver`` hands them over) with
+    the session's QUIC datagrams in the same runs: 1 MB each way arrives intact, a replayed and
+    a forged data plane datagram inside a run are dropped and counted, the datagrams around them
+    still arrive, and a viewer drops a run from an address it never sent to."""
+    link = dataplane_link(delay=0.01)
+    link.coalesce = True
+    runs = mocker.spy(link.viewer, "receive_datagrams")
+    up, down = marked(1_000_000, 7), marked(1_000_000, 8)
+    sid = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    link.viewer.send(sid, up, end_stream=True)
+    link.run(lambda: any(isinstance(e, StreamOpened) for e in link.device_events))
+    link.device.send(sid, down, end_stream=True)
+    link.run(lambda: ended(link.device_events, sid) and ended(link.viewer_events, sid), limit=200_000)
+    assert hashlib.sha256(received(link.device_events, sid)).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(received(link.viewer_events, sid)).digest() == hashlib.sha256(down).digest()
+    sizes = [len(call.args[0]) for call in runs.call_args_list]
+    assert max(sizes) > 10, f"the link coalesced nothing: {sizes[:20]}"
+
+    plane = link.device.dataplane
+    assert plane is not None
+    dropped = dict(plane.stats.dropped)
+    sample = next(d for side, d, _ in link.wire if side == "viewer" and is_dataplane_first_byte(d[0]))
+    quic = next(d for side, d, _ in link.wire if side == "viewer" and is_quic_first_byte(d[0]))
+    forged = bytearray(sample)
+    forged[-1] ^= 0x01
+    forged[5:11] = (10**9).to_bytes(6, "big")
+    second = link.viewer.open_stream(ForwardTarget("127.0.0.1", 554))
+    link.viewer.send(second, b"after the bad ones", end_stream=True)
+    fresh = [d for d, _ in link.viewer.datagrams_to_send(link.now)]
+    assert fresh and all(is_dataplane_first_byte(d[0]) for d in fresh), (
+        "the new stream did not ride the data plane"
+    )
+    link.device.receive_datagrams([sample, bytes(forged), quic, *fresh], link.viewer_source, link.now)
+    link.collect()
+    after = plane.stats.dropped
+    assert after["duplicate"] == dropped["duplicate"] + 1, after
+    assert after["auth"] == dropped["auth"] + 1, after
+    assert received(link.device_events, second) == b"after the bad ones"
+    assert not any(isinstance(e, SessionClosed) for e in link.viewer_events + link.device_events)
+
+    viewer_plane = link.viewer.dataplane
+    assert viewer_plane is not None
+    before = viewer_plane.stats.packets_received
+    link.device.send(second, b"from nowhere")
+    stray = [d for d, _ in link.device.datagrams_to_send(link.now)]
+    link.viewer.receive_datagrams(stray, ("192.0.2.99", 4242), link.now)
+    assert viewer_plane.stats.packets_received == before, "the viewer took datagrams from an unknown address"

@@ -1,7 +1,9 @@
 """``session.gso.GsoSender``: runs of datagrams leave in one ``sendmsg`` with ``UDP_SEGMENT``
 and arrive as the same datagrams, in order, over real loopback sockets; where the kernel refuses
 GSO (here: a socket with ``SO_NO_CHECK``, which Linux will not segment) every datagram still
-arrives, each on its own, and the sender stops trying. Linux only (the daemon's platform)."""
+arrives, each on its own, and the sender stops trying. ``GroReceiver`` reads such a run back as
+one coalesced buffer and cuts it into the same datagrams, alone and under the batch reader.
+Linux only (the daemon's platform)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from pytest_mock import MockerFixture
 
-from dvrlink.session.gso import MAX_BYTES, MAX_SEGMENTS, GsoSender
+from dvrlink.compat import asyncio_compat
+from dvrlink.session.gso import MAX_BYTES, MAX_SEGMENTS, GroReceiver, GsoSender, gro_receiver
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="UDP GSO is Linux's")
 
@@ -86,5 +89,74 @@ def test_a_refused_gso_send_falls_back_to_one_datagram_at_a_time(mocker: MockerF
             transport.close()
         assert got == first + second, [len(d) for d in got]
         assert sendto.call_count == 9 and sender.sendmsg_calls == 0, (sendto.call_count, sender.sendmsg_calls)
+
+    run(main)
+
+
+def test_a_gro_socket_reads_a_coalesced_run_back_as_the_same_datagrams() -> None:
+    async def main() -> None:
+        transport = await endpoint()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            receiver = GroReceiver(sock)
+            sender = GsoSender(transport)
+            # two runs (the second ends short), then a datagram alone
+            sizes = [1200] * 30 + [1000] * 9 + [333] + [77]
+            sent = datagrams(sizes)
+            sender.send(sent, sock.getsockname())
+            sock.settimeout(BOUND_S)
+            got: list[bytes] = []
+            buffers = 0
+            while len(got) < len(sent):
+                chunk, addr = receiver.read()
+                assert addr == transport.get_extra_info("sockname"), addr
+                got += chunk
+                buffers += 1
+            transport.close()
+        assert got == sent, [len(d) for d in got]
+        assert receiver.reads == 2 and buffers == 3, (receiver.reads, buffers)
+
+    run(main)
+
+
+def test_the_batch_reader_hands_on_each_datagram_of_a_coalesced_read_in_order() -> None:
+    """The daemon's path: ``batch_datagram_reads`` with a ``GroReceiver``, from a GSO sender."""
+
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+            self.enough = asyncio.Event()
+            self.want = 0
+
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+            self.got.append(data)
+            if len(self.got) >= self.want:
+                self.enough.set()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        collect = Collect()
+        transport, _ = await loop.create_datagram_endpoint(lambda: collect, local_addr=(LOOPBACK, 0))
+        receiver = gro_receiver(transport)
+        assert receiver is not None, "no UDP GRO here"
+        reads: list[int] = []
+
+        def read() -> tuple[list[bytes], object]:
+            datagrams, addr = receiver.read()
+            reads.append(len(datagrams))
+            return datagrams, addr
+
+        assert asyncio_compat.batch_datagram_reads(transport, collect, 64, 65536, read_many=read)
+        sender_transport = await endpoint()
+        sender = GsoSender(sender_transport)
+        sent = datagrams([1300] * 45 + [50])
+        collect.want = len(sent)
+        sender.send(sent, transport.get_extra_info("sockname"))
+        await asyncio.wait_for(collect.enough.wait(), BOUND_S)
+        transport.close()
+        sender_transport.close()
+        assert collect.got == sent, [len(d) for d in collect.got]
+        assert receiver.reads >= 1 and len(reads) < len(sent), reads
 
     run(main)

@@ -87,6 +87,9 @@ class Link:
     """Made-up time at which each side ("device", "viewer") emitted ``SessionClosed``."""
     delay: float = 0.0
     """One-way delay of every path, in seconds."""
+    coalesce: bool = False
+    """Hand the datagrams due together from one sender on one path to ``receive_datagrams`` in
+    one call (a coalesced read), instead of one ``receive_datagram`` each."""
     # (deliver at, sequence, sender, data, (source, destination)); the device's source is not modelled
     in_flight: list[tuple[float, int, str, bytes, tuple[Address, Address]]] = field(default_factory=list)
 
@@ -109,17 +112,35 @@ class Link:
             heapq.heappush(
                 self.in_flight, (self.now + self.delay, len(self.wire), "device", data, (dst, dst))
             )
+        due: list[tuple[str, bytes, tuple[Address, Address]]] = []
         while self.in_flight and self.in_flight[0][0] <= self.now:
+            _, _, sender, data, route = heapq.heappop(self.in_flight)
+            due.append((sender, data, route))
+        start = 0
+        while start < len(due):
             moved = True
-            _, _, sender, data, (src, dst) = heapq.heappop(self.in_flight)
+            sender, _, (src, dst) = due[start]
+            end = start + 1
+            if self.coalesce:
+                while end < len(due) and due[end][0] == sender and due[end][2] == (src, dst):
+                    end += 1
+            run = [data for _, data, _ in due[start:end]]
             if sender == "viewer" and self.paths.get(src) == dst:
-                self.device.receive_datagram(data, src, self.now)
+                self._hand(self.device, run, src)
             elif sender == "device" and dst in self.paths:
-                self.viewer.receive_datagram(data, self.paths[dst], self.now)
+                self._hand(self.viewer, run, self.paths[dst])
             else:
-                self.dropped += 1  # no such path (any more)
+                self.dropped += len(run)  # no such path (any more)
+            start = end
         self.collect()
         return moved
+
+    def _hand(self, side: DeviceSession | ViewerSession, run: list[bytes], src: Address) -> None:
+        if self.coalesce:
+            side.receive_datagrams(run, src, self.now)
+        else:
+            for data in run:
+                side.receive_datagram(data, src, self.now)
 
     def collect(self) -> None:
         while (event := self.device.next_event()) is not None:
