@@ -126,7 +126,7 @@ def transfer(name: str, total: int, loss: float, reorder: float, seed: int) -> R
         events = receiver.events()
         for event in events:
             if isinstance(event, StreamData):
-                receiver.consumed(event.stream_id, len(event.data))
+                receiver.consumed(event.stream_id, len(event.data), now)
         if receiver_timer is not None and receiver_timer <= now:
             receiver.handle_timer(now)
         back = receiver.datagrams_to_send(now)

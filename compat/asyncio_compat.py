@@ -65,7 +65,8 @@ def batch_datagram_reads(
     (datagrams to send in answer) can go out together, in the same event-loop pass.
     ``read_many()``, when given, replaces ``recvfrom``: each call returns the datagrams of one
     read and their sender (``session.gso.GroReceiver``: a coalesced run), and raises as
-    ``recvfrom`` does; ``batch`` then counts reads. ``first_many(datagrams, addr)``, when given
+    ``recvfrom`` does; reads stop once they brought ``batch`` datagrams (or more: the last read's
+    are all handed on). ``first_many(datagrams, addr)``, when given
     with it, sees each read's datagrams together before ``first`` sees them one by one, and
     returns True if it took them all.
 
@@ -145,7 +146,8 @@ def _reader(
 
     def read_coalesced() -> None:
         assert read_many is not None
-        for _ in range(batch):
+        left = batch
+        while left > 0:
             try:
                 datagrams, addr = read_many()
             except (BlockingIOError, InterruptedError):
@@ -153,6 +155,7 @@ def _reader(
             except OSError as exc:
                 protocol.error_received(exc)
                 return
+            left -= len(datagrams)
             if first_many is not None and first_many(datagrams, addr):
                 if transport.is_closing():
                     return

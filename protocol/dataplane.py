@@ -144,6 +144,14 @@ class DataplaneConfig:
     (the session layer configures both)."""
     connection_window: int = 8 << 20
     """Receive window over all streams (like ``stream_window``, both ends must agree)."""
+    max_stream_window: int | None = None
+    """What this end's receive window per stream may grow to (auto-tuning, ``consumed``): when
+    the application consumes half a window in less than two round trips, the next update
+    doubles the window, up to this. Each end chooses its own; the peer learns it from the
+    updates. None (or ``stream_window``): no growth."""
+    max_connection_window: int | None = None
+    """The same over all streams (None: ``connection_window``); the connection's window also
+    grows to 1.5 times a stream's, within this."""
     idle_timeout_s: float = 30.0
     keepalive_s: float = 10.0
     """A PING after this long without sending, while streams are open."""
@@ -161,6 +169,16 @@ class DataplaneConfig:
         for name in ("stream_window", "connection_window", "key_update_packets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data plane {name} {getattr(self, name)}: expected at least 1")
+        for name, start in (
+            ("max_stream_window", "stream_window"),
+            ("max_connection_window", "connection_window"),
+        ):
+            limit = getattr(self, name)
+            if limit is not None and limit < getattr(self, start):
+                raise ValueError(
+                    f"data plane {name} {limit} is below {start} {getattr(self, start)}: "
+                    f"set it to at least {start}"
+                )
         for name in ("idle_timeout_s", "keepalive_s", "max_ack_delay_s", "key_update_s", "target_delay_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data plane {name} {getattr(self, name)} s: expected more than 0")
@@ -306,6 +324,8 @@ class _Stream:
         "serial",
         "starts",
         "stream_id",
+        "update_time",
+        "window",
     )
 
     def __init__(self, stream_id: int, peer_window: int, window: int) -> None:
@@ -332,6 +352,10 @@ class _Stream:
         self.highest = 0
         self.consumed = 0
         self.max_data = window
+        self.window = window
+        """The receive window now (it grows, ``DataplaneConnection.consumed``)."""
+        self.update_time: float | None = None
+        """When ``max_data`` last moved."""
         self.recv_fin: int | None = None
         self.recv_ended = False
         self.recv_reset = False
@@ -459,6 +483,12 @@ class DataplaneConnection:
         self._peer_max_data = config.connection_window
         self._conn_sent = 0
         self._max_data = config.connection_window
+        self._conn_window = config.connection_window
+        """The connection's receive window now (it grows, ``consumed``)."""
+        self._max_stream_window = config.max_stream_window or config.stream_window
+        self._max_conn_window = config.max_connection_window or config.connection_window
+        self._conn_window_time: float | None = None
+        """When ``_max_data`` last moved."""
         self._conn_highest = 0
         self._conn_consumed = 0
         self._serial = 0
@@ -532,23 +562,45 @@ class DataplaneConnection:
             return 0
         return stream.end - stream.next_offset
 
-    def consumed(self, stream_id: int, n: int) -> None:
-        """The application has taken ``n`` bytes of a stream's data: the window moves on."""
+    def consumed(self, stream_id: int, n: int, now: float) -> None:
+        """The application has taken ``n`` bytes of a stream's data at ``now``: the window moves
+        on once half of it was used, and grows (up to ``max_stream_window`` and
+        ``max_connection_window``) when that took less than two round trips, so that a fast
+        application is not held to the initial window's rate (as QUIC stacks auto-tune)."""
         if n <= 0:
             return
         self._conn_consumed += n
-        window = self.config.connection_window
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.recv_done():
+            stream.consumed += n
+            swindow = stream.window
+            if stream.max_data - stream.consumed <= swindow // 2:
+                swindow = stream.window = self._grown(
+                    swindow, stream.update_time, now, self._max_stream_window
+                )
+                stream.update_time = now
+                stream.max_data = stream.consumed + swindow
+                self._control.append(_control_frame(MaxStreamDataFrame(stream_id, stream.max_data)))
+                wanted = min(self._max_conn_window, swindow * 3 // 2)
+                if self._conn_window < wanted:
+                    self._conn_window = wanted
+                    self._conn_window_time = None  # (a new window, not a sign of speed)
+        window = self._conn_window
         if self._max_data - self._conn_consumed <= window // 2:
+            window = self._conn_window = self._grown(
+                window, self._conn_window_time, now, self._max_conn_window
+            )
+            self._conn_window_time = now
             self._max_data = self._conn_consumed + window
             self._control.append(_control_frame(MaxDataFrame(self._max_data)))
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.recv_done():
-            return
-        stream.consumed += n
-        swindow = self.config.stream_window
-        if stream.max_data - stream.consumed <= swindow // 2:
-            stream.max_data = stream.consumed + swindow
-            self._control.append(_control_frame(MaxStreamDataFrame(stream_id, stream.max_data)))
+
+    def _grown(self, window: int, last_update: float | None, now: float, limit: int) -> int:
+        """``window`` doubled (at most ``limit``) if the previous update was less than two
+        smoothed round trips before ``now``; else ``window``."""
+        rtt = self._recovery.rtt
+        if window >= limit or last_update is None or not rtt.has_sample:
+            return window
+        return min(limit, window * 2) if now - last_update < 2 * rtt.smoothed else window
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """Abandon the sending half: RESET_STREAM goes out, queued data is dropped."""

@@ -303,6 +303,10 @@ class _Session:
     """What both sides share: event queue, streams, keepalive, close, the data plane."""
 
     _ROLE: Literal["viewer", "device"]
+    _MAX_STREAM_WINDOW: int
+    """What this end's data plane receive windows may grow to when its application keeps up
+    (``DataplaneConfig.max_stream_window``); never below ``SessionConfig``'s windows."""
+    _MAX_CONNECTION_WINDOW: int
 
     def __init__(self, config: SessionConfig, random_bytes: Callable[[int], bytes]) -> None:
         self._config = config
@@ -552,7 +556,7 @@ class _Session:
         ``SessionConfig.max_stream_data`` bytes beyond what was consumed."""
         if stream_id >= DATAPLANE_STREAM_BASE:
             if self._dataplane is not None and size > 0:
-                self._dataplane.consumed(stream_id - DATAPLANE_STREAM_BASE, size)
+                self._dataplane.consumed(stream_id - DATAPLANE_STREAM_BASE, size, self._now)
         elif self._quic is not None and size > 0:
             self._quic.credit(stream_id, size)
             self._quic_dirty = True
@@ -829,6 +833,8 @@ class _Session:
             max_datagram=self._config.max_datagram_size,
             stream_window=self._config.max_stream_data,
             connection_window=self._config.max_data,
+            max_stream_window=max(self._config.max_stream_data, self._MAX_STREAM_WINDOW),
+            max_connection_window=max(self._config.max_data, self._MAX_CONNECTION_WINDOW),
             idle_timeout_s=DATAPLANE_IDLE_S,
         )
         self._dataplane = dp.DataplaneConnection(config, keys, self._now)
@@ -904,12 +910,12 @@ class _Session:
         stream = self._dataplane_streams.get(plane_id)
         if stream is None:
             if self._ROLE == "viewer":  # one of ours that is over: nothing to deliver
-                plane.consumed(plane_id, len(event.data))
+                plane.consumed(plane_id, len(event.data), self._now)
                 return
             stream = self._dataplane_streams[plane_id] = _Stream(header=bytearray())
         session_id = DATAPLANE_STREAM_BASE + plane_id
         if stream.refused:
-            plane.consumed(plane_id, len(event.data))
+            plane.consumed(plane_id, len(event.data), self._now)
             if event.ended:
                 del self._dataplane_streams[plane_id]
             return
@@ -921,7 +927,7 @@ class _Session:
                 stream.refused = True  # no hello on the data plane itself
                 opened = "refused"
             if opened == "refused":
-                plane.consumed(plane_id, so_far)
+                plane.consumed(plane_id, so_far, self._now)
                 self._abort_dataplane_stream(plane_id, StreamErrorCode.BAD_HEADER)
                 if event.ended:
                     del self._dataplane_streams[plane_id]
@@ -930,7 +936,7 @@ class _Session:
                 return
             target, length, data = opened
             assert not isinstance(target, DataplaneTarget)
-            plane.consumed(plane_id, length)
+            plane.consumed(plane_id, length, self._now)
             self._events.append(StreamOpened(session_id, target.service, target))
         if data:
             self._events.append(StreamData(session_id, data))
@@ -1006,6 +1012,10 @@ class DeviceSession(_Session):
     """
 
     _ROLE = "device"
+    _MAX_STREAM_WINDOW = 2 << 20
+    """A recorder's memory is small and its uploads (talk-back, files) are slow: it grows a
+    stream's window to 2 MiB at most."""
+    _MAX_CONNECTION_WINDOW = 4 << 20
 
     def __init__(
         self,
@@ -1143,6 +1153,10 @@ class ViewerSession(_Session):
     """
 
     _ROLE = "viewer"
+    _MAX_STREAM_WINDOW = 16 << 20
+    """A viewer grows a stream's window to 16 MiB: the initial 1 MiB lasts 8 ms at 1 Gbit/s,
+    less than a busy viewer's round trip to a recorder on the same LAN."""
+    _MAX_CONNECTION_WINDOW = 24 << 20
 
     def __init__(
         self,

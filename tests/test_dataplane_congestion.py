@@ -34,7 +34,7 @@ def test_bottleneck_queue_settles_near_target_and_a_periodic_datagram_is_not_sta
     def step(s: Simulation) -> None:
         for event in device.events():
             if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), s.now)
         if s.now >= next_probe[0]:
             # a 40-byte keepalive of another flow through the same bottleneck, once a second
             before = len(uplink.queue_delays)
@@ -125,7 +125,7 @@ def test_connection_timer_includes_the_pacer_release() -> None:
     def step(s: Simulation) -> None:
         for event in device.events():
             if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), s.now)
         # the simulation flushed both cores at s.now just before this hook
         if named[0] is not None and named[0] == s.now and viewer.stats.packets_sent > sent_before[0]:
             checked[0] += 1
@@ -153,7 +153,7 @@ def test_the_receivers_ack_delay_does_not_count_as_queuing() -> None:
     received: dict[int, bytearray] = {}
 
     def taken() -> int:
-        take_stream_data(device, received, set())
+        take_stream_data(device, received, set(), sim.now)
         return len(received.get(stream, b""))
 
     sim.run_until(lambda: taken() >= 200_000)

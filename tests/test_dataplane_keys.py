@@ -104,12 +104,12 @@ def test_key_update_both_ends_move_and_late_packets_open_only_within_the_grace()
                 device.send(event.stream_id, reply, end_stream=True)
             if isinstance(event, StreamData):
                 received.extend(event.data)
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), sim.now)
                 done["device"] = done["device"] or event.ended
         for event in viewer.events():
             if isinstance(event, StreamData):
                 replied.extend(event.data)
-                viewer.consumed(event.stream_id, len(event.data))
+                viewer.consumed(event.stream_id, len(event.data), sim.now)
                 done["viewer"] = done["viewer"] or event.ended
         return all(done.values())
 
@@ -149,7 +149,7 @@ def test_keys_also_update_by_time() -> None:
     def done() -> bool:
         for event in device.events():
             if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), sim.now)
                 ended[0] = ended[0] or event.ended
         return ended[0]
 

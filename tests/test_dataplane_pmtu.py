@@ -56,7 +56,7 @@ class Rig:
         return self.stream in self.ended_streams
 
     def has_received(self, count: int) -> bool:
-        take_stream_data(self.device, self.received, self.ended_streams)
+        take_stream_data(self.device, self.received, self.ended_streams, self.sim.now)
         return len(self.received.get(self.stream, b"")) >= count or self.ended
 
     def run_until_received(self, count: int) -> None:

@@ -131,7 +131,7 @@ def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and
         ended: set[int] = set()
 
         def done() -> bool:
-            take_stream_data(device, received, ended)
+            take_stream_data(device, received, ended, sim.now)
             return stream in ended
 
         sim.run_until(done, max_steps=500_000)

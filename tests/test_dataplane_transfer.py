@@ -49,7 +49,7 @@ def test_transfer_arrives_complete_and_in_order(streams: int, loss: float) -> No
     ended: set[int] = set()
 
     def done() -> bool:
-        take_stream_data(device, received, ended)
+        take_stream_data(device, received, ended, sim.now)
         return ended == set(sent)
 
     sim.run_until(done, max_steps=3_000_000)
@@ -114,7 +114,7 @@ def test_flow_control_stops_the_sender_at_the_window_and_resumes_after_consumed(
     got = len(received.get(stream, b""))
     assert got == window, f"the receiver got {got} bytes without consuming, window {window}"
     assert worst[0] <= window, f"the sender sent {worst[0]} bytes into a {window}-byte window"
-    device.consumed(stream, got)
+    device.consumed(stream, got, sim.now)
     consumed = [got]
 
     def consume(s: Simulation) -> None:
@@ -122,7 +122,7 @@ def test_flow_control_stops_the_sender_at_the_window_and_resumes_after_consumed(
         collector(device.events(), received, ended)
         after = len(received.get(stream, b""))
         if after > before:
-            device.consumed(stream, after - before)
+            device.consumed(stream, after - before, s.now)
             consumed[0] += after - before
         assert len(data) - viewer.send_buffered(stream) <= consumed[0] + window
 
@@ -202,7 +202,7 @@ def test_rate_cap_limits_the_sending_rate() -> None:
     def consume(s: Simulation) -> None:
         for event in device.events():
             if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), s.now)
 
     sim.on_step = consume
     sim.run_until(lambda: sim.now > 10.0, max_steps=100_000)
@@ -224,7 +224,7 @@ def test_acks_are_decimated_at_high_rates_only(cap: float | None, most: float, l
     def consume(s: Simulation) -> None:
         for event in device.events():
             if isinstance(event, StreamData):
-                device.consumed(event.stream_id, len(event.data))
+                device.consumed(event.stream_id, len(event.data), s.now)
 
     sim.on_step = consume
     sim.run_until(lambda: sim.now > 5.0 or viewer.send_buffered(stream) == 0, max_steps=200_000)
@@ -262,14 +262,14 @@ def test_a_fin_alone_after_all_data_was_acknowledged_ends_the_stream() -> None:
     ended: set[int] = set()
 
     def all_acknowledged() -> bool:
-        take_stream_data(device, received, ended)
+        take_stream_data(device, received, ended, sim.now)
         return len(received.get(stream, b"")) == len(data) and viewer.stats.bytes_in_flight == 0
 
     sim.run_until(all_acknowledged, max_steps=100_000)
     viewer.send(stream, b"", end_stream=True)
 
     def stream_ended() -> bool:
-        take_stream_data(device, received, ended)
+        take_stream_data(device, received, ended, sim.now)
         return stream in ended
 
     sim.run_until(stream_ended, max_steps=100_000)
@@ -311,7 +311,7 @@ def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
         ended: set[int] = set()
 
         def done() -> bool:
-            take_stream_data(device, received, ended)
+            take_stream_data(device, received, ended, sim.now)
             return stream in ended
 
         sim.run_until(done, max_steps=500_000)
@@ -324,3 +324,60 @@ def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
     assert bulk_sent == general_sent, (bulk_sent, general_sent)
     differing = [i for i, (a, b) in enumerate(zip(bulk_wire, general_wire, strict=True)) if a != b]
     assert not differing, f"{len(differing)} of {len(bulk_wire)} datagrams differ, first at {differing[:1]}"
+
+
+def _timed_transfer(max_stream_window: int, consume_rate: float | None) -> tuple[float, int]:
+    """4 MB over a 40 ms round trip with a 64 KiB initial stream window; the receiver consumes
+    at once (``consume_rate`` None) or at that many bytes per second. Returns (the time the last
+    byte arrived, the most bytes the receiver ever held unconsumed)."""
+    rng = random.Random(21)
+    window = 64 * 1024
+    viewer, device = pair(
+        key_material(rng),
+        stream_window=window,
+        connection_window=4 * window,
+        max_stream_window=max_stream_window,
+        max_connection_window=max(4 * window, 2 * max_stream_window),
+    )
+    sim = Simulation(viewer, device, Link(rng, delay=0.020), Link(rng, delay=0.020))
+    stream = viewer.open_stream()
+    data = rng.randbytes(4_000_000)
+    viewer.send(stream, data, end_stream=True)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+    consumed = [0]
+    held = [0]
+    start = sim.now
+
+    def step(s: Simulation) -> None:
+        for event in device.events():
+            if isinstance(event, StreamData):
+                received.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.ended:
+                    ended.add(event.stream_id)
+        got = len(received.get(stream, b""))
+        allowed = got if consume_rate is None else min(got, int((s.now - start) * consume_rate))
+        if allowed > consumed[0]:
+            device.consumed(stream, allowed - consumed[0], s.now)
+            consumed[0] = allowed
+        held[0] = max(held[0], got - consumed[0])
+
+    sim.on_step = step
+    sim.run_until(lambda: stream in ended, max_steps=400_000)
+    assert bytes(received[stream]) == data
+    assert not device.closed and not viewer.closed
+    return sim.now - start, held[0]
+
+
+def test_the_receive_window_grows_while_the_application_keeps_up_and_only_then() -> None:
+    """Auto-tuning (``DataplaneConfig.max_stream_window``): a receiver that consumes at once
+    doubles its window each time half of it went by in under two round trips, so a 64 KiB
+    initial window stops limiting the transfer (1.6 MB/s at 40 ms); a slow receiver's window
+    stays where it was, and so does what it must hold."""
+    fixed, _ = _timed_transfer(64 * 1024, None)
+    grown, _ = _timed_transfer(4 << 20, None)
+    assert fixed > 2.0, f"4 MB through a fixed 64 KiB window at 40 ms took only {fixed:.2f} s"
+    assert grown < fixed / 3, f"with auto-tuning {grown:.2f} s against {fixed:.2f} s fixed"
+    slow, held = _timed_transfer(4 << 20, 400_000.0)
+    assert slow >= 9.0, f"a 400 kB/s reader got 4 MB in {slow:.2f} s"
+    assert held <= 64 * 1024, f"a slow reader's window grew: it held {held} bytes unconsumed"

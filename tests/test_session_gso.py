@@ -160,3 +160,45 @@ def test_the_batch_reader_hands_on_each_datagram_of_a_coalesced_read_in_order() 
         assert receiver.reads >= 1 and len(reads) < len(sent), reads
 
     run(main)
+
+
+def test_a_wake_up_stops_reading_coalesced_runs_once_it_has_a_batch_of_datagrams() -> None:
+    """``batch`` counts datagrams, not reads: a coalesced read can bring 44, and a wake-up that
+    took 64 reads of them would hold the session's answer (its ACKs, its window updates) back
+    for thousands of datagrams."""
+
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+            self.per_wake_up: list[int] = []
+            self.enough = asyncio.Event()
+
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+            self.got.append(data)
+
+        def wake_up_done(self) -> None:
+            self.per_wake_up.append(len(self.got) - sum(self.per_wake_up))
+            if len(self.got) >= 60:
+                self.enough.set()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        collect = Collect()
+        transport, _ = await loop.create_datagram_endpoint(lambda: collect, local_addr=(LOOPBACK, 0))
+        receiver = gro_receiver(transport)
+        assert receiver is not None, "no UDP GRO here"
+        assert asyncio_compat.batch_datagram_reads(
+            transport, collect, 30, 65536, after=collect.wake_up_done, read_many=receiver.read
+        )
+        sender_transport = await endpoint()
+        sender = GsoSender(sender_transport)
+        sent = [datagrams([700 + run] * 20) for run in range(3)]
+        for run in sent:  # all three queue before the loop's next wake-up
+            sender.send(run, transport.get_extra_info("sockname"))
+        await asyncio.wait_for(collect.enough.wait(), BOUND_S)
+        transport.close()
+        sender_transport.close()
+        assert collect.got == sent[0] + sent[1] + sent[2], [len(d) for d in collect.got]
+        assert collect.per_wake_up[0] == 40, collect.per_wake_up  # two reads: 20 < 30, then 40 >= 30
+
+    run(main)

@@ -74,13 +74,15 @@ class Link:
         return out
 
 
-def take_stream_data(conn: DataplaneConnection, received: dict[int, bytearray], ended: set[int]) -> None:
-    """Take ``conn``'s events: each stream's bytes appended to ``received`` and consumed (so its
-    window moves on), the streams that ended added to ``ended``."""
+def take_stream_data(
+    conn: DataplaneConnection, received: dict[int, bytearray], ended: set[int], now: float
+) -> None:
+    """Take ``conn``'s events: each stream's bytes appended to ``received`` and consumed at
+    ``now`` (so its window moves on), the streams that ended added to ``ended``."""
     for event in conn.events():
         if isinstance(event, StreamData):
             received.setdefault(event.stream_id, bytearray()).extend(event.data)
-            conn.consumed(event.stream_id, len(event.data))
+            conn.consumed(event.stream_id, len(event.data), now)
             if event.ended:
                 ended.add(event.stream_id)
 
