@@ -43,7 +43,14 @@ from dvrlink.protocol.dataplane_keys import (
     ReplayWindow,
     initial_secret,
 )
-from dvrlink.protocol.dataplane_recovery import AckTracker, Recovery, Retransmittable, SentPacket
+from dvrlink.protocol.dataplane_recovery import (
+    ACK_EVERY,
+    ACK_EVERY_HIGH,
+    AckTracker,
+    Recovery,
+    Retransmittable,
+    SentPacket,
+)
 from dvrlink.protocol.dataplane_wire import (
     HEADER,
     HEADER_SIZE,
@@ -55,6 +62,7 @@ from dvrlink.protocol.dataplane_wire import (
     STREAM_FIN,
     STREAM_LEN,
     AckFrame,
+    AckFrequencyFrame,
     CloseFrame,
     DatagramFrame,
     Frame,
@@ -88,6 +96,19 @@ def _load_compiled_sealer() -> SealRun | None:
 
 
 _compiled_sealer = _load_compiled_sealer()
+
+MAX_ACK_THRESHOLD = 64
+"""The most ack-eliciting packets a receiver lets pass without an ACK, whatever the peer asks
+(its max ACK delay still sends one)."""
+
+
+def ack_threshold(in_flight: int, max_datagram: int) -> int:
+    """The ACK threshold a sender asks for with ``in_flight`` bytes outstanding: at least four
+    ACKs per flight, so that the window still grows and loss still shows within a round trip,
+    and between QUIC's every-second-packet and ``ACK_EVERY_HIGH``. A small flight (a cellular
+    uplink, the start of a transfer, a stream slower than its window) keeps the default."""
+    return min(ACK_EVERY_HIGH, max(ACK_EVERY, in_flight // max_datagram // 4))
+
 
 NO_ERROR = 0
 PROTOCOL_ERROR = 1
@@ -160,6 +181,10 @@ class DataplaneConfig:
     key_update_s: float = 600.0
     target_delay_s: float = 0.050
     """LEDBAT's queuing delay target."""
+    ack_frequency: bool = True
+    """Ask the peer for fewer ACKs while much is in flight (``ACK_FREQUENCY``): one per
+    ``ack_threshold(bytes in flight)`` packets instead of every second one. Each ACK costs the
+    sender a wake-up and the path (often a metered cellular downlink) a datagram."""
 
     def __post_init__(self) -> None:
         if self.role not in ("viewer", "device"):
@@ -457,6 +482,11 @@ class DataplaneConnection:
         """(packet number, size) of the probe in flight."""
         self._mtu_losses = 0
         self._ack = AckTracker(config.max_ack_delay_s)
+        self._asked_threshold = ACK_EVERY
+        """The ACK threshold last asked of the peer (``ACK_FREQUENCY``); it starts at the default."""
+        self._asked_sequence = 0
+        self._peer_ack_sequence = -1
+        """The sequence of the last ``ACK_FREQUENCY`` applied (older ones are stale)."""
         self._recovery = Recovery(config.max_ack_delay_s)
         self._cc = LedbatController(config.max_datagram, config.target_delay_s)
         self._pacer = Pacer(config.max_datagram, now)
@@ -826,10 +856,20 @@ class DataplaneConnection:
 
     def _on_control_frame(
         self,
-        frame: MaxDataFrame | MaxStreamDataFrame | ResetStreamFrame | StopSendingFrame | CloseFrame,
+        frame: MaxDataFrame
+        | MaxStreamDataFrame
+        | ResetStreamFrame
+        | StopSendingFrame
+        | AckFrequencyFrame
+        | CloseFrame,
         now: float,
     ) -> None:
-        if isinstance(frame, MaxDataFrame):
+        if isinstance(frame, AckFrequencyFrame):
+            if frame.sequence > self._peer_ack_sequence:
+                self._peer_ack_sequence = frame.sequence
+                ack = self._ack
+                ack.requested = ack.threshold = min(MAX_ACK_THRESHOLD, max(1, frame.threshold))
+        elif isinstance(frame, MaxDataFrame):
             if frame.maximum > self._peer_max_data:
                 self._peer_max_data = frame.maximum
                 for stream_id in self._flow_blocked:
@@ -1101,7 +1141,19 @@ class DataplaneConnection:
                     self._probes -= 1
             if self._finished():
                 break
+        if config.ack_frequency and out:
+            self._ask_ack_frequency(recovery.bytes_in_flight)
         return out
+
+    def _ask_ack_frequency(self, in_flight: int) -> None:
+        """Queue an ``ACK_FREQUENCY`` for the next packet if the threshold for what is in flight
+        after this pump (a window's worth for a bulk sender, a few packets for a stream that
+        sends less than the window allows) is not what the peer was last asked."""
+        wanted = ack_threshold(in_flight, self._max_datagram)
+        if wanted != self._asked_threshold:
+            self._asked_threshold = wanted
+            self._asked_sequence += 1
+            self._control.append(_control_frame(AckFrequencyFrame(self._asked_sequence, wanted)))
 
     def _send_bulk(self, out: list[bytes], now: float) -> None:
         """The bulk of a transfer, one stream's fresh bytes in full packets and nothing else to

@@ -266,6 +266,7 @@ class AckTracker:
         "max_ack_delay",
         "pending",
         "ranges",
+        "requested",
         "threshold",
     )
 
@@ -279,6 +280,8 @@ class AckTracker:
         self.deadline: float | None = None
         self.last_ack_time = 0.0
         self.max_ack_delay = max_ack_delay
+        self.requested: int | None = None
+        """The ACK threshold the peer asked for (``ACK_FREQUENCY``), or None: the rate rule."""
 
     def on_packet(self, number: int, ack_eliciting: bool, now: float) -> None:
         """Record an authenticated packet (the replay window has already refused duplicates)."""
@@ -349,7 +352,9 @@ class AckTracker:
         """The ranges to report (highest first) and the ack delay in µs; resets the pending
         count. Call only when ``ranges`` is not empty."""
         pending = self.pending
-        if pending >= 2:
+        if self.requested is not None:
+            self.threshold = self.requested
+        elif pending >= 2:
             quarter = (receiver_rtt or DEFAULT_RECEIVER_RTT) / 4
             elapsed = now - self.last_ack_time
             fast = elapsed * ACK_EVERY_HIGH < quarter * pending

@@ -47,6 +47,7 @@ MAX_STREAM_DATA = 0x11
 RESET_STREAM = 0x12
 STOP_SENDING = 0x13
 DATAGRAM = 0x14
+ACK_FREQUENCY = 0x15
 CLOSE = 0x1C
 
 _U16 = struct.Struct(">H")
@@ -154,6 +155,15 @@ class DatagramFrame(NamedTuple):
     data: bytes | memoryview
 
 
+class AckFrequencyFrame(NamedTuple):
+    """ACK_FREQUENCY (after QUIC's extension of that name): the sender asks the receiver to ACK
+    after ``threshold`` ack-eliciting packets (its max ACK delay still applies); a frame with a
+    ``sequence`` not above the last one applied is stale and ignored."""
+
+    sequence: int
+    threshold: int
+
+
 class CloseFrame(NamedTuple):
     error_code: int
     reason: str
@@ -168,6 +178,7 @@ Frame = (
     | ResetStreamFrame
     | StopSendingFrame
     | DatagramFrame
+    | AckFrequencyFrame
     | CloseFrame
 )
 
@@ -230,6 +241,10 @@ def encode_frame(out: bytearray, frame: Frame, last: bool = True) -> None:
         out.append(STOP_SENDING)
         out += encode_varint(frame.stream_id)
         out += encode_varint(frame.error_code)
+    elif isinstance(frame, AckFrequencyFrame):
+        out.append(ACK_FREQUENCY)
+        out += encode_varint(frame.sequence)
+        out += encode_varint(frame.threshold)
     elif isinstance(frame, DatagramFrame):
         if not last:
             raise ValueError("a DATAGRAM frame runs to the end of the packet: it must be the last frame")
@@ -316,6 +331,10 @@ def _parse(view: memoryview) -> list[Frame] | None:
             flow_id, pos = decode_varint(view, pos)
             frames.append(DatagramFrame(flow_id, view[pos:]))
             pos = end
+        elif kind == ACK_FREQUENCY:
+            sequence, pos = decode_varint(view, pos)
+            threshold, pos = decode_varint(view, pos)
+            frames.append(AckFrequencyFrame(sequence, threshold))
         elif kind == CLOSE:
             code, pos = decode_varint(view, pos)
             length, pos = decode_varint(view, pos)

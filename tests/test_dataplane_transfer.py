@@ -381,3 +381,46 @@ def test_the_receive_window_grows_while_the_application_keeps_up_and_only_then()
     slow, held = _timed_transfer(4 << 20, 400_000.0)
     assert slow >= 9.0, f"a 400 kB/s reader got 4 MB in {slow:.2f} s"
     assert held <= 64 * 1024, f"a slow reader's window grew: it held {held} bytes unconsumed"
+
+
+@pytest.mark.parametrize(("ask", "most", "least"), [(True, 0.15, 0.05), (False, 0.4, 0.25)])
+def test_a_sender_with_much_in_flight_asks_for_fewer_acks(ask: bool, most: float, least: float) -> None:
+    """``ACK_FREQUENCY``: 2 MB/s over a 20 ms round trip (about 33 packets in flight), which the
+    receiver's own rate rule does not count as fast: asked, it ACKs every 8th to 10th packet;
+    not asked, every third or so. The bytes arrive either way."""
+    rng = random.Random(10)
+    viewer, device = pair(key_material(rng), ack_frequency=ask)
+    viewer.set_rate_cap(2_000_000.0)
+    sim = Simulation(viewer, device, Link(rng, delay=0.01), Link(rng, delay=0.01))
+    stream = viewer.open_stream()
+    data = rng.randbytes(3_000_000)
+    viewer.send(stream, data, end_stream=True)
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def done() -> bool:
+        take_stream_data(device, received, ended, sim.now)
+        return stream in ended
+
+    sim.run_until(done, max_steps=400_000)
+    assert bytes(received[stream]) == data
+    ratio = device.stats.acks_sent / device.stats.packets_received
+    assert least <= ratio <= most, (
+        f"{device.stats.acks_sent} ACKs for {device.stats.packets_received} packets"
+    )
+
+
+def test_ack_frequency_requests_are_bounded_and_stale_ones_ignored() -> None:
+    """A peer may ask for anything: the threshold stays within 1 .. MAX_ACK_THRESHOLD (the max
+    ACK delay still sends an ACK), and a request older than the last one applied (a
+    retransmission that arrives late) changes nothing."""
+    from dvrlink.protocol.dataplane import MAX_ACK_THRESHOLD
+    from dvrlink.protocol.dataplane_wire import AckFrequencyFrame
+
+    _, device = pair()
+    device._on_control_frame(AckFrequencyFrame(5, 10**12), 0.0)
+    assert device._ack.threshold == MAX_ACK_THRESHOLD
+    device._on_control_frame(AckFrequencyFrame(4, 3), 0.0)
+    assert device._ack.threshold == MAX_ACK_THRESHOLD, "a stale request was applied"
+    device._on_control_frame(AckFrequencyFrame(6, 0), 0.0)
+    assert device._ack.threshold == 1

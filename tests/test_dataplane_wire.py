@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from dvrlink.protocol.dataplane_wire import (
     MAX_VARINT,
     AckFrame,
+    AckFrequencyFrame,
     CloseFrame,
     DatagramFrame,
     Frame,
@@ -39,6 +40,8 @@ FRAMES: list[Frame] = [
     ResetStreamFrame(4, 7, 123_456),
     StopSendingFrame(0, 3),
     DatagramFrame(2, b"media"),
+    AckFrequencyFrame(1, 10),
+    AckFrequencyFrame(MAX_VARINT, 0),
     CloseFrame(1, "protocol error: ünïcode"),
 ]
 
