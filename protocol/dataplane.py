@@ -102,12 +102,17 @@ MAX_ACK_THRESHOLD = 64
 (its max ACK delay still sends one)."""
 
 
-def ack_threshold(in_flight: int, max_datagram: int) -> int:
-    """The ACK threshold a sender asks for with ``in_flight`` bytes outstanding: at least four
-    ACKs per flight, so that the window still grows and loss still shows within a round trip,
-    and between QUIC's every-second-packet and ``ACK_EVERY_HIGH``. A small flight (a cellular
-    uplink, the start of a transfer, a stream slower than its window) keeps the default."""
-    return min(ACK_EVERY_HIGH, max(ACK_EVERY, in_flight // max_datagram // 4))
+def ack_threshold(in_flight: int, max_datagram: int, asked: int = ACK_EVERY) -> int:
+    """The ACK threshold a sender asks for when at most ``in_flight`` bytes were outstanding in
+    the last round trip, having asked ``asked`` before: at least four ACKs per flight, so that
+    the window still grows and loss still shows within a round trip. In three steps (2, 4, 10),
+    and down only once the flight fell below half of what ``asked`` needs, so that a flight that
+    wanders does not change it every round trip. A small flight (a cellular uplink, the start of
+    a transfer, a stream slower than its window) keeps QUIC's every second packet."""
+    packets = in_flight // max_datagram // 4
+    if asked <= packets or packets * 2 < asked:
+        return ACK_EVERY_HIGH if packets >= ACK_EVERY_HIGH else 4 if packets >= 4 else ACK_EVERY
+    return asked
 
 
 NO_ERROR = 0
@@ -485,6 +490,9 @@ class DataplaneConnection:
         self._asked_threshold = ACK_EVERY
         """The ACK threshold last asked of the peer (``ACK_FREQUENCY``); it starts at the default."""
         self._asked_sequence = 0
+        self._flight_peak = 0
+        """The most bytes in flight after a pump since the threshold was last looked at."""
+        self._ack_frequency_due = now
         self._peer_ack_sequence = -1
         """The sequence of the last ``ACK_FREQUENCY`` applied (older ones are stale)."""
         self._recovery = Recovery(config.max_ack_delay_s)
@@ -1142,14 +1150,20 @@ class DataplaneConnection:
             if self._finished():
                 break
         if config.ack_frequency and out:
-            self._ask_ack_frequency(recovery.bytes_in_flight)
+            self._ask_ack_frequency(recovery.bytes_in_flight, now)
         return out
 
-    def _ask_ack_frequency(self, in_flight: int) -> None:
-        """Queue an ``ACK_FREQUENCY`` for the next packet if the threshold for what is in flight
-        after this pump (a window's worth for a bulk sender, a few packets for a stream that
-        sends less than the window allows) is not what the peer was last asked."""
-        wanted = ack_threshold(in_flight, self._max_datagram)
+    def _ask_ack_frequency(self, in_flight: int, now: float) -> None:
+        """Once per smoothed round trip, queue an ``ACK_FREQUENCY`` for the next packet if the
+        threshold for the largest flight of that round trip (a window's worth for a bulk sender,
+        a few packets for a stream that sends less than its window allows) is not what the peer
+        was last asked."""
+        self._flight_peak = max(self._flight_peak, in_flight)
+        if now < self._ack_frequency_due:
+            return
+        self._ack_frequency_due = now + self._recovery.rtt.smoothed
+        wanted = ack_threshold(self._flight_peak, self._max_datagram, self._asked_threshold)
+        self._flight_peak = 0
         if wanted != self._asked_threshold:
             self._asked_threshold = wanted
             self._asked_sequence += 1

@@ -408,6 +408,8 @@ def test_a_sender_with_much_in_flight_asks_for_fewer_acks(ask: bool, most: float
     assert least <= ratio <= most, (
         f"{device.stats.acks_sent} ACKs for {device.stats.packets_received} packets"
     )
+    # a steady flight is asked for once or twice (the start, then the window's size), not per pump
+    assert viewer._asked_sequence <= (3 if ask else 0), f"{viewer._asked_sequence} ACK_FREQUENCY requests"
 
 
 def test_ack_frequency_requests_are_bounded_and_stale_ones_ignored() -> None:
@@ -424,3 +426,16 @@ def test_ack_frequency_requests_are_bounded_and_stale_ones_ignored() -> None:
     assert device._ack.threshold == MAX_ACK_THRESHOLD, "a stale request was applied"
     device._on_control_frame(AckFrequencyFrame(6, 0), 0.0)
     assert device._ack.threshold == 1
+
+
+@pytest.mark.parametrize(
+    ("flight_packets", "asked", "wanted"),
+    [(0, 2, 2), (7, 2, 2), (16, 2, 4), (39, 2, 4), (40, 2, 10), (400, 4, 10), (39, 10, 10), (20, 10, 10),
+     (19, 10, 4), (16, 4, 4), (8, 4, 4), (7, 4, 2)],
+)  # fmt: skip
+def test_the_asked_threshold_moves_in_steps_and_comes_down_only_well_below(
+    flight_packets: int, asked: int, wanted: int
+) -> None:
+    from dvrlink.protocol.dataplane import ack_threshold
+
+    assert ack_threshold(flight_packets * 1200, 1200, asked) == wanted
