@@ -366,6 +366,7 @@ class SessionServer:
                     policy,
                     host_addresses=self._config.host_addresses or None,
                     search=self._config.port_search,
+                    coalesced_reads=False,  # a recorder mostly sends; it reads ACKs one at a time
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED
