@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytest_mock import MockerFixture
 from support.aio import run
 from support.broker import Lab
 from support.daemon_sessions import LOOPBACK, SERIAL, WAIT, echo_through, rig
@@ -37,7 +38,11 @@ from dvrlink.viewer.session_client import SessionBroker, trickle
 
 
 @pytest.mark.parametrize("policy", ["relay_only", "direct_only", "all"])
-def test_a_paired_viewer_forwards_through_the_daemon(tmp_path: Path, policy: str) -> None:
+def test_a_paired_viewer_forwards_through_the_daemon(
+    tmp_path: Path, policy: str, mocker: MockerFixture
+) -> None:
+    prepare = mocker.spy(Connectivity, "prepare")
+
     async def main() -> None:
         async with rig(tmp_path) as r:
             auth, key, pin = await r.pair()
@@ -59,6 +64,9 @@ def test_a_paired_viewer_forwards_through_the_daemon(tmp_path: Path, policy: str
             assert listed.path in ("relay", "lan", "direct")
             assert listed.plane == "data plane", "the forward did not ride the data plane"
             await r.watch.wait_for(rf"session {session_id[:8]}: viewer \S+ authenticated")
+            # the recorder reads its ACKs one at a time: no UDP_GRO on its side
+            device_side = [c for c in prepare.call_args_list if c.args[0] is False]
+            assert device_side and all(c.kwargs.get("coalesced_reads") is False for c in device_side)
 
             # A second stream on the same session, with RPC beside it.
             ping = await runner.open_stream(RpcTarget("ping"))
