@@ -230,26 +230,28 @@ def this_machine(mbytes: float, stream_seconds: float, openssl_seconds: int, sum
                   f"{verdict(ratio >= TARGET_RATIO)}]")  # fmt: skip
             summary.add("ratio to openssl per CPU-second, this machine", one_in(ratio), ">= 1/25",
                         ratio >= TARGET_RATIO)  # fmt: skip
-            _rss, cpu, fine, wall, moved, path = daemon_streaming.sample(
-                rig, stream_service.port, "direct", daemon_streaming.drain, stream_seconds
-            )
-            share = (fine if fine is not None else cpu) / wall
+
+            def streamed() -> tuple[float, float, float, str]:
+                """(dvrlinkd's share of a core, Mbit/s arrived, seconds, path) for ``stream_seconds``."""
+                _rss, cpu, fine, wall, moved, path = daemon_streaming.sample(
+                    rig, stream_service.port, "direct", daemon_streaming.drain, stream_seconds
+                )
+                return (fine if fine is not None else cpu) / wall, moved * 8 / wall / 1e6, wall, path
+
+            share, arrived, wall, path = streamed()
             print(
                 f"  dvrlinkd at {STREAM_BITS_S / 1e6:g} Mbit/s, direct ({path} path) device->viewer for "
-                f"{wall:.1f} s (bench.daemon_streaming's case): {moved * 8 / wall / 1e6:.2f} Mbit/s "
+                f"{wall:.1f} s (bench.daemon_streaming's case): {arrived:.2f} Mbit/s "
                 f"arrived, dvrlinkd {100 * share:.2f} % of a core  [target <= 0.8 %: "
                 f"{verdict(share <= TARGET_HOST_CPU)}]"
             )
             summary.add("dvrlinkd CPU at 4 Mbit/s, this machine", f"{100 * share:.2f} % of a core",
                         "<= 0.8 %", share <= TARGET_HOST_CPU)  # fmt: skip
             with busy_cores():
-                _rss, cpu, fine, wall, moved, path = daemon_streaming.sample(
-                    rig, stream_service.port, "direct", daemon_streaming.drain, stream_seconds
-                )
-            busy = (fine if fine is not None else cpu) / wall
+                busy, arrived, _wall, _path = streamed()
             print(
                 f"  the same with both cores kept busy (a SCHED_IDLE spinner on each): "
-                f"{moved * 8 / wall / 1e6:.2f} Mbit/s arrived, dvrlinkd {100 * busy:.2f} % of a core "
+                f"{arrived:.2f} Mbit/s arrived, dvrlinkd {100 * busy:.2f} % of a core "
                 f"(for information: the idle core's wake-ups cost the difference)"
             )
             print(f"  direct throughput, one core per end: {rate:,.1f} Mbit/s  [target >= 1 Gbit/s: "

@@ -120,26 +120,41 @@ def test_a_gro_socket_reads_a_coalesced_run_back_as_the_same_datagrams() -> None
     run(main)
 
 
+class Collect(asyncio.DatagramProtocol):
+    """Keeps what the batch reader hands on, and how many datagrams each wake-up brought; sets
+    ``enough`` once ``want`` arrived."""
+
+    def __init__(self, want: int) -> None:
+        self.got: list[bytes] = []
+        self.per_wake_up: list[int] = []
+        self.want = want
+        self.enough = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.got.append(data)
+
+    def wake_up_done(self) -> None:
+        self.per_wake_up.append(len(self.got) - sum(self.per_wake_up))
+        if len(self.got) >= self.want:
+            self.enough.set()
+
+
+async def gro_endpoint(collect: Collect) -> tuple[asyncio.DatagramTransport, GroReceiver]:
+    """A loopback endpoint for ``collect`` with UDP GRO set."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: collect, local_addr=(LOOPBACK, 0))
+    receiver = gro_receiver(transport)
+    assert receiver is not None, "no UDP GRO here"
+    return transport, receiver
+
+
 def test_the_batch_reader_hands_on_each_datagram_of_a_coalesced_read_in_order() -> None:
     """The daemon's path: ``batch_datagram_reads`` with a ``GroReceiver``, from a GSO sender."""
 
-    class Collect(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            self.got: list[bytes] = []
-            self.enough = asyncio.Event()
-            self.want = 0
-
-        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-            self.got.append(data)
-            if len(self.got) >= self.want:
-                self.enough.set()
-
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        collect = Collect()
-        transport, _ = await loop.create_datagram_endpoint(lambda: collect, local_addr=(LOOPBACK, 0))
-        receiver = gro_receiver(transport)
-        assert receiver is not None, "no UDP GRO here"
+        sent = datagrams([1300] * 45 + [50])
+        collect = Collect(len(sent))
+        transport, receiver = await gro_endpoint(collect)
         reads: list[int] = []
 
         def read() -> tuple[list[bytes], object]:
@@ -147,12 +162,11 @@ def test_the_batch_reader_hands_on_each_datagram_of_a_coalesced_read_in_order() 
             reads.append(len(datagrams))
             return datagrams, addr
 
-        assert asyncio_compat.batch_datagram_reads(transport, collect, 64, 65536, read_many=read)
+        assert asyncio_compat.batch_datagram_reads(
+            transport, collect, 64, 65536, after=collect.wake_up_done, read_many=read
+        )
         sender_transport = await endpoint()
-        sender = GsoSender(sender_transport)
-        sent = datagrams([1300] * 45 + [50])
-        collect.want = len(sent)
-        sender.send(sent, transport.get_extra_info("sockname"))
+        GsoSender(sender_transport).send(sent, transport.get_extra_info("sockname"))
         await asyncio.wait_for(collect.enough.wait(), BOUND_S)
         transport.close()
         sender_transport.close()
@@ -167,26 +181,9 @@ def test_a_wake_up_stops_reading_coalesced_runs_once_it_has_a_batch_of_datagrams
     took 64 reads of them would hold the session's answer (its ACKs, its window updates) back
     for thousands of datagrams."""
 
-    class Collect(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            self.got: list[bytes] = []
-            self.per_wake_up: list[int] = []
-            self.enough = asyncio.Event()
-
-        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-            self.got.append(data)
-
-        def wake_up_done(self) -> None:
-            self.per_wake_up.append(len(self.got) - sum(self.per_wake_up))
-            if len(self.got) >= 60:
-                self.enough.set()
-
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        collect = Collect()
-        transport, _ = await loop.create_datagram_endpoint(lambda: collect, local_addr=(LOOPBACK, 0))
-        receiver = gro_receiver(transport)
-        assert receiver is not None, "no UDP GRO here"
+        collect = Collect(60)
+        transport, receiver = await gro_endpoint(collect)
         assert asyncio_compat.batch_datagram_reads(
             transport, collect, 30, 65536, after=collect.wake_up_done, read_many=receiver.read
         )
