@@ -23,7 +23,6 @@ cipher's).
 from __future__ import annotations
 
 import heapq
-import importlib
 import struct
 from bisect import bisect_right
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from dvrlink.protocol.dataplane_keys import (
     PacketKey,
     ReplayWindow,
     initial_secret,
+    load_compiled,
 )
 from dvrlink.protocol.dataplane_recovery import (
     ACK_EVERY,
@@ -87,11 +87,8 @@ SealRun = Callable[[bytes, bytes, int, bytes, int, bytes, int, memoryview, int, 
 def _load_compiled_sealer() -> SealRun | None:
     """The compiled bulk sealer, or None where it was not built (the Python bulk path then does
     the same, slower)."""
-    try:
-        module = importlib.import_module("dvrlink.protocol._dataplane_seal")
-    except ImportError:
-        return None
-    sealer: SealRun = module.seal_stream_run
+    module = load_compiled()
+    sealer: SealRun | None = getattr(module, "seal_stream_run", None)
     return sealer
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -50,17 +51,19 @@ class _Opener(Protocol):
     open: OpenPacket
 
 
-def _load_compiled_opener() -> Callable[[bytes, bytes], _Opener] | None:
-    """The compiled module's ``Opener`` type, or None where it was not built."""
+def load_compiled() -> ModuleType | None:
+    """``dvrlink.protocol._dataplane_seal`` (the compiled bulk sealer and opener), or None where
+    it was not built: the data plane then seals and opens through ``cryptography`` (the same
+    bytes, slower)."""
     try:
-        module = importlib.import_module("dvrlink.protocol._dataplane_seal")
+        return importlib.import_module("dvrlink.protocol._dataplane_seal")
     except ImportError:
         return None
-    opener: Callable[[bytes, bytes], _Opener] | None = getattr(module, "Opener", None)
-    return opener
 
 
-_compiled_opener = _load_compiled_opener()
+_compiled = load_compiled()
+_compiled_opener: Callable[[bytes, bytes], _Opener] | None = getattr(_compiled, "Opener", None)
+"""The compiled module's ``Opener`` type, or None."""
 
 
 def initial_secret(viewer_random: bytes, device_random: bytes) -> bytes:

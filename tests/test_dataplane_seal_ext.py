@@ -11,7 +11,7 @@ import os
 import random
 
 import pytest
-from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
+from support.dataplane_link import Link, Simulation, key_material, pair, run_until_ended
 
 from dvrlink.protocol.dataplane_keys import IV_SIZE, PacketKey, initial_secret
 from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE as DIRECTION
@@ -127,15 +127,7 @@ def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and
         data = rng.randbytes(600_000)
         viewer.send(stream, data[:200_000])
         viewer.send(stream, data[200_000:], end_stream=True)
-        received: dict[int, bytearray] = {}
-        ended: set[int] = set()
-
-        def done() -> bool:
-            take_stream_data(device, received, ended, sim.now)
-            return stream in ended
-
-        sim.run_until(done, max_steps=500_000)
-        assert bytes(received[stream]) == data
+        assert run_until_ended(sim, device, stream, 500_000) == data
         return sim.sent_a
 
     compiled, python = transfer(True), transfer(False)

@@ -7,7 +7,7 @@ import hashlib
 import random
 
 import pytest
-from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
+from support.dataplane_link import Link, Simulation, key_material, pair, run_until_ended, take_stream_data
 
 from dvrlink.protocol.dataplane import (
     DataplaneClosed,
@@ -307,15 +307,7 @@ def test_the_bulk_path_puts_the_same_bytes_on_the_wire_as_the_general_one(
         data = rng.randbytes(400_000)
         viewer.send(stream, data[:150_000])
         viewer.send(stream, data[150_000:], end_stream=True)
-        received: dict[int, bytearray] = {}
-        ended: set[int] = set()
-
-        def done() -> bool:
-            take_stream_data(device, received, ended, sim.now)
-            return stream in ended
-
-        sim.run_until(done, max_steps=500_000)
-        assert bytes(received[stream]) == data
+        assert run_until_ended(sim, device, stream, 500_000) == data
         return sim.sent_a, viewer.stats.packets_sent
 
     bulk_wire, bulk_sent = transfer(bulk=True)
@@ -395,15 +387,7 @@ def test_a_sender_with_much_in_flight_asks_for_fewer_acks(ask: bool, most: float
     stream = viewer.open_stream()
     data = rng.randbytes(3_000_000)
     viewer.send(stream, data, end_stream=True)
-    received: dict[int, bytearray] = {}
-    ended: set[int] = set()
-
-    def done() -> bool:
-        take_stream_data(device, received, ended, sim.now)
-        return stream in ended
-
-    sim.run_until(done, max_steps=400_000)
-    assert bytes(received[stream]) == data
+    assert run_until_ended(sim, device, stream, 400_000) == data
     ratio = device.stats.acks_sent / device.stats.packets_received
     assert least <= ratio <= most, (
         f"{device.stats.acks_sent} ACKs for {device.stats.packets_received} packets"

@@ -48,12 +48,18 @@ async def endpoint() -> asyncio.DatagramTransport:
     return transport
 
 
+def loopback_receiver() -> socket.socket:
+    """A UDP socket on loopback with room for a burst (use it with ``with``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    return sock
+
+
 def test_runs_of_equal_datagrams_leave_in_one_call_each_and_arrive_in_order(mocker: MockerFixture) -> None:
     async def main() -> None:
         transport = await endpoint()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
-            receiver.bind((LOOPBACK, 0))
-            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        with loopback_receiver() as receiver:
             sender = GsoSender(transport)
             runs = mocker.spy(sender, "_send_run")
             # 70 full ones (more than a run may hold) and a short last one, then a lone small one
@@ -96,9 +102,7 @@ def test_a_refused_gso_send_falls_back_to_one_datagram_at_a_time(mocker: MockerF
 def test_a_gro_socket_reads_a_coalesced_run_back_as_the_same_datagrams() -> None:
     async def main() -> None:
         transport = await endpoint()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        with loopback_receiver() as sock:
             receiver = GroReceiver(sock)
             sender = GsoSender(transport)
             # two runs (the second ends short), then a datagram alone

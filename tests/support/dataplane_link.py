@@ -87,6 +87,20 @@ def take_stream_data(
                 ended.add(event.stream_id)
 
 
+def run_until_ended(sim: Simulation, receiver: DataplaneConnection, stream: int, max_steps: int) -> bytes:
+    """Run ``sim`` until ``stream`` ended at ``receiver`` (taking and consuming its data as it
+    arrives); returns the stream's bytes."""
+    received: dict[int, bytearray] = {}
+    ended: set[int] = set()
+
+    def done() -> bool:
+        take_stream_data(receiver, received, ended, sim.now)
+        return stream in ended
+
+    sim.run_until(done, max_steps=max_steps)
+    return bytes(received.get(stream, b""))
+
+
 def key_material(rng: random.Random | None = None) -> KeyMaterial:
     """Fresh key material (``os.urandom``), or from a seeded RNG for a repeatable run."""
     draw = rng.randbytes if rng is not None else os.urandom
