@@ -42,6 +42,7 @@ from dvrlink.session.streams import (
     CHUNK_SIZE,
     ServiceErrorCode,
     StreamLike,
+    TcpEnd,
     TrafficCounters,
     pump,
     reset_code,
@@ -154,11 +155,12 @@ class DeviceInfo:
 InfoProvider = Callable[[], DeviceInfo]
 Revoker = Callable[[], bool]
 """Forgets the session's viewer; True if it was paired. May raise (logged, stream reset)."""
-TcpConnector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+TcpConnector = Callable[[str, int], Awaitable[TcpEnd]]
 
 
-async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(host, port, limit=CHUNK_SIZE)
+async def _open_tcp(host: str, port: int) -> TcpEnd:
+    _, end = await asyncio.get_running_loop().create_connection(TcpEnd, host, port)
+    return end
 
 
 @dataclass(slots=True)
@@ -270,7 +272,7 @@ async def _serve_forward(
         return
     try:
         async with asyncio.timeout(config.connect_timeout_s):
-            reader, writer = await connect(target.host, target.port)
+            tcp = await connect(target.host, target.port)
     except TimeoutError:
         code, why = ServiceErrorCode.CONNECT_TIMEOUT, f"no answer within {config.connect_timeout_s:g} s"
     except ConnectionRefusedError:
@@ -279,7 +281,7 @@ async def _serve_forward(
         code, why = ServiceErrorCode.CONNECT_FAILED, exc.strerror or str(exc)
     else:
         log.info("%s: forward to %s open", label, where)
-        result = await pump(stream, reader, writer, (stats.traffic,))
+        result = await pump(stream, tcp, (stats.traffic,))
         if result.clean:
             log.info("%s: forward to %s done", label, where)
         else:

@@ -99,16 +99,33 @@ MAX_ACK_THRESHOLD = 64
 (its max ACK delay still sends one)."""
 
 
+ACKS_PER_FLIGHT = 2
+"""ACKs a sender with a large flight asks for per round trip (``ack_threshold``)."""
+MAX_ASKED_THRESHOLD = 32
+"""The largest threshold a sender asks for."""
+
+
 def ack_threshold(in_flight: int, max_datagram: int, asked: int = ACK_EVERY) -> int:
     """The ACK threshold a sender asks for when at most ``in_flight`` bytes were outstanding in
-    the last round trip, having asked ``asked`` before: at least four ACKs per flight, so that
-    the window still grows and loss still shows within a round trip. In three steps (2, 4, 10),
-    and down only once the flight fell below half of what ``asked`` needs, so that a flight that
-    wanders does not change it every round trip. A small flight (a cellular uplink, the start of
-    a transfer, a stream slower than its window) keeps QUIC's every second packet."""
-    packets = in_flight // max_datagram // 4
+    the last round trip, having asked ``asked`` before: two ACKs per flight (the flight the
+    path holds, without the ``asked`` packets the receiver held back), in powers of two
+    from 2 to ``MAX_ASKED_THRESHOLD``, and down only once the flight fell below half of what
+    ``asked`` needs, so that a flight that wanders does not change it every round trip.
+
+    Two per flight are enough: the window grows by the bytes an ACK acknowledges, whatever
+    their number; pacing, not ACKs, spaces the packets; and a gap still brings an ACK at once
+    (the receiver acknowledges a packet out of order immediately), so loss shows as soon as
+    before. Each ACK costs the sender a wake-up and a pass through its receive path, most of
+    a CPU-bound recorder's work per ACK (docs/protocol.md). A small flight (a cellular uplink,
+    the start of a transfer, a stream slower than its window) keeps QUIC's every second packet."""
+    # Less the packets the receiver holds back for the threshold itself, or the two would feed
+    # each other up to one ACK per flight on a stream slower than its window.
+    packets = max(0, in_flight // max_datagram - asked) // ACKS_PER_FLIGHT
     if asked <= packets or packets * 2 < asked:
-        return ACK_EVERY_HIGH if packets >= ACK_EVERY_HIGH else 4 if packets >= 4 else ACK_EVERY
+        wanted = ACK_EVERY
+        while wanted * 2 <= min(packets, MAX_ASKED_THRESHOLD):
+            wanted *= 2
+        return wanted
     return asked
 
 

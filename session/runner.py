@@ -196,6 +196,12 @@ class SessionStream:
         if runner._error is not None:
             raise runner._error
 
+    def must_drain(self) -> bool:
+        """True while ``drain`` would wait (more than ``buffer_limit`` bytes unacknowledged) or
+        raise (the session ended)."""
+        runner = self._runner
+        return runner._error is not None or runner._backlog(self.stream_id) > runner.buffer_limit
+
     def write_eof(self) -> None:
         """Finish our direction (FIN); reads go on. Idempotent.
 

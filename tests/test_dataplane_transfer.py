@@ -414,8 +414,8 @@ def test_ack_frequency_requests_are_bounded_and_stale_ones_ignored() -> None:
 
 @pytest.mark.parametrize(
     ("flight_packets", "asked", "wanted"),
-    [(0, 2, 2), (7, 2, 2), (16, 2, 4), (39, 2, 4), (40, 2, 10), (400, 4, 10), (39, 10, 10), (20, 10, 10),
-     (19, 10, 4), (16, 4, 4), (8, 4, 4), (7, 4, 2)],
+    [(0, 2, 2), (7, 2, 2), (10, 2, 4), (17, 2, 4), (18, 2, 8), (34, 2, 16), (66, 2, 32), (4000, 4, 32),
+     (95, 32, 32), (64, 32, 32), (63, 32, 8), (24, 8, 8), (16, 8, 8), (15, 8, 2), (11, 4, 4), (7, 4, 2)],
 )  # fmt: skip
 def test_the_asked_threshold_moves_in_steps_and_comes_down_only_well_below(
     flight_packets: int, asked: int, wanted: int

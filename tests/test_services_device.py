@@ -31,7 +31,7 @@ from support.services import (
 
 from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices
 from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode
-from dvrlink.session.streams import CHUNK_SIZE, ServiceErrorCode
+from dvrlink.session.streams import CHUNK_SIZE, ServiceErrorCode, TcpEnd
 
 MB5 = 5 * 1024 * 1024
 
@@ -132,11 +132,11 @@ def test_nothing_listening_is_connect_refused() -> None:
 
 
 def test_connect_timeout_and_other_failures_have_their_codes() -> None:
-    async def never(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def never(host: str, port: int) -> TcpEnd:
         await asyncio.get_running_loop().create_future()
         raise AssertionError
 
-    async def unreachable(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def unreachable(host: str, port: int) -> TcpEnd:
         raise OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH))
 
     async def main() -> None:
@@ -193,6 +193,61 @@ def test_half_close_from_the_server_then_the_request() -> None:
         viewer.write_eof()
         await asyncio.wait_for(task, WAIT)
         assert server.received == [b"late data"]
+        await server.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("server_fin", [False, True])
+def test_bytes_and_fin_that_came_before_the_pump_go_first(server_fin: bool) -> None:
+    """A server that speaks first (an SSH or FTP banner): what the ``TcpEnd`` read before the
+    pump attached reaches the stream first and whole, then what follows; a FIN that came that
+    early ends the stream after them. The connector hands the connection over only once the
+    banner was read."""
+    banner = os.urandom(300_000)  # more than CHUNK_SIZE: the held bytes paused the reading
+
+    async def banner_first(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: TcpServer
+    ) -> None:
+        writer.write(banner)
+        if server_fin:
+            writer.write_eof()
+        await writer.drain()
+        request = await reader.read()
+        srv.received.append(request)
+        if not server_fin:
+            writer.write(b"after " + request)
+            await writer.drain()
+
+    class Watched(TcpEnd):
+        def __init__(self) -> None:
+            super().__init__()
+            self.read_bytes = 0
+            self.banner_read = asyncio.Event()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.read_bytes += len(data)
+            if self.read_bytes >= CHUNK_SIZE:
+                self.banner_read.set()
+
+    async def connect(host: str, port: int) -> TcpEnd:
+        _, end = await asyncio.get_running_loop().create_connection(Watched, host, port)
+        await asyncio.wait_for(end.banner_read.wait(), WAIT)
+        return end
+
+    async def main() -> None:
+        server = await tcp_server(banner_first)
+        svc = services((f"{LOOPBACK}:{server.port}",), connect=connect)
+        viewer, device = stream_pair()
+        task = svc.start(device, ForwardTarget(LOOPBACK, server.port))
+        viewer.write(b"request")
+        viewer.write_eof()
+        got = await asyncio.wait_for(viewer.read_all(), WAIT)
+        assert got == banner + (b"" if server_fin else b"after request"), f"{len(got)} bytes, {got[-20:]!r}"
+        await asyncio.wait_for(task, WAIT)
+        assert server.received == [b"request"]
+        assert device.reset_by_me is None
         await server.close()
 
     run(main)

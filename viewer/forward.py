@@ -27,6 +27,7 @@ from dvrlink.session.streams import (
     CHUNK_SIZE,
     ServiceErrorCode,
     StreamLike,
+    TcpEnd,
     TrafficCounters,
     pump,
     reset_code,
@@ -279,8 +280,8 @@ class Forwarder:
         """
         spec = self._spec
         try:
-            self._server = await asyncio.start_server(
-                self._accepted, spec.bind_host, spec.local_port, limit=CHUNK_SIZE
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: TcpEnd(self._connected), spec.bind_host, spec.local_port
             )
         except OSError as exc:
             raise ViewerError(
@@ -303,23 +304,13 @@ class Forwarder:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # aclose cancelled it (the forward is stopping). Ended quietly: asyncio's
-            # start_server in Python 3.11 calls exception() on a cancelled connection task and
-            # prints a CancelledError traceback ("Exception in callback"); 3.12 checks first.
-            pass
-        finally:
-            if task is not None:
-                self._handlers.discard(task)
+    def _connected(self, tcp: TcpEnd) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(tcp))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
+    async def _serve(self, tcp: TcpEnd) -> None:
+        peername = tcp.get_extra_info("peername")
         peer = f"{_bracket(str(peername[0]))}:{peername[1]}" if peername else "?"
         stats = self.stats
         stats.connections_total += 1
@@ -332,10 +323,10 @@ class Forwarder:
             try:
                 stream = await self._opener.open_stream(target)
             except Exception as exc:
-                writer.transport.abort()
+                tcp.abort()
                 error = f"cannot open a stream to the device: {exc}"
                 return
-            result = await pump(stream, reader, writer, (mine, stats.traffic))
+            result = await pump(stream, tcp, (mine, stats.traffic))
             if not result.clean:
                 code = result.stream_error_code
                 if code is not None and code in REFUSAL_CODES and mine.to_tcp == 0:
@@ -350,7 +341,7 @@ class Forwarder:
             error = "the forward was closed"
             raise
         except Exception as exc:  # a bug: keep serving other connections
-            writer.transport.abort()
+            tcp.abort()
             error = f"internal error ({type(exc).__name__}: {exc})"
         finally:
             stats.connections_open -= 1

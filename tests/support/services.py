@@ -94,6 +94,13 @@ class FakeStream:
                 raise ConnectionError("drain on a reset stream")
             await self.changed.wait()
 
+    def must_drain(self) -> bool:
+        return (
+            len(self._peer().inbox) > self.limit
+            or self.reset_by_me is not None
+            or (self.reset_by_peer is not None)
+        )
+
     def write_eof(self) -> None:
         if self.sent_eof or self.reset_by_me is not None:
             return
