@@ -45,7 +45,6 @@ from dvrlink.protocol.dataplane_keys import (
 )
 from dvrlink.protocol.dataplane_recovery import (
     ACK_EVERY,
-    ACK_EVERY_HIGH,
     AckTracker,
     Recovery,
     Retransmittable,
