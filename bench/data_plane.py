@@ -300,15 +300,21 @@ def udp_batching_in_guest(board: Board, host_address: str) -> None:
         print(f"    {line}")
 
 
-def in_guest(arch: str, stream_mbytes: int, a7_bytes_s: float, summary: Summary) -> None:
+def in_guest(arch: str, stream_mbytes: int, a7_bytes_s: float, nic: str, summary: Summary) -> None:
     """Figures 6-7 in the QEMU guest, through ``bench.hil_guest``'s boot."""
     if os.geteuid() != 0:
         raise BenchError("the QEMU guest needs root (image build, boot): run with sudo, or --arch none")
     args = argparse.Namespace(
-        arch=arch, mem=0, idle_seconds=10.0, idle_minutes=0.0, stream_mbytes=stream_mbytes, openssl=None
+        arch=arch,
+        mem=0,
+        idle_seconds=10.0,
+        idle_minutes=0.0,
+        stream_mbytes=stream_mbytes,
+        openssl=None,
+        nic=nic,
     )
     with tempfile.TemporaryDirectory(prefix="dvrlink-data-plane-") as tmp:
-        print(f"{arch} guest (bench.hil_guest's boot: rigs/qemu-{arch}.toml, TCG):", flush=True)
+        print(f"{arch} guest (bench.hil_guest's boot: rigs/qemu-{arch}.toml, TCG, {nic} NIC):", flush=True)
         figures = hil_guest.boot(args, Path(tmp), udp_batching_in_guest)
     ms, kbytes_s = figures.stream_ms_per_mbit, figures.openssl_kbytes_s
     if ms is None or kbytes_s is None:
@@ -341,7 +347,7 @@ def run(args: argparse.Namespace) -> None:
     summary = Summary([])
     this_machine(args.mbytes, args.stream_seconds, 1 if args.quick else OPENSSL_SECONDS, summary)
     if args.arch != "none":
-        in_guest(args.arch, args.stream_mbytes, args.a7_bytes_per_s, summary)
+        in_guest(args.arch, args.stream_mbytes, args.a7_bytes_per_s, args.nic, summary)
     else:
         print("guest: skipped (--arch none)")
         summary.add("ratio to openssl per CPU-second, armhf guest", "not run", ">= 1/25", None)
@@ -362,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mbytes", type=float, default=None, help="MB per direct download (default 64)")
     parser.add_argument("--stream-seconds", type=float, default=None, help="4 Mbit/s window (default 30)")
     parser.add_argument("--stream-mbytes", type=int, default=16, help="MB streamed from the guest")
+    parser.add_argument("--nic", choices=tuple(hil_guest.NICS), default="virtio", help=hil_guest.NIC_HELP)
     parser.add_argument("--a7-bytes-per-s", type=float, default=A7_CHACHA20_POLY1305_BYTES_S,
                         help="ChaCha20-Poly1305 bytes/s of a 1 GHz Cortex-A7 (default: the published"
                              " per-byte costs, about 69.6e6)")  # fmt: skip

@@ -51,6 +51,11 @@ REPO = Path(__file__).resolve().parents[1]
 WEB_ROOT = "/tmp/www"
 MEMFREE_TARGET_KB = 32 * 1024
 MEMAVAILABLE_TARGET_KB = 64 * 1024
+NICS = {"virtio": "virtio-net-pci", "e1000": "e1000"}
+NIC_HELP = (
+    "the guest's network card: virtio (the rig's; no checksum offload on QEMU's user network, so no "
+    "UDP GSO) or e1000 (checksum offload, as on recorder MACs that have it)"
+)
 TOP_RSS = (
     "for d in /proc/[0-9]*; do r=$(sed -n 's/^VmRSS:[[:space:]]*//p' $d/status 2>/dev/null); "
     "[ -n \"$r\" ] && echo \"${r% kB} $(tr '\\0' ' ' < $d/cmdline | cut -c1-40)\"; "
@@ -291,8 +296,8 @@ def boot(
             broker.info.udp_port,
             broker.info.public_key,
         )
-        say(f"{args.arch}: booting under TCG with {mem} MB ({rig.board.init} init)")
-        board = start_qemu_board(rig, board_target, image, config, run_dir / "board")
+        say(f"{args.arch}: booting under TCG with {mem} MB ({rig.board.init} init, {NICS[args.nic]})")
+        board = start_qemu_board(rig, board_target, image, config, run_dir / "board", nic=NICS[args.nic])
         pattern = rf"serial {rig.serial} bound to key .* on first registration from "
         try:
             broker.process.wait_for(pattern, rig.board.boot_timeout_s)
@@ -460,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-minutes", type=float, default=0.0, help="a longer idle window, in minutes")
     parser.add_argument("--stream-mbytes", type=int, default=16, help="MB fetched through dvrlinkd (0: skip)")
     parser.add_argument("--openssl", type=Path, default=None, help="an openssl binary for the guest's arch")
+    parser.add_argument("--nic", choices=tuple(NICS), default="virtio", help=NIC_HELP)
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -344,8 +344,10 @@ def start_qemu_board(
     config_text: str,
     run_dir: Path,
     extra_args: tuple[str, ...] = (),
+    nic: str = "virtio-net-pci",
 ) -> Board:
-    """Boot ``image`` with ``config_text`` as its dvrlinkd.toml and the installer console on a PTY.
+    """Boot ``image`` with ``config_text`` as its dvrlinkd.toml and the installer console on a PTY
+    (``nic``: ``BootOptions.nic``).
 
     The shell is the board console: ``Board.ready`` waits for its root shell.
 
@@ -358,6 +360,7 @@ def start_qemu_board(
         mem_mb=rig.board.mem_mb or target.default_mem_mb,
         config=config,
         extra_args=(*installer_console_args(), *extra_args),
+        nic=nic,
     )
     guest = Guest(target, image, options, run_dir)
     guest.start()

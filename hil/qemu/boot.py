@@ -74,6 +74,11 @@ class BootOptions:
     extra_cmdline: str = ""
     extra_args: tuple[str, ...] = ()
     """More QEMU arguments, appended as given (a modem's serial port, a second NIC, a console)."""
+    nic: str = "virtio-net-pci"
+    """The network card on QEMU's user network. virtio-net there offers no checksum offload
+    (the user network has no virtio-net header), so the guest's kernel refuses UDP GSO with
+    EIO and sends datagram by datagram; ``e1000`` offers it, as the recorders' MACs with
+    checksum offload do (docs/benchmarks.md, section 15)."""
 
 
 def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Path) -> list[str]:
@@ -119,7 +124,7 @@ def qemu_command(target: Target, image: Image, options: BootOptions, run_dir: Pa
         "-netdev",
         "user,id=net0",
         "-device",
-        "virtio-net-pci,netdev=net0,romfile=",  # no option ROM: the kernel boots without firmware
+        f"{options.nic},netdev=net0,romfile=",  # no option ROM: the kernel boots without firmware
         "-device",
         "virtio-rng-pci",
         "-device",
