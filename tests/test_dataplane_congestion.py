@@ -7,10 +7,11 @@ from __future__ import annotations
 import random
 import statistics
 
+import pytest
 from support.dataplane_link import Link, Simulation, key_material, pair, take_stream_data
 
 from dvrlink.protocol.dataplane import StreamData
-from dvrlink.protocol.dataplane_congestion import BURST_PACKETS, LedbatController, Pacer
+from dvrlink.protocol.dataplane_congestion import BURST_PACKETS, PACING_GAIN, LedbatController, Pacer
 
 RATE = 250_000.0
 """Bottleneck: 2 Mbit/s, a 3G-class uplink."""
@@ -110,6 +111,24 @@ def test_pacer_releases_nothing_early_and_says_when() -> None:
     assert abs(release - 1200 / 150_000) < 1e-9, release
     assert not pacer.can_send(1200, release - 1e-4), "the pacer released a packet before its time"
     assert pacer.can_send(1200, release), "the pacer did not release at the time it named"
+
+
+@pytest.mark.parametrize(
+    ("rate", "at_least", "at_most"), [(1_700_000.0, 4, 6), (5_000.0, 1, 1), (150_000.0, 1, 1)]
+)
+def test_a_blocked_sender_is_woken_for_a_batch_not_per_packet(
+    rate: float, at_least: int, at_most: int
+) -> None:
+    """Once the burst is spent, the release the pacer names lets several packets go at 13.6
+    Mbit/s (4 ms of accrual), one at cellular rates (where one packet takes longer than that)."""
+    pacer = Pacer(1452, now=0.0)
+    pacer.update_rate(cwnd=rate / PACING_GAIN, smoothed_rtt=1.0)
+    while pacer.can_send(1452, 0.0):
+        pacer.on_sent(1452)
+    release = pacer.next_release(1452)
+    assert release > 0.0, "the pacer named no wait with its burst spent"
+    allowed = pacer.packets_allowed(1452, release)
+    assert at_least <= allowed <= at_most, f"{allowed} packets at {release * 1e3:.2f} ms, rate {rate:.0f} B/s"
 
 
 def test_connection_timer_includes_the_pacer_release() -> None:
