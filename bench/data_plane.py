@@ -315,6 +315,10 @@ def in_guest(arch: str, stream_mbytes: int, a7_bytes_s: float, nic: str, summary
     """Figures 6-7 in the QEMU guest, through ``bench.hil_guest``'s boot."""
     if os.geteuid() != 0:
         raise BenchError("the QEMU guest needs root (image build, boot): run with sudo, or --arch none")
+    # Undo this_machine's pinning before QEMU and the viewer start (they inherit it): on one core
+    # they take turns, and the guest then counts the time QEMU waited as its processes' CPU
+    # (its timer ticks land on whatever ran when QEMU resumed).
+    os.sched_setaffinity(0, online_cores())
     args = argparse.Namespace(
         arch=arch,
         mem=0,
