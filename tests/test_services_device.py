@@ -198,13 +198,14 @@ def test_half_close_from_the_server_then_the_request() -> None:
     run(main)
 
 
-@pytest.mark.parametrize("server_fin", [False, True])
-def test_bytes_and_fin_that_came_before_the_pump_go_first(server_fin: bool) -> None:
+@pytest.mark.parametrize(("server_fin", "size"), [(False, 300_000), (True, 3_000)])
+def test_bytes_and_fin_that_came_before_the_pump_go_first(server_fin: bool, size: int) -> None:
     """A server that speaks first (an SSH or FTP banner): what the ``TcpEnd`` read before the
     pump attached reaches the stream first and whole, then what follows; a FIN that came that
     early ends the stream after them. The connector hands the connection over only once the
-    banner was read."""
-    banner = os.urandom(300_000)  # more than CHUNK_SIZE: the held bytes paused the reading
+    banner was read: more than ``CHUNK_SIZE`` of it, so that the held bytes paused the reading;
+    or, with the FIN, all of it and the FIN."""
+    banner = os.urandom(size)
 
     async def banner_first(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: TcpServer
@@ -228,8 +229,13 @@ def test_bytes_and_fin_that_came_before_the_pump_go_first(server_fin: bool) -> N
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             self.read_bytes += len(data)
-            if self.read_bytes >= CHUNK_SIZE:
+            if not server_fin and self.read_bytes >= CHUNK_SIZE:
                 self.banner_read.set()
+
+        def eof_received(self) -> bool:
+            if server_fin:
+                self.banner_read.set()
+            return super().eof_received()
 
     async def connect(host: str, port: int) -> TcpEnd:
         _, end = await asyncio.get_running_loop().create_connection(Watched, host, port)
