@@ -773,8 +773,12 @@ class DataplaneConnection:
 
     # ---- receiving --------------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
-        """Take one datagram from the path. Never raises for anything in ``data``."""
+    def receive_datagram(self, data: bytes | memoryview, now: float, arrived: float | None = None) -> None:
+        """Take one datagram from the path. ``arrived``: when it reached this host, where the
+        reader knows (the kernel's receive stamp), earlier than ``now`` by the time it waited
+        while this process was busy; an ACK in it then gives an RTT sample without that wait,
+        which is not on the path and which LEDBAT must not back off for. Never raises for
+        anything in ``data``."""
         stats = self._stats
         dropped = stats.dropped
         size = len(data)
@@ -863,7 +867,7 @@ class DataplaneConnection:
                 eliciting = True
                 self._on_stream_frame(*frame)
             elif kind is AckFrame:
-                self._on_ack(frame, now)  # type: ignore[arg-type]
+                self._on_ack(frame, now, arrived)  # type: ignore[arg-type]
             elif kind is DatagramFrame:
                 self._events.append(DatagramReceived(frame.flow_id, bytes(frame.data)))  # type: ignore[union-attr]
             elif kind is PingFrame:
@@ -1016,14 +1020,14 @@ class DataplaneConnection:
             if end > stream.delivered:
                 self._deliver(stream, data[stream.delivered - offset :])
 
-    def _on_ack(self, frame: AckFrame, now: float) -> None:
+    def _on_ack(self, frame: AckFrame, now: float, arrived: float | None = None) -> None:
         recovery = self._recovery
         flight = recovery.bytes_in_flight
         ranges = frame.ranges
         if ranges[0][1] >= self._next_pn:
             self._fail(PROTOCOL_ERROR, f"an ACK for packet {ranges[0][1]}, which was never sent")
             return
-        acked, lost = recovery.on_ack(ranges, frame.ack_delay_us, now)
+        acked, lost = recovery.on_ack(ranges, frame.ack_delay_us, now, arrived)
         if not acked:
             return
         cc = self._cc

@@ -6,7 +6,8 @@ A simplified RFC 9002:
   by walking the ACK's ranges from the oldest outstanding number, so an ACK costs the packets it
   newly acknowledges, not the whole flight.
 - RTT: latest, smoothed, rttvar and min as RFC 9002 §5, the peer's ack delay subtracted (capped
-  at ``max_ack_delay``) when that leaves at least min_rtt.
+  at ``max_ack_delay``) when that leaves at least min_rtt. A sample ends when the ACK reached
+  this host where the reader knows (the kernel's receive stamp), not when it was processed.
 - Loss: a packet is lost when one sent 3 or more numbers later is acknowledged, or it was sent
   more than 9/8 * max(smoothed, latest) RTT before the newest acknowledged one.
 - PTO: ``smoothed + max(4 * rttvar, 1 ms) + max_ack_delay``, doubled per consecutive PTO; the
@@ -143,9 +144,12 @@ class Recovery:
         self.last_ack_eliciting_time = packet.time_sent
 
     def on_ack(
-        self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int, now: float
+        self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int, now: float, arrived: float | None = None
     ) -> tuple[list[SentPacket], list[SentPacket]]:
         """Process an ACK frame's ranges (highest first): (newly acknowledged, lost) packets.
+        The RTT sample ends at ``arrived``, when the ACK reached this host, where known and
+        between the packet's sending and ``now`` (a wall-clock step can put a kernel stamp
+        outside), and at ``now`` otherwise.
 
         Numbers that were never sent, or are already acknowledged, are ignored.
         """
@@ -172,7 +176,9 @@ class Recovery:
             self.largest_acked = largest
             if newest.packet_number == largest:
                 delay = min(ack_delay_us / 1e6, self.max_ack_delay)
-                self.rtt.update(now - newest.time_sent, delay)
+                sent_at = newest.time_sent
+                end = arrived if arrived is not None and sent_at <= arrived <= now else now
+                self.rtt.update(end - sent_at, delay)
         in_flight = self.bytes_in_flight
         for packet in acked:
             in_flight -= packet.size

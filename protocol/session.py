@@ -844,10 +844,13 @@ class _Session:
         """Feed one datagram from ``addr`` (each end's own)."""
         raise NotImplementedError
 
-    def receive_datagrams(self, datagrams: list[bytes], addr: NetworkAddress, now: float) -> None:
+    def receive_datagrams(
+        self, datagrams: list[bytes], addr: NetworkAddress, now: float, arrived: float | None = None
+    ) -> None:
         """Feed datagrams that arrived together from ``addr`` (one coalesced read), in order: as
-        ``receive_datagram`` each, with the data plane's run in one go. Never raises on bad
-        bytes."""
+        ``receive_datagram`` each, with the data plane's run in one go. ``arrived``: when they
+        reached this host's socket, where the reader knows (kernel stamps), for the data plane's
+        RTT samples. Never raises on bad bytes."""
         count = len(datagrams)
         index = 0
         while index < count:
@@ -863,7 +866,7 @@ class _Session:
                 data = datagrams[index]
                 if not data or not is_dataplane(data[0]):
                     break
-                receive(data, now)
+                receive(data, now, arrived)
                 index += 1
             if index > start:
                 self._heard_dataplane(plane, now)

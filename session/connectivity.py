@@ -83,7 +83,7 @@ from dvrlink.session.direct import (
     selected_transport,
     srflx_candidate,
 )
-from dvrlink.session.gso import GsoSender, gro_receiver, probe_path_mtu
+from dvrlink.session.gso import GsoSender, gro_receiver, probe_path_mtu, stamped_receiver
 from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
@@ -160,9 +160,11 @@ class Connectivity:
         """Called with each QUIC datagram received and the path it came on."""
         self.coalesced_reads = True
         """Read the ICE sockets with ``UDP_GRO`` where the kernel has it (``prepare``)."""
-        self.on_datagrams: Callable[[list[bytes], Path], None] = self._each
-        """Called instead with the datagrams of one coalesced read (``gso.GroReceiver``), in
-        order; the default hands each to ``on_datagram``."""
+        self.on_datagrams: Callable[[list[bytes], Path, float | None], None] = self._each
+        """Called instead with the datagrams of one read of an ICE socket (a coalesced run,
+        ``gso.GroReceiver``, or one stamped datagram, ``gso.StampedReceiver``), in order, and
+        when they reached the socket (on the event loop's clock; None where unknown); the
+        default hands each to ``on_datagram``."""
         self.on_batch: Callable[[], None] = lambda: None
         """Called after one or more ``on_datagram`` calls: at the end of each batch read from a
         socket in one wake-up, before control returns to the event loop; for datagrams that came
@@ -799,7 +801,7 @@ class Connectivity:
         log.info("path %s ready", path[0])
         self.on_path_ready(path)
 
-    def _each(self, datagrams: list[bytes], path: Path) -> None:
+    def _each(self, datagrams: list[bytes], path: Path, arrived: float | None) -> None:
         for data in datagrams:
             self.on_datagram(data, path)
 
@@ -847,9 +849,10 @@ class Connectivity:
         self._deliver(data, path)
         return True
 
-    def _ice_fast_many(self, datagrams: list[bytes], addr: object) -> bool:
-        """``_ice_fast`` for the datagrams of one coalesced read (one sender, one size): all of
-        them to the session in one call, or False (each then goes its own way)."""
+    def _ice_fast_many(self, datagrams: list[bytes], addr: object, arrived: float | None = None) -> bool:
+        """``_ice_fast`` for the datagrams of one read (a coalesced run: one sender, one size),
+        which reached the socket at ``arrived`` where known: all of them to the session in one
+        call, or False (each then goes its own way)."""
         route = self._ice_route
         path = self._ice_path
         if route is None or path is None or addr != route[1] or self._closed:
@@ -859,24 +862,41 @@ class Connectivity:
                 return False
         self.bytes_in[path] = self.bytes_in.get(path, 0) + sum(map(len, datagrams))
         self.last_in[path] = time.monotonic()
-        self.on_datagrams(datagrams, path)
+        self.on_datagrams(datagrams, path, arrived)
         self._batched = True
         return True
 
     def _read_ice(self, protocol: Any) -> None:
-        """Read an ICE socket in batches, the nominated pair's datagrams past aioice, a
-        coalesced run per read where the kernel has UDP GRO (``gso.GroReceiver``); and have it
-        send with DF set, for the data plane's path MTU probes (``gso.probe_path_mtu``)."""
+        """Read an ICE socket in batches, the nominated pair's datagrams past aioice: a
+        coalesced run per read where the kernel has UDP GRO (``gso.GroReceiver``, with
+        ``coalesced_reads``), or else each datagram with its arrival stamp
+        (``gso.StampedReceiver``); and have it send with DF set, for the data plane's path MTU
+        probes (``gso.probe_path_mtu``)."""
         self.path_mtu_probing = probe_path_mtu(protocol.transport) and self.path_mtu_probing
-        receiver = gro_receiver(protocol.transport) if self.coalesced_reads else None
+        transport = protocol.transport
+        read_many: Callable[[], tuple[list[bytes], Any]] | None = None
+        first_many: Callable[[list[bytes], Any], bool] = self._ice_fast_many
+        if self.coalesced_reads:
+            coalesced = gro_receiver(transport)
+            if coalesced is not None:
+                read_many = coalesced.read
+        else:
+            stamped = stamped_receiver(transport, RECV_SIZE)
+            if stamped is not None:
+                read_many = stamped.read
+                fast = self._ice_fast_many
+
+                def first_many(datagrams: list[bytes], addr: Any) -> bool:
+                    return fast(datagrams, addr, stamped.arrival)
+
         batch_reads(
-            protocol.transport,
+            transport,
             protocol,
             first=self._ice_fast,
             before=self._batch_start,
             after=self._batch_done,
-            read_many=receiver.read if receiver is not None else None,
-            first_many=self._ice_fast_many,
+            read_many=read_many,
+            first_many=first_many,
         )
 
     def _batch_start(self) -> None:

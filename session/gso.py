@@ -19,6 +19,12 @@ merged by the network card's GRO) as one buffer and its segment size in a contro
 ``GroReceiver`` cuts it back into the datagrams. ``bench.udp_batching`` measured 0.07 µs per
 datagram read that way against 0.44 µs with one ``recv`` each (6.2 against 38.9 µs in the armhf
 guest). A datagram that was not coalesced arrives alone, as before.
+
+A socket read one datagram at a time (a recorder's: it mostly sends, and reads ACKs) can carry
+each datagram's arrival time instead (``StampedReceiver``, ``SO_TIMESTAMPNS``): the kernel stamps
+it when it arrives, so an ACK that waited in the socket while this process was busy sending
+still gives the data plane the path's round trip, not the path's plus the process's backlog
+(``DataplaneConnection.receive_datagram``'s ``arrived``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from dvrlink.compat import asyncio_compat
@@ -48,6 +55,17 @@ MAX_BYTES = 65_000
 """Below the 65,507 bytes of one UDP payload, which the whole run must fit."""
 REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 """What a kernel or device without GSO answers."""
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""``asm-generic/socket.h``'s ``SO_TIMESTAMPNS_OLD`` (the same number on x86 and Arm); Python
+names it only on some builds."""
+SO_TIMESTAMPNS_NEW = 64
+"""What a 32-bit C library built with 64-bit ``time_t`` asks for instead (a 16-byte stamp)."""
+STAMP_CMSG_SPACE = socket.CMSG_SPACE(16)
+"""Room for a ``struct timespec`` of either width."""
+_STAMP_KINDS = (SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW)
+_WIDE = struct.Struct("=qq")
+_NARROW = struct.Struct("=ll")
 
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
@@ -167,6 +185,60 @@ class GroReceiver:
                     self.reads += 1
                     return [data[start : start + size] for start in range(0, len(data), size)], addr
         return [data], addr
+
+
+class StampedReceiver:
+    """Reads one UDP socket one datagram at a time with the kernel's arrival stamp
+    (``SO_TIMESTAMPNS``): after each ``read``, ``arrival`` is when that datagram reached the
+    socket, on ``time.monotonic``'s clock (the event loop's), or None where it came without a
+    stamp. See the module docstring."""
+
+    __slots__ = ("_recvmsg", "_size", "arrival")
+
+    def __init__(self, sock: socket.socket, size: int) -> None:
+        """Ask the kernel to stamp ``sock``'s datagrams; ``size``: the largest datagram read.
+
+        Raises:
+            OSError: the socket or the platform has no ``SO_TIMESTAMPNS``; read the socket
+                without stamps instead.
+        """
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._recvmsg = sock.recvmsg
+        self._size = size
+        self.arrival: float | None = None
+
+    def read(self) -> tuple[list[bytes], object]:
+        """The next datagram (alone in the list) and its sender, setting ``arrival``; raises
+        what ``recvmsg`` raises (``BlockingIOError`` when nothing is waiting)."""
+        data, ancillary, _flags, addr = self._recvmsg(self._size, STAMP_CMSG_SPACE)
+        arrival = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind in _STAMP_KINDS:
+                if len(value) >= 16:
+                    seconds, nanoseconds = _WIDE.unpack_from(value)
+                elif len(value) >= 8:
+                    seconds, nanoseconds = _NARROW.unpack_from(value)
+                else:
+                    break
+                # the stamp is on the wall clock: its age, taken from the monotonic clock now
+                arrival = time.monotonic() - (time.time() - (seconds + nanoseconds * 1e-9))
+        self.arrival = arrival
+        return [data], addr
+
+
+def stamped_receiver(transport: asyncio.BaseTransport, size: int) -> StampedReceiver | None:
+    """A ``StampedReceiver`` on ``transport``'s socket, or None where the loop, the platform or
+    the kernel has no stamps (the socket is then read without them). Never raises."""
+    if sys.platform != "linux":
+        return None
+    sock = asyncio_compat.datagram_socket(transport)
+    if sock is None:
+        return None
+    try:
+        return StampedReceiver(sock, size)
+    except OSError as exc:
+        log.info("no receive stamps on %s (%s): RTT samples end when a datagram is read", sock, exc)
+        return None
 
 
 def gro_receiver(transport: asyncio.BaseTransport) -> GroReceiver | None:

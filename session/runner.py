@@ -413,10 +413,10 @@ class _Runner:
         self._core.receive_datagram(data, path, self._loop.time())
         self._dirty = True  # the connectivity's on_batch (``_flush``) follows before the pass ends
 
-    def _on_datagrams(self, datagrams: list[bytes], path: Path) -> None:
+    def _on_datagrams(self, datagrams: list[bytes], path: Path, arrived: float | None) -> None:
         if self._shut:
             return
-        self._core.receive_datagrams(datagrams, path, self._loop.time())
+        self._core.receive_datagrams(datagrams, path, self._loop.time(), arrived)
         self._dirty = True
 
     def _on_path_ready(self, path: Path) -> None:

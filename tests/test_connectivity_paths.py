@@ -24,7 +24,9 @@ from support.connectivity import (
 )
 from support.session import Keys
 
-from dvrlink.protocol.session import ViewerSession
+from dvrlink.protocol.dataplane import DataplaneConnection
+from dvrlink.protocol.dataplane_recovery import Recovery
+from dvrlink.protocol.session import DeviceSession, ViewerSession
 from dvrlink.protocol.session_streams import RpcTarget, StreamTarget
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 from dvrlink.session.connectivity import (
@@ -150,6 +152,51 @@ def test_on_the_lan_path_session_datagrams_skip_aioice_and_leave_in_gso_runs(moc
             assert True in runs.spy_return_list, "every sendmsg run was refused on loopback"
             reads = [len(call.args[1]) for call in coalesced.call_args_list]
             assert reads and max(reads) > 1, f"no coalesced read reached the viewer's session: {reads[:20]}"
+
+    run(main)
+
+
+async def send_download(stream: SessionStream, target: StreamTarget) -> None:
+    """The device side of a download: 2 MB to the viewer, then FIN."""
+    await write_all(stream, payload(2_000_000, seed=6))
+
+
+def test_a_recorder_ends_its_rtt_samples_when_an_ack_arrived_not_when_read(mocker: MockerFixture) -> None:
+    """dvrlinkd reads its ICE sockets one stamped datagram at a time (``gso.StampedReceiver``):
+    each ACK reaches the data plane with the kernel's arrival time, and the RTT sample ends
+    there, so the time an ACK waits while the recorder is busy sending is not taken for
+    queuing on the path (LEDBAT would back off for it)."""
+
+    async def main() -> None:
+        reads = mocker.spy(DeviceSession, "receive_datagrams")
+        planes = mocker.spy(DataplaneConnection, "receive_datagram")
+        acks = mocker.spy(Recovery, "on_ack")
+        async with (
+            lab(with_turn=False) as the_lab,
+            session(
+                the_lab, PathPolicy.DIRECT_ONLY, on_stream=send_download, device_reads_as_dvrlinkd=True
+            ) as s,
+        ):
+            await asyncio.wait_for(s.viewer.established(), WAIT)
+            stream = await s.viewer.open_stream(RpcTarget("download"))
+            digest, size = await asyncio.wait_for(read_digest(stream), WAIT)
+            assert (digest, size) == (sha(payload(2_000_000, seed=6)), 2_000_000)
+        assert reads.call_args_list, "the device's session got no datagram through its ICE reader"
+        per_read = {len(call.args[1]) for call in reads.call_args_list}
+        assert per_read == {1}, f"the device read {per_read} datagrams at a time, not one"
+        unstamped = [call for call in reads.call_args_list if call.args[4] is None]
+        total = len(reads.call_args_list)
+        assert not unstamped, f"{len(unstamped)} of {total} device reads had no arrival stamp"
+        late = [call.args[4] - call.args[3] for call in reads.call_args_list if call.args[4] > call.args[3]]
+        assert not late, f"arrivals after their reads, by {late[:5]} s"
+        device_planes = {id(call.args[0].dataplane) for call in reads.call_args_list}
+        device_datagrams = [call for call in planes.call_args_list if id(call.args[0]) in device_planes]
+        assert device_datagrams and all(call.args[3] is not None for call in device_datagrams), (
+            "the device's data plane got datagrams without their arrival"
+        )
+        stamped_acks = [call for call in acks.call_args_list if call.args[4] is not None]
+        assert stamped_acks, f"none of {len(acks.call_args_list)} ACKs reached loss recovery with its arrival"
+        assert all(call.args[4] <= call.args[3] for call in stamped_acks)
 
     run(main)
 

@@ -33,6 +33,20 @@ def test_rtt_follows_rfc9002() -> None:
     assert rtt.latest == 0.105
 
 
+def test_an_rtt_sample_ends_when_the_ack_arrived_where_the_reader_knows() -> None:
+    """An ACK that waited 60 ms in the socket while the sender was busy: the sample is the 20 ms
+    the path took. An arrival outside [sent, now] (a wall-clock step under the kernel's stamp)
+    is not trusted: the sample then ends at ``now``, as without a stamp."""
+    recovery = Recovery(max_ack_delay=0.025)
+    sent(recovery, range(3), when=1.0)
+    recovery.on_ack(((0, 0),), 0, now=1.080, arrived=1.020)
+    assert recovery.rtt.latest == pytest.approx(0.020)
+    recovery.on_ack(((1, 1),), 0, now=1.100, arrived=0.5)
+    assert recovery.rtt.latest == pytest.approx(0.100), "an arrival before the sending"
+    recovery.on_ack(((2, 2),), 0, now=1.110, arrived=1.2)
+    assert recovery.rtt.latest == pytest.approx(0.110), "an arrival after now"
+
+
 def test_loss_by_packet_threshold_and_by_time() -> None:
     recovery = Recovery(max_ack_delay=0.025)
     sent(recovery, range(10), when=0.0)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 from pytest_mock import MockerFixture
 
 from dvrlink.compat import asyncio_compat
-from dvrlink.session.gso import MAX_BYTES, MAX_SEGMENTS, GroReceiver, GsoSender, gro_receiver
+from dvrlink.session.gso import MAX_BYTES, MAX_SEGMENTS, GroReceiver, GsoSender, StampedReceiver, gro_receiver
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="UDP GSO is Linux's")
 
@@ -122,6 +123,39 @@ def test_a_gro_socket_reads_a_coalesced_run_back_as_the_same_datagrams() -> None
         assert receiver.reads == 2 and buffers == 3, (receiver.reads, buffers)
 
     run(main)
+
+
+def test_a_stamped_socket_tells_when_each_datagram_arrived_not_when_it_was_read() -> None:
+    """The first datagram sits in the socket for 0.3 s before it is read, as an ACK does while a
+    recorder is busy sending: its arrival is when it was sent (loopback delivers at once), on
+    the monotonic clock, not when it was read."""
+    with loopback_receiver() as sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver = StampedReceiver(sock, 2048)
+        before_first = time.monotonic()
+        sender.sendto(b"first", sock.getsockname())
+        after_first = time.monotonic()
+        time.sleep(0.3)  # the stimulus: a read that comes late
+        before_second = time.monotonic()
+        sender.sendto(b"second", sock.getsockname())
+        sock.settimeout(BOUND_S)
+        first, first_addr = receiver.read()
+        first_arrival = receiver.arrival
+        second, _ = receiver.read()
+        second_arrival = receiver.arrival
+        read_at = time.monotonic()
+        sender_addr = sender.getsockname()
+    assert (first, second) == ([b"first"], [b"second"])
+    assert first_addr[1] == sender_addr[1]
+    assert first_arrival is not None and second_arrival is not None, "no SO_TIMESTAMPNS stamp came"
+    slack = 0.05  # the wall and monotonic clocks are read a moment apart
+    assert before_first - slack <= first_arrival <= after_first + slack, (
+        before_first,
+        first_arrival,
+        after_first,
+    )
+    assert second_arrival >= before_second - slack, (second_arrival, before_second)
+    waited = read_at - first_arrival
+    assert waited >= 0.3 - slack, f"the first datagram's stamp is its read: it waited {waited} s"
 
 
 class Collect(asyncio.DatagramProtocol):

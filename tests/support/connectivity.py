@@ -145,16 +145,18 @@ async def session(
     pin: str | None = None,
     turn_transport: str = "udp",
     trickle_direct: bool = False,
+    device_reads_as_dvrlinkd: bool = False,
 ) -> AsyncIterator[Session]:
     """A viewer and a device session over two ``Connectivity``; the device starts first.
 
     ``trickle_direct``: each side first gets only the other's relay candidate; the test hands
-    over the rest with ``trade_direct_candidates``.
+    over the rest with ``trade_direct_candidates``. ``device_reads_as_dvrlinkd``: the device
+    reads its ICE sockets as dvrlinkd does (one stamped datagram per read, no UDP GRO).
     """
     keys = Keys()
     device_conn = await Connectivity.prepare(
         False, the_lab.stun, the_lab.turn_servers("DL-0001-0002", turn_transport), policy,
-        host_addresses=[LOOPBACK],
+        host_addresses=[LOOPBACK], coalesced_reads=not device_reads_as_dvrlinkd,
     )  # fmt: skip
     viewer_conn = await Connectivity.prepare(
         True,
