@@ -115,12 +115,9 @@ class GsoSender:
     def send(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> None:
         """Send ``datagrams`` to ``addr`` in order: runs of equal size (and a shorter last one)
         in one call each, the rest alone. Never raises: a datagram network is lossy."""
-        transport = self.transport
         count = len(datagrams)
         if count < 2 or not self.enabled or self._queued():
-            # a queue in asyncio's transport (the socket was full) must drain first, in order
-            for data in datagrams:
-                transport.sendto(data, addr)
+            self._send_each(datagrams, addr)
             return
         start = 0
         while start < count:
@@ -132,9 +129,32 @@ class GsoSender:
             if end < limit and len(datagrams[end]) < size:
                 end += 1  # a shorter segment may end the run
             if end - start == 1 or not self._send_run(datagrams[start:end], size, addr):
-                for data in datagrams[start:end]:
-                    transport.sendto(data, addr)
+                self._send_each(datagrams[start:end], addr)
             start = end
+
+    def _send_each(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> None:
+        """One ``sendto`` per datagram, on the socket itself while asyncio's transport holds
+        nothing back: its ``sendto`` adds checks and calls that cost more than the system call
+        on a slow core (the path of every ACK, and of every datagram where a network card
+        without checksum offload makes the kernel refuse GSO). When the socket is full, the
+        rest go through the transport, which queues them in order and waits for room."""
+        transport = self.transport
+        sock = self._sock
+        if sock is None or self._queued():
+            # a queue in asyncio's transport (the socket was full) must drain first, in order
+            for data in datagrams:
+                transport.sendto(data, addr)
+            return
+        sendto = sock.sendto
+        for index, data in enumerate(datagrams):
+            try:
+                sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                for rest in datagrams[index:]:
+                    transport.sendto(rest, addr)
+                return
+            except OSError as exc:
+                log.debug("sendto %s failed: %s", addr, exc)  # lost, as a datagram may be; recovery resends
 
     def _send_run(self, run: Sequence[bytes], size: int, addr: tuple[str, int]) -> bool:
         sock = self._sock

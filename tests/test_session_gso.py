@@ -95,7 +95,9 @@ def test_a_refused_gso_send_falls_back_to_one_datagram_at_a_time(mocker: MockerF
             got = receive(receiver, 9)
             transport.close()
         assert got == first + second, [len(d) for d in got]
-        assert sendto.call_count == 9 and sender.sendmsg_calls == 0, (sendto.call_count, sender.sendmsg_calls)
+        assert sender.sendmsg_calls == 0, sender.sendmsg_calls
+        # one sendto each on the socket itself: asyncio's transport only queues when it is full
+        assert sendto.call_count == 0, f"{sendto.call_count} datagrams went through asyncio's sendto"
 
     run(main)
 
