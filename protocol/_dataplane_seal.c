@@ -3,7 +3,8 @@
  * its packets opened in C.
  *
  * One call builds a run of full data plane packets of one stream (a STREAM frame that runs to
- * the end of the packet, as protocol/dataplane.py's bulk path builds them) and seals each with
+ * the end of the packet, as protocol/dataplane.py's bulk path builds them), and on request a
+ * shorter last one for the queue's tail, and seals each with
  * ChaCha20-Poly1305 through OpenSSL's EVP interface, one cipher context per run. The Python
  * path (DataplaneConnection._send_bulk) stays the reference and the fallback: a test checks
  * that both put the same bytes on the wire. See docs/protocol.md, "The data plane".
@@ -53,12 +54,14 @@ static size_t put_varint(unsigned char *p, unsigned long long v) {
 
 PyDoc_STRVAR(seal_stream_run_doc,
 "seal_stream_run(key, iv, first_byte, receive_tag, packet_number, frame_prefix, offset, data,\n"
-"                max_payload, max_packets) -> list[bytes]\n"
+"                max_payload, max_packets, short_last=False) -> list[bytes]\n"
 "\n"
 "Full packets of one stream's bytes ``data`` (which start at stream offset ``offset``), each a\n"
 "STREAM frame to the end of the packet: ``frame_prefix`` (the frame type and the stream id's\n"
 "varint), the offset's varint, then as many bytes as fill ``max_payload``. Stops before a packet\n"
 "that ``data`` cannot fill, after ``max_packets``, or before the packet number passes 2**48 - 1.\n"
+"With ``short_last``, the bytes of ``data`` that cannot fill a packet go, within ``max_packets``,\n"
+"in one shorter last packet.\n"
 "The packets are numbered from ``packet_number`` and sealed with ChaCha20-Poly1305 (``key``,\n"
 "``iv``). Raises ValueError for arguments out of range, RuntimeError if OpenSSL fails.");
 
@@ -68,12 +71,13 @@ static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
     int first = 0;
     unsigned long long number = 0, offset = 0;
     Py_ssize_t max_payload = 0, max_packets = 0;
+    int short_last = 0;
     PyObject *out = NULL;
     EVP_CIPHER_CTX *ctx = NULL;
     unsigned char *plain = NULL;
 
-    if (!PyArg_ParseTuple(args, "y*y*iy*Ky*Ky*nn:seal_stream_run", &key, &iv, &first, &tag, &number,
-                          &prefix, &offset, &data, &max_payload, &max_packets)) {
+    if (!PyArg_ParseTuple(args, "y*y*iy*Ky*Ky*nn|p:seal_stream_run", &key, &iv, &first, &tag, &number,
+                          &prefix, &offset, &data, &max_payload, &max_packets, &short_last)) {
         return NULL;
     }
     if (key.len != KEY_SIZE || iv.len != IV_SIZE || tag.len != RECEIVE_TAG_SIZE) {
@@ -114,10 +118,14 @@ static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
         if (offset > MAX_VARINT) break;
         size_t head = (size_t)prefix.len + put_varint(plain + prefix.len, offset);
         Py_ssize_t count = max_payload - (Py_ssize_t)head;
-        if (count > left) break;
+        if (count > left) {
+            if (!short_last || left == 0) break;
+            count = left; /* the shorter last packet */
+        }
+        Py_ssize_t size = (Py_ssize_t)head + count;
         /* One update over the whole plaintext: two (the head, then the source) cost more. */
         memcpy(plain + head, source, (size_t)count);
-        PyObject *datagram = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + max_payload + TAG_SIZE);
+        PyObject *datagram = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + size + TAG_SIZE);
         if (datagram == NULL) {
             Py_CLEAR(out);
             goto done;
@@ -132,10 +140,10 @@ static PyObject *seal_stream_run(PyObject *self, PyObject *args) {
         int written = 0, last = 0;
         if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1
             || EVP_EncryptUpdate(ctx, NULL, &written, d, HEADER_SIZE) != 1
-            || EVP_EncryptUpdate(ctx, d + HEADER_SIZE, &written, plain, (int)max_payload) != 1
+            || EVP_EncryptUpdate(ctx, d + HEADER_SIZE, &written, plain, (int)size) != 1
             || EVP_EncryptFinal_ex(ctx, d + HEADER_SIZE + written, &last) != 1
-            || written + last != max_payload
-            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, d + HEADER_SIZE + max_payload) != 1) {
+            || written + last != size
+            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, d + HEADER_SIZE + size) != 1) {
             Py_DECREF(datagram);
             PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal a data plane packet");
             Py_CLEAR(out);

@@ -11,6 +11,7 @@ def seal_stream_run(
     data: bytes | bytearray | memoryview,
     max_payload: int,
     max_packets: int,
+    short_last: bool = False,
     /,
 ) -> list[bytes]: ...
 

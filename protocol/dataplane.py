@@ -79,7 +79,7 @@ from dvrlink.protocol.dataplane_wire import (
     varint_size,
 )
 
-SealRun = Callable[[bytes, bytes, int, bytes, int, bytes, int, memoryview, int, int], list[bytes]]
+SealRun = Callable[[bytes, bytes, int, bytes, int, bytes, int, memoryview, int, int, bool], list[bytes]]
 """``_dataplane_seal.seal_stream_run``'s shape."""
 
 
@@ -1190,8 +1190,9 @@ class DataplaneConnection:
         """The bulk of a transfer, one stream's fresh bytes in full packets and nothing else to
         send (no ACK, control frame, retransmission or probe due): the same packets as the
         general loop of ``datagrams_to_send`` would build, with a fraction of its per-packet
-        work. Stops where that loop has to take over: a short last packet, the FIN, the
-        windows, the pacer, another frame."""
+        work. The queue's tail, short of a packet, goes in a shorter last packet (a live
+        stream's every write ends in one). Stops where that loop has to take over: the FIN,
+        the windows, the pacer, another frame."""
         stream_id = next(iter(self._sendable))
         stream = self._streams.get(stream_id)
         if stream is None or stream.send_reset or stream.retransmit:
@@ -1229,6 +1230,9 @@ class DataplaneConnection:
                 payload += encode_varint(offset)
                 count = max_payload - len(payload)  # the frame runs to the end of the packet: no length
                 end = offset + count
+                if end > stream.end and fin_offset is None and offset < stream.end:
+                    end = stream.end  # the queue's tail, in a shorter packet, as the compiled sealer
+                    count = end - offset
                 if (
                     end > stream.end
                     or end > stream.peer_max_data
@@ -1290,6 +1294,9 @@ class DataplaneConnection:
         if stop <= start:
             return []
         key = self._send_key
+        # The queue's tail, short of a packet, goes in a shorter last packet (as the Python loop
+        # sends it), not through the general loop; a tail cut by a window or the FIN does not.
+        tail = stop == len(chunk) and index == len(stream.chunks) - 1 and stream.fin_offset is None
         made = sealer(
             key.key,
             key.iv_bytes,
@@ -1301,6 +1308,7 @@ class DataplaneConnection:
             chunk[start:stop],
             self._max_payload,
             packets,
+            tail,
         )
         if not made:
             return []

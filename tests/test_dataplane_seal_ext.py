@@ -11,7 +11,7 @@ import os
 import random
 
 import pytest
-from support.dataplane_link import Link, Simulation, key_material, pair, run_until_ended
+from support.dataplane_link import Link, Simulation, key_material, pair, run_until_ended, take_stream_data
 
 from dvrlink.protocol.dataplane_keys import IV_SIZE, PacketKey, initial_secret
 from dvrlink.protocol.dataplane_keys import VIEWER_TO_DEVICE as DIRECTION
@@ -25,7 +25,13 @@ TAG = b"\x01\x02\x03\x04"
 
 
 def python_run(
-    key: PacketKey, number: int, stream_id: int, offset: int, data: bytes, packets: int
+    key: PacketKey,
+    number: int,
+    stream_id: int,
+    offset: int,
+    data: bytes,
+    packets: int,
+    short_last: bool = False,
 ) -> list[bytes]:
     """The packets the Python bulk path builds, written out plainly."""
     out = []
@@ -34,7 +40,9 @@ def python_run(
         payload = bytearray((STREAM,)) + encode_varint(stream_id) + encode_varint(offset)
         count = MAX_PAYLOAD - len(payload)
         if count > len(data) - position:
-            break
+            if not short_last or position == len(data):
+                break
+            count = len(data) - position
         payload += data[position : position + count]
         header = HEADER.pack(0x20, TAG, number >> 32, number & 0xFFFFFFFF)
         out.append(header + key.aead.encrypt((key.iv ^ number).to_bytes(IV_SIZE, "big"), payload, header))
@@ -45,11 +53,27 @@ def python_run(
 
 
 def compiled_run(
-    key: PacketKey, number: int, stream_id: int, offset: int, data: bytes, packets: int
+    key: PacketKey,
+    number: int,
+    stream_id: int,
+    offset: int,
+    data: bytes,
+    packets: int,
+    short_last: bool = False,
 ) -> list[bytes]:
     prefix = bytes((STREAM,)) + encode_varint(stream_id)
     made: list[bytes] = seal_stream_run(
-        key.key, key.iv_bytes, 0x20, TAG, number, prefix, offset, memoryview(data), MAX_PAYLOAD, packets
+        key.key,
+        key.iv_bytes,
+        0x20,
+        TAG,
+        number,
+        prefix,
+        offset,
+        memoryview(data),
+        MAX_PAYLOAD,
+        packets,
+        short_last,
     )
     return made
 
@@ -64,6 +88,22 @@ def test_the_compiled_packets_are_the_python_packets_across_varint_sizes(stream_
     expected = python_run(key, 1_000, stream_id, offset, data, 100)
     assert len(expected) >= 18
     assert compiled_run(key, 1_000, stream_id, offset, data, 100) == expected
+
+
+def test_with_short_last_the_tail_goes_in_one_shorter_packet_as_python_builds_it() -> None:
+    """A queue's tail that cannot fill a packet: one shorter last packet, the same bytes as the
+    Python path's; within the packet count; none for an empty tail."""
+    key = PacketKey(initial_secret(KEYS.viewer_random, KEYS.device_random), DIRECTION, 0)
+    data = os.urandom(5 * MAX_PAYLOAD + 333)
+    made = compiled_run(key, 7, 4, 90_000, data, 100, short_last=True)
+    assert made == python_run(key, 7, 4, 90_000, data, 100, short_last=True)
+    sizes = [len(datagram) for datagram in made]
+    assert len(made) == 6 and sizes[-1] < sizes[0], sizes
+    assert len(compiled_run(key, 7, 4, 90_000, data, 100)) == 5, "a short packet without short_last"
+    assert len(compiled_run(key, 7, 4, 90_000, data, 5, short_last=True)) == 5, "past the packet count"
+    per_packet = MAX_PAYLOAD - 6  # the frame type, stream 4's varint, a 4-byte offset varint
+    exact = compiled_run(key, 7, 4, 90_000, data[: 5 * per_packet], 100, short_last=True)
+    assert len(exact) == 5, f"an empty tail made a packet: {[len(datagram) for datagram in exact]}"
 
 
 def test_it_stops_at_the_count_before_a_short_packet_and_below_the_last_packet_number() -> None:
@@ -110,10 +150,13 @@ def test_bad_arguments_are_refused_with_what_is_wrong(change: dict[str, object],
         )
 
 
+@pytest.mark.parametrize("pieces", [2, 17])
 def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and_without(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pieces: int
 ) -> None:
-    """The whole data plane, 1 % loss: the compiled sealer is a shortcut, not another protocol."""
+    """The whole data plane, 1 % loss: the compiled sealer is a shortcut, not another protocol.
+    In 2 pieces, queued at once (a packet crosses from one to the next), and in 17, each queued
+    once the last has arrived (each piece's tail goes in a shorter packet)."""
 
     def transfer(compiled: bool) -> list[bytes]:
         rng = random.Random(11)
@@ -125,15 +168,40 @@ def test_a_transfer_puts_the_same_bytes_on_the_wire_with_the_compiled_sealer_and
         sim.record = True
         stream = viewer.open_stream()
         data = rng.randbytes(600_000)
-        viewer.send(stream, data[:200_000])
-        viewer.send(stream, data[200_000:], end_stream=True)
-        assert run_until_ended(sim, device, stream, 500_000) == data
+        if pieces == 2:
+            viewer.send(stream, data[:200_000])
+            viewer.send(stream, data[200_000:], end_stream=True)
+            assert run_until_ended(sim, device, stream, 500_000) == data
+            return sim.sent_a
+        received: dict[int, bytearray] = {}
+        ended: set[int] = set()
+        size = -(-len(data) // pieces)
+        for start in range(0, len(data), size):
+            viewer.send(stream, data[start : start + size], end_stream=start + size >= len(data))
+            want = min(len(data), start + size)
+
+            def arrived(want: int = want) -> bool:
+                take_stream_data(device, received, ended, sim.now)
+                return len(received.get(stream, b"")) >= want
+
+            sim.run_until(arrived, max_steps=500_000)
+
+        def finished() -> bool:
+            take_stream_data(device, received, ended, sim.now)
+            return stream in ended
+
+        sim.run_until(finished, max_steps=500_000)
+        assert bytes(received[stream]) == data
         return sim.sent_a
 
     compiled, python = transfer(True), transfer(False)
     assert len(compiled) == len(python), (len(compiled), len(python))
     differing = [i for i, (a, b) in enumerate(zip(compiled, python, strict=True)) if a != b]
     assert not differing, f"{len(differing)} of {len(compiled)} datagrams differ, first at {differing[:1]}"
+    if pieces > 2:
+        full = max(len(datagram) for datagram in compiled)
+        short = [len(datagram) for datagram in compiled if len(datagram) < full and len(datagram) > 200]
+        assert len(short) >= pieces - 1, f"the pieces' tails did not go in shorter packets: {short}"
 
 
 KEYS = key_material(random.Random(3))
