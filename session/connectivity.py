@@ -648,7 +648,7 @@ class Connectivity:
             if route is None:
                 self.dropped += 1
                 return
-            route[0].sendto(data, route[1])
+            self._sender(route[0]).send_one(data, route[1])
         self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
 
     def send_many(self, datagrams: list[bytes], path: Path) -> None:
@@ -664,11 +664,14 @@ class Connectivity:
             self.dropped += len(datagrams)
             return
         transport, address = route
+        self.bytes_out[path] = self.bytes_out.get(path, 0) + self._sender(transport).send(datagrams, address)
+
+    def _sender(self, transport: asyncio.DatagramTransport) -> GsoSender:
+        """The sender on the nominated pair's socket (a new one when the socket changed)."""
         sender = self._gso
         if sender is None or sender.transport is not transport:
             sender = self._gso = GsoSender(transport)
-        sender.send(datagrams, address)
-        self.bytes_out[path] = self.bytes_out.get(path, 0) + sum(map(len, datagrams))
+        return sender
 
     def _direct_route(self) -> tuple[asyncio.DatagramTransport, tuple[str, int]] | None:
         """The nominated pair's socket and remote address (looked up again if its socket closed)."""

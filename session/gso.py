@@ -112,13 +112,14 @@ class GsoSender:
         self.sendmsg_calls = 0
         """``sendmsg`` calls that carried a run (for tests and benchmarks)."""
 
-    def send(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> None:
+    def send(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> int:
         """Send ``datagrams`` to ``addr`` in order: runs of equal size (and a shorter last one)
-        in one call each, the rest alone. Never raises: a datagram network is lossy."""
+        in one call each, the rest alone; returns their bytes (for the caller's counters).
+        Never raises: a datagram network is lossy."""
         count = len(datagrams)
         if count < 2 or not self.enabled or self._queued():
-            self._send_each(datagrams, addr)
-            return
+            return self._send_each(datagrams, addr)
+        total = 0
         start = 0
         while start < count:
             size = len(datagrams[start])
@@ -130,9 +131,24 @@ class GsoSender:
                 end += 1  # a shorter segment may end the run
             if end - start == 1 or not self._send_run(datagrams[start:end], size, addr):
                 self._send_each(datagrams[start:end], addr)
+            total += size * (end - start - 1) + len(datagrams[end - 1])
             start = end
+        return total
 
-    def _send_each(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> None:
+    def send_one(self, data: bytes, addr: tuple[str, int]) -> None:
+        """``send`` for one datagram, without the list. Never raises."""
+        sock = self._sock
+        if sock is None or self._queued():
+            self.transport.sendto(data, addr)
+            return
+        try:
+            sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.transport.sendto(data, addr)  # asyncio's transport queues it and waits for room
+        except OSError as exc:
+            log.debug("sendto %s failed: %s", addr, exc)  # lost, as a datagram may be; recovery resends
+
+    def _send_each(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> int:
         """One ``sendto`` per datagram, on the socket itself while asyncio's transport holds
         nothing back: its ``sendto`` adds checks and calls that cost more than the system call
         on a slow core (the path of every ACK, and of every datagram where a network card
@@ -140,21 +156,26 @@ class GsoSender:
         rest go through the transport, which queues them in order and waits for room."""
         transport = self.transport
         sock = self._sock
+        total = 0
         if sock is None or self._queued():
             # a queue in asyncio's transport (the socket was full) must drain first, in order
             for data in datagrams:
                 transport.sendto(data, addr)
-            return
+                total += len(data)
+            return total
         sendto = sock.sendto
         for index, data in enumerate(datagrams):
             try:
-                sendto(data, addr)
+                total += sendto(data, addr)
             except (BlockingIOError, InterruptedError):
                 for rest in datagrams[index:]:
                     transport.sendto(rest, addr)
-                return
+                    total += len(rest)
+                return total
             except OSError as exc:
                 log.debug("sendto %s failed: %s", addr, exc)  # lost, as a datagram may be; recovery resends
+                total += len(data)
+        return total
 
     def _send_run(self, run: Sequence[bytes], size: int, addr: tuple[str, int]) -> bool:
         sock = self._sock

@@ -66,7 +66,7 @@ def test_runs_of_equal_datagrams_leave_in_one_call_each_and_arrive_in_order(mock
             # 70 full ones (more than a run may hold) and a short last one, then a lone small one
             sizes = [1200] * 70 + [300, 80]
             sent = datagrams(sizes)
-            sender.send(sent, receiver.getsockname())
+            handed = sender.send(sent, receiver.getsockname())
             got = receive(receiver, len(sent))
             transport.close()
         assert [len(d) for d in got] == sizes, [len(d) for d in got]
@@ -76,6 +76,27 @@ def test_runs_of_equal_datagrams_leave_in_one_call_each_and_arrive_in_order(mock
         per_run = min(MAX_SEGMENTS, MAX_BYTES // 1200)
         assert lengths == [per_run, 70 - per_run + 1], lengths  # the 300-byte one ends run 2
         assert sender.sendmsg_calls == 2, sender.sendmsg_calls
+        assert handed == sum(sizes), f"send counted {handed} bytes for {sum(sizes)}"
+
+    run(main)
+
+
+def test_a_lone_datagram_goes_on_the_socket_itself_not_through_asyncio(mocker: MockerFixture) -> None:
+    """Each ACK is a lone datagram: ``send_one`` and ``send`` of one put it on the socket (asyncio's
+    ``sendto`` costs more than the system call on a slow core), and it arrives."""
+
+    async def main() -> None:
+        transport = await endpoint()
+        with loopback_receiver() as receiver:
+            sender = GsoSender(transport)
+            through_asyncio = mocker.spy(transport, "sendto")
+            sender.send_one(b"ack-1", receiver.getsockname())
+            handed = sender.send([b"ack-22"], receiver.getsockname())
+            got = receive(receiver, 2)
+            transport.close()
+        assert got == [b"ack-1", b"ack-22"]
+        assert handed == 6
+        assert through_asyncio.call_count == 0, f"{through_asyncio.call_count} went through asyncio's sendto"
 
     run(main)
 
