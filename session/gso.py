@@ -267,12 +267,18 @@ class StampedReceiver:
         return [data], addr
 
 
+def _linux_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """The socket of ``transport`` to set Linux socket options on, or None off Linux or where
+    the loop keeps no socket object."""
+    if sys.platform != "linux":
+        return None
+    return asyncio_compat.datagram_socket(transport)
+
+
 def stamped_receiver(transport: asyncio.BaseTransport, size: int) -> StampedReceiver | None:
     """A ``StampedReceiver`` on ``transport``'s socket, or None where the loop, the platform or
     the kernel has no stamps (the socket is then read without them). Never raises."""
-    if sys.platform != "linux":
-        return None
-    sock = asyncio_compat.datagram_socket(transport)
+    sock = _linux_socket(transport)
     if sock is None:
         return None
     try:
@@ -285,9 +291,7 @@ def stamped_receiver(transport: asyncio.BaseTransport, size: int) -> StampedRece
 def gro_receiver(transport: asyncio.BaseTransport) -> GroReceiver | None:
     """A ``GroReceiver`` on ``transport``'s socket, or None where the loop, the platform or the
     kernel has none (the socket is then read one datagram at a time). Never raises."""
-    if sys.platform != "linux":
-        return None
-    sock = asyncio_compat.datagram_socket(transport)
+    sock = _linux_socket(transport)
     if sock is None:
         return None
     try:
