@@ -648,7 +648,7 @@ class Connectivity:
             if route is None:
                 self.dropped += 1
                 return
-            self._sender(route[0]).send_one(data, route[1])
+            self._sender(route[0]).send((data,), route[1])
         self.bytes_out[path] = self.bytes_out.get(path, 0) + len(data)
 
     def send_many(self, datagrams: list[bytes], path: Path) -> None:

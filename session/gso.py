@@ -135,19 +135,6 @@ class GsoSender:
             start = end
         return total
 
-    def send_one(self, data: bytes, addr: tuple[str, int]) -> None:
-        """``send`` for one datagram, without the list. Never raises."""
-        sock = self._sock
-        if sock is None or self._queued():
-            self.transport.sendto(data, addr)
-            return
-        try:
-            sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.transport.sendto(data, addr)  # asyncio's transport queues it and waits for room
-        except OSError as exc:
-            log.debug("sendto %s failed: %s", addr, exc)  # lost, as a datagram may be; recovery resends
-
     def _send_each(self, datagrams: Sequence[bytes], addr: tuple[str, int]) -> int:
         """One ``sendto`` per datagram, on the socket itself while asyncio's transport holds
         nothing back: its ``sendto`` adds checks and calls that cost more than the system call

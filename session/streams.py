@@ -416,8 +416,8 @@ async def pump(
     Once the TCP side has also finished sending, the stream is reset (``CANCELLED``), so that a
     peer that would go on sending (a camera streaming to a player that quit) stops: over a
     cellular uplink those bytes cost money. On any other failure (a reset on either side, the
-    session gone) the TCP connection is aborted and the stream reset (``CANCELLED``). The
-    writer is closed in every case. Never raises, except ``CancelledError`` (after the same
+    session gone) the TCP connection is aborted and the stream reset (``CANCELLED``). The TCP
+    connection is closed in every case. Never raises, except ``CancelledError`` (after the same
     clean-up).
     """
     tcp_read_done = asyncio.Event()

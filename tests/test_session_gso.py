@@ -82,15 +82,15 @@ def test_runs_of_equal_datagrams_leave_in_one_call_each_and_arrive_in_order(mock
 
 
 def test_a_lone_datagram_goes_on_the_socket_itself_not_through_asyncio(mocker: MockerFixture) -> None:
-    """Each ACK is a lone datagram: ``send_one`` and ``send`` of one put it on the socket (asyncio's
-    ``sendto`` costs more than the system call on a slow core), and it arrives."""
+    """Each ACK is a lone datagram: ``send`` of one (a tuple or a list) puts it on the socket
+    (asyncio's ``sendto`` costs more than the system call on a slow core), and it arrives."""
 
     async def main() -> None:
         transport = await endpoint()
         with loopback_receiver() as receiver:
             sender = GsoSender(transport)
             through_asyncio = mocker.spy(transport, "sendto")
-            sender.send_one(b"ack-1", receiver.getsockname())
+            sender.send((b"ack-1",), receiver.getsockname())
             handed = sender.send([b"ack-22"], receiver.getsockname())
             got = receive(receiver, 2)
             transport.close()
