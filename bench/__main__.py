@@ -21,6 +21,7 @@ from bench import (
     relay_pps,
     session_setup,
     tunnel_throughput,
+    wakeup_floor,
 )
 from bench.common import parse_args
 
@@ -33,6 +34,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("tunnel_throughput", tunnel_throughput.main),
     ("relay_pps", relay_pps.main),
     ("daemon_streaming", daemon_streaming.main),
+    ("wakeup_floor", wakeup_floor.main),
     ("modem_online", modem_online.main),
     ("login_burst", login_burst.main),
     ("dataplane_core", dataplane_core.main),

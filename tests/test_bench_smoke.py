@@ -188,3 +188,19 @@ def test_udp_batching_prints_each_row() -> None:
     gso_rows = re.findall(r"b\. sendmsg UDP_SEGMENT, (\d+) segments per send: (not measured|[\d.]+ µs)", out)
     assert [int(k) for k, _ in gso_rows] == [8, 16, 44], out
     assert all((value == "not measured") == (found.group(1) == "NO") for _, value in gso_rows), out
+
+
+def test_wakeup_floor_prints_each_program_with_and_without_acks() -> None:
+    out = run_bench("wakeup_floor")
+    rows = re.findall(
+        r"^  (c|python|asyncio) +(an ACK per write|no ACKs) *: "
+        r"([\d.]+) % of a core, (\d+) µs per write \((\d+) writes",
+        out,
+        re.MULTILINE,
+    )
+    programs = [program for program, *_ in rows]
+    expected = ["python", "python", "asyncio", "asyncio"]
+    assert programs in (expected, ["c", "c", *expected]), out  # c only where a compiler built it
+    for *_, percent, us, writes in rows:
+        assert float(percent) > 0 and int(us) > 0 and int(writes) >= 2, out
+    assert "issue 14's target for dvrlinkd here: 0.8 % of a core" in out
