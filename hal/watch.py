@@ -161,7 +161,7 @@ class ChannelWatcher:
         to ``max_retry_s``."""
         if not self._failures:
             return self.config.poll_interval_s
-        delay = self.config.poll_interval_s * 2 ** min(self._failures, 16)
+        delay = self.config.poll_interval_s * (1 << min(self._failures, 16))
         return min(max(delay, self.config.poll_interval_s), self.config.max_retry_s)
 
     def status(self) -> list[ChannelStatus]:
