@@ -18,6 +18,10 @@ after a hold time.
 - **Errors.** ``failed`` reports the first of a run of read errors as ``DeviceError`` and the
   next successful reading as ``DeviceRecovered``; the channels keep their last states meanwhile.
   ``poll_delay`` backs off from the poll interval to ``max_retry_s`` while it fails.
+- **Reads.** The watcher keeps the poll schedule: when a read is due, ``handle_timer`` queues a
+  ``ReadDue`` and ``reads_due()`` hands it out (``datagrams_to_send``, by the name
+  ``dvrlink.driver.CoreDriver`` gives a core's output). The driver reads the device and answers
+  with ``update`` or ``failed``; the next read is due ``poll_delay()`` after that.
 
 Time is an argument: ``update(readings, now)``, ``get_timer()``, ``handle_timer(now)``.
 """
@@ -25,7 +29,7 @@ Time is an argument: ``update(readings, now)``, ``get_timer()``, ``handle_timer(
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dvrlink.hal.model import (
@@ -68,6 +72,13 @@ class WatchConfig:
             raise ValueError("watch setting poll_interval_s must be above 0 seconds")
 
 
+@dataclass(frozen=True, slots=True)
+class ReadDue:
+    """The watcher's request: read the device now (and, after a failure, ``reset`` it first)."""
+
+    reset_first: bool
+
+
 class _Channel:
     __slots__ = ("format", "motion", "motion_seen", "pending", "pending_since", "signal", "since")
 
@@ -95,6 +106,9 @@ class ChannelWatcher:
         self._events: deque[HalEvent] = deque()
         self._failing_since: float | None = None
         self._failures = 0
+        self._next_read: float | None = 0.0
+        """When the next read is due; None while one is out (asked for, not answered)."""
+        self._reads: list[ReadDue] = []
         self.errors = 0
         """Read errors counted since start."""
 
@@ -102,6 +116,7 @@ class ChannelWatcher:
 
     def update(self, readings: Iterable[ChannelReading], now: float) -> None:
         """Take a successful read of the device."""
+        self._next_read = now + self.config.poll_interval_s
         if self._failing_since is not None:
             self._events.append(DeviceRecovered(self.device, now, now - self._failing_since))
             self._failing_since = None
@@ -124,6 +139,7 @@ class ChannelWatcher:
         if self._failing_since is None:
             self._failing_since = now
             self._events.append(DeviceError(self.device, now, message))
+        self._next_read = now + self.poll_delay()
 
     # ---- output ----
 
@@ -131,9 +147,14 @@ class ChannelWatcher:
         """The oldest event not yet taken, or None."""
         return self._events.popleft() if self._events else None
 
+    def datagrams_to_send(self) -> Sequence[ReadDue]:
+        """The reads asked for since the last call (at most one; see the module's docstring)."""
+        reads, self._reads = self._reads, []
+        return reads
+
     def get_timer(self) -> float | None:
-        """When a pending change or a motion's end is next due, or None."""
-        due: float | None = None
+        """When a read, a pending change or a motion's end is next due, or None."""
+        due = self._next_read
         config = self.config
         for state in self._channels.values():
             if state.pending is not None:
@@ -145,7 +166,10 @@ class ChannelWatcher:
         return due
 
     def handle_timer(self, now: float) -> None:
-        """Confirm the changes and motion ends that are due."""
+        """Confirm the changes and motion ends that are due, and ask for a read if one is."""
+        if self._next_read is not None and now >= self._next_read:
+            self._next_read = None
+            self._reads.append(ReadDue(self._failing_since is not None))
         config = self.config
         for channel, state in self._channels.items():
             if state.pending is not None:
