@@ -56,6 +56,7 @@ from dvrlink.protocol.presence_events import (
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
+    from dvrlink.daemon.capture_service import CaptureService
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,9 @@ async def _run_locked(
             tuning.set_tcp_interval = link.set_tcp_keepalive_interval
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
+    capture = _start_capture(config, loop)
+    if capture is not None:
+        sessions.channels = capture.channels
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -272,6 +276,8 @@ async def _run_locked(
         if restart is None or not restart.is_set() or stop.is_set():
             notifier.stopping()
         watchdog.cancel()
+        if capture is not None:
+            capture.close()
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
@@ -284,6 +290,17 @@ async def _run_locked(
         link.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _start_capture(config: DaemonConfig, loop: asyncio.AbstractEventLoop) -> CaptureService | None:
+    """Watch the ``[[capture]]`` devices; None without any (the HAL is then never imported)."""
+    if not config.capture:
+        return None
+    from dvrlink.daemon.capture_service import CaptureService  # noqa: PLC0415
+
+    capture = CaptureService(config.capture, config.device.runtime_dir, loop.time)
+    capture.start()
+    return capture
 
 
 async def _first_of(stop: asyncio.Event, restart: asyncio.Event | None) -> None:

@@ -5,6 +5,7 @@
     dvrlinkd status [--config FILE] [--json]        show the running daemon's status
     dvrlinkd pairing-code [--config FILE] [--create] print the pairing code, fingerprint and QR string
     dvrlinkd hash-pin                               read an installer PIN, print its [console] pin_hash line
+    dvrlinkd synthetic CHANNEL ACTION [FORMAT]      script a synthetic camera of the running daemon
     dvrlinkd --version
 
 The config file is --config (before or after the command), else $DVRLINKD_CONFIG, else
@@ -55,6 +56,10 @@ COMMANDS = {
         "print the serial, pairing code, key fingerprint and pairing URI for the label (read-only; "
         "--create makes the key and code if the daemon has not yet)"
     ),
+    "synthetic": (
+        "script a synthetic camera of the running daemon: unplug, plug [FORMAT], no-lock, motion, "
+        "still (for demos and tests)"
+    ),
     "hash-pin": (
         "read an installer PIN for the serial console (prompted, or the first line of stdin) and "
         "print the [console] pin_hash line to paste into the config (needs no config file)"
@@ -79,7 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "check-config" if args.check_config else (args.command or "run")
     if command == "check-config":
         print(f"config OK: {describe(config)}")
+        if config.capture:
+            from dvrlink.daemon.capture_cli import check_capture, print_lines  # noqa: PLC0415
+
+            if not print_lines(check_capture(config)):
+                return EXIT_CONFIG
         return EXIT_OK
+    if command == "synthetic":
+        from dvrlink.daemon.capture_cli import synthetic_command  # noqa: PLC0415
+
+        return synthetic_command(config, args)
     if command == "status":
         return _status(config, as_json=args.json)
     if command == "pairing-code":
@@ -133,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name == "synthetic":
+            from dvrlink.daemon.capture_cli import add_synthetic_arguments  # noqa: PLC0415
+
+            add_synthetic_arguments(sub)
         if name == "pairing-code":
             sub.add_argument(
                 "--create",

@@ -18,9 +18,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.services import ServicesConfig, parse_services
+from dvrlink.hal.config import CaptureConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.port_prediction import SearchBudget
@@ -261,6 +263,8 @@ class DaemonConfig:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     modem: ModemSettings = field(default_factory=ModemSettings)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    capture: tuple[CaptureConfig, ...] = ()
+    """``[[capture]]``: the board's capture devices (none: no HAL)."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -300,7 +304,18 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     Raises:
         ConfigError: as for ``load_config``.
     """
-    sections = ("device", "broker", "presence", "pairing", "log", "services", "sessions", "modem", "console")
+    sections = (
+        "device",
+        "broker",
+        "presence",
+        "pairing",
+        "log",
+        "services",
+        "sessions",
+        "modem",
+        "console",
+        "capture",
+    )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
 
@@ -366,7 +381,10 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         port_search=ses.search_budget("port_search", metered=modem.enabled),
     )
     console = _parse_console(_Table(source, "console", document, ConsoleConfig))
-    return DaemonConfig(device, broker, presence, pairing, log, services, sessions, modem, console, source)
+    capture = parse_capture(document, source)
+    return DaemonConfig(
+        device, broker, presence, pairing, log, services, sessions, modem, console, capture, source
+    )
 
 
 def _parse_console(con: _Table) -> ConsoleConfig:

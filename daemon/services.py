@@ -12,6 +12,8 @@ the target from the stream-open header. What the viewer sees:
   then the stream ends.
 - ``RpcTarget("info")``: a JSON object ``{serial, version, uptime_s, forward, sessions}``, then
   the end of the stream.
+- ``RpcTarget("channels")``: a JSON object ``{"devices": [...]}``, the capture devices and their
+  channels' signal, format and motion (``CaptureService.channels``), then end of stream;
 - ``RpcTarget("unpair")``: the device forgets this session's viewer (``dvrlink unpair``) and
   answers ``{"revoked": true}`` (``false`` if it was already forgotten), then the stream ends.
   New sessions from that viewer are refused from then on; this one ends when the viewer closes it.
@@ -34,6 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.protocol.session_streams import ForwardTarget, StreamErrorCode, StreamTarget
@@ -150,6 +153,8 @@ class DeviceInfo:
     uptime_s: float
     sessions: int
     """Sessions open now."""
+    channels: list[dict[str, Any]] = field(default_factory=list)
+    """The capture devices and their channels (``CaptureService.channels``); empty without."""
 
 
 InfoProvider = Callable[[], DeviceInfo]
@@ -206,6 +211,11 @@ async def serve_stream(
         elif target.method == "info":
             if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
                 stream.write(_info_json(info_provider(), config))
+                stream.write_eof()
+                await stream.drain()
+        elif target.method == "channels":
+            if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
+                stream.write(json.dumps({"devices": info_provider().channels}).encode("utf-8"))
                 stream.write_eof()
                 await stream.drain()
         elif target.method == "unpair" and revoke is not None:

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -232,6 +232,8 @@ class SessionServer:
         """Why new sessions are refused now (the cellular data cap), told to the viewer; empty:
         they are admitted."""
         self._closers: set[asyncio.Task[None]] = set()
+        self.channels: Callable[[], list[dict[str, Any]]] = list
+        """The capture devices' channels for the ``channels`` RPC (``CaptureService.channels``)."""
 
     # -- public --
 
@@ -253,6 +255,7 @@ class SessionServer:
             version=self._version,
             uptime_s=time.monotonic() - self._started,
             sessions=len(self._sessions),
+            channels=self.channels(),
         )
 
     def handle(self, invite: InviteReceived, now: float) -> None:

@@ -49,7 +49,11 @@ class SyntheticDevice:
         channels: int = 4,
         video_format: VideoFormat = VideoFormat.AHD_1080P25,
         control: Path | None = None,
+        *,
+        check_control: bool = True,
     ) -> None:
+        """``check_control``: ``probe`` checks that the control file's folder exists (off for
+        the default file in the runtime folder, which the daemon makes when it starts)."""
         if not 1 <= channels <= 64:
             raise ValueError(f"a synthetic device has 1-64 channels, not {channels}")
         if video_format is VideoFormat.UNKNOWN:
@@ -59,6 +63,7 @@ class SyntheticDevice:
         self._cameras = [_Camera(SignalState.LOCKED, video_format, False) for _ in range(channels)]
         self._control = control
         self._control_stamp: tuple[int, int, int] | None = None
+        self._check_control = check_control
         self.controls = [PictureControls(128, 128, 128, 128) for _ in range(channels)]
         self.motion_settings = [MotionConfig() for _ in range(channels)]
         self.fail_reads = 0
@@ -98,7 +103,7 @@ class SyntheticDevice:
         return len(self._cameras)
 
     def probe(self) -> str:
-        if self._control is not None and not self._control.parent.is_dir():
+        if self._check_control and self._control is not None and not self._control.parent.is_dir():
             raise DeviceIoError(
                 f"{self._name}: the synthetic control file's folder {self._control.parent} does not "
                 "exist; create it or point [[capture]] control elsewhere"

@@ -38,6 +38,9 @@ DAEMON_MINIMAL = {
 
 SPELLED_AS = {("services", "forward_allow"): "forward"}
 """Fields the file spells otherwise."""
+ARRAYS = ("capture",)
+"""Sections written as arrays of tables ([[capture]]): the example shows a commented table, which
+``test_daemon_example_capture_table_loads`` checks."""
 NOT_KEYS = {("services", "max_rpc_request_bytes"): "a protocol bound, not a setting"}
 """Fields the file cannot set, and why (the loader must refuse each as a key)."""
 
@@ -85,7 +88,7 @@ def daemon_fields() -> Iterator[tuple[str, dataclasses.Field[object]]]:
     """(section, field) for every field of every section of the daemon's config."""
     hints = typing.get_type_hints(DaemonConfig)
     for section in dataclasses.fields(DaemonConfig):
-        if section.name == "source":
+        if section.name in ("source", *ARRAYS):
             continue
         for f in dataclasses.fields(hints[section.name]):
             yield section.name, f
@@ -133,6 +136,18 @@ def test_daemon_example_lists_every_key_with_its_default() -> None:
         if defaults and not any(defaults):
             problems.append(f"[{section}] {key}: no line of the example shows the default {f.default!r}")
     assert not problems, "\n".join(problems)
+
+
+def test_daemon_example_capture_table_loads(tmp_path: Path) -> None:
+    text = DAEMON_EXAMPLE.read_text().replace(PLACEHOLDER, KEY_B64)
+    head, _, table = text.partition("# [[capture]]\n")
+    assert table, "the example shows a commented [[capture]] table"
+    uncommented = "[[capture]]\n" + "".join(line.removeprefix("#   ") + "\n" for line in table.splitlines())
+    path = tmp_path / "dvrlinkd.toml"
+    path.write_text(head + uncommented)
+    (capture,) = load_config(path).capture
+    assert (capture.name, capture.backend, capture.watched()) == ("front", "synthetic", (0, 1, 2, 3))
+    assert capture.watch_settings.lost_after_s == 0.3 and capture.video_format.value == "ahd-1080p25"
 
 
 def test_daemon_example_loads(tmp_path: Path) -> None:

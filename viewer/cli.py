@@ -48,6 +48,7 @@ from dvrlink.viewer.forward import (
     ForwardRefused,
     ForwardSpec,
     ForwardStats,
+    device_channels,
     device_info,
     parse_forward_spec,
     ping,
@@ -64,6 +65,7 @@ from dvrlink.viewer.render import (
     mismatch_warning,
     mismatch_warnings,
     pin_status,
+    render_channels,
     render_devices,
     render_status,
 )
@@ -240,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("serial", metavar="SERIAL")
     ping.add_argument("-c", dest="count", metavar="N", type=int, default=4, help="pings to send (default 4)")
 
+    channels = sub.add_parser(
+        "channels",
+        parents=[common, session],
+        help="list a recorder's cameras: each channel's signal, format and motion",
+        description="Open a session to a device and list its capture channels: whether a camera "
+        "is connected (signal locked, no video, no lock), the format it was detected in, and motion.",
+    )
+    channels.add_argument("serial", metavar="SERIAL")
+    channels.add_argument("--json", action="store_true", help="print the device's reply as JSON")
+
     sub.add_parser(
         "sessions",
         parents=[common],
@@ -331,6 +343,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _forward(args, home)
     if command == "ping":
         return await _ping(args, home)
+    if command == "channels":
+        return await _channels(args, home)
     if command == "sessions":
         return await _sessions(args, home)
     if command == "logout":
@@ -816,6 +830,20 @@ async def _ping(args: argparse.Namespace, home: ViewerHome) -> int:
     print(
         f"{len(rtts)} pings to {serial}: min/avg/max {low * 1000:.1f}/{mean * 1000:.1f}/{high * 1000:.1f} ms"
     )
+    return EXIT_OK
+
+
+async def _channels(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    runner = await _open(args, home, serial)
+    try:
+        devices = await device_channels(runner)
+    finally:
+        await runner.close()
+    if args.json:
+        print(json.dumps({"serial": serial, "devices": devices}, indent=2))
+    else:
+        sys.stdout.write(render_channels(serial, devices))
     return EXIT_OK
 
 

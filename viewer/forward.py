@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from dvrlink.protocol.session_streams import ForwardTarget, RpcTarget, StreamErrorCode, StreamTarget
 from dvrlink.session.allow_list import allows, parse_allowed_target
@@ -39,6 +39,8 @@ DEFAULT_BIND = "127.0.0.1"
 DEFAULT_REMOTE_HOST = "127.0.0.1"
 MAX_PING_PAYLOAD = 64 * 1024
 MAX_INFO_BYTES = 64 * 1024
+MAX_CHANNELS_BYTES = 256 * 1024
+"""16 capture devices of 64 channels fit with room to spare."""
 _EXAMPLES = "e.g. 8554:554, 0.0.0.0:8080:80 or 8000:192.168.1.64:8000"
 
 
@@ -468,6 +470,27 @@ async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[
         if isinstance(body, dict):
             return body
     raise ViewerError("the device's info reply is not a JSON object: is it a dvrlinkd?")
+
+
+async def device_channels(opener: StreamOpener, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The device's ``channels`` reply: its capture devices, each with ``name``, ``backend``,
+    ``error`` and ``channels`` (``channel``, ``signal``, ``format``, ``motion``, ``for_s``).
+
+    Raises:
+        ViewerError: no reply in time, a reset (a dvrlinkd older than the HAL does not know
+            ``channels``), or a reply that is not ``{"devices": [...]}``.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, "channels", b"", MAX_CHANNELS_BYTES)
+    except TimeoutError:
+        raise ViewerError(f"no channels reply from the device within {timeout_s:g} s") from None
+    with contextlib.suppress(ValueError):
+        body = json.loads(reply)
+        devices = body.get("devices") if isinstance(body, dict) else None
+        if isinstance(devices, list) and all(isinstance(d, dict) for d in devices):
+            return devices
+    raise ViewerError('the device\'s channels reply is not {"devices": [...]}: is it a dvrlinkd?')
 
 
 def refused_forwards(specs: Sequence[ForwardSpec], info: Mapping[str, object]) -> list[str]:

@@ -182,3 +182,38 @@ def render_status(device: Device, pin: Pin | None, now: float) -> str:
     ]
     width = max(len(name) for name, _ in fields) + 1
     return "".join(f"{(name + ':').ljust(width)} {value}\n" for name, value in fields)
+
+
+def render_channels(serial: str, devices: Sequence[Mapping[str, object]]) -> str:
+    """The ``dvrlink channels`` table: one row per channel (signal, format, motion, for how
+    long), under a line per capture device; ends in a newline. Values a newer dvrlinkd adds are
+    ignored; missing ones show as ``?``."""
+    if not devices:
+        return f"{serial} has no capture devices (no [[capture]] in its dvrlinkd config)\n"
+    lines: list[str] = []
+    for device in devices:
+        name, backend, error = (str(device.get(key, "?")) for key in ("name", "backend", "error"))
+        lines.append(f"{name} ({backend})" + (f": {error}" if error and error != "?" else ""))
+        channels = device.get("channels")
+        rows = [("CHANNEL", "SIGNAL", "FORMAT", "MOTION", "FOR")]
+        for entry in channels if isinstance(channels, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            for_s = entry.get("for_s")
+            rows.append(
+                (
+                    str(entry.get("channel", "?")),
+                    str(entry.get("signal", "?")),
+                    str(entry.get("format", "?")) if entry.get("signal") == "locked" else "-",
+                    "yes" if entry.get("motion") is True else "no",
+                    format_interval(float(for_s)) if isinstance(for_s, (int, float)) else "?",
+                )
+            )
+        if len(rows) == 1:
+            lines.append("  (no channel read yet)")
+            continue
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += [
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+    return "\n".join(lines) + "\n"

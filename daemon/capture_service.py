@@ -1,0 +1,160 @@
+"""dvrlinkd's capture devices: opens each ``[[capture]]`` device, watches its channels, and hands
+the HAL's events to the daemon (the log, and the alarm queue when one is attached).
+
+A device that cannot be opened (a missing bus or node) does not stop the daemon: it is listed
+with its error in ``dvrlink channels`` and the status file, and opened again every
+``REOPEN_S``. One that fails while running is retried by its poller (``hal.poller``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dvrlink.hal.backends import open_device
+from dvrlink.hal.config import CaptureConfig
+from dvrlink.hal.model import (
+    DeviceError,
+    DeviceIoError,
+    FormatChanged,
+    HalEvent,
+    SignalLost,
+    SignalRestored,
+)
+from dvrlink.hal.poller import DevicePoller
+from dvrlink.hal.watch import ChannelWatcher
+
+log = logging.getLogger(__name__)
+
+REOPEN_S = 30.0
+"""How often a device that could not be opened is tried again."""
+EventSink = Callable[[HalEvent], None]
+
+
+class _Device:
+    __slots__ = ("config", "error", "poller", "reopen")
+
+    def __init__(self, config: CaptureConfig) -> None:
+        self.config = config
+        self.poller: DevicePoller | None = None
+        self.error = ""
+        self.reopen: asyncio.TimerHandle | None = None
+
+
+class CaptureService:
+    """The board's capture devices (see the module's docstring)."""
+
+    def __init__(
+        self, devices: Sequence[CaptureConfig], runtime_dir: Path, clock: Callable[[], float]
+    ) -> None:
+        self._devices = [_Device(config) for config in devices]
+        self._runtime_dir = runtime_dir
+        self._clock = clock
+        self._sinks: list[EventSink] = []
+        self._closed = False
+        self.events = 0
+        """HAL events handed out so far."""
+
+    def add_sink(self, sink: EventSink) -> None:
+        """Also hand each event to ``sink`` (the alarm queue); a sink that raises is logged."""
+        self._sinks.append(sink)
+
+    def start(self) -> None:
+        """Open the devices and start watching them (needs a running event loop)."""
+        for device in self._devices:
+            self._open(device)
+
+    def close(self) -> None:
+        """Stop watching and release the devices. Idempotent."""
+        self._closed = True
+        for device in self._devices:
+            if device.reopen is not None:
+                device.reopen.cancel()
+            if device.poller is not None:
+                device.poller.close()
+                device.poller = None
+
+    def channels(self) -> list[dict[str, Any]]:
+        """Each device with its channels as last reported, as ``dvrlink channels`` shows them
+        (JSON-ready): ``name``, ``backend``, ``error`` (empty when it reads fine), ``channels``
+        with ``channel``, ``signal``, ``format``, ``motion`` and ``for_s`` (since the signal
+        last changed)."""
+        now = self._clock()
+        out = []
+        for device in self._devices:
+            poller = device.poller
+            channels = [] if poller is None else poller.status()
+            error = device.error
+            if poller is not None and poller.watcher.failing:
+                error = error or "not answering; see the daemon's log"
+            out.append(
+                {
+                    "name": device.config.name,
+                    "backend": device.config.backend,
+                    "error": error,
+                    "channels": [
+                        {
+                            "channel": status.channel,
+                            "signal": status.signal.value,
+                            "format": status.format.value,
+                            "motion": status.motion,
+                            "for_s": round(max(0.0, now - status.since), 1),
+                        }
+                        for status in channels
+                    ],
+                }
+            )
+        return out
+
+    def _open(self, device: _Device) -> None:
+        device.reopen = None
+        if self._closed:
+            return
+        config = device.config
+        try:
+            capture = open_device(config, self._runtime_dir)
+        except (DeviceIoError, ValueError) as exc:
+            device.error = str(exc)
+            log.error("capture device %s: %s; trying again in %g s", config.name, exc, REOPEN_S)
+            device.reopen = asyncio.get_running_loop().call_later(REOPEN_S, self._open, device)
+            return
+        device.error = ""
+        watcher = ChannelWatcher(config.name, config.watched(), config.watch_settings)
+        device.poller = DevicePoller(capture, watcher, self._on_event)
+        device.poller.start()
+        log.info(
+            "capture device %s (%s): watching channels %s", config.name, config.backend, config.watched()
+        )
+
+    def _on_event(self, event: HalEvent) -> None:
+        self.events += 1
+        if isinstance(event, (SignalLost, DeviceError)):
+            log.warning("capture: %s", describe_event(event))
+        else:
+            log.info("capture: %s", describe_event(event))
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("an event sink failed on %r; carrying on", event)
+
+
+def describe_event(event: HalEvent) -> str:
+    """One line for the log: ``front channel 2: SignalLost (no-video)``."""
+    name = type(event).__name__
+    channel = getattr(event, "channel", None)
+    where = event.device if channel is None else f"{event.device} channel {channel}"
+    if isinstance(event, SignalLost):
+        detail = event.signal.value
+    elif isinstance(event, SignalRestored):
+        detail = event.format.value
+    elif isinstance(event, FormatChanged):
+        detail = f"{event.old.value} -> {event.new.value}"
+    elif isinstance(event, DeviceError):
+        detail = event.message
+    else:
+        detail = ""
+    return f"{where}: {name}" + (f" ({detail})" if detail else "")

@@ -1,0 +1,129 @@
+"""The HAL with real processes: dvrlinkd with a synthetic capture device, the broker, and
+``dvrlink channels``; ``dvrlinkd synthetic`` unplugs a camera of the running daemon, and
+``dvrlinkd check-config`` names what is wrong with a capture device."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dvrlink.protocol.pairing import PairingUri
+from hil.loopback import (
+    BIN,
+    Broker,
+    Daemon,
+    Viewer,
+    add_user,
+    loopback_services_toml,
+    make_daemon,
+    start_broker,
+    stop_all,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SERIAL = "DL-HAL-0001"
+CAPTURE = """
+[[capture]]
+name = "front"
+backend = "synthetic"
+channels = 4
+format = "ahd-1080p25"
+lost_after_s = 0.2
+"""
+
+
+def dvrlinkd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "dvrlinkd"), *args, "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[tuple[Daemon, Viewer]]:
+    started: list[Daemon | Broker] = []
+    try:
+        broker = start_broker(tmp_path / "broker")
+        started.append(broker)
+        add_user(broker.state_dir, "alice", "correct horse")
+        daemon = make_daemon(tmp_path, SERIAL, broker, extra_toml=loopback_services_toml() + CAPTURE)
+        daemon.start()
+        started.append(daemon)
+        wait_for(f"{SERIAL} online", daemon.online, 30)
+        viewer = Viewer(tmp_path / "viewer")
+        viewer.login(broker, "alice", "correct horse")
+        viewer.run("pair", SERIAL, PairingUri.parse(daemon.pairing_uri()).code)
+        yield daemon, viewer
+    finally:
+        stop_all(list(reversed(started)))
+
+
+def channel_rows(viewer: Viewer) -> dict[int, dict[str, object]]:
+    reply = json.loads(viewer.run("channels", SERIAL, "--json").stdout)
+    (device,) = reply["devices"]
+    assert (device["name"], device["backend"], device["error"]) == ("front", "synthetic", ""), device
+    return {row["channel"]: row for row in device["channels"]}
+
+
+def test_channels_lists_the_cameras_and_follows_an_unplug(rig: tuple[Daemon, Viewer]) -> None:
+    daemon, viewer = rig
+    table = viewer.run("channels", SERIAL).stdout
+    assert "front (synthetic)" in table, table
+    assert table.count("locked") == 4 and table.count("ahd-1080p25") == 4, table
+
+    unplug = dvrlinkd(daemon, "synthetic", "2", "unplug")
+    assert unplug.returncode == 0, unplug.stderr
+    wait_for(
+        "channel 2 to show no video",
+        lambda: channel_rows(viewer)[2]["signal"] == "no-video",
+        30,
+    )
+    rows = channel_rows(viewer)
+    assert [rows[c]["signal"] for c in range(4)] == ["locked", "locked", "no-video", "locked"], rows
+    log = daemon.log.read_text()
+    assert "front channel 2: SignalLost (no-video)" in log, log[-2000:]
+
+    assert dvrlinkd(daemon, "synthetic", "2", "plug", "cvbs-pal").returncode == 0
+    wait_for("channel 2 back in PAL", lambda: channel_rows(viewer)[2]["format"] == "cvbs-pal", 30)
+    assert "front channel 2: SignalRestored (cvbs-pal)" in daemon.log.read_text()
+
+
+def test_synthetic_and_check_config_say_what_is_wrong(tmp_path: Path) -> None:
+    broker_key = base64.b64encode(bytes(range(1, 33))).decode()
+    home = tmp_path / "dev"
+    home.mkdir()
+    config = home / "dvrlinkd.toml"
+    base = f'[device]\nserial = "{SERIAL}"\nstate_dir = "state"\nruntime_dir = "run"\n'
+    base += f'[broker]\nhost = "127.0.0.1"\npublic_key = "{broker_key}"\n'
+    daemon = Daemon(SERIAL, home, config)
+
+    config.write_text(base + '[[capture]]\nbackend = "synthetic"\ncontrol = "missing/dir/ctl"\n')
+    checked = dvrlinkd(daemon, "check-config")
+    assert checked.returncode == 78, checked
+    assert "capture device synthetic1 (synthetic)" in checked.stderr and "does not exist" in checked.stderr
+
+    config.write_text(base + '[[capture]]\nbackend = "synthetic"\n')
+    checked = dvrlinkd(daemon, "check-config")
+    assert checked.returncode == 0, checked.stderr
+    assert "capture device synthetic1 (synthetic): synthetic test pattern, 4 channels" in checked.stdout
+
+    not_running = dvrlinkd(daemon, "synthetic", "1", "unplug")
+    assert not_running.returncode == 2 and "start dvrlinkd first" in not_running.stderr
+    assert not (home / "run").exists(), "a refused command creates nothing"
+
+    config.write_text(base + "[capture]\nbackend = 'synthetic'\n")
+    single = dvrlinkd(daemon, "check-config")
+    assert single.returncode == 78 and "[[capture]] (double brackets" in single.stderr, single.stderr
+    config.write_text(base + '[[capture]]\nbackend = "hdmi"\n')
+    unknown = dvrlinkd(daemon, "check-config")
+    assert unknown.returncode == 78 and "backend" in unknown.stderr and "synthetic" in unknown.stderr
