@@ -1,4 +1,5 @@
-"""`make demo`: a broker and two simulated recorders on loopback; a viewer pairs one and lists them.
+"""`make demo`: a broker and two simulated recorders on loopback; a viewer pairs one, lists them,
+lists the first one's cameras (a synthetic capture device), sees one unplugged, and forwards a port.
 
 Everything runs as real processes in a fresh temporary directory and is stopped at the end.
 """
@@ -28,6 +29,24 @@ from hil.loopback import (
     stop_all,
     wait_for,
 )
+
+CAPTURE = """
+[[capture]]
+name = "front"
+backend = "synthetic"
+channels = 4
+"""
+
+
+def dvrlinkd(recorder: Daemon, *args: str) -> str:
+    """Run ``dvrlinkd ARGS --config`` for ``recorder``; its output (raises if it fails)."""
+    return subprocess.run(
+        [str(BIN / "dvrlinkd"), *args, "--config", str(recorder.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
 
 
 def step(text: str) -> None:
@@ -78,9 +97,12 @@ def run(root: Path) -> int:
         step("starting two simulated recorders (dvrlinkd)")
         services = loopback_services_toml(web_port)
         recorders = [
-            make_daemon(root / "devices", s, broker, extra_toml=services)
+            make_daemon(
+                root / "devices", s, broker, extra_toml=services + (CAPTURE if s.endswith("1") else "")
+            )
             for s in ("DL-DEMO-0001", "DL-DEMO-0002")
         ]
+        print(f"   {recorders[0].serial} has 4 synthetic cameras (a [[capture]] test pattern)")
         print(f"   each recorder serves its web page on 127.0.0.1:{web_port} and allows forwards to it")
         for recorder in recorders:
             recorder.start()
@@ -110,15 +132,19 @@ def run(root: Path) -> int:
 
         step(f"device status (dvrlinkd status) of {recorders[0].serial}")
 
-        show(
-            subprocess.run(
-                [str(BIN / "dvrlinkd"), "status", "--config", str(recorders[0].config)],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=30,
-            ).stdout
+        show(dvrlinkd(recorders[0], "status"))
+        step(f"viewer lists the cameras of {recorders[0].serial} (dvrlink channels)")
+        show(viewer.run("channels", recorders[0].serial).stdout)
+
+        step(f"someone cuts the cable of camera 2 (dvrlinkd synthetic 2 unplug on {recorders[0].serial})")
+        show(dvrlinkd(recorders[0], "synthetic", "2", "unplug"))
+        wait_for(
+            "channel 2 to lose its signal",
+            lambda: "no-video" in viewer.run("channels", recorders[0].serial).stdout,
+            30,
         )
+        show(viewer.run("channels", recorders[0].serial).stdout)
+
         step(
             f"viewer forwards a local port to the recorder web page "
             f"(dvrlink forward {recorders[0].serial} 0:{web_port})"
