@@ -11,7 +11,7 @@ Each ``[[capture]]`` table is one device::
     control = ""                # synthetic: its control file; default runtime_dir/capture-NAME.ctl
     bus = "/dev/i2c-1"          # decoder chips: the I2C bus
     address = 0x60              # decoder chips: the 7-bit address
-    device = "/dev/video0"      # v4l2: the node
+    devices = ["/dev/video0"]   # v4l2: the nodes, one per channel (channels defaults to their count)
     poll_interval_s = 0.2       # how often the device is read
     lost_after_s = 0.3          # a signal gone this long is SignalLost
     restored_after_s = 0.5      # a signal back this long is SignalRestored
@@ -41,13 +41,13 @@ KEYS = (
     "control",
     "bus",
     "address",
-    "device",
+    "devices",
     "poll_interval_s",
     "lost_after_s",
     "restored_after_s",
     "motion_hold_s",
 )
-NEEDS = {"bus": ("nvp6158", "tw2866"), "address": ("nvp6158", "tw2866"), "device": ("v4l2",)}
+NEEDS = {"bus": ("nvp6158", "tw2866"), "address": ("nvp6158", "tw2866"), "devices": ("v4l2",)}
 """Keys a backend must have."""
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_DEVICES = 16
@@ -114,7 +114,16 @@ def _parse_one(table: Mapping[str, object], index: int, source: Path) -> Capture
             "name", "expected 1-32 lower-case letters, digits, - or _, starting with a letter or digit"
         )
 
-    channels = _integer(table, "channels", 4, 1, 64, error)
+    devices = table.get("devices", [])
+    if not isinstance(devices, list) or not all(isinstance(d, str) and d.strip() for d in devices):
+        raise error("devices", 'expected a list of video nodes, one per channel, e.g. ["/dev/video0"]')
+    if "devices" in table and not 1 <= len(devices) <= 64:
+        raise error("devices", "list 1 to 64 video nodes, one per channel")
+    channels = _integer(table, "channels", len(devices) or 4, 1, 64, error)
+    if devices and channels != len(devices):
+        raise error(
+            "channels", f"a V4L2 device has one channel per node: {len(devices)} here; remove channels"
+        )
     watch_raw = table.get("watch", [])
     if not isinstance(watch_raw, list) or not all(
         isinstance(c, int) and not isinstance(c, bool) and 0 <= c < channels for c in watch_raw
@@ -132,7 +141,7 @@ def _parse_one(table: Mapping[str, object], index: int, source: Path) -> Capture
         raise ConfigError(f'{where}: format must name a video format, e.g. "ahd-1080p25" or "cvbs-pal"')
 
     strings: dict[str, str] = {}
-    for key in ("control", "bus", "device"):
+    for key in ("control", "bus"):
         value = table.get(key, "")
         if not isinstance(value, str) or (key != "control" and key in table and not value.strip()):
             raise error(key, "expected a path in double quotes")
@@ -162,7 +171,7 @@ def _parse_one(table: Mapping[str, object], index: int, source: Path) -> Capture
         control=control,
         bus=strings["bus"],
         address=address,
-        device=strings["device"],
+        devices=tuple(d.strip() for d in devices),
         watch_settings=watch,
     )
 

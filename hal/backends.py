@@ -30,4 +30,8 @@ def open_device(config: CaptureConfig, runtime_dir: Path) -> CaptureDevice:
             control_path(config, runtime_dir),
             check_control=bool(config.control),
         )
+    if config.backend == "v4l2":
+        from dvrlink.hal.v4l2 import V4l2Device  # noqa: PLC0415
+
+        return V4l2Device(config.name, config.devices)
     raise ValueError(f"capture backend {config.backend!r} is not in this build")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from dvrlink.hal.model import VideoFormat
 from dvrlink.hal.watch import WatchConfig
 
-BACKENDS = ("synthetic",)
+BACKENDS = ("synthetic", "v4l2")
 """The backends this build can open."""
 
 
@@ -36,8 +36,8 @@ class CaptureConfig:
     """The I2C bus device of a decoder chip, e.g. ``/dev/i2c-1``."""
     address: int = 0
     """The chip's 7-bit I2C address."""
-    device: str = ""
-    """The V4L2 node of a capture card, e.g. ``/dev/video0``."""
+    devices: tuple[str, ...] = ()
+    """A V4L2 capture card's nodes, one per channel, e.g. ``("/dev/video0", "/dev/video1")``."""
     watch_settings: WatchConfig = field(default_factory=WatchConfig)
 
     def watched(self) -> tuple[int, ...]:

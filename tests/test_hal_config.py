@@ -68,3 +68,14 @@ def test_refusals_say_what_to_write(tables: list[dict[str, object]], says: str) 
 def test_a_single_table_is_refused_with_the_right_syntax() -> None:
     with pytest.raises(ConfigError, match=r"\[\[capture\]\] \(double brackets"):
         parse_capture({"capture": {"backend": "synthetic"}}, SOURCE)
+
+
+def test_a_v4l2_device_has_a_channel_per_node() -> None:
+    (cards,) = parse({"backend": "v4l2", "devices": ["/dev/video0", "/dev/video1"]})
+    assert (cards.channels, cards.devices, cards.watched()) == (2, ("/dev/video0", "/dev/video1"), (0, 1))
+    with pytest.raises(ConfigError, match="backend v4l2 needs devices"):
+        parse({"backend": "v4l2"})
+    with pytest.raises(ConfigError, match="one channel per node: 1 here"):
+        parse({"backend": "v4l2", "devices": ["/dev/video0"], "channels": 4})
+    with pytest.raises(ConfigError, match="only v4l2 take devices"):
+        parse({"backend": "synthetic", "devices": ["/dev/video0"]})
