@@ -190,6 +190,16 @@ def test_nvp6158_a_cvi_5m_camera_is_not_detected_and_reads_as_no_lock() -> None:
     assert rig.backend.read()[1].signal is SignalState.NO_LOCK
 
 
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_tw2866_reads_no_lock_while_its_standard_detection_runs(channel: int) -> None:
+    rig = make_tw()
+    rig.model.plug(channel, VideoFormat.CVBS_NTSC)
+    rig.model.set_detecting(channel, True)
+    assert rig.backend.read()[channel] == ChannelReading(channel, SignalState.NO_LOCK)
+    rig.model.set_detecting(channel, False)
+    assert rig.backend.read()[channel] == ChannelReading(channel, SignalState.LOCKED, VideoFormat.CVBS_NTSC)
+
+
 # ---- motion ----------------------------------------------------------------------------------
 
 

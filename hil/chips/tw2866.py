@@ -7,8 +7,9 @@ its cameras:
 - 0x00+0x10*ch status: VDLOSS (bit 7) when nothing is on the input; HLOCK, SLOCK and VLOCK
   (bits 6, 5, 3) when locked, with DET50 (bit 0) for a 50 Hz picture. A channel whose standard is
   forced (STD, below) to another standard than the camera's has no VLOCK.
-- 0x0E+0x10*ch bits 6:4 STDNOW: 1 PAL-BDGHI, 0 NTSC-M, 7 when nothing is detected; bits 2:0
-  are the STD the host wrote (7, auto, at reset).
+- 0x0E+0x10*ch bit 7 DETSTUS while detection runs (``set_detecting``); bits 6:4 STDNOW: 1
+  PAL-BDGHI, 0 NTSC-M, 7 when nothing is detected; bits 2:0 the STD the host wrote (7, auto, at
+  reset).
 - 0xB1 bits 3:0: motion per channel, when a locked picture shows motion and the channel's motion
   detection is on (0xB2+ch bit 7, MD_DIS, clear; set at reset).
 - 0xFF: device ID 0x19 in bits 7:3 and the revision (read-only).
@@ -48,6 +49,7 @@ class Tw2866Model:
             self._registers[base + 0x0E] = 0x07  # STD: auto
             self._registers[MOTION_CONTROL + channel] = 0x80  # MD_DIS: motion detection off
         self._registers[ID_REGISTER] = (device_id << 3 | revision) & 0xFF
+        self._detecting: set[int] = set()
 
     # ---- the cameras (what tests drive) ----
 
@@ -70,6 +72,14 @@ class Tw2866Model:
     def set_no_lock(self, channel: int) -> None:
         """Something the decoder cannot lock to is on ``channel``."""
         self.inputs.set_no_lock(channel)
+
+    def set_detecting(self, channel: int, running: bool) -> None:
+        """The chip's standard detection is running on ``channel`` (DETSTUS set), as for a
+        moment after a camera changes standard."""
+        if running:
+            self._detecting.add(channel)
+        else:
+            self._detecting.discard(channel)
 
     # ---- the bus side (hal.i2c.RegisterModel) ----
 
@@ -96,7 +106,8 @@ class Tw2866Model:
             return self._status(register >> 4)
         if register < 0x40 and register & 0x0F == 0x0E:
             channel = register >> 4
-            return self._detected(channel) << 4 | self._registers[register] & 0x0F
+            running = 0x80 if channel in self._detecting else 0x00
+            return running | self._detected(channel) << 4 | self._registers[register] & 0x0F
         if register == MOTION_STATUS:
             return sum(
                 1 << channel
