@@ -9,8 +9,8 @@ Each ``[[capture]]`` table is one device::
     watch = [0, 1, 2, 3]        # optional; default: every channel
     format = "ahd-1080p25"      # synthetic: the cameras' format
     control = ""                # synthetic: its control file; default runtime_dir/capture-NAME.ctl
-    bus = "/dev/i2c-1"          # decoder chips: the I2C bus
-    address = 0x60              # decoder chips: the 7-bit address
+    bus = "/dev/i2c-1"          # decoder chips (nvp6158, tw2866): the I2C bus
+    address = 0x30              # decoder chips: the 7-bit address (NVP6158 0x30-0x33, TW2866 0x28-0x2B)
     devices = ["/dev/video0"]   # v4l2: the nodes, one per channel (channels defaults to their count)
     poll_interval_s = 0.2       # how often the device is read
     lost_after_s = 0.3          # a signal gone this long is SignalLost

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from dvrlink.hal.model import VideoFormat
 from dvrlink.hal.watch import WatchConfig
 
-BACKENDS = ("synthetic", "v4l2")
+BACKENDS = ("synthetic", "v4l2", "nvp6158", "tw2866")
 """The backends this build can open."""
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.errors import ConfigError
-from dvrlink.hal.backends import control_path, open_device
-from dvrlink.hal.model import VideoFormat
+from dvrlink.hal.backends import BusOwner, control_path, open_device
+from dvrlink.hal.i2c import FakeBus
+from dvrlink.hal.model import DeviceIoError, VideoFormat
+from dvrlink.hal.nvp6158 import Nvp6158
 from dvrlink.hal.synthetic import SyntheticDevice
+from hil.chips.nvp6158 import Nvp6158Model
 
 SOURCE = Path("/etc/dvrlink/dvrlinkd.toml")
 
@@ -79,3 +83,23 @@ def test_a_v4l2_device_has_a_channel_per_node() -> None:
         parse({"backend": "v4l2", "devices": ["/dev/video0"], "channels": 4})
     with pytest.raises(ConfigError, match="only v4l2 take devices"):
         parse({"backend": "synthetic", "devices": ["/dev/video0"]})
+
+
+def test_decoder_chips_open_their_bus_and_close_it(tmp_path: Path, mocker: MockerFixture) -> None:
+    (chip,) = parse({"backend": "nvp6158", "bus": str(tmp_path / "i2c-9"), "address": 0x30})
+    assert (chip.bus, chip.address, chip.channels) == (str(tmp_path / "i2c-9"), 0x30, 4)
+    with pytest.raises(DeviceIoError, match="cannot be opened"):
+        open_device(chip, tmp_path)
+    with pytest.raises(ConfigError, match="backend tw2866 needs bus"):
+        parse({"backend": "tw2866", "address": 0x28})
+    with pytest.raises(ConfigError, match="from 3 to 119"):
+        parse({"backend": "tw2866", "bus": "/dev/i2c-1", "address": 0x90})
+
+    bus = FakeBus("/dev/i2c-1")
+    model = Nvp6158Model()
+    bus.attach(0x30, model)
+    owner = BusOwner(Nvp6158("front", bus, 0x30), bus)
+    closed = mocker.spy(bus, "close")
+    assert "6158" in owner.probe() and len(owner.read()) == 4
+    owner.close()
+    assert closed.call_count == 1, "the device that opened the bus closes it"
