@@ -127,7 +127,7 @@ hil-packages: $(STAMP) $(SYSSTAMP)
 
 # The files that hold hil_core scenarios (named, so that another rig's file in the middle of a
 # change cannot stop the core run at collection).
-HIL_CORE_FILES := tests/hil/test_qemu_boot.py tests/hil/test_qemu_console.py
+HIL_CORE_FILES := tests/hil/test_qemu_boot.py tests/hil/test_qemu_console.py tests/hil/test_hal_vivid.py
 hil-arm64:
 	@if [ "$$(id -u)" != "0" ]; then \
 	  echo "the QEMU arm64 rig needs root (debootstrap, binfmt_misc): its scenarios did NOT run; run make test as root"; \

@@ -258,6 +258,8 @@ async def _run_locked(
     capture = _start_capture(config, loop)
     if capture is not None:
         sessions.channels = capture.channels
+        capture.add_sink(lambda _event: events.capture_changed())
+        events.attach_capture(capture.channels)
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -527,6 +529,8 @@ class DeviceEvents:
         self._sessions = sessions
         self._modem: ModemView | None = None
         """The modem service once it is loaded (``attach_modem``)."""
+        self._capture: Callable[[], list[dict[str, Any]]] | None = None
+        """The capture devices' channels (``attach_capture``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self._client = client
@@ -634,6 +638,15 @@ class DeviceEvents:
         self._modem = modem
         self._write_status()
 
+    def attach_capture(self, channels: Callable[[], list[dict[str, Any]]]) -> None:
+        """The capture devices are watched: the status file lists their channels."""
+        self._capture = channels
+        self._write_status()
+
+    def capture_changed(self) -> None:
+        """Rewrite the status file: a channel's signal, format or motion changed."""
+        self._write_status()
+
     def modem_changed(self) -> None:
         """Rewrite the status file: the modem's state, signal or data changed."""
         self._write_status()
@@ -654,6 +667,7 @@ class DeviceEvents:
             message=self._message,
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
+            capture=self._capture() if self._capture is not None else [],
             transport=self.presence_transport(),
             **self.link_status(),
             keepalive_s=self._client.keepalive_interval,

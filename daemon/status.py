@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from dvrlink.store.files import atomic_write
 
@@ -146,6 +147,9 @@ class DaemonStatus:
     """Viewer sessions open (or being set up) when the file was written."""
     modem: ModemBlock | None = None
     """The cellular modem; None when ``[modem]`` is off."""
+    capture: list[dict[str, Any]] = field(default_factory=list)
+    """The capture devices and their channels, as ``dvrlink channels`` lists them (empty without
+    ``[[capture]]``)."""
     transport: str = "udp"
     """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
     keepalive_s: float | None = None
@@ -192,6 +196,9 @@ class DaemonStatus:
             values["sessions"] = tuple(SessionStatus.from_mapping(item) for item in sessions)
             if values.get("modem") is not None:
                 values["modem"] = ModemBlock.from_mapping(values["modem"])
+            capture = values.get("capture", [])
+            if not isinstance(capture, list) or not all(isinstance(d, dict) for d in capture):
+                raise ValueError("not a status document: capture is not a list of objects")
             return cls(**values)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a status document: {exc}") from exc
@@ -297,7 +304,26 @@ def format_status(status: DaemonStatus, now: float) -> str:
     lines += [f"  {format_session(session)}" for session in status.sessions]
     if status.modem is not None:
         lines += format_modem(status.modem)
+    lines += format_capture(status.capture)
     return "\n".join(lines)
+
+
+def format_capture(devices: list[dict[str, Any]]) -> list[str]:
+    """The capture lines of ``dvrlinkd status``: per device, how many channels have a picture,
+    and each channel without one."""
+    lines = []
+    for device in devices:
+        channels = [c for c in device.get("channels", []) if isinstance(c, dict)]
+        locked = sum(1 for c in channels if c.get("signal") == "locked")
+        head = f"capture {device.get('name', '?')} ({device.get('backend', '?')}): "
+        if device.get("error"):
+            lines.append(head + f"not read: {device['error']}")
+            continue
+        lines.append(head + f"{locked} of {len(channels)} channels with a picture")
+        for channel in channels:
+            if channel.get("signal") != "locked":
+                lines.append(f"  channel {channel.get('channel', '?')}: {channel.get('signal', '?')}")
+    return lines
 
 
 def format_link(status: DaemonStatus, when: Callable[[float | None], str]) -> str:

@@ -260,7 +260,7 @@ class Viewer:
     home: Path
 
     def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """Run ``dvrlink --home HOME args``; raises CalledProcessError on failure if ``check``."""
         result = subprocess.run(
@@ -268,7 +268,7 @@ class Viewer:
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:

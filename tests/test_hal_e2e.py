@@ -93,6 +93,10 @@ def test_channels_lists_the_cameras_and_follows_an_unplug(rig: tuple[Daemon, Vie
     log = daemon.log.read_text()
     assert "front channel 2: SignalLost (no-video)" in log, log[-2000:]
 
+    status = dvrlinkd(daemon, "status")
+    assert "capture front (synthetic): 3 of 4 channels with a picture" in status.stdout, status.stdout
+    assert "  channel 2: no-video" in status.stdout, status.stdout
+
     assert dvrlinkd(daemon, "synthetic", "2", "plug", "cvbs-pal").returncode == 0
     wait_for("channel 2 back in PAL", lambda: channel_rows(viewer)[2]["format"] == "cvbs-pal", 30)
     assert "front channel 2: SignalRestored (cvbs-pal)" in daemon.log.read_text()
