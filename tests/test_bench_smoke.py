@@ -204,3 +204,10 @@ def test_wakeup_floor_prints_each_program_with_and_without_acks() -> None:
     for *_, percent, us, writes in rows:
         assert float(percent) > 0 and int(us) > 0 and int(writes) >= 2, out
     assert "issue 14's target for dvrlinkd here: 0.8 % of a core" in out
+
+
+def test_hal_watch_prints_cpu_and_memory_with_and_without_channels() -> None:
+    out = run_bench("hal_watch")
+    assert len(numbers(r"^  (?:no capture device|4 channels watched): CPU ([\d.]+) % of a core", out)) == 2
+    assert all(size > 0 for size in numbers(r"VmRSS ([\d.]+) MB$", out)), out
+    assert numbers(r"watching 4 channels adds (-?[\d.]+) % of a core", out), out
