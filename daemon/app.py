@@ -8,6 +8,7 @@ is used only for timestamps that are stored or shown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib
 import logging
@@ -37,6 +38,7 @@ from dvrlink.daemon.presence_transport import (
 )
 from dvrlink.daemon.presence_tuning import PresenceTuning
 from dvrlink.daemon.reporting import Reporter, ReportPolicy
+from dvrlink.daemon.services import ServicesConfig
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState, check_state_files
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
@@ -54,9 +56,11 @@ from dvrlink.protocol.presence_events import (
     RegistrationRefused,
 )
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
+from dvrlink.session.allow_list import parse_allowed_target
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
     from dvrlink.daemon.capture_service import CaptureService
+    from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
 
 log = logging.getLogger(__name__)
@@ -223,7 +227,7 @@ async def _run_locked(
         device_key,
         state,
         config.sessions,
-        config.services,
+        _services_with_live(config),
         (config.broker.host, config.broker.port),  # the presence port answers STUN
         client,
         loop.time,
@@ -256,10 +260,14 @@ async def _run_locked(
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
     capture = _start_capture(config, loop)
+    live = None
     if capture is not None:
         sessions.channels = capture.channels
         capture.add_sink(lambda _event: events.capture_changed())
         events.attach_capture(capture.channels)
+        live = await _start_live(config, capture)
+        if live is not None:
+            sessions.live_port = config.live.port
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -278,6 +286,8 @@ async def _run_locked(
         if restart is None or not restart.is_set() or stop.is_set():
             notifier.stopping()
         watchdog.cancel()
+        if live is not None:
+            await live.close()
         if capture is not None:
             capture.close()
         if modem_task is not None:
@@ -292,6 +302,34 @@ async def _run_locked(
         link.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _services_with_live(config: DaemonConfig) -> ServicesConfig:
+    """The forward allow-list, plus the live view's own port when it is on."""
+    services = config.services
+    if not config.capture or not config.live.port:
+        return services
+    live = parse_allowed_target(f"127.0.0.1:{config.live.port}")
+    if live in services.forward_allow:
+        return services
+    return dataclasses.replace(services, forward_allow=(*services.forward_allow, live))
+
+
+async def _start_live(config: DaemonConfig, capture: CaptureService) -> LiveView | None:
+    """Serve the channels as RTSP on 127.0.0.1 for sessions; None when ``[live] port = 0``, or
+    (logged) when the port is taken."""
+    if not config.live.port:
+        return None
+    from dvrlink.daemon.live_view import LiveView, workdir_for  # noqa: PLC0415
+
+    live = LiveView(config.live, capture.live_source, workdir_for(config.device.runtime_dir))
+    try:
+        await live.start()
+    except OSError as exc:
+        log.error("%s; live view is off", exc)
+        return None
+    log.info("live view on 127.0.0.1:%d", config.live.port)
+    return live
 
 
 def _start_capture(config: DaemonConfig, loop: asyncio.AbstractEventLoop) -> CaptureService | None:

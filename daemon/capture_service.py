@@ -16,6 +16,7 @@ from typing import Any
 
 from dvrlink.hal.backends import open_device
 from dvrlink.hal.config import CaptureConfig
+from dvrlink.hal.device import FrameSource
 from dvrlink.hal.model import (
     DeviceError,
     DeviceIoError,
@@ -108,6 +109,22 @@ class CaptureService:
                 }
             )
         return out
+
+    def live_source(self, name: str, channel: int) -> tuple[FrameSource | None, str]:
+        """(the channel's frame source, its signal state) for live view; the state is
+        ``unknown device``, ``no such channel`` or ``not read yet`` where there is none."""
+        for device in self._devices:
+            if device.config.name != name:
+                continue
+            poller = device.poller
+            if poller is None:
+                return None, f"not read: {device.error}"
+            status = {s.channel: s for s in poller.status()}.get(channel)
+            if status is None:
+                known = channel in range(device.config.channels)
+                return None, "not watched" if known else "no such channel"
+            return poller.device.frame_source(channel), status.signal.value
+        return None, "unknown device"
 
     def _open(self, device: _Device) -> None:
         device.reopen = None

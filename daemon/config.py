@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError
+from dvrlink.daemon.live_view import LiveConfig, parse_live
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.hal.config import CaptureConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
@@ -265,6 +266,8 @@ class DaemonConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     capture: tuple[CaptureConfig, ...] = ()
     """``[[capture]]``: the board's capture devices (none: no HAL)."""
+    live: LiveConfig = field(default_factory=LiveConfig)
+    """``[live]``: the capture channels as RTSP streams for sessions (only with capture devices)."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -315,6 +318,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "modem",
         "console",
         "capture",
+        "live",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -382,8 +386,9 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
     console = _parse_console(_Table(source, "console", document, ConsoleConfig))
     capture = parse_capture(document, source)
+    live = parse_live(document, source)
     return DaemonConfig(
-        device, broker, presence, pairing, log, services, sessions, modem, console, capture, source
+        device, broker, presence, pairing, log, services, sessions, modem, console, capture, live, source
     )
 
 

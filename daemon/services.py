@@ -155,6 +155,8 @@ class DeviceInfo:
     """Sessions open now."""
     channels: list[dict[str, Any]] = field(default_factory=list)
     """The capture devices and their channels (``CaptureService.channels``); empty without."""
+    live_port: int = 0
+    """The live view's RTSP port on the device's 127.0.0.1 (0: no live view)."""
 
 
 InfoProvider = Callable[[], DeviceInfo]
@@ -260,6 +262,7 @@ def _info_json(info: DeviceInfo, config: ServicesConfig) -> bytes:
         "uptime_s": round(info.uptime_s, 1),
         "forward": [str(t) for t in config.forward_allow],
         "sessions": info.sessions,
+        "live_port": info.live_port,
     }
     return json.dumps(body).encode("utf-8")
 

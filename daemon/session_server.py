@@ -232,6 +232,8 @@ class SessionServer:
         """Why new sessions are refused now (the cellular data cap), told to the viewer; empty:
         they are admitted."""
         self._closers: set[asyncio.Task[None]] = set()
+        self.live_port = 0
+        """The live view's RTSP port on 127.0.0.1, told in ``info`` (0: none)."""
         self.channels: Callable[[], list[dict[str, Any]]] = list
         """The capture devices' channels for the ``channels`` RPC (``CaptureService.channels``)."""
 
@@ -256,6 +258,7 @@ class SessionServer:
             uptime_s=time.monotonic() - self._started,
             sessions=len(self._sessions),
             channels=self.channels(),
+            live_port=self.live_port,
         )
 
     def handle(self, invite: InviteReceived, now: float) -> None:

@@ -56,6 +56,7 @@ from dvrlink.viewer.forward import (
     unpair_self,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
+from dvrlink.viewer.live import choose, player_command, stream_url
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
 from dvrlink.viewer.render import (
     PinStatus,
@@ -252,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
     channels.add_argument("serial", metavar="SERIAL")
     channels.add_argument("--json", action="store_true", help="print the device's reply as JSON")
 
+    view = sub.add_parser(
+        "view",
+        parents=[common, session],
+        help="watch a channel of a recorder live (ffplay or VLC), or print its local RTSP URL",
+        description="Open a session to a device and play one of its camera channels: the device "
+        "serves it as RTSP, and a local port carries it through the session. The sub-stream (low "
+        "bit rate) is chosen on the relay, the main stream elsewhere, unless --main or --sub says.",
+    )
+    view.add_argument("serial", metavar="SERIAL")
+    view.add_argument("--channel", type=int, default=0, metavar="N", help="the channel (default 0)")
+    view.add_argument("--device", metavar="NAME", help="the capture device (default: the first)")
+    quality = view.add_mutually_exclusive_group()
+    quality.add_argument("--sub", dest="profile", action="store_const", const="sub", help="the sub-stream")
+    quality.add_argument("--main", dest="profile", action="store_const", const="main", help="the main stream")
+    view.add_argument(
+        "--print-url",
+        action="store_true",
+        help="print the rtsp://127.0.0.1:... URL and keep it open until Ctrl-C, instead of starting a player",
+    )
+    view.add_argument(
+        "--player", choices=("ffplay", "vlc"), default="ffplay", help="the player (default ffplay)"
+    )
+
     sub.add_parser(
         "sessions",
         parents=[common],
@@ -345,6 +369,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _ping(args, home)
     if command == "channels":
         return await _channels(args, home)
+    if command == "view":
+        return await _view(args, home)
     if command == "sessions":
         return await _sessions(args, home)
     if command == "logout":
@@ -845,6 +871,63 @@ async def _channels(args: argparse.Namespace, home: ViewerHome) -> int:
     else:
         sys.stdout.write(render_channels(serial, devices))
     return EXIT_OK
+
+
+async def _view(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    runner = await _open(args, home, serial)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    forwarder: Forwarder | None = None
+    player: asyncio.subprocess.Process | None = None
+    try:
+        info = await device_info(runner)
+        port = info.get("live_port")
+        if not isinstance(port, int) or not port:
+            raise ViewerError(
+                f"{serial} serves no live view (a dvrlinkd without capture devices, or [live] port = 0)"
+            )
+        choice = choose(
+            await device_channels(runner), args.device, args.channel, args.profile, path_name(runner)
+        )
+        forwarder = Forwarder(runner, ForwardSpec("127.0.0.1", 0, "127.0.0.1", port))
+        _, local = await forwarder.start()
+        url = stream_url(local, choice)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+        what = f"{serial} {choice.device} channel {choice.channel} ({choice.profile}) via {path_name(runner)}"
+        if args.print_url:
+            print(url, flush=True)
+            print(f"# {what}; Ctrl-C to stop", file=sys.stderr, flush=True)
+            reason = await _watch(runner, [forwarder.stats], stop, _StatusOutput(False))
+            if reason is not None:
+                raise ViewerError(f"the session to {serial} closed: {reason}")
+            return EXIT_OK
+        command = player_command(args.player, url, what)
+        try:
+            player = await asyncio.create_subprocess_exec(*command)
+        except OSError as exc:
+            raise ViewerError(
+                f"cannot start {command[0]} ({exc.strerror}): install it, or use --print-url"
+            ) from exc
+        print(f"playing {what} in {args.player}", flush=True)
+        waiting = asyncio.ensure_future(player.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        return EXIT_OK
+    finally:
+        if player is not None and player.returncode is None:
+            player.terminate()
+            await player.wait()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if forwarder is not None:
+            await forwarder.aclose()
+        await runner.close()
 
 
 def render_sessions(sessions: Sequence[SessionInfo], now: float) -> str:
