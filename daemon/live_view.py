@@ -12,9 +12,12 @@ cellular path).
   loopback UDP port of dvrlinkd's. A board with a hardware encoder replaces this class. One
   encoder per channel and profile is shared by every viewer of it. It starts at the first
   DESCRIBE and stops ``idle_stop_s`` after the last viewer left.
+  An encoder started by DESCRIBE waits ``SETUP_GRACE_S`` (30 s) for its first PLAY.
 - **RTSP.** OPTIONS, DESCRIBE (the encoder's SDP, made an RTSP answer), SETUP (RTP interleaved
   in the RTSP connection only; a request for UDP gets 461 and players then ask for TCP), PLAY,
-  TEARDOWN, GET_PARAMETER (keep-alive). RTP packets are relayed as they come. A viewer whose
+  TEARDOWN, GET_PARAMETER (keep-alive). RTP packets are relayed as they come; a viewer that
+  starts playing first gets the packets since the last key frame (kept per encoder), so its
+  picture starts at once instead of at the next key frame. A viewer whose
   connection backs up loses packets (counted), never delays the others.
 - **No picture, no stream.** A channel without a signal answers DESCRIBE with 503 and the
   reason (``no-video``); a device whose frames do not reach user space (a decoder chip) with
@@ -38,9 +41,11 @@ from dvrlink.protocol.rtsp import (
     BadRequest,
     Request,
     RequestParser,
+    h264_keyframe_packet,
     interleaved,
     interleaved_channels,
     response,
+    rtp_timestamp,
     session_sdp,
 )
 from dvrlink.store.toml_text import toml_key, toml_value
@@ -53,6 +58,11 @@ SDP_TIMEOUT_S = 20.0
 MAX_BACKLOG_BYTES = 1 << 20
 """A viewer's connection holding more than this drops packets until it drains."""
 MAX_RTP_BYTES = 1400
+MAX_GOP_PACKETS = 4096
+"""The packets kept since the last key frame, for a viewer that starts playing (about 5 MB)."""
+SETUP_GRACE_S = 30.0
+"""An encoder started by DESCRIBE or SETUP waits this long (at least ``idle_stop_s``) for the
+PLAY that makes someone its viewer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,10 @@ class _Encoder:
         self.socket: socket.socket | None = None
         self.stop_timer: asyncio.TimerHandle | None = None
         self.packets = 0
+        self.gop: list[bytes] = []
+        """The RTP packets since the last key frame began (empty until one did, or after more than
+        ``MAX_GOP_PACKETS``): a new viewer gets them first, so its player starts at once."""
+        self.gop_timestamp: int | None = None
 
     async def start(self, source: FrameSource, profile: str) -> None:
         loop = asyncio.get_running_loop()
@@ -158,8 +172,23 @@ class _Encoder:
                 return
             self.packets += 1
             rtcp = len(packet) > 1 and 200 <= packet[1] <= 204
+            if not rtcp:
+                self._remember(packet)
             for viewer in tuple(self.viewers):
                 viewer.send(packet, rtcp)
+
+    def _remember(self, packet: bytes) -> None:
+        timestamp = rtp_timestamp(packet)
+        if h264_keyframe_packet(packet) and timestamp != self.gop_timestamp:
+            self.gop = []
+            self.gop_timestamp = timestamp
+        if self.gop_timestamp is None:
+            return
+        if len(self.gop) >= MAX_GOP_PACKETS:
+            self.gop = []
+            self.gop_timestamp = None  # until the next key frame
+            return
+        self.gop.append(packet)
 
     def close(self) -> None:
         if self.stop_timer is not None:
@@ -299,6 +328,8 @@ class LiveView:
                     return
                 viewer.write(response(200, "OK", cseq, {"Session": "1", "Range": "npt=0.000-"}))
                 viewer.playing = True
+                for packet in viewer.encoder.gop:  # from the last key frame: the picture starts at once
+                    viewer.send(packet, False)
                 self._join(viewer.encoder, viewer)
             elif request.method in ("GET_PARAMETER", "SET_PARAMETER"):
                 viewer.write(response(200, "OK", cseq, {"Session": "1"}))
@@ -318,10 +349,15 @@ class LiveView:
         if encoder is None:
             return
         encoder.viewers.discard(viewer)
-        if not encoder.viewers and encoder.stop_timer is None:
-            encoder.stop_timer = asyncio.get_running_loop().call_later(
-                self.config.idle_stop_s, self._stop, encoder.key
-            )
+        viewer.encoder = None
+        if not encoder.viewers:
+            self._arm(encoder, self.config.idle_stop_s)
+
+    def _arm(self, encoder: _Encoder, delay: float) -> None:
+        """Stop ``encoder`` after ``delay`` unless a viewer joins first."""
+        if encoder.stop_timer is not None:
+            encoder.stop_timer.cancel()
+        encoder.stop_timer = asyncio.get_running_loop().call_later(delay, self._stop, encoder.key)
 
     def _join(self, encoder: _Encoder, viewer: _Viewer) -> None:
         encoder.viewers.add(viewer)
@@ -341,10 +377,8 @@ class LiveView:
         key = f"{device}/{channel}/{profile}"
         encoder = self._encoders.get(key)
         if encoder is not None and encoder.process is not None and encoder.process.returncode is None:
-            if not encoder.viewers and encoder.stop_timer is None:
-                encoder.stop_timer = asyncio.get_running_loop().call_later(
-                    self.config.idle_stop_s, self._stop, key
-                )
+            if not encoder.viewers:
+                self._arm(encoder, max(self.config.idle_stop_s, SETUP_GRACE_S))
             return encoder
         if encoder is not None:
             self._stop(key)
@@ -362,9 +396,7 @@ class LiveView:
             encoder = _Encoder(key, self.config, self._workdir)
             await encoder.start(source, profile)
             self._encoders[key] = encoder
-            encoder.stop_timer = asyncio.get_running_loop().call_later(
-                self.config.idle_stop_s, self._stop, key
-            )
+            self._arm(encoder, max(self.config.idle_stop_s, SETUP_GRACE_S))
             log.info("live view: %s started", key)
             future.set_result(encoder)
             return encoder

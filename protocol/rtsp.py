@@ -153,3 +153,38 @@ def interleaved_channels(transport: str) -> tuple[int, int] | None:
     if not (0 <= rtp <= 255 and 0 <= rtcp <= 255):
         return None
     return rtp, rtcp
+
+
+def rtp_timestamp(packet: bytes) -> int | None:
+    """An RTP packet's timestamp, or None for a packet too short to be RTP."""
+    return int.from_bytes(packet[4:8], "big") if len(packet) >= 12 else None
+
+
+def h264_keyframe_packet(packet: bytes) -> bool:
+    """Whether an RTP packet (RFC 6184 payload) carries part of an H.264 key frame's access unit:
+    its SPS or PPS, or a slice of the IDR picture, alone, in a STAP-A, or in a FU-A fragment."""
+    if len(packet) < 13 or packet[0] >> 6 != 2:
+        return False
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # a header extension: 4 bytes, then its length in 32-bit words
+        if len(packet) < offset + 4:
+            return False
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    if len(packet) <= offset:
+        return False
+    nal = packet[offset] & 0x1F
+    if nal in (5, 7, 8):
+        return True
+    if nal == 24:  # STAP-A: 16-bit size, then the NAL unit, repeated
+        at = offset + 1
+        while at + 2 < len(packet):
+            size = int.from_bytes(packet[at : at + 2], "big")
+            if size == 0 or at + 2 + size > len(packet):
+                return False
+            if packet[at + 2] & 0x1F in (5, 7, 8):
+                return True
+            at += 2 + size
+        return False
+    if nal == 28 and len(packet) > offset + 1:  # FU-A: the fragmented NAL's type is in the FU header
+        return packet[offset + 1] & 0x1F == 5
+    return False

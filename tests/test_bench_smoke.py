@@ -211,3 +211,11 @@ def test_hal_watch_prints_cpu_and_memory_with_and_without_channels() -> None:
     assert len(numbers(r"^  (?:no capture device|4 channels watched): CPU ([\d.]+) % of a core", out)) == 2
     assert all(size > 0 for size in numbers(r"VmRSS ([\d.]+) MB$", out)), out
     assert numbers(r"watching 4 channels adds (-?[\d.]+) % of a core", out), out
+
+
+def test_live_view_prints_first_frame_and_frames_carried_per_path() -> None:
+    out = run_bench("live_view")
+    firsts = numbers(r"^  (?:direct|relay): command to first decoded frame, 3 runs: median ([\d.]+) s", out)
+    assert len(firsts) == 2 and all(value > 0 for value in firsts), out
+    carried = numbers(r"^  (?:direct|relay): (\d+) frames decoded over 10 s", out)
+    assert len(carried) == 2 and all(count > 0 for count in carried), out

@@ -18,8 +18,10 @@ from dvrlink.protocol.rtsp import (
     BadRequest,
     Request,
     RequestParser,
+    h264_keyframe_packet,
     interleaved,
     interleaved_channels,
+    rtp_timestamp,
     session_sdp,
 )
 from hil.loopback import (
@@ -72,6 +74,28 @@ def test_transport_paths_and_sdp() -> None:
     )
     assert "m=video 0 RTP/AVP 96\r\na=control:trackID=0" in sdp and "c=IN IP4 0.0.0.0" in sdp
     assert sdp.index("a=control:*") < sdp.index("m=video")
+
+
+def rtp(payload: bytes, timestamp: int = 90000, csrc: int = 0) -> bytes:
+    return (
+        bytes((0x80 | csrc, 96))
+        + (1).to_bytes(2, "big")
+        + timestamp.to_bytes(4, "big")
+        + bytes(4 + 4 * csrc)
+        + payload
+    )
+
+
+def test_key_frame_packets_are_told_apart() -> None:
+    assert h264_keyframe_packet(rtp(b"\x67sps")) and h264_keyframe_packet(rtp(b"\x68pps"))
+    assert h264_keyframe_packet(rtp(b"\x65idr", csrc=2))
+    assert not h264_keyframe_packet(rtp(b"\x41p-slice"))
+    assert h264_keyframe_packet(rtp(b"\x7c\x85fragment"))  # FU-A, start of an IDR slice
+    assert not h264_keyframe_packet(rtp(b"\x7c\x81fragment"))  # FU-A of a P slice
+    stap = b"\x78" + (4).to_bytes(2, "big") + b"\x67abc" + (4).to_bytes(2, "big") + b"\x68abc"
+    assert h264_keyframe_packet(rtp(stap))
+    assert not h264_keyframe_packet(rtp(b"\x78" + (9).to_bytes(2, "big") + b"\x41"))  # a size past the end
+    assert not h264_keyframe_packet(b"\x80\x60short") and rtp_timestamp(rtp(b"\x41", 1234)) == 1234
 
 
 @pytest.fixture
@@ -130,7 +154,8 @@ def start_view(viewer: Viewer, *args: str) -> tuple[subprocess.Popen[str], str]:
 def frames_read(url: str, seconds: float) -> tuple[int, str]:
     probe = subprocess.run(
         [
-            "ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-select_streams", "v:0",
+            "ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-timeout", "30000000",
+            "-select_streams", "v:0",
             "-read_intervals", f"%+{seconds:g}", "-count_frames",
             "-show_entries", "stream=nb_read_frames,codec_name,width,height", "-of", "json", url,
         ],
