@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dvrlink.daemon.alarms import AlarmQueue
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
@@ -40,6 +41,7 @@ from dvrlink.daemon.reporting import Reporter, ReportPolicy
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState, check_state_files
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
+from dvrlink.protocol.alarm_link import AlarmsDelivered, AlarmsDropped
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -207,6 +209,7 @@ async def _run_locked(
     loop = asyncio.get_running_loop()
     device_key = state.device_key()
     invites = InviteHandler(config.device.serial, device_key, state.pairing_secret(), state, config.pairing)
+    alarms = AlarmQueue.open(config.device.state_dir)  # event sources call alarms.raise_alarm(...)
     client = PresenceClient(
         ClientConfig(
             serial=config.device.serial,
@@ -216,6 +219,7 @@ async def _run_locked(
             retries=config.presence.retries,
         ),
         device_key,
+        alarms=alarms.sender,
     )
     sessions = SessionServer(
         config.device.serial,
@@ -240,6 +244,8 @@ async def _run_locked(
         presence_settled=presence_settled,
     )
     link = _presence_link(config, client, events)
+    events.alarms = alarms
+    alarms.attach(client, link.flush, loop.time)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
     tuning = events.tuning = _presence_tuning(config, client, loop)
@@ -282,6 +288,7 @@ async def _run_locked(
                 if prober is not None:
                     await prober.close()
         link.close()
+        alarms.close()
         events.status_file.remove()
         notifier.close()
 
@@ -512,6 +519,8 @@ class DeviceEvents:
         """The modem service once it is loaded (``attach_modem``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
+        self.alarms: AlarmQueue | None = None
+        """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -542,6 +551,10 @@ class DeviceEvents:
         """Log, update the status file, then tell systemd; answer invites."""
         if self.tuning is not None:
             self.tuning.on_event(event)
+        if isinstance(event, AlarmsDelivered | AlarmsDropped):
+            if self.alarms is not None:
+                self.alarms.on_event(event)
+            return
         if isinstance(event, InviteReceived):
             if event.kind in (INVITE_KIND_SESSION, INVITE_KIND_CANDIDATES) and self._sessions is not None:
                 self._sessions.handle(event, self._core_clock())

@@ -115,6 +115,10 @@ class AlarmSender:
         """Records waiting for the broker's acknowledgement."""
         return len(self._queue)
 
+    def queued(self) -> tuple[AlarmRecord, ...]:
+        """The queued records, oldest first."""
+        return tuple(self._queue)
+
     @property
     def last_seq(self) -> int:
         """The newest record's seq, or 0 when the queue is empty."""
