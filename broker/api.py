@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from dvrlink.broker.alarms import AlarmService
 from dvrlink.broker.api_common import (
     MAX_BODY,
     ApiContext,
@@ -30,6 +31,7 @@ from dvrlink.broker.api_common import (
     str_field,
 )
 from dvrlink.broker.api_devices import DeviceRoutes
+from dvrlink.broker.api_events import EventRoutes
 from dvrlink.broker.api_sessions import RelayDirectory, SessionRoutes
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
@@ -54,8 +56,10 @@ class BrokerApi:
         config: BrokerConfig,
         clock: Callable[[], float] = time.time,
         relays: RelayDirectory | None = None,
+        alarms: AlarmService | None = None,
     ) -> None:
         ctx = ApiContext(registry, presence, config, clock)
+        self._events = EventRoutes(ctx, alarms) if alarms is not None else None
         self._registry = registry
         self._presence = presence
         self._config = config
@@ -88,6 +92,13 @@ class BrokerApi:
         app.router.add_post("/v1/devices/{serial}/pairings", devices.pair_device)
         app.router.add_delete("/v1/devices/{serial}/pairings", devices.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", devices.ping_device)
+        if self._events is not None:
+            events = self._events
+            app.router.add_get("/v1/devices/{serial}/events", events.list_events, allow_head=False)
+            app.router.add_get("/v1/devices/{serial}/events/stream", events.stream_events, allow_head=False)
+            app.router.add_get(
+                "/v1/devices/{serial}/events/{event_id}/snapshot", events.event_snapshot, allow_head=False
+            )
         app.router.add_post("/v1/sessions", sessions.create_session)
         app.router.add_get("/v1/sessions", sessions.list_sessions, allow_head=False)
         app.router.add_post("/v1/sessions/{session_id}/offer", sessions.offer_session)

@@ -33,6 +33,20 @@ _SERIAL = {
     "description": "Device serial number",
 }
 _B64 = {"type": "string", "contentEncoding": "base64"}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Only alarms with a larger id (the `id` of the last one seen)",
+}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "description": "At most this many alarms",
+}
 _UNIX_TIME = {"type": ["number", "null"], "description": "Unix seconds"}
 _SESSION_ID = {
     "name": "session_id",
@@ -265,6 +279,45 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Alarm": {
+                    "type": "object",
+                    "required": ["id", "serial", "seq", "time", "received_at", "kind", "kind_code"],
+                    "properties": {
+                        "id": {"type": "integer", "description": "The broker's id: increasing, never reused"},
+                        "serial": {"type": "string"},
+                        "seq": {"type": "integer", "description": "The device's own number for it"},
+                        "time": {"type": "number", "description": "Unix seconds, by the device's clock"},
+                        "received_at": {"type": "number", "description": "Unix seconds, broker's clock"},
+                        "kind": {
+                            "type": "string",
+                            "description": (
+                                "SignalLost, SignalRestored, FormatChanged, MotionStart, "
+                                "MotionStop, StreamStalled, DeviceError, AlarmInput, DiskError, "
+                                "EncoderError, SimRemoved, DataCapReached, Other (the detail names it), "
+                                "or KindN for a kind this broker does not know"
+                            ),
+                        },
+                        "kind_code": {"type": "integer", "description": "The kind's number on the wire"},
+                        "channel": {"type": ["integer", "null"]},
+                        "detail": {"type": "string", "maxLength": 120},
+                        "snapshot_size": {
+                            "type": ["integer", "null"],
+                            "description": "Bytes of its JPEG snapshot (GET .../events/{event_id}/snapshot)",
+                        },
+                    },
+                },
+                "AlarmList": {
+                    "type": "object",
+                    "required": ["serial", "events", "last_id"],
+                    "properties": {
+                        "serial": {"type": "string"},
+                        "events": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}},
+                        "last_id": {
+                            "type": ["integer", "null"],
+                            "description": "The last id in `events` (or `after`): the next `after`",
+                        },
+                    },
+                },
                 "Ping": {
                     "type": "object",
                     "required": ["serial", "rtt_ms"],
@@ -391,6 +444,74 @@ def openapi_document() -> dict[str, Any]:
                         "409": _error("Device offline (`device_offline`)"),
                         "502": _error("The device cannot answer pings (`device_error`)"),
                         "504": _error("Registered but no answer in time (`device_timeout`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/events": {
+                "get": {
+                    "summary": "The device's stored alarms, oldest first (the broker keeps the last 1000)",
+                    "operationId": "listDeviceEvents",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL, _AFTER, _LIMIT],
+                    "responses": {
+                        "200": _json("Alarms after `after`, or the last `limit` without it", "AlarmList"),
+                        "400": _error("A bad query parameter (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/events/stream": {
+                "get": {
+                    "summary": (
+                        "Follow the device's alarms as Server-Sent Events: a `: following` comment once "
+                        "live, then `id: <id>`, `event: alarm`, `data: <Alarm JSON>` per alarm, and a "
+                        "`: keepalive` comment every 15 s. With `after` or a `Last-Event-ID` header, the "
+                        "stored alarms after that id come first"
+                    ),
+                    "operationId": "streamDeviceEvents",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        _SERIAL,
+                        _AFTER,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "The last alarm id seen (EventSource sends it on reconnect)",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream (it ends when the broker stops)",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _error("A bad query parameter (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/events/{event_id}/snapshot": {
+                "get": {
+                    "summary": "The JPEG snapshot that came with an alarm",
+                    "operationId": "getDeviceEventSnapshot",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        _SERIAL,
+                        {"name": "event_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The JPEG",
+                            "content": {"image/jpeg": {"schema": {"type": "string"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device, or no such alarm or snapshot (`no_snapshot`)"),
                     },
                 }
             },
