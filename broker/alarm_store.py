@@ -46,11 +46,33 @@ _SCHEMA = (
         snapshot BLOB
     )""",
     "CREATE INDEX alarms_by_serial ON alarms (serial, id)",
+    """CREATE TABLE webhooks (
+        username TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE webhook_outbox (
+        username TEXT NOT NULL,
+        alarm_id INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (username, alarm_id)
+    ) WITHOUT ROWID""",
 )
 
 
 class AlarmStoreError(RuntimeError):
     """The alarm history cannot be opened; the message names the file and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """An account's alarm webhook."""
+
+    username: str
+    url: str
+    secret: bytes
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +235,70 @@ class AlarmStore:
             "SELECT snapshot FROM alarms WHERE serial = ? AND id = ?", (serial, alarm_id)
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
+
+    def alarm(self, alarm_id: int) -> StoredAlarm | None:
+        """Alarm ``alarm_id``, or None (never stored, or trimmed)."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()  # noqa: S608
+        return None if row is None else _row(row)
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def set_webhook(self, username: str, url: str, secret: bytes, now: float) -> None:
+        """Set (or replace) ``username``'s webhook."""
+        self._db.execute(
+            "INSERT INTO webhooks (username, url, secret, created_at) VALUES (?, ?, ?, ?) ON CONFLICT "
+            "(username) DO UPDATE SET url = excluded.url, secret = excluded.secret, "
+            "created_at = excluded.created_at",
+            (username, url, secret, now),
+        )
+
+    def webhook(self, username: str) -> Webhook | None:
+        """``username``'s webhook, or None."""
+        row = self._db.execute(
+            "SELECT username, url, secret, created_at FROM webhooks WHERE username = ?", (username,)
+        ).fetchone()
+        return None if row is None else Webhook(row[0], row[1], bytes(row[2]), row[3])
+
+    def delete_webhook(self, username: str) -> bool:
+        """Remove ``username``'s webhook and what waits for it; False if there was none."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM webhook_outbox WHERE username = ?", (username,))
+            return db.execute("DELETE FROM webhooks WHERE username = ?", (username,)).rowcount > 0
+
+    def enqueue_deliveries(self, usernames: Sequence[str], alarm_id: int) -> list[str]:
+        """Queue alarm ``alarm_id`` for the webhooks of ``usernames``; returns those that have one."""
+        with self._transaction() as db:
+            queued = []
+            for username in usernames:
+                if db.execute("SELECT 1 FROM webhooks WHERE username = ?", (username,)).fetchone():
+                    db.execute(
+                        "INSERT OR IGNORE INTO webhook_outbox (username, alarm_id) VALUES (?, ?)",
+                        (username, alarm_id),
+                    )
+                    queued.append(username)
+        return queued
+
+    def pending_deliveries(self, username: str, limit: int = 100) -> list[tuple[int, int]]:
+        """(alarm id, attempts so far) waiting for ``username``'s webhook, oldest alarm first."""
+        rows = self._db.execute(
+            "SELECT alarm_id, attempts FROM webhook_outbox WHERE username = ? ORDER BY alarm_id LIMIT ?",
+            (username, limit),
+        ).fetchall()
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def delivery_users(self) -> list[str]:
+        """Accounts with deliveries waiting (to resume them at start)."""
+        return [str(r[0]) for r in self._db.execute("SELECT DISTINCT username FROM webhook_outbox")]
+
+    def delivery_attempted(self, username: str, alarm_id: int) -> None:
+        """Count one failed attempt."""
+        self._db.execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1 WHERE username = ? AND alarm_id = ?",
+            (username, alarm_id),
+        )
+
+    def delivery_done(self, username: str, alarm_id: int) -> None:
+        """Delivered (or given up): forget it."""
+        self._db.execute(
+            "DELETE FROM webhook_outbox WHERE username = ? AND alarm_id = ?", (username, alarm_id)
+        )

@@ -17,14 +17,17 @@ after that id, so a follower that reconnects misses nothing the history still ho
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import secrets
 
 from aiohttp import web
 
-from dvrlink.broker.alarm_store import StoredAlarm
+from dvrlink.broker.alarm_store import AlarmStore, StoredAlarm
 from dvrlink.broker.alarms import AlarmService
-from dvrlink.broker.api_common import ApiContext, ApiError
+from dvrlink.broker.api_common import ApiContext, ApiError, json_body, str_field
+from dvrlink.broker.webhooks import MAX_URL, WebhookDispatcher, WebhookRefusedError
 
 HEARTBEAT_S = 15.0
 PAGE = 500
@@ -155,3 +158,48 @@ class EventRoutes:
         finally:
             self._service.unsubscribe(subscription)
         return response
+
+
+class WebhookRoutes:
+    """PUT, GET and DELETE /v1/webhook: the caller's alarm webhook (see ``webhooks.py``)."""
+
+    def __init__(self, ctx: ApiContext, store: AlarmStore, dispatcher: WebhookDispatcher) -> None:
+        self._ctx = ctx
+        self._store = store
+        self._dispatcher = dispatcher
+
+    async def put_webhook(self, request: web.Request) -> web.Response:
+        """PUT /v1/webhook ``{"url": ...}``: set the webhook; answers its new signing secret once."""
+        user = self._ctx.user(request)
+        body = await json_body(request, self._ctx.config.http_body_timeout_s)
+        url = str_field(body, "url", MAX_URL)
+        policy = self._dispatcher.policy
+        try:
+            await policy.check_resolved(policy.check_url(url))
+        except WebhookRefusedError as exc:
+            raise ApiError(400, "webhook_refused", str(exc)) from None
+        secret = secrets.token_bytes(32)
+        now = self._ctx.clock()
+        self._store.set_webhook(user, url, secret, now)
+        self._dispatcher.webhook_changed(user)
+        log.info("%s set its alarm webhook to %s", user, url)
+        return web.json_response(
+            {"url": url, "secret": base64.b64encode(secret).decode("ascii"), "created_at": round(now, 3)},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def get_webhook(self, request: web.Request) -> web.Response:
+        """GET /v1/webhook: the caller's webhook (not its secret)."""
+        user = self._ctx.user(request)
+        webhook = self._store.webhook(user)
+        if webhook is None:
+            raise ApiError(404, "no_webhook", f"{user!r} has no webhook; set one with PUT /v1/webhook")
+        return web.json_response({"url": webhook.url, "created_at": round(webhook.created_at, 3)})
+
+    async def delete_webhook(self, request: web.Request) -> web.Response:
+        """DELETE /v1/webhook: remove it, and the deliveries still waiting for it."""
+        user = self._ctx.user(request)
+        if not self._store.delete_webhook(user):
+            raise ApiError(404, "no_webhook", f"{user!r} has no webhook")
+        self._dispatcher.webhook_changed(user)
+        return web.json_response({"deleted": True})

@@ -57,6 +57,7 @@ from dvrlink.broker.stun_alternate import StunResponder
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
+from dvrlink.broker.webhooks import WebhookDispatcher, WebhookPolicy
 from dvrlink.protocol.identity import b64encode_key, x25519_public_bytes
 from dvrlink.protocol.presence_events import ServerEvent
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
@@ -84,6 +85,8 @@ class RunningBroker:
     """Presence over TCP/TLS (None when its default port could not be bound)."""
     alarms: AlarmService | None = None
     """Alarms from devices: history, followers."""
+    webhooks: WebhookDispatcher | None = None
+    """Alarm deliveries to the accounts' webhooks."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -226,6 +229,16 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         alarm_store = AlarmStore(state / ALARMS_FILE)
         stack.callback(alarm_store.close)
         alarms = AlarmService(server, alarm_store, loop.time, time.time)
+        webhooks = WebhookDispatcher(
+            alarm_store,
+            registry.paired_users,
+            WebhookPolicy.from_config(config.webhook_allowed_networks, config.server_names),
+            config.webhook_retry_initial_s,
+            config.webhook_max_attempts,
+        )
+        stack.push_async_callback(webhooks.close)
+        alarms.listeners.append(webhooks.on_alarm)
+        webhooks.start()
 
         def on_event(event: ServerEvent) -> None:
             on_device_event(event)
@@ -284,7 +297,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
             listening.append(("presence/tcp", format_address(presence_tcp.address)))
-        api = BrokerApi(registry, gateway, config, relays=relays, alarms=alarms)
+        api = BrokerApi(registry, gateway, config, relays=relays, alarms=alarms, webhooks=webhooks)
         stack.callback(api.close)
         app = api.build_app()
         runner = web.AppRunner(app, shutdown_timeout=2.0, keepalive_timeout=config.http_idle_timeout_s)
@@ -329,7 +342,9 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             https_port,
             "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
-        return RunningBroker(info, config, registry, server, link, app, stack, turn, presence_tcp, alarms)
+        return RunningBroker(
+            info, config, registry, server, link, app, stack, turn, presence_tcp, alarms, webhooks
+        )
     except BaseException:
         await stack.aclose()
         raise

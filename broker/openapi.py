@@ -306,6 +306,36 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "WebhookRequest": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {
+                            "type": "string",
+                            "maxLength": 2048,
+                            "description": (
+                                "An https URL of a public endpoint (not this broker, loopback, private "
+                                "or link-local addresses, unless the broker's webhook_allowed_networks "
+                                "allow them)"
+                            ),
+                        }
+                    },
+                },
+                "Webhook": {
+                    "type": "object",
+                    "required": ["url", "created_at"],
+                    "properties": {
+                        "url": {"type": "string"},
+                        "created_at": {"type": "number", "description": "Unix seconds"},
+                        "secret": {
+                            **_B64,
+                            "description": (
+                                "Only in the answer to PUT: the HMAC-SHA256 key of X-Dvrlink-Signature "
+                                "(sha256=hex of HMAC(secret, '<X-Dvrlink-Timestamp>.' + body))"
+                            ),
+                        },
+                    },
+                },
                 "AlarmList": {
                     "type": "object",
                     "required": ["serial", "events", "last_id"],
@@ -514,6 +544,43 @@ def openapi_document() -> dict[str, Any]:
                         "404": _error("Unknown device, or no such alarm or snapshot (`no_snapshot`)"),
                     },
                 }
+            },
+            "/v1/webhook": {
+                "put": {
+                    "summary": (
+                        "Set the caller's alarm webhook: every alarm of a device paired to the account is "
+                        'POSTed there as {"event": Alarm}, signed (X-Dvrlink-Signature), with its id in '
+                        "X-Dvrlink-Event-Id, retried with backoff until a 2xx answer"
+                    ),
+                    "operationId": "putWebhook",
+                    "security": [{"bearer": []}],
+                    "requestBody": _body("WebhookRequest"),
+                    "responses": {
+                        "200": _json("Set; the answer holds the signing secret, shown only now", "Webhook"),
+                        "400": _error("A bad body, or a URL the SSRF guard refuses (`webhook_refused`)"),
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+                "get": {
+                    "summary": "The caller's alarm webhook (without its secret)",
+                    "operationId": "getWebhook",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json("The webhook", "Webhook"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("None set (`no_webhook`)"),
+                    },
+                },
+                "delete": {
+                    "summary": "Remove the caller's alarm webhook and the deliveries waiting for it",
+                    "operationId": "deleteWebhook",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "Removed"},
+                        "401": _UNAUTHORIZED,
+                        "404": _error("None set (`no_webhook`)"),
+                    },
+                },
             },
             "/v1/devices/{serial}/pairings": {
                 "post": {
