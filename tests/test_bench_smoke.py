@@ -204,3 +204,10 @@ def test_wakeup_floor_prints_each_program_with_and_without_acks() -> None:
     for *_, percent, us, writes in rows:
         assert float(percent) > 0 and int(us) > 0 and int(writes) >= 2, out
     assert "issue 14's target for dvrlinkd here: 0.8 % of a core" in out
+
+
+def test_alarm_latency_prints_median_p95_and_bytes_per_alarm() -> None:
+    out = run_bench("alarm_latency")
+    assert "PASS" in out or "FAIL" in out, out
+    assert numbers(r"median ([\d.]+) ms", out) and numbers(r"p95 ([\d.]+) ms", out), out
+    assert numbers(r"(\d+) up, ", out)[0] > 28, out
