@@ -308,3 +308,8 @@ class AlarmQueue:
 def _rewrite(path: Path, stream: int, next_seq: int, records: tuple[AlarmRecord, ...]) -> None:
     """Replace the journal with its live entries (atomic write)."""
     atomic_write(path, _header(stream, next_seq) + b"".join(_add(r) for r in records))
+
+
+def sender_config(queue_size: int, retransmit_initial_s: float, retransmit_max_s: float) -> SenderConfig:
+    """The sender settings of ``[alarms]`` (``daemon.config.AlarmsConfig``'s fields)."""
+    return SenderConfig(capacity=queue_size, rto_initial=retransmit_initial_s, rto_max=retransmit_max_s)

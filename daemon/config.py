@@ -714,3 +714,38 @@ def _describe_modem(modem: ModemSettings) -> str:
         return "off"
     where = modem.port or "detected by USB ID"
     return f"{modem.profile} on {where}, data link {modem.data_link}, APN {modem.apn or 'automatic'}"
+
+
+# -- [alarms] (issue 15; the lead wires it into DaemonConfig and parse_config) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmsConfig:
+    """``[alarms]``: the device's alarm queue (``daemon/alarms.py``)."""
+
+    queue_size: int = 1000
+    """Alarms kept while the broker has not acknowledged them; when full, the oldest is dropped."""
+    retransmit_initial_s: float = 1.0
+    """Seconds to wait for the broker's acknowledgement before sending again; doubles each time."""
+    retransmit_max_s: float = 30.0
+    """Longest wait between two sends of the same alarms."""
+
+
+def parse_alarms(document: Mapping[str, object], source: Path) -> AlarmsConfig:
+    """The ``[alarms]`` section of a config document (all keys optional).
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or out of range (named).
+    """
+    table = _Table(source, "alarms", document, AlarmsConfig)
+    initial = table.number("retransmit_initial_s", 0.05, 600.0)
+    most = table.number("retransmit_max_s", 0.05, 3600.0)
+    if most < initial:
+        raise table.error(
+            "retransmit_max_s", most, f"must be at least retransmit_initial_s ({initial:g}); raise it"
+        )
+    return AlarmsConfig(
+        queue_size=table.integer("queue_size", 1, 100_000),
+        retransmit_initial_s=initial,
+        retransmit_max_s=most,
+    )

@@ -121,3 +121,17 @@ def test_raise_alarm_hands_the_record_to_the_presence_client_and_flushes(
     assert flushed == [True]
     assert os.path.getsize(tmp_path / JOURNAL_FILE) > 20
     queue.close()
+
+
+def test_the_alarms_section_is_checked(tmp_path: Path) -> None:
+    from dvrlink.daemon.config import AlarmsConfig, ConfigError, parse_alarms
+
+    source = tmp_path / "dvrlinkd.toml"
+    assert parse_alarms({}, source) == AlarmsConfig()
+    assert parse_alarms({"alarms": {"queue_size": 50}}, source).queue_size == 50
+    with pytest.raises(ConfigError, match=r"\[alarms\] queue_size = 0"):
+        parse_alarms({"alarms": {"queue_size": 0}}, source)
+    with pytest.raises(ConfigError, match="must be at least retransmit_initial_s"):
+        parse_alarms({"alarms": {"retransmit_initial_s": 5, "retransmit_max_s": 2}}, source)
+    with pytest.raises(ConfigError, match="queue_sise"):
+        parse_alarms({"alarms": {"queue_sise": 5}}, source)
