@@ -94,6 +94,7 @@ class WebhookPolicy:
             (ip.is_unspecified, "an unspecified address"),
             (ip.is_private, "a private address"),
             (ip.is_reserved, "a reserved address"),
+            (not ip.is_global, "not a public address"),  # e.g. 100.64.0.0/10, carrier-grade NAT
         ):
             if test:
                 return f"{ip} is {what}"

@@ -120,6 +120,7 @@ def test_an_endpoint_failing_3_times_still_gets_each_alarm_once_signed_in_order(
         ("https://[fe80::1]/hook", "is a link-local address"),
         ("https://[::ffff:10.0.0.1]/hook", "10.0.0.1 is a private address"),
         ("https://0.0.0.0/hook", "0.0.0.0 is a"),
+        ("https://100.64.1.2/hook", "100.64.1.2 is not a public address"),
         ("https://broker.example.net/hook", "points at this broker"),
         ("https://localhost:8443/hook", "points at this broker"),
         ("http://hooks.example.com/x", "is plain http: use https"),
