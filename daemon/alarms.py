@@ -34,11 +34,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dvrlink.protocol.alarm_link import AlarmsDelivered, AlarmsDropped, AlarmSender, SenderConfig
 from dvrlink.protocol.alarm_wire import AlarmKind, AlarmRecord, check_alarm, kind_name
 from dvrlink.protocol.presence_events import ClientEvent
+
+if TYPE_CHECKING:
+    from dvrlink.daemon.status import ModemBlock
 from dvrlink.store.files import atomic_write, move_corrupt_aside
 
 JOURNAL_FILE = "alarms.journal"
@@ -313,3 +316,38 @@ def _rewrite(path: Path, stream: int, next_seq: int, records: tuple[AlarmRecord,
 def sender_config(queue_size: int, retransmit_initial_s: float, retransmit_max_s: float) -> SenderConfig:
     """The sender settings of ``[alarms]`` (``daemon.config.AlarmsConfig``'s fields)."""
     return SenderConfig(capacity=queue_size, rto_initial=retransmit_initial_s, rto_max=retransmit_max_s)
+
+
+_SIM_PRESENT = ("ready", "identified", "locked")
+
+
+class ModemAlarmWatch:
+    """Turns the modem's status (``ModemBlock`` snapshots, as ``dvrlinkd status`` shows them) into
+    alarms: the SIM taken out (``SIM_REMOVED``), the data cap reached (``DATA_CAP_REACHED``).
+    Sans-I/O: feed each snapshot to ``update``; the first one only sets what is normal."""
+
+    def __init__(self) -> None:
+        self._sim: str | None = None
+        self._iccid = ""
+        self._cap_level: str | None = None
+
+    def update(self, block: ModemBlock) -> list[tuple[AlarmKind, str]]:
+        """The alarms this snapshot calls for, as (kind, detail)."""
+        alarms: list[tuple[AlarmKind, str]] = []
+        if self._sim in _SIM_PRESENT and block.sim == "absent":
+            which = f" {self._iccid}" if self._iccid else ""
+            alarms.append(
+                (AlarmKind.SIM_REMOVED, f"SIM{which} removed: the recorder is off the cellular network")
+            )
+        if self._cap_level is not None and self._cap_level != "stop" and block.cap_level == "stop":
+            used, cap = block.data_used_bytes or 0, block.data_cap_bytes or 0
+            alarms.append(
+                (
+                    AlarmKind.DATA_CAP_REACHED,
+                    f"{used} of {cap} bytes used this cycle: live view over cellular stops",
+                )
+            )
+        self._sim, self._cap_level = block.sim, block.cap_level
+        if block.iccid:
+            self._iccid = block.iccid
+        return alarms

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dvrlink.daemon.alarms import AlarmQueue
+from dvrlink.daemon.alarms import AlarmQueue, ModemAlarmWatch
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
@@ -521,6 +521,7 @@ class DeviceEvents:
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self.alarms: AlarmQueue | None = None
         """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
+        self._modem_alarms = ModemAlarmWatch()
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -628,10 +629,16 @@ class DeviceEvents:
     def attach_modem(self, modem: ModemView) -> None:
         """The modem service is up (it loads after presence starts): the status file gets its block."""
         self._modem = modem
+        self._modem_alarms.update(modem.snapshot())
         self._write_status()
 
     def modem_changed(self) -> None:
-        """Rewrite the status file: the modem's state, signal or data changed."""
+        """Rewrite the status file: the modem's state, signal or data changed; raise the alarms
+        that calls for (SIM removed, data cap reached)."""
+        if self._modem is not None:
+            for kind, detail in self._modem_alarms.update(self._modem.snapshot()):
+                if self.alarms is not None:
+                    self.alarms.raise_alarm(kind, detail=detail)
         self._write_status()
 
     def _write_status(self) -> None:

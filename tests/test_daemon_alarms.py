@@ -135,3 +135,65 @@ def test_the_alarms_section_is_checked(tmp_path: Path) -> None:
         parse_alarms({"alarms": {"retransmit_initial_s": 5, "retransmit_max_s": 2}}, source)
     with pytest.raises(ConfigError, match="queue_sise"):
         parse_alarms({"alarms": {"queue_sise": 5}}, source)
+
+
+def test_the_modem_watch_raises_sim_removed_and_data_cap_once_each() -> None:
+    from dvrlink.daemon.alarms import ModemAlarmWatch
+    from dvrlink.daemon.status import ModemBlock
+
+    watch = ModemAlarmWatch()
+    assert watch.update(ModemBlock(state="sim-absent", sim="absent")) == []  # absent at start: no removal
+    online = ModemBlock(state="online", sim="identified", iccid="894910******1234", data_used_bytes=10)
+    assert watch.update(online) == []
+    capped = ModemBlock(
+        state="online", sim="identified", cap_level="stop", data_used_bytes=1000, data_cap_bytes=1000
+    )
+    [(kind, detail)] = watch.update(capped)
+    assert kind is AlarmKind.DATA_CAP_REACHED and detail.startswith("1000 of 1000 bytes used")
+    assert watch.update(capped) == []
+    [(kind, detail)] = watch.update(ModemBlock(state="sim-absent", sim="absent", cap_level="stop"))
+    assert kind is AlarmKind.SIM_REMOVED and "894910******1234" in detail
+    assert watch.update(ModemBlock(state="sim-absent", sim="absent")) == []
+
+
+def test_device_events_raise_modem_alarms_in_the_queue(tmp_path: Path, mocker: MockerFixture) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dvrlink.daemon.app import DeviceEvents
+    from dvrlink.daemon.config import load_config
+    from dvrlink.daemon.notify import Notifier
+    from dvrlink.daemon.pairing import InviteHandler
+    from dvrlink.daemon.state import DeviceState
+    from dvrlink.daemon.status import ModemBlock, StatusFile
+
+    class Modem:  # stands for the modem service (a real one acts on a serial port)
+        block = ModemBlock(state="online", sim="ready", iccid="8949")
+
+        def snapshot(self) -> ModemBlock:
+            return self.block
+
+    path = tmp_path / "dvrlinkd.toml"
+    path.write_text(
+        '[device]\nserial = "DL-0015-0005"\nstate_dir = "state"\nruntime_dir = "run"\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 3478\n'
+        'public_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="\n'
+    )
+    config = load_config(path)
+    state = DeviceState(config.device.state_dir)
+    invites = InviteHandler("DL-0015-0005", state.device_key(), state.pairing_secret(), state, config.pairing)
+    client = PresenceClient(ClientConfig("DL-0015-0005", bytes(range(32))), Ed25519PrivateKey.generate())
+    events = DeviceEvents(
+        config, client, Notifier({}), StatusFile(config.device.runtime_dir), invites, lambda: 0.0
+    )
+    queue = open_queue(tmp_path)
+    events.alarms = queue
+    modem = Modem()
+    events.attach_modem(modem)
+    raise_alarm = mocker.spy(queue, "raise_alarm")
+    events.modem_changed()  # nothing new
+    raise_alarm.assert_not_called()
+    modem.block = ModemBlock(state="sim-absent", sim="absent")
+    events.modem_changed()
+    raise_alarm.assert_called_once()
+    assert [r.kind for r in queue.sender.queued()] == [AlarmKind.SIM_REMOVED]
+    queue.close()
