@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bench import (
+    alarm_latency,
     cellular_cost,
     daemon_footprint,
     daemon_memory,
@@ -42,6 +43,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("modem_online", modem_online.main),
     ("login_burst", login_burst.main),
     ("dataplane_core", dataplane_core.main),
+    ("alarm_latency", alarm_latency.main),
 )
 
 

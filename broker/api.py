@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from dvrlink.broker.alarms import AlarmService
 from dvrlink.broker.api_common import (
     MAX_BODY,
     ApiContext,
@@ -30,11 +31,13 @@ from dvrlink.broker.api_common import (
     str_field,
 )
 from dvrlink.broker.api_devices import DeviceRoutes
+from dvrlink.broker.api_events import EventRoutes, WebhookRoutes
 from dvrlink.broker.api_sessions import RelayDirectory, SessionRoutes
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.rate_limit import FailureLimiter
 from dvrlink.broker.registry import USERNAME_MAX, Registry, verify_password
+from dvrlink.broker.webhooks import WebhookDispatcher
 
 PASSWORD_MAX = 1024
 HASHING_CONCURRENCY = 2  # password checks at once, each in the hashing pool (~16 MiB, tens of ms)
@@ -54,8 +57,16 @@ class BrokerApi:
         config: BrokerConfig,
         clock: Callable[[], float] = time.time,
         relays: RelayDirectory | None = None,
+        alarms: AlarmService | None = None,
+        webhooks: WebhookDispatcher | None = None,
     ) -> None:
         ctx = ApiContext(registry, presence, config, clock)
+        self._events = EventRoutes(ctx, alarms) if alarms is not None else None
+        self._webhooks = (
+            WebhookRoutes(ctx, alarms.store, webhooks)
+            if alarms is not None and webhooks is not None
+            else None
+        )
         self._registry = registry
         self._presence = presence
         self._config = config
@@ -88,6 +99,17 @@ class BrokerApi:
         app.router.add_post("/v1/devices/{serial}/pairings", devices.pair_device)
         app.router.add_delete("/v1/devices/{serial}/pairings", devices.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", devices.ping_device)
+        if self._events is not None:
+            events = self._events
+            app.router.add_get("/v1/devices/{serial}/events", events.list_events, allow_head=False)
+            app.router.add_get("/v1/devices/{serial}/events/stream", events.stream_events, allow_head=False)
+            app.router.add_get(
+                "/v1/devices/{serial}/events/{event_id}/snapshot", events.event_snapshot, allow_head=False
+            )
+        if self._webhooks is not None:
+            app.router.add_put("/v1/webhook", self._webhooks.put_webhook)
+            app.router.add_get("/v1/webhook", self._webhooks.get_webhook, allow_head=False)
+            app.router.add_delete("/v1/webhook", self._webhooks.delete_webhook)
         app.router.add_post("/v1/sessions", sessions.create_session)
         app.router.add_get("/v1/sessions", sessions.list_sessions, allow_head=False)
         app.router.add_post("/v1/sessions/{session_id}/offer", sessions.offer_session)

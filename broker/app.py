@@ -4,6 +4,7 @@
                                  │                 (by address: TransportRouter) └─► PresenceTcpServer ◄─► TLS
                                  └─► BrokerApi (aiohttp, TLS) ──► PresenceGateway (invites) ──┘
                                      └─ RelayDirectory (REST credentials) ··· TurnLink ◄─► UDP/TCP + relays
+    PresenceServer ── AlarmMessageReceived ──► AlarmService ──► AlarmStore (SQLite) ──► API: history, SSE
 
 ``start_broker`` returns once both sockets are bound and ``broker.json`` is written;
 ``serve`` runs until SIGTERM or SIGINT.
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from dvrlink.broker.alarm_store import ALARMS_FILE, AlarmStore
+from dvrlink.broker.alarms import AlarmService
 from dvrlink.broker.api import BrokerApi
 from dvrlink.broker.api_sessions import RelayDirectory
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
@@ -54,7 +57,9 @@ from dvrlink.broker.stun_alternate import StunResponder
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
+from dvrlink.broker.webhooks import WebhookDispatcher, WebhookPolicy
 from dvrlink.protocol.identity import b64encode_key, x25519_public_bytes
+from dvrlink.protocol.presence_events import ServerEvent
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
 from dvrlink.protocol.stun import StunRateLimiter
 
@@ -78,6 +83,10 @@ class RunningBroker:
     """The built-in TURN relay (None when ``turn_enabled`` is false)."""
     presence_tcp: PresenceTcpServer | None = None
     """Presence over TCP/TLS (None when its default port could not be bound)."""
+    alarms: AlarmService | None = None
+    """Alarms from devices: history, followers."""
+    webhooks: WebhookDispatcher | None = None
+    """Alarm deliveries to the accounts' webhooks."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -214,9 +223,27 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         )
         server = PresenceServer(server_config or ServerConfig(), static_key, stun=alternate.answer_on_primary)
         gateway = PresenceGateway(server, loop, flush=lambda: link.flush())  # noqa: PLW0108 (link is bound below)
-        on_event = DeviceEventHandler(
+        on_device_event = DeviceEventHandler(
             server, registry, config.manifest_only, loop.time, time.time, gateway.on_event
         )
+        alarm_store = AlarmStore(state / ALARMS_FILE)
+        stack.callback(alarm_store.close)
+        alarms = AlarmService(server, alarm_store, loop.time, time.time)
+        webhooks = WebhookDispatcher(
+            alarm_store,
+            registry.paired_users,
+            WebhookPolicy.from_config(config.webhook_allowed_networks, config.server_names),
+            config.webhook_retry_initial_s,
+            config.webhook_max_attempts,
+        )
+        stack.push_async_callback(webhooks.close)
+        alarms.listeners.append(webhooks.on_alarm)
+        webhooks.start()
+
+        def on_event(event: ServerEvent) -> None:
+            on_device_event(event)
+            alarms.on_event(event)
+
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
         link = await start_presence_link(router, on_event, config.udp_host, config.udp_port)
         stack.callback(link.close)
@@ -270,12 +297,13 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
             listening.append(("presence/tcp", format_address(presence_tcp.address)))
-        api = BrokerApi(registry, gateway, config, relays=relays)
+        api = BrokerApi(registry, gateway, config, relays=relays, alarms=alarms, webhooks=webhooks)
         stack.callback(api.close)
         app = api.build_app()
         runner = web.AppRunner(app, shutdown_timeout=2.0, keepalive_timeout=config.http_idle_timeout_s)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        stack.callback(alarms.close)  # ends the alarm streams first, so the cleanup need not wait
         stack.callback(gateway.cancel_all)
         # TLS is started by the gate, after the per-address connection cap let a connection in.
         gate = AddressGate(
@@ -314,7 +342,9 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             https_port,
             "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
-        return RunningBroker(info, config, registry, server, link, app, stack, turn, presence_tcp)
+        return RunningBroker(
+            info, config, registry, server, link, app, stack, turn, presence_tcp, alarms, webhooks
+        )
     except BaseException:
         await stack.aclose()
         raise

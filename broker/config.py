@@ -39,6 +39,7 @@ from the directory that holds the file)::
     # turn_secret_file = "/etc/dvrlink/turn_secret"  # default state_dir/turn_secret (made 0600)
     turn_credential_ttl_s = 3600            # lifetime of TURN REST credentials handed out
     turn_allow_loopback_peers = false       # true only for loopback tests and the demo
+    webhook_allowed_networks = []           # e.g. ["10.0.0.0/8"]: labs whose webhooks are private
     # turn_servers = [{host = "turn1.example.net", port = 3478, transport = "udp"}]  # coturn fleet
     # stun_alternate_host = "203.0.113.11"  # RFC 5780 NAT discovery: a second local address
     stun_alternate_port = 3480              # ... and a second port (udp_host must be specific)
@@ -193,6 +194,15 @@ class BrokerConfig:
     standard client's ``turnutils_uclient -m 10 -y`` (RTP and RTCP for 10 pairs: 40)."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+    webhook_allowed_networks: tuple[str, ...] = ()
+    """CIDR networks (``"10.0.0.0/8"``, ``"127.0.0.1/32"``) that alarm webhooks may reach although
+    they are loopback, private, link-local or this broker's own addresses (and there plain
+    http is allowed too): for labs. Empty: webhooks must be https to public addresses."""
+    webhook_retry_initial_s: float = 2.0
+    """Seconds before a failed webhook delivery is retried; doubling each time up to 300 s."""
+    webhook_max_attempts: int = 12
+    """Deliveries of one alarm to one webhook before it is given up (logged): about 37 minutes
+    with the default backoff."""
 
     @property
     def turn_secret_path(self) -> Path:
@@ -230,6 +240,7 @@ _INT_LIMITS = {
     "stun_rate_per_s": (0, 1_000_000),
     "stun_rate_burst": (1, 1_000_000),
     "turn_max_allocations_per_name": (1, 100_000),
+    "webhook_max_attempts": (1, 1000),
 }
 _DURATION_LIMITS = {
     "token_lifetime_s": (60.0, 10 * 365 * 86400.0),
@@ -242,6 +253,7 @@ _DURATION_LIMITS = {
     "session_ttl_s": (10.0, 86400.0),
     "session_answer_timeout_s": (1.0, 120.0),
     "turn_credential_ttl_s": (60.0, 7 * 86400.0),
+    "webhook_retry_initial_s": (0.01, 3600.0),
 }
 
 
@@ -410,6 +422,17 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
         return raw
     if name == "turn_servers":
         return _turn_servers(raw, where)
+    if name == "webhook_allowed_networks":
+        if not isinstance(raw, list | tuple) or not all(isinstance(n, str) for n in raw):
+            raise ConfigError(f'{where} must be a list of CIDR networks, e.g. ["10.0.0.0/8"], got {raw!r}')
+        for network in raw:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}: {network!r} is not a CIDR network ({exc}), e.g. 10.0.0.0/8"
+                ) from None
+        return tuple(raw)
     if name == "log_level":
         if not isinstance(raw, str) or raw.upper() not in LOG_LEVELS:
             raise ConfigError(f"{where} is {raw!r}; use one of {', '.join(LOG_LEVELS)}")

@@ -33,6 +33,20 @@ _SERIAL = {
     "description": "Device serial number",
 }
 _B64 = {"type": "string", "contentEncoding": "base64"}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Only alarms with a larger id (the `id` of the last one seen)",
+}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "description": "At most this many alarms",
+}
 _UNIX_TIME = {"type": ["number", "null"], "description": "Unix seconds"}
 _SESSION_ID = {
     "name": "session_id",
@@ -265,6 +279,75 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Alarm": {
+                    "type": "object",
+                    "required": ["id", "serial", "seq", "time", "received_at", "kind", "kind_code"],
+                    "properties": {
+                        "id": {"type": "integer", "description": "The broker's id: increasing, never reused"},
+                        "serial": {"type": "string"},
+                        "seq": {"type": "integer", "description": "The device's own number for it"},
+                        "time": {"type": "number", "description": "Unix seconds, by the device's clock"},
+                        "received_at": {"type": "number", "description": "Unix seconds, broker's clock"},
+                        "kind": {
+                            "type": "string",
+                            "description": (
+                                "SignalLost, SignalRestored, FormatChanged, MotionStart, "
+                                "MotionStop, StreamStalled, DeviceError, AlarmInput, DiskError, "
+                                "EncoderError, SimRemoved, DataCapReached, Other (the detail names it), "
+                                "or KindN for a kind this broker does not know"
+                            ),
+                        },
+                        "kind_code": {"type": "integer", "description": "The kind's number on the wire"},
+                        "channel": {"type": ["integer", "null"]},
+                        "detail": {"type": "string", "maxLength": 120},
+                        "snapshot_size": {
+                            "type": ["integer", "null"],
+                            "description": "Bytes of its JPEG snapshot (GET .../events/{event_id}/snapshot)",
+                        },
+                    },
+                },
+                "WebhookRequest": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {
+                            "type": "string",
+                            "maxLength": 2048,
+                            "description": (
+                                "An https URL of a public endpoint (not this broker, loopback, private "
+                                "or link-local addresses, unless the broker's webhook_allowed_networks "
+                                "allow them)"
+                            ),
+                        }
+                    },
+                },
+                "Webhook": {
+                    "type": "object",
+                    "required": ["url", "created_at"],
+                    "properties": {
+                        "url": {"type": "string"},
+                        "created_at": {"type": "number", "description": "Unix seconds"},
+                        "secret": {
+                            **_B64,
+                            "description": (
+                                "Only in the answer to PUT: the HMAC-SHA256 key of X-Dvrlink-Signature "
+                                "(sha256=hex of HMAC(secret, '<X-Dvrlink-Timestamp>.' + body))"
+                            ),
+                        },
+                    },
+                },
+                "AlarmList": {
+                    "type": "object",
+                    "required": ["serial", "events", "last_id"],
+                    "properties": {
+                        "serial": {"type": "string"},
+                        "events": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}},
+                        "last_id": {
+                            "type": ["integer", "null"],
+                            "description": "The last id in `events` (or `after`): the next `after`",
+                        },
+                    },
+                },
                 "Ping": {
                     "type": "object",
                     "required": ["serial", "rtt_ms"],
@@ -393,6 +476,111 @@ def openapi_document() -> dict[str, Any]:
                         "504": _error("Registered but no answer in time (`device_timeout`)"),
                     },
                 }
+            },
+            "/v1/devices/{serial}/events": {
+                "get": {
+                    "summary": "The device's stored alarms, oldest first (the broker keeps the last 1000)",
+                    "operationId": "listDeviceEvents",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL, _AFTER, _LIMIT],
+                    "responses": {
+                        "200": _json("Alarms after `after`, or the last `limit` without it", "AlarmList"),
+                        "400": _error("A bad query parameter (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/events/stream": {
+                "get": {
+                    "summary": (
+                        "Follow the device's alarms as Server-Sent Events: a `: following` comment once "
+                        "live, then `id: <id>`, `event: alarm`, `data: <Alarm JSON>` per alarm, and a "
+                        "`: keepalive` comment every 15 s. With `after` or a `Last-Event-ID` header, the "
+                        "stored alarms after that id come first"
+                    ),
+                    "operationId": "streamDeviceEvents",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        _SERIAL,
+                        _AFTER,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "The last alarm id seen (EventSource sends it on reconnect)",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream (it ends when the broker stops)",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _error("A bad query parameter (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/events/{event_id}/snapshot": {
+                "get": {
+                    "summary": "The JPEG snapshot that came with an alarm",
+                    "operationId": "getDeviceEventSnapshot",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        _SERIAL,
+                        {"name": "event_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The JPEG",
+                            "content": {"image/jpeg": {"schema": {"type": "string"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device, or no such alarm or snapshot (`no_snapshot`)"),
+                    },
+                }
+            },
+            "/v1/webhook": {
+                "put": {
+                    "summary": (
+                        "Set the caller's alarm webhook: every alarm of a device paired to the account is "
+                        'POSTed there as {"event": Alarm}, signed (X-Dvrlink-Signature), with its id in '
+                        "X-Dvrlink-Event-Id, retried with backoff until a 2xx answer"
+                    ),
+                    "operationId": "putWebhook",
+                    "security": [{"bearer": []}],
+                    "requestBody": _body("WebhookRequest"),
+                    "responses": {
+                        "200": _json("Set; the answer holds the signing secret, shown only now", "Webhook"),
+                        "400": _error("A bad body, or a URL the SSRF guard refuses (`webhook_refused`)"),
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+                "get": {
+                    "summary": "The caller's alarm webhook (without its secret)",
+                    "operationId": "getWebhook",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json("The webhook", "Webhook"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("None set (`no_webhook`)"),
+                    },
+                },
+                "delete": {
+                    "summary": "Remove the caller's alarm webhook and the deliveries waiting for it",
+                    "operationId": "deleteWebhook",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "Removed"},
+                        "401": _UNAUTHORIZED,
+                        "404": _error("None set (`no_webhook`)"),
+                    },
+                },
             },
             "/v1/devices/{serial}/pairings": {
                 "post": {

@@ -717,6 +717,11 @@ class Registry:
         )
         return [PairingRecord(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
 
+    def paired_users(self, serial: str) -> list[str]:
+        """The accounts ``serial`` is paired to, by name."""
+        rows = self._db.execute("SELECT username FROM pairings WHERE serial = ? ORDER BY username", (serial,))
+        return [str(r[0]) for r in rows]
+
     def pairing(self, username: str, serial: str) -> PairingRecord | None:
         """The pairing of ``serial`` to ``username``, if any."""
         row = self._db.execute(

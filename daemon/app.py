@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dvrlink.daemon.alarms import AlarmQueue, ModemAlarmWatch, sender_config
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
@@ -42,6 +43,7 @@ from dvrlink.daemon.services import ServicesConfig
 from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState, check_state_files
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
+from dvrlink.protocol.alarm_link import AlarmsDelivered, AlarmsDropped
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -212,6 +214,12 @@ async def _run_locked(
     loop = asyncio.get_running_loop()
     device_key = state.device_key()
     invites = InviteHandler(config.device.serial, device_key, state.pairing_secret(), state, config.pairing)
+    alarms = AlarmQueue.open(  # event sources call alarms.raise_alarm(...)
+        config.device.state_dir,
+        sender_config(
+            config.alarms.queue_size, config.alarms.retransmit_initial_s, config.alarms.retransmit_max_s
+        ),
+    )
     client = PresenceClient(
         ClientConfig(
             serial=config.device.serial,
@@ -221,6 +229,7 @@ async def _run_locked(
             retries=config.presence.retries,
         ),
         device_key,
+        alarms=alarms.sender,
     )
     sessions = SessionServer(
         config.device.serial,
@@ -245,6 +254,8 @@ async def _run_locked(
         presence_settled=presence_settled,
     )
     link = _presence_link(config, client, events)
+    events.alarms = alarms
+    alarms.attach(client, link.flush, loop.time)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
     tuning = events.tuning = _presence_tuning(config, client, loop)
@@ -264,6 +275,7 @@ async def _run_locked(
     if capture is not None:
         sessions.channels = capture.channels
         capture.add_sink(lambda _event: events.capture_changed())
+        capture.add_sink(functools.partial(_capture_alarm, alarms))
         events.attach_capture(capture.channels)
         live = await _start_live(config, capture)
         if live is not None:
@@ -300,8 +312,18 @@ async def _run_locked(
                 if prober is not None:
                     await prober.close()
         link.close()
+        alarms.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _capture_alarm(alarms: AlarmQueue, event: object) -> None:
+    """A HAL event as an alarm for the broker (``capture_service.raise_capture_alarm``)."""
+    from dvrlink.daemon.capture_service import raise_capture_alarm  # noqa: PLC0415
+    from dvrlink.hal.model import HalEvent  # noqa: PLC0415
+
+    if isinstance(event, HalEvent):
+        raise_capture_alarm(alarms, event)
 
 
 def _services_with_live(config: DaemonConfig) -> ServicesConfig:
@@ -571,6 +593,9 @@ class DeviceEvents:
         """The capture devices' channels (``attach_capture``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
+        self.alarms: AlarmQueue | None = None
+        """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
+        self._modem_alarms = ModemAlarmWatch()
         self._client = client
         self._core_clock = core_clock
         self._notifier = notifier
@@ -601,6 +626,10 @@ class DeviceEvents:
         """Log, update the status file, then tell systemd; answer invites."""
         if self.tuning is not None:
             self.tuning.on_event(event)
+        if isinstance(event, AlarmsDelivered | AlarmsDropped):
+            if self.alarms is not None:
+                self.alarms.on_event(event)
+            return
         if isinstance(event, InviteReceived):
             if event.kind in (INVITE_KIND_SESSION, INVITE_KIND_CANDIDATES) and self._sessions is not None:
                 self._sessions.handle(event, self._core_clock())
@@ -674,6 +703,7 @@ class DeviceEvents:
     def attach_modem(self, modem: ModemView) -> None:
         """The modem service is up (it loads after presence starts): the status file gets its block."""
         self._modem = modem
+        self._modem_alarms.update(modem.snapshot())
         self._write_status()
 
     def attach_capture(self, channels: Callable[[], list[dict[str, Any]]]) -> None:
@@ -686,7 +716,12 @@ class DeviceEvents:
         self._write_status()
 
     def modem_changed(self) -> None:
-        """Rewrite the status file: the modem's state, signal or data changed."""
+        """Rewrite the status file: the modem's state, signal or data changed; raise the alarms
+        that calls for (SIM removed, data cap reached)."""
+        if self._modem is not None:
+            for kind, detail in self._modem_alarms.update(self._modem.snapshot()):
+                if self.alarms is not None:
+                    self.alarms.raise_alarm(kind, detail=detail)
         self._write_status()
 
     def _write_status(self) -> None:

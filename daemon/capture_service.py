@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dvrlink.hal.backends import open_device
 from dvrlink.hal.config import CaptureConfig
@@ -20,6 +20,7 @@ from dvrlink.hal.device import FrameSource
 from dvrlink.hal.model import (
     DeviceError,
     DeviceIoError,
+    DeviceRecovered,
     FormatChanged,
     HalEvent,
     SignalLost,
@@ -27,6 +28,7 @@ from dvrlink.hal.model import (
 )
 from dvrlink.hal.poller import DevicePoller
 from dvrlink.hal.watch import ChannelWatcher
+from dvrlink.protocol.alarm_wire import AlarmKind, kind_from_name
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +161,48 @@ class CaptureService:
                 log.exception("an event sink failed on %r; carrying on", event)
 
 
+class AlarmRaiser(Protocol):
+    """What the capture alarms need of the alarm queue (``daemon.alarms.AlarmQueue``)."""
+
+    def raise_alarm(
+        self, kind: AlarmKind | int, *, channel: int | None = None, detail: str = ""
+    ) -> object: ...
+
+
+def raise_capture_alarm(alarms: AlarmRaiser, event: HalEvent) -> None:
+    """Queue the alarm for a HAL event: its kind by name (``SignalLost`` is ``SIGNAL_LOST``),
+    its channel, and the device and details as text (``front: no-video``). ``DeviceRecovered``
+    has no kind of its own and goes as ``OTHER``."""
+    try:
+        kind = kind_from_name(type(event).__name__)
+    except ValueError:
+        kind = AlarmKind.OTHER
+    detail = event_detail(event)
+    if kind is AlarmKind.OTHER:
+        detail = f"{type(event).__name__}" + (f" ({detail})" if detail else "")
+    text = f"{event.device}: {detail}" if detail else event.device
+    alarms.raise_alarm(kind, channel=getattr(event, "channel", None), detail=text)
+
+
 def describe_event(event: HalEvent) -> str:
     """One line for the log: ``front channel 2: SignalLost (no-video)``."""
-    name = type(event).__name__
     channel = getattr(event, "channel", None)
     where = event.device if channel is None else f"{event.device} channel {channel}"
+    detail = event_detail(event)
+    return f"{where}: {type(event).__name__}" + (f" ({detail})" if detail else "")
+
+
+def event_detail(event: HalEvent) -> str:
+    """What an event says beyond its kind and channel: ``no-video``, ``cvbs-pal -> ahd-720p25``,
+    a device error's message, how long a device failed."""
     if isinstance(event, SignalLost):
-        detail = event.signal.value
-    elif isinstance(event, SignalRestored):
-        detail = event.format.value
-    elif isinstance(event, FormatChanged):
-        detail = f"{event.old.value} -> {event.new.value}"
-    elif isinstance(event, DeviceError):
-        detail = event.message
-    else:
-        detail = ""
-    return f"{where}: {name}" + (f" ({detail})" if detail else "")
+        return event.signal.value
+    if isinstance(event, SignalRestored):
+        return event.format.value
+    if isinstance(event, FormatChanged):
+        return f"{event.old.value} -> {event.new.value}"
+    if isinstance(event, DeviceError):
+        return event.message
+    if isinstance(event, DeviceRecovered):
+        return f"after {event.failed_s:.0f} s"
+    return ""

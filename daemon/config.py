@@ -252,6 +252,18 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmsConfig:
+    """``[alarms]``: the device's alarm queue (``daemon/alarms.py``)."""
+
+    queue_size: int = 1000
+    """Alarms kept while the broker has not acknowledged them; when full, the oldest is dropped."""
+    retransmit_initial_s: float = 1.0
+    """Seconds to wait for the broker's acknowledgement before sending again; doubles each time."""
+    retransmit_max_s: float = 30.0
+    """Longest wait between two sends of the same alarms."""
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """The whole dvrlinkd configuration."""
 
@@ -268,6 +280,8 @@ class DaemonConfig:
     """``[[capture]]``: the board's capture devices (none: no HAL)."""
     live: LiveConfig = field(default_factory=LiveConfig)
     """``[live]``: the capture channels as RTSP streams for sessions (only with capture devices)."""
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    """``[alarms]``: the queue of alarms for the broker."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -319,6 +333,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "console",
         "capture",
         "live",
+        "alarms",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -387,8 +402,21 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     console = _parse_console(_Table(source, "console", document, ConsoleConfig))
     capture = parse_capture(document, source)
     live = parse_live(document, source)
+    alarms = parse_alarms(document, source)
     return DaemonConfig(
-        device, broker, presence, pairing, log, services, sessions, modem, console, capture, live, source
+        device,
+        broker,
+        presence,
+        pairing,
+        log,
+        services,
+        sessions,
+        modem,
+        console,
+        capture,
+        live,
+        alarms,
+        source,
     )
 
 
@@ -737,3 +765,26 @@ def _describe_modem(modem: ModemSettings) -> str:
         return "off"
     where = modem.port or "detected by USB ID"
     return f"{modem.profile} on {where}, data link {modem.data_link}, APN {modem.apn or 'automatic'}"
+
+
+# -- [alarms] (issue 15; the lead wires it into DaemonConfig and parse_config) -------------------
+
+
+def parse_alarms(document: Mapping[str, object], source: Path) -> AlarmsConfig:
+    """The ``[alarms]`` section of a config document (all keys optional).
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or out of range (named).
+    """
+    table = _Table(source, "alarms", document, AlarmsConfig)
+    initial = table.number("retransmit_initial_s", 0.05, 600.0)
+    most = table.number("retransmit_max_s", 0.05, 3600.0)
+    if most < initial:
+        raise table.error(
+            "retransmit_max_s", most, f"must be at least retransmit_initial_s ({initial:g}); raise it"
+        )
+    return AlarmsConfig(
+        queue_size=table.integer("queue_size", 1, 100_000),
+        retransmit_initial_s=initial,
+        retransmit_max_s=most,
+    )

@@ -20,6 +20,8 @@ import construct as c
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from dvrlink.protocol.alarm_link import AlarmSender
+from dvrlink.protocol.alarm_wire import AlarmRecord
 from dvrlink.protocol.identity import ed25519_public_bytes, validate_serial, x25519_public_bytes
 from dvrlink.protocol.presence_crypto import (
     BROKER_TO_DEVICE,
@@ -130,8 +132,12 @@ class PresenceClient:
         device_key: Ed25519PrivateKey,
         rng: Callable[[int], bytes] = os.urandom,
         jitter: Callable[[], float] = random.random,
+        alarms: AlarmSender | None = None,
     ) -> None:
+        """``alarms``: the device's alarm queue, sent in EVENT messages while online (its
+        ``AlarmsDelivered``/``AlarmsDropped`` come out of ``next_event``)."""
         self._config = config
+        self._alarms = alarms
         self._device_key = device_key
         self._device_public = ed25519_public_bytes(device_key)
         self._rng = rng
@@ -170,6 +176,8 @@ class PresenceClient:
         self._preferred_interval = config.keepalive_interval
         """What REGISTER asks for: the configured interval, or the one set and acknowledged since."""
         self._interval_sent: float | None = None
+        self._now = 0.0
+        """The time of the last input or timer (when queued alarms are stamped as sent)."""
         self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0, "reports": 0}
 
     # -- public properties --------------------------------------------------------------------
@@ -241,20 +249,29 @@ class PresenceClient:
 
     def datagrams_to_send(self) -> list[bytes]:
         """Datagrams for the broker address, oldest first; the list is drained."""
+        self._pump_alarms()
         out, self._outbox = self._outbox, []
         self.stats["sent"] += len(out)
         return out
 
     def next_event(self) -> ClientEvent | None:
         """The next event, or None."""
-        return self._events.popleft() if self._events else None
+        if self._events:
+            return self._events.popleft()
+        return self._alarms.next_event() if self._alarms is not None else None
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must be called next (absolute time), or None."""
-        return self._timer
+        alarm_timer = self._alarms.get_timer() if self._alarms is not None else None
+        if alarm_timer is None or (self._timer is not None and self._timer < alarm_timer):
+            return self._timer
+        return alarm_timer
 
     def handle_timer(self, now: float) -> None:
         """Act on an expired timer; calling it early does nothing."""
+        self._now = now
+        if self._alarms is not None:
+            self._alarms.handle_timer(now)
         if self._timer is None or now < self._timer:
             return
         state = self._state
@@ -281,6 +298,7 @@ class PresenceClient:
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Handle one datagram from the broker; bad ones are dropped and counted."""
+        self._now = now
         self.stats["received"] += 1
         try:
             handled = self._dispatch(data, now)
@@ -288,6 +306,19 @@ class PresenceClient:
             handled = False
         if not handled:
             self.stats["dropped"] += 1
+
+    def send_alarm(self, record: AlarmRecord, now: float) -> None:
+        """Queue ``record`` (already persisted) for the broker; it goes out with the next
+        ``datagrams_to_send`` when online, else once registered.
+
+        Raises:
+            RuntimeError: the client was made without an alarm queue.
+            ValueError: as ``AlarmSender.push``.
+        """
+        if self._alarms is None:
+            raise RuntimeError("PresenceClient made without alarms= cannot send alarms")
+        self._now = now
+        self._alarms.push(record, now)
 
     def reply_invite(self, invite_id: int, status: int, body: bytes, now: float) -> None:
         """Answer an ``InviteReceived``. The reply is sent again if the broker repeats the invite.
@@ -374,6 +405,8 @@ class PresenceClient:
         self._timer = now + self._config.reply_timeout
 
     def _reset_session(self) -> None:
+        if self._alarms is not None:
+            self._alarms.link_down()
         self._session_id = None
         self._sealer = None
         self._awaiting_echo = None
@@ -469,6 +502,8 @@ class PresenceClient:
         self._awaiting_echo = None
         self._timer = now + self._interval
         self._events.append(Registered(session_id, address, self._interval))
+        if self._alarms is not None:
+            self._alarms.link_up(now)
         return True
 
     def _on_refused(self, data: bytes, now: float) -> bool:
@@ -607,7 +642,18 @@ class PresenceClient:
             return self._on_keepalive_ack(plain, now)
         if sealed_type == MessageType.INVITE:
             return self._on_invite(plain)
+        if sealed_type == MessageType.EVENT and self._alarms is not None:
+            return self._alarms.receive_ack(plain, now)
         return False
+
+    def _pump_alarms(self) -> None:
+        """Seal what the alarm queue wants to send (nothing unless online)."""
+        if self._alarms is None or self._state is not ClientState.ONLINE:
+            return
+        if self._send_counter >= MAX_COUNTER - 16:
+            return
+        for plain in self._alarms.plaintexts_to_send(self._now):
+            self._outbox.append(self._seal(MessageType.EVENT, plain))
 
 
 def state_diagram() -> str:

@@ -164,6 +164,15 @@ class InviteAnswered(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmMessageReceived(ServerEvent):
+    """An authenticated EVENT from a device: an ``alarm_wire`` plaintext for the application's
+    ``AlarmReceiver``, which answers with ``PresenceServer.send_alarm_ack``."""
+
+    serial: str
+    plaintext: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class InviteExpired(ServerEvent):
     """The device did not answer an invite before its deadline."""
 

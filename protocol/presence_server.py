@@ -39,6 +39,7 @@ from dvrlink.protocol.presence_crypto import (
 )
 from dvrlink.protocol.presence_events import (
     Address,
+    AlarmMessageReceived,
     DeviceMoved,
     DeviceOffline,
     DeviceOnline,
@@ -248,6 +249,7 @@ class PresenceServer:
             "probes": 0,
             "probes_dropped": 0,
             "replayed": 0,
+            "alarm_messages": 0,
         }
 
     # -- sans-I/O interface -------------------------------------------------------------------
@@ -316,7 +318,7 @@ class PresenceServer:
                 handled = self._on_hello(data, address, now)
             elif first == MessageType.REGISTER:
                 handled = self._on_register(data, address, now)
-            elif first in (MessageType.INVITE_REPLY, MessageType.GOODBYE):
+            elif first in (MessageType.INVITE_REPLY, MessageType.GOODBYE, MessageType.EVENT):
                 handled = self._on_sealed(data, address, now)
             else:
                 handled = False
@@ -413,6 +415,18 @@ class PresenceServer:
         self._invites[invite.invite_id] = invite
         self._transmit_invite(invite, now)
         return invite.invite_id
+
+    def send_alarm_ack(self, serial: str, plaintext: bytes, now: float) -> bool:
+        """Send an EVENT (an ``alarm_wire`` ACK plaintext) to ``serial``'s current session; False
+        if it is not online (the device sends its alarms again once registered)."""
+        session = self._by_serial.get(serial)
+        if session is None or not session.online or session.send_counter >= MAX_COUNTER:
+            return False
+        session.send_counter += 1
+        out = session.send_counter
+        header = HEADER_STRUCT.pack(MessageType.EVENT, VERSION, session.session_id, out)
+        self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, header, plaintext), session.address))
+        return True
 
     def connection_closed(self, address: Address, now: float) -> None:
         """The connection at ``address`` (a stream address of the TCP link) closed. A device whose
@@ -610,6 +624,10 @@ class PresenceServer:
             self._go_offline(session, "device said goodbye")
             return True
         self._touch(session, address, now)
+        if mtype == MessageType.EVENT:
+            self.stats["alarm_messages"] += 1
+            self._events.append(AlarmMessageReceived(session.serial, plain))
+            return True
         msg = INVITE_REPLY_PLAIN.parse(plain)
         invite = self._invites.pop(msg.invite_id, None)
         if invite is not None and invite.serial == session.serial:

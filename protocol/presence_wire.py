@@ -54,6 +54,8 @@ class MessageType(enum.IntEnum):
     INVITE = 0x0C
     INVITE_REPLY = 0x0D
     GOODBYE = 0x0E
+    EVENT = 0x0F
+    """Alarms, device → broker, and their acknowledgement, broker → device (``alarm_wire``)."""
 
 
 def is_presence(first_byte: int) -> bool:

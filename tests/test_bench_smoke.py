@@ -219,3 +219,10 @@ def test_live_view_prints_first_frame_and_frames_carried_per_path() -> None:
     assert len(firsts) == 2 and all(value > 0 for value in firsts), out
     carried = numbers(r"^  (?:direct|relay): (\d+) frames decoded over 10 s", out)
     assert len(carried) == 2 and all(count > 0 for count in carried), out
+
+
+def test_alarm_latency_prints_median_p95_and_bytes_per_alarm() -> None:
+    out = run_bench("alarm_latency")
+    assert "PASS" in out or "FAIL" in out, out
+    assert numbers(r"median ([\d.]+) ms", out) and numbers(r"p95 ([\d.]+) ms", out), out
+    assert numbers(r"(\d+) up, ", out)[0] > 28, out

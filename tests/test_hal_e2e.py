@@ -93,6 +93,11 @@ def test_channels_lists_the_cameras_and_follows_an_unplug(rig: tuple[Daemon, Vie
     log = daemon.log.read_text()
     assert "front channel 2: SignalLost (no-video)" in log, log[-2000:]
 
+    wait_for(
+        "the SignalLost alarm in dvrlink events",
+        lambda: "SignalLost  channel 2  front: no-video" in viewer.run("events", SERIAL).stdout,
+        30,
+    )
     status = dvrlinkd(daemon, "status")
     assert "capture front (synthetic): 3 of 4 channels with a picture" in status.stdout, status.stdout
     assert "  channel 2: no-video" in status.stdout, status.stdout
@@ -100,6 +105,13 @@ def test_channels_lists_the_cameras_and_follows_an_unplug(rig: tuple[Daemon, Vie
     assert dvrlinkd(daemon, "synthetic", "2", "plug", "cvbs-pal").returncode == 0
     wait_for("channel 2 back in PAL", lambda: channel_rows(viewer)[2]["format"] == "cvbs-pal", 30)
     assert "front channel 2: SignalRestored (cvbs-pal)" in daemon.log.read_text()
+    wait_for(
+        "the SignalRestored alarm after the SignalLost one",
+        lambda: "SignalRestored  channel 2  front: cvbs-pal" in viewer.run("events", SERIAL).stdout,
+        30,
+    )
+    history = viewer.run("events", SERIAL).stdout
+    assert history.index("SignalLost") < history.index("SignalRestored"), history
 
 
 def test_synthetic_and_check_config_say_what_is_wrong(tmp_path: Path) -> None:

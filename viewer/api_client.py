@@ -7,13 +7,14 @@ Each request is bounded by a total timeout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import ssl
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ from dvrlink.viewer.api_types import (
     parse_token,
 )
 from dvrlink.viewer.errors import EXIT_USAGE, ViewerError, toml_value
+from dvrlink.viewer.events import AlarmEvent, SseParser, alarm_from_sse, parse_alarm_list
 from dvrlink.viewer.render import format_ago
 
 _T = TypeVar("_T")
@@ -346,6 +348,93 @@ class BrokerClient:
         if resp.status != 200:
             raise self._error(resp, "GET", path, serial=None)
         return self._parse(parse_sessions, resp, "GET", path)
+
+    async def events(self, serial: str, *, after: int | None = None, limit: int = 100) -> list[AlarmEvent]:
+        """``GET /v1/devices/{serial}/events``: stored alarms, oldest first (the last ``limit``
+        without ``after``). Raises ViewerError (not paired, unknown device, ...)."""
+        path = f"/v1/devices/{_serial(serial)}/events?limit={limit}"
+        if after is not None:
+            path += f"&after={after}"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=serial)
+        return self._parse(parse_alarm_list, resp, "GET", path)
+
+    async def follow_events(
+        self,
+        serial: str,
+        *,
+        after: int | None = None,
+        on_reconnect: Callable[[str], None] = lambda reason: None,
+        idle_timeout: float = 60.0,
+        max_backoff: float = 30.0,
+    ) -> AsyncIterator[AlarmEvent]:
+        """Follow ``GET /v1/devices/{serial}/events/stream`` (Server-Sent Events): each new alarm
+        (after ``after``, when given), for as long as the caller iterates. A dropped stream or
+        one silent for ``idle_timeout`` s (the broker sends a keepalive every 15 s) is opened
+        again after a backoff (1 s doubling to ``max_backoff``), from the last alarm seen, so
+        none is missed; ``on_reconnect`` is told why.
+
+        Raises:
+            ViewerError: the broker refuses (not paired, login expired, ...) or sends a malformed
+                alarm; not for a lost connection.
+        """
+        if self._session is None:
+            raise RuntimeError("use BrokerClient in `async with`")
+        if not self._token:
+            raise ViewerError(NOT_LOGGED_IN)
+        path = f"/v1/devices/{_serial(serial)}/events/stream"
+        last = after
+        backoff = 1.0
+        while True:
+            url = self.broker_url + path + ("" if last is None else f"?after={last}")
+            headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+            reason = ""
+            try:
+                async with self._session.get(
+                    url,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout),
+                ) as resp:
+                    if resp.status != 200:
+                        raw = await resp.content.read(MAX_BODY)
+                        try:
+                            body = json.loads(raw) if raw else None
+                        except (ValueError, UnicodeDecodeError):
+                            body = None
+                        answer = _Response(resp.status, body, raw, resp.headers.get("Retry-After"), None)
+                        raise self._error(answer, "GET", path, serial=serial)
+                    parser = SseParser()
+                    while True:
+                        line = await resp.content.readline()
+                        if not line:
+                            reason = "the broker ended the stream"
+                            break
+                        backoff = 1.0
+                        message = parser.feed(line.decode("utf-8", "replace").rstrip("\r\n"))
+                        if message is None:
+                            continue
+                        try:
+                            alarm = alarm_from_sse(message)
+                        except ValueError as exc:
+                            raise self._malformed("GET", path, str(exc)) from exc
+                        if alarm is not None:
+                            last = alarm.id
+                            yield alarm
+            except ViewerError:
+                raise
+            except TimeoutError:
+                reason = f"no data from the broker for {idle_timeout:g} s"
+            except aiohttp.ClientError as exc:
+                reason = (
+                    _os_reason(exc)
+                    if isinstance(exc, aiohttp.ClientConnectorError)
+                    else str(exc) or type(exc).__name__
+                )
+            on_reconnect(f"{reason}; following again in {backoff:g} s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
 
     # -- transport ----------------------------------------------------------------------------
 

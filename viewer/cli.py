@@ -40,6 +40,7 @@ from dvrlink.viewer.api_client import (
 from dvrlink.viewer.api_types import SessionInfo
 from dvrlink.viewer.console_client import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, ConsoleClient
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError, toml_value
+from dvrlink.viewer.events import render_alarm
 from dvrlink.viewer.forward import (
     ConnectionAccepted,
     ConnectionClosed,
@@ -196,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("serial", metavar="SERIAL")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    events = sub.add_parser(
+        "events",
+        parents=[common],
+        help="show a device's alarms (signal lost, motion, ...); --follow for new ones",
+        description="Print a device's recent alarms, one line each: time, serial, kind (SignalLost, "
+        "MotionStart, ...), channel and detail. With --follow, go on printing new ones as the "
+        "device raises them, until interrupted (Ctrl-C).",
+    )
+    events.add_argument("serial", metavar="SERIAL")
+    events.add_argument("-f", "--follow", action="store_true", help="print new alarms as they come")
+    events.add_argument(
+        "-n",
+        dest="count",
+        metavar="N",
+        type=int,
+        default=20,
+        help="recent alarms to print first (default 20)",
+    )
+    events.add_argument(
+        "--after", metavar="ID", type=int, help="print the alarms after this id instead of the recent ones"
+    )
 
     session = argparse.ArgumentParser(add_help=False)
     paths = session.add_mutually_exclusive_group()
@@ -363,6 +386,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _devices(args, home)
     if command == "status":
         return await _status(args, home)
+    if command == "events":
+        return await _events(args, home)
     if command == "forward":
         return await _forward(args, home)
     if command == "ping":
@@ -649,6 +674,31 @@ def forward_specs(args: argparse.Namespace) -> list[ForwardSpec]:
         return [parse_forward_spec(text) for text in texts]
     except ValueError as exc:
         raise ViewerError(str(exc), EXIT_USAGE) from exc
+
+
+async def _events(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    if not 0 <= args.count <= 1000:
+        raise ViewerError(f"-n {args.count}: give 0 to 1000", EXIT_USAGE)
+    login = _require_login(home, time.time())
+    async with _client(args, login) as client:
+        after = args.after
+        if args.count or after is not None:
+            recent = await client.events(serial, after=after, limit=max(args.count, 1))
+            for alarm in recent[-args.count :] if after is None else recent:
+                print(render_alarm(alarm), flush=True)
+            if recent:
+                after = recent[-1].id
+        if not args.follow:
+            return EXIT_OK
+        if after is None:  # -n 0: only new ones, but none missed from here on
+            latest = await client.events(serial, limit=1)
+            after = latest[-1].id if latest else 0
+        async for alarm in client.follow_events(
+            serial, after=after, on_reconnect=lambda why: _warn(f"alarm stream of {serial} lost: {why}")
+        ):
+            print(render_alarm(alarm), flush=True)
+    return EXIT_OK
 
 
 def _serial_arg(text: str) -> str:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dvrlink.broker.app import RunningBroker, start_broker
 from dvrlink.broker.config import config_from_mapping
 from dvrlink.broker.tls import client_context
+from dvrlink.protocol.alarm_link import AlarmSender
 from dvrlink.protocol.identity import b64encode_key, ed25519_public_bytes
 from dvrlink.protocol.pairing import (
     MAC_SIZE,
@@ -49,12 +50,16 @@ E = TypeVar("E", bound=ClientEvent)
 class SimulatedDevice(asyncio.DatagramProtocol):
     """A presence client on a UDP socket; answers pairing invites like the daemon."""
 
-    def __init__(self, serial: str, broker_key: bytes, answer_invites: bool = True) -> None:
+    def __init__(
+        self, serial: str, broker_key: bytes, answer_invites: bool = True, alarms: AlarmSender | None = None
+    ) -> None:
         self.serial = serial
         self.key = Ed25519PrivateKey.generate()
         self.public_key = ed25519_public_bytes(self.key)
         self.client = PresenceClient(
-            ClientConfig(serial=serial, broker_public_key=broker_key, reply_timeout=1.0), self.key
+            ClientConfig(serial=serial, broker_public_key=broker_key, reply_timeout=1.0),
+            self.key,
+            alarms=alarms,
         )
         self.guard = PairingGuard(serial, self.public_key, CODE)
         self.answer_invites = answer_invites
@@ -133,9 +138,13 @@ class Lab:
     devices: list[SimulatedDevice] = field(default_factory=list)
 
     async def device(
-        self, serial: str, answer_invites: bool = True, register: bool = True
+        self,
+        serial: str,
+        answer_invites: bool = True,
+        register: bool = True,
+        alarms: AlarmSender | None = None,
     ) -> SimulatedDevice:
-        device = SimulatedDevice(serial, self.broker.info.public_key, answer_invites)
+        device = SimulatedDevice(serial, self.broker.info.public_key, answer_invites, alarms)
         self.devices.append(device)
         await device.start(self.broker.info.udp_port)
         if register:

@@ -86,6 +86,8 @@ class Lab:
         self.filter: Callable[[str, bytes, Device], bool] = lambda d, b, dev: True
         self.wire: list[tuple[str, bytes, Device]] = []
         self.held: list[tuple[str, bytes, Device]] = []
+        self.on_server_event: Callable[[ServerEvent], None] | None = None
+        """Called with each server event after it is recorded (e.g. to answer alarms)."""
         self.strays: list[tuple[bytes, Address, float]] = []
         """Broker datagrams to addresses of no device (e.g. a probe socket), with the time sent."""
 
@@ -127,6 +129,8 @@ class Lab:
                 self.server_events.append(sevent)
                 if isinstance(sevent, RegistrationRequested) and self.auto_accept:
                     self.decide(sevent)
+                if self.on_server_event is not None:
+                    self.on_server_event(sevent)
             for datagram, address in self.server.datagrams_to_send():
                 moved = True
                 matched = False
