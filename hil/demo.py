@@ -1,5 +1,6 @@
 """`make demo`: a broker and two simulated recorders on loopback; a viewer pairs one, lists them,
-lists the first one's cameras (a synthetic capture device), sees one unplugged, and forwards a port.
+lists the first one's cameras (a synthetic capture device), follows its alarms and sees one
+arrive when a camera is unplugged, and forwards a port.
 
 Everything runs as real processes in a fresh temporary directory and is stopped at the end.
 """
@@ -9,12 +10,15 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import selectors
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from hil.loopback import (
     BIN,
@@ -47,6 +51,26 @@ def dvrlinkd(recorder: Daemon, *args: str) -> str:
         check=True,
         timeout=30,
     ).stdout
+
+
+def read_line_containing(stream: IO[str], text: str, timeout: float) -> str:
+    """The first line from ``stream`` that contains ``text``.
+
+    Raises:
+        TimeoutError: none within ``timeout`` (the message has what was read).
+    """
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0 and selector.select(left):
+            line = stream.readline()
+            if not line:
+                break
+            if text in line:
+                return line
+            seen.append(line)
+    raise TimeoutError(f"no line with {text!r} within {timeout:g} s; got: {''.join(seen)[-1000:]}")
 
 
 def step(text: str) -> None:
@@ -136,8 +160,26 @@ def run(root: Path) -> int:
         step(f"viewer lists the cameras of {recorders[0].serial} (dvrlink channels)")
         show(viewer.run("channels", recorders[0].serial).stdout)
 
+        step(f"viewer follows the alarms of {recorders[0].serial} (dvrlink events --follow)")
+        follower = subprocess.Popen(
+            [str(BIN / "dvrlink"), "--home", str(viewer.home), "events", recorders[0].serial, "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(1.0)  # the follower connects (it would also catch up on what it missed)
+
         step(f"someone cuts the cable of camera 2 (dvrlinkd synthetic 2 unplug on {recorders[0].serial})")
+        cut = time.monotonic()
         show(dvrlinkd(recorders[0], "synthetic", "2", "unplug"))
+        try:
+            assert follower.stdout is not None
+            line = read_line_containing(follower.stdout, "SignalLost", 30)
+            print(f"   dvrlink events --follow printed, {time.monotonic() - cut:.1f} s after the cut:")
+            show(line)
+        finally:
+            follower.terminate()
+            follower.wait(10)
         wait_for(
             "channel 2 to lose its signal",
             lambda: "no-video" in viewer.run("channels", recorders[0].serial).stdout,

@@ -4,7 +4,8 @@ vivid is loaded as four instances with one S-Video input each, the way DVR captu
 (tw686x, solo6x10) give each channel a video node of its own. dvrlinkd watches them through a
 ``[[capture]] backend = "v4l2"`` table; a viewer on the host lists them with ``dvrlink
 channels``; then vivid's "Standard Signal Mode" control switches channel 2 to "No Signal", as a
-cut cable would, and the viewer sees it.
+cut cable would, and the viewer sees it in ``dvrlink channels`` and as an alarm in ``dvrlink
+events``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def test_vivid_channels_are_listed_and_a_lost_signal_shows(
         "grep SignalLost /var/log/messages 2>/dev/null"
     )
     assert "vivid channel 2: SignalLost (no-video)" in journal, journal
+    events = viewer.run("events", board.serial, timeout=120).stdout
+    assert "SignalLost  channel 2  vivid: no-video" in events, f"dvrlink events printed:\n{events}"
 
     assert board.run(SIGNAL_MODE.format(node=nodes[2], mode="Current Standard")) == "set"
     wait_until(
