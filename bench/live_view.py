@@ -30,20 +30,13 @@ from pathlib import Path
 
 from bench.common import BenchError, run_main, verdict
 from bench.session_rig import median, percentile
-from dvrlink.protocol.pairing import PairingUri
 from hil.loopback import (
     BIN,
-    Broker,
-    Daemon,
     Viewer,
-    add_user,
     loopback_services_toml,
-    make_daemon,
+    paired_recorder,
     read_line_until,
-    start_broker,
-    stop_all,
     unused_tcp_port,
-    wait_for,
 )
 
 SERIAL = "BENCH-LIVE-0001"
@@ -152,27 +145,14 @@ def run(runs: int, seconds: float) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="dvrlink-bench-") as tmp:
         root = Path(tmp)
-        started: list[Daemon | Broker] = []
         extra = (
             loopback_services_toml()
             + '[[capture]]\nname = "bench"\nbackend = "synthetic"\nformat = "cvbs-pal"\n'
             + f"[live]\nport = {unused_tcp_port()}\nmain_kbit = 4000\nidle_stop_s = 0\n"
         )
-        try:
-            broker = start_broker(root / "broker")
-            started.append(broker)
-            add_user(broker.state_dir, "bench", "bench pass")
-            daemon = make_daemon(root, SERIAL, broker, extra_toml=extra)
-            daemon.start()
-            started.append(daemon)
-            wait_for(f"{SERIAL} online", daemon.online, 30)
-            viewer = Viewer(root / "viewer")
-            viewer.login(broker, "bench", "bench pass")
-            viewer.run("pair", SERIAL, PairingUri.parse(daemon.pairing_uri()).code)
+        with paired_recorder(root, SERIAL, extra) as (_, viewer):
             for mode in ("direct", "relay"):
                 measure(viewer, mode, runs, seconds)
-        finally:
-            stop_all(list(reversed(started)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,17 @@ class CaptureDevice(Protocol):
         ...
 
 
-def check_channel(device: CaptureDevice, channel: int) -> None:
+class HasChannels(Protocol):
+    """A device's name and channel count (what ``check_channel`` reads)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def channel_count(self) -> int: ...
+
+
+def check_channel(device: HasChannels, channel: int) -> None:
     """For backends: raise ``ValueError`` unless ``channel`` is one of ``device``'s."""
     if not 0 <= channel < device.channel_count:
         raise ValueError(

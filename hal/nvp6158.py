@@ -20,10 +20,10 @@ Registers (``BANK`` is written to 0xFF first; every bank has the select at 0xFF)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
-from dvrlink.hal.device import FrameSource, check_channel
-from dvrlink.hal.i2c import I2cBus
+from dvrlink.hal.decoder import I2cDecoder
+from dvrlink.hal.device import check_channel
 from dvrlink.hal.model import (
     MOTION_GRID,
     ChannelReading,
@@ -175,45 +175,11 @@ def motion_sensitivity(sensitivity: int) -> tuple[int, int]:
     return step * 0x1C, (step * 7 + 4) // 9
 
 
-class Nvp6158:
-    """An NVP6158 or NVP6158C at one I2C address: a ``CaptureDevice``.
+class Nvp6158(I2cDecoder):
+    """An NVP6158 or NVP6158C at one I2C address (0x30-0x33 by its strap): a ``CaptureDevice``."""
 
-    The backend does not close the bus it is given (decoders share a bus): whoever opened it
-    closes it.
-    """
-
-    def __init__(self, name: str, bus: I2cBus, address: int, channels: int = 4) -> None:
-        """Drive the decoder at 7-bit ``address`` (0x30-0x33 by its strap) on ``bus``, using its
-        first ``channels`` inputs.
-
-        Raises:
-            ValueError: ``channels`` is not 1-4 or ``address`` not a 7-bit address.
-        """
-        if not 1 <= channels <= 4:
-            raise ValueError(f"{name}: an NVP6158 has 4 channels, not {channels}; use 1-4")
-        if not 0x03 <= address <= 0x77:
-            raise ValueError(
-                f"{name}: I2C address 0x{address:02x} is not 7-bit (an 8-bit one? that is "
-                f"0x{address >> 1:02x}); the NVP6158 straps 0x30-0x33"
-            )
-        self._name = name
-        self._bus = bus
-        self._address = address
-        self._channels = channels
-        self._formats: dict[int, VideoFormat] = {}
-        self._controls: dict[int, PictureControls] = {}
-        self._motion: dict[int, MotionConfig] = {}
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        """The device's name in the config."""
-        return self._name
-
-    @property
-    def channel_count(self) -> int:
-        """The channels in use."""
-        return self._channels
+    CHIP = "NVP6158"
+    STRAPS = "0x30-0x33"
 
     def probe(self) -> str:
         """Read the chip ID; a line naming the chip, its revision, bus and address.
@@ -276,26 +242,8 @@ class Nvp6158:
             raise ValueError(
                 f"{self._name}: the NVP6158 has no mode for {video_format.value}; use one of {names}"
             )
-        self._write_format(channel, registers)
+        self._write_format(channel, video_format)
         self._formats[channel] = video_format
-
-    def set_controls(self, channel: int, controls: PictureControls) -> None:
-        """Write brightness, contrast, saturation and hue (``None`` fields are left alone).
-        Brightness and hue are signed on the chip (128 writes 0x00); contrast and saturation
-        are written as given (128 is 0x80).
-
-        Raises:
-            ValueError: no such channel.
-            DeviceIoError: a bus error.
-        """
-        check_channel(self, channel)
-        self._write_controls(channel, controls)
-        changed = {
-            f.name: getattr(controls, f.name)
-            for f in fields(controls)
-            if getattr(controls, f.name) is not None
-        }
-        self._controls[channel] = replace(self._controls.get(channel, PictureControls()), **changed)
 
     def set_motion(self, channel: int, motion: MotionConfig) -> None:
         """Motion detection on or off, its sensitivity and block mask. Zones of the HAL's 22 x 18
@@ -309,33 +257,10 @@ class Nvp6158:
         self._write_motion(channel, motion)
         self._motion[channel] = motion
 
-    def reset(self) -> None:
-        """Check the chip answers with its ID, then write the formats, controls and motion
-        settings last set again.
-
-        Raises:
-            DeviceIoError: the chip still does not answer, or answers with another ID.
-        """
-        self.probe()
-        for channel, video_format in self._formats.items():
-            self._write_format(channel, FORMATS[video_format])
-        for channel, controls in self._controls.items():
-            self._write_controls(channel, controls)
-        for channel, motion in self._motion.items():
-            self._write_motion(channel, motion)
-
-    def frame_source(self, channel: int) -> FrameSource | None:
-        """None: the decoder's pictures go to the SoC's video input, not to user space."""
-        check_channel(self, channel)
-        return None
-
-    def close(self) -> None:
-        """Stop using the bus (it stays open for its owner). Idempotent."""
-        self._closed = True
-
     # ---- inside ----
 
-    def _write_format(self, channel: int, registers: FormatRegisters) -> None:
+    def _write_format(self, channel: int, video_format: VideoFormat) -> None:
+        registers = FORMATS[video_format]
         self._select(BANK_MAIN)
         self._write(FORMAT_REG + channel, registers.video_format)
         self._write(SPECIAL_MODE_REG + channel, registers.special_mode)
@@ -367,21 +292,3 @@ class Nvp6158:
 
     def _select(self, bank: int) -> None:
         self._write(BANK_SELECT, bank)
-
-    def _read(self, register: int) -> int:
-        self._check_open()
-        try:
-            return self._bus.read_byte_data(self._address, register)
-        except DeviceIoError as exc:
-            raise DeviceIoError(f"{self._name} (NVP6158): {exc}") from exc
-
-    def _write(self, register: int, value: int) -> None:
-        self._check_open()
-        try:
-            self._bus.write_byte_data(self._address, register, value)
-        except DeviceIoError as exc:
-            raise DeviceIoError(f"{self._name} (NVP6158): {exc}") from exc
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DeviceIoError(f"{self._name} is closed; open the capture device again (restart dvrlinkd)")

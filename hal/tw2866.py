@@ -20,10 +20,8 @@ Registers (one flat map; channel ``ch`` at ``0x10 * ch`` for the per-channel blo
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-
-from dvrlink.hal.device import FrameSource, check_channel
-from dvrlink.hal.i2c import I2cBus
+from dvrlink.hal.decoder import I2cDecoder
+from dvrlink.hal.device import check_channel
 from dvrlink.hal.model import (
     ChannelReading,
     DeviceIoError,
@@ -82,45 +80,12 @@ def level_sensitivity(sensitivity: int) -> int:
     return ((10 - sensitivity) * 15 + 4) // 9
 
 
-class Tw2866:
-    """A TW2866 (or register-compatible TW2865) at one I2C address: a ``CaptureDevice``.
+class Tw2866(I2cDecoder):
+    """A TW2866 (or register-compatible TW2865) at one I2C address (0x28-0x2B by its strap): a
+    ``CaptureDevice``."""
 
-    The backend does not close the bus it is given (decoders share a bus): whoever opened it
-    closes it.
-    """
-
-    def __init__(self, name: str, bus: I2cBus, address: int, channels: int = 4) -> None:
-        """Drive the decoder at 7-bit ``address`` (0x28-0x2B by its strap) on ``bus``, using its
-        first ``channels`` inputs.
-
-        Raises:
-            ValueError: ``channels`` is not 1-4 or ``address`` not a 7-bit address.
-        """
-        if not 1 <= channels <= 4:
-            raise ValueError(f"{name}: a TW2866 has 4 channels, not {channels}; use 1-4")
-        if not 0x03 <= address <= 0x77:
-            raise ValueError(
-                f"{name}: I2C address 0x{address:02x} is not 7-bit (an 8-bit one? that is "
-                f"0x{address >> 1:02x}); the TW2866 straps 0x28-0x2B"
-            )
-        self._name = name
-        self._bus = bus
-        self._address = address
-        self._channels = channels
-        self._formats: dict[int, VideoFormat] = {}
-        self._controls: dict[int, PictureControls] = {}
-        self._motion: dict[int, MotionConfig] = {}
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        """The device's name in the config."""
-        return self._name
-
-    @property
-    def channel_count(self) -> int:
-        """The channels in use."""
-        return self._channels
+    CHIP = "TW2866"
+    STRAPS = "0x28-0x2B"
 
     def probe(self) -> str:
         """Read the device ID; a line naming the chip, its revision, bus and address.
@@ -184,24 +149,6 @@ class Tw2866:
         self._write_format(channel, video_format)
         self._formats[channel] = video_format
 
-    def set_controls(self, channel: int, controls: PictureControls) -> None:
-        """Write brightness, contrast, saturation (U and V) and hue (``None`` fields are left
-        alone). Brightness and hue are signed (128 writes 0x00); contrast scales 128 to 0x64
-        (gain 1); saturation is written as given (128 is 0x80, 100 %).
-
-        Raises:
-            ValueError: no such channel.
-            DeviceIoError: a bus error.
-        """
-        check_channel(self, channel)
-        self._write_controls(channel, controls)
-        changed = {
-            f.name: getattr(controls, f.name)
-            for f in fields(controls)
-            if getattr(controls, f.name) is not None
-        }
-        self._controls[channel] = replace(self._controls.get(channel, PictureControls()), **changed)
-
     def set_motion(self, channel: int, motion: MotionConfig) -> None:
         """Motion detection on or off and its sensitivity, over the whole picture.
 
@@ -216,30 +163,6 @@ class Tw2866:
             )
         self._write_motion(channel, motion)
         self._motion[channel] = motion
-
-    def reset(self) -> None:
-        """Check the chip answers with its ID, then write the standards, controls and motion
-        settings last set again.
-
-        Raises:
-            DeviceIoError: the chip still does not answer, or answers with another ID.
-        """
-        self.probe()
-        for channel, video_format in self._formats.items():
-            self._write_format(channel, video_format)
-        for channel, controls in self._controls.items():
-            self._write_controls(channel, controls)
-        for channel, motion in self._motion.items():
-            self._write_motion(channel, motion)
-
-    def frame_source(self, channel: int) -> FrameSource | None:
-        """None: the decoder's pictures go to the SoC's video input, not to user space."""
-        check_channel(self, channel)
-        return None
-
-    def close(self) -> None:
-        """Stop using the bus (it stays open for its owner). Idempotent."""
-        self._closed = True
 
     # ---- inside ----
 
@@ -264,21 +187,3 @@ class Tw2866:
     def _write_motion(self, channel: int, motion: MotionConfig) -> None:
         value = level_sensitivity(motion.sensitivity) | (0 if motion.enabled else MD_DISABLE)
         self._write(MOTION_CONTROL + channel, value)
-
-    def _read(self, register: int) -> int:
-        self._check_open()
-        try:
-            return self._bus.read_byte_data(self._address, register)
-        except DeviceIoError as exc:
-            raise DeviceIoError(f"{self._name} (TW2866): {exc}") from exc
-
-    def _write(self, register: int, value: int) -> None:
-        self._check_open()
-        try:
-            self._bus.write_byte_data(self._address, register, value)
-        except DeviceIoError as exc:
-            raise DeviceIoError(f"{self._name} (TW2866): {exc}") from exc
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DeviceIoError(f"{self._name} is closed; open the capture device again (restart dvrlinkd)")

@@ -16,10 +16,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dvrlink.protocol.pairing import PairingUri
 
 BIN = Path(sys.executable).parent
 POLL = 0.05
@@ -456,3 +459,30 @@ def start_forward(
     # "forwarding 127.0.0.1:PORT -> SERIAL:REMOTE via PATH"
     local = line.split()[1]
     return Forward(proc, int(local.rsplit(":", 1)[1]), line.split()[-1])
+
+
+@contextmanager
+def paired_recorder(root: Path, serial: str, extra_toml: str = "") -> Iterator[tuple[Daemon, Viewer]]:
+    """A broker, one dvrlinkd (config lines ``extra_toml`` added) registered with it, and a viewer
+    logged in as ``alice`` and paired with the device; everything stopped on exit.
+
+    Raises:
+        TimeoutError: the device did not register within 30 s.
+        subprocess.CalledProcessError: login or pairing failed.
+    """
+    started: list[Daemon | Broker] = []
+    try:
+        broker = start_broker(root / "broker")
+        started.append(broker)
+        add_user(broker.state_dir, "alice", "correct horse")
+        daemon = make_daemon(root, serial, broker, extra_toml=extra_toml)
+        daemon.start()
+        started.append(daemon)
+        wait_for(f"{serial} online", daemon.online, 30)
+        viewer = Viewer(root / "viewer")
+        viewer.login(broker, "alice", "correct horse")
+        code = PairingUri.parse(daemon.pairing_uri()).code
+        viewer.run("pair", serial, code)
+        yield daemon, viewer
+    finally:
+        stop_all(list(reversed(started)))

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.protocol.pairing import PairingUri
 from hil.loopback import (
     BIN,
-    Broker,
     Daemon,
     Viewer,
-    add_user,
     loopback_services_toml,
-    make_daemon,
-    start_broker,
-    stop_all,
+    paired_recorder,
     wait_for,
 )
 
@@ -51,21 +46,8 @@ def dvrlinkd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[Daemon, Viewer]]:
-    started: list[Daemon | Broker] = []
-    try:
-        broker = start_broker(tmp_path / "broker")
-        started.append(broker)
-        add_user(broker.state_dir, "alice", "correct horse")
-        daemon = make_daemon(tmp_path, SERIAL, broker, extra_toml=loopback_services_toml() + CAPTURE)
-        daemon.start()
-        started.append(daemon)
-        wait_for(f"{SERIAL} online", daemon.online, 30)
-        viewer = Viewer(tmp_path / "viewer")
-        viewer.login(broker, "alice", "correct horse")
-        viewer.run("pair", SERIAL, PairingUri.parse(daemon.pairing_uri()).code)
-        yield daemon, viewer
-    finally:
-        stop_all(list(reversed(started)))
+    with paired_recorder(tmp_path, SERIAL, loopback_services_toml() + CAPTURE) as rig:
+        yield rig
 
 
 def channel_rows(viewer: Viewer) -> dict[int, dict[str, object]]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from dvrlink.daemon.live_view import LiveError, parse_path
-from dvrlink.protocol.pairing import PairingUri
 from dvrlink.protocol.rtsp import (
     BadRequest,
     Request,
@@ -26,15 +25,11 @@ from dvrlink.protocol.rtsp import (
 )
 from hil.loopback import (
     BIN,
-    Broker,
     Daemon,
     Viewer,
-    add_user,
     loopback_services_toml,
-    make_daemon,
+    paired_recorder,
     read_line_until,
-    start_broker,
-    stop_all,
     unused_tcp_port,
     wait_for,
 )
@@ -100,27 +95,13 @@ def test_key_frame_packets_are_told_apart() -> None:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[Daemon, Viewer]]:
-    started: list[Daemon | Broker] = []
-    live_port = unused_tcp_port()
     extra = (
         loopback_services_toml()
         + '[[capture]]\nname = "front"\nbackend = "synthetic"\nformat = "cvbs-pal"\nlost_after_s = 0.2\n'
-        + f"[live]\nport = {live_port}\nsub_width = 320\nidle_stop_s = 2\n"
+        + f"[live]\nport = {unused_tcp_port()}\nsub_width = 320\nidle_stop_s = 2\n"
     )
-    try:
-        broker = start_broker(tmp_path / "broker")
-        started.append(broker)
-        add_user(broker.state_dir, "alice", "correct horse")
-        daemon = make_daemon(tmp_path, SERIAL, broker, extra_toml=extra)
-        daemon.start()
-        started.append(daemon)
-        wait_for(f"{SERIAL} online", daemon.online, 30)
-        viewer = Viewer(tmp_path / "viewer")
-        viewer.login(broker, "alice", "correct horse")
-        viewer.run("pair", SERIAL, PairingUri.parse(daemon.pairing_uri()).code)
-        yield daemon, viewer
-    finally:
-        stop_all(list(reversed(started)))
+    with paired_recorder(tmp_path, SERIAL, extra) as rig:
+        yield rig
 
 
 def start_view(viewer: Viewer, *args: str) -> tuple[subprocess.Popen[str], str]:
