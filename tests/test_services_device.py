@@ -347,6 +347,7 @@ def test_info_returns_json() -> None:
             "uptime_s": 12.3,
             "forward": ["127.0.0.1:554", "[::1]:80"],
             "sessions": 1,
+            "live_port": 0,
         }
         await asyncio.wait_for(task, WAIT)
 

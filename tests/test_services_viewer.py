@@ -292,6 +292,7 @@ def test_info_over_the_session() -> None:
             "uptime_s": 12.3,
             "forward": ["127.0.0.1:554"],
             "sessions": 1,
+            "live_port": 0,
         }
         await svc.aclose()
 
