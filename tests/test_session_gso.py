@@ -148,12 +148,29 @@ def test_a_gro_socket_reads_a_coalesced_run_back_as_the_same_datagrams() -> None
     run(main)
 
 
+def wait_for_arrival_stamps(receiver: StampedReceiver, sock: socket.socket, sender: socket.socket) -> None:
+    """Return once the kernel stamps datagrams when they arrive. The first socket that asks for
+    stamps turns them on for the whole kernel through deferred work (a static key): until that
+    has run, a datagram is stamped when it is read. Probes: a datagram left 20 ms in the socket
+    must carry a stamp from before the wait (at most 100 probes)."""
+    for _ in range(100):
+        sent = time.monotonic()
+        sender.sendto(b"probe", sock.getsockname())
+        time.sleep(0.02)  # the stimulus: the probe waits in the socket
+        receiver.read()
+        if receiver.arrival is not None and receiver.arrival < sent + 0.01:
+            return
+    raise AssertionError(f"datagrams were still stamped when read after 100 probes (last {receiver.arrival})")
+
+
 def test_a_stamped_socket_tells_when_each_datagram_arrived_not_when_it_was_read() -> None:
     """The first datagram sits in the socket for 0.3 s before it is read, as an ACK does while a
     recorder is busy sending: its arrival is when it was sent (loopback delivers at once), on
     the monotonic clock, not when it was read."""
     with loopback_receiver() as sock, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         receiver = StampedReceiver(sock, 2048)
+        sock.settimeout(BOUND_S)
+        wait_for_arrival_stamps(receiver, sock, sender)
         before_first = time.monotonic()
         sender.sendto(b"first", sock.getsockname())
         after_first = time.monotonic()

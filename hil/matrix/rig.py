@@ -526,7 +526,15 @@ class MatrixRig:
             record.settle_note = f"the forward ended: {lines.text(4)}"
         elif ice_gave_up():
             record.settled = True
-            record.settle_note = "the device's ICE checks gave up: relay is final"
+            why = next(
+                (
+                    line.split("no direct path: ", 1)[1].strip()
+                    for line in daemon_log.read_text(errors="replace").splitlines()
+                    if "no direct path: ICE checks" in line
+                ),
+                "",
+            )
+            record.settle_note = f"the device's ICE checks gave up: relay is final ({why})"
         else:
             what = "ICE still checking" if plan.wait_for_ice else "quick run: not waited for ICE to end"
             record.settle_note = f"on {path} {plan.settle_s:.0f} s after the first byte ({what})"
