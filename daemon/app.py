@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [mo
     from dvrlink.daemon.capture_service import CaptureService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
+    from dvrlink.hal.model import HalEvent
 
 log = logging.getLogger(__name__)
 
@@ -317,13 +318,11 @@ async def _run_locked(
         notifier.close()
 
 
-def _capture_alarm(alarms: AlarmQueue, event: object) -> None:
+def _capture_alarm(alarms: AlarmQueue, event: HalEvent) -> None:
     """A HAL event as an alarm for the broker (``capture_service.raise_capture_alarm``)."""
     from dvrlink.daemon.capture_service import raise_capture_alarm  # noqa: PLC0415
-    from dvrlink.hal.model import HalEvent  # noqa: PLC0415
 
-    if isinstance(event, HalEvent):
-        raise_capture_alarm(alarms, event)
+    raise_capture_alarm(alarms, event)
 
 
 def _services_with_live(config: DaemonConfig) -> ServicesConfig:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError
-from dvrlink.daemon.live_view import LiveConfig, parse_live
+from dvrlink.daemon.live_view import LiveConfig
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.hal.config import CaptureConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
@@ -401,7 +401,15 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
     console = _parse_console(_Table(source, "console", document, ConsoleConfig))
     capture = parse_capture(document, source)
-    live = parse_live(document, source)
+    liv = _Table(source, "live", document, LiveConfig)
+    live = LiveConfig(
+        port=liv.integer("port", 0, 65535),
+        encoder=liv.command("encoder"),
+        main_kbit=liv.integer("main_kbit", 64, 20000),
+        sub_kbit=liv.integer("sub_kbit", 16, 4000),
+        sub_width=liv.integer("sub_width", 160, 1920),
+        idle_stop_s=liv.number("idle_stop_s", 0.0, 3600.0),
+    )
     alarms = parse_alarms(document, source)
     return DaemonConfig(
         device,

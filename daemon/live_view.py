@@ -31,11 +31,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dvrlink.daemon.errors import ConfigError
 from dvrlink.hal.device import FrameSource
 from dvrlink.protocol.rtsp import (
     BadRequest,
@@ -48,7 +47,6 @@ from dvrlink.protocol.rtsp import (
     rtp_timestamp,
     session_sdp,
 )
-from dvrlink.store.toml_text import toml_key, toml_value
 
 log = logging.getLogger(__name__)
 
@@ -426,50 +424,3 @@ def workdir_for(runtime_dir: Path) -> Path:
     path = runtime_dir / "live"
     os.makedirs(path, exist_ok=True)
     return path
-
-
-LIVE_KEYS = ("port", "encoder", "main_kbit", "sub_kbit", "sub_width", "idle_stop_s")
-
-
-def parse_live(document: Mapping[str, object], source: Path) -> LiveConfig:
-    """``[live]`` of a parsed dvrlinkd TOML document (absent: the defaults).
-
-    Raises:
-        ConfigError: not a table, an unknown key or a bad value; the message says what to write.
-    """
-    raw = document.get("live", {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: live must be a section [live], got {toml_value(raw)}")
-    for key in raw:
-        if key not in LIVE_KEYS:
-            raise ConfigError(
-                f"{source}: unknown key {toml_key(key)} in [live]; known keys: {', '.join(LIVE_KEYS)}"
-            )
-    defaults = LiveConfig()
-
-    def integer(key: str, low: int, high: int) -> int:
-        value = raw.get(key, getattr(defaults, key))
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(
-                f"{source}: [live] {key} = {toml_value(value)}: expected a whole number {low}-{high}"
-            )
-        return value
-
-    encoder = raw.get("encoder", list(defaults.encoder))
-    if isinstance(encoder, str):
-        encoder = [encoder]
-    if not isinstance(encoder, list) or not encoder or not all(isinstance(w, str) and w for w in encoder):
-        raise ConfigError(
-            f'{source}: [live] encoder = {toml_value(encoder)}: expected a program, e.g. "ffmpeg"'
-        )
-    idle = raw.get("idle_stop_s", defaults.idle_stop_s)
-    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 <= idle <= 3600:
-        raise ConfigError(f"{source}: [live] idle_stop_s = {toml_value(idle)}: expected seconds 0-3600")
-    return LiveConfig(
-        port=integer("port", 0, 65535),
-        encoder=tuple(encoder),
-        main_kbit=integer("main_kbit", 64, 20000),
-        sub_kbit=integer("sub_kbit", 16, 4000),
-        sub_width=integer("sub_width", 160, 1920),
-        idle_stop_s=float(idle),
-    )

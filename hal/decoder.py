@@ -3,7 +3,6 @@ the settings a reset writes again. ``hal.nvp6158`` and ``hal.tw2866`` add their 
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
 from typing import ClassVar
 
 from dvrlink.hal.device import FrameSource, check_channel
@@ -73,12 +72,7 @@ class I2cDecoder:
         """
         check_channel(self, channel)
         self._write_controls(channel, controls)
-        changed = {
-            f.name: getattr(controls, f.name)
-            for f in fields(controls)
-            if getattr(controls, f.name) is not None
-        }
-        self._controls[channel] = replace(self._controls.get(channel, PictureControls()), **changed)
+        self._controls[channel] = self._controls.get(channel, PictureControls()).merged(controls)
 
     def reset(self) -> None:
         """Check the chip answers with its ID, then write the formats, controls and motion

@@ -143,6 +143,20 @@ class PictureControls:
             if value is not None and not 0 <= value <= 255:
                 raise ValueError(f"picture control {name} = {value}: use 0-255 (128 is neutral)")
 
+    def merged(self, changes: PictureControls) -> PictureControls:
+        """These controls with ``changes``'s set fields written over them."""
+        return PictureControls(
+            *(
+                new if new is not None else was
+                for new, was in (
+                    (changes.brightness, self.brightness),
+                    (changes.contrast, self.contrast),
+                    (changes.hue, self.hue),
+                    (changes.saturation, self.saturation),
+                )
+            )
+        )
+
 
 MOTION_GRID = (22, 18)
 """The motion grid's columns and rows (the common decoder block grid: 22 x 18 blocks)."""

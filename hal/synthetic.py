@@ -136,17 +136,7 @@ class SyntheticDevice:
 
     def set_controls(self, channel: int, controls: PictureControls) -> None:
         check_channel(self, channel)
-        old = self.controls[channel]
-        self.controls[channel] = PictureControls(
-            *(
-                new if new is not None else was
-                for new, was in zip(
-                    (controls.brightness, controls.contrast, controls.hue, controls.saturation),
-                    (old.brightness, old.contrast, old.hue, old.saturation),
-                    strict=True,
-                )
-            )
-        )
+        self.controls[channel] = self.controls[channel].merged(controls)
 
     def set_motion(self, channel: int, motion: MotionConfig) -> None:
         check_channel(self, channel)

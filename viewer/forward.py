@@ -454,21 +454,33 @@ async def ping(
     return rtts
 
 
+async def _call_json(opener: StreamOpener, method: str, limit: int, timeout_s: float) -> object:
+    """RPC ``method`` with an empty request; its reply as JSON, or None if it is not JSON.
+
+    Raises:
+        ViewerError: no reply within ``timeout_s``, a reset, or a reply over ``limit`` bytes.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, method, b"", limit)
+    except TimeoutError:
+        raise ViewerError(f"no {method} reply from the device within {timeout_s:g} s") from None
+    try:
+        return json.loads(reply)
+    except ValueError:
+        return None
+
+
 async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[str, object]:
-    """The device's ``info`` reply: ``serial``, ``version``, ``uptime_s``, ``forward``, ``sessions``.
+    """The device's ``info`` reply: ``serial``, ``version``, ``uptime_s``, ``forward``, ``sessions``,
+    ``live_port``.
 
     Raises:
         ViewerError: no reply in time, a reset, or a reply that is not a JSON object.
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            reply = await _call(opener, "info", b"", MAX_INFO_BYTES)
-    except TimeoutError:
-        raise ViewerError(f"no info reply from the device within {timeout_s:g} s") from None
-    with contextlib.suppress(ValueError):
-        body = json.loads(reply)
-        if isinstance(body, dict):
-            return body
+    body = await _call_json(opener, "info", MAX_INFO_BYTES, timeout_s)
+    if isinstance(body, dict):
+        return body
     raise ViewerError("the device's info reply is not a JSON object: is it a dvrlinkd?")
 
 
@@ -480,16 +492,10 @@ async def device_channels(opener: StreamOpener, *, timeout_s: float = 10.0) -> l
         ViewerError: no reply in time, a reset (a dvrlinkd older than the HAL does not know
             ``channels``), or a reply that is not ``{"devices": [...]}``.
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            reply = await _call(opener, "channels", b"", MAX_CHANNELS_BYTES)
-    except TimeoutError:
-        raise ViewerError(f"no channels reply from the device within {timeout_s:g} s") from None
-    with contextlib.suppress(ValueError):
-        body = json.loads(reply)
-        devices = body.get("devices") if isinstance(body, dict) else None
-        if isinstance(devices, list) and all(isinstance(d, dict) for d in devices):
-            return devices
+    body = await _call_json(opener, "channels", MAX_CHANNELS_BYTES, timeout_s)
+    devices = body.get("devices") if isinstance(body, dict) else None
+    if isinstance(devices, list) and all(isinstance(d, dict) for d in devices):
+        return devices
     raise ViewerError('the device\'s channels reply is not {"devices": [...]}: is it a dvrlinkd?')
 
 
