@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [mo
     from dvrlink.daemon.capture_service import CaptureService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
-    from dvrlink.hal.model import HalEvent
+    from dvrlink.daemon.snapshot import SnapshotTaker
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +273,23 @@ async def _run_locked(
     sessions.on_change = events.sessions_changed
     capture = _start_capture(config, loop)
     live = None
+    capture_alarms = None
     if capture is not None:
+        from dvrlink.daemon.snapshot import CaptureAlarms, SnapshotTaker, snapshot_rpc  # noqa: PLC0415
+        from dvrlink.protocol.alarm_wire import MAX_SNAPSHOT  # noqa: PLC0415
+
         sessions.channels = capture.channels
+        taker = SnapshotTaker(config.live.encoder, capture.live_source)
+        sessions.handlers["snapshot"] = snapshot_rpc(taker)
+        snap = functools.partial(_alarm_snapshot, taker, MAX_SNAPSHOT) if config.alarms.snapshots else None
+        capture_alarms = CaptureAlarms(alarms, snap)
         capture.add_sink(lambda _event: events.capture_changed())
-        capture.add_sink(functools.partial(_capture_alarm, alarms))
+        capture.add_sink(capture_alarms)
         events.attach_capture(capture.channels)
         live = await _start_live(config, capture)
         if live is not None:
             sessions.live_port = config.live.port
+            taker.live = live
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -303,6 +312,8 @@ async def _run_locked(
             await live.close()
         if capture is not None:
             capture.close()
+        if capture_alarms is not None:
+            capture_alarms.close()
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
@@ -318,11 +329,9 @@ async def _run_locked(
         notifier.close()
 
 
-def _capture_alarm(alarms: AlarmQueue, event: HalEvent) -> None:
-    """A HAL event as an alarm for the broker (``capture_service.raise_capture_alarm``)."""
-    from dvrlink.daemon.capture_service import raise_capture_alarm  # noqa: PLC0415
-
-    raise_capture_alarm(alarms, event)
+async def _alarm_snapshot(taker: SnapshotTaker, max_bytes: int, device: str, channel: int) -> bytes:
+    """A motion alarm's JPEG (``[alarms] snapshots``), within the alarm cap."""
+    return await taker.take(device, channel, max_bytes)
 
 
 def _services_with_live(config: DaemonConfig) -> ServicesConfig:
@@ -343,7 +352,7 @@ async def _start_live(config: DaemonConfig, capture: CaptureService) -> LiveView
         return None
     from dvrlink.daemon.live_view import LiveView, workdir_for  # noqa: PLC0415
 
-    live = LiveView(config.live, capture.live_source, workdir_for(config.device.runtime_dir))
+    live = LiveView(config.live, capture.live_source, workdir_for(config.device.runtime_dir), capture.publish)
     try:
         await live.start()
     except OSError as exc:

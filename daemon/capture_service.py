@@ -21,10 +21,12 @@ from dvrlink.hal.model import (
     DeviceError,
     DeviceIoError,
     DeviceRecovered,
+    EncoderError,
     FormatChanged,
     HalEvent,
     SignalLost,
     SignalRestored,
+    StreamStalled,
 )
 from dvrlink.hal.poller import DevicePoller
 from dvrlink.hal.watch import ChannelWatcher
@@ -142,15 +144,17 @@ class CaptureService:
             return
         device.error = ""
         watcher = ChannelWatcher(config.name, config.watched(), config.watch_settings)
-        device.poller = DevicePoller(capture, watcher, self._on_event)
+        device.poller = DevicePoller(capture, watcher, self.publish)
         device.poller.start()
         log.info(
             "capture device %s (%s): watching channels %s", config.name, config.backend, config.watched()
         )
 
-    def _on_event(self, event: HalEvent) -> None:
+    def publish(self, event: HalEvent) -> None:
+        """Hand ``event`` (a watcher's, or the live view's ``StreamStalled``/``EncoderError``) to
+        the log and every sink."""
         self.events += 1
-        if isinstance(event, (SignalLost, DeviceError)):
+        if isinstance(event, (SignalLost, DeviceError, EncoderError, StreamStalled)):
             log.warning("capture: %s", describe_event(event))
         else:
             log.info("capture: %s", describe_event(event))
@@ -165,14 +169,20 @@ class AlarmRaiser(Protocol):
     """What the capture alarms need of the alarm queue (``daemon.alarms.AlarmQueue``)."""
 
     def raise_alarm(
-        self, kind: AlarmKind | int, *, channel: int | None = None, detail: str = ""
+        self,
+        kind: AlarmKind | int,
+        *,
+        channel: int | None = None,
+        detail: str = "",
+        snapshot: bytes | None = None,
     ) -> object: ...
 
 
-def raise_capture_alarm(alarms: AlarmRaiser, event: HalEvent) -> None:
+def raise_capture_alarm(alarms: AlarmRaiser, event: HalEvent, snapshot: bytes | None = None) -> None:
     """Queue the alarm for a HAL event: its kind by name (``SignalLost`` is ``SIGNAL_LOST``),
-    its channel, and the device and details as text (``front: no-video``). ``DeviceRecovered``
-    has no kind of its own and goes as ``OTHER``."""
+    its channel, and the device and details as text (``front: no-video``), with ``snapshot``
+    (a JPEG within ``alarm_wire.MAX_SNAPSHOT``) if given. ``DeviceRecovered`` has no kind of
+    its own and goes as ``OTHER``."""
     try:
         kind = kind_from_name(type(event).__name__)
     except ValueError:
@@ -181,7 +191,7 @@ def raise_capture_alarm(alarms: AlarmRaiser, event: HalEvent) -> None:
     if kind is AlarmKind.OTHER:
         detail = f"{type(event).__name__}" + (f" ({detail})" if detail else "")
     text = f"{event.device}: {detail}" if detail else event.device
-    alarms.raise_alarm(kind, channel=getattr(event, "channel", None), detail=text)
+    alarms.raise_alarm(kind, channel=getattr(event, "channel", None), detail=text, snapshot=snapshot)
 
 
 def describe_event(event: HalEvent) -> str:
@@ -201,8 +211,10 @@ def event_detail(event: HalEvent) -> str:
         return event.format.value
     if isinstance(event, FormatChanged):
         return f"{event.old.value} -> {event.new.value}"
-    if isinstance(event, DeviceError):
+    if isinstance(event, (DeviceError, EncoderError)):
         return event.message
+    if isinstance(event, StreamStalled):
+        return f"no frames for {event.silent_s:.0f} s"
     if isinstance(event, DeviceRecovered):
         return f"after {event.failed_s:.0f} s"
     return ""

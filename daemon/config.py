@@ -261,6 +261,8 @@ class AlarmsConfig:
     """Seconds to wait for the broker's acknowledgement before sending again; doubles each time."""
     retransmit_max_s: float = 30.0
     """Longest wait between two sends of the same alarms."""
+    snapshots: bool = False
+    """A motion alarm carries a JPEG of its channel (at most 16 KiB: about 3 s of a GPRS uplink)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         sub_kbit=liv.integer("sub_kbit", 16, 4000),
         sub_width=liv.integer("sub_width", 160, 1920),
         idle_stop_s=liv.number("idle_stop_s", 0.0, 3600.0),
+        stall_after_s=liv.number("stall_after_s", 1.0, 600.0),
     )
     alarms = parse_alarms(document, source)
     return DaemonConfig(
@@ -775,7 +778,7 @@ def _describe_modem(modem: ModemSettings) -> str:
     return f"{modem.profile} on {where}, data link {modem.data_link}, APN {modem.apn or 'automatic'}"
 
 
-# -- [alarms] (issue 15; the lead wires it into DaemonConfig and parse_config) -------------------
+# -- [alarms] ----------------------------------------------------------------------------------
 
 
 def parse_alarms(document: Mapping[str, object], source: Path) -> AlarmsConfig:
@@ -795,4 +798,5 @@ def parse_alarms(document: Mapping[str, object], source: Path) -> AlarmsConfig:
         queue_size=table.integer("queue_size", 1, 100_000),
         retransmit_initial_s=initial,
         retransmit_max_s=most,
+        snapshots=table.boolean("snapshots"),
     )

@@ -19,6 +19,11 @@ cellular path).
   starts playing first gets the packets since the last key frame (kept per encoder), so its
   picture starts at once instead of at the next key frame. A viewer whose
   connection backs up loses packets (counted), never delays the others.
+- **Stalls and failures are events.** A watched encoder that sends nothing for
+  ``stall_after_s`` while its channel is locked gives ``StreamStalled`` (once, until packets come
+  again); one that exits while watched gives ``EncoderError`` and its viewers' connections end,
+  so their players see the stream end instead of a frozen picture. Both go to ``on_event`` (the
+  capture service's sinks: the log, the status and an alarm).
 - **No picture, no stream.** A channel without a signal answers DESCRIBE with 503 and the
   reason (``no-video``); a device whose frames do not reach user space (a decoder chip) with
   501.
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvrlink.hal.device import FrameSource
+from dvrlink.hal.model import EncoderError, HalEvent, StreamStalled
 from dvrlink.protocol.rtsp import (
     BadRequest,
     Request,
@@ -56,6 +62,8 @@ SDP_TIMEOUT_S = 20.0
 MAX_BACKLOG_BYTES = 1 << 20
 """A viewer's connection holding more than this drops packets until it drains."""
 MAX_RTP_BYTES = 1400
+WATCH_INTERVAL_S = 1.0
+"""How often a running encoder is checked for a stall or an exit."""
 MAX_GOP_PACKETS = 4096
 """The packets kept since the last key frame, for a viewer that starts playing (about 5 MB)."""
 SETUP_GRACE_S = 30.0
@@ -79,6 +87,8 @@ class LiveConfig:
     """The sub-stream's width in pixels (height follows the picture's shape)."""
     idle_stop_s: float = 10.0
     """An encoder nobody watches stops after this long."""
+    stall_after_s: float = 5.0
+    """A watched encoder silent this long, its channel locked, gives ``StreamStalled``."""
 
 
 SourceLookup = Callable[[str, int], tuple[FrameSource | None, str]]
@@ -116,6 +126,10 @@ class _Encoder:
         self.socket: socket.socket | None = None
         self.stop_timer: asyncio.TimerHandle | None = None
         self.packets = 0
+        self.last_packet_at = 0.0
+        """The event loop's time of the last packet (of the start, before any)."""
+        self.stalled = False
+        self.watch: asyncio.TimerHandle | None = None
         self.gop: list[bytes] = []
         """The RTP packets since the last key frame began (empty until one did, or after more than
         ``MAX_GOP_PACKETS``): a new viewer gets them first, so its player starts at once."""
@@ -144,6 +158,7 @@ class _Encoder:
         finally:
             stderr.close()
         loop.add_reader(sock.fileno(), self._relay)
+        self.last_packet_at = loop.time()
         deadline = loop.time() + SDP_TIMEOUT_S
         while loop.time() < deadline:
             if self.process.returncode is not None:
@@ -169,6 +184,8 @@ class _Encoder:
             except OSError:
                 return
             self.packets += 1
+            if self.packets & 15 == 1:
+                self.last_packet_at = asyncio.get_running_loop().time()
             rtcp = len(packet) > 1 and 200 <= packet[1] <= 204
             if not rtcp:
                 self._remember(packet)
@@ -192,6 +209,9 @@ class _Encoder:
         if self.stop_timer is not None:
             self.stop_timer.cancel()
             self.stop_timer = None
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
         if self.socket is not None:
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(self.socket.fileno())
@@ -262,10 +282,17 @@ class _Viewer(asyncio.Protocol):
 class LiveView:
     """The live view server (see the module's docstring)."""
 
-    def __init__(self, config: LiveConfig, sources: SourceLookup, workdir: Path) -> None:
+    def __init__(
+        self,
+        config: LiveConfig,
+        sources: SourceLookup,
+        workdir: Path,
+        on_event: Callable[[HalEvent], None] | None = None,
+    ) -> None:
         self.config = config
         self._sources = sources
         self._workdir = workdir
+        self._on_event = on_event
         self._server: asyncio.Server | None = None
         self._encoders: dict[str, _Encoder] = {}
         self._starting: dict[str, asyncio.Future[_Encoder]] = {}
@@ -340,6 +367,57 @@ class LiveView:
             log.info("live view: %s %s: %d %s", request.method, request.url, exc.status, exc.reason)
             viewer.write(response(exc.status, exc.reason.replace("\r", " ").replace("\n", " "), cseq))
 
+    def streaming_url(self, device: str, channel: int) -> str | None:
+        """``rtsp://127.0.0.1:PORT/DEVICE/CHANNEL/PROFILE`` of a running encoder of the channel
+        (the main one first), or None: a snapshot then reads the stream, not the busy source."""
+        for profile in PROFILES:
+            encoder = self._encoders.get(f"{device}/{channel}/{profile}")
+            if encoder is not None and encoder.process is not None and encoder.process.returncode is None:
+                return f"rtsp://127.0.0.1:{self.config.port}/{device}/{channel}/{profile}"
+        return None
+
+    def _watch(self, key: str) -> None:
+        """Every second while ``key``'s encoder runs: has it stalled, or exited under viewers?"""
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            return
+        loop = asyncio.get_running_loop()
+        encoder.watch = loop.call_later(WATCH_INTERVAL_S, self._watch, key)
+        device, channel, _ = parse_path(f"/{key}")
+        process = encoder.process
+        if process is not None and process.returncode is not None:
+            if encoder.viewers:
+                message = (
+                    f"the encoder of {key} exited (code {process.returncode}) while watched; "
+                    f"see live-{key.replace('/', '-')}.log in the runtime directory"
+                )
+                log.warning("live view: %s", message)
+                self._report(EncoderError(device, loop.time(), channel, message))
+                for viewer in tuple(encoder.viewers):
+                    if viewer.transport is not None:
+                        viewer.transport.close()
+            self._stop(key, f"its encoder exited with code {process.returncode}")
+            return
+        silent = loop.time() - encoder.last_packet_at
+        if silent < self.config.stall_after_s:
+            if encoder.stalled:
+                encoder.stalled = False
+                log.info("live view: %s sends again", key)
+            return
+        if encoder.stalled or not encoder.viewers or self._sources(device, channel)[1] != "locked":
+            return
+        encoder.stalled = True
+        log.warning("live view: %s sent nothing for %.0f s", key, silent)
+        self._report(StreamStalled(device, loop.time(), channel, silent))
+
+    def _report(self, event: HalEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("live view: reporting %r failed; carrying on", event)
+
     def leave(self, viewer: _Viewer) -> None:
         """A viewer stopped or went away: its encoder stops once nobody watches."""
         viewer.playing = False
@@ -348,7 +426,7 @@ class LiveView:
             return
         encoder.viewers.discard(viewer)
         viewer.encoder = None
-        if not encoder.viewers:
+        if not encoder.viewers and self._encoders.get(encoder.key) is encoder:
             self._arm(encoder, self.config.idle_stop_s)
 
     def _arm(self, encoder: _Encoder, delay: float) -> None:
@@ -363,12 +441,12 @@ class LiveView:
             encoder.stop_timer.cancel()
             encoder.stop_timer = None
 
-    def _stop(self, key: str) -> None:
+    def _stop(self, key: str, why: str = "nobody watching") -> None:
         encoder = self._encoders.pop(key, None)
         if encoder is not None:
             encoder.stop_timer = None
             encoder.close()
-            log.info("live view: %s stopped (nobody watching); %d packets relayed", key, encoder.packets)
+            log.info("live view: %s stopped (%s); %d packets relayed", key, why, encoder.packets)
 
     async def _encoder_for(self, url: str) -> _Encoder:
         device, channel, profile = parse_path(url)
@@ -379,7 +457,7 @@ class LiveView:
                 self._arm(encoder, max(self.config.idle_stop_s, SETUP_GRACE_S))
             return encoder
         if encoder is not None:
-            self._stop(key)
+            self._stop(key, "its encoder had exited")
         pending = self._starting.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -395,6 +473,7 @@ class LiveView:
             await encoder.start(source, profile)
             self._encoders[key] = encoder
             self._arm(encoder, max(self.config.idle_stop_s, SETUP_GRACE_S))
+            encoder.watch = asyncio.get_running_loop().call_later(WATCH_INTERVAL_S, self._watch, key)
             log.info("live view: %s started", key)
             future.set_result(encoder)
             return encoder

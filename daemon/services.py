@@ -14,6 +14,9 @@ the target from the stream-open header. What the viewer sees:
   the end of the stream.
 - ``RpcTarget("channels")``: a JSON object ``{"devices": [...]}``, the capture devices and their
   channels' signal, format and motion (``CaptureService.channels``), then end of stream;
+- ``RpcTarget(name)`` for a name in ``handlers`` (the daemon's own RPCs, e.g. ``snapshot``):
+  the request (everything up to the viewer's end of stream) goes to the handler, its reply bytes
+  go back, then the stream ends. A handler that raises resets the stream (``INTERNAL``).
 - ``RpcTarget("unpair")``: the device forgets this session's viewer (``dvrlink unpair``) and
   answers ``{"revoked": true}`` (``false`` if it was already forgotten), then the stream ends.
   New sessions from that viewer are refused from then on; this one ends when the viewer closes it.
@@ -160,6 +163,8 @@ class DeviceInfo:
 
 
 InfoProvider = Callable[[], DeviceInfo]
+RpcHandler = Callable[[bytes], Awaitable[bytes]]
+"""One of the daemon's own RPCs: the viewer's request in, the reply out."""
 Revoker = Callable[[], bool]
 """Forgets the session's viewer; True if it was paired. May raise (logged, stream reset)."""
 TcpConnector = Callable[[str, int], Awaitable[TcpEnd]]
@@ -192,10 +197,12 @@ async def serve_stream(
     connect: TcpConnector = _open_tcp,
     label: str = "session",
     revoke: Revoker | None = None,
+    handlers: Mapping[str, RpcHandler] | None = None,
 ) -> None:
     """Serve one stream the viewer opened for ``target`` until it is over (see the module doc).
 
-    ``revoke`` serves ``unpair``; without it, ``unpair`` is an unknown method.
+    ``revoke`` serves ``unpair``; without it, ``unpair`` is an unknown method. ``handlers``
+    serve the RPCs they name.
 
     ``label`` names the session in log lines. Never raises, except ``CancelledError`` after the
     stream is reset.
@@ -218,6 +225,12 @@ async def serve_stream(
         elif target.method == "channels":
             if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
                 stream.write(json.dumps({"devices": info_provider().channels}).encode("utf-8"))
+                stream.write_eof()
+                await stream.drain()
+        elif handlers is not None and target.method in handlers:
+            request = await _read_request(stream, config.max_rpc_request_bytes, label)
+            if request is not None:
+                stream.write(await handlers[target.method](request))
                 stream.write_eof()
                 await stream.drain()
         elif target.method == "unpair" and revoke is not None:
@@ -317,10 +330,12 @@ class SessionServices:
         connect: TcpConnector = _open_tcp,
         label: str = "session",
         revoke: Revoker | None = None,
+        handlers: Mapping[str, RpcHandler] | None = None,
     ) -> None:
         self._config = config
         self._info = info_provider
         self._revoke = revoke
+        self._handlers = handlers
         self._stats = stats if stats is not None else ServiceStats()
         self._connect = connect
         self._label = label
@@ -359,6 +374,7 @@ class SessionServices:
                 connect=self._connect,
                 label=self._label,
                 revoke=self._revoke,
+                handlers=self._handlers,
             )
         finally:
             self._open -= 1

@@ -272,6 +272,15 @@ class StreamStalled(HalEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class EncoderError(HalEvent):
+    """A channel's encoder (the live view's, or a board's hardware one) failed while it was
+    being watched; ``message`` says how and where its log is."""
+
+    channel: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceError(HalEvent):
     """The device could not be read (a bus NACK or time-out, a failed ioctl); ``message`` says
     what failed and what to check. The watcher keeps the channels' last states."""

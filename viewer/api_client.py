@@ -360,6 +360,17 @@ class BrokerClient:
             raise self._error(resp, "GET", path, serial=serial)
         return self._parse(parse_alarm_list, resp, "GET", path)
 
+    async def event_snapshot(self, serial: str, event_id: int) -> bytes:
+        """``GET /v1/devices/{serial}/events/{id}/snapshot``: the JPEG an alarm carried. Raises
+        ViewerError (no such alarm, it has no snapshot, not paired, ...)."""
+        path = f"/v1/devices/{_serial(serial)}/events/{event_id}/snapshot"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=serial)
+        if not resp.raw.startswith(b"\xff\xd8"):
+            raise self._malformed("GET", path, "the answer is not a JPEG")
+        return resp.raw
+
     async def follow_events(
         self,
         serial: str,

@@ -28,6 +28,7 @@ from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_
 from dvrlink.protocol.pairing import PairingUri
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.runner import ViewerRunner
+from dvrlink.store.files import atomic_write
 from dvrlink.viewer.api_client import (
     INSECURE_HTTP_FLAG,
     LOGIN_EXPIRED,
@@ -51,6 +52,7 @@ from dvrlink.viewer.forward import (
     ForwardStats,
     device_channels,
     device_info,
+    device_snapshot,
     parse_forward_spec,
     ping,
     refused_forwards,
@@ -299,6 +301,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--player", choices=("ffplay", "vlc"), default="ffplay", help="the player (default ffplay)"
     )
 
+    snapshot = sub.add_parser(
+        "snapshot",
+        parents=[common, session],
+        help="save a JPEG of a recorder's channel now, or the one an alarm carried (--event)",
+        description="Open a session to a device and save a JPEG of one of its camera channels, as "
+        "it is now. With --event ID, save the snapshot that alarm carried instead (from the broker, "
+        "no session; `dvrlink events` shows which alarms have one).",
+    )
+    snapshot.add_argument("serial", metavar="SERIAL")
+    snapshot.add_argument("--channel", type=int, default=0, metavar="N", help="the channel (default 0)")
+    snapshot.add_argument("--device", metavar="NAME", help="the capture device (default: the first)")
+    snapshot.add_argument(
+        "--width", type=int, default=640, metavar="PIXELS", help="the picture's width (160-1920, default 640)"
+    )
+    snapshot.add_argument("--event", type=int, metavar="ID", help="the snapshot this alarm carried")
+    snapshot.add_argument(
+        "-o",
+        dest="output",
+        metavar="FILE",
+        help="where to save it (default SERIAL-DEVICE-chN-TIME.jpg here; - for standard output)",
+    )
+
     sub.add_parser(
         "sessions",
         parents=[common],
@@ -396,6 +420,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _channels(args, home)
     if command == "view":
         return await _view(args, home)
+    if command == "snapshot":
+        return await _snapshot(args, home)
     if command == "sessions":
         return await _sessions(args, home)
     if command == "logout":
@@ -978,6 +1004,37 @@ async def _view(args: argparse.Namespace, home: ViewerHome) -> int:
         if forwarder is not None:
             await forwarder.aclose()
         await runner.close()
+
+
+async def _snapshot(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    if not 160 <= args.width <= 1920:
+        raise ViewerError(f"--width {args.width}: give 160 to 1920 pixels", EXIT_USAGE)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.event is not None:
+        login = _require_login(home, time.time())
+        async with _client(args, login) as client:
+            jpeg = await client.event_snapshot(serial, args.event)
+        default = f"{serial}-event{args.event}.jpg"
+    else:
+        runner = await _open(args, home, serial)
+        try:
+            choice = choose(await device_channels(runner), args.device, args.channel, "main", "")
+            jpeg = await device_snapshot(runner, choice.device, choice.channel, args.width)
+        finally:
+            await runner.close()
+        default = f"{serial}-{choice.device}-ch{choice.channel}-{stamp}.jpg"
+    if args.output == "-":
+        sys.stdout.buffer.write(jpeg)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    path = Path(args.output or default)
+    try:
+        atomic_write(path, jpeg, 0o644)
+    except OSError as exc:
+        raise ViewerError(f"cannot write {path} ({exc.strerror}): give another file with -o") from exc
+    print(f"{path}: {len(jpeg)} bytes", flush=True)
+    return EXIT_OK
 
 
 def render_sessions(sessions: Sequence[SessionInfo], now: float) -> str:

@@ -41,6 +41,8 @@ MAX_PING_PAYLOAD = 64 * 1024
 MAX_INFO_BYTES = 64 * 1024
 MAX_CHANNELS_BYTES = 256 * 1024
 """16 capture devices of 64 channels fit with room to spare."""
+MAX_SNAPSHOT_BYTES = 512 * 1024 + 1024
+"""The device's snapshot cap (``daemon.snapshot.MAX_RPC_SNAPSHOT``) and room for an error."""
 _EXAMPLES = "e.g. 8554:554, 0.0.0.0:8080:80 or 8000:192.168.1.64:8000"
 
 
@@ -469,6 +471,33 @@ async def _call_json(opener: StreamOpener, method: str, limit: int, timeout_s: f
         return json.loads(reply)
     except ValueError:
         return None
+
+
+async def device_snapshot(
+    opener: StreamOpener, device: str, channel: int, width: int, *, timeout_s: float = 30.0
+) -> bytes:
+    """A JPEG of ``device``'s ``channel`` (``width`` pixels wide), from the ``snapshot`` RPC.
+
+    Raises:
+        ViewerError: no reply in time, a reset (a dvrlinkd without snapshots), or the device's
+            reason for having none (no signal, the encoder failed, ...).
+    """
+    request = json.dumps({"device": device, "channel": channel, "width": width}).encode("utf-8")
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, "snapshot", request, MAX_SNAPSHOT_BYTES)
+    except TimeoutError:
+        raise ViewerError(f"no snapshot from the device within {timeout_s:g} s") from None
+    if reply.startswith(b"\xff\xd8"):
+        return reply
+    try:
+        body = json.loads(reply)
+    except ValueError:
+        body = None
+    why = body.get("error") if isinstance(body, dict) else None
+    if isinstance(why, str):
+        raise ViewerError(f"no snapshot: {why}")
+    raise ViewerError("the device's snapshot reply is neither a JPEG nor an error: is it a dvrlinkd?")
 
 
 async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[str, object]:
