@@ -289,6 +289,7 @@ async def _run_locked(
         live = await _start_live(config, capture)
         if live is not None:
             sessions.live_port = config.live.port
+            sessions.cellular = config.modem.enabled
             taker.live = live
     watchdog = _Watchdog(notifier, loop)
 

@@ -160,6 +160,8 @@ class DeviceInfo:
     """The capture devices and their channels (``CaptureService.channels``); empty without."""
     live_port: int = 0
     """The live view's RTSP port on the device's 127.0.0.1 (0: no live view)."""
+    cellular: bool = False
+    """The device's uplink is its cellular modem: viewers pick the sub-stream."""
 
 
 InfoProvider = Callable[[], DeviceInfo]
@@ -276,6 +278,7 @@ def _info_json(info: DeviceInfo, config: ServicesConfig) -> bytes:
         "forward": [str(t) for t in config.forward_allow],
         "sessions": info.sessions,
         "live_port": info.live_port,
+        "cellular": info.cellular,
     }
     return json.dumps(body).encode("utf-8")
 

@@ -233,6 +233,8 @@ class SessionServer:
         they are admitted."""
         self._closers: set[asyncio.Task[None]] = set()
         self.live_port = 0
+        self.cellular = False
+        """The uplink is the cellular modem (``[modem] enabled``), told in ``info``."""
         """The live view's RTSP port on 127.0.0.1, told in ``info`` (0: none)."""
         self.channels: Callable[[], list[dict[str, Any]]] = list
         """The capture devices' channels for the ``channels`` RPC (``CaptureService.channels``)."""
@@ -261,6 +263,7 @@ class SessionServer:
             sessions=len(self._sessions),
             channels=self.channels(),
             live_port=self.live_port,
+            cellular=self.cellular,
         )
 
     def handle(self, invite: InviteReceived, now: float) -> None:

@@ -23,6 +23,8 @@ from dvrlink.protocol.rtsp import (
     rtp_timestamp,
     session_sdp,
 )
+from dvrlink.viewer.errors import ViewerError
+from dvrlink.viewer.live import Choice, choose
 from hil.loopback import (
     BIN,
     Daemon,
@@ -79,6 +81,16 @@ def rtp(payload: bytes, timestamp: int = 90000, csrc: int = 0) -> bytes:
         + bytes(4 + 4 * csrc)
         + payload
     )
+
+
+def test_the_sub_stream_is_chosen_on_the_relay_and_on_a_cellular_uplink_unless_told() -> None:
+    devices = [{"name": "front", "channels": [{"channel": 0, "signal": "locked"}]}]
+    assert choose(devices, None, 0, None, "direct") == Choice("front", 0, "main")
+    assert choose(devices, None, 0, None, "relay") == Choice("front", 0, "sub")
+    assert choose(devices, None, 0, None, "direct", cellular=True) == Choice("front", 0, "sub")
+    assert choose(devices, "front", 0, "main", "relay", cellular=True) == Choice("front", 0, "main")
+    with pytest.raises(ViewerError, match="has no capture device 'back'; it has front"):
+        choose(devices, "back", 0, None, "direct")
 
 
 def test_key_frame_packets_are_told_apart() -> None:

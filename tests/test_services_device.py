@@ -348,6 +348,7 @@ def test_info_returns_json() -> None:
             "forward": ["127.0.0.1:554", "[::1]:80"],
             "sessions": 1,
             "live_port": 0,
+            "cellular": False,
         }
         await asyncio.wait_for(task, WAIT)
 

@@ -293,6 +293,7 @@ def test_info_over_the_session() -> None:
             "forward": ["127.0.0.1:554"],
             "sessions": 1,
             "live_port": 0,
+            "cellular": False,
         }
         await svc.aclose()
 

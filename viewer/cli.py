@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch a channel of a recorder live (ffplay or VLC), or print its local RTSP URL",
         description="Open a session to a device and play one of its camera channels: the device "
         "serves it as RTSP, and a local port carries it through the session. The sub-stream (low "
-        "bit rate) is chosen on the relay, the main stream elsewhere, unless --main or --sub says.",
+        "bit rate) is chosen on the relay and for a recorder on a cellular uplink, the main stream "
+        "elsewhere, unless --main or --sub says.",
     )
     view.add_argument("serial", metavar="SERIAL")
     view.add_argument("--channel", type=int, default=0, metavar="N", help="the channel (default 0)")
@@ -965,7 +966,12 @@ async def _view(args: argparse.Namespace, home: ViewerHome) -> int:
                 f"{serial} serves no live view (a dvrlinkd without capture devices, or [live] port = 0)"
             )
         choice = choose(
-            await device_channels(runner), args.device, args.channel, args.profile, path_name(runner)
+            await device_channels(runner),
+            args.device,
+            args.channel,
+            args.profile,
+            path_name(runner),
+            info.get("cellular") is True,
         )
         forwarder = Forwarder(runner, ForwardSpec("127.0.0.1", 0, "127.0.0.1", port))
         _, local = await forwarder.start()
@@ -974,7 +980,11 @@ async def _view(args: argparse.Namespace, home: ViewerHome) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
                 handled.append(sig)
-        what = f"{serial} {choice.device} channel {choice.channel} ({choice.profile}) via {path_name(runner)}"
+        uplink = ", cellular uplink" if info.get("cellular") is True else ""
+        what = (
+            f"{serial} {choice.device} channel {choice.channel} ({choice.profile}) "
+            f"via {path_name(runner)}{uplink}"
+        )
         if args.print_url:
             print(url, flush=True)
             print(f"# {what}; Ctrl-C to stop", file=sys.stderr, flush=True)

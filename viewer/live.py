@@ -36,9 +36,10 @@ def choose(
     channel: int,
     profile: str | None,
     path: str,
+    cellular: bool = False,
 ) -> Choice:
     """The device (named, else the first), the channel and the profile (given, else ``sub`` on the
-    relay and ``main`` elsewhere).
+    relay or when the recorder's uplink is ``cellular``, and ``main`` elsewhere).
 
     Raises:
         ViewerError: no capture device, no such device or channel, or a channel without a
@@ -67,7 +68,7 @@ def choose(
             + (f" for {row['for_s']} s" if isinstance(row.get("for_s"), (int, float)) else "")
             + "): check the camera, its power and its cable"
         )
-    chosen = profile or ("sub" if path == "relay" else "main")
+    chosen = profile or ("sub" if path == "relay" or cellular else "main")
     return Choice(name, channel, chosen)
 
 
