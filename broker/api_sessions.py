@@ -139,6 +139,15 @@ class SessionRoutes:
         records = self._sessions.for_account(user, self._clock())
         return web.json_response({"sessions": [self._session_json(r) for r in records]})
 
+    async def end_session(self, request: web.Request) -> web.Response:
+        """DELETE /v1/sessions/{session_id}: the viewer closed the session; it no longer counts
+        against the account's limit."""
+        user = self._ctx.user(request)
+        record = self._own_session(user, request.match_info["session_id"])
+        self._sessions.end(record)
+        log.info("session %s: ended by %r", record.session_id.hex(), user)
+        return web.json_response({"session_id": record.session_id.hex(), "ended": True})
+
     async def offer_session(self, request: web.Request) -> web.Response:
         """POST /v1/sessions/{session_id}/offer: push the viewer's ICE offer to the device and
         return its answer."""

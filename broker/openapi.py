@@ -665,6 +665,34 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/sessions/{session_id}": {
+                "delete": {
+                    "summary": "End a session: its viewer closed it, and it no longer counts against "
+                    "the account's session limit",
+                    "operationId": "endSession",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SESSION_ID],
+                    "responses": {
+                        "200": {
+                            "description": "Forgotten",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["session_id", "ended"],
+                                        "properties": {
+                                            "session_id": {"type": "string"},
+                                            "ended": {"type": "boolean", "const": True},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such session for this account, or it expired (`unknown_session`)"),
+                    },
+                }
+            },
             "/v1/sessions/{session_id}/offer": {
                 "post": {
                     "summary": "Send the viewer's ICE offer to the device and wait for its answer",

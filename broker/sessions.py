@@ -2,8 +2,9 @@
 the offer/answer exchange got. No I/O; time is an argument (unix seconds).
 
 A session is ``created`` by ``POST /v1/sessions``, ``offered`` while its offer waits for the
-device, then ``answered`` or ``failed``. It is forgotten ``ttl`` seconds after creation; an
-account holds at most ``max_per_account`` sessions at once. The QUIC session that follows runs
+device, then ``answered`` or ``failed``. It is forgotten when the viewer ends it (``DELETE
+/v1/sessions/{id}``, as it closes the session) or ``ttl`` seconds after creation; an account
+holds at most ``max_per_account`` sessions at once. The QUIC session that follows runs
 between viewer and device; the broker never learns whether it is still up.
 """
 
@@ -118,6 +119,10 @@ class SessionTable:
         for record in [r for r in records.values() if r.expires_at <= now]:
             self._forget(record)
         return sorted(self._by_account.get(account, {}).values(), key=lambda r: r.created_at)
+
+    def end(self, record: SessionRecord) -> None:
+        """Forget ``record``: its viewer closed the session."""
+        self._forget(record)
 
     def prune(self, now: float) -> int:
         """Forget every expired session; returns how many."""

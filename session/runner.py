@@ -73,6 +73,8 @@ TIMER_RESOLUTION_S = 0.001
 """Unacknowledged bytes per stream above which ``SessionStream.drain`` waits."""
 
 log = logging.getLogger(__name__)
+AFTER_CLOSE_TIMEOUT_S = 5.0
+"""How long each ``after_close`` hook may take."""
 
 
 class SessionError(Exception):
@@ -277,6 +279,9 @@ class _Runner:
         self._on_stream: StreamCallback | None = None
         self.on_dataplane: Callable[[], None] = lambda: None
         """Called once the session's data plane is up (the device rewrites its status file)."""
+        self.after_close: list[Callable[[], Awaitable[object]]] = []
+        """Awaited at the end of ``close`` (the viewer tells the broker the session ended), each
+        at most ``AFTER_CLOSE_TIMEOUT_S``; what they raise is logged, not raised."""
         self._shut = False
         # Nobody may await these (a refused device session): keep asyncio quiet about them.
         self._established.add_done_callback(_consume)
@@ -404,6 +409,12 @@ class _Runner:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         await self._connectivity.close()
+        for hook in self.after_close:
+            try:
+                async with asyncio.timeout(AFTER_CLOSE_TIMEOUT_S):
+                    await hook()
+            except Exception as exc:
+                log.debug("after closing the session: %s", exc)
 
     # -- link --
 

@@ -295,13 +295,24 @@ def test_sessions_per_account_are_bounded(tmp_path: Path) -> None:
             alice = await t.login("alice")
             await session_device(t)
             pair(t, "alice", "DL-0001")
+            ids = []
             for _ in range(2):
-                assert (await t.call("POST", "/v1/sessions", alice, json={"serial": "DL-0001"}))[0] == 201
+                status, body = await t.call("POST", "/v1/sessions", alice, json={"serial": "DL-0001"})
+                assert status == 201, body
+                ids.append(body["session_id"])
             status, body = await t.call("POST", "/v1/sessions", alice, json={"serial": "DL-0001"})
             assert (status, body["error"]) == (429, "too_many_sessions")
             bob = await t.login("bob")
             pair(t, "bob", "DL-0001")
             assert (await t.call("POST", "/v1/sessions", bob, json={"serial": "DL-0001"}))[0] == 201
+            status, body = await t.call("DELETE", f"/v1/sessions/{ids[0]}", bob)  # not bob's
+            assert (status, body["error"]) == (404, "unknown_session"), body
+            status, body = await t.call("DELETE", f"/v1/sessions/{ids[0]}", alice)  # alice closed it
+            assert (status, body) == (200, {"session_id": ids[0], "ended": True})
+            assert (await t.call("DELETE", f"/v1/sessions/{ids[0]}", alice))[0] == 404  # once
+            status, listing = await t.call("GET", "/v1/sessions", alice)
+            assert [s["session_id"] for s in listing["sessions"]] == ids[1:], listing
+            assert (await t.call("POST", "/v1/sessions", alice, json={"serial": "DL-0001"}))[0] == 201
 
     run(main)
 

@@ -285,6 +285,8 @@ def test_a_viewer_saves_a_channel_now_and_the_snapshot_a_motion_alarm_carried(tm
         dark = viewer.run("snapshot", serial, "--channel", "3", "-o", str(tmp_path / "dark.jpg"), check=False)
         assert dark.returncode == 1 and "front channel 3 has no picture (no-video" in dark.stderr, dark.stderr
         assert not (tmp_path / "dark.jpg").exists()
+        # each closed session was ended at the broker: none counts against alice's limit
+        assert viewer.run("sessions").stdout.startswith("no sessions"), viewer.run("sessions").stdout
 
 
 def probe(path: Path) -> str:

@@ -267,6 +267,21 @@ class BrokerClient:
             return False
         raise self._error(resp, "DELETE", path, serial=serial)
 
+    async def end_session(self, session_id: str) -> bool:
+        """``DELETE /v1/sessions/{id}``: the session is closed, so it no longer counts against
+        the account's limit; False if the broker had already forgotten it.
+
+        Raises:
+            ViewerError: bad login, the broker cannot be reached, ...
+        """
+        path = f"/v1/sessions/{session_id}"
+        resp = await self._request("DELETE", path)
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise self._error(resp, "DELETE", path, serial=None)
+
     async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
         """``POST /v1/sessions``: a session id plus TURN credentials and the STUN server to gather with.
 

@@ -444,22 +444,23 @@ def _require_login(home: ViewerHome, now: float) -> Login:
 
 
 def _broker_client(
-    args: argparse.Namespace, url: str, cacert: str | None, token: str | None = None
+    args: argparse.Namespace, url: str, cacert: str | None, token: str | None = None, *, warn: bool = True
 ) -> BrokerClient:
-    """A client for ``url``; plain http only with ``--insecure-http``, and then with a warning.
+    """A client for ``url``; plain http only with ``--insecure-http``, and then with a warning
+    (unless ``warn`` is False: a second client of the same command).
 
     Raises:
         ViewerError: (exit code 2) http without the flag; or an unusable CA file.
     """
     insecure = bool(getattr(args, "insecure_http", False))
     client = BrokerClient(url, cacert=cacert, token=token, allow_http=insecure)
-    if is_plain_http(client.broker_url):
+    if warn and is_plain_http(client.broker_url):
         _warn(cleartext_warning(client.broker_url))
     return client
 
 
-def _client(args: argparse.Namespace, login: Login) -> BrokerClient:
-    return _broker_client(args, login.broker, login.cacert, login.token)
+def _client(args: argparse.Namespace, login: Login, *, warn: bool = True) -> BrokerClient:
+    return _broker_client(args, login.broker, login.cacert, login.token, warn=warn)
 
 
 def _read_password(args: argparse.Namespace, user: str, broker: str) -> str:
@@ -738,7 +739,20 @@ def _serial_arg(text: str) -> str:
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
     login = _require_login(home, time.time())
     async with _client(args, login) as client:  # the broker is only needed until the session is up
-        return await open_session(client, home, serial, session_policy(args), args.host_address)
+        return await open_session(
+            client,
+            home,
+            serial,
+            session_policy(args),
+            args.host_address,
+            end=functools.partial(_end_session, args, login),
+        )
+
+
+async def _end_session(args: argparse.Namespace, login: Login, session_id: str) -> None:
+    """Tell the broker a closed session is over, so it does not count against the account."""
+    async with _client(args, login, warn=False) as client:
+        await client.end_session(session_id)
 
 
 def format_bytes(count: int) -> str:
@@ -1095,7 +1109,9 @@ async def _unpair(args: argparse.Namespace, home: ViewerHome) -> int:
             )
         else:
             try:
-                runner = await open_session(client, home, serial, session_policy(args), args.host_address)
+                runner = await open_session(
+                    client, home, serial, session_policy(args), args.host_address, end=client.end_session
+                )
             except ViewerError as exc:
                 device_problem = exc.message
             else:

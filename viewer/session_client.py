@@ -18,10 +18,14 @@ whatever was set up before the failure (the TURN allocation, the ICE sockets) is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.protocol.identity import ed25519_public_bytes, format_fingerprint
 from dvrlink.protocol.presence_wire import MAX_INVITE_BODY
@@ -31,6 +35,7 @@ from dvrlink.protocol.session_tls import viewer_certificate
 from dvrlink.protocol.signalling import UPDATE_OVERHEAD, PathPolicy, fit_candidates
 from dvrlink.session.connectivity import ICE_TIMEOUT_S, Connectivity, ConnectivityError
 from dvrlink.session.runner import (
+    AFTER_CLOSE_TIMEOUT_S,
     PinMismatchError,
     SessionError,
     StreamResetError,
@@ -76,6 +81,10 @@ class SessionBroker(Protocol):
         """Raises ViewerError."""
         ...
 
+    async def end_session(self, session_id: str) -> bool:
+        """Raises ViewerError."""
+        ...
+
     async def send_candidates(
         self,
         session_id: str,
@@ -103,12 +112,15 @@ async def open_session(
     *,
     timeout_s: float = ESTABLISH_TIMEOUT_S,
     config: SessionConfig | None = None,
+    end: Callable[[str], Awaitable[object]] | None = None,
     wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
 ) -> ViewerRunner:
     """Open a session to ``serial`` and return its runner once the device proved its pinned key.
 
     ``host_addresses`` limits ICE host candidates to these IP literals (aioice skips loopback
-    addresses, so tests on 127.0.0.1 must name it). The caller closes the runner.
+    addresses, so tests on 127.0.0.1 must name it). The caller closes the runner. ``end`` tells
+    the broker the session is over when the runner closes (``BrokerClient.end_session`` on a
+    client of its own: ``client`` may be closed by then); one that fails to open is ended at once.
 
     Raises:
         ViewerError: no pin or viewer key on this computer (pair first / log in first), any
@@ -127,6 +139,32 @@ async def open_session(
         raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login`, then pair {serial} again")
     grant = await client.create_session(serial, policy)
     try:
+        runner = await _establish(
+            client, grant, serial, pin.fingerprint, key, policy, host_addresses, timeout_s, config, wall_clock
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):  # it does not count against the account's limit
+            async with asyncio.timeout(AFTER_CLOSE_TIMEOUT_S):
+                await client.end_session(grant.session_id)
+        raise
+    if end is not None:
+        runner.after_close.append(functools.partial(end, grant.session_id))
+    return runner
+
+
+async def _establish(
+    client: SessionBroker,
+    grant: SessionGrant,
+    serial: str,
+    pinned: str,
+    key: Ed25519PrivateKey,
+    policy: PathPolicy,
+    host_addresses: Sequence[str] | None,
+    timeout_s: float,
+    config: SessionConfig | None,
+    wall_clock: Callable[[], datetime.datetime],
+) -> ViewerRunner:
+    try:
         conn = await Connectivity.prepare(True, grant.stun, grant.turn, policy, host_addresses=host_addresses)
     except ConnectivityError as exc:
         raise ViewerError(f"cannot open a session to {serial}: {exc}") from exc
@@ -142,7 +180,7 @@ async def open_session(
             serial=serial,
             end_of_candidates=offered_end,
         )
-        core = ViewerSession(key, viewer_certificate(key, wall_clock()), pin.fingerprint, config)
+        core = ViewerSession(key, viewer_certificate(key, wall_clock()), pinned, config)
         runner = ViewerRunner(core, conn)
     except BaseException:
         await conn.close()
@@ -169,7 +207,7 @@ async def open_session(
             await _confirm(runner)
     except PinMismatchError as exc:
         await runner.close("pin mismatch")
-        raise ViewerError(f"{PIN_MISMATCH} ({serial}, pinned {format_fingerprint(pin.fingerprint)})") from exc
+        raise ViewerError(f"{PIN_MISMATCH} ({serial}, pinned {format_fingerprint(pinned)})") from exc
     except ViewerRefusedError as exc:
         await runner.close("refused")
         raise ViewerError(f"{NOT_RECOGNISED}: `dvrlink pair {serial} CODE` ({serial} said: {exc})") from exc
