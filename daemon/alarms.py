@@ -149,6 +149,8 @@ class AlarmQueue:
         self._live_bytes = len(_header(0, 0)) + sum(self._entry_sizes.values())
         self._size = os.fstat(self._fd).st_size
         self.stats: dict[str, int] = {"raised": 0, "delivered": 0, "dropped": 0, "write_errors": 0}
+        self.on_change: Callable[[], None] = lambda: None
+        """Called after an alarm is queued, delivered or dropped (the status file's count)."""
 
     @classmethod
     def open(
@@ -245,6 +247,7 @@ class AlarmQueue:
             self._flush()
         else:
             self.sender.push(record, self._core_clock())
+        self.on_change()
         return record
 
     def on_event(self, event: ClientEvent) -> None:
@@ -265,6 +268,7 @@ class AlarmQueue:
             self._live_bytes -= self._entry_sizes.pop(seq)
         self._append(_removed(event.through_seq))
         self._maybe_compact()
+        self.on_change()
 
     def close(self) -> None:
         """Close the journal (everything written is already synced)."""

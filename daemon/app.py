@@ -256,6 +256,7 @@ async def _run_locked(
     )
     link = _presence_link(config, client, events)
     events.alarms = alarms
+    alarms.on_change = events.alarms_changed
     alarms.attach(client, link.flush, loop.time)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
@@ -326,6 +327,7 @@ async def _run_locked(
                     await prober.close()
         link.close()
         alarms.close()
+        events.close()
         events.status_file.remove()
         notifier.close()
 
@@ -604,6 +606,7 @@ class DeviceEvents:
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self.alarms: AlarmQueue | None = None
         """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
+        self._alarms_write: asyncio.TimerHandle | None = None
         self._modem_alarms = ModemAlarmWatch()
         self._client = client
         self._core_clock = core_clock
@@ -715,6 +718,22 @@ class DeviceEvents:
         self._modem_alarms.update(modem.snapshot())
         self._write_status()
 
+    def alarms_changed(self) -> None:
+        """Rewrite the status file within a second: the alarm queue's count changed (at most one
+        write a second, however many alarms come and go)."""
+        if self._alarms_write is None:
+            self._alarms_write = asyncio.get_running_loop().call_later(1.0, self._write_alarms)
+
+    def close(self) -> None:
+        """The daemon stops: no status write after this."""
+        if self._alarms_write is not None:
+            self._alarms_write.cancel()
+            self._alarms_write = None
+
+    def _write_alarms(self) -> None:
+        self._alarms_write = None
+        self._write_status()
+
     def attach_capture(self, channels: Callable[[], list[dict[str, Any]]]) -> None:
         """The capture devices are watched: the status file lists their channels."""
         self._capture = channels
@@ -750,6 +769,8 @@ class DeviceEvents:
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
             capture=self._capture() if self._capture is not None else [],
+            alarms_pending=self.alarms.pending if self.alarms is not None else 0,
+            alarms_dropped=self.alarms.stats["dropped"] if self.alarms is not None else 0,
             transport=self.presence_transport(),
             **self.link_status(),
             keepalive_s=self._client.keepalive_interval,

@@ -150,6 +150,10 @@ class DaemonStatus:
     capture: list[dict[str, Any]] = field(default_factory=list)
     """The capture devices and their channels, as ``dvrlink channels`` lists them (empty without
     ``[[capture]]``)."""
+    alarms_pending: int = 0
+    """Alarms queued on the device that the broker has not stored yet."""
+    alarms_dropped: int = 0
+    """Alarms dropped unsent since the daemon started (the queue was full)."""
     transport: str = "udp"
     """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
     keepalive_s: float | None = None
@@ -299,6 +303,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
     if status.message:
         rows.append(("last event", status.message))
     rows.append(("sessions", str(len(status.sessions)) if status.sessions else "none"))
+    rows.append(("alarms", format_alarms(status.alarms_pending, status.alarms_dropped)))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
     lines += [f"  {format_session(session)}" for session in status.sessions]
@@ -306,6 +311,14 @@ def format_status(status: DaemonStatus, now: float) -> str:
         lines += format_modem(status.modem)
     lines += format_capture(status.capture)
     return "\n".join(lines)
+
+
+def format_alarms(pending: int, dropped: int) -> str:
+    """The ``alarms`` row of ``dvrlinkd status``."""
+    text = f"{pending} waiting for the broker" if pending else "none waiting"
+    if dropped:
+        text += f"; {dropped} dropped unsent since the start (the queue was full: raise [alarms] queue_size)"
+    return text
 
 
 def format_capture(devices: list[dict[str, Any]]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dvrlink.broker.app import start_broker
 from dvrlink.daemon.alarms import AlarmQueue
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import load_config
+from dvrlink.daemon.status import StatusUnavailable, read_status
 from dvrlink.protocol.alarm_wire import AlarmKind
 
 SERIAL = "DL-0015-0004"
@@ -29,6 +31,20 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_status(what: str, run_dir: Path, pending: int) -> None:
+    seen: object = None
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                with contextlib.suppress(StatusUnavailable, ValueError):
+                    seen = read_status(run_dir).alarms_pending
+                    if seen == pending:
+                        return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"{what} within {WAIT} s: alarms_pending was {seen}") from None
 
 
 def test_1000_alarms_raised_in_a_running_daemon_while_the_broker_is_down(
@@ -65,6 +81,8 @@ def test_1000_alarms_raised_in_a_running_daemon_while_the_broker_is_down(
                 if seq % 100 == 0:
                     await asyncio.sleep(0)  # the daemon keeps trying the broker meanwhile
             assert queue.pending == COUNT
+            run_dir = tmp_path / "run"
+            await wait_status("the status file counting the queued alarms", run_dir, COUNT)
 
             broker = await start_broker(broker_config)
             alarms = broker.alarms
@@ -90,6 +108,7 @@ def test_1000_alarms_raised_in_a_running_daemon_while_the_broker_is_down(
             assert [a.seq for a in history] == list(range(1, COUNT + 1))  # once each
             assert history[-1].detail == f"input {COUNT}"
             assert alarms.receiver.stats["malformed"] == 0
+            await wait_status("the status file with none queued", run_dir, 0)
         finally:
             stop.set()
             await asyncio.wait_for(daemon, WAIT)

@@ -104,6 +104,12 @@ def test_format() -> None:
     assert lines["last keepalive"].endswith("(5 s ago)")
     assert lines["registered"].endswith("(10 min ago)")
     assert lines["last event"].strip() == "registered"
+    assert lines["alarms"].strip() == "none waiting"
+    queued = dict(line.split(": ", 1) for line in format_status(status(alarms_pending=3), NOW).splitlines())
+    assert queued["alarms"].strip() == "3 waiting for the broker"
+    full = format_status(status(alarms_pending=1000, alarms_dropped=2), NOW)
+    assert "1000 waiting for the broker; 2 dropped unsent since the start" in full
+    assert "raise [alarms] queue_size" in full
     offline = format_status(status(state="backoff", reflexive_address=None, session_id=None, rtt=None), NOW)
     assert "reflexive address: -" in offline
     assert "session:           -" in offline
