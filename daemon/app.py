@@ -62,6 +62,7 @@ from dvrlink.session.allow_list import parse_allowed_target
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
     from dvrlink.daemon.capture_service import CaptureService
+    from dvrlink.daemon.disk_watch import DiskEvent, DiskService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
     from dvrlink.daemon.snapshot import SnapshotTaker
@@ -292,6 +293,7 @@ async def _run_locked(
             sessions.live_port = config.live.port
             sessions.cellular = config.modem.enabled
             taker.live = live
+    disks = _start_disks(config, alarms, events)
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -316,6 +318,8 @@ async def _run_locked(
             capture.close()
         if capture_alarms is not None:
             capture_alarms.close()
+        if disks is not None:
+            disks.close()
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
@@ -330,6 +334,31 @@ async def _run_locked(
         events.close()
         events.status_file.remove()
         notifier.close()
+
+
+def _start_disks(config: DaemonConfig, alarms: AlarmQueue, events: DeviceEvents) -> DiskService | None:
+    """Watch the ``[disks]`` mount points; None without any."""
+    if not config.disks.paths:
+        return None
+    from dvrlink.daemon.disk_watch import DiskService  # noqa: PLC0415
+
+    disks = DiskService(config.disks, functools.partial(_disk_event, alarms), time.time)
+    disks.on_look = events.disks_changed
+    events.disks = disks.status
+    disks.start()
+    return disks
+
+
+def _disk_event(alarms: AlarmQueue, event: DiskEvent) -> None:
+    """A disk went bad or recovered: the log and an alarm."""
+    from dvrlink.daemon.disk_watch import DiskProblem, disk_alarm  # noqa: PLC0415
+
+    kind, detail = disk_alarm(event)
+    if isinstance(event, DiskProblem):
+        log.warning("disk %s", detail)
+    else:
+        log.info("disk %s", detail)
+    alarms.raise_alarm(kind, detail=detail)
 
 
 async def _alarm_snapshot(taker: SnapshotTaker, max_bytes: int, device: str, channel: int) -> bytes:
@@ -601,6 +630,8 @@ class DeviceEvents:
         self._modem: ModemView | None = None
         """The modem service once it is loaded (``attach_modem``)."""
         self._capture: Callable[[], list[dict[str, Any]]] | None = None
+        self.disks: Callable[[], list[dict[str, Any]]] = list
+        """The recording disks' last looks for the status file (``DiskService.status``)."""
         """The capture devices' channels (``attach_capture``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
@@ -739,6 +770,10 @@ class DeviceEvents:
         self._capture = channels
         self._write_status()
 
+    def disks_changed(self) -> None:
+        """Rewrite the status file: the disks were looked at."""
+        self._write_status()
+
     def capture_changed(self) -> None:
         """Rewrite the status file: a channel's signal, format or motion changed."""
         self._write_status()
@@ -769,6 +804,7 @@ class DeviceEvents:
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
             capture=self._capture() if self._capture is not None else [],
+            disks=self.disks(),
             alarms_pending=self.alarms.pending if self.alarms is not None else 0,
             alarms_dropped=self.alarms.stats["dropped"] if self.alarms is not None else 0,
             transport=self.presence_transport(),

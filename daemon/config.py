@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
+from dvrlink.daemon.disk_watch import DisksConfig, parse_disks
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.live_view import LiveConfig
 from dvrlink.daemon.services import ServicesConfig, parse_services
@@ -284,6 +285,8 @@ class DaemonConfig:
     """``[live]``: the capture channels as RTSP streams for sessions (only with capture devices)."""
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     """``[alarms]``: the queue of alarms for the broker."""
+    disks: DisksConfig = field(default_factory=DisksConfig)
+    """``[disks]``: the recording disks watched for errors (none: not watched)."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -336,6 +339,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "capture",
         "live",
         "alarms",
+        "disks",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -414,6 +418,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         stall_after_s=liv.number("stall_after_s", 1.0, 600.0),
     )
     alarms = parse_alarms(document, source)
+    disks = parse_disks(document, source)
     return DaemonConfig(
         device,
         broker,
@@ -427,6 +432,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         capture,
         live,
         alarms,
+        disks,
         source,
     )
 

@@ -150,6 +150,8 @@ class DaemonStatus:
     capture: list[dict[str, Any]] = field(default_factory=list)
     """The capture devices and their channels, as ``dvrlink channels`` lists them (empty without
     ``[[capture]]``)."""
+    disks: list[dict[str, Any]] = field(default_factory=list)
+    """The recording disks' last looks (``[disks]``): path, state, free_percent, detail."""
     alarms_pending: int = 0
     """Alarms queued on the device that the broker has not stored yet."""
     alarms_dropped: int = 0
@@ -200,6 +202,9 @@ class DaemonStatus:
             values["sessions"] = tuple(SessionStatus.from_mapping(item) for item in sessions)
             if values.get("modem") is not None:
                 values["modem"] = ModemBlock.from_mapping(values["modem"])
+            disks = values.get("disks", [])
+            if not isinstance(disks, list) or not all(isinstance(d, dict) for d in disks):
+                raise ValueError("not a status document: disks is not a list of objects")
             capture = values.get("capture", [])
             if not isinstance(capture, list) or not all(isinstance(d, dict) for d in capture):
                 raise ValueError("not a status document: capture is not a list of objects")
@@ -310,6 +315,9 @@ def format_status(status: DaemonStatus, now: float) -> str:
     if status.modem is not None:
         lines += format_modem(status.modem)
     lines += format_capture(status.capture)
+    lines += [
+        f"disk {d.get('path', '?')}: {d.get('state', '?')} ({d.get('detail', '')})" for d in status.disks
+    ]
     return "\n".join(lines)
 
 
