@@ -61,9 +61,11 @@ from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESS
 from dvrlink.session.allow_list import parse_allowed_target
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
+    from dvrlink.daemon.board_io_service import BoardIoService
     from dvrlink.daemon.capture_service import CaptureService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
+    from dvrlink.hal.gpio import BoardEvent
     from dvrlink.hal.model import HalEvent
 
 log = logging.getLogger(__name__)
@@ -281,6 +283,12 @@ async def _run_locked(
         live = await _start_live(config, capture)
         if live is not None:
             sessions.live_port = config.live.port
+    board = _start_board_io(config, loop)
+    if board is not None:
+        board.add_sink(lambda _event: events.board_changed())
+        board.add_sink(functools.partial(_board_alarm, alarms))
+        sessions.relay = board.relay_call
+        events.attach_board(board.snapshot)
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -303,6 +311,8 @@ async def _run_locked(
             await live.close()
         if capture is not None:
             capture.close()
+        if board is not None:
+            board.close()  # the relays go to their defaults
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
@@ -323,6 +333,25 @@ def _capture_alarm(alarms: AlarmQueue, event: HalEvent) -> None:
     from dvrlink.daemon.capture_service import raise_capture_alarm  # noqa: PLC0415
 
     raise_capture_alarm(alarms, event)
+
+
+def _board_alarm(alarms: AlarmQueue, event: BoardEvent) -> None:
+    """An alarm input's change as an alarm for the broker (``board_io_service.raise_board_alarm``)."""
+    from dvrlink.daemon.board_io_service import raise_board_alarm  # noqa: PLC0415
+
+    raise_board_alarm(alarms, event)
+
+
+def _start_board_io(config: DaemonConfig, loop: asyncio.AbstractEventLoop) -> BoardIoService | None:
+    """Request the ``[[alarm_input]]`` and ``[[relay]]`` lines; None without any (the GPIO
+    binding is then never imported)."""
+    if not config.alarm_inputs and not config.relays:
+        return None
+    from dvrlink.daemon.board_io_service import BoardIoService, default_backend  # noqa: PLC0415
+
+    board = BoardIoService(config.alarm_inputs, config.relays, default_backend(), loop.time, loop=loop)
+    board.start()
+    return board
 
 
 def _services_with_live(config: DaemonConfig) -> ServicesConfig:
@@ -590,6 +619,8 @@ class DeviceEvents:
         """The modem service once it is loaded (``attach_modem``)."""
         self._capture: Callable[[], list[dict[str, Any]]] | None = None
         """The capture devices' channels (``attach_capture``)."""
+        self._board: Callable[[], dict[str, Any]] | None = None
+        """The alarm inputs and relays (``attach_board``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self.alarms: AlarmQueue | None = None
@@ -710,6 +741,15 @@ class DeviceEvents:
         self._capture = channels
         self._write_status()
 
+    def attach_board(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """The board's inputs and relays are requested: the status file lists them."""
+        self._board = snapshot
+        self._write_status()
+
+    def board_changed(self) -> None:
+        """Rewrite the status file: an input or a relay changed."""
+        self._write_status()
+
     def capture_changed(self) -> None:
         """Rewrite the status file: a channel's signal, format or motion changed."""
         self._write_status()
@@ -740,6 +780,7 @@ class DeviceEvents:
             sessions=self._sessions.snapshot() if self._sessions is not None else (),
             modem=self._modem.snapshot() if self._modem is not None else None,
             capture=self._capture() if self._capture is not None else [],
+            board=self._board() if self._board is not None else {},
             transport=self.presence_transport(),
             **self.link_status(),
             keepalive_s=self._client.keepalive_interval,

@@ -18,12 +18,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvrlink.daemon.board_io_config import parse_board_io
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.live_view import LiveConfig
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.hal.config import CaptureConfig
+from dvrlink.hal.gpio import AlarmInputConfig, RelayConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.port_prediction import SearchBudget
@@ -282,6 +284,10 @@ class DaemonConfig:
     """``[live]``: the capture channels as RTSP streams for sessions (only with capture devices)."""
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     """``[alarms]``: the queue of alarms for the broker."""
+    alarm_inputs: tuple[AlarmInputConfig, ...] = ()
+    """``[[alarm_input]]``: the board's GPIO alarm inputs (docs/hal.md, "Board I/O")."""
+    relays: tuple[RelayConfig, ...] = ()
+    """``[[relay]]``: the board's GPIO relay outputs."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -334,6 +340,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "capture",
         "live",
         "alarms",
+        "alarm_input",
+        "relay",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -411,6 +419,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         idle_stop_s=liv.number("idle_stop_s", 0.0, 3600.0),
     )
     alarms = parse_alarms(document, source)
+    alarm_inputs, relays = parse_board_io(document, source)
     return DaemonConfig(
         device,
         broker,
@@ -424,6 +433,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         capture,
         live,
         alarms,
+        alarm_inputs,
+        relays,
         source,
     )
 

@@ -14,6 +14,10 @@ the target from the stream-open header. What the viewer sees:
   the end of the stream.
 - ``RpcTarget("channels")``: a JSON object ``{"devices": [...]}``, the capture devices and their
   channels' signal, format and motion (``CaptureService.channels``), then end of stream;
+- ``RpcTarget("relay")``: the request is a JSON object: ``{}`` lists the board's alarm inputs and
+  relays, ``{"relay": NAME, "action": "on" | "off" | "pulse", "seconds": S}`` switches one
+  (``BoardIoService.relay_call``). The reply is ``{"inputs": [...], "relays": [...]}`` after the
+  action, or ``{"error": "..."}`` saying what to send instead; then end of stream;
 - ``RpcTarget("unpair")``: the device forgets this session's viewer (``dvrlink unpair``) and
   answers ``{"revoked": true}`` (``false`` if it was already forgotten), then the stream ends.
   New sessions from that viewer are refused from then on; this one ends when the viewer closes it.
@@ -160,6 +164,23 @@ class DeviceInfo:
 
 
 InfoProvider = Callable[[], DeviceInfo]
+RelayHandler = Callable[[Mapping[str, object]], dict[str, Any]]
+"""Serves a ``relay`` request (``BoardIoService.relay_call``); raises ``ValueError`` with what
+to send instead for a request it cannot do."""
+
+
+def no_relays(request: Mapping[str, object]) -> dict[str, Any]:
+    """The ``relay`` handler of a device without board I/O: an empty list, and an error for
+    any action.
+
+    Raises:
+        ValueError: ``request`` asks for an action.
+    """
+    if request:
+        raise ValueError("this device has no relays (no [[relay]] in its dvrlinkd config)")
+    return {"inputs": [], "relays": []}
+
+
 Revoker = Callable[[], bool]
 """Forgets the session's viewer; True if it was paired. May raise (logged, stream reset)."""
 TcpConnector = Callable[[str, int], Awaitable[TcpEnd]]
@@ -192,10 +213,12 @@ async def serve_stream(
     connect: TcpConnector = _open_tcp,
     label: str = "session",
     revoke: Revoker | None = None,
+    relay: RelayHandler = no_relays,
 ) -> None:
     """Serve one stream the viewer opened for ``target`` until it is over (see the module doc).
 
-    ``revoke`` serves ``unpair``; without it, ``unpair`` is an unknown method.
+    ``revoke`` serves ``unpair``; without it, ``unpair`` is an unknown method. ``relay`` serves
+    ``relay``.
 
     ``label`` names the session in log lines. Never raises, except ``CancelledError`` after the
     stream is reset.
@@ -220,6 +243,12 @@ async def serve_stream(
                 stream.write(json.dumps({"devices": info_provider().channels}).encode("utf-8"))
                 stream.write_eof()
                 await stream.drain()
+        elif target.method == "relay":
+            request = await _read_request(stream, config.max_rpc_request_bytes, label)
+            if request is not None:
+                stream.write(json.dumps(_relay_reply(relay, request, label)).encode("utf-8"))
+                stream.write_eof()
+                await stream.drain()
         elif target.method == "unpair" and revoke is not None:
             if await _read_request(stream, config.max_rpc_request_bytes, label) is not None:
                 revoked = revoke()
@@ -241,6 +270,20 @@ async def serve_stream(
         else:
             log.exception("%s: serving %s failed; stream reset", label, target)
             reset_quietly(stream, ServiceErrorCode.INTERNAL)
+
+
+def _relay_reply(relay: RelayHandler, request: bytes, label: str) -> dict[str, Any]:
+    try:
+        body = json.loads(request) if request.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return {"error": 'the relay request is not a JSON object: send {} or {"relay": NAME, "action": "on"}'}
+    try:
+        return relay(body)
+    except ValueError as exc:
+        log.info("%s: relay request %s refused: %s", label, body, exc)
+        return {"error": str(exc)}
 
 
 async def _read_request(stream: StreamLike, limit: int, label: str) -> bytes | None:
@@ -317,10 +360,12 @@ class SessionServices:
         connect: TcpConnector = _open_tcp,
         label: str = "session",
         revoke: Revoker | None = None,
+        relay: RelayHandler = no_relays,
     ) -> None:
         self._config = config
         self._info = info_provider
         self._revoke = revoke
+        self._relay = relay
         self._stats = stats if stats is not None else ServiceStats()
         self._connect = connect
         self._label = label
@@ -359,6 +404,7 @@ class SessionServices:
                 connect=self._connect,
                 label=self._label,
                 revoke=self._revoke,
+                relay=self._relay,
             )
         finally:
             self._open -= 1

@@ -44,7 +44,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.daemon.config import SessionsConfig
 from dvrlink.daemon.pairing import InviteReplier
-from dvrlink.daemon.services import DeviceInfo, ServicesConfig, ServiceStats, SessionServices
+from dvrlink.daemon.services import (
+    DeviceInfo,
+    RelayHandler,
+    ServicesConfig,
+    ServiceStats,
+    SessionServices,
+    no_relays,
+)
 from dvrlink.daemon.state import StateError, Viewer
 from dvrlink.daemon.status import SessionStatus
 from dvrlink.protocol.identity import fingerprint
@@ -236,6 +243,8 @@ class SessionServer:
         """The live view's RTSP port on 127.0.0.1, told in ``info`` (0: none)."""
         self.channels: Callable[[], list[dict[str, Any]]] = list
         """The capture devices' channels for the ``channels`` RPC (``CaptureService.channels``)."""
+        self.relay: RelayHandler = no_relays
+        """Serves the ``relay`` RPC (``BoardIoService.relay_call``)."""
 
     # -- public --
 
@@ -402,7 +411,12 @@ class SessionServer:
             self._key, device_certificate(self._key, self._serial, self._wall_clock()), self._is_authorised
         )
         services = SessionServices(
-            self._services, self.info, stats=self.stats, label=label, revoke=lambda: self._revoke(core)
+            self._services,
+            self.info,
+            stats=self.stats,
+            label=label,
+            revoke=lambda: self._revoke(core),
+            relay=lambda request: self.relay(request),  # noqa: PLW0108 - set after the session starts
         )
         runner = DeviceRunner(core, conn, on_stream=services.start)
         runner.on_dataplane = self._changed  # the status file says what carries the streams

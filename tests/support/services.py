@@ -9,7 +9,14 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices, TcpConnector
+from dvrlink.daemon.services import (
+    DeviceInfo,
+    RelayHandler,
+    ServicesConfig,
+    SessionServices,
+    TcpConnector,
+    no_relays,
+)
 from dvrlink.protocol.session_streams import StreamTarget, encode_stream_header
 from dvrlink.session.allow_list import parse_allowed_target
 from dvrlink.session.streams import StreamLike
@@ -165,6 +172,7 @@ def services(
     max_rpc_request_bytes: int = 64 * 1024,
     connect: TcpConnector | None = None,
     info: Callable[[], DeviceInfo] = lambda: INFO,
+    relay: RelayHandler = no_relays,
 ) -> SessionServices:
     config = ServicesConfig(
         forward_allow=tuple(parse_allowed_target(a) for a in allow),
@@ -173,8 +181,8 @@ def services(
         max_rpc_request_bytes=max_rpc_request_bytes,
     )
     if connect is None:
-        return SessionServices(config, info)
-    return SessionServices(config, info, connect=connect)
+        return SessionServices(config, info, relay=relay)
+    return SessionServices(config, info, connect=connect, relay=relay)
 
 
 # --- TCP servers on loopback ---
