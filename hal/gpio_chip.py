@@ -29,6 +29,21 @@ if TYPE_CHECKING:
 CHIP_GLOB = "/dev/gpiochip*"
 
 
+def check_binding() -> None:
+    """Load the ``gpiod`` module (on first use: only boards with lines need it).
+
+    Raises:
+        GpioError: it is not installed; the message says what to do.
+    """
+    try:
+        import gpiod  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise GpioError(
+            f"the gpiod binding (libgpiod's Python package, 2.x) is not installed ({exc}): install "
+            "it, or remove the [[alarm_input]] and [[relay]] tables"
+        ) from None
+
+
 def describe_failure(what: str, chip: str, line: int | str, exc: OSError, held_by: str | None) -> str:
     """The message for a failed request or read of ``line`` on ``chip``: what was seen and what to
     fix. ``what`` is ``request`` or ``read``; ``held_by`` is the line's consumer when the line
@@ -45,6 +60,8 @@ def describe_failure(what: str, chip: str, line: int | str, exc: OSError, held_b
         )
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
         return f"no GPIO chip {chip} ({exc.strerror}): check the chip's path or label with gpiodetect"
+    if code == errno.ENOTTY:
+        return f"{chip} is not a GPIO chip (it takes no GPIO requests): check the path with gpiodetect"
     if code in (errno.EACCES, errno.EPERM):
         return (
             f"permission denied on {chip}: the chips must be group dvrlink (the image's udev rule "
@@ -68,7 +85,8 @@ class GpiodBackend:
         Raises:
             GpioError: no such chip or line, the line is busy, or permission.
         """
-        import gpiod  # noqa: PLC0415 - the binding loads only when a board has lines
+        check_binding()
+        import gpiod  # noqa: PLC0415
         from gpiod.line import Bias as GBias  # noqa: PLC0415
         from gpiod.line import Direction, Edge  # noqa: PLC0415
 
@@ -94,6 +112,7 @@ class GpiodBackend:
         Raises:
             GpioError: no such chip or line, the line is busy, or permission.
         """
+        check_binding()
         import gpiod  # noqa: PLC0415
         from gpiod.line import Direction, Value  # noqa: PLC0415
 
@@ -111,6 +130,7 @@ class GpiodBackend:
         Raises:
             GpioError: no such chip or line, permission, or the line is held by another consumer.
         """
+        check_binding()
         import gpiod  # noqa: PLC0415
 
         path = self.resolve_chip(chip)
@@ -141,6 +161,7 @@ class GpiodBackend:
         """
         if chip.startswith("/"):
             return chip
+        check_binding()
         import gpiod  # noqa: PLC0415
 
         seen = []
@@ -174,6 +195,7 @@ class GpiodBackend:
     def _request(
         self, chip: str, line: int | str, settings: gpiod.LineSettings
     ) -> tuple[str, int, gpiod.LineRequest]:
+        check_binding()
         import gpiod  # noqa: PLC0415
 
         path = self.resolve_chip(chip)

@@ -41,6 +41,7 @@ from dvrlink.hal.gpio import (
 )
 from dvrlink.hal.gpio_fake import FakeBackend
 from dvrlink.protocol.alarm_wire import AlarmKind
+from dvrlink.viewer.cli import main as viewer_main
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.forward import device_relay
 from dvrlink.viewer.render import render_relays
@@ -263,3 +264,18 @@ def test_a_door_opening_in_a_running_daemon_is_an_alarm_stored_at_the_broker(
         assert siren.values[-1] is False and siren.released and backend.inputs["door"].released
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["siren"], "say what to do with relay siren: on, off or pulse SECONDS"),
+        (["siren", "pulse"], "only pulse takes SECONDS, and pulse needs them"),
+        (["siren", "on", "5"], "only pulse takes SECONDS"),
+    ],
+)
+def test_dvrlink_relay_usage_errors_come_before_any_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert viewer_main(["--home", str(tmp_path), "relay", "DL-0001-0002", *argv]) == 2
+    assert message in capsys.readouterr().err

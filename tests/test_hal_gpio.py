@@ -4,6 +4,7 @@ timers, the config's checks, and the error messages for what the kernel says."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from dvrlink.hal.gpio import (
     AlarmInputCleared,
     AlarmInputConfig,
     BoardEvent,
+    GpioError,
     InputWatcher,
     LineFailed,
     RelayBank,
@@ -19,7 +21,7 @@ from dvrlink.hal.gpio import (
     RelaySwitched,
     SetRelay,
 )
-from dvrlink.hal.gpio_chip import describe_failure
+from dvrlink.hal.gpio_chip import GpiodBackend, describe_failure
 
 DOOR = AlarmInputConfig("door", "/dev/gpiochip0", 3, debounce_s=0.05)
 PIR = AlarmInputConfig("pir", "/dev/gpiochip0", "PIR_IN", active_low=True, debounce_s=0.0)
@@ -230,3 +232,17 @@ def test_kernel_errors_become_messages_that_say_what_to_fix() -> None:
     assert "group dvrlink" in describe_failure("request", "/dev/gpiochip0", 3, denied, None)
     odd = OSError(errno.EIO, "Input/output error")
     assert describe_failure("read", "/dev/gpiochip0", 3, odd, None).endswith("failed: Input/output error")
+
+
+def test_the_real_backend_says_what_is_wrong_with_a_chip_path(tmp_path: Path) -> None:
+    """The gpiod binding itself, on what this host has: no chip (no gpio-sim here), a file that is
+    not a chip, a label no chip has."""
+    backend = GpiodBackend(chips=lambda: [])
+    with pytest.raises(GpioError, match=r"no GPIO chip /nonexistent/gpiochip9 .*gpiodetect"):
+        backend.request_input(AlarmInputConfig("door", "/nonexistent/gpiochip9", 3))
+    plain = tmp_path / "not-a-chip"
+    plain.write_text("")
+    with pytest.raises(GpioError, match=rf"{plain} is not a GPIO chip"):
+        backend.probe(str(plain), 3)
+    with pytest.raises(GpioError, match=r"no GPIO chip labelled 'pl061' \(chips: none\)"):
+        backend.request_output(RelayConfig("siren", "pl061", 4), False)
