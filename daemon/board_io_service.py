@@ -9,7 +9,9 @@ to the watcher; it writes the bank's ``SetRelay`` requests to the lines.
 
 Nothing a line does stops the daemon: a line that cannot be requested (no chip, busy, no
 permission) is listed with its error in the status and the RPC reply and requested again every
-``REOPEN_S``; a failed read or write is a ``LineFailed`` event in the log. Relays go to their
+``REOPEN_S``; a failed read or write is a ``LineFailed`` event in the log (and an input whose
+read failed is released and requested again with them, so a descriptor that stays readable
+cannot spin the loop). Relays go to their
 default at start and at exit (``close``).
 """
 
@@ -234,8 +236,13 @@ class BoardIoService:
                 continue
             try:
                 line = self._backend.request_input(config)
+            except GpioError as exc:
+                self._note_error(name, "alarm input", str(exc))
+                continue
+            try:
                 active = line.get_value()
             except GpioError as exc:
+                line.release()
                 self._note_error(name, "alarm input", str(exc))
                 continue
             self._errors.pop(name, None)
@@ -286,7 +293,16 @@ class BoardIoService:
                 self.watcher.edge(name, edge.active, edge.at)
             self.watcher.level(name, line.get_value(), now)
         except GpioError as exc:
+            # The fd may stay readable: stop watching it (no busy loop), give the line back and
+            # request it again with the others that failed.
             self.watcher.failed(name, str(exc), now)
+            self._event_loop().remove_reader(line.fd)
+            line.release()
+            del self._input_lines[name]
+            self.watcher.stop(name)
+            self._note_error(name, "alarm input", f"{exc}; released")
+            if self._reopen is None and not self._closed:
+                self._reopen = self._event_loop().call_later(self._reopen_s, self._retry)
         self._inputs_driver.flush()
 
     def _write(self, writes: Sequence[SetRelay]) -> None:

@@ -36,6 +36,7 @@ from dvrlink.hal.gpio import (
     AlarmInputCleared,
     AlarmInputConfig,
     BoardEvent,
+    LineFailed,
     RelayConfig,
     RelaySwitched,
 )
@@ -149,6 +150,36 @@ def test_a_busy_line_is_listed_with_its_consumer_and_requested_again_once_free()
                 seen=service.snapshot,
             )
             assert service.snapshot()["inputs"][0]["error"] == ""
+        finally:
+            service.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_read_releases_the_input_and_it_is_requested_again(mocker: MockerFixture) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        backend = FakeBackend()
+        service = BoardIoService([DOOR], [], backend, loop.time, loop=loop, reopen_s=0.05)
+        events = Events()
+        service.add_sink(events)
+        requested = mocker.spy(backend, "request_input")
+        service.start()
+        first = backend.inputs["door"]
+        first.fail_reads = "Input/output error"
+        try:
+            first.change(True, loop.time())  # readable, and the read fails: the fd stays readable
+            failed = await events.wait_for(LineFailed, "door")
+            assert isinstance(failed, LineFailed) and "Input/output error" in failed.message
+            assert first.released, "the line is given back, so its fd cannot spin the loop"
+            assert service.snapshot()["inputs"][0]["state"] == "unknown"
+            await wait_until_async(
+                "the door's line requested again", lambda: requested.call_count >= 2, timeout=WAIT
+            )
+            second = backend.inputs["door"]
+            assert second is not first and service.snapshot()["inputs"][0]["error"] == ""
+            second.change(True, loop.time())
+            await events.wait_for(AlarmInputActive, "door")
         finally:
             service.close()
 
