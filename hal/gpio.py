@@ -277,7 +277,9 @@ class InputWatcher:
     def edge(self, name: str, active: bool, at: float) -> None:
         """An edge of the input's line (its level after it, and its timestamp). An input not
         started is ignored; an edge to the level already seen changes nothing (a lost edge
-        between them does not matter)."""
+        between them does not matter). The debounce is judged on the edges' timestamps: a level
+        that held for its debounce time before this edge is reported, even when both edges are
+        read together (the loop was busy, or the pulse was shorter than a loop turn)."""
         state = self._inputs.get(name)
         if state is None:
             return
@@ -285,6 +287,7 @@ class InputWatcher:
         self._failing.discard(name)
         if active == state.seen:
             return
+        self._settle(name, state, at)
         state.seen = active
         state.seen_since = max(at, state.seen_since)
 
@@ -294,6 +297,7 @@ class InputWatcher:
         overflowed, or an edge is still on its way)."""
         state = self._inputs.get(name)
         if state is not None and active != state.seen:
+            self._settle(name, state, now)
             state.seen = active
             state.seen_since = max(now, state.seen_since)
             self.edges += 1
@@ -330,15 +334,21 @@ class InputWatcher:
     def handle_timer(self, now: float) -> None:
         """Confirm the changes that have held for their debounce time."""
         for name, state in self._inputs.items():
-            if state.seen == state.active or now < state.seen_since + self._debounce[name]:
-                continue
-            state.active = state.seen
-            if state.active:
-                self._events.append(AlarmInputActive(name, now, state.seen_since))
-            else:
-                active_s = max(0.0, state.seen_since - state.changed_at)
-                self._events.append(AlarmInputCleared(name, now, state.seen_since, active_s))
-            state.changed_at = state.seen_since
+            self._settle(name, state, now)
+
+    def _settle(self, name: str, state: _Input, now: float) -> None:
+        """Report the level the line shows if it has held for its debounce time by ``now``; the
+        event's time is when it had held that long."""
+        confirmed_at = state.seen_since + self._debounce[name]
+        if state.seen == state.active or now < confirmed_at:
+            return
+        state.active = state.seen
+        if state.active:
+            self._events.append(AlarmInputActive(name, confirmed_at, state.seen_since))
+        else:
+            active_s = max(0.0, state.seen_since - state.changed_at)
+            self._events.append(AlarmInputCleared(name, confirmed_at, state.seen_since, active_s))
+        state.changed_at = state.seen_since
 
     # ---- state ----
 

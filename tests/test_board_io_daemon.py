@@ -103,7 +103,7 @@ def test_edges_become_alarms_and_relays_are_at_their_defaults_from_start_to_exit
         door.change(True, loop.time())
         active = await events.wait_for(AlarmInputActive, "door")
         assert isinstance(active, AlarmInputActive)
-        assert active.at - active.since >= DOOR.debounce_s
+        assert active.at - active.since == pytest.approx(DOOR.debounce_s)
         alarms.raise_alarm.assert_called_once_with(AlarmKind.ALARM_INPUT, detail="door: active")
         assert service.snapshot()["inputs"][0]["state"] == "active"
         door.change(False, loop.time())

@@ -95,6 +95,24 @@ def test_bounce_then_a_steady_level_is_one_event_timed_from_the_last_edge() -> N
     assert active.at == pytest.approx(1.09) and active.since == 1.04
 
 
+def test_a_pulse_read_in_one_batch_is_judged_on_its_timestamps() -> None:
+    """A 100 ms press (QEMU's gpio-key) whose two edges are read together, after a busy loop:
+    the level held longer than the debounce time between them, so it is an alarm and a clear."""
+    watcher = InputWatcher([DOOR])
+    watcher.start("door", False, 0.0)
+    watcher.edge("door", True, 1.0)
+    watcher.edge("door", False, 1.1)
+    run_timers(watcher, 2.0)
+    active, cleared = drain(watcher)
+    assert active == AlarmInputActive("door", pytest.approx(1.05), 1.0)  # type: ignore[arg-type]
+    assert isinstance(cleared, AlarmInputCleared) and cleared.since == 1.1
+    assert cleared.at == pytest.approx(1.15) and cleared.active_s == pytest.approx(0.1)
+    watcher.edge("door", True, 3.0)  # shorter than the debounce time, read in one batch: nothing
+    watcher.edge("door", False, 3.01)
+    run_timers(watcher, 4.0)
+    assert drain(watcher) == []
+
+
 def test_zero_debounce_reports_at_once_and_a_repeated_level_is_not_an_edge() -> None:
     watcher = InputWatcher([PIR])
     watcher.start("pir", False, 0.0)
