@@ -61,11 +61,13 @@ from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESS
 from dvrlink.session.allow_list import parse_allowed_target
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
+    from dvrlink.daemon.board_io_service import BoardIoService
     from dvrlink.daemon.capture_service import CaptureService
     from dvrlink.daemon.disk_watch import DiskEvent, DiskService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
     from dvrlink.daemon.snapshot import SnapshotTaker
+    from dvrlink.hal.gpio import BoardEvent
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,12 @@ async def _run_locked(
             sessions.cellular = config.modem.enabled
             taker.live = live
     disks = _start_disks(config, alarms, events)
+    board = _start_board_io(config, loop)
+    if board is not None:
+        board.add_sink(lambda _event: events.board_changed())
+        board.add_sink(functools.partial(_board_alarm, alarms))
+        sessions.relay = board.relay_call
+        events.attach_board(board.snapshot)
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
@@ -320,6 +328,8 @@ async def _run_locked(
             capture_alarms.close()
         if disks is not None:
             disks.close()
+        if board is not None:
+            board.close()  # the relays go to their defaults
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
@@ -364,6 +374,25 @@ def _disk_event(alarms: AlarmQueue, event: DiskEvent) -> None:
 async def _alarm_snapshot(taker: SnapshotTaker, max_bytes: int, device: str, channel: int) -> bytes:
     """A motion alarm's JPEG (``[alarms] snapshots``), within the alarm cap."""
     return await taker.take(device, channel, max_bytes)
+
+
+def _board_alarm(alarms: AlarmQueue, event: BoardEvent) -> None:
+    """An alarm input's change as an alarm for the broker (``board_io_service.raise_board_alarm``)."""
+    from dvrlink.daemon.board_io_service import raise_board_alarm  # noqa: PLC0415
+
+    raise_board_alarm(alarms, event)
+
+
+def _start_board_io(config: DaemonConfig, loop: asyncio.AbstractEventLoop) -> BoardIoService | None:
+    """Request the ``[[alarm_input]]`` and ``[[relay]]`` lines; None without any (the GPIO
+    binding is then never imported)."""
+    if not config.alarm_inputs and not config.relays:
+        return None
+    from dvrlink.daemon.board_io_service import BoardIoService, default_backend  # noqa: PLC0415
+
+    board = BoardIoService(config.alarm_inputs, config.relays, default_backend(), loop.time, loop=loop)
+    board.start()
+    return board
 
 
 def _services_with_live(config: DaemonConfig) -> ServicesConfig:
@@ -630,9 +659,11 @@ class DeviceEvents:
         self._modem: ModemView | None = None
         """The modem service once it is loaded (``attach_modem``)."""
         self._capture: Callable[[], list[dict[str, Any]]] | None = None
+        """The capture devices' channels (``attach_capture``)."""
         self.disks: Callable[[], list[dict[str, Any]]] = list
         """The recording disks' last looks for the status file (``DiskService.status``)."""
-        """The capture devices' channels (``attach_capture``)."""
+        self._board: Callable[[], dict[str, Any]] | None = None
+        """The alarm inputs and relays (``attach_board``)."""
         self.tuning: PresenceTuning | None = None
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self.alarms: AlarmQueue | None = None
@@ -770,6 +801,15 @@ class DeviceEvents:
         self._capture = channels
         self._write_status()
 
+    def attach_board(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """The board's inputs and relays are requested: the status file lists them."""
+        self._board = snapshot
+        self._write_status()
+
+    def board_changed(self) -> None:
+        """Rewrite the status file: an input or a relay changed."""
+        self._write_status()
+
     def disks_changed(self) -> None:
         """Rewrite the status file: the disks were looked at."""
         self._write_status()
@@ -807,6 +847,7 @@ class DeviceEvents:
             disks=self.disks(),
             alarms_pending=self.alarms.pending if self.alarms is not None else 0,
             alarms_dropped=self.alarms.stats["dropped"] if self.alarms is not None else 0,
+            board=self._board() if self._board is not None else {},
             transport=self.presence_transport(),
             **self.link_status(),
             keepalive_s=self._client.keepalive_interval,

@@ -89,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if not print_lines(check_capture(config)):
                 return EXIT_CONFIG
+        if config.alarm_inputs or config.relays:
+            from dvrlink.daemon.board_io_service import check_board_io, default_backend  # noqa: PLC0415
+            from dvrlink.daemon.capture_cli import print_lines  # noqa: PLC0415
+
+            if not print_lines(check_board_io(config.alarm_inputs, config.relays, default_backend())):
+                return EXIT_CONFIG
         return EXIT_OK
     if command == "synthetic":
         from dvrlink.daemon.capture_cli import synthetic_command  # noqa: PLC0415

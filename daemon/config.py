@@ -18,6 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvrlink.daemon.board_io_config import parse_board_io
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.disk_watch import DisksConfig, parse_disks
@@ -25,6 +26,7 @@ from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.live_view import LiveConfig
 from dvrlink.daemon.services import ServicesConfig, parse_services
 from dvrlink.hal.config import CaptureConfig
+from dvrlink.hal.gpio import AlarmInputConfig, RelayConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
 from dvrlink.protocol.port_prediction import SearchBudget
@@ -287,6 +289,10 @@ class DaemonConfig:
     """``[alarms]``: the queue of alarms for the broker."""
     disks: DisksConfig = field(default_factory=DisksConfig)
     """``[disks]``: the recording disks watched for errors (none: not watched)."""
+    alarm_inputs: tuple[AlarmInputConfig, ...] = ()
+    """``[[alarm_input]]``: the board's GPIO alarm inputs (docs/hal.md, "Board I/O")."""
+    relays: tuple[RelayConfig, ...] = ()
+    """``[[relay]]``: the board's GPIO relay outputs."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -340,6 +346,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "live",
         "alarms",
         "disks",
+        "alarm_input",
+        "relay",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -419,6 +427,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
     alarms = parse_alarms(document, source)
     disks = parse_disks(document, source)
+    alarm_inputs, relays = parse_board_io(document, source)
     return DaemonConfig(
         device,
         broker,
@@ -433,6 +442,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         live,
         alarms,
         disks,
+        alarm_inputs,
+        relays,
         source,
     )
 

@@ -17,6 +17,10 @@ the target from the stream-open header. What the viewer sees:
 - ``RpcTarget(name)`` for a name in ``handlers`` (the daemon's own RPCs, e.g. ``snapshot``):
   the request (everything up to the viewer's end of stream) goes to the handler, its reply bytes
   go back, then the stream ends. A handler that raises resets the stream (``INTERNAL``).
+- ``RpcTarget("relay")``: the request is a JSON object: ``{}`` lists the board's alarm inputs and
+  relays, ``{"relay": NAME, "action": "on" | "off" | "pulse", "seconds": S}`` switches one
+  (``BoardIoService.relay_call``). The reply is ``{"inputs": [...], "relays": [...]}`` after the
+  action, or ``{"error": "..."}`` saying what to send instead; then end of stream;
 - ``RpcTarget("unpair")``: the device forgets this session's viewer (``dvrlink unpair``) and
   answers ``{"revoked": true}`` (``false`` if it was already forgotten), then the stream ends.
   New sessions from that viewer are refused from then on; this one ends when the viewer closes it.
@@ -167,6 +171,23 @@ class DeviceInfo:
 InfoProvider = Callable[[], DeviceInfo]
 RpcHandler = Callable[[bytes], Awaitable[bytes]]
 """One of the daemon's own RPCs: the viewer's request in, the reply out."""
+RelayHandler = Callable[[Mapping[str, object]], dict[str, Any]]
+"""Serves a ``relay`` request (``BoardIoService.relay_call``); raises ``ValueError`` with what
+to send instead for a request it cannot do."""
+
+
+def no_relays(request: Mapping[str, object]) -> dict[str, Any]:
+    """The ``relay`` handler of a device without board I/O: an empty list, and an error for
+    any action.
+
+    Raises:
+        ValueError: ``request`` asks for an action.
+    """
+    if request:
+        raise ValueError("this device has no relays (no [[relay]] in its dvrlinkd config)")
+    return {"inputs": [], "relays": []}
+
+
 Revoker = Callable[[], bool]
 """Forgets the session's viewer; True if it was paired. May raise (logged, stream reset)."""
 TcpConnector = Callable[[str, int], Awaitable[TcpEnd]]
@@ -256,6 +277,29 @@ async def serve_stream(
         else:
             log.exception("%s: serving %s failed; stream reset", label, target)
             reset_quietly(stream, ServiceErrorCode.INTERNAL)
+
+
+def relay_rpc(relay: RelayHandler) -> RpcHandler:
+    """The ``relay`` RPC (see the module docstring) over ``relay``, for ``handlers``."""
+
+    async def handle(request: bytes) -> bytes:
+        return json.dumps(_relay_reply(relay, request, "relay")).encode("utf-8")
+
+    return handle
+
+
+def _relay_reply(relay: RelayHandler, request: bytes, label: str) -> dict[str, Any]:
+    try:
+        body = json.loads(request) if request.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return {"error": 'the relay request is not a JSON object: send {} or {"relay": NAME, "action": "on"}'}
+    try:
+        return relay(body)
+    except ValueError as exc:
+        log.info("%s: relay request %s refused: %s", label, body, exc)
+        return {"error": str(exc)}
 
 
 async def _read_request(stream: StreamLike, limit: int, label: str) -> bytes | None:

@@ -44,7 +44,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.daemon.config import SessionsConfig
 from dvrlink.daemon.pairing import InviteReplier
-from dvrlink.daemon.services import DeviceInfo, RpcHandler, ServicesConfig, ServiceStats, SessionServices
+from dvrlink.daemon.services import (
+    DeviceInfo,
+    RelayHandler,
+    RpcHandler,
+    ServicesConfig,
+    ServiceStats,
+    SessionServices,
+    no_relays,
+    relay_rpc,
+)
 from dvrlink.daemon.state import StateError, Viewer
 from dvrlink.daemon.status import SessionStatus
 from dvrlink.protocol.identity import fingerprint
@@ -238,8 +247,12 @@ class SessionServer:
         """The live view's RTSP port on 127.0.0.1, told in ``info`` (0: none)."""
         self.channels: Callable[[], list[dict[str, Any]]] = list
         """The capture devices' channels for the ``channels`` RPC (``CaptureService.channels``)."""
-        self.handlers: dict[str, RpcHandler] = {}
-        """The daemon's own RPCs by name (``snapshot``), served in every session."""
+        self.relay: RelayHandler = no_relays
+        """Serves the ``relay`` RPC (``BoardIoService.relay_call``; set after the start)."""
+        self.handlers: dict[str, RpcHandler] = {
+            "relay": relay_rpc(lambda request: self.relay(request))  # noqa: PLW0108 - self.relay is set later
+        }
+        """The daemon's own RPCs by name (``relay``, ``snapshot``), served in every session."""
 
     # -- public --
 

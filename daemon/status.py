@@ -156,6 +156,9 @@ class DaemonStatus:
     """Alarms queued on the device that the broker has not stored yet."""
     alarms_dropped: int = 0
     """Alarms dropped unsent since the daemon started (the queue was full)."""
+    board: dict[str, Any] = field(default_factory=dict)
+    """The board's alarm inputs and relays (``BoardIoService.snapshot``: ``inputs``, ``relays``;
+    empty without ``[[alarm_input]]`` and ``[[relay]]``)."""
     transport: str = "udp"
     """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
     keepalive_s: float | None = None
@@ -208,6 +211,8 @@ class DaemonStatus:
             capture = values.get("capture", [])
             if not isinstance(capture, list) or not all(isinstance(d, dict) for d in capture):
                 raise ValueError("not a status document: capture is not a list of objects")
+            if not isinstance(values.get("board", {}), dict):
+                raise ValueError("not a status document: board is not an object")
             return cls(**values)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a status document: {exc}") from exc
@@ -318,6 +323,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
     lines += [
         f"disk {d.get('path', '?')}: {d.get('state', '?')} ({d.get('detail', '')})" for d in status.disks
     ]
+    lines += format_board(status.board)
     return "\n".join(lines)
 
 
@@ -344,6 +350,32 @@ def format_capture(devices: list[dict[str, Any]]) -> list[str]:
         for channel in channels:
             if channel.get("signal") != "locked":
                 lines.append(f"  channel {channel.get('channel', '?')}: {channel.get('signal', '?')}")
+    return lines
+
+
+def format_board(board: dict[str, Any]) -> list[str]:
+    """The board I/O lines of ``dvrlinkd status``: each alarm input's state and each relay's,
+    or why its line is not in use."""
+    lines = []
+    for kind, key in (("alarm input", "inputs"), ("relay", "relays")):
+        items = board.get(key, [])
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            head = f"{kind} {item.get('name', '?')} ({item.get('chip', '?')} line {item.get('line', '?')}): "
+            if item.get("error"):
+                lines.append(head + f"not in use: {item['error']}")
+                continue
+            if key == "inputs":
+                state = str(item.get("state", "?"))
+            else:
+                state = "on" if item.get("on") is True else "off"
+                if isinstance(item.get("pulse_left_s"), (int, float)):
+                    state += f" (pulse, {item['pulse_left_s']:g} s left)"
+            for_s = item.get("for_s")
+            if isinstance(for_s, (int, float)):
+                state += f" for {for_s:g} s"
+            lines.append(head + state)
     return lines
 
 

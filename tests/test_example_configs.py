@@ -38,9 +38,10 @@ DAEMON_MINIMAL = {
 
 SPELLED_AS = {("services", "forward_allow"): "forward"}
 """Fields the file spells otherwise."""
-ARRAYS = ("capture",)
-"""Sections written as arrays of tables ([[capture]]): the example shows a commented table, which
-``test_daemon_example_capture_table_loads`` checks."""
+ARRAYS = ("capture", "alarm_inputs", "relays")
+"""Sections written as arrays of tables ([[capture]], [[alarm_input]], [[relay]]): the example
+shows commented tables, which ``test_daemon_example_capture_table_loads`` and
+``test_daemon_example_board_tables_load`` check."""
 NOT_KEYS = {("services", "max_rpc_request_bytes"): "a protocol bound, not a setting"}
 """Fields the file cannot set, and why (the loader must refuse each as a key)."""
 
@@ -148,6 +149,24 @@ def test_daemon_example_capture_table_loads(tmp_path: Path) -> None:
     (capture,) = load_config(path).capture
     assert (capture.name, capture.backend, capture.watched()) == ("front", "synthetic", (0, 1, 2, 3))
     assert capture.watch_settings.lost_after_s == 0.3 and capture.video_format.value == "ahd-1080p25"
+
+
+def test_daemon_example_board_tables_load(tmp_path: Path) -> None:
+    text = DAEMON_EXAMPLE.read_text().replace(PLACEHOLDER, KEY_B64)
+    head, _, rest = text.partition("# [[alarm_input]]\n")
+    assert rest, "the example shows a commented [[alarm_input]] table"
+    table = rest.split("\n\n", 1)[0]
+    lines = ["[[alarm_input]]"] + [
+        line.removeprefix("# ").removeprefix("  ") if line.startswith("# [[") else line.removeprefix("#   ")
+        for line in table.splitlines()
+    ]
+    path = tmp_path / "dvrlinkd.toml"
+    path.write_text(head + "\n".join(lines) + "\n")
+    config = load_config(path)
+    (door,) = config.alarm_inputs
+    (siren,) = config.relays
+    assert (door.name, door.chip, door.line, door.debounce_s) == ("door", "/dev/gpiochip0", 3, 0.05)
+    assert (siren.name, siren.line, siren.default_on) == ("siren", 4, False)
 
 
 def test_daemon_example_loads(tmp_path: Path) -> None:

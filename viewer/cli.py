@@ -52,6 +52,7 @@ from dvrlink.viewer.forward import (
     ForwardStats,
     device_channels,
     device_info,
+    device_relay,
     device_snapshot,
     parse_forward_spec,
     ping,
@@ -71,6 +72,7 @@ from dvrlink.viewer.render import (
     pin_status,
     render_channels,
     render_devices,
+    render_relays,
     render_status,
 )
 from dvrlink.viewer.session_client import open_session, path_name
@@ -278,6 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     channels.add_argument("serial", metavar="SERIAL")
     channels.add_argument("--json", action="store_true", help="print the device's reply as JSON")
 
+    relay = sub.add_parser(
+        "relay",
+        parents=[common, session],
+        help="list a recorder's alarm inputs and relays, or switch a relay on, off or for a pulse",
+        description="Open a session to a device and list its alarm inputs (active or not) and relays "
+        "(on or off); with NAME and an action, switch that relay first: on, off, or pulse SECONDS "
+        "(on, then off after that long).",
+    )
+    relay.add_argument("serial", metavar="SERIAL")
+    relay.add_argument("name", metavar="NAME", nargs="?", help="the relay to switch (its [[relay]] name)")
+    relay.add_argument("action", nargs="?", choices=("on", "off", "pulse"), help="what to do with it")
+    relay.add_argument("seconds", nargs="?", type=float, metavar="SECONDS", help="for pulse: how long")
+    relay.add_argument("--json", action="store_true", help="print the device's reply as JSON")
+
     view = sub.add_parser(
         "view",
         parents=[common, session],
@@ -423,6 +439,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return await _view(args, home)
     if command == "snapshot":
         return await _snapshot(args, home)
+    if command == "relay":
+        return await _relay(args, home)
     if command == "sessions":
         return await _sessions(args, home)
     if command == "logout":
@@ -961,6 +979,29 @@ async def _channels(args: argparse.Namespace, home: ViewerHome) -> int:
         print(json.dumps({"serial": serial, "devices": devices}, indent=2))
     else:
         sys.stdout.write(render_channels(serial, devices))
+    return EXIT_OK
+
+
+async def _relay(args: argparse.Namespace, home: ViewerHome) -> int:
+    serial = _serial_arg(args.serial)
+    request: dict[str, object] = {}
+    if args.name is not None:
+        if args.action is None:
+            raise ViewerError(f"say what to do with relay {args.name}: on, off or pulse SECONDS", EXIT_USAGE)
+        if (args.action == "pulse") != (args.seconds is not None):
+            raise ViewerError("only pulse takes SECONDS, and pulse needs them, e.g. pulse 5", EXIT_USAGE)
+        request = {"relay": args.name, "action": args.action}
+        if args.seconds is not None:
+            request["seconds"] = args.seconds
+    runner = await _open(args, home, serial)
+    try:
+        board = await device_relay(runner, request)
+    finally:
+        await runner.close()
+    if args.json:
+        print(json.dumps({"serial": serial, **board}, indent=2))
+    else:
+        sys.stdout.write(render_relays(serial, board))
     return EXIT_OK
 
 

@@ -528,6 +528,40 @@ async def device_channels(opener: StreamOpener, *, timeout_s: float = 10.0) -> l
     raise ViewerError('the device\'s channels reply is not {"devices": [...]}: is it a dvrlinkd?')
 
 
+async def device_relay(
+    opener: StreamOpener, request: Mapping[str, object] | None = None, *, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """The device's ``relay`` RPC: ``request`` None lists its alarm inputs and relays,
+    ``{"relay": NAME, "action": "on" | "off" | "pulse", "seconds": S}`` switches one. Returns
+    ``{"inputs": [...], "relays": [...]}`` as the device has them after the action.
+
+    Raises:
+        ViewerError: no reply in time, a reset (a dvrlinkd older than board I/O does not know
+            ``relay``), the device refused the request (its reason), or a reply of another shape.
+    """
+    body = json.dumps(dict(request or {})).encode("utf-8")
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await _call(opener, "relay", body, MAX_INFO_BYTES)
+    except TimeoutError:
+        raise ViewerError(f"no relay reply from the device within {timeout_s:g} s") from None
+    try:
+        parsed = json.loads(reply)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        raise ViewerError(f"the device refused: {parsed['error']}")
+    if (
+        isinstance(parsed, dict)
+        and isinstance(parsed.get("inputs"), list)
+        and isinstance(parsed.get("relays"), list)
+    ):
+        return parsed
+    raise ViewerError(
+        'the device\'s relay reply is not {"inputs": [...], "relays": [...]}: is it a dvrlinkd?'
+    )
+
+
 def refused_forwards(specs: Sequence[ForwardSpec], info: Mapping[str, object]) -> list[str]:
     """Messages for each of ``specs`` that the device's ``info`` reply (its ``forward`` list)
     does not allow, compared as the device compares them; empty if all are allowed, or if the

@@ -217,3 +217,33 @@ def render_channels(serial: str, devices: Sequence[Mapping[str, object]]) -> str
             "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
     return "\n".join(lines) + "\n"
+
+
+def render_relays(serial: str, board: Mapping[str, object]) -> str:
+    """The ``dvrlink relay`` table: the device's alarm inputs (state, for how long) and relays
+    (on/off, a pulse's time left), or why a line is not in use; ends in a newline. Missing
+    values show as ``?``."""
+    inputs, relays = board.get("inputs"), board.get("relays")
+    inputs = [i for i in inputs if isinstance(i, dict)] if isinstance(inputs, list) else []
+    relays = [r for r in relays if isinstance(r, dict)] if isinstance(relays, list) else []
+    if not inputs and not relays:
+        return f"{serial} has no alarm inputs or relays (no [[alarm_input]] or [[relay]] in its config)\n"
+    rows = [("KIND", "NAME", "LINE", "STATE", "FOR")]
+    for kind, items in (("input", inputs), ("relay", relays)):
+        for item in items:
+            where = f"{item.get('chip', '?')}:{item.get('line', '?')}"
+            if item.get("error"):
+                state = f"not in use: {item['error']}"
+            elif kind == "input":
+                state = str(item.get("state", "?"))
+            else:
+                state = "on" if item.get("on") is True else "off"
+                left = item.get("pulse_left_s")
+                if isinstance(left, (int, float)):
+                    state += f" (pulse, {left:g} s left)"
+            for_s = item.get("for_s")
+            shown = format_interval(float(for_s)) if isinstance(for_s, (int, float)) else "-"
+            rows.append((kind, str(item.get("name", "?")), where, state, shown))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"

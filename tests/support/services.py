@@ -9,7 +9,15 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices, TcpConnector
+from dvrlink.daemon.services import (
+    DeviceInfo,
+    RelayHandler,
+    ServicesConfig,
+    SessionServices,
+    TcpConnector,
+    no_relays,
+    relay_rpc,
+)
 from dvrlink.protocol.session_streams import StreamTarget, encode_stream_header
 from dvrlink.session.allow_list import parse_allowed_target
 from dvrlink.session.streams import StreamLike
@@ -165,6 +173,7 @@ def services(
     max_rpc_request_bytes: int = 64 * 1024,
     connect: TcpConnector | None = None,
     info: Callable[[], DeviceInfo] = lambda: INFO,
+    relay: RelayHandler = no_relays,
 ) -> SessionServices:
     config = ServicesConfig(
         forward_allow=tuple(parse_allowed_target(a) for a in allow),
@@ -172,9 +181,10 @@ def services(
         max_streams_per_session=max_streams_per_session,
         max_rpc_request_bytes=max_rpc_request_bytes,
     )
+    handlers = {"relay": relay_rpc(relay)}
     if connect is None:
-        return SessionServices(config, info)
-    return SessionServices(config, info, connect=connect)
+        return SessionServices(config, info, handlers=handlers)
+    return SessionServices(config, info, connect=connect, handlers=handlers)
 
 
 # --- TCP servers on loopback ---
