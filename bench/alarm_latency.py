@@ -13,7 +13,9 @@ each.
 (``hil/netlab``): the broker in its namespace, the device (this module with ``--device-child``)
 in the device namespace behind a port-restricted NAT whose uplink has the profile (GPRS: ~600 ms
 round trip, 40/80 kbit/s, 1 % loss each way), the follower in the viewer namespace on a LAN
-link. Raise and print are timed on the monotonic clock, which network namespaces share.
+link. Raise and print are timed on the monotonic clock, which network namespaces share. On a
+kernel without ``sch_netem`` the lab's user-space wire (``hil/netlab/wire_nfqueue.py``) gives the
+profile its delay, so the round trips are there either way.
 
     python -m bench.alarm_latency [--quick] [--profile gprs]
 """
@@ -230,7 +232,7 @@ def measure_in_lab(work: Path, count: int, profile: str) -> None:
         lab.set_profile("device", profile)
         where = f"device on the {profile} profile behind a NAT, viewer on a LAN"
         if not lab.netem:
-            where += " (NO DELAY: this kernel has no netem, so only the profile's rate and loss apply)"
+            where += " (no netem here: the lab's user-space wire adds the profile's delay)"
         broker = netlab.start_lab_broker(lab, work / "broker")
         add_user(broker.state_dir, USER, PASSWORD)
         child = lab.popen(

@@ -425,9 +425,21 @@ class Connectivity:
         receiver: RelayReceiver | None = None
 
         def factory() -> RelayReceiver:
+            # An allocation that lost the race is closed once it succeeds; its errors and its end
+            # are not the session's (only the adopted allocation's are).
+            made: RelayReceiver | None = None
+
+            def on_error(exc: Exception) -> None:
+                if made is not None and made is self._relay_receiver:
+                    self._relay_error(exc)
+
+            def on_lost() -> None:
+                if made is not None and made is self._relay_receiver:
+                    self._relay_lost()
+
             nonlocal receiver
-            receiver = RelayReceiver(self._relay_datagram, self._relay_error, self._relay_lost)
-            return receiver
+            receiver = made = RelayReceiver(self._relay_datagram, on_error, on_lost)
+            return made
 
         transport, _ = await asyncio.wait_for(
             create_turn_endpoint(

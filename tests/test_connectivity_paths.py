@@ -449,6 +449,38 @@ def test_a_silent_udp_turn_server_does_not_hold_up_the_tcp_one() -> None:
     run(main)
 
 
+def test_an_allocation_that_lost_the_race_is_released_without_ending_the_relay_path() -> None:
+    """On a slow uplink (3G's 150 ms round trip) the UDP Allocate outlives its head start, the
+    TCP one starts beside it, UDP wins, and TCP succeeds later and is released. Its closing is not
+    the adopted allocation's loss: the relay path stays (it once ended every relayed session
+    there). The adopted allocation's own loss still ends the path."""
+
+    async def main() -> None:
+        async with (
+            lab() as the_lab,
+            session(the_lab, PathPolicy.RELAY_ONLY, on_stream=sink, turn_transport="tcp") as s,
+        ):
+            await asyncio.wait_for(s.viewer.established(), WAIT)
+            conn = s.viewer._connectivity
+            [tcp] = the_lab.turn_servers("account-1", "tcp")
+            assert RELAY in conn._ready
+            straggler, receiver = await conn._open_turn(tcp)  # succeeded after the race
+            assert receiver is not None
+            straggler.close()  # what release_turn does with it
+            await asyncio.wait_for(receiver.closed, WAIT)
+            await asyncio.sleep(0)
+            assert RELAY in conn._ready and conn.errors == []
+            adopted = conn._relay_receiver
+            assert adopted is not None and conn._turn is not None
+            conn._turn.close()
+            await asyncio.wait_for(adopted.closed, WAIT)
+            await asyncio.sleep(0)
+            assert RELAY not in conn._ready
+            assert any("allocation was lost" in error for error in conn.errors), conn.errors
+
+    run(main)
+
+
 @pytest.mark.parametrize(
     ("host", "lan"),
     [

@@ -11,6 +11,7 @@ import pytest
 from hil.matrix.__main__ import parse_cell
 from hil.matrix.cells import SETTLE_S, Cell, full_plan, lan_cells, profile_cells, quick_plan
 from hil.matrix.report import cell_of, cell_text, invariants, load, markdown, table, targets, write
+from hil.matrix.report import document as document_of
 from hil.matrix.rig import CellRecord, device_path, parse_counters
 from hil.netlab import NatType as N
 
@@ -167,6 +168,11 @@ def test_markdown_and_json(tmp_path: Path) -> None:
     js.write_text('{"cells": [{"device_nat": "public"}]}')
     with pytest.raises(ValueError, match="does not fit"):
         load(js)
+    wired = {**META, "netem": False, "delay": "wire"}  # a run with the lab's user-space wire
+    text = markdown(records, wired)
+    assert "## GPRS\n" in text and "no netem: rate/loss only" not in text
+    assert "the delay came from the lab's user-space wire" in text
+    assert document_of(records, wired)["no_netem_note"] is None
 
 
 def test_parse_counters_sums_the_commented_rules() -> None:

@@ -8,6 +8,7 @@ device and viewer sides between tests while the internet and the broker stay up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -123,13 +124,71 @@ def test_link_profiles_put_netem_on_the_uplink(lab: netlab.Lab) -> None:
     loss = lab.run(lab.nat_ns("device"), ["iptables", "-S", "DL-LOSS"]).stdout
     if lab.netem:
         assert "netem" in qdisc and "delay 300ms" in qdisc and "loss 1%" in qdisc
-    else:  # this kernel lacks sch_netem: rate from tbf, loss from iptables, no delay
+    else:  # this kernel lacks sch_netem: rate from tbf, loss from iptables, delay from the wire
         assert "tbf" in qdisc and loss.count("--probability 0.0099") == 2
+        wired = lab.run(lab.inet_ns, ["iptables", "-t", "mangle", "-S"]).stdout
+        assert wired.count("NFQUEUE --queue-num 1") == 3, wired
     lab.set_profile("device", "lan")
+    assert "NFQUEUE" not in lab.run(lab.inet_ns, ["iptables", "-t", "mangle", "-S"]).stdout
     assert "netem" not in lab.qdisc("device") and "tbf" not in lab.qdisc("device")
     assert "--probability" not in lab.run(lab.nat_ns("device"), ["iptables", "-S", "DL-LOSS"]).stdout
     with pytest.raises(ValueError, match="use one of: lan, 3g, edge, gprs"):
         lab.set_profile("device", "5g")
+
+
+ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9100))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+ROUND_TRIPS = """
+import socket, statistics, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+times = []
+for index in range(6):
+    started = time.monotonic()
+    s.sendto(str(index).encode(), (sys.argv[1], 9100))
+    while s.recv(64) != str(index).encode():
+        pass
+    times.append(time.monotonic() - started)
+print(statistics.median(times[1:]) * 1000)
+"""
+
+
+def test_profiles_delay_the_round_trip_with_or_without_netem(lab: netlab.Lab) -> None:
+    """The round trip device -> broker grows by twice the profile's one-way delay (netem, or the
+    user-space wire on a kernel without it), and is back to a LAN's when the profile is."""
+    lab.reconfigure("port_restricted_cone", "public")
+    echo = lab.popen(lab.broker_ns, [sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+
+    def round_trip_ms() -> float:
+        done = lab.python(lab.device_ns, ["-c", ROUND_TRIPS, lab.broker_addrs[0]], timeout=30)
+        assert done.returncode == 0, f"no echo from the broker's namespace: {done.stderr[-400:]}"
+        return float(done.stdout)
+
+    seen: list[tuple[str, float]] = []
+    try:
+        for name in ("lan", "3g", "edge", "lan"):
+            lab.set_profile("device", name)
+            seen.append((name, round_trip_ms()))
+            extra = 2 * netlab.PROFILES[name].delay_ms
+            assert extra <= seen[-1][1] <= extra + 80, f"{name}: median round trip {seen[-1][1]:.1f} ms"
+    finally:
+        echo.kill()
+        echo.wait(10)
+    in_router = lab.run(lab.inet_ns, ["ip", "netns", "pids", lab.inet_ns]).stdout.split()
+    commands = []
+    for pid in in_router:  # one of them is the listing's own short-lived process
+        with contextlib.suppress(FileNotFoundError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+    assert not [c for c in commands if b"wire_nfqueue" in c], "a wire still runs after set_profile lan"
+    print("median round trips:", ", ".join(f"{name} {ms:.1f} ms" for name, ms in seen))
 
 
 def test_names_are_prefixed_and_everything_is_removed() -> None:

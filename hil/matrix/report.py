@@ -191,6 +191,8 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
 def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
     """The whole ``docs/connectivity.md``."""
     netem = bool(meta.get("netem"))
+    wire = not netem and meta.get("delay") == "wire"  # records before the wire have no "delay"
+    delayed = netem or wire
     profiles = [p for p in ("3g", "gprs") if any(r.profile == p for r in records)]
     subset = ", ".join(f"{d.value} × {v.value}" for d, v in PROFILE_SUBSET)
     out = [
@@ -202,7 +204,14 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "[connectivity.json](connectivity.json) has every cell's record.",
         "",
         f"- date: {meta.get('date')}; kernel {meta.get('kernel')}; {meta.get('cpus')} CPUs; "
-        f"netem: {'yes' if netem else 'no, so the link profiles apply rate and loss but no delay'}",
+        "netem: "
+        + (
+            "yes"
+            if netem
+            else "no; the delay came from the lab's user-space wire"
+            if wire
+            else "no, so the link profiles apply rate and loss but no delay"
+        ),
         f"- runs per cell: {meta.get('runs')} (time to first byte is their median); "
         f"matrix wall time {meta.get('runtime_s', 0) / 60:.1f} min",
         "",
@@ -219,7 +228,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
     ]
     for profile in profiles:
         out += [
-            f"## {profile.upper()}" + ("" if netem else f" ({NO_NETEM})"),
+            f"## {profile.upper()}" + ("" if delayed else f" ({NO_NETEM})"),
             "",
             f"The subset {subset}, with the profile on the device's uplink (the recorder on a SIM) and "
             "the viewer on LAN: a carrier puts the recorder behind a carrier-grade NAT (EIM/APDF) or "
@@ -228,7 +237,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
             "filtering NATs, and the relay, on a slow link (lossy on GPRS)."
             + (
                 ""
-                if netem
+                if delayed
                 else " This kernel has no netem: the profile limits the rate and drops packets but adds "
                 "no delay, so these times are not what a real 3G/GPRS round trip gives."
             ),
@@ -292,7 +301,7 @@ def document(records: Sequence[CellRecord], meta: dict[str, Any]) -> dict[str, A
     """The JSON document: meta, targets, invariants and every record."""
     return {
         **meta,
-        "no_netem_note": None if meta.get("netem") else NO_NETEM,
+        "no_netem_note": None if meta.get("netem") or meta.get("delay") == "wire" else NO_NETEM,
         "targets": [v.as_dict() for v in targets(records)],
         "invariants": [v.as_dict() for v in invariants(records)],
         "cells": [r.as_dict() for r in records],

@@ -36,6 +36,7 @@ def meta(rig: MatrixRig, mode: str, runs: int, started: float) -> dict[str, Any]
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
         "netem": bool(rig.lab.netem),
+        "delay": "netem" if rig.lab.netem else "wire",  # the lab's user-space wire (docs/netlab.md)
         "mode": mode,
         "runs": runs,
         "runtime_s": round(time.monotonic() - started, 1),

@@ -20,9 +20,11 @@ or crashed runs never collide and :func:`down` finds leftovers by prefix.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -54,6 +56,9 @@ BROKER_ADDRS = ("203.0.113.10", "203.0.113.11")
 TURN_ADDR = "192.0.2.10"
 SKIP_MESSAGE = "needs root and iptables: run as root, e.g. in CI"
 TOOLS = ("ip", "iptables", "iptables-restore", "conntrack", "tc", "sysctl")
+log = logging.getLogger(__name__)
+WIRE_START_S = 10.0
+"""How long a user-space wire may take to bind its queue."""
 
 
 class NetlabError(RuntimeError):
@@ -134,6 +139,13 @@ def down(prefix: str) -> list[str]:
     return names
 
 
+@dataclass(frozen=True, slots=True)
+class _RunningWire:
+    proc: subprocess.Popen[str]
+    rules: list[list[str]]
+    """The router's mangle rules that feed its queue (``iptables -t mangle -A`` arguments)."""
+
+
 @dataclass
 class Side:
     """One side (device or viewer): a host namespace behind one or more gateway namespaces."""
@@ -168,8 +180,10 @@ class Lab:
     sides: dict[str, Side] = field(default_factory=dict)
     netem: bool | None = None
     """Whether the kernel has ``sch_netem`` (found at build). Without it, profiles get their rate
-    from ``tbf`` and their loss from ``-m statistic`` drops, but no delay."""
+    from ``tbf``, their loss from ``-m statistic`` drops and their delay from a user-space wire
+    (:mod:`hil.netlab.wire_nfqueue`) in the internet router's namespace."""
     _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    _wires: dict[str, _RunningWire] = field(default_factory=dict)
     _owned: list[str] = field(default_factory=list)
 
     # -- names and addresses -----------------------------------------------------------------------
@@ -332,6 +346,7 @@ class Lab:
         chosen = profile(name)
         s = self.side(side)
         s.profile = chosen
+        self._stop_wire(side)
         for ns, dev, direction in ((s.gateways[-1], "wan0", "up"), (self.inet_ns, s.router_if, "down")):
             args = chosen.netem_args(direction) if self.netem else chosen.tbf_args(direction)
             if args:
@@ -348,6 +363,60 @@ class Lab:
                         ["-A", LOSS_CHAIN, flag, "wan0", "-m", "statistic", "--mode", "random",
                          "--probability", probability, "-j", "DROP"],
                     )  # fmt: skip
+            if chosen.delay_ms:
+                self._start_wire(side, chosen)
+
+    def _start_wire(self, side: str, chosen: LinkProfile) -> None:
+        """Delay the side's packets in a user-space wire: the router queues what comes in from the
+        side (``PREROUTING -i``) and what it sends to it (``FORWARD``/``OUTPUT -o``) to the wire's
+        NFQUEUE. Rate (tbf) and loss (iptables) stay where they are."""
+        s = self.side(side)
+        queue_num = 1 + SIDES.index(side)
+        proc = self.popen(
+            self.inet_ns,
+            [sys.executable, "-m", "hil.netlab.wire_nfqueue", "--queue-num", str(queue_num),
+             "--delay-ms", str(chosen.delay_ms), "--queue-packets", str(chosen.queue_packets)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        ready, _, _ = select.select([proc.stdout], [], [], WIRE_START_S)
+        line = proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise NetlabError(
+                f"the wire for the {side} side's {chosen.name} delay did not start within {WIRE_START_S:g} s "
+                f"(it printed {line.strip()!r}; stderr: {err.strip()[-400:]}): check that the kernel has "
+                f"NETFILTER_NETLINK_QUEUE and that no other process holds NFQUEUE {queue_num}"
+            )
+        target = ["-j", "NFQUEUE", "--queue-num", str(queue_num)]
+        specs = [
+            ["PREROUTING", "-i", s.router_if, *target],
+            ["FORWARD", "-o", s.router_if, *target],
+            ["OUTPUT", "-o", s.router_if, *target],
+        ]
+        running = _RunningWire(proc, specs)
+        self._wires[side] = running
+        for spec in specs:
+            _iptables(self.inet_ns, ["-t", "mangle", "-A", *spec])
+
+    def _stop_wire(self, side: str) -> None:
+        running = self._wires.pop(side, None)
+        if running is None:
+            return
+        for spec in running.rules:
+            delete = ["ip", "netns", "exec", self.inet_ns, "iptables", "-t", "mangle", "-D", *spec]
+            run_command(delete, check=False)
+        if running.proc.poll() is None:
+            running.proc.terminate()  # it lets the packets it holds go, then unbinds
+        try:
+            _, err = running.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            running.proc.kill()
+            _, err = running.proc.communicate(timeout=10)
+        log.info("%s side: %s", side, (err or "").strip() or f"the wire ended ({running.proc.returncode})")
+        if running.proc in self._procs:
+            self._procs.remove(running.proc)
 
     def qdisc(self, side: str) -> str:
         """``tc qdisc show`` of the side's uplink (NAT side)."""
@@ -404,6 +473,7 @@ class Lab:
 
     def close(self) -> None:
         """Kill the processes the lab started and remove every namespace it made. Idempotent."""
+        self._wires.clear()
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()
@@ -435,8 +505,9 @@ class Lab:
             )
         if not self.netem:
             lines.append(
-                "  note: this kernel has no netem (CONFIG_NET_SCH_NETEM): profiles limit rate (tbf) "
-                "and drop packets, but add no delay"
+                "  note: this kernel has no netem (CONFIG_NET_SCH_NETEM): profiles limit rate (tbf), "
+                "drop packets (iptables) and get their delay from a user-space wire (NFQUEUE) "
+                f"in {self.inet_ns}"
             )
         lines += [
             "run a command inside:   ip netns exec " + self.device_ns + " <command>",
@@ -453,6 +524,8 @@ class Lab:
         self._owned.append(ns)
 
     def _remove_sides(self) -> None:
+        for side in list(self._wires):
+            self._stop_wire(side)
         gone = {ns for s in self.sides.values() for ns in (s.host_ns, *s.gateways)}
         # A deleted namespace is destroyed in the background, and its veths with it; delete the
         # router's ends now so the names are free for the new sides.

@@ -1,8 +1,14 @@
-"""Link profiles: what ``tc netem`` puts on a side's uplink (its WAN link to the lab internet).
+"""Link profiles: what a side's uplink (its WAN link to the lab internet) delays, limits and drops.
 
 Delay is applied once in each direction, so the round trip to the broker gains twice ``delay_ms``.
 ``up`` is the host-to-internet direction (the NAT's ``wan0``), ``down`` the other way (the
 internet router's port towards the NAT).
+
+With ``sch_netem`` a profile is one ``tc netem`` qdisc per direction (:meth:`LinkProfile.netem_args`).
+Without it (``CONFIG_NET_SCH_NETEM`` unset) the lab splits it: the rate is a ``tbf`` qdisc
+(:meth:`LinkProfile.tbf_args`), the loss ``iptables -m statistic`` drops, and the delay the
+user-space wire of :mod:`hil.netlab.wire_nfqueue` (its core, :class:`hil.netlab.wire.Wire`, takes
+a profile as its configuration). See docs/netlab.md, "Link profiles".
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ class LinkProfile:
     loss_percent: float = 0.0
     """Random loss in each direction, percent."""
     queue_packets: int = 100
-    """netem queue limit (a deep queue at 40 kbit/s would hold minutes of data)."""
+    """Queue limit per direction, packets: netem's ``limit``, and the most the wire holds (a
+    deep queue at 40 kbit/s would hold minutes of data)."""
 
     def netem_args(self, direction: str) -> list[str]:
         """``tc qdisc replace ... root netem`` arguments for ``direction`` (``up``/``down``);
