@@ -292,6 +292,9 @@ async def _run_locked(
         events.attach_capture(capture.channels)
         live = await _start_live(config, capture)
         if live is not None:
+            from dvrlink.daemon.live_view import warm_rpc  # noqa: PLC0415
+
+            sessions.handlers["live-warm"] = warm_rpc(live, capture.first_device)
             sessions.live_port = config.live.port
             sessions.cellular = config.modem.enabled
             taker.live = live

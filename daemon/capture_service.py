@@ -82,6 +82,10 @@ class CaptureService:
                 device.poller.close()
                 device.poller = None
 
+    def first_device(self) -> str:
+        """The first capture device's name (what a viewer gets without naming one)."""
+        return self._devices[0].config.name if self._devices else ""
+
     def channels(self) -> list[dict[str, Any]]:
         """Each device with its channels as last reported, as ``dvrlink channels`` shows them
         (JSON-ready): ``name``, ``backend``, ``error`` (empty when it reads fine), ``channels``

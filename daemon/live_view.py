@@ -12,7 +12,9 @@ cellular path).
   loopback UDP port of dvrlinkd's. A board with a hardware encoder replaces this class. One
   encoder per channel and profile is shared by every viewer of it. It starts at the first
   DESCRIBE and stops ``idle_stop_s`` after the last viewer left.
-  An encoder started by DESCRIBE waits ``SETUP_GRACE_S`` (30 s) for its first PLAY.
+  An encoder started by DESCRIBE waits ``SETUP_GRACE_S`` (30 s) for its first PLAY. The
+  ``live-warm`` RPC starts one before the DESCRIBE (``dvrlink view`` sends it as soon as it
+  knows the channel), so the encoder's start overlaps the viewer's own (``warm``).
 - **RTSP.** OPTIONS, DESCRIBE (the encoder's SDP, made an RTSP answer), SETUP (RTP interleaved
   in the RTSP connection only; a request for UDP gets 461 and players then ask for TCP), PLAY,
   TEARDOWN, GET_PARAMETER (keep-alive). RTP packets are relayed as they come; a viewer that
@@ -33,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +299,7 @@ class LiveView:
         self._server: asyncio.Server | None = None
         self._encoders: dict[str, _Encoder] = {}
         self._starting: dict[str, asyncio.Future[_Encoder]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
         self.requests = 0
 
     async def start(self) -> None:
@@ -317,6 +321,8 @@ class LiveView:
 
     async def close(self) -> None:
         """Stop listening and stop every encoder."""
+        for task in tuple(self._warming):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for encoder in self._encoders.values():
@@ -366,6 +372,20 @@ class LiveView:
         except LiveError as exc:
             log.info("live view: %s %s: %d %s", request.method, request.url, exc.status, exc.reason)
             viewer.write(response(exc.status, exc.reason.replace("\r", " ").replace("\n", " "), cseq))
+
+    def warm(self, device: str, channel: int, profile: str) -> None:
+        """Start the encoder of ``device``'s ``channel`` and ``profile`` now, for a viewer about
+        to DESCRIBE it; what stops it is logged here and answered to that DESCRIBE."""
+        url = f"rtsp://127.0.0.1:{self.config.port}/{device}/{channel}/{profile}"
+        task = asyncio.get_running_loop().create_task(self._warm(url), name=f"warming {url}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, url: str) -> None:
+        try:
+            await self._encoder_for(url)
+        except LiveError as exc:
+            log.info("live view: warming %s: %d %s", url, exc.status, exc.reason)
 
     def streaming_url(self, device: str, channel: int) -> str | None:
         """``rtsp://127.0.0.1:PORT/DEVICE/CHANNEL/PROFILE`` of a running encoder of the channel
@@ -483,6 +503,32 @@ class LiveView:
             raise
         finally:
             self._starting.pop(key, None)
+
+
+def warm_rpc(live: LiveView, first_device: Callable[[], str]) -> Callable[[bytes], Awaitable[bytes]]:
+    """The ``live-warm`` RPC: ``{"device": NAME or "", "channel": N, "profile": "main"|"sub"}``
+    (``""``: the first capture device) starts that encoder and answers ``{"warming": PATH}`` at
+    once, or ``{"error": ...}`` for a request of another shape."""
+
+    async def handle(request: bytes) -> bytes:
+        try:
+            body = json.loads(request or b"{}")
+        except ValueError:
+            body = None
+        device = body.get("device") if isinstance(body, dict) else None
+        channel = body.get("channel") if isinstance(body, dict) else None
+        profile = body.get("profile") if isinstance(body, dict) else None
+        if not isinstance(device, str) or type(channel) is not int or profile not in PROFILES:
+            answer: dict[str, str] = {
+                "error": 'a live-warm request is {"device": NAME, "channel": N, "profile": "main" or "sub"}'
+            }
+        else:
+            name = device or first_device()
+            live.warm(name, channel, str(profile))
+            answer = {"warming": f"{name}/{channel}/{profile}"}
+        return json.dumps(answer).encode("utf-8")
+
+    return handle
 
 
 def parse_path(url: str) -> tuple[str, int, str]:

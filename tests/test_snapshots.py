@@ -19,7 +19,7 @@ from pytest_mock import MockerFixture
 
 from dvrlink.daemon import snapshot as snapshot_module
 from dvrlink.daemon.alarms import AlarmQueue
-from dvrlink.daemon.live_view import LiveConfig, LiveView
+from dvrlink.daemon.live_view import LiveConfig, LiveView, warm_rpc
 from dvrlink.daemon.snapshot import CaptureAlarms, SnapshotError, SnapshotTaker, grab_jpeg, snapshot_rpc
 from dvrlink.hal.device import FrameSource
 from dvrlink.hal.model import EncoderError, HalEvent, MotionStart, SignalLost, SignalState, StreamStalled
@@ -297,3 +297,28 @@ def probe(path: Path) -> str:
     ).stdout  # fmt: skip
     stream = json.loads(out)["streams"][0]
     return f"{stream['codec_name']} {stream['width']}x{stream['height']}"
+
+
+def test_live_warm_starts_the_encoder_before_any_describe(tmp_path: Path, mocker: MockerFixture) -> None:
+    async def main() -> None:
+        config = LiveConfig(port=unused_tcp_port(), idle_stop_s=1.0)
+        live = LiveView(config, sources(), tmp_path)
+        warm = mocker.spy(live, "warm")
+        handle = warm_rpc(live, lambda: "front")
+        await live.start()
+        try:
+            bad = json.loads(await handle(b'{"device": "front", "channel": 1, "profile": "hd"}'))
+            assert "a live-warm request is" in bad["error"], bad
+            assert warm.call_count == 0
+            answer = json.loads(await handle(b'{"device": "", "channel": 1, "profile": "sub"}'))
+            assert answer == {"warming": "front/1/sub"}
+            warm.assert_called_once_with("front", 1, "sub")
+            await _wait_for(
+                "the warmed encoder running",
+                lambda: live.streaming_url("front", 1) is not None,
+                lambda: live.streaming_url("front", 1),
+            )
+        finally:
+            await live.close()
+
+    asyncio.run(main())

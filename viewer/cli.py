@@ -54,13 +54,14 @@ from dvrlink.viewer.forward import (
     device_info,
     device_relay,
     device_snapshot,
+    live_warm,
     parse_forward_spec,
     ping,
     refused_forwards,
     unpair_self,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
-from dvrlink.viewer.live import choose, player_command, stream_url
+from dvrlink.viewer.live import choose, pick_profile, player_command, stream_url
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
 from dvrlink.viewer.render import (
     PinStatus,
@@ -1020,14 +1021,13 @@ async def _view(args: argparse.Namespace, home: ViewerHome) -> int:
             raise ViewerError(
                 f"{serial} serves no live view (a dvrlinkd without capture devices, or [live] port = 0)"
             )
-        choice = choose(
-            await device_channels(runner),
-            args.device,
-            args.channel,
-            args.profile,
-            path_name(runner),
-            info.get("cellular") is True,
+        cellular = info.get("cellular") is True
+        # The encoder starts while the channels are listed and the forward is set up.
+        profile = pick_profile(args.profile, path_name(runner), cellular)
+        devices, _ = await asyncio.gather(
+            device_channels(runner), live_warm(runner, args.device or "", args.channel, profile)
         )
+        choice = choose(devices, args.device, args.channel, args.profile, path_name(runner), cellular)
         forwarder = Forwarder(runner, ForwardSpec("127.0.0.1", 0, "127.0.0.1", port))
         _, local = await forwarder.start()
         url = stream_url(local, choice)

@@ -500,6 +500,18 @@ async def device_snapshot(
     raise ViewerError("the device's snapshot reply is neither a JPEG nor an error: is it a dvrlinkd?")
 
 
+async def live_warm(
+    opener: StreamOpener, device: str, channel: int, profile: str, *, timeout_s: float = 10.0
+) -> None:
+    """Ask the device to start a channel's encoder now (``live-warm``), so it is running when
+    the player's DESCRIBE comes. Best effort: a device without it, or any failure, is ignored
+    (the DESCRIBE then starts the encoder and says what is wrong)."""
+    request = json.dumps({"device": device, "channel": channel, "profile": profile}).encode("utf-8")
+    with contextlib.suppress(ViewerError, TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await _call(opener, "live-warm", request, MAX_INFO_BYTES)
+
+
 async def device_info(opener: StreamOpener, *, timeout_s: float = 10.0) -> dict[str, object]:
     """The device's ``info`` reply: ``serial``, ``version``, ``uptime_s``, ``forward``, ``sessions``,
     ``live_port``.

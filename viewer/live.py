@@ -68,8 +68,12 @@ def choose(
             + (f" for {row['for_s']} s" if isinstance(row.get("for_s"), (int, float)) else "")
             + "): check the camera, its power and its cable"
         )
-    chosen = profile or ("sub" if path == "relay" or cellular else "main")
-    return Choice(name, channel, chosen)
+    return Choice(name, channel, pick_profile(profile, path, cellular))
+
+
+def pick_profile(profile: str | None, path: str, cellular: bool) -> str:
+    """``profile`` if given, else ``sub`` on the relay or a cellular uplink, ``main`` elsewhere."""
+    return profile or ("sub" if path == "relay" or cellular else "main")
 
 
 def stream_url(port: int, choice: Choice) -> str:
