@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -424,6 +425,56 @@ def read_line_until(stream: Any, prefix: str, timeout: float) -> str:
     raise TimeoutError(
         f"no line starting with {prefix!r} within {timeout:.0f} s; got: {''.join(seen)[-2000:]}"
     )
+
+
+class LineReader:
+    """The lines a process writes to a pipe, as they come, each wait bounded.
+
+    It reads the pipe's file descriptor itself, so no line can sit in a Python buffer that the
+    selector does not see (as it can with ``readline`` on a text stream). Hand it the ``stdout``
+    of a ``Popen`` made without ``text``.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._fd: int = stream.fileno()
+        self._pending = b""
+        self._unread: deque[str] = deque()
+        self.lines: list[str] = []
+        """Every line read so far, without its newline."""
+        self.ended = False
+
+    def until(self, what: str, matches: Callable[[str], bool], timeout: float) -> str:
+        """Read until a line for which ``matches`` is true; returns it (without its newline).
+
+        Raises:
+            TimeoutError: no such line within ``timeout`` seconds, or the pipe ended first; the
+                message names ``what`` and has the last lines read.
+        """
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._fd, selectors.EVENT_READ)
+            while True:
+                while self._unread:
+                    line = self._unread.popleft()
+                    if matches(line):
+                        return line
+                left = deadline - time.monotonic()
+                if self.ended or left <= 0 or not sel.select(left):
+                    break
+                self._read()
+        ending = "the output ended" if self.ended else f"not within {timeout:.0f} s"
+        raise TimeoutError(f"{what}: {ending}; the last lines were:\n" + "\n".join(self.lines[-20:]))
+
+    def _read(self) -> None:
+        chunk = os.read(self._fd, 65536)
+        if not chunk:
+            self.ended = True
+            chunk = b"\n" if self._pending else b""
+        *complete, self._pending = (self._pending + chunk).split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            self.lines.append(line)
+            self._unread.append(line)
 
 
 def start_forward(

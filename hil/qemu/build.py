@@ -60,6 +60,9 @@ BASE_PACKAGES = (
     "mobile-broadband-provider-info",  # the board config's [modem] provider_database
     "initramfs-tools",
     "openssl",  # `openssl speed`: bench.data_plane's cipher baseline, as BR2_PACKAGE_LIBOPENSSL_BIN
+    # The live view's software encoder (daemon/live_view.py: V4L2 in, libx264, RTSP out); on
+    # Buildroot BR2_PACKAGE_FFMPEG with BR2_PACKAGE_FFMPEG_GPL and BR2_PACKAGE_X264.
+    "ffmpeg",
 )
 """The systemd image's (arm64) base packages."""
 BUSYBOX_BASE_PACKAGES = (
@@ -83,7 +86,7 @@ EXTENSION_SOURCES = ("protocol/_dataplane_seal.c",)
 wheel is built on the host (``DVRLINK_PURE=1``, a pure wheel)."""
 EXTENSION_MODULE = "dvrlink/protocol/_dataplane_seal"
 EXT_RECIPE = 1
-BUILD_WHEEL_BACKENDS = ("setuptools", "wheel")
+BUILD_WHEEL_BACKENDS = ("setuptools", "wheel", "packaging")
 """Build backends the sdists need, handed to the build chroot as wheels (it has no network)."""
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
 """What the initrd needs to mount the root disk; everything else loads from the root filesystem."""

@@ -74,8 +74,8 @@ TARGETS: dict[str, Target] = {
         init="busybox",
         guest_dirs=("busybox",),
         # PyPI has armv7l wheels for cryptography, none for these (nor for cffi, which
-        # cryptography needs).
-        source_wheels=("aioquic", "pylsqpack", "cffi"),
+        # cryptography needs, nor for gpiod 2.x; its aarch64 wheel serves arm64).
+        source_wheels=("aioquic", "pylsqpack", "cffi", "gpiod"),
         # eth0, as on the Buildroot image (BR2_SYSTEM_DHCP="eth0"): no predictable names.
         kernel_args="net.ifnames=0",
         # Debian's armmp kernel has no fw_cfg driver (CONFIG_FW_CFG_SYSFS unset).

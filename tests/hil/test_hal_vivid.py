@@ -3,14 +3,19 @@
 vivid is loaded as four instances with one S-Video input each, the way DVR capture cards
 (tw686x, solo6x10) give each channel a video node of its own. dvrlinkd watches them through a
 ``[[capture]] backend = "v4l2"`` table; a viewer on the host lists them with ``dvrlink
-channels``; then vivid's "Standard Signal Mode" control switches channel 2 to "No Signal", as a
-cut cable would, and the viewer sees it in ``dvrlink channels`` and as an alarm in ``dvrlink
-events``.
+channels`` and watches channel 2 live: ``dvrlink view --print-url`` holds a forward to the
+device's live view server (the guest's ffmpeg encodes the vivid node with libx264) and the
+host's ffprobe decodes frames from it. Then vivid's "Standard Signal Mode" control switches
+channel 2 to "No Signal", as a cut cable would, and the viewer sees it in ``dvrlink channels``
+and as an alarm that ``dvrlink events --follow``, started before the cut, prints.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +23,7 @@ from collections.abc import Callable
 import pytest
 
 from hil.board import Board
-from hil.loopback import Viewer
+from hil.loopback import BIN, LineReader, Viewer
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(1800)]
 
@@ -47,6 +52,96 @@ def channels(viewer: Viewer, serial: str) -> dict[int, dict[str, object]]:
     return {row["channel"]: row for row in device["channels"]}
 
 
+VIEW_FRAMES = 50
+VIEW_PROFILE = "--sub"
+"""The sub-stream (640 pixels wide, 256 kbit/s): what a relayed or cellular viewer gets, and
+what the emulated CPU encodes fastest."""
+FRAME = re.compile(r"\d+,\d+,[IPB?]")
+"""A line ffprobe prints for a decoded frame: width, height, picture type."""
+FFPROBE_TIMEOUT_US = 120_000_000
+"""ffprobe's socket timeout: the first DESCRIBE waits while the guest starts its encoder, which
+takes seconds under TCG."""
+
+
+def start_cli(viewer: Viewer, *args: str) -> tuple[subprocess.Popen[bytes], LineReader]:
+    """``dvrlink --home HOME args`` as a long-running process; its merged output as lines."""
+    proc = subprocess.Popen(
+        [str(BIN / "dvrlink"), "--home", str(viewer.home), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, LineReader(proc.stdout)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop ``proc`` as Ctrl-C would, killing it if it is still there after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def watch_live(viewer: Viewer, serial: str, channel: int) -> tuple[int, float, float, float]:
+    """``dvrlink view SERIAL --channel N --sub --print-url`` and ffprobe on the URL it prints,
+    until ``VIEW_FRAMES`` frames are decoded; (frames, s to the URL, s from ffprobe's start to
+    its first frame and to the last)."""
+    started = time.monotonic()
+    view, view_out = start_cli(viewer, "view", serial, "--channel", str(channel), VIEW_PROFILE, "--print-url")
+    try:
+        url = view_out.until("dvrlink view printing its URL", lambda line: line.startswith("rtsp://"), 300)
+        url_s = time.monotonic() - started
+        assert url.endswith(f"/{channel}/sub"), url
+        probe_started = time.monotonic()
+        probe = subprocess.Popen(
+            [
+                "stdbuf", "-oL",  # one line per frame as it is decoded, not a 4 KB block
+                "ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-timeout", str(FFPROBE_TIMEOUT_US),
+                "-select_streams", "v:0", "-show_entries", "frame=pict_type,width,height",
+                "-of", "csv=p=0", "-read_intervals", f"%+#{VIEW_FRAMES + 20}", url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        frames = LineReader(probe.stdout)
+        decoded: list[str] = []
+
+        def count_until(enough: int) -> Callable[[str], bool]:
+            def counted(line: str) -> bool:
+                if FRAME.fullmatch(line):
+                    decoded.append(line)
+                return len(decoded) >= enough
+
+            return counted
+
+        try:
+            frames.until("ffprobe decoding a first frame", count_until(1), 600)
+            first_s = time.monotonic() - probe_started
+            frames.until(f"ffprobe decoding {VIEW_FRAMES} frames", count_until(VIEW_FRAMES), 600)
+            all_s = time.monotonic() - probe_started
+        except TimeoutError as exc:
+            probe.kill()
+            _, err = probe.communicate(timeout=30)
+            raise AssertionError(
+                f"{exc}\nffprobe said: {err.decode(errors='replace')[-1500:]}\n"
+                f"dvrlink view said: {view_out.lines[-10:]}"
+            ) from None
+        stop(probe)
+        if probe.stderr is not None:
+            probe.stderr.close()
+        assert all(line.startswith("640,") for line in decoded), decoded[:5]
+        assert view.poll() is None, f"dvrlink view ended: {view_out.lines[-10:]}"
+        return len(decoded), url_s, first_s, all_s
+    finally:
+        stop(view)
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,7 +152,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, seen: Calla
 
 
 @pytest.mark.hil_core
-def test_vivid_channels_are_listed_and_a_lost_signal_shows(
+def test_vivid_channels_are_listed_watched_live_and_a_lost_signal_shows(
     board: Board, logged_in_viewer: Callable[[str], Viewer]
 ) -> None:
     loaded = board.run(f"{VIVID} && ls /dev/video* | tr '\\n' ' '; echo", timeout=300)
@@ -89,15 +184,32 @@ def test_vivid_channels_are_listed_and_a_lost_signal_shows(
     assert all(row["signal"] == "locked" for row in rows.values()), rows
     assert {row["format"] for row in rows.values()} <= {"cvbs-pal", "cvbs-ntsc"}, rows
 
-    assert board.run(SIGNAL_MODE.format(node=nodes[2], mode="No Signal")) == "set"
-    cut = time.monotonic()
+    frames, url_s, first_s, all_s = watch_live(viewer, board.serial, 2)
+    assert frames >= VIEW_FRAMES, frames
+
+    follow, alarms = start_cli(viewer, "events", board.serial, "--follow")
+    try:
+        # Started before the cut: the alarm comes on the stream it follows (or, if the stream
+        # took longer to open than the alarm to arrive, in the recent ones it prints first).
+        assert not any("SignalLost" in line for line in alarms.lines), alarms.lines
+        assert board.run(SIGNAL_MODE.format(node=nodes[2], mode="No Signal")) == "set"
+        cut = time.monotonic()
+        alarm = alarms.until(
+            "dvrlink events --follow printing channel 2's SignalLost",
+            lambda line: "SignalLost  channel 2  vivid: no-video" in line,
+            600,
+        )
+        followed_s = time.monotonic() - cut
+        assert board.serial in alarm, alarm
+        assert follow.poll() is None, f"dvrlink events --follow ended: {alarms.lines}"
+    finally:
+        stop(follow)
     wait_until(
         "channel 2 shown without video",
         lambda: channels(viewer, board.serial)[2]["signal"] == "no-video",
         600,
         lambda: channels(viewer, board.serial),
     )
-    seen_s = time.monotonic() - cut
     rows = channels(viewer, board.serial)
     assert [rows[c]["signal"] for c in range(4)] == ["locked", "locked", "no-video", "locked"], rows
     journal = board.run(
@@ -105,8 +217,6 @@ def test_vivid_channels_are_listed_and_a_lost_signal_shows(
         "grep SignalLost /var/log/messages 2>/dev/null"
     )
     assert "vivid channel 2: SignalLost (no-video)" in journal, journal
-    events = viewer.run("events", board.serial, timeout=120).stdout
-    assert "SignalLost  channel 2  vivid: no-video" in events, f"dvrlink events printed:\n{events}"
 
     assert board.run(SIGNAL_MODE.format(node=nodes[2], mode="Current Standard")) == "set"
     wait_until(
@@ -116,5 +226,9 @@ def test_vivid_channels_are_listed_and_a_lost_signal_shows(
         lambda: channels(viewer, board.serial),
     )
     print(
-        f"\nvivid: dvrlink channels in {listed_s:.1f} s; signal cut to shown {seen_s:.1f} s", file=sys.stderr
+        f"\nvivid: dvrlink channels in {listed_s:.1f} s; live view of channel 2 (sub): URL in "
+        f"{url_s:.1f} s, first frame {first_s:.1f} s after ffprobe started, "
+        f"{frames} frames in {all_s:.1f} s; "
+        f"signal cut to SignalLost on dvrlink events --follow {followed_s:.1f} s",
+        file=sys.stderr,
     )
