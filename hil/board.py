@@ -316,12 +316,55 @@ class Board:
         """
         return status_document(self.run("dvrlinkd status --json"))
 
+    def restart_daemon(self, timeout: float = 600.0) -> None:
+        """Restart dvrlinkd (systemd, or BusyBox's init script) to apply a changed config, and
+        wait until it has registered again.
+
+        Raises:
+            AssertionError: the restart command failed, or no new registration within
+                ``timeout`` s (the last status is quoted).
+        """
+        before = _registered_at(self.status())
+        restarted = self.run(RESTART_DAEMON, timeout=300)
+        assert restarted.endswith("restarted"), f"restarting dvrlinkd printed {restarted!r}"
+        wait_until(
+            "dvrlinkd registered again after its restart",
+            lambda: _registered_at(status := self.status()) > before and status.get("state") == "online",
+            timeout,
+            self.status,
+        )
+
     def close(self) -> None:
         """Stop what the rig started (QEMU, open ports); a bench board stays on."""
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):
                 closer()
         self.closers.clear()
+
+
+RESTART_DAEMON = (
+    "if command -v systemctl >/dev/null; then systemctl restart dvrlinkd; "
+    "else /etc/init.d/S95dvrlinkd restart >/dev/null 2>&1; fi; echo restarted"
+)
+
+
+def _registered_at(status: Mapping[str, object]) -> float:
+    value = status.get("registered_at")
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
+    """Poll ``check`` once a second until it holds.
+
+    Raises:
+        AssertionError: it did not within ``timeout`` s; says ``what`` and the last ``seen()``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout:g} s; last seen: {seen()}")
 
 
 def qemu_installer_pty(guest: Guest, chardev: str = INSTALLER_CHARDEV) -> str:

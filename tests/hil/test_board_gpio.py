@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hil.board import Board
+from hil.board import Board, wait_until
 from hil.loopback import Viewer
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(1800)]
@@ -46,33 +46,9 @@ name = "siren"
 chip = "/dev/gpiochip0"
 line = 4
 """
-RESTART = (
-    "if command -v systemctl >/dev/null; then systemctl restart dvrlinkd; "
-    "else /etc/init.d/S95dvrlinkd restart >/dev/null 2>&1; fi; echo restarted"
-)
 DEBUGFS = (
     "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; cat /sys/kernel/debug/gpio"
 )
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{what} within {timeout:g} s; last seen: {seen()}")
-
-
-def restart_and_wait(board: Board) -> None:
-    before = board.status().get("registered_at", 0)
-    assert board.run(RESTART, timeout=300).endswith("restarted")
-    wait_until(
-        "dvrlinkd registered again after its restart",
-        lambda: board.status().get("registered_at", 0) > before and board.status().get("state") == "online",
-        600,
-        board.status,
-    )
 
 
 def line_state(debugfs: str, offset: int) -> str:
@@ -113,7 +89,7 @@ def test_a_button_press_on_the_pl061_is_an_alarm_and_a_relay_drives_its_line(
         checked = board.run(f"printf '{table}' >> {CONFIG} && dvrlinkd check-config 2>&1; true")
         assert re.search(r"alarm input door: /dev/gpiochip0 \(.*line 3( \(.*\))?: free", checked), checked
         assert re.search(r"relay siren: /dev/gpiochip0 \(.*line 4( \(.*\))?: free", checked), checked
-        restart_and_wait(board)
+        board.restart_daemon()
         debugfs = board.run(DEBUGFS)
         assert "dvrlinkd" in line_state(debugfs, 3) and " in " in line_state(debugfs, 3), debugfs
         assert re.search(r"dvrlinkd\s*\) out lo", line_state(debugfs, 4)), debugfs
@@ -158,6 +134,6 @@ def test_a_button_press_on_the_pl061_is_an_alarm_and_a_relay_drives_its_line(
         print(f"\nPL061 button: pressed to dvrlink events {seen_s:.1f} s", file=sys.stderr)
     finally:
         board.run(f"mv {SAVED} {CONFIG}")
-        restart_and_wait(board)  # releases lines 3 and 4 (and puts the siren at its default)
+        board.restart_daemon()  # releases lines 3 and 4 (and puts the siren at its default)
         for device in keys:
             board.run(f"echo {device} > {KEYS}/bind; true")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hil.board import Board
+from hil.board import Board, wait_until
 from hil.loopback import BIN, LineReader, Viewer
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(1800)]
@@ -35,10 +35,6 @@ backend = "v4l2"
 devices = [{nodes}]
 lost_after_s = 0.5
 """
-RESTART = (
-    "if command -v systemctl >/dev/null; then systemctl restart dvrlinkd; "
-    "else /etc/init.d/S95dvrlinkd restart >/dev/null 2>&1; fi; echo restarted"
-)
 SIGNAL_MODE = (
     'python3 -c "from dvrlink.hal.v4l2 import V4l2Node, set_control_by_name; '
     "node = V4l2Node('{node}'); set_control_by_name(node, 'Standard Signal Mode', '{mode}'); print('set')\""
@@ -142,15 +138,6 @@ def watch_live(viewer: Viewer, serial: str, channel: int) -> tuple[int, float, f
         stop(view)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{what} within {timeout:g} s; last seen: {seen()}")
-
-
 @pytest.mark.hil_core
 def test_vivid_channels_are_listed_watched_live_and_a_lost_signal_shows(
     board: Board, logged_in_viewer: Callable[[str], Viewer]
@@ -160,17 +147,10 @@ def test_vivid_channels_are_listed_watched_live_and_a_lost_signal_shows(
     assert len(nodes) == 4, (
         f"vivid did not make 4 video nodes: {loaded!r} (dmesg: {board.run('dmesg | tail -5')})"
     )
-    before = board.status()["registered_at"]
     table = CAPTURE.format(nodes=", ".join(f'"{node}"' for node in nodes)).replace("\n", "\\n")
     appended = board.run(f"printf '{table}' >> /etc/dvrlink/dvrlinkd.toml && dvrlinkd check-config")
     assert "capture device vivid (v4l2): /dev/video0: vivid" in appended, appended
-    assert board.run(RESTART, timeout=300).endswith("restarted")
-    wait_until(
-        "dvrlinkd registered again after its restart",
-        lambda: board.status().get("registered_at", 0) > before and board.status().get("state") == "online",
-        600,
-        board.status,
-    )
+    board.restart_daemon()
 
     label = board.run("dvrlinkd pairing-code")
     uri = next(line.split(": ", 1)[1] for line in label.splitlines() if "dvrlink://" in line)
