@@ -112,10 +112,11 @@ buildroot-check:
 	  xargs $(BUILDROOT_PYTHON) $(abspath $(BUILDROOT))/utils/check-package -b
 
 # The QEMU rig (docs/hil.md, needs root): the Debian packages the image build and boot use, the
-# arm64 image (cached by a hash of its inputs; about 5 min on a cold cache, seconds after), then
+# arm64 image (cached by a hash of its inputs; about 12 min on a cold cache, seconds after), then
 # the scenarios in tests/hil, which the default pytest run does not collect. hil-arm64 runs the
 # arm64 rig's core scenarios (marker hil_core: boot to registered, pair over the installer
-# console, forward, watchdog recovery) on one boot, about 5 min with a warm cache; `make hil`
+# console, forward, watchdog recovery, vivid's channels and live view, GPIO alarm input and
+# relay on the PL061) on one boot, about 5 min with a warm cache; `make hil`
 # runs every scenario, the armhf rig's too. Another rig: pytest tests/hil --rig rigs/FILE.toml.
 HIL_DEBS := debootstrap qemu-user-static qemu-system-arm binfmt-support e2fsprogs squashfs-tools
 hil-packages: $(STAMP) $(SYSSTAMP)
@@ -127,7 +128,8 @@ hil-packages: $(STAMP) $(SYSSTAMP)
 
 # The files that hold hil_core scenarios (named, so that another rig's file in the middle of a
 # change cannot stop the core run at collection).
-HIL_CORE_FILES := tests/hil/test_qemu_boot.py tests/hil/test_qemu_console.py tests/hil/test_hal_vivid.py
+HIL_CORE_FILES := tests/hil/test_qemu_boot.py tests/hil/test_qemu_console.py tests/hil/test_hal_vivid.py \
+  tests/hil/test_board_gpio.py
 hil-arm64:
 	@if [ "$$(id -u)" != "0" ]; then \
 	  echo "the QEMU arm64 rig needs root (debootstrap, binfmt_misc): its scenarios did NOT run; run make test as root"; \

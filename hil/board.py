@@ -324,15 +324,27 @@ class Board:
             AssertionError: the restart command failed, or no new registration within
                 ``timeout`` s (the last status is quoted).
         """
-        before = _registered_at(self.status())
+        before = _registered_at(self._status_or_none() or {})
         restarted = self.run(RESTART_DAEMON, timeout=300)
         assert restarted.endswith("restarted"), f"restarting dvrlinkd printed {restarted!r}"
-        wait_until(
-            "dvrlinkd registered again after its restart",
-            lambda: _registered_at(status := self.status()) > before and status.get("state") == "online",
-            timeout,
-            self.status,
-        )
+
+        def registered() -> bool:
+            status = self._status_or_none()  # None while it starts: no status file yet
+            return status is not None and _registered_at(status) > before and status.get("state") == "online"
+
+        def seen() -> object:
+            log = self.run(
+                "journalctl -u dvrlinkd -n 15 --no-pager -o cat 2>/dev/null || tail -n 15 /var/log/messages"
+            )
+            return f"{self._status_or_none()}; its log ends:\n{log}"
+
+        wait_until("dvrlinkd registered again after its restart", registered, timeout, seen)
+
+    def _status_or_none(self) -> dict[str, object] | None:
+        try:
+            return self.status()
+        except AssertionError:
+            return None
 
     def close(self) -> None:
         """Stop what the rig started (QEMU, open ports); a bench board stays on."""
