@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dvrlink.daemon.services import rpc_object
 from dvrlink.hal.device import FrameSource
 from dvrlink.hal.model import EncoderError, HalEvent, StreamStalled
 from dvrlink.protocol.rtsp import (
@@ -511,13 +512,8 @@ def warm_rpc(live: LiveView, first_device: Callable[[], str]) -> Callable[[bytes
     once, or ``{"error": ...}`` for a request of another shape."""
 
     async def handle(request: bytes) -> bytes:
-        try:
-            body = json.loads(request or b"{}")
-        except ValueError:
-            body = None
-        device = body.get("device") if isinstance(body, dict) else None
-        channel = body.get("channel") if isinstance(body, dict) else None
-        profile = body.get("profile") if isinstance(body, dict) else None
+        body = rpc_object(request) or {}
+        device, channel, profile = body.get("device"), body.get("channel"), body.get("profile")
         if not isinstance(device, str) or type(channel) is not int or profile not in PROFILES:
             answer: dict[str, str] = {
                 "error": 'a live-warm request is {"device": NAME, "channel": N, "profile": "main" or "sub"}'

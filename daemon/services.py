@@ -279,6 +279,15 @@ async def serve_stream(
             reset_quietly(stream, ServiceErrorCode.INTERNAL)
 
 
+def rpc_object(request: bytes) -> dict[str, Any] | None:
+    """An RPC request as a JSON object (``{}`` when empty), or None if it is not one."""
+    try:
+        body = json.loads(request) if request.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def relay_rpc(relay: RelayHandler) -> RpcHandler:
     """The ``relay`` RPC (see the module docstring) over ``relay``, for ``handlers``."""
 
@@ -289,11 +298,8 @@ def relay_rpc(relay: RelayHandler) -> RpcHandler:
 
 
 def _relay_reply(relay: RelayHandler, request: bytes, label: str) -> dict[str, Any]:
-    try:
-        body = json.loads(request) if request.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
+    body = rpc_object(request)
+    if body is None:
         return {"error": 'the relay request is not a JSON object: send {} or {"relay": NAME, "action": "on"}'}
     try:
         return relay(body)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from dvrlink.daemon.capture_service import AlarmRaiser, raise_capture_alarm
+from dvrlink.daemon.services import rpc_object
 from dvrlink.hal.device import FrameSource
 from dvrlink.hal.model import HalEvent, MotionStart
 
@@ -174,13 +175,8 @@ def snapshot_rpc(taker: SnapshotTaker) -> Callable[[bytes], Awaitable[bytes]]:
     """The ``snapshot`` RPC handler (see the module docstring)."""
 
     async def handle(request: bytes) -> bytes:
-        try:
-            body = json.loads(request or b"{}")
-        except ValueError:
-            body = None
-        device = body.get("device") if isinstance(body, dict) else None
-        channel = body.get("channel") if isinstance(body, dict) else None
-        width = body.get("width", LADDER[0][0]) if isinstance(body, dict) else None
+        body = rpc_object(request) or {}
+        device, channel, width = body.get("device"), body.get("channel"), body.get("width", LADDER[0][0])
         if not isinstance(device, str) or type(channel) is not int or type(width) is not int:
             return _error('a snapshot request is {"device": NAME, "channel": N, "width": PIXELS}')
         if not MIN_WIDTH <= width <= MAX_WIDTH:

@@ -15,6 +15,7 @@ modem service call ``AlarmQueue.raise_alarm`` inside it). Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ from support.presence import Program
 from dvrlink.broker.state import read_info
 from dvrlink.broker.tls import client_context
 from dvrlink.daemon.alarms import JOURNAL_FILE, AlarmQueue, read_journal
+from dvrlink.daemon.status import StatusUnavailable, read_status
 from dvrlink.protocol.alarm_wire import AlarmKind
 from dvrlink.protocol.identity import b64encode_key
 
@@ -181,6 +183,17 @@ def test_alarms_queued_while_the_broker_is_down_survive_sigkill_and_arrive_once_
                     stored = (await resp.json())["events"]
             assert [e["seq"] for e in stored] == list(range(1, COUNT + 1))  # once each, in order
             await daemon.wait_for_line("registered")
+            # Stored at the broker is not yet acknowledged to the device: wait for the last ACK
+            # (its status file counts the alarms still waiting) before stopping it.
+            pending: object = None
+            try:
+                async with asyncio.timeout(BOUND):
+                    while pending != 0:
+                        with contextlib.suppress(StatusUnavailable, ValueError):
+                            pending = read_status(tmp_path / "run").alarms_pending
+                        await asyncio.sleep(0.1)
+            except TimeoutError:
+                raise AssertionError(f"the daemon counts {pending} alarms waiting after {BOUND} s") from None
             assert await daemon.stop() == 0
             daemon = None
             assert read_journal((device_state / JOURNAL_FILE).read_bytes()).records == ()  # type: ignore[union-attr]
