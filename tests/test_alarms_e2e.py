@@ -15,7 +15,6 @@ modem service call ``AlarmQueue.raise_alarm`` inside it). Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -26,11 +25,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.presence import Program
+from support.status import status_or_none
+from support.waiting import wait_until_async
 
 from dvrlink.broker.state import read_info
 from dvrlink.broker.tls import client_context
 from dvrlink.daemon.alarms import JOURNAL_FILE, AlarmQueue, read_journal
-from dvrlink.daemon.status import StatusUnavailable, read_status
 from dvrlink.protocol.alarm_wire import AlarmKind
 from dvrlink.protocol.identity import b64encode_key
 
@@ -183,17 +183,16 @@ def test_alarms_queued_while_the_broker_is_down_survive_sigkill_and_arrive_once_
                     stored = (await resp.json())["events"]
             assert [e["seq"] for e in stored] == list(range(1, COUNT + 1))  # once each, in order
             await daemon.wait_for_line("registered")
+
             # Stored at the broker is not yet acknowledged to the device: wait for the last ACK
             # (its status file counts the alarms still waiting) before stopping it.
-            pending: object = None
-            try:
-                async with asyncio.timeout(BOUND):
-                    while pending != 0:
-                        with contextlib.suppress(StatusUnavailable, ValueError):
-                            pending = read_status(tmp_path / "run").alarms_pending
-                        await asyncio.sleep(0.1)
-            except TimeoutError:
-                raise AssertionError(f"the daemon counts {pending} alarms waiting after {BOUND} s") from None
+            def pending() -> int | None:
+                status = status_or_none(tmp_path / "run")
+                return None if status is None else status.alarms_pending
+
+            await wait_until_async(
+                "the daemon's last acknowledgement", lambda: pending() == 0, timeout=BOUND, seen=pending
+            )
             assert await daemon.stop() == 0
             daemon = None
             assert read_journal((device_state / JOURNAL_FILE).read_bytes()).records == ()  # type: ignore[union-attr]

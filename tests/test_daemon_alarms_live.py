@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import socket
 from pathlib import Path
 
 from pytest_mock import MockerFixture
 from support.presence import loopback_broker_config
+from support.status import status_or_none
+from support.waiting import wait_until_async
 
 from dvrlink.broker.alarm_store import StoredAlarm
 from dvrlink.broker.app import start_broker
 from dvrlink.daemon.alarms import AlarmQueue
 from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import load_config
-from dvrlink.daemon.status import StatusUnavailable, read_status
 from dvrlink.protocol.alarm_wire import AlarmKind
 
 SERIAL = "DL-0015-0004"
@@ -34,17 +34,11 @@ def _free_udp_port() -> int:
 
 
 async def wait_status(what: str, run_dir: Path, pending: int) -> None:
-    seen: object = None
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                with contextlib.suppress(StatusUnavailable, ValueError):
-                    seen = read_status(run_dir).alarms_pending
-                    if seen == pending:
-                        return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"{what} within {WAIT} s: alarms_pending was {seen}") from None
+    def alarms_pending() -> int | None:
+        status = status_or_none(run_dir)
+        return None if status is None else status.alarms_pending
+
+    await wait_until_async(what, lambda: alarms_pending() == pending, timeout=WAIT, seen=alarms_pending)
 
 
 def test_1000_alarms_raised_in_a_running_daemon_while_the_broker_is_down(

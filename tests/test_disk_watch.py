@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from support.presence import loopback_broker_config
+from support.status import status_or_none
+from support.waiting import wait_until_async
 
 from dvrlink.broker.alarm_store import StoredAlarm
 from dvrlink.broker.app import start_broker
@@ -35,7 +37,7 @@ from dvrlink.daemon.disk_watch import (
     superblock_options,
 )
 from dvrlink.daemon.errors import ConfigError
-from dvrlink.daemon.status import StatusUnavailable, read_status
+from dvrlink.daemon.status import read_status
 from dvrlink.protocol.alarm_wire import AlarmKind
 
 WAIT = 30.0
@@ -167,10 +169,9 @@ def test_the_disks_section_is_checked(tmp_path: Path) -> None:
         "free": ({"min_free_percent": 90}, "from 0 to 50"),
         "typo": ({"path": ["/a"]}, "unknown key path"),
     }
-    for name, (table, expected) in bad.items():
+    for table, expected in bad.values():
         with pytest.raises(ConfigError, match=expected):
             parse_disks({"disks": table}, source)
-        assert name
 
 
 @needs_root
@@ -203,17 +204,19 @@ def test_a_running_dvrlinkd_raises_an_alarm_when_its_disk_fills(tmp_path: Path) 
             )
             daemon = asyncio.create_task(run_daemon(load_config(config_path), stop, {}))
             run_dir = tmp_path / "run"
-            seen: object = None
-            async with asyncio.timeout(WAIT):
-                while seen != "ok":
-                    with contextlib.suppress(StatusUnavailable, ValueError, IndexError):
-                        seen = read_status(run_dir).disks[0]["state"]
-                    await asyncio.sleep(0.1)
+
+            def disk_state() -> object:
+                status = status_or_none(run_dir)
+                return status.disks[0]["state"] if status is not None and status.disks else None
+
+            await wait_until_async(
+                "the disk looked at", lambda: disk_state() == "ok", timeout=WAIT, seen=disk_state
+            )
             await asyncio.to_thread(fill, disk)
             try:
                 await asyncio.wait_for(got.wait(), WAIT)
             except TimeoutError:
-                raise AssertionError(f"no disk alarm within {WAIT} s; status said {seen}") from None
+                raise AssertionError(f"no disk alarm within {WAIT} s; status said {disk_state()}") from None
             (alarm,) = stored
             assert alarm.kind == AlarmKind.DISK_ERROR and alarm.detail.startswith(f"{disk}: full ("), alarm
             assert read_status(run_dir).disks[0]["state"] == "full"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pytest_mock import MockerFixture
+from support.waiting import wait_until_async
 
 from dvrlink.daemon import snapshot as snapshot_module
 from dvrlink.daemon.alarms import AlarmQueue
@@ -97,9 +98,12 @@ def test_motion_alarms_carry_a_snapshot_and_keep_their_order(tmp_path: Path, moc
         alarms(MotionStart("front", 1.0, 2))
         alarms(SignalLost("front", 1.1, 3, SignalState.NO_VIDEO))  # waits behind the snapshot
         assert raised.call_count == 0
-        async with asyncio.timeout(WAIT):
-            while raised.call_count < 2:
-                await asyncio.sleep(0.05)
+        await wait_until_async(
+            "both alarms raised",
+            lambda: raised.call_count >= 2,
+            timeout=WAIT,
+            seen=lambda: raised.call_args_list,
+        )
         alarms.close()
 
     asyncio.run(main())
@@ -129,15 +133,11 @@ def test_an_alarm_goes_without_its_snapshot_when_none_comes_and_none_is_lost_at_
 
         late = CaptureAlarms(queue, stuck, wait_s=0.2)
         late(MotionStart("front", 1.0, 0))
-        async with asyncio.timeout(WAIT):
-            while queue.pending < 1:
-                await asyncio.sleep(0.05)
+        await wait_until_async("the first alarm queued", lambda: queue.pending >= 1, timeout=WAIT)
         assert late.stats == {"snapshots": 0, "without_snapshot": 1}
         failed = CaptureAlarms(queue, failing)
         failed(MotionStart("front", 2.0, 1))
-        async with asyncio.timeout(WAIT):
-            while queue.pending < 2:
-                await asyncio.sleep(0.05)
+        await wait_until_async("the second alarm queued", lambda: queue.pending >= 2, timeout=WAIT)
         closing = CaptureAlarms(queue, stuck)
         closing(MotionStart("front", 3.0, 2))
         closing(SignalLost("front", 3.1, 2, SignalState.NO_VIDEO))
@@ -167,15 +167,6 @@ async def _rtsp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
     if length:
         text += (await reader.readexactly(length)).decode()
     return text
-
-
-async def _wait_for(what: str, check: Callable[[], bool], seen: Callable[[], object]) -> None:
-    try:
-        async with asyncio.timeout(WAIT):
-            while not check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what} within {WAIT} s; saw {seen()}") from None
 
 
 def test_a_stalled_encoder_and_one_that_dies_while_watched_are_reported(tmp_path: Path) -> None:
@@ -211,14 +202,14 @@ def test_a_stalled_encoder_and_one_that_dies_while_watched_are_reported(tmp_path
             await asyncio.wait_for(asyncio.shield(frames), WAIT)
             pid = int(pidfile.read_text())
             os.kill(pid, signal.SIGSTOP)
-            await _wait_for(
-                "StreamStalled", lambda: any(isinstance(e, StreamStalled) for e in events), lambda: events
+            await wait_until_async(
+                "StreamStalled", lambda: seen(StreamStalled), timeout=WAIT, seen=lambda: events
             )
             stalled = next(e for e in events if isinstance(e, StreamStalled))
             assert (stalled.device, stalled.channel) == ("front", 1) and stalled.silent_s >= 1.0, stalled
             os.kill(pid, signal.SIGKILL)
-            await _wait_for(
-                "EncoderError", lambda: any(isinstance(e, EncoderError) for e in events), lambda: events
+            await wait_until_async(
+                "EncoderError", lambda: seen(EncoderError), timeout=WAIT, seen=lambda: events
             )
             error = next(e for e in events if isinstance(e, EncoderError))
             assert error.channel == 1 and "exited (code -9) while watched" in error.message, error
@@ -313,10 +304,11 @@ def test_live_warm_starts_the_encoder_before_any_describe(tmp_path: Path, mocker
             answer = json.loads(await handle(b'{"device": "", "channel": 1, "profile": "sub"}'))
             assert answer == {"warming": "front/1/sub"}
             warm.assert_called_once_with("front", 1, "sub")
-            await _wait_for(
+            await wait_until_async(
                 "the warmed encoder running",
                 lambda: live.streaming_url("front", 1) is not None,
-                lambda: live.streaming_url("front", 1),
+                timeout=WAIT,
+                seen=lambda: live.streaming_url("front", 1),
             )
         finally:
             await live.close()
