@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dvrlink.daemon.board_io_config import parse_board_io
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
-from dvrlink.daemon.disk_watch import DisksConfig, parse_disks
+from dvrlink.daemon.disk_watch import MAX_DISKS, DisksConfig
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.live_view import LiveConfig
 from dvrlink.daemon.services import ServicesConfig, parse_services
@@ -796,6 +796,32 @@ def _describe_modem(modem: ModemSettings) -> str:
 
 
 # -- [alarms] ----------------------------------------------------------------------------------
+
+
+def parse_disks(document: Mapping[str, object], source: Path) -> DisksConfig:
+    """The ``[disks]`` section of a config document (absent: no disk watched).
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or out of range (named).
+    """
+    table = _Table(source, "disks", document, DisksConfig)
+    paths = table._get("paths")
+    if not isinstance(paths, (list, tuple)) or not all(
+        isinstance(p, str) and p.startswith("/") for p in paths
+    ):
+        raise table.error("paths", paths, 'expected a list of absolute mount points, e.g. ["/mnt/hdd"]')
+    if len(paths) > MAX_DISKS or len(set(paths)) != len(paths):
+        raise table.error("paths", paths, f"list each mount point once, at most {MAX_DISKS}")
+    if "/" in paths:
+        raise table.error(
+            "paths", paths, "the root filesystem is not a recording disk; name the disk's mount point"
+        )
+    return DisksConfig(
+        paths=tuple(Path(p) for p in paths),
+        min_free_percent=table.number("min_free_percent", 0.0, 50.0),
+        interval_s=table.number("interval_s", 1.0, 3600.0),
+        timeout_s=table.number("timeout_s", 1.0, 600.0),
+    )
 
 
 def parse_alarms(document: Mapping[str, object], source: Path) -> AlarmsConfig:

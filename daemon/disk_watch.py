@@ -26,17 +26,14 @@ import enum
 import errno
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dvrlink.daemon.errors import ConfigError
 from dvrlink.protocol.alarm_wire import AlarmKind
-from dvrlink.store.toml_text import toml_key, toml_value
 
 log = logging.getLogger(__name__)
 
-KEYS = ("paths", "min_free_percent", "interval_s", "timeout_s")
 MAX_DISKS = 8
 
 
@@ -255,42 +252,3 @@ class DiskService:
             except Exception:
                 log.exception("the disk watch failed; it looks again in %g s", self.config.interval_s)
             await asyncio.sleep(self.config.interval_s)
-
-
-def parse_disks(document: Mapping[str, object], source: Path) -> DisksConfig:
-    """The ``[disks]`` section of a dvrlinkd TOML document (absent: no disk watched).
-
-    Raises:
-        ConfigError: an unknown key or a bad value; the message names it and what to write.
-    """
-    raw = document.get("disks", {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: disks must be a section [disks], got {toml_value(raw)}")
-    for key in raw:
-        if key not in KEYS:
-            raise ConfigError(f"{source}: [disks] unknown key {toml_key(key)}; known keys: {', '.join(KEYS)}")
-
-    def error(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{source}: [disks] {key} = {toml_value(raw[key])}: {problem}")
-
-    paths = raw.get("paths", [])
-    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise error("paths", 'expected a list of absolute mount points, e.g. ["/mnt/hdd"]')
-    if len(paths) > MAX_DISKS or len(set(paths)) != len(paths):
-        raise error("paths", f"list each mount point once, at most {MAX_DISKS}")
-    if "/" in paths:
-        raise error("paths", "the root filesystem is not a recording disk; name the disk's mount point")
-    defaults = DisksConfig()
-
-    def number(key: str, low: float, high: float, default: float) -> float:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise error(key, f"expected a number from {low:g} to {high:g}")
-        return float(value)
-
-    return DisksConfig(
-        paths=tuple(Path(p) for p in paths),
-        min_free_percent=number("min_free_percent", 0.0, 50.0, defaults.min_free_percent),
-        interval_s=number("interval_s", 1.0, 3600.0, defaults.interval_s),
-        timeout_s=number("timeout_s", 1.0, 600.0, defaults.timeout_s),
-    )

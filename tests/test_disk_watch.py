@@ -21,7 +21,7 @@ from support.waiting import wait_until_async
 from dvrlink.broker.alarm_store import StoredAlarm
 from dvrlink.broker.app import start_broker
 from dvrlink.daemon.app import run_daemon
-from dvrlink.daemon.config import load_config
+from dvrlink.daemon.config import load_config, parse_disks
 from dvrlink.daemon.disk_watch import (
     DiskEvent,
     DiskProblem,
@@ -32,7 +32,6 @@ from dvrlink.daemon.disk_watch import (
     DiskState,
     DiskWatcher,
     disk_alarm,
-    parse_disks,
     read_disk,
     superblock_options,
 )
