@@ -68,7 +68,9 @@ def test_cell(rig: MatrixRig, records: dict[str, CellRecord], cell: Cell) -> Non
         # 2026-12-07 in a port_restricted_cone × port_restricted_cone cell, twice in a row
         # while the suite ran on 3 workers, with the checks failing within a second, not
         # timing out (the note now carries the daemon's reason). Up to two more runs of the
-        # cell, said out loud; a third relay fails the test as before.
+        # cell, said out loud; a third relay fails the test as before. (Until 2026-12-07 the
+        # reruns appended to the first run's daemon log, read its "no direct path" line and
+        # ended at once: a CI run failed so, with one real run. Each run now logs afresh.)
         for attempt in (2, 3):
             print(f"{cell.key}: relay ({record.settle_note}); running the cell again (run {attempt})")
             record = rig.run_cell(quick_plan(cell))

@@ -12,7 +12,7 @@ from hil.matrix.__main__ import parse_cell
 from hil.matrix.cells import SETTLE_S, Cell, full_plan, lan_cells, profile_cells, quick_plan
 from hil.matrix.report import cell_of, cell_text, invariants, load, markdown, table, targets, write
 from hil.matrix.report import document as document_of
-from hil.matrix.rig import CellRecord, device_path, parse_counters
+from hil.matrix.rig import CellRecord, device_path, parse_counters, set_aside_log
 from hil.netlab import NatType as N
 
 META = {
@@ -202,3 +202,18 @@ def test_parse_cell() -> None:
         parse_cell("symmetric")
     with pytest.raises(ValueError, match="use one of"):
         parse_cell("public:public:5g")
+
+
+def test_a_rerun_of_a_cell_gets_a_fresh_daemon_log(tmp_path: Path) -> None:
+    # The daemon appends to its log; a rerun that kept the first run's "no direct path" line
+    # would call its own relay final at once.
+    log = tmp_path / "dvrlinkd.log"
+    set_aside_log(log)
+    assert not log.exists() and not list(tmp_path.iterdir()), "nothing to set aside, nothing made"
+    log.write_text("run 1: no direct path: ICE checks timed out\n")
+    set_aside_log(log)
+    log.write_text("run 2\n")
+    set_aside_log(log)
+    assert not log.exists()
+    assert (tmp_path / "dvrlinkd.log.1").read_text().startswith("run 1")
+    assert (tmp_path / "dvrlinkd.log.2").read_text() == "run 2\n"

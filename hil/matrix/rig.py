@@ -401,6 +401,7 @@ class MatrixRig:
         folder = self.work / "cells" / cell.key.replace("/", "__")
         folder.mkdir(parents=True, exist_ok=True)
         daemon_log = folder / "dvrlinkd.log"
+        set_aside_log(daemon_log)
         service = ByteService(self.lab.device_ns, SERVICE_PORT)
         daemon = self.start_daemon(daemon_log, cell.profile)
         try:
@@ -542,6 +543,18 @@ class MatrixRig:
         else:
             what = "ICE still checking" if plan.wait_for_ice else "quick run: not waited for ICE to end"
             record.settle_note = f"on {path} {plan.settle_s:.0f} s after the first byte ({what})"
+
+
+def set_aside_log(log: Path) -> None:
+    """Rename a log an earlier run of the same cell left (``dvrlinkd.log`` → ``dvrlinkd.log.1``, …)
+    so this run's daemon writes a fresh one: the daemon appends, and a run that read the earlier
+    run's "no direct path" line would call its own relay final at once."""
+    if not log.exists():
+        return
+    index = 1
+    while log.with_name(f"{log.name}.{index}").exists():
+        index += 1
+    log.rename(log.with_name(f"{log.name}.{index}"))
 
 
 def device_path(log_text: str) -> str | None:
