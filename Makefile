@@ -13,10 +13,13 @@ PKGS := compat store driver protocol modem hal session daemon broker viewer
 # systemd: systemd-analyze verifies the units against a staged install tree.
 # busybox and shellcheck: the image's init script runs under a real BusyBox sh, and its scripts
 # are checked as POSIX sh (tests/test_buildroot_*.py).
+# postgresql and redis-server: a broker cluster's shared registry and presence location, started by
+# the tests in temporary folders (initdb/pg_ctl, redis-server --port); chromium and chromium-driver:
+# the fleet dashboard's tests drive a headless browser.
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
-	busybox shellcheck
+	busybox shellcheck postgresql redis-server chromium chromium-driver
 
 .PHONY: all venv system-packages test pytest lint typecheck demo bench matrix buildroot-check hil hil-arm64 hil-packages clean
 
