@@ -36,6 +36,7 @@ from dvrlink.protocol.presence_crypto import (
     x25519,
 )
 from dvrlink.protocol.presence_events import Address
+from dvrlink.protocol.presence_ticket import resume_mac, resumed_session_key, resumption_secret
 from dvrlink.protocol.presence_wire import (
     COOKIE_SIZE,
     EPHEMERAL_HEADER_SIZE,
@@ -48,6 +49,7 @@ from dvrlink.protocol.presence_wire import (
     VERSION,
     MessageType,
     decode_address,
+    split_registered,
 )
 
 SOCKET_BUFFER_BYTES = 1 << 20
@@ -86,6 +88,13 @@ class SimDevice:
     session_id: int = 0
     sealer: Sealer | None = None
     next_counter: int = 1
+    ticket: bytes = b""
+    """The broker's last resumption ticket (``presence_ticket``): the next REGISTER resumes."""
+    ticket_secret: bytes = b""
+    cookie: bytes = b""
+    """The cookie of the last REGISTER (a resumed session's key is bound to it)."""
+    resumed: bool = False
+    """The last REGISTER was a resumed one."""
 
     def make_keys(self) -> None:
         """Derive the device and ephemeral keys from the index (fast and reproducible)."""
@@ -120,9 +129,15 @@ def register_body(device: SimDevice, cookie: bytes, keepalive_ms: int) -> bytes:
 
 
 def register_datagram(device: SimDevice, cookie: bytes, keepalive_ms: int) -> bytes:
-    """REGISTER = body ‖ Ed25519 signature over label ‖ body."""
+    """REGISTER = body ‖ Ed25519 signature over label ‖ body; with a ticket, the resumed kind:
+    body ‖ ticket (length-prefixed) ‖ HMAC under the ticket's secret."""
     assert device.key is not None
     body = register_body(device, cookie, keepalive_ms)
+    device.cookie = cookie
+    device.resumed = bool(device.ticket)
+    if device.ticket:
+        signed = body + len(device.ticket).to_bytes(2, "big") + device.ticket
+        return signed + resume_mac(device.ticket_secret, signed)
     return body + device.key.sign(REGISTER_SIGNING_LABEL + body)
 
 
@@ -612,20 +627,31 @@ def open_session(device: SimDevice, broker_public: bytes) -> bool:
     device.registered = b""
     _type, _version, session_id, counter = HEADER_STRUCT.unpack_from(data)
     broker_ephemeral = data[SEALED_HEADER_SIZE:EPHEMERAL_HEADER_SIZE]
-    key = derive_session_key(
-        x25519(device.ephemeral, broker_public),
-        x25519(device.ephemeral, broker_ephemeral),
-        device.nonce,
-        device.serial,
-        device.public,
-        device.ephemeral_public,
-        broker_ephemeral,
-        broker_public,
-    )
+    if device.resumed:
+        key = resumed_session_key(
+            device.ticket_secret, device.nonce, device.cookie, device.serial, device.public, broker_ephemeral
+        )
+    else:
+        key = derive_session_key(
+            x25519(device.ephemeral, broker_public),
+            x25519(device.ephemeral, broker_ephemeral),
+            device.nonce,
+            device.serial,
+            device.public,
+            device.ephemeral_public,
+            broker_ephemeral,
+            broker_public,
+        )
     sealer = Sealer(key)
     head, sealed = data[:EPHEMERAL_HEADER_SIZE], data[EPHEMERAL_HEADER_SIZE:]
-    if sealer.open(BROKER_TO_DEVICE, counter, head, sealed) is None:
+    plain = sealer.open(BROKER_TO_DEVICE, counter, head, sealed)
+    if plain is None:
         return False
+    try:
+        _address, ticket = split_registered(plain[4:])
+    except ValueError:
+        return False
+    device.ticket, device.ticket_secret = (ticket, resumption_secret(key)) if ticket else (b"", b"")
     device.sealer = sealer
     device.session_id = session_id
     device.next_counter = 1

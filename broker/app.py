@@ -221,10 +221,17 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             else None,
             loop.time,
         )
-        server = PresenceServer(server_config or ServerConfig(), static_key, stun=alternate.answer_on_primary)
+        core_config = server_config or ServerConfig(tickets=config.presence_ticket_lifetime_s > 0)
+        server = PresenceServer(core_config, static_key, stun=alternate.answer_on_primary)
         gateway = PresenceGateway(server, loop, flush=lambda: link.flush())  # noqa: PLW0108 (link is bound below)
         on_device_event = DeviceEventHandler(
-            server, registry, config.manifest_only, loop.time, time.time, gateway.on_event
+            server,
+            registry,
+            config.manifest_only,
+            loop.time,
+            time.time,
+            gateway.on_event,
+            ticket_lifetime=config.presence_ticket_lifetime_s,
         )
         alarm_store = AlarmStore(state / ALARMS_FILE)
         stack.callback(alarm_store.close)

@@ -20,6 +20,7 @@ from the directory that holds the file)::
     pairing_device_max_failures = 10        # wrong codes per device from all accounts and window ...
     pairing_device_window_s = 86400         # ... before the broker stops forwarding any try
     invite_ttl_s = 15                       # how long a pairing request waits for the device
+    presence_ticket_lifetime_s = 604800     # devices re-register by ticket this long; 0 = always in full
     login_max_failures = 10                 # wrong passwords per username and address ...
     login_window_s = 300                    # ... before logins are refused for a while
     session_ttl_s = 600                     # how long a session's signalling state is kept
@@ -126,6 +127,10 @@ class BrokerConfig:
     """Seconds of the sliding window for ``pairing_device_max_failures``."""
     invite_ttl_s: float = 15.0
     """Seconds a pairing request waits for the device's answer before 504."""
+    presence_ticket_lifetime_s: float = 7 * 86400.0
+    """Seconds a resumption ticket stays good (protocol/presence_ticket.py): within it a device the
+    fleet knows re-registers without a signature or X25519; 0: no tickets, every registration in
+    full."""
     login_max_failures: int = 10
     """Wrong passwords per (username, client address) within ``login_window_s`` before 429."""
     login_window_s: float = 300.0
@@ -249,6 +254,7 @@ _DURATION_LIMITS = {
     "http_body_timeout_s": (1.0, 300.0),
     "http_idle_timeout_s": (1.0, 86400.0),
     "invite_ttl_s": (1.0, 300.0),
+    "presence_ticket_lifetime_s": (0.0, 30 * 86400.0),
     "login_window_s": (1.0, 86400.0),
     "session_ttl_s": (10.0, 86400.0),
     "session_answer_timeout_s": (1.0, 120.0),

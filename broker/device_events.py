@@ -40,7 +40,7 @@ class AdmissionCore(Protocol):
 
     @property
     def public_key(self) -> bytes: ...
-    def accept(self, handle: int, now: float) -> None: ...
+    def accept(self, handle: int, now: float, wall: float | None = None) -> None: ...
     def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None: ...
 
 
@@ -59,8 +59,12 @@ class DeviceEventHandler:
         core_clock: Callable[[], float],
         wall_clock: Callable[[], float],
         on_invite_event: Callable[[ServerEvent], None],
+        ticket_lifetime: float = 0.0,
     ) -> None:
+        """``ticket_lifetime``: seconds a resumption ticket is taken (older: ``TICKET_EXPIRED``);
+        0: the core hands out none (it is given no wall time)."""
         self._core = core
+        self._ticket_lifetime = ticket_lifetime
         self._registry = registry
         self._manifest_only = manifest_only
         self._core_clock = core_clock
@@ -98,6 +102,15 @@ class DeviceEventHandler:
 
     def _admit(self, event: RegistrationRequested) -> None:
         wall = self._wall_clock()
+        issued = event.ticket_issued_at
+        if issued is not None and not 0 <= wall - issued <= self._ticket_lifetime:
+            self._core.refuse(
+                event.handle,
+                RefuseReason.TICKET_EXPIRED,
+                "resumption ticket expired; register in full",
+                self._core_clock(),
+            )
+            return
         try:
             verdict = self._registry.check_binding(event.serial, event.public_key, wall, self._manifest_only)
         except sqlite3.Error:
@@ -117,7 +130,7 @@ class DeviceEventHandler:
                 format_address(event.address),
             )
         if verdict in (BindingVerdict.BOUND_NOW, BindingVerdict.MATCHES):
-            self._core.accept(event.handle, self._core_clock())
+            self._core.accept(event.handle, self._core_clock(), wall if self._ticket_lifetime > 0 else None)
             return
         reason, message = self._refusal(event, verdict)
         self._core.refuse(event.handle, reason, message, self._core_clock())

@@ -726,7 +726,8 @@ class DeviceEvents:
             systemd_status = (
                 f"online via {broker} as {_addr(event.reflexive_address)}, session {event.session_id:#010x}"
             )
-            log.info("registered: %s, keepalive every %g s", systemd_status, event.keepalive_interval)
+            how = " (resumed by ticket)" if event.resumed else ""
+            log.info("registered%s: %s, keepalive every %g s", how, systemd_status, event.keepalive_interval)
             self._message = "registered"
             ready, self._ready_sent = not self._ready_sent, True
         elif isinstance(event, KeepaliveAcknowledged):

@@ -43,6 +43,12 @@ from dvrlink.protocol.presence_events import (
     RegistrationRefused,
 )
 from dvrlink.protocol.presence_report import DeviceReport, encode_controls
+from dvrlink.protocol.presence_ticket import (
+    TICKET_EXPIRED,
+    resume_mac,
+    resumed_session_key,
+    resumption_secret,
+)
 from dvrlink.protocol.presence_wire import (
     COOKIE,
     ECHO_STRUCT,
@@ -63,6 +69,7 @@ from dvrlink.protocol.presence_wire import (
     VERSION,
     MessageType,
     decode_address,
+    split_registered,
 )
 
 REPLIED_INVITES_KEPT = 32
@@ -155,6 +162,12 @@ class PresenceClient:
         self._stage_started = 0.0
         self._unverified = 0
         """Replies to this attempt's REGISTER that did not open with the pinned broker key."""
+        self._cookie = b""
+        self._ticket: tuple[bytes, bytes] | None = None
+        """The broker's last resumption ticket and its secret (``presence_ticket``): the next
+        registration resumes with it, without a signature or X25519."""
+        self._resuming = False
+        """This attempt's REGISTER is a resumed one."""
         # session
         self._session_id: int | None = None
         self._sealer: Sealer | None = None
@@ -178,7 +191,7 @@ class PresenceClient:
         self._interval_sent: float | None = None
         self._now = 0.0
         """The time of the last input or timer (when queued alarms are stamped as sent)."""
-        self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0, "reports": 0}
+        self.stats: dict[str, int] = {"dropped": 0, "sent": 0, "received": 0, "reports": 0, "resumed": 0}
 
     # -- public properties --------------------------------------------------------------------
 
@@ -290,6 +303,8 @@ class PresenceClient:
                 self._timer = now + self._config.reply_timeout
             else:
                 self._unanswered("register", now)
+                if self._resuming:
+                    self._ticket = None  # a node outside the ticket's fleet stays silent: go in full
                 self._backoff(now, 0.0)
         elif state is ClientState.BACKOFF:
             self._send_hello(now)
@@ -431,20 +446,29 @@ class PresenceClient:
         msg = COOKIE.parse(data)
         if msg.version != VERSION or msg.nonce != self._nonce:
             return False
-        self._ephemeral = X25519PrivateKey.from_private_bytes(self._rng(32))
+        self._cookie = bytes(msg.cookie)
+        self._resuming = self._ticket is not None
+        self._ephemeral = None if self._resuming else X25519PrivateKey.from_private_bytes(self._rng(32))
         body = REGISTER_BODY.build(
             {
                 "version": VERSION,
                 "cookie": msg.cookie,
                 "nonce": self._nonce,
                 "device_key": self._device_public,
-                "ephemeral_key": x25519_public_bytes(self._ephemeral),
+                "ephemeral_key": bytes(KEY_SIZE)
+                if self._ephemeral is None
+                else x25519_public_bytes(self._ephemeral),
                 "keepalive_ms": round(self._preferred_interval * 1000),
                 "serial": self._config.serial,
             }
         )
-        signature = self._device_key.sign(REGISTER_SIGNING_LABEL + body)
-        self._register_datagram = bytes(body) + signature
+        if self._ticket is not None:
+            ticket, secret = self._ticket
+            signed = bytes(body) + len(ticket).to_bytes(2, "big") + ticket
+            self._register_datagram = signed + resume_mac(secret, signed)
+        else:
+            signature = self._device_key.sign(REGISTER_SIGNING_LABEL + body)
+            self._register_datagram = bytes(body) + signature
         self._enter(ClientState.REGISTER_WAIT)
         self._tries = 1
         self._first_send_at = self._stage_started = now
@@ -452,9 +476,10 @@ class PresenceClient:
         self._timer = now + self._config.reply_timeout
         return True
 
-    def _handshake_sealer(self, data: bytes) -> tuple[Sealer, int, int, bytes] | None:
-        """Derive the session key from a REGISTERED/REFUSED and open it."""
-        if self._state is not ClientState.REGISTER_WAIT or self._ephemeral is None:
+    def _handshake_sealer(self, data: bytes) -> tuple[bytes, int, int, bytes] | None:
+        """Derive the session key from a REGISTERED/REFUSED and open it: (key, session id,
+        counter, plaintext)."""
+        if self._state is not ClientState.REGISTER_WAIT:
             return None
         if len(data) < EPHEMERAL_HEADER_SIZE:
             return None
@@ -462,6 +487,20 @@ class PresenceClient:
         if version != VERSION:
             return None
         broker_ephemeral = data[SEALED_HEADER_SIZE:EPHEMERAL_HEADER_SIZE]
+        if self._resuming:
+            if self._ticket is None:
+                return None
+            key = resumed_session_key(
+                self._ticket[1],
+                self._nonce,
+                self._cookie,
+                self._config.serial,
+                self._device_public,
+                broker_ephemeral,
+            )
+            return self._open_handshake(key, data, session_id, counter)
+        if self._ephemeral is None:
+            return None
         key = derive_session_key(
             x25519(self._ephemeral, self._config.broker_public_key),
             x25519(self._ephemeral, broker_ephemeral),
@@ -472,22 +511,31 @@ class PresenceClient:
             broker_ephemeral,
             self._config.broker_public_key,
         )
-        sealer = Sealer(key)
+        return self._open_handshake(key, data, session_id, counter)
+
+    def _open_handshake(
+        self, key: bytes, data: bytes, session_id: int, counter: int
+    ) -> tuple[bytes, int, int, bytes] | None:
         head = data[:EPHEMERAL_HEADER_SIZE]
-        plain = sealer.open(BROKER_TO_DEVICE, counter, head, data[EPHEMERAL_HEADER_SIZE:])
+        plain = Sealer(key).open(BROKER_TO_DEVICE, counter, head, data[EPHEMERAL_HEADER_SIZE:])
         if plain is None:
             self._unverified += 1  # not from a holder of the pinned key (or corrupt)
             return None
-        return sealer, session_id, counter, plain
+        return key, session_id, counter, plain
 
     def _on_registered(self, data: bytes, now: float) -> bool:
         opened = self._handshake_sealer(data)
         if opened is None:
             return False
-        sealer, session_id, counter, plain = opened
+        key, session_id, counter, plain = opened
         msg = REGISTERED_PLAIN.parse(plain)
-        address = decode_address(msg.address)
-        self._sealer = sealer
+        address_bytes, ticket = split_registered(msg.address)
+        address = decode_address(address_bytes)
+        resumed = self._resuming
+        self._ticket = (ticket, resumption_secret(key)) if ticket else None
+        if resumed:
+            self.stats["resumed"] += 1
+        self._sealer = Sealer(key)
         self._session_id = session_id
         self._replay = ReplayWindow()
         self._replay.commit(counter)
@@ -501,7 +549,7 @@ class PresenceClient:
         self._enter(ClientState.ONLINE)
         self._awaiting_echo = None
         self._timer = now + self._interval
-        self._events.append(Registered(session_id, address, self._interval))
+        self._events.append(Registered(session_id, address, self._interval, resumed))
         if self._alarms is not None:
             self._alarms.link_up(now)
         return True
@@ -512,6 +560,11 @@ class PresenceClient:
             return False
         msg = REFUSED_PLAIN.parse(opened[3])
         self._events.append(RegistrationRefused(msg.reason, msg.message, float(msg.retry_after_s)))
+        if self._resuming:
+            self._ticket = None  # whatever the reason, the next registration goes in full
+            if msg.reason == TICKET_EXPIRED:
+                self._send_hello(now)
+                return True
         self._backoff(now, float(msg.retry_after_s))
         return True
 

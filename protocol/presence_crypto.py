@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dvrlink.protocol.presence_events import Address
-from dvrlink.protocol.presence_wire import COOKIE_SIZE
+from dvrlink.protocol.presence_wire import COOKIE_SIZE, packed_ip
 
 DEVICE_TO_BROKER = 0
 BROKER_TO_DEVICE = 1
@@ -169,7 +168,7 @@ class CookieJar:
         self._last = -1
 
     def _mac(self, stamp: int, address: Address, nonce: bytes) -> bytes:
-        ip = ipaddress.ip_address(address[0].split("%", 1)[0]).packed
+        ip = packed_ip(address[0])
         msg = stamp.to_bytes(COOKIE_STAMP_SIZE, "big") + ip + address[1].to_bytes(2, "big") + nonce
         return hmac.new(self._secret, msg, hashlib.sha256).digest()[: COOKIE_SIZE - COOKIE_STAMP_SIZE]
 

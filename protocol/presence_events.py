@@ -22,6 +22,8 @@ class Registered(ClientEvent):
     session_id: int
     reflexive_address: Address
     keepalive_interval: float
+    resumed: bool = False
+    """The registration resumed with the broker's ticket (no signature, no X25519)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ class RegistrationRequested(ServerEvent):
     public_key: bytes
     address: Address
     keepalive_interval: float
+    ticket_issued_at: float | None = None
+    """A resumed registration: when its ticket was issued (Unix seconds; the application refuses
+    a ticket older than it allows with ``TICKET_EXPIRED``). None: a full registration."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import hmac
 import os
 from collections import deque
 from collections.abc import Callable
@@ -51,24 +52,32 @@ from dvrlink.protocol.presence_events import (
     ServerEvent,
 )
 from dvrlink.protocol.presence_report import INTERVAL, PROBE_DELAY, DeviceReport, read_controls
+from dvrlink.protocol.presence_ticket import (
+    TICKET_EXPIRED,
+    Ticket,
+    open_ticket,
+    resume_mac,
+    resumed_session_key,
+    resumption_secret,
+    seal_ticket,
+    ticket_key,
+)
 from dvrlink.protocol.presence_wire import (
-    COOKIE,
     ECHO_STRUCT,
     HEADER_STRUCT,
-    HELLO,
-    HELLO_SIZE,
     INVITE_PLAIN,
     INVITE_REPLY_PLAIN,
     MAX_DATAGRAM,
     MAX_INVITE_BODY,
     REFUSED_PLAIN,
-    REGISTER,
     REGISTER_SIGNING_LABEL,
-    REGISTERED_PLAIN,
     SEALED_HEADER_SIZE,
     VERSION,
     MessageType,
+    cookie_datagram,
     encode_address,
+    hello_nonce,
+    parse_register,
 )
 from dvrlink.protocol.stun import binding_response
 
@@ -92,6 +101,8 @@ class RefuseReason(enum.IntEnum):
     NOT_IN_MANIFEST = 2
     BLOCKED = 3
     BUSY = 4
+    TICKET_EXPIRED = TICKET_EXPIRED
+    """A resumed registration's ticket is too old: the device registers in full at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,8 @@ class ServerConfig:
     """Longest NAT lifetime probe a device may ask for (longer ones are answered at this delay)."""
     max_probes_per_device: int = 8
     """NAT lifetime probes one device may have waiting at once; more are dropped."""
+    tickets: bool = True
+    """Hand out resumption tickets (``presence_ticket``) when ``accept`` is given the wall time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,9 @@ class _Pending:
     interval: float
     deadline: float
     cookie_us: int
+    cookie: bytes
+    resume_secret: bytes | None
+    """A resumed registration's ticket secret (None: a full one, by signature)."""
 
 
 @dataclass(slots=True)
@@ -222,6 +238,7 @@ class PresenceServer:
         self._static_public = x25519_public_bytes(static_key)
         self._rng = rng
         self._cookies = CookieJar(rng(32), config.cookie_lifetime)
+        self._ticket_key = ticket_key(static_key)
         self._by_sid: dict[int, _Session] = {}
         self._by_serial: dict[str, _Session] = {}
         self._by_connection: dict[Address, int] = {}
@@ -250,6 +267,8 @@ class PresenceServer:
             "probes_dropped": 0,
             "replayed": 0,
             "alarm_messages": 0,
+            "resumed": 0,
+            "bad_tickets": 0,
         }
 
     # -- sans-I/O interface -------------------------------------------------------------------
@@ -327,8 +346,11 @@ class PresenceServer:
         if not handled:
             self.stats["dropped"] += 1
 
-    def accept(self, handle: int, now: float) -> None:
+    def accept(self, handle: int, now: float, wall: float | None = None) -> None:
         """Accept a ``RegistrationRequested``: create the session and answer REGISTERED.
+
+        ``wall``: the Unix time now; with it (and ``ServerConfig.tickets``) the REGISTERED carries
+        a resumption ticket issued at that time.
 
         Raises:
             KeyError: ``handle`` is unknown or expired.
@@ -339,7 +361,12 @@ class PresenceServer:
             # Another registration of this device won while this one waited: it is stale.
             self.stats["replayed"] += 1
             return
-        broker_ephemeral, sealer = self._handshake(pending)
+        broker_ephemeral, key = self._handshake(pending)
+        sealer = Sealer(key)
+        ticket = b""
+        if wall is not None and self._config.tickets:
+            issued = Ticket(pending.serial, pending.public_key, resumption_secret(key), int(wall))
+            ticket = seal_ticket(self._ticket_key, issued, self._rng(12))
         session_id = self._new_session_id()
         if old is not None:
             self._by_sid.pop(old.session_id, None)
@@ -355,7 +382,7 @@ class PresenceServer:
             pending.address,
             pending.interval,
             now,
-            _origin(pending.cookie_us, pending.public_key) + broker_ephemeral,
+            _origin(pending.cookie_us, pending.public_key) + broker_ephemeral + ticket,
         )
         self._by_sid[session_id] = session
         self._by_serial[pending.serial] = session
@@ -374,7 +401,8 @@ class PresenceServer:
             KeyError: ``handle`` is unknown or expired.
         """
         pending = self._take_pending(handle)
-        broker_ephemeral, sealer = self._handshake(pending)
+        broker_ephemeral, key = self._handshake(pending)
+        sealer = Sealer(key)
         header = HEADER_STRUCT.pack(MessageType.REFUSED, VERSION, 0, 1) + broker_ephemeral
         text = message.encode("utf-8")[:300].decode("utf-8", "ignore")
         plain = REFUSED_PLAIN.build(
@@ -471,34 +499,38 @@ class PresenceServer:
         return True
 
     def _on_hello(self, data: bytes, address: Address, now: float) -> bool:
-        if len(data) < HELLO_SIZE:
+        nonce = hello_nonce(data)
+        if nonce is None:
             return False
-        msg = HELLO.parse(data)
-        if msg.version != VERSION:
-            return False
-        cookie = self._cookies.make(address, msg.nonce, now)
-        reply = COOKIE.build({"version": VERSION, "nonce": msg.nonce, "cookie": cookie})
-        self._outbox.append((bytes(reply), address))
+        self._outbox.append((cookie_datagram(nonce, self._cookies.make(address, nonce, now)), address))
         return True
 
     def _on_register(self, data: bytes, address: Address, now: float) -> bool:
-        msg = REGISTER.parse(data)
-        body = msg.body.value
+        body = parse_register(data)
         if body.version != VERSION:
             return False
-        nonce = bytes(body.nonce)
+        nonce = body.nonce
         if nonce in self._pending_by_nonce:
             return True  # a retransmission while the application decides
-        if not self._cookies.verify(bytes(body.cookie), address, nonce, now):
+        if not self._cookies.verify(body.cookie, address, nonce, now):
             return False
-        if not ed25519_verify(
-            bytes(body.device_key), bytes(msg.signature), REGISTER_SIGNING_LABEL + msg.body.data
-        ):
+        ticket: Ticket | None = None
+        if body.resumed:
+            ticket = open_ticket(self._ticket_key, body.ticket)
+            if (
+                ticket is None
+                or ticket.serial != body.serial
+                or ticket.device_key != body.device_key
+                or not hmac.compare_digest(resume_mac(ticket.secret, body.signed_part), body.mac)
+            ):
+                self.stats["bad_tickets"] += 1
+                return False
+        elif not ed25519_verify(body.device_key, body.signature, REGISTER_SIGNING_LABEL + body.body):
             return False
-        serial = str(body.serial)
-        cookie_us = CookieJar.stamp(bytes(body.cookie))
+        serial = body.serial
+        cookie_us = CookieJar.stamp(body.cookie)
         current = self._by_serial.get(serial)
-        device_key = bytes(body.device_key)
+        device_key = body.device_key
         if current is not None and not _newer(device_key, cookie_us, current):
             if cookie_us == _stamp(current) and current.online and current.unused:
                 # The device repeats its REGISTER: REGISTERED was lost. Same answer, same session.
@@ -514,18 +546,23 @@ class PresenceServer:
         self._next_handle += 1
         self._pending[handle] = _Pending(
             serial,
-            bytes(body.device_key),
+            device_key,
             nonce,
-            bytes(body.ephemeral_key),
+            body.ephemeral_key,
             address,
             interval,
             now + PENDING_REGISTRATION_TTL,
             cookie_us,
+            body.cookie,
+            ticket.secret if ticket is not None else None,
         )
         self._pending_by_nonce[nonce] = handle
         if self._next_sweep is None:
             self._next_sweep = now + self._config.sweep_interval
-        self._events.append(RegistrationRequested(handle, serial, bytes(body.device_key), address, interval))
+        if ticket is not None:
+            self.stats["resumed"] += 1
+        issued = float(ticket.issued_at) if ticket is not None else None
+        self._events.append(RegistrationRequested(handle, serial, device_key, address, interval, issued))
         return True
 
     def _on_keepalive(self, data: bytes, address: Address, now: float) -> bool:
@@ -661,7 +698,20 @@ class PresenceServer:
         self._pending_by_nonce.pop(pending.nonce, None)
         return pending
 
-    def _handshake(self, pending: _Pending) -> tuple[bytes, Sealer]:
+    def _handshake(self, pending: _Pending) -> tuple[bytes, bytes]:
+        """(what the reply carries in clear after its header, the session key): the broker's
+        ephemeral X25519 key, or for a resumed registration 32 random bytes (no X25519)."""
+        if pending.resume_secret is not None:
+            broker_random = self._rng(32)
+            key = resumed_session_key(
+                pending.resume_secret,
+                pending.nonce,
+                pending.cookie,
+                pending.serial,
+                pending.public_key,
+                broker_random,
+            )
+            return broker_random, key
         ephemeral = X25519PrivateKey.from_private_bytes(self._rng(32))
         ephemeral_public = x25519_public_bytes(ephemeral)
         key = derive_session_key(
@@ -674,7 +724,7 @@ class PresenceServer:
             ephemeral_public,
             self._static_public,
         )
-        return ephemeral_public, Sealer(key)
+        return ephemeral_public, key
 
     def _new_session_id(self) -> int:
         while True:
@@ -754,9 +804,9 @@ def _newer(device_key: bytes, cookie_us: int, session: _Session) -> bool:
 def _registered(session: _Session) -> bytes:
     """The session's REGISTERED, built again byte for byte from what an unused session keeps
     (the AEAD is deterministic for the same key, counter and plaintext)."""
-    broker_ephemeral = session.origin[_ORIGIN_SIZE:]
+    broker_ephemeral = session.origin[_ORIGIN_SIZE : _ORIGIN_SIZE + 32]
+    ticket = session.origin[_ORIGIN_SIZE + 32 :]
     header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session.session_id, 1) + broker_ephemeral
-    plain = REGISTERED_PLAIN.build(
-        {"keepalive_ms": round(session.interval * 1000), "address": session.address_bytes}
-    )
-    return session.sealer.seal(BROKER_TO_DEVICE, 1, header, bytes(plain))
+    # REGISTERED_PLAIN, packed by hand: it is on the registration path
+    plain = round(session.interval * 1000).to_bytes(4, "big") + session.address_bytes + ticket
+    return session.sealer.seal(BROKER_TO_DEVICE, 1, header, plain)

@@ -67,6 +67,11 @@ def test_fleet_survives_a_broker_crash(tmp_path: Path, processes: list[Daemon | 
     assert took <= 2 * INTERVAL, f"took {took:.1f} s, more than 2 x {INTERVAL} s"
     assert bound_keys(restarted.state_dir) == before
     assert all(d.proc is not None and d.proc.poll() is None for d in fleet)
+    # They came back by their resumption tickets (protocol/presence_ticket.py), not in full.
+    in_full = [
+        d.serial for d in fleet if "registered (resumed by ticket)" not in d.log.read_text(errors="replace")
+    ]
+    assert not in_full, f"{len(in_full)} of {FLEET} registered in full after the restart: {in_full[:5]}"
 
 
 def test_hijack_with_another_key_is_refused_and_the_original_stays(

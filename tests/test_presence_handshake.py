@@ -88,7 +88,7 @@ class Core:
 
     public_key = bytes(32)
 
-    def accept(self, handle: int, now: float) -> None:
+    def accept(self, handle: int, now: float, wall: float | None = None) -> None:
         raise AssertionError("not expected")
 
     def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None:

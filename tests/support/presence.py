@@ -90,6 +90,10 @@ class Lab:
         """Called with each server event after it is recorded (e.g. to answer alarms)."""
         self.strays: list[tuple[bytes, Address, float]] = []
         """Broker datagrams to addresses of no device (e.g. a probe socket), with the time sent."""
+        self.wall: float | None = None
+        """The Unix time at lab time 0: set, the broker hands out resumption tickets."""
+        self.ticket_lifetime: float | None = None
+        """Set, a resumed registration whose ticket is older is refused with TICKET_EXPIRED."""
 
     def add_device(
         self, serial: str, seed: int = 7, address: Address | None = None, broker_key: bytes | None = None
@@ -109,8 +113,11 @@ class Lab:
         self.devices.append(device)
         return device
 
-    def restart_broker(self) -> None:
-        self.server = PresenceServer(self.server_config, self.static, rng=seeded_rng(int(self.now) + 99))
+    def restart_broker(self, static: X25519PrivateKey | None = None) -> None:
+        """A new broker core (a restart, or another node: ``static`` its key, default the fleet's)."""
+        self.server = PresenceServer(
+            self.server_config, static or self.static, rng=seeded_rng(int(self.now) + 99)
+        )
 
     def pump(self) -> None:
         """Move datagrams and events until nothing moves."""
@@ -148,8 +155,14 @@ class Lab:
 
     def decide(self, request: RegistrationRequested) -> None:
         bound = self.bindings.setdefault(request.serial, request.public_key)
+        wall = None if self.wall is None else self.wall + self.now
+        issued = request.ticket_issued_at
+        lifetime = self.ticket_lifetime
+        if wall is not None and issued is not None and lifetime is not None and wall - issued > lifetime:
+            self.server.refuse(request.handle, RefuseReason.TICKET_EXPIRED, "ticket expired", self.now)
+            return
         if bound == request.public_key:
-            self.server.accept(request.handle, self.now)
+            self.server.accept(request.handle, self.now, wall=wall)
         else:
             self.server.refuse(
                 request.handle, RefuseReason.KEY_MISMATCH, "serial bound to another key", self.now
