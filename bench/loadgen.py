@@ -408,7 +408,7 @@ class LoadGenerator:
         duration: float,
         warmup: float,
         window: int,
-        server_pid: int | None = None,
+        server_pid: int | Sequence[int] | None = None,
     ) -> PumpReport:
         """Send ``requests[j]`` from socket ``slots[j]`` with at most ``window`` unanswered.
 
@@ -416,9 +416,11 @@ class LoadGenerator:
         a valid answer. Answers are counted after ``warmup`` s for ``duration`` s; an
         unanswered request frees its place after ``LOST_AFTER_S``. Stops at the deadline or when
         the requests run out and every answer came (or was given up). The CPU of this process
-        and of ``server_pid`` is measured over the same window.
+        and of ``server_pid`` (summed over several server processes) is measured over the same
+        window.
         """
-        server_meter = CpuMeter(server_pid) if server_pid is not None else None
+        pids = [] if server_pid is None else [server_pid] if isinstance(server_pid, int) else list(server_pid)
+        server_meters = [CpuMeter(pid) for pid in pids]
         own_meter = CpuMeter(os.getpid())
         core_meter = CoreMeter()
         measuring = False
@@ -441,8 +443,8 @@ class LoadGenerator:
                 measuring = True
                 core_meter.start()
                 own_meter.start()
-                if server_meter is not None:
-                    server_meter.start()
+                for meter in server_meters:
+                    meter.start()
             if j >= total and not inflight:
                 exhausted = True
                 break
@@ -478,7 +480,7 @@ class LoadGenerator:
                     del inflight[key]
                 lost += len(stale)
         own_cpu = own_meter.fraction() if measuring else -1.0
-        server_cpu = server_meter.fraction() if measuring and server_meter is not None else -1.0
+        server_cpu = sum(m.fraction() for m in server_meters) if measuring and server_meters else -1.0
         cores = core_meter.loads() if measuring else {}
         stop = last_answer if exhausted else min(time.perf_counter(), end)
         seconds = max(stop - measure_from, 0.0)
@@ -496,7 +498,7 @@ class LoadGenerator:
         warmup: float,
         window: int,
         max_rate: float,
-        server_pid: int | None = None,
+        server_pid: int | Sequence[int] | None = None,
     ) -> PumpReport:
         """Pre-seal keepalives round-robin over the devices, then send them as fast as answered.
 
@@ -563,7 +565,7 @@ class LoadGenerator:
         warmup: float,
         window: int,
         max_rate: float,
-        server_pid: int | None = None,
+        server_pid: int | Sequence[int] | None = None,
     ) -> PumpReport:
         """Send STUN Binding requests round-robin over the sockets, as fast as answered.
 

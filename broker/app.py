@@ -252,7 +252,9 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             alarms.on_event(event)
 
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
-        link = await start_presence_link(router, on_event, config.udp_host, config.udp_port)
+        link = await start_presence_link(
+            router, on_event, config.udp_host, config.udp_port, config.udp_reuse_port
+        )
         stack.callback(link.close)
         udp_port = link.local_address[1]
         listening = [("presence+stun/udp", format_address(link.local_address))]

@@ -6,6 +6,7 @@ from the directory that holds the file)::
     state_dir = "/var/lib/dvrlink-broker"   # registry, keys, self-signed certificate, broker.json
     udp_host = "0.0.0.0"                    # presence and STUN
     udp_port = 3478                         # 0 = pick a free port (see broker.json)
+    udp_reuse_port = false                  # true: several broker processes share udp_port
     # presence_tcp_host = "203.0.113.11"    # presence over TCP/TLS where UDP is blocked; default udp_host
     # presence_tcp_port = 443               # default 443 (skipped with a warning if it cannot be bound)
     https_host = "0.0.0.0"                  # viewer API
@@ -90,6 +91,9 @@ class BrokerConfig:
     udp_host: str = "0.0.0.0"
     """IP literal to bind the presence/STUN UDP socket to."""
     udp_port: int = 3478
+    udp_reuse_port: bool = False
+    """Bind the presence port with ``SO_REUSEPORT``, so several broker processes of one host (one
+    per core, each a node of the cluster) share it; the kernel keeps each device with one."""
     """UDP port; 0 picks a free port (written to broker.json)."""
     presence_tcp_host: str | None = None
     """IP literal to listen on for presence over TCP/TLS (devices whose network blocks UDP); None =
@@ -409,7 +413,7 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
         if not lo_f <= raw <= hi_f:
             raise ConfigError(f"{where} is {raw} s, out of range; use {lo_f:g} to {hi_f:g} seconds")
         return float(raw)
-    if name in ("manifest_only", "turn_enabled", "turn_allow_loopback_peers"):
+    if name in ("manifest_only", "turn_enabled", "turn_allow_loopback_peers", "udp_reuse_port"):
         if not isinstance(raw, bool):
             raise ConfigError(f"{where} must be true or false, got {raw!r}")
         return raw

@@ -113,8 +113,10 @@ class PresenceLink(asyncio.DatagramProtocol):
                 sendto(data, address)
 
 
-def open_udp_socket(host: str, port: int) -> socket.socket:
+def open_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound to (host, port), with large buffers; ``::`` also takes IPv4.
+    ``reuse_port``: ``SO_REUSEPORT``, so several broker processes share the port (the kernel hashes
+    each source address and port to one of them, so a device stays with one process).
 
     Raises:
         OSError: the address cannot be bound; the message names it and what to do.
@@ -128,6 +130,8 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
         if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
@@ -140,7 +144,11 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_presence_link(
-    core: DatagramCore, on_event: Callable[[ServerEvent], None], host: str, port: int
+    core: DatagramCore,
+    on_event: Callable[[ServerEvent], None],
+    host: str,
+    port: int,
+    reuse_port: bool = False,
 ) -> PresenceLink:
     """Bind UDP (host, port) and connect a :class:`PresenceLink` to it.
 
@@ -148,6 +156,6 @@ async def start_presence_link(
         OSError: the address cannot be bound (see ``open_udp_socket``).
     """
     loop = asyncio.get_running_loop()
-    sock = open_udp_socket(host, port)
+    sock = open_udp_socket(host, port, reuse_port)
     _, link = await loop.create_datagram_endpoint(lambda: PresenceLink(core, loop, on_event), sock=sock)
     return link
