@@ -17,6 +17,7 @@ from support.broker import PASSWORD, lab
 from support.dashboard import DashboardClient, next_presence
 
 from dvrlink.broker.dashboard.routes import COOKIE, CSP
+from dvrlink.protocol.presence_report import DeviceReport
 
 SERIAL = "DL-0016-0001"
 OTHER = "DL-0016-0002"
@@ -199,6 +200,32 @@ def test_viewers_see_only_their_devices_and_operators_the_fleet(tmp_path: Path) 
                 assert status == 200
                 assert '<dt>Online now</dt><dd data-field="online_count">2</dd>' in text
                 assert "<dt>Devices bound</dt><dd>2</dd>" in text
+                report = DeviceReport(signal_dbm=-71, rat="lte", data_used=12_345_678, nat_lifetime_s=120)
+                t.broker.registry.record_report(SERIAL, report.as_dict(), time.time())
+                status, text, _resp = await olga.get("/dashboard/devices")
+                row = text[text.index(f'<tr data-serial="{SERIAL}">') :].split("</tr>")[0]
+                for shown in (
+                    ">online<",
+                    ">-71 dBm<",
+                    ">lte<",
+                    ">12.3 MB<",
+                    ">type not reported (mapping 120 s)<",
+                    ">none<",
+                ):
+                    assert shown in row, (shown, row)
+
+                # sessions: the broker knows the policy it signalled, not the path ICE picked
+                auth = await t.login("bob")
+                for policy in ("relay_only", "all"):
+                    status, body = await t.call(
+                        "POST", "/v1/sessions", auth, json={"serial": OTHER, "policy": policy}
+                    )
+                    assert status == 201, body
+                status, text, _resp = await olga.get("/dashboard/fleet")
+                assert "<dt>Sessions signalled and open</dt><dd>2</dd>" in text
+                assert "<dt>Relay share of sessions</dt><dd>50 %</dd>" in text
+                status, text, _resp = await bob.get("/dashboard/devices")
+                assert ">2 open: 1 relayed, 1 path not known to the broker<" in text
                 status, text, _resp = await olga.get(f"/dashboard/devices/{SERIAL}")
                 assert status == 200 and "not paired to you; 1 other account paired" in text
                 assert 'id="device-name"' not in text  # names belong to pairings

@@ -50,7 +50,7 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send "Origin: null"
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 STATIC: Mapping[str, str] = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
