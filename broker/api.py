@@ -100,6 +100,7 @@ class BrokerApi:
         app.router.add_post("/v1/devices/{serial}/pairings", devices.pair_device)
         app.router.add_delete("/v1/devices/{serial}/pairings", devices.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", devices.ping_device)
+        app.router.add_put("/v1/devices/{serial}/name", devices.name_device)
         if self._events is not None:
             events = self._events
             app.router.add_get("/v1/devices/{serial}/events", events.list_events, allow_head=False)

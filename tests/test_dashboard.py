@@ -295,3 +295,32 @@ def test_presence_changes_arrive_over_sse(tmp_path: Path) -> None:
                 await browser.close()
 
     run(main)
+
+
+def test_the_api_names_a_paired_device(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with lab(tmp_path) as t:
+            await t.device(SERIAL)
+            alice, bob = await t.login("alice"), await t.login("bob")
+            t.broker.registry.record_pairing("alice", SERIAL, bytes(32), time.time())
+            path = f"/v1/devices/{SERIAL}/name"
+            assert await t.call("PUT", path, alice, json={"name": " porch "}) == (
+                200,
+                {"serial": SERIAL, "name": "porch"},
+            )
+            status, body = await t.call("GET", "/v1/devices", alice)
+            assert [d["name"] for d in body["devices"]] == ["porch"]
+            status, body = await t.call("PUT", path, bob, json={"name": "mine"})
+            assert (status, body["error"]) == (403, "not_paired")
+            status, body = await t.call("PUT", "/v1/devices/DL-0016-9999/name", alice, json={"name": "x"})
+            assert (status, body["error"]) == (404, "unknown_device")
+            for bad in ("x" * 65, "tab\there", 7):
+                status, body = await t.call("PUT", path, alice, json={"name": bad})
+                assert (status, body["error"]) == (400, "bad_request"), bad
+            assert await t.call("PUT", path, alice, json={"name": None}) == (
+                200,
+                {"serial": SERIAL, "name": None},
+            )
+            assert t.broker.registry.pairing("alice", SERIAL).name is None  # type: ignore[union-attr]
+
+    run(main)

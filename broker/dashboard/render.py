@@ -10,11 +10,10 @@ import html
 import urllib.parse
 from collections.abc import Iterable
 
+from dvrlink.broker.api_devices import NAME_MAX
 from dvrlink.broker.dashboard.view import DevicePage, DeviceRow, EventLine, FleetPage
 
 BASE = "/dashboard"
-NAME_MAX = 64
-"""Characters a device name may have."""
 
 
 def esc(text: object) -> str:

@@ -31,6 +31,7 @@ from typing import Protocol
 from aiohttp import web
 
 from dvrlink.broker.api_common import ApiError, Handler
+from dvrlink.broker.api_devices import NAME_MAX
 from dvrlink.broker.dashboard import render
 from dvrlink.broker.dashboard.feed import DashboardFeed
 from dvrlink.broker.dashboard.logins import Login, LoginTable, csrf_matches
@@ -294,8 +295,8 @@ class DashboardRoutes:
         form = await self._checked_form(request, login)
         serial = request.match_info["serial"]
         name = form.get("name", "").strip()
-        if len(name) > render.NAME_MAX or not name.isprintable():
-            raise _Refused(400, f"A name is at most {render.NAME_MAX} printable characters.")
+        if len(name) > NAME_MAX or not name.isprintable():
+            raise _Refused(400, f"A name is at most {NAME_MAX} printable characters.")
         if not self._view.rename(login.username, serial, name or None):
             raise _Refused(404, "No such device among yours. Pair it first (dvrlink pair).")
         return _see_other(f"{render.BASE}/devices/{render.url_part(serial)}")
