@@ -325,3 +325,11 @@ def test_dashboard_in_chromium(rig: Rig, browser: Any, tmp_path: Path) -> None:
     for name in ("login", "devices", "device", "fleet"):
         assert (shots / f"{name}.png").stat().st_size > 1000
     print(f"screenshots in {shots}")
+
+    # -- the broker stops cleanly while this page still follows its stream ---------------------
+    assert rig.broker.stop(bound=10.0) == 0, rig.broker.text()
+    _wait(
+        driver,
+        "the page noticing the broker is gone",
+        lambda d: "reconnecting" in d.find_element("id", "live").text,
+    )

@@ -166,8 +166,12 @@ class LoggedProcess:
             code = self.proc.wait(bound)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            code = self.proc.wait(bound)
-        self._file.close()
+            self.proc.wait(bound)
+            raise AssertionError(
+                f"{self.args[0]} did not exit within {bound:g} s of SIGTERM:\n{self.text()}"
+            ) from None
+        finally:
+            self._file.close()
         return code
 
 
