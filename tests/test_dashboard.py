@@ -272,6 +272,7 @@ def test_presence_changes_arrive_over_sse(tmp_path: Path) -> None:
         async with lab(tmp_path) as t:
             _users(t.broker.registry, "alice")
             device = await t.device(SERIAL)
+            stranger = await t.device(OTHER)  # not paired to alice: never in her stream
             t.broker.registry.record_pairing("alice", SERIAL, bytes(32), time.time())
             browser = DashboardClient(t.broker)
             try:
@@ -281,12 +282,16 @@ def test_presence_changes_arrive_over_sse(tmp_path: Path) -> None:
                 async with browser.http.get("/dashboard/events") as stream:
                     assert stream.status == 200
                     assert stream.headers["Content-Type"] == "text/event-stream"
-                    await next_presence(stream, SERIAL, "online")  # the snapshot
+                    lines: list[str] = []
+                    await next_presence(stream, SERIAL, "online", lines)  # the snapshot
                     loop = asyncio.get_running_loop()
+                    stranger.client.stop(loop.time())
+                    stranger.flush()
                     device.client.stop(loop.time())  # GOODBYE: offline at once
                     device.flush()
-                    update = await next_presence(stream, SERIAL, "offline")
+                    update = await next_presence(stream, SERIAL, "offline", lines)
                     assert update["online_count"] == 0 and update["last_seen"].endswith(" UTC")
+                    assert not [line for line in lines if OTHER in line], lines
                     device.client.start(loop.time())  # registers again
                     device.flush()
                     update = await next_presence(stream, SERIAL, "online")

@@ -74,9 +74,12 @@ class DashboardClient:
         return answer
 
 
-async def next_presence(stream: aiohttp.ClientResponse, serial: str, state: str) -> dict[str, Any]:
-    """Read SSE messages until a ``presence`` update of ``serial`` to ``state``; bounded."""
-    seen: list[str] = []
+async def next_presence(
+    stream: aiohttp.ClientResponse, serial: str, state: str, seen: list[str] | None = None
+) -> dict[str, Any]:
+    """Read SSE messages until a ``presence`` update of ``serial`` to ``state``; bounded. The
+    lines read are appended to ``seen``."""
+    seen = [] if seen is None else seen
 
     async def scan() -> dict[str, Any]:
         event = ""
