@@ -37,6 +37,7 @@ from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.rate_limit import FailureLimiter
 from dvrlink.broker.registry import USERNAME_MAX, Registry, verify_password
+from dvrlink.broker.sessions import SessionTable
 from dvrlink.broker.webhooks import WebhookDispatcher
 
 PASSWORD_MAX = 1024
@@ -99,6 +100,7 @@ class BrokerApi:
         app.router.add_post("/v1/devices/{serial}/pairings", devices.pair_device)
         app.router.add_delete("/v1/devices/{serial}/pairings", devices.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", devices.ping_device)
+        app.router.add_put("/v1/devices/{serial}/name", devices.name_device)
         if self._events is not None:
             events = self._events
             app.router.add_get("/v1/devices/{serial}/events", events.list_events, allow_head=False)
@@ -125,12 +127,14 @@ class BrokerApi:
         """GET /v1/health."""
         return web.json_response({"status": "ok", "online": self._presence.online_count})
 
-    async def create_token(self, request: web.Request) -> web.Response:
-        """POST /v1/tokens: log in."""
-        body = await json_body(request, self._config.http_body_timeout_s)
-        username = str_field(body, "username", USERNAME_MAX * 4)
-        password = str_field(body, "password", PASSWORD_MAX)
-        key = (username, request.remote or "")
+    async def check_login(self, username: str, password: str, remote: str) -> None:
+        """Check a password under the login limit (per username and client address), in the
+        hashing pool. The API's tokens and the dashboard's logins share the limit.
+
+        Raises:
+            ApiError: 429 ``rate_limited`` or ``busy`` (with Retry-After), 401 ``bad_credentials``.
+        """
+        key = (username, remote)
         wait = self._logins.begin(key, self._clock())  # counted as a failure until it succeeds
         if wait > 0:
             raise ApiError(
@@ -155,11 +159,23 @@ class BrokerApi:
             )
         finally:
             self._hash_waiting -= 1
-        now = self._clock()
         if not ok:
-            log.info("login failed for %r from %s", username, request.remote)
+            log.info("login failed for %r from %s", username, remote)
             raise ApiError(401, "bad_credentials", "wrong username or password")
         self._logins.succeeded(key)
+
+    @property
+    def sessions(self) -> SessionTable:
+        """The signalled sessions (read by the dashboard)."""
+        return self._sessions.table
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        """POST /v1/tokens: log in."""
+        body = await json_body(request, self._config.http_body_timeout_s)
+        username = str_field(body, "username", USERNAME_MAX * 4)
+        password = str_field(body, "password", PASSWORD_MAX)
+        await self.check_login(username, password, request.remote or "")
+        now = self._clock()
         lifetime = self._config.token_lifetime_s
         token = self._registry.issue_token(username, now, lifetime)
         return web.json_response(

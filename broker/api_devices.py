@@ -18,6 +18,9 @@ from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResu
 from dvrlink.protocol.presence_events import InviteAnswered
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_KIND_PING, INVITE_OK
 
+NAME_MAX = 64
+"""Characters a device name may have."""
+
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +107,25 @@ class DeviceRoutes:
             raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}")
         log.info("%s unpaired %s", user, device.serial)
         return web.json_response({"serial": device.serial, "unpaired": True})
+
+    async def name_device(self, request: web.Request) -> web.Response:
+        """PUT /v1/devices/{serial}/name ``{"name": ...}``: the caller's name for a paired device
+        (empty or null removes it)."""
+        user = self._ctx.user(request)
+        serial = request.match_info["serial"]
+        body = await json_body(request, self._config.http_body_timeout_s)
+        raw = body.get("name")
+        if raw is not None and not isinstance(raw, str):
+            raise ApiError(400, "bad_request", "field 'name' must be a string or null")
+        name = (raw or "").strip()
+        if len(name) > NAME_MAX or not name.isprintable():
+            raise ApiError(
+                400, "bad_request", f"field 'name' must be at most {NAME_MAX} printable characters"
+            )
+        device = self._ctx.known_device(serial)
+        if not self._registry.set_device_name(user, device.serial, name or None):
+            raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
+        return web.json_response({"serial": device.serial, "name": name or None})
 
     async def pair_device(self, request: web.Request) -> web.Response:
         """POST /v1/devices/{serial}/pairings: relay a pairing proof to the device."""
@@ -236,6 +258,7 @@ class DeviceRoutes:
             "keepalive_interval": info.keepalive_interval if info is not None and online else None,
             "fingerprint": fingerprint(device.public_key),
             "paired_at": pairing.paired_at,
+            "name": pairing.name,
             "report": device.report,
             "reported_at": device.reported_at,
         }

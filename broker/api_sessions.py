@@ -94,6 +94,11 @@ class SessionRoutes:
         self._relays = relays
         self._sessions = SessionTable(ctx.config.session_ttl_s, ctx.config.session_max_per_account)
 
+    @property
+    def table(self) -> SessionTable:
+        """The live sessions' signalling state."""
+        return self._sessions
+
     async def create_session(self, request: web.Request) -> web.Response:
         """POST /v1/sessions: start a session with a paired, online device; hands out TURN
         credentials for the viewer."""

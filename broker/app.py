@@ -5,6 +5,7 @@
                                  └─► BrokerApi (aiohttp, TLS) ──► PresenceGateway (invites) ──┘
                                      └─ RelayDirectory (REST credentials) ··· TurnLink ◄─► UDP/TCP + relays
     PresenceServer ── AlarmMessageReceived ──► AlarmService ──► AlarmStore (SQLite) ──► API: history, SSE
+    PresenceServer ── DeviceOnline/DeviceOffline ──► DashboardFeed ──► /dashboard/ pages and SSE
 
 ``start_broker`` returns once both sockets are bound and ``broker.json`` is written;
 ``serve`` runs until SIGTERM or SIGINT.
@@ -33,6 +34,9 @@ from dvrlink.broker.api import BrokerApi
 from dvrlink.broker.api_sessions import RelayDirectory
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.connection_gate import AddressGate
+from dvrlink.broker.dashboard.feed import DashboardFeed
+from dvrlink.broker.dashboard.routes import DashboardRoutes
+from dvrlink.broker.dashboard.view import DashboardView
 from dvrlink.broker.device_events import DeviceEventHandler
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
@@ -87,6 +91,8 @@ class RunningBroker:
     """Alarms from devices: history, followers."""
     webhooks: WebhookDispatcher | None = None
     """Alarm deliveries to the accounts' webhooks."""
+    dashboard: DashboardFeed | None = None
+    """The dashboard's presence history, counters and live followers."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -247,9 +253,12 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         alarms.listeners.append(webhooks.on_alarm)
         webhooks.start()
 
+        dashboard = DashboardFeed()
+
         def on_event(event: ServerEvent) -> None:
             on_device_event(event)
             alarms.on_event(event)
+            dashboard.on_event(event, time.time())
 
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
         link = await start_presence_link(
@@ -309,10 +318,29 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         api = BrokerApi(registry, gateway, config, relays=relays, alarms=alarms, webhooks=webhooks)
         stack.callback(api.close)
         app = api.build_app()
+        view = DashboardView(
+            registry,
+            gateway,
+            api.sessions,
+            alarm_store,
+            dashboard,
+            frozenset(config.dashboard_operators),
+            time.time,
+        )
+        pages = DashboardRoutes(
+            view,
+            dashboard,
+            api.check_login,
+            config.dashboard_session_ttl_s,
+            config.http_body_timeout_s,
+            time.time,
+        )
+        app.add_subapp("/dashboard", pages.build_app())
         runner = web.AppRunner(app, shutdown_timeout=2.0, keepalive_timeout=config.http_idle_timeout_s)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stack.callback(alarms.close)  # ends the alarm streams first, so the cleanup need not wait
+        stack.callback(dashboard.close)  # and the dashboard's
         stack.callback(gateway.cancel_all)
         # TLS is started by the gate, after the per-address connection cap let a connection in.
         gate = AddressGate(
@@ -352,7 +380,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
         return RunningBroker(
-            info, config, registry, server, link, app, stack, turn, presence_tcp, alarms, webhooks
+            info, config, registry, server, link, app, stack, turn, presence_tcp, alarms, webhooks, dashboard
         )
     except BaseException:
         await stack.aclose()

@@ -24,6 +24,8 @@ from the directory that holds the file)::
     presence_ticket_lifetime_s = 604800     # devices re-register by ticket this long; 0 = always in full
     login_max_failures = 10                 # wrong passwords per username and address ...
     login_window_s = 300                    # ... before logins are refused for a while
+    dashboard_operators = ["alice"]         # accounts that see the whole fleet on /dashboard/
+    dashboard_session_ttl_s = 28800         # a dashboard login lasts this long (8 h)
     session_ttl_s = 600                     # how long a session's signalling state is kept
     session_max_per_account = 16            # sessions at once per account
     session_answer_timeout_s = 10           # how long an offer waits for the device's answer
@@ -57,6 +59,8 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from dvrlink.broker.registry import validate_username
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TURN_TRANSPORTS = ("udp", "tcp")
@@ -139,6 +143,11 @@ class BrokerConfig:
     """Wrong passwords per (username, client address) within ``login_window_s`` before 429."""
     login_window_s: float = 300.0
     """Seconds of the sliding window for ``login_max_failures``."""
+    dashboard_operators: tuple[str, ...] = ()
+    """Accounts with the operator role on the dashboard (``/dashboard/``): they see every device
+    and the fleet counters; every other account sees the devices it paired."""
+    dashboard_session_ttl_s: float = 8 * 3600.0
+    """Seconds a dashboard login (its session cookie) stays valid."""
     session_ttl_s: float = 600.0
     """Seconds the broker keeps a session's signalling state (``GET /v1/sessions``)."""
     session_max_per_account: int = 16
@@ -260,6 +269,7 @@ _DURATION_LIMITS = {
     "invite_ttl_s": (1.0, 300.0),
     "presence_ticket_lifetime_s": (0.0, 30 * 86400.0),
     "login_window_s": (1.0, 86400.0),
+    "dashboard_session_ttl_s": (60.0, 30 * 86400.0),
     "session_ttl_s": (10.0, 86400.0),
     "session_answer_timeout_s": (1.0, 120.0),
     "turn_credential_ttl_s": (60.0, 7 * 86400.0),
@@ -423,6 +433,15 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
                 f"{where} must be a list of host names or IP literals, "
                 f'e.g. ["broker.example.net"], got {raw!r}'
             )
+        return tuple(raw)
+    if name == "dashboard_operators":
+        if not isinstance(raw, list | tuple) or not all(isinstance(n, str) for n in raw):
+            raise ConfigError(f'{where} must be a list of account names, e.g. ["alice"], got {raw!r}')
+        for username in raw:
+            try:
+                validate_username(username)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         return tuple(raw)
     if name == "turn_realm":
         if not isinstance(raw, str) or not raw or len(raw.encode("utf-8")) > 127 or not raw.isprintable():

@@ -163,6 +163,10 @@ def openapi_document() -> dict[str, Any]:
                         "keepalive_interval": {"type": ["number", "null"], "description": "Seconds"},
                         "fingerprint": {"type": "string", "description": "Device key fingerprint (base32)"},
                         "paired_at": {"type": "number", "description": "Unix seconds"},
+                        "name": {
+                            "type": ["string", "null"],
+                            "description": "The name this account gave the device (PUT .../name), or null",
+                        },
                         "report": {
                             "type": ["object", "null"],
                             "description": (
@@ -376,6 +380,22 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["serial", "unpaired"],
                     "properties": {"serial": {"type": "string"}, "unpaired": {"const": True}},
+                },
+                "DeviceName": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {
+                            "type": ["string", "null"],
+                            "maxLength": 64,
+                            "description": "Printable text; empty or null removes the name",
+                        }
+                    },
+                },
+                "NamedDevice": {
+                    "type": "object",
+                    "required": ["serial", "name"],
+                    "properties": {"serial": {"type": "string"}, "name": {"type": ["string", "null"]}},
                 },
             },
         },
@@ -631,6 +651,22 @@ def openapi_document() -> dict[str, Any]:
                         "404": _error("Unknown device (`unknown_device`)"),
                     },
                 },
+            },
+            "/v1/devices/{serial}/name": {
+                "put": {
+                    "summary": "Name the device for the caller's account (the dashboard shows the name)",
+                    "operationId": "nameDevice",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL],
+                    "requestBody": _body("DeviceName"),
+                    "responses": {
+                        "200": _json("Named", "NamedDevice"),
+                        "400": _error("Malformed body, or a name too long or not printable (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired to this account (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
             },
             "/v1/sessions": {
                 "post": {

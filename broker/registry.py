@@ -90,6 +90,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE pair_failures ADD COLUMN username TEXT",
         "CREATE INDEX pair_failures_by_account ON pair_failures (serial, username, at)",
     ),
+    # 4: the name an account gives a paired device (shown by the dashboard)
+    ("ALTER TABLE pairings ADD COLUMN name TEXT",),
 )
 
 
@@ -176,6 +178,8 @@ class PairingRecord:
     serial: str
     viewer_key: bytes
     paired_at: float
+    name: str | None = None
+    """The name the account gave the device, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +282,19 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def token_hash(token: str) -> bytes:
     """What the registry stores for a token: its SHA-256."""
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _device_record(row: Sequence[Any]) -> DeviceRecord:
+    """A ``devices`` row (serial, public_key, source, bound_at, last_registered_at, last_address,
+    report, reported_at) as a record; a report that is not a JSON object reads as None."""
+    report = None
+    if row[6] is not None:
+        try:
+            loaded = json.loads(row[6])
+        except ValueError:
+            loaded = None
+        report = loaded if isinstance(loaded, dict) else None
+    return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7])
 
 
 class Registry:
@@ -516,16 +533,15 @@ class Registry:
             "reported_at FROM devices WHERE serial = ?",
             (serial,),
         ).fetchone()
-        if row is None:
-            return None
-        report = None
-        if row[6] is not None:
-            try:
-                loaded = json.loads(row[6])
-            except ValueError:
-                loaded = None
-            report = loaded if isinstance(loaded, dict) else None
-        return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7])
+        return None if row is None else _device_record(row)
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every bound device, by serial (the operators' view of the fleet)."""
+        rows = self._db.execute(
+            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
+            "reported_at FROM devices ORDER BY serial"
+        )
+        return [_device_record(row) for row in rows]
 
     def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None:
         """Keep the last report of a bound ``serial`` (``DeviceReport.as_dict()``)."""
@@ -712,10 +728,11 @@ class Registry:
     def pairings_for(self, username: str) -> list[PairingRecord]:
         """All devices paired to ``username``, by serial."""
         rows = self._db.execute(
-            "SELECT username, serial, viewer_key, paired_at FROM pairings WHERE username = ? ORDER BY serial",
+            "SELECT username, serial, viewer_key, paired_at, name FROM pairings WHERE username = ? "
+            "ORDER BY serial",
             (username,),
         )
-        return [PairingRecord(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+        return [PairingRecord(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
     def paired_users(self, serial: str) -> list[str]:
         """The accounts ``serial`` is paired to, by name."""
@@ -725,10 +742,19 @@ class Registry:
     def pairing(self, username: str, serial: str) -> PairingRecord | None:
         """The pairing of ``serial`` to ``username``, if any."""
         row = self._db.execute(
-            "SELECT username, serial, viewer_key, paired_at FROM pairings WHERE username = ? AND serial = ?",
+            "SELECT username, serial, viewer_key, paired_at, name FROM pairings "
+            "WHERE username = ? AND serial = ?",
             (username, serial),
         ).fetchone()
-        return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3])
+        return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+    def set_device_name(self, username: str, serial: str, name: str | None) -> bool:
+        """Name the device ``serial`` for ``username`` (None clears it); False if the account has
+        not paired it."""
+        cursor = self._db.execute(
+            "UPDATE pairings SET name = ? WHERE username = ? AND serial = ?", (name, username, serial)
+        )
+        return cursor.rowcount > 0
 
     def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None:
         """Count a wrong pairing code the device reported for ``username``'s attempt (old entries

@@ -120,6 +120,11 @@ class SessionTable:
             self._forget(record)
         return sorted(self._by_account.get(account, {}).values(), key=lambda r: r.created_at)
 
+    def live(self, now: float) -> list[SessionRecord]:
+        """Every live session, oldest first (expired ones are forgotten)."""
+        self.prune(now)
+        return sorted(self._by_id.values(), key=lambda r: r.created_at)
+
     def end(self, record: SessionRecord) -> None:
         """Forget ``record``: its viewer closed the session."""
         self._forget(record)

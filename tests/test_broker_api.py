@@ -46,7 +46,11 @@ def test_routes_and_openapi_document_match(tmp_path: Path) -> None:
             assert doc == openapi_document()
             assert doc["openapi"].startswith("3.1")
             app = t.broker.app  # the aiohttp application that is serving
-            routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.resource}
+            routes = {
+                (r.method.lower(), r.resource.canonical)
+                for r in app.router.routes()
+                if r.resource and not r.resource.canonical.startswith("/dashboard/")
+            }  # the dashboard's HTML pages are not the JSON API (docs/dashboard.md lists them)
             documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
             assert routes == documented
             for path, ops in doc["paths"].items():

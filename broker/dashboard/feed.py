@@ -1,0 +1,141 @@
+"""The dashboard's in-process feed: presence changes in, per-device history, fleet counters and
+live subscribers out.
+
+``app.py`` hands every presence event to :meth:`DashboardFeed.on_event` with the wall-clock
+time. Subscribers (the pages' SSE streams) each get a bounded queue; one that does not keep up
+is dropped (its queue ends with None and its stream closes, the browser reconnects and starts
+from a fresh snapshot), so a slow browser never blocks the broker or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from dvrlink.broker.registry import format_address
+from dvrlink.protocol.presence_events import DeviceOffline, DeviceOnline, ServerEvent
+
+QUEUE_SIZE = 256
+"""Changes a subscriber may have waiting before it is dropped."""
+HISTORY_PER_DEVICE = 50
+"""Online/offline transitions kept per device (the connectivity history)."""
+MAX_DEVICES = 100_000
+"""Devices with a history kept at most; past that the oldest history is forgotten."""
+RATE_WINDOW_S = 60.0
+"""Registrations are counted over this many seconds for the per-minute rate."""
+MAX_RATE_SAMPLES = 200_000
+"""Registration times kept at most for the rate (a storm is counted up to this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """A device came online (registered, from ``address``) or went offline (for ``reason``)."""
+
+    serial: str
+    online: bool
+    at: float
+    """Unix seconds."""
+    address: str | None = None
+    reason: str | None = None
+
+
+class Subscription:
+    """One live follower: changes of the devices in ``serials`` (None: every device) arrive in
+    ``queue``; None in the queue means the feed ended or dropped this follower."""
+
+    def __init__(self, serials: frozenset[str] | None, size: int) -> None:
+        self.serials = serials
+        self.queue: asyncio.Queue[PresenceChanged | None] = asyncio.Queue(size)
+        self.dropped = False
+        """True once the feed dropped this follower for falling behind."""
+
+    def wants(self, serial: str) -> bool:
+        """Whether this follower sees ``serial``."""
+        return self.serials is None or serial in self.serials
+
+
+class DashboardFeed:
+    """Presence history and live followers for the dashboard. Not thread-safe: use it from the
+    event loop that runs the presence link."""
+
+    def __init__(
+        self,
+        queue_size: int = QUEUE_SIZE,
+        history_per_device: int = HISTORY_PER_DEVICE,
+        max_devices: int = MAX_DEVICES,
+    ) -> None:
+        self._queue_size = queue_size
+        self._history_size = history_per_device
+        self._max_devices = max_devices
+        self._history: dict[str, deque[PresenceChanged]] = {}
+        self._registrations: deque[float] = deque(maxlen=MAX_RATE_SAMPLES)
+        self._subscribers: set[Subscription] = set()
+        self.dropped = 0
+        """Followers dropped so far for falling behind."""
+
+    def on_event(self, event: ServerEvent, now: float) -> None:
+        """Take a presence event (others are ignored); ``now`` is Unix seconds."""
+        if isinstance(event, DeviceOnline):
+            self._registrations.append(now)
+            self._publish(PresenceChanged(event.serial, True, now, address=format_address(event.address)))
+        elif isinstance(event, DeviceOffline):
+            self._publish(PresenceChanged(event.serial, False, now, reason=event.reason))
+
+    def history(self, serial: str) -> list[PresenceChanged]:
+        """The last transitions of ``serial`` seen since the broker started, newest first."""
+        return list(reversed(self._history.get(serial, ())))
+
+    def registrations_per_minute(self, now: float) -> float:
+        """Registrations (first and repeated) per minute over the last ``RATE_WINDOW_S`` seconds."""
+        times = self._registrations
+        while times and times[0] <= now - RATE_WINDOW_S:
+            times.popleft()
+        return len(times) * 60.0 / RATE_WINDOW_S
+
+    @property
+    def subscribers(self) -> int:
+        """Live followers now."""
+        return len(self._subscribers)
+
+    def subscribe(self, serials: frozenset[str] | None) -> Subscription:
+        """A new follower of ``serials`` (None: all devices); call :meth:`unsubscribe` when done."""
+        subscription = Subscription(serials, self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a follower (idempotent)."""
+        self._subscribers.discard(subscription)
+
+    def close(self) -> None:
+        """End every follower's stream."""
+        for subscription in list(self._subscribers):
+            self._end(subscription)
+        self._subscribers.clear()
+
+    def _publish(self, change: PresenceChanged) -> None:
+        history = self._history.get(change.serial)
+        if history is None:
+            if len(self._history) >= self._max_devices:
+                del self._history[next(iter(self._history))]
+            history = self._history[change.serial] = deque(maxlen=self._history_size)
+        history.append(change)
+        for subscription in list(self._subscribers):
+            if not subscription.wants(change.serial):
+                continue
+            try:
+                subscription.queue.put_nowait(change)
+            except asyncio.QueueFull:
+                subscription.dropped = True
+                self.dropped += 1
+                self._subscribers.discard(subscription)
+                self._end(subscription)
+
+    @staticmethod
+    def _end(subscription: Subscription) -> None:
+        """Put the end marker in, making room for it if the queue is full."""
+        queue = subscription.queue
+        while queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
