@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -270,18 +269,18 @@ def encode_address(address: Address) -> bytes:
 
 
 def packed_ip(host: str) -> bytes:
-    """The 4 or 16 bytes of an IP literal (a ``%scope`` suffix ignored); ``inet_pton`` first, a
-    tenth of ``ipaddress``'s cost on the registration path.
+    """The 4 or 16 bytes of an IP literal (a ``%scope`` suffix ignored). Dotted-quad IPv4 is
+    packed here, a fifth of ``ipaddress``'s cost on the registration path; the rest by it.
 
     Raises:
         ValueError: not an IP literal.
     """
     host = host.split("%", 1)[0]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            return socket.inet_pton(family, host)
-        except OSError:
-            continue
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and 0 < len(p) <= 3 for p in parts):
+        values = [int(p) for p in parts]
+        if all(v <= 255 for v in values) and all(p == "0" or p[0] != "0" for p in parts):
+            return bytes(values)
     return ipaddress.ip_address(host).packed
 
 

@@ -4,6 +4,8 @@ be neither replayed, forged, carried to another serial, nor used past its lifeti
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
@@ -31,6 +33,7 @@ from dvrlink.protocol.presence_wire import (
     cookie_datagram,
     hello_nonce,
     is_resumed_register,
+    packed_ip,
     parse_register,
 )
 
@@ -252,3 +255,23 @@ def test_the_hand_parsers_read_what_the_construct_declarations_build(
     assert hello_nonce(hello) == HELLO.parse(hello).nonce == nonce
     assert hello_nonce(hello[:-1]) is None
     assert cookie_datagram(nonce, cookie) == COOKIE.build({"version": 1, "nonce": nonce, "cookie": cookie})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.one_of(
+        st.ip_addresses().map(str),
+        st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){2,4}", fullmatch=True),
+        st.text(max_size=20),
+    )
+)
+def test_packed_ip_agrees_with_ipaddress(host: str) -> None:
+    try:
+        expected: bytes | None = ipaddress.ip_address(host.split("%", 1)[0]).packed
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError):
+            packed_ip(host)
+    else:
+        assert packed_ip(host) == expected
