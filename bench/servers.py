@@ -50,14 +50,18 @@ class BrokerProcess:
             return None
 
 
-def write_broker_config(state_dir: Path, log_level: str = "INFO") -> Path:
-    """A broker.toml that binds both sockets to loopback on free ports."""
+def write_broker_config(
+    state_dir: Path, log_level: str = "INFO", udp_port: int = 0, reuse_port: bool = False
+) -> Path:
+    """A broker.toml that binds both sockets to loopback on free ports (the presence port:
+    ``udp_port``, shared with ``SO_REUSEPORT`` when ``reuse_port``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir.parent / f"{state_dir.name}.toml"
     path.write_text(
         f'state_dir = "{state_dir}"\n'
         f'udp_host = "{LOOPBACK}"\n'
-        "udp_port = 0\n"
+        f"udp_port = {udp_port}\n"
+        f"udp_reuse_port = {'true' if reuse_port else 'false'}\n"
         f'https_host = "{LOOPBACK}"\n'
         "https_port = 0\n"
         "turn_udp_port = 0\n"
@@ -69,15 +73,23 @@ def write_broker_config(state_dir: Path, log_level: str = "INFO") -> Path:
 
 
 @contextlib.contextmanager
-def broker_process(work_dir: Path, core: int | None = SERVER_CORE) -> Iterator[BrokerProcess]:
-    """Start ``dvrlink-broker serve`` (pinned to ``core``) and wait for its broker.json.
+def broker_process(
+    work_dir: Path,
+    core: int | None = SERVER_CORE,
+    name: str = "broker",
+    udp_port: int = 0,
+    reuse_port: bool = False,
+) -> Iterator[BrokerProcess]:
+    """Start ``dvrlink-broker serve`` (pinned to ``core``) and wait for its broker.json. ``name``
+    names its state folder and log (several brokers in one ``work_dir``); ``udp_port`` and
+    ``reuse_port``: see ``write_broker_config``.
 
     Raises:
         BenchError: the broker is not installed, exits, or writes no broker.json in time.
     """
-    state_dir = work_dir / "broker-state"
-    config = write_broker_config(state_dir)
-    log = work_dir / "broker.log"
+    state_dir = work_dir / f"{name}-state"
+    config = write_broker_config(state_dir, udp_port=udp_port, reuse_port=reuse_port)
+    log = work_dir / f"{name}.log"
     info_path = state_dir / "broker.json"
     argv = [venv_script("dvrlink-broker"), "serve", "--config", str(config)]
     with child_process(argv, log, core=core) as proc:
