@@ -36,7 +36,7 @@ from dvrlink.broker.api_sessions import RelayDirectory, SessionRoutes
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.rate_limit import FailureLimiter
-from dvrlink.broker.registry import USERNAME_MAX, Registry, verify_password
+from dvrlink.broker.registry import USERNAME_MAX, RegistryStore, verify_password
 from dvrlink.broker.webhooks import WebhookDispatcher
 
 PASSWORD_MAX = 1024
@@ -52,7 +52,7 @@ class BrokerApi:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: RegistryStore,
         presence: PresenceView,
         config: BrokerConfig,
         clock: Callable[[], float] = time.time,
