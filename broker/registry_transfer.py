@@ -110,7 +110,8 @@ def write_export(store: RegistryStore, path: Path, now: float) -> dict[str, int]
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for number, line in enumerate(export_lines(store, now)):
                 if number == 0:
-                    counts = json.loads(line)["rows"]
+                    counted = json.loads(line)["rows"]
+                    counts = {table: int(counted[table]) for table in TABLE_COLUMNS}
                 out.write(line + "\n")
             out.flush()
             os.fsync(out.fileno())
