@@ -56,6 +56,7 @@ from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_ser
 EXIT_FAILED = 1
 EXIT_CONFIG = 78
 MIN_PASSWORD = 8
+ADMIN_STATEMENT_TIMEOUT_S = 600.0  # export and import on PostgreSQL: whole tables at once
 NO_AIOHTTP = (
     "dvrlink-broker: aiohttp is not installed, and the broker's HTTPS API needs it; install the "
     "broker extra: pip install 'dvrlink[broker]'"
@@ -250,7 +251,7 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     return config_from_mapping(overrides, source="command line")
 
 
-def _open_registry(config: BrokerConfig, *, create: bool = False) -> RegistryStore:
+def _open_registry(config: BrokerConfig, *, create: bool = False, patient: bool = False) -> RegistryStore:
     """The registry; only with ``create`` are a missing state directory and registry made
     (a PostgreSQL registry needs no state directory, only its database).
 
@@ -258,12 +259,20 @@ def _open_registry(config: BrokerConfig, *, create: bool = False) -> RegistrySto
         MissingStateError: without ``create``, the state directory does not exist.
         RegistryUnusableError: the registry is missing (without ``create``), empty, or newer.
         RegistryUnavailableError: the PostgreSQL server does not answer.
+
+    ``patient`` is for commands that read or write every row (export, import): their
+    PostgreSQL statements may take minutes on a large fleet, not the broker's 1.5 s.
     """
     if not config.registry_url and create:
         ensure_state_dir(config.state_dir)
     elif not config.registry_url:
         require_state_dir(config.state_dir)
-    registry = open_registry(config.registry_url, config.state_dir / REGISTRY_FILE, create=create)
+    registry = open_registry(
+        config.registry_url,
+        config.state_dir / REGISTRY_FILE,
+        create=create,
+        statement_timeout_s=ADMIN_STATEMENT_TIMEOUT_S if patient else None,
+    )
     if registry.created:
         print(f"dvrlink-broker: created a new registry {registry.location}", file=sys.stderr)
     return registry
@@ -282,7 +291,7 @@ def _migrate(config: BrokerConfig) -> None:
 
 
 def _export(config: BrokerConfig, path: Path) -> None:
-    registry = _open_registry(config)
+    registry = _open_registry(config, patient=True)
     try:
         counts = write_export(registry, path, time.time())
     finally:
@@ -292,7 +301,7 @@ def _export(config: BrokerConfig, path: Path) -> None:
 
 
 def _import(config: BrokerConfig, path: Path, replace: bool) -> None:
-    registry = _open_registry(config, create=True)
+    registry = _open_registry(config, create=True, patient=True)
     try:
         export = read_export(path, registry.schema_version)
         import_export(registry, export, replace=replace)

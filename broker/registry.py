@@ -974,10 +974,13 @@ def open_registry(
     *,
     create: bool = True,
     password_params: ScryptParams | None = None,
+    statement_timeout_s: float | None = None,
 ) -> RegistryStore:
     """Open the configured registry: SQLite at ``sqlite_path`` when ``registry_url`` is empty,
     else the PostgreSQL database it names (``postgresql://user@host:port/db``). Both are
-    migrated to this program's schema on opening.
+    migrated to this program's schema on opening. ``statement_timeout_s`` replaces the short
+    limit PostgreSQL statements get in the broker (admin commands that read or write every
+    row pass a long one; 0 = none).
 
     Raises:
         RegistryUnusableError: as :class:`Registry`, or the database holds no registry (and
@@ -989,4 +992,8 @@ def open_registry(
         return Registry(sqlite_path, create=create, password_params=password_params)
     from dvrlink.broker.registry_postgres import PostgresRegistry  # noqa: PLC0415 (SQLite needs no psycopg)
 
-    return PostgresRegistry(registry_url, create=create, password_params=password_params)
+    if statement_timeout_s is None:
+        return PostgresRegistry(registry_url, create=create, password_params=password_params)
+    return PostgresRegistry(
+        registry_url, create=create, password_params=password_params, statement_timeout_s=statement_timeout_s
+    )
