@@ -7,8 +7,9 @@ outcomes go to the gateway that waits for them.
 
 When the registry cannot answer (PostgreSQL stopped or unreachable, SQLite locked), a
 registration is refused with ``RefuseReason.BUSY``: the presence protocol's authenticated
-"try again later", after which the device backs off and registers again with everything it
-holds (its key, its alarm queue). Devices already online are not touched: their keepalives never
+"try again later", after which the device backs off (``REGISTRY_BUSY_RETRY_S``, not the 5
+minutes of a refused key) and registers again with everything it holds (its key, its alarm
+queue). Devices already online are not touched: their keepalives never
 reach the registry. Notes that only record what happened (a registration's address, a report,
 a refusal's audit row) are skipped while the registry is down, with one warning per outage.
 """
@@ -38,6 +39,9 @@ from dvrlink.protocol.presence_server import RefuseReason
 REFUSAL_LOG_INTERVAL_S = 60.0  # one warning and audit row per (serial, key) per interval
 REFUSAL_MEMORY = 10_000
 UNCONFIRMED_LOG_INTERVAL_S = 300.0  # one line per serial per interval: a device never using its sessions
+REGISTRY_BUSY_RETRY_S = 30.0
+"""How long a device refused with BUSY (registry unavailable) waits before it registers again:
+an outage such as a PostgreSQL restart is short, unlike a key mismatch (the core's default)."""
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,9 @@ class AdmissionCore(Protocol):
     @property
     def public_key(self) -> bytes: ...
     def accept(self, handle: int, now: float) -> None: ...
-    def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None: ...
+    def refuse(
+        self, handle: int, reason: RefuseReason, message: str, now: float, retry_after: float | None = None
+    ) -> None: ...
 
 
 class DeviceEventHandler:
@@ -119,6 +125,7 @@ class DeviceEventHandler:
                 RefuseReason.BUSY,
                 "the broker cannot check registrations right now (its registry is unavailable); retry later",
                 self._core_clock(),
+                retry_after=REGISTRY_BUSY_RETRY_S,
             )
             return
         self._up()

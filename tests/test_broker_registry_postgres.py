@@ -17,7 +17,7 @@ from support.broker import lab
 from support.postgres import PostgresServer, free_port, postgres_server  # noqa: F401 (a fixture)
 from support.presence import Lab, of_type
 
-from dvrlink.broker.device_events import DeviceEventHandler
+from dvrlink.broker.device_events import REGISTRY_BUSY_RETRY_S, DeviceEventHandler
 from dvrlink.broker.registry import (
     BindingVerdict,
     RegistryUnavailableError,
@@ -136,7 +136,7 @@ def test_registrations_are_refused_busy_while_the_registry_is_down_and_online_de
     url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lab = Lab(interval=20.0, server_config=ServerConfig(refuse_retry_after=30.0))
+    lab = Lab(interval=20.0)  # refusals other than BUSY wait ServerConfig.refuse_retry_after (300 s)
     lab.auto_accept = False
     registry = PostgresRegistry(url, password_params=CHEAP)
     handler = DeviceEventHandler(
@@ -156,6 +156,7 @@ def test_registrations_are_refused_busy_while_the_registry_is_down_and_online_de
             lab.pump()
             [refused] = of_type(late.events, RegistrationRefused)
             assert refused.reason == RefuseReason.BUSY and "retry later" in refused.message, refused
+            assert refused.retry_after == REGISTRY_BUSY_RETRY_S < ServerConfig().refuse_retry_after
             assert late.client.state is ClientState.BACKOFF
             handler(DeviceOnline("DL-0001", ("203.0.113.5", 40000)))  # a note that cannot be written
             lab.advance(lab.now + 25.0)  # within the refusal's retry_after: still down
@@ -165,7 +166,7 @@ def test_registrations_are_refused_busy_while_the_registry_is_down_and_online_de
             assert len(warnings) == 1, warnings  # once per outage, not per event
         finally:
             postgres_server.start()
-        lab.advance(lab.now + 40.0)  # the refused device retries after retry_after and registers
+        lab.advance(lab.now + REGISTRY_BUSY_RETRY_S + 20.0)  # the refused device retries and registers
         assert of_type(late.events, Registered), late.events
         assert late.client.state is ClientState.ONLINE and online.client.state is ClientState.ONLINE
         device = registry.device("DL-0002")
