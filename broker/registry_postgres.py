@@ -6,13 +6,18 @@ migrations. ``schema_version`` (one row) counts the migration steps applied, lik
 ``PRAGMA user_version``; a transaction-scoped advisory lock lets several nodes start at once.
 
 The broker calls the registry from its event loop, so a dead server must cost little: the
-connection is opened with a short ``connect_timeout`` and every statement runs under a short
-``statement_timeout``. A call that finds the server gone raises ``RegistryUnavailableError``
-(the call did nothing); the next call connects again. Every method commits before it returns.
+connection is opened with a short ``connect_timeout``, every statement runs under a short
+``statement_timeout``, and ``tcp_user_timeout`` drops a connection whose server vanished (host
+down, network cut) mid-call. A call that finds the server gone raises
+``RegistryUnavailableError`` (the call did nothing); the next call connects again. A server
+that refuses connections (stopped) costs milliseconds per try; one that does not answer at all
+costs the connect timeout, so after such a try calls fail at once for ``RECONNECT_PAUSE_S``.
+Every method commits before it returns.
 """
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +36,9 @@ from dvrlink.broker.registry import (
 )
 
 CONNECT_TIMEOUT_S = 2  # libpq's minimum that counts; a refused port fails at once
+TCP_USER_TIMEOUT_MS = 2000  # a server that vanished mid-call (host down, network cut): drop it
+SLOW_FAILURE_S = 1.0  # a connection attempt that failed after this long timed out (no answer at all)
+RECONNECT_PAUSE_S = 10.0  # after such an attempt, calls fail at once for this long
 STATEMENT_TIMEOUT_S = 1.5  # the broker's calls; admin commands pass a longer one
 MIGRATION_LOCK = 0x64766C6B  # pg_advisory_xact_lock key: "dvlk"
 
@@ -133,6 +141,8 @@ def connection_string(url: str, statement_timeout_s: float = STATEMENT_TIMEOUT_S
     extra: dict[str, Any] = {"application_name": "dvrlink-broker"}
     if "connect_timeout" not in given:
         extra["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "tcp_user_timeout" not in given:
+        extra["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
     options = str(given.get("options") or "")
     if "statement_timeout" not in options:
         extra["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)} {options}".strip()
@@ -174,6 +184,9 @@ class PostgresRegistry(RegistryQueries):
         self._password_params = password_params or ScryptParams()
         self._integrity_errors = (psycopg.IntegrityError,)
         self._conn: psycopg.Connection[Any] | None = None
+        self._in_transaction = False
+        self._reconnect_at = 0.0  # time.monotonic() before which no connection is tried
+        self._last_failure = ""
         self.created = False
         self.migrated_from = len(migrations)
         try:
@@ -205,32 +218,52 @@ class PostgresRegistry(RegistryQueries):
             "retry in a few seconds, and check that PostgreSQL runs and is reachable at that address"
         )
 
+    def _lost(self, exc: BaseException, started: float) -> RegistryUnavailableError:
+        """The error for a call that lost the server; a loss that took the connect or TCP
+        timeout (no answer at all) pauses reconnecting, so the next calls do not wait again."""
+        if time.monotonic() - started >= SLOW_FAILURE_S and (self._conn is None or self._conn.closed):
+            self._reconnect_at = time.monotonic() + RECONNECT_PAUSE_S
+            self._last_failure = str(exc).strip().splitlines()[0] if str(exc).strip() else "timed out"
+        return self._unavailable(exc)
+
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and (self._conn.closed or self._conn.broken):
             self._conn.close()
             self._conn = None
         if self._conn is None:
+            started = time.monotonic()
+            if started < self._reconnect_at:
+                raise RegistryUnavailableError(
+                    f"the registry database {self.location} did not answer ({self._last_failure}); the next "
+                    f"try is in {self._reconnect_at - started:.0f} s: retry then, and check that PostgreSQL "
+                    "runs and is reachable at that address"
+                )
             try:
                 self._conn = psycopg.connect(self._conninfo, autocommit=True)
             except _LOST as exc:
-                raise self._unavailable(exc) from exc
+                raise self._lost(exc, started) from exc
         return self._conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        conn = self._connection()
+        # Inside a transaction, never reconnect: a new connection would run the rest outside it.
+        conn = self._conn if self._in_transaction and self._conn is not None else self._connection()
+        started = time.monotonic()
         try:
             return conn.execute(sql.replace("?", "%s"), tuple(params))
         except _LOST as exc:
-            raise self._unavailable(exc) from exc
+            raise self._lost(exc, started) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[object]:
         conn = self._connection()
+        self._in_transaction = True
         try:
             with conn.transaction():
                 yield conn
         except _LOST as exc:  # the server went away mid-transaction (or at COMMIT): nothing applied
             raise self._unavailable(exc) from exc
+        finally:
+            self._in_transaction = False
 
     def _after_import(self) -> None:
         self._execute(

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.postgres import postgres_server  # noqa: F401 (a fixture)
+from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 from dvrlink.broker.registry import (
     DEVICE_NAME_MAX,
@@ -83,12 +83,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         yield Backend("sqlite", path, "", MIGRATIONS)
         return
-    server = request.getfixturevalue("postgres_server")
-    if not server.running:
-        server.start()  # an earlier test stopped it and failed
-    url = server.new_database()
-    yield Backend("postgresql", path, url, PG_MIGRATIONS)
-    server.drop_database(url)
+    yield Backend("postgresql", path, request.getfixturevalue("postgres_url"), PG_MIGRATIONS)
 
 
 def rows(reg: RegistryStore, table: str) -> list[tuple[Any, ...]]:

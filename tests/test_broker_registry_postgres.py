@@ -4,17 +4,21 @@ while it keeps serving the devices already online."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from support.aio import run
 from support.broker import lab
-from support.postgres import PostgresServer, free_port, postgres_server  # noqa: F401 (a fixture)
+from support.postgres import PostgresServer, free_port, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from support.presence import Lab, of_type
 
 from dvrlink.broker.device_events import REGISTRY_BUSY_RETRY_S, DeviceEventHandler
@@ -37,14 +41,9 @@ QUICK_S = 2.5  # a call on a stopped server must fail within this
 
 
 @pytest.fixture
-def url(postgres_server: PostgresServer) -> Iterator[str]:  # noqa: F811 (the imported fixture)
-    if not postgres_server.running:
-        postgres_server.start()
-    url = postgres_server.new_database()
-    yield url
-    if not postgres_server.running:
-        postgres_server.start()
-    postgres_server.drop_database(url)
+def url(postgres_url: str) -> str:  # noqa: F811 (the imported fixture)
+    """This test's fresh database."""
+    return postgres_url
 
 
 def test_a_stopped_server_gives_a_quick_clear_error_and_calls_work_after_restart(
@@ -200,3 +199,59 @@ def test_the_api_answers_503_while_the_registry_is_down(
             assert device.client.state is ClientState.ONLINE
 
     run(main)
+
+
+_SILENT_SERVER = """
+import json, subprocess, sys, tempfile, time
+from pathlib import Path
+from tests.support.postgres import PostgresServer, find_bindir
+from dvrlink.broker.registry import RegistryUnavailableError, ScryptParams
+from dvrlink.broker.registry_postgres import PostgresRegistry
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+server = PostgresServer(find_bindir(), Path(tempfile.mkdtemp(prefix="dvrlink-pg-")))
+server.init()
+seen = {}
+try:
+    reg = PostgresRegistry(server.new_database(), password_params=ScryptParams(16, 1, 1))
+    reg.check_binding("DL-0001", bytes(32), 1.0, False)
+    for flag in ("--dport", "--sport"):  # the server's host vanishes: its packets are dropped
+        rule = ["-p", "tcp", flag, str(server.port), "-j", "DROP"]
+        subprocess.run(["iptables", "-I", "INPUT", *rule], check=True)
+    for call in ("in-flight", "next", "after"):
+        started = time.monotonic()
+        try:
+            reg.device("DL-0001")
+            seen[call] = ["answered", time.monotonic() - started]
+        except RegistryUnavailableError as exc:
+            seen[call] = [str(exc), time.monotonic() - started]
+    subprocess.run(["iptables", "-F", "INPUT"], check=True)
+    reg.close()
+finally:
+    server.destroy()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_server_that_does_not_answer_costs_one_timeout_then_calls_fail_at_once(
+    postgres_server: PostgresServer,  # noqa: F811 (the binaries are there)
+) -> None:
+    """In a network namespace of its own (its loopback, its iptables), a child drops the
+    server's packets mid-session: the call in flight gives up after the TCP user timeout, and the
+    next calls fail at once instead of waiting for the connect timeout each."""
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", _SILENT_SERVER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    message, took = seen["in-flight"]
+    assert "does not answer" in message and took < 3.5, seen
+    for call in ("next", "after"):
+        message, took = seen[call]
+        assert "the next try is in" in message and took < 0.5, seen

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.aio import run
 from support.broker import lab
-from support.postgres import PostgresServer, postgres_server  # noqa: F401 (a fixture)
+from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 from dvrlink.broker.registry import MIGRATIONS, Registry, ScryptParams
 from dvrlink.broker.registry_postgres import PostgresRegistry
@@ -32,12 +31,9 @@ def broker(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def url(postgres_server: PostgresServer) -> Iterator[str]:  # noqa: F811 (the imported fixture)
-    if not postgres_server.running:
-        postgres_server.start()
-    url = postgres_server.new_database()
-    yield url
-    postgres_server.drop_database(url)
+def url(postgres_url: str) -> str:  # noqa: F811 (the imported fixture)
+    """This test's fresh database."""
+    return postgres_url
 
 
 def filled_sqlite_state(state: Path) -> str:

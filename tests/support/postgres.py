@@ -176,9 +176,12 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """The URL of a fresh, empty database, dropped after the test."""
+    """The URL of a fresh, empty database on a running server, dropped after the test (the
+    server is started again first if the test left it stopped)."""
     if not postgres_server.running:
-        postgres_server.start()  # a test that stopped it and failed
+        postgres_server.start()
     url = postgres_server.new_database()
     yield url
+    if not postgres_server.running:
+        postgres_server.start()
     postgres_server.drop_database(url)
