@@ -5,6 +5,7 @@ broker that runs on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,6 @@ def url(postgres_url: str) -> str:  # noqa: F811 (the imported fixture)
 def filled_sqlite_state(state: Path) -> str:
     """A state directory whose registry holds a row in every table and column (the schema 3
     file, upgraded, plus names, a report and a refusal of today); returns alice's token."""
-    import sqlite3
-
     state.mkdir()
     path = state / "registry.sqlite3"
     text = SCHEMA_3.read_text()
@@ -144,3 +143,20 @@ def test_a_cut_or_foreign_file_imports_nothing(tmp_path: Path, url: str) -> None
     newer = json.loads(lines[0]) | {"schema_version": len(MIGRATIONS) + 1}
     with pytest.raises(TransferError, match="newer than this broker knows"):
         parse_export([json.dumps(newer), *lines[1:]], "x.jsonl", len(MIGRATIONS))
+
+
+def test_migrate_upgrades_a_sqlite_registry_and_says_from_which_version(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "registry.sqlite3")
+    db.executescript(SCHEMA_3.read_text())
+    db.close()
+    done = broker("migrate", "--state-dir", str(state))
+    assert done.returncode == 0, done.stderr
+    assert f"migrated from schema version 3 to {len(MIGRATIONS)}" in done.stdout, done.stdout
+    done = broker("migrate", "--state-dir", str(state))
+    assert f"schema version {len(MIGRATIONS)}, up to date" in done.stdout, done.stdout
+    done = broker("user", "list", "--state-dir", str(state))
+    assert done.returncode == 0 and "alice" in done.stdout and "2 paired devices" in done.stdout, done.stdout
+    done = broker("migrate", "--state-dir", str(state), "--registry-url", "mysql://nowhere/db")
+    assert done.returncode == 78 and "registry_url" in done.stderr, done.stderr
