@@ -1,4 +1,9 @@
-"""The broker's durable state in one SQLite file: device bindings, accounts, tokens, pairings.
+"""The broker's durable state: device bindings, accounts, tokens, pairings.
+
+``RegistryStore`` is what the broker uses; ``open_registry`` opens the configured backend. This
+module holds the queries both backends share (``RegistryQueries``) and the default backend,
+``Registry``: one SQLite file in the state directory, described below. For several broker nodes
+the same tables live in PostgreSQL (``registry_postgres.py``).
 
 Every method that changes something commits before it returns, so an answer the broker gave
 (a token, a binding, a pairing) survives ``kill -9``. The database runs in WAL mode with
@@ -316,7 +321,7 @@ TABLE_ORDER: dict[str, str] = {
     "users": "username",
     "tokens": "token_hash",
     "pairings": "username, serial",
-    "pair_failures": "serial, at, username",
+    "pair_failures": "serial, at, coalesce(username, '')",  # NULLs sort alike in both engines
     "refusals": "id",
 }
 

@@ -116,6 +116,18 @@ def test_export_then_import_moves_every_row_to_postgresql(tmp_path: Path, url: s
 
     run(main)
 
+    back, state_2 = tmp_path / "back.jsonl", tmp_path / "state-2"  # and the way back, to SQLite
+    assert broker("export", str(back), "--state-dir", str(state), "--registry-url", url).returncode == 0
+    done = broker("import", str(back), "--state-dir", str(state_2))
+    assert done.returncode == 0, done.stderr
+    target = PostgresRegistry(url, password_params=CHEAP)
+    returned = Registry(state_2 / "registry.sqlite3", password_params=CHEAP)
+    try:
+        assert returned.export_rows() == target.export_rows()
+    finally:
+        target.close()
+        returned.close()
+
 
 def test_a_cut_or_foreign_file_imports_nothing(tmp_path: Path, url: str) -> None:
     state = tmp_path / "state"
