@@ -85,9 +85,8 @@ class PostgresServer:
         if self._as_other_user:
             user = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
-        self._run(
-            ["initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"]
-        )
+        options = ["--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]
+        self._run(["initdb", "-D", str(self.data), "-U", SUPERUSER, *options])
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"port = {self.port}\n"
