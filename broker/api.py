@@ -36,7 +36,7 @@ from dvrlink.broker.api_sessions import RelayDirectory, SessionRoutes
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.rate_limit import FailureLimiter
-from dvrlink.broker.registry import USERNAME_MAX, Registry, verify_password
+from dvrlink.broker.registry import USERNAME_MAX, RegistryStore, verify_password
 from dvrlink.broker.sessions import SessionTable
 from dvrlink.broker.webhooks import WebhookDispatcher
 
@@ -53,7 +53,7 @@ class BrokerApi:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: RegistryStore,
         presence: PresenceView,
         config: BrokerConfig,
         clock: Callable[[], float] = time.time,

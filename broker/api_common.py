@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from dvrlink.broker.config import BrokerConfig
-from dvrlink.broker.registry import DeviceRecord, Registry, TokenProblem
+from dvrlink.broker.registry import DeviceRecord, RegistryStore, RegistryUnavailableError, TokenProblem
 from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
 from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
 
@@ -178,6 +178,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = f"{exc.reason}: {request.method} {request.path}; see /openapi.json for the routes"
         return ApiError(exc.status, code, message).response()
+    except RegistryUnavailableError as exc:  # PostgreSQL stopped: the request did nothing
+        log.warning("request %s %s: %s", request.method, request.path, exc)
+        return ApiError(
+            503,
+            "registry_unavailable",
+            "the broker cannot reach its registry right now; retry in a few seconds",
+        ).response()
     except Exception:
         log.exception("request %s %s failed", request.method, request.path)
         return ApiError(
@@ -189,7 +196,11 @@ class ApiContext:
     """What every route group works with, and the checks they share."""
 
     def __init__(
-        self, registry: Registry, presence: PresenceView, config: BrokerConfig, clock: Callable[[], float]
+        self,
+        registry: RegistryStore,
+        presence: PresenceView,
+        config: BrokerConfig,
+        clock: Callable[[], float],
     ) -> None:
         self.registry = registry
         self.presence = presence

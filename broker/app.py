@@ -46,7 +46,7 @@ from dvrlink.broker.presence_tcp import (
     TransportRouter,
     start_presence_tcp,
 )
-from dvrlink.broker.registry import Registry, format_address
+from dvrlink.broker.registry import RegistryStore, format_address, open_registry
 from dvrlink.broker.state import (
     INFO_FILE,
     REGISTRY_FILE,
@@ -78,7 +78,7 @@ class RunningBroker:
 
     info: BrokerInfo
     config: BrokerConfig
-    registry: Registry
+    registry: RegistryStore
     server: PresenceServer
     link: PresenceLink
     app: web.Application
@@ -214,10 +214,10 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
     try:
         stack.callback(os.close, _lock_state_dir(state))
         (state / INFO_FILE).unlink(missing_ok=True)  # a stale one from a crash
-        registry = Registry(state / REGISTRY_FILE)
+        registry = open_registry(config.registry_url, state / REGISTRY_FILE)
         stack.callback(registry.close)
         if registry.created:
-            log.info("created a new registry %s (no accounts, no device bindings yet)", registry.path)
+            log.info("created a new registry %s (no accounts, no device bindings yet)", registry.location)
         static_key = load_or_create_static_key(state)
         alternate = StunResponder(  # RFC 5780 on a second address and port, when configured
             config.stun_alternate_host,

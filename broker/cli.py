@@ -7,10 +7,13 @@
     dvrlink-broker manifest load FILE                (CSV "serial,public_key_b64" lines, or a JSON object)
     dvrlink-broker device release SERIAL            (forget a binding: the next key to register binds it)
     dvrlink-broker show-key                          (the X25519 key devices pin)
+    dvrlink-broker migrate                           (bring the registry's schema up to date)
+    dvrlink-broker export FILE | import FILE [--replace]  (move a registry, e.g. SQLite to PostgreSQL)
 
-Admin commands work on the registry file directly, also while the broker runs. Only ``serve``,
-``user add`` and ``manifest load`` create state (the directory, the registry); every other
-command refuses a state directory or registry that is not there.
+Admin commands work on the registry (the file, or the PostgreSQL database of ``registry_url``)
+directly, also while the broker runs. Only ``serve``, ``user add``, ``manifest load``,
+``migrate`` and ``import`` create state (the directory, the registry); every other command
+refuses a state directory or registry that is not there.
 Exit status: 0 done, 1 failed, 2 usage error, 78 configuration error (also: a state directory,
 registry or key that is missing, empty or from a newer version).
 """
@@ -32,7 +35,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from dvrlink.broker.config import BrokerConfig, ConfigError, config_from_mapping, load_config
-from dvrlink.broker.registry import Registry, RegistryError, RegistryUnusableError, UserExistsError
+from dvrlink.broker.registry import (
+    RegistryError,
+    RegistryStore,
+    RegistryUnusableError,
+    UserExistsError,
+    open_registry,
+)
+from dvrlink.broker.registry_transfer import import_export, read_export, write_export
 from dvrlink.broker.state import (
     REGISTRY_FILE,
     MissingStateError,
@@ -46,10 +56,18 @@ from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_ser
 EXIT_FAILED = 1
 EXIT_CONFIG = 78
 MIN_PASSWORD = 8
+ADMIN_STATEMENT_TIMEOUT_S = 600.0  # export and import on PostgreSQL: whole tables at once
 NO_AIOHTTP = (
     "dvrlink-broker: aiohttp is not installed, and the broker's HTTPS API needs it; install the "
     "broker extra: pip install 'dvrlink[broker]'"
 )
+EXPORT_HELP = """\
+to move a single-node SQLite broker to PostgreSQL:
+  dvrlink-broker export registry.jsonl --config broker.toml       (the SQLite one; stop the broker first)
+  dvrlink-broker migrate --config broker.toml --registry-url postgresql://dvrlink@db:5432/dvrlink
+  dvrlink-broker import registry.jsonl --config broker.toml --registry-url postgresql://dvrlink@db:5432/dvrlink
+then set registry_url in broker.toml and start the brokers.
+"""
 MANIFEST_FORMAT = """\
 file format: either CSV lines "serial,public_key_base64"
   # factory batch 7                (blank lines and # comments are skipped)
@@ -164,6 +182,24 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("serial")
 
     command(sub, "show-key", "print the broker's public X25519 key (base64) that devices pin")
+
+    url_help = 'the registry: "" = SQLite in the state directory, or postgresql://user@host:port/db'
+    p = command(sub, "migrate", "apply pending schema migrations to the registry (creates it if missing)")
+    p.add_argument("--registry-url", default=None, help=url_help + " (instead of the file's)")
+    p = command(
+        sub,
+        "export",
+        "write the whole registry to a file (JSON lines, owner-only: it holds password hashes)",
+        epilog=EXPORT_HELP,
+    )
+    p.add_argument("file", type=Path, help="the export file to write")
+    p.add_argument("--registry-url", default=None, help=url_help + " (instead of the file's)")
+    p = command(sub, "import", "load an export into the registry, all or nothing", epilog=EXPORT_HELP)
+    p.add_argument("file", type=Path, help="a file written by `dvrlink-broker export`")
+    p.add_argument("--registry-url", default=None, help=url_help + " (instead of the file's)")
+    p.add_argument(
+        "--replace", action="store_true", help="delete what the registry holds first (else it must be empty)"
+    )
     return parser
 
 
@@ -195,6 +231,9 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     state_dir = getattr(args, "state_dir", None)
     if state_dir is not None:
         overrides["state_dir"] = str(state_dir.resolve())
+    registry_url = getattr(args, "registry_url", None)
+    if registry_url is not None:
+        overrides["registry_url"] = registry_url
     for name in ("udp_port", "https_port", "presence_tcp_port"):
         value = getattr(args, name, None)
         if value is not None:
@@ -212,21 +251,64 @@ def _config(args: argparse.Namespace) -> BrokerConfig:
     return config_from_mapping(overrides, source="command line")
 
 
-def _open_registry(config: BrokerConfig, *, create: bool = False) -> Registry:
-    """The registry; only with ``create`` are a missing state directory and registry made.
+def _open_registry(config: BrokerConfig, *, create: bool = False, patient: bool = False) -> RegistryStore:
+    """The registry; only with ``create`` are a missing state directory and registry made
+    (a PostgreSQL registry needs no state directory, only its database).
 
     Raises:
         MissingStateError: without ``create``, the state directory does not exist.
         RegistryUnusableError: the registry is missing (without ``create``), empty, or newer.
+        RegistryUnavailableError: the PostgreSQL server does not answer.
+
+    ``patient`` is for commands that read or write every row (export, import): their
+    PostgreSQL statements may take minutes on a large fleet, not the broker's 1.5 s.
     """
-    if create:
+    if not config.registry_url and create:
         ensure_state_dir(config.state_dir)
-    else:
+    elif not config.registry_url:
         require_state_dir(config.state_dir)
-    registry = Registry(config.state_dir / REGISTRY_FILE, create=create)
+    registry = open_registry(
+        config.registry_url,
+        config.state_dir / REGISTRY_FILE,
+        create=create,
+        statement_timeout_s=ADMIN_STATEMENT_TIMEOUT_S if patient else None,
+    )
     if registry.created:
-        print(f"dvrlink-broker: created a new registry {registry.path}", file=sys.stderr)
+        print(f"dvrlink-broker: created a new registry {registry.location}", file=sys.stderr)
     return registry
+
+
+def _migrate(config: BrokerConfig) -> None:
+    registry = _open_registry(config, create=True)
+    try:
+        before, after = registry.migrated_from, registry.schema_version
+    finally:
+        registry.close()
+    if before == after:
+        print(f"registry {registry.location}: schema version {after}, up to date")
+    else:
+        print(f"registry {registry.location}: migrated from schema version {before} to {after}")
+
+
+def _export(config: BrokerConfig, path: Path) -> None:
+    registry = _open_registry(config, patient=True)
+    try:
+        counts = write_export(registry, path, time.time())
+    finally:
+        registry.close()
+    listed = ", ".join(f"{n} {table}" for table, n in counts.items())
+    print(f"exported {registry.location} to {path}: {listed} (keep it private: it holds password hashes)")
+
+
+def _import(config: BrokerConfig, path: Path, replace: bool) -> None:
+    registry = _open_registry(config, create=True, patient=True)
+    try:
+        export = read_export(path, registry.schema_version)
+        import_export(registry, export, replace=replace)
+    finally:
+        registry.close()
+    listed = ", ".join(f"{n} {table}" for table, n in export.counts().items())
+    print(f"imported {path} (exported from {export.source}) into {registry.location}: {listed}")
 
 
 def _read_password(name: str, from_stdin: bool) -> str:
@@ -430,6 +512,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _manifest_load(config, args.file)
         if command == "device" and args.device_command == "release":
             return _device_release(config, args.serial)
+        if command == "migrate":
+            _migrate(config)
+            return 0
+        if command == "export":
+            _export(config, args.file)
+            return 0
+        if command == "import":
+            _import(config, args.file, args.replace)
+            return 0
         if command == "show-key":
             print(b64encode_key(read_static_public_key(config.state_dir)))
             return 0

@@ -16,6 +16,7 @@ from the directory that holds the file)::
     server_names = ["broker.example.net"]   # added to the self-signed certificate
     token_lifetime_s = 2592000              # 30 days
     manifest_only = false                   # true: only serials from the factory manifest register
+    registry_url = ""                       # "": SQLite in state_dir; or "postgresql://user@host:5432/db"
     pairing_max_failures = 3                # wrong pairing codes per account and device and window ...
     pairing_window_s = 3600                 # ... before the broker stops forwarding that account's tries
     pairing_device_max_failures = 10        # wrong codes per device from all accounts and window ...
@@ -121,6 +122,9 @@ class BrokerConfig:
     manifest_only: bool = False
     """False: a serial is bound to the key of its first registration. True: only serials loaded
     from the factory manifest may register."""
+    registry_url: str = ""
+    """Where the registry lives: "" = SQLite in ``state_dir`` (one broker), or a PostgreSQL URL
+    ``postgresql://user@host:port/database`` that several broker nodes share."""
     pairing_max_failures: int = 3
     """Wrong pairing codes one account may send one device within ``pairing_window_s`` before
     its attempts on that device are refused (429). Keep it below the device's own limit (5 per
@@ -423,6 +427,13 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
         if not lo_f <= raw <= hi_f:
             raise ConfigError(f"{where} is {raw} s, out of range; use {lo_f:g} to {hi_f:g} seconds")
         return float(raw)
+    if name == "registry_url":
+        if not isinstance(raw, str) or (raw and not raw.startswith(("postgresql://", "postgres://"))):
+            raise ConfigError(
+                f'{where} must be "" (SQLite in state_dir) or a PostgreSQL URL such as '
+                f'"postgresql://dvrlink@db.example.net:5432/dvrlink", got {raw!r}'
+            )
+        return raw
     if name in ("manifest_only", "turn_enabled", "turn_allow_loopback_peers", "udp_reuse_port"):
         if not isinstance(raw, bool):
             raise ConfigError(f"{where} must be true or false, got {raw!r}")

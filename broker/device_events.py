@@ -4,6 +4,14 @@
 different key, or a serial missing from the manifest in manifest-only mode, is refused with a
 message that tells the device what to do, logged and recorded in the audit table). Invite
 outcomes go to the gateway that waits for them.
+
+When the registry cannot answer (PostgreSQL stopped or unreachable, SQLite locked), a
+registration is refused with ``RefuseReason.BUSY``: the presence protocol's authenticated
+"try again later", after which the device backs off (``REGISTRY_BUSY_RETRY_S``, not the 5
+minutes of a refused key) and registers again with everything it holds (its key, its alarm
+queue). Devices already online are not touched: their keepalives never
+reach the registry. Notes that only record what happened (a registration's address, a report,
+a refusal's audit row) are skipped while the registry is down, with one warning per outage.
 """
 
 from __future__ import annotations
@@ -11,9 +19,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from dvrlink.broker.registry import BindingVerdict, Registry, format_address
+from dvrlink.broker.registry import BindingVerdict, RegistryStore, RegistryUnavailableError, format_address
 from dvrlink.protocol.identity import b64encode_key, fingerprint
 from dvrlink.protocol.presence_events import (
     DeviceMoved,
@@ -31,8 +39,16 @@ from dvrlink.protocol.presence_server import RefuseReason
 REFUSAL_LOG_INTERVAL_S = 60.0  # one warning and audit row per (serial, key) per interval
 REFUSAL_MEMORY = 10_000
 UNCONFIRMED_LOG_INTERVAL_S = 300.0  # one line per serial per interval: a device never using its sessions
+REGISTRY_BUSY_RETRY_S = 30.0
+"""How long a device refused with BUSY (registry unavailable) waits before it registers again:
+an outage such as a PostgreSQL restart is short, unlike a key mismatch (the core's default)."""
 
 log = logging.getLogger(__name__)
+
+REGISTRY_DOWN = (RegistryUnavailableError, sqlite3.Error)
+"""What a registry call raises when the registry cannot answer now (a later call may work)."""
+
+_T = TypeVar("_T")
 
 
 class AdmissionCore(Protocol):
@@ -41,7 +57,9 @@ class AdmissionCore(Protocol):
     @property
     def public_key(self) -> bytes: ...
     def accept(self, handle: int, now: float, wall: float | None = None) -> None: ...
-    def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None: ...
+    def refuse(
+        self, handle: int, reason: RefuseReason, message: str, now: float, retry_after: float | None = None
+    ) -> None: ...
 
 
 class DeviceEventHandler:
@@ -54,7 +72,7 @@ class DeviceEventHandler:
     def __init__(
         self,
         core: AdmissionCore,
-        registry: Registry,
+        registry: RegistryStore,
         manifest_only: bool,
         core_clock: Callable[[], float],
         wall_clock: Callable[[], float],
@@ -72,22 +90,21 @@ class DeviceEventHandler:
         self._on_invite_event = on_invite_event
         self._refusals: dict[tuple[str, bytes], tuple[float, int]] = {}
         self._unconfirmed: dict[str, tuple[float, int]] = {}
+        self._registry_down = False
+        self._skipped_notes = 0
 
     def __call__(self, event: ServerEvent) -> None:
         if isinstance(event, RegistrationRequested):
             self._admit(event)
         elif isinstance(event, DeviceOnline):
-            self._registry.record_registration(event.serial, event.address, self._wall_clock())
+            wall = self._wall_clock()
+            self._note(lambda: self._registry.record_registration(event.serial, event.address, wall))
             log.debug("device %s online from %s", event.serial, format_address(event.address))
         elif isinstance(event, InviteAnswered | InviteExpired):
             self._on_invite_event(event)
         elif isinstance(event, DeviceReported):
-            try:
-                self._registry.record_report(event.serial, event.report.as_dict(), self._wall_clock())
-            except sqlite3.Error:
-                log.exception(
-                    "registry failed while keeping the report of %s; the next one will do", event.serial
-                )
+            report, wall = event.report.as_dict(), self._wall_clock()
+            self._note(lambda: self._registry.record_report(event.serial, report, wall))
         elif isinstance(event, RegistrationUnconfirmed):
             self._note_unconfirmed(event)
         elif isinstance(event, DeviceOffline):
@@ -113,15 +130,25 @@ class DeviceEventHandler:
             return
         try:
             verdict = self._registry.check_binding(event.serial, event.public_key, wall, self._manifest_only)
-        except sqlite3.Error:
-            log.exception("registry failed while checking %s; telling the device to retry", event.serial)
+        except REGISTRY_DOWN as exc:
+            self._down(exc)
+            if issued is not None:
+                # The ticket says the fleet bound this serial to this key (when it was issued,
+                # within its lifetime): a device that moves node or comes back during the outage
+                # gets in. The binding is checked again at its next registration.
+                log.info("registration of %s accepted by its ticket (the registry is down)", event.serial)
+                self._core.accept(event.handle, self._core_clock(), wall)
+                return
+            log.info("registration of %s refused with 'busy': the registry is unavailable", event.serial)
             self._core.refuse(
                 event.handle,
                 RefuseReason.BUSY,
-                "the broker cannot check registrations right now; retry later",
+                "the broker cannot check registrations right now (its registry is unavailable); retry later",
                 self._core_clock(),
+                retry_after=REGISTRY_BUSY_RETRY_S,
             )
             return
+        self._up()
         if verdict is BindingVerdict.BOUND_NOW:
             log.info(
                 "serial %s bound to key %s on first registration from %s",
@@ -183,7 +210,7 @@ class DeviceEventHandler:
         if len(self._refusals) >= REFUSAL_MEMORY:
             self._refusals.clear()
         self._refusals[key] = (wall, 0)
-        bound = self._registry.device(event.serial)
+        bound = self._note(lambda: self._registry.device(event.serial))
         bound_fp = fingerprint(bound.public_key) if bound is not None else "none"
         log.warning(
             "refused registration of serial %s from %s: %s (presented key %s, bound key %s)%s",
@@ -194,4 +221,39 @@ class DeviceEventHandler:
             bound_fp,
             f"; {suppressed} more refusals since the last warning" if suppressed else "",
         )
-        self._registry.record_refusal(event.serial, event.public_key, event.address, wall, verdict.value)
+        self._note(
+            lambda: self._registry.record_refusal(
+                event.serial, event.public_key, event.address, wall, verdict.value
+            )
+        )
+
+    def _note(self, call: Callable[[], _T]) -> _T | None:
+        """Run a registry call that only records or looks up; while the registry is down it is
+        skipped (None) and counted, so the device's event goes on."""
+        try:
+            result = call()
+        except REGISTRY_DOWN as exc:
+            self._down(exc)
+            self._skipped_notes += 1
+            return None
+        self._up()
+        return result
+
+    def _down(self, exc: Exception) -> None:
+        """One warning per outage (the next success ends it)."""
+        if not self._registry_down:
+            self._registry_down = True
+            log.warning(
+                "registry unavailable: %s; registrations are refused with 'busy' (devices retry) and "
+                "devices already online keep being served",
+                exc,
+            )
+
+    def _up(self) -> None:
+        if self._registry_down:
+            self._registry_down = False
+            log.warning(
+                "registry available again; %d registration notes were skipped during the outage",
+                self._skipped_notes,
+            )
+            self._skipped_notes = 0

@@ -1,4 +1,9 @@
-"""The broker's durable state in one SQLite file: device bindings, accounts, tokens, pairings.
+"""The broker's durable state: device bindings, accounts, tokens, pairings.
+
+``RegistryStore`` is what the broker uses; ``open_registry`` opens the configured backend. This
+module holds the queries both backends share (``RegistryQueries``) and the default backend,
+``Registry``: one SQLite file in the state directory, described below. For several broker nodes
+the same tables live in PostgreSQL (``registry_postgres.py``).
 
 Every method that changes something commits before it returns, so an answer the broker gave
 (a token, a binding, a pairing) survives ``kill -9``. The database runs in WAL mode with
@@ -23,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dvrlink.protocol.identity import PUBLIC_KEY_SIZE, fingerprint, validate_serial
 from dvrlink.protocol.presence_events import Address
@@ -32,6 +37,7 @@ BUSY_TIMEOUT_S = 5.0
 EXPIRED_TOKEN_MEMORY_S = 7 * 86400.0  # expired tokens are kept this long to answer "token_expired"
 PAIR_FAILURE_MEMORY_S = 7 * 86400.0  # pairing failures older than this are deleted
 USERNAME_MAX = 64
+DEVICE_NAME_MAX = 64  # characters of a device name (pairings.name)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema
@@ -90,13 +96,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE pair_failures ADD COLUMN username TEXT",
         "CREATE INDEX pair_failures_by_account ON pair_failures (serial, username, at)",
     ),
-    # 4: the name an account gives a paired device (shown by the dashboard)
-    ("ALTER TABLE pairings ADD COLUMN name TEXT",),
+    # 4: a name each account gives its device (any text; the dashboard shows it escaped)
+    ("ALTER TABLE pairings ADD COLUMN name TEXT CHECK (name IS NULL OR length(name) <= 64)",),
 )
 
 
 class RegistryError(RuntimeError):
     """The registry file cannot be opened or migrated; the message names the file and what to do."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry's server (PostgreSQL) does not answer: the call did nothing and may be retried
+    once the server is back; the message names the server and what to check. The next call
+    reconnects."""
 
 
 class RegistryUnusableError(RegistryError):
@@ -179,7 +191,7 @@ class PairingRecord:
     viewer_key: bytes
     paired_at: float
     name: str | None = None
-    """The name the account gave the device, or None."""
+    """What the account calls the device (at most ``DEVICE_NAME_MAX`` characters), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +296,45 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    # in an order that inserts parents before the rows that refer to them
+    "devices": (
+        "serial",
+        "public_key",
+        "source",
+        "bound_at",
+        "last_registered_at",
+        "last_address",
+        "report",
+        "reported_at",
+    ),
+    "users": ("username", "password_hash", "salt", "scrypt_n", "scrypt_r", "scrypt_p", "created_at"),
+    "tokens": ("token_hash", "username", "issued_at", "expires_at"),
+    "pairings": ("username", "serial", "viewer_key", "paired_at", "name"),
+    "pair_failures": ("serial", "at", "username"),
+    "refusals": ("id", "serial", "public_key", "address", "at", "reason"),
+}
+"""Every table of the schema with its columns: what ``export_rows``/``import_rows`` move."""
+
+TABLE_ORDER: dict[str, str] = {
+    "devices": "serial",
+    "users": "username",
+    "tokens": "token_hash",
+    "pairings": "username, serial",
+    "pair_failures": "serial, at, coalesce(username, '')",  # NULLs sort alike in both engines
+    "refusals": "id",
+}
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the queries use (``sqlite3.Cursor``, ``psycopg.Cursor``)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
 def _device_record(row: Sequence[Any]) -> DeviceRecord:
     """A ``devices`` row (serial, public_key, source, bound_at, last_registered_at, last_address,
     report, reported_at) as a record; a report that is not a JSON object reads as None."""
@@ -297,7 +348,417 @@ def _device_record(row: Sequence[Any]) -> DeviceRecord:
     return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7])
 
 
-class Registry:
+class RegistryQueries:
+    """The registry's queries, written once for both backends in the SQL they share.
+
+    A backend supplies ``_execute`` (``?`` placeholders; returns a DB-API cursor), ``_transaction``
+    (one atomic unit, committed on exit) and ``_integrity_errors`` (its constraint violations).
+    Times (``now``, ``since``) are Unix seconds.
+    """
+
+    _password_params: ScryptParams
+    _integrity_errors: tuple[type[Exception], ...]
+    location: str
+    """Where the registry lives, for messages: a file path, or a URL without its password."""
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        raise NotImplementedError
+
+    def _after_import(self) -> None:
+        """Called inside the import's transaction after the rows went in (PostgreSQL moves the
+        ``refusals`` id sequence past the imported ids)."""
+
+    def _transaction(self) -> AbstractContextManager[object]:
+        raise NotImplementedError
+
+    # -- devices -----------------------------------------------------------------------------
+
+    def check_binding(
+        self, serial: str, public_key: bytes, now: float, manifest_only: bool
+    ) -> BindingVerdict:
+        """Judge a registration of ``serial`` with ``public_key``; on first use, bind it.
+
+        With ``manifest_only`` only serials loaded by :meth:`load_manifest` are accepted (a
+        serial bound on first use earlier does not count).
+        """
+        row = self._execute("SELECT public_key, source FROM devices WHERE serial = ?", (serial,)).fetchone()
+        if row is None:
+            if manifest_only:
+                return BindingVerdict.NOT_IN_MANIFEST
+            cur = self._execute(
+                "INSERT INTO devices (serial, public_key, source, bound_at) VALUES (?, ?, 'first-use', ?) "
+                "ON CONFLICT (serial) DO NOTHING",
+                (serial, public_key, now),
+            )
+            if cur.rowcount == 1:
+                return BindingVerdict.BOUND_NOW
+            row = self._execute(
+                "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
+            ).fetchone()
+        bound_key, source = bytes(row[0]), str(row[1])
+        if manifest_only and source != "manifest":
+            return BindingVerdict.NOT_IN_MANIFEST
+        if hmac.compare_digest(bound_key, public_key):
+            return BindingVerdict.MATCHES
+        return BindingVerdict.KEY_MISMATCH
+
+    def record_registration(self, serial: str, address: Address, now: float) -> None:
+        """Note that ``serial`` registered from ``address`` at ``now`` (no-op for unknown serials)."""
+        self._execute(
+            "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
+            (now, format_address(address), serial),
+        )
+
+    def record_refusal(
+        self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
+    ) -> None:
+        """Append a refused registration to the audit log."""
+        self._execute(
+            "INSERT INTO refusals (serial, public_key, address, at, reason) VALUES (?, ?, ?, ?, ?)",
+            (serial, public_key, format_address(address) if address else None, now, reason),
+        )
+
+    def refusals(self, serial: str | None = None, limit: int = 100) -> list[RefusalRecord]:
+        """The newest refusals (of ``serial``, or of all serials), newest first."""
+        if serial is None:
+            rows = self._execute(
+                "SELECT serial, public_key, address, at, reason FROM refusals ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._execute(
+                "SELECT serial, public_key, address, at, reason FROM refusals WHERE serial = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (serial, limit),
+            )
+        return [RefusalRecord(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def device(self, serial: str) -> DeviceRecord | None:
+        """The binding of ``serial``, or None if it never registered and is not in the manifest."""
+        row = self._execute(
+            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
+            "reported_at FROM devices WHERE serial = ?",
+            (serial,),
+        ).fetchone()
+        return None if row is None else _device_record(row)
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every bound device, by serial (the operators' view of the fleet)."""
+        rows = self._execute(
+            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
+            "reported_at FROM devices ORDER BY serial"
+        )
+        return [_device_record(row) for row in rows]
+
+    def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None:
+        """Keep the last report of a bound ``serial`` (``DeviceReport.as_dict()``)."""
+        with self._transaction():
+            self._execute(
+                "UPDATE devices SET report = ?, reported_at = ? WHERE serial = ?",
+                (json.dumps(dict(report), sort_keys=True), now, serial),
+            )
+
+    def release_device(self, serial: str) -> bool:
+        """Forget the binding of ``serial`` (and its pairings), so the next registering key binds it.
+
+        For a device that was reset or replaced. Returns False if the serial was not bound.
+        """
+        with self._transaction():
+            self._execute("DELETE FROM pair_failures WHERE serial = ?", (serial,))
+            return self._execute("DELETE FROM devices WHERE serial = ?", (serial,)).rowcount == 1
+
+    def load_manifest(self, entries: Mapping[str, bytes], now: float) -> ManifestReport:
+        """Bind the serials of a factory manifest (serial -> raw Ed25519 public key).
+
+        An existing binding to another key is reported in ``conflicts`` and left unchanged;
+        a first-use binding to the same key is marked as coming from the manifest. All entries
+        are applied in one transaction.
+
+        Raises:
+            ValueError: a serial is invalid or a key is not 32 bytes (nothing is applied); the
+                message names the entry.
+        """
+        for serial, key in entries.items():
+            validate_serial(serial)
+            if len(key) != PUBLIC_KEY_SIZE:
+                raise ValueError(
+                    f"manifest entry {serial}: public key is {len(key)} bytes, expected {PUBLIC_KEY_SIZE}"
+                )
+        added: list[str] = []
+        confirmed: list[str] = []
+        unchanged: list[str] = []
+        conflicts: list[ManifestConflict] = []
+        with self._transaction():
+            for serial, key in entries.items():
+                row = self._execute(
+                    "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
+                ).fetchone()
+                if row is None:
+                    self._execute(
+                        "INSERT INTO devices (serial, public_key, source, bound_at) "
+                        "VALUES (?, ?, 'manifest', ?)",
+                        (serial, key, now),
+                    )
+                    added.append(serial)
+                elif bytes(row[0]) != key:
+                    conflicts.append(ManifestConflict(serial, bytes(row[0]), key, row[1]))
+                elif row[1] == "manifest":
+                    unchanged.append(serial)
+                else:
+                    self._execute("UPDATE devices SET source = 'manifest' WHERE serial = ?", (serial,))
+                    confirmed.append(serial)
+        return ManifestReport(tuple(added), tuple(confirmed), tuple(unchanged), tuple(conflicts))
+
+    # -- users and tokens ----------------------------------------------------------------------
+
+    def create_user(self, username: str, password: str, now: float) -> None:
+        """Create an account.
+
+        Raises:
+            ValueError: the username is not valid or the password is empty.
+            UserExistsError: the username is taken.
+        """
+        validate_username(username)
+        if not password:
+            raise ValueError("the password is empty; choose one of at least 8 characters")
+        salt = secrets.token_bytes(16)
+        params = self._password_params
+        digest = hash_password(password, salt, params)
+        try:
+            self._execute(
+                "INSERT INTO users (username, password_hash, salt, scrypt_n, scrypt_r, scrypt_p, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (username, digest, salt, params.n, params.r, params.p, now),
+            )
+        except self._integrity_errors:
+            raise UserExistsError(
+                f"user {username!r} exists; choose another name (passwords are not changed by 'user add')"
+            ) from None
+
+    def password_record(self, username: str) -> PasswordRecord | None:
+        """The stored hash of ``username``, or None if there is no such account."""
+        row = self._execute(
+            "SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM users WHERE username = ?",
+            (username,),
+        ).fetchone()
+        if row is None:
+            return None
+        return PasswordRecord(bytes(row[0]), bytes(row[1]), ScryptParams(row[2], row[3], row[4]))
+
+    def users(self) -> list[UserRecord]:
+        """Every account, by name, with its number of paired devices."""
+        rows = self._execute(
+            "SELECT u.username, u.created_at, "
+            "(SELECT count(*) FROM pairings p WHERE p.username = u.username) "
+            "FROM users u ORDER BY u.username"
+        )
+        return [UserRecord(r[0], r[1], r[2]) for r in rows]
+
+    def delete_user(self, username: str) -> bool:
+        """Delete an account with its tokens and pairings; False if there is no such account."""
+        with self._transaction():
+            return self._execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
+
+    def set_password(self, username: str, password: str) -> bool:
+        """Replace the password of ``username`` and revoke its tokens (every viewer logs in again);
+        False if there is no such account.
+
+        Raises:
+            ValueError: the password is empty.
+        """
+        if not password:
+            raise ValueError("the password is empty; choose one of at least 8 characters")
+        salt = secrets.token_bytes(16)
+        params = self._password_params
+        digest = hash_password(password, salt, params)
+        with self._transaction():
+            changed = self._execute(
+                "UPDATE users SET password_hash = ?, salt = ?, scrypt_n = ?, scrypt_r = ?, scrypt_p = ? "
+                "WHERE username = ?",
+                (digest, salt, params.n, params.r, params.p, username),
+            ).rowcount
+            self._execute("DELETE FROM tokens WHERE username = ?", (username,))
+        return changed == 1
+
+    def authenticate(self, username: str, password: str) -> bool:
+        """True if ``password`` is the password of ``username`` (CPU-heavy, see ``verify_password``)."""
+        return verify_password(self.password_record(username), password)
+
+    def issue_token(self, username: str, now: float, lifetime: float) -> str:
+        """Create a bearer token for ``username`` valid until ``now + lifetime``; only its hash is stored.
+
+        Raises:
+            LookupError: there is no such user.
+        """
+        token = secrets.token_urlsafe(32)
+        with self._transaction():
+            self._execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_TOKEN_MEMORY_S,))
+            try:
+                self._execute(
+                    "INSERT INTO tokens (token_hash, username, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+                    (token_hash(token), username, now, now + lifetime),
+                )
+            except self._integrity_errors:
+                raise LookupError(f"no user {username!r}; create it with `dvrlink-broker user add`") from None
+        return token
+
+    def token_user(self, token: str, now: float) -> str | TokenProblem:
+        """The username a token belongs to, or why it is not valid (expired or unknown)."""
+        row = self._execute(
+            "SELECT username, expires_at FROM tokens WHERE token_hash = ?", (token_hash(token),)
+        ).fetchone()
+        if row is None:
+            return TokenProblem.UNKNOWN
+        if now >= row[1]:
+            return TokenProblem.EXPIRED
+        return str(row[0])
+
+    # -- pairings ------------------------------------------------------------------------------
+
+    def record_pairing(self, username: str, serial: str, viewer_key: bytes, now: float) -> None:
+        """Record that ``username`` paired ``serial`` with ``viewer_key`` (pairing again replaces
+        the key and time, and keeps the device's name)."""
+        self._execute(
+            "INSERT INTO pairings (username, serial, viewer_key, paired_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (username, serial) DO UPDATE SET viewer_key = excluded.viewer_key, "
+            "paired_at = excluded.paired_at",
+            (username, serial, viewer_key, now),
+        )
+
+    def remove_pairing(self, username: str, serial: str) -> bool:
+        """Forget the pairing of ``serial`` to ``username`` (``dvrlink unpair``); False if there
+        was none. The device keeps its own list of viewers: the viewer asks it separately."""
+        cursor = self._execute("DELETE FROM pairings WHERE username = ? AND serial = ?", (username, serial))
+        return cursor.rowcount > 0
+
+    def pairings_for(self, username: str) -> list[PairingRecord]:
+        """All devices paired to ``username``, by serial."""
+        rows = self._execute(
+            "SELECT username, serial, viewer_key, paired_at, name FROM pairings WHERE username = ? "
+            "ORDER BY serial",
+            (username,),
+        )
+        return [PairingRecord(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def paired_users(self, serial: str) -> list[str]:
+        """The accounts ``serial`` is paired to, by name."""
+        rows = self._execute("SELECT username FROM pairings WHERE serial = ? ORDER BY username", (serial,))
+        return [str(r[0]) for r in rows]
+
+    def pairing(self, username: str, serial: str) -> PairingRecord | None:
+        """The pairing of ``serial`` to ``username``, if any."""
+        row = self._execute(
+            "SELECT username, serial, viewer_key, paired_at, name FROM pairings "
+            "WHERE username = ? AND serial = ?",
+            (username, serial),
+        ).fetchone()
+        return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+    def set_device_name(self, username: str, serial: str, name: str | None) -> bool:
+        """Name the device ``serial`` for ``username`` (any text; None or "" removes the name).
+        The name belongs to the pairing: pairing again keeps it, unpairing forgets it. Returns
+        False if ``username`` has not paired ``serial``.
+
+        Raises:
+            ValueError: the name is longer than ``DEVICE_NAME_MAX`` characters.
+        """
+        if name is not None and len(name) > DEVICE_NAME_MAX:
+            raise ValueError(f"the device name is {len(name)} characters long; use at most {DEVICE_NAME_MAX}")
+        cursor = self._execute(
+            "UPDATE pairings SET name = ? WHERE username = ? AND serial = ?",
+            (name or None, username, serial),
+        )
+        return cursor.rowcount > 0
+
+    def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None:
+        """Count a wrong pairing code the device reported for ``username``'s attempt (old entries
+        are pruned)."""
+        with self._transaction():
+            self._execute(
+                "DELETE FROM pair_failures WHERE serial = ? AND at < ?", (serial, now - PAIR_FAILURE_MEMORY_S)
+            )
+            self._execute(
+                "INSERT INTO pair_failures (serial, at, username) VALUES (?, ?, ?)", (serial, now, username)
+            )
+
+    def pair_failures_since(self, serial: str, since: float, username: str | None = None) -> int:
+        """Number of wrong pairing codes for ``serial`` at or after ``since``: from every account,
+        or with ``username`` from that account only."""
+        if username is None:
+            row = self._execute(
+                "SELECT count(*) FROM pair_failures WHERE serial = ? AND at >= ?", (serial, since)
+            ).fetchone()
+        else:
+            row = self._execute(
+                "SELECT count(*) FROM pair_failures WHERE serial = ? AND username = ? AND at >= ?",
+                (serial, username, since),
+            ).fetchone()
+        return int(row[0])
+
+    # -- moving the whole registry -------------------------------------------------------------
+
+    def export_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table (``TABLE_COLUMNS`` order), read in one transaction so the
+        copy is consistent while the broker runs."""
+        tables: dict[str, list[tuple[Any, ...]]] = {}
+        with self._transaction():
+            for table, columns in TABLE_COLUMNS.items():
+                rows = self._execute(
+                    f"SELECT {', '.join(columns)} FROM {table} ORDER BY {TABLE_ORDER[table]}"  # noqa: S608 (names from TABLE_COLUMNS)
+                )
+                tables[table] = [
+                    tuple(bytes(v) if isinstance(v, bytes | memoryview) else v for v in row) for row in rows
+                ]
+        return tables
+
+    def row_counts(self) -> dict[str, int]:
+        """Number of rows per table."""
+        return {
+            table: int(self._execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+            for table in TABLE_COLUMNS
+        }
+
+    def import_rows(self, tables: Mapping[str, Sequence[Sequence[Any]]], *, replace: bool = False) -> None:
+        """Insert ``tables`` (as ``export_rows`` returns them) in one transaction: all or nothing.
+
+        Raises:
+            RegistryError: the registry is not empty and ``replace`` is false (nothing was
+                changed), or a row does not fit the schema (nothing was changed); the message
+                says which.
+        """
+        unknown = set(tables) - set(TABLE_COLUMNS)
+        if unknown:
+            raise RegistryError(f"unknown tables {sorted(unknown)}; export with the same or an older broker")
+        with self._transaction():
+            if not replace:
+                held = {t: n for t, n in self.row_counts().items() if n}
+                if held:
+                    raise RegistryError(
+                        f"{self.location} is not empty ({', '.join(f'{n} {t}' for t, n in held.items())}); "
+                        "import into an empty registry, or pass --replace to delete these rows first"
+                    )
+            else:
+                for table in reversed(TABLE_COLUMNS):
+                    self._execute(f"DELETE FROM {table}")  # noqa: S608 (names from TABLE_COLUMNS)
+            for table, columns in TABLE_COLUMNS.items():
+                marks = ", ".join("?" for _ in columns)
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+                for number, row in enumerate(tables.get(table, ()), start=1):
+                    if len(row) != len(columns):
+                        raise RegistryError(
+                            f"{table} row {number} has {len(row)} values, expected {len(columns)} "
+                            f"({', '.join(columns)}); nothing was imported"
+                        )
+                    try:
+                        self._execute(sql, tuple(row))
+                    except self._integrity_errors as exc:
+                        raise RegistryError(
+                            f"{table} row {number} does not fit the schema ({exc}); nothing was imported"
+                        ) from exc
+            self._after_import()
+
+
+class Registry(RegistryQueries):
     """The broker's SQLite registry. Not thread-safe: use one object per thread.
 
     Times (``now``, ``since``) are Unix seconds.
@@ -324,8 +785,11 @@ class Registry:
             RegistryError: the file cannot be opened (permissions, a missing directory).
         """
         self.path = Path(path)
+        self.location = str(self.path)
         self._password_params = password_params or ScryptParams()
+        self._integrity_errors = (sqlite3.IntegrityError,)
         self.created = False
+        self.migrated_from = len(migrations)
         if not self.path.parent.is_dir():
             raise RegistryError(
                 f"cannot open {self.path}: directory {self.path.parent} does not exist; create it "
@@ -338,6 +802,8 @@ class Registry:
                     "registry at its first start, or restore this file from a backup"
                 )
             self.created = self._create_new(migrations)
+            if self.created:
+                self.migrated_from = 0
         self._db = self._connect(self.path)
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -446,12 +912,16 @@ class Registry:
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return _transaction(self._db)
 
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         target = len(migrations)
         if self.schema_version == target:
             return
         with self._transaction() as db:
             current = self.schema_version  # again, under the write lock
+            self.migrated_from = current
             if current > target:
                 raise RegistryError(
                     f"{self.path} has schema version {current}, newer than this broker knows ({target}); "
@@ -462,321 +932,86 @@ class Registry:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {int(target)}")
 
-    # -- devices -----------------------------------------------------------------------------
 
+class RegistryStore(Protocol):
+    """What the broker and its admin commands use of a registry, whichever backend holds it:
+    :class:`Registry` (SQLite, the default) or ``registry_postgres.PostgresRegistry``.
+
+    Any call may raise :class:`RegistryUnavailableError` when the backend is a server that does
+    not answer; the call then did nothing and may be retried. Times are Unix seconds.
+    """
+
+    location: str
+    created: bool
+    """True if opening it made a new, empty registry."""
+    migrated_from: int
+    """The schema version found when it was opened (0 for a new one)."""
+
+    @property
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...
     def check_binding(
         self, serial: str, public_key: bytes, now: float, manifest_only: bool
-    ) -> BindingVerdict:
-        """Judge a registration of ``serial`` with ``public_key``; on first use, bind it.
-
-        With ``manifest_only`` only serials loaded by :meth:`load_manifest` are accepted (a
-        serial bound on first use earlier does not count).
-        """
-        row = self._db.execute(
-            "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
-        ).fetchone()
-        if row is None:
-            if manifest_only:
-                return BindingVerdict.NOT_IN_MANIFEST
-            cur = self._db.execute(
-                "INSERT INTO devices (serial, public_key, source, bound_at) VALUES (?, ?, 'first-use', ?) "
-                "ON CONFLICT (serial) DO NOTHING",
-                (serial, public_key, now),
-            )
-            if cur.rowcount == 1:
-                return BindingVerdict.BOUND_NOW
-            row = self._db.execute(
-                "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
-            ).fetchone()
-        bound_key, source = bytes(row[0]), str(row[1])
-        if manifest_only and source != "manifest":
-            return BindingVerdict.NOT_IN_MANIFEST
-        if hmac.compare_digest(bound_key, public_key):
-            return BindingVerdict.MATCHES
-        return BindingVerdict.KEY_MISMATCH
-
-    def record_registration(self, serial: str, address: Address, now: float) -> None:
-        """Note that ``serial`` registered from ``address`` at ``now`` (no-op for unknown serials)."""
-        self._db.execute(
-            "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
-            (now, format_address(address), serial),
-        )
-
+    ) -> BindingVerdict: ...
+    def record_registration(self, serial: str, address: Address, now: float) -> None: ...
     def record_refusal(
         self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
-    ) -> None:
-        """Append a refused registration to the audit log."""
-        self._db.execute(
-            "INSERT INTO refusals (serial, public_key, address, at, reason) VALUES (?, ?, ?, ?, ?)",
-            (serial, public_key, format_address(address) if address else None, now, reason),
-        )
+    ) -> None: ...
+    def refusals(self, serial: str | None = None, limit: int = 100) -> list[RefusalRecord]: ...
+    def device(self, serial: str) -> DeviceRecord | None: ...
+    def devices(self) -> list[DeviceRecord]: ...
+    def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None: ...
+    def release_device(self, serial: str) -> bool: ...
+    def load_manifest(self, entries: Mapping[str, bytes], now: float) -> ManifestReport: ...
+    def create_user(self, username: str, password: str, now: float) -> None: ...
+    def password_record(self, username: str) -> PasswordRecord | None: ...
+    def users(self) -> list[UserRecord]: ...
+    def delete_user(self, username: str) -> bool: ...
+    def set_password(self, username: str, password: str) -> bool: ...
+    def authenticate(self, username: str, password: str) -> bool: ...
+    def issue_token(self, username: str, now: float, lifetime: float) -> str: ...
+    def token_user(self, token: str, now: float) -> str | TokenProblem: ...
+    def record_pairing(self, username: str, serial: str, viewer_key: bytes, now: float) -> None: ...
+    def remove_pairing(self, username: str, serial: str) -> bool: ...
+    def pairings_for(self, username: str) -> list[PairingRecord]: ...
+    def paired_users(self, serial: str) -> list[str]: ...
+    def pairing(self, username: str, serial: str) -> PairingRecord | None: ...
+    def set_device_name(self, username: str, serial: str, name: str | None) -> bool: ...
+    def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None: ...
+    def pair_failures_since(self, serial: str, since: float, username: str | None = None) -> int: ...
+    def export_rows(self) -> dict[str, list[tuple[Any, ...]]]: ...
+    def row_counts(self) -> dict[str, int]: ...
+    def import_rows(
+        self, tables: Mapping[str, Sequence[Sequence[Any]]], *, replace: bool = False
+    ) -> None: ...
 
-    def refusals(self, serial: str | None = None, limit: int = 100) -> list[RefusalRecord]:
-        """The newest refusals (of ``serial``, or of all serials), newest first."""
-        if serial is None:
-            rows = self._db.execute(
-                "SELECT serial, public_key, address, at, reason FROM refusals ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT serial, public_key, address, at, reason FROM refusals WHERE serial = ? "
-                "ORDER BY id DESC LIMIT ?",
-                (serial, limit),
-            )
-        return [RefusalRecord(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
-    def device(self, serial: str) -> DeviceRecord | None:
-        """The binding of ``serial``, or None if it never registered and is not in the manifest."""
-        row = self._db.execute(
-            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
-            "reported_at FROM devices WHERE serial = ?",
-            (serial,),
-        ).fetchone()
-        return None if row is None else _device_record(row)
+def open_registry(
+    registry_url: str,
+    sqlite_path: Path,
+    *,
+    create: bool = True,
+    password_params: ScryptParams | None = None,
+    statement_timeout_s: float | None = None,
+) -> RegistryStore:
+    """Open the configured registry: SQLite at ``sqlite_path`` when ``registry_url`` is empty,
+    else the PostgreSQL database it names (``postgresql://user@host:port/db``). Both are
+    migrated to this program's schema on opening. ``statement_timeout_s`` replaces the short
+    limit PostgreSQL statements get in the broker (admin commands that read or write every
+    row pass a long one; 0 = none).
 
-    def devices(self) -> list[DeviceRecord]:
-        """Every bound device, by serial (the operators' view of the fleet)."""
-        rows = self._db.execute(
-            "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
-            "reported_at FROM devices ORDER BY serial"
-        )
-        return [_device_record(row) for row in rows]
+    Raises:
+        RegistryUnusableError: as :class:`Registry`, or the database holds no registry (and
+            ``create`` is false) or a newer one.
+        RegistryUnavailableError: the PostgreSQL server does not answer.
+        RegistryError: the registry cannot be opened; the message says what to do.
+    """
+    if not registry_url:
+        return Registry(sqlite_path, create=create, password_params=password_params)
+    from dvrlink.broker.registry_postgres import PostgresRegistry  # noqa: PLC0415 (SQLite needs no psycopg)
 
-    def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None:
-        """Keep the last report of a bound ``serial`` (``DeviceReport.as_dict()``)."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE devices SET report = ?, reported_at = ? WHERE serial = ?",
-                (json.dumps(dict(report), sort_keys=True), now, serial),
-            )
-
-    def release_device(self, serial: str) -> bool:
-        """Forget the binding of ``serial`` (and its pairings), so the next registering key binds it.
-
-        For a device that was reset or replaced. Returns False if the serial was not bound.
-        """
-        with self._transaction() as db:
-            db.execute("DELETE FROM pair_failures WHERE serial = ?", (serial,))
-            return db.execute("DELETE FROM devices WHERE serial = ?", (serial,)).rowcount == 1
-
-    def load_manifest(self, entries: Mapping[str, bytes], now: float) -> ManifestReport:
-        """Bind the serials of a factory manifest (serial -> raw Ed25519 public key).
-
-        An existing binding to another key is reported in ``conflicts`` and left unchanged;
-        a first-use binding to the same key is marked as coming from the manifest. All entries
-        are applied in one transaction.
-
-        Raises:
-            ValueError: a serial is invalid or a key is not 32 bytes (nothing is applied); the
-                message names the entry.
-        """
-        for serial, key in entries.items():
-            validate_serial(serial)
-            if len(key) != PUBLIC_KEY_SIZE:
-                raise ValueError(
-                    f"manifest entry {serial}: public key is {len(key)} bytes, expected {PUBLIC_KEY_SIZE}"
-                )
-        added: list[str] = []
-        confirmed: list[str] = []
-        unchanged: list[str] = []
-        conflicts: list[ManifestConflict] = []
-        with self._transaction() as db:
-            for serial, key in entries.items():
-                row = db.execute(
-                    "SELECT public_key, source FROM devices WHERE serial = ?", (serial,)
-                ).fetchone()
-                if row is None:
-                    db.execute(
-                        "INSERT INTO devices (serial, public_key, source, bound_at) "
-                        "VALUES (?, ?, 'manifest', ?)",
-                        (serial, key, now),
-                    )
-                    added.append(serial)
-                elif bytes(row[0]) != key:
-                    conflicts.append(ManifestConflict(serial, bytes(row[0]), key, row[1]))
-                elif row[1] == "manifest":
-                    unchanged.append(serial)
-                else:
-                    db.execute("UPDATE devices SET source = 'manifest' WHERE serial = ?", (serial,))
-                    confirmed.append(serial)
-        return ManifestReport(tuple(added), tuple(confirmed), tuple(unchanged), tuple(conflicts))
-
-    # -- users and tokens ----------------------------------------------------------------------
-
-    def create_user(self, username: str, password: str, now: float) -> None:
-        """Create an account.
-
-        Raises:
-            ValueError: the username is not valid or the password is empty.
-            UserExistsError: the username is taken.
-        """
-        validate_username(username)
-        if not password:
-            raise ValueError("the password is empty; choose one of at least 8 characters")
-        salt = secrets.token_bytes(16)
-        params = self._password_params
-        digest = hash_password(password, salt, params)
-        try:
-            self._db.execute(
-                "INSERT INTO users (username, password_hash, salt, scrypt_n, scrypt_r, scrypt_p, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (username, digest, salt, params.n, params.r, params.p, now),
-            )
-        except sqlite3.IntegrityError:
-            raise UserExistsError(
-                f"user {username!r} exists; choose another name (passwords are not changed by 'user add')"
-            ) from None
-
-    def password_record(self, username: str) -> PasswordRecord | None:
-        """The stored hash of ``username``, or None if there is no such account."""
-        row = self._db.execute(
-            "SELECT password_hash, salt, scrypt_n, scrypt_r, scrypt_p FROM users WHERE username = ?",
-            (username,),
-        ).fetchone()
-        if row is None:
-            return None
-        return PasswordRecord(bytes(row[0]), bytes(row[1]), ScryptParams(row[2], row[3], row[4]))
-
-    def users(self) -> list[UserRecord]:
-        """Every account, by name, with its number of paired devices."""
-        rows = self._db.execute(
-            "SELECT u.username, u.created_at, "
-            "(SELECT count(*) FROM pairings p WHERE p.username = u.username) "
-            "FROM users u ORDER BY u.username"
-        )
-        return [UserRecord(r[0], r[1], r[2]) for r in rows]
-
-    def delete_user(self, username: str) -> bool:
-        """Delete an account with its tokens and pairings; False if there is no such account."""
-        with self._transaction() as db:
-            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
-
-    def set_password(self, username: str, password: str) -> bool:
-        """Replace the password of ``username`` and revoke its tokens (every viewer logs in again);
-        False if there is no such account.
-
-        Raises:
-            ValueError: the password is empty.
-        """
-        if not password:
-            raise ValueError("the password is empty; choose one of at least 8 characters")
-        salt = secrets.token_bytes(16)
-        params = self._password_params
-        digest = hash_password(password, salt, params)
-        with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE users SET password_hash = ?, salt = ?, scrypt_n = ?, scrypt_r = ?, scrypt_p = ? "
-                "WHERE username = ?",
-                (digest, salt, params.n, params.r, params.p, username),
-            ).rowcount
-            db.execute("DELETE FROM tokens WHERE username = ?", (username,))
-        return changed == 1
-
-    def authenticate(self, username: str, password: str) -> bool:
-        """True if ``password`` is the password of ``username`` (CPU-heavy, see ``verify_password``)."""
-        return verify_password(self.password_record(username), password)
-
-    def issue_token(self, username: str, now: float, lifetime: float) -> str:
-        """Create a bearer token for ``username`` valid until ``now + lifetime``; only its hash is stored.
-
-        Raises:
-            LookupError: there is no such user.
-        """
-        token = secrets.token_urlsafe(32)
-        with self._transaction() as db:
-            db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_TOKEN_MEMORY_S,))
-            try:
-                db.execute(
-                    "INSERT INTO tokens (token_hash, username, issued_at, expires_at) VALUES (?, ?, ?, ?)",
-                    (token_hash(token), username, now, now + lifetime),
-                )
-            except sqlite3.IntegrityError:
-                raise LookupError(f"no user {username!r}; create it with `dvrlink-broker user add`") from None
-        return token
-
-    def token_user(self, token: str, now: float) -> str | TokenProblem:
-        """The username a token belongs to, or why it is not valid (expired or unknown)."""
-        row = self._db.execute(
-            "SELECT username, expires_at FROM tokens WHERE token_hash = ?", (token_hash(token),)
-        ).fetchone()
-        if row is None:
-            return TokenProblem.UNKNOWN
-        if now >= row[1]:
-            return TokenProblem.EXPIRED
-        return str(row[0])
-
-    # -- pairings ------------------------------------------------------------------------------
-
-    def record_pairing(self, username: str, serial: str, viewer_key: bytes, now: float) -> None:
-        """Record that ``username`` paired ``serial`` with ``viewer_key`` (pairing again replaces it)."""
-        self._db.execute(
-            "INSERT INTO pairings (username, serial, viewer_key, paired_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (username, serial) DO UPDATE SET viewer_key = excluded.viewer_key, "
-            "paired_at = excluded.paired_at",
-            (username, serial, viewer_key, now),
-        )
-
-    def remove_pairing(self, username: str, serial: str) -> bool:
-        """Forget the pairing of ``serial`` to ``username`` (``dvrlink unpair``); False if there
-        was none. The device keeps its own list of viewers: the viewer asks it separately."""
-        cursor = self._db.execute(
-            "DELETE FROM pairings WHERE username = ? AND serial = ?", (username, serial)
-        )
-        return cursor.rowcount > 0
-
-    def pairings_for(self, username: str) -> list[PairingRecord]:
-        """All devices paired to ``username``, by serial."""
-        rows = self._db.execute(
-            "SELECT username, serial, viewer_key, paired_at, name FROM pairings WHERE username = ? "
-            "ORDER BY serial",
-            (username,),
-        )
-        return [PairingRecord(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
-
-    def paired_users(self, serial: str) -> list[str]:
-        """The accounts ``serial`` is paired to, by name."""
-        rows = self._db.execute("SELECT username FROM pairings WHERE serial = ? ORDER BY username", (serial,))
-        return [str(r[0]) for r in rows]
-
-    def pairing(self, username: str, serial: str) -> PairingRecord | None:
-        """The pairing of ``serial`` to ``username``, if any."""
-        row = self._db.execute(
-            "SELECT username, serial, viewer_key, paired_at, name FROM pairings "
-            "WHERE username = ? AND serial = ?",
-            (username, serial),
-        ).fetchone()
-        return None if row is None else PairingRecord(row[0], row[1], bytes(row[2]), row[3], row[4])
-
-    def set_device_name(self, username: str, serial: str, name: str | None) -> bool:
-        """Name the device ``serial`` for ``username`` (None clears it); False if the account has
-        not paired it."""
-        cursor = self._db.execute(
-            "UPDATE pairings SET name = ? WHERE username = ? AND serial = ?", (name, username, serial)
-        )
-        return cursor.rowcount > 0
-
-    def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None:
-        """Count a wrong pairing code the device reported for ``username``'s attempt (old entries
-        are pruned)."""
-        with self._transaction() as db:
-            db.execute(
-                "DELETE FROM pair_failures WHERE serial = ? AND at < ?", (serial, now - PAIR_FAILURE_MEMORY_S)
-            )
-            db.execute(
-                "INSERT INTO pair_failures (serial, at, username) VALUES (?, ?, ?)", (serial, now, username)
-            )
-
-    def pair_failures_since(self, serial: str, since: float, username: str | None = None) -> int:
-        """Number of wrong pairing codes for ``serial`` at or after ``since``: from every account,
-        or with ``username`` from that account only."""
-        if username is None:
-            row = self._db.execute(
-                "SELECT count(*) FROM pair_failures WHERE serial = ? AND at >= ?", (serial, since)
-            ).fetchone()
-        else:
-            row = self._db.execute(
-                "SELECT count(*) FROM pair_failures WHERE serial = ? AND username = ? AND at >= ?",
-                (serial, username, since),
-            ).fetchone()
-        return int(row[0])
+    if statement_timeout_s is None:
+        return PostgresRegistry(registry_url, create=create, password_params=password_params)
+    return PostgresRegistry(
+        registry_url, create=create, password_params=password_params, statement_timeout_s=statement_timeout_s
+    )

@@ -394,8 +394,11 @@ class PresenceServer:
         if self._next_sweep is None:
             self._next_sweep = now + self._config.sweep_interval
 
-    def refuse(self, handle: int, reason: RefuseReason, message: str, now: float) -> None:
-        """Refuse a ``RegistrationRequested`` with an authenticated REFUSED.
+    def refuse(
+        self, handle: int, reason: RefuseReason, message: str, now: float, retry_after: float | None = None
+    ) -> None:
+        """Refuse a ``RegistrationRequested`` with an authenticated REFUSED; the device waits
+        ``retry_after`` seconds (default ``ServerConfig.refuse_retry_after``) before it tries again.
 
         Raises:
             KeyError: ``handle`` is unknown or expired.
@@ -408,7 +411,7 @@ class PresenceServer:
         plain = REFUSED_PLAIN.build(
             {
                 "reason": int(reason),
-                "retry_after_s": int(self._config.refuse_retry_after),
+                "retry_after_s": int(self._config.refuse_retry_after if retry_after is None else retry_after),
                 "message": text,
             }
         )

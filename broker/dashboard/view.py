@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from dvrlink.broker.alarm_store import StoredAlarm
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
-from dvrlink.broker.registry import DeviceRecord, PairingRecord, Registry
+from dvrlink.broker.registry import DeviceRecord, PairingRecord, RegistryStore
 from dvrlink.broker.sessions import SessionRecord, SessionState
 from dvrlink.protocol.alarm_wire import kind_name
 from dvrlink.protocol.presence_server import PresenceInfo
@@ -164,7 +164,7 @@ class DashboardView:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: RegistryStore,
         presence: PresenceLookup,
         sessions: SessionLookup,
         alarms: AlarmLookup | None,

@@ -1,0 +1,64 @@
+-- A registry written by dvrlink-broker at schema version 3 (the last version before the
+-- PostgreSQL backend and pairings.name), dumped with sqlite3's iterdump. Passwords: alice
+-- 'alice-password', bob 'bob-password' (scrypt n=16 r=1 p=1); alice's token: E5tSCBEqxbTKTMLgXrUV6I3_a1BPcsv78hyjCJ7slHQ
+PRAGMA user_version = 3;
+BEGIN TRANSACTION;
+CREATE TABLE devices (
+            serial TEXT PRIMARY KEY,
+            public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+            source TEXT NOT NULL CHECK (source IN ('first-use', 'manifest')),
+            bound_at REAL NOT NULL,
+            last_registered_at REAL,
+            last_address TEXT
+        , report TEXT, reported_at REAL) WITHOUT ROWID;
+INSERT INTO "devices" VALUES('DL-0001',X'000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F','first-use',1700000000.0,1700000001.25,'203.0.113.5:4000','{"rat": "lte", "signal_dbm": -87}',1700000002.5);
+INSERT INTO "devices" VALUES('DL-0002',X'0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F20','manifest',1700000003.0,1700000004.0,'[2001:db8::7]:5000',NULL,NULL);
+INSERT INTO "devices" VALUES('DL-0003',X'02030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F2021','manifest',1700000003.0,NULL,NULL,NULL,NULL);
+CREATE TABLE pair_failures (serial TEXT NOT NULL, at REAL NOT NULL, username TEXT);
+INSERT INTO "pair_failures" VALUES('DL-0001',1700000040.0,'bob');
+INSERT INTO "pair_failures" VALUES('DL-0001',1700000041.0,NULL);
+CREATE TABLE pairings (
+            username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+            serial TEXT NOT NULL REFERENCES devices (serial) ON DELETE CASCADE,
+            viewer_key BLOB NOT NULL,
+            paired_at REAL NOT NULL,
+            PRIMARY KEY (username, serial)
+        ) WITHOUT ROWID;
+INSERT INTO "pairings" VALUES('alice','DL-0001',X'0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F20',1700000030.0);
+INSERT INTO "pairings" VALUES('alice','DL-0002',X'02030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F2021',1700000031.0);
+INSERT INTO "pairings" VALUES('bob','DL-0001',X'02030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F2021',1700000032.0);
+CREATE TABLE refusals (
+            id INTEGER PRIMARY KEY,
+            serial TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            address TEXT,
+            at REAL NOT NULL,
+            reason TEXT NOT NULL
+        );
+INSERT INTO "refusals" VALUES(1,'DL-0001',X'0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F20','198.51.100.7:5000',1700000050.0,'key-mismatch');
+INSERT INTO "refusals" VALUES(2,'DL-0009',X'0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F20',NULL,1700000051.0,'not-in-manifest');
+CREATE TABLE tokens (
+            token_hash BLOB PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+            issued_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID;
+INSERT INTO "tokens" VALUES(X'3E2CB31B0C3BC47AED1C81F7562296AB34F85F5D2D38D2D749D24FEC30C2F0A7','alice',1700000020.0,2015360020.0);
+INSERT INTO "tokens" VALUES(X'F3043A01DB4E9495638AE08AF9B4ADC065C466E317468F389E096749C9FB585E','bob',1700000021.0,2015360021.0);
+CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            password_hash BLOB NOT NULL,
+            salt BLOB NOT NULL,
+            scrypt_n INTEGER NOT NULL,
+            scrypt_r INTEGER NOT NULL,
+            scrypt_p INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+INSERT INTO "users" VALUES('alice',X'DE974F14226E2F3AF693952AF8991D7ED14F6BD43E8C8F8427D28F13D283483E',X'A74E40685C7BAE488059C167F64E2508',16,1,1,1700000010.0);
+INSERT INTO "users" VALUES('bob',X'062192AC1645B9076326783DA9AAD99178D4990323C507070D3FC5D0D7557369',X'1AA053532532BB3C1D2692C8D9BB2482',16,1,1,1700000011.0);
+CREATE INDEX tokens_by_expiry ON tokens (expires_at);
+CREATE INDEX pairings_by_serial ON pairings (serial);
+CREATE INDEX pair_failures_by_serial ON pair_failures (serial, at);
+CREATE INDEX refusals_by_serial ON refusals (serial, at);
+CREATE INDEX pair_failures_by_account ON pair_failures (serial, username, at);
+COMMIT;
