@@ -35,6 +35,7 @@ import ipaddress
 import json
 import logging
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,8 +47,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from dvrlink.broker.alarm_store import AlarmStore, StoredAlarm
+from dvrlink.broker.registry import RegistryError
 
 MAX_BACKOFF_S = 300.0
+UNROUTED_RETRY_S = 5.0
+"""How soon alarms whose accounts could not be looked up (registry unavailable) are tried again."""
+MAX_UNROUTED = 10_000
+"""Alarms kept waiting for the registry; beyond, the oldest lose their webhook deliveries (they
+stay in the history)."""
 REQUEST_TIMEOUT_S = 10.0
 MAX_URL = 2048
 
@@ -235,7 +242,16 @@ class WebhookDispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._session: aiohttp.ClientSession | None = None
-        self.stats: dict[str, int] = {"delivered": 0, "failed_attempts": 0, "given_up": 0}
+        self._unrouted: list[StoredAlarm] = []
+        """Alarms whose accounts the registry could not name yet (it was unavailable)."""
+        self._retry: asyncio.TimerHandle | None = None
+        self._outage = False
+        self.stats: dict[str, int] = {
+            "delivered": 0,
+            "failed_attempts": 0,
+            "given_up": 0,
+            "unrouted_dropped": 0,
+        }
 
     def start(self) -> None:
         """Resume the deliveries a previous run left (call in the running loop)."""
@@ -243,9 +259,49 @@ class WebhookDispatcher:
             self._kick(username)
 
     def on_alarm(self, alarm: StoredAlarm) -> None:
-        """Queue ``alarm`` for the webhooks of the accounts paired with its device."""
-        for username in self._store.enqueue_deliveries(self._paired_users(alarm.serial), alarm.id):
-            self._kick(username)
+        """Queue ``alarm`` for the webhooks of the accounts paired with its device. While the
+        registry cannot name them (``RegistryError``: PostgreSQL stopped), the alarm waits, in
+        order, and is queued when the registry answers again (tried every ``UNROUTED_RETRY_S``)."""
+        self._unrouted.append(alarm)
+        if len(self._unrouted) > MAX_UNROUTED:
+            del self._unrouted[0]
+            self.stats["unrouted_dropped"] += 1
+        self._route()
+
+    def _route(self, from_timer: bool = False) -> None:
+        if from_timer:
+            self._retry = None
+        while self._unrouted:
+            alarm = self._unrouted[0]
+            try:
+                users = self._paired_users(alarm.serial)
+            except (RegistryError, sqlite3.Error) as exc:
+                if not self._outage:
+                    self._outage = True
+                    log.warning(
+                        "alarm webhooks wait: cannot look up the paired accounts (%s); trying again "
+                        "every %g s and at each new alarm",
+                        exc,
+                        UNROUTED_RETRY_S,
+                    )
+                if self._retry is None:
+                    loop = asyncio.get_running_loop()
+                    self._retry = loop.call_later(UNROUTED_RETRY_S, self._route, True)
+                return
+            del self._unrouted[0]
+            for username in self._store.enqueue_deliveries(users, alarm.id):
+                self._kick(username)
+        if self._outage:
+            self._outage = False
+            log.info("alarm webhooks: the paired accounts can be looked up again")
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    @property
+    def unrouted(self) -> int:
+        """Alarms waiting for the registry before their webhooks can be queued."""
+        return len(self._unrouted)
 
     def webhook_changed(self, username: str) -> None:
         """The account's webhook was set or removed: its worker picks that up."""
@@ -255,6 +311,9 @@ class WebhookDispatcher:
 
     async def close(self) -> None:
         """Stop the workers (what is left stays in the outbox) and close the HTTP client."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         for task in self._workers.values():
             task.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)

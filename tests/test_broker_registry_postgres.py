@@ -21,6 +21,7 @@ from support.broker import lab
 from support.postgres import PostgresServer, free_port, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from support.presence import Lab, of_type
 
+from dvrlink.broker.alarm_store import AlarmStore, StreamPosition
 from dvrlink.broker.device_events import REGISTRY_BUSY_RETRY_S, DeviceEventHandler
 from dvrlink.broker.registry import (
     BindingVerdict,
@@ -30,6 +31,8 @@ from dvrlink.broker.registry import (
     open_registry,
 )
 from dvrlink.broker.registry_postgres import PG_MIGRATIONS, PostgresRegistry, connection_string, redact_url
+from dvrlink.broker.webhooks import WebhookDispatcher, WebhookPolicy
+from dvrlink.protocol.alarm_wire import AlarmKind, AlarmRecord
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceOnline, Registered, RegistrationRefused
 from dvrlink.protocol.presence_server import RefuseReason, ServerConfig
@@ -304,3 +307,54 @@ def test_a_device_with_a_ticket_gets_in_while_the_registry_is_down(
             postgres_server.start()
     finally:
         registry.close()
+
+
+def test_alarm_webhooks_wait_for_the_registry_and_go_out_in_order_when_it_is_back(
+    postgres_server: PostgresServer,  # noqa: F811
+    url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The accounts an alarm's webhooks go to come from the registry: while PostgreSQL is stopped
+    the alarms wait (none is lost, none raises into the presence link), then are queued in order."""
+    caplog.set_level(logging.INFO, logger="dvrlink.broker.webhooks")
+    registry = PostgresRegistry(url, password_params=CHEAP)
+    store = AlarmStore(tmp_path / "alarms.sqlite3")
+    try:
+        registry.check_binding("DL-0005", KEY_A, T0, False)
+        registry.create_user("alice", "correct horse", T0)
+        registry.record_pairing("alice", "DL-0005", bytes(32), T0)
+        store.set_webhook("alice", "https://hooks.example.com/a", bytes(32), T0)
+        records = [AlarmRecord(seq, 1000 * seq, AlarmKind.MOTION_START) for seq in (1, 2, 3)]
+        stored = store.store("DL-0005", records, StreamPosition(1, 3), T0)
+
+        async def main() -> None:
+            dispatcher = WebhookDispatcher(store, registry.paired_users, WebhookPolicy.from_config((), ()))
+            kicked = mocker_free_spy(dispatcher)
+            postgres_server.stop()
+            try:
+                for alarm in stored[:2]:
+                    dispatcher.on_alarm(alarm)
+                assert dispatcher.unrouted == 2 and store.delivery_users() == []
+            finally:
+                postgres_server.start()
+            dispatcher.on_alarm(stored[2])  # the registry answers again: all three, in order
+            assert dispatcher.unrouted == 0
+            assert [a for a, _ in store.pending_deliveries("alice")] == [s.id for s in stored]
+            assert kicked == ["alice"] * 3
+            said = [r.getMessage() for r in caplog.records if r.name == "dvrlink.broker.webhooks"]
+            assert len([m for m in said if "wait" in m]) == 1, said  # once per outage
+            assert any("looked up again" in m for m in said), said
+            await dispatcher.close()
+
+        run(main)
+    finally:
+        store.close()
+        registry.close()
+
+
+def mocker_free_spy(dispatcher: WebhookDispatcher) -> list[str]:
+    """The accounts the dispatcher wakes (its workers would deliver; none runs in this test)."""
+    kicked: list[str] = []
+    dispatcher._kick = kicked.append  # type: ignore[method-assign]
+    return kicked
