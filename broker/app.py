@@ -37,7 +37,7 @@ from dvrlink.broker.connection_gate import AddressGate
 from dvrlink.broker.dashboard.feed import DashboardFeed
 from dvrlink.broker.dashboard.routes import DashboardRoutes
 from dvrlink.broker.dashboard.view import DashboardView
-from dvrlink.broker.device_events import DeviceEventHandler
+from dvrlink.broker.device_events import REGISTRATION_FLUSH_S, DeviceEventHandler
 from dvrlink.broker.presence_gateway import PresenceGateway
 from dvrlink.broker.presence_link import PresenceLink, start_presence_link
 from dvrlink.broker.presence_tcp import (
@@ -239,6 +239,15 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             gateway.on_event,
             ticket_lifetime=config.presence_ticket_lifetime_s,
         )
+        stack.callback(on_device_event.flush)  # at close, after the flusher below has stopped
+
+        async def flush_registrations() -> None:
+            while True:
+                await asyncio.sleep(REGISTRATION_FLUSH_S)
+                on_device_event.flush()
+
+        flusher = asyncio.create_task(flush_registrations(), name="registration notes")
+        stack.callback(flusher.cancel)
         alarm_store = AlarmStore(state / ALARMS_FILE)
         stack.callback(alarm_store.close)
         alarms = AlarmService(server, alarm_store, loop.time, time.time)

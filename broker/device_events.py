@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from dvrlink.broker.registry import BindingVerdict, RegistryStore, RegistryUnavailableError, format_address
 from dvrlink.protocol.identity import b64encode_key, fingerprint
 from dvrlink.protocol.presence_events import (
+    Address,
     DeviceMoved,
     DeviceOffline,
     DeviceOnline,
@@ -45,6 +46,10 @@ an outage such as a PostgreSQL restart is short, unlike a key mismatch (the core
 
 log = logging.getLogger(__name__)
 
+REGISTRATION_BATCH = 500
+"""Registrations noted in the registry in one transaction at most (see ``DeviceEventHandler.flush``)."""
+REGISTRATION_FLUSH_S = 1.0
+"""How often the application flushes the registrations to the registry."""
 REGISTRY_DOWN = (RegistryUnavailableError, sqlite3.Error)
 """What a registry call raises when the registry cannot answer now (a later call may work)."""
 
@@ -92,13 +97,16 @@ class DeviceEventHandler:
         self._unconfirmed: dict[str, tuple[float, int]] = {}
         self._registry_down = False
         self._skipped_notes = 0
+        self._registered: dict[str, tuple[Address, float]] = {}
+        """Registrations not yet noted in the registry (``flush``), the last one per serial."""
 
     def __call__(self, event: ServerEvent) -> None:
         if isinstance(event, RegistrationRequested):
             self._admit(event)
         elif isinstance(event, DeviceOnline):
-            wall = self._wall_clock()
-            self._note(lambda: self._registry.record_registration(event.serial, event.address, wall))
+            self._registered[event.serial] = (event.address, self._wall_clock())
+            if len(self._registered) >= REGISTRATION_BATCH:
+                self.flush()
             log.debug("device %s online from %s", event.serial, format_address(event.address))
         elif isinstance(event, InviteAnswered | InviteExpired):
             self._on_invite_event(event)
@@ -116,6 +124,17 @@ class DeviceEventHandler:
                 format_address(event.old),
                 format_address(event.new),
             )
+
+    def flush(self) -> None:
+        """Note the registrations since the last flush in the registry, in one transaction (the
+        application calls this every ``REGISTRATION_FLUSH_S`` and at close; a storm also flushes
+        every ``REGISTRATION_BATCH``). While the registry is down they are skipped and counted."""
+        if not self._registered:
+            return
+        entries = [(serial, address, wall) for serial, (address, wall) in self._registered.items()]
+        self._registered.clear()
+        if self._note(lambda: self._registry.record_registrations(entries)) is None and self._registry_down:
+            self._skipped_notes += len(entries) - 1  # _note counted the call as one
 
     def _admit(self, event: RegistrationRequested) -> None:
         wall = self._wall_clock()

@@ -409,6 +409,16 @@ class RegistryQueries:
             (now, format_address(address), serial),
         )
 
+    def record_registrations(self, entries: Sequence[tuple[str, Address, float]]) -> None:
+        """``record_registration`` for each (serial, address, now), in one transaction: a
+        registration storm costs one commit per batch, not one per device."""
+        with self._transaction():
+            for serial, address, now in entries:
+                self._execute(
+                    "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
+                    (now, format_address(address), serial),
+                )
+
     def record_refusal(
         self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
     ) -> None:
@@ -954,6 +964,7 @@ class RegistryStore(Protocol):
         self, serial: str, public_key: bytes, now: float, manifest_only: bool
     ) -> BindingVerdict: ...
     def record_registration(self, serial: str, address: Address, now: float) -> None: ...
+    def record_registrations(self, entries: Sequence[tuple[str, Address, float]]) -> None: ...
     def record_refusal(
         self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
     ) -> None: ...

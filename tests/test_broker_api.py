@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from support.aio import run
 from support.broker import CODE, PASSWORD, SimulatedDevice, lab, pairing_body
+from support.waiting import wait_until_async
 
 from dvrlink.broker.openapi import openapi_document
 from dvrlink.broker.state import read_info
@@ -234,8 +235,12 @@ def test_pairing_through_a_registered_device(tmp_path: Path) -> None:
             assert await t.call("GET", "/v1/devices", bob) == (200, {"devices": []})
             status, answer = await t.call("GET", "/v1/devices/DL-0001", bob)
             assert (status, answer["error"]) == (403, "not_paired")
-            device_row = t.broker.registry.device("DL-0001")
-            assert device_row is not None and device_row.last_address is not None
+
+            def noted() -> bool:  # the broker notes registrations in the registry in batches
+                row = t.broker.registry.device("DL-0001")
+                return row is not None and row.last_address is not None
+
+            await wait_until_async("the registration noted in the registry", noted)
 
     run(main)
 

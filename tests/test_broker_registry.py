@@ -175,6 +175,19 @@ def test_first_use_binds_and_another_key_is_refused(backend: Backend) -> None:
     assert reg.device("DL-0002") is None
 
 
+def test_registrations_are_noted_in_one_batch(backend: Backend) -> None:
+    reg = backend.open()
+    for i in range(3):
+        reg.check_binding(f"DL-000{i}", KEY_A, T0, manifest_only=False)
+    entries = [(f"DL-000{i}", (f"203.0.113.{i}", 4000 + i), T0 + i) for i in range(3)]
+    reg.record_registrations([*entries, ("DL-0404", ("203.0.113.9", 9), T0)])  # unknown: no-op
+    for serial, (ip, port), at in entries:
+        device = reg.device(serial)
+        assert device is not None and (device.last_registered_at, device.last_address) == (at, f"{ip}:{port}")
+    assert reg.device("DL-0404") is None
+    reg.record_registrations([])
+
+
 def test_manifest_only_accepts_only_manifest_serials(backend: Backend) -> None:
     reg = backend.open()
     assert reg.check_binding("DL-0001", KEY_A, T0, manifest_only=False) is BindingVerdict.BOUND_NOW
