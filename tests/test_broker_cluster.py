@@ -504,3 +504,19 @@ def test_redis_holds_at_most_200_bytes_per_online_device(tmp_path: Path, redis: 
             await client.aclose()
 
     run(main)
+
+
+def test_cluster_settings_are_checked_and_a_missing_fleet_key_says_what_to_do(tmp_path: Path) -> None:
+    from dvrlink.broker.config import ConfigError, config_from_mapping
+
+    base = {"state_dir": str(tmp_path)}
+    config = config_from_mapping(base, source="t")
+    assert (config.redis_url, config.node_id, config.fleet_key_file) == ("", "", None)
+    with pytest.raises(ConfigError, match="redis://"):
+        config_from_mapping({**base, "redis_url": "http://x"}, source="t")
+    with pytest.raises(ConfigError, match="node_id"):
+        config_from_mapping({**base, "node_id": "a b"}, source="t")
+    config = config_from_mapping({**base, "fleet_key_file": "fleet.pem"}, source="t", base_dir=tmp_path)
+    assert config.fleet_key_file == tmp_path / "fleet.pem"
+    with pytest.raises(ValueError, match="copy the fleet's key"):
+        load_fleet_key(tmp_path / "fleet.pem")

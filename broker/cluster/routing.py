@@ -101,6 +101,7 @@ class InviteRouter:
                 log.info("device %s is located at node %s, which is not listening (gone)", serial, node)
                 raise NotOnlineError(serial)
             self.routed_out += 1
+            log.debug("invite %d (kind %d) for %s routed to node %s", request_id, kind, serial, node)
             try:
                 return await asyncio.wait_for(future, ttl + ROUTE_GRACE_S)
             except TimeoutError:
@@ -155,6 +156,7 @@ class InviteRouter:
             log.warning("dropped a malformed routed invite (%s)", exc)
             return
         self.routed_in += 1
+        log.debug("invite %d (kind %d) for %s from node %s", request_id, kind, serial, sender)
         reply: dict[str, Any] = {"t": "outcome", "id": request_id}
         try:
             outcome = await asyncio.wait_for(
