@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.protocol.pairing import PairingUri
+from hil.cluster import fleet_files, node_config
 from hil.loopback import (
     Broker,
     Daemon,
@@ -39,45 +40,6 @@ pytestmark = [pytest.mark.integration]
 
 SERIAL = "DL-NODES-0001"
 PAGE = b"<h1>recorder behind node C</h1>\n"
-
-
-def _node_config(root: Path, name: str, redis: RedisServer, fleet_key: Path, secret: Path) -> Path:
-    state = root / name
-    state.mkdir(parents=True)
-    config = root / f"{name}.toml"
-    config.write_text(
-        "\n".join(
-            [
-                f'state_dir = "{state}"',
-                'udp_host = "127.0.0.1"',
-                "udp_port = 0",
-                "presence_tcp_port = 0",
-                'https_host = "127.0.0.1"',
-                "https_port = 0",
-                "turn_udp_port = 0",
-                "turn_tcp_port = 0",
-                "turn_relay_port_min = 0",
-                "turn_relay_port_max = 0",
-                "turn_allow_loopback_peers = true",
-                f'turn_secret_file = "{secret}"',
-                f'redis_url = "{redis.url}"',
-                f'node_id = "{name}"',
-                f'fleet_key_file = "{fleet_key}"',
-                'log_level = "DEBUG"',
-                "",
-            ]
-        )
-    )
-    return config
-
-
-def _fleet_files(root: Path) -> tuple[Path, Path]:
-    """The fleet key (made with the broker's own tooling: a first node's state_dir key) and the
-    shared TURN secret."""
-    first = root / "first-node"
-    broker = start_broker(first)
-    stop_all([broker])
-    return first / "broker_key.pem", first / "turn_secret"
 
 
 def _http_server(root: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -108,13 +70,13 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    fleet_key, secret = _fleet_files(tmp_path)
+    fleet_key, secret = fleet_files(tmp_path / "fleet")
     started: list[Daemon | Broker] = []
     web, web_port = _http_server(tmp_path)
     try:
-        node_b = start_broker(tmp_path / "b", config=_node_config(tmp_path, "b", redis, fleet_key, secret))
+        node_b = start_broker(tmp_path / "b", config=node_config(tmp_path, "b", redis.url, fleet_key, secret))
         started.append(node_b)
-        node_c = start_broker(tmp_path / "c", config=_node_config(tmp_path, "c", redis, fleet_key, secret))
+        node_c = start_broker(tmp_path / "c", config=node_config(tmp_path, "c", redis.url, fleet_key, secret))
         started.append(node_c)
         assert node_b.public_key == node_c.public_key, "one fleet key on every node"
         add_user(node_b.state_dir, "alice", "correct horse")
