@@ -20,11 +20,13 @@ import pytest
 from aioice.turn import create_turn_endpoint
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from dvrlink.broker.cluster.directory import MIN_TTL_S, LocationBook, PresenceDirectory, key_ttl
 from dvrlink.broker.cluster.node import load_fleet_key, presence_key
 from dvrlink.broker.cluster.runtime import Cluster
+from dvrlink.broker.config import ConfigError, config_from_mapping
 from dvrlink.protocol.identity import ed25519_public_bytes, private_key_to_pem, x25519_public_bytes
 from dvrlink.protocol.pairing import PairingGuard
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
@@ -136,22 +138,19 @@ async def _device_at(node: Lab, serial: str = SERIAL, device: SessionDevice | No
     return device
 
 
-async def _located(client: Redis, serial: str, node: str | None) -> None:
-    async def held() -> str | None:
-        value = await client.get(presence_key(serial))
-        return None if value is None else value.decode()
+def _holder(redis: RedisServer, serial: str) -> str | None:
+    """The node ``p:<serial>`` names now (a blocking GET on loopback, for wait conditions)."""
+    with SyncRedis.from_url(redis.url) as client:
+        value = client.get(presence_key(serial))
+    return None if value is None else bytes(value).decode()
 
-    seen: list[str | None] = []
 
-    async def check() -> bool:
-        seen.append(await held())
-        return seen[-1] == node
-
-    for _ in range(200):  # bounded: 200 polls of 50 ms
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"p:{serial} should name {node!r}; it named {seen[-1]!r}")
+async def _located(redis: RedisServer, serial: str, node: str | None) -> None:
+    await wait_until_async(
+        f"p:{serial} to name {node!r}",
+        lambda: _holder(redis, serial) == node,
+        seen=lambda: _holder(redis, serial),
+    )
 
 
 # --- the presence location core, no I/O -------------------------------------------------------
@@ -202,25 +201,25 @@ def test_a_device_location_names_its_node_and_only_that_node_releases_it(
             client = Redis.from_url(redis.url)
             try:
                 device = await _device_at(c)
-                await _located(client, SERIAL, "node1")
+                await _located(redis, SERIAL, "node1")
                 info = c.broker.server.presence(SERIAL)
                 assert info is not None and info.keepalive_interval is not None
                 ttl_ms = await client.pttl(presence_key(SERIAL))
                 assert 0 < ttl_ms <= key_ttl(info.keepalive_interval) * 1000, f"ttl {ttl_ms} ms"
                 # The device moves to b; c sees its GOODBYE later and must not delete b's key.
                 await _device_at(b, device=SessionDevice(SERIAL, b.broker.info.public_key, device.key))
-                await _located(client, SERIAL, "node0")
+                await _located(redis, SERIAL, "node0")
                 sent = _cluster(c).directory.writes_sent
                 device.close()
                 c.devices.remove(device)
                 await wait_until_async(
                     "c to send its release", lambda: _cluster(c).directory.writes_sent > sent
                 )
-                await _located(client, SERIAL, "node0")
+                await _located(redis, SERIAL, "node0")
                 # And the holder's own goodbye deletes the key.
                 b.devices[-1].close()
                 b.devices.clear()
-                await _located(client, SERIAL, None)
+                await _located(redis, SERIAL, None)
             finally:
                 await client.aclose()
 
@@ -244,7 +243,7 @@ def test_ping_and_pairing_on_one_node_reach_a_device_on_another(tmp_path: Path, 
         async with fleet(tmp_path, redis) as (b, c):
             device = await _device_at(c)
             auth = await _viewer_on(b, device)
-            await _located_via(b, SERIAL, "node1")
+            await _located(redis, SERIAL, "node1")
             body, _ = pairing_body(device)
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/pairings", auth, json=body)
             assert (status, answer.get("status")) == (200, "paired"), answer
@@ -254,21 +253,6 @@ def test_ping_and_pairing_on_one_node_reach_a_device_on_another(tmp_path: Path, 
             assert len(device.invites) == 2
 
     run(main)
-
-
-async def _located_via(node: Lab, serial: str, expected: str | None) -> None:
-    directory = _cluster(node).directory
-    seen: list[str | None] = []
-
-    async def found() -> bool:
-        seen.append(await directory.locate(serial))
-        return seen[-1] == expected
-
-    for _ in range(200):  # bounded: 200 polls of 50 ms
-        if await found():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{serial} should be located at {expected!r}; seen {seen[-1]!r}")
 
 
 async def _pair(node: Lab, device: SimulatedDevice) -> dict[str, str]:
@@ -285,7 +269,7 @@ def test_a_session_created_on_one_node_continues_on_another_while_the_device_is_
     async def main() -> None:
         async with fleet(tmp_path, redis, count=3) as (a, b, c):
             device = await _device_at(c)
-            await _located_via(a, SERIAL, "node2")
+            await _located(redis, SERIAL, "node2")
             auth_a = await _pair(a, device)
             # The same account on b (a shared registry would hold it once); its token is b's.
             auth_b = await _viewer_on(b, device)
@@ -446,11 +430,11 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
             device = await _device_at(c)
             auth_b = await _pair(b, device)
             auth_c = await _pair(c, device)
-            await _located_via(b, SERIAL, "node1")
+            await _located(redis, SERIAL, "node1")
             rebuilds = _cluster(c).rebuilds
             redis.restart()  # empty, as after a crash without persistence
             await wait_until_async("c to notice and rewrite", lambda: _cluster(c).rebuilds > rebuilds)
-            await _located_via(b, SERIAL, "node1")
+            await _located(redis, SERIAL, "node1")
             assert (
                 c.broker.registry.device(SERIAL) is not None and b.broker.registry.device(SERIAL) is not None
             )
@@ -471,7 +455,7 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
             assert (status, answer["error"]) == (409, "device_offline"), answer
 
             redis.start()
-            await _located_via(b, SERIAL, "node1")
+            await _located(redis, SERIAL, "node1")
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth_b)
             assert status == 200, answer
 
@@ -507,8 +491,6 @@ def test_redis_holds_at_most_200_bytes_per_online_device(tmp_path: Path, redis: 
 
 
 def test_cluster_settings_are_checked_and_a_missing_fleet_key_says_what_to_do(tmp_path: Path) -> None:
-    from dvrlink.broker.config import ConfigError, config_from_mapping
-
     base = {"state_dir": str(tmp_path)}
     config = config_from_mapping(base, source="t")
     assert (config.redis_url, config.node_id, config.fleet_key_file) == ("", "", None)
