@@ -1,7 +1,8 @@
 """Two real ``dvrlink-broker`` processes on one real Redis, with a real ``dvrlinkd`` and a real
 ``dvrlink forward``: the device is registered on node C, the viewer's broker is node B, and bytes
 move through the forward. Then Redis restarts and the forward works again once node C has
-re-written the device's location.
+re-written the device's location; then node C is killed and B says at once that the device is
+offline.
 
 Until the registry is shared (PostgreSQL), each node has its own SQLite registry, so the device
 first registers on B (B binds its serial and the viewer pairs there), then moves to C (the daemon
@@ -11,6 +12,7 @@ first step unnecessary.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -120,6 +122,13 @@ def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(
             assert _fetch(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
+
+        # Node C dies: B answers "offline" at once (nobody listens on C's channel any more).
+        node_c.stop(signal.SIGKILL)
+        started.remove(node_c)
+        ping = viewer.run("ping", SERIAL, check=False, timeout=30)
+        assert ping.returncode != 0 and "offline" in ping.stderr, (ping.stdout, ping.stderr)
+        assert "located at node c, which is not listening" in node_b.log.read_text(errors="replace")
     finally:
         stop_all(list(reversed(started)))
         web.terminate()
