@@ -502,3 +502,25 @@ def test_cluster_settings_are_checked_and_a_missing_fleet_key_says_what_to_do(tm
     assert config.fleet_key_file == tmp_path / "fleet.pem"
     with pytest.raises(ValueError, match="copy the fleet's key"):
         load_fleet_key(tmp_path / "fleet.pem")
+
+
+def test_malformed_messages_on_a_node_channel_are_dropped_and_it_keeps_serving(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    async def main() -> None:
+        async with fleet(tmp_path, redis) as (b, c):
+            device = await _device_at(c)
+            auth = await _pair(b, device)
+            client = Redis.from_url(redis.url)
+            try:
+                for junk in (b"", b"\xff\xfe", b"[]", b'{"t": "invite"}', b'{"t": "outcome", "id": "x"}',
+                             b'{"t": "invite", "id": 1, "from": "b", "serial": 5, "kind": 4, "body": "!!", '
+                             b'"ttl": 1}', b"[" * 90_000, b"[" * 200_000, b'{"t": "other"}'):  # fmt: skip
+                    assert await client.publish("r:node1", junk) == 1
+            finally:
+                await client.aclose()
+            status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth)
+            assert status == 200, answer
+            assert len(device.invites) == 2, "pairing and the ping: nothing from the junk"
+
+    run(main)

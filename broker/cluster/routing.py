@@ -127,7 +127,7 @@ class InviteRouter:
                 self._resolve(message)
             else:
                 raise ValueError(f"unknown type {message.get('t')!r}")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("dropped a malformed cluster message on %s (%s)", node_channel(self._node), exc)
 
     def _resolve(self, message: dict[str, Any]) -> None:
