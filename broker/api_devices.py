@@ -17,6 +17,7 @@ from dvrlink.broker.registry import DeviceRecord, PairingRecord, format_address
 from dvrlink.protocol.identity import ed25519_verify, fingerprint
 from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
 from dvrlink.protocol.presence_events import InviteAnswered
+from dvrlink.protocol.presence_server import PresenceInfo
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_KIND_PING, INVITE_OK
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class DeviceRoutes:
         for pairing in self._registry.pairings_for(user):
             device = self._registry.device(pairing.serial)
             if device is not None:
-                devices.append(self._device_json(device, pairing))
+                info = await self._presence.lookup(device.serial)
+                devices.append(self._device_json(device, pairing, info))
         return web.json_response({"devices": devices})
 
     async def get_device(self, request: web.Request) -> web.Response:
@@ -54,7 +56,8 @@ class DeviceRoutes:
         pairing = self._registry.pairing(user, serial)
         if pairing is None:
             raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
-        return web.json_response(self._device_json(device, pairing))
+        info = await self._presence.lookup(serial)
+        return web.json_response(self._device_json(device, pairing, info))
 
     async def device_identity(self, request: web.Request) -> web.Response:
         """GET /v1/devices/{serial}/identity: the key to check before pairing."""
@@ -215,18 +218,20 @@ class DeviceRoutes:
             )
         return result
 
-    def _device_json(self, device: DeviceRecord, pairing: PairingRecord) -> dict[str, Any]:
-        info = self._presence.presence(device.serial)
+    def _device_json(
+        self, device: DeviceRecord, pairing: PairingRecord, info: PresenceInfo | None
+    ) -> dict[str, Any]:
+        """``info``: the device's presence, here or (on a cluster, without details) at another node."""
         online = info is not None and info.online
-        if info is not None:
+        # The registry's record when the core has none (not seen since the broker started, or
+        # held by another node of a cluster); the core's own when it has.
+        last_seen: float | None = device.last_registered_at
+        registered_at: float | None = device.last_registered_at
+        address = device.last_address
+        if info is not None and info.registered_at is not None:
             last_seen = None if info.last_seen is None else round(self._presence.wall_time(info.last_seen), 3)
-            registered_at = (
-                None if info.registered_at is None else round(self._presence.wall_time(info.registered_at), 3)
-            )
+            registered_at = round(self._presence.wall_time(info.registered_at), 3)
             address = None if info.address is None else format_address(info.address)
-        else:  # not seen since the broker started: what the registry remembers
-            last_seen = registered_at = device.last_registered_at
-            address = device.last_address
         return {
             "serial": device.serial,
             "online": online,

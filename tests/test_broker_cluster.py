@@ -251,6 +251,17 @@ def test_ping_and_pairing_on_one_node_reach_a_device_on_another(tmp_path: Path, 
             assert status == 200 and answer["rtt_ms"] >= 0, answer
             assert _cluster(b).router.routed_out == 2 and _cluster(c).router.routed_in == 2
             assert len(device.invites) == 2
+            status, listed = await b.call("GET", "/v1/devices", auth)
+            assert status == 200 and [(d["serial"], d["online"]) for d in listed["devices"]] == [
+                (SERIAL, True)
+            ]
+            status, one = await b.call("GET", f"/v1/devices/{SERIAL}", auth)
+            assert status == 200 and one["online"] is True, one
+            device.close()
+            c.devices.remove(device)
+            await _located(redis, SERIAL, None)
+            status, one = await b.call("GET", f"/v1/devices/{SERIAL}", auth)
+            assert status == 200 and one["online"] is False, one
 
     run(main)
 
