@@ -434,7 +434,7 @@ def _drain(device: SimulatedDevice) -> list[object]:
 
 
 def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sessions_work_meanwhile(
-    tmp_path: Path, redis: RedisServer
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
         async with fleet(tmp_path, redis) as (b, c):
@@ -464,6 +464,11 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
             assert status == 200 and answer["status"] == "accepted", answer
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth_b)
             assert (status, answer["error"]) == (409, "device_offline"), answer
+            wrong = {"username": "alice", "password": "not the password"}
+            status, answer = await c.call("POST", "/v1/tokens", json=wrong)
+            assert (status, answer["error"]) == (401, "bad_credentials"), f"counted per node: {answer}"
+            await c.login()  # a right password still logs in
+            assert "login failures are counted per node until Redis is back" in caplog.text
 
             redis.start()
             await _located(redis, SERIAL, "node1")
