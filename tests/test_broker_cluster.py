@@ -540,3 +540,15 @@ def test_malformed_messages_on_a_node_channel_are_dropped_and_it_keeps_serving(
             assert len(device.invites) == 2, "pairing and the ping: nothing from the junk"
 
     run(main)
+
+
+def test_the_location_book_spreads_a_storm_over_flushes() -> None:
+    book = LocationBook(lambda serial: 25.0)
+    for n in range(25):
+        book.online(f"S{n:02d}")
+    book.offline("gone")
+    sizes = []
+    while book.get_timer() == 0.0:
+        sizes.append(len(book.take_writes(0.0, limit=10)))
+    assert sizes == [10, 10, 6], "26 writes, 10 at a time"
+    assert len(book) == 25

@@ -29,6 +29,9 @@ TTL_INTERVALS = 2.0
 """A presence key lives this many keepalive intervals without a refresh."""
 MIN_TTL_S = 2.0
 """Shortest key lifetime, whatever the interval."""
+MAX_WRITES_PER_FLUSH = 10_000
+"""Presence writes in one pipeline: a rebuild or a registration storm is spread over ticks
+(10,000 per 100 ms tick: a node holding 100,000 devices is rewritten within a second)."""
 
 # Refresh: write only if the key is missing or names this node (KEYS[1]; ARGV: node, ttl ms).
 REFRESH_SCRIPT = """
@@ -117,16 +120,21 @@ class LocationBook:
             heapq.heappop(self._heap)  # a stale entry: rescheduled, lost or offline
         return self._heap[0][0] if self._heap else None
 
-    def take_writes(self, now: float) -> Writes:
-        """The writes due at ``now``; each written key is scheduled for its next refresh."""
-        writes = Writes(releases=list(self._releases))
-        self._releases.clear()
-        for serial in self._claims:
+    def take_writes(self, now: float, limit: int = MAX_WRITES_PER_FLUSH) -> Writes:
+        """At most ``limit`` writes due at ``now`` (releases, then claims, then refreshes, oldest
+        first); each written key is scheduled for its next refresh, the rest stay due."""
+        writes = Writes()
+        while self._releases and len(writes) < limit:
+            serial = next(iter(self._releases))
+            del self._releases[serial]
+            writes.releases.append(serial)
+        while self._claims and len(writes) < limit:
+            serial = next(iter(self._claims))
+            del self._claims[serial]
             ttl = self._schedule(serial, now)
             if ttl is not None:
                 writes.claims.append((serial, ttl))
-        self._claims.clear()
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and len(writes) < limit:
             due, serial = heapq.heappop(self._heap)
             if self._due.get(serial) != due:
                 continue

@@ -23,7 +23,6 @@ import base64
 import itertools
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -239,8 +238,3 @@ class ClusterPresence:
         if info is not None and info.online:
             return await self._gateway.invite(serial, kind, body, ttl)
         return await self._router.invite(serial, kind, body, ttl)
-
-
-def channel_handler(router: InviteRouter) -> Callable[[bytes], None]:
-    """The callable the subscriber loop feeds this node's channel messages to."""
-    return router.on_message

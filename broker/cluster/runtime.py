@@ -76,6 +76,7 @@ class Cluster:
         self.directory.on_event(event)
 
     def start(self) -> None:
+        """Start the tick loop and the subscriber loop in the running event loop."""
         loop = asyncio.get_running_loop()
         self._tasks = (
             loop.create_task(self._tick_loop(), name=f"cluster-tick {self.node_id}"),
