@@ -1,4 +1,5 @@
-"""Issue 16: an invite across broker nodes vs on the device's own node, median and p95, in one run.
+"""Issue 16: an invite, and a whole session setup, across broker nodes vs on the device's own node,
+median and p95, in one run.
 
 Two ``dvrlink-broker`` processes (nodes b and c) on one ``redis-server``, and a real ``dvrlinkd``
 registered on node c. The viewer's request is ``POST /v1/devices/{serial}/ping``: one invite to
@@ -6,6 +7,11 @@ the device and its answer, the signalling step every session setup, pairing and 
 makes. Asked of node c it stays on c; asked of node b it goes b → Redis → c → device → c → Redis
 → b. The two kinds alternate, each on its own kept-alive HTTPS connection, timed by this process
 from request to answer. Target: cross-node adds at most 20 ms to the median.
+
+Session setup: the viewer API ``dvrlink forward`` uses (``open_session``: create, offer, answer,
+ICE on the relay, the device's key checked, one ping; then one stream), timed to the first byte
+of a device-side service, relay-only, through node c (same node) and through node b (cross
+node), alternating; the relay is the asking node's, with TURN credentials any node's relay takes.
 
 Each node has its own SQLite registry here (a shared registry is PostgreSQL's job), so the device
 registers on b first (b binds it and the viewer pairs there), then moves to c and pairs there too.
@@ -15,8 +21,10 @@ registers on b first (b binds it and the viewer pairs there), then moves to c an
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import socket
 import ssl
 import statistics
 import tempfile
@@ -26,9 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchError, parse_args, run_main, verdict
-from bench.session_rig import percentile
+from bench.session_rig import IO_TIMEOUT_S, TcpService, percentile
+from dvrlink.protocol.session_streams import ForwardTarget
+from dvrlink.protocol.signalling import PathPolicy
+from dvrlink.viewer.api_client import BrokerClient
+from dvrlink.viewer.home import ViewerHome
+from dvrlink.viewer.session_client import open_session
 from hil.cluster import fleet_files, node_config
-from hil.loopback import Broker, Daemon, Viewer, add_user, make_daemon, start_broker, stop_all, wait_for
+from hil.loopback import (
+    Broker,
+    Daemon,
+    Viewer,
+    add_user,
+    loopback_services_toml,
+    make_daemon,
+    start_broker,
+    stop_all,
+    wait_for,
+)
 from hil.redis_server import RedisServer
 
 SERIAL = "DL-BENCH-NODE"
@@ -37,6 +60,9 @@ PASSWORD = "bench pass phrase"
 TARGET_EXTRA_MS = 20.0
 ROUNDS = 200
 QUICK_ROUNDS = 20
+SESSIONS = 30
+QUICK_SESSIONS = 2
+LOOPBACK = "127.0.0.1"
 
 
 class Api:
@@ -80,24 +106,71 @@ def _pair(viewer: Viewer, broker: Broker, daemon: Daemon) -> None:
     viewer.run("pair", daemon.pairing_uri())
 
 
-def measure(root: Path, rounds: int) -> tuple[list[float], list[float]]:
-    """(same-node ms, cross-node ms) of ``rounds`` pings each."""
+def _hello(conn: socket.socket) -> None:
+    conn.sendall(b"!")
+
+
+async def session_ms(home: Path, port: int) -> float:
+    """One relay-only session opened through the node ``home`` is logged in at, to the first
+    byte of a stream to the device-side service on ``port``."""
+    viewer = ViewerHome(home)
+    login = viewer.load_login()
+    if login is None:
+        raise BenchError(f"no login in {home}")
+    started = time.perf_counter()
+    async with asyncio.timeout(IO_TIMEOUT_S):
+        async with BrokerClient(login.broker, cacert=login.cacert, token=login.token) as client:
+            runner = await open_session(client, viewer, SERIAL, PathPolicy.RELAY_ONLY, [LOOPBACK])
+        try:
+            stream = await runner.open_stream(ForwardTarget(LOOPBACK, port))
+            data = await stream.read(1)
+            elapsed = (time.perf_counter() - started) * 1000
+        finally:
+            await runner.close()
+    if data != b"!":
+        raise BenchError(f"expected the service's byte through the session, got {data!r}")
+    return elapsed
+
+
+async def sessions_ms(same: Path, cross: Path, port: int, count: int) -> tuple[list[float], list[float]]:
+    """(same-node ms, cross-node ms) of ``count`` sessions each, alternating, after a warm-up."""
+    await session_ms(same, port)
+    await session_ms(cross, port)
+    same_ms, cross_ms = [], []
+    for _ in range(count):
+        same_ms.append(await session_ms(same, port))
+        cross_ms.append(await session_ms(cross, port))
+    return same_ms, cross_ms
+
+
+Figures = dict[str, tuple[list[float], list[float]]]
+
+
+def measure(root: Path, rounds: int, sessions: int) -> Figures:
+    """{"invite": (same-node ms, cross-node ms), "session": (…)} of ``rounds`` pings and
+    ``sessions`` sessions each."""
     redis = RedisServer(root / "redis")
     redis.start()
+    service = TcpService(_hello)
     started: list[Daemon | Broker] = []
     try:
         key, secret = fleet_files(root / "fleet")
-        node_b = start_broker(root / "b", config=node_config(root, "b", redis.url, key, secret))
-        started.append(node_b)
-        node_c = start_broker(root / "c", config=node_config(root, "c", redis.url, key, secret))
-        started.append(node_c)
-        daemon = make_daemon(root, SERIAL, node_b)
+        nodes = []
+        for name in ("b", "c"):
+            config = node_config(root, name, redis.url, key, secret)
+            # more sessions than an account may hold by default (16 within session_ttl_s)
+            config.write_text(config.read_text() + "session_max_per_account = 10000\n")
+            nodes.append(start_broker(root / name, config=config))
+            started.append(nodes[-1])
+        node_b, node_c = nodes
+        services = loopback_services_toml(service.port)
+        daemon = make_daemon(root, SERIAL, node_b, extra_toml=services)
         daemon.start()
         started.append(daemon)
         wait_for(f"{SERIAL} online at node b", daemon.online, 30)
         _pair(Viewer(root / "viewer-b"), node_b, daemon)
         daemon.stop()
-        moved = make_daemon(root, SERIAL, node_c)
+        moved = make_daemon(root, SERIAL, node_c, extra_toml=services)
         moved.start()
         started.append(moved)
         wait_for(f"{SERIAL} online at node c", moved.online, 30)
@@ -113,30 +186,39 @@ def measure(root: Path, rounds: int) -> tuple[list[float], list[float]]:
             for _ in range(rounds):
                 same_ms.append(same.ping_ms())
                 cross_ms.append(cross.ping_ms())
-            return same_ms, cross_ms
         finally:
             same.close()
             cross.close()
+        setups = asyncio.run(sessions_ms(root / "viewer-c", root / "viewer-b", service.port, sessions))
+        return {"invite": (same_ms, cross_ms), "session": setups}
     finally:
         stop_all(list(reversed(started)))
+        service.close()
         redis.stop()
 
 
-def body(rounds: int) -> None:
+def body(rounds: int, sessions: int) -> None:
     with tempfile.TemporaryDirectory(prefix="dvrlink-cluster-bench-") as tmp:
-        same, cross = measure(Path(tmp), rounds)
-    med_same, med_cross = statistics.median(same), statistics.median(cross)
-    print(f"invite round trip over the API, {rounds} each, alternating (dvrlinkd on node c):")
-    print(f"  same node  (ask c): median {med_same:6.2f} ms  p95 {percentile(same, 0.95):6.2f} ms")
-    print(f"  cross node (ask b): median {med_cross:6.2f} ms  p95 {percentile(cross, 0.95):6.2f} ms")
-    extra = med_cross - med_same
-    print(f"  cross-node extra: {extra:+.2f} ms median (target <= +{TARGET_EXTRA_MS:.0f} ms) "
-          f"{verdict(extra <= TARGET_EXTRA_MS)}")  # fmt: skip
+        figures = measure(Path(tmp), rounds, sessions)
+    titles = {
+        "invite": f"invite round trip over the API (ping), {rounds} each",
+        "session": f"session setup to first byte (relay-only, open_session + stream), {sessions} each",
+    }
+    for kind, (same, cross) in figures.items():
+        med_same, med_cross = statistics.median(same), statistics.median(cross)
+        print(f"{titles[kind]}, alternating, dvrlinkd on node c:")
+        print(f"  same node  (ask c): median {med_same:7.2f} ms  p95 {percentile(same, 0.95):7.2f} ms")
+        print(f"  cross node (ask b): median {med_cross:7.2f} ms  p95 {percentile(cross, 0.95):7.2f} ms")
+        extra = med_cross - med_same
+        print(f"  cross-node extra: {extra:+.2f} ms median (target <= +{TARGET_EXTRA_MS:.0f} ms) "
+              f"{verdict(extra <= TARGET_EXTRA_MS)}")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args("cross-node vs same-node invite latency on a 2-node broker cluster", argv)
-    return run_main(lambda: body(QUICK_ROUNDS if args.quick else ROUNDS))
+    if args.quick:
+        return run_main(lambda: body(QUICK_ROUNDS, QUICK_SESSIONS))
+    return run_main(lambda: body(ROUNDS, SESSIONS))
 
 
 if __name__ == "__main__":
