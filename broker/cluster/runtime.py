@@ -112,6 +112,8 @@ class Cluster:
                         exc,
                     )
                 self.connected = False
+            except Exception:  # a bug must not end presence location for good: log, go on
+                log.exception("node %s: presence location tick failed", self.node_id)
             await asyncio.sleep(TICK_S)
 
     async def _heartbeat(self) -> None:
