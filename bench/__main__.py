@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from bench import (
     alarm_latency,
     cellular_cost,
+    cluster_invite,
+    cluster_redis_memory,
     daemon_footprint,
     daemon_memory,
     daemon_streaming,
@@ -44,6 +46,8 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("login_burst", login_burst.main),
     ("dataplane_core", dataplane_core.main),
     ("alarm_latency", alarm_latency.main),
+    ("cluster_invite", cluster_invite.main),
+    ("cluster_redis_memory", cluster_redis_memory.main),
 )
 
 

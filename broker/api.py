@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -35,9 +36,14 @@ from dvrlink.broker.api_events import EventRoutes, WebhookRoutes
 from dvrlink.broker.api_sessions import RelayDirectory, SessionRoutes
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.openapi import openapi_document
-from dvrlink.broker.rate_limit import FailureLimiter
+from dvrlink.broker.rate_limit import (
+    FailureLimiter,
+    LocalLoginLimiter,
+    LoginLimiter,
+    PairFailures,
+)
 from dvrlink.broker.registry import USERNAME_MAX, RegistryStore, verify_password
-from dvrlink.broker.sessions import SessionTable
+from dvrlink.broker.sessions import SessionTable, SharedSessionStore
 from dvrlink.broker.webhooks import WebhookDispatcher
 
 PASSWORD_MAX = 1024
@@ -45,6 +51,15 @@ HASHING_CONCURRENCY = 2  # password checks at once, each in the hashing pool (~1
 HASHING_QUEUE_MAX = 32  # logins that may wait for the pool; more are answered 429 at once
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCounters:
+    """What the nodes of a cluster share through Redis instead of counting alone."""
+
+    logins: LoginLimiter
+    pair_failures: PairFailures
+    sessions: SharedSessionStore
 
 
 class BrokerApi:
@@ -60,6 +75,7 @@ class BrokerApi:
         relays: RelayDirectory | None = None,
         alarms: AlarmService | None = None,
         webhooks: WebhookDispatcher | None = None,
+        shared: SharedCounters | None = None,
     ) -> None:
         ctx = ApiContext(registry, presence, config, clock)
         self._events = EventRoutes(ctx, alarms) if alarms is not None else None
@@ -72,9 +88,13 @@ class BrokerApi:
         self._presence = presence
         self._config = config
         self._clock = clock
-        self._devices = DeviceRoutes(ctx)
-        self._sessions = SessionRoutes(ctx, relays)
-        self._logins = FailureLimiter(config.login_max_failures, config.login_window_s)
+        self._devices = DeviceRoutes(ctx, None if shared is None else shared.pair_failures)
+        self._sessions = SessionRoutes(ctx, relays, None if shared is None else shared.sessions)
+        self._logins: LoginLimiter = (
+            LocalLoginLimiter(FailureLimiter(config.login_max_failures, config.login_window_s))
+            if shared is None
+            else shared.logins
+        )
         # Password hashes run in their own small pool: a burst of logins waits for it (or is
         # refused when too many wait) instead of filling the default executor's threads, each
         # of which would keep its own ~16 MiB of scrypt memory.
@@ -135,7 +155,7 @@ class BrokerApi:
             ApiError: 429 ``rate_limited`` or ``busy`` (with Retry-After), 401 ``bad_credentials``.
         """
         key = (username, remote)
-        wait = self._logins.begin(key, self._clock())  # counted as a failure until it succeeds
+        wait = await self._logins.begin(key, self._clock())  # counted as a failure until it succeeds
         if wait > 0:
             raise ApiError(
                 429,
@@ -144,7 +164,7 @@ class BrokerApi:
                 retry_after=int(wait) + 1,
             )
         if self._hash_waiting >= HASHING_QUEUE_MAX:
-            self._logins.undo(key)
+            await self._logins.undo(key)
             raise ApiError(
                 429,
                 "busy",
@@ -162,7 +182,7 @@ class BrokerApi:
         if not ok:
             log.info("login failed for %r from %s", username, remote)
             raise ApiError(401, "bad_credentials", "wrong username or password")
-        self._logins.succeeded(key)
+        await self._logins.succeeded(key)
 
     @property
     def sessions(self) -> SessionTable:

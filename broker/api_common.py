@@ -43,6 +43,10 @@ class PresenceView(Protocol):
 
     def wall_time(self, core_time: float) -> float: ...
 
+    async def lookup(self, serial: str) -> PresenceInfo | None:
+        """``serial``'s presence wherever it is held (on a cluster, another node may hold it)."""
+        ...
+
     async def invite(
         self, serial: str, kind: int, body: bytes, ttl: float
     ) -> InviteAnswered | InviteExpired: ...
@@ -267,6 +271,37 @@ class ApiContext:
             ApiError: 409 ``device_offline``.
         """
         info = self.presence.presence(serial)
+        if info is None or not info.online:
+            raise ApiError(
+                409,
+                "device_offline",
+                f"device {serial} is offline; power it and check its network, then retry",
+            )
+
+    async def paired_and_reachable(self, user: str, serial: str) -> DeviceRecord:
+        """Like :meth:`paired_and_online`, but the device may be online at any node of a cluster.
+
+        Raises:
+            ApiError: 404 ``unknown_device``, 403 ``not_paired``, 409 ``device_offline``.
+        """
+        device = self.known_device(serial)
+        if self.registry.pairing(user, serial) is None:
+            raise ApiError(
+                403,
+                "not_paired",
+                f"device {serial} is not paired to {user!r}; pair it first with the code on its label "
+                "(dvrlink pair)",
+            )
+        await self.require_reachable(serial)
+        return device
+
+    async def require_reachable(self, serial: str) -> None:
+        """Check that ``serial`` is online now, at this node or (on a cluster) another.
+
+        Raises:
+            ApiError: 409 ``device_offline``.
+        """
+        info = await self.presence.lookup(serial)
         if info is None or not info.online:
             raise ApiError(
                 409,

@@ -12,10 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from dvrlink.broker.api_common import ApiContext, ApiError, b64_field, json_body
+from dvrlink.broker.rate_limit import PairFailures, RegistryPairFailures
 from dvrlink.broker.registry import DeviceRecord, PairingRecord, format_address
 from dvrlink.protocol.identity import ed25519_verify, fingerprint
 from dvrlink.protocol.pairing import MAC_SIZE, NONCE_SIZE, PairRequest, PairResult, PairStatus, result_message
 from dvrlink.protocol.presence_events import InviteAnswered
+from dvrlink.protocol.presence_server import PresenceInfo
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_KIND_PING, INVITE_OK
 
 NAME_MAX = 64
@@ -27,8 +29,11 @@ log = logging.getLogger(__name__)
 class DeviceRoutes:
     """GET /v1/devices, GET /v1/devices/{serial}, its identity, ping and pairings."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, pair_failures: PairFailures | None = None) -> None:
         self._ctx = ctx
+        self._pair_failures = (
+            pair_failures if pair_failures is not None else RegistryPairFailures(ctx.registry)
+        )
         self._registry = ctx.registry
         self._presence = ctx.presence
         self._config = ctx.config
@@ -42,7 +47,8 @@ class DeviceRoutes:
         for pairing in self._registry.pairings_for(user):
             device = self._registry.device(pairing.serial)
             if device is not None:
-                devices.append(self._device_json(device, pairing))
+                info = await self._presence.lookup(device.serial)
+                devices.append(self._device_json(device, pairing, info))
         return web.json_response({"devices": devices})
 
     async def get_device(self, request: web.Request) -> web.Response:
@@ -53,7 +59,8 @@ class DeviceRoutes:
         pairing = self._registry.pairing(user, serial)
         if pairing is None:
             raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
-        return web.json_response(self._device_json(device, pairing))
+        info = await self._presence.lookup(serial)
+        return web.json_response(self._device_json(device, pairing, info))
 
     async def device_identity(self, request: web.Request) -> web.Response:
         """GET /v1/devices/{serial}/identity: the key to check before pairing."""
@@ -77,11 +84,7 @@ class DeviceRoutes:
         self._ctx.known_device(serial)
         if self._registry.pairing(user, serial) is None:
             raise ApiError(403, "not_paired", f"device {serial} is not paired to {user!r}; pair it first")
-        info = self._presence.presence(serial)
-        if info is None or not info.online:
-            raise ApiError(
-                409, "device_offline", f"device {serial} is offline; power it and check its network"
-            )
+        await self._ctx.require_reachable(serial)
         ttl = self._config.invite_ttl_s
         started = time.monotonic()
         outcome = await self._ctx.answered_invite(
@@ -136,10 +139,10 @@ class DeviceRoutes:
         nonce = b64_field(body, "nonce", NONCE_SIZE)
         proof = b64_field(body, "proof", MAC_SIZE)
         device = self._ctx.known_device(serial)
-        self._ctx.require_online(serial)
+        await self._ctx.require_reachable(serial)
         now = self._clock()
         window = self._config.pairing_window_s
-        self._check_pairing_limits(user, serial, now)
+        await self._check_pairing_limits(user, serial, now)
         if serial in self._pairing_in_flight:
             raise ApiError(
                 429,
@@ -168,7 +171,7 @@ class DeviceRoutes:
             self._registry.record_pairing(user, serial, viewer_key, self._clock())
             return web.json_response({"status": "paired", "result": result_b64})
         if result.status is PairStatus.WRONG_CODE:
-            self._registry.record_pair_failure(serial, self._clock(), user)
+            await self._pair_failures.record(serial, self._clock(), user)
             raise ApiError(
                 403, "wrong_code", "the device says the pairing code is wrong; check it and retry", extra
             )
@@ -182,7 +185,7 @@ class DeviceRoutes:
             )
         raise ApiError(400, "bad_request", "the device found the pairing request malformed", extra)
 
-    def _check_pairing_limits(self, user: str, serial: str, now: float) -> None:
+    async def _check_pairing_limits(self, user: str, serial: str, now: float) -> None:
         """Refuse a pairing attempt over the limits on wrong codes: per account and device, so one
         account cannot spend the owner's tries (nor reach the device's own limit); and the slower
         cap per device over all accounts, which bounds guessing with many accounts. They live
@@ -192,7 +195,7 @@ class DeviceRoutes:
             ApiError: 429 ``rate_limited`` with Retry-After.
         """
         window = self._config.pairing_window_s
-        mine = self._registry.pair_failures_since(serial, now - window, user)
+        mine = await self._pair_failures.count_since(serial, now - window, user)
         if mine >= self._config.pairing_max_failures:
             raise ApiError(
                 429,
@@ -203,7 +206,7 @@ class DeviceRoutes:
             )
         device_window = self._config.pairing_device_window_s
         device_max = self._config.pairing_device_max_failures
-        if self._registry.pair_failures_since(serial, now - device_window) >= device_max:
+        if await self._pair_failures.count_since(serial, now - device_window) >= device_max:
             raise ApiError(
                 429,
                 "rate_limited",
@@ -237,18 +240,20 @@ class DeviceRoutes:
             )
         return result
 
-    def _device_json(self, device: DeviceRecord, pairing: PairingRecord) -> dict[str, Any]:
-        info = self._presence.presence(device.serial)
+    def _device_json(
+        self, device: DeviceRecord, pairing: PairingRecord, info: PresenceInfo | None
+    ) -> dict[str, Any]:
+        """``info``: the device's presence, here or (on a cluster, without details) at another node."""
         online = info is not None and info.online
-        if info is not None:
+        # The registry's record when the core has none (not seen since the broker started, or
+        # held by another node of a cluster); the core's own when it has.
+        last_seen: float | None = device.last_registered_at
+        registered_at: float | None = device.last_registered_at
+        address = device.last_address
+        if info is not None and info.registered_at is not None:
             last_seen = None if info.last_seen is None else round(self._presence.wall_time(info.last_seen), 3)
-            registered_at = (
-                None if info.registered_at is None else round(self._presence.wall_time(info.registered_at), 3)
-            )
+            registered_at = round(self._presence.wall_time(info.registered_at), 3)
             address = None if info.address is None else format_address(info.address)
-        else:  # not seen since the broker started: what the registry remembers
-            last_seen = registered_at = device.last_registered_at
-            address = device.last_address
         return {
             "serial": device.serial,
             "online": online,

@@ -25,10 +25,13 @@ from dvrlink.broker.api_common import (
 )
 from dvrlink.broker.config import ExternalTurnServer
 from dvrlink.broker.sessions import (
+    ENDED,
     MAX_UPDATES,
     SessionRecord,
     SessionState,
     SessionTable,
+    SharedSessionStore,
+    SharedStoreUnavailable,
     TooManySessionsError,
 )
 from dvrlink.broker.turn_credentials import make_credentials
@@ -85,7 +88,9 @@ class RelayDirectory:
 class SessionRoutes:
     """POST/GET /v1/sessions, POST /v1/sessions/{session_id}/offer and .../candidates."""
 
-    def __init__(self, ctx: ApiContext, relays: RelayDirectory | None) -> None:
+    def __init__(
+        self, ctx: ApiContext, relays: RelayDirectory | None, shared: SharedSessionStore | None = None
+    ) -> None:
         self._ctx = ctx
         self._registry = ctx.registry
         self._presence = ctx.presence
@@ -93,6 +98,8 @@ class SessionRoutes:
         self._clock = ctx.clock
         self._relays = relays
         self._sessions = SessionTable(ctx.config.session_ttl_s, ctx.config.session_max_per_account)
+        self._shared = shared
+        """A cluster's session records (any node continues a session), or None."""
 
     @property
     def table(self) -> SessionTable:
@@ -110,7 +117,7 @@ class SessionRoutes:
             raise ApiError(
                 400, "bad_request", f"field 'policy' is {policy_name!r}; use one of {', '.join(POLICIES)}"
             )
-        self._ctx.paired_and_online(user, serial)
+        await self._ctx.paired_and_reachable(user, serial)
         now = self._clock()
         self._sessions.prune(now)
         try:
@@ -124,6 +131,7 @@ class SessionRoutes:
                 "(GET /v1/sessions)",
                 retry_after=60,
             ) from None
+        await self._save(record)
         turn, expires = self._turn_json(user, now)
         stun = self._relays.stun if self._relays is not None else None
         log.info("session %s: %r asked for %s (%s)", record.session_id.hex(), user, serial, policy_name)
@@ -148,8 +156,10 @@ class SessionRoutes:
         """DELETE /v1/sessions/{session_id}: the viewer closed the session; it no longer counts
         against the account's limit."""
         user = self._ctx.user(request)
-        record = self._own_session(user, request.match_info["session_id"])
+        record = await self._own_session(user, request.match_info["session_id"])
         self._sessions.end(record)
+        if self._shared is not None:
+            await self._shared.end(record)
         log.info("session %s: ended by %r", record.session_id.hex(), user)
         return web.json_response({"session_id": record.session_id.hex(), "ended": True})
 
@@ -157,7 +167,7 @@ class SessionRoutes:
         """POST /v1/sessions/{session_id}/offer: push the viewer's ICE offer to the device and
         return its answer."""
         user = self._ctx.user(request)
-        record = self._own_session(user, request.match_info["session_id"])
+        record = await self._own_session(user, request.match_info["session_id"])
         body = await json_body(request, self._config.http_body_timeout_s)
         ufrag = _ice_field(body, "ice_ufrag", *ICE_UFRAG_LEN)
         pwd = _ice_field(body, "ice_pwd", *ICE_PWD_LEN)
@@ -172,7 +182,7 @@ class SessionRoutes:
                 "create a new session (POST /v1/sessions)",
             )
         serial = record.serial
-        self._ctx.paired_and_online(user, serial)
+        await self._ctx.paired_and_reachable(user, serial)
         now = self._clock()
         turn = self._relays.grants(serial, now) if self._relays is not None else ()
         offer = SessionOffer(
@@ -188,6 +198,7 @@ class SessionRoutes:
                 "(relay and server-reflexive first)",
             ) from None
         record.move(SessionState.OFFERED)
+        await self._save(record)
         ttl = self._config.session_answer_timeout_s
         try:
             outcome = await asyncio.wait_for(
@@ -195,6 +206,7 @@ class SessionRoutes:
             )
         except NotOnlineError:
             record.move(SessionState.FAILED)
+            await self._save(record)
             raise ApiError(
                 409, "device_offline", f"device {serial} went offline; retry when it is back"
             ) from None
@@ -207,8 +219,10 @@ class SessionRoutes:
             answer = self._session_answer(serial, outcome, ttl)
         except ApiError:
             record.move(SessionState.FAILED)
+            await self._save(record)
             raise
         record.move(SessionState.ANSWERED)
+        await self._save(record)
         log.info(
             "session %s: %s accepted with %d candidates",
             record.session_id.hex(),
@@ -231,7 +245,7 @@ class SessionRoutes:
         """POST /v1/sessions/{session_id}/candidates: pass the viewer's new candidates to the device
         (invite kind ``INVITE_KIND_CANDIDATES``) and return the device's new ones."""
         user = self._ctx.user(request)
-        record = self._own_session(user, request.match_info["session_id"])
+        record = await self._own_session(user, request.match_info["session_id"])
         body = await json_body(request, self._config.http_body_timeout_s)
         candidates = _candidates_field(body)
         end = bool_field(body, "end_of_candidates", default=False)
@@ -258,8 +272,9 @@ class SessionRoutes:
                 f"{len(candidates)} candidates do not fit one device invite; send them in several updates",
             ) from None
         serial = record.serial
-        self._ctx.paired_and_online(user, serial)
+        await self._ctx.paired_and_reachable(user, serial)
         record.updates += 1
+        await self._save(record)
         ttl = self._config.session_answer_timeout_s
         outcome = await self._ctx.answered_invite(
             serial,
@@ -299,13 +314,36 @@ class SessionRoutes:
             headers={"Cache-Control": "no-store"},
         )
 
-    def _own_session(self, user: str, session_hex: str) -> SessionRecord:
+    async def _save(self, record: SessionRecord) -> None:
+        if self._shared is not None:
+            await self._shared.save(record)
+
+    async def _sync_from_shared(self, shared: SharedSessionStore, user: str, session_id: bytes) -> None:
+        try:
+            stored = await shared.load(session_id)
+        except SharedStoreUnavailable:
+            return  # this node's copy (if any) serves
+        mine = self._sessions.get(user, session_id, self._clock())
+        if stored == ENDED:
+            if mine is not None:
+                self._sessions.end(mine)
+        elif stored is None:
+            if mine is not None:  # made while Redis was down: share it now
+                await shared.save(mine)
+        elif stored.account == user:
+            self._sessions.adopt(stored)
+
+    async def _own_session(self, user: str, session_hex: str) -> SessionRecord:
+        """The caller's live session; on a cluster the shared record wins over this node's copy
+        (another node may have moved it on), and this node's copy serves while Redis is down."""
         try:
             session_id = bytes.fromhex(session_hex)
         except ValueError:
             session_id = b""
         record = None
         if len(session_id) == SESSION_ID_SIZE:
+            if self._shared is not None:
+                await self._sync_from_shared(self._shared, user, session_id)
             record = self._sessions.get(user, session_id, self._clock())
         if record is None:
             raise ApiError(

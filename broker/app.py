@@ -6,6 +6,8 @@
                                      └─ RelayDirectory (REST credentials) ··· TurnLink ◄─► UDP/TCP + relays
     PresenceServer ── AlarmMessageReceived ──► AlarmService ──► AlarmStore (SQLite) ──► API: history, SSE
     PresenceServer ── DeviceOnline/DeviceOffline ──► DashboardFeed ──► /dashboard/ pages and SSE
+    with redis_url: PresenceServer ── DeviceOnline/Offline ──► Cluster (Redis: p:<serial>, r:<node>)
+                    BrokerApi ──► ClusterPresence (local, else routed) · shared counters and sessions
 
 ``start_broker`` returns once both sockets are bound and ``broker.json`` is written;
 ``serve`` runs until SIGTERM or SIGINT.
@@ -30,8 +32,11 @@ from aiohttp import web
 
 from dvrlink.broker.alarm_store import ALARMS_FILE, AlarmStore
 from dvrlink.broker.alarms import AlarmService
-from dvrlink.broker.api import BrokerApi
+from dvrlink.broker.api import BrokerApi, SharedCounters
+from dvrlink.broker.api_common import PresenceView
 from dvrlink.broker.api_sessions import RelayDirectory
+from dvrlink.broker.cluster.node import default_node_id, load_fleet_key
+from dvrlink.broker.cluster.runtime import Cluster, start_cluster
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
 from dvrlink.broker.connection_gate import AddressGate
 from dvrlink.broker.dashboard.feed import DashboardFeed
@@ -93,6 +98,8 @@ class RunningBroker:
     """Alarm deliveries to the accounts' webhooks."""
     dashboard: DashboardFeed | None = None
     """The dashboard's presence history, counters and live followers."""
+    cluster: Cluster | None = None
+    """This node's Redis side (None without ``redis_url``)."""
 
     async def close(self) -> None:
         """Stop serving, close the sockets and the registry, remove broker.json."""
@@ -218,7 +225,16 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         stack.callback(registry.close)
         if registry.created:
             log.info("created a new registry %s (no accounts, no device bindings yet)", registry.location)
-        static_key = load_or_create_static_key(state)
+        if config.fleet_key_file is not None:
+            static_key = load_fleet_key(config.fleet_key_file)
+        else:
+            static_key = load_or_create_static_key(state)
+            if config.redis_url:
+                log.warning(
+                    "clustered without fleet_key_file: this node serves its own key %s; devices pinned to "
+                    "another node's key refuse it. Give every node the same fleet_key_file",
+                    state / "broker_key.pem",
+                )
         alternate = StunResponder(  # RFC 5780 on a second address and port, when configured
             config.stun_alternate_host,
             config.stun_alternate_port,
@@ -263,11 +279,14 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         webhooks.start()
 
         dashboard = DashboardFeed()
+        cluster: Cluster | None = None
 
         def on_event(event: ServerEvent) -> None:
             on_device_event(event)
             alarms.on_event(event)
             dashboard.on_event(event, time.time())
+            if cluster is not None:
+                cluster.on_event(event)
 
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
         link = await start_presence_link(
@@ -276,6 +295,31 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
         stack.callback(link.close)
         udp_port = link.local_address[1]
         listening = [("presence+stun/udp", format_address(link.local_address))]
+        presence_view: PresenceView = gateway
+        shared: SharedCounters | None = None
+        if config.redis_url:
+
+            def interval_of(serial: str) -> float | None:
+                info = server.presence(serial)
+                return info.keepalive_interval if info is not None and info.online else None
+
+            cluster = start_cluster(
+                config,
+                config.node_id or default_node_id(udp_port),
+                gateway,
+                interval_of,
+                registry,
+                loop.time,
+                time.time,
+            )
+            stack.push_async_callback(cluster.close)
+            presence_view = cluster.presence
+            shared = SharedCounters(cluster.logins, cluster.pair_failures, cluster.sessions)
+            if (config.turn_enabled or config.turn_servers) and config.turn_secret_file is None:
+                log.warning(
+                    "clustered without turn_secret_file: this node's TURN credentials work on its own relay "
+                    "only; give every node the same turn_secret_file"
+                )
         if config.stun_alternate_host is not None:
 
             def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
@@ -324,7 +368,9 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
             listening.append(("presence/tcp", format_address(presence_tcp.address)))
-        api = BrokerApi(registry, gateway, config, relays=relays, alarms=alarms, webhooks=webhooks)
+        api = BrokerApi(
+            registry, presence_view, config, relays=relays, alarms=alarms, webhooks=webhooks, shared=shared
+        )
         stack.callback(api.close)
         app = api.build_app()
         view = DashboardView(
@@ -389,7 +435,19 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             "off" if turn is None else f"{config.udp_host}:{info.turn_udp_port}/udp,{info.turn_tcp_port}/tcp",
         )
         return RunningBroker(
-            info, config, registry, server, link, app, stack, turn, presence_tcp, alarms, webhooks, dashboard
+            info,
+            config,
+            registry,
+            server,
+            link,
+            app,
+            stack,
+            turn,
+            presence_tcp,
+            alarms,
+            webhooks,
+            dashboard,
+            cluster,
         )
     except BaseException:
         await stack.aclose()

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from dvrlink.broker.cluster.node import load_fleet_key
 from dvrlink.broker.config import BrokerConfig, ConfigError, config_from_mapping, load_config
 from dvrlink.broker.registry import (
     RegistryError,
@@ -51,7 +52,7 @@ from dvrlink.broker.state import (
     require_state_dir,
 )
 from dvrlink.broker.tls import CertificatePaths, server_context
-from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_serial
+from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_serial, x25519_public_bytes
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 78
@@ -522,7 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _import(config, args.file, args.replace)
             return 0
         if command == "show-key":
-            print(b64encode_key(read_static_public_key(config.state_dir)))
+            if config.fleet_key_file is not None:  # the key every node of the fleet serves
+                print(b64encode_key(x25519_public_bytes(load_fleet_key(config.fleet_key_file))))
+            else:
+                print(b64encode_key(read_static_public_key(config.state_dir)))
             return 0
     except (MissingStateError, RegistryUnusableError) as exc:
         print(f"dvrlink-broker: {exc}", file=sys.stderr)

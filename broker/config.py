@@ -49,6 +49,9 @@ from the directory that holds the file)::
     # stun_alternate_host = "203.0.113.11"  # RFC 5780 NAT discovery: a second local address
     stun_alternate_port = 3480              # ... and a second port (udp_host must be specific)
     log_level = "INFO"
+    # redis_url = "redis://10.0.0.5:6379/0"  # a cluster's presence location and routing; empty: one node
+    # node_id = "broker-a"                  # this node's name in the cluster; default host name:udp port
+    # fleet_key_file = "/etc/dvrlink/fleet_key.pem"  # the key every node serves; default state_dir's
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from dvrlink.broker.registry import validate_username
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TURN_TRANSPORTS = ("udp", "tcp")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 TURN_SECRET_FILE = "turn_secret"  # noqa: S105 (a file name, not a secret)
 
 
@@ -216,6 +220,18 @@ class BrokerConfig:
     standard client's ``turnutils_uclient -m 10 -y`` (RTP and RTCP for 10 pairs: 40)."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+    node_id: str = ""
+    """This node's name in a cluster (1 to 64 letters, digits and ``.:_-``), unique in the fleet;
+    it names the node's Redis channel and is the value of its devices' presence keys. Empty =
+    the host name and the bound presence UDP port. Only used with ``redis_url``."""
+    redis_url: str = ""
+    """Redis of a broker cluster (``redis://host:6379/0``, ``rediss://`` for TLS,
+    ``unix:///run/redis.sock``): presence location, invites routed between nodes, shared
+    session records and failure counters. Empty: a single node, nothing is shared."""
+    fleet_key_file: Path | None = None
+    """PEM file with the fleet's static X25519 key, the one devices pin as ``[broker] public_key``;
+    every node of a fleet serves the same key. Never created: copy it from the fleet's first node.
+    None = ``state_dir/broker_key.pem`` (made if missing), as for a single node."""
     webhook_allowed_networks: tuple[str, ...] = ()
     """CIDR networks (``"10.0.0.0/8"``, ``"127.0.0.1/32"``) that alarm webhooks may reach although
     they are loopback, private, link-local or this broker's own addresses (and there plain
@@ -390,7 +406,7 @@ def _check_stun(values: Mapping[str, object], source: str) -> None:
 
 def _check(name: str, raw: object, source: str, base: Path) -> object:
     where = f"{source}: key {name!r}"
-    if name in ("state_dir", "tls_cert", "tls_key", "turn_secret_file"):
+    if name in ("state_dir", "tls_cert", "tls_key", "turn_secret_file", "fleet_key_file"):
         if not isinstance(raw, str | Path) or not str(raw):
             raise ConfigError(f"{where} must be a path string, got {raw!r}")
         p = Path(raw).expanduser()
@@ -473,6 +489,24 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
                     f"{where}: {network!r} is not a CIDR network ({exc}), e.g. 10.0.0.0/8"
                 ) from None
         return tuple(raw)
+    if name == "redis_url":
+        if not isinstance(raw, str) or (raw and not raw.startswith(REDIS_SCHEMES)):
+            raise ConfigError(
+                f'{where} must be empty (one node) or a Redis URL such as "redis://10.0.0.5:6379/0" '
+                f"(schemes: {', '.join(REDIS_SCHEMES)}), got {raw!r}"
+            )
+        return raw
+    if name == "node_id":
+        if (
+            not isinstance(raw, str)
+            or len(raw) > 64
+            or not all(ch.isascii() and (ch.isalnum() or ch in ".:_-") for ch in raw)
+        ):
+            raise ConfigError(
+                f'{where} must be up to 64 letters, digits and ".:_-", unique in the fleet, e.g. '
+                f'"broker-a" (empty: host name and UDP port), got {raw!r}'
+            )
+        return raw
     if name == "log_level":
         if not isinstance(raw, str) or raw.upper() not in LOG_LEVELS:
             raise ConfigError(f"{where} is {raw!r}; use one of {', '.join(LOG_LEVELS)}")

@@ -38,6 +38,10 @@ class PresenceGateway:
         """The core's presence record of ``serial`` (None if it has not registered since start)."""
         return self._server.presence(serial)
 
+    async def lookup(self, serial: str) -> PresenceInfo | None:
+        """:meth:`presence`, as the API's view awaits it (a cluster's view may ask Redis)."""
+        return self._server.presence(serial)
+
     @property
     def online_count(self) -> int:
         """Number of online devices."""

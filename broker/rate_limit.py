@@ -2,11 +2,17 @@
 
 The account- and device-wide limits on wrong pairing codes live in the registry (they are
 persisted); this one is in memory, per (username, client address).
+
+The API sees both through small async interfaces (:class:`LoginLimiter`, :class:`PairFailures`):
+a single broker uses the in-memory limiter and the registry (:class:`LocalLoginLimiter`,
+:class:`RegistryPairFailures`); a broker in a cluster counts in Redis
+(``broker/cluster/counters.py``), so spreading guesses over nodes gains nothing.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 LIMITER_MAX_KEYS = 100_000
 """Keys kept at most; past that, stale keys and then the oldest are forgotten."""
@@ -71,3 +77,67 @@ class FailureLimiter:
             del self._failures[k]
         while len(self._failures) >= self._max_keys:  # still full: forget the oldest keys
             del self._failures[next(iter(self._failures))]
+
+
+class LoginLimiter(Protocol):
+    """Failed logins per (username, client address), as the API counts them."""
+
+    async def begin(self, key: tuple[str, str], now: float) -> float:
+        """0 and the attempt counted as a failure, or the seconds until ``key`` may try."""
+        ...
+
+    async def undo(self, key: tuple[str, str]) -> None:
+        """Take back the count of an attempt that was not made."""
+        ...
+
+    async def succeeded(self, key: tuple[str, str]) -> None:
+        """Forget the failures of ``key``."""
+        ...
+
+
+class LocalLoginLimiter:
+    """:class:`LoginLimiter` over an in-memory :class:`FailureLimiter` (one broker)."""
+
+    def __init__(self, limiter: FailureLimiter) -> None:
+        self.limiter = limiter
+
+    async def begin(self, key: tuple[str, str], now: float) -> float:
+        return self.limiter.begin(key, now)
+
+    async def undo(self, key: tuple[str, str]) -> None:
+        self.limiter.undo(key)
+
+    async def succeeded(self, key: tuple[str, str]) -> None:
+        self.limiter.succeeded(key)
+
+
+class PairFailureStore(Protocol):
+    """The registry's calls for wrong pairing codes."""
+
+    def record_pair_failure(self, serial: str, now: float, username: str | None = None) -> None: ...
+    def pair_failures_since(self, serial: str, since: float, username: str | None = None) -> int: ...
+
+
+class PairFailures(Protocol):
+    """Wrong pairing codes per device (and per account and device), as the API counts them."""
+
+    async def record(self, serial: str, now: float, username: str) -> None:
+        """Count a wrong code ``username`` sent ``serial`` at ``now``."""
+        ...
+
+    async def count_since(self, serial: str, since: float, username: str | None = None) -> int:
+        """Wrong codes for ``serial`` since ``since`` (from ``username`` only, if given)."""
+        ...
+
+
+class RegistryPairFailures:
+    """:class:`PairFailures` in the registry (shared by the nodes when the registry is)."""
+
+    def __init__(self, registry: PairFailureStore) -> None:
+        self._registry = registry
+
+    async def record(self, serial: str, now: float, username: str) -> None:
+        self._registry.record_pair_failure(serial, now, username)
+
+    async def count_since(self, serial: str, since: float, username: str | None = None) -> int:
+        return self._registry.pair_failures_since(serial, since, username)

@@ -14,6 +14,7 @@ import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from dvrlink.protocol.signalling import SESSION_ID_SIZE, PathPolicy
 
@@ -71,6 +72,35 @@ class SessionRecord:
         self.state = state
 
 
+ENDED: Literal["ended"] = "ended"
+"""What a shared store answers for a session its viewer ended (on any node)."""
+
+
+class SharedStoreUnavailable(Exception):
+    """A cluster's shared session store cannot be reached; the node goes on with its own copy."""
+
+
+class SharedSessionStore(Protocol):
+    """Where the nodes of a cluster keep session records, so that any node can continue a
+    session (``broker/cluster/sessions.py``); a single broker has none."""
+
+    async def save(self, record: SessionRecord) -> None:
+        """Store ``record`` for its remaining lifetime (errors are logged, not raised)."""
+        ...
+
+    async def load(self, session_id: bytes) -> SessionRecord | Literal["ended"] | None:
+        """The stored record, ``ENDED``, or None (never stored, or expired).
+
+        Raises:
+            SharedStoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+    async def end(self, record: SessionRecord) -> None:
+        """Mark the session ended for every node (errors are logged, not raised)."""
+        ...
+
+
 class SessionTable:
     """Live sessions per account, pruned as time goes by."""
 
@@ -124,6 +154,16 @@ class SessionTable:
         """Every live session, oldest first (expired ones are forgotten)."""
         self.prune(now)
         return sorted(self._by_id.values(), key=lambda r: r.created_at)
+
+    def adopt(self, record: SessionRecord) -> SessionRecord:
+        """Keep ``record`` (read from a cluster's shared store), replacing this table's copy of
+        the same session; a record over the account's limit is kept too (another node let it in)."""
+        old = self._by_id.get(record.session_id)
+        if old is not None:
+            self._forget(old)
+        self._by_id[record.session_id] = record
+        self._by_account.setdefault(record.account, {})[record.session_id] = record
+        return record
 
     def end(self, record: SessionRecord) -> None:
         """Forget ``record``: its viewer closed the session."""

@@ -72,6 +72,16 @@ def test_user_add_and_show_key(tmp_path: Path) -> None:
     assert len(base64.b64decode(first.stdout.strip(), validate=True)) == 32
     assert broker("show-key", "--state-dir", str(state)).stdout == first.stdout
     assert (state / "broker_key.pem").stat().st_mode & 0o777 == 0o600
+    # a node of a fleet prints the fleet key, not its state_dir's own
+    fleet_state = tmp_path / "fleet"
+    fleet_state.mkdir()
+    load_or_create_static_key(fleet_state)
+    config = tmp_path / "node.toml"
+    config.write_text(f'state_dir = "{state}"\nfleet_key_file = "{fleet_state / "broker_key.pem"}"\n')
+    fleet = broker("show-key", "--config", str(config))
+    assert fleet.returncode == 0, fleet.stderr
+    assert fleet.stdout != first.stdout
+    assert fleet.stdout == broker("show-key", "--state-dir", str(fleet_state)).stdout
 
 
 def test_manifest_load_csv_and_json_with_conflicts(tmp_path: Path) -> None:

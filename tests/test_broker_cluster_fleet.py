@@ -1,0 +1,132 @@
+"""A fleet as it is meant to run: three ``dvrlink-broker`` processes sharing one PostgreSQL registry
+(``registry_url``) and one Redis, a real ``dvrlinkd`` registered on node c only, and a real
+``dvrlink`` viewer that logs in, pairs and forwards through node a: the serial is bound once,
+the account exists once, and every step reaches the device through Redis. A second computer
+logged in at node b pairs and pings it too. Then Redis restarts and the forward works again.
+
+Needs the PostgreSQL registry (``tests/support/postgres.py``, ``registry_url``); skipped without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dvrlink.broker.config import BrokerConfig
+from hil.cluster import fleet_files, node_config
+from hil.loopback import (
+    Broker,
+    Daemon,
+    Viewer,
+    broker_command,
+    loopback_services_toml,
+    make_daemon,
+    start_broker,
+    start_forward,
+    stop_all,
+    unused_tcp_port,
+    wait_for,
+)
+from tests.support.redis_server import RedisServer, redis_server
+
+if "registry_url" not in {f.name for f in dataclasses.fields(BrokerConfig)}:
+    pytest.skip("needs the PostgreSQL registry (registry_url)", allow_module_level=True)
+postgres = pytest.importorskip("tests.support.postgres", reason="needs the PostgreSQL registry fixture")
+postgres_server = postgres.postgres_server
+postgres_url = postgres.postgres_url
+
+pytestmark = [pytest.mark.integration]
+
+SERIAL = "DL-FLEET-0001"
+PAGE = b"<h1>recorder on node c, viewer on node a</h1>\n"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+def _web(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    site = root / "site"
+    site.mkdir()
+    (site / "index.html").write_bytes(PAGE)
+    port = unused_tcp_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def _fetch(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=20) as reply:
+        body: bytes = reply.read()
+        return body
+
+
+def test_three_nodes_on_one_registry_pair_and_forward_across_nodes(
+    tmp_path: Path,
+    redis: RedisServer,
+    postgres_url: str,  # the imported fixture
+) -> None:
+    key, secret = fleet_files(tmp_path / "fleet")
+    configs = {}
+    for name in ("a", "b", "c"):
+        config = node_config(tmp_path, name, redis.url, key, secret)
+        config.write_text(config.read_text() + f'registry_url = "{postgres_url}"\n')
+        configs[name] = config
+    started: list[Daemon | Broker] = []
+    web, web_port = _web(tmp_path)
+    try:
+        nodes = {name: start_broker(tmp_path / name, config=configs[name]) for name in configs}
+        started.extend(nodes.values())
+        subprocess.run(
+            broker_command("user", "add", "alice", "--password-stdin", "--config", str(configs["b"])),
+            input="correct horse\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        daemon = make_daemon(tmp_path, SERIAL, nodes["c"], extra_toml=loopback_services_toml(web_port))
+        daemon.start()
+        started.append(daemon)
+        wait_for(f"{SERIAL} online at c", daemon.online, 30)
+
+        viewer = Viewer(tmp_path / "viewer-a")
+        viewer.login(nodes["a"], "alice", "correct horse")
+        viewer.run("pair", daemon.pairing_uri())
+        forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
+        try:
+            assert _fetch(forward.local_port) == PAGE
+        finally:
+            assert forward.stop() == 0
+        log_a = nodes["a"].log.read_text(errors="replace")
+        assert f"for {SERIAL} routed to node c" in log_a, "node a's requests went through node c"
+
+        other = Viewer(tmp_path / "viewer-b")
+        other.login(nodes["b"], "alice", "correct horse")
+        other.run("pair", daemon.pairing_uri())  # this computer's own viewer key, paired through b
+        ping = other.run("ping", SERIAL, check=False)
+        assert ping.returncode == 0, (ping.stdout, ping.stderr)
+
+        redis.restart()
+        wait_for("node a to reach the device after the Redis restart",
+                 lambda: viewer.run("ping", SERIAL, check=False).returncode == 0, 30)  # fmt: skip
+        forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
+        try:
+            assert _fetch(forward.local_port) == PAGE
+        finally:
+            assert forward.stop() == 0
+    finally:
+        stop_all(list(reversed(started)))
+        web.terminate()
+        web.wait(10)
