@@ -271,15 +271,11 @@ class NodeMemory:
 
     def load(self) -> BrokerNode | None:
         """The remembered node, or None (no file yet, or one that is not ours: it is ignored and
-        replaced at the next answer)."""
+        replaced at the next answer; the start-up check has moved a corrupt one aside)."""
         try:
-            obj = json.loads(self.path.read_bytes())
-            host, port, address = obj["host"], obj["port"], obj.get("address", "")
-        except (OSError, ValueError, TypeError, KeyError):
+            return decode_node(self.path.read_bytes())
+        except (OSError, ValueError):
             return None
-        if not (isinstance(host, str) and isinstance(port, int) and isinstance(address, str)):
-            return None
-        return BrokerNode(host, port, address)
 
     def save(self, node: BrokerNode) -> None:
         """Remember ``node``.
@@ -288,4 +284,25 @@ class NodeMemory:
             OSError: the state directory is not writable (the message names the file).
         """
         data = {"host": node.host, "port": node.port, "address": node.address}
-        atomic_write(self.path, (json.dumps(data) + "\n").encode("utf-8"), 0o644)
+        atomic_write(self.path, (json.dumps(data) + "\n").encode("utf-8"))
+
+
+def decode_node(data: bytes) -> BrokerNode:
+    """The node in a ``broker_node.json``.
+
+    Raises:
+        ValueError: not such a file (says what was expected).
+    """
+    shape = 'not {"host": "...", "port": 1-65535, "address": "..."}'
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(shape)
+    host, port, address = obj.get("host"), obj.get("port"), obj.get("address", "")
+    if not (isinstance(host, str) and host and isinstance(address, str)):
+        raise ValueError(shape)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(shape)
+    return BrokerNode(host, port, address)
