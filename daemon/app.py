@@ -16,13 +16,13 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dvrlink.daemon.alarms import AlarmQueue, ModemAlarmWatch, sender_config
 from dvrlink.daemon.broker_nodes import BrokerNode, NodeList, NodeMemory, expand, is_ip_literal
-from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
-from dvrlink.daemon.config import BrokerConfig, DaemonConfig, describe
+from dvrlink.daemon.cloud_link import CloudLink, EventHandler, exc_text, handshake_problem
+from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
@@ -227,7 +227,7 @@ async def _run_locked(
         ),
     )
     memory = NodeMemory(config.device.state_dir)
-    nodes = NodeList(await resolve_nodes(config.broker), start=memory.load())
+    nodes = NodeList(await resolve_nodes(config.broker.nodes, system_lookup()), start=memory.load())
     if len(nodes.nodes) > 1:
         log.info(
             "broker nodes: %s; registering with %s",
@@ -596,25 +596,37 @@ def _import_modem_service() -> type[ModemService]:
     return ModemService
 
 
-async def resolve_nodes(broker: BrokerConfig, *, timeout_s: float = 3.0) -> list[BrokerNode]:
-    """The configured broker nodes, a name with several addresses as one node per address. A
-    name that does not resolve now (no uplink yet) stays one node, which its link resolves when
-    it connects."""
-    loop = asyncio.get_running_loop()
+Lookup = Callable[[str, int], Awaitable[list[str]]]
+"""Resolves a host name and port to IP addresses (raises OSError or TimeoutError when it cannot)."""
+
+
+def system_lookup(timeout_s: float = 3.0) -> Lookup:
+    """The system resolver (A and AAAA records, in its order), giving up after ``timeout_s``."""
+
+    async def lookup(host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), timeout_s)
+        return [str(info[4][0]) for info in infos]
+
+    return lookup
+
+
+async def resolve_nodes(nodes: Sequence[BrokerNode], lookup: Lookup) -> list[BrokerNode]:
+    """``nodes`` with each name that has several addresses as one node per address. A name that
+    does not resolve now (no uplink yet) stays one node, which its link resolves when it
+    connects."""
     out: list[BrokerNode] = []
-    for node in broker.nodes:
+    for node in nodes:
         addresses: list[str] = []
         if not is_ip_literal(node.host):
             try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(node.host, node.port, type=socket.SOCK_DGRAM), timeout_s
-                )
+                addresses = await lookup(node.host, node.port)
             except (OSError, TimeoutError) as exc:
                 log.info(
-                    "cannot resolve the broker node %s now (%s); its link resolves it later", node.label, exc
+                    "cannot resolve the broker node %s now (%s); its link resolves it later",
+                    node.label,
+                    exc_text(exc),
                 )
-            else:
-                addresses = [str(info[4][0]) for info in infos]
         for expanded in expand(node, addresses):
             if expanded not in out:
                 out.append(expanded)
@@ -666,7 +678,7 @@ def _presence_link(
         nodes=nodes,
         endpoint=endpoint,
         on_answered=remember,
-        resolve=(lambda: resolve_nodes(broker))
+        resolve=(lambda: resolve_nodes(broker.nodes, system_lookup()))
         if any(not is_ip_literal(n.host) for n in broker.nodes)
         else None,
     )

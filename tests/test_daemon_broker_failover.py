@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -175,5 +176,29 @@ def test_a_node_outside_the_fleet_is_skipped(tmp_path: Path) -> None:
                 assert await daemon.stop() == 0
             finally:
                 await daemon.stop()
+
+    asyncio.run(main())
+
+
+def test_a_node_that_does_not_answer_at_start_is_left_for_the_next(tmp_path: Path) -> None:
+    _need_scripts()
+
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+            dead.bind(("127.0.0.1", 0))  # bound and never read: datagrams vanish, as on a dead host
+            dead_port = int(dead.getsockname()[1])
+            async with _broker(tmp_path / "fleet") as (_fleet, port_fleet):
+                config = _config(tmp_path, read_info(tmp_path / "fleet").public_key, [dead_port, port_fleet])
+                daemon = await _daemon(config)
+                try:
+                    line = await daemon.wait_for_line(rf"leaving broker node 127\.0\.0\.1:{dead_port}")
+                    assert (
+                        "did not answer HELLO (3 tries" in line
+                        and f"moving to 127.0.0.1:{port_fleet}" in line
+                    )
+                    await daemon.wait_for_line(rf"registered: online via 127\.0\.0\.1:{port_fleet} ")
+                    assert await daemon.stop() == 0
+                finally:
+                    await daemon.stop()
 
     asyncio.run(main())

@@ -4,6 +4,7 @@ silence bound (two cores on a fake link with made-up time)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from support.daemon_config import KEY_B64, load_text, run_dvrlinkd, write
 from support.presence import Lab
 
+from dvrlink.daemon.app import resolve_nodes, system_lookup
 from dvrlink.daemon.broker_nodes import NODE_FILE, BrokerNode, NodeList, NodeMemory, expand, parse_node
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.status import DaemonStatus, format_status
@@ -323,3 +325,33 @@ def test_a_forgotten_session_is_no_silence() -> None:
     lab.advance(21.0)
     lost = [e for e in dev.events if isinstance(e, ConnectionLost)]
     assert len(lost) == 1 and not lost[0].silence and "UNKNOWN_SESSION" in lost[0].reason, lost
+
+
+# -- names with several addresses --------------------------------------------------------------
+
+
+def test_resolving_makes_a_node_per_address_and_keeps_a_name_that_does_not_resolve() -> None:
+    answers = {"fleet.example": ["192.0.2.1", "2001:db8::1", "192.0.2.1"], "down.example": None}
+    asked: list[tuple[str, int]] = []
+
+    async def lookup(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        found = answers[host]
+        if found is None:
+            raise OSError(-2, "Name or service not known")
+        return found
+
+    nodes = [BrokerNode("fleet.example", 3478), BrokerNode("down.example", 3478), C]
+    resolved = asyncio.run(resolve_nodes(nodes, lookup))
+    assert resolved == [
+        BrokerNode("fleet.example", 3478, "192.0.2.1"),
+        BrokerNode("fleet.example", 3478, "2001:db8::1"),
+        BrokerNode("down.example", 3478),
+        C,
+    ]
+    assert asked == [("fleet.example", 3478), ("down.example", 3478)], "an IP literal is not looked up"
+    assert [n.connect_host for n in resolved] == ["192.0.2.1", "2001:db8::1", "down.example", "192.0.2.3"]
+
+
+def test_the_system_lookup_resolves_loopback() -> None:
+    assert "127.0.0.1" in asyncio.run(system_lookup()("localhost", 3478))
