@@ -30,6 +30,11 @@ when and why not, and why presence is on this transport (``UDP to host:port got 
 TCP connection that closes ends the presence session on it at once (the core registers again),
 so status never says ``online`` over a connection that is gone.
 
+Where the device knows several broker nodes (``[broker] hosts``), each link goes to one node, the
+one ``broker_nodes.NodeList`` has in use, and :class:`PresenceTransport` replaces the link with
+one to the next node when the node in use falls silent, leaves a registration unanswered or
+refuses it: the same list over either transport.
+
 TLS on the presence connection is for getting through middleboxes on port 443 and hiding the
 protocol, not for trust: the device pins the broker by its presence key inside the protocol, so
 the certificate is not checked.
@@ -785,8 +790,9 @@ class PresenceTransport:
         self._handler.on_event(event)
 
     def _node_failed(self, problem: str, *, register_now: bool, refused: bool = False) -> None:
-        """The node in use failed: move to the next one (nothing with one node)."""
-        if self._loop is None or self._closed:
+        """The node in use failed: move to the next one (nothing with one node). While a move is
+        under way, what the old link still reports is about the node being left: ignored."""
+        if self._loop is None or self._closed or self._link_node != self._nodes.current:
             return
         left = self._nodes.current
         node = self._nodes.move_on(problem, self._loop.time(), refused=refused)
