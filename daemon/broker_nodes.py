@@ -123,13 +123,14 @@ def is_ip_literal(host: str) -> bool:
 
 
 def expand(node: BrokerNode, addresses: Iterable[str]) -> list[BrokerNode]:
-    """``node`` as one node per resolved address (in the order given, duplicates dropped); the
-    node itself, unresolved, when there are none (the link resolves it when it connects)."""
+    """``node`` as one node per resolved address (in the order given, duplicates dropped). With
+    fewer than two addresses it stays the node itself, unresolved: its link resolves the name
+    each time it opens a socket, so it follows the name to a new address."""
     seen: list[str] = []
     for address in addresses:
         if address not in seen:
             seen.append(address)
-    if not seen or is_ip_literal(node.host):
+    if len(seen) < 2 or is_ip_literal(node.host):
         return [node]
     return [replace(node, address=address) for address in seen]
 

@@ -147,6 +147,7 @@ def test_a_name_with_several_addresses_is_several_nodes() -> None:
         BrokerNode(A.host, A.port, "2001:db8::5"),
     ]
     assert expand(A, []) == [A], "not resolved now: the link resolves it later"
+    assert expand(A, ["192.0.2.1"]) == [A], "one address: the link resolves the name (and follows it)"
     assert expand(C, ["192.0.2.3"]) == [C], "an IP literal is itself"
     assert BrokerNode(A.host, A.port, "192.0.2.1").label == "node-a.example:3478 (192.0.2.1)"
     assert BrokerNode("2001:db8::1", 3478).label == "[2001:db8::1]:3478"
@@ -331,7 +332,11 @@ def test_a_forgotten_session_is_no_silence() -> None:
 
 
 def test_resolving_makes_a_node_per_address_and_keeps_a_name_that_does_not_resolve() -> None:
-    answers = {"fleet.example": ["192.0.2.1", "2001:db8::1", "192.0.2.1"], "down.example": None}
+    answers = {
+        "fleet.example": ["192.0.2.1", "2001:db8::1", "192.0.2.1"],
+        "one.example": ["192.0.2.7"],
+        "down.example": None,
+    }
     asked: list[tuple[str, int]] = []
 
     async def lookup(host: str, port: int) -> list[str]:
@@ -341,16 +346,30 @@ def test_resolving_makes_a_node_per_address_and_keeps_a_name_that_does_not_resol
             raise OSError(-2, "Name or service not known")
         return found
 
-    nodes = [BrokerNode("fleet.example", 3478), BrokerNode("down.example", 3478), C]
+    nodes = [
+        BrokerNode("fleet.example", 3478),
+        BrokerNode("one.example", 3478),
+        BrokerNode("down.example", 3478),
+        C,
+    ]
     resolved = asyncio.run(resolve_nodes(nodes, lookup))
     assert resolved == [
         BrokerNode("fleet.example", 3478, "192.0.2.1"),
         BrokerNode("fleet.example", 3478, "2001:db8::1"),
+        BrokerNode("one.example", 3478),
         BrokerNode("down.example", 3478),
         C,
     ]
-    assert asked == [("fleet.example", 3478), ("down.example", 3478)], "an IP literal is not looked up"
-    assert [n.connect_host for n in resolved] == ["192.0.2.1", "2001:db8::1", "down.example", "192.0.2.3"]
+    assert asked == [("fleet.example", 3478), ("one.example", 3478), ("down.example", 3478)], (
+        "an IP literal is not looked up"
+    )
+    assert [n.connect_host for n in resolved] == [
+        "192.0.2.1",
+        "2001:db8::1",
+        "one.example",
+        "down.example",
+        "192.0.2.3",
+    ]
 
 
 def test_the_system_lookup_resolves_loopback() -> None:
