@@ -14,6 +14,8 @@ from support.presence import Lab
 
 from dvrlink.daemon.app import resolve_nodes, system_lookup
 from dvrlink.daemon.broker_nodes import NODE_FILE, BrokerNode, NodeList, NodeMemory, expand, parse_node
+from dvrlink.daemon.console import SettingChanges
+from dvrlink.daemon.console_settings import SettingsRefused, save_settings
 from dvrlink.daemon.errors import ConfigError
 from dvrlink.daemon.status import DaemonStatus, format_status
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
@@ -374,3 +376,16 @@ def test_resolving_makes_a_node_per_address_and_keeps_a_name_that_does_not_resol
 
 def test_the_system_lookup_resolves_loopback() -> None:
     assert "127.0.0.1" in asyncio.run(system_lookup()("localhost", 3478))
+
+
+def test_the_serial_console_cannot_set_one_host_over_a_fleet_list(tmp_path: Path) -> None:
+    """An installer's ``set broker_host`` on a device with ``[broker] hosts`` is refused with the
+    config's own words, and the file stays as it was."""
+    path = write(tmp_path, FLEET)
+    with pytest.raises(SettingsRefused) as refused:
+        save_settings(path, SettingChanges(broker_host="other.example"))
+    assert refused.value.code == "bad_value"
+    assert "give host (one node) or hosts (several), not both" in refused.value.message
+    assert path.read_text() == FLEET
+    saved = save_settings(path, SettingChanges(broker_port=3600))  # the default port of the entries
+    assert [n.port for n in saved.config.broker.nodes] == [3600, 3479, 3480, 3600]
