@@ -375,7 +375,10 @@ def test_resolving_makes_a_node_per_address_and_keeps_a_name_that_does_not_resol
 
 
 def test_the_system_lookup_resolves_loopback() -> None:
-    assert "127.0.0.1" in asyncio.run(system_lookup()("localhost", 3478))
+    async def main() -> list[str]:
+        return await system_lookup()("localhost", 3478)
+
+    assert "127.0.0.1" in asyncio.run(main())
 
 
 def test_the_serial_console_cannot_set_one_host_over_a_fleet_list(tmp_path: Path) -> None:
