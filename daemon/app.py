@@ -13,13 +13,15 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dvrlink.daemon.alarms import AlarmQueue, ModemAlarmWatch, sender_config
-from dvrlink.daemon.cloud_link import CloudLink, EventHandler, handshake_problem
+from dvrlink.daemon.broker_nodes import BrokerNode, NodeList, NodeMemory, expand, is_ip_literal
+from dvrlink.daemon.cloud_link import CloudLink, EventHandler, exc_text, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
@@ -224,6 +226,18 @@ async def _run_locked(
             config.alarms.queue_size, config.alarms.retransmit_initial_s, config.alarms.retransmit_max_s
         ),
     )
+    memory = NodeMemory(config.device.state_dir)
+    nodes = NodeList(await resolve_nodes(config.broker.nodes, system_lookup()), start=memory.load())
+    if len(nodes.nodes) > 1:
+        log.info(
+            "broker nodes: %s; registering with %s",
+            ", ".join(n.label for n in nodes.nodes),
+            nodes.current.label,
+        )
+
+    def node_address() -> tuple[str, int]:
+        return (nodes.current.connect_host, nodes.current.port)
+
     client = PresenceClient(
         ClientConfig(
             serial=config.device.serial,
@@ -241,7 +255,7 @@ async def _run_locked(
         state,
         config.sessions,
         _services_with_live(config),
-        (config.broker.host, config.broker.port),  # the presence port answers STUN
+        node_address,  # the presence port answers STUN
         client,
         loop.time,
     )
@@ -257,13 +271,15 @@ async def _run_locked(
         sessions=sessions,
         presence_settled=presence_settled,
     )
-    link = _presence_link(config, client, events)
+    link = _presence_link(config, client, events, nodes, memory)
+    events.broker_label = link.broker_label
+    events.broker_address = node_address
     events.alarms = alarms
     alarms.on_change = events.alarms_changed
     alarms.attach(client, link.flush, loop.time)
     events.presence_transport = lambda: link.transport.value
     events.link_status = link.status
-    tuning = events.tuning = _presence_tuning(config, client, loop)
+    tuning = events.tuning = _presence_tuning(config, client, loop, node_address)
     tuning.flush = link.flush
     tuning.transport = lambda: link.transport.value
     tuning.local_address = lambda: link.local_address
@@ -271,7 +287,9 @@ async def _run_locked(
         tuning.tcp_interval = link.tcp_keepalive_interval
         tuning.prefer_tcp = lambda reason: link.prefer(Transport.TCP, reason)
         if config.presence.learn_keepalive:
-            tuning.tcp_prober = _tcp_prober(config, client, tuning)
+            tuning.tcp_prober = _tcp_prober(
+                config, client, tuning, lambda: config.broker.tcp_address_of(nodes.current)
+            )
             tuning.set_tcp_interval = link.set_tcp_keepalive_interval
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
@@ -308,7 +326,7 @@ async def _run_locked(
     watchdog = _Watchdog(notifier, loop)
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
-    notifier.status(f"registering with {config.broker.address}")
+    notifier.status(f"registering with {nodes.current.label}")
     modem_task = None
     if config.modem.enabled:
         modem_task = loop.create_task(
@@ -449,7 +467,10 @@ async def _first_of(stop: asyncio.Event, restart: asyncio.Event | None) -> None:
 
 
 def _presence_tuning(
-    config: DaemonConfig, client: PresenceClient, loop: asyncio.AbstractEventLoop
+    config: DaemonConfig,
+    client: PresenceClient,
+    loop: asyncio.AbstractEventLoop,
+    broker: Callable[[], tuple[str, int]],
 ) -> PresenceTuning:
     """Reports to the broker, and the learned keepalive when ``[presence] learn_keepalive``."""
     presence = config.presence
@@ -470,9 +491,7 @@ def _presence_tuning(
             presence.keepalive_interval_s,
             ProbeBudget(),  # shared with the TCP learner: the broker holds 8 probes per device
         )
-        tuning.prober = NatProber(
-            learner, client, (config.broker.host, config.broker.port), on_event=tuning.on_learner_event
-        )
+        tuning.prober = NatProber(learner, client, broker, on_event=tuning.on_learner_event)
     return tuning
 
 
@@ -482,7 +501,12 @@ def _stop_optional_traffic(tuning: PresenceTuning, sessions: SessionServer, reas
     sessions.end_all(reason)
 
 
-def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTuning) -> NatProber:
+def _tcp_prober(
+    config: DaemonConfig,
+    client: PresenceClient,
+    tuning: PresenceTuning,
+    broker: Callable[[], tuple[str, int]],
+) -> NatProber:
     """Learns how long the NAT keeps an idle TCP connection, starting from
     ``tcp_keepalive_interval_s``: probes over fresh TLS connections to the presence TCP endpoint,
     up to an hour each, repeated weekly (each costs a TLS handshake)."""
@@ -501,7 +525,7 @@ def _tcp_prober(config: DaemonConfig, client: PresenceClient, tuning: PresenceTu
     return NatProber(
         learner,
         client,
-        config.broker.tcp_address,
+        broker,
         on_event=tuning.on_tcp_learner_event,
         transport="tcp",
         tls=presence_tls_context(),
@@ -532,7 +556,7 @@ async def _run_modem(
         config.modem,
         state_dir=config.device.state_dir,
         runtime_dir=config.device.runtime_dir,
-        broker=(config.broker.host, config.broker.port),
+        broker=events.broker_address,
         options=options,
     )
     events.attach_modem(modem)
@@ -572,8 +596,48 @@ def _import_modem_service() -> type[ModemService]:
     return ModemService
 
 
-def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceEvents) -> PresenceTransport:
-    """Presence over UDP, or TCP/TLS where UDP is blocked, as ``[presence] transport`` says."""
+Lookup = Callable[[str, int], Awaitable[list[str]]]
+"""Resolves a host name and port to IP addresses (raises OSError or TimeoutError when it cannot)."""
+
+
+def system_lookup(timeout_s: float = 3.0) -> Lookup:
+    """The system resolver (A and AAAA records, in its order), giving up after ``timeout_s``."""
+
+    async def lookup(host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), timeout_s)
+        return [str(info[4][0]) for info in infos]
+
+    return lookup
+
+
+async def resolve_nodes(nodes: Sequence[BrokerNode], lookup: Lookup) -> list[BrokerNode]:
+    """``nodes`` with each name that has several addresses as one node per address. A name that
+    does not resolve now (no uplink yet) stays one node, which its link resolves when it
+    connects."""
+    out: list[BrokerNode] = []
+    for node in nodes:
+        addresses: list[str] = []
+        if not is_ip_literal(node.host):
+            try:
+                addresses = await lookup(node.host, node.port)
+            except (OSError, TimeoutError) as exc:
+                log.info(
+                    "cannot resolve the broker node %s now (%s); its link resolves it later",
+                    node.label,
+                    exc_text(exc),
+                )
+        for expanded in expand(node, addresses):
+            if expanded not in out:
+                out.append(expanded)
+    return out
+
+
+def _presence_link(
+    config: DaemonConfig, client: PresenceClient, events: DeviceEvents, nodes: NodeList, memory: NodeMemory
+) -> PresenceTransport:
+    """Presence over UDP, or TCP/TLS where UDP is blocked, as ``[presence] transport`` says, to
+    one of the broker nodes at a time (moving on when it falls silent)."""
     presence, broker = config.presence, config.broker
     policy = TransportPolicy(
         PolicyConfig(
@@ -585,15 +649,24 @@ def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceE
     )
     tls = presence_tls_context()
 
-    def make_link(transport: Transport, handler: EventHandler) -> Link:
+    def make_link(transport: Transport, node: BrokerNode, handler: EventHandler) -> Link:
         if transport is Transport.UDP:
-            return CloudLink(client, handler, broker.host, broker.port)
-        return TcpLink(client, handler, *broker.tcp_address, tls=tls)
+            return CloudLink(client, handler, node.connect_host, node.port)
+        return TcpLink(client, handler, *broker.tcp_address_of(node), tls=tls)
 
-    def probe_udp() -> Awaitable[bool]:
+    def probe_udp(node: BrokerNode) -> Awaitable[bool]:
         return stun_reaches(
-            broker.host, broker.port, timeout_s=presence.reply_timeout_s * (presence.retries + 1)
+            node.connect_host, node.port, timeout_s=presence.reply_timeout_s * (presence.retries + 1)
         )
+
+    def endpoint(transport: Transport, node: BrokerNode) -> str:
+        return node.label if transport is Transport.UDP else _addr(broker.tcp_address_of(node))
+
+    def remember(node: BrokerNode) -> None:
+        try:
+            memory.save(node)
+        except OSError as exc:
+            log.error("cannot remember the broker node that answered: %s", exc)
 
     return PresenceTransport(
         client,
@@ -602,10 +675,12 @@ def _presence_link(config: DaemonConfig, client: PresenceClient, events: DeviceE
         make_link,
         probe_udp,
         tcp_keepalive_interval_s=presence.tcp_keepalive_interval_s,
-        endpoints={
-            Transport.UDP: _addr((broker.host, broker.port)),
-            Transport.TCP: _addr(broker.tcp_address),
-        },
+        nodes=nodes,
+        endpoint=endpoint,
+        on_answered=remember,
+        resolve=(lambda: resolve_nodes(broker.nodes, system_lookup()))
+        if any(not is_ip_literal(n.host) for n in broker.nodes)
+        else None,
     )
 
 
@@ -680,6 +755,10 @@ class DeviceEvents:
         self._invites = invites
         self.presence_transport: Callable[[], str] = lambda: "udp"
         self.link_status: Callable[[], dict[str, Any]] = dict
+        self.broker_label: Callable[[], str] = lambda: config.broker.address
+        """The broker node in use for log lines: ``host:port``, ``... over TCP/TLS``."""
+        self.broker_address: Callable[[], tuple[str, int]] = lambda: (config.broker.host, config.broker.port)
+        """The presence UDP address of the broker node in use (the modem's default probe target)."""
         """The presence link's endpoint, state and why (``PresenceTransport.status``)."""
         self._written_link: dict[str, Any] | None = None
         """What carries presence now (set by ``run_daemon``)."""
@@ -713,10 +792,7 @@ class DeviceEvents:
             else:
                 self._invites.handle(event, self._client, self._core_clock())
             return
-        broker = self._config.broker.address
-        if self.presence_transport() == "tcp":
-            host, port = self._config.broker.tcp_address
-            broker = f"{host}:{port} over TCP/TLS"
+        broker = self.broker_label()
         ready = False
         systemd_status: str | None = None
         if isinstance(event, (Registered, RegistrationRefused, ConnectionLost, HandshakeUnanswered)):
@@ -833,10 +909,11 @@ class DeviceEvents:
 
     def _write_status(self) -> None:
         reflexive = self._client.reflexive_address
+        link = self.link_status()
         status = DaemonStatus(
             state=self._client.state.value,
             serial=self._config.device.serial,
-            broker=self._config.broker.address,
+            broker=str(link.get("node") or self._config.broker.address),
             reflexive_address=_addr(reflexive) if reflexive else None,
             session_id=self._client.session_id,
             registered_at=self._registered_at,
@@ -853,7 +930,7 @@ class DeviceEvents:
             alarms_dropped=self.alarms.stats["dropped"] if self.alarms is not None else 0,
             board=self._board() if self._board is not None else {},
             transport=self.presence_transport(),
-            **self.link_status(),
+            **link,
             keepalive_s=self._client.keepalive_interval,
             **(self.tuning.status() if self.tuning is not None else {}),
         )
@@ -866,7 +943,7 @@ class DeviceEvents:
             return
         self._write_failed = False
         self._written_state = status.state
-        self._written_link = self.link_status()
+        self._written_link = link
 
 
 class _Watchdog:

@@ -111,10 +111,12 @@ class CloudLink:
         """The socket's local (ip, port), or None while no socket is open."""
         return self._local
 
-    async def start(self, *, resume: bool = False) -> None:
+    async def start(self, *, resume: bool = False, register_now: bool = True) -> None:
         """Open the socket and start the core. Network errors are logged and retried, not raised.
-        ``resume``: the core runs already (presence moves here from another transport), so it is
-        told the network changed instead, and registers again over this socket.
+        ``resume``: the core runs already (presence moves here from another transport or broker
+        node), so it is told the network changed instead, and registers again over this socket;
+        with ``register_now=False`` it is not told (it backs off after a failed attempt, and its
+        own timer sends the next HELLO here).
 
         Raises:
             RuntimeError: called twice.
@@ -125,7 +127,10 @@ class CloudLink:
         await self._open()
         self._started = True
         if resume:
-            self._core.network_changed(self._loop.time(), f"presence moved to UDP {self._host}:{self._port}")
+            if register_now:
+                self._core.network_changed(
+                    self._loop.time(), f"presence moved to UDP {self._host}:{self._port}"
+                )
         else:
             self._core.start(self._loop.time())
         self._driver.flush()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvrlink.daemon.board_io_config import parse_board_io
+from dvrlink.daemon.broker_nodes import BrokerNode, bracket, parse_node
 from dvrlink.daemon.capture_config import parse_capture
 from dvrlink.daemon.console_pin import parse_pin_hash
 from dvrlink.daemon.disk_watch import MAX_DISKS, DisksConfig
@@ -64,29 +65,44 @@ class DeviceConfig:
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
-    """``[broker]``: the cloud broker's presence endpoint and its pinned key."""
+    """``[broker]``: the cloud broker's presence endpoint (or a fleet's nodes) and its pinned key."""
 
     host: str
-    """Host name or IP literal of the broker (required)."""
+    """Host name or IP literal of the broker (required, unless ``hosts`` lists the nodes). A
+    name with several addresses is one node per address."""
     public_key: bytes
-    """Broker's static X25519 public key, raw 32 bytes (base64 in the file; required, pinned)."""
+    """Broker's static X25519 public key, raw 32 bytes (base64 in the file; required, pinned).
+    All nodes of a fleet hold the same key (the fleet key)."""
     port: int = 3478
-    """UDP port of the broker's presence service."""
+    """UDP port of the broker's presence service (of every node in ``hosts`` that names none)."""
+    hosts: tuple[BrokerNode, ...] = ()
+    """Several broker nodes of one fleet (``"host"`` or ``"host:port"`` in the file), instead of
+    ``host``: registration goes to one, and the device moves to the next when it falls silent."""
     tcp_host: str = ""
-    """Host of the broker's presence over TCP/TLS, used where UDP is blocked; empty: ``host``."""
+    """Host of the broker's presence over TCP/TLS, used where UDP is blocked; empty: ``host``
+    (with ``hosts``: each node's host)."""
     tcp_port: int = 443
     """TCP port of the broker's presence over TCP/TLS."""
 
     @property
+    def nodes(self) -> tuple[BrokerNode, ...]:
+        """The configured nodes: ``hosts``, or ``host``:``port`` as a list of one."""
+        return self.hosts or (BrokerNode(self.host, self.port),)
+
+    @property
     def address(self) -> str:
-        """``host:port`` for logs and status (IPv6 literals in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` of the first node, for logs and status (IPv6 literals in brackets)."""
+        first = self.nodes[0]
+        return f"{bracket(first.host)}:{first.port}"
 
     @property
     def tcp_address(self) -> tuple[str, int]:
-        """Where presence over TCP/TLS goes: (``tcp_host`` or ``host``, ``tcp_port``)."""
-        return (self.tcp_host or self.host, self.tcp_port)
+        """Where presence over TCP/TLS goes for the first node."""
+        return self.tcp_address_of(self.nodes[0])
+
+    def tcp_address_of(self, node: BrokerNode) -> tuple[str, int]:
+        """Where presence over TCP/TLS goes for ``node``: (``tcp_host`` or its host, ``tcp_port``)."""
+        return (self.tcp_host or node.connect_host, self.tcp_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,13 +376,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     )
 
     brk = _Table(source, "broker", document, BrokerConfig)
-    broker = BrokerConfig(
-        host=brk.host("host"),
-        port=brk.integer("port", 1, 65535),
-        tcp_host=brk.host("tcp_host") if brk.string("tcp_host").strip() else "",
-        tcp_port=brk.integer("tcp_port", 1, 65535),
-        public_key=brk.key("public_key"),
-    )
+    broker = _parse_broker(brk)
 
     pre = _Table(source, "presence", document, PresenceConfig)
     presence = PresenceConfig(
@@ -445,6 +455,39 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         alarm_inputs,
         relays,
         source,
+    )
+
+
+def _parse_broker(brk: _Table) -> BrokerConfig:
+    port = brk.integer("port", 1, 65535)
+    hosts = brk.node_list("hosts", port)
+    host = brk.string("host").strip() if brk.has("host") else ""
+    if hosts and host:
+        raise brk.error(
+            "hosts",
+            [n.label for n in hosts],
+            "give host (one node) or hosts (several), not both; move the host into the hosts list",
+        )
+    if not hosts and not host:
+        raise ConfigError(
+            f'{brk.source}: [broker] host is missing; add host = "broker.example.net" (one node) or '
+            'hosts = ["node1.example.net", "node2.example.net:3478"] (a fleet; see dvrlinkd.example.toml)'
+        )
+    tcp_host = brk.host("tcp_host") if brk.string("tcp_host").strip() else ""
+    if tcp_host and len(hosts) > 1:
+        raise brk.error(
+            "tcp_host",
+            tcp_host,
+            "names one node, but hosts lists several; remove tcp_host: presence "
+            "over TCP/TLS then goes to each node's host at tcp_port",
+        )
+    return BrokerConfig(
+        host=brk.host("host") if host else hosts[0].host,
+        port=port if host else hosts[0].port,
+        hosts=hosts,
+        tcp_host=tcp_host,
+        tcp_port=brk.integer("tcp_port", 1, 65535),
+        public_key=brk.key("public_key"),
     )
 
 
@@ -658,6 +701,35 @@ class _Table:
             raise self._error(key, value, "expected a host name or IP address without scheme, port or path")
         return value
 
+    def has(self, key: str) -> bool:
+        """True if the file sets ``key`` in this section."""
+        return key in self._data
+
+    @property
+    def source(self) -> Path:
+        """The file being read."""
+        return self._source
+
+    def node_list(self, key: str, default_port: int) -> tuple[BrokerNode, ...]:
+        """A list of broker nodes, ``"host"`` or ``"host:port"`` (``default_port`` when none)."""
+        value = self._get(key)
+        example = (
+            'expected a list of "host" or "host:port" strings, '
+            'e.g. ["node1.example.net", "node2.example.net:3478"]'
+        )
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+            raise self._error(key, value, example)
+        nodes: list[BrokerNode] = []
+        for item in value:
+            try:
+                node = parse_node(item, default_port)
+            except ValueError as exc:
+                raise self._error(key, value, str(exc)) from None
+            if node in nodes:
+                raise self._error(key, value, f"{item!r} is listed twice; list each node once")
+            nodes.append(node)
+        return tuple(nodes)
+
     def path(self, key: str, base: Path) -> Path:
         value = self.string(key)
         if not value:
@@ -772,7 +844,7 @@ class _Table:
 def describe(config: DaemonConfig) -> str:
     """One line for ``--check-config`` and the start-up log."""
     return (
-        f"{config.source}: serial {config.device.serial}, broker {config.broker.address}, "
+        f"{config.source}: serial {config.device.serial}, {_describe_broker(config.broker)}, "
         f"state {config.device.state_dir}, runtime {config.device.runtime_dir}, "
         f"keepalive {config.presence.keepalive_interval_s:g} s, "
         f"forward {', '.join(f'{t.host}:{t.port}' for t in config.services.forward_allow) or 'nothing'}, "
@@ -780,6 +852,13 @@ def describe(config: DaemonConfig) -> str:
         f"modem {_describe_modem(config.modem)}, "
         f"console {_describe_console(config.console)}"
     )
+
+
+def _describe_broker(broker: BrokerConfig) -> str:
+    if len(broker.nodes) == 1:
+        return f"broker {broker.address}"
+    labels = ", ".join(f"{bracket(n.host)}:{n.port}" for n in broker.nodes)
+    return f"broker nodes {labels} (one fleet key)"
 
 
 def _describe_console(console: ConsoleConfig) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import serial
 
+from dvrlink.daemon.broker_nodes import bracket
 from dvrlink.daemon.config import DaemonConfig
 from dvrlink.daemon.console import (
     ChangeSettings,
@@ -171,7 +172,9 @@ class ConsoleService:
             status = None
         result["state"] = status.state if status else "starting"
         result["message"] = status.message if status else ""
-        result["broker"] = config.broker.address
+        result["broker"] = (status.node if status else "") or config.broker.address  # the node in use
+        if len(config.broker.nodes) > 1:
+            result["broker_nodes"] = ", ".join(f"{bracket(n.host)}:{n.port}" for n in config.broker.nodes)
         result["transport"] = status.transport if status else ""
         result["public_address"] = status.reflexive_address if status else None
         result["sessions"] = len(status.sessions) if status else 0

@@ -394,7 +394,8 @@ def cap_bytes(settings: ModemSettings) -> int | None:
 class ModemService:
     """Runs the modem for the daemon (see module docstring).
 
-    ``broker``: host and port of the broker's presence service (the default probe target).
+    ``broker``: host and port of the broker's presence service (the default probe target), or
+    what returns those of the broker node in use (a fleet; read when the modem runner starts).
     ``on_change``: called (from the event loop, at most once per loop pass) when the snapshot
     changed; the daemon rewrites its status file.
     """
@@ -405,7 +406,7 @@ class ModemService:
         *,
         state_dir: Path,
         runtime_dir: Path,
-        broker: tuple[str, int],
+        broker: tuple[str, int] | Callable[[], tuple[str, int]],
         options: ModemOptions | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
@@ -418,7 +419,7 @@ class ModemService:
         self._tuning = self.options.tuning
         self._dir = Path(state_dir) / MODEM_DIR
         self._runtime_dir = Path(runtime_dir)
-        self._broker = broker
+        self._broker_of = broker if callable(broker) else (lambda: broker)
         self._runner: RunnerLike | None = None
         self._status = ModemStatus(ModemState.PORT_CLOSED)
         self._problem = ""
@@ -749,7 +750,7 @@ class ModemService:
             tuning.runner.ladder, enabled=frozenset(enabled), reboots_per_day=settings.reboots_per_day
         )
         runner_config = dataclasses.replace(tuning.runner, ladder=ladder)
-        host, port = self._broker
+        host, port = self._broker_of()
         probe = DataPathProbe(
             ProbeConfig(
                 host=settings.probe_host or host,

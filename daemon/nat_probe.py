@@ -97,7 +97,7 @@ class NatProber:
         self,
         learner: LifetimeLearner,
         core: ProbeCore,
-        broker: tuple[str, int],
+        broker: tuple[str, int] | Callable[[], tuple[str, int]],
         *,
         on_event: Callable[[LearnerEvent], None],
         timing: ProbeTiming | None = None,
@@ -106,7 +106,8 @@ class NatProber:
     ) -> None:
         self._learner = learner
         self._core = core
-        self._broker = broker
+        self._broker_of = broker if callable(broker) else (lambda: broker)
+        """Where probes go: the broker node presence is registered with (it holds the session)."""
         self._on_event = on_event
         self._timing = timing or ProbeTiming()
         self._transport = transport
@@ -239,14 +240,15 @@ class NatProber:
         if self._transport == "tcp":
             return await self._probe_tcp(probe)
         timing = self._timing
+        broker = self._broker_of()
         try:
-            transport, inbox = await self._loop.create_datagram_endpoint(_Inbox, remote_addr=self._broker)
+            transport, inbox = await self._loop.create_datagram_endpoint(_Inbox, remote_addr=broker)
         except OSError as exc:
-            log.info("NAT probe: cannot open a socket to %s: %s", self._broker, exc)
+            log.info("NAT probe: cannot open a socket to %s: %s", broker, exc)
             return "unsent"
         try:
             if not await self._prime(transport, inbox):
-                log.info("NAT probe: no STUN answer from %s to prime the mapping", self._broker)
+                log.info("NAT probe: no STUN answer from %s to prime the mapping", broker)
                 return "unsent"
             await asyncio.sleep(timing.prime_wait_s)
             made = self._core.probe_datagram(probe.delay)
@@ -259,7 +261,7 @@ class NatProber:
             transport.close()
 
     async def _probe_tcp(self, probe: Probe) -> str:
-        host, port = self._broker
+        host, port = self._broker_of()
         try:
             transport, inbox = await asyncio.wait_for(
                 self._loop.create_connection(

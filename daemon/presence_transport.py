@@ -30,6 +30,11 @@ when and why not, and why presence is on this transport (``UDP to host:port got 
 TCP connection that closes ends the presence session on it at once (the core registers again),
 so status never says ``online`` over a connection that is gone.
 
+Where the device knows several broker nodes (``[broker] hosts``), each link goes to one node, the
+one ``broker_nodes.NodeList`` has in use, and :class:`PresenceTransport` replaces the link with
+one to the next node when the node in use falls silent, leaves a registration unanswered or
+refuses it: the same list over either transport.
+
 TLS on the presence connection is for getting through middleboxes on port 443 and hiding the
 protocol, not for trust: the device pins the broker by its presence key inside the protocol, so
 the certificate is not checked.
@@ -45,14 +50,21 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from dvrlink.daemon.broker_nodes import BrokerNode, NodeList
 from dvrlink.daemon.cloud_link import EventHandler, LinkCore, exc_text, presence_driver, unreachable_problem
 from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.presence_client import ClientState
-from dvrlink.protocol.presence_events import Address, ClientEvent, ConnectionLost, HandshakeUnanswered
+from dvrlink.protocol.presence_events import (
+    Address,
+    ClientEvent,
+    ConnectionLost,
+    HandshakeUnanswered,
+    RegistrationRefused,
+)
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
 from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
 
@@ -300,7 +312,7 @@ class Link(Protocol):
     problem: str
     """Why the link has no socket or connection now (for ``dvrlinkd status``); empty while up."""
 
-    async def start(self, *, resume: bool = False) -> None: ...
+    async def start(self, *, resume: bool = False, register_now: bool = True) -> None: ...
     def close(self) -> None: ...
     def detach(self) -> None: ...
     def flush(self) -> None: ...
@@ -366,14 +378,18 @@ class TcpLink:
         self.problem = ""
         """Why no connection is up (the last connect error, or how the last one ended)."""
         self._resumed = False
+        self._register_now = True
 
     @property
     def local_address(self) -> Address | None:
         """The connection's local (ip, port), or None while none is up."""
         return self._local
 
-    async def start(self, *, resume: bool = False) -> None:
-        """Start connecting; start the core unless ``resume`` (it runs already: a transport switch).
+    async def start(self, *, resume: bool = False, register_now: bool = True) -> None:
+        """Start connecting; start the core unless ``resume`` (it runs already: a transport switch
+        or a move to another broker node). ``register_now=False`` (with ``resume``): the core
+        backs off after a failed attempt, and its own timer sends the next HELLO over the first
+        connection, rather than the connection starting one at once.
 
         Raises:
             RuntimeError: called twice.
@@ -383,6 +399,7 @@ class TcpLink:
         self._loop = asyncio.get_running_loop()
         self._started = True
         self._resumed = resume
+        self._register_now = register_now or not resume
         if not resume:
             self._core.start(self._loop.time())
         self._connect_soon(0.0)
@@ -464,7 +481,8 @@ class TcpLink:
             if self._resumed and self.connections == 1
             else f"a new TCP connection to the broker {endpoint}"
         )
-        self._core.network_changed(self._loop.time(), reason)
+        if self.connections > 1 or self._register_now:
+            self._core.network_changed(self._loop.time(), reason)
         self._flush_keeping_connection()  # its ConnectionLost is about the old path, not this one
 
     def _lost(self, endpoint: _TcpEndpoint, exc: Exception | None) -> None:
@@ -553,17 +571,31 @@ class _TcpEndpoint(asyncio.Protocol):
 
 # -- the switch ---------------------------------------------------------------------------------
 
-LinkFactory = Callable[[Transport, EventHandler], Link]
+LinkFactory = Callable[[Transport, BrokerNode, EventHandler], Link]
+"""Builds the link for a transport to one broker node."""
 
 
 class PresenceTransport:
     """The daemon's presence link: UDP or TCP under one core, switched by a :class:`TransportPolicy`.
 
     It has the face of a single link (``start``, ``close``, ``flush``) and hands the core's events
-    to ``handler`` whichever transport carries them. ``make_link(transport, handler)`` builds a
-    link (tests pass fakes); ``probe_udp()`` answers whether the broker's UDP port answers STUN.
-    On TCP the core keeps alive every ``tcp_keepalive_interval_s``; back on UDP it returns to the
-    interval it had before.
+    to ``handler`` whichever transport carries them. ``make_link(transport, node, handler)``
+    builds a link to one broker node (tests pass fakes); ``probe_udp(node)`` answers whether that
+    node's UDP port answers STUN. On TCP the core keeps alive every ``tcp_keepalive_interval_s``;
+    back on UDP it returns to the interval it had before.
+
+    ``nodes`` is the fleet's broker nodes (``broker_nodes.NodeList``; one node without a fleet).
+    Registration goes to its current node. When that node falls silent (keepalives unanswered),
+    leaves a registration unanswered, refuses it, or answers with replies that do not open with
+    the pinned fleet key (a node outside the fleet), presence moves to the next node over the same
+    transport and the core registers there, keeping its serial and key. After a silence the new
+    node gets a HELLO at once (the move completes within two keepalive intervals, see
+    ``PresenceClient.keepalive_reply_timeout``); after a failed attempt the core's backoff
+    paces it, so a fleet that is all down is not hammered. ``on_answered(node)`` is called
+    when a node other than the last one that answered registers the device (the daemon
+    remembers it for its next start). ``endpoint(transport, node)`` names a link's far end in
+    status and log lines. ``resolve()``, if given, lists the nodes again (names resolved anew)
+    each time the rotation wraps to the top of the list.
     """
 
     def __init__(
@@ -572,13 +604,21 @@ class PresenceTransport:
         handler: EventHandler,
         policy: TransportPolicy,
         make_link: LinkFactory,
-        probe_udp: Callable[[], Any],
+        probe_udp: Callable[[BrokerNode], Any],
         *,
         tcp_keepalive_interval_s: float,
-        endpoints: Mapping[Transport, str] | None = None,
+        nodes: NodeList,
+        endpoint: Callable[[Transport, BrokerNode], str] | None = None,
+        on_answered: Callable[[BrokerNode], None] | None = None,
+        resolve: Callable[[], Awaitable[list[BrokerNode]]] | None = None,
     ) -> None:
         self._core = core
-        self._endpoints = dict(endpoints or {})
+        self._nodes = nodes
+        self._endpoint = endpoint or (lambda _transport, node: node.label)
+        self._on_answered = on_answered
+        self._resolve = resolve
+        self._link_node: BrokerNode | None = None
+        self._relinking = asyncio.Lock()
         self._reason = ""
         self._link_since = time.time()
         self._handler = handler
@@ -623,13 +663,40 @@ class PresenceTransport:
             state, since, detail = "no socket", self._link_since, link.problem
         else:
             state, since, detail = "open", self._link_since, ""
+        node = self._link_node or self._nodes.current
         return {
-            "endpoint": self._endpoints.get(self._transport, ""),
+            "endpoint": self._endpoint(self._transport, node),
             "link": state,
             "link_since": since,
             "link_detail": detail,
             "transport_reason": self._reason,
+            "node": node.label,
+            "nodes": self.nodes_status(),
         }
+
+    def nodes_status(self) -> list[dict[str, Any]]:
+        """The broker nodes for ``dvrlinkd status`` (``NodeList.status``), ``last_answer`` as
+        unix time."""
+        if self._loop is None:
+            return [dict(item) for item in self._nodes.status(0.0)]
+        mono, wall = self._loop.time(), time.time()
+        out = []
+        for item in self._nodes.status(mono):
+            answer = item["last_answer"]
+            row = dict(item)
+            row["last_answer"] = None if not isinstance(answer, float) else round(wall - (mono - answer), 3)
+            out.append(row)
+        return out
+
+    def broker_label(self) -> str:
+        """The broker endpoint in use, for log lines: ``host:port``, or ``host:port over TCP/TLS``."""
+        text = self._endpoint(self._transport, self._link_node or self._nodes.current)
+        return f"{text} over TCP/TLS" if self._transport is Transport.TCP else text
+
+    @property
+    def node(self) -> BrokerNode:
+        """The broker node registration goes to now."""
+        return self._nodes.current
 
     def prefer(self, transport: Transport, reason: str) -> None:
         """Move presence to ``transport`` because it is cheaper (``auto`` only)."""
@@ -671,7 +738,8 @@ class PresenceTransport:
         if self._transport is Transport.TCP:
             self._udp_interval = self._core.keepalive_interval
             self._core.set_keepalive_interval(self._tcp_interval, self._loop.time())
-        self._link = self._make_link(self._transport, self)
+        self._link_node = self._nodes.current
+        self._link = self._make_link(self._transport, self._link_node, self)
         await self._link.start()
         self._policy_driver.flush()
 
@@ -695,12 +763,46 @@ class PresenceTransport:
 
     def on_event(self, event: ClientEvent) -> None:
         """Pass a core event on to the daemon; a handshake the link could not carry (no socket
-        or connection: ``status`` says why) is no sign of a wrong key or port, and is dropped."""
+        or connection: ``status`` says why) is no sign of a wrong key or port, and is dropped.
+        Move to the next broker node where the event says this one failed."""
         link = self._link
         if isinstance(event, HandshakeUnanswered) and link is not None and link.local_address is None:
             log.debug("registration attempt without a link (%s); not a handshake problem", link.problem)
+            self._node_failed(f"no link: {link.problem or 'not connected'}", register_now=False)
             return
+        if isinstance(event, ConnectionLost) and event.silence:
+            self._node_failed(f"fell silent ({event.reason})", register_now=True)
+        elif isinstance(event, HandshakeUnanswered):
+            if event.unverified:
+                problem = (
+                    f"is outside the fleet: its {event.unverified} replies to REGISTER do not open with "
+                    "the fleet key ([broker] public_key); give it the fleet's key file or remove it "
+                    "from [broker] hosts"
+                )
+                self._node_failed(problem, register_now=False, refused=True)
+            else:
+                stage = "HELLO" if event.stage == "hello" else "REGISTER"
+                problem = f"did not answer {stage} ({event.tries} tries in {event.waited:.1f} s)"
+                self._node_failed(problem, register_now=False)
+        elif isinstance(event, RegistrationRefused):
+            problem = f"refused the registration (reason {event.reason}: {event.message})"
+            self._node_failed(problem, register_now=False, refused=True)
         self._handler.on_event(event)
+
+    def _node_failed(self, problem: str, *, register_now: bool, refused: bool = False) -> None:
+        """The node in use failed: move to the next one (nothing with one node). While a move is
+        under way, what the old link still reports is about the node being left: ignored."""
+        if self._loop is None or self._closed or self._link_node != self._nodes.current:
+            return
+        left = self._nodes.current
+        node = self._nodes.move_on(problem, self._loop.time(), refused=refused)
+        if node == left:
+            return
+        verb = "skipping" if refused else "leaving"
+        log.warning("%s broker node %s: it %s; moving to %s", verb, left.label, problem, node.label)
+        order = self._nodes.nodes
+        wrapped = order.index(node) <= order.index(left)
+        self._spawn(self._move(register_now, resolve_again=wrapped))
 
     def after_step(self) -> None:
         """Tell the policy what the core did in this step, then the daemon."""
@@ -709,6 +811,9 @@ class PresenceTransport:
             accepted = self._core.stats.get("received", 0) - self._core.stats.get("dropped", 0)
             if accepted > self._accepted:
                 self._policy.heard(now)
+                # A COOKIE is no proof of a fleet node: only a session counts as an answer.
+                if self._core.state is ClientState.ONLINE and self._link_node == self._nodes.current:
+                    self._node_answered(now)
             self._accepted = accepted
             state = self._core.state
             if state is not self._last_state:
@@ -722,6 +827,13 @@ class PresenceTransport:
             # Never switch links from inside a link's step.
             self._loop.call_soon(self._policy_driver.flush)
         self._handler.after_step()
+
+    def _node_answered(self, now: float) -> None:
+        if self._nodes.answered(now) and self._on_answered is not None:
+            try:
+                self._on_answered(self._nodes.current)
+            except Exception:
+                log.exception("cannot remember the broker node %s; carrying on", self._nodes.current.label)
 
     # -- policy ---------------------------------------------------------------------------------
 
@@ -740,7 +852,7 @@ class PresenceTransport:
     async def _probe(self) -> None:
         assert self._loop is not None
         try:
-            reached = bool(await self._probe_udp())
+            reached = bool(await self._probe_udp(self._nodes.current))
         except Exception:
             log.exception("the UDP probe failed unexpectedly; counting it as no answer")
             reached = False
@@ -749,23 +861,23 @@ class PresenceTransport:
         self._policy_driver.flush()
 
     async def _switch(self, event: SwitchRequested) -> None:
+        async with self._relinking:
+            await self._switch_locked(event)
+
+    async def _switch_locked(self, event: SwitchRequested) -> None:
         assert self._loop is not None
         if self._closed or event.transport is self._transport:
             return
         log.warning("presence moves to %s: %s", event.transport.value, event.reason)
         left = self._transport
         if event.fallback:
-            where = self._endpoints.get(left)
+            where = self._endpoint(left, self._link_node or self._nodes.current)
             tried = f"{left.value.upper()} to {where}" if where else left.value.upper()
             self._reason = f"{tried} got no answer: {event.reason}"
         elif self._policy.chosen_for_cost:
             self._reason = event.reason
         else:
             self._reason = ""
-        self._link_since = time.time()
-        old = self._link
-        if old is not None:
-            old.detach()
         now = self._loop.time()
         if event.transport is Transport.TCP:
             self._udp_interval = self._core.keepalive_interval
@@ -774,14 +886,40 @@ class PresenceTransport:
             self._core.set_keepalive_interval(self._udp_interval, now)
         self._transport = event.transport
         self.switches += 1
-        self._last_state = None
-        self._link = self._make_link(event.transport, self)
-        await self._link.start(resume=True)
+        await self._replace_link(register_now=True)
         if self.on_switch is not None:
             try:
                 self.on_switch(event.transport)
             except Exception:
                 log.exception("on_switch failed; carrying on")
+
+    async def _move(self, register_now: bool, *, resolve_again: bool = False) -> None:
+        """Carry presence to the node now current, over the transport in use; with
+        ``resolve_again`` list the nodes anew first (the rotation wrapped)."""
+        async with self._relinking:
+            if resolve_again and self._resolve is not None:
+                try:
+                    fresh = await self._resolve()
+                except Exception:
+                    log.exception("listing the broker nodes again failed; keeping the list")
+                    fresh = []
+                if fresh and not self._closed:
+                    self._nodes.replace_nodes(fresh)
+            if self._closed or self._link_node == self._nodes.current:
+                return
+            await self._replace_link(register_now=register_now)
+
+    async def _replace_link(self, *, register_now: bool) -> None:
+        """Close the link (no GOODBYE) and open one over the current transport to the current
+        node; the running core registers over it (at once, or at its backoff's end)."""
+        self._link_since = time.time()
+        old = self._link
+        if old is not None:
+            old.detach()
+        self._last_state = None
+        node = self._link_node = self._nodes.current
+        self._link = self._make_link(self._transport, node, self)
+        await self._link.start(resume=True, register_now=register_now)
 
 
 async def stun_reaches(host: str, port: int, *, timeout_s: float = 5.0, initial_rto_s: float = 0.5) -> bool:

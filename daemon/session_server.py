@@ -200,7 +200,8 @@ class SessionServer:
     """Answers session offers for one device and runs its sessions (see the module docstring).
 
     ``presence`` is the presence core (``reply_invite``); ``core_clock`` its clock
-    (``loop.time``); ``stun_server`` the broker's presence address (it answers STUN Binding).
+    (``loop.time``); ``stun_server`` the broker's presence address (it answers STUN Binding), or
+    what returns the address of the broker node in use (a fleet).
     Set ``on_reply`` to the cloud link's ``flush`` so an answer made in a task is sent at once,
     and ``on_change`` to what rewrites the status file. ``close`` ends every session.
     """
@@ -212,7 +213,7 @@ class SessionServer:
         viewers: ViewerStore,
         config: SessionsConfig,
         services: ServicesConfig,
-        stun_server: tuple[str, int],
+        stun_server: tuple[str, int] | Callable[[], tuple[str, int]],
         presence: InviteReplier,
         core_clock: Callable[[], float],
         *,
@@ -223,7 +224,7 @@ class SessionServer:
         self._viewers = viewers
         self._config = config
         self._services = services
-        self._stun = stun_server
+        self._stun_of = stun_server if callable(stun_server) else (lambda: stun_server)
         self._presence = presence
         self._clock = core_clock
         self._wall_clock = wall_clock
@@ -385,7 +386,7 @@ class SessionServer:
             try:
                 conn = await Connectivity.prepare(
                     False,
-                    self._stun,
+                    self._stun_of(),
                     offer.turn,
                     policy,
                     host_addresses=self._config.host_addresses or None,

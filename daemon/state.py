@@ -41,6 +41,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dvrlink.daemon.broker_nodes import NODE_FILE, BrokerNode, decode_node
 from dvrlink.protocol.identity import (
     b64decode_key,
     b64encode_key,
@@ -412,6 +413,14 @@ def _malformed(path: Path, shape: str, todo: str) -> StateError:
     return StateError(f"{path} is valid JSON but not {shape}; {todo}")
 
 
+def parse_broker_node(path: Path, data: bytes) -> BrokerNode:
+    """The broker node that answered last (``broker_nodes.NodeMemory``). Raises StateError."""
+    try:
+        return decode_node(data)
+    except ValueError as exc:
+        raise StateError(f"{path}: {exc}; remove it (the daemon writes it again)") from None
+
+
 # --- the check at start ----------------------------------------------------------------------
 
 
@@ -452,6 +461,12 @@ STATE_FILES: tuple[StateFile, ...] = (
         parse_pairing_failures,
         OnCorrupt.MOVE_ASIDE,
         "the count of recent wrong installer PINs on the serial console restarts from zero",
+    ),
+    StateFile(
+        NODE_FILE,
+        parse_broker_node,
+        OnCorrupt.MOVE_ASIDE,
+        "the first registration goes to the top of [broker] hosts, not to the node that answered last",
     ),
     StateFile(
         f"{MODEM_DIR}/apn_memory.json",

@@ -181,6 +181,12 @@ class DaemonStatus:
     transport_reason: str = ""
     """Why presence is on ``transport``: ``UDP to host:port got no answer: ...`` after a
     fallback, the costs after a move for cost; empty when it is the configured one."""
+    node: str = ""
+    """The broker node registration goes to (``host:port``, with the resolved address of a name)."""
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    """Every broker node (``[broker] hosts``, names resolved): ``node``, ``in_use``,
+    ``last_answer`` (unix time), ``problem`` (how it last failed), ``held_s`` (seconds it is still
+    passed over after a refusal)."""
 
     def to_json(self) -> bytes:
         """The file's contents."""
@@ -211,6 +217,9 @@ class DaemonStatus:
             capture = values.get("capture", [])
             if not isinstance(capture, list) or not all(isinstance(d, dict) for d in capture):
                 raise ValueError("not a status document: capture is not a list of objects")
+            nodes = values.get("nodes", [])
+            if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+                raise ValueError("not a status document: nodes is not a list of objects")
             if not isinstance(values.get("board", {}), dict):
                 raise ValueError("not a status document: board is not an object")
             return cls(**values)
@@ -301,6 +310,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
         ("broker", broker),
         ("transport", transport),
         *([("link", format_link(status, when))] if status.link else []),
+        *([("broker nodes", f"{len(status.nodes)}, using {status.node}")] if len(status.nodes) > 1 else []),
         ("reflexive address", status.reflexive_address or "-"),
         ("session", f"{status.session_id:#010x}" if status.session_id is not None else "-"),
         ("registered", when(status.registered_at)),
@@ -316,6 +326,9 @@ def format_status(status: DaemonStatus, now: float) -> str:
     rows.append(("alarms", format_alarms(status.alarms_pending, status.alarms_dropped)))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
+    if len(status.nodes) > 1:
+        after = [name for name, _ in rows].index("broker nodes") + 1
+        lines[after:after] = format_nodes(status.nodes, when)
     lines += [f"  {format_session(session)}" for session in status.sessions]
     if status.modem is not None:
         lines += format_modem(status.modem)
@@ -325,6 +338,26 @@ def format_status(status: DaemonStatus, now: float) -> str:
     ]
     lines += format_board(status.board)
     return "\n".join(lines)
+
+
+def format_nodes(nodes: list[dict[str, Any]], when: Callable[[float | None], str]) -> list[str]:
+    """The broker node lines of ``dvrlinkd status``, one per node in list order: the one in use
+    marked ``*``, when each last answered, and how it last failed."""
+    lines = []
+    for node in nodes:
+        mark = "*" if node.get("in_use") else " "
+        text = f"  {mark} {node.get('node', '?')}"
+        answer = node.get("last_answer")
+        text += (
+            f": last answered {when(answer)}" if isinstance(answer, (int, float)) else ": not answered yet"
+        )
+        if node.get("problem"):
+            text += f"; last failed: it {node['problem']}"
+        held = node.get("held_s")
+        if isinstance(held, (int, float)) and held > 0:
+            text += f"; passed over for {held:.0f} s more"
+        lines.append(text)
+    return lines
 
 
 def format_alarms(pending: int, dropped: int) -> str:

@@ -586,7 +586,8 @@ class PresenceClient:
         elif self._tries <= self._config.retries:
             self._tries += 1
         else:
-            self._lose(now, f"no keepalive reply after {self._tries} tries")
+            waited = now - self._first_send_at
+            self._lose(now, f"no keepalive reply after {self._tries} tries in {waited:.1f} s", silence=True)
             return
         report = self._report
         self._report_sent = report
@@ -597,10 +598,19 @@ class PresenceClient:
         self._outbox.append(self._seal(MessageType.KEEPALIVE, (report or b"") + controls))
         self._awaiting_echo = self._send_counter & 0xFFFF
         self._keepalive_sent_at = now
-        self._timer = now + self._config.reply_timeout
+        self._timer = now + self.keepalive_reply_timeout
 
-    def _lose(self, now: float, reason: str) -> None:
-        self._events.append(ConnectionLost(reason))
+    @property
+    def keepalive_reply_timeout(self) -> float:
+        """Seconds to wait for a keepalive's reply before sending it again: ``reply_timeout``, but
+        at most what lets all tries end within half an interval. A broker that falls silent is
+        then given up at most 1.5 keepalive intervals after its last answer, which leaves half an
+        interval to register with another node: the move completes within two intervals."""
+        budget = self._interval / (2 * (self._config.retries + 1))
+        return min(self._config.reply_timeout, budget)
+
+    def _lose(self, now: float, reason: str, *, silence: bool = False) -> None:
+        self._events.append(ConnectionLost(reason, silence))
         self._send_hello(now)
 
     def _open_sealed(self, data: bytes) -> tuple[int, bytes] | None:

@@ -72,9 +72,14 @@ class HandshakeUnanswered(ClientEvent):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLost(ClientEvent):
-    """The broker stopped answering or forgot the session; re-registering with backoff."""
+    """The broker stopped answering or forgot the session; re-registering with backoff.
+
+    ``silence``: the broker stopped answering keepalives (not a refusal, a forgotten session or a
+    local network change): a device that knows several broker nodes moves to the next one.
+    """
 
     reason: str
+    silence: bool = False
 
 
 @dataclass(frozen=True, slots=True)

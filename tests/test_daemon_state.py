@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dvrlink.daemon import modem_service
+from dvrlink.daemon.broker_nodes import BrokerNode, NodeMemory
 from dvrlink.daemon.state import (
     DEVICE_KEY_FILE,
     LOCK_FILE,
@@ -164,6 +165,7 @@ def full_state_dir(path: Path) -> Path:
     state.add_viewer(b"\x01" * 32, "alice", 1.0)
     state.save_pairing_failures([NOW - 10])
     state.save_console_pin_failures([NOW - 20])
+    NodeMemory(path).save(BrokerNode("node2.example.net", 3478, "192.0.2.2"))
     modem = path / modem_service.MODEM_DIR
     modem.mkdir()
     ApnMemoryFile(modem / modem_service.APN_MEMORY_FILE).save(

@@ -17,6 +17,7 @@ from support.waiting import wait_until_async
 
 from dvrlink.broker.app import RunningBroker, start_broker
 from dvrlink.broker.presence_tcp import TransportRouter, is_stream_address, stream_address
+from dvrlink.daemon.broker_nodes import BrokerNode, NodeList
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler
 from dvrlink.daemon.presence_transport import (
     Link,
@@ -323,7 +324,7 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
                 jitter=lambda: 0.5,
             )
 
-            def make_link(transport: Transport, handler: EventHandler) -> Link:
+            def make_link(transport: Transport, _node: BrokerNode, handler: EventHandler) -> Link:
                 if transport is Transport.UDP:
                     return CloudLink(core, handler, udp[0], udp[1])
                 return TcpLink(core, handler, tcp[0], tcp[1], tls=presence_tls_context())
@@ -333,8 +334,9 @@ def test_auto_falls_back_to_tcp_and_returns_to_udp_when_it_works_again(tmp_path:
                 events,
                 policy,
                 make_link,
-                lambda: stun_reaches(udp[0], udp[1], timeout_s=0.3, initial_rto_s=0.1),
+                lambda _node: stun_reaches(udp[0], udp[1], timeout_s=0.3, initial_rto_s=0.1),
                 tcp_keepalive_interval_s=3.0,
+                nodes=NodeList([BrokerNode(udp[0], udp[1])]),
             )
             await switch.start()
             try:

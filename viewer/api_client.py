@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import ssl
@@ -134,6 +135,17 @@ def make_ssl_context(cacert: str | None) -> ssl.SSLContext:
         raise ViewerError(f"cannot read CA file {cacert}: {exc.strerror or exc}") from exc
 
 
+log = logging.getLogger(__name__)
+
+
+class _ConnectFailed(Exception):
+    """No connection to the broker could be made (``reason`` says why): nothing was sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     status: int
@@ -148,12 +160,19 @@ class BrokerClient:
 
     ``clock`` gives unix seconds (for "last seen" in error messages). All request methods raise
     ``ViewerError``; none raises anything else for network or broker failures.
+
+    ``other_urls``: more nodes of the same fleet. When a connection to the broker in use cannot
+    be made (refused, no route, no such name), the request goes to the next URL, and the client
+    stays with the one that answered (``broker_url``). Only a failed connection moves on: the
+    request never reached the broker, so sending it elsewhere cannot do it twice. A timeout or a
+    broken answer is reported as it is.
     """
 
     def __init__(
         self,
         broker_url: str,
         *,
+        other_urls: Sequence[str] = (),
         cacert: str | None = None,
         token: str | None = None,
         timeout: float = REQUEST_TIMEOUT,
@@ -167,6 +186,11 @@ class BrokerClient:
         Raises ViewerError for a bad URL (plain http unless allowed) or an unusable CA file.
         """
         self.broker_url = check_broker_url(broker_url, allow_http=allow_http)
+        self.broker_urls = (
+            self.broker_url,
+            *(check_broker_url(u, allow_http=allow_http) for u in other_urls),
+        )
+        """Every URL this client may use, in the order given."""
         self._ssl = make_ssl_context(cacert)
         self._token = token
         self._timeout = timeout
@@ -480,6 +504,42 @@ class BrokerClient:
             if not self._token:
                 raise ViewerError(NOT_LOGGED_IN)
             headers["Authorization"] = f"Bearer {self._token}"
+        failed: list[str] = []
+        first = self.broker_urls.index(self.broker_url)
+        order = self.broker_urls[first:] + self.broker_urls[:first]
+        for base in order:
+            self.broker_url = base
+            try:
+                return await self._request_once(method, path, body, headers, timeout)
+            except _ConnectFailed as exc:
+                failed.append(f"{base}: {exc.reason}")
+                if base != order[-1]:
+                    log.warning(
+                        "cannot reach the broker at %s (%s); trying %s", base, exc.reason, order[len(failed)]
+                    )
+        self.broker_url = order[0]
+        if len(order) == 1:
+            raise self._unreachable(failed[0].split(": ", 1)[1])
+        raise ViewerError(
+            f"cannot reach any of the {len(order)} brokers ({'; '.join(failed)}): check the addresses "
+            "and your network, or whether the brokers are running"
+        )
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        headers: dict[str, str],
+        timeout: float | None,
+    ) -> _Response:
+        """One request to ``broker_url``.
+
+        Raises:
+            _ConnectFailed: no connection could be made (the caller may try another URL).
+            ViewerError: anything else.
+        """
+        assert self._session is not None
         limit = timeout if timeout is not None else self._timeout
         url = self.broker_url + path
         try:
@@ -513,7 +573,7 @@ class BrokerClient:
                 "the URL points at the broker's HTTPS port"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise self._unreachable(_os_reason(exc)) from exc
+            raise _ConnectFailed(_os_reason(exc)) from exc
         except TimeoutError as exc:
             raise self._unreachable(f"no answer within {limit:g} s") from exc
         except aiohttp.ServerDisconnectedError as exc:

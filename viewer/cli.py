@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(viewer.json, mode 0600); the first login also creates this computer's viewer key.",
     )
     login.add_argument(
-        "--broker", metavar="URL", help="broker URL, https://HOST[:PORT] (default: the stored one)"
+        "--broker",
+        metavar="URL",
+        action="append",
+        help="broker URL, https://HOST[:PORT] (default: the stored ones); give it again for more nodes "
+        "of the same fleet, tried in turn when one cannot be reached",
     )
     login.add_argument("--user", metavar="NAME", help="account name (default: the stored one)")
     login.add_argument(
@@ -463,23 +467,32 @@ def _require_login(home: ViewerHome, now: float) -> Login:
 
 
 def _broker_client(
-    args: argparse.Namespace, url: str, cacert: str | None, token: str | None = None, *, warn: bool = True
+    args: argparse.Namespace,
+    url: str,
+    cacert: str | None,
+    token: str | None = None,
+    *,
+    warn: bool = True,
+    other_urls: Sequence[str] = (),
 ) -> BrokerClient:
-    """A client for ``url``; plain http only with ``--insecure-http``, and then with a warning
+    """A client for ``url`` (and ``other_urls``, more nodes of its fleet, tried in turn when
+    one cannot be reached); plain http only with ``--insecure-http``, and then with a warning
     (unless ``warn`` is False: a second client of the same command).
 
     Raises:
         ViewerError: (exit code 2) http without the flag; or an unusable CA file.
     """
     insecure = bool(getattr(args, "insecure_http", False))
-    client = BrokerClient(url, cacert=cacert, token=token, allow_http=insecure)
+    client = BrokerClient(url, other_urls=other_urls, cacert=cacert, token=token, allow_http=insecure)
     if warn and is_plain_http(client.broker_url):
         _warn(cleartext_warning(client.broker_url))
     return client
 
 
 def _client(args: argparse.Namespace, login: Login, *, warn: bool = True) -> BrokerClient:
-    return _broker_client(args, login.broker, login.cacert, login.token, warn=warn)
+    return _broker_client(
+        args, login.broker, login.cacert, login.token, warn=warn, other_urls=login.other_brokers
+    )
 
 
 def _read_password(args: argparse.Namespace, user: str, broker: str) -> str:
@@ -502,27 +515,36 @@ def _read_password(args: argparse.Namespace, user: str, broker: str) -> str:
 async def _login(args: argparse.Namespace, home: ViewerHome) -> int:
     stored = home.load_login()  # a malformed viewer.json stops here, before any prompt
     key = home.load_key()  # likewise a malformed viewer key
-    broker_arg: str | None = args.broker or (stored.broker if stored else None)
+    broker_args: list[str] = list(args.broker or (stored.brokers if stored else ()))
     user: str | None = args.user or (stored.username if stored else None)
-    if not broker_arg or not user:
+    if not broker_args or not user:
         raise ViewerError(
             "no stored login to reuse: run `dvrlink login --broker URL --user NAME`", EXIT_USAGE
         )
-    broker = check_broker_url(broker_arg, allow_http=bool(getattr(args, "insecure_http", False)))
+    allow_http = bool(getattr(args, "insecure_http", False))
+    brokers = [check_broker_url(arg, allow_http=allow_http) for arg in broker_args]
+    if len(set(brokers)) != len(brokers):
+        raise ViewerError(f"--broker {toml_value(brokers)} names a broker twice: give each once", EXIT_USAGE)
+    broker = brokers[0]
     if args.cacert:
         cacert: str | None = str(Path(args.cacert).expanduser().resolve())
-    elif stored is not None and stored.broker == broker:
+    elif stored is not None and broker in stored.brokers:
         cacert = stored.cacert
     else:
         cacert = None
-    client = _broker_client(args, broker, cacert)  # checks the CA file before the password prompt
+    # Checks the CA file before the password prompt.
+    client = _broker_client(args, broker, cacert, other_urls=brokers[1:])
     password = _read_password(args, user, broker)
     async with client:
         token = await client.login(user, password)
+        answered = client.broker_url
+    # The node that answered first from now on; the others stay, in their order, as fallbacks.
+    broker = answered
+    others = tuple(url for url in brokers if url != answered)
     created = False
     if key is None:
         key, created = home.load_or_create_key()
-    home.save_login(Login(broker, cacert, token.username, token.token, token.expires_at))
+    home.save_login(Login(broker, cacert, token.username, token.token, token.expires_at, others))
     now = time.time()
     print(
         f"logged in to {broker} as {token.username} (token valid until {format_time(token.expires_at, now)})"

@@ -64,6 +64,14 @@ class Login:
     username: str
     token: str
     expires_at: float  # unix s
+    other_brokers: tuple[str, ...] = ()
+    """More base URLs of the same fleet (``dvrlink login --broker A --broker B``), tried in turn
+    when ``broker`` cannot be reached."""
+
+    @property
+    def brokers(self) -> tuple[str, ...]:
+        """Every broker URL of the login, the first one first."""
+        return (self.broker, *self.other_brokers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +127,10 @@ class ViewerHome:
         username = _field(data, "username", str, path, _LOGIN_FIX)
         token = _field(data, "token", str, path, _LOGIN_FIX)
         expires_at = _number(data, "expires_at", path, _LOGIN_FIX)
-        return Login(broker, cacert, username, token, expires_at)
+        others = data.get("other_brokers", [])
+        if not isinstance(others, list) or not all(isinstance(u, str) and u for u in others):
+            raise _malformed(path, 'field "other_brokers" is not a list of URLs', _LOGIN_FIX)
+        return Login(broker, cacert, username, token, expires_at, tuple(others))
 
     def save_login(self, login: Login) -> None:
         """Write ``viewer.json`` (mode 0600, atomically).
@@ -129,13 +140,15 @@ class ViewerHome:
                 malformed (it is left alone so that its owner can look at it).
         """
         self.load_login()  # refuse to replace a malformed file silently
-        body = {
+        body: dict[str, object] = {
             "broker": login.broker,
             "cacert": login.cacert,
             "username": login.username,
             "token": login.token,
             "expires_at": login.expires_at,
         }
+        if login.other_brokers:
+            body["other_brokers"] = list(login.other_brokers)
         self._write(self.login_path, _dump(body))
 
     def forget_login(self) -> Login | None:
