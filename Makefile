@@ -21,7 +21,7 @@ DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
 	busybox shellcheck postgresql redis-server chromium chromium-driver
 
-.PHONY: all venv system-packages test pytest lint typecheck demo bench matrix buildroot-check hil hil-arm64 hil-packages clean
+.PHONY: all venv system-packages test pytest lint typecheck demo demo-cluster bench matrix buildroot-check hil hil-arm64 hil-packages clean
 
 all: test
 
@@ -92,6 +92,11 @@ test: lint typecheck pytest hil-arm64
 
 demo: $(STAMP)
 	$(PY) -m hil.demo
+
+# Three broker nodes on one PostgreSQL and one Redis, a recorder and a viewer; a node, Redis and
+# PostgreSQL fail in turn (docs/cluster.md).
+demo-cluster: $(STAMP) $(SYSSTAMP)
+	$(PY) -m hil.demo_cluster
 
 bench: $(STAMP) $(SYSSTAMP)
 	$(PY) -m bench

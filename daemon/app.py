@@ -803,7 +803,7 @@ class DeviceEvents:
                 f"online via {broker} as {_addr(event.reflexive_address)}, session {event.session_id:#010x}"
             )
             how = " (resumed by ticket)" if event.resumed else ""
-            log.info("registered%s: %s, keepalive every %g s", how, systemd_status, event.keepalive_interval)
+            log.info("registered: %s, keepalive every %g s%s", systemd_status, event.keepalive_interval, how)
             self._message = "registered"
             ready, self._ready_sent = not self._ready_sent, True
         elif isinstance(event, KeepaliveAcknowledged):

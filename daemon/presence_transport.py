@@ -65,10 +65,16 @@ from dvrlink.protocol.presence_events import (
     HandshakeUnanswered,
     RegistrationRefused,
 )
+from dvrlink.protocol.presence_server import RefuseReason
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
 from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
 
 log = logging.getLogger(__name__)
+
+FLEET_WIDE_REFUSALS = frozenset({RefuseReason.BUSY, RefuseReason.TICKET_EXPIRED})
+"""Refusals that another node of the fleet would give too, so the device stays with its node:
+'busy' (the fleet's registry is unavailable: the device retries after the refusal's
+retry_after) and an expired ticket (the device registers in full at once)."""
 
 
 class Transport(enum.Enum):
@@ -784,7 +790,7 @@ class PresenceTransport:
                 stage = "HELLO" if event.stage == "hello" else "REGISTER"
                 problem = f"did not answer {stage} ({event.tries} tries in {event.waited:.1f} s)"
                 self._node_failed(problem, register_now=False)
-        elif isinstance(event, RegistrationRefused):
+        elif isinstance(event, RegistrationRefused) and event.reason not in FLEET_WIDE_REFUSALS:
             problem = f"refused the registration (reason {event.reason}: {event.message})"
             self._node_failed(problem, register_now=False, refused=True)
         self._handler.on_event(event)

@@ -4,11 +4,13 @@ config file, for the cluster tests and benchmarks (``hil/redis_server.py`` runs 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dvrlink.protocol.identity import private_key_to_pem
+from hil.loopback import Broker, Daemon, make_daemon
 
 
 def fleet_files(root: Path) -> tuple[Path, Path]:
@@ -49,3 +51,27 @@ def node_config(root: Path, name: str, redis_url: str, fleet_key: Path, turn_sec
     ]
     config.write_text("\n".join(lines) + "\n")
     return config
+
+
+def fleet_daemon(
+    root: Path, serial: str, nodes: Sequence[Broker], keepalive_interval: float = 2.0, extra_toml: str = ""
+) -> Daemon:
+    """A daemon config under ``root/serial`` whose ``[broker] hosts`` lists every node of ``nodes``
+    in order (it registers with the first that answers and moves on silence), pinning the fleet key."""
+    daemon = make_daemon(root, serial, nodes[0], keepalive_interval=keepalive_interval, extra_toml=extra_toml)
+    hosts = ", ".join(f'"127.0.0.1:{node.udp_port}"' for node in nodes)
+    text = daemon.config.read_text()
+    text = text.replace('host = "127.0.0.1"\n', f"hosts = [{hosts}]\n", 1)
+    text = text.replace(f"port = {nodes[0].udp_port}\n", "", 1)
+    daemon.config.write_text(text)
+    return daemon
+
+
+def node_in_use(daemon: Daemon) -> str | None:
+    """The node (``127.0.0.1:PORT``) the daemon is registered with, from its status file; None
+    while it is not online."""
+    status = daemon.status()
+    if not status or status.get("state") != "online":
+        return None
+    node = status.get("node")
+    return str(node) if node else None

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from hil.cluster import fleet_files, node_config
+from hil.cluster import fleet_daemon, fleet_files, node_config, node_in_use
 from hil.loopback import (
     Broker,
     Daemon,
     Viewer,
     broker_command,
     loopback_services_toml,
-    make_daemon,
     start_broker,
     start_forward,
     stop_all,
@@ -50,26 +49,6 @@ OUTAGE_S = 30.0
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     with redis_server(tmp_path / "redis") as server:
         yield server
-
-
-def fleet_daemon(root: Path, serial: str, nodes: list[Broker], extra_toml: str = "") -> Daemon:
-    """A daemon whose ``[broker]`` lists every node (in ``nodes``' order) instead of one host."""
-    daemon = make_daemon(root, serial, nodes[0], keepalive_interval=INTERVAL, extra_toml=extra_toml)
-    hosts = ", ".join(f'"127.0.0.1:{node.udp_port}"' for node in nodes)
-    text = daemon.config.read_text()
-    text = text.replace('host = "127.0.0.1"\n', f"hosts = [{hosts}]\n").replace(
-        f"port = {nodes[0].udp_port}\n", ""
-    )
-    daemon.config.write_text(text)
-    return daemon
-
-
-def node_in_use(daemon: Daemon) -> str | None:
-    status = daemon.status()
-    if not status or status.get("state") != "online":
-        return None
-    node = status.get("node")
-    return str(node) if node else None
 
 
 def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
@@ -98,7 +77,7 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
             timeout=60,
         )
         order = [nodes["c"], nodes["a"], nodes["b"]]  # the device starts on c
-        daemon = fleet_daemon(tmp_path, SERIAL, order, extra_toml=loopback_services_toml(web_port))
+        daemon = fleet_daemon(tmp_path, SERIAL, order, INTERVAL, loopback_services_toml(web_port))
         daemon.start()
         started.append(daemon)
         on_c = f"127.0.0.1:{nodes['c'].udp_port}"
@@ -141,7 +120,7 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
         postgres_server.stop()
         try:
             stopped_at = time.monotonic()
-            late = fleet_daemon(tmp_path, LATE, [nodes["a"], nodes["b"]])
+            late = fleet_daemon(tmp_path, LATE, [nodes["a"], nodes["b"]], INTERVAL)
             late.start()
             started.append(late)
             wait_for(
@@ -169,6 +148,10 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
         finally:
             postgres_server.start()
         wait_for(f"{LATE} registered once PostgreSQL is back", late.online, 60)
+        # 'busy' is the fleet's answer, not the node's: the device stayed with its first node
+        assert node_in_use(late) == f"127.0.0.1:{nodes['a'].udp_port}", late.log.read_text(errors="replace")[
+            -1500:
+        ]
         wait_for("the viewer's requests answered again",
                  lambda: viewer.run("ping", SERIAL, check=False).returncode == 0, 30)  # fmt: skip
     finally:
