@@ -68,9 +68,7 @@ def test_fleet_survives_a_broker_crash(tmp_path: Path, processes: list[Daemon | 
     assert bound_keys(restarted.state_dir) == before
     assert all(d.proc is not None and d.proc.poll() is None for d in fleet)
     # They came back by their resumption tickets (protocol/presence_ticket.py), not in full.
-    in_full = [
-        d.serial for d in fleet if "(resumed by ticket)" not in d.log.read_text(errors="replace")
-    ]
+    in_full = [d.serial for d in fleet if "(resumed by ticket)" not in d.log.read_text(errors="replace")]
     assert not in_full, f"{len(in_full)} of {FLEET} registered in full after the restart: {in_full[:5]}"
 
 
