@@ -35,7 +35,7 @@ from dvrlink.protocol.presence_events import (
     RegistrationUnconfirmed,
     ServerEvent,
 )
-from dvrlink.protocol.presence_server import RefuseReason
+from dvrlink.protocol.presence_wire import RefuseReason
 
 REFUSAL_LOG_INTERVAL_S = 60.0  # one warning and audit row per (serial, key) per interval
 REFUSAL_MEMORY = 10_000

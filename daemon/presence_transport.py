@@ -65,8 +65,8 @@ from dvrlink.protocol.presence_events import (
     HandshakeUnanswered,
     RegistrationRefused,
 )
-from dvrlink.protocol.presence_server import RefuseReason
 from dvrlink.protocol.presence_stream import StreamDeframer, encode_frame
+from dvrlink.protocol.presence_wire import RefuseReason
 from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
 
 log = logging.getLogger(__name__)

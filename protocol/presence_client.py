@@ -44,7 +44,6 @@ from dvrlink.protocol.presence_events import (
 )
 from dvrlink.protocol.presence_report import DeviceReport, encode_controls
 from dvrlink.protocol.presence_ticket import (
-    TICKET_EXPIRED,
     resume_mac,
     resumed_session_key,
     resumption_secret,
@@ -68,6 +67,7 @@ from dvrlink.protocol.presence_wire import (
     UNKNOWN_SESSION,
     VERSION,
     MessageType,
+    RefuseReason,
     decode_address,
     split_registered,
 )
@@ -562,7 +562,7 @@ class PresenceClient:
         self._events.append(RegistrationRefused(msg.reason, msg.message, float(msg.retry_after_s)))
         if self._resuming:
             self._ticket = None  # whatever the reason, the next registration goes in full
-            if msg.reason == TICKET_EXPIRED:
+            if msg.reason == RefuseReason.TICKET_EXPIRED:
                 self._send_hello(now)
                 return True
         self._backoff(now, float(msg.retry_after_s))

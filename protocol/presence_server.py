@@ -16,7 +16,6 @@ REGISTERED (until the device uses the session), an older one is dropped (``stats
 
 from __future__ import annotations
 
-import enum
 import heapq
 import hmac
 import os
@@ -53,7 +52,6 @@ from dvrlink.protocol.presence_events import (
 )
 from dvrlink.protocol.presence_report import INTERVAL, PROBE_DELAY, DeviceReport, read_controls
 from dvrlink.protocol.presence_ticket import (
-    TICKET_EXPIRED,
     Ticket,
     open_ticket,
     resume_mac,
@@ -74,6 +72,7 @@ from dvrlink.protocol.presence_wire import (
     SEALED_HEADER_SIZE,
     VERSION,
     MessageType,
+    RefuseReason,
     cookie_datagram,
     encode_address,
     hello_nonce,
@@ -92,17 +91,6 @@ MAX_COUNTER = 0xFFFFFFFF
 
 class NotOnlineError(LookupError):
     """``send_invite`` was called for a device that is not online."""
-
-
-class RefuseReason(enum.IntEnum):
-    """Why a registration was refused (sent to the device, authenticated)."""
-
-    KEY_MISMATCH = 1
-    NOT_IN_MANIFEST = 2
-    BLOCKED = 3
-    BUSY = 4
-    TICKET_EXPIRED = TICKET_EXPIRED
-    """A resumed registration's ticket is too old: the device registers in full at once."""
 
 
 @dataclass(frozen=True, slots=True)

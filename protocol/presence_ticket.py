@@ -46,9 +46,6 @@ SECRET_SIZE = 32
 MAC_SIZE = 32
 RESUME_LABEL = b"dvrlink resume v1\x00"
 TICKET_VERSION = 1
-TICKET_EXPIRED = 5
-"""The REFUSED reason (``presence_server.RefuseReason.TICKET_EXPIRED``) for a ticket the broker
-no longer takes: the device registers in full at once."""
 _FIXED = struct.Struct(">BI")  # version, issued_at (Unix seconds)
 MAX_TICKET = TICKET_NONCE_SIZE + _FIXED.size + KEY_SIZE + SECRET_SIZE + 1 + 32 + TICKET_TAG_SIZE
 """The largest ticket (130 bytes): a serial is at most 32 characters."""

@@ -59,6 +59,18 @@ class MessageType(enum.IntEnum):
     """Alarms, device → broker, and their acknowledgement, broker → device (``alarm_wire``)."""
 
 
+class RefuseReason(enum.IntEnum):
+    """Why a registration was refused (in an authenticated REFUSED)."""
+
+    KEY_MISMATCH = 1
+    NOT_IN_MANIFEST = 2
+    BLOCKED = 3
+    BUSY = 4
+    """The broker cannot decide now (its registry is unavailable): retry after ``retry_after_s``."""
+    TICKET_EXPIRED = 5
+    """A resumed registration's ticket is too old: the device registers in full at once."""
+
+
 def is_presence(first_byte: int) -> bool:
     """True if a datagram's first byte is in the presence range (RFC 7983/9443 demultiplexing)."""
     return FIRST_TYPE <= first_byte <= LAST_TYPE

@@ -35,8 +35,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationRefused,
 )
-from dvrlink.protocol.presence_server import RefuseReason
-from dvrlink.protocol.presence_wire import INVITE_KIND_PING
+from dvrlink.protocol.presence_wire import INVITE_KIND_PING, RefuseReason
 
 
 def test_routes_and_openapi_document_match(tmp_path: Path) -> None:

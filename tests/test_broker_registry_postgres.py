@@ -35,7 +35,8 @@ from dvrlink.broker.webhooks import WebhookDispatcher, WebhookPolicy
 from dvrlink.protocol.alarm_wire import AlarmKind, AlarmRecord
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceOnline, Registered, RegistrationRefused
-from dvrlink.protocol.presence_server import RefuseReason, ServerConfig
+from dvrlink.protocol.presence_server import ServerConfig
+from dvrlink.protocol.presence_wire import RefuseReason
 
 CHEAP = ScryptParams(n=2**4, r=1, p=1)
 KEY_A = bytes(range(32))

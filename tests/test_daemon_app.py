@@ -42,8 +42,8 @@ from dvrlink.protocol.presence_events import (
     RegistrationRequested,
     ServerEvent,
 )
-from dvrlink.protocol.presence_server import PresenceServer, RefuseReason, ServerConfig
-from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK, INVITE_UNSUPPORTED
+from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
+from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK, INVITE_UNSUPPORTED, RefuseReason
 
 SERIAL = "DL-0001-0002"
 WAIT = 10.0  # s, bound on every wait; each step takes milliseconds on loopback

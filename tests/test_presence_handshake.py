@@ -22,7 +22,7 @@ from dvrlink.protocol.presence_events import (
     Registered,
     RegistrationUnconfirmed,
 )
-from dvrlink.protocol.presence_server import RefuseReason
+from dvrlink.protocol.presence_wire import RefuseReason
 
 SERIAL = "DL-0005-0001"
 WRONG_KEY = bytes(range(100, 132))

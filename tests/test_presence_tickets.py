@@ -16,7 +16,6 @@ from support.presence import Device, Lab, of_type
 import dvrlink.protocol.presence_server as server_module
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceOnline, Registered, RegistrationRefused
-from dvrlink.protocol.presence_server import RefuseReason
 from dvrlink.protocol.presence_ticket import (
     Ticket,
     open_ticket,
@@ -30,6 +29,7 @@ from dvrlink.protocol.presence_wire import (
     REGISTER_BODY,
     REGISTER_RESUME,
     MessageType,
+    RefuseReason,
     cookie_datagram,
     hello_nonce,
     is_resumed_register,

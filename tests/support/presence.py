@@ -21,7 +21,8 @@ from dvrlink.protocol.presence_events import (
     RegistrationRequested,
     ServerEvent,
 )
-from dvrlink.protocol.presence_server import PresenceServer, RefuseReason, ServerConfig
+from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
+from dvrlink.protocol.presence_wire import RefuseReason
 
 BROKER: Address = ("198.51.100.1", 3478)
 
