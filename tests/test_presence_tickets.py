@@ -7,13 +7,16 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_mock import MockerFixture
 from support.presence import Device, Lab, of_type
 
 import dvrlink.protocol.presence_server as server_module
+from dvrlink.protocol import presence_ticket
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceOnline, Registered, RegistrationRefused
 from dvrlink.protocol.presence_ticket import (
@@ -275,3 +278,14 @@ def test_packed_ip_agrees_with_ipaddress(host: str) -> None:
             packed_ip(host)
     else:
         assert packed_ip(host) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    secret=st.binary(min_size=1, max_size=64),
+    info=st.binary(max_size=200),
+    salt=st.one_of(st.none(), st.binary(max_size=40)),
+)
+def test_the_tickets_hkdf_is_rfc_5869(secret: bytes, info: bytes, salt: bytes | None) -> None:
+    expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(secret)
+    assert presence_ticket._hkdf(secret, info, salt) == expected
