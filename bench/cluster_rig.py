@@ -10,16 +10,19 @@ pins itself and may use either core.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from bench.common import SERVER_CORE, BenchError, CpuMeter, log_tail, taskset_prefix, venv_script, wait_until
+from bench.loadgen import LoadGenerator
 from dvrlink.protocol.identity import b64decode_key
 from hil.cluster import fleet_files, node_config
 from hil.postgres_server import PostgresServer, find_bindir
@@ -236,3 +239,37 @@ def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str,
     """Calls per command from ``before`` to ``after`` (commands that were not called left out)."""
     delta = {name: after[name] - before.get(name, 0) for name in after}
     return {name: count for name, count in sorted(delta.items()) if count > 0}
+
+
+def register_spread(
+    gen: LoadGenerator, nodes: Sequence[Node], indexes: range, keepalive_ms: int
+) -> list[int]:
+    """Register device ``indexes[j]`` at node ``j % len(nodes)`` in full and open the replies;
+    returns the node index of each device (by device index; -1 for devices not in ``indexes``).
+
+    Raises:
+        BenchError: a device did not register, or a reply did not open.
+    """
+    node_of = [-1] * len(gen.devices)
+    for n, node in enumerate(nodes):
+        share = indexes[n :: len(nodes)]
+        report = gen.register(share, node.udp, keepalive_ms, limit_s=60.0 + len(share) / 100.0)
+        if report.registered != len(share):
+            raise BenchError(
+                f"{report.registered} of {len(share)} registered at {node.name} (refused {report.refused}, "
+                f"failed {report.failed}); see {node.log}"
+            )
+        _, bad = gen.open_sessions(share, node.public_key)
+        if bad:
+            raise BenchError(f"{bad} REGISTERED replies from {node.name} did not open")
+        for i in share:
+            node_of[i] = n
+    return node_of
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
