@@ -114,8 +114,11 @@ class ClusterRig:
         return node
 
     def _start(self, node: Node) -> None:
-        info_path = node.state_dir / "broker.json"
-        info_path.unlink(missing_ok=True)  # a killed broker leaves its old one
+        self._launch(node)
+        self._wait_ready(node)
+
+    def _launch(self, node: Node) -> None:
+        (node.state_dir / "broker.json").unlink(missing_ok=True)  # a killed broker leaves its old one
         argv = [
             *taskset_prefix(SERVER_CORE),
             venv_script("dvrlink-broker"),
@@ -128,7 +131,11 @@ class ClusterRig:
             node.proc = subprocess.Popen(argv, stdout=node.log_file, stderr=subprocess.STDOUT)
         except OSError as exc:
             raise BenchError(f"cannot start dvrlink-broker: {exc}") from exc
+
+    def _wait_ready(self, node: Node) -> None:
+        info_path = node.state_dir / "broker.json"
         proc = node.proc
+        assert proc is not None
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -154,15 +161,24 @@ class ClusterRig:
 
     def restart(self, node: Node) -> None:
         """Start a killed node again on the same presence port, with the same state and key."""
-        if node.running:
-            raise BenchError(f"node {node.name} is still running; kill it first")
-        text = node.config.read_text()
-        lines = [
-            f"udp_port = {node.udp[1]}" if line.startswith("udp_port = ") else line
-            for line in text.splitlines()
-        ]
-        node.config.write_text("\n".join(lines) + "\n")
-        self._start(node)
+        self.restart_all([node])
+
+    def restart_all(self, nodes: Sequence[Node]) -> None:
+        """Start killed nodes again, all at once (each on its presence port, with its state and
+        key), and wait until every one is up."""
+        for node in nodes:
+            if node.running:
+                raise BenchError(f"node {node.name} is still running; kill it first")
+            text = node.config.read_text()
+            lines = [
+                f"udp_port = {node.udp[1]}" if line.startswith("udp_port = ") else line
+                for line in text.splitlines()
+            ]
+            node.config.write_text("\n".join(lines) + "\n")
+        for node in nodes:
+            self._launch(node)
+        for node in nodes:
+            self._wait_ready(node)
 
     def stop_node(self, node: Node) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
