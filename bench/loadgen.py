@@ -773,6 +773,7 @@ class DeviceRuntime:
         self.due = [math.inf] * n
         self.tries = [0] * n
         self.awaiting = [0] * n  # counter of the keepalive in flight (0: none)
+        self.first_sent = [0.0] * n  # when the first try of that keepalive went out
         self.lost_at = [-1.0] * n
         self.back_at = [-1.0] * n
         self.moves = [0] * n
@@ -885,6 +886,7 @@ class DeviceRuntime:
         timers = self.timers
         if self.awaiting[i] == 0:
             self.tries[i] = 1
+            self.first_sent[i] = now
         elif self.tries[i] <= timers.retries:
             self.tries[i] += 1
         else:
@@ -1009,7 +1011,9 @@ class DeviceRuntime:
             return  # the late answer to an earlier try: the daemon ignores it too
         self._counts["keepalives_answered"] += 1
         self.awaiting[i] = 0
-        self._schedule(i, time.monotonic() + self.timers.keepalive_interval)
+        now = time.monotonic()
+        due = self.first_sent[i] + self.timers.keepalive_interval  # as the daemon: from the first try
+        self._schedule(i, due if due > now else now + self.timers.keepalive_interval)
 
     def _on_registration(self, k: int, kind: int, data: bytes, address: Address) -> None:
         i = self._slot_dev[k]
