@@ -143,8 +143,8 @@ def run(plan: Plan) -> None:
             print(
                 f"  nodes up again {', '.join(f'{s:.2f} s' for s in up)} after the kill; in "
                 f"{after.seconds:.1f} s: {fmt_int(after.registrations)} registrations "
-                f"({fmt_int(after.resumed)} by ticket), {after.unknown_sessions} UNKNOWN_SESSION, "
-                f"{after.silences} silences (moved on), {after.refused} refused, "
+                f"({fmt_int(after.resumed)} by ticket), {fmt_int(after.unknown_sessions)} UNKNOWN_SESSION, "
+                f"{fmt_int(after.silences)} silences (moved on), {after.refused} refused, "
                 f"{after.registration_timeouts} registrations unanswered; online per address "
                 f"{runtime.online_per_node()}"
             )
