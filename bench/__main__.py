@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from bench import (
     alarm_latency,
     cellular_cost,
+    cluster_failover,
     cluster_invite,
+    cluster_load,
     cluster_redis_memory,
+    cluster_storm,
     daemon_footprint,
     daemon_memory,
     daemon_streaming,
@@ -48,6 +51,9 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("alarm_latency", alarm_latency.main),
     ("cluster_invite", cluster_invite.main),
     ("cluster_redis_memory", cluster_redis_memory.main),
+    ("cluster_load", cluster_load.main),
+    ("cluster_failover", cluster_failover.main),
+    ("cluster_storm", cluster_storm.main),
 )
 
 

@@ -11,8 +11,10 @@ Every loop here is bounded by a count and by a deadline, and stops by itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import heapq
 import math
 import os
 import select
@@ -687,3 +689,367 @@ def _check_stun(data: bytes, address: Address) -> int:
 
 def _with_samples(report: PumpReport, ok: int, bad: int) -> PumpReport:
     return dataclasses.replace(report, samples_ok=ok, samples_bad=bad)
+
+
+# -- a device runtime: keepalives at an interval, silence, and moving to the next node --------------
+
+ONLINE, WAITING, REGISTERING, BACKOFF = range(4)
+"""States of a device in a ``DeviceRuntime``: online (keepalives), waiting for a free socket to
+register from, registering (HELLO or REGISTER in flight), backing off after a REFUSED."""
+REFUSED_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeTimers:
+    """The daemon's presence timers (``protocol/presence_client.py``), in seconds."""
+
+    keepalive_interval: float
+    reply_timeout: float = 3.0
+    retries: int = 2
+
+    @property
+    def keepalive_reply_timeout(self) -> float:
+        """As ``PresenceClient.keepalive_reply_timeout``: every try of a keepalive ends within half
+        an interval, so a silent node is given up 1.5 intervals after its last answer at most."""
+        return min(self.reply_timeout, self.keepalive_interval / (2 * (self.retries + 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeReport:
+    """Counts of one ``DeviceRuntime.run``."""
+
+    seconds: float
+    keepalives_sent: int
+    keepalives_answered: int
+    bad_answers: int  # KEEPALIVE_ACKs or REGISTEREDs that did not open
+    registrations: int  # REGISTERED received and opened
+    resumed: int  # of those, resumed by ticket
+    refused: int
+    silences: int  # a node gave no keepalive answer after every try: the device moved on
+    unknown_sessions: int  # UNKNOWN_SESSION answers (the node restarted): register again there
+    registration_timeouts: int  # no answer to a registration after every try: moved on
+    stopped_early: bool  # the ``done`` condition held before the time limit
+
+
+class DeviceRuntime:
+    """The devices of a ``LoadGenerator`` living as the daemon does, against a list of nodes.
+
+    Each online device sends a sealed KEEPALIVE every ``keepalive_interval`` (from its own
+    socket), and sends it again after ``keepalive_reply_timeout`` while unanswered. After
+    ``retries`` retransmissions without an answer the node is silent: the device moves to the next
+    node of the list (wrapping) and registers there, by ticket when it holds one, as
+    ``daemon/broker_nodes.py`` does. An UNKNOWN_SESSION (the node restarted and forgot it) makes it
+    register again at the same node at once; a registration unanswered after every try moves it
+    on; a REFUSED drops its ticket and retries in full after ``REFUSED_RETRY_S``.
+
+    Registration runs one device per socket at a time (a REGISTERED names no device in clear),
+    as ``LoadGenerator.register`` does. All nodes share one static (fleet) key.
+
+    ``lost_at[i]`` is when device i last lost its node (silence or UNKNOWN_SESSION, -1: never)
+    and ``back_at[i]`` when it was last registered again (-1: not since); times are
+    ``time.monotonic()``.
+    """
+
+    def __init__(
+        self,
+        gen: LoadGenerator,
+        nodes: Sequence[Address],
+        broker_public: bytes,
+        timers: RuntimeTimers,
+        keepalive_ms: int | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a device runtime needs at least one node")
+        self.gen = gen
+        self.nodes = list(nodes)
+        self.broker_public = broker_public
+        self.timers = timers
+        self.keepalive_ms = (
+            keepalive_ms if keepalive_ms is not None else round(timers.keepalive_interval * 1000)
+        )
+        n = len(gen.devices)
+        self.node = [0] * n
+        self.state = [-1] * n  # -1: not run by this runtime
+        self.due = [math.inf] * n
+        self.tries = [0] * n
+        self.awaiting = [0] * n  # counter of the keepalive in flight (0: none)
+        self.first_sent = [0.0] * n  # when the first try of that keepalive went out
+        self.lost_at = [-1.0] * n
+        self.back_at = [-1.0] * n
+        self.moves = [0] * n
+        self._heap: list[tuple[float, int]] = []
+        self._waiting: list[int] = []
+        self._by_session: dict[tuple[Address, int], int] = {}
+        nslots = len(gen.socks)
+        self._slot_dev = [-1] * nslots
+        self._slot_phase = [0] * nslots
+        self._slot_datagram = [b""] * nslots
+        self._idle = list(range(nslots - 1, -1, -1))
+        self._counts = dict.fromkeys(
+            (
+                "keepalives_sent",
+                "keepalives_answered",
+                "bad_answers",
+                "registrations",
+                "resumed",
+                "refused",
+                "silences",
+                "unknown_sessions",
+                "registration_timeouts",
+            ),
+            0,
+        )
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def adopt(self, indexes: Sequence[int], node_of: Callable[[int], int], now: float) -> int:
+        """Take over devices already online (``open_sessions`` done) at node ``node_of(i)``; their
+        first keepalives are spread evenly over one interval. Returns how many were adopted."""
+        interval = self.timers.keepalive_interval
+        online = [i for i in indexes if self.gen.devices[i].sealer is not None]
+        for rank, i in enumerate(online):
+            self.node[i] = node_of(i)
+            self.state[i] = ONLINE
+            self.awaiting[i] = 0
+            self._by_session[(self.nodes[self.node[i]], self.gen.devices[i].session_id)] = i
+            self._schedule(i, now + interval * (rank + 0.5) / len(online))
+        return len(online)
+
+    def online(self) -> int:
+        """How many devices are online now."""
+        return sum(1 for s in self.state if s == ONLINE)
+
+    def online_per_node(self) -> list[int]:
+        """How many online devices each node holds now."""
+        counts = [0] * len(self.nodes)
+        for i, s in enumerate(self.state):
+            if s == ONLINE:
+                counts[self.node[i]] += 1
+        return counts
+
+    def replace_node(self, index: int, address: Address) -> None:
+        """A node came back at another address (a restart on a new port)."""
+        self.nodes[index] = address
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(
+        self, limit_s: float, done: Callable[[], bool] | None = None, check_every_s: float = 0.05
+    ) -> RuntimeReport:
+        """Run the devices for ``limit_s`` seconds, or until ``done()`` (asked every
+        ``check_every_s``) holds."""
+        before = dict(self._counts)
+        start = time.monotonic()
+        deadline = start + limit_s
+        next_check = start
+        stopped_early = False
+        heap = self._heap
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if done is not None and now >= next_check:
+                next_check = now + check_every_s
+                if done():
+                    stopped_early = True
+                    break
+            for _ in range(10_000):
+                if not heap or heap[0][0] > now:
+                    break
+                at, i = heapq.heappop(heap)
+                if at == self.due[i]:
+                    self.due[i] = math.inf
+                    self._timer(i, now)
+            self._start_registrations(now)
+            wait = 0.01 if not heap else min(max(heap[0][0] - time.monotonic(), 0.0), 0.01)
+            for k in self.gen._ready(wait):
+                self._receive(k)
+        counts = {key: value - before[key] for key, value in self._counts.items()}
+        return RuntimeReport(seconds=time.monotonic() - start, stopped_early=stopped_early, **counts)
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    def _schedule(self, i: int, at: float) -> None:
+        self.due[i] = at
+        heapq.heappush(self._heap, (at, i))
+
+    def _timer(self, i: int, now: float) -> None:
+        state = self.state[i]
+        if state == ONLINE:
+            self._keepalive_timer(i, now)
+        elif state == REGISTERING:
+            self._registration_timer(i, now)
+        elif state == BACKOFF:
+            self._wait_for_socket(i)
+
+    def _keepalive_timer(self, i: int, now: float) -> None:
+        timers = self.timers
+        if self.awaiting[i] == 0:
+            self.tries[i] = 1
+            self.first_sent[i] = now
+        elif self.tries[i] <= timers.retries:
+            self.tries[i] += 1
+        else:
+            self._counts["silences"] += 1
+            self._lose(i, now, move=True)
+            return
+        device = self.gen.devices[i]
+        sealer = device.sealer
+        assert sealer is not None
+        counter = device.next_counter
+        device.next_counter += 1
+        header = HEADER_STRUCT.pack(MessageType.KEEPALIVE, VERSION, device.session_id, counter)
+        datagram = sealer.seal(DEVICE_TO_BROKER, counter, header, b"")
+        self.awaiting[i] = counter
+        self._send(device.slot, datagram, self.nodes[self.node[i]])
+        self._counts["keepalives_sent"] += 1
+        self._schedule(i, now + timers.keepalive_reply_timeout)
+
+    def _registration_timer(self, i: int, now: float) -> None:
+        k = self.gen.devices[i].slot
+        if self.tries[i] <= self.timers.retries:
+            self.tries[i] += 1
+            self._send(k, self._slot_datagram[k], self.nodes[self.node[i]])
+            self._schedule(i, now + self.timers.reply_timeout)
+            return
+        self._counts["registration_timeouts"] += 1
+        self._release(k)
+        self._move_on(i)
+        self._wait_for_socket(i)
+
+    def _lose(self, i: int, now: float, *, move: bool) -> None:
+        device = self.gen.devices[i]
+        self._by_session.pop((self.nodes[self.node[i]], device.session_id), None)
+        device.sealer = None
+        self.awaiting[i] = 0
+        if self.lost_at[i] < 0 or self.back_at[i] >= 0:
+            self.lost_at[i] = now
+            self.back_at[i] = -1.0
+        if move:
+            self._move_on(i)
+        self._wait_for_socket(i)
+
+    def _move_on(self, i: int) -> None:
+        self.node[i] = (self.node[i] + 1) % len(self.nodes)
+        self.moves[i] += 1
+
+    def _wait_for_socket(self, i: int) -> None:
+        self.state[i] = WAITING
+        self._waiting.append(i)
+
+    def _start_registrations(self, now: float) -> None:
+        waiting = self._waiting
+        devices = self.gen.devices
+        taken = 0
+        while self._idle and taken < len(waiting):
+            i = waiting[taken]
+            taken += 1
+            if self.state[i] != WAITING:
+                continue
+            k = self._idle.pop()
+            device = devices[i]
+            device.make_keys()
+            device.slot = k
+            self._slot_dev[k] = i
+            self._slot_phase[k] = 0
+            self._slot_datagram[k] = hello_datagram(device.nonce)
+            self.state[i] = REGISTERING
+            self.tries[i] = 1
+            self._send(k, self._slot_datagram[k], self.nodes[self.node[i]])
+            self._schedule(i, now + self.timers.reply_timeout)
+        del waiting[:taken]
+
+    def _release(self, k: int) -> None:
+        self._slot_dev[k] = -1
+        self._idle.append(k)
+
+    def _send(self, k: int, datagram: bytes, to: Address) -> None:
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):  # lost: the timers resend
+            self.gen.socks[k].sendto(datagram, to)
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def _receive(self, k: int) -> None:
+        sock = self.gen.socks[k]
+        for _ in range(10_000):
+            try:
+                data, source = sock.recvfrom(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                continue  # an ICMP error from a node that is down
+            if len(data) < 2:
+                continue
+            kind = data[0]
+            address: Address = (str(source[0]), int(source[1]))
+            if kind == MessageType.KEEPALIVE_ACK:
+                self._on_ack(data, address)
+            elif kind == MessageType.UNKNOWN_SESSION and len(data) == 6:
+                i = self._by_session.get((address, int.from_bytes(data[2:6], "big")), -1)
+                if i >= 0 and self.state[i] == ONLINE:
+                    self._counts["unknown_sessions"] += 1
+                    self._lose(i, time.monotonic(), move=False)
+            elif kind in (MessageType.COOKIE, MessageType.REGISTERED, MessageType.REFUSED):
+                self._on_registration(k, kind, data, address)
+
+    def _on_ack(self, data: bytes, address: Address) -> None:
+        if len(data) < SEALED_HEADER_SIZE:
+            return
+        i = self._by_session.get((address, int.from_bytes(data[2:6], "big")), -1)
+        if i < 0 or self.state[i] != ONLINE or self.awaiting[i] == 0:
+            return
+        device = self.gen.devices[i]
+        assert device.sealer is not None
+        counter = int.from_bytes(data[6:10], "big")
+        plain = device.sealer.open(
+            BROKER_TO_DEVICE, counter, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:]
+        )
+        if plain is None or len(plain) < 2:
+            self._counts["bad_answers"] += 1
+            return
+        if int.from_bytes(plain[:2], "big") != self.awaiting[i] & 0xFFFF:
+            return  # the late answer to an earlier try: the daemon ignores it too
+        self._counts["keepalives_answered"] += 1
+        self.awaiting[i] = 0
+        now = time.monotonic()
+        due = self.first_sent[i] + self.timers.keepalive_interval  # as the daemon: from the first try
+        self._schedule(i, due if due > now else now + self.timers.keepalive_interval)
+
+    def _on_registration(self, k: int, kind: int, data: bytes, address: Address) -> None:
+        i = self._slot_dev[k]
+        if i < 0 or self.state[i] != REGISTERING or address != self.nodes[self.node[i]]:
+            return
+        device = self.gen.devices[i]
+        now = time.monotonic()
+        if kind == MessageType.COOKIE:
+            if self._slot_phase[k] != 0 or len(data) != COOKIE_DATAGRAM_SIZE or data[2:18] != device.nonce:
+                return
+            self._slot_phase[k] = 1
+            self._slot_datagram[k] = register_datagram(device, data[18:], self.keepalive_ms)
+            self.tries[i] = 1
+            self._send(k, self._slot_datagram[k], address)
+            self._schedule(i, now + self.timers.reply_timeout)
+            return
+        if self._slot_phase[k] != 1:
+            return
+        self._release(k)
+        if kind == MessageType.REFUSED:
+            self._counts["refused"] += 1
+            device.ticket = device.ticket_secret = b""
+            self.state[i] = BACKOFF
+            self._schedule(i, now + REFUSED_RETRY_S)
+            return
+        device.registered = data
+        if not open_session(device, self.broker_public):
+            self._counts["bad_answers"] += 1
+            device.ticket = device.ticket_secret = b""
+            self._wait_for_socket(i)
+            return
+        self._counts["registrations"] += 1
+        if device.resumed:
+            self._counts["resumed"] += 1
+        self.state[i] = ONLINE
+        self.awaiting[i] = 0
+        self.back_at[i] = now
+        self._by_session[(address, device.session_id)] = i
+        self._schedule(i, now + self.timers.keepalive_interval)
