@@ -4,13 +4,16 @@ config file, for the cluster tests and benchmarks (``hil/redis_server.py`` runs 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dvrlink.protocol.identity import private_key_to_pem
-from hil.loopback import Broker, Daemon, make_daemon
+from hil.loopback import Broker, Daemon, broker_command, make_daemon, unused_tcp_port
 
 
 def fleet_files(root: Path) -> tuple[Path, Path]:
@@ -75,3 +78,52 @@ def node_in_use(daemon: Daemon) -> str | None:
         return None
     node = status.get("node")
     return str(node) if node else None
+
+
+def fleet_configs(
+    root: Path, redis_url: str, registry_url: str | None = None, names: Sequence[str] = ("a", "b", "c")
+) -> dict[str, Path]:
+    """Config files of the nodes ``names`` of one new fleet (``fleet_files`` under ``root/fleet``),
+    on one Redis and, with ``registry_url``, one PostgreSQL registry."""
+    key, secret = fleet_files(root / "fleet")
+    configs = {}
+    for name in names:
+        config = node_config(root, name, redis_url, key, secret)
+        if registry_url is not None:
+            config.write_text(config.read_text() + f'registry_url = "{registry_url}"\n')
+        configs[name] = config
+    return configs
+
+
+def add_fleet_user(config: Path, name: str, password: str) -> None:
+    """A viewer account, made with the admin command of the node configured in ``config``."""
+    subprocess.run(
+        broker_command("user", "add", name, "--password-stdin", "--config", str(config)),
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def serve_page(root: Path, page: bytes) -> tuple[subprocess.Popen[bytes], int]:
+    """An HTTP server on a free loopback port serving ``page`` as /index.html (the recorder's web
+    page behind a forward); stop it with ``terminate``."""
+    site = root / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "index.html").write_bytes(page)
+    port = unused_tcp_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def fetch_page(port: int) -> bytes:
+    """/index.html through a forward's local ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=20) as reply:
+        body: bytes = reply.read()
+        return body

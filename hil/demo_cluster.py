@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from hil.cluster import fleet_daemon, fleet_files, node_config, node_in_use
+from hil.cluster import add_fleet_user, fleet_configs, fleet_daemon, node_in_use
 from hil.demo import start_web_ui, step
 from hil.loopback import (
     Broker,
     Daemon,
     Viewer,
-    broker_command,
     loopback_services_toml,
     start_broker,
     start_forward,
@@ -83,22 +81,13 @@ def run(root: Path, outage_s: float) -> int:
             print(f"   registry {url}\n   redis    {redis.url}")
 
             step("three broker nodes of one fleet (one fleet key, one TURN secret)")
-            key, secret = fleet_files(root / "fleet")
+            configs = fleet_configs(root, redis.url, url)
             nodes: dict[str, Broker] = {}
-            for name in ("a", "b", "c"):
-                config = node_config(root, name, redis.url, key, secret)
-                config.write_text(config.read_text() + f'registry_url = "{url}"\n')
+            for name, config in configs.items():
                 nodes[name] = start_broker(root / name, config=config)
                 processes.append(nodes[name])
                 print(f"   node {name}: presence udp {nodes[name].udp_port}, API {nodes[name].url}")
-            subprocess.run(
-                broker_command("user", "add", "alice", "--password-stdin", "--config", str(root / "a.toml")),
-                input="correct horse\n",
-                text=True,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            add_fleet_user(configs["a"], "alice", "correct horse")
             print("   account alice, made at node a, is in the shared registry")
 
             step(f"recorder {SERIAL}: knows nodes c, a, b; registers with c")

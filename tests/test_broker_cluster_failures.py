@@ -14,19 +14,17 @@ knows all three nodes (``[broker] hosts``) and a real ``dvrlink`` viewer logged 
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hil.cluster import fleet_daemon, fleet_files, node_config, node_in_use
+from hil.cluster import add_fleet_user, fetch_page, fleet_configs, fleet_daemon, node_in_use, serve_page
 from hil.loopback import (
     Broker,
     Daemon,
     Viewer,
-    broker_command,
     loopback_services_toml,
     start_broker,
     start_forward,
@@ -35,11 +33,11 @@ from hil.loopback import (
 )
 from tests.support.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.support.redis_server import RedisServer, redis_server
-from tests.test_broker_cluster_fleet import PAGE, _fetch, _web
 
 pytestmark = [pytest.mark.integration]
 
 SERIAL = "DL-FLEET-0101"
+PAGE = b"<h1>recorder of a fleet that loses a node and its registry</h1>\n"
 LATE = "DL-FLEET-0102"
 INTERVAL = 3.0
 OUTAGE_S = 30.0
@@ -57,25 +55,13 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
     postgres_server: PostgresServer,  # noqa: F811
     postgres_url: str,  # noqa: F811
 ) -> None:
-    key, secret = fleet_files(tmp_path / "fleet")
-    configs = {}
-    for name in ("a", "b", "c"):
-        config = node_config(tmp_path, name, redis.url, key, secret)
-        config.write_text(config.read_text() + f'registry_url = "{postgres_url}"\n')
-        configs[name] = config
+    configs = fleet_configs(tmp_path, redis.url, postgres_url)
     started: list[Daemon | Broker] = []
-    web, web_port = _web(tmp_path)
+    web, web_port = serve_page(tmp_path, PAGE)
     try:
         nodes = {name: start_broker(tmp_path / name, config=configs[name]) for name in configs}
         started.extend(nodes.values())
-        subprocess.run(
-            broker_command("user", "add", "alice", "--password-stdin", "--config", str(configs["a"])),
-            input="correct horse\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        add_fleet_user(configs["a"], "alice", "correct horse")
         order = [nodes["c"], nodes["a"], nodes["b"]]  # the device starts on c
         daemon = fleet_daemon(tmp_path, SERIAL, order, INTERVAL, loopback_services_toml(web_port))
         daemon.start()
@@ -88,7 +74,7 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
         viewer.run("pair", daemon.pairing_uri())
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
 
@@ -110,7 +96,7 @@ def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(
         )
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")  # the same pairing
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
 

@@ -10,27 +10,22 @@ Needs the PostgreSQL registry (``tests/support/postgres.py``, ``registry_url``);
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dvrlink.broker.config import BrokerConfig
-from hil.cluster import fleet_files, node_config
+from hil.cluster import add_fleet_user, fetch_page, fleet_configs, serve_page
 from hil.loopback import (
     Broker,
     Daemon,
     Viewer,
-    broker_command,
     loopback_services_toml,
     make_daemon,
     start_broker,
     start_forward,
     stop_all,
-    unused_tcp_port,
     wait_for,
 )
 from tests.support.redis_server import RedisServer, redis_server
@@ -53,49 +48,18 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-def _web(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    site = root / "site"
-    site.mkdir()
-    (site / "index.html").write_bytes(PAGE)
-    port = unused_tcp_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, port
-
-
-def _fetch(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=20) as reply:
-        body: bytes = reply.read()
-        return body
-
-
 def test_three_nodes_on_one_registry_pair_and_forward_across_nodes(
     tmp_path: Path,
     redis: RedisServer,
     postgres_url: str,  # the imported fixture
 ) -> None:
-    key, secret = fleet_files(tmp_path / "fleet")
-    configs = {}
-    for name in ("a", "b", "c"):
-        config = node_config(tmp_path, name, redis.url, key, secret)
-        config.write_text(config.read_text() + f'registry_url = "{postgres_url}"\n')
-        configs[name] = config
+    configs = fleet_configs(tmp_path, redis.url, postgres_url)
     started: list[Daemon | Broker] = []
-    web, web_port = _web(tmp_path)
+    web, web_port = serve_page(tmp_path, PAGE)
     try:
         nodes = {name: start_broker(tmp_path / name, config=configs[name]) for name in configs}
         started.extend(nodes.values())
-        subprocess.run(
-            broker_command("user", "add", "alice", "--password-stdin", "--config", str(configs["b"])),
-            input="correct horse\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        add_fleet_user(configs["b"], "alice", "correct horse")
         daemon = make_daemon(tmp_path, SERIAL, nodes["c"], extra_toml=loopback_services_toml(web_port))
         daemon.start()
         started.append(daemon)
@@ -106,7 +70,7 @@ def test_three_nodes_on_one_registry_pair_and_forward_across_nodes(
         viewer.run("pair", daemon.pairing_uri())
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
         log_a = nodes["a"].log.read_text(errors="replace")
@@ -123,7 +87,7 @@ def test_three_nodes_on_one_registry_pair_and_forward_across_nodes(
                  lambda: viewer.run("ping", SERIAL, check=False).returncode == 0, 30)  # fmt: skip
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
     finally:

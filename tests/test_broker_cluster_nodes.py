@@ -13,16 +13,13 @@ first step unnecessary.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dvrlink.protocol.pairing import PairingUri
-from hil.cluster import fleet_files, node_config
+from hil.cluster import fetch_page, fleet_files, node_config, serve_page
 from hil.loopback import (
     Broker,
     Daemon,
@@ -33,7 +30,6 @@ from hil.loopback import (
     start_broker,
     start_forward,
     stop_all,
-    unused_tcp_port,
     wait_for,
 )
 from tests.support.redis_server import RedisServer, redis_server
@@ -42,25 +38,6 @@ pytestmark = [pytest.mark.integration]
 
 SERIAL = "DL-NODES-0001"
 PAGE = b"<h1>recorder behind node C</h1>\n"
-
-
-def _http_server(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    site = root / "site"
-    site.mkdir()
-    (site / "index.html").write_bytes(PAGE)
-    port = unused_tcp_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, port
-
-
-def _fetch(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=20) as reply:
-        body: bytes = reply.read()
-        return body
 
 
 @pytest.fixture
@@ -74,7 +51,7 @@ def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(
 ) -> None:
     fleet_key, secret = fleet_files(tmp_path / "fleet")
     started: list[Daemon | Broker] = []
-    web, web_port = _http_server(tmp_path)
+    web, web_port = serve_page(tmp_path, PAGE)
     try:
         node_b = start_broker(tmp_path / "b", config=node_config(tmp_path, "b", redis.url, fleet_key, secret))
         started.append(node_b)
@@ -103,7 +80,7 @@ def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(
 
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
         routed = f"for {SERIAL} routed to node c"
@@ -119,7 +96,7 @@ def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(
         )
         forward = start_forward(viewer, SERIAL, web_port, "--relay-only")
         try:
-            assert _fetch(forward.local_port) == PAGE
+            assert fetch_page(forward.local_port) == PAGE
         finally:
             assert forward.stop() == 0
 
