@@ -37,6 +37,15 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
+SESSION_PATHS = ("lan", "direct", "relay")
+"""The paths a viewer reports a session runs on (``PATCH /v1/sessions/{id}``)."""
+ALLOWED_PATHS: dict[PathPolicy, frozenset[str]] = {
+    PathPolicy.ALL: frozenset(SESSION_PATHS),
+    PathPolicy.RELAY_ONLY: frozenset({"relay"}),
+    PathPolicy.DIRECT_ONLY: frozenset({"lan", "direct"}),
+}
+"""The paths a session's policy lets it run on."""
+
 MAX_UPDATES = 64
 """Candidate updates one session may send (a viewer needs a handful; the rest is abuse)."""
 
@@ -58,6 +67,8 @@ class SessionRecord:
     state: SessionState = SessionState.CREATED
     updates: int = 0
     """Candidate updates (trickle requests) relayed so far; bounded by ``MAX_UPDATES``."""
+    path: str | None = None
+    """The path the viewer last reported (``SESSION_PATHS``); None until it reports."""
 
     def move(self, state: SessionState) -> None:
         """Advance to ``state``.
