@@ -298,7 +298,10 @@ def test_the_fleet_page_sums_every_nodes_counters(tmp_path: Path, redis: RedisSe
                 rate = page.split("<dt>Registrations per minute (last minute)</dt><dd>")[1].split("<")[0]
                 assert float(rate) == 3.0, rate
                 table = page.split('<table class="buckets">')[1]
-                buckets = [int(row.split("<td>", 1)[1].split("<")[0]) for row in table.split('<tr><th scope="row">')[1:]]
+                buckets = [
+                    int(row.split("<td>", 1)[1].split("<")[0])
+                    for row in table.split('<tr><th scope="row">')[1:]
+                ]
                 assert sum(buckets) == 3, buckets
 
                 # a node that stops is no longer counted once its counters are stale

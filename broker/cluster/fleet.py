@@ -170,6 +170,25 @@ def change_from_json(data: bytes | str) -> PresenceChanged:
     return PresenceChanged(serial, bool(online), float(at), address, reason, node)
 
 
+STOP_TRIES = 10
+STOP_WAIT_S = 0.5
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
+    """Cancel ``tasks`` and wait for them, bounded: a Redis read may swallow one cancellation (a
+    timeout and a cancel landing together), so a task still running is cancelled again, up to
+    ``STOP_TRIES`` times ``STOP_WAIT_S``; one that still runs then is left behind with a warning."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(STOP_TRIES):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
+    if pending:
+        log.warning("%s: %d task(s) did not stop within %.0f s", what, len(pending), STOP_TRIES * STOP_WAIT_S)
+
+
 class FleetBoard:
     """A node's dashboard link to the fleet; ``on_change`` receives the other nodes' changes,
     ``stats`` gives this node's counters when they are due."""
@@ -287,9 +306,7 @@ class FleetBoard:
 
     async def close(self) -> None:
         """Stop the loops and take this node's counters away."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, f"node {self.node_id} fleet dashboard")
         with contextlib.suppress(RedisError, OSError):
             await self._redis.hdel(STATS_KEY, self.node_id)
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from dvrlink.broker.cluster.counters import RedisLoginLimiter, RedisPairFailures
 from dvrlink.broker.cluster.directory import PresenceDirectory
-from dvrlink.broker.cluster.fleet import FleetBoard
+from dvrlink.broker.cluster.fleet import FleetBoard, stop_tasks
 from dvrlink.broker.cluster.node import NODE_TTL_MS, node_channel, node_key
 from dvrlink.broker.cluster.routing import ClusterPresence, InviteRouter
 from dvrlink.broker.cluster.sessions import SharedSessions
@@ -90,9 +90,7 @@ class Cluster:
 
     async def close(self) -> None:
         """Stop the loops, cancel routed invites, take this node's heartbeat key away."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, f"node {self.node_id}")
         await self.fleet.close()
         await self.router.close()
         with contextlib.suppress(RedisError):
