@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pytest_mock import MockerFixture
 from redis import Redis as SyncRedis
@@ -28,8 +29,9 @@ from redis import Redis as SyncRedis
 from dvrlink.broker.cluster.fleet import FLEET_CHANNEL, STATS_KEY, NodeStats, change_from_json, sum_stats
 from dvrlink.broker.cluster.node import presence_key
 from dvrlink.broker.cluster.runtime import Cluster
-from dvrlink.broker.dashboard.feed import PresenceChanged
-from dvrlink.protocol.identity import private_key_to_pem
+from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
+from dvrlink.protocol.identity import ed25519_public_bytes, private_key_to_pem
+from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import InviteReceived, Registered
 from dvrlink.protocol.presence_wire import INVITE_OK
 from dvrlink.protocol.signalling import INVITE_KIND_SESSION, AnswerStatus, SessionAnswer, SessionOffer
@@ -115,7 +117,17 @@ async def _located(redis: RedisServer, serial: str, node: str | None) -> None:
 
 
 class SessionDevice(SimulatedDevice):
-    """A simulated device that also accepts session offers."""
+    """A simulated device that also accepts session offers; ``key``: another presence client of a
+    device that exists (the same key, after a move to another node)."""
+
+    def __init__(self, serial: str, broker_key: bytes, key: Ed25519PrivateKey | None = None) -> None:
+        super().__init__(serial, broker_key)
+        if key is not None:
+            self.key = key
+            self.public_key = ed25519_public_bytes(key)
+            self.client = PresenceClient(
+                ClientConfig(serial=serial, broker_public_key=broker_key, reply_timeout=1.0), key
+            )
 
     def answer(self, invite: InviteReceived) -> None:
         if invite.kind != INVITE_KIND_SESSION:
@@ -126,8 +138,8 @@ class SessionDevice(SimulatedDevice):
         self.client.reply_invite(invite.invite_id, INVITE_OK, answer.encode(), self.loop.time())
 
 
-async def _device_at(node: Lab, serial: str) -> SimulatedDevice:
-    device = SessionDevice(serial, node.broker.info.public_key)
+async def _device_at(node: Lab, serial: str, key: Ed25519PrivateKey | None = None) -> SimulatedDevice:
+    device = SessionDevice(serial, node.broker.info.public_key, key)
     node.devices.append(device)
     await device.start(node.broker.info.udp_port)
     await device.next_event(Registered)
@@ -262,6 +274,66 @@ def test_live_changes_at_another_node_reach_the_viewer_and_resume_after_a_redis_
                     await next_presence(stream, D1, "offline", lines)
             finally:
                 await browser.close()
+
+    run(main)
+
+
+def test_a_late_offline_from_the_old_node_of_a_device_that_moved_shows_it_online_at_the_new_one(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    async def main() -> None:
+        async with fleet(tmp_path, redis) as (a, b):
+            old = await _device_at(b, D1)
+            _share(a, old, "alice")
+            sentinel_key = Ed25519PrivateKey.generate()
+            registry = a.broker.registry
+            assert (
+                registry.check_binding(D3, ed25519_public_bytes(sentinel_key), time.time(), False) is not None
+            )
+            registry.record_pairing("alice", D3, os.urandom(32), time.time())
+            await _located(redis, D1, "node1")
+            browser = DashboardClient(a.broker)
+            try:
+                await browser.login("alice", PASSWORD)
+                async with browser.http.get("/dashboard/events") as stream:
+                    lines: list[str] = []
+                    assert (await next_presence(stream, D1, "online", lines))["node"] == "node1"
+                    await _device_at(a, D1, old.key)  # the device moved to a; b has not noticed
+                    await _located(redis, D1, "node0")
+                    mark = len(lines)
+                    old.close()  # b's late GOODBYE: b publishes offline
+                    b.devices.remove(old)
+                    await wait_until_async(
+                        "b's offline to reach a", lambda: _cluster(a).fleet.received >= 2, seen=lambda: lines
+                    )
+                    sentinel = await _device_at(a, D3, sentinel_key)  # a later change: all before it was sent
+                    sentinel.close()
+                    a.devices.remove(sentinel)
+                    await next_presence(stream, D3, "online", lines)  # (its snapshot said offline)
+                    await next_presence(stream, D3, "offline", lines)
+                    updates = [json.loads(line[6:]) for line in lines[mark:] if line.startswith("data: ")]
+                    of_d1 = [(u["state"], u["node"]) for u in updates if u["serial"] == D1]
+                    assert of_d1 == [("online", "node0"), ("online", "node0")], (of_d1, lines)
+            finally:
+                await browser.close()
+
+    run(main)
+
+
+def test_the_feed_takes_other_nodes_changes_without_counting_their_registrations() -> None:
+    async def main() -> None:
+        feed = DashboardFeed(queue_size=2)
+        follower = feed.subscribe(frozenset({D1}))
+        feed.on_remote(PresenceChanged(D1, True, 100.0, "198.51.100.7:1", node="node1"))
+        feed.on_remote(PresenceChanged(D2, True, 100.0, "198.51.100.7:2", node="node1"))
+        assert feed.registrations_per_minute(101.0) == 0.0, "node1 counts its own registrations"
+        assert follower.queue.get_nowait() == PresenceChanged(
+            D1, True, 100.0, "198.51.100.7:1", None, "node1"
+        )
+        assert follower.queue.empty(), "another device's change"
+        assert [c.node for c in feed.history(D1)] == ["node1"]
+        feed.resync()  # the channel was lost: every follower starts over
+        assert follower.queue.get_nowait() is None and feed.subscribers == 0
 
     run(main)
 
