@@ -496,5 +496,10 @@ def test_the_viewer_reports_the_session_path_and_the_pages_show_it(
             with SyncRedis.from_url(redis.url) as client:
                 stored = json.loads(client.get(f"s:{session}") or b"{}")
             assert stored["w"] == "relay", stored
+            # ... and the fleet counts the session once, at the node that created it
+            await _cluster(b).fleet.write_stats()
+            await _cluster(a).fleet.write_stats()
+            total = sum_stats(_stats(redis).values())
+            assert total.sessions == 1, _stats(redis)
 
     run(main)

@@ -199,6 +199,8 @@ class FleetBoard:
         self._clock = clock
         """Wall-clock time (Unix seconds)."""
         self._pending: deque[str] = deque(maxlen=MAX_PENDING)
+        self._wake = asyncio.Event()
+        """Set when a change waits to be published."""
         self.on_change: Callable[[PresenceChanged], None] = lambda change: None
         self.on_resync: Callable[[], None] = lambda: None
         self.stats: Callable[[], NodeStats] | None = None
@@ -220,6 +222,7 @@ class FleetBoard:
         else:
             return
         self._pending.append(change_json(self.node_id, change))
+        self._wake.set()
 
     async def _publish_due(self) -> None:
         if not self._pending:
@@ -311,8 +314,11 @@ class FleetBoard:
             await self._redis.hdel(STATS_KEY, self.node_id)
 
     async def _publish_loop(self) -> None:
+        """Publish changes as they come (waking only for them, or for the counters every
+        ``STATS_S``); while Redis is unreachable, retry every ``TICK_S``."""
         next_stats = 0.0
         while True:
+            pause = 0.0
             try:
                 await self._publish_due()
                 now = time.monotonic()
@@ -321,9 +327,16 @@ class FleetBoard:
                     await self.write_stats()
             except (RedisError, OSError) as exc:
                 log.debug("node %s: fleet dashboard writes wait for Redis (%s)", self.node_id, exc)
+                pause = TICK_S
             except Exception:  # a bug must not end the fleet's live updates: log, go on
                 log.exception("node %s: fleet dashboard tick failed", self.node_id)
-            await asyncio.sleep(TICK_S)
+                pause = TICK_S
+            if pause:
+                await asyncio.sleep(pause)
+            elif not self._pending:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(next_stats - time.monotonic(), 0.0))
 
     async def _listen_loop(self) -> None:
         pause = TICK_S

@@ -76,6 +76,8 @@ class SessionLookup(Protocol):
 
     def live(self, now: float) -> list[SessionRecord]: ...
 
+    def created_here(self, now: float) -> list[SessionRecord]: ...
+
 
 class AlarmLookup(Protocol):
     """Stored alarms (``AlarmStore``)."""
@@ -365,7 +367,7 @@ class DashboardView:
         else:
             found = (self._presence.presence(d.serial) for d in self._registry.devices())
             intervals = (i.keepalive_interval for i in found if i is not None and i.online)
-        paths = path_counts(self._sessions.live(now))
+        paths = path_counts(self._sessions.created_here(now))  # a session counts at one node only
         return NodeStats(
             self._presence.online_count,
             self._feed.registrations_per_minute(now),
