@@ -2,7 +2,8 @@
 Redis, a real ``dvrlinkd`` registered at node b, and Debian's Chromium (headless, Selenium
 through Debian's chromedriver) logged in at node a. The device's row at a goes offline when the
 daemon falls silent at b (SIGSTOP: b's keepalive timeout) and online again when it resumes,
-without a reload; the device page at a names node b.
+without a reload; the device page at a names node b (screenshot ``cluster-device.png``, to
+``DVRLINK_SCREENSHOT_DIR`` if set).
 
 Until the registry is shared (PostgreSQL), each node has its own SQLite registry: the daemon
 first registers at a, where the account pairs it, then moves to b (same key: b binds it on first
@@ -183,7 +184,11 @@ def _field(driver: Any, name: str) -> str:
     return str(cells[0].text) if cells else f"(no {name})"
 
 
-def test_a_viewer_at_node_a_follows_a_device_held_by_node_b(rig: ClusterRig, browser: Any) -> None:
+def test_a_viewer_at_node_a_follows_a_device_held_by_node_b(
+    rig: ClusterRig, browser: Any, tmp_path: Path
+) -> None:
+    shots = Path(os.environ.get("DVRLINK_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
     driver = browser
     driver.get(f"{rig.base}/dashboard/login")
     _wait(driver, "the login form", lambda d: d.find_elements("id", "username"))
@@ -205,6 +210,7 @@ def test_a_viewer_at_node_a_follows_a_device_held_by_node_b(rig: ClusterRig, bro
     driver.get(f"{rig.base}/dashboard/devices/{SERIAL}")
     _wait(driver, "the device page", lambda d: _field(d, "node") == "node-b")
     _wait(driver, "the live stream", lambda d: d.find_element("id", "live").text == "Live updates: on")
+    driver.save_screenshot(str(shots / "cluster-device.png"))
     rig.daemon.stop()  # GOODBYE at b
     _wait(driver, "the device page going offline", lambda d: _field(d, "state") == "offline")
     assert _field(driver, "node") == "none (offline)"

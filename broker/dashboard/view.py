@@ -282,7 +282,13 @@ class DashboardView:
             return row
         node = holders.nodes.get(row.serial)
         if node is not None:
-            return dataclasses.replace(row, online=True, node=node)
+            last_seen = row.last_seen
+            history = self._feed.history(row.serial)
+            if history and history[0].node == node:  # the holder's newest news of it
+                seen = format_time(history[0].at)
+                if last_seen == "never" or seen > last_seen:  # the format sorts as text
+                    last_seen = seen
+            return dataclasses.replace(row, online=True, node=node, last_seen=last_seen)
         if row.online:  # online here; its key is not written yet, or Redis cannot be asked
             return dataclasses.replace(row, node=self._fleet.node_id)
         return row
