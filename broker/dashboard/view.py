@@ -255,6 +255,8 @@ class DashboardView:
         """Wall-clock time (Unix seconds)."""
         self._fleet = fleet
         self._intervals = intervals
+        self._redis_down = False
+        """Whether the last look-up in Redis failed (the warning is logged once per outage)."""
 
     @property
     def clustered(self) -> bool:
@@ -271,10 +273,16 @@ class DashboardView:
         if self._fleet is None:
             return None
         try:
-            return Holders(await self._fleet.locate(serials))
+            found = await self._fleet.locate(serials)
         except (RedisError, OSError) as exc:
-            log.warning("dashboard: cannot ask Redis where devices are (%s); showing this node's view", exc)
+            if not self._redis_down:  # once per outage, not once per page or follower
+                log.warning("dashboard: Redis cannot say where devices are (%s); showing this node's", exc)
+                self._redis_down = True
             return Holders({}, f"the cluster's Redis cannot be reached ({exc})")
+        if self._redis_down:
+            log.info("dashboard: Redis answers again; the pages show the whole fleet")
+            self._redis_down = False
+        return Holders(found)
 
     def with_holders(self, row: DeviceRow, holders: Holders | None) -> DeviceRow:
         """``row`` as the cluster sees it: online if any node holds the device, with that node."""
