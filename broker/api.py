@@ -135,6 +135,7 @@ class BrokerApi:
         app.router.add_post("/v1/sessions", sessions.create_session)
         app.router.add_get("/v1/sessions", sessions.list_sessions, allow_head=False)
         app.router.add_delete("/v1/sessions/{session_id}", sessions.end_session)
+        app.router.add_patch("/v1/sessions/{session_id}", sessions.report_path)
         app.router.add_post("/v1/sessions/{session_id}/offer", sessions.offer_session)
         app.router.add_post("/v1/sessions/{session_id}/candidates", sessions.trickle_candidates)
         return app

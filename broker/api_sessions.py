@@ -25,8 +25,10 @@ from dvrlink.broker.api_common import (
 )
 from dvrlink.broker.config import ExternalTurnServer
 from dvrlink.broker.sessions import (
+    ALLOWED_PATHS,
     ENDED,
     MAX_UPDATES,
+    SESSION_PATHS,
     SessionRecord,
     SessionState,
     SessionTable,
@@ -162,6 +164,37 @@ class SessionRoutes:
             await self._shared.end(record)
         log.info("session %s: ended by %r", record.session_id.hex(), user)
         return web.json_response({"session_id": record.session_id.hex(), "ended": True})
+
+    async def report_path(self, request: web.Request) -> web.Response:
+        """PATCH /v1/sessions/{session_id}: the viewer tells which path the session runs on now
+        (``{"path": "lan"|"direct"|"relay"}``), once it is up and each time it moves."""
+        user = self._ctx.user(request)
+        body = await json_body(request, self._config.http_body_timeout_s)
+        extra = sorted(set(body) - {"path"})
+        if extra:
+            raise ApiError(400, "bad_request", f'unknown field {extra[0][:64]!r}; send only "path"')
+        path = body.get("path")
+        if path not in SESSION_PATHS:
+            raise ApiError(400, "bad_request", f"field 'path' must be one of {', '.join(SESSION_PATHS)}")
+        record = await self._own_session(user, request.match_info["session_id"])
+        if record.state is not SessionState.ANSWERED:
+            raise ApiError(
+                409,
+                "session_not_answered",
+                f"session {record.session_id.hex()} is {record.state.value}: report its path once the "
+                "device answered the offer",
+            )
+        if path not in ALLOWED_PATHS[record.policy]:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"path {path!r} is not allowed by the session's policy {POLICY_NAMES[record.policy]}",
+            )
+        if record.path != path:
+            record.path = path
+            await self._save(record)
+            log.info("session %s: %r reports path %s", record.session_id.hex(), user, path)
+        return web.json_response(self._session_json(record), headers={"Cache-Control": "no-store"})
 
     async def offer_session(self, request: web.Request) -> web.Response:
         """POST /v1/sessions/{session_id}/offer: push the viewer's ICE offer to the device and
@@ -437,6 +470,7 @@ class SessionRoutes:
             "state": record.state.value,
             "created_at": round(record.created_at, 3),
             "expires_at": round(record.expires_at, 3),
+            "path": record.path,
         }
 
 

@@ -381,7 +381,13 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             dashboard,
             frozenset(config.dashboard_operators),
             time.time,
+            None if cluster is None else cluster.fleet,
+            lambda: (i.keepalive_interval for i in map(server.presence, server.online_serials()) if i),
         )
+        if cluster is not None:  # the dashboard follows and counts the whole fleet
+            cluster.fleet.on_change = dashboard.on_remote
+            cluster.fleet.on_resync = dashboard.resync
+            cluster.fleet.stats = view.node_stats
         pages = DashboardRoutes(
             view,
             dashboard,

@@ -69,6 +69,10 @@ _SESSION_FIELDS: dict[str, Any] = {
     },
     "created_at": {"type": "number", "description": "Unix seconds"},
     "expires_at": {"type": "number", "description": "Unix seconds; the broker forgets the session then"},
+    "path": {
+        "enum": ["lan", "direct", "relay", None],
+        "description": "The path the viewer last reported (PATCH); null until it reports",
+    },
 }
 _CANDIDATES = {
     "type": "array",
@@ -241,6 +245,18 @@ def openapi_document() -> dict[str, Any]:
                             "required": ["host", "port"],
                             "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
                         },
+                    },
+                },
+                "SessionPath": {
+                    "type": "object",
+                    "required": ["path"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "path": {
+                            "enum": ["lan", "direct", "relay"],
+                            "description": "The path the session runs on now; relay-only sessions "
+                            "may only say relay, direct-only ones lan or direct",
+                        }
                     },
                 },
                 "SessionList": {
@@ -727,7 +743,26 @@ def openapi_document() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _error("No such session for this account, or it expired (`unknown_session`)"),
                     },
-                }
+                },
+                "patch": {
+                    "summary": "Report the path the session runs on (when it is up and at each move); "
+                    "the dashboard shows it",
+                    "operationId": "reportSessionPath",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SESSION_ID],
+                    "requestBody": _body("SessionPath"),
+                    "responses": {
+                        "200": _json("The session with its path", "Session"),
+                        "400": _error(
+                            "Malformed body, an unknown field, or a path the session's policy does not "
+                            "allow (`bad_request`)"
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such session for this account, or it expired (`unknown_session`)"),
+                        "409": _error("The device has not answered the offer yet (`session_not_answered`)"),
+                        "413": _error("Body larger than 64 KiB (`body_too_large`)"),
+                    },
+                },
             },
             "/v1/sessions/{session_id}/offer": {
                 "post": {

@@ -37,6 +37,15 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
+SESSION_PATHS = ("lan", "direct", "relay")
+"""The paths a viewer reports a session runs on (``PATCH /v1/sessions/{id}``)."""
+ALLOWED_PATHS: dict[PathPolicy, frozenset[str]] = {
+    PathPolicy.ALL: frozenset(SESSION_PATHS),
+    PathPolicy.RELAY_ONLY: frozenset({"relay"}),
+    PathPolicy.DIRECT_ONLY: frozenset({"lan", "direct"}),
+}
+"""The paths a session's policy lets it run on."""
+
 MAX_UPDATES = 64
 """Candidate updates one session may send (a viewer needs a handful; the rest is abuse)."""
 
@@ -58,6 +67,8 @@ class SessionRecord:
     state: SessionState = SessionState.CREATED
     updates: int = 0
     """Candidate updates (trickle requests) relayed so far; bounded by ``MAX_UPDATES``."""
+    path: str | None = None
+    """The path the viewer last reported (``SESSION_PATHS``); None until it reports."""
 
     def move(self, state: SessionState) -> None:
         """Advance to ``state``.
@@ -109,6 +120,8 @@ class SessionTable:
         self._max = max_per_account
         self._rng = rng
         self._by_id: dict[bytes, SessionRecord] = {}
+        self._adopted: set[bytes] = set()
+        """Sessions another node created (``adopt``)."""
         self._by_account: dict[str, dict[bytes, SessionRecord]] = {}
 
     def __len__(self) -> int:
@@ -155,12 +168,20 @@ class SessionTable:
         self.prune(now)
         return sorted(self._by_id.values(), key=lambda r: r.created_at)
 
+    def created_here(self, now: float) -> list[SessionRecord]:
+        """The live sessions this table created (not adopted from another node), oldest first: a
+        cluster's counters add these up, so a session another node continued counts once."""
+        return [r for r in self.live(now) if r.session_id not in self._adopted]
+
     def adopt(self, record: SessionRecord) -> SessionRecord:
         """Keep ``record`` (read from a cluster's shared store), replacing this table's copy of
         the same session; a record over the account's limit is kept too (another node let it in)."""
         old = self._by_id.get(record.session_id)
+        created_elsewhere = old is None or record.session_id in self._adopted
         if old is not None:
             self._forget(old)
+        if created_elsewhere:
+            self._adopted.add(record.session_id)
         self._by_id[record.session_id] = record
         self._by_account.setdefault(record.account, {})[record.session_id] = record
         return record
@@ -178,6 +199,7 @@ class SessionTable:
 
     def _forget(self, record: SessionRecord) -> None:
         self._by_id.pop(record.session_id, None)
+        self._adopted.discard(record.session_id)
         records = self._by_account.get(record.account)
         if records is not None:
             records.pop(record.session_id, None)

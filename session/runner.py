@@ -702,6 +702,8 @@ class ViewerRunner(_Runner):
         self._viewer = core
         self.path_changes: list[Path] = []
         """Every path the session moved to, in order (the first is where it connected)."""
+        self.on_path_change: Callable[[Path], None] = lambda path: None
+        """Called with each path appended to ``path_changes`` (the viewer tells the broker)."""
         self._path_check: asyncio.TimerHandle | None = None
         self._switched_at = time.monotonic()
         """``time.monotonic()`` of the last move to another path."""
@@ -725,6 +727,7 @@ class ViewerRunner(_Runner):
         if core.path is None:
             core.connect(path, now)
             self.path_changes.append(path)
+            self.on_path_change(path)
             self._schedule()
         elif core.state is SessionState.ESTABLISHED:
             self._maybe_switch()
@@ -745,6 +748,7 @@ class ViewerRunner(_Runner):
         self._viewer.switch_path(best, self._loop.time())
         self._switched_at = time.monotonic()
         self.path_changes.append(best)
+        self.on_path_change(best)
         self._schedule()
         self._watch_path()
 

@@ -214,7 +214,7 @@ def test_viewers_see_only_their_devices_and_operators_the_fleet(tmp_path: Path) 
                 ):
                     assert shown in row, (shown, row)
 
-                # sessions: the broker knows the policy it signalled, not the path ICE picked
+                # sessions: before the viewer reports a path, the broker knows only the policy it signalled
                 auth = await t.login("bob")
                 for policy in ("relay_only", "all"):
                     status, body = await t.call(
@@ -225,7 +225,7 @@ def test_viewers_see_only_their_devices_and_operators_the_fleet(tmp_path: Path) 
                 assert "<dt>Sessions signalled and open</dt><dd>2</dd>" in text
                 assert "<dt>Relay share of sessions</dt><dd>50 %</dd>" in text
                 status, text, _resp = await bob.get("/dashboard/devices")
-                assert ">2 open: 1 relayed, 1 path not known to the broker<" in text
+                assert ">2 open: 1 relay, 1 path not reported yet<" in text
                 status, text, _resp = await olga.get(f"/dashboard/devices/{SERIAL}")
                 assert status == 200 and "not paired to you; 1 other account paired" in text
                 assert 'id="device-name"' not in text  # names belong to pairings

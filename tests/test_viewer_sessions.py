@@ -28,6 +28,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.connectivity import Lab, lab
 from support.session import make_device
+from support.waiting import wait_until_async
 
 from dvrlink.daemon.services import DeviceInfo, ServicesConfig, SessionServices
 from dvrlink.protocol.identity import b64decode_key, ed25519_public_bytes, fingerprint
@@ -78,6 +79,8 @@ class FakeSessionBroker:
         self.drop_candidates = False  # answer without candidates: no path can be found
         self.sessions: dict[str, dict[str, Any]] = {}
         self.offers: list[dict[str, Any]] = []
+        self.paths: list[tuple[str, str]] = []
+        """(session id, path) of each PATCH /v1/sessions/{id}, in order."""
         self.echo_port = 0
         self.lab: Lab | None = None
         self.stack: AsyncExitStack | None = None
@@ -87,7 +90,19 @@ class FakeSessionBroker:
         app.router.add_post("/v1/sessions", self.create)
         app.router.add_get("/v1/sessions", self.list)
         app.router.add_post("/v1/sessions/{session_id}/offer", self.offer)
+        app.router.add_patch("/v1/sessions/{session_id}", self.report_path)
         return app
+
+    async def report_path(self, request: web.Request) -> web.Response:
+        refused = self.refused(request)
+        if refused is not None:
+            return refused
+        session_id = request.match_info["session_id"]
+        body = await request.json()
+        if session_id not in self.sessions or set(body) != {"path"}:
+            return self.error(404, "unknown_session", "no such session")
+        self.paths.append((session_id, body["path"]))
+        return web.json_response({"session_id": session_id, "path": body["path"]})
 
     @staticmethod
     def error(http: int, code: str, message: str, headers: Any = None, **extra: Any) -> web.Response:
@@ -407,6 +422,27 @@ def test_session_over_the_relay_pings_and_forwards(
     own = home.load_key()
     assert own is not None and key == ed25519_public_bytes(own)
     assert any(" typ relay" in c for c in offer["candidates"])
+
+
+def test_the_viewer_tells_the_broker_the_path_its_session_runs_on(
+    url: str, home: ViewerHome, fake: FakeSessionBroker
+) -> None:
+    async def report(session_id: str, path: str) -> None:
+        async with _client(url) as client:  # a client of its own, as `dvrlink forward` does
+            await client.report_path(session_id, path)
+
+    async def go() -> None:
+        async with _client(url) as client:
+            runner = await open_session(
+                client, home, SERIAL, PathPolicy.RELAY_ONLY, [LOOPBACK], report_path=report
+            )
+        try:
+            await wait_until_async("the path reported", lambda: fake.paths, seen=lambda: fake.paths)
+            assert fake.paths == [(next(iter(fake.sessions)), "relay")]
+        finally:
+            await runner.close()
+
+    _run(go())
 
 
 def test_no_path(url: str, home: ViewerHome, fake: FakeSessionBroker) -> None:

@@ -306,6 +306,22 @@ class BrokerClient:
             return False
         raise self._error(resp, "DELETE", path, serial=None)
 
+    async def report_path(self, session_id: str, path: str) -> bool:
+        """``PATCH /v1/sessions/{id}``: the session runs on ``path`` (lan, direct or relay) now,
+        which the broker's dashboard shows; False if the broker had already forgotten it.
+
+        Raises:
+            ViewerError: bad login, the broker cannot be reached, refused (not answered yet, a path
+                its policy does not allow), ...
+        """
+        url_path = f"/v1/sessions/{session_id}"
+        resp = await self._request("PATCH", url_path, {"path": path})
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise self._error(resp, "PATCH", url_path, serial=None)
+
     async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
         """``POST /v1/sessions``: a session id plus TURN credentials and the STUN server to gather with.
 

@@ -787,6 +787,7 @@ async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> View
             session_policy(args),
             args.host_address,
             end=functools.partial(_end_session, args, login),
+            report_path=functools.partial(_report_path, args, login),
         )
 
 
@@ -794,6 +795,12 @@ async def _end_session(args: argparse.Namespace, login: Login, session_id: str) 
     """Tell the broker a closed session is over, so it does not count against the account."""
     async with _client(args, login, warn=False) as client:
         await client.end_session(session_id)
+
+
+async def _report_path(args: argparse.Namespace, login: Login, session_id: str, path: str) -> None:
+    """Tell the broker which path a session runs on now (its dashboard shows it)."""
+    async with _client(args, login, warn=False) as client:
+        await client.report_path(session_id, path)
 
 
 def format_bytes(count: int) -> str:

@@ -113,6 +113,7 @@ async def open_session(
     timeout_s: float = ESTABLISH_TIMEOUT_S,
     config: SessionConfig | None = None,
     end: Callable[[str], Awaitable[object]] | None = None,
+    report_path: Callable[[str, str], Awaitable[object]] | None = None,
     wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
 ) -> ViewerRunner:
     """Open a session to ``serial`` and return its runner once the device proved its pinned key.
@@ -121,6 +122,8 @@ async def open_session(
     addresses, so tests on 127.0.0.1 must name it). The caller closes the runner. ``end`` tells
     the broker the session is over when the runner closes (``BrokerClient.end_session`` on a
     client of its own: ``client`` may be closed by then); one that fails to open is ended at once.
+    ``report_path`` tells the broker the path the session runs on (``BrokerClient.report_path``,
+    again on a client of its own), once it is up and after each move (``PathReporter``).
 
     Raises:
         ViewerError: no pin or viewer key on this computer (pair first / log in first), any
@@ -147,9 +150,66 @@ async def open_session(
             async with asyncio.timeout(AFTER_CLOSE_TIMEOUT_S):
                 await client.end_session(grant.session_id)
         raise
+    if report_path is not None:
+        reporter = PathReporter(grant.session_id, report_path)
+        runner.on_path_change = reporter.changed
+        if runner.path is not None:
+            reporter.changed(runner.path)
+        reporter.start()
+        runner.after_close.append(reporter.stop)
     if end is not None:
         runner.after_close.append(functools.partial(end, grant.session_id))
     return runner
+
+
+class PathReporter:
+    """Tells the broker which path a session runs on: one report at a time, the newest path wins
+    (moves during a report are folded into the next one). A failed report is logged and not
+    retried until the next move: the path is for the dashboard, the session does not need it."""
+
+    def __init__(self, session_id: str, report: Callable[[str, str], Awaitable[object]]) -> None:
+        self._session_id = session_id
+        self._report = report
+        self._wanted: str | None = None
+        self._sent: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reported: list[str] = []
+        """The paths reported so far, in order."""
+
+    def changed(self, path: tuple[str, int]) -> None:
+        """The session moved to ``path`` (``("lan"|"direct"|"relay", 0)``)."""
+        self._wanted = path[0]
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start reporting in the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"path report {self._session_id}"
+        )
+
+    async def stop(self) -> None:
+        """Stop reporting (the session closed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            path = self._wanted
+            if path is None or path == self._sent:
+                continue
+            try:
+                async with asyncio.timeout(AFTER_CLOSE_TIMEOUT_S):
+                    await self._report(self._session_id, path)
+            except (ViewerError, TimeoutError) as exc:
+                log.info("could not tell the broker the session runs on %s: %s", path, exc)
+                continue
+            self._sent = path
+            self.reported.append(path)
 
 
 async def _establish(

@@ -10,6 +10,9 @@ key                value                       expiry
 ``s:<session>``    session record (JSON)       the session's remaining ``session_ttl_s``
 ``l:<user>|<ip>``  sorted set of failure times ``login_window_s``
 ``r:<node id>``    pub/sub channel: invites to that node and outcomes back to it
+``e:presence``     pub/sub channel: every node's online/offline changes (dashboards)
+``m``              hash: node id -> counters   fields rewritten every 2 s, stale after
+                   of its dashboard (JSON)     10 s (``cluster/fleet.py``)
 =================  ==========================  ========================================
 """
 

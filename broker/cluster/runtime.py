@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from dvrlink.broker.cluster.counters import RedisLoginLimiter, RedisPairFailures
 from dvrlink.broker.cluster.directory import PresenceDirectory
+from dvrlink.broker.cluster.fleet import FleetBoard, stop_tasks
 from dvrlink.broker.cluster.node import NODE_TTL_MS, node_channel, node_key
 from dvrlink.broker.cluster.routing import ClusterPresence, InviteRouter
 from dvrlink.broker.cluster.sessions import SharedSessions
@@ -65,6 +66,8 @@ class Cluster:
     sessions: SharedSessions
     logins: RedisLoginLimiter
     pair_failures: RedisPairFailures
+    fleet: FleetBoard
+    """The dashboard's fleet-wide presence, live changes and counters."""
     connected: bool = False
     """Whether the last heartbeat reached Redis."""
     rebuilds: int = 0
@@ -74,6 +77,7 @@ class Cluster:
     def on_event(self, event: ServerEvent) -> None:
         """Observe a presence core event (``DeviceOnline``/``DeviceOffline``)."""
         self.directory.on_event(event)
+        self.fleet.on_event(event, time.time())
 
     def start(self) -> None:
         """Start the tick loop and the subscriber loop in the running event loop."""
@@ -82,12 +86,12 @@ class Cluster:
             loop.create_task(self._tick_loop(), name=f"cluster-tick {self.node_id}"),
             loop.create_task(self._listen_loop(), name=f"cluster-listen {self.node_id}"),
         )
+        self.fleet.start()
 
     async def close(self) -> None:
         """Stop the loops, cancel routed invites, take this node's heartbeat key away."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, f"node {self.node_id}")
+        await self.fleet.close()
         await self.router.close()
         with contextlib.suppress(RedisError):
             await self.redis.delete(node_key(self.node_id))
@@ -174,6 +178,7 @@ def start_cluster(
             FailureLimiter(config.login_max_failures, config.login_window_s),
         ),
         RedisPairFailures(redis, registry, max(config.pairing_window_s, config.pairing_device_window_s)),
+        FleetBoard(redis, node_id, wall_clock),
     )
     cluster.start()
     log.info("node %s joins the fleet on Redis %s", node_id, _redacted(config.redis_url))

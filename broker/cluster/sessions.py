@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dvrlink.broker.cluster.node import session_key
-from dvrlink.broker.sessions import ENDED, SessionRecord, SessionState, SharedStoreUnavailable
+from dvrlink.broker.sessions import ENDED, SESSION_PATHS, SessionRecord, SessionState, SharedStoreUnavailable
 from dvrlink.protocol.signalling import PathPolicy
 
 TOMBSTONE = "-"
@@ -31,19 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def record_json(record: SessionRecord) -> str:
-    """The stored form of ``record``."""
-    return json.dumps(
-        {
-            "a": record.account,
-            "d": record.serial,
-            "p": int(record.policy),
-            "c": record.created_at,
-            "e": record.expires_at,
-            "s": record.state.value,
-            "u": record.updates,
-        },
-        separators=(",", ":"),
-    )
+    """The stored form of ``record`` (``w``, the reported path, only once there is one)."""
+    doc: dict[str, object] = {
+        "a": record.account,
+        "d": record.serial,
+        "p": int(record.policy),
+        "c": record.created_at,
+        "e": record.expires_at,
+        "s": record.state.value,
+        "u": record.updates,
+    }
+    if record.path is not None:
+        doc["w"] = record.path
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def record_from_json(session_id: bytes, text: bytes | str) -> SessionRecord:
@@ -54,6 +54,9 @@ def record_from_json(session_id: bytes, text: bytes | str) -> SessionRecord:
     """
     try:
         doc = json.loads(text)
+        path = doc.get("w")
+        if path is not None and path not in SESSION_PATHS:
+            raise ValueError(f"unknown path {path!r}")
         return SessionRecord(
             session_id,
             str(doc["a"]),
@@ -63,8 +66,9 @@ def record_from_json(session_id: bytes, text: bytes | str) -> SessionRecord:
             float(doc["e"]),
             SessionState(doc["s"]),
             int(doc["u"]),
+            path,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"session {session_id.hex()}: bad stored record ({exc})") from None
 
 

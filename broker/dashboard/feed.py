@@ -38,6 +38,9 @@ class PresenceChanged:
     """Unix seconds."""
     address: str | None = None
     reason: str | None = None
+    node: str | None = None
+    """The broker node that saw it, for a change another node of a cluster published; None for
+    this node's own."""
 
 
 class Subscription:
@@ -81,6 +84,16 @@ class DashboardFeed:
             self._publish(PresenceChanged(event.serial, True, now, address=format_address(event.address)))
         elif isinstance(event, DeviceOffline):
             self._publish(PresenceChanged(event.serial, False, now, reason=event.reason))
+
+    def on_remote(self, change: PresenceChanged) -> None:
+        """Take a change another node of the cluster saw (``broker/cluster/fleet.py``): into the
+        history and to the followers, not into this node's registration rate."""
+        self._publish(change)
+
+    def resync(self) -> None:
+        """Changes may have been missed (the cluster's channel was lost for a while): end every
+        follower's stream, so each browser reconnects and starts from a fresh snapshot."""
+        self.close()
 
     def history(self, serial: str) -> list[PresenceChanged]:
         """The last transitions of ``serial`` seen since the broker started, newest first."""

@@ -71,12 +71,21 @@ def _live_note() -> str:
     return '<p class="live" id="live" aria-live="polite">Live updates: connecting…</p>'
 
 
+def _notice(notice: str | None) -> str:
+    if not notice:
+        return ""
+    return f'<p class="notice" role="status">Only this node\'s knowledge is shown: {esc(notice)}.</p>'
+
+
 def _state_cell(row: DeviceRow) -> str:
     return f'<td data-field="state" class="state {row.state}">{row.state}</td>'
 
 
-def devices_page(rows: Iterable[DeviceRow], username: str, csrf: str, operator: bool) -> str:
-    """The device list."""
+def devices_page(
+    rows: Iterable[DeviceRow], username: str, csrf: str, operator: bool, notice: str | None = None
+) -> str:
+    """The device list; ``notice`` says why other nodes' knowledge is missing (a cluster whose
+    Redis cannot be reached)."""
     heads = (
         "Serial",
         "Name",
@@ -107,7 +116,7 @@ def devices_page(rows: Iterable[DeviceRow], username: str, csrf: str, operator: 
         if lines
         else '<p class="empty">No devices yet. Pair one with <code>dvrlink pair</code>.</p>'
     )
-    body = f"<h1>Devices</h1>{_live_note()}{table}"
+    body = f"<h1>Devices</h1>{_live_note()}{_notice(notice)}{table}"
     return _page("Devices", body, username, csrf, operator)
 
 
@@ -118,8 +127,15 @@ def _events(title: str, lines: tuple[EventLine, ...], empty: str) -> str:
     return f'<section><h2>{esc(title)}</h2><ol class="events">{items}</ol></section>'
 
 
-def device_page(page: DevicePage, username: str, csrf: str, operator: bool) -> str:
-    """A device's page."""
+def device_page(
+    page: DevicePage,
+    username: str,
+    csrf: str,
+    operator: bool,
+    clustered: bool = False,
+    notice: str | None = None,
+) -> str:
+    """A device's page; ``clustered``: say which broker node holds it."""
     row = page.row
     facts = (
         ("Name", row.name or "no name"),
@@ -135,7 +151,13 @@ def device_page(page: DevicePage, username: str, csrf: str, operator: bool) -> s
     state = (
         f'<p class="status" data-serial="{esc(row.serial)}">State: '
         f'<span data-field="state" class="state {row.state}">{row.state}</span>, last seen '
-        f'<span data-field="last_seen">{esc(row.last_seen)}</span></p>'
+        f'<span data-field="last_seen">{esc(row.last_seen)}</span>'
+        + (
+            f'; broker node: <span data-field="node">{esc(row.node or "none (offline)")}</span>'
+            if clustered
+            else ""
+        )
+        + "</p>"
     )
     rename = ""
     if page.can_rename:
@@ -153,7 +175,8 @@ def device_page(page: DevicePage, username: str, csrf: str, operator: bool) -> s
         else '<section><h2>Last report</h2><p class="empty">The device has not reported yet.</p></section>'
     )
     body = (
-        f'<h1>Device {esc(row.serial)}</h1>{_live_note()}{state}<dl class="facts">{details}</dl>{rename}'
+        f"<h1>Device {esc(row.serial)}</h1>{_live_note()}{_notice(notice)}{state}"
+        f'<dl class="facts">{details}</dl>{rename}'
         + _events("Recent alarms", page.alarms, "No alarms stored.")
         + _events(
             "Connectivity history",
@@ -173,9 +196,13 @@ def fleet_page(page: FleetPage, username: str, csrf: str) -> str:
         ("Registrations per minute (last minute)", page.registrations_per_minute),
         ("Sessions signalled and open", str(page.sessions)),
         ("Relay share of sessions", page.relay_share),
+        (
+            "Sessions by path",
+            ", ".join(f"{count} {path}" for path, count in page.paths) or "no sessions",
+        ),
         ("Dashboard followers", str(page.followers)),
     )
-    live_field = {"Online now": ' data-field="online_count"'}
+    live_field = {"Online now": ' data-field="online_count"'} if page.scope == "this broker" else {}
     items = "".join(f"<dt>{esc(k)}</dt><dd{live_field.get(k, '')}>{esc(v)}</dd>" for k, v in counters)
     top = max([count for _label, count in page.keepalive_buckets] + [1])
     bars = "".join(
@@ -183,10 +210,13 @@ def fleet_page(page: FleetPage, username: str, csrf: str) -> str:
         f'<td><meter min="0" max="{top}" value="{count}" aria-label="{esc(label)}">{count}</meter></td></tr>'
         for label, count in page.keepalive_buckets
     )
+    problem = f'<p class="notice" role="status">{esc(page.problem)}.</p>' if page.problem else ""
     body = (
-        f'<h1>Fleet</h1>{_live_note()}<dl class="counters">{items}</dl>'
-        '<p class="hint">Relay share counts sessions signalled relay-only; for the others viewer and '
-        "device choose the path between them, and the broker is not told which.</p>"
+        f'<h1>Fleet</h1>{_live_note()}{problem}<p class="scope">Counters of {esc(page.scope)}.</p>'
+        f'<dl class="counters">{items}</dl>'
+        '<p class="hint">A session\'s path is the one its viewer reported (lan, direct or relay); a '
+        "session signalled relay-only counts as relay before its viewer reports; the others count as "
+        "unknown until then.</p>"
         '<table class="buckets"><caption>Keepalive interval of the online devices</caption>'
         '<thead><tr><th scope="col">Interval</th><th scope="col">Devices</th>'
         f'<th scope="col">Share</th></tr></thead><tbody>{bars}</tbody></table>'

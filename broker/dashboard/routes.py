@@ -21,6 +21,7 @@ allows only this origin's script and style (none inline) and no framing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.resources
 import json
 import logging
@@ -33,7 +34,7 @@ from aiohttp import web
 from dvrlink.broker.api_common import ApiError, Handler
 from dvrlink.broker.api_devices import NAME_MAX
 from dvrlink.broker.dashboard import render
-from dvrlink.broker.dashboard.feed import DashboardFeed
+from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
 from dvrlink.broker.dashboard.logins import Login, LoginTable, csrf_matches
 from dvrlink.broker.dashboard.view import DashboardView
 from dvrlink.broker.registry import USERNAME_MAX
@@ -278,7 +279,10 @@ class DashboardRoutes:
         login = self._required(request)
         user = login.username
         rows = self._view.device_rows(user)
-        return _html(render.devices_page(rows, user, login.csrf_token, self._view.is_operator(user)))
+        holders = await self._view.holders([r.serial for r in rows])
+        rows = [self._view.with_holders(r, holders) for r in rows]
+        notice = None if holders is None else holders.problem
+        return _html(render.devices_page(rows, user, login.csrf_token, self._view.is_operator(user), notice))
 
     async def device(self, request: web.Request) -> web.Response:
         """GET /dashboard/devices/{serial}: 404 for a device the account may not see."""
@@ -287,7 +291,18 @@ class DashboardRoutes:
         page = self._view.device_page(user, request.match_info["serial"])
         if page is None:
             raise _Refused(404, "No such device among yours. Pair it first (dvrlink pair).")
-        return _html(render.device_page(page, user, login.csrf_token, self._view.is_operator(user)))
+        holders = await self._view.holders([page.row.serial])
+        page = dataclasses.replace(page, row=self._view.with_holders(page.row, holders))
+        return _html(
+            render.device_page(
+                page,
+                user,
+                login.csrf_token,
+                self._view.is_operator(user),
+                self._view.clustered,
+                None if holders is None else holders.problem,
+            )
+        )
 
     async def rename(self, request: web.Request) -> web.Response:
         """POST /dashboard/devices/{serial}/name: csrf, name (empty: no name)."""
@@ -308,7 +323,7 @@ class DashboardRoutes:
             raise _Refused(
                 403, "The fleet page is for operators (dashboard_operators in the broker's config)."
             )
-        return _html(render.fleet_page(self._view.fleet_page(), login.username, login.csrf_token))
+        return _html(render.fleet_page(await self._view.fleet_page(), login.username, login.csrf_token))
 
     async def static(self, request: web.Request) -> web.Response:
         """GET /dashboard/static/{name}."""
@@ -338,8 +353,13 @@ class DashboardRoutes:
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n: following\n\n")
-            for row in self._view.device_rows(login.username):
+            rows = self._view.device_rows(login.username)
+            holders = await self._view.holders([r.serial for r in rows])
+            for local in rows:
+                row = self._view.with_holders(local, holders)
                 update = {"serial": row.serial, "state": row.state, "last_seen": row.last_seen}
+                if self._view.clustered:
+                    update["node"] = row.node
                 await response.write(_sse(update))
             while self._clock() < login.expires_at:
                 try:
@@ -349,12 +369,27 @@ class DashboardRoutes:
                     continue
                 if change is None:
                     break
+                change = await self._fleet_view(change)
                 await response.write(_sse(self._view.row_update(change)))
         except ConnectionError:
             log.debug("dashboard follower of %r went away", login.username)
         finally:
             self._feed.unsubscribe(subscription)
         return response
+
+    async def _fleet_view(self, change: PresenceChanged) -> PresenceChanged:
+        """On a cluster, an offline change whose device another node holds by now (it moved, and
+        the old node noticed late) is shown as online at that node."""
+        if change.online or not self._view.clustered:
+            return change
+        holders = await self._view.holders([change.serial])
+        if holders is None:
+            return change
+        node = holders.nodes.get(change.serial)
+        reported_by = change.node or self._view.node_id
+        if node is None or node == reported_by:  # the old node's key may not be released yet
+            return change
+        return PresenceChanged(change.serial, True, change.at, node=node)
 
 
 def _sse(data: Mapping[str, object]) -> bytes:

@@ -8,15 +8,20 @@ device it did not pair reads as unknown, so its existence is not disclosed eithe
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from dvrlink.broker.alarm_store import StoredAlarm
+from dvrlink.broker.cluster.fleet import FleetStats, NodeStats, sum_stats
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
 from dvrlink.broker.registry import DeviceRecord, PairingRecord, RegistryStore
-from dvrlink.broker.sessions import SessionRecord, SessionState
+from dvrlink.broker.sessions import SESSION_PATHS, SessionRecord, SessionState
 from dvrlink.protocol.alarm_wire import kind_name
 from dvrlink.protocol.presence_server import PresenceInfo
 from dvrlink.protocol.signalling import PathPolicy
@@ -30,6 +35,9 @@ KEEPALIVE_BUCKETS: tuple[tuple[float, str], ...] = (
 )
 RECENT_ALARMS = 20
 NOT_REPORTED = "not reported"
+UNKNOWN_PATH = "unknown"
+
+log = logging.getLogger(__name__)
 
 
 class PresenceLookup(Protocol):
@@ -43,10 +51,32 @@ class PresenceLookup(Protocol):
     def wall_time(self, core_time: float) -> float: ...
 
 
+class FleetSource(Protocol):
+    """The other nodes of a cluster, through Redis (``broker/cluster/fleet.py`` ``FleetBoard``)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    async def locate(self, serials: Sequence[str]) -> dict[str, str]: ...
+
+    async def fleet_stats(self) -> FleetStats: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Holders:
+    """Which node holds each listed device, as Redis says; ``problem`` says why Redis could not
+    be asked (then ``nodes`` is empty and the page shows this node's knowledge only)."""
+
+    nodes: dict[str, str]
+    problem: str | None = None
+
+
 class SessionLookup(Protocol):
     """The signalled sessions (``SessionTable``)."""
 
     def live(self, now: float) -> list[SessionRecord]: ...
+
+    def created_here(self, now: float) -> list[SessionRecord]: ...
 
 
 class AlarmLookup(Protocol):
@@ -88,6 +118,9 @@ class DeviceRow:
     data_used: str
     signal: str
     technology: str
+    node: str = ""
+    """The broker node holding the device's presence session, on a cluster ("" if offline or
+    not clustered)."""
 
     @property
     def state(self) -> str:
@@ -128,6 +161,12 @@ class FleetPage:
     relay_share: str
     keepalive_buckets: tuple[tuple[str, int], ...]
     followers: int
+    scope: str = "this broker"
+    """Where the counters come from: this broker, or the nodes of the cluster."""
+    problem: str | None = None
+    """Why the counters are this node's only, on a cluster whose Redis cannot be reached."""
+    paths: tuple[tuple[str, int], ...] = ()
+    """Open sessions per path (lan, direct, relay, unknown)."""
 
 
 def _nat_text(report: dict[str, Any]) -> str:
@@ -142,21 +181,51 @@ def _nat_text(report: dict[str, Any]) -> str:
     return f"type not reported{detail}"
 
 
+def session_path(session: SessionRecord) -> str:
+    """The path a session runs on: the one its viewer reported, else ``relay`` for a session
+    signalled relay-only, else ``unknown``."""
+    if session.path is not None:
+        return session.path
+    if session.policy is PathPolicy.RELAY_ONLY:
+        return "relay"
+    return UNKNOWN_PATH
+
+
+def path_counts(sessions: Iterable[SessionRecord]) -> dict[str, int]:
+    """Open (not failed) sessions per path (``session_path``)."""
+    counts: dict[str, int] = {}
+    for session in sessions:
+        if session.state is not SessionState.FAILED:
+            path = session_path(session)
+            counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
 def _sessions_text(sessions: Sequence[SessionRecord]) -> str:
-    live = [s for s in sessions if s.state is not SessionState.FAILED]
-    if not live:
+    counts = path_counts(sessions)
+    if not counts:
         return "none"
-    relay = sum(1 for s in live if s.policy is PathPolicy.RELAY_ONLY)
-    direct = sum(1 for s in live if s.policy is PathPolicy.DIRECT_ONLY)
-    other = len(live) - relay - direct
-    parts = []
-    if relay:
-        parts.append(f"{relay} relayed")
-    if direct:
-        parts.append(f"{direct} direct")
-    if other:
-        parts.append(f"{other} path not known to the broker")
-    return f"{len(live)} open: {', '.join(parts)}"
+    parts = [f"{counts[p]} {p}" for p in SESSION_PATHS if p in counts]
+    if UNKNOWN_PATH in counts:
+        parts.append(f"{counts[UNKNOWN_PATH]} path not reported yet")
+    return f"{sum(counts.values())} open: {', '.join(parts)}"
+
+
+def keepalive_counts(intervals: Iterable[float | None]) -> tuple[int, ...]:
+    """Online devices per ``KEEPALIVE_BUCKETS`` bucket, from their keepalive intervals."""
+    counts = [0] * len(KEEPALIVE_BUCKETS)
+    for interval in intervals:
+        if interval is None:
+            continue
+        for index, (upper, _label) in enumerate(KEEPALIVE_BUCKETS):
+            if interval < upper:
+                counts[index] += 1
+                break
+    return tuple(counts)
+
+
+def _share(relay: int, total: int) -> str:
+    return f"{100 * relay / total:.0f} %" if total else "no sessions"
 
 
 class DashboardView:
@@ -171,7 +240,11 @@ class DashboardView:
         feed: DashboardFeed,
         operators: frozenset[str],
         clock: Callable[[], float],
+        fleet: FleetSource | None = None,
+        intervals: Callable[[], Iterable[float | None]] | None = None,
     ) -> None:
+        """``fleet``: the other nodes (None: a single broker); ``intervals``: the keepalive
+        intervals of the devices online here (None: looked up device by device)."""
         self._registry = registry
         self._presence = presence
         self._sessions = sessions
@@ -180,6 +253,53 @@ class DashboardView:
         self._operators = operators
         self._clock = clock
         """Wall-clock time (Unix seconds)."""
+        self._fleet = fleet
+        self._intervals = intervals
+        self._redis_down = False
+        """Whether the last look-up in Redis failed (the warning is logged once per outage)."""
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this broker is a node of a cluster (presence and counters from Redis)."""
+        return self._fleet is not None
+
+    @property
+    def node_id(self) -> str | None:
+        """This node's id on a cluster (None: a single broker)."""
+        return None if self._fleet is None else self._fleet.node_id
+
+    async def holders(self, serials: Sequence[str]) -> Holders | None:
+        """Which node holds each of ``serials`` (one Redis round trip); None when not clustered."""
+        if self._fleet is None:
+            return None
+        try:
+            found = await self._fleet.locate(serials)
+        except (RedisError, OSError) as exc:
+            if not self._redis_down:  # once per outage, not once per page or follower
+                log.warning("dashboard: Redis cannot say where devices are (%s); showing this node's", exc)
+                self._redis_down = True
+            return Holders({}, f"the cluster's Redis cannot be reached ({exc})")
+        if self._redis_down:
+            log.info("dashboard: Redis answers again; the pages show the whole fleet")
+            self._redis_down = False
+        return Holders(found)
+
+    def with_holders(self, row: DeviceRow, holders: Holders | None) -> DeviceRow:
+        """``row`` as the cluster sees it: online if any node holds the device, with that node."""
+        if holders is None or self._fleet is None:
+            return row
+        node = holders.nodes.get(row.serial)
+        if node is not None:
+            last_seen = row.last_seen
+            history = self._feed.history(row.serial)
+            if history and history[0].node == node:  # the holder's newest news of it
+                seen = format_time(history[0].at)
+                if last_seen == "never" or seen > last_seen:  # the format sorts as text
+                    last_seen = seen
+            return dataclasses.replace(row, online=True, node=node, last_seen=last_seen)
+        if row.online:  # online here; its key is not written yet, or Redis cannot be asked
+            return dataclasses.replace(row, node=self._fleet.node_id)
+        return row
 
     def is_operator(self, username: str) -> bool:
         """Whether ``username`` has the operator role."""
@@ -253,41 +373,72 @@ class DashboardView:
         """Name ``serial`` for ``username`` (None: no name); False if they did not pair it."""
         return self._registry.set_device_name(username, serial, name)
 
-    def fleet_page(self) -> FleetPage:
-        """The operators' counters."""
+    def node_stats(self) -> NodeStats:
+        """This node's counters (what it writes to Redis for the fleet page of every node)."""
         now = self._clock()
-        devices = self._registry.devices()
-        counts = [0] * len(KEEPALIVE_BUCKETS)
-        for device in devices:
-            info = self._presence.presence(device.serial)
-            if info is None or not info.online or info.keepalive_interval is None:
-                continue
-            for index, (upper, _label) in enumerate(KEEPALIVE_BUCKETS):
-                if info.keepalive_interval < upper:
-                    counts[index] += 1
-                    break
-        live = [s for s in self._sessions.live(now) if s.state is not SessionState.FAILED]
-        relay = sum(1 for s in live if s.policy is PathPolicy.RELAY_ONLY)
-        share = f"{100 * relay / len(live):.0f} %" if live else "no sessions"
-        return FleetPage(
-            len(devices),
+        if self._intervals is not None:
+            intervals: Iterable[float | None] = self._intervals()
+        else:
+            found = (self._presence.presence(d.serial) for d in self._registry.devices())
+            intervals = (i.keepalive_interval for i in found if i is not None and i.online)
+        paths = path_counts(self._sessions.created_here(now))  # a session counts at one node only
+        return NodeStats(
             self._presence.online_count,
-            f"{self._feed.registrations_per_minute(now):.1f}",
-            len(live),
-            relay,
-            share,
-            tuple((label, count) for (_upper, label), count in zip(KEEPALIVE_BUCKETS, counts, strict=True)),
+            self._feed.registrations_per_minute(now),
+            keepalive_counts(intervals),
+            sum(paths.values()),
+            tuple(sorted(paths.items())),
+        )
+
+    async def fleet_page(self) -> FleetPage:
+        """The operators' counters: the sum of every node's on a cluster (this node's alone,
+        with a note, while Redis cannot be reached)."""
+        devices = len(self._registry.devices())
+        mine = self.node_stats()
+        stats, scope, problem = mine, "this broker", None
+        if self._fleet is not None:
+            scope = f"this node ({self._fleet.node_id}) only"
+            try:
+                fleet = await self._fleet.fleet_stats()
+            except (RedisError, OSError) as exc:
+                log.warning("dashboard: cannot read the fleet counters from Redis (%s)", exc)
+                problem = f"the cluster's Redis cannot be reached ({exc}); these are this node's counters"
+            else:
+                if self._fleet.node_id not in fleet.nodes:  # not written yet: count this node now
+                    fleet = FleetStats((*fleet.nodes, self._fleet.node_id), sum_stats((fleet.total, mine)))
+                stats = fleet.total
+                plural = "s" if len(fleet.nodes) != 1 else ""
+                scope = f"{len(fleet.nodes)} node{plural}: {', '.join(fleet.nodes)}"
+        paths = dict(stats.paths)
+        buckets = stats.keepalive_buckets + (0,) * (len(KEEPALIVE_BUCKETS) - len(stats.keepalive_buckets))
+        return FleetPage(
+            devices,
+            stats.online,
+            f"{stats.registrations_per_minute:.1f}",
+            stats.sessions,
+            paths.get("relay", 0),
+            _share(paths.get("relay", 0), stats.sessions),
+            tuple((label, count) for (_upper, label), count in zip(KEEPALIVE_BUCKETS, buckets, strict=False)),
             self._feed.subscribers,
+            scope,
+            problem,
+            tuple((p, paths[p]) for p in (*SESSION_PATHS, UNKNOWN_PATH) if p in paths),
         )
 
     def row_update(self, change: PresenceChanged) -> dict[str, object]:
-        """The live update of one row (JSON for the SSE stream)."""
-        return {
+        """The live update of one row (JSON for the SSE stream). On a cluster it carries the
+        node that holds the device and no online count (this node's would be wrong for the
+        fleet; the fleet page shows the fleet's at load)."""
+        update: dict[str, object] = {
             "serial": change.serial,
             "state": "online" if change.online else "offline",
             "last_seen": format_time(change.at),
-            "online_count": self._presence.online_count,
         }
+        if self._fleet is None:
+            update["online_count"] = self._presence.online_count
+        else:
+            update["node"] = (change.node or self._fleet.node_id) if change.online else ""
+        return update
 
     def _row(
         self, device: DeviceRecord, pairing: PairingRecord | None, sessions: Sequence[SessionRecord]
@@ -317,6 +468,7 @@ class DashboardView:
 
     @staticmethod
     def _connectivity_line(change: PresenceChanged) -> EventLine:
+        where = f" (node {change.node})" if change.node is not None else ""
         if change.online:
-            return EventLine(format_time(change.at), f"online from {change.address}")
-        return EventLine(format_time(change.at), f"offline: {change.reason}")
+            return EventLine(format_time(change.at), f"online from {change.address}{where}")
+        return EventLine(format_time(change.at), f"offline{where}: {change.reason}")

@@ -29,6 +29,10 @@
       if (seen && typeof update.last_seen === "string") {
         seen.textContent = update.last_seen;
       }
+      const node = holder.querySelector('[data-field="node"]');
+      if (node && typeof update.node === "string") {
+        node.textContent = update.node || "none (offline)";
+      }
     });
     if (typeof update.online_count === "number") {
       document.querySelectorAll('[data-field="online_count"]').forEach(function (node) {

@@ -1,0 +1,216 @@
+"""The dashboard of a cluster in a real browser: two ``dvrlink-broker`` processes on one real
+Redis, a real ``dvrlinkd`` registered at node b, and Debian's Chromium (headless, Selenium
+through Debian's chromedriver) logged in at node a. The device's row at a goes offline when the
+daemon falls silent at b (SIGSTOP: b's keepalive timeout) and online again when it resumes,
+without a reload; the device page at a names node b (screenshot ``cluster-device.png``, to
+``DVRLINK_SCREENSHOT_DIR`` if set).
+
+Until the registry is shared (PostgreSQL), each node has its own SQLite registry: the daemon
+first registers at a, where the account pairs it, then moves to b (same key: b binds it on first
+use), as a shared registry would let it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from support.dashboard import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    LoggedProcess,
+    browser_missing,
+    pair_over_api,
+)
+from support.redis_server import RedisServer, redis_server
+
+from dvrlink.broker.state import BrokerInfo, read_info
+from dvrlink.protocol.identity import b64encode_key, private_key_to_pem
+from dvrlink.protocol.pairing import normalize_code
+
+BIN = Path(sys.executable).parent
+SERIAL = "DL-0016-0777"
+USER, PASSWORD = "alice", "s3cret-pass-16"
+KEEPALIVE_S = 2
+WAIT_S = 30.0
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class ClusterRig:
+    """Redis, brokers a and b, and the daemon, with their files."""
+
+    def __init__(self, tmp: Path, redis: RedisServer) -> None:
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        fleet_key = tmp / "fleet_key.pem"
+        fleet_key.write_bytes(private_key_to_pem(X25519PrivateKey.generate()))
+        fleet_key.chmod(0o600)
+        self.brokers: dict[str, LoggedProcess] = {}
+        self.info: dict[str, BrokerInfo] = {}
+        self.state: dict[str, Path] = {}
+        self.daemon: LoggedProcess | None = None
+        self.daemons = 0
+        for node in ("a", "b"):
+            state = self.state[node] = tmp / f"broker-{node}"
+            config = tmp / f"broker-{node}.toml"
+            config.write_text(
+                f'state_dir = "{state}"\nudp_host = "127.0.0.1"\nudp_port = 0\nhttps_host = "127.0.0.1"\n'
+                f"https_port = 0\npresence_tcp_port = 0\nturn_enabled = false\n"
+                f'dashboard_operators = ["{USER}"]\nredis_url = "{redis.url}"\nnode_id = "node-{node}"\n'
+                f'fleet_key_file = "{fleet_key}"\n'
+            )
+            self.brokers[node] = LoggedProcess(
+                [str(BIN / "dvrlink-broker"), "--config", str(config), "serve"],
+                tmp / f"broker-{node}.log",
+                self.env,
+            )
+        for node, process in self.brokers.items():
+            process.wait_for("dvrlink-broker ready")
+            self.info[node] = read_info(self.state[node])
+        self.base = f"https://localhost:{self.info['a'].https_port}"
+        self.daemon_config = tmp / "dvrlinkd.toml"
+
+    def point_daemon_at(self, node: str) -> None:
+        info = self.info[node]
+        self.daemon_config.write_text(
+            f'[device]\nserial = "{SERIAL}"\nstate_dir = "{self.tmp / "device"}"\n'
+            f'runtime_dir = "{self.tmp / "run"}"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {info.udp_port}\n'
+            f'public_key = "{b64encode_key(info.public_key)}"\n'
+            f'[presence]\ntransport = "udp"\nkeepalive_interval_s = {KEEPALIVE_S}\nlearn_keepalive = false\n'
+            "reply_timeout_s = 0.5\nretries = 1\nreport_min_interval_s = 1\n"
+        )
+
+    def run(self, *args: str, stdin: bytes = b"") -> str:
+        import subprocess
+
+        done = subprocess.run(
+            args, input=stdin, capture_output=True, timeout=WAIT_S, env=self.env, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    def start_daemon(self) -> None:
+        self.daemons += 1
+        self.daemon = LoggedProcess(
+            [str(BIN / "dvrlinkd"), "run", "--config", str(self.daemon_config)],
+            self.tmp / f"dvrlinkd-{self.daemons}.log",
+            self.env,
+        )
+        self.daemon.wait_for("registered")
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        for process in self.brokers.values():
+            process.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[ClusterRig]:
+    why = browser_missing()
+    if why is not None:
+        pytest.skip(why)
+    for script in ("dvrlinkd", "dvrlink-broker"):
+        if not (BIN / script).exists():
+            pytest.skip(f"the {script} script is not installed (run `make venv`)")
+    with redis_server(tmp_path / "redis") as redis:
+        the_rig = ClusterRig(tmp_path, redis)
+        try:
+            the_rig.point_daemon_at("a")
+            label = the_rig.run(
+                str(BIN / "dvrlinkd"), "pairing-code", "--create", "--config", str(the_rig.daemon_config)
+            )
+            code = normalize_code(re.search(r"pairing code:\s*(\S+)", label).group(1))  # type: ignore[union-attr]
+            the_rig.start_daemon()
+            the_rig.run(
+                str(BIN / "dvrlink-broker"), "user", "add", USER, "--password-stdin", "--state-dir",
+                str(the_rig.state["a"]), stdin=f"{PASSWORD}\n".encode(),
+            )  # fmt: skip
+            asyncio.run(pair_over_api(the_rig.base, the_rig.info["a"].cert, SERIAL, code, USER, PASSWORD))
+            assert the_rig.daemon is not None
+            the_rig.daemon.stop()  # and on to node b
+            the_rig.point_daemon_at("b")
+            the_rig.start_daemon()
+            yield the_rig
+        finally:
+            the_rig.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: Any, what: str, condition: Any) -> Any:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        body = driver.find_element("tag name", "body").text
+        raise AssertionError(
+            f"{what}: not within {WAIT_S:g} s; the page at {driver.current_url} shows:\n{body}"
+        ) from None
+
+
+def _field(driver: Any, name: str) -> str:
+    cells = driver.find_elements("css selector", f'[data-serial="{SERIAL}"] [data-field="{name}"]')
+    return str(cells[0].text) if cells else f"(no {name})"
+
+
+def test_a_viewer_at_node_a_follows_a_device_held_by_node_b(
+    rig: ClusterRig, browser: Any, tmp_path: Path
+) -> None:
+    shots = Path(os.environ.get("DVRLINK_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    driver = browser
+    driver.get(f"{rig.base}/dashboard/login")
+    _wait(driver, "the login form", lambda d: d.find_elements("id", "username"))
+    driver.find_element("id", "username").send_keys(USER)
+    driver.find_element("id", "password").send_keys(PASSWORD)
+    driver.find_element("css selector", "form.login button").click()
+    _wait(driver, "the device list after login", lambda d: d.current_url.endswith("/dashboard/devices"))
+    _wait(driver, "the live stream", lambda d: d.find_element("id", "live").text == "Live updates: on")
+    _wait(driver, f"{SERIAL} online (held by node b)", lambda d: _field(d, "state") == "online")
+    driver.execute_script("window.dashboardNotReloaded = true;")
+
+    assert rig.daemon is not None
+    rig.daemon.signal(signal.SIGSTOP)  # silent at b: b's timeout, published to a
+    _wait(driver, f"{SERIAL} offline after SIGSTOP at node b", lambda d: _field(d, "state") == "offline")
+    rig.daemon.signal(signal.SIGCONT)
+    _wait(driver, f"{SERIAL} online after SIGCONT at node b", lambda d: _field(d, "state") == "online")
+    assert driver.execute_script("return window.dashboardNotReloaded === true;"), "the page was reloaded"
+
+    driver.get(f"{rig.base}/dashboard/devices/{SERIAL}")
+    _wait(driver, "the device page", lambda d: _field(d, "node") == "node-b")
+    _wait(driver, "the live stream", lambda d: d.find_element("id", "live").text == "Live updates: on")
+    driver.save_screenshot(str(shots / "cluster-device.png"))
+    rig.daemon.stop()  # GOODBYE at b
+    _wait(driver, "the device page going offline", lambda d: _field(d, "state") == "offline")
+    assert _field(driver, "node") == "none (offline)"
