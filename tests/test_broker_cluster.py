@@ -315,6 +315,7 @@ def test_a_device_on_a_node_that_is_gone_is_offline_for_the_viewer(
     async def main() -> None:
         async with fleet(tmp_path, redis) as (b, c):
             device = await _device_at(c)
+            await _located(redis, SERIAL, "node1")  # written on the directory's next tick
             auth = await _pair(b, device)
             await _cluster(c).close()  # node c's Redis side stops: no one listens on r:node1
             c.broker.cluster = None
@@ -363,6 +364,7 @@ def test_turn_credentials_from_one_node_allocate_on_another_nodes_relay(
     async def main() -> None:
         async with fleet(tmp_path, redis, turn_allow_loopback_peers=True) as (b, c):
             device = await _device_at(c)
+            await _located(redis, SERIAL, "node1")  # written on the directory's next tick
             auth = await _pair(b, device)
             status, created = await b.call("POST", "/v1/sessions", auth, json={"serial": SERIAL})
             assert status == 201, created
@@ -439,6 +441,7 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
     async def main() -> None:
         async with fleet(tmp_path, redis) as (b, c):
             device = await _device_at(c)
+            await _located(redis, SERIAL, "node1")  # written on the directory's next tick
             auth_b = await _pair(b, device)
             auth_c = await _pair(c, device)
             await _located(redis, SERIAL, "node1")
@@ -526,6 +529,7 @@ def test_malformed_messages_on_a_node_channel_are_dropped_and_it_keeps_serving(
     async def main() -> None:
         async with fleet(tmp_path, redis) as (b, c):
             device = await _device_at(c)
+            await _located(redis, SERIAL, "node1")  # written on the directory's next tick
             auth = await _pair(b, device)
             client = Redis.from_url(redis.url)
             try:
