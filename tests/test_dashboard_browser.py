@@ -12,9 +12,7 @@ copies).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -23,19 +21,15 @@ from typing import Any
 
 import pytest
 from support.dashboard import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    CHROMIUM_FLAGS,
+    BrowserRigDaemon,
     LoggedProcess,
-    browser_missing,
     contrast,
-    pair_over_api,
+    headless_chromium,
     parse_css_color,
+    skip_without_browser_or_scripts,
 )
 
 from dvrlink.broker.state import read_info
-from dvrlink.protocol.identity import b64encode_key
-from dvrlink.protocol.pairing import normalize_code
 
 BIN = Path(sys.executable).parent
 SERIAL = "DL-0016-0042"
@@ -48,13 +42,12 @@ TEXT_SELECTORS = ("h1", "h2", "th", "td", "a", "label", "button", "dt", "dd", "p
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-class Rig:
+class Rig(BrowserRigDaemon):
     """The broker and daemon processes and their files."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+        super().__init__(tmp, BIN, WAIT_S)
         self.state = tmp / "broker"
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         config = tmp / "broker.toml"
         config.write_text(
             f'state_dir = "{self.state}"\nudp_host = "127.0.0.1"\nudp_port = 0\nhttps_host = "127.0.0.1"\n'
@@ -64,37 +57,10 @@ class Rig:
         self.broker = LoggedProcess(
             [str(BIN / "dvrlink-broker"), "--config", str(config), "serve"], tmp / "broker.log", self.env
         )
-        self.daemon: LoggedProcess | None = None
-        self.daemons = 0
         self.broker.wait_for("dvrlink-broker ready")
         self.info = read_info(self.state)
         self.base = f"https://localhost:{self.info.https_port}"
-        self.daemon_config = tmp / "dvrlinkd.toml"
-        self.daemon_config.write_text(
-            f'[device]\nserial = "{SERIAL}"\nstate_dir = "{tmp / "device"}"\nruntime_dir = "{tmp / "run"}"\n'
-            f'[broker]\nhost = "127.0.0.1"\nport = {self.info.udp_port}\n'
-            f'public_key = "{b64encode_key(self.info.public_key)}"\n'
-            f'[presence]\ntransport = "udp"\nkeepalive_interval_s = {KEEPALIVE_S}\nlearn_keepalive = false\n'
-            "reply_timeout_s = 0.5\nretries = 1\nreport_min_interval_s = 1\n"
-        )
-
-    def run(self, *args: str, stdin: bytes = b"") -> str:
-        import subprocess
-
-        done = subprocess.run(
-            args, input=stdin, capture_output=True, timeout=WAIT_S, env=self.env, check=False
-        )
-        assert done.returncode == 0, done.stderr.decode()
-        return done.stdout.decode()
-
-    def start_daemon(self) -> None:
-        self.daemons += 1
-        self.daemon = LoggedProcess(
-            [str(BIN / "dvrlinkd"), "run", "--config", str(self.daemon_config)],
-            self.tmp / f"dvrlinkd-{self.daemons}.log",
-            self.env,
-        )
-        self.daemon.wait_for("registered")
+        self.point_daemon_at(SERIAL, self.info.udp_port, self.info.public_key, KEEPALIVE_S)
 
     def close(self) -> None:
         if self.daemon is not None:
@@ -104,24 +70,10 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    why = browser_missing()
-    if why is not None:
-        pytest.skip(why)
-    for script in ("dvrlinkd", "dvrlink-broker"):
-        if not (BIN / script).exists():
-            pytest.skip(f"the {script} script is not installed (run `make venv`)")
+    skip_without_browser_or_scripts(BIN)
     the_rig = Rig(tmp_path)
     try:
-        label = the_rig.run(
-            str(BIN / "dvrlinkd"), "pairing-code", "--create", "--config", str(the_rig.daemon_config)
-        )
-        code = normalize_code(re.search(r"pairing code:\s*(\S+)", label).group(1))  # type: ignore[union-attr]
-        the_rig.start_daemon()
-        the_rig.run(
-            str(BIN / "dvrlink-broker"), "user", "add", USER, "--password-stdin", "--state-dir",
-            str(the_rig.state), stdin=f"{PASSWORD}\n".encode(),
-        )  # fmt: skip
-        asyncio.run(pair_over_api(the_rig.base, the_rig.info.cert, SERIAL, code, USER, PASSWORD))
+        the_rig.pair_daemon(SERIAL, the_rig.state, the_rig.base, the_rig.info.cert, USER, PASSWORD)
         yield the_rig
     finally:
         the_rig.close()
@@ -129,21 +81,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 @pytest.fixture
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _screenshots(tmp_path: Path) -> Path:

@@ -12,9 +12,7 @@ use), as a shared registry would let it.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -24,18 +22,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.dashboard import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    CHROMIUM_FLAGS,
+    BrowserRigDaemon,
     LoggedProcess,
-    browser_missing,
-    pair_over_api,
+    headless_chromium,
+    skip_without_browser_or_scripts,
 )
 from support.redis_server import RedisServer, redis_server
 
 from dvrlink.broker.state import BrokerInfo, read_info
-from dvrlink.protocol.identity import b64encode_key, private_key_to_pem
-from dvrlink.protocol.pairing import normalize_code
+from dvrlink.protocol.identity import private_key_to_pem
 
 BIN = Path(sys.executable).parent
 SERIAL = "DL-0016-0777"
@@ -46,20 +41,17 @@ WAIT_S = 30.0
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-class ClusterRig:
+class ClusterRig(BrowserRigDaemon):
     """Redis, brokers a and b, and the daemon, with their files."""
 
     def __init__(self, tmp: Path, redis: RedisServer) -> None:
-        self.tmp = tmp
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        super().__init__(tmp, BIN, WAIT_S)
         fleet_key = tmp / "fleet_key.pem"
         fleet_key.write_bytes(private_key_to_pem(X25519PrivateKey.generate()))
         fleet_key.chmod(0o600)
         self.brokers: dict[str, LoggedProcess] = {}
         self.info: dict[str, BrokerInfo] = {}
         self.state: dict[str, Path] = {}
-        self.daemon: LoggedProcess | None = None
-        self.daemons = 0
         for node in ("a", "b"):
             state = self.state[node] = tmp / f"broker-{node}"
             config = tmp / f"broker-{node}.toml"
@@ -78,36 +70,10 @@ class ClusterRig:
             process.wait_for("dvrlink-broker ready")
             self.info[node] = read_info(self.state[node])
         self.base = f"https://localhost:{self.info['a'].https_port}"
-        self.daemon_config = tmp / "dvrlinkd.toml"
 
-    def point_daemon_at(self, node: str) -> None:
-        info = self.info[node]
-        self.daemon_config.write_text(
-            f'[device]\nserial = "{SERIAL}"\nstate_dir = "{self.tmp / "device"}"\n'
-            f'runtime_dir = "{self.tmp / "run"}"\n'
-            f'[broker]\nhost = "127.0.0.1"\nport = {info.udp_port}\n'
-            f'public_key = "{b64encode_key(info.public_key)}"\n'
-            f'[presence]\ntransport = "udp"\nkeepalive_interval_s = {KEEPALIVE_S}\nlearn_keepalive = false\n'
-            "reply_timeout_s = 0.5\nretries = 1\nreport_min_interval_s = 1\n"
-        )
-
-    def run(self, *args: str, stdin: bytes = b"") -> str:
-        import subprocess
-
-        done = subprocess.run(
-            args, input=stdin, capture_output=True, timeout=WAIT_S, env=self.env, check=False
-        )
-        assert done.returncode == 0, done.stderr.decode()
-        return done.stdout.decode()
-
-    def start_daemon(self) -> None:
-        self.daemons += 1
-        self.daemon = LoggedProcess(
-            [str(BIN / "dvrlinkd"), "run", "--config", str(self.daemon_config)],
-            self.tmp / f"dvrlinkd-{self.daemons}.log",
-            self.env,
-        )
-        self.daemon.wait_for("registered")
+    def point_at(self, node: str) -> None:
+        """The daemon registers with ``node`` from its next start."""
+        self.point_daemon_at(SERIAL, self.info[node].udp_port, self.info[node].public_key, KEEPALIVE_S)
 
     def close(self) -> None:
         if self.daemon is not None:
@@ -118,29 +84,17 @@ class ClusterRig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[ClusterRig]:
-    why = browser_missing()
-    if why is not None:
-        pytest.skip(why)
-    for script in ("dvrlinkd", "dvrlink-broker"):
-        if not (BIN / script).exists():
-            pytest.skip(f"the {script} script is not installed (run `make venv`)")
+    skip_without_browser_or_scripts(BIN)
     with redis_server(tmp_path / "redis") as redis:
         the_rig = ClusterRig(tmp_path, redis)
         try:
-            the_rig.point_daemon_at("a")
-            label = the_rig.run(
-                str(BIN / "dvrlinkd"), "pairing-code", "--create", "--config", str(the_rig.daemon_config)
+            the_rig.point_at("a")
+            the_rig.pair_daemon(
+                SERIAL, the_rig.state["a"], the_rig.base, the_rig.info["a"].cert, USER, PASSWORD
             )
-            code = normalize_code(re.search(r"pairing code:\s*(\S+)", label).group(1))  # type: ignore[union-attr]
-            the_rig.start_daemon()
-            the_rig.run(
-                str(BIN / "dvrlink-broker"), "user", "add", USER, "--password-stdin", "--state-dir",
-                str(the_rig.state["a"]), stdin=f"{PASSWORD}\n".encode(),
-            )  # fmt: skip
-            asyncio.run(pair_over_api(the_rig.base, the_rig.info["a"].cert, SERIAL, code, USER, PASSWORD))
             assert the_rig.daemon is not None
             the_rig.daemon.stop()  # and on to node b
-            the_rig.point_daemon_at("b")
+            the_rig.point_at("b")
             the_rig.start_daemon()
             yield the_rig
         finally:
@@ -149,21 +103,9 @@ def rig(tmp_path: Path) -> Iterator[ClusterRig]:
 
 @pytest.fixture
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver: Any, what: str, condition: Any) -> Any:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import aiohttp
 from dvrlink.broker.app import RunningBroker
 from dvrlink.broker.tls import client_context
 from dvrlink.protocol.identity import b64encode_key
-from dvrlink.protocol.pairing import pair_proof
+from dvrlink.protocol.pairing import normalize_code, pair_proof
 from support.waiting import wait_until
 
 STEP = 10.0
@@ -220,3 +221,96 @@ def parse_css_color(text: str) -> tuple[float, float, float, float]:
     numbers = [float(n) for n in re.findall(r"[\d.]+", text)]
     assert len(numbers) in (3, 4), f"not an rgb() colour: {text!r}"
     return (numbers[0], numbers[1], numbers[2], numbers[3] if len(numbers) == 4 else 1.0)
+
+
+class BrowserRigDaemon:
+    """The ``dvrlinkd`` a browser test starts, stops and restarts (its config and one log per
+    start in ``tmp``), and the admin commands it runs, each bounded by ``bound`` seconds."""
+
+    def __init__(self, tmp: Path, bin_dir: Path, bound: float) -> None:
+        self.tmp = tmp
+        self.bin = bin_dir
+        self.bound = bound
+        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.daemon: LoggedProcess | None = None
+        self.daemons = 0
+        self.daemon_config = tmp / "dvrlinkd.toml"
+
+    def point_daemon_at(self, serial: str, udp_port: int, public_key: bytes, keepalive_s: float) -> None:
+        """Write the daemon's config: ``serial`` registering with the broker at ``udp_port``."""
+        self.daemon_config.write_text(
+            f'[device]\nserial = "{serial}"\nstate_dir = "{self.tmp / "device"}"\n'
+            f'runtime_dir = "{self.tmp / "run"}"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {udp_port}\n'
+            f'public_key = "{b64encode_key(public_key)}"\n'
+            f'[presence]\ntransport = "udp"\nkeepalive_interval_s = {keepalive_s}\nlearn_keepalive = false\n'
+            "reply_timeout_s = 0.5\nretries = 1\nreport_min_interval_s = 1\n"
+        )
+
+    def run(self, *args: str, stdin: bytes = b"") -> str:
+        """Run a command to its end; its output (fails the test if it fails)."""
+        done = subprocess.run(
+            args, input=stdin, capture_output=True, timeout=self.bound, env=self.env, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    def start_daemon(self) -> None:
+        """Start ``dvrlinkd run`` and wait until it registered."""
+        self.daemons += 1
+        self.daemon = LoggedProcess(
+            [str(self.bin / "dvrlinkd"), "run", "--config", str(self.daemon_config)],
+            self.tmp / f"dvrlinkd-{self.daemons}.log",
+            self.env,
+        )
+        self.daemon.wait_for("registered")
+
+    def pair_daemon(
+        self, serial: str, broker_state: Path, base: str, cert: Path, username: str, password: str
+    ) -> None:
+        """Make a pairing code, start the daemon, add ``username`` at the broker of
+        ``broker_state`` and pair the device to it over the viewer API."""
+        label = self.run(
+            str(self.bin / "dvrlinkd"), "pairing-code", "--create", "--config", str(self.daemon_config)
+        )
+        found = re.search(r"pairing code:\s*(\S+)", label)
+        assert found is not None, label
+        self.start_daemon()
+        self.run(
+            str(self.bin / "dvrlink-broker"), "user", "add", username, "--password-stdin", "--state-dir",
+            str(broker_state), stdin=f"{password}\n".encode(),
+        )  # fmt: skip
+        asyncio.run(pair_over_api(base, cert, serial, normalize_code(found.group(1)), username, password))
+
+
+def skip_without_browser_or_scripts(bin_dir: Path) -> None:
+    """Skip the test (saying what to install) without Chromium, chromedriver, selenium or the
+    installed scripts."""
+    import pytest
+
+    why = browser_missing()
+    if why is not None:
+        pytest.skip(why)
+    for script in ("dvrlinkd", "dvrlink-broker"):
+        if not (bin_dir / script).exists():
+            pytest.skip(f"the {script} script is not installed (run `make venv`)")
+
+
+@contextlib.contextmanager
+def headless_chromium(profile: Path) -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by its chromedriver, with a fresh profile in
+    ``profile``. The caller sets ``SE_OFFLINE=true`` (monkeypatch) so Selenium Manager fetches
+    nothing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile.mkdir()
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
