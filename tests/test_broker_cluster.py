@@ -19,15 +19,13 @@ from typing import Any
 import pytest
 from aioice.turn import create_turn_endpoint
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from dvrlink.broker.cluster.directory import MIN_TTL_S, LocationBook, PresenceDirectory, key_ttl
 from dvrlink.broker.cluster.node import load_fleet_key, presence_key
-from dvrlink.broker.cluster.runtime import Cluster
 from dvrlink.broker.config import ConfigError, config_from_mapping
-from dvrlink.protocol.identity import ed25519_public_bytes, private_key_to_pem, x25519_public_bytes
+from dvrlink.protocol.identity import ed25519_public_bytes, x25519_public_bytes
 from dvrlink.protocol.pairing import PairingGuard
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import HandshakeUnanswered, InviteReceived, Registered
@@ -42,6 +40,7 @@ from dvrlink.protocol.signalling import (
 )
 from tests.support.aio import run
 from tests.support.broker import CODE, Lab, SimulatedDevice, lab, pairing_body
+from tests.support.cluster import cluster_lab, node_cluster
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.waiting import wait_until_async
 
@@ -86,13 +85,6 @@ class SessionDevice(SimulatedDevice):
             super().answer(invite)
 
 
-def _fleet_key(folder: Path) -> Path:
-    path = folder / "fleet_key.pem"
-    path.write_bytes(private_key_to_pem(X25519PrivateKey.generate()))
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     with redis_server(tmp_path / "redis") as server:
@@ -103,29 +95,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 async def fleet(
     tmp_path: Path, redis: RedisServer, count: int = 2, **settings: Any
 ) -> AsyncIterator[list[Lab]]:
-    key = _fleet_key(tmp_path)
-    secret = tmp_path / "turn_secret"
-    secret.write_text(os.urandom(24).hex())
-    secret.chmod(0o600)
-    async with contextlib.AsyncExitStack() as stack:
-        nodes = []
-        for index in range(count):
-            node = await stack.enter_async_context(
-                lab(
-                    tmp_path / f"node{index}",
-                    redis_url=redis.url,
-                    node_id=f"node{index}",
-                    fleet_key_file=str(key),
-                    turn_secret_file=str(secret),
-                    presence_tcp_port=0,
-                    **settings,
-                )
-            )
-            nodes.append(node)
-        for node in nodes:
-            cluster = node.broker.cluster
-            assert cluster is not None
-            await wait_until_async(f"{cluster.node_id} to reach Redis", lambda c=cluster: c.connected)  # type: ignore[misc]
+    async with cluster_lab(tmp_path, redis.url, count, **settings) as nodes:
         yield nodes
 
 
@@ -209,11 +179,11 @@ def test_a_device_location_names_its_node_and_only_that_node_releases_it(
                 # The device moves to b; c sees its GOODBYE later and must not delete b's key.
                 await _device_at(b, device=SessionDevice(SERIAL, b.broker.info.public_key, device.key))
                 await _located(redis, SERIAL, "node0")
-                sent = _cluster(c).directory.writes_sent
+                sent = node_cluster(c).directory.writes_sent
                 device.close()
                 c.devices.remove(device)
                 await wait_until_async(
-                    "c to send its release", lambda: _cluster(c).directory.writes_sent > sent
+                    "c to send its release", lambda: node_cluster(c).directory.writes_sent > sent
                 )
                 await _located(redis, SERIAL, "node0")
                 # And the holder's own goodbye deletes the key.
@@ -224,11 +194,6 @@ def test_a_device_location_names_its_node_and_only_that_node_releases_it(
                 await client.aclose()
 
     run(main)
-
-
-def _cluster(node: Lab) -> Cluster:
-    assert node.broker.cluster is not None
-    return node.broker.cluster
 
 
 async def _viewer_on(node: Lab, device: SimulatedDevice) -> dict[str, str]:
@@ -249,7 +214,7 @@ def test_ping_and_pairing_on_one_node_reach_a_device_on_another(tmp_path: Path, 
             assert (status, answer.get("status")) == (200, "paired"), answer
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth)
             assert status == 200 and answer["rtt_ms"] >= 0, answer
-            assert _cluster(b).router.routed_out == 2 and _cluster(c).router.routed_in == 2
+            assert node_cluster(b).router.routed_out == 2 and node_cluster(c).router.routed_in == 2
             assert len(device.invites) == 2
             status, listed = await b.call("GET", "/v1/devices", auth)
             assert status == 200 and [(d["serial"], d["online"]) for d in listed["devices"]] == [
@@ -317,7 +282,7 @@ def test_a_device_on_a_node_that_is_gone_is_offline_for_the_viewer(
             device = await _device_at(c)
             await _located(redis, SERIAL, "node1")  # written on the directory's next tick
             auth = await _pair(b, device)
-            await _cluster(c).close()  # node c's Redis side stops: no one listens on r:node1
+            await node_cluster(c).close()  # node c's Redis side stops: no one listens on r:node1
             c.broker.cluster = None
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth)
             assert (status, answer["error"]) == (409, "device_offline"), answer
@@ -445,9 +410,9 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
             auth_b = await _pair(b, device)
             auth_c = await _pair(c, device)
             await _located(redis, SERIAL, "node1")
-            rebuilds = _cluster(c).rebuilds
+            rebuilds = node_cluster(c).rebuilds
             redis.restart()  # empty, as after a crash without persistence
-            await wait_until_async("c to notice and rewrite", lambda: _cluster(c).rebuilds > rebuilds)
+            await wait_until_async("c to notice and rewrite", lambda: node_cluster(c).rebuilds > rebuilds)
             await _located(redis, SERIAL, "node1")
             assert (
                 c.broker.registry.device(SERIAL) is not None and b.broker.registry.device(SERIAL) is not None
@@ -456,7 +421,7 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
             assert status == 200, answer
 
             redis.stop()
-            await wait_until_async("c to see Redis gone", lambda: not _cluster(c).connected)
+            await wait_until_async("c to see Redis gone", lambda: not node_cluster(c).connected)
             status, answer = await c.call("POST", f"/v1/devices/{SERIAL}/ping", auth_c)
             assert status == 200, f"same-node ping while Redis is down: {answer}"
             status, created = await c.call("POST", "/v1/sessions", auth_c, json={"serial": SERIAL})

@@ -22,15 +22,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pytest_mock import MockerFixture
 from redis import Redis as SyncRedis
 
 from dvrlink.broker.cluster.fleet import FLEET_CHANNEL, STATS_KEY, NodeStats, change_from_json, sum_stats
 from dvrlink.broker.cluster.node import presence_key
-from dvrlink.broker.cluster.runtime import Cluster
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
-from dvrlink.protocol.identity import ed25519_public_bytes, private_key_to_pem
+from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import InviteReceived, Registered
 from dvrlink.protocol.presence_wire import INVITE_OK
@@ -38,7 +36,8 @@ from dvrlink.protocol.signalling import INVITE_KIND_SESSION, AnswerStatus, Sessi
 from dvrlink.viewer.api_client import BrokerClient
 from dvrlink.viewer.session_client import PathReporter
 from tests.support.aio import run
-from tests.support.broker import PASSWORD, Lab, SimulatedDevice, lab
+from tests.support.broker import PASSWORD, Lab, SimulatedDevice
+from tests.support.cluster import cluster_lab, node_cluster
 from tests.support.dashboard import DashboardClient, next_presence
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.waiting import wait_until_async
@@ -65,41 +64,16 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @contextlib.asynccontextmanager
 async def fleet(tmp_path: Path, redis: RedisServer, **settings: Any) -> AsyncIterator[tuple[Lab, Lab]]:
-    """Nodes a (``node0``) and b (``node1``) sharing the fleet key, the TURN secret and Redis."""
-    key = tmp_path / "fleet_key.pem"
-    key.write_bytes(private_key_to_pem(X25519PrivateKey.generate()))
-    key.chmod(0o600)
-    secret = tmp_path / "turn_secret"
-    secret.write_text(os.urandom(24).hex())
-    secret.chmod(0o600)
-    async with contextlib.AsyncExitStack() as stack:
-        nodes = []
-        for index in range(2):
-            node = await stack.enter_async_context(
-                lab(
-                    tmp_path / f"node{index}",
-                    redis_url=redis.url,
-                    node_id=f"node{index}",
-                    fleet_key_file=str(key),
-                    turn_secret_file=str(secret),
-                    presence_tcp_port=0,
-                    **settings,
-                )
-            )
-            nodes.append(node)
+    """Nodes a (``node0``) and b (``node1``) sharing the fleet key, the TURN secret and Redis,
+    each following the fleet channel."""
+    async with cluster_lab(tmp_path, redis.url, 2, **settings) as nodes:
         for node in nodes:
-            cluster = _cluster(node)
-            await wait_until_async(f"{cluster.node_id} to reach Redis", lambda c=cluster: c.connected)  # type: ignore[misc]
+            cluster = node_cluster(node)
             await wait_until_async(
                 f"{cluster.node_id} to follow the fleet channel",
                 lambda c=cluster: c.fleet.subscriptions >= 1,  # type: ignore[misc]
             )
         yield nodes[0], nodes[1]
-
-
-def _cluster(node: Lab) -> Cluster:
-    assert node.broker.cluster is not None
-    return node.broker.cluster
 
 
 def _holder(redis: RedisServer, serial: str) -> str | None:
@@ -173,7 +147,7 @@ def test_pages_show_a_device_online_at_any_node_in_one_redis_round_trip(
             await _located(redis, D1, "node1")
             await _located(redis, D2, "node1")
             await _located(redis, D3, "node0")
-            locate = mocker.spy(_cluster(a).fleet, "locate")
+            locate = mocker.spy(node_cluster(a).fleet, "locate")
             browser = DashboardClient(a.broker)
             try:
                 assert (await browser.login("alice", PASSWORD))[0] == 303
@@ -254,16 +228,16 @@ def test_live_changes_at_another_node_reach_the_viewer_and_resume_after_a_redis_
                     update = await next_presence(stream, D1, "online", lines)
                     assert update["node"] == "node1", update
                     assert not [line for line in lines if STRANGER in line], "bob's device leaked to alice"
-                    assert _cluster(a).fleet.received >= 3
+                    assert node_cluster(a).fleet.received >= 3
 
-                    subscribed = _cluster(a).fleet.subscriptions
+                    subscribed = node_cluster(a).fleet.subscriptions
                     redis.restart()  # an empty Redis: a resubscribes, and its followers start over
                     await _stream_ends(stream)
                 await wait_until_async(
-                    "node a to subscribe again", lambda: _cluster(a).fleet.subscriptions > subscribed
+                    "node a to subscribe again", lambda: node_cluster(a).fleet.subscriptions > subscribed
                 )
                 await wait_until_async(
-                    "node b to subscribe again", lambda: _cluster(b).fleet.subscriptions > subscribed
+                    "node b to subscribe again", lambda: node_cluster(b).fleet.subscriptions > subscribed
                 )
                 await _located(redis, D1, "node1")  # b rebuilt its presence keys
                 async with browser.http.get("/dashboard/events") as stream:
@@ -304,7 +278,9 @@ def test_a_late_offline_from_the_old_node_of_a_device_that_moved_shows_it_online
                     old.close()  # b's late GOODBYE: b publishes offline
                     b.devices.remove(old)
                     await wait_until_async(
-                        "b's offline to reach a", lambda: _cluster(a).fleet.received >= 2, seen=lambda: lines
+                        "b's offline to reach a",
+                        lambda: node_cluster(a).fleet.received >= 2,
+                        seen=lambda: lines,
                     )
                     sentinel = await _device_at(a, D3, sentinel_key)  # a later change: all before it was sent
                     sentinel.close()
@@ -468,7 +444,7 @@ def test_the_viewer_reports_the_session_path_and_the_pages_show_it(
                         await viewer.login("alice", PASSWORD)
                         _status, page, _resp = await viewer.get("/dashboard/devices")
                         assert ">1 open: 1 relay<" in _row(page, D1), _row(page, D1)
-                        await _cluster(a).fleet.write_stats()
+                        await node_cluster(a).fleet.write_stats()
                         _status, page, _resp = await operator.get("/dashboard/fleet")
                         assert "<dt>Relay share of sessions</dt><dd>100 %</dd>" in page
                         assert "<dt>Sessions by path</dt><dd>1 relay</dd>" in page
@@ -480,7 +456,7 @@ def test_the_viewer_reports_the_session_path_and_the_pages_show_it(
                         )
                         _status, page, _resp = await viewer.get(f"/dashboard/devices/{D1}")
                         assert "<dd>1 open: 1 direct</dd>" in page
-                        await _cluster(a).fleet.write_stats()
+                        await node_cluster(a).fleet.write_stats()
                         _status, page, _resp = await operator.get("/dashboard/fleet")
                         assert "<dt>Relay share of sessions</dt><dd>0 %</dd>" in page
                     finally:
@@ -497,8 +473,8 @@ def test_the_viewer_reports_the_session_path_and_the_pages_show_it(
                 stored = json.loads(client.get(f"s:{session}") or b"{}")
             assert stored["w"] == "relay", stored
             # ... and the fleet counts the session once, at the node that created it
-            await _cluster(b).fleet.write_stats()
-            await _cluster(a).fleet.write_stats()
+            await node_cluster(b).fleet.write_stats()
+            await node_cluster(a).fleet.write_stats()
             total = sum_stats(_stats(redis).values())
             assert total.sessions == 1, _stats(redis)
 
