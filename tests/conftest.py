@@ -312,3 +312,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Generator[None, None, None]:
         yield
         return
     yield from check_around(request.config, f"test {request.node.nodeid}")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server of this test's own (``hil/redis_server.py``), stopped after it; for the
+    cluster tests."""
+    from hil.redis_server import redis_server
+
+    with redis_server(tmp_path / "redis") as server:
+        yield server

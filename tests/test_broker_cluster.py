@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from dvrlink.protocol.signalling import (
 from tests.support.aio import run
 from tests.support.broker import CODE, Lab, SimulatedDevice, lab, pairing_body
 from tests.support.cluster import cluster_lab, node_cluster
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_async
 
 SERIAL = "DL-CLUSTER-0001"
@@ -83,12 +83,6 @@ class SessionDevice(SimulatedDevice):
             self.client.reply_invite(invite.invite_id, INVITE_OK, reply.encode(), now)
         else:
             super().answer(invite)
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 @contextlib.asynccontextmanager

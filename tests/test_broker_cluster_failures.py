@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from hil.loopback import (
     wait_for,
 )
 from tests.support.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401 (fixtures)
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -41,12 +40,6 @@ PAGE = b"<h1>recorder of a fleet that loses a node and its registry</h1>\n"
 LATE = "DL-FLEET-0102"
 INTERVAL = 3.0
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 def test_a_fleet_survives_losing_a_node_and_its_postgresql_for_30_s(

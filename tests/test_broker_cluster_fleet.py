@@ -10,7 +10,6 @@ Needs the PostgreSQL registry (``tests/support/postgres.py``, ``registry_url``);
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from hil.loopback import (
     stop_all,
     wait_for,
 )
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 
 if "registry_url" not in {f.name for f in dataclasses.fields(BrokerConfig)}:
     pytest.skip("needs the PostgreSQL registry (registry_url)", allow_module_level=True)
@@ -40,12 +39,6 @@ pytestmark = [pytest.mark.integration]
 
 SERIAL = "DL-FLEET-0001"
 PAGE = b"<h1>recorder on node c, viewer on node a</h1>\n"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 def test_three_nodes_on_one_registry_pair_and_forward_across_nodes(

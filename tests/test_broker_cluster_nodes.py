@@ -13,7 +13,6 @@ first step unnecessary.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,18 +31,12 @@ from hil.loopback import (
     stop_all,
     wait_for,
 )
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
 
 SERIAL = "DL-NODES-0001"
 PAGE = b"<h1>recorder behind node C</h1>\n"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 def test_a_forward_through_node_b_reaches_a_daemon_registered_on_node_c(

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tests.support.aio import run
 from tests.support.broker import PASSWORD, Lab, SimulatedDevice
 from tests.support.cluster import cluster_lab, node_cluster
 from tests.support.dashboard import DashboardClient, next_presence
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_async
 
 D1 = "DL-DASH-0001"
@@ -54,12 +54,6 @@ OFFER = {
     "viewer_public_key": "A" * 43 + "=",
     "end_of_candidates": True,
 }
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as server:
-        yield server
 
 
 @contextlib.asynccontextmanager

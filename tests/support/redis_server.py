@@ -1,5 +1,6 @@
 """The cluster tests' Redis: a real ``redis-server`` on loopback (``hil/redis_server.py``, which
-the benchmarks share), started in a temporary folder and stopped afterwards."""
+the benchmarks share), started in a temporary folder and stopped afterwards. The ``redis``
+fixture in tests/conftest.py gives each test its own."""
 
 from __future__ import annotations
 
