@@ -247,11 +247,11 @@ class ApiContext:
             )
         return device
 
-    def paired_and_online(self, user: str, serial: str) -> DeviceRecord:
-        """The record of ``serial``, which ``user`` paired and which is online now.
+    def paired_device(self, user: str, serial: str) -> DeviceRecord:
+        """The record of ``serial``, which ``user`` paired (online or not).
 
         Raises:
-            ApiError: 404 ``unknown_device``, 403 ``not_paired``, 409 ``device_offline``.
+            ApiError: 404 ``unknown_device``, 403 ``not_paired``.
         """
         device = self.known_device(serial)
         if self.registry.pairing(user, serial) is None:
@@ -261,6 +261,15 @@ class ApiContext:
                 f"device {serial} is not paired to {user!r}; pair it first with the code on its label "
                 "(dvrlink pair)",
             )
+        return device
+
+    def paired_and_online(self, user: str, serial: str) -> DeviceRecord:
+        """The record of ``serial``, which ``user`` paired and which is online now.
+
+        Raises:
+            ApiError: 404 ``unknown_device``, 403 ``not_paired``, 409 ``device_offline``.
+        """
+        device = self.paired_device(user, serial)
         self.require_online(serial)
         return device
 
@@ -284,14 +293,7 @@ class ApiContext:
         Raises:
             ApiError: 404 ``unknown_device``, 403 ``not_paired``, 409 ``device_offline``.
         """
-        device = self.known_device(serial)
-        if self.registry.pairing(user, serial) is None:
-            raise ApiError(
-                403,
-                "not_paired",
-                f"device {serial} is not paired to {user!r}; pair it first with the code on its label "
-                "(dvrlink pair)",
-            )
+        device = self.paired_device(user, serial)
         await self.require_reachable(serial)
         return device
 

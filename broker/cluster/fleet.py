@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from dvrlink.broker.cluster.channels import follow_channel, stop_tasks
 from dvrlink.broker.cluster.node import presence_key
 from dvrlink.broker.dashboard.feed import PresenceChanged
 from dvrlink.broker.registry import format_address
@@ -48,7 +49,6 @@ MAX_PENDING = 10_000
 MAX_PER_TICK = 2_000
 """Changes published in one pipeline."""
 MAX_MESSAGE = 4096
-RETRY_MAX_S = 2.0
 MGET_CHUNK = 1000
 """Keys per MGET (a fleet page of 100,000 devices is still one pipelined round trip)."""
 
@@ -168,25 +168,6 @@ def change_from_json(data: bytes | str) -> PresenceChanged:
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ValueError(f"bad presence change ({exc})") from None
     return PresenceChanged(serial, bool(online), float(at), address, reason, node)
-
-
-STOP_TRIES = 10
-STOP_WAIT_S = 0.5
-
-
-async def stop_tasks(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
-    """Cancel ``tasks`` and wait for them, bounded: a Redis read may swallow one cancellation (a
-    timeout and a cancel landing together), so a task still running is cancelled again, up to
-    ``STOP_TRIES`` times ``STOP_WAIT_S``; one that still runs then is left behind with a warning."""
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(STOP_TRIES):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
-    if pending:
-        log.warning("%s: %d task(s) did not stop within %.0f s", what, len(pending), STOP_TRIES * STOP_WAIT_S)
 
 
 class FleetBoard:
@@ -339,26 +320,14 @@ class FleetBoard:
                     await asyncio.wait_for(self._wake.wait(), max(next_stats - time.monotonic(), 0.0))
 
     async def _listen_loop(self) -> None:
-        pause = TICK_S
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(FLEET_CHANNEL)
-                self.subscriptions += 1
-                if self.subscriptions > 1:
-                    self.on_resync()
-                pause = TICK_S
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._on_message(message["data"])
-            except (RedisError, OSError) as exc:
-                log.debug("node %s: %s lost (%s); resubscribing", self.node_id, FLEET_CHANNEL, exc)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_MAX_S)
+        await follow_channel(
+            self._redis, FLEET_CHANNEL, self._subscribed, self._on_message, 1.0, f"node {self.node_id}"
+        )
+
+    def _subscribed(self) -> None:
+        self.subscriptions += 1
+        if self.subscriptions > 1:
+            self.on_resync()
 
     def _on_message(self, data: bytes | str) -> None:
         try:

@@ -23,9 +23,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from dvrlink.broker.cluster.channels import follow_channel, stop_tasks
 from dvrlink.broker.cluster.counters import RedisLoginLimiter, RedisPairFailures
 from dvrlink.broker.cluster.directory import PresenceDirectory
-from dvrlink.broker.cluster.fleet import FleetBoard, stop_tasks
+from dvrlink.broker.cluster.fleet import FleetBoard
 from dvrlink.broker.cluster.node import NODE_TTL_MS, node_channel, node_key
 from dvrlink.broker.cluster.routing import ClusterPresence, InviteRouter
 from dvrlink.broker.cluster.sessions import SharedSessions
@@ -36,7 +37,6 @@ from dvrlink.protocol.presence_events import ServerEvent
 
 TICK_S = 0.1
 HEARTBEAT_S = 1.0
-RETRY_MAX_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 5.0
 
@@ -130,24 +130,14 @@ class Cluster:
             self.directory.rebuild()
 
     async def _listen_loop(self) -> None:
-        channel = node_channel(self.node_id)
-        pause = TICK_S
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                pause = TICK_S
-                while True:
-                    message = await pubsub.get_message(timeout=HEARTBEAT_S)
-                    if message is not None and message.get("type") == "message":
-                        self.router.on_message(bytes(message["data"]))
-            except (RedisError, OSError) as exc:
-                log.debug("node %s: channel %s lost (%s); resubscribing", self.node_id, channel, exc)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_MAX_S)
+        await follow_channel(
+            self.redis,
+            node_channel(self.node_id),
+            lambda: None,
+            lambda data: self.router.on_message(data if isinstance(data, bytes) else data.encode()),
+            HEARTBEAT_S,
+            f"node {self.node_id}",
+        )
 
 
 def start_cluster(
