@@ -261,6 +261,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             while True:
                 await asyncio.sleep(REGISTRATION_FLUSH_S)
                 on_device_event.flush()
+                link.flush()  # a ticket refused after the fact put its device offline: hand that out
 
         flusher = asyncio.create_task(flush_registrations(), name="registration notes")
         stack.callback(flusher.cancel)

@@ -5,6 +5,20 @@ different key, or a serial missing from the manifest in manifest-only mode, is r
 message that tells the device what to do, logged and recorded in the audit table). Invite
 outcomes go to the gateway that waits for them.
 
+A registration resumed by a fresh ticket (``presence_ticket``) is accepted at once, without
+the registry: the ticket says the fleet bound that serial to that key when it issued it. The
+binding is checked afterwards, for all such registrations together, in one query per batch at
+the next ``flush`` (at most ``REGISTRATION_FLUSH_S`` later). A registration whose binding is
+gone (the operator released the serial, or it was bound to another key since) is judged as a
+full one would be: first use binds it again, and a key mismatch or a serial outside the
+manifest ends the session (``disconnect``: the device registers again at its next keepalive)
+and is refused and audited then, with the same message, because that serial's next
+registration goes to the registry before it is accepted. In that second the device can do no
+harm: a viewer's session pins the device key it paired with, and an invite carries nothing
+that opens a session without that key. A storm after a broker restart therefore costs the
+registry one query per few hundred devices instead of one per device, which is what keeps a
+PostgreSQL registry off the storm's path.
+
 When the registry cannot answer (PostgreSQL stopped or unreachable, SQLite locked), a
 registration is refused with ``RefuseReason.BUSY``: the presence protocol's authenticated
 "try again later", after which the device backs off (``REGISTRY_BUSY_RETRY_S``, not the 5
@@ -16,6 +30,7 @@ a refusal's audit row) are skipped while the registry is down, with one warning 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -65,6 +80,7 @@ class AdmissionCore(Protocol):
     def refuse(
         self, handle: int, reason: RefuseReason, message: str, now: float, retry_after: float | None = None
     ) -> None: ...
+    def disconnect(self, serial: str, device_key: bytes, reason: str) -> bool: ...
 
 
 class DeviceEventHandler:
@@ -99,6 +115,12 @@ class DeviceEventHandler:
         self._skipped_notes = 0
         self._registered: dict[str, tuple[Address, float]] = {}
         """Registrations not yet noted in the registry (``flush``), the last one per serial."""
+        self._unverified: dict[str, tuple[bytes, Address]] = {}
+        """Registrations accepted by their tickets whose binding ``flush`` has still to check:
+        the key and address of each, the last one per serial."""
+        self._check_first: dict[str, None] = {}
+        """Serials whose ticket failed the check after the fact: their next registration goes
+        to the registry before it is accepted (insertion-ordered, at most ``REFUSAL_MEMORY``)."""
 
     def __call__(self, event: ServerEvent) -> None:
         if isinstance(event, RegistrationRequested):
@@ -129,6 +151,7 @@ class DeviceEventHandler:
         """Note the registrations since the last flush in the registry, in one transaction (the
         application calls this every ``REGISTRATION_FLUSH_S`` and at close; a storm also flushes
         every ``REGISTRATION_BATCH``). While the registry is down they are skipped and counted."""
+        self._verify_tickets()
         if not self._registered:
             return
         entries = [(serial, address, wall) for serial, (address, wall) in self._registered.items()]
@@ -147,17 +170,17 @@ class DeviceEventHandler:
                 self._core_clock(),
             )
             return
+        if issued is not None and event.serial not in self._check_first:
+            # The ticket says the fleet bound this serial to this key when it issued it (within
+            # its lifetime): in at once, the binding is checked in the next flush's batch. This
+            # also lets a device in that moves node or comes back while the registry is down.
+            self._core.accept(event.handle, self._core_clock(), wall)
+            self._unverified[event.serial] = (event.public_key, event.address)
+            return
         try:
             verdict = self._registry.check_binding(event.serial, event.public_key, wall, self._manifest_only)
         except REGISTRY_DOWN as exc:
             self._down(exc)
-            if issued is not None:
-                # The ticket says the fleet bound this serial to this key (when it was issued,
-                # within its lifetime): a device that moves node or comes back during the outage
-                # gets in. The binding is checked again at its next registration.
-                log.info("registration of %s accepted by its ticket (the registry is down)", event.serial)
-                self._core.accept(event.handle, self._core_clock(), wall)
-                return
             log.info("registration of %s refused with 'busy': the registry is unavailable", event.serial)
             self._core.refuse(
                 event.handle,
@@ -176,24 +199,51 @@ class DeviceEventHandler:
                 format_address(event.address),
             )
         if verdict in (BindingVerdict.BOUND_NOW, BindingVerdict.MATCHES):
+            self._check_first.pop(event.serial, None)
             self._core.accept(event.handle, self._core_clock(), wall if self._ticket_lifetime > 0 else None)
             return
-        reason, message = self._refusal(event, verdict)
+        reason, message = _refusal(event.serial, verdict)
         self._core.refuse(event.handle, reason, message, self._core_clock())
-        self._audit(event, verdict, wall)
+        self._audit(event.serial, event.public_key, event.address, verdict, wall)
 
-    def _refusal(self, event: RegistrationRequested, verdict: BindingVerdict) -> tuple[RefuseReason, str]:
-        serial = event.serial
-        if verdict is BindingVerdict.KEY_MISMATCH:
-            return RefuseReason.KEY_MISMATCH, (
-                f"serial {serial} is bound to another device key on this broker; if this device was "
-                "reset or replaced, ask the operator to run `dvrlink-broker device release` for it, "
-                "else check the serial in the device config"
-            )
-        return RefuseReason.NOT_IN_MANIFEST, (
-            f"serial {serial} is not in this broker's factory manifest; ask the operator to load "
-            "the manifest entry for this device, or check the serial in the device config"
-        )
+    def _verify_tickets(self) -> None:
+        """Check the bindings of the registrations let in by their tickets since the last flush:
+        one query per batch; a serial whose binding is gone or changed is judged as a full
+        registration would be, and one that fails is disconnected, audited and checked first
+        next time. While the registry is down they wait for the next flush."""
+        if not self._unverified:
+            return
+        pending, self._unverified = self._unverified, {}
+        try:
+            bound = self._registry.binding_keys(list(pending))
+        except REGISTRY_DOWN as exc:
+            self._down(exc)
+            self._unverified = pending | self._unverified
+            return
+        self._up()
+        wall = self._wall_clock()
+        for serial, (key, address) in pending.items():
+            found = bound.get(serial)
+            if (
+                found is not None
+                and hmac.compare_digest(found[0], key)
+                and (found[1] == "manifest" or not self._manifest_only)
+            ):
+                continue
+            try:
+                verdict = self._registry.check_binding(serial, key, wall, self._manifest_only)
+            except REGISTRY_DOWN as exc:
+                self._down(exc)
+                self._unverified[serial] = (key, address)
+                continue
+            if verdict in (BindingVerdict.BOUND_NOW, BindingVerdict.MATCHES):
+                continue
+            if self._core.disconnect(serial, key, f"its ticket failed the registry's check: {verdict.value}"):
+                self._registered.pop(serial, None)
+            if len(self._check_first) >= REFUSAL_MEMORY:
+                del self._check_first[next(iter(self._check_first))]
+            self._check_first[serial] = None
+            self._audit(serial, key, address, verdict, wall)
 
     def _note_unconfirmed(self, event: RegistrationUnconfirmed) -> None:
         """One quiet line per serial per ``UNCONFIRMED_LOG_INTERVAL_S``: the broker cannot open
@@ -219,8 +269,10 @@ class DeviceEventHandler:
             f"; {more} more since the last such line" if more else "",
         )
 
-    def _audit(self, event: RegistrationRequested, verdict: BindingVerdict, wall: float) -> None:
-        key = (event.serial, event.public_key)
+    def _audit(
+        self, serial: str, public_key: bytes, address: Address, verdict: BindingVerdict, wall: float
+    ) -> None:
+        key = (serial, public_key)
         last = self._refusals.get(key)
         if last is not None and wall - last[0] < REFUSAL_LOG_INTERVAL_S:
             self._refusals[key] = (last[0], last[1] + 1)
@@ -229,22 +281,18 @@ class DeviceEventHandler:
         if len(self._refusals) >= REFUSAL_MEMORY:
             self._refusals.clear()
         self._refusals[key] = (wall, 0)
-        bound = self._note(lambda: self._registry.device(event.serial))
+        bound = self._note(lambda: self._registry.device(serial))
         bound_fp = fingerprint(bound.public_key) if bound is not None else "none"
         log.warning(
             "refused registration of serial %s from %s: %s (presented key %s, bound key %s)%s",
-            event.serial,
-            format_address(event.address),
+            serial,
+            format_address(address),
             verdict.value,
-            fingerprint(event.public_key),
+            fingerprint(public_key),
             bound_fp,
             f"; {suppressed} more refusals since the last warning" if suppressed else "",
         )
-        self._note(
-            lambda: self._registry.record_refusal(
-                event.serial, event.public_key, event.address, wall, verdict.value
-            )
-        )
+        self._note(lambda: self._registry.record_refusal(serial, public_key, address, wall, verdict.value))
 
     def _note(self, call: Callable[[], _T]) -> _T | None:
         """Run a registry call that only records or looks up; while the registry is down it is
@@ -276,3 +324,17 @@ class DeviceEventHandler:
                 self._skipped_notes,
             )
             self._skipped_notes = 0
+
+
+def _refusal(serial: str, verdict: BindingVerdict) -> tuple[RefuseReason, str]:
+    """What a device refused with ``verdict`` is told: the reason and what to do."""
+    if verdict is BindingVerdict.KEY_MISMATCH:
+        return RefuseReason.KEY_MISMATCH, (
+            f"serial {serial} is bound to another device key on this broker; if this device was "
+            "reset or replaced, ask the operator to run `dvrlink-broker device release` for it, "
+            "else check the serial in the device config"
+        )
+    return RefuseReason.NOT_IN_MANIFEST, (
+        f"serial {serial} is not in this broker's factory manifest; ask the operator to load "
+        "the manifest entry for this device, or check the serial in the device config"
+    )

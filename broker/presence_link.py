@@ -17,10 +17,15 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
+from dvrlink.compat import asyncio_compat
 from dvrlink.driver.core_driver import Core, CoreDriver
 from dvrlink.protocol.presence_events import Address, ServerEvent
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked for; the kernel caps it at net.core.[rw]mem_max
+READ_BATCH = 64
+"""Datagrams read per event-loop wake-up at most (``PresenceLink.read_in_batches``)."""
+MAX_READ = 65535
+"""Bytes read per datagram (a STUN request may carry padding: the core judges the size)."""
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class PresenceLink(asyncio.DatagramProtocol):
         )
         self._transport: asyncio.DatagramTransport | None = None
         self._ipv6 = False
+        self._batching = False
         self.send_errors = 0
 
     @property
@@ -68,7 +74,10 @@ class PresenceLink(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self._ipv6:  # (host, port, flowinfo, scope_id) -> (host, port)
             addr = (addr[0], addr[1])
-        self._driver.receive_from(self._receive, data, addr)
+        if self._batching:
+            self._driver.feed_from(self._receive, data, addr)
+        else:
+            self._driver.receive_from(self._receive, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable from a vanished device) arrive here; they are normal.
@@ -90,6 +99,34 @@ class PresenceLink(asyncio.DatagramProtocol):
             raise RuntimeError("the presence link has no socket")
         sockname = self._transport.get_extra_info("sockname")
         return (str(sockname[0]), int(sockname[1]))
+
+    def read_in_batches(self) -> bool:
+        """Read up to ``READ_BATCH`` datagrams per event-loop wake-up (on asyncio's selector loop):
+        the core gets them all, then one pass hands out their events, sends their answers and
+        re-arms the timer. A storm of registrations then costs one wake-up and one pass per
+        batch instead of per datagram. False (one datagram per wake-up, as before) on another
+        loop. Call it from the running loop once connected.
+
+        Raises:
+            InternalsMoved: asyncio no longer has the internals this uses (``dvrlink.compat``).
+        """
+        if self._transport is None:
+            return False
+        return asyncio_compat.batch_datagram_reads(
+            self._transport,
+            self,
+            READ_BATCH,
+            MAX_READ,
+            before=self._batch_start,
+            after=self._batch_end,
+        )
+
+    def _batch_start(self) -> None:
+        self._batching = True
+
+    def _batch_end(self) -> None:
+        self._batching = False
+        self._driver.flush()
 
     def flush(self) -> None:
         """Hand out events, send queued datagrams and re-arm the timer.
@@ -158,4 +195,5 @@ async def start_presence_link(
     loop = asyncio.get_running_loop()
     sock = open_udp_socket(host, port, reuse_port)
     _, link = await loop.create_datagram_endpoint(lambda: PresenceLink(core, loop, on_event), sock=sock)
+    link.read_in_batches()
     return link

@@ -335,6 +335,10 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+BINDING_QUERY_BATCH = 500
+"""Serials per query of ``binding_keys`` (well under SQLite's limit of host parameters)."""
+
+
 def _device_record(row: Sequence[Any]) -> DeviceRecord:
     """A ``devices`` row (serial, public_key, source, bound_at, last_registered_at, last_address,
     report, reported_at) as a record; a report that is not a JSON object reads as None."""
@@ -362,6 +366,11 @@ class RegistryQueries:
     """Where the registry lives, for messages: a file path, or a URL without its password."""
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        raise NotImplementedError
+
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row of parameters (the backend's ``executemany``: one statement
+        prepared once; on PostgreSQL, pipelined instead of one round trip per row)."""
         raise NotImplementedError
 
     def _after_import(self) -> None:
@@ -402,6 +411,22 @@ class RegistryQueries:
             return BindingVerdict.MATCHES
         return BindingVerdict.KEY_MISMATCH
 
+    def binding_keys(self, serials: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """The bound key and its source ('first-use' or 'manifest') of each of ``serials`` that
+        has a binding, in one query per ``BINDING_QUERY_BATCH`` serials: how the broker checks,
+        after the fact, the registrations it let in by their resumption tickets."""
+        found: dict[str, tuple[bytes, str]] = {}
+        for start in range(0, len(serials), BINDING_QUERY_BATCH):
+            chunk = serials[start : start + BINDING_QUERY_BATCH]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._execute(
+                f"SELECT serial, public_key, source FROM devices WHERE serial IN ({marks})",  # noqa: S608 (only placeholders)
+                chunk,
+            )
+            for serial, key, source in rows:
+                found[str(serial)] = (bytes(key), str(source))
+        return found
+
     def record_registration(self, serial: str, address: Address, now: float) -> None:
         """Note that ``serial`` registered from ``address`` at ``now`` (no-op for unknown serials)."""
         self._execute(
@@ -413,11 +438,10 @@ class RegistryQueries:
         """``record_registration`` for each (serial, address, now), in one transaction: a
         registration storm costs one commit per batch, not one per device."""
         with self._transaction():
-            for serial, address, now in entries:
-                self._execute(
-                    "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
-                    (now, format_address(address), serial),
-                )
+            self._execute_many(
+                "UPDATE devices SET last_registered_at = ?, last_address = ? WHERE serial = ?",
+                [(now, format_address(address), serial) for serial, address, now in entries],
+            )
 
     def record_refusal(
         self, serial: str, public_key: bytes, address: Address | None, now: float, reason: str
@@ -925,6 +949,9 @@ class Registry(RegistryQueries):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, params)
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> None:
         target = len(migrations)
         if self.schema_version == target:
@@ -963,6 +990,7 @@ class RegistryStore(Protocol):
     def check_binding(
         self, serial: str, public_key: bytes, now: float, manifest_only: bool
     ) -> BindingVerdict: ...
+    def binding_keys(self, serials: Sequence[str]) -> dict[str, tuple[bytes, str]]: ...
     def record_registration(self, serial: str, address: Address, now: float) -> None: ...
     def record_registrations(self, entries: Sequence[tuple[str, Address, float]]) -> None: ...
     def record_refusal(

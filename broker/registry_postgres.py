@@ -253,6 +253,15 @@ class PostgresRegistry(RegistryQueries):
         except _LOST as exc:
             raise self._lost(exc, started) from exc
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        conn = self._conn if self._in_transaction and self._conn is not None else self._connection()
+        started = time.monotonic()
+        try:
+            with conn.cursor() as cursor:  # psycopg pipelines executemany: no round trip per row
+                cursor.executemany(sql.replace("?", "%s"), [tuple(row) for row in rows])
+        except _LOST as exc:
+            raise self._lost(exc, started) from exc
+
     @contextmanager
     def _transaction(self) -> Iterator[object]:
         conn = self._connection()

@@ -6,7 +6,8 @@ one module and its guard tests (``tests/test_compat_*.py``), not a session in th
 
 - ``aioquic_compat``: sans-I/O (aioquic's ``QuicConnection`` does no I/O), so ``dvrlink.protocol``
   may import it;
-- ``aioice_compat`` and ``asyncio_compat``: I/O; only the session layer imports them.
+- ``aioice_compat`` and ``asyncio_compat``: I/O; the session layer imports them, and the broker
+  ``asyncio_compat`` (its presence link reads datagrams in batches).
 
 Every accessor fails loudly: a name that is gone raises ``InternalsMoved``, which names the
 library, its installed version and what to do, rather than falling back to a default that would

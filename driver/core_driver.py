@@ -148,6 +148,20 @@ class CoreDriver(Generic[EventT, OutT]):
             self.failed(f"{self._name} failed on a datagram from {address}")
         self.flush()
 
+    def feed_from(
+        self, receive: Callable[[bytes, AddressT, float], object], data: bytes, address: AddressT
+    ) -> None:
+        """As :meth:`receive_from`, without the pass: a link that reads a batch of datagrams per
+        wake-up feeds them all, then calls :meth:`flush` once, so that their answers go out
+        together and the timer is re-armed once. A failure is counted and logged; ignored once
+        closed."""
+        if self._closed:
+            return
+        try:
+            receive(data, address, self.now())
+        except Exception:
+            self.failed(f"{self._name} failed on a datagram from {address}")
+
     def flush(self) -> None:
         """Hand out events, send queued datagrams, run ``after_step``, re-arm the timer.
 

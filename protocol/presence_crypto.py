@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -160,17 +160,20 @@ class CookieJar:
     The jar keeps that one number, nothing per source.
     """
 
-    __slots__ = ("_last", "_lifetime", "_secret")
+    __slots__ = ("_last", "_lifetime", "_pack", "_secret")
 
-    def __init__(self, secret: bytes, lifetime: float) -> None:
+    def __init__(self, secret: bytes, lifetime: float, pack: Callable[[str], bytes] = packed_ip) -> None:
+        """``pack``: packs a source IP (``packed_ip``, or a broker's ``PackedIps``)."""
         self._secret = secret
         self._lifetime = round(lifetime * 1_000_000)
         self._last = -1
+        self._pack = pack
 
     def _mac(self, stamp: int, address: Address, nonce: bytes) -> bytes:
-        ip = packed_ip(address[0])
+        ip = self._pack(address[0])
         msg = stamp.to_bytes(COOKIE_STAMP_SIZE, "big") + ip + address[1].to_bytes(2, "big") + nonce
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()[: COOKIE_SIZE - COOKIE_STAMP_SIZE]
+        # hmac.digest: the one-shot C path, without an HMAC object per cookie
+        return hmac.digest(self._secret, msg, "sha256")[: COOKIE_SIZE - COOKIE_STAMP_SIZE]
 
     def make(self, address: Address, nonce: bytes, now: float) -> bytes:
         """A cookie for ``nonce`` from ``address`` at time ``now`` (seconds, >= 0)."""

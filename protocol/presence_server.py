@@ -72,6 +72,7 @@ from dvrlink.protocol.presence_wire import (
     SEALED_HEADER_SIZE,
     VERSION,
     MessageType,
+    PackedIps,
     RefuseReason,
     cookie_datagram,
     encode_address,
@@ -152,12 +153,13 @@ class _Session:
         interval: float,
         now: float,
         origin: bytes,
+        address_bytes: bytes,
     ) -> None:
         self.serial = serial
         self.session_id = session_id
         self.sealer = sealer
         self.address = address
-        self.address_bytes = encode_address(address)
+        self.address_bytes = address_bytes
         self.interval = interval
         self.last_seen = now
         self.registered_at = now
@@ -225,7 +227,8 @@ class PresenceServer:
         self._static = static_key
         self._static_public = x25519_public_bytes(static_key)
         self._rng = rng
-        self._cookies = CookieJar(rng(32), config.cookie_lifetime)
+        self._pack = PackedIps()
+        self._cookies = CookieJar(rng(32), config.cookie_lifetime, self._pack)
         self._ticket_key = ticket_key(static_key)
         self._by_sid: dict[int, _Session] = {}
         self._by_serial: dict[str, _Session] = {}
@@ -371,6 +374,7 @@ class PresenceServer:
             pending.interval,
             now,
             _origin(pending.cookie_us, pending.public_key) + broker_ephemeral + ticket,
+            encode_address(pending.address, self._pack),
         )
         self._by_sid[session_id] = session
         self._by_serial[pending.serial] = session
@@ -454,6 +458,20 @@ class PresenceServer:
         session = self._by_sid.get(self._by_connection.pop(address, 0))
         if session is not None and session.address == address:
             self._go_offline(session, "its presence connection closed")
+
+    def disconnect(self, serial: str, device_key: bytes, reason: str) -> bool:
+        """End ``serial``'s session if it is online and was opened with ``device_key``: it goes
+        offline at once (``DeviceOffline`` with ``reason``), and its next keepalive is answered
+        UNKNOWN_SESSION, so the device registers again. The application uses it when a check it
+        made after ``accept`` (a ticket's binding, verified in a batch) fails. False when there
+        was no such session (the device registered again with another key, or is offline)."""
+        session = self._by_serial.get(serial)
+        if session is None or not session.online:
+            return False
+        if device_key[:_KEY_PREFIX] != session.origin[_STAMP_SIZE:_ORIGIN_SIZE]:
+            return False
+        self._go_offline(session, reason)
+        return True
 
     def presence(self, serial: str) -> PresenceInfo | None:
         """Presence of ``serial``, or None if it has not registered since the broker started."""
@@ -631,7 +649,7 @@ class PresenceServer:
             session.send_counter += 1
             out = session.send_counter
             header = HEADER_STRUCT.pack(MessageType.KEEPALIVE_ACK, VERSION, session_id, out)
-            plain = ECHO_STRUCT.pack(echo) + encode_address(address)
+            plain = ECHO_STRUCT.pack(echo) + encode_address(address, self._pack)
             self._outbox.append((session.sealer.seal(BROKER_TO_DEVICE, out, header, plain), address))
 
     def _on_sealed(self, data: bytes, address: Address, now: float) -> bool:
@@ -672,7 +690,7 @@ class PresenceServer:
             old = session.address
             self._unindex(session)
             session.address = address
-            session.address_bytes = encode_address(address)
+            session.address_bytes = encode_address(address, self._pack)
             self._index(session)
             self._events.append(DeviceMoved(session.serial, old, address))
 

@@ -26,7 +26,6 @@ full, hands out a fresh ticket with a fresh secret.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -80,7 +79,7 @@ def resumed_session_key(
 
 def resume_mac(secret: bytes, signed: bytes) -> bytes:
     """The MAC a resumed REGISTER carries over ``signed`` (its body, then the ticket)."""
-    return hmac.new(secret, RESUME_LABEL + signed, hashlib.sha256).digest()
+    return hmac.digest(secret, RESUME_LABEL + signed, "sha256")
 
 
 @dataclass(frozen=True, slots=True)

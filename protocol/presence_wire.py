@@ -15,6 +15,7 @@ import enum
 import ipaddress
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import construct as c
@@ -268,13 +269,14 @@ INVITE_REPLY_PLAIN = c.Struct(
 # -- addresses -----------------------------------------------------------------------------------
 
 
-def encode_address(address: Address) -> bytes:
-    """Pack (ip, port) as family nibble (4 or 6) + port + raw IP.
+def encode_address(address: Address, pack: Callable[[str], bytes] | None = None) -> bytes:
+    """Pack (ip, port) as family nibble (4 or 6) + port + raw IP; ``pack`` packs the IP
+    (``packed_ip`` by default; a broker passes its :class:`PackedIps`).
 
     Raises:
         ValueError: the IP is not an IPv4 or IPv6 literal, or the port is out of range.
     """
-    packed = packed_ip(address[0])
+    packed = (pack or packed_ip)(address[0])
     port = address[1]
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port {port} is out of range")
@@ -296,6 +298,37 @@ def packed_ip(host: str) -> bytes:
     if _DOTTED_QUAD.fullmatch(host):
         return bytes(map(int, host.split(".")))
     return ipaddress.ip_address(host).packed
+
+
+class PackedIps:
+    """``packed_ip`` with a bounded memory of the hosts it packed.
+
+    A registration packs its source address three times (the cookie of its HELLO, the cookie
+    check of its REGISTER, the address its REGISTERED reflects) within a round trip, and
+    packing a dotted quad is the largest cost on that path after the syscalls; a device
+    refreshing its session packs it again. The memory holds at most ``limit`` hosts and is
+    emptied when full: its worst case is ``packed_ip``'s cost, never unbounded growth.
+    """
+
+    __slots__ = ("_known", "_limit")
+
+    def __init__(self, limit: int = 1 << 16) -> None:
+        self._known: dict[str, bytes] = {}
+        self._limit = limit
+
+    def __call__(self, host: str) -> bytes:
+        """``packed_ip(host)``.
+
+        Raises:
+            ValueError: not an IP literal (such a host is not remembered).
+        """
+        packed = self._known.get(host)
+        if packed is None:
+            packed = packed_ip(host)
+            if len(self._known) >= self._limit:
+                self._known.clear()
+            self._known[host] = packed
+        return packed
 
 
 def address_size(data: bytes) -> int:

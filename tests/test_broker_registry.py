@@ -21,6 +21,7 @@ import pytest
 from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 from dvrlink.broker.registry import (
+    BINDING_QUERY_BATCH,
     DEVICE_NAME_MAX,
     MIGRATIONS,
     BindingVerdict,
@@ -186,6 +187,21 @@ def test_registrations_are_noted_in_one_batch(backend: Backend) -> None:
         assert device is not None and (device.last_registered_at, device.last_address) == (at, f"{ip}:{port}")
     assert reg.device("DL-0404") is None
     reg.record_registrations([])
+
+
+def test_binding_keys_answers_a_batch_of_serials_in_few_queries(backend: Backend) -> None:
+    reg = backend.open()
+    count = BINDING_QUERY_BATCH + 7  # two queries
+    for i in range(count):
+        reg.check_binding(f"DL-{i:05d}", KEY_A if i % 2 else KEY_B, T0, manifest_only=False)
+    reg.load_manifest({"DL-M0001": KEY_B}, T0)
+    asked = [f"DL-{i:05d}" for i in range(count)] + ["DL-M0001", "DL-NOPE"]
+    found = reg.binding_keys(asked)
+    assert len(found) == count + 1 and "DL-NOPE" not in found
+    assert found["DL-00001"] == (KEY_A, "first-use") and found["DL-00002"] == (KEY_B, "first-use")
+    assert found[f"DL-{count - 1:05d}"][1] == "first-use"
+    assert found["DL-M0001"] == (KEY_B, "manifest")
+    assert reg.binding_keys([]) == {}
 
 
 def test_manifest_only_accepts_only_manifest_serials(backend: Backend) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pytest_mock import MockerFixture
 from support.aio import run
 from support.broker import lab
 from support.postgres import PostgresServer, free_port, postgres_server, postgres_url  # noqa: F401 (fixtures)
@@ -264,6 +265,7 @@ def test_a_server_that_does_not_answer_costs_one_timeout_then_calls_fail_at_once
 def test_a_device_with_a_ticket_gets_in_while_the_registry_is_down(
     postgres_server: PostgresServer,  # noqa: F811
     url: str,
+    mocker: MockerFixture,
 ) -> None:
     """A broker restarts (or the device moves node) while PostgreSQL is stopped: the device the
     fleet knows comes back by its resumption ticket; a device without one is refused 'busy'."""
@@ -292,7 +294,7 @@ def test_a_device_with_a_ticket_gets_in_while_the_registry_is_down(
         postgres_server.stop()
         try:
             lab.restart_broker()
-            lab.on_server_event = handler_for_this_core()
+            lab.on_server_event = handler = handler_for_this_core()
             stranger = lab.add_device("DL-0004", seed=4)
             stranger.client.start(lab.now)
             lab.advance(lab.now + 2 * lab.interval)
@@ -304,8 +306,16 @@ def test_a_device_with_a_ticket_gets_in_while_the_registry_is_down(
             refused = of_type(stranger.events, RegistrationRefused)
             assert refused and refused[0].reason == RefuseReason.BUSY, stranger.events
             assert not of_type(stranger.events, Registered)
+            handler.flush()  # the after-the-fact check of the ticket's binding cannot run: it waits
+            lab.pump()
+            assert known.client.state is ClientState.ONLINE
         finally:
             postgres_server.start()
+        check = mocker.spy(registry, "binding_keys")
+        handler.flush()  # the registry is back: the check that waited runs now
+        lab.pump()
+        assert [call.args[0] for call in check.call_args_list] == [["DL-0003"]], check.call_args_list
+        assert known.client.state is ClientState.ONLINE
     finally:
         registry.close()
 
