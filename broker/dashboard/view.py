@@ -170,6 +170,9 @@ class FleetPage:
 
 
 def _nat_text(report: dict[str, Any]) -> str:
+    """The NAT column: the type the device classified (``EIM/APDF``, ``no NAT``, ``UDP blocked``;
+    "type not reported" before it did, or when its broker node has no RFC 5780 alternate
+    address), with the mapping lifetime it measured and the presence transport."""
     parts = []
     lifetime = report.get("nat_lifetime_s")
     if isinstance(lifetime, int) and lifetime > 0:
@@ -178,7 +181,8 @@ def _nat_text(report: dict[str, Any]) -> str:
     if isinstance(transport, str):
         parts.append(f"over {transport}")
     detail = f" ({', '.join(parts)})" if parts else ""
-    return f"type not reported{detail}"
+    nat_type = report.get("nat_type")
+    return f"{nat_type if isinstance(nat_type, str) and nat_type else 'type not reported'}{detail}"
 
 
 def session_path(session: SessionRecord) -> str:
