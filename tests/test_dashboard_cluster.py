@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -24,10 +25,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytest_mock import MockerFixture
 from redis import Redis as SyncRedis
+from yarl import URL
 
 from dvrlink.broker.cluster.fleet import FLEET_CHANNEL, STATS_KEY, NodeStats, change_from_json, sum_stats
 from dvrlink.broker.cluster.node import presence_key
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
+from dvrlink.broker.dashboard.routes import COOKIE
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import InviteReceived, Registered
@@ -181,6 +184,86 @@ def test_pages_show_a_device_online_at_any_node_in_one_redis_round_trip(
     run(main)
 
 
+def _login_keys(redis: RedisServer) -> dict[str, tuple[bytes, int]]:
+    """The dashboard logins in Redis: key -> (value, milliseconds to live)."""
+    with SyncRedis.from_url(redis.url) as client:
+        keys = [bytes(k).decode() for k in client.scan_iter(match="w:*")]
+        return {k: (bytes(client.get(k) or b""), int(client.pttl(k))) for k in keys}
+
+
+def test_a_login_made_at_one_node_works_at_the_other_and_a_logout_at_either_ends_it_on_both(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two nodes behind one name (a load balancer): the browser's cookie names a login kept in
+    Redis under the hash of its id, with the login's expiry."""
+
+    async def main() -> None:
+        async with fleet(tmp_path, redis) as (a, b):
+            device = await _device_at(b, D1)
+            for node in (a, b):
+                _share(node, device, "alice")
+            at_a, at_b = DashboardClient(a.broker), DashboardClient(b.broker)
+            try:
+                assert (await at_a.login("alice", PASSWORD))[0] == 303
+                cookies = at_a.http.cookie_jar.filter_cookies(URL(at_a.origin))
+                session_id = cookies[COOKIE].value
+                stored = _login_keys(redis)
+                key = "w:" + hashlib.sha256(session_id.encode()).hexdigest()
+                assert list(stored) == [key], stored
+                value, ttl_ms = stored[key]
+                assert session_id.encode() not in value and session_id not in key
+                ttl = a.broker.config.dashboard_session_ttl_s
+                assert 0.9 * ttl * 1000 < ttl_ms <= ttl * 1000, ttl_ms
+                assert json.loads(value)["u"] == "alice" and json.loads(value)["c"] == at_a.csrf
+
+                # The same cookie at node b (another port of one host: cookies ignore ports).
+                at_b.http.cookie_jar.update_cookies({COOKIE: session_id}, URL(at_b.origin))
+                status, page, _resp = await at_b.get("/dashboard/devices")
+                assert status == 200 and "alice" in page and D1 in page, page[:300]
+                assert at_b.csrf == at_a.csrf, "one login, one CSRF token"
+                async with at_b.http.get("/dashboard/events") as stream:
+                    assert stream.status == 200
+                    await next_presence(stream, D1, "online")
+
+                # A logout at b ends the login at a too.
+                status, _page, resp = await at_b.post("/dashboard/logout", {})
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+                assert _login_keys(redis) == {}
+                status, _page, resp = await at_a.get("/dashboard/devices")
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+
+                # And the other way round, with a login made at b.
+                assert (await at_b.login("alice", PASSWORD))[0] == 303
+                session_id = at_b.http.cookie_jar.filter_cookies(URL(at_b.origin))[COOKIE].value
+                at_a.http.cookie_jar.update_cookies({COOKIE: session_id}, URL(at_a.origin))
+                status, _page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 200
+                assert (await at_a.post("/dashboard/logout", {}))[0] == 303
+                status, _page, _resp = await at_b.get("/dashboard/devices")
+                assert status == 303
+
+                # Redis down: a login made before keeps working at the node that saw it; no new
+                # login can be made (the page says why), and a logout still ends it there.
+                assert (await at_a.login("alice", PASSWORD))[0] == 303
+                redis.stop()
+                status, page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 200 and "Only this node's knowledge is shown" in page
+                late = DashboardClient(a.broker)
+                try:
+                    status, page, resp = await late.login("alice", PASSWORD)
+                    assert status == 503 and "Redis" in page and resp.headers["Retry-After"] == "5", page
+                finally:
+                    await late.close()
+                assert (await at_a.post("/dashboard/logout", {}))[0] == 303
+                status, _page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 303
+            finally:
+                await at_a.close()
+                await at_b.close()
+
+    run(main)
+
+
 async def _stream_ends(stream: Any) -> None:
     async def drain() -> None:
         while await stream.content.readline():
@@ -234,6 +317,10 @@ def test_live_changes_at_another_node_reach_the_viewer_and_resume_after_a_redis_
                     "node b to subscribe again", lambda: node_cluster(b).fleet.subscriptions > subscribed
                 )
                 await _located(redis, D1, "node1")  # b rebuilt its presence keys
+                # The logins lived in that Redis too (no persistence here): log in again.
+                status, _page, resp = await browser.get("/dashboard/devices")
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+                assert (await browser.login("alice", PASSWORD))[0] == 303
                 async with browser.http.get("/dashboard/events") as stream:
                     lines = []
                     await next_presence(stream, D1, "online", lines)
