@@ -389,6 +389,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             cluster.fleet.on_change = dashboard.on_remote
             cluster.fleet.on_resync = dashboard.resync
             cluster.fleet.stats = view.node_stats
+            cluster.fleet.online = lambda: server.online_count
         pages = DashboardRoutes(
             view,
             dashboard,

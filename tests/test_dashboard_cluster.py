@@ -27,7 +27,14 @@ from pytest_mock import MockerFixture
 from redis import Redis as SyncRedis
 from yarl import URL
 
-from dvrlink.broker.cluster.fleet import FLEET_CHANNEL, STATS_KEY, NodeStats, change_from_json, sum_stats
+from dvrlink.broker.cluster.fleet import (
+    FLEET_CHANNEL,
+    STATS_KEY,
+    NodeStats,
+    change_from_json,
+    change_json,
+    sum_stats,
+)
 from dvrlink.broker.cluster.node import presence_key
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
 from dvrlink.broker.dashboard.routes import COOKIE
@@ -45,6 +52,7 @@ from tests.support.dashboard import DashboardClient, next_presence
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_async
 
+ONLINE = '<dt>Online now</dt><dd data-field="online_count">{}</dd>'
 D1 = "DL-DASH-0001"
 D2 = "DL-DASH-0002"
 D3 = "DL-DASH-0003"
@@ -422,7 +430,7 @@ def test_the_fleet_page_sums_every_nodes_counters(tmp_path: Path, redis: RedisSe
                 status, page, _resp = await browser.get("/dashboard/fleet")
                 assert status == 200
                 assert "Counters of 2 nodes: node0, node1." in page, page
-                assert "<dt>Online now</dt><dd>3</dd>" in page
+                assert ONLINE.format(3) in page
                 assert "<dt>Devices bound</dt><dd>3</dd>" in page
                 rate = page.split("<dt>Registrations per minute (last minute)</dt><dd>")[1].split("<")[0]
                 assert float(rate) == 3.0, rate
@@ -438,15 +446,87 @@ def test_the_fleet_page_sums_every_nodes_counters(tmp_path: Path, redis: RedisSe
                 with SyncRedis.from_url(redis.url) as client:
                     client.hset(STATS_KEY, "gone", json.dumps(stale))
                 status, page, _resp = await browser.get("/dashboard/fleet")
-                assert "<dt>Online now</dt><dd>3</dd>" in page and "gone" not in page
+                assert ONLINE.format(3) in page and "gone" not in page
                 assert "gone" not in _stats(redis), "the reader removed the stale field"
 
                 redis.stop()
                 status, page, _resp = await browser.get("/dashboard/fleet")
                 assert status == 200 and "Redis cannot be reached" in page
-                assert "<dt>Online now</dt><dd>1</dd>" in page, "node a's own count"
+                assert ONLINE.format(1) in page, "node a's own count"
             finally:
                 await browser.close()
+
+    run(main)
+
+
+async def _next_count(stream: Any, count: int, lines: list[str]) -> None:
+    """Read SSE messages until one carries ``online_count`` ``count``; bounded."""
+
+    async def scan() -> None:
+        while True:
+            raw = await stream.content.readline()
+            assert raw, f"the stream ended; seen: {lines}"
+            line = raw.decode().rstrip("\n")
+            lines.append(line)
+            if line.startswith("data: ") and json.loads(line[6:]).get("online_count") == count:
+                return
+
+    try:
+        await asyncio.wait_for(scan(), 10.0)
+    except TimeoutError:
+        raise AssertionError(f"no online_count {count} within 10 s; seen: {lines}") from None
+
+
+def test_the_fleet_pages_online_figure_follows_changes_at_every_node_live(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """An operator's stream at node a carries the fleet's online count with every change: node
+    b's count rides on b's changes (``c``), node a's own is read at the change; a viewer's
+    stream carries none."""
+
+    async def main() -> None:
+        async with fleet(tmp_path, redis, dashboard_operators=["olga"]) as (a, b):
+            first = await _device_at(b, D1)
+            for node in (a, b):
+                _share(node, first, "alice")
+            a.broker.registry.create_user("olga", PASSWORD, time.time())
+            await _located(redis, D1, "node1")
+            await wait_until_async(
+                "node b to write its counters",
+                lambda: {n: s.online for n, s in _stats(redis).items()}.get("node1") == 1,
+                seen=lambda: _stats(redis),
+            )
+            operator, viewer = DashboardClient(a.broker), DashboardClient(a.broker)
+            loop = asyncio.get_running_loop()
+            try:
+                await operator.login("olga", PASSWORD)
+                await viewer.login("alice", PASSWORD)
+                status, page, _resp = await operator.get("/dashboard/fleet")
+                assert status == 200 and ONLINE.format(1) in page, page
+                async with (
+                    operator.http.get("/dashboard/events") as stream,
+                    viewer.http.get("/dashboard/events") as viewer_stream,
+                ):
+                    lines: list[str] = []
+                    await _next_count(stream, 1, lines)  # the counters event at the start
+                    assert "event: counters" in lines
+                    await _device_at(b, D2)  # at b: its count comes with its change
+                    update = await next_presence(stream, D2, "online", lines)
+                    assert update["online_count"] == 2 and update["node"] == "node1", update
+                    await _device_at(a, D3)  # at a: a's own count
+                    update = await next_presence(stream, D3, "online", lines)
+                    assert update["online_count"] == 3, update
+                    first.client.stop(loop.time())  # goodbye at b
+                    first.flush()
+                    update = await next_presence(stream, D1, "offline", lines)
+                    assert update["online_count"] == 2, update
+                    viewer_lines: list[str] = []
+                    await next_presence(viewer_stream, D1, "offline", viewer_lines)
+                    assert not [line for line in viewer_lines if "online_count" in line], viewer_lines
+                    assert "event: counters" not in viewer_lines
+            finally:
+                await operator.close()
+                await viewer.close()
 
     run(main)
 
@@ -462,7 +542,17 @@ def test_node_counters_and_changes_read_back_strictly() -> None:
             NodeStats.from_json(bad)
     change = change_from_json('{"n":"node1","s":"S","o":1,"t":5.0,"a":"1.2.3.4:5"}')
     assert change == PresenceChanged("S", True, 5.0, "1.2.3.4:5", None, "node1")
-    for bad in ('{"n":"x","s":"S","o":2,"t":1}', '{"n":"x","s":1,"o":1,"t":1}', '{"n":"x"}', "x" * 5000):
+    change = change_from_json('{"n":"node1","s":"S","o":0,"t":5.0,"r":"goodbye","c":7}')
+    assert change == PresenceChanged("S", False, 5.0, None, "goodbye", "node1", 7)
+    assert change_from_json(change_json("node1", change)) == change
+    for bad in (
+        '{"n":"x","s":"S","o":2,"t":1}',
+        '{"n":"x","s":1,"o":1,"t":1}',
+        '{"n":"x"}',
+        "x" * 5000,
+        '{"n":"x","s":"S","o":1,"t":1,"c":-1}',
+        '{"n":"x","s":"S","o":1,"t":1,"c":true}',
+    ):
         with pytest.raises(ValueError):
             change_from_json(bad)
     assert FLEET_CHANNEL == "e:presence"

@@ -202,7 +202,7 @@ def fleet_page(page: FleetPage, username: str, csrf: str) -> str:
         ),
         ("Dashboard followers", str(page.followers)),
     )
-    live_field = {"Online now": ' data-field="online_count"'} if page.scope == "this broker" else {}
+    live_field = {"Online now": ' data-field="online_count"'}
     items = "".join(f"<dt>{esc(k)}</dt><dd{live_field.get(k, '')}>{esc(v)}</dd>" for k, v in counters)
     top = max([count for _label, count in page.keepalive_buckets] + [1])
     bars = "".join(

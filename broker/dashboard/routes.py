@@ -361,13 +361,18 @@ class DashboardRoutes:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """GET /dashboard/events: the current state of every visible device, then each change, as
-        ``event: presence`` messages with JSON ``{serial, state, last_seen, online_count}``; ends
+        ``event: presence`` messages with JSON ``{serial, state, last_seen, online_count}`` (on a
+        cluster also ``node``, and ``online_count``, the fleet's, for operators only; they also
+        get ``event: counters`` ``{online_count}`` at the start and when a heartbeat's fresh read
+        of every node's counters changed it); ends
         when the login expires or ends (checked at each heartbeat), the broker stops, or the
         follower falls behind (the browser's EventSource then reconnects)."""
         found = await self._current(request)
         if found is None:
             raise _Refused(401, "Log in first.")
         session_id, login = found
+        operator = self._view.clustered and self._view.is_operator(login.username)
+        counted: int | None = None
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
@@ -383,6 +388,8 @@ class DashboardRoutes:
                 if self._view.clustered:
                     update["node"] = row.node
                 await response.write(_sse(update))
+            if operator:  # the fleet's online figure, live (see DashboardView.row_update)
+                counted = await self._send_fleet_online(response, counted)
             while self._clock() < login.expires_at:
                 try:
                     change = await asyncio.wait_for(subscription.queue.get(), self._heartbeat)
@@ -390,16 +397,31 @@ class DashboardRoutes:
                     if await self._logged_out(session_id):
                         break
                     await response.write(b": keepalive\n\n")
+                    if operator:  # a node that stopped drops out of the count
+                        counted = await self._send_fleet_online(response, counted)
                     continue
                 if change is None:
                     break
                 change = await self._fleet_view(change)
-                await response.write(_sse(self._view.row_update(change)))
+                row_update = self._view.row_update(change, operator)
+                await response.write(_sse(row_update))
+                count = row_update.get("online_count")
+                if operator and isinstance(count, int):
+                    counted = count
         except ConnectionError:
             log.debug("dashboard follower of %r went away", login.username)
         finally:
             self._feed.unsubscribe(subscription)
         return response
+
+    async def _send_fleet_online(self, response: web.StreamResponse, sent: int | None) -> int | None:
+        """Send the fleet's online count (read afresh) as a ``counters`` event if it changed
+        from ``sent``; the count now sent (or ``sent``)."""
+        count = await self._view.fleet_online()
+        if count is None or count == sent:
+            return sent
+        await response.write(_sse({"online_count": count}, "counters"))
+        return count
 
     async def _logged_out(self, session_id: str) -> bool:
         """Whether a stream's login ended (a logout through any node); a store that cannot be
@@ -424,5 +446,5 @@ class DashboardRoutes:
         return PresenceChanged(change.serial, True, change.at, node=node)
 
 
-def _sse(data: Mapping[str, object]) -> bytes:
-    return f"event: presence\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def _sse(data: Mapping[str, object], event: str = "presence") -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
