@@ -106,7 +106,8 @@ def devices_page(
             f'<td class="name">{esc(row.name)}</td>'
             f"{_state_cell(row)}"
             f'<td data-field="last_seen">{esc(row.last_seen)}</td>'
-            f"<td>{esc(row.nat)}</td><td>{esc(row.sessions)}</td><td>{esc(row.data_used)}</td>"
+            f'<td data-field="nat">{esc(row.nat)}</td>'
+            f"<td>{esc(row.sessions)}</td><td>{esc(row.data_used)}</td>"
             f"<td>{esc(row.signal)}</td><td>{esc(row.technology)}</td></tr>"
         )
     scope = "every device of the fleet" if operator else "the devices you paired"
