@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,7 @@ from support.waiting import wait_until
 
 from dvrlink.broker.state import read_info
 from dvrlink.broker.tls import client_context
-from dvrlink.daemon.nat_type import NO_NAT, UDP_BLOCKED, NatTypeSchedule, NatTypeTiming, nat_type_of
+from dvrlink.daemon.nat_type import NO_NAT, UDP_BLOCKED, NatTypeSchedule, NatTypeTiming, classify, nat_type_of
 from dvrlink.daemon.status import format_status, read_status
 from dvrlink.protocol.nat_classify import Filtering, Mapping, NatBehaviour
 from dvrlink.protocol.stun import binding_response
@@ -295,3 +296,21 @@ def test_the_check_against_a_plain_stun_server_does_not_load_the_classifier() ->
     assert nat_type is None and "no RFC 5780 alternate address" in note, note
     assert (datagrams, on_wire) == (2, 28 + 28 + 28 + 32), (datagrams, on_wire)
     assert aioice == [], f"the check loaded {aioice}"
+
+
+def test_no_answer_over_udp_is_udp_blocked_only_while_presence_runs_over_tcp() -> None:
+    """A node whose STUN port does not answer: over TCP presence that is the verdict; over UDP
+    presence (which the broker answers) it is a loss, tried again later."""
+
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+            silent.bind(("127.0.0.1", 0))
+            server = silent.getsockname()
+            timing = NatTypeTiming(retransmit_s=0.2, test_timeout_s=0.5)
+            over_tcp = await classify(server, timing, presence_over_udp=False)
+            over_udp = await classify(server, timing, presence_over_udp=True)
+        assert (over_tcp.nat_type, over_tcp.retry) == (UDP_BLOCKED, False), over_tcp
+        assert (over_udp.nat_type, over_udp.retry) == (None, True), over_udp
+        assert over_tcp.datagrams == 2 and over_tcp.bytes_on_wire == 2 * (28 + 28), over_tcp
+
+    asyncio.run(asyncio.wait_for(main(), 30))
