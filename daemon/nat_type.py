@@ -213,10 +213,9 @@ async def classify(server: Address, timing: NatTypeTiming, *, presence_over_udp:
         if handler:
             handler[0](data, source)
 
-    transport, _protocol = await loop.create_datagram_endpoint(
+    udp, _endpoint = await loop.create_datagram_endpoint(
         lambda: _Endpoint(received), local_addr=(local_ip, 0)
     )
-    udp = transport
 
     def send(data: bytes, destination: Address) -> None:
         counts[0] += 1
@@ -226,6 +225,7 @@ async def classify(server: Address, timing: NatTypeTiming, *, presence_over_udp:
     def outcome(nat_type: str | None, note: str, retry: bool = False) -> NatTypeOutcome:
         return NatTypeOutcome(nat_type, note, counts[0], counts[1], retry)
 
+    driver: CoreDriver[None, bytes] | None = None
     try:
         check = _CheckCore(
             StunProbe(
@@ -241,10 +241,11 @@ async def classify(server: Address, timing: NatTypeTiming, *, presence_over_udp:
             for data in batch:
                 send(data, server)
 
-        driver: CoreDriver[None, bytes] = CoreDriver(
+        driver = CoreDriver(
             check, check_sent, after_step=lambda: done.set() if check.probe.get_timer() is None else None
         )
-        handler.append(lambda data, _source: driver.receive(check.probe.datagram_received, data))
+        checking = driver
+        handler.append(lambda data, _source: checking.receive(check.probe.datagram_received, data))
         check.probe.start(loop.time())
         driver.flush()
         await done.wait()
@@ -265,6 +266,9 @@ async def classify(server: Address, timing: NatTypeTiming, *, presence_over_udp:
         found = nat_type_of(behaviour)
         return outcome(found, behaviour.describe(), retry=found is None)
     finally:
+        if driver is not None:
+            driver.close()  # no timer left behind, also when the run is cancelled
+        handler.clear()
         udp.close()
 
 
