@@ -35,6 +35,7 @@ from dvrlink.broker.alarms import AlarmService
 from dvrlink.broker.api import BrokerApi, SharedCounters
 from dvrlink.broker.api_common import PresenceView
 from dvrlink.broker.api_sessions import RelayDirectory
+from dvrlink.broker.cluster.logins import RedisLogins
 from dvrlink.broker.cluster.node import default_node_id, load_fleet_key
 from dvrlink.broker.cluster.runtime import Cluster, start_cluster
 from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
@@ -389,6 +390,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             cluster.fleet.on_change = dashboard.on_remote
             cluster.fleet.on_resync = dashboard.resync
             cluster.fleet.stats = view.node_stats
+            cluster.fleet.online = lambda: server.online_count
         pages = DashboardRoutes(
             view,
             dashboard,
@@ -396,6 +398,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             config.dashboard_session_ttl_s,
             config.http_body_timeout_s,
             time.time,
+            logins=None if cluster is None else RedisLogins(cluster.redis, config.dashboard_session_ttl_s),
         )
         app.add_subapp("/dashboard", pages.build_app())
         runner = web.AppRunner(app, shutdown_timeout=2.0, keepalive_timeout=config.http_idle_timeout_s)

@@ -26,6 +26,7 @@ from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
+from dvrlink.daemon.nat_type import NatTyper, NatTypeTiming
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
 from dvrlink.daemon.presence_transport import (
@@ -281,6 +282,7 @@ async def _run_locked(
     events.link_status = link.status
     tuning = events.tuning = _presence_tuning(config, client, loop, node_address)
     tuning.flush = link.flush
+    tuning.status_changed = events.status_changed
     tuning.transport = lambda: link.transport.value
     tuning.local_address = lambda: link.local_address
     if link.auto:
@@ -360,6 +362,8 @@ async def _run_locked(
             for prober in (events.tuning.prober, events.tuning.tcp_prober):
                 if prober is not None:
                     await prober.close()
+            if events.tuning.nat_typer is not None:
+                await events.tuning.nat_typer.close()
         link.close()
         alarms.close()
         events.close()
@@ -472,7 +476,8 @@ def _presence_tuning(
     loop: asyncio.AbstractEventLoop,
     broker: Callable[[], tuple[str, int]],
 ) -> PresenceTuning:
-    """Reports to the broker, and the learned keepalive when ``[presence] learn_keepalive``."""
+    """Reports to the broker, the learned keepalive when ``[presence] learn_keepalive``, the NAT
+    type when ``[presence] classify_nat``."""
     presence = config.presence
     tuning = PresenceTuning(
         client,
@@ -492,6 +497,18 @@ def _presence_tuning(
             ProbeBudget(),  # shared with the TCP learner: the broker holds 8 probes per device
         )
         tuning.prober = NatProber(learner, client, broker, on_event=tuning.on_learner_event)
+    if presence.classify_nat:
+
+        def transport() -> str:  # tuning.transport is the link's, set once the link is made
+            return tuning.transport()
+
+        tuning.nat_typer = NatTyper(
+            NatTypeTiming(delay_s=presence.learn_after_s),
+            broker,
+            tuning.nat_type_found,
+            transport=transport,
+            paused=lambda: tuning.paused,
+        )
     return tuning
 
 
@@ -852,6 +869,11 @@ class DeviceEvents:
 
     def sessions_changed(self) -> None:
         """Rewrite the status file: a session was added, authenticated or removed."""
+        self._write_status()
+
+    def status_changed(self) -> None:
+        """Rewrite the status file: something it shows changed outside a presence event (the
+        NAT type was found)."""
         self._write_status()
 
     def attach_modem(self, modem: ModemView) -> None:

@@ -138,6 +138,10 @@ class PresenceConfig:
     report_min_interval_s: float = 60.0
     """Shortest time between two reports to the broker (signal, network, data used, keepalive);
     a change of the modem's state goes at once. Reports ride on keepalives."""
+    classify_nat: bool = True
+    """Classify the NAT (RFC 5780 tests against the broker node, when it has an alternate
+    address: ``learn_after_s`` after the first registration, again from a new public address, at
+    most hourly; typically under 1.5 kB a run) and report its type. False: never."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +396,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         max_keepalive_interval_s=pre.number("max_keepalive_interval_s", 10.0, 3600.0),
         learn_after_s=pre.number("learn_after_s", 0.0, 86400.0),
         report_min_interval_s=pre.number("report_min_interval_s", 1.0, 86400.0),
+        classify_nat=pre.boolean("classify_nat"),
     )
     if presence.reply_timeout_s * (presence.retries + 1) >= presence.keepalive_interval_s:
         raise ConfigError(

@@ -21,6 +21,9 @@ reports to the broker. Hooked into ``DeviceEvents`` (presence events, after each
 - While the cellular data cap is reached (``pause_probes``), the NAT lifetime probes are optional
   traffic: they stop, the keepalive interval in use stays, and the measurement starts again when
   the cap clears. Presence itself goes on.
+- Each registration goes to the NAT type classifier (``nat_typer``, ``daemon/nat_type.py``): it
+  classifies after the first one and after one from a new public address, and its verdict goes
+  into the report (``nat_type``). The data cap's pause puts its runs off too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dvrlink.daemon.nat_lifetime import (
     behind_nat,
 )
 from dvrlink.daemon.nat_probe import NatProber
+from dvrlink.daemon.nat_type import NatTyper
 from dvrlink.daemon.reporting import Reporter
 from dvrlink.protocol.presence_events import (
     Address,
@@ -114,13 +118,27 @@ class PresenceTuning:
         """The presence link's local address (``PresenceTransport.local_address``)."""
         self.no_nat: Address | None = None
         """Set while the broker sees the device at its own local address: no NAT to learn."""
+        self.nat_typer: NatTyper | None = None
+        """Classifies the NAT for the report (``[presence] classify_nat``), else None."""
+        self.status_changed: Callable[[], None] = lambda: None
+        """Rewrites the status file (``DeviceEvents.status_changed``): the NAT type was found."""
 
     def attach_modem(self, modem: ModemFacts) -> None:
         """The modem service is up (it loads after presence starts): reports carry its facts."""
         self._modem = modem
 
     def status(self) -> dict[str, Any]:
-        """``keepalive_learning`` and ``nat_lifetime_s`` for the status file."""
+        """``keepalive_learning``, ``nat_lifetime_s`` and the NAT type for the status file."""
+        typed = self.nat_typer.status() if self.nat_typer is not None else {}
+        return {**self._learning_status(), **typed}
+
+    def nat_type_found(self, nat_type: str) -> None:
+        """The NAT type classifier's verdict: into the report, handed over when due."""
+        self.reporter.update(nat_type=nat_type)
+        self.after_step()
+        self.status_changed()
+
+    def _learning_status(self) -> dict[str, Any]:
         prober = self.prober
         if prober is None:
             return {"keepalive_learning": "off"}
@@ -139,6 +157,8 @@ class PresenceTuning:
         """Start or restart the measurement on registration and address changes; give the
         learners their control (keepalives answered, the session lost)."""
         probers = [p for p in (self.prober, self.tcp_prober) if p is not None]
+        if isinstance(event, Registered) and self.nat_typer is not None:
+            self.nat_typer.registered(event.reflexive_address)
         if isinstance(event, KeepaliveAcknowledged):
             for each in probers:
                 each.broker_answered()

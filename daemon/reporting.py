@@ -7,7 +7,7 @@ keepalives (``PresenceClient.report``), so a report costs a few dozen bytes, not
 still, on a metered SIM they are kept rare:
 
 - the first report, and any change of a categorical field (state, radio technology, operator,
-  keepalive, NAT lifetime, transport), go out at the next keepalive, but not more often than
+  keepalive, NAT lifetime, transport, NAT type), go out at the next keepalive, but not more often than
   every ``min_interval_s``; a change of modem state is urgent (sent at once) so an operator sees
   a recorder go off the cellular network while it still can say so;
 - signal goes out when it moved by ``signal_step_db`` or more, data used when it grew by
@@ -23,7 +23,15 @@ from typing import Any
 
 from dvrlink.protocol.presence_report import DeviceReport
 
-_CATEGORICAL = ("rat", "modem_state", "operator", "keepalive_s", "nat_lifetime_s", "presence_transport")
+_CATEGORICAL = (
+    "rat",
+    "modem_state",
+    "operator",
+    "keepalive_s",
+    "nat_lifetime_s",
+    "presence_transport",
+    "nat_type",
+)
 
 
 @dataclass(frozen=True, slots=True)

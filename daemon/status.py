@@ -169,6 +169,11 @@ class DaemonStatus:
     (the broker sees the device at its own address: nothing to learn)."""
     nat_lifetime_s: float | None = None
     """The longest idle time the NAT kept a UDP mapping in the last measurement."""
+    nat_type: str | None = None
+    """The NAT's behaviour as the RFC 5780 tests found it (``EIM/APDF``, ``no NAT``, ``UDP
+    blocked``; ``daemon/nat_type.py``); None before a run found it."""
+    nat_type_bytes: int = 0
+    """Bytes the NAT type tests cost since the daemon started (IP and UDP headers included)."""
     endpoint: str = ""
     """``host:port`` presence uses now: the TCP/TLS endpoint over TCP (empty: ``broker``)."""
     link: str = ""
@@ -315,6 +320,11 @@ def format_status(status: DaemonStatus, now: float) -> str:
         ("session", f"{status.session_id:#010x}" if status.session_id is not None else "-"),
         ("registered", when(status.registered_at)),
         ("keepalive", format_keepalive(status)),
+        *(
+            [("NAT type", f"{status.nat_type} ({status.nat_type_bytes} bytes to find)")]
+            if status.nat_type
+            else []
+        ),
         ("last keepalive", when(status.last_keepalive)),
         ("rtt", f"{status.rtt * 1000:.0f} ms" if status.rtt is not None else "-"),
         ("pid", str(status.pid)),

@@ -393,6 +393,7 @@ def _daemon_config(
                 "retries = 2",
                 f"learn_keepalive = {'true' if learn else 'false'}",
                 "learn_after_s = 0",
+                "classify_nat = false",  # these runs count presence bytes: no NAT type tests
                 f"max_keepalive_interval_s = {max(10.0, 1800 * scale):g}",
                 "report_min_interval_s = 1",
                 f'transport = "{transport}"',

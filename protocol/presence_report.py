@@ -15,6 +15,12 @@ does not know, so later versions can add items. At most ``MAX_REPORT`` bytes.
 | 6 | keepalive_s | unsigned 32-bit: the keepalive interval the device uses |
 | 7 | nat_lifetime_s | unsigned 32-bit: the NAT mapping lifetime it measured (0: not known) |
 | 8 | presence_transport | UTF-8: udp or tcp |
+| 9 | nat_type | UTF-8, at most 16 bytes: the NAT's behaviour as the device classified it |
+
+``nat_type`` is RFC 4787's mapping/filtering pair from the RFC 5780 tests against the broker's
+alternate address (``daemon/nat_type.py``): ``EIM/APDF``, ``APDM/APDF``, ``no NAT``,
+``UDP blocked``, ... A broker that predates an item skips it (``decode`` skips unknown types), so
+a newer device's report still reaches an older broker, without that item.
 
 Items 16 and up are **controls** for the broker's presence core, not part of the report:
 
@@ -38,11 +44,20 @@ from typing import Any
 
 MAX_REPORT = 192
 MAX_TEXT = 32
+MAX_NAT_TYPE = 16
+"""Bytes of ``nat_type`` at most, so that every report still fits ``MAX_REPORT``."""
 PROBE_DELAY = 16
 INTERVAL = 17
 
-_SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT = range(1, 9)
-_TEXT_ITEMS = {_RAT: "rat", _STATE: "modem_state", _OPERATOR: "operator", _TRANSPORT: "presence_transport"}
+_SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT, _NAT_TYPE = range(1, 10)
+_TEXT_ITEMS = {
+    _RAT: "rat",
+    _STATE: "modem_state",
+    _OPERATOR: "operator",
+    _TRANSPORT: "presence_transport",
+    _NAT_TYPE: "nat_type",
+}
+_TEXT_LIMITS = {_NAT_TYPE: MAX_NAT_TYPE}
 _U32_ITEMS = {_KEEPALIVE: "keepalive_s", _NAT: "nat_lifetime_s"}
 
 
@@ -58,6 +73,8 @@ class DeviceReport:
     keepalive_s: int | None = None
     nat_lifetime_s: int | None = None
     presence_transport: str | None = None
+    nat_type: str | None = None
+    """The NAT's behaviour as the device classified it (``EIM/APDF``, ``no NAT``, ...)."""
 
     def encode(self) -> bytes:
         """Serialize; text is cut to ``MAX_TEXT`` bytes (on a character boundary) and numbers
@@ -74,7 +91,8 @@ class DeviceReport:
         for item, name in _TEXT_ITEMS.items():
             value = getattr(self, name)
             if value is not None:
-                raw = value.encode("utf-8")[:MAX_TEXT].decode("utf-8", "ignore").encode("utf-8")
+                limit = _TEXT_LIMITS.get(item, MAX_TEXT)
+                raw = value.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
                 out += bytes([item, len(raw)]) + raw
         return bytes(out)
 

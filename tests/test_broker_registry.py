@@ -361,12 +361,12 @@ def test_reports_are_kept_per_device_and_survive_a_reopen(backend: Backend) -> N
     reg.check_binding("DL-0001", KEY_A, T0, manifest_only=False)
     record = reg.device("DL-0001")
     assert record is not None and record.report is None and record.reported_at is None
-    reg.record_report("DL-0001", {"signal_dbm": -87, "rat": "lte"}, T0 + 5)
+    reg.record_report("DL-0001", {"signal_dbm": -87, "rat": "lte", "nat_type": "EIM/APDF"}, T0 + 5)
     reg.record_report("DL-9999", {"rat": "gsm"}, T0 + 5)  # not bound: nothing to update
     reg.close()
     again = backend.open()
     record = again.device("DL-0001")
-    assert record is not None and record.report == {"signal_dbm": -87, "rat": "lte"}
+    assert record is not None and record.report == {"signal_dbm": -87, "rat": "lte", "nat_type": "EIM/APDF"}
     assert record.reported_at == T0 + 5
     assert again.device("DL-9999") is None
     again.close()

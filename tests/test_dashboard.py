@@ -213,6 +213,14 @@ def test_viewers_see_only_their_devices_and_operators_the_fleet(tmp_path: Path) 
                     ">none<",
                 ):
                     assert shown in row, (shown, row)
+                classified = DeviceReport(**{**report.as_dict(), "nat_type": "EIM/APDF"})
+                t.broker.registry.record_report(SERIAL, classified.as_dict(), time.time())
+                status, text, _resp = await olga.get("/dashboard/devices")
+                row = text[text.index(f'<tr data-serial="{SERIAL}">') :].split("</tr>")[0]
+                assert ">EIM/APDF (mapping 120 s)<" in row, row
+                status, text, _resp = await olga.get(f"/dashboard/devices/{SERIAL}")
+                assert "<dt>NAT</dt><dd>EIM/APDF (mapping 120 s)</dd>" in text
+                assert "<dt>nat_type</dt><dd>EIM/APDF</dd>" in text
 
                 # sessions: before the viewer reports a path, the broker knows only the policy it signalled
                 auth = await t.login("bob")

@@ -3,8 +3,10 @@ Debian's chromedriver, against a real ``dvrlink-broker`` process and a real ``dv
 
 It logs in with the keyboard only, sees the paired device online, pauses the daemon (SIGSTOP:
 the broker's keepalive timeout) and sees its row go offline without a reload, resumes it and
-sees it online again, stops it (SIGTERM: GOODBYE) and starts a new one; it names the device
-``<script>…`` through the form and finds the name shown as text with no alert; it checks labels
+sees it online again, stops it (SIGTERM: GOODBYE) and starts a new one; it finds the NAT type
+the daemon classified against the broker's RFC 5780 alternate address (``no NAT`` on loopback);
+it names the device ``<script>…`` through the form and finds the name shown as text with no
+alert; it checks labels
 and text contrast; and it saves screenshots of the login, device list, device and fleet pages
 (to ``DVRLINK_SCREENSHOT_DIR`` if set, else the test's temporary folder; docs/screenshots/ holds
 copies).
@@ -53,6 +55,7 @@ class Rig(BrowserRigDaemon):
             f'state_dir = "{self.state}"\nudp_host = "127.0.0.1"\nudp_port = 0\nhttps_host = "127.0.0.1"\n'
             f"https_port = 0\npresence_tcp_port = 0\nturn_enabled = false\n"
             f'dashboard_operators = ["{USER}"]\n'
+            'stun_alternate_host = "127.0.0.2"\nstun_alternate_port = 0\n'  # the NAT type (RFC 5780)
         )
         self.broker = LoggedProcess(
             [str(BIN / "dvrlink-broker"), "--config", str(config), "serve"], tmp / "broker.log", self.env
@@ -61,6 +64,8 @@ class Rig(BrowserRigDaemon):
         self.info = read_info(self.state)
         self.base = f"https://localhost:{self.info.https_port}"
         self.point_daemon_at(SERIAL, self.info.udp_port, self.info.public_key, KEEPALIVE_S)
+        with self.daemon_config.open("a") as config_file:
+            config_file.write("learn_after_s = 0\n")  # classify the NAT at once
 
     def close(self) -> None:
         if self.daemon is not None:
@@ -107,6 +112,12 @@ def _wait(driver: Any, what: str, condition: Any) -> Any:
 
 def _row_state(driver: Any) -> str:
     cells = driver.find_elements("css selector", f'tr[data-serial="{SERIAL}"] [data-field="state"]')
+    return str(cells[0].text) if cells else "(no row)"
+
+
+def _nat_after_reload(driver: Any) -> str:
+    driver.refresh()
+    cells = driver.find_elements("css selector", f'tr[data-serial="{SERIAL}"] [data-field="nat"]')
     return str(cells[0].text) if cells else "(no row)"
 
 
@@ -210,6 +221,9 @@ def test_dashboard_in_chromium(rig: Rig, browser: Any, tmp_path: Path) -> None:
     rig.start_daemon()
     _wait(driver, f"{SERIAL} online after a restart", lambda d: _row_state(d) == "online")
     assert driver.execute_script("return window.dashboardNotReloaded === true;"), "the page was reloaded"
+
+    # -- the NAT type the daemon classified and reported (the column is not live: reload) ------
+    _wait(driver, "the NAT type in the device's row", lambda d: _nat_after_reload(d).startswith("no NAT"))
 
     # -- reach the device by Tab and open it with Enter ----------------------------------------
     for _ in range(30):

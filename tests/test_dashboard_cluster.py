@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -24,10 +25,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytest_mock import MockerFixture
 from redis import Redis as SyncRedis
+from yarl import URL
 
-from dvrlink.broker.cluster.fleet import FLEET_CHANNEL, STATS_KEY, NodeStats, change_from_json, sum_stats
+from dvrlink.broker.cluster.fleet import (
+    FLEET_CHANNEL,
+    STATS_KEY,
+    NodeStats,
+    change_from_json,
+    change_json,
+    sum_stats,
+)
 from dvrlink.broker.cluster.node import presence_key
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
+from dvrlink.broker.dashboard.routes import COOKIE
 from dvrlink.protocol.identity import ed25519_public_bytes
 from dvrlink.protocol.presence_client import ClientConfig, PresenceClient
 from dvrlink.protocol.presence_events import InviteReceived, Registered
@@ -42,6 +52,7 @@ from tests.support.dashboard import DashboardClient, next_presence
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until_async
 
+ONLINE = '<dt>Online now</dt><dd data-field="online_count">{}</dd>'
 D1 = "DL-DASH-0001"
 D2 = "DL-DASH-0002"
 D3 = "DL-DASH-0003"
@@ -181,6 +192,86 @@ def test_pages_show_a_device_online_at_any_node_in_one_redis_round_trip(
     run(main)
 
 
+def _login_keys(redis: RedisServer) -> dict[str, tuple[bytes, int]]:
+    """The dashboard logins in Redis: key -> (value, milliseconds to live)."""
+    with SyncRedis.from_url(redis.url) as client:
+        keys = [bytes(k).decode() for k in client.scan_iter(match="w:*")]
+        return {k: (bytes(client.get(k) or b""), int(client.pttl(k))) for k in keys}
+
+
+def test_a_login_made_at_one_node_works_at_the_other_and_a_logout_at_either_ends_it_on_both(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two nodes behind one name (a load balancer): the browser's cookie names a login kept in
+    Redis under the hash of its id, with the login's expiry."""
+
+    async def main() -> None:
+        async with fleet(tmp_path, redis) as (a, b):
+            device = await _device_at(b, D1)
+            for node in (a, b):
+                _share(node, device, "alice")
+            at_a, at_b = DashboardClient(a.broker), DashboardClient(b.broker)
+            try:
+                assert (await at_a.login("alice", PASSWORD))[0] == 303
+                cookies = at_a.http.cookie_jar.filter_cookies(URL(at_a.origin))
+                session_id = cookies[COOKIE].value
+                stored = _login_keys(redis)
+                key = "w:" + hashlib.sha256(session_id.encode()).hexdigest()
+                assert list(stored) == [key], stored
+                value, ttl_ms = stored[key]
+                assert session_id.encode() not in value and session_id not in key
+                ttl = a.broker.config.dashboard_session_ttl_s
+                assert 0.9 * ttl * 1000 < ttl_ms <= ttl * 1000, ttl_ms
+                assert json.loads(value)["u"] == "alice" and json.loads(value)["c"] == at_a.csrf
+
+                # The same cookie at node b (another port of one host: cookies ignore ports).
+                at_b.http.cookie_jar.update_cookies({COOKIE: session_id}, URL(at_b.origin))
+                status, page, _resp = await at_b.get("/dashboard/devices")
+                assert status == 200 and "alice" in page and D1 in page, page[:300]
+                assert at_b.csrf == at_a.csrf, "one login, one CSRF token"
+                async with at_b.http.get("/dashboard/events") as stream:
+                    assert stream.status == 200
+                    await next_presence(stream, D1, "online")
+
+                # A logout at b ends the login at a too.
+                status, _page, resp = await at_b.post("/dashboard/logout", {})
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+                assert _login_keys(redis) == {}
+                status, _page, resp = await at_a.get("/dashboard/devices")
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+
+                # And the other way round, with a login made at b.
+                assert (await at_b.login("alice", PASSWORD))[0] == 303
+                session_id = at_b.http.cookie_jar.filter_cookies(URL(at_b.origin))[COOKIE].value
+                at_a.http.cookie_jar.update_cookies({COOKIE: session_id}, URL(at_a.origin))
+                status, _page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 200
+                assert (await at_a.post("/dashboard/logout", {}))[0] == 303
+                status, _page, _resp = await at_b.get("/dashboard/devices")
+                assert status == 303
+
+                # Redis down: a login made before keeps working at the node that saw it; no new
+                # login can be made (the page says why), and a logout still ends it there.
+                assert (await at_a.login("alice", PASSWORD))[0] == 303
+                redis.stop()
+                status, page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 200 and "Only this node's knowledge is shown" in page
+                late = DashboardClient(a.broker)
+                try:
+                    status, page, resp = await late.login("alice", PASSWORD)
+                    assert status == 503 and "Redis" in page and resp.headers["Retry-After"] == "5", page
+                finally:
+                    await late.close()
+                assert (await at_a.post("/dashboard/logout", {}))[0] == 303
+                status, _page, _resp = await at_a.get("/dashboard/devices")
+                assert status == 303
+            finally:
+                await at_a.close()
+                await at_b.close()
+
+    run(main)
+
+
 async def _stream_ends(stream: Any) -> None:
     async def drain() -> None:
         while await stream.content.readline():
@@ -234,6 +325,10 @@ def test_live_changes_at_another_node_reach_the_viewer_and_resume_after_a_redis_
                     "node b to subscribe again", lambda: node_cluster(b).fleet.subscriptions > subscribed
                 )
                 await _located(redis, D1, "node1")  # b rebuilt its presence keys
+                # The logins lived in that Redis too (no persistence here): log in again.
+                status, _page, resp = await browser.get("/dashboard/devices")
+                assert status == 303 and resp.headers["Location"] == "/dashboard/login"
+                assert (await browser.login("alice", PASSWORD))[0] == 303
                 async with browser.http.get("/dashboard/events") as stream:
                     lines = []
                     await next_presence(stream, D1, "online", lines)
@@ -335,7 +430,7 @@ def test_the_fleet_page_sums_every_nodes_counters(tmp_path: Path, redis: RedisSe
                 status, page, _resp = await browser.get("/dashboard/fleet")
                 assert status == 200
                 assert "Counters of 2 nodes: node0, node1." in page, page
-                assert "<dt>Online now</dt><dd>3</dd>" in page
+                assert ONLINE.format(3) in page
                 assert "<dt>Devices bound</dt><dd>3</dd>" in page
                 rate = page.split("<dt>Registrations per minute (last minute)</dt><dd>")[1].split("<")[0]
                 assert float(rate) == 3.0, rate
@@ -351,15 +446,87 @@ def test_the_fleet_page_sums_every_nodes_counters(tmp_path: Path, redis: RedisSe
                 with SyncRedis.from_url(redis.url) as client:
                     client.hset(STATS_KEY, "gone", json.dumps(stale))
                 status, page, _resp = await browser.get("/dashboard/fleet")
-                assert "<dt>Online now</dt><dd>3</dd>" in page and "gone" not in page
+                assert ONLINE.format(3) in page and "gone" not in page
                 assert "gone" not in _stats(redis), "the reader removed the stale field"
 
                 redis.stop()
                 status, page, _resp = await browser.get("/dashboard/fleet")
                 assert status == 200 and "Redis cannot be reached" in page
-                assert "<dt>Online now</dt><dd>1</dd>" in page, "node a's own count"
+                assert ONLINE.format(1) in page, "node a's own count"
             finally:
                 await browser.close()
+
+    run(main)
+
+
+async def _next_count(stream: Any, count: int, lines: list[str]) -> None:
+    """Read SSE messages until one carries ``online_count`` ``count``; bounded."""
+
+    async def scan() -> None:
+        while True:
+            raw = await stream.content.readline()
+            assert raw, f"the stream ended; seen: {lines}"
+            line = raw.decode().rstrip("\n")
+            lines.append(line)
+            if line.startswith("data: ") and json.loads(line[6:]).get("online_count") == count:
+                return
+
+    try:
+        await asyncio.wait_for(scan(), 10.0)
+    except TimeoutError:
+        raise AssertionError(f"no online_count {count} within 10 s; seen: {lines}") from None
+
+
+def test_the_fleet_pages_online_figure_follows_changes_at_every_node_live(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """An operator's stream at node a carries the fleet's online count with every change: node
+    b's count rides on b's changes (``c``), node a's own is read at the change; a viewer's
+    stream carries none."""
+
+    async def main() -> None:
+        async with fleet(tmp_path, redis, dashboard_operators=["olga"]) as (a, b):
+            first = await _device_at(b, D1)
+            for node in (a, b):
+                _share(node, first, "alice")
+            a.broker.registry.create_user("olga", PASSWORD, time.time())
+            await _located(redis, D1, "node1")
+            await wait_until_async(
+                "node b to write its counters",
+                lambda: {n: s.online for n, s in _stats(redis).items()}.get("node1") == 1,
+                seen=lambda: _stats(redis),
+            )
+            operator, viewer = DashboardClient(a.broker), DashboardClient(a.broker)
+            loop = asyncio.get_running_loop()
+            try:
+                await operator.login("olga", PASSWORD)
+                await viewer.login("alice", PASSWORD)
+                status, page, _resp = await operator.get("/dashboard/fleet")
+                assert status == 200 and ONLINE.format(1) in page, page
+                async with (
+                    operator.http.get("/dashboard/events") as stream,
+                    viewer.http.get("/dashboard/events") as viewer_stream,
+                ):
+                    lines: list[str] = []
+                    await _next_count(stream, 1, lines)  # the counters event at the start
+                    assert "event: counters" in lines
+                    await _device_at(b, D2)  # at b: its count comes with its change
+                    update = await next_presence(stream, D2, "online", lines)
+                    assert update["online_count"] == 2 and update["node"] == "node1", update
+                    await _device_at(a, D3)  # at a: a's own count
+                    update = await next_presence(stream, D3, "online", lines)
+                    assert update["online_count"] == 3, update
+                    first.client.stop(loop.time())  # goodbye at b
+                    first.flush()
+                    update = await next_presence(stream, D1, "offline", lines)
+                    assert update["online_count"] == 2, update
+                    viewer_lines: list[str] = []
+                    await next_presence(viewer_stream, D1, "offline", viewer_lines)
+                    assert not [line for line in viewer_lines if "online_count" in line], viewer_lines
+                    assert "event: counters" not in viewer_lines
+            finally:
+                await operator.close()
+                await viewer.close()
 
     run(main)
 
@@ -375,7 +542,17 @@ def test_node_counters_and_changes_read_back_strictly() -> None:
             NodeStats.from_json(bad)
     change = change_from_json('{"n":"node1","s":"S","o":1,"t":5.0,"a":"1.2.3.4:5"}')
     assert change == PresenceChanged("S", True, 5.0, "1.2.3.4:5", None, "node1")
-    for bad in ('{"n":"x","s":"S","o":2,"t":1}', '{"n":"x","s":1,"o":1,"t":1}', '{"n":"x"}', "x" * 5000):
+    change = change_from_json('{"n":"node1","s":"S","o":0,"t":5.0,"r":"goodbye","c":7}')
+    assert change == PresenceChanged("S", False, 5.0, None, "goodbye", "node1", 7)
+    assert change_from_json(change_json("node1", change)) == change
+    for bad in (
+        '{"n":"x","s":"S","o":2,"t":1}',
+        '{"n":"x","s":1,"o":1,"t":1}',
+        '{"n":"x"}',
+        "x" * 5000,
+        '{"n":"x","s":"S","o":1,"t":1,"c":-1}',
+        '{"n":"x","s":"S","o":1,"t":1,"c":true}',
+    ):
         with pytest.raises(ValueError):
             change_from_json(bad)
     assert FLEET_CHANNEL == "e:presence"

@@ -3,7 +3,8 @@ Redis, a real ``dvrlinkd`` registered at node b, and Debian's Chromium (headless
 through Debian's chromedriver) logged in at node a. The device's row at a goes offline when the
 daemon falls silent at b (SIGSTOP: b's keepalive timeout) and online again when it resumes,
 without a reload; the device page at a names node b (screenshot ``cluster-device.png``, to
-``DVRLINK_SCREENSHOT_DIR`` if set).
+``DVRLINK_SCREENSHOT_DIR`` if set). The fleet page's "online now" at a follows the daemon's
+registration at b live; the login made at a works at b, and a logout at b ends it at a.
 
 Until the registry is shared (PostgreSQL), each node has its own SQLite registry: the daemon
 first registers at a, where the account pairs it, then moves to b (same key: b binds it on first
@@ -156,3 +157,27 @@ def test_a_viewer_at_node_a_follows_a_device_held_by_node_b(
     rig.daemon.stop()  # GOODBYE at b
     _wait(driver, "the device page going offline", lambda d: _field(d, "state") == "offline")
     assert _field(driver, "node") == "none (offline)"
+
+    # The fleet page's online figure follows node b's changes live.
+    driver.get(f"{rig.base}/dashboard/fleet")
+    _wait(driver, "the live stream", lambda d: d.find_element("id", "live").text == "Live updates: on")
+    _wait(driver, "no device online", lambda d: _online_now(d) == "0")
+    driver.execute_script("window.dashboardNotReloaded = true;")
+    rig.start_daemon()  # registers at b again
+    _wait(driver, "online now 1 after the daemon registered at node b", lambda d: _online_now(d) == "1")
+    assert driver.execute_script("return window.dashboardNotReloaded === true;"), "the page was reloaded"
+
+    # The login made at node a is known at node b (another port of the same host, as behind a load
+    # balancer); a logout at b ends it at a too.
+    driver.get(f"https://localhost:{rig.info['b'].https_port}/dashboard/devices")
+    _wait(driver, "node b's device list without a new login", lambda d: _field(d, "state") == "online")
+    assert USER in driver.find_element("css selector", ".who").text
+    driver.find_element("css selector", "form.logout button").click()
+    _wait(driver, "the login form after the logout at b", lambda d: d.find_elements("id", "username"))
+    driver.get(f"{rig.base}/dashboard/devices")
+    _wait(driver, "node a's login form", lambda d: d.current_url.endswith("/dashboard/login"))
+
+
+def _online_now(driver: Any) -> str:
+    cells = driver.find_elements("css selector", '[data-field="online_count"]')
+    return str(cells[0].text) if cells else "(no online figure)"

@@ -13,7 +13,7 @@ import pytest
 
 from dvrlink.broker.config import ConfigError, config_from_mapping
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
-from dvrlink.broker.dashboard.logins import LoginTable, csrf_matches
+from dvrlink.broker.dashboard.logins import Login, LoginTable, csrf_matches, login_from_json, login_json
 from dvrlink.broker.dashboard.render import esc, url_part
 from dvrlink.broker.dashboard.view import format_bytes, format_time
 from dvrlink.broker.registry import MIGRATIONS, Registry, ScryptParams
@@ -116,6 +116,14 @@ def test_logins_expire_and_are_bounded() -> None:
     assert table.get(a, 31.0) is None and table.get(b, 31.0) is not None and table.get(c, 31.0) is not None
     assert table.end(b) and not table.end(b) and table.get(b, 31.0) is None
     assert table.get("forged", 31.0) is None
+
+
+def test_a_stored_login_reads_back_strictly() -> None:
+    login = Login("alice", "token", 123.5)
+    assert login_from_json(login_json(login)) == login
+    for bad in (b"", b"[]", b"{}", b'{"u": "a", "c": "", "x": 1}', b'{"u": 1, "c": "t", "x": 1}',
+                b'{"u": "a", "c": "t", "x": true}', b"\xff", b"[" * 100_000):  # fmt: skip
+        assert login_from_json(bad) is None, bad
 
 
 def test_csrf_comparison() -> None:

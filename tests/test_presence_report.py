@@ -10,7 +10,7 @@ from support.presence import Lab
 
 from dvrlink.protocol.presence_client import ClientState
 from dvrlink.protocol.presence_events import DeviceMoved, DeviceReported
-from dvrlink.protocol.presence_report import MAX_REPORT, MAX_TEXT, DeviceReport
+from dvrlink.protocol.presence_report import MAX_NAT_TYPE, MAX_REPORT, MAX_TEXT, DeviceReport
 from dvrlink.protocol.presence_wire import MessageType
 
 FULL = DeviceReport(
@@ -22,6 +22,7 @@ FULL = DeviceReport(
     keepalive_s=105,
     nat_lifetime_s=150,
     presence_transport="udp",
+    nat_type="EIM/APDF",
 )
 
 
@@ -45,12 +46,31 @@ def test_values_are_clamped_and_text_cut_so_every_report_fits() -> None:
         keepalive_s=2**40,
         nat_lifetime_s=-3,
         presence_transport="z" * 100,
+        nat_type="n" * 100,
     )
     data = big.encode()
     assert len(data) <= MAX_REPORT
     back = DeviceReport.decode(data)
     assert back.signal_dbm == -128 and back.data_used == 0 and back.keepalive_s == 2**32 - 1
     assert back.rat is not None and len(back.rat.encode()) <= MAX_TEXT and set(back.rat) == {"é"}
+    assert back.nat_type == "n" * MAX_NAT_TYPE
+
+
+def test_an_older_broker_skips_the_nat_type_item() -> None:
+    """Item 9 is new: a decoder that knows items 1-8 only (an older broker) skips it and keeps
+    the rest, as it skips any unknown item."""
+    data = FULL.encode()
+    assert bytes([9, len(b"EIM/APDF")]) + b"EIM/APDF" in data
+    known = {1, 2, 3, 4, 5, 6, 7, 8}
+    kept, offset = bytearray(), 0
+    while offset < len(data):  # what an older broker's decoder keeps
+        item, length = data[offset], data[offset + 1]
+        if item in known:
+            kept += data[offset : offset + 2 + length]
+        offset += 2 + length
+    older = DeviceReport.decode(bytes(kept))
+    assert older == DeviceReport(**{**FULL.as_dict(), "nat_type": None})
+    assert DeviceReport.decode(data).nat_type == "EIM/APDF"
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,18 @@ of every node on one channel, and per-node counters summed into fleet counters.
 
 - ``MGET p:<serial> ...``: which node holds each listed device (one round trip per page).
 - Channel ``e:presence``: every node publishes its devices' online/offline changes as JSON
-  ``{"n": node, "s": serial, "o": 1|0, "t": unix s, "a": address, "r": reason}``; every node
-  subscribes and hands the other nodes' changes to its dashboard feed. After losing the channel
+  ``{"n": node, "s": serial, "o": 1|0, "t": unix s, "a": address, "r": reason, "c": count}``
+  (``c``: the devices online at that node right after the change); every node subscribes and
+  hands the other nodes' changes to its dashboard feed. After losing the channel
   (Redis restarted) the subscriber subscribes again and ``on_resync`` lets the feed's followers
   start over from a fresh snapshot (changes published meanwhile were lost).
 - Hash ``m``: one field per node, its counters as JSON (:class:`NodeStats`), rewritten every
   ``STATS_S``; a field older than ``STATS_STALE_MS`` (a node that stopped) is ignored and removed
   by the next reader.
+- The fleet's online count, live: each node's newest count, from the hash (read by
+  :meth:`FleetBoard.fleet_stats`) or from the ``c`` of its latest change, whichever is newer
+  (:meth:`FleetBoard.fleet_online`), plus this node's own count now. So the fleet page's "online
+  now" follows every change without a Redis read per change.
 
 :class:`FleetBoard` owns one publisher loop and one subscriber loop; it is started and closed
 with the node's :class:`~dvrlink.broker.cluster.runtime.Cluster`.
@@ -144,6 +149,8 @@ def change_json(node: str, change: PresenceChanged) -> str:
         doc["a"] = change.address
     if change.reason is not None:
         doc["r"] = change.reason
+    if change.node_online is not None:
+        doc["c"] = change.node_online
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -158,16 +165,18 @@ def change_from_json(data: bytes | str) -> PresenceChanged:
     try:
         doc = json.loads(data)
         serial, online, at, node = doc["s"], doc["o"], doc["t"], doc["n"]
-        address, reason = doc.get("a"), doc.get("r")
+        address, reason, count = doc.get("a"), doc.get("r"), doc.get("c")
         if not isinstance(serial, str) or not isinstance(node, str) or online not in (0, 1):
             raise TypeError("s, n must be strings and o 0 or 1")
         if not isinstance(at, int | float) or isinstance(at, bool):
             raise TypeError("t must be a number")
         if not isinstance(address, str | None) or not isinstance(reason, str | None):
             raise TypeError("a, r must be strings")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise TypeError("c must be a count")
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ValueError(f"bad presence change ({exc})") from None
-    return PresenceChanged(serial, bool(online), float(at), address, reason, node)
+    return PresenceChanged(serial, bool(online), float(at), address, reason, node, count)
 
 
 class FleetBoard:
@@ -185,6 +194,12 @@ class FleetBoard:
         self.on_change: Callable[[PresenceChanged], None] = lambda change: None
         self.on_resync: Callable[[], None] = lambda: None
         self.stats: Callable[[], NodeStats] | None = None
+        self.online: Callable[[], int] | None = None
+        """Devices online at this node now (sent with each change as ``c``)."""
+        self._online: dict[str, tuple[int, int]] = {}
+        """Each other node's newest online count and its time stamp (ms, that node's clock)."""
+        self._online_read = False
+        """Whether the hash was read once (before that, the fleet's count is not known)."""
         self._tasks: tuple[asyncio.Task[None], ...] = ()
         self.subscriptions = 0
         """Times the subscriber (re)subscribed to the fleet channel."""
@@ -196,10 +211,12 @@ class FleetBoard:
     def on_event(self, event: ServerEvent, now: float) -> None:
         """Queue this node's ``DeviceOnline``/``DeviceOffline`` for the fleet channel (``now``:
         Unix seconds)."""
+        count = self.online() if self.online is not None else None
         if isinstance(event, DeviceOnline):
-            change = PresenceChanged(event.serial, True, now, address=format_address(event.address))
+            address = format_address(event.address)
+            change = PresenceChanged(event.serial, True, now, address=address, node_online=count)
         elif isinstance(event, DeviceOffline):
-            change = PresenceChanged(event.serial, False, now, reason=event.reason)
+            change = PresenceChanged(event.serial, False, now, reason=event.reason, node_online=count)
         else:
             return
         self._pending.append(change_json(self.node_id, change))
@@ -263,9 +280,26 @@ class FleetBoard:
                 continue
             nodes.append(node)
             live.append(stats)
+            self._note_online(node, stats.online, at_ms)
+        for node in [n for n in self._online if n not in nodes]:
+            if now_ms - self._online[node][1] > STATS_STALE_MS:  # gone: not heard of lately either
+                del self._online[node]
+        self._online_read = True
         if stale:
             await self._redis.hdel(STATS_KEY, *stale)
         return FleetStats(tuple(sorted(nodes)), sum_stats(live))
+
+    def fleet_online(self, own: int) -> int | None:
+        """Devices online in the fleet: ``own`` (this node's count now) plus every other node's
+        newest count; None until the counters were read once (:meth:`fleet_stats`)."""
+        if not self._online_read:
+            return None
+        return own + sum(count for node, (count, _at) in self._online.items() if node != self.node_id)
+
+    def _note_online(self, node: str, count: int, at_ms: int) -> None:
+        known = self._online.get(node)
+        if known is None or at_ms >= known[1]:
+            self._online[node] = (count, at_ms)
 
     async def write_stats(self) -> None:
         """Write this node's counters now (the loop does it every ``STATS_S``).
@@ -337,5 +371,7 @@ class FleetBoard:
             return
         if change.node == self.node_id:
             return  # this node's own change: its feed already has it
+        if change.node is not None and change.node_online is not None:
+            self._note_online(change.node, change.node_online, round(change.at * 1000))
         self.received += 1
         self.on_change(change)

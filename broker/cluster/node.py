@@ -13,6 +13,8 @@ key                value                       expiry
 ``e:presence``     pub/sub channel: every node's online/offline changes (dashboards)
 ``m``              hash: node id -> counters   fields rewritten every 2 s, stale after
                    of its dashboard (JSON)     10 s (``cluster/fleet.py``)
+``w:<sha256 hex>`` a dashboard login (JSON:    the login's ``dashboard_session_ttl_s``
+                   user, CSRF token, expiry)   (``cluster/logins.py``)
 =================  ==========================  ========================================
 """
 
@@ -30,6 +32,7 @@ NODE_PREFIX = "n:"
 CHANNEL_PREFIX = "r:"
 SESSION_PREFIX = "s:"
 LOGIN_PREFIX = "l:"
+DASHBOARD_LOGIN_PREFIX = "w:"
 NODE_TTL_MS = 10_000
 """A node's heartbeat key lives this long without renewal."""
 NODE_ID_MAX = 64

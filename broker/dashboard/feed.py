@@ -41,6 +41,9 @@ class PresenceChanged:
     node: str | None = None
     """The broker node that saw it, for a change another node of a cluster published; None for
     this node's own."""
+    node_online: int | None = None
+    """Devices online at ``node`` right after the change (a cluster's live fleet count), if the
+    node said."""
 
 
 class Subscription:

@@ -106,7 +106,8 @@ def devices_page(
             f'<td class="name">{esc(row.name)}</td>'
             f"{_state_cell(row)}"
             f'<td data-field="last_seen">{esc(row.last_seen)}</td>'
-            f"<td>{esc(row.nat)}</td><td>{esc(row.sessions)}</td><td>{esc(row.data_used)}</td>"
+            f'<td data-field="nat">{esc(row.nat)}</td>'
+            f"<td>{esc(row.sessions)}</td><td>{esc(row.data_used)}</td>"
             f"<td>{esc(row.signal)}</td><td>{esc(row.technology)}</td></tr>"
         )
     scope = "every device of the fleet" if operator else "the devices you paired"
@@ -202,7 +203,7 @@ def fleet_page(page: FleetPage, username: str, csrf: str) -> str:
         ),
         ("Dashboard followers", str(page.followers)),
     )
-    live_field = {"Online now": ' data-field="online_count"'} if page.scope == "this broker" else {}
+    live_field = {"Online now": ' data-field="online_count"'}
     items = "".join(f"<dt>{esc(k)}</dt><dd{live_field.get(k, '')}>{esc(v)}</dd>" for k, v in counters)
     top = max([count for _label, count in page.keepalive_buckets] + [1])
     bars = "".join(

@@ -11,7 +11,8 @@
     GET  /dashboard/events                Server-Sent Events: ``presence`` changes of visible devices
     GET  /dashboard/static/{name}         the stylesheet and the script
 
-Security: the login is a server-side session (``logins``) named by a random cookie that is
+Security: the login is a server-side session (``logins``: in this process, or in the cluster's
+Redis so that every node knows it) named by a random cookie that is
 HttpOnly, Secure, SameSite=Strict and ``__Host-`` prefixed; every POST must come from this
 origin (``Origin``) and carry the login's CSRF token (the login form itself a double-submit
 token from its own cookie). Every page is escaped HTML under a Content-Security-Policy that
@@ -35,7 +36,14 @@ from dvrlink.broker.api_common import ApiError, Handler
 from dvrlink.broker.api_devices import NAME_MAX
 from dvrlink.broker.dashboard import render
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
-from dvrlink.broker.dashboard.logins import Login, LoginTable, csrf_matches
+from dvrlink.broker.dashboard.logins import (
+    Login,
+    LoginStore,
+    LoginsUnavailable,
+    LoginTable,
+    MemoryLogins,
+    csrf_matches,
+)
 from dvrlink.broker.dashboard.view import DashboardView
 from dvrlink.broker.registry import USERNAME_MAX
 
@@ -106,7 +114,10 @@ class DashboardRoutes:
         body_timeout_s: float,
         clock: Callable[[], float],
         heartbeat_s: float = HEARTBEAT_S,
+        logins: LoginStore | None = None,
     ) -> None:
+        """``logins``: where logins live (default: this process; a cluster passes its Redis
+        store, ``broker/cluster/logins.py``)."""
         self._view = view
         self._feed = feed
         self._check_login = check_login
@@ -115,7 +126,7 @@ class DashboardRoutes:
         self._clock = clock
         """Wall-clock time (Unix seconds)."""
         self._heartbeat = heartbeat_s
-        self.logins = LoginTable(session_ttl_s)
+        self.logins: LoginStore = logins if logins is not None else MemoryLogins(LoginTable(session_ttl_s))
         self._static = _static_files()
 
     def build_app(self) -> web.Application:
@@ -141,6 +152,11 @@ class DashboardRoutes:
             return await handler(request)
         except _Refused as exc:
             return _html(render.error_page(exc.status, exc.message), exc.status)
+        except LoginsUnavailable as exc:
+            log.warning("dashboard: %s %s: %s", request.method, request.path, exc)
+            response = _html(render.error_page(503, f"Logins cannot be checked now: {exc}."), 503)
+            response.headers["Retry-After"] = "5"
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -148,20 +164,26 @@ class DashboardRoutes:
 
     # -- login ------------------------------------------------------------------------------------
 
-    def _current(self, request: web.Request) -> tuple[str, Login] | None:
+    async def _current(self, request: web.Request) -> tuple[str, Login] | None:
+        """The request's session id and login, or None.
+
+        Raises:
+            LoginsUnavailable: the login store cannot be reached (answered with a 503 page).
+        """
         session_id = request.cookies.get(COOKIE)
         if not session_id:
             return None
-        login = self.logins.get(session_id, self._clock())
+        login = await self.logins.get(session_id, self._clock())
         return None if login is None else (session_id, login)
 
-    def _required(self, request: web.Request) -> Login:
+    async def _required(self, request: web.Request) -> Login:
         """The request's login.
 
         Raises:
             web.HTTPSeeOther: to the login form, when there is none.
+            LoginsUnavailable: the login store cannot be reached.
         """
-        found = self._current(request)
+        found = await self._current(request)
         if found is None:
             raise web.HTTPSeeOther(f"{render.BASE}/login")
         return found[1]
@@ -222,7 +244,7 @@ class DashboardRoutes:
 
     async def home(self, request: web.Request) -> web.Response:
         """GET /dashboard/."""
-        target = "devices" if self._current(request) is not None else "login"
+        target = "devices" if await self._current(request) is not None else "login"
         return _see_other(f"{render.BASE}/{target}")
 
     async def login_form(self, request: web.Request) -> web.Response:
@@ -247,7 +269,7 @@ class DashboardRoutes:
             if exc.retry_after:
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
-        session_id, _login = self.logins.create(username, self._clock())
+        session_id, _login = await self.logins.create(username, self._clock())
         log.info("dashboard: %r logged in from %s", username, request.remote)
         response = _see_other(f"{render.BASE}/devices")
         response.set_cookie(
@@ -264,10 +286,10 @@ class DashboardRoutes:
 
     async def logout(self, request: web.Request) -> web.Response:
         """POST /dashboard/logout: csrf."""
-        found = self._current(request)
+        found = await self._current(request)
         if found is not None:
             await self._checked_form(request, found[1])
-            self.logins.end(found[0])
+            await self.logins.end(found[0])
         response = _see_other(f"{render.BASE}/login")
         response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         return response
@@ -276,7 +298,7 @@ class DashboardRoutes:
 
     async def devices(self, request: web.Request) -> web.Response:
         """GET /dashboard/devices."""
-        login = self._required(request)
+        login = await self._required(request)
         user = login.username
         rows = self._view.device_rows(user)
         holders = await self._view.holders([r.serial for r in rows])
@@ -286,7 +308,7 @@ class DashboardRoutes:
 
     async def device(self, request: web.Request) -> web.Response:
         """GET /dashboard/devices/{serial}: 404 for a device the account may not see."""
-        login = self._required(request)
+        login = await self._required(request)
         user = login.username
         page = self._view.device_page(user, request.match_info["serial"])
         if page is None:
@@ -306,7 +328,7 @@ class DashboardRoutes:
 
     async def rename(self, request: web.Request) -> web.Response:
         """POST /dashboard/devices/{serial}/name: csrf, name (empty: no name)."""
-        login = self._required(request)
+        login = await self._required(request)
         form = await self._checked_form(request, login)
         serial = request.match_info["serial"]
         name = form.get("name", "").strip()
@@ -318,7 +340,7 @@ class DashboardRoutes:
 
     async def fleet(self, request: web.Request) -> web.Response:
         """GET /dashboard/fleet: 403 for viewers."""
-        login = self._required(request)
+        login = await self._required(request)
         if not self._view.is_operator(login.username):
             raise _Refused(
                 403, "The fleet page is for operators (dashboard_operators in the broker's config)."
@@ -339,13 +361,18 @@ class DashboardRoutes:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """GET /dashboard/events: the current state of every visible device, then each change, as
-        ``event: presence`` messages with JSON ``{serial, state, last_seen, online_count}``; ends
-        when the login expires, the broker stops, or the follower falls behind (the browser's
-        EventSource then reconnects)."""
-        found = self._current(request)
+        ``event: presence`` messages with JSON ``{serial, state, last_seen, online_count}`` (on a
+        cluster also ``node``, and ``online_count``, the fleet's, for operators only; they also
+        get ``event: counters`` ``{online_count}`` at the start and when a heartbeat's fresh read
+        of every node's counters changed it); ends
+        when the login expires or ends (checked at each heartbeat), the broker stops, or the
+        follower falls behind (the browser's EventSource then reconnects)."""
+        found = await self._current(request)
         if found is None:
             raise _Refused(401, "Log in first.")
-        login = found[1]
+        session_id, login = found
+        operator = self._view.clustered and self._view.is_operator(login.username)
+        counted: int | None = None
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
@@ -361,21 +388,48 @@ class DashboardRoutes:
                 if self._view.clustered:
                     update["node"] = row.node
                 await response.write(_sse(update))
+            if operator:  # the fleet's online figure, live (see DashboardView.row_update)
+                counted = await self._send_fleet_online(response, counted)
             while self._clock() < login.expires_at:
                 try:
                     change = await asyncio.wait_for(subscription.queue.get(), self._heartbeat)
                 except TimeoutError:
+                    if await self._logged_out(session_id):
+                        break
                     await response.write(b": keepalive\n\n")
+                    if operator:  # a node that stopped drops out of the count
+                        counted = await self._send_fleet_online(response, counted)
                     continue
                 if change is None:
                     break
                 change = await self._fleet_view(change)
-                await response.write(_sse(self._view.row_update(change)))
+                row_update = self._view.row_update(change, operator)
+                await response.write(_sse(row_update))
+                count = row_update.get("online_count")
+                if operator and isinstance(count, int):
+                    counted = count
         except ConnectionError:
             log.debug("dashboard follower of %r went away", login.username)
         finally:
             self._feed.unsubscribe(subscription)
         return response
+
+    async def _send_fleet_online(self, response: web.StreamResponse, sent: int | None) -> int | None:
+        """Send the fleet's online count (read afresh) as a ``counters`` event if it changed
+        from ``sent``; the count now sent (or ``sent``)."""
+        count = await self._view.fleet_online()
+        if count is None or count == sent:
+            return sent
+        await response.write(_sse({"online_count": count}, "counters"))
+        return count
+
+    async def _logged_out(self, session_id: str) -> bool:
+        """Whether a stream's login ended (a logout through any node); a store that cannot be
+        reached ends no stream."""
+        try:
+            return await self.logins.get(session_id, self._clock()) is None
+        except LoginsUnavailable:
+            return False
 
     async def _fleet_view(self, change: PresenceChanged) -> PresenceChanged:
         """On a cluster, an offline change whose device another node holds by now (it moved, and
@@ -392,5 +446,5 @@ class DashboardRoutes:
         return PresenceChanged(change.serial, True, change.at, node=node)
 
 
-def _sse(data: Mapping[str, object]) -> bytes:
-    return f"event: presence\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def _sse(data: Mapping[str, object], event: str = "presence") -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

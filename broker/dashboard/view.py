@@ -61,6 +61,8 @@ class FleetSource(Protocol):
 
     async def fleet_stats(self) -> FleetStats: ...
 
+    def fleet_online(self, own: int) -> int | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Holders:
@@ -170,6 +172,9 @@ class FleetPage:
 
 
 def _nat_text(report: dict[str, Any]) -> str:
+    """The NAT column: the type the device classified (``EIM/APDF``, ``no NAT``, ``UDP blocked``;
+    "type not reported" before it did, or when its broker node has no RFC 5780 alternate
+    address), with the mapping lifetime it measured and the presence transport."""
     parts = []
     lifetime = report.get("nat_lifetime_s")
     if isinstance(lifetime, int) and lifetime > 0:
@@ -178,7 +183,8 @@ def _nat_text(report: dict[str, Any]) -> str:
     if isinstance(transport, str):
         parts.append(f"over {transport}")
     detail = f" ({', '.join(parts)})" if parts else ""
-    return f"type not reported{detail}"
+    nat_type = report.get("nat_type")
+    return f"{nat_type if isinstance(nat_type, str) and nat_type else 'type not reported'}{detail}"
 
 
 def session_path(session: SessionRecord) -> str:
@@ -425,10 +431,10 @@ class DashboardView:
             tuple((p, paths[p]) for p in (*SESSION_PATHS, UNKNOWN_PATH) if p in paths),
         )
 
-    def row_update(self, change: PresenceChanged) -> dict[str, object]:
-        """The live update of one row (JSON for the SSE stream). On a cluster it carries the
-        node that holds the device and no online count (this node's would be wrong for the
-        fleet; the fleet page shows the fleet's at load)."""
+    def row_update(self, change: PresenceChanged, operator: bool = False) -> dict[str, object]:
+        """The live update of one row (JSON for the SSE stream), with the online count. On a
+        cluster it carries the node that holds the device, and the fleet's online count only
+        for an operator (``fleet_online``: the fleet page's figure), once it is known."""
         update: dict[str, object] = {
             "serial": change.serial,
             "state": "online" if change.online else "offline",
@@ -438,7 +444,22 @@ class DashboardView:
             update["online_count"] = self._presence.online_count
         else:
             update["node"] = (change.node or self._fleet.node_id) if change.online else ""
+            if operator:
+                total = self._fleet.fleet_online(self._presence.online_count)
+                if total is not None:
+                    update["online_count"] = total
         return update
+
+    async def fleet_online(self) -> int | None:
+        """On a cluster, the fleet's online count with every node's counters read afresh from
+        Redis (one HGETALL); None when not clustered or Redis cannot be reached."""
+        if self._fleet is None:
+            return None
+        try:
+            await self._fleet.fleet_stats()
+        except (RedisError, OSError):
+            return None  # the page says so; the live figure waits for Redis
+        return self._fleet.fleet_online(self._presence.online_count)
 
     def _row(
         self, device: DeviceRecord, pairing: PairingRecord | None, sessions: Sequence[SessionRecord]

@@ -48,11 +48,15 @@
   source.addEventListener("error", function () {
     say("reconnecting…");
   });
-  source.addEventListener("presence", function (message) {
-    try {
-      apply(JSON.parse(message.data));
-    } catch (err) {
-      say("a malformed update was ignored");
-    }
-  });
+  function listen(name) {
+    source.addEventListener(name, function (message) {
+      try {
+        apply(JSON.parse(message.data));
+      } catch (err) {
+        say("a malformed update was ignored");
+      }
+    });
+  }
+  listen("presence");
+  listen("counters"); // the fleet's online count on a cluster (operators)
 })();
