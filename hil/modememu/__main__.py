@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from hil.modememu.cellular import CarrierDataPath
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         help="an APN that gives a data link (repeat; default: any APN works)",
     )
     parser.add_argument("--no-sim", action="store_true", help="start without a SIM")
+    parser.add_argument("--sms-capacity", type=int, default=20, help="messages the SIM store holds")
+    parser.add_argument(
+        "--sms-text-only", action="store_true", help="a modem without SMS PDU mode (AT+CMGF=0 is an ERROR)"
+    )
     parser.add_argument(
         "--boot-delay", type=float, default=0.5, help="seconds a reset keeps the modem silent"
     )
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             pin=args.pin,
             spn=args.spn,
             working_apns=frozenset(args.working_apn) if args.working_apn is not None else None,
+            sms_capacity=args.sms_capacity,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -118,9 +124,10 @@ def _data_path(profile: str, prefix: str, lease_dir: Path | None) -> Iterator[Ca
 
 
 def _serve(args: argparse.Namespace, sim: SimCard, data_path: CarrierDataPath | None) -> int:
-    emu = ModemEmulator(
-        args.profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path
-    )
+    profile = get_profile(args.profile)
+    if args.sms_text_only:
+        profile = replace(profile, sms_text_only=True)
+    emu = ModemEmulator(profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path)
     emu.on_path_change = lambda path: print(f"PTY {path}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -8,11 +8,14 @@ supplies both and calls everything under one lock.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dvrlink.modem.sms import MessageStatus
 from hil.modememu.profiles import EmuProfile
+from hil.modememu.sms import TEXT_STATUS_NAMES, IncomingSms, SmsStore, cmt_lines, pdu_lines, text_lines
 
 Write = Callable[[bytes], None]
 Schedule = Callable[[float, Callable[[], None]], None]
@@ -63,6 +66,8 @@ class SimCard:
     apn_credentials: tuple[tuple[str, str, str], ...] = ()
     """(APN, user name, password) the network checks on a PPP call to that APN (the PPP data
     path's ``credentials="sim"``); an APN not listed takes any credentials."""
+    sms_capacity: int = 20
+    """Messages the SIM's store (``"SM"``) holds; a full store takes no more."""
 
     @classmethod
     def for_network(cls, mcc_mnc: str, **kwargs: object) -> SimCard:
@@ -114,6 +119,11 @@ class _Settings:
     cmgf: int = 0
     cgerep: int = 0
     """``+CGEREP`` mode: 0 no ``+CGEV`` reports, 1 or 2 reported (no data mode here to buffer in)."""
+    cnmi_mode: int = 2
+    """``+CNMI`` <mode>: 0 keeps indications in the modem (none sent), 1 and 2 send them."""
+    cnmi_mt: int = 1
+    """``+CNMI`` <mt>: 0 store quietly, 1 store and send ``+CMTI``, 2 send ``+CMT`` (not stored),
+    3 as 1 here (class 3 only goes direct). The defaults are Quectel's (2,1)."""
 
 
 @dataclass(slots=True)
@@ -138,10 +148,20 @@ class _Reply:
 
 
 class _CmdError(Exception):
-    def __init__(self, code: int | None) -> None:
+    def __init__(self, code: int | None, *, cms: bool = False) -> None:
         super().__init__(code)
         self.code = code
-        """+CME error number; None: plain ERROR."""
+        """+CME (or with ``cms`` +CMS) error number; None: plain ERROR."""
+        self.cms = cms
+
+
+CMS_OPERATION_NOT_ALLOWED = 302
+CMS_OPERATION_NOT_SUPPORTED = 303
+CMS_INVALID_PDU_PARAMETER = 304
+CMS_INVALID_TEXT_PARAMETER = 305
+CMS_SIM_NOT_INSERTED = 310
+CMS_SIM_PIN_REQUIRED = 311
+CMS_INVALID_INDEX = 321
 
 
 class ModemModel:
@@ -184,12 +204,22 @@ class ModemModel:
         self.urc_with_n = False
         """Registration URCs carry the leading ``<n>`` as in the query's reply (``+CREG: 2,1,...``),
         as some modems send them (ModemManager's test_cgreg2_x220_unsolicited, _md400_)."""
+        self.sms_store = SmsStore((sim or SimCard()).sms_capacity)
+        """The SIM's message store; it keeps its messages over reboots (a new SIM brings its own)."""
+        self.sms_waiting: deque[IncomingSms] = deque()
+        """Messages the network holds for us: the store was full (memory capacity exceeded), or
+        the modem was off; delivered in order once there is room."""
+        self.sms_rejected = 0
+        """How often a message found the store full."""
         self._power_on_state()
 
     # ----------------------------------------------------------------------------- state helpers
 
+    def _new_settings(self) -> _Settings:
+        return _Settings(cmee=self.profile.default_cmee, cmgf=1 if self.profile.sms_text_only else 0)
+
     def _power_on_state(self) -> None:
-        self.settings = _Settings(cmee=self.profile.default_cmee)
+        self.settings = self._new_settings()
         self.cfun = self.power_on_cfun
         self.pin_ok = self.sim is None or self.sim.pin is None
         self.pin_tries = 3
@@ -227,9 +257,11 @@ class ModemModel:
         body = "".join(f"{line}\r\n" for line in reply.info)
         return (body + NUMERIC_FINAL.get(reply.final, reply.final) + "\r").encode()
 
-    def _error(self, code: int | None) -> str:
+    def _error(self, code: int | None, *, cms: bool = False) -> str:
         if code is None or self.settings.cmee == 0:
             return "ERROR"
+        if cms:
+            return f"+CMS ERROR: {code}"
         if self.settings.cmee == 2:
             return f"+CME ERROR: {CME_TEXT.get(code, 'unknown')}"
         return f"+CME ERROR: {code}"
@@ -307,6 +339,8 @@ class ModemModel:
         self._write(data)
         if after is not None:
             after()
+        if self.sms_waiting:
+            self._deliver_waiting()  # a command brought the radio back (CFUN=1, a PIN, a new SIM)
 
     # ------------------------------------------------------------------------------ interpreter
 
@@ -318,7 +352,7 @@ class ModemModel:
                 if reply.final != "OK":
                     break
         except _CmdError as exc:
-            reply.final = self._error(exc.code)
+            reply.final = self._error(exc.code, cms=exc.cms)
         self._check_ecm_call()  # CGACT=0, CGATT=0, CFUN=0/4, ATH or the disconnect command
         return reply
 
@@ -361,7 +395,7 @@ class ModemModel:
         elif letter == "V":
             self.settings.verbose = value == 1
         elif letter in ("Z", "&F"):
-            self.settings = _Settings(cmee=self.profile.default_cmee)
+            self.settings = self._new_settings()
         elif letter == "I":
             reply.info.extend(self.profile.ati)
         elif letter == "H":
@@ -413,6 +447,7 @@ class ModemModel:
             self._booting = False
             self._power_on_state()
             self.send_boot_urcs()
+            self._deliver_waiting()
 
         self._schedule(self.boot_delay_s, boot)
 
@@ -454,6 +489,8 @@ class ModemModel:
     def insert_sim(self, sim: SimCard) -> None:
         if self.sim is not None:
             self.remove_sim()
+        if sim != self.last_sim:
+            self.sms_store = SmsStore(sim.sms_capacity)
         self.sim = self.last_sim = sim
         self.pin_ok = sim.pin is None
         self.pin_tries = 3
@@ -567,6 +604,130 @@ class ModemModel:
                 if self.data_path is not None:
                     self.data_path.connected(apn, "ecm", self._write)
 
+    # ---------------------------------------------------------------------------- short messages
+
+    def receive_sms(self, message: IncomingSms) -> None:
+        """The network delivers ``message``: shown at once as ``+CMT`` (``+CNMI`` <mt> 2), or stored
+        and indicated as ``+CMTI`` (<mt> 1 or 3) or stored quietly (<mt> 0, or <mode> 0). In data
+        mode a direct message is stored instead, and indications wait for ``AT+CMGL``. A full
+        store (or a modem that is off, booting or without SIM) leaves the message at the network,
+        which delivers it once there is room (``AT+CMGD``) or the modem is back."""
+        self.sms_waiting.append(message)
+        self._deliver_waiting()
+
+    def _sms_receivable(self) -> bool:
+        return not self._booting and self.cfun == 1 and self.sim_ready()
+
+    def _deliver_waiting(self) -> None:
+        while self.sms_waiting and self._sms_receivable():
+            message = self.sms_waiting[0]
+            settings = self.settings
+            indicate = settings.cnmi_mode != 0 and not self.data_mode and not self.faults.hung
+            if indicate and settings.cnmi_mt == 2:
+                self.sms_waiting.popleft()
+                head, body = cmt_lines(message, text_mode=settings.cmgf == 1)
+                self._write(f"\r\n{head}\r\n{body}\r\n".encode("latin-1", "replace"))
+                continue
+            index = self.sms_store.add(message)
+            if index is None:
+                self.sms_rejected += 1
+                return  # memory capacity exceeded: the network keeps it and tries again later
+            self.sms_waiting.popleft()
+            if indicate and settings.cnmi_mt in (1, 3):
+                self.send_urc(f'+CMTI: "{self.sms_store.name}",{index}')
+
+    def _need_sms_sim(self) -> None:
+        if self.sim is None:
+            raise _CmdError(CMS_SIM_NOT_INSERTED, cms=True)
+        if not self.pin_ok:
+            raise _CmdError(CMS_SIM_PIN_REQUIRED, cms=True)
+
+    def _cnmi(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "?":
+            reply.info.append(f"+CNMI: {self.settings.cnmi_mode},{self.settings.cnmi_mt},0,0,0")
+        elif op == "=?":
+            reply.info.append("+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)")
+        elif op == "=" and args and all(a.isdigit() for a in args if a):
+            mode = int(args[0]) if args[0] else self.settings.cnmi_mode
+            mt = int(args[1]) if len(args) > 1 and args[1] else self.settings.cnmi_mt
+            if mode > 2 or mt > 3:
+                raise _CmdError(CMS_OPERATION_NOT_SUPPORTED, cms=True)
+            self.settings.cnmi_mode, self.settings.cnmi_mt = mode, mt
+        else:
+            raise _CmdError(None)
+
+    def _cpms(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        store = self.sms_store
+        if op == "=?":
+            reply.info.append('+CPMS: ("SM"),("SM"),("SM")')
+            return
+        self._need_sms_sim()
+        counts = f"{store.used},{store.capacity}"
+        if op == "?":
+            reply.info.append("+CPMS: " + ",".join([f'"{store.name}",{counts}'] * 3))
+        elif op == "=" and args and all(a.strip('"') == store.name for a in args[:3]):
+            reply.info.append("+CPMS: " + ",".join([counts] * 3))
+        elif op == "=":
+            raise _CmdError(CMS_OPERATION_NOT_ALLOWED, cms=True)
+        else:
+            raise _CmdError(None)
+
+    def _sms_index(self, text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= self.sms_store.capacity:
+            raise _CmdError(CMS_INVALID_INDEX, cms=True)
+        return int(text)
+
+    def _cmgr(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op != "=" or not args:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        index = self._sms_index(args[0])
+        stored = self.sms_store.slots.get(index)
+        if stored is None:
+            return  # an empty slot: OK and nothing (Quectel; others say +CMS ERROR: 321)
+        lines = text_lines if self.settings.cmgf == 1 else pdu_lines
+        reply.info.extend(lines("+CMGR", None, stored))
+        if stored.status is MessageStatus.RECEIVED_UNREAD:
+            stored.status = MessageStatus.RECEIVED_READ
+
+    def _cmgl(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            names = TEXT_STATUS_NAMES.values() if self.settings.cmgf == 1 else ("0", "1", "2", "3", "4")
+            quoted = ",".join(f'"{name}"' if self.settings.cmgf == 1 else name for name in names)
+            reply.info.append(f"+CMGL: ({quoted})")
+            return
+        self._need_sms_sim()
+        text_mode = self.settings.cmgf == 1
+        wanted = MessageStatus.RECEIVED_UNREAD
+        if op == "=" and args:
+            by_name = {name: status for status, name in TEXT_STATUS_NAMES.items()}
+            if text_mode and args[0].strip('"') in by_name:
+                wanted = by_name[args[0].strip('"')]
+            elif not text_mode and args[0] in ("0", "1", "2", "3", "4"):
+                wanted = MessageStatus(int(args[0]))
+            else:
+                code = CMS_INVALID_TEXT_PARAMETER if text_mode else CMS_INVALID_PDU_PARAMETER
+                raise _CmdError(code, cms=True)
+        lines = text_lines if text_mode else pdu_lines
+        for index, stored in self.sms_store.listed(wanted):
+            reply.info.extend(lines("+CMGL", index, stored))
+            if stored.status is MessageStatus.RECEIVED_UNREAD:
+                stored.status = MessageStatus.RECEIVED_READ
+
+    def _cmgd(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            reply.info.append(f"+CMGD: (1-{self.sms_store.capacity}),(0-4)")
+            return
+        if op != "=" or not args:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        flag = int(args[1]) if len(args) > 1 and args[1].isdigit() else 0
+        if flag > 4:
+            raise _CmdError(CMS_OPERATION_NOT_SUPPORTED, cms=True)
+        index = self._sms_index(args[0]) if flag == 0 else 0
+        self.sms_store.delete(index, flag)
+        reply.after = self._deliver_waiting  # room again: the network sends what it held (RP-SMMA)
+
     # ------------------------------------------------------------------------ command handlers
 
     def _cmee(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
@@ -588,11 +749,12 @@ class ModemModel:
             raise _CmdError(None)
 
     def _cmgf(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        text_only = self.profile.sms_text_only
         if op == "?":
             reply.info.append(f"+CMGF: {self.settings.cmgf}")
         elif op == "=?":
-            reply.info.append("+CMGF: (0,1)")
-        elif op == "=" and args and args[0] in ("0", "1"):
+            reply.info.append("+CMGF: (1)" if text_only else "+CMGF: (0,1)")
+        elif op == "=" and args and args[0] in ("0", "1") and not (text_only and args[0] == "0"):
             self.settings.cmgf = int(args[0])
         else:
             raise _CmdError(None)
@@ -818,6 +980,11 @@ _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] 
     "+CMEE": ModemModel._cmee,
     "+CSCS": ModemModel._cscs,
     "+CMGF": ModemModel._cmgf,
+    "+CNMI": ModemModel._cnmi,
+    "+CPMS": ModemModel._cpms,
+    "+CMGR": ModemModel._cmgr,
+    "+CMGL": ModemModel._cmgl,
+    "+CMGD": ModemModel._cmgd,
     "+CGMI": _ident_handler("manufacturer"),
     "+GMI": _ident_handler("manufacturer"),
     "+CGMM": _ident_handler("model"),
