@@ -495,8 +495,6 @@ class WakeVerifier:
             return self._drop(
                 sender, DropReason.UNKNOWN_SENDER, f"sender {sender!r} is not in the allow-list"
             )
-        if not isinstance(payload, bytes | str):
-            return self._drop(sender, DropReason.MALFORMED, f"payload of type {type(payload).__name__}")
         sealed = decode(payload)
         if isinstance(sealed, FormatError):
             reason = DropReason.NOT_WAKE if sealed.problem is FormatProblem.NOT_WAKE else DropReason.MALFORMED

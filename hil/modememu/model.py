@@ -210,7 +210,7 @@ class ModemModel:
         """Messages the network holds for us: the store was full (memory capacity exceeded), or
         the modem was off; delivered in order once there is room."""
         self.sms_rejected = 0
-        """How often a message found the store full."""
+        """Messages that found the store full when they arrived."""
         self._power_on_state()
 
     # ----------------------------------------------------------------------------- state helpers
@@ -614,6 +614,8 @@ class ModemModel:
         which delivers it once there is room (``AT+CMGD``) or the modem is back."""
         self.sms_waiting.append(message)
         self._deliver_waiting()
+        if self.sms_waiting and self.sms_waiting[-1] is message and self.sms_store.full:
+            self.sms_rejected += 1
 
     def _sms_receivable(self) -> bool:
         return not self._booting and self.cfun == 1 and self.sim_ready()
@@ -630,7 +632,6 @@ class ModemModel:
                 continue
             index = self.sms_store.add(message)
             if index is None:
-                self.sms_rejected += 1
                 return  # memory capacity exceeded: the network keeps it and tries again later
             self.sms_waiting.popleft()
             if indicate and settings.cnmi_mt in (1, 3):
