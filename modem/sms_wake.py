@@ -7,11 +7,12 @@ The inbox asks for one AT command at a time and is told how each ended; URCs are
   :meth:`~SmsInbox.command_done` (the outcome of the command it asked for), :meth:`~SmsInbox.urc`
   (every ``UrcReceived``), :meth:`~SmsInbox.tick` at :meth:`~SmsInbox.next_deadline`; ``now`` is
   a monotonic time in seconds.
-- outputs: :meth:`~SmsInbox.next_command` (the command line to run next, or None) and typed
+- outputs: :meth:`~SmsInbox.next_command` (the command to run next, or None) and typed
   events from :meth:`~SmsInbox.next_event`: the verifier's :class:`WakeRequested`,
   :class:`StatusRequested`, :class:`RebootRequested` and :class:`SmsDropped`, each command event
   after a :class:`WakeStateChanged` that the caller persists before acting on the command; and
-  :class:`InboxReady`, :class:`InboxSwept`, :class:`InboxProblem`.
+  :class:`InboxReady`, :class:`InboxSwept`, :class:`SmsSent`, :class:`InboxProblem`.
+  :meth:`~SmsInbox.send_sms` queues a reply (the answer to a status request).
 
 Setup: PDU mode (``AT+CMGF=0``; a modem that refuses it is read in text mode, ``AT+CMGF=1``), the
 SIM store for reading and receiving (``AT+CPMS="SM","SM","SM"``), and store-and-indicate
@@ -32,7 +33,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dvrlink.modem.at_events import (
     CommandAborted,
@@ -51,6 +52,7 @@ from dvrlink.modem.sms import (
     TextMessage,
     Unparsed,
     decode_pdu,
+    encode_submit,
     parse_cmgl,
     parse_cmgr,
     parse_cmt,
@@ -69,9 +71,12 @@ from dvrlink.protocol.sms_wake import (
     WakeVerifier,
 )
 
+SEND_VALIDITY_MINUTES = 60
+"""How long the network keeps trying to deliver a reply."""
 CommandOutcome = CommandCompleted | CommandFailed | CommandTimedOut | CommandAborted
 
 __all__ = [
+    "InboxCommand",
     "InboxConfig",
     "InboxEvent",
     "InboxProblem",
@@ -80,6 +85,7 @@ __all__ = [
     "RebootRequested",
     "SmsDropped",
     "SmsInbox",
+    "SmsSent",
     "StatusRequested",
     "WakeRequested",
     "WakeStateChanged",
@@ -136,6 +142,14 @@ class InboxSwept(WakeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SmsSent(WakeEvent):
+    """A reply went out (``AT+CMGS``): the network took it under message ``reference``."""
+
+    recipient: str
+    reference: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class InboxProblem(WakeEvent):
     """A command failed or a reply could not be read; ``what`` says which and what was seen."""
 
@@ -150,8 +164,17 @@ InboxEvent = (
     | WakeStateChanged
     | InboxReady
     | InboxSwept
+    | SmsSent
     | InboxProblem
 )
+
+
+@dataclass(frozen=True, slots=True)
+class InboxCommand:
+    """An AT command the inbox asks for; ``payload`` answers its ``> `` prompt (``AT+CMGS``)."""
+
+    text: str
+    payload: str | None = None
 
 
 class _Step(enum.Enum):
@@ -163,6 +186,7 @@ class _Step(enum.Enum):
     LIST = "list"
     READ = "read"
     DELETE = "delete"
+    SEND = "send"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +194,9 @@ class _Job:
     step: _Step
     command: str
     index: int = 0
+    recipient: str = ""
+    body: str = ""
+    payload: str | None = None
 
 
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
@@ -223,15 +250,33 @@ class SmsInbox:
         self._jobs.append(_Job(_Step.INDICATIONS, "AT+CNMI=2,1,0,0,0"))
         self._queue_sweep(now)
 
-    def next_command(self) -> str | None:
-        """The command line to run now, or None (one at a time: the previous one has ended)."""
+    def send_sms(self, recipient: str, text: str) -> None:
+        """Queue a reply (a status answer) to ``recipient``, sent with ``AT+CMGS`` in the mode the
+        modem reads in; :class:`SmsSent` or :class:`InboxProblem` tells how it went.
+
+        Raises ValueError when ``text`` does not fit one SMS or ``recipient`` is not a number.
+        """
+        encode_submit(recipient, text)  # checks both now, where the caller can act on it
+        if not recipient.lstrip("+").isdigit():
+            raise ValueError(f"reply recipient {recipient!r} is not a phone number")
+        self._jobs.append(_Job(_Step.SEND, "AT+CMGS", recipient=recipient, body=text))
+
+    def next_command(self) -> InboxCommand | None:
+        """The command to run now, or None (one at a time: the previous one has ended)."""
         if self._running is not None or not self._jobs:
             return None
         job = self._jobs.popleft()
-        if job.step is _Step.LIST:  # the mode is known only now (PDU mode may have been refused)
+        # the mode is known only now (PDU mode may have been refused)
+        if job.step is _Step.LIST:
             job = _Job(_Step.LIST, 'AT+CMGL="ALL"' if self._text_mode else "AT+CMGL=4")
+        elif job.step is _Step.SEND and self._text_mode:
+            body = job.body.encode("ascii", "replace").decode()  # text mode takes IRA characters
+            job = replace(job, command=f'AT+CMGS="{job.recipient}"', payload=body)
+        elif job.step is _Step.SEND:
+            encoded = encode_submit(job.recipient, job.body, validity_minutes=SEND_VALIDITY_MINUTES)
+            job = replace(job, command=f"AT+CMGS={encoded.tpdu_length}", payload=encoded.hex())
         self._running = job
-        return job.command
+        return InboxCommand(job.command, job.payload)
 
     def command_done(self, outcome: CommandOutcome, now: float) -> None:
         """How the command from :meth:`next_command` ended. Never raises on the reply's content."""
@@ -311,6 +356,12 @@ class SmsInbox:
                 self._entry(parse_cmgr(lines), job.index)
             elif not ok:
                 self._problem(f"{job.command} failed: {_why(outcome)}")
+        elif step is _Step.SEND:
+            if ok:
+                counts = [parse_cmgs(line) for line in lines]
+                self._events.append(SmsSent(job.recipient, next((c for c in counts if c is not None), None)))
+            else:
+                self._problem(f"the reply to {job.recipient} was not sent ({_why(outcome)})")
         elif step is _Step.DELETE:
             self._handled.discard(job.index)
             if ok:
@@ -385,6 +436,12 @@ class SmsInbox:
     def _problem(self, what: str) -> None:
         self.stats["problems"] += 1
         self._events.append(InboxProblem(what))
+
+
+def parse_cmgs(line: str) -> int | None:
+    """The message reference of ``+CMGS: <mr>``, or None."""
+    match = re.fullmatch(r"\+CMGS:\s*(\d{1,3})\b.*", line.strip())
+    return int(match.group(1)) if match else None
 
 
 def _text_payload(body: str) -> bytes | str:

@@ -41,6 +41,14 @@ class SmsInboxDriver:
     def inbox(self) -> SmsInbox:
         return self._inbox
 
+    def send_sms(self, recipient: str, text: str) -> None:
+        """Queue a reply (see ``SmsInbox.send_sms``) and run it as soon as the port is free.
+
+        Raises ValueError when ``text`` does not fit one SMS or ``recipient`` is not a number.
+        """
+        self._inbox.send_sms(recipient, text)
+        self._poked.set()
+
     def at_event(self, event: AtEvent) -> None:
         """Every event of the link's engine: ``+CMTI``/``+CMT`` go to the inbox; a modem restart
         sets it up again."""
@@ -64,7 +72,7 @@ class SmsInboxDriver:
         while True:
             while (command := self._inbox.next_command()) is not None:
                 try:
-                    outcome = await self._link.command(command)
+                    outcome = await self._link.command(command.text, command.payload)
                 except PortError as exc:
                     return str(exc)
                 self._inbox.command_done(outcome, loop.time())

@@ -38,7 +38,7 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -289,6 +289,25 @@ def decode(payload: bytes | str) -> SealedWake | FormatError:
     return SealedWake(
         version, command, counter, data[HEADER_SIZE : end - MAC_SIZE], signed, data[end - MAC_SIZE :]
     )
+
+
+# -- status replies -----------------------------------------------------------------------------
+
+MAX_REPLY = 160
+_PRINTABLE = re.compile(r"[^ -~]")
+
+
+def status_reply(serial: str, fields: Sequence[tuple[str, str]]) -> str:
+    """The text of the answer to a status request: ``dvrlink <serial> key=value ...`` in printable
+    ASCII (which both GSM 7-bit and text mode carry), cut to one SMS (160 characters, the fields
+    that do not fit left out whole and the cut marked with ``...``)."""
+    text = _PRINTABLE.sub("?", f"dvrlink {serial}")[:MAX_REPLY]
+    for key, value in fields:
+        item = " " + _PRINTABLE.sub("?", f"{key}={value}")
+        if len(text) + len(item) > MAX_REPLY:
+            return text[: MAX_REPLY - 4] + " ..." if len(text) > MAX_REPLY - 4 else text + " ..."
+        text += item
+    return text
 
 
 # -- sender numbers -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dvrlink.modem.sms import (
     StorageState,
     TextMessage,
     decode_pdu,
+    encode_submit,
     parse_cmgl,
     parse_cmgr,
     parse_cmt,
@@ -31,6 +32,7 @@ from dvrlink.modem.sms import (
 )
 from hil.modememu import ModemEmulator, SimCard, get_profile
 from hil.modememu.control import ControlError, apply_command
+from hil.modememu.model import SentSms
 from hil.modememu.wire import RawPort
 
 SENDER = "+491701234567"
@@ -251,3 +253,30 @@ def test_control_commands_inject_messages(open_emu: OpenEmu) -> None:
         apply_command(emu, "sms8 +4917 nothex")
     with pytest.raises(ControlError, match="help"):
         apply_command(emu, f"sms {SENDER} " + "x" * 161)
+
+
+def test_cmgs_sends_in_text_and_pdu_mode_and_esc_cancels(open_emu: OpenEmu) -> None:
+    emu, port = open_emu()
+    assert info(port.command("AT+CMGF=1")) == []
+    port.send(f'AT+CMGS="{SENDER}"')
+    port.read_until(b"> ")
+    port.write(b"status: online\x1a")
+    assert info(port.read_until(b"OK\r\n")) == ["+CMGS: 1"]
+    port.send(f'AT+CMGS="{SENDER}"')
+    port.read_until(b"> ")
+    port.write(b"never mind\x1b")
+    assert info(port.read_until(b"OK\r\n")) == []
+    assert info(port.command("AT+CMGF=0")) == []
+    encoded = encode_submit(SENDER, b"\x01\x02", validity_minutes=5)
+    port.send(f"AT+CMGS={encoded.tpdu_length}")
+    port.read_until(b"> ")
+    port.write(encoded.hex().encode() + b"\x1a")
+    assert info(port.read_until(b"OK\r\n")) == ["+CMGS: 2"]
+    assert emu.sent_sms() == [SentSms(SENDER, "status: online", 1), SentSms(SENDER, b"\x01\x02", 2)]
+    port.send(f"AT+CMGS={encoded.tpdu_length + 1}")  # a length that is not the TPDU's
+    port.read_until(b"> ")
+    port.write(encoded.hex().encode() + b"\x1a")
+    assert b"+CMS ERROR: 304" in port.read_until(b"\r\n+CMS ERROR: 304\r\n")
+    emu.set_registration("searching")
+    assert "+CMS ERROR: 331" in failure(port, "AT+CMGS=20")
+    assert len(emu.sent_sms()) == 2

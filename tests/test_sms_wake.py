@@ -37,6 +37,7 @@ from dvrlink.protocol.sms_wake import (
     encode_binary,
     encode_text,
     normalise_number,
+    status_reply,
 )
 
 SERIAL = "DL-0001-0002"
@@ -330,3 +331,10 @@ def test_ordinary_sms_are_not_wake() -> None:
 def test_bad_config_is_refused_with_the_fix(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         WakeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_status_reply_fits_one_sms_and_is_printable_ascii() -> None:
+    assert status_reply("DL-1", [("reg", "home"), ("csq", "20")]) == "dvrlink DL-1 reg=home csq=20"
+    long = status_reply("DL-1", [(f"k{i}", "v" * 9) for i in range(30)])
+    assert len(long) <= 160 and long.endswith(" ...") and "k0=vvvvvvvvv" in long
+    assert status_reply("DL-1", [("op", "Télé\nkom")]) == "dvrlink DL-1 op=T?l??kom"

@@ -17,8 +17,9 @@ from dvrlink.modem.at_events import (
     UrcReceived,
 )
 from dvrlink.modem.at_results import FinalKind, FinalResult
-from dvrlink.modem.sms import encode_deliver
+from dvrlink.modem.sms import Submit, decode_pdu, encode_deliver
 from dvrlink.modem.sms_wake import (
+    InboxCommand,
     InboxConfig,
     InboxEvent,
     InboxProblem,
@@ -26,6 +27,7 @@ from dvrlink.modem.sms_wake import (
     InboxSwept,
     SmsDropped,
     SmsInbox,
+    SmsSent,
     WakeRequested,
     WakeStateChanged,
 )
@@ -67,8 +69,8 @@ def events(box: SmsInbox) -> list[InboxEvent]:
 
 def step(box: SmsInbox, expected: str, *lines: str, now: float = 0.0, fail: bool = False) -> None:
     command = box.next_command()
-    assert command == expected
-    box.command_done(failed(command) if fail else ok(command, *lines), now)
+    assert command is not None and command.text == expected, command
+    box.command_done(failed(command.text) if fail else ok(command.text, *lines), now)
 
 
 def pdu(counter: int, sender: str = BROKER) -> str:
@@ -131,7 +133,7 @@ def test_setup_failures_are_reported_and_the_inbox_goes_on() -> None:
     problems = [e.what for e in found if isinstance(e, InboxProblem)]
     assert len(problems) == 3 and "neither PDU nor text mode" in problems[0]
     assert "found by sweeps" in problems[2]
-    assert box.next_command() == "AT+CPMS?"
+    assert box.next_command() == InboxCommand("AT+CPMS?")
 
 
 def test_a_cmti_is_read_and_deleted_and_a_direct_cmt_needs_no_command() -> None:
@@ -204,7 +206,7 @@ def test_a_failed_sweep_is_a_problem_and_is_tried_again_later(
     box.start(0.0)
     for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?"):
         step(box, command)
-    assert box.next_command() == "AT+CMGL=4"
+    assert box.next_command() == InboxCommand("AT+CMGL=4")
     box.command_done(outcome, 3.0)
     problems = [e for e in events(box) if isinstance(e, InboxProblem)]
     assert len(problems) == 1 and "AT+CMGL=4 failed" in problems[0].what
@@ -234,5 +236,38 @@ def test_replies_and_urcs_it_cannot_read_never_raise(
     box.urc(UrcReceived("+CMT", "+CMT: " + urc_line, body), 1.0)
     box.urc(UrcReceived("+CMTI", "+CMTI: " + urc_line), 1.0)
     while (queued := box.next_command()) is not None:
-        box.command_done(ok(queued, *reading), 2.0)
+        box.command_done(ok(queued.text, *reading), 2.0)
     assert all(isinstance(e, InboxEvent.__args__) for e in events(box))
+
+
+def test_a_reply_is_sent_as_a_pdu_or_as_text_in_the_mode_the_modem_reads() -> None:
+    box = inbox()
+    box.start(0.0)
+    for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", "AT+CMGL=4"):
+        step(box, command)
+    box.send_sms(BROKER, "dvrlink DL-1 reg=home")
+    command = box.next_command()
+    assert command is not None and command.payload is not None
+    submit = decode_pdu(command.payload)
+    assert isinstance(submit, Submit) and (submit.recipient.number, submit.text) == (
+        BROKER,
+        "dvrlink DL-1 reg=home",
+    )
+    assert command.text == f"AT+CMGS={len(bytes.fromhex(command.payload)) - 1}"
+    box.command_done(ok(command.text, "+CMGS: 17"), 1.0)
+    assert events(box)[-1] == SmsSent(BROKER, 17)
+    text_box = inbox(InboxConfig(pdu_mode=False))
+    text_box.start(0.0)
+    text_box.send_sms(BROKER, "état ok")
+    for expected in ("AT+CMGF=1", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", 'AT+CMGL="ALL"'):
+        step(text_box, expected)
+    assert text_box.next_command() == InboxCommand(f'AT+CMGS="{BROKER}"', "?tat ok")
+    text_box.command_done(failed(f'AT+CMGS="{BROKER}"'), 1.0)
+    assert "was not sent" in str(events(text_box)[-1])
+
+
+def test_a_reply_that_cannot_be_sent_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="160"):
+        inbox().send_sms(BROKER, "x" * 161)
+    with pytest.raises(ValueError, match="not a phone number"):
+        inbox().send_sms("DVRLINK", "x")

@@ -27,6 +27,7 @@ from dvrlink.modem.sms_wake import (
     RebootRequested,
     SmsDropped,
     SmsInbox,
+    SmsSent,
     StatusRequested,
     WakeRequested,
     WakeStateChanged,
@@ -41,8 +42,10 @@ from dvrlink.protocol.sms_wake import (
     WakeVerifier,
     encode_binary,
     encode_text,
+    status_reply,
 )
 from hil.modememu import ModemEmulator, SimCard, get_profile
+from hil.modememu.model import SentSms
 
 BROKER = "+491701234567"
 KEY = bytes(range(1, 33))
@@ -180,12 +183,19 @@ def test_a_wake_reaches_wake_requested_in_text_mode(form: str) -> None:
     run(main)
 
 
-def test_status_and_reboot_requests_are_their_own_events() -> None:
+@pytest.mark.parametrize("text_only", [False, True])
+def test_a_status_request_is_answered_by_sms_and_a_reboot_is_its_own_event(text_only: bool) -> None:
     async def main() -> None:
-        async with rig() as r:
+        async with rig("simcom-sim800", text_only=text_only) as r:
             await r.ready()
             r.emu.receive_sms(BROKER, binary(1, WakeCommand.STATUS))
-            assert await r.next((StatusRequested, RebootRequested)) == StatusRequested(BROKER, 1, b"node-2")
+            request = await r.next((StatusRequested, RebootRequested))
+            assert request == StatusRequested(BROKER, 1, b"node-2")
+            # the daemon's part: answer with what it knows
+            r.driver.send_sms(request.sender, status_reply("DL-0001", [("reg", "home"), ("data", "down")]))
+            sent = await r.next(SmsSent)
+            assert isinstance(sent, SmsSent) and sent.recipient == BROKER and sent.reference == 1
+            assert r.emu.sent_sms() == [SentSms(BROKER, "dvrlink DL-0001 reg=home data=down", 1)]
             r.emu.receive_sms(BROKER, text(2, WakeCommand.REBOOT))
             assert await r.next((StatusRequested, RebootRequested)) == RebootRequested(BROKER, 2, b"")
 

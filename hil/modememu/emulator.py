@@ -39,6 +39,7 @@ from hil.modememu.model import (
     STAT_SEARCHING,
     DataPath,
     ModemModel,
+    SentSms,
     SimCard,
 )
 from hil.modememu.profiles import EmuProfile, get_profile
@@ -371,6 +372,11 @@ class ModemEmulator:
                     break
                 stored += 1
             return stored
+
+    def sent_sms(self) -> list[SentSms]:
+        """The messages the host sent with ``AT+CMGS`` so far (a copy), oldest first."""
+        with self._lock:
+            return list(self.model.sms_sent)
 
     def sms_counts(self) -> tuple[int, int, int]:
         """(messages stored, store capacity, messages the network still holds for us)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dvrlink.modem.sms import MessageStatus
+from dvrlink.modem.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
 from hil.modememu.profiles import EmuProfile
 from hil.modememu.sms import TEXT_STATUS_NAMES, IncomingSms, SmsStore, cmt_lines, pdu_lines, text_lines
 
@@ -145,6 +145,26 @@ class _Reply:
     final: str = "OK"
     after: Callable[[], None] | None = None
     """Runs after the reply is written (reset, data mode, URCs that follow an OK)."""
+    prompt: bool = False
+    """Ask for a payload with ``> `` instead of a final result (``+CMGS``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentSms:
+    """A message the host sent with ``AT+CMGS``: ``body`` is text, or bytes for 8-bit data."""
+
+    recipient: str
+    body: str | bytes
+    reference: int
+
+
+@dataclass(slots=True)
+class _SmsPrompt:
+    recipient: str | None
+    """Text mode: the number from the command; PDU mode: None (it is in the PDU)."""
+    length: int | None
+    """PDU mode: the TPDU length the command gave."""
+    data: bytearray = field(default_factory=bytearray)
 
 
 class _CmdError(Exception):
@@ -162,6 +182,7 @@ CMS_INVALID_TEXT_PARAMETER = 305
 CMS_SIM_NOT_INSERTED = 310
 CMS_SIM_PIN_REQUIRED = 311
 CMS_INVALID_INDEX = 321
+CMS_NO_NETWORK_SERVICE = 331
 
 
 class ModemModel:
@@ -209,6 +230,10 @@ class ModemModel:
         self.sms_waiting: deque[IncomingSms] = deque()
         """Messages the network holds for us: the store was full (memory capacity exceeded), or
         the modem was off; delivered in order once there is room."""
+        self.sms_sent: list[SentSms] = []
+        """Messages the host sent (``AT+CMGS``), in order."""
+        self._sms_prompt: _SmsPrompt | None = None
+        self._message_reference = 0
         self.sms_rejected = 0
         """Messages that found the store full when they arrived."""
         self._power_on_state()
@@ -220,6 +245,7 @@ class ModemModel:
 
     def _power_on_state(self) -> None:
         self.settings = self._new_settings()
+        self._sms_prompt = None
         self.cfun = self.power_on_cfun
         self.pin_ok = self.sim is None or self.sim.pin is None
         self.pin_tries = 3
@@ -272,6 +298,8 @@ class ModemModel:
         """Bytes from the host."""
         if self.faults.hung or self._booting:
             return
+        if self._sms_prompt is not None:
+            data = self._prompt_input(data)
         if self.data_mode:
             if self._escape_seen(data):
                 self._hang_up()
@@ -279,12 +307,15 @@ class ModemModel:
             elif self.data_path is not None:
                 self.data_path.received(data)
             return
-        for byte in data:
+        for position, byte in enumerate(data):
             if byte == 0x0D:
                 line = self._line.decode("latin-1").strip("\n \t\x00")
                 self._line.clear()
                 if line:
                     self._command(line)
+                if self._sms_prompt is not None:
+                    self.feed(data[position + 1 :])  # the message follows the prompt
+                    return
                 if not self._in_command_mode():
                     return  # the rest of this chunk is data, or falls into a reboot or a hang
             elif byte == 0x08:
@@ -324,6 +355,10 @@ class ModemModel:
             self.reboot()
             return
         reply = self._execute(line)
+        if reply.prompt and reply.final == "OK":
+            self._write(b"\r\n> ")
+            return
+        self._sms_prompt = None
         data = self._format_reply(reply)
         delay, self.faults.late_reply_s = self.faults.late_reply_s, None
         after = reply.after
@@ -642,6 +677,60 @@ class ModemModel:
             raise _CmdError(CMS_SIM_NOT_INSERTED, cms=True)
         if not self.pin_ok:
             raise _CmdError(CMS_SIM_PIN_REQUIRED, cms=True)
+
+    def _cmgs(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            return
+        if op != "=" or not args or not args[0]:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        if not self.registered():
+            raise _CmdError(CMS_NO_NETWORK_SERVICE, cms=True)
+        raw_args = _split_args(raw.split("=", 1)[1])
+        if self.settings.cmgf == 1:
+            self._sms_prompt = _SmsPrompt(raw_args[0].strip('"'), None)
+        elif args[0].isdigit() and 0 < int(args[0]) <= 164:
+            self._sms_prompt = _SmsPrompt(None, int(args[0]))
+        else:
+            raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+        reply.prompt = True
+
+    def _prompt_input(self, data: bytes) -> bytes:
+        """Bytes after ``> ``: the message up to Ctrl-Z (send) or ESC (cancel); returns what follows."""
+        prompt = self._sms_prompt
+        assert prompt is not None
+        for position, byte in enumerate(data):
+            if byte in (0x1A, 0x1B):
+                self._sms_prompt = None
+                reply = _Reply()
+                if byte == 0x1A:
+                    try:
+                        self._send_sms(prompt, reply)
+                    except _CmdError as exc:
+                        reply.final = self._error(exc.code, cms=exc.cms)
+                self._write(self._format_reply(reply))
+                return data[position + 1 :]
+            if len(prompt.data) < 1024:
+                prompt.data.append(byte)
+        return b""
+
+    def _send_sms(self, prompt: _SmsPrompt, reply: _Reply) -> None:
+        text = prompt.data.decode("latin-1").strip("\r\n")
+        if prompt.recipient is not None:
+            recipient, body = prompt.recipient, text
+        else:
+            pdu = decode_pdu(text)
+            if isinstance(pdu, PduError) or not isinstance(pdu, Submit):
+                raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+            raw = bytes.fromhex(text)  # decode_pdu has read it as hex
+            if len(raw) - 1 - raw[0] != prompt.length:  # the length counts the TPDU, not the SMSC field
+                raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+            recipient = pdu.recipient.number
+            data = pdu.user_data
+            body = data.data if pdu.coding.alphabet is Alphabet.DATA8 else (data.text or "")
+        self._message_reference = (self._message_reference + 1) % 256
+        self.sms_sent.append(SentSms(recipient, body, self._message_reference))
+        reply.info.append(f"+CMGS: {self._message_reference}")
 
     def _cnmi(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
         if op == "?":
@@ -986,6 +1075,7 @@ _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] 
     "+CMGR": ModemModel._cmgr,
     "+CMGL": ModemModel._cmgl,
     "+CMGD": ModemModel._cmgd,
+    "+CMGS": ModemModel._cmgs,
     "+CGMI": _ident_handler("manufacturer"),
     "+GMI": _ident_handler("manufacturer"),
     "+CGMM": _ident_handler("model"),
