@@ -358,8 +358,9 @@ class SmsInbox:
                 self._problem(f"{job.command} failed: {_why(outcome)}")
         elif step is _Step.SEND:
             if ok:
-                counts = [parse_cmgs(line) for line in lines]
-                self._events.append(SmsSent(job.recipient, next((c for c in counts if c is not None), None)))
+                references = [parse_cmgs(line) for line in lines]
+                reference = next((r for r in references if r is not None), None)
+                self._events.append(SmsSent(job.recipient, reference))
             else:
                 self._problem(f"the reply to {job.recipient} was not sent ({_why(outcome)})")
         elif step is _Step.DELETE:

@@ -180,6 +180,21 @@ def _serial(serial: str) -> str:
     return serial
 
 
+# -- the sender's counter ------------------------------------------------------------------------
+
+
+def next_counter(last: int, now_ms: int) -> int:
+    """The counter for the next wake SMS to one device: the Unix time in milliseconds, or ``last``
+    + 1 when that is not above ``last`` (a clock that stepped back, or two in one millisecond).
+    Broker nodes that share no counter store thus still send increasing counters.
+
+    Raises ValueError when the counter space is used up (``last`` is 2**64 - 1).
+    """
+    if last >= COUNTER_MAX:
+        raise ValueError("the wake counter of this device is used up: give the device a new wake key")
+    return max(last + 1, min(now_ms, COUNTER_MAX))
+
+
 # -- codec --------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dvrlink.modem.sms import (
     Deliver,
@@ -32,7 +34,8 @@ from dvrlink.modem.sms import (
 )
 from hil.modememu import ModemEmulator, SimCard, get_profile
 from hil.modememu.control import ControlError, apply_command
-from hil.modememu.model import SentSms
+from hil.modememu.model import ModemModel, SentSms
+from hil.modememu.sms import IncomingSms
 from hil.modememu.wire import RawPort
 
 SENDER = "+491701234567"
@@ -280,3 +283,44 @@ def test_cmgs_sends_in_text_and_pdu_mode_and_esc_cancels(open_emu: OpenEmu) -> N
     emu.set_registration("searching")
     assert "+CMS ERROR: 331" in failure(port, "AT+CMGS=20")
     assert len(emu.sent_sms()) == 2
+
+
+sms_commands = st.one_of(
+    st.builds(
+        "{}{}".format,
+        st.sampled_from(["AT+CMGR", "AT+CMGL", "AT+CMGD", "AT+CPMS", "AT+CNMI", "AT+CMGF", "AT+CMGS"]),
+        st.one_of(
+            st.sampled_from(
+                ["", "?", "=?", "=", "=1", "=0,4", '="ALL"', '="SM"', "=99999999999", "=2,2", "=,"]
+            ),
+            st.text(alphabet='=?,"0123456789ASMLRE ', max_size=12),
+        ),
+    ),
+    st.binary(max_size=30).map(lambda b: b.decode("latin-1")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(sms_commands, st.booleans()), max_size=12))
+def test_any_sms_command_gets_a_final_result_and_never_breaks_the_model(
+    script: list[tuple[str, bool]],
+) -> None:
+    written = bytearray()
+    model = ModemModel(
+        get_profile("quectel-ec25"), SimCard(sms_capacity=3), written.extend, lambda _d, _f: None
+    )
+    model.settings.echo = False
+    final = re.compile(rb"\r\n(OK|ERROR|\+CM[ES] ERROR: \d+)\r\n|\r\n> $")  # URCs may follow an OK
+    for command, deliver in script:
+        if deliver:
+            model.receive_sms(IncomingSms(SENDER, command[:100], STAMP))
+        line = command.replace("\r", "")
+        before = len(written)
+        model.feed(line.encode("latin-1") + b"\r")
+        plain = not any(c in line for c in "\x08\x1a\x1b\n")
+        if plain and line.strip(" \t\x00").upper().startswith("AT"):
+            assert final.search(bytes(written[before:])), (line, bytes(written[before:]))
+        model.feed(b"\x1b\r")  # leaves a > prompt, if one was opened (else a line that is no command)
+    assert model.sms_store.used <= 3
+    model.feed(b"AT\r")
+    assert written.endswith(b"\r\nOK\r\n"), bytes(written[-200:])

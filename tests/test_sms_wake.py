@@ -36,6 +36,7 @@ from dvrlink.protocol.sms_wake import (
     ed25519_public_to_x25519,
     encode_binary,
     encode_text,
+    next_counter,
     normalise_number,
     status_reply,
 )
@@ -338,3 +339,11 @@ def test_a_status_reply_fits_one_sms_and_is_printable_ascii() -> None:
     long = status_reply("DL-1", [(f"k{i}", "v" * 9) for i in range(30)])
     assert len(long) <= 160 and long.endswith(" ...") and "k0=vvvvvvvvv" in long
     assert status_reply("DL-1", [("op", "Télé\nkom")]) == "dvrlink DL-1 op=T?l??kom"
+
+
+def test_the_senders_counter_follows_the_clock_and_never_goes_back() -> None:
+    assert next_counter(0, 1_765_000_000_000) == 1_765_000_000_000
+    assert next_counter(1_765_000_000_000, 1_765_000_000_000) == 1_765_000_000_001
+    assert next_counter(1_765_000_000_500, 1_765_000_000_000) == 1_765_000_000_501  # the clock stepped back
+    with pytest.raises(ValueError, match="used up"):
+        next_counter((1 << 64) - 1, 0)

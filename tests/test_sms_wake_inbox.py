@@ -246,15 +246,15 @@ def test_a_reply_is_sent_as_a_pdu_or_as_text_in_the_mode_the_modem_reads() -> No
     for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", "AT+CMGL=4"):
         step(box, command)
     box.send_sms(BROKER, "dvrlink DL-1 reg=home")
-    command = box.next_command()
-    assert command is not None and command.payload is not None
-    submit = decode_pdu(command.payload)
+    sending = box.next_command()
+    assert sending is not None and sending.payload is not None
+    submit = decode_pdu(sending.payload)
     assert isinstance(submit, Submit) and (submit.recipient.number, submit.text) == (
         BROKER,
         "dvrlink DL-1 reg=home",
     )
-    assert command.text == f"AT+CMGS={len(bytes.fromhex(command.payload)) - 1}"
-    box.command_done(ok(command.text, "+CMGS: 17"), 1.0)
+    assert sending.text == f"AT+CMGS={len(bytes.fromhex(sending.payload)) - 1}"
+    box.command_done(ok(sending.text, "+CMGS: 17"), 1.0)
     assert events(box)[-1] == SmsSent(BROKER, 17)
     text_box = inbox(InboxConfig(pdu_mode=False))
     text_box.start(0.0)

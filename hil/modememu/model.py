@@ -716,6 +716,7 @@ class ModemModel:
 
     def _send_sms(self, prompt: _SmsPrompt, reply: _Reply) -> None:
         text = prompt.data.decode("latin-1").strip("\r\n")
+        body: str | bytes
         if prompt.recipient is not None:
             recipient, body = prompt.recipient, text
         else:
