@@ -9,6 +9,7 @@ modem package's parsers (dvrlink.modem.sms), so both ends are checked against ea
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -34,7 +35,7 @@ from dvrlink.modem.sms import (
 )
 from hil.modememu import ModemEmulator, SimCard, get_profile
 from hil.modememu.control import ControlError, apply_command
-from hil.modememu.model import ModemModel, SentSms
+from hil.modememu.model import ModemModel, NetworkDelays, SentSms
 from hil.modememu.sms import IncomingSms
 from hil.modememu.wire import RawPort
 
@@ -324,3 +325,22 @@ def test_any_sms_command_gets_a_final_result_and_never_breaks_the_model(
     assert model.sms_store.used <= 3
     model.feed(b"AT\r")
     assert written.endswith(b"\r\nOK\r\n"), bytes(written[-200:])
+
+
+def test_network_delays_hold_back_attach_pdp_activation_and_sms_delivery(open_emu: OpenEmu) -> None:
+    emu, port = open_emu()
+    assert apply_command(emu, "delays 0.2 0.3 0.25") == "attach 0.2 s, PDP activation 0.3 s, SMS 0.25 s"
+    assert info(port.command('AT+CGDCONT=1,"IP","internet"')) == []
+    assert info(port.command("AT+CGATT=1")) == []  # already attached: no delay
+    assert info(port.command("AT+CGATT=0")) == []
+    for command, least in (("AT+CGATT=1", 0.2), ("AT+CGACT=1,1", 0.3)):
+        started = time.monotonic()
+        assert info(port.command(command, timeout=5)) == []
+        assert time.monotonic() - started >= least, command
+    started = time.monotonic()
+    emu.receive_sms(SENDER, "slow network", timestamp=STAMP)
+    assert emu.sms_counts() == (0, 5, 0)  # still at the service centre
+    assert indication(port).index == 1
+    assert time.monotonic() - started >= 0.25
+    with pytest.raises(ValueError, match="0-600"):
+        NetworkDelays(pdp_activation_s=-1)

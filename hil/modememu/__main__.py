@@ -26,7 +26,7 @@ from pathlib import Path
 from hil.modememu.cellular import CarrierDataPath
 from hil.modememu.control import ControlError, apply_command
 from hil.modememu.emulator import ModemEmulator
-from hil.modememu.model import SimCard
+from hil.modememu.model import NetworkDelays, SimCard
 from hil.modememu.profiles import PROFILE_NAMES, get_profile
 from hil.netlab.carrier import Carrier
 from hil.netlab.lab import NetlabError
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-sim", action="store_true", help="start without a SIM")
     parser.add_argument("--sms-capacity", type=int, default=20, help="messages the SIM store holds")
+    parser.add_argument("--attach-delay", type=float, default=0.0, help="seconds a PS attach takes")
+    parser.add_argument("--pdp-delay", type=float, default=0.0, help="seconds a PDP context activation takes")
+    parser.add_argument(
+        "--sms-delay", type=float, default=0.0, help="seconds an SMS takes to reach the modem"
+    )
     parser.add_argument(
         "--sms-text-only", action="store_true", help="a modem without SMS PDU mode (AT+CMGF=0 is an ERROR)"
     )
@@ -79,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             working_apns=frozenset(args.working_apn) if args.working_apn is not None else None,
             sms_capacity=args.sms_capacity,
         )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        NetworkDelays(args.attach_delay, args.pdp_delay, args.sms_delay)
     except ValueError as exc:
         parser.error(str(exc))
     with contextlib.ExitStack() as stack:
@@ -128,6 +137,7 @@ def _serve(args: argparse.Namespace, sim: SimCard, data_path: CarrierDataPath | 
     if args.sms_text_only:
         profile = replace(profile, sms_text_only=True)
     emu = ModemEmulator(profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path)
+    emu.set_network_delays(NetworkDelays(args.attach_delay, args.pdp_delay, args.sms_delay))
     emu.on_path_change = lambda path: print(f"PTY {path}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

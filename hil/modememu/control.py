@@ -6,6 +6,7 @@ import shlex
 from dataclasses import replace
 
 from hil.modememu.emulator import REGISTRATION_NAMES, ModemEmulator
+from hil.modememu.model import NetworkDelays
 
 HELP = """\
 commands (one per line):
@@ -26,6 +27,7 @@ commands (one per line):
   sms SENDER TEXT...            the network delivers a text SMS (GSM 7-bit, or UCS-2 if needed)
   sms8 SENDER HEX               the network delivers an 8-bit data SMS (its octets in hex)
   smsfill [N]                   store N filler messages (default: until the SIM store is full)
+  delays ATTACH PDP SMS         the network's attach, PDP activation and SMS delivery times (s)
   status                        path, SIM, registration, signal
   quit"""
 
@@ -119,6 +121,13 @@ def _dispatch(emu: ModemEmulator, cmd: str, args: list[str]) -> str:
         emu.receive_sms(args[0], body)
         used, capacity, waiting = emu.sms_counts()
         return f"SMS from {args[0]} delivered; store {used}/{capacity}, {waiting} held at the network"
+    if cmd == "delays":
+        delays = NetworkDelays(float(args[0]), float(args[1]), float(args[2]))
+        emu.set_network_delays(delays)
+        return (
+            f"attach {delays.attach_s:g} s, PDP activation {delays.pdp_activation_s:g} s, "
+            f"SMS {delays.sms_delivery_s:g} s"
+        )
     if cmd == "smsfill":
         stored = emu.fill_sms_store(int(args[0]) if args else None)
         used, capacity, _ = emu.sms_counts()

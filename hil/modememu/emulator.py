@@ -39,6 +39,7 @@ from hil.modememu.model import (
     STAT_SEARCHING,
     DataPath,
     ModemModel,
+    NetworkDelays,
     SentSms,
     SimCard,
 )
@@ -372,6 +373,11 @@ class ModemEmulator:
                     break
                 stored += 1
             return stored
+
+    def set_network_delays(self, delays: NetworkDelays) -> None:
+        """The network's attach, PDP activation and SMS delivery times from now on."""
+        with self._lock:
+            self.model.delays = delays
 
     def sent_sms(self) -> list[SentSms]:
         """The messages the host sent with ``AT+CMGS`` so far (a copy), oldest first."""

@@ -147,6 +147,32 @@ class _Reply:
     """Runs after the reply is written (reset, data mode, URCs that follow an OK)."""
     prompt: bool = False
     """Ask for a payload with ``> `` instead of a final result (``+CMGS``)."""
+    delay_s: float = 0.0
+    """The network's time for this command (attach, PDP activation): the reply waits that long."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkDelays:
+    """How long the network takes, in seconds (all 0 by default: the emulator answers at once).
+
+    ``attach_s``: a PS attach (``AT+CGATT=1`` while detached).
+    ``pdp_activation_s``: a PDP context activation (``AT+CGACT=1``, ``ATD*99#`` before its
+    ``CONNECT``, a vendor ECM dial). ``sms_delivery_s``: from :meth:`ModemModel.receive_sms` to the
+    message reaching the modem (the service centre's part of a delivery).
+
+    Raises ValueError (from the constructor) for a negative delay.
+    """
+
+    attach_s: float = 0.0
+    pdp_activation_s: float = 0.0
+    sms_delivery_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("attach_s", "pdp_activation_s", "sms_delivery_s"):
+            if not 0 <= getattr(self, name) <= 600:
+                raise ValueError(
+                    f"network delay {name} = {getattr(self, name)} s is out of range: use 0-600 s"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +236,8 @@ class ModemModel:
         self.extra_ok = tuple(x.upper() for x in (*profile.extra_ok, *extra_ok))
         self.data_path = data_path
         self.faults = Faults()
+        self.delays = NetworkDelays()
+        """The network's times; set them to play a slow GPRS network."""
         self.settings = _Settings(cmee=profile.default_cmee)
         self.commands: list[str] = []
         """Every command line received, in order (for tests)."""
@@ -361,6 +389,8 @@ class ModemModel:
         self._sms_prompt = None
         data = self._format_reply(reply)
         delay, self.faults.late_reply_s = self.faults.late_reply_s, None
+        if delay is None and reply.delay_s > 0:
+            delay = reply.delay_s
         after = reply.after
         if delay is not None:
 
@@ -555,6 +585,7 @@ class ModemModel:
             reply.final = "NO CARRIER"
             return
         reply.final = "CONNECT"
+        reply.delay_s = self.delays.pdp_activation_s
 
         def enter_data() -> None:
             self.data_mode = True
@@ -633,6 +664,7 @@ class ModemModel:
         else:
             reply.info.extend(self.profile.ecm_dial_reply)
         if ok:
+            reply.delay_s = self.delays.pdp_activation_s
             self.active.add(cid)
             if self.ecm_call is None:  # dialling again during a call keeps it
                 self.ecm_call = cid
@@ -647,6 +679,12 @@ class ModemModel:
         mode a direct message is stored instead, and indications wait for ``AT+CMGL``. A full
         store (or a modem that is off, booting or without SIM) leaves the message at the network,
         which delivers it once there is room (``AT+CMGD``) or the modem is back."""
+        if self.delays.sms_delivery_s > 0:
+            self._schedule(self.delays.sms_delivery_s, lambda: self._reach_modem(message))
+        else:
+            self._reach_modem(message)
+
+    def _reach_modem(self, message: IncomingSms) -> None:
         self.sms_waiting.append(message)
         self._deliver_waiting()
         if self.sms_waiting and self.sms_waiting[-1] is message and self.sms_store.full:
@@ -996,6 +1034,8 @@ class ModemModel:
             elif not self.registered():
                 raise _CmdError(30)
             else:
+                if self.detached:
+                    reply.delay_s = self.delays.attach_s
                 self.detached = False
         elif op != "=?":
             raise _CmdError(None)
@@ -1018,6 +1058,8 @@ class ModemModel:
         for cid in cids:
             if not self.sim.apn_works(self._context_apn(cid)):
                 raise _CmdError(533)
+            if cid not in self.active:
+                reply.delay_s = self.delays.pdp_activation_s
             self.active.add(cid)
 
     def _cgpaddr(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
