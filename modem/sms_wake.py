@@ -14,7 +14,8 @@ The inbox asks for one AT command at a time and is told how each ended; URCs are
   :class:`InboxReady`, :class:`InboxSwept`, :class:`SmsSent`, :class:`InboxProblem`.
   :meth:`~SmsInbox.send_sms` queues a reply (the answer to a status request).
 
-Setup: PDU mode (``AT+CMGF=0``; a modem that refuses it is read in text mode, ``AT+CMGF=1``), the
+Setup: PDU mode (``AT+CMGF=0``; a modem that refuses it is read in text mode, ``AT+CMGF=1`` with
+the IRA character set, ``AT+CSCS="IRA"``, so bodies are not printed as UCS-2 hex), the
 SIM store for reading and receiving (``AT+CPMS="SM","SM","SM"``), and store-and-indicate
 (``AT+CNMI=2,1,0,0,0``: a message waits on the SIM while nobody listens, and ``+CMTI`` names its
 slot). Then a sweep: list every stored message (``AT+CMGL``), read and delete each
@@ -71,6 +72,8 @@ from dvrlink.protocol.sms_wake import (
     WakeVerifier,
 )
 
+CMS_INVALID_INDEX = 321
+"""What some modems answer ``AT+CMGL`` with when the store is empty."""
 SEND_VALIDITY_MINUTES = 60
 """How long the network keeps trying to deliver a reply."""
 CommandOutcome = CommandCompleted | CommandFailed | CommandTimedOut | CommandAborted
@@ -179,6 +182,7 @@ class InboxCommand:
 
 class _Step(enum.Enum):
     PDU_MODE = "pdu mode"
+    CHARSET = "character set"
     TEXT_MODE = "text mode"
     STORAGE = "storage"
     INDICATIONS = "indications"
@@ -334,6 +338,11 @@ class SmsInbox:
             self._text_mode = True
             if not ok:
                 self._problem(f"the modem takes neither PDU nor text mode: {_why(outcome)}")
+            # text mode prints bodies in the +CSCS character set: UCS2 would turn them into hex
+            self._jobs.appendleft(_Job(_Step.CHARSET, 'AT+CSCS="IRA"'))
+        elif step is _Step.CHARSET:
+            if not ok:
+                self._problem(f"{job.command} failed ({_why(outcome)}): text bodies may not read as sent")
         elif step is _Step.STORAGE:
             if not ok:
                 self._problem(f"{job.command} failed ({_why(outcome)}): reading the modem's default store")
@@ -375,6 +384,8 @@ class SmsInbox:
         self.stats["sweeps"] += 1
         if self._config.sweep_interval_s:
             self._sweep_due = now + self._config.sweep_interval_s
+        if isinstance(outcome, CommandFailed) and outcome.result.code == CMS_INVALID_INDEX:
+            outcome = CommandCompleted(outcome.command_id, outcome.command, (), outcome.result)  # empty
         if not isinstance(outcome, CommandCompleted):
             self._problem(f"{job.command} failed: {_why(outcome)}")
             return

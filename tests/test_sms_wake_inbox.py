@@ -102,6 +102,7 @@ def test_a_modem_without_pdu_mode_is_read_in_text_mode() -> None:
     box.start(0.0)
     step(box, "AT+CMGF=0", fail=True)
     step(box, "AT+CMGF=1")
+    step(box, 'AT+CSCS="IRA"')
     step(box, 'AT+CPMS="SM","SM","SM"')
     step(box, "AT+CNMI=2,1,0,0,0")
     step(box, "AT+CPMS?")
@@ -126,13 +127,15 @@ def test_setup_failures_are_reported_and_the_inbox_goes_on() -> None:
     box.start(0.0)
     step(box, "AT+CMGF=0", fail=True)
     step(box, "AT+CMGF=1", fail=True)
+    step(box, 'AT+CSCS="IRA"', fail=True)
     step(box, 'AT+CPMS="SM","SM","SM"', fail=True)
     step(box, "AT+CNMI=2,1,0,0,0", fail=True)
     found = events(box)
     assert InboxReady(text_mode=True, indications=False) in found
     problems = [e.what for e in found if isinstance(e, InboxProblem)]
-    assert len(problems) == 3 and "neither PDU nor text mode" in problems[0]
-    assert "found by sweeps" in problems[2]
+    assert len(problems) == 4 and "neither PDU nor text mode" in problems[0]
+    assert "character set" not in problems[1] and "text bodies" in problems[1]
+    assert "found by sweeps" in problems[3]
     assert box.next_command() == InboxCommand("AT+CPMS?")
 
 
@@ -259,7 +262,14 @@ def test_a_reply_is_sent_as_a_pdu_or_as_text_in_the_mode_the_modem_reads() -> No
     text_box = inbox(InboxConfig(pdu_mode=False))
     text_box.start(0.0)
     text_box.send_sms(BROKER, "état ok")
-    for expected in ("AT+CMGF=1", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", 'AT+CMGL="ALL"'):
+    for expected in (
+        "AT+CMGF=1",
+        'AT+CSCS="IRA"',
+        'AT+CPMS="SM","SM","SM"',
+        "AT+CNMI=2,1,0,0,0",
+        "AT+CPMS?",
+        'AT+CMGL="ALL"',
+    ):
         step(text_box, expected)
     assert text_box.next_command() == InboxCommand(f'AT+CMGS="{BROKER}"', "?tat ok")
     text_box.command_done(failed(f'AT+CMGS="{BROKER}"'), 1.0)
@@ -271,3 +281,15 @@ def test_a_reply_that_cannot_be_sent_is_refused_at_once() -> None:
         inbox().send_sms(BROKER, "x" * 161)
     with pytest.raises(ValueError, match="not a phone number"):
         inbox().send_sms("DVRLINK", "x")
+
+
+def test_an_empty_store_answered_with_cms_error_321_is_an_empty_sweep() -> None:
+    box = inbox()
+    box.start(0.0)
+    for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?"):
+        step(box, command)
+    assert box.next_command() == InboxCommand("AT+CMGL=4")
+    error = FinalResult(FinalKind.CMS_ERROR, "+CMS ERROR: 321", 321)
+    box.command_done(CommandFailed(1, "AT+CMGL=4", (), error, 1), 1.0)
+    assert events(box)[-1] == InboxSwept(found=0, full=False)
+    assert box.stats["problems"] == 0
