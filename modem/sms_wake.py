@@ -22,8 +22,9 @@ slot). Then a sweep: list every stored message (``AT+CMGL``), read and delete ea
 (``AT+CMGD=<index>``), one slot at a time, so a message stored during the sweep is not lost. A
 ``+CMTI`` is read with ``AT+CMGR`` and deleted; a direct ``+CMT`` (a modem set to 2,2 by someone
 else) is read from the URC. A sweep also runs every ``sweep_interval_s`` (indications are lost
-while a PPP call holds the port) and whenever the store is reported full: a full store is emptied,
-and the network then delivers what it held.
+while a PPP call holds the port) and when a URC says the store is full (Huawei ``^SMMEMFULL``,
+Quectel ``+QIND: "smsfull",1``): a full store is emptied, and the network then delivers what it
+held.
 
 Every message is deleted after it is read, wake SMS or not: the SIM of a recorder is the
 recorder's, and a store that fills up stops wake SMS from arriving.
@@ -204,6 +205,9 @@ class _Job:
 
 
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+_STORE_FULL = re.compile(r'^\^SMMEMFULL\b|^\+QIND:\s*"smsfull"\s*,\s*1\b', re.IGNORECASE)
+"""URCs that say the message store is full: Huawei's ``^SMMEMFULL: "SM"``, Quectel's
+``+QIND: "smsfull",1``."""
 
 
 class SmsInbox:
@@ -310,6 +314,8 @@ class SmsInbox:
                 self._problem(f"unreadable +CMT {message.line!r}: {message.reason}")
             else:
                 self._handle(message)
+        elif _STORE_FULL.search(event.line):
+            self._queue_sweep(now)
 
     def tick(self, now: float) -> None:
         """Run what is due: the periodic sweep."""

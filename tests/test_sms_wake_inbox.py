@@ -293,3 +293,18 @@ def test_an_empty_store_answered_with_cms_error_321_is_an_empty_sweep() -> None:
     box.command_done(CommandFailed(1, "AT+CMGL=4", (), error, 1), 1.0)
     assert events(box)[-1] == InboxSwept(found=0, full=False)
     assert box.stats["problems"] == 0
+
+
+@pytest.mark.parametrize("line", ['^SMMEMFULL: "SM"', '+QIND: "smsfull",1'])
+def test_a_store_full_urc_starts_a_sweep(line: str) -> None:
+    box = inbox(InboxConfig(sweep_interval_s=0))
+    box.start(0.0)
+    for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", "AT+CMGL=4"):
+        step(box, command)
+    box.urc(UrcReceived(line.split(":")[0], line), 1.0)
+    step(box, "AT+CPMS?", '+CPMS: "SM",1,1,"SM",1,1,"SM",1,1')
+    step(box, "AT+CMGL=4", "+CMGL: 1,1,,30", pdu(1))
+    assert InboxSwept(found=1, full=True) in events(box)
+    box.urc(UrcReceived("+QIND", '+QIND: "smsfull",0'), 2.0)  # room again: nothing to do
+    step(box, "AT+CMGD=1")
+    assert box.next_command() is None
