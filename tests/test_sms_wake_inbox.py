@@ -301,7 +301,7 @@ def test_a_store_full_urc_starts_a_sweep(line: str) -> None:
     box.start(0.0)
     for command in ("AT+CMGF=0", 'AT+CPMS="SM","SM","SM"', "AT+CNMI=2,1,0,0,0", "AT+CPMS?", "AT+CMGL=4"):
         step(box, command)
-    box.urc(UrcReceived(line.split(":")[0], line), 1.0)
+    box.urc(UrcReceived(line.split(":", maxsplit=1)[0], line), 1.0)
     step(box, "AT+CPMS?", '+CPMS: "SM",1,1,"SM",1,1,"SM",1,1')
     step(box, "AT+CMGL=4", "+CMGL: 1,1,,30", pdu(1))
     assert InboxSwept(found=1, full=True) in events(box)
