@@ -278,3 +278,24 @@ def test_the_counter_window_survives_a_restart_through_its_state_file(tmp_path: 
     run(first)
     assert load_wake_state(state_file).highest == 11
     run(second)
+
+
+def test_a_slow_noisy_port_and_a_modem_reboot_do_not_lose_a_wake() -> None:
+    async def main() -> None:
+        async with rig("quectel-ec25") as r:
+            await r.ready()
+            r.emu.split_writes(True)  # one byte at a time
+            r.emu.inject_garbage()
+            r.emu.receive_sms(BROKER, binary(1))
+            assert isinstance(await r.next(WakeRequested), WakeRequested)
+            r.emu.split_writes(False)
+            commands = len(r.emu.commands)
+            r.emu.reboot()  # RDY: the modem forgot +CMGF and +CNMI; the inbox sets them again
+            assert await r.next(InboxReady) == InboxReady(text_mode=False, indications=True)
+            assert "AT+CNMI=2,1,0,0,0" in r.emu.commands[commands:]
+            r.emu.receive_sms(BROKER, text(2))
+            wake = await r.next(WakeRequested)
+            assert isinstance(wake, WakeRequested) and wake.counter == 2
+            await r.empty_store()
+
+    run(main)
