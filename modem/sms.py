@@ -1,4 +1,4 @@
-"""SMS: the replies and URCs of 3GPP TS 27.005 and a TS 23.040 PDU decoder. Pure parsers, no I/O.
+"""SMS: the replies and URCs of 3GPP TS 27.005, a TS 23.040 PDU decoder and encoder. No I/O.
 
 What they read (the lines as the AT engine hands them on: a command's ``CommandCompleted.lines``,
 or a ``UrcReceived``'s line and body):
@@ -22,6 +22,10 @@ or a ``UrcReceived``'s line and body):
   stamp with its time zone, the user data header and its concatenation element (8- and 16-bit
   reference).
 
+- :func:`encode_deliver` (what a network hands a phone: the modem emulator's messages) and
+  :func:`encode_submit` (what ``AT+CMGS`` takes in PDU mode): GSM 7-bit text, UCS-2 text or 8-bit
+  data, one SMS each.
+
 Bad input from the modem never raises: a line that cannot be read comes back as ``Unparsed``
 (the line and why), a PDU that cannot be decoded as ``PduError`` (why, and where). Only a
 caller's misuse (a wrong argument type) can raise.
@@ -43,7 +47,7 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 # -- GSM 7-bit default alphabet (3GPP TS 23.038 section 6.2.1) -----------------------------------
 
@@ -568,6 +572,158 @@ def decode_pdu(pdu: str | bytes, *, with_smsc: bool = True) -> Pdu | PduError:
         return PduError(f"SMS PDU of {len(data)} octets is {exc}")
     except ValueError as exc:  # septet unpacking past the end: guarded above, kept as a backstop
         return PduError(f"SMS PDU of {len(data)} octets: {exc}")
+
+
+# -- PDU encoding (SMS-DELIVER, SMS-SUBMIT) ------------------------------------------------------
+
+_GSM7_BASIC_INDEX = {char: code for code, char in enumerate(_GSM7_BASIC) if code != _GSM7_ESCAPE}
+_GSM7_EXTENSION_INDEX = {char: code for code, char in _GSM7_EXTENSION.items()}
+MAX_SEPTETS = 160
+MAX_OCTETS = 140
+
+
+def gsm7_encode(text: str) -> list[int] | None:
+    """``text`` as septets of the default alphabet (extension characters as escape pairs), or None
+    when a character is in neither table (the text then needs UCS-2)."""
+    septets: list[int] = []
+    for char in text:
+        code = _GSM7_BASIC_INDEX.get(char)
+        if code is not None:
+            septets.append(code)
+            continue
+        extension = _GSM7_EXTENSION_INDEX.get(char)
+        if extension is None:
+            return None
+        septets += [_GSM7_ESCAPE, extension]
+    return septets
+
+
+def pack_septets(septets: Sequence[int], fill_bits: int = 0) -> bytes:
+    """Septets packed little-endian after ``fill_bits`` padding bits (the inverse of ``unpack_septets``)."""
+    bits = 0
+    for i, septet in enumerate(septets):
+        bits |= (septet & 0x7F) << (fill_bits + 7 * i)
+    return bits.to_bytes((fill_bits + 7 * len(septets) + 7) // 8, "little")
+
+
+def _encode_address(number: str, what: str, *, smsc: bool = False) -> bytes:
+    """An address field: international (``+`` then digits), national (digits) or alphanumeric."""
+    digits = number[1:] if number.startswith("+") else number
+    if digits and all(char in "0123456789*#abc" for char in digits):
+        toa = 0x91 if number.startswith("+") else 0x81
+        padded = digits + ("F" if len(digits) % 2 else "")
+        lookup = {"*": "A", "#": "B", "a": "C", "b": "D", "c": "E"}
+        nibbles = [lookup.get(char, char) for char in padded]
+        raw = bytes(int(nibbles[i + 1] + nibbles[i], 16) for i in range(0, len(nibbles), 2))
+        length = len(raw) + 1 if smsc else len(digits)
+        return bytes([length, toa]) + raw
+    septets = gsm7_encode(number)
+    if smsc or not number or septets is None or len(septets) > 11:
+        raise ValueError(
+            f"{what} {number!r} is neither a number (+ and digits) nor up to 11 GSM 7-bit characters"
+        )
+    raw = pack_septets(septets)
+    return bytes([(len(septets) * 7 + 3) // 4, 0xD0]) + raw  # length in useful semi-octets
+
+
+def _encode_timestamp(when: datetime) -> bytes:
+    offset = when.utcoffset() or timedelta(0)
+    quarters = int(offset.total_seconds() // 900)
+    values = (when.year % 100, when.month, when.day, when.hour, when.minute, when.second)
+    zone = abs(quarters)
+    zone_octet = ((zone % 10) << 4) | (zone // 10) | (0x08 if quarters < 0 else 0)
+    return bytes(((value % 10) << 4) | (value // 10) for value in values) + bytes([zone_octet])
+
+
+def _encode_user_data(body: str | bytes) -> tuple[int, bytes]:
+    """The data coding scheme and the user data (with its length octet) of ``body``: GSM 7-bit
+    text, UCS-2 text when a character is not in the GSM alphabet, or 8-bit data for bytes."""
+    if isinstance(body, bytes):
+        if len(body) > MAX_OCTETS:
+            raise ValueError(f"8-bit data of {len(body)} octets does not fit one SMS ({MAX_OCTETS})")
+        return 0x04, bytes([len(body)]) + body
+    septets = gsm7_encode(body)
+    if septets is not None:
+        if len(septets) > MAX_SEPTETS:
+            raise ValueError(f"text of {len(septets)} septets does not fit one SMS ({MAX_SEPTETS})")
+        return 0x00, bytes([len(septets)]) + pack_septets(septets)
+    raw = body.encode("utf-16-be")
+    if len(raw) > MAX_OCTETS:
+        raise ValueError(f"UCS-2 text of {len(raw) // 2} characters does not fit one SMS (70)")
+    return 0x08, bytes([len(raw)]) + raw
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPdu:
+    """A PDU as 27.005 PDU mode takes and gives it: ``pdu`` starts with the SMSC field;
+    ``tpdu_length`` is the length ``+CMGS``/``+CMGR``/``+CMT`` count (without that field)."""
+
+    pdu: bytes
+    tpdu_length: int
+
+    def hex(self) -> str:
+        return self.pdu.hex().upper()
+
+
+def _smsc_field(smsc: str | None) -> bytes:
+    return b"\x00" if smsc is None else _encode_address(smsc, "SMSC address", smsc=True)
+
+
+def encode_deliver(
+    sender: str, body: str | bytes, timestamp: datetime, *, smsc: str | None = None, protocol_id: int = 0
+) -> EncodedPdu:
+    """An SMS-DELIVER from ``sender`` (what a network hands a phone; an emulated modem's store).
+
+    ``body``: text (GSM 7-bit, or UCS-2 when it needs it) or bytes (8-bit data). ``timestamp``
+    needs a time zone (UTC when it has none). Raises ValueError when the body does not fit one
+    SMS or the sender is not an address (the message says which).
+    """
+    coding, user_data = _encode_user_data(body)
+    stamp = timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC)
+    tpdu = (
+        bytes([0x04])  # SMS-DELIVER, no more messages to send
+        + _encode_address(sender, "sender")
+        + bytes([protocol_id, coding])
+        + _encode_timestamp(stamp)
+        + user_data
+    )
+    return EncodedPdu(_smsc_field(smsc) + tpdu, len(tpdu))
+
+
+def encode_submit(
+    recipient: str, body: str | bytes, *, reference: int = 0, validity_minutes: int | None = None
+) -> EncodedPdu:
+    """An SMS-SUBMIT to ``recipient`` for ``AT+CMGS`` in PDU mode (the SMSC field empty: the SIM's).
+
+    ``validity_minutes``: a relative validity period (5 minutes to 12 hours in 5-minute steps, up to
+    63 weeks beyond); None: none. Raises ValueError as :func:`encode_deliver`, or for a reference
+    outside 0-255.
+    """
+    if not 0 <= reference <= 255:
+        raise ValueError(f"message reference {reference} is out of range 0-255")
+    coding, user_data = _encode_user_data(body)
+    validity = b""
+    first = 0x01
+    if validity_minutes is not None:
+        first |= 0x10  # relative validity period present (23.040 9.2.3.3)
+        minutes = max(5, validity_minutes)
+        if minutes <= 720:
+            value = (minutes + 4) // 5 - 1
+        elif minutes <= 1440:
+            value = 143 + (minutes - 720 + 29) // 30
+        elif minutes <= 30 * 1440:
+            value = 166 + (minutes + 1439) // 1440
+        else:
+            value = min(255, 192 + (minutes + 10079) // 10080)
+        validity = bytes([value])
+    tpdu = (
+        bytes([first, reference])
+        + _encode_address(recipient, "recipient")
+        + bytes([0, coding])
+        + validity
+        + user_data
+    )
+    return EncodedPdu(b"\x00" + tpdu, len(tpdu))
 
 
 # -- AT replies and URCs (3GPP TS 27.005) ---------------------------------------------------------

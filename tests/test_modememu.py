@@ -329,7 +329,10 @@ def test_hand_run_cli_prints_pty_and_takes_commands(no_thread_left: None) -> Non
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None

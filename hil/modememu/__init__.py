@@ -7,7 +7,7 @@ for ``ATD*99#`` with a TUN device per call; imported on its own, since it loads 
 """
 
 from hil.modememu.emulator import REGISTRATION_NAMES, ModemEmulator
-from hil.modememu.model import DataPath, ModemModel, SimCard
+from hil.modememu.model import DataPath, ModemModel, NetworkDelays, SentSms, SimCard
 from hil.modememu.profiles import PROFILE_NAMES, PROFILES, EmuProfile, get_profile
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "EmuProfile",
     "ModemEmulator",
     "ModemModel",
+    "NetworkDelays",
+    "SentSms",
     "SimCard",
     "get_profile",
 ]

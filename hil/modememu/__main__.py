@@ -20,12 +20,13 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from hil.modememu.cellular import CarrierDataPath
 from hil.modememu.control import ControlError, apply_command
 from hil.modememu.emulator import ModemEmulator
-from hil.modememu.model import SimCard
+from hil.modememu.model import NetworkDelays, SimCard
 from hil.modememu.profiles import PROFILE_NAMES, get_profile
 from hil.netlab.carrier import Carrier
 from hil.netlab.lab import NetlabError
@@ -47,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         help="an APN that gives a data link (repeat; default: any APN works)",
     )
     parser.add_argument("--no-sim", action="store_true", help="start without a SIM")
+    parser.add_argument("--sms-capacity", type=int, default=20, help="messages the SIM store holds")
+    parser.add_argument("--attach-delay", type=float, default=0.0, help="seconds a PS attach takes")
+    parser.add_argument("--pdp-delay", type=float, default=0.0, help="seconds a PDP context activation takes")
+    parser.add_argument(
+        "--sms-delay", type=float, default=0.0, help="seconds an SMS takes to reach the modem"
+    )
+    parser.add_argument(
+        "--sms-text-only", action="store_true", help="a modem without SMS PDU mode (AT+CMGF=0 is an ERROR)"
+    )
     parser.add_argument(
         "--boot-delay", type=float, default=0.5, help="seconds a reset keeps the modem silent"
     )
@@ -72,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             pin=args.pin,
             spn=args.spn,
             working_apns=frozenset(args.working_apn) if args.working_apn is not None else None,
+            sms_capacity=args.sms_capacity,
         )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        NetworkDelays(args.attach_delay, args.pdp_delay, args.sms_delay)
     except ValueError as exc:
         parser.error(str(exc))
     with contextlib.ExitStack() as stack:
@@ -118,9 +133,11 @@ def _data_path(profile: str, prefix: str, lease_dir: Path | None) -> Iterator[Ca
 
 
 def _serve(args: argparse.Namespace, sim: SimCard, data_path: CarrierDataPath | None) -> int:
-    emu = ModemEmulator(
-        args.profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path
-    )
+    profile = get_profile(args.profile)
+    if args.sms_text_only:
+        profile = replace(profile, sms_text_only=True)
+    emu = ModemEmulator(profile, sim, no_sim=args.no_sim, boot_delay_s=args.boot_delay, data_path=data_path)
+    emu.set_network_delays(NetworkDelays(args.attach_delay, args.pdp_delay, args.sms_delay))
     emu.on_path_change = lambda path: print(f"PTY {path}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -6,6 +6,7 @@ import shlex
 from dataclasses import replace
 
 from hil.modememu.emulator import REGISTRATION_NAMES, ModemEmulator
+from hil.modememu.model import NetworkDelays
 
 HELP = """\
 commands (one per line):
@@ -23,6 +24,10 @@ commands (one per line):
   dialfail [N]                  next N dials fail (default 1; -1 all; 0 none)
   drop                          end the data call from the network (PPP: NO CARRIER; ECM: its link goes)
   vanish [SECONDS]              close the port; it comes back as a new PTY after SECONDS
+  sms SENDER TEXT...            the network delivers a text SMS (GSM 7-bit, or UCS-2 if needed)
+  sms8 SENDER HEX               the network delivers an 8-bit data SMS (its octets in hex)
+  smsfill [N]                   store N filler messages (default: until the SIM store is full)
+  delays ATTACH PDP SMS         the network's attach, PDP activation and SMS delivery times (s)
   status                        path, SIM, registration, signal
   quit"""
 
@@ -109,6 +114,24 @@ def _dispatch(emu: ModemEmulator, cmd: str, args: list[str]) -> str:
         delay = float(args[0]) if args else None
         emu.vanish(delay)
         return "port closed" + (f"; back in {delay} s on a new path" if delay is not None else "")
+    if cmd in ("sms", "sms8"):
+        if len(args) < 2:
+            raise ValueError(f"{cmd} needs a sender and a body")
+        body: str | bytes = " ".join(args[1:]) if cmd == "sms" else bytes.fromhex("".join(args[1:]))
+        emu.receive_sms(args[0], body)
+        used, capacity, waiting = emu.sms_counts()
+        return f"SMS from {args[0]} delivered; store {used}/{capacity}, {waiting} held at the network"
+    if cmd == "delays":
+        delays = NetworkDelays(float(args[0]), float(args[1]), float(args[2]))
+        emu.set_network_delays(delays)
+        return (
+            f"attach {delays.attach_s:g} s, PDP activation {delays.pdp_activation_s:g} s, "
+            f"SMS {delays.sms_delivery_s:g} s"
+        )
+    if cmd == "smsfill":
+        stored = emu.fill_sms_store(int(args[0]) if args else None)
+        used, capacity, _ = emu.sms_counts()
+        return f"{stored} filler messages stored; store {used}/{capacity}"
     if cmd == "status":
         model = emu.model
         sim = model.sim
@@ -116,7 +139,8 @@ def _dispatch(emu: ModemEmulator, cmd: str, args: list[str]) -> str:
         return (
             f"path={emu.path or '-'} profile={emu.profile.name} "
             f"sim={sim.iccid if sim else 'absent'} imsi={sim.imsi if sim else '-'} "
-            f"reg={model.registration_stat()} csq={model.rssi},{model.ber} cfun={model.cfun} call={call}"
+            f"reg={model.registration_stat()} csq={model.rssi},{model.ber} cfun={model.cfun} call={call} "
+            f"sms={model.sms_store.used}/{model.sms_store.capacity}+{len(model.sms_waiting)}"
         )
     raise ValueError(f"unknown command {cmd!r}")
 

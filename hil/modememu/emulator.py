@@ -27,6 +27,7 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import serial
 
@@ -38,9 +39,12 @@ from hil.modememu.model import (
     STAT_SEARCHING,
     DataPath,
     ModemModel,
+    NetworkDelays,
+    SentSms,
     SimCard,
 )
 from hil.modememu.profiles import EmuProfile, get_profile
+from hil.modememu.sms import IncomingSms
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +343,52 @@ class ModemEmulator:
                         self.on_path_change(self._path)
 
                 self._schedule(reappear_after, reappear)
+
+    # ---------------------------------------------------------------------------- short messages
+
+    def receive_sms(self, sender: str, body: str | bytes, *, timestamp: datetime | None = None) -> None:
+        """The network delivers an SMS from ``sender`` (``+4917...``, or an alphanumeric name):
+        ``body`` as text (GSM 7-bit, UCS-2 when it needs it) or bytes (8-bit data). How it shows
+        follows ``+CNMI`` and ``+CMGF`` (see ``ModemModel.receive_sms``); the service centre's time
+        stamp is ``timestamp``, default now.
+
+        Raises ValueError (before anything is delivered) when the body does not fit one SMS or the
+        sender is not an address.
+        """
+        message = IncomingSms(sender, body, timestamp or datetime.now(UTC))
+        message.pdu()  # checks that it can be delivered
+        with self._lock:
+            self.model.receive_sms(message)
+
+    def fill_sms_store(self, count: int | None = None, sender: str = "+4930123456") -> int:
+        """Store ``count`` filler messages quietly (default: until the SIM store is full), as a SIM
+        that nobody emptied; returns how many were stored."""
+        stamp = datetime.now(UTC)
+        with self._lock:
+            store = self.model.sms_store
+            wanted = store.capacity - store.used if count is None else count
+            stored = 0
+            for number in range(wanted):
+                if store.add(IncomingSms(sender, f"filler {number + 1}", stamp)) is None:
+                    break
+                stored += 1
+            return stored
+
+    def set_network_delays(self, delays: NetworkDelays) -> None:
+        """The network's attach, PDP activation and SMS delivery times from now on."""
+        with self._lock:
+            self.model.delays = delays
+
+    def sent_sms(self) -> list[SentSms]:
+        """The messages the host sent with ``AT+CMGS`` so far (a copy), oldest first."""
+        with self._lock:
+            return list(self.model.sms_sent)
+
+    def sms_counts(self) -> tuple[int, int, int]:
+        """(messages stored, store capacity, messages the network still holds for us)."""
+        with self._lock:
+            store = self.model.sms_store
+            return store.used, store.capacity, len(self.model.sms_waiting)
 
     # ------------------------------------------------------------------- hooks for data paths
 

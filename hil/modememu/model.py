@@ -8,11 +8,14 @@ supplies both and calls everything under one lock.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dvrlink.modem.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
 from hil.modememu.profiles import EmuProfile
+from hil.modememu.sms import TEXT_STATUS_NAMES, IncomingSms, SmsStore, cmt_lines, pdu_lines, text_lines
 
 Write = Callable[[bytes], None]
 Schedule = Callable[[float, Callable[[], None]], None]
@@ -63,6 +66,8 @@ class SimCard:
     apn_credentials: tuple[tuple[str, str, str], ...] = ()
     """(APN, user name, password) the network checks on a PPP call to that APN (the PPP data
     path's ``credentials="sim"``); an APN not listed takes any credentials."""
+    sms_capacity: int = 20
+    """Messages the SIM's store (``"SM"``) holds; a full store takes no more."""
 
     @classmethod
     def for_network(cls, mcc_mnc: str, **kwargs: object) -> SimCard:
@@ -114,6 +119,11 @@ class _Settings:
     cmgf: int = 0
     cgerep: int = 0
     """``+CGEREP`` mode: 0 no ``+CGEV`` reports, 1 or 2 reported (no data mode here to buffer in)."""
+    cnmi_mode: int = 2
+    """``+CNMI`` <mode>: 0 keeps indications in the modem (none sent), 1 and 2 send them."""
+    cnmi_mt: int = 1
+    """``+CNMI`` <mt>: 0 store quietly, 1 store and send ``+CMTI``, 2 send ``+CMT`` (not stored),
+    3 as 1 here (class 3 only goes direct). The defaults are Quectel's (2,1)."""
 
 
 @dataclass(slots=True)
@@ -135,13 +145,70 @@ class _Reply:
     final: str = "OK"
     after: Callable[[], None] | None = None
     """Runs after the reply is written (reset, data mode, URCs that follow an OK)."""
+    prompt: bool = False
+    """Ask for a payload with ``> `` instead of a final result (``+CMGS``)."""
+    delay_s: float = 0.0
+    """The network's time for this command (attach, PDP activation): the reply waits that long."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkDelays:
+    """How long the network takes, in seconds (all 0 by default: the emulator answers at once).
+
+    ``attach_s``: a PS attach (``AT+CGATT=1`` while detached).
+    ``pdp_activation_s``: a PDP context activation (``AT+CGACT=1``, ``ATD*99#`` before its
+    ``CONNECT``, a vendor ECM dial). ``sms_delivery_s``: from :meth:`ModemModel.receive_sms` to the
+    message reaching the modem (the service centre's part of a delivery).
+
+    Raises ValueError (from the constructor) for a negative delay.
+    """
+
+    attach_s: float = 0.0
+    pdp_activation_s: float = 0.0
+    sms_delivery_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("attach_s", "pdp_activation_s", "sms_delivery_s"):
+            if not 0 <= getattr(self, name) <= 600:
+                raise ValueError(
+                    f"network delay {name} = {getattr(self, name)} s is out of range: use 0-600 s"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class SentSms:
+    """A message the host sent with ``AT+CMGS``: ``body`` is text, or bytes for 8-bit data."""
+
+    recipient: str
+    body: str | bytes
+    reference: int
+
+
+@dataclass(slots=True)
+class _SmsPrompt:
+    recipient: str | None
+    """Text mode: the number from the command; PDU mode: None (it is in the PDU)."""
+    length: int | None
+    """PDU mode: the TPDU length the command gave."""
+    data: bytearray = field(default_factory=bytearray)
 
 
 class _CmdError(Exception):
-    def __init__(self, code: int | None) -> None:
+    def __init__(self, code: int | None, *, cms: bool = False) -> None:
         super().__init__(code)
         self.code = code
-        """+CME error number; None: plain ERROR."""
+        """+CME (or with ``cms`` +CMS) error number; None: plain ERROR."""
+        self.cms = cms
+
+
+CMS_OPERATION_NOT_ALLOWED = 302
+CMS_OPERATION_NOT_SUPPORTED = 303
+CMS_INVALID_PDU_PARAMETER = 304
+CMS_INVALID_TEXT_PARAMETER = 305
+CMS_SIM_NOT_INSERTED = 310
+CMS_SIM_PIN_REQUIRED = 311
+CMS_INVALID_INDEX = 321
+CMS_NO_NETWORK_SERVICE = 331
 
 
 class ModemModel:
@@ -169,6 +236,8 @@ class ModemModel:
         self.extra_ok = tuple(x.upper() for x in (*profile.extra_ok, *extra_ok))
         self.data_path = data_path
         self.faults = Faults()
+        self.delays = NetworkDelays()
+        """The network's times; set them to play a slow GPRS network."""
         self.settings = _Settings(cmee=profile.default_cmee)
         self.commands: list[str] = []
         """Every command line received, in order (for tests)."""
@@ -184,12 +253,27 @@ class ModemModel:
         self.urc_with_n = False
         """Registration URCs carry the leading ``<n>`` as in the query's reply (``+CREG: 2,1,...``),
         as some modems send them (ModemManager's test_cgreg2_x220_unsolicited, _md400_)."""
+        self.sms_store = SmsStore((sim or SimCard()).sms_capacity)
+        """The SIM's message store; it keeps its messages over reboots (a new SIM brings its own)."""
+        self.sms_waiting: deque[IncomingSms] = deque()
+        """Messages the network holds for us: the store was full (memory capacity exceeded), or
+        the modem was off; delivered in order once there is room."""
+        self.sms_sent: list[SentSms] = []
+        """Messages the host sent (``AT+CMGS``), in order."""
+        self._sms_prompt: _SmsPrompt | None = None
+        self._message_reference = 0
+        self.sms_rejected = 0
+        """Messages that found the store full when they arrived."""
         self._power_on_state()
 
     # ----------------------------------------------------------------------------- state helpers
 
+    def _new_settings(self) -> _Settings:
+        return _Settings(cmee=self.profile.default_cmee, cmgf=1 if self.profile.sms_text_only else 0)
+
     def _power_on_state(self) -> None:
-        self.settings = _Settings(cmee=self.profile.default_cmee)
+        self.settings = self._new_settings()
+        self._sms_prompt = None
         self.cfun = self.power_on_cfun
         self.pin_ok = self.sim is None or self.sim.pin is None
         self.pin_tries = 3
@@ -227,9 +311,11 @@ class ModemModel:
         body = "".join(f"{line}\r\n" for line in reply.info)
         return (body + NUMERIC_FINAL.get(reply.final, reply.final) + "\r").encode()
 
-    def _error(self, code: int | None) -> str:
+    def _error(self, code: int | None, *, cms: bool = False) -> str:
         if code is None or self.settings.cmee == 0:
             return "ERROR"
+        if cms:
+            return f"+CMS ERROR: {code}"
         if self.settings.cmee == 2:
             return f"+CME ERROR: {CME_TEXT.get(code, 'unknown')}"
         return f"+CME ERROR: {code}"
@@ -240,6 +326,8 @@ class ModemModel:
         """Bytes from the host."""
         if self.faults.hung or self._booting:
             return
+        if self._sms_prompt is not None:
+            data = self._prompt_input(data)
         if self.data_mode:
             if self._escape_seen(data):
                 self._hang_up()
@@ -247,12 +335,15 @@ class ModemModel:
             elif self.data_path is not None:
                 self.data_path.received(data)
             return
-        for byte in data:
+        for position, byte in enumerate(data):
             if byte == 0x0D:
                 line = self._line.decode("latin-1").strip("\n \t\x00")
                 self._line.clear()
                 if line:
                     self._command(line)
+                if self._sms_prompt is not None:
+                    self.feed(data[position + 1 :])  # the message follows the prompt
+                    return
                 if not self._in_command_mode():
                     return  # the rest of this chunk is data, or falls into a reboot or a hang
             elif byte == 0x08:
@@ -292,8 +383,14 @@ class ModemModel:
             self.reboot()
             return
         reply = self._execute(line)
+        if reply.prompt and reply.final == "OK":
+            self._write(b"\r\n> ")
+            return
+        self._sms_prompt = None
         data = self._format_reply(reply)
         delay, self.faults.late_reply_s = self.faults.late_reply_s, None
+        if delay is None and reply.delay_s > 0:
+            delay = reply.delay_s
         after = reply.after
         if delay is not None:
 
@@ -307,6 +404,8 @@ class ModemModel:
         self._write(data)
         if after is not None:
             after()
+        if self.sms_waiting:
+            self._deliver_waiting()  # a command brought the radio back (CFUN=1, a PIN, a new SIM)
 
     # ------------------------------------------------------------------------------ interpreter
 
@@ -318,7 +417,7 @@ class ModemModel:
                 if reply.final != "OK":
                     break
         except _CmdError as exc:
-            reply.final = self._error(exc.code)
+            reply.final = self._error(exc.code, cms=exc.cms)
         self._check_ecm_call()  # CGACT=0, CGATT=0, CFUN=0/4, ATH or the disconnect command
         return reply
 
@@ -361,7 +460,7 @@ class ModemModel:
         elif letter == "V":
             self.settings.verbose = value == 1
         elif letter in ("Z", "&F"):
-            self.settings = _Settings(cmee=self.profile.default_cmee)
+            self.settings = self._new_settings()
         elif letter == "I":
             reply.info.extend(self.profile.ati)
         elif letter == "H":
@@ -413,6 +512,7 @@ class ModemModel:
             self._booting = False
             self._power_on_state()
             self.send_boot_urcs()
+            self._deliver_waiting()
 
         self._schedule(self.boot_delay_s, boot)
 
@@ -454,6 +554,8 @@ class ModemModel:
     def insert_sim(self, sim: SimCard) -> None:
         if self.sim is not None:
             self.remove_sim()
+        if sim != self.last_sim:
+            self.sms_store = SmsStore(sim.sms_capacity)
         self.sim = self.last_sim = sim
         self.pin_ok = sim.pin is None
         self.pin_tries = 3
@@ -483,6 +585,7 @@ class ModemModel:
             reply.final = "NO CARRIER"
             return
         reply.final = "CONNECT"
+        reply.delay_s = self.delays.pdp_activation_s
 
         def enter_data() -> None:
             self.data_mode = True
@@ -561,11 +664,198 @@ class ModemModel:
         else:
             reply.info.extend(self.profile.ecm_dial_reply)
         if ok:
+            reply.delay_s = self.delays.pdp_activation_s
             self.active.add(cid)
             if self.ecm_call is None:  # dialling again during a call keeps it
                 self.ecm_call = cid
                 if self.data_path is not None:
                     self.data_path.connected(apn, "ecm", self._write)
+
+    # ---------------------------------------------------------------------------- short messages
+
+    def receive_sms(self, message: IncomingSms) -> None:
+        """The network delivers ``message``: shown at once as ``+CMT`` (``+CNMI`` <mt> 2), or stored
+        and indicated as ``+CMTI`` (<mt> 1 or 3) or stored quietly (<mt> 0, or <mode> 0). In data
+        mode a direct message is stored instead, and indications wait for ``AT+CMGL``. A full
+        store (or a modem that is off, booting or without SIM) leaves the message at the network,
+        which delivers it once there is room (``AT+CMGD``) or the modem is back."""
+        if self.delays.sms_delivery_s > 0:
+            self._schedule(self.delays.sms_delivery_s, lambda: self._reach_modem(message))
+        else:
+            self._reach_modem(message)
+
+    def _reach_modem(self, message: IncomingSms) -> None:
+        self.sms_waiting.append(message)
+        self._deliver_waiting()
+        if self.sms_waiting and self.sms_waiting[-1] is message and self.sms_store.full:
+            self.sms_rejected += 1
+
+    def _sms_receivable(self) -> bool:
+        return not self._booting and self.cfun == 1 and self.sim_ready()
+
+    def _deliver_waiting(self) -> None:
+        while self.sms_waiting and self._sms_receivable():
+            message = self.sms_waiting[0]
+            settings = self.settings
+            indicate = settings.cnmi_mode != 0 and not self.data_mode and not self.faults.hung
+            if indicate and settings.cnmi_mt == 2:
+                self.sms_waiting.popleft()
+                head, body = cmt_lines(message, text_mode=settings.cmgf == 1)
+                self._write(f"\r\n{head}\r\n{body}\r\n".encode("latin-1", "replace"))
+                continue
+            index = self.sms_store.add(message)
+            if index is None:
+                return  # memory capacity exceeded: the network keeps it and tries again later
+            self.sms_waiting.popleft()
+            if indicate and settings.cnmi_mt in (1, 3):
+                self.send_urc(f'+CMTI: "{self.sms_store.name}",{index}')
+
+    def _need_sms_sim(self) -> None:
+        if self.sim is None:
+            raise _CmdError(CMS_SIM_NOT_INSERTED, cms=True)
+        if not self.pin_ok:
+            raise _CmdError(CMS_SIM_PIN_REQUIRED, cms=True)
+
+    def _cmgs(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            return
+        if op != "=" or not args or not args[0]:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        if not self.registered():
+            raise _CmdError(CMS_NO_NETWORK_SERVICE, cms=True)
+        raw_args = _split_args(raw.split("=", 1)[1])
+        if self.settings.cmgf == 1:
+            self._sms_prompt = _SmsPrompt(raw_args[0].strip('"'), None)
+        elif args[0].isdigit() and 0 < int(args[0]) <= 164:
+            self._sms_prompt = _SmsPrompt(None, int(args[0]))
+        else:
+            raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+        reply.prompt = True
+
+    def _prompt_input(self, data: bytes) -> bytes:
+        """Bytes after ``> ``: the message up to Ctrl-Z (send) or ESC (cancel); returns what follows."""
+        prompt = self._sms_prompt
+        assert prompt is not None
+        for position, byte in enumerate(data):
+            if byte in (0x1A, 0x1B):
+                self._sms_prompt = None
+                reply = _Reply()
+                if byte == 0x1A:
+                    try:
+                        self._send_sms(prompt, reply)
+                    except _CmdError as exc:
+                        reply.final = self._error(exc.code, cms=exc.cms)
+                self._write(self._format_reply(reply))
+                return data[position + 1 :]
+            if len(prompt.data) < 1024:
+                prompt.data.append(byte)
+        return b""
+
+    def _send_sms(self, prompt: _SmsPrompt, reply: _Reply) -> None:
+        text = prompt.data.decode("latin-1").strip("\r\n")
+        body: str | bytes
+        if prompt.recipient is not None:
+            recipient, body = prompt.recipient, text
+        else:
+            pdu = decode_pdu(text)
+            if isinstance(pdu, PduError) or not isinstance(pdu, Submit):
+                raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+            raw = bytes.fromhex(text)  # decode_pdu has read it as hex
+            if len(raw) - 1 - raw[0] != prompt.length:  # the length counts the TPDU, not the SMSC field
+                raise _CmdError(CMS_INVALID_PDU_PARAMETER, cms=True)
+            recipient = pdu.recipient.number
+            data = pdu.user_data
+            body = data.data if pdu.coding.alphabet is Alphabet.DATA8 else (data.text or "")
+        self._message_reference = (self._message_reference + 1) % 256
+        self.sms_sent.append(SentSms(recipient, body, self._message_reference))
+        reply.info.append(f"+CMGS: {self._message_reference}")
+
+    def _cnmi(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "?":
+            reply.info.append(f"+CNMI: {self.settings.cnmi_mode},{self.settings.cnmi_mt},0,0,0")
+        elif op == "=?":
+            reply.info.append("+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)")
+        elif op == "=" and args and all(a.isdigit() for a in args if a):
+            mode = int(args[0]) if args[0] else self.settings.cnmi_mode
+            mt = int(args[1]) if len(args) > 1 and args[1] else self.settings.cnmi_mt
+            if mode > 2 or mt > 3:
+                raise _CmdError(CMS_OPERATION_NOT_SUPPORTED, cms=True)
+            self.settings.cnmi_mode, self.settings.cnmi_mt = mode, mt
+        else:
+            raise _CmdError(None)
+
+    def _cpms(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        store = self.sms_store
+        if op == "=?":
+            reply.info.append('+CPMS: ("SM"),("SM"),("SM")')
+            return
+        self._need_sms_sim()
+        counts = f"{store.used},{store.capacity}"
+        if op == "?":
+            reply.info.append("+CPMS: " + ",".join([f'"{store.name}",{counts}'] * 3))
+        elif op == "=" and args and all(a.strip('"') == store.name for a in args[:3]):
+            reply.info.append("+CPMS: " + ",".join([counts] * 3))
+        elif op == "=":
+            raise _CmdError(CMS_OPERATION_NOT_ALLOWED, cms=True)
+        else:
+            raise _CmdError(None)
+
+    def _sms_index(self, text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= self.sms_store.capacity:
+            raise _CmdError(CMS_INVALID_INDEX, cms=True)
+        return int(text)
+
+    def _cmgr(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op != "=" or not args:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        index = self._sms_index(args[0])
+        stored = self.sms_store.slots.get(index)
+        if stored is None:
+            return  # an empty slot: OK and nothing (Quectel; others say +CMS ERROR: 321)
+        lines = text_lines if self.settings.cmgf == 1 else pdu_lines
+        reply.info.extend(lines("+CMGR", None, stored))
+        if stored.status is MessageStatus.RECEIVED_UNREAD:
+            stored.status = MessageStatus.RECEIVED_READ
+
+    def _cmgl(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            names = TEXT_STATUS_NAMES.values() if self.settings.cmgf == 1 else ("0", "1", "2", "3", "4")
+            quoted = ",".join(f'"{name}"' if self.settings.cmgf == 1 else name for name in names)
+            reply.info.append(f"+CMGL: ({quoted})")
+            return
+        self._need_sms_sim()
+        text_mode = self.settings.cmgf == 1
+        wanted = MessageStatus.RECEIVED_UNREAD
+        if op == "=" and args:
+            by_name = {name: status for status, name in TEXT_STATUS_NAMES.items()}
+            if text_mode and args[0].strip('"') in by_name:
+                wanted = by_name[args[0].strip('"')]
+            elif not text_mode and args[0] in ("0", "1", "2", "3", "4"):
+                wanted = MessageStatus(int(args[0]))
+            else:
+                code = CMS_INVALID_TEXT_PARAMETER if text_mode else CMS_INVALID_PDU_PARAMETER
+                raise _CmdError(code, cms=True)
+        lines = text_lines if text_mode else pdu_lines
+        for index, stored in self.sms_store.listed(wanted):
+            reply.info.extend(lines("+CMGL", index, stored))
+            if stored.status is MessageStatus.RECEIVED_UNREAD:
+                stored.status = MessageStatus.RECEIVED_READ
+
+    def _cmgd(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            reply.info.append(f"+CMGD: (1-{self.sms_store.capacity}),(0-4)")
+            return
+        if op != "=" or not args:
+            raise _CmdError(None)
+        self._need_sms_sim()
+        flag = int(args[1]) if len(args) > 1 and args[1].isdigit() else 0
+        if flag > 4:
+            raise _CmdError(CMS_OPERATION_NOT_SUPPORTED, cms=True)
+        index = self._sms_index(args[0]) if flag == 0 else 0
+        self.sms_store.delete(index, flag)
+        reply.after = self._deliver_waiting  # room again: the network sends what it held (RP-SMMA)
 
     # ------------------------------------------------------------------------ command handlers
 
@@ -588,11 +878,12 @@ class ModemModel:
             raise _CmdError(None)
 
     def _cmgf(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        text_only = self.profile.sms_text_only
         if op == "?":
             reply.info.append(f"+CMGF: {self.settings.cmgf}")
         elif op == "=?":
-            reply.info.append("+CMGF: (0,1)")
-        elif op == "=" and args and args[0] in ("0", "1"):
+            reply.info.append("+CMGF: (1)" if text_only else "+CMGF: (0,1)")
+        elif op == "=" and args and args[0] in ("0", "1") and not (text_only and args[0] == "0"):
             self.settings.cmgf = int(args[0])
         else:
             raise _CmdError(None)
@@ -743,6 +1034,8 @@ class ModemModel:
             elif not self.registered():
                 raise _CmdError(30)
             else:
+                if self.detached:
+                    reply.delay_s = self.delays.attach_s
                 self.detached = False
         elif op != "=?":
             raise _CmdError(None)
@@ -765,6 +1058,8 @@ class ModemModel:
         for cid in cids:
             if not self.sim.apn_works(self._context_apn(cid)):
                 raise _CmdError(533)
+            if cid not in self.active:
+                reply.delay_s = self.delays.pdp_activation_s
             self.active.add(cid)
 
     def _cgpaddr(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
@@ -818,6 +1113,12 @@ _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] 
     "+CMEE": ModemModel._cmee,
     "+CSCS": ModemModel._cscs,
     "+CMGF": ModemModel._cmgf,
+    "+CNMI": ModemModel._cnmi,
+    "+CPMS": ModemModel._cpms,
+    "+CMGR": ModemModel._cmgr,
+    "+CMGL": ModemModel._cmgl,
+    "+CMGD": ModemModel._cmgd,
+    "+CMGS": ModemModel._cmgs,
     "+CGMI": _ident_handler("manufacturer"),
     "+GMI": _ident_handler("manufacturer"),
     "+CGMM": _ident_handler("model"),

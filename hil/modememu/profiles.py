@@ -65,9 +65,12 @@ class EmuProfile:
     default_cmee: int = 0
     extra_ok: tuple[str, ...] = ()
     """Vendor set commands (prefixes, upper case) answered ``OK`` without effect (init strings)."""
+    sms_text_only: bool = False
+    """The modem has no SMS PDU mode: ``AT+CMGF=0`` is an ``ERROR`` and text mode is on from power-on
+    (some modules' firmware, and modem front ends of SMS gateways)."""
 
 
-_COMMON_OK = ("AT&C", "AT&D", "AT&F", "AT&W", "ATQ0", "ATS0", "AT+CNMI", "AT+CMGF", "AT+IFC", "AT+IPR")
+_COMMON_OK = ("AT&C", "AT&D", "AT&F", "AT&W", "ATQ0", "ATS0", "AT+IFC", "AT+IPR")
 
 PROFILES: dict[str, EmuProfile] = {
     "generic": EmuProfile(
