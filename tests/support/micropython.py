@@ -1,0 +1,221 @@
+"""The supervisor firmware (supervisor/) running in real MicroPython, for the tests.
+
+MicroPython's WebAssembly port (the npm package ``@micropython/micropython-webassembly-pyscript``,
+installed by ``make micropython-wasm`` into ``.micropython/``) runs under node. The firmware runs
+unchanged but for two things from ``tests/support/micropython_sim/``: the ``machine`` module (Pin
+records each level change with its time, UART bridged to the test, ADC, WDT) and a simulated clock
+handed to ``sv_board.run``. Time is simulated: it moves only when the test says ``run(ms)``, so a
+day of heartbeat timeouts takes a second. ``runner.mjs`` says how the two sides talk.
+
+The MCU's flash is a folder of the test's: the runner copies it in at start and back at every
+sync, so ``restart()`` (the node process killed and started again on the same folder) is a power
+cycle of the MCU that keeps what the firmware saved.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvrlink.protocol.supervisor_wire import Frame, FrameDecoder, Reply, parse_reply
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIRMWARE = ROOT / "supervisor"
+SIM = Path(__file__).resolve().parent / "micropython_sim"
+MODULES = ROOT / ".micropython"
+PACKAGE = MODULES / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+REPLY_WAIT = 20.0
+"""Seconds of real time a step of the simulation may take before the test gives up on it."""
+
+
+def node_missing() -> str | None:
+    """Why the MicroPython tests cannot run here, or None when they can."""
+    if shutil.which("node") is None:
+        return "node is not installed (apt-get install nodejs npm): the firmware's MicroPython tests need it"
+    return None
+
+
+def require_package() -> None:
+    """Raises AssertionError saying how to install the WebAssembly port when it is missing."""
+    if not (PACKAGE / "micropython.mjs").is_file():
+        raise AssertionError(
+            f"MicroPython's WebAssembly port is not installed in {MODULES}: run `make micropython-wasm` "
+            "(npm installs the pinned @micropython/micropython-webassembly-pyscript)"
+        )
+
+
+@dataclass
+class Trace:
+    """Everything the firmware did, in simulated milliseconds."""
+
+    pins: list[tuple[int, int, int]] = field(default_factory=list)
+    """(t, gpio, level) for each level change, the initial levels included."""
+    tx: list[tuple[int, bytes]] = field(default_factory=list)
+    fs: list[list[str]] = field(default_factory=list)
+    wdt_expired: list[tuple[int, int]] = field(default_factory=list)
+    wdt_started: list[int] = field(default_factory=list)
+
+    def levels(self, gpio: int) -> list[tuple[int, int]]:
+        """(t, level) changes of one pin."""
+        return [(t, v) for t, g, v in self.pins if g == gpio]
+
+    def pulses(self, gpio: int, active: int = 1) -> list[tuple[int, int]]:
+        """(start, width ms) of each time the pin went to ``active`` and back."""
+        out, start = [], None
+        for t, v in self.levels(gpio):
+            if v == active and start is None:
+                start = t
+            elif v != active and start is not None:
+                out.append((start, t - start))
+                start = None
+        return out
+
+
+class SimulatedSupervisor:
+    """The firmware in one node process. Use as a context manager, or call ``close``."""
+
+    def __init__(self, flash: Path, config: dict[str, Any] | None = None) -> None:
+        require_package()
+        self.flash = flash
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.config = config or {}
+        self.trace = Trace()
+        self.now = 0
+        self.decoder = FrameDecoder()
+        self._replies: list[Frame] = []
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the object; closed in close)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start()
+
+    def __enter__(self) -> SimulatedSupervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        self.now = 0
+        self._proc = subprocess.Popen(
+            [
+                "node",
+                str(SIM / "runner.mjs"),
+                str(MODULES),
+                str(FIRMWARE),
+                str(SIM),
+                str(self.flash),
+                json.dumps(self.config),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self._collect(self._read_report())
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def _read_report(self) -> dict[str, Any]:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(REPLY_WAIT):
+                raise AssertionError(
+                    f"the firmware did not report within {REPLY_WAIT} s; stderr:\n{self.stderr()}"
+                )
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(REPLY_WAIT)
+            raise AssertionError(f"the firmware stopped (exit {proc.returncode}); stderr:\n{self.stderr()}")
+        report: dict[str, Any] = json.loads(line)
+        return report
+
+    def _collect(self, report: dict[str, Any]) -> None:
+        self.now = report["now"]
+        for event in report["events"]:
+            t = event["t"]
+            if "pin" in event:
+                self.trace.pins.append((t, event["pin"], event["v"]))
+            elif "tx" in event:
+                data = bytes.fromhex(event["tx"])
+                self.trace.tx.append((t, data))
+                self._replies += self.decoder.feed(data, t)
+            elif "wdt_expired" in event:
+                self.trace.wdt_expired.append((t, event["wdt_expired"]))
+            elif "wdt_start" in event:
+                self.trace.wdt_started.append(t)
+        self.trace.fs += report["fs"]
+
+    def _command(self, command: dict[str, Any]) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.write((json.dumps(command) + "\n").encode())
+        proc.stdin.flush()
+        self._collect(self._read_report())
+
+    def run(self, ms: int, rx: bytes = b"", adc: int | None = None) -> None:
+        """Send ``rx`` to the firmware's UART (if any), set the ADC (if given), and let ``ms``
+        simulated milliseconds pass. Bytes end the firmware's wait at once, so the run may report
+        before ``ms`` is over; it continues until it is."""
+        target = self.now + ms
+        command: dict[str, Any] = {"run": ms}
+        if rx:
+            command["rx"] = rx.hex()
+        if adc is not None:
+            command["adc"] = adc
+        self._command(command)
+        while self.now < target:
+            self._command({"run": target - self.now})
+
+    def run_until(self, t: int) -> None:
+        if t > self.now:
+            self.run(t - self.now)
+
+    def replies(self) -> Iterator[Frame]:
+        """The frames the firmware sent since the last call."""
+        out, self._replies = self._replies, []
+        yield from out
+
+    def request(self, frame: bytes, ms: int = 50, junk: bytes = b"") -> Reply:
+        """Send one request frame (after ``junk``, if any) and return the reply to it (by seq)."""
+        seq = frame[3]
+        self.run(ms, rx=junk + frame)
+        got = [f for f in self.replies() if f.seq == seq]
+        assert len(got) == 1, f"one reply to seq {seq} expected, got {got}; stderr:\n{self.stderr()}"
+        return parse_reply(got[0])
+
+    def restart(self) -> None:
+        """Power-cycle the MCU: kill the process and start the firmware again on the same flash."""
+        self._kill()
+        self._start()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(REPLY_WAIT)
+        if self._proc is not None:
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+    def close(self) -> None:
+        """Stop the firmware (it exits when told); kill it if it does not."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None and proc.stdin is not None:
+            try:
+                proc.stdin.write(b'{"exit": true}\n')
+                proc.stdin.flush()
+                proc.wait(REPLY_WAIT)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                pass
+        self._kill()
+        self._stderr.close()
