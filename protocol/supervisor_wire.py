@@ -145,7 +145,8 @@ class FrameDecoder:
 
     The same rules as the firmware's: after a bad CRC the search goes on one byte past the sync
     byte, so a frame behind garbage is still found; a partial frame stalled for longer than
-    FRAME_GAP_MS is given up when the next bytes come or at ``poll`` after ``deadline``.
+    FRAME_GAP_MS is given up when the next bytes come or at ``poll`` after ``deadline``: the
+    search then goes on byte by byte through what was held.
     """
 
     def __init__(self) -> None:
@@ -168,15 +169,27 @@ class FrameDecoder:
     def feed(self, data: bytes, now_ms: float) -> list[Frame]:
         """Add received bytes (``now_ms``: any monotonic clock in milliseconds); return the
         frames now complete, oldest first. Never raises on bad bytes."""
-        counts = self.counts
+        frames: list[Frame] = []
         if self._buf and self._partial_since is not None and now_ms - self._partial_since > FRAME_GAP_MS:
-            counts.stalled += 1
-            counts.garbage_bytes += 1
-            self._buf = self._buf[1:]
+            # Every byte held came before the gap: whatever partial frame they hold has stalled.
+            # Drop a byte at a time and look again, keeping the frames found on the way.
+            self.counts.stalled += 1
+            while self._buf:
+                self.counts.garbage_bytes += 1
+                self._buf = self._buf[1:]
+                frames += self._scan()
         buf = self._buf + bytes(data)
         if len(buf) > MAX_BUFFER:
-            counts.garbage_bytes += len(buf) - MAX_BUFFER
+            self.counts.garbage_bytes += len(buf) - MAX_BUFFER
             buf = buf[-MAX_BUFFER:]
+        self._buf = buf
+        frames += self._scan()
+        self._partial_since = now_ms if self._buf else None
+        return frames
+
+    def _scan(self) -> list[Frame]:
+        """Take the whole frames off the buffer's front; leave a partial one."""
+        counts, buf = self.counts, self._buf
         frames: list[Frame] = []
         while True:
             at = buf.find(SYNC)
@@ -208,7 +221,6 @@ class FrameDecoder:
             counts.frames += 1
             frames.append(Frame(buf[2], buf[3], buf[HEADER_LEN : HEADER_LEN + length]))
             buf = buf[total:]
-        self._partial_since = now_ms if buf else None
         self._buf = buf
         return frames
 

@@ -9,17 +9,19 @@ from sv_core import Config
 
 
 class McuClock:
-    """time's wrapping millisecond ticks, and a wait that ends early when the UART has bytes."""
+    """time's wrapping millisecond ticks (read often enough that they never wrap twice), and a
+    wait that ends early when the UART has bytes."""
 
     def __init__(self) -> None:
         self._poller = select.poll()
         self._registered = False
+        self._last = time.ticks_ms()
 
-    def ticks_ms(self) -> int:
-        return time.ticks_ms()
-
-    def ticks_diff(self, later: int, earlier: int) -> int:
-        return time.ticks_diff(later, earlier)
+    def elapsed_ms(self) -> int:
+        now = time.ticks_ms()
+        elapsed = time.ticks_diff(now, self._last)
+        self._last = now
+        return elapsed
 
     def wait(self, uart: machine.UART, timeout_ms: int) -> None:
         if not self._registered:
@@ -28,4 +30,7 @@ class McuClock:
         self._poller.poll(timeout_ms)
 
 
-sv_board.run(sv_board.PICO_BOARD, Config(), McuClock(), "")
+if sv_board.maintenance_jumper(sv_board.PICO_BOARD):
+    print("supervisor: maintenance jumper set (GPIO 22 to ground): not started, the REPL is free")
+else:
+    sv_board.run(sv_board.PICO_BOARD, Config(), McuClock(), "")

@@ -18,9 +18,8 @@ if TYPE_CHECKING:
     class Clock(Protocol):
         """Milliseconds and waiting; main.py's is the MCU's, the tests' is simulated."""
 
-        def ticks_ms(self) -> int: ...
-
-        def ticks_diff(self, later: int, earlier: int) -> int: ...
+        def elapsed_ms(self) -> int:
+            """Milliseconds since the previous call (since the clock was made, the first time)."""
 
         def wait(self, uart: machine.UART, timeout_ms: int) -> None:
             """Return when the UART has bytes or after ``timeout_ms``."""
@@ -49,6 +48,7 @@ class Board:
         r_top_ohm: int,
         r_bottom_ohm: int,
         vref_mv: int = 3300,
+        maintenance_gpio: int = -1,
     ) -> None:
         self.uart_id = uart_id
         self.uart_tx = uart_tx
@@ -59,6 +59,9 @@ class Board:
         self.r_top_ohm = r_top_ohm
         self.r_bottom_ohm = r_bottom_ohm
         self.vref_mv = vref_mv
+        self.maintenance_gpio = maintenance_gpio
+        """An input with a pull-up; a jumper to ground at boot keeps the supervisor from starting,
+        so that mpremote can reach the REPL (-1: none)."""
 
     def fitted(self) -> tuple[str, ...]:
         return tuple(self.signals)
@@ -78,6 +81,7 @@ PICO_BOARD = Board(
     adc_gpio=26,
     r_top_ohm=100_000,
     r_bottom_ohm=22_000,
+    maintenance_gpio=22,
 )
 """A Raspberry Pi Pico wired as docs/supervisor.md draws it: every output drives a transistor,
 active high, with a pull-down, so an MCU in reset leaves the SoC running and the modem powered."""
@@ -113,6 +117,13 @@ class Hardware:
                 self.levels[signal] = level
 
 
+def maintenance_jumper(board: Board) -> bool:
+    """Whether the board's maintenance jumper is set (read once, at boot)."""
+    if board.maintenance_gpio < 0:
+        return False
+    return machine.Pin(board.maintenance_gpio, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
+
+
 def run(board: Board, config: Config, clock: "Clock", flash_dir: str) -> None:
     """Run the supervisor until the MCU stops (never returns on the device)."""
     hw = Hardware(board)
@@ -122,12 +133,9 @@ def run(board: Board, config: Config, clock: "Clock", flash_dir: str) -> None:
     core = Supervisor(config, board.fitted(), entries, boots + 1, 0, machine.reset_cause())
     saved = -1
     now = 0
-    last = clock.ticks_ms()
     next_adc = 0
     while True:
-        tick = clock.ticks_ms()
-        now += clock.ticks_diff(tick, last)
-        last = tick
+        now += clock.elapsed_ms()
         hw.wdt.feed()
         data = hw.uart.read()
         if data:

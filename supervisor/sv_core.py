@@ -108,6 +108,8 @@ MODEM_PROFILES = {
 }
 
 NEVER = -1
+REPEAT_WINDOW_MS = 5000
+"""A request of the same type and seq within this time is a retransmission: answered, not acted on."""
 
 
 class Config:
@@ -187,6 +189,7 @@ class Supervisor:
         """Pending signal changes: (at ms, signal, asserted), in time order."""
         self._modem_busy_until = NEVER
         self._last_request = (-1, -1)
+        self._last_request_at = NEVER
         self._last_reply = b""
         self.supply_mv = 0
         self.supply_min_mv = 0
@@ -316,7 +319,11 @@ class Supervisor:
         if msg_type == HEARTBEAT:
             self._heartbeat(seq, payload, now_ms)
             return
-        if (msg_type, seq) == self._last_request and msg_type in (POWER_CYCLE_MODEM, RESET_SOC):
+        if (
+            (msg_type, seq) == self._last_request
+            and msg_type in (POWER_CYCLE_MODEM, RESET_SOC)
+            and now_ms - self._last_request_at < REPEAT_WINDOW_MS
+        ):
             # A repeat of the request just handled (its reply was lost): answer again, act once.
             self._out += self._last_reply
             return
@@ -338,6 +345,7 @@ class Supervisor:
             self._reply(ERROR, seq, bytes((ERR_BAD_PAYLOAD, msg_type)))
             return
         self._last_request = (msg_type, seq)
+        self._last_request_at = now_ms
         self._reply(msg_type | REPLY, seq, reply)
 
     def _heartbeat(self, seq: int, payload: bytes, now_ms: int) -> None:

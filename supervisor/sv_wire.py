@@ -13,8 +13,8 @@ the request's seq. Message layouts are in docs/supervisor.md; the daemon's twin 
 What is not a frame is skipped and counted, never acted on: bytes before a sync byte, a frame whose
 CRC does not match (the decoder then looks for the next sync byte one byte further, so a frame hidden
 behind garbage is still found), a frame of another version, and a partial frame that stops for
-longer than ``FRAME_GAP_MS`` (``poll`` gives it up when no byte follows; the search goes on one
-byte past its sync byte, so a frame behind a stray sync byte is found then).
+longer than ``FRAME_GAP_MS`` (``poll`` gives it up when no byte follows; the search then goes on
+byte by byte through what was held, so a frame behind a stray sync byte is found then).
 
 This file runs on the MCU: no dataclasses, no typing at run time (mypy reads the annotations).
 """
@@ -132,15 +132,25 @@ class FrameDecoder:
 
     def feed(self, data: bytes, now_ms: int) -> list[tuple[int, int, bytes]]:
         """Add received bytes; return the frames now complete, oldest first."""
-        if self._buf and self._partial_since >= 0 and now_ms - self._partial_since > FRAME_GAP_MS:
-            # The partial frame stopped: drop its sync byte and look again from the next byte.
+        frames: list[tuple[int, int, bytes]] = []
+        if self._buf and now_ms - self._partial_since > FRAME_GAP_MS:
+            # Every byte held arrived before the gap, so whatever partial frame they hold has
+            # stalled: drop a byte at a time and look again, keeping the frames found on the way.
             self.stalled += 1
-            self.garbage_bytes += 1
-            self._buf = self._buf[1:]
+            while self._buf:
+                self.garbage_bytes += 1
+                self._buf = self._buf[1:]
+                frames += self._scan()
         self._buf = self._buf + bytes(data)
         if len(self._buf) > MAX_BUFFER:
             self.garbage_bytes += len(self._buf) - MAX_BUFFER
             self._buf = self._buf[len(self._buf) - MAX_BUFFER :]
+        frames += self._scan()
+        self._partial_since = now_ms if self._buf else -1
+        return frames
+
+    def _scan(self) -> list[tuple[int, int, bytes]]:
+        """Take the whole frames off the buffer's front; leave a partial one."""
         frames: list[tuple[int, int, bytes]] = []
         buf = self._buf
         while True:
@@ -174,6 +184,5 @@ class FrameDecoder:
             self.frames += 1
             frames.append((buf[2], buf[3], bytes(buf[HEADER_LEN : HEADER_LEN + length])))
             buf = buf[total:]
-        self._partial_since = now_ms if buf else -1
         self._buf = buf
         return frames

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.micropython import SimulatedSupervisor, node_missing
+from support.micropython import SimulatedSupervisor, node_missing, run_entry
 
 from dvrlink.protocol import supervisor_wire as wire
 
@@ -276,3 +276,13 @@ def test_the_codec_reads_supply_status_and_sets_the_timeout(mcu: SimulatedSuperv
     t = max(t for t, _ in mcu.trace.tx)
     mcu.run(31 * SECOND)
     assert mcu.trace.pulses(SOC_RESET)[0][0] - t <= 30 * SECOND
+
+
+def test_the_maintenance_jumper_keeps_main_py_from_starting(tmp_path: Path) -> None:
+    # The device's own main.py, with GPIO 22 pulled to ground: no pin is driven, no watchdog
+    # started (so mpremote can use the REPL), and it says why.
+    done = run_entry("main", tmp_path / "flash", {"inputs": {"22": 0}})
+    assert done.returncode == 0, done.stderr
+    assert "maintenance jumper set" in done.stderr
+    assert done.stdout == "", "the firmware never reached its loop"
+    assert not (tmp_path / "flash" / "reset_log.json").exists()

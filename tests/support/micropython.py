@@ -52,6 +52,22 @@ def require_package() -> None:
         )
 
 
+def run_entry(entry: str, flash: Path, config: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run one firmware module to its end (``main``, say, with the maintenance jumper set), with
+    no host on the other side: the output and exit status."""
+    require_package()
+    flash.mkdir(parents=True, exist_ok=True)
+    command = ["node", str(SIM / "runner.mjs"), str(MODULES), str(FIRMWARE), str(SIM), str(flash)]
+    return subprocess.run(
+        [*command, json.dumps({**config, "entry": entry})],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=REPLY_WAIT,
+        check=False,
+    )
+
+
 @dataclass
 class Trace:
     """Everything the firmware did, in simulated milliseconds."""
@@ -82,8 +98,11 @@ class Trace:
 class SimulatedSupervisor:
     """The firmware in one node process. Use as a context manager, or call ``close``."""
 
-    def __init__(self, flash: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, flash: Path, config: dict[str, Any] | None = None, firmware: Path = FIRMWARE) -> None:
+        """``firmware``: the folder whose files become the MCU's code (supervisor/, or the
+        .mpy files ``make supervisor`` compiles)."""
         require_package()
+        self.firmware = firmware
         self.flash = flash
         self.flash.mkdir(parents=True, exist_ok=True)
         self.config = config or {}
@@ -108,7 +127,7 @@ class SimulatedSupervisor:
                 "node",
                 str(SIM / "runner.mjs"),
                 str(MODULES),
-                str(FIRMWARE),
+                str(self.firmware),
                 str(SIM),
                 str(self.flash),
                 json.dumps(self.config),

@@ -7,10 +7,13 @@ from simboard import WORLD
 class Pin:
     OUT = 1
     IN = 0
+    PULL_UP = 1
 
-    def __init__(self, gpio: int, mode: int = -1, value: int | None = None) -> None:
+    def __init__(self, gpio: int, mode: int = -1, pull: int = -1, value: int | None = None) -> None:
         self.gpio = gpio
         self.level = -1
+        if mode == Pin.IN:
+            self.level = int(WORLD.config.get("inputs", {}).get(str(gpio), 1 if pull == Pin.PULL_UP else 0))
         if value is not None:
             self.value(value)
 

@@ -2,6 +2,8 @@
 //
 //   node runner.mjs MODULES_DIR FIRMWARE_DIR SIM_DIR FLASH_DIR CONFIG_JSON
 //
+// It imports CONFIG_JSON's "entry" (default sim_main: the firmware's loop on the simulated clock;
+// "main" runs the device's own main.py, which the tests do for the maintenance jumper).
 // The firmware's *.py go to /fw, the simulation's to /sim, FLASH_DIR's files to /flash (the MCU's
 // flash). The firmware and the host talk in JSON lines: simboard.sync writes one line to stdout
 // and blocks reading one from stdin (a synchronous read, so MicroPython's loop needs no event
@@ -92,7 +94,8 @@ mp.registerJsModule("hostlink", {
 });
 
 try {
-  mp.runPython("import sys\nsys.path[:0] = ['/sim', '/fw']\nimport sim_main\n");
+  const entry = JSON.parse(configJson).entry || "sim_main";
+  mp.runPython(`import sys\nsys.path[:0] = ['/sim', '/fw']\nimport ${entry}\n`);
 } catch (err) {
   process.stderr.write(String(err.message || err) + "\n");
   process.exit(1);

@@ -59,11 +59,13 @@ WORLD = World()
 class Clock:
     """The firmware's clock in the simulation (the Clock of sv_board)."""
 
-    def ticks_ms(self) -> int:
-        return WORLD.now
+    def __init__(self) -> None:
+        self._last = WORLD.now
 
-    def ticks_diff(self, later: int, earlier: int) -> int:
-        return later - earlier
+    def elapsed_ms(self) -> int:
+        elapsed = WORLD.now - self._last
+        self._last = WORLD.now
+        return elapsed
 
     def wait(self, uart: object, timeout_ms: int) -> None:
         target = WORLD.now + timeout_ms
