@@ -14,15 +14,18 @@ cycle of the MCU that keeps what the firmware saved.
 
 from __future__ import annotations
 
+import importlib
 import json
 import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dvrlink.protocol.supervisor_wire import Frame, FrameDecoder, Reply, parse_reply
@@ -34,6 +37,16 @@ MODULES = ROOT / ".micropython"
 PACKAGE = MODULES / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 REPLY_WAIT = 20.0
 """Seconds of real time a step of the simulation may take before the test gives up on it."""
+
+
+def load_firmware(name: str) -> ModuleType:
+    """A firmware module (``sv_core``, say) imported into CPython, for tests of its pure parts
+    that want many cases fast; its imports of other ``sv_*`` modules resolve to supervisor/."""
+    sys.path.insert(0, str(FIRMWARE))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(FIRMWARE))
 
 
 def node_missing() -> str | None:
