@@ -310,10 +310,10 @@ class Supervisor:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _reply(self, msg_type: int, seq: int, payload: bytes) -> None:
+    def _reply(self, msg_type: int, seq: int, payload: bytes) -> bytes:
         frame = encode_frame(msg_type, seq, payload)
-        self._last_reply = frame
         self._out += frame
+        return frame
 
     def _handle(self, msg_type: int, seq: int, payload: bytes, now_ms: int) -> None:
         if msg_type == HEARTBEAT:
@@ -346,7 +346,7 @@ class Supervisor:
             return
         self._last_request = (msg_type, seq)
         self._last_request_at = now_ms
-        self._reply(msg_type | REPLY, seq, reply)
+        self._last_reply = self._reply(msg_type | REPLY, seq, reply)
 
     def _heartbeat(self, seq: int, payload: bytes, now_ms: int) -> None:
         if len(payload) != 5:

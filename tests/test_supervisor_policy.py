@@ -95,7 +95,7 @@ def test_resets_respect_the_timeout_the_backoff_and_the_cap(
         assert len([u for u in resets[i:] if u - t < DAY]) <= cap, (
             "more watchdog resets in a day than the cap"
         )
-        before = [b for b in beats if b <= t]
+        before = [b for b in beats if b < t]  # a heartbeat at t itself came after the reset
         assert before, "a reset before the first heartbeat (the watchdog was not armed)"
         assert t - before[-1] >= 60_000, "a reset less than the timeout after a heartbeat"
         if i and resets[i - 1] > before[-1]:  # no heartbeat since the previous reset
@@ -130,3 +130,20 @@ def test_the_cap_holds_resets_back_for_a_rolling_day_and_logs_the_first_one_it_h
     assert causes.count(core.CAUSE_CAPPED) == 1
     capped = run.sup.log[causes.index(core.CAUSE_CAPPED)]
     assert capped[2] == 660, "logged when the fourth reset was due (uptime 660 s)"
+
+
+def test_a_retransmitted_request_gets_its_own_reply_again_and_acts_once() -> None:
+    run = Run(make())
+    run.sup.receive(wire.power_cycle_modem(9, wire.ModemProfile.SIM800), 0)
+    first = run.sup.take_output()
+    run.step_to(1000)
+    run.heartbeat()  # another reply in between
+    run.sup.receive(wire.power_cycle_modem(9, wire.ModemProfile.SIM800), run.now)
+    assert run.sup.take_output() == first
+    causes = [entry[0] for entry in run.sup.log]
+    assert causes.count(core.CAUSE_MODEM_POWER_CYCLE) == 1
+    run.step_to(6_000)  # past the repeat window, the same seq is a new request (BUSY: one runs)
+    run.sup.receive(wire.power_cycle_modem(9, wire.ModemProfile.SIM800), run.now)
+    (frame,) = wire.FrameDecoder().feed(run.sup.take_output(), 0)
+    busy = wire.parse_reply(frame)
+    assert isinstance(busy, wire.PowerCycleStarted) and busy.status == wire.Status.BUSY
