@@ -9,18 +9,24 @@ PWRKEY, GPIO 4 the modem's power cut; all asserted high.
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.micropython import SimulatedSupervisor, node_missing, run_entry
+from support.micropython import SIM_SUPPORT, PtyBridge, SimulatedSupervisor, node_missing, run_entry
+from support.waiting import wait_until
 
 from dvrlink.protocol import supervisor_wire as wire
 
 pytestmark = pytest.mark.skipif(node_missing() is not None, reason=node_missing() or "")
 
 SOC_RESET, PWRKEY, POWER_CUT = 2, 3, 4
+HEARTBEATS = SIM_SUPPORT / "micropython_heartbeats.py"
 SECOND = 1000
 
 
@@ -286,3 +292,32 @@ def test_the_maintenance_jumper_keeps_main_py_from_starting(tmp_path: Path) -> N
     assert "maintenance jumper set" in done.stderr
     assert done.stdout == "", "the firmware never reached its loop"
     assert not (tmp_path / "flash" / "reset_log.json").exists()
+
+
+def test_a_stopped_daemon_gets_its_soc_reset_through_a_pty(flash: Path) -> None:
+    # Real time and a real process: the heartbeat sender (the daemon's codec) talks to the
+    # firmware through a PTY; SIGSTOP hangs it, and the reset line pulses one timeout after its
+    # last heartbeat. SIGCONT: heartbeats flow again and are answered.
+    policy = {"heartbeat_timeout_s": 1, "min_timeout_s": 1, "boot_grace_ms": 1000, "backoff_base_ms": 60_000}
+    with start(flash, policy=policy) as sim, PtyBridge(sim) as pty:
+        sender = subprocess.Popen(
+            [sys.executable, str(HEARTBEATS), pty.path, "--interval-ms", "200"],
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        try:
+            wait_until("five heartbeats answered", lambda: len(sim.trace.tx) >= 5, seen=lambda: sim.trace.tx)
+            assert sim.trace.pulses(SOC_RESET) == []
+            sender.send_signal(signal.SIGSTOP)
+            pulses = wait_until(
+                "the SoC reset pulse", lambda: sim.trace.pulses(SOC_RESET), seen=lambda: sim.trace.pins
+            )
+            last_ack = max(t for t, _ in sim.trace.tx if t < pulses[0][0])
+            assert pulses[0][0] - last_ack == 1000, (last_ack, pulses)
+            sender.send_signal(signal.SIGCONT)
+            acks = len(sim.trace.tx)
+            wait_until("heartbeats again after SIGCONT", lambda: len(sim.trace.tx) >= acks + 3)
+        finally:
+            sender.kill()
+            sender.wait(10)
+    assert not sim.trace.wdt_expired

@@ -9,19 +9,25 @@ day of heartbeat timeouts takes a second. ``runner.mjs`` says how the two sides 
 
 The MCU's flash is a folder of the test's: the runner copies it in at start and back at every
 sync, so ``restart()`` (the node process killed and started again on the same folder) is a power
-cycle of the MCU that keeps what the firmware saved.
+cycle of the MCU that keeps what the firmware saved. ``PtyBridge`` puts the UART on a PTY in real
+time, for a program (tests/support/micropython_heartbeats.py, later the daemon) to talk to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +38,8 @@ from dvrlink.protocol.supervisor_wire import Frame, FrameDecoder, Reply, parse_r
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIRMWARE = ROOT / "supervisor"
-SIM = Path(__file__).resolve().parent / "micropython_sim"
+SIM_SUPPORT = Path(__file__).resolve().parent
+SIM = SIM_SUPPORT / "micropython_sim"
 MODULES = ROOT / ".micropython"
 PACKAGE = MODULES / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 REPLY_WAIT = 20.0
@@ -251,3 +258,57 @@ class SimulatedSupervisor:
                 pass
         self._kill()
         self._stderr.close()
+
+
+class PtyBridge:
+    """The simulated MCU's UART on a PTY, in real time: a program opens ``path`` as it would the
+    supervisor's serial port (``/dev/ttyS2`` on the board). A thread moves the simulated clock
+    along with the real one (``run`` of the milliseconds that passed), hands it what the program
+    wrote, and writes back what the firmware sent. While the bridge runs, read ``sim.trace`` but
+    call no other method of ``sim``; close the bridge (or leave its ``with``) to stop the thread."""
+
+    STEP = 0.01
+    """Seconds between steps when no byte comes."""
+
+    def __init__(self, sim: SimulatedSupervisor) -> None:
+        self.sim = sim
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.path = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._relay, name="micropython-pty", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> PtyBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(REPLY_WAIT)
+        for fd in (self._master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.error is not None:
+            raise AssertionError(f"the PTY bridge failed: {self.error!r}") from self.error
+
+    def _relay(self) -> None:
+        sent = len(self.sim.trace.tx)
+        last = time.monotonic()
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._master, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    data = os.read(self._master, 4096) if sel.select(self.STEP) else b""
+                    now = time.monotonic()
+                    elapsed = max(1, round((now - last) * 1000))
+                    last = now
+                    self.sim.run(elapsed, rx=data)
+                    for _, chunk in self.sim.trace.tx[sent:]:
+                        os.write(self._master, chunk)
+                    sent = len(self.sim.trace.tx)
+        except BaseException as exc:  # reported by close, in the test's thread
+            self.error = exc
