@@ -154,6 +154,11 @@ class FrameDecoder:
         self._partial_since: float | None = None
         self.counts = DecoderCounts()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
     def deadline(self) -> float | None:
         """When a waiting partial frame is given up (None: none waits); call ``poll`` then."""
         if self._buf and self._partial_since is not None:

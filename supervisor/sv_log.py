@@ -2,10 +2,11 @@
 
 A save writes the whole log to ``<path>.tmp`` and renames it over ``<path>``. Power lost during the
 write leaves the old file whole (and a stale ``.tmp``, which the next save overwrites); the rename
-itself replaces the name in one step on LittleFS, MicroPython's rp2 default (on FAT, MicroPython's
-rename removes the old file first, so there a power loss in that moment can lose the log). Loading
-never writes. A missing, unreadable or malformed file loads as an empty log: the supervisor keeps
-working, and ``load`` says what it found so the caller can count it.
+itself replaces the name in one step on LittleFS, MicroPython's rp2 default. On FAT, MicroPython's
+rename removes the old file and then renames; a power loss between the two leaves only the
+``.tmp``, which ``load`` then reads (it holds the whole new log: it was closed before the rename).
+Loading never writes. A missing, unreadable or malformed file loads as an empty log: the
+supervisor keeps working, and ``load`` says what it found so the caller can count it.
 """
 
 import json
@@ -23,9 +24,18 @@ class ResetLog:
         self.save_errors = 0
 
     def load(self) -> tuple[list[list[int]], int, str]:
-        """Return (entries oldest first, boots, what was found: "ok", "missing" or "corrupt")."""
+        """Return (entries oldest first, boots, what was found: "ok", "tmp" (only the temporary
+        file, whole), "missing" or "corrupt")."""
+        entries, boots, found = self._read(self.path)
+        if found == "missing":
+            from_tmp = self._read(self.path + ".tmp")
+            if from_tmp[2] == "ok":
+                return from_tmp[0], from_tmp[1], "tmp"
+        return entries, boots, found
+
+    def _read(self, path: str) -> tuple[list[list[int]], int, str]:
         try:
-            with open(self.path) as f:
+            with open(path) as f:
                 text = f.read()
         except OSError:
             return [], 0, "missing"

@@ -256,6 +256,15 @@ def test_a_torn_or_corrupt_log_file_does_not_stop_the_firmware(flash: Path) -> N
         log = sim.request(wire.read_reset_log(1))
         assert isinstance(log, wire.ResetLog) and log.boots == 5
         assert [e.cause for e in log.entries] == [wire.ResetCause.MCU_START, wire.ResetCause.COMMAND]
+    (flash / "reset_log.json").unlink()  # FAT: the old log removed, power lost before the rename
+    (flash / "reset_log.json.tmp").write_text('{"format": 1, "boots": 9, "entries": [[1, 0, 7, 120]]}')
+    with start(flash) as sim:
+        log = sim.request(wire.read_reset_log(1))
+        assert isinstance(log, wire.ResetLog) and log.boots == 10
+        assert [e.cause for e in log.entries] == [
+            wire.ResetCause.MCU_START,
+            wire.ResetCause.HEARTBEAT_TIMEOUT,
+        ]
     (flash / "reset_log.json").write_text("\x00\xff not json")
     with start(flash) as sim:
         log = sim.request(wire.read_reset_log(1))

@@ -117,7 +117,7 @@ def test_a_flood_of_garbage_keeps_the_buffer_bounded() -> None:
     decoder = wire.FrameDecoder()
     for i in range(100):
         decoder.feed(b"\xa5\x01\x01\x01\xf0" + bytes(200), i)
-    assert len(decoder._buf) <= wire.MAX_BUFFER
+    assert decoder.buffered <= wire.MAX_BUFFER
 
 
 def test_encode_refuses_what_does_not_fit() -> None:
