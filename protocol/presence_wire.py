@@ -312,7 +312,7 @@ class PackedIps:
 
     __slots__ = ("_known", "_limit")
 
-    def __init__(self, limit: int = 1 << 16) -> None:
+    def __init__(self, limit: int = 4096) -> None:
         self._known: dict[str, bytes] = {}
         self._limit = limit
 

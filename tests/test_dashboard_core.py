@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,28 @@ def test_feed_forgets_the_oldest_device_history_when_full() -> None:
     for index, serial in enumerate((A, B, "DL-0016-0003")):
         feed.on_event(_online(serial), float(index))
     assert feed.history(A) == [] and len(feed.history(B)) == 1 and len(feed.history("DL-0016-0003")) == 1
+
+
+def test_the_history_of_a_fleet_costs_little_next_to_its_sessions() -> None:
+    """A broker keeps one history per device: it must stay small (the presence session itself is
+    under 1 kB a device; section 1 of docs/benchmarks.md). The events share the session's serial
+    and address, as the presence core's do."""
+    events = [
+        DeviceOnline(f"DL-{i:07d}", (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 40000))
+        for i in range(20_000)
+    ]
+    feed = DashboardFeed()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for event in events:
+            feed.on_event(event, 1000.0)
+        per_device = (tracemalloc.get_traced_memory()[0] - before) / len(events)
+    finally:
+        tracemalloc.stop()
+    assert per_device < 250, f"{per_device:.0f} bytes of history per device"
+    assert feed.history("DL-0000007")[0].address == "10.0.0.7:40000"
+    assert feed.registrations_per_minute(1000.5) == 20_000.0
 
 
 def test_registrations_per_minute_counts_the_last_minute_only() -> None:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from dvrlink.broker.registry import format_address
-from dvrlink.protocol.presence_events import DeviceOffline, DeviceOnline, ServerEvent
+from dvrlink.protocol.presence_events import Address, DeviceOffline, DeviceOnline, ServerEvent
 
 QUEUE_SIZE = 256
 """Changes a subscriber may have waiting before it is dropped."""
@@ -24,8 +24,11 @@ MAX_DEVICES = 100_000
 """Devices with a history kept at most; past that the oldest history is forgotten."""
 RATE_WINDOW_S = 60.0
 """Registrations are counted over this many seconds for the per-minute rate."""
-MAX_RATE_SAMPLES = 200_000
-"""Registration times kept at most for the rate (a storm is counted up to this)."""
+
+_Stored = tuple[float, bool, "Address | str | None", str | None]
+"""A transition as the history keeps it: (at, online, the address the device came from (as the
+presence event gave it: the session's own tuple, shared) or the text of a remote node's address or
+of an offline reason, the node that saw it). About 100 bytes: a broker keeps one per device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,11 @@ class DashboardFeed:
         self._queue_size = queue_size
         self._history_size = history_per_device
         self._max_devices = max_devices
-        self._history: dict[str, deque[PresenceChanged]] = {}
-        self._registrations: deque[float] = deque(maxlen=MAX_RATE_SAMPLES)
+        self._history: dict[str, _Stored | list[_Stored]] = {}
+        """Per device, its one transition, or a list of its last ``history_per_device``, oldest
+        first (most devices have one: a container per device would cost more than the session)."""
+        self._registrations: deque[list[int]] = deque()
+        """[second, registrations in it], oldest first, over the last ``RATE_WINDOW_S``."""
         self._subscribers: set[Subscription] = set()
         self.dropped = 0
         """Followers dropped so far for falling behind."""
@@ -83,15 +89,21 @@ class DashboardFeed:
     def on_event(self, event: ServerEvent, now: float) -> None:
         """Take a presence event (others are ignored); ``now`` is Unix seconds."""
         if isinstance(event, DeviceOnline):
-            self._registrations.append(now)
-            self._publish(PresenceChanged(event.serial, True, now, address=format_address(event.address)))
+            self._count_registration(now)
+            self._keep(event.serial, (now, True, event.address, None))
+            if self._subscribers:
+                self._send(PresenceChanged(event.serial, True, now, address=format_address(event.address)))
         elif isinstance(event, DeviceOffline):
-            self._publish(PresenceChanged(event.serial, False, now, reason=event.reason))
+            self._keep(event.serial, (now, False, event.reason, None))
+            if self._subscribers:
+                self._send(PresenceChanged(event.serial, False, now, reason=event.reason))
 
     def on_remote(self, change: PresenceChanged) -> None:
         """Take a change another node of the cluster saw (``broker/cluster/fleet.py``): into the
         history and to the followers, not into this node's registration rate."""
-        self._publish(change)
+        detail = change.address if change.online else change.reason
+        self._keep(change.serial, (change.at, change.online, detail, change.node))
+        self._send(change)
 
     def resync(self) -> None:
         """Changes may have been missed (the cluster's channel was lost for a while): end every
@@ -100,14 +112,45 @@ class DashboardFeed:
 
     def history(self, serial: str) -> list[PresenceChanged]:
         """The last transitions of ``serial`` seen since the broker started, newest first."""
-        return list(reversed(self._history.get(serial, ())))
+        kept = self._history.get(serial)
+        if kept is None:
+            return []
+        entries = kept if isinstance(kept, list) else [kept]
+        return [_change(serial, entry) for entry in reversed(entries)]
 
     def registrations_per_minute(self, now: float) -> float:
-        """Registrations (first and repeated) per minute over the last ``RATE_WINDOW_S`` seconds."""
-        times = self._registrations
-        while times and times[0] <= now - RATE_WINDOW_S:
-            times.popleft()
-        return len(times) * 60.0 / RATE_WINDOW_S
+        """Registrations (first and repeated) per minute over the last ``RATE_WINDOW_S`` seconds
+        (counted per whole second)."""
+        buckets = self._registrations
+        while buckets and buckets[0][0] <= now - RATE_WINDOW_S:
+            buckets.popleft()
+        return sum(count for _second, count in buckets) * 60.0 / RATE_WINDOW_S
+
+    def _count_registration(self, now: float) -> None:
+        second = int(now)
+        buckets = self._registrations
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += 1
+            return
+        buckets.append([second, 1])
+        while buckets and buckets[0][0] <= now - RATE_WINDOW_S:
+            buckets.popleft()
+
+    def _keep(self, serial: str, entry: _Stored) -> None:
+        history = self._history
+        kept = history.get(serial)
+        if kept is None:
+            if len(history) >= self._max_devices:
+                del history[next(iter(history))]
+            history[serial] = entry
+        elif isinstance(kept, list):
+            kept.append(entry)
+            if len(kept) > self._history_size:
+                del kept[0]
+        elif self._history_size > 1:
+            history[serial] = [kept, entry]
+        else:
+            history[serial] = entry
 
     @property
     def subscribers(self) -> int:
@@ -130,13 +173,7 @@ class DashboardFeed:
             self._end(subscription)
         self._subscribers.clear()
 
-    def _publish(self, change: PresenceChanged) -> None:
-        history = self._history.get(change.serial)
-        if history is None:
-            if len(self._history) >= self._max_devices:
-                del self._history[next(iter(self._history))]
-            history = self._history[change.serial] = deque(maxlen=self._history_size)
-        history.append(change)
+    def _send(self, change: PresenceChanged) -> None:
         for subscription in list(self._subscribers):
             if not subscription.wants(change.serial):
                 continue
@@ -155,3 +192,11 @@ class DashboardFeed:
         while queue.full():
             queue.get_nowait()
         queue.put_nowait(None)
+
+
+def _change(serial: str, entry: _Stored) -> PresenceChanged:
+    at, online, detail, node = entry
+    if online:
+        address = detail if isinstance(detail, str | None) else format_address(detail)
+        return PresenceChanged(serial, True, at, address=address, node=node)
+    return PresenceChanged(serial, False, at, reason=detail if isinstance(detail, str) else None, node=node)
