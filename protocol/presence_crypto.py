@@ -87,6 +87,11 @@ class Sealer:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
+    @property
+    def key(self) -> bytes:
+        """The session key (the broker derives a resumption ticket's secret from it)."""
+        return self._key
+
     def cipher(self) -> ChaCha20Poly1305:
         """A cipher object for this session's key, for several operations in a row."""
         return ChaCha20Poly1305(self._key)

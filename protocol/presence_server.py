@@ -59,6 +59,7 @@ from dvrlink.protocol.presence_ticket import (
     resumption_secret,
     seal_ticket,
     ticket_key,
+    ticket_nonce,
 )
 from dvrlink.protocol.presence_wire import (
     ECHO_STRUCT,
@@ -354,10 +355,9 @@ class PresenceServer:
             return
         broker_ephemeral, key = self._handshake(pending)
         sealer = Sealer(key)
-        ticket = b""
+        ticket = b""  # until used, the session keeps what seals its ticket again (see _registered)
         if wall is not None and self._config.tickets:
-            issued = Ticket(pending.serial, pending.public_key, resumption_secret(key), int(wall))
-            ticket = seal_ticket(self._ticket_key, issued, self._rng(12))
+            ticket = (int(wall) & 0xFFFFFFFF).to_bytes(4, "big") + pending.public_key
         session_id = self._new_session_id()
         if old is not None:
             self._by_sid.pop(old.session_id, None)
@@ -380,7 +380,7 @@ class PresenceServer:
         self._by_serial[pending.serial] = session
         self._index(session)
         session.send_counter = 1
-        self._outbox.append((_registered(session), pending.address))
+        self._outbox.append((self._registered(session), pending.address))
         self.stats["registrations"] += 1
         self._events.append(DeviceOnline(pending.serial, pending.address))
         if self._next_sweep is None:
@@ -543,7 +543,7 @@ class PresenceServer:
         if current is not None and not _newer(device_key, cookie_us, current):
             if cookie_us == _stamp(current) and current.online and current.unused:
                 # The device repeats its REGISTER: REGISTERED was lost. Same answer, same session.
-                self._outbox.append((_registered(current), current.address))
+                self._outbox.append((self._registered(current), current.address))
                 return True
             self.stats["replayed"] += 1
             return False
@@ -735,6 +735,22 @@ class PresenceServer:
         )
         return ephemeral_public, key
 
+    def _registered(self, session: _Session) -> bytes:
+        """The session's REGISTERED, built again byte for byte from what an unused session keeps
+        (the AEAD is deterministic for the same key, counter and plaintext, and so is the ticket:
+        its nonce is derived from the session key, see ``presence_ticket.ticket_nonce``)."""
+        broker_ephemeral = session.origin[_ORIGIN_SIZE : _ORIGIN_SIZE + 32]
+        kept = session.origin[_ORIGIN_SIZE + 32 :]
+        ticket = b""
+        if kept:
+            key = session.sealer.key
+            issued = Ticket(session.serial, kept[4:], resumption_secret(key), int.from_bytes(kept[:4], "big"))
+            ticket = seal_ticket(self._ticket_key, issued, ticket_nonce(self._ticket_key, key))
+        header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session.session_id, 1) + broker_ephemeral
+        # REGISTERED_PLAIN, packed by hand: it is on the registration path
+        plain = round(session.interval * 1000).to_bytes(4, "big") + session.address_bytes + ticket
+        return session.sealer.seal(BROKER_TO_DEVICE, 1, header, plain)
+
     def _new_session_id(self) -> int:
         while True:
             session_id = int.from_bytes(self._rng(4), "big")
@@ -808,14 +824,3 @@ def _newer(device_key: bytes, cookie_us: int, session: _Session) -> bool:
     if device_key[:_KEY_PREFIX] != session.origin[_STAMP_SIZE:_ORIGIN_SIZE]:
         return True
     return cookie_us > _stamp(session)
-
-
-def _registered(session: _Session) -> bytes:
-    """The session's REGISTERED, built again byte for byte from what an unused session keeps
-    (the AEAD is deterministic for the same key, counter and plaintext)."""
-    broker_ephemeral = session.origin[_ORIGIN_SIZE : _ORIGIN_SIZE + 32]
-    ticket = session.origin[_ORIGIN_SIZE + 32 :]
-    header = HEADER_STRUCT.pack(MessageType.REGISTERED, VERSION, session.session_id, 1) + broker_ephemeral
-    # REGISTERED_PLAIN, packed by hand: it is on the registration path
-    plain = round(session.interval * 1000).to_bytes(4, "big") + session.address_bytes + ticket
-    return session.sealer.seal(BROKER_TO_DEVICE, 1, header, plain)

@@ -82,6 +82,14 @@ def resume_mac(secret: bytes, signed: bytes) -> bytes:
     return hmac.digest(secret, RESUME_LABEL + signed, "sha256")
 
 
+def ticket_nonce(key: bytes, session_key: bytes) -> bytes:
+    """The nonce a ticket is sealed with, derived from the session key of the registration that
+    issues it (unique per registration, as a random one would be): a broker that answers a
+    repeated REGISTER seals the same ticket again, byte for byte, from the session key and the
+    issue time alone, instead of keeping the sealed ticket until the device uses its session."""
+    return hmac.digest(key, b"dvrlink ticket nonce v1\x00" + session_key, "sha256")[:TICKET_NONCE_SIZE]
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """What a ticket holds (sealed; the device cannot read it, only return it)."""

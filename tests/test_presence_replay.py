@@ -103,9 +103,23 @@ def test_an_older_register_replayed_after_a_re_registration_is_refused() -> None
     assert_session_intact(lab, dev, session_id)
 
 
-def test_a_register_repeated_because_registered_was_lost_gets_the_same_session() -> None:
+@pytest.mark.parametrize("kind", ["full", "full with a ticket", "resumed by ticket"])
+def test_a_register_repeated_because_registered_was_lost_gets_the_same_session(kind: str) -> None:
+    """The broker answers the repeat with the same REGISTERED, byte for byte, ticket included (it
+    seals the ticket again from the session key rather than keeping it)."""
     lab = Lab(interval=60.0)
+    if kind != "full":
+        lab.wall = 1_800_000_000.0
     dev = lab.add_device(SERIAL)
+    if kind == "resumed by ticket":
+        lab.start_all()
+        assert dev.client.state is ClientState.ONLINE
+        lab.restart_broker()
+        lab.advance(lab.now + 2 * 60.0)  # the device finds the restart at a keepalive and resumes
+        assert [r.resumed for r in of_type(dev.events, Registered)] == [False, True]
+        lab.restart_broker()
+    sent_before = len(registers(lab))
+    online_before = len(of_type(lab.server_events, DeviceOnline))
     lost: list[bytes] = []
 
     def lose_first_registered(direction: str, data: bytes, device: object) -> bool:
@@ -115,14 +129,23 @@ def test_a_register_repeated_because_registered_was_lost_gets_the_same_session()
         return True
 
     lab.filter = lose_first_registered
-    lab.start_all()
-    assert dev.client.state is ClientState.REGISTER_WAIT
-    lab.advance(2.5)  # the device repeats its REGISTER after reply_timeout
+    if kind == "resumed by ticket":
+        lab.advance(lab.now + 2 * 60.0)
+        lab.advance(lab.now + 2.5)
+    else:
+        lab.start_all()
+        assert dev.client.state is ClientState.REGISTER_WAIT
+        lab.advance(2.5)  # the device repeats its REGISTER after reply_timeout
     assert dev.client.state is ClientState.ONLINE
-    assert len(registers(lab)) == 2
-    assert len(of_type(lab.server_events, DeviceOnline)) == 1, "a repeated REGISTER opened a second session"
+    assert len(registers(lab)) - sent_before == 2
+    opened = len(of_type(lab.server_events, DeviceOnline)) - online_before
+    assert opened == 1, "a repeated REGISTER opened a second session"
     again = [b for d, b, _ in lab.wire if d == "down" and b[0] == MessageType.REGISTERED]
     assert again[-1] == lost[0], "the repeat was not answered with the same REGISTERED"
+    if kind != "full":
+        assert len(lost[0]) > 150, "the REGISTERED carried no ticket (69 bytes without one)"
+    resumed = [r.resumed for r in of_type(dev.events, Registered)]
+    assert resumed[-1] is (kind == "resumed by ticket"), resumed
     assert_session_intact(lab, dev, dev.client.session_id)
 
 
