@@ -89,6 +89,8 @@ it was answered elsewhere (another socket), or None if it is not a Binding reque
 PENDING_REGISTRATION_TTL = 30.0
 INVITE_RETRANSMIT_MAX = 8.0
 MAX_COUNTER = 0xFFFFFFFF
+INTERVAL_MEMORY = 4096
+"""Distinct keepalive intervals whose float objects the core shares between sessions."""
 
 
 class NotOnlineError(LookupError):
@@ -229,6 +231,7 @@ class PresenceServer:
         self._static_public = x25519_public_bytes(static_key)
         self._rng = rng
         self._pack = PackedIps()
+        self._intervals: dict[float, float] = {}
         self._cookies = CookieJar(rng(32), config.cookie_lifetime, self._pack)
         self._ticket_key = ticket_key(static_key)
         self._by_sid: dict[int, _Session] = {}
@@ -547,10 +550,7 @@ class PresenceServer:
                 return True
             self.stats["replayed"] += 1
             return False
-        interval = min(
-            max(body.keepalive_ms / 1000, self._config.min_keepalive_interval),
-            self._config.max_keepalive_interval,
-        )
+        interval = self._interval(body.keepalive_ms)
         handle = self._next_handle
         self._next_handle += 1
         self._pending[handle] = _Pending(
@@ -609,10 +609,7 @@ class PresenceServer:
                 return True
             interval = controls.get(INTERVAL)
             if interval is not None:
-                session.interval = min(
-                    max(interval / 1000, self._config.min_keepalive_interval),
-                    self._config.max_keepalive_interval,
-                )
+                session.interval = self._interval(interval)
             if report != DeviceReport():
                 self._events.append(DeviceReported(session.serial, report))
                 self.stats["reports"] += 1
@@ -750,6 +747,19 @@ class PresenceServer:
         # REGISTERED_PLAIN, packed by hand: it is on the registration path
         plain = round(session.interval * 1000).to_bytes(4, "big") + session.address_bytes + ticket
         return session.sealer.seal(BROKER_TO_DEVICE, 1, header, plain)
+
+    def _interval(self, milliseconds: int) -> float:
+        """A device's keepalive interval in seconds, within the configured bounds. Most devices
+        share a few intervals: the same float object is handed out for each (24 bytes a session
+        less), from a memory of at most ``INTERVAL_MEMORY`` values."""
+        config = self._config
+        value = min(max(milliseconds / 1000, config.min_keepalive_interval), config.max_keepalive_interval)
+        shared = self._intervals.get(value)
+        if shared is None:
+            if len(self._intervals) >= INTERVAL_MEMORY:
+                self._intervals.clear()
+            shared = self._intervals[value] = value
+        return shared
 
     def _new_session_id(self) -> int:
         while True:

@@ -25,10 +25,11 @@ MAX_DEVICES = 100_000
 RATE_WINDOW_S = 60.0
 """Registrations are counted over this many seconds for the per-minute rate."""
 
-_Stored = tuple[float, bool, "Address | str | None", str | None]
-"""A transition as the history keeps it: (at, online, the address the device came from (as the
-presence event gave it: the session's own tuple, shared) or the text of a remote node's address or
-of an offline reason, the node that saw it). About 100 bytes: a broker keeps one per device."""
+_Stored = tuple[float, "Address | str | None"] | tuple[float, bool, str | None, str | None]
+"""A transition as the history keeps it, about 80 bytes (a broker keeps one per device at least):
+this node's own as (at, the address the device came from, as the presence event gave it: the
+session's own tuple, shared) when it came online, (at, the reason) when it went offline; another
+node's as (at, online, its address or reason as text, that node)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +91,11 @@ class DashboardFeed:
         """Take a presence event (others are ignored); ``now`` is Unix seconds."""
         if isinstance(event, DeviceOnline):
             self._count_registration(now)
-            self._keep(event.serial, (now, True, event.address, None))
+            self._keep(event.serial, (now, event.address))
             if self._subscribers:
                 self._send(PresenceChanged(event.serial, True, now, address=format_address(event.address)))
         elif isinstance(event, DeviceOffline):
-            self._keep(event.serial, (now, False, event.reason, None))
+            self._keep(event.serial, (now, event.reason))
             if self._subscribers:
                 self._send(PresenceChanged(event.serial, False, now, reason=event.reason))
 
@@ -195,8 +196,12 @@ class DashboardFeed:
 
 
 def _change(serial: str, entry: _Stored) -> PresenceChanged:
-    at, online, detail, node = entry
+    if len(entry) == 2:
+        at, detail = entry
+        if isinstance(detail, tuple):
+            return PresenceChanged(serial, True, at, address=format_address(detail))
+        return PresenceChanged(serial, False, at, reason=detail)
+    at, online, text, node = entry
     if online:
-        address = detail if isinstance(detail, str | None) else format_address(detail)
-        return PresenceChanged(serial, True, at, address=address, node=node)
-    return PresenceChanged(serial, False, at, reason=detail if isinstance(detail, str) else None, node=node)
+        return PresenceChanged(serial, True, at, address=text, node=node)
+    return PresenceChanged(serial, False, at, reason=text, node=node)
