@@ -139,21 +139,31 @@ class ReplayWindow:
 
     def check(self, counter: int) -> bool:
         """True if ``counter`` was not seen and is not too old."""
-        if counter > self._highest:
-            return True
-        offset = self._highest - counter
-        if offset >= REPLAY_WINDOW:
-            return False
-        return not (self._bitmap >> offset) & 1
+        return window_accepts(self._highest, self._bitmap, counter)
 
     def commit(self, counter: int) -> None:
         """Mark ``counter`` as seen."""
-        if counter > self._highest:
-            shift = counter - self._highest
-            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
-            self._highest = counter
-        else:
-            self._bitmap |= 1 << (self._highest - counter)
+        self._highest, self._bitmap = window_commit(self._highest, self._bitmap, counter)
+
+
+def window_accepts(highest: int, bitmap: int, counter: int) -> bool:
+    """``ReplayWindow.check`` on a window kept as two numbers (``highest`` seen, -1 for none, and
+    the ``bitmap`` of the ``REPLAY_WINDOW`` counters below it): the broker keeps them in its
+    session object, 32 bytes a session less than a window object of their own."""
+    if counter > highest:
+        return True
+    offset = highest - counter
+    if offset >= REPLAY_WINDOW:
+        return False
+    return not (bitmap >> offset) & 1
+
+
+def window_commit(highest: int, bitmap: int, counter: int) -> tuple[int, int]:
+    """``ReplayWindow.commit`` on a window kept as two numbers: the new (highest, bitmap)."""
+    if counter > highest:
+        shift = counter - highest
+        return counter, ((bitmap << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+    return highest, bitmap | 1 << (highest - counter)
 
 
 class CookieJar:

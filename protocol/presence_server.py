@@ -32,9 +32,10 @@ from dvrlink.protocol.presence_crypto import (
     COOKIE_STAMP_SIZE,
     DEVICE_TO_BROKER,
     CookieJar,
-    ReplayWindow,
     Sealer,
     derive_session_key,
+    window_accepts,
+    window_commit,
     x25519,
 )
 from dvrlink.protocol.presence_events import (
@@ -140,7 +141,8 @@ class _Session:
         "origin",
         "probes",
         "registered_at",
-        "replay",
+        "replay_bitmap",
+        "replay_highest",
         "sealer",
         "send_counter",
         "serial",
@@ -167,7 +169,8 @@ class _Session:
         self.last_seen = now
         self.registered_at = now
         self.online = True
-        self.replay = ReplayWindow()
+        self.replay_highest = -1  # the replay window (presence_crypto.window_accepts)
+        self.replay_bitmap = 0
         self.send_counter = 0
         self.probes = 0
         self.origin = origin
@@ -585,14 +588,16 @@ class PresenceServer:
             # Smaller than the request (6 < 26 bytes): tells a device the broker restarted.
             self._outbox.append((bytes([MessageType.UNKNOWN_SESSION, VERSION]) + data[2:6], address))
             return True
-        if not session.replay.check(counter):
+        if not window_accepts(session.replay_highest, session.replay_bitmap, counter):
             return False
         header = data[:SEALED_HEADER_SIZE]
         cipher = session.sealer.cipher()
         plain = session.sealer.open(DEVICE_TO_BROKER, counter, header, data[SEALED_HEADER_SIZE:], cipher)
         if plain is None:
             return False
-        session.replay.commit(counter)
+        session.replay_highest, session.replay_bitmap = window_commit(
+            session.replay_highest, session.replay_bitmap, counter
+        )
         session.used()  # the device has the session: a repeated REGISTER is a replay now
         if plain:
             try:
@@ -654,14 +659,20 @@ class PresenceServer:
             return False
         mtype, version, session_id, counter = HEADER_STRUCT.unpack_from(data)
         session = self._by_sid.get(session_id)
-        if session is None or version != VERSION or not session.replay.check(counter):
+        if (
+            session is None
+            or version != VERSION
+            or not window_accepts(session.replay_highest, session.replay_bitmap, counter)
+        ):
             return False
         plain = session.sealer.open(
             DEVICE_TO_BROKER, counter, data[:SEALED_HEADER_SIZE], data[SEALED_HEADER_SIZE:]
         )
         if plain is None:
             return False
-        session.replay.commit(counter)
+        session.replay_highest, session.replay_bitmap = window_commit(
+            session.replay_highest, session.replay_bitmap, counter
+        )
         session.used()
         if mtype == MessageType.GOODBYE:
             self._go_offline(session, "device said goodbye")
