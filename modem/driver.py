@@ -32,11 +32,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from dvrlink.driver.at_link import AtLink, PortError
 from dvrlink.modem.accounting import AccountingEvent, AccountingLedger
 from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import AtEvent
-from dvrlink.modem.at_specs import CommandSpec, spec_for
 from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataUp
 from dvrlink.modem.ladder import (
     Fault,
@@ -48,7 +46,6 @@ from dvrlink.modem.ladder import (
     RunStep,
     Step,
 )
-from dvrlink.modem.link import AtLink, PortError
 from dvrlink.modem.manager import ModemConfig, ModemManager, ModemStatus
 from dvrlink.modem.manager_events import (
     ApnRemembered,
@@ -66,6 +63,9 @@ from dvrlink.modem.manager_events import (
     WentOffline,
 )
 from dvrlink.modem.sim_flow import redact_iccid
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import AtEvent
+from dvrlink.protocol.at_specs import CommandSpec, spec_for
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dvrlink.modem.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
+from dvrlink.protocol.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
 from hil.modememu.profiles import EmuProfile
 from hil.modememu.sms import TEXT_STATUS_NAMES, IncomingSms, SmsStore, cmt_lines, pdu_lines, text_lines
 
