@@ -100,7 +100,8 @@ def sleeps_by_sms(device: DeviceRecord) -> bool:
 
 
 class Waker:
-    """Sends wake SMS and tracks each device's latest wake (one event loop)."""
+    """Sends wake SMS and tracks each device's latest wake (one event loop). It owns ``gateway``
+    (:meth:`close` closes it)."""
 
     def __init__(
         self,
@@ -205,12 +206,13 @@ class Waker:
             self._mark_online(event.serial)
 
     async def close(self) -> None:
-        """Cancel the sends under way."""
+        """Cancel the sends under way and close the gateway."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._gateway.close()
 
     def _mark_online(self, serial: str) -> WakeProgress:
         progress = self._wakes[serial]
