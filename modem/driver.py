@@ -87,6 +87,17 @@ class RecoveryHooks(Protocol):
     async def reboot_board(self) -> None: ...
 
 
+class PortUser(Protocol):
+    """Another user of the open AT port (the daemon's wake SMS inbox): it runs its own commands
+    on the link between the manager's (the engine queues them) and sees every engine event."""
+
+    def port_opened(self, link: AtLink) -> None:
+        """The AT port is open on ``link``; it is used until ``link.wait_closed()`` returns."""
+
+    def at_event(self, event: AtEvent) -> None:
+        """An event of the open link's engine (the manager has seen it first)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DriverConfig:
     """Settings of the modem driver. Times in seconds.
@@ -182,6 +193,8 @@ class ModemDriver:
         self._acct_iccid: str | None = None
         self._acct_last = (0, 0)
         self._acct_next: float | None = None
+        self.port_user: PortUser | None = None
+        """Shares the AT port while it is open (see :class:`PortUser`); set before ``run``."""
 
     # ---------------------------------------------------------------------------------- public
 
@@ -386,6 +399,11 @@ class ModemDriver:
     def _on_at_event(self, event: AtEvent) -> None:
         self.manager.at_event(event, self._now())
         self._drain()
+        if self.port_user is not None:
+            try:
+                self.port_user.at_event(event)
+            except Exception:
+                log.exception("modem: the AT port's other user failed on %r", event)
 
     # ------------------------------------------------------------------------------ data link
 
@@ -541,6 +559,11 @@ class ModemDriver:
                     else:
                         self.manager.port_returned(loop.time(), data_ended=data_ended)
                     self._drain()
+                    if self.port_user is not None:
+                        try:
+                            self.port_user.port_opened(link)
+                        except Exception:
+                            log.exception("modem: the AT port's other user failed to start")
                     return True
             if loop.time() >= deadline:
                 log.warning("modem: AT port not back within %g s: %s", self.config.port_wait_s, last)
