@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from pytest_mock import MockerFixture
 from support.aio import run
 from support.daemon_modem import SERIAL, Rig, running
 from support.waiting import wait_until_async
@@ -140,7 +141,7 @@ def gateway(provider: Provider) -> dict[str, object]:
 
 
 def test_the_daemon_sleeps_when_idle_and_a_session_request_wakes_it_by_sms(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mocker: MockerFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dvrlink")
 
@@ -174,6 +175,17 @@ def test_the_daemon_sleeps_when_idle_and_a_session_request_wakes_it_by_sms(
                 "the report that it sleeps by SMS", lambda: report() == OWN_NUMBER, seen=report
             )
             await wait_until_async("asleep: offline at the broker", lambda: not online(), timeout=WAIT)
+            # asleep, presence sends nothing: count what reaches the broker's port while the modem's
+            # data-path probes (STUN, every 0.3 s here) show time passing, over 3 keepalive intervals
+            received = mocker.spy(server, "receive_datagram")
+
+            def arrived(presence: bool) -> int:
+                return sum((call.args[0][:1] >= b"\x04") == presence for call in received.call_args_list)
+
+            await wait_until_async(
+                "10 data-path probes while asleep", lambda: arrived(False) >= 10, seen=arrived
+            )
+            assert arrived(True) == 0, "presence datagrams from a sleeping recorder"
             registered_before = registry.device(SERIAL).last_registered_at  # type: ignore[union-attr]
             headers = await rig.lab.login()
             registry.record_pairing("alice", SERIAL, bytes(32), time.time())
