@@ -2,8 +2,10 @@
 policy with made-up time, and the daemon itself (in-process, the modem being the PTY emulator)
 against the in-process broker whose SMS gateway is an HTTP provider on loopback that delivers
 each wake SMS into the emulator: it registers and reports that it sleeps by SMS, sleeps when idle
-(the broker shows it offline), and a session request wakes it through the broker, the provider,
-the modem and the inbox on the modem's AT port, and it sleeps again afterwards."""
+(the broker shows it offline, and no presence datagram arrives), and a session request wakes it
+through the broker, the provider, the modem and the inbox on the modem's AT port, and it sleeps
+again afterwards. Also the broker's modem backend on a second emulator, its 8-bit SMS handed to
+the recorder's modem."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from support.waiting import wait_until_async
 
 from dvrlink.daemon.config import ConfigError, parse_config
 from dvrlink.daemon.sms_sleep import SleepPolicy, Wakefulness
+from hil.modememu import ModemEmulator, SimCard
 
 BROKER_NUMBER = "+491609876543"
 OWN_NUMBER = "+491701234567"
@@ -215,5 +218,53 @@ def test_the_daemon_sleeps_when_idle_and_a_session_request_wakes_it_by_sms(
                 "the replay read", lambda: rig.emu.sms_counts()[0] == 0, seen=rig.emu.sms_counts
             )
             assert not online()
+
+    run(main, bound=150)
+
+
+def test_a_modem_on_the_broker_host_wakes_the_recorder_with_an_8bit_sms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's modem backend on one emulator, the recorder's modem on another: the network
+    (this test) hands what the broker's modem sends (8-bit data in PDU mode) to the recorder's."""
+
+    async def main() -> None:
+        with ModemEmulator("quectel-ec25", SimCard(), boot_delay_s=0.05) as broker_modem:
+            settings = {"backend": "modem", "modem_port": broker_modem.path, "wake_hold_s": 30}
+            async with running(
+                tmp_path, monkeypatch, extra_config=SMS_WAKE_CONFIG, lab_settings={"sms_gateway": settings}
+            ) as rig:
+                recorder_modem = rig.emu
+                broker_modem.model.on_sms_sent = lambda sms: recorder_modem.receive_sms(
+                    BROKER_NUMBER, sms.body
+                )
+                server, registry = rig.lab.broker.server, rig.lab.broker.registry
+
+                def online() -> bool:
+                    info = server.presence(SERIAL)
+                    return info is not None and info.online
+
+                def reported() -> object:
+                    device = registry.device(SERIAL)
+                    return (
+                        None
+                        if device is None or device.report is None
+                        else device.report.get("sms_wake_number")
+                    )
+
+                await wait_until_async("the number reported", lambda: reported() == OWN_NUMBER, seen=reported)
+                await wait_until_async("asleep", lambda: not online(), timeout=WAIT)
+                headers = await rig.lab.login()
+                registry.record_pairing("alice", SERIAL, bytes(32), time.time())
+                status, body = await asyncio.wait_for(
+                    rig.lab.call("POST", "/v1/sessions", headers, json={"serial": SERIAL}), WAIT + 30
+                )
+                assert status == 201, body
+                (sent,) = broker_modem.sent_sms()
+                assert (
+                    sent.recipient == OWN_NUMBER and isinstance(sent.body, bytes) and sent.body[:2] == b"DW"
+                )
+                status, wake = await rig.lab.call("GET", f"/v1/devices/{SERIAL}/wake", headers)
+                assert status == 200 and wake["state"] == "online" and wake["via"] == "modem 8-bit", wake
 
     run(main, bound=150)
