@@ -56,8 +56,6 @@ from bench.common import (
 from bench.daemon_footprint import measure, read_status, write_daemon_config
 from bench.servers import broker_process
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed
-from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
 from dvrlink.modem.ladder import LadderFile
 from dvrlink.modem.manager import (
@@ -69,6 +67,8 @@ from dvrlink.modem.manager import (
     ModemState,
 )
 from dvrlink.modem.profiles import DialMethod, profile_by_name
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed
+from dvrlink.protocol.at_results import FinalKind
 from hil.modememu import ModemEmulator, SimCard
 from hil.modememu.timings import COMMAND_CAP_S, emulator_driver_config, emulator_modem_config
 

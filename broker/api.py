@@ -44,6 +44,7 @@ from dvrlink.broker.rate_limit import (
 )
 from dvrlink.broker.registry import USERNAME_MAX, RegistryStore, verify_password
 from dvrlink.broker.sessions import SessionTable, SharedSessionStore
+from dvrlink.broker.sms.wake import Waker
 from dvrlink.broker.webhooks import WebhookDispatcher
 
 PASSWORD_MAX = 1024
@@ -76,8 +77,9 @@ class BrokerApi:
         alarms: AlarmService | None = None,
         webhooks: WebhookDispatcher | None = None,
         shared: SharedCounters | None = None,
+        waker: Waker | None = None,
     ) -> None:
-        ctx = ApiContext(registry, presence, config, clock)
+        ctx = ApiContext(registry, presence, config, clock, waker)
         self._events = EventRoutes(ctx, alarms) if alarms is not None else None
         self._webhooks = (
             WebhookRoutes(ctx, alarms.store, webhooks)
@@ -120,6 +122,7 @@ class BrokerApi:
         app.router.add_post("/v1/devices/{serial}/pairings", devices.pair_device)
         app.router.add_delete("/v1/devices/{serial}/pairings", devices.unpair_device)
         app.router.add_post("/v1/devices/{serial}/ping", devices.ping_device)
+        app.router.add_get("/v1/devices/{serial}/wake", devices.wake_status, allow_head=False)
         app.router.add_put("/v1/devices/{serial}/name", devices.name_device)
         if self._events is not None:
             events = self._events

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from dvrlink.broker.config import BrokerConfig
 from dvrlink.broker.registry import DeviceRecord, RegistryStore, RegistryUnavailableError, TokenProblem
+from dvrlink.broker.sms.wake import Waker, WakeState, WakeUnavailable
 from dvrlink.protocol.presence_events import InviteAnswered, InviteExpired
 from dvrlink.protocol.presence_server import NotOnlineError, PresenceInfo
 
@@ -205,12 +206,15 @@ class ApiContext:
         presence: PresenceView,
         config: BrokerConfig,
         clock: Callable[[], float],
+        waker: Waker | None = None,
     ) -> None:
         self.registry = registry
         self.presence = presence
         self.config = config
         self.clock = clock
         """Wall-clock time (unix seconds)."""
+        self.waker = waker
+        """Wakes devices that sleep by SMS (``[sms_gateway]``), or None."""
 
     def user(self, request: web.Request) -> str:
         """The account of the request's bearer token.
@@ -310,6 +314,46 @@ class ApiContext:
                 "device_offline",
                 f"device {serial} is offline; power it and check its network, then retry",
             )
+
+    async def reachable_or_woken(self, device: DeviceRecord) -> None:
+        """Like :meth:`require_reachable`, but a device that sleeps by SMS is woken first: the
+        broker sends the wake SMS (or joins the wake under way) and holds the request until the
+        device registers, at most ``wake_hold_s`` (``GET /v1/devices/{serial}/wake`` shows how
+        far it got meanwhile).
+
+        Raises:
+            ApiError: 409 ``device_offline`` (offline, and it cannot be woken: the message says
+                why), 502 ``wake_failed`` (the SMS could not be sent), 504 ``device_not_woken``
+                (sent, but the device did not register in time).
+        """
+        serial = device.serial
+        info = await self.presence.lookup(serial)
+        if info is not None and info.online:
+            return
+        if self.waker is None:
+            await self.require_reachable(serial)
+            return
+        try:
+            self.waker.wake(device)
+        except WakeUnavailable as exc:
+            raise ApiError(409, "device_offline", str(exc)) from None
+        progress = await self.waker.wait_online(serial)
+        if progress.state is WakeState.ONLINE:
+            return
+        if progress.state is WakeState.FAILED:
+            raise ApiError(
+                502,
+                "wake_failed",
+                f"the broker could not send the wake SMS to {serial}: {progress.error}",
+                {"wake": progress.as_json(self.clock())},
+            )
+        raise ApiError(
+            504,
+            "device_not_woken",
+            f"{serial} did not register within {progress.hold_s:.0f} s of its wake SMS: check its signal, "
+            "SIM and [presence] mode, then retry (a retry sends another wake)",
+            {"wake": progress.as_json(self.clock())},
+        )
 
     async def answered_invite(
         self, serial: str, kind: int, body: bytes, ttl: float, timeout_message: str

@@ -100,6 +100,18 @@ class DeviceRoutes:
         rtt_ms = round((time.monotonic() - started) * 1000, 1)
         return web.json_response({"serial": serial, "rtt_ms": rtt_ms}, headers={"Cache-Control": "no-store"})
 
+    async def wake_status(self, request: web.Request) -> web.Response:
+        """GET /v1/devices/{serial}/wake: how far the latest wake by SMS got (a viewer shows it
+        while its session request is held)."""
+        user = self._ctx.user(request)
+        serial = request.match_info["serial"]
+        self._ctx.paired_device(user, serial)
+        waker = self._ctx.waker
+        progress = None if waker is None else waker.progress(serial)
+        if progress is None:
+            raise ApiError(404, "no_wake", f"no wake of {serial} since the broker started")
+        return web.json_response(progress.as_json(self._ctx.clock()), headers={"Cache-Control": "no-store"})
+
     async def unpair_device(self, request: web.Request) -> web.Response:
         """DELETE /v1/devices/{serial}/pairings: forget the caller's pairing of the device (the
         device's own list of viewers is the viewer's to change, over a session)."""

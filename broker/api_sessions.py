@@ -110,7 +110,8 @@ class SessionRoutes:
 
     async def create_session(self, request: web.Request) -> web.Response:
         """POST /v1/sessions: start a session with a paired, online device; hands out TURN
-        credentials for the viewer."""
+        credentials for the viewer. A device that sleeps by SMS is woken first, and the request
+        is held until it registers (``ApiContext.reachable_or_woken``)."""
         user = self._ctx.user(request)
         body = await json_body(request, self._config.http_body_timeout_s)
         serial = str_field(body, "serial", 64)
@@ -119,7 +120,7 @@ class SessionRoutes:
             raise ApiError(
                 400, "bad_request", f"field 'policy' is {policy_name!r}; use one of {', '.join(POLICIES)}"
             )
-        await self._ctx.paired_and_reachable(user, serial)
+        await self._ctx.reachable_or_woken(self._ctx.paired_device(user, serial))
         now = self._clock()
         self._sessions.prune(now)
         try:

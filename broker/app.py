@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dvrlink.broker.alarm_store import ALARMS_FILE, AlarmStore
 from dvrlink.broker.alarms import AlarmService
@@ -38,7 +39,7 @@ from dvrlink.broker.api_sessions import RelayDirectory
 from dvrlink.broker.cluster.logins import RedisLogins
 from dvrlink.broker.cluster.node import default_node_id, load_fleet_key
 from dvrlink.broker.cluster.runtime import Cluster, start_cluster
-from dvrlink.broker.config import BrokerConfig, ExternalTurnServer
+from dvrlink.broker.config import BrokerConfig, ExternalTurnServer, SmsGatewayConfig
 from dvrlink.broker.connection_gate import AddressGate
 from dvrlink.broker.dashboard.feed import DashboardFeed
 from dvrlink.broker.dashboard.routes import DashboardRoutes
@@ -53,6 +54,10 @@ from dvrlink.broker.presence_tcp import (
     start_presence_tcp,
 )
 from dvrlink.broker.registry import RegistryStore, format_address, open_registry
+from dvrlink.broker.sms.gateway import SmsGateway, SmsSendError
+from dvrlink.broker.sms.http_provider import HttpSmsGateway
+from dvrlink.broker.sms.modem import ModemSmsGateway
+from dvrlink.broker.sms.wake import Waker
 from dvrlink.broker.state import (
     INFO_FILE,
     REGISTRY_FILE,
@@ -206,6 +211,35 @@ async def _start_presence_tcp(
         return None
 
 
+async def _start_waker(
+    config: SmsGatewayConfig, registry: RegistryStore, static_key: X25519PrivateKey, presence: PresenceView
+) -> Waker:
+    """The SMS gateway of ``[sms_gateway]`` and the waker that uses it. A gateway that cannot start
+    (a modem not plugged in yet) is logged; each wake tries again."""
+    gateway: SmsGateway
+    if config.backend == "modem":
+        gateway = ModemSmsGateway(
+            config.modem_port,
+            baudrate=config.modem_baudrate,
+            text_only=config.modem_text_only,
+            validity_minutes=config.validity_minutes,
+        )
+    else:
+        gateway = HttpSmsGateway(config)
+    try:
+        await gateway.start()
+    except SmsSendError as exc:
+        log.warning("%s; wake SMS will fail until this is fixed (each wake tries again)", exc)
+    else:
+        log.info("SMS gateway ready: %s", config.modem_port if config.backend == "modem" else config.backend)
+
+    async def is_online(serial: str) -> bool:
+        info = await presence.lookup(serial)
+        return info is not None and info.online
+
+    return Waker(config, gateway, registry, static_key, time.time, is_online)
+
+
 async def start_broker(config: BrokerConfig, server_config: ServerConfig | None = None) -> RunningBroker:
     """Start a broker in the running event loop.
 
@@ -282,6 +316,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
 
         dashboard = DashboardFeed()
         cluster: Cluster | None = None
+        waker: Waker | None = None
 
         def on_event(event: ServerEvent) -> None:
             on_device_event(event)
@@ -289,6 +324,8 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             dashboard.on_event(event, time.time())
             if cluster is not None:
                 cluster.on_event(event)
+            if waker is not None:
+                waker.on_event(event)
 
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
         link = await start_presence_link(
@@ -370,8 +407,18 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             stack.push_async_callback(presence_tcp.wait_closed)
             stack.callback(presence_tcp.close)
             listening.append(("presence/tcp", format_address(presence_tcp.address)))
+        if config.sms_gateway is not None:
+            waker = await _start_waker(config.sms_gateway, registry, static_key, presence_view)
+            stack.push_async_callback(waker.close)
         api = BrokerApi(
-            registry, presence_view, config, relays=relays, alarms=alarms, webhooks=webhooks, shared=shared
+            registry,
+            presence_view,
+            config,
+            relays=relays,
+            alarms=alarms,
+            webhooks=webhooks,
+            shared=shared,
+            waker=waker,
         )
         stack.callback(api.close)
         app = api.build_app()

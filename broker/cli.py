@@ -6,6 +6,7 @@
     dvrlink-broker user list | user delete NAME
     dvrlink-broker manifest load FILE                (CSV "serial,public_key_b64" lines, or a JSON object)
     dvrlink-broker device release SERIAL            (forget a binding: the next key to register binds it)
+    dvrlink-broker device sms SERIAL [--number +E164 | --clear]  (the number wake SMS go to)
     dvrlink-broker show-key                          (the X25519 key devices pin)
     dvrlink-broker migrate                           (bring the registry's schema up to date)
     dvrlink-broker export FILE | import FILE [--replace]  (move a registry, e.g. SQLite to PostgreSQL)
@@ -53,6 +54,7 @@ from dvrlink.broker.state import (
 )
 from dvrlink.broker.tls import CertificatePaths, server_context
 from dvrlink.protocol.identity import b64decode_key, b64encode_key, validate_serial, x25519_public_bytes
+from dvrlink.protocol.sms_wake import normalise_number
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 78
@@ -181,6 +183,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     release = command(device, "release", "forget a serial's key and pairings (device reset or replaced)")
     release.add_argument("serial")
+    sms = command(
+        device,
+        "sms",
+        "show or set the number a device's wake SMS go to (docs/sms-wake.md)",
+        epilog="Without --number or --clear, prints the device's SMS wake state and changes nothing.",
+    )
+    sms.add_argument("serial")
+    which = sms.add_mutually_exclusive_group()
+    which.add_argument("--number", help="the device's number as +E.164 (wins over the one it reports)")
+    which.add_argument("--clear", action="store_true", help="forget the operator's number")
 
     command(sub, "show-key", "print the broker's public X25519 key (base64) that devices pin")
 
@@ -457,6 +469,37 @@ def _device_release(config: BrokerConfig, serial: str) -> int:
     return 0
 
 
+def _device_sms(config: BrokerConfig, serial: str, number: str | None, clear: bool) -> int:
+    from dvrlink.broker.sms.wake import sleeps_by_sms, wake_number  # noqa: PLC0415 (only this command)
+
+    if number is not None:
+        normalised = normalise_number(number)
+        if normalised is None:
+            raise CommandError(
+                f"--number {number!r} is not a phone number; write it as +E.164, e.g. +491701234567"
+            )
+        number = normalised
+    registry = _open_registry(config)
+    try:
+        if (number is not None or clear) and not registry.set_sms_number(serial, number):
+            raise CommandError(
+                f"serial {serial} is not bound; it must register (or be in the manifest) first"
+            )
+        device = registry.device(serial)
+    finally:
+        registry.close()
+    if device is None:
+        raise CommandError(f"serial {serial} is not bound; it must register (or be in the manifest) first")
+    reported = (device.report or {}).get("sms_wake_number")
+    reported_text = reported if isinstance(reported, str) and reported else "-"
+    print(
+        f"{serial}: sms-wake {'yes' if sleeps_by_sms(device) else 'no'}, wake number "
+        f"{wake_number(device) or '(none)'} (operator: {device.sms_number or '-'}, reported: "
+        f"{reported_text}), last counter {device.sms_counter or '-'}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dvrlink-broker``; returns the exit status."""
     if importlib.util.find_spec("aiohttp") is None:
@@ -513,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _manifest_load(config, args.file)
         if command == "device" and args.device_command == "release":
             return _device_release(config, args.serial)
+        if command == "device" and args.device_command == "sms":
+            return _device_sms(config, args.serial, args.number, args.clear)
         if command == "migrate":
             _migrate(config)
             return 0

@@ -52,6 +52,21 @@ from the directory that holds the file)::
     # redis_url = "redis://10.0.0.5:6379/0"  # a cluster's presence location and routing; empty: one node
     # node_id = "broker-a"                  # this node's name in the cluster; default host name:udp port
     # fleet_key_file = "/etc/dvrlink/fleet_key.pem"  # the key every node serves; default state_dir's
+
+    [sms_gateway]                           # wake SMS to devices in sms-wake mode (docs/sms-wake.md)
+    backend = "modem"                       # "modem" (on this host) or "http" (an SMS provider); absent: none
+    modem_port = "/dev/ttyUSB2"             # modem: its AT port
+    # modem_text_only = false               # modem: send the text form (AT+CMGF=1), not 8-bit PDU
+    # url = "https://sms.example.net/send?to={to}"   # http: {to} {text} {from} are filled in
+    # method = "POST"
+    # body = '{"to": "{to}", "text": "{text}"}'      # http: escaped for content_type
+    # content_type = "application/json"
+    # auth_header = "Authorization"         # http: this header gets the content of auth_value_file
+    # auth_value_file = "/etc/dvrlink/sms_token"
+    # basic_user = "fleet"                  # http: or basic auth, with basic_password_file
+    # sender = "+491701234567"              # {from}: the number devices allow (their allowed_senders)
+    wake_hold_s = 90                        # a session request waits this long for a woken device
+    validity_minutes = 10                   # the network drops an undelivered wake after this
 """
 
 from __future__ import annotations
@@ -89,6 +104,51 @@ class ExternalTurnServer:
     """Port, 1..65535."""
     transport: str = "udp"
     """"udp" or "tcp"."""
+
+
+SMS_BACKENDS = ("modem", "http")
+HTTP_METHODS = ("GET", "POST", "PUT")
+
+
+@dataclass(frozen=True, slots=True)
+class SmsGatewayConfig:
+    """How the broker sends wake SMS (``[sms_gateway]``; docs/sms-wake.md "On the broker")."""
+
+    backend: str
+    """"modem": a modem on the broker host, over the AT engine; "http": an SMS provider's API."""
+    modem_port: str = ""
+    """modem: the AT port (``/dev/ttyUSB2``, ``/dev/serial/by-id/...``)."""
+    modem_baudrate: int = 115200
+    modem_text_only: bool = False
+    """modem: send the wake's text form in text mode (``AT+CMGF=1``); else 8-bit data in PDU mode
+    (a modem that refuses PDU mode is used in text mode anyway)."""
+    url: str = ""
+    """http: the request URL; ``{to}``, ``{text}`` and ``{from}`` are replaced, percent-encoded."""
+    method: str = "POST"
+    """http: GET, POST or PUT."""
+    body: str = ""
+    """http: the request body; ``{to}``, ``{text}``, ``{from}`` are replaced, escaped for
+    ``content_type`` (JSON string escapes, or form encoding). Empty: no body."""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    """http: extra request headers (no secrets here: use ``auth_value_file``)."""
+    auth_header: str = ""
+    """http: a header whose value is the content of ``auth_value_file`` (``Authorization``,
+    ``X-Api-Key``)."""
+    auth_value_file: Path | None = None
+    basic_user: str = ""
+    """http: basic auth user; the password is the content of ``basic_password_file``."""
+    basic_password_file: Path | None = None
+    sender: str = ""
+    """The number wake SMS come from, as +E.164 (``{from}``); devices allow-list it."""
+    timeout_s: float = 10.0
+    """http: seconds a provider request may take; modem: the ``AT+CMGS`` reply is the AT engine's."""
+    wake_hold_s: float = 90.0
+    """Seconds a session request for a device being woken waits for it to register."""
+    validity_minutes: int = 10
+    """Minutes the network keeps trying to deliver a wake SMS (PDU mode; a provider's own)."""
+    resend_after_s: float = 30.0
+    """Another session request after this long sends a new wake SMS; sooner ones join the wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +301,8 @@ class BrokerConfig:
     webhook_max_attempts: int = 12
     """Deliveries of one alarm to one webhook before it is given up (logged): about 37 minutes
     with the default backoff."""
+    sms_gateway: SmsGatewayConfig | None = None
+    """How wake SMS go out (``[sms_gateway]``); None: the broker wakes no device."""
 
     @property
     def turn_secret_path(self) -> Path:
@@ -507,6 +569,8 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
                 f'"broker-a" (empty: host name and UDP port), got {raw!r}'
             )
         return raw
+    if name == "sms_gateway":
+        return _sms_gateway(raw, where, base)
     if name == "log_level":
         if not isinstance(raw, str) or raw.upper() not in LOG_LEVELS:
             raise ConfigError(f"{where} is {raw!r}; use one of {', '.join(LOG_LEVELS)}")
@@ -537,6 +601,85 @@ def _turn_servers(raw: object, where: str) -> tuple[ExternalTurnServer, ...]:
             raise ConfigError(f'{at}: transport must be "udp" or "tcp", got {transport!r}')
         servers.append(ExternalTurnServer(host, port, str(transport)))
     return tuple(servers)
+
+
+_SMS_FIELDS = {f.name: f for f in dataclasses.fields(SmsGatewayConfig)}
+
+
+def _sms_gateway(raw: object, where: str, base: Path) -> SmsGatewayConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f'{where} must be a table ([sms_gateway] with backend = "modem" or "http")')
+    unknown = sorted(set(raw) - set(_SMS_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; use one of: {', '.join(_SMS_FIELDS)}")
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        at = f"{where}.{key}"
+        field_type = str(_SMS_FIELDS[key].type)
+        if key in ("auth_value_file", "basic_password_file"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{at} must be a path string, got {value!r}")
+            path = Path(value).expanduser()
+            values[key] = path if path.is_absolute() else base / path
+        elif key == "headers":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ConfigError(f'{at} must be a table of header names and values, e.g. {{Accept = "*/*"}}')
+            values[key] = tuple((str(k), str(v)) for k, v in value.items())
+        elif field_type == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{at} must be true or false, got {value!r}")
+            values[key] = value
+        elif field_type in ("int", "float"):
+            limits = {
+                "modem_baudrate": (300, 4_000_000),
+                "timeout_s": (1, 120),
+                "wake_hold_s": (5, 600),
+                "validity_minutes": (5, 1440),
+                "resend_after_s": (5, 3600),
+            }[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not limits[0] <= value <= limits[1]
+            ):
+                raise ConfigError(f"{at} is {value!r}; use a number from {limits[0]} to {limits[1]}")
+            if field_type == "int" and not isinstance(value, int):
+                raise ConfigError(f"{at} is {value!r}; use a whole number")
+            values[key] = float(value) if field_type == "float" else value
+        else:
+            if not isinstance(value, str):
+                raise ConfigError(f"{at} must be a string, got {value!r}")
+            values[key] = value
+    backend = values.get("backend")
+    if backend not in SMS_BACKENDS:
+        raise ConfigError(f'{where}: backend is {backend!r}; set backend = "modem" or "http"')
+    if backend == "modem" and not values.get("modem_port"):
+        raise ConfigError(f'{where}: the modem backend needs modem_port, e.g. modem_port = "/dev/ttyUSB2"')
+    if backend == "http":
+        url = str(values.get("url", ""))
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"{where}: the http backend needs url, an http(s) URL template such as "
+                f'"https://sms.example.net/send?to={{to}}", got {url!r}'
+            )
+        method = str(values.get("method", "POST")).upper()
+        if method not in HTTP_METHODS:
+            raise ConfigError(f"{where}.method is {method!r}; use one of {', '.join(HTTP_METHODS)}")
+        values["method"] = method
+        if "{text}" not in url + str(values.get("body", "")):
+            raise ConfigError(
+                f"{where}: neither url nor body holds {{text}}, so no wake would be sent; add it"
+            )
+        if bool(values.get("auth_header")) != ("auth_value_file" in values):
+            raise ConfigError(f"{where}: auth_header and auth_value_file go together; set both or neither")
+        if bool(values.get("basic_user")) != ("basic_password_file" in values):
+            raise ConfigError(f"{where}: basic_user and basic_password_file go together; set both or neither")
+    sender = str(values.get("sender", ""))
+    if sender and not (sender.startswith("+") and sender[1:].isdigit() and 2 <= len(sender) <= 16):
+        raise ConfigError(f'{where}.sender is {sender!r}; write it as +E.164, e.g. "+491701234567"')
+    return SmsGatewayConfig(**values)  # type: ignore[arg-type]
 
 
 def _is_host(text: str) -> bool:

@@ -368,6 +368,24 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Wake": {
+                    "type": "object",
+                    "required": ["serial", "state", "started_at", "elapsed_s", "hold_s"],
+                    "properties": {
+                        "serial": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["sending", "sent", "online", "failed", "timed_out"],
+                        },
+                        "started_at": _UNIX_TIME,
+                        "elapsed_s": {"type": "number", "description": "Seconds since the wake began"},
+                        "hold_s": {"type": "number", "description": "How long a session request waits"},
+                        "sms_sent_at": _UNIX_TIME,
+                        "online_at": _UNIX_TIME,
+                        "via": {"type": "string", "description": "Gateway backend and form: `modem 8-bit`"},
+                        "error": {"type": "string"},
+                    },
+                },
                 "Ping": {
                     "type": "object",
                     "required": ["serial", "rtt_ms"],
@@ -510,6 +528,23 @@ def openapi_document() -> dict[str, Any]:
                         "409": _error("Device offline (`device_offline`)"),
                         "502": _error("The device cannot answer pings (`device_error`)"),
                         "504": _error("Registered but no answer in time (`device_timeout`)"),
+                    },
+                }
+            },
+            "/v1/devices/{serial}/wake": {
+                "get": {
+                    "summary": (
+                        "How far the latest wake of the device by SMS got (since the broker started): "
+                        "a viewer shows it while its session request is held"
+                    ),
+                    "operationId": "getDeviceWake",
+                    "security": [{"bearer": []}],
+                    "parameters": [_SERIAL],
+                    "responses": {
+                        "200": _json("The latest wake", "Wake"),
+                        "401": _UNAUTHORIZED,
+                        "403": _error("Not paired (`not_paired`)"),
+                        "404": _error("Unknown device (`unknown_device`), or no wake yet (`no_wake`)"),
                     },
                 }
             },
@@ -686,7 +721,12 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/sessions": {
                 "post": {
-                    "summary": "Start a session with a paired, online device; returns TURN credentials",
+                    "summary": (
+                        "Start a session with a paired, online device; returns TURN credentials. A device "
+                        "that sleeps by SMS (sms-wake mode) is woken first and the request is held until "
+                        "it registers, up to the broker's wake_hold_s; GET /v1/devices/{serial}/wake shows "
+                        "the wake meanwhile"
+                    ),
                     "operationId": "createSession",
                     "security": [{"bearer": []}],
                     "requestBody": _body("SessionRequest"),
@@ -698,7 +738,11 @@ def openapi_document() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _error("Not paired to this account (`not_paired`)"),
                         "404": _error("Unknown device (`unknown_device`)"),
-                        "409": _error("Device offline (`device_offline`)"),
+                        "409": _error("Device offline, and it cannot be woken by SMS (`device_offline`)"),
+                        "502": _error("The wake SMS could not be sent (`wake_failed`, with `wake`)"),
+                        "504": _error(
+                            "Woken by SMS but not registered in time (`device_not_woken`, with `wake`)"
+                        ),
                         "408": _error(
                             "The body did not arrive within http_body_timeout_s (`body_timeout`); the "
                             "connection is closed"

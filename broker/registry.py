@@ -38,6 +38,7 @@ EXPIRED_TOKEN_MEMORY_S = 7 * 86400.0  # expired tokens are kept this long to ans
 PAIR_FAILURE_MEMORY_S = 7 * 86400.0  # pairing failures older than this are deleted
 USERNAME_MAX = 64
 DEVICE_NAME_MAX = 64  # characters of a device name (pairings.name)
+SMS_COUNTER_MAX = (1 << 63) - 1  # wake SMS counters are kept in a signed 64-bit column
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema
@@ -98,6 +99,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: a name each account gives its device (any text; the dashboard shows it escaped)
     ("ALTER TABLE pairings ADD COLUMN name TEXT CHECK (name IS NULL OR length(name) <= 64)",),
+    # 5: SMS wake (docs/sms-wake.md): the number an operator set for a device, and the counter of
+    # the last wake SMS the broker sent it (the device's own number comes in its report)
+    (
+        "ALTER TABLE devices ADD COLUMN sms_number TEXT",
+        "ALTER TABLE devices ADD COLUMN sms_counter INTEGER",
+    ),
 )
 
 
@@ -171,6 +178,10 @@ class DeviceRecord:
     report: dict[str, Any] | None = None
     """The device's last report (``DeviceReport.as_dict()``), or None."""
     reported_at: float | None = None
+    sms_number: str | None = None
+    """The +E.164 number an operator set for SMS wake (``device sms``), or None."""
+    sms_counter: int | None = None
+    """The counter of the last wake SMS sent to the device, or None (none sent yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +318,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "last_address",
         "report",
         "reported_at",
+        "sms_number",
+        "sms_counter",
     ),
     "users": ("username", "password_hash", "salt", "scrypt_n", "scrypt_r", "scrypt_p", "created_at"),
     "tokens": ("token_hash", "username", "issued_at", "expires_at"),
@@ -341,7 +354,8 @@ BINDING_QUERY_BATCH = 500
 
 def _device_record(row: Sequence[Any]) -> DeviceRecord:
     """A ``devices`` row (serial, public_key, source, bound_at, last_registered_at, last_address,
-    report, reported_at) as a record; a report that is not a JSON object reads as None."""
+    report, reported_at, sms_number, sms_counter) as a record; a report that is not a JSON object
+    reads as None."""
     report = None
     if row[6] is not None:
         try:
@@ -349,7 +363,10 @@ def _device_record(row: Sequence[Any]) -> DeviceRecord:
         except ValueError:
             loaded = None
         report = loaded if isinstance(loaded, dict) else None
-    return DeviceRecord(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7])
+    counter = None if row[9] is None else int(row[9])
+    return DeviceRecord(
+        row[0], bytes(row[1]), row[2], row[3], row[4], row[5], report, row[7], row[8], counter
+    )
 
 
 class RegistryQueries:
@@ -471,7 +488,7 @@ class RegistryQueries:
         """The binding of ``serial``, or None if it never registered and is not in the manifest."""
         row = self._execute(
             "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
-            "reported_at FROM devices WHERE serial = ?",
+            "reported_at, sms_number, sms_counter FROM devices WHERE serial = ?",
             (serial,),
         ).fetchone()
         return None if row is None else _device_record(row)
@@ -480,7 +497,7 @@ class RegistryQueries:
         """Every bound device, by serial (the operators' view of the fleet)."""
         rows = self._execute(
             "SELECT serial, public_key, source, bound_at, last_registered_at, last_address, report, "
-            "reported_at FROM devices ORDER BY serial"
+            "reported_at, sms_number, sms_counter FROM devices ORDER BY serial"
         )
         return [_device_record(row) for row in rows]
 
@@ -491,6 +508,43 @@ class RegistryQueries:
                 "UPDATE devices SET report = ?, reported_at = ? WHERE serial = ?",
                 (json.dumps(dict(report), sort_keys=True), now, serial),
             )
+
+    def set_sms_number(self, serial: str, number: str | None) -> bool:
+        """Set (or with None, clear) the +E.164 number the broker sends ``serial``'s wake SMS to.
+
+        The caller normalises the number. Returns False if the serial is not bound.
+        """
+        with self._transaction():
+            cur = self._execute("UPDATE devices SET sms_number = ? WHERE serial = ?", (number, serial))
+            return cur.rowcount == 1
+
+    def claim_wake_counter(self, serial: str, now_ms: int) -> int | None:
+        """The counter for the next wake SMS to ``serial``, stored before it is returned: the Unix
+        time in milliseconds, or the last counter + 1 when that is not above it
+        (``protocol.sms_wake.next_counter``), in one statement so two requests (or two broker
+        nodes on one PostgreSQL registry) never get the same counter.
+
+        Returns None if the serial is not bound.
+
+        Raises:
+            ValueError: the device's counter space is used up (see ``next_counter``).
+        """
+        now_ms = max(1, min(now_ms, SMS_COUNTER_MAX))
+        with self._transaction():
+            row = self._execute(
+                "UPDATE devices SET sms_counter = CASE WHEN sms_counter IS NULL OR sms_counter < ? "
+                "THEN ? ELSE sms_counter + 1 END "
+                "WHERE serial = ? AND (sms_counter IS NULL OR sms_counter < ?) RETURNING sms_counter",
+                (now_ms, now_ms, serial, SMS_COUNTER_MAX),
+            ).fetchone()
+            if row is None:
+                if self._execute("SELECT 1 FROM devices WHERE serial = ?", (serial,)).fetchone() is None:
+                    return None
+                raise ValueError(
+                    f"the wake counter of {serial} is used up: give the device a new key (release and "
+                    "register it again)"
+                )
+            return int(row[0])
 
     def release_device(self, serial: str) -> bool:
         """Forget the binding of ``serial`` (and its pairings), so the next registering key binds it.
@@ -1000,6 +1054,8 @@ class RegistryStore(Protocol):
     def device(self, serial: str) -> DeviceRecord | None: ...
     def devices(self) -> list[DeviceRecord]: ...
     def record_report(self, serial: str, report: Mapping[str, Any], now: float) -> None: ...
+    def set_sms_number(self, serial: str, number: str | None) -> bool: ...
+    def claim_wake_counter(self, serial: str, now_ms: int) -> int | None: ...
     def release_device(self, serial: str) -> bool: ...
     def load_manifest(self, entries: Mapping[str, bytes], now: float) -> ManifestReport: ...
     def create_user(self, username: str, password: str, now: float) -> None: ...

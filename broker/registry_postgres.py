@@ -103,6 +103,11 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: a name each account gives its device
     ("ALTER TABLE pairings ADD COLUMN name TEXT CHECK (name IS NULL OR char_length(name) <= 64)",),
+    # 5: SMS wake: an operator's number for the device, the counter of the last wake SMS sent
+    (
+        "ALTER TABLE devices ADD COLUMN sms_number TEXT",
+        "ALTER TABLE devices ADD COLUMN sms_counter BIGINT",
+    ),
 )
 
 _LOST = (psycopg.OperationalError, psycopg.InterfaceError)

@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [mo
     from dvrlink.daemon.disk_watch import DiskEvent, DiskService
     from dvrlink.daemon.live_view import LiveView
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
+    from dvrlink.daemon.sms_sleep import SmsSleeper
     from dvrlink.daemon.snapshot import SnapshotTaker
     from dvrlink.hal.gpio import BoardEvent
 
@@ -114,7 +115,16 @@ async def run_daemon(
         console = _start_console(live, state, reboot, settled)
         try:
             while True:
-                await _run_locked(live.config, state, stop, environ, modem_options, live.changed, settled)
+                await _run_locked(
+                    live.config,
+                    state,
+                    stop,
+                    environ,
+                    modem_options,
+                    live.changed,
+                    settled,
+                    reboot or functools.partial(_reboot_board, live),
+                )
                 if stop.is_set():
                     break
                 live.changed.clear()
@@ -215,6 +225,7 @@ async def _run_locked(
     modem_options: ModemOptions | None,
     restart: asyncio.Event | None = None,
     presence_settled: asyncio.Event | None = None,
+    reboot: Callable[[], None] | None = None,
 ) -> None:
     """``run_daemon`` once the state directory is locked and its files are checked; returns
     when ``stop`` is set, or ``restart`` (new settings: the caller runs it again)."""
@@ -295,6 +306,11 @@ async def _run_locked(
             tuning.set_tcp_interval = link.set_tcp_keepalive_interval
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
+    sleeper = None
+    if config.presence.mode == "sms-wake":  # docs/sms-wake.md; loads the modem's AT stack
+        from dvrlink.daemon.sms_sleep import start_sms_sleep  # noqa: PLC0415
+
+        sleeper = start_sms_sleep(config, device_key, client, link.flush, sessions, events, tuning, reboot)
     capture = _start_capture(config, loop)
     live = None
     capture_alarms = None
@@ -332,7 +348,7 @@ async def _run_locked(
     modem_task = None
     if config.modem.enabled:
         modem_task = loop.create_task(
-            _run_modem(config, modem_options, events, tuning, sessions), name="modem"
+            _run_modem(config, modem_options, events, tuning, sessions, sleeper), name="modem"
         )
         modem_task.add_done_callback(_modem_ended)
     try:
@@ -356,6 +372,9 @@ async def _run_locked(
         if modem_task is not None:
             modem_task.cancel()
             await asyncio.gather(modem_task, return_exceptions=True)
+        if sleeper is not None:
+            sleeper.close()
+            await sleeper.wait_closed()
         await sessions.close()
         if events.tuning is not None:
             events.tuning.cancel()
@@ -555,9 +574,10 @@ async def _run_modem(
     events: DeviceEvents,
     tuning: PresenceTuning,
     sessions: SessionServer,
+    sleeper: SmsSleeper | None = None,
 ) -> None:
     """The cellular modem service (``[modem] enabled``), until cancelled; the broker is its
-    default probe target.
+    default probe target. ``sleeper`` (``sms-wake``) shares the modem's AT port for wake SMS.
 
     The modem stack (pyudev, pyserial, the AT engine and the manager: over a second of imports
     on a Cortex-A7) loads after presence's first registration or first failure, or after
@@ -582,6 +602,7 @@ async def _run_modem(
     # The data cap stops optional traffic: sessions (open and new) and NAT lifetime probes.
     sessions.admission = modem.optional_traffic_refusal
     modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
+    modem.port_user = sleeper
     await modem.run()
 
 

@@ -14,7 +14,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PORT_SEARCH_CHOICES = ("auto", "full", "light", "off")
 PRESENCE_TRANSPORTS = ("udp", "tcp", "auto")
 """``[presence] transport`` values."""
+PRESENCE_MODES = ("always", "sms-wake")
+"""``[presence] mode`` values."""
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
 PATH_POLICIES = {
     "all": PathPolicy.ALL,
     "relay_only": PathPolicy.RELAY_ONLY,
@@ -109,6 +112,14 @@ class BrokerConfig:
 class PresenceConfig:
     """``[presence]``: keepalive timing; the keepalive keeps the NAT mapping open."""
 
+    mode: str = "always"
+    """``"always"``: registered all the time, kept reachable by keepalives. ``"sms-wake"``: the
+    device registers at start (to report that it sleeps by SMS), then sleeps: no keepalives, no
+    IP traffic; an authenticated wake SMS (``[sms_wake]``, docs/sms-wake.md) makes it register
+    and serve, and it sleeps again after ``awake_idle_s`` without a session. Needs ``[modem]
+    enabled`` and ``transport = "udp"``; keepalive learning and NAT classification are off."""
+    awake_idle_s: float = 300.0
+    """``sms-wake``: seconds awake without a session before the device sleeps again."""
     transport: str = "auto"
     """``"udp"``, ``"tcp"`` (TLS to ``[broker] tcp_host``:``tcp_port``) or ``"auto"``: UDP, moving
     to TCP when registrations over UDP go unanswered, and back when UDP answers again."""
@@ -289,6 +300,25 @@ class AlarmsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SmsWakeConfig:
+    """``[sms_wake]``: who may wake the device by SMS (``[presence] mode = "sms-wake"``)."""
+
+    allowed_senders: tuple[str, ...] = ()
+    """The broker's SMS numbers, +E.164 (the modem's SIM, or the provider's sender)."""
+    any_sender: bool = False
+    """Accept a wake from any number (the MAC still holds): for providers whose sender varies."""
+    country_code: str = ""
+    """The country code (``"49"``) to read national sender numbers with; empty: none."""
+    window: int = 64
+    """Counters below the highest seen that are still accepted once (SMS arrive out of order)."""
+    sweep_interval_s: float = 600.0
+    """Seconds between full reads of the SIM's message store, besides the modem's indications."""
+    own_number: str = ""
+    """This SIM's number (+E.164), reported to the broker so it knows where to send the wake;
+    empty: the operator sets it on the broker (``dvrlink-broker device sms SERIAL --number``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """The whole dvrlinkd configuration."""
 
@@ -313,6 +343,8 @@ class DaemonConfig:
     """``[[alarm_input]]``: the board's GPIO alarm inputs (docs/hal.md, "Board I/O")."""
     relays: tuple[RelayConfig, ...] = ()
     """``[[relay]]``: the board's GPIO relay outputs."""
+    sms_wake: SmsWakeConfig = field(default_factory=SmsWakeConfig)
+    """``[sms_wake]``: who may wake the device by SMS."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -368,6 +400,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "disks",
         "alarm_input",
         "relay",
+        "sms_wake",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -384,6 +417,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
 
     pre = _Table(source, "presence", document, PresenceConfig)
     presence = PresenceConfig(
+        mode=pre.choice_lower("mode", PRESENCE_MODES),
+        awake_idle_s=pre.number("awake_idle_s", 1.0, 86400.0),
         transport=pre.choice_lower("transport", PRESENCE_TRANSPORTS),
         fallback_after_failures=pre.integer("fallback_after_failures", 1, 100),
         fallback_after_s=pre.number("fallback_after_s", 1.0, 3600.0),
@@ -443,6 +478,9 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     alarms = parse_alarms(document, source)
     disks = parse_disks(document, source)
     alarm_inputs, relays = parse_board_io(document, source)
+    sms_wake = _parse_sms_wake(_Table(source, "sms_wake", document, SmsWakeConfig))
+    if presence.mode == "sms-wake":
+        presence = _check_sms_wake(presence, modem, sms_wake, source)
     return DaemonConfig(
         device,
         broker,
@@ -459,8 +497,57 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         disks,
         alarm_inputs,
         relays,
+        sms_wake,
         source,
     )
+
+
+def _parse_sms_wake(sms: _Table) -> SmsWakeConfig:
+    """The ``[sms_wake]`` section; each bad value names the key and what to write."""
+    senders = sms._get("allowed_senders")
+    example = 'expected a list of numbers as +E.164, e.g. ["+491701234567"]'
+    if not isinstance(senders, list | tuple) or not all(isinstance(n, str) for n in senders):
+        raise sms.error("allowed_senders", senders, example)
+    for number in senders:
+        if not _E164.fullmatch(number):
+            raise sms.error("allowed_senders", senders, f"{toml_value(number)} is not +E.164; {example}")
+    country = sms.string("country_code").strip().lstrip("+")
+    if country and not (country.isdigit() and 1 <= len(country) <= 3):
+        raise sms.error("country_code", country, 'expected 1 to 3 digits, e.g. "49", or "" for none')
+    own = sms.string("own_number").strip()
+    if own and not _E164.fullmatch(own):
+        raise sms.error("own_number", own, 'expected this SIM\'s number as +E.164, e.g. "+491701234567"')
+    return SmsWakeConfig(
+        allowed_senders=tuple(senders),
+        any_sender=sms.boolean("any_sender"),
+        country_code=country,
+        window=sms.integer("window", 1, 1024),
+        sweep_interval_s=sms.number("sweep_interval_s", 10.0, 86400.0),
+        own_number=own,
+    )
+
+
+def _check_sms_wake(
+    presence: PresenceConfig, modem: ModemSettings, sms_wake: SmsWakeConfig, source: Path
+) -> PresenceConfig:
+    """``[presence] mode = "sms-wake"`` needs a modem, UDP presence and a sender to trust; it
+    turns keepalive learning and NAT classification off (a sleeping device keeps no mapping)."""
+    if not modem.enabled:
+        raise ConfigError(
+            f'{source}: [presence] mode = "sms-wake" needs the modem, which receives the wake SMS; '
+            'set [modem] enabled = true, or mode = "always"'
+        )
+    if presence.transport != "udp":
+        raise ConfigError(
+            f'{source}: [presence] mode = "sms-wake" with transport = "{presence.transport}": a sleeping '
+            'device keeps no TCP connection; set transport = "udp"'
+        )
+    if not sms_wake.allowed_senders and not sms_wake.any_sender:
+        raise ConfigError(
+            f'{source}: [presence] mode = "sms-wake" but [sms_wake] allows no sender: set '
+            'allowed_senders = ["+E164 of the broker\'s SMS number"] (or any_sender = true)'
+        )
+    return replace(presence, learn_keepalive=False, classify_nat=False)
 
 
 def _parse_broker(brk: _Table) -> BrokerConfig:

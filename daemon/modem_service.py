@@ -60,7 +60,7 @@ from dvrlink.modem.detect import (
     UdevModemWatcher,
     usb_device_path,
 )
-from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver, RecoveryHooks
+from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver, PortUser, RecoveryHooks
 from dvrlink.modem.ecm import EcmConfig, EcmLink
 from dvrlink.modem.ladder import LadderFile, Step
 from dvrlink.modem.manager import (
@@ -413,6 +413,8 @@ class ModemService:
         self.settings = settings
         self.options = options or ModemOptions()
         self.on_change = on_change
+        self.port_user: PortUser | None = None
+        """Shares each runner's AT port (the wake SMS inbox of ``[presence] mode = sms-wake``)."""
         self.on_cap: Callable[[str], None] | None = None
         """Called when optional traffic stops (with :meth:`optional_traffic_refusal`'s reason) and
         when it may resume (with ``""``): the daemon pauses NAT lifetime probes."""
@@ -797,6 +799,8 @@ class ModemService:
         attached (returns, to build a runner for it)."""
         assert self._modem_changed is not None
         runner = self._build(profile, index)
+        if self.port_user is not None and isinstance(runner, ModemDriver):
+            runner.port_user = self.port_user
         self._runner = runner
         self._changed()
         task = asyncio.get_running_loop().create_task(runner.run(), name="modem-runner")

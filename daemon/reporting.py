@@ -31,6 +31,7 @@ _CATEGORICAL = (
     "nat_lifetime_s",
     "presence_transport",
     "nat_type",
+    "sms_wake_number",
 )
 
 

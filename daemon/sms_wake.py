@@ -23,8 +23,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dvrlink.modem.at_events import AtEvent
-from dvrlink.modem.link import AtLink
+from dvrlink.driver.at_link import AtLink
 from dvrlink.modem.sms_wake import (
     InboxConfig,
     InboxEvent,
@@ -37,6 +36,7 @@ from dvrlink.modem.sms_wake import (
     WakeStateChanged,
 )
 from dvrlink.modem.sms_wake_link import SmsInboxDriver, load_wake_state, save_wake_state
+from dvrlink.protocol.at_events import AtEvent
 from dvrlink.protocol.sms_wake import DEFAULT_WINDOW, WakeConfig, WakeVerifier, device_wake_key, status_reply
 
 log = logging.getLogger(__name__)

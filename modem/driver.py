@@ -32,11 +32,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from dvrlink.driver.at_link import AtLink, PortError
 from dvrlink.modem.accounting import AccountingEvent, AccountingLedger
 from dvrlink.modem.apn import ApnMemory, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import AtEvent
-from dvrlink.modem.at_specs import CommandSpec, spec_for
 from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataUp
 from dvrlink.modem.ladder import (
     Fault,
@@ -48,7 +46,6 @@ from dvrlink.modem.ladder import (
     RunStep,
     Step,
 )
-from dvrlink.modem.link import AtLink, PortError
 from dvrlink.modem.manager import ModemConfig, ModemManager, ModemStatus
 from dvrlink.modem.manager_events import (
     ApnRemembered,
@@ -66,6 +63,9 @@ from dvrlink.modem.manager_events import (
     WentOffline,
 )
 from dvrlink.modem.sim_flow import redact_iccid
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import AtEvent
+from dvrlink.protocol.at_specs import CommandSpec, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,17 @@ class RecoveryHooks(Protocol):
     async def power_cycle(self) -> None: ...
 
     async def reboot_board(self) -> None: ...
+
+
+class PortUser(Protocol):
+    """Another user of the open AT port (the daemon's wake SMS inbox): it runs its own commands
+    on the link between the manager's (the engine queues them) and sees every engine event."""
+
+    def port_opened(self, link: AtLink) -> None:
+        """The AT port is open on ``link``; it is used until ``link.wait_closed()`` returns."""
+
+    def at_event(self, event: AtEvent) -> None:
+        """An event of the open link's engine (the manager has seen it first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +193,8 @@ class ModemDriver:
         self._acct_iccid: str | None = None
         self._acct_last = (0, 0)
         self._acct_next: float | None = None
+        self.port_user: PortUser | None = None
+        """Shares the AT port while it is open (see :class:`PortUser`); set before ``run``."""
 
     # ---------------------------------------------------------------------------------- public
 
@@ -386,6 +399,11 @@ class ModemDriver:
     def _on_at_event(self, event: AtEvent) -> None:
         self.manager.at_event(event, self._now())
         self._drain()
+        if self.port_user is not None:
+            try:
+                self.port_user.at_event(event)
+            except Exception:
+                log.exception("modem: the AT port's other user failed on %r", event)
 
     # ------------------------------------------------------------------------------ data link
 
@@ -541,6 +559,11 @@ class ModemDriver:
                     else:
                         self.manager.port_returned(loop.time(), data_ended=data_ended)
                     self._drain()
+                    if self.port_user is not None:
+                        try:
+                            self.port_user.port_opened(link)
+                        except Exception:
+                            log.exception("modem: the AT port's other user failed to start")
                     return True
             if loop.time() >= deadline:
                 log.warning("modem: AT port not back within %g s: %s", self.config.port_wait_s, last)

@@ -53,19 +53,6 @@ from dvrlink.modem.apn import (
     ProviderIndex,
     rank_apns,
 )
-from dvrlink.modem.at_events import (
-    AtEvent,
-    CommandAborted,
-    CommandCompleted,
-    CommandEvent,
-    CommandFailed,
-    CommandTimedOut,
-    ModemRestarted,
-    Resynced,
-    ResyncFailed,
-    UrcReceived,
-)
-from dvrlink.modem.at_results import reply_fields
 from dvrlink.modem.data_link import DataFailed, DataFailure, DataLink, DataRequest, DataUp
 from dvrlink.modem.ladder import Fault, FaultKind, Step
 from dvrlink.modem.manager_commands import Handler, QueuedCommand
@@ -137,6 +124,19 @@ from dvrlink.modem.reply_parsers import (
     strip_identity,
 )
 from dvrlink.modem.sim_flow import SIM_REMOVED_HINTS, SimFlow, redact_iccid
+from dvrlink.protocol.at_events import (
+    AtEvent,
+    CommandAborted,
+    CommandCompleted,
+    CommandEvent,
+    CommandFailed,
+    CommandTimedOut,
+    ModemRestarted,
+    Resynced,
+    ResyncFailed,
+    UrcReceived,
+)
+from dvrlink.protocol.at_results import reply_fields
 
 # The manager's interface, importable from here: its config, status, states, actions, events
 # and the data link's contract.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed
 
 Handler = Callable[[CommandCompleted | CommandFailed, float], None]
 """Called with a command's outcome and ``now``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from dvrlink.modem.state_diagram import mermaid_state_diagram
+from dvrlink.protocol.state_diagram import mermaid_state_diagram
 
 
 class ModemState(enum.Enum):

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dvrlink.modem.at_results import reply_fields
+from dvrlink.protocol.at_results import reply_fields
 
 PDP_TYPES = ("IP", "IPV6", "IPV4V6")
 """The PDP types a data call can use; ``PPP`` and vendor types in a ``+CGDCONT=?`` reply are left

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from dvrlink.modem.at_engine import AtConfig
+from dvrlink.protocol.at_engine import AtConfig
 
 
 class DialMethod(enum.Enum):

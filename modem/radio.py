@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from dvrlink.modem.at_results import reply_fields
+from dvrlink.protocol.at_results import reply_fields
 
 
 @dataclass(frozen=True, slots=True)

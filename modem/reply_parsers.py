@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from dvrlink.modem.apn import mnc_length_from_ef_ad
-from dvrlink.modem.at_results import reply_fields
+from dvrlink.protocol.at_results import reply_fields
 
 CME_NO_NETWORK = 30
 """``+CME ERROR: 30`` (no network service) to a dial: register again before the next call."""

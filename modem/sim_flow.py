@@ -16,8 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dvrlink.modem.apn import ApnChooser, ProviderIndex
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed
-from dvrlink.modem.at_results import FinalKind, reply_fields
 from dvrlink.modem.manager_commands import Handler, QueuedCommand
 from dvrlink.modem.manager_events import (
     ManagerEvent,
@@ -36,6 +34,8 @@ from dvrlink.modem.reply_parsers import (
     parse_iccid,
     strip_identity,
 )
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed
+from dvrlink.protocol.at_results import FinalKind, reply_fields
 
 if TYPE_CHECKING:
     from dvrlink.modem.manager import ModemConfig

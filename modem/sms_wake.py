@@ -37,14 +37,14 @@ import re
 from collections import deque
 from dataclasses import dataclass, replace
 
-from dvrlink.modem.at_events import (
+from dvrlink.protocol.at_events import (
     CommandAborted,
     CommandCompleted,
     CommandFailed,
     CommandTimedOut,
     UrcReceived,
 )
-from dvrlink.modem.sms import (
+from dvrlink.protocol.sms import (
     Alphabet,
     Deliver,
     PduError,

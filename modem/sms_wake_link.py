@@ -1,6 +1,6 @@
 """Run the SMS inbox (``sms_wake.py``) over an AT link, and keep its counter window in a file.
 
-:class:`SmsInboxDriver` runs the inbox's commands on an :class:`~dvrlink.modem.link.AtLink` one
+:class:`SmsInboxDriver` runs the inbox's commands on an :class:`~dvrlink.driver.at_link.AtLink` one
 at a time, feeds it the link's URCs (the link's owner routes every ``AtEvent`` to
 :meth:`SmsInboxDriver.at_event`), re-arms its one timer, and hands its events to ``on_event``
 in order, synchronously: a :class:`~dvrlink.modem.sms_wake.WakeStateChanged` is handled (stored)
@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dvrlink.modem.at_events import AtEvent, ModemRestarted, UrcReceived
-from dvrlink.modem.link import AtLink, PortError
+from dvrlink.driver.at_link import AtLink, PortError
 from dvrlink.modem.sms_wake import InboxEvent, SmsInbox
+from dvrlink.protocol.at_events import AtEvent, ModemRestarted, UrcReceived
 from dvrlink.protocol.sms_wake import CounterState
 from dvrlink.store.files import atomic_write
 

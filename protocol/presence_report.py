@@ -16,11 +16,20 @@ does not know, so later versions can add items. At most ``MAX_REPORT`` bytes.
 | 7 | nat_lifetime_s | unsigned 32-bit: the NAT mapping lifetime it measured (0: not known) |
 | 8 | presence_transport | UTF-8: udp or tcp |
 | 9 | nat_type | UTF-8, at most 16 bytes: the NAT's behaviour as the device classified it |
+| 10 | sms_wake_number | 0–8 bytes: the device sleeps in SMS-wake mode; its own number as BCD semi-octets |
 
 ``nat_type`` is RFC 4787's mapping/filtering pair from the RFC 5780 tests against the broker's
 alternate address (``daemon/nat_type.py``): ``EIM/APDF``, ``APDM/APDF``, ``no NAT``,
 ``UDP blocked``, ... A broker that predates an item skips it (``decode`` skips unknown types), so
 a newer device's report still reaches an older broker, without that item.
+
+``sms_wake_number`` says the device runs ``[presence] mode = sms-wake`` (docs/sms-wake.md): when
+it is offline, the broker may wake it by SMS. The value is the device's own number (MSISDN, from
+``AT+CNUM`` or its config), its E.164 digits packed two per byte as in 3GPP TS 23.040 9.1.2.3
+(low nibble first, a final ``F`` filler), without the ``+``: at most 15 digits, 8 bytes. Empty:
+the device does not know its number (many SIMs do not store it), and the operator sets it on the
+broker (``dvrlink-broker device sms SERIAL --number``). A device in ``always`` mode sends no item.
+Packing the digits keeps the largest report within ``MAX_REPORT``.
 
 Items 16 and up are **controls** for the broker's presence core, not part of the report:
 
@@ -45,11 +54,13 @@ from typing import Any
 MAX_REPORT = 192
 MAX_TEXT = 32
 MAX_NAT_TYPE = 16
+MAX_NUMBER_DIGITS = 15
+"""E.164 digits of ``sms_wake_number`` at most (ITU-T E.164: 15)."""
 """Bytes of ``nat_type`` at most, so that every report still fits ``MAX_REPORT``."""
 PROBE_DELAY = 16
 INTERVAL = 17
 
-_SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT, _NAT_TYPE = range(1, 10)
+_SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT, _NAT_TYPE, _SMS_WAKE = range(1, 11)
 _TEXT_ITEMS = {
     _RAT: "rat",
     _STATE: "modem_state",
@@ -75,6 +86,9 @@ class DeviceReport:
     presence_transport: str | None = None
     nat_type: str | None = None
     """The NAT's behaviour as the device classified it (``EIM/APDF``, ``no NAT``, ...)."""
+    sms_wake_number: str | None = None
+    """Set when the device sleeps in SMS-wake mode: its own number as ``+`` and E.164 digits, or
+    ``""`` when it does not know it. None: ``always`` mode (or a device that predates the item)."""
 
     def encode(self) -> bytes:
         """Serialize; text is cut to ``MAX_TEXT`` bytes (on a character boundary) and numbers
@@ -94,6 +108,9 @@ class DeviceReport:
                 limit = _TEXT_LIMITS.get(item, MAX_TEXT)
                 raw = value.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
                 out += bytes([item, len(raw)]) + raw
+        if self.sms_wake_number is not None:
+            packed = pack_number(self.sms_wake_number)
+            out += bytes([_SMS_WAKE, len(packed)]) + packed
         return bytes(out)
 
     @classmethod
@@ -119,6 +136,8 @@ class DeviceReport:
                     values[_TEXT_ITEMS[item]] = value.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ValueError(f"report item {item} is not UTF-8") from None
+            elif item == _SMS_WAKE:
+                values["sms_wake_number"] = unpack_number(value)
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +156,33 @@ class DeviceReport:
             ):
                 values[f.name] = value
         return cls(**values)
+
+
+def pack_number(number: str) -> bytes:
+    """``+`` and up to ``MAX_NUMBER_DIGITS`` digits as BCD semi-octets (low nibble first, ``F``
+    filler); anything else (no number, a national number, too many digits) packs as empty: the
+    device then reports its mode without a number, and the operator sets it on the broker."""
+    digits = number[1:] if number.startswith("+") else ""
+    if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > MAX_NUMBER_DIGITS:
+        return b""
+    nibbles = [int(d) for d in digits] + ([0xF] if len(digits) % 2 else [])
+    return bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2))
+
+
+def unpack_number(value: bytes) -> str:
+    """The inverse of :func:`pack_number`: ``+`` and the digits, or ``""`` for an empty value.
+
+    Raises:
+        ValueError: more than 8 bytes, or a nibble that is not a digit (but a final ``F``).
+    """
+    if len(value) > (MAX_NUMBER_DIGITS + 1) // 2:
+        raise ValueError(f"report item {_SMS_WAKE} has {len(value)} bytes; a number packs into at most 8")
+    nibbles = [n for byte in value for n in (byte & 0x0F, byte >> 4)]
+    if nibbles and nibbles[-1] == 0xF:
+        nibbles.pop()
+    if any(n > 9 for n in nibbles):
+        raise ValueError(f"report item {_SMS_WAKE} holds a nibble that is not a digit")
+    return "+" + "".join(map(str, nibbles)) if nibbles else ""
 
 
 def encode_controls(*, probe_delay_ms: int | None = None, interval_ms: int | None = None) -> bytes:

@@ -17,7 +17,7 @@ MODEM_STACK = (
     "dvrlink.modem.manager",
     "dvrlink.modem.profiles",
     "dvrlink.modem.apn",
-    "dvrlink.modem.at_engine",
+    "dvrlink.protocol.at_engine",
     "dvrlink.daemon.modem_service",
     "dvrlink.modem.ppp",
 )

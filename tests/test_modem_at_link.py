@@ -8,8 +8,9 @@ import os
 import pytest
 from support.aio import run
 
-from dvrlink.modem.at_engine import AtEngine, Command
-from dvrlink.modem.at_events import (
+from dvrlink.driver.at_link import AtLink, PortError
+from dvrlink.protocol.at_engine import AtEngine, Command
+from dvrlink.protocol.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
@@ -17,8 +18,7 @@ from dvrlink.modem.at_events import (
     Resynced,
     UrcReceived,
 )
-from dvrlink.modem.at_specs import CommandSpec
-from dvrlink.modem.link import AtLink, PortError
+from dvrlink.protocol.at_specs import CommandSpec
 
 BOUND = 10.0
 

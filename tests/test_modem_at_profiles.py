@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dvrlink.modem.at_engine import AtEngine
-from dvrlink.modem.at_events import CommandCompleted, ModemRestarted, UrcReceived
-from dvrlink.modem.at_specs import NETWORK_TIMEOUT, SIM_TIMEOUT, command_name, spec_for
 from dvrlink.modem.profiles import PROFILES, DialMethod, profile_by_name, profile_for_usb
+from dvrlink.protocol.at_engine import AtEngine
+from dvrlink.protocol.at_events import CommandCompleted, ModemRestarted, UrcReceived
+from dvrlink.protocol.at_specs import NETWORK_TIMEOUT, SIM_TIMEOUT, command_name, spec_for
 
 FAMILIES = {
     "generic",

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at_engine import AtEngine, EngineState
-from dvrlink.modem.at_events import (
+from dvrlink.modem.profiles import profile_by_name
+from dvrlink.protocol.at_engine import AtEngine, EngineState
+from dvrlink.protocol.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
@@ -26,8 +27,7 @@ from dvrlink.modem.at_events import (
     LineDiscarded,
     UrcReceived,
 )
-from dvrlink.modem.at_results import FinalKind
-from dvrlink.modem.profiles import profile_by_name
+from dvrlink.protocol.at_results import FinalKind
 
 PDU = "07911326040000F0040B911346610089F60000208062917314080CC8F71D14969741F977FD07"
 
@@ -188,7 +188,7 @@ def test_replies_attributed_and_urcs_delivered_once(script: list[Plan], data: st
 
 def exchange_timeout(engine: AtEngine, exchange: Exchange) -> float:
     del engine
-    from dvrlink.modem.at_specs import spec_for
+    from dvrlink.protocol.at_specs import spec_for
 
     return spec_for(exchange.command).timeout
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at_engine import AtEngine
-from dvrlink.modem.at_events import CommandCompleted, CommandEvent, CommandTimedOut
+from dvrlink.protocol.at_engine import AtEngine
+from dvrlink.protocol.at_events import CommandCompleted, CommandEvent, CommandTimedOut
 
 COPS = '+COPS: 0,0,"Net",7'
 ANSWERS: dict[str, list[str]] = {

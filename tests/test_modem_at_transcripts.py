@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.modem.at_engine import AtEngine, EngineState
-from dvrlink.modem.at_events import (
+from dvrlink.modem.profiles import profile_by_name
+from dvrlink.protocol.at_engine import AtEngine, EngineState
+from dvrlink.protocol.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
@@ -23,8 +24,7 @@ from dvrlink.modem.at_events import (
     ResyncFailed,
     UrcReceived,
 )
-from dvrlink.modem.at_results import FinalKind
-from dvrlink.modem.profiles import profile_by_name
+from dvrlink.protocol.at_results import FinalKind
 
 DATA = Path(__file__).parent / "data" / "at"
 TRANSCRIPTS = sorted(DATA.glob("*.txt"))

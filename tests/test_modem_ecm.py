@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from dvrlink.driver.at_link import AtLink
 from dvrlink.modem.apn import ApnSettings
-from dvrlink.modem.at_engine import AtEngine
-from dvrlink.modem.at_events import CommandCompleted
 from dvrlink.modem.ecm import DEFAULT_DHCP_COMMAND, EcmConfig, EcmLink, dhcp_argv
-from dvrlink.modem.link import AtLink
 from dvrlink.modem.manager import DataFailed, DataFailure, DataRequest, DataUp
 from dvrlink.modem.ppp import FailureAction, LinkFailed, LinkUp
 from dvrlink.modem.profiles import DialMethod, profile_by_name
+from dvrlink.protocol.at_engine import AtEngine
+from dvrlink.protocol.at_events import CommandCompleted
 from hil.modememu import ModemEmulator, SimCard
 
 FAKE = str(Path(__file__).resolve().parent.parent / "hil" / "fake_udhcpc.py")

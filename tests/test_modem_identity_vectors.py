@@ -10,8 +10,6 @@ import pytest
 from support.vectors import check_census
 
 from dvrlink.modem.apn import ApnMemory, ProviderIndex
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed
-from dvrlink.modem.at_results import parse_final
 from dvrlink.modem.manager import (
     ManagerEvent,
     ModemConfig,
@@ -24,6 +22,8 @@ from dvrlink.modem.manager import (
 )
 from dvrlink.modem.profiles import profile_by_name
 from dvrlink.modem.reply_parsers import luhn_valid, parse_ef_iccid, parse_iccid, parse_imei
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed
+from dvrlink.protocol.at_results import parse_final
 
 # (ModemManager test function, raw reply value, expected ICCID or None for "rejected")
 ICCID_VECTORS: list[tuple[str, str, str | None]] = [

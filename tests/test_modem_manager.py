@@ -14,8 +14,6 @@ from support.modem_script import ANSWERS, ICCID, ScriptedModem
 from dvrlink.daemon.config import ModemSettings
 from dvrlink.daemon.modem_service import advice
 from dvrlink.modem.apn import ApnMemory
-from dvrlink.modem.at_events import CommandTimedOut, Resynced, UrcReceived
-from dvrlink.modem.at_results import FinalResult
 from dvrlink.modem.ladder import FaultKind, Step
 from dvrlink.modem.manager import (
     TRANSITIONS,
@@ -43,6 +41,8 @@ from dvrlink.modem.reply_parsers import (
     parse_iccid,
     parse_registration,
 )
+from dvrlink.protocol.at_events import CommandTimedOut, Resynced, UrcReceived
+from dvrlink.protocol.at_results import FinalResult
 from hil.modememu import SimCard
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dvrlink.modem.at_engine import TRANSITIONS as ENGINE_TRANSITIONS
-from dvrlink.modem.at_engine import state_diagram as engine_diagram
 from dvrlink.modem.manager_states import TRANSITIONS, ModemState, state_diagram
 from dvrlink.modem.profiles import PROFILES
+from dvrlink.protocol.at_engine import TRANSITIONS as ENGINE_TRANSITIONS
+from dvrlink.protocol.at_engine import state_diagram as engine_diagram
 from hil.modememu.profiles import PROFILES as EMULATED
 
 README = Path(__file__).resolve().parent.parent / "modem" / "README.md"
@@ -23,8 +23,8 @@ README = Path(__file__).resolve().parent.parent / "modem" / "README.md"
 @pytest.mark.parametrize(
     ("module", "diagram", "table"),
     [
-        ("manager_states", state_diagram, TRANSITIONS),
-        ("at_engine", engine_diagram, ENGINE_TRANSITIONS),
+        ("modem.manager_states", state_diagram, TRANSITIONS),
+        ("protocol.at_engine", engine_diagram, ENGINE_TRANSITIONS),
     ],
 )
 def test_the_readme_shows_the_diagram_of_each_table(
@@ -37,7 +37,7 @@ def test_the_readme_shows_the_diagram_of_each_table(
     assert all(cause in edge for edge, cause in pairs), "the edges are not in the table's order"
     assert text in README.read_text(), (
         f"modem/README.md does not hold the diagram of {module}.TRANSITIONS: regenerate it with "
-        f"python -m dvrlink.modem.{module}"
+        f"python -m dvrlink.{module}"
     )
 
 

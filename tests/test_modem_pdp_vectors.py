@@ -14,8 +14,6 @@ from __future__ import annotations
 import pytest
 from support.vectors import check_census
 
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import CommandCompleted, UrcReceived
 from dvrlink.modem.pdp import (
     CgevKind,
     RadioPower,
@@ -28,6 +26,8 @@ from dvrlink.modem.pdp import (
 )
 from dvrlink.modem.radio import parse_radio_info
 from dvrlink.modem.reply_parsers import cesq_to_dbm, parse_cops
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import CommandCompleted, UrcReceived
 
 
 def reply(command: str, lines: list[str]) -> tuple[str, ...]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 from support.vectors import check_census
 
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import CommandCompleted, UrcReceived
 from dvrlink.modem.reply_parsers import parse_registration
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import CommandCompleted, UrcReceived
 
 # (source test function, line, solicited, stat, act)
 VECTORS: list[tuple[str, str, bool, int, int | None]] = [

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import AtEvent, CommandCompleted, UrcReceived
-from dvrlink.modem.sms import (
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import AtEvent, CommandCompleted, UrcReceived
+from dvrlink.protocol.sms import (
     Deliver,
     MessageStatus,
     PduError,

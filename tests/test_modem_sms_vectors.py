@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from support.vectors import check_census
 
-from dvrlink.modem.at_engine import AtConfig, AtEngine
-from dvrlink.modem.at_events import AtEvent, CommandCompleted, UrcReceived
-from dvrlink.modem.sms import (
+from dvrlink.protocol.at_engine import AtConfig, AtEngine
+from dvrlink.protocol.at_events import AtEvent, CommandCompleted, UrcReceived
+from dvrlink.protocol.sms import (
     KNOWN_STORAGES,
     Deliver,
     MessageStatus,

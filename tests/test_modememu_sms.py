@@ -3,7 +3,7 @@
 and the control commands that inject messages.
 
 The host side writes raw AT commands (hil.modememu.wire.RawPort) and reads what comes back with the
-modem package's parsers (dvrlink.modem.sms), so both ends are checked against each other.
+modem package's parsers (dvrlink.protocol.sms), so both ends are checked against each other.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.sms import (
+from dvrlink.protocol.sms import (
     Deliver,
     MessageStatus,
     PduMessage,

@@ -19,10 +19,10 @@ from support.aio import run
 from support.waiting import wait_until_async
 
 from dvrlink.daemon.sms_wake import STATE_FILE, SmsWakeService, SmsWakeSettings
-from dvrlink.modem.at_engine import AtEngine
-from dvrlink.modem.at_events import AtEvent
-from dvrlink.modem.link import AtLink
+from dvrlink.driver.at_link import AtLink
 from dvrlink.modem.sms_wake import RebootRequested, WakeRequested
+from dvrlink.protocol.at_engine import AtEngine
+from dvrlink.protocol.at_events import AtEvent
 from dvrlink.protocol.identity import ed25519_public_bytes, x25519_public_bytes
 from dvrlink.protocol.sms_wake import WakeCommand, WakeMessage, broker_wake_key, encode_binary, encode_text
 from hil.modememu import ModemEmulator, SentSms, SimCard

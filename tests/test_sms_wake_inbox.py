@@ -9,15 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.at_events import (
-    CommandAborted,
-    CommandCompleted,
-    CommandFailed,
-    CommandTimedOut,
-    UrcReceived,
-)
-from dvrlink.modem.at_results import FinalKind, FinalResult
-from dvrlink.modem.sms import Submit, decode_pdu, encode_deliver
 from dvrlink.modem.sms_wake import (
     InboxCommand,
     InboxConfig,
@@ -31,6 +22,15 @@ from dvrlink.modem.sms_wake import (
     WakeRequested,
     WakeStateChanged,
 )
+from dvrlink.protocol.at_events import (
+    CommandAborted,
+    CommandCompleted,
+    CommandFailed,
+    CommandTimedOut,
+    UrcReceived,
+)
+from dvrlink.protocol.at_results import FinalKind, FinalResult
+from dvrlink.protocol.sms import Submit, decode_pdu, encode_deliver
 from dvrlink.protocol.sms_wake import (
     DropReason,
     WakeCommand,

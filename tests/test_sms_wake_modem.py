@@ -17,9 +17,7 @@ from pytest_mock import MockerFixture
 from support.aio import run
 from support.waiting import wait_until_async
 
-from dvrlink.modem.at_engine import AtEngine
-from dvrlink.modem.at_events import AtEvent
-from dvrlink.modem.link import AtLink
+from dvrlink.driver.at_link import AtLink
 from dvrlink.modem.sms_wake import (
     InboxEvent,
     InboxReady,
@@ -33,6 +31,8 @@ from dvrlink.modem.sms_wake import (
     WakeStateChanged,
 )
 from dvrlink.modem.sms_wake_link import SmsInboxDriver, load_wake_state, save_wake_state
+from dvrlink.protocol.at_engine import AtEngine
+from dvrlink.protocol.at_events import AtEvent
 from dvrlink.protocol.sms_wake import (
     CounterState,
     DropReason,

@@ -1,4 +1,4 @@
-"""The SMS PDU encoder in dvrlink.modem.sms (what carries a wake SMS in PDU mode), checked by
+"""The SMS PDU encoder in dvrlink.protocol.sms (what carries a wake SMS in PDU mode), checked by
 its own decoder and a published septet-packing example."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvrlink.modem.sms import (
+from dvrlink.protocol.sms import (
     Alphabet,
     Deliver,
     Submit,

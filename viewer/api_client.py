@@ -33,6 +33,7 @@ from dvrlink.viewer.api_types import (
     SessionGrant,
     SessionInfo,
     Token,
+    WakeStatus,
     parse_candidate_batch,
     parse_device,
     parse_devices,
@@ -42,6 +43,7 @@ from dvrlink.viewer.api_types import (
     parse_session_grant,
     parse_sessions,
     parse_token,
+    parse_wake_status,
 )
 from dvrlink.viewer.errors import EXIT_USAGE, ViewerError, toml_value
 from dvrlink.viewer.events import AlarmEvent, SseParser, alarm_from_sse, parse_alarm_list
@@ -55,6 +57,10 @@ REQUEST_TIMEOUT = 20.0  # s, total per request
 PAIR_TIMEOUT = 45.0  # s
 # Likewise the broker holds a session offer until the device answers (10 s by default, plus 5 s).
 OFFER_TIMEOUT = 30.0  # s
+# A session request for a device that sleeps by SMS is held until the woken device registers
+# (the broker's wake_hold_s, 90 s by default); meanwhile the wake's progress is polled.
+WAKE_TIMEOUT = 150.0  # s
+WAKE_POLL_S = 1.0  # s between looks at the wake's progress, after the first second
 POLICY_NAMES = {
     PathPolicy.ALL: "all",
     PathPolicy.RELAY_ONLY: "relay_only",
@@ -322,21 +328,55 @@ class BrokerClient:
             return False
         raise self._error(resp, "PATCH", url_path, serial=None)
 
-    async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
+    async def create_session(
+        self, serial: str, policy: PathPolicy, *, on_wake: Callable[[WakeStatus], None] | None = None
+    ) -> SessionGrant:
         """``POST /v1/sessions``: a session id plus TURN credentials and the STUN server to gather with.
 
+        The broker holds the request while it wakes a device that sleeps by SMS; if it has not
+        answered after a second, ``on_wake`` is called with the wake's progress each second.
+
         Raises:
-            ViewerError: not paired, device offline, too many sessions, malformed answer, ...
+            ViewerError: not paired, device offline (and not woken), too many sessions,
+                malformed answer, ...
         """
         path = "/v1/sessions"
         body = {"serial": _serial(serial), "policy": POLICY_NAMES[policy]}
-        resp = await self._request("POST", path, body)
+        request = asyncio.ensure_future(
+            self._request("POST", path, body, timeout=max(self._timeout, WAKE_TIMEOUT))
+        )
+        try:
+            while on_wake is not None:
+                done, _ = await asyncio.wait({request}, timeout=WAKE_POLL_S)
+                if done:
+                    break
+                wake = await self._wake_status(serial)
+                if wake is not None and wake.under_way:
+                    on_wake(wake)
+            resp = await request
+        finally:
+            request.cancel()
         if resp.status not in (200, 201):
             raise self._error(resp, "POST", path, serial=serial)
         grant = self._parse(parse_session_grant, resp, "POST", path)
         if grant.serial != serial:
             raise self._malformed("POST", path, f"it is about serial {grant.serial}, not {serial}")
         return grant
+
+    async def _wake_status(self, serial: str) -> WakeStatus | None:
+        """The device's wake progress, or None (no wake, an older broker, or any failure: the
+        progress is only shown, the session request decides)."""
+        path = f"/v1/devices/{_serial(serial)}/wake"
+        try:
+            resp = await self._request("GET", path, timeout=self._timeout)
+        except ViewerError:
+            return None
+        if resp.status != 200 or resp.body is None:
+            return None
+        try:
+            return parse_wake_status(resp.body)
+        except ValueError:
+            return None
 
     async def send_offer(
         self,
@@ -795,6 +835,17 @@ def error_for_status(
         return ViewerError(
             f"the broker at {broker} is refusing requests for now (too many tries): "
             f"{_wait_hint(retry_after, 'wait a few minutes')} and retry"
+        )
+    if code == "wake_failed":
+        return ViewerError(
+            f"{device} is asleep and the broker could not send its wake SMS"
+            f"{f' ({broker_message})' if broker_message else ''}: ask the broker's operator to check its "
+            "SMS gateway, then retry"
+        )
+    if code == "device_not_woken":
+        return ViewerError(
+            f"{device} was sent a wake SMS but did not come online in time: check its signal and SIM "
+            "(it needs SMS and data), then retry (a retry sends another wake)"
         )
     if code == "device_timeout":
         return ViewerError(

@@ -253,6 +253,46 @@ def _candidates(body: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(items)
 
 
+@dataclass(frozen=True, slots=True)
+class WakeStatus:
+    """``GET /v1/devices/{serial}/wake``: how far a wake of a device by SMS got."""
+
+    state: str
+    """sending, sent, online, failed or timed_out."""
+    elapsed_s: float
+    hold_s: float
+    via: str
+    error: str
+
+    @property
+    def under_way(self) -> bool:
+        return self.state in ("sending", "sent")
+
+    def describe(self) -> str:
+        """``waking the recorder by SMS… sent (modem 8-bit), 12 s of up to 90 s``."""
+        how = f" ({self.via})" if self.via else ""
+        return (
+            f"waking the recorder by SMS… {self.state}{how}, "
+            f"{self.elapsed_s:.0f} s of up to {self.hold_s:.0f} s"
+        )
+
+
+def parse_wake_status(data: Any) -> WakeStatus:
+    """Check a ``GET /v1/devices/{serial}/wake`` answer. Raises ValueError naming the bad field."""
+    body = _object(data)
+    elapsed = _number(body, "elapsed_s", nullable=False)
+    hold = _number(body, "hold_s", nullable=False)
+    assert elapsed is not None and hold is not None
+    via, error = body.get("via", ""), body.get("error", "")
+    return WakeStatus(
+        _string(body, "state"),
+        elapsed,
+        hold,
+        via if isinstance(via, str) else "",
+        error if isinstance(error, str) else "",
+    )
+
+
 def parse_session_grant(data: Any) -> SessionGrant:
     """Check a ``POST /v1/sessions`` answer. Raises ValueError naming the bad field."""
     body = _object(data)

@@ -38,7 +38,7 @@ from dvrlink.viewer.api_client import (
     cleartext_warning,
     is_plain_http,
 )
-from dvrlink.viewer.api_types import SessionInfo
+from dvrlink.viewer.api_types import SessionInfo, WakeStatus
 from dvrlink.viewer.console_client import DEFAULT_BAUD, DEFAULT_TIMEOUT_S, ConsoleClient
 from dvrlink.viewer.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ViewerError, toml_value
 from dvrlink.viewer.events import render_alarm
@@ -779,16 +779,50 @@ def _serial_arg(text: str) -> str:
 
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
     login = _require_login(home, time.time())
-    async with _client(args, login) as client:  # the broker is only needed until the session is up
-        return await open_session(
-            client,
-            home,
-            serial,
-            session_policy(args),
-            args.host_address,
-            end=functools.partial(_end_session, args, login),
-            report_path=functools.partial(_report_path, args, login),
-        )
+    progress = WakeProgressOutput(sys.stderr.isatty())
+    try:
+        async with _client(args, login) as client:  # the broker is only needed until the session is up
+            return await open_session(
+                client,
+                home,
+                serial,
+                session_policy(args),
+                args.host_address,
+                end=functools.partial(_end_session, args, login),
+                report_path=functools.partial(_report_path, args, login),
+                on_wake=progress.show,
+            )
+    finally:
+        progress.done()
+
+
+class WakeProgressOutput:
+    """The progress of a wake by SMS on stderr: rewritten in place on a terminal; otherwise a line
+    when the state changes and every ``PLAIN_EVERY_S`` seconds."""
+
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self._last: tuple[str, str] | None = None
+        self._last_elapsed = 0.0
+
+    def show(self, wake: WakeStatus) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{PROG}: {wake.describe()}")
+            sys.stderr.flush()
+            self._last = (wake.state, wake.via)
+            return
+        key = (wake.state, wake.via)
+        if key != self._last or wake.elapsed_s - self._last_elapsed >= self.PLAIN_EVERY_S:
+            self._last, self._last_elapsed = key, wake.elapsed_s
+            print(f"{PROG}: {wake.describe()}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        """End a progress line left on the terminal."""
+        if self.tty and self._last is not None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 async def _end_session(args: argparse.Namespace, login: Login, session_id: str) -> None:

@@ -42,7 +42,7 @@ from dvrlink.session.runner import (
     ViewerRefusedError,
     ViewerRunner,
 )
-from dvrlink.viewer.api_types import CandidateBatch, OfferAnswer, SessionGrant
+from dvrlink.viewer.api_types import CandidateBatch, OfferAnswer, SessionGrant, WakeStatus
 from dvrlink.viewer.errors import ViewerError
 from dvrlink.viewer.home import ViewerHome
 
@@ -63,8 +63,10 @@ TRICKLE_MAX_UPDATES = 32
 class SessionBroker(Protocol):
     """The broker calls a session needs (``BrokerClient``)."""
 
-    async def create_session(self, serial: str, policy: PathPolicy) -> SessionGrant:
-        """Raises ViewerError."""
+    async def create_session(
+        self, serial: str, policy: PathPolicy, *, on_wake: Callable[[WakeStatus], None] | None = None
+    ) -> SessionGrant:
+        """Raises ViewerError. ``on_wake`` sees the progress of a wake by SMS while it lasts."""
         ...
 
     async def send_offer(
@@ -115,6 +117,7 @@ async def open_session(
     end: Callable[[str], Awaitable[object]] | None = None,
     report_path: Callable[[str, str], Awaitable[object]] | None = None,
     wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    on_wake: Callable[[WakeStatus], None] | None = None,
 ) -> ViewerRunner:
     """Open a session to ``serial`` and return its runner once the device proved its pinned key.
 
@@ -124,6 +127,7 @@ async def open_session(
     client of its own: ``client`` may be closed by then); one that fails to open is ended at once.
     ``report_path`` tells the broker the path the session runs on (``BrokerClient.report_path``,
     again on a client of its own), once it is up and after each move (``PathReporter``).
+    ``on_wake`` sees the progress while the broker wakes a device that sleeps by SMS.
 
     Raises:
         ViewerError: no pin or viewer key on this computer (pair first / log in first), any
@@ -140,7 +144,7 @@ async def open_session(
     key = home.load_key()
     if key is None:
         raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login`, then pair {serial} again")
-    grant = await client.create_session(serial, policy)
+    grant = await client.create_session(serial, policy, on_wake=on_wake)
     try:
         runner = await _establish(
             client, grant, serial, pin.fingerprint, key, policy, host_addresses, timeout_s, config, wall_clock

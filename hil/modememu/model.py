@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dvrlink.modem.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
+from dvrlink.protocol.sms import Alphabet, MessageStatus, PduError, Submit, decode_pdu
 from hil.modememu.profiles import EmuProfile
 from hil.modememu.sms import TEXT_STATUS_NAMES, IncomingSms, SmsStore, cmt_lines, pdu_lines, text_lines
 
@@ -260,6 +260,9 @@ class ModemModel:
         the modem was off; delivered in order once there is room."""
         self.sms_sent: list[SentSms] = []
         """Messages the host sent (``AT+CMGS``), in order."""
+        self.on_sms_sent: Callable[[SentSms], None] | None = None
+        """Called with each message the host sent, as the network takes it (a rig that plays the
+        network hands it to another emulator's ``receive_sms``)."""
         self._sms_prompt: _SmsPrompt | None = None
         self._message_reference = 0
         self.sms_rejected = 0
@@ -768,8 +771,11 @@ class ModemModel:
             data = pdu.user_data
             body = data.data if pdu.coding.alphabet is Alphabet.DATA8 else (data.text or "")
         self._message_reference = (self._message_reference + 1) % 256
-        self.sms_sent.append(SentSms(recipient, body, self._message_reference))
+        sent = SentSms(recipient, body, self._message_reference)
+        self.sms_sent.append(sent)
         reply.info.append(f"+CMGS: {self._message_reference}")
+        if self.on_sms_sent is not None:
+            self.on_sms_sent(sent)
 
     def _cnmi(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
         if op == "?":

@@ -4,7 +4,7 @@
 a status (``REC UNREAD`` until read). :class:`IncomingSms` is a message the network delivers; the
 model in ``model.py`` decides whether it is shown at once (``+CMT``), stored and indicated
 (``+CMTI``), or held at the network because the store is full, from its ``+CNMI`` settings.
-The lines come in PDU mode (``AT+CMGF=0``, the PDU from ``dvrlink.modem.sms.encode_deliver``) or in
+The lines come in PDU mode (``AT+CMGF=0``, the PDU from ``dvrlink.protocol.sms.encode_deliver``) or in
 text mode (``AT+CMGF=1``; 8-bit data printed in hex, as 27.005 section 3.1 says).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from dvrlink.modem.sms import MessageStatus, encode_deliver
+from dvrlink.protocol.sms import MessageStatus, encode_deliver
 
 TEXT_STATUS_NAMES = {
     MessageStatus.RECEIVED_UNREAD: "REC UNREAD",

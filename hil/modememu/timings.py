@@ -16,11 +16,11 @@ from dataclasses import replace
 from typing import Any
 
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnConfig
-from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.driver import DriverConfig
 from dvrlink.modem.ladder import LadderConfig
 from dvrlink.modem.manager import ModemConfig
 from dvrlink.modem.profiles import profile_by_name
+from dvrlink.protocol.at_engine import AtConfig
 
 COMMAND_CAP_S = 1.0
 """Every AT command's timeout is capped at this (``DriverConfig.command_timeout_cap_s``): a reply

@@ -22,10 +22,10 @@ from dvrlink.daemon.app import run_daemon
 from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.modem_service import ModemOptions, ModemTuning
 from dvrlink.daemon.status import ModemBlock
-from dvrlink.modem.at_engine import AtConfig
 from dvrlink.modem.driver import DriverConfig, ModemDriver
 from dvrlink.modem.ladder import LadderConfig
 from dvrlink.modem.manager import ModemStatus
+from dvrlink.protocol.at_engine import AtConfig
 from dvrlink.protocol.identity import b64encode_key
 from hil.modememu import DataPath, ModemEmulator, SimCard
 from support.broker import Lab, lab

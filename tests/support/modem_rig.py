@@ -22,8 +22,6 @@ import pytest
 
 from dvrlink.modem.accounting import AccountingConfig, AccountingLedger
 from dvrlink.modem.apn import DEFAULT_DATABASE, ApnMemoryFile, ProviderIndex
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed, CommandTimedOut
-from dvrlink.modem.at_results import FinalKind
 from dvrlink.modem.driver import DriverConfig, DriverEvent, ModemDriver
 from dvrlink.modem.ladder import LadderFile
 from dvrlink.modem.manager import (
@@ -36,6 +34,8 @@ from dvrlink.modem.manager import (
     ModemStatus,
 )
 from dvrlink.modem.profiles import DialMethod
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed, CommandTimedOut
+from dvrlink.protocol.at_results import FinalKind
 from hil.modememu import ModemEmulator, SimCard
 from hil.modememu.timings import emulator_driver_config, emulator_modem_config
 

@@ -4,8 +4,6 @@ the manager's core driven without a port.
 
 from __future__ import annotations
 
-from dvrlink.modem.at_events import CommandCompleted, CommandFailed
-from dvrlink.modem.at_results import parse_final
 from dvrlink.modem.manager import (
     DataFailed,
     DataUp,
@@ -13,6 +11,8 @@ from dvrlink.modem.manager import (
     SendAt,
     StartData,
 )
+from dvrlink.protocol.at_events import CommandCompleted, CommandFailed
+from dvrlink.protocol.at_results import parse_final
 
 ICCID = "89490200001234567890"
 

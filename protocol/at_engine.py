@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from dvrlink.modem.at_events import (
+from dvrlink.protocol.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
@@ -47,9 +47,9 @@ from dvrlink.modem.at_events import (
     ResyncFailed,
     UrcReceived,
 )
-from dvrlink.modem.at_results import CALL_RESULTS, FinalKind, FinalResult, parse_final
-from dvrlink.modem.at_specs import CommandSpec, spec_for
-from dvrlink.modem.state_diagram import mermaid_state_diagram
+from dvrlink.protocol.at_results import CALL_RESULTS, FinalKind, FinalResult, parse_final
+from dvrlink.protocol.at_specs import CommandSpec, spec_for
+from dvrlink.protocol.state_diagram import mermaid_state_diagram
 
 CTRL_Z = b"\x1a"
 ESC = b"\x1b"
@@ -186,7 +186,7 @@ TRANSITIONS: dict[tuple[EngineState, EngineState], str] = {
 
 def state_diagram() -> str:
     """The engine's states as a Mermaid diagram, generated from :data:`TRANSITIONS`
-    (``python -m dvrlink.modem.at_engine`` prints it)."""
+    (``python -m dvrlink.protocol.at_engine`` prints it)."""
     return mermaid_state_diagram(TRANSITIONS, EngineState.IDLE)
 
 
@@ -215,7 +215,7 @@ class AtEngine:
     """The AT engine of one port (see module docstring).
 
     ``spec_for`` gives the spec of a command submitted as text; the default is
-    ``dvrlink.modem.at_specs.spec_for``.
+    ``dvrlink.protocol.at_specs.spec_for``.
     """
 
     def __init__(

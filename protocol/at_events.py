@@ -1,10 +1,10 @@
-"""The events an :class:`~dvrlink.modem.at_engine.AtEngine` emits: typed, past tense, one base."""
+"""The events an :class:`~dvrlink.protocol.at_engine.AtEngine` emits: typed, past tense, one base."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dvrlink.modem.at_results import FinalResult
+from dvrlink.protocol.at_results import FinalResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,9 @@
 """The asyncio serial link of one AT port: the only code that reads and writes the AT port.
 
-The modem's other I/O is in a few modules beside it, each with one job: ``driver.py`` (the
-asyncio loop that runs the state machine, the ladder's steps and its board hooks), ``ppp.py``
-(runs pppd, writes its scripts), ``ecm.py`` (runs the DHCP client, reads the interface's counters
-in sysfs), ``netprobe.py`` (the data-path probe's socket), ``detect.py`` (udev), and the state
-files of ``apn.py`` (also reads the provider database), ``ladder.py`` and ``accounting.py``. The
-AT engine, the state machine and the parsers do none.
+It lives below both users of an AT port: the recorder's modem stack (``modem/``; its other I/O
+is in ``modem/driver.py``, ``ppp.py``, ``ecm.py``, ``netprobe.py``, ``detect.py`` and a few state
+files) and the broker's SMS gateway, which sends wake SMS through a modem on the broker host. The
+engine it drives (``protocol/at_engine.py``) does no I/O.
 
 It opens the port with pyserial (non-blocking, exclusive), reads it from the event loop with
 ``add_reader``, feeds the bytes to an ``AtEngine``, writes what the engine has to send, and
@@ -27,8 +25,8 @@ from collections.abc import Callable
 
 import serial
 
-from dvrlink.modem.at_engine import AtEngine, Command
-from dvrlink.modem.at_events import (
+from dvrlink.protocol.at_engine import AtEngine, Command
+from dvrlink.protocol.at_events import (
     AtEvent,
     CommandAborted,
     CommandCompleted,
