@@ -24,8 +24,10 @@ from dvrlink.protocol.nat_behaviour import NatBehaviour
 from dvrlink.protocol.netcheck import (
     PCP_PORT,
     SSDP_GROUP,
+    FamilyReport,
     GatewayAnswer,
     Latency,
+    PortMapping,
     SsdpAnswer,
     is_turn_answer,
     natpmp_request,
@@ -452,3 +454,45 @@ def resolve(host: str, port: int) -> dict[str, Address]:
         if key and key not in found:
             found[key] = (str(sockaddr[0]), int(sockaddr[1]))
     return found
+
+
+async def check_families(
+    host: str, port: int, *, test_timeout_s: float = 2.0, retransmit_s: float = 0.25
+) -> tuple[FamilyReport, ...]:
+    """The RFC 5780 tests (with hairpinning) against the STUN service at ``host``:``port``, once
+    per address family the name resolves to and this host routes: IPv4, then IPv6."""
+    addresses = resolve(host, port)
+    reports: list[FamilyReport] = []
+    for family in ("ipv4", "ipv6"):
+        server = addresses.get(family)
+        if server is None:
+            reports.append(FamilyReport(family, False, note=f"{host} has no {family} address"))
+            continue
+        try:
+            local_ip = local_ip_towards(server)
+        except OSError as exc:
+            reports.append(FamilyReport(family, False, note=f"no route to {_label(*server)}: {_error(exc)}"))
+            continue
+        try:
+            behaviour = await classify_nat(
+                server, retransmit_s=retransmit_s, test_timeout_s=test_timeout_s, local_ip=local_ip
+            )
+        except OSError as exc:
+            reports.append(FamilyReport(family, True, note=f"cannot test from {local_ip}: {_error(exc)}"))
+            continue
+        note = "" if behaviour.udp else f"no STUN answer over UDP from {_label(*server)}"
+        reports.append(FamilyReport(family, True, behaviour, note))
+    return tuple(reports)
+
+
+async def check_port_mapping(*, gateway: str | None = None, timeout_s: float = 1.0) -> PortMapping:
+    """The PCP/NAT-PMP probe to ``gateway`` (default: the default route's) and the SSDP search,
+    at once; nothing is mapped."""
+    gateway = gateway or default_gateway()
+    if gateway is None:
+        upnp = await probe_upnp(timeout_s=timeout_s)
+        return PortMapping(None, None, upnp)
+    answer, upnp = await asyncio.gather(
+        probe_gateway(gateway, timeout_s=timeout_s), probe_upnp(timeout_s=timeout_s)
+    )
+    return PortMapping(gateway, answer, upnp)
