@@ -388,7 +388,7 @@ def render_text(report: NetcheckReport) -> str:
         text = presence.transport + (f" ({presence.reason})" if presence.reason else "")
         lines.append(f"  * presence: {text}")
     if presence.tcp is not None:
-        lines.append(f"  * TCP {presence.tcp.name}: {_ms(presence.tcp)}")
+        lines.append(f"  * TCP {presence.tcp.name} ({presence.tcp.kind}): {_ms(presence.tcp)}")
     if report.nat_lifetime_s is not None:
         lines.append(
             f"  * NAT lifetime (learned): an idle UDP mapping lasts at least {report.nat_lifetime_s:g} s"
