@@ -28,13 +28,14 @@ async def classify(config: ClassifierConfig, local_ip: str | None = None) -> Nat
     Raises:
         OSError: no route to the server, or the sockets cannot be bound.
     """
-    return await classify_nat(
+    behaviour: NatBehaviour = await classify_nat(
         config.server,
         retransmit_s=config.retransmit_interval,
         test_timeout_s=config.test_timeout,
         hairpin=config.hairpin,
         local_ip=local_ip,
     )
+    return behaviour
 
 
 def behaviour_json(result: NatBehaviour) -> dict[str, Any]:
