@@ -40,11 +40,14 @@ async def daemon_netcheck(
         node = next((n for n in nodes if n.label == status.node), node)
     host = node.connect_host
     tcp_host, tcp_port = config.broker.tcp_address_of(node)
-    families, port_mapping, node_times, tcp = await asyncio.gather(
-        check_families(host, node.port, test_timeout_s=test_timeout_s),
-        check_port_mapping(gateway=gateway),
+    # The round trips first, on a quiet loop: the NAT tests load the STUN codec and keep sockets busy.
+    node_times, tcp = await asyncio.gather(
         asyncio.gather(*(stun_latency((n.connect_host, n.port), name=n.label) for n in nodes)),
         tcp_latency(tcp_host, tcp_port),
+    )
+    families, port_mapping = await asyncio.gather(
+        check_families(host, node.port, test_timeout_s=test_timeout_s),
+        check_port_mapping(gateway=gateway),
     )
     if status is not None:
         presence = Presence(status.transport, status.transport_reason, tcp)

@@ -68,13 +68,10 @@ class GatewayAnswer:
 def parse_gateway_answer(data: bytes) -> GatewayAnswer | None:
     """An answer to :func:`natpmp_request`, or None when ``data`` is neither a NAT-PMP nor a PCP
     response (never raises on bad input)."""
-    if len(data) >= 12 and data[0] == 0 and data[1] == 128:
-        (result,) = struct.unpack_from("!H", data, 2)
-        external = str(ipaddress.IPv4Address(data[8:12])) if result == 0 else None
-        return GatewayAnswer("NAT-PMP", result, external)
     if len(data) >= 4 and data[0] == 0 and data[1] == 128:
-        (result,) = struct.unpack_from("!H", data, 2)
-        return GatewayAnswer("NAT-PMP", result)
+        result = int.from_bytes(data[2:4], "big")
+        complete = result == 0 and len(data) >= 12
+        return GatewayAnswer("NAT-PMP", result, str(ipaddress.IPv4Address(data[8:12])) if complete else None)
     if len(data) >= 24 and data[0] == 2 and data[1] & 0x80:
         return GatewayAnswer("PCP", data[3])
     return None
@@ -361,16 +358,18 @@ def render_text(report: NetcheckReport) -> str:
             lines.append(f"  * {label}: {'no' if family is None or not family.available else 'yes'} ({note})")
             continue
         b = family.behaviour
+        if not b.udp:
+            lines.append(f"  * {label}: no UDP answer from {report.stun_server or 'the STUN service'}")
+            continue
         mapped = _address(b.mapped) or "-"
-        lines.append(f"  * {label}: yes, {mapped}" + (" (no NAT)" if b.udp and not b.nat else ""))
-        if b.udp:
-            mapping = b.mapping.value if b.mapping else "?"
-            filtering = b.filtering.value if b.filtering else "?"
-            lines.append(f"  * {label} NAT: {b.profile.name} (mapping {mapping}, filtering {filtering})")
-            if b.port_delta is not None:
-                lines.append(f"  * {label} ports: sequential, step {b.port_delta:+d}")
-            hairpin = "not tested" if b.hairpin is None else "yes" if b.hairpin else "no"
-            lines.append(f"  * {label} hairpinning: {hairpin}")
+        lines.append(f"  * {label}: yes, {mapped}" + (" (no NAT)" if not b.nat else ""))
+        mapping = b.mapping.value if b.mapping else "?"
+        filtering = b.filtering.value if b.filtering else "?"
+        lines.append(f"  * {label} NAT: {b.profile.name} (mapping {mapping}, filtering {filtering})")
+        if b.port_delta is not None:
+            lines.append(f"  * {label} ports: sequential, step {b.port_delta:+d}")
+        hairpin = "not tested" if b.hairpin is None else "yes" if b.hairpin else "no"
+        lines.append(f"  * {label} hairpinning: {hairpin}")
         for note in b.notes:
             lines.append(f"  * {label} note: {note}")
     pm = report.port_mapping.as_json()

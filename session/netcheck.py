@@ -50,6 +50,21 @@ IPV6_OVERHEAD = 48
 Receiver = Callable[[bytes, Address], None]
 
 
+IPV4_PROBE: Address = ("192.0.2.1", 9)
+IPV6_PROBE: Address = ("2001:db8::1", 9)
+"""Documentation addresses (RFC 5737, RFC 3849) whose route lookup tells whether this host has a
+default route of that family; nothing is sent to them."""
+
+
+def has_route(destination: Address) -> bool:
+    """This host has a route (and a source address) towards ``destination``; nothing is sent."""
+    try:
+        local_ip_towards(destination)
+    except OSError:
+        return False
+    return True
+
+
 def local_ip_towards(server: Address) -> str:
     """The local address the kernel picks for ``server`` (no packet is sent).
 
@@ -466,7 +481,13 @@ async def check_families(
     for family in ("ipv4", "ipv6"):
         server = addresses.get(family)
         if server is None:
-            reports.append(FamilyReport(family, False, note=f"{host} has no {family} address"))
+            routed = has_route(IPV6_PROBE if family == "ipv6" else IPV4_PROBE)
+            note = (
+                f"this host has {family} but the broker's {host} has no {family} address"
+                if routed
+                else f"this host has no {family} route"
+            )
+            reports.append(FamilyReport(family, routed, note=note))
             continue
         try:
             local_ip = local_ip_towards(server)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import struct
 import subprocess
@@ -30,6 +31,7 @@ from dvrlink.broker.state import read_info
 from dvrlink.protocol.nat_behaviour import (
     Filtering,
     Mapping,
+    NatBehaviour,
     NatProfile,
     Punch,
     parse_nat_type,
@@ -39,9 +41,18 @@ from dvrlink.protocol.nat_behaviour import (
     Path as PathKind,
 )
 from dvrlink.protocol.netcheck import (
+    FamilyReport,
+    GatewayAnswer,
+    Latency,
+    NetcheckReport,
+    PathReport,
+    PortMapping,
+    Presence,
+    SsdpAnswer,
     is_turn_answer,
     parse_gateway_answer,
     parse_ssdp_answer,
+    render_text,
     ssdp_search,
     stun_message_length,
     turn_probe,
@@ -137,6 +148,19 @@ def test_gateway_answers_are_told_apart() -> None:
     assert answer is not None and answer.protocol == "PCP" and answer.result_code == 1
     for junk in (b"", b"\x00", bytes([0, 0, 0, 0]), bytes([2, 0]) + bytes(22), b"HTTP/1.1 200 OK"):
         assert parse_gateway_answer(junk) is None
+
+
+def test_random_bytes_never_make_a_parser_raise() -> None:
+    rng = random.Random(17)
+    tid = bytes(12)
+    for _ in range(3000):
+        data = rng.randbytes(rng.randrange(0, 64))
+        if rng.random() < 0.3 and data:
+            data = bytes([rng.choice((0, 2))]) + bytes([rng.choice((0x80, 0x81))]) + data[2:]
+        parse_gateway_answer(data)
+        parse_ssdp_answer(data)
+        is_turn_answer(data, tid)
+        assert parse_nat_type(data.decode("latin-1")) is None or data.isascii()
 
 
 def test_ssdp_search_and_answers() -> None:
@@ -319,13 +343,61 @@ def test_real_netcheck_on_loopback_from_both_ends(rig: Rig) -> None:
     assert f"  * path to {SERIAL}: lan (host candidates)" in text, text
 
 
-def test_the_commands_refuse_a_bad_timeout(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(BIN / "dvrlink"), "--home", str(tmp_path), "netcheck", "--timeout", "0"],
+def test_the_commands_refuse_a_bad_timeout_and_the_viewer_wants_a_login(tmp_path: Path) -> None:
+    config = tmp_path / "dvrlinkd.toml"
+    config.write_text(
+        f'[device]\nserial = "{SERIAL}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'runtime_dir = "{tmp_path / "run"}"\n'
+        f'[broker]\nhost = "127.0.0.1"\npublic_key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="\n'
+    )
+    daemon = subprocess.run(
+        [str(BIN / "dvrlinkd"), "netcheck", "--timeout", "0", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=WAIT_S,
         check=False,
     )
-    # Not logged in comes first: the home is empty.
-    assert done.returncode != 0 and "login" in done.stderr, done.stderr
+    assert daemon.returncode == 2 and "--timeout 0 is out of range" in daemon.stderr, daemon.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "run").exists()
+    viewer = subprocess.run(
+        [str(BIN / "dvrlink"), "--home", str(tmp_path / "home"), "netcheck"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert viewer.returncode == 1 and "login" in viewer.stderr, viewer.stderr
+
+
+def test_the_text_names_what_was_found_and_what_was_not() -> None:
+    blocked = NatBehaviour(udp=False, local=("192.168.1.2", 40000))
+    report = NetcheckReport(
+        program="dvrlinkd",
+        stun_server="203.0.113.10:3478",
+        families=(FamilyReport("ipv4", True, blocked), FamilyReport("ipv6", False, note="no ipv6 route")),
+        port_mapping=PortMapping(
+            "192.168.1.1",
+            GatewayAnswer("NAT-PMP", 0, "198.51.100.2"),
+            SsdpAnswer("http://192.168.1.1:5000/rootDesc.xml", "MiniUPnPd/2.3"),
+        ),
+        presence=Presence("tcp", "UDP got no answer", Latency("203.0.113.11:443", "tcp", 12.5)),
+        broker_nodes=(Latency("203.0.113.10:3478", "stun", None, "no answer within 2 s"),),
+        nat_lifetime_s=None,
+        path=PathReport("DL-1", "UDP blocked", predict_path(None, NatProfile(udp=False))),
+    )
+    text = render_text(report)
+    assert "  * UDP: no (blocked)" in text
+    assert "  * IPv4: no UDP answer from 203.0.113.10:3478" in text
+    assert "  * IPv6: no (no ipv6 route)" in text
+    assert "PCP no, NAT-PMP yes, UPnP yes (gateway 192.168.1.1)" in text
+    assert "gateway's external address: 198.51.100.2" in text
+    assert "  * presence: tcp (UDP got no answer)" in text
+    assert "  * TCP 203.0.113.11:443 (tcp): 12.5 ms" in text
+    assert "  * NAT lifetime: not learned (yet)" in text
+    assert "203.0.113.10:3478 (stun): no answer (no answer within 2 s)" in text
+    assert "  * path to DL-1: relay" in text
+    document = report.as_json()
+    assert document["udp_blocked"] is True and document["ipv4"]["name"] == "udp_blocked"
+    assert document["port_mapping"]["external_address"] == "198.51.100.2"
+    assert document["path"]["relay_over_tcp"] is True
+    json.dumps(document)  # plain JSON values only
