@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,9 +40,21 @@ DOC_CELLS: tuple[Cell, ...] = (
     Cell(NatType.SYMMETRIC, NatType.PORT_RESTRICTED_CONE),
     Cell(NatType.UDP_BLOCKED, NatType.PORT_RESTRICTED_CONE),
 )
-"""The cells in the doc: a device with no NAT, behind a port-restricted cone, behind a symmetric
-NAT, and behind a NAT that lets only TCP to port 443 out; the viewer behind a port-restricted
-cone (a home router) in each."""
+"""The cells in the doc: a device with no NAT, behind a port-restricted cone (whose gateway runs
+``miniupnpd`` when it is installed), behind a symmetric NAT, and behind a NAT that lets only TCP
+to port 443 out; the viewer behind a port-restricted cone (a home router) in each."""
+UPNP_CELL = DOC_CELLS[1]
+MINIUPNPD_CONF = """ext_ifname=wan0
+listening_ip=lan0
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+uuid=3c6c4c2e-6a2f-4d3b-9a53-0f0d1b8c1a11
+allow 1024-65535 192.168.1.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+"""Debian's miniupnpd on the device NAT: NAT-PMP, PCP and UPnP-IGD towards the LAN."""
 BEGIN = "<!-- netcheck-lab:begin -->"
 END = "<!-- netcheck-lab:end -->"
 PRESENCE_TOML = "learn_after_s = 0\nreport_min_interval_s = 1"
@@ -83,15 +96,51 @@ def _device_netcheck(rig: MatrixRig, *args: str) -> str:
     return str(proc.stdout)
 
 
-def run_cell(rig: MatrixRig, cell: Cell, *, text: bool = False, timeout_s: float = 2.0) -> CellNetcheck:
-    """Set up ``cell``, start the daemon, wait until the broker has its NAT type, and run both
-    netchecks (``--json``; with ``text`` also as text; each NAT test waits ``timeout_s``). The
-    daemon is stopped at the end.
+def start_miniupnpd(rig: MatrixRig, folder: Path) -> subprocess.Popen[bytes]:
+    """Debian's ``miniupnpd`` on the device NAT (config and log in ``folder``), once it listens
+    for NAT-PMP. The lab's WAN addresses are documentation ranges, which it will not map to: it
+    answers a NAT-PMP address request with a failure result. Stop it with ``terminate``.
+
+    Raises:
+        MatrixError: it exited or did not listen within ``WAIT_S``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "miniupnpd.conf"
+    config.write_text(MINIUPNPD_CONF)
+    log = folder / "miniupnpd.log"
+    with log.open("wb") as out:
+        proc = rig.lab.popen(
+            rig.lab.nat_ns("device"),
+            ["miniupnpd", "-d", "-f", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait(
+            f"miniupnpd listening for NAT-PMP (log {log})",
+            lambda: proc.poll() is not None or "Listening for NAT-PMP" in log.read_text(errors="replace"),
+        )
+    except MatrixError:
+        proc.kill()
+        proc.wait(10)
+        raise
+    if proc.poll() is not None:
+        raise MatrixError(f"miniupnpd exited ({proc.returncode}): {log.read_text(errors='replace')[-2000:]}")
+    return proc
+
+
+def run_cell(
+    rig: MatrixRig, cell: Cell, *, text: bool = False, timeout_s: float = 2.0, prepared: bool = False
+) -> CellNetcheck:
+    """Set up ``cell`` (unless ``prepared``: the caller did, and added to it), start the daemon,
+    wait until the broker has its NAT type, and run both netchecks (``--json``; with ``text`` also
+    as text; each NAT test waits ``timeout_s``). The daemon is stopped at the end.
 
     Raises:
         MatrixError: the daemon did not register or report, or a netcheck failed.
     """
-    rig.prepare(cell)
+    if not prepared:
+        rig.prepare(cell)
     folder = rig.work / "netcheck" / cell.key.replace("/", "__")
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "dvrlinkd.log"
@@ -149,6 +198,14 @@ def markdown(results: Sequence[CellNetcheck]) -> str:
         out += [
             f"### Device: {cell.device.value}, viewer: {cell.viewer.value}",
             "",
+        ]
+        if result.device_json.get("port_mapping", {}).get("upnp_server"):
+            out += [
+                "The device's gateway runs Debian's `miniupnpd` (NAT-PMP, PCP, UPnP-IGD); the lab's "
+                "WAN addresses are documentation ranges, so it refuses to name an external address.",
+                "",
+            ]
+        out += [
             "`dvrlinkd netcheck` on the device:",
             "",
             "```",
@@ -202,7 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = []
             for cell in DOC_CELLS:
                 print(f"netcheck lab: {cell.device.value} × {cell.viewer.value} ...", file=sys.stderr)
-                results.append(run_cell(rig, cell, text=True))
+                if cell != UPNP_CELL or shutil.which("miniupnpd") is None:
+                    results.append(run_cell(rig, cell, text=True))
+                    continue
+                rig.prepare(cell)
+                gateway = start_miniupnpd(rig, args.work / "miniupnpd")
+                try:
+                    results.append(run_cell(rig, cell, text=True, prepared=True))
+                finally:
+                    gateway.terminate()
+                    gateway.wait(WAIT_S)
     except MatrixError as exc:
         print(f"netcheck lab: {exc}", file=sys.stderr)
         return 1

@@ -229,6 +229,7 @@ class PortMapping:
             "pcp": answer is not None and answer.protocol == "PCP",
             "nat_pmp": answer is not None and answer.protocol == "NAT-PMP",
             "external_address": answer.external_address if answer is not None else None,
+            "gateway_result_code": answer.result_code if answer is not None else None,
             "upnp": self.upnp is not None,
             "upnp_location": self.upnp.location if self.upnp is not None else None,
             "upnp_server": self.upnp.server if self.upnp is not None else None,
@@ -378,8 +379,14 @@ def render_text(report: NetcheckReport) -> str:
         f"  * port mapping: PCP {_yes(pm['pcp'])}, NAT-PMP {_yes(pm['nat_pmp'])}, UPnP {_yes(pm['upnp'])} "
         f"(gateway {gateway})"
     )
+    answer = report.port_mapping.gateway_answer
     if pm["external_address"]:
         lines.append(f"  * gateway's external address: {pm['external_address']}")
+    elif answer is not None and answer.result_code != 0:
+        lines.append(
+            f"  * gateway's {answer.protocol} answered result {answer.result_code}: no external address "
+            "(the gateway has none it can map to, or refuses)"
+        )
     if pm["upnp_location"]:
         lines.append(f"  * UPnP gateway: {pm['upnp_location']} {pm['upnp_server'] or ''}".rstrip())
     presence = report.presence
