@@ -332,6 +332,11 @@ async def _udp_round_trip(
     name: str = "",
 ) -> Latency:
     label = name or _label(*server)
+    addresses = resolve(*server)
+    resolved = addresses.get("ipv4") or addresses.get("ipv6")
+    if resolved is None:
+        return Latency(label, kind, None, f"cannot resolve {server[0]}")
+    server = resolved  # answers come from the address, not the name
     try:
         udp = await open_port(local_ip_towards(server))
     except OSError as exc:

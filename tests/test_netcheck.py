@@ -57,7 +57,8 @@ from dvrlink.protocol.netcheck import (
     stun_message_length,
     turn_probe,
 )
-from dvrlink.session.netcheck import default_gateway, probe_gateway
+from dvrlink.protocol.stun import binding_response
+from dvrlink.session.netcheck import default_gateway, probe_gateway, stun_latency
 from hil.matrix.cells import lan_cells
 from hil.netlab import NatType
 
@@ -401,3 +402,30 @@ def test_the_text_names_what_was_found_and_what_was_not() -> None:
     assert document["port_mapping"]["external_address"] == "198.51.100.2"
     assert document["path"]["relay_over_tcp"] is True
     json.dumps(document)  # plain JSON values only
+
+
+def test_a_round_trip_to_a_node_given_by_name_is_timed_and_an_unknown_name_says_so() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        port = server.getsockname()[1]
+
+        async def answer() -> None:
+            data, source = await loop.sock_recvfrom(server, 2048)
+            reply = binding_response(data, source)
+            assert reply is not None
+            await loop.sock_sendto(server, reply, source)
+
+        responder = asyncio.create_task(answer())
+        try:
+            timed = await stun_latency(("localhost", port), timeout_s=5.0)
+            assert timed.rtt_ms is not None and timed.name == f"localhost:{port}", timed
+        finally:
+            await responder
+            server.close()
+        unknown = await stun_latency(("no-such-host.invalid", port), timeout_s=0.5)
+        assert unknown.rtt_ms is None and unknown.error == "cannot resolve no-such-host.invalid", unknown
+
+    asyncio.run(asyncio.wait_for(run(), WAIT_S))
