@@ -20,7 +20,7 @@ PKGS := compat store driver protocol modem hal session daemon broker viewer
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
-	busybox shellcheck postgresql redis-server chromium chromium-driver nodejs
+	busybox shellcheck postgresql redis-server chromium chromium-driver nodejs miniupnpd
 
 .PHONY: all venv system-packages test pytest lint typecheck typecheck-supervisor supervisor micropython-wasm demo demo-cluster bench matrix buildroot-check hil hil-arm64 hil-packages clean
 

@@ -135,6 +135,7 @@ class BrokerApi:
             app.router.add_put("/v1/webhook", self._webhooks.put_webhook)
             app.router.add_get("/v1/webhook", self._webhooks.get_webhook, allow_head=False)
             app.router.add_delete("/v1/webhook", self._webhooks.delete_webhook)
+        app.router.add_get("/v1/relays", sessions.list_relays, allow_head=False)
         app.router.add_post("/v1/sessions", sessions.create_session)
         app.router.add_get("/v1/sessions", sessions.list_sessions, allow_head=False)
         app.router.add_delete("/v1/sessions/{session_id}", sessions.end_session)

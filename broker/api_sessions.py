@@ -149,6 +149,21 @@ class SessionRoutes:
             headers={"Cache-Control": "no-store"},
         )
 
+    async def list_relays(self, request: web.Request) -> web.Response:
+        """GET /v1/relays: the TURN relays (UDP first) and the STUN service a session would get,
+        without credentials, so that ``dvrlink netcheck`` can time them. Stores nothing."""
+        self._ctx.user(request)
+        relays = self._relays
+        turn = [] if relays is None else sorted(relays.turn, key=lambda t: t.transport != "udp")
+        stun = relays.stun if relays is not None else None
+        return web.json_response(
+            {
+                "turn": [{"host": t.host, "port": t.port, "transport": t.transport} for t in turn],
+                "stun": None if stun is None else {"host": stun[0], "port": stun[1]},
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def list_sessions(self, request: web.Request) -> web.Response:
         """GET /v1/sessions: the caller's live sessions."""
         user = self._ctx.user(request)

@@ -259,6 +259,28 @@ def openapi_document() -> dict[str, Any]:
                         }
                     },
                 },
+                "RelayList": {
+                    "type": "object",
+                    "required": ["turn", "stun"],
+                    "properties": {
+                        "turn": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["host", "port", "transport"],
+                                "properties": {
+                                    "host": {"type": "string"},
+                                    "port": {"type": "integer"},
+                                    "transport": {"enum": ["udp", "tcp"]},
+                                },
+                            },
+                        },
+                        "stun": {
+                            "type": ["object", "null"],
+                            "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                        },
+                    },
+                },
                 "SessionList": {
                     "type": "object",
                     "required": ["sessions"],
@@ -716,6 +738,18 @@ def openapi_document() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _error("Not paired to this account (`not_paired`)"),
                         "404": _error("Unknown device (`unknown_device`)"),
+                    },
+                }
+            },
+            "/v1/relays": {
+                "get": {
+                    "summary": "The STUN service and TURN relays sessions use (no credentials: for "
+                    "`dvrlink netcheck` to time them; nothing is stored)",
+                    "operationId": "listRelays",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json("The relays, UDP first, and the STUN service", "RelayList"),
+                        "401": _UNAUTHORIZED,
                     },
                 }
             },

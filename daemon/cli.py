@@ -3,6 +3,7 @@
     dvrlinkd [run] [--config FILE]                  run the daemon (until SIGTERM/SIGINT)
     dvrlinkd check-config [--config FILE]           check the config file and exit (or --check-config)
     dvrlinkd status [--config FILE] [--json]        show the running daemon's status
+    dvrlinkd netcheck [--config FILE] [--json]      check the network: UDP, NAT, port mapping, latencies
     dvrlinkd pairing-code [--config FILE] [--create] print the pairing code, fingerprint and QR string
     dvrlinkd hash-pin                               read an installer PIN, print its [console] pin_hash line
     dvrlinkd synthetic CHANNEL ACTION [FORMAT]      script a synthetic camera of the running daemon
@@ -10,8 +11,8 @@
 
 The config file is --config (before or after the command), else $DVRLINKD_CONFIG, else
 /etc/dvrlink/dvrlinkd.toml; ``status`` and ``pairing-code`` read the directories that file names.
-They are read-only: they never create a directory or a file (``pairing-code --create`` makes the
-key and code before the first start, for the label).
+They and ``netcheck`` are read-only: they never create a directory or a file
+(``pairing-code --create`` makes the key and code before the first start, for the label).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ COMMANDS = {
     "run": "run the daemon until SIGTERM or SIGINT (the default command)",
     "check-config": "check the config file, print a one-line summary and exit",
     "status": "show the running daemon's state, broker, address, sessions and modem (read-only)",
+    "netcheck": (
+        "check the network as presence and sessions use it: UDP, the NAT's mapping and filtering "
+        "(RFC 5780), hairpinning, PCP/NAT-PMP/UPnP (probe only), the learned NAT lifetime, the "
+        "presence transport, and the round trip to each broker node (read-only)"
+    ),
     "pairing-code": (
         "print the serial, pairing code, key fingerprint and pairing URI for the label (read-only; "
         "--create makes the key and code if the daemon has not yet)"
@@ -102,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return synthetic_command(config, args)
     if command == "status":
         return _status(config, as_json=args.json)
+    if command == "netcheck":
+        return _netcheck(config, as_json=args.json, timeout_s=args.timeout)
     if command == "pairing-code":
         return _pairing_code(config, create=args.create, uri_only=args.uri)
     return _run(config, environ)
@@ -151,8 +159,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in COMMANDS.items():
         sub = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES)
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
-        if name == "status":
-            sub.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name in ("status", "netcheck"):
+            sub.add_argument("--json", action="store_true", help=f"print the {name} report as JSON")
+        if name == "netcheck":
+            sub.add_argument(
+                "--timeout",
+                metavar="S",
+                type=float,
+                default=2.0,
+                help="seconds each NAT test waits for its answer (default 2; 5 or more on GPRS)",
+            )
         if name == "synthetic":
             from dvrlink.daemon.capture_cli import add_synthetic_arguments  # noqa: PLC0415
 
@@ -210,6 +226,21 @@ def _status(config: DaemonConfig, *, as_json: bool) -> int:
         print(json.dumps({"running": True, **asdict(status)}, indent=1))
     else:
         print(format_status(status, time.time()))
+    return EXIT_OK
+
+
+def _netcheck(config: DaemonConfig, *, as_json: bool, timeout_s: float) -> int:
+    if not 0 < timeout_s <= 30:
+        print(
+            f"dvrlinkd netcheck: --timeout {timeout_s:g} is out of range: give 0.5 to 30 seconds",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from dvrlink.daemon.netcheck import daemon_netcheck  # noqa: PLC0415 (only for this command)
+    from dvrlink.protocol.netcheck import render_text  # noqa: PLC0415
+
+    report = asyncio.run(daemon_netcheck(config, test_timeout_s=timeout_s))
+    print(json.dumps(report.as_json(), indent=1) if as_json else render_text(report))
     return EXIT_OK
 
 

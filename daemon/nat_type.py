@@ -33,26 +33,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dvrlink.driver.core_driver import CoreDriver
+from dvrlink.protocol.nat_behaviour import NO_NAT, UDP_BLOCKED, NatBehaviour
 from dvrlink.protocol.presence_events import Address
-from dvrlink.protocol.stun_probe import ProbeVerdict, StunProbe
+from dvrlink.protocol.stun_probe import ProbeVerdict
+from dvrlink.session.netcheck import (
+    IPV4_OVERHEAD,
+    IPV6_OVERHEAD,
+    local_ip_towards,
+    open_port,
+    run_classifier,
+    stun_check,
+)
 
-if TYPE_CHECKING:  # the classifier needs aioice's STUN codec: loaded only when a run needs it
-    from dvrlink.protocol.nat_classify import NatBehaviour, Transmit
+__all__ = [
+    "IPV4_OVERHEAD",
+    "IPV6_OVERHEAD",
+    "NO_NAT",
+    "UDP_BLOCKED",
+    "NatTypeOutcome",
+    "NatTypeSchedule",
+    "NatTypeTiming",
+    "NatTyper",
+    "classify",
+    "local_ip_towards",
+    "nat_type_of",
+]
 
 log = logging.getLogger(__name__)
-
-UDP_BLOCKED = "UDP blocked"
-NO_NAT = "no NAT"
-IPV4_OVERHEAD = 28
-"""IPv4 + UDP header bytes per datagram (IPv6: 48)."""
-IPV6_OVERHEAD = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,18 +102,9 @@ class NatTypeOutcome:
 
 
 def nat_type_of(behaviour: NatBehaviour) -> str | None:
-    """The report's text for what the classifier found; None when it is unknown."""
-    if not behaviour.udp:
-        return UDP_BLOCKED
-    if behaviour.filtering is None:
-        return None
-    if not behaviour.nat:
-        if behaviour.filtering.value == "EIF":
-            return NO_NAT
-        return f"{NO_NAT}, {behaviour.filtering.value}"
-    if behaviour.mapping is None:
-        return None
-    return f"{behaviour.mapping.value}/{behaviour.filtering.value}"
+    """The report's text for what the classifier found; None when it is unknown
+    (:attr:`NatProfile.nat_type <dvrlink.protocol.nat_behaviour.NatProfile.nat_type>`)."""
+    return behaviour.profile.nat_type
 
 
 class NatTypeSchedule:
@@ -153,171 +155,39 @@ class NatTypeSchedule:
             self._due_at = now + self._timing.min_interval_s
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, received: Callable[[bytes, Address], None]) -> None:
-        self._received = received
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable: the test times out
-        log.debug("NAT type: %s", exc)
-
-
-class _CheckCore:
-    """``StunProbe`` as a ``CoreDriver`` core (it has no events)."""
-
-    def __init__(self, probe: StunProbe) -> None:
-        self.probe = probe
-
-    def next_event(self) -> None:
-        return None
-
-    def datagrams_to_send(self) -> list[bytes]:
-        return self.probe.datagrams_to_send()
-
-    def get_timer(self) -> float | None:
-        return self.probe.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.probe.handle_timer(now)
-
-
-def local_ip_towards(server: Address) -> str:
-    """The local address the kernel picks for ``server`` (no packet is sent).
-
-    Raises:
-        OSError: no route to ``server``.
-    """
-    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.connect(server)
-        return str(probe.getsockname()[0])
-
-
 async def classify(server: Address, timing: NatTypeTiming, *, presence_over_udp: bool) -> NatTypeOutcome:
     """One run against the broker node's presence port ``server`` (see the module docstring).
+    The check and the classifier run on one socket, driven by ``session/netcheck.py``.
 
     Raises:
         OSError: no route to the server, or the socket cannot be bound.
     """
-    loop = asyncio.get_running_loop()
-    local_ip = local_ip_towards(server)
-    overhead = IPV6_OVERHEAD if ":" in local_ip else IPV4_OVERHEAD
-    counts = [0, 0]  # datagrams, bytes on the wire
-    handler: list[Callable[[bytes, Address], None]] = []
-
-    def received(data: bytes, source: Address) -> None:
-        counts[0] += 1
-        counts[1] += len(data) + overhead
-        if handler:
-            handler[0](data, source)
-
-    udp, _endpoint = await loop.create_datagram_endpoint(
-        lambda: _Endpoint(received), local_addr=(local_ip, 0)
-    )
-
-    def send(data: bytes, destination: Address) -> None:
-        counts[0] += 1
-        counts[1] += len(data) + overhead
-        udp.sendto(data, destination)
+    port = await open_port(local_ip_towards(server))
 
     def outcome(nat_type: str | None, note: str, retry: bool = False) -> NatTypeOutcome:
-        return NatTypeOutcome(nat_type, note, counts[0], counts[1], retry)
+        return NatTypeOutcome(nat_type, note, port.datagrams, port.bytes_on_wire, retry)
 
-    driver: CoreDriver[None, bytes] | None = None
     try:
-        check = _CheckCore(
-            StunProbe(
-                os.urandom(12),
-                timeout_s=timing.test_timeout_s,
-                initial_rto_s=timing.retransmit_s,
-                rfc5780=True,
-            )
+        probe = await stun_check(
+            port, server, timeout_s=timing.test_timeout_s, retransmit_s=timing.retransmit_s, rfc5780=True
         )
-        done = asyncio.Event()
-
-        def check_sent(batch: Sequence[bytes]) -> None:
-            for data in batch:
-                send(data, server)
-
-        driver = CoreDriver(
-            check, check_sent, after_step=lambda: done.set() if check.probe.get_timer() is None else None
-        )
-        checking = driver
-        handler.append(lambda data, _source: checking.receive(check.probe.datagram_received, data))
-        check.probe.start(loop.time())
-        driver.flush()
-        await done.wait()
-        driver.close()
-        handler.clear()
-        if check.probe.verdict is not ProbeVerdict.REACHED:
+        if probe.verdict is not ProbeVerdict.REACHED:
             if presence_over_udp:
                 return outcome(
                     None, "the broker's STUN port did not answer (a loss: tried again later)", True
                 )
             return outcome(UDP_BLOCKED, "no STUN answer over UDP; presence runs over TCP")
-        other = check.probe.other_address
-        if other is None:
+        if probe.other_address is None:
             return outcome(
                 None, "the broker node has no RFC 5780 alternate address (its stun_alternate_host is not set)"
             )
-        behaviour = await _run_classifier(udp, server, timing, handler, send)
+        behaviour = await run_classifier(
+            server, port, retransmit_s=timing.retransmit_s, test_timeout_s=timing.test_timeout_s
+        )
         found = nat_type_of(behaviour)
         return outcome(found, behaviour.describe(), retry=found is None)
     finally:
-        if driver is not None:
-            driver.close()  # no timer left behind, also when the run is cancelled
-        handler.clear()
-        udp.close()
-
-
-async def _run_classifier(
-    udp: asyncio.DatagramTransport,
-    server: Address,
-    timing: NatTypeTiming,
-    handler: list[Callable[[bytes, Address], None]],
-    send: Callable[[bytes, Address], None],
-) -> NatBehaviour:
-    """Drive the RFC 5780 classifier on ``udp`` until it is done."""
-    from dvrlink.protocol.nat_classify import (  # noqa: PLC0415 (aioice: only for a run)
-        Classified,
-        ClassifierConfig,
-        NatClassifier,
-        Socket,
-    )
-
-    loop = asyncio.get_running_loop()
-    local = udp.get_extra_info("sockname")
-    core = NatClassifier(
-        ClassifierConfig(server, timing.retransmit_s, timing.test_timeout_s, hairpin=False),
-        (str(local[0]), int(local[1])),
-        loop.time(),
-    )
-    finished: asyncio.Future[NatBehaviour] = loop.create_future()
-
-    def on_event(event: Classified) -> None:
-        if not finished.done():
-            finished.set_result(event.behaviour)
-
-    def transmit(batch: Sequence[Transmit]) -> None:
-        for each in batch:
-            send(each.data, each.destination)
-
-    driver: CoreDriver[Classified, Transmit] = CoreDriver(
-        core, transmit, on_event=on_event, name="NAT classifier"
-    )
-    handler.append(
-        lambda data, source: driver.receive_from(
-            lambda d, a, now: core.receive_datagram(Socket.MAIN, d, a, now), data, source
-        )
-    )
-    driver.flush()
-    try:
-        return await finished
-    finally:
-        driver.close()
-        handler.clear()
+        port.close()
 
 
 class NatTyper:

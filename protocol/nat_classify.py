@@ -26,7 +26,8 @@ The core never touches a socket: the driver opens the two UDP sockets (``Socket.
 ``Socket.HAIRPIN``), sends :meth:`NatClassifier.datagrams_to_send`, feeds what arrives to
 :meth:`NatClassifier.receive_datagram`, and calls :meth:`NatClassifier.handle_timer` at
 :meth:`NatClassifier.get_timer`. When it is done, :attr:`NatClassifier.result` holds the
-:class:`NatBehaviour` (and :meth:`NatClassifier.next_event` yields one :class:`Classified`).
+:class:`NatBehaviour` (``protocol/nat_behaviour.py``, with the path rules; and
+:meth:`NatClassifier.next_event` yields one :class:`Classified`).
 """
 
 from __future__ import annotations
@@ -40,27 +41,24 @@ from dataclasses import dataclass, field
 
 from aioice import stun
 
+from dvrlink.protocol.nat_behaviour import Filtering, Mapping, NatBehaviour
 from dvrlink.protocol.presence_events import Address
 from dvrlink.protocol.stun_behaviour import CHANGE_IP, CHANGE_PORT, HEADER_LENGTH, MAGIC_COOKIE
 
+__all__ = [
+    "MAX_PORT_DELTA",
+    "Classified",
+    "ClassifierConfig",
+    "Filtering",
+    "Mapping",
+    "NatBehaviour",
+    "NatClassifier",
+    "Socket",
+    "Transmit",
+]
+
 MAX_PORT_DELTA = 16
 """Largest step between successive mapped ports still reported as sequential allocation."""
-
-
-class Mapping(enum.Enum):
-    """RFC 4787 mapping behaviour."""
-
-    ENDPOINT_INDEPENDENT = "EIM"
-    ADDRESS_DEPENDENT = "ADM"
-    ADDRESS_AND_PORT_DEPENDENT = "APDM"
-
-
-class Filtering(enum.Enum):
-    """RFC 4787 filtering behaviour."""
-
-    ENDPOINT_INDEPENDENT = "EIF"
-    ADDRESS_DEPENDENT = "ADF"
-    ADDRESS_AND_PORT_DEPENDENT = "APDF"
 
 
 class Socket(enum.Enum):
@@ -89,77 +87,6 @@ class ClassifierConfig:
                 f"retransmit_interval {self.retransmit_interval} s must be positive and at most "
                 f"test_timeout {self.test_timeout} s"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class NatBehaviour:
-    """What the tests found. ``None`` fields could not be determined (see ``notes``)."""
-
-    udp: bool
-    """Any answer from the server arrived over UDP."""
-    local: Address
-    """The local address the tests ran from."""
-    mapped: Address | None = None
-    """Server-reflexive address from test I (M1)."""
-    other_address: Address | None = None
-    """The server's OTHER-ADDRESS; None if the server does not support RFC 5780."""
-    mapping: Mapping | None = None
-    filtering: Filtering | None = None
-    hairpin: bool | None = None
-    """True if the NAT hairpins; None if not tested (no NAT, or disabled)."""
-    mapped_ports: tuple[int, ...] = ()
-    """Mapped ports of tests I, II and III, in that order."""
-    port_delta: int | None = None
-    """When the NAT allocates ports sequentially: the step between the last two new mappings'
-    ports (every step between new mappings goes the same way by at most ``MAX_PORT_DELTA``).
-    Else None."""
-    notes: tuple[str, ...] = ()
-    """Why something is unknown, in words."""
-
-    @property
-    def nat(self) -> bool:
-        """True if the mapped address differs from the local one."""
-        return self.mapped is not None and self.mapped != self.local
-
-    @property
-    def name(self) -> str:
-        """The NAT lab's name for this behaviour: ``udp_blocked``, ``public``, ``firewalled``
-        (no NAT but filtering), ``full_cone``, ``restricted_cone``, ``port_restricted_cone``,
-        ``symmetric``, ``sequential_symmetric`` or ``unknown``."""
-        if not self.udp:
-            return "udp_blocked"
-        if self.mapping is None or self.filtering is None:
-            return "unknown"
-        if not self.nat:
-            return "public" if self.filtering is Filtering.ENDPOINT_INDEPENDENT else "firewalled"
-        if self.mapping is Mapping.ENDPOINT_INDEPENDENT:
-            return {
-                Filtering.ENDPOINT_INDEPENDENT: "full_cone",
-                Filtering.ADDRESS_DEPENDENT: "restricted_cone",
-                Filtering.ADDRESS_AND_PORT_DEPENDENT: "port_restricted_cone",
-            }[self.filtering]
-        return "symmetric" if self.port_delta is None else "sequential_symmetric"
-
-    def describe(self) -> str:
-        """One line for people, e.g.
-        ``port_restricted_cone (EIM/APDF, hairpin no) mapped 198.51.100.2:40001``."""
-        if not self.udp:
-            return "udp_blocked (no STUN answer over UDP: only TCP/TLS or a TURN relay over TCP will work)"
-        parts = [
-            self.mapping.value if self.mapping else "mapping ?",
-            self.filtering.value if self.filtering else "filtering ?",
-        ]
-        extra = []
-        if self.hairpin is not None:
-            extra.append(f"hairpin {'yes' if self.hairpin else 'no'}")
-        if self.port_delta is not None:
-            extra.append(f"ports step {self.port_delta:+d}")
-        text = f"{self.name} ({'/'.join(parts)}{', ' if extra else ''}{', '.join(extra)})"
-        if self.mapped is not None:
-            text += f" mapped {self.mapped[0]}:{self.mapped[1]}"
-        if self.notes:
-            text += " [" + "; ".join(self.notes) + "]"
-        return text
 
 
 @dataclass(frozen=True, slots=True)

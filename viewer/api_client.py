@@ -30,6 +30,7 @@ from dvrlink.viewer.api_types import (
     DeviceIdentity,
     OfferAnswer,
     PairAnswer,
+    RelayList,
     SessionGrant,
     SessionInfo,
     Token,
@@ -40,6 +41,7 @@ from dvrlink.viewer.api_types import (
     parse_identity,
     parse_offer_answer,
     parse_pair_answer,
+    parse_relay_list,
     parse_session_grant,
     parse_sessions,
     parse_token,
@@ -235,6 +237,22 @@ class BrokerClient:
         if resp.status != 200:
             raise self._error(resp, "POST", path, serial=None, username=username)
         return self._parse(parse_token, resp, "POST", path)
+
+    async def health(self) -> None:
+        """``GET /v1/health`` (no login needed): the node answers. Raises ViewerError."""
+        path = "/v1/health"
+        resp = await self._request("GET", path, auth=False)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=None)
+
+    async def relays(self) -> RelayList:
+        """``GET /v1/relays``: the TURN relays and STUN service sessions use (no credentials).
+        Raises ViewerError (an older broker without it: 404)."""
+        path = "/v1/relays"
+        resp = await self._request("GET", path)
+        if resp.status != 200:
+            raise self._error(resp, "GET", path, serial=None)
+        return self._parse(parse_relay_list, resp, "GET", path)
 
     async def devices(self) -> list[Device]:
         """``GET /v1/devices``: the devices paired to this account. Raises ViewerError."""

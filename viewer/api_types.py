@@ -380,3 +380,33 @@ def parse_sessions(data: Any) -> list[SessionInfo]:
         except ValueError as exc:
             raise ValueError(f"session #{index + 1}: {exc}") from exc
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class RelayList:
+    """``GET /v1/relays`` answer: the relays (host, port, transport), UDP first, and the STUN
+    service (host, port) or None."""
+
+    turn: tuple[tuple[str, int, str], ...]
+    stun: tuple[str, int] | None
+
+
+def parse_relay_list(data: Any) -> RelayList:
+    """Check a ``GET /v1/relays`` answer. Raises ValueError naming the bad field."""
+    body = _object(data)
+    items = body.get("turn")
+    if not isinstance(items, list):
+        raise ValueError('field "turn" is missing or not a list')
+    turn = []
+    for index, item in enumerate(items):
+        entry = _object(item)
+        transport = _string(entry, "transport")
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"turn[{index}].transport is {transport!r}, not udp or tcp")
+        turn.append((_string(entry, "host"), _port(entry.get("port"), f"turn[{index}].port"), transport))
+    stun_item = body.get("stun")
+    stun: tuple[str, int] | None = None
+    if stun_item is not None:
+        entry = _object(stun_item)
+        stun = (_string(entry, "host"), _port(entry.get("port"), "stun.port"))
+    return RelayList(tuple(turn), stun)

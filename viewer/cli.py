@@ -25,6 +25,7 @@ from typing import Any
 
 from dvrlink.protocol.console_wire import split_host_port
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.netcheck import render_text
 from dvrlink.protocol.pairing import PairingUri
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.runner import ViewerRunner
@@ -62,6 +63,7 @@ from dvrlink.viewer.forward import (
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
 from dvrlink.viewer.live import choose, pick_profile, player_command, stream_url
+from dvrlink.viewer.netcheck import viewer_netcheck
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
 from dvrlink.viewer.render import (
     PinStatus,
@@ -353,6 +355,28 @@ def build_parser() -> argparse.ArgumentParser:
         "first (it sees their signalling only, never their contents).",
     )
 
+    netcheck = sub.add_parser(
+        "netcheck",
+        parents=[common],
+        help="report what this network allows: UDP, NAT behaviour, port mapping, latencies, the path",
+        description="Check this network the way sessions will use it: UDP reachability, the NAT's "
+        "mapping and filtering per address family (RFC 5780 against the broker's STUN service), "
+        "hairpinning, whether the gateway answers PCP/NAT-PMP or UPnP (nothing is mapped), the round "
+        "trip to each broker node and relay, whether only TCP gets out, and with SERIAL the path a "
+        "session to that device should end on, and why. Read-only: nothing is stored here or at the "
+        "broker.",
+    )
+    netcheck.add_argument("serial", metavar="SERIAL", nargs="?", help="a paired device: predict the path")
+    netcheck.add_argument("--json", action="store_true", help="print JSON (schema: docs/netcheck.md)")
+    netcheck.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=2.0,
+        help="seconds each NAT test waits for its answer (default 2; 5 or more on GPRS)",
+    )
+    netcheck.add_argument("--gateway", metavar="IP", help=argparse.SUPPRESS)
+
     unpair = sub.add_parser(
         "unpair",
         parents=[common, session],
@@ -452,6 +476,8 @@ async def _run(args: argparse.Namespace, home: ViewerHome) -> int:
         return _logout(home)
     if command == "unpair":
         return await _unpair(args, home)
+    if command == "netcheck":
+        return await _netcheck(args, home)
     if command == "provision":
         return _provision(args)
     raise ViewerError(f"unknown command {toml_value(command)}: see `dvrlink --help`", EXIT_USAGE)
@@ -510,6 +536,25 @@ def _read_password(args: argparse.Namespace, user: str, broker: str) -> str:
             "the password is empty: type it at the prompt, or pipe it with --password-stdin", EXIT_USAGE
         )
     return password
+
+
+async def _netcheck(args: argparse.Namespace, home: ViewerHome) -> int:
+    login = _require_login(home, time.time())
+    serial = normalize_serial(args.serial) if args.serial else None
+    if not 0 < args.timeout <= 30:
+        raise ViewerError(f"--timeout {args.timeout:g} is out of range: give 0.5 to 30 seconds", EXIT_USAGE)
+    client = _client(args, login)
+    nodes = [_broker_client(args, url, login.cacert, warn=False) for url in login.brokers]
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(f"{PROG} netcheck: {text}...", file=sys.stderr)
+
+    report = await viewer_netcheck(
+        client, nodes, serial, test_timeout_s=args.timeout, gateway=args.gateway, progress=progress
+    )
+    print(json.dumps(report.as_json(), indent=1) if args.json else render_text(report))
+    return EXIT_OK
 
 
 async def _login(args: argparse.Namespace, home: ViewerHome) -> int:

@@ -1,5 +1,8 @@
 """The cells of the connectivity matrix, what NAT behaviour predicts for each, and the issue's targets.
 
+The prediction is ``protocol/nat_behaviour.py``'s ``predict_path`` on each side's
+``NatType.profile``: the one classifier that ``dvrlink netcheck`` and ``dvrlinkd netcheck`` use.
+
 Terms are RFC 4787's: mapping EIM (endpoint-independent) or APDM (address and port dependent),
 filtering EIF, ADF or APDF. This file holds no I/O: it names cells and judges records.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dvrlink.protocol.nat_behaviour import Path, PathPrediction, Punch, predict_path
 from hil.netlab import NatType
 
 SIDE_TYPES: tuple[NatType, ...] = (
@@ -21,24 +25,6 @@ SIDE_TYPES: tuple[NatType, ...] = (
     NatType.UDP_BLOCKED,
 )
 """Rows (device) and columns (viewer). Hairpin is one extra cell: both behind the same NAT."""
-
-EIF = frozenset({NatType.PUBLIC, NatType.FULL_CONE})
-"""Endpoint-independent filtering: anyone may send to the mapped address."""
-EIM = frozenset(
-    {
-        NatType.PUBLIC,
-        NatType.FULL_CONE,
-        NatType.RESTRICTED_CONE,
-        NatType.PORT_RESTRICTED_CONE,
-        NatType.CGNAT,
-        NatType.HAIRPIN,
-    }
-)
-"""Endpoint-independent mapping (the same outer port for every remote)."""
-APDM = frozenset({NatType.SYMMETRIC, NatType.SEQUENTIAL_SYMMETRIC})
-"""Address-and-port-dependent mapping (a new outer port per remote)."""
-APDF_EIM = frozenset({NatType.PORT_RESTRICTED_CONE, NatType.CGNAT, NatType.HAIRPIN})
-"""EIM with address-and-port-dependent filtering."""
 
 DIRECT_PATHS = frozenset({"lan", "direct"})
 FIRST_BYTE_TARGET_S = 2.0
@@ -73,34 +59,38 @@ class Cell:
         return f"{self.device.value}/{self.viewer.value}/{self.profile}"
 
     @property
+    def prediction(self) -> PathPrediction:
+        """What NAT behaviour predicts for this cell, by the same rules ``dvrlink netcheck`` uses
+        (``protocol/nat_behaviour.py``: ``predict_path``); the hairpin cell is one NAT."""
+        return predict_path(
+            self.viewer.profile,
+            self.device.profile,
+            same_nat=self.device is NatType.HAIRPIN and self.viewer is NatType.HAIRPIN,
+        )
+
+    @property
     def udp_blocked(self) -> bool:
         """Either side can send no UDP."""
-        return NatType.UDP_BLOCKED in (self.device, self.viewer)
+        return self.prediction.relay_over_tcp
 
     @property
     def both_apdm(self) -> bool:
         """Both sides map per remote (symmetric × symmetric, sequential or random)."""
-        return self.device in APDM and self.viewer in APDM
-
-    @property
-    def one_eif(self) -> bool:
-        """At least one side filters nothing (public or full cone) and no side blocks UDP."""
-        return not self.udp_blocked and (self.device in EIF or self.viewer in EIF)
+        return self.device.profile.per_remote and self.viewer.profile.per_remote
 
     @property
     def one_eim(self) -> bool:
         """At least one side maps endpoint-independently and no side blocks UDP."""
-        return not self.udp_blocked and (self.device in EIM or self.viewer in EIM)
+        return not self.udp_blocked and not self.both_apdm
 
     @property
     def target_path(self) -> str:
         """The path the issue's targets ask for: ``relay`` for symmetric × symmetric and
         UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM, else ``any``."""
-        if self.udp_blocked or self.both_apdm:
+        prediction = self.prediction
+        if prediction.path is Path.RELAY:
             return "relay"
-        if self.one_eim:
-            return "direct"
-        return "any"
+        return "direct" if prediction.direct else "any"
 
     @property
     def predicted_path(self) -> str:
@@ -108,34 +98,21 @@ class Cell:
         both sides map per remote; else ``direct``. Where one side maps per remote and the other
         filters per address and port, plain checks cannot meet: it takes port prediction (a
         sequential NAT) or a birthday search (a random one), see ``punch``."""
-        if self.udp_blocked or self.both_apdm:
-            return "relay"
-        return "direct"
+        return "relay" if self.prediction.path is Path.RELAY else "direct"
 
     @property
     def punch(self) -> str:
         """What finds the direct path beyond plain ICE checks: ``port prediction`` (sequential
         mapping against address-and-port filtering), ``birthday search`` (random mapping against
         it), or empty."""
-        if self.udp_blocked or self.both_apdm:
-            return ""
-        sides = {self.device, self.viewer}
-        if not sides & APDF_EIM:
-            return ""
-        if NatType.SEQUENTIAL_SYMMETRIC in sides:
-            return "port prediction"
-        if NatType.SYMMETRIC in sides:
-            return "birthday search"
-        return ""
+        punch = self.prediction.punch
+        return punch.value if punch in (Punch.PORT_PREDICTION, Punch.BIRTHDAY_SEARCH) else ""
 
     @property
     def why_not_direct(self) -> str:
         """Why this cell cannot be punched (empty when it can)."""
-        if self.udp_blocked:
-            return "UDP is blocked: only presence over TCP/TLS and TURN over TCP on 443 get through"
-        if self.both_apdm:
-            return "both sides map per remote: only the relay works"
-        return ""
+        prediction = self.prediction
+        return "" if prediction.direct else prediction.reason
 
 
 def lan_cells() -> list[Cell]:

@@ -268,7 +268,11 @@ class MatrixRig:
     # -- processes ----------------------------------------------------------------------------------
 
     def _daemon_config(
-        self, profile: str = "lan", keepalive_s: float | None = None, extra_toml: str = ""
+        self,
+        profile: str = "lan",
+        keepalive_s: float | None = None,
+        extra_toml: str = "",
+        presence_toml: str = "",
     ) -> Path:
         # Registration gives up after reply_timeout_s * (retries + 1): short on LAN, so a device
         # behind a UDP-blocking NAT reaches "backoff" quickly; longer on the slow profiles.
@@ -299,6 +303,7 @@ class MatrixRig:
                     "[presence]",
                     *presence,
                     "retries = 2",
+                    presence_toml,
                     "[services]",
                     f'forward = ["127.0.0.1:{SERVICE_PORT}"]',
                     "[log]",
@@ -311,13 +316,19 @@ class MatrixRig:
         return config
 
     def start_daemon(
-        self, log: Path, profile: str = "lan", keepalive_s: float | None = None, extra_toml: str = ""
+        self,
+        log: Path,
+        profile: str = "lan",
+        keepalive_s: float | None = None,
+        extra_toml: str = "",
+        presence_toml: str = "",
     ) -> subprocess.Popen[bytes]:
         """``dvrlinkd run`` in the device namespace, output to ``log``; ``keepalive_s``: a fixed
         keepalive interval instead of the matrix's 20 s (learning off); ``extra_toml``: config
-        lines added at the end (e.g. ``[[capture]]`` and ``[live]`` for a live-view bench)."""
+        lines added at the end (e.g. ``[[capture]]`` and ``[live]`` for a live-view bench);
+        ``presence_toml``: lines added to ``[presence]`` (e.g. ``learn_after_s = 0``)."""
         (self.device_home / "run" / "status.json").unlink(missing_ok=True)
-        config = self._daemon_config(profile, keepalive_s, extra_toml)
+        config = self._daemon_config(profile, keepalive_s, extra_toml, presence_toml)
         with log.open("ab") as out:
             return self.lab.popen(
                 self.lab.device_ns,

@@ -1,82 +1,41 @@
-"""A tiny asyncio driver for the RFC 5780 classifier (``dvrlink.protocol.nat_classify``).
+"""The RFC 5780 classifier (``dvrlink.protocol.nat_classify``) from a lab namespace.
 
 Run it inside a namespace: ``ip netns exec dl-dev python -m hil.netlab classify --server
 203.0.113.10:3478``. It opens two UDP sockets on the local address that routes to the server
-(the MAIN one for the tests, the HAIRPIN one for the hairpinning test), feeds the core, and
-prints the result (``--json`` for programs). Exit status 0 when a behaviour was found, 1 when
-it is unknown (e.g. the server has no alternate address), 2 on usage errors.
+(the MAIN one for the tests, the HAIRPIN one for the hairpinning test), runs the core with the
+driver the daemon and netcheck use (``session/netcheck.py``), and prints the result (``--json``
+for programs). Exit status 0 when a behaviour was found, 1 when it is unknown (e.g. the server
+has no alternate address), 2 on usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dvrlink.protocol.nat_classify import ClassifierConfig, NatBehaviour, NatClassifier, Socket
-
-
-def local_ip_towards(server: tuple[str, int]) -> str:
-    """The local address the kernel picks for traffic to ``server`` (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(server)
-        return str(probe.getsockname()[0])
+from dvrlink.protocol.nat_classify import ClassifierConfig, NatBehaviour
+from dvrlink.session.netcheck import classify_nat
 
 
 async def classify(config: ClassifierConfig, local_ip: str | None = None) -> NatBehaviour:
-    """Run the tests from ``local_ip`` (default: the address routing to the server).
+    """Run the tests from ``local_ip`` (default: the address routing to the server), driven by
+    the session layer's driver (``session/netcheck.py``), as the daemon and netcheck run them.
 
     Raises:
         OSError: no route to the server, or the sockets cannot be bound.
     """
-    loop = asyncio.get_running_loop()
-    ip = local_ip or local_ip_towards(config.server)
-    socks: dict[Socket, socket.socket] = {}
-    for which in Socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind((ip, 0))
-        socks[which] = sock
-    core = NatClassifier(config, socks[Socket.MAIN].getsockname(), loop.time())
-    wake = asyncio.Event()
-
-    def readable(which: Socket) -> None:
-        for _ in range(64):  # bounded per wake-up
-            try:
-                data, source = socks[which].recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # ICMP errors (port unreachable) surface here; the test times out
-                continue
-            core.receive_datagram(which, data, (source[0], source[1]), loop.time())
-        wake.set()
-
-    try:
-        for which, sock in socks.items():
-            loop.add_reader(sock.fileno(), readable, which)
-        while not core.done:
-            for transmit in core.datagrams_to_send():
-                with contextlib.suppress(OSError):  # unreachable: the test times out like a loss
-                    socks[transmit.socket].sendto(transmit.data, transmit.destination)
-            deadline = core.get_timer()
-            wake.clear()
-            if deadline is not None:
-                try:
-                    await asyncio.wait_for(wake.wait(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    core.handle_timer(loop.time())
-        result = core.result
-        assert result is not None
-        return result
-    finally:
-        for sock in socks.values():
-            loop.remove_reader(sock.fileno())
-            sock.close()
+    behaviour: NatBehaviour = await classify_nat(
+        config.server,
+        retransmit_s=config.retransmit_interval,
+        test_timeout_s=config.test_timeout,
+        hairpin=config.hairpin,
+        local_ip=local_ip,
+    )
+    return behaviour
 
 
 def behaviour_json(result: NatBehaviour) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dvrlink.protocol.nat_behaviour import Filtering, Mapping, NatProfile
+
 BLOCK_CHAIN = "DL-BLOCK"
 """Filter chain jumped to first from FORWARD; ``Lab.block_udp`` fills and empties it."""
 LOSS_CHAIN = "DL-LOSS"
@@ -63,12 +65,27 @@ class NatType(enum.Enum):
             raise ValueError(f"unknown NAT type {text!r}; use one of: {names}") from None
 
     @property
+    def profile(self) -> NatProfile:
+        """The behaviour this type's rules build, as the path rules take it
+        (``protocol/nat_behaviour.py``: the one classifier netcheck and the matrix share)."""
+        eim, eif = Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT
+        apdm, apdf = Mapping.ADDRESS_AND_PORT_DEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT
+        return {
+            NatType.PUBLIC: NatProfile(nat=False, mapping=eim, filtering=eif),
+            NatType.FULL_CONE: NatProfile(mapping=eim, filtering=eif),
+            NatType.RESTRICTED_CONE: NatProfile(mapping=eim, filtering=Filtering.ADDRESS_DEPENDENT),
+            NatType.PORT_RESTRICTED_CONE: NatProfile(mapping=eim, filtering=apdf),
+            NatType.CGNAT: NatProfile(mapping=eim, filtering=apdf),
+            NatType.HAIRPIN: NatProfile(mapping=eim, filtering=apdf),
+            NatType.SYMMETRIC: NatProfile(mapping=apdm, filtering=apdf),
+            NatType.SEQUENTIAL_SYMMETRIC: NatProfile(mapping=apdm, filtering=apdf, sequential=True),
+            NatType.UDP_BLOCKED: NatProfile(udp=False),
+        }[self]
+
+    @property
     def expected_classification(self) -> str:
         """What the RFC 5780 classifier reports for this type (``NatBehaviour.name``)."""
-        return {
-            NatType.CGNAT: "port_restricted_cone",
-            NatType.HAIRPIN: "port_restricted_cone",
-        }.get(self, self.value)
+        return self.profile.name
 
 
 @dataclass(frozen=True, slots=True)
