@@ -50,7 +50,22 @@ static long long wall_ns(void)
     return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
 }
 
+static int send_one_run(int sock, const struct sockaddr_in *peer, char *data, size_t size, int segment, int *gso);
+
+/* A read from the source can hold several writes when this process ran late (a busy machine): one
+ * GSO send carries at most 64 segments and 65,507 bytes, so longer reads go out as several runs. */
 static int send_run(int sock, const struct sockaddr_in *peer, char *data, size_t size, int segment, int *gso)
+{
+    size_t most = (size_t)segment * (65507 / (size_t)segment < 64 ? 65507 / (size_t)segment : 64);
+    for (size_t at = 0; at < size; at += most) {
+        size_t piece = size - at < most ? size - at : most;
+        if (send_one_run(sock, peer, data + at, piece, segment, gso) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int send_one_run(int sock, const struct sockaddr_in *peer, char *data, size_t size, int segment, int *gso)
 {
     if (*gso) {
         char control[CMSG_SPACE(sizeof(unsigned short))];

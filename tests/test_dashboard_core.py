@@ -185,7 +185,7 @@ def test_device_names_live_with_pairings_and_survive_the_migration(tmp_path: Pat
     old.record_pairing("alice", A, b"k" * 32, 2.0)
     old.close()
     registry = Registry(path, password_params=FAST)
-    assert registry.schema_version == len(MIGRATIONS) == 4
+    assert registry.schema_version == len(MIGRATIONS) >= 4
     pairing = registry.pairing("alice", A)
     assert pairing is not None and pairing.name is None and pairing.paired_at == 2.0
     assert registry.set_device_name("alice", A, "<b>porch</b>")
