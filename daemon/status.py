@@ -474,7 +474,8 @@ def describe_reset(entry: dict[str, Any], now: float) -> str:
         same_day = time.localtime(unix)[:3] == time.localtime(now)[:3]
         at = "at " + time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(unix))
     else:
-        at = f"{entry.get('uptime_s', '?')} s after the supervisor started (it did not know the time)"
+        uptime = entry.get("uptime_s", "?")
+        at = f"at an unknown time ({uptime} s into the supervisor's run; no heartbeat had told it the time)"
     if cause == 1:
         return f"the supervisor reset this board {at} after {detail} s without a heartbeat"
     if cause == 2:
@@ -483,7 +484,7 @@ def describe_reset(entry: dict[str, Any], now: float) -> str:
         why = {1: "power-on: the board's supply was cut or failed", 3: "its own watchdog"}.get(
             detail if isinstance(detail, int) else -1, f"reset cause {detail}"
         )
-        return f"the supervisor started {at} ({why})"
+        return f"the supervisor started {at}: {why}"
     what = RESET_CAUSES.get(cause, f"cause {cause}") if isinstance(cause, int) else f"cause {cause}"
     return f"the supervisor logged {what} {at}"
 
