@@ -814,7 +814,8 @@ class DeviceEvents:
         """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
         self.supervisor: SupervisorService | None = None
         """The board's supervisor once it is loaded (``[board] supervisor``)."""
-        self._last_online: float | None = None
+        self._last_online = core_clock()
+        """When presence was last seen online (the core's clock; the start until then)."""
         self._alarms_write: asyncio.TimerHandle | None = None
         self._modem_alarms = ModemAlarmWatch()
         self._client = client
@@ -922,12 +923,11 @@ class DeviceEvents:
     def health(self) -> Health:
         """What the supervisor's heartbeat says of the daemon: OK while registered with the
         broker, DEGRADED while not, FAILING after ``FAILING_AFTER_S`` without a registration."""
-        now = time.time()
+        now = self._core_clock()
         if self._client.state is ClientState.ONLINE:
             self._last_online = now
             return Health.OK
-        since = self._last_online if self._last_online is not None else self._started_at
-        return Health.FAILING if now - since >= FAILING_AFTER_S else Health.DEGRADED
+        return Health.FAILING if now - self._last_online >= FAILING_AFTER_S else Health.DEGRADED
 
     def supervisor_heartbeat(self) -> None:
         """A watchdog ping: the supervisor gets a heartbeat (nothing before it is loaded)."""

@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,12 @@ from dvrlink.store.files import atomic_write
 
 log = logging.getLogger(__name__)
 
+EARLIEST_TIME = 1_577_836_800
+"""2020-01-01: a board clock before this has not been set (no RTC, no NTP yet), and the
+heartbeat says the time is unknown (0) rather than date the supervisor's log in 1970."""
+POWER_CYCLE_MARGIN_S = 0.5
+"""Waited beyond a power cycle's announced length before the ladder reopens the port (the reply's
+own trip, and the supervisor's loop turn)."""
 REFRESH_S = 300.0
 """Seconds between reads of the supervisor's status, supply and reset log."""
 MCU_POWER_ON = 1
@@ -160,12 +166,13 @@ class SupervisorService:
         """Heartbeats the supervisor answered."""
         self._low_reported = False
         self._last_uptime = -1
+        self._read_once = False
 
     # -- the daemon's calls ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the port, set the timeout, read status, supply and log (never raises)."""
-        await self._connect(first=True)
+        await self._connect()
 
     def heartbeat(self) -> None:
         """The watchdog pinged: send a heartbeat with the daemon's health (in a task), reading the
@@ -197,7 +204,7 @@ class SupervisorService:
                 profile.name.lower(),
                 started.duration_ms / 1000,
             )
-        await asyncio.sleep(started.duration_ms / 1000)
+        await asyncio.sleep(started.duration_ms / 1000 + POWER_CYCLE_MARGIN_S)
         return started.duration_ms / 1000
 
     def snapshot(self) -> dict[str, Any]:
@@ -227,18 +234,31 @@ class SupervisorService:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name="supervisor")
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro), name="supervisor")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro``; an unexpected error is logged, never left in a task."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the supervisor's heartbeat failed; trying again at the next one")
+
+    def _unix_time(self) -> int:
+        now = int(self._wall())
+        return now if EARLIEST_TIME <= now <= 0xFFFFFFFF else 0
+
     async def _heartbeat(self) -> None:
         if not self.link.is_open:
-            await self._connect(first=False)
+            await self._connect()
             return
         try:
-            await self.link.heartbeat(self._health(), int(self._wall()))
+            await self.link.heartbeat(self._health(), self._unix_time())
         except SupervisorError as exc:
             self._failed(exc)
             return
@@ -249,9 +269,9 @@ class SupervisorService:
             self._changed()
         loop_now = asyncio.get_running_loop().time()
         if self._refreshed_at is None or loop_now - self._refreshed_at >= REFRESH_S:
-            await self._refresh(first=False)
+            await self._refresh()
 
-    async def _connect(self, first: bool) -> None:
+    async def _connect(self) -> None:
         try:
             self.link.open()
             if self.board.supervisor_timeout_s:
@@ -263,15 +283,17 @@ class SupervisorService:
                         done.status.name,
                         done.timeout_s,
                     )
-            await self.link.heartbeat(self._health(), int(self._wall()))
+            await self.link.heartbeat(self._health(), self._unix_time())
             self.heartbeats += 1
         except SupervisorError as exc:
             self._failed(exc)
             return
+        if self.problem:
+            log.info("the supervisor on %s answers", self.board.supervisor)
         self.problem = ""
-        await self._refresh(first=first)
+        await self._refresh()
 
-    async def _refresh(self, first: bool) -> None:
+    async def _refresh(self) -> None:
         self._refreshed_at = asyncio.get_running_loop().time()
         try:
             self.status = await self.link.get_status()
@@ -281,6 +303,7 @@ class SupervisorService:
             self._failed(exc)
             return
         status = self.status
+        first, self._read_once = not self._read_once, True
         if first:
             log.info(
                 "supervisor on %s: firmware %s, supply %.2f V, heartbeat timeout %d s, %d resets in 24 h",

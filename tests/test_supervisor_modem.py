@@ -100,7 +100,17 @@ async def cycle(
         runner = await wait_until_async("the runner", lambda: built[-1:])
         assert Step.POWER_CYCLE in runner[0].enabled, "the rung is on with a supervisor and no command"
         if whole:
-            await asyncio.wait_for(runner[0].done, 30)  # returns once the sequence has run
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(runner[0].done, 30)
+            took = asyncio.get_running_loop().time() - started
+            assert took >= 7.4, (
+                f"the rung returned after {took:.1f} s, before the SIM800's 7.4 s sequence ran"
+            )
+            await wait_until_async(
+                "the second PWRKEY pulse",
+                lambda: len(sim.trace.pulses(PWRKEY)) >= 2,
+                seen=lambda: sim.trace.pins,
+            )
         else:
             await wait_until_async(
                 "the first pulse", lambda: sim.trace.pulses(pin), seen=lambda: sim.trace.pins
