@@ -183,7 +183,8 @@ class SupervisorLink:
             return
         for frame in frames:
             try:
-                os.write(self._fd, frame)
+                if os.write(self._fd, frame) < len(frame):
+                    self.write_errors += 1  # a torn frame: the firmware skips it, the retransmit follows
             except BlockingIOError:
                 self.write_errors += 1  # the UART's buffer is full; the retransmit tries again
             except OSError as exc:
