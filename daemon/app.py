@@ -334,6 +334,17 @@ async def _run_locked(
     supervisor_task = None
     if config.board.supervisor:
         supervisor_task = loop.create_task(_run_supervisor(config, alarms, events), name="supervisor")
+    timeout = config.board.supervisor_timeout_s
+    period = notifier.watchdog_period
+    if config.board.supervisor and timeout and period is not None and period * 3 > timeout:
+        log.warning(
+            "the supervisor's heartbeats go at each watchdog ping, every %g s, but [board] "
+            "supervisor_timeout_s is %d s: one late ping could reset the board; raise the timeout "
+            "to at least %g s or lower the unit's WatchdogSec",
+            period,
+            timeout,
+            period * 3,
+        )
     watchdog = _Watchdog(
         notifier,
         loop,
