@@ -256,7 +256,7 @@ def test_a_bad_board_section_says_what_to_fix(tmp_path: Path, lines: str, messag
 
 def test_a_modem_the_supervisor_has_no_timing_for_must_name_one(tmp_path: Path) -> None:
     text = MINIMAL + '[modem]\nenabled = true\nprofile = "huawei-e173"\n[board]\nsupervisor = "/dev/ttyS2"\n'
-    with pytest.raises(ConfigError, match=r'no power-cycle timing for \[modem\] profile huawei-e173; set'):
+    with pytest.raises(ConfigError, match=r"no power-cycle timing for \[modem\] profile huawei-e173; set"):
         load_text(tmp_path, text)
     fixed = load_text(tmp_path, text + 'supervisor_modem = "quectel-ec2x-uc20"\n')
     assert fixed.board.supervisor_modem == "quectel-ec2x-uc20"
