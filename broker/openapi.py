@@ -335,7 +335,8 @@ def openapi_document() -> dict[str, Any]:
                             "description": (
                                 "SignalLost, SignalRestored, FormatChanged, MotionStart, "
                                 "MotionStop, StreamStalled, DeviceError, AlarmInput, DiskError, "
-                                "EncoderError, SimRemoved, DataCapReached, Other (the detail names it), "
+                                "EncoderError, SimRemoved, DataCapReached, SupervisorReset, BrownOut, "
+                                "Other (the detail names it), "
                                 "or KindN for a kind this broker does not know"
                             ),
                         },

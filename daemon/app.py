@@ -47,6 +47,7 @@ from dvrlink.daemon.session_server import SessionServer
 from dvrlink.daemon.state import DeviceState, check_state_files
 from dvrlink.daemon.status import DaemonStatus, ModemBlock, SessionStatus, StatusFile
 from dvrlink.protocol.alarm_link import AlarmsDelivered, AlarmsDropped
+from dvrlink.protocol.alarm_wire import AlarmKind
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint
 from dvrlink.protocol.presence_client import ClientConfig, ClientState, PresenceClient
 from dvrlink.protocol.presence_events import (
@@ -61,6 +62,7 @@ from dvrlink.protocol.presence_events import (
     RegistrationRefused,
 )
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
+from dvrlink.protocol.supervisor_wire import Health
 from dvrlink.session.allow_list import parse_allowed_target
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
@@ -71,9 +73,13 @@ if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [mo
     from dvrlink.daemon.modem_service import ModemOptions, ModemService
     from dvrlink.daemon.sms_sleep import SmsSleeper
     from dvrlink.daemon.snapshot import SnapshotTaker
+    from dvrlink.daemon.supervisor_service import SupervisorService
     from dvrlink.hal.gpio import BoardEvent
 
 log = logging.getLogger(__name__)
+
+FAILING_AFTER_S = 3600.0
+"""Seconds without a registration after which the supervisor's heartbeat says FAILING."""
 
 
 async def run_daemon(
@@ -341,7 +347,26 @@ async def _run_locked(
         board.add_sink(functools.partial(_board_alarm, alarms))
         sessions.relay = board.relay_call
         events.attach_board(board.snapshot)
-    watchdog = _Watchdog(notifier, loop)
+    supervisor_task = None
+    if config.board.supervisor:
+        supervisor_task = loop.create_task(_run_supervisor(config, alarms, events), name="supervisor")
+    timeout = config.board.supervisor_timeout_s
+    period = notifier.watchdog_period
+    if config.board.supervisor and timeout and period is not None and period * 3 > timeout:
+        log.warning(
+            "the supervisor's heartbeats go at each watchdog ping, every %g s, but [board] "
+            "supervisor_timeout_s is %d s: one late ping could reset the board; raise the timeout "
+            "to at least %g s or lower the unit's WatchdogSec",
+            period,
+            timeout,
+            period * 3,
+        )
+    watchdog = _Watchdog(
+        notifier,
+        loop,
+        on_ping=events.supervisor_heartbeat if config.board.supervisor else None,
+        period_without_systemd=config.board.supervisor_heartbeat_s,
+    )
 
     log.info("starting: %s, device key %s", describe(config), fingerprint(ed25519_public_bytes(device_key)))
     notifier.status(f"registering with {nodes.current.label}")
@@ -359,6 +384,12 @@ async def _run_locked(
         if restart is None or not restart.is_set() or stop.is_set():
             notifier.stopping()
         watchdog.cancel()
+        if supervisor_task is not None:
+            supervisor_task.cancel()
+            await asyncio.gather(supervisor_task, return_exceptions=True)
+        if events.supervisor is not None:
+            await events.supervisor.close()
+            events.supervisor = None
         if live is not None:
             await live.close()
         if capture is not None:
@@ -388,6 +419,34 @@ async def _run_locked(
         events.close()
         events.status_file.remove()
         notifier.close()
+
+
+async def _run_supervisor(config: DaemonConfig, alarms: AlarmQueue, events: DeviceEvents) -> None:
+    """Start the board's supervisor (``[board] supervisor``): its module and pyserial are
+    imported in a worker thread, then it is connected, told its timeout and read (status,
+    supply, reset log). Heartbeats go from the watchdog's pings (``DeviceEvents.supervisor_heartbeat``)."""
+    service_class = await asyncio.to_thread(_import_supervisor_service)
+
+    def raise_alarm(kind: AlarmKind, detail: str, time_ms: int | None) -> None:
+        alarms.raise_alarm(kind, detail=detail, time_ms=time_ms)
+
+    service = service_class(
+        config.board,
+        config.device.state_dir,
+        raise_alarm=raise_alarm,
+        health=events.health,
+        on_change=events.status_changed,
+    )
+    events.supervisor = service
+    await service.start()
+    events.status_changed()
+
+
+def _import_supervisor_service() -> type[SupervisorService]:
+    """``SupervisorService``, importing pyserial with it (only with ``[board] supervisor``)."""
+    from dvrlink.daemon.supervisor_service import SupervisorService  # noqa: PLC0415
+
+    return SupervisorService
 
 
 def _start_disks(config: DaemonConfig, alarms: AlarmQueue, events: DeviceEvents) -> DiskService | None:
@@ -595,6 +654,7 @@ async def _run_modem(
         runtime_dir=config.device.runtime_dir,
         broker=events.broker_address,
         options=options,
+        power_cycler=events.supervisor_power_cycle if config.board.supervisor else None,
     )
     events.attach_modem(modem)
     tuning.attach_modem(modem)
@@ -784,6 +844,10 @@ class DeviceEvents:
         """Learned keepalive and reports (set by ``run_daemon``)."""
         self.alarms: AlarmQueue | None = None
         """The alarm queue, told of delivered and dropped alarms (set by ``run_daemon``)."""
+        self.supervisor: SupervisorService | None = None
+        """The board's supervisor once it is loaded (``[board] supervisor``)."""
+        self._last_online = core_clock()
+        """When presence was last seen online (the core's clock; the start until then)."""
         self._alarms_write: asyncio.TimerHandle | None = None
         self._modem_alarms = ModemAlarmWatch()
         self._client = client
@@ -888,6 +952,30 @@ class DeviceEvents:
         if self._client.state.value != self._written_state or self.link_status() != self._written_link:
             self._write_status()
 
+    def health(self) -> Health:
+        """What the supervisor's heartbeat says of the daemon: OK while registered with the
+        broker, DEGRADED while not, FAILING after ``FAILING_AFTER_S`` without a registration."""
+        now = self._core_clock()
+        if self._client.state is ClientState.ONLINE:
+            self._last_online = now
+            return Health.OK
+        return Health.FAILING if now - self._last_online >= FAILING_AFTER_S else Health.DEGRADED
+
+    def supervisor_heartbeat(self) -> None:
+        """A watchdog ping: the supervisor gets a heartbeat (nothing before it is loaded)."""
+        if self.supervisor is not None:
+            self.supervisor.heartbeat()
+
+    async def supervisor_power_cycle(self, modem_profile: str) -> None:
+        """The modem ladder's power-cycle rung through the supervisor.
+
+        Raises:
+            RuntimeError: the supervisor is not connected yet, or the power cycle failed.
+        """
+        if self.supervisor is None:
+            raise RuntimeError("the supervisor is not loaded yet; the power cycle is tried at the next fault")
+        await self.supervisor.power_cycle_modem(modem_profile)
+
     def sessions_changed(self) -> None:
         """Rewrite the status file: a session was added, authenticated or removed."""
         self._write_status()
@@ -972,6 +1060,7 @@ class DeviceEvents:
             alarms_pending=self.alarms.pending if self.alarms is not None else 0,
             alarms_dropped=self.alarms.stats["dropped"] if self.alarms is not None else 0,
             board=self._board() if self._board is not None else {},
+            supervisor=self.supervisor.snapshot() if self.supervisor is not None else {},
             transport=self.presence_transport(),
             **link,
             keepalive_s=self._client.keepalive_interval,
@@ -990,20 +1079,40 @@ class DeviceEvents:
 
 
 class _Watchdog:
-    """Pings the systemd watchdog from the event loop, so pings stop if the loop hangs."""
+    """Pings the systemd watchdog from the event loop, so pings stop if the loop hangs; at each
+    ping ``on_ping`` (the supervisor's heartbeat) runs too. With ``on_ping`` and no systemd
+    watchdog, it pings every ``period_without_systemd`` seconds for ``on_ping`` alone."""
 
-    def __init__(self, notifier: Notifier, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_ping: Callable[[], None] | None = None,
+        period_without_systemd: float = 10.0,
+    ) -> None:
         self._notifier = notifier
         self._loop = loop
+        self._on_ping = on_ping
         self._handle: asyncio.TimerHandle | None = None
+        self._period = notifier.watchdog_period
+        if self._period is None and on_ping is not None:
+            self._period = period_without_systemd
         if notifier.watchdog_period is not None:
             log.info("watchdog: pinging every %g s", notifier.watchdog_period)
+        if self._period is not None:
             self._ping()
 
     def _ping(self) -> None:
-        assert self._notifier.watchdog_period is not None
-        self._notifier.watchdog()
-        self._handle = self._loop.call_later(self._notifier.watchdog_period, self._ping)
+        assert self._period is not None
+        if self._notifier.watchdog_period is not None:
+            self._notifier.watchdog()
+        if self._on_ping is not None:
+            try:
+                self._on_ping()
+            except Exception:
+                log.exception("the supervisor heartbeat failed at a watchdog ping")
+        self._handle = self._loop.call_later(self._period, self._ping)
 
     def cancel(self) -> None:
         if self._handle is not None:

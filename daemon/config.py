@@ -299,6 +299,41 @@ class AlarmsConfig:
     """A motion alarm carries a JPEG of its channel (at most 16 KiB: about 3 s of a GPRS uplink)."""
 
 
+SUPERVISOR_MODEMS = ("auto", "sim800", "quectel-ec2x-uc20")
+"""``[board] supervisor_modem`` values: the supervisor's PWRKEY timing for the modem."""
+SUPERVISOR_MODEM_OF_PROFILE = {
+    "simcom-sim800": "sim800",
+    "quectel-ec25": "quectel-ec2x-uc20",
+    "quectel-uc20": "quectel-ec2x-uc20",
+}
+"""The supervisor's timing for each ``[modem] profile`` that has one (``supervisor_modem = "auto"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """``[board]``: the board's supervisor MCU (docs/supervisor.md). Off unless ``supervisor``."""
+
+    supervisor: str = ""
+    """The supervisor's UART, e.g. ``/dev/ttyS2``; empty: the board has none."""
+    supervisor_baud: int = 115200
+    """Its speed (8N1); the firmware's is 115200."""
+    supervisor_heartbeat_s: float = 10.0
+    """Seconds between heartbeats when no systemd watchdog is set (with ``WatchdogSec`` the daemon
+    sends one at every watchdog ping)."""
+    supervisor_timeout_s: int = 0
+    """Heartbeat timeout the supervisor is told at each start (10-3600 s): no heartbeat for this
+    long and it resets the board; 0: keep the firmware's (120 s)."""
+    supervisor_modem: str = "auto"
+    """The supervisor's power-cycle timing: ``"sim800"`` (PWRKEY low 1.2 s), ``"quectel-ec2x-uc20"``
+    (PWRKEY low 0.7 s), or ``"auto"``: from the modem's profile."""
+    supervisor_power_cut: bool = False
+    """The board has the supervisor's modem power switch (a MOSFET): a power cycle cuts the
+    modem's supply for 5 s, then presses PWRKEY."""
+    low_supply_v: float = 0.0
+    """Supply voltage below which the supervisor's reading raises a BrownOut alarm (10.5 for a
+    12 V lead-acid battery); 0: no threshold (a power-on of the supervisor still raises one)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SmsWakeConfig:
     """``[sms_wake]``: who may wake the device by SMS (``[presence] mode = "sms-wake"``)."""
@@ -345,6 +380,8 @@ class DaemonConfig:
     """``[[relay]]``: the board's GPIO relay outputs."""
     sms_wake: SmsWakeConfig = field(default_factory=SmsWakeConfig)
     """``[sms_wake]``: who may wake the device by SMS."""
+    board: BoardConfig = field(default_factory=BoardConfig)
+    """``[board]``: the board's supervisor MCU (none: no heartbeats, the modem's GPIO hook)."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -401,6 +438,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "alarm_input",
         "relay",
         "sms_wake",
+        "board",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -481,6 +519,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     sms_wake = _parse_sms_wake(_Table(source, "sms_wake", document, SmsWakeConfig))
     if presence.mode == "sms-wake":
         presence = _check_sms_wake(presence, modem, sms_wake, source)
+    board = parse_board(document, source, modem)
     return DaemonConfig(
         device,
         broker,
@@ -498,6 +537,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         alarm_inputs,
         relays,
         sms_wake,
+        board,
         source,
     )
 
@@ -943,6 +983,7 @@ def describe(config: DaemonConfig) -> str:
         f"sessions at most {config.sessions.max_sessions} ({config.sessions.policy.name.lower()} paths), "
         f"modem {_describe_modem(config.modem)}, "
         f"console {_describe_console(config.console)}"
+        + (f", supervisor on {config.board.supervisor}" if config.board.supervisor else "")
     )
 
 
@@ -964,6 +1005,61 @@ def _describe_modem(modem: ModemSettings) -> str:
         return "off"
     where = modem.port or "detected by USB ID"
     return f"{modem.profile} on {where}, data link {modem.data_link}, APN {modem.apn or 'automatic'}"
+
+
+# -- [board] -----------------------------------------------------------------------------------
+
+
+def parse_board(document: Mapping[str, object], source: Path, modem: ModemSettings) -> BoardConfig:
+    """The ``[board]`` section (absent: no supervisor).
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or out of range, a supervisor
+            port that is not a device path, or a modem whose power-cycle timing the supervisor
+            cannot tell (named, with what to set).
+    """
+    table = _Table(source, "board", document, BoardConfig)
+    port = table.string("supervisor").strip()
+    if port and (not port.startswith("/") or port.endswith("/")):
+        raise table.error("supervisor", port, 'expected the UART device path, e.g. "/dev/ttyS2"')
+    timeout = table.integer("supervisor_timeout_s", 0, 3600)
+    if 0 < timeout < 10:
+        raise table.error("supervisor_timeout_s", timeout, "the supervisor takes 10-3600 s; or 0 for its own")
+    heartbeat = table.number("supervisor_heartbeat_s", 1.0, 600.0)
+    if timeout and heartbeat * 3 > timeout:
+        raise table.error(
+            "supervisor_heartbeat_s",
+            heartbeat,
+            f"at most a third of supervisor_timeout_s ({timeout} s), so one lost heartbeat never "
+            "resets the board; lower it or raise the timeout",
+        )
+    baud = table.integer("supervisor_baud", 1200, 1_500_000)
+    if baud not in CONSOLE_BAUDS:
+        raise table.error("supervisor_baud", baud, f"expected one of {', '.join(map(str, CONSOLE_BAUDS))}")
+    choice = table.choice_lower("supervisor_modem", SUPERVISOR_MODEMS)
+    if (
+        port
+        and choice == "auto"
+        and modem.enabled
+        and modem.profile != "auto"
+        and modem.profile not in SUPERVISOR_MODEM_OF_PROFILE
+    ):
+        raise table.error(
+            "supervisor_modem",
+            choice,
+            f"the supervisor has no power-cycle timing for [modem] profile {modem.profile}; set "
+            'supervisor_modem = "sim800" or "quectel-ec2x-uc20" to the closest PWRKEY timing',
+        )
+    low = table.number("low_supply_v", 0.0, 60.0)
+    return BoardConfig(
+        supervisor=port,
+        supervisor_baud=baud,
+        supervisor_heartbeat_s=heartbeat,
+        supervisor_timeout_s=timeout,
+        supervisor_modem=choice,
+        supervisor_power_cut=table.boolean("supervisor_power_cut"),
+        low_supply_v=low,
+    )
 
 
 # -- [alarms] ----------------------------------------------------------------------------------

@@ -10,8 +10,9 @@
   both judged healthy by a STUN probe to the broker through the modem (``modem/netprobe.py``);
 - keeps the APN memory, the recovery ladder's state and the data accounting under
   ``<state_dir>/modem/`` (atomic writes);
-- gives the ladder the board hooks (:class:`BoardHooks`): USB reset through sysfs, a GPIO power
-  cycle through a configured command, a board reboot only when ``board_reboot`` is on;
+- gives the ladder the board hooks (:class:`BoardHooks`): USB reset through sysfs, a power
+  cycle through the board's supervisor (``[board] supervisor``, with the modem profile's PWRKEY
+  timing) or else a configured command (GPIO), a board reboot only when ``board_reboot`` is on;
 - never lets the modem take the daemon down: an unexpected error is logged, shown in status, and
   the runner is built again after a backoff;
 - offers a snapshot for the status file (:meth:`ModemService.snapshot`) and a small report for the
@@ -33,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +126,10 @@ class RunnerLike(Protocol):
     def status(self) -> ModemStatus: ...
 
 
+PowerCycler = Callable[[str], Awaitable[None]]
+"""Power-cycles the modem of the named profile through the board's supervisor; raises
+RuntimeError (or a subclass) when it cannot."""
+
 RunnerFactory = Callable[..., RunnerLike]
 """Called like ``ModemDriver(runner_config, modem_config, **keywords)``."""
 
@@ -192,11 +197,19 @@ class BoardHooks:
     a message saying why (the runner logs it and goes on to reopen the port)."""
 
     def __init__(
-        self, settings: ModemSettings, tuning: ModemTuning, usb_device: Callable[[], Path | None]
+        self,
+        settings: ModemSettings,
+        tuning: ModemTuning,
+        usb_device: Callable[[], Path | None],
+        *,
+        power_cycler: PowerCycler | None = None,
+        profile: str = "",
     ) -> None:
         self._settings = settings
         self._tuning = tuning
         self._usb_device = usb_device
+        self._power_cycler = power_cycler
+        self._profile = profile
 
     async def usb_reset(self) -> None:
         """De-authorise the modem's USB device, then authorise it again (it re-enumerates).
@@ -217,11 +230,16 @@ class BoardHooks:
         authorized.write_text("1")
 
     async def power_cycle(self) -> None:
-        """Run ``power_cycle_command``.
+        """Power-cycle the modem through the board's supervisor (``[board] supervisor``), with
+        the timing of the modem's profile, and return once its sequence has run; without a
+        supervisor, run ``power_cycle_command`` (the board's GPIO).
 
         Raises:
-            RuntimeError: no command is configured, or it failed.
+            RuntimeError: no supervisor and no command is configured, or the power cycle failed.
         """
+        if self._power_cycler is not None:
+            await self._power_cycler(self._profile)
+            return
         await self._run("power cycle", self._settings.power_cycle_command)
 
     async def reboot_board(self) -> None:
@@ -409,8 +427,11 @@ class ModemService:
         broker: tuple[str, int] | Callable[[], tuple[str, int]],
         options: ModemOptions | None = None,
         on_change: Callable[[], None] | None = None,
+        power_cycler: PowerCycler | None = None,
     ) -> None:
         self.settings = settings
+        self._power_cycler = power_cycler
+        """The board's supervisor: the ladder's power-cycle rung (else ``power_cycle_command``)."""
         self.options = options or ModemOptions()
         self.on_change = on_change
         self.port_user: PortUser | None = None
@@ -744,7 +765,7 @@ class ModemService:
         enabled = set(Step)
         if not settings.usb_reset:
             enabled.discard(Step.USB_RESET)
-        if not settings.power_cycle_command:
+        if not settings.power_cycle_command and self._power_cycler is None:
             enabled.discard(Step.POWER_CYCLE)
         if not settings.board_reboot or settings.reboots_per_day == 0:
             enabled.discard(Step.BOARD_REBOOT)
@@ -768,7 +789,9 @@ class ModemService:
         )
         ecm = EcmConfig(dhcp_command=settings.dhcp_command)
         data_link = CurrentPortLink(method, lambda: self._ports, ppp, ecm, probe)
-        hooks = self.options.hooks or BoardHooks(settings, tuning, self._usb_device)
+        hooks = self.options.hooks or BoardHooks(
+            settings, tuning, self._usb_device, power_cycler=self._power_cycler, profile=profile.name
+        )
         log.info(
             "modem: profile %s, %s data link, APN %s",
             profile.name,

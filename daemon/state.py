@@ -57,6 +57,8 @@ VIEWERS_FILE = "viewers.json"
 PAIRING_FAILURES_FILE = "pairing_failures.json"
 CONSOLE_PIN_FAILURES_FILE = "console_pin_failures.json"
 LOCK_FILE = "dvrlinkd.lock"
+SUPERVISOR_LOG_FILE = "supervisor_log.json"
+"""The supervisor's reset log entries already raised as alarms (``daemon/supervisor_service.py``)."""
 MODEM_DIR = "modem"
 """Where ``daemon/modem_service.py`` keeps the modem's files."""
 
@@ -402,6 +404,23 @@ def _parse_modem_file(path: Path, data: bytes) -> object:
     return None
 
 
+def parse_supervisor_log(path: Path, data: bytes) -> list[tuple[int, int, int, int]]:
+    """The supervisor's reset log as last seen: ``{"entries": [[cause, unix, uptime_s, detail], ...]}``,
+    newest first.
+
+    Raises:
+        StateError: not that shape.
+    """
+    todo = "it is written again at the next read of the supervisor's log"
+    obj = _parse_json(path, data, todo)
+    entries = obj.get("entries") if isinstance(obj, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 4 and all(type(v) is int and v >= 0 for v in e) for e in entries
+    ):
+        raise _malformed(path, "a list of supervisor log entries", todo)
+    return [(e[0], e[1], e[2], e[3]) for e in entries]
+
+
 def _parse_json(path: Path, data: bytes, todo: str) -> object:
     try:
         return json.loads(data)
@@ -467,6 +486,12 @@ STATE_FILES: tuple[StateFile, ...] = (
         parse_broker_node,
         OnCorrupt.MOVE_ASIDE,
         "the first registration goes to the top of [broker] hosts, not to the node that answered last",
+    ),
+    StateFile(
+        SUPERVISOR_LOG_FILE,
+        parse_supervisor_log,
+        OnCorrupt.MOVE_ASIDE,
+        "the supervisor's reset log entries already reported are forgotten: the broker gets them again",
     ),
     StateFile(
         f"{MODEM_DIR}/apn_memory.json",

@@ -159,6 +159,10 @@ class DaemonStatus:
     board: dict[str, Any] = field(default_factory=dict)
     """The board's alarm inputs and relays (``BoardIoService.snapshot``: ``inputs``, ``relays``;
     empty without ``[[alarm_input]]`` and ``[[relay]]``)."""
+    supervisor: dict[str, Any] = field(default_factory=dict)
+    """The board's supervisor (``SupervisorService.snapshot``: ``port``, ``firmware``, ``supply_mv``,
+    ``min_supply_mv``, ``timeout_s``, ``last_reset``, ``problem``...; empty without ``[board]
+    supervisor``)."""
     transport: str = "udp"
     """What carries presence: ``udp``, or ``tcp`` (TLS, where UDP is blocked)."""
     keepalive_s: float | None = None
@@ -227,6 +231,8 @@ class DaemonStatus:
                 raise ValueError("not a status document: nodes is not a list of objects")
             if not isinstance(values.get("board", {}), dict):
                 raise ValueError("not a status document: board is not an object")
+            if not isinstance(values.get("supervisor", {}), dict):
+                raise ValueError("not a status document: supervisor is not an object")
             return cls(**values)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a status document: {exc}") from exc
@@ -347,6 +353,7 @@ def format_status(status: DaemonStatus, now: float) -> str:
         f"disk {d.get('path', '?')}: {d.get('state', '?')} ({d.get('detail', '')})" for d in status.disks
     ]
     lines += format_board(status.board)
+    lines += format_supervisor(status.supervisor, now)
     return "\n".join(lines)
 
 
@@ -420,6 +427,66 @@ def format_board(board: dict[str, Any]) -> list[str]:
                 state += f" for {for_s:g} s"
             lines.append(head + state)
     return lines
+
+
+RESET_CAUSES = {
+    1: "heartbeat timeout",
+    2: "asked by dvrlinkd",
+    4: "supervisor start",
+    5: "held back by the cap",
+}
+
+
+def format_supervisor(block: dict[str, Any], now: float) -> list[str]:
+    """The supervisor lines of ``dvrlinkd status``: its firmware, the supply, and the last reset
+    of this board in words; or why it does not answer."""
+    if not block:
+        return []
+    head = f"supervisor {block.get('port', '?')}: "
+    parts = []
+    if isinstance(block.get("firmware"), str):
+        parts.append(f"firmware {block['firmware']}")
+    mv, low = block.get("supply_mv"), block.get("min_supply_mv")
+    if isinstance(mv, int):
+        supply = f"supply {mv / 1000:.2f} V"
+        if isinstance(low, int) and low and low < mv:
+            supply += f" (lowest {low / 1000:.2f} V since it started)"
+        parts.append(supply)
+    if isinstance(block.get("timeout_s"), int):
+        parts.append(f"resets the board after {block['timeout_s']} s without a heartbeat")
+    if isinstance(block.get("resets_24h"), int) and block["resets_24h"]:
+        count = block["resets_24h"]
+        parts.append(f"{count} reset{'' if count == 1 else 's'} in 24 h (cap {block.get('daily_cap', '?')})")
+    lines = [head + (", ".join(parts) or "not read yet")]
+    if block.get("problem"):
+        lines.append(f"  not answering: {block['problem']}")
+    last = block.get("last_reset")
+    if isinstance(last, dict):
+        lines.append(f"  last reset: {describe_reset(last, now)}")
+    return lines
+
+
+def describe_reset(entry: dict[str, Any], now: float) -> str:
+    """A supervisor reset log entry in words: "the supervisor reset this board at 03:12 after
+    120 s without a heartbeat"; ``now`` is unix time (the day is named when it is not today)."""
+    cause, unix, detail = entry.get("cause"), entry.get("unix_time"), entry.get("detail")
+    if isinstance(unix, int) and unix > 0:
+        same_day = time.localtime(unix)[:3] == time.localtime(now)[:3]
+        at = "at " + time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(unix))
+    else:
+        uptime = entry.get("uptime_s", "?")
+        at = f"at an unknown time ({uptime} s into the supervisor's run; no heartbeat had told it the time)"
+    if cause == 1:
+        return f"the supervisor reset this board {at} after {detail} s without a heartbeat"
+    if cause == 2:
+        return f"the supervisor reset this board {at}, asked by dvrlinkd"
+    if cause == 4:
+        why = {1: "power-on: the board's supply was cut or failed", 3: "its own watchdog"}.get(
+            detail if isinstance(detail, int) else -1, f"reset cause {detail}"
+        )
+        return f"the supervisor started {at}: {why}"
+    what = RESET_CAUSES.get(cause, f"cause {cause}") if isinstance(cause, int) else f"cause {cause}"
+    return f"the supervisor logged {what} {at}"
 
 
 def format_link(status: DaemonStatus, when: Callable[[float | None], str]) -> str:

@@ -77,6 +77,10 @@ class AlarmKind(enum.IntEnum):
     ENCODER_ERROR = 10
     SIM_REMOVED = 11
     DATA_CAP_REACHED = 12
+    SUPERVISOR_RESET = 13
+    """The board's supervisor reset it (heartbeats stopped), or held a reset back at its cap."""
+    BROWN_OUT = 14
+    """The board's supply failed (the supervisor powered up) or fell below ``[board] low_supply_v``."""
     OTHER = 255
     """Anything else; the detail text names it."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from dvrlink.daemon.app import DeviceEvents, run_daemon
+from dvrlink.daemon.app import FAILING_AFTER_S, DeviceEvents, run_daemon
 from dvrlink.daemon.config import DaemonConfig, load_config
 from dvrlink.daemon.notify import Notifier
 from dvrlink.daemon.pairing import InviteHandler
@@ -44,6 +44,7 @@ from dvrlink.protocol.presence_events import (
 )
 from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_OK, INVITE_UNSUPPORTED, RefuseReason
+from dvrlink.protocol.supervisor_wire import Health
 
 SERIAL = "DL-0001-0002"
 WAIT = 10.0  # s, bound on every wait; each step takes milliseconds on loopback
@@ -346,3 +347,23 @@ def test_device_events(tmp_path: Path, notify_socket: tuple[socket.socket, str])
 
     events.on_event(InviteReceived(5, 200, b""))
     assert client.replies == [(5, INVITE_UNSUPPORTED, b"", 42.0)]  # the core's clock, not wall time
+
+
+def test_the_supervisors_heartbeat_says_how_the_daemon_is(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, 3478, bytes(range(32))))
+    state = DeviceState(config.device.state_dir)
+    invites = InviteHandler(SERIAL, state.device_key(), state.pairing_secret(), state, config.pairing)
+    client, clock = StubClient(), [100.0]
+    events = DeviceEvents(
+        config, client, Notifier({}), StatusFile(config.device.runtime_dir), invites, lambda: clock[0]
+    )
+    assert events.health() is Health.DEGRADED, "not registered yet"
+    client.state = ClientState.ONLINE
+    assert events.health() is Health.OK
+    client.state, clock[0] = ClientState.BACKOFF, 100.0 + FAILING_AFTER_S - 1
+    assert events.health() is Health.DEGRADED
+    clock[0] += 1
+    assert events.health() is Health.FAILING, "an hour without a registration"
+    events.supervisor_heartbeat()  # no supervisor loaded: nothing to do
+    with pytest.raises(RuntimeError, match="the supervisor is not loaded yet"):
+        asyncio.run(events.supervisor_power_cycle("quectel-ec25"))

@@ -220,3 +220,43 @@ def test_a_section_given_as_a_value_is_shown_as_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_text(tmp_path, 'log = "DEBUG"\n' + MINIMAL)
     assert 'log must be a section [log], got "DEBUG"' in str(info.value), info.value
+
+
+def test_the_board_supervisor_is_off_unless_named(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).board.supervisor == ""
+    board = load_text(
+        tmp_path,
+        MINIMAL
+        + '[board]\nsupervisor = "/dev/ttyS2"\nsupervisor_timeout_s = 90\nsupervisor_modem = "SIM800"\n'
+        + "supervisor_power_cut = true\nlow_supply_v = 10.5\n",
+    ).board
+    assert (board.supervisor, board.supervisor_timeout_s) == ("/dev/ttyS2", 90)
+    assert board.supervisor_modem == "sim800"
+    assert board.supervisor_power_cut and board.low_supply_v == 10.5 and board.supervisor_heartbeat_s == 10.0
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('supervisor = "ttyS2"', r"\[board\] supervisor = \"ttyS2\": expected the UART device path"),
+        ("supervisor_timeout_s = 5", r"supervisor_timeout_s = 5: the supervisor takes 10-3600 s"),
+        (
+            "supervisor_timeout_s = 20\nsupervisor_heartbeat_s = 10",
+            r"supervisor_heartbeat_s = 10.*at most a third of supervisor_timeout_s \(20 s\)",
+        ),
+        ('supervisor_modem = "sim7600"', r"expected one of auto, sim800, quectel-ec2x-uc20"),
+        ("supervisor_baud = 1000000", r"supervisor_baud = 1000000: expected one of"),
+        ("watchdog = 1", r"unknown key watchdog in \[board\]"),
+    ],
+)
+def test_a_bad_board_section_says_what_to_fix(tmp_path: Path, lines: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_text(tmp_path, MINIMAL + "[board]\n" + lines + "\n")
+
+
+def test_a_modem_the_supervisor_has_no_timing_for_must_name_one(tmp_path: Path) -> None:
+    text = MINIMAL + '[modem]\nenabled = true\nprofile = "huawei-e173"\n[board]\nsupervisor = "/dev/ttyS2"\n'
+    with pytest.raises(ConfigError, match=r"no power-cycle timing for \[modem\] profile huawei-e173; set"):
+        load_text(tmp_path, text)
+    fixed = load_text(tmp_path, text + 'supervisor_modem = "quectel-ec2x-uc20"\n')
+    assert fixed.board.supervisor_modem == "quectel-ec2x-uc20"

@@ -22,8 +22,16 @@ MODEM_STACK = (
     "dvrlink.modem.ppp",
 )
 """The package ``dvrlink.modem`` itself may load (it names the provider database's path)."""
-ON_DEMAND = ("importlib.metadata", "xml.etree.ElementTree", "dvrlink.daemon.console")
-"""Each loads only when used: ``--version`` or the ``info`` RPC, the APN database, a console."""
+ON_DEMAND = (
+    "importlib.metadata",
+    "xml.etree.ElementTree",
+    "dvrlink.daemon.console",
+    "dvrlink.daemon.supervisor_service",
+    "dvrlink.daemon.supervisor_link",
+    "serial",
+)
+"""Each loads only when used: ``--version`` or the ``info`` RPC, the APN database, a console, the
+board's supervisor (``[board] supervisor``, with pyserial)."""
 
 
 def loaded_after(*imports: str) -> set[str]:

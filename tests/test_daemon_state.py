@@ -17,6 +17,7 @@ from dvrlink.daemon.state import (
     PAIRING_FAILURES_FILE,
     PAIRING_SECRET_FILE,
     STATE_FILES,
+    SUPERVISOR_LOG_FILE,
     VIEWERS_FILE,
     AlreadyRunning,
     DeviceState,
@@ -172,6 +173,7 @@ def full_state_dir(path: Path) -> Path:
         ApnMemory({"8944": ApnSettings("internet", "", "", "")})
     )
     LadderFile(modem / modem_service.LADDER_FILE).save(LadderState())
+    (path / SUPERVISOR_LOG_FILE).write_text('{"entries": [[1, 1800000000, 500, 120], [4, 0, 0, 1]]}')
     ledger = AccountingLedger(modem / modem_service.ACCOUNTING_FILE, AccountingConfig())
     ledger.path.write_bytes(ledger.core.to_bytes())
     return path
