@@ -663,12 +663,16 @@ class Lab:
         run_command(["ip", "netns", "exec", gw, "nft", "-f", "-"], input_text=MINIUPNPD_TABLES)
         log_path = self.miniupnpd_log(gw)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Its own pid file: miniupnpd refuses to start while the one in the file runs, and
+        # several labs (or a crashed one's leftover file) must not stop each other.
+        pid_file = log_path.with_suffix(".pid")
+        pid_file.unlink(missing_ok=True)
         argv = [
             MINIUPNPD, "-d",  # in the foreground, logging to stderr
             "-f", "/dev/null",  # no config file: everything on the command line
             "-i", "wan0", "-a", "lan0", "-o", public, "-p", str(UPNP_PORTS[1]),
             "-N",  # NAT-PMP and PCP besides UPnP-IGD
-            "-U", "-u", f"6c616221-0000-4000-8000-00000000000{index}", "-t", "60",
+            "-U", "-u", f"6c616221-0000-4000-8000-00000000000{index}", "-t", "60", "-P", str(pid_file),
         ]  # fmt: skip
         with log_path.open("ab") as out:
             self.popen(gw, argv, stdout=out, stderr=subprocess.STDOUT)

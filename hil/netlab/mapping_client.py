@@ -62,8 +62,8 @@ async def _run(args: argparse.Namespace) -> int:
     if external is None:
         _say(event="unmapped", failures=mapping.stats.failures, port=port)
     else:
-        _say(event="mapped", external=list(external), protocol=mapping.protocol.value if mapping.protocol else None,
-             port=port)  # fmt: skip
+        protocol = mapping.protocol.value if mapping.protocol else None
+        _say(event="mapped", external=list(external), protocol=protocol, port=port)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     try:
