@@ -379,6 +379,7 @@ class SessionServer:
     # -- one session --
 
     async def _serve(self, entry: _Entry, invite_id: int, offer: SessionOffer, policy: PathPolicy) -> None:
+        from dvrlink.protocol.port_mapping import PortMappingConfig  # noqa: PLC0415
         from dvrlink.session.connectivity import Connectivity, ConnectivityError  # noqa: PLC0415
 
         label = entry.label
@@ -392,6 +393,9 @@ class SessionServer:
                     host_addresses=self._config.host_addresses or None,
                     search=self._config.port_search,
                     coalesced_reads=False,  # a recorder mostly sends; it reads ACKs one at a time
+                    port_mapping=PortMappingConfig(
+                        protocols=self._config.port_mapping, lifetime_s=self._config.port_mapping_lifetime_s
+                    ),
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED

@@ -199,6 +199,37 @@ class MappingConfig:
             raise ValueError(f"delete_attempts must be at least 1, got {self.delete_attempts}")
 
 
+@dataclass(frozen=True, slots=True)
+class PortMappingConfig:
+    """How a device maps its session ports on a home router (``[sessions] port_mapping``)."""
+
+    protocols: tuple[MappingProtocol, ...] = (
+        MappingProtocol.PCP,
+        MappingProtocol.NATPMP,
+        MappingProtocol.UPNP,
+    )
+    """Protocols to try; empty: no port mapping. NAT-PMP is asked when PCP is not listed or the
+    router answered PCP with "unsupported version"."""
+    gateway: str | None = None
+    """The router's address; None: the gateway of the default route."""
+    lifetime_s: int = 3600
+    """Lifetime asked for (renewed at half of what is granted; deleted on close)."""
+    pcp_attempts: int = 3
+    """PCP transmissions before a router that stays silent is given up (3 s, 6 s, 12 s apart)."""
+    natpmp_attempts: int = 6
+    """NAT-PMP transmissions (250 ms doubling: 6 cover about 16 s)."""
+    upnp_timeout_s: float = 3.0
+    """How long SSDP discovery and each HTTP exchange with the router may take."""
+    description: str = "dvrlink"
+    """The mapping's name in the router's UPnP table."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lifetime_s <= 0xFFFFFFFF:
+            raise ValueError(f"port mapping lifetime_s must be 1..{0xFFFFFFFF} s, got {self.lifetime_s}")
+        if self.pcp_attempts < 1 or self.natpmp_attempts < 1 or self.upnp_timeout_s <= 0:
+            raise ValueError("port mapping attempts must be at least 1 and upnp_timeout_s above 0")
+
+
 class MappingCore:
     """One mapping's lifecycle (see the module docstring). Not thread-safe; time is passed in."""
 

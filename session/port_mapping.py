@@ -42,6 +42,7 @@ from dvrlink.protocol.port_mapping import (
     MappingProtocol,
     MappingRenewed,
     MappingWire,
+    PortMappingConfig,
 )
 
 log = logging.getLogger(__name__)
@@ -50,37 +51,6 @@ ROUTE_TABLE = Path("/proc/net/route")
 MAX_HTTP = upnp_igd.MAX_DOCUMENT + 8192
 UPNP_CONFLICT_TRIES = 4
 """``AddPortMapping`` attempts with other external ports when the one asked for is taken."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortMappingConfig:
-    """How a device maps its session ports on a home router (``[sessions] port_mapping``)."""
-
-    protocols: tuple[MappingProtocol, ...] = (
-        MappingProtocol.PCP,
-        MappingProtocol.NATPMP,
-        MappingProtocol.UPNP,
-    )
-    """Protocols to try; empty: no port mapping. NAT-PMP is asked when PCP is not listed or the
-    router answered PCP with "unsupported version"."""
-    gateway: str | None = None
-    """The router's address; None: the gateway of the default route."""
-    lifetime_s: int = 3600
-    """Lifetime asked for (renewed at half of what is granted; deleted on close)."""
-    pcp_attempts: int = 3
-    """PCP transmissions before a router that stays silent is given up (3 s, 6 s, 12 s apart)."""
-    natpmp_attempts: int = 6
-    """NAT-PMP transmissions (250 ms doubling: 6 cover about 16 s)."""
-    upnp_timeout_s: float = 3.0
-    """How long SSDP discovery and each HTTP exchange with the router may take."""
-    description: str = "dvrlink"
-    """The mapping's name in the router's UPnP table."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.lifetime_s <= 0xFFFFFFFF:
-            raise ValueError(f"port mapping lifetime_s must be 1..{0xFFFFFFFF} s, got {self.lifetime_s}")
-        if self.pcp_attempts < 1 or self.natpmp_attempts < 1 or self.upnp_timeout_s <= 0:
-            raise ValueError("port mapping attempts must be at least 1 and upnp_timeout_s above 0")
 
 
 def default_gateway(route_table: Path = ROUTE_TABLE) -> str | None:
@@ -426,10 +396,13 @@ class PortMapping:
         self._rng = random.Random(secrets.randbits(64))
 
     @classmethod
-    async def open(cls, internal_port: int, config: PortMappingConfig) -> PortMapping:
+    async def open(
+        cls, internal_port: int, config: PortMappingConfig, internal_ip: str | None = None
+    ) -> PortMapping:
         """Start mapping ``internal_port`` (UDP) on the router; returns at once (see
-        :meth:`wait_mapped`). With no router to ask (no default gateway, no protocol configured)
-        the mapping settles at once as unmapped.
+        :meth:`wait_mapped`). With no router to ask (no default gateway, no protocol configured,
+        or ``internal_ip`` given and not the address we reach the gateway from) the mapping
+        settles at once as unmapped.
 
         Raises:
             ValueError: the port is not 1..65535.
@@ -446,6 +419,12 @@ class PortMapping:
             self.local_ip = local_address_towards(self.gateway)
         except OSError as exc:
             self.stats.failures.append(f"no route to the gateway {self.gateway}: {exc}")
+            self._settled.set()
+            return self
+        if internal_ip is not None and internal_ip != self.local_ip:
+            self.stats.failures.append(
+                f"{internal_ip} is not on the way to the gateway {self.gateway} (that is {self.local_ip})"
+            )
             self._settled.set()
             return self
         protocols = config.protocols
