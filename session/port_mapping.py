@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 ROUTE_TABLE = Path("/proc/net/route")
 MAX_HTTP = upnp_igd.MAX_DOCUMENT + 8192
+UPNP_HEAD_START_S = 1.0
+"""How long PCP (or NAT-PMP) may go unanswered before UPnP-IGD is asked too. Asking all at once
+would do for routers that speak one; one that speaks both, given the same port twice, keeps one
+entry for both, and releasing the slower protocol's grant would delete the faster one's."""
 UPNP_CONFLICT_TRIES = 4
 """``AddPortMapping`` attempts with other external ports when the one asked for is taken."""
 
@@ -97,6 +101,10 @@ class _Attempt:
 
     async def delete(self, timeout: float) -> bool:
         """Release the mapping; True when the router confirmed."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Stop renewing without deleting (the router's entry is held by another protocol)."""
         raise NotImplementedError
 
 
@@ -159,6 +167,11 @@ class _CoreAttempt(_Attempt):
     def renew(self) -> None:
         self.core.renew(self.driver.now())
         self.driver.flush()
+
+    def abandon(self) -> None:
+        self.driver.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def delete(self, timeout: float) -> bool:
         try:
@@ -333,6 +346,14 @@ class _UpnpAttempt(_Attempt):
             self._schedule_renewal()
             self.on_event(self, MappingRenewed(self.external, self.lease_s, moved=False))
 
+    def abandon(self) -> None:
+        self._closed = True
+        self.external = None
+        if self._renewal is not None:
+            self._renewal.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
     async def delete(self, timeout: float) -> bool:
         self._closed = True
         if self._renewal is not None:
@@ -393,6 +414,8 @@ class PortMapping:
         self._releases: set[asyncio.Task[None]] = set()
         """Deletions of mappings not needed (awaited by ``close``)."""
         self._closed = False
+        self._upnp_due: asyncio.TimerHandle | None = None
+        """UPnP-IGD's delayed start (``UPNP_HEAD_START_S``), while pending."""
         self._rng = random.Random(secrets.randbits(64))
 
     @classmethod
@@ -433,10 +456,20 @@ class PortMapping:
         elif MappingProtocol.NATPMP in protocols:
             self._launch(self._natpmp())
         if MappingProtocol.UPNP in protocols:
-            self._launch(
-                _UpnpAttempt(self.gateway, self.local_ip, internal_port, config, self._event, self._rng)
-            )
+            if self._attempts:
+                self._upnp_due = asyncio.get_running_loop().call_later(UPNP_HEAD_START_S, self._start_upnp)
+            else:
+                self._start_upnp()
         return self
+
+    def _start_upnp(self) -> None:
+        self._upnp_due = None
+        if self._closed or self._active is not None:
+            return
+        assert self.gateway is not None and self.local_ip is not None
+        self._launch(
+            _UpnpAttempt(self.gateway, self.local_ip, self.internal_port, self.config, self._event, self._rng)
+        )
 
     def _pcp(self) -> _Attempt:
         assert self.gateway is not None and self.local_ip is not None
@@ -472,6 +505,9 @@ class PortMapping:
         if isinstance(event, MappingCreated):
             self._pending -= 1
             if self._active is None and not self._closed:
+                if self._upnp_due is not None:
+                    self._upnp_due.cancel()
+                    self._upnp_due = None
                 self._active, self.protocol, self.external = attempt, event.protocol, event.external
                 log.info(
                     "port %d mapped to %s:%d by %s for %d s",
@@ -479,6 +515,11 @@ class PortMapping:
                 )  # fmt: skip
                 self._settled.set()
                 self.on_change(self.external)
+            elif event.external == self.external:
+                # The same public port: the router keeps one entry for both protocols, and
+                # deleting this grant would delete the one in use.
+                self._attempts.remove(attempt)
+                attempt.abandon()
             else:
                 self._release(attempt)  # a slower protocol's grant: not needed
         elif isinstance(event, MappingFailed):
@@ -487,6 +528,9 @@ class PortMapping:
             log.info("port %d: %s", self.internal_port, event.reason)
             if event.other_version and MappingProtocol.NATPMP in self.config.protocols and not self._closed:
                 self._launch(self._natpmp())
+            elif self._upnp_due is not None:
+                self._upnp_due.cancel()
+                self._start_upnp()  # no need to wait out the head start
             elif self._pending <= 0:
                 self._settled.set()
         elif isinstance(event, MappingRenewed) and attempt is self._active:
@@ -529,6 +573,9 @@ class PortMapping:
             return False
         self._closed = True
         self._settled.set()
+        if self._upnp_due is not None:
+            self._upnp_due.cancel()
+            self._upnp_due = None
         active = self._active
         self.external = None
         for task in list(self._tasks):

@@ -39,6 +39,12 @@ APDM = frozenset({NatType.SYMMETRIC, NatType.SEQUENTIAL_SYMMETRIC})
 """Address-and-port-dependent mapping (a new outer port per remote)."""
 APDF_EIM = frozenset({NatType.PORT_RESTRICTED_CONE, NatType.CGNAT, NatType.HAIRPIN})
 """EIM with address-and-port-dependent filtering."""
+MAPPERS = frozenset({NatType.SYMMETRIC_UPNP})
+"""Routers that map a port on request (PCP, NAT-PMP, UPnP-IGD). Only the device asks, so a mapper
+on the viewer's side is just symmetric."""
+MAPPING_CELLS: tuple[tuple[NatType, NatType], ...] = ((NatType.SYMMETRIC_UPNP, NatType.SYMMETRIC),)
+"""Extra LAN cells: a symmetric device NAT whose router maps ports (miniupnpd), against a symmetric
+viewer, the pair that has no direct path without a mapping."""
 
 DIRECT_PATHS = frozenset({"lan", "direct"})
 FIRST_BYTE_TARGET_S = 2.0
@@ -78,9 +84,16 @@ class Cell:
         return NatType.UDP_BLOCKED in (self.device, self.viewer)
 
     @property
+    def device_maps(self) -> bool:
+        """The device's router maps its session ports on request (a public port that forwards
+        whatever arrives: a server-reflexive candidate any viewer reaches)."""
+        return self.device in MAPPERS
+
+    @property
     def both_apdm(self) -> bool:
-        """Both sides map per remote (symmetric × symmetric, sequential or random)."""
-        return self.device in APDM and self.viewer in APDM
+        """Both sides map per remote (symmetric × symmetric, sequential or random) and the device's
+        router maps no port on request."""
+        return self.device in APDM and (self.viewer in APDM or self.viewer in MAPPERS)
 
     @property
     def one_eif(self) -> bool:
@@ -95,7 +108,10 @@ class Cell:
     @property
     def target_path(self) -> str:
         """The path the issue's targets ask for: ``relay`` for symmetric × symmetric and
-        UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM, else ``any``."""
+        UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM or the device's router
+        maps ports, else ``any``."""
+        if not self.udp_blocked and self.device_maps:
+            return "direct"
         if self.udp_blocked or self.both_apdm:
             return "relay"
         if self.one_eim:
@@ -116,9 +132,11 @@ class Cell:
     def punch(self) -> str:
         """What finds the direct path beyond plain ICE checks: ``port prediction`` (sequential
         mapping against address-and-port filtering), ``birthday search`` (random mapping against
-        it), or empty."""
+        it), ``port mapping`` (the device's router opens a port on request), or empty."""
         if self.udp_blocked or self.both_apdm:
             return ""
+        if self.device_maps:
+            return "port mapping"
         sides = {self.device, self.viewer}
         if not sides & APDF_EIM:
             return ""
@@ -139,9 +157,10 @@ class Cell:
 
 
 def lan_cells() -> list[Cell]:
-    """Every device × viewer cell on LAN, then the hairpin cell."""
+    """Every device × viewer cell on LAN, then the hairpin cell and the port-mapping cells."""
     cells = [Cell(d, v) for d in SIDE_TYPES for v in SIDE_TYPES]
     cells.append(Cell(NatType.HAIRPIN, NatType.HAIRPIN))
+    cells += [Cell(d, v) for d, v in MAPPING_CELLS]
     return cells
 
 
@@ -182,7 +201,7 @@ def quick_plan(cell: Cell) -> CellPlan:
     device's ICE checks gave up. On a quiet machine the direct path comes within a few seconds;
     on a busy one ICE takes longer, and a fixed 10 s made cells fail that were only slow.
     Elsewhere the wait is 1 s (the record then says the path was not final)."""
-    if cell.predicted_path == "direct" or (
+    if cell.predicted_path == "direct" or cell.device_maps or (
         cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
     ):
         return CellPlan(cell)

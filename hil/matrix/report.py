@@ -12,6 +12,7 @@ from typing import Any
 from hil.matrix.cells import (
     DIRECT_PATHS,
     FIRST_BYTE_TARGET_S,
+    MAPPING_CELLS,
     PROFILE_SUBSET,
     SIDE_TYPES,
     Cell,
@@ -101,11 +102,13 @@ def _why_slow(record: CellRecord) -> str:
 def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
     """What ``make test`` asserts on LAN: every cell without UDP blocking connects; both sides
     symmetric ends on the relay; a side with endpoint-independent mapping ends direct (by plain
-    checks, port prediction or a birthday search)."""
+    checks, port prediction or a birthday search); a device whose router maps ports on request
+    ends direct."""
     lan = [r for r in records if r.profile == "lan"]
     connect = Verdict("every LAN cell without UDP blocking connects", True)
     relay = Verdict("symmetric × symmetric ends on the relay", True)
     direct = Verdict("a cell with endpoint-independent mapping on one side ends direct", True)
+    mapped = Verdict("a device behind a port-mapping router (PCP, NAT-PMP, UPnP-IGD) ends direct", True)
     for r in lan:
         cell = cell_of(r)
         if not cell.udp_blocked and not r.connected:
@@ -117,9 +120,11 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
             relay.misses.append(f"{_label(cell)}: path not final ({r.settle_note})")
         if cell.one_eim and r.path not in DIRECT_PATHS:
             direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
-    for verdict in (connect, relay, direct):
+        if cell.device_maps and not cell.udp_blocked and r.path not in DIRECT_PATHS:
+            mapped.misses.append(f"{_label(cell)}: {describe_path(r)}")
+    for verdict in (connect, relay, direct, mapped):
         verdict.passed = not verdict.misses
-    return [connect, relay, direct]
+    return [connect, relay, direct, mapped]
 
 
 def describe_path(record: CellRecord) -> str:
@@ -155,6 +160,14 @@ def table(records: Sequence[CellRecord], profile: str) -> str:
     hairpin = found.get((NatType.HAIRPIN.value, NatType.HAIRPIN.value))
     if hairpin is not None:
         lines += ["", f"Hairpin (device and viewer behind one NAT): **{cell_text(hairpin)}**"]
+    for device, viewer in MAPPING_CELLS:
+        record = found.get((device.value, viewer.value))
+        if record is not None:
+            lines += [
+                "",
+                f"Port mapping: device {device.value} (its router runs miniupnpd: PCP, NAT-PMP, "
+                f"UPnP-IGD) × viewer {viewer.value}: **{cell_text(record)}**",
+            ]
     return "\n".join(lines)
 
 

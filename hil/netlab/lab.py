@@ -674,8 +674,11 @@ class Lab:
             "-N",  # NAT-PMP and PCP besides UPnP-IGD
             "-U", "-u", f"6c616221-0000-4000-8000-00000000000{index}", "-t", "60", "-P", str(pid_file),
         ]  # fmt: skip
+        # Detached (``setsid -f``): it belongs to the namespace, not to the process that built
+        # the side, and goes with the namespace (``_remove_sides`` and ``close`` kill every
+        # process inside), like the NAT's own rules.
         with log_path.open("ab") as out:
-            self.popen(gw, argv, stdout=out, stderr=subprocess.STDOUT)
+            self.run(gw, ["setsid", "-f", *argv], stdout=out, stderr=subprocess.STDOUT, timeout=30)
         wait_until(
             f"miniupnpd listening on UDP {UPNP_PORTS[0]} and TCP {UPNP_PORTS[1]} in {gw} (log: {log_path})",
             lambda: _listening(gw, UPNP_PORTS[0], "udp") and _listening(gw, UPNP_PORTS[1], "tcp"),
