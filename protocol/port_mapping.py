@@ -436,3 +436,7 @@ def state_diagram() -> str:
     for (src, dst), cause in TRANSITIONS.items():
         lines.append(f"    {src.value} --> {dst.value}: {cause}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(state_diagram())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from dvrlink.protocol.port_mapping import (
     state_diagram,
 )
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "connectivity.md"
 NONCE = bytes(range(12))
 CLIENT = "192.168.1.2"
 EXTERNAL = "100.63.0.2"
@@ -207,10 +209,14 @@ def test_unanswered_deletion_gives_up_quietly() -> None:
     assert events(core) == [MappingDeleted(confirmed=False)]
 
 
-def test_every_transition_is_in_the_table_and_the_diagram() -> None:
+def test_every_transition_is_in_the_table_and_the_docs_diagram() -> None:
     diagram = state_diagram()
     for src, dst in TRANSITIONS:
         assert f"{src.value} --> {dst.value}" in diagram
+    assert diagram in DOC.read_text(), (
+        "docs/connectivity.md does not hold the diagram of protocol.port_mapping.TRANSITIONS: render it "
+        "again with python -m hil.matrix --render docs"
+    )
     with pytest.raises(RuntimeError, match="make a new MappingCore"):
         core = pcp_core()
         core.start(0.0)
