@@ -95,7 +95,11 @@ def parse_search_response(data: bytes) -> str | None:
     ):
         return None
     location = headers.get("location", "")
-    parsed = urllib.parse.urlsplit(location)
+    try:
+        parsed = urllib.parse.urlsplit(location)
+        parsed.port  # noqa: B018 (raises ValueError on a port out of range)
+    except ValueError:
+        return None
     if parsed.scheme != "http" or not parsed.hostname:
         return None
     return location
@@ -137,8 +141,13 @@ def parse_description(body: bytes, location: str) -> Service:
                 found[kind] = control
     for kind in SERVICE_TYPES:
         if kind in found:
-            url = urllib.parse.urljoin(base, found[kind])
-            if urllib.parse.urlsplit(url).scheme != "http":
+            try:
+                url = urllib.parse.urljoin(base, found[kind])
+                parts = urllib.parse.urlsplit(url)
+                parts.port  # noqa: B018 (raises ValueError on a port out of range)
+            except ValueError:
+                raise UpnpError(f"the control URL {found[kind]!r} of {location} is malformed") from None
+            if parts.scheme != "http" or not parts.hostname:
                 raise UpnpError(f"the control URL {url!r} of {location} is not http")
             return Service(kind, url)
     raise UpnpError(f"{location} describes no WANIPConnection or WANPPPConnection service: not an IGD")

@@ -499,6 +499,10 @@ class PortMapping:
             await attempt.start()
         except OSError as exc:
             self._event(attempt, MappingFailed(f"{attempt.protocol.value}: {exc}"))
+        except Exception as exc:
+            # A router's answer we did not foresee must not leave the mapping waiting for ever.
+            log.exception("port %d: %s mapping failed", self.internal_port, attempt.protocol.value)
+            self._event(attempt, MappingFailed(f"{attempt.protocol.value}: {type(exc).__name__}: {exc}"))
 
     def _event(self, attempt: _Attempt, event: MappingEvent) -> None:
         log.debug("port %d: %s %r", self.internal_port, attempt.protocol.value, event)

@@ -3,6 +3,7 @@ with made-up time against small fake routers, and the UPnP-IGD message parsers."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import struct
@@ -310,6 +311,11 @@ def test_upnp_discovery_description_and_soap_round_trip() -> None:
     assert location == "http://192.168.1.1:5000/rootDesc.xml"
     assert upnp_igd.parse_search_response(answer.replace(b"InternetGatewayDevice", b"MediaServer")) is None
     assert upnp_igd.parse_search_response(b"NOTIFY * HTTP/1.1\r\n\r\n") is None
+    for bad in (b"http://[::1/x", b"http://192.168.1.1:99999/", b"ftp://192.168.1.1/", b"/rootDesc.xml"):
+        assert (
+            upnp_igd.parse_search_response(answer.replace(b"http://192.168.1.1:5000/rootDesc.xml", bad))
+            is None
+        )
     service = upnp_igd.parse_description(DESCRIPTION, location)
     assert service.control_url == "http://192.168.1.1:5000/ctl/IPConn"
     request = upnp_igd.soap_request(
@@ -349,3 +355,20 @@ def test_upnp_parsers_refuse_hostile_input_with_upnp_errors() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     )
     assert (status, body) == (200, b"abc")
+
+
+def test_upnp_parsers_raise_nothing_but_upnp_errors_on_random_bytes() -> None:
+    rng = random.Random(5)
+    pieces = [
+        *(b"HTTP/1.1 200 OK\r\n", b"\r\n\r\n", b"<", b">", b"</", b"UPnPError", b"errorCode", b"&"),
+        *(b"Transfer-Encoding: chunked", b"Content-Length: 9", b"zz\r\n", b"<service>", b"\x00\xff"),
+    ]
+    for _ in range(2000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        with contextlib.suppress(upnp_igd.UpnpError):
+            upnp_igd.parse_http_response(data)
+        with contextlib.suppress(upnp_igd.UpnpError):
+            upnp_igd.parse_soap_response(200, data, "AddPortMapping")
+        with contextlib.suppress(upnp_igd.UpnpError):
+            upnp_igd.parse_description(data, "http://192.168.1.1/")
+        assert upnp_igd.parse_search_response(data) is None or data.startswith(b"HTTP/1.1 200")
