@@ -523,6 +523,11 @@ class Lab:
                 f"  {s.name:<8} {s.nat.value:<21} host {s.host_ns} {s.host_addr}  "
                 f"via {' -> '.join(s.gateways)} (public {s.wan_addr}, profile {s.profile.name})"
             )
+            if s.upnp_addr is not None:
+                lines.append(
+                    f"           its router runs miniupnpd (UPnP-IGD, NAT-PMP, PCP), mapping on "
+                    f"{s.upnp_addr}, log {self.miniupnpd_log(s.gateways[-1])}"
+                )
         if not self.netem:
             lines.append(
                 "  note: this kernel has no netem (CONFIG_NET_SCH_NETEM): profiles limit rate (tbf), "
