@@ -201,7 +201,7 @@ def quick_plan(cell: Cell) -> CellPlan:
     device's ICE checks gave up. On a quiet machine the direct path comes within a few seconds;
     on a busy one ICE takes longer, and a fixed 10 s made cells fail that were only slow.
     Elsewhere the wait is 1 s (the record then says the path was not final)."""
-    if cell.predicted_path == "direct" or cell.device_maps or (
+    if cell.predicted_path == "direct" or (
         cell.device is NatType.SYMMETRIC and cell.viewer is NatType.SYMMETRIC
     ):
         return CellPlan(cell)
