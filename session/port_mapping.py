@@ -435,7 +435,8 @@ class PortMapping:
         self = cls(internal_port, config)
         self.gateway = config.gateway or default_gateway()
         if self.gateway is None or not config.protocols:
-            self.stats.failures.append("no default gateway to ask for a port mapping")
+            why = "no protocol configured" if not config.protocols else "no default gateway to ask"
+            self.stats.failures.append(f"no port mapping: {why}")
             self._settled.set()
             return self
         try:

@@ -100,6 +100,7 @@ def test_no_gateway_or_no_protocol_asks_nothing() -> None:
 async def _no_gateway_or_no_protocol_asks_nothing() -> None:
     none = await PortMapping.open(40003, PortMappingConfig(protocols=(), gateway="192.0.2.1"))
     assert await none.wait_mapped(0.1) is None
+    assert none.stats.failures == ["no port mapping: no protocol configured"]
     elsewhere = await PortMapping.open(40003, PortMappingConfig(gateway="127.0.0.1"), internal_ip="192.0.2.7")
     assert await elsewhere.wait_mapped(0.1) is None
     assert "192.0.2.7 is not on the way to the gateway 127.0.0.1" in elsewhere.stats.failures[0]
