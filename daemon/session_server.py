@@ -171,10 +171,17 @@ class _Entry:
     received_end: bool = False
     """The viewer sent end-of-candidates (in its offer or an update)."""
 
+    def mapped(self) -> str | None:
+        """The port mapping in use for this session's paths, as ``pcp 100.63.0.2:40001``."""
+        for mapping in self.conn.mappings if self.conn is not None else ():
+            if mapping.external is not None and mapping.protocol is not None:
+                return f"{mapping.protocol.value} {mapping.external[0]}:{mapping.external[1]}"
+        return None
+
     def status(self) -> SessionStatus:
         runner, core = self.runner, self.core
         if runner is None or core is None:
-            return SessionStatus(self.session_id, None, None, None, 0, 0)
+            return SessionStatus(self.session_id, None, None, None, 0, 0, mapped=self.mapped())
         path = runner.path
         return SessionStatus(
             id=self.session_id,
@@ -184,6 +191,7 @@ class _Entry:
             bytes_in=runner.bytes_in,
             bytes_out=runner.bytes_out,
             plane=None if core.peer_fingerprint is None else "data plane" if core.dataplane else "quic",
+            mapped=self.mapped(),
         )
 
 

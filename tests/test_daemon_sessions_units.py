@@ -206,6 +206,12 @@ def test_status_lists_sessions() -> None:
     )
     assert DaemonStatus.from_json(listed.to_json()) == listed
     assert "path lan (data plane)  rtt 1 ms" in format_status(listed, now)
+    mapped = SessionStatus(
+        "01" * 16, "viewerfingerprint", "direct", 0.001, 10, 20, mapped="pcp 100.63.0.2:40001"
+    )
+    listed = DaemonStatus("online", "DL-0001-0002", "x", None, None, None, None, None, 1, now, "", (mapped,))
+    assert DaemonStatus.from_json(listed.to_json()) == listed
+    assert format_status(listed, now).endswith("out 20 B  mapped pcp 100.63.0.2:40001")
     with pytest.raises(ValueError, match="bad session entry"):
         DaemonStatus.from_json(
             b'{"state": "online", "serial": "x", "pid": 1, "sessions": [{"viewer": null}]}'
