@@ -541,6 +541,9 @@ class SessionServer:
         entry.sent.update(kept)
         entry.sent_end = entry.sent_end or end
         reply = CandidateUpdate(update.session_id, kept, end)
+        log.debug(
+            "%s: %d trickled candidates to the viewer%s", entry.label, len(kept), ", end" if end else ""
+        )
         try:
             self._presence.reply_invite(invite_id, INVITE_OK, reply.encode(), self._clock())
         except ValueError as exc:  # a bug: fit_candidates keeps the reply within the limit

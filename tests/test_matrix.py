@@ -71,6 +71,11 @@ def test_cell(rig: MatrixRig, records: dict[str, CellRecord], cell: Cell) -> Non
         # cell, said out loud; a third relay fails the test as before. (Until 2026-12-07 the
         # reruns appended to the first run's daemon log, read its "no direct path" line and
         # ended at once: a CI run failed so, with one real run. Each run now logs afresh.)
+        # 2026-12-07: a likely cause found and fixed: `dvrlink forward` closed the broker client
+        # that trickles candidates as soon as the session was up on the relay, so a device
+        # candidate found later (its server-reflexive one on a busy machine) never reached the
+        # viewer ("trickle ... stopped: ... closed the connection without an answer" in the
+        # viewer's log). The client now closes with the session (viewer/cli.py ``_open``).
         for attempt in (2, 3):
             print(f"{cell.key}: relay ({record.settle_note}); running the cell again (run {attempt})")
             record = rig.run_cell(quick_plan(cell))
