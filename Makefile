@@ -17,10 +17,12 @@ PKGS := compat store driver protocol modem hal session daemon broker viewer
 # the tests in temporary folders (initdb/pg_ctl, redis-server --port); chromium and chromium-driver:
 # the fleet dashboard's tests drive a headless browser. nodejs: runs MicroPython's WebAssembly port, in
 # which the supervisor firmware's tests run (its npm comes with it or as Debian's npm).
+# miniupnpd and nftables: the NAT lab's symmetric_upnp router answers UPnP-IGD, NAT-PMP and PCP
+# (Debian's miniupnpd, nftables backend; nft makes the chains it fills).
 DEBS := coturn stun-client iproute2 ffmpeg python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	mobile-broadband-provider-info umockdev gir1.2-umockdev-1.0 iptables conntrack systemd \
-	busybox shellcheck postgresql redis-server chromium chromium-driver nodejs miniupnpd
+	busybox shellcheck postgresql redis-server chromium chromium-driver nodejs miniupnpd nftables
 
 .PHONY: all venv system-packages test pytest lint typecheck typecheck-supervisor supervisor micropython-wasm demo demo-cluster bench matrix buildroot-check hil hil-arm64 hil-packages clean
 

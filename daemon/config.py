@@ -30,6 +30,7 @@ from dvrlink.hal.config import CaptureConfig
 from dvrlink.hal.gpio import AlarmInputConfig, RelayConfig
 from dvrlink.modem import DEFAULT_PROVIDER_DATABASE
 from dvrlink.protocol.identity import b64decode_key, validate_serial
+from dvrlink.protocol.port_mapping import MappingProtocol
 from dvrlink.protocol.port_prediction import SearchBudget
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.store.toml_text import toml_key, toml_value
@@ -186,6 +187,18 @@ class SessionsConfig:
     """This device's part in a birthday search for a direct path through a NAT with random ports
     (``"auto"``, ``"full"``, ``"light"``, ``"off"`` in the file). ``auto``: ``light`` (only the
     ~31 kB part, never the ~123 kB probes) when ``[modem] enabled``, else ``full``."""
+    port_mapping: tuple[MappingProtocol, ...] = (
+        MappingProtocol.PCP,
+        MappingProtocol.NATPMP,
+        MappingProtocol.UPNP,
+    )
+    """Ask the home router to map each session's UDP port with these protocols (``["pcp",
+    "natpmp", "upnp"]`` in the file; ``[]`` turns port mapping off). A mapped port is offered to
+    the viewer as a server-reflexive candidate, so a session can go direct even behind a
+    symmetric NAT; it is renewed while the session lasts and deleted when it ends. Without a
+    default gateway (a modem's PPP link) nothing is asked."""
+    port_mapping_lifetime_s: int = 3600
+    """Lifetime asked for each mapping, seconds (renewed at half of what the router grants)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +513,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         policy=ses.policy("policy"),
         handshake_timeout_s=ses.number("handshake_timeout_s", 1.0, 600.0),
         port_search=ses.search_budget("port_search", metered=modem.enabled),
+        port_mapping=ses.mapping_protocols("port_mapping"),
+        port_mapping_lifetime_s=ses.integer("port_mapping_lifetime_s", 120, 86400),
     )
     console = _parse_console(_Table(source, "console", document, ConsoleConfig))
     capture = parse_capture(document, source)
@@ -959,6 +974,23 @@ class _Table:
         if text == "auto":
             return SearchBudget.LIGHT if metered else SearchBudget.FULL
         return SearchBudget(text)
+
+    def mapping_protocols(self, key: str) -> tuple[MappingProtocol, ...]:
+        value = self._get(key)
+        names = ", ".join(f'"{p.value}"' for p in MappingProtocol)
+        example = f"expected a list of port mapping protocols out of {names} (or [] for none)"
+        if not isinstance(value, (list, tuple)):
+            raise self._error(key, value, example)
+        out: list[MappingProtocol] = []
+        for item in value:
+            if isinstance(item, MappingProtocol):
+                out.append(item)
+                continue
+            try:
+                out.append(MappingProtocol(str(item).strip().lower()))
+            except ValueError:
+                raise self._error(key, value, f"{toml_value(item)} is not one; {example}") from None
+        return tuple(dict.fromkeys(out))
 
     def choice_lower(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.string(key).strip().lower()

@@ -171,10 +171,17 @@ class _Entry:
     received_end: bool = False
     """The viewer sent end-of-candidates (in its offer or an update)."""
 
+    def mapped(self) -> str | None:
+        """The port mapping in use for this session's paths, as ``pcp 100.63.0.2:40001``."""
+        for mapping in self.conn.mappings if self.conn is not None else ():
+            if mapping.external is not None and mapping.protocol is not None:
+                return f"{mapping.protocol.value} {mapping.external[0]}:{mapping.external[1]}"
+        return None
+
     def status(self) -> SessionStatus:
         runner, core = self.runner, self.core
         if runner is None or core is None:
-            return SessionStatus(self.session_id, None, None, None, 0, 0)
+            return SessionStatus(self.session_id, None, None, None, 0, 0, mapped=self.mapped())
         path = runner.path
         return SessionStatus(
             id=self.session_id,
@@ -184,6 +191,7 @@ class _Entry:
             bytes_in=runner.bytes_in,
             bytes_out=runner.bytes_out,
             plane=None if core.peer_fingerprint is None else "data plane" if core.dataplane else "quic",
+            mapped=self.mapped(),
         )
 
 
@@ -379,6 +387,7 @@ class SessionServer:
     # -- one session --
 
     async def _serve(self, entry: _Entry, invite_id: int, offer: SessionOffer, policy: PathPolicy) -> None:
+        from dvrlink.protocol.port_mapping import PortMappingConfig  # noqa: PLC0415
         from dvrlink.session.connectivity import Connectivity, ConnectivityError  # noqa: PLC0415
 
         label = entry.label
@@ -392,6 +401,9 @@ class SessionServer:
                     host_addresses=self._config.host_addresses or None,
                     search=self._config.port_search,
                     coalesced_reads=False,  # a recorder mostly sends; it reads ACKs one at a time
+                    port_mapping=PortMappingConfig(
+                        protocols=self._config.port_mapping, lifetime_s=self._config.port_mapping_lifetime_s
+                    ),
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED
@@ -529,6 +541,9 @@ class SessionServer:
         entry.sent.update(kept)
         entry.sent_end = entry.sent_end or end
         reply = CandidateUpdate(update.session_id, kept, end)
+        log.debug(
+            "%s: %d trickled candidates to the viewer%s", entry.label, len(kept), ", end" if end else ""
+        )
         try:
             self._presence.reply_invite(invite_id, INVITE_OK, reply.encode(), self._clock())
         except ValueError as exc:  # a bug: fit_candidates keeps the reply within the limit

@@ -46,6 +46,9 @@ class SessionStatus:
     """What carries the session's streams: ``data plane`` once the two ends have exchanged its
     hello, else ``quic`` (an older viewer, or one that opened its streams before); None during
     the handshake."""
+    mapped: str | None = None
+    """The public port the home router mapped for the session and how (``pcp 100.63.0.2:40001``),
+    offered to the viewer as a candidate; None without one."""
 
     @classmethod
     def from_mapping(cls, item: object) -> SessionStatus:
@@ -65,6 +68,7 @@ class SessionStatus:
                 bytes_in=int(item.get("bytes_in", 0)),
                 bytes_out=int(item.get("bytes_out", 0)),
                 plane=None if item.get("plane") is None else str(item["plane"]),
+                mapped=None if item.get("mapped") is None else str(item["mapped"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad session entry: {exc}") from exc
@@ -552,15 +556,17 @@ def format_modem(modem: ModemBlock) -> list[str]:
 
 
 def format_session(session: SessionStatus) -> str:
-    """One line per session: id, viewer, path (and what carries the streams), RTT and bytes each way."""
+    """One line per session: id, viewer, path (and what carries the streams), RTT, bytes each way,
+    and the port the home router mapped for it, if any."""
     viewer = session.viewer or "(handshake)"
     path = session.path or "-"
     if session.plane:
         path += f" ({session.plane})"
     rtt = f"{session.rtt * 1000:.0f} ms" if session.rtt is not None else "-"
+    mapped = f"  mapped {session.mapped}" if session.mapped else ""
     return (
         f"{session.id[:12]}  viewer {viewer}  path {path}  rtt {rtt}  "
-        f"in {_size(session.bytes_in)}  out {_size(session.bytes_out)}"
+        f"in {_size(session.bytes_in)}  out {_size(session.bytes_out)}{mapped}"
     )
 
 

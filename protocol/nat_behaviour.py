@@ -27,6 +27,14 @@ direct path once ICE finds one, so "relay" means it stays there):
 7. One side maps per remote, the other (EIM) filters by address and port (APDF): **direct**, but
    only by searching for the new port: **port prediction** when the per-remote side allocates
    ports sequentially, a **birthday search** when it allocates them at random.
+8. The device's router maps ports on request (PCP, NAT-PMP or UPnP-IGD: :attr:`NatProfile.maps_ports`)
+   and the device asks it for each session's port (``[sessions] port_mapping``): **direct** by
+   **port mapping** wherever rules 4 and 7 would leave the relay or a search. The mapped public
+   port forwards whatever arrives to the device's socket, so the other side's checks get in from
+   whichever port its own NAT picks, and the device answers through the same entry. Only the
+   device asks for a mapping: a viewer whose router maps ports counts as its NAT's behaviour alone.
+   A device's report (``nat_type``) does not say that its router maps ports, so a viewer's
+   netcheck predicts from rules 1-7 only.
 """
 
 from __future__ import annotations
@@ -70,6 +78,11 @@ class NatProfile:
     filtering: Filtering | None = None
     sequential: bool = False
     """A per-remote mapping allocates ports in sequence (predictable); False: at random or unknown."""
+    maps_ports: bool = False
+    """The side's router maps a port on request (PCP, NAT-PMP or UPnP-IGD): a public port that
+    forwards whatever arrives to the side's socket. False: it does not, or not known. Not part of
+    :attr:`name` or :attr:`nat_type`, which name the NAT's own behaviour (the RFC 5780 tests do not
+    see a router's port mapping)."""
 
     @property
     def known(self) -> bool:
@@ -119,7 +132,8 @@ class NatProfile:
 
 def parse_nat_type(text: str | None) -> NatProfile | None:
     """The profile a report's ``nat_type`` text names (the inverse of :attr:`NatProfile.nat_type`;
-    the text does not say whether ports are sequential, so ``sequential`` is False). None for
+    the text does not say whether ports are sequential or whether the router maps ports, so
+    ``sequential`` and ``maps_ports`` are False). None for
     None or text it does not know (a newer device's): never raises."""
     if text is None:
         return None
@@ -241,6 +255,9 @@ class Punch(enum.Enum):
     """The sequential side also offers the next ports (``protocol/port_prediction.py``)."""
     BIRTHDAY_SEARCH = "birthday search"
     """Many sockets on the random side, many ports probed by the other (``session/birthday.py``)."""
+    PORT_MAPPING = "port mapping"
+    """The device's router forwards a public port it mapped on request to the device's socket (PCP,
+    NAT-PMP or UPnP-IGD, ``session/port_mapping.py``); that port is one more candidate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,10 +288,14 @@ def predict_path(
     here_name: str = "viewer",
     there_name: str = "device",
     same_nat: bool = False,
+    asks_mapping: str | None = "device",
 ) -> PathPrediction:
     """The path between two sides by the rules in the module docstring. ``same_nat``: both are
     behind one NAT (their public addresses are the same). ``here_name``/``there_name`` name the
-    sides in the reason. Symmetric in the two sides but for those names. Never raises."""
+    sides in the reason. ``asks_mapping``: the name of the side that asks its router for a port
+    mapping (rule 8: ``dvrlinkd``'s sessions do, a viewer does not); None: neither side asks (the
+    device has ``[sessions] port_mapping = []``). Symmetric in the two sides but for those names.
+    Never raises."""
     sides = ((here_name, here), (there_name, there))
     blocked = [name for name, p in sides if p is not None and not p.udp]
     if blocked:
@@ -303,6 +324,29 @@ def predict_path(
             "opens on the relay and moves to a direct path if ICE finds one",
         )
     assert here is not None and there is not None
+    by_behaviour = _by_behaviour(here, there, here_name, there_name)
+    mapper = next(
+        (name for name, p in sides if name == asks_mapping and p is not None and p.maps_ports), None
+    )
+    if mapper is None or by_behaviour.punch is Punch.ICE_CHECKS:
+        return by_behaviour
+    other = there_name if mapper == here_name else here_name
+    without = by_behaviour.path.value
+    if by_behaviour.punch is not Punch.NONE:
+        without += f" by {by_behaviour.punch.value}"
+    return PathPrediction(
+        Path.DIRECT,
+        Punch.PORT_MAPPING,
+        f"the {mapper}'s router maps ports on request (PCP, NAT-PMP or UPnP-IGD) and the {mapper} asks "
+        f"it for a public port: the mapped port forwards whatever arrives, so the {other}'s checks get "
+        f"in from whichever port its own NAT picks and ICE meets on the mapped candidate (without the "
+        f"mapping: {without})",
+    )
+
+
+def _by_behaviour(here: NatProfile, there: NatProfile, here_name: str, there_name: str) -> PathPrediction:
+    """Rules 4-7 of the module docstring: two known sides that can send UDP, by their NATs'
+    mapping and filtering alone."""
     a, b = _side(here_name, here), _side(there_name, there)
     if here.per_remote and there.per_remote:
         return PathPrediction(

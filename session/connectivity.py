@@ -60,6 +60,7 @@ from aioice.utils import random_string
 
 from dvrlink.compat import asyncio_compat
 from dvrlink.protocol.dataplane_wire import is_dataplane
+from dvrlink.protocol.port_mapping import PortMappingConfig
 from dvrlink.protocol.port_prediction import (
     BIRTHDAY_PROBES,
     BIRTHDAY_SOCKETS,
@@ -77,6 +78,7 @@ from dvrlink.session.direct import (
     gather_host,
     host_protocols,
     is_private,
+    mapped_candidate,
     nominated_protocol,
     predicted_candidates,
     selected_pair,
@@ -84,6 +86,7 @@ from dvrlink.session.direct import (
     srflx_candidate,
 )
 from dvrlink.session.gso import GsoSender, gro_receiver, probe_path_mtu, stamped_receiver
+from dvrlink.session.port_mapping import PortMapping
 from dvrlink.session.relay import RelayReceiver, channel_send, release_turn, turn_client, turn_error
 
 Path = tuple[str, int]
@@ -101,6 +104,11 @@ TURN_HEAD_START_S = 0.3
 """How long an Allocate may go unanswered before one over the other transport starts beside it."""
 SRFLX_TIMEOUT_S = 5.0
 """How long a STUN Binding for a server-reflexive candidate may take (then none for that socket)."""
+PORT_MAPPING_TIMEOUT_S = 5.0
+"""How long the home router may take to map a host socket's port (PCP, NAT-PMP or UPnP-IGD); a
+mapping granted later is released."""
+UNMAP_TIMEOUT_S = 1.0
+"""How long ``close`` waits for the router to confirm a mapping's deletion."""
 BIRTHDAY_DELAY_S = 1.0
 """How long ICE may run on its own before a birthday search starts beside it (a peer that filters
 nothing is reached by the plain checks in well under this, and then no search runs)."""
@@ -219,6 +227,9 @@ class Connectivity:
         self._flush_handle: asyncio.Handle | None = None
         """The pass-end ``on_batch`` for datagrams that came outside a batch reader."""
         self._srflx_task: asyncio.Task[None] | None = None
+        self.mappings: list[PortMapping] = []
+        """Ports the home router mapped for our host sockets (renewed while open, deleted by
+        ``close``); each is offered as a server-reflexive candidate."""
         self._stragglers: set[asyncio.Task[tuple[TurnTransport, RelayReceiver | None]]] = set()
         """Allocation attempts that lost the race and still run (released when they finish)."""
         self._closers: set[asyncio.Task[None]] = set()
@@ -248,9 +259,14 @@ class Connectivity:
         host_addresses: Sequence[str] | None = None,
         search: SearchBudget = SearchBudget.FULL,
         coalesced_reads: bool = True,
+        port_mapping: PortMappingConfig | None = None,
     ) -> Connectivity:
         """Allocate a TURN relay (unless ``DIRECT_ONLY``) and gather host and server-reflexive
         candidates (unless ``RELAY_ONLY``).
+
+        ``port_mapping``: also ask the home router to map each private IPv4 host socket's port
+        (``session.port_mapping``); a granted public address is trickled as one more
+        server-reflexive candidate, renewed while the session lasts and deleted by ``close``.
 
         ``turn`` servers are tried in order; the first allocation that succeeds is used.
         ``host_addresses`` limits host candidates to these IP literals (default: every address
@@ -288,8 +304,9 @@ class Connectivity:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            if self._ice is not None and stun_server is not None:
-                self._srflx_task = asyncio.create_task(self._gather_srflx(self._ice, stun_server))
+            mapping = port_mapping if port_mapping is not None and port_mapping.protocols else None
+            if self._ice is not None and (stun_server is not None or mapping is not None):
+                self._srflx_task = asyncio.create_task(self._gather_srflx(self._ice, stun_server, mapping))
             else:
                 self._local_end = True
             if not self.local_candidates() and self._srflx_task is not None:
@@ -307,11 +324,16 @@ class Connectivity:
         for protocol in host_protocols(ice):
             self._read_ice(protocol)
 
-    async def _gather_srflx(self, ice: _IceConnection, stun_server: tuple[str, int]) -> None:
+    async def _gather_srflx(
+        self, ice: _IceConnection, stun_server: tuple[str, int] | None, port_mapping: PortMappingConfig | None
+    ) -> None:
         """Ask the STUN server for each host socket's mapped address, adding each answer as it
-        comes; a socket without an answer within ``SRFLX_TIMEOUT_S`` gets no srflx candidate."""
+        comes; a socket without an answer within ``SRFLX_TIMEOUT_S`` gets no srflx candidate.
+        With ``port_mapping``, ask the home router for a mapping of each private IPv4 host
+        socket at the same time (``PORT_MAPPING_TIMEOUT_S``)."""
 
         async def one(protocol: Any) -> None:
+            assert stun_server is not None
             try:
                 found = await asyncio.wait_for(srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
             except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
@@ -335,8 +357,32 @@ class Connectivity:
             self._local_changed.set()
             self._maybe_birthday()
 
+        async def mapped(protocol: Any, config: PortMappingConfig) -> None:
+            base = protocol.local_candidate
+            if ":" in base.host or not is_private(base.host):
+                return
+            mapping = await PortMapping.open(base.port, config, internal_ip=base.host)
+            self.mappings.append(mapping)
+            external = await mapping.wait_mapped(PORT_MAPPING_TIMEOUT_S)
+            if external is None or self._closed:
+                if external is None and mapping.stats.failures:
+                    log.info(
+                        "no port mapping for %s:%d: %s",
+                        base.host,
+                        base.port,
+                        "; ".join(mapping.stats.failures),
+                    )
+                self.mappings.remove(mapping)
+                await mapping.close(UNMAP_TIMEOUT_S)
+                return
+            self._srflx.append(mapped_candidate(base, *external))
+            self._local_changed.set()
+
+        steps = [one(p) for p in host_protocols(ice)] if stun_server is not None else []
+        if port_mapping is not None:
+            steps += [mapped(p, port_mapping) for p in host_protocols(ice)]
         try:
-            await asyncio.gather(*(one(p) for p in host_protocols(ice)))
+            await asyncio.gather(*steps)
         finally:
             self._local_end = True
             self._local_changed.set()
@@ -722,6 +768,9 @@ class Connectivity:
             self._srflx_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._srflx_task
+        if self.mappings:
+            await asyncio.gather(*(m.close(UNMAP_TIMEOUT_S) for m in self.mappings), return_exceptions=True)
+            self.mappings.clear()
         if self._ice_task is not None:
             self._ice_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -126,6 +126,15 @@ def reflexive(base: Candidate, host: str, port: int, local_pref: int = 65535) ->
     )
 
 
+def mapped_candidate(base: Candidate, host: str, port: int) -> Candidate:
+    """A server-reflexive candidate of ``base`` at the public ``host:port`` a home router mapped
+    to it on request (PCP, NAT-PMP, UPnP-IGD). Its foundation differs from the STUN one's, so
+    the peer checks it independently of that one (RFC 8445 5.1.1.3: another server)."""
+    candidate = reflexive(base, host, port)
+    candidate.foundation = aioice.candidate.candidate_foundation("srflx", "udp", f"{base.host}/mapped")
+    return candidate
+
+
 def is_private(host: str) -> bool:
     """A private (RFC 1918, RFC 4193), link-local or loopback address: a host pair to one is a lan
     path; a host pair to any other address crosses networks (a public device seen from behind a

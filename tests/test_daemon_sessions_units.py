@@ -21,6 +21,7 @@ from dvrlink.daemon.services import ServicesConfig
 from dvrlink.daemon.session_server import SessionServer, combine_policies, fit_answer
 from dvrlink.daemon.state import Viewer
 from dvrlink.daemon.status import DaemonStatus, SessionStatus, format_status
+from dvrlink.protocol.port_mapping import MappingProtocol
 from dvrlink.protocol.presence_events import InviteReceived
 from dvrlink.protocol.presence_wire import INVITE_KIND_PAIR, INVITE_MALFORMED, INVITE_OK, MAX_INVITE_BODY
 from dvrlink.protocol.signalling import (
@@ -151,9 +152,22 @@ def test_sessions_config_section(tmp_path: Path) -> None:
         ('host_addresses = ["0.0.0.0"]', "0.0.0.0 cannot be a host candidate"),
         ('policy = "relay"', 'policy = "relay": expected one of all, relay_only, direct_only'),
         ("max_session = 3", "unknown key max_session in [sessions]; did you mean max_sessions?"),
+        ('port_mapping = "pcp"', "expected a list of port mapping protocols"),
+        (
+            'port_mapping = ["igd"]',
+            '"igd" is not one; expected a list of port mapping protocols out of "pcp"',
+        ),
+        ("port_mapping_lifetime_s = 60", "out of range; use a value from 120 to 86400"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(write(tmp_path, f"[sessions]\n{bad}\n"))
+
+
+def test_port_mapping_protocols_are_read_in_order_and_can_be_turned_off(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[sessions]\nport_mapping = ["UPnP", " pcp", "upnp"]\n'))
+    assert config.sessions.port_mapping == (MappingProtocol.UPNP, MappingProtocol.PCP)
+    assert load_config(write(tmp_path, "[sessions]\nport_mapping = []\n")).sessions.port_mapping == ()
+    assert SessionsConfig().port_mapping == tuple(MappingProtocol)
 
 
 def test_the_example_documents_services_and_sessions(tmp_path: Path) -> None:
@@ -192,6 +206,12 @@ def test_status_lists_sessions() -> None:
     )
     assert DaemonStatus.from_json(listed.to_json()) == listed
     assert "path lan (data plane)  rtt 1 ms" in format_status(listed, now)
+    mapped = SessionStatus(
+        "01" * 16, "viewerfingerprint", "direct", 0.001, 10, 20, mapped="pcp 100.63.0.2:40001"
+    )
+    listed = DaemonStatus("online", "DL-0001-0002", "x", None, None, None, None, None, 1, now, "", (mapped,))
+    assert DaemonStatus.from_json(listed.to_json()) == listed
+    assert format_status(listed, now).endswith("out 20 B  mapped pcp 100.63.0.2:40001")
     with pytest.raises(ValueError, match="bad session entry"):
         DaemonStatus.from_json(
             b'{"state": "online", "serial": "x", "pid": 1, "sessions": [{"viewer": null}]}'

@@ -47,11 +47,11 @@ def physical(cell: Cell) -> CellRecord:
     return record(cell, cell.predicted_path)
 
 
-def test_the_lan_matrix_has_every_pair_and_one_hairpin_cell() -> None:
+def test_the_lan_matrix_has_every_pair_one_hairpin_cell_and_one_port_mapping_cell() -> None:
     cells = lan_cells()
-    assert len(cells) == 8 * 8 + 1
+    assert len(cells) == 8 * 8 + 1 + 1
     assert cells[0] == Cell(N.PUBLIC, N.PUBLIC)  # pairs the viewer first
-    assert cells[-1] == Cell(N.HAIRPIN, N.HAIRPIN)
+    assert cells[-2:] == [Cell(N.HAIRPIN, N.HAIRPIN), Cell(N.SYMMETRIC_UPNP, N.SYMMETRIC)]
     assert len({c.key for c in cells}) == len(cells)
     assert {c.profile for c in profile_cells()} == {"3g", "gprs"} and len(profile_cells()) == 12
 
@@ -67,6 +67,7 @@ def test_the_lan_matrix_has_every_pair_and_one_hairpin_cell() -> None:
         (N.SYMMETRIC, N.SEQUENTIAL_SYMMETRIC, "relay", "relay"),
         (N.UDP_BLOCKED, N.PUBLIC, "relay", "relay"),
         (N.HAIRPIN, N.HAIRPIN, "direct", "direct"),
+        (N.SYMMETRIC_UPNP, N.SYMMETRIC, "direct", "direct"),
     ],
 )
 def test_targets_and_predictions_per_cell(device: N, viewer: N, target: str, predicted: str) -> None:
@@ -106,13 +107,14 @@ def test_physics_meets_every_target_and_invariant() -> None:
 def test_a_punch_that_found_nothing_misses_the_direct_target_and_invariant() -> None:
     records = [physical(c) for c in lan_cells()]
     punched = [r for r in records if cell_of(r).punch]
-    assert len(punched) == 8  # (sequential) symmetric × port-restricted/cgnat, both ways
-    assert {cell_of(r).punch for r in punched} == {"port prediction", "birthday search"}
+    assert len(punched) == 9  # (sequential) symmetric × port-restricted/cgnat, both ways; a mapping
+    assert {cell_of(r).punch for r in punched} == {"port prediction", "birthday search", "port mapping"}
     for r in punched:
         r.path = "relay"
     _, direct, _, _ = targets(records)
-    assert len(direct.misses) == 8
+    assert len(direct.misses) == 9
     assert len(invariants(records)[2].misses) == 8
+    assert [m.split(":")[0] for m in invariants(records)[3].misses] == ["symmetric_upnp × symmetric"]
 
 
 def test_cells_that_fail_to_connect_miss_every_target_they_touch() -> None:
@@ -132,10 +134,12 @@ def test_invariants_catch_a_missed_punch_a_direct_symmetric_pair_and_a_failure()
     by_key["full_cone/cgnat"].path = "relay"
     by_key["symmetric/symmetric"].settled = False
     by_key["cgnat/cgnat"].connected = False
-    connect, relay, direct = invariants(records)
+    by_key["symmetric_upnp/symmetric"].path = "relay"
+    connect, relay, direct, mapped = invariants(records)
     assert [m.split(":")[0] for m in connect.misses] == ["cgnat × cgnat"]
     assert [m.split(":")[0] for m in relay.misses] == ["symmetric × symmetric"]
     assert [m.split(":")[0] for m in direct.misses] == ["full_cone × cgnat"]
+    assert [m.split(":")[0] for m in mapped.misses] == ["symmetric_upnp × symmetric"]
 
 
 def test_a_slow_first_byte_fails_the_two_second_target_only() -> None:
@@ -154,6 +158,7 @@ def test_markdown_and_json(tmp_path: Path) -> None:
     text = markdown(records, META)
     assert "| device ↓ / viewer → | public | full_cone |" in text
     assert "Hairpin (device and viewer behind one NAT): **direct 0.40 s**" in text
+    assert "Port mapping: device symmetric_upnp (its router runs miniupnpd" in text
     assert "## GPRS (no netem: rate/loss only)" in text
     assert "- **PASS**: 100% of cells connect" in text
     assert "- **PASS**: cells with endpoint-independent mapping" in text
@@ -162,7 +167,7 @@ def test_markdown_and_json(tmp_path: Path) -> None:
     assert gprs.count("\n") == 3 and "udp_blocked" not in gprs  # two rows, three columns
     md, js = write(records, META, tmp_path)
     document = json.loads(js.read_text())
-    assert len(document["cells"]) == 65 + 12 and document["no_netem_note"] == "no netem: rate/loss only"
+    assert len(document["cells"]) == 66 + 12 and document["no_netem_note"] == "no netem: rate/loss only"
     assert md.read_text() == text
     assert load(js) == (records, META)  # --render draws the same Markdown from the JSON
     js.write_text('{"cells": [{"device_nat": "public"}]}')

@@ -78,7 +78,7 @@ def test_each_lab_type_round_trips_through_the_report_text(nat: NatType) -> None
     assert text is not None
     back = parse_nat_type(text)
     assert back is not None
-    # The text does not carry sequential ports: that is the one thing lost.
+    # The text does not carry sequential ports or a router's port mapping: those are what is lost.
     assert back == NatProfile(profile.udp, profile.nat, profile.mapping, profile.filtering), (nat, text)
 
 
@@ -98,13 +98,18 @@ def test_the_matrix_and_netcheck_predict_with_one_classifier() -> None:
         assert cell.prediction == prediction
         assert cell.predicted_path == ("relay" if prediction.path is PathKind.RELAY else "direct")
         # What netcheck on a viewer predicts from the device's *report* (text) is the same but
-        # where the text loses sequential ports (port prediction becomes a birthday search).
+        # where the text loses sequential ports (port prediction becomes a birthday search) and
+        # the router's port mapping (the report names the NAT alone: symmetric_upnp × symmetric
+        # is predicted as symmetric × symmetric, the relay).
         from_report = predict_path(
             cell.viewer.profile,
             parse_nat_type(cell.device.profile.nat_type),
             same_nat=cell.device is NatType.HAIRPIN and cell.viewer is NatType.HAIRPIN,
         )
-        assert from_report.path == prediction.path, cell
+        if cell.device.profile.maps_ports:
+            assert from_report.path is PathKind.RELAY and prediction.punch is Punch.PORT_MAPPING, cell
+        else:
+            assert from_report.path == prediction.path, cell
         seen[prediction.punch.value] = seen.get(prediction.punch.value, 0) + 1
     assert set(seen) == {p.value for p in Punch}, seen
 
@@ -118,12 +123,34 @@ def test_the_matrix_and_netcheck_predict_with_one_classifier() -> None:
         ("symmetric", "symmetric", PathKind.RELAY, Punch.NONE),
         ("public", "udp_blocked", PathKind.RELAY, Punch.NONE),
         ("port_restricted_cone", "cgnat", PathKind.DIRECT, Punch.ICE_CHECKS),
+        ("symmetric", "symmetric_upnp", PathKind.DIRECT, Punch.PORT_MAPPING),
+        ("port_restricted_cone", "symmetric_upnp", PathKind.DIRECT, Punch.PORT_MAPPING),
+        ("restricted_cone", "symmetric_upnp", PathKind.DIRECT, Punch.ICE_CHECKS),
+        ("symmetric_upnp", "symmetric", PathKind.RELAY, Punch.NONE),
+        ("udp_blocked", "symmetric_upnp", PathKind.RELAY, Punch.NONE),
     ],
 )
 def test_paths_between_lab_types(viewer: str, device: str, path: PathKind, punch: Punch) -> None:
     prediction = predict_path(NatType.parse(viewer).profile, NatType.parse(device).profile)
     assert (prediction.path, prediction.punch) == (path, punch), prediction.reason
     assert prediction.reason
+
+
+def test_only_the_side_that_asks_for_a_mapping_gains_from_its_router() -> None:
+    mapper, symmetric = NatType.SYMMETRIC_UPNP.profile, NatType.SYMMETRIC.profile
+    mapped = predict_path(symmetric, mapper)
+    assert (mapped.path, mapped.punch) == (PathKind.DIRECT, Punch.PORT_MAPPING)
+    assert "device's router maps ports" in mapped.reason and "without the mapping: relay" in mapped.reason
+    # The names decide which side asks, not the order.
+    swapped = predict_path(mapper, symmetric, here_name="device", there_name="viewer")
+    assert (swapped.path, swapped.punch) == (PathKind.DIRECT, Punch.PORT_MAPPING)
+    assert "device's router maps ports" in swapped.reason
+    # A device whose port mapping is off ([sessions] port_mapping = []) is its NAT alone.
+    off = predict_path(symmetric, mapper, asks_mapping=None)
+    assert (off.path, off.punch) == (PathKind.RELAY, Punch.NONE)
+    # Where the mapping would turn a birthday search into a direct path, the reason says so.
+    searched = predict_path(NatType.PORT_RESTRICTED_CONE.profile, mapper)
+    assert "without the mapping: direct by birthday search" in searched.reason
 
 
 def test_an_unreported_device_makes_the_path_unknown_but_a_blocked_side_still_means_the_relay() -> None:

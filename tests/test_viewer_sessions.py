@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytest_mock import MockerFixture
 from support.connectivity import Lab, lab
 from support.session import make_device
 from support.waiting import wait_until_async
@@ -36,6 +37,7 @@ from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.allow_list import parse_allowed_target
 from dvrlink.session.connectivity import Connectivity
 from dvrlink.session.runner import DeviceRunner
+from dvrlink.viewer import cli as cli_module
 from dvrlink.viewer.api_client import BrokerClient, cleartext_warning
 from dvrlink.viewer.cli import (
     build_parser,
@@ -51,7 +53,7 @@ from dvrlink.viewer.cli import (
 from dvrlink.viewer.errors import EXIT_USAGE, ViewerError
 from dvrlink.viewer.forward import ForwardSpec, ForwardStats, ping
 from dvrlink.viewer.home import Login, Pin, ViewerHome
-from dvrlink.viewer.session_client import open_session
+from dvrlink.viewer.session_client import ViewerRunner, open_session
 
 T = TypeVar("T")
 SERIAL = "DL-0001-0002"
@@ -517,6 +519,31 @@ def test_ping_and_sessions_commands(url: str, home: ViewerHome, capsys: pytest.C
     assert "relay_only  answered" in out
     assert main([*base, "ping", "OFFLINE-1"]) == 1
     assert "pair first with `dvrlink pair OFFLINE-1 CODE`" in capsys.readouterr().err
+
+
+def test_the_client_that_opened_a_session_lives_until_the_session_closes(
+    url: str, home: ViewerHome, mocker: MockerFixture
+) -> None:
+    """Candidates found after the session is up still trickle through the broker client that
+    opened it (a device's server-reflexive or port-mapped candidate can come a round trip
+    late), so that client closes with the session, not when the session is up (which cut the
+    trickle off mid-request: the session then never went direct)."""
+    opened = mocker.spy(cli_module, "open_session")
+    closes = mocker.spy(BrokerClient, "close")
+    original = ViewerRunner.close
+    open_at_close: list[bool] = []
+
+    async def close(self: ViewerRunner, reason: str = "closed by the user") -> None:
+        client = opened.call_args.args[0]
+        open_at_close.append(not any(call.args[0] is client for call in closes.call_args_list))
+        await original(self, reason)
+
+    mocker.patch.object(ViewerRunner, "close", close)
+    base = ["--home", str(home.path), "--insecure-http"]
+    assert main([*base, "ping", SERIAL, "-c", "1", "--relay-only", "--host-address", LOOPBACK]) == 0
+    assert open_at_close and open_at_close[0], "the client that opened the session closed before it"
+    client = opened.call_args.args[0]
+    assert any(call.args[0] is client for call in closes.call_args_list), "and it closes with the session"
 
 
 @pytest.mark.skipif(not VIEWER_BIN.exists(), reason="the dvrlink script is not installed (run `make venv`)")

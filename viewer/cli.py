@@ -825,20 +825,30 @@ def _serial_arg(text: str) -> str:
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
     login = _require_login(home, time.time())
     progress = WakeProgressOutput(sys.stderr.isatty())
+    client = await _client(args, login).__aenter__()
     try:
-        async with _client(args, login) as client:  # the broker is only needed until the session is up
-            return await open_session(
-                client,
-                home,
-                serial,
-                session_policy(args),
-                args.host_address,
-                end=functools.partial(_end_session, args, login),
-                report_path=functools.partial(_report_path, args, login),
-                on_wake=progress.show,
-            )
+        runner = await open_session(
+            client,
+            home,
+            serial,
+            session_policy(args),
+            args.host_address,
+            end=functools.partial(_end_session, args, login),
+            report_path=functools.partial(_report_path, args, login),
+            on_wake=progress.show,
+        )
+    except BaseException:
+        await client.close()
+        raise
     finally:
         progress.done()
+    # The session is up on the relay before every candidate is known: a device's server-reflexive
+    # or port-mapped candidate can come a round trip later, and it still trickles through this
+    # client. Closing the client here cut that trickle off mid-request ("it closed the
+    # connection without an answer"), and such a session never went direct; it closes with the
+    # session instead.
+    runner.after_close.append(client.close)
+    return runner
 
 
 class WakeProgressOutput:

@@ -99,6 +99,9 @@ async def viewer_netcheck(
         device_ip = (
             device.reflexive_address.rsplit(":", 1)[0].strip("[]") if device.reflexive_address else None
         )
+        # The report's nat_type names the device's NAT only: whether its router maps ports on
+        # request (rule 8) is not in it, so a device behind a mapping router is predicted by its
+        # NAT alone here (its own netcheck's port_mapping says whether the gateway answers).
         prediction = predict_path(
             own,
             parse_nat_type(reported),

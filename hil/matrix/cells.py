@@ -26,6 +26,11 @@ SIDE_TYPES: tuple[NatType, ...] = (
 )
 """Rows (device) and columns (viewer). Hairpin is one extra cell: both behind the same NAT."""
 
+MAPPING_CELLS: tuple[tuple[NatType, NatType], ...] = ((NatType.SYMMETRIC_UPNP, NatType.SYMMETRIC),)
+"""Extra LAN cells: a symmetric device NAT whose router maps ports (miniupnpd), against a symmetric
+viewer, the pair that has no direct path without a mapping. What a mapping does for a path is
+``predict_path``'s rule 8 on ``NatType.SYMMETRIC_UPNP.profile`` (``maps_ports``)."""
+
 DIRECT_PATHS = frozenset({"lan", "direct"})
 FIRST_BYTE_TARGET_S = 2.0
 
@@ -74,19 +79,30 @@ class Cell:
         return self.prediction.relay_over_tcp
 
     @property
+    def device_maps(self) -> bool:
+        """The device's router maps its session ports on request (a public port that forwards
+        whatever arrives: a server-reflexive candidate any viewer reaches): ``maps_ports`` of its
+        profile. A mapper on the viewer's side counts for nothing; the viewer asks for no mapping."""
+        return self.device.profile.maps_ports
+
+    @property
     def both_apdm(self) -> bool:
-        """Both sides map per remote (symmetric × symmetric, sequential or random)."""
-        return self.device.profile.per_remote and self.viewer.profile.per_remote
+        """Both sides map per remote (symmetric × symmetric, sequential or random) and the
+        prediction is the relay: no port mapping of the device's router opens a direct path."""
+        per_remote = self.device.profile.per_remote and self.viewer.profile.per_remote
+        return per_remote and self.prediction.path is Path.RELAY
 
     @property
     def one_eim(self) -> bool:
         """At least one side maps endpoint-independently and no side blocks UDP."""
-        return not self.udp_blocked and not self.both_apdm
+        per_remote = self.device.profile.per_remote and self.viewer.profile.per_remote
+        return not self.udp_blocked and not per_remote
 
     @property
     def target_path(self) -> str:
         """The path the issue's targets ask for: ``relay`` for symmetric × symmetric and
-        UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM, else ``any``."""
+        UDP-blocked cells, ``direct`` (lan or direct) where one side has EIM or the device's router
+        maps ports, else ``any``: what ``predict_path`` predicts."""
         prediction = self.prediction
         if prediction.path is Path.RELAY:
             return "relay"
@@ -95,18 +111,19 @@ class Cell:
     @property
     def predicted_path(self) -> str:
         """What NAT behaviour allows: ``relay`` where UDP is blocked (TURN over TCP 443) or where
-        both sides map per remote; else ``direct``. Where one side maps per remote and the other
-        filters per address and port, plain checks cannot meet: it takes port prediction (a
-        sequential NAT) or a birthday search (a random one), see ``punch``."""
+        both sides map per remote and the device's router maps no port; else ``direct``. Where one
+        side maps per remote and the other filters per address and port, plain checks cannot meet:
+        it takes port prediction (a sequential NAT) or a birthday search (a random one), see
+        ``punch``; a device's port mapping meets any viewer."""
         return "relay" if self.prediction.path is Path.RELAY else "direct"
 
     @property
     def punch(self) -> str:
         """What finds the direct path beyond plain ICE checks: ``port prediction`` (sequential
         mapping against address-and-port filtering), ``birthday search`` (random mapping against
-        it), or empty."""
+        it), ``port mapping`` (the device's router opens a port on request), or empty."""
         punch = self.prediction.punch
-        return punch.value if punch in (Punch.PORT_PREDICTION, Punch.BIRTHDAY_SEARCH) else ""
+        return "" if punch in (Punch.NONE, Punch.HOST, Punch.ICE_CHECKS) else punch.value
 
     @property
     def why_not_direct(self) -> str:
@@ -116,9 +133,10 @@ class Cell:
 
 
 def lan_cells() -> list[Cell]:
-    """Every device × viewer cell on LAN, then the hairpin cell."""
+    """Every device × viewer cell on LAN, then the hairpin cell and the port-mapping cells."""
     cells = [Cell(d, v) for d in SIDE_TYPES for v in SIDE_TYPES]
     cells.append(Cell(NatType.HAIRPIN, NatType.HAIRPIN))
+    cells += [Cell(d, v) for d, v in MAPPING_CELLS]
     return cells
 
 

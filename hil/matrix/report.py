@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvrlink.protocol.port_mapping import state_diagram as mapping_state_diagram
 from hil.matrix.cells import (
     DIRECT_PATHS,
     FIRST_BYTE_TARGET_S,
+    MAPPING_CELLS,
     PROFILE_SUBSET,
     SIDE_TYPES,
     Cell,
@@ -101,11 +103,13 @@ def _why_slow(record: CellRecord) -> str:
 def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
     """What ``make test`` asserts on LAN: every cell without UDP blocking connects; both sides
     symmetric ends on the relay; a side with endpoint-independent mapping ends direct (by plain
-    checks, port prediction or a birthday search)."""
+    checks, port prediction or a birthday search); a device whose router maps ports on request
+    ends direct."""
     lan = [r for r in records if r.profile == "lan"]
     connect = Verdict("every LAN cell without UDP blocking connects", True)
     relay = Verdict("symmetric × symmetric ends on the relay", True)
     direct = Verdict("a cell with endpoint-independent mapping on one side ends direct", True)
+    mapped = Verdict("a device behind a port-mapping router (PCP, NAT-PMP, UPnP-IGD) ends direct", True)
     for r in lan:
         cell = cell_of(r)
         if not cell.udp_blocked and not r.connected:
@@ -117,9 +121,11 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
             relay.misses.append(f"{_label(cell)}: path not final ({r.settle_note})")
         if cell.one_eim and r.path not in DIRECT_PATHS:
             direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
-    for verdict in (connect, relay, direct):
+        if cell.device_maps and not cell.udp_blocked and r.path not in DIRECT_PATHS:
+            mapped.misses.append(f"{_label(cell)}: {describe_path(r)}")
+    for verdict in (connect, relay, direct, mapped):
         verdict.passed = not verdict.misses
-    return [connect, relay, direct]
+    return [connect, relay, direct, mapped]
 
 
 def describe_path(record: CellRecord) -> str:
@@ -155,6 +161,14 @@ def table(records: Sequence[CellRecord], profile: str) -> str:
     hairpin = found.get((NatType.HAIRPIN.value, NatType.HAIRPIN.value))
     if hairpin is not None:
         lines += ["", f"Hairpin (device and viewer behind one NAT): **{cell_text(hairpin)}**"]
+    for device, viewer in MAPPING_CELLS:
+        record = found.get((device.value, viewer.value))
+        if record is not None:
+            lines += [
+                "",
+                f"Port mapping: device {device.value} (its router runs miniupnpd: PCP, NAT-PMP, "
+                f"UPnP-IGD) × viewer {viewer.value}: **{cell_text(record)}**",
+            ]
     return "\n".join(lines)
 
 
@@ -186,6 +200,56 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
         lines.append(f"- **{'PASS' if v.passed else 'FAIL'}**: {v.name}" + (f" ({v.note})" if v.note else ""))
         lines += [f"  - {miss}" for miss in v.misses]
     return lines
+
+
+def port_mapping_section() -> list[str]:
+    """The doc's "Port mapping" section (prose, and the mapping state diagram generated from
+    ``protocol.port_mapping.TRANSITIONS``)."""
+    return [
+        "## Port mapping",
+        "",
+        "A recorder behind a home router asks the router to open a public port for each session's "
+        "UDP socket (`[sessions] port_mapping`, on by default; `port_mapping_lifetime_s`). The "
+        "router is the default route's gateway; a modem's PPP link has none, so nothing is asked "
+        "there. Three protocols, first grant wins:",
+        "",
+        "1. **PCP** (RFC 6887): a 60-byte MAP request to the gateway's port 5351, retransmitted at "
+        "3 s, 6 s, ... (RFC 6887's IRT/MRT with ±10 % jitter). A router that answers PCP with "
+        '"unsupported version" speaks NAT-PMP, which is asked next.',
+        "2. **NAT-PMP** (RFC 6886): an external-address request and a 12-byte map request together, "
+        "retransmitted at 250 ms doubling.",
+        "3. **UPnP-IGD**: asked when PCP and NAT-PMP stayed silent for 1 s or failed (not at once: a "
+        "router speaking both keeps one entry for the same port, and releasing the slower grant "
+        "would delete the faster one). SSDP `M-SEARCH`, the device description, then "
+        "`GetExternalIPAddress` and `AddPortMapping` on its WANIPConnection service. The client is "
+        "our own (`protocol/upnp_igd.py`): the `miniupnpc` module is a C extension to cross-compile "
+        "for the recorder's image, and its calls block.",
+        "",
+        "The granted public address and port go to the viewer as one more server-reflexive "
+        "candidate (its own foundation). The mapping forwards whatever arrives to the device's "
+        "socket, so the viewer's checks get in from whichever port the viewer's own NAT picks, and "
+        "the device's answers leave through the same entry, from the mapped port: that is why "
+        "symmetric × symmetric, which has no direct path otherwise, ends direct when the device's "
+        "router maps (the `symmetric_upnp` cell). The mapping is renewed at half the granted "
+        "lifetime while the session lasts and deleted (lifetime 0, `DeletePortMapping`) when it "
+        "ends. On the wire: 60 + 60 bytes of PCP per session and per renewal.",
+        "",
+        "In the lab, `symmetric_upnp` is the symmetric NAT with Debian's `miniupnpd` (nftables "
+        "backend) on the router, whose WAN firewall lets its port forwards in (`ctstate DNAT`). "
+        "miniupnpd refuses to map on a reserved address, documentation ranges included, so that "
+        "router maps on a second WAN address, 100.63.0.2 (see [netlab.md](netlab.md)). "
+        "`tests/test_port_mapping_lab.py` maps a port with each protocol against it, sends a "
+        "datagram from the lab's internet to the public port, renews and deletes; "
+        "`tests/test_matrix_port_mapping.py` runs the cell.",
+        "",
+        "One mapping's states (`protocol/port_mapping.py`, PCP and NAT-PMP; generated from its "
+        "`TRANSITIONS`):",
+        "",
+        "```mermaid",
+        mapping_state_diagram(),
+        "```",
+        "",
+    ]
 
 
 def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
@@ -260,6 +324,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "",
         relay_table(records, "lan"),
         "",
+        *port_mapping_section(),
         "## Notes",
         "",
         "- **Symmetric × port-restricted (or CGNAT).** The symmetric side gets a new port for "

@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,14 @@ from hil.netlab.nat import (
     HAIRPIN_DEVICE_PORTS,
     HAIRPIN_VIEWER_PORTS,
     LOSS_CHAIN,
+    MINIUPNPD_NAT_CHAIN,
+    MINIUPNPD_TABLES,
+    UPNP_PORTS,
     NatSite,
     NatType,
     adf_rule,
     rules,
+    upnp_public_addr,
 )
 from hil.netlab.profiles import LinkProfile, profile
 
@@ -59,6 +64,9 @@ TOOLS = ("ip", "iptables", "iptables-restore", "conntrack", "tc", "sysctl")
 log = logging.getLogger(__name__)
 WIRE_START_S = 10.0
 """How long a user-space wire may take to bind its queue."""
+MINIUPNPD = "/usr/sbin/miniupnpd"
+MINIUPNPD_START_S = 10.0
+"""How long miniupnpd may take to listen on its ports."""
 
 
 class NetlabError(RuntimeError):
@@ -74,6 +82,16 @@ def unavailable_reason() -> str | None:
         return (
             f"{SKIP_MESSAGE} (missing: {', '.join(missing)}; Debian packages iproute2, iptables, conntrack)"
         )
+    return None
+
+
+def upnp_unavailable_reason() -> str | None:
+    """Why a ``symmetric_upnp`` side cannot be built here (for ``pytest.skip``), or None."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    if not os.access(MINIUPNPD, os.X_OK) or shutil.which("nft") is None:
+        return "needs miniupnpd (nftables backend) and nft: apt-get install miniupnpd nftables"
     return None
 
 
@@ -160,6 +178,8 @@ class Side:
     router_if: str
     """The internet router's interface towards this side."""
     profile: LinkProfile
+    upnp_addr: str | None = None
+    """Where a ``symmetric_upnp`` router maps ports (its second WAN address), else None."""
 
 
 @dataclass
@@ -503,6 +523,11 @@ class Lab:
                 f"  {s.name:<8} {s.nat.value:<21} host {s.host_ns} {s.host_addr}  "
                 f"via {' -> '.join(s.gateways)} (public {s.wan_addr}, profile {s.profile.name})"
             )
+            if s.upnp_addr is not None:
+                lines.append(
+                    f"           its router runs miniupnpd (UPnP-IGD, NAT-PMP, PCP), mapping on "
+                    f"{s.upnp_addr}, log {self.miniupnpd_log(s.gateways[-1])}"
+                )
         if not self.netem:
             lines.append(
                 "  note: this kernel has no netem (CONFIG_NET_SCH_NETEM): profiles limit rate (tbf), "
@@ -625,7 +650,68 @@ class Lab:
             )
         else:
             self._configure_nat(gw, nat, NatSite(wan, (host_addr,), f"192.168.{index + 1}.0/24"))
-        self.sides[name] = Side(name, nat, host, host_addr, tuple(gateways), wan, router_if, link)
+        upnp_addr = None
+        if nat is NatType.SYMMETRIC_UPNP:
+            upnp_addr = upnp_public_addr(index)
+            run_command(["ip", "-n", self.inet_ns, "route", "replace", f"{upnp_addr}/32", "via", wan])
+            self._start_miniupnpd(gw, upnp_addr, index)
+        self.sides[name] = Side(name, nat, host, host_addr, tuple(gateways), wan, router_if, link, upnp_addr)
+
+    def _start_miniupnpd(self, gw: str, public: str, index: int) -> None:
+        """miniupnpd on ``gw``: UPnP-IGD (HTTP port 5000), NAT-PMP and PCP (5351) on the LAN,
+        mapping on ``public`` (added to wan0 beside the NAT's own address; see
+        ``nat.upnp_public_addr``)."""
+        reason = upnp_unavailable_reason()
+        if reason is not None:
+            raise NetlabError(f"a symmetric_upnp side {reason}")
+        ip_batch(gw, [f"addr add {public}/32 dev wan0"])
+        run_command(["ip", "netns", "exec", gw, "nft", "-f", "-"], input_text=MINIUPNPD_TABLES)
+        log_path = self.miniupnpd_log(gw)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Its own pid file: miniupnpd refuses to start while the one in the file runs, and
+        # several labs (or a crashed one's leftover file) must not stop each other.
+        pid_file = log_path.with_suffix(".pid")
+        pid_file.unlink(missing_ok=True)
+        argv = [
+            MINIUPNPD, "-d",  # in the foreground, logging to stderr
+            "-f", "/dev/null",  # no config file: everything on the command line
+            "-i", "wan0", "-a", "lan0", "-o", public, "-p", str(UPNP_PORTS[1]),
+            "-N",  # NAT-PMP and PCP besides UPnP-IGD
+            "-U", "-u", f"6c616221-0000-4000-8000-00000000000{index}", "-t", "60", "-P", str(pid_file),
+        ]  # fmt: skip
+        # Detached (``setsid -f``): it belongs to the namespace, not to the process that built
+        # the side, and goes with the namespace (``_remove_sides`` and ``close`` kill every
+        # process inside), like the NAT's own rules.
+        with log_path.open("ab") as out:
+            self.run(gw, ["setsid", "-f", *argv], stdout=out, stderr=subprocess.STDOUT, timeout=30)
+        wait_until(
+            f"miniupnpd listening on UDP {UPNP_PORTS[0]} and TCP {UPNP_PORTS[1]} in {gw} (log: {log_path})",
+            lambda: _listening(gw, UPNP_PORTS[0], "udp") and _listening(gw, UPNP_PORTS[1], "tcp"),
+            MINIUPNPD_START_S,
+        )
+
+    def miniupnpd_log(self, gw: str) -> Path:
+        """The log of the miniupnpd running in gateway namespace ``gw``."""
+        return Path(tempfile.gettempdir()) / f"{gw}-miniupnpd.log"
+
+    def upnp_mappings(self, side: str) -> str:
+        """The DNAT rules miniupnpd holds on the side's router (``nft list chain``): one line per
+        mapped port, empty when it maps nothing."""
+        out = run_command(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.nat_ns(side),
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+                MINIUPNPD_NAT_CHAIN,
+            ]
+        )
+        return "\n".join(line.strip() for line in out.splitlines() if "dnat" in line)
 
     def _build_hairpin(self, link: LinkProfile) -> None:
         gw = f"{self.prefix}nat"
@@ -682,6 +768,11 @@ class Lab:
     def _set_adf(self, ns: str, seconds: int) -> None:
         _iptables(ns, ["-F", ADF_CHAIN])
         _iptables(ns, adf_rule(seconds).split())
+
+
+def _listening(ns: str, port: int, proto: str) -> bool:
+    out = run_command(["ip", "netns", "exec", ns, "ss", "-ln", "--" + proto], check=False)
+    return any(f":{port} " in line for line in out.splitlines())
 
 
 def _nat(value: NatType | str) -> NatType:

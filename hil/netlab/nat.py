@@ -25,6 +25,48 @@ SEQUENTIAL_BASE_PORT = 20000
 SEQUENTIAL_PORTS = 100
 HAIRPIN_DEVICE_PORTS = (20000, 29999)
 HAIRPIN_VIEWER_PORTS = (30000, 39999)
+UPNP_PORTS = (5351, 5000)
+"""miniupnpd's NAT-PMP/PCP port and its HTTP port (device description and SOAP control)."""
+
+
+def upnp_public_addr(index: int) -> str:
+    """The public address a port-mapping router of side ``index`` (0 device, 1 viewer) maps on.
+
+    miniupnpd refuses to map on a private or reserved address, and its list of reserved blocks
+    includes the documentation ranges the rest of the lab uses (198.51.100.0/24 and friends), so
+    the router gets a second WAN address outside them: 100.63.<index>.2 (just below the
+    carrier-grade 100.64.0.0/10). The lab is a closed set of namespaces; nothing leaves it.
+    """
+    return f"100.63.{index}.2"
+
+
+MINIUPNPD_TABLES = """table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority 100; policy accept;
+        jump postrouting_miniupnpd
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
+    }
+}
+"""
+"""The nftables chains Debian's miniupnpd (nftables backend) fills: its defaults, table ``inet
+filter`` (beside iptables-nft's ``ip filter`` and ``ip nat``, which stay as they are). Its
+packaging makes them with ``nft_init.sh``; the lab makes them itself. A forward accepted here
+still meets the lab's WAN firewall in ``ip filter``, which lets ``ctstate DNAT`` through."""
+MINIUPNPD_NAT_CHAIN = "prerouting_miniupnpd"
+"""Where miniupnpd puts one DNAT rule per mapping (``nft list chain inet filter ...``)."""
 
 
 class NatType(enum.Enum):
@@ -47,6 +89,9 @@ class NatType(enum.Enum):
     """Device and viewer behind one port-restricted NAT that hairpins (both sides must use it)."""
     UDP_BLOCKED = "udp_blocked"
     """Port-restricted NAT that forwards only TCP to port 443 out."""
+    SYMMETRIC_UPNP = "symmetric_upnp"
+    """Symmetric, and the router maps ports on request: ``miniupnpd`` answers UPnP-IGD, NAT-PMP and
+    PCP on the LAN side, and its port forwards pass the WAN firewall (``ctstate DNAT``)."""
     SEQUENTIAL_SYMMETRIC = "sequential_symmetric"
     """APDM/APDF with sequential ports: each new mapping takes the next port (round robin over
     ``SEQUENTIAL_PORTS`` SNAT rules picked by ``-m statistic --mode nth``)."""
@@ -79,12 +124,14 @@ class NatType(enum.Enum):
             NatType.HAIRPIN: NatProfile(mapping=eim, filtering=apdf),
             NatType.SYMMETRIC: NatProfile(mapping=apdm, filtering=apdf),
             NatType.SEQUENTIAL_SYMMETRIC: NatProfile(mapping=apdm, filtering=apdf, sequential=True),
+            NatType.SYMMETRIC_UPNP: NatProfile(mapping=apdm, filtering=apdf, maps_ports=True),
             NatType.UDP_BLOCKED: NatProfile(udp=False),
         }[self]
 
     @property
     def expected_classification(self) -> str:
-        """What the RFC 5780 classifier reports for this type (``NatBehaviour.name``)."""
+        """What the RFC 5780 classifier reports for this type (``NatBehaviour.name``). A router's
+        port mapping is no behaviour those tests see: ``symmetric_upnp`` classifies as symmetric."""
         return self.profile.name
 
 
@@ -166,10 +213,15 @@ def rules(nat: NatType, site: NatSite, adf_seconds: int = 180) -> str:
         # (same remote address and port) match ESTABLISHED; NEW ones are dropped.
         nat_table.append("-A POSTROUTING -o wan0 -j MASQUERADE")
         return "\n".join([*nat_table, "COMMIT", *_filter(_drop_new_from_wan())]) + "\n"
-    if nat is NatType.SYMMETRIC:
+    if nat in (NatType.SYMMETRIC, NatType.SYMMETRIC_UPNP):
         # APDM: every new flow (remote address and port) gets a random outer port.
         nat_table.append("-A POSTROUTING -o wan0 -j MASQUERADE --random-fully")
-        return "\n".join([*nat_table, "COMMIT", *_filter(_drop_new_from_wan())]) + "\n"
+        filt = _drop_new_from_wan()
+        if nat is NatType.SYMMETRIC_UPNP:
+            # A port forward miniupnpd made (its DNAT) is let in, as a router's firewall does
+            # for the forwards it holds; everything else new from outside is still dropped.
+            filt = ["-A FORWARD -i wan0 -m conntrack --ctstate DNAT -j ACCEPT", *filt]
+        return "\n".join([*nat_table, "COMMIT", *_filter(filt)]) + "\n"
     if nat is NatType.SEQUENTIAL_SYMMETRIC:
         # APDM with predictable ports: the nat table sees only the first packet of each flow, and
         # rule k (taken by every (N-k)-th packet that reaches it, i.e. round robin) maps that flow
