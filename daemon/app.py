@@ -388,7 +388,9 @@ async def _run_locked(
             supervisor_task.cancel()
             await asyncio.gather(supervisor_task, return_exceptions=True)
         if events.supervisor is not None:
-            await events.supervisor.close()
+            # A deliberate stop (SIGTERM/SIGINT) stands the supervisor's watchdog down; a restart
+            # to apply new settings keeps it armed (the heartbeats resume within the timeout).
+            await events.supervisor.close(disarm=stop.is_set())
             events.supervisor = None
         if live is not None:
             await live.close()

@@ -438,6 +438,7 @@ RESET_CAUSES = {
     2: "asked by dvrlinkd",
     4: "supervisor start",
     5: "held back by the cap",
+    6: "disarmed by the daemon",
 }
 
 
@@ -467,6 +468,9 @@ def format_supervisor(block: dict[str, Any], now: float) -> list[str]:
     last = block.get("last_reset")
     if isinstance(last, dict):
         lines.append(f"  last reset: {describe_reset(last, now)}")
+    stop = block.get("last_disarm")
+    if isinstance(stop, dict):
+        lines.append(f"  last stop: {describe_reset(stop, now)}")
     return lines
 
 
@@ -484,6 +488,8 @@ def describe_reset(entry: dict[str, Any], now: float) -> str:
         return f"the supervisor reset this board {at} after {detail} s without a heartbeat"
     if cause == 2:
         return f"the supervisor reset this board {at}, asked by dvrlinkd"
+    if cause == 6:
+        return f"disarmed by the daemon {at} (dvrlinkd stopped on purpose; not a reset)"
     if cause == 4:
         why = {1: "power-on: the board's supply was cut or failed", 3: "its own watchdog"}.get(
             detail if isinstance(detail, int) else -1, f"reset cause {detail}"

@@ -42,6 +42,15 @@ class SupervisorError(RuntimeError):
     to check."""
 
 
+class SupervisorRefused(SupervisorError):
+    """The firmware answered a request with its error reply; ``code`` says why (UNKNOWN_TYPE: a
+    firmware older than the request)."""
+
+    def __init__(self, message: str, code: wire.ErrorCode | int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class SupervisorLink:
     """Requests to the supervisor on ``path`` (see the module docstring). ``open`` first."""
 
@@ -139,6 +148,10 @@ class SupervisorLink:
             lambda now: self.client.set_heartbeat_timeout(seconds, now), wire.TimeoutSet, "heartbeat timeout"
         )
 
+    async def disarm(self, unix_time: int) -> wire.Disarmed:
+        """Stand the heartbeat watchdog down (raises ``SupervisorRefused`` from a firmware before 1.1)."""
+        return await self._ask(lambda now: self.client.disarm(unix_time, now), wire.Disarmed, "disarm")
+
     async def _ask(self, start: Callable[[float], int], expected: type[ReplyT], what: str) -> ReplyT:
         driver = self._driver
         if self._port is None or driver is None or self._loop is None:
@@ -160,9 +173,10 @@ class SupervisorLink:
         assert isinstance(event, ReplyReceived)
         reply = event.reply
         if isinstance(reply, wire.ErrorReply):
-            raise SupervisorError(
+            raise SupervisorRefused(
                 f"supervisor on {self.path} refused the {what} request (error {reply.code!r}): "
-                "is its firmware older than this daemon? GET_STATUS shows its version"
+                "is its firmware older than this daemon? GET_STATUS shows its version",
+                reply.code,
             )
         if not isinstance(reply, expected):
             raise SupervisorError(f"supervisor on {self.path}: {what}: unexpected reply {reply!r}")

@@ -13,7 +13,11 @@
   the entries it has reported in the state directory (atomic writes), so the fleet view shows
   the boards that keep resetting;
 - power-cycles the modem for the recovery ladder with the modem profile's timing
-  (:meth:`power_cycle_modem`).
+  (:meth:`power_cycle_modem`);
+- on a deliberate stop (SIGTERM/SIGINT: ``close(disarm=True)``) disarms the supervisor's
+  heartbeat watchdog, so a daemon stopped for maintenance does not get the board reset; the next
+  heartbeat (the daemon started again) arms it. A crash or a hang sends nothing, and the
+  supervisor resets the board after the timeout as before.
 
 It never raises into the daemon: a supervisor that does not answer is logged, shown in status,
 and tried again at the next heartbeat. Its module loads only with ``[board] supervisor`` set
@@ -32,7 +36,7 @@ from typing import Any
 
 from dvrlink.daemon.config import SUPERVISOR_MODEM_OF_PROFILE, BoardConfig
 from dvrlink.daemon.state import SUPERVISOR_LOG_FILE, StateError, parse_supervisor_log
-from dvrlink.daemon.supervisor_link import SupervisorError, SupervisorLink
+from dvrlink.daemon.supervisor_link import SupervisorError, SupervisorLink, SupervisorRefused
 from dvrlink.protocol import supervisor_wire as wire
 from dvrlink.protocol.alarm_wire import AlarmKind
 from dvrlink.store.files import atomic_write
@@ -45,6 +49,9 @@ heartbeat says the time is unknown (0) rather than date the supervisor's log in 
 POWER_CYCLE_MARGIN_S = 0.5
 """Waited beyond a power cycle's announced length before the ladder reopens the port (the reply's
 own trip, and the supervisor's loop turn)."""
+DISARM_WAIT_S = 2.0
+"""The longest a stopping daemon waits for the supervisor to confirm the disarm (the client's
+three tries take 1.5 s); systemd's stop timeout is far longer."""
 REFRESH_S = 300.0
 """Seconds between reads of the supervisor's status, supply and reset log."""
 MCU_POWER_ON = 1
@@ -121,8 +128,8 @@ def alarm_for(entry: Entry, min_supply_mv: int | None) -> tuple[AlarmKind, str] 
         if detail == MCU_WATCHDOG:
             return AlarmKind.SUPERVISOR_RESET, "the supervisor's own watchdog restarted it"
         return None
-    if cause == wire.ResetCause.MODEM_POWER_CYCLE:
-        return None
+    if cause in (wire.ResetCause.MODEM_POWER_CYCLE, wire.ResetCause.DISARMED):
+        return None  # asked for by the daemon: a power cycle it logs itself, a deliberate stop
     return (
         AlarmKind.SUPERVISOR_RESET,
         f"supervisor log entry of cause {cause} (detail {detail}, uptime {uptime_s} s)",
@@ -161,6 +168,8 @@ class SupervisorService:
         self.supply: wire.SupplyReading | None = None
         self.last_reset: Entry | None = None
         """The newest entry of the log that reset this board, read at start."""
+        self.last_disarm: Entry | None = None
+        """The newest log entry at start when it is a disarm: the daemon was stopped on purpose."""
         self.problem = "not started yet"
         self.heartbeats = 0
         """Heartbeats the supervisor answered."""
@@ -223,14 +232,59 @@ class SupervisorService:
         if self.last_reset is not None:
             cause, unix, uptime_s, detail = self.last_reset
             out["last_reset"] = {"cause": cause, "unix_time": unix, "uptime_s": uptime_s, "detail": detail}
+        if self.last_disarm is not None:
+            cause, unix, uptime_s, detail = self.last_disarm
+            out["last_disarm"] = {"cause": cause, "unix_time": unix, "uptime_s": uptime_s, "detail": detail}
         out["heartbeats"] = self.heartbeats
         return out
 
-    async def close(self) -> None:
+    async def close(self, *, disarm: bool = False) -> None:
+        """Stop heartbeating and close the port. ``disarm``: the daemon stops on purpose (SIGTERM,
+        SIGINT), so first stand the supervisor's watchdog down (never raises; a supervisor that
+        does not answer, or a firmware before 1.1, is logged: it then resets the board one timeout
+        after the last heartbeat, as after a crash)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if disarm:
+            await self._disarm()
         self.link.close("closed: dvrlinkd stopped")
+
+    async def _disarm(self) -> None:
+        port = self.board.supervisor
+        if not self.link.is_open:
+            log.warning(
+                "dvrlinkd stops without disarming the supervisor on %s (its port is not open: %s): it "
+                "resets this board one timeout after the last heartbeat unless dvrlinkd starts again",
+                port,
+                self.link.closed_reason,
+            )
+            return
+        try:
+            done = await asyncio.wait_for(self.link.disarm(self._unix_time()), DISARM_WAIT_S)
+        except SupervisorRefused as exc:
+            if exc.code != wire.ErrorCode.UNKNOWN_TYPE:
+                log.error("the supervisor on %s refused the disarm (%s)", port, exc)
+                return
+            log.warning(
+                "the supervisor on %s has a firmware older than 1.1, which cannot be disarmed: it resets "
+                "this board one timeout after the last heartbeat unless dvrlinkd starts again; update its "
+                "firmware, or set its maintenance jumper for long maintenance",
+                port,
+            )
+            return
+        except (SupervisorError, TimeoutError) as exc:
+            log.error(
+                "could not disarm the supervisor on %s (%s): it resets this board one timeout after the "
+                "last heartbeat unless dvrlinkd starts again",
+                port,
+                exc or "no answer",
+            )
+            return
+        if done.was_armed:
+            log.info("the supervisor on %s is disarmed until dvrlinkd's next heartbeat", port)
+        else:
+            log.info("the supervisor on %s was not armed; it stays so until the next heartbeat", port)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -316,6 +370,7 @@ class SupervisorService:
         entries = [entry_tuple(e) for e in reset_log.entries]
         if first:
             self.last_reset = next((e for e in entries if e[0] in BOARD_RESETS), None)
+            self.last_disarm = entries[0] if entries and entries[0][0] == wire.ResetCause.DISARMED else None
         self._report_new(entries)
         self._check_supply(status, self.supply)
         self._changed()

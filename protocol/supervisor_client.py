@@ -34,6 +34,7 @@ class RequestKind(enum.IntEnum):
     READ_SUPPLY = wire.MsgType.READ_SUPPLY
     SET_HEARTBEAT_TIMEOUT = wire.MsgType.SET_HEARTBEAT_TIMEOUT
     GET_STATUS = wire.MsgType.GET_STATUS
+    DISARM = wire.MsgType.DISARM
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,13 @@ class SupervisorClient:
         return self._request(
             RequestKind.SET_HEARTBEAT_TIMEOUT, lambda seq: wire.set_heartbeat_timeout(seq, seconds), now
         )
+
+    def disarm(self, unix_time: int, now: float) -> int:
+        """Stand the supervisor's heartbeat watchdog down before a deliberate stop (the next
+        heartbeat arms it again); ``unix_time`` 0 when not known. A firmware older than 1.1 answers
+        an ``ErrorReply`` (UNKNOWN_TYPE) and stays armed. Returns the request id."""
+        unix_time = unix_time if 0 <= unix_time <= 0xFFFFFFFF else 0
+        return self._request(RequestKind.DISARM, lambda seq: wire.disarm(seq, unix_time), now)
 
     def cancel(self, request_id: int) -> bool:
         """Stop waiting for ``request_id`` (no event follows); False if it was not waiting."""

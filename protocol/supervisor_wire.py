@@ -25,6 +25,9 @@ Requests (type: payload -> reply payload):
 - 0x07 status: - -> version 3 x u8, armed u8, health u8, timeout_s u16, since_heartbeat_s u16
   (0xFFFF: none yet), resets_24h u8, daily_cap u8, garbage_bytes u32, bad_crc u16,
   bad_version u16, bad_requests u16, uptime_s u32
+- 0x08 disarm (firmware 1.1): unix_time u32 -> was_armed u8. The daemon stops on purpose; the
+  watchdog stands down until the next heartbeat. An older firmware answers the error reply
+  (UNKNOWN_TYPE) and stays armed.
 - 0xFF (error reply): code u8, request type u8
 """
 
@@ -52,6 +55,7 @@ class MsgType(enum.IntEnum):
     READ_SUPPLY = 0x05
     SET_HEARTBEAT_TIMEOUT = 0x06
     GET_STATUS = 0x07
+    DISARM = 0x08
     ERROR = 0xFF
 
 
@@ -85,6 +89,8 @@ class ResetCause(enum.IntEnum):
     MODEM_POWER_CYCLE = 3
     MCU_START = 4
     CAPPED = 5
+    DISARMED = 6
+    """The daemon stopped on purpose and disarmed the watchdog: not a reset."""
 
 
 class ErrorCode(enum.IntEnum):
@@ -265,6 +271,17 @@ def get_status(seq: int) -> bytes:
     return encode_frame(MsgType.GET_STATUS, seq)
 
 
+def disarm(seq: int, unix_time: int) -> bytes:
+    """Stand the heartbeat watchdog down (a deliberate stop); ``unix_time`` 0 when not known.
+
+    Raises:
+        ValueError: ``unix_time`` outside 0-0xFFFFFFFF.
+    """
+    if not 0 <= unix_time <= 0xFFFFFFFF:
+        raise ValueError(f"unix time {unix_time} does not fit the field (0 to 2**32-1)")
+    return encode_frame(MsgType.DISARM, seq, unix_time.to_bytes(4, "big"))
+
+
 # -- replies -----------------------------------------------------------------------------------
 
 
@@ -345,6 +362,13 @@ class SupervisorStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Disarmed:
+    seq: int
+    was_armed: bool
+    """False: the watchdog was not armed (no heartbeat since the MCU started, or disarmed already)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     seq: int
     code: ErrorCode | int
@@ -359,6 +383,7 @@ Reply = (
     | SupplyReading
     | TimeoutSet
     | SupervisorStatus
+    | Disarmed
     | ErrorReply
 )
 
@@ -423,6 +448,9 @@ def parse_reply(frame: Frame) -> Reply:
                     f[12],
                     f[13],
                 )
+            case 0x88:
+                (was_armed,) = struct.unpack(">B", p)
+                return Disarmed(seq, bool(was_armed))
             case MsgType.ERROR:
                 code, request_type = struct.unpack(">BB", p)
                 return ErrorReply(seq, _enum(ErrorCode, code), request_type)

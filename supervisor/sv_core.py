@@ -7,8 +7,10 @@ changed (``log_serial``, compared with what was saved).
 
 Policy (docs/supervisor.md):
 
-- The heartbeat watchdog arms at the first heartbeat after the MCU starts and stays armed. Armed,
-  with no heartbeat for the heartbeat timeout, the MCU pulses the SoC's reset line.
+- The heartbeat watchdog arms at the first heartbeat after the MCU starts. Armed, with no heartbeat
+  for the heartbeat timeout, the MCU pulses the SoC's reset line. A DISARM request (the daemon
+  stopping on purpose) stands it down, logged (CAUSE_DISARMED) when it was armed; the next
+  heartbeat arms it again.
 - After any reset of the SoC the next heartbeat may take ``boot_grace_ms`` plus a backoff that
   doubles with each watchdog reset in a row (``backoff_base_ms`` to ``backoff_max_ms``). Heartbeats
   for ``stable_ms`` after a reset end the run of resets.
@@ -23,6 +25,7 @@ the modem's PWRKEY low, ``MODEM_POWER_CUT`` asserted switches the modem's supply
 """
 
 from sv_wire import (
+    DISARM,
     ERR_BAD_PAYLOAD,
     ERR_UNKNOWN_TYPE,
     ERROR,
@@ -46,7 +49,7 @@ from sv_wire import (
     u32,
 )
 
-FIRMWARE_VERSION = (1, 0, 0)
+FIRMWARE_VERSION = (1, 1, 0)
 
 SOC_RESET = "soc_reset"
 MODEM_PWRKEY = "modem_pwrkey"
@@ -63,6 +66,9 @@ CAUSE_MCU_START = 4
 """The MCU started; detail: machine.reset_cause() (rp2: 1 power-on, 3 its own watchdog)."""
 CAUSE_CAPPED = 5
 """A watchdog reset was held back by the daily cap; detail: seconds without a heartbeat."""
+CAUSE_DISARMED = 6
+"""The daemon stopped on purpose and disarmed the watchdog (not a reset); detail: seconds since
+the last heartbeat."""
 
 # Modem power-cycle profiles: number -> (name, steps). A step is (signal, asserted, hold_ms): set
 # the signal, then hold it that long before the next step. Pulse widths: SIM800 needs PWRKEY low
@@ -334,6 +340,7 @@ class Supervisor:
             READ_SUPPLY: self._read_supply,
             SET_HEARTBEAT_TIMEOUT: self._set_timeout,
             GET_STATUS: self._status,
+            DISARM: self._disarm,
         }.get(msg_type)
         if handler is None:
             self.bad_requests += 1
@@ -364,6 +371,19 @@ class Supervisor:
         elif now_ms - self._first_heartbeat_since_reset >= self.config.stable_ms:
             self._resets_in_row = 0
         self._reply(HEARTBEAT | REPLY, seq, pack_u16(self.timeout_ms // 1000))
+
+    def _disarm(self, payload: bytes, now_ms: int) -> bytes | None:
+        if len(payload) != 4:
+            return None
+        was_armed = self._armed
+        unix = u32(payload, 0)
+        if unix:
+            self._unix_at = (unix, now_ms)
+        if was_armed:
+            # Logged once: a retransmitted DISARM finds the watchdog disarmed already.
+            self._armed = False
+            self._add_log(CAUSE_DISARMED, now_ms, self._silent_s(now_ms))
+        return bytes((1 if was_armed else 0,))
 
     def _power_cycle(self, payload: bytes, now_ms: int) -> bytes | None:
         if len(payload) != 1:

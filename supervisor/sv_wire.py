@@ -43,6 +43,10 @@ SET_HEARTBEAT_TIMEOUT = 0x06
 """seconds u16"""
 GET_STATUS = 0x07
 """(no payload)"""
+DISARM = 0x08
+"""unix_time u32 (0: not known). The daemon stops on purpose: the heartbeat watchdog stands down
+until the next heartbeat arms it again. Reply: was_armed u8. A firmware older than this answers
+ERROR (ERR_UNKNOWN_TYPE) and stays armed."""
 REPLY = 0x80
 ERROR = 0xFF
 """The reply to a request the MCU cannot take: code u8 (ERR_*), request type u8."""

@@ -4,17 +4,21 @@ built with the codec, and every event and frame checked."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import shutil
 import struct
 import tty
 from pathlib import Path
 
 import pytest
 from support.aio import run
-from support.micropython import PtyBridge, SimulatedSupervisor, node_missing
+from support.micropython import FIRMWARE, PtyBridge, SimulatedSupervisor, node_missing
 from support.waiting import wait_until
 
+from dvrlink.daemon.config import BoardConfig
 from dvrlink.daemon.supervisor_link import SupervisorError, SupervisorLink
+from dvrlink.daemon.supervisor_service import SupervisorService
 from dvrlink.protocol import supervisor_wire as wire
 from dvrlink.protocol.supervisor_client import (
     ClientConfig,
@@ -26,6 +30,7 @@ from dvrlink.protocol.supervisor_client import (
 )
 
 PWRKEY = 3
+SOC_RESET = 2
 
 
 def events(client: SupervisorClient) -> list[SupervisorEvent]:
@@ -160,7 +165,7 @@ async def talk(path: str) -> None:
     link.open()
     try:
         status = await link.get_status()
-        assert status.firmware == (1, 0, 0) and not status.armed
+        assert status.firmware == (1, 1, 0) and not status.armed
         ack = await link.heartbeat(wire.Health.OK, 1_800_000_000)
         assert ack.timeout_s == 60
         assert (await link.set_heartbeat_timeout(90)).timeout_s == 90
@@ -172,6 +177,10 @@ async def talk(path: str) -> None:
         started = await link.power_cycle_modem(wire.ModemProfile.SIM800)
         assert started.status is wire.Status.OK and started.duration_ms == 1200 + 5000 + 1200 + 20, started
         assert (await link.get_status()).armed
+        assert (await link.disarm(1_800_000_100)).was_armed
+        assert not (await link.get_status()).armed
+        assert (await link.heartbeat(wire.Health.OK, 0)).timeout_s == 90
+        assert (await link.get_status()).armed, "the next heartbeat arms it again"
         assert link.client.counts.timeouts == 0
     finally:
         link.close()
@@ -198,3 +207,45 @@ def test_a_silent_port_fails_each_request_with_advice() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.skipif(node_missing() is not None, reason=node_missing() or "")
+def test_a_firmware_before_1_1_refuses_the_disarm_and_resets_after_the_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Firmware 1.0 had no DISARM: the same firmware without it answers the error reply for an
+    # unknown type, as 1.0 does. The service says so, and the board is reset one timeout later.
+    old = tmp_path / "firmware-1.0"
+    shutil.copytree(FIRMWARE, old)
+    core = (old / "sv_core.py").read_text()
+    assert "            DISARM: self._disarm,\n" in core
+    core = core.replace("            DISARM: self._disarm,\n", "")
+    (old / "sv_core.py").write_text(
+        core.replace("FIRMWARE_VERSION = (1, 1, 0)", "FIRMWARE_VERSION = (1, 0, 0)")
+    )
+    policy = {"heartbeat_timeout_s": 2, "min_timeout_s": 1, "boot_grace_ms": 1000}
+    with SimulatedSupervisor(tmp_path / "flash", {"policy": policy}, firmware=old) as sim:
+        with PtyBridge(sim) as pty:
+            service = SupervisorService(
+                BoardConfig(supervisor=pty.path),
+                tmp_path / "state",
+                raise_alarm=lambda *_: None,
+                health=lambda: wire.Health.OK,
+            )
+            (tmp_path / "state").mkdir()
+
+            async def body() -> None:
+                await service.start()
+                assert service.status is not None and service.status.firmware == (1, 0, 0), service.problem
+                with caplog.at_level(logging.WARNING, logger="dvrlink.daemon.supervisor_service"):
+                    await service.close(disarm=True)
+
+            run(body, bound=60)
+            assert "firmware older than 1.1, which cannot be disarmed" in caplog.text, caplog.text
+            pulses = wait_until(
+                "the reset pulse", lambda: sim.trace.pulses(SOC_RESET), seen=lambda: sim.trace.pins
+            )
+        acks = [t for t, data in sim.trace.tx if data[2] == wire.MsgType.HEARTBEAT | wire.REPLY_BIT]
+        assert pulses[0][0] - max(t for t in acks if t < pulses[0][0]) == 2000
+        refused = [data for _, data in sim.trace.tx if data[2] == wire.MsgType.ERROR]
+        assert [wire.parse_reply(wire.Frame(f[2], f[3], f[5:-2])) for f in refused][-1].request_type == 0x08

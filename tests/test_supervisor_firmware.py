@@ -223,6 +223,60 @@ def test_a_well_formed_request_of_unknown_type_or_bad_length_is_refused(mcu: Sim
     assert mcu.trace.pulses(SOC_RESET) == []
 
 
+def test_a_disarm_stops_the_reset_until_the_next_heartbeat(mcu: SimulatedSupervisor) -> None:
+    # dvrlinkd stopped on purpose (systemctl stop): DISARM, then silence for three timeouts.
+    assert beat(mcu, 1, unix=1_800_000_000) == wire.HeartbeatAck(1, 60)
+    mcu.run(5 * SECOND)
+    assert mcu.request(wire.disarm(2, 1_800_000_005)) == wire.Disarmed(2, was_armed=True)
+    mcu.run(3 * 60 * SECOND)
+    assert mcu.trace.pulses(SOC_RESET) == [], "a disarmed watchdog reset the SoC"
+    status = mcu.request(wire.get_status(3))
+    assert isinstance(status, wire.SupervisorStatus) and not status.armed, status
+    # Logged once, dated by the disarm's own clock; a repeat (a retransmit) logs nothing more.
+    assert mcu.request(wire.disarm(4, 0)) == wire.Disarmed(4, was_armed=False)
+    log = mcu.request(wire.read_reset_log(5))
+    assert isinstance(log, wire.ResetLog)
+    assert [e.cause for e in log.entries] == [wire.ResetCause.DISARMED, wire.ResetCause.MCU_START]
+    assert log.entries[0].unix_time == 1_800_000_005 and log.entries[0].detail == 5
+    # The daemon starts again: its first heartbeat arms the watchdog, which resets after the timeout.
+    assert beat(mcu, 6) == wire.HeartbeatAck(6, 60)
+    armed_at = max(t for t, _ in mcu.trace.tx)
+    mcu.run(61 * SECOND)
+    (start_ms, width), *more = mcu.trace.pulses(SOC_RESET)
+    assert not more and start_ms - armed_at == 60 * SECOND and width == 200
+
+
+def test_a_corrupt_disarm_frame_never_disarms(mcu: SimulatedSupervisor) -> None:
+    rng = random.Random(35)
+    beat(mcu, 1)
+    armed_at = max(t for t, _ in mcu.trace.tx)
+    good = wire.disarm(2, 1_800_000_000)
+    frames = []
+    for i in range(len(good)):  # every single-bit error, each bit of each byte once over the run
+        bad = bytearray(good)
+        bad[i] ^= 1 << rng.randrange(8)
+        frames.append(bytes(bad))
+    frames += [good[:n] for n in range(1, len(good))]  # truncated (the rest never comes)
+    body = bytes((2, wire.MsgType.DISARM, 3, 4)) + good[5:9]  # version 2, with a valid CRC
+    frames.append(bytes((wire.SYNC,)) + body + wire.crc16(body).to_bytes(2, "big"))
+    for junk in frames:
+        mcu.run(200, rx=junk)
+    # Well formed with a wrong length: refused, not acted on.
+    for n, payload in enumerate((b"", b"\x00\x00\x00", b"\x00" * 5), start=10):
+        assert mcu.request(wire.encode_frame(wire.MsgType.DISARM, n, payload)) == wire.ErrorReply(
+            n, wire.ErrorCode.BAD_PAYLOAD, wire.MsgType.DISARM
+        )
+    assert all(f.msg_type != wire.MsgType.DISARM | wire.REPLY_BIT for f in mcu.replies())
+    status = mcu.request(wire.get_status(20))
+    assert isinstance(status, wire.SupervisorStatus) and status.armed, status
+    assert status.bad_crc >= 5 and status.bad_version == 1, status  # a flipped sync or length is no CRC error
+    mcu.run_until(armed_at + 61 * SECOND)
+    assert [s - armed_at for s, _ in mcu.trace.pulses(SOC_RESET)] == [60 * SECOND]
+    log = mcu.request(wire.read_reset_log(21))
+    assert isinstance(log, wire.ResetLog)
+    assert wire.ResetCause.DISARMED not in [e.cause for e in log.entries]
+
+
 def test_the_reset_log_survives_a_restart_of_the_firmware(mcu: SimulatedSupervisor, flash: Path) -> None:
     beat(mcu, 1, unix=1_800_000_000)
     assert mcu.request(wire.reset_soc(2)) == wire.ResetAccepted(2, wire.Status.OK, 20)
@@ -286,7 +340,7 @@ def test_the_codec_reads_supply_status_and_sets_the_timeout(mcu: SimulatedSuperv
     assert beat(mcu, 5) == wire.HeartbeatAck(5, 30)
     status = mcu.request(wire.get_status(6))
     assert isinstance(status, wire.SupervisorStatus)
-    assert status.firmware == (1, 0, 0) and status.armed and status.timeout_s == 30
+    assert status.firmware == (1, 1, 0) and status.armed and status.timeout_s == 30
     assert status.since_heartbeat_s == 0 and status.bad_crc == 0
     t = max(t for t, _ in mcu.trace.tx)
     mcu.run(31 * SECOND)

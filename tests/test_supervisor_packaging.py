@@ -115,7 +115,7 @@ def test_the_compiled_firmware_runs_in_micropython(tmp_path: Path) -> None:
         tmp_path / "flash", {"policy": {"heartbeat_timeout_s": 10}}, firmware=build
     ) as sim:
         status = sim.request(wire.get_status(1))
-        assert isinstance(status, wire.SupervisorStatus) and status.firmware == (1, 0, 0)
+        assert isinstance(status, wire.SupervisorStatus) and status.firmware == (1, 1, 0)
         sim.request(wire.heartbeat(2, wire.Health.OK, 0))
         sim.run(11_000)
         assert len(sim.trace.pulses(2)) == 1

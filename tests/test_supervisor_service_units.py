@@ -106,3 +106,17 @@ def test_status_says_the_last_reset_in_words() -> None:
     assert format_supervisor({}, at) == []
     silent = format_supervisor({"port": "/dev/ttyS2", "problem": "no reply"}, at)
     assert silent == ["supervisor /dev/ttyS2: not read yet", "  not answering: no reply"]
+
+
+def test_a_disarm_is_no_alarm_and_status_names_the_clean_stop() -> None:
+    at = int(time.mktime((2026, 12, 7, 9, 30, 0, 0, 0, -1)))
+    disarm = (int(wire.ResetCause.DISARMED), at, 900, 4)
+    assert alarm_for(disarm, None) is None, "a deliberate stop is not a fault"
+    entry = {"cause": 6, "unix_time": at, "uptime_s": 900, "detail": 4}
+    assert describe_reset(entry, at + 60) == (
+        "disarmed by the daemon at 09:30 (dvrlinkd stopped on purpose; not a reset)"
+    )
+    lines = format_supervisor({"port": "/dev/ttyS2", "firmware": "1.1.0", "last_disarm": entry}, at + 60)
+    assert (
+        lines[-1] == "  last stop: disarmed by the daemon at 09:30 (dvrlinkd stopped on purpose; not a reset)"
+    )

@@ -41,11 +41,22 @@ def test_a_heartbeat_frame_byte_for_byte() -> None:
     assert frame == FW.encode_frame(FW.HEARTBEAT, 7, bytes([1, 1, 2, 3, 4]))
 
 
+def test_a_disarm_frame_byte_for_byte() -> None:
+    frame = wire.disarm(9, 0x01020304)
+    body = bytes([1, 0x08, 9, 4, 1, 2, 3, 4])
+    assert frame == b"\xa5" + body + struct.pack(">H", wire.crc16(body))
+    assert frame == FW.encode_frame(FW.DISARM, 9, bytes([1, 2, 3, 4]))
+    assert wire.parse_reply(wire.Frame(0x88, 9, b"\x01")) == wire.Disarmed(9, was_armed=True)
+    with pytest.raises(ValueError, match="does not fit"):
+        wire.disarm(1, -1)
+
+
 def test_the_message_numbers_agree_with_the_firmware() -> None:
     for name in ("HEARTBEAT", "POWER_CYCLE_MODEM", "RESET_SOC", "READ_RESET_LOG", "READ_SUPPLY"):
         assert getattr(FW, name) == wire.MsgType[name]
     assert FW.SET_HEARTBEAT_TIMEOUT == wire.MsgType.SET_HEARTBEAT_TIMEOUT
     assert FW.GET_STATUS == wire.MsgType.GET_STATUS
+    assert FW.DISARM == wire.MsgType.DISARM
     assert (FW.SYNC, FW.VERSION, FW.MAX_PAYLOAD, FW.FRAME_GAP_MS) == (
         wire.SYNC,
         wire.VERSION,

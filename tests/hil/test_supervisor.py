@@ -116,7 +116,7 @@ def _scenario(guest: Guest, sim: SimulatedSupervisor, broker: HostBroker) -> Non
     )
     first = status(guest)
     block = first.get("supervisor")
-    assert isinstance(block, dict) and block.get("firmware") == "1.0.0", first
+    assert isinstance(block, dict) and block.get("firmware") == "1.1.0", first
     assert block.get("timeout_s") == TIMEOUT_S, block
     registered_before = float(first.get("registered_at") or 0)
 
