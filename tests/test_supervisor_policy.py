@@ -55,6 +55,11 @@ class Run:
         self.sup.receive(wire.heartbeat(self.seq, wire.Health.OK, 0), self.now)
         self.sup.take_output()
 
+    def disarm(self) -> None:
+        self.seq = (self.seq + 1) % 256
+        self.sup.receive(wire.disarm(self.seq, 0), self.now)
+        self.sup.take_output()
+
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(1, 200), min_size=1, max_size=80))
@@ -100,6 +105,37 @@ def test_resets_respect_the_timeout_the_backoff_and_the_cap(
         assert t - before[-1] >= 60_000, "a reset less than the timeout after a heartbeat"
         if i and resets[i - 1] > before[-1]:  # no heartbeat since the previous reset
             assert t - resets[i - 1] >= 2 * MINUTE + MINUTE, "a reset inside the boot grace and backoff"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["beat", "disarm", "silent"]), st.integers(1, 3600)), max_size=60))
+def test_no_reset_follows_a_disarm_until_a_heartbeat_arms_again(schedule: list[tuple[str, int]]) -> None:
+    # The daemon heartbeats every 30 s, stops cleanly (DISARM), or hangs (silent), for random stretches.
+    run = Run(make(heartbeat_timeout_s=60, boot_grace_ms=2 * MINUTE, backoff_base_ms=MINUTE, daily_cap=50))
+    events: list[tuple[int, str]] = []
+    for what, seconds in schedule:
+        end = run.now + seconds * 1000
+        if what == "disarm":
+            run.disarm()
+            events.append((run.now, what))
+        while what == "beat" and run.now + 30_000 <= end:
+            run.heartbeat()
+            events.append((run.now, what))
+            run.step_to(run.now + 30_000)
+        run.step_to(end)
+    for t in run.reset_starts:
+        before = [e for e in events if e[0] < t]
+        assert before and before[-1][1] == "beat", (t, before[-3:])
+    armed = False
+    logged = 0
+    for _, what in events:
+        logged += what == "disarm" and armed
+        armed = what == "beat"
+    in_log = [e[0] for e in run.sup.log].count(core.CAUSE_DISARMED)
+    if run.sup.log_serial <= len(run.sup.log):  # nothing fell off the log's end
+        assert in_log == logged, ("one entry per disarm of an armed watchdog", run.sup.log)
+    else:
+        assert in_log <= logged, run.sup.log
 
 
 def test_the_backoff_doubles_up_to_its_ceiling() -> None:
