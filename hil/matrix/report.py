@@ -13,6 +13,8 @@ from dvrlink.protocol.port_mapping import state_diagram as mapping_state_diagram
 from hil.matrix.cells import (
     DIRECT_PATHS,
     FIRST_BYTE_TARGET_S,
+    IPV6_CELLS,
+    IPV6_SUFFIX,
     MAPPING_CELLS,
     PROFILE_SUBSET,
     SIDE_TYPES,
@@ -25,8 +27,12 @@ NO_NETEM = "no netem: rate/loss only"
 
 
 def cell_of(record: CellRecord) -> Cell:
-    """The cell a record belongs to."""
-    return Cell(NatType.parse(record.device_nat), NatType.parse(record.viewer_nat), record.profile)
+    """The cell a record belongs to (``symmetric+v6``: an IPv6 cell)."""
+    device, viewer = record.device_nat, record.viewer_nat
+    ipv6 = device.endswith(IPV6_SUFFIX) and viewer.endswith(IPV6_SUFFIX)
+    if ipv6:
+        device, viewer = device.removesuffix(IPV6_SUFFIX), viewer.removesuffix(IPV6_SUFFIX)
+    return Cell(NatType.parse(device), NatType.parse(viewer), record.profile, ipv6=ipv6)
 
 
 def cell_text(record: CellRecord | None) -> str:
@@ -56,7 +62,7 @@ class Verdict:
 
 
 def _label(cell: Cell) -> str:
-    return f"{cell.device.value} × {cell.viewer.value}"
+    return f"{cell.device_name} × {cell.viewer_name}"
 
 
 def _miss(record: CellRecord, what: str) -> str:
@@ -110,6 +116,7 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
     relay = Verdict("symmetric × symmetric ends on the relay", True)
     direct = Verdict("a cell with endpoint-independent mapping on one side ends direct", True)
     mapped = Verdict("a device behind a port-mapping router (PCP, NAT-PMP, UPnP-IGD) ends direct", True)
+    ipv6 = Verdict("a cell where both sides have global IPv6 ends direct", True)
     for r in lan:
         cell = cell_of(r)
         if not cell.udp_blocked and not r.connected:
@@ -123,9 +130,11 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
             direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
         if cell.device_maps and not cell.udp_blocked and r.path not in DIRECT_PATHS:
             mapped.misses.append(f"{_label(cell)}: {describe_path(r)}")
-    for verdict in (connect, relay, direct, mapped):
+        if cell.ipv6 and r.path not in DIRECT_PATHS:
+            ipv6.misses.append(f"{_label(cell)}: {describe_path(r)}")
+    for verdict in (connect, relay, direct, mapped, ipv6):
         verdict.passed = not verdict.misses
-    return [connect, relay, direct, mapped]
+    return [connect, relay, direct, mapped, ipv6]
 
 
 def describe_path(record: CellRecord) -> str:
@@ -168,6 +177,14 @@ def table(records: Sequence[CellRecord], profile: str) -> str:
                 "",
                 f"Port mapping: device {device.value} (its router runs miniupnpd: PCP, NAT-PMP, "
                 f"UPnP-IGD) × viewer {viewer.value}: **{cell_text(record)}**",
+            ]
+    for device, viewer in IPV6_CELLS:
+        record = found.get((device.value + IPV6_SUFFIX, viewer.value + IPV6_SUFFIX))
+        if record is not None:
+            lines += [
+                "",
+                f"IPv6: device {device.value} × viewer {viewer.value}, both also with a global IPv6 "
+                f"address behind a stateful firewall: **{cell_text(record)}**",
             ]
     return "\n".join(lines)
 
