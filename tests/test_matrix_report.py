@@ -10,7 +10,17 @@ import pytest
 
 from hil.matrix.__main__ import parse_cell
 from hil.matrix.cells import SETTLE_S, Cell, full_plan, lan_cells, profile_cells, quick_plan
-from hil.matrix.report import cell_of, cell_text, invariants, load, markdown, table, targets, write
+from hil.matrix.report import (
+    cell_of,
+    cell_text,
+    invariants,
+    ipv6_section,
+    load,
+    markdown,
+    table,
+    targets,
+    write,
+)
 from hil.matrix.report import document as document_of
 from hil.matrix.rig import CellRecord, device_path, parse_counters, set_aside_log
 from hil.netlab import NatType as N
@@ -239,3 +249,12 @@ def test_a_rerun_of_a_cell_gets_a_fresh_daemon_log(tmp_path: Path) -> None:
     assert not log.exists()
     assert (tmp_path / "dvrlinkd.log.1").read_text().startswith("run 1")
     assert (tmp_path / "dvrlinkd.log.2").read_text() == "run 2\n"
+
+
+def test_the_ipv6_section_is_generated_and_in_the_docs() -> None:
+    section = "\n".join(ipv6_section())
+    assert section in markdown([physical(c) for c in lan_cells()], META)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "connectivity.md").read_text()
+    assert section in doc, (
+        "docs/connectivity.md lacks the IPv6 section: paste hil.matrix.report.ipv6_section()"
+    )

@@ -219,6 +219,39 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
     return lines
 
 
+def ipv6_section() -> list[str]:
+    """The doc's "IPv6" section (prose: how a session uses IPv6, rule 9, and the matrix's IPv6 cell)."""
+    return [
+        "## IPv6",
+        "",
+        "Most LTE carriers give a recorder a global IPv6 address besides a carrier-grade or symmetric "
+        "IPv4 NAT. There is no NAT66 in front of it, only a stateful firewall that lets replies in and "
+        "drops new inbound flows. A session gathers a host candidate on every interface address, IPv6 "
+        "included. Each host socket also asks the broker's STUN over its own family "
+        "(`session/direct.py`: `srflx_candidate` resolves the STUN server for that family). A server "
+        "named by an address of the other family gets nothing sent: the lab's broker and the matrix's "
+        "daemon name an IPv4 address, so IPv6 sockets have host candidates only. Behind a global "
+        "address the host candidate is the public one anyway. ICE pairs candidates of one family, so "
+        "an IPv6 pair runs beside the IPv4 pairs.",
+        "",
+        "The path rule is `predict_path`'s rule 9 (`protocol/nat_behaviour.py`): when both sides have "
+        "a global IPv6 address (`NatProfile.ipv6`), the path is **direct by ICE checks over IPv6**, "
+        "whatever their IPv4 NATs do. The first check each side sends opens its own firewall for the "
+        "other's checks, as two APDF filters open between two endpoint-independent NATs. Blocked UDP "
+        "and one shared NAT still come first. A device's report (`nat_type`) does not say whether it "
+        "has IPv6, so a viewer's `netcheck` predicts from the IPv4 NATs only.",
+        "",
+        'The matrix\'s IPv6 cell is `symmetric+v6 × symmetric+v6` (the "IPv6:" line under the LAN '
+        "table). Both sides sit behind symmetric IPv4 NATs, which alone stay on the relay, and also "
+        'have global IPv6 from the lab\'s IPv6 carrier ([netlab.md](netlab.md), "IPv6"). Its hard '
+        'invariant is "a cell where both sides have global IPv6 ends direct". '
+        "`tests/test_matrix_ipv6.py` runs the cell on its own and checks that the device's log names "
+        "the pair between the two global addresses. By hand: `python -m hil.matrix --cell "
+        "symmetric+v6:symmetric+v6` (`+v6` on both sides or on neither).",
+        "",
+    ]
+
+
 def port_mapping_section() -> list[str]:
     """The doc's "Port mapping" section (prose, and the mapping state diagram generated from
     ``protocol.port_mapping.TRANSITIONS``)."""
@@ -342,6 +375,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         relay_table(records, "lan"),
         "",
         *port_mapping_section(),
+        *ipv6_section(),
         "## Notes",
         "",
         "- **Symmetric × port-restricted (or CGNAT).** The symmetric side gets a new port for "
