@@ -26,6 +26,8 @@ READ_BATCH = 64
 """Datagrams read per event-loop wake-up at most (``PresenceLink.read_in_batches``)."""
 MAX_READ = 65535
 """Bytes read per datagram (a STUN request may carry padding: the core judges the size)."""
+V4_MAPPED = "::ffff:"
+"""How a dual-stack (``::``) socket names an IPv4 peer: ``::ffff:a.b.c.d``."""
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,10 @@ class PresenceLink(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self._ipv6:  # (host, port, flowinfo, scope_id) -> (host, port)
-            addr = (addr[0], addr[1])
+            host = addr[0]
+            # A dual-stack socket (``::``) sees an IPv4 client as ::ffff:a.b.c.d; the core (and
+            # the STUN answer's XOR-MAPPED-ADDRESS) takes it as the IPv4 address it is.
+            addr = (host[7:] if host.startswith(V4_MAPPED) and "." in host else host, addr[1])
         if self._batching:
             self._driver.feed_from(self._receive, data, addr)
         else:
@@ -146,8 +151,12 @@ class PresenceLink(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None:
             sendto = transport.sendto
+            six = self._ipv6
             for data, address in out:
-                sendto(data, address)
+                if six and ":" not in address[0]:  # an IPv4 client of a dual-stack socket
+                    sendto(data, (V4_MAPPED + address[0], address[1]))
+                else:
+                    sendto(data, address)
 
 
 def open_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:

@@ -35,6 +35,12 @@ direct path once ICE finds one, so "relay" means it stays there):
    device asks for a mapping: a viewer whose router maps ports counts as its NAT's behaviour alone.
    A device's report (``nat_type``) does not say that its router maps ports, so a viewer's
    netcheck predicts from rules 1-7 only.
+9. Both sides have a global IPv6 address (:attr:`NatProfile.ipv6`: no NAT66, at most a stateful
+   firewall that lets replies in and drops new inbound flows): **direct** by **ICE checks over
+   IPv6**, whatever their IPv4 NATs do (so before rules 3-8). The host candidates are the public
+   addresses, and the first check each side sends opens its own firewall for the other's checks,
+   as two APDF filters open in rule 5. Checked after rules 1 and 2: a side that cannot send UDP
+   has no IPv6 path either, and one NAT still means the LAN.
 """
 
 from __future__ import annotations
@@ -83,6 +89,10 @@ class NatProfile:
     forwards whatever arrives to the side's socket. False: it does not, or not known. Not part of
     :attr:`name` or :attr:`nat_type`, which name the NAT's own behaviour (the RFC 5780 tests do not
     see a router's port mapping)."""
+    ipv6: bool = False
+    """The side has a global IPv6 address behind at most a stateful firewall (no NAT66): its IPv6
+    host candidate is its public address (rule 9). False: no IPv6, or not known. Like
+    ``maps_ports``, not part of :attr:`name` or :attr:`nat_type`, which describe the IPv4 NAT."""
 
     @property
     def known(self) -> bool:
@@ -249,6 +259,8 @@ class Punch(enum.Enum):
     """No direct path (relay, or unknown)."""
     HOST = "host candidates"
     """The two sides reach each other on the LAN."""
+    IPV6 = "ice checks over IPv6"
+    """Plain ICE connectivity checks between the two sides' global IPv6 host candidates (rule 9)."""
     ICE_CHECKS = "ice checks"
     """Plain ICE connectivity checks between server-reflexive candidates."""
     PORT_PREDICTION = "port prediction"
@@ -313,6 +325,14 @@ def predict_path(
             Punch.HOST,
             "both sides are behind the same public address: their host candidates meet on the LAN "
             "(or the NAT hairpins)",
+        )
+    if here is not None and there is not None and here.ipv6 and there.ipv6:
+        return PathPrediction(
+            Path.DIRECT,
+            Punch.IPV6,
+            f"the {here_name} and the {there_name} both have a global IPv6 address (no NAT, at most a "
+            "stateful firewall): their IPv6 host candidates are their public addresses, and each side's "
+            "first ICE check opens its own firewall for the other's, whatever their IPv4 NATs do",
         )
     unknown = [name for name, p in sides if p is None or not p.known]
     if unknown:

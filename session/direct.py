@@ -53,19 +53,33 @@ def host_protocols(ice: aioice.Connection) -> list[Any]:
 async def srflx_candidate(
     protocol: Any, stun_server: tuple[str, int]
 ) -> tuple[Candidate, tuple[str, int], tuple[str, int] | None] | None:
-    """The server-reflexive candidate of one host socket (IPv4 only, as aioice), the STUN server's
-    resolved address and its RFC 5780 OTHER-ADDRESS (None when it names none); None for IPv6."""
+    """The server-reflexive candidate of one host socket, the STUN server's resolved address and
+    its RFC 5780 OTHER-ADDRESS (None when it names none). The server is reached over the socket's
+    own family (IPv4 or IPv6): None, with nothing sent, when ``stun_server`` has no address of that
+    family (an IP literal of the other one, or a name without such an address)."""
     base = protocol.local_candidate
-    if ":" in base.host:
+    server_ip = await resolve_for(stun_server[0], socket.AF_INET6 if ":" in base.host else socket.AF_INET)
+    if server_ip is None:
         return None
-    loop = asyncio.get_running_loop()
-    server = (await loop.run_in_executor(None, socket.gethostbyname, stun_server[0]), stun_server[1])
+    server = (server_ip, stun_server[1])
     response, _ = await protocol.request(binding_request(rfc5780=True), server)
     host, port = response.attributes["XOR-MAPPED-ADDRESS"]
     other = response.attributes.get("OTHER-ADDRESS")
     if other is not None and (other[0] == server[0] or other[1] == server[1]):
         other = None  # not two addresses and two ports: no RFC 5780 probes
     return reflexive(base, host, port), server, other
+
+
+async def resolve_for(host: str, family: socket.AddressFamily) -> str | None:
+    """``host``'s first address of ``family`` (an IP literal of that family as it is), or None when
+    it has none: an IP literal of the other family, or a name that does not resolve to one.
+    Never raises."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
+        return None
+    return str(infos[0][4][0]) if infos else None
 
 
 async def predicted_candidates(

@@ -10,7 +10,17 @@ import pytest
 
 from hil.matrix.__main__ import parse_cell
 from hil.matrix.cells import SETTLE_S, Cell, full_plan, lan_cells, profile_cells, quick_plan
-from hil.matrix.report import cell_of, cell_text, invariants, load, markdown, table, targets, write
+from hil.matrix.report import (
+    cell_of,
+    cell_text,
+    invariants,
+    ipv6_section,
+    load,
+    markdown,
+    table,
+    targets,
+    write,
+)
 from hil.matrix.report import document as document_of
 from hil.matrix.rig import CellRecord, device_path, parse_counters, set_aside_log
 from hil.netlab import NatType as N
@@ -28,8 +38,8 @@ META = {
 def record(cell: Cell, path: str | None = "direct", seconds: float = 0.4, settled: bool = True) -> CellRecord:
     connected = path is not None
     return CellRecord(
-        cell.device.value,
-        cell.viewer.value,
+        cell.device_name,
+        cell.viewer_name,
         cell.profile,
         netem=False,
         registered=connected,
@@ -47,11 +57,15 @@ def physical(cell: Cell) -> CellRecord:
     return record(cell, cell.predicted_path)
 
 
-def test_the_lan_matrix_has_every_pair_one_hairpin_cell_and_one_port_mapping_cell() -> None:
+def test_the_lan_matrix_has_every_pair_one_hairpin_cell_one_port_mapping_cell_and_one_ipv6_cell() -> None:
     cells = lan_cells()
-    assert len(cells) == 8 * 8 + 1 + 1
+    assert len(cells) == 8 * 8 + 1 + 1 + 1
     assert cells[0] == Cell(N.PUBLIC, N.PUBLIC)  # pairs the viewer first
-    assert cells[-2:] == [Cell(N.HAIRPIN, N.HAIRPIN), Cell(N.SYMMETRIC_UPNP, N.SYMMETRIC)]
+    assert cells[-3:] == [
+        Cell(N.HAIRPIN, N.HAIRPIN),
+        Cell(N.SYMMETRIC_UPNP, N.SYMMETRIC),
+        Cell(N.SYMMETRIC, N.SYMMETRIC, ipv6=True),
+    ]
     assert len({c.key for c in cells}) == len(cells)
     assert {c.profile for c in profile_cells()} == {"3g", "gprs"} and len(profile_cells()) == 12
 
@@ -131,15 +145,28 @@ def test_cells_that_fail_to_connect_miss_every_target_they_touch() -> None:
 def test_invariants_catch_a_missed_punch_a_direct_symmetric_pair_and_a_failure() -> None:
     records = [physical(c) for c in lan_cells()]
     by_key = {r.device_nat + "/" + r.viewer_nat: r for r in records}
+    assert by_key["symmetric+v6/symmetric+v6"].path == "direct"
     by_key["full_cone/cgnat"].path = "relay"
     by_key["symmetric/symmetric"].settled = False
     by_key["cgnat/cgnat"].connected = False
     by_key["symmetric_upnp/symmetric"].path = "relay"
-    connect, relay, direct, mapped = invariants(records)
+    by_key["symmetric+v6/symmetric+v6"].path = "relay"
+    connect, relay, direct, mapped, ipv6 = invariants(records)
     assert [m.split(":")[0] for m in connect.misses] == ["cgnat × cgnat"]
     assert [m.split(":")[0] for m in relay.misses] == ["symmetric × symmetric"]
     assert [m.split(":")[0] for m in direct.misses] == ["full_cone × cgnat"]
     assert [m.split(":")[0] for m in mapped.misses] == ["symmetric_upnp × symmetric"]
+    assert [m.split(":")[0] for m in ipv6.misses] == ["symmetric+v6 × symmetric+v6"]
+
+
+def test_an_ipv6_cell_round_trips_through_its_record_and_the_command_line() -> None:
+    cell = Cell(N.SYMMETRIC, N.SYMMETRIC, ipv6=True)
+    assert cell.key == "symmetric+v6/symmetric+v6/lan"
+    assert cell_of(record(cell)) == cell
+    assert parse_cell("symmetric+v6:symmetric+v6") == cell
+    with pytest.raises(ValueError, match="both sides"):
+        parse_cell("symmetric+v6:symmetric")
+    assert "IPv6: device symmetric × viewer symmetric" in table([record(cell)], "lan")
 
 
 def test_a_slow_first_byte_fails_the_two_second_target_only() -> None:
@@ -167,7 +194,7 @@ def test_markdown_and_json(tmp_path: Path) -> None:
     assert gprs.count("\n") == 3 and "udp_blocked" not in gprs  # two rows, three columns
     md, js = write(records, META, tmp_path)
     document = json.loads(js.read_text())
-    assert len(document["cells"]) == 66 + 12 and document["no_netem_note"] == "no netem: rate/loss only"
+    assert len(document["cells"]) == 67 + 12 and document["no_netem_note"] == "no netem: rate/loss only"
     assert md.read_text() == text
     assert load(js) == (records, META)  # --render draws the same Markdown from the JSON
     js.write_text('{"cells": [{"device_nat": "public"}]}')
@@ -222,3 +249,12 @@ def test_a_rerun_of_a_cell_gets_a_fresh_daemon_log(tmp_path: Path) -> None:
     assert not log.exists()
     assert (tmp_path / "dvrlinkd.log.1").read_text().startswith("run 1")
     assert (tmp_path / "dvrlinkd.log.2").read_text() == "run 2\n"
+
+
+def test_the_ipv6_section_is_generated_and_in_the_docs() -> None:
+    section = "\n".join(ipv6_section())
+    assert section in markdown([physical(c) for c in lan_cells()], META)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "connectivity.md").read_text()
+    assert section in doc, (
+        "docs/connectivity.md lacks the IPv6 section: paste hil.matrix.report.ipv6_section()"
+    )

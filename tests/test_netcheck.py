@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,8 @@ def test_the_matrix_and_netcheck_predict_with_one_classifier() -> None:
     seen: dict[str, int] = {}
     for cell in lan_cells():
         prediction = predict_path(
-            cell.viewer.profile,
-            cell.device.profile,
+            cell.side_profile(cell.viewer),
+            cell.side_profile(cell.device),
             same_nat=cell.device is NatType.HAIRPIN and cell.viewer is NatType.HAIRPIN,
         )
         assert cell.prediction == prediction
@@ -101,13 +102,16 @@ def test_the_matrix_and_netcheck_predict_with_one_classifier() -> None:
         # where the text loses sequential ports (port prediction becomes a birthday search) and
         # the router's port mapping (the report names the NAT alone: symmetric_upnp × symmetric
         # is predicted as symmetric × symmetric, the relay).
+        # Nor does the report say that the device has IPv6: an IPv6 cell is predicted by its IPv4 NATs.
         from_report = predict_path(
-            cell.viewer.profile,
+            cell.side_profile(cell.viewer),
             parse_nat_type(cell.device.profile.nat_type),
             same_nat=cell.device is NatType.HAIRPIN and cell.viewer is NatType.HAIRPIN,
         )
         if cell.device.profile.maps_ports:
             assert from_report.path is PathKind.RELAY and prediction.punch is Punch.PORT_MAPPING, cell
+        elif cell.ipv6:
+            assert from_report.path is PathKind.RELAY and prediction.punch is Punch.IPV6, cell
         else:
             assert from_report.path == prediction.path, cell
         seen[prediction.punch.value] = seen.get(prediction.punch.value, 0) + 1
@@ -456,3 +460,20 @@ def test_a_round_trip_to_a_node_given_by_name_is_timed_and_an_unknown_name_says_
         assert unknown.rtt_ms is None and unknown.error == "cannot resolve no-such-host.invalid", unknown
 
     asyncio.run(asyncio.wait_for(run(), WAIT_S))
+
+
+def test_global_ipv6_on_both_sides_is_direct_whatever_the_ipv4_nats_do() -> None:
+    symmetric = NatType.SYMMETRIC.profile
+    v6 = replace(symmetric, ipv6=True)
+    both = predict_path(v6, v6)
+    assert (both.path, both.punch) == (PathKind.DIRECT, Punch.IPV6)
+    assert "IPv6" in both.reason
+    # One side without IPv6: the IPv4 rules decide (symmetric × symmetric: the relay).
+    assert predict_path(v6, symmetric).path is PathKind.RELAY
+    assert predict_path(symmetric, v6).path is PathKind.RELAY
+    # Blocked UDP and one NAT still come first.
+    blocked = replace(NatType.UDP_BLOCKED.profile, ipv6=True)
+    assert predict_path(v6, blocked).path is PathKind.RELAY
+    assert predict_path(v6, v6, same_nat=True).path is PathKind.LAN
+    # IPv6 does not change the IPv4 names the report and the lab use.
+    assert (v6.name, v6.nat_type) == (symmetric.name, symmetric.nat_type)

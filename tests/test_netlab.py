@@ -240,7 +240,77 @@ def test_the_cli_brings_a_lab_up_lists_it_and_takes_it_down() -> None:
     assert prefix not in netlab.lab_prefixes()
 
 
+UDP_PEER = """
+import json, socket, sys
+host, port, to_host, to_port, wait = sys.argv[1:6]
+port, to_port, wait = int(port), int(to_port), float(wait)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((host, port))
+print("ready", flush=True)
+if to_port:
+    s.sendto(b"hello", (to_host, to_port))
+s.settimeout(wait)
+try:
+    data, source = s.recvfrom(100)
+    print(json.dumps({"data": data.decode(), "from": source[0]}), flush=True)
+except TimeoutError:
+    print(json.dumps({"data": None}), flush=True)
+"""
+"""One UDP socket on [host]:port: sends one datagram to [to_host]:to_port (unless 0), then prints what
+arrives within ``wait`` seconds."""
+
+
+def udp_peer(lab: netlab.Lab, ns: str, here: tuple[str, int], to: tuple[str, int], wait: float) -> Any:
+    """Start :data:`UDP_PEER` in ``ns``; returns its process once its socket is bound."""
+    proc = lab.popen(
+        ns,
+        [sys.executable, "-c", UDP_PEER, here[0], str(here[1]), to[0], str(to[1]), str(wait)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def received(proc: Any) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=30)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_an_ipv6_carrier_gives_global_addresses_behind_stateful_firewalls(lab: netlab.Lab) -> None:
+    lab.reconfigure("symmetric", "symmetric", ipv6=True)
+    try:
+        device, viewer = lab.host_addr6("device"), lab.host_addr6("viewer")
+        assert device is not None and viewer is not None and device != viewer
+        dev_port, view_port = 40001, 40002
+        # The broker answers over IPv6, and sees the device's own address: no NAT66.
+        echo = udp_peer(lab, lab.broker_ns, (lab.broker_addrs6[0], 3490), ("::", 0), 15)
+        udp_peer(lab, lab.device_ns, (device, dev_port), (lab.broker_addrs6[0], 3490), 0.1).wait(30)
+        assert received(echo) == {"data": "hello", "from": device}
+        # A new inbound flow is dropped by the viewer's firewall (nothing arrives in 2 s; the
+        # same datagram gets through below once the viewer has sent to the device) ...
+        listener = udp_peer(lab, lab.viewer_ns, (viewer, view_port), ("::", 0), 2)
+        udp_peer(lab, lab.device_ns, (device, dev_port), (viewer, view_port), 0.1).wait(30)
+        assert received(listener) == {"data": None}, "the viewer's firewall let a new inbound flow in"
+        # ... while the viewer's datagram back is a reply to the device's flow, so it gets in ...
+        listener = udp_peer(lab, lab.device_ns, (device, dev_port), ("::", 0), 15)
+        udp_peer(lab, lab.viewer_ns, (viewer, view_port), (device, dev_port), 0.1).wait(30)
+        assert received(listener) == {"data": "hello", "from": viewer}
+        # ... and now the device's gets through too, both ways open as two ICE checks open them.
+        listener = udp_peer(lab, lab.viewer_ns, (viewer, view_port), ("::", 0), 15)
+        udp_peer(lab, lab.device_ns, (device, dev_port), (viewer, view_port), 0.1).wait(30)
+        assert received(listener) == {"data": "hello", "from": device}
+        # IPv4 still goes through the side's NAT.
+        assert classify(lab)["name"] == "symmetric"
+    finally:
+        lab.reconfigure("public", "public")
+    assert lab.host_addr6("device") is None
+
+
 def test_bad_requests_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="build it without ipv6"):
+        netlab.Lab(netlab.new_prefix(), netlab.NatType.CGNAT, netlab.NatType.PUBLIC, ipv6=True).build()
     with pytest.raises(ValueError, match="give hairpin for both sides"):
         netlab.Lab(netlab.new_prefix(), netlab.NatType.HAIRPIN, netlab.NatType.PUBLIC).build()
     with pytest.raises(ValueError, match="use one of: public, full_cone"):

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hil.matrix.cells import Cell, full_plan, lan_cells, profile_cells, quick_plan
+from hil.matrix.cells import IPV6_SUFFIX, Cell, full_plan, lan_cells, profile_cells, quick_plan
 from hil.matrix.report import invariants, load, table, targets, write
 from hil.matrix.rig import MatrixError, matrix_rig
 from hil.matrix.runner import meta, run_plans
@@ -17,7 +17,7 @@ from hil.netlab import PROFILES, NatType
 
 
 def parse_cell(text: str) -> Cell:
-    """``DEVICE:VIEWER[:PROFILE]``.
+    """``DEVICE:VIEWER[:PROFILE]``; ``symmetric+v6:symmetric+v6`` is an IPv6 cell (both sides or none).
 
     Raises:
         ValueError: malformed, or an unknown NAT type or profile.
@@ -28,7 +28,11 @@ def parse_cell(text: str) -> Cell:
     profile = parts[2] if len(parts) == 3 else "lan"
     if profile not in PROFILES:
         raise ValueError(f"bad cell {text!r}: profile {profile!r}; use one of: {', '.join(PROFILES)}")
-    return Cell(NatType.parse(parts[0]), NatType.parse(parts[1]), profile)
+    v6 = [part.endswith(IPV6_SUFFIX) for part in parts[:2]]
+    if v6[0] != v6[1]:
+        raise ValueError(f"bad cell {text!r}: give {IPV6_SUFFIX} on both sides or on neither")
+    device, viewer = (part.removesuffix(IPV6_SUFFIX) for part in parts[:2])
+    return Cell(NatType.parse(device), NatType.parse(viewer), profile, ipv6=v6[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

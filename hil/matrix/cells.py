@@ -9,9 +9,9 @@ filtering EIF, ADF or APDF. This file holds no I/O: it names cells and judges re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from dvrlink.protocol.nat_behaviour import Path, PathPrediction, Punch, predict_path
+from dvrlink.protocol.nat_behaviour import NatProfile, Path, PathPrediction, Punch, predict_path
 from hil.netlab import NatType
 
 SIDE_TYPES: tuple[NatType, ...] = (
@@ -30,6 +30,13 @@ MAPPING_CELLS: tuple[tuple[NatType, NatType], ...] = ((NatType.SYMMETRIC_UPNP, N
 """Extra LAN cells: a symmetric device NAT whose router maps ports (miniupnpd), against a symmetric
 viewer, the pair that has no direct path without a mapping. What a mapping does for a path is
 ``predict_path``'s rule 8 on ``NatType.SYMMETRIC_UPNP.profile`` (``maps_ports``)."""
+
+IPV6_CELLS: tuple[tuple[NatType, NatType], ...] = ((NatType.SYMMETRIC, NatType.SYMMETRIC),)
+"""Extra LAN cells where both sides also have a global IPv6 address behind a stateful firewall (the
+lab's IPv6 carrier, ``Lab.ipv6``) beside their IPv4 NATs: symmetric × symmetric, which has no
+direct path over IPv4, must end direct over IPv6 (``predict_path``'s rule 9)."""
+IPV6_SUFFIX = "+v6"
+"""How a cell's key and the report name a side with IPv6: ``symmetric+v6``."""
 
 DIRECT_PATHS = frozenset({"lan", "direct"})
 FIRST_BYTE_TARGET_S = 2.0
@@ -57,19 +64,35 @@ class Cell:
     device: NatType
     viewer: NatType
     profile: str = "lan"
+    ipv6: bool = False
+    """Both sides also have a global IPv6 address behind a stateful firewall (``Lab.ipv6``)."""
+
+    @property
+    def device_name(self) -> str:
+        """The device side as the report names it: its NAT type, ``+v6`` with IPv6."""
+        return self.device.value + (IPV6_SUFFIX if self.ipv6 else "")
+
+    @property
+    def viewer_name(self) -> str:
+        """The viewer side as the report names it: its NAT type, ``+v6`` with IPv6."""
+        return self.viewer.value + (IPV6_SUFFIX if self.ipv6 else "")
 
     @property
     def key(self) -> str:
-        """``device/viewer/profile``."""
-        return f"{self.device.value}/{self.viewer.value}/{self.profile}"
+        """``device/viewer/profile`` (each side with ``+v6`` in an IPv6 cell)."""
+        return f"{self.device_name}/{self.viewer_name}/{self.profile}"
+
+    def side_profile(self, nat: NatType) -> NatProfile:
+        """What the path rules take for a side behind ``nat`` in this cell (with IPv6 or not)."""
+        return replace(nat.profile, ipv6=self.ipv6)
 
     @property
     def prediction(self) -> PathPrediction:
         """What NAT behaviour predicts for this cell, by the same rules ``dvrlink netcheck`` uses
         (``protocol/nat_behaviour.py``: ``predict_path``); the hairpin cell is one NAT."""
         return predict_path(
-            self.viewer.profile,
-            self.device.profile,
+            self.side_profile(self.viewer),
+            self.side_profile(self.device),
             same_nat=self.device is NatType.HAIRPIN and self.viewer is NatType.HAIRPIN,
         )
 
@@ -123,7 +146,7 @@ class Cell:
         mapping against address-and-port filtering), ``birthday search`` (random mapping against
         it), ``port mapping`` (the device's router opens a port on request), or empty."""
         punch = self.prediction.punch
-        return "" if punch in (Punch.NONE, Punch.HOST, Punch.ICE_CHECKS) else punch.value
+        return "" if punch in (Punch.NONE, Punch.HOST, Punch.ICE_CHECKS, Punch.IPV6) else punch.value
 
     @property
     def why_not_direct(self) -> str:
@@ -133,10 +156,12 @@ class Cell:
 
 
 def lan_cells() -> list[Cell]:
-    """Every device × viewer cell on LAN, then the hairpin cell and the port-mapping cells."""
+    """Every device × viewer cell on LAN, then the hairpin cell, the port-mapping cells and the
+    IPv6 cells."""
     cells = [Cell(d, v) for d in SIDE_TYPES for v in SIDE_TYPES]
     cells.append(Cell(NatType.HAIRPIN, NatType.HAIRPIN))
     cells += [Cell(d, v) for d, v in MAPPING_CELLS]
+    cells += [Cell(d, v, ipv6=True) for d, v in IPV6_CELLS]
     return cells
 
 

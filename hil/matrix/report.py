@@ -13,6 +13,8 @@ from dvrlink.protocol.port_mapping import state_diagram as mapping_state_diagram
 from hil.matrix.cells import (
     DIRECT_PATHS,
     FIRST_BYTE_TARGET_S,
+    IPV6_CELLS,
+    IPV6_SUFFIX,
     MAPPING_CELLS,
     PROFILE_SUBSET,
     SIDE_TYPES,
@@ -25,8 +27,12 @@ NO_NETEM = "no netem: rate/loss only"
 
 
 def cell_of(record: CellRecord) -> Cell:
-    """The cell a record belongs to."""
-    return Cell(NatType.parse(record.device_nat), NatType.parse(record.viewer_nat), record.profile)
+    """The cell a record belongs to (``symmetric+v6``: an IPv6 cell)."""
+    device, viewer = record.device_nat, record.viewer_nat
+    ipv6 = device.endswith(IPV6_SUFFIX) and viewer.endswith(IPV6_SUFFIX)
+    if ipv6:
+        device, viewer = device.removesuffix(IPV6_SUFFIX), viewer.removesuffix(IPV6_SUFFIX)
+    return Cell(NatType.parse(device), NatType.parse(viewer), record.profile, ipv6=ipv6)
 
 
 def cell_text(record: CellRecord | None) -> str:
@@ -56,7 +62,7 @@ class Verdict:
 
 
 def _label(cell: Cell) -> str:
-    return f"{cell.device.value} × {cell.viewer.value}"
+    return f"{cell.device_name} × {cell.viewer_name}"
 
 
 def _miss(record: CellRecord, what: str) -> str:
@@ -110,6 +116,7 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
     relay = Verdict("symmetric × symmetric ends on the relay", True)
     direct = Verdict("a cell with endpoint-independent mapping on one side ends direct", True)
     mapped = Verdict("a device behind a port-mapping router (PCP, NAT-PMP, UPnP-IGD) ends direct", True)
+    ipv6 = Verdict("a cell where both sides have global IPv6 ends direct", True)
     for r in lan:
         cell = cell_of(r)
         if not cell.udp_blocked and not r.connected:
@@ -123,9 +130,11 @@ def invariants(records: Sequence[CellRecord]) -> list[Verdict]:
             direct.misses.append(f"{_label(cell)}: {describe_path(r)}")
         if cell.device_maps and not cell.udp_blocked and r.path not in DIRECT_PATHS:
             mapped.misses.append(f"{_label(cell)}: {describe_path(r)}")
-    for verdict in (connect, relay, direct, mapped):
+        if cell.ipv6 and r.path not in DIRECT_PATHS:
+            ipv6.misses.append(f"{_label(cell)}: {describe_path(r)}")
+    for verdict in (connect, relay, direct, mapped, ipv6):
         verdict.passed = not verdict.misses
-    return [connect, relay, direct, mapped]
+    return [connect, relay, direct, mapped, ipv6]
 
 
 def describe_path(record: CellRecord) -> str:
@@ -169,6 +178,14 @@ def table(records: Sequence[CellRecord], profile: str) -> str:
                 f"Port mapping: device {device.value} (its router runs miniupnpd: PCP, NAT-PMP, "
                 f"UPnP-IGD) × viewer {viewer.value}: **{cell_text(record)}**",
             ]
+    for device, viewer in IPV6_CELLS:
+        record = found.get((device.value + IPV6_SUFFIX, viewer.value + IPV6_SUFFIX))
+        if record is not None:
+            lines += [
+                "",
+                f"IPv6: device {device.value} × viewer {viewer.value}, both also with a global IPv6 "
+                f"address behind a stateful firewall: **{cell_text(record)}**",
+            ]
     return "\n".join(lines)
 
 
@@ -200,6 +217,39 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
         lines.append(f"- **{'PASS' if v.passed else 'FAIL'}**: {v.name}" + (f" ({v.note})" if v.note else ""))
         lines += [f"  - {miss}" for miss in v.misses]
     return lines
+
+
+def ipv6_section() -> list[str]:
+    """The doc's "IPv6" section (prose: how a session uses IPv6, rule 9, and the matrix's IPv6 cell)."""
+    return [
+        "## IPv6",
+        "",
+        "Most LTE carriers give a recorder a global IPv6 address besides a carrier-grade or symmetric "
+        "IPv4 NAT. There is no NAT66 in front of it, only a stateful firewall that lets replies in and "
+        "drops new inbound flows. A session gathers a host candidate on every interface address, IPv6 "
+        "included. Each host socket also asks the broker's STUN over its own family "
+        "(`session/direct.py`: `srflx_candidate` resolves the STUN server for that family). A server "
+        "named by an address of the other family gets nothing sent: the lab's broker and the matrix's "
+        "daemon name an IPv4 address, so IPv6 sockets have host candidates only. Behind a global "
+        "address the host candidate is the public one anyway. ICE pairs candidates of one family, so "
+        "an IPv6 pair runs beside the IPv4 pairs.",
+        "",
+        "The path rule is `predict_path`'s rule 9 (`protocol/nat_behaviour.py`): when both sides have "
+        "a global IPv6 address (`NatProfile.ipv6`), the path is **direct by ICE checks over IPv6**, "
+        "whatever their IPv4 NATs do. The first check each side sends opens its own firewall for the "
+        "other's checks, as two APDF filters open between two endpoint-independent NATs. Blocked UDP "
+        "and one shared NAT still come first. A device's report (`nat_type`) does not say whether it "
+        "has IPv6, so a viewer's `netcheck` predicts from the IPv4 NATs only.",
+        "",
+        'The matrix\'s IPv6 cell is `symmetric+v6 × symmetric+v6` (the "IPv6:" line under the LAN '
+        "table). Both sides sit behind symmetric IPv4 NATs, which alone stay on the relay, and also "
+        'have global IPv6 from the lab\'s IPv6 carrier ([netlab.md](netlab.md), "IPv6"). Its hard '
+        'invariant is "a cell where both sides have global IPv6 ends direct". '
+        "`tests/test_matrix_ipv6.py` runs the cell on its own and checks that the device's log names "
+        "the pair between the two global addresses. By hand: `python -m hil.matrix --cell "
+        "symmetric+v6:symmetric+v6` (`+v6` on both sides or on neither).",
+        "",
+    ]
 
 
 def port_mapping_section() -> list[str]:
@@ -325,6 +375,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         relay_table(records, "lan"),
         "",
         *port_mapping_section(),
+        *ipv6_section(),
         "## Notes",
         "",
         "- **Symmetric × port-restricted (or CGNAT).** The symmetric side gets a new port for "

@@ -393,7 +393,7 @@ class MatrixRig:
 
     def prepare(self, cell: Cell) -> None:
         """Rebuild the sides for ``cell`` and put its profile on the device's uplink."""
-        self.lab.reconfigure(cell.device, cell.viewer)
+        self.lab.reconfigure(cell.device, cell.viewer, ipv6=cell.ipv6)
         if cell.profile != "lan":
             self.lab.set_profile("device", cell.profile)
 
@@ -408,7 +408,7 @@ class MatrixRig:
         cell, runs = plan.cell, plan.runs
         started = time.monotonic()
         self.prepare(cell)
-        record = CellRecord(cell.device.value, cell.viewer.value, cell.profile, bool(self.lab.netem))
+        record = CellRecord(cell.device_name, cell.viewer_name, cell.profile, bool(self.lab.netem))
         folder = self.work / "cells" / cell.key.replace("/", "__")
         folder.mkdir(parents=True, exist_ok=True)
         daemon_log = folder / "dvrlinkd.log"

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--tcp-timeout", type=int, help="NAT TCP established lifetime, seconds")
     up.add_argument("--turn", action="store_true", help="add a namespace for coturn")
+    up.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="both hosts also get a global IPv6 address behind a stateful firewall (not hairpin or cgnat)",
+    )
     up.add_argument("--broker", action="store_true", help="also start dvrlink-broker in the broker namespace")
     up.add_argument("--prefix", default=HAND_PREFIX, help=f"name prefix (default {HAND_PREFIX})")
     dn = sub.add_parser("down", help="remove a lab (and the processes inside)")
@@ -76,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device_nat or args.topology or "public"
     viewer = args.viewer_nat or args.viewer or ("hairpin" if device == "hairpin" else "public")
     lab = Lab(args.prefix, NatType.parse(device), NatType.parse(viewer), args.profile,
-              args.udp_timeout, None, args.tcp_timeout, args.turn)  # fmt: skip
+              args.udp_timeout, None, args.tcp_timeout, args.turn, ipv6=args.ipv6)  # fmt: skip
     try:
         lab.build()
     except (NetlabError, ValueError) as exc:

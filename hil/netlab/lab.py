@@ -49,18 +49,23 @@ from hil.netlab.nat import (
     NatType,
     adf_rule,
     rules,
+    rules6,
     upnp_public_addr,
 )
 from hil.netlab.profiles import LinkProfile, profile
 
 REPO = Path(__file__).resolve().parents[2]
+INET6_BROKER_GW = "2001:db8:203::1"
 HAND_PREFIX = "dl-"
 PREFIX_PATTERN = re.compile(r"^dl(t[0-9a-f]{6})?-")
 SIDES = ("device", "viewer")
 BROKER_ADDRS = ("203.0.113.10", "203.0.113.11")
+BROKER_ADDRS6 = ("2001:db8:203::10", "2001:db8:203::11")
+"""The broker's IPv6 addresses (documentation prefix 2001:db8::/32): every lab is dual-stack on the
+internet side, so the broker's STUN and presence answer on both families when bound to ``::``."""
 TURN_ADDR = "192.0.2.10"
 SKIP_MESSAGE = "needs root and iptables: run as root, e.g. in CI"
-TOOLS = ("ip", "iptables", "iptables-restore", "conntrack", "tc", "sysctl")
+TOOLS = ("ip", "iptables", "iptables-restore", "ip6tables-restore", "conntrack", "tc", "sysctl")
 log = logging.getLogger(__name__)
 WIRE_START_S = 10.0
 """How long a user-space wire may take to bind its queue."""
@@ -180,6 +185,8 @@ class Side:
     profile: LinkProfile
     upnp_addr: str | None = None
     """Where a ``symmetric_upnp`` router maps ports (its second WAN address), else None."""
+    host_addr6: str | None = None
+    """The host's global IPv6 address (an IPv6 lab, ``Lab.ipv6``), else None."""
 
 
 @dataclass
@@ -197,6 +204,10 @@ class Lab:
     udp_stream_timeout: int | None = None
     tcp_timeout: int | None = None
     with_turn: bool = False
+    ipv6: bool = False
+    """Each side's gateway is also an IPv6 carrier: it routes a global /64 to the host (which then
+    has IPv4 behind the side's NAT and a global IPv6 address) through a stateful firewall
+    (``nat.rules6``: replies in, new inbound flows dropped). Not for hairpin or cgnat sides."""
     sides: dict[str, Side] = field(default_factory=dict)
     netem: bool | None = None
     """Whether the kernel has ``sch_netem`` (found at build). Without it, profiles get their rate
@@ -253,9 +264,18 @@ class Lab:
             raise ValueError(f"unknown side {name!r}; use device or viewer")
         return self.sides[name]
 
+    @property
+    def broker_addrs6(self) -> tuple[str, str]:
+        """The broker's IPv6 addresses (primary and alternate)."""
+        return BROKER_ADDRS6
+
     def host_addr(self, side: str) -> str:
         """The host's own address on its LAN."""
         return self.side(side).host_addr
+
+    def host_addr6(self, side: str) -> str | None:
+        """The host's global IPv6 address in an IPv6 lab, else None."""
+        return self.side(side).host_addr6
 
     def wan_addr(self, side: str) -> str:
         """The public address of the side's outermost gateway."""
@@ -442,12 +462,18 @@ class Lab:
         """``tc qdisc show`` of the side's uplink (NAT side)."""
         return run_command(["tc", "-n", self.nat_ns(side), "qdisc", "show", "dev", "wan0"])
 
-    def reconfigure(self, device_nat: NatType | str, viewer_nat: NatType | str) -> None:
-        """Rebuild both sides with other NAT types; the internet, broker and their processes stay.
-        Processes started inside the old side namespaces are killed."""
+    def reconfigure(self, device_nat: NatType | str, viewer_nat: NatType | str, ipv6: bool = False) -> None:
+        """Rebuild both sides with other NAT types (with ``ipv6``: each side's gateway also an IPv6
+        carrier, see :attr:`ipv6`); the internet, broker and their processes stay. Processes
+        started inside the old side namespaces are killed.
+
+        Raises:
+            ValueError: an unknown NAT type, hairpin on one side only, or IPv6 with hairpin or cgnat.
+        """
+        device, viewer = _nat(device_nat), _nat(viewer_nat)
+        _check_pair(device, viewer, ipv6)
         self._remove_sides()
-        self.device_nat, self.viewer_nat = _nat(device_nat), _nat(viewer_nat)
-        _check_pair(self.device_nat, self.viewer_nat)
+        self.device_nat, self.viewer_nat, self.ipv6 = device, viewer, ipv6
         self._build_sides()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -458,11 +484,11 @@ class Lab:
         Raises:
             NetlabError: a command failed (the message has its output); what was built is removed.
         """
-        _check_pair(self.device_nat, self.viewer_nat)
+        _check_pair(self.device_nat, self.viewer_nat, self.ipv6)
         try:
             for ns in (self.inet_ns, self.broker_ns, *([self.turn_ns] if self.turn_ns else [])):
                 self._add_ns(ns)
-            set_sysctl(self.inet_ns, {"net.ipv4.ip_forward": 1})
+            set_sysctl(self.inet_ns, {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1})
             if self.netem is None:
                 probe = ["tc", "-n", self.inet_ns, "qdisc", "add", "dev", "lo", "root", "netem"]
                 self.netem = (
@@ -475,6 +501,14 @@ class Lab:
                 self.broker_ns,
                 [f"addr add {a}/24 dev eth0" for a in BROKER_ADDRS]
                 + ["link set eth0 up", "route add default via 203.0.113.1"],
+            )
+            # Dual-stack: the broker has IPv6 addresses too ("nodad": usable at once, no
+            # duplicate address detection on a link the lab made).
+            ip_batch(self.inet_ns, [f"addr add {INET6_BROKER_GW}/64 dev to-broker nodad"])
+            ip_batch(
+                self.broker_ns,
+                [f"addr add {a}/64 dev eth0 nodad" for a in BROKER_ADDRS6]
+                + [f"route add default via {INET6_BROKER_GW}"],
             )
             if self.turn_ns:
                 add_veth(self.inet_ns, "to-turn", self.turn_ns, "eth0")
@@ -512,9 +546,11 @@ class Lab:
     def describe(self) -> str:
         """What ``up`` prints: namespaces, addresses, and how to run a command inside."""
         lines = [
-            f"lab {self.prefix} (device {self.device_nat.value}, viewer {self.viewer_nat.value})",
+            f"lab {self.prefix} (device {self.device_nat.value}, viewer {self.viewer_nat.value}"
+            + (", both with IPv6)" if self.ipv6 else ")"),
             f"  internet router  {self.inet_ns}",
-            f"  broker           {self.broker_ns}  {BROKER_ADDRS[0]} (alternate {BROKER_ADDRS[1]})",
+            f"  broker           {self.broker_ns}  {BROKER_ADDRS[0]} (alternate {BROKER_ADDRS[1]}), "
+            f"{BROKER_ADDRS6[0]} (alternate {BROKER_ADDRS6[1]})",
         ]
         if self.turn_ns:
             lines.append(f"  coturn           {self.turn_ns}  {TURN_ADDR}")
@@ -523,6 +559,10 @@ class Lab:
                 f"  {s.name:<8} {s.nat.value:<21} host {s.host_ns} {s.host_addr}  "
                 f"via {' -> '.join(s.gateways)} (public {s.wan_addr}, profile {s.profile.name})"
             )
+            if s.host_addr6 is not None:
+                lines.append(
+                    f"           IPv6 {s.host_addr6} (global, behind {s.gateways[-1]}'s stateful firewall)"
+                )
             if s.upnp_addr is not None:
                 lines.append(
                     f"           its router runs miniupnpd (UPnP-IGD, NAT-PMP, PCP), mapping on "
@@ -563,7 +603,7 @@ class Lab:
             run_command(["ip", "netns", "del", ns], check=False)
         self._owned = [ns for ns in self._owned if ns not in gone]
         # The router's side of each veth went with its peer; drop the routes to public hosts.
-        for net in ("198.51.100.128/26", "198.51.100.192/26"):
+        for net in ("198.51.100.128/26", "198.51.100.192/26", *(lan6(i) for i in range(len(SIDES)))):
             run_command(["ip", "-n", self.inet_ns, "route", "del", net], check=False)
         self.sides.clear()
 
@@ -650,12 +690,33 @@ class Lab:
             )
         else:
             self._configure_nat(gw, nat, NatSite(wan, (host_addr,), f"192.168.{index + 1}.0/24"))
+        host_addr6 = self._build_ipv6(index, gw, host, router_if) if self.ipv6 else None
         upnp_addr = None
         if nat is NatType.SYMMETRIC_UPNP:
             upnp_addr = upnp_public_addr(index)
             run_command(["ip", "-n", self.inet_ns, "route", "replace", f"{upnp_addr}/32", "via", wan])
             self._start_miniupnpd(gw, upnp_addr, index)
-        self.sides[name] = Side(name, nat, host, host_addr, tuple(gateways), wan, router_if, link, upnp_addr)
+        self.sides[name] = Side(
+            name, nat, host, host_addr, tuple(gateways), wan, router_if, link, upnp_addr, host_addr6
+        )
+
+    def _build_ipv6(self, index: int, gw: str, host: str, router_if: str) -> str:
+        """Make side ``index``'s gateway ``gw`` an IPv6 carrier: its WAN link and the host's LAN get
+        global /64s, the internet routes the LAN's /64 to it, and ``nat.rules6`` makes it a
+        stateful firewall. No NAT66: the host's address is its public one. Returns that address."""
+        wan_net, lan_net = wan6(index), lan6(index)
+        router, gw_wan = wan_net.replace("::/64", "::1"), wan_net.replace("::/64", "::2")
+        gw_lan, host_addr6 = lan_net.replace("::/64", "::1"), lan_net.replace("::/64", "::2")
+        set_sysctl(gw, {"net.ipv6.conf.all.forwarding": 1})
+        ip_batch(
+            self.inet_ns,
+            [f"addr add {router}/64 dev {router_if} nodad", f"route replace {lan_net} via {gw_wan}"],
+        )
+        ip_batch(gw, [f"addr add {gw_wan}/64 dev wan0 nodad", f"addr add {gw_lan}/64 dev lan0 nodad",
+                      f"route add default via {router}"])  # fmt: skip
+        ip_batch(host, [f"addr add {host_addr6}/64 dev eth0 nodad", f"route add default via {gw_lan}"])
+        run_command(["ip", "netns", "exec", gw, "ip6tables-restore"], input_text=rules6())
+        return host_addr6
 
     def _start_miniupnpd(self, gw: str, public: str, index: int) -> None:
         """miniupnpd on ``gw``: UPnP-IGD (HTTP port 5000), NAT-PMP and PCP (5351) on the LAN,
@@ -779,9 +840,25 @@ def _nat(value: NatType | str) -> NatType:
     return value if isinstance(value, NatType) else NatType.parse(value)
 
 
-def _check_pair(device: NatType, viewer: NatType) -> None:
+def _check_pair(device: NatType, viewer: NatType, ipv6: bool = False) -> None:
     if (device is NatType.HAIRPIN) != (viewer is NatType.HAIRPIN):
         raise ValueError("hairpin puts the device and the viewer behind one NAT: give hairpin for both sides")
+    unsupported = [t.value for t in (device, viewer) if t in (NatType.HAIRPIN, NatType.CGNAT)]
+    if ipv6 and unsupported:
+        raise ValueError(
+            f"an IPv6 lab gives each side's one gateway a global /64; {', '.join(unsupported)} has more "
+            "than one gateway or shares one: build it without ipv6"
+        )
+
+
+def wan6(index: int) -> str:
+    """The IPv6 link between the internet router and side ``index``'s gateway (0 device, 1 viewer)."""
+    return f"2001:db8:{index + 1}00::/64"
+
+
+def lan6(index: int) -> str:
+    """The global /64 an IPv6 carrier routes to side ``index``'s host."""
+    return f"2001:db8:{index + 1}01::/64"
 
 
 def add_veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
@@ -813,14 +890,17 @@ def topology(
     tcp_timeout: int | None = None,
     with_turn: bool = False,
     prefix: str | None = None,
+    ipv6: bool = False,
 ) -> Iterator[Lab]:
     """Build a lab, yield it, and remove it afterwards (also on errors).
 
     ``udp_timeout`` sets both UDP conntrack timeouts unless ``udp_stream_timeout`` is given;
-    None keeps the kernel's (30 s and 120 s).
+    None keeps the kernel's (30 s and 120 s). ``ipv6``: each side also gets a global IPv6 address
+    behind a stateful firewall (:attr:`Lab.ipv6`).
 
     Raises:
-        ValueError: an unknown NAT type or profile, or hairpin on one side only.
+        ValueError: an unknown NAT type or profile, hairpin on one side only, or ``ipv6`` with
+            hairpin or cgnat.
         NetlabError: building failed (not root, a tool missing, a name taken ...).
     """
     lab = Lab(
@@ -832,6 +912,7 @@ def topology(
         udp_stream_timeout,
         tcp_timeout,
         with_turn,
+        ipv6=ipv6,
     )
     lab.build()
     try:

@@ -264,3 +264,24 @@ def rules(nat: NatType, site: NatSite, adf_seconds: int = 180) -> str:
         ]
         return "\n".join([*nat_table, "COMMIT", *_filter(_drop_new_from_wan())]) + "\n"
     raise AssertionError(f"no rules for {nat}")  # pragma: no cover
+
+
+def rules6() -> str:
+    """The ``ip6tables-restore`` input of an IPv6 carrier's gateway (``Lab.ipv6``): a stateful
+    firewall and no NAT, as LTE carriers and home routers give IPv6. Outbound passes; inbound
+    passes only as a reply (conntrack ESTABLISHED or RELATED: ICMPv6 errors such as Packet Too
+    Big); every new inbound flow is dropped, so a peer reaches the host only once the host has
+    sent to it (the IPv6 form of APDF filtering, without a mapping). ICMPv6 to the gateway itself
+    (neighbour discovery) is left alone."""
+    return "\n".join(
+        [
+            "*filter",
+            ":INPUT ACCEPT [0:0]",
+            ":FORWARD ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            "-A FORWARD -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-A FORWARD -i wan0 -j DROP",
+            "COMMIT",
+            "",
+        ]
+    )
