@@ -25,8 +25,10 @@ from typing import Any
 
 from dvrlink.protocol.console_wire import split_host_port
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.lan_discovery import DEFAULT_PORT as LAN_DEFAULT_PORT
 from dvrlink.protocol.netcheck import render_text
 from dvrlink.protocol.pairing import PairingUri
+from dvrlink.protocol.path_choice import Source, plan_sources
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.runner import ViewerRunner
 from dvrlink.store.files import atomic_write
@@ -62,6 +64,7 @@ from dvrlink.viewer.forward import (
     unpair_self,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
+from dvrlink.viewer.lan import find_on_lan
 from dvrlink.viewer.live import choose, pick_profile, player_command, stream_url
 from dvrlink.viewer.netcheck import viewer_netcheck
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
@@ -238,6 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     paths.add_argument(
         "--direct-only", action="store_true", help="use only a direct path (fails if none is found)"
+    )
+    session.add_argument(
+        "--lan",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look for the device on this computer's LAN first and connect with no broker "
+        "(default: on; --no-lan always goes through the broker)",
+    )
+    session.add_argument(
+        "--lan-port",
+        type=int,
+        default=LAN_DEFAULT_PORT,
+        metavar="PORT",
+        help=f"the device's LAN discovery port, its [lan] port (default {LAN_DEFAULT_PORT})",
+    )
+    session.add_argument(
+        "--lan-address",
+        metavar="IP",
+        action="append",
+        default=[],
+        help="advanced: also send the LAN query to this address (the device's own, or another "
+        "broadcast address; repeatable)",
     )
     session.add_argument(
         "--host-address",
@@ -823,6 +848,48 @@ def _serial_arg(text: str) -> str:
 
 
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
+    """A session to ``serial`` from the first source of ``path_choice.plan_sources`` that gives
+    one: the LAN (no broker, ``--lan``), then the broker (direct paths and the relay)."""
+    for source in plan_sources(session_policy(args), lan=args.lan):
+        if source is Source.LAN_DISCOVERY:
+            runner = await _open_on_lan(args, home, serial)
+            if runner is not None:
+                return runner
+        else:
+            return await _open_via_broker(args, home, serial)
+    raise AssertionError("plan_sources always ends with the broker")
+
+
+async def _open_on_lan(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner | None:
+    """A session found on the LAN, or None (the broker's way then) when the device is not
+    paired here, does not answer on the LAN, or the LAN session fails (said on stderr)."""
+    pin = home.load_pins().get(serial)
+    key = home.load_key()
+    if pin is None or key is None:
+        return None  # the broker's way says what to do
+    if not 1 <= args.lan_port <= 65535:
+        raise ViewerError(f"--lan-port {args.lan_port}: give 1 to 65535", EXIT_USAGE)
+    signalling = await find_on_lan(pin.public_key, key, port=args.lan_port, extra_targets=args.lan_address)
+    if signalling is None:
+        return None
+    try:
+        runner = await open_session(signalling, home, serial, PathPolicy.DIRECT_ONLY, args.host_address)
+    except ViewerError as exc:
+        await signalling.close()
+        address = signalling.device_address
+        _warn(f"{serial} answered on the LAN ({address[0] if address else '?'}) but no session opened: {exc}")
+        if "pinned" in exc.message or "does not recognise" in exc.message:
+            raise
+        _warn("trying through the broker")
+        return None
+    except BaseException:
+        await signalling.close()
+        raise
+    runner.after_close.append(signalling.close)
+    return runner
+
+
+async def _open_via_broker(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
     login = _require_login(home, time.time())
     progress = WakeProgressOutput(sys.stderr.isatty())
     client = await _client(args, login).__aenter__()
