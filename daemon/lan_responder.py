@@ -23,12 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dvrlink.driver.core_driver import CoreDriver
 from dvrlink.protocol.identity import fingerprint
-from dvrlink.protocol.lan_discovery import LanEvent, LanResponder, LanTiming, OfferReceived
+from dvrlink.protocol.lan_discovery import LanEvent, LanResponder, LanStats, LanTiming, OfferReceived
 from dvrlink.protocol.presence_events import InviteReceived
 from dvrlink.protocol.presence_wire import INVITE_OK
 from dvrlink.protocol.signalling import INVITE_KIND_SESSION, PathPolicy, SessionOffer
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING_OFFERS = 64
+"""Offers handed to the session server and not answered yet that the link keeps track of."""
 
 
 class LanSessions(Protocol):
@@ -75,7 +78,7 @@ class LanLink(asyncio.DatagramProtocol):
         """The address the socket is bound to, once started."""
 
     @property
-    def stats(self) -> object:
+    def stats(self) -> LanStats:
         """Datagrams dropped by reason (``LanStats``)."""
         return self._core.stats
 
@@ -88,7 +91,6 @@ class LanLink(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.bind((config.host, config.port))
         except OSError as exc:
@@ -162,6 +164,8 @@ class LanLink(asyncio.DatagramProtocol):
         invite_id = self._next_id
         self._next_id += 1
         self._pending[invite_id] = event.device_nonce
+        while len(self._pending) > MAX_PENDING_OFFERS:  # sessions that never answered
+            del self._pending[next(iter(self._pending))]
         log.info("LAN offer from viewer %s at %s", who, event.source[0])
         self._sessions.handle_lan(
             InviteReceived(invite_id, INVITE_KIND_SESSION, event.body), self._driver.now(), self

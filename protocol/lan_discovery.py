@@ -214,7 +214,7 @@ class LanTiming:
     """How long a device nonce may be offered on after its announcement (and an answer resent)."""
     max_pending: int = 64
     """Device nonces held at once; the oldest goes first when more are issued."""
-    query_interval_s: float = 0.25
+    query_interval_s: float = 0.1
     """Seconds between a viewer's query retransmissions."""
     discovery_timeout_s: float = 1.5
     """How long a viewer looks for the device before it takes the broker's way."""

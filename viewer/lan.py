@@ -44,6 +44,10 @@ from dvrlink.viewer.errors import ViewerError
 
 log = logging.getLogger(__name__)
 
+LAN_GRACE_S = 0.25
+"""How long after the LAN search started the broker's offer waits for it (``dvrlink`` runs both
+side by side): a device on this LAN answers within milliseconds, and the grace leaves room for
+two lost queries (one goes at once, then one every ``LanTiming.query_interval_s``)."""
 LAN_SESSION_LIFETIME_S = 3600.0
 """What a LAN grant says about its expiry (no broker keeps it; only for the record)."""
 
