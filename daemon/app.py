@@ -24,6 +24,7 @@ from dvrlink.daemon.broker_nodes import BrokerNode, NodeList, NodeMemory, expand
 from dvrlink.daemon.cloud_link import CloudLink, EventHandler, exc_text, handshake_problem
 from dvrlink.daemon.config import DaemonConfig, describe
 from dvrlink.daemon.console_pin import parse_pin_hash, verify_pin
+from dvrlink.daemon.lan_responder import LanLinkConfig, start_lan_link
 from dvrlink.daemon.nat_lifetime import LearnerConfig, LifetimeLearner, ProbeBudget
 from dvrlink.daemon.nat_probe import NatProber
 from dvrlink.daemon.nat_type import NatTyper, NatTypeTiming
@@ -312,6 +313,10 @@ async def _run_locked(
             tuning.set_tcp_interval = link.set_tcp_keepalive_interval
     sessions.on_reply = link.flush
     sessions.on_change = events.sessions_changed
+    lan = None
+    if config.lan.discovery:  # docs/connectivity.md, "LAN discovery"
+        lan_config = LanLinkConfig(port=config.lan.port)
+        lan = await start_lan_link(device_key, sessions.is_paired, sessions, lan_config)
     sleeper = None
     if config.presence.mode == "sms-wake":  # docs/sms-wake.md; loads the modem's AT stack
         from dvrlink.daemon.sms_sleep import start_sms_sleep  # noqa: PLC0415
@@ -408,6 +413,8 @@ async def _run_locked(
         if sleeper is not None:
             sleeper.close()
             await sleeper.wait_closed()
+        if lan is not None:
+            lan.close()
         await sessions.close()
         if events.tuning is not None:
             events.tuning.cancel()

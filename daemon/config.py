@@ -202,6 +202,20 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LanConfig:
+    """``[lan]``: LAN discovery, so paired viewers on the same LAN reach the device without the
+    broker (docs/connectivity.md, "LAN discovery")."""
+
+    discovery: bool = True
+    """Answer paired viewers' LAN discovery queries on UDP ``port``. On by default: the device
+    answers only a query made with its public key (paired viewers and the broker know it; its
+    serial alone is not enough) and tells the LAN nothing else, and a LAN viewer keeps working
+    while the cloud or the uplink is down. Turn it off where no UDP port may listen on the LAN."""
+    port: int = 5398
+    """The UDP port for LAN discovery (viewers use the same one: ``dvrlink --lan-port``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``: logging."""
 
@@ -395,6 +409,8 @@ class DaemonConfig:
     """``[sms_wake]``: who may wake the device by SMS."""
     board: BoardConfig = field(default_factory=BoardConfig)
     """``[board]``: the board's supervisor MCU (none: no heartbeats, the modem's GPIO hook)."""
+    lan: LanConfig = field(default_factory=LanConfig)
+    """``[lan]``: LAN discovery without the broker."""
     source: Path = DEFAULT_CONFIG_PATH
     """The file this was loaded from (for messages)."""
 
@@ -452,6 +468,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         "relay",
         "sms_wake",
         "board",
+        "lan",
     )
     _reject_unknown(source, "", document.keys(), sections)
     base = source.parent.absolute()
@@ -535,6 +552,8 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
     if presence.mode == "sms-wake":
         presence = _check_sms_wake(presence, modem, sms_wake, source)
     board = parse_board(document, source, modem)
+    ln = _Table(source, "lan", document, LanConfig)
+    lan = LanConfig(discovery=ln.boolean("discovery"), port=ln.integer("port", 1, 65535))
     return DaemonConfig(
         device,
         broker,
@@ -553,6 +572,7 @@ def parse_config(document: Mapping[str, object], source: Path) -> DaemonConfig:
         relays,
         sms_wake,
         board,
+        lan,
         source,
     )
 

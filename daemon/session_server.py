@@ -159,6 +159,10 @@ class _Entry:
 
     session_id: str
     label: str
+    replier: InviteReplier
+    """Where the answer goes: the presence core, or the LAN link for an offer found on the LAN."""
+    lan: bool = False
+    """Offered on the LAN (``daemon.lan_responder``): host candidates only, no STUN, no relay."""
     task: asyncio.Task[None] | None = None
     core: DeviceSession | None = None
     runner: DeviceRunner | None = None
@@ -302,14 +306,29 @@ class SessionServer:
             return
         if invite.kind != INVITE_KIND_SESSION:
             raise ValueError(f"invite kind {invite.kind} is not a session offer")
+        self._handle_offer(invite, now, self._presence, lan=False)
+
+    def handle_lan(self, invite: InviteReceived, now: float, replier: InviteReplier) -> None:
+        """Take a session offer a paired viewer made on the LAN (``daemon.lan_responder``, which
+        checked its signature) and answer it through ``replier``. The session gathers host
+        candidates only; the QUIC handshake checks the viewer as for any session.
+
+        Raises:
+            ValueError: ``invite`` is not of kind ``INVITE_KIND_SESSION``.
+        """
+        if invite.kind != INVITE_KIND_SESSION:
+            raise ValueError(f"invite kind {invite.kind} is not a session offer")
+        self._handle_offer(invite, now, replier, lan=True)
+
+    def _handle_offer(self, invite: InviteReceived, now: float, replier: InviteReplier, *, lan: bool) -> None:
         try:
             offer = SessionOffer.decode(invite.body)
         except ValueError as exc:
             log.info("invite %d: %s (%d bytes)", invite.invite_id, exc, len(invite.body))
-            self._presence.reply_invite(invite.invite_id, INVITE_MALFORMED, b"", now)
+            replier.reply_invite(invite.invite_id, INVITE_MALFORMED, b"", now)
             return
         session_id = offer.session_id.hex()
-        label = f"session {session_id[:8]}"
+        label = f"{'LAN ' if lan else ''}session {session_id[:8]}"
         claimed = fingerprint(offer.viewer_key)
         log.info(
             "%s: offer for viewer %s (as the broker says; the handshake checks it), policy %s, "
@@ -342,14 +361,14 @@ class SessionServer:
             )
         if refusal is not None:
             log.warning("%s: refused: %s", label, refusal[1])
-            self._answer(invite.invite_id, SessionAnswer(refusal[0], "", "", (), refusal[1]), now)
+            self._answer(replier, invite.invite_id, SessionAnswer(refusal[0], "", "", (), refusal[1]), now)
             return
         assert policy is not None
         if not self._is_authorised(offer.viewer_key):
             log.warning(
                 "%s: viewer %s is not paired with this device; the handshake will refuse it", label, claimed
             )
-        entry = self._sessions[session_id] = _Entry(session_id, label)
+        entry = self._sessions[session_id] = _Entry(session_id, label, replier, lan)
         task = asyncio.get_running_loop().create_task(self._serve(entry, invite.invite_id, offer, policy))
         task.add_done_callback(self._task_done)
         entry.task = task
@@ -395,25 +414,28 @@ class SessionServer:
             try:
                 conn = await Connectivity.prepare(
                     False,
-                    self._stun_of(),
+                    None if entry.lan else self._stun_of(),
                     offer.turn,
                     policy,
                     host_addresses=self._config.host_addresses or None,
                     search=self._config.port_search,
                     coalesced_reads=False,  # a recorder mostly sends; it reads ACKs one at a time
                     port_mapping=PortMappingConfig(
-                        protocols=self._config.port_mapping, lifetime_s=self._config.port_mapping_lifetime_s
+                        protocols=() if entry.lan else self._config.port_mapping,
+                        lifetime_s=self._config.port_mapping_lifetime_s,
                     ),
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED
                 log.warning("%s: no paths: %s", label, exc)
-                self._answer_later(invite_id, SessionAnswer(status, "", "", (), str(exc)))
+                self._answer_later(entry, invite_id, SessionAnswer(status, "", "", (), str(exc)))
                 return
             except Exception as exc:
                 log.exception("%s: preparing the paths failed", label)
                 self._answer_later(
-                    invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), f"cannot prepare paths: {exc}")
+                    entry,
+                    invite_id,
+                    SessionAnswer(AnswerStatus.REFUSED, "", "", (), f"cannot prepare paths: {exc}"),
                 )
                 return
             entry.conn = conn
@@ -454,7 +476,7 @@ class SessionServer:
             if core.state is SessionState.CLOSED:
                 reason = "; ".join(conn.errors) or "no path to the viewer"
                 log.warning("%s: no path to the viewer: %s", label, reason)
-                self._answer_later(invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), reason))
+                self._answer_later(entry, invite_id, SessionAnswer(AnswerStatus.REFUSED, "", "", (), reason))
                 return
             answer = fit_answer(
                 AnswerStatus.ACCEPTED,
@@ -465,7 +487,7 @@ class SessionServer:
             )
             entry.sent.update(answer.candidates)
             entry.sent_end = answer.end_of_candidates
-            self._answer_later(invite_id, answer)
+            self._answer_later(entry, invite_id, answer)
             log.info("%s: accepted; waiting for the viewer's handshake", label)
             try:
                 async with asyncio.timeout(self._config.handshake_timeout_s):
@@ -564,6 +586,11 @@ class SessionServer:
             return False
         return self._viewers.remove_viewer(key)
 
+    def is_paired(self, raw: bytes) -> bool:
+        """Whether ``raw`` (an Ed25519 viewer key) is one of this device's paired viewers; False
+        (and an error in the log) when ``viewers.json`` cannot be read."""
+        return self._is_authorised(raw)
+
     def _is_authorised(self, raw: bytes) -> bool:
         """The device's own verdict on a viewer key (called by the session core)."""
         try:
@@ -573,14 +600,14 @@ class SessionServer:
             return False
         return any(viewer.public_key == raw for viewer in viewers)
 
-    def _answer(self, invite_id: int, answer: SessionAnswer, now: float) -> None:
+    def _answer(self, replier: InviteReplier, invite_id: int, answer: SessionAnswer, now: float) -> None:
         try:
-            self._presence.reply_invite(invite_id, INVITE_OK, answer.encode(), now)
+            replier.reply_invite(invite_id, INVITE_OK, answer.encode(), now)
         except ValueError as exc:  # a bug: fit_answer keeps answers within the limit
             log.error("invite %d: cannot send the session answer: %s", invite_id, exc)
 
-    def _answer_later(self, invite_id: int, answer: SessionAnswer) -> None:
-        self._answer(invite_id, answer, self._clock())
+    def _answer_later(self, entry: _Entry, invite_id: int, answer: SessionAnswer) -> None:
+        self._answer(entry.replier, invite_id, answer, self._clock())
         self.on_reply()
 
     def _changed(self) -> None:

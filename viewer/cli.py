@@ -15,18 +15,21 @@ import functools
 import getpass
 import importlib.metadata
 import json
+import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dvrlink.protocol.console_wire import split_host_port
 from dvrlink.protocol.identity import ed25519_public_bytes, fingerprint, format_fingerprint
+from dvrlink.protocol.lan_discovery import DEFAULT_PORT as LAN_DEFAULT_PORT
 from dvrlink.protocol.netcheck import render_text
 from dvrlink.protocol.pairing import PairingUri
+from dvrlink.protocol.path_choice import Source, plan_sources
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.runner import ViewerRunner
 from dvrlink.store.files import atomic_write
@@ -62,6 +65,7 @@ from dvrlink.viewer.forward import (
     unpair_self,
 )
 from dvrlink.viewer.home import Login, ViewerHome, resolve_home
+from dvrlink.viewer.lan import LAN_GRACE_S, LanSignalling, find_on_lan
 from dvrlink.viewer.live import choose, pick_profile, player_command, stream_url
 from dvrlink.viewer.netcheck import viewer_netcheck
 from dvrlink.viewer.pairing import normalize_serial, pair_device, parse_pairing_target
@@ -78,9 +82,10 @@ from dvrlink.viewer.render import (
     render_relays,
     render_status,
 )
-from dvrlink.viewer.session_client import open_session, path_name
+from dvrlink.viewer.session_client import NOT_RECOGNISED, PIN_MISMATCH, open_session, path_name
 
 PROG = "dvrlink"
+log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 1.0
 """How often ``dvrlink forward`` refreshes its status line."""
 SILENT_SHOWN_S = 1.0
@@ -238,6 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     paths.add_argument(
         "--direct-only", action="store_true", help="use only a direct path (fails if none is found)"
+    )
+    session.add_argument(
+        "--lan",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look for the device on this computer's LAN first and connect with no broker "
+        "(default: on; --no-lan always goes through the broker)",
+    )
+    session.add_argument(
+        "--lan-port",
+        type=int,
+        default=LAN_DEFAULT_PORT,
+        metavar="PORT",
+        help=f"the device's LAN discovery port, its [lan] port (default {LAN_DEFAULT_PORT})",
+    )
+    session.add_argument(
+        "--lan-address",
+        metavar="IP",
+        action="append",
+        default=[],
+        help="advanced: also send the LAN query to this address (the device's own, or another "
+        "broadcast address; repeatable)",
     )
     session.add_argument(
         "--host-address",
@@ -823,6 +850,123 @@ def _serial_arg(text: str) -> str:
 
 
 async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> ViewerRunner:
+    """A session to ``serial`` from the best source of ``path_choice.plan_sources`` that gives
+    one: the LAN (no broker, ``--lan``), else the broker (direct paths and the relay).
+
+    The LAN search and the broker's grant run side by side, so a device that is not on this LAN
+    costs at most ``LAN_GRACE_S`` more: the broker's offer waits until the search is that old
+    (a device on the LAN answers within milliseconds). A device found on the LAN takes over from
+    the broker at any time before the offer, and when the broker fails (down, unreachable) the
+    search gets its whole ``LanTiming.discovery_timeout_s``.
+    """
+    search = _lan_search(args, home, serial)
+    if search is None:
+        return await _open_via_broker(args, home, serial)
+    loop = asyncio.get_running_loop()
+    grace_until = loop.time() + LAN_GRACE_S
+
+    async def lan_first() -> None:
+        left = grace_until - loop.time()
+        if left > 0 and not search.done():
+            await asyncio.wait({search}, timeout=left)
+        if search.done() and search.result() is not None:
+            raise _FoundOnLan
+
+    broker = loop.create_task(_open_via_broker(args, home, serial, before_offer=lan_first))
+    ours = False  # we cancelled the broker's way because the LAN answered first
+    used = False
+    try:
+        await asyncio.wait({broker, search}, return_when=FIRST)
+        if not broker.done() and search.result() is not None:
+            broker.cancel()
+            ours = True
+        try:
+            runner = await broker
+        except _FoundOnLan:
+            pass
+        except asyncio.CancelledError:
+            if not ours:
+                raise
+        except ViewerError as exc:
+            if await search is None:
+                raise
+            log.info("the broker's way failed (%s); the device answered on the LAN", exc)
+        else:
+            return runner
+        found = await search
+        assert found is not None
+        used = True  # _open_on_lan closes it when it fails
+        lan = await _open_on_lan(args, serial, found, home)
+        return lan if lan is not None else await _open_via_broker(args, home, serial)
+    finally:
+        if not broker.done():
+            broker.cancel()
+            with contextlib.suppress(BaseException):
+                await broker
+        if not search.done():
+            search.cancel()
+            with contextlib.suppress(BaseException):
+                await search
+        elif not used and not search.cancelled() and (unused := search.result()) is not None:
+            await unused.close()  # the broker's way won
+
+
+class _FoundOnLan(Exception):
+    """The device answered on the LAN before the broker's offer went out."""
+
+
+def _lan_search(
+    args: argparse.Namespace, home: ViewerHome, serial: str
+) -> asyncio.Task[LanSignalling | None] | None:
+    """The LAN search as a task, or None when it does not apply: ``--no-lan``, ``--relay-only``,
+    or no pin or viewer key here (the broker's way then says what to do)."""
+    if Source.LAN_DISCOVERY not in plan_sources(session_policy(args), lan=args.lan):
+        return None
+    if not 1 <= args.lan_port <= 65535:
+        raise ViewerError(f"--lan-port {args.lan_port}: give 1 to 65535", EXIT_USAGE)
+    pin = home.load_pins().get(serial)
+    key = home.load_key()
+    if pin is None or key is None:
+        return None
+    return asyncio.get_running_loop().create_task(
+        find_on_lan(pin.public_key, key, port=args.lan_port, extra_targets=args.lan_address),
+        name=f"LAN search for {serial}",
+    )
+
+
+async def _open_on_lan(
+    args: argparse.Namespace, serial: str, signalling: LanSignalling, home: ViewerHome
+) -> ViewerRunner | None:
+    """The session with the device found on the LAN; None (said on stderr) if it failed in a
+    way the broker may do better.
+
+    Raises:
+        ViewerError: the device's key is not the pinned one, or it does not know this viewer.
+    """
+    try:
+        runner = await open_session(signalling, home, serial, PathPolicy.DIRECT_ONLY, args.host_address)
+    except ViewerError as exc:
+        await signalling.close()
+        address = signalling.device_address
+        _warn(f"{serial} answered on the LAN ({address[0] if address else '?'}) but no session opened: {exc}")
+        if exc.message.startswith((PIN_MISMATCH, NOT_RECOGNISED)):
+            raise
+        _warn("trying through the broker")
+        return None
+    except BaseException:
+        await signalling.close()
+        raise
+    runner.after_close.append(signalling.close)
+    return runner
+
+
+async def _open_via_broker(
+    args: argparse.Namespace,
+    home: ViewerHome,
+    serial: str,
+    *,
+    before_offer: Callable[[], Awaitable[None]] | None = None,
+) -> ViewerRunner:
     login = _require_login(home, time.time())
     progress = WakeProgressOutput(sys.stderr.isatty())
     client = await _client(args, login).__aenter__()
@@ -836,6 +980,7 @@ async def _open(args: argparse.Namespace, home: ViewerHome, serial: str) -> View
             end=functools.partial(_end_session, args, login),
             report_path=functools.partial(_report_path, args, login),
             on_wake=progress.show,
+            before_offer=before_offer,
         )
     except BaseException:
         await client.close()

@@ -118,6 +118,7 @@ async def open_session(
     report_path: Callable[[str, str], Awaitable[object]] | None = None,
     wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     on_wake: Callable[[WakeStatus], None] | None = None,
+    before_offer: Callable[[], Awaitable[None]] | None = None,
 ) -> ViewerRunner:
     """Open a session to ``serial`` and return its runner once the device proved its pinned key.
 
@@ -128,6 +129,9 @@ async def open_session(
     ``report_path`` tells the broker the path the session runs on (``BrokerClient.report_path``,
     again on a client of its own), once it is up and after each move (``PathReporter``).
     ``on_wake`` sees the progress while the broker wakes a device that sleeps by SMS.
+    ``before_offer`` is awaited once the broker granted the session, before anything is gathered
+    or offered; what it raises ends the grant and comes out of here (the viewer's LAN discovery
+    takes over that way).
 
     Raises:
         ViewerError: no pin or viewer key on this computer (pair first / log in first), any
@@ -146,6 +150,8 @@ async def open_session(
         raise ViewerError(f"no viewer key in {home.path}: run `dvrlink login`, then pair {serial} again")
     grant = await client.create_session(serial, policy, on_wake=on_wake)
     try:
+        if before_offer is not None:
+            await before_offer()
         runner = await _establish(
             client, grant, serial, pin.fingerprint, key, policy, host_addresses, timeout_s, config, wall_clock
         )
