@@ -60,7 +60,11 @@ def fleet_daemon(
     root: Path, serial: str, nodes: Sequence[Broker], keepalive_interval: float = 2.0, extra_toml: str = ""
 ) -> Daemon:
     """A daemon config under ``root/serial`` whose ``[broker] hosts`` lists every node of ``nodes``
-    in order (it registers with the first that answers and moves on silence), pinning the fleet key."""
+    in order (it registers with the first that answers and moves on silence), pinning the fleet key.
+    It stands for a recorder far from the viewer: LAN discovery is off, so the viewer on this host
+    reaches it through the brokers (unless ``extra_toml`` has a ``[lan]`` table)."""
+    if "[lan]" not in extra_toml:
+        extra_toml += "\n[lan]\ndiscovery = false\n"
     daemon = make_daemon(root, serial, nodes[0], keepalive_interval=keepalive_interval, extra_toml=extra_toml)
     hosts = ", ".join(f'"127.0.0.1:{node.udp_port}"' for node in nodes)
     text = daemon.config.read_text()

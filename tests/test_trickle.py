@@ -215,7 +215,9 @@ def test_device_replies_with_new_candidates_only_held_until_one_comes() -> None:
             core_clock=asyncio.get_running_loop().time,
         )
         conn = FakeConn([HOST])
-        entry = _Entry(SID.hex(), "session test", conn=cast(Connectivity, conn), started=True, sent={HOST})
+        entry = _Entry(
+            SID.hex(), "session test", replies, conn=cast(Connectivity, conn), started=True, sent={HOST}
+        )
         server._sessions[SID.hex()] = entry
 
         def invite(invite_id: int, body: bytes) -> None:
