@@ -162,6 +162,8 @@ def rig(
                     + f'[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{emu.path}"\n'
                     + f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n'
                     + f'[sms_wake]\nallowed_senders = ["{BROKER_NUMBER}"]\nown_number = "{OWN_NUMBER}"\n'
+                    # a cellular recorder far from the viewer: no LAN path to it
+                    + "[lan]\ndiscovery = false\n"
                 ),
             )
             daemon.start(env={"FAKE_DHCP_IP": "127.0.0.1", "FAKE_DHCP_ROUTER": "127.0.0.1"})
