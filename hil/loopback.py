@@ -224,12 +224,18 @@ def make_daemon(
     retries: int = 2,
     extra_toml: str = "",
     learn_keepalive: bool = False,
+    lan_discovery: bool = False,
 ) -> Daemon:
     """Write a daemon config under ``root/serial`` pointing at ``broker``; ``extra_toml`` is appended.
 
     Learning the keepalive is off by default here: on loopback there is no NAT, so it would climb
     to the longest interval, and rigs that restart the broker expect devices back within a few
-    short intervals."""
+    short intervals. LAN discovery is off too unless ``lan_discovery`` (or a ``[lan]`` table in
+    ``extra_toml``): the daemons of one machine's tests stand for recorders far from their viewer,
+    and they share the one LAN port, so whichever binds it first would answer LAN queries and its
+    test would take the ``lan`` path instead of the broker's."""
+    if not lan_discovery and "[lan]" not in extra_toml:
+        extra_toml += "\n[lan]\ndiscovery = false\n"
     home = root / serial
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dvrlinkd.toml"
