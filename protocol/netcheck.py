@@ -32,15 +32,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from dvrlink.protocol import natpmp, upnp_igd
 from dvrlink.protocol.nat_behaviour import NatBehaviour, PathPrediction
 
 SCHEMA_VERSION = 1
-PCP_PORT = natpmp.PORT
+PCP_PORT = 5351
 """UDP port of PCP and NAT-PMP on the gateway."""
-SSDP_GROUP = upnp_igd.SSDP_ADDRESS
-IGD_SEARCH_TARGET = upnp_igd.SEARCH_TARGETS[1]
-"""Version 1 of the gateway device: every IGD answers it (version 2 ones too)."""
+SSDP_GROUP = ("239.255.255.250", 1900)
+IGD_SEARCH_TARGET = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
 
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _ALLOCATE_REQUEST = 0x0003
@@ -53,7 +51,7 @@ _UDP_PROTOCOL = 17
 
 def natpmp_request() -> bytes:
     """The NAT-PMP external address request (RFC 6886 section 3.2): version 0, opcode 0."""
-    return natpmp.address_request()
+    return b"\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +79,13 @@ def parse_gateway_answer(data: bytes) -> GatewayAnswer | None:
 
 def ssdp_search(wait_s: int = 1) -> bytes:
     """One SSDP M-SEARCH for an Internet Gateway Device; ``wait_s`` is its MX (1-5 s)."""
-    return upnp_igd.msearch(IGD_SEARCH_TARGET, max(1, min(5, wait_s)))
+    return (
+        "M-SEARCH * HTTP/1.1\r\n"
+        f"HOST: {SSDP_GROUP[0]}:{SSDP_GROUP[1]}\r\n"
+        'MAN: "ssdp:discover"\r\n'
+        f"MX: {max(1, min(5, wait_s))}\r\n"
+        f"ST: {IGD_SEARCH_TARGET}\r\n\r\n"
+    ).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
