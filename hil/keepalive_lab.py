@@ -184,10 +184,17 @@ def run_rebinding(work: Path, interval: float = 3.0, nat: str = "symmetric") -> 
             found = re.search(r" as (\S+?),", first[1])
             result.address_before = found.group(1) if found else None
             _pair(lab, broker, config, work / "viewer")
+            before = len(_registered_lines(tail))
             lab.flush_conntrack("device")
             result.ping = _ping_once(lab, broker)
-            moved = [line for _, line in list(tail.lines) if "registered: " in line]
-            found = re.search(r" as (\S+?),", moved[-1]) if moved else None
+            # The ping can come back before the daemon has logged its new registration: wait for
+            # that line rather than read the old one.
+            moved = netlab.wait_until(
+                "dvrlinkd registered again after the conntrack flush",
+                lambda: _registered_lines(tail)[before:],
+                max(30.0, interval * 5),
+            )
+            found = re.search(r" as (\S+?),", moved[-1])
             result.address_after = found.group(1) if found else None
             tail.close()
     except Exception as exc:
@@ -339,6 +346,10 @@ def run_all(lifetimes: Sequence[float], scale: float, work: Path, pings: int = 2
     for thread in threads:
         thread.join()
     return [r for r in results if r is not None]
+
+
+def _registered_lines(tail: LogTail) -> list[str]:
+    return [line for _, line in list(tail.lines) if "registered: " in line]
 
 
 def _start_daemon(

@@ -98,11 +98,16 @@ def _screenshots(tmp_path: Path) -> Path:
 
 
 def _wait(driver: Any, what: str, condition: Any) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # A form that posts loads a new page: an element found just before the load is stale when
+    # read, which means "not yet", not a failure.
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+        return wait.until(condition)
     except TimeoutException:
         body = driver.find_element("tag name", "body").text
         raise AssertionError(

@@ -252,6 +252,54 @@ def ipv6_section() -> list[str]:
     ]
 
 
+def lan_discovery_section() -> list[str]:
+    """The doc's "LAN discovery" section (prose: the four datagrams, the default, path choice)."""
+    return [
+        "## LAN discovery",
+        "",
+        "A viewer on the recorder's own LAN finds it and opens the session with no broker at "
+        "all (`protocol/lan_discovery.py`, `daemon/lan_responder.py`, `viewer/lan.py`). Four "
+        "UDP datagrams on the device's `[lan] port` (5398 by default):",
+        "",
+        "1. **Query**, viewer to every IPv4 broadcast address of its networks (and "
+        "`--lan-address`): a fresh nonce and a tag, a hash of the device's public key (pinned "
+        "at pairing) with that nonce. Padded to 128 bytes, more than the reply it can get.",
+        "2. **Announce**, device to viewer, only when the tag is its own: a device nonce, "
+        "signed with the device key over both nonces.",
+        "3. **Offer**, viewer to device: the session offer (host candidates, direct only, no "
+        "relay) and the device nonce, signed with the viewer key. The device accepts it only "
+        "from a paired viewer, on a nonce it issued in the last 10 s, once per nonce.",
+        "4. **Answer**, device to viewer: the session answer (its host candidates), signed with"
+        " the device key over the device nonce.",
+        "",
+        "Then the session is the usual one: ICE checks between host candidates, QUIC with the "
+        "device certificate checked against the pinned key, the device checking the viewer's "
+        "key in `viewers.json`. It ends on the `lan` path. What a stranger on the LAN can do: "
+        "knowing the serial gets no reply (the tag needs the public key); a forged or replayed "
+        "announcement or answer fails the signature over the viewer's fresh nonce or the "
+        "device's; an offer needs a paired viewer's signature over a live device nonce. We "
+        "chose this over mDNS/DNS-SD: an mDNS answer is not authenticated, so it would need "
+        "this signed exchange anyway, it would advertise the recorder to the whole LAN, and it "
+        "would add a dependency to the recorder's image for no gain.",
+        "",
+        "**Default on, both sides.** The recorder answers only a query made with its public "
+        "key, which paired viewers and the broker hold, and says nothing else; the convenience "
+        "(a LAN viewer works while the cloud or the uplink is down) is worth one listening UDP "
+        "port. `[lan] discovery = false` closes it. The viewer searches the LAN while it asks "
+        "the broker for the session: the broker's offer waits until the search is 0.25 s old "
+        "(`LAN_GRACE_S`), so a recorder that is not on this LAN costs at most that; when the "
+        "broker cannot be reached the search gets its whole 1.5 s (`--no-lan` skips the LAN).",
+        "",
+        "**Path choice** (`protocol/path_choice.py`): LAN discovery first, then the broker's "
+        "session, whose ICE and relay give IPv6 direct, then IPv4 direct, then the relay; "
+        "within a session the best ready path wins (`lan` > `direct6` > `direct` > `relay`). "
+        "`--relay-only` skips the LAN. `tests/test_path_choice.py` shows each step of the "
+        "order; `tests/test_lan_lab.py` (NAT lab, device and viewer on one LAN bridge) pairs "
+        "through the broker, kills it, and still forwards.",
+        "",
+    ]
+
+
 def port_mapping_section() -> list[str]:
     """The doc's "Port mapping" section (prose, and the mapping state diagram generated from
     ``protocol.port_mapping.TRANSITIONS``)."""
@@ -376,6 +424,7 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "",
         *port_mapping_section(),
         *ipv6_section(),
+        *lan_discovery_section(),
         "## Notes",
         "",
         "- **Symmetric × port-restricted (or CGNAT).** The symmetric side gets a new port for "
