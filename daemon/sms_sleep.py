@@ -101,6 +101,7 @@ class SmsSleeper:
         reboot: Callable[[], None],
         status_fields: Callable[[], Sequence[tuple[str, str]]],
         on_change: Callable[[], None] | None = None,
+        on_own_number: Callable[[str], None] | None = None,
     ) -> None:
         sms = config.sms_wake
         settings = SmsWakeSettings(
@@ -109,6 +110,7 @@ class SmsSleeper:
             country_code=sms.country_code or None,
             window=sms.window,
             sweep_interval_s=sms.sweep_interval_s,
+            read_own_number=not sms.own_number,
         )
         self._loop = asyncio.get_running_loop()
         self._client = client
@@ -123,6 +125,7 @@ class SmsSleeper:
             broker_static_public=config.broker.public_key,
             state_dir=config.device.state_dir,
             actions=self,
+            on_own_number=on_own_number,
         )
         self.policy = SleepPolicy(config.presence.awake_idle_s, self._loop.time())
         self._timer: asyncio.TimerHandle | None = None
@@ -311,6 +314,10 @@ def start_sms_sleep(
         return [(name, str(report[name])) for name in names if name in report]
 
     tuning.reporter.update(sms_wake_number=config.sms_wake.own_number)
+
+    def own_number(number: str) -> None:  # read from the SIM (AT+CNUM): [sms_wake] own_number unset
+        tuning.reporter.update(sms_wake_number=number)  # the report carries it from the next step
+
     sleeper = SmsSleeper(
         config,
         device_key,
@@ -319,6 +326,7 @@ def start_sms_sleep(
         reboot=reboot or no_reboot,
         status_fields=status_fields,
         on_change=events.status_changed,
+        on_own_number=own_number,
     )
 
     def sessions_changed() -> None:
