@@ -1,10 +1,9 @@
 """dvrlinkd's wake SMS service: the modem's SMS inbox, the counter file, and what each command does.
 
-Not wired into ``app.py`` yet (``[presence] mode = sms-wake`` is the next step of issue 17). What
-the wiring does with it: build one :class:`SmsWakeService` from the device's identity and the
-pinned broker key; while the modem's AT link is open, run :meth:`SmsWakeService.serve` on it and
-route every event of that link to :meth:`SmsWakeService.at_event`; give it the recorder's
-:class:`SmsWakeActions`.
+``daemon/sms_sleep.py`` wires it (``[presence] mode = "sms-wake"``): it builds one
+:class:`SmsWakeService` from the device's identity and the pinned broker key; while the modem's
+AT link is open, it runs :meth:`SmsWakeService.serve` on it and routes every event of that link
+to :meth:`SmsWakeService.at_event`; it is the recorder's :class:`SmsWakeActions`.
 
 Each accepted command is handled in this order: the counter window is written (atomically) to
 the state file, then the command runs. A window that cannot be written means the command is not
