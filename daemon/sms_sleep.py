@@ -135,9 +135,6 @@ class SmsSleeper:
         """Woken: the presence client starts once the modem's data session is up."""
         self.wakes = 0
         """Wake SMS that woke the device (a wake while awake does not count)."""
-        self.timeline: dict[str, float] = {}
-        """Loop times of the last wake: ``woken`` (the wake SMS verified), ``data_up`` (the
-        modem online), ``registering`` (the presence client started)."""
         self._arm()
 
     def attach_modem(self, modem: ModemControl) -> None:
@@ -151,7 +148,6 @@ class SmsSleeper:
         """The modem's status changed: a wake waiting for the data session registers once it is up."""
         if self._register_on_data and self._modem is not None and self._modem.data_up:
             self._register_on_data = False
-            self.timeline["data_up"] = self._loop.time()
             log.info("sms wake: the data session is up: registering with the broker")
             self._register()
 
@@ -181,7 +177,6 @@ class SmsSleeper:
         now = self._loop.time()
         if self.policy.woken(now):
             self.wakes += 1
-            self.timeline = {"woken": now}
             modem = self._modem
             if modem is None or modem.data_up:
                 log.info(
@@ -189,7 +184,6 @@ class SmsSleeper:
                     request.sender,
                     request.counter,
                 )
-                self.timeline["data_up"] = now
                 self._register()
             else:
                 log.info(
@@ -204,7 +198,6 @@ class SmsSleeper:
 
     def _register(self) -> None:
         now = self._loop.time()
-        self.timeline["registering"] = now
         if self._client.state is ClientState.IDLE:
             self._client.start(now)
         self._flush()

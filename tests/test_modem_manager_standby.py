@@ -97,6 +97,26 @@ def test_not_wanted_from_the_start_registers_and_never_dials() -> None:
 
 
 @needs_database
+def test_a_ppp_call_is_hung_up_by_the_data_link_alone() -> None:
+    manager, modem = _manager("quectel-uc20")
+    manager.port_opened(0.0)
+    modem.step(0.0)
+    assert manager.state is ModemState.ONLINE
+    sent, actions = len(modem.sent), len(modem.actions)
+    manager.want_data(False, 1.0)
+    modem.step(1.0)
+    assert manager.state is ModemState.STANDBY
+    assert [a for a in modem.actions[actions:] if isinstance(a, StopData)], "pppd is stopped (it hangs up)"
+    assert not [c for c in modem.sent[sent:] if c.startswith(("AT+QNETDEVCTL", "AT+CGACT=0", "AT+CGATT"))]
+    manager.want_data(False, 2.0)  # said again: nothing new
+    modem.step(2.0)
+    assert (
+        manager.state is ModemState.STANDBY
+        and len([a for a in modem.actions if isinstance(a, StopData)]) == 1
+    )
+
+
+@needs_database
 def test_registration_lost_while_asleep_comes_back_to_standby_not_to_a_dial() -> None:
     manager, modem = _manager()
     manager.want_data(False, 0.0)
