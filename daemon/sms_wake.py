@@ -125,11 +125,12 @@ class SmsWakeService:
 
     async def serve(self, link: AtLink) -> str:
         """Read wake SMS on ``link`` until it closes; returns why. Cancel the task to stop earlier."""
-        self._driver = SmsInboxDriver(link, self.inbox, self._on_event)
+        driver = self._driver = SmsInboxDriver(link, self.inbox, self._on_event)
         try:
-            return await self._driver.run()
+            return await driver.run()
         finally:
-            self._driver = None
+            if self._driver is driver:  # a serve of the reopened port may have started meanwhile
+                self._driver = None
 
     def at_event(self, event: AtEvent) -> None:
         """Every event of the served link (its owner routes them here)."""

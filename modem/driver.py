@@ -187,6 +187,8 @@ class ModemDriver:
         self._deferred_fault: Fault | None = None
         self._ladder_retry: tuple[float, Fault] | None = None
         self._draining = False
+        self._stopped = False
+        """``run`` has ended (or is ending): nothing new is started."""
         self._watchers: set[asyncio.Event] = set()
         self._recent: deque[DriverEvent] = deque(maxlen=30)
         self.steps_taken: list[LadderEntry] = []
@@ -210,7 +212,7 @@ class ModemDriver:
         ``sms-wake`` recorder asleep); wanted again, it dials. May be called before :meth:`run`."""
         now = self._loop.time() if self._loop is not None else 0.0
         self.manager.want_data(wanted, now)
-        if self._loop is not None:
+        if self._loop is not None and not self._stopped:  # a stopped driver starts nothing
             self._drain()
 
     def status(self) -> ModemStatus:
@@ -672,12 +674,17 @@ class ModemDriver:
             self._fault(fault)
 
     async def _shutdown(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopped = True
+        # a task ending on its cancellation may start another (a port lost meanwhile starts a
+        # reopen): cancel until none is left
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks.difference_update(tasks)
         link, self._link = self._link, None
         if link is not None:
             link.close("modem driver stopped")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.aio import run
-from support.daemon_modem import SERIAL, Rig, running
+from support.daemon_modem import SERIAL, WORKING_APN, Rig, running
 from support.waiting import wait_until_async
 
 from dvrlink.modem.manager import ModemState
@@ -175,5 +176,92 @@ port = {lan_port}
                 assert first_kind >= b"\x04", f"the first datagram after the wake is not presence: {seen[:3]}"
                 assert state_then is ModemState.ONLINE and dials_then == dials_asleep + 1, seen[:3]
                 assert any("the data session is up: registering" in r.getMessage() for r in caplog.records)
+
+    run(main, bound=150)
+
+
+FAKE_PPPD = Path(__file__).resolve().parent.parent / "hil" / "fake_pppd.py"
+
+
+def test_a_sim800_hangs_up_ppp_on_its_only_port_while_asleep_and_reads_the_wake_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PPP on the AT port (a SIM800 on a UART): while awake, pppd holds the one port; asleep,
+    pppd hangs up, the port is the AT engine's again and the inbox reads the wake SMS on it, and
+    the wake dials PPP again before presence registers. pppd is the stand-in ``hil/fake_pppd.py``."""
+    monkeypatch.setenv("FAKE_PPPD_IFNAME", "lo")
+    monkeypatch.setenv("FAKE_PPPD_LOCAL", "127.0.0.1")
+    monkeypatch.setenv("FAKE_PPPD_REMOTE", "127.0.0.1")
+    pppd = f'["{sys.executable}", "{FAKE_PPPD}"]'
+    chat = f'["{sys.executable}", "{FAKE_PPPD}", "--as-chat"]'
+    config = f"""
+[presence]
+mode = "sms-wake"
+transport = "udp"
+awake_idle_s = 2
+keepalive_interval_s = 1
+reply_timeout_s = 0.3
+retries = 1
+[sms_wake]
+allowed_senders = ["{BROKER_NUMBER}"]
+own_number = "{OWN_NUMBER}"
+sweep_interval_s = 30
+[lan]
+discovery = false
+"""
+
+    async def main() -> None:
+        async with provider_server() as provider:
+            gateway = {
+                "backend": "http",
+                "url": provider.url,
+                "body": "to={to}&from={from}&text={text}",
+                "content_type": "application/x-www-form-urlencoded",
+                "sender": BROKER_NUMBER,
+                "wake_hold_s": 40,
+            }
+            async with running(
+                tmp_path,
+                monkeypatch,
+                profile="simcom-sim800",
+                extra_modem=f'pppd = {pppd}\nchat = {chat}\napn = "{WORKING_APN}"\n',
+                extra_config=config,
+                lab_settings={"sms_gateway": gateway},
+            ) as rig:
+                provider.rig = rig
+                server, registry = rig.lab.broker.server, rig.lab.broker.registry
+
+                def online() -> bool:
+                    info = server.presence(SERIAL)
+                    return info is not None and info.online
+
+                await wait_until_async("the modem runner", lambda: bool(rig.runners))
+                runner = rig.runners[-1]
+                await rig.modem(lambda s: s.state is ModemState.ONLINE)
+                dials = rig.emu.commands.count("ATD*99***1#")
+                assert dials >= 1
+                await wait_until_async("asleep: offline at the broker", lambda: not online(), timeout=WAIT)
+                await rig.modem(lambda s: s.state is ModemState.STANDBY)
+                await wait_until_async(
+                    "the AT port back from pppd",
+                    lambda: runner.link is not None and not runner.manager.port_lent,
+                )
+                assert not rig.emu.model.data_mode
+                polls = rig.emu.commands.count("AT+CREG?")
+                await wait_until_async(
+                    "registration polls on the port while asleep",
+                    lambda: rig.emu.commands.count("AT+CREG?") >= polls + 4,
+                )
+                assert rig.emu.commands.count("ATD*99***1#") == dials
+                headers = await rig.lab.login()
+                registry.record_pairing("alice", SERIAL, bytes(32), time.time())
+                status, body = await asyncio.wait_for(
+                    rig.lab.call("POST", "/v1/sessions", headers, json={"serial": SERIAL}), WAIT + 40
+                )
+                assert status == 201, body
+                assert rig.emu.commands.count("ATD*99***1#") == dials + 1, "PPP dialled again for the wake"
+                read = max(i for i, c in enumerate(rig.emu.commands) if c.startswith("AT+CMGR="))
+                dialled = max(i for i, c in enumerate(rig.emu.commands) if c == "ATD*99***1#")
+                assert read < dialled, "the wake was read on the AT port before PPP took it"
 
     run(main, bound=150)
