@@ -28,6 +28,7 @@ from bench import (
     presence_load,
     relay_pps,
     session_setup,
+    sms_wake,
     tunnel_throughput,
     wakeup_floor,
 )
@@ -54,6 +55,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Sequence[str]], int]], ...] = (
     ("cluster_load", cluster_load.main),
     ("cluster_failover", cluster_failover.main),
     ("cluster_storm", cluster_storm.main),
+    ("sms_wake", sms_wake.main),
 )
 
 

@@ -672,7 +672,15 @@ async def _run_modem(
     sessions.admission = modem.optional_traffic_refusal
     modem.on_cap = functools.partial(_stop_optional_traffic, tuning, sessions)
     modem.port_user = sleeper
+    if sleeper is not None:  # sms-wake: the data session is down while the recorder sleeps
+        sleeper.attach_modem(modem)
+        modem.on_change = functools.partial(_modem_changed, events, sleeper)
     await modem.run()
+
+
+def _modem_changed(events: DeviceEvents, sleeper: SmsSleeper) -> None:
+    events.modem_changed()
+    sleeper.modem_changed()
 
 
 async def _after_presence_settles(settled: asyncio.Event, config: DaemonConfig) -> None:

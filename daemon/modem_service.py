@@ -394,6 +394,8 @@ def advice(status: ModemStatus, settings: ModemSettings) -> str:
         return f"{detail or 'no APN worked'}; set [modem] apn (and credentials) to what the carrier gives"
     if state is ModemState.CONNECTING:
         return detail or "starting the data link"
+    if state is ModemState.STANDBY:
+        return detail  # registered, data down on purpose (sms-wake asleep): nothing to fix
     if state in (ModemState.RECOVERING, ModemState.RESETTING):
         return f"recovering: {detail}" if detail else "recovering from a modem fault"
     return detail
@@ -465,8 +467,21 @@ class ModemService:
         self._last_iccid = ""
         self.restarts = 0
         """How many times the runner was built again after an unexpected error."""
+        self._data_wanted = True
 
     # ------------------------------------------------------------------------------ public
+
+    def want_data(self, wanted: bool) -> None:
+        """Whether the data session is wanted (``ModemDriver.want_data``), for this runner and
+        every runner built later: False while an ``sms-wake`` recorder sleeps."""
+        self._data_wanted = wanted
+        if isinstance(self._runner, ModemDriver):
+            self._runner.want_data(wanted)
+
+    @property
+    def data_up(self) -> bool:
+        """The modem is online: its data session is up."""
+        return self._current().state is ModemState.ONLINE
 
     def report(self) -> ModemReport:
         """Signal, radio technology, data used this cycle and state, for the broker."""
@@ -822,8 +837,9 @@ class ModemService:
         attached (returns, to build a runner for it)."""
         assert self._modem_changed is not None
         runner = self._build(profile, index)
-        if self.port_user is not None and isinstance(runner, ModemDriver):
+        if isinstance(runner, ModemDriver):
             runner.port_user = self.port_user
+            runner.want_data(self._data_wanted)
         self._runner = runner
         self._changed()
         task = asyncio.get_running_loop().create_task(runner.run(), name="modem-runner")

@@ -4,10 +4,13 @@ At start the device registers as in ``always`` mode and reports that it sleeps b
 item ``sms_wake_number``, with ``[sms_wake] own_number`` when set), so the broker knows to wake it.
 After ``[presence] awake_idle_s`` without a session it sleeps: the presence client says GOODBYE
 and goes idle, so no keepalive (and no other presence datagram) leaves the device; the broker
-shows it offline. The wake SMS inbox (``daemon/sms_wake.py``) runs on the modem's AT port all the
-time, sharing it with the modem manager (``ModemDriver.port_user``). An authenticated wake starts
-the presence client again: it registers, serves the session the broker holds for the viewer,
-and sleeps again once idle.
+shows it offline. Then the modem is told the data session is not wanted
+(``ModemService.want_data``): it takes the data link down and stays registered on the network,
+without data-path probes, so not one IP byte leaves or reaches the device while it sleeps. The
+wake SMS inbox (``daemon/sms_wake.py``) runs on the modem's AT port all the time, sharing it with
+the modem manager (``ModemDriver.port_user``). An authenticated wake asks for the data session
+again, and once the modem is online the presence client starts: it registers, serves the
+session the broker holds for the viewer, and sleeps again once idle.
 
 :class:`SleepPolicy` decides when to sleep (sans-I/O, time passed in); :class:`SmsSleeper` wires
 it to the presence client, the inbox and the recorder's actions.
@@ -98,6 +101,7 @@ class SmsSleeper:
         reboot: Callable[[], None],
         status_fields: Callable[[], Sequence[tuple[str, str]]],
         on_change: Callable[[], None] | None = None,
+        on_own_number: Callable[[str], None] | None = None,
     ) -> None:
         sms = config.sms_wake
         settings = SmsWakeSettings(
@@ -106,6 +110,7 @@ class SmsSleeper:
             country_code=sms.country_code or None,
             window=sms.window,
             sweep_interval_s=sms.sweep_interval_s,
+            read_own_number=not sms.own_number,
         )
         self._loop = asyncio.get_running_loop()
         self._client = client
@@ -120,13 +125,31 @@ class SmsSleeper:
             broker_static_public=config.broker.public_key,
             state_dir=config.device.state_dir,
             actions=self,
+            on_own_number=on_own_number,
         )
         self.policy = SleepPolicy(config.presence.awake_idle_s, self._loop.time())
         self._timer: asyncio.TimerHandle | None = None
         self._serving: asyncio.Task[str] | None = None
+        self._modem: ModemControl | None = None
+        self._register_on_data = False
+        """Woken: the presence client starts once the modem's data session is up."""
         self.wakes = 0
         """Wake SMS that woke the device (a wake while awake does not count)."""
         self._arm()
+
+    def attach_modem(self, modem: ModemControl) -> None:
+        """The modem service is up (it loads after presence settles): its data session follows
+        the sleep from now on; call :meth:`modem_changed` whenever its status changes."""
+        self._modem = modem
+        if self.asleep:
+            modem.want_data(False)
+
+    def modem_changed(self) -> None:
+        """The modem's status changed: a wake waiting for the data session registers once it is up."""
+        if self._register_on_data and self._modem is not None and self._modem.data_up:
+            self._register_on_data = False
+            log.info("sms wake: the data session is up: registering with the broker")
+            self._register()
 
     @property
     def asleep(self) -> bool:
@@ -154,16 +177,30 @@ class SmsSleeper:
         now = self._loop.time()
         if self.policy.woken(now):
             self.wakes += 1
-            log.info(
-                "sms wake: woken by %s (counter %d): registering with the broker",
-                request.sender,
-                request.counter,
-            )
-            if self._client.state is ClientState.IDLE:
-                self._client.start(now)
-            self._flush()
+            modem = self._modem
+            if modem is None or modem.data_up:
+                log.info(
+                    "sms wake: woken by %s (counter %d): registering with the broker",
+                    request.sender,
+                    request.counter,
+                )
+                self._register()
+            else:
+                log.info(
+                    "sms wake: woken by %s (counter %d): bringing the data session up",
+                    request.sender,
+                    request.counter,
+                )
+                self._register_on_data = True
+                modem.want_data(True)
             self._changed()
         self._arm()
+
+    def _register(self) -> None:
+        now = self._loop.time()
+        if self._client.state is ClientState.IDLE:
+            self._client.start(now)
+        self._flush()
 
     def reboot(self, request: RebootRequested) -> None:
         log.warning("sms wake: reboot asked by %s (counter %d)", request.sender, request.counter)
@@ -202,9 +239,12 @@ class SmsSleeper:
     def _on_timer(self) -> None:
         self._timer = None
         if self.policy.handle_timer(self._loop.time()):
-            log.info("sms wake: idle, going to sleep (no keepalives until a wake SMS)")
+            log.info("sms wake: idle, going to sleep (no keepalives, data session down until a wake SMS)")
+            self._register_on_data = False
             self._client.stop(self._loop.time())
-            self._flush()
+            self._flush()  # the GOODBYE leaves before the data session goes down
+            if self._modem is not None:
+                self._modem.want_data(False)
             self._changed()
         self._arm()
 
@@ -214,6 +254,15 @@ class SmsSleeper:
                 self._on_change()
             except Exception:
                 log.exception("sms wake: the status listener failed")
+
+
+class ModemControl(Protocol):
+    """What the sleeper needs of the modem service (``ModemService``)."""
+
+    def want_data(self, wanted: bool) -> None: ...
+
+    @property
+    def data_up(self) -> bool: ...
 
 
 class _Sessions(Protocol):
@@ -258,6 +307,10 @@ def start_sms_sleep(
         return [(name, str(report[name])) for name in names if name in report]
 
     tuning.reporter.update(sms_wake_number=config.sms_wake.own_number)
+
+    def own_number(number: str) -> None:  # read from the SIM (AT+CNUM): [sms_wake] own_number unset
+        tuning.reporter.update(sms_wake_number=number)  # the report carries it from the next step
+
     sleeper = SmsSleeper(
         config,
         device_key,
@@ -266,6 +319,7 @@ def start_sms_sleep(
         reboot=reboot or no_reboot,
         status_fields=status_fields,
         on_change=events.status_changed,
+        on_own_number=own_number,
     )
 
     def sessions_changed() -> None:

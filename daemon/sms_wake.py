@@ -1,10 +1,9 @@
 """dvrlinkd's wake SMS service: the modem's SMS inbox, the counter file, and what each command does.
 
-Not wired into ``app.py`` yet (``[presence] mode = sms-wake`` is the next step of issue 17). What
-the wiring does with it: build one :class:`SmsWakeService` from the device's identity and the
-pinned broker key; while the modem's AT link is open, run :meth:`SmsWakeService.serve` on it and
-route every event of that link to :meth:`SmsWakeService.at_event`; give it the recorder's
-:class:`SmsWakeActions`.
+``daemon/sms_sleep.py`` wires it (``[presence] mode = "sms-wake"``): it builds one
+:class:`SmsWakeService` from the device's identity and the pinned broker key; while the modem's
+AT link is open, it runs :meth:`SmsWakeService.serve` on it and routes every event of that link
+to :meth:`SmsWakeService.at_event`; it is the recorder's :class:`SmsWakeActions`.
 
 Each accepted command is handled in this order: the counter window is written (atomically) to
 the state file, then the command runs. A window that cannot be written means the command is not
@@ -16,7 +15,7 @@ of the actions' status fields.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +27,7 @@ from dvrlink.modem.sms_wake import (
     InboxConfig,
     InboxEvent,
     InboxProblem,
+    OwnNumberRead,
     RebootRequested,
     SmsDropped,
     SmsInbox,
@@ -52,7 +52,8 @@ class SmsWakeSettings:
     ``allowed_senders``: the broker's SMS numbers, +E.164. ``any_sender``: accept any sender (the
     MAC still holds). ``country_code``: to read national sender numbers (``"49"``). ``window``:
     counters below the highest still accepted once. ``sweep_interval_s``: seconds between full
-    reads of the SIM store besides the modem's indications.
+    reads of the SIM store besides the modem's indications. ``read_own_number``: read the SIM's
+    own number (``AT+CNUM``) once, for a device whose ``own_number`` is not set.
 
     Raises ValueError (from the constructor) for a bad value; the message says what to write.
     """
@@ -62,6 +63,7 @@ class SmsWakeSettings:
     country_code: str | None = None
     window: int = DEFAULT_WINDOW
     sweep_interval_s: float = 600.0
+    read_own_number: bool = False
 
     def __post_init__(self) -> None:
         self.verifier_config()
@@ -71,7 +73,7 @@ class SmsWakeSettings:
         return WakeConfig(frozenset(self.allowed_senders), self.any_sender, self.country_code, self.window)
 
     def inbox_config(self) -> InboxConfig:
-        return InboxConfig(sweep_interval_s=self.sweep_interval_s)
+        return InboxConfig(sweep_interval_s=self.sweep_interval_s, read_own_number=self.read_own_number)
 
 
 class SmsWakeActions(Protocol):
@@ -90,6 +92,9 @@ class SmsWakeActions(Protocol):
 class SmsWakeService:
     """Wake SMS for one device (see the module docstring).
 
+    ``on_own_number`` gets the SIM's own number as +E.164 once ``AT+CNUM`` gave one
+    (``settings.read_own_number``; a national number is completed with ``country_code``).
+
     Raises ValueError (from the constructor) when ``broker_static_public`` is not a usable key or
     the state file cannot be read (the message names it and says what to do).
     """
@@ -103,8 +108,11 @@ class SmsWakeService:
         broker_static_public: bytes,
         state_dir: Path,
         actions: SmsWakeActions,
+        on_own_number: Callable[[str], None] | None = None,
     ) -> None:
         self._serial = serial
+        self._country_code = settings.country_code
+        self._on_own_number = on_own_number
         self._actions = actions
         self._state_file = state_dir / STATE_FILE
         key = device_wake_key(device_key, broker_static_public, serial)
@@ -117,16 +125,33 @@ class SmsWakeService:
 
     async def serve(self, link: AtLink) -> str:
         """Read wake SMS on ``link`` until it closes; returns why. Cancel the task to stop earlier."""
-        self._driver = SmsInboxDriver(link, self.inbox, self._on_event)
+        driver = self._driver = SmsInboxDriver(link, self.inbox, self._on_event)
         try:
-            return await self._driver.run()
+            return await driver.run()
         finally:
-            self._driver = None
+            if self._driver is driver:  # a serve of the reopened port may have started meanwhile
+                self._driver = None
 
     def at_event(self, event: AtEvent) -> None:
         """Every event of the served link (its owner routes them here)."""
         if self._driver is not None:
             self._driver.at_event(event)
+
+    def _own_number(self, event: OwnNumberRead) -> None:
+        numbers = [n for n in (entry.e164(self._country_code) for entry in event.numbers) if n]
+        if not numbers:
+            seen = event.detail or (", ".join(e.number for e in event.numbers) or "no number stored")
+            log.warning(
+                "sms wake: the SIM gives no own number as +E.164 (AT+CNUM: %s): the broker cannot wake "
+                "this recorder until it knows it; set [sms_wake] own_number (and country_code for a "
+                "national number), or on the broker: dvrlink-broker device sms %s --number +...",
+                seen,
+                self._serial,
+            )
+            return
+        log.info("sms wake: the SIM's own number is %s (AT+CNUM): reported to the broker", numbers[0])
+        if self._on_own_number is not None:
+            self._on_own_number(numbers[0])
 
     def _on_event(self, event: InboxEvent) -> None:
         if isinstance(event, WakeStateChanged):
@@ -149,6 +174,9 @@ class SmsWakeService:
             return
         if isinstance(event, InboxProblem):
             log.warning("sms wake: %s", event.what)
+            return
+        if isinstance(event, OwnNumberRead):
+            self._own_number(event)
             return
         if not isinstance(event, WakeRequested | StatusRequested | RebootRequested):
             log.debug("sms wake: %s", event)

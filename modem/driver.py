@@ -46,7 +46,7 @@ from dvrlink.modem.ladder import (
     RunStep,
     Step,
 )
-from dvrlink.modem.manager import ModemConfig, ModemManager, ModemStatus
+from dvrlink.modem.manager import ModemConfig, ModemManager, ModemState, ModemStatus
 from dvrlink.modem.manager_events import (
     ApnRemembered,
     CameOnline,
@@ -59,6 +59,7 @@ from dvrlink.modem.manager_events import (
     SendAt,
     SimChanged,
     StartData,
+    StateChanged,
     StopData,
     WentOffline,
 )
@@ -186,6 +187,8 @@ class ModemDriver:
         self._deferred_fault: Fault | None = None
         self._ladder_retry: tuple[float, Fault] | None = None
         self._draining = False
+        self._stopped = False
+        """``run`` has ended (or is ending): nothing new is started."""
         self._watchers: set[asyncio.Event] = set()
         self._recent: deque[DriverEvent] = deque(maxlen=30)
         self.steps_taken: list[LadderEntry] = []
@@ -202,6 +205,15 @@ class ModemDriver:
     def link(self) -> AtLink | None:
         """The open AT link, if any (a PPP-on-AT-port data link needs it)."""
         return self._link
+
+    def want_data(self, wanted: bool) -> None:
+        """Whether the data session is wanted (:meth:`ModemManager.want_data`): not wanted, the
+        data link is taken down, no data-path probe runs and the modem stays registered (an
+        ``sms-wake`` recorder asleep); wanted again, it dials. May be called before :meth:`run`."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        self.manager.want_data(wanted, now)
+        if self._loop is not None and not self._stopped:  # a stopped driver starts nothing
+            self._drain()
 
     def status(self) -> ModemStatus:
         """The manager's snapshot plus the ladder step and the data used this cycle."""
@@ -378,6 +390,10 @@ class ModemDriver:
             self._acct_iccid = None
             self._acct_next = None
             self.ladder.offline()
+            self._save_ladder()
+        elif isinstance(event, StateChanged) and event.new is ModemState.STANDBY:
+            # registered with the data session down on purpose: healthy, as online is
+            self.ladder.online(self._wall())
             self._save_ladder()
         elif isinstance(event, SimChanged):
             if event.old is not None:
@@ -658,12 +674,17 @@ class ModemDriver:
             self._fault(fault)
 
     async def _shutdown(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopped = True
+        # a task ending on its cancellation may start another (a port lost meanwhile starts a
+        # reopen): cancel until none is left
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks.difference_update(tasks)
         link, self._link = self._link, None
         if link is not None:
             link.close("modem driver stopped")

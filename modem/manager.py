@@ -6,6 +6,7 @@ Sans-I/O. The driver (``modem/driver.py``) feeds it what happened and carries ou
   :meth:`~ModemManager.at_submitted` (the engine's id of the command it asked for),
   :meth:`~ModemManager.at_event` (every ``AtEngine`` event), :meth:`~ModemManager.data_result`,
   :meth:`~ModemManager.probe_result`, :meth:`~ModemManager.recover` (a ladder step to run),
+  :meth:`~ModemManager.want_data` (False: stay registered in ``STANDBY`` with no data session),
   :meth:`~ModemManager.tick` at :meth:`~ModemManager.next_deadline`; ``now`` is a monotonic time
   in seconds passed to each.
 - outputs: requests from :meth:`~ModemManager.next_action` (:class:`SendAt`, :class:`StartData`,
@@ -404,6 +405,8 @@ class ModemManager(SimFlow):
         self._probe_pending = False
         self._probe_fails = 0
         self._ndis_wait = False
+        self._data_wanted = True
+        """False: stay registered with the data session down (:meth:`want_data`)."""
 
     # ----------------------------------------------------------------------------- properties
 
@@ -418,6 +421,11 @@ class ModemManager(SimFlow):
     @property
     def data_up(self) -> bool:
         return self._data_up
+
+    @property
+    def data_wanted(self) -> bool:
+        """What :meth:`want_data` last said (True at first)."""
+        return self._data_wanted
 
     def status(self, *, ladder_step: int = 0, data_used_bytes: int | None = None) -> ModemStatus:
         """A snapshot; the driver adds the ladder step and the data used this cycle."""
@@ -470,6 +478,26 @@ class ModemManager(SimFlow):
         self._stalled_since = None
         self._t.unresponsive = None
         self._probe(now, "port opened")
+        self._pump(now)
+
+    def want_data(self, wanted: bool, now: float) -> None:
+        """Whether the data session is wanted (True at first). Not wanted (an ``sms-wake``
+        recorder that sleeps): the manager takes the data link down (:class:`StopData`; an ECM
+        call also with the profile's disconnect command) or never dials, sends no data-path
+        probe, and waits in ``STANDBY`` while it stays registered on the network, so SMS keep
+        arriving; registration, signal and SIM polls go on over AT. Wanted again: it dials from
+        ``STANDBY`` at once. Any other state goes on as it was and takes the wish into account
+        once registered."""
+        if wanted == self._data_wanted:
+            return
+        self._data_wanted = wanted
+        state = self._state
+        if not wanted and state in (ModemState.CONNECTING, ModemState.DATA_BACKOFF, ModemState.ONLINE):
+            self._standby(now, "data no longer wanted")
+        elif wanted and state is ModemState.STANDBY:
+            log.info("modem: data wanted again: dialling")
+            self._enter(ModemState.CONNECTING, "data wanted again")
+            self._connect(now)
         self._pump(now)
 
     def port_closed(self, reason: str, now: float, *, expected: bool = False) -> None:
@@ -998,14 +1026,22 @@ class ModemManager(SimFlow):
         if state in (ModemState.REGISTERING, ModemState.REG_BACKOFF):
             if registered:
                 self._reg_backoff = self.config.registration_backoff_s
-                self._connect(now)
+                if self._data_wanted:
+                    self._connect(now)
+                else:
+                    self._standby(now, "registered, data not wanted")
             elif refused:
                 why = "registration denied" if stat == STAT_DENIED else "roaming, and roaming is not allowed"
                 if state is ModemState.REGISTERING:
                     self._refused(why, now)
             elif limited and state is ModemState.REGISTERING:
                 self._detail = limited
-        elif state in (ModemState.CONNECTING, ModemState.DATA_BACKOFF, ModemState.ONLINE) and not registered:
+        elif not registered and state in (
+            ModemState.CONNECTING,
+            ModemState.DATA_BACKOFF,
+            ModemState.ONLINE,
+            ModemState.STANDBY,
+        ):
             why = "registration lost" if stat not in ROAMING_STATS else "roaming, not allowed"
             if limited:
                 why = f"registration lost: {limited}"
@@ -1218,6 +1254,27 @@ class ModemManager(SimFlow):
         self._poll_signal()
         if self._candidate is not None:
             self._apn_online = self._candidate.settings.apn
+
+    def _standby(self, now: float, reason: str) -> None:
+        """Registered, data not wanted: take the call down (or never start it) and keep polling
+        registration, signal and SIM over AT, without data-path probes."""
+        had_call = self._state in (ModemState.CONNECTING, ModemState.ONLINE) and (
+            self._data_up or self._data_pending or self._candidate is not None
+        )
+        self._stop_data(reason)
+        self._enter(ModemState.STANDBY, reason)
+        self._candidate = None
+        self._chooser = None
+        self._data_rounds = 0
+        profile = self.config.profile
+        if had_call and profile.dial_method is DialMethod.ECM and profile.ecm_disconnect:
+            # the ECM call lives in the modem: DHCP stopping does not end it (PPP ends with pppd)
+            self._send(profile.ecm_disconnect.format(cid=self.config.cid), self._ignore)
+        self._detail = "data session down: not wanted (a wake brings it up)"
+        self._t.poll = now + self.config.registration_poll_s
+        self._t.signal = now + self.config.signal_poll_s
+        self._t.iccid = now + self.config.iccid_check_s
+        self._send("AT+COPS?", self._cops_reply)
 
     def _stop_data(self, reason: str) -> None:
         if self._data_up or self._data_pending:

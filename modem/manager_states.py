@@ -26,6 +26,9 @@ class ModemState(enum.Enum):
     CONNECTING = "connecting"
     DATA_BACKOFF = "data-backoff"
     ONLINE = "online"
+    STANDBY = "standby"
+    """Registered on the network (so SMS arrive), the data session down because nobody wants it
+    (``[presence] mode = "sms-wake"`` while the recorder sleeps): no dial, no data-path probe."""
     RECOVERING = "recovering"
     RESETTING = "resetting"
 
@@ -76,6 +79,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     (M.SIM_IDENTIFYING, M.SIM_LOCKED): "SIM locked",
     # from registering
     (M.REGISTERING, M.CONNECTING): "registered",
+    (M.REGISTERING, M.STANDBY): "registered, data not wanted",
     (M.REGISTERING, M.REG_BACKOFF): "registration denied, or roaming not allowed",
     (M.REGISTERING, M.PORT_CLOSED): "port closed",
     (M.REGISTERING, M.RECOVERING): "fault: waiting for a recovery step",
@@ -86,6 +90,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     # from registration-backoff
     (M.REG_BACKOFF, M.REGISTERING): "backoff over",
     (M.REG_BACKOFF, M.CONNECTING): "registered during the backoff",
+    (M.REG_BACKOFF, M.STANDBY): "registered during the backoff, data not wanted",
     (M.REG_BACKOFF, M.PORT_CLOSED): "port closed",
     (M.REG_BACKOFF, M.RECOVERING): "fault: waiting for a recovery step",
     (M.REG_BACKOFF, M.PROBING): "modem restarted: probe again",
@@ -94,6 +99,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     (M.REG_BACKOFF, M.SIM_IDENTIFYING): "another SIM inserted",
     # from connecting
     (M.CONNECTING, M.ONLINE): "data link up",
+    (M.CONNECTING, M.STANDBY): "data no longer wanted: the call is taken down",
     (M.CONNECTING, M.DATA_BACKOFF): "every APN failed, or the system cannot run the data link",
     (M.CONNECTING, M.REGISTERING): "registration lost, or no network service for the call",
     (M.CONNECTING, M.PORT_CLOSED): "port closed",
@@ -104,6 +110,7 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     (M.CONNECTING, M.SIM_IDENTIFYING): "another SIM inserted",
     # from data-backoff
     (M.DATA_BACKOFF, M.CONNECTING): "backoff over",
+    (M.DATA_BACKOFF, M.STANDBY): "data no longer wanted",
     (M.DATA_BACKOFF, M.REGISTERING): "registration lost",
     (M.DATA_BACKOFF, M.PORT_CLOSED): "port closed",
     (M.DATA_BACKOFF, M.RECOVERING): "fault: waiting for a recovery step",
@@ -114,12 +121,22 @@ TRANSITIONS: dict[tuple[ModemState, ModemState], str] = {
     # from online
     (M.ONLINE, M.REGISTERING): "registration lost, or the data link on the AT port ended",
     (M.ONLINE, M.CONNECTING): "data link lost while registered",
+    (M.ONLINE, M.STANDBY): "data no longer wanted: the data link is taken down",
     (M.ONLINE, M.PORT_CLOSED): "port closed",
     (M.ONLINE, M.RECOVERING): "fault: waiting for a recovery step",
     (M.ONLINE, M.PROBING): "modem restarted: probe again",
     (M.ONLINE, M.SIM_ABSENT): "SIM removed",
     (M.ONLINE, M.SIM_LOCKED): "SIM locked",
     (M.ONLINE, M.SIM_IDENTIFYING): "another SIM inserted",
+    # from standby
+    (M.STANDBY, M.CONNECTING): "data wanted again",
+    (M.STANDBY, M.REGISTERING): "registration lost",
+    (M.STANDBY, M.PORT_CLOSED): "port closed",
+    (M.STANDBY, M.RECOVERING): "fault: waiting for a recovery step",
+    (M.STANDBY, M.PROBING): "modem restarted: probe again",
+    (M.STANDBY, M.SIM_ABSENT): "SIM removed",
+    (M.STANDBY, M.SIM_LOCKED): "SIM locked",
+    (M.STANDBY, M.SIM_IDENTIFYING): "another SIM inserted",
     # from recovering
     (M.RECOVERING, M.ONLINE): "AT port answers again; the data link stayed up",
     (M.RECOVERING, M.PROBING): "recovery step done: probe again",

@@ -1,8 +1,8 @@
 """Parsers of 3GPP TS 27.007 replies the modem manager reads: registration (``+CREG``,
 ``+CGREG``, ``+CEREG``, ``+C5GREG``), operator (``+COPS``), signal (``+CSQ``, ``+CESQ``),
 identity (``+CGSN``, ``+CGMI``...), the ICCID (vendor commands and ``+CRSM`` reading EF_ICCID),
-EF_AD and ``+CSPN``; and the status numbers they carry. Pure functions: bad replies give None or
-"", never an exception."""
+EF_AD, ``+CSPN`` and the SIM's own number (``+CNUM``); and the status numbers they carry. Pure
+functions: bad replies give None, "" or (), never an exception."""
 
 from __future__ import annotations
 
@@ -263,3 +263,53 @@ def strip_identity(lines: tuple[str, ...]) -> str:
         if text:
             return text.strip('"')
     return ""
+
+
+_CNUM = re.compile(
+    r'^\+CNUM:\s*(?:"(?P<alpha>[^"]*)"|(?P<bare>[^,"]*))\s*,\s*"?(?P<number>[^",]*)"?\s*,\s*(?P<type>\d{1,3})'
+)
+_E164_BODY = re.compile(r"[1-9][0-9]{5,14}")
+TYPE_INTERNATIONAL = 145
+"""``<type>`` of a number with its country code (TS 24.008 type of number 1, ISDN plan)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnNumber:
+    """One line of ``+CNUM`` (3GPP TS 27.007 7.1): a number of this subscriber, as the SIM keeps
+    it (EF_MSISDN; the operator or the user writes it, and many SIMs hold none)."""
+
+    number: str
+    type: int
+    """145: international (the number has its country code), 129: unknown or national."""
+    alpha: str = ""
+    """The label stored with it (``"Voice"``, ``"Line 1"``), often empty."""
+
+    def e164(self, country_code: str | None = None) -> str | None:
+        """The number as +E.164, or None when it cannot be made one: a national number (a leading
+        0) needs ``country_code`` (digits, ``"49"``); a number in another form is not guessed."""
+        digits = re.sub(r"[\s\-().]", "", self.number)
+        if digits.startswith("+"):
+            body = digits[1:]
+        elif digits.startswith("00"):
+            body = digits[2:]
+        elif self.type == TYPE_INTERNATIONAL:
+            body = digits
+        elif country_code and digits.startswith("0") and not digits.startswith("00"):
+            body = country_code + digits[1:]
+        else:
+            return None
+        return "+" + body if _E164_BODY.fullmatch(body) else None
+
+
+def parse_cnum(lines: tuple[str, ...]) -> tuple[OwnNumber, ...]:
+    """The numbers of a ``+CNUM`` reply, in order; () for an empty reply (the SIM stores no
+    number: only ``OK``) or lines that are not ``+CNUM:`` (a modem's echo or noise). A line with
+    an empty number (``+CNUM: "","",129``) is left out."""
+    found: list[OwnNumber] = []
+    for line in lines:
+        match = _CNUM.match(line.strip())
+        if match is None or not match.group("number").strip():
+            continue
+        alpha = match.group("alpha") if match.group("alpha") is not None else (match.group("bare") or "")
+        found.append(OwnNumber(match.group("number").strip(), int(match.group("type")), alpha.strip()))
+    return tuple(found)

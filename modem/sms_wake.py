@@ -37,6 +37,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, replace
 
+from dvrlink.modem.reply_parsers import OwnNumber, parse_cnum
 from dvrlink.protocol.at_events import (
     CommandAborted,
     CommandCompleted,
@@ -86,6 +87,7 @@ __all__ = [
     "InboxProblem",
     "InboxReady",
     "InboxSwept",
+    "OwnNumberRead",
     "RebootRequested",
     "SmsDropped",
     "SmsInbox",
@@ -103,6 +105,8 @@ class InboxConfig:
     ``storage``: the store to read and receive into (``"SM"``, the SIM; ``"ME"``, the modem's).
     ``sweep_interval_s``: how often the whole store is listed and emptied besides the URCs
     (0: only at start and when full). ``pdu_mode``: try PDU mode first (False: text mode only).
+    ``read_own_number``: read the SIM's own number (``AT+CNUM``) once, after the setup
+    (:class:`OwnNumberRead`), for a device not told its number.
 
     Raises ValueError (from the constructor) for a value out of range.
     """
@@ -110,6 +114,7 @@ class InboxConfig:
     storage: str = "SM"
     sweep_interval_s: float = 600.0
     pdu_mode: bool = True
+    read_own_number: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z]{2}", self.storage):
@@ -154,6 +159,15 @@ class SmsSent(WakeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class OwnNumberRead(WakeEvent):
+    """``AT+CNUM`` answered: the SIM's own numbers (EF_MSISDN), () when it stores none, or
+    ``detail`` says why the modem did not answer."""
+
+    numbers: tuple[OwnNumber, ...]
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class InboxProblem(WakeEvent):
     """A command failed or a reply could not be read; ``what`` says which and what was seen."""
 
@@ -169,6 +183,7 @@ InboxEvent = (
     | InboxReady
     | InboxSwept
     | SmsSent
+    | OwnNumberRead
     | InboxProblem
 )
 
@@ -187,6 +202,7 @@ class _Step(enum.Enum):
     TEXT_MODE = "text mode"
     STORAGE = "storage"
     INDICATIONS = "indications"
+    OWN_NUMBER = "own number"
     STATE = "store state"
     LIST = "list"
     READ = "read"
@@ -225,6 +241,7 @@ class SmsInbox:
         self._sweep_due: float | None = None
         self._sweep_queued = False
         self._full = False
+        self._own_number_read = False
         self._handled: set[int] = set()
         """Slots whose message went to the verifier and whose delete is still to come: a sweep or
         a +CMTI that sees them again neither checks them twice nor deletes what comes after."""
@@ -256,6 +273,8 @@ class SmsInbox:
         storage = self._config.storage
         self._jobs.append(_Job(_Step.STORAGE, f'AT+CPMS="{storage}","{storage}","{storage}"'))
         self._jobs.append(_Job(_Step.INDICATIONS, "AT+CNMI=2,1,0,0,0"))
+        if self._config.read_own_number and not self._own_number_read:
+            self._jobs.append(_Job(_Step.OWN_NUMBER, "AT+CNUM"))
         self._queue_sweep(now)
 
     def send_sms(self, recipient: str, text: str) -> None:
@@ -360,6 +379,9 @@ class SmsInbox:
             self._events.append(InboxReady(self._text_mode, ok))
             if not ok:
                 self._problem(f"{job.command} failed ({_why(outcome)}): new messages are found by sweeps")
+        elif step is _Step.OWN_NUMBER:
+            self._own_number_read = True  # once: a SIM without a number has none on the next opening
+            self._events.append(OwnNumberRead(parse_cnum(lines), "" if ok else _why(outcome)))
         elif step is _Step.STATE:
             self._full = (
                 bool(lines) and isinstance(state := parse_cpms_query(lines[0]), StorageState) and state.full

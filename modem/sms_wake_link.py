@@ -68,26 +68,35 @@ class SmsInboxDriver:
         Cancel the task to stop earlier. Never raises for what the modem sends.
         """
         loop = asyncio.get_running_loop()
-        self._inbox.start(loop.time())
-        while True:
-            while (command := self._inbox.next_command()) is not None:
-                try:
-                    outcome = await self._link.command(command.text, command.payload)
-                except PortError as exc:
-                    return str(exc)
-                self._inbox.command_done(outcome, loop.time())
+        # a port closed while the inbox waits (PPP taking the port, a reset) ends the wait at once,
+        # not at the next sweep: the daemon then serves the port that comes back
+        closed = asyncio.ensure_future(self._link.wait_closed())
+        closed.add_done_callback(lambda _: self._poked.set())
+        try:
+            self._inbox.start(loop.time())
+            while True:
+                while (command := self._inbox.next_command()) is not None:
+                    try:
+                        outcome = await self._link.command(command.text, command.payload)
+                    except PortError as exc:
+                        return str(exc)
+                    self._inbox.command_done(outcome, loop.time())
+                    self._dispatch()
+                if not self._link.is_open or closed.done():
+                    return "the AT port closed"
+                self._inbox.tick(loop.time())
                 self._dispatch()
-            if not self._link.is_open:
-                return "the AT port closed"
-            self._inbox.tick(loop.time())
-            self._dispatch()
-            if self._inbox.next_command() is not None:
-                continue
-            deadline = self._inbox.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            self._poked.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), timeout)
+                if self._inbox.next_command() is not None:
+                    continue
+                deadline = self._inbox.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                self._poked.clear()
+                if closed.done():
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), timeout)
+        finally:
+            closed.cancel()
 
     def _dispatch(self) -> None:
         while (event := self._inbox.next_event()) is not None:

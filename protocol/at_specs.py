@@ -151,6 +151,7 @@ def _build() -> dict[tuple[str, str], CommandSpec]:
         ("+CGACT", "="): CommandSpec(timeout=NETWORK_TIMEOUT),
         ("+CGACT", "?"): CommandSpec(prefixes=("+CGACT:",), multiline=True),
         ("+CGDCONT", "?"): CommandSpec(prefixes=("+CGDCONT:",), multiline=True),
+        ("+CNUM", ""): CommandSpec(prefixes=("+CNUM:",), multiline=True),  # a line per number
         ("+CGPADDR", ""): CommandSpec(prefixes=("+CGPADDR:",), multiline=True),
         ("+CGPADDR", "="): CommandSpec(prefixes=("+CGPADDR:",), multiline=True),
         ("+CGCONTRDP", ""): CommandSpec(prefixes=("+CGCONTRDP:",), multiline=True),

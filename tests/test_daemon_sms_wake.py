@@ -27,6 +27,7 @@ from support.waiting import wait_until_async
 
 from dvrlink.daemon.config import ConfigError, parse_config
 from dvrlink.daemon.sms_sleep import SleepPolicy, Wakefulness
+from dvrlink.modem.manager import ModemState
 from hil.modememu import ModemEmulator, SimCard
 
 BROKER_NUMBER = "+491609876543"
@@ -178,17 +179,19 @@ def test_the_daemon_sleeps_when_idle_and_a_session_request_wakes_it_by_sms(
                 "the report that it sleeps by SMS", lambda: report() == OWN_NUMBER, seen=report
             )
             await wait_until_async("asleep: offline at the broker", lambda: not online(), timeout=WAIT)
-            # asleep, presence sends nothing: count what reaches the broker's port while the modem's
-            # data-path probes (STUN, every 0.3 s here) show time passing, over 3 keepalive intervals
+            # asleep, the data session is down (modem in standby): nothing reaches the broker's
+            # port, neither presence nor the data-path probe (STUN, every 0.3 s while online), while
+            # the modem's registration polls (every 0.5 s here) show time passing: 3 keepalive intervals
+            await rig.modem(lambda s: s.state is ModemState.STANDBY)
             received = mocker.spy(server, "receive_datagram")
+            polls = rig.emu.commands.count("AT+CGREG?")
 
-            def arrived(presence: bool) -> int:
-                return sum((call.args[0][:1] >= b"\x04") == presence for call in received.call_args_list)
+            def polled() -> int:
+                return rig.emu.commands.count("AT+CGREG?") - polls
 
-            await wait_until_async(
-                "10 data-path probes while asleep", lambda: arrived(False) >= 10, seen=arrived
-            )
-            assert arrived(True) == 0, "presence datagrams from a sleeping recorder"
+            await wait_until_async("6 registration polls while asleep", lambda: polled() >= 6, seen=polled)
+            assert received.call_count == 0, "datagrams from a sleeping recorder"
+            assert rig.runners[-1].status().state is ModemState.STANDBY
             registered_before = registry.device(SERIAL).last_registered_at  # type: ignore[union-attr]
             headers = await rig.lab.login()
             registry.record_pairing("alice", SERIAL, bytes(32), time.time())

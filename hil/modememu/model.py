@@ -68,6 +68,9 @@ class SimCard:
     path's ``credentials="sim"``); an APN not listed takes any credentials."""
     sms_capacity: int = 20
     """Messages the SIM's store (``"SM"``) holds; a full store takes no more."""
+    own_numbers: tuple[str, ...] = ()
+    """The subscriber's numbers in EF_MSISDN, as ``AT+CNUM`` lists them (a leading ``+``: type
+    145, else 129); () as on many SIMs: ``AT+CNUM`` answers only ``OK``."""
 
     @classmethod
     def for_network(cls, mcc_mnc: str, **kwargs: object) -> SimCard:
@@ -915,6 +918,16 @@ class ModemModel:
         self.pin_ok = True
         reply.after = self.update_registration
 
+    def _cnum(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
+        if op == "=?":
+            return
+        if op:
+            raise _CmdError(None)
+        self._need_sim()
+        assert self.sim is not None
+        for number in self.sim.own_numbers:
+            reply.info.append(f'+CNUM: "","{number}",{145 if number.startswith("+") else 129}')
+
     def _cimi(self, op: str, args: list[str], reply: _Reply, raw: str) -> None:
         self._need_sim()
         assert self.sim is not None
@@ -1121,6 +1134,7 @@ _HANDLERS: dict[str, Callable[[ModemModel, str, list[str], _Reply, str], None]] 
     "+CMGF": ModemModel._cmgf,
     "+CNMI": ModemModel._cnmi,
     "+CPMS": ModemModel._cpms,
+    "+CNUM": ModemModel._cnum,
     "+CMGR": ModemModel._cmgr,
     "+CMGL": ModemModel._cmgl,
     "+CMGD": ModemModel._cmgd,
