@@ -229,6 +229,15 @@ class AlarmStore:
         ).fetchall()
         return [_row(row) for row in reversed(rows)]
 
+    def count_since(self, serial: str, kind: int, since_ms: int) -> int:
+        """How many of ``serial``'s stored alarms of ``kind`` happened at ``since_ms`` or later
+        (the device's time of each)."""
+        row = self._db.execute(
+            "SELECT count(*) FROM alarms WHERE serial = ? AND kind = ? AND time_ms >= ?",
+            (serial, kind, since_ms),
+        ).fetchone()
+        return int(row[0])
+
     def snapshot(self, serial: str, alarm_id: int) -> bytes | None:
         """The JPEG of alarm ``alarm_id`` of ``serial``, or None (no such alarm, or none taken)."""
         row = self._db.execute(

@@ -138,7 +138,7 @@ def device_page(
 ) -> str:
     """A device's page; ``clustered``: say which broker node holds it."""
     row = page.row
-    facts = (
+    facts: tuple[tuple[str, str], ...] = (
         ("Name", row.name or "no name"),
         ("Last seen", row.last_seen),
         ("NAT", row.nat),
@@ -148,6 +148,8 @@ def device_page(
         ("Network technology", row.technology),
         ("Pairing", page.pairing),
     )
+    if page.supervisor_resets:
+        facts += (("SupervisorReset alarms in the last 24 h", str(page.supervisor_resets)),)
     details = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
     state = (
         f'<p class="status" data-serial="{esc(row.serial)}">State: '

@@ -22,7 +22,7 @@ from dvrlink.broker.cluster.fleet import FleetStats, NodeStats, sum_stats
 from dvrlink.broker.dashboard.feed import DashboardFeed, PresenceChanged
 from dvrlink.broker.registry import DeviceRecord, PairingRecord, RegistryStore
 from dvrlink.broker.sessions import SESSION_PATHS, SessionRecord, SessionState
-from dvrlink.protocol.alarm_wire import kind_name
+from dvrlink.protocol.alarm_wire import AlarmKind, kind_name
 from dvrlink.protocol.presence_server import PresenceInfo
 from dvrlink.protocol.signalling import PathPolicy
 
@@ -34,6 +34,8 @@ KEEPALIVE_BUCKETS: tuple[tuple[float, str], ...] = (
     (float("inf"), "300 s and more"),
 )
 RECENT_ALARMS = 20
+RESETS_WINDOW_S = 86400
+"""The device page counts the supervisor's resets of the board over this window."""
 NOT_REPORTED = "not reported"
 UNKNOWN_PATH = "unknown"
 
@@ -85,6 +87,8 @@ class AlarmLookup(Protocol):
     """Stored alarms (``AlarmStore``)."""
 
     def latest(self, serial: str, count: int) -> list[StoredAlarm]: ...
+
+    def count_since(self, serial: str, kind: int, since_ms: int) -> int: ...
 
 
 def format_time(at: float | None) -> str:
@@ -149,6 +153,9 @@ class DevicePage:
     alarms: tuple[EventLine, ...]
     connectivity: tuple[EventLine, ...]
     report: tuple[tuple[str, str], ...]
+    supervisor_resets: int = 0
+    """``SupervisorReset`` alarms of the last ``RESETS_WINDOW_S``: a board that keeps resetting
+    (its supervisor found ``dvrlinkd`` hung) shows it at the top of its page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +350,10 @@ class DashboardView:
         sessions = [s for s in self._sessions.live(now) if s.serial == serial]
         row = self._row(device, pairing, sessions)
         alarms: tuple[EventLine, ...] = ()
+        resets = 0
         if self._alarms is not None:
+            since_ms = int((now - RESETS_WINDOW_S) * 1000)
+            resets = self._alarms.count_since(serial, AlarmKind.SUPERVISOR_RESET, since_ms)
             alarms = tuple(
                 EventLine(
                     format_time(a.received_at),
@@ -373,6 +383,7 @@ class DashboardView:
             alarms,
             connectivity,
             report,
+            resets,
         )
 
     def rename(self, username: str, serial: str, name: str | None) -> bool:

@@ -344,6 +344,23 @@ class ModemEmulator:
 
                 self._schedule(reappear_after, reappear)
 
+    def power(self, on: bool) -> None:
+        """Switch the modem's power, as the board's supervisor does with PWRKEY or the supply
+        switch (``hil.qemu.supervisor.ModemPower`` says when). Off: a data call ends, nothing is
+        answered and what the host sends is dropped; the port stays, as a UART does (on the QEMU
+        rig, QEMU holds the PTY). On: silent for ``boot_delay_s``, then the power-on state and
+        the boot URCs (``RDY`` ...), as after a real power cycle. A ``hang`` ends with the
+        power, as a modem's hung firmware does."""
+        with self._lock:
+            if on:
+                self.model.faults.hung = False
+                self.model.reboot()
+            else:
+                self.model.end_calls()
+                self.model.faults.hung = True
+                self._out.clear()
+            self._changed.notify_all()
+
     # ---------------------------------------------------------------------------- short messages
 
     def receive_sms(self, sender: str, body: str | bytes, *, timestamp: datetime | None = None) -> None:

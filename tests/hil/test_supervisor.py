@@ -1,8 +1,9 @@
 """The board supervisor on the QEMU arm64 rig: the supervisor's MicroPython firmware runs on the
 host (tests/support/micropython.py) and is the guest's ``pci-serial`` port (``/dev/ttyS0``),
 which the guest's ``dvrlinkd`` opens as ``[board] supervisor``. Its SoC reset line is wired to
-QEMU's ``system_reset`` (the monitor): the test moves each pulse of that pin on the recorded trace
-to QEMU, the way the transistor on a board pulls the SoC's nRESET.
+QEMU's ``system_reset`` (the monitor): ``hil.qemu.supervisor.PinWiring`` hands each pulse of that
+pin on the recorded trace to QEMU as it ends, the way the transistor on a board pulls the SoC's
+nRESET.
 
 The scenario: the guest registers and heartbeats under systemd (one at every watchdog ping); then
 its userspace is frozen whole (the cgroups of PID 1, the services and the sessions), so neither
@@ -29,6 +30,7 @@ from hil.qemu.boot import PROMPT, BootOptions, Guest
 from hil.qemu.build import Image, build
 from hil.qemu.host import HostBroker
 from hil.qemu.rigconfig import image_config_path, with_values
+from hil.qemu.supervisor import PinWiring
 from hil.qemu.targets import Target
 
 SERIAL = "DL-0018-0042"
@@ -42,7 +44,11 @@ GUEST_PORT = "/dev/ttyS0"
 FREEZE = "for c in init.scope system.slice user.slice; do echo 1 > /sys/fs/cgroup/$c/cgroup.freeze; done"
 """Freeze PID 1's cgroup, the services' and the sessions' (the shell's own last)."""
 
-pytestmark = pytest.mark.skipif(node_missing() is not None, reason=node_missing() or "")
+pytestmark = [
+    pytest.mark.hil,
+    pytest.mark.timeout(3600),  # two TCG boots and a heartbeat timeout: past the default 300 s
+    pytest.mark.skipif(node_missing() is not None, reason=node_missing() or ""),
+]
 
 
 @pytest.fixture(scope="module")
@@ -123,31 +129,37 @@ def _scenario(guest: Guest, sim: SimulatedSupervisor, broker: HostBroker) -> Non
     # QEMU's watchdog must not be the one that resets the board: only the supervisor may.
     guest.monitor("watchdog_action none")
     resets = len(sim.trace.pulses(SOC_RESET))
-    frozen_at = time.monotonic()
-    guest.console.write(FREEZE + "\n")
-    wait_until(
-        "the supervisor's SoC reset pulse",
-        lambda: len(sim.trace.pulses(SOC_RESET)) > resets,
-        TIMEOUT_S + 120.0,
-        lambda: (sim.trace.pins, _acks(sim)[-3:]),
-    )
-    start, width = sim.trace.pulses(SOC_RESET)[resets]
-    last_ack = max(t for t in _acks(sim) if t < start)
-    assert start - last_ack == TIMEOUT_S * 1000, (last_ack, start)
-    assert width == 200
-    print(f"\nfrozen to reset: {time.monotonic() - frozen_at:.1f} s", file=sys.stderr)
+    handed: list[tuple[float, int]] = []
+    """(time, console position) of each reset the wiring handed to QEMU."""
 
-    mark = guest.console.mark()
-    guest.monitor("system_reset")  # the reset line, as the board wires it
-    reset_at = time.monotonic()
-    guest.console.wait_for(rf"{PROMPT}:\S*# ", BOOT_S, start=mark)
-    guest.login(60.0)
+    def reset_line() -> None:
+        handed.append((time.monotonic(), guest.console.mark()))
+        guest.monitor("system_reset")
 
-    def online_again() -> bool:
-        now = status(guest)
-        return now.get("state") == "online" and float(now.get("registered_at") or 0) > registered_before
+    with PinWiring(sim.trace.pins, reset_soc=reset_line):
+        frozen_at = time.monotonic()
+        guest.console.write(FREEZE + "\n")
+        wait_until(
+            "the supervisor's SoC reset pulse, handed to QEMU",
+            lambda: handed,
+            TIMEOUT_S + 120.0,
+            lambda: (sim.trace.pins, _acks(sim)[-3:]),
+        )
+        start, width = sim.trace.pulses(SOC_RESET)[resets]
+        last_ack = max(t for t in _acks(sim) if t < start)
+        assert start - last_ack == TIMEOUT_S * 1000, (last_ack, start)
+        assert width == 200
+        reset_at, mark = handed[0]
+        print(f"\nfrozen to reset: {reset_at - frozen_at:.1f} s", file=sys.stderr)
+        guest.console.wait_for(rf"{PROMPT}:\S*# ", BOOT_S, start=mark)
+        guest.login(60.0)
 
-    wait_until("dvrlinkd registered again after the reset", online_again, BOOT_S, lambda: status(guest))
+        def online_again() -> bool:
+            now = status(guest)
+            return now.get("state") == "online" and float(now.get("registered_at") or 0) > registered_before
+
+        wait_until("dvrlinkd registered again after the reset", online_again, BOOT_S, lambda: status(guest))
+    assert len(handed) == 1, handed
     print(f"reset to registered: {time.monotonic() - reset_at:.1f} s", file=sys.stderr)
     shown = guest.console.run("dvrlinkd status", timeout=120)
     assert re.search(

@@ -164,6 +164,7 @@ async def running(
     profile: str = "quectel-ec25",
     data_path: DataPath | None = None,
     broker_port: int | None = None,
+    board_hooks: bool = False,
 ) -> AsyncIterator[Rig]:
     """The daemon with the emulated modem against a loopback broker. ``extra_modem`` goes into
     ``[modem]``, ``extra_config`` after it (other sections); ``runner_keywords`` rewrites the
@@ -171,7 +172,9 @@ async def running(
     ``profile`` is the emulated modem family and the daemon's ``[modem] profile``; ``data_path``
     sees what the host sends while the emulator is in data mode; ``broker_port`` replaces the
     broker's presence port in the daemon's config (a port that never answers: a broker out of
-    reach)."""
+    reach). ``board_hooks``: the daemon's own board hooks instead of ``FakeHooks`` (its power
+    cycle through ``[board] supervisor``); give ``usb_reset = false`` in ``extra_modem`` then, and
+    leave ``board_reboot`` off, so that no rung acts on this machine."""
     monkeypatch.setenv("FAKE_DHCP_IP", "127.0.0.1")
     monkeypatch.setenv("FAKE_DHCP_ROUTER", "127.0.0.1")
     sim = SimCard.for_network("26201", iccid=ICCID, working_apns=frozenset({WORKING_APN}))
@@ -205,7 +208,10 @@ async def running(
             watch = StatusWatch()
             hooks = FakeHooks()
             options = ModemOptions(
-                tuning=fast_tuning(), hooks=hooks, runner_factory=make_runner, on_status=watch
+                tuning=fast_tuning(),
+                hooks=None if board_hooks else hooks,
+                runner_factory=make_runner,
+                on_status=watch,
             )
             stop = asyncio.Event()
             daemon = asyncio.create_task(run_daemon(config, stop, {}, modem_options=options))
