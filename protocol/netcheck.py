@@ -13,6 +13,9 @@ fields. ``schema`` is :data:`SCHEMA_VERSION` and changes only when a field chang
 
 **The probes' bytes.**
 
+The NAT-PMP request and the SSDP search are the mapping clients' own bytes, from
+``protocol/port_mapping_wire.py`` (which loads no XML parser, unlike ``protocol/upnp_igd.py``).
+
 - *Gateway (PCP/NAT-PMP)*: one NAT-PMP "external address" request (RFC 6886: 2 bytes, version 0,
   opcode 0) to the default gateway's UDP port 5351. A NAT-PMP gateway answers with its external
   address (12 bytes, version 0, opcode 128); a PCP server (RFC 6887) answers a version-0 request
@@ -32,13 +35,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from dvrlink.protocol import port_mapping_wire
 from dvrlink.protocol.nat_behaviour import NatBehaviour, PathPrediction
 
 SCHEMA_VERSION = 1
-PCP_PORT = 5351
+PCP_PORT = port_mapping_wire.PORT
 """UDP port of PCP and NAT-PMP on the gateway."""
-SSDP_GROUP = ("239.255.255.250", 1900)
-IGD_SEARCH_TARGET = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
+SSDP_GROUP = port_mapping_wire.SSDP_ADDRESS
+IGD_SEARCH_TARGET = port_mapping_wire.IGD_V1
 
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _ALLOCATE_REQUEST = 0x0003
@@ -50,8 +54,9 @@ _UDP_PROTOCOL = 17
 
 
 def natpmp_request() -> bytes:
-    """The NAT-PMP external address request (RFC 6886 section 3.2): version 0, opcode 0."""
-    return b"\x00\x00"
+    """The NAT-PMP external address request (RFC 6886 section 3.2): version 0, opcode 0; the
+    mapping client's own (``protocol/port_mapping_wire.py``)."""
+    return port_mapping_wire.address_request()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +83,10 @@ def parse_gateway_answer(data: bytes) -> GatewayAnswer | None:
 
 
 def ssdp_search(wait_s: int = 1) -> bytes:
-    """One SSDP M-SEARCH for an Internet Gateway Device; ``wait_s`` is its MX (1-5 s)."""
-    return (
-        "M-SEARCH * HTTP/1.1\r\n"
-        f"HOST: {SSDP_GROUP[0]}:{SSDP_GROUP[1]}\r\n"
-        'MAN: "ssdp:discover"\r\n'
-        f"MX: {max(1, min(5, wait_s))}\r\n"
-        f"ST: {IGD_SEARCH_TARGET}\r\n\r\n"
-    ).encode("ascii")
+    """One SSDP M-SEARCH for an Internet Gateway Device (v1, which v2 gateways answer too);
+    ``wait_s`` is its MX (clamped to 1-5 s). The mapping client's own search
+    (``protocol/port_mapping_wire.py``)."""
+    return port_mapping_wire.msearch(IGD_SEARCH_TARGET, wait_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +107,11 @@ def parse_ssdp_answer(data: bytes) -> SsdpAnswer | None:
     lines = text.split("\r\n")
     if not lines or not lines[0].upper().startswith("HTTP/1.1 200"):
         return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon:
-            headers[name.strip().upper()] = value.strip()
-    location = headers.get("LOCATION", "")
+    headers = port_mapping_wire.ssdp_headers(lines[1:])
+    location = headers.get("location", "")
     if not location:
         return None
-    return SsdpAnswer(location[:300], headers.get("SERVER", "")[:200], headers.get("ST", "")[:200])
+    return SsdpAnswer(location[:300], headers.get("server", "")[:200], headers.get("st", "")[:200])
 
 
 def turn_probe(transaction_id: bytes) -> bytes:
