@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,7 +194,9 @@ class NatTyper:
     """Runs the schedule on the event loop: ``registered`` on each registration, ``close`` at
     shutdown. Each verdict goes to ``on_result``. ``server`` is the presence UDP address of the
     node in use; ``transport`` the presence transport ("udp" or "tcp"); ``paused`` says why
-    optional traffic is paused (the data cap), empty when it may run."""
+    optional traffic is paused (the data cap), empty when it may run. ``paths`` (when given)
+    finds the device's direct paths besides its NAT (``session.netcheck.direct_paths``: IPv6,
+    port mapping) after each run that found a NAT type; ``on_paths`` gets them (item 11)."""
 
     def __init__(
         self,
@@ -204,7 +206,11 @@ class NatTyper:
         *,
         transport: Callable[[], str] = lambda: "udp",
         paused: Callable[[], str] = lambda: "",
+        paths: Callable[[], Awaitable[str]] | None = None,
+        on_paths: Callable[[str], None] = lambda _paths: None,
     ) -> None:
+        self._paths = paths
+        self._on_paths = on_paths
         self._timing = timing
         self.schedule = NatTypeSchedule(timing)
         self._server = server
@@ -287,6 +293,10 @@ class NatTyper:
             )
             if outcome.nat_type is not None:
                 self._on_result(outcome.nat_type)
+            if self._paths is not None and outcome.nat_type is not None:
+                paths = await self._paths()
+                log.info("direct paths besides the NAT: %s", paths or "none")
+                self._on_paths(paths)
         finally:
             self._task = None
             self.schedule.finished(retry, self._loop.time())

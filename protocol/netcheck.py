@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dvrlink.protocol import port_mapping_wire
-from dvrlink.protocol.nat_behaviour import NatBehaviour, PathPrediction
+from dvrlink.protocol.nat_behaviour import NatBehaviour, NatProfile, PathPrediction
 
 SCHEMA_VERSION = 1
 PCP_PORT = port_mapping_wire.PORT
@@ -254,12 +254,16 @@ class PathReport:
     """What the device reported (``nat_type``, item 9); None: it has not."""
     prediction: PathPrediction
     device_address: str | None = None
+    device_direct_paths: str | None = None
+    """What the device reported as ``direct_paths`` (item 11: ``ipv6``, ``mapping``); None: it has
+    not (a device that predates the item)."""
 
     def as_json(self) -> dict[str, Any]:
         """Plain JSON values."""
         return {
             "serial": self.serial,
             "device_nat_type": self.device_nat_type,
+            "device_direct_paths": self.device_direct_paths,
             "device_address": self.device_address,
             "path": self.prediction.path.value,
             "punch": self.prediction.punch.value,
@@ -303,6 +307,11 @@ class NetcheckReport:
         """The report for ``ipv4`` or ``ipv6``, or None."""
         return next((f for f in self.families if f.family == name), None)
 
+    @property
+    def ipv6_direct(self) -> bool:
+        """This host has a global IPv6 address that reaches the internet as itself (rule 9)."""
+        return ipv6_direct(self.families)
+
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document (fields in ``docs/netcheck.md``)."""
         tcp = self.presence.tcp
@@ -328,6 +337,29 @@ class NetcheckReport:
             "path": self.path.as_json() if self.path is not None else None,
             "notes": list(self.notes),
         }
+
+
+def ipv6_direct(families: tuple[FamilyReport, ...]) -> bool:
+    """This side has a global IPv6 address its IPv6 host candidate is public at (path rule 9):
+    the IPv6 family is available (a global source address), and its STUN test, where it ran,
+    got an answer over UDP from that very address (no NAT66)."""
+    six = next((f for f in families if f.family == "ipv6"), None)
+    if six is None or not six.available:
+        return False
+    b = six.behaviour
+    return b is None or (b.udp and not b.nat)
+
+
+def own_profile(families: tuple[FamilyReport, ...]) -> NatProfile | None:
+    """This side's profile for the path rules: the IPv4 NAT's behaviour (the first tested family
+    when IPv4 was not), with :attr:`NatProfile.ipv6` from :func:`ipv6_direct`; None when nothing
+    was tested and there is no IPv6."""
+    tested = [f for f in families if f.behaviour is not None]
+    v4 = next((f for f in tested if f.family == "ipv4"), tested[0] if tested else None)
+    six = ipv6_direct(families)
+    if v4 is None or v4.behaviour is None:
+        return NatProfile(ipv6=True) if six else None
+    return replace(v4.behaviour.profile, ipv6=six)
 
 
 def _family_json(family: FamilyReport | None) -> dict[str, Any] | None:
@@ -413,6 +445,17 @@ def render_text(report: NetcheckReport) -> str:
         how = "" if p.prediction.punch.value == "none" else f" ({p.prediction.punch.value})"
         lines.append(f"  * path to {p.serial}: {p.prediction.path.value}{how}")
         lines.append(f"      device NAT: {p.device_nat_type or 'not reported'}")
+        paths = p.device_direct_paths
+        lines.append(
+            "      device's direct paths: "
+            + (
+                "not reported"
+                if paths is None
+                else paths.replace(",", ", ")
+                if paths
+                else "none besides its NAT"
+            )
+        )
         lines.append(f"      why: {p.prediction.reason}")
     lines += [f"  * note: {note}" for note in report.notes]
     return "\n".join(lines)
