@@ -196,7 +196,8 @@ class NatTyper:
     node in use; ``transport`` the presence transport ("udp" or "tcp"); ``paused`` says why
     optional traffic is paused (the data cap), empty when it may run. ``paths`` (when given)
     finds the device's direct paths besides its NAT (``session.netcheck.direct_paths``: IPv6,
-    port mapping) after each run that found a NAT type; ``on_paths`` gets them (item 11)."""
+    port mapping) after each run that found a NAT type; ``on_paths`` gets them (item 11) just
+    before ``on_result`` gets the NAT type, so that one report carries both."""
 
     def __init__(
         self,
@@ -292,11 +293,11 @@ class NatTyper:
                 outcome.bytes_on_wire,
             )
             if outcome.nat_type is not None:
+                if self._paths is not None:  # first, so that one report carries both
+                    paths = await self._paths()
+                    log.info("direct paths besides the NAT: %s", paths or "none")
+                    self._on_paths(paths)
                 self._on_result(outcome.nat_type)
-            if self._paths is not None and outcome.nat_type is not None:
-                paths = await self._paths()
-                log.info("direct paths besides the NAT: %s", paths or "none")
-                self._on_paths(paths)
         finally:
             self._task = None
             self.schedule.finished(retry, self._loop.time())

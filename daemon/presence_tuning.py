@@ -139,9 +139,9 @@ class PresenceTuning:
         self.status_changed()
 
     def direct_paths_found(self, paths: str) -> None:
-        """The direct paths besides the NAT (``ipv6``, ``mapping``): into the report (item 11)."""
+        """The direct paths besides the NAT (``ipv6``, ``mapping``): into the report (item 11),
+        handed over with the NAT type that follows (:meth:`nat_type_found`)."""
         self.reporter.update(direct_paths=paths)
-        self.after_step()
 
     def _learning_status(self) -> dict[str, Any]:
         prober = self.prober
