@@ -385,6 +385,7 @@ def render_text(report: NetcheckReport) -> str:
         label = "IPv4" if name == "ipv4" else "IPv6"
         if family is None or family.behaviour is None:
             note = family.note if family is not None else "not tested"
+            note = note.removeprefix("no IPv6: ")  # the line says "IPv6: no" already
             lines.append(f"  * {label}: {'no' if family is None or not family.available else 'yes'} ({note})")
             continue
         b = family.behaviour
