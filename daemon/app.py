@@ -65,7 +65,7 @@ from dvrlink.protocol.presence_events import (
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
 from dvrlink.protocol.supervisor_wire import Health
 from dvrlink.session.allow_list import parse_allowed_target
-from dvrlink.session.netcheck import direct_paths
+from dvrlink.session.netcheck import direct_paths, local_ip_towards
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
     from dvrlink.daemon.board_io_service import BoardIoService
@@ -594,7 +594,11 @@ def _presence_tuning(
         asks_mapping = bool(config.sessions.port_mapping)
 
         async def paths() -> str:  # the device's IPv6 and port mapping, for its report (item 11)
-            return await direct_paths(port_mapping=asks_mapping)
+            try:
+                local: str | None = local_ip_towards(broker())
+            except OSError:
+                local = None
+            return await direct_paths(port_mapping=asks_mapping, local_ip=local)
 
         tuning.nat_typer = NatTyper(
             NatTypeTiming(delay_s=presence.learn_after_s),

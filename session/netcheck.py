@@ -66,6 +66,12 @@ unique local (RFC 4193; behind NAT66 at best), site-local, IPv4-mapped. The docu
 2001:db8::/32 counts as global: the NAT lab's carrier hands it out as one."""
 
 
+BEHIND_NAT = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+"""IPv4 addresses that reach the internet through a NAT (RFC 1918, RFC 6598)."""
+
+
 def global_ipv6_source(probe: Address = IPV6_PROBE) -> str | None:
     """The IPv6 address this host sends from towards the IPv6 internet (``probe`` stands for it;
     nothing is sent) when it is a global one, else None: no IPv6 route, or only a link-local or
@@ -564,19 +570,33 @@ async def check_port_mapping(*, gateway: str | None = None, timeout_s: float = 1
     return PortMapping(gateway, answer, upnp)
 
 
-async def direct_paths(*, port_mapping: bool, gateway: str | None = None, timeout_s: float = 1.0) -> str:
+async def direct_paths(
+    *, port_mapping: bool, local_ip: str | None, gateway: str | None = None, timeout_s: float = 1.0
+) -> str:
     """What a device reports as ``direct_paths`` (item 11; ``protocol/nat_behaviour.py``:
     :func:`~dvrlink.protocol.nat_behaviour.format_direct_paths`): ``ipv6`` when this host has a
     global IPv6 address (nothing is sent), ``mapping`` when ``port_mapping`` (its sessions ask
-    the router) and the gateway offers it: a NAT-PMP answer with an external address, a PCP
-    answer, or a UPnP gateway answering SSDP (:func:`check_port_mapping`: two small datagrams,
-    nothing mapped). Never raises for a network failure."""
+    the router), ``local_ip`` (its address towards the broker) is a private IPv4 address (the
+    sessions map only those) and the gateway offers mapping: a NAT-PMP answer with an external
+    address, a PCP answer, or a UPnP gateway answering SSDP (:func:`check_port_mapping`: two
+    small datagrams, nothing mapped). Never raises for a network failure."""
     ipv6 = global_ipv6_source() is not None
     maps = False
-    if port_mapping:
+    if port_mapping and local_ip is not None and _behind_nat(local_ip):
         found = await check_port_mapping(gateway=gateway, timeout_s=timeout_s)
         answer = found.gateway_answer
         maps = found.upnp is not None or (
             answer is not None and (answer.protocol == "PCP" or answer.external_address is not None)
         )
     return format_direct_paths(ipv6=ipv6, maps_ports=maps)
+
+
+def _behind_nat(local_ip: str) -> bool:
+    """``local_ip`` is a private IPv4 address (RFC 1918, or RFC 6598 carrier-grade NAT space): the
+    one kind of address a router maps ports for. (Python's ``is_private`` also counts the
+    documentation ranges, which the NAT lab uses as public addresses.)"""
+    try:
+        address = ipaddress.IPv4Address(local_ip)
+    except ValueError:
+        return False
+    return any(address in network for network in BEHIND_NAT)

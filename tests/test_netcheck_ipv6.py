@@ -265,3 +265,25 @@ def test_global_ipv6_source_takes_only_global_addresses(mocker: MockerFixture) -
         assert netcheck.global_ipv6_source() == found, source
     mocker.patch.object(netcheck, "local_ip_towards", side_effect=OSError(101, "Network is unreachable"))
     assert netcheck.global_ipv6_source() is None
+
+
+def test_the_device_probes_its_gateway_only_from_a_private_ipv4_address(mocker: MockerFixture) -> None:
+    """``direct_paths`` (item 11): ``mapping`` needs a private IPv4 address towards the broker
+    (the only kind the sessions map), so loopback and public addresses send no probe at all."""
+    mocker.patch.object(netcheck, "global_ipv6_source", return_value=None)
+    probe = mocker.patch.object(netcheck, "check_port_mapping")  # it would send to this machine's gateway
+    probe.return_value = netcheck.PortMapping(
+        "192.168.1.1", None, netcheck.SsdpAnswer("http://192.168.1.1:5000/")
+    )
+    for local in ("127.0.0.1", "203.0.113.5", "2001:db8::2", None):
+        assert run(netcheck.direct_paths(port_mapping=True, local_ip=local)) == ""
+    assert probe.call_count == 0
+    assert run(netcheck.direct_paths(port_mapping=False, local_ip="192.168.1.2")) == ""
+    assert probe.call_count == 0
+    assert run(netcheck.direct_paths(port_mapping=True, local_ip="192.168.1.2")) == "mapping"
+    assert run(netcheck.direct_paths(port_mapping=True, local_ip="100.64.3.2")) == "mapping"  # carrier NAT
+    assert probe.call_count == 2
+    probe.return_value = netcheck.PortMapping("192.168.1.1", netcheck.GatewayAnswer("NAT-PMP", 3), None)
+    assert run(netcheck.direct_paths(port_mapping=True, local_ip="10.0.0.2")) == ""  # refused, no UPnP
+    mocker.patch.object(netcheck, "global_ipv6_source", return_value="2001:db8:1::2")
+    assert run(netcheck.direct_paths(port_mapping=False, local_ip=None)) == "ipv6"
