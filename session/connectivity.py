@@ -374,7 +374,9 @@ class Connectivity:
             if found is None or self._closed:
                 return
             candidate, server, other = found
-            if other is None:
+            # Port prediction and the birthday search are for IPv4 NATs: an IPv6 socket (no
+            # NAT66 expected; a birthday search pairs sockets of one family) predicts nothing.
+            if other is None or ":" in protocol.local_candidate.host:
                 self._srflx.append(candidate)
                 self._local_changed.set()
                 return
