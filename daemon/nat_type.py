@@ -281,6 +281,11 @@ class NatTyper:
         except OSError as exc:
             log.warning("NAT type: cannot test towards %s:%d (%s); trying again later", *server, exc)
         else:
+            # The direct paths first, so that one report carries both; the NAT type is logged
+            # and handed over once they are known (at most a gateway probe's timeout later).
+            paths = None
+            if outcome.nat_type is not None and self._paths is not None:
+                paths = await self._paths()
             self.runs += 1
             self.last = outcome
             self.bytes_on_wire += outcome.bytes_on_wire
@@ -293,8 +298,7 @@ class NatTyper:
                 outcome.bytes_on_wire,
             )
             if outcome.nat_type is not None:
-                if self._paths is not None:  # first, so that one report carries both
-                    paths = await self._paths()
+                if paths is not None:
                     log.info("direct paths besides the NAT: %s", paths or "none")
                     self._on_paths(paths)
                 self._on_result(outcome.nat_type)
