@@ -76,6 +76,9 @@ class RelayDirectory:
     """TURN servers, built-in first."""
     stun: tuple[str, int] | None = None
     """(host, port) of the broker's STUN responder."""
+    stun6: tuple[str, int] | None = None
+    """(IPv6 literal, port) of its STUN over IPv6 (``stun_host6``), when ``stun`` is IPv4; None:
+    none configured."""
 
     def grants(self, name: str, now: float) -> tuple[TurnGrant, ...]:
         """Every TURN server with credentials for ``name`` (an account or a serial) from ``now``.
@@ -137,6 +140,7 @@ class SessionRoutes:
         await self._save(record)
         turn, expires = self._turn_json(user, now)
         stun = self._relays.stun if self._relays is not None else None
+        stun6 = self._relays.stun6 if self._relays is not None else None
         log.info("session %s: %r asked for %s (%s)", record.session_id.hex(), user, serial, policy_name)
         return web.json_response(
             {
@@ -144,22 +148,26 @@ class SessionRoutes:
                 "turn": turn,
                 "turn_expires_at": expires,
                 "stun": None if stun is None else {"host": stun[0], "port": stun[1]},
+                "stun6": None if stun6 is None else {"host": stun6[0], "port": stun6[1]},
             },
             status=201,
             headers={"Cache-Control": "no-store"},
         )
 
     async def list_relays(self, request: web.Request) -> web.Response:
-        """GET /v1/relays: the TURN relays (UDP first) and the STUN service a session would get,
+        """GET /v1/relays: the TURN relays (UDP first) and the STUN service a session would get
+        (``stun6``: its IPv6 address, or null),
         without credentials, so that ``dvrlink netcheck`` can time them. Stores nothing."""
         self._ctx.user(request)
         relays = self._relays
         turn = [] if relays is None else sorted(relays.turn, key=lambda t: t.transport != "udp")
         stun = relays.stun if relays is not None else None
+        stun6 = relays.stun6 if relays is not None else None
         return web.json_response(
             {
                 "turn": [{"host": t.host, "port": t.port, "transport": t.transport} for t in turn],
                 "stun": None if stun is None else {"host": stun[0], "port": stun[1]},
+                "stun6": None if stun6 is None else {"host": stun6[0], "port": stun6[1]},
             },
             headers={"Cache-Control": "no-store"},
         )

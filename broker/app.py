@@ -68,7 +68,7 @@ from dvrlink.broker.state import (
     remove_info,
     write_info,
 )
-from dvrlink.broker.stun_alternate import StunResponder
+from dvrlink.broker.stun_alternate import StunResponder, start_stun_service
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
@@ -375,6 +375,21 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                 ),
                 ("stun-alternate-both/udp", format_address((rfc5780.alternate_host, rfc5780.alternate_port))),
             ]
+        stun6: tuple[str, int] | None = None
+        if config.stun_host6 is not None:  # STUN over IPv6 next to an IPv4 presence socket
+            service6 = await start_stun_service(
+                config.stun_host6,
+                udp_port,
+                config.stun_alternate_host6,
+                config.stun_alternate_port,
+                StunRateLimiter(config.stun_rate_per_s, config.stun_rate_burst)
+                if config.stun_rate_per_s
+                else None,
+                loop.time,
+            )
+            stack.callback(service6.close)
+            stun6 = service6.address
+            listening += [(what, format_address(where)) for what, where in service6.listening()]
         turn: TurnLink | None = None
         relays: RelayDirectory | None = None
         public = relay_public_address(config)
@@ -396,7 +411,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                     servers.append(ExternalTurnServer(advertised, turn.tcp_address[1], "tcp"))
             servers.extend(config.turn_servers)
             relays = RelayDirectory(
-                secret, config.turn_credential_ttl_s, tuple(servers), (advertised, udp_port)
+                secret, config.turn_credential_ttl_s, tuple(servers), (advertised, udp_port), stun6
             )
         if config.tls_cert is not None and config.tls_key is not None:
             certs = CertificatePaths(config.tls_cert, config.tls_key)

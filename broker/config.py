@@ -48,6 +48,8 @@ from the directory that holds the file)::
     # turn_servers = [{host = "turn1.example.net", port = 3478, transport = "udp"}]  # coturn fleet
     # stun_alternate_host = "203.0.113.11"  # RFC 5780 NAT discovery: a second local address
     stun_alternate_port = 3480              # ... and a second port (udp_host must be specific)
+    # stun_host6 = "2001:db8:203::10"       # STUN over IPv6 too (udp_port), when udp_host is IPv4
+    # stun_alternate_host6 = "2001:db8:203::11"  # RFC 5780 over IPv6: a second local IPv6 address
     log_level = "INFO"
     # redis_url = "redis://10.0.0.5:6379/0"  # a cluster's presence location and routing; empty: one node
     # node_id = "broker-a"                  # this node's name in the cluster; default host name:udp port
@@ -269,6 +271,16 @@ class BrokerConfig:
     stun_alternate_port: int = 3480
     """Second STUN port for RFC 5780, bound on ``udp_host`` and on ``stun_alternate_host``; 0 = a
     free port. Only used with ``stun_alternate_host``."""
+    stun_host6: str | None = None
+    """IPv6 literal of this host where STUN also answers (on ``udp_port``, and with
+    ``stun_alternate_host6`` RFC 5780 on ``stun_alternate_port`` too), for a broker whose
+    ``udp_host`` is a specific IPv4 address: clients gather IPv6 server-reflexive candidates and
+    netcheck tests the IPv6 path against it. It carries STUN only (presence stays on
+    ``udp_host``). Handed out as ``stun6`` with sessions and ``GET /v1/relays``. None = no
+    IPv6 STUN (unless ``udp_host`` is ``::``, which takes both families)."""
+    stun_alternate_host6: str | None = None
+    """IPv6 literal of a second address of this host: RFC 5780 over IPv6 next to
+    ``stun_host6`` (needs it). None = plain STUN over IPv6."""
     stun_rate_per_s: int = 50
     """STUN Binding requests answered per second per source IP (presence port, alternate sockets
     and TURN port alike), after a burst of ``stun_rate_burst``; more are dropped. 0 = no limit."""
@@ -444,6 +456,7 @@ def _check_turn(values: Mapping[str, object], source: str) -> None:
 
 
 def _check_stun(values: Mapping[str, object], source: str) -> None:
+    _check_stun6(values, source)
     alternate = values.get("stun_alternate_host")
     if alternate is None:
         return
@@ -466,6 +479,35 @@ def _check_stun(values: Mapping[str, object], source: str) -> None:
             )
 
 
+def _check_stun6(values: Mapping[str, object], source: str) -> None:
+    host6, alternate6 = values.get("stun_host6"), values.get("stun_alternate_host6")
+    if host6 is None:
+        if alternate6 is not None:
+            raise ConfigError(
+                f"{source}: stun_alternate_host6 {alternate6} needs stun_host6, the primary IPv6 STUN "
+                "address; set stun_host6 to an IPv6 address of this host"
+            )
+        return
+    primary6 = ipaddress.ip_address(str(host6))
+    if primary6.version != 6 or primary6.is_unspecified:
+        raise ConfigError(
+            f"{source}: stun_host6 is {host6}; give one specific IPv6 address of this host (udp_host "
+            '"::" already answers STUN on both families)'
+        )
+    if ipaddress.ip_address(str(values.get("udp_host", "0.0.0.0"))).version == 6:
+        raise ConfigError(
+            f"{source}: stun_host6 {host6} with an IPv6 udp_host: presence and STUN already answer "
+            "over IPv6 there; remove stun_host6 (or set udp_host to the IPv4 address)"
+        )
+    if alternate6 is not None:
+        other6 = ipaddress.ip_address(str(alternate6))
+        if other6.version != 6 or other6.is_unspecified or other6 == primary6:
+            raise ConfigError(
+                f"{source}: stun_alternate_host6 {alternate6} with stun_host6 {host6}: RFC 5780 needs "
+                "two different specific IPv6 addresses of this host"
+            )
+
+
 def _check(name: str, raw: object, source: str, base: Path) -> object:
     where = f"{source}: key {name!r}"
     if name in ("state_dir", "tls_cert", "tls_key", "turn_secret_file", "fleet_key_file"):
@@ -480,6 +522,8 @@ def _check(name: str, raw: object, source: str, base: Path) -> object:
         "turn_relay_host",
         "turn_relay_public_host",
         "stun_alternate_host",
+        "stun_host6",
+        "stun_alternate_host6",
     ):
         if not isinstance(raw, str):
             raise ConfigError(f'{where} must be an IP literal string such as "0.0.0.0" or "::", got {raw!r}')

@@ -245,6 +245,13 @@ def openapi_document() -> dict[str, Any]:
                             "required": ["host", "port"],
                             "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
                         },
+                        "stun6": {
+                            "type": ["object", "null"],
+                            "required": ["host", "port"],
+                            "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                            "description": "The STUN service's IPv6 address (stun_host6), or null; "
+                            "absent from older brokers",
+                        },
                     },
                 },
                 "SessionPath": {
@@ -278,6 +285,12 @@ def openapi_document() -> dict[str, Any]:
                         "stun": {
                             "type": ["object", "null"],
                             "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                        },
+                        "stun6": {
+                            "type": ["object", "null"],
+                            "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                            "description": "The STUN service's IPv6 address (stun_host6), or null; "
+                            "absent from older brokers",
                         },
                     },
                 },

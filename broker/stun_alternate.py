@@ -200,3 +200,94 @@ class StunResponder:
             if sock.transport is not None:
                 sock.transport.close()
         self._sockets.clear()
+
+
+class _StunOnlyPrimary(asyncio.DatagramProtocol):
+    """The primary socket of a STUN-only service: it answers through the responder's presence
+    hook (:meth:`StunResponder.answer_on_primary`), as the presence socket does."""
+
+    def __init__(self, owner: StunResponder) -> None:
+        self._owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        source = (str(addr[0]), int(addr[1]))
+        reply = self._owner.answer_on_primary(data, source)
+        if reply and self.transport is not None:
+            self.transport.sendto(reply, source)
+
+    def error_received(self, exc: Exception) -> None:
+        self._owner.stats["send_errors"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def send(self, data: bytes, destination: Address) -> None:
+        """Send from this socket (the responder's ``send_from_primary``); dropped once closed."""
+        if self.transport is not None:
+            self.transport.sendto(data, destination)
+
+
+class StunService:
+    """STUN on its own socket, next to the presence one: the broker's IPv6 STUN (``stun_host6``,
+    and with ``stun_alternate_host6`` RFC 5780 on three more sockets) when presence runs on a
+    specific IPv4 address. Carries STUN only. Start with :func:`start_stun_service`."""
+
+    def __init__(self, responder: StunResponder, primary: _StunOnlyPrimary, address: Address) -> None:
+        self.responder = responder
+        self._primary = primary
+        self.address = address
+        """The bound primary (host, port)."""
+
+    def listening(self) -> list[tuple[str, Address]]:
+        """(label, address) of every socket, for the broker's start-up log and broker.json."""
+        out = [("stun6/udp", self.address)]
+        addresses = self.responder.addresses
+        if addresses is not None:
+            out += [
+                ("stun6-alternate-port/udp", (addresses.primary_host, addresses.alternate_port)),
+                ("stun6-alternate-address/udp", (addresses.alternate_host, addresses.primary_port)),
+                ("stun6-alternate-both/udp", (addresses.alternate_host, addresses.alternate_port)),
+            ]
+        return out
+
+    def close(self) -> None:
+        """Close every socket (idempotent)."""
+        self.responder.close()
+        if self._primary.transport is not None:
+            self._primary.transport.close()
+
+
+async def start_stun_service(
+    host: str,
+    port: int,
+    alternate_host: str | None,
+    alternate_port: int,
+    limiter: StunRateLimiter | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> StunService:
+    """Bind STUN on (``host``, ``port``), and with ``alternate_host`` RFC 5780 on the alternate
+    address and ``alternate_port`` (0: a free one).
+
+    Raises:
+        OSError: a socket cannot be bound; the message names the address.
+        ValueError: the addresses cannot serve RFC 5780 (the message says what to set).
+    """
+    loop = asyncio.get_running_loop()
+    responder = StunResponder(alternate_host, alternate_port, limiter, clock)
+    sock = open_udp_socket(host, port)
+    _, primary = await loop.create_datagram_endpoint(lambda: _StunOnlyPrimary(responder), sock=sock)
+    name = sock.getsockname()
+    address = (str(name[0]), int(name[1]))
+    service = StunService(responder, primary, address)
+    if alternate_host is not None:
+        try:
+            await responder.start(address, primary.send)
+        except BaseException:
+            service.close()
+            raise
+    log.info("STUN also on %s:%d%s", address[0], address[1], " (RFC 5780)" if alternate_host else "")
+    return service

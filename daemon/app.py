@@ -65,6 +65,7 @@ from dvrlink.protocol.presence_events import (
 from dvrlink.protocol.signalling import INVITE_KIND_CANDIDATES, INVITE_KIND_SESSION
 from dvrlink.protocol.supervisor_wire import Health
 from dvrlink.session.allow_list import parse_allowed_target
+from dvrlink.session.netcheck import direct_paths, local_ip_towards
 
 if TYPE_CHECKING:  # the modem stack (pyudev, pyserial, ...) loads only with [modem] enabled
     from dvrlink.daemon.board_io_service import BoardIoService
@@ -278,6 +279,7 @@ async def _run_locked(
         client,
         loop.time,
     )
+    sessions.stun_server6 = config.broker.stun6
     notifier = Notifier(environ)
     status_file = StatusFile(config.device.runtime_dir)
     events = DeviceEvents(
@@ -589,12 +591,23 @@ def _presence_tuning(
         def transport() -> str:  # tuning.transport is the link's, set once the link is made
             return tuning.transport()
 
+        asks_mapping = bool(config.sessions.port_mapping)
+
+        async def paths() -> str:  # the device's IPv6 and port mapping, for its report (item 11)
+            try:
+                local: str | None = local_ip_towards(broker())
+            except OSError:
+                local = None
+            return await direct_paths(port_mapping=asks_mapping, local_ip=local)
+
         tuning.nat_typer = NatTyper(
             NatTypeTiming(delay_s=presence.learn_after_s),
             broker,
             tuning.nat_type_found,
             transport=transport,
             paused=lambda: tuning.paused,
+            paths=paths,
+            on_paths=tuning.direct_paths_found,
         )
     return tuning
 

@@ -87,6 +87,15 @@ class BrokerConfig:
     (with ``hosts``: each node's host)."""
     tcp_port: int = 443
     """TCP port of the broker's presence over TCP/TLS."""
+    stun_host6: str = ""
+    """IPv6 literal where the broker also answers STUN (its ``stun_host6``; on ``port``), for
+    IPv6 server-reflexive candidates and ``dvrlinkd netcheck``'s IPv6 tests when ``host`` is an
+    IPv4 literal. Empty: ``host``'s own IPv6 address, if its name has one. One node only."""
+
+    @property
+    def stun6(self) -> tuple[str, int] | None:
+        """(``stun_host6``, ``port``), or None when not set."""
+        return (self.stun_host6, self.port) if self.stun_host6 else None
 
     @property
     def nodes(self) -> tuple[BrokerNode, ...]:
@@ -648,11 +657,31 @@ def _parse_broker(brk: _Table) -> BrokerConfig:
             "names one node, but hosts lists several; remove tcp_host: presence "
             "over TCP/TLS then goes to each node's host at tcp_port",
         )
+    stun_host6 = brk.string("stun_host6").strip()
+    if stun_host6:
+        try:
+            literal = ipaddress.ip_address(stun_host6)
+        except ValueError:
+            literal = None
+        if literal is None or literal.version != 6 or literal.is_unspecified:
+            raise brk.error(
+                "stun_host6",
+                stun_host6,
+                "expected the broker's IPv6 address (its stun_host6), e.g. 2001:db8::10",
+            )
+        if len(hosts) > 1:
+            raise brk.error(
+                "stun_host6",
+                stun_host6,
+                "names one node, but hosts lists several; remove it: each node's host name then gives "
+                "its IPv6 address",
+            )
     return BrokerConfig(
         host=brk.host("host") if host else hosts[0].host,
         port=port if host else hosts[0].port,
         hosts=hosts,
         tcp_host=tcp_host,
+        stun_host6=stun_host6,
         tcp_port=brk.integer("tcp_port", 1, 65535),
         public_key=brk.key("public_key"),
     )

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,7 +194,10 @@ class NatTyper:
     """Runs the schedule on the event loop: ``registered`` on each registration, ``close`` at
     shutdown. Each verdict goes to ``on_result``. ``server`` is the presence UDP address of the
     node in use; ``transport`` the presence transport ("udp" or "tcp"); ``paused`` says why
-    optional traffic is paused (the data cap), empty when it may run."""
+    optional traffic is paused (the data cap), empty when it may run. ``paths`` (when given)
+    finds the device's direct paths besides its NAT (``session.netcheck.direct_paths``: IPv6,
+    port mapping) after each run that found a NAT type; ``on_paths`` gets them (item 11) just
+    before ``on_result`` gets the NAT type, so that one report carries both."""
 
     def __init__(
         self,
@@ -204,7 +207,11 @@ class NatTyper:
         *,
         transport: Callable[[], str] = lambda: "udp",
         paused: Callable[[], str] = lambda: "",
+        paths: Callable[[], Awaitable[str]] | None = None,
+        on_paths: Callable[[str], None] = lambda _paths: None,
     ) -> None:
+        self._paths = paths
+        self._on_paths = on_paths
         self._timing = timing
         self.schedule = NatTypeSchedule(timing)
         self._server = server
@@ -274,6 +281,11 @@ class NatTyper:
         except OSError as exc:
             log.warning("NAT type: cannot test towards %s:%d (%s); trying again later", *server, exc)
         else:
+            # The direct paths first, so that one report carries both; the NAT type is logged
+            # and handed over once they are known (at most a gateway probe's timeout later).
+            paths = None
+            if outcome.nat_type is not None and self._paths is not None:
+                paths = await self._paths()
             self.runs += 1
             self.last = outcome
             self.bytes_on_wire += outcome.bytes_on_wire
@@ -286,6 +298,9 @@ class NatTyper:
                 outcome.bytes_on_wire,
             )
             if outcome.nat_type is not None:
+                if paths is not None:
+                    log.info("direct paths besides the NAT: %s", paths or "none")
+                    self._on_paths(paths)
                 self._on_result(outcome.nat_type)
         finally:
             self._task = None

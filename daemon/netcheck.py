@@ -3,7 +3,9 @@
 Read-only: it reads the config and, when the daemon runs, its status file (the presence transport
 and why, the NAT lifetime the keepalive learning measured, the keepalive in use); it writes
 nothing. It runs the RFC 5780 tests with hairpinning against the broker node in use (its presence
-port answers STUN; the node needs ``stun_alternate_host`` for the full tests), per address family;
+port answers STUN; the node needs ``stun_alternate_host`` for the full tests), per address family
+(IPv6 when this host has a global IPv6 address, against ``[broker] stun_host6`` or the node's
+name's IPv6 address; the broker needs ``stun_alternate_host6`` for the full IPv6 tests);
 probes the gateway for PCP/NAT-PMP and UPnP (nothing is mapped); times a STUN round trip to every
 node of ``[broker] hosts`` and a TCP connect to presence over TCP/TLS (port 443 by default). The
 broker hands a device its relays only with a session, so their round trips are ``dvrlink
@@ -46,7 +48,7 @@ async def daemon_netcheck(
         tcp_latency(tcp_host, tcp_port),
     )
     families, port_mapping = await asyncio.gather(
-        check_families(host, node.port, test_timeout_s=test_timeout_s),
+        check_families(host, node.port, ipv6_server=config.broker.stun6, test_timeout_s=test_timeout_s),
         check_port_mapping(gateway=gateway),
     )
     if status is not None:

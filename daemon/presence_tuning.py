@@ -138,6 +138,11 @@ class PresenceTuning:
         self.after_step()
         self.status_changed()
 
+    def direct_paths_found(self, paths: str) -> None:
+        """The direct paths besides the NAT (``ipv6``, ``mapping``): into the report (item 11),
+        handed over with the NAT type that follows (:meth:`nat_type_found`)."""
+        self.reporter.update(direct_paths=paths)
+
     def _learning_status(self) -> dict[str, Any]:
         prober = self.prober
         if prober is None:

@@ -7,9 +7,9 @@ keepalives (``PresenceClient.report``), so a report costs a few dozen bytes, not
 still, on a metered SIM they are kept rare:
 
 - the first report, and any change of a categorical field (state, radio technology, operator,
-  keepalive, NAT lifetime, transport, NAT type), go out at the next keepalive, but not more often than
-  every ``min_interval_s``; a change of modem state is urgent (sent at once) so an operator sees
-  a recorder go off the cellular network while it still can say so;
+  keepalive, NAT lifetime, transport, NAT type, direct paths), go out at the next keepalive, but
+  not more often than every ``min_interval_s``; a change of modem state is urgent (sent at once)
+  so an operator sees a recorder go off the cellular network while it still can say so;
 - signal goes out when it moved by ``signal_step_db`` or more, data used when it grew by
   ``data_step_bytes`` or more, with the same spacing;
 - otherwise a refresh every ``refresh_s``, so the broker's copy never grows too old.
@@ -32,6 +32,7 @@ _CATEGORICAL = (
     "presence_transport",
     "nat_type",
     "sms_wake_number",
+    "direct_paths",
 )
 
 

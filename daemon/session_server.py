@@ -237,6 +237,9 @@ class SessionServer:
         self._config = config
         self._services = services
         self._stun_of = stun_server if callable(stun_server) else (lambda: stun_server)
+        self.stun_server6: tuple[str, int] | None = None
+        """The broker's IPv6 STUN address (``[broker] stun_host6``), which IPv6 host sockets ask;
+        None: they ask ``stun_server`` (answered when its name has an IPv6 address)."""
         self._presence = presence
         self._clock = core_clock
         self._wall_clock = wall_clock
@@ -424,6 +427,7 @@ class SessionServer:
                         protocols=() if entry.lan else self._config.port_mapping,
                         lifetime_s=self._config.port_mapping_lifetime_s,
                     ),
+                    stun_server6=None if entry.lan else self.stun_server6,
                 )
             except ConnectivityError as exc:
                 status = AnswerStatus.NO_RELAY if policy is PathPolicy.RELAY_ONLY else AnswerStatus.REFUSED

@@ -33,20 +33,23 @@ direct path once ICE finds one, so "relay" means it stays there):
    port forwards whatever arrives to the device's socket, so the other side's checks get in from
    whichever port its own NAT picks, and the device answers through the same entry. Only the
    device asks for a mapping: a viewer whose router maps ports counts as its NAT's behaviour alone.
-   A device's report (``nat_type``) does not say that its router maps ports, so a viewer's
-   netcheck predicts from rules 1-7 only.
+   A device's ``nat_type`` does not say that its router maps ports; its ``direct_paths`` (item 11
+   of its report, :func:`with_direct_paths`) does, and a viewer's netcheck takes it from there
+   (a device that predates the item is predicted by rules 1-7).
 9. Both sides have a global IPv6 address (:attr:`NatProfile.ipv6`: no NAT66, at most a stateful
    firewall that lets replies in and drops new inbound flows): **direct** by **ICE checks over
    IPv6**, whatever their IPv4 NATs do (so before rules 3-8). The host candidates are the public
    addresses, and the first check each side sends opens its own firewall for the other's checks,
    as two APDF filters open in rule 5. Checked after rules 1 and 2: a side that cannot send UDP
-   has no IPv6 path either, and one NAT still means the LAN.
+   has no IPv6 path either, and one NAT still means the LAN. A device says it has IPv6 in its
+   report's ``direct_paths``; netcheck's own side has it when it has a global IPv6 address that
+   the IPv6 STUN test (where the broker has one) finds unNATed.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Address = tuple[str, int]
 
@@ -165,6 +168,31 @@ def parse_nat_type(text: str | None) -> NatProfile | None:
     if not slash or mapping is None or filtering is None:
         return None
     return NatProfile(mapping=mapping, filtering=filtering)
+
+
+DIRECT_PATH_NAMES = ("ipv6", "mapping")
+"""The names of a report's ``direct_paths`` (item 11): :attr:`NatProfile.ipv6` and
+:attr:`NatProfile.maps_ports`."""
+
+
+def format_direct_paths(*, ipv6: bool, maps_ports: bool) -> str:
+    """A report's ``direct_paths`` text: ``ipv6``, ``mapping``, both comma-separated, or ``""``."""
+    return ",".join(name for name, on in zip(DIRECT_PATH_NAMES, (ipv6, maps_ports), strict=True) if on)
+
+
+def with_direct_paths(profile: NatProfile | None, text: str | None) -> NatProfile | None:
+    """``profile`` (from ``nat_type``; None: not reported) with what a report's ``direct_paths``
+    says: ``ipv6`` sets :attr:`NatProfile.ipv6`, ``mapping`` sets :attr:`NatProfile.maps_ports`.
+    A side with IPv6 but no reported NAT type becomes an unknown IPv4 profile with IPv6 (rule 9
+    still applies). ``text`` None (not reported) leaves ``profile`` as it is; unknown names are
+    ignored. Never raises."""
+    if text is None:
+        return profile
+    names = {name.strip() for name in text.split(",")}
+    ipv6, maps_ports = "ipv6" in names, "mapping" in names
+    if profile is None:
+        return NatProfile(ipv6=True) if ipv6 else None
+    return replace(profile, ipv6=ipv6 or profile.ipv6, maps_ports=maps_ports or profile.maps_ports)
 
 
 _MAPPINGS = {m.value: m for m in Mapping}

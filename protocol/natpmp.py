@@ -11,7 +11,8 @@ Layouts (RFC 6886 3.2, 3.3; big-endian)::
                                  | external port(2) | lifetime(4)
 
 A map response has no address, so every request goes out together with an address request and
-the core hears of a grant once both answers are in.
+the core hears of a grant once both answers are in. The address request and the numbers live in
+``protocol/port_mapping_wire.py``, which netcheck's gateway probe shares.
 """
 
 from __future__ import annotations
@@ -20,12 +21,24 @@ import ipaddress
 import struct
 
 from dvrlink.protocol.port_mapping import Granted, MappingProtocol, Refused, Reply
+from dvrlink.protocol.port_mapping_wire import NATPMP_VERSION as VERSION
+from dvrlink.protocol.port_mapping_wire import OP_ADDRESS, OP_MAP_UDP, PORT, RESPONSE_BIT, address_request
 
-PORT = 5351
-VERSION = 0
-OP_ADDRESS = 0
-OP_MAP_UDP = 1
-RESPONSE_BIT = 0x80
+__all__ = [
+    "INITIAL_RT_S",
+    "MAX_ATTEMPTS",
+    "OP_ADDRESS",
+    "OP_MAP_UDP",
+    "PORT",
+    "RESPONSE_BIT",
+    "RESULTS",
+    "TRANSIENT",
+    "VERSION",
+    "NatPmpWire",
+    "address_request",
+    "map_request",
+]
+
 INITIAL_RT_S = 0.25
 """RFC 6886 3.1: the first retransmission after 250 ms, then doubling."""
 MAX_ATTEMPTS = 9
@@ -44,11 +57,6 @@ RESULTS: dict[int, str] = {
     5: "UNSUPPORTED_OPCODE",
 }
 TRANSIENT = frozenset({3, 4})
-
-
-def address_request() -> bytes:
-    """The 2-byte external address request."""
-    return bytes([VERSION, OP_ADDRESS])
 
 
 def map_request(internal_port: int, suggested_port: int, lifetime_s: int) -> bytes:

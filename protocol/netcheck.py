@@ -13,6 +13,9 @@ fields. ``schema`` is :data:`SCHEMA_VERSION` and changes only when a field chang
 
 **The probes' bytes.**
 
+The NAT-PMP request and the SSDP search are the mapping clients' own bytes, from
+``protocol/port_mapping_wire.py`` (which loads no XML parser, unlike ``protocol/upnp_igd.py``).
+
 - *Gateway (PCP/NAT-PMP)*: one NAT-PMP "external address" request (RFC 6886: 2 bytes, version 0,
   opcode 0) to the default gateway's UDP port 5351. A NAT-PMP gateway answers with its external
   address (12 bytes, version 0, opcode 128); a PCP server (RFC 6887) answers a version-0 request
@@ -29,16 +32,17 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dvrlink.protocol.nat_behaviour import NatBehaviour, PathPrediction
+from dvrlink.protocol import port_mapping_wire
+from dvrlink.protocol.nat_behaviour import NatBehaviour, NatProfile, PathPrediction
 
 SCHEMA_VERSION = 1
-PCP_PORT = 5351
+PCP_PORT = port_mapping_wire.PORT
 """UDP port of PCP and NAT-PMP on the gateway."""
-SSDP_GROUP = ("239.255.255.250", 1900)
-IGD_SEARCH_TARGET = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
+SSDP_GROUP = port_mapping_wire.SSDP_ADDRESS
+IGD_SEARCH_TARGET = port_mapping_wire.IGD_V1
 
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _ALLOCATE_REQUEST = 0x0003
@@ -50,8 +54,9 @@ _UDP_PROTOCOL = 17
 
 
 def natpmp_request() -> bytes:
-    """The NAT-PMP external address request (RFC 6886 section 3.2): version 0, opcode 0."""
-    return b"\x00\x00"
+    """The NAT-PMP external address request (RFC 6886 section 3.2): version 0, opcode 0; the
+    mapping client's own (``protocol/port_mapping_wire.py``)."""
+    return port_mapping_wire.address_request()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +83,10 @@ def parse_gateway_answer(data: bytes) -> GatewayAnswer | None:
 
 
 def ssdp_search(wait_s: int = 1) -> bytes:
-    """One SSDP M-SEARCH for an Internet Gateway Device; ``wait_s`` is its MX (1-5 s)."""
-    return (
-        "M-SEARCH * HTTP/1.1\r\n"
-        f"HOST: {SSDP_GROUP[0]}:{SSDP_GROUP[1]}\r\n"
-        'MAN: "ssdp:discover"\r\n'
-        f"MX: {max(1, min(5, wait_s))}\r\n"
-        f"ST: {IGD_SEARCH_TARGET}\r\n\r\n"
-    ).encode("ascii")
+    """One SSDP M-SEARCH for an Internet Gateway Device (v1, which v2 gateways answer too);
+    ``wait_s`` is its MX (clamped to 1-5 s). The mapping client's own search
+    (``protocol/port_mapping_wire.py``)."""
+    return port_mapping_wire.msearch(IGD_SEARCH_TARGET, wait_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +107,11 @@ def parse_ssdp_answer(data: bytes) -> SsdpAnswer | None:
     lines = text.split("\r\n")
     if not lines or not lines[0].upper().startswith("HTTP/1.1 200"):
         return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon:
-            headers[name.strip().upper()] = value.strip()
-    location = headers.get("LOCATION", "")
+    headers = port_mapping_wire.ssdp_headers(lines[1:])
+    location = headers.get("location", "")
     if not location:
         return None
-    return SsdpAnswer(location[:300], headers.get("SERVER", "")[:200], headers.get("ST", "")[:200])
+    return SsdpAnswer(location[:300], headers.get("server", "")[:200], headers.get("st", "")[:200])
 
 
 def turn_probe(transaction_id: bytes) -> bytes:
@@ -257,12 +254,16 @@ class PathReport:
     """What the device reported (``nat_type``, item 9); None: it has not."""
     prediction: PathPrediction
     device_address: str | None = None
+    device_direct_paths: str | None = None
+    """What the device reported as ``direct_paths`` (item 11: ``ipv6``, ``mapping``); None: it has
+    not (a device that predates the item)."""
 
     def as_json(self) -> dict[str, Any]:
         """Plain JSON values."""
         return {
             "serial": self.serial,
             "device_nat_type": self.device_nat_type,
+            "device_direct_paths": self.device_direct_paths,
             "device_address": self.device_address,
             "path": self.prediction.path.value,
             "punch": self.prediction.punch.value,
@@ -306,6 +307,11 @@ class NetcheckReport:
         """The report for ``ipv4`` or ``ipv6``, or None."""
         return next((f for f in self.families if f.family == name), None)
 
+    @property
+    def ipv6_direct(self) -> bool:
+        """This host has a global IPv6 address that reaches the internet as itself (rule 9)."""
+        return ipv6_direct(self.families)
+
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document (fields in ``docs/netcheck.md``)."""
         tcp = self.presence.tcp
@@ -333,6 +339,29 @@ class NetcheckReport:
         }
 
 
+def ipv6_direct(families: tuple[FamilyReport, ...]) -> bool:
+    """This side has a global IPv6 address its IPv6 host candidate is public at (path rule 9):
+    the IPv6 family is available (a global source address), and its STUN test, where it ran,
+    got an answer over UDP from that very address (no NAT66)."""
+    six = next((f for f in families if f.family == "ipv6"), None)
+    if six is None or not six.available:
+        return False
+    b = six.behaviour
+    return b is None or (b.udp and not b.nat)
+
+
+def own_profile(families: tuple[FamilyReport, ...]) -> NatProfile | None:
+    """This side's profile for the path rules: the IPv4 NAT's behaviour (the first tested family
+    when IPv4 was not), with :attr:`NatProfile.ipv6` from :func:`ipv6_direct`; None when nothing
+    was tested and there is no IPv6."""
+    tested = [f for f in families if f.behaviour is not None]
+    v4 = next((f for f in tested if f.family == "ipv4"), tested[0] if tested else None)
+    six = ipv6_direct(families)
+    if v4 is None or v4.behaviour is None:
+        return NatProfile(ipv6=True) if six else None
+    return replace(v4.behaviour.profile, ipv6=six)
+
+
 def _family_json(family: FamilyReport | None) -> dict[str, Any] | None:
     return family.as_json() if family is not None else None
 
@@ -356,6 +385,7 @@ def render_text(report: NetcheckReport) -> str:
         label = "IPv4" if name == "ipv4" else "IPv6"
         if family is None or family.behaviour is None:
             note = family.note if family is not None else "not tested"
+            note = note.removeprefix("no IPv6: ")  # the line says "IPv6: no" already
             lines.append(f"  * {label}: {'no' if family is None or not family.available else 'yes'} ({note})")
             continue
         b = family.behaviour
@@ -416,6 +446,17 @@ def render_text(report: NetcheckReport) -> str:
         how = "" if p.prediction.punch.value == "none" else f" ({p.prediction.punch.value})"
         lines.append(f"  * path to {p.serial}: {p.prediction.path.value}{how}")
         lines.append(f"      device NAT: {p.device_nat_type or 'not reported'}")
+        paths = p.device_direct_paths
+        lines.append(
+            "      device's direct paths: "
+            + (
+                "not reported"
+                if paths is None
+                else paths.replace(",", ", ")
+                if paths
+                else "none besides its NAT"
+            )
+        )
         lines.append(f"      why: {p.prediction.reason}")
     lines += [f"  * note: {note}" for note in report.notes]
     return "\n".join(lines)

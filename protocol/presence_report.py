@@ -17,11 +17,20 @@ does not know, so later versions can add items. At most ``MAX_REPORT`` bytes.
 | 8 | presence_transport | UTF-8: udp or tcp |
 | 9 | nat_type | UTF-8, at most 16 bytes: the NAT's behaviour as the device classified it |
 | 10 | sms_wake_number | 0–8 bytes: the device sleeps in SMS-wake mode; its own number as BCD semi-octets |
+| 11 | direct_paths | 1 byte of flags: direct paths besides its IPv4 NAT (0x01 `ipv6`, 0x02 `mapping`) |
 
 ``nat_type`` is RFC 4787's mapping/filtering pair from the RFC 5780 tests against the broker's
 alternate address (``daemon/nat_type.py``): ``EIM/APDF``, ``APDM/APDF``, ``no NAT``,
 ``UDP blocked``, ... A broker that predates an item skips it (``decode`` skips unknown types), so
 a newer device's report still reaches an older broker, without that item.
+
+``direct_paths`` names what the device's sessions have besides the NAT of ``nat_type``
+(``protocol/nat_behaviour.py``: :func:`~dvrlink.protocol.nat_behaviour.format_direct_paths`):
+``ipv6``, a global IPv6 address (its IPv6 host candidate is its public address; path rule 9),
+and ``mapping``, a router that offers port mapping (PCP, NAT-PMP or UPnP-IGD) which its sessions
+ask (rule 8). In the report it is one byte of flags (the largest report stays within
+``MAX_REPORT``); in JSON and ``DeviceReport`` the comma-separated names, ``""`` for neither. A
+reader ignores flags and names it does not know.
 
 ``sms_wake_number`` says the device runs ``[presence] mode = sms-wake`` (docs/sms-wake.md): when
 it is offline, the broker may wake it by SMS. The value is the device's own number (MSISDN, from
@@ -61,6 +70,7 @@ PROBE_DELAY = 16
 INTERVAL = 17
 
 _SIGNAL, _RAT, _DATA, _STATE, _OPERATOR, _KEEPALIVE, _NAT, _TRANSPORT, _NAT_TYPE, _SMS_WAKE = range(1, 11)
+_PATHS = 11
 _TEXT_ITEMS = {
     _RAT: "rat",
     _STATE: "modem_state",
@@ -69,6 +79,8 @@ _TEXT_ITEMS = {
     _NAT_TYPE: "nat_type",
 }
 _TEXT_LIMITS = {_NAT_TYPE: MAX_NAT_TYPE}
+DIRECT_PATH_FLAGS = {"ipv6": 0x01, "mapping": 0x02}
+"""The names of ``direct_paths`` and their bits in item 11."""
 _U32_ITEMS = {_KEEPALIVE: "keepalive_s", _NAT: "nat_lifetime_s"}
 
 
@@ -89,6 +101,9 @@ class DeviceReport:
     sms_wake_number: str | None = None
     """Set when the device sleeps in SMS-wake mode: its own number as ``+`` and E.164 digits, or
     ``""`` when it does not know it. None: ``always`` mode (or a device that predates the item)."""
+    direct_paths: str | None = None
+    """Direct paths besides the IPv4 NAT (item 11): ``ipv6``, ``mapping``, comma-separated; ``""``:
+    neither. None: not reported (a device that predates the item, or not found out yet)."""
 
     def encode(self) -> bytes:
         """Serialize; text is cut to ``MAX_TEXT`` bytes (on a character boundary) and numbers
@@ -111,6 +126,8 @@ class DeviceReport:
         if self.sms_wake_number is not None:
             packed = pack_number(self.sms_wake_number)
             out += bytes([_SMS_WAKE, len(packed)]) + packed
+        if self.direct_paths is not None:
+            out += bytes([_PATHS, 1, _path_flags(self.direct_paths)])
         return bytes(out)
 
     @classmethod
@@ -138,6 +155,9 @@ class DeviceReport:
                     raise ValueError(f"report item {item} is not UTF-8") from None
             elif item == _SMS_WAKE:
                 values["sms_wake_number"] = unpack_number(value)
+            elif item == _PATHS:
+                flags = _fixed(">B", value, item)
+                values["direct_paths"] = ",".join(n for n, bit in DIRECT_PATH_FLAGS.items() if flags & bit)
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +176,11 @@ class DeviceReport:
             ):
                 values[f.name] = value
         return cls(**values)
+
+
+def _path_flags(names: str) -> int:
+    """``direct_paths``' names as item 11's flags (names it does not know are left out)."""
+    return sum(DIRECT_PATH_FLAGS.get(name.strip(), 0) for name in set(names.split(",")))
 
 
 def pack_number(number: str) -> bytes:

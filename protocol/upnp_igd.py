@@ -9,7 +9,9 @@ What a client needs to map one UDP port on a home router that speaks UPnP-IGD (v
 3. SOAP calls to that URL: ``GetExternalIPAddress``, ``AddPortMapping`` (renewed by calling it
    again before ``NewLeaseDuration`` runs out) and ``DeletePortMapping``.
 
-This module builds and parses those messages; ``session.port_mapping`` moves them. The router is
+This module builds and parses those messages (the search itself, :func:`msearch`, is
+``protocol/port_mapping_wire.py``'s, which netcheck shares without loading the XML parser);
+``session.port_mapping`` moves them. The router is
 on the LAN but not trusted: every parser bounds its input, refuses XML with a DTD (no entity
 expansion), and raises ``UpnpError`` with what was wrong instead of anything else.
 """
@@ -20,11 +22,31 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-SSDP_ADDRESS = ("239.255.255.250", 1900)
-SEARCH_TARGETS = (
-    "urn:schemas-upnp-org:device:InternetGatewayDevice:2",
-    "urn:schemas-upnp-org:device:InternetGatewayDevice:1",
-)
+from dvrlink.protocol.port_mapping_wire import SEARCH_TARGETS, SSDP_ADDRESS, msearch
+from dvrlink.protocol.port_mapping_wire import ssdp_headers as _headers
+
+__all__ = [
+    "CONFLICT_IN_MAPPING_ENTRY",
+    "MAX_DOCUMENT",
+    "NO_SUCH_ENTRY_IN_ARRAY",
+    "ONLY_PERMANENT_LEASES_SUPPORTED",
+    "SEARCH_TARGETS",
+    "SERVICE_TYPES",
+    "SSDP_ADDRESS",
+    "Service",
+    "UpnpError",
+    "add_port_mapping_arguments",
+    "delete_port_mapping_arguments",
+    "http_request",
+    "msearch",
+    "parse_description",
+    "parse_http_response",
+    "parse_search_response",
+    "parse_soap_response",
+    "soap_body",
+    "soap_request",
+]
+
 SERVICE_TYPES = (
     "urn:schemas-upnp-org:service:WANIPConnection:2",
     "urn:schemas-upnp-org:service:WANIPConnection:1",
@@ -55,27 +77,6 @@ class Service:
 
     service_type: str
     control_url: str
-
-
-def msearch(target: str = SEARCH_TARGETS[1], mx: int = 2) -> bytes:
-    """An SSDP ``M-SEARCH`` for ``target`` (answers spread over ``mx`` seconds)."""
-    return (
-        "M-SEARCH * HTTP/1.1\r\n"
-        f"HOST: {SSDP_ADDRESS[0]}:{SSDP_ADDRESS[1]}\r\n"
-        'MAN: "ssdp:discover"\r\n'
-        f"MX: {mx}\r\n"
-        f"ST: {target}\r\n"
-        "\r\n"
-    ).encode()
-
-
-def _headers(lines: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
 
 
 def parse_search_response(data: bytes) -> str | None:

@@ -49,6 +49,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aioice
@@ -129,6 +130,28 @@ RECV_BUFFER = 2 * 1024 * 1024
 """SO_RCVBUF asked for on the session's UDP sockets."""
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StunServers:
+    """Where host sockets ask for their server-reflexive address: ``v4`` (the broker's ``stun``,
+    a name or an IP literal) and ``v6`` (its ``stun6``, an IPv6 literal), either None."""
+
+    v4: tuple[str, int] | None
+    v6: tuple[str, int] | None = None
+
+    @property
+    def any(self) -> bool:
+        """Some STUN server is known."""
+        return self.v4 is not None or self.v6 is not None
+
+    def for_host(self, host: str) -> tuple[str, int] | None:
+        """The server a host socket on ``host`` asks: an IPv6 socket ``v6`` when known, else
+        ``v4`` (``session.direct.srflx_candidate`` reaches it over the socket's family only if
+        its name has such an address); an IPv4 socket ``v4``."""
+        if ":" in host and self.v6 is not None:
+            return self.v6
+        return self.v4
 
 
 class ConnectivityError(Exception):
@@ -260,6 +283,7 @@ class Connectivity:
         search: SearchBudget = SearchBudget.FULL,
         coalesced_reads: bool = True,
         port_mapping: PortMappingConfig | None = None,
+        stun_server6: tuple[str, int] | None = None,
     ) -> Connectivity:
         """Allocate a TURN relay (unless ``DIRECT_ONLY``) and gather host and server-reflexive
         candidates (unless ``RELAY_ONLY``).
@@ -267,6 +291,10 @@ class Connectivity:
         ``port_mapping``: also ask the home router to map each private IPv4 host socket's port
         (``session.port_mapping``); a granted public address is trickled as one more
         server-reflexive candidate, renewed while the session lasts and deleted by ``close``.
+
+        ``stun_server6``: the STUN server's IPv6 address (the broker's ``stun6``), which IPv6 host
+        sockets ask instead of ``stun_server`` (whose IPv4 literal they cannot reach); None:
+        they ask ``stun_server`` too, which answers them only when its name has an IPv6 address.
 
         ``turn`` servers are tried in order; the first allocation that succeeds is used.
         ``host_addresses`` limits host candidates to these IP literals (default: every address
@@ -305,8 +333,9 @@ class Connectivity:
                 if isinstance(result, BaseException):
                     raise result
             mapping = port_mapping if port_mapping is not None and port_mapping.protocols else None
-            if self._ice is not None and (stun_server is not None or mapping is not None):
-                self._srflx_task = asyncio.create_task(self._gather_srflx(self._ice, stun_server, mapping))
+            servers = StunServers(stun_server, stun_server6)
+            if self._ice is not None and (servers.any or mapping is not None):
+                self._srflx_task = asyncio.create_task(self._gather_srflx(self._ice, servers, mapping))
             else:
                 self._local_end = True
             if not self.local_candidates() and self._srflx_task is not None:
@@ -325,15 +354,18 @@ class Connectivity:
             self._read_ice(protocol)
 
     async def _gather_srflx(
-        self, ice: _IceConnection, stun_server: tuple[str, int] | None, port_mapping: PortMappingConfig | None
+        self, ice: _IceConnection, servers: StunServers, port_mapping: PortMappingConfig | None
     ) -> None:
-        """Ask the STUN server for each host socket's mapped address, adding each answer as it
-        comes; a socket without an answer within ``SRFLX_TIMEOUT_S`` gets no srflx candidate.
-        With ``port_mapping``, ask the home router for a mapping of each private IPv4 host
-        socket at the same time (``PORT_MAPPING_TIMEOUT_S``)."""
+        """Ask the STUN server for each host socket's mapped address (over the socket's own
+        family: :meth:`StunServers.for_host`), adding each answer as it comes; a socket without
+        an answer within ``SRFLX_TIMEOUT_S`` gets no srflx candidate. With ``port_mapping``, ask
+        the home router for a mapping of each private IPv4 host socket at the same time
+        (``PORT_MAPPING_TIMEOUT_S``)."""
 
         async def one(protocol: Any) -> None:
-            assert stun_server is not None
+            stun_server = servers.for_host(protocol.local_candidate.host)
+            if stun_server is None:
+                return
             try:
                 found = await asyncio.wait_for(srflx_candidate(protocol, stun_server), SRFLX_TIMEOUT_S)
             except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
@@ -342,7 +374,9 @@ class Connectivity:
             if found is None or self._closed:
                 return
             candidate, server, other = found
-            if other is None:
+            # Port prediction and the birthday search are for IPv4 NATs: an IPv6 socket (no
+            # NAT66 expected; a birthday search pairs sockets of one family) predicts nothing.
+            if other is None or ":" in protocol.local_candidate.host:
                 self._srflx.append(candidate)
                 self._local_changed.set()
                 return
@@ -378,7 +412,7 @@ class Connectivity:
             self._srflx.append(mapped_candidate(base, *external))
             self._local_changed.set()
 
-        steps = [one(p) for p in host_protocols(ice)] if stun_server is not None else []
+        steps = [one(p) for p in host_protocols(ice)] if servers.any else []
         if port_mapping is not None:
             steps += [mapped(p, port_mapping) for p in host_protocols(ice)]
         try:
@@ -556,6 +590,13 @@ class Connectivity:
                 ).to_sdp()
             )
         return out
+
+    @property
+    def server_reflexive(self) -> list[tuple[str, int, str | None, int | None]]:
+        """Every server-reflexive candidate gathered so far, as (host, port, base host, base
+        port), also those ``local_candidates`` leaves out as equal to their base (RFC 8445
+        5.1.3: an address without NAT, such as a global IPv6 one)."""
+        return [(c.host, c.port, c.related_address, c.related_port) for c in self._srflx]
 
     @property
     def relayed_address(self) -> tuple[str, int] | None:

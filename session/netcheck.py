@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dvrlink.driver.core_driver import CoreDriver
-from dvrlink.protocol.nat_behaviour import NatBehaviour
+from dvrlink.protocol.nat_behaviour import NatBehaviour, format_direct_paths
 from dvrlink.protocol.netcheck import (
     PCP_PORT,
     SSDP_GROUP,
@@ -54,6 +55,34 @@ IPV4_PROBE: Address = ("192.0.2.1", 9)
 IPV6_PROBE: Address = ("2001:db8::1", 9)
 """Documentation addresses (RFC 5737, RFC 3849) whose route lookup tells whether this host has a
 default route of that family; nothing is sent to them."""
+
+
+NOT_GLOBAL6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in ("::1/128", "::/128", "fe80::/10", "fc00::/7", "fec0::/10", "::ffff:0:0/96")
+)
+"""IPv6 sources that do not reach the internet as themselves: loopback, unspecified, link-local,
+unique local (RFC 4193; behind NAT66 at best), site-local, IPv4-mapped. The documentation prefix
+2001:db8::/32 counts as global: the NAT lab's carrier hands it out as one."""
+
+
+BEHIND_NAT = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+"""IPv4 addresses that reach the internet through a NAT (RFC 1918, RFC 6598)."""
+
+
+def global_ipv6_source(probe: Address = IPV6_PROBE) -> str | None:
+    """The IPv6 address this host sends from towards the IPv6 internet (``probe`` stands for it;
+    nothing is sent) when it is a global one, else None: no IPv6 route, or only a link-local or
+    unique local source."""
+    try:
+        source = ipaddress.IPv6Address(local_ip_towards(probe).split("%", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if any(source in network for network in NOT_GLOBAL6):
+        return None
+    return str(source)
 
 
 def has_route(destination: Address) -> bool:
@@ -477,18 +506,35 @@ def resolve(host: str, port: int) -> dict[str, Address]:
 
 
 async def check_families(
-    host: str, port: int, *, test_timeout_s: float = 2.0, retransmit_s: float = 0.25
+    host: str,
+    port: int,
+    *,
+    ipv6_server: Address | None = None,
+    test_timeout_s: float = 2.0,
+    retransmit_s: float = 0.25,
 ) -> tuple[FamilyReport, ...]:
-    """The RFC 5780 tests (with hairpinning) against the STUN service at ``host``:``port``, once
-    per address family the name resolves to and this host routes: IPv4, then IPv6."""
+    """The RFC 5780 tests (with hairpinning) against the STUN service, once per address family:
+    IPv4 against ``host``:``port``; IPv6 against ``ipv6_server`` (the broker's ``stun6``), else
+    ``host``'s IPv6 address, and only when this host has a global IPv6 address
+    (:func:`global_ipv6_source`; otherwise the family says "no IPv6")."""
     addresses = resolve(host, port)
     reports: list[FamilyReport] = []
     for family in ("ipv4", "ipv6"):
         server = addresses.get(family)
+        local_ip: str | None = None
+        if family == "ipv6":
+            server = ipv6_server or server
+            local_ip = global_ipv6_source()
+            if local_ip is None:
+                reports.append(
+                    FamilyReport(family, False, note="no IPv6: this host has no global IPv6 address")
+                )
+                continue
         if server is None:
-            routed = has_route(IPV6_PROBE if family == "ipv6" else IPV4_PROBE)
+            routed = local_ip is not None or has_route(IPV4_PROBE)
             note = (
-                f"this host has {family} but the broker's {host} has no {family} address"
+                f"this host has {family} ({local_ip or 'routed'}) but the broker names no {family} STUN "
+                f"address ({host} has none{'; the broker sets stun_host6' if family == 'ipv6' else ''})"
                 if routed
                 else f"this host has no {family} route"
             )
@@ -522,3 +568,35 @@ async def check_port_mapping(*, gateway: str | None = None, timeout_s: float = 1
         probe_gateway(gateway, timeout_s=timeout_s), probe_upnp(timeout_s=timeout_s)
     )
     return PortMapping(gateway, answer, upnp)
+
+
+async def direct_paths(
+    *, port_mapping: bool, local_ip: str | None, gateway: str | None = None, timeout_s: float = 1.0
+) -> str:
+    """What a device reports as ``direct_paths`` (item 11; ``protocol/nat_behaviour.py``:
+    :func:`~dvrlink.protocol.nat_behaviour.format_direct_paths`): ``ipv6`` when this host has a
+    global IPv6 address (nothing is sent), ``mapping`` when ``port_mapping`` (its sessions ask
+    the router), ``local_ip`` (its address towards the broker) is a private IPv4 address (the
+    sessions map only those) and the gateway offers mapping: a NAT-PMP answer with an external
+    address, a PCP answer, or a UPnP gateway answering SSDP (:func:`check_port_mapping`: two
+    small datagrams, nothing mapped). Never raises for a network failure."""
+    ipv6 = global_ipv6_source() is not None
+    maps = False
+    if port_mapping and local_ip is not None and _behind_nat(local_ip):
+        found = await check_port_mapping(gateway=gateway, timeout_s=timeout_s)
+        answer = found.gateway_answer
+        maps = found.upnp is not None or (
+            answer is not None and (answer.protocol == "PCP" or answer.external_address is not None)
+        )
+    return format_direct_paths(ipv6=ipv6, maps_ports=maps)
+
+
+def _behind_nat(local_ip: str) -> bool:
+    """``local_ip`` is a private IPv4 address (RFC 1918, or RFC 6598 carrier-grade NAT space): the
+    one kind of address a router maps ports for. (Python's ``is_private`` also counts the
+    documentation ranges, which the NAT lab uses as public addresses.)"""
+    try:
+        address = ipaddress.IPv4Address(local_ip)
+    except ValueError:
+        return False
+    return any(address in network for network in BEHIND_NAT)

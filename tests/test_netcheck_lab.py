@@ -9,6 +9,10 @@ which also writes the outputs in ``docs/netcheck.md``).
 - Device behind a NAT that lets only TCP to port 443 out: the device's netcheck says UDP is
   blocked and presence runs over TCP, with the round trip of a TCP connect to 443; the viewer
   predicts the relay over TCP.
+- Both behind symmetric NATs, each with a global IPv6 address behind the lab carrier's stateful
+  firewall: both netchecks classify IPv6 against the broker's IPv6 STUN (no NAT, APDF filtering)
+  besides IPv4 (APDM), the device reports its IPv6 (item 11) and the viewer predicts a direct
+  path over IPv6, as the matrix's IPv6 cell does. In the IPv4-only cells the line says no IPv6.
 """
 
 from __future__ import annotations
@@ -113,3 +117,30 @@ def test_a_gateway_running_miniupnpd_is_found_and_nothing_is_mapped(rig: MatrixR
         assert asked not in text, text[-3000:]
     # The viewer's side has no gateway daemon.
     assert result.viewer_json["port_mapping"]["nat_pmp"] is False
+
+
+def test_with_ipv6_on_both_sides_netcheck_classifies_it_and_predicts_direct_over_ipv6(rig: MatrixRig) -> None:
+    cell = Cell(NatType.SYMMETRIC, NatType.SYMMETRIC, ipv6=True)
+    result = run_cell(rig, cell, timeout_s=1.0)
+    device, viewer = result.device_json, result.viewer_json
+    for side, host6 in ((device, rig.lab.host_addr6("device")), (viewer, rig.lab.host_addr6("viewer"))):
+        ipv6 = side["ipv6"]
+        assert ipv6["available"] and ipv6["udp"] and ipv6["nat"] is False, ipv6
+        # The carrier's stateful firewall: no NAT, replies only (the IPv6 form of APDF).
+        assert (ipv6["mapping"], ipv6["filtering"], ipv6["name"]) == ("EIM", "APDF", "firewalled"), ipv6
+        assert ipv6["local"].startswith(f"[{host6}]:") and ipv6["mapped"] == ipv6["local"], ipv6
+        assert side["ipv4"]["mapping"] == "APDM", side["ipv4"]
+    path = viewer["path"]
+    assert (path["device_nat_type"], path["device_direct_paths"]) == ("APDM/APDF", "ipv6"), path
+    assert (path["path"], path["punch"]) == ("direct", "ice checks over IPv6"), path
+    # The matrix predicts the same for this cell: one classifier.
+    assert path["reason"] == cell.prediction.reason
+
+
+def test_without_a_global_ipv6_address_netcheck_says_no_ipv6(rig: MatrixRig) -> None:
+    result = run_cell(rig, Cell(NatType.PORT_RESTRICTED_CONE, NatType.PORT_RESTRICTED_CONE), timeout_s=1.0)
+    for side in (result.device_json, result.viewer_json):
+        ipv6 = side["ipv6"]
+        assert (ipv6["available"], ipv6["udp"]) == (False, None), ipv6
+        assert ipv6["note"].startswith("no IPv6"), ipv6
+    assert result.viewer_json["path"]["device_direct_paths"] == "", result.viewer_json["path"]

@@ -199,6 +199,9 @@ class SessionGrant:
     turn: tuple[TurnServer, ...]
     stun: tuple[str, int] | None
     expires_at: float  # unix s; the broker forgets the session then
+    stun6: tuple[str, int] | None = None
+    """The STUN service's IPv6 address (the broker's ``stun_host6``), for IPv6 server-reflexive
+    candidates; None: none (or an older broker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +320,22 @@ def parse_session_grant(data: Any) -> SessionGrant:
             )
         except ValueError as exc:
             raise ValueError(f"turn[{index}]: {exc}") from exc
-    stun_item = body.get("stun")
-    stun: tuple[str, int] | None = None
-    if stun_item is not None:
-        entry = _object(stun_item)
-        stun = (_string(entry, "host"), _port(entry.get("port"), "stun.port"))
+    stun = _stun(body, "stun")
     expires_at = _number(body, "expires_at", nullable=False)
     assert expires_at is not None
-    return SessionGrant(_session_id(body), _serial(body, None), tuple(turn), stun, expires_at)
+    return SessionGrant(
+        _session_id(body), _serial(body, None), tuple(turn), stun, expires_at, _stun(body, "stun6")
+    )
+
+
+def _stun(body: Mapping[str, Any], name: str) -> tuple[str, int] | None:
+    """The ``{"host", "port"}`` object ``name`` (``stun``, ``stun6``), or None when it is null or
+    absent (an older broker has no ``stun6``). Raises ValueError naming the bad field."""
+    item = body.get(name)
+    if item is None:
+        return None
+    entry = _object(item)
+    return (_string(entry, "host"), _port(entry.get("port"), f"{name}.port"))
 
 
 def parse_offer_answer(data: Any) -> OfferAnswer:
@@ -389,6 +400,8 @@ class RelayList:
 
     turn: tuple[tuple[str, int, str], ...]
     stun: tuple[str, int] | None
+    stun6: tuple[str, int] | None = None
+    """The STUN service's IPv6 address (``stun_host6``); None: none, or an older broker."""
 
 
 def parse_relay_list(data: Any) -> RelayList:
@@ -404,9 +417,4 @@ def parse_relay_list(data: Any) -> RelayList:
         if transport not in ("udp", "tcp"):
             raise ValueError(f"turn[{index}].transport is {transport!r}, not udp or tcp")
         turn.append((_string(entry, "host"), _port(entry.get("port"), f"turn[{index}].port"), transport))
-    stun_item = body.get("stun")
-    stun: tuple[str, int] | None = None
-    if stun_item is not None:
-        entry = _object(stun_item)
-        stun = (_string(entry, "host"), _port(entry.get("port"), "stun.port"))
-    return RelayList(tuple(turn), stun)
+    return RelayList(tuple(turn), _stun(body, "stun"), _stun(body, "stun6"))

@@ -5,13 +5,15 @@ no credentials; a TURN round trip is an Allocate without them, which the relay a
 and forgets). Steps, each bounded:
 
 1. The broker's STUN service and relays (``GET /v1/relays``), through the logged-in node.
-2. The RFC 5780 tests with hairpinning against that STUN service, per address family
+2. The RFC 5780 tests with hairpinning against that STUN service, per address family: IPv4,
+   and IPv6 against the broker's ``stun6`` when this host has a global IPv6 address
    (``session/netcheck.py``); the PCP/NAT-PMP and SSDP probes at the same time.
 3. The round trip to each broker node of the login (``GET /v1/health`` on an open connection)
    and to each relay (a TURN Allocate over its transport). Where UDP gets no answer, the TCP
    relays' round trip says whether TCP (443) still gets out.
-4. With SERIAL: the device's reported NAT type (``GET /v1/devices/{serial}``) and this side's,
-   through ``predict_path`` (``protocol/nat_behaviour.py``).
+4. With SERIAL: the device's reported NAT type and direct paths (its IPv6 and port mapping,
+   ``GET /v1/devices/{serial}``) and this side's (IPv4 NAT and global IPv6), through
+   ``predict_path`` (``protocol/nat_behaviour.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from dvrlink.protocol.nat_behaviour import NatProfile, parse_nat_type, predict_path
-from dvrlink.protocol.netcheck import Latency, NetcheckReport, PathReport, Presence
+from dvrlink.protocol.nat_behaviour import parse_nat_type, predict_path, with_direct_paths
+from dvrlink.protocol.netcheck import Latency, NetcheckReport, PathReport, Presence, own_profile
 from dvrlink.session.netcheck import check_families, check_port_mapping, turn_latency
 from dvrlink.viewer.api_client import BrokerClient
 from dvrlink.viewer.errors import ViewerError
@@ -69,7 +71,7 @@ async def viewer_netcheck(
         notes.append(f"the broker names no STUN service; tried {host}:3478")
     progress(f"testing the NAT against {stun[0]}:{stun[1]} (RFC 5780) and probing the gateway")
     families, port_mapping = await asyncio.gather(
-        check_families(stun[0], stun[1], test_timeout_s=test_timeout_s),
+        check_families(stun[0], stun[1], ipv6_server=relays.stun6, test_timeout_s=test_timeout_s),
         check_port_mapping(gateway=gateway),
     )
     progress("timing the broker nodes and relays")
@@ -89,27 +91,26 @@ async def viewer_netcheck(
         )
     path = None
     if serial is not None and device is not None:
-        own: NatProfile | None = next(
-            (f.behaviour.profile for f in families if f.behaviour is not None), None
-        )
-        reported = device.report.nat_type if device.report is not None else None
+        own = own_profile(families)
+        report = device.report
+        reported = report.nat_type if report is not None else None
+        paths = report.direct_paths if report is not None else None
         own_mapped = next(
             (f.behaviour.mapped[0] for f in families if f.behaviour is not None and f.behaviour.mapped), None
         )
         device_ip = (
             device.reflexive_address.rsplit(":", 1)[0].strip("[]") if device.reflexive_address else None
         )
-        # The report's nat_type names the device's NAT only: whether its router maps ports on
-        # request (rule 8) is not in it, so a device behind a mapping router is predicted by its
-        # NAT alone here (its own netcheck's port_mapping says whether the gateway answers).
+        # The device's NAT type (item 9) with what else it reported (item 11, direct_paths): a
+        # global IPv6 address (rule 9) and a router that maps ports (rule 8).
         prediction = predict_path(
             own,
-            parse_nat_type(reported),
+            with_direct_paths(parse_nat_type(reported), paths),
             same_nat=own_mapped is not None and own_mapped == device_ip,
         )
         if not device.online:
             notes.append(f"{serial} is offline now: a session needs it online")
-        path = PathReport(serial, reported, prediction, device.reflexive_address)
+        path = PathReport(serial, reported, prediction, device.reflexive_address, paths)
     return NetcheckReport(
         program="dvrlink",
         stun_server=f"{stun[0]}:{stun[1]}",

@@ -235,7 +235,9 @@ async def _establish(
     wall_clock: Callable[[], datetime.datetime],
 ) -> ViewerRunner:
     try:
-        conn = await Connectivity.prepare(True, grant.stun, grant.turn, policy, host_addresses=host_addresses)
+        conn = await Connectivity.prepare(
+            True, grant.stun, grant.turn, policy, host_addresses=host_addresses, stun_server6=grant.stun6
+        )
     except ConnectivityError as exc:
         raise ViewerError(f"cannot open a session to {serial}: {exc}") from exc
     try:

@@ -1,8 +1,9 @@
 """The real ``dvrlink-broker serve`` inside the lab's broker namespace, with RFC 5780 STUN on.
 
 The broker binds presence/STUN to its primary address (``udp_host``; RFC 5780 needs a specific
-address) and gets the second one as ``stun_alternate_host``. Its HTTPS API listens on 443, which
-is what a UDP-blocked side may still reach.
+address) and gets the second one as ``stun_alternate_host``; STUN answers on its two IPv6
+addresses too (``stun_host6``, ``stun_alternate_host6``: the lab is dual-stack on the internet
+side). Its HTTPS API listens on 443, which is what a UDP-blocked side may still reach.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def start_lab_broker(lab: Lab, state_dir: Path, timeout: float = 30.0, **extra: 
         "turn_tcp_port": TURN_PORT,
         "stun_alternate_host": alternate,
         "stun_alternate_port": STUN_ALTERNATE_PORT,
+        # STUN over IPv6 too (RFC 5780 on the two IPv6 addresses), handed out as stun6.
+        "stun_host6": lab.broker_addrs6[0],
+        "stun_alternate_host6": lab.broker_addrs6[1],
         # Presence over TCP/TLS also wants 443, which the HTTPS API holds on the primary address.
         "presence_tcp_host": alternate,
         "presence_tcp_port": HTTPS_PORT,
