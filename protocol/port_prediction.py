@@ -84,7 +84,7 @@ class SearchBudget(enum.Enum):
     """How much of a birthday search this side may spend (``[sessions] port_search``)."""
 
     FULL = "full"
-    """Either part: opening sockets (about 31 kB) or probing (about 123 kB per round)."""
+    """Either part: opening sockets (about 32 kB) or probing (about 127 kB per round)."""
     LIGHT = "light"
     """Only the opening part; on a metered link (a recorder on a SIM) the probes cost too much."""
     OFF = "off"

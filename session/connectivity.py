@@ -913,7 +913,8 @@ class Connectivity:
     def allow_search(self) -> None:
         """The session is established (on the relay): a birthday search may start now. Until
         then it waits, so that its hundreds of checks do not queue ahead of the handshake on a
-        slow uplink (a GPRS modem sends 31 kB in about 4 s)."""
+        slowish uplink (an EDGE modem sends 32 kB in about 1.3 s); on a slower one (GPRS) no
+        search runs at all (``slow_link``)."""
         self._search_allowed.set()
 
     def _ice_settled(self) -> bool:
