@@ -398,8 +398,10 @@ class Connectivity:
             if mapping is not None:
                 # The fastest of the three Bindings: a loss (and its retransmission) in one of
                 # them does not make a fast link look slow.
-                fastest = rtt if probe_rtt is None else min(rtt, probe_rtt)
-                self._bases.append((protocol, candidate, mapping, round(fastest * 1000)))
+                fastest = round(1000 * (rtt if probe_rtt is None else min(rtt, probe_rtt)))
+                log.info("server-reflexive candidate %s:%d: the NAT's mapping is %s, STUN round trip %d ms",
+                         candidate.host, candidate.port, mapping.value, fastest)  # fmt: skip
+                self._bases.append((protocol, candidate, mapping, fastest))
             self._srflx += [candidate, *predicted]
             self._local_changed.set()
             self._maybe_birthday()
