@@ -22,6 +22,13 @@ the packets meet: with 256 sockets and 1,024 probes over 64,512 ports, 98 % of t
 on its server-reflexive candidate (``mapping eim|sequential|random``, RFC 8839 section 5.1
 allows extension attributes; peers that do not know it ignore it).
 
+A search is skipped on a slow link (``slow_link``): its few hundred checks take tens of seconds
+of a GPRS uplink and starve the session on the relay, and on a SIM they cost more data than a
+short relayed session. Each side measures the round trip of its STUN Binding with the broker and
+advertises it beside the mapping (``rtt <ms>``); a round trip at or above ``SLOW_LINK_RTT_MS`` on
+either side leaves the session on the relay. A peer that does not advertise it counts as unknown:
+only our own round trip decides then.
+
 No I/O here: the caller sends the STUN Bindings and passes the mapped ports it saw, in order.
 """
 
@@ -49,6 +56,17 @@ BIRTHDAY_PROBES = 1024
 """Checks the endpoint-independent side sends to random ports of the peer in a birthday search."""
 MAPPING_ATTRIBUTE = "mapping"
 """The candidate extension attribute naming the NAT's mapping (``Mapping`` values)."""
+RTT_ATTRIBUTE = "rtt"
+"""The candidate extension attribute giving the round trip of the STUN Binding that found the
+candidate, in whole milliseconds."""
+MAX_RTT_MS = 60_000
+"""Largest advertised round trip read as one (a larger or negative value is ignored)."""
+SLOW_LINK_RTT_MS = 500
+"""A STUN round trip from which a link is too slow for a birthday search: GPRS takes 600 ms and
+more, EDGE about 300, 3G about 150."""
+CHECK_BYTES = 124
+"""One search check on the wire: a 96-byte STUN Binding (8-character user fragments) with IPv4
+and UDP headers."""
 
 
 class Mapping(enum.Enum):
@@ -66,7 +84,7 @@ class SearchBudget(enum.Enum):
     """How much of a birthday search this side may spend (``[sessions] port_search``)."""
 
     FULL = "full"
-    """Either part: opening sockets (about 31 kB) or probing (about 123 kB per round)."""
+    """Either part: opening sockets (about 32 kB) or probing (about 127 kB per round)."""
     LIGHT = "light"
     """Only the opening part; on a metered link (a recorder on a SIM) the probes cost too much."""
     OFF = "off"
@@ -162,6 +180,39 @@ def birthday_role(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SlowLink:
+    """Why a birthday search is skipped (``slow_link``)."""
+
+    ours: bool
+    """True: this side's link is slow; False: the peer's (by its advertised round trip)."""
+    rtt_ms: int
+    """That side's STUN round trip, milliseconds."""
+    threshold_ms: int
+
+
+def slow_link(
+    local_rtt_ms: int | None, remote_rtt_ms: int | None, threshold_ms: int = SLOW_LINK_RTT_MS
+) -> SlowLink | None:
+    """The slow link that rules a birthday search out, or None when the search may run: a STUN
+    round trip (ours, or the one the peer advertised) at or above ``threshold_ms``. None for a
+    round trip means unknown (a peer that does not advertise it, or no measurement) and rules
+    nothing out. With both sides slow, the slower one is named."""
+    slow = [
+        SlowLink(ours, rtt, threshold_ms)
+        for ours, rtt in ((True, local_rtt_ms), (False, remote_rtt_ms))
+        if rtt is not None and rtt >= threshold_ms
+    ]
+    return max(slow, key=lambda link: link.rtt_ms) if slow else None
+
+
+def search_cost(role: BirthdayRole) -> tuple[int, int]:
+    """(checks, bytes) this side's part of a birthday search sends: ``BIRTHDAY_SOCKETS`` checks
+    to open, ``BIRTHDAY_PROBES`` per round to probe."""
+    checks = BIRTHDAY_SOCKETS if role is BirthdayRole.OPEN else BIRTHDAY_PROBES
+    return checks, checks * CHECK_BYTES
+
+
 def probe_ports(
     count: int, rng: random.Random, low: int = LOWEST_PORT, high: int = HIGHEST_PORT
 ) -> list[int]:
@@ -187,19 +238,48 @@ def birthday_success(sockets: int, probes: int, span: int = HIGHEST_PORT - LOWES
     return 1.0 - math.exp(miss)
 
 
+def attribute_of(sdp: str, name: str) -> str | None:
+    """The value of the extension attribute ``name`` of an SDP candidate value (the name-value
+    pairs after ``typ <type>``, RFC 8839 section 5.1), or None when absent or without a value."""
+    bits = sdp.split()
+    for index in range(8, len(bits) - 1, 2):
+        if bits[index] == name:
+            return bits[index + 1]
+    return None
+
+
 def mapping_of(sdp: str) -> Mapping | None:
     """The ``mapping`` extension attribute of an SDP candidate value, or None (absent, unknown
     value, or malformed)."""
-    bits = sdp.split()
-    for index in range(8, len(bits) - 1, 2):
-        if bits[index] == MAPPING_ATTRIBUTE:
-            try:
-                return Mapping(bits[index + 1])
-            except ValueError:
-                return None
-    return None
+    value = attribute_of(sdp, MAPPING_ATTRIBUTE)
+    try:
+        return None if value is None else Mapping(value)
+    except ValueError:
+        return None
+
+
+def rtt_of(sdp: str) -> int | None:
+    """The ``rtt`` extension attribute of an SDP candidate value, milliseconds, or None (absent,
+    not a whole number, negative, or above ``MAX_RTT_MS``)."""
+    value = attribute_of(sdp, RTT_ATTRIBUTE)
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    rtt = int(value)
+    return rtt if rtt <= MAX_RTT_MS else None
 
 
 def with_mapping(sdp: str, mapping: Mapping) -> str:
     """``sdp`` with the ``mapping`` extension attribute appended."""
     return f"{sdp} {MAPPING_ATTRIBUTE} {mapping.value}"
+
+
+def with_rtt(sdp: str, rtt_ms: float) -> str:
+    """``sdp`` with the ``rtt`` extension attribute appended (rounded to whole milliseconds,
+    at most ``MAX_RTT_MS``).
+
+    Raises:
+        ValueError: a negative round trip.
+    """
+    if rtt_ms < 0:
+        raise ValueError(f"a round trip cannot be negative ({rtt_ms} ms)")
+    return f"{sdp} {RTT_ATTRIBUTE} {min(round(rtt_ms), MAX_RTT_MS)}"

@@ -68,10 +68,15 @@ from dvrlink.protocol.port_prediction import (
     BirthdayRole,
     Mapping,
     SearchBudget,
+    SlowLink,
     birthday_role,
     mapping_of,
     probe_ports,
+    rtt_of,
+    search_cost,
+    slow_link,
     with_mapping,
+    with_rtt,
 )
 from dvrlink.protocol.signalling import PathPolicy, TurnServer
 from dvrlink.session import birthday
@@ -226,12 +231,17 @@ class Connectivity:
         self._remote_relay: tuple[str, int] | None = None
         self._ice: _IceConnection | None = None
         self._srflx: list[Candidate] = []
-        self._bases: list[tuple[Any, Candidate, Mapping]] = []
-        """(aioice protocol, its server-reflexive candidate, its NAT's mapping) per socket whose
-        mapping is known; the mapping goes out as an attribute of that candidate."""
-        self._remote_mappings: list[tuple[Candidate, Mapping]] = []
-        """The peer's server-reflexive candidates that name their NAT's mapping."""
+        self._bases: list[tuple[Any, Candidate, Mapping, int]] = []
+        """(aioice protocol, its server-reflexive candidate, its NAT's mapping, the STUN round
+        trip in milliseconds) per socket whose mapping is known; the mapping and the round trip go
+        out as attributes of that candidate."""
+        self._remote_mappings: list[tuple[Candidate, Mapping, int | None]] = []
+        """The peer's server-reflexive candidates that name their NAT's mapping, with the STUN
+        round trip each advertises (None from a peer that advertises none)."""
         self._birthday_task: asyncio.Task[None] | None = None
+        self.search_skipped: SlowLink | None = None
+        """Set when a birthday search was called for but a slow link ruled it out (``slow_link``):
+        the session stays on the relay unless plain checks find a path."""
         self._birthday_sockets: list[Any] = []
         self._ice_over = asyncio.Event()
         """Set when the ICE checks have nominated a pair or given up."""
@@ -373,7 +383,7 @@ class Connectivity:
                 return
             if found is None or self._closed:
                 return
-            candidate, server, other = found
+            candidate, server, other, rtt = found
             # Port prediction and the birthday search are for IPv4 NATs: an IPv6 socket (no
             # NAT66 expected; a birthday search pairs sockets of one family) predicts nothing.
             if other is None or ":" in protocol.local_candidate.host:
@@ -382,11 +392,16 @@ class Connectivity:
                 return
             # The candidate waits for the prediction (one more round trip) so that its first
             # signalling already names the mapping the peer may need for a birthday search.
-            mapping, predicted = await predicted_candidates(protocol, server, other, candidate)
+            mapping, predicted, probe_rtt = await predicted_candidates(protocol, server, other, candidate)
             if self.closed:
                 return
             if mapping is not None:
-                self._bases.append((protocol, candidate, mapping))
+                # The fastest of the three Bindings: a loss (and its retransmission) in one of
+                # them does not make a fast link look slow.
+                fastest = round(1000 * (rtt if probe_rtt is None else min(rtt, probe_rtt)))
+                log.info("server-reflexive candidate %s:%d: the NAT's mapping is %s, STUN round trip %d ms",
+                         candidate.host, candidate.port, mapping.value, fastest)  # fmt: skip
+                self._bases.append((protocol, candidate, mapping, fastest))
             self._srflx += [candidate, *predicted]
             self._local_changed.set()
             self._maybe_birthday()
@@ -560,7 +575,7 @@ class Connectivity:
         server-reflexive one equal to its base is left out, RFC 8445 section 5.1.3), then the
         relay candidate (the TURN relayed address, type relay)."""
         out: list[str] = []
-        mappings = {(c.host, c.port): mapping for _, c, mapping in self._bases}
+        mappings = {(c.host, c.port): (mapping, rtt) for _, c, mapping, rtt in self._bases}
         if self._ice is not None:
             for candidate in [*self._ice.local_candidates, *self._srflx]:
                 if candidate.type == "srflx" and (candidate.host, candidate.port) == (
@@ -569,9 +584,9 @@ class Connectivity:
                 ):
                     continue
                 sdp = candidate.to_sdp()
-                mapping = mappings.get((candidate.host, candidate.port))
-                if candidate.type == "srflx" and mapping is not None:
-                    sdp = with_mapping(sdp, mapping)
+                attributes = mappings.get((candidate.host, candidate.port))
+                if candidate.type == "srflx" and attributes is not None:
+                    sdp = with_rtt(with_mapping(sdp, attributes[0]), attributes[1])
                 out.append(sdp)
         if self._relayed_address is not None:
             host, port = self._relayed_address
@@ -662,7 +677,7 @@ class Connectivity:
                 await ice.add_remote_candidate(candidate)
                 mapping = mapping_of(sdp)
                 if candidate.type == "srflx" and mapping is not None:
-                    self._remote_mappings.append((candidate, mapping))
+                    self._remote_mappings.append((candidate, mapping, rtt_of(sdp)))
         self._maybe_birthday()
         if end:
             self._remote_end = True
@@ -836,17 +851,38 @@ class Connectivity:
 
     def _maybe_birthday(self) -> None:
         """Start a birthday search (at most one per session) once a local socket's mapping and
-        a peer candidate's mapping call for one (``birthday_role``)."""
-        if self._birthday_task is not None or not self._started or self._closed or self._ice is None:
+        a peer candidate's mapping call for one (``birthday_role``), unless either side's STUN
+        round trip shows a slow link (``slow_link``): then log why, once, and start none."""
+        if self._birthday_task is not None or self.search_skipped is not None:
             return
-        if self._ice_settled():
+        if not self._started or self._closed or self._ice is None or self._ice_settled():
             return
-        for protocol, _, local in self._bases:
-            for remote, mapping in self._remote_mappings:
+        for protocol, _, local, local_rtt in self._bases:
+            for remote, mapping, remote_rtt in self._remote_mappings:
                 role = birthday_role(local, mapping, self.search)
-                if role is not None:
-                    self._birthday_task = asyncio.create_task(self._birthday(role, protocol, remote))
+                if role is None:
+                    continue
+                slow = slow_link(local_rtt, remote_rtt)
+                if slow is not None:
+                    self._skip_birthday(role, slow)
                     return
+                self._birthday_task = asyncio.create_task(self._birthday(role, protocol, remote))
+                return
+
+    def _skip_birthday(self, role: BirthdayRole, slow: SlowLink) -> None:
+        self.search_skipped = slow
+        checks, size = search_cost(role)
+        if slow.ours:
+            whose = "this side's link is slow (STUN round trip"
+        else:
+            whose = "the peer's link is slow (its advertised STUN round trip"
+        if role is BirthdayRole.OPEN:
+            what = f"open {checks} sockets, one check each"
+        else:
+            what = f"send {checks:,} probes per round"
+        log.info("birthday search skipped: %s %d ms >= %d ms); it would %s (about %d kB) over it; "
+                 "staying on the relay unless the plain checks find a path",
+                 whose, slow.rtt_ms, slow.threshold_ms, what, round(size / 1000))  # fmt: skip
 
     async def _birthday(self, role: BirthdayRole, protocol: Any, remote: Candidate) -> None:
         await asyncio.sleep(BIRTHDAY_DELAY_S)
@@ -879,7 +915,8 @@ class Connectivity:
     def allow_search(self) -> None:
         """The session is established (on the relay): a birthday search may start now. Until
         then it waits, so that its hundreds of checks do not queue ahead of the handshake on a
-        slow uplink (a GPRS modem sends 31 kB in about 4 s)."""
+        slowish uplink (an EDGE modem sends 32 kB in about 1.3 s); on a slower one (GPRS) no
+        search runs at all (``slow_link``)."""
         self._search_allowed.set()
 
     def _ice_settled(self) -> bool:

@@ -52,22 +52,35 @@ def host_protocols(ice: aioice.Connection) -> list[Any]:
 
 async def srflx_candidate(
     protocol: Any, stun_server: tuple[str, int]
-) -> tuple[Candidate, tuple[str, int], tuple[str, int] | None] | None:
-    """The server-reflexive candidate of one host socket, the STUN server's resolved address and
-    its RFC 5780 OTHER-ADDRESS (None when it names none). The server is reached over the socket's
-    own family (IPv4 or IPv6): None, with nothing sent, when ``stun_server`` has no address of that
-    family (an IP literal of the other one, or a name without such an address)."""
+) -> tuple[Candidate, tuple[str, int], tuple[str, int] | None, float] | None:
+    """The server-reflexive candidate of one host socket, the STUN server's resolved address, its
+    RFC 5780 OTHER-ADDRESS (None when it names none) and the Binding's round trip in seconds (from
+    the first send to the answer: a retransmission after a loss adds its wait). The server is
+    reached over the socket's own family (IPv4 or IPv6): None, with nothing sent, when
+    ``stun_server`` has no address of that family (an IP literal of the other one, or a name
+    without such an address)."""
     base = protocol.local_candidate
     server_ip = await resolve_for(stun_server[0], socket.AF_INET6 if ":" in base.host else socket.AF_INET)
     if server_ip is None:
         return None
     server = (server_ip, stun_server[1])
-    response, _ = await protocol.request(binding_request(rfc5780=True), server)
+    response, rtt = await timed_request(protocol, binding_request(rfc5780=True), server)
     host, port = response.attributes["XOR-MAPPED-ADDRESS"]
     other = response.attributes.get("OTHER-ADDRESS")
     if other is not None and (other[0] == server[0] or other[1] == server[1]):
         other = None  # not two addresses and two ports: no RFC 5780 probes
-    return reflexive(base, host, port), server, other
+    return reflexive(base, host, port), server, other, rtt
+
+
+async def timed_request(
+    protocol: Any, request: stun.Message, server: tuple[str, int]
+) -> tuple[stun.Message, float]:
+    """The answer to ``request`` sent by the aioice ``protocol`` to ``server``, and how long it
+    took in seconds (the event loop's clock)."""
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    response, _ = await protocol.request(request, server)
+    return response, loop.time() - sent
 
 
 async def resolve_for(host: str, family: socket.AddressFamily) -> str | None:
@@ -84,10 +97,13 @@ async def resolve_for(host: str, family: socket.AddressFamily) -> str | None:
 
 async def predicted_candidates(
     protocol: Any, server: tuple[str, int], other: tuple[str, int], srflx: Candidate
-) -> tuple[Mapping | None, list[Candidate]]:
+) -> tuple[Mapping | None, list[Candidate], float | None]:
     """Predicted server-reflexive candidates of ``srflx``'s socket when its NAT maps each remote
     to the next port (``port_prediction``); empty for any other NAT or when a probe goes
-    unanswered within ``PREDICTION_TIMEOUT_S``.
+    unanswered within ``PREDICTION_TIMEOUT_S``. Also the NAT's mapping and the shorter round
+    trip of the two probes in seconds (None with no answer): with the first Binding's, a second
+    and third measure of the link, so that one loss (a retransmission's wait) does not make a
+    fast link look slow.
 
     Two Bindings go out back to back, to the server's alternate port and to its alternate
     address, so that nothing else of ours takes a port between them; with the first mapping they
@@ -97,12 +113,12 @@ async def predicted_candidates(
     targets = [(server[0], int(other[1])), (str(other[0]), server[1])]
     try:
         answers = await asyncio.wait_for(
-            asyncio.gather(*(protocol.request(binding_request(), target) for target in targets)),
+            asyncio.gather(*(timed_request(protocol, binding_request(), target) for target in targets)),
             PREDICTION_TIMEOUT_S,
         )
     except (OSError, ConnectionError, stun.TransactionError, TimeoutError) as exc:
         log.info("no port prediction (RFC 5780 probes unanswered: %r)", exc)
-        return None, []
+        return None, [], None
     mapped = [answer.attributes.get("XOR-MAPPED-ADDRESS") for answer, _ in answers]
     ports = [srflx.port, *(m[1] for m in mapped if m is not None and m[0] == srflx.host)]
     prediction = predict(ports)
@@ -110,10 +126,14 @@ async def predicted_candidates(
         log.info("the NAT maps each remote to a new port, in steps of %d: offering %s:%s",
                  prediction.stride, srflx.host, ",".join(map(str, prediction.ports)))  # fmt: skip
     base = protocol.local_candidate
-    return prediction.mapping, [
-        reflexive(base, srflx.host, port, local_pref=65535 - rank)
-        for rank, port in enumerate(prediction.ports, start=1)
-    ]
+    return (
+        prediction.mapping,
+        [
+            reflexive(base, srflx.host, port, local_pref=65535 - rank)
+            for rank, port in enumerate(prediction.ports, start=1)
+        ],
+        min(rtt for _, rtt in answers),
+    )
 
 
 def binding_request(rfc5780: bool = False) -> stun.Message:

@@ -441,7 +441,13 @@ def markdown(records: Sequence[CellRecord], meta: dict[str, Any]) -> str:
         "check towards the other side, and the endpoint-independent side sends checks to 1,024 "
         "random ports of the random side's address (up to 3 rounds while nothing answers); a port "
         "in both sets is a path, 98 % of the time in the first round. Both sides mapping per "
-        "remote (symmetric × symmetric, sequential or not) stay on the relay.",
+        "remote (symmetric × symmetric, sequential or not) stay on the relay. **Not on a slow "
+        "link:** each side advertises the round trip of its STUN Binding on the same candidate "
+        "(`rtt <ms>`), and when either side's is 500 ms or more (`SLOW_LINK_RTT_MS`: GPRS, about "
+        "600 ms here) no birthday search runs and the session stays on the relay. A round of "
+        "probes is about 127 kB, 25 s of a 40 kbit/s uplink or 13 s of the 80 kbit/s downlink: "
+        "it starved the relayed session until the viewer gave up, and on a SIM it costs more "
+        "than a short relayed session. Port prediction (8 more candidates) still runs there.",
         "- **UDP blocked.** Only TCP to port 443 leaves. The device's presence falls back to TCP/TLS "
         "(`[presence] transport = auto`, after two unanswered registrations over UDP) and each blocked "
         "side allocates its relay over TCP; the relay then forwards between the two allocations as "
