@@ -195,7 +195,7 @@ class SessionsConfig:
     port_search: SearchBudget = SearchBudget.FULL
     """This device's part in a birthday search for a direct path through a NAT with random ports
     (``"auto"``, ``"full"``, ``"light"``, ``"off"`` in the file). ``auto``: ``light`` (only the
-    ~31 kB part, never the ~123 kB probes) when ``[modem] enabled``, else ``full``."""
+    ~32 kB part, never the ~127 kB probes) when ``[modem] enabled``, else ``full``."""
     port_mapping: tuple[MappingProtocol, ...] = (
         MappingProtocol.PCP,
         MappingProtocol.NATPMP,
