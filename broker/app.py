@@ -68,14 +68,14 @@ from dvrlink.broker.state import (
     remove_info,
     write_info,
 )
-from dvrlink.broker.stun_alternate import StunResponder, start_stun_service
+from dvrlink.broker.stun_alternate import StunResponder
 from dvrlink.broker.tls import CertificatePaths, ensure_self_signed, server_context
 from dvrlink.broker.turn_link import TurnLink, TurnLinkConfig, start_turn_link
 from dvrlink.broker.turn_server import DEFAULT_DENIED_PEER_NETWORKS, AllocationCreated, TurnConfig, TurnEvent
 from dvrlink.broker.webhooks import WebhookDispatcher, WebhookPolicy
 from dvrlink.protocol.identity import b64encode_key, x25519_public_bytes
-from dvrlink.protocol.presence_events import ServerEvent
-from dvrlink.protocol.presence_server import PresenceServer, ServerConfig
+from dvrlink.protocol.presence_events import Address, ServerEvent
+from dvrlink.protocol.presence_server import PresenceServer, ServerConfig, StunHook
 from dvrlink.protocol.stun import StunRateLimiter
 
 LOCK_FILE = "broker.lock"
@@ -122,6 +122,19 @@ def _lock_state_dir(state_dir: Path) -> int:
             f"another dvrlink-broker is using {state_dir}; stop it first, or give this one its own state_dir"
         ) from None
     return fd
+
+
+def _stun_by_family(v4: StunResponder, v6: StunResponder | None) -> StunHook:
+    """The presence core's STUN hook: a request from an IPv6 source (it came in on the
+    ``stun_host6`` socket) is answered by ``v6``, with that socket's RFC 5780 addresses; every
+    other by ``v4``."""
+    if v6 is None:
+        return v4.answer_on_primary
+
+    def answer(data: bytes, source: Address) -> bytes | None:
+        return (v6 if ":" in source[0] else v4).answer_on_primary(data, source)
+
+    return answer
 
 
 def _default_route_address(ipv6: bool) -> str | None:
@@ -278,8 +291,20 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
             else None,
             loop.time,
         )
+        alternate6 = (  # STUN on the stun_host6 presence socket (RFC 5780 with stun_alternate_host6)
+            StunResponder(
+                config.stun_alternate_host6,
+                config.stun_alternate_port,
+                StunRateLimiter(config.stun_rate_per_s, config.stun_rate_burst)
+                if config.stun_rate_per_s
+                else None,
+                loop.time,
+            )
+            if config.stun_host6 is not None
+            else None
+        )
         core_config = server_config or ServerConfig(tickets=config.presence_ticket_lifetime_s > 0)
-        server = PresenceServer(core_config, static_key, stun=alternate.answer_on_primary)
+        server = PresenceServer(core_config, static_key, stun=_stun_by_family(alternate, alternate6))
         gateway = PresenceGateway(server, loop, flush=lambda: link.flush())  # noqa: PLW0108 (link is bound below)
         on_device_event = DeviceEventHandler(
             server,
@@ -359,12 +384,12 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                     "clustered without turn_secret_file: this node's TURN credentials work on its own relay "
                     "only; give every node the same turn_secret_file"
                 )
+
+        def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
+            server.queue_datagram(data, address)  # the link sends it from the socket of its family
+            link.flush()
+
         if config.stun_alternate_host is not None:
-
-            def send_from_primary(data: bytes, address: tuple[str, int]) -> None:
-                server.queue_datagram(data, address)
-                link.flush()
-
             rfc5780 = await alternate.start(link.local_address, send_from_primary)
             stack.callback(alternate.close)
             listening += [
@@ -376,20 +401,27 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                 ("stun-alternate-both/udp", format_address((rfc5780.alternate_host, rfc5780.alternate_port))),
             ]
         stun6: tuple[str, int] | None = None
-        if config.stun_host6 is not None:  # STUN over IPv6 next to an IPv4 presence socket
-            service6 = await start_stun_service(
-                config.stun_host6,
-                udp_port,
-                config.stun_alternate_host6,
-                config.stun_alternate_port,
-                StunRateLimiter(config.stun_rate_per_s, config.stun_rate_burst)
-                if config.stun_rate_per_s
-                else None,
-                loop.time,
-            )
-            stack.callback(service6.close)
-            stun6 = service6.address
-            listening += [(what, format_address(where)) for what, where in service6.listening()]
+        if config.stun_host6 is not None and alternate6 is not None:
+            # Presence and STUN over IPv6 beside the IPv4 socket: the link's second socket.
+            stun6 = await link.open_ipv6(config.stun_host6, udp_port, config.udp_reuse_port)
+            listening += [("presence6/udp", format_address(stun6)), ("stun6/udp", format_address(stun6))]
+            if config.stun_alternate_host6 is not None:
+                rfc5780_6 = await alternate6.start(stun6, send_from_primary)
+                stack.callback(alternate6.close)
+                listening += [
+                    (
+                        "stun6-alternate-port/udp",
+                        format_address((rfc5780_6.primary_host, rfc5780_6.alternate_port)),
+                    ),
+                    (
+                        "stun6-alternate-address/udp",
+                        format_address((rfc5780_6.alternate_host, rfc5780_6.primary_port)),
+                    ),
+                    (
+                        "stun6-alternate-both/udp",
+                        format_address((rfc5780_6.alternate_host, rfc5780_6.alternate_port)),
+                    ),
+                ]
         turn: TurnLink | None = None
         relays: RelayDirectory | None = None
         public = relay_public_address(config)

@@ -5,6 +5,12 @@ every input (datagram, timer, or a call the application made on the core, announ
 :meth:`PresenceLink.flush`) the driver hands events to the application, has the link send what
 the core queued, and re-arms its one timer. This is the broker's hot path: no logging or
 allocation per datagram beyond what asyncio and the core need.
+
+A link bound to a specific IPv4 address may take a second socket on a specific IPv6 address
+(:meth:`PresenceLink.open_ipv6`, the broker's ``stun_host6``): one core, one driver, and each
+answer leaves from the socket of its destination's family. (A ``::`` socket takes both families
+too, but its answers leave from whichever address the kernel picks, which a device that sent to
+another address of a host with several drops.)
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class PresenceLink(asyncio.DatagramProtocol):
         )
         self._transport: asyncio.DatagramTransport | None = None
         self._ipv6 = False
+        self._socket6: _Ipv6Socket | None = None
+        """The IPv6 socket beside an IPv4 one (:meth:`open_ipv6`), else None."""
         self._batching = False
         self.send_errors = 0
 
@@ -105,6 +113,43 @@ class PresenceLink(asyncio.DatagramProtocol):
         sockname = self._transport.get_extra_info("sockname")
         return (str(sockname[0]), int(sockname[1]))
 
+    @property
+    def local_address6(self) -> Address | None:
+        """The bound (host, port) of the IPv6 socket :meth:`open_ipv6` added, else None."""
+        socket6 = self._socket6
+        if socket6 is None or socket6.transport is None:
+            return None
+        sockname = socket6.transport.get_extra_info("sockname")
+        return (str(sockname[0]), int(sockname[1]))
+
+    async def open_ipv6(self, host: str, port: int, reuse_port: bool = False) -> Address:
+        """Take presence on the IPv6 address ``host`` too, beside the link's IPv4 socket (the
+        broker's ``stun_host6``): datagrams from IPv6 peers arrive there, and whatever the core
+        sends to an IPv6 address leaves from it, so a device that sent to ``host`` hears back
+        from ``host``. Returns the bound (host, port). Call it from the running loop.
+
+        Raises:
+            RuntimeError: the link has no socket, its socket is IPv6 already, or one was added.
+            ValueError: ``host`` is not a specific IPv6 address.
+            OSError: the address cannot be bound (see ``open_udp_socket``).
+        """
+        if self._transport is None:
+            raise RuntimeError("the presence link has no socket; open its IPv4 socket first")
+        if self._ipv6 or self._socket6 is not None:
+            raise RuntimeError("the presence link takes IPv6 already; open_ipv6 is for an IPv4 link, once")
+        address = ipaddress.ip_address(host)
+        if address.version != 6 or address.is_unspecified:
+            raise ValueError(f"{host} is not a specific IPv6 address; give one address of this host")
+        loop = asyncio.get_running_loop()
+        sock = open_udp_socket(host, port, reuse_port)
+        name = sock.getsockname()
+        transport, socket6 = await loop.create_datagram_endpoint(lambda: _Ipv6Socket(self), sock=sock)
+        self._socket6 = socket6
+        asyncio_compat.batch_datagram_reads(
+            transport, socket6, READ_BATCH, MAX_READ, before=self._batch_start, after=self._batch_end
+        )
+        return (str(name[0]), int(name[1]))
+
     def read_in_batches(self) -> bool:
         """Read up to ``READ_BATCH`` datagrams per event-loop wake-up (on asyncio's selector loop):
         the core gets them all, then one pass hands out their events, sends their answers and
@@ -146,17 +191,48 @@ class PresenceLink(asyncio.DatagramProtocol):
         self._driver.close()
         if self._transport is not None:
             self._transport.close()
+        if self._socket6 is not None and self._socket6.transport is not None:
+            self._socket6.transport.close()
 
     def _transmit(self, out: Sequence[tuple[bytes, Address]]) -> None:
         transport = self._transport
         if transport is not None:
             sendto = transport.sendto
             six = self._ipv6
+            socket6 = self._socket6
             for data, address in out:
-                if six and ":" not in address[0]:  # an IPv4 client of a dual-stack socket
+                if ":" in address[0]:
+                    if six:
+                        sendto(data, address)
+                    elif socket6 is not None and socket6.transport is not None:
+                        socket6.transport.sendto(data, address)
+                    else:  # no IPv6 socket (closed): nothing can carry it
+                        self.send_errors += 1
+                elif six:  # an IPv4 client of a dual-stack socket
                     sendto(data, (V4_MAPPED + address[0], address[1]))
                 else:
                     sendto(data, address)
+
+
+class _Ipv6Socket(asyncio.DatagramProtocol):
+    """The IPv6 socket of an IPv4 :class:`PresenceLink` (:meth:`PresenceLink.open_ipv6`): what
+    arrives goes to the link's core as from (host, port); the link sends through ``transport``."""
+
+    def __init__(self, link: PresenceLink) -> None:
+        self._link = link
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._link.datagram_received(data, (addr[0], addr[1]))  # (host, port, flowinfo, scope_id)
+
+    def error_received(self, exc: Exception) -> None:
+        self._link.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
 
 
 def open_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:

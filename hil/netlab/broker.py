@@ -64,7 +64,9 @@ def _toml(values: dict[str, object]) -> str:
 def start_lab_broker(lab: Lab, state_dir: Path, timeout: float = 30.0, **extra: object) -> LabBroker:
     """Start ``dvrlink-broker serve`` in ``lab.broker_ns`` and wait until it wrote broker.json.
 
-    ``extra`` adds or overrides configuration keys. The process is stopped with the lab.
+    ``extra`` adds or overrides configuration keys; a key given as None is left out (e.g.
+    ``stun_alternate_host=None`` with ``udp_host="::"``, which RFC 5780 cannot share). The
+    process is stopped with the lab.
 
     Raises:
         TimeoutError: it did not become ready; the message has its last log lines.
@@ -92,7 +94,7 @@ def start_lab_broker(lab: Lab, state_dir: Path, timeout: float = 30.0, **extra: 
         "presence_tcp_port": HTTPS_PORT,
         **extra,
     }
-    config.write_text(_toml(values))
+    config.write_text(_toml({key: value for key, value in values.items() if value is not None}))
     log = state_dir / "broker.log"
     (state_dir / "broker.json").unlink(missing_ok=True)
     with log.open("ab") as out:
