@@ -48,7 +48,7 @@ from the directory that holds the file)::
     # turn_servers = [{host = "turn1.example.net", port = 3478, transport = "udp"}]  # coturn fleet
     # stun_alternate_host = "203.0.113.11"  # RFC 5780 NAT discovery: a second local address
     stun_alternate_port = 3480              # ... and a second port (udp_host must be specific)
-    # stun_host6 = "2001:db8:203::10"       # STUN over IPv6 too (udp_port), when udp_host is IPv4
+    # stun_host6 = "2001:db8:203::10"       # presence and STUN over IPv6 too, when udp_host is IPv4
     # stun_alternate_host6 = "2001:db8:203::11"  # RFC 5780 over IPv6: a second local IPv6 address
     log_level = "INFO"
     # redis_url = "redis://10.0.0.5:6379/0"  # a cluster's presence location and routing; empty: one node
@@ -272,12 +272,14 @@ class BrokerConfig:
     """Second STUN port for RFC 5780, bound on ``udp_host`` and on ``stun_alternate_host``; 0 = a
     free port. Only used with ``stun_alternate_host``."""
     stun_host6: str | None = None
-    """IPv6 literal of this host where STUN also answers (on ``udp_port``, and with
+    """IPv6 literal of this host where presence and STUN also answer (on ``udp_port``, and with
     ``stun_alternate_host6`` RFC 5780 on ``stun_alternate_port`` too), for a broker whose
-    ``udp_host`` is a specific IPv4 address: clients gather IPv6 server-reflexive candidates and
-    netcheck tests the IPv6 path against it. It carries STUN only (presence stays on
-    ``udp_host``). Handed out as ``stun6`` with sessions and ``GET /v1/relays``. None = no
-    IPv6 STUN (unless ``udp_host`` is ``::``, which takes both families)."""
+    ``udp_host`` is a specific IPv4 address: devices whose ``[broker] host`` is this address
+    register over IPv6, clients gather IPv6 server-reflexive candidates and netcheck tests the
+    IPv6 path against it. Handed out as ``stun6`` with sessions and ``GET /v1/relays``. None = no
+    IPv6 presence or STUN (unless ``udp_host`` is ``::``, which takes both families but answers
+    from whichever address the kernel picks: give a host with several IPv6 addresses this key
+    instead)."""
     stun_alternate_host6: str | None = None
     """IPv6 literal of a second address of this host: RFC 5780 over IPv6 next to
     ``stun_host6`` (needs it). None = plain STUN over IPv6."""

@@ -133,7 +133,7 @@ class PresenceLink(asyncio.DatagramProtocol):
             ValueError: ``host`` is not a specific IPv6 address.
             OSError: the address cannot be bound (see ``open_udp_socket``).
         """
-        if self._transport is None:
+        if self._transport is None or self._transport.is_closing():
             raise RuntimeError("the presence link has no socket; open its IPv4 socket first")
         if self._ipv6 or self._socket6 is not None:
             raise RuntimeError("the presence link takes IPv6 already; open_ipv6 is for an IPv4 link, once")

@@ -6,14 +6,16 @@ host``, and its NAT drops every IPv4 UDP datagram, so presence can only work ove
 ``dvrlink-broker`` takes presence over IPv6 in each of its two ways:
 
 - ``udp_host = "::"``: one dual-stack socket for both families (no RFC 5780, which needs a
-  specific address);
+  specific address). It answers from the address the kernel picks, so the broker host keeps one
+  IPv6 address here (with the lab broker's two, the answers left from the other one and the
+  device dropped them);
 - ``udp_host`` a specific IPv4 address with RFC 5780, and ``stun_host6``: the broker's IPv6
   socket there carries presence as well as STUN.
 
 Either way the broker must see the device at its global IPv6 address (the viewer's ``dvrlink
 status`` shows the address the broker sees; the device's ``dvrlinkd status`` shows the reflexive
 address the broker told it), and a real ``dvrlink forward`` must carry a byte from the device's
-service through a session.
+service through a session. Outside the lab: the link's IPv6 socket refuses what it cannot serve.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.aio import run
 
+from dvrlink.broker.presence_link import start_presence_link
+from dvrlink.protocol.presence_events import Address, ServerEvent
 from hil import netlab
 from hil.loopback import BIN, add_user, read_line_until, wait_for
 from hil.matrix.netns import ByteService, first_byte
 from hil.netlab.broker import STUN_PORT
 
 REASON = netlab.unavailable_reason()
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+needs_the_lab = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 SERIAL = "DL-IPV6-0001"
 SERVICE_PORT = 5541
@@ -170,6 +175,43 @@ def register_over_ipv6_and_forward(lab: netlab.Lab, broker: netlab.LabBroker, tm
         service.close()
 
 
+class SilentCore:
+    """A datagram core that takes everything and answers nothing (for the link's own checks)."""
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        pass
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        return []
+
+    def next_event(self) -> ServerEvent | None:
+        return None
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+
+def test_the_ipv6_socket_is_one_specific_ipv6_address_beside_an_ipv4_one() -> None:
+    async def main() -> None:
+        link = await start_presence_link(SilentCore(), lambda event: None, "127.0.0.1", 0)
+        try:
+            for wrong in ("::", "0.0.0.0", "127.0.0.1"):
+                with pytest.raises(ValueError, match="not a specific IPv6 address"):
+                    await link.open_ipv6(wrong, 0)
+            assert link.local_address6 is None
+        finally:
+            link.close()
+        with pytest.raises(RuntimeError, match="open its IPv4 socket first"):
+            await link.open_ipv6("2001:db8::1", 0)
+
+    run(main)
+
+
+@pytest.mark.integration
+@needs_the_lab
 def test_a_dual_stack_udp_host_takes_presence_over_ipv6(lab: netlab.Lab, tmp_path: Path) -> None:
     # A "::" socket answers from the address the kernel picks for the device, which on a host with
     # several IPv6 addresses need not be the one the device sent to (the device then drops the
@@ -189,6 +231,8 @@ def test_a_dual_stack_udp_host_takes_presence_over_ipv6(lab: netlab.Lab, tmp_pat
     register_over_ipv6_and_forward(lab, broker, tmp_path)
 
 
+@pytest.mark.integration
+@needs_the_lab
 def test_stun_host6_takes_presence_over_ipv6_beside_rfc5780_on_ipv4(lab: netlab.Lab, tmp_path: Path) -> None:
     broker = netlab.start_lab_broker(lab, tmp_path / "broker")  # udp_host IPv4 + RFC 5780, stun_host6
     six = lab.broker_addrs6[0]

@@ -3,7 +3,8 @@
 The broker binds presence/STUN to its primary address (``udp_host``; RFC 5780 needs a specific
 address) and gets the second one as ``stun_alternate_host``; STUN answers on its two IPv6
 addresses too (``stun_host6``, ``stun_alternate_host6``: the lab is dual-stack on the internet
-side). Its HTTPS API listens on 443, which is what a UDP-blocked side may still reach.
+side), and the first of them takes presence over IPv6. Its HTTPS API listens on 443, which is
+what a UDP-blocked side may still reach.
 """
 
 from __future__ import annotations
