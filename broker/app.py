@@ -137,6 +137,47 @@ def _stun_by_family(v4: StunResponder, v6: StunResponder | None) -> StunHook:
     return answer
 
 
+IF_INET6 = Path("/proc/net/if_inet6")
+"""Linux's list of this host's IPv6 addresses (absent elsewhere: no check)."""
+
+
+def global_ipv6_addresses(if_inet6: str) -> list[str]:
+    """The global-scope addresses in the text of ``/proc/net/if_inet6`` (one address a line: 32
+    hex digits, interface index, prefix length, scope, flags, name); lines it cannot read are
+    skipped."""
+    found: list[str] = []
+    for line in if_inet6.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "00" or len(fields[0]) != 32:
+            continue
+        try:
+            found.append(str(ipaddress.IPv6Address(int(fields[0], 16))))
+        except ValueError:
+            continue
+    return found
+
+
+def _warn_wildcard_ipv6(config: BrokerConfig) -> None:
+    """A ``::`` presence socket answers from the address the kernel picks; with several global
+    IPv6 addresses that may not be the one a device sent to, and the device drops the answer."""
+    host = ipaddress.ip_address(config.udp_host)
+    if host.version != 6 or not host.is_unspecified:
+        return
+    try:
+        found = global_ipv6_addresses(IF_INET6.read_text())
+    except OSError:
+        return
+    if len(found) > 1:
+        log.warning(
+            "udp_host %s on a host with %d IPv6 addresses (%s): answers to devices over IPv6 leave from "
+            "the one the kernel picks, and a device that sent to another drops them; set udp_host to "
+            "this host's IPv4 address and stun_host6 to the IPv6 address devices use",
+            config.udp_host,
+            len(found),
+            ", ".join(found),
+        )
+
+
 def _default_route_address(ipv6: bool) -> str | None:
     """The local address of the interface with the default route (no packet is sent)."""
     family, probe = (socket.AF_INET6, "2001:db8::1") if ipv6 else (socket.AF_INET, "192.0.2.1")
@@ -353,6 +394,7 @@ async def start_broker(config: BrokerConfig, server_config: ServerConfig | None 
                 waker.on_event(event)
 
         router = TransportRouter(server)  # messages for TCP-connected devices go to their connection
+        _warn_wildcard_ipv6(config)
         link = await start_presence_link(
             router, on_event, config.udp_host, config.udp_port, config.udp_reuse_port
         )

@@ -6,9 +6,9 @@ host``, and its NAT drops every IPv4 UDP datagram, so presence can only work ove
 ``dvrlink-broker`` takes presence over IPv6 in each of its two ways:
 
 - ``udp_host = "::"``: one dual-stack socket for both families (no RFC 5780, which needs a
-  specific address). It answers from the address the kernel picks, so the broker host keeps one
-  IPv6 address here (with the lab broker's two, the answers left from the other one and the
-  device dropped them);
+  specific address). It answers from the address the kernel picks, so the broker warns at start
+  about its two IPv6 addresses, and the host then keeps one (with two, the answers left from the
+  other one and the device dropped them);
 - ``udp_host`` a specific IPv4 address with RFC 5780, and ``stun_host6``: the broker's IPv6
   socket there carries presence as well as STUN.
 
@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from support.aio import run
 
+from dvrlink.broker.app import global_ipv6_addresses
 from dvrlink.broker.presence_link import start_presence_link
 from dvrlink.protocol.presence_events import Address, ServerEvent
 from hil import netlab
@@ -194,6 +195,18 @@ class SilentCore:
         pass
 
 
+def test_the_broker_finds_its_global_ipv6_addresses_in_if_inet6() -> None:
+    text = (
+        "20010db8020300000000000000000010 02 40 00 80     eth0\n"
+        "20010db8020300000000000000000011 02 40 00 80     eth0\n"
+        "fe80000000000000b0db94fffeeb1cb2 02 40 20 80     eth0\n"  # link-local: not global
+        "00000000000000000000000000000001 01 80 10 80       lo\n"  # loopback (host scope)
+        "not a line\n"
+    )
+    assert global_ipv6_addresses(text) == ["2001:db8:203::10", "2001:db8:203::11"]
+    assert global_ipv6_addresses("") == []
+
+
 def test_the_ipv6_socket_is_one_specific_ipv6_address_beside_an_ipv4_one() -> None:
     async def main() -> None:
         link = await start_presence_link(SilentCore(), lambda event: None, "127.0.0.1", 0)
@@ -213,10 +226,6 @@ def test_the_ipv6_socket_is_one_specific_ipv6_address_beside_an_ipv4_one() -> No
 @pytest.mark.integration
 @needs_the_lab
 def test_a_dual_stack_udp_host_takes_presence_over_ipv6(lab: netlab.Lab, tmp_path: Path) -> None:
-    # A "::" socket answers from the address the kernel picks for the device, which on a host with
-    # several IPv6 addresses need not be the one the device sent to (the device then drops the
-    # answer: the lab broker's two IPv6 addresses showed it). So the broker host keeps one.
-    lab.run(lab.broker_ns, ["ip", "-6", "addr", "del", f"{lab.broker_addrs6[1]}/64", "dev", "eth0"])
     broker = netlab.start_lab_broker(
         lab,
         tmp_path / "broker",
@@ -228,6 +237,12 @@ def test_a_dual_stack_udp_host_takes_presence_over_ipv6(lab: netlab.Lab, tmp_pat
         turn_relay_host=lab.broker_addrs[0],
     )
     assert "presence+stun/udp" in broker.info["listening"], broker.info
+    # A "::" socket answers from the address the kernel picks for the device: of the lab broker's
+    # two IPv6 addresses, the other one, which the device drops. The broker says so at start ...
+    started = broker.log.read_text()
+    assert "on a host with 2 IPv6 addresses" in started and "stun_host6" in started, started
+    # ... and with one IPv6 address left, "::" serves the device.
+    lab.run(lab.broker_ns, ["ip", "-6", "addr", "del", f"{lab.broker_addrs6[1]}/64", "dev", "eth0"])
     register_over_ipv6_and_forward(lab, broker, tmp_path)
 
 
