@@ -23,7 +23,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from dvrlink.broker.cluster.directory import MIN_TTL_S, LocationBook, PresenceDirectory, key_ttl
-from dvrlink.broker.cluster.node import load_fleet_key, presence_key
+from dvrlink.broker.cluster.node import load_fleet_key, node_channel, presence_key
 from dvrlink.broker.config import ConfigError, config_from_mapping
 from dvrlink.protocol.identity import ed25519_public_bytes, x25519_public_bytes
 from dvrlink.protocol.pairing import PairingGuard
@@ -107,6 +107,13 @@ def _holder(redis: RedisServer, serial: str) -> str | None:
     with SyncRedis.from_url(redis.url) as client:
         value = client.get(presence_key(serial))
     return None if value is None else bytes(value).decode()
+
+
+def _listeners(redis: RedisServer, node: str) -> int:
+    """How many connections are subscribed to ``node``'s invite channel now."""
+    with SyncRedis.from_url(redis.url) as client:
+        counts = client.pubsub_numsub(node_channel(node))
+    return int(counts[0][1]) if counts else 0
 
 
 async def _located(redis: RedisServer, serial: str, node: str | None) -> None:
@@ -434,6 +441,13 @@ def test_after_a_redis_restart_each_node_rewrites_its_devices_and_same_node_sess
 
             redis.start()
             await _located(redis, SERIAL, "node1")
+            # c subscribes to its channel again on its own back-off (up to 2 s); until then an
+            # invite routed to it reaches nobody and is refused as offline, as it should be.
+            await wait_until_async(
+                "c to listen on its channel again",
+                lambda: _listeners(redis, "node1") > 0,
+                seen=lambda: _listeners(redis, "node1"),
+            )
             status, answer = await b.call("POST", f"/v1/devices/{SERIAL}/ping", auth_b)
             assert status == 200, answer
 
