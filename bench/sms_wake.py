@@ -34,7 +34,6 @@ set too, and would only count after the network detached the modem.
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import selectors
 import signal
 import socket
@@ -44,7 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,18 +57,17 @@ from hil.loopback import (
     LineReader,
     Viewer,
     add_user,
-    loopback_services_toml,
     make_daemon,
     start_broker,
     stop_all,
     wait_for,
 )
 from hil.modememu import ModemEmulator, NetworkDelays, SimCard
+from hil.sms_rig import DHCP_ENV, EchoServer, SmsProvider, sms_broker_toml, sms_wake_daemon_toml
 
 SERIAL = "DL-SMS-BENCH"
 OWN_NUMBER = "+491701234567"
 BROKER_NUMBER = "+491609876543"
-FAKE_UDHCPC = Path(__file__).resolve().parent.parent / "hil" / "fake_udhcpc.py"
 IDLE_S = 8.0
 """The recorder's ``awake_idle_s``: it sleeps again this long after each session."""
 KEEPALIVE_S = 2.0
@@ -144,75 +141,24 @@ class Relay:
 
 
 @dataclass
-class Network:
-    """The SMS provider's HTTP API, delivering into the emulator; and the emulator's commands."""
+class Commands:
+    """The emulator's AT commands as they came, with the monotonic time of each."""
 
     emu: ModemEmulator
-    sent: list[float] = field(default_factory=list)
-    commands: list[tuple[float, str]] = field(default_factory=list)
+    seen: list[tuple[float, str]] = field(default_factory=list)
 
-    def watch_commands(self) -> None:
+    def watch(self) -> None:
         original = self.emu.model.on_command
 
         def seen(line: str) -> None:
-            self.commands.append((time.monotonic(), line))
+            self.seen.append((time.monotonic(), line))
             if original is not None:
                 original(line)
 
         self.emu.model.on_command = seen
 
-    def command_after(self, prefix: str, after: float) -> float | None:
-        return next((at for at, line in list(self.commands) if at >= after and line.startswith(prefix)), None)
-
-    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        network = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                if form["to"][0] == OWN_NUMBER:
-                    network.sent.append(time.monotonic())
-                    network.emu.receive_sms(form["from"][0], form["text"][0])
-                self.send_response(200)
-                self.send_header("Content-Length", "6")
-                self.end_headers()
-                self.wfile.write(b"queued")
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        return Handler
-
-
-class Echo:
-    """A TCP echo service: the recorder's service the forward reaches."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(30)
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(10)
-        self.sock.close()
+    def after(self, prefix: str, after: float) -> float | None:
+        return next((at for at, line in list(self.seen) if at >= after and line.startswith(prefix)), None)
 
 
 def modem_state(daemon: Daemon) -> str:
@@ -247,7 +193,9 @@ class Wake:
         ]
 
 
-def one_wake(daemon: Daemon, viewer: Viewer, network: Network, relay: Relay, echo_port: int) -> Wake:
+def one_wake(
+    daemon: Daemon, viewer: Viewer, provider: SmsProvider, commands: Commands, relay: Relay, echo_port: int
+) -> Wake:
     wait_for("the recorder asleep (offline, modem in standby)", lambda: asleep(daemon), IDLE_S + 60)
     started = time.monotonic()
     argv = [str(BIN / "dvrlink"), "--home", str(viewer.home), "forward", SERIAL, f"0:{echo_port}"]
@@ -270,11 +218,11 @@ def one_wake(daemon: Daemon, viewer: Viewer, network: Network, relay: Relay, ech
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(15)
-    sms = next((at for at in network.sent if at >= started), None)
+    sms = next((at for at in provider.delivered() if at >= started), None)
     if sms is None:
         raise BenchError("no wake SMS went to the provider")
-    read = network.command_after("AT+CMGR", sms)
-    dial = network.command_after(DIAL, sms)
+    read = commands.after("AT+CMGR", sms)
+    dial = commands.after(DIAL, sms)
     data_up = relay.first(sms, "up")
     registered = relay.first(sms, "down", MessageType.REGISTERED)
     if None in (read, dial, data_up, registered):
@@ -298,51 +246,31 @@ def run(quick: bool, window: float, runs: int) -> None:
     sim = SimCard.for_network(
         "26201", iccid="89490200001234500001", working_apns=frozenset({"internet.telekom"})
     )
-    echo = Echo()
+    echo = EchoServer()
     started: list[Daemon | Broker] = []
     with tempfile.TemporaryDirectory(prefix="bench-sms-") as tmp, ModemEmulator("quectel-ec25", sim) as emu:
         root = Path(tmp)
-        network = Network(emu)
-        network.watch_commands()
-        provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), network.handler())
-        serving = threading.Thread(target=provider.serve_forever, daemon=True)
-        serving.start()
+        commands = Commands(emu)
+        commands.watch()
+        provider = SmsProvider(emu, OWN_NUMBER)
         relay: Relay | None = None
         try:
             broker_dir = root / "broker"
             broker_dir.mkdir()
             broker_toml = broker_dir / "broker.toml"
-            broker_toml.write_text(
-                f'state_dir = "{broker_dir}"\nudp_host = "127.0.0.1"\nudp_port = 0\n'
-                'https_host = "127.0.0.1"\nhttps_port = 0\npresence_tcp_port = 0\n'
-                "turn_udp_port = 0\nturn_tcp_port = 0\nturn_allow_loopback_peers = true\n"
-                '[sms_gateway]\nbackend = "http"\n'
-                f'url = "http://127.0.0.1:{provider.server_address[1]}/send"\n'
-                'body = "to={to}&from={from}&text={text}"\n'
-                'content_type = "application/x-www-form-urlencoded"\n'
-                f'sender = "{BROKER_NUMBER}"\nwake_hold_s = 90\n'
-            )
+            broker_toml.write_text(sms_broker_toml(broker_dir, provider, BROKER_NUMBER, wake_hold_s=90))
             broker = start_broker(broker_dir, config=broker_toml)
             started.append(broker)
             add_user(broker.state_dir, "alice", "correct horse")
             relay = Relay(broker.udp_port)
-            dhcp = ", ".join(
-                f'"{w}"' for w in (sys.executable, str(FAKE_UDHCPC), "-f", "-i", "{iface}", "-n")
-            )
             daemon = make_daemon(
                 root,
                 SERIAL,
                 dataclasses.replace(broker, udp_port=relay.port),
                 keepalive_interval=KEEPALIVE_S,
-                extra_toml=(
-                    f'mode = "sms-wake"\ntransport = "udp"\nawake_idle_s = {IDLE_S}\n'
-                    + loopback_services_toml(echo.port)
-                    + f'[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{emu.path}"\n'
-                    + f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n'
-                    + f'[sms_wake]\nallowed_senders = ["{BROKER_NUMBER}"]\nown_number = "{OWN_NUMBER}"\n'
-                ),
+                extra_toml=sms_wake_daemon_toml(emu, echo.port, IDLE_S, BROKER_NUMBER, OWN_NUMBER),
             )
-            daemon.start(env={"FAKE_DHCP_IP": "127.0.0.1", "FAKE_DHCP_ROUTER": "127.0.0.1"})
+            daemon.start(env=DHCP_ENV)
             started.append(daemon)
             wait_for(f"{SERIAL} online", daemon.online, 60)
             viewer = Viewer(root / "viewer")
@@ -352,17 +280,17 @@ def run(quick: bool, window: float, runs: int) -> None:
             # (a) idle IP bytes while asleep
             wait_for("the recorder asleep (offline, modem in standby)", lambda: asleep(daemon), IDLE_S + 60)
             begin = time.monotonic()
-            dials_before = sum(1 for _, line in list(network.commands) if line.startswith(DIAL))
+            dials_before = sum(1 for _, line in list(commands.seen) if line.startswith(DIAL))
             samples = call_up = 0
-            commands_before = len(network.commands)
+            commands_before = len(commands.seen)
             while time.monotonic() - begin < window:
                 samples += 1
                 call_up += emu.model.ecm_call is not None
                 time.sleep(0.5)
             end = time.monotonic()
             datagrams, wire = relay.bytes_between(begin, end)
-            dials = sum(1 for _, line in list(network.commands) if line.startswith(DIAL)) - dials_before
-            at_commands = len(network.commands) - commands_before
+            dials = sum(1 for _, line in list(commands.seen) if line.startswith(DIAL)) - dials_before
+            at_commands = len(commands.seen) - commands_before
             print(f"(a) idle IP bytes while asleep, over {end - begin:.0f} s (then x 30 days / window)")
             print(f"  datagrams between recorder and broker:   {datagrams}")
             print(f"  bytes (payload + 28 B IPv4/UDP each):    {wire}")
@@ -384,15 +312,13 @@ def run(quick: bool, window: float, runs: int) -> None:
                 ),
             ):
                 emu.set_network_delays(delays)
-                wakes = [one_wake(daemon, viewer, network, relay, echo.port) for _ in range(runs)]
+                wakes = [one_wake(daemon, viewer, provider, commands, relay, echo.port) for _ in range(runs)]
                 print_wakes(title, wakes)
         finally:
             stop_all(list(reversed(started)))
             if relay is not None:
                 relay.close()
-            provider.shutdown()
-            provider.server_close()
-            serving.join(10)
+            provider.close()
             echo.close()
 
 

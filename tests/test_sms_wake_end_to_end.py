@@ -2,28 +2,24 @@
 HTTP SMS gateway, ``dvrlinkd`` in ``[presence] mode = "sms-wake"`` whose modem is the PTY emulator,
 and ``dvrlink forward``.
 
-The SMS provider is an HTTP server in this test: it plays the network, delivering each wake it
-is asked to send into the device's emulator (``receive_sms``). The recorder registers at start,
-reports that it sleeps by SMS and its number, is paired, and falls asleep (offline at the broker,
-no keepalives). ``dvrlink forward`` then asks for a session: the broker sends the wake and holds
-the request, the viewer shows "waking the recorder by SMS…", the modem indicates the SMS, the
-daemon's inbox reads it and registers, the broker lets the session through, and bytes go both
-ways through the forward. Then the same SMS again (a replay) and a forged one leave the sleeping
-recorder asleep. The figures (SMS handed over → registered → first byte) are printed.
+The SMS provider is an HTTP server in this test (``hil/sms_rig.py``): it plays the network,
+delivering each wake it is asked to send into the device's emulator (``receive_sms``). The
+recorder registers at start, reports that it sleeps by SMS and its number, is paired, and falls
+asleep (offline at the broker, no keepalives). ``dvrlink forward`` then asks for a session: the
+broker sends the wake and holds the request, the viewer shows "waking the recorder by SMS…", the
+modem indicates the SMS, the daemon's inbox reads it and registers, the broker lets the session
+through, and bytes go both ways through the forward. Then the same SMS again (a replay) and a
+forged one leave the sleeping recorder asleep. The figures (SMS handed over → registered → first
+byte) are printed.
 """
 
 from __future__ import annotations
 
-import http.server
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,20 +32,19 @@ from hil.loopback import (
     LineReader,
     Viewer,
     add_user,
-    loopback_services_toml,
     make_daemon,
     start_broker,
     stop_all,
     wait_for,
 )
 from hil.modememu import ModemEmulator, NetworkDelays, SimCard
+from hil.sms_rig import DHCP_ENV, EchoServer, SmsProvider, sms_broker_toml, sms_wake_daemon_toml
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SERIAL = "DL-SMS-0001"
 OWN_NUMBER = "+491701234567"
 BROKER_NUMBER = "+491609876543"
-FAKE_UDHCPC = Path(__file__).resolve().parent.parent / "hil" / "fake_udhcpc.py"
 IDLE_S = 12.0
 """The recorder's ``awake_idle_s``: long enough to pair it after its first registration."""
 SMS_DELIVERY_S = 2.5
@@ -57,127 +52,44 @@ SMS_DELIVERY_S = 2.5
 that the viewer shows the wake's progress while its request is held."""
 
 
-@dataclass
-class Network:
-    """The SMS provider's HTTP API on loopback, delivering into the device's emulator."""
-
-    emu: ModemEmulator
-    sent: list[tuple[float, dict[str, str]]] = field(default_factory=list)
-
-    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        network = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                message = {name: form[name][0] for name in ("to", "from", "text")}
-                network.sent.append((time.monotonic(), message))
-                if message["to"] == OWN_NUMBER:
-                    network.emu.receive_sms(message["from"], message["text"])
-                self.send_response(200)
-                self.send_header("Content-Length", "6")
-                self.end_headers()
-                self.wfile.write(b"queued")
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        return Handler
-
-
-class EchoServer:
-    """A TCP echo service on loopback: the recorder's service the forward reaches."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)  # so the thread sees close() soon
-        self.port = int(self.sock.getsockname()[1])
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(30)
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture
-def rig(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Broker, Daemon, Viewer, Network, int]]:
+def rig(tmp_path: Path) -> Iterator[tuple[Daemon, Viewer, SmsProvider, int]]:
     sim = SimCard.for_network(
         "26201", iccid="89490200001234500001", working_apns=frozenset({"internet.telekom"})
     )
     echo = EchoServer()
     started: list[Daemon | Broker] = []
     with ModemEmulator("quectel-ec25", sim, boot_delay_s=0.05) as emu:
-        network = Network(emu)
-        provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), network.handler())
-        serving = threading.Thread(target=provider.serve_forever, daemon=True)
-        serving.start()
+        provider = SmsProvider(emu, OWN_NUMBER)
         try:
             broker_dir = tmp_path / "broker"
             broker_dir.mkdir()
             broker_toml = broker_dir / "broker.toml"
-            broker_toml.write_text(
-                f'state_dir = "{broker_dir}"\nudp_host = "127.0.0.1"\nudp_port = 0\n'
-                'https_host = "127.0.0.1"\nhttps_port = 0\npresence_tcp_port = 0\n'
-                "turn_udp_port = 0\nturn_tcp_port = 0\n"
-                "turn_allow_loopback_peers = true\n"
-                '[sms_gateway]\nbackend = "http"\n'
-                f'url = "http://127.0.0.1:{provider.server_address[1]}/send"\n'
-                'body = "to={to}&from={from}&text={text}"\n'
-                'content_type = "application/x-www-form-urlencoded"\n'
-                f'sender = "{BROKER_NUMBER}"\nwake_hold_s = 60\n'
-            )
+            broker_toml.write_text(sms_broker_toml(broker_dir, provider, BROKER_NUMBER, wake_hold_s=60))
             broker = start_broker(broker_dir, config=broker_toml)
             started.append(broker)
             add_user(broker.state_dir, "alice", "correct horse")
-            dhcp = ", ".join(
-                f'"{w}"' for w in (sys.executable, str(FAKE_UDHCPC), "-f", "-i", "{iface}", "-n")
-            )
             daemon = make_daemon(
                 tmp_path,
                 SERIAL,
                 broker,
                 keepalive_interval=2.0,
                 extra_toml=(
-                    f'mode = "sms-wake"\ntransport = "udp"\nawake_idle_s = {IDLE_S}\n'
-                    + loopback_services_toml(echo.port)
-                    + f'[modem]\nenabled = true\nprofile = "quectel-ec25"\nport = "{emu.path}"\n'
-                    + f'net_interface = "lo"\ndhcp_command = [{dhcp}]\n'
-                    + f'[sms_wake]\nallowed_senders = ["{BROKER_NUMBER}"]\nown_number = "{OWN_NUMBER}"\n'
+                    sms_wake_daemon_toml(emu, echo.port, IDLE_S, BROKER_NUMBER, OWN_NUMBER)
                     # a cellular recorder far from the viewer: no LAN path to it
                     + "[lan]\ndiscovery = false\n"
                 ),
             )
-            daemon.start(env={"FAKE_DHCP_IP": "127.0.0.1", "FAKE_DHCP_ROUTER": "127.0.0.1"})
+            daemon.start(env=DHCP_ENV)
             started.append(daemon)
             wait_for(f"{SERIAL} online", daemon.online, 30)
             viewer = Viewer(tmp_path / "viewer")
             viewer.login(broker, "alice", "correct horse")
             viewer.run("pair", SERIAL, PairingUri.parse(daemon.pairing_uri()).code)
-            yield daemon, viewer, network, echo.port
+            yield daemon, viewer, provider, echo.port
         finally:
             stop_all(list(reversed(started)))
-            provider.shutdown()
-            provider.server_close()
-            serving.join(10)
+            provider.close()
             echo.close()
 
 
@@ -198,7 +110,7 @@ def _echo(port: int, payload: bytes) -> bytes:
 
 
 def test_a_forward_wakes_the_sleeping_recorder_by_sms_and_replays_and_forgeries_do_not(
-    rig: tuple[Daemon, Viewer, Network, int],
+    rig: tuple[Daemon, Viewer, SmsProvider, int],
 ) -> None:
     daemon, viewer, network, service_port = rig
     wait_for("the recorder asleep (offline, no keepalives)", lambda: not daemon.online(), IDLE_S + 30)
