@@ -228,18 +228,22 @@ def ipv6_section() -> list[str]:
         "IPv4 NAT. There is no NAT66 in front of it, only a stateful firewall that lets replies in and "
         "drops new inbound flows. A session gathers a host candidate on every interface address, IPv6 "
         "included. Each host socket also asks the broker's STUN over its own family "
-        "(`session/direct.py`: `srflx_candidate` resolves the STUN server for that family). A server "
-        "named by an address of the other family gets nothing sent: the lab's broker and the matrix's "
-        "daemon name an IPv4 address, so IPv6 sockets have host candidates only. Behind a global "
-        "address the host candidate is the public one anyway. ICE pairs candidates of one family, so "
+        "(`session/direct.py`: `srflx_candidate`). The broker answers STUN, and presence, on its "
+        "IPv6 address too (`stun_host6`) and hands that address out as `stun6` with each session "
+        "grant; a device names it in `[broker] stun_host6`, or finds it as its broker name's AAAA "
+        "address. In the matrix the viewer gets `stun6` from the lab broker; the matrix's daemon "
+        "names only the broker's IPv4 address, so its IPv6 sockets have host candidates only. Behind "
+        "a global address the server-reflexive candidate equals the host one anyway, and is not "
+        "signalled twice. ICE pairs candidates of one family, so "
         "an IPv6 pair runs beside the IPv4 pairs.",
         "",
         "The path rule is `predict_path`'s rule 9 (`protocol/nat_behaviour.py`): when both sides have "
         "a global IPv6 address (`NatProfile.ipv6`), the path is **direct by ICE checks over IPv6**, "
         "whatever their IPv4 NATs do. The first check each side sends opens its own firewall for the "
         "other's checks, as two APDF filters open between two endpoint-independent NATs. Blocked UDP "
-        "and one shared NAT still come first. A device's report (`nat_type`) does not say whether it "
-        "has IPv6, so a viewer's `netcheck` predicts from the IPv4 NATs only.",
+        "and one shared NAT still come first. A device reports whether it has global IPv6 and a "
+        "port-mapping router (report item 11, `direct_paths`), so a viewer's `netcheck SERIAL` "
+        "applies rule 9 to it too ([netcheck.md](netcheck.md) shows the IPv6 lab cell).",
         "",
         'The matrix\'s IPv6 cell is `symmetric+v6 × symmetric+v6` (the "IPv6:" line under the LAN '
         "table). Both sides sit behind symmetric IPv4 NATs, which alone stay on the relay, and also "
