@@ -71,6 +71,13 @@ def test_behind_a_symmetric_nat_the_device_finds_apdm_and_the_viewer_predicts_a_
     assert (path["path"], path["punch"]) == ("direct", "birthday search"), path
     # The matrix predicts the same for this cell: one classifier.
     assert path["reason"] == Cell(NatType.SYMMETRIC, NatType.PORT_RESTRICTED_CONE).prediction.reason
+    # Neither side has a global IPv6 address in this cell: netcheck says so, and the device
+    # reports no direct path of its own (no IPv6, no port-mapping router).
+    for side in (device, viewer):
+        ipv6 = side["ipv6"]
+        assert (ipv6["available"], ipv6["udp"]) == (False, None), ipv6
+        assert ipv6["note"].startswith("no IPv6"), ipv6
+    assert path["device_direct_paths"] == "", path
 
 
 def test_where_udp_is_blocked_netcheck_says_so_and_presence_runs_over_tcp_443(rig: MatrixRig) -> None:
@@ -135,12 +142,3 @@ def test_with_ipv6_on_both_sides_netcheck_classifies_it_and_predicts_direct_over
     assert (path["path"], path["punch"]) == ("direct", "ice checks over IPv6"), path
     # The matrix predicts the same for this cell: one classifier.
     assert path["reason"] == cell.prediction.reason
-
-
-def test_without_a_global_ipv6_address_netcheck_says_no_ipv6(rig: MatrixRig) -> None:
-    result = run_cell(rig, Cell(NatType.PORT_RESTRICTED_CONE, NatType.PORT_RESTRICTED_CONE), timeout_s=1.0)
-    for side in (result.device_json, result.viewer_json):
-        ipv6 = side["ipv6"]
-        assert (ipv6["available"], ipv6["udp"]) == (False, None), ipv6
-        assert ipv6["note"].startswith("no IPv6"), ipv6
-    assert result.viewer_json["path"]["device_direct_paths"] == "", result.viewer_json["path"]
