@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from dvrlink.protocol.nat_behaviour import (
 from dvrlink.protocol.netcheck import FamilyReport, ipv6_direct, own_profile
 from dvrlink.protocol.presence_report import MAX_REPORT, DeviceReport
 from dvrlink.session import netcheck
+from tests.support.ipv6 import has_ipv6_loopback
 
 T = TypeVar("T")
 
@@ -51,16 +51,7 @@ def run(main: Coroutine[Any, Any, T], timeout: float = 30) -> T:
     return asyncio.run(bounded())
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
 
 
 # -- the report's item 11 -----------------------------------------------------------------------------

@@ -14,16 +14,7 @@ import pytest
 
 from dvrlink.session.direct import gather_host, host_protocols, resolve_for, srflx_candidate
 from hil.loopback import Broker, start_broker
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
+from tests.support.ipv6 import has_ipv6_loopback
 
 T = TypeVar("T")
 
@@ -35,7 +26,7 @@ def run(main: Coroutine[Any, Any, T], timeout: float) -> T:
     return asyncio.run(bounded())
 
 
-pytestmark = pytest.mark.skipif(not _has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
+pytestmark = pytest.mark.skipif(not has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
 
 
 @pytest.fixture(scope="module")

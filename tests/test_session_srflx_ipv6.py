@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from dvrlink.broker.stun_alternate import start_stun_service
 from dvrlink.protocol.signalling import PathPolicy
 from dvrlink.session.connectivity import Connectivity, StunServers
 from hil import netlab
+from tests.support.ipv6 import has_ipv6_loopback
 
 T = TypeVar("T")
 
@@ -34,15 +34,6 @@ def run(main: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return await asyncio.wait_for(main, timeout)
 
     return asyncio.run(bounded())
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 GATHER = """
@@ -107,7 +98,7 @@ def test_stun_servers_pick_by_the_host_sockets_family() -> None:
     assert not StunServers(None).any and StunServers(None, ("::1", 1)).any
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="needs IPv6 on loopback (::1)")
 def test_an_ipv6_host_socket_asks_the_ipv6_stun_address() -> None:
     async def servers() -> tuple[Any, Any]:
         return await start_stun_service("127.0.0.1", 0, None, 0), await start_stun_service("::1", 0, None, 0)
