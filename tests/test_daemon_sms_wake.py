@@ -10,19 +10,16 @@ the recorder's modem."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from pytest_mock import MockerFixture
 from support.aio import run
-from support.daemon_modem import SERIAL, Rig, running
+from support.daemon_modem import SERIAL, running
+from support.sms_provider import Provider, provider_server
 from support.waiting import wait_until_async
 
 from dvrlink.daemon.config import ConfigError, parse_config
@@ -86,38 +83,6 @@ def test_the_sleep_policy_sleeps_after_the_idle_time_without_sessions() -> None:
     assert policy.woken(207.0) is False and policy.get_timer() is None
 
 
-@dataclass
-class Provider:
-    """An SMS provider on loopback that delivers each message into the device's emulator."""
-
-    rig: Rig | None = None
-    url: str = ""
-    sent: list[dict[str, str]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        message = {name: str(form[name]) for name in ("to", "from", "text")}
-        self.sent.append(message)
-        if self.rig is not None and message["to"] == OWN_NUMBER:
-            self.rig.emu.receive_sms(message["from"], message["text"])
-        return web.Response(text="queued")
-
-
-@contextlib.asynccontextmanager
-async def provider_server() -> AsyncIterator[Provider]:
-    provider = Provider()
-    app = web.Application()
-    app.router.add_post("/send", provider.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    provider.url = f"http://127.0.0.1:{runner.addresses[0][1]}/send"
-    try:
-        yield provider
-    finally:
-        await runner.cleanup()
-
-
 SMS_WAKE_CONFIG = f"""
 [presence]
 mode = "sms-wake"
@@ -154,7 +119,7 @@ def test_the_daemon_sleeps_when_idle_and_a_session_request_wakes_it_by_sms(
 
     async def main() -> None:
         async with (
-            provider_server() as provider,
+            provider_server(OWN_NUMBER) as provider,
             running(
                 tmp_path,
                 monkeypatch,

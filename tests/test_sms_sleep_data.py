@@ -12,21 +12,18 @@ comes up first, and only then does the first presence datagram reach the broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.aio import run
-from support.daemon_modem import SERIAL, WORKING_APN, Rig, running
+from support.daemon_modem import SERIAL, WORKING_APN, running
+from support.sms_provider import provider_server
 from support.waiting import wait_until_async
 
 from dvrlink.modem.manager import ModemState
@@ -43,37 +40,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@dataclass
-class Provider:
-    """An SMS provider on loopback that delivers each message into the device's emulator."""
-
-    rig: Rig | None = None
-    url: str = ""
-    sent: list[str] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        self.sent.append(str(form["text"]))
-        if self.rig is not None and form["to"] == OWN_NUMBER:
-            self.rig.emu.receive_sms(str(form["from"]), str(form["text"]))
-        return web.Response(text="queued")
-
-
-@contextlib.asynccontextmanager
-async def provider_server() -> AsyncIterator[Provider]:
-    provider = Provider()
-    app = web.Application()
-    app.router.add_post("/send", provider.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    provider.url = f"http://127.0.0.1:{runner.addresses[0][1]}/send"
-    try:
-        yield provider
-    finally:
-        await runner.cleanup()
 
 
 def test_asleep_the_data_session_is_down_lan_discovery_answers_and_a_wake_brings_data_before_presence(
@@ -99,7 +65,7 @@ port = {lan_port}
 """
 
     async def main() -> None:
-        async with provider_server() as provider:
+        async with provider_server(OWN_NUMBER) as provider:
             gateway = {
                 "backend": "http",
                 "url": provider.url,
@@ -211,7 +177,7 @@ discovery = false
 """
 
     async def main() -> None:
-        async with provider_server() as provider:
+        async with provider_server(OWN_NUMBER) as provider:
             gateway = {
                 "backend": "http",
                 "url": provider.url,
